@@ -1,0 +1,9 @@
+//! wanmux-core: the protocol engine of the wanmux tunnel and the tokio drivers that run it.
+//!
+//! The engine is sans-IO: it never touches a socket or reads the clock. Inputs are `handle_*`
+//! calls, outputs are `poll_*` calls, and time is passed in. The `io` feature adds the drivers
+//! shared by both daemons: Noise links over TCP and the session driver that runs an engine.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod keys;

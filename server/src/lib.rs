@@ -1,0 +1,3 @@
+//! wanmux-server: the server daemon as a library, so tests and the demo can run it in-process.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]

@@ -1,0 +1,2 @@
+//! Test harness for wanmux: the seeded simulation and helpers for real-socket tests.
+#![forbid(unsafe_code)]
