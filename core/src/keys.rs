@@ -74,6 +74,48 @@ key_common!(PublicKey);
 key_common!(PrivateKey);
 key_common!(Psk);
 
+/// Generates a new X25519 static key pair with snow's key generator (OS randomness).
+///
+/// # Panics
+///
+/// If the operating system's random number generator fails, which leaves no safe way on.
+#[cfg(feature = "io")]
+pub fn generate_keypair() -> (PrivateKey, PublicKey) {
+    // The DH function is the same in every wanmux pattern; any of the names would do.
+    let params: snow::params::NoiseParams = "Noise_IK_25519_ChaChaPoly_BLAKE2s"
+        .parse()
+        // A fixed, valid protocol name.
+        .expect("valid Noise protocol name");
+    let pair = snow::Builder::new(params)
+        .generate_keypair()
+        // snow fails here only when no RNG or X25519 implementation resolves, and its default
+        // resolver always provides both.
+        .expect("snow resolves an RNG and X25519");
+    let private = <[u8; KEY_LEN]>::try_from(pair.private.as_slice())
+        // X25519 keys are 32 bytes.
+        .expect("X25519 private keys are 32 bytes");
+    let public =
+        <[u8; KEY_LEN]>::try_from(pair.public.as_slice()).expect("X25519 public keys are 32 bytes");
+    (PrivateKey(private), PublicKey(public))
+}
+
+#[cfg(feature = "io")]
+impl Psk {
+    /// Generates a new PSK from the operating system's random number generator.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system's random number generator fails.
+    pub fn generate() -> Psk {
+        use rand::TryRngCore as _;
+        let mut key = [0u8; KEY_LEN];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut key)
+            .expect("the OS random number generator failed");
+        Psk(key)
+    }
+}
+
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PublicKey({})", self.to_base64())
@@ -116,5 +158,15 @@ mod tests {
         let dbg = format!("{p:?}");
         assert!(!dbg.contains(&p.to_base64()));
         assert!(format!("{:?}", Psk::from_bytes([2; 32])).contains("redacted"));
+    }
+
+    #[cfg(feature = "io")]
+    #[test]
+    fn generated_keys_are_fresh() {
+        let (a_priv, a_pub) = generate_keypair();
+        let (b_priv, b_pub) = generate_keypair();
+        assert_ne!(a_priv, b_priv);
+        assert_ne!(a_pub, b_pub);
+        assert_ne!(Psk::generate(), Psk::generate());
     }
 }
