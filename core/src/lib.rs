@@ -7,3 +7,5 @@
 #![warn(missing_docs)]
 
 pub mod keys;
+#[cfg(feature = "io")]
+pub mod noise;

@@ -1,0 +1,423 @@
+//! The link handshake: mode byte, Noise messages 1 and 2, key confirmation.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use snow::params::NoiseParams;
+use snow::{HandshakeState, StatelessTransportState};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::transport::{InBuf, LinkReader, LinkWriter, LEN_PREFIX};
+use super::{
+    configure_socket, Accepted, ClientAuth, ClientHello, LinkError, ServerAuth, ServerHello,
+    MAX_FIRST_PLAINTEXT, MAX_HANDSHAKE_MESSAGE, TAG_LEN,
+};
+use crate::keys::{PublicKey, KEY_LEN};
+
+/// Version byte of both handshake payloads.
+const VERSION: u8 = 1;
+/// `version | session_id | link_seq | reserved`.
+const CLIENT_HELLO_LEN: usize = 1 + 16 + 4 + 1;
+/// `version | node_id | status`.
+const SERVER_HELLO_LEN: usize = 1 + 2 + 1;
+/// The prologue is this string followed by the mode byte.
+const PROLOGUE_PREFIX: &[u8; 9] = b"wanmux v1";
+/// Read chunk during the handshake: enough for the largest handshake message and its header,
+/// small enough that half-open connections cost little.
+const HANDSHAKE_CHUNK: usize = 2 * 1024;
+
+/// Noise handshake pattern, the high nibble of the mode byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Pattern {
+    Ik,
+    IkPsk2,
+    NnPsk0,
+}
+
+/// AEAD cipher, the low nibble of the mode byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Cipher {
+    ChaChaPoly,
+    AesGcm,
+}
+
+impl Cipher {
+    /// AES-GCM where the CPU has AES and carry-less multiply instructions (x86_64), else
+    /// ChaCha20-Poly1305, which is faster in software.
+    pub(super) fn preferred() -> Cipher {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("aes") && std::is_x86_feature_detected!("pclmulqdq") {
+            return Cipher::AesGcm;
+        }
+        Cipher::ChaChaPoly
+    }
+}
+
+/// Pattern and cipher of a link, sent as the first byte of the handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Mode {
+    pub(super) pattern: Pattern,
+    pub(super) cipher: Cipher,
+}
+
+impl Mode {
+    pub(super) fn to_byte(self) -> u8 {
+        let pattern = match self.pattern {
+            Pattern::Ik => 1,
+            Pattern::IkPsk2 => 2,
+            Pattern::NnPsk0 => 3,
+        };
+        let cipher = match self.cipher {
+            Cipher::ChaChaPoly => 1,
+            Cipher::AesGcm => 2,
+        };
+        pattern << 4 | cipher
+    }
+
+    pub(super) fn from_byte(byte: u8) -> Result<Mode, LinkError> {
+        let pattern = match byte >> 4 {
+            1 => Pattern::Ik,
+            2 => Pattern::IkPsk2,
+            3 => Pattern::NnPsk0,
+            _ => {
+                return Err(LinkError::Protocol(
+                    "unknown handshake pattern in mode byte",
+                ))
+            }
+        };
+        let cipher = match byte & 0x0f {
+            1 => Cipher::ChaChaPoly,
+            2 => Cipher::AesGcm,
+            _ => return Err(LinkError::Protocol("unknown cipher in mode byte")),
+        };
+        Ok(Mode { pattern, cipher })
+    }
+
+    /// `Noise_<pattern>_25519_<cipher>_BLAKE2s`.
+    pub(super) fn params(self) -> NoiseParams {
+        let pattern = match self.pattern {
+            Pattern::Ik => "IK",
+            Pattern::IkPsk2 => "IKpsk2",
+            Pattern::NnPsk0 => "NNpsk0",
+        };
+        let cipher = match self.cipher {
+            Cipher::ChaChaPoly => "ChaChaPoly",
+            Cipher::AesGcm => "AESGCM",
+        };
+        format!("Noise_{pattern}_25519_{cipher}_BLAKE2s")
+            .parse()
+            // Six fixed names, all valid; the test `every_mode_round_trips` builds each one.
+            .expect("wanmux Noise protocol names are valid")
+    }
+
+    /// `wanmux v1` followed by the mode byte, so a changed mode byte breaks the handshake.
+    fn prologue(self) -> [u8; 10] {
+        let mut p = [0; 10];
+        p[..9].copy_from_slice(PROLOGUE_PREFIX);
+        p[9] = self.to_byte();
+        p
+    }
+}
+
+/// A snow error on our side (handshake state setup, RNG): local trouble, not the peer's.
+fn local(e: snow::Error) -> LinkError {
+    LinkError::Io(io::Error::other(e))
+}
+
+/// Runs the client side of the handshake on `tcp` and sends `first` as the key confirmation.
+///
+/// The cipher is AES-GCM where the CPU accelerates it, ChaCha20-Poly1305 elsewhere. `first`
+/// (one `PING` frame in the protocol) may be at most [`MAX_FIRST_PLAINTEXT`] bytes, since the
+/// server reads the key confirmation as a handshake message. Calls [`configure_socket`].
+///
+/// Errors: [`LinkError::Closed`] (or a reset as [`LinkError::Io`]) when the server refuses the
+/// client, which it does by closing without a reply; [`LinkError::Auth`] when message 2 does not
+/// decrypt (wrong server key or PSK); [`LinkError::Timeout`] after `timeout`.
+pub async fn connect(
+    tcp: TcpStream,
+    auth: &ClientAuth,
+    hello: &ClientHello,
+    first: &[u8],
+    timeout: Duration,
+) -> Result<(LinkReader, LinkWriter, ServerHello), LinkError> {
+    connect_with(tcp, auth, hello, first, timeout, Cipher::preferred()).await
+}
+
+/// [`connect`] with the cipher chosen by the caller (tests force each one).
+pub(super) async fn connect_with(
+    tcp: TcpStream,
+    auth: &ClientAuth,
+    hello: &ClientHello,
+    first: &[u8],
+    timeout: Duration,
+    cipher: Cipher,
+) -> Result<(LinkReader, LinkWriter, ServerHello), LinkError> {
+    if first.len() > MAX_FIRST_PLAINTEXT {
+        return Err(LinkError::Misuse(
+            "first message longer than MAX_FIRST_PLAINTEXT",
+        ));
+    }
+    tokio::time::timeout(timeout, client_handshake(tcp, auth, hello, first, cipher))
+        .await
+        .map_err(|_| LinkError::Timeout)?
+}
+
+async fn client_handshake(
+    tcp: TcpStream,
+    auth: &ClientAuth,
+    hello: &ClientHello,
+    first: &[u8],
+    cipher: Cipher,
+) -> Result<(LinkReader, LinkWriter, ServerHello), LinkError> {
+    configure_socket(&tcp)?;
+    let pattern = match auth {
+        ClientAuth::Static { psk: None, .. } => Pattern::Ik,
+        ClientAuth::Static { psk: Some(_), .. } => Pattern::IkPsk2,
+        ClientAuth::Psk(_) => Pattern::NnPsk0,
+    };
+    let mode = Mode { pattern, cipher };
+    let mut hs = client_state(mode, auth).map_err(local)?;
+
+    let mut msg = [0u8; MAX_HANDSHAKE_MESSAGE];
+    let n = hs
+        .write_message(&encode_client_hello(hello), &mut msg)
+        .map_err(local)?;
+    let mut out = BytesMut::with_capacity(1 + LEN_PREFIX + n);
+    out.put_u8(mode.to_byte());
+    put_message(&mut out, &msg[..n]);
+
+    let (rd, mut wr) = tcp.into_split();
+    wr.write_all(&out).await?;
+
+    let mut inb = InBuf::new(rd, HANDSHAKE_CHUNK);
+    let len = read_handshake_message(&mut inb, &mut msg).await?;
+    let mut payload = [0u8; MAX_HANDSHAKE_MESSAGE];
+    let n = hs
+        .read_message(&msg[..len], &mut payload)
+        .map_err(|_| LinkError::Auth("handshake message 2 did not decrypt"))?;
+    let server_hello = decode_server_hello(&payload[..n])?;
+
+    let state = Arc::new(hs.into_stateless_transport_mode().map_err(local)?);
+    // Nonce 0 of each direction: the client's goes to the key confirmation, sealed right here;
+    // the server's first transport message is the reader's.
+    let mut writer = LinkWriter::new(wr, Arc::clone(&state), 0);
+    writer.seal(first)?;
+    writer.flush().await?;
+    Ok((LinkReader::new(inb, state, 0), writer, server_hello))
+}
+
+pub(super) fn client_state(mode: Mode, auth: &ClientAuth) -> Result<HandshakeState, snow::Error> {
+    let prologue = mode.prologue();
+    let builder = snow::Builder::new(mode.params()).prologue(&prologue)?;
+    match auth {
+        ClientAuth::Static { local, server, psk } => {
+            let builder = builder
+                .local_private_key(local.as_bytes())?
+                .remote_public_key(server.as_bytes())?;
+            match psk {
+                Some(psk) => builder.psk(2, psk.as_bytes())?.build_initiator(),
+                None => builder.build_initiator(),
+            }
+        }
+        ClientAuth::Psk(psk) => builder.psk(0, psk.as_bytes())?.build_initiator(),
+    }
+}
+
+/// Runs the server side of the handshake on `tcp`, as node `node_id`.
+///
+/// Returns once the client's key confirmation decrypted; its plaintext is [`Accepted::first`].
+/// On any failure the server has sent nothing but (possibly) message 2 and the connection is
+/// closed when `tcp` drops; the error says why, for the caller's log line: [`LinkError::Auth`]
+/// for a mode this server does not take, an unknown client key, a wrong PSK or a replayed
+/// message 1; [`LinkError::Protocol`] for malformed bytes; [`LinkError::Closed`] if the client
+/// hung up; [`LinkError::Timeout`] after `timeout`. Calls [`configure_socket`].
+pub async fn accept(
+    tcp: TcpStream,
+    auth: &ServerAuth,
+    node_id: u16,
+    timeout: Duration,
+) -> Result<Accepted, LinkError> {
+    tokio::time::timeout(timeout, server_handshake(tcp, auth, node_id))
+        .await
+        .map_err(|_| LinkError::Timeout)?
+}
+
+async fn server_handshake(
+    tcp: TcpStream,
+    auth: &ServerAuth,
+    node_id: u16,
+) -> Result<Accepted, LinkError> {
+    configure_socket(&tcp)?;
+    let (rd, mut wr) = tcp.into_split();
+    let mut inb = InBuf::new(rd, HANDSHAKE_CHUNK);
+
+    inb.fill(1).await?;
+    let mode = Mode::from_byte(inb.buf[0])?;
+    if !allows(auth, mode.pattern) {
+        return Err(LinkError::Auth("handshake mode not allowed by this server"));
+    }
+    inb.buf.advance(1);
+    let mut hs = server_state(mode, auth).map_err(local)?;
+
+    let mut msg = [0u8; MAX_HANDSHAKE_MESSAGE];
+    let len = read_handshake_message(&mut inb, &mut msg).await?;
+    let mut payload = [0u8; MAX_HANDSHAKE_MESSAGE];
+    let n = hs
+        .read_message(&msg[..len], &mut payload)
+        .map_err(|_| LinkError::Auth("handshake message 1 did not decrypt"))?;
+    let client_key = match mode.pattern {
+        Pattern::Ik | Pattern::IkPsk2 => {
+            let key = remote_static(&hs)
+                .ok_or(LinkError::Protocol("no client static key after message 1"))?;
+            if !auth.allowed_clients.contains(&key) {
+                return Err(LinkError::Auth("client key is not on the allow-list"));
+            }
+            Some(key)
+        }
+        Pattern::NnPsk0 => None,
+    };
+    let hello = decode_client_hello(&payload[..n])?;
+
+    let n = hs
+        .write_message(&encode_server_hello(node_id), &mut msg)
+        .map_err(local)?;
+    let mut out = BytesMut::with_capacity(LEN_PREFIX + n);
+    put_message(&mut out, &msg[..n]);
+    wr.write_all(&out).await?;
+
+    let state = Arc::new(hs.into_stateless_transport_mode().map_err(local)?);
+    let first = read_key_confirmation(&mut inb, &state).await?;
+    Ok(Accepted {
+        hello,
+        client_key,
+        first,
+        // The client's nonce 0 was the key confirmation; the server has sent nothing yet.
+        reader: LinkReader::new(inb, Arc::clone(&state), 1),
+        writer: LinkWriter::new(wr, state, 0),
+    })
+}
+
+/// Whether a server configured as `auth` takes `pattern` (see [`ServerAuth`]).
+fn allows(auth: &ServerAuth, pattern: Pattern) -> bool {
+    match pattern {
+        Pattern::Ik => auth.private_key.is_some() && auth.psk.is_none(),
+        Pattern::IkPsk2 => auth.private_key.is_some() && auth.psk.is_some(),
+        Pattern::NnPsk0 => auth.private_key.is_none() && auth.psk.is_some(),
+    }
+}
+
+/// The responder state for `mode`; the caller checked [`allows`] first, so the keys it needs are
+/// configured (a missing one is reported by snow as an error, never a panic).
+fn server_state(mode: Mode, auth: &ServerAuth) -> Result<HandshakeState, snow::Error> {
+    let prologue = mode.prologue();
+    let mut builder = snow::Builder::new(mode.params()).prologue(&prologue)?;
+    if let (Pattern::Ik | Pattern::IkPsk2, Some(key)) = (mode.pattern, &auth.private_key) {
+        builder = builder.local_private_key(key.as_bytes())?;
+    }
+    match (mode.pattern, &auth.psk) {
+        (Pattern::IkPsk2, Some(psk)) => builder.psk(2, psk.as_bytes())?.build_responder(),
+        (Pattern::NnPsk0, Some(psk)) => builder.psk(0, psk.as_bytes())?.build_responder(),
+        _ => builder.build_responder(),
+    }
+}
+
+/// The peer's static key, once message 1 of `IK` delivered it.
+fn remote_static(hs: &HandshakeState) -> Option<PublicKey> {
+    let key = <[u8; KEY_LEN]>::try_from(hs.get_remote_static()?).ok()?;
+    Some(PublicKey::from_bytes(key))
+}
+
+/// Appends `len: u16 | message`; `message` is at most [`MAX_HANDSHAKE_MESSAGE`] bytes.
+fn put_message(out: &mut BytesMut, message: &[u8]) {
+    debug_assert!(message.len() <= MAX_HANDSHAKE_MESSAGE);
+    out.put_u16(message.len() as u16);
+    out.extend_from_slice(message);
+}
+
+/// Reads one `len: u16 | message` into `msg` and returns `len`. A length over
+/// [`MAX_HANDSHAKE_MESSAGE`] is refused before any of the message is read.
+async fn read_handshake_message(
+    inb: &mut InBuf,
+    msg: &mut [u8; MAX_HANDSHAKE_MESSAGE],
+) -> Result<usize, LinkError> {
+    inb.fill(LEN_PREFIX).await?;
+    let len = inb.peek_len();
+    if len > MAX_HANDSHAKE_MESSAGE {
+        return Err(LinkError::Protocol(
+            "handshake message longer than 1024 bytes",
+        ));
+    }
+    inb.fill(LEN_PREFIX + len).await?;
+    msg[..len].copy_from_slice(&inb.buf[LEN_PREFIX..LEN_PREFIX + len]);
+    inb.buf.advance(LEN_PREFIX + len);
+    Ok(len)
+}
+
+/// Reads and decrypts the client's first transport message (nonce 0).
+async fn read_key_confirmation(
+    inb: &mut InBuf,
+    state: &StatelessTransportState,
+) -> Result<Bytes, LinkError> {
+    let mut msg = [0u8; MAX_HANDSHAKE_MESSAGE];
+    let len = read_handshake_message(inb, &mut msg).await?;
+    if len < TAG_LEN {
+        return Err(LinkError::Protocol(
+            "transport message shorter than its tag",
+        ));
+    }
+    let mut plain = [0u8; MAX_HANDSHAKE_MESSAGE];
+    let n = state
+        .read_message(0, &msg[..len], &mut plain)
+        .map_err(|_| LinkError::Auth("key confirmation did not decrypt"))?;
+    Ok(Bytes::copy_from_slice(&plain[..n]))
+}
+
+pub(super) fn encode_client_hello(hello: &ClientHello) -> [u8; CLIENT_HELLO_LEN] {
+    let mut p = [0u8; CLIENT_HELLO_LEN];
+    p[0] = VERSION;
+    p[1..17].copy_from_slice(&hello.session_id);
+    p[17..21].copy_from_slice(&hello.link_seq.to_be_bytes());
+    // p[21]: reserved, 0.
+    p
+}
+
+/// Parses message 1's payload. The reserved byte is ignored (sent as 0), so a later version can
+/// use it without breaking this one.
+pub(super) fn decode_client_hello(p: &[u8]) -> Result<ClientHello, LinkError> {
+    let p: &[u8; CLIENT_HELLO_LEN] = p
+        .try_into()
+        .map_err(|_| LinkError::Protocol("client hello has the wrong length"))?;
+    if p[0] != VERSION {
+        return Err(LinkError::Protocol("client hello has an unknown version"));
+    }
+    let mut session_id = [0u8; 16];
+    session_id.copy_from_slice(&p[1..17]);
+    let link_seq = u32::from_be_bytes([p[17], p[18], p[19], p[20]]);
+    Ok(ClientHello {
+        session_id,
+        link_seq,
+    })
+}
+
+fn encode_server_hello(node_id: u16) -> [u8; SERVER_HELLO_LEN] {
+    let id = node_id.to_be_bytes();
+    [VERSION, id[0], id[1], 0]
+}
+
+pub(super) fn decode_server_hello(p: &[u8]) -> Result<ServerHello, LinkError> {
+    let p: &[u8; SERVER_HELLO_LEN] = p
+        .try_into()
+        .map_err(|_| LinkError::Protocol("server hello has the wrong length"))?;
+    if p[0] != VERSION {
+        return Err(LinkError::Protocol("server hello has an unknown version"));
+    }
+    if p[3] != 0 {
+        return Err(LinkError::Protocol("server hello has a non-zero status"));
+    }
+    Ok(ServerHello {
+        node_id: u16::from_be_bytes([p[1], p[2]]),
+    })
+}

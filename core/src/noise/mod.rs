@@ -1,0 +1,187 @@
+//! Noise over TCP: the link driver shared by client and server (see `docs/PROTOCOL.md`, "Link
+//! layer").
+//!
+//! A link is one TCP connection that carries a Noise handshake followed by length-prefixed Noise
+//! transport messages. [`connect`] runs the client side of the handshake and [`accept`] the
+//! server side; both return the link as two halves, a [`LinkReader`] and a [`LinkWriter`], that
+//! can be driven from two separate tokio tasks. The halves share the transport keys through an
+//! `Arc<snow::StatelessTransportState>`; each keeps its own explicit nonce counter, so neither
+//! needs a lock.
+//!
+//! # Handshake
+//!
+//! The client writes `mode | len | message 1`, the server answers `len | message 2`, and the
+//! client sends its first transport message (key confirmation). [`accept`] returns only once that
+//! message has decrypted: in `IKpsk2` a client with the wrong PSK is caught only there, and a
+//! replayed message 1 must not attach a link to a session. A server that refuses a client sends
+//! it nothing and closes the connection; [`accept`] returns the reason as a [`LinkError`] and the
+//! caller logs it (with the peer address, at `info`). Handshake messages, the key confirmation
+//! included, are at most [`MAX_HANDSHAKE_MESSAGE`] bytes; a longer one is refused from its length
+//! prefix, before any of it is read. The whole handshake runs under the caller's timeout.
+//!
+//! # Data path
+//!
+//! [`LinkReader::recv`] reads the socket in large chunks and decrypts each message into an
+//! arena, handing out frozen slices of it, so a message costs no allocation of its own. A
+//! [`Bytes`] it returns keeps its arena block (up to [`ARENA_CHUNK`] bytes) alive: a consumer
+//! that holds messages for long should copy what it keeps. [`LinkWriter::seal`] encrypts into one
+//! output buffer, and [`LinkWriter::flush`] writes everything sealed so far in as few syscalls as
+//! the kernel allows. A writer seals as many messages as it has before flushing: that is how
+//! small frames share a syscall.
+//!
+//! Both [`LinkReader::recv`] and [`LinkWriter::flush`] are cancel safe: dropping the future
+//! loses no bytes and leaves the half usable.
+//!
+//! # Memory bounds
+//!
+//! A reader buffers at most one read chunk plus one partial message ([`READ_CHUNK`] + 64 KiB).
+//! A writer's output buffer is capped at [`MAX_PENDING`]; the caller flushes well before that
+//! (watch [`LinkWriter::pending`]). A connection in its handshake holds a few KiB at most.
+
+mod handshake;
+mod transport;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+use std::io;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+
+use crate::keys::{PrivateKey, Psk, PublicKey};
+
+pub use handshake::{accept, connect};
+pub use transport::{LinkReader, LinkWriter};
+
+/// Largest plaintext of one transport message: 65,535 bytes of ciphertext less the 16-byte tag.
+pub const MAX_PLAINTEXT: usize = 65_519;
+
+/// Largest handshake message, key confirmation included, in bytes (ciphertext, without the
+/// length prefix). A longer length prefix is refused before the message is read.
+pub const MAX_HANDSHAKE_MESSAGE: usize = 1_024;
+
+/// Largest `first` plaintext [`connect`] can send: the key confirmation is a handshake message.
+pub const MAX_FIRST_PLAINTEXT: usize = MAX_HANDSHAKE_MESSAGE - TAG_LEN;
+
+/// How much a [`LinkReader`] asks the kernel for per read.
+pub const READ_CHUNK: usize = 256 * 1024;
+
+/// Size of one decryption arena block of a [`LinkReader`].
+pub const ARENA_CHUNK: usize = 128 * 1024;
+
+/// Cap on the bytes a [`LinkWriter`] holds sealed but not yet flushed. Sealing past it is API
+/// misuse: flush first.
+pub const MAX_PENDING: usize = 8 * 1024 * 1024;
+
+/// `TCP_NOTSENT_LOWAT` set by [`configure_socket`]: the kernel keeps at most this many unsent
+/// bytes queued, so queues do not hide latency from the scheduler.
+pub const NOTSENT_LOWAT: u32 = 128 * 1024;
+
+/// Length of the AEAD tag every transport message carries.
+const TAG_LEN: usize = 16;
+
+/// How a client authenticates a link, and which Noise pattern that selects.
+#[derive(Clone, Debug)]
+pub enum ClientAuth {
+    /// Static-key mode: `IK`, or `IKpsk2` when a PSK is given as well.
+    Static {
+        /// The client's static private key; the server must allow-list its public key.
+        local: PrivateKey,
+        /// The server's static public key, pinned.
+        server: PublicKey,
+        /// An optional PSK mixed in as well (`IKpsk2`).
+        psk: Option<Psk>,
+    },
+    /// PSK-only mode: `NNpsk0`, no static keys.
+    Psk(Psk),
+}
+
+/// What a server accepts.
+///
+/// With a `private_key` the server takes static-key links only: `IKpsk2` if `psk` is set, `IK`
+/// otherwise, from clients whose key is in `allowed_clients` (an empty list refuses everyone).
+/// Without one it takes PSK-only links (`NNpsk0`) if `psk` is set. Any other mode is refused.
+#[derive(Clone, Debug)]
+pub struct ServerAuth {
+    /// The node's static private key (static-key mode).
+    pub private_key: Option<PrivateKey>,
+    /// Public keys of the clients allowed in static-key mode.
+    pub allowed_clients: HashSet<PublicKey>,
+    /// The pre-shared key: PSK-only mode without `private_key`, `IKpsk2` with it.
+    pub psk: Option<Psk>,
+}
+
+/// What the client tells the server in handshake message 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientHello {
+    /// Chosen at random by the client once per session; the same on all its links.
+    pub session_id: [u8; 16],
+    /// Counts the links the client opened in this session (for logs).
+    pub link_seq: u32,
+}
+
+/// What the server tells the client in handshake message 2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServerHello {
+    /// The id of the server node.
+    pub node_id: u16,
+}
+
+/// A link the server accepted: the handshake and key confirmation succeeded.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The client's message 1 payload.
+    pub hello: ClientHello,
+    /// The client's static key in static-key mode (it is on the allow-list); `None` in PSK mode.
+    pub client_key: Option<PublicKey>,
+    /// Plaintext of the client's key-confirmation message (its first transport message).
+    pub first: Bytes,
+    /// Receive half of the link.
+    pub reader: LinkReader,
+    /// Send half of the link.
+    pub writer: LinkWriter,
+}
+
+/// Why a link operation failed. Every error but [`LinkError::Misuse`] means the link is done:
+/// drop both halves.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// A local socket error.
+    #[error("link I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// The handshake did not complete within its timeout.
+    #[error("handshake timed out")]
+    Timeout,
+    /// The peer failed authentication: unknown key, wrong PSK, a mode this end does not take, or
+    /// a message that did not decrypt during the handshake. Never contains key material.
+    #[error("peer failed authentication: {0}")]
+    Auth(&'static str),
+    /// The peer sent malformed bytes, or a transport message that did not decrypt.
+    #[error("protocol violation by peer: {0}")]
+    Protocol(&'static str),
+    /// The peer closed the connection where more bytes were due (during the handshake this is how
+    /// a server refuses a client), or this half was already closed or failed.
+    #[error("link closed")]
+    Closed,
+    /// The caller broke the API contract (oversized plaintext, output buffer over its cap). The
+    /// link is still usable.
+    #[error("link API misuse: {0}")]
+    Misuse(&'static str),
+}
+
+/// Sets the socket options every link wants: `TCP_NODELAY`, and on Linux and Android
+/// `TCP_NOTSENT_LOWAT` = [`NOTSENT_LOWAT`] so unsent data does not pile up in the kernel where
+/// the scheduler cannot see it. Other systems (macOS has the option too) get `TCP_NODELAY` only:
+/// socket2 exposes `TCP_NOTSENT_LOWAT` only for Linux and Android, and this crate forbids the
+/// `unsafe` a raw `setsockopt` would need.
+///
+/// [`connect`] and [`accept`] call this themselves.
+pub fn configure_socket(tcp: &TcpStream) -> io::Result<()> {
+    tcp.set_nodelay(true)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    socket2::SockRef::from(tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT)?;
+    Ok(())
+}

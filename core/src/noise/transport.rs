@@ -1,0 +1,298 @@
+//! The two halves of an established link: length-prefixed Noise transport messages with one
+//! explicit nonce counter per direction.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use snow::StatelessTransportState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::{LinkError, ARENA_CHUNK, MAX_PENDING, MAX_PLAINTEXT, READ_CHUNK, TAG_LEN};
+
+/// Length of the `len: u16` prefix of every message.
+pub(super) const LEN_PREFIX: usize = 2;
+
+/// A socket read half with its receive buffer. The handshake reads through it with a small
+/// chunk size and hands it, with whatever bytes arrived early, to the [`LinkReader`].
+pub(super) struct InBuf {
+    rd: OwnedReadHalf,
+    pub(super) buf: BytesMut,
+    chunk: usize,
+}
+
+impl InBuf {
+    /// Wraps a read half; each read asks for about `chunk` bytes.
+    pub(super) fn new(rd: OwnedReadHalf, chunk: usize) -> Self {
+        Self {
+            rd,
+            buf: BytesMut::with_capacity(chunk),
+            chunk,
+        }
+    }
+
+    /// Reads once, appending to the buffer. Returns `false` at EOF.
+    ///
+    /// The buffer never grows past one chunk plus what it held: callers read only while the
+    /// buffer lacks one complete message, which is at most 64 KiB. `reserve` moves that partial
+    /// message to the front of the allocation once enough has been consumed before it, so a
+    /// steady stream reuses one allocation.
+    async fn read_more(&mut self) -> io::Result<bool> {
+        if self.buf.capacity() - self.buf.len() < self.chunk / 4 {
+            self.buf.reserve(self.chunk);
+        }
+        Ok(self.rd.read_buf(&mut self.buf).await? != 0)
+    }
+
+    /// Reads until at least `n` bytes are buffered; EOF before that is [`LinkError::Closed`].
+    pub(super) async fn fill(&mut self, n: usize) -> Result<(), LinkError> {
+        while self.buf.len() < n {
+            if !self.read_more().await? {
+                return Err(LinkError::Closed);
+            }
+        }
+        Ok(())
+    }
+
+    /// The big-endian `u16` at the front of the buffer (the caller filled 2 bytes).
+    pub(super) fn peek_len(&self) -> usize {
+        usize::from(u16::from_be_bytes([self.buf[0], self.buf[1]]))
+    }
+}
+
+/// Receive half of a link. Yields one decrypted message per [`recv`](Self::recv).
+pub struct LinkReader {
+    inb: InBuf,
+    state: Arc<StatelessTransportState>,
+    /// Nonce of the next message to decrypt.
+    nonce: u64,
+    /// Plaintexts are decrypted here and split off as frozen [`Bytes`].
+    arena: BytesMut,
+    /// Set after an error or EOF: the stream position is lost, so every later call fails.
+    done: bool,
+}
+
+impl LinkReader {
+    pub(super) fn new(mut inb: InBuf, state: Arc<StatelessTransportState>, nonce: u64) -> Self {
+        // The handshake ran with small reads; the data path wants large ones.
+        inb.chunk = READ_CHUNK;
+        Self {
+            inb,
+            state,
+            nonce,
+            arena: BytesMut::with_capacity(ARENA_CHUNK),
+            done: false,
+        }
+    }
+
+    /// Receives and decrypts the next message.
+    ///
+    /// Returns `Ok(None)` when the peer closed the connection cleanly at a message boundary.
+    /// EOF inside a message is [`LinkError::Closed`], a length below the tag size or a message
+    /// that fails to decrypt is [`LinkError::Protocol`]. After `Ok(None)` or an error, every
+    /// later call returns [`LinkError::Closed`].
+    ///
+    /// Cancel safe: bytes read before the future is dropped stay buffered for the next call.
+    pub async fn recv(&mut self) -> Result<Option<Bytes>, LinkError> {
+        if self.done {
+            return Err(LinkError::Closed);
+        }
+        let result = self.recv_inner().await;
+        if !matches!(result, Ok(Some(_))) {
+            self.done = true;
+        }
+        result
+    }
+
+    async fn recv_inner(&mut self) -> Result<Option<Bytes>, LinkError> {
+        loop {
+            if self.inb.buf.len() >= LEN_PREFIX {
+                let len = self.inb.peek_len();
+                if len < TAG_LEN {
+                    return Err(LinkError::Protocol(
+                        "transport message shorter than its tag",
+                    ));
+                }
+                if self.inb.buf.len() >= LEN_PREFIX + len {
+                    return self.open(len).map(Some);
+                }
+            }
+            if !self.inb.read_more().await? {
+                return if self.inb.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(LinkError::Closed)
+                };
+            }
+        }
+    }
+
+    /// Decrypts the complete message of `len` ciphertext bytes at the front of the buffer.
+    fn open(&mut self, len: usize) -> Result<Bytes, LinkError> {
+        // The arena is empty here (every plaintext is split off). Reuse its block if every slice
+        // handed out from it is gone, else start a new block.
+        if self.arena.capacity() < len && !self.arena.try_reclaim(ARENA_CHUNK) {
+            self.arena = BytesMut::with_capacity(ARENA_CHUNK);
+        }
+        // snow decrypts in place, without allocating, when the output has room for the tag too.
+        self.arena.resize(len, 0);
+        let ciphertext = &self.inb.buf[LEN_PREFIX..LEN_PREFIX + len];
+        let opened = self
+            .state
+            .read_message(self.nonce, ciphertext, &mut self.arena);
+        let Ok(n) = opened else {
+            self.arena.clear();
+            return Err(LinkError::Protocol("transport message failed to decrypt"));
+        };
+        self.arena.truncate(n);
+        // snow refuses nonce u64::MAX, so a message opened with `nonce` leaves room for + 1.
+        self.nonce += 1;
+        self.inb.buf.advance(LEN_PREFIX + len);
+        Ok(self.arena.split().freeze())
+    }
+
+    /// Address of the peer.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inb.rd.peer_addr()
+    }
+}
+
+impl fmt::Debug for LinkReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkReader")
+            .field("peer", &self.inb.rd.peer_addr().ok())
+            .field("messages", &self.nonce)
+            .field("buffered", &self.inb.buf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Send half of a link. [`seal`](Self::seal) encrypts messages into an output buffer and
+/// [`flush`](Self::flush) writes the buffer out, so many messages share one syscall.
+pub struct LinkWriter {
+    wr: OwnedWriteHalf,
+    state: Arc<StatelessTransportState>,
+    /// Nonce of the next message to seal.
+    nonce: u64,
+    /// Sealed messages, each with its length prefix, not yet written.
+    out: BytesMut,
+    /// Set after a failed write or a shutdown: the peer may have seen part of a message.
+    done: bool,
+}
+
+impl LinkWriter {
+    pub(super) fn new(wr: OwnedWriteHalf, state: Arc<StatelessTransportState>, nonce: u64) -> Self {
+        Self {
+            wr,
+            state,
+            nonce,
+            out: BytesMut::with_capacity(LEN_PREFIX + MAX_PLAINTEXT + TAG_LEN),
+            done: false,
+        }
+    }
+
+    /// Encrypts `plaintext` as one transport message and appends it to the output buffer. Nothing
+    /// is written until [`flush`](Self::flush).
+    ///
+    /// A plaintext over [`MAX_PLAINTEXT`], or one that would take the output buffer over
+    /// [`MAX_PENDING`], is [`LinkError::Misuse`] and seals nothing. After a failed flush or a
+    /// shutdown this returns [`LinkError::Closed`].
+    pub fn seal(&mut self, plaintext: &[u8]) -> Result<(), LinkError> {
+        if self.done {
+            return Err(LinkError::Closed);
+        }
+        if plaintext.len() > MAX_PLAINTEXT {
+            return Err(LinkError::Misuse("plaintext longer than MAX_PLAINTEXT"));
+        }
+        let ct_len = plaintext.len() + TAG_LEN;
+        let start = self.out.len();
+        if start + LEN_PREFIX + ct_len > MAX_PENDING {
+            return Err(LinkError::Misuse(
+                "output buffer over MAX_PENDING: flush first",
+            ));
+        }
+        self.out.reserve(LEN_PREFIX + ct_len);
+        // `ct_len` <= MAX_PLAINTEXT + TAG_LEN = u16::MAX, checked above.
+        self.out.put_u16(ct_len as u16);
+        self.out.resize(start + LEN_PREFIX + ct_len, 0);
+        let sealed =
+            self.state
+                .write_message(self.nonce, plaintext, &mut self.out[start + LEN_PREFIX..]);
+        if sealed.is_err() {
+            // The only error left is an exhausted nonce (2^64 - 1 messages): the link is done.
+            self.out.truncate(start);
+            self.done = true;
+            return Err(LinkError::Closed);
+        }
+        self.nonce += 1;
+        Ok(())
+    }
+
+    /// Writes every sealed message to the socket.
+    ///
+    /// Cancel safe: what was written before the future is dropped is removed from the buffer,
+    /// the rest stays for the next call. After an I/O error the writer is closed: the peer may
+    /// have seen part of a message.
+    pub async fn flush(&mut self) -> Result<(), LinkError> {
+        if self.done {
+            return Err(LinkError::Closed);
+        }
+        if let Err(e) = self.wr.write_all_buf(&mut self.out).await {
+            self.done = true;
+            return Err(LinkError::Io(e));
+        }
+        Ok(())
+    }
+
+    /// Bytes sealed but not yet flushed (ciphertext with length prefixes).
+    pub fn pending(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Seals one message and flushes it together with anything sealed before.
+    pub async fn send(&mut self, plaintext: &[u8]) -> Result<(), LinkError> {
+        self.seal(plaintext)?;
+        self.flush().await
+    }
+
+    /// Flushes what is pending (best effort) and shuts down the sending direction of the TCP
+    /// connection, so the peer's reader sees a clean EOF. The receiving direction stays open.
+    pub async fn shutdown(&mut self) {
+        if !self.done {
+            // Best effort by contract: a failure here leaves nothing for the caller to do.
+            let _ = self.wr.write_all_buf(&mut self.out).await;
+            self.done = true;
+        }
+        let _ = self.wr.shutdown().await;
+    }
+
+    /// Address of the peer.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.wr.peer_addr()
+    }
+
+    /// Test hook: the raw write half, to put arbitrary bytes on the wire.
+    #[cfg(test)]
+    pub(super) fn raw(&mut self) -> &mut OwnedWriteHalf {
+        &mut self.wr
+    }
+
+    /// Test hook: the sealed, unflushed bytes, to corrupt them.
+    #[cfg(test)]
+    pub(super) fn out_mut(&mut self) -> &mut BytesMut {
+        &mut self.out
+    }
+}
+
+impl fmt::Debug for LinkWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkWriter")
+            .field("peer", &self.wr.peer_addr().ok())
+            .field("messages", &self.nonce)
+            .field("pending", &self.out.len())
+            .finish_non_exhaustive()
+    }
+}
