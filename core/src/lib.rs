@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod engine;
+pub mod frame;
+pub mod ids;
 pub mod keys;
-#[cfg(feature = "io")]
-pub mod noise;
+mod range_set;

@@ -1,2 +1,4 @@
 //! Test harness for wanmux: the seeded simulation and helpers for real-socket tests.
 #![forbid(unsafe_code)]
+
+pub mod sim;

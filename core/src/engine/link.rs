@@ -1,0 +1,149 @@
+//! What the engine knows about one link: what went out on it and is not yet known to have
+//! been processed by the peer, its round-trip time, and the pings and pongs it owes.
+//!
+//! Delivery confirmation uses pings: a link is an ordered, reliable byte stream while it lives,
+//! so a `PONG` proves the peer processed every frame sent on that link before the `PING`. What
+//! was sent after the last confirmed ping is resent elsewhere if the link dies.
+
+use crate::frame::Frame;
+use crate::ids::StreamId;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Idle links are pinged this often.
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(10);
+
+/// Something sent on a link that must be resent if the link dies unconfirmed.
+#[derive(Debug, Clone)]
+pub(crate) enum Sent {
+    /// Stream bytes `[start, end)`, with the FIN if `fin`.
+    Data {
+        stream: StreamId,
+        start: u64,
+        end: u64,
+        fin: bool,
+    },
+    /// A `WINDOW` for a live stream: resend the stream's current window.
+    Window(StreamId),
+    /// A `SESSION_WINDOW`: resend the current one.
+    SessionWindow,
+    /// A frame that must be resent as it was (`OPEN`, `RESET`, a final `WINDOW`).
+    Control(Frame),
+}
+
+/// Smoothed round-trip time, RFC 6298 style.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rtt {
+    /// Smoothed RTT; `None` before the first sample.
+    pub smoothed: Option<Duration>,
+    /// Mean deviation.
+    pub var: Duration,
+    /// Most recent sample.
+    pub latest: Duration,
+    /// Smallest sample seen.
+    pub min: Option<Duration>,
+}
+
+impl Rtt {
+    fn sample(&mut self, rtt: Duration) {
+        self.latest = rtt;
+        self.min = Some(self.min.map_or(rtt, |m| m.min(rtt)));
+        match self.smoothed {
+            None => {
+                self.smoothed = Some(rtt);
+                self.var = rtt / 2;
+            }
+            Some(s) => {
+                let diff = s.abs_diff(rtt);
+                self.var = (self.var * 3 + diff) / 4;
+                self.smoothed = Some((s * 7 + rtt) / 8);
+            }
+        }
+    }
+}
+
+/// Per-link numbers for the scheduler, logs and status.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinkStats {
+    /// Round-trip time from pings.
+    pub rtt: Rtt,
+    /// Plaintext bytes handed to the driver for this link.
+    pub bytes_sent: u64,
+    /// Plaintext bytes received on this link.
+    pub bytes_received: u64,
+    /// Entries sent and not yet confirmed by a pong.
+    pub unconfirmed: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct LinkState {
+    /// Sent, unconfirmed; `base` is the sequence number of the front entry.
+    pub(crate) sent: VecDeque<Sent>,
+    pub(crate) base: u64,
+    /// Outstanding ping: token, when sent, and the sequence number it confirms up to.
+    ping: Option<(u64, Instant, u64)>,
+    last_ping: Instant,
+    pub(crate) pongs_owed: Vec<u64>,
+    pub(crate) stats: LinkStats,
+}
+
+impl LinkState {
+    pub(crate) fn new(now: Instant) -> Self {
+        LinkState {
+            sent: VecDeque::new(),
+            base: 0,
+            ping: None,
+            last_ping: now,
+            pongs_owed: Vec::new(),
+            stats: LinkStats::default(),
+        }
+    }
+
+    pub(crate) fn record(&mut self, s: Sent) {
+        self.sent.push_back(s);
+    }
+
+    /// Whether a ping should ride along now: one at a time, when something awaits
+    /// confirmation or the link has been quiet for `KEEPALIVE`.
+    pub(crate) fn wants_ping(&self, now: Instant) -> bool {
+        self.ping.is_none() && (!self.sent.is_empty() || now >= self.last_ping + KEEPALIVE)
+    }
+
+    pub(crate) fn ping_sent(&mut self, now: Instant, token: u64) {
+        self.ping = Some((token, now, self.base + self.sent.len() as u64));
+        self.last_ping = now;
+    }
+
+    /// A pong arrived: drop everything it confirms and take an RTT sample. Pongs that match
+    /// no outstanding ping (late or forged) are ignored.
+    pub(crate) fn pong(&mut self, now: Instant, token: u64) {
+        let Some((t, at, upto)) = self.ping else {
+            return;
+        };
+        if t != token {
+            return;
+        }
+        self.ping = None;
+        self.stats.rtt.sample(now.saturating_duration_since(at));
+        while self.base < upto && self.sent.pop_front().is_some() {
+            self.base += 1;
+        }
+    }
+
+    /// Drops confirmed-by-ack entries at the front so the queue does not grow while a
+    /// ping is outstanding.
+    pub(crate) fn pop_front_while(&mut self, mut done: impl FnMut(&Sent) -> bool) {
+        while let Some(front) = self.sent.front() {
+            if !done(front) {
+                break;
+            }
+            self.sent.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// When the keepalive ping is due.
+    pub(crate) fn next_keepalive(&self) -> Instant {
+        self.last_ping + KEEPALIVE
+    }
+}

@@ -1,0 +1,950 @@
+//! The session engine: one client's streams over all of its links, sans-IO.
+//!
+//! A [`Session`] holds every stream of one session and knows every link that carries it. It
+//! reads no clock and touches no socket. A driver runs it:
+//!
+//! 1. When a link's handshake completes, call [`Session::add_link`]; when it dies,
+//!    [`Session::remove_link`] (its unconfirmed frames are queued again for the other links).
+//! 2. Feed every decrypted message with [`Session::handle_message`]. An `Err` is the peer's
+//!    fault: close that link.
+//! 3. Application side: [`Session::open_stream`] (client), then [`Session::stream_write`] /
+//!    [`Session::stream_finish`] / [`Session::stream_reset`] / [`Session::stream_read`].
+//! 4. Whenever a link can take bytes, call [`Session::poll_transmit`] for it and send what it
+//!    wrote (one message). [`Session::wants_transmit`] says whether any link has work.
+//! 5. Arm one timer from [`Session::poll_timeout`]; when it fires, call
+//!    [`Session::handle_timeout`] and poll transmits again.
+//! 6. Drain [`Session::poll_event`] after each of the above and act on the events.
+//!
+//! Links pull: each link's writer asks for a message only when its socket can take one, so a
+//! fast link carries more of every stream than a slow one (writable-first scheduling).
+
+mod link;
+mod reorder;
+mod sched;
+mod send;
+
+pub use link::{LinkStats, Rtt};
+
+use crate::frame::{self, Frame, FrameError, DATA_HEADER, MAX_MESSAGE, MAX_SERVICE_NAME};
+use crate::ids::{LinkId, NodeId, StreamId};
+use crate::range_set::RangeSet;
+use bytes::{Bytes, BytesMut};
+use link::{LinkState, Sent};
+use reorder::Reorder;
+use sched::{Scheduler, QUANTUM};
+use send::SendBuf;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Stream credit each side may use before the peer's first `WINDOW` (protocol constant).
+pub const INITIAL_STREAM_CREDIT: u64 = 256 * 1024;
+/// Session credit each side may use before the peer's first `SESSION_WINDOW`.
+pub const INITIAL_SESSION_CREDIT: u64 = 16 * 1024 * 1024;
+/// An ack that did not reach the eager threshold goes out after this long.
+const ACK_DELAY: Duration = Duration::from_millis(5);
+/// Smallest payload worth starting a data frame for at the end of a message.
+const MIN_TAIL: usize = 256;
+
+/// Limits of one session. Each bounds memory; see `docs/CONFIG.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Per-stream window: receive buffer and send buffer, bytes. At least the initial credit.
+    pub stream_window: u64,
+    /// Per-session receive window, bytes: the sum of all streams' receive buffers.
+    pub session_window: u64,
+    /// Live streams the peer may open at once (server side).
+    pub max_streams: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            stream_window: 4 << 20,
+            session_window: 32 << 20,
+            max_streams: 16_384,
+        }
+    }
+}
+
+/// Which end of the session this engine is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Opens streams; knows every stream id it uses.
+    Client,
+    /// Accepts streams owned by this node.
+    Server(NodeId),
+}
+
+/// Something the driver must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The peer opened a stream to a service (server side): connect it, or reset it.
+    StreamOpened {
+        /// The new stream.
+        stream: StreamId,
+        /// The service it asks for.
+        service: String,
+    },
+    /// Data, a FIN or a reset can be read now.
+    StreamReadable(StreamId),
+    /// Send capacity opened up, or the stream was reset.
+    StreamWritable(StreamId),
+}
+
+/// What [`Session::stream_read`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadChunk {
+    /// In-order bytes.
+    Data(Bytes),
+    /// The peer finished its side; no more data.
+    Fin,
+    /// Nothing yet: wait for [`Event::StreamReadable`].
+    Blocked,
+}
+
+/// Application-side misuse or a stream that no longer exists.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// The stream was reset (by either side) or never existed.
+    #[error("stream closed")]
+    Closed,
+    /// Write after finish.
+    #[error("stream already finished")]
+    Finished,
+    /// More bytes than `stream_send_capacity` allowed.
+    #[error("write exceeds send capacity")]
+    Full,
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Service names are at most 255 bytes.
+    #[error("service name longer than 255 bytes")]
+    NameTooLong,
+    /// Only clients open streams.
+    #[error("only the client opens streams")]
+    NotClient,
+    /// The per-owner stream counter is used up (2^48 streams).
+    #[error("stream ids exhausted")]
+    IdsExhausted,
+}
+
+/// The peer broke the protocol; close the link the frame came on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// Malformed frame bytes.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// Data beyond the stream credit we granted.
+    #[error("stream {0} exceeded its credit")]
+    CreditExceeded(StreamId),
+    /// Data beyond the session credit we granted.
+    #[error("session credit exceeded")]
+    SessionCreditExceeded,
+    /// Data past the final size, or a final size that changed.
+    #[error("stream {0} final size violated")]
+    FinalSize(StreamId),
+    /// An ack for bytes never sent.
+    #[error("stream {0} ack beyond sent data")]
+    AckBeyondSent(StreamId),
+    /// A stream owned by another node.
+    #[error("stream {0} is not owned by this node")]
+    NotOwner(StreamId),
+    /// The server tried to open a stream.
+    #[error("unexpected OPEN from a server")]
+    UnexpectedOpen,
+    /// A message on a link the engine does not know.
+    #[error("unknown link")]
+    UnknownLink,
+    /// Far more refused streams than the limit allows.
+    #[error("too many streams")]
+    TooManyStreams,
+    /// An offset or length that overflows.
+    #[error("stream {0} offset overflow")]
+    Overflow(StreamId),
+}
+
+#[derive(Debug)]
+struct Stream {
+    send: SendBuf,
+    recv: Reorder,
+    /// Stream credit granted to the peer.
+    recv_max: u64,
+    /// Highest offset received (for session accounting).
+    recv_highest: u64,
+    recv_final: Option<u64>,
+    recv_fin_read: bool,
+    /// The `acked` value of the last `WINDOW` we sent.
+    recv_acked_sent: u64,
+    /// We sent a RESET and wait for the peer's; data is accounted and dropped.
+    reset_sent: bool,
+    /// Server: the OPEN arrived. Client: always.
+    opened: bool,
+    queued: bool,
+    /// In `blocked_on_session`.
+    session_blocked: bool,
+    window_dirty: bool,
+    ack_later: bool,
+    read_waiting: bool,
+    write_waiting: bool,
+}
+
+impl Stream {
+    fn new(opened: bool) -> Self {
+        Stream {
+            send: SendBuf::new(INITIAL_STREAM_CREDIT),
+            recv: Reorder::default(),
+            recv_max: INITIAL_STREAM_CREDIT,
+            recv_highest: 0,
+            recv_final: None,
+            recv_fin_read: false,
+            recv_acked_sent: 0,
+            reset_sent: false,
+            opened,
+            queued: false,
+            session_blocked: false,
+            window_dirty: false,
+            ack_later: false,
+            read_waiting: true,
+            write_waiting: false,
+        }
+    }
+
+    /// All bytes up to the final size arrived.
+    fn recv_complete(&self) -> bool {
+        self.recv_final == Some(self.recv.contiguous())
+    }
+
+    /// The ack to send: contiguous bytes, plus one for a FIN that arrived.
+    fn ack_value(&self) -> u64 {
+        self.recv.contiguous() + u64::from(self.recv_complete())
+    }
+}
+
+/// One session's protocol state. See the module doc for the call order.
+#[derive(Debug)]
+pub struct Session {
+    role: Role,
+    cfg: Config,
+    streams: HashMap<StreamId, Stream>,
+    /// Server: ids of streams that ended; frames for them are stale.
+    finished: RangeSet,
+    next_counter: HashMap<NodeId, u64>,
+    links: BTreeMap<LinkId, LinkState>,
+    control: VecDeque<Frame>,
+    dirty_windows: VecDeque<StreamId>,
+    ack_later: Vec<StreamId>,
+    ack_deadline: Option<Instant>,
+    session_window_dirty: bool,
+    sched: Scheduler,
+    blocked_on_session: Vec<StreamId>,
+    events: VecDeque<Event>,
+    send_session_max: u64,
+    send_session_used: u64,
+    recv_session_max: u64,
+    recv_session_used: u64,
+    recv_session_consumed: u64,
+    next_ping: u64,
+}
+
+impl Session {
+    /// A new session with no links and no streams.
+    pub fn new(role: Role, cfg: Config) -> Self {
+        let cfg = Config {
+            stream_window: cfg.stream_window.max(INITIAL_STREAM_CREDIT),
+            session_window: cfg.session_window.max(INITIAL_SESSION_CREDIT),
+            max_streams: cfg.max_streams.max(1),
+        };
+        Session {
+            role,
+            cfg,
+            streams: HashMap::new(),
+            finished: RangeSet::default(),
+            next_counter: HashMap::new(),
+            links: BTreeMap::new(),
+            control: VecDeque::new(),
+            dirty_windows: VecDeque::new(),
+            ack_later: Vec::new(),
+            ack_deadline: None,
+            session_window_dirty: cfg.session_window > INITIAL_SESSION_CREDIT,
+            sched: Scheduler::default(),
+            blocked_on_session: Vec::new(),
+            events: VecDeque::new(),
+            send_session_max: INITIAL_SESSION_CREDIT,
+            send_session_used: 0,
+            recv_session_max: INITIAL_SESSION_CREDIT.max(cfg.session_window),
+            recv_session_used: 0,
+            recv_session_consumed: 0,
+            next_ping: 0,
+        }
+    }
+
+    // ----- links -----
+
+    /// A link finished its handshake and may carry frames.
+    pub fn add_link(&mut self, now: Instant, link: LinkId) {
+        self.links
+            .entry(link)
+            .or_insert_with(|| LinkState::new(now));
+    }
+
+    /// A link died or was closed. Everything sent on it that the peer has not confirmed is
+    /// queued again for the other links.
+    pub fn remove_link(&mut self, _now: Instant, link: LinkId) {
+        let Some(state) = self.links.remove(&link) else {
+            return;
+        };
+        for sent in state.sent {
+            match sent {
+                Sent::Data {
+                    stream,
+                    start,
+                    end,
+                    fin,
+                } => {
+                    if let Some(s) = self.streams.get_mut(&stream) {
+                        if !s.reset_sent {
+                            s.send.requeue(start, end, fin);
+                            self.schedule(stream);
+                        }
+                    }
+                }
+                Sent::Window(stream) => self.mark_window_dirty(stream),
+                Sent::SessionWindow => self.session_window_dirty = true,
+                Sent::Control(frame) => {
+                    let keep = match &frame {
+                        Frame::Open { stream, .. } => self.streams.contains_key(stream),
+                        _ => true,
+                    };
+                    if keep {
+                        self.control.push_back(frame);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Links the engine knows.
+    pub fn links(&self) -> impl Iterator<Item = LinkId> + '_ {
+        self.links.keys().copied()
+    }
+
+    /// Numbers for one link.
+    pub fn link_stats(&self, link: LinkId) -> Option<LinkStats> {
+        self.links.get(&link).map(|l| {
+            let mut s = l.stats;
+            s.unconfirmed = l.sent.len();
+            s
+        })
+    }
+
+    // ----- input -----
+
+    /// Handles one decrypted message from `link`.
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        mut msg: Bytes,
+    ) -> Result<(), PeerError> {
+        let l = self.links.get_mut(&link).ok_or(PeerError::UnknownLink)?;
+        l.stats.bytes_received += msg.len() as u64;
+        while let Some(frame) = Frame::decode(&mut msg)? {
+            self.handle_frame(now, link, frame)?;
+        }
+        Ok(())
+    }
+
+    fn handle_frame(&mut self, now: Instant, link: LinkId, frame: Frame) -> Result<(), PeerError> {
+        match frame {
+            Frame::Ping(token) => {
+                if let Some(l) = self.links.get_mut(&link) {
+                    // A peer that pings faster than we pong gets its extra pings dropped.
+                    if l.pongs_owed.len() < 16 {
+                        l.pongs_owed.push(token);
+                    }
+                }
+            }
+            Frame::Pong(token) => {
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.pong(now, token);
+                }
+            }
+            Frame::Close(_) => self.remove_link(now, link),
+            Frame::Open { stream, service } => self.on_open(stream, service)?,
+            Frame::Data {
+                stream,
+                offset,
+                fin,
+                data,
+            } => self.on_data(now, stream, offset, fin, data)?,
+            Frame::Reset {
+                stream,
+                code,
+                final_size,
+            } => self.on_reset(stream, code, final_size)?,
+            Frame::Window { stream, acked, max } => self.on_window(stream, acked, max)?,
+            Frame::SessionWindow { max } => {
+                if max > self.send_session_max {
+                    self.send_session_max = max;
+                    for id in std::mem::take(&mut self.blocked_on_session) {
+                        if let Some(s) = self.streams.get_mut(&id) {
+                            s.session_blocked = false;
+                        }
+                        self.schedule(id);
+                    }
+                }
+            }
+            Frame::Unknown(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Finds the stream a peer frame names, creating it on the server for a new id.
+    /// `Ok(None)`: a stale frame for a stream that ended; drop it.
+    fn peer_stream(&mut self, id: StreamId) -> Result<Option<&mut Stream>, PeerError> {
+        if self.streams.contains_key(&id) {
+            return Ok(self.streams.get_mut(&id));
+        }
+        let Role::Server(node) = self.role else {
+            return Ok(None);
+        };
+        if id.owner() != node {
+            return Err(PeerError::NotOwner(id));
+        }
+        if self.finished.contains(id.0) {
+            return Ok(None);
+        }
+        let live = self.streams.len();
+        if live >= self.cfg.max_streams {
+            // Refuse with a RESET and keep a tombstone until the client's RESET says how many
+            // bytes it sent; a client far over the limit is cut off.
+            if live >= self.cfg.max_streams.saturating_mul(2) {
+                return Err(PeerError::TooManyStreams);
+            }
+            let mut s = Stream::new(false);
+            s.reset_sent = true;
+            self.control.push_back(Frame::Reset {
+                stream: id,
+                code: frame::reset::TOO_MANY_STREAMS,
+                final_size: 0,
+            });
+            self.streams.insert(id, s);
+            return Ok(self.streams.get_mut(&id));
+        }
+        let mut s = Stream::new(false);
+        if self.cfg.stream_window > INITIAL_STREAM_CREDIT {
+            s.recv_max = self.cfg.stream_window;
+            s.window_dirty = true;
+            self.dirty_windows.push_back(id);
+        }
+        self.streams.insert(id, s);
+        Ok(self.streams.get_mut(&id))
+    }
+
+    fn on_open(&mut self, id: StreamId, service: String) -> Result<(), PeerError> {
+        if self.role == Role::Client {
+            return Err(PeerError::UnexpectedOpen);
+        }
+        let Some(s) = self.peer_stream(id)? else {
+            return Ok(());
+        };
+        if s.opened || s.reset_sent {
+            return Ok(());
+        }
+        s.opened = true;
+        self.events.push_back(Event::StreamOpened {
+            stream: id,
+            service,
+        });
+        Ok(())
+    }
+
+    fn on_data(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        offset: u64,
+        fin: bool,
+        data: Bytes,
+    ) -> Result<(), PeerError> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(PeerError::Overflow(id))?;
+        let window = self.cfg.stream_window;
+        let Some(s) = self.peer_stream(id)? else {
+            return Ok(());
+        };
+        if end > s.recv_max {
+            return Err(PeerError::CreditExceeded(id));
+        }
+        let before = s.ack_value();
+        if let Some(f) = s.recv_final {
+            if end > f || (fin && end != f) {
+                return Err(PeerError::FinalSize(id));
+            }
+        } else if fin {
+            if end < s.recv_highest {
+                return Err(PeerError::FinalSize(id));
+            }
+            s.recv_final = Some(end);
+        }
+        let new = end.saturating_sub(s.recv_highest);
+        s.recv_highest = s.recv_highest.max(end);
+        self.recv_session_used += new;
+        if self.recv_session_used > self.recv_session_max {
+            return Err(PeerError::SessionCreditExceeded);
+        }
+        let s = self.streams.get_mut(&id).expect("peer_stream returned it");
+        if s.reset_sent {
+            self.recv_session_consumed += new;
+            self.maybe_grant_session();
+            return Ok(());
+        }
+        s.recv.insert(offset, data);
+        let after = s.ack_value();
+        if after == before {
+            return Ok(());
+        }
+        if s.opened && s.read_waiting && (s.recv.has_ready() || s.recv_complete()) {
+            s.read_waiting = false;
+            self.events.push_back(Event::StreamReadable(id));
+        }
+        // Ack at once at the end of the stream or after an eighth of a window, else soon.
+        if s.recv_complete() || after - s.recv_acked_sent >= window / 8 {
+            self.mark_window_dirty(id);
+        } else if !s.ack_later && !s.window_dirty {
+            s.ack_later = true;
+            self.ack_later.push(id);
+            self.ack_deadline.get_or_insert(now + ACK_DELAY);
+        }
+        Ok(())
+    }
+
+    fn on_reset(&mut self, id: StreamId, code: u16, final_size: u64) -> Result<(), PeerError> {
+        let Some(s) = self.peer_stream(id)? else {
+            return Ok(());
+        };
+        if final_size > s.recv_max {
+            return Err(PeerError::CreditExceeded(id));
+        }
+        if final_size < s.recv_highest || s.recv_final.is_some_and(|f| f != final_size) {
+            return Err(PeerError::FinalSize(id));
+        }
+        let new = final_size - s.recv_highest;
+        // Bytes received but never read, and bytes still in flight, are consumed now.
+        let discarded = if s.reset_sent {
+            new
+        } else {
+            final_size - s.recv.read_offset()
+        };
+        let reply = (!s.reset_sent).then(|| Frame::Reset {
+            stream: id,
+            code,
+            final_size: s.send.next(),
+        });
+        self.recv_session_used += new;
+        if self.recv_session_used > self.recv_session_max {
+            return Err(PeerError::SessionCreditExceeded);
+        }
+        self.recv_session_consumed += discarded;
+        if let Some(reply) = reply {
+            self.control.push_back(reply);
+        }
+        self.remove_stream(id);
+        self.events.push_back(Event::StreamReadable(id));
+        self.events.push_back(Event::StreamWritable(id));
+        self.maybe_grant_session();
+        Ok(())
+    }
+
+    fn on_window(&mut self, id: StreamId, acked: u64, max: u64) -> Result<(), PeerError> {
+        let window = self.cfg.stream_window;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        if s.reset_sent {
+            return Ok(());
+        }
+        s.send.ack(id, acked)?;
+        s.send.set_max(max);
+        if s.write_waiting && !s.send.is_finished() && window - s.send.buffered() >= window / 8 {
+            s.write_waiting = false;
+            self.events.push_back(Event::StreamWritable(id));
+        }
+        self.schedule(id);
+        self.maybe_remove(id);
+        Ok(())
+    }
+
+    /// Fires the delayed-ack timer and anything else due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.ack_deadline.is_some_and(|d| d <= now) {
+            self.ack_deadline = None;
+            for id in std::mem::take(&mut self.ack_later) {
+                if let Some(s) = self.streams.get_mut(&id) {
+                    s.ack_later = false;
+                }
+                self.mark_window_dirty(id);
+            }
+        }
+    }
+
+    /// When [`Session::handle_timeout`] (and a transmit poll) is next needed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let keepalive = self.links.values().map(LinkState::next_keepalive).min();
+        match (self.ack_deadline, keepalive) {
+            (Some(a), Some(k)) => Some(a.min(k)),
+            (a, k) => a.or(k),
+        }
+    }
+
+    /// Next event for the driver.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // ----- output -----
+
+    /// Whether some link has something to send now.
+    pub fn wants_transmit(&self) -> bool {
+        !self.control.is_empty()
+            || !self.dirty_windows.is_empty()
+            || self.session_window_dirty
+            || !self.sched.is_empty()
+            || self.links.values().any(|l| !l.pongs_owed.is_empty())
+    }
+
+    /// Fills `buf` (cleared first) with the plaintext of one message for `link`: that link's
+    /// pongs, control frames, window updates, then stream data chosen by the scheduler, then a
+    /// ping if one is due. Returns `false` when there is nothing to send.
+    pub fn poll_transmit(&mut self, now: Instant, link: LinkId, buf: &mut BytesMut) -> bool {
+        buf.clear();
+        let Some(mut l) = self.links.remove(&link) else {
+            return false;
+        };
+        let limit = MAX_MESSAGE - 9; // room for the trailing ping
+        for token in l.pongs_owed.drain(..) {
+            Frame::Pong(token).encode(buf);
+        }
+        while let Some(f) = self.control.front() {
+            if buf.len() + f.encoded_len() > limit {
+                break;
+            }
+            let f = self.control.pop_front().expect("front exists");
+            f.encode(buf);
+            l.record(Sent::Control(f));
+        }
+        while buf.len() + 25 <= limit {
+            let Some(id) = self.dirty_windows.pop_front() else {
+                break;
+            };
+            let Some(s) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            if !s.window_dirty {
+                continue;
+            }
+            s.window_dirty = false;
+            let acked = s.ack_value();
+            Frame::Window {
+                stream: id,
+                acked,
+                max: s.recv_max,
+            }
+            .encode(buf);
+            s.recv_acked_sent = acked;
+            l.record(Sent::Window(id));
+        }
+        if self.session_window_dirty && buf.len() + 9 <= limit {
+            self.session_window_dirty = false;
+            Frame::SessionWindow {
+                max: self.recv_session_max,
+            }
+            .encode(buf);
+            l.record(Sent::SessionWindow);
+        }
+        self.fill_data(&mut l, buf, limit);
+        // Drop entries the peer has acked end to end, then ask for confirmation of the rest.
+        let streams = &self.streams;
+        l.pop_front_while(|s| match s {
+            Sent::Data {
+                stream, end, fin, ..
+            } => streams.get(stream).is_none_or(|st| {
+                st.reset_sent || (st.send.acked() >= *end && (!fin || st.send.fin_acked()))
+            }),
+            _ => false,
+        });
+        if l.wants_ping(now) && (!buf.is_empty() || now >= l.next_keepalive()) {
+            let token = self.next_ping;
+            self.next_ping += 1;
+            Frame::Ping(token).encode(buf);
+            l.ping_sent(now, token);
+        }
+        l.stats.bytes_sent += buf.len() as u64;
+        self.links.insert(link, l);
+        !buf.is_empty()
+    }
+
+    fn fill_data(&mut self, l: &mut LinkState, buf: &mut BytesMut, limit: usize) {
+        while buf.len() + DATA_HEADER + MIN_TAIL <= limit {
+            let Some(id) = self.sched.pop() else { break };
+            let credit = self.send_session_max - self.send_session_used;
+            let Some(s) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            s.queued = false;
+            if s.reset_sent {
+                continue;
+            }
+            let space = limit - buf.len() - DATA_HEADER;
+            let max_len = if self.sched.is_empty() {
+                space
+            } else {
+                space.min(QUANTUM)
+            };
+            let Some(seg) = s.send.next_segment(max_len, credit) else {
+                self.schedule(id);
+                continue;
+            };
+            frame::encode_data_header(buf, id, seg.offset, seg.len, seg.fin);
+            s.send.copy_out(seg.offset, seg.len, buf);
+            s.send.mark_sent(seg);
+            self.send_session_used += seg.new_bytes;
+            l.record(Sent::Data {
+                stream: id,
+                start: seg.offset,
+                end: seg.offset + seg.len as u64,
+                fin: seg.fin,
+            });
+            self.schedule(id);
+        }
+    }
+
+    // ----- application side -----
+
+    /// Opens a stream to `service`, owned by node `owner` (client only). Data may be written
+    /// at once; the `OPEN` and the data travel together.
+    pub fn open_stream(&mut self, owner: NodeId, service: &str) -> Result<StreamId, OpenError> {
+        if self.role != Role::Client {
+            return Err(OpenError::NotClient);
+        }
+        if service.len() > MAX_SERVICE_NAME {
+            return Err(OpenError::NameTooLong);
+        }
+        let counter = self.next_counter.entry(owner).or_insert(0);
+        if *counter > StreamId::MAX_COUNTER {
+            return Err(OpenError::IdsExhausted);
+        }
+        let id = StreamId::new(owner, *counter);
+        *counter += 1;
+        let mut s = Stream::new(true);
+        if self.cfg.stream_window > INITIAL_STREAM_CREDIT {
+            s.recv_max = self.cfg.stream_window;
+            s.window_dirty = true;
+            self.dirty_windows.push_back(id);
+        }
+        self.streams.insert(id, s);
+        self.control.push_back(Frame::Open {
+            stream: id,
+            service: service.to_owned(),
+        });
+        Ok(id)
+    }
+
+    /// Bytes the application may write now. Zero arms [`Event::StreamWritable`].
+    pub fn stream_send_capacity(&mut self, id: StreamId) -> Result<usize, StreamError> {
+        let window = self.cfg.stream_window;
+        let s = self.live_stream(id)?;
+        if s.send.is_finished() {
+            return Err(StreamError::Finished);
+        }
+        let cap = window.saturating_sub(s.send.buffered());
+        if cap < window / 8 {
+            s.write_waiting = true;
+        }
+        Ok(cap as usize)
+    }
+
+    /// Queues bytes for sending; at most the current send capacity.
+    pub fn stream_write(&mut self, id: StreamId, data: Bytes) -> Result<(), StreamError> {
+        let window = self.cfg.stream_window;
+        let s = self.live_stream(id)?;
+        if s.send.is_finished() {
+            return Err(StreamError::Finished);
+        }
+        if s.send.buffered() + data.len() as u64 > window {
+            return Err(StreamError::Full);
+        }
+        if !data.is_empty() {
+            s.send.write(data);
+            self.schedule(id);
+        }
+        Ok(())
+    }
+
+    /// The application finished writing (half-close): a FIN follows the data.
+    pub fn stream_finish(&mut self, id: StreamId) -> Result<(), StreamError> {
+        let s = self.live_stream(id)?;
+        if !s.send.is_finished() {
+            s.send.finish();
+            self.schedule(id);
+        }
+        Ok(())
+    }
+
+    /// Aborts both directions of a stream and tells the peer.
+    pub fn stream_reset(&mut self, id: StreamId, code: u16) {
+        let Ok(s) = self.live_stream(id) else { return };
+        s.reset_sent = true;
+        let discarded = s.recv_highest - s.recv.read_offset();
+        s.send.clear();
+        s.recv = Reorder::default();
+        let final_size = s.send.next();
+        self.recv_session_consumed += discarded;
+        self.control.push_back(Frame::Reset {
+            stream: id,
+            code,
+            final_size,
+        });
+        self.maybe_grant_session();
+    }
+
+    /// Reads up to `max` in-order bytes, or the FIN.
+    pub fn stream_read(&mut self, id: StreamId, max: usize) -> Result<ReadChunk, StreamError> {
+        let window = self.cfg.stream_window;
+        let s = self.live_stream(id)?;
+        if let Some(chunk) = s.recv.read(max) {
+            let read = s.recv.read_offset();
+            if read + window - s.recv_max >= window / 2 {
+                s.recv_max = read + window;
+                self.mark_window_dirty(id);
+            }
+            self.recv_session_consumed += chunk.len() as u64;
+            self.maybe_grant_session();
+            return Ok(ReadChunk::Data(chunk));
+        }
+        if s.recv_final == Some(s.recv.read_offset()) {
+            if !s.recv_fin_read {
+                s.recv_fin_read = true;
+                self.maybe_remove(id);
+            }
+            return Ok(ReadChunk::Fin);
+        }
+        s.read_waiting = true;
+        Ok(ReadChunk::Blocked)
+    }
+
+    /// Streams alive (including reset ones awaiting the peer's reset).
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Bytes buffered in all streams, both directions.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.streams
+            .values()
+            .map(|s| s.send.buffered() + s.recv.buffered() as u64)
+            .sum()
+    }
+
+    /// Bytes buffered for reading in all streams.
+    pub fn recv_buffered_bytes(&self) -> u64 {
+        self.streams
+            .values()
+            .map(|s| s.recv.buffered() as u64)
+            .sum()
+    }
+
+    /// The largest receive and send buffers of any one stream, bytes.
+    pub fn max_stream_buffered(&self) -> (u64, u64) {
+        self.streams.values().fold((0, 0), |(r, w), s| {
+            (r.max(s.recv.buffered() as u64), w.max(s.send.buffered()))
+        })
+    }
+
+    /// Resets every stream (the session is going away).
+    pub fn reset_all(&mut self, code: u16) {
+        let ids: Vec<StreamId> = self.streams.keys().copied().collect();
+        for id in ids {
+            self.stream_reset(id, code);
+            self.events.push_back(Event::StreamReadable(id));
+            self.events.push_back(Event::StreamWritable(id));
+        }
+    }
+
+    // ----- internals -----
+
+    fn live_stream(&mut self, id: StreamId) -> Result<&mut Stream, StreamError> {
+        match self.streams.get_mut(&id) {
+            Some(s) if !s.reset_sent => Ok(s),
+            _ => Err(StreamError::Closed),
+        }
+    }
+
+    fn schedule(&mut self, id: StreamId) {
+        let credit = self.send_session_max - self.send_session_used;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.queued || s.reset_sent {
+            return;
+        }
+        if s.send.has_sendable(credit) {
+            s.queued = true;
+            self.sched.push(id, s.send.backlog());
+        } else if credit == 0 && s.send.has_sendable(1) && !s.session_blocked {
+            s.session_blocked = true;
+            self.blocked_on_session.push(id);
+        }
+    }
+
+    fn mark_window_dirty(&mut self, id: StreamId) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            if !s.window_dirty && !s.reset_sent {
+                s.window_dirty = true;
+                self.dirty_windows.push_back(id);
+            }
+        }
+    }
+
+    fn maybe_grant_session(&mut self) {
+        let w = self.cfg.session_window;
+        if self.recv_session_consumed + w - self.recv_session_max >= w / 2 {
+            self.recv_session_max = self.recv_session_consumed + w;
+            self.session_window_dirty = true;
+        }
+    }
+
+    /// Removes a stream whose both directions are done.
+    fn maybe_remove(&mut self, id: StreamId) {
+        let Some(s) = self.streams.get(&id) else {
+            return;
+        };
+        if !(s.send.fin_acked() && s.recv_fin_read) {
+            return;
+        }
+        if s.window_dirty || s.ack_later {
+            // The final ack must still reach the peer, which waits for it to finish.
+            self.control.push_back(Frame::Window {
+                stream: id,
+                acked: s.ack_value(),
+                max: s.recv_max,
+            });
+        }
+        self.remove_stream(id);
+    }
+
+    fn remove_stream(&mut self, id: StreamId) {
+        if self.streams.remove(&id).is_some() && matches!(self.role, Role::Server(_)) {
+            self.finished.insert(id.0..id.0 + 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
