@@ -10,4 +10,6 @@ pub mod engine;
 pub mod frame;
 pub mod ids;
 pub mod keys;
+#[cfg(feature = "io")]
+pub mod noise;
 mod range_set;
