@@ -1,0 +1,562 @@
+//! `wanmux-client` config: the server nodes to dial and how to authenticate to them, how many
+//! links to keep, and the local ports mapped to services. See `docs/CONFIG.md`.
+
+use crate::common::{self, HostPort, Limits, RawLimits, ServiceName};
+use crate::error::{Collector, ConfigErrors};
+use crate::locate;
+use crate::secret::{key_error_message, KeySource, Loaded};
+use crate::server::read_config;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::path::Path;
+use std::time::Duration;
+use toml::Spanned;
+use wanmux_core::keys::{PrivateKey, Psk, PublicKey};
+
+/// A validated `wanmux-client` config.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The server nodes and how to authenticate to them. The nodes live inside the mode
+    /// because in static-key mode each one carries its pinned public key.
+    pub auth: ClientAuth,
+    /// Time a link has to complete its handshake (`client.handshake_timeout_ms`, default 10 s).
+    pub handshake_timeout: Duration,
+    /// How many links to keep per node (`[links]`).
+    pub links: Links,
+    /// Per-session limits (`[limits]`).
+    pub limits: Limits,
+    /// Local ports and the service each one is forwarded to (`[[map]]`). Non-empty, listen
+    /// addresses unique.
+    pub maps: Vec<PortMap>,
+}
+
+/// How the client authenticates, with the nodes it dials. Each variant holds exactly the keys
+/// its mode needs; both hold at least one node, with unique ids.
+#[derive(Debug, Clone)]
+pub enum ClientAuth {
+    /// Static-key mode: the client has a static key and pins each node's public key. Noise
+    /// `IK`, or `IKpsk2` when `psk` is set.
+    StaticKey {
+        /// The client's static private key (its public key must be in the servers'
+        /// `allowed_clients`).
+        private_key: PrivateKey,
+        /// Optional PSK mixed in as well (`IKpsk2`).
+        psk: Option<Psk>,
+        /// The nodes, each with its pinned key.
+        nodes: Vec<PinnedNode>,
+    },
+    /// PSK-only mode: no static keys, both ends hold the PSK. Noise `NNpsk0`.
+    PskOnly {
+        /// The pre-shared key.
+        psk: Psk,
+        /// The nodes.
+        nodes: Vec<Node>,
+    },
+}
+
+/// A server node to dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// The node's id (`node[i].id`, 1..=65535); the node reports it in handshake message 2.
+    pub id: NonZeroU16,
+    /// Where to dial (`node[i].addr`); a host name is resolved on each dial.
+    pub addr: HostPort,
+}
+
+/// A node with its pinned static public key (static-key mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedNode {
+    /// The node.
+    pub node: Node,
+    /// The node's public key (`node[i].public_key`); a handshake with any other key fails.
+    pub public_key: PublicKey,
+}
+
+/// The handshake parameters for one node, borrowed from a [`ClientAuth`].
+#[derive(Debug, Clone, Copy)]
+pub enum NodeHandshake<'a> {
+    /// Noise `IK` (`psk` is `None`) or `IKpsk2`.
+    StaticKey {
+        /// The client's private key.
+        local: &'a PrivateKey,
+        /// The node's pinned public key.
+        remote: &'a PublicKey,
+        /// The PSK, if any.
+        psk: Option<&'a Psk>,
+    },
+    /// Noise `NNpsk0`.
+    PskOnly {
+        /// The PSK.
+        psk: &'a Psk,
+    },
+}
+
+/// Link settings (`[links]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Links {
+    /// Links (M) kept open to each node, 1..=256, default 4. Each link is one TCP connection
+    /// with its own congestion window, so more links carry more data over a lossy long path,
+    /// at the cost of one socket, one handshake and a few buffers each.
+    pub count: u16,
+}
+
+impl Links {
+    /// Default `count`: 4.
+    pub const DEFAULT_COUNT: u16 = 4;
+    /// Most links per node.
+    pub const MAX_COUNT: u16 = 256;
+}
+
+impl Default for Links {
+    fn default() -> Self {
+        Self {
+            count: Self::DEFAULT_COUNT,
+        }
+    }
+}
+
+/// A local port forwarded to a service (`[[map]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMap {
+    /// Local address to accept application connections on.
+    pub listen: SocketAddr,
+    /// The service (by name, as the server knows it) each connection is forwarded to. The
+    /// client cannot check that the server has it; an unknown name makes the server reset the
+    /// stream with code 1.
+    pub service: ServiceName,
+}
+
+impl ClientAuth {
+    /// The nodes, whatever the mode.
+    pub fn nodes(&self) -> Box<dyn Iterator<Item = &Node> + '_> {
+        match self {
+            ClientAuth::StaticKey { nodes, .. } => Box::new(nodes.iter().map(|p| &p.node)),
+            ClientAuth::PskOnly { nodes, .. } => Box::new(nodes.iter()),
+        }
+    }
+
+    /// Each node with the handshake parameters to use for it.
+    pub fn handshakes(&self) -> Box<dyn Iterator<Item = (&Node, NodeHandshake<'_>)> + '_> {
+        match self {
+            ClientAuth::StaticKey {
+                private_key,
+                psk,
+                nodes,
+            } => Box::new(nodes.iter().map(move |p| {
+                let hs = NodeHandshake::StaticKey {
+                    local: private_key,
+                    remote: &p.public_key,
+                    psk: psk.as_ref(),
+                };
+                (&p.node, hs)
+            })),
+            ClientAuth::PskOnly { psk, nodes } => Box::new(
+                nodes
+                    .iter()
+                    .map(move |n| (n, NodeHandshake::PskOnly { psk })),
+            ),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Default `handshake_timeout`: 10 s.
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// A config with the default timeout, link count and limits. Check it with
+    /// [`validate`](Self::validate) if its parts did not come from a trusted place.
+    pub fn new(auth: ClientAuth, maps: Vec<PortMap>) -> Self {
+        Self {
+            auth,
+            handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
+            links: Links::default(),
+            limits: Limits::default(),
+            maps,
+        }
+    }
+
+    /// Reads and validates the config file at `path`. Relative key file paths resolve against
+    /// the file's directory.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigErrors> {
+        let (text, base_dir, name) = read_config(path.as_ref())?;
+        Self::parse(&text, &base_dir, &name)
+    }
+
+    /// Parses and validates config `text`. `base_dir` is where relative key file paths
+    /// resolve; `source_name` names the file in error messages.
+    pub fn parse(text: &str, base_dir: &Path, source_name: &str) -> Result<Self, ConfigErrors> {
+        let raw: RawClientFile = toml::from_str(text)
+            .map_err(|e| ConfigErrors::single(source_name, locate::toml_error(text, &e)))?;
+        let mut errs = Collector::new(text);
+        let config = raw.convert(&mut errs, base_dir);
+        errs.finish(source_name, config)
+    }
+
+    /// The nodes, whatever the mode.
+    pub fn nodes(&self) -> Box<dyn Iterator<Item = &Node> + '_> {
+        self.auth.nodes()
+    }
+
+    /// Checks a config built in code against the rules the TOML path applies: at least one
+    /// node with unique ids, link count, timeout and limits in range, at least one map with
+    /// unique listen addresses. Errors carry keys but no lines.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errs = Collector::new("");
+        if self.nodes().next().is_none() {
+            errs.push("node", None, "at least one [[node]] is required");
+        }
+        common::duplicates(self.nodes().map(|n| n.id).enumerate(), |i, first| {
+            errs.push(
+                format!("node[{i}].id"),
+                None,
+                format!("duplicate node id (also node[{first}])"),
+            );
+        });
+        if !(1..=Links::MAX_COUNT).contains(&self.links.count) {
+            errs.push(
+                "links.count",
+                None,
+                format!("{} is out of range 1..=256", self.links.count),
+            );
+        }
+        if let Some(m) = common::timeout_problem(self.handshake_timeout) {
+            errs.push("client.handshake_timeout_ms", None, m);
+        }
+        for (field, m) in self.limits.problems() {
+            errs.push(format!("limits.{field}"), None, m);
+        }
+        if self.maps.is_empty() {
+            errs.push("map", None, "at least one [[map]] is required");
+        }
+        let listens: Vec<_> = self.maps.iter().map(|m| m.listen).collect();
+        for (i, first) in listen_conflicts(&listens) {
+            errs.push(
+                format!("map[{i}].listen"),
+                None,
+                format!("conflicts with map[{first}].listen {}", listens[first]),
+            );
+        }
+        errs.finish("<config>", Some(()))
+    }
+}
+
+/// Pairs `(i, first)` of listen addresses that cannot both be bound: equal addresses, or the
+/// same port where one of them is a wildcard (`0.0.0.0`, `[::]`) of a family that covers the
+/// other (`[::]` covers IPv4 too on a dual-stack socket). Port 0 never conflicts.
+fn listen_conflicts(addrs: &[SocketAddr]) -> Vec<(usize, usize)> {
+    let overlaps = |a: &SocketAddr, b: &SocketAddr| {
+        if a.port() != b.port() || a.port() == 0 {
+            return false;
+        }
+        let covers = |w: &SocketAddr, o: &SocketAddr| {
+            w.ip().is_unspecified() && (w.is_ipv6() || w.is_ipv4() == o.is_ipv4())
+        };
+        a.ip() == b.ip() || covers(a, b) || covers(b, a)
+    };
+    let mut out = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        if let Some(first) = addrs[..i].iter().position(|b| overlaps(a, b)) {
+            out.push((i, first));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw layer
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientFile {
+    client: Option<Spanned<RawClient>>,
+    node: Option<Vec<Spanned<RawNode>>>,
+    links: Option<Spanned<RawLinks>>,
+    limits: Option<Spanned<RawLimits>>,
+    map: Option<Vec<Spanned<RawMap>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    private_key: Option<Spanned<String>>,
+    private_key_file: Option<Spanned<String>>,
+    psk: Option<Spanned<String>>,
+    psk_file: Option<Spanned<String>>,
+    handshake_timeout_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: Option<Spanned<i64>>,
+    addr: Option<Spanned<String>>,
+    public_key: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLinks {
+    count: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMap {
+    listen: Option<Spanned<String>>,
+    service: Option<Spanned<String>>,
+}
+
+impl RawClientFile {
+    /// Converts every part, recording every problem; `Some` only if all parts converted.
+    fn convert(self, errs: &mut Collector<'_>, base_dir: &Path) -> Option<ClientConfig> {
+        // `[client]` may be left out: a client with only inline settings elsewhere has nothing
+        // to put there, and a missing PSK is then reported as such.
+        let empty = RawClient::default();
+        let (client, client_span) = match &self.client {
+            Some(c) => (c.get_ref(), Some(c.span())),
+            None => (&empty, None),
+        };
+        let handshake_timeout = common::timeout_ms(
+            errs,
+            "client.handshake_timeout_ms",
+            client.handshake_timeout_ms.as_ref(),
+            ClientConfig::DEFAULT_HANDSHAKE_TIMEOUT,
+        );
+        let auth = convert_auth(
+            client,
+            client_span,
+            self.node.as_deref().unwrap_or_default(),
+            errs,
+            base_dir,
+        );
+        let links = convert_links(self.links.as_ref(), errs);
+        let limits = RawLimits::convert(self.limits.as_ref(), errs);
+        let maps = convert_maps(self.map.as_deref().unwrap_or_default(), errs);
+        Some(ClientConfig {
+            auth: auth?,
+            handshake_timeout,
+            links: links?,
+            limits,
+            maps: maps?,
+        })
+    }
+}
+
+/// Loads the keys, converts the nodes and applies the mode rules: a private key means
+/// static-key mode (every node needs `public_key`); without one the client runs in PSK-only
+/// mode (PSK required, nodes must not set `public_key`, which could not be checked).
+fn convert_auth(
+    client: &RawClient,
+    client_span: Option<std::ops::Range<usize>>,
+    raw_nodes: &[Spanned<RawNode>],
+    errs: &mut Collector<'_>,
+    base_dir: &Path,
+) -> Option<ClientAuth> {
+    let private_key: Loaded<PrivateKey> = KeySource {
+        prefix: "client",
+        name: "private_key",
+        inline: client.private_key.as_ref(),
+        file: client.private_key_file.as_ref(),
+    }
+    .load(errs, base_dir);
+    let psk: Loaded<Psk> = KeySource {
+        prefix: "client",
+        name: "psk",
+        inline: client.psk.as_ref(),
+        file: client.psk_file.as_ref(),
+    }
+    .load(errs, base_dir);
+    let static_mode = private_key.is_present();
+    if !static_mode && !psk.is_present() {
+        errs.push(
+            "client.psk",
+            client_span,
+            "missing: without a private key the client runs in PSK-only mode, which needs psk \
+             or psk_file (or set private_key or private_key_file for static-key mode)",
+        );
+    }
+
+    if raw_nodes.is_empty() {
+        errs.push("node", None, "at least one [[node]] is required");
+    }
+    let mut nodes = Vec::with_capacity(raw_nodes.len());
+    let mut ok = true;
+    let mut ids = Vec::new();
+    let mut addrs = Vec::new();
+    for (i, raw) in raw_nodes.iter().enumerate() {
+        let table = raw.span();
+        let n = raw.get_ref();
+        let id_key = format!("node[{i}].id");
+        let addr_key = format!("node[{i}].addr");
+        let pk_key = format!("node[{i}].public_key");
+        let id = common::require(errs, &id_key, n.id.as_ref(), &table, "node id, 1..=65535")
+            .and_then(|v| common::node_id(errs, &id_key, v));
+        let addr = common::require(errs, &addr_key, n.addr.as_ref(), &table, "host:port")
+            .and_then(|v| common::host_port(errs, &addr_key, v));
+        let public_key = match (&n.public_key, static_mode) {
+            (Some(v), true) => PublicKey::from_base64(v.get_ref())
+                .map_err(|e| errs.push(&pk_key, Some(v.span()), key_error_message(&e)))
+                .ok(),
+            (None, true) => {
+                errs.push(
+                    &pk_key,
+                    Some(table.clone()),
+                    "missing: the client has a private key (static-key mode), so every node \
+                     needs the server's public key",
+                );
+                None
+            }
+            (Some(v), false) => {
+                errs.push(
+                    &pk_key,
+                    Some(v.span()),
+                    "the client has no private key (PSK-only mode), where a server key cannot \
+                     be checked: set client.private_key or client.private_key_file for \
+                     static-key mode, or remove this key",
+                );
+                None
+            }
+            (None, false) => None,
+        };
+        if let Some(id) = id {
+            ids.push((i, id));
+        }
+        if let Some(addr) = &addr {
+            addrs.push((i, addr.clone()));
+        }
+        match (id, addr) {
+            (Some(id), Some(addr)) => nodes.push((Node { id, addr }, public_key)),
+            _ => ok = false,
+        }
+    }
+    common::duplicates(ids, |i, first| {
+        let span = raw_nodes[i].get_ref().id.as_ref().map(|v| v.span());
+        errs.push(
+            format!("node[{i}].id"),
+            span,
+            format!("duplicate node id (also node[{first}])"),
+        );
+        ok = false;
+    });
+    common::duplicates(addrs, |i, first| {
+        let span = raw_nodes[i].get_ref().addr.as_ref().map(|v| v.span());
+        errs.push(
+            format!("node[{i}].addr"),
+            span,
+            format!("same address as node[{first}]: list each node once"),
+        );
+        ok = false;
+    });
+    if !ok || raw_nodes.is_empty() {
+        return None;
+    }
+
+    match (private_key, psk) {
+        (Loaded::Ok(private_key), Loaded::Ok(psk)) => {
+            pin(nodes).map(|nodes| ClientAuth::StaticKey {
+                private_key,
+                psk: Some(psk),
+                nodes,
+            })
+        }
+        (Loaded::Ok(private_key), Loaded::Absent) => {
+            pin(nodes).map(|nodes| ClientAuth::StaticKey {
+                private_key,
+                psk: None,
+                nodes,
+            })
+        }
+        (Loaded::Absent, Loaded::Ok(psk)) => {
+            // A node with a public_key in this mode has its error recorded already.
+            let nodes = nodes.into_iter().map(|(n, _)| n).collect();
+            Some(ClientAuth::PskOnly { psk, nodes })
+        }
+        _ => None,
+    }
+}
+
+/// Static-key mode nodes, when every one has its key.
+fn pin(nodes: Vec<(Node, Option<PublicKey>)>) -> Option<Vec<PinnedNode>> {
+    nodes
+        .into_iter()
+        .map(|(node, pk)| {
+            Some(PinnedNode {
+                node,
+                public_key: pk?,
+            })
+        })
+        .collect()
+}
+
+fn convert_links(raw: Option<&Spanned<RawLinks>>, errs: &mut Collector<'_>) -> Option<Links> {
+    let Some(count) = raw.and_then(|r| r.get_ref().count.as_ref()) else {
+        return Some(Links::default());
+    };
+    match u16::try_from(*count.get_ref()) {
+        Ok(c) if (1..=Links::MAX_COUNT).contains(&c) => Some(Links { count: c }),
+        _ => {
+            let msg = format!(
+                "{} is out of range 1..={}",
+                count.get_ref(),
+                Links::MAX_COUNT
+            );
+            errs.push("links.count", Some(count.span()), msg);
+            None
+        }
+    }
+}
+
+fn convert_maps(raw: &[Spanned<RawMap>], errs: &mut Collector<'_>) -> Option<Vec<PortMap>> {
+    if raw.is_empty() {
+        errs.push("map", None, "at least one [[map]] is required");
+        return None;
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    // Indices into `raw` of the maps whose listen address parsed, for the conflict check.
+    let mut listens = Vec::new();
+    for (i, m) in raw.iter().enumerate() {
+        let table = m.span();
+        let m = m.get_ref();
+        let listen_key = format!("map[{i}].listen");
+        let service_key = format!("map[{i}].service");
+        let listen = common::require(
+            errs,
+            &listen_key,
+            m.listen.as_ref(),
+            &table,
+            "socket address",
+        )
+        .and_then(|v| common::socket_addr(errs, &listen_key, v));
+        let service = common::require(
+            errs,
+            &service_key,
+            m.service.as_ref(),
+            &table,
+            "service name",
+        )
+        .and_then(|v| common::service_name(errs, &service_key, v));
+        if let Some(l) = listen {
+            listens.push((i, l));
+        }
+        if let (Some(listen), Some(service)) = (listen, service) {
+            out.push(PortMap { listen, service });
+        }
+    }
+    let addrs: Vec<SocketAddr> = listens.iter().map(|&(_, a)| a).collect();
+    let conflicts = listen_conflicts(&addrs);
+    for &(j, first_j) in &conflicts {
+        let (i, first) = (listens[j].0, listens[first_j].0);
+        let span = raw[i].get_ref().listen.as_ref().map(|v| v.span());
+        errs.push(
+            format!("map[{i}].listen"),
+            span,
+            format!(
+                "conflicts with map[{first}].listen {}: both cannot be bound",
+                addrs[first_j]
+            ),
+        );
+    }
+    (out.len() == raw.len() && conflicts.is_empty()).then_some(out)
+}

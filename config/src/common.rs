@@ -1,0 +1,559 @@
+//! Types shared by both daemons' configs: service names, `host:port` targets, limits, and the
+//! small conversion helpers the `Raw*` layers use.
+
+use crate::error::Collector;
+use serde::Deserialize;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU16;
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+use std::time::Duration;
+use toml::Spanned;
+
+// ---------------------------------------------------------------------------------------------
+// Service names
+// ---------------------------------------------------------------------------------------------
+
+/// The name of a service: 1..=255 bytes of `[A-Za-z0-9._-]`, compared exactly (case matters).
+///
+/// The length limit is the wire format's: `OPEN` carries the name after a one-byte length.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName(String);
+
+/// Why a service name is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceNameError {
+    /// The name is empty.
+    #[error("service name is empty")]
+    Empty,
+    /// The name is longer than 255 bytes.
+    #[error("service name is {0} bytes long, at most 255 are allowed")]
+    TooLong(usize),
+    /// The name holds a character outside `[A-Za-z0-9._-]`.
+    #[error("service name may only hold letters, digits, '.', '_' and '-', found {0:?}")]
+    BadChar(char),
+}
+
+impl ServiceName {
+    /// Longest name in bytes.
+    pub const MAX_LEN: usize = 255;
+
+    /// Checks and wraps a name.
+    pub fn new(name: &str) -> Result<Self, ServiceNameError> {
+        if name.is_empty() {
+            return Err(ServiceNameError::Empty);
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(ServiceNameError::BadChar(c));
+        }
+        if name.len() > Self::MAX_LEN {
+            return Err(ServiceNameError::TooLong(name.len()));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name as bytes, as sent in `OPEN` (1..=255 bytes, ASCII).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl FromStr for ServiceName {
+    type Err = ServiceNameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServiceName({:?})", self.0)
+    }
+}
+
+impl AsRef<str> for ServiceName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// host:port
+// ---------------------------------------------------------------------------------------------
+
+/// The host part of a [`HostPort`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    /// A literal address; nothing to resolve.
+    Ip(IpAddr),
+    /// A DNS name (checked for shape only), resolved each time a connection is made, so a DNS
+    /// change takes effect without a restart.
+    Name(String),
+}
+
+/// A `host:port` to connect to: an IP literal (IPv6 in brackets) or a DNS name, and a port
+/// other than 0. Resolved at connect time, not when the config is read.
+///
+/// `Display` gives the form `tokio::net::lookup_host` and `TcpStream::connect` take
+/// (`example.net:80`, `10.0.0.5:7000`, `[2001:db8::1]:443`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    host: Host,
+    port: u16,
+}
+
+/// Why a `host:port` is invalid. The messages quote the text: it is an address, not a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostPortError {
+    /// No `:port` at the end.
+    #[error(
+        "expected HOST:PORT (e.g. \"10.0.0.5:7000\" or \"game.example.net:7000\"), found {0:?}"
+    )]
+    MissingPort(String),
+    /// An IPv6 address without brackets, which is ambiguous with the port.
+    #[error("IPv6 addresses need brackets, e.g. \"[2001:db8::1]:7000\", found {0:?}")]
+    UnbracketedIpv6(String),
+    /// The port is not a number in 1..=65535.
+    #[error("invalid port {0:?}: expected a number in 1..=65535")]
+    BadPort(String),
+    /// The host is neither an IP address nor a valid DNS name.
+    #[error("invalid host {0:?}: expected an IP address or a DNS name")]
+    BadHost(String),
+}
+
+impl HostPort {
+    /// A target from a host and a port. The host may be an IP literal (IPv6 without brackets)
+    /// or a DNS name.
+    pub fn new(host: &str, port: u16) -> Result<Self, HostPortError> {
+        if port == 0 {
+            return Err(HostPortError::BadPort("0".to_owned()));
+        }
+        let host = if let Ok(ip) = host.parse::<IpAddr>() {
+            Host::Ip(ip)
+        } else if is_dns_name(host) {
+            Host::Name(host.to_owned())
+        } else {
+            return Err(HostPortError::BadHost(host.to_owned()));
+        };
+        Ok(Self { host, port })
+    }
+
+    /// The host.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// The port (never 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The socket address, when the host is an IP literal.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match self.host {
+            Host::Ip(ip) => Some(SocketAddr::new(ip, self.port)),
+            Host::Name(_) => None,
+        }
+    }
+}
+
+/// The port of a `SocketAddr` may be 0; a `HostPort` made from one keeps it, since code that
+/// builds configs in-process (tests, the demo) may want exactly what it bound.
+impl From<SocketAddr> for HostPort {
+    fn from(addr: SocketAddr) -> Self {
+        Self {
+            host: Host::Ip(addr.ip()),
+            port: addr.port(),
+        }
+    }
+}
+
+impl FromStr for HostPort {
+    type Err = HostPortError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (inside, after) = rest
+                .split_once(']')
+                .ok_or_else(|| HostPortError::MissingPort(s.to_owned()))?;
+            let port = after
+                .strip_prefix(':')
+                .ok_or_else(|| HostPortError::MissingPort(s.to_owned()))?;
+            if inside.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(HostPortError::BadHost(inside.to_owned()));
+            }
+            (inside, port)
+        } else {
+            let (host, port) = s
+                .rsplit_once(':')
+                .ok_or_else(|| HostPortError::MissingPort(s.to_owned()))?;
+            if host.contains(':') {
+                return Err(HostPortError::UnbracketedIpv6(s.to_owned()));
+            }
+            (host, port)
+        };
+        let port_num = match port.parse::<u16>() {
+            Ok(p) if p != 0 && port.bytes().all(|b| b.is_ascii_digit()) => p,
+            _ => return Err(HostPortError::BadPort(port.to_owned())),
+        };
+        Self::new(host, port_num)
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            Host::Ip(IpAddr::V4(ip)) => write!(f, "{ip}:{}", self.port),
+            Host::Name(name) => write!(f, "{name}:{}", self.port),
+        }
+    }
+}
+
+/// A DNS name: at most 253 bytes, dot-separated labels of 1..=63 bytes of `[A-Za-z0-9_-]` not
+/// starting or ending with `-`, one trailing dot allowed, and a last label that is not all
+/// digits (so that a mistyped IPv4 address like `10.0.0.256` is not taken for a name).
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() || name.len() > 253 {
+        return false;
+    }
+    let labels_ok = name.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    let last = name.rsplit('.').next().unwrap_or(name);
+    labels_ok && !last.bytes().all(|b| b.is_ascii_digit())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits
+// ---------------------------------------------------------------------------------------------
+
+/// Flow-control and resource limits of one session, the same table (`[limits]`) in both
+/// daemons. Each side applies its own values to what it *receives*: they bound the memory a
+/// peer can make it hold.
+///
+/// The worst case a peer can make one session buffer on the receive side is
+/// `min(session_window, max_streams × stream_window)` bytes of stream data, plus per-stream
+/// state for `max_streams` streams. The sending side holds every unacknowledged byte for resend,
+/// which is bounded by the *peer's* windows in the same way. With the defaults that is 32 MiB of
+/// data per session and direction, whatever the number of streams.
+///
+/// Note that the protocol lets each side send its initial credit (256 KiB per stream, 16 MiB
+/// per session, see `docs/PROTOCOL.md`) before the first window update, so a receiver must be
+/// ready to hold that much per stream and per session even when its windows are smaller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Receive window per stream, in bytes: how far past the bytes the application has read a
+    /// peer may send on one stream. Default 4 MiB, range 16 KiB..=1 GiB.
+    ///
+    /// This caps one stream's throughput at `stream_window / RTT` (4 MiB at 100 ms RTT is about
+    /// 335 Mbit/s), so raise it for bulk transfers over long paths. Memory: at most one window
+    /// of buffered data per open stream, in total at most `session_window`. DoS cost: a peer
+    /// that never lets its streams drain can pin `session_window` bytes per session; a large
+    /// stream window lets a single stream do it.
+    pub stream_window: u64,
+    /// Receive window of the whole session, in bytes: the sum over all streams of bytes sent
+    /// beyond what was consumed. At least `stream_window`. Default 32 MiB, at most 4 GiB.
+    ///
+    /// Memory: the hard bound on buffered stream data per session and direction, so the
+    /// server's worst case is about `session_window × connected clients`. DoS cost: an
+    /// authenticated client can make the server hold this much for as long as it stays
+    /// connected; size it for the number of clients the host must survive.
+    pub session_window: u64,
+    /// Most streams open at once in one session. Default 16,384, range 1..=1,000,000.
+    ///
+    /// Memory: a few hundred bytes of state per stream plus its buffers (bounded by the
+    /// windows above). DoS cost: on the server every stream is an outbound TCP connection to a
+    /// service, so this is also the number of sockets and file descriptors one client can make
+    /// the server open; keep `max_streams × clients` under the process's descriptor limit.
+    /// Streams over the limit are refused with `RESET` code 3 (too many streams).
+    pub max_streams: u32,
+}
+
+impl Limits {
+    /// Default `stream_window`: 4 MiB.
+    pub const DEFAULT_STREAM_WINDOW: u64 = 4 << 20;
+    /// Default `session_window`: 32 MiB.
+    pub const DEFAULT_SESSION_WINDOW: u64 = 32 << 20;
+    /// Default `max_streams`: 16,384.
+    pub const DEFAULT_MAX_STREAMS: u32 = 16_384;
+    /// Allowed `stream_window` values: 16 KiB..=1 GiB.
+    pub const STREAM_WINDOW_RANGE: RangeInclusive<u64> = (16 << 10)..=(1 << 30);
+    /// Allowed `session_window` values: 16 KiB..=4 GiB, and never less than `stream_window`.
+    pub const SESSION_WINDOW_RANGE: RangeInclusive<u64> = (16 << 10)..=(4 << 30);
+    /// Allowed `max_streams` values: 1..=1,000,000.
+    pub const MAX_STREAMS_RANGE: RangeInclusive<u32> = 1..=1_000_000;
+
+    /// Checks the ranges and `session_window >= stream_window`. Returns each problem with the
+    /// name of the field it is reported on.
+    pub(crate) fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(msg) = out_of_range(self.stream_window, &Self::STREAM_WINDOW_RANGE) {
+            out.push(("stream_window", msg));
+        }
+        if let Some(msg) = out_of_range(self.session_window, &Self::SESSION_WINDOW_RANGE) {
+            out.push(("session_window", msg));
+        } else if Self::STREAM_WINDOW_RANGE.contains(&self.stream_window) {
+            if let Some(msg) = self.window_order_problem() {
+                out.push(("session_window", msg));
+            }
+        }
+        if let Some(msg) = out_of_range(self.max_streams, &Self::MAX_STREAMS_RANGE) {
+            out.push(("max_streams", msg));
+        }
+        out
+    }
+
+    /// The problem with `session_window < stream_window`, if so.
+    fn window_order_problem(&self) -> Option<String> {
+        (self.session_window < self.stream_window).then(|| {
+            format!(
+                "{} is less than stream_window ({}); the session window must hold at least one \
+                 full stream window",
+                self.session_window, self.stream_window
+            )
+        })
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            stream_window: Self::DEFAULT_STREAM_WINDOW,
+            session_window: Self::DEFAULT_SESSION_WINDOW,
+            max_streams: Self::DEFAULT_MAX_STREAMS,
+        }
+    }
+}
+
+/// `[limits]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    stream_window: Option<Spanned<i64>>,
+    session_window: Option<Spanned<i64>>,
+    max_streams: Option<Spanned<i64>>,
+}
+
+impl RawLimits {
+    /// Converts `[limits]` (absent: all defaults), recording every problem.
+    pub(crate) fn convert(raw: Option<&Spanned<RawLimits>>, errs: &mut Collector<'_>) -> Limits {
+        let d = Limits::default();
+        let Some(raw) = raw else {
+            return d;
+        };
+        let raw = raw.get_ref();
+        let stream_window = int_in(
+            errs,
+            "limits.stream_window",
+            raw.stream_window.as_ref(),
+            &Limits::STREAM_WINDOW_RANGE,
+        );
+        let session_window = int_in(
+            errs,
+            "limits.session_window",
+            raw.session_window.as_ref(),
+            &Limits::SESSION_WINDOW_RANGE,
+        );
+        let max_streams = int_in(
+            errs,
+            "limits.max_streams",
+            raw.max_streams.as_ref(),
+            &Limits::MAX_STREAMS_RANGE,
+        );
+        let limits = Limits {
+            stream_window: stream_window.flatten().unwrap_or(d.stream_window),
+            session_window: session_window.flatten().unwrap_or(d.session_window),
+            max_streams: max_streams.flatten().unwrap_or(d.max_streams),
+        };
+        // Cross-check only values that are in range on their own. A default session window can
+        // be less than a configured stream window: point at the stream window then, since that
+        // is the value the user wrote.
+        if let (Some(_), Some(_)) = (stream_window, session_window) {
+            if let Some(msg) = limits.window_order_problem() {
+                let written = raw.session_window.as_ref().or(raw.stream_window.as_ref());
+                errs.push("limits.session_window", written.map(|v| v.span()), msg);
+            }
+        }
+        limits
+    }
+}
+
+/// Converts an optional integer that must lie in `range`: `Some(None)` when absent,
+/// `Some(Some(v))` when valid, `None` (error recorded) when out of range.
+fn int_in<T>(
+    errs: &mut Collector<'_>,
+    key: &str,
+    v: Option<&Spanned<i64>>,
+    range: &RangeInclusive<T>,
+) -> Option<Option<T>>
+where
+    T: TryFrom<i64> + PartialOrd + fmt::Display,
+{
+    let Some(v) = v else {
+        return Some(None);
+    };
+    match T::try_from(*v.get_ref()) {
+        Ok(x) if range.contains(&x) => Some(Some(x)),
+        _ => {
+            let msg = format!("{} is out of range {}", v.get_ref(), fmt_range(range));
+            errs.push(key, Some(v.span()), msg);
+            None
+        }
+    }
+}
+
+fn fmt_range<T: fmt::Display>(r: &RangeInclusive<T>) -> String {
+    format!("{}..={}", r.start(), r.end())
+}
+
+fn out_of_range<T: PartialOrd + fmt::Display>(v: T, r: &RangeInclusive<T>) -> Option<String> {
+    (!r.contains(&v)).then(|| format!("{v} is out of range {}", fmt_range(r)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the Raw layers
+// ---------------------------------------------------------------------------------------------
+
+/// Allowed `handshake_timeout_ms` and `connect_timeout_ms` values: 100 ms..=10 min.
+pub(crate) const TIMEOUT_MS_RANGE: RangeInclusive<i64> = 100..=600_000;
+
+/// Converts an optional millisecond timeout, recording an out-of-range value.
+pub(crate) fn timeout_ms(
+    errs: &mut Collector<'_>,
+    key: &str,
+    value: Option<&Spanned<i64>>,
+    default: Duration,
+) -> Duration {
+    match value {
+        None => default,
+        Some(v) => match out_of_range(*v.get_ref(), &TIMEOUT_MS_RANGE) {
+            None => Duration::from_millis(*v.get_ref() as u64),
+            Some(msg) => {
+                errs.push(key, Some(v.span()), format!("{msg} (milliseconds)"));
+                default
+            }
+        },
+    }
+}
+
+/// Checks a millisecond timeout of a code-built config.
+pub(crate) fn timeout_problem(d: Duration) -> Option<String> {
+    let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    out_of_range(ms, &TIMEOUT_MS_RANGE).map(|m| format!("{m} (milliseconds)"))
+}
+
+/// Converts a node id (1..=65535).
+pub(crate) fn node_id(errs: &mut Collector<'_>, key: &str, v: &Spanned<i64>) -> Option<NonZeroU16> {
+    let id = u16::try_from(*v.get_ref()).ok().and_then(NonZeroU16::new);
+    if id.is_none() {
+        errs.push(
+            key,
+            Some(v.span()),
+            format!("{} is out of range 1..=65535", v.get_ref()),
+        );
+    }
+    id
+}
+
+/// Parses a socket address (`IP:PORT`, IPv6 in brackets; no host names).
+pub(crate) fn socket_addr(
+    errs: &mut Collector<'_>,
+    key: &str,
+    v: &Spanned<String>,
+) -> Option<SocketAddr> {
+    let parsed = v.get_ref().parse::<SocketAddr>();
+    if parsed.is_err() {
+        errs.push(
+            key,
+            Some(v.span()),
+            format!(
+                "invalid socket address {:?}: expected IP:PORT such as \"0.0.0.0:4480\" or \
+                 \"[::]:4480\" (host names are not allowed here)",
+                v.get_ref()
+            ),
+        );
+    }
+    parsed.ok()
+}
+
+/// Parses a `host:port`.
+pub(crate) fn host_port(
+    errs: &mut Collector<'_>,
+    key: &str,
+    v: &Spanned<String>,
+) -> Option<HostPort> {
+    v.get_ref()
+        .parse::<HostPort>()
+        .map_err(|e| errs.push(key, Some(v.span()), e.to_string()))
+        .ok()
+}
+
+/// Parses a service name.
+pub(crate) fn service_name(
+    errs: &mut Collector<'_>,
+    key: &str,
+    v: &Spanned<String>,
+) -> Option<ServiceName> {
+    ServiceName::new(v.get_ref())
+        .map_err(|e| errs.push(key, Some(v.span()), e.to_string()))
+        .ok()
+}
+
+/// Records `key: missing required key` at the enclosing table, and returns `None`.
+pub(crate) fn require<'v, T>(
+    errs: &mut Collector<'_>,
+    key: &str,
+    value: Option<&'v T>,
+    table: &std::ops::Range<usize>,
+    what: &str,
+) -> Option<&'v T> {
+    if value.is_none() {
+        errs.push(
+            key,
+            Some(table.clone()),
+            format!("missing required key ({what})"),
+        );
+    }
+    value
+}
+
+/// Finds repeated values. For each item after the first with an equal key, calls `report` with
+/// the item's index and the index of the first one.
+pub(crate) fn duplicates<K: Eq + std::hash::Hash>(
+    keys: impl IntoIterator<Item = (usize, K)>,
+    mut report: impl FnMut(usize, usize),
+) {
+    let mut seen = std::collections::HashMap::new();
+    for (i, k) in keys {
+        match seen.get(&k) {
+            Some(&first) => report(i, first),
+            None => {
+                seen.insert(k, i);
+            }
+        }
+    }
+}

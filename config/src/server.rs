@@ -1,0 +1,421 @@
+//! `wanmux-server` config: the node's listen address, identity, who may connect, and the
+//! services it may dial. See `docs/CONFIG.md` for the file format.
+
+use crate::common::{self, HostPort, Limits, RawLimits, ServiceName};
+use crate::error::{Collector, ConfigError, ConfigErrors};
+use crate::locate;
+use crate::secret::{key_error_message, KeySource, Loaded};
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::path::Path;
+use std::time::Duration;
+use toml::Spanned;
+use wanmux_core::keys::{PrivateKey, Psk, PublicKey};
+
+/// A validated `wanmux-server` config.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address the node accepts client links on (`server.listen`).
+    pub listen: SocketAddr,
+    /// This node's id, 1..=65535, unique in the cluster (`server.node_id`). It is the owner id
+    /// in the high bits of the stream ids this node owns.
+    pub node_id: NonZeroU16,
+    /// Who may connect, and how (the Noise pattern follows from the variant).
+    pub auth: ServerAuth,
+    /// Time a client has to complete the handshake, key confirmation included
+    /// (`server.handshake_timeout_ms`, default 10 s).
+    pub handshake_timeout: Duration,
+    /// Time allowed for dialling a service before the stream is reset with code 2
+    /// (`server.connect_timeout_ms`, default 5 s).
+    pub connect_timeout: Duration,
+    /// Per-session limits (`[limits]`).
+    pub limits: Limits,
+    /// The services clients may open, by name (`[[service]]`). Non-empty, names unique. The
+    /// server connects to nothing else.
+    pub services: Vec<Service>,
+}
+
+/// How the server authenticates clients. Each variant holds exactly the keys its mode needs.
+#[derive(Debug, Clone)]
+pub enum ServerAuth {
+    /// Static-key mode: the client pins this node's public key and the node accepts only the
+    /// listed client keys. Noise `IK`, or `IKpsk2` when `psk` is set.
+    StaticKey {
+        /// This node's static private key.
+        private_key: PrivateKey,
+        /// Client public keys allowed to connect. Non-empty.
+        allowed_clients: BTreeSet<PublicKey>,
+        /// Optional PSK mixed in as well (`IKpsk2`).
+        psk: Option<Psk>,
+    },
+    /// PSK-only mode: any peer holding the PSK may connect. Noise `NNpsk0`.
+    PskOnly {
+        /// The pre-shared key.
+        psk: Psk,
+    },
+}
+
+/// A service the server may connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// The name clients ask for in `OPEN`.
+    pub name: ServiceName,
+    /// Where to connect; a host name is resolved on each connect.
+    pub target: HostPort,
+}
+
+impl ServerConfig {
+    /// Default `handshake_timeout`: 10 s.
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default `connect_timeout`: 5 s.
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// A config with default timeouts and limits. Check it with [`validate`](Self::validate)
+    /// if its parts did not come from a trusted place.
+    pub fn new(
+        listen: SocketAddr,
+        node_id: NonZeroU16,
+        auth: ServerAuth,
+        services: Vec<Service>,
+    ) -> Self {
+        Self {
+            listen,
+            node_id,
+            auth,
+            handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
+            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            limits: Limits::default(),
+            services,
+        }
+    }
+
+    /// Reads and validates the config file at `path`. Relative key file paths resolve against
+    /// the file's directory.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigErrors> {
+        let (text, base_dir, name) = read_config(path.as_ref())?;
+        Self::parse(&text, &base_dir, &name)
+    }
+
+    /// Parses and validates config `text`. `base_dir` is where relative key file paths
+    /// resolve; `source_name` names the file in error messages.
+    pub fn parse(text: &str, base_dir: &Path, source_name: &str) -> Result<Self, ConfigErrors> {
+        let raw: RawServerFile = toml::from_str(text)
+            .map_err(|e| ConfigErrors::single(source_name, locate::toml_error(text, &e)))?;
+        let mut errs = Collector::new(text);
+        let config = raw.convert(&mut errs, base_dir);
+        errs.finish(source_name, config)
+    }
+
+    /// The service with this name.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name.as_str() == name)
+    }
+
+    /// Checks a config built in code against the rules the TOML path applies: non-empty unique
+    /// services, timeouts and limits in range, a non-empty allow-list in static-key mode.
+    /// Errors carry keys but no lines.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errs = Collector::new("");
+        if let ServerAuth::StaticKey {
+            allowed_clients, ..
+        } = &self.auth
+        {
+            if allowed_clients.is_empty() {
+                errs.push(
+                    "server.allowed_clients",
+                    None,
+                    "static-key mode needs at least one client key",
+                );
+            }
+        }
+        if let Some(m) = common::timeout_problem(self.handshake_timeout) {
+            errs.push("server.handshake_timeout_ms", None, m);
+        }
+        if let Some(m) = common::timeout_problem(self.connect_timeout) {
+            errs.push("server.connect_timeout_ms", None, m);
+        }
+        for (field, m) in self.limits.problems() {
+            errs.push(format!("limits.{field}"), None, m);
+        }
+        if self.services.is_empty() {
+            errs.push("service", None, "at least one [[service]] is required");
+        }
+        common::duplicates(
+            self.services.iter().map(|s| &s.name).enumerate(),
+            |i, first| {
+                errs.push(
+                    format!("service[{i}].name"),
+                    None,
+                    format!("duplicate service name (also service[{first}])"),
+                )
+            },
+        );
+        errs.finish("<config>", Some(()))
+    }
+}
+
+/// Reads a config file: its text, the directory relative key paths resolve against, and the
+/// name to use in messages.
+pub(crate) fn read_config(
+    path: &Path,
+) -> Result<(String, std::path::PathBuf, String), ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::single(
+            &name,
+            ConfigError {
+                key: String::new(),
+                line: None,
+                message: format!("cannot read config file: {e}"),
+            },
+        )
+    })?;
+    let base_dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    Ok((text, base_dir, name))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw layer
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServerFile {
+    server: Option<Spanned<RawServer>>,
+    limits: Option<Spanned<RawLimits>>,
+    service: Option<Vec<Spanned<RawService>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+    node_id: Option<Spanned<i64>>,
+    private_key: Option<Spanned<String>>,
+    private_key_file: Option<Spanned<String>>,
+    psk: Option<Spanned<String>>,
+    psk_file: Option<Spanned<String>>,
+    allowed_clients: Option<Spanned<Vec<Spanned<String>>>>,
+    handshake_timeout_ms: Option<Spanned<i64>>,
+    connect_timeout_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Option<Spanned<String>>,
+    target: Option<Spanned<String>>,
+}
+
+impl RawServerFile {
+    /// Converts every part, recording every problem; `Some` only if all parts converted.
+    fn convert(self, errs: &mut Collector<'_>, base_dir: &Path) -> Option<ServerConfig> {
+        let limits = RawLimits::convert(self.limits.as_ref(), errs);
+        let services = convert_services(self.service.as_deref(), errs);
+        let Some(server) = self.server else {
+            errs.push("server", None, "missing required table [server]");
+            return None;
+        };
+        let table = server.span();
+        let s = server.get_ref();
+
+        let listen = common::require(
+            errs,
+            "server.listen",
+            s.listen.as_ref(),
+            &table,
+            "socket address",
+        )
+        .and_then(|v| common::socket_addr(errs, "server.listen", v));
+        let node_id = common::require(
+            errs,
+            "server.node_id",
+            s.node_id.as_ref(),
+            &table,
+            "1..=65535",
+        )
+        .and_then(|v| common::node_id(errs, "server.node_id", v));
+        let handshake_timeout = common::timeout_ms(
+            errs,
+            "server.handshake_timeout_ms",
+            s.handshake_timeout_ms.as_ref(),
+            ServerConfig::DEFAULT_HANDSHAKE_TIMEOUT,
+        );
+        let connect_timeout = common::timeout_ms(
+            errs,
+            "server.connect_timeout_ms",
+            s.connect_timeout_ms.as_ref(),
+            ServerConfig::DEFAULT_CONNECT_TIMEOUT,
+        );
+        let auth = s.convert_auth(errs, base_dir, &table);
+
+        Some(ServerConfig {
+            listen: listen?,
+            node_id: node_id?,
+            auth: auth?,
+            handshake_timeout,
+            connect_timeout,
+            limits,
+            services: services?,
+        })
+    }
+}
+
+impl RawServer {
+    /// Loads the keys and applies the mode rules: allowed clients mean static-key mode (private
+    /// key required, PSK optional); no allowed clients mean PSK-only mode (PSK required).
+    fn convert_auth(
+        &self,
+        errs: &mut Collector<'_>,
+        base_dir: &Path,
+        table: &std::ops::Range<usize>,
+    ) -> Option<ServerAuth> {
+        let private_key: Loaded<PrivateKey> = KeySource {
+            prefix: "server",
+            name: "private_key",
+            inline: self.private_key.as_ref(),
+            file: self.private_key_file.as_ref(),
+        }
+        .load(errs, base_dir);
+        let psk: Loaded<Psk> = KeySource {
+            prefix: "server",
+            name: "psk",
+            inline: self.psk.as_ref(),
+            file: self.psk_file.as_ref(),
+        }
+        .load(errs, base_dir);
+
+        let raw_clients = self
+            .allowed_clients
+            .as_ref()
+            .map_or(&[][..], |v| v.get_ref().as_slice());
+        let mut clients_ok = true;
+        let mut clients = BTreeSet::new();
+        let mut parsed = Vec::new();
+        for (i, c) in raw_clients.iter().enumerate() {
+            match PublicKey::from_base64(c.get_ref()) {
+                Ok(k) => {
+                    parsed.push((i, k));
+                    clients.insert(k);
+                }
+                Err(e) => {
+                    errs.push(
+                        format!("server.allowed_clients[{i}]"),
+                        Some(c.span()),
+                        key_error_message(&e),
+                    );
+                    clients_ok = false;
+                }
+            }
+        }
+        common::duplicates(parsed, |i, first| {
+            errs.push(
+                format!("server.allowed_clients[{i}]"),
+                Some(raw_clients[i].span()),
+                format!("duplicate client key (also allowed_clients[{first}])"),
+            );
+            clients_ok = false;
+        });
+
+        if raw_clients.is_empty() {
+            // PSK-only mode.
+            if private_key.is_present() {
+                let (key, span) = match (&self.private_key, &self.private_key_file) {
+                    (Some(v), _) => ("server.private_key", v.span()),
+                    (None, Some(v)) => ("server.private_key_file", v.span()),
+                    (None, None) => ("server.private_key", table.clone()),
+                };
+                errs.push(
+                    key,
+                    Some(span),
+                    "a private key is set but allowed_clients is empty: list the client public \
+                     keys for static-key mode, or remove the private key for PSK-only mode",
+                );
+            }
+            if !psk.is_present() {
+                errs.push(
+                    "server.psk",
+                    Some(table.clone()),
+                    "missing: with no allowed_clients the server runs in PSK-only mode, which \
+                     needs psk or psk_file (or list allowed_clients and set a private key for \
+                     static-key mode)",
+                );
+            }
+            match psk {
+                Loaded::Ok(psk) if !private_key.is_present() => Some(ServerAuth::PskOnly { psk }),
+                _ => None,
+            }
+        } else {
+            if !private_key.is_present() {
+                errs.push(
+                    "server.private_key",
+                    Some(table.clone()),
+                    "missing: allowed_clients is set, so the server runs in static-key mode, \
+                     which needs private_key or private_key_file",
+                );
+            }
+            let psk = match psk {
+                Loaded::Absent => None,
+                Loaded::Failed => return None,
+                Loaded::Ok(p) => Some(p),
+            };
+            match private_key {
+                Loaded::Ok(private_key) if clients_ok => Some(ServerAuth::StaticKey {
+                    private_key,
+                    allowed_clients: clients,
+                    psk,
+                }),
+                _ => None,
+            }
+        }
+    }
+}
+
+fn convert_services(
+    raw: Option<&[Spanned<RawService>]>,
+    errs: &mut Collector<'_>,
+) -> Option<Vec<Service>> {
+    let raw = raw.unwrap_or_default();
+    if raw.is_empty() {
+        errs.push("service", None, "at least one [[service]] is required");
+        return None;
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut names = Vec::new();
+    for (i, svc) in raw.iter().enumerate() {
+        let table = svc.span();
+        let svc = svc.get_ref();
+        let name_key = format!("service[{i}].name");
+        let target_key = format!("service[{i}].target");
+        let name = common::require(errs, &name_key, svc.name.as_ref(), &table, "service name")
+            .and_then(|v| common::service_name(errs, &name_key, v));
+        let target = common::require(errs, &target_key, svc.target.as_ref(), &table, "host:port")
+            .and_then(|v| common::host_port(errs, &target_key, v));
+        if let Some(n) = &name {
+            names.push((i, n.clone()));
+        }
+        if let (Some(name), Some(target)) = (name, target) {
+            out.push(Service { name, target });
+        }
+    }
+    common::duplicates(names, |i, first| {
+        let span = raw[i].get_ref().name.as_ref().map(|v| v.span());
+        let first_line = raw[first]
+            .get_ref()
+            .name
+            .as_ref()
+            .map(|v| errs.line_of(v.span().start));
+        let at = first_line.map_or(String::new(), |l| format!(", line {l}"));
+        errs.push(
+            format!("service[{i}].name"),
+            span,
+            format!("duplicate service name (first defined at service[{first}]{at})"),
+        );
+    });
+    (out.len() == raw.len() && errs.is_clean()).then_some(out)
+}

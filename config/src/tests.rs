@@ -1,0 +1,920 @@
+//! Tests of both configs: every error kind names its key and line, all semantic errors come out
+//! in one pass, and secrets stay out of `Debug` and messages.
+
+use crate::*;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+fn b64(byte: u8) -> String {
+    PublicKey::from_bytes([byte; 32]).to_base64()
+}
+
+fn server(text: &str) -> Result<ServerConfig, ConfigErrors> {
+    ServerConfig::parse(text, Path::new("/nonexistent"), "server.toml")
+}
+
+fn client(text: &str) -> Result<ClientConfig, ConfigErrors> {
+    ClientConfig::parse(text, Path::new("/nonexistent"), "client.toml")
+}
+
+/// The (key, line) pairs of an error list, for compact asserts.
+fn keys_lines(errs: &ConfigErrors) -> Vec<(&str, Option<usize>)> {
+    errs.iter().map(|e| (e.key.as_str(), e.line)).collect()
+}
+
+/// The single error of a result that must fail with exactly one.
+fn one_error<T: std::fmt::Debug>(r: Result<T, ConfigErrors>) -> ConfigError {
+    let errs = r.unwrap_err();
+    assert_eq!(errs.len(), 1, "expected one error, got:\n{errs}");
+    errs.errors[0].clone()
+}
+
+/// A fresh empty directory under the system temp dir.
+fn temp_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "wanmux-config-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A valid PSK-only server config; tests append to or edit it. Line numbers are fixed.
+fn psk_server() -> String {
+    format!(
+        "[server]\n\
+         listen = \"0.0.0.0:4480\"\n\
+         node_id = 1\n\
+         psk = \"{}\"\n\
+         \n\
+         [[service]]\n\
+         name = \"game\"\n\
+         target = \"10.0.0.5:7000\"\n",
+        b64(9)
+    )
+}
+
+/// A valid static-key client config. Line numbers are fixed.
+fn static_client() -> String {
+    format!(
+        "[client]\n\
+         private_key = \"{}\"\n\
+         \n\
+         [[node]]\n\
+         id = 1\n\
+         addr = \"203.0.113.10:4480\"\n\
+         public_key = \"{}\"\n\
+         \n\
+         [[map]]\n\
+         listen = \"127.0.0.1:7000\"\n\
+         service = \"game\"\n",
+        b64(1),
+        b64(2)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Valid configs
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn psk_server_parses_with_defaults() {
+    let c = server(&psk_server()).unwrap();
+    assert_eq!(c.listen, "0.0.0.0:4480".parse::<SocketAddr>().unwrap());
+    assert_eq!(c.node_id.get(), 1);
+    assert!(matches!(&c.auth, ServerAuth::PskOnly { psk } if *psk == Psk::from_bytes([9; 32])));
+    assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(c.connect_timeout, Duration::from_secs(5));
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.limits.stream_window, 4 << 20);
+    assert_eq!(c.limits.session_window, 32 << 20);
+    assert_eq!(c.limits.max_streams, 16384);
+    assert_eq!(c.services.len(), 1);
+    let game = c.service("game").unwrap();
+    assert_eq!(game.target.to_string(), "10.0.0.5:7000");
+    assert_eq!(
+        game.target.socket_addr(),
+        Some("10.0.0.5:7000".parse().unwrap())
+    );
+    assert!(c.service("other").is_none());
+    c.validate().unwrap();
+}
+
+#[test]
+fn static_server_with_psk_is_ikpsk2_and_reads_key_files() {
+    let dir = temp_dir();
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    // Key files: base64 with surrounding whitespace, relative to the config's directory.
+    std::fs::write(dir.join("keys/server.key"), format!("  {}\n\n", b64(3))).unwrap();
+    std::fs::write(dir.join("wanmux.psk"), format!("{}\n", b64(4))).unwrap();
+    let text = format!(
+        "[server]\nlisten = \"[::]:4480\"\nnode_id = 65535\nprivate_key_file = \"keys/server.key\"\n\
+         psk_file = \"wanmux.psk\"\nallowed_clients = [\"{}\", \"{}\"]\nhandshake_timeout_ms = 2500\n\
+         connect_timeout_ms = 100\n[limits]\nstream_window = 16384\nsession_window = 16384\n\
+         max_streams = 1\n[[service]]\nname = \"a.b_c-D9\"\ntarget = \"game.example.net:7000\"\n",
+        b64(5),
+        b64(6)
+    );
+    std::fs::write(dir.join("server.toml"), &text).unwrap();
+    let c = ServerConfig::load(dir.join("server.toml")).unwrap();
+    match &c.auth {
+        ServerAuth::StaticKey {
+            private_key,
+            allowed_clients,
+            psk,
+        } => {
+            assert_eq!(*private_key, PrivateKey::from_bytes([3; 32]));
+            assert_eq!(psk.as_ref(), Some(&Psk::from_bytes([4; 32])));
+            let want: Vec<_> = [5, 6].map(|b| PublicKey::from_bytes([b; 32])).into();
+            assert_eq!(allowed_clients.iter().copied().collect::<Vec<_>>(), want);
+        }
+        other => panic!("wrong mode {other:?}"),
+    }
+    assert_eq!(c.node_id.get(), 65535);
+    assert_eq!(c.handshake_timeout, Duration::from_millis(2500));
+    assert_eq!(c.connect_timeout, Duration::from_millis(100));
+    assert_eq!(
+        c.limits,
+        Limits {
+            stream_window: 16384,
+            session_window: 16384,
+            max_streams: 1
+        }
+    );
+    let svc = &c.services[0];
+    assert_eq!(svc.name.as_str(), "a.b_c-D9");
+    assert_eq!(svc.target.host(), &Host::Name("game.example.net".into()));
+    assert_eq!(svc.target.port(), 7000);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn static_client_parses_and_exposes_handshakes() {
+    let c = client(&static_client()).unwrap();
+    let ClientAuth::StaticKey {
+        private_key,
+        psk,
+        nodes,
+    } = &c.auth
+    else {
+        panic!("wrong mode {:?}", c.auth);
+    };
+    assert_eq!(*private_key, PrivateKey::from_bytes([1; 32]));
+    assert!(psk.is_none());
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].public_key, PublicKey::from_bytes([2; 32]));
+    assert_eq!(nodes[0].node.addr.to_string(), "203.0.113.10:4480");
+    assert_eq!(c.links.count, 4);
+    assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(c.maps[0].service.as_str(), "game");
+    let hs: Vec<_> = c.auth.handshakes().collect();
+    assert_eq!(hs.len(), 1);
+    assert!(matches!(
+        hs[0].1,
+        NodeHandshake::StaticKey { remote, psk: None, .. } if *remote == PublicKey::from_bytes([2; 32])
+    ));
+    assert_eq!(c.nodes().map(|n| n.id.get()).collect::<Vec<_>>(), [1]);
+    c.validate().unwrap();
+}
+
+#[test]
+fn psk_client_with_several_nodes_and_links() {
+    let text = format!(
+        "[client]\npsk = \"{}\"\n[[node]]\nid = 1\naddr = \"a.example:4480\"\n[[node]]\nid = 2\n\
+         addr = \"[2001:db8::1]:4480\"\n[links]\ncount = 256\n[[map]]\nlisten = \"[::1]:7000\"\n\
+         service = \"x\"\n[[map]]\nlisten = \"127.0.0.1:7000\"\nservice = \"x\"\n",
+        b64(7)
+    );
+    let c = client(&text).unwrap();
+    assert!(matches!(&c.auth, ClientAuth::PskOnly { nodes, .. } if nodes.len() == 2));
+    assert_eq!(c.links.count, 256);
+    let hs: Vec<_> = c.auth.handshakes().collect();
+    assert!(hs
+        .iter()
+        .all(|(_, h)| matches!(h, NodeHandshake::PskOnly { .. })));
+    assert_eq!(hs[1].0.addr.to_string(), "[2001:db8::1]:4480");
+    // Two maps on one port but different, non-wildcard addresses do not conflict.
+    assert_eq!(c.maps.len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors from the TOML parser: one, with key and line
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let text = psk_server().replace("node_id = 1\n", "node_id = 1\nnode_idd = 2\n");
+    let e = one_error(server(&text));
+    assert_eq!((e.key.as_str(), e.line), ("server.node_idd", Some(4)));
+    assert!(
+        e.message.contains("unknown field `node_idd`"),
+        "{}",
+        e.message
+    );
+
+    // Inside the second element of an array of tables.
+    let text = format!(
+        "{}[[service]]\nname = \"b\"\ntarjet = \"x:1\"\n",
+        psk_server()
+    );
+    let e = one_error(server(&text));
+    assert_eq!((e.key.as_str(), e.line), ("service[1].tarjet", Some(11)));
+
+    // An unknown table.
+    let text = format!("{}[limit]\nmax_streams = 5\n", static_client());
+    let e = one_error(client(&text));
+    assert_eq!((e.key.as_str(), e.line), ("limit", Some(12)));
+
+    // A server key in a client config.
+    let text = static_client().replace("[client]\n", "[client]\nlisten = \"0.0.0.0:1\"\n");
+    let e = one_error(client(&text));
+    assert_eq!((e.key.as_str(), e.line), ("client.listen", Some(2)));
+}
+
+#[test]
+fn type_and_syntax_errors_have_lines() {
+    let text = psk_server().replace("node_id = 1", "node_id = \"one\"");
+    let e = one_error(server(&text));
+    assert_eq!((e.key.as_str(), e.line), ("server.node_id", Some(3)));
+    assert!(e.message.contains("invalid type"), "{}", e.message);
+
+    let text = format!("{}[limits]\nstream_window = 1.5\n", psk_server());
+    let e = one_error(server(&text));
+    assert_eq!((e.key.as_str(), e.line), ("limits.stream_window", Some(10)));
+
+    // An element of an array.
+    let text = static_client().replace("[client]\n", "") + "[client]\n";
+    assert!(client(&text).is_err());
+    let text = psk_server().replace(
+        "node_id = 1\n",
+        "node_id = 1\nallowed_clients = [\"a\", 7]\n",
+    );
+    let e = one_error(server(&text));
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("server.allowed_clients[1]", Some(4))
+    );
+
+    // `[service]` instead of `[[service]]`.
+    let text = psk_server().replace("[[service]]", "[service]");
+    let e = one_error(server(&text));
+    assert_eq!((e.key.as_str(), e.line), ("service", Some(6)));
+
+    // A table defined twice: the parser cannot name a key, only the line.
+    let e = one_error(server(&(psk_server() + "[server]\n")));
+    assert_eq!((e.key.as_str(), e.line), ("", Some(9)));
+    assert!(e.to_string().contains("duplicate"), "{e}");
+
+    // A syntax error: unterminated string.
+    let text = psk_server().replace("target = \"10.0.0.5:7000\"", "target = \"10.0.0.5:7000");
+    let e = one_error(server(&text));
+    assert_eq!(e.line, Some(8));
+}
+
+#[test]
+fn parser_errors_do_not_quote_secrets() {
+    let secret = b64(42);
+    // A key pasted into a numeric field: the parser's message would quote the string.
+    let text = psk_server().replace("node_id = 1", &format!("node_id = \"{secret}\""));
+    let errs = server(&text).unwrap_err();
+    let shown = errs.to_string();
+    assert!(!shown.contains(&secret), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
+    // A syntax error on the line of an inline secret: the message does not quote the line.
+    let text = psk_server().replace(
+        &format!("psk = \"{}\"", b64(9)),
+        &format!("psk = \"{secret}\" x"),
+    );
+    let shown = server(&text).unwrap_err().to_string();
+    assert!(!shown.contains(&secret), "{shown}");
+    assert!(shown.starts_with("server.toml:4: "), "{shown}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Semantic errors: each kind names its key and line
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn bad_addresses() {
+    let text = psk_server().replace("0.0.0.0:4480", "0.0.0.0:99999");
+    let e = one_error(server(&text));
+    assert_eq!((e.key.as_str(), e.line), ("server.listen", Some(2)));
+    assert!(
+        e.message.contains("invalid socket address"),
+        "{}",
+        e.message
+    );
+
+    let text = psk_server().replace("0.0.0.0:4480", "localhost:4480");
+    assert_eq!(one_error(server(&text)).key, "server.listen");
+
+    for (bad, want) in [
+        ("10.0.0.5", "expected HOST:PORT"),
+        ("10.0.0.5:0", "invalid port"),
+        ("10.0.0.5:http", "invalid port"),
+        ("10.0.0.5:+80", "invalid port"),
+        ("::1:80", "IPv6 addresses need brackets"),
+        ("[::1:80", "expected HOST:PORT"),
+        ("[nothost]:80", "invalid host"),
+        ("bad_host!:80", "invalid host"),
+        ("10.0.0.256:80", "invalid host"),
+        (":80", "invalid host"),
+        ("-x.example:80", "invalid host"),
+    ] {
+        let text = psk_server().replace("10.0.0.5:7000", bad);
+        let e = one_error(server(&text));
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("service[0].target", Some(8)),
+            "{bad}"
+        );
+        assert!(e.message.contains(want), "{bad}: {}", e.message);
+    }
+
+    let text = static_client().replace("203.0.113.10:4480", "203.0.113.10");
+    let e = one_error(client(&text));
+    assert_eq!((e.key.as_str(), e.line), ("node[0].addr", Some(6)));
+
+    let text = static_client().replace("127.0.0.1:7000", "localhost:7000");
+    let e = one_error(client(&text));
+    assert_eq!((e.key.as_str(), e.line), ("map[0].listen", Some(10)));
+}
+
+#[test]
+fn bad_service_names() {
+    let long = "a".repeat(256);
+    for bad in ["", "game server", "gäme", "a/b", long.as_str()] {
+        let text = psk_server().replace("name = \"game\"", &format!("name = \"{bad}\""));
+        let e = one_error(server(&text));
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("service[0].name", Some(7)),
+            "{bad:?}"
+        );
+    }
+    let ok = "a".repeat(255);
+    let text = psk_server().replace("name = \"game\"", &format!("name = \"{ok}\""));
+    server(&text).unwrap();
+
+    let text = static_client().replace("service = \"game\"", "service = \"no way\"");
+    let e = one_error(client(&text));
+    assert_eq!((e.key.as_str(), e.line), ("map[0].service", Some(11)));
+}
+
+#[test]
+fn duplicates_name_the_second_occurrence() {
+    let text = format!(
+        "{}\n[[service]]\nname = \"other\"\ntarget = \"10.0.0.6:1\"\n\n[[service]]\nname = \"game\"\n\
+         target = \"10.0.0.7:1\"\n",
+        psk_server()
+    );
+    let e = one_error(server(&text));
+    assert_eq!((e.key.as_str(), e.line), ("service[2].name", Some(15)));
+    assert!(
+        e.message.contains("service[0]") && e.message.contains("line 7"),
+        "{}",
+        e.message
+    );
+
+    let text = static_client()
+        + &format!(
+            "[[node]]\nid = 1\naddr = \"203.0.113.10:4480\"\npublic_key = \"{}\"\n",
+            b64(2)
+        );
+    let errs = client(&text).unwrap_err();
+    assert_eq!(
+        keys_lines(&errs),
+        [("node[1].id", Some(13)), ("node[1].addr", Some(14))]
+    );
+
+    let text = static_client() + "[[map]]\nlisten = \"0.0.0.0:7000\"\nservice = \"other\"\n";
+    let e = one_error(client(&text));
+    assert_eq!((e.key.as_str(), e.line), ("map[1].listen", Some(13)));
+    assert!(e.message.contains("map[0].listen"), "{}", e.message);
+
+    let text = psk_server().replace(
+        "node_id = 1\n",
+        &format!(
+            "node_id = 1\nprivate_key = \"{}\"\nallowed_clients = [\"{}\", \"{}\"]\n",
+            b64(1),
+            b64(2),
+            b64(2)
+        ),
+    );
+    let e = one_error(server(&text));
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("server.allowed_clients[1]", Some(5))
+    );
+}
+
+#[test]
+fn map_listen_conflicts() {
+    let addrs = |list: &[&str]| -> Vec<(usize, usize)> {
+        let text = list.iter().enumerate().fold(static_client(), |t, (i, a)| {
+            t + &format!("[[map]]\nlisten = \"{a}\"\nservice = \"s{i}\"\n")
+        });
+        match client(&text) {
+            Ok(_) => vec![],
+            Err(errs) => errs
+                .iter()
+                .map(|e| {
+                    let i: usize = e.key["map[".len()..e.key.find(']').unwrap()]
+                        .parse()
+                        .unwrap();
+                    let first: usize = e.message
+                        ["conflicts with map[".len()..e.message.find(']').unwrap()]
+                        .parse()
+                        .unwrap();
+                    (i, first)
+                })
+                .collect(),
+        }
+    };
+    // map[0] is 127.0.0.1:7000 from static_client().
+    assert_eq!(addrs(&["127.0.0.2:7000", "[::1]:7000", "0.0.0.0:7001"]), []);
+    assert_eq!(addrs(&["0.0.0.0:7000"]), [(1, 0)]);
+    assert_eq!(addrs(&["[::]:7000"]), [(1, 0)]);
+    assert_eq!(addrs(&["[::1]:7001", "[::]:7001"]), [(2, 1)]);
+    assert_eq!(addrs(&["127.0.0.1:0", "127.0.0.1:0"]), []);
+}
+
+#[test]
+fn missing_key_file() {
+    let text = psk_server().replace(
+        "node_id = 1\n",
+        &format!(
+            "node_id = 1\nprivate_key_file = \"missing.key\"\nallowed_clients = [\"{}\"]\n",
+            b64(2)
+        ),
+    );
+    let e = one_error(server(&text));
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("server.private_key_file", Some(4))
+    );
+    assert!(
+        e.message.contains("/nonexistent/missing.key"),
+        "{}",
+        e.message
+    );
+
+    // An absolute path is used as is.
+    let text = static_client().replace(
+        &format!("private_key = \"{}\"", b64(1)),
+        "private_key_file = \"/nonexistent-dir/client.key\"",
+    );
+    let e = one_error(client(&text));
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("client.private_key_file", Some(2))
+    );
+    assert!(
+        e.message
+            .contains("cannot read /nonexistent-dir/client.key"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn bad_base64() {
+    // Inline PSK.
+    let text = psk_server().replace(&b64(9), "not base64!");
+    let e = one_error(server(&text));
+    assert_eq!((e.key.as_str(), e.line), ("server.psk", Some(4)));
+    assert!(e.message.contains("not valid base64"), "{}", e.message);
+
+    // Right alphabet, wrong length.
+    let text = psk_server().replace(&b64(9), "AAAA");
+    let e = one_error(server(&text));
+    assert!(e.message.contains("decodes to 3 bytes"), "{}", e.message);
+
+    // A node's public key.
+    let text = static_client().replace(&b64(2), &b64(2)[1..]);
+    let e = one_error(client(&text));
+    assert_eq!((e.key.as_str(), e.line), ("node[0].public_key", Some(7)));
+
+    // A key file with garbage: the error names the file, not its content.
+    let dir = temp_dir();
+    std::fs::write(dir.join("bad.psk"), "hunter2-is-my-psk\n").unwrap();
+    let text = psk_server().replace(&format!("psk = \"{}\"", b64(9)), "psk_file = \"bad.psk\"");
+    let e = one_error(ServerConfig::parse(&text, &dir, "s.toml"));
+    assert_eq!((e.key.as_str(), e.line), ("server.psk_file", Some(4)));
+    assert!(
+        e.message.contains("bad.psk: not valid base64"),
+        "{}",
+        e.message
+    );
+    assert!(!e.message.contains("hunter2"), "{}", e.message);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn inline_and_file_key_together() {
+    let text = psk_server().replace("node_id = 1\n", "node_id = 1\npsk_file = \"x.psk\"\n");
+    let e = one_error(server(&text));
+    assert_eq!((e.key.as_str(), e.line), ("server.psk_file", Some(4)));
+    assert!(e.message.contains("not both"), "{}", e.message);
+}
+
+#[test]
+fn out_of_range_values() {
+    let cases: &[(&str, &str)] = &[
+        ("stream_window = 16383", "limits.stream_window"),
+        ("stream_window = 1073741825", "limits.stream_window"),
+        ("stream_window = -1", "limits.stream_window"),
+        ("session_window = 4294967297", "limits.session_window"),
+        ("session_window = 0", "limits.session_window"),
+        ("session_window = 16383", "limits.session_window"),
+        ("max_streams = 0", "limits.max_streams"),
+        ("max_streams = 1000001", "limits.max_streams"),
+        ("max_streams = 9999999999999", "limits.max_streams"),
+    ];
+    for (line, key) in cases {
+        let text = format!("{}\n[limits]\n{line}\n", psk_server());
+        let e = one_error(server(&text));
+        assert_eq!((e.key.as_str(), e.line), (*key, Some(11)), "{line}");
+        assert!(e.message.contains("out of range"), "{line}: {}", e.message);
+    }
+    // Upper bounds are inclusive.
+    let text = format!(
+        "{}[limits]\nstream_window = 1073741824\nsession_window = 4294967296\nmax_streams = 1000000\n",
+        psk_server()
+    );
+    server(&text).unwrap();
+
+    // session_window below stream_window, both written: reported at session_window.
+    let text = format!(
+        "{}[limits]\nstream_window = 1048576\nsession_window = 65536\n",
+        psk_server()
+    );
+    let e = one_error(server(&text));
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("limits.session_window", Some(11))
+    );
+    // Only stream_window written, above the default session window: reported at its line.
+    let text = format!("{}[limits]\nstream_window = 67108864\n", psk_server());
+    let e = one_error(server(&text));
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("limits.session_window", Some(10))
+    );
+
+    for (text, key, line) in [
+        (
+            psk_server().replace("node_id = 1", "node_id = 0"),
+            "server.node_id",
+            3,
+        ),
+        (
+            psk_server().replace("node_id = 1", "node_id = 65536"),
+            "server.node_id",
+            3,
+        ),
+    ] {
+        let e = one_error(server(&text));
+        assert_eq!((e.key.as_str(), e.line), (key, Some(line)), "{text}");
+    }
+    let text = psk_server().replace("node_id = 1\n", "node_id = 1\nhandshake_timeout_ms = 0\n");
+    let e = one_error(server(&text));
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("server.handshake_timeout_ms", Some(4))
+    );
+    let text = psk_server().replace(
+        "node_id = 1\n",
+        "node_id = 1\nconnect_timeout_ms = 600001\n",
+    );
+    let e = one_error(server(&text));
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("server.connect_timeout_ms", Some(4))
+    );
+
+    for count in ["0", "257", "-4"] {
+        let text = format!("{}[links]\ncount = {count}\n", static_client());
+        let e = one_error(client(&text));
+        assert_eq!((e.key.as_str(), e.line), ("links.count", Some(13)));
+    }
+    let text = static_client().replace("id = 1", "id = 70000");
+    let e = one_error(client(&text));
+    assert_eq!((e.key.as_str(), e.line), ("node[0].id", Some(5)));
+}
+
+#[test]
+fn missing_required_keys_and_tables() {
+    let text = psk_server()
+        .replace("listen = \"0.0.0.0:4480\"\n", "")
+        .replace("target = \"10.0.0.5:7000\"\n", "");
+    let errs = server(&text).unwrap_err();
+    assert_eq!(
+        keys_lines(&errs),
+        [("server.listen", Some(1)), ("service[0].target", Some(5))]
+    );
+    assert!(errs.errors[0].message.contains("missing required key"));
+
+    let errs = server("").unwrap_err();
+    assert_eq!(keys_lines(&errs), [("service", None), ("server", None)]);
+
+    let errs = client("").unwrap_err();
+    assert_eq!(
+        keys_lines(&errs),
+        [("client.psk", None), ("node", None), ("map", None)]
+    );
+
+    let text = static_client().replace("id = 1\n", "");
+    let e = one_error(client(&text));
+    assert_eq!((e.key.as_str(), e.line), ("node[0].id", Some(4)));
+}
+
+#[test]
+fn server_mode_rules() {
+    // Allowed clients without a private key.
+    let text = psk_server().replace(
+        "node_id = 1\n",
+        &format!("node_id = 1\nallowed_clients = [\"{}\"]\n", b64(2)),
+    );
+    let e = one_error(server(&text));
+    assert_eq!((e.key.as_str(), e.line), ("server.private_key", Some(1)));
+    assert!(e.message.contains("static-key mode"), "{}", e.message);
+
+    // No allowed clients and no PSK.
+    let text = psk_server().replace(&format!("psk = \"{}\"\n", b64(9)), "");
+    let e = one_error(server(&text));
+    assert_eq!((e.key.as_str(), e.line), ("server.psk", Some(1)));
+    assert!(e.message.contains("PSK-only mode"), "{}", e.message);
+
+    // A private key with an empty allow-list.
+    let text = psk_server().replace(
+        "node_id = 1\n",
+        &format!(
+            "node_id = 1\nprivate_key = \"{}\"\nallowed_clients = []\n",
+            b64(1)
+        ),
+    );
+    let e = one_error(server(&text));
+    assert_eq!((e.key.as_str(), e.line), ("server.private_key", Some(4)));
+    assert!(
+        e.message.contains("allowed_clients is empty"),
+        "{}",
+        e.message
+    );
+
+    // Static-key mode without a PSK is plain IK.
+    let text = psk_server().replace(
+        &format!("psk = \"{}\"\n", b64(9)),
+        &format!(
+            "private_key = \"{}\"\nallowed_clients = [\"{}\"]\n",
+            b64(1),
+            b64(2)
+        ),
+    );
+    let c = server(&text).unwrap();
+    assert!(matches!(c.auth, ServerAuth::StaticKey { psk: None, .. }));
+}
+
+#[test]
+fn client_mode_rules() {
+    // Static-key mode: a node without public_key.
+    let text = static_client().replace(&format!("public_key = \"{}\"\n", b64(2)), "");
+    let e = one_error(client(&text));
+    assert_eq!((e.key.as_str(), e.line), ("node[0].public_key", Some(4)));
+    assert!(e.message.contains("static-key mode"), "{}", e.message);
+
+    // No private key and no PSK.
+    let text = static_client()
+        .replace(&format!("private_key = \"{}\"\n", b64(1)), "")
+        .replace(&format!("public_key = \"{}\"\n", b64(2)), "");
+    let e = one_error(client(&text));
+    assert_eq!((e.key.as_str(), e.line), ("client.psk", Some(1)));
+
+    // PSK-only mode: a node's public_key could not be checked.
+    let text = static_client().replace(
+        &format!("private_key = \"{}\"", b64(1)),
+        &format!("psk = \"{}\"", b64(3)),
+    );
+    let e = one_error(client(&text));
+    assert_eq!((e.key.as_str(), e.line), ("node[0].public_key", Some(7)));
+    assert!(e.message.contains("PSK-only mode"), "{}", e.message);
+
+    // Static-key mode with a PSK is IKpsk2.
+    let text = static_client().replace("[client]\n", &format!("[client]\npsk = \"{}\"\n", b64(3)));
+    let c = client(&text).unwrap();
+    let hs: Vec<_> = c.auth.handshakes().collect();
+    assert!(matches!(
+        hs[0].1,
+        NodeHandshake::StaticKey { psk: Some(_), .. }
+    ));
+
+    // A private key that fails to load is still a private key: no extra "missing" errors.
+    let text = static_client().replace(&b64(1), "bad");
+    let e = one_error(client(&text));
+    assert_eq!(e.key, "client.private_key");
+}
+
+// ---------------------------------------------------------------------------------------------
+// All errors at once, and how they print
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn all_semantic_errors_in_one_pass() {
+    let text = format!(
+        "[server]\n\
+         listen = \"nowhere\"\n\
+         node_id = 0\n\
+         private_key_file = \"nope.key\"\n\
+         allowed_clients = [\"{}\", \"short\"]\n\
+         handshake_timeout_ms = 5\n\
+         [limits]\n\
+         stream_window = 1\n\
+         max_streams = 0\n\
+         [[service]]\n\
+         name = \"game\"\n\
+         target = \"nohost\"\n\
+         [[service]]\n\
+         name = \"game\"\n\
+         target = \"10.0.0.1:1\"\n\
+         [[service]]\n\
+         name = \"bad name\"\n",
+        b64(2)
+    );
+    let errs = server(&text).unwrap_err();
+    assert_eq!(
+        keys_lines(&errs),
+        [
+            ("server.listen", Some(2)),
+            ("server.node_id", Some(3)),
+            ("server.private_key_file", Some(4)),
+            ("server.allowed_clients[1]", Some(5)),
+            ("server.handshake_timeout_ms", Some(6)),
+            ("limits.stream_window", Some(8)),
+            ("limits.max_streams", Some(9)),
+            ("service[0].target", Some(12)),
+            ("service[1].name", Some(14)),
+            ("service[2].target", Some(16)),
+            ("service[2].name", Some(17)),
+        ],
+        "{errs}"
+    );
+    let shown = errs.to_string();
+    let lines: Vec<_> = shown.lines().collect();
+    assert_eq!(lines.len(), errs.len());
+    assert!(
+        lines[0].starts_with("server.toml:2: server.listen: invalid socket address"),
+        "{shown}"
+    );
+    assert!(
+        lines[8].starts_with("server.toml:14: service[1].name: duplicate service name"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn display_without_line_or_key() {
+    let errs = ConfigErrors {
+        source_name: "c.toml".into(),
+        errors: vec![
+            ConfigError {
+                key: "node".into(),
+                line: None,
+                message: "m1".into(),
+            },
+            ConfigError {
+                key: String::new(),
+                line: Some(3),
+                message: "m2".into(),
+            },
+        ],
+    };
+    assert_eq!(errs.to_string(), "c.toml: node: m1\nc.toml:3: m2");
+}
+
+#[test]
+fn load_reports_unreadable_file() {
+    let errs = ServerConfig::load("/nonexistent/server.toml").unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert!(
+        errs.to_string()
+            .starts_with("/nonexistent/server.toml: cannot read config file"),
+        "{errs}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn secrets_are_redacted_in_debug() {
+    let psk = b64(9);
+    let c = server(&psk_server()).unwrap();
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains(&psk), "{dbg}");
+    assert!(dbg.contains("Psk(<redacted>)"), "{dbg}");
+
+    let c = client(&static_client().replace("[client]\n", &format!("[client]\npsk = \"{psk}\"\n")))
+        .unwrap();
+    let dbg = format!("{c:?} {:?}", c.auth.handshakes().collect::<Vec<_>>());
+    assert!(!dbg.contains(&b64(1)), "private key leaked: {dbg}");
+    assert!(!dbg.contains(&psk), "psk leaked: {dbg}");
+    // Public keys are not secret and show, which helps when comparing configs.
+    assert!(dbg.contains(&b64(2)), "{dbg}");
+}
+
+#[test]
+fn secrets_never_appear_in_errors() {
+    // Bad-length keys of the right alphabet would be the likeliest to be echoed.
+    let almost = b64(1)[..40].to_owned();
+    let text = psk_server().replace(&b64(9), &almost);
+    let shown = server(&text).unwrap_err().to_string();
+    assert!(!shown.contains(&almost), "{shown}");
+    let text = static_client().replace(&b64(1), &almost);
+    let shown = client(&text).unwrap_err().to_string();
+    assert!(!shown.contains(&almost), "{shown}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building configs in code
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn code_built_configs_validate() {
+    let svc = |name: &str| Service {
+        name: name.parse().unwrap(),
+        target: "127.0.0.1:7".parse().unwrap(),
+    };
+    let auth = ServerAuth::PskOnly {
+        psk: Psk::from_bytes([1; 32]),
+    };
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let id = std::num::NonZeroU16::new(1).unwrap();
+    let mut s = ServerConfig::new(addr, id, auth, vec![svc("echo")]);
+    s.validate().unwrap();
+
+    s.services.push(svc("echo"));
+    s.limits.max_streams = 0;
+    s.auth = ServerAuth::StaticKey {
+        private_key: PrivateKey::from_bytes([1; 32]),
+        allowed_clients: Default::default(),
+        psk: None,
+    };
+    let errs = s.validate().unwrap_err();
+    let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "server.allowed_clients",
+            "limits.max_streams",
+            "service[1].name"
+        ]
+    );
+
+    let node = Node {
+        id,
+        addr: HostPort::from(addr),
+    };
+    let map = PortMap {
+        listen: "127.0.0.1:7000".parse().unwrap(),
+        service: "echo".parse().unwrap(),
+    };
+    let auth = ClientAuth::PskOnly {
+        psk: Psk::from_bytes([1; 32]),
+        nodes: vec![node.clone()],
+    };
+    let mut c = ClientConfig::new(auth, vec![map.clone()]);
+    c.validate().unwrap();
+    c.maps.push(map);
+    c.links.count = 0;
+    c.auth = ClientAuth::PskOnly {
+        psk: Psk::from_bytes([1; 32]),
+        nodes: vec![node.clone(), node],
+    };
+    let errs = c.validate().unwrap_err();
+    let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["node[1].id", "links.count", "map[1].listen"]);
+}
+
+#[test]
+fn host_port_forms() {
+    for (text, shown) in [
+        ("example.net:80", "example.net:80"),
+        ("Example.NET.:80", "Example.NET.:80"),
+        ("[2001:db8::1]:443", "[2001:db8::1]:443"),
+        ("10.0.0.5:7000", "10.0.0.5:7000"),
+        ("_srv.internal:1", "_srv.internal:1"),
+    ] {
+        assert_eq!(text.parse::<HostPort>().unwrap().to_string(), shown);
+    }
+    assert_eq!(HostPort::new("::1", 80).unwrap().to_string(), "[::1]:80");
+    assert!(HostPort::new("a..b", 80).is_err());
+    assert!(HostPort::new(&"a".repeat(64), 80).is_err());
+    assert!(HostPort::new("ok", 0).is_err());
+    assert_eq!(ServiceName::new("").unwrap_err(), ServiceNameError::Empty);
+}
