@@ -1,1 +1,227 @@
-fn main() {}
+//! `wanmux-bench` command line: a thin clap front end over the `wanmux_bench` library.
+//!
+//! Exit status: 0 on success, 1 on an error, 2 on a usage error, 3 when data failed
+//! verification.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use wanmux_bench::{BenchError, BulkOptions, Limit, RrOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wanmux-bench",
+    version,
+    about = "iperf-style throughput and latency tests"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve bench clients (every mode) until stopped. Prints `listening on ADDR` first, so
+    /// port 0 can be used.
+    Server {
+        /// Address to listen on, e.g. 127.0.0.1:5201 or [::]:5201.
+        #[arg(long, value_name = "ADDR")]
+        listen: String,
+    },
+    /// Bulk throughput test against a bench server, directly or through the tunnel.
+    Client(ClientArgs),
+    /// Request/response latency test over one connection.
+    Rr(RrArgs),
+    // `demo` (everything on one machine, no config) is added by the demo work.
+}
+
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// Server address, e.g. 127.0.0.1:5201 or a tunnel's mapped port.
+    #[arg(long, value_name = "ADDR")]
+    connect: String,
+    /// Seconds to send (fractions allowed).
+    #[arg(
+        short = 't',
+        long = "time",
+        value_name = "SECS",
+        default_value_t = 10.0
+    )]
+    time: f64,
+    /// Send exactly N bytes in total instead of for a duration (suffixes K, M, G = 1024^n).
+    #[arg(long, value_name = "N", value_parser = parse_size, conflicts_with = "time")]
+    bytes: Option<u64>,
+    /// Parallel streams (connections).
+    #[arg(
+        short = 'P',
+        long = "parallel",
+        value_name = "STREAMS",
+        default_value_t = 1
+    )]
+    parallel: usize,
+    /// Reverse: the server sends, the client receives.
+    #[arg(short = 'R', long)]
+    reverse: bool,
+    /// Print only one JSON object with the results.
+    #[arg(long)]
+    json: bool,
+    /// Largest record payload in bytes (at most 128K).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "128K")]
+    len: u64,
+    /// Seconds between progress lines.
+    #[arg(short = 'i', long, value_name = "SECS", default_value_t = 1.0)]
+    interval: f64,
+    /// Fail a stream that moves no data for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    timeout: f64,
+}
+
+#[derive(Debug, Args)]
+struct RrArgs {
+    /// Server address, e.g. 127.0.0.1:5201 or a tunnel's mapped port.
+    #[arg(long, value_name = "ADDR")]
+    connect: String,
+    /// Round trips.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 10_000)]
+    count: u64,
+    /// Message size in bytes, each way (suffixes K, M).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "64")]
+    size: u64,
+    /// Print only one JSON object with the results.
+    #[arg(long)]
+    json: bool,
+    /// Fail if no round trip completes for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    timeout: f64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One connection runs best on one thread, like iperf3: no cross-thread wakeups and no task
+    // migration between cores. Parallel streams and the server need every core.
+    let single = match &cli.command {
+        Command::Client(a) => a.parallel == 1,
+        Command::Rr(_) => true,
+        Command::Server { .. } => false,
+    };
+    let mut builder = if single {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wanmux-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wanmux-bench: error: {e:#}");
+            let verify = e
+                .downcast_ref::<BenchError>()
+                .is_some_and(|e| e.is_verification_failure());
+            ExitCode::from(if verify { 3 } else { 1 })
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Server { listen } => server(&listen).await,
+        Command::Client(args) => client(args).await,
+        Command::Rr(args) => rr(args).await,
+    }
+}
+
+async fn server(listen: &str) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    println!("listening on {}", listener.local_addr()?);
+    wanmux_bench::serve(listener).await?;
+    Ok(())
+}
+
+async fn client(args: ClientArgs) -> anyhow::Result<()> {
+    let mut opts = BulkOptions::new(args.connect);
+    opts.limit = match args.bytes {
+        Some(n) => Limit::Bytes(n),
+        None => Limit::Duration(seconds("--time", args.time, true)?),
+    };
+    opts.streams = args.parallel;
+    opts.reverse = args.reverse;
+    opts.record_size = usize::try_from(args.len).unwrap_or(usize::MAX);
+    opts.interval = seconds("--interval", args.interval, false)?;
+    opts.idle_timeout = seconds("--timeout", args.timeout, false)?;
+    if args.json {
+        let report = wanmux_bench::run_bulk(&opts).await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let what = match opts.limit {
+            Limit::Bytes(n) => format!("{n} bytes"),
+            Limit::Duration(d) => format!("{:.1} s", d.as_secs_f64()),
+        };
+        println!(
+            "{} {}, {} stream(s), {what}",
+            if opts.reverse {
+                "download from"
+            } else {
+                "upload to"
+            },
+            opts.connect,
+            opts.streams,
+        );
+        let report = wanmux_bench::run_bulk_with_progress(&opts, |i| println!("{i}")).await?;
+        println!("{report}");
+    }
+    Ok(())
+}
+
+async fn rr(args: RrArgs) -> anyhow::Result<()> {
+    let mut opts = RrOptions::new(args.connect);
+    opts.count = args.count;
+    opts.size = usize::try_from(args.size).unwrap_or(usize::MAX);
+    opts.idle_timeout = seconds("--timeout", args.timeout, false)?;
+    let report = wanmux_bench::run_rr(&opts).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}
+
+/// Checks a seconds option and turns it into a `Duration`.
+fn seconds(name: &str, v: f64, zero_ok: bool) -> anyhow::Result<Duration> {
+    if !v.is_finite() || v < 0.0 || (v == 0.0 && !zero_ok) || v > 1e9 {
+        anyhow::bail!("{name} {v} is not a usable number of seconds");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Parses `N`, `NK`, `NM`, `NG` (binary multiples).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a byte count"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
