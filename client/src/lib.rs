@@ -1,3 +1,146 @@
 //! wanmux-client: the client daemon as a library, so tests and the demo can run it in-process.
+//!
+//! The client holds one session. It keeps `links.count` Noise links to the server node, each
+//! reconnecting with exponential backoff and jitter when it dies, and listens on every mapped
+//! local port. Each accepted connection becomes a stream of the session, opened to the mapped
+//! service by name; its frames spread over every link. Because the session outlives its links,
+//! a connection survives link deaths as long as one link comes back within the server's grace
+//! period.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod dial;
+
+use rand::Rng;
+use std::io;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn, Instrument};
+use wanmux_config::{ClientConfig, ServiceName};
+use wanmux_core::driver::{self, SessionDriver};
+use wanmux_core::engine::{self, Role, Session};
+use wanmux_core::frame::reset;
+use wanmux_core::ids::{NodeId, SessionId};
+
+/// A running client.
+#[derive(Debug)]
+pub struct ClientHandle {
+    maps: Vec<(ServiceName, SocketAddr)>,
+    driver: SessionDriver,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ClientHandle {
+    /// Each mapped service with the local address it is served on (useful with port 0).
+    pub fn maps(&self) -> &[(ServiceName, SocketAddr)] {
+        &self.maps
+    }
+
+    /// The local address of the first mapping.
+    pub fn first_addr(&self) -> SocketAddr {
+        self.maps[0].1
+    }
+
+    /// Links currently up.
+    pub fn live_links(&self) -> usize {
+        self.driver.live_links()
+    }
+
+    /// Waits until at least `n` links are up.
+    pub async fn wait_for_links(&self, n: usize) {
+        loop {
+            let changed = self.driver.links_changed();
+            if self.driver.live_links() >= n {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Stops listening, resets every stream and drops every link.
+    pub fn shutdown(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.driver.close(reset::SHUTDOWN);
+    }
+}
+
+/// Binds every mapped port and starts the links.
+pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
+    let session_id = SessionId(rand::rng().random());
+    let cfg = engine::Config {
+        stream_window: config.limits.stream_window,
+        session_window: config.limits.session_window,
+        max_streams: config.limits.max_streams as usize,
+    };
+    let (driver, _opened) = SessionDriver::start(Session::new(Role::Client, cfg));
+    let span = tracing::info_span!("session", id = %session_id);
+    let mut tasks = Vec::new();
+    let mut maps = Vec::new();
+    for map in &config.maps {
+        let listener = TcpListener::bind(map.listen).await?;
+        let addr = listener.local_addr()?;
+        span.in_scope(|| info!(listen = %addr, service = %map.service.as_str(), "mapping"));
+        maps.push((map.service.clone(), addr));
+        let (driver, service) = (driver.clone(), map.service.clone());
+        // Multi-node clusters need relaying between nodes, which is not built yet: every
+        // stream is owned by the first node and only that node is dialled.
+        let owner = NodeId(config.auth.nodes().next().map_or(1, |n| n.id.get()));
+        tasks.push(tokio::spawn(
+            accept_loop(listener, driver, service, owner).instrument(span.clone()),
+        ));
+    }
+    let mut link_seq = 0u32;
+    if let Some((node, hs)) = config.auth.handshakes().next() {
+        if config.auth.nodes().count() > 1 {
+            warn!(
+                "several nodes configured; this version dials only node {}",
+                node.id
+            );
+        }
+        for _ in 0..config.links.count {
+            let slot = dial::Slot {
+                driver: driver.clone(),
+                node: node.clone(),
+                auth: dial::noise_auth(hs),
+                session_id,
+                link_seq,
+                handshake_timeout: config.handshake_timeout,
+            };
+            link_seq += 1;
+            tasks.push(tokio::spawn(slot.run().instrument(span.clone())));
+        }
+    }
+    Ok(ClientHandle {
+        maps,
+        driver,
+        tasks,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    driver: SessionDriver,
+    service: ServiceName,
+    owner: NodeId,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match driver.with(|s, _| s.open_stream(owner, service.as_str())) {
+            Ok(id) => {
+                debug!(%peer, stream = %id, "connection accepted");
+                tokio::spawn(driver::stream::run(driver.clone(), id, tcp).in_current_span());
+            }
+            Err(e) => warn!(%peer, error = %e, "cannot open stream"),
+        }
+    }
+}

@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "io")]
+pub mod driver;
 pub mod engine;
 pub mod frame;
 pub mod ids;

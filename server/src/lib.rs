@@ -1,3 +1,135 @@
 //! wanmux-server: the server daemon as a library, so tests and the demo can run it in-process.
+//!
+//! A node listens for links. Each accepted TCP connection runs the Noise handshake; a client
+//! that fails authentication gets nothing and costs one log line. An authenticated link joins
+//! its session, found by (client key, session id) from the handshake, or starts a new one.
+//! For every stream the client opens, the node connects to the *named service* from its own
+//! config, never to an address the client chose. A session whose links are all gone is kept for
+//! a grace period so a reconnecting client resumes its streams.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod session;
+
+use session::Sessions;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+use wanmux_config::ServerConfig;
+use wanmux_core::noise;
+
+pub use session::SESSION_GRACE;
+
+/// Handshakes in progress at once; connections beyond wait in the kernel's accept queue, so a
+/// flood of half-open connections costs bounded memory.
+const MAX_HANDSHAKES: usize = 1024;
+
+/// A running server node.
+#[derive(Debug)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    accept: JoinHandle<()>,
+    sessions: Arc<Sessions>,
+}
+
+impl ServerHandle {
+    /// The address the node listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Sessions currently held (with at least one link, or within their grace period).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Stops accepting and resets every session's streams.
+    pub fn shutdown(self) {
+        self.accept.abort();
+        self.sessions.close_all();
+    }
+}
+
+/// Binds the listen address and starts serving.
+pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
+    let listener = TcpListener::bind(config.listen).await?;
+    let local_addr = listener.local_addr()?;
+    let auth = server_auth(&config.auth);
+    let sessions = Arc::new(Sessions::new(config));
+    info!(listen = %local_addr, node = sessions.node_id(), "wanmux-server listening");
+    let accept = tokio::spawn(accept_loop(listener, auth, sessions.clone()));
+    Ok(ServerHandle {
+        local_addr,
+        accept,
+        sessions,
+    })
+}
+
+fn server_auth(auth: &wanmux_config::ServerAuth) -> noise::ServerAuth {
+    match auth {
+        wanmux_config::ServerAuth::StaticKey {
+            private_key,
+            allowed_clients,
+            psk,
+        } => noise::ServerAuth {
+            private_key: Some(private_key.clone()),
+            allowed_clients: allowed_clients.iter().copied().collect(),
+            psk: psk.clone(),
+        },
+        wanmux_config::ServerAuth::PskOnly { psk } => noise::ServerAuth {
+            private_key: None,
+            allowed_clients: Default::default(),
+            psk: Some(psk.clone()),
+        },
+    }
+}
+
+async fn accept_loop(listener: TcpListener, auth: noise::ServerAuth, sessions: Arc<Sessions>) {
+    let auth = Arc::new(auth);
+    let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (auth, sessions) = (auth.clone(), sessions.clone());
+        tokio::spawn(async move {
+            let accepted = handshake(tcp, peer, &auth, &sessions).await;
+            drop(permit);
+            if let Some(acc) = accepted {
+                sessions.run_link(acc, peer).await;
+            }
+        });
+    }
+}
+
+async fn handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    auth: &noise::ServerAuth,
+    sessions: &Sessions,
+) -> Option<noise::Accepted> {
+    match noise::accept(tcp, auth, sessions.node_id(), sessions.handshake_timeout()).await {
+        Ok(acc) => {
+            debug!(%peer, link_seq = acc.hello.link_seq, "link authenticated");
+            Some(acc)
+        }
+        Err(e) => {
+            // The one line a failed peer costs; it carries no key material.
+            info!(%peer, reason = %e, "link refused");
+            None
+        }
+    }
+}

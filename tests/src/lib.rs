@@ -1,4 +1,5 @@
 //! Test harness for wanmux: the seeded simulation and helpers for real-socket tests.
 #![forbid(unsafe_code)]
 
+pub mod harness;
 pub mod sim;

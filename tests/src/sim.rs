@@ -378,7 +378,10 @@ pub fn run(sc: &Scenario) -> Outcome {
         for &(at, _) in &revivals {
             next = next.min(at);
         }
-        if sides.iter().any(Session::wants_transmit) {
+        if sides
+            .iter()
+            .any(|s| s.wants_transmit() || s.links_wanting_transmit().next().is_some())
+        {
             for p in pipes.iter().filter(|p| p.alive) {
                 next = next.min(p.free_at[0].min(p.free_at[1]));
             }

@@ -83,6 +83,8 @@ pub(crate) struct LinkState {
     /// Outstanding ping: token, when sent, and the sequence number it confirms up to.
     ping: Option<(u64, Instant, u64)>,
     last_ping: Instant,
+    /// The keepalive timer fired; the next transmit carries a ping.
+    pub(crate) keepalive_due: bool,
     pub(crate) pongs_owed: Vec<u64>,
     pub(crate) stats: LinkStats,
 }
@@ -94,6 +96,7 @@ impl LinkState {
             base: 0,
             ping: None,
             last_ping: now,
+            keepalive_due: false,
             pongs_owed: Vec::new(),
             stats: LinkStats::default(),
         }
@@ -104,14 +107,15 @@ impl LinkState {
     }
 
     /// Whether a ping should ride along now: one at a time, when something awaits
-    /// confirmation or the link has been quiet for `KEEPALIVE`.
-    pub(crate) fn wants_ping(&self, now: Instant) -> bool {
-        self.ping.is_none() && (!self.sent.is_empty() || now >= self.last_ping + KEEPALIVE)
+    /// confirmation or the keepalive timer fired.
+    pub(crate) fn wants_ping(&self) -> bool {
+        self.ping.is_none() && (!self.sent.is_empty() || self.keepalive_due)
     }
 
     pub(crate) fn ping_sent(&mut self, now: Instant, token: u64) {
         self.ping = Some((token, now, self.base + self.sent.len() as u64));
         self.last_ping = now;
+        self.keepalive_due = false;
     }
 
     /// A pong arrived: drop everything it confirms and take an RTT sample. Pongs that match
@@ -142,8 +146,8 @@ impl LinkState {
         }
     }
 
-    /// When the keepalive ping is due.
-    pub(crate) fn next_keepalive(&self) -> Instant {
-        self.last_ping + KEEPALIVE
+    /// When the keepalive ping is due; `None` while one is already due.
+    pub(crate) fn next_keepalive(&self) -> Option<Instant> {
+        (!self.keepalive_due).then_some(self.last_ping + KEEPALIVE)
     }
 }

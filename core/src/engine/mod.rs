@@ -581,7 +581,7 @@ impl Session {
         Ok(())
     }
 
-    /// Fires the delayed-ack timer and anything else due at `now`.
+    /// Fires the delayed-ack and keepalive timers that are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.ack_deadline.is_some_and(|d| d <= now) {
             self.ack_deadline = None;
@@ -592,11 +592,20 @@ impl Session {
                 self.mark_window_dirty(id);
             }
         }
+        for l in self.links.values_mut() {
+            if l.next_keepalive().is_some_and(|t| t <= now) {
+                l.keepalive_due = true;
+            }
+        }
     }
 
     /// When [`Session::handle_timeout`] (and a transmit poll) is next needed.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let keepalive = self.links.values().map(LinkState::next_keepalive).min();
+        let keepalive = self
+            .links
+            .values()
+            .filter_map(LinkState::next_keepalive)
+            .min();
         match (self.ack_deadline, keepalive) {
             (Some(a), Some(k)) => Some(a.min(k)),
             (a, k) => a.or(k),
@@ -610,13 +619,22 @@ impl Session {
 
     // ----- output -----
 
-    /// Whether some link has something to send now.
+    /// Whether any link could send something now: control frames, window updates or stream
+    /// data, which go on whichever link asks first.
     pub fn wants_transmit(&self) -> bool {
         !self.control.is_empty()
             || !self.dirty_windows.is_empty()
             || self.session_window_dirty
             || !self.sched.is_empty()
-            || self.links.values().any(|l| !l.pongs_owed.is_empty())
+    }
+
+    /// Links that have something of their own to send (pongs, a due keepalive ping), beyond
+    /// what [`Session::wants_transmit`] covers.
+    pub fn links_wanting_transmit(&self) -> impl Iterator<Item = LinkId> + '_ {
+        self.links
+            .iter()
+            .filter(|(_, l)| !l.pongs_owed.is_empty() || l.keepalive_due)
+            .map(|(&id, _)| id)
     }
 
     /// Fills `buf` (cleared first) with the plaintext of one message for `link`: that link's
@@ -679,7 +697,7 @@ impl Session {
             }),
             _ => false,
         });
-        if l.wants_ping(now) && (!buf.is_empty() || now >= l.next_keepalive()) {
+        if l.wants_ping() && (!buf.is_empty() || l.keepalive_due) {
             let token = self.next_ping;
             self.next_ping += 1;
             Frame::Ping(token).encode(buf);

@@ -1,0 +1,89 @@
+//! One link slot: dial, handshake, run the link, and when it dies dial again after an
+//! exponential backoff with random jitter, so many clients that lose a server at once do not
+//! come back in the same instant.
+
+use bytes::BytesMut;
+use rand::Rng;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+use wanmux_config::{Node, NodeHandshake};
+use wanmux_core::driver::{self, SessionDriver};
+use wanmux_core::frame::Frame;
+use wanmux_core::ids::SessionId;
+use wanmux_core::noise::{self, ClientAuth, ClientHello};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A link that lived this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(10);
+
+pub(crate) fn noise_auth(hs: NodeHandshake<'_>) -> ClientAuth {
+    match hs {
+        NodeHandshake::StaticKey { local, remote, psk } => ClientAuth::Static {
+            local: local.clone(),
+            server: *remote,
+            psk: psk.cloned(),
+        },
+        NodeHandshake::PskOnly { psk } => ClientAuth::Psk(psk.clone()),
+    }
+}
+
+pub(crate) struct Slot {
+    pub(crate) driver: SessionDriver,
+    pub(crate) node: Node,
+    pub(crate) auth: ClientAuth,
+    pub(crate) session_id: SessionId,
+    pub(crate) link_seq: u32,
+    pub(crate) handshake_timeout: Duration,
+}
+
+impl Slot {
+    pub(crate) async fn run(self) {
+        let mut backoff = BACKOFF_MIN;
+        let mut first = BytesMut::new();
+        // The key-confirmation message carries one ping (PROTOCOL.md); its pong is ignored.
+        Frame::Ping(u64::MAX).encode(&mut first);
+        let addr = self.node.addr.to_string();
+        loop {
+            let started = Instant::now();
+            match self.dial(&addr, &first).await {
+                Ok((reader, writer)) => {
+                    info!(node = %self.node.id, %addr, link_seq = self.link_seq, "link up");
+                    let end = driver::link::run(self.driver.clone(), reader, writer, None).await;
+                    info!(node = %self.node.id, %addr, %end, "link down");
+                }
+                Err(e) => debug!(node = %self.node.id, %addr, error = %e, "dial failed"),
+            }
+            if started.elapsed() >= STABLE {
+                backoff = BACKOFF_MIN;
+            }
+            // Full jitter: sleep uniformly in [backoff/2, backoff].
+            let sleep = rand::rng().random_range(backoff / 2..=backoff);
+            tokio::time::sleep(sleep).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn dial(
+        &self,
+        addr: &str,
+        first: &[u8],
+    ) -> Result<(noise::LinkReader, noise::LinkWriter), noise::LinkError> {
+        let tcp = tokio::time::timeout(self.handshake_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| noise::LinkError::Timeout)??;
+        let hello = ClientHello {
+            session_id: self.session_id.0,
+            link_seq: self.link_seq,
+        };
+        let (reader, writer, server) =
+            noise::connect(tcp, &self.auth, &hello, first, self.handshake_timeout).await?;
+        if server.node_id != self.node.id.get() {
+            // Frames for streams this node does not own would be refused; say so plainly.
+            info!(expected = %self.node.id, got = server.node_id, "node id mismatch");
+            return Err(noise::LinkError::Protocol("node id mismatch"));
+        }
+        Ok((reader, writer))
+    }
+}

@@ -1,0 +1,127 @@
+//! Link tasks: one reader and one writer per Noise link, feeding one session.
+
+use super::SessionDriver;
+use crate::frame::MAX_MESSAGE;
+use crate::ids::LinkId;
+use crate::noise::{LinkError, LinkReader, LinkWriter};
+use bytes::{Bytes, BytesMut};
+use std::fmt;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tracing::{debug, Instrument};
+
+/// Messages a writer takes from the engine per lock, then encrypts and writes in one syscall.
+const BATCH: usize = 4;
+
+/// Why a link ended.
+#[derive(Debug)]
+pub enum LinkEnd {
+    /// The peer closed the connection.
+    Closed,
+    /// A socket or crypto error.
+    Link(LinkError),
+    /// The peer broke the protocol.
+    Peer(crate::engine::PeerError),
+}
+
+impl fmt::Display for LinkEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkEnd::Closed => f.write_str("closed by peer"),
+            LinkEnd::Link(e) => write!(f, "{e}"),
+            LinkEnd::Peer(e) => write!(f, "protocol error: {e}"),
+        }
+    }
+}
+
+/// Runs one established link for `driver` until it dies, then removes it from the session
+/// (its unconfirmed frames go out again on the other links). `first` is the plaintext of the
+/// client's key-confirmation message, which the server feeds to the engine like any other.
+pub async fn run(
+    driver: SessionDriver,
+    mut reader: LinkReader,
+    writer: LinkWriter,
+    first: Option<Bytes>,
+) -> LinkEnd {
+    let (id, waker) = driver.add_link();
+    let span = tracing::debug_span!("link", id = %id);
+    let end = async {
+        if let Some(first) = first {
+            if let Err(e) = driver.with(|s, now| s.handle_message(now, id, first)) {
+                return LinkEnd::Peer(e);
+            }
+        }
+        let mut w = AbortOnDrop(tokio::spawn(
+            write_loop(driver.clone(), id, waker, writer).in_current_span(),
+        ));
+        tokio::select! {
+            end = read_loop(&driver, id, &mut reader) => end,
+            end = &mut w.0 => end.unwrap_or(LinkEnd::Closed),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    span.in_scope(|| debug!(%end, "link ended"));
+    driver.remove_link(id);
+    end
+}
+
+/// Aborts the writer task when the link's task ends or is itself aborted.
+struct AbortOnDrop(tokio::task::JoinHandle<LinkEnd>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn read_loop(driver: &SessionDriver, id: LinkId, reader: &mut LinkReader) -> LinkEnd {
+    loop {
+        match reader.recv().await {
+            Ok(Some(msg)) => {
+                tracing::trace!(len = msg.len(), "received");
+                if let Err(e) = driver.with(|s, now| s.handle_message(now, id, msg)) {
+                    return LinkEnd::Peer(e);
+                }
+            }
+            Ok(None) => return LinkEnd::Closed,
+            Err(e) => return LinkEnd::Link(e),
+        }
+    }
+}
+
+async fn write_loop(
+    driver: SessionDriver,
+    id: LinkId,
+    waker: Arc<Notify>,
+    mut writer: LinkWriter,
+) -> LinkEnd {
+    let mut bufs: Vec<BytesMut> = (0..BATCH)
+        .map(|_| BytesMut::with_capacity(MAX_MESSAGE))
+        .collect();
+    loop {
+        let notified = waker.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let n = driver.with(|s, now| {
+            let mut n = 0;
+            while n < BATCH && s.poll_transmit(now, id, &mut bufs[n]) {
+                n += 1;
+            }
+            n
+        });
+        tracing::trace!(messages = n, "transmit");
+        if n == 0 {
+            notified.await;
+            continue;
+        }
+        for b in &bufs[..n] {
+            if let Err(e) = writer.seal(b) {
+                return LinkEnd::Link(e);
+            }
+        }
+        if let Err(e) = writer.flush().await {
+            return LinkEnd::Link(e);
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The tokio driver of one [`Session`], shared by the client and the server daemons.
+//!
+//! The engine sits behind one mutex; every task locks it briefly through [`SessionDriver::with`],
+//! which also forwards the engine's events (waking the stream tasks they name), wakes the link
+//! writers when there is something to send, and re-arms the timer task when the engine's next
+//! deadline moved earlier. Tasks of one session:
+//!
+//! - per link, a reader (decrypt, `handle_message`) and a writer (`poll_transmit`, encrypt,
+//!   write), see [`link`];
+//! - per stream, one task pumping bytes between its TCP socket and the engine, see [`stream`];
+//! - one timer task (`poll_timeout` / `handle_timeout`).
+//!
+//! Nothing here decides what goes where: that is the engine's job.
+
+pub mod link;
+pub mod stream;
+
+use crate::engine::{Event, Session};
+use crate::ids::{LinkId, StreamId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tokio::sync::{mpsc, Notify};
+
+/// Wakers of one stream's task.
+#[derive(Debug, Default)]
+pub(crate) struct StreamWaker {
+    pub(crate) readable: Notify,
+    pub(crate) writable: Notify,
+}
+
+#[derive(Debug)]
+struct State {
+    session: Session,
+    wakers: HashMap<StreamId, Arc<StreamWaker>>,
+    /// One per link writer: there is something that link may transmit.
+    link_wakers: HashMap<LinkId, Arc<Notify>>,
+    /// Deadline the timer task sleeps toward.
+    armed: Option<Instant>,
+    next_link: u64,
+    live_links: usize,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the timer task: the deadline moved earlier.
+    timer: Notify,
+    /// Wakes whoever waits for the set of links to change.
+    links_changed: Notify,
+    opened: mpsc::UnboundedSender<(StreamId, String)>,
+}
+
+/// A running session: cheap to clone, one per client session.
+#[derive(Debug, Clone)]
+pub struct SessionDriver {
+    shared: Arc<Shared>,
+}
+
+/// Streams the peer opened (server side): the driver's owner connects them to services.
+pub type OpenedStreams = mpsc::UnboundedReceiver<(StreamId, String)>;
+
+impl SessionDriver {
+    /// Starts driving `session`: spawns its timer task. Returns the driver and the receiver of
+    /// streams the peer opens.
+    pub fn start(session: Session) -> (SessionDriver, OpenedStreams) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                session,
+                wakers: HashMap::new(),
+                link_wakers: HashMap::new(),
+                armed: None,
+                next_link: 0,
+                live_links: 0,
+                closed: false,
+            }),
+            timer: Notify::new(),
+            links_changed: Notify::new(),
+            opened: tx,
+        });
+        let driver = SessionDriver { shared };
+        tokio::spawn(driver.clone().run_timer());
+        (driver, rx)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug in the engine; the state may be torn, so
+        // every later user fails loudly too rather than running on it.
+        self.shared
+            .state
+            .lock()
+            .expect("session state poisoned by an earlier panic")
+    }
+
+    /// Runs `f` on the engine with the current time, then forwards events and wakes links and
+    /// the timer as needed.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Session, Instant) -> R) -> R {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let r = f(&mut st.session, now);
+        self.after(&mut st);
+        r
+    }
+
+    fn after(&self, st: &mut State) {
+        while let Some(ev) = st.session.poll_event() {
+            match ev {
+                Event::StreamOpened { stream, service } => {
+                    let _ = self.shared.opened.send((stream, service));
+                }
+                Event::StreamReadable(id) => {
+                    if let Some(w) = st.wakers.get(&id) {
+                        w.readable.notify_one();
+                    }
+                }
+                Event::StreamWritable(id) => {
+                    if let Some(w) = st.wakers.get(&id) {
+                        w.writable.notify_one();
+                    }
+                }
+            }
+        }
+        // Wake only writers that can send something: a writer woken for another link's pong
+        // would find nothing, and wake itself again, forever.
+        if st.session.wants_transmit() {
+            st.link_wakers.values().for_each(|w| w.notify_one());
+        } else {
+            for id in st.session.links_wanting_transmit() {
+                if let Some(w) = st.link_wakers.get(&id) {
+                    w.notify_one();
+                }
+            }
+        }
+        let next = st.session.poll_timeout();
+        if next.is_some_and(|n| st.armed.is_none_or(|a| n < a)) {
+            st.armed = next;
+            self.shared.timer.notify_one();
+        }
+    }
+
+    async fn run_timer(self) {
+        loop {
+            let notified = self.shared.timer.notified();
+            let deadline = {
+                let st = self.lock();
+                if st.closed {
+                    return;
+                }
+                st.session.poll_timeout()
+            };
+            match deadline {
+                Some(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(d.into()) => {
+                            let mut st = self.lock();
+                            st.armed = None;
+                            st.session.handle_timeout(Instant::now());
+                            self.after(&mut st);
+                        }
+                        _ = notified => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Registers a stream's wakers; the stream task calls this before touching the stream.
+    pub(crate) fn register(&self, id: StreamId) -> Arc<StreamWaker> {
+        let w = Arc::new(StreamWaker::default());
+        self.lock().wakers.insert(id, w.clone());
+        w
+    }
+
+    pub(crate) fn unregister(&self, id: StreamId) {
+        self.lock().wakers.remove(&id);
+    }
+
+    /// Allocates a link id, adds the link to the engine and returns the waker of its writer.
+    pub(crate) fn add_link(&self) -> (LinkId, Arc<Notify>) {
+        let mut st = self.lock();
+        st.next_link += 1;
+        let id = LinkId(st.next_link);
+        st.live_links += 1;
+        let waker = Arc::new(Notify::new());
+        st.link_wakers.insert(id, waker.clone());
+        st.session.add_link(Instant::now(), id);
+        self.after(&mut st);
+        drop(st);
+        self.shared.links_changed.notify_waiters();
+        (id, waker)
+    }
+
+    pub(crate) fn remove_link(&self, id: LinkId) {
+        let mut st = self.lock();
+        st.live_links -= 1;
+        st.link_wakers.remove(&id);
+        st.session.remove_link(Instant::now(), id);
+        self.after(&mut st);
+        drop(st);
+        self.shared.links_changed.notify_waiters();
+    }
+
+    /// Links currently up.
+    pub fn live_links(&self) -> usize {
+        self.lock().live_links
+    }
+
+    /// Waits until the number of links changes (or a spurious wake-up).
+    pub async fn links_changed(&self) {
+        self.shared.links_changed.notified().await;
+    }
+
+    /// Resets every stream and stops the timer: the session is over. Stream tasks see their
+    /// streams reset and close their sockets; link tasks end when their sockets close.
+    pub fn close(&self, code: u16) {
+        let mut st = self.lock();
+        st.closed = true;
+        st.session.reset_all(code);
+        self.after(&mut st);
+        drop(st);
+        self.shared.timer.notify_one();
+    }
+
+    /// Whether two handles drive the same session.
+    pub fn same(&self, other: &SessionDriver) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// Whether [`SessionDriver::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+}

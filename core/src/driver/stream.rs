@@ -1,0 +1,138 @@
+//! Stream tasks: one per proxied TCP connection, moving bytes between the socket and the
+//! engine in both directions, with half-close and reset.
+//!
+//! The socket is read only when the engine has send capacity for the stream, so a slow
+//! tunnel slows the application instead of filling memory; no read buffer is held while the
+//! connection is idle.
+
+use super::SessionDriver;
+use crate::engine::ReadChunk;
+use crate::frame::reset;
+use crate::ids::StreamId;
+use bytes::{BufMut, BytesMut};
+use std::io;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tracing::{debug, trace};
+
+/// Largest single read from an application socket.
+const READ_MAX: usize = 256 * 1024;
+/// Largest chunk taken from the engine per write to an application socket.
+const WRITE_MAX: usize = 256 * 1024;
+
+/// How one direction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Half {
+    /// Finished cleanly (EOF sent or received).
+    Done,
+    /// The stream was reset, by the peer or by a socket error here.
+    Reset,
+}
+
+/// Pumps `tcp` <-> stream `id` until both directions are done or the stream is reset. On a
+/// reset from the peer the socket is closed with an RST (`SO_LINGER` 0).
+pub async fn run(driver: SessionDriver, id: StreamId, tcp: TcpStream) {
+    let waker = driver.register(id);
+    let _ = tcp.set_nodelay(true);
+    let (rd, wr) = tcp.into_split();
+    let linger = socket2::SockRef::from(wr.as_ref()).try_clone().ok();
+    let up = upstream(&driver, id, &waker, rd);
+    let down = downstream(&driver, id, &waker, wr);
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
+    let mut reset = false;
+    while !(reset || up_done && down_done) {
+        tokio::select! {
+            h = &mut up, if !up_done => { up_done = true; reset = h == Half::Reset; }
+            h = &mut down, if !down_done => { down_done = true; reset = h == Half::Reset; }
+        }
+    }
+    if reset {
+        // The halves drop when this function returns; with linger 0 the close is an RST.
+        if let Some(sock) = linger {
+            let _ = sock.set_linger(Some(std::time::Duration::ZERO));
+        }
+        driver.with(|s, _| s.stream_reset(id, reset::APP));
+        debug!(stream = %id, "stream reset");
+    } else {
+        trace!(stream = %id, "stream done");
+    }
+    driver.unregister(id);
+}
+
+/// Socket -> engine.
+async fn upstream(
+    driver: &SessionDriver,
+    id: StreamId,
+    waker: &super::StreamWaker,
+    rd: OwnedReadHalf,
+) -> Half {
+    let mut buf = BytesMut::new();
+    loop {
+        let writable = waker.writable.notified();
+        tokio::pin!(writable);
+        writable.as_mut().enable();
+        let cap = match driver.with(|s, _| s.stream_send_capacity(id)) {
+            Ok(c) => c.min(READ_MAX),
+            Err(_) => return Half::Reset,
+        };
+        if cap == 0 {
+            writable.await;
+            continue;
+        }
+        if let Err(e) = rd.readable().await {
+            debug!(stream = %id, error = %e, "application socket error");
+            return Half::Reset;
+        }
+        buf.reserve(cap);
+        let n = match rd.try_read_buf(&mut (&mut buf).limit(cap)) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                debug!(stream = %id, error = %e, "application socket error");
+                return Half::Reset;
+            }
+        };
+        if n == 0 {
+            return match driver.with(|s, _| s.stream_finish(id)) {
+                Ok(()) => Half::Done,
+                Err(_) => Half::Reset,
+            };
+        }
+        if driver
+            .with(|s, _| s.stream_write(id, buf.split().freeze()))
+            .is_err()
+        {
+            return Half::Reset;
+        }
+    }
+}
+
+/// Engine -> socket.
+async fn downstream(
+    driver: &SessionDriver,
+    id: StreamId,
+    waker: &super::StreamWaker,
+    mut wr: OwnedWriteHalf,
+) -> Half {
+    loop {
+        let readable = waker.readable.notified();
+        tokio::pin!(readable);
+        readable.as_mut().enable();
+        match driver.with(|s, _| s.stream_read(id, WRITE_MAX)) {
+            Ok(ReadChunk::Data(b)) => {
+                if let Err(e) = wr.write_all(&b).await {
+                    debug!(stream = %id, error = %e, "application socket error");
+                    return Half::Reset;
+                }
+            }
+            Ok(ReadChunk::Fin) => {
+                let _ = wr.shutdown().await;
+                return Half::Done;
+            }
+            Ok(ReadChunk::Blocked) => readable.await,
+            Err(_) => return Half::Reset,
+        }
+    }
+}

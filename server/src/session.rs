@@ -1,0 +1,149 @@
+//! The server's session table and what each session does with the streams its client opens.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tracing::{debug, info, Instrument};
+use wanmux_config::ServerConfig;
+use wanmux_core::driver::{self, OpenedStreams, SessionDriver};
+use wanmux_core::engine::{self, Role, Session};
+use wanmux_core::frame::reset;
+use wanmux_core::ids::{NodeId, SessionId, StreamId};
+use wanmux_core::keys::PublicKey;
+use wanmux_core::noise::Accepted;
+
+/// How long a session with no links is kept for its client to come back.
+pub const SESSION_GRACE: Duration = Duration::from_secs(30);
+
+/// A session is found by the client's static key (none in PSK mode) and its session id, so one
+/// client cannot join another's session by guessing its id.
+type Key = (Option<PublicKey>, SessionId);
+
+#[derive(Debug)]
+pub(crate) struct Sessions {
+    config: Arc<ServerConfig>,
+    table: Mutex<HashMap<Key, SessionDriver>>,
+}
+
+impl Sessions {
+    pub(crate) fn new(config: ServerConfig) -> Self {
+        Sessions {
+            config: Arc::new(config),
+            table: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn node_id(&self) -> u16 {
+        self.config.node_id.get()
+    }
+
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        self.config.handshake_timeout
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, SessionDriver>> {
+        // Only plain map operations run under this lock; nothing in them panics.
+        self.table.lock().expect("session table lock poisoned")
+    }
+
+    pub(crate) fn close_all(&self) {
+        for (_, d) in self.lock().drain() {
+            d.close(reset::SHUTDOWN);
+        }
+    }
+
+    /// Runs an authenticated link in its session until the link dies.
+    pub(crate) async fn run_link(self: &Arc<Self>, acc: Accepted, peer: SocketAddr) {
+        let key = (acc.client_key, SessionId(acc.hello.session_id));
+        let driver = self.session(key);
+        let span = tracing::info_span!("session", id = %key.1);
+        let end = driver::link::run(driver.clone(), acc.reader, acc.writer, Some(acc.first))
+            .instrument(span.clone())
+            .await;
+        span.in_scope(|| debug!(%peer, %end, "link closed"));
+        if driver.live_links() == 0 {
+            let this = self.clone();
+            tokio::spawn(async move { this.expire(key, driver).await }.instrument(span));
+        }
+    }
+
+    fn session(self: &Arc<Self>, key: Key) -> SessionDriver {
+        let mut table = self.lock();
+        if let Some(d) = table.get(&key).filter(|d| !d.is_closed()) {
+            return d.clone();
+        }
+        let limits = &self.config.limits;
+        let cfg = engine::Config {
+            stream_window: limits.stream_window,
+            session_window: limits.session_window,
+            max_streams: limits.max_streams as usize,
+        };
+        let node = NodeId(self.config.node_id.get());
+        let (driver, opened) = SessionDriver::start(Session::new(Role::Server(node), cfg));
+        let span = tracing::info_span!("session", id = %key.1);
+        span.in_scope(|| info!(client = ?key.0, "session started"));
+        tokio::spawn(serve_streams(driver.clone(), opened, self.config.clone()).instrument(span));
+        table.insert(key, driver.clone());
+        driver
+    }
+
+    /// Ends a session that stayed without links for the grace period.
+    async fn expire(&self, key: Key, driver: SessionDriver) {
+        let deadline = tokio::time::Instant::now() + SESSION_GRACE;
+        while driver.live_links() == 0 {
+            if tokio::time::timeout_at(deadline, driver.links_changed())
+                .await
+                .is_err()
+            {
+                if driver.live_links() == 0 {
+                    let mut table = self.lock();
+                    if table.get(&key).is_some_and(|d| d.same(&driver)) {
+                        table.remove(&key);
+                    }
+                    drop(table);
+                    driver.close(reset::SHUTDOWN);
+                    info!("session expired: no link for {}s", SESSION_GRACE.as_secs());
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Connects each stream the client opens to its named service.
+async fn serve_streams(
+    driver: SessionDriver,
+    mut opened: OpenedStreams,
+    config: Arc<ServerConfig>,
+) {
+    while let Some((id, name)) = opened.recv().await {
+        let Some(service) = config.service(&name) else {
+            debug!(stream = %id, service = %name, "unknown service");
+            driver.with(|s, _| s.stream_reset(id, reset::UNKNOWN_SERVICE));
+            continue;
+        };
+        let target = service.target.to_string();
+        let timeout = config.connect_timeout;
+        tokio::spawn(connect(driver.clone(), id, target, timeout).in_current_span());
+    }
+}
+
+async fn connect(driver: SessionDriver, id: StreamId, target: String, timeout: Duration) {
+    match tokio::time::timeout(timeout, TcpStream::connect(&target)).await {
+        Ok(Ok(tcp)) => driver::stream::run(driver, id, tcp).await,
+        Ok(Err(e)) => {
+            debug!(stream = %id, %target, error = %e, "service connect failed");
+            driver.with(|s, _| s.stream_reset(id, reset::CONNECT_FAILED));
+        }
+        Err(_) => {
+            debug!(stream = %id, %target, "service connect timed out");
+            driver.with(|s, _| s.stream_reset(id, reset::CONNECT_FAILED));
+        }
+    }
+}
