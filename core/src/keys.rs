@@ -116,6 +116,45 @@ impl Psk {
     }
 }
 
+/// Writes base64 key text to a new file readable only by its owner (mode 0600 on Unix), the
+/// form `private_key_file` and `psk_file` expect. Refuses to overwrite an existing file, so a
+/// slip of the shell cannot destroy a key in use.
+#[cfg(feature = "io")]
+pub fn write_secret_file(path: &std::path::Path, base64: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    writeln!(f, "{base64}")?;
+    f.sync_all()
+}
+
+/// What `keygen` prints: with `psk`, one new PSK; otherwise a new key pair, whose private half
+/// goes to `out` (then only the public key is printed) or to the output.
+#[cfg(feature = "io")]
+pub fn keygen(out: Option<&std::path::Path>, psk: bool) -> std::io::Result<String> {
+    if psk {
+        let psk = Psk::generate();
+        return match out {
+            Some(path) => write_secret_file(path, &psk.to_base64()).map(|()| String::new()),
+            None => Ok(format!("psk = \"{}\"\n", psk.to_base64())),
+        };
+    }
+    let (private, public) = generate_keypair();
+    match out {
+        Some(path) => {
+            write_secret_file(path, &private.to_base64())?;
+            Ok(format!("public_key = \"{public}\"\n"))
+        }
+        None => Ok(format!(
+            "private_key = \"{}\"\npublic_key = \"{public}\"\n",
+            private.to_base64()
+        )),
+    }
+}
+
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PublicKey({})", self.to_base64())
@@ -158,6 +197,30 @@ mod tests {
         let dbg = format!("{p:?}");
         assert!(!dbg.contains(&p.to_base64()));
         assert!(format!("{:?}", Psk::from_bytes([2; 32])).contains("redacted"));
+    }
+
+    #[cfg(feature = "io")]
+    #[test]
+    fn keygen_writes_a_private_file_and_refuses_to_overwrite() {
+        let dir = std::env::temp_dir().join(format!("wanmux-keygen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("k.key");
+        let _ = std::fs::remove_file(&path);
+        let printed = keygen(Some(&path), false).unwrap();
+        assert!(printed.starts_with("public_key = "));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(PrivateKey::from_base64(&text).is_ok());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(keygen(Some(&path), false).is_err(), "must not overwrite");
+        let both = keygen(None, false).unwrap();
+        assert!(both.contains("private_key = ") && both.contains("public_key = "));
+        assert!(keygen(None, true).unwrap().starts_with("psk = "));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[cfg(feature = "io")]
