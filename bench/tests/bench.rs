@@ -383,3 +383,18 @@ async fn silent_peer_is_a_stall() {
     let err = run_rr(&o).await.unwrap_err();
     assert!(matches!(err, BenchError::Stalled { .. }), "{err}");
 }
+
+/// The demo spawns these futures on a multi-threaded runtime, so they must be `Send`.
+#[test]
+fn futures_are_send() {
+    fn is_send<T: Send>(_: &T) {}
+    fn serve_is_send(listener: TcpListener) {
+        is_send(&wanmux_bench::serve(listener));
+    }
+    let _ = serve_is_send;
+    let bulk = BulkOptions::new("127.0.0.1:9");
+    let rr = RrOptions::new("127.0.0.1:9");
+    is_send(&run_bulk(&bulk));
+    is_send(&run_bulk_with_progress(&bulk, |_| {}));
+    is_send(&run_rr(&rr));
+}
