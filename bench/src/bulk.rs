@@ -62,7 +62,8 @@ impl BulkOptions {
         }
     }
 
-    fn validate(&self) -> Result<(), BenchError> {
+    /// Checks the options without running anything ([`run_bulk`] checks them too).
+    pub fn validate(&self) -> Result<(), BenchError> {
         let bad = |s: String| Err(BenchError::InvalidOptions(s));
         if self.streams == 0 {
             return bad("streams must be at least 1".into());

@@ -121,7 +121,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("wanmux-bench: error: {e:#}");
+            // Library errors already include their cause in their message.
+            eprintln!("wanmux-bench: error: {e}");
             let verify = e
                 .downcast_ref::<BenchError>()
                 .is_some_and(|e| e.is_verification_failure());
@@ -164,6 +165,7 @@ async fn client(args: ClientArgs) -> anyhow::Result<()> {
     opts.record_size = usize::try_from(args.len).unwrap_or(usize::MAX);
     opts.interval = seconds("--interval", args.interval, false)?;
     opts.idle_timeout = seconds("--timeout", args.timeout, false)?;
+    opts.validate()?;
     if args.json {
         let report = wanmux_bench::run_bulk(&opts).await?;
         println!("{}", serde_json::to_string_pretty(&report)?);
