@@ -100,19 +100,11 @@ async fn write_loop(
         .map(|_| BytesMut::with_capacity(MAX_MESSAGE))
         .collect();
     loop {
-        let notified = waker.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let n = driver.with(|s, now| {
-            let mut n = 0;
-            while n < BATCH && s.poll_transmit(now, id, &mut bufs[n]) {
-                n += 1;
-            }
-            n
-        });
+        let n = driver.poll_link(id, &mut bufs);
         tracing::trace!(messages = n, "transmit");
         if n == 0 {
-            notified.await;
+            // poll_link parked this writer; a permit from a wake-up in between is kept.
+            waker.notified().await;
             continue;
         }
         for b in &bufs[..n] {

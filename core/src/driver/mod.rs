@@ -35,6 +35,8 @@ struct State {
     wakers: HashMap<StreamId, Arc<StreamWaker>>,
     /// One per link writer: there is something that link may transmit.
     link_wakers: HashMap<LinkId, Arc<Notify>>,
+    /// Writers that found nothing to send and wait to be woken.
+    idle_writers: Vec<LinkId>,
     /// Deadline the timer task sleeps toward.
     armed: Option<Instant>,
     next_link: u64,
@@ -50,6 +52,21 @@ struct Shared {
     /// Wakes whoever waits for the set of links to change.
     links_changed: Notify,
     opened: mpsc::UnboundedSender<(StreamId, String)>,
+}
+
+/// The idle writer to wake for session-level work: the one with the lowest smoothed RTT, so
+/// small interactive frames take the quickest path when links are idle.
+fn pick_writer(session: &Session, idle: &[LinkId]) -> usize {
+    let rtt = |id: &LinkId| {
+        session
+            .link_stats(*id)
+            .and_then(|s| s.rtt.smoothed)
+            .unwrap_or(std::time::Duration::MAX)
+    };
+    idle.iter()
+        .enumerate()
+        .min_by_key(|(_, id)| rtt(id))
+        .map_or(0, |(i, _)| i)
 }
 
 /// A running session: cheap to clone, one per client session.
@@ -71,6 +88,7 @@ impl SessionDriver {
                 session,
                 wakers: HashMap::new(),
                 link_wakers: HashMap::new(),
+                idle_writers: Vec::new(),
                 armed: None,
                 next_link: 0,
                 live_links: 0,
@@ -122,15 +140,26 @@ impl SessionDriver {
                 }
             }
         }
-        // Wake only writers that can send something: a writer woken for another link's pong
-        // would find nothing, and wake itself again, forever.
-        if st.session.wants_transmit() {
-            st.link_wakers.values().for_each(|w| w.notify_one());
-        } else {
-            for id in st.session.links_wanting_transmit() {
-                if let Some(w) = st.link_wakers.get(&id) {
-                    w.notify_one();
-                }
+        // Wake one idle writer for session-level work (a writer that is busy polls again when
+        // its write completes, and each later call wakes one more while work remains), and the
+        // writer of any link with a pong or ping of its own. Waking every writer for every
+        // frame would cost a context switch per link per frame and add latency.
+        if st.session.wants_transmit() && !st.idle_writers.is_empty() {
+            let best = pick_writer(&st.session, &st.idle_writers);
+            let id = st.idle_writers.swap_remove(best);
+            if let Some(w) = st.link_wakers.get(&id) {
+                w.notify_one();
+            }
+        }
+        let own: Vec<LinkId> = st
+            .session
+            .links_wanting_transmit()
+            .filter(|id| st.idle_writers.contains(id))
+            .collect();
+        for id in own {
+            st.idle_writers.retain(|&l| l != id);
+            if let Some(w) = st.link_wakers.get(&id) {
+                w.notify_one();
             }
         }
         let next = st.session.poll_timeout();
@@ -138,6 +167,22 @@ impl SessionDriver {
             st.armed = next;
             self.shared.timer.notify_one();
         }
+    }
+
+    /// Fills up to `bufs.len()` messages for link `id`. When there is nothing, the writer is
+    /// parked (under the same lock, so no wake-up is lost) until [`SessionDriver`] wakes it.
+    pub(crate) fn poll_link(&self, id: LinkId, bufs: &mut [bytes::BytesMut]) -> usize {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let mut n = 0;
+        while n < bufs.len() && st.session.poll_transmit(now, id, &mut bufs[n]) {
+            n += 1;
+        }
+        if n == 0 && !st.idle_writers.contains(&id) {
+            st.idle_writers.push(id);
+        }
+        self.after(&mut st);
+        n
     }
 
     async fn run_timer(self) {
@@ -197,6 +242,7 @@ impl SessionDriver {
         let mut st = self.lock();
         st.live_links -= 1;
         st.link_wakers.remove(&id);
+        st.idle_writers.retain(|&l| l != id);
         st.session.remove_link(Instant::now(), id);
         self.after(&mut st);
         drop(st);
