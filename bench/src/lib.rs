@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 mod bulk;
+mod demo;
 mod error;
 mod pattern;
 mod proto;
@@ -31,6 +32,7 @@ mod server;
 mod stream;
 
 pub use bulk::{run_bulk, run_bulk_with_progress, BulkOptions, Limit};
+pub use demo::{run_demo, DemoOptions, DemoReport};
 pub use error::{BenchError, Side, VerifyFailure};
 pub use pattern::PERIOD;
 pub use proto::{MAX_RECORD, MAX_RR_SIZE};

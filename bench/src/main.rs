@@ -34,7 +34,10 @@ enum Command {
     Client(ClientArgs),
     /// Request/response latency test over one connection.
     Rr(RrArgs),
-    // `demo` (everything on one machine, no config) is added by the demo work.
+    /// The whole tunnel on this machine with an embedded default, no config: a wanmux server,
+    /// a wanmux client and a bench server in this process on loopback; runs a throughput and
+    /// a latency test through the tunnel and directly, and prints both.
+    Demo(DemoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +82,27 @@ struct ClientArgs {
 }
 
 #[derive(Debug, Args)]
+struct DemoArgs {
+    /// Seconds per throughput test.
+    #[arg(short = 't', long = "time", value_name = "SECS", default_value_t = 3.0)]
+    time: f64,
+    /// Links between the client and the server.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    links: u16,
+    /// Parallel streams in the throughput tests.
+    #[arg(
+        short = 'P',
+        long = "parallel",
+        value_name = "STREAMS",
+        default_value_t = 1
+    )]
+    parallel: usize,
+    /// Print only one JSON object with the results.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct RrArgs {
     /// Server address, e.g. 127.0.0.1:5201 or a tunnel's mapped port.
     #[arg(long, value_name = "ADDR")]
@@ -104,7 +128,7 @@ fn main() -> ExitCode {
     let single = match &cli.command {
         Command::Client(a) => a.parallel == 1,
         Command::Rr(_) => true,
-        Command::Server { .. } => false,
+        Command::Server { .. } | Command::Demo(_) => false,
     };
     let mut builder = if single {
         tokio::runtime::Builder::new_current_thread()
@@ -136,7 +160,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server { listen } => server(&listen).await,
         Command::Client(args) => client(args).await,
         Command::Rr(args) => rr(args).await,
+        Command::Demo(args) => demo(args).await,
     }
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if !(args.time > 0.0 && args.time.is_finite()) {
+        anyhow::bail!("--time must be a positive number of seconds");
+    }
+    if args.links == 0 || args.parallel == 0 {
+        anyhow::bail!("--links and --parallel must be at least 1");
+    }
+    let opts = wanmux_bench::DemoOptions {
+        seconds: args.time,
+        links: args.links,
+        streams: args.parallel,
+        ..Default::default()
+    };
+    let json = args.json;
+    let report = wanmux_bench::run_demo(&opts, |line| {
+        if !json {
+            println!("{line}");
+        }
+    })
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
 }
 
 async fn server(listen: &str) -> anyhow::Result<()> {
