@@ -35,24 +35,27 @@ enum Half {
 pub async fn run(driver: SessionDriver, id: StreamId, tcp: TcpStream) {
     let waker = driver.register(id);
     let _ = tcp.set_nodelay(true);
-    let (rd, wr) = tcp.into_split();
-    let linger = socket2::SockRef::from(wr.as_ref()).try_clone().ok();
-    let up = upstream(&driver, id, &waker, rd);
-    let down = downstream(&driver, id, &waker, wr);
-    tokio::pin!(up, down);
-    let (mut up_done, mut down_done) = (false, false);
-    let mut reset = false;
-    while !(reset || up_done && down_done) {
-        tokio::select! {
-            h = &mut up, if !up_done => { up_done = true; reset = h == Half::Reset; }
-            h = &mut down, if !down_done => { down_done = true; reset = h == Half::Reset; }
+    let (rd, mut wr) = tcp.into_split();
+    let reset = {
+        let up = upstream(&driver, id, &waker, rd);
+        let down = downstream(&driver, id, &waker, &mut wr);
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
+        let mut reset = false;
+        while !(reset || up_done && down_done) {
+            tokio::select! {
+                h = &mut up, if !up_done => { up_done = true; reset = h == Half::Reset; }
+                h = &mut down, if !down_done => { down_done = true; reset = h == Half::Reset; }
+            }
         }
-    }
+        reset
+    };
     if reset {
-        // The halves drop when this function returns; with linger 0 the close is an RST.
-        if let Some(sock) = linger {
-            let _ = sock.set_linger(Some(std::time::Duration::ZERO));
-        }
+        // Close with an RST: `SO_LINGER` 0, and `forget` the write half so that dropping it
+        // does not send a FIN first (the application would read a clean EOF before the RST).
+        // The read half was dropped with its future, so this closes the socket.
+        let _ = socket2::SockRef::from(wr.as_ref()).set_linger(Some(std::time::Duration::ZERO));
+        wr.forget();
         driver.with(|s, _| s.stream_reset(id, reset::APP));
         debug!(stream = %id, "stream reset");
     } else {
@@ -114,7 +117,7 @@ async fn downstream(
     driver: &SessionDriver,
     id: StreamId,
     waker: &super::StreamWaker,
-    mut wr: OwnedWriteHalf,
+    wr: &mut OwnedWriteHalf,
 ) -> Half {
     loop {
         let readable = waker.readable.notified();
