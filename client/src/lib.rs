@@ -14,7 +14,7 @@ mod dial;
 use rand::Rng;
 use std::io;
 use std::net::SocketAddr;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
 use wanmux_config::{ClientConfig, ServiceName};
@@ -22,6 +22,12 @@ use wanmux_core::driver::{self, SessionDriver};
 use wanmux_core::engine::{self, Role, Session};
 use wanmux_core::frame::reset;
 use wanmux_core::ids::{NodeId, SessionId};
+
+/// Accept queue length of each mapped port (the kernel caps it at `net.core.somaxconn`). The
+/// default of std and tokio, 128, overflows when a burst of connections arrives at once (a
+/// game server's players reconnecting): the kernel then falls back to SYN cookies and drops or
+/// resets some of them.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// A running client.
 #[derive(Debug)]
@@ -80,7 +86,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     let mut tasks = Vec::new();
     let mut maps = Vec::new();
     for map in &config.maps {
-        let listener = TcpListener::bind(map.listen).await?;
+        let listener = listen(map.listen)?;
         let addr = listener.local_addr()?;
         span.in_scope(|| info!(listen = %addr, service = %map.service.as_str(), "mapping"));
         maps.push((map.service.clone(), addr));
@@ -118,6 +124,19 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         driver,
         tasks,
     })
+}
+
+/// Binds `addr` (with `SO_REUSEADDR`, as `TcpListener::bind` does) and listens with
+/// [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn accept_loop(
