@@ -6,7 +6,7 @@ use bytes::BytesMut;
 use rand::Rng;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use wanmux_config::{Node, NodeHandshake};
 use wanmux_core::driver::{self, SessionDriver};
 use wanmux_core::frame::Frame;
@@ -29,11 +29,26 @@ pub(crate) fn noise_auth(hs: NodeHandshake<'_>) -> ClientAuth {
     }
 }
 
+/// The session as the links see it, shared by the slots: its id (sent in every handshake) and
+/// the epoch of the server's instance of it (learnt from the first handshake).
+#[derive(Debug)]
+pub(crate) struct SessionState {
+    pub(crate) id: SessionId,
+    pub(crate) epoch: Option<u64>,
+}
+
+pub(crate) type SharedState = std::sync::Arc<std::sync::Mutex<SessionState>>;
+
+pub(crate) fn lock(state: &SharedState) -> std::sync::MutexGuard<'_, SessionState> {
+    // Only plain reads and stores run under this lock.
+    state.lock().expect("session state lock poisoned")
+}
+
 pub(crate) struct Slot {
     pub(crate) driver: SessionDriver,
+    pub(crate) state: SharedState,
     pub(crate) node: Node,
     pub(crate) auth: ClientAuth,
-    pub(crate) session_id: SessionId,
     pub(crate) link_seq: u32,
     pub(crate) handshake_timeout: Duration,
 }
@@ -48,7 +63,8 @@ impl Slot {
         loop {
             let started = Instant::now();
             match self.dial(&addr, &first).await {
-                Ok((reader, writer)) => {
+                Ok((reader, writer, epoch)) => {
+                    self.check_epoch(epoch);
                     info!(node = %self.node.id, %addr, link_seq = self.link_seq, "link up");
                     let end = driver::link::run(self.driver.clone(), reader, writer, None).await;
                     info!(node = %self.node.id, %addr, %end, "link down");
@@ -65,16 +81,32 @@ impl Slot {
         }
     }
 
+    /// A link to a server that no longer has our session (it restarted, or its grace period
+    /// ran out) reports a new epoch: the streams it carried are gone there, so they are reset
+    /// here and the session starts afresh before the link joins it.
+    fn check_epoch(&self, epoch: u64) {
+        let mut state = lock(&self.state);
+        match state.epoch {
+            Some(e) if e == epoch => {}
+            Some(_) => {
+                warn!(node = %self.node.id, "the server lost this session; open connections are reset");
+                self.driver.restart();
+                state.epoch = Some(epoch);
+            }
+            None => state.epoch = Some(epoch),
+        }
+    }
+
     async fn dial(
         &self,
         addr: &str,
         first: &[u8],
-    ) -> Result<(noise::LinkReader, noise::LinkWriter), noise::LinkError> {
+    ) -> Result<(noise::LinkReader, noise::LinkWriter, u64), noise::LinkError> {
         let tcp = tokio::time::timeout(self.handshake_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| noise::LinkError::Timeout)??;
         let hello = ClientHello {
-            session_id: self.session_id.0,
+            session_id: lock(&self.state).id.0,
             link_seq: self.link_seq,
         };
         let (reader, writer, server) =
@@ -84,6 +116,6 @@ impl Slot {
             info!(expected = %self.node.id, got = server.node_id, "node id mismatch");
             return Err(noise::LinkError::Protocol("node id mismatch"));
         }
-        Ok((reader, writer))
+        Ok((reader, writer, server.epoch))
     }
 }

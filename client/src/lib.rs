@@ -23,6 +23,12 @@ use wanmux_core::engine::{self, Role, Session};
 use wanmux_core::frame::reset;
 use wanmux_core::ids::{NodeId, SessionId};
 
+/// How long the client keeps its session with no link before it resets its connections and
+/// starts a new session under a new id. Five seconds less than the server keeps a session
+/// without links (`wanmux_server::SESSION_GRACE`, 30 s), so the client never comes back to a
+/// session id the server has already dropped.
+pub const SESSION_GRACE: std::time::Duration = std::time::Duration::from_secs(25);
+
 /// Accept queue length of each mapped port (the kernel caps it at `net.core.somaxconn`). The
 /// default of std and tokio, 128, overflows when a burst of connections arrives at once (a
 /// game server's players reconnecting): the kernel then falls back to SYN cookies and drops or
@@ -98,6 +104,13 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             accept_loop(listener, driver, service, owner).instrument(span.clone()),
         ));
     }
+    let state = std::sync::Arc::new(std::sync::Mutex::new(dial::SessionState {
+        id: session_id,
+        epoch: None,
+    }));
+    tasks.push(tokio::spawn(
+        watch_links(driver.clone(), state.clone()).instrument(span.clone()),
+    ));
     let mut link_seq = 0u32;
     if let Some((node, hs)) = config.auth.handshakes().next() {
         if config.auth.nodes().count() > 1 {
@@ -109,9 +122,9 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         for _ in 0..config.links.count {
             let slot = dial::Slot {
                 driver: driver.clone(),
+                state: state.clone(),
                 node: node.clone(),
                 auth: dial::noise_auth(hs),
-                session_id,
                 link_seq,
                 handshake_timeout: config.handshake_timeout,
             };
@@ -137,6 +150,28 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// With no link for the server's grace period, the server has dropped the session: reset the
+/// open connections rather than leave them hanging, and start afresh.
+async fn watch_links(driver: SessionDriver, state: dial::SharedState) {
+    loop {
+        let changed = driver.links_changed();
+        if driver.live_links() > 0 {
+            changed.await;
+            continue;
+        }
+        if tokio::time::timeout(SESSION_GRACE, changed).await.is_err() && driver.live_links() == 0 {
+            warn!(
+                "no link for {} s; open connections are reset",
+                SESSION_GRACE.as_secs()
+            );
+            driver.restart();
+            let mut st = dial::lock(&state);
+            st.id = SessionId(rand::rng().random());
+            st.epoch = None;
+        }
+    }
 }
 
 async fn accept_loop(

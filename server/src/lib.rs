@@ -47,10 +47,17 @@ impl ServerHandle {
         self.sessions.len()
     }
 
-    /// Stops accepting and resets every session's streams.
+    /// Stops accepting, resets every session's streams and closes every link.
     pub fn shutdown(self) {
         self.accept.abort();
         self.sessions.close_all();
+    }
+
+    /// Stops at once: drops every link and session without telling clients anything, which is
+    /// what a crash looks like to them. For tests of recovery, and emergency exits.
+    pub fn abort(self) {
+        self.accept.abort();
+        self.sessions.abandon_all();
     }
 }
 
@@ -119,9 +126,12 @@ async fn handshake(
     tcp: TcpStream,
     peer: SocketAddr,
     auth: &noise::ServerAuth,
-    sessions: &Sessions,
+    sessions: &Arc<Sessions>,
 ) -> Option<noise::Accepted> {
-    match noise::accept(tcp, auth, sessions.node_id(), sessions.handshake_timeout()).await {
+    let respond = |hello: &noise::ClientHello, key: Option<&wanmux_core::keys::PublicKey>| {
+        sessions.server_hello((key.copied(), wanmux_core::ids::SessionId(hello.session_id)))
+    };
+    match noise::accept_with(tcp, auth, sessions.handshake_timeout(), respond).await {
         Ok(acc) => {
             debug!(%peer, link_seq = acc.hello.link_seq, "link authenticated");
             Some(acc)

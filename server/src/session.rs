@@ -1,6 +1,7 @@
 //! The server's session table and what each session does with the streams its client opens.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +13,7 @@ use wanmux_core::engine::{self, Role, Session};
 use wanmux_core::frame::reset;
 use wanmux_core::ids::{NodeId, SessionId, StreamId};
 use wanmux_core::keys::PublicKey;
-use wanmux_core::noise::Accepted;
+use wanmux_core::noise::{Accepted, ServerHello};
 
 /// How long a session with no links is kept for its client to come back.
 pub const SESSION_GRACE: Duration = Duration::from_secs(30);
@@ -25,6 +26,11 @@ type Key = (Option<PublicKey>, SessionId);
 pub(crate) struct Sessions {
     config: Arc<ServerConfig>,
     table: Mutex<HashMap<Key, SessionDriver>>,
+    /// Random per process: the epoch of a session is a keyed hash of its key, so it is the same
+    /// on every link, needs no state before a link is authenticated, and changes when the
+    /// server restarts. (A session that expired is not resumed under the same id: the client
+    /// gives up on it first and picks a new id.)
+    epoch_key: RandomState,
 }
 
 impl Sessions {
@@ -32,6 +38,7 @@ impl Sessions {
         Sessions {
             config: Arc::new(config),
             table: Mutex::new(HashMap::new()),
+            epoch_key: RandomState::new(),
         }
     }
 
@@ -58,19 +65,31 @@ impl Sessions {
         }
     }
 
+    pub(crate) fn abandon_all(&self) {
+        for (_, d) in self.lock().drain() {
+            d.abandon();
+        }
+    }
+
+    /// Message 2 for a link whose message 1 authenticated as `key`: the node id and the epoch
+    /// of the session. Creates nothing: a session starts only when a link completes its key
+    /// confirmation.
+    pub(crate) fn server_hello(&self, key: Key) -> ServerHello {
+        ServerHello {
+            node_id: self.node_id(),
+            epoch: self.epoch_key.hash_one(key),
+        }
+    }
+
     /// Runs an authenticated link in its session until the link dies.
     pub(crate) async fn run_link(self: &Arc<Self>, acc: Accepted, peer: SocketAddr) {
         let key = (acc.client_key, SessionId(acc.hello.session_id));
         let driver = self.session(key);
         let span = tracing::info_span!("session", id = %key.1);
-        let end = driver::link::run(driver.clone(), acc.reader, acc.writer, Some(acc.first))
+        let end = driver::link::run(driver, acc.reader, acc.writer, Some(acc.first))
             .instrument(span.clone())
             .await;
         span.in_scope(|| debug!(%peer, %end, "link closed"));
-        if driver.live_links() == 0 {
-            let this = self.clone();
-            tokio::spawn(async move { this.expire(key, driver).await }.instrument(span));
-        }
     }
 
     fn session(self: &Arc<Self>, key: Key) -> SessionDriver {
@@ -88,30 +107,39 @@ impl Sessions {
         let (driver, opened) = SessionDriver::start(Session::new(Role::Server(node), cfg));
         let span = tracing::info_span!("session", id = %key.1);
         span.in_scope(|| info!(client = ?key.0, "session started"));
-        tokio::spawn(serve_streams(driver.clone(), opened, self.config.clone()).instrument(span));
+        tokio::spawn(
+            serve_streams(driver.clone(), opened, self.config.clone()).instrument(span.clone()),
+        );
+        tokio::spawn(self.clone().watch(key, driver.clone()).instrument(span));
         table.insert(key, driver.clone());
         driver
     }
 
-    /// Ends a session that stayed without links for the grace period.
-    async fn expire(&self, key: Key, driver: SessionDriver) {
-        let deadline = tokio::time::Instant::now() + SESSION_GRACE;
-        while driver.live_links() == 0 {
-            if tokio::time::timeout_at(deadline, driver.links_changed())
-                .await
-                .is_err()
-            {
-                if driver.live_links() == 0 {
-                    let mut table = self.lock();
-                    if table.get(&key).is_some_and(|d| d.same(&driver)) {
-                        table.remove(&key);
-                    }
-                    drop(table);
-                    driver.close(reset::SHUTDOWN);
-                    info!("session expired: no link for {}s", SESSION_GRACE.as_secs());
-                }
+    /// Ends the session once it has had no link for the grace period.
+    async fn watch(self: Arc<Self>, key: Key, driver: SessionDriver) {
+        loop {
+            let changed = driver.links_changed();
+            if driver.is_closed() {
                 return;
             }
+            if driver.live_links() > 0 {
+                changed.await;
+                continue;
+            }
+            if tokio::time::timeout(SESSION_GRACE, changed).await.is_ok() {
+                continue;
+            }
+            if driver.live_links() > 0 {
+                continue;
+            }
+            let mut table = self.lock();
+            if table.get(&key).is_some_and(|d| d.same(&driver)) {
+                table.remove(&key);
+            }
+            drop(table);
+            driver.close(reset::SHUTDOWN);
+            info!("session expired: no link for {} s", SESSION_GRACE.as_secs());
+            return;
         }
     }
 }

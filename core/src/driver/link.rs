@@ -22,6 +22,8 @@ pub enum LinkEnd {
     Link(LinkError),
     /// The peer broke the protocol.
     Peer(crate::engine::PeerError),
+    /// The session was closed here.
+    SessionClosed,
 }
 
 impl fmt::Display for LinkEnd {
@@ -30,6 +32,7 @@ impl fmt::Display for LinkEnd {
             LinkEnd::Closed => f.write_str("closed by peer"),
             LinkEnd::Link(e) => write!(f, "{e}"),
             LinkEnd::Peer(e) => write!(f, "protocol error: {e}"),
+            LinkEnd::SessionClosed => f.write_str("session closed"),
         }
     }
 }
@@ -57,6 +60,7 @@ pub async fn run(
         tokio::select! {
             end = read_loop(&driver, id, &mut reader) => end,
             end = &mut w.0 => end.unwrap_or(LinkEnd::Closed),
+            () = driver.closed() => LinkEnd::SessionClosed,
         }
     }
     .instrument(span.clone())

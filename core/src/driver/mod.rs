@@ -51,6 +51,8 @@ struct Shared {
     timer: Notify,
     /// Wakes whoever waits for the set of links to change.
     links_changed: Notify,
+    /// Wakes the link tasks when the session is closed.
+    closing: Notify,
     opened: mpsc::UnboundedSender<(StreamId, String)>,
 }
 
@@ -96,6 +98,7 @@ impl SessionDriver {
             }),
             timer: Notify::new(),
             links_changed: Notify::new(),
+            closing: Notify::new(),
             opened: tx,
         });
         let driver = SessionDriver { shared };
@@ -259,15 +262,42 @@ impl SessionDriver {
         self.shared.links_changed.notified().await;
     }
 
-    /// Resets every stream and stops the timer: the session is over. Stream tasks see their
-    /// streams reset and close their sockets; link tasks end when their sockets close.
+    /// Resets every stream, closes every link and stops the timer: the session is over.
+    /// Stream tasks see their streams reset and close their sockets.
     pub fn close(&self, code: u16) {
         let mut st = self.lock();
-        st.closed = true;
         st.session.reset_all(code);
         self.after(&mut st);
         drop(st);
+        self.abandon();
+    }
+
+    /// Closes every link and stops the timer without telling the peer anything about the
+    /// streams, as a crash would: the peer finds out when it reconnects and sees a new epoch.
+    pub fn abandon(&self) {
+        self.lock().closed = true;
+        self.shared.closing.notify_waiters();
         self.shared.timer.notify_one();
+    }
+
+    /// Completes once [`SessionDriver::close`] or [`SessionDriver::abandon`] was called.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.shared.closing.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Resets every stream and starts the session afresh on the same links: the peer lost it.
+    pub fn restart(&self) {
+        let mut st = self.lock();
+        st.session.restart();
+        self.after(&mut st);
     }
 
     /// Whether two handles drive the same session.

@@ -895,6 +895,29 @@ impl Session {
         }
     }
 
+    /// Forgets every stream and all session accounting, keeping the links: the peer lost
+    /// this session (it restarted, or gave up on it) and a new one starts on the same links.
+    /// Every stream reports closed to its task.
+    pub fn restart(&mut self) {
+        for &id in self.streams.keys() {
+            self.events.push_back(Event::StreamReadable(id));
+            self.events.push_back(Event::StreamWritable(id));
+        }
+        let fresh = Session::new(self.role, self.cfg);
+        let links = std::mem::take(&mut self.links);
+        let next_counter = std::mem::take(&mut self.next_counter);
+        let events = std::mem::take(&mut self.events);
+        *self = Session {
+            links,
+            next_counter,
+            events,
+            ..fresh
+        };
+        for l in self.links.values_mut() {
+            l.sent.clear();
+        }
+    }
+
     // ----- internals -----
 
     fn live_stream(&mut self, id: StreamId) -> Result<&mut Stream, StreamError> {

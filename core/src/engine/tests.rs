@@ -365,3 +365,29 @@ fn pongs_confirm_what_a_link_carried() {
     assert_eq!(stats.unconfirmed, 0);
     assert_eq!(stats.rtt.smoothed, Some(Duration::from_millis(30)));
 }
+
+#[test]
+fn restart_forgets_streams_and_credit_but_keeps_links() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    c.add_link(now, LINK);
+    let a = c.open_stream(NODE, "svc").unwrap();
+    c.stream_write(a, Bytes::from(vec![1; 1000])).unwrap();
+    let mut buf = BytesMut::new();
+    assert!(c.poll_transmit(now, LINK, &mut buf));
+    while c.poll_event().is_some() {}
+    c.restart();
+    let events: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
+    assert!(
+        events.contains(&Event::StreamReadable(a)) && events.contains(&Event::StreamWritable(a))
+    );
+    assert_eq!(c.stream_read(a, 10), Err(StreamError::Closed));
+    assert_eq!(c.stream_count(), 0);
+    assert_eq!(c.send_session_used, 0);
+    assert_eq!(c.links().collect::<Vec<_>>(), vec![LINK]);
+    assert_eq!(c.link_stats(LINK).unwrap().unconfirmed, 0);
+    // New streams get fresh ids and work as before.
+    let b = c.open_stream(NODE, "svc").unwrap();
+    assert_ne!(a, b);
+    assert!(c.poll_transmit(now, LINK, &mut buf));
+}

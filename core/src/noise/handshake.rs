@@ -21,8 +21,8 @@ use crate::keys::{PublicKey, KEY_LEN};
 const VERSION: u8 = 1;
 /// `version | session_id | link_seq | reserved`.
 const CLIENT_HELLO_LEN: usize = 1 + 16 + 4 + 1;
-/// `version | node_id | status`.
-const SERVER_HELLO_LEN: usize = 1 + 2 + 1;
+/// `version | node_id | status | epoch`.
+const SERVER_HELLO_LEN: usize = 1 + 2 + 1 + 8;
 /// The prologue is this string followed by the mode byte.
 const PROLOGUE_PREFIX: &[u8; 9] = b"wanmux v1";
 /// Read chunk during the handshake: enough for the largest handshake message and its header,
@@ -240,16 +240,34 @@ pub async fn accept(
     node_id: u16,
     timeout: Duration,
 ) -> Result<Accepted, LinkError> {
-    tokio::time::timeout(timeout, server_handshake(tcp, auth, node_id))
+    accept_with(tcp, auth, timeout, |_, _| ServerHello { node_id, epoch: 0 }).await
+}
+
+/// [`accept`], with message 2's payload chosen by `respond` once message 1 has been
+/// authenticated: the server uses it to tell the client the epoch of the session the link
+/// joins, so a client learns before sending anything that the server lost its session.
+pub async fn accept_with<F>(
+    tcp: TcpStream,
+    auth: &ServerAuth,
+    timeout: Duration,
+    respond: F,
+) -> Result<Accepted, LinkError>
+where
+    F: FnOnce(&ClientHello, Option<&PublicKey>) -> ServerHello,
+{
+    tokio::time::timeout(timeout, server_handshake(tcp, auth, respond))
         .await
         .map_err(|_| LinkError::Timeout)?
 }
 
-async fn server_handshake(
+async fn server_handshake<F>(
     tcp: TcpStream,
     auth: &ServerAuth,
-    node_id: u16,
-) -> Result<Accepted, LinkError> {
+    respond: F,
+) -> Result<Accepted, LinkError>
+where
+    F: FnOnce(&ClientHello, Option<&PublicKey>) -> ServerHello,
+{
     configure_socket(&tcp)?;
     let (rd, mut wr) = tcp.into_split();
     let mut inb = InBuf::new(rd, HANDSHAKE_CHUNK);
@@ -281,8 +299,9 @@ async fn server_handshake(
     };
     let hello = decode_client_hello(&payload[..n])?;
 
+    let server_hello = respond(&hello, client_key.as_ref());
     let n = hs
-        .write_message(&encode_server_hello(node_id), &mut msg)
+        .write_message(&encode_server_hello(&server_hello), &mut msg)
         .map_err(local)?;
     let mut out = BytesMut::with_capacity(LEN_PREFIX + n);
     put_message(&mut out, &msg[..n]);
@@ -402,9 +421,12 @@ pub(super) fn decode_client_hello(p: &[u8]) -> Result<ClientHello, LinkError> {
     })
 }
 
-fn encode_server_hello(node_id: u16) -> [u8; SERVER_HELLO_LEN] {
-    let id = node_id.to_be_bytes();
-    [VERSION, id[0], id[1], 0]
+pub(super) fn encode_server_hello(h: &ServerHello) -> [u8; SERVER_HELLO_LEN] {
+    let mut out = [0u8; SERVER_HELLO_LEN];
+    out[0] = VERSION;
+    out[1..3].copy_from_slice(&h.node_id.to_be_bytes());
+    out[4..12].copy_from_slice(&h.epoch.to_be_bytes());
+    out
 }
 
 pub(super) fn decode_server_hello(p: &[u8]) -> Result<ServerHello, LinkError> {
@@ -417,7 +439,10 @@ pub(super) fn decode_server_hello(p: &[u8]) -> Result<ServerHello, LinkError> {
     if p[3] != 0 {
         return Err(LinkError::Protocol("server hello has a non-zero status"));
     }
+    let mut epoch = [0u8; 8];
+    epoch.copy_from_slice(&p[4..12]);
     Ok(ServerHello {
         node_id: u16::from_be_bytes([p[1], p[2]]),
+        epoch: u64::from_be_bytes(epoch),
     })
 }

@@ -52,7 +52,7 @@ use tokio::net::TcpStream;
 
 use crate::keys::{PrivateKey, Psk, PublicKey};
 
-pub use handshake::{accept, connect};
+pub use handshake::{accept, accept_with, connect};
 pub use transport::{LinkReader, LinkWriter};
 
 /// Largest plaintext of one transport message: 65,535 bytes of ciphertext less the 16-byte tag.
@@ -127,6 +127,10 @@ pub struct ClientHello {
 pub struct ServerHello {
     /// The id of the server node.
     pub node_id: u16,
+    /// Identifies the server's instance of the session this link joins: the same on every
+    /// link while the server holds the session, different once the server has lost it (a
+    /// restart, or the grace period ran out), so the client knows to start over.
+    pub epoch: u64,
 }
 
 /// A link the server accepted: the handshake and key confirmation succeeded.

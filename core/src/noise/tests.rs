@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::handshake::{
     client_state, connect_with, decode_client_hello, decode_server_hello, encode_client_hello,
-    Cipher, Mode, Pattern,
+    encode_server_hello, Cipher, Mode, Pattern,
 };
 use super::*;
 use crate::keys::generate_keypair;
@@ -91,7 +91,13 @@ async fn link(pattern: Pattern, cipher: Cipher) -> (LinkReader, LinkWriter, Acce
     let (client, server) = handshake(&creds.client, &creds.server, cipher).await;
     let (reader, writer, hello) = client.unwrap();
     let accepted = server.unwrap();
-    assert_eq!(hello, ServerHello { node_id: NODE });
+    assert_eq!(
+        hello,
+        ServerHello {
+            node_id: NODE,
+            epoch: 0
+        }
+    );
     assert_eq!(accepted.hello, HELLO);
     assert_eq!(accepted.client_key, creds.client_key);
     assert_eq!(&accepted.first[..], FIRST);
@@ -679,11 +685,18 @@ fn hello_payloads_are_checked() {
     bad[0] = 2;
     assert!(decode_client_hello(&bad).is_err());
 
-    assert_eq!(
-        decode_server_hello(&[1, 0, 9, 0]).unwrap(),
-        ServerHello { node_id: 9 }
-    );
-    assert!(decode_server_hello(&[1, 0, 9]).is_err());
-    assert!(decode_server_hello(&[2, 0, 9, 0]).is_err());
-    assert!(decode_server_hello(&[1, 0, 9, 1]).is_err());
+    let hello = ServerHello {
+        node_id: 9,
+        epoch: 0x0102_0304_0506_0708,
+    };
+    let good = encode_server_hello(&hello);
+    assert_eq!(good, [1, 0, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(decode_server_hello(&good).unwrap(), hello);
+    assert!(decode_server_hello(&good[..11]).is_err());
+    let mut bad = good;
+    bad[0] = 2;
+    assert!(decode_server_hello(&bad).is_err());
+    let mut bad = good;
+    bad[3] = 1;
+    assert!(decode_server_hello(&bad).is_err());
 }
