@@ -54,6 +54,9 @@ pub struct Kill {
     pub index: usize,
     /// Replace it after this long.
     pub revive: Option<Duration>,
+    /// Drop everything on the link from then on without telling either engine, as a
+    /// blackholed path does; the engines must notice by themselves (ping timeout).
+    pub blackhole: bool,
 }
 
 /// The whole scenario.
@@ -103,6 +106,8 @@ pub struct Outcome {
     pub max_session_buffered: u64,
     /// Largest send buffer seen in any one stream, bytes.
     pub max_send_buffered: u64,
+    /// Links the engines declared dead by ping timeout (counted per side).
+    pub timed_out: usize,
     /// Streams still alive in each engine at the end.
     pub live_streams: (usize, usize),
 }
@@ -117,6 +122,8 @@ struct Pipe {
     free_at: [Instant; 2],
     last_arrival: [Instant; 2],
     alive: bool,
+    /// Traffic vanishes; the engines are not told.
+    blackholed: bool,
     id: LinkId,
 }
 
@@ -212,6 +219,7 @@ pub fn run(sc: &Scenario) -> Outcome {
             free_at: [now; 2],
             last_arrival: [now; 2],
             alive: true,
+            blackholed: false,
             id: LinkId(*next_link),
         }
     };
@@ -244,6 +252,8 @@ pub fn run(sc: &Scenario) -> Outcome {
     let (mut max_stream, mut max_session, mut max_send) = (0u64, 0u64, 0u64);
     let mut buf = BytesMut::with_capacity(70_000);
     let mut last_read = now;
+    let mut gone: [std::collections::HashSet<LinkId>; 2] = Default::default();
+    let mut timed_out = 0usize;
 
     loop {
         // Open streams that are due.
@@ -258,9 +268,13 @@ pub fn run(sc: &Scenario) -> Outcome {
             let k = kills.remove(0);
             let p = &mut pipes[k.index];
             if p.alive {
-                p.alive = false;
-                sides[0].remove_link(now, p.id);
-                sides[1].remove_link(now, p.id);
+                if k.blackhole {
+                    p.blackholed = true;
+                } else {
+                    p.alive = false;
+                    sides[0].remove_link(now, p.id);
+                    sides[1].remove_link(now, p.id);
+                }
                 if let Some(r) = k.revive {
                     revivals.push((now + r, k.index));
                 }
@@ -279,7 +293,8 @@ pub fn run(sc: &Scenario) -> Outcome {
         // Deliver what has arrived.
         while wire.peek().is_some_and(|Reverse(m)| m.0 <= now) {
             let Reverse((_, _, id, dir, bytes)) = wire.pop().expect("peeked");
-            if !pipes.iter().any(|p| p.id == id && p.alive) {
+            let open = pipes.iter().any(|p| p.id == id && p.alive && !p.blackholed);
+            if !open || gone[1 - dir].contains(&id) {
                 continue;
             }
             sides[1 - dir]
@@ -293,14 +308,22 @@ pub fn run(sc: &Scenario) -> Outcome {
             }
         }
         // Events.
-        while let Some(ev) = sides[1].poll_event() {
-            if let Event::StreamOpened { stream, .. } = ev {
-                let i = usize::try_from(stream.counter()).expect("small");
-                server_apps[i].stream = Some(stream);
-                by_id[1].insert(stream, i);
+        for (side, s) in sides.iter_mut().enumerate() {
+            while let Some(ev) = s.poll_event() {
+                match ev {
+                    Event::StreamOpened { stream, .. } => {
+                        let i = usize::try_from(stream.counter()).expect("small");
+                        server_apps[i].stream = Some(stream);
+                        by_id[1].insert(stream, i);
+                    }
+                    Event::LinkTimedOut(id) => {
+                        timed_out += 1;
+                        gone[side].insert(id);
+                    }
+                    _ => {}
+                }
             }
         }
-        while sides[0].poll_event().is_some() {}
         // Applications.
         let elapsed_read = now.duration_since(last_read).as_secs_f64();
         last_read = now;
@@ -324,6 +347,9 @@ pub fn run(sc: &Scenario) -> Outcome {
             }
             for (dir, side) in sides.iter_mut().enumerate() {
                 while p.free_at[dir] <= now && side.poll_transmit(now, p.id, &mut buf) {
+                    if p.blackholed {
+                        continue;
+                    }
                     let len = buf.len() as u64 + 18;
                     let ser = Duration::from_nanos(len * 1_000_000_000 / p.spec.bandwidth);
                     p.free_at[dir] = now.max(p.free_at[dir]) + ser;
@@ -409,5 +435,6 @@ pub fn run(sc: &Scenario) -> Outcome {
         max_session_buffered: max_session,
         max_send_buffered: max_send,
         live_streams: (sides[0].stream_count(), sides[1].stream_count()),
+        timed_out,
     }
 }

@@ -202,24 +202,60 @@ fn killed_links_lose_nothing() {
                 at: MS * 30,
                 index: 0,
                 revive: Some(MS * 100),
+                blackhole: false,
             },
             Kill {
                 at: MS * 90,
                 index: 2,
                 revive: None,
+                blackhole: false,
             },
             Kill {
                 at: MS * 150,
                 index: 1,
                 revive: Some(MS * 10),
+                blackhole: false,
             },
             Kill {
                 at: MS * 400,
                 index: 0,
                 revive: None,
+                blackhole: false,
             },
         ];
         let out = run(&sc);
         assert_complete(&sc, &out);
+    }
+}
+
+#[test]
+fn blackholed_links_are_detected_and_their_data_resent() {
+    for seed in 20..23 {
+        let mut sc = base(seed);
+        sc.streams = (0..6)
+            .map(|i| StreamSpec {
+                up: 3 << 20,
+                down: 3 << 20,
+                start: MS * (i * 20),
+            })
+            .collect();
+        sc.kills = vec![
+            Kill {
+                at: MS * 40,
+                index: 1,
+                revive: Some(MS * 500),
+                blackhole: true,
+            },
+            Kill {
+                at: MS * 300,
+                index: 3,
+                revive: None,
+                blackhole: true,
+            },
+        ];
+        let out = run(&sc);
+        assert_complete(&sc, &out);
+        // Both blackholes are found by both engines.
+        assert_eq!(out.timed_out, 4, "seed {seed}");
     }
 }

@@ -24,6 +24,8 @@ pub enum LinkEnd {
     Peer(crate::engine::PeerError),
     /// The session was closed here.
     SessionClosed,
+    /// The peer stopped answering pings.
+    TimedOut,
 }
 
 impl fmt::Display for LinkEnd {
@@ -33,6 +35,7 @@ impl fmt::Display for LinkEnd {
             LinkEnd::Link(e) => write!(f, "{e}"),
             LinkEnd::Peer(e) => write!(f, "protocol error: {e}"),
             LinkEnd::SessionClosed => f.write_str("session closed"),
+            LinkEnd::TimedOut => f.write_str("no answer to pings"),
         }
     }
 }
@@ -46,7 +49,7 @@ pub async fn run(
     writer: LinkWriter,
     first: Option<Bytes>,
 ) -> LinkEnd {
-    let (id, waker) = driver.add_link();
+    let (id, waker, kill) = driver.add_link();
     let span = tracing::debug_span!("link", id = %id);
     let end = async {
         if let Some(first) = first {
@@ -61,6 +64,7 @@ pub async fn run(
             end = read_loop(&driver, id, &mut reader) => end,
             end = &mut w.0 => end.unwrap_or(LinkEnd::Closed),
             () = driver.closed() => LinkEnd::SessionClosed,
+            () = kill.notified() => LinkEnd::TimedOut,
         }
     }
     .instrument(span.clone())

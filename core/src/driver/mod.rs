@@ -35,6 +35,8 @@ struct State {
     wakers: HashMap<StreamId, Arc<StreamWaker>>,
     /// One per link writer: there is something that link may transmit.
     link_wakers: HashMap<LinkId, Arc<Notify>>,
+    /// One per link: the engine declared it dead; its task closes the socket.
+    link_kills: HashMap<LinkId, Arc<Notify>>,
     /// Writers that found nothing to send and wait to be woken.
     idle_writers: Vec<LinkId>,
     /// Deadline the timer task sleeps toward.
@@ -90,6 +92,7 @@ impl SessionDriver {
                 session,
                 wakers: HashMap::new(),
                 link_wakers: HashMap::new(),
+                link_kills: HashMap::new(),
                 idle_writers: Vec::new(),
                 armed: None,
                 next_link: 0,
@@ -139,6 +142,11 @@ impl SessionDriver {
                 Event::StreamWritable(id) => {
                     if let Some(w) = st.wakers.get(&id) {
                         w.writable.notify_one();
+                    }
+                }
+                Event::LinkTimedOut(id) => {
+                    if let Some(k) = st.link_kills.get(&id) {
+                        k.notify_one();
                     }
                 }
             }
@@ -227,24 +235,28 @@ impl SessionDriver {
     }
 
     /// Allocates a link id, adds the link to the engine and returns the waker of its writer.
-    pub(crate) fn add_link(&self) -> (LinkId, Arc<Notify>) {
+    /// Also returns the notifier that fires when the engine declares the link dead.
+    pub(crate) fn add_link(&self) -> (LinkId, Arc<Notify>, Arc<Notify>) {
         let mut st = self.lock();
         st.next_link += 1;
         let id = LinkId(st.next_link);
         st.live_links += 1;
         let waker = Arc::new(Notify::new());
         st.link_wakers.insert(id, waker.clone());
+        let kill = Arc::new(Notify::new());
+        st.link_kills.insert(id, kill.clone());
         st.session.add_link(Instant::now(), id);
         self.after(&mut st);
         drop(st);
         self.shared.links_changed.notify_waiters();
-        (id, waker)
+        (id, waker, kill)
     }
 
     pub(crate) fn remove_link(&self, id: LinkId) {
         let mut st = self.lock();
         st.live_links -= 1;
         st.link_wakers.remove(&id);
+        st.link_kills.remove(&id);
         st.idle_writers.retain(|&l| l != id);
         st.session.remove_link(Instant::now(), id);
         self.after(&mut st);

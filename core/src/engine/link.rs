@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 /// Idle links are pinged this often.
 pub(crate) const KEEPALIVE: Duration = Duration::from_secs(10);
+/// A ping unanswered for this long (at least) declares its link dead.
+pub(crate) const DEAD_MIN: Duration = Duration::from_secs(2);
+/// Before the first RTT sample, a ping unanswered for this long declares its link dead.
+pub(crate) const DEAD_INITIAL: Duration = Duration::from_secs(5);
 
 /// Something sent on a link that must be resent if the link dies unconfirmed.
 #[derive(Debug, Clone)]
@@ -144,6 +148,21 @@ impl LinkState {
             self.sent.pop_front();
             self.base += 1;
         }
+    }
+
+    /// How long a ping may go unanswered before the link is declared dead: four smoothed RTTs
+    /// plus eight deviations (pings queue behind data, so a loaded link's samples include its
+    /// queue), at least `DEAD_MIN`.
+    pub(crate) fn dead_after(&self) -> Duration {
+        match self.stats.rtt.smoothed {
+            Some(srtt) => (srtt * 4 + self.stats.rtt.var * 8).max(DEAD_MIN),
+            None => DEAD_INITIAL,
+        }
+    }
+
+    /// When the outstanding ping, if any, declares the link dead.
+    pub(crate) fn dead_at(&self) -> Option<Instant> {
+        self.ping.map(|(_, at, _)| at + self.dead_after())
     }
 
     /// When the keepalive ping is due; `None` while one is already due.

@@ -89,6 +89,9 @@ pub enum Event {
     StreamReadable(StreamId),
     /// Send capacity opened up, or the stream was reset.
     StreamWritable(StreamId),
+    /// A link's ping went unanswered for too long (a blackholed path, a dead middlebox): the
+    /// engine has removed it and queued what it carried for the other links. Close its socket.
+    LinkTimedOut(LinkId),
 }
 
 /// What [`Session::stream_read`] found.
@@ -597,6 +600,16 @@ impl Session {
                 l.keepalive_due = true;
             }
         }
+        let dead: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.dead_at().is_some_and(|t| t <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in dead {
+            self.remove_link(now, id);
+            self.events.push_back(Event::LinkTimedOut(id));
+        }
     }
 
     /// When [`Session::handle_timeout`] (and a transmit poll) is next needed.
@@ -604,7 +617,8 @@ impl Session {
         let keepalive = self
             .links
             .values()
-            .filter_map(LinkState::next_keepalive)
+            .flat_map(|l| [l.next_keepalive(), l.dead_at()])
+            .flatten()
             .min();
         match (self.ack_deadline, keepalive) {
             (Some(a), Some(k)) => Some(a.min(k)),
