@@ -9,11 +9,14 @@
 use blake3::Hasher;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use wanmux_client::ClientHandle;
 use wanmux_config::{
@@ -48,6 +51,8 @@ pub struct Hashed {
 /// What the application server saw on one connection.
 #[derive(Debug, Clone)]
 pub struct AppResult {
+    /// The seed from the connection's header: tells concurrent connections apart.
+    pub seed: u64,
     /// What it received (the upload).
     pub received: Hashed,
     /// What it sent (the download).
@@ -69,17 +74,33 @@ pub struct AppServer {
     pub addr: SocketAddr,
     /// One result per finished connection.
     pub results: mpsc::UnboundedReceiver<AppResult>,
+    /// Connections accepted so far, finished or not.
+    pub accepted: Arc<AtomicUsize>,
+}
+
+impl AppServer {
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
 }
 
 /// Starts the application server on `127.0.0.1:0`.
 pub async fn app_server() -> AppServer {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
+    // A deep accept queue: the default (128) overflows when a test opens a thousand
+    // connections at once, and the kernel then resets some of them.
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
         .expect("bind app server");
+    let listener = socket.listen(4096).expect("listen");
     let addr = listener.local_addr().expect("local addr");
     let (tx, results) = mpsc::unbounded_channel();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
             let tx = tx.clone();
             tokio::spawn(async move {
                 if let Ok(r) = serve_app(tcp).await {
@@ -88,7 +109,11 @@ pub async fn app_server() -> AppServer {
             });
         }
     });
-    AppServer { addr, results }
+    AppServer {
+        addr,
+        results,
+        accepted,
+    }
 }
 
 async fn serve_app(tcp: TcpStream) -> std::io::Result<AppResult> {
@@ -104,7 +129,11 @@ async fn serve_app(tcp: TcpStream) -> std::io::Result<AppResult> {
     });
     let received = read_hashed(&mut rd).await?;
     let sent = writer.await.expect("writer task")?;
-    Ok(AppResult { received, sent })
+    Ok(AppResult {
+        seed,
+        received,
+        sent,
+    })
 }
 
 /// Writes `len` bytes of seeded random data, returning their hash.
@@ -155,21 +184,7 @@ pub async fn transfer(
     down: u64,
     seed: u64,
 ) -> std::io::Result<ClientResult> {
-    let tcp = TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    let (mut rd, mut wr) = tcp.into_split();
-    let mut header = [0u8; 16];
-    header[..8].copy_from_slice(&down.to_be_bytes());
-    header[8..].copy_from_slice(&seed.to_be_bytes());
-    wr.write_all(&header).await?;
-    let writer = tokio::spawn(async move {
-        let sent = write_seeded(&mut wr, up, seed ^ 0x0A0A).await?;
-        wr.shutdown().await?;
-        Ok::<_, std::io::Error>(sent)
-    });
-    let received = read_hashed(&mut rd).await?;
-    let sent = writer.await.expect("writer task")?;
-    Ok(ClientResult { sent, received })
+    transfer_on(TcpStream::connect(addr).await?, up, down, seed).await
 }
 
 /// How the tunnel authenticates.
@@ -256,6 +271,24 @@ pub fn point_client_at(client: &mut ClientConfig, addr: SocketAddr) {
     }
 }
 
+/// Adds a service `name` at `target` to the server and maps it on a new local port of the
+/// client (find the port with [`Tunnel::addr_of`]). The server does not need to have it: a map
+/// to a service the server lacks is how a test asks for an unknown service.
+pub fn add_map(client: &mut ClientConfig, name: &str) {
+    client.maps.push(PortMap {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        service: ServiceName::new(name).expect("valid name"),
+    });
+}
+
+/// Adds a service `name` that connects to `target` to the server config.
+pub fn add_service(server: &mut ServerConfig, name: &str, target: SocketAddr) {
+    server.services.push(Service {
+        name: ServiceName::new(name).expect("valid name"),
+        target: target.into(),
+    });
+}
+
 /// A whole tunnel: application server, server node and client, links up.
 pub struct Tunnel {
     /// The application server behind the server node.
@@ -264,19 +297,33 @@ pub struct Tunnel {
     pub server: ServerHandle,
     /// The client.
     pub client: ClientHandle,
+    /// The client's config, pointed at the server: start more clients of the same identity,
+    /// or change a copy to make a client the server must refuse.
+    pub client_config: ClientConfig,
 }
 
 impl Tunnel {
     /// Starts everything with `links` links and waits until they are all up.
     pub async fn start(auth: Auth, links: u16) -> Tunnel {
+        Self::start_with(auth, links, |_, _| {}).await
+    }
+
+    /// As [`Tunnel::start`], letting `tweak` change both configs first (services, maps,
+    /// timeouts). The client is pointed at the server after `tweak` ran.
+    pub async fn start_with(
+        auth: Auth,
+        links: u16,
+        tweak: impl FnOnce(&mut ServerConfig, &mut ClientConfig),
+    ) -> Tunnel {
         init_tracing();
         let app = app_server().await;
-        let (server_cfg, mut client_cfg) = configs(auth, app.addr, links);
+        let (mut server_cfg, mut client_cfg) = configs(auth, app.addr, links);
+        tweak(&mut server_cfg, &mut client_cfg);
         let server = wanmux_server::start(server_cfg)
             .await
             .expect("server starts");
         point_client_at(&mut client_cfg, server.local_addr());
-        let client = wanmux_client::start(client_cfg)
+        let client = wanmux_client::start(client_cfg.clone())
             .await
             .expect("client starts");
         tokio::time::timeout(
@@ -289,12 +336,23 @@ impl Tunnel {
             app,
             server,
             client,
+            client_config: client_cfg,
         }
     }
 
-    /// The client's mapped local address.
+    /// The client's mapped local address of the harness service.
     pub fn addr(&self) -> SocketAddr {
         self.client.first_addr()
+    }
+
+    /// The client's local address for `service`.
+    pub fn addr_of(&self, service: &str) -> SocketAddr {
+        self.client
+            .maps()
+            .iter()
+            .find(|(name, _)| name.as_str() == service)
+            .map(|(_, addr)| *addr)
+            .expect("service is mapped")
     }
 
     /// Runs one transfer through the tunnel and checks both directions against what the
@@ -307,8 +365,365 @@ impl Tunnel {
             .await
             .expect("app server result in time")
             .expect("app server alive");
+        assert_eq!(a.seed, seed, "result of another connection");
         assert_eq!(c.sent, a.received, "upload: sent vs received");
         assert_eq!(a.sent, c.received, "download: sent vs received");
         assert_eq!((c.sent.bytes, c.received.bytes), (up, down));
+    }
+
+    /// Opens `n` connections through the tunnel, waits until all of them are connected and
+    /// have sent their header, then moves `up` and `down` bytes on each at once, and checks
+    /// every connection's hashes in both directions against what the application server saw.
+    pub async fn check_concurrent(&mut self, n: usize, up: u64, down: u64) {
+        let addr = self.addr();
+        let barrier = Arc::new(tokio::sync::Barrier::new(n));
+        let tasks: Vec<_> = (0..n as u64)
+            .map(|seed| {
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    let tcp = TcpStream::connect(addr).await?;
+                    barrier.wait().await;
+                    transfer_on(tcp, up, down, seed).await
+                })
+            })
+            .collect();
+        let mut client = std::collections::HashMap::new();
+        for (seed, t) in tasks.into_iter().enumerate() {
+            let r = t
+                .await
+                .expect("transfer task")
+                .unwrap_or_else(|e| panic!("connection {seed}: {e}"));
+            client.insert(seed as u64, r);
+        }
+        for _ in 0..n {
+            let a = tokio::time::timeout(Duration::from_secs(60), self.app.results.recv())
+                .await
+                .expect("app server result in time")
+                .expect("app server alive");
+            let c = client
+                .remove(&a.seed)
+                .unwrap_or_else(|| panic!("app server saw seed {} twice", a.seed));
+            assert_eq!(c.sent, a.received, "connection {}: upload", a.seed);
+            assert_eq!(a.sent, c.received, "connection {}: download", a.seed);
+            assert_eq!((c.sent.bytes, c.received.bytes), (up, down));
+        }
+        assert!(client.is_empty());
+    }
+}
+
+/// As [`transfer`], on a connection the caller opened.
+pub async fn transfer_on(
+    tcp: TcpStream,
+    up: u64,
+    down: u64,
+    seed: u64,
+) -> std::io::Result<ClientResult> {
+    tcp.set_nodelay(true)?;
+    let (mut rd, mut wr) = tcp.into_split();
+    let mut header = [0u8; 16];
+    header[..8].copy_from_slice(&down.to_be_bytes());
+    header[8..].copy_from_slice(&seed.to_be_bytes());
+    wr.write_all(&header).await?;
+    let writer = tokio::spawn(async move {
+        let sent = write_seeded(&mut wr, up, seed ^ 0x0A0A).await?;
+        wr.shutdown().await?;
+        Ok::<_, std::io::Error>(sent)
+    });
+    let received = read_hashed(&mut rd).await?;
+    let sent = writer.await.expect("writer task")?;
+    Ok(ClientResult { sent, received })
+}
+
+/// Runs `test` and panics if it takes longer than `limit`, so a hang fails the test instead of
+/// blocking the run.
+pub async fn within<F: Future>(limit: Duration, test: F) -> F::Output {
+    match tokio::time::timeout(limit, test).await {
+        Ok(out) => out,
+        Err(_) => panic!("test did not finish within {limit:?}"),
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passed; returns whether it held.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What a read on a proxied connection ended with.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// Orderly end of stream.
+    Eof,
+    /// `ECONNRESET`.
+    Reset,
+    /// Some other error.
+    Error(std::io::ErrorKind),
+    /// Data arrived (the caller did not expect any).
+    Data(usize),
+    /// Nothing happened within the limit.
+    Hang,
+}
+
+/// Reads once from `tcp` with a time limit and says how the read ended.
+pub async fn read_end(tcp: &mut TcpStream, limit: Duration) -> ReadEnd {
+    let mut buf = [0u8; 4096];
+    match tokio::time::timeout(limit, tcp.read(&mut buf)).await {
+        Err(_) => ReadEnd::Hang,
+        Ok(Ok(0)) => ReadEnd::Eof,
+        Ok(Ok(n)) => ReadEnd::Data(n),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => ReadEnd::Reset,
+        Ok(Err(e)) => ReadEnd::Error(e.kind()),
+    }
+}
+
+/// Reads until EOF or an error, discarding data, and says how it ended (never `Data`).
+pub async fn drain_end(tcp: &mut TcpStream, limit: Duration) -> ReadEnd {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match read_end(tcp, deadline - tokio::time::Instant::now()).await {
+            ReadEnd::Data(_) => continue,
+            end => return end,
+        }
+    }
+}
+
+/// Closes `tcp` with an RST instead of a FIN: `SO_LINGER` 0, then drop.
+pub fn reset(tcp: TcpStream) {
+    tcp.set_zero_linger().expect("set SO_LINGER 0");
+    drop(tcp);
+}
+
+/// Resident memory of this process in KiB (`VmRSS` from `/proc/self/status`).
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
+/// Panics on tokio worker threads in this process since the first call (which installs a hook
+/// that counts them, then runs the default hook). A panic in a daemon's task does not fail a
+/// test by itself, since tokio catches it: compare the count before and after instead. Panics on
+/// a test's own thread (its failed assertions) are not counted, so one failing test does not
+/// make the others that run beside it in this process fail too.
+pub fn panics() -> usize {
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            if thread.name().is_none_or(|n| n.starts_with("tokio-runtime")) {
+                COUNT.fetch_add(1, Ordering::SeqCst);
+            }
+            default(info)
+        }));
+    });
+    COUNT.load(Ordering::SeqCst)
+}
+
+/// The Noise credentials a client config would use with its first node.
+pub fn noise_auth(config: &ClientConfig) -> wanmux_core::noise::ClientAuth {
+    use wanmux_core::noise::ClientAuth as Noise;
+    match &config.auth {
+        ClientAuth::StaticKey {
+            private_key,
+            psk,
+            nodes,
+        } => Noise::Static {
+            local: private_key.clone(),
+            server: nodes[0].public_key,
+            psk: psk.clone(),
+        },
+        ClientAuth::PskOnly { psk, .. } => Noise::Psk(psk.clone()),
+    }
+}
+
+/// Runs the client side of a link handshake with `auth` against `server` and returns how it
+/// ended: a refused client gets an error.
+pub async fn try_handshake(
+    server: SocketAddr,
+    auth: &wanmux_core::noise::ClientAuth,
+) -> Result<(), wanmux_core::noise::LinkError> {
+    let tcp = TcpStream::connect(server).await?;
+    let hello = wanmux_core::noise::ClientHello {
+        session_id: rand::random(),
+        link_seq: 0,
+    };
+    let ping = [1, 0, 0, 0, 0, 0, 0, 0, 0]; // PING(0): what a real client confirms with
+    let (_rd, _wr, _server) =
+        wanmux_core::noise::connect(tcp, auth, &hello, &ping, Duration::from_secs(5)).await?;
+    Ok(())
+}
+
+/// What a real client with `auth` sends first on a link (`mode | len | message 1`), captured
+/// from a listener that answers nothing. Replaying it is what an observer on the path can do.
+pub async fn capture_first_message(auth: &wanmux_core::noise::ClientAuth) -> Vec<u8> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let auth = auth.clone();
+    let client = tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), try_handshake(addr, &auth)).await;
+    });
+    let (mut tcp, _) = listener.accept().await.expect("accept");
+    let mut head = [0u8; 3];
+    tcp.read_exact(&mut head).await.expect("mode and length");
+    let len = u16::from_be_bytes([head[1], head[2]]) as usize;
+    let mut msg = head.to_vec();
+    msg.resize(3 + len, 0);
+    tcp.read_exact(&mut msg[3..]).await.expect("message 1");
+    drop(tcp);
+    client.abort();
+    msg
+}
+
+/// One kind of hostile connection to a server's link port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Garbage {
+    /// Connect and close at once.
+    Empty,
+    /// Random bytes of random length.
+    Random,
+    /// A valid mode byte and length, then random bytes.
+    RandomMessage,
+    /// A length prefix over the handshake limit.
+    Oversized,
+    /// A zero-length message 1.
+    ZeroLength,
+    /// A real message 1 cut short, then close.
+    Truncated,
+    /// A replayed real message 1, then close after the server's message 2.
+    Replay,
+    /// A replayed real message 1, then a random key confirmation.
+    ReplayBadConfirmation,
+    /// A real message 1 cut short, then silence with the connection open: only the
+    /// server's handshake timeout ends it.
+    Stall,
+}
+
+impl Garbage {
+    /// Every kind but [`Garbage::Stall`], which waits out the server's handshake timeout.
+    pub const QUICK: [Garbage; 8] = [
+        Garbage::Empty,
+        Garbage::Random,
+        Garbage::RandomMessage,
+        Garbage::Oversized,
+        Garbage::ZeroLength,
+        Garbage::Truncated,
+        Garbage::Replay,
+        Garbage::ReplayBadConfirmation,
+    ];
+}
+
+/// Sends one hostile connection of `kind` to `server`, reads until the server closes it (at
+/// most `limit`) and returns the bytes the server sent. `first` is a captured real message 1.
+/// Panics if the server keeps the connection open past `limit`.
+pub async fn send_garbage(
+    server: SocketAddr,
+    kind: Garbage,
+    first: &[u8],
+    rng: &mut StdRng,
+    limit: Duration,
+) -> usize {
+    let Ok(mut tcp) = TcpStream::connect(server).await else {
+        // Refused at the door (a full accept queue); costs the server nothing.
+        return 0;
+    };
+    let mut out = Vec::new();
+    match kind {
+        Garbage::Empty => {}
+        Garbage::Random => {
+            out.resize(rng.next_u32() as usize % 2048 + 1, 0);
+            rng.fill_bytes(&mut out);
+        }
+        Garbage::RandomMessage => {
+            let len = rng.next_u32() as usize % 1024 + 1;
+            out.push(first[0]);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+            out.resize(3 + len, 0);
+            rng.fill_bytes(&mut out[3..]);
+        }
+        Garbage::Oversized => out.extend_from_slice(&[first[0], 0xFF, 0xFF, 1, 2, 3]),
+        Garbage::ZeroLength => out.extend_from_slice(&[first[0], 0, 0]),
+        Garbage::Truncated | Garbage::Stall => {
+            let cut = rng.next_u32() as usize % (first.len() - 1) + 1;
+            out.extend_from_slice(&first[..cut]);
+        }
+        Garbage::Replay => out.extend_from_slice(first),
+        Garbage::ReplayBadConfirmation => {
+            out.extend_from_slice(first);
+            out.extend_from_slice(&48u16.to_be_bytes());
+            let at = out.len();
+            out.resize(at + 48, 0);
+            rng.fill_bytes(&mut out[at..]);
+        }
+    }
+    // The server may close before reading it all; a failed write is fine.
+    let _ = tcp.write_all(&out).await;
+    if matches!(
+        kind,
+        Garbage::Empty | Garbage::Random | Garbage::Truncated | Garbage::Replay
+    ) {
+        let _ = tcp.shutdown().await;
+    }
+    let mut got = 0;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => panic!("server kept a {kind:?} connection open for {limit:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return got,
+            Ok(Ok(n)) => got += n,
+        }
+    }
+}
+
+/// Sends `count` hostile connections to `server`, `parallel` at a time, cycling through
+/// `kinds`. Each must be closed by the server within `limit`, and only a replayed message 1 may
+/// get an answer (message 2, before the key confirmation fails); the rest get nothing.
+pub async fn garbage_flood(
+    server: SocketAddr,
+    first: Vec<u8>,
+    kinds: &[Garbage],
+    count: usize,
+    parallel: usize,
+    limit: Duration,
+) {
+    let first = Arc::new(first);
+    let next = Arc::new(AtomicUsize::new(0));
+    let kinds: Arc<[Garbage]> = kinds.into();
+    let workers: Vec<_> = (0..parallel)
+        .map(|w| {
+            let (first, next, kinds) = (first.clone(), next.clone(), kinds.clone());
+            tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(w as u64);
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= count {
+                        return;
+                    }
+                    let kind = kinds[i % kinds.len()];
+                    let got = send_garbage(server, kind, &first, &mut rng, limit).await;
+                    if matches!(kind, Garbage::Replay | Garbage::ReplayBadConfirmation) {
+                        assert!(got <= 2 + 1024, "server sent {got} bytes to a replay");
+                    } else {
+                        assert_eq!(got, 0, "server answered a {kind:?} connection");
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.expect("garbage worker");
     }
 }

@@ -1,0 +1,160 @@
+//! Hostile input to a real server node on loopback: clients with the wrong credentials get
+//! nothing, and garbage or cut-short handshakes neither crash the node nor stop it from serving
+//! good clients. (Memory under a garbage flood is measured alone in `tests/memory.rs`.)
+
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use wanmux_config::ClientAuth;
+use wanmux_core::keys::{generate_keypair, Psk};
+use wanmux_tests::harness::{
+    capture_first_message, garbage_flood, noise_auth, panics, read_end, try_handshake, within,
+    Auth, Garbage, ReadEnd, Tunnel,
+};
+
+const LIMIT: Duration = Duration::from_secs(60);
+const IK: Auth = Auth::Static { psk: false };
+const IKPSK2: Auth = Auth::Static { psk: true };
+
+/// Starts a tunnel with one good client, then a second client whose config `spoil` changed so
+/// the server must refuse it. Checks that the bad client's handshakes fail, that a connection
+/// through it gets no data and reaches nothing, that the server holds no session for it, and
+/// that the good client still works.
+async fn refused_client(auth: Auth, spoil: impl FnOnce(&mut ClientAuth)) {
+    within(LIMIT, async {
+        let before = panics();
+        let mut t = Tunnel::start(auth, 1).await;
+        let mut bad_cfg = t.client_config.clone();
+        spoil(&mut bad_cfg.auth);
+        // The handshake itself, directly: refused.
+        let end = try_handshake(t.server.local_addr(), &noise_auth(&bad_cfg)).await;
+        assert!(end.is_err(), "server accepted a bad client's handshake");
+        // The bad client daemon, as a user would run it.
+        let bad = wanmux_client::start(bad_cfg).await.expect("client starts");
+        let mut tcp = TcpStream::connect(bad.first_addr()).await.expect("connect");
+        // A header asking the application server for 1000 bytes, and some upload.
+        let mut header = [0u8; 16];
+        header[..8].copy_from_slice(&1000u64.to_be_bytes());
+        let _ = tcp.write_all(&header).await;
+        let _ = tcp.write_all(&[0x55; 1000]).await;
+        // Over a second: the bad client retries with backoff several times meanwhile.
+        let end = read_end(&mut tcp, Duration::from_millis(1500)).await;
+        assert!(
+            matches!(end, ReadEnd::Hang | ReadEnd::Eof | ReadEnd::Reset),
+            "a refused client's connection saw {end:?}"
+        );
+        assert_eq!(bad.live_links(), 0, "a refused client has a link");
+        assert_eq!(
+            t.app.accepted(),
+            0,
+            "a refused client reached the app server"
+        );
+        assert_eq!(
+            t.server.session_count(),
+            1,
+            "a session for a refused client"
+        );
+        bad.shutdown();
+        t.check_transfer(1000, 1000, 1).await;
+        assert_eq!(t.app.accepted(), 1);
+        assert_eq!(panics(), before, "something panicked");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_psk_nnpsk0_is_refused() {
+    refused_client(Auth::Psk, |auth| match auth {
+        ClientAuth::PskOnly { psk, .. } => *psk = Psk::generate(),
+        _ => unreachable!("PSK-only config"),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_psk_ikpsk2_is_refused() {
+    refused_client(IKPSK2, |auth| match auth {
+        ClientAuth::StaticKey { psk, .. } => *psk = Some(Psk::generate()),
+        _ => unreachable!("static-key config"),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_psk_ikpsk2_is_refused() {
+    // The client speaks IK to a server that requires IKpsk2.
+    refused_client(IKPSK2, |auth| match auth {
+        ClientAuth::StaticKey { psk, .. } => *psk = None,
+        _ => unreachable!("static-key config"),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_client_key_is_refused() {
+    refused_client(IK, |auth| match auth {
+        ClientAuth::StaticKey { private_key, .. } => *private_key = generate_keypair().0,
+        _ => unreachable!("static-key config"),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_pinned_server_key_is_refused() {
+    refused_client(IK, |auth| match auth {
+        ClientAuth::StaticKey { nodes, .. } => nodes[0].public_key = generate_keypair().1,
+        _ => unreachable!("static-key config"),
+    })
+    .await;
+}
+
+/// Every kind of garbage and cut-short handshake, many times over, against a node in each
+/// auth mode: nothing panics, no session appears, and both the connected client and a freshly
+/// started one still move data.
+async fn garbage_then_serve(auth: Auth) {
+    within(LIMIT, async {
+        let before = panics();
+        let mut t = Tunnel::start_with(auth, 2, |s, _| {
+            // Stalled handshakes end at this timeout.
+            s.handshake_timeout = Duration::from_millis(500);
+        })
+        .await;
+        let first = capture_first_message(&noise_auth(&t.client_config)).await;
+        let server = t.server.local_addr();
+        let limit = Duration::from_secs(5);
+        garbage_flood(server, first.clone(), &Garbage::QUICK, 800, 16, limit).await;
+        garbage_flood(server, first, &[Garbage::Stall], 40, 40, limit).await;
+        assert_eq!(t.server.session_count(), 1, "garbage made a session");
+        // The client connected before the flood still works...
+        t.check_transfer(1 << 20, 1 << 20, 1).await;
+        // ...and so does a new one, which must complete fresh handshakes.
+        let fresh = wanmux_client::start(t.client_config.clone())
+            .await
+            .expect("client starts");
+        tokio::time::timeout(Duration::from_secs(10), fresh.wait_for_links(2))
+            .await
+            .expect("a new client's links come up after the flood");
+        let c = wanmux_tests::harness::transfer(fresh.first_addr(), 4096, 4096, 2)
+            .await
+            .expect("transfer through the new client");
+        let a = t.app.results.recv().await.expect("app server result");
+        assert_eq!((c.sent, c.received), (a.received, a.sent));
+        assert_eq!(panics(), before, "something panicked");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_then_serve_ik() {
+    garbage_then_serve(IK).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_then_serve_ikpsk2() {
+    garbage_then_serve(IKPSK2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_then_serve_nnpsk0() {
+    garbage_then_serve(Auth::Psk).await;
+}

@@ -1,0 +1,287 @@
+//! Stream behaviour through a real tunnel on loopback: many connections at once, half-close
+//! in both directions, resets travelling both ways, and streams the server refuses.
+
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use wanmux_tests::harness::{
+    add_map, add_service, drain_end, read_hashed, reset, within, write_seeded, Auth, ReadEnd,
+    Tunnel,
+};
+
+const LIMIT: Duration = Duration::from_secs(60);
+/// How soon a reset or a refusal must reach the other side. Loopback takes microseconds; this
+/// leaves room for a loaded CI machine.
+const PROMPT: Duration = Duration::from_secs(2);
+const IK: Auth = Auth::Static { psk: false };
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+
+/// A tunnel with one extra service, `raw`, whose application side the test drives itself
+/// through the returned listener.
+async fn tunnel_with_raw(links: u16) -> (Tunnel, TcpListener) {
+    let raw = TcpListener::bind("127.0.0.1:0").await.expect("bind raw");
+    let target = raw.local_addr().expect("addr");
+    let t = Tunnel::start_with(IK, links, |s, c| {
+        add_service(s, "raw", target);
+        add_map(c, "raw");
+    })
+    .await;
+    (t, raw)
+}
+
+/// A connection through the tunnel to `raw` and the application side of it, with a few bytes
+/// exchanged both ways so both ends are known to be connected.
+async fn raw_pair(t: &Tunnel, raw: &TcpListener) -> (TcpStream, TcpStream) {
+    let mut client = TcpStream::connect(t.addr_of("raw")).await.expect("connect");
+    client.write_all(b"hello").await.expect("write");
+    let (mut app, _) = tokio::time::timeout(PROMPT, raw.accept())
+        .await
+        .expect("server connects the service")
+        .expect("accept");
+    let mut buf = [0u8; 5];
+    app.read_exact(&mut buf).await.expect("app reads");
+    assert_eq!(&buf, b"hello");
+    app.write_all(b"world").await.expect("app writes");
+    client.read_exact(&mut buf).await.expect("client reads");
+    assert_eq!(&buf, b"world");
+    (client, app)
+}
+
+/// Connects to `addr`, writes `data` and reads until the connection ends. The client daemon
+/// may close the connection before `connect` even returns, which counts as a reset.
+async fn try_once(addr: std::net::SocketAddr, data: &[u8]) -> ReadEnd {
+    let mut tcp = match TcpStream::connect(addr).await {
+        Ok(tcp) => tcp,
+        Err(e) => return ReadEnd::Error(e.kind()),
+    };
+    let _ = tcp.write_all(data).await;
+    drain_end(&mut tcp, PROMPT).await
+}
+
+fn raise_nofile(need: u64) {
+    let got = rlimit::increase_nofile_limit(need).expect("raise RLIMIT_NOFILE");
+    assert!(
+        got >= need,
+        "RLIMIT_NOFILE hard limit too low: need {need} descriptors, can have {got}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_connections_both_ways() {
+    // Four sockets per connection (application client, client daemon, server daemon,
+    // application server), all in this process, plus links and slack.
+    raise_nofile(4 * 1000 + 512);
+    within(Duration::from_secs(120), async {
+        let mut t = Tunnel::start(IK, 4).await;
+        t.check_concurrent(1000, 64 * KIB, 64 * KIB).await;
+        assert_eq!(t.app.accepted(), 1000);
+    })
+    .await;
+}
+
+/// The application server answers only after it has read the client's EOF: the client's
+/// half-close must travel through the tunnel while its read side stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_reply_after_eof() {
+    within(LIMIT, async {
+        let (t, raw) = tunnel_with_raw(2).await;
+        let app = tokio::spawn(async move {
+            let (mut tcp, _) = raw.accept().await.expect("accept");
+            let received = read_hashed(&mut tcp).await.expect("app reads to EOF");
+            let sent = write_seeded(&mut tcp, MIB, 2).await.expect("app replies");
+            tcp.shutdown().await.expect("app shuts down");
+            (received, sent)
+        });
+        let tcp = TcpStream::connect(t.addr_of("raw")).await.expect("connect");
+        let (mut rd, mut wr) = tcp.into_split();
+        let up = write_seeded(&mut wr, MIB, 1).await.expect("client uploads");
+        wr.shutdown()
+            .await
+            .expect("client shuts down its write side");
+        let down = read_hashed(&mut rd).await.expect("client reads the reply");
+        let (app_received, app_sent) = app.await.expect("app task");
+        assert_eq!(up, app_received, "upload");
+        assert_eq!(app_sent, down, "reply after EOF");
+        assert_eq!(down.bytes, MIB);
+    })
+    .await;
+}
+
+/// The other way round: the application server sends everything and shuts down its write
+/// side first; the client reads to EOF and only then uploads, which must still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_server_first_then_client_uploads() {
+    within(LIMIT, async {
+        let (t, raw) = tunnel_with_raw(2).await;
+        let app = tokio::spawn(async move {
+            let (tcp, _) = raw.accept().await.expect("accept");
+            let (mut rd, mut wr) = tcp.into_split();
+            let sent = write_seeded(&mut wr, MIB, 3).await.expect("app sends");
+            wr.shutdown().await.expect("app shuts down its write side");
+            let received = read_hashed(&mut rd).await.expect("app reads to EOF");
+            (received, sent)
+        });
+        let tcp = TcpStream::connect(t.addr_of("raw")).await.expect("connect");
+        let (mut rd, mut wr) = tcp.into_split();
+        let down = read_hashed(&mut rd).await.expect("client reads to EOF");
+        let up = write_seeded(&mut wr, MIB, 4)
+            .await
+            .expect("client uploads after EOF");
+        wr.shutdown().await.expect("client shuts down");
+        let (app_received, app_sent) = app.await.expect("app task");
+        assert_eq!(app_sent, down, "download");
+        assert_eq!(up, app_received, "upload after the server's EOF");
+        assert_eq!(up.bytes, MIB);
+    })
+    .await;
+}
+
+/// The application client resets its connection: the application server's socket must see
+/// the connection end (a reset, or at least EOF) promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reset_reaches_app_server() {
+    within(LIMIT, async {
+        let (t, raw) = tunnel_with_raw(2).await;
+        let (client, mut app) = raw_pair(&t, &raw).await;
+        let start = Instant::now();
+        reset(client);
+        let end = drain_end(&mut app, PROMPT).await;
+        assert!(
+            matches!(end, ReadEnd::Reset | ReadEnd::Eof),
+            "app server saw {end:?} after the client's reset"
+        );
+        assert!(start.elapsed() < PROMPT);
+        // The application server's writes fail too: its socket was reset or closed.
+        let mut failed = false;
+        for _ in 0..100 {
+            if app.write_all(&[0u8; 4096]).await.is_err() {
+                failed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            failed,
+            "app server can still write after the client's reset"
+        );
+    })
+    .await;
+}
+
+/// The application server resets its connection: the client's connection must see an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_server_reset_reaches_client() {
+    within(LIMIT, async {
+        let (t, raw) = tunnel_with_raw(2).await;
+        let (mut client, app) = raw_pair(&t, &raw).await;
+        let start = Instant::now();
+        reset(app);
+        let end = drain_end(&mut client, PROMPT).await;
+        assert!(
+            matches!(end, ReadEnd::Reset | ReadEnd::Error(_)),
+            "client saw {end:?} after the app server's reset"
+        );
+        assert!(start.elapsed() < PROMPT);
+    })
+    .await;
+}
+
+/// A reset in the middle of a large transfer in both directions stops it on the other side,
+/// and the tunnel keeps serving other connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_mid_transfer_leaves_tunnel_usable() {
+    within(LIMIT, async {
+        let (mut t, raw) = tunnel_with_raw(4).await;
+        let (mut client, app) = raw_pair(&t, &raw).await;
+        let (mut app_rd, mut app_wr) = app.into_split();
+        // The application server streams without end and drains whatever comes up.
+        let app_writer = tokio::spawn(async move { write_seeded(&mut app_wr, u64::MAX, 5).await });
+        let app_reader = tokio::spawn(async move { read_hashed(&mut app_rd).await });
+        let chunk = vec![7u8; 64 * 1024];
+        let mut buf = vec![0u8; 64 * 1024];
+        let (mut sent, mut got) = (0u64, 0u64);
+        while sent < 8 * MIB || got < 8 * MIB {
+            client.write_all(&chunk).await.expect("client writes");
+            sent += chunk.len() as u64;
+            let n = client.read(&mut buf).await.expect("client reads");
+            assert!(n > 0, "early EOF");
+            got += n as u64;
+        }
+        reset(client);
+        let w = tokio::time::timeout(PROMPT, app_writer)
+            .await
+            .expect("app server's writes stop promptly after the reset")
+            .expect("writer task");
+        assert!(w.is_err(), "app server's endless write ended without error");
+        let r = tokio::time::timeout(PROMPT, app_reader)
+            .await
+            .expect("app server's read ends promptly after the reset")
+            .expect("reader task");
+        if let Ok(h) = r {
+            assert!(h.bytes <= sent, "app server got more than was sent");
+        }
+        for seed in 0..3 {
+            t.check_transfer(MIB, MIB, seed).await;
+        }
+    })
+    .await;
+}
+
+/// The service refuses the connection (nothing listens on its port): the client's connection
+/// is closed promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_service_closes_client_promptly() {
+    within(LIMIT, async {
+        // Bound but not listening: connecting gets an RST. Unlike a listener bound and
+        // dropped, the port stays ours, so no other test can take it meanwhile.
+        let hold = TcpSocket::new_v4().expect("socket");
+        hold.bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let closed = hold.local_addr().expect("addr");
+        let mut t = Tunnel::start_with(IK, 2, |s, c| {
+            add_service(s, "closed", closed);
+            add_map(c, "closed");
+        })
+        .await;
+        for _ in 0..3 {
+            let start = Instant::now();
+            let end = try_once(t.addr_of("closed"), b"anyone there?").await;
+            assert!(
+                matches!(end, ReadEnd::Reset | ReadEnd::Eof | ReadEnd::Error(_)),
+                "client saw {end:?} for a refused service"
+            );
+            assert!(start.elapsed() < PROMPT);
+        }
+        t.check_transfer(1000, 1000, 1).await;
+    })
+    .await;
+}
+
+/// A client mapping a service the server does not have: its connections are closed and
+/// nothing is connected on the server side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_service_is_refused() {
+    within(LIMIT, async {
+        let mut t = Tunnel::start_with(IK, 2, |_, c| add_map(c, "nosuch")).await;
+        for _ in 0..3 {
+            let start = Instant::now();
+            // A header the application server would answer, had it been connected.
+            let header = [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+            let end = try_once(t.addr_of("nosuch"), &header).await;
+            assert!(
+                matches!(end, ReadEnd::Reset | ReadEnd::Eof | ReadEnd::Error(_)),
+                "client saw {end:?} for an unknown service"
+            );
+            assert!(start.elapsed() < PROMPT);
+        }
+        assert_eq!(
+            t.app.accepted(),
+            0,
+            "an unknown service reached the app server"
+        );
+        t.check_transfer(1000, 1000, 1).await;
+        assert_eq!(t.app.accepted(), 1);
+    })
+    .await;
+}
