@@ -23,12 +23,6 @@ use wanmux_core::engine::{self, Role, Session};
 use wanmux_core::frame::reset;
 use wanmux_core::ids::{NodeId, SessionId};
 
-/// How long the client keeps its session with no link before it resets its connections and
-/// starts a new session under a new id. Five seconds less than the server keeps a session
-/// without links (`wanmux_server::SESSION_GRACE`, 30 s), so the client never comes back to a
-/// session id the server has already dropped.
-pub const SESSION_GRACE: std::time::Duration = std::time::Duration::from_secs(25);
-
 /// Accept queue length of each mapped port (the kernel caps it at `net.core.somaxconn`). The
 /// default of std and tokio, 128, overflows when a burst of connections arrives at once (a
 /// game server's players reconnecting): the kernel then falls back to SYN cookies and drops or
@@ -109,7 +103,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         epoch: None,
     }));
     tasks.push(tokio::spawn(
-        watch_links(driver.clone(), state.clone()).instrument(span.clone()),
+        watch_links(driver.clone(), state.clone(), config.session_grace).instrument(span.clone()),
     ));
     let mut link_seq = 0u32;
     if let Some((node, hs)) = config.auth.handshakes().next() {
@@ -152,19 +146,20 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// With no link for the server's grace period, the server has dropped the session: reset the
-/// open connections rather than leave them hanging, and start afresh.
-async fn watch_links(driver: SessionDriver, state: dial::SharedState) {
+/// With no link for `client.session_grace_ms` (below the servers' grace), the session is given
+/// up: reset the open connections rather than leave them hanging, and start afresh under a new
+/// session id.
+async fn watch_links(driver: SessionDriver, state: dial::SharedState, grace: std::time::Duration) {
     loop {
         let changed = driver.links_changed();
         if driver.live_links() > 0 {
             changed.await;
             continue;
         }
-        if tokio::time::timeout(SESSION_GRACE, changed).await.is_err() && driver.live_links() == 0 {
+        if tokio::time::timeout(grace, changed).await.is_err() && driver.live_links() == 0 {
             warn!(
                 "no link for {} s; open connections are reset",
-                SESSION_GRACE.as_secs()
+                grace.as_secs_f64()
             );
             driver.restart();
             let mut st = dial::lock(&state);

@@ -22,6 +22,11 @@ pub struct ClientConfig {
     pub auth: ClientAuth,
     /// Time a link has to complete its handshake (`client.handshake_timeout_ms`, default 10 s).
     pub handshake_timeout: Duration,
+    /// Time the client keeps its session with no link; after it the connections the session
+    /// carried are reset and a new session starts (`client.session_grace_ms`, default 25 s). Keep
+    /// it below the servers' `session_grace_ms`, so the client never resumes a session a server
+    /// already dropped.
+    pub session_grace: Duration,
     /// How many links to keep per node (`[links]`).
     pub links: Links,
     /// Per-session limits (`[limits]`).
@@ -161,6 +166,8 @@ impl ClientAuth {
 }
 
 impl ClientConfig {
+    /// Default `session_grace`: 25 s.
+    pub const DEFAULT_SESSION_GRACE: Duration = Duration::from_secs(25);
     /// Default `handshake_timeout`: 10 s.
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -170,6 +177,7 @@ impl ClientConfig {
         Self {
             auth,
             handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
+            session_grace: Self::DEFAULT_SESSION_GRACE,
             links: Links::default(),
             limits: Limits::default(),
             maps,
@@ -222,6 +230,9 @@ impl ClientConfig {
         }
         if let Some(m) = common::timeout_problem(self.handshake_timeout) {
             errs.push("client.handshake_timeout_ms", None, m);
+        }
+        if let Some(m) = common::timeout_problem(self.session_grace) {
+            errs.push("client.session_grace_ms", None, m);
         }
         for (field, m) in self.limits.problems() {
             errs.push(format!("limits.{field}"), None, m);
@@ -285,6 +296,7 @@ struct RawClient {
     psk: Option<Spanned<String>>,
     psk_file: Option<Spanned<String>>,
     handshake_timeout_ms: Option<Spanned<i64>>,
+    session_grace_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -324,6 +336,12 @@ impl RawClientFile {
             client.handshake_timeout_ms.as_ref(),
             ClientConfig::DEFAULT_HANDSHAKE_TIMEOUT,
         );
+        let session_grace = common::timeout_ms(
+            errs,
+            "client.session_grace_ms",
+            client.session_grace_ms.as_ref(),
+            ClientConfig::DEFAULT_SESSION_GRACE,
+        );
         let auth = convert_auth(
             client,
             client_span,
@@ -337,6 +355,7 @@ impl RawClientFile {
         Some(ClientConfig {
             auth: auth?,
             handshake_timeout,
+            session_grace,
             links: links?,
             limits,
             maps: maps?,

@@ -27,6 +27,9 @@ pub struct ServerConfig {
     /// Time a client has to complete the handshake, key confirmation included
     /// (`server.handshake_timeout_ms`, default 10 s).
     pub handshake_timeout: Duration,
+    /// Time a session with no link is kept for its client to come back; after it the session's
+    /// streams are reset and its memory freed (`server.session_grace_ms`, default 30 s).
+    pub session_grace: Duration,
     /// Time allowed for dialling a service before the stream is reset with code 2
     /// (`server.connect_timeout_ms`, default 5 s).
     pub connect_timeout: Duration,
@@ -67,6 +70,8 @@ pub struct Service {
 }
 
 impl ServerConfig {
+    /// Default `session_grace`: 30 s.
+    pub const DEFAULT_SESSION_GRACE: Duration = Duration::from_secs(30);
     /// Default `handshake_timeout`: 10 s.
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default `connect_timeout`: 5 s.
@@ -85,6 +90,7 @@ impl ServerConfig {
             node_id,
             auth,
             handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
+            session_grace: Self::DEFAULT_SESSION_GRACE,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             limits: Limits::default(),
             services,
@@ -132,6 +138,9 @@ impl ServerConfig {
         }
         if let Some(m) = common::timeout_problem(self.handshake_timeout) {
             errs.push("server.handshake_timeout_ms", None, m);
+        }
+        if let Some(m) = common::timeout_problem(self.session_grace) {
+            errs.push("server.session_grace_ms", None, m);
         }
         if let Some(m) = common::timeout_problem(self.connect_timeout) {
             errs.push("server.connect_timeout_ms", None, m);
@@ -202,6 +211,7 @@ struct RawServer {
     psk_file: Option<Spanned<String>>,
     allowed_clients: Option<Spanned<Vec<Spanned<String>>>>,
     handshake_timeout_ms: Option<Spanned<i64>>,
+    session_grace_ms: Option<Spanned<i64>>,
     connect_timeout_ms: Option<Spanned<i64>>,
 }
 
@@ -246,6 +256,12 @@ impl RawServerFile {
             s.handshake_timeout_ms.as_ref(),
             ServerConfig::DEFAULT_HANDSHAKE_TIMEOUT,
         );
+        let session_grace = common::timeout_ms(
+            errs,
+            "server.session_grace_ms",
+            s.session_grace_ms.as_ref(),
+            ServerConfig::DEFAULT_SESSION_GRACE,
+        );
         let connect_timeout = common::timeout_ms(
             errs,
             "server.connect_timeout_ms",
@@ -259,6 +275,7 @@ impl RawServerFile {
             node_id: node_id?,
             auth: auth?,
             handshake_timeout,
+            session_grace,
             connect_timeout,
             limits,
             services: services?,

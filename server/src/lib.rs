@@ -5,7 +5,7 @@
 //! its session, found by (client key, session id) from the handshake, or starts a new one.
 //! For every stream the client opens, the node connects to the *named service* from its own
 //! config, never to an address the client chose. A session whose links are all gone is kept for
-//! a grace period so a reconnecting client resumes its streams.
+//! a grace period (`server.session_grace_ms`) so a reconnecting client resumes its streams.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -21,8 +21,6 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use wanmux_config::ServerConfig;
 use wanmux_core::noise;
-
-pub use session::SESSION_GRACE;
 
 /// Handshakes in progress at once; connections beyond wait in the kernel's accept queue, so a
 /// flood of half-open connections costs bounded memory.

@@ -15,9 +15,6 @@ use wanmux_core::ids::{NodeId, SessionId, StreamId};
 use wanmux_core::keys::PublicKey;
 use wanmux_core::noise::{Accepted, ServerHello};
 
-/// How long a session with no links is kept for its client to come back.
-pub const SESSION_GRACE: Duration = Duration::from_secs(30);
-
 /// A session is found by the client's static key (none in PSK mode) and its session id, so one
 /// client cannot join another's session by guessing its id.
 type Key = (Option<PublicKey>, SessionId);
@@ -126,7 +123,10 @@ impl Sessions {
                 changed.await;
                 continue;
             }
-            if tokio::time::timeout(SESSION_GRACE, changed).await.is_ok() {
+            if tokio::time::timeout(self.config.session_grace, changed)
+                .await
+                .is_ok()
+            {
                 continue;
             }
             if driver.live_links() > 0 {
@@ -138,7 +138,10 @@ impl Sessions {
             }
             drop(table);
             driver.close(reset::SHUTDOWN);
-            info!("session expired: no link for {} s", SESSION_GRACE.as_secs());
+            info!(
+                "session expired: no link for {:?}",
+                self.config.session_grace
+            );
             return;
         }
     }
