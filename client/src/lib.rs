@@ -34,6 +34,9 @@ const LISTEN_BACKLOG: u32 = 4096;
 pub struct ClientHandle {
     maps: Vec<(ServiceName, SocketAddr)>,
     driver: SessionDriver,
+    /// The accept loops of the mapped ports.
+    listeners: Vec<JoinHandle<()>>,
+    /// Link slots and the link watcher.
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -64,12 +67,33 @@ impl ClientHandle {
         }
     }
 
+    /// Streams open now.
+    pub fn stream_count(&self) -> usize {
+        self.driver.with(|s, _| s.stream_count())
+    }
+
     /// Stops listening, resets every stream and drops every link.
     pub fn shutdown(self) {
-        for t in &self.tasks {
+        for t in self.listeners.iter().chain(&self.tasks) {
             t.abort();
         }
         self.driver.close(reset::SHUTDOWN);
+    }
+
+    /// Graceful stop: closes the mapped ports at once, lets open connections finish for up to
+    /// `timeout`, then shuts down (resetting what is left).
+    pub async fn drain(self, timeout: std::time::Duration) {
+        for t in &self.listeners {
+            t.abort();
+        }
+        let left = wait_for_streams(&self.driver, timeout).await;
+        if left > 0 {
+            warn!(
+                streams = left,
+                "drain timeout: resetting the streams still open"
+            );
+        }
+        self.shutdown();
     }
 }
 
@@ -85,6 +109,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     let span = tracing::info_span!("session", id = %session_id);
     let mut tasks = Vec::new();
     let mut maps = Vec::new();
+    let mut listeners = Vec::new();
     for map in &config.maps {
         let listener = listen(map.listen)?;
         let addr = listener.local_addr()?;
@@ -94,7 +119,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         // Multi-node clusters need relaying between nodes, which is not built yet: every
         // stream is owned by the first node and only that node is dialled.
         let owner = NodeId(config.auth.nodes().next().map_or(1, |n| n.id.get()));
-        tasks.push(tokio::spawn(
+        listeners.push(tokio::spawn(
             accept_loop(listener, driver, service, owner).instrument(span.clone()),
         ));
     }
@@ -129,6 +154,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     Ok(ClientHandle {
         maps,
         driver,
+        listeners,
         tasks,
     })
 }
@@ -144,6 +170,18 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// Waits until the session has no stream or `timeout` passed; returns the streams left.
+async fn wait_for_streams(driver: &SessionDriver, timeout: std::time::Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = driver.with(|s, _| s.stream_count());
+        if left == 0 || tokio::time::Instant::now() >= deadline {
+            return left;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// With no link for `client.session_grace_ms` (below the servers' grace), the session is given

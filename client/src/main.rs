@@ -18,7 +18,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the client until SIGINT or SIGTERM. Log level from RUST_LOG (default: info).
+    /// Run the client until SIGINT or SIGTERM (then drain; a second signal stops at once). Log
+    /// level from RUST_LOG (default: info).
     Run {
         /// The config file.
         #[arg(long, short, value_name = "FILE")]
@@ -93,10 +94,17 @@ fn init_logging() {
 
 #[tokio::main]
 async fn run(config: ClientConfig) -> anyhow::Result<()> {
+    let drain = config.drain_timeout;
     let client = wanmux_client::start(config).await?;
     wait_for_signal().await?;
-    tracing::info!("shutting down");
-    client.shutdown();
+    tracing::info!(timeout = ?drain, "draining; a second signal stops at once");
+    tokio::select! {
+        () = client.drain(drain) => tracing::info!("stopped"),
+        r = wait_for_signal() => {
+            r?;
+            tracing::warn!("second signal: stopping now");
+        }
+    }
     Ok(())
 }
 

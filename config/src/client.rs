@@ -27,6 +27,9 @@ pub struct ClientConfig {
     /// it below the servers' `session_grace_ms`, so the client never resumes a session a server
     /// already dropped.
     pub session_grace: Duration,
+    /// On SIGTERM or SIGINT the client stops accepting connections on its mapped ports, waits this long for open streams to
+    /// finish, then closes what is left (`client.drain_timeout_ms`, default 30 s).
+    pub drain_timeout: Duration,
     /// How many links to keep per node (`[links]`).
     pub links: Links,
     /// Per-session limits (`[limits]`).
@@ -168,6 +171,8 @@ impl ClientAuth {
 impl ClientConfig {
     /// Default `session_grace`: 25 s.
     pub const DEFAULT_SESSION_GRACE: Duration = Duration::from_secs(25);
+    /// Default `drain_timeout`: 30 s.
+    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     /// Default `handshake_timeout`: 10 s.
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -178,6 +183,7 @@ impl ClientConfig {
             auth,
             handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
             session_grace: Self::DEFAULT_SESSION_GRACE,
+            drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
             links: Links::default(),
             limits: Limits::default(),
             maps,
@@ -233,6 +239,9 @@ impl ClientConfig {
         }
         if let Some(m) = common::timeout_problem(self.session_grace) {
             errs.push("client.session_grace_ms", None, m);
+        }
+        if let Some(m) = common::timeout_problem(self.drain_timeout) {
+            errs.push("client.drain_timeout_ms", None, m);
         }
         for (field, m) in self.limits.problems() {
             errs.push(format!("limits.{field}"), None, m);
@@ -297,6 +306,7 @@ struct RawClient {
     psk_file: Option<Spanned<String>>,
     handshake_timeout_ms: Option<Spanned<i64>>,
     session_grace_ms: Option<Spanned<i64>>,
+    drain_timeout_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -342,6 +352,12 @@ impl RawClientFile {
             client.session_grace_ms.as_ref(),
             ClientConfig::DEFAULT_SESSION_GRACE,
         );
+        let drain_timeout = common::timeout_ms(
+            errs,
+            "client.drain_timeout_ms",
+            client.drain_timeout_ms.as_ref(),
+            ClientConfig::DEFAULT_DRAIN_TIMEOUT,
+        );
         let auth = convert_auth(
             client,
             client_span,
@@ -356,6 +372,7 @@ impl RawClientFile {
             auth: auth?,
             handshake_timeout,
             session_grace,
+            drain_timeout,
             links: links?,
             limits,
             maps: maps?,

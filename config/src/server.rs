@@ -30,6 +30,9 @@ pub struct ServerConfig {
     /// Time a session with no link is kept for its client to come back; after it the session's
     /// streams are reset and its memory freed (`server.session_grace_ms`, default 30 s).
     pub session_grace: Duration,
+    /// On SIGTERM or SIGINT the server stops taking new streams (they are reset with code 4), waits this long for open streams to
+    /// finish, then closes what is left (`server.drain_timeout_ms`, default 30 s).
+    pub drain_timeout: Duration,
     /// Time allowed for dialling a service before the stream is reset with code 2
     /// (`server.connect_timeout_ms`, default 5 s).
     pub connect_timeout: Duration,
@@ -72,6 +75,8 @@ pub struct Service {
 impl ServerConfig {
     /// Default `session_grace`: 30 s.
     pub const DEFAULT_SESSION_GRACE: Duration = Duration::from_secs(30);
+    /// Default `drain_timeout`: 30 s.
+    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     /// Default `handshake_timeout`: 10 s.
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default `connect_timeout`: 5 s.
@@ -91,6 +96,7 @@ impl ServerConfig {
             auth,
             handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
             session_grace: Self::DEFAULT_SESSION_GRACE,
+            drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             limits: Limits::default(),
             services,
@@ -141,6 +147,9 @@ impl ServerConfig {
         }
         if let Some(m) = common::timeout_problem(self.session_grace) {
             errs.push("server.session_grace_ms", None, m);
+        }
+        if let Some(m) = common::timeout_problem(self.drain_timeout) {
+            errs.push("server.drain_timeout_ms", None, m);
         }
         if let Some(m) = common::timeout_problem(self.connect_timeout) {
             errs.push("server.connect_timeout_ms", None, m);
@@ -212,6 +221,7 @@ struct RawServer {
     allowed_clients: Option<Spanned<Vec<Spanned<String>>>>,
     handshake_timeout_ms: Option<Spanned<i64>>,
     session_grace_ms: Option<Spanned<i64>>,
+    drain_timeout_ms: Option<Spanned<i64>>,
     connect_timeout_ms: Option<Spanned<i64>>,
 }
 
@@ -262,6 +272,12 @@ impl RawServerFile {
             s.session_grace_ms.as_ref(),
             ServerConfig::DEFAULT_SESSION_GRACE,
         );
+        let drain_timeout = common::timeout_ms(
+            errs,
+            "server.drain_timeout_ms",
+            s.drain_timeout_ms.as_ref(),
+            ServerConfig::DEFAULT_DRAIN_TIMEOUT,
+        );
         let connect_timeout = common::timeout_ms(
             errs,
             "server.connect_timeout_ms",
@@ -276,6 +292,7 @@ impl RawServerFile {
             auth: auth?,
             handshake_timeout,
             session_grace,
+            drain_timeout,
             connect_timeout,
             limits,
             services: services?,

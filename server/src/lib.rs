@@ -51,6 +51,33 @@ impl ServerHandle {
         self.sessions.close_all();
     }
 
+    /// Streams open in all sessions.
+    pub fn stream_count(&self) -> usize {
+        self.sessions.stream_count()
+    }
+
+    /// Graceful stop: refuses new streams (reset with code 4), lets open streams finish for up
+    /// to `timeout` while links keep working (and may reconnect), then shuts down.
+    pub async fn drain(self, timeout: std::time::Duration) {
+        self.sessions.start_draining();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = self.sessions.stream_count();
+            if left == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                warn!(
+                    streams = left,
+                    "drain timeout: resetting the streams still open"
+                );
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        self.shutdown();
+    }
+
     /// Stops at once: drops every link and session without telling clients anything, which is
     /// what a crash looks like to them. For tests of recovery, and emergency exits.
     pub fn abort(self) {

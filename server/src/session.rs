@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -28,6 +29,8 @@ pub(crate) struct Sessions {
     /// server restarts. (A session that expired is not resumed under the same id: the client
     /// gives up on it first and picks a new id.)
     epoch_key: RandomState,
+    /// Set by a graceful stop: new streams are refused.
+    draining: AtomicBool,
 }
 
 impl Sessions {
@@ -36,6 +39,7 @@ impl Sessions {
             config: Arc::new(config),
             table: Mutex::new(HashMap::new()),
             epoch_key: RandomState::new(),
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -60,6 +64,20 @@ impl Sessions {
         for (_, d) in self.lock().drain() {
             d.close(reset::SHUTDOWN);
         }
+    }
+
+    /// Refuses new streams from now on.
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Streams open in all sessions.
+    pub(crate) fn stream_count(&self) -> usize {
+        let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
+        drivers
+            .iter()
+            .map(|d| d.with(|s, _| s.stream_count()))
+            .sum()
     }
 
     pub(crate) fn abandon_all(&self) {
@@ -104,9 +122,7 @@ impl Sessions {
         let (driver, opened) = SessionDriver::start(Session::new(Role::Server(node), cfg));
         let span = tracing::info_span!("session", id = %key.1);
         span.in_scope(|| info!(client = ?key.0, "session started"));
-        tokio::spawn(
-            serve_streams(driver.clone(), opened, self.config.clone()).instrument(span.clone()),
-        );
+        tokio::spawn(serve_streams(driver.clone(), opened, self.clone()).instrument(span.clone()));
         tokio::spawn(self.clone().watch(key, driver.clone()).instrument(span));
         table.insert(key, driver.clone());
         driver
@@ -148,12 +164,14 @@ impl Sessions {
 }
 
 /// Connects each stream the client opens to its named service.
-async fn serve_streams(
-    driver: SessionDriver,
-    mut opened: OpenedStreams,
-    config: Arc<ServerConfig>,
-) {
+async fn serve_streams(driver: SessionDriver, mut opened: OpenedStreams, sessions: Arc<Sessions>) {
+    let config = &sessions.config;
     while let Some((id, name)) = opened.recv().await {
+        if sessions.draining.load(Ordering::Relaxed) {
+            debug!(stream = %id, "draining: stream refused");
+            driver.with(|s, _| s.stream_reset(id, reset::SHUTDOWN));
+            continue;
+        }
         let Some(service) = config.service(&name) else {
             debug!(stream = %id, service = %name, "unknown service");
             driver.with(|s, _| s.stream_reset(id, reset::UNKNOWN_SERVICE));

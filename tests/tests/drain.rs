@@ -1,0 +1,113 @@
+//! Graceful stop: draining a client or a server lets open connections finish with every byte
+//! intact, refuses new ones, and resets what is still open when the drain timeout runs out.
+
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use wanmux_tests::harness::{drain_end, transfer, within, Auth, ReadEnd, Tunnel};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A connection that stays open: it asks for nothing back and never finishes its upload.
+async fn idle_connection(t: &Tunnel) -> TcpStream {
+    let mut tcp = TcpStream::connect(t.addr()).await.unwrap();
+    tcp.write_all(&[0u8; 16]).await.unwrap();
+    tcp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_drain_finishes_open_transfers_and_closes_its_ports() {
+    within(LIMIT, async {
+        let t = Tunnel::start(Auth::Psk, 2).await;
+        let addr = t.addr();
+        let running = tokio::spawn(transfer(addr, 32 << 20, 32 << 20, 5));
+        // Let the transfer get going, then drain.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while t.client.stream_count() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let Tunnel {
+            mut app,
+            server,
+            client,
+            ..
+        } = t;
+        let started = Instant::now();
+        let drain = tokio::spawn(client.drain(Duration::from_secs(30)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "a draining client still accepts"
+        );
+        let c = running.await.unwrap().expect("the open transfer finishes");
+        let a = app.results.recv().await.unwrap();
+        assert_eq!(c.sent, a.received);
+        assert_eq!(a.sent, c.received);
+        drain.await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(25),
+            "drain waited for its timeout"
+        );
+        server.shutdown();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_drain_refuses_new_streams_and_finishes_open_ones() {
+    within(LIMIT, async {
+        let t = Tunnel::start(Auth::Static { psk: false }, 2).await;
+        let addr = t.addr();
+        let running = tokio::spawn(transfer(addr, 16 << 20, 16 << 20, 6));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while t.server.stream_count() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let Tunnel {
+            mut app,
+            server,
+            client,
+            ..
+        } = t;
+        let drain = tokio::spawn(server.drain(Duration::from_secs(30)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A new connection is refused by the draining server: closed without any data.
+        let mut fresh = TcpStream::connect(addr).await.unwrap();
+        fresh.write_all(&1000u64.to_be_bytes()).await.unwrap();
+        let end = drain_end(&mut fresh, Duration::from_secs(10)).await;
+        assert!(
+            matches!(end, ReadEnd::Reset | ReadEnd::Eof),
+            "new stream while draining: {end:?}"
+        );
+        let c = running.await.unwrap().expect("the open transfer finishes");
+        let a = app.results.recv().await.unwrap();
+        assert_eq!(c.sent, a.received);
+        assert_eq!(a.sent, c.received);
+        drain.await.unwrap();
+        client.shutdown();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_resets_what_is_left() {
+    within(LIMIT, async {
+        let t = Tunnel::start(Auth::Psk, 1).await;
+        let mut stuck = idle_connection(&t).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while t.client.stream_count() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let Tunnel { server, client, .. } = t;
+        let started = Instant::now();
+        client.drain(Duration::from_millis(500)).await;
+        assert!(started.elapsed() >= Duration::from_millis(500));
+        let end = drain_end(&mut stuck, Duration::from_secs(5)).await;
+        assert!(
+            matches!(end, ReadEnd::Reset | ReadEnd::Eof),
+            "after the drain timeout: {end:?}"
+        );
+        server.shutdown();
+    })
+    .await;
+}
