@@ -50,6 +50,8 @@ pub async fn run(
     first: Option<Bytes>,
 ) -> LinkEnd {
     let (id, waker, kill) = driver.add_link();
+    // Removes the link from the session however this future ends, aborted included.
+    let _registered = Registered { driver: driver.clone(), id };
     let span = tracing::debug_span!("link", id = %id);
     let end = async {
         if let Some(first) = first {
@@ -70,8 +72,19 @@ pub async fn run(
     .instrument(span.clone())
     .await;
     span.in_scope(|| debug!(%end, "link ended"));
-    driver.remove_link(id);
     end
+}
+
+/// A link's membership of its session, ended on drop.
+struct Registered {
+    driver: SessionDriver,
+    id: LinkId,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.driver.remove_link(self.id);
+    }
 }
 
 /// Aborts the writer task when the link's task ends or is itself aborted.
