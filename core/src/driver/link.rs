@@ -51,7 +51,10 @@ pub async fn run(
 ) -> LinkEnd {
     let (id, waker, kill) = driver.add_link();
     // Removes the link from the session however this future ends, aborted included.
-    let _registered = Registered { driver: driver.clone(), id };
+    let _registered = Registered {
+        driver: driver.clone(),
+        id,
+    };
     let span = tracing::debug_span!("link", id = %id);
     let end = async {
         if let Some(first) = first {

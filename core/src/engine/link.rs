@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 /// Idle links are pinged this often.
 pub(crate) const KEEPALIVE: Duration = Duration::from_secs(10);
+/// A link with unconfirmed frames is pinged at most this often (and at most one ping is
+/// outstanding), so a busy link on a short path does not answer every message with a pong.
+pub(crate) const PING_INTERVAL: Duration = Duration::from_millis(5);
 /// A ping unanswered for this long (at least) declares its link dead.
 pub(crate) const DEAD_MIN: Duration = Duration::from_secs(2);
 /// Before the first RTT sample, a ping unanswered for this long declares its link dead.
@@ -86,9 +89,11 @@ pub(crate) struct LinkState {
     pub(crate) base: u64,
     /// Outstanding ping: token, when sent, and the sequence number it confirms up to.
     ping: Option<(u64, Instant, u64)>,
-    last_ping: Instant,
-    /// The keepalive timer fired; the next transmit carries a ping.
-    pub(crate) keepalive_due: bool,
+    /// When the last ping went out; `None` before the first.
+    last_ping: Option<Instant>,
+    created: Instant,
+    /// The ping timer fired; the next transmit carries a ping.
+    pub(crate) ping_due: bool,
     pub(crate) pongs_owed: Vec<u64>,
     pub(crate) stats: LinkStats,
 }
@@ -99,8 +104,9 @@ impl LinkState {
             sent: VecDeque::new(),
             base: 0,
             ping: None,
-            last_ping: now,
-            keepalive_due: false,
+            last_ping: None,
+            created: now,
+            ping_due: false,
             pongs_owed: Vec::new(),
             stats: LinkStats::default(),
         }
@@ -110,16 +116,24 @@ impl LinkState {
         self.sent.push_back(s);
     }
 
-    /// Whether a ping should ride along now: one at a time, when something awaits
-    /// confirmation or the keepalive timer fired.
-    pub(crate) fn wants_ping(&self) -> bool {
-        self.ping.is_none() && (!self.sent.is_empty() || self.keepalive_due)
+    /// Whether a ping should go out with the next message: one at a time, when the ping timer
+    /// fired, or when frames await confirmation and the last ping is `PING_INTERVAL` old.
+    pub(crate) fn wants_ping(&self, now: Instant) -> bool {
+        self.ping.is_none()
+            && (self.ping_due
+                || (!self.sent.is_empty()
+                    && self.last_ping.is_none_or(|t| now >= t + PING_INTERVAL)))
+    }
+
+    /// Whether this link has a ping of its own to send now.
+    pub(crate) fn ping_pending(&self) -> bool {
+        self.ping_due && self.ping.is_none()
     }
 
     pub(crate) fn ping_sent(&mut self, now: Instant, token: u64) {
         self.ping = Some((token, now, self.base + self.sent.len() as u64));
-        self.last_ping = now;
-        self.keepalive_due = false;
+        self.last_ping = Some(now);
+        self.ping_due = false;
     }
 
     /// A pong arrived: drop everything it confirms and take an RTT sample. Pongs that match
@@ -165,8 +179,18 @@ impl LinkState {
         self.ping.map(|(_, at, _)| at + self.dead_after())
     }
 
-    /// When the keepalive ping is due; `None` while one is already due.
-    pub(crate) fn next_keepalive(&self) -> Option<Instant> {
-        (!self.keepalive_due).then_some(self.last_ping + KEEPALIVE)
+    /// When the ping timer fires: `PING_INTERVAL` after the last ping while frames await
+    /// confirmation, `KEEPALIVE` after it on an idle link; `None` while a ping is outstanding
+    /// or already due.
+    pub(crate) fn next_ping_at(&self) -> Option<Instant> {
+        if self.ping.is_some() || self.ping_due {
+            return None;
+        }
+        match (self.last_ping, self.sent.is_empty()) {
+            (Some(t), true) => Some(t + KEEPALIVE),
+            (Some(t), false) => Some(t + PING_INTERVAL),
+            (None, true) => Some(self.created + KEEPALIVE),
+            (None, false) => Some(self.created),
+        }
     }
 }

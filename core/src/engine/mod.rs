@@ -596,8 +596,8 @@ impl Session {
             }
         }
         for l in self.links.values_mut() {
-            if l.next_keepalive().is_some_and(|t| t <= now) {
-                l.keepalive_due = true;
+            if l.next_ping_at().is_some_and(|t| t <= now) {
+                l.ping_due = true;
             }
         }
         let dead: Vec<LinkId> = self
@@ -617,7 +617,7 @@ impl Session {
         let keepalive = self
             .links
             .values()
-            .flat_map(|l| [l.next_keepalive(), l.dead_at()])
+            .flat_map(|l| [l.next_ping_at(), l.dead_at()])
             .flatten()
             .min();
         match (self.ack_deadline, keepalive) {
@@ -647,7 +647,7 @@ impl Session {
     pub fn links_wanting_transmit(&self) -> impl Iterator<Item = LinkId> + '_ {
         self.links
             .iter()
-            .filter(|(_, l)| !l.pongs_owed.is_empty() || l.keepalive_due)
+            .filter(|(_, l)| !l.pongs_owed.is_empty() || l.ping_pending())
             .map(|(&id, _)| id)
     }
 
@@ -711,7 +711,7 @@ impl Session {
             }),
             _ => false,
         });
-        if l.wants_ping() && (!buf.is_empty() || l.keepalive_due) {
+        if l.wants_ping(now) {
             let token = self.next_ping;
             self.next_ping += 1;
             Frame::Ping(token).encode(buf);
