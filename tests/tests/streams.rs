@@ -53,6 +53,7 @@ async fn raw_pair(t: &Tunnel, raw: &TcpListener) -> (TcpStream, TcpStream) {
 async fn try_once(addr: std::net::SocketAddr, data: &[u8]) -> ReadEnd {
     let mut tcp = match TcpStream::connect(addr).await {
         Ok(tcp) => tcp,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return ReadEnd::Reset,
         Err(e) => return ReadEnd::Error(e.kind()),
     };
     let _ = tcp.write_all(data).await;
@@ -137,8 +138,9 @@ async fn half_close_server_first_then_client_uploads() {
     .await;
 }
 
-/// The application client resets its connection: the application server's socket must see
-/// the connection end (a reset, or at least EOF) promptly.
+/// The application client resets its connection: the application server's socket must see a
+/// reset promptly (PROTOCOL.md: the proxy on the other side resets its connection; a clean EOF
+/// would pass a truncated stream off as a complete one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_reset_reaches_app_server() {
     within(LIMIT, async {
@@ -148,7 +150,7 @@ async fn client_reset_reaches_app_server() {
         reset(client);
         let end = drain_end(&mut app, PROMPT).await;
         assert!(
-            matches!(end, ReadEnd::Reset | ReadEnd::Eof),
+            end == ReadEnd::Reset,
             "app server saw {end:?} after the client's reset"
         );
         assert!(start.elapsed() < PROMPT);
@@ -169,7 +171,7 @@ async fn client_reset_reaches_app_server() {
     .await;
 }
 
-/// The application server resets its connection: the client's connection must see an error.
+/// The application server resets its connection: the client's connection must see a reset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_server_reset_reaches_client() {
     within(LIMIT, async {
@@ -179,7 +181,7 @@ async fn app_server_reset_reaches_client() {
         reset(app);
         let end = drain_end(&mut client, PROMPT).await;
         assert!(
-            matches!(end, ReadEnd::Reset | ReadEnd::Error(_)),
+            end == ReadEnd::Reset,
             "client saw {end:?} after the app server's reset"
         );
         assert!(start.elapsed() < PROMPT);
@@ -213,14 +215,19 @@ async fn reset_mid_transfer_leaves_tunnel_usable() {
             .await
             .expect("app server's writes stop promptly after the reset")
             .expect("writer task");
-        assert!(w.is_err(), "app server's endless write ended without error");
         let r = tokio::time::timeout(PROMPT, app_reader)
             .await
             .expect("app server's read ends promptly after the reset")
             .expect("reader task");
-        if let Ok(h) = r {
-            assert!(h.bytes <= sent, "app server got more than was sent");
-        }
+        let w = w.expect_err("app server's endless write ended without error");
+        // The kernel reports a reset once, to the first call on the socket: one half sees
+        // ECONNRESET and the other then sees EPIPE (writer) or EOF (reader).
+        let r = r.err().map(|e| e.kind());
+        assert!(
+            w.kind() == std::io::ErrorKind::ConnectionReset
+                || r == Some(std::io::ErrorKind::ConnectionReset),
+            "no reset at the app server: writer {w:?}, reader {r:?}"
+        );
         for seed in 0..3 {
             t.check_transfer(MIB, MIB, seed).await;
         }
@@ -229,7 +236,7 @@ async fn reset_mid_transfer_leaves_tunnel_usable() {
 }
 
 /// The service refuses the connection (nothing listens on its port): the client's connection
-/// is closed promptly.
+/// is reset promptly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_service_closes_client_promptly() {
     within(LIMIT, async {
@@ -248,7 +255,7 @@ async fn refused_service_closes_client_promptly() {
             let start = Instant::now();
             let end = try_once(t.addr_of("closed"), b"anyone there?").await;
             assert!(
-                matches!(end, ReadEnd::Reset | ReadEnd::Eof | ReadEnd::Error(_)),
+                end == ReadEnd::Reset,
                 "client saw {end:?} for a refused service"
             );
             assert!(start.elapsed() < PROMPT);
@@ -258,8 +265,8 @@ async fn refused_service_closes_client_promptly() {
     .await;
 }
 
-/// A client mapping a service the server does not have: its connections are closed and
-/// nothing is connected on the server side.
+/// A client mapping a service the server does not have: its connections are reset and nothing
+/// is connected on the server side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_service_is_refused() {
     within(LIMIT, async {
@@ -270,7 +277,7 @@ async fn unknown_service_is_refused() {
             let header = [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 9];
             let end = try_once(t.addr_of("nosuch"), &header).await;
             assert!(
-                matches!(end, ReadEnd::Reset | ReadEnd::Eof | ReadEnd::Error(_)),
+                end == ReadEnd::Reset,
                 "client saw {end:?} for an unknown service"
             );
             assert!(start.elapsed() < PROMPT);
