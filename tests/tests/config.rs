@@ -2,9 +2,15 @@
 //! and through the real `wanmux-server check --config` and `wanmux-client check --config`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use wanmux_config::{ClientConfig, ConfigErrors, ServerConfig};
+
+/// Whole-test limit for the library tests.
+const LIMIT: Duration = Duration::from_secs(30);
+/// Whole-test limit when cargo may first have to build both daemons' binaries.
+const BUILD_LIMIT: Duration = Duration::from_secs(900);
 
 /// Four mistakes on known lines: lines 4, 8 and 12, and an unknown key on line 13 that only a
 /// fixed file reaches (an unknown key stops parsing before the other checks run).
@@ -103,27 +109,66 @@ fn assert_printed(output: &str, path: &Path, want: &[(usize, &str)]) {
     );
 }
 
+/// Runs `test` on its own thread and fails if it takes longer than `limit`, so a hang fails
+/// the test instead of blocking the run.
+fn within(limit: Duration, test: impl FnOnce() + Send + 'static) {
+    let (done, finished) = mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        test();
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(()) => thread.join().expect("test thread"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => match thread.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the thread reports success before it ends"),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("test did not finish within {limit:?}"),
+    }
+}
+
+/// Runs `cmd` to its end; kills it and fails the test if that takes longer than `limit`.
+fn run_until(cmd: &mut Command, limit: Duration) -> ExitStatus {
+    let mut child = cmd.spawn().expect("spawn");
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn server_config_errors_name_key_and_line() {
-    let dir = temp_dir("server-lib");
-    for (name, text) in [
-        ("bad-server.toml", BAD_SERVER),
-        ("bad-server-key.toml", BAD_SERVER_KEY),
-    ] {
-        let path = write(&dir, name, text);
-        let errors = ServerConfig::load(&path).expect_err("a bad config must not load");
-        assert_names_keys_and_lines(&path, &errors);
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    within(LIMIT, || {
+        let dir = temp_dir("server-lib");
+        for (name, text) in [
+            ("bad-server.toml", BAD_SERVER),
+            ("bad-server-key.toml", BAD_SERVER_KEY),
+        ] {
+            let path = write(&dir, name, text);
+            let errors = ServerConfig::load(&path).expect_err("a bad config must not load");
+            assert_names_keys_and_lines(&path, &errors);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    });
 }
 
 #[test]
 fn client_config_errors_name_key_and_line() {
-    let dir = temp_dir("client-lib");
-    let path = write(&dir, "bad-client.toml", BAD_CLIENT);
-    let errors = ClientConfig::load(&path).expect_err("a bad config must not load");
-    assert_names_keys_and_lines(&path, &errors);
-    let _ = std::fs::remove_dir_all(&dir);
+    within(LIMIT, || {
+        let dir = temp_dir("client-lib");
+        let path = write(&dir, "bad-client.toml", BAD_CLIENT);
+        let errors = ClientConfig::load(&path).expect_err("a bad config must not load");
+        assert_names_keys_and_lines(&path, &errors);
+        let _ = std::fs::remove_dir_all(&dir);
+    });
 }
 
 /// Variables cargo sets for a running test (besides `CARGO_PKG_*`), not for a build.
@@ -168,21 +213,15 @@ fn build_binary(package: &str, bin: &str) -> PathBuf {
             cmd.env_remove(key);
         }
     }
-    let started = Instant::now();
-    let status = cmd
-        .current_dir(workspace)
+    cmd.current_dir(workspace)
         .args(["build", "--quiet", "--package", package, "--bin", bin])
         .arg("--profile")
         .arg(profile)
         .arg("--target-dir")
         .arg(target_dir)
-        .status()
-        .expect("run cargo build");
+        .stdout(Stdio::null());
+    let status = run_until(&mut cmd, BUILD_LIMIT);
     assert!(status.success(), "cargo build of {bin} failed");
-    assert!(
-        started.elapsed() < Duration::from_secs(600),
-        "building {bin} took too long"
-    );
     let path = profile_dir.join(bin);
     assert!(path.exists(), "{} not built", path.display());
     path
@@ -190,34 +229,41 @@ fn build_binary(package: &str, bin: &str) -> PathBuf {
 
 /// Runs `bin check --config path` and returns its exit success and stderr.
 fn run_check(bin: &Path, path: &Path) -> (bool, String) {
-    let out = Command::new(bin)
-        .args(["check", "--config"])
-        .arg(path)
-        .output()
-        .expect("run check");
-    (
-        out.status.success(),
-        String::from_utf8(out.stderr).expect("utf-8 stderr"),
-    )
+    // stderr goes to a file rather than a pipe, so waiting with a deadline cannot deadlock on
+    // a full pipe.
+    let err_path = path.with_extension("stderr");
+    let err_file = std::fs::File::create(&err_path).expect("create stderr file");
+    let status = run_until(
+        Command::new(bin)
+            .args(["check", "--config"])
+            .arg(path)
+            .stdout(Stdio::null())
+            .stderr(err_file),
+        Duration::from_secs(30),
+    );
+    let stderr = std::fs::read_to_string(&err_path).expect("read stderr");
+    (status.success(), stderr)
 }
 
 #[test]
 fn check_commands_print_key_and_line() {
-    let dir = temp_dir("check-bin");
-    let server = build_binary("wanmux-server", "wanmux-server");
-    for (name, text) in [
-        ("bad-server.toml", BAD_SERVER),
-        ("bad-server-key.toml", BAD_SERVER_KEY),
-    ] {
-        let path = write(&dir, name, text);
-        let (ok, stderr) = run_check(&server, &path);
-        assert!(!ok, "wanmux-server check accepted {name}");
-        assert_printed(&stderr, &path, expected(name));
-    }
-    let client = build_binary("wanmux-client", "wanmux-client");
-    let path = write(&dir, "bad-client.toml", BAD_CLIENT);
-    let (ok, stderr) = run_check(&client, &path);
-    assert!(!ok, "wanmux-client check accepted a bad config");
-    assert_printed(&stderr, &path, expected("bad-client.toml"));
-    let _ = std::fs::remove_dir_all(&dir);
+    within(BUILD_LIMIT, || {
+        let dir = temp_dir("check-bin");
+        let server = build_binary("wanmux-server", "wanmux-server");
+        for (name, text) in [
+            ("bad-server.toml", BAD_SERVER),
+            ("bad-server-key.toml", BAD_SERVER_KEY),
+        ] {
+            let path = write(&dir, name, text);
+            let (ok, stderr) = run_check(&server, &path);
+            assert!(!ok, "wanmux-server check accepted {name}");
+            assert_printed(&stderr, &path, expected(name));
+        }
+        let client = build_binary("wanmux-client", "wanmux-client");
+        let path = write(&dir, "bad-client.toml", BAD_CLIENT);
+        let (ok, stderr) = run_check(&client, &path);
+        assert!(!ok, "wanmux-client check accepted a bad config");
+        assert_printed(&stderr, &path, expected("bad-client.toml"));
+        let _ = std::fs::remove_dir_all(&dir);
+    });
 }
