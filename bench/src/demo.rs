@@ -99,7 +99,7 @@ pub async fn run_demo(opts: &DemoOptions, mut say: impl FnMut(&str)) -> anyhow::
             service: name,
         }],
     );
-    client_cfg.links = Links { count: opts.links };
+    client_cfg.links = Links::fixed(opts.links);
     let client = wanmux_client::start(client_cfg).await?;
     tokio::time::timeout(
         Duration::from_secs(10),

@@ -4,6 +4,7 @@
 
 use bytes::BytesMut;
 use rand::Rng;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
@@ -44,9 +45,12 @@ pub(crate) fn lock(state: &SharedState) -> std::sync::MutexGuard<'_, SessionStat
     state.lock().expect("session state lock poisoned")
 }
 
+#[derive(Clone)]
 pub(crate) struct Slot {
     pub(crate) driver: SessionDriver,
     pub(crate) state: SharedState,
+    /// The id of this slot's link while it is up, 0 while it is not.
+    pub(crate) link: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub(crate) node: Node,
     pub(crate) auth: ClientAuth,
     pub(crate) link_seq: u32,
@@ -66,7 +70,12 @@ impl Slot {
                 Ok((reader, writer, epoch)) => {
                     self.check_epoch(epoch);
                     info!(node = %self.node.id, %addr, link_seq = self.link_seq, "link up");
-                    let end = driver::link::run(self.driver.clone(), reader, writer, None).await;
+                    let link = self.link.clone();
+                    let set = move |id: wanmux_core::ids::LinkId| link.store(id.0, Relaxed);
+                    let end =
+                        driver::link::run_with(self.driver.clone(), reader, writer, None, set)
+                            .await;
+                    self.link.store(0, Relaxed);
                     info!(node = %self.node.id, %addr, %end, "link down");
                 }
                 Err(e) => debug!(node = %self.node.id, %addr, error = %e, "dial failed"),

@@ -1,8 +1,8 @@
 //! wanmux-client: the client daemon as a library, so tests and the demo can run it in-process.
 //!
-//! The client holds one session. It keeps `links.count` Noise links to the server node, each
-//! reconnecting with exponential backoff and jitter when it dies, and listens on every mapped
-//! local port. Each accepted connection becomes a stream of the session, opened to the mapped
+//! The client holds one session. It keeps `links.min` to `links.max` Noise links to the server
+//! node (more while every link is busy, see `pool`), each reconnecting with exponential backoff
+//! and jitter when it dies, and listens on every mapped local port. Each accepted connection becomes a stream of the session, opened to the mapped
 //! service by name; its frames spread over every link. Because the session outlives its links,
 //! a connection survives link deaths as long as one link comes back within the server's grace
 //! period.
@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 mod dial;
+mod pool;
 
 use rand::Rng;
 use std::io;
@@ -130,7 +131,6 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     tasks.push(tokio::spawn(
         watch_links(driver.clone(), state.clone(), config.session_grace).instrument(span.clone()),
     ));
-    let mut link_seq = 0u32;
     if let Some((node, hs)) = config.auth.handshakes().next() {
         if config.auth.nodes().count() > 1 {
             warn!(
@@ -138,18 +138,18 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
                 node.id
             );
         }
-        for _ in 0..config.links.count {
-            let slot = dial::Slot {
-                driver: driver.clone(),
-                state: state.clone(),
-                node: node.clone(),
-                auth: dial::noise_auth(hs),
-                link_seq,
-                handshake_timeout: config.handshake_timeout,
-            };
-            link_seq += 1;
-            tasks.push(tokio::spawn(slot.run().instrument(span.clone())));
-        }
+        let template = dial::Slot {
+            driver: driver.clone(),
+            state: state.clone(),
+            link: Default::default(),
+            node: node.clone(),
+            auth: dial::noise_auth(hs),
+            link_seq: 0,
+            handshake_timeout: config.handshake_timeout,
+        };
+        tasks.push(tokio::spawn(
+            pool::run(template, config.links).instrument(span.clone()),
+        ));
     }
     Ok(ClientHandle {
         maps,

@@ -100,27 +100,42 @@ pub enum NodeHandshake<'a> {
     },
 }
 
-/// Link settings (`[links]`).
+/// Link settings (`[links]`): how many links (M) the client keeps to each node.
+///
+/// The client opens `min` links at start. While every open link is busy (its writer has had
+/// data to send for a while) and the session has more waiting, it opens another, up to `max`
+/// (the "spawn max"); links above `min` that stay idle are closed again. `count = N` in the
+/// file means `min = max = N`. Each link is one TCP connection with its own congestion window,
+/// so more links carry more of one stream over a lossy long path, at the cost of one socket,
+/// one handshake and a few buffers each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Links {
-    /// Links (M) kept open to each node, 1..=256, default 4. Each link is one TCP connection
-    /// with its own congestion window, so more links carry more data over a lossy long path,
-    /// at the cost of one socket, one handshake and a few buffers each.
-    pub count: u16,
+    /// Links opened at start and always kept, 1..=256 (`links.min`, or `links.count`).
+    pub min: u16,
+    /// Most links per node, `min..=256` (`links.max`, or `links.count`).
+    pub max: u16,
 }
 
 impl Links {
-    /// Default `count`: 4.
+    /// Default link count: 4, fixed.
     pub const DEFAULT_COUNT: u16 = 4;
     /// Most links per node.
     pub const MAX_COUNT: u16 = 256;
+
+    /// `n` links, never more or fewer.
+    pub fn fixed(n: u16) -> Links {
+        Links { min: n, max: n }
+    }
+
+    /// Start with `min`, grow to `max` under load.
+    pub fn elastic(min: u16, max: u16) -> Links {
+        Links { min, max }
+    }
 }
 
 impl Default for Links {
     fn default() -> Self {
-        Self {
-            count: Self::DEFAULT_COUNT,
-        }
+        Self::fixed(Self::DEFAULT_COUNT)
     }
 }
 
@@ -227,12 +242,19 @@ impl ClientConfig {
                 format!("duplicate node id (also node[{first}])"),
             );
         });
-        if !(1..=Links::MAX_COUNT).contains(&self.links.count) {
+        if !(1..=Links::MAX_COUNT).contains(&self.links.min) {
             errs.push(
-                "links.count",
+                "links.min",
                 None,
-                format!("{} is out of range 1..=256", self.links.count),
+                format!("{} is out of range 1..=256", self.links.min),
             );
+        }
+        if !(self.links.min..=Links::MAX_COUNT).contains(&self.links.max) {
+            let msg = format!(
+                "{} is out of range {}..=256 (links.min..=256)",
+                self.links.max, self.links.min
+            );
+            errs.push("links.max", None, msg);
         }
         if let Some(m) = common::timeout_problem(self.handshake_timeout) {
             errs.push("client.handshake_timeout_ms", None, m);
@@ -321,6 +343,8 @@ struct RawNode {
 #[serde(deny_unknown_fields)]
 struct RawLinks {
     count: Option<Spanned<i64>>,
+    min: Option<Spanned<i64>>,
+    max: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -527,19 +551,41 @@ fn pin(nodes: Vec<(Node, Option<PublicKey>)>) -> Option<Vec<PinnedNode>> {
 }
 
 fn convert_links(raw: Option<&Spanned<RawLinks>>, errs: &mut Collector<'_>) -> Option<Links> {
-    let Some(count) = raw.and_then(|r| r.get_ref().count.as_ref()) else {
+    let Some(raw) = raw else {
         return Some(Links::default());
     };
-    match u16::try_from(*count.get_ref()) {
-        Ok(c) if (1..=Links::MAX_COUNT).contains(&c) => Some(Links { count: c }),
+    let r = raw.get_ref();
+    let mut value = |key: &str, v: &Spanned<i64>, low: u16| match u16::try_from(*v.get_ref()) {
+        Ok(c) if (low..=Links::MAX_COUNT).contains(&c) => Some(c),
         _ => {
             let msg = format!(
-                "{} is out of range 1..={}",
-                count.get_ref(),
+                "{} is out of range {low}..={}",
+                v.get_ref(),
                 Links::MAX_COUNT
             );
+            errs.push(key, Some(v.span()), msg);
+            None
+        }
+    };
+    match (&r.count, &r.min, &r.max) {
+        (Some(count), None, None) => value("links.count", count, 1).map(Links::fixed),
+        (Some(count), _, _) => {
+            let msg = "set either count (a fixed number of links) or min/max (elastic), not both";
             errs.push("links.count", Some(count.span()), msg);
             None
+        }
+        (None, None, None) => Some(Links::default()),
+        (None, min, max) => {
+            // Only max: start with one link. Only min: a fixed number.
+            let min = match min {
+                Some(v) => value("links.min", v, 1)?,
+                None => 1,
+            };
+            let max = match max {
+                Some(v) => value("links.max", v, min)?,
+                None => min,
+            };
+            Some(Links::elastic(min, max))
         }
     }
 }

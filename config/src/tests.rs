@@ -169,7 +169,7 @@ fn static_client_parses_and_exposes_handshakes() {
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].public_key, PublicKey::from_bytes([2; 32]));
     assert_eq!(nodes[0].node.addr.to_string(), "203.0.113.10:4480");
-    assert_eq!(c.links.count, 4);
+    assert_eq!(c.links, Links::fixed(4));
     assert_eq!(c.handshake_timeout, Duration::from_secs(10));
     assert_eq!(c.maps[0].service.as_str(), "game");
     let hs: Vec<_> = c.auth.handshakes().collect();
@@ -192,7 +192,7 @@ fn psk_client_with_several_nodes_and_links() {
     );
     let c = client(&text).unwrap();
     assert!(matches!(&c.auth, ClientAuth::PskOnly { nodes, .. } if nodes.len() == 2));
-    assert_eq!(c.links.count, 256);
+    assert_eq!(c.links, Links::fixed(256));
     let hs: Vec<_> = c.auth.handshakes().collect();
     assert!(hs
         .iter()
@@ -603,6 +603,23 @@ fn out_of_range_values() {
         let e = one_error(client(&text));
         assert_eq!((e.key.as_str(), e.line), ("links.count", Some(13)));
     }
+    // Elastic links: min and max, each checked, max not below min, count not with them.
+    let c = client(&format!("{}[links]\nmin = 2\nmax = 32\n", static_client())).unwrap();
+    assert_eq!(c.links, Links::elastic(2, 32));
+    let c = client(&format!("{}[links]\nmax = 8\n", static_client())).unwrap();
+    assert_eq!(c.links, Links::elastic(1, 8));
+    let e = one_error(client(&format!(
+        "{}[links]\nmin = 4\nmax = 2\n",
+        static_client()
+    )));
+    assert_eq!((e.key.as_str(), e.line), ("links.max", Some(14)));
+    let e = one_error(client(&format!("{}[links]\nmin = 0\n", static_client())));
+    assert_eq!((e.key.as_str(), e.line), ("links.min", Some(13)));
+    let e = one_error(client(&format!(
+        "{}[links]\ncount = 4\nmax = 8\n",
+        static_client()
+    )));
+    assert_eq!((e.key.as_str(), e.line), ("links.count", Some(13)));
     let text = static_client().replace("id = 1", "id = 70000");
     let e = one_error(client(&text));
     assert_eq!((e.key.as_str(), e.line), ("node[0].id", Some(5)));
@@ -891,14 +908,14 @@ fn code_built_configs_validate() {
     let mut c = ClientConfig::new(auth, vec![map.clone()]);
     c.validate().unwrap();
     c.maps.push(map);
-    c.links.count = 0;
+    c.links = Links::fixed(0);
     c.auth = ClientAuth::PskOnly {
         psk: Psk::from_bytes([1; 32]),
         nodes: vec![node.clone(), node],
     };
     let errs = c.validate().unwrap_err();
     let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
-    assert_eq!(keys, ["node[1].id", "links.count", "map[1].listen"]);
+    assert_eq!(keys, ["node[1].id", "links.min", "map[1].listen"]);
 }
 
 #[test]

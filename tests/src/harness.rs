@@ -257,7 +257,7 @@ pub fn configs(auth: Auth, target: SocketAddr, links: u16) -> (ServerConfig, Cli
             service,
         }],
     );
-    client.links = Links { count: links };
+    client.links = Links::fixed(links);
     (server, client)
 }
 

@@ -45,11 +45,23 @@ impl fmt::Display for LinkEnd {
 /// client's key-confirmation message, which the server feeds to the engine like any other.
 pub async fn run(
     driver: SessionDriver,
-    mut reader: LinkReader,
+    reader: LinkReader,
     writer: LinkWriter,
     first: Option<Bytes>,
 ) -> LinkEnd {
+    run_with(driver, reader, writer, first, |_| {}).await
+}
+
+/// [`run`], telling `on_up` the link's id once it has joined the session.
+pub async fn run_with(
+    driver: SessionDriver,
+    mut reader: LinkReader,
+    writer: LinkWriter,
+    first: Option<Bytes>,
+    on_up: impl FnOnce(LinkId),
+) -> LinkEnd {
     let (id, waker, kill) = driver.add_link();
+    on_up(id);
     // Removes the link from the session however this future ends, aborted included.
     let _registered = Registered {
         driver: driver.clone(),

@@ -39,6 +39,8 @@ struct State {
     link_kills: HashMap<LinkId, Arc<Notify>>,
     /// Writers that found nothing to send and wait to be woken.
     idle_writers: Vec<LinkId>,
+    /// Per link: whether its writer last found work, and since when (for elastic links).
+    activity: HashMap<LinkId, LinkActivity>,
     /// Deadline the timer task sleeps toward.
     armed: Option<Instant>,
     next_link: u64,
@@ -56,6 +58,15 @@ struct Shared {
     /// Wakes the link tasks when the session is closed.
     closing: Notify,
     opened: mpsc::UnboundedSender<(StreamId, String)>,
+}
+
+/// What a link's writer has been doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkActivity {
+    /// It found data to send the last time it looked.
+    pub busy: bool,
+    /// Since when `busy` has had this value.
+    pub since: Instant,
 }
 
 /// The idle writer to wake for session-level work: the one with the lowest smoothed RTT, so
@@ -94,6 +105,7 @@ impl SessionDriver {
                 link_wakers: HashMap::new(),
                 link_kills: HashMap::new(),
                 idle_writers: Vec::new(),
+                activity: HashMap::new(),
                 armed: None,
                 next_link: 0,
                 live_links: 0,
@@ -192,8 +204,31 @@ impl SessionDriver {
         if n == 0 && !st.idle_writers.contains(&id) {
             st.idle_writers.push(id);
         }
+        if let Some(a) = st.activity.get_mut(&id) {
+            if a.busy != (n > 0) {
+                *a = LinkActivity {
+                    busy: n > 0,
+                    since: now,
+                };
+            }
+        }
         self.after(&mut st);
         n
+    }
+
+    /// Whether each link's writer is busy (found data the last time it looked) and since when.
+    /// A link busy for a while has a full socket: every byte it can take is being sent.
+    pub fn link_activity(&self) -> Vec<(LinkId, LinkActivity)> {
+        self.lock()
+            .activity
+            .iter()
+            .map(|(&id, &a)| (id, a))
+            .collect()
+    }
+
+    /// Whether the session has data or control frames waiting for a link.
+    pub fn wants_transmit(&self) -> bool {
+        self.lock().session.wants_transmit()
     }
 
     async fn run_timer(self) {
@@ -246,6 +281,13 @@ impl SessionDriver {
         let kill = Arc::new(Notify::new());
         st.link_kills.insert(id, kill.clone());
         st.session.add_link(Instant::now(), id);
+        st.activity.insert(
+            id,
+            LinkActivity {
+                busy: false,
+                since: Instant::now(),
+            },
+        );
         self.after(&mut st);
         drop(st);
         self.shared.links_changed.notify_waiters();
@@ -257,6 +299,7 @@ impl SessionDriver {
         st.live_links -= 1;
         st.link_wakers.remove(&id);
         st.link_kills.remove(&id);
+        st.activity.remove(&id);
         st.idle_writers.retain(|&l| l != id);
         st.session.remove_link(Instant::now(), id);
         self.after(&mut st);
