@@ -36,6 +36,9 @@ pub(crate) fn noise_auth(hs: NodeHandshake<'_>) -> ClientAuth {
 pub(crate) struct SessionState {
     pub(crate) id: SessionId,
     pub(crate) epoch: Option<u64>,
+    /// When `epoch` was adopted: a handshake that began before it may report the epoch of a
+    /// server instance that is already gone.
+    pub(crate) epoch_since: Instant,
 }
 
 pub(crate) type SharedState = std::sync::Arc<std::sync::Mutex<SessionState>>;
@@ -67,8 +70,10 @@ impl Slot {
         loop {
             let started = Instant::now();
             match self.dial(&addr, &first).await {
-                Ok((reader, writer, epoch)) => {
-                    self.check_epoch(epoch);
+                Ok((_, _, epoch)) if !self.check_epoch(epoch, started) => {
+                    debug!(node = %self.node.id, %addr, "link to a replaced server instance dropped");
+                }
+                Ok((reader, writer, _)) => {
                     info!(node = %self.node.id, %addr, link_seq = self.link_seq, "link up");
                     let link = self.link.clone();
                     let set = move |id: wanmux_core::ids::LinkId| link.store(id.0, Relaxed);
@@ -93,16 +98,28 @@ impl Slot {
     /// A link to a server that no longer has our session (it restarted, or its grace period
     /// ran out) reports a new epoch: the streams it carried are gone there, so they are reset
     /// here and the session starts afresh before the link joins it.
-    fn check_epoch(&self, epoch: u64) {
+    ///
+    /// Returns `false` for a link that must not join: its handshake began before the current
+    /// epoch was adopted and reports another one, so it reached a server instance that has
+    /// since been replaced (a restart racing with this dial). Such a link is dropped and dialled
+    /// again rather than allowed to reset the session a second time.
+    fn check_epoch(&self, epoch: u64, dial_started: Instant) -> bool {
         let mut state = lock(&self.state);
         match state.epoch {
-            Some(e) if e == epoch => {}
+            Some(e) if e == epoch => true,
+            Some(_) if dial_started < state.epoch_since => false,
             Some(_) => {
                 warn!(node = %self.node.id, "the server lost this session; open connections are reset");
                 self.driver.restart();
                 state.epoch = Some(epoch);
+                state.epoch_since = Instant::now();
+                true
             }
-            None => state.epoch = Some(epoch),
+            None => {
+                state.epoch = Some(epoch);
+                state.epoch_since = Instant::now();
+                true
+            }
         }
     }
 

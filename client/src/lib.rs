@@ -127,6 +127,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     let state = std::sync::Arc::new(std::sync::Mutex::new(dial::SessionState {
         id: session_id,
         epoch: None,
+        epoch_since: std::time::Instant::now(),
     }));
     tasks.push(tokio::spawn(
         watch_links(driver.clone(), state.clone(), config.session_grace).instrument(span.clone()),
@@ -203,6 +204,7 @@ async fn watch_links(driver: SessionDriver, state: dial::SharedState, grace: std
             let mut st = dial::lock(&state);
             st.id = SessionId(rand::rng().random());
             st.epoch = None;
+            st.epoch_since = std::time::Instant::now();
         }
     }
 }

@@ -5,7 +5,9 @@
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wanmux_tests::harness::{app_server, configs, init_tracing, point_client_at, transfer, Auth};
+use wanmux_tests::harness::{
+    app_server, configs, drain_end, init_tracing, point_client_at, transfer, Auth, ReadEnd,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_resets_old_connections_and_serves_new_ones() {
@@ -23,10 +25,11 @@ async fn server_restart_resets_old_connections_and_serves_new_ones() {
             .expect("client starts");
         client.wait_for_links(2).await;
 
-        // A connection that stays open: it asked for 1 byte back and keeps its side open.
+        // A connection that stays open: it asks for far more than it reads (the tunnel's
+        // windows stall the app server) and keeps its own side open.
         let mut old = TcpStream::connect(client.first_addr()).await.unwrap();
         let mut header = [0u8; 16];
-        header[..8].copy_from_slice(&1u64.to_be_bytes());
+        header[..8].copy_from_slice(&(1u64 << 40).to_be_bytes());
         old.write_all(&header).await.unwrap();
         let mut one = [0u8; 1];
         old.read_exact(&mut one).await.unwrap();
