@@ -1,10 +1,10 @@
 //! The link pool of one node: `links.min` slots always, more while every link is busy, up to
 //! `links.max`; extra links that stay idle are closed again.
 //!
-//! "Busy" is seen from this side: a link whose writer has found data every time it looked for
-//! `GROW_AFTER` has a full socket, and if the session still has data waiting, one more link
-//! (one more congestion window) moves more of it. This follows the upload direction; the
-//! download direction does not grow the pool yet.
+//! "Busy" is seen from the sending side: a link whose writer has found data every time it
+//! looked for `GROW_AFTER` has a full socket, and if the session still has data waiting, one
+//! more link (one more congestion window) moves more of it. The client checks its own links
+//! (upload); the server checks its side and sends `MORE_LINKS` (download).
 
 use crate::dial::Slot;
 use std::sync::atomic::AtomicU64;
@@ -58,7 +58,10 @@ pub(crate) async fn run(template: Slot, links: Links) {
     }
     let driver = template.driver.clone();
     loop {
-        tokio::time::sleep(TICK).await;
+        let asked = tokio::select! {
+            () = tokio::time::sleep(TICK) => false,
+            () = driver.more_links_wanted() => true,
+        };
         if links.max == links.min {
             continue;
         }
@@ -72,8 +75,12 @@ pub(crate) async fn run(template: Slot, links: Links) {
         };
         let dialing = slots.iter().any(|s| s.link.load(Relaxed) == 0);
         let all_busy = slots.iter().all(|s| busy(s.link.load(Relaxed)));
-        if slots.len() < usize::from(links.max) && !dialing && all_busy && driver.wants_transmit() {
-            debug!(links = slots.len() + 1, "every link busy: opening another");
+        let grow = asked || (all_busy && driver.wants_transmit());
+        if slots.len() < usize::from(links.max) && !dialing && grow {
+            debug!(
+                links = slots.len() + 1,
+                asked, "every link busy: opening another"
+            );
             spawn(&mut slots);
             continue;
         }

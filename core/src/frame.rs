@@ -24,6 +24,7 @@ pub const MAX_SERVICE_NAME: usize = 255;
 const PING: u8 = 0x01;
 const PONG: u8 = 0x02;
 const CLOSE: u8 = 0x03;
+const MORE_LINKS: u8 = 0x04;
 const OPEN: u8 = 0x10;
 const DATA: u8 = 0x11;
 const DATA_FIN: u8 = 0x12;
@@ -41,6 +42,9 @@ pub enum Frame {
     Pong(u64),
     /// The sender is closing this link on purpose.
     Close(u16),
+    /// Server to client: every link is busy and data is waiting; open another link if the
+    /// client's `links.max` allows.
+    MoreLinks,
     /// Opens a stream to a named service (client to server).
     Open {
         /// The new stream.
@@ -127,6 +131,7 @@ impl Frame {
             PING => Frame::Ping(take_u64(buf, "PING")?),
             PONG => Frame::Pong(take_u64(buf, "PONG")?),
             CLOSE => Frame::Close(take_u16(buf, "CLOSE")?),
+            MORE_LINKS => Frame::MoreLinks,
             OPEN => {
                 let stream = StreamId(take_u64(buf, "OPEN")?);
                 let len = usize::from(take_u8(buf, "OPEN")?);
@@ -183,6 +188,7 @@ impl Frame {
         match self {
             Frame::Ping(_) | Frame::Pong(_) => 9,
             Frame::Close(_) => 3,
+            Frame::MoreLinks => 1,
             Frame::Open { service, .. } => 10 + service.len(),
             Frame::Data { data, .. } => DATA_HEADER + data.len(),
             Frame::Reset { .. } => 19,
@@ -204,6 +210,7 @@ impl Frame {
                 out.put_u8(PONG);
                 out.put_u64(*t);
             }
+            Frame::MoreLinks => out.put_u8(MORE_LINKS),
             Frame::Close(code) => {
                 out.put_u8(CLOSE);
                 out.put_u16(*code);
@@ -300,6 +307,7 @@ mod tests {
             Frame::Ping(1),
             Frame::Pong(u64::MAX),
             Frame::Close(9),
+            Frame::MoreLinks,
             Frame::Open {
                 stream: s,
                 service: "game".into(),

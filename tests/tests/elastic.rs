@@ -1,5 +1,5 @@
 //! Elastic links: a client configured with `links.min < links.max` opens more links while a
-//! bulk upload keeps every link busy, and the data still arrives intact. Links go through a
+//! bulk upload or download keeps every link busy, and the data still arrives intact. Links go through a
 //! relay that throttles each TCP connection, as some long-haul paths do, so one link is the
 //! bottleneck and more links help.
 
@@ -12,6 +12,17 @@ use wanmux_tests::harness::{app_server, configs, point_client_at, transfer, with
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_upload_grows_the_link_pool_up_to_max() {
+    grows(48 << 20, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_download_grows_the_link_pool_up_to_max() {
+    grows(0, 48 << 20).await;
+}
+
+/// Moves `up` and `down` bytes through a per-connection throttle with `links = 1..=3` and
+/// checks that the pool grew, stayed within max, and the data is intact.
+async fn grows(up: u64, down: u64) {
     within(Duration::from_secs(120), async {
         let mut app = app_server().await;
         let (server_cfg, mut client_cfg) = configs(Auth::Psk, app.addr, 1);
@@ -23,15 +34,16 @@ async fn a_busy_upload_grows_the_link_pool_up_to_max() {
         client.wait_for_links(1).await;
         assert_eq!(client.live_links(), 1);
         let addr = client.first_addr();
-        let upload = tokio::spawn(transfer(addr, 48 << 20, 0, 3));
+        let moving = tokio::spawn(transfer(addr, up, down, 3));
         let mut most = 1;
-        while !upload.is_finished() {
+        while !moving.is_finished() {
             most = most.max(client.live_links());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let c = upload.await.unwrap().unwrap();
+        let c = moving.await.unwrap().unwrap();
         let a = app.results.recv().await.unwrap();
         assert_eq!(c.sent, a.received);
+        assert_eq!(a.sent, c.received);
         assert!(most >= 2, "the pool never grew (at most {most} links)");
         assert!(most <= 3, "the pool grew past max ({most} links)");
         client.shutdown();

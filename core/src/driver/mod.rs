@@ -57,6 +57,8 @@ struct Shared {
     links_changed: Notify,
     /// Wakes the link tasks when the session is closed.
     closing: Notify,
+    /// Wakes the client's link pool: the server wants another link.
+    more_links: Notify,
     opened: mpsc::UnboundedSender<(StreamId, String)>,
 }
 
@@ -114,6 +116,7 @@ impl SessionDriver {
             timer: Notify::new(),
             links_changed: Notify::new(),
             closing: Notify::new(),
+            more_links: Notify::new(),
             opened: tx,
         });
         let driver = SessionDriver { shared };
@@ -156,6 +159,7 @@ impl SessionDriver {
                         w.writable.notify_one();
                     }
                 }
+                Event::MoreLinksWanted => self.shared.more_links.notify_one(),
                 Event::LinkTimedOut(id) => {
                     if let Some(k) = st.link_kills.get(&id) {
                         k.notify_one();
@@ -224,6 +228,28 @@ impl SessionDriver {
             .iter()
             .map(|(&id, &a)| (id, a))
             .collect()
+    }
+
+    /// Completes when the server asks for another link (client side).
+    pub async fn more_links_wanted(&self) {
+        self.shared.more_links.notified().await;
+    }
+
+    /// Server side: if every link has been busy for `after` and data is still waiting, asks
+    /// the client for another link. Called by busy link writers now and then.
+    pub(crate) fn check_saturation(&self, after: std::time::Duration) {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let saturated = !st.activity.is_empty()
+            && st
+                .activity
+                .values()
+                .all(|a| a.busy && now - a.since >= after)
+            && st.session.wants_transmit();
+        if saturated {
+            st.session.request_more_links();
+            self.after(&mut st);
+        }
     }
 
     /// Whether the session has data or control frames waiting for a link.

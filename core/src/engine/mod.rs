@@ -89,6 +89,9 @@ pub enum Event {
     StreamReadable(StreamId),
     /// Send capacity opened up, or the stream was reset.
     StreamWritable(StreamId),
+    /// The server asks for another link: all of its links are busy and data is waiting
+    /// (client side; the client opens one if its `links.max` allows).
+    MoreLinksWanted,
     /// A link's ping went unanswered for too long (a blackholed path, a dead middlebox): the
     /// engine has removed it and queued what it carried for the other links. Close its socket.
     LinkTimedOut(LinkId),
@@ -321,6 +324,8 @@ impl Session {
                 Sent::Control(frame) => {
                     let keep = match &frame {
                         Frame::Open { stream, .. } => self.streams.contains_key(stream),
+                        // A hint about load; the next check sends a fresh one if still needed.
+                        Frame::MoreLinks => false,
                         _ => true,
                     };
                     if keep {
@@ -378,6 +383,11 @@ impl Session {
                 }
             }
             Frame::Close(_) => self.remove_link(now, link),
+            Frame::MoreLinks => {
+                if self.role == Role::Client {
+                    self.events.push_back(Event::MoreLinksWanted);
+                }
+            }
             Frame::Open { stream, service } => self.on_open(stream, service)?,
             Frame::Data {
                 stream,
@@ -906,6 +916,14 @@ impl Session {
             self.stream_reset(id, code);
             self.events.push_back(Event::StreamReadable(id));
             self.events.push_back(Event::StreamWritable(id));
+        }
+    }
+
+    /// Asks the client for another link (server side; a no-op on the client): called when every
+    /// link has been busy for a while and data is still waiting.
+    pub fn request_more_links(&mut self) {
+        if matches!(self.role, Role::Server(_)) && !self.control.contains(&Frame::MoreLinks) {
+            self.control.push_back(Frame::MoreLinks);
         }
     }
 
