@@ -135,6 +135,7 @@ cmd_up() {
     ip netns list | grep -qw "$NS_R" && die "lab $PREFIX is already up (lab.sh down first)"
     [[ -c /dev/net/tun ]] || die "no /dev/net/tun"
     mkdir -p "$RUN_DIR"
+    rm -f "$RUN_DIR"/link*.log "$RUN_DIR"/link*.spec
     link_bin >/dev/null
 
     # Router: forwards, no reverse-path filter (packets come back in on the TUNs), no redirects.
@@ -171,8 +172,11 @@ cmd_up() {
         ip -n "$NS_R" tuntap add dev "p${k}c" mode tun
         ip -n "$NS_R" tuntap add dev "p${k}s" mode tun
         start_link "$k" "${specs[$((k - 1))]}" "$seed"
-        ip -n "$NS_R" link set "p${k}c" up
-        ip -n "$NS_R" link set "p${k}s" up
+        # The TUN's transmit queue is the emulator's input ring: make it deep enough that bursts
+        # (TSO-sized, or while the emulator thread waits for a core) are not dropped before the
+        # emulator sees them. In steady state below the ceiling it stays empty.
+        ip -n "$NS_R" link set "p${k}c" txqueuelen "${WANLAB_TXQLEN:-10000}" up
+        ip -n "$NS_R" link set "p${k}s" txqueuelen "${WANLAB_TXQLEN:-10000}" up
         # Client -> server K enters path K's client-side TUN; server K -> client enters its
         # server-side TUN. What the emulator writes back into a TUN is routed by the main table.
         ip -n "$NS_R" route add "$net.0/24" dev "p${k}c" table 100
@@ -222,17 +226,20 @@ cmd_status() {
         echo "lab $PREFIX is down"
         return 0
     }
-    local f pid
+    local f pid k
     for f in "$RUN_DIR"/link*.pid; do
         [[ -e $f ]] || continue
         pid=$(cat "$f")
         kill -USR1 "$pid" 2>/dev/null || echo "${f##*/}: not running"
     done
     sleep 0.2
-    for f in "$RUN_DIR"/link*.log; do
+    for f in "$RUN_DIR"/link*.pid; do
         [[ -e $f ]] || continue
-        echo "== ${f##*/} (spec: $(cat "${f%.log}.spec"))"
-        tail -n 4 "$f"
+        f=${f%.pid}
+        echo "== ${f##*/}.log (spec: $(cat "$f.spec"))"
+        tail -n 2 "$f.log"
+        k=${f##*/link}
+        echo "dropped in front of the emulator (TUN queue full): up $(ip netns exec "$NS_R" cat "/sys/class/net/p${k}c/statistics/tx_dropped"), down $(ip netns exec "$NS_R" cat "/sys/class/net/p${k}s/statistics/tx_dropped")"
     done
 }
 
