@@ -342,6 +342,8 @@ cmd_run() {
                 "$(printf '%s\n' "${runs[@]}" | median)" "${retrans[*]}"
         done
     done
+    echo "emulator counters over all runs:"
+    cmd_status | grep -E '^(==|up|down|dropped)' || true
 }
 
 # RTT statistics of COUNT pings at INTERVAL from the client to server K: "LOSS% MIN AVG MAX MDEV".
