@@ -99,7 +99,7 @@ start_link() {
     echo "$pid" >"$RUN_DIR/link$k.pid"
     echo "$spec" >"$RUN_DIR/link$k.spec"
     for _ in $(seq 50); do
-        grep -q "running" "$RUN_DIR/link$k.log" && return 0
+        grep -qs "running" "$RUN_DIR/link$k.log" && return 0
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
