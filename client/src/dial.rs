@@ -58,6 +58,8 @@ pub(crate) struct Slot {
     pub(crate) auth: ClientAuth,
     pub(crate) link_seq: u32,
     pub(crate) handshake_timeout: Duration,
+    /// TCP congestion control for the link sockets (`links.congestion`).
+    pub(crate) congestion: Option<String>,
 }
 
 impl Slot {
@@ -131,6 +133,11 @@ impl Slot {
         let tcp = tokio::time::timeout(self.handshake_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| noise::LinkError::Timeout)??;
+        if let Some(cc) = &self.congestion {
+            if let Err(e) = noise::set_congestion(&tcp, cc) {
+                warn!(congestion = %cc, error = %e, "cannot set the link's congestion control");
+            }
+        }
         let hello = ClientHello {
             session_id: lock(&self.state).id.0,
             link_seq: self.link_seq,

@@ -147,6 +147,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             auth: dial::noise_auth(hs),
             link_seq: 0,
             handshake_timeout: config.handshake_timeout,
+            congestion: config.congestion.clone(),
         };
         tasks.push(tokio::spawn(
             pool::run(template, config.links).instrument(span.clone()),

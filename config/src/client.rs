@@ -34,6 +34,10 @@ pub struct ClientConfig {
     pub links: Links,
     /// Per-session limits (`[limits]`).
     pub limits: Limits,
+    /// TCP congestion control for this end's links (`links.congestion`), e.g. `bbr` or `cubic`; `None`
+    /// keeps the system default. On a lossy long path a loss-based algorithm (cubic) collapses
+    /// while `bbr` keeps its rate. A name the kernel does not have is logged and ignored.
+    pub congestion: Option<String>,
     /// Local ports and the service each one is forwarded to (`[[map]]`). Non-empty, listen
     /// addresses unique.
     pub maps: Vec<PortMap>,
@@ -201,6 +205,7 @@ impl ClientConfig {
             drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
             links: Links::default(),
             limits: Limits::default(),
+            congestion: None,
             maps,
         }
     }
@@ -261,6 +266,13 @@ impl ClientConfig {
         }
         if let Some(m) = common::timeout_problem(self.session_grace) {
             errs.push("client.session_grace_ms", None, m);
+        }
+        if let Some(m) = self
+            .congestion
+            .as_deref()
+            .and_then(common::congestion_problem)
+        {
+            errs.push("links.congestion", None, m);
         }
         if let Some(m) = common::timeout_problem(self.drain_timeout) {
             errs.push("client.drain_timeout_ms", None, m);
@@ -342,6 +354,7 @@ struct RawNode {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLinks {
+    congestion: Option<Spanned<String>>,
     count: Option<Spanned<i64>>,
     min: Option<Spanned<i64>>,
     max: Option<Spanned<i64>>,
@@ -390,6 +403,9 @@ impl RawClientFile {
             base_dir,
         );
         let links = convert_links(self.links.as_ref(), errs);
+        let congestion = self.links.as_ref().and_then(|l| {
+            common::congestion(errs, "links.congestion", l.get_ref().congestion.as_ref())
+        });
         let limits = RawLimits::convert(self.limits.as_ref(), errs);
         let maps = convert_maps(self.map.as_deref().unwrap_or_default(), errs);
         Some(ClientConfig {
@@ -399,6 +415,7 @@ impl RawClientFile {
             drain_timeout,
             links: links?,
             limits,
+            congestion,
             maps: maps?,
         })
     }

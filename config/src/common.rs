@@ -557,3 +557,28 @@ pub(crate) fn duplicates<K: Eq + std::hash::Hash>(
         }
     }
 }
+
+/// Why a congestion control name cannot be one: the kernel's names are short lowercase words.
+pub(crate) fn congestion_problem(name: &str) -> Option<String> {
+    let ok = (1..=15).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    (!ok).then(|| format!("{name:?} is not a congestion control name (like \"bbr\" or \"cubic\")"))
+}
+
+/// Converts an optional congestion control name.
+pub(crate) fn congestion(
+    errs: &mut Collector<'_>,
+    key: &str,
+    v: Option<&Spanned<String>>,
+) -> Option<String> {
+    let v = v?;
+    match congestion_problem(v.get_ref()) {
+        None => Some(v.get_ref().clone()),
+        Some(m) => {
+            errs.push(key, Some(v.span()), m);
+            None
+        }
+    }
+}

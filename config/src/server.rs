@@ -38,6 +38,10 @@ pub struct ServerConfig {
     pub connect_timeout: Duration,
     /// Per-session limits (`[limits]`).
     pub limits: Limits,
+    /// TCP congestion control for this end's links (`server.congestion`), e.g. `bbr` or `cubic`; `None`
+    /// keeps the system default. On a lossy long path a loss-based algorithm (cubic) collapses
+    /// while `bbr` keeps its rate. A name the kernel does not have is logged and ignored.
+    pub congestion: Option<String>,
     /// The services clients may open, by name (`[[service]]`). Non-empty, names unique. The
     /// server connects to nothing else.
     pub services: Vec<Service>,
@@ -99,6 +103,7 @@ impl ServerConfig {
             drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             limits: Limits::default(),
+            congestion: None,
             services,
         }
     }
@@ -147,6 +152,13 @@ impl ServerConfig {
         }
         if let Some(m) = common::timeout_problem(self.session_grace) {
             errs.push("server.session_grace_ms", None, m);
+        }
+        if let Some(m) = self
+            .congestion
+            .as_deref()
+            .and_then(common::congestion_problem)
+        {
+            errs.push("server.congestion", None, m);
         }
         if let Some(m) = common::timeout_problem(self.drain_timeout) {
             errs.push("server.drain_timeout_ms", None, m);
@@ -222,6 +234,7 @@ struct RawServer {
     handshake_timeout_ms: Option<Spanned<i64>>,
     session_grace_ms: Option<Spanned<i64>>,
     drain_timeout_ms: Option<Spanned<i64>>,
+    congestion: Option<Spanned<String>>,
     connect_timeout_ms: Option<Spanned<i64>>,
 }
 
@@ -284,6 +297,7 @@ impl RawServerFile {
             s.connect_timeout_ms.as_ref(),
             ServerConfig::DEFAULT_CONNECT_TIMEOUT,
         );
+        let congestion = common::congestion(errs, "server.congestion", s.congestion.as_ref());
         let auth = s.convert_auth(errs, base_dir, &table);
 
         Some(ServerConfig {
@@ -295,6 +309,7 @@ impl RawServerFile {
             drain_timeout,
             connect_timeout,
             limits,
+            congestion,
             services: services?,
         })
     }

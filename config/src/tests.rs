@@ -935,3 +935,26 @@ fn host_port_forms() {
     assert!(HostPort::new("ok", 0).is_err());
     assert_eq!(ServiceName::new("").unwrap_err(), ServiceNameError::Empty);
 }
+
+#[test]
+fn congestion_control_names() {
+    let c = client(&format!(
+        "{}[links]\ncongestion = \"bbr\"\n",
+        static_client()
+    ))
+    .unwrap();
+    assert_eq!(c.congestion.as_deref(), Some("bbr"));
+    let e = one_error(client(&format!(
+        "{}[links]\ncongestion = \"BBR; rm\"\n",
+        static_client()
+    )));
+    assert_eq!((e.key.as_str(), e.line), ("links.congestion", Some(13)));
+    let mut cfg = client(&static_client()).unwrap();
+    assert_eq!(cfg.congestion, None);
+    cfg.congestion = Some(String::new());
+    let errs = cfg.validate().unwrap_err();
+    assert_eq!(
+        errs.iter().next().map(|e| e.key.as_str()),
+        Some("links.congestion")
+    );
+}

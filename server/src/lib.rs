@@ -90,6 +90,13 @@ impl ServerHandle {
 pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     let listener = TcpListener::bind(config.listen).await?;
     let local_addr = listener.local_addr()?;
+    if let Some(cc) = &config.congestion {
+        // Accepted sockets inherit the listener's congestion control.
+        let sock = socket2::SockRef::from(&listener);
+        if let Err(e) = sock.set_tcp_congestion(cc.as_bytes()) {
+            warn!(congestion = %cc, error = %e, "cannot set the links' congestion control; using the system default");
+        }
+    }
     let auth = server_auth(&config.auth);
     let sessions = Arc::new(Sessions::new(config));
     info!(listen = %local_addr, node = sessions.node_id(), "wanmux-server listening");

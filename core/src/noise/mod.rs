@@ -176,6 +176,21 @@ pub enum LinkError {
     Misuse(&'static str),
 }
 
+/// Sets the TCP congestion control of a link's socket (`bbr`, `cubic`, ...). Linux only; the
+/// name must be one the kernel has (`net.ipv4.tcp_available_congestion_control`).
+pub fn set_congestion(tcp: &TcpStream, name: &str) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return socket2::SockRef::from(tcp).set_tcp_congestion(name.as_bytes());
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (tcp, name);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "congestion control is set on Linux only",
+        ))
+    }
+}
+
 /// Sets the socket options every link wants: `TCP_NODELAY`, and on Linux and Android
 /// `TCP_NOTSENT_LOWAT` = [`NOTSENT_LOWAT`] so unsent data does not pile up in the kernel where
 /// the scheduler cannot see it. Other systems (macOS has the option too) get `TCP_NODELAY` only:
