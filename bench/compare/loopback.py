@@ -218,8 +218,9 @@ class Contender:
     logs: list[Path] = field(default_factory=list)
     dead: str | None = None  # why it stopped being measured
 
-    def cpu_seconds(self) -> float:
-        return sum(proc_cpu_seconds(p.pid) for _, p in self.tunnel)
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds so far of each tunnel process, by name."""
+        return {name: proc_cpu_seconds(p.pid) for name, p in self.tunnel}
 
     def check_alive(self) -> str | None:
         for name, p in self.tunnel:
@@ -368,6 +369,7 @@ class Sample:
     p99_us: float | None = None
     tunnel_cpu_s: float | None = None
     cpu_s_per_gb: float | None = None
+    cpu_s_per_gb_by_proc: dict[str, float] | None = None
     wall_s: float | None = None
     bench_cpu_s: float | None = None  # the bench client's own CPU (rusage)
     foreign_cores: float | None = None  # average cores used by processes not ours
@@ -381,7 +383,7 @@ def run_bench(bench: Path, c: Contender, test: str, rep: int, args, ours_cpu) ->
         streams = "1" if test == "p1" else "8"
         argv = [str(bench), "client", "--connect", c.addr, "-t", str(args.time), "-P", streams, "--json"]
         limit = args.time + 90.0
-    def tunnel_cpu() -> float | None:
+    def tunnel_cpu() -> dict[str, float] | None:
         try:
             return c.cpu_seconds() if c.tunnel else None
         except OSError:  # a tunnel process is gone; the next check_alive() reports it
@@ -405,7 +407,9 @@ def run_bench(bench: Path, c: Contender, test: str, rep: int, args, ours_cpu) ->
     busy = system_busy_seconds() - busy0
     PROCS.procs.remove((f"wanmux-bench {test} via {c.name}", p))
     cpu1 = tunnel_cpu()
-    cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
+    by_proc = ({k: cpu1[k] - cpu0[k] for k in cpu1}
+               if cpu0 is not None and cpu1 is not None else None)
+    cpu = sum(by_proc.values()) if by_proc is not None else None
     ours = ours_cpu() - ours0
     s = Sample(c.name, test, rep, ok=False, status=p.returncode, wall_s=wall, bench_cpu_s=bench_cpu)
     # Busy CPU not spent by the tunnels, the bench server, this script or the bench client: that
@@ -433,6 +437,7 @@ def run_bench(bench: Path, c: Contender, test: str, rep: int, args, ours_cpu) ->
         s.bytes = j["received_bytes"]
         if cpu is not None and s.bytes:
             s.cpu_s_per_gb = cpu / (s.bytes / 1e9)
+            s.cpu_s_per_gb_by_proc = {k: v / (s.bytes / 1e9) for k, v in by_proc.items()}
     return s
 
 
@@ -476,6 +481,8 @@ def summarize(contenders: list[str], samples: list[Sample], skipped: dict[str, s
             r[test + "_tried"] = any(s.test == test for s in mine)
             r[test + "_all"] = [round(s.gbps, 3) for s in ok]
             r[test + "_cpu"] = median([s.cpu_s_per_gb for s in ok if s.cpu_s_per_gb is not None])
+            procs = [s.cpu_s_per_gb_by_proc for s in ok if s.cpu_s_per_gb_by_proc]
+            r[test + "_cpu_by_proc"] = {k: median([pp[k] for pp in procs]) for k in (procs[0] if procs else {})}
         rr = [s for s in mine if s.test == "rr" and s.ok]
         r["p50"] = median([s.p50_us for s in rr])
         r["p99"] = median([s.p99_us for s in rr])
@@ -820,6 +827,14 @@ def main() -> int:
         report += ["", "Failures:", *fails]
     if log_notes:
         report += ["", "Tunnel log warnings:", *[f"- {n}" for n in log_notes]]
+    split = []
+    for n in rows:
+        a, b = rows[n]["p1_cpu_by_proc"], rows[n]["p8_cpu_by_proc"]
+        if a or b:
+            parts = [f"{k} {fmt(a.get(k), '.2f')} / {fmt(b.get(k), '.2f')}" for k in (a or b)]
+            split.append(f"{n}: " + ", ".join(parts))
+    if split:
+        report += ["", "CPU s/GB by tunnel end, 1 / 8 streams (medians): " + "; ".join(split) + "."]
     spread = []
     for n in rows:
         for t in ("p1", "p8"):
