@@ -1,5 +1,6 @@
 //! Test harness for wanmux: the seeded simulation and helpers for real-socket tests.
 #![forbid(unsafe_code)]
 
+pub mod fault;
 pub mod harness;
 pub mod sim;

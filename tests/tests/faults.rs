@@ -1,0 +1,555 @@
+//! Link faults on real sockets: links go through a fault-injecting relay
+//! ([`wanmux_tests::fault`]) that resets, stalls or blackholes them mid-transfer. Streams must
+//! survive every fault that a link can recover from within the session grace, with every byte
+//! intact (hashes, both directions), and end cleanly on both sides when the grace runs out.
+//!
+//! The tests' runtimes have four worker threads, not the two of the other suites: a link that
+//! its engine times out can pin a worker until the link's task runs elsewhere (see
+//! `one_link_stalled_past_the_ping_timeout_recovers`); with a client and a server in one
+//! process both can do so at once, and two workers would then freeze. Back to two once fixed.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use wanmux_tests::fault::{relayed_tunnel, Links};
+use wanmux_tests::harness::{
+    add_map, add_service, drain_end, eventually, transfer, within, Auth, ClientResult, Hashed,
+    ReadEnd, Tunnel,
+};
+
+const MIB: u64 = 1 << 20;
+const IK: Auth = Auth::Static { psk: false };
+
+/// Checks a finished transfer against the application server's result for it.
+async fn check_result(t: &mut Tunnel, c: ClientResult, seed: u64, up: u64, down: u64) {
+    let a = tokio::time::timeout(Duration::from_secs(30), t.app.results.recv())
+        .await
+        .expect("app server result in time")
+        .expect("app server alive");
+    assert_eq!(a.seed, seed, "result of another connection");
+    assert_eq!((c.sent.bytes, c.received.bytes), (up, down), "byte counts");
+    assert_eq!(c.sent, a.received, "upload: sent vs received");
+    assert_eq!(a.sent, c.received, "download: sent vs received");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_links_one_by_one_loses_nothing_256mib_both_ways() {
+    within(Duration::from_secs(120), async {
+        let (mut t, relay) = relayed_tunnel(IK, 4, |_, _| {}).await;
+        let (up, down, seed) = (256 * MIB, 256 * MIB, 11);
+        let started = Instant::now();
+        let running = tokio::spawn(transfer(t.addr(), up, down, seed));
+        let mut kills = 0;
+        while !running.is_finished() {
+            // Kill only while all four links are up, so at most one is down at any time.
+            if t.client.live_links() < 4 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            let Some(&oldest) = relay.open_links().first() else {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            };
+            relay.reset(Links::One(oldest));
+            kills += 1;
+            let noticed = eventually(Duration::from_secs(5), || t.client.live_links() < 4).await;
+            assert!(noticed, "the client did not notice a reset link");
+            // Let the three survivors and the redialled link carry data for a while.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let c = running.await.unwrap().expect("transfer survives the kills");
+        let took = started.elapsed();
+        check_result(&mut t, c, seed, up, down).await;
+        println!(
+            "256 MiB each way over 4 links, {kills} links killed one by one: {took:?}, \
+             {} connections accepted by the relay",
+            relay.accepted()
+        );
+        assert!(
+            kills >= 4,
+            "only {kills} kills during the transfer: every link should die at least once"
+        );
+        assert_eq!(t.app.accepted(), 1, "the application connection was redone");
+        assert_eq!(t.server.session_count(), 1, "the session was not resumed");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blackholing_every_link_for_5s_then_restoring_loses_nothing() {
+    within(Duration::from_secs(60), async {
+        let (mut t, relay) = relayed_tunnel(IK, 4, |_, c| {
+            // Dials into the blackhole give up after a second, not the default ten.
+            c.handshake_timeout = Duration::from_secs(1);
+        })
+        .await;
+        let (up, down, seed) = (32 * MIB, 32 * MIB, 21);
+        let gate = Gate::new();
+        let running = tokio::spawn(gated_transfer(
+            t.addr(),
+            up,
+            down,
+            seed,
+            8 * MIB,
+            gate.clone(),
+        ));
+        gate.wait_paused().await;
+        let accepted = relay.accepted();
+
+        // Every link and every redial goes into the blackhole, with the transfer running.
+        relay.blackhole(Links::All);
+        let blackholed = Instant::now();
+        gate.open();
+        let dead = eventually(Duration::from_secs(5), || t.client.live_links() == 0).await;
+        let detected = blackholed.elapsed();
+        assert!(dead, "links still up after 5 s in a blackhole");
+        assert!(
+            detected >= Duration::from_secs(2),
+            "links declared dead after {detected:?}, before the 2 s minimum"
+        );
+        tokio::time::sleep_until((blackholed + Duration::from_secs(5)).into()).await;
+        assert!(
+            !running.is_finished(),
+            "the transfer finished in a blackhole"
+        );
+        assert_eq!(
+            t.client.live_links(),
+            0,
+            "a link came up through the blackhole"
+        );
+
+        relay.restore(Links::All);
+        let restored = Instant::now();
+        let c = running
+            .await
+            .unwrap()
+            .expect("transfer survives the blackhole");
+        let recovered = restored.elapsed();
+        check_result(&mut t, c, seed, up, down).await;
+        println!(
+            "blackhole: links dead after {detected:?}, transfer done {recovered:?} after \
+             restore, {} redials",
+            relay.accepted() - accepted
+        );
+        assert!(relay.accepted() > accepted, "the client never redialled");
+        assert_eq!(t.app.accepted(), 1, "the application connection was redone");
+        assert_eq!(t.server.session_count(), 1, "the session was not resumed");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stall_shorter_than_the_ping_timeout_kills_no_link() {
+    within(Duration::from_secs(60), async {
+        let (mut t, relay) = relayed_tunnel(IK, 4, |_, _| {}).await;
+        let (up, down, seed) = (32 * MIB, 32 * MIB, 31);
+        let gate = Gate::new();
+        let running = tokio::spawn(gated_transfer(
+            t.addr(),
+            up,
+            down,
+            seed,
+            8 * MIB,
+            gate.clone(),
+        ));
+        gate.wait_paused().await;
+        relay.stall(Links::All);
+        gate.open();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !running.is_finished(),
+            "the transfer finished through a stall"
+        );
+        relay.resume(Links::All);
+        let c = running.await.unwrap().expect("transfer survives the stall");
+        check_result(&mut t, c, seed, up, down).await;
+        assert_eq!(
+            relay.accepted(),
+            4,
+            "a link was redialled after a 1 s stall"
+        );
+        assert_eq!(t.client.live_links(), 4);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exceeding_the_grace_period_closes_both_ends_and_frees_the_session() {
+    const SERVER_GRACE: Duration = Duration::from_millis(1500);
+    const CLIENT_GRACE: Duration = Duration::from_millis(1000);
+    within(Duration::from_secs(60), async {
+        let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let raw_addr = raw.local_addr().unwrap();
+        let (mut t, relay) = relayed_tunnel(IK, 2, |s, c| {
+            s.session_grace = SERVER_GRACE;
+            c.session_grace = CLIENT_GRACE;
+            c.handshake_timeout = Duration::from_millis(500);
+            add_service(s, "raw", raw_addr);
+            add_map(c, "raw");
+        })
+        .await;
+        let (mut near, mut far) = raw_pair(&t, &raw).await;
+        assert_eq!(t.server.session_count(), 1);
+
+        // Every link (and every redial) stalls for longer than both graces. Both ends write,
+        // so each engine has something unconfirmed on a link and pings it.
+        relay.stall(Links::All);
+        let stalled = Instant::now();
+        near.write_all(&[1; 1024]).await.unwrap();
+        far.write_all(&[2; 1024]).await.unwrap();
+        let (near_end, far_end) = tokio::join!(
+            async {
+                let end = drain_end(&mut near, Duration::from_secs(20)).await;
+                (end, stalled.elapsed())
+            },
+            async {
+                let end = drain_end(&mut far, Duration::from_secs(20)).await;
+                (end, stalled.elapsed())
+            },
+        );
+        println!("stall: client app side {near_end:?}, server app side {far_end:?}");
+        for (side, (end, at)) in [("client", near_end), ("server", far_end)] {
+            assert!(
+                matches!(end, ReadEnd::Reset | ReadEnd::Eof),
+                "{side} application side after the grace: {end:?}"
+            );
+            // A link is declared dead after 2 s at least; the grace runs after that.
+            assert!(
+                at >= Duration::from_secs(2) + CLIENT_GRACE,
+                "{side} application side closed after {at:?}, within the grace"
+            );
+        }
+        assert!(
+            eventually(Duration::from_secs(1), || t.server.session_count() == 0).await,
+            "the server still holds the session"
+        );
+        assert_eq!(t.server.stream_count(), 0);
+        assert_eq!(t.client.stream_count(), 0);
+
+        // Dials that began under the old session id (stalled in their handshake) have timed out
+        // before the path comes back; see `a_dial_begun_before_the_client_gave_up_does_not_join`.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+
+        // The path comes back: the client starts a new session and new connections work.
+        relay.resume(Links::All);
+        let resumed = Instant::now();
+        assert!(
+            eventually(Duration::from_secs(15), || t.client.live_links() == 2).await,
+            "links did not come back"
+        );
+        t.check_transfer(MIB, MIB, 41).await;
+        println!(
+            "new session working {:?} after the stall ended",
+            resumed.elapsed()
+        );
+        assert_eq!(t.server.session_count(), 1);
+    })
+    .await;
+}
+
+/// One link, stalled past the ping timeout while both ends have frames in flight: both engines
+/// declare the link dead and queue its frames again, the client redials once the path is back,
+/// and the connection carries on, bytes intact.
+///
+/// Runs on its own one-worker runtime (what `#[tokio::main]` gives a daemon on a one-core
+/// machine) under a watchdog thread, because the bug it shows freezes the runtime, timers
+/// included, so [`within`] cannot fire. On two workers it freezes in most runs, when both ends
+/// time the link out at once.
+#[test]
+#[ignore = "bug: a link the engine timed out keeps its writer registered as idle; after() wakes \
+            it for the requeued frames, poll_transmit gives it nothing, and it re-wakes itself \
+            forever without yielding, pinning a worker thread (here the only one)"]
+fn one_link_stalled_past_the_ping_timeout_recovers() {
+    watchdog(1, Duration::from_secs(15), async {
+        let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let raw_addr = raw.local_addr().unwrap();
+        let (t, relay) = relayed_tunnel(IK, 1, |s, c| {
+            add_service(s, "raw", raw_addr);
+            add_map(c, "raw");
+        })
+        .await;
+        let (mut near, mut far) = raw_pair(&t, &raw).await;
+        relay.stall(Links::All);
+        near.write_all(&[1; 1024]).await.unwrap();
+        far.write_all(&[2; 1024]).await.unwrap();
+        // Past the 2 s ping timeout on both ends.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        relay.resume(Links::All);
+        let mut buf = [0u8; 1024];
+        near.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, [2; 1024]);
+        far.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, [1; 1024]);
+        assert!(relay.accepted() > 1, "the link was not redialled");
+    });
+}
+
+/// The server's grace runs out while the client still believes in a link: the client's link is
+/// idle, so it finds out that it is dead only at its next keepalive ping (10 s), while the
+/// server, which had data in flight, found out after 2 s. When the path comes back in between,
+/// the client redials under its old session id; the server has dropped that session, starts a
+/// new one under the same id and answers with the same epoch (it depends only on the key, the
+/// id and the server process), so the client takes it for its old session. Its open connection
+/// must still be closed: the server reset the other end long ago.
+#[test]
+#[ignore = "bug: a session the server expired is resumed by the client under the same id and \
+            epoch; the client's connection then hangs forever instead of being reset"]
+fn a_session_the_server_expired_is_not_resumed() {
+    watchdog(2, Duration::from_secs(30), async {
+        let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let raw_addr = raw.local_addr().unwrap();
+        let (t, relay) = relayed_tunnel(IK, 1, |s, c| {
+            s.session_grace = Duration::from_millis(1500);
+            c.session_grace = Duration::from_millis(1000);
+            add_service(s, "raw", raw_addr);
+            add_map(c, "raw");
+        })
+        .await;
+        let (mut near, mut far) = raw_pair(&t, &raw).await;
+        // Let the client's last ack be confirmed, so that it has nothing in flight.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        // Only the server side has something in flight, so only the server pings.
+        relay.stall(Links::All);
+        far.write_all(&[2; 1024]).await.unwrap();
+        let end = drain_end(&mut far, Duration::from_secs(10)).await;
+        assert!(
+            matches!(end, ReadEnd::Reset | ReadEnd::Eof),
+            "server side: {end:?}"
+        );
+        assert!(
+            eventually(Duration::from_secs(1), || t.server.session_count() == 0).await,
+            "the server still holds the session"
+        );
+        assert_eq!(
+            t.client.live_links(),
+            1,
+            "the client already saw its link die"
+        );
+
+        // The path comes back before the client's own ping timeout.
+        relay.resume(Links::All);
+        let end = drain_end(&mut near, Duration::from_secs(5)).await;
+        assert!(
+            matches!(end, ReadEnd::Reset | ReadEnd::Eof),
+            "client side of a connection whose server side is gone: {end:?}"
+        );
+    });
+}
+
+/// The client gives up on its session (no link for its grace) while a redial, begun under the
+/// old session id, is stuck in its handshake. When that handshake completes after all, the link
+/// belongs to the old id at the server, yet the client takes it into its new session (it has no
+/// epoch yet to compare with). A later redial under the new id then reaches another server
+/// session with another epoch, and the client resets every connection as if the server had
+/// restarted; with two slots both can also be up at once, each in another server session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "bug: a dial begun under the old session id before the client gave up on it joins \
+            the new session; the next redial (new id) then resets every connection"]
+async fn a_dial_begun_before_the_client_gave_up_does_not_join() {
+    within(Duration::from_secs(60), async {
+        let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let raw_addr = raw.local_addr().unwrap();
+        let (t, relay) = relayed_tunnel(IK, 2, |s, c| {
+            s.session_grace = Duration::from_millis(1500);
+            c.session_grace = Duration::from_millis(1000);
+            // Default handshake timeout (10 s): redials stay stuck in the stall until it ends.
+            add_service(s, "raw", raw_addr);
+            add_map(c, "raw");
+        })
+        .await;
+        let (mut near, mut far) = raw_pair(&t, &raw).await;
+        relay.stall(Links::All);
+        near.write_all(&[1; 1024]).await.unwrap();
+        far.write_all(&[2; 1024]).await.unwrap();
+        let (a, b) = tokio::join!(
+            drain_end(&mut near, Duration::from_secs(20)),
+            drain_end(&mut far, Duration::from_secs(20)),
+        );
+        assert!(
+            matches!(a, ReadEnd::Reset | ReadEnd::Eof),
+            "client side: {a:?}"
+        );
+        assert!(
+            matches!(b, ReadEnd::Reset | ReadEnd::Eof),
+            "server side: {b:?}"
+        );
+        assert!(eventually(Duration::from_secs(1), || t.server.session_count() == 0).await);
+
+        // The path comes back while redials under the old id are still in their handshakes.
+        relay.resume(Links::All);
+        assert!(eventually(Duration::from_secs(10), || t.client.live_links() == 2).await);
+        let (mut near, mut far) = raw_pair(&t, &raw).await;
+
+        // One link dies and is redialled: the session (and the connection) must carry on.
+        let first = relay.forwarding_links()[0];
+        relay.reset(Links::One(first));
+        assert!(eventually(Duration::from_secs(2), || t.client.live_links() < 2).await);
+        assert!(eventually(Duration::from_secs(10), || t.client.live_links() == 2).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let wrote = near.write_all(b"still").await;
+        let mut buf = [0u8; 5];
+        let got = tokio::time::timeout(Duration::from_secs(5), far.read_exact(&mut buf)).await;
+        assert!(
+            wrote.is_ok() && matches!(got, Ok(Ok(_))) && &buf == b"still",
+            "the connection did not survive a link reset: write {wrote:?}, read {got:?}"
+        );
+        assert_eq!(
+            t.server.session_count(),
+            1,
+            "the client is in two server sessions"
+        );
+    })
+    .await;
+}
+
+/// Runs `test` on a new runtime with `workers` worker threads, in its own thread, and fails if
+/// it does not finish within `limit`, even when the runtime is frozen and its own timers cannot
+/// fire.
+fn watchdog<F>(workers: usize, limit: Duration, test: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(test);
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the test failed"),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("the test did not finish within {limit:?}: the runtime is stuck")
+        }
+    }
+}
+
+/// A connection through the tunnel to the `raw` service and the application server's end of
+/// it, with a few bytes exchanged both ways.
+async fn raw_pair(t: &Tunnel, raw: &TcpListener) -> (TcpStream, TcpStream) {
+    let mut near = TcpStream::connect(t.addr_of("raw")).await.unwrap();
+    near.write_all(b"hello").await.unwrap();
+    let (mut far, _) = raw.accept().await.unwrap();
+    let mut buf = [0u8; 5];
+    far.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hello");
+    far.write_all(b"world").await.unwrap();
+    near.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"world");
+    (near, far)
+}
+
+/// Lets a test pause both directions of a transfer part way, act, then let it go on.
+#[derive(Clone)]
+struct Gate {
+    open: watch::Sender<bool>,
+    paused: Arc<AtomicUsize>,
+}
+
+impl Gate {
+    fn new() -> Self {
+        Gate {
+            open: watch::Sender::new(false),
+            paused: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Waits until both directions reached the gate.
+    async fn wait_paused(&self) {
+        let both = eventually(Duration::from_secs(30), || {
+            self.paused.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        assert!(both, "the transfer did not reach the gate");
+    }
+
+    fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Called by each direction at the gate.
+    async fn pass(&self) {
+        self.paused.fetch_add(1, Ordering::SeqCst);
+        let mut rx = self.open.subscribe();
+        let _ = rx.wait_for(|open| *open).await;
+    }
+}
+
+/// As [`transfer`], but each direction stops after `pause_at` bytes until `gate` opens: the
+/// upload stops writing, the download stops reading (so the tunnel's windows fill).
+async fn gated_transfer(
+    addr: std::net::SocketAddr,
+    up: u64,
+    down: u64,
+    seed: u64,
+    pause_at: u64,
+    gate: Gate,
+) -> std::io::Result<ClientResult> {
+    use rand::{RngCore, SeedableRng};
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (mut rd, mut wr) = tcp.into_split();
+    let mut header = [0u8; 16];
+    header[..8].copy_from_slice(&down.to_be_bytes());
+    header[8..].copy_from_slice(&seed.to_be_bytes());
+    wr.write_all(&header).await?;
+    let up_gate = gate.clone();
+    let writer = tokio::spawn(async move {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sent = 0;
+        let mut gated = false;
+        while sent < up {
+            if !gated && sent >= pause_at {
+                gated = true;
+                up_gate.pass().await;
+            }
+            let n = (up - sent).min(buf.len() as u64) as usize;
+            rng.fill_bytes(&mut buf[..n]);
+            hasher.update(&buf[..n]);
+            wr.write_all(&buf[..n]).await?;
+            sent += n as u64;
+        }
+        if !gated {
+            up_gate.pass().await;
+        }
+        wr.shutdown().await?;
+        Ok::<_, std::io::Error>(Hashed {
+            bytes: sent,
+            hash: hasher.finalize(),
+        })
+    });
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut received = 0u64;
+    let mut gated = false;
+    loop {
+        if !gated && received >= pause_at.min(down) {
+            gated = true;
+            gate.pass().await;
+        }
+        let n = rd.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        received += n as u64;
+    }
+    let sent = writer.await.expect("writer task")?;
+    Ok(ClientResult {
+        sent,
+        received: Hashed {
+            bytes: received,
+            hash: hasher.finalize(),
+        },
+    })
+}

@@ -1,0 +1,201 @@
+//! A slow reader slows its writer; it never grows memory. Two connections through one tunnel:
+//! on one the client's application writes as fast as it can while the application server reads
+//! 10 KiB/s, on the other the roles are swapped. After 3 s the writers stop; what they got into
+//! the tunnel must be bounded by the windows and the kernel's socket buffers, the process's
+//! resident memory must not have grown by more than the windows and some slack, and every byte
+//! must then arrive intact.
+//!
+//! Alone in its own test binary (one process), because it reads the process's resident memory,
+//! which tests running beside it would disturb.
+
+use rand::{RngCore, SeedableRng};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use wanmux_tests::harness::{
+    add_map, add_service, eventually, rss_kib, within, Auth, Hashed, Tunnel,
+};
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+/// The configured per-stream window (the engine's smallest) and session window.
+const STREAM_WINDOW: u64 = 256 * KIB;
+const SESSION_WINDOW: u64 = 16 * MIB;
+/// How long the writers write and the readers read slowly.
+const SLOW_FOR: Duration = Duration::from_secs(3);
+/// The slow readers read this much ...
+const SLOW_CHUNK: usize = 1024;
+/// ... this often: 10 KiB/s.
+const SLOW_EVERY: Duration = Duration::from_millis(100);
+/// What a writer may have got into the tunnel beyond what its reader took: the windows of both
+/// daemons, plus the kernel's buffers of the two application sockets on the way, which Linux
+/// grows to a few MiB each (`tcp_wmem`, `tcp_rmem`); about 12 MiB in all here. Without
+/// backpressure a writer on loopback moves gigabytes in 3 s.
+const IN_FLIGHT_MAX: u64 = 32 * MIB;
+/// Resident memory growth allowed while the writers push: each stream's send and receive
+/// windows on both daemons and a chunk in each stream task, plus allocator and runtime slack
+/// (about 2 MiB in all here). Unbounded buffering would grow by gigabytes.
+const RSS_SLACK_KIB: u64 = (2 * 2 * 2 * STREAM_WINDOW + 8 * MIB) / KIB;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_bound_buffering_in_both_directions() {
+    within(Duration::from_secs(60), async {
+        let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let raw_addr = raw.local_addr().unwrap();
+        let mut t = Tunnel::start_with(Auth::Static { psk: false }, 2, |s, c| {
+            for limits in [&mut s.limits, &mut c.limits] {
+                limits.stream_window = STREAM_WINDOW;
+                limits.session_window = SESSION_WINDOW;
+            }
+            add_service(s, "raw", raw_addr);
+            add_map(c, "raw");
+        })
+        .await;
+        // Warm up the data path, the allocator's arenas and the runtime.
+        t.check_transfer(8 * MIB, 8 * MIB, 1).await;
+        let before = rss_kib();
+
+        // Upload: the client's application writes, the application server reads slowly.
+        let (up_near, up_far) = pair(&t, &raw, b'U').await;
+        // Download: the application server writes, the client's application reads slowly.
+        let (down_near, down_far) = pair(&t, &raw, b'D').await;
+        assert_eq!(t.client.stream_count(), 2);
+        assert_eq!(t.server.stream_count(), 2);
+
+        let peak = Arc::new(AtomicU64::new(before));
+        let sampler = {
+            let peak = peak.clone();
+            tokio::spawn(async move {
+                loop {
+                    peak.fetch_max(rss_kib(), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let up_w = tokio::spawn(fast_write(up_near, 1));
+        let up_r = tokio::spawn(slow_read(up_far));
+        let down_w = tokio::spawn(fast_write(down_far, 2));
+        let down_r = tokio::spawn(slow_read(down_near));
+        let (up_sent, up_written) = up_w.await.unwrap();
+        let (down_sent, down_written) = down_w.await.unwrap();
+        // Both streams are still open: nothing was reset or given up under pressure.
+        assert_eq!(t.client.stream_count(), 2);
+        assert_eq!(t.server.stream_count(), 2);
+        let (up_got, up_slow) = up_r.await.unwrap();
+        let (down_got, down_slow) = down_r.await.unwrap();
+        sampler.abort();
+        let peak = peak.load(Ordering::Relaxed);
+
+        println!(
+            "in {SLOW_FOR:?}: upload writer {} KiB, its reader {} KiB; download writer {} KiB, \
+             its reader {} KiB; VmRSS {before} KiB before, peak {peak} KiB",
+            up_written / KIB,
+            up_slow / KIB,
+            down_written / KIB,
+            down_slow / KIB,
+        );
+        for (dir, written, slow) in [
+            ("upload", up_written, up_slow),
+            ("download", down_written, down_slow),
+        ] {
+            assert!(slow <= 48 * KIB, "{dir}: the slow reader read {slow} bytes");
+            assert!(
+                written - slow <= IN_FLIGHT_MAX,
+                "{dir}: the writer got {written} bytes in while its reader took {slow}"
+            );
+        }
+        assert!(
+            peak <= before + RSS_SLACK_KIB,
+            "memory grew from {before} KiB to {peak} KiB while the readers were slow"
+        );
+        assert_eq!(up_sent, up_got, "upload: sent vs received");
+        assert_eq!(down_sent, down_got, "download: sent vs received");
+        assert!(
+            eventually(Duration::from_secs(5), || t.client.stream_count() == 0
+                && t.server.stream_count() == 0)
+            .await,
+            "streams left: client {}, server {}",
+            t.client.stream_count(),
+            t.server.stream_count()
+        );
+    })
+    .await;
+}
+
+/// A connection through the tunnel to `raw` (the client's end first) and the application
+/// server's end of it, told apart from other connections by the `tag` byte it starts with.
+async fn pair(t: &Tunnel, raw: &TcpListener, tag: u8) -> (TcpStream, TcpStream) {
+    let mut near = TcpStream::connect(t.addr_of("raw")).await.unwrap();
+    near.write_all(&[tag]).await.unwrap();
+    let (mut far, _) = raw.accept().await.unwrap();
+    let mut got = [0u8; 1];
+    far.read_exact(&mut got).await.unwrap();
+    assert_eq!(got[0], tag, "connections arrived out of order");
+    (near, far)
+}
+
+/// Writes seeded data as fast as `tcp` takes it for [`SLOW_FOR`], then shuts down its write
+/// side. Returns what it wrote and how much.
+async fn fast_write(mut tcp: TcpStream, seed: u64) -> (Hashed, u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut pos, mut len) = (0, 0);
+    let mut written = 0u64;
+    let deadline = tokio::time::Instant::now() + SLOW_FOR;
+    loop {
+        if pos == len {
+            rng.fill_bytes(&mut buf);
+            (pos, len) = (0, buf.len());
+        }
+        // One write at a time, so that stopping at the deadline loses track of no byte.
+        tokio::select! {
+            r = tcp.write(&buf[pos..len]) => {
+                let n = r.expect("fast writer");
+                hasher.update(&buf[pos..pos + n]);
+                pos += n;
+                written += n as u64;
+            }
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    tcp.shutdown().await.expect("shutdown");
+    let sent = Hashed {
+        bytes: written,
+        hash: hasher.finalize(),
+    };
+    (sent, written)
+}
+
+/// Reads 10 KiB/s for [`SLOW_FOR`], then at full speed until EOF. Returns what it read and how
+/// much of it it read slowly.
+async fn slow_read(mut tcp: TcpStream) -> (Hashed, u64) {
+    let mut hasher = blake3::Hasher::new();
+    let mut bytes = 0u64;
+    let mut tick = tokio::time::interval(SLOW_EVERY);
+    let deadline = tokio::time::Instant::now() + SLOW_FOR;
+    let mut small = [0u8; SLOW_CHUNK];
+    while tokio::time::Instant::now() < deadline {
+        tick.tick().await;
+        let n = tcp.read(&mut small).await.expect("slow reader");
+        hasher.update(&small[..n]);
+        bytes += n as u64;
+    }
+    let slow = bytes;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = tcp.read(&mut buf).await.expect("reader");
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    let got = Hashed {
+        bytes,
+        hash: hasher.finalize(),
+    };
+    (got, slow)
+}
