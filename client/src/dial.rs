@@ -72,10 +72,10 @@ impl Slot {
         loop {
             let started = Instant::now();
             match self.dial(&addr, &first).await {
-                Ok((_, _, epoch)) if !self.check_epoch(epoch, started) => {
+                Ok((_, _, epoch, id)) if !self.check_epoch(epoch, started, id) => {
                     debug!(node = %self.node.id, %addr, "link to a replaced server instance dropped");
                 }
-                Ok((reader, writer, _)) => {
+                Ok((reader, writer, _, _)) => {
                     info!(node = %self.node.id, %addr, link_seq = self.link_seq, "link up");
                     let link = self.link.clone();
                     let set = move |id: wanmux_core::ids::LinkId| link.store(id.0, Relaxed);
@@ -105,8 +105,12 @@ impl Slot {
     /// epoch was adopted and reports another one, so it reached a server instance that has
     /// since been replaced (a restart racing with this dial). Such a link is dropped and dialled
     /// again rather than allowed to reset the session a second time.
-    fn check_epoch(&self, epoch: u64, dial_started: Instant) -> bool {
+    fn check_epoch(&self, epoch: u64, dial_started: Instant, id: SessionId) -> bool {
         let mut state = lock(&self.state);
+        if state.id != id {
+            // The client gave up on the session this dial was for while it was under way.
+            return false;
+        }
         match state.epoch {
             Some(e) if e == epoch => true,
             Some(_) if dial_started < state.epoch_since => false,
@@ -129,7 +133,8 @@ impl Slot {
         &self,
         addr: &str,
         first: &[u8],
-    ) -> Result<(noise::LinkReader, noise::LinkWriter, u64), noise::LinkError> {
+    ) -> Result<(noise::LinkReader, noise::LinkWriter, u64, SessionId), noise::LinkError> {
+        let session_id = lock(&self.state).id;
         let tcp = tokio::time::timeout(self.handshake_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| noise::LinkError::Timeout)??;
@@ -139,7 +144,7 @@ impl Slot {
             }
         }
         let hello = ClientHello {
-            session_id: lock(&self.state).id.0,
+            session_id: session_id.0,
             link_seq: self.link_seq,
         };
         let (reader, writer, server) =
@@ -149,6 +154,6 @@ impl Slot {
             info!(expected = %self.node.id, got = server.node_id, "node id mismatch");
             return Err(noise::LinkError::Protocol("node id mismatch"));
         }
-        Ok((reader, writer, server.epoch))
+        Ok((reader, writer, server.epoch, session_id))
     }
 }

@@ -20,6 +20,9 @@ use wanmux_core::noise::{Accepted, ServerHello};
 /// client cannot join another's session by guessing its id.
 type Key = (Option<PublicKey>, SessionId);
 
+/// How long an expired session's id is remembered (see `Sessions::tombstones`).
+const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+
 #[derive(Debug)]
 pub(crate) struct Sessions {
     config: Arc<ServerConfig>,
@@ -29,6 +32,10 @@ pub(crate) struct Sessions {
     /// server restarts. (A session that expired is not resumed under the same id: the client
     /// gives up on it first and picks a new id.)
     epoch_key: RandomState,
+    /// Sessions that expired recently, by key: how many times, so a session started again
+    /// under the same id gets another epoch and its client knows the old one is gone. Kept
+    /// `TOMBSTONE_TTL`, far longer than a client can take to notice and give the id up.
+    tombstones: Mutex<HashMap<Key, (u64, std::time::Instant)>>,
     /// Set by a graceful stop: new streams are refused.
     draining: AtomicBool,
 }
@@ -39,6 +46,7 @@ impl Sessions {
             config: Arc::new(config),
             table: Mutex::new(HashMap::new()),
             epoch_key: RandomState::new(),
+            tombstones: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
         }
     }
@@ -89,10 +97,26 @@ impl Sessions {
     /// Message 2 for a link whose message 1 authenticated as `key`: the node id and the epoch
     /// of the session. Creates nothing: a session starts only when a link completes its key
     /// confirmation.
+    /// How many times the session under `key` expired recently (0 for most).
+    fn generation(&self, key: Key) -> u64 {
+        // Only map operations run under this lock.
+        let t = self.tombstones.lock().expect("tombstone lock poisoned");
+        t.get(&key).map_or(0, |&(g, _)| g)
+    }
+
+    /// Records that the session under `key` expired, forgetting old records.
+    fn bury(&self, key: Key) {
+        let now = std::time::Instant::now();
+        let mut t = self.tombstones.lock().expect("tombstone lock poisoned");
+        t.retain(|_, (_, at)| now.duration_since(*at) < TOMBSTONE_TTL);
+        let g = t.get(&key).map_or(0, |&(g, _)| g);
+        t.insert(key, (g + 1, now));
+    }
+
     pub(crate) fn server_hello(&self, key: Key) -> ServerHello {
         ServerHello {
             node_id: self.node_id(),
-            epoch: self.epoch_key.hash_one(key),
+            epoch: self.epoch_key.hash_one((key, self.generation(key))),
         }
     }
 
@@ -151,6 +175,7 @@ impl Sessions {
             let mut table = self.lock();
             if table.get(&key).is_some_and(|d| d.same(&driver)) {
                 table.remove(&key);
+                self.bury(key);
             }
             drop(table);
             driver.close(reset::SHUTDOWN);

@@ -259,9 +259,6 @@ async fn exceeding_the_grace_period_closes_both_ends_and_frees_the_session() {
 /// included, so [`within`] cannot fire. On two workers it freezes in most runs, when both ends
 /// time the link out at once.
 #[test]
-#[ignore = "bug: a link the engine timed out keeps its writer registered as idle; after() wakes \
-            it for the requeued frames, poll_transmit gives it nothing, and it re-wakes itself \
-            forever without yielding, pinning a worker thread (here the only one)"]
 fn one_link_stalled_past_the_ping_timeout_recovers() {
     watchdog(1, Duration::from_secs(15), async {
         let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -290,13 +287,11 @@ fn one_link_stalled_past_the_ping_timeout_recovers() {
 /// The server's grace runs out while the client still believes in a link: the client's link is
 /// idle, so it finds out that it is dead only at its next keepalive ping (10 s), while the
 /// server, which had data in flight, found out after 2 s. When the path comes back in between,
-/// the client redials under its old session id; the server has dropped that session, starts a
-/// new one under the same id and answers with the same epoch (it depends only on the key, the
-/// id and the server process), so the client takes it for its old session. Its open connection
-/// must still be closed: the server reset the other end long ago.
+/// the client redials under its old session id; the server has dropped that session and starts
+/// a new one under the same id, which must get another epoch (the server remembers expired ids
+/// for a while), so the client resets its open connection: the server reset the other end long
+/// ago.
 #[test]
-#[ignore = "bug: a session the server expired is resumed by the client under the same id and \
-            epoch; the client's connection then hangs forever instead of being reset"]
 fn a_session_the_server_expired_is_not_resumed() {
     watchdog(2, Duration::from_secs(30), async {
         let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -347,8 +342,6 @@ fn a_session_the_server_expired_is_not_resumed() {
 /// session with another epoch, and the client resets every connection as if the server had
 /// restarted; with two slots both can also be up at once, each in another server session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "bug: a dial begun under the old session id before the client gave up on it joins \
-            the new session; the next redial (new id) then resets every connection"]
 async fn a_dial_begun_before_the_client_gave_up_does_not_join() {
     within(Duration::from_secs(60), async {
         let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -397,9 +390,11 @@ async fn a_dial_begun_before_the_client_gave_up_does_not_join() {
             wrote.is_ok() && matches!(got, Ok(Ok(_))) && &buf == b"still",
             "the connection did not survive a link reset: write {wrote:?}, read {got:?}"
         );
-        assert_eq!(
-            t.server.session_count(),
-            1,
+        // The stale dial completed its handshake, so the server started a session for the old
+        // id; the client dropped that link at once, and the server lets the empty session go
+        // after its grace (1.5 s).
+        assert!(
+            eventually(Duration::from_secs(4), || t.server.session_count() == 1).await,
             "the client is in two server sessions"
         );
     })

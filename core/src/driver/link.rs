@@ -140,7 +140,9 @@ async fn write_loop(
         .map(|_| BytesMut::with_capacity(MAX_MESSAGE))
         .collect();
     loop {
-        let n = driver.poll_link(id, &mut bufs);
+        let Some(n) = driver.poll_link(id, &mut bufs) else {
+            return LinkEnd::TimedOut;
+        };
         tracing::trace!(messages = n, "transmit");
         if n == 0 {
             // poll_link parked this writer; a permit from a wake-up in between is kept.

@@ -160,7 +160,11 @@ impl SessionDriver {
                     }
                 }
                 Event::MoreLinksWanted => self.shared.more_links.notify_one(),
-                Event::LinkTimedOut(id) => {
+                Event::LinkTimedOut(id) | Event::LinkClosedByPeer(id) => {
+                    // The engine no longer has the link: its writer must not be woken for
+                    // work it cannot take (it would find nothing and spin), and its task ends.
+                    st.idle_writers.retain(|&l| l != id);
+                    st.link_wakers.remove(&id);
                     if let Some(k) = st.link_kills.get(&id) {
                         k.notify_one();
                     }
@@ -198,8 +202,10 @@ impl SessionDriver {
 
     /// Fills up to `bufs.len()` messages for link `id`. When there is nothing, the writer is
     /// parked (under the same lock, so no wake-up is lost) until [`SessionDriver`] wakes it.
-    pub(crate) fn poll_link(&self, id: LinkId, bufs: &mut [bytes::BytesMut]) -> usize {
+    /// `None`: the engine dropped the link (ping timeout, peer's `CLOSE`); the writer ends.
+    pub(crate) fn poll_link(&self, id: LinkId, bufs: &mut [bytes::BytesMut]) -> Option<usize> {
         let mut st = self.lock();
+        st.session.link_stats(id)?;
         let now = Instant::now();
         let mut n = 0;
         while n < bufs.len() && st.session.poll_transmit(now, id, &mut bufs[n]) {
@@ -217,7 +223,7 @@ impl SessionDriver {
             }
         }
         self.after(&mut st);
-        n
+        Some(n)
     }
 
     /// Whether each link's writer is busy (found data the last time it looked) and since when.

@@ -92,6 +92,9 @@ pub enum Event {
     /// The server asks for another link: all of its links are busy and data is waiting
     /// (client side; the client opens one if its `links.max` allows).
     MoreLinksWanted,
+    /// The peer sent `CLOSE` on a link: the engine has removed it and queued what it carried
+    /// for the other links. Close its socket.
+    LinkClosedByPeer(LinkId),
     /// A link's ping went unanswered for too long (a blackholed path, a dead middlebox): the
     /// engine has removed it and queued what it carried for the other links. Close its socket.
     LinkTimedOut(LinkId),
@@ -382,7 +385,10 @@ impl Session {
                     l.pong(now, token);
                 }
             }
-            Frame::Close(_) => self.remove_link(now, link),
+            Frame::Close(_) => {
+                self.remove_link(now, link);
+                self.events.push_back(Event::LinkClosedByPeer(link));
+            }
             Frame::MoreLinks => {
                 if self.role == Role::Client {
                     self.events.push_back(Event::MoreLinksWanted);
