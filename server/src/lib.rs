@@ -56,13 +56,13 @@ impl ServerHandle {
         self.sessions.stream_count()
     }
 
-    /// Graceful stop: refuses new streams (reset with code 4), lets open streams finish for up
-    /// to `timeout` while links keep working (and may reconnect), then shuts down.
+    /// Graceful stop: refuses new streams (reset with code 4), lets open streams of sessions
+    /// that have a link finish for up to `timeout` while links keep working, then shuts down.
     pub async fn drain(self, timeout: std::time::Duration) {
         self.sessions.start_draining();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let left = self.sessions.stream_count();
+            let left = self.sessions.finishable_stream_count();
             if left == 0 {
                 break;
             }

@@ -88,6 +88,18 @@ impl Sessions {
             .sum()
     }
 
+    /// Streams open in sessions that have a link, so they can still finish: what a drain
+    /// waits for. A session without links cannot finish its streams before its client comes
+    /// back, so a drain does not wait for it.
+    pub(crate) fn finishable_stream_count(&self) -> usize {
+        let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
+        drivers
+            .iter()
+            .filter(|d| d.live_links() > 0)
+            .map(|d| d.with(|s, _| s.stream_count()))
+            .sum()
+    }
+
     pub(crate) fn abandon_all(&self) {
         for (_, d) in self.lock().drain() {
             d.abandon();
