@@ -73,6 +73,12 @@ impl ClientHandle {
         self.driver.with(|s, _| s.stream_count())
     }
 
+    /// The largest receive and send buffer of any one stream in the engine, bytes (each is
+    /// bounded by `limits.stream_window`).
+    pub fn max_stream_buffered(&self) -> (u64, u64) {
+        self.driver.with(|s, _| s.max_stream_buffered())
+    }
+
     /// Stops listening, resets every stream and drops every link.
     pub fn shutdown(self) {
         for t in self.listeners.iter().chain(&self.tasks) {

@@ -51,6 +51,12 @@ impl ServerHandle {
         self.sessions.close_all();
     }
 
+    /// The largest receive and send buffer of any one stream in any session, bytes (each is
+    /// bounded by `limits.stream_window`).
+    pub fn max_stream_buffered(&self) -> (u64, u64) {
+        self.sessions.max_stream_buffered()
+    }
+
     /// Streams open in all sessions.
     pub fn stream_count(&self) -> usize {
         self.sessions.stream_count()

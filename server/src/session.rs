@@ -88,6 +88,15 @@ impl Sessions {
             .sum()
     }
 
+    /// The largest receive and send buffer of any one stream in any session, bytes.
+    pub(crate) fn max_stream_buffered(&self) -> (u64, u64) {
+        let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
+        drivers
+            .iter()
+            .map(|d| d.with(|s, _| s.max_stream_buffered()))
+            .fold((0, 0), |(r, w), (r2, w2)| (r.max(r2), w.max(w2)))
+    }
+
     /// Streams open in sessions that have a link, so they can still finish: what a drain
     /// waits for. A session without links cannot finish its streams before its client comes
     /// back, so a drain does not wait for it.

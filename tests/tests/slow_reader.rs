@@ -78,6 +78,28 @@ async fn slow_readers_bound_buffering_in_both_directions() {
         let up_r = tokio::spawn(slow_read(up_far));
         let down_w = tokio::spawn(fast_write(down_far, 2));
         let down_r = tokio::spawn(slow_read(down_near));
+        // The engines' own accounting: no stream ever buffers more than its window, either way,
+        // at either end, while the writers push against the slow readers.
+        let mut engine_peak = (0u64, 0u64);
+        while !(up_w.is_finished() && down_w.is_finished()) {
+            for (r, w) in [
+                t.client.max_stream_buffered(),
+                t.server.max_stream_buffered(),
+            ] {
+                engine_peak = (engine_peak.0.max(r), engine_peak.1.max(w));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            engine_peak.0 <= STREAM_WINDOW && engine_peak.1 <= STREAM_WINDOW,
+            "a stream buffered more than its window: receive {} / send {} bytes",
+            engine_peak.0,
+            engine_peak.1
+        );
+        assert!(
+            engine_peak.0 > 0,
+            "the engines never held data: the test measured nothing"
+        );
         let (up_sent, up_written) = up_w.await.unwrap();
         let (down_sent, down_written) = down_w.await.unwrap();
         // Both streams are still open: nothing was reset or given up under pressure.
