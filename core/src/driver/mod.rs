@@ -44,7 +44,6 @@ struct State {
     /// Deadline the timer task sleeps toward.
     armed: Option<Instant>,
     next_link: u64,
-    live_links: usize,
     closed: bool,
 }
 
@@ -110,7 +109,6 @@ impl SessionDriver {
                 activity: HashMap::new(),
                 armed: None,
                 next_link: 0,
-                live_links: 0,
                 closed: false,
             }),
             timer: Notify::new(),
@@ -307,7 +305,6 @@ impl SessionDriver {
         let mut st = self.lock();
         st.next_link += 1;
         let id = LinkId(st.next_link);
-        st.live_links += 1;
         let waker = Arc::new(Notify::new());
         st.link_wakers.insert(id, waker.clone());
         let kill = Arc::new(Notify::new());
@@ -328,7 +325,6 @@ impl SessionDriver {
 
     pub(crate) fn remove_link(&self, id: LinkId) {
         let mut st = self.lock();
-        st.live_links -= 1;
         st.link_wakers.remove(&id);
         st.link_kills.remove(&id);
         st.activity.remove(&id);
@@ -341,7 +337,8 @@ impl SessionDriver {
 
     /// Links currently up.
     pub fn live_links(&self) -> usize {
-        self.lock().live_links
+        // Every link has a kill switch from `add_link` until `remove_link`.
+        self.lock().link_kills.len()
     }
 
     /// Waits until the number of links changes (or a spurious wake-up).

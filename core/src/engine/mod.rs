@@ -892,14 +892,6 @@ impl Session {
         self.streams.len()
     }
 
-    /// Bytes buffered in all streams, both directions.
-    pub fn buffered_bytes(&self) -> u64 {
-        self.streams
-            .values()
-            .map(|s| s.send.buffered() + s.recv.buffered() as u64)
-            .sum()
-    }
-
     /// Bytes buffered for reading in all streams.
     pub fn recv_buffered_bytes(&self) -> u64 {
         self.streams
