@@ -102,6 +102,20 @@ pub async fn run_bulk(opts: &BulkOptions) -> Result<BulkReport, BenchError> {
 /// (the other connections are closed).
 pub async fn run_bulk_with_progress<F>(
     opts: &BulkOptions,
+    on_interval: F,
+) -> Result<BulkReport, BenchError>
+where
+    F: FnMut(&IntervalReport),
+{
+    run_bulk_counting(opts, Arc::new(AtomicU64::new(0)), on_interval).await
+}
+
+/// [`run_bulk_with_progress`], adding the bytes the client moves (writes for an upload,
+/// receives and verifies for a download) to `counter` as they move, so a caller can sample
+/// throughput on its own schedule.
+pub(crate) async fn run_bulk_counting<F>(
+    opts: &BulkOptions,
+    counter: Arc<AtomicU64>,
     mut on_interval: F,
 ) -> Result<BulkReport, BenchError>
 where
@@ -110,7 +124,7 @@ where
     opts.validate()?;
     let seed: u64 = rand::random();
     let pattern = Pattern::shared(seed);
-    let counter = Arc::new(AtomicU64::new(0));
+    let start_count = counter.load(Ordering::Relaxed);
     let n = opts.streams as u64;
 
     let t0 = Instant::now();
@@ -150,7 +164,7 @@ where
     let mut progress = Progress {
         counter: &counter,
         intervals: Vec::new(),
-        last: (0.0, 0),
+        last: (0.0, start_count),
     };
     let mut per_stream: Vec<Option<StreamReport>> = vec![None; opts.streams];
     loop {

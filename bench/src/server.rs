@@ -8,6 +8,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,6 +37,15 @@ const MAX_ACCEPT_FAILURES: u32 = 100;
 /// connection that was aborted before it was accepted); single failures such as running out of
 /// file descriptors are logged and retried after a short pause.
 pub async fn serve(listener: TcpListener) -> io::Result<()> {
+    serve_counting(listener, Arc::new(AtomicU64::new(0))).await
+}
+
+/// [`serve`], adding the payload bytes every upload receives and verifies to `received` as
+/// they arrive, so a caller can watch the receiving end's throughput.
+pub(crate) async fn serve_counting(
+    listener: TcpListener,
+    received: Arc<AtomicU64>,
+) -> io::Result<()> {
     let mut conns = JoinSet::new();
     let mut failures = 0u32;
     loop {
@@ -43,7 +53,7 @@ pub async fn serve(listener: TcpListener) -> io::Result<()> {
             accepted = listener.accept() => match accepted {
                 Ok((sock, peer)) => {
                     failures = 0;
-                    conns.spawn(handle(sock, peer));
+                    conns.spawn(handle(sock, peer, Arc::clone(&received)));
                 }
                 Err(e) if matches!(
                     e.kind(),
@@ -65,7 +75,7 @@ pub async fn serve(listener: TcpListener) -> io::Result<()> {
     }
 }
 
-async fn handle(mut sock: TcpStream, peer: SocketAddr) {
+async fn handle(mut sock: TcpStream, peer: SocketAddr, received: Arc<AtomicU64>) {
     let _ = sock.set_nodelay(true);
     let mut buf = [0u8; HEADER_LEN];
     match tokio::time::timeout(HEADER_TIMEOUT, sock.read_exact(&mut buf)).await {
@@ -78,21 +88,21 @@ async fn handle(mut sock: TcpStream, peer: SocketAddr) {
         Err(e) => return debug!(%peer, "rejected header: {e}"),
     };
     match header.mode {
-        Mode::Upload => upload(sock, peer, header).await,
+        Mode::Upload => upload(sock, peer, header, &received).await,
         Mode::Download => download(sock, peer, header).await,
         Mode::Rr => rr(sock, peer, header).await,
     }
 }
 
 /// Receives and verifies a client's stream, then answers with a verdict.
-async fn upload(mut sock: TcpStream, peer: SocketAddr, header: Header) {
+async fn upload(mut sock: TcpStream, peer: SocketAddr, header: Header, received: &AtomicU64) {
     let t0 = Instant::now();
     let pattern = Pattern::shared(header.seed);
     let mut rx = Receiver::new(&pattern, header.start as usize);
     let progress = AtomicU64::new(0);
     let counters = Counters {
         stream: &progress,
-        run: &progress,
+        run: received,
     };
     let receive = stream::receive(&mut sock, &mut rx, counters);
     let result = stream::watchdog(IDLE_TIMEOUT, &progress, receive).await;
