@@ -7,6 +7,7 @@
 //! each directly for comparison.
 
 use crate::{run_bulk, run_rr, serve, BulkOptions, BulkReport, Limit, RrOptions, RrReport};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU16;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -14,7 +15,7 @@ use wanmux_config::{
     ClientAuth, ClientConfig, Links, Node, PinnedNode, PortMap, ServerAuth, ServerConfig, Service,
     ServiceName,
 };
-use wanmux_core::keys::{generate_keypair, Psk};
+use wanmux_core::keys::{generate_keypair, PrivateKey, Psk, PublicKey};
 
 /// What the demo runs.
 #[derive(Debug, Clone)]
@@ -63,43 +64,9 @@ pub async fn run_demo(opts: &DemoOptions, mut say: impl FnMut(&str)) -> anyhow::
     let service_addr = service_listener.local_addr()?;
     tokio::spawn(serve(service_listener));
 
-    let (server_key, server_pub) = generate_keypair();
-    let (client_key, client_pub) = generate_keypair();
-    let psk = Psk::generate();
-    let node = NonZeroU16::MIN;
-    let name = ServiceName::new("bench")?;
-    let server_cfg = ServerConfig::new(
-        "127.0.0.1:0".parse()?,
-        node,
-        ServerAuth::StaticKey {
-            private_key: server_key,
-            allowed_clients: [client_pub].into(),
-            psk: Some(psk.clone()),
-        },
-        vec![Service {
-            name: name.clone(),
-            target: service_addr.into(),
-        }],
-    );
-    let server = wanmux_server::start(server_cfg).await?;
-    let mut client_cfg = ClientConfig::new(
-        ClientAuth::StaticKey {
-            private_key: client_key,
-            psk: Some(psk),
-            nodes: vec![PinnedNode {
-                node: Node {
-                    id: node,
-                    addr: server.local_addr().into(),
-                },
-                public_key: server_pub,
-            }],
-        },
-        vec![PortMap {
-            listen: "127.0.0.1:0".parse()?,
-            service: name,
-        }],
-    );
-    client_cfg.links = Links::fixed(opts.links);
+    let keys = TunnelKeys::generate();
+    let server = wanmux_server::start(keys.server_config(service_addr)).await?;
+    let client_cfg = keys.client_config(server.local_addr(), opts.links);
     let client = wanmux_client::start(client_cfg).await?;
     tokio::time::timeout(
         Duration::from_secs(10),
@@ -147,6 +114,75 @@ pub async fn run_demo(opts: &DemoOptions, mut say: impl FnMut(&str)) -> anyhow::
         tunnel_rr,
         direct_rr,
     })
+}
+
+/// Fresh keys for an in-process tunnel: static keys for both ends and a PSK (Noise `IKpsk2`).
+pub(crate) struct TunnelKeys {
+    server_key: PrivateKey,
+    server_pub: PublicKey,
+    client_key: PrivateKey,
+    client_pub: PublicKey,
+    psk: Psk,
+}
+
+impl TunnelKeys {
+    pub(crate) fn generate() -> TunnelKeys {
+        let (server_key, server_pub) = generate_keypair();
+        let (client_key, client_pub) = generate_keypair();
+        TunnelKeys {
+            server_key,
+            server_pub,
+            client_key,
+            client_pub,
+            psk: Psk::generate(),
+        }
+    }
+
+    /// A server node on `127.0.0.1:0` (node 1) that maps the service `bench` to `service`.
+    pub(crate) fn server_config(&self, service: SocketAddr) -> ServerConfig {
+        ServerConfig::new(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            NonZeroU16::MIN,
+            ServerAuth::StaticKey {
+                private_key: self.server_key.clone(),
+                allowed_clients: [self.client_pub].into(),
+                psk: Some(self.psk.clone()),
+            },
+            vec![Service {
+                name: bench_service(),
+                target: service.into(),
+            }],
+        )
+    }
+
+    /// A client that dials node 1 at `node_addr` (the server, or a relay in front of it) with
+    /// a fixed number of links and maps `bench` to a port on `127.0.0.1:0`.
+    pub(crate) fn client_config(&self, node_addr: SocketAddr, links: u16) -> ClientConfig {
+        let mut cfg = ClientConfig::new(
+            ClientAuth::StaticKey {
+                private_key: self.client_key.clone(),
+                psk: Some(self.psk.clone()),
+                nodes: vec![PinnedNode {
+                    node: Node {
+                        id: NonZeroU16::MIN,
+                        addr: node_addr.into(),
+                    },
+                    public_key: self.server_pub,
+                }],
+            },
+            vec![PortMap {
+                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                service: bench_service(),
+            }],
+        );
+        cfg.links = Links::fixed(links);
+        cfg
+    }
+}
+
+fn bench_service() -> ServiceName {
+    // A constant, valid service name.
+    ServiceName::new("bench").expect("\"bench\" is a valid service name")
 }
 
 impl std::fmt::Display for DemoReport {

@@ -16,7 +16,9 @@
 //! parallel and sum their results.
 //!
 //! Everything here is async on tokio; the binary is a thin clap front end over these
-//! functions, so an in-process demo can call them too.
+//! functions, so an in-process demo can call them too. [`run_recovery`] runs a whole tunnel
+//! in-process behind a fault-injecting, optionally shaped relay and measures what link deaths
+//! cost a transfer.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -26,6 +28,8 @@ mod demo;
 mod error;
 mod pattern;
 mod proto;
+mod recovery;
+mod relay;
 mod report;
 mod rr;
 mod server;
@@ -36,6 +40,10 @@ pub use demo::{run_demo, DemoOptions, DemoReport};
 pub use error::{BenchError, Side, VerifyFailure};
 pub use pattern::PERIOD;
 pub use proto::{MAX_RECORD, MAX_RR_SIZE};
+pub use recovery::{
+    run_recovery, ChurnReport, Direction, DirectionReport, DirectionSummary, OneKillReport,
+    PhaseReport, RecoveryError, RecoveryOptions, RecoveryReport, Sample, Spread,
+};
 pub use report::{BulkReport, IntervalReport, RrReport, StreamReport};
 pub use rr::{run_rr, RrOptions, MAX_RR_COUNT};
 pub use server::serve;

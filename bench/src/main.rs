@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use wanmux_bench::{BenchError, BulkOptions, Limit, RrOptions};
+use wanmux_bench::{BenchError, BulkOptions, Direction, Limit, RecoveryError, RrOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +38,60 @@ enum Command {
     /// a wanmux client and a bench server in this process on loopback; runs a throughput and
     /// a latency test through the tunnel and directly, and prints both.
     Demo(DemoArgs),
+    /// What link deaths cost a transfer: a wanmux client and server and a bench server in this
+    /// process, the links through a relay that can limit rate and add delay. Per direction:
+    /// no faults, one link reset, a link reset every second; every byte verified.
+    Recovery(RecoveryArgs),
+}
+
+#[derive(Debug, Args)]
+struct RecoveryArgs {
+    /// Links between the client and the server.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    links: u16,
+    /// Measured seconds per phase, after the warm-up.
+    #[arg(short = 't', long = "time", value_name = "SECS", default_value_t = 5.0)]
+    time: f64,
+    /// Seconds of transfer before measuring and before the first kill (multiple of 0.1).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    warmup: f64,
+    /// Seconds between link kills in the third phase (multiple of 0.1).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    kill_every: f64,
+    /// Parallel connections of each transfer.
+    #[arg(
+        short = 'P',
+        long = "parallel",
+        value_name = "STREAMS",
+        default_value_t = 1
+    )]
+    parallel: usize,
+    /// Relay bottleneck rate per direction, shared by all links, in Mbit/s (default:
+    /// unlimited).
+    #[arg(long, value_name = "MBIT")]
+    rate: Option<f64>,
+    /// One-way delay the relay adds, in milliseconds (the RTT is twice this).
+    #[arg(long, value_name = "MS", default_value_t = 0.0)]
+    delay: f64,
+    /// Most backlog the relay's bottleneck holds, in milliseconds at its rate.
+    #[arg(long, value_name = "MS", default_value_t = 20.0)]
+    queue: f64,
+    /// Which directions to measure.
+    #[arg(long, value_enum, default_value_t = Directions::Both)]
+    direction: Directions,
+    /// Repeat everything this many times and report medians and ranges.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    runs: usize,
+    /// Print only one JSON object with the results.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Directions {
+    Both,
+    Upload,
+    Download,
 }
 
 #[derive(Debug, Args)]
@@ -128,7 +182,7 @@ fn main() -> ExitCode {
     let single = match &cli.command {
         Command::Client(a) => a.parallel == 1,
         Command::Rr(_) => true,
-        Command::Server { .. } | Command::Demo(_) => false,
+        Command::Server { .. } | Command::Demo(_) | Command::Recovery(_) => false,
     };
     let mut builder = if single {
         tokio::runtime::Builder::new_current_thread()
@@ -149,7 +203,9 @@ fn main() -> ExitCode {
             eprintln!("wanmux-bench: error: {e}");
             let verify = e
                 .downcast_ref::<BenchError>()
-                .is_some_and(|e| e.is_verification_failure());
+                .is_some_and(|e| e.is_verification_failure())
+                || e.downcast_ref::<RecoveryError>()
+                    .is_some_and(|e| e.is_verification_failure());
             ExitCode::from(if verify { 3 } else { 1 })
         }
     }
@@ -161,7 +217,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Client(args) => client(args).await,
         Command::Rr(args) => rr(args).await,
         Command::Demo(args) => demo(args).await,
+        Command::Recovery(args) => recovery(args).await,
     }
+}
+
+async fn recovery(args: RecoveryArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut opts = wanmux_bench::RecoveryOptions::default();
+    opts.links = args.links;
+    opts.seconds = args.time;
+    opts.warmup = args.warmup;
+    opts.kill_every = args.kill_every;
+    opts.streams = args.parallel;
+    opts.rate_mbit = args.rate;
+    opts.delay_ms = args.delay;
+    opts.queue_ms = args.queue;
+    opts.runs = args.runs;
+    opts.directions = match args.direction {
+        Directions::Both => vec![Direction::Upload, Direction::Download],
+        Directions::Upload => vec![Direction::Upload],
+        Directions::Download => vec![Direction::Download],
+    };
+    opts.validate()?;
+    let json = args.json;
+    let report = wanmux_bench::run_recovery(&opts, |line| {
+        if !json {
+            println!("{line}");
+        }
+    })
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
