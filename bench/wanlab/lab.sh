@@ -31,9 +31,14 @@ usage: lab.sh COMMAND [ARGS]
   down                             stop the emulators, delete the namespaces
   status                           namespaces, emulator counters (SIGUSR1) and their logs
   exec NODE CMD...                 run CMD in NODE: c (client), r (router), s1, s2, ...
-  run SCENARIO [--time S] [--cc "cubic bbr"] [--repeat N] [--reverse]
-                                   bring the lab up with scenario A..F, run direct TCP with
-                                   iperf3 for each congestion control, print goodput, tear down
+  run SCENARIO [OPTIONS]           bring the lab up with scenario A..F (or ceiling), measure
+                                   direct TCP (cubic, bbr), kcptun and wanmux side by side with
+                                   wanmux-bench, tear down (scenarios.py run; --help for options)
+  sweep [OPTIONS]                  goodput against loss rate on one path, for plot.py
+                                   (scenarios.py sweep; --help for options)
+  paths SCENARIO                   print the scenario's link specs, one path per line
+  iperf SCENARIO [--time S] [--cc "cubic bbr"] [--repeat N] [--reverse]
+                                   direct TCP only, with iperf3 (the first runner)
   validate [--quick]               ceiling, RTT, loss and rate-cap checks (see README.md)
 
 SPEC is wanlab-link's link spec, e.g. delay=50ms,loss=1%,rate=200mbit,queue=50ms
@@ -212,10 +217,22 @@ cmd_down() {
         kill -TERM "$(cat "$f")" 2>/dev/null || true
         rm -f "$f"
     done
-    local ns
+    local ns pids
     for ns in $(ip netns list | awk '{print $1}'); do
         case $ns in
-        "$NS_C" | "$NS_R" | "$PREFIX"-s[0-9]) ip netns del "$ns" ;;
+        "$NS_C" | "$NS_R" | "$PREFIX"-s[0-9])
+            # Whatever still runs inside the lab (a tunnel or bench server left behind by a
+            # runner that was killed) would keep the namespace's devices alive: end it first.
+            pids=$(ip netns pids "$ns" 2>/dev/null || true)
+            if [[ -n $pids ]]; then
+                # shellcheck disable=SC2086 # one pid per word
+                kill -TERM $pids 2>/dev/null || true
+                sleep 0.5
+                # shellcheck disable=SC2086
+                kill -KILL $pids 2>/dev/null || true
+            fi
+            ip netns del "$ns"
+            ;;
         esac
     done
     echo "lab $PREFIX down"
@@ -290,6 +307,11 @@ start_iperf_server() {
     die "iperf3 server on path $k did not start"
 }
 
+cmd_paths() {
+    (($# == 1)) || die "usage: lab.sh paths SCENARIO"
+    scenario_paths "$1"
+}
+
 # One iperf3 run from the client to server K: prints "MBIT RETRANSMITS".
 iperf_once() {
     local k=$1 cc=$2 secs=$3 extra=$4 json
@@ -301,8 +323,8 @@ iperf_once() {
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-cmd_run() {
-    (($#)) || die "usage: lab.sh run SCENARIO [--time S] [--cc LIST] [--repeat N] [--reverse]"
+cmd_iperf() {
+    (($#)) || die "usage: lab.sh iperf SCENARIO [--time S] [--cc LIST] [--repeat N] [--reverse]"
     local scenario=$1 secs=20 ccs="cubic bbr" repeat=1 extra=""
     shift
     while (($#)); do
@@ -311,7 +333,7 @@ cmd_run() {
         --cc) ccs=$2 && shift 2 ;;
         --repeat) repeat=$2 && shift 2 ;;
         --reverse) extra="-R" && shift ;;
-        *) die "run: unknown argument $1" ;;
+        *) die "iperf: unknown argument $1" ;;
         esac
     done
     local avail
@@ -427,7 +449,9 @@ main() {
     down) cmd_down ;;
     status) cmd_status ;;
     exec) cmd_exec "$@" ;;
-    run) cmd_run "$@" ;;
+    run | sweep) exec python3 "$HERE/scenarios.py" "$cmd" "$@" ;;
+    paths) cmd_paths "$@" ;;
+    iperf) cmd_iperf "$@" ;;
     validate) cmd_validate "$@" ;;
     -h | --help | help) usage ;;
     *)
