@@ -7,7 +7,10 @@
 //! travels for `delay`, then is written out. When the bottleneck's backlog reaches `queue`, the
 //! relay stops reading, so the senders' TCP flow control holds what a router would queue or
 //! drop. The relay's own sockets get small receive buffers when shaping, so little data waits
-//! in the kernel where the model cannot see it. Without shaping the relay is a plain copy loop.
+//! in the relay's kernel where the model cannot see it; the senders' socket buffers still hold
+//! data the relay has not read (as a sending host's buffers do on a real path, though here
+//! their TCP sees a loopback RTT, not the emulated one). Without shaping the relay is a plain
+//! copy loop.
 //!
 //! Unlike the test harness's fault relay (`tests/src/fault.rs`, which stalls, blackholes and
 //! restores links to test correctness), this one exists to make timing meaningful: it counts
@@ -34,7 +37,7 @@ const CHUNK: usize = 32 * 1024;
 /// `CHUNK` bytes each; the bottleneck's queue limit normally binds long before this.
 const LINE_CHUNKS: usize = 4096;
 /// Receive buffer of the relay's sockets when shaping.
-const SHAPED_RCVBUF: u32 = 256 * 1024;
+const SHAPED_RCVBUF: u32 = 32 * 1024;
 
 /// How the relay shapes the path.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

@@ -37,6 +37,9 @@ pub struct PhaseReport {
     pub median_sample_bps: f64,
     /// 10th percentile of the window's 100 ms samples.
     pub p10_sample_bps: f64,
+    /// Fraction of the window's samples below 90% of its own median: how often noise alone
+    /// looks like "not at full speed" (calibrates `recovery_seconds`).
+    pub below_full_speed: f64,
     /// Bytes the relay forwarded in the data direction, whole transfer: payload plus framing,
     /// encryption, pings, handshakes and resends.
     pub wire_bytes: u64,
@@ -257,6 +260,13 @@ pub(super) fn phase_report(run: &PhaseRun, warm: usize) -> PhaseReport {
         bits_per_second,
         median_sample_bps: percentile(&bps, 50.0),
         p10_sample_bps: percentile(&bps, 10.0),
+        below_full_speed: {
+            let full = FULL_SPEED * percentile(&bps, 50.0);
+            ratio(
+                bps.iter().filter(|&&b| b < full).count() as f64,
+                bps.len() as f64,
+            )
+        },
         wire_bytes: run.wire_bytes,
         dropped_in_path_bytes: run.dropped,
         min_live_links: links.iter().copied().min().unwrap_or(0),
@@ -371,10 +381,11 @@ impl fmt::Display for RecoveryReport {
         )?;
         writeln!(
             f,
-            "{:>3} {:<8} | {:>16} | {:>9} {:>6} {:>7} {:>8} {:>8} {:>10} | {:>16} {:>5} {:>9} {:>5}",
+            "{:>3} {:<8} | {:>16} {:>5} | {:>9} {:>6} {:>7} {:>8} {:>8} {:>10} | {:>16} {:>5} {:>9} {:>5}",
             "run",
             "dir",
             "no faults",
+            "noise",
             "recovered",
             "lowest",
             "lost",
@@ -392,10 +403,11 @@ impl fmt::Display for RecoveryReport {
                 let c = &d.kill_every;
                 writeln!(
                     f,
-                    "{:>3} {:<8} | {:>16} | {:>9} {:>5.0}% {:>6.2}s {:>8} {:>8} {:>10} | {:>16} {:>5.2} {:>9} {:>5}",
+                    "{:>3} {:<8} | {:>16} {:>4.0}% | {:>9} {:>5.0}% {:>6.2}s {:>8} {:>8} {:>10} | {:>16} {:>5.2} {:>9} {:>5}",
                     i + 1,
                     d.direction,
                     Mbits(d.no_faults.bits_per_second),
+                    d.no_faults.below_full_speed * 100.0,
                     secs(k.recovery_seconds),
                     k.min_ratio * 100.0,
                     k.lost_seconds,
@@ -443,6 +455,14 @@ impl fmt::Display for RecoveryReport {
                 )?;
             }
         }
+        writeln!(
+            f,
+            "noise: no-fault 100 ms samples below 90% of their median. recovered: end of the \
+             first 100 ms sample after the kill at >= 90% of the no-fault median. lowest: \
+             lowest sample in the second after the kill. lost: transfer time lost in the 2 s \
+             after it. detect / relinked: the client saw a link down / had all links again. \
+             in path: bytes the kill destroyed inside the relay."
+        )?;
         write!(
             f,
             "every byte verified: {}; resent bytes: not exposed by the client/server handles",
