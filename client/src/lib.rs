@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
 use wanmux_config::{ClientConfig, ServiceName};
+use wanmux_core::budget::Budget;
 use wanmux_core::driver::{self, SessionDriver};
 use wanmux_core::engine::{self, Role, Session};
 use wanmux_core::frame::reset;
@@ -79,6 +80,11 @@ impl ClientHandle {
         self.driver.with(|s, _| s.max_stream_buffered())
     }
 
+    /// The daemon's memory budget (`limits.memory`) and what the session holds of it.
+    pub fn budget(&self) -> Budget {
+        self.driver.with(|s, _| s.budget().clone())
+    }
+
     /// Stops listening, resets every stream and drops every link.
     pub fn shutdown(self) {
         for t in self.listeners.iter().chain(&self.tasks) {
@@ -112,7 +118,9 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         session_window: config.limits.session_window,
         max_streams: config.limits.max_streams as usize,
     };
-    let (driver, _opened) = SessionDriver::start(Session::new(Role::Client, cfg));
+    let budget = Budget::new(config.limits.memory);
+    let session = Session::with_budget(Role::Client, cfg, budget);
+    let (driver, _opened) = SessionDriver::start(session);
     let span = tracing::info_span!("session", id = %session_id);
     let mut tasks = Vec::new();
     let mut maps = Vec::new();

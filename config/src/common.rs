@@ -291,6 +291,16 @@ pub struct Limits {
     /// the server open; keep `max_streams × clients` under the process's descriptor limit.
     /// Streams over the limit are refused with `RESET` code 3 (too many streams).
     pub max_streams: u32,
+    /// Memory cap of the whole daemon for buffered stream bytes, over all sessions. Default
+    /// 1 GiB, range 8 MiB..=1 TiB, and at least twice `stream_window`.
+    ///
+    /// Half of it bounds receive credit (granted to peers and not yet read by applications),
+    /// half bounds send buffers (written by applications, not yet acknowledged). When a half is
+    /// used up, windows stop growing and applications' sockets stop being read (backpressure);
+    /// while the receive half is full, new streams are refused (`RESET` code 5) on the server
+    /// and not accepted on the client. It can be exceeded only by the protocol's initial credit
+    /// (256 KiB) of streams opened in the instant it filled.
+    pub memory: u64,
 }
 
 impl Limits {
@@ -306,6 +316,10 @@ impl Limits {
     pub const SESSION_WINDOW_RANGE: RangeInclusive<u64> = (16 << 10)..=(4 << 30);
     /// Allowed `max_streams` values: 1..=1,000,000.
     pub const MAX_STREAMS_RANGE: RangeInclusive<u32> = 1..=1_000_000;
+    /// Default `memory`: 1 GiB.
+    pub const DEFAULT_MEMORY: u64 = 1 << 30;
+    /// Allowed `memory` values: 8 MiB..=1 TiB, and at least twice `stream_window`.
+    pub const MEMORY_RANGE: RangeInclusive<u64> = (8 << 20)..=(1 << 40);
 
     /// Checks the ranges and `session_window >= stream_window`. Returns each problem with the
     /// name of the field it is reported on.
@@ -324,7 +338,25 @@ impl Limits {
         if let Some(msg) = out_of_range(self.max_streams, &Self::MAX_STREAMS_RANGE) {
             out.push(("max_streams", msg));
         }
+        if let Some(msg) = out_of_range(self.memory, &Self::MEMORY_RANGE) {
+            out.push(("memory", msg));
+        } else if Self::STREAM_WINDOW_RANGE.contains(&self.stream_window) {
+            if let Some(msg) = self.memory_problem() {
+                out.push(("memory", msg));
+            }
+        }
         out
+    }
+
+    /// The problem with `memory < 2 × stream_window`, if so.
+    fn memory_problem(&self) -> Option<String> {
+        (self.memory < self.stream_window.saturating_mul(2)).then(|| {
+            format!(
+                "{} is less than twice stream_window ({}); each half of the memory cap must \
+                 hold at least one full stream window",
+                self.memory, self.stream_window
+            )
+        })
     }
 
     /// The problem with `session_window < stream_window`, if so.
@@ -345,6 +377,7 @@ impl Default for Limits {
             stream_window: Self::DEFAULT_STREAM_WINDOW,
             session_window: Self::DEFAULT_SESSION_WINDOW,
             max_streams: Self::DEFAULT_MAX_STREAMS,
+            memory: Self::DEFAULT_MEMORY,
         }
     }
 }
@@ -356,6 +389,7 @@ pub(crate) struct RawLimits {
     stream_window: Option<Spanned<i64>>,
     session_window: Option<Spanned<i64>>,
     max_streams: Option<Spanned<i64>>,
+    memory: Option<Spanned<i64>>,
 }
 
 impl RawLimits {
@@ -384,10 +418,17 @@ impl RawLimits {
             raw.max_streams.as_ref(),
             &Limits::MAX_STREAMS_RANGE,
         );
+        let memory = int_in(
+            errs,
+            "limits.memory",
+            raw.memory.as_ref(),
+            &Limits::MEMORY_RANGE,
+        );
         let limits = Limits {
             stream_window: stream_window.flatten().unwrap_or(d.stream_window),
             session_window: session_window.flatten().unwrap_or(d.session_window),
             max_streams: max_streams.flatten().unwrap_or(d.max_streams),
+            memory: memory.flatten().unwrap_or(d.memory),
         };
         // Cross-check only values that are in range on their own. A default session window can
         // be less than a configured stream window: point at the stream window then, since that
@@ -396,6 +437,12 @@ impl RawLimits {
             if let Some(msg) = limits.window_order_problem() {
                 let written = raw.session_window.as_ref().or(raw.stream_window.as_ref());
                 errs.push("limits.session_window", written.map(|v| v.span()), msg);
+            }
+        }
+        if let (Some(_), Some(_)) = (stream_window, memory) {
+            if let Some(msg) = limits.memory_problem() {
+                let written = raw.memory.as_ref().or(raw.stream_window.as_ref());
+                errs.push("limits.memory", written.map(|v| v.span()), msg);
             }
         }
         limits

@@ -143,7 +143,8 @@ fn static_server_with_psk_is_ikpsk2_and_reads_key_files() {
         Limits {
             stream_window: 16384,
             session_window: 16384,
-            max_streams: 1
+            max_streams: 1,
+            memory: 1 << 30,
         }
     );
     let svc = &c.services[0];
@@ -535,6 +536,8 @@ fn out_of_range_values() {
         ("max_streams = 0", "limits.max_streams"),
         ("max_streams = 1000001", "limits.max_streams"),
         ("max_streams = 9999999999999", "limits.max_streams"),
+        ("memory = 8388607", "limits.memory"),
+        ("memory = 1099511627777", "limits.memory"),
     ];
     for (line, key) in cases {
         let text = format!("{}\n[limits]\n{line}\n", psk_server());
@@ -544,10 +547,26 @@ fn out_of_range_values() {
     }
     // Upper bounds are inclusive.
     let text = format!(
-        "{}[limits]\nstream_window = 1073741824\nsession_window = 4294967296\nmax_streams = 1000000\n",
+        "{}[limits]\nstream_window = 1073741824\nsession_window = 4294967296\nmax_streams = 1000000\n\
+         memory = 1099511627776\n",
         psk_server()
     );
     server(&text).unwrap();
+
+    // memory below twice stream_window: reported at memory if written, else at stream_window.
+    let text = format!(
+        "{}[limits]\nstream_window = 8388608\nsession_window = 8388608\nmemory = 16777215\n",
+        psk_server()
+    );
+    let e = one_error(server(&text));
+    assert_eq!((e.key.as_str(), e.line), ("limits.memory", Some(12)));
+    assert!(e.message.contains("twice stream_window"), "{}", e.message);
+    let text = format!(
+        "{}[limits]\nstream_window = 1073741824\nsession_window = 1073741824\n",
+        psk_server()
+    );
+    let e = one_error(server(&text));
+    assert_eq!((e.key.as_str(), e.line), ("limits.memory", Some(10)));
 
     // session_window below stream_window, both written: reported at session_window.
     let text = format!(

@@ -57,6 +57,11 @@ impl ServerHandle {
         self.sessions.max_stream_buffered()
     }
 
+    /// The daemon's memory budget (`limits.memory`): what all sessions hold of it now.
+    pub fn budget(&self) -> &wanmux_core::budget::Budget {
+        self.sessions.budget()
+    }
+
     /// Streams open in all sessions.
     pub fn stream_count(&self) -> usize {
         self.sessions.stream_count()

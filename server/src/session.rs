@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tracing::{debug, info, Instrument};
 use wanmux_config::ServerConfig;
+use wanmux_core::budget::Budget;
 use wanmux_core::driver::{self, OpenedStreams, SessionDriver};
 use wanmux_core::engine::{self, Role, Session};
 use wanmux_core::frame::reset;
@@ -38,17 +39,24 @@ pub(crate) struct Sessions {
     tombstones: Mutex<HashMap<Key, (u64, std::time::Instant)>>,
     /// Set by a graceful stop: new streams are refused.
     draining: AtomicBool,
+    /// The daemon's memory cap (`limits.memory`), shared by every session.
+    budget: Budget,
 }
 
 impl Sessions {
     pub(crate) fn new(config: ServerConfig) -> Self {
         Sessions {
+            budget: Budget::new(config.limits.memory),
             config: Arc::new(config),
             table: Mutex::new(HashMap::new()),
             epoch_key: RandomState::new(),
             tombstones: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
         }
+    }
+
+    pub(crate) fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     pub(crate) fn node_id(&self) -> u16 {
@@ -164,7 +172,8 @@ impl Sessions {
             max_streams: limits.max_streams as usize,
         };
         let node = NodeId(self.config.node_id.get());
-        let (driver, opened) = SessionDriver::start(Session::new(Role::Server(node), cfg));
+        let session = Session::with_budget(Role::Server(node), cfg, self.budget.clone());
+        let (driver, opened) = SessionDriver::start(session);
         let span = tracing::info_span!("session", id = %key.1);
         span.in_scope(|| info!(client = ?key.0, "session started"));
         tokio::spawn(serve_streams(driver.clone(), opened, self.clone()).instrument(span.clone()));

@@ -4,3 +4,4 @@
 pub mod fault;
 pub mod harness;
 pub mod sim;
+pub mod slow;

@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
+use wanmux_core::budget::{Budget, Pool};
 use wanmux_core::engine::{Config, Event, ReadChunk, Role, Session};
 use wanmux_core::ids::{LinkId, NodeId, StreamId};
 
@@ -76,6 +77,8 @@ pub struct Scenario {
     pub kills: Vec<Kill>,
     /// Give up after this much virtual time.
     pub deadline: Duration,
+    /// Each side's daemon memory cap (`limits.memory`); `None`: unlimited.
+    pub memory: Option<u64>,
 }
 
 /// Hashes of one direction of one stream.
@@ -110,6 +113,10 @@ pub struct Outcome {
     pub timed_out: usize,
     /// Streams still alive in each engine at the end.
     pub live_streams: (usize, usize),
+    /// Largest use of either side's memory budget seen: (receive pool, send pool), bytes.
+    pub max_budget_used: (u64, u64),
+    /// What the two sides' budgets still had reserved at the end (receive + send, both sides).
+    pub budget_left: u64,
 }
 
 /// A message on the wire: arrival time, sequence (keeps order among equal times), link,
@@ -206,10 +213,13 @@ pub fn run(sc: &Scenario) -> Outcome {
     let t0 = Instant::now();
     let mut now = t0;
     let mut rng = StdRng::seed_from_u64(sc.seed);
+    let budget = || sc.memory.map_or_else(Budget::unlimited, Budget::new);
+    let budgets = [budget(), budget()];
     let mut sides = [
-        Session::new(Role::Client, sc.config),
-        Session::new(Role::Server(NODE), sc.config),
+        Session::with_budget(Role::Client, sc.config, budgets[0].clone()),
+        Session::with_budget(Role::Server(NODE), sc.config, budgets[1].clone()),
     ];
+    let mut max_budget = (0u64, 0u64);
     let mut pipes: Vec<Pipe> = Vec::new();
     let mut next_link = 0u64;
     let new_pipe = |spec: LinkSpec, now: Instant, next_link: &mut u64| {
@@ -375,6 +385,17 @@ pub fn run(sc: &Scenario) -> Outcome {
             max_stream = max_stream.max(r);
             max_send = max_send.max(w);
         }
+        for b in &budgets {
+            max_budget.0 = max_budget.0.max(b.used(Pool::Recv));
+            max_budget.1 = max_budget.1.max(b.used(Pool::Send));
+        }
+        // The sim has no budget task: retry whatever waits after each step, as the driver
+        // does when the budget reports a release.
+        for s in sides.iter_mut() {
+            if s.budget_blocked() {
+                s.retry_budget();
+            }
+        }
         let done = opened == sc.streams.len()
             && client_apps
                 .iter()
@@ -436,5 +457,10 @@ pub fn run(sc: &Scenario) -> Outcome {
         max_send_buffered: max_send,
         live_streams: (sides[0].stream_count(), sides[1].stream_count()),
         timed_out,
+        max_budget_used: max_budget,
+        budget_left: budgets
+            .iter()
+            .map(|b| b.used(Pool::Recv) + b.used(Pool::Send))
+            .sum(),
     }
 }

@@ -8,15 +8,12 @@
 //! Alone in its own test binary (one process), because it reads the process's resident memory,
 //! which tests running beside it would disturb.
 
-use rand::{RngCore, SeedableRng};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use wanmux_tests::harness::{
-    add_map, add_service, eventually, rss_kib, within, Auth, Hashed, Tunnel,
-};
+use tokio::net::TcpListener;
+use wanmux_tests::harness::{add_map, add_service, eventually, rss_kib, within, Auth, Tunnel};
+use wanmux_tests::slow::{fast_write, pair, slow_read};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -25,10 +22,6 @@ const STREAM_WINDOW: u64 = 256 * KIB;
 const SESSION_WINDOW: u64 = 16 * MIB;
 /// How long the writers write and the readers read slowly.
 const SLOW_FOR: Duration = Duration::from_secs(3);
-/// The slow readers read this much ...
-const SLOW_CHUNK: usize = 1024;
-/// ... this often: 10 KiB/s.
-const SLOW_EVERY: Duration = Duration::from_millis(100);
 /// What a writer may have got into the tunnel beyond what its reader took: the windows of both
 /// daemons, plus the kernel's buffers of the two application sockets on the way, which Linux
 /// grows to a few MiB each (`tcp_wmem`, `tcp_rmem`); about 12 MiB in all here. Without
@@ -58,9 +51,9 @@ async fn slow_readers_bound_buffering_in_both_directions() {
         let before = rss_kib();
 
         // Upload: the client's application writes, the application server reads slowly.
-        let (up_near, up_far) = pair(&t, &raw, b'U').await;
+        let (up_near, up_far) = pair(&t, "raw", &raw, b'U').await;
         // Download: the application server writes, the client's application reads slowly.
-        let (down_near, down_far) = pair(&t, &raw, b'D').await;
+        let (down_near, down_far) = pair(&t, "raw", &raw, b'D').await;
         assert_eq!(t.client.stream_count(), 2);
         assert_eq!(t.server.stream_count(), 2);
 
@@ -74,10 +67,10 @@ async fn slow_readers_bound_buffering_in_both_directions() {
                 }
             })
         };
-        let up_w = tokio::spawn(fast_write(up_near, 1));
-        let up_r = tokio::spawn(slow_read(up_far));
-        let down_w = tokio::spawn(fast_write(down_far, 2));
-        let down_r = tokio::spawn(slow_read(down_near));
+        let up_w = tokio::spawn(fast_write(up_near, 1, SLOW_FOR));
+        let up_r = tokio::spawn(slow_read(up_far, SLOW_FOR));
+        let down_w = tokio::spawn(fast_write(down_far, 2, SLOW_FOR));
+        let down_r = tokio::spawn(slow_read(down_near, SLOW_FOR));
         // The engines' own accounting: no stream ever buffers more than its window, either way,
         // at either end, while the writers push against the slow readers.
         let mut engine_peak = (0u64, 0u64);
@@ -144,80 +137,4 @@ async fn slow_readers_bound_buffering_in_both_directions() {
         );
     })
     .await;
-}
-
-/// A connection through the tunnel to `raw` (the client's end first) and the application
-/// server's end of it, told apart from other connections by the `tag` byte it starts with.
-async fn pair(t: &Tunnel, raw: &TcpListener, tag: u8) -> (TcpStream, TcpStream) {
-    let mut near = TcpStream::connect(t.addr_of("raw")).await.unwrap();
-    near.write_all(&[tag]).await.unwrap();
-    let (mut far, _) = raw.accept().await.unwrap();
-    let mut got = [0u8; 1];
-    far.read_exact(&mut got).await.unwrap();
-    assert_eq!(got[0], tag, "connections arrived out of order");
-    (near, far)
-}
-
-/// Writes seeded data as fast as `tcp` takes it for [`SLOW_FOR`], then shuts down its write
-/// side. Returns what it wrote and how much.
-async fn fast_write(mut tcp: TcpStream, seed: u64) -> (Hashed, u64) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let (mut pos, mut len) = (0, 0);
-    let mut written = 0u64;
-    let deadline = tokio::time::Instant::now() + SLOW_FOR;
-    loop {
-        if pos == len {
-            rng.fill_bytes(&mut buf);
-            (pos, len) = (0, buf.len());
-        }
-        // One write at a time, so that stopping at the deadline loses track of no byte.
-        tokio::select! {
-            r = tcp.write(&buf[pos..len]) => {
-                let n = r.expect("fast writer");
-                hasher.update(&buf[pos..pos + n]);
-                pos += n;
-                written += n as u64;
-            }
-            _ = tokio::time::sleep_until(deadline) => break,
-        }
-    }
-    tcp.shutdown().await.expect("shutdown");
-    let sent = Hashed {
-        bytes: written,
-        hash: hasher.finalize(),
-    };
-    (sent, written)
-}
-
-/// Reads 10 KiB/s for [`SLOW_FOR`], then at full speed until EOF. Returns what it read and how
-/// much of it it read slowly.
-async fn slow_read(mut tcp: TcpStream) -> (Hashed, u64) {
-    let mut hasher = blake3::Hasher::new();
-    let mut bytes = 0u64;
-    let mut tick = tokio::time::interval(SLOW_EVERY);
-    let deadline = tokio::time::Instant::now() + SLOW_FOR;
-    let mut small = [0u8; SLOW_CHUNK];
-    while tokio::time::Instant::now() < deadline {
-        tick.tick().await;
-        let n = tcp.read(&mut small).await.expect("slow reader");
-        hasher.update(&small[..n]);
-        bytes += n as u64;
-    }
-    let slow = bytes;
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = tcp.read(&mut buf).await.expect("reader");
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        bytes += n as u64;
-    }
-    let got = Hashed {
-        bytes,
-        hash: hasher.finalize(),
-    };
-    (got, slow)
 }

@@ -8,7 +8,9 @@
 //! - per link, a reader (decrypt, `handle_message`) and a writer (`poll_transmit`, encrypt,
 //!   write), see [`link`];
 //! - per stream, one task pumping bytes between its TCP socket and the engine, see [`stream`];
-//! - one timer task (`poll_timeout` / `handle_timeout`).
+//! - one timer task (`poll_timeout` / `handle_timeout`);
+//! - one budget task: when the daemon's memory budget frees bytes while this session has
+//!   streams waiting for it, it lets the engine retry ([`Session::retry_budget`]).
 //!
 //! Nothing here decides what goes where: that is the engine's job.
 
@@ -119,6 +121,7 @@ impl SessionDriver {
         });
         let driver = SessionDriver { shared };
         tokio::spawn(driver.clone().run_timer());
+        tokio::spawn(driver.clone().run_budget());
         (driver, rx)
     }
 
@@ -284,6 +287,29 @@ impl SessionDriver {
                     }
                 }
                 None => notified.await,
+            }
+        }
+    }
+
+    async fn run_budget(self) {
+        let budget = self.lock().session.budget().clone();
+        loop {
+            let released = budget.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if st.closed {
+                    return;
+                }
+                if st.session.budget_blocked() {
+                    st.session.retry_budget();
+                    self.after(&mut st);
+                }
+            }
+            tokio::select! {
+                _ = released => {}
+                _ = self.closed() => return,
             }
         }
     }

@@ -25,6 +25,7 @@ mod send;
 
 pub use link::{LinkStats, Rtt};
 
+use crate::budget::{Budget, Held, Pool};
 use crate::frame::{self, Frame, FrameError, DATA_HEADER, MAX_MESSAGE, MAX_SERVICE_NAME};
 use crate::ids::{LinkId, NodeId, StreamId};
 use crate::range_set::RangeSet;
@@ -44,6 +45,8 @@ pub const INITIAL_SESSION_CREDIT: u64 = 16 * 1024 * 1024;
 const ACK_DELAY: Duration = Duration::from_millis(5);
 /// Smallest payload worth starting a data frame for at the end of a message.
 const MIN_TAIL: usize = 256;
+/// Smallest send capacity worth offering an application when the memory budget is short.
+const MIN_BUDGET_WRITE: u64 = 16 * 1024;
 
 /// Limits of one session. Each bounds memory; see `docs/CONFIG.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +203,16 @@ struct Stream {
     ack_later: bool,
     read_waiting: bool,
     write_waiting: bool,
+    /// In `budget_waiting`: a write or a grant waits for the memory budget.
+    budget_waiting: bool,
+    /// The receive window this stream has grown to (autotuned from `INITIAL_STREAM_CREDIT`
+    /// up to `Config::stream_window`).
+    recv_window: u64,
+    /// When credit was last extended (or the stream created), for autotuning.
+    last_grant: Option<Instant>,
+    /// Bytes of the receive pool of the budget this stream holds: its outstanding credit
+    /// beyond the initial allowance, see [`Stream::recv_reservation`].
+    recv_reserved: u64,
 }
 
 impl Stream {
@@ -220,6 +233,27 @@ impl Stream {
             ack_later: false,
             read_waiting: true,
             write_waiting: false,
+            budget_waiting: false,
+            recv_window: INITIAL_STREAM_CREDIT,
+            last_grant: None,
+            recv_reserved: 0,
+        }
+    }
+
+    /// Credit granted to the peer and not yet read (what the peer may make us buffer).
+    fn outstanding(&self) -> u64 {
+        self.recv_max - self.recv.read_offset()
+    }
+
+    /// What the stream's receive side should hold of the budget: its outstanding credit beyond
+    /// `INITIAL_STREAM_CREDIT`. The first 256 KiB of every stream are not counted: the protocol
+    /// grants them before any window update, so the budget could not refuse them anyway, and an
+    /// idle stream then costs the budget nothing.
+    fn recv_reservation(&self) -> u64 {
+        if self.reset_sent {
+            0
+        } else {
+            self.outstanding().saturating_sub(INITIAL_STREAM_CREDIT)
         }
     }
 
@@ -258,11 +292,22 @@ pub struct Session {
     recv_session_used: u64,
     recv_session_consumed: u64,
     next_ping: u64,
+    /// The latest time passed in by the driver (for window autotuning in calls that take none).
+    clock: Option<Instant>,
+    /// What this session holds of the daemon's memory budget.
+    held: Held,
+    /// Streams whose write or grant waits for the budget; see [`Session::retry_budget`].
+    budget_waiting: Vec<StreamId>,
 }
 
 impl Session {
-    /// A new session with no links and no streams.
+    /// A new session with no links and no streams, and no memory cap beyond its windows.
     pub fn new(role: Role, cfg: Config) -> Self {
+        Self::with_budget(role, cfg, Budget::unlimited())
+    }
+
+    /// A new session whose buffered bytes count against the daemon's `budget`.
+    pub fn with_budget(role: Role, cfg: Config, budget: Budget) -> Self {
         let cfg = Config {
             stream_window: cfg.stream_window.max(INITIAL_STREAM_CREDIT),
             session_window: cfg.session_window.max(INITIAL_SESSION_CREDIT),
@@ -289,13 +334,27 @@ impl Session {
             recv_session_used: 0,
             recv_session_consumed: 0,
             next_ping: 0,
+            clock: None,
+            held: Held::new(budget),
+            budget_waiting: Vec::new(),
         }
+    }
+
+    /// The memory budget this session draws on.
+    pub fn budget(&self) -> &Budget {
+        self.held.budget()
+    }
+
+    /// Bytes this session holds of its budget: (receive credit, unacknowledged send bytes).
+    pub fn budget_held(&self) -> (u64, u64) {
+        (self.held.bytes(Pool::Recv), self.held.bytes(Pool::Send))
     }
 
     // ----- links -----
 
     /// A link finished its handshake and may carry frames.
     pub fn add_link(&mut self, now: Instant, link: LinkId) {
+        self.clock = Some(now);
         self.links
             .entry(link)
             .or_insert_with(|| LinkState::new(now));
@@ -364,6 +423,7 @@ impl Session {
     ) -> Result<(), PeerError> {
         let l = self.links.get_mut(&link).ok_or(PeerError::UnknownLink)?;
         l.stats.bytes_received += msg.len() as u64;
+        self.clock = Some(now);
         while let Some(frame) = Frame::decode(&mut msg)? {
             self.handle_frame(now, link, frame)?;
         }
@@ -455,14 +515,104 @@ impl Session {
             self.streams.insert(id, s);
             return Ok(self.streams.get_mut(&id));
         }
-        let mut s = Stream::new(false);
-        if self.cfg.stream_window > INITIAL_STREAM_CREDIT {
-            s.recv_max = self.cfg.stream_window;
-            s.window_dirty = true;
-            self.dirty_windows.push_back(id);
-        }
-        self.streams.insert(id, s);
+        self.insert_stream(id, false);
         Ok(self.streams.get_mut(&id))
+    }
+
+    /// Adds a live stream with the initial credit; its window grows as it is used.
+    fn insert_stream(&mut self, id: StreamId, opened: bool) {
+        let mut s = Stream::new(opened);
+        s.last_grant = self.clock;
+        self.streams.insert(id, s);
+    }
+
+    /// The round-trip time that paces a stream's credit: data is spread over every link and
+    /// read in order, so the slowest link's smoothed RTT. `None` before any sample.
+    fn path_rtt(&self) -> Option<Duration> {
+        self.links
+            .values()
+            .filter_map(|l| l.stats.rtt.smoothed)
+            .max()
+    }
+
+    /// Raises a stream's credit toward `read + recv_window` if that adds at least `threshold`
+    /// bytes, as far as the budget allows; a stream the budget cut short waits in
+    /// `budget_waiting`. The window autotunes: when the application consumed half of it within
+    /// two round trips of the last grant, the window was what limited the stream, so it doubles
+    /// (up to `stream_window`). A stream that moves little keeps the initial window.
+    fn extend_grant(&mut self, id: StreamId, threshold: u64) {
+        let max_window = self.cfg.stream_window;
+        let rtt = self.path_rtt();
+        let now = self.clock;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if s.reset_sent || s.recv_final.is_some() {
+            return;
+        }
+        let want = (s.recv.read_offset() + s.recv_window).saturating_sub(s.recv_max);
+        if want < threshold.max(1) {
+            return;
+        }
+        if s.recv_window < max_window {
+            let quick = match (now, s.last_grant, rtt) {
+                (Some(now), Some(last), Some(rtt)) => now.saturating_duration_since(last) < rtt * 2,
+                _ => true,
+            };
+            if quick {
+                s.recv_window = (s.recv_window * 2).min(max_window);
+            }
+        }
+        let want = (s.recv.read_offset() + s.recv_window).saturating_sub(s.recv_max);
+        // Credit within the initial allowance costs the budget nothing; the rest is reserved.
+        let free = INITIAL_STREAM_CREDIT
+            .saturating_sub(s.outstanding())
+            .min(want);
+        let need = want - free;
+        let got = if need == 0 {
+            0
+        } else {
+            let min = (s.recv_window / 8).min(need);
+            self.held.reserve_up_to(Pool::Recv, need, min)
+        };
+        let grant = free + got;
+        s.recv_reserved += got;
+        if grant > 0 {
+            s.recv_max += grant;
+            s.last_grant = now;
+            if !s.window_dirty {
+                s.window_dirty = true;
+                self.dirty_windows.push_back(id);
+            }
+        }
+        if grant < want && !s.budget_waiting {
+            s.budget_waiting = true;
+            self.budget_waiting.push(id);
+        }
+        debug_assert_eq!(s.recv_reserved, s.recv_reservation());
+    }
+
+    /// Retries what waited for the memory budget: grants for readers and capacity for
+    /// writers (they get [`Event::StreamWritable`] and ask again). Call after the budget
+    /// reported a release ([`Budget::notified`]).
+    pub fn retry_budget(&mut self) {
+        for id in std::mem::take(&mut self.budget_waiting) {
+            let Some(s) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            s.budget_waiting = false;
+            if s.write_waiting {
+                s.write_waiting = false;
+                self.events.push_back(Event::StreamWritable(id));
+            }
+            let threshold = s.recv_window / 8;
+            self.extend_grant(id, threshold);
+        }
+    }
+
+    /// Whether some stream waits for the memory budget.
+    pub fn budget_blocked(&self) -> bool {
+        !self.budget_waiting.is_empty()
     }
 
     fn on_open(&mut self, id: StreamId, service: String) -> Result<(), PeerError> {
@@ -494,7 +644,6 @@ impl Session {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(PeerError::Overflow(id))?;
-        let window = self.cfg.stream_window;
         let Some(s) = self.peer_stream(id)? else {
             return Ok(());
         };
@@ -534,7 +683,7 @@ impl Session {
             self.events.push_back(Event::StreamReadable(id));
         }
         // Ack at once at the end of the stream or after an eighth of a window, else soon.
-        if s.recv_complete() || after - s.recv_acked_sent >= window / 8 {
+        if s.recv_complete() || after - s.recv_acked_sent >= s.recv_window / 8 {
             self.mark_window_dirty(id);
         } else if !s.ack_later && !s.window_dirty {
             s.ack_later = true;
@@ -589,7 +738,9 @@ impl Session {
         if s.reset_sent {
             return Ok(());
         }
+        let before = s.send.buffered();
         s.send.ack(id, acked)?;
+        self.held.release(Pool::Send, before - s.send.buffered());
         s.send.set_max(max);
         if s.write_waiting && !s.send.is_finished() && window - s.send.buffered() >= window / 8 {
             s.write_waiting = false;
@@ -602,6 +753,7 @@ impl Session {
 
     /// Fires the delayed-ack and keepalive timers that are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = Some(now);
         if self.ack_deadline.is_some_and(|d| d <= now) {
             self.ack_deadline = None;
             for id in std::mem::take(&mut self.ack_later) {
@@ -672,6 +824,7 @@ impl Session {
     /// ping if one is due. Returns `false` when there is nothing to send.
     pub fn poll_transmit(&mut self, now: Instant, link: LinkId, buf: &mut BytesMut) -> bool {
         buf.clear();
+        self.clock = Some(now);
         let Some(mut l) = self.links.remove(&link) else {
             return false;
         };
@@ -790,13 +943,7 @@ impl Session {
         }
         let id = StreamId::new(owner, *counter);
         *counter += 1;
-        let mut s = Stream::new(true);
-        if self.cfg.stream_window > INITIAL_STREAM_CREDIT {
-            s.recv_max = self.cfg.stream_window;
-            s.window_dirty = true;
-            self.dirty_windows.push_back(id);
-        }
-        self.streams.insert(id, s);
+        self.insert_stream(id, true);
         self.control.push_back(Frame::Open {
             stream: id,
             service: service.to_owned(),
@@ -807,13 +954,27 @@ impl Session {
     /// Bytes the application may write now. Zero arms [`Event::StreamWritable`].
     pub fn stream_send_capacity(&mut self, id: StreamId) -> Result<usize, StreamError> {
         let window = self.cfg.stream_window;
+        let available = self.held.budget().available(Pool::Send);
         let s = self.live_stream(id)?;
         if s.send.is_finished() {
             return Err(StreamError::Finished);
         }
-        let cap = window.saturating_sub(s.send.buffered());
+        let mut cap = window.saturating_sub(s.send.buffered());
+        let short = available < cap;
+        if short {
+            cap = if available >= MIN_BUDGET_WRITE {
+                available
+            } else {
+                0
+            };
+        }
         if cap < window / 8 {
             s.write_waiting = true;
+            if short && !s.budget_waiting {
+                s.budget_waiting = true;
+                self.budget_waiting.push(id);
+                self.held.budget().set_waiting();
+            }
         }
         Ok(cap as usize)
     }
@@ -829,7 +990,9 @@ impl Session {
             return Err(StreamError::Full);
         }
         if !data.is_empty() {
+            let n = data.len() as u64;
             s.send.write(data);
+            self.held.force(Pool::Send, n);
             self.schedule(id);
         }
         Ok(())
@@ -849,6 +1012,12 @@ impl Session {
     pub fn stream_reset(&mut self, id: StreamId, code: u16) {
         let Ok(s) = self.live_stream(id) else { return };
         s.reset_sent = true;
+        let (recv_held, send_held) = (std::mem::take(&mut s.recv_reserved), s.send.buffered());
+        self.held.release(Pool::Recv, recv_held);
+        self.held.release(Pool::Send, send_held);
+        let Ok(s) = self.live_stream_any(id) else {
+            return;
+        };
         let discarded = s.recv_highest - s.recv.read_offset();
         s.send.clear();
         s.recv = Reorder::default();
@@ -864,15 +1033,15 @@ impl Session {
 
     /// Reads up to `max` in-order bytes, or the FIN.
     pub fn stream_read(&mut self, id: StreamId, max: usize) -> Result<ReadChunk, StreamError> {
-        let window = self.cfg.stream_window;
         let s = self.live_stream(id)?;
         if let Some(chunk) = s.recv.read(max) {
-            let read = s.recv.read_offset();
-            if read + window - s.recv_max >= window / 2 {
-                s.recv_max = read + window;
-                self.mark_window_dirty(id);
-            }
-            self.recv_session_consumed += chunk.len() as u64;
+            let n = chunk.len() as u64;
+            let freed = s.recv_reserved - s.recv_reservation();
+            s.recv_reserved -= freed;
+            let threshold = s.recv_window / 4;
+            self.held.release(Pool::Recv, freed);
+            self.extend_grant(id, threshold);
+            self.recv_session_consumed += n;
             self.maybe_grant_session();
             return Ok(ReadChunk::Data(chunk));
         }
@@ -933,7 +1102,7 @@ impl Session {
             self.events.push_back(Event::StreamReadable(id));
             self.events.push_back(Event::StreamWritable(id));
         }
-        let fresh = Session::new(self.role, self.cfg);
+        let fresh = Session::with_budget(self.role, self.cfg, self.held.budget().clone());
         let links = std::mem::take(&mut self.links);
         let next_counter = std::mem::take(&mut self.next_counter);
         let events = std::mem::take(&mut self.events);
@@ -949,6 +1118,11 @@ impl Session {
     }
 
     // ----- internals -----
+
+    /// A stream that exists, reset or not.
+    fn live_stream_any(&mut self, id: StreamId) -> Result<&mut Stream, StreamError> {
+        self.streams.get_mut(&id).ok_or(StreamError::Closed)
+    }
 
     fn live_stream(&mut self, id: StreamId) -> Result<&mut Stream, StreamError> {
         match self.streams.get_mut(&id) {
@@ -1011,7 +1185,13 @@ impl Session {
     }
 
     fn remove_stream(&mut self, id: StreamId) {
-        if self.streams.remove(&id).is_some() && matches!(self.role, Role::Server(_)) {
+        let Some(s) = self.streams.remove(&id) else {
+            return;
+        };
+        let send_held = if s.reset_sent { 0 } else { s.send.buffered() };
+        self.held.release(Pool::Recv, s.recv_reserved);
+        self.held.release(Pool::Send, send_held);
+        if matches!(self.role, Role::Server(_)) {
             self.finished.insert(id.0..id.0 + 1);
         }
     }

@@ -2,6 +2,7 @@
 //! many-link behaviour is tested by the simulation in `tests/`.
 
 use super::*;
+use crate::budget::{Budget, Pool};
 use crate::frame::reset;
 
 const NODE: NodeId = NodeId(1);
@@ -390,4 +391,158 @@ fn restart_forgets_streams_and_credit_but_keeps_links() {
     let b = c.open_stream(NODE, "svc").unwrap();
     assert_ne!(a, b);
     assert!(c.poll_transmit(now, LINK, &mut buf));
+}
+
+/// The `WINDOW` frames `s` sends on `LINK` now: (stream, acked, max).
+fn windows_sent(s: &mut Session, now: Instant) -> Vec<(StreamId, u64, u64)> {
+    let mut out = Vec::new();
+    let mut buf = BytesMut::new();
+    while s.poll_transmit(now, LINK, &mut buf) {
+        let mut b = buf.split().freeze();
+        while let Some(f) = Frame::decode(&mut b).expect("own frames decode") {
+            if let Frame::Window { stream, acked, max } = f {
+                out.push((stream, acked, max));
+            }
+        }
+    }
+    out
+}
+
+/// A peer that always sends up to its credit and an application that reads at once: returns
+/// the largest credit ahead of the reader seen, and the budget's peak use.
+fn stream_credit_grows(s: &mut Session, now: Instant, id: StreamId, total: u64) -> (u64, u64) {
+    let (mut max, mut sent, mut ahead, mut peak) = (INITIAL_STREAM_CREDIT, 0u64, 0u64, 0u64);
+    while sent < total {
+        let n = (max - sent).min(60_000);
+        if n > 0 {
+            s.handle_message(now, LINK, msg(&[data(id, sent, n as usize, false)]))
+                .expect("within credit");
+            sent += n;
+        }
+        while let Ok(ReadChunk::Data(_)) = s.stream_read(id, usize::MAX) {}
+        for (stream, _, m) in windows_sent(s, now) {
+            if stream == id {
+                max = max.max(m);
+            }
+        }
+        ahead = ahead.max(max - sent);
+        peak = peak.max(s.budget().used(Pool::Recv));
+        assert!(n > 0 || max > sent, "credit stalled at {sent}");
+    }
+    (ahead, peak)
+}
+
+#[test]
+fn stream_window_autotunes_up_to_the_configured_window() {
+    let now = Instant::now();
+    let cfg = Config {
+        stream_window: 4 << 20,
+        ..Config::default()
+    };
+    let mut s = Session::new(Role::Server(NODE), cfg);
+    s.add_link(now, LINK);
+    // A stream that moves little keeps the initial credit and costs the budget nothing.
+    s.handle_message(now, LINK, msg(&[data(sid(0), 0, 100, false)]))
+        .unwrap();
+    assert!(matches!(
+        s.stream_read(sid(0), 1000),
+        Ok(ReadChunk::Data(_))
+    ));
+    assert!(windows_sent(&mut s, now)
+        .iter()
+        .all(|w| w.2 <= INITIAL_STREAM_CREDIT));
+    assert_eq!(s.budget_held(), (0, 0));
+    // A bulk stream whose reader keeps up grows to the configured window.
+    let (ahead, _) = stream_credit_grows(&mut s, now, sid(1), 32 << 20);
+    assert!(ahead > 2 << 20, "window did not grow: {ahead}");
+    assert!(ahead <= 4 << 20, "window beyond the configuration: {ahead}");
+}
+
+#[test]
+fn memory_budget_caps_the_credit_granted() {
+    let now = Instant::now();
+    let cfg = Config {
+        stream_window: 4 << 20,
+        ..Config::default()
+    };
+    let budget = Budget::new(2 << 20); // 1 MiB per pool
+    let mut s = Session::with_budget(Role::Server(NODE), cfg, budget.clone());
+    s.add_link(now, LINK);
+    let (ahead, peak) = stream_credit_grows(&mut s, now, sid(0), 16 << 20);
+    assert!(peak <= 1 << 20, "receive pool {peak} beyond its cap");
+    assert!(ahead <= INITIAL_STREAM_CREDIT + (1 << 20), "credit {ahead}");
+    assert!(
+        ahead > INITIAL_STREAM_CREDIT,
+        "the budget allowed growth: {ahead}"
+    );
+    // A second session sharing the budget finds it used up: its stream gets the initial credit
+    // only, and waits for the budget.
+    let mut t = Session::with_budget(Role::Server(NODE), cfg, budget.clone());
+    t.add_link(now, LINK);
+    let before = budget.used(Pool::Recv);
+    assert!(
+        before > (1 << 20) - (1 << 17),
+        "budget should be nearly full: {before}"
+    );
+    for i in 0..3 {
+        t.handle_message(now, LINK, msg(&[data(sid(0), i * 60_000, 60_000, false)]))
+            .unwrap();
+    }
+    while let Ok(ReadChunk::Data(_)) = t.stream_read(sid(0), usize::MAX) {}
+    // Everything given back when streams end and sessions go away.
+    s.stream_reset(sid(0), reset::APP);
+    assert_eq!(s.budget_held().0, 0);
+    assert!(t.budget_blocked() || t.budget_held().0 > 0);
+    t.retry_budget();
+    assert!(
+        t.budget_held().0 > 0,
+        "the waiting stream got the freed budget"
+    );
+    drop(t);
+    drop(s);
+    assert_eq!(budget.used(Pool::Recv), 0);
+    assert_eq!(budget.used(Pool::Send), 0);
+}
+
+#[test]
+fn memory_budget_bounds_send_buffers_and_wakes_writers() {
+    let now = Instant::now();
+    let budget = Budget::new(2 << 20); // 1 MiB per pool
+    let mut c = Session::with_budget(Role::Client, Config::default(), budget.clone());
+    c.add_link(now, LINK);
+    let a = c.open_stream(NODE, "svc").unwrap();
+    let b = c.open_stream(NODE, "svc").unwrap();
+    let cap = c.stream_send_capacity(a).unwrap();
+    assert_eq!(cap, 1 << 20, "capacity limited by the send pool");
+    c.stream_write(a, Bytes::from(vec![1u8; cap])).unwrap();
+    assert_eq!(
+        c.stream_send_capacity(b),
+        Ok(0),
+        "pool used up by the other stream"
+    );
+    assert!(c.budget_blocked());
+    // Send what the credit allows; the peer acks it: the pool frees and `b` is woken.
+    let mut buf = BytesMut::new();
+    while c.poll_transmit(now, LINK, &mut buf) {}
+    let acked = INITIAL_STREAM_CREDIT;
+    c.handle_message(
+        now,
+        LINK,
+        msg(&[Frame::Window {
+            stream: a,
+            acked,
+            max: 4 << 20,
+        }]),
+    )
+    .unwrap();
+    assert_eq!(budget.used(Pool::Send), (1 << 20) - acked);
+    c.retry_budget();
+    let mut woken = false;
+    while let Some(ev) = c.poll_event() {
+        woken |= ev == Event::StreamWritable(b);
+    }
+    assert!(woken, "the blocked writer was not woken");
+    assert_eq!(c.stream_send_capacity(b), Ok(acked as usize));
+    c.stream_reset(a, reset::APP);
+    assert_eq!(budget.used(Pool::Send), 0);
 }

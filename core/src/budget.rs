@@ -1,0 +1,223 @@
+//! One daemon's memory cap for buffered stream bytes, shared by all of its sessions.
+//!
+//! Windows bound what one stream and one session may buffer; a [`Budget`] bounds the sum over
+//! every session of the daemon (`limits.memory`). It has two pools of half the cap each:
+//!
+//! - **receive**: every byte of stream credit granted to a peer and not yet read by the
+//!   application is reserved here *before* it is granted, so the peer can never make the
+//!   daemon hold more than was reserved;
+//! - **send**: every byte an application wrote that the peer has not yet acknowledged.
+//!
+//! Two pools, not one, so that neither direction can starve the other: if send buffers could
+//! use up the memory that receive credit needs, two daemons with full send buffers would wait
+//! for each other's credit forever.
+//!
+//! The first 256 KiB of credit of every stream are not reserved (the protocol grants them before
+//! any window update, and an idle stream should cost the budget nothing), so the receive side
+//! can hold at most the receive pool plus 256 KiB per open stream. A session that finds a pool empty registers as waiting; the next release wakes every waiting
+//! session (with the `io` feature, through [`Budget::notified`]) and each retries.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// A pool of a budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// Credit granted to peers and not yet read.
+    Recv,
+    /// Bytes written by applications and not yet acknowledged.
+    Send,
+}
+
+struct Inner {
+    /// Cap of each pool.
+    cap: u64,
+    used: [AtomicU64; 2],
+    waiting: AtomicBool,
+    #[cfg(feature = "io")]
+    notify: tokio::sync::Notify,
+}
+
+/// A daemon-wide memory cap; cheap to clone (all clones share it).
+#[derive(Clone)]
+pub struct Budget(Arc<Inner>);
+
+impl fmt::Debug for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Budget")
+            .field("cap_per_pool", &self.0.cap)
+            .field("recv", &self.used(Pool::Recv))
+            .field("send", &self.used(Pool::Send))
+            .finish()
+    }
+}
+
+impl Budget {
+    /// A budget of `total` bytes: `total / 2` for each pool.
+    pub fn new(total: u64) -> Self {
+        Budget(Arc::new(Inner {
+            cap: total / 2,
+            used: [AtomicU64::new(0), AtomicU64::new(0)],
+            waiting: AtomicBool::new(false),
+            #[cfg(feature = "io")]
+            notify: tokio::sync::Notify::new(),
+        }))
+    }
+
+    /// No cap (tests, simulations).
+    pub fn unlimited() -> Self {
+        Self::new(u64::MAX)
+    }
+
+    fn pool(&self, pool: Pool) -> &AtomicU64 {
+        &self.0.used[pool as usize]
+    }
+
+    /// Bytes reserved in `pool` now.
+    pub fn used(&self, pool: Pool) -> u64 {
+        self.pool(pool).load(Ordering::Relaxed)
+    }
+
+    /// The cap of each pool.
+    pub fn cap(&self) -> u64 {
+        self.0.cap
+    }
+
+    /// Bytes `pool` can still reserve.
+    pub fn available(&self, pool: Pool) -> u64 {
+        self.0.cap.saturating_sub(self.used(pool))
+    }
+
+    /// Reserves up to `want` bytes, at least `min` (else nothing). Returns what it reserved.
+    pub(crate) fn reserve_up_to(&self, pool: Pool, want: u64, min: u64) -> u64 {
+        let used = self.pool(pool);
+        let mut cur = used.load(Ordering::Relaxed);
+        loop {
+            let got = want.min(self.0.cap.saturating_sub(cur));
+            if got < min.min(want) || got == 0 {
+                return 0;
+            }
+            match used.compare_exchange_weak(cur, cur + got, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return got,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Reserves `n` bytes whatever the cap (the protocol already allows the peer to use them).
+    pub(crate) fn force(&self, pool: Pool, n: u64) {
+        self.pool(pool).fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Returns `n` reserved bytes and wakes waiting sessions.
+    pub(crate) fn release(&self, pool: Pool, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let prev = self.pool(pool).fetch_sub(n, Ordering::AcqRel);
+        debug_assert!(prev >= n, "budget released more than reserved");
+        if self.0.waiting.swap(false, Ordering::AcqRel) {
+            #[cfg(feature = "io")]
+            self.0.notify.notify_waiters();
+        }
+    }
+
+    /// A session could not reserve what it needed: wake it at the next release.
+    pub(crate) fn set_waiting(&self) {
+        self.0.waiting.store(true, Ordering::Release);
+    }
+
+    /// Completes after a release that followed a session's failed reservation. Create it (and
+    /// `enable` it) before checking the engine, so no release is missed.
+    #[cfg(feature = "io")]
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.notify.notified()
+    }
+}
+
+/// What one session holds in a [`Budget`]; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Held {
+    budget: Budget,
+    bytes: [u64; 2],
+}
+
+impl Held {
+    pub(crate) fn new(budget: Budget) -> Self {
+        Held {
+            budget,
+            bytes: [0, 0],
+        }
+    }
+
+    pub(crate) fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Bytes held in `pool`.
+    pub(crate) fn bytes(&self, pool: Pool) -> u64 {
+        self.bytes[pool as usize]
+    }
+
+    pub(crate) fn reserve_up_to(&mut self, pool: Pool, want: u64, min: u64) -> u64 {
+        let got = self.budget.reserve_up_to(pool, want, min);
+        self.bytes[pool as usize] += got;
+        if got < want {
+            self.budget.set_waiting();
+        }
+        got
+    }
+
+    pub(crate) fn force(&mut self, pool: Pool, n: u64) {
+        self.budget.force(pool, n);
+        self.bytes[pool as usize] += n;
+    }
+
+    pub(crate) fn release(&mut self, pool: Pool, n: u64) {
+        debug_assert!(
+            self.bytes[pool as usize] >= n,
+            "session released more than it held"
+        );
+        let n = n.min(self.bytes[pool as usize]);
+        self.bytes[pool as usize] -= n;
+        self.budget.release(pool, n);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for pool in [Pool::Recv, Pool::Send] {
+            let n = self.bytes[pool as usize];
+            self.bytes[pool as usize] = 0;
+            self.budget.release(pool, n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_are_separate_and_capped() {
+        let b = Budget::new(200);
+        let mut h = Held::new(b.clone());
+        assert_eq!(h.reserve_up_to(Pool::Recv, 150, 1), 100);
+        assert_eq!(h.reserve_up_to(Pool::Recv, 10, 1), 0);
+        assert_eq!(b.available(Pool::Recv), 0);
+        assert_eq!(h.reserve_up_to(Pool::Send, 60, 1), 60);
+        assert_eq!(
+            h.reserve_up_to(Pool::Send, 60, 50),
+            0,
+            "below the minimum: nothing"
+        );
+        h.force(Pool::Send, 60);
+        assert_eq!(b.used(Pool::Send), 120);
+        h.release(Pool::Recv, 30);
+        assert_eq!(b.available(Pool::Recv), 30);
+        drop(h);
+        assert_eq!(b.used(Pool::Recv), 0);
+        assert_eq!(b.used(Pool::Send), 0);
+    }
+}
