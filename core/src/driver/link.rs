@@ -1,6 +1,7 @@
 //! Link tasks: one reader and one writer per Noise link, feeding one session.
 
 use super::SessionDriver;
+use crate::engine::LinkStats;
 use crate::frame::MAX_MESSAGE;
 use crate::ids::LinkId;
 use crate::noise::{LinkError, LinkReader, LinkWriter};
@@ -8,13 +9,18 @@ use bytes::{Bytes, BytesMut};
 use std::fmt;
 use std::sync::Arc;
 use tokio::sync::Notify;
-use tracing::{debug, Instrument};
+use tracing::{debug, info, Instrument};
 
 /// Messages a writer takes from the engine per lock, then encrypts and writes in one syscall.
 const BATCH: usize = 4;
 /// A busy writer checks this often whether every link is saturated (see
 /// `SessionDriver::check_saturation`); the same span is what counts as saturated.
 const SATURATION: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often a link task copies its numbers from the engine (kept for the log line when the
+/// link ends, since the engine forgets a link it declared dead).
+const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Every this many copies, the numbers are logged at debug level.
+const STATS_LOG_EVERY: u32 = 10;
 
 /// Why a link ended.
 #[derive(Debug)]
@@ -71,6 +77,7 @@ pub async fn run_with(
         id,
     };
     let span = tracing::debug_span!("link", id = %id);
+    let mut last: Option<LinkStats> = None;
     let end = async {
         if let Some(first) = first {
             if let Err(e) = driver.with(|s, now| s.handle_message(now, id, first)) {
@@ -80,17 +87,59 @@ pub async fn run_with(
         let mut w = AbortOnDrop(tokio::spawn(
             write_loop(driver.clone(), id, waker, writer).in_current_span(),
         ));
-        tokio::select! {
-            end = read_loop(&driver, id, &mut reader) => end,
-            end = &mut w.0 => end.unwrap_or(LinkEnd::Closed),
-            () = driver.closed() => LinkEnd::SessionClosed,
-            () = kill.notified() => LinkEnd::TimedOut,
+        let read = read_loop(&driver, id, &mut reader);
+        tokio::pin!(read);
+        let mut tick = tokio::time::interval(STATS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u32;
+        loop {
+            tokio::select! {
+                end = &mut read => return end,
+                end = &mut w.0 => return end.unwrap_or(LinkEnd::Closed),
+                () = driver.closed() => return LinkEnd::SessionClosed,
+                () = kill.notified() => return LinkEnd::TimedOut,
+                _ = tick.tick() => {
+                    if let Some(s) = driver.with(|s, _| s.link_stats(id)) {
+                        last = Some(s);
+                        ticks = ticks.wrapping_add(1);
+                        if ticks % STATS_LOG_EVERY == 0 {
+                            debug!(stats = %Stats(&s), "link");
+                        }
+                    }
+                }
+            }
         }
     }
     .instrument(span.clone())
     .await;
-    span.in_scope(|| debug!(%end, "link ended"));
+    let stats = driver.with(|s, _| s.link_stats(id)).or(last);
+    span.in_scope(|| match stats {
+        Some(s) => info!(%end, stats = %Stats(&s), "link ended"),
+        None => info!(%end, "link ended"),
+    });
     end
+}
+
+/// A link's numbers for a log line.
+struct Stats<'a>(&'a LinkStats);
+
+impl fmt::Display for Stats<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        match s.rtt.smoothed {
+            Some(srtt) => write!(f, "rtt {:.1}±{:.1} ms", ms(srtt), ms(s.rtt.var))?,
+            None => f.write_str("rtt -")?,
+        }
+        write!(
+            f,
+            ", delivery {:.1} Mbit/s, sent {} B, received {} B, unconfirmed {}",
+            s.delivery_rate as f64 * 8e-6,
+            s.bytes_sent,
+            s.bytes_received,
+            s.unconfirmed
+        )
+    }
 }
 
 /// A link's membership of its session, ended on drop.

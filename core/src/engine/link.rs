@@ -80,6 +80,12 @@ pub struct LinkStats {
     pub bytes_received: u64,
     /// Entries sent and not yet confirmed by a pong.
     pub unconfirmed: usize,
+    /// Plaintext bytes the peer confirmed (by pong) it processed.
+    pub delivered: u64,
+    /// Delivery rate, bytes per second: bytes confirmed between successive pongs over the
+    /// time between them, smoothed (1/4 weight per sample). On a busy link this is what the
+    /// link moves end to end; on an idle one it falls toward zero.
+    pub delivery_rate: u64,
 }
 
 #[derive(Debug)]
@@ -87,8 +93,11 @@ pub(crate) struct LinkState {
     /// Sent, unconfirmed; `base` is the sequence number of the front entry.
     pub(crate) sent: VecDeque<Sent>,
     pub(crate) base: u64,
-    /// Outstanding ping: token, when sent, and the sequence number it confirms up to.
-    ping: Option<(u64, Instant, u64)>,
+    /// Outstanding ping: token, when sent, the sequence number it confirms up to, and the
+    /// plaintext bytes sent up to and including it.
+    ping: Option<(u64, Instant, u64, u64)>,
+    /// When the last pong arrived, for delivery-rate samples.
+    last_pong: Option<Instant>,
     /// When the last ping went out; `None` before the first.
     last_ping: Option<Instant>,
     created: Instant,
@@ -104,6 +113,7 @@ impl LinkState {
             sent: VecDeque::new(),
             base: 0,
             ping: None,
+            last_pong: None,
             last_ping: None,
             created: now,
             ping_due: false,
@@ -130,8 +140,9 @@ impl LinkState {
         self.ping_due && self.ping.is_none()
     }
 
-    pub(crate) fn ping_sent(&mut self, now: Instant, token: u64) {
-        self.ping = Some((token, now, self.base + self.sent.len() as u64));
+    /// A ping went out; `bytes` is the plaintext sent on the link up to and including it.
+    pub(crate) fn ping_sent(&mut self, now: Instant, token: u64, bytes: u64) {
+        self.ping = Some((token, now, self.base + self.sent.len() as u64, bytes));
         self.last_ping = Some(now);
         self.ping_due = false;
     }
@@ -139,7 +150,7 @@ impl LinkState {
     /// A pong arrived: drop everything it confirms and take an RTT sample. Pongs that match
     /// no outstanding ping (late or forged) are ignored.
     pub(crate) fn pong(&mut self, now: Instant, token: u64) {
-        let Some((t, at, upto)) = self.ping else {
+        let Some((t, at, upto, bytes)) = self.ping else {
             return;
         };
         if t != token {
@@ -147,6 +158,19 @@ impl LinkState {
         }
         self.ping = None;
         self.stats.rtt.sample(now.saturating_duration_since(at));
+        if let Some(prev) = self.last_pong {
+            let secs = now.saturating_duration_since(prev).as_secs_f64();
+            if secs > 0.0 {
+                let sample = (bytes.saturating_sub(self.stats.delivered) as f64 / secs) as u64;
+                self.stats.delivery_rate = if self.stats.delivery_rate == 0 {
+                    sample
+                } else {
+                    (self.stats.delivery_rate * 3 + sample) / 4
+                };
+            }
+        }
+        self.last_pong = Some(now);
+        self.stats.delivered = self.stats.delivered.max(bytes);
         while self.base < upto && self.sent.pop_front().is_some() {
             self.base += 1;
         }
@@ -176,7 +200,7 @@ impl LinkState {
 
     /// When the outstanding ping, if any, declares the link dead.
     pub(crate) fn dead_at(&self) -> Option<Instant> {
-        self.ping.map(|(_, at, _)| at + self.dead_after())
+        self.ping.map(|(_, at, _, _)| at + self.dead_after())
     }
 
     /// When the ping timer fires: `PING_INTERVAL` after the last ping while frames await
@@ -192,5 +216,33 @@ impl LinkState {
             (None, true) => Some(self.created + KEEPALIVE),
             (None, false) => Some(self.created),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pongs_give_rtt_and_delivery_rate() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut l = LinkState::new(t0);
+        l.ping_sent(t0, 1, 1_000);
+        l.pong(t0 + ms(40), 1);
+        assert_eq!(l.stats.rtt.smoothed, Some(ms(40)));
+        assert_eq!(l.stats.delivery_rate, 0, "one pong is no interval yet");
+        // 100 kB confirmed 100 ms after the previous pong: 1 MB/s.
+        l.ping_sent(t0 + ms(100), 2, 101_000);
+        l.pong(t0 + ms(140), 2);
+        assert_eq!(l.stats.delivered, 101_000);
+        assert_eq!(l.stats.delivery_rate, 1_000_000);
+        // A forged or late pong changes nothing.
+        l.pong(t0 + ms(150), 2);
+        assert_eq!(l.stats.delivered, 101_000);
+        // Then 50 kB in 100 ms (500 kB/s): smoothed with a quarter weight.
+        l.ping_sent(t0 + ms(200), 3, 151_000);
+        l.pong(t0 + ms(240), 3);
+        assert_eq!(l.stats.delivery_rate, 875_000);
     }
 }

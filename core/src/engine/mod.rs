@@ -884,7 +884,7 @@ impl Session {
             let token = self.next_ping;
             self.next_ping += 1;
             Frame::Ping(token).encode(buf);
-            l.ping_sent(now, token);
+            l.ping_sent(now, token, l.stats.bytes_sent + buf.len() as u64);
         }
         l.stats.bytes_sent += buf.len() as u64;
         self.links.insert(link, l);
