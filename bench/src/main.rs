@@ -222,12 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn recovery(args: RecoveryArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_tracing("warn");
     let mut opts = wanmux_bench::RecoveryOptions::default();
     opts.links = args.links;
     opts.seconds = args.time;
@@ -251,21 +246,12 @@ async fn recovery(args: RecoveryArgs) -> anyhow::Result<()> {
         }
     })
     .await?;
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("{report}");
-    }
-    Ok(())
+    // Compact: the report holds every 100 ms sample.
+    print_report(&report, json, false)
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_tracing("warn");
     if !(args.time > 0.0 && args.time.is_finite()) {
         anyhow::bail!("--time must be a positive number of seconds");
     }
@@ -285,21 +271,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         }
     })
     .await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{report}");
-    }
-    Ok(())
+    print_report(&report, json, true)
 }
 
 async fn server(listen: &str) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_tracing("info");
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
@@ -350,10 +326,30 @@ async fn rr(args: RrArgs) -> anyhow::Result<()> {
     opts.size = usize::try_from(args.size).unwrap_or(usize::MAX);
     opts.idle_timeout = seconds("--timeout", args.timeout, false)?;
     let report = wanmux_bench::run_rr(&opts).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
+    print_report(&report, args.json, true)
+}
+
+/// Logs to stderr at `default` level unless `RUST_LOG` says otherwise.
+fn init_tracing(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Prints a report as text, or as one JSON object (`pretty` or on one line).
+fn print_report<R>(report: &R, json: bool, pretty: bool) -> anyhow::Result<()>
+where
+    R: serde::Serialize + std::fmt::Display,
+{
+    if !json {
         println!("{report}");
+    } else if pretty {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        println!("{}", serde_json::to_string(report)?);
     }
     Ok(())
 }
