@@ -389,6 +389,7 @@ class Run:
     test: str  # "bulk" or "rr"
     spec: str
     loss: float | None = None  # sweep only: the path's loss, percent
+    reverse: bool = False  # server -> client: the data direction is "down"
     ok: bool = False
     status: int = 0
     error: str = ""
@@ -659,7 +660,8 @@ def summarize(runs: list[Run], contender: str, path: int, test: str, loss=None) 
         "runs": [round(r.mbit, 1) for r in ok],
         "data_ratio": median([r.wire_data_ratio for r in ok if r.wire_data_ratio is not None]),
         "total_ratio": median([r.wire_total_ratio for r in ok if r.wire_total_ratio is not None]),
-        "drop_loss": median([r.wire[d]["drop_loss"] for r in ok for d in ("up",) if r.wire]),
+        "drop_loss": median([r.wire["down" if r.reverse else "up"]["drop_loss"] for r in ok
+                             if r.wire]),
         "drop_queue": median([r.wire["up"]["drop_queue"] + r.wire["down"]["drop_queue"]
                               for r in ok if r.wire]),
         "drop_flow": median([r.wire["up"]["drop_flow"] + r.wire["down"]["drop_flow"]
@@ -799,7 +801,7 @@ def measure(args, bins, keys, tmp, scenario, specs, contenders, tests, runs, los
         for test in tests:
             for c, k in schedule(contenders, paths, rep):
                 i += 1
-                r = Run(scenario, c, k, rep, test, specs[k - 1], loss=loss)
+                r = Run(scenario, c, k, rep, test, specs[k - 1], loss=loss, reverse=args.reverse)
                 try:
                     one_run(r, args, bins, keys, tmp, paths)
                 except (OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
