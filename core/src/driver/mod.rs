@@ -72,9 +72,10 @@ pub struct LinkActivity {
     pub since: Instant,
 }
 
-/// The idle writer to wake for session-level work: the one with the lowest smoothed RTT, so
-/// small interactive frames take the quickest path when links are idle.
-fn pick_writer(session: &Session, idle: &[LinkId]) -> usize {
+/// The idle writer to wake for session-level work: of those that would find work (see
+/// [`Session::has_work_for`]), the one with the lowest smoothed RTT, so small interactive
+/// frames take the quickest path when links are idle.
+fn pick_writer(session: &Session, idle: &[LinkId]) -> Option<usize> {
     let rtt = |id: &LinkId| {
         session
             .link_stats(*id)
@@ -83,8 +84,9 @@ fn pick_writer(session: &Session, idle: &[LinkId]) -> usize {
     };
     idle.iter()
         .enumerate()
+        .filter(|(_, id)| session.has_work_for(**id))
         .min_by_key(|(_, id)| rtt(id))
-        .map_or(0, |(i, _)| i)
+        .map(|(i, _)| i)
 }
 
 /// A running session: cheap to clone, one per client session.
@@ -177,10 +179,11 @@ impl SessionDriver {
         // writer of any link with a pong or ping of its own. Waking every writer for every
         // frame would cost a context switch per link per frame and add latency.
         if st.session.wants_transmit() && !st.idle_writers.is_empty() {
-            let best = pick_writer(&st.session, &st.idle_writers);
-            let id = st.idle_writers.swap_remove(best);
-            if let Some(w) = st.link_wakers.get(&id) {
-                w.notify_one();
+            if let Some(best) = pick_writer(&st.session, &st.idle_writers) {
+                let id = st.idle_writers.swap_remove(best);
+                if let Some(w) = st.link_wakers.get(&id) {
+                    w.notify_one();
+                }
             }
         }
         let own: Vec<LinkId> = st

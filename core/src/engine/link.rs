@@ -198,6 +198,20 @@ impl LinkState {
         }
     }
 
+    /// Whether the outstanding ping is late enough that the link looks stalled (a loss being
+    /// repaired, a path going dark): more than two smoothed RTTs plus four deviations plus
+    /// 10 ms. Such a link is not used as an interactive lane.
+    pub(crate) fn stalled(&self, now: Instant) -> bool {
+        let Some((_, at, _, _)) = self.ping else {
+            return false;
+        };
+        let late = match self.stats.rtt.smoothed {
+            Some(srtt) => srtt * 2 + self.stats.rtt.var * 4 + Duration::from_millis(10),
+            None => DEAD_MIN,
+        };
+        now.saturating_duration_since(at) > late
+    }
+
     /// When the outstanding ping, if any, declares the link dead.
     pub(crate) fn dead_at(&self) -> Option<Instant> {
         self.ping.map(|(_, at, _, _)| at + self.dead_after())

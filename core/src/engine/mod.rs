@@ -47,6 +47,13 @@ const ACK_DELAY: Duration = Duration::from_millis(5);
 const MIN_TAIL: usize = 256;
 /// Smallest send capacity worth offering an application when the memory budget is short.
 const MIN_BUDGET_WRITE: u64 = 16 * 1024;
+/// Interactive segments at most this long are latency-sensitive traffic (a game's packets, a
+/// request): they switch the interactive lanes on and are sent on both lanes.
+const SMALL_SEGMENT: usize = 2048;
+/// Lanes stay reserved this long after the last small interactive segment.
+const LANE_HOLD: Duration = Duration::from_secs(2);
+/// Duplicates waiting for the second lane, at most.
+const MAX_LANE_DUPS: usize = 1024;
 
 /// Limits of one session. Each bounds memory; see `docs/CONFIG.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +74,18 @@ impl Default for Config {
             max_streams: 16_384,
         }
     }
+}
+
+/// Which stream data a link may take in one `poll_transmit`.
+#[derive(Debug, Clone, Copy)]
+enum Pick {
+    /// No lanes reserved: interactive streams first, then bulk.
+    Any,
+    /// This link is an interactive lane: interactive streams only; `twin` is the other lane,
+    /// which sends the small segments again.
+    Lane { twin: Option<LinkId> },
+    /// Lanes are reserved and this is not one: bulk streams only.
+    Bulk,
 }
 
 /// Which end of the session this engine is.
@@ -197,6 +216,8 @@ struct Stream {
     /// Server: the OPEN arrived. Client: always.
     opened: bool,
     queued: bool,
+    /// Queued as interactive (small backlog) the last time it was queued.
+    queued_interactive: bool,
     /// In `blocked_on_session`.
     session_blocked: bool,
     window_dirty: bool,
@@ -228,6 +249,7 @@ impl Stream {
             reset_sent: false,
             opened,
             queued: false,
+            queued_interactive: false,
             session_blocked: false,
             window_dirty: false,
             ack_later: false,
@@ -294,6 +316,12 @@ pub struct Session {
     next_ping: u64,
     /// The latest time passed in by the driver (for window autotuning in calls that take none).
     clock: Option<Instant>,
+    /// When the last small interactive segment went out: lanes are reserved until
+    /// `LANE_HOLD` after it.
+    last_small: Option<Instant>,
+    /// Small interactive segments sent on one lane, to be sent again on the other:
+    /// (lane, stream, offset, length, fin).
+    lane_dups: VecDeque<(LinkId, StreamId, u64, usize, bool)>,
     /// What this session holds of the daemon's memory budget.
     held: Held,
     /// Streams whose write or grant waits for the budget; see [`Session::retry_budget`].
@@ -335,6 +363,8 @@ impl Session {
             recv_session_consumed: 0,
             next_ping: 0,
             clock: None,
+            last_small: None,
+            lane_dups: VecDeque::new(),
             held: Held::new(budget),
             budget_waiting: Vec::new(),
         }
@@ -366,6 +396,7 @@ impl Session {
         let Some(state) = self.links.remove(&link) else {
             return;
         };
+        self.lane_dups.retain(|d| d.0 != link);
         for sent in state.sent {
             match sent {
                 Sent::Data {
@@ -810,13 +841,70 @@ impl Session {
             || !self.sched.is_empty()
     }
 
-    /// Links that have something of their own to send (pongs, a due keepalive ping), beyond
-    /// what [`Session::wants_transmit`] covers.
+    /// Links that have something of their own to send (pongs, a due keepalive ping, the
+    /// interactive frames and duplicates of a lane), beyond what [`Session::wants_transmit`]
+    /// covers.
     pub fn links_wanting_transmit(&self) -> impl Iterator<Item = LinkId> + '_ {
+        let lanes = self.lanes();
+        let interactive = self.sched.has_interactive();
         self.links
             .iter()
-            .filter(|(_, l)| !l.pongs_owed.is_empty() || l.ping_pending())
+            .filter(move |(id, l)| {
+                !l.pongs_owed.is_empty()
+                    || l.ping_pending()
+                    || (lanes.contains(&Some(**id))
+                        && (interactive || self.lane_dups.iter().any(|d| d.0 == **id)))
+            })
             .map(|(&id, _)| id)
+    }
+
+    /// Whether `link` would find something to send now: control frames and window updates
+    /// go on any link; while lanes are reserved, interactive data only on a lane and bulk data
+    /// only elsewhere. The driver wakes only writers that have work.
+    pub fn has_work_for(&self, link: LinkId) -> bool {
+        if !self.control.is_empty() || !self.dirty_windows.is_empty() || self.session_window_dirty {
+            return true;
+        }
+        let lanes = self.lanes();
+        if lanes[0].is_none() {
+            !self.sched.is_empty()
+        } else if lanes.contains(&Some(link)) {
+            self.sched.has_interactive() || self.lane_dups.iter().any(|d| d.0 == link)
+        } else {
+            self.sched.has_bulk()
+        }
+    }
+
+    /// The interactive lanes: links kept free of bulk data while latency-sensitive traffic
+    /// flows (a small interactive segment within `LANE_HOLD`), so that a game's packets do not
+    /// wait behind bulk data, or behind the loss repair of a busy TCP connection. With 2 or 3
+    /// links one lane, with 4 or more two, and each small segment is sent on both (the
+    /// receiver drops the copy that arrives second), so one lost packet costs no round trip.
+    /// The lanes are the links with the lowest ids that are not stalled (a ping overdue).
+    fn lanes(&self) -> [Option<LinkId>; 2] {
+        let mut out = [None, None];
+        let (Some(now), Some(small)) = (self.clock, self.last_small) else {
+            return out;
+        };
+        if now.saturating_duration_since(small) > LANE_HOLD {
+            return out;
+        }
+        let want = match self.links.len() {
+            0 | 1 => 0,
+            2 | 3 => 1,
+            _ => 2,
+        };
+        let mut k = 0;
+        for (&id, l) in &self.links {
+            if k == want {
+                break;
+            }
+            if !l.stalled(now) {
+                out[k] = Some(id);
+                k += 1;
+            }
+        }
+        out
     }
 
     /// Fills `buf` (cleared first) with the plaintext of one message for `link`: that link's
@@ -825,6 +913,16 @@ impl Session {
     pub fn poll_transmit(&mut self, now: Instant, link: LinkId, buf: &mut BytesMut) -> bool {
         buf.clear();
         self.clock = Some(now);
+        let lanes = self.lanes();
+        let pick = if lanes[0].is_none() {
+            Pick::Any
+        } else if lanes.contains(&Some(link)) {
+            Pick::Lane {
+                twin: lanes.into_iter().flatten().find(|&x| x != link),
+            }
+        } else {
+            Pick::Bulk
+        };
         let Some(mut l) = self.links.remove(&link) else {
             return false;
         };
@@ -869,7 +967,10 @@ impl Session {
             .encode(buf);
             l.record(Sent::SessionWindow);
         }
-        self.fill_data(&mut l, buf, limit);
+        if matches!(pick, Pick::Lane { .. }) {
+            self.fill_dups(link, buf, limit);
+        }
+        self.fill_data(now, &mut l, buf, limit, pick);
         // Drop entries the peer has acked end to end, then ask for confirmation of the rest.
         let streams = &self.streams;
         l.pop_front_while(|s| match s {
@@ -891,9 +992,50 @@ impl Session {
         !buf.is_empty()
     }
 
-    fn fill_data(&mut self, l: &mut LinkState, buf: &mut BytesMut, limit: usize) {
+    /// Sends again, on `link`, the small segments the other lane sent that are not acked yet.
+    fn fill_dups(&mut self, link: LinkId, buf: &mut BytesMut, limit: usize) {
+        let mut i = 0;
+        while i < self.lane_dups.len() {
+            let (lane, id, offset, len, fin) = self.lane_dups[i];
+            if lane != link {
+                i += 1;
+                continue;
+            }
+            if buf.len() + DATA_HEADER + len > limit {
+                break;
+            }
+            self.lane_dups.remove(i);
+            let Some(s) = self.streams.get(&id) else {
+                continue;
+            };
+            let unacked = if len > 0 {
+                offset >= s.send.acked()
+            } else {
+                fin && !s.send.fin_acked()
+            };
+            if s.reset_sent || !unacked {
+                continue;
+            }
+            frame::encode_data_header(buf, id, offset, len, fin);
+            s.send.copy_out(offset, len, buf);
+        }
+    }
+
+    fn fill_data(
+        &mut self,
+        now: Instant,
+        l: &mut LinkState,
+        buf: &mut BytesMut,
+        limit: usize,
+        pick: Pick,
+    ) {
         while buf.len() + DATA_HEADER + MIN_TAIL <= limit {
-            let Some(id) = self.sched.pop() else { break };
+            let next = match pick {
+                Pick::Any => self.sched.pop(),
+                Pick::Lane { .. } => self.sched.pop_interactive(),
+                Pick::Bulk => self.sched.pop_bulk(),
+            };
+            let Some(id) = next else { break };
             let credit = self.send_session_max - self.send_session_used;
             let Some(s) = self.streams.get_mut(&id) else {
                 continue;
@@ -915,6 +1057,16 @@ impl Session {
             frame::encode_data_header(buf, id, seg.offset, seg.len, seg.fin);
             s.send.copy_out(seg.offset, seg.len, buf);
             s.send.mark_sent(seg);
+            if s.queued_interactive && seg.len <= SMALL_SEGMENT {
+                self.last_small = Some(now);
+                if let Pick::Lane { twin: Some(twin) } = pick {
+                    if self.lane_dups.len() >= MAX_LANE_DUPS {
+                        self.lane_dups.pop_front();
+                    }
+                    self.lane_dups
+                        .push_back((twin, id, seg.offset, seg.len, seg.fin));
+                }
+            }
             self.send_session_used += seg.new_bytes;
             l.record(Sent::Data {
                 stream: id,
@@ -1141,7 +1293,7 @@ impl Session {
         }
         if s.send.has_sendable(credit) {
             s.queued = true;
-            self.sched.push(id, s.send.backlog());
+            s.queued_interactive = self.sched.push(id, s.send.backlog());
         } else if credit == 0 && s.send.has_sendable(1) && !s.session_blocked {
             s.session_blocked = true;
             self.blocked_on_session.push(id);

@@ -21,12 +21,15 @@ pub(crate) struct Scheduler {
 }
 
 impl Scheduler {
-    /// Queues a stream; the caller keeps a flag so a stream is queued at most once.
-    pub(crate) fn push(&mut self, id: StreamId, backlog: u64) {
+    /// Queues a stream; the caller keeps a flag so a stream is queued at most once. Returns
+    /// whether it went to the interactive queue.
+    pub(crate) fn push(&mut self, id: StreamId, backlog: u64) -> bool {
         if backlog <= INTERACTIVE_BACKLOG {
             self.interactive.push_back(id);
+            true
         } else {
             self.bulk.push_back(id);
+            false
         }
     }
 
@@ -34,6 +37,22 @@ impl Scheduler {
         self.interactive
             .pop_front()
             .or_else(|| self.bulk.pop_front())
+    }
+
+    pub(crate) fn pop_interactive(&mut self) -> Option<StreamId> {
+        self.interactive.pop_front()
+    }
+
+    pub(crate) fn pop_bulk(&mut self) -> Option<StreamId> {
+        self.bulk.pop_front()
+    }
+
+    pub(crate) fn has_interactive(&self) -> bool {
+        !self.interactive.is_empty()
+    }
+
+    pub(crate) fn has_bulk(&self) -> bool {
+        !self.bulk.is_empty()
     }
 
     pub(crate) fn is_empty(&self) -> bool {

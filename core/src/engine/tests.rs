@@ -546,3 +546,62 @@ fn memory_budget_bounds_send_buffers_and_wakes_writers() {
     c.stream_reset(a, reset::APP);
     assert_eq!(budget.used(Pool::Send), 0);
 }
+
+/// The data frames `s` sends on `link` in one message: (stream, offset, len).
+fn data_sent(s: &mut Session, now: Instant, link: LinkId) -> Vec<(StreamId, u64, usize)> {
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    if s.poll_transmit(now, link, &mut buf) {
+        let mut b = buf.freeze();
+        while let Some(f) = Frame::decode(&mut b).expect("own frames decode") {
+            if let Frame::Data {
+                stream,
+                offset,
+                data,
+                ..
+            } = f
+            {
+                out.push((stream, offset, data.len()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn small_interactive_frames_get_lanes_free_of_bulk_and_go_twice() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    let links: Vec<LinkId> = (1..=4).map(LinkId).collect();
+    for &l in &links {
+        c.add_link(now, l);
+    }
+    let bulk = c.open_stream(NODE, "svc").unwrap();
+    let game = c.open_stream(NODE, "svc").unwrap();
+    c.stream_write(bulk, Bytes::from(vec![1u8; 200_000]))
+        .unwrap();
+    c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
+    // No lanes yet: the first link to ask takes the small frame first, then bulk data.
+    let first = data_sent(&mut c, now, links[3]);
+    assert_eq!(first[0], (game, 0, 100));
+    assert!(first.iter().any(|d| d.0 == bulk));
+    // Latency-sensitive traffic seen: links 1 and 2 are lanes now. The next small write goes
+    // on a lane only, and again on the other lane; the other links carry bulk only.
+    c.stream_write(game, Bytes::from(vec![3u8; 100])).unwrap();
+    let other = data_sent(&mut c, now, links[2]);
+    assert!(
+        !other.is_empty() && other.iter().all(|d| d.0 == bulk),
+        "{other:?}"
+    );
+    assert_eq!(data_sent(&mut c, now, links[0]), vec![(game, 100, 100)]);
+    assert_eq!(data_sent(&mut c, now, links[1]), vec![(game, 100, 100)]);
+    assert!(!c.has_work_for(links[0]) && !c.has_work_for(links[1]));
+    assert!(
+        c.has_work_for(links[3]),
+        "bulk data waits for the bulk links"
+    );
+    // Once the traffic stops, the lanes carry bulk again.
+    let later = now + Duration::from_secs(3);
+    let lane = data_sent(&mut c, later, links[0]);
+    assert!(lane.iter().any(|d| d.0 == bulk), "{lane:?}");
+}
