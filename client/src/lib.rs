@@ -80,6 +80,12 @@ impl ClientHandle {
         self.driver.with(|s, _| s.max_stream_buffered())
     }
 
+    /// Stream bytes the session queued again because a link died before the server confirmed
+    /// them.
+    pub fn resent_bytes(&self) -> u64 {
+        self.driver.with(|s, _| s.resent_bytes())
+    }
+
     /// The daemon's memory budget (`limits.memory`) and what the session holds of it.
     pub fn budget(&self) -> Budget {
         self.driver.with(|s, _| s.budget().clone())

@@ -57,6 +57,12 @@ impl ServerHandle {
         self.sessions.max_stream_buffered()
     }
 
+    /// Stream bytes the live sessions queued again because a link died before the client
+    /// confirmed them.
+    pub fn resent_bytes(&self) -> u64 {
+        self.sessions.resent_bytes()
+    }
+
     /// The daemon's memory budget (`limits.memory`): what all sessions hold of it now.
     pub fn budget(&self) -> &wanmux_core::budget::Budget {
         self.sessions.budget()

@@ -97,6 +97,15 @@ impl Sessions {
     }
 
     /// The largest receive and send buffer of any one stream in any session, bytes.
+    /// Resent bytes of every live session (see `Session::resent_bytes`).
+    pub(crate) fn resent_bytes(&self) -> u64 {
+        let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
+        drivers
+            .iter()
+            .map(|d| d.with(|s, _| s.resent_bytes()))
+            .sum()
+    }
+
     pub(crate) fn max_stream_buffered(&self) -> (u64, u64) {
         let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
         drivers

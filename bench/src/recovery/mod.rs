@@ -22,8 +22,9 @@
 //!    mean throughput over the measured window as a ratio of phase 1's.
 //!
 //! Every byte of every transfer is verified (pattern and crc32), so a run that completes also
-//! proves no byte was lost, duplicated or reordered across the kills. How many bytes wanmux
-//! resent is not reported: neither daemon's handle exposes it.
+//! proves no byte was lost, duplicated or reordered across the kills. The one-kill phase also
+//! reports how many stream bytes both daemons queued again because the link died unconfirmed
+//! (`ClientHandle::resent_bytes` + `ServerHandle::resent_bytes`).
 
 use std::fmt;
 use std::io;
@@ -378,7 +379,12 @@ async fn run_phase(
             return Err(setup("the wanmux client", e));
         }
     };
-    let result = transfer(opts, service, direction, faults, &client, &relay).await;
+    let result = transfer(opts, service, direction, faults, &client, &relay)
+        .await
+        .map(|mut run| {
+            run.resent = client.resent_bytes() + server.resent_bytes();
+            run
+        });
     client.shutdown();
     server.shutdown();
     drop(relay);
@@ -467,6 +473,7 @@ async fn transfer(
         dropped: relay.dropped(data_dir),
         detect,
         relink,
+        resent: 0,
     })
 }
 

@@ -74,8 +74,8 @@ pub struct OneKillReport {
     pub detect_seconds: Option<f64>,
     /// From the kill until the client had all its links again.
     pub relink_seconds: Option<f64>,
-    /// Bytes wanmux resent because of the kill. Always `null`: not exposed by the client or
-    /// server handles.
+    /// Stream bytes wanmux queued again because of the kill (client and server together):
+    /// what the dead link carried that the far end had not confirmed.
     pub resent_bytes: Option<u64>,
 }
 
@@ -203,6 +203,8 @@ pub(super) struct PhaseRun {
     /// Seconds from the first kill until the client saw a link down, and until all were up.
     pub(super) detect: Option<f64>,
     pub(super) relink: Option<f64>,
+    /// Stream bytes both daemons queued again because links died.
+    pub(super) resent: u64,
 }
 
 /// Per-sample (end time, bits per second, live links) from the ticks.
@@ -316,7 +318,7 @@ pub(super) fn one_kill_report(run: &PhaseRun, warm: usize, base: &PhaseReport) -
         lost_seconds,
         detect_seconds: run.detect,
         relink_seconds: run.relink,
-        resent_bytes: None,
+        resent_bytes: Some(run.resent),
     }
 }
 
@@ -381,7 +383,7 @@ impl fmt::Display for RecoveryReport {
         )?;
         writeln!(
             f,
-            "{:>3} {:<8} | {:>16} {:>5} | {:>9} {:>6} {:>7} {:>8} {:>8} {:>10} | {:>16} {:>5} {:>9} {:>5}",
+            "{:>3} {:<8} | {:>16} {:>5} | {:>9} {:>6} {:>7} {:>8} {:>8} {:>10} {:>10} | {:>16} {:>5} {:>9} {:>5}",
             "run",
             "dir",
             "no faults",
@@ -392,6 +394,7 @@ impl fmt::Display for RecoveryReport {
             "detect",
             "relinked",
             "in path",
+            "resent",
             format!("kill every {} s", self.kill_every),
             "ratio",
             "links min",
@@ -403,7 +406,7 @@ impl fmt::Display for RecoveryReport {
                 let c = &d.kill_every;
                 writeln!(
                     f,
-                    "{:>3} {:<8} | {:>16} {:>4.0}% | {:>9} {:>5.0}% {:>6.2}s {:>8} {:>8} {:>10} | {:>16} {:>5.2} {:>9} {:>5}",
+                    "{:>3} {:<8} | {:>16} {:>4.0}% | {:>9} {:>5.0}% {:>6.2}s {:>8} {:>8} {:>10} {:>10} | {:>16} {:>5.2} {:>9} {:>5}",
                     i + 1,
                     d.direction,
                     Mbits(d.no_faults.bits_per_second),
@@ -415,6 +418,7 @@ impl fmt::Display for RecoveryReport {
                         .map_or_else(|| "-".into(), |s| format!("{:.1}ms", s * 1e3)),
                     secs(k.relink_seconds),
                     Bytes(k.phase.dropped_in_path_bytes),
+                    Bytes(k.resent_bytes.unwrap_or(0)),
                     Mbits(c.phase.bits_per_second),
                     c.ratio,
                     c.phase.min_live_links,
@@ -461,11 +465,12 @@ impl fmt::Display for RecoveryReport {
              first 100 ms sample after the kill at >= 90% of the no-fault median. lowest: \
              lowest sample in the second after the kill. lost: transfer time lost in the 2 s \
              after it. detect / relinked: the client saw a link down / had all links again. \
-             in path: bytes the kill destroyed inside the relay."
+             in path: bytes the kill destroyed inside the relay. resent: stream bytes the \
+             daemons queued again because the link died unconfirmed (both ends)."
         )?;
         write!(
             f,
-            "every byte verified: {}; resent bytes: not exposed by the client/server handles",
+            "every byte verified: {}",
             if self.verified { "yes" } else { "NO" }
         )
     }
@@ -484,6 +489,7 @@ mod tests {
             dropped: 0,
             detect: None,
             relink: None,
+            resent: 0,
         }
     }
 
@@ -515,7 +521,7 @@ mod tests {
         assert!((r.min_ratio - 0.1).abs() < 1e-9);
         // 1.4 samples of 0.1 s lost.
         assert!((r.lost_seconds - 0.14).abs() < 1e-9, "{}", r.lost_seconds);
-        assert_eq!(r.resent_bytes, None);
+        assert_eq!(r.resent_bytes, Some(0));
     }
 
     #[test]

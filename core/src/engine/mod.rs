@@ -316,6 +316,8 @@ pub struct Session {
     next_ping: u64,
     /// The latest time passed in by the driver (for window autotuning in calls that take none).
     clock: Option<Instant>,
+    /// Stream bytes queued again because the link they went out on died unconfirmed.
+    resent: u64,
     /// When the last small interactive segment went out: lanes are reserved until
     /// `LANE_HOLD` after it.
     last_small: Option<Instant>,
@@ -363,6 +365,7 @@ impl Session {
             recv_session_consumed: 0,
             next_ping: 0,
             clock: None,
+            resent: 0,
             last_small: None,
             lane_dups: VecDeque::new(),
             held: Held::new(budget),
@@ -407,7 +410,7 @@ impl Session {
                 } => {
                     if let Some(s) = self.streams.get_mut(&stream) {
                         if !s.reset_sent {
-                            s.send.requeue(start, end, fin);
+                            self.resent += s.send.requeue(start, end, fin);
                             self.schedule(stream);
                         }
                     }
@@ -427,6 +430,12 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Stream bytes queued to be sent again because the link that carried them died before
+    /// the peer confirmed them, since the session started.
+    pub fn resent_bytes(&self) -> u64 {
+        self.resent
     }
 
     /// Links the engine knows.

@@ -127,13 +127,15 @@ impl SendBuf {
         Ok(())
     }
 
-    /// Puts a sent range back for resending because its link died.
-    pub(crate) fn requeue(&mut self, start: u64, end: u64, fin: bool) {
-        self.retransmit
-            .insert(start.max(self.acked)..end.min(self.next));
+    /// Puts a sent range back for resending because its link died. Returns how many of its
+    /// bytes were still unacknowledged (and so will be sent again).
+    pub(crate) fn requeue(&mut self, start: u64, end: u64, fin: bool) -> u64 {
+        let (from, to) = (start.max(self.acked), end.min(self.next));
+        self.retransmit.insert(from..to);
         if fin && !self.fin_acked {
             self.fin_sent = false;
         }
+        to.saturating_sub(from)
     }
 
     /// Whether `next_segment` would return something, given session credit.

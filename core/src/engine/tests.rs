@@ -605,3 +605,19 @@ fn small_interactive_frames_get_lanes_free_of_bulk_and_go_twice() {
     let lane = data_sent(&mut c, later, links[0]);
     assert!(lane.iter().any(|d| d.0 == bulk), "{lane:?}");
 }
+
+#[test]
+fn a_dead_links_unconfirmed_data_counts_as_resent() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    c.add_link(now, LINK);
+    c.add_link(now, LinkId(2));
+    let id = c.open_stream(NODE, "svc").unwrap();
+    c.stream_write(id, Bytes::from(vec![7u8; 10_000])).unwrap();
+    let sent: usize = data_sent(&mut c, now, LINK).iter().map(|d| d.2).sum();
+    assert_eq!(sent, 10_000);
+    assert_eq!(c.resent_bytes(), 0);
+    c.remove_link(now, LINK);
+    assert_eq!(c.resent_bytes(), 10_000);
+    assert_eq!(data_sent(&mut c, now, LinkId(2)), vec![(id, 0, 10_000)]);
+}
