@@ -241,6 +241,15 @@ fn blackholed_links_are_detected_and_their_data_resent() {
                 start: MS * (i * 20),
             })
             .collect();
+        // The transfers finish long before the blackholes' ping timeouts (a stalled link's
+        // data is sent again elsewhere at once); a late stream keeps the session running
+        // until both must have been found (the ping timeout grows with the RTT, which queueing
+        // in these loaded pipes pushes to several hundred ms).
+        sc.streams.push(StreamSpec {
+            up: 1 << 20,
+            down: 1 << 20,
+            start: MS * 8000,
+        });
         sc.kills = vec![
             Kill {
                 at: MS * 40,

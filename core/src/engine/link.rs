@@ -105,6 +105,9 @@ pub(crate) struct LinkState {
     pub(crate) ping_due: bool,
     pub(crate) pongs_owed: Vec<u64>,
     pub(crate) stats: LinkStats,
+    /// Sequence number below which entries were already sent again on other links because
+    /// this link stalled (see [`LinkState::rescue_at`]).
+    pub(crate) rescued: u64,
 }
 
 impl LinkState {
@@ -119,6 +122,7 @@ impl LinkState {
             ping_due: false,
             pongs_owed: Vec::new(),
             stats: LinkStats::default(),
+            rescued: 0,
         }
     }
 
@@ -198,18 +202,31 @@ impl LinkState {
         }
     }
 
-    /// Whether the outstanding ping is late enough that the link looks stalled (a loss being
-    /// repaired, a path going dark): more than two smoothed RTTs plus four deviations plus
-    /// 10 ms. Such a link is not used as an interactive lane.
-    pub(crate) fn stalled(&self, now: Instant) -> bool {
-        let Some((_, at, _, _)) = self.ping else {
-            return false;
-        };
+    /// When the outstanding ping, if any, is late enough that the link looks stalled (a loss
+    /// being repaired, a TCP retransmission timer backing off, a path going dark): two smoothed
+    /// RTTs plus four deviations plus 10 ms after it went out.
+    fn stalled_at(&self) -> Option<Instant> {
+        let (_, at, _, _) = self.ping?;
         let late = match self.stats.rtt.smoothed {
             Some(srtt) => srtt * 2 + self.stats.rtt.var * 4 + Duration::from_millis(10),
             None => DEAD_MIN,
         };
-        now.saturating_duration_since(at) > late
+        Some(at + late)
+    }
+
+    /// Whether the link looks stalled (see `stalled_at`). Such a link is not used as an
+    /// interactive lane, and what it carries unconfirmed is sent again elsewhere.
+    pub(crate) fn stalled(&self, now: Instant) -> bool {
+        self.stalled_at().is_some_and(|t| now > t)
+    }
+
+    /// When entries not yet rescued should be sent again on other links: when the link
+    /// stalls, if it carries unconfirmed entries sent since the last rescue.
+    pub(crate) fn rescue_at(&self) -> Option<Instant> {
+        if self.base + (self.sent.len() as u64) <= self.rescued {
+            return None;
+        }
+        self.stalled_at()
     }
 
     /// When the outstanding ping, if any, declares the link dead.

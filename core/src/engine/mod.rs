@@ -432,8 +432,8 @@ impl Session {
         }
     }
 
-    /// Stream bytes queued to be sent again because the link that carried them died before
-    /// the peer confirmed them, since the session started.
+    /// Stream bytes queued to be sent again because the link that carried them died or
+    /// stalled before the peer confirmed them, since the session started.
     pub fn resent_bytes(&self) -> u64 {
         self.resent
     }
@@ -808,6 +808,7 @@ impl Session {
                 l.ping_due = true;
             }
         }
+        self.rescue_stalled(now);
         let dead: Vec<LinkId> = self
             .links
             .iter()
@@ -820,12 +821,59 @@ impl Session {
         }
     }
 
+    /// Sends again, on the other links, the data a stalled link carries unconfirmed: a TCP
+    /// connection repairing a loss (or backing off its retransmission timer) holds back
+    /// everything behind the lost packet, and the stream's receiver waits for it in order. The
+    /// receiver drops whichever copy arrives second. The link stays: it may recover, and if it
+    /// dies its records are requeued as usual.
+    fn rescue_stalled(&mut self, now: Instant) {
+        let stalled: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.rescue_at().is_some_and(|t| t < now))
+            .map(|(&id, _)| id)
+            .collect();
+        // Only if another link can take it; resending on the stalled link itself is waste.
+        if stalled.is_empty() || self.links.values().all(|l| l.stalled(now)) {
+            return;
+        }
+        for id in stalled {
+            let Some(l) = self.links.get_mut(&id) else {
+                continue;
+            };
+            let from = usize::try_from(l.rescued.saturating_sub(l.base)).unwrap_or(usize::MAX);
+            l.rescued = l.base + l.sent.len() as u64;
+            let data: Vec<(StreamId, u64, u64, bool)> = l
+                .sent
+                .iter()
+                .skip(from)
+                .filter_map(|s| match *s {
+                    Sent::Data {
+                        stream,
+                        start,
+                        end,
+                        fin,
+                    } => Some((stream, start, end, fin)),
+                    _ => None,
+                })
+                .collect();
+            for (stream, start, end, fin) in data {
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    if !s.reset_sent {
+                        self.resent += s.send.requeue(start, end, fin);
+                        self.schedule(stream);
+                    }
+                }
+            }
+        }
+    }
+
     /// When [`Session::handle_timeout`] (and a transmit poll) is next needed.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let keepalive = self
             .links
             .values()
-            .flat_map(|l| [l.next_ping_at(), l.dead_at()])
+            .flat_map(|l| [l.next_ping_at(), l.dead_at(), l.rescue_at()])
             .flatten()
             .min();
         match (self.ack_deadline, keepalive) {

@@ -621,3 +621,24 @@ fn a_dead_links_unconfirmed_data_counts_as_resent() {
     assert_eq!(c.resent_bytes(), 10_000);
     assert_eq!(data_sent(&mut c, now, LinkId(2)), vec![(id, 0, 10_000)]);
 }
+
+#[test]
+fn a_stalled_links_unconfirmed_data_goes_out_again_on_another_link() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    c.add_link(now, LINK);
+    c.add_link(now, LinkId(2));
+    let id = c.open_stream(NODE, "svc").unwrap();
+    c.stream_write(id, Bytes::from(vec![7u8; 10_000])).unwrap();
+    assert_eq!(data_sent(&mut c, now, LINK), vec![(id, 0, 10_000)]);
+    // Link 2 answers its pings; link 1's ping goes unanswered past the stall threshold (2 s
+    // before any RTT sample) but not yet the ping timeout (5 s).
+    let later = now + Duration::from_millis(2100);
+    c.handle_timeout(later);
+    assert_eq!(c.resent_bytes(), 10_000);
+    assert!(c.links().any(|l| l == LINK), "a stalled link is kept");
+    assert_eq!(data_sent(&mut c, later, LinkId(2)), vec![(id, 0, 10_000)]);
+    // Rescued once, not again at every timer.
+    c.handle_timeout(later + Duration::from_millis(100));
+    assert_eq!(c.resent_bytes(), 10_000);
+}
