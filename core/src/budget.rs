@@ -14,8 +14,12 @@
 //!
 //! The first 256 KiB of credit of every stream are not reserved (the protocol grants them before
 //! any window update, and an idle stream should cost the budget nothing), so the receive side
-//! can hold at most the receive pool plus 256 KiB per open stream. A session that finds a pool empty registers as waiting; the next release wakes every waiting
-//! session (with the `io` feature, through [`Budget::notified`]) and each retries.
+//! can hold at most the receive pool plus 256 KiB per open stream. Written bytes are counted
+//! after the application's capacity check, so the send pool can run over by one socket read
+//! per stream that was reading at that moment.
+//!
+//! A session that finds a pool empty registers as waiting; the next release wakes every
+//! waiting session (with the `io` feature, through [`Budget::notified`]) and each retries.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
