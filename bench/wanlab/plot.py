@@ -26,6 +26,7 @@ SERIES = [
     ("direct-cubic", "direct TCP, cubic", "#1f77b4"),
     ("direct-bbr", "direct TCP, bbr", "#ff7f0e"),
     ("kcptun-best", "kcptun fast3 (better of default / wnd 2048)", "#2ca02c"),
+    ("wanmux-1", "wanmux, 1 link", "#8c564b"),
     ("wanmux-32", "wanmux, 32 links", "#d62728"),
     ("wanmux-elastic", "wanmux, elastic 1-32", "#9467bd"),
 ]

@@ -51,8 +51,8 @@ KCP_LOCAL_PORT = 12948  # kcptun-client listener in the client namespace (loopba
 
 ALL_CONTENDERS = ["direct-cubic", "direct-bbr", "kcptun", "kcptun-2048",
                   "wanmux-1", "wanmux-8", "wanmux-32", "wanmux-elastic"]
-SWEEP_CONTENDERS = ["direct-cubic", "direct-bbr", "kcptun", "kcptun-2048", "wanmux-32",
-                    "wanmux-elastic"]
+SWEEP_CONTENDERS = ["direct-cubic", "direct-bbr", "kcptun", "kcptun-2048", "wanmux-1",
+                    "wanmux-32", "wanmux-elastic"]
 LABELS = {
     "direct-cubic": "direct TCP, cubic",
     "direct-bbr": "direct TCP, bbr",
