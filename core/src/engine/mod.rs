@@ -231,9 +231,6 @@ struct Stream {
     recv_window: u64,
     /// When credit was last extended (or the stream created), for autotuning.
     last_grant: Option<Instant>,
-    /// Bytes of the receive pool of the budget this stream holds: its outstanding credit
-    /// beyond the initial allowance, see [`Stream::recv_reservation`].
-    recv_reserved: u64,
 }
 
 impl Stream {
@@ -258,7 +255,6 @@ impl Stream {
             budget_waiting: false,
             recv_window: INITIAL_STREAM_CREDIT,
             last_grant: None,
-            recv_reserved: 0,
         }
     }
 
@@ -267,7 +263,7 @@ impl Stream {
         self.recv_max - self.recv.read_offset()
     }
 
-    /// What the stream's receive side should hold of the budget: its outstanding credit beyond
+    /// What the stream's receive side holds of the budget: its outstanding credit beyond
     /// `INITIAL_STREAM_CREDIT`. The first 256 KiB of every stream are not counted: the protocol
     /// grants them before any window update, so the budget could not refuse them anyway, and an
     /// idle stream then costs the budget nothing.
@@ -616,7 +612,6 @@ impl Session {
             self.held.reserve_up_to(Pool::Recv, need, min)
         };
         let grant = free + got;
-        s.recv_reserved += got;
         if grant > 0 {
             s.recv_max += grant;
             s.last_grant = now;
@@ -629,7 +624,6 @@ impl Session {
             s.budget_waiting = true;
             self.budget_waiting.push(id);
         }
-        debug_assert_eq!(s.recv_reserved, s.recv_reservation());
     }
 
     /// Retries what waited for the memory budget: grants for readers and capacity for
@@ -1219,14 +1213,13 @@ impl Session {
 
     /// Aborts both directions of a stream and tells the peer.
     pub fn stream_reset(&mut self, id: StreamId, code: u16) {
-        let Ok(s) = self.live_stream(id) else { return };
-        s.reset_sent = true;
-        let (recv_held, send_held) = (std::mem::take(&mut s.recv_reserved), s.send.buffered());
-        self.held.release(Pool::Recv, recv_held);
-        self.held.release(Pool::Send, send_held);
-        let Ok(s) = self.live_stream_any(id) else {
+        // The map itself, not `live_stream`, so that `self.held` stays usable beside `s`.
+        let Some(s) = self.streams.get_mut(&id).filter(|s| !s.reset_sent) else {
             return;
         };
+        self.held.release(Pool::Recv, s.recv_reservation());
+        self.held.release(Pool::Send, s.send.buffered());
+        s.reset_sent = true;
         let discarded = s.recv_highest - s.recv.read_offset();
         s.send.clear();
         s.recv = Reorder::default();
@@ -1243,10 +1236,10 @@ impl Session {
     /// Reads up to `max` in-order bytes, or the FIN.
     pub fn stream_read(&mut self, id: StreamId, max: usize) -> Result<ReadChunk, StreamError> {
         let s = self.live_stream(id)?;
+        let reserved = s.recv_reservation();
         if let Some(chunk) = s.recv.read(max) {
             let n = chunk.len() as u64;
-            let freed = s.recv_reserved - s.recv_reservation();
-            s.recv_reserved -= freed;
+            let freed = reserved - s.recv_reservation();
             let threshold = s.recv_window / 4;
             self.held.release(Pool::Recv, freed);
             self.extend_grant(id, threshold);
@@ -1328,11 +1321,6 @@ impl Session {
 
     // ----- internals -----
 
-    /// A stream that exists, reset or not.
-    fn live_stream_any(&mut self, id: StreamId) -> Result<&mut Stream, StreamError> {
-        self.streams.get_mut(&id).ok_or(StreamError::Closed)
-    }
-
     fn live_stream(&mut self, id: StreamId) -> Result<&mut Stream, StreamError> {
         match self.streams.get_mut(&id) {
             Some(s) if !s.reset_sent => Ok(s),
@@ -1397,9 +1385,10 @@ impl Session {
         let Some(s) = self.streams.remove(&id) else {
             return;
         };
-        let send_held = if s.reset_sent { 0 } else { s.send.buffered() };
-        self.held.release(Pool::Recv, s.recv_reserved);
-        self.held.release(Pool::Send, send_held);
+        if !s.reset_sent {
+            self.held.release(Pool::Recv, s.recv_reservation());
+            self.held.release(Pool::Send, s.send.buffered());
+        }
         if matches!(self.role, Role::Server(_)) {
             self.finished.insert(id.0..id.0 + 1);
         }

@@ -606,24 +606,8 @@ fn small_interactive_frames_get_lanes_free_of_bulk_and_go_twice() {
     assert!(lane.iter().any(|d| d.0 == bulk), "{lane:?}");
 }
 
-#[test]
-fn a_dead_links_unconfirmed_data_counts_as_resent() {
-    let now = Instant::now();
-    let mut c = Session::new(Role::Client, Config::default());
-    c.add_link(now, LINK);
-    c.add_link(now, LinkId(2));
-    let id = c.open_stream(NODE, "svc").unwrap();
-    c.stream_write(id, Bytes::from(vec![7u8; 10_000])).unwrap();
-    let sent: usize = data_sent(&mut c, now, LINK).iter().map(|d| d.2).sum();
-    assert_eq!(sent, 10_000);
-    assert_eq!(c.resent_bytes(), 0);
-    c.remove_link(now, LINK);
-    assert_eq!(c.resent_bytes(), 10_000);
-    assert_eq!(data_sent(&mut c, now, LinkId(2)), vec![(id, 0, 10_000)]);
-}
-
-#[test]
-fn a_stalled_links_unconfirmed_data_goes_out_again_on_another_link() {
+/// A client with two links that has sent 10,000 bytes of one stream on `LINK`, unconfirmed.
+fn ten_kb_out_on_link_one() -> (Session, StreamId, Instant) {
     let now = Instant::now();
     let mut c = Session::new(Role::Client, Config::default());
     c.add_link(now, LINK);
@@ -631,8 +615,23 @@ fn a_stalled_links_unconfirmed_data_goes_out_again_on_another_link() {
     let id = c.open_stream(NODE, "svc").unwrap();
     c.stream_write(id, Bytes::from(vec![7u8; 10_000])).unwrap();
     assert_eq!(data_sent(&mut c, now, LINK), vec![(id, 0, 10_000)]);
-    // Link 2 answers its pings; link 1's ping goes unanswered past the stall threshold (2 s
-    // before any RTT sample) but not yet the ping timeout (5 s).
+    assert_eq!(c.resent_bytes(), 0);
+    (c, id, now)
+}
+
+#[test]
+fn a_dead_links_unconfirmed_data_counts_as_resent() {
+    let (mut c, id, now) = ten_kb_out_on_link_one();
+    c.remove_link(now, LINK);
+    assert_eq!(c.resent_bytes(), 10_000);
+    assert_eq!(data_sent(&mut c, now, LinkId(2)), vec![(id, 0, 10_000)]);
+}
+
+#[test]
+fn a_stalled_links_unconfirmed_data_goes_out_again_on_another_link() {
+    let (mut c, id, now) = ten_kb_out_on_link_one();
+    // Link 1's ping goes unanswered past the stall threshold (2 s before any RTT sample) but
+    // not yet the ping timeout (5 s); link 2 sent nothing, so it has no ping outstanding.
     let later = now + Duration::from_millis(2100);
     c.handle_timeout(later);
     assert_eq!(c.resent_bytes(), 10_000);
