@@ -12,8 +12,8 @@ use tokio::net::TcpStream;
 
 use super::transport::{InBuf, LinkReader, LinkWriter, LEN_PREFIX};
 use super::{
-    configure_socket, Accepted, ClientAuth, ClientHello, LinkError, ServerAuth, ServerHello,
-    MAX_FIRST_PLAINTEXT, MAX_HANDSHAKE_MESSAGE, TAG_LEN,
+    configure_socket, Accepted, BoxRead, BoxWrite, ClientAuth, ClientHello, LinkError, ServerAuth,
+    ServerHello, MAX_FIRST_PLAINTEXT, MAX_HANDSHAKE_MESSAGE, TAG_LEN,
 };
 use crate::keys::{PublicKey, KEY_LEN};
 
@@ -127,15 +127,9 @@ fn local(e: snow::Error) -> LinkError {
     LinkError::Io(io::Error::other(e))
 }
 
-/// Runs the client side of the handshake on `tcp` and sends `first` as the key confirmation.
-///
-/// The cipher is AES-GCM where the CPU accelerates it, ChaCha20-Poly1305 elsewhere. `first`
-/// (one `PING` frame in the protocol) may be at most [`MAX_FIRST_PLAINTEXT`] bytes, since the
-/// server reads the key confirmation as a handshake message. Calls [`configure_socket`].
-///
-/// Errors: [`LinkError::Closed`] (or a reset as [`LinkError::Io`]) when the server refuses the
-/// client, which it does by closing without a reply; [`LinkError::Auth`] when message 2 does not
-/// decrypt (wrong server key or PSK); [`LinkError::Timeout`] after `timeout`.
+/// Runs the client side of the handshake on `tcp` and sends `first` as the key confirmation:
+/// [`connect_stream`] on the two halves of `tcp`, after [`configure_socket`]. The halves
+/// remember the peer's address ([`LinkReader::peer_addr`]).
 pub async fn connect(
     tcp: TcpStream,
     auth: &ClientAuth,
@@ -155,24 +149,68 @@ pub(super) async fn connect_with(
     timeout: Duration,
     cipher: Cipher,
 ) -> Result<(LinkReader, LinkWriter, ServerHello), LinkError> {
+    configure_socket(&tcp)?;
+    let peer = tcp.peer_addr().ok();
+    let (rd, wr) = tcp.into_split();
+    let (rd, wr): (BoxRead, BoxWrite) = (Box::new(rd), Box::new(wr));
+    let (mut reader, mut writer, server_hello) =
+        connect_stream_with(rd, wr, auth, hello, first, timeout, cipher).await?;
+    reader.peer = peer;
+    writer.peer = peer;
+    Ok((reader, writer, server_hello))
+}
+
+/// Runs the client side of the handshake over any reliable, ordered byte stream (a TCP
+/// connection, a QUIC bidirectional stream), given as its two halves, and sends `first` as the
+/// key confirmation.
+///
+/// The cipher is AES-GCM where the CPU accelerates it, ChaCha20-Poly1305 elsewhere. `first`
+/// (one `PING` frame in the protocol) may be at most [`MAX_FIRST_PLAINTEXT`] bytes, since the
+/// server reads the key confirmation as a handshake message.
+///
+/// Errors: [`LinkError::Closed`] (or a reset as [`LinkError::Io`]) when the server refuses the
+/// client, which it does by closing without a reply; [`LinkError::Auth`] when message 2 does not
+/// decrypt (wrong server key or PSK); [`LinkError::Timeout`] after `timeout`.
+pub async fn connect_stream(
+    rd: BoxRead,
+    wr: BoxWrite,
+    auth: &ClientAuth,
+    hello: &ClientHello,
+    first: &[u8],
+    timeout: Duration,
+) -> Result<(LinkReader, LinkWriter, ServerHello), LinkError> {
+    connect_stream_with(rd, wr, auth, hello, first, timeout, Cipher::preferred()).await
+}
+
+/// [`connect_stream`] with the cipher chosen by the caller.
+async fn connect_stream_with(
+    rd: BoxRead,
+    wr: BoxWrite,
+    auth: &ClientAuth,
+    hello: &ClientHello,
+    first: &[u8],
+    timeout: Duration,
+    cipher: Cipher,
+) -> Result<(LinkReader, LinkWriter, ServerHello), LinkError> {
     if first.len() > MAX_FIRST_PLAINTEXT {
         return Err(LinkError::Misuse(
             "first message longer than MAX_FIRST_PLAINTEXT",
         ));
     }
-    tokio::time::timeout(timeout, client_handshake(tcp, auth, hello, first, cipher))
+    let handshake = client_handshake(rd, wr, auth, hello, first, cipher);
+    tokio::time::timeout(timeout, handshake)
         .await
         .map_err(|_| LinkError::Timeout)?
 }
 
 async fn client_handshake(
-    tcp: TcpStream,
+    rd: BoxRead,
+    mut wr: BoxWrite,
     auth: &ClientAuth,
     hello: &ClientHello,
     first: &[u8],
     cipher: Cipher,
 ) -> Result<(LinkReader, LinkWriter, ServerHello), LinkError> {
-    configure_socket(&tcp)?;
     let pattern = match auth {
         ClientAuth::Static { psk: None, .. } => Pattern::Ik,
         ClientAuth::Static { psk: Some(_), .. } => Pattern::IkPsk2,
@@ -189,8 +227,8 @@ async fn client_handshake(
     out.put_u8(mode.to_byte());
     put_message(&mut out, &msg[..n]);
 
-    let (rd, mut wr) = tcp.into_split();
     wr.write_all(&out).await?;
+    wr.flush().await?;
 
     let mut inb = InBuf::new(rd, HANDSHAKE_CHUNK);
     let len = read_handshake_message(&mut inb, &mut msg).await?;
@@ -226,14 +264,8 @@ pub(super) fn client_state(mode: Mode, auth: &ClientAuth) -> Result<HandshakeSta
     }
 }
 
-/// Runs the server side of the handshake on `tcp`, as node `node_id`.
-///
-/// Returns once the client's key confirmation decrypted; its plaintext is [`Accepted::first`].
-/// On any failure the server has sent nothing but (possibly) message 2 and the connection is
-/// closed when `tcp` drops; the error says why, for the caller's log line: [`LinkError::Auth`]
-/// for a mode this server does not take, an unknown client key, a wrong PSK or a replayed
-/// message 1; [`LinkError::Protocol`] for malformed bytes; [`LinkError::Closed`] if the client
-/// hung up; [`LinkError::Timeout`] after `timeout`. Calls [`configure_socket`].
+/// Runs the server side of the handshake on `tcp`, as node `node_id`: [`accept_with`] with
+/// epoch 0 in message 2.
 pub async fn accept(
     tcp: TcpStream,
     auth: &ServerAuth,
@@ -243,9 +275,8 @@ pub async fn accept(
     accept_with(tcp, auth, timeout, |_, _| ServerHello { node_id, epoch: 0 }).await
 }
 
-/// [`accept`], with message 2's payload chosen by `respond` once message 1 has been
-/// authenticated: the server uses it to tell the client the epoch of the session the link
-/// joins, so a client learns before sending anything that the server lost its session.
+/// [`accept_stream_with`] on the two halves of `tcp`, after [`configure_socket`]. The halves
+/// remember the peer's address ([`LinkReader::peer_addr`]).
 pub async fn accept_with<F>(
     tcp: TcpStream,
     auth: &ServerAuth,
@@ -255,21 +286,52 @@ pub async fn accept_with<F>(
 where
     F: FnOnce(&ClientHello, Option<&PublicKey>) -> ServerHello,
 {
-    tokio::time::timeout(timeout, server_handshake(tcp, auth, respond))
+    configure_socket(&tcp)?;
+    let peer = tcp.peer_addr().ok();
+    let (rd, wr) = tcp.into_split();
+    let mut accepted =
+        accept_stream_with(Box::new(rd), Box::new(wr), auth, timeout, respond).await?;
+    accepted.reader.peer = peer;
+    accepted.writer.peer = peer;
+    Ok(accepted)
+}
+
+/// Runs the server side of the handshake over any reliable, ordered byte stream (a TCP
+/// connection, a QUIC bidirectional stream), given as its two halves. Message 2's payload is
+/// chosen by `respond` once message 1 has been authenticated: the server uses it to tell the
+/// client the epoch of the session the link joins, so a client learns before sending anything
+/// that the server lost its session.
+///
+/// Returns once the client's key confirmation decrypted; its plaintext is [`Accepted::first`].
+/// On any failure the server has sent nothing but (possibly) message 2 and the stream is closed
+/// when its halves drop; the error says why, for the caller's log line: [`LinkError::Auth`] for a
+/// mode this server does not take, an unknown client key, a wrong PSK or a replayed message 1;
+/// [`LinkError::Protocol`] for malformed bytes; [`LinkError::Closed`] if the client hung up;
+/// [`LinkError::Timeout`] after `timeout`.
+pub async fn accept_stream_with<F>(
+    rd: BoxRead,
+    wr: BoxWrite,
+    auth: &ServerAuth,
+    timeout: Duration,
+    respond: F,
+) -> Result<Accepted, LinkError>
+where
+    F: FnOnce(&ClientHello, Option<&PublicKey>) -> ServerHello,
+{
+    tokio::time::timeout(timeout, server_handshake(rd, wr, auth, respond))
         .await
         .map_err(|_| LinkError::Timeout)?
 }
 
 async fn server_handshake<F>(
-    tcp: TcpStream,
+    rd: BoxRead,
+    mut wr: BoxWrite,
     auth: &ServerAuth,
     respond: F,
 ) -> Result<Accepted, LinkError>
 where
     F: FnOnce(&ClientHello, Option<&PublicKey>) -> ServerHello,
 {
-    configure_socket(&tcp)?;
-    let (rd, mut wr) = tcp.into_split();
     let mut inb = InBuf::new(rd, HANDSHAKE_CHUNK);
 
     inb.fill(1).await?;
@@ -306,6 +368,7 @@ where
     let mut out = BytesMut::with_capacity(LEN_PREFIX + n);
     put_message(&mut out, &msg[..n]);
     wr.write_all(&out).await?;
+    wr.flush().await?;
 
     let state = Arc::new(hs.into_stateless_transport_mode().map_err(local)?);
     let first = read_key_confirmation(&mut inb, &state).await?;

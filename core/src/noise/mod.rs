@@ -1,10 +1,13 @@
-//! Noise over TCP: the link driver shared by client and server (see `docs/PROTOCOL.md`, "Link
-//! layer").
+//! Noise over a byte stream: the link driver shared by client and server (see
+//! `docs/PROTOCOL.md`, "Link layer").
 //!
-//! A link is one TCP connection that carries a Noise handshake followed by length-prefixed Noise
-//! transport messages. [`connect`] runs the client side of the handshake and [`accept`] the
-//! server side; both return the link as two halves, a [`LinkReader`] and a [`LinkWriter`], that
-//! can be driven from two separate tokio tasks. The halves share the transport keys through an
+//! A link is one reliable, ordered byte stream (a TCP connection, or a QUIC bidirectional
+//! stream) that carries a Noise handshake followed by length-prefixed Noise transport messages.
+//! [`connect_stream`] runs the client side of the handshake and [`accept_stream_with`] the server
+//! side, on the stream's two halves boxed as [`BoxRead`] and [`BoxWrite`]; [`connect`],
+//! [`accept`] and [`accept_with`] do the same on a [`TcpStream`] and set its socket options. All
+//! return the link as two halves, a [`LinkReader`] and a [`LinkWriter`], that can be driven from
+//! two separate tokio tasks. The halves share the transport keys through an
 //! `Arc<snow::StatelessTransportState>`; each keeps its own explicit nonce counter, so neither
 //! needs a lock.
 //!
@@ -14,14 +17,14 @@
 //! client sends its first transport message (key confirmation). [`accept`] returns only once that
 //! message has decrypted: in `IKpsk2` a client with the wrong PSK is caught only there, and a
 //! replayed message 1 must not attach a link to a session. A server that refuses a client sends
-//! it nothing and closes the connection; [`accept`] returns the reason as a [`LinkError`] and the
+//! it nothing and closes the stream; [`accept`] returns the reason as a [`LinkError`] and the
 //! caller logs it (with the peer address, at `info`). Handshake messages, the key confirmation
 //! included, are at most [`MAX_HANDSHAKE_MESSAGE`] bytes; a longer one is refused from its length
 //! prefix, before any of it is read. The whole handshake runs under the caller's timeout.
 //!
 //! # Data path
 //!
-//! [`LinkReader::recv`] reads the socket in large chunks and decrypts each message into an
+//! [`LinkReader::recv`] reads the stream in large chunks and decrypts each message into an
 //! arena, handing out frozen slices of it, so a message costs no allocation of its own. A
 //! [`Bytes`] it returns keeps its arena block (up to [`ARENA_CHUNK`] bytes) alive: a consumer
 //! that holds messages for long should copy what it keeps. [`LinkWriter::seal`] encrypts into one
@@ -48,12 +51,21 @@ use std::collections::HashSet;
 use std::io;
 
 use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::keys::{PrivateKey, Psk, PublicKey};
 
-pub use handshake::{accept, accept_with, connect};
+pub use handshake::{accept, accept_stream_with, accept_with, connect, connect_stream};
 pub use transport::{LinkReader, LinkWriter};
+
+/// The read half of the byte stream a link runs over. Boxed so that [`LinkReader`] and
+/// [`LinkWriter`] are one type whatever the transport; the virtual call costs nothing next to a
+/// [`READ_CHUNK`] read.
+pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+
+/// The write half of the byte stream a link runs over (see [`BoxRead`]).
+pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Largest plaintext of one transport message: 65,535 bytes of ciphertext less the 16-byte tag.
 pub const MAX_PLAINTEXT: usize = 65_519;
@@ -153,7 +165,7 @@ pub struct Accepted {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LinkError {
-    /// A local socket error.
+    /// A local I/O error on the stream.
     #[error("link I/O error: {0}")]
     Io(#[from] io::Error),
     /// The handshake did not complete within its timeout.
@@ -197,7 +209,7 @@ pub fn set_congestion(tcp: &TcpStream, name: &str) -> io::Result<()> {
 /// socket2 exposes `TCP_NOTSENT_LOWAT` only for Linux and Android, and this crate forbids the
 /// `unsafe` a raw `setsockopt` would need.
 ///
-/// [`connect`] and [`accept`] call this themselves.
+/// [`connect`], [`accept`] and [`accept_with`] call this themselves.
 pub fn configure_socket(tcp: &TcpStream) -> io::Result<()> {
     tcp.set_nodelay(true)?;
     #[cfg(any(target_os = "linux", target_os = "android"))]

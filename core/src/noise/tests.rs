@@ -214,6 +214,59 @@ async fn many_random_messages_round_trip_exactly() {
 }
 
 #[tokio::test]
+async fn links_run_over_any_byte_stream() {
+    // An in-memory pipe, smaller than one message, so both directions see partial reads and
+    // writes. It has no socket options and no peer address.
+    let (c, s) = tokio::io::duplex(4096);
+    let (c_rd, c_wr) = tokio::io::split(c);
+    let (s_rd, s_wr) = tokio::io::split(s);
+    let creds = creds(Pattern::IkPsk2);
+    let respond = |hello: &ClientHello, key: Option<&PublicKey>| {
+        assert_eq!(*hello, HELLO);
+        assert_eq!(key, creds.client_key.as_ref());
+        ServerHello {
+            node_id: NODE,
+            epoch: 5,
+        }
+    };
+    let (client, server) = tokio::join!(
+        connect_stream(
+            Box::new(c_rd),
+            Box::new(c_wr),
+            &creds.client,
+            &HELLO,
+            FIRST,
+            LONG
+        ),
+        accept_stream_with(Box::new(s_rd), Box::new(s_wr), &creds.server, LONG, respond)
+    );
+    let (reader, writer, hello) = client.unwrap();
+    let accepted = server.unwrap();
+    assert_eq!(
+        hello,
+        ServerHello {
+            node_id: NODE,
+            epoch: 5
+        }
+    );
+    assert_eq!(accepted.client_key, creds.client_key);
+    assert_eq!(&accepted.first[..], FIRST);
+    assert_eq!(reader.peer_addr(), None);
+    assert_eq!(accepted.writer.peer_addr(), None);
+    exchange((reader, writer), (accepted.reader, accepted.writer), 500).await;
+}
+
+#[tokio::test]
+async fn tcp_links_know_their_peer() {
+    let (reader, writer, accepted) = link(Pattern::Ik, Cipher::ChaChaPoly).await;
+    let client_addr = accepted.reader.peer_addr().unwrap();
+    assert_eq!(accepted.writer.peer_addr(), Some(client_addr));
+    assert!(reader.peer_addr().is_some_and(|a| a.ip().is_loopback()));
+    assert_eq!(writer.peer_addr(), reader.peer_addr());
+    assert!(format!("{reader:?}").contains(&reader.peer_addr().unwrap().to_string()));
+}
+
+#[tokio::test]
 async fn data_sent_right_after_connect_is_kept() {
     let creds = creds(Pattern::NnPsk0);
     let (c, s) = tcp_pair().await;

@@ -9,24 +9,25 @@ use std::sync::Arc;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use snow::StatelessTransportState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::{LinkError, ARENA_CHUNK, MAX_PENDING, MAX_PLAINTEXT, READ_CHUNK, TAG_LEN};
+use super::{
+    BoxRead, BoxWrite, LinkError, ARENA_CHUNK, MAX_PENDING, MAX_PLAINTEXT, READ_CHUNK, TAG_LEN,
+};
 
 /// Length of the `len: u16` prefix of every message.
 pub(super) const LEN_PREFIX: usize = 2;
 
-/// A socket read half with its receive buffer. The handshake reads through it with a small
+/// A stream's read half with its receive buffer. The handshake reads through it with a small
 /// chunk size and hands it, with whatever bytes arrived early, to the [`LinkReader`].
 pub(super) struct InBuf {
-    rd: OwnedReadHalf,
+    rd: BoxRead,
     pub(super) buf: BytesMut,
     chunk: usize,
 }
 
 impl InBuf {
     /// Wraps a read half; each read asks for about `chunk` bytes.
-    pub(super) fn new(rd: OwnedReadHalf, chunk: usize) -> Self {
+    pub(super) fn new(rd: BoxRead, chunk: usize) -> Self {
         Self {
             rd,
             buf: BytesMut::with_capacity(chunk),
@@ -73,6 +74,9 @@ pub struct LinkReader {
     arena: BytesMut,
     /// Set after an error or EOF: the stream position is lost, so every later call fails.
     done: bool,
+    /// The peer's address when the link runs over TCP, for [`peer_addr`](Self::peer_addr) and
+    /// `Debug`; set by the TCP entry points after the handshake.
+    pub(super) peer: Option<SocketAddr>,
 }
 
 impl LinkReader {
@@ -85,12 +89,13 @@ impl LinkReader {
             nonce,
             arena: BytesMut::with_capacity(ARENA_CHUNK),
             done: false,
+            peer: None,
         }
     }
 
     /// Receives and decrypts the next message.
     ///
-    /// Returns `Ok(None)` when the peer closed the connection cleanly at a message boundary.
+    /// Returns `Ok(None)` when the peer closed its sending direction cleanly at a message boundary.
     /// EOF inside a message is [`LinkError::Closed`], a length below the tag size or a message
     /// that fails to decrypt is [`LinkError::Protocol`]. After `Ok(None)` or an error, every
     /// later call returns [`LinkError::Closed`].
@@ -154,16 +159,17 @@ impl LinkReader {
         Ok(self.arena.split().freeze())
     }
 
-    /// Address of the peer.
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.inb.rd.peer_addr()
+    /// Address of the peer, as it was when the link was set up over TCP; `None` for a link set
+    /// up over another stream (the caller knows its peer).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
     }
 }
 
 impl fmt::Debug for LinkReader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LinkReader")
-            .field("peer", &self.inb.rd.peer_addr().ok())
+            .field("peer", &self.peer)
             .field("messages", &self.nonce)
             .field("buffered", &self.inb.buf.len())
             .finish_non_exhaustive()
@@ -173,7 +179,7 @@ impl fmt::Debug for LinkReader {
 /// Send half of a link. [`seal`](Self::seal) encrypts messages into an output buffer and
 /// [`flush`](Self::flush) writes the buffer out, so many messages share one syscall.
 pub struct LinkWriter {
-    wr: OwnedWriteHalf,
+    wr: BoxWrite,
     state: Arc<StatelessTransportState>,
     /// Nonce of the next message to seal.
     nonce: u64,
@@ -181,16 +187,19 @@ pub struct LinkWriter {
     out: BytesMut,
     /// Set after a failed write or a shutdown: the peer may have seen part of a message.
     done: bool,
+    /// As [`LinkReader`]'s.
+    pub(super) peer: Option<SocketAddr>,
 }
 
 impl LinkWriter {
-    pub(super) fn new(wr: OwnedWriteHalf, state: Arc<StatelessTransportState>, nonce: u64) -> Self {
+    pub(super) fn new(wr: BoxWrite, state: Arc<StatelessTransportState>, nonce: u64) -> Self {
         Self {
             wr,
             state,
             nonce,
             out: BytesMut::with_capacity(LEN_PREFIX + MAX_PLAINTEXT + TAG_LEN),
             done: false,
+            peer: None,
         }
     }
 
@@ -231,7 +240,7 @@ impl LinkWriter {
         Ok(())
     }
 
-    /// Writes every sealed message to the socket.
+    /// Writes every sealed message to the stream.
     ///
     /// Cancel safe: what was written before the future is dropped is removed from the buffer,
     /// the rest stays for the next call. After an I/O error the writer is closed: the peer may
@@ -240,7 +249,13 @@ impl LinkWriter {
         if self.done {
             return Err(LinkError::Closed);
         }
-        if let Err(e) = self.wr.write_all_buf(&mut self.out).await {
+        // `AsyncWrite` lets a stream buffer what it accepted until `flush`. TCP and QUIC streams
+        // do not (their `poll_flush` returns at once), so this costs no syscall.
+        let written = match self.wr.write_all_buf(&mut self.out).await {
+            Ok(()) => self.wr.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             self.done = true;
             return Err(LinkError::Io(e));
         }
@@ -258,8 +273,9 @@ impl LinkWriter {
         self.flush().await
     }
 
-    /// Flushes what is pending (best effort) and shuts down the sending direction of the TCP
-    /// connection, so the peer's reader sees a clean EOF. The receiving direction stays open.
+    /// Flushes what is pending (best effort) and shuts down the sending direction of the stream
+    /// (a TCP `FIN`, or a QUIC stream's `FIN`), so the peer's reader sees a clean EOF. The
+    /// receiving direction stays open.
     pub async fn shutdown(&mut self) {
         if !self.done {
             // Best effort by contract: a failure here leaves nothing for the caller to do.
@@ -269,14 +285,14 @@ impl LinkWriter {
         let _ = self.wr.shutdown().await;
     }
 
-    /// Address of the peer.
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.wr.peer_addr()
+    /// Address of the peer, as [`LinkReader::peer_addr`].
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
     }
 
     /// Test hook: the raw write half, to put arbitrary bytes on the wire.
     #[cfg(test)]
-    pub(super) fn raw(&mut self) -> &mut OwnedWriteHalf {
+    pub(super) fn raw(&mut self) -> &mut BoxWrite {
         &mut self.wr
     }
 
@@ -290,7 +306,7 @@ impl LinkWriter {
 impl fmt::Debug for LinkWriter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LinkWriter")
-            .field("peer", &self.wr.peer_addr().ok())
+            .field("peer", &self.peer)
             .field("messages", &self.nonce)
             .field("pending", &self.out.len())
             .finish_non_exhaustive()
