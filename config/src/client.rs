@@ -7,6 +7,7 @@ use crate::locate;
 use crate::secret::{key_error_message, KeySource, Loaded};
 use crate::server::read_config;
 use serde::Deserialize;
+use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::path::Path;
@@ -36,8 +37,11 @@ pub struct ClientConfig {
     pub limits: Limits,
     /// TCP congestion control for this end's links (`links.congestion`), e.g. `bbr` or `cubic`; `None`
     /// keeps the system default. On a lossy long path a loss-based algorithm (cubic) collapses
-    /// while `bbr` keeps its rate. A name the kernel does not have is logged and ignored.
+    /// while `bbr` keeps its rate. A name the kernel does not have is logged and ignored. It
+    /// applies to TCP links only: QUIC links always use wanmux's own controller (`pace`).
     pub congestion: Option<String>,
+    /// What each link runs over (`links.transport`, default TCP).
+    pub transport: LinkTransport,
     /// Local ports and the service each one is forwarded to (`[[map]]`). Non-empty, listen
     /// addresses unique.
     pub maps: Vec<PortMap>,
@@ -109,9 +113,9 @@ pub enum NodeHandshake<'a> {
 /// The client opens `min` links at start. While every open link is busy (its writer has had
 /// data to send for a while) and the session has more waiting, it opens another, up to `max`
 /// (the "spawn max"); links above `min` that stay idle are closed again. `count = N` in the
-/// file means `min = max = N`. Each link is one TCP connection with its own congestion window,
-/// so more links carry more of one stream over a lossy long path, at the cost of one socket,
-/// one handshake and a few buffers each.
+/// file means `min = max = N`. Each link is one TCP or QUIC connection (see [`LinkTransport`])
+/// with its own congestion window, so more links carry more of one stream over a lossy long
+/// path, at the cost of one socket, one handshake and a few buffers each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Links {
     /// Links opened at start and always kept, 1..=256 (`links.min`, or `links.count`).
@@ -140,6 +144,45 @@ impl Links {
 impl Default for Links {
     fn default() -> Self {
         Self::fixed(Self::DEFAULT_COUNT)
+    }
+}
+
+/// What a link runs over (`links.transport`). The Noise handshake, authentication and frames
+/// inside a link are the same either way; only the carrier differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LinkTransport {
+    /// One TCP connection per link (`"tcp"`, the default), congestion control set by
+    /// `links.congestion`. Best with many links where a middlebox limits each flow.
+    #[default]
+    Tcp,
+    /// One QUIC connection (UDP, the node's address and port number) per link carrying one
+    /// bidirectional stream (`"quic"`), with wanmux's own congestion controller `pace`. The
+    /// node must set `server.quic = true`. Best with 1 to 4 links on lossy long paths.
+    Quic,
+}
+
+impl LinkTransport {
+    /// The name as written in the config: `"tcp"` or `"quic"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkTransport::Tcp => "tcp",
+            LinkTransport::Quic => "quic",
+        }
+    }
+
+    /// The transport a config name stands for.
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "tcp" => Some(LinkTransport::Tcp),
+            "quic" => Some(LinkTransport::Quic),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for LinkTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -206,6 +249,7 @@ impl ClientConfig {
             links: Links::default(),
             limits: Limits::default(),
             congestion: None,
+            transport: LinkTransport::default(),
             maps,
         }
     }
@@ -355,6 +399,7 @@ struct RawNode {
 #[serde(deny_unknown_fields)]
 struct RawLinks {
     congestion: Option<Spanned<String>>,
+    transport: Option<Spanned<String>>,
     count: Option<Spanned<i64>>,
     min: Option<Spanned<i64>>,
     max: Option<Spanned<i64>>,
@@ -406,6 +451,13 @@ impl RawClientFile {
         let congestion = self.links.as_ref().and_then(|l| {
             common::congestion(errs, "links.congestion", l.get_ref().congestion.as_ref())
         });
+        let transport = convert_transport(
+            errs,
+            "links.transport",
+            self.links
+                .as_ref()
+                .and_then(|l| l.get_ref().transport.as_ref()),
+        );
         let limits = RawLimits::convert(self.limits.as_ref(), errs);
         let maps = convert_maps(self.map.as_deref().unwrap_or_default(), errs);
         Some(ClientConfig {
@@ -416,6 +468,7 @@ impl RawClientFile {
             links: links?,
             limits,
             congestion,
+            transport: transport?,
             maps: maps?,
         })
     }
@@ -605,6 +658,26 @@ fn convert_links(raw: Option<&Spanned<RawLinks>>, errs: &mut Collector<'_>) -> O
             Some(Links::elastic(min, max))
         }
     }
+}
+
+/// Converts an optional link transport name (absent: TCP), recording an unknown one.
+fn convert_transport(
+    errs: &mut Collector<'_>,
+    key: &str,
+    v: Option<&Spanned<String>>,
+) -> Option<LinkTransport> {
+    let Some(v) = v else {
+        return Some(LinkTransport::default());
+    };
+    let t = LinkTransport::from_name(v.get_ref());
+    if t.is_none() {
+        let msg = format!(
+            "{:?} is not a link transport (use \"tcp\" or \"quic\")",
+            v.get_ref()
+        );
+        errs.push(key, Some(v.span()), msg);
+    }
+    t
 }
 
 fn convert_maps(raw: &[Spanned<RawMap>], errs: &mut Collector<'_>) -> Option<Vec<PortMap>> {

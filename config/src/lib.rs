@@ -31,7 +31,9 @@ mod locate;
 mod secret;
 mod server;
 
-pub use client::{ClientAuth, ClientConfig, Links, Node, NodeHandshake, PinnedNode, PortMap};
+pub use client::{
+    ClientAuth, ClientConfig, LinkTransport, Links, Node, NodeHandshake, PinnedNode, PortMap,
+};
 pub use common::{Host, HostPort, HostPortError, Limits, ServiceName, ServiceNameError};
 pub use error::{ConfigError, ConfigErrors};
 pub use server::{ServerAuth, ServerConfig, Service};

@@ -40,8 +40,12 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// TCP congestion control for this end's links (`server.congestion`), e.g. `bbr` or `cubic`; `None`
     /// keeps the system default. On a lossy long path a loss-based algorithm (cubic) collapses
-    /// while `bbr` keeps its rate. A name the kernel does not have is logged and ignored.
+    /// while `bbr` keeps its rate. A name the kernel does not have is logged and ignored. It
+    /// applies to TCP links only: QUIC links always use wanmux's own controller (`pace`).
     pub congestion: Option<String>,
+    /// Also accept QUIC links, on UDP at the same address and port as `listen`
+    /// (`server.quic`, default false). TCP links are accepted either way.
+    pub quic: bool,
     /// The services clients may open, by name (`[[service]]`). Non-empty, names unique. The
     /// server connects to nothing else.
     pub services: Vec<Service>,
@@ -104,6 +108,7 @@ impl ServerConfig {
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             limits: Limits::default(),
             congestion: None,
+            quic: false,
             services,
         }
     }
@@ -235,6 +240,7 @@ struct RawServer {
     session_grace_ms: Option<Spanned<i64>>,
     drain_timeout_ms: Option<Spanned<i64>>,
     congestion: Option<Spanned<String>>,
+    quic: Option<Spanned<bool>>,
     connect_timeout_ms: Option<Spanned<i64>>,
 }
 
@@ -298,6 +304,8 @@ impl RawServerFile {
             ServerConfig::DEFAULT_CONNECT_TIMEOUT,
         );
         let congestion = common::congestion(errs, "server.congestion", s.congestion.as_ref());
+        // A value that is not a boolean is a type error, reported by the parser with key and line.
+        let quic = s.quic.as_ref().is_some_and(|v| *v.get_ref());
         let auth = s.convert_auth(errs, base_dir, &table);
 
         Some(ServerConfig {
@@ -310,6 +318,7 @@ impl RawServerFile {
             connect_timeout,
             limits,
             congestion,
+            quic,
             services: services?,
         })
     }

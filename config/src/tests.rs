@@ -977,3 +977,94 @@ fn congestion_control_names() {
         Some("links.congestion")
     );
 }
+
+#[test]
+fn link_transport() {
+    let c = client(&static_client()).unwrap();
+    assert_eq!(c.transport, LinkTransport::Tcp);
+    assert_eq!(LinkTransport::default(), LinkTransport::Tcp);
+    for (name, t) in [("tcp", LinkTransport::Tcp), ("quic", LinkTransport::Quic)] {
+        let text = format!("{}[links]\ntransport = \"{name}\"\n", static_client());
+        let c = client(&text).unwrap();
+        assert_eq!(c.transport, t);
+        assert_eq!(t.to_string(), name);
+        c.validate().unwrap();
+    }
+    // `congestion` with QUIC links is allowed (and ignored by them).
+    let text = format!(
+        "{}[links]\ntransport = \"quic\"\ncongestion = \"bbr\"\ncount = 2\n",
+        static_client()
+    );
+    let c = client(&text).unwrap();
+    assert_eq!(c.transport, LinkTransport::Quic);
+    assert_eq!(c.congestion.as_deref(), Some("bbr"));
+    assert_eq!(c.links, Links::fixed(2));
+
+    let e = one_error(client(&format!(
+        "{}[links]\ntransport = \"udp\"\n",
+        static_client()
+    )));
+    assert_eq!((e.key.as_str(), e.line), ("links.transport", Some(13)));
+    assert_eq!(
+        e.message,
+        "\"udp\" is not a link transport (use \"tcp\" or \"quic\")"
+    );
+    // Names are exact, like every other key.
+    let e = one_error(client(&format!(
+        "{}[links]\ntransport = \"QUIC\"\n",
+        static_client()
+    )));
+    assert_eq!((e.key.as_str(), e.line), ("links.transport", Some(13)));
+    // Not a string: a type error from the parser, with key and line.
+    let e = one_error(client(&format!(
+        "{}[links]\ntransport = 1\n",
+        static_client()
+    )));
+    assert_eq!((e.key.as_str(), e.line), ("links.transport", Some(13)));
+    assert!(e.message.contains("invalid type"), "{}", e.message);
+    // A bad transport is reported together with the other semantic errors.
+    let errs = client(&format!(
+        "{}[links]\ntransport = \"udp\"\ncount = 0\n",
+        static_client()
+    ))
+    .unwrap_err();
+    assert_eq!(
+        keys_lines(&errs),
+        [("links.transport", Some(13)), ("links.count", Some(14))]
+    );
+}
+
+#[test]
+fn server_quic() {
+    let c = server(&psk_server()).unwrap();
+    assert!(!c.quic);
+    // `quic = VALUE` on line 4, in `[server]`.
+    let with_quic = |value: &str| {
+        psk_server().replace("node_id = 1\n", &format!("node_id = 1\nquic = {value}\n"))
+    };
+    for (value, quic) in [("true", true), ("false", false)] {
+        let c = server(&with_quic(value)).unwrap();
+        assert_eq!(c.quic, quic);
+        c.validate().unwrap();
+    }
+    for value in ["\"yes\"", "1", "\"true\""] {
+        let e = one_error(server(&with_quic(value)));
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("server.quic", Some(4)),
+            "{value}"
+        );
+        assert!(e.message.contains("invalid type"), "{}", e.message);
+        assert!(e.message.contains("bool"), "{}", e.message);
+    }
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let id = std::num::NonZeroU16::new(1).unwrap();
+    let auth = ServerAuth::PskOnly {
+        psk: Psk::from_bytes([1; 32]),
+    };
+    let svc = Service {
+        name: "echo".parse().unwrap(),
+        target: "127.0.0.1:7".parse().unwrap(),
+    };
+    assert!(!ServerConfig::new(addr, id, auth, vec![svc]).quic);
+}
