@@ -4,6 +4,7 @@
 
 use bytes::BytesMut;
 use rand::Rng;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -13,6 +14,7 @@ use wanmux_core::driver::{self, SessionDriver};
 use wanmux_core::frame::Frame;
 use wanmux_core::ids::SessionId;
 use wanmux_core::noise::{self, ClientAuth, ClientHello};
+use wanmux_core::quic;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -63,6 +65,34 @@ pub(crate) struct Slot {
     pub(crate) handshake_timeout: Duration,
     /// TCP congestion control for the link sockets (`links.congestion`).
     pub(crate) congestion: Option<String>,
+    /// Set when links are QUIC connections (`links.transport = "quic"`), not TCP.
+    pub(crate) quic: Option<std::sync::Arc<QuicEndpoints>>,
+}
+
+/// The client's QUIC endpoints (one UDP socket per address family), made on first use and
+/// shared by every link.
+#[derive(Debug, Default)]
+pub(crate) struct QuicEndpoints {
+    v4: std::sync::Mutex<Option<quinn::Endpoint>>,
+    v6: std::sync::Mutex<Option<quinn::Endpoint>>,
+}
+
+impl QuicEndpoints {
+    fn for_peer(&self, peer: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+        let (slot, local): (_, SocketAddr) = if peer.is_ipv4() {
+            (&self.v4, (std::net::Ipv4Addr::UNSPECIFIED, 0).into())
+        } else {
+            (&self.v6, (std::net::Ipv6Addr::UNSPECIFIED, 0).into())
+        };
+        // Only creation and a clone run under this lock.
+        let mut slot = slot.lock().expect("QUIC endpoint lock poisoned");
+        if let Some(ep) = &*slot {
+            return Ok(ep.clone());
+        }
+        let ep = quic::client_endpoint(local)?;
+        *slot = Some(ep.clone());
+        Ok(ep)
+    }
 }
 
 impl Slot {
@@ -139,20 +169,37 @@ impl Slot {
         first: &[u8],
     ) -> Result<(noise::LinkReader, noise::LinkWriter, u64, SessionId), noise::LinkError> {
         let session_id = lock(&self.state).id;
-        let tcp = tokio::time::timeout(self.handshake_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| noise::LinkError::Timeout)??;
-        if let Some(cc) = &self.congestion {
-            if let Err(e) = noise::set_congestion(&tcp, cc) {
-                warn!(congestion = %cc, error = %e, "cannot set the link's congestion control");
-            }
-        }
         let hello = ClientHello {
             session_id: session_id.0,
             link_seq: self.link_seq,
         };
-        let (reader, writer, server) =
-            noise::connect(tcp, &self.auth, &hello, first, self.handshake_timeout).await?;
+        let timeout = self.handshake_timeout;
+        let (reader, writer, server) = match &self.quic {
+            Some(endpoints) => {
+                let peer = tokio::time::timeout(timeout, tokio::net::lookup_host(addr))
+                    .await
+                    .map_err(|_| noise::LinkError::Timeout)??
+                    .next()
+                    .ok_or(noise::LinkError::Io(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "the node's host name has no address",
+                    )))?;
+                let endpoint = endpoints.for_peer(peer)?;
+                let (rd, wr) = quic::connect(&endpoint, peer, timeout).await?;
+                noise::connect_stream(rd, wr, &self.auth, &hello, first, timeout).await?
+            }
+            None => {
+                let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| noise::LinkError::Timeout)??;
+                if let Some(cc) = &self.congestion {
+                    if let Err(e) = noise::set_congestion(&tcp, cc) {
+                        warn!(congestion = %cc, error = %e, "cannot set the link's congestion control");
+                    }
+                }
+                noise::connect(tcp, &self.auth, &hello, first, timeout).await?
+            }
+        };
         if server.node_id != self.node.id.get() {
             // Frames for streams this node does not own would be refused; say so plainly.
             info!(expected = %self.node.id, got = server.node_id, "node id mismatch");

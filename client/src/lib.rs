@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
-use wanmux_config::{ClientConfig, ServiceName};
+use wanmux_config::{ClientConfig, LinkTransport, ServiceName};
 use wanmux_core::budget::Budget;
 use wanmux_core::driver::{self, SessionDriver};
 use wanmux_core::engine::{self, Role, Session};
@@ -168,6 +168,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             link_seq: 0,
             handshake_timeout: config.handshake_timeout,
             congestion: config.congestion.clone(),
+            quic: (config.transport == LinkTransport::Quic).then(Default::default),
         };
         tasks.push(tokio::spawn(
             pool::run(template, config.links).instrument(span.clone()),

@@ -2,7 +2,7 @@
 //!
 //! The engine is sans-IO: it never touches a socket or reads the clock. Inputs are `handle_*`
 //! calls, outputs are `poll_*` calls, and time is passed in. The `io` feature adds the drivers
-//! shared by both daemons: Noise links over TCP and the session driver that runs an engine.
+//! shared by both daemons: Noise links over TCP or QUIC and the session driver that runs an engine.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -15,4 +15,6 @@ pub mod ids;
 pub mod keys;
 #[cfg(feature = "io")]
 pub mod noise;
+#[cfg(feature = "io")]
+pub mod quic;
 mod range_set;

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use wanmux_config::ServerConfig;
-use wanmux_core::noise;
+use wanmux_core::{noise, quic};
 
 /// Handshakes in progress at once; connections beyond wait in the kernel's accept queue, so a
 /// flood of half-open connections costs bounded memory.
@@ -31,6 +31,8 @@ const MAX_HANDSHAKES: usize = 1024;
 pub struct ServerHandle {
     local_addr: SocketAddr,
     accept: JoinHandle<()>,
+    /// The QUIC endpoint and its accept loop (`server.quic`).
+    quic: Option<(quinn::Endpoint, JoinHandle<()>)>,
     sessions: Arc<Sessions>,
 }
 
@@ -40,6 +42,21 @@ impl ServerHandle {
         self.local_addr
     }
 
+    /// The UDP address QUIC links are accepted on (`server.quic`): the TCP listener's address
+    /// and port number.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic.as_ref().and_then(|(ep, _)| ep.local_addr().ok())
+    }
+
+    fn stop_accepting(&self) {
+        self.accept.abort();
+        if let Some((ep, task)) = &self.quic {
+            task.abort();
+            // Refuses new connections; links already up close with their sessions.
+            ep.set_server_config(None);
+        }
+    }
+
     /// Sessions currently held (with at least one link, or within their grace period).
     pub fn session_count(&self) -> usize {
         self.sessions.len()
@@ -47,7 +64,7 @@ impl ServerHandle {
 
     /// Stops accepting, resets every session's streams and closes every link.
     pub fn shutdown(self) {
-        self.accept.abort();
+        self.stop_accepting();
         self.sessions.close_all();
     }
 
@@ -98,7 +115,7 @@ impl ServerHandle {
     /// Stops at once: drops every link and session without telling clients anything, which is
     /// what a crash looks like to them. For tests of recovery, and emergency exits.
     pub fn abort(self) {
-        self.accept.abort();
+        self.stop_accepting();
         self.sessions.abandon_all();
     }
 }
@@ -114,13 +131,24 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
             warn!(congestion = %cc, error = %e, "cannot set the links' congestion control; using the system default");
         }
     }
-    let auth = server_auth(&config.auth);
+    // With port 0 the QUIC socket takes the port the TCP listener got.
+    let quic = if config.quic {
+        Some(quic::server_endpoint(local_addr)?)
+    } else {
+        None
+    };
+    let auth = Arc::new(server_auth(&config.auth));
     let sessions = Arc::new(Sessions::new(config));
-    info!(listen = %local_addr, node = sessions.node_id(), "wanmux-server listening");
-    let accept = tokio::spawn(accept_loop(listener, auth, sessions.clone()));
+    info!(listen = %local_addr, quic = quic.is_some(), node = sessions.node_id(), "wanmux-server listening");
+    let accept = tokio::spawn(accept_loop(listener, auth.clone(), sessions.clone()));
+    let quic = quic.map(|ep| {
+        let task = tokio::spawn(quic_accept_loop(ep.clone(), auth, sessions.clone()));
+        (ep, task)
+    });
     Ok(ServerHandle {
         local_addr,
         accept,
+        quic,
         sessions,
     })
 }
@@ -144,8 +172,7 @@ fn server_auth(auth: &wanmux_config::ServerAuth) -> noise::ServerAuth {
     }
 }
 
-async fn accept_loop(listener: TcpListener, auth: noise::ServerAuth, sessions: Arc<Sessions>) {
-    let auth = Arc::new(auth);
+async fn accept_loop(listener: TcpListener, auth: Arc<noise::ServerAuth>, sessions: Arc<Sessions>) {
     let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -162,7 +189,7 @@ async fn accept_loop(listener: TcpListener, auth: noise::ServerAuth, sessions: A
         };
         let (auth, sessions) = (auth.clone(), sessions.clone());
         tokio::spawn(async move {
-            let accepted = handshake(tcp, peer, &auth, &sessions).await;
+            let accepted = handshake(Transport::Tcp(tcp), peer, &auth, &sessions).await;
             drop(permit);
             if let Some(acc) = accepted {
                 sessions.run_link(acc, peer).await;
@@ -171,8 +198,47 @@ async fn accept_loop(listener: TcpListener, auth: noise::ServerAuth, sessions: A
     }
 }
 
+/// Accepts QUIC links: the same handshake limit and the same Noise handshake as TCP links.
+async fn quic_accept_loop(
+    endpoint: quinn::Endpoint,
+    auth: Arc<noise::ServerAuth>,
+    sessions: Arc<Sessions>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(incoming) = endpoint.accept().await else {
+            return;
+        };
+        let peer = incoming.remote_address();
+        let (auth, sessions) = (auth.clone(), sessions.clone());
+        tokio::spawn(async move {
+            let timeout = sessions.handshake_timeout();
+            let accepted = match quic::accept(incoming, timeout).await {
+                Ok((rd, wr)) => handshake(Transport::Quic(rd, wr), peer, &auth, &sessions).await,
+                Err(e) => {
+                    info!(%peer, reason = %e, "QUIC link refused");
+                    None
+                }
+            };
+            drop(permit);
+            if let Some(acc) = accepted {
+                sessions.run_link(acc, peer).await;
+            }
+        });
+    }
+}
+
+/// What a link arrived on.
+enum Transport {
+    Tcp(TcpStream),
+    Quic(noise::BoxRead, noise::BoxWrite),
+}
+
 async fn handshake(
-    tcp: TcpStream,
+    transport: Transport,
     peer: SocketAddr,
     auth: &noise::ServerAuth,
     sessions: &Arc<Sessions>,
@@ -180,7 +246,12 @@ async fn handshake(
     let respond = |hello: &noise::ClientHello, key: Option<&wanmux_core::keys::PublicKey>| {
         sessions.server_hello((key.copied(), wanmux_core::ids::SessionId(hello.session_id)))
     };
-    match noise::accept_with(tcp, auth, sessions.handshake_timeout(), respond).await {
+    let timeout = sessions.handshake_timeout();
+    let accepted = match transport {
+        Transport::Tcp(tcp) => noise::accept_with(tcp, auth, timeout, respond).await,
+        Transport::Quic(rd, wr) => noise::accept_stream_with(rd, wr, auth, timeout, respond).await,
+    };
+    match accepted {
         Ok(acc) => {
             debug!(%peer, link_seq = acc.hello.link_seq, "link authenticated");
             Some(acc)
