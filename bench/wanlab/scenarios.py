@@ -50,7 +50,8 @@ MAP_PORT = 7000  # wanmux-client map in the client namespace (loopback)
 KCP_LOCAL_PORT = 12948  # kcptun-client listener in the client namespace (loopback)
 
 ALL_CONTENDERS = ["direct-cubic", "direct-bbr", "kcptun", "kcptun-2048",
-                  "wanmux-1", "wanmux-8", "wanmux-32", "wanmux-elastic"]
+                  "wanmux-1", "wanmux-8", "wanmux-32", "wanmux-elastic",
+                  "wanmux-quic-1", "wanmux-quic-4"]
 SWEEP_CONTENDERS = ["direct-cubic", "direct-bbr", "kcptun", "kcptun-2048", "wanmux-1",
                     "wanmux-32", "wanmux-elastic"]
 LABELS = {
@@ -62,6 +63,8 @@ LABELS = {
     "wanmux-8": "wanmux, 8 links",
     "wanmux-32": "wanmux, 32 links",
     "wanmux-elastic": "wanmux, elastic 1-32",
+    "wanmux-quic-1": "wanmux QUIC, 1 link",
+    "wanmux-quic-4": "wanmux QUIC, 4 links",
 }
 ARGS_TIME = [20.0]  # --time, for count_stalls
 EXIT_VERIFY = 3  # wanmux-bench's exit status for a data verification failure
@@ -152,6 +155,18 @@ def listening(ns: str, port: int, udp: bool = False) -> bool:
 def links_established(port: int = WANMUX_PORT) -> int:
     """wanmux links open from the client namespace (established TCP to the link port)."""
     return len(sockets(NS_C, f"-t state established ( dport = :{port} )"))
+
+
+def tunnel_links(t: "Tunnel") -> int:
+    """wanmux links up now: established TCP links, or for QUIC links (UDP, no socket state to
+    count) the client's "link up" log lines less its "link ended" lines."""
+    if not t.name.startswith("wanmux-quic"):
+        return links_established()
+    try:
+        text = t.logs[1].read_text(errors="replace")
+    except OSError:
+        return 0
+    return text.count("link up") - text.count("link ended")
 
 
 def wait_for(cond, what: str, procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
@@ -304,6 +319,9 @@ class Keys:
 
 def start_wanmux(name: str, k: int, args, bins: Path, keys: Keys, d: Path) -> Tunnel:
     links = name.split("-", 1)[1]
+    quic = links.startswith("quic-")
+    if quic:
+        links = links.removeprefix("quic-")
     links_conf = "min = 1\nmax = 32" if links == "elastic" else f"count = {int(links)}"
     cc = "" if args.wanmux_cc == "default" else f'congestion = "{args.wanmux_cc}"\n'
     limits = (f"[limits]\nstream_window = {args.stream_window}\n"
@@ -315,6 +333,7 @@ node_id = 1
 private_key_file = "{keys.server_key}"
 allowed_clients = ["{keys.client_pub}"]
 {cc}
+{"quic = true" if quic else ""}
 {limits}
 [[service]]
 name = "bench"
@@ -332,6 +351,7 @@ public_key = "{keys.server_pub}"
 [links]
 {links_conf}
 {cc}
+{'transport = "quic"' if quic else ""}
 {limits}
 [[map]]
 listen = "127.0.0.1:{MAP_PORT}"
@@ -353,7 +373,7 @@ service = "bench"
                      t.logs[1], env=env)
     t.procs.append(("wanmux-client", pc))
     want = 1 if links == "elastic" else int(links)
-    wait_for(lambda: listening(NS_C, MAP_PORT) and links_established() >= want,
+    wait_for(lambda: listening(NS_C, MAP_PORT) and tunnel_links(t) >= want,
              f"{name} client ({want} links)", [ps, pc])
     return t
 
@@ -535,7 +555,7 @@ def one_run(r: Run, args, bins: Path, keys: Keys, tmp: Path, paths: list[int]) -
         else:
             run_rr(r, args, bins, addr, limit)
         if tunnel is not None and name.startswith("wanmux"):
-            r.links_after = links_established()
+            r.links_after = tunnel_links(tunnel)
         after, r.quiet = quiesce(paths)
         w = counters_delta(before, after)
         r.wire = w
