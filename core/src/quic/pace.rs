@@ -13,9 +13,10 @@
 //!   ran out of data only ever raise it.
 //! - **Start-up** grows the window like slow start (by the bytes acknowledged, doubling per round
 //!   trip), but never past twice the measured bandwidth-delay product, so the overshoot that
-//!   ends it is bounded. It ends when the bandwidth grew less than 25% in two busy rounds (rounds
-//!   in which the sender ran out of data do not count: a link idles after its handshake), or
-//!   when a round loses heavily. A busy cruise round that delivers 25% more than start-up found
+//!   ends it is bounded. It ends as soon as 8 RTT samples in a row saw a queue at the
+//!   bottleneck (all 1/8 above the minimum, as in HyStart), when the bandwidth grew less than 25%
+//!   in two busy rounds (rounds in which the sender ran out of data do not count: a link idles
+//!   after its handshake), or when a round loses heavily. A busy cruise round that delivers 25% more than start-up found
 //!   goes back to start-up.
 //! - **Cruise**: window = 1.25 x bandwidth x min RTT, which keeps at most a quarter of the
 //!   path's RTT queued at the bottleneck. Every eighth round probes with 1.5 x, so a path that
@@ -54,6 +55,19 @@ const CYCLE: u32 = 8;
 pub const LOSS_LIMIT: f64 = 0.10;
 /// Start-up ends after this many rounds without 25% more bandwidth.
 const FLAT_ROUNDS: u32 = 2;
+/// Start-up also ends as soon as [`QUEUE_DELAY_SAMPLES`] consecutive RTT samples all exceed the
+/// minimum RTT by this fraction of it (clamped to [`QUEUE_DELAY_MIN`, `QUEUE_DELAY_MAX`]): a
+/// queue is building at the bottleneck, so the pipe is full. HyStart (RFC 9406) compares whole
+/// rounds; with the window doubling inside a round, its first samples still see an empty queue,
+/// and waiting for the next round let the window reach 3 x the BDP in the lab.
+const QUEUE_DELAY_FRACTION: u32 = 8;
+const QUEUE_DELAY_MIN: Duration = Duration::from_millis(4);
+const QUEUE_DELAY_MAX: Duration = Duration::from_millis(16);
+/// The delay test looks at blocks of this many consecutive RTT samples, and needs a window of
+/// this many packets: below it the peer's delayed acks (up to 25 ms) inflate RTT samples more
+/// than any queue.
+const QUEUE_DELAY_SAMPLES: u32 = 8;
+const QUEUE_DELAY_MIN_PACKETS: u64 = 128;
 /// Shortest round: a sample spans several packets even on a loopback path.
 const MIN_ROUND: Duration = Duration::from_millis(5);
 
@@ -90,6 +104,10 @@ pub struct Pace {
     lost: u64,
     /// No ack of the current round came while the sender had more to send than it could.
     app_limited: bool,
+    /// Start-up: the smallest RTT sample of the current block of [`QUEUE_DELAY_SAMPLES`]
+    /// consecutive samples, and how many the block has.
+    block_min_rtt: Duration,
+    block_samples: u32,
     /// The last [`BW_ROUNDS`] filtered samples, bytes per second; `next` is the oldest.
     samples: [u64; BW_ROUNDS],
     next: usize,
@@ -114,6 +132,8 @@ impl Pace {
             acked: 0,
             lost: 0,
             app_limited: true,
+            block_min_rtt: Duration::MAX,
+            block_samples: 0,
             samples: [0; BW_ROUNDS],
             next: 0,
             prev_sample: 0,
@@ -150,6 +170,18 @@ impl Pace {
     ) {
         self.acked += bytes;
         self.min_rtt = Some(min_rtt);
+        if self.phase == Phase::Startup {
+            let rtt = now.saturating_duration_since(sent);
+            self.block_min_rtt = self.block_min_rtt.min(rtt);
+            self.block_samples += 1;
+            if self.block_samples == QUEUE_DELAY_SAMPLES {
+                if self.queue_seen(min_rtt) {
+                    self.leave_startup(now);
+                }
+                self.block_min_rtt = Duration::MAX;
+                self.block_samples = 0;
+            }
+        }
         if !app_limited {
             self.app_limited = false;
         }
@@ -180,6 +212,28 @@ impl Pace {
     fn bdp(&self) -> u64 {
         self.min_rtt
             .map_or(0, |rtt| (self.bw as f64 * rtt.as_secs_f64()) as u64)
+    }
+
+    /// The last [`QUEUE_DELAY_SAMPLES`] RTT samples all saw a queue at the bottleneck (see
+    /// [`QUEUE_DELAY_FRACTION`]), with a window large enough for that to mean something.
+    fn queue_seen(&self, min_rtt: Duration) -> bool {
+        let allowance = (min_rtt / QUEUE_DELAY_FRACTION).clamp(QUEUE_DELAY_MIN, QUEUE_DELAY_MAX);
+        self.window >= QUEUE_DELAY_MIN_PACKETS * self.mtu
+            && self.block_min_rtt > min_rtt + allowance
+    }
+
+    /// Start-up ends in the middle of a round: the round's delivery so far counts as a sample,
+    /// since it is the best measure of the pipe the window just filled.
+    fn leave_startup(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.round_start);
+        if self.min_rtt.is_some_and(|min| elapsed >= min / 2) {
+            let sample = (self.acked as f64 / elapsed.as_secs_f64()) as u64;
+            self.samples[self.next] = sample;
+            self.next = (self.next + 1) % BW_ROUNDS;
+            self.bw = self.bw.max(sample);
+        }
+        self.phase = Phase::Cruise(1);
+        self.window = ((CRUISE_GAIN * self.bdp() as f64) as u64).max(MIN_PACKETS * self.mtu);
     }
 
     fn end_round(&mut self, now: Instant) {
@@ -321,6 +375,8 @@ mod tests {
         delivered: u64,
         sent: u64,
         tail_drops: u64,
+        /// The longest the bottleneck queue got, in time to drain it.
+        max_queue: Duration,
     }
 
     fn run(pace: &mut Pace, path: &Path, start: Instant, secs: f64, seed: u64) -> Outcome {
@@ -356,7 +412,9 @@ mod tests {
                 tokens -= mtu as f64;
                 out.sent += mtu;
                 in_flight += mtu;
-                let backlog = link_free.saturating_duration_since(now).as_secs_f64() * path.rate;
+                let queued = link_free.saturating_duration_since(now);
+                out.max_queue = out.max_queue.max(queued);
+                let backlog = queued.as_secs_f64() * path.rate;
                 let due;
                 let ok;
                 if backlog as u64 + mtu > path.queue {
@@ -410,6 +468,22 @@ mod tests {
         assert!(w > bdp && w < 1.6 * bdp, "window {w} vs bdp {bdp}");
         // Start-up's bounded overshoot is the only queue overflow.
         assert!(out.tail_drops * u64::from(MTU) < out.sent / 1000, "{out:?}");
+    }
+
+    #[test]
+    fn start_up_ends_when_the_queue_builds() {
+        // A deep buffer (250 ms): start-up's window cap alone (3 x BDP) would fill 200 ms of it.
+        let path = Path {
+            queue: 6_250_000,
+            loss: 0.0,
+            ..b_path()
+        };
+        let start = Instant::now();
+        let mut pace = Pace::new(start, MTU);
+        let out = run(&mut pace, &path, start, 3.0, 13);
+        assert!(matches!(pace.phase(), Phase::Cruise(_)));
+        assert!(out.max_queue < Duration::from_millis(150), "{out:?}");
+        assert!(out.delivered as f64 > 0.6 * 3.0 * path.rate, "{out:?}");
     }
 
     #[test]
