@@ -69,14 +69,16 @@ const SOCKET_BUFFER: usize = 8 << 20;
 /// A link with no packet for this long is dead to QUIC; the engine's pings notice much sooner.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn transport() -> Arc<TransportConfig> {
+/// The transport settings of one side; `accepts_stream` is the node's: it lets the client open
+/// the link's one bidirectional stream. The client lets the node open none.
+fn transport(accepts_stream: bool) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.congestion_controller_factory(Arc::new(pace::PaceConfig));
     t.stream_receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     t.send_window(SEND_WINDOW);
     // One bidirectional stream per connection, opened by the client; nothing else.
-    t.max_concurrent_bidi_streams(VarInt::from_u32(1));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(u32::from(accepts_stream)));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.datagram_receive_buffer_size(None);
     t.max_idle_timeout(Some(
@@ -122,7 +124,7 @@ pub fn server_endpoint(addr: SocketAddr) -> io::Result<Endpoint> {
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| other(&e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport(true));
     Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(config),
@@ -145,7 +147,7 @@ pub fn client_endpoint(local: SocketAddr) -> io::Result<Endpoint> {
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| other(&e))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport(false));
     let mut endpoint = Endpoint::new(
         quinn::EndpointConfig::default(),
         None,
