@@ -1,6 +1,7 @@
 //! The link handshake: mode byte, Noise messages 1 and 2, key confirmation.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,6 +141,15 @@ pub async fn connect(
     connect_with(tcp, auth, hello, first, timeout, Cipher::preferred()).await
 }
 
+/// A TCP link's socket options set, its peer noted and its halves boxed for the stream
+/// handshakes.
+fn tcp_halves(tcp: TcpStream) -> Result<(BoxRead, BoxWrite, Option<SocketAddr>), LinkError> {
+    configure_socket(&tcp)?;
+    let peer = tcp.peer_addr().ok();
+    let (rd, wr) = tcp.into_split();
+    Ok((Box::new(rd), Box::new(wr), peer))
+}
+
 /// [`connect`] with the cipher chosen by the caller (tests force each one).
 pub(super) async fn connect_with(
     tcp: TcpStream,
@@ -149,10 +159,7 @@ pub(super) async fn connect_with(
     timeout: Duration,
     cipher: Cipher,
 ) -> Result<(LinkReader, LinkWriter, ServerHello), LinkError> {
-    configure_socket(&tcp)?;
-    let peer = tcp.peer_addr().ok();
-    let (rd, wr) = tcp.into_split();
-    let (rd, wr): (BoxRead, BoxWrite) = (Box::new(rd), Box::new(wr));
+    let (rd, wr, peer) = tcp_halves(tcp)?;
     let (mut reader, mut writer, server_hello) =
         connect_stream_with(rd, wr, auth, hello, first, timeout, cipher).await?;
     reader.peer = peer;
@@ -286,11 +293,8 @@ pub async fn accept_with<F>(
 where
     F: FnOnce(&ClientHello, Option<&PublicKey>) -> ServerHello,
 {
-    configure_socket(&tcp)?;
-    let peer = tcp.peer_addr().ok();
-    let (rd, wr) = tcp.into_split();
-    let mut accepted =
-        accept_stream_with(Box::new(rd), Box::new(wr), auth, timeout, respond).await?;
+    let (rd, wr, peer) = tcp_halves(tcp)?;
+    let mut accepted = accept_stream_with(rd, wr, auth, timeout, respond).await?;
     accepted.reader.peer = peer;
     accepted.writer.peer = peer;
     Ok(accepted)

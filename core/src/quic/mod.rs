@@ -49,7 +49,7 @@ pub const SEND_WINDOW: u64 = 16 << 20;
 /// The send window of a link follows its congestion window: quinn may hold this many times the
 /// congestion window unacknowledged, plus [`NOTSENT_LOWAT`]. quinn keeps every byte behind a
 /// lost packet until the retransmission is acknowledged, so under 1% loss the unacknowledged
-/// data is about twice what is in flight; with 1.5 x the link ran at a third of its speed in the
+/// data is about twice what is in flight; with 1.5 x the link ran at 40% of its speed in the
 /// WAN lab, with 2 x at 90%, with 3 x at 98% of an unlimited send window (scenario B). With no
 /// loss that leaves up to two windows unsent in quinn: a queue that scales with the path, where
 /// a fixed [`SEND_WINDOW`] put seconds of data in front of every ping while the window was small
