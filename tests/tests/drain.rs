@@ -58,9 +58,13 @@ async fn server_drain_refuses_new_streams_and_finishes_open_ones() {
     within(LIMIT, async {
         let t = Tunnel::start(Auth::Static { psk: false }, 2).await;
         let addr = t.addr();
+        // An open connection that only ends when the test says so: it holds the drain open
+        // until the refusal below has been seen (the bulk transfer alone can finish on
+        // loopback before the new connection arrives, and a stopped server refuses nothing).
+        let mut held = idle_connection(&t).await;
         let running = tokio::spawn(transfer(addr, 16 << 20, 16 << 20, 6));
         let deadline = Instant::now() + Duration::from_secs(5);
-        while t.server.stream_count() == 0 && Instant::now() < deadline {
+        while t.server.stream_count() < 2 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let Tunnel {
@@ -72,22 +76,37 @@ async fn server_drain_refuses_new_streams_and_finishes_open_ones() {
         let drain = tokio::spawn(server.drain(Duration::from_secs(30)));
         tokio::time::sleep(Duration::from_millis(50)).await;
         // A new connection is refused by the draining server: closed without any data.
-        let mut fresh = TcpStream::connect(addr).await.unwrap();
-        // The refusal can reset the connection before this write: then the write reports it
-        // (and a read after that would wait for nothing).
-        let end = match fresh.write_all(&1000u64.to_be_bytes()).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => ReadEnd::Reset,
-            Err(e) => ReadEnd::Error(e.kind()),
-            Ok(()) => drain_end(&mut fresh, Duration::from_secs(10)).await,
+        // The refusal can reset the connection before the test's connect or write completes:
+        // then that call reports it (and a read after it would wait for nothing).
+        let reset = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::ConnectionReset => ReadEnd::Reset,
+            kind => ReadEnd::Error(kind),
+        };
+        let end = match TcpStream::connect(addr).await {
+            Err(e) => reset(e),
+            Ok(mut fresh) => match fresh.write_all(&1000u64.to_be_bytes()).await {
+                Err(e) => reset(e),
+                Ok(()) => drain_end(&mut fresh, Duration::from_secs(10)).await,
+            },
         };
         assert!(
             matches!(end, ReadEnd::Reset | ReadEnd::Eof),
             "new stream while draining: {end:?}"
         );
         let c = running.await.unwrap().expect("the open transfer finishes");
-        let a = app.results.recv().await.unwrap();
-        assert_eq!(c.sent, a.received);
-        assert_eq!(a.sent, c.received);
+        // The held connection finishes too: its upload ends, nothing comes back.
+        held.shutdown().await.unwrap();
+        let end = drain_end(&mut held, Duration::from_secs(10)).await;
+        assert!(matches!(end, ReadEnd::Eof), "held connection: {end:?}");
+        let mut results = [
+            app.results.recv().await.unwrap(),
+            app.results.recv().await.unwrap(),
+        ];
+        results.sort_by_key(|r| r.seed);
+        assert_eq!((results[0].seed, results[1].seed), (0, 6));
+        assert_eq!((results[0].sent.bytes, results[0].received.bytes), (0, 0));
+        assert_eq!(c.sent, results[1].received);
+        assert_eq!(results[1].sent, c.received);
         drain.await.unwrap();
         client.shutdown();
     })
