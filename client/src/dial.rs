@@ -1,6 +1,13 @@
 //! One link slot: dial, handshake, run the link, and when it dies dial again after an
 //! exponential backoff with random jitter, so many clients that lose a server at once do not
 //! come back in the same instant.
+//!
+//! A node may have several addresses (a host with two uplinks). Link `i` has the home address
+//! `addr[i % n]`, so the links spread over them. After a failed dial, a link that died within
+//! [`STABLE`] or one declared dead by ping timeout (a path gone silent), the next dial tries the
+//! node's next address; after a link that worked, its home address again. A link running away
+//! from home dials home now and then ([`REHOME_FIRST`]) and moves back once that succeeds, so
+//! links spread again when an address comes back. With one address all of this is a no-op.
 
 use bytes::BytesMut;
 use rand::Rng;
@@ -10,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 use wanmux_config::{Node, NodeHandshake};
+use wanmux_core::driver::link::LinkEnd;
 use wanmux_core::driver::{self, SessionDriver};
 use wanmux_core::frame::Frame;
 use wanmux_core::ids::SessionId;
@@ -23,6 +31,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// that die sooner, and failed dials, double the backoff. (With 10 s here, links killed every
 /// second by a middlebox drifted toward ever longer redial delays: bench recovery.)
 const STABLE: Duration = Duration::from_secs(1);
+/// A link away from its home address first dials home again after this long (with jitter),
+/// then at doubling intervals up to [`REHOME_MAX`] while home keeps failing. Short enough that an
+/// uplink that comes back carries its share again within seconds, long enough that probing a
+/// dead address costs next to nothing: a refused connect, or one pending handshake, per link
+/// every minute at most.
+const REHOME_FIRST: Duration = Duration::from_secs(10);
+const REHOME_MAX: Duration = Duration::from_secs(60);
 
 pub(crate) fn noise_auth(hs: NodeHandshake<'_>) -> ClientAuth {
     match hs {
@@ -62,6 +77,8 @@ pub(crate) struct Slot {
     pub(crate) node: Node,
     pub(crate) auth: ClientAuth,
     pub(crate) link_seq: u32,
+    /// The link's index in its node's pool: its home address is `node.addr[index % len]`.
+    pub(crate) index: usize,
     pub(crate) handshake_timeout: Duration,
     /// TCP congestion control for the link sockets (`links.congestion`).
     pub(crate) congestion: Option<String>,
@@ -101,33 +118,98 @@ impl Slot {
         let mut first = BytesMut::new();
         // The key-confirmation message carries one ping (PROTOCOL.md); its pong is ignored.
         Frame::Ping(u64::MAX).encode(&mut first);
-        let addr = self.node.addr.to_string();
+        let addrs: Vec<String> = self.node.addr.iter().map(ToString::to_string).collect();
+        let mut pick = AddrPick::new(self.index, addrs.len());
+        // A link to the home address that a probe brought up, to run next.
+        let mut probed = None;
         loop {
             let started = Instant::now();
-            match self.dial(&addr, &first).await {
-                Ok((_, _, epoch, id)) if !self.check_epoch(epoch, started, id) => {
-                    debug!(node = %self.node.id, %addr, "link to a replaced server instance dropped");
-                }
-                Ok((reader, writer, _, _)) => {
+            let addr = &addrs[pick.at];
+            let dialed = match probed.take() {
+                Some(d) => Some(d),
+                None => self.connect(addr, &first).await,
+            };
+            match dialed {
+                None => pick.failed(),
+                Some((reader, writer)) => {
                     info!(node = %self.node.id, %addr, link_seq = self.link_seq, "link up");
+                    let up = Instant::now();
                     let link = self.link.clone();
                     let set = move |id: wanmux_core::ids::LinkId| link.store(id.0, Relaxed);
-                    let end =
-                        driver::link::run_with(self.driver.clone(), reader, writer, None, set)
-                            .await;
+                    let run =
+                        driver::link::run_with(self.driver.clone(), reader, writer, None, set);
+                    let end = if pick.at_home() {
+                        Some(run.await)
+                    } else {
+                        // Dropping `run` closes this link and queues what it carried unconfirmed
+                        // for the other links, as for any link death.
+                        tokio::select! {
+                            end = run => Some(end),
+                            d = self.rehome(&addrs[pick.home], &first) => {
+                                probed = Some(d);
+                                None
+                            }
+                        }
+                    };
                     self.link.store(0, Relaxed);
+                    let Some(end) = end else {
+                        info!(
+                            node = %self.node.id, %addr, home = %addrs[pick.home],
+                            link_seq = self.link_seq, "link down: moving back to its home address"
+                        );
+                        pick.worked();
+                        backoff = BACKOFF_MIN;
+                        continue;
+                    };
                     // The link task logged the end at info level, with the link's numbers.
                     debug!(node = %self.node.id, %addr, %end, "link down");
+                    if up.elapsed() >= STABLE && !matches!(end, LinkEnd::TimedOut) {
+                        pick.worked();
+                    } else {
+                        pick.failed();
+                    }
                 }
-                Err(e) => debug!(node = %self.node.id, %addr, error = %e, "dial failed"),
             }
             if started.elapsed() >= STABLE {
                 backoff = BACKOFF_MIN;
             }
-            // Full jitter: sleep uniformly in [backoff/2, backoff].
-            let sleep = rand::rng().random_range(backoff / 2..=backoff);
-            tokio::time::sleep(sleep).await;
+            tokio::time::sleep(jitter(backoff)).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Dials `addr` and checks the epoch the node reports; `None` (logged at debug) when no
+    /// link that may join the session came of it.
+    async fn connect(
+        &self,
+        addr: &str,
+        first: &[u8],
+    ) -> Option<(noise::LinkReader, noise::LinkWriter)> {
+        let started = Instant::now();
+        match self.dial(addr, first).await {
+            Ok((_, _, epoch, id)) if !self.check_epoch(epoch, started, id) => {
+                debug!(node = %self.node.id, %addr, "link to a replaced server instance dropped");
+                None
+            }
+            Ok((reader, writer, _, _)) => Some((reader, writer)),
+            Err(e) => {
+                debug!(node = %self.node.id, %addr, error = %e, "dial failed");
+                None
+            }
+        }
+    }
+
+    /// Runs beside a link that is away from its home address: dials home after
+    /// [`REHOME_FIRST`], then at doubling intervals up to [`REHOME_MAX`], each with jitter, and
+    /// returns the first link that comes up.
+    async fn rehome(&self, home: &str, first: &[u8]) -> (noise::LinkReader, noise::LinkWriter) {
+        let mut wait = REHOME_FIRST;
+        loop {
+            tokio::time::sleep(jitter(wait)).await;
+            if let Some(link) = self.connect(home, first).await {
+                return link;
+            }
+            wait = (wait * 2).min(REHOME_MAX);
         }
     }
 
@@ -206,5 +288,81 @@ impl Slot {
             return Err(noise::LinkError::Protocol("node id mismatch"));
         }
         Ok((reader, writer, server.epoch, session_id))
+    }
+}
+
+/// Full jitter: a time drawn uniformly from `[d/2, d]`.
+fn jitter(d: Duration) -> Duration {
+    rand::rng().random_range(d / 2..=d)
+}
+
+/// Which of a node's addresses a link slot dials next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AddrPick {
+    /// The slot's home address, `index % count`.
+    home: usize,
+    /// The address of the current (or next) dial.
+    at: usize,
+    count: usize,
+}
+
+impl AddrPick {
+    /// Starts at the home address of link `index` of a node with `count` addresses (at least
+    /// one).
+    fn new(index: usize, count: usize) -> Self {
+        let count = count.max(1);
+        let home = index % count;
+        Self {
+            home,
+            at: home,
+            count,
+        }
+    }
+
+    fn at_home(&self) -> bool {
+        self.at == self.home
+    }
+
+    /// The address did not give a lasting link: try the next one.
+    fn failed(&mut self) {
+        self.at = (self.at + 1) % self.count;
+    }
+
+    /// A link worked for a while and ended: dial home first.
+    fn worked(&mut self) {
+        self.at = self.home;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AddrPick;
+
+    #[test]
+    fn links_spread_over_addresses_and_fail_over_in_turn() {
+        let homes: Vec<_> = (0..5).map(|i| AddrPick::new(i, 2).at).collect();
+        assert_eq!(homes, [0, 1, 0, 1, 0]);
+
+        let mut p = AddrPick::new(4, 3);
+        assert_eq!((p.home, p.at), (1, 1));
+        let mut tried = Vec::new();
+        for _ in 0..4 {
+            p.failed();
+            tried.push(p.at);
+        }
+        assert_eq!(tried, [2, 0, 1, 2], "every address in turn, home included");
+        assert!(!p.at_home());
+        p.worked();
+        assert!(p.at_home());
+    }
+
+    #[test]
+    fn one_address_is_always_home() {
+        let mut p = AddrPick::new(7, 1);
+        p.failed();
+        assert_eq!(p.at, 0);
+        assert!(p.at_home());
+        // A node has at least one address; a count of 0 is treated as one rather than dividing by it.
+        assert_eq!(AddrPick::new(3, 0).at, 0);
     }
 }

@@ -1,8 +1,9 @@
 //! wanmux-client: the client daemon as a library, so tests and the demo can run it in-process.
 //!
 //! The client holds one session. It keeps `links.min` to `links.max` Noise links to the server
-//! node (more while every link is busy, see `pool`), each reconnecting with exponential backoff
-//! and jitter when it dies, and listens on every mapped local port. Each accepted connection becomes a stream of the session, opened to the mapped
+//! node (more while every link is busy, see `pool`), spread over the node's addresses, each
+//! reconnecting with exponential backoff and jitter when it dies (to another of the node's
+//! addresses when its own fails, see `dial`), and listens on every mapped local port. Each accepted connection becomes a stream of the session, opened to the mapped
 //! service by name; its frames spread over every link. Because the session outlives its links,
 //! a connection survives link deaths as long as one link comes back within the server's grace
 //! period.
@@ -166,6 +167,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             node: node.clone(),
             auth: dial::noise_auth(hs),
             link_seq: 0,
+            index: 0,
             handshake_timeout: config.handshake_timeout,
             congestion: config.congestion.clone(),
             quic: (config.transport == LinkTransport::Quic).then(Default::default),

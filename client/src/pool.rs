@@ -5,6 +5,10 @@
 //! looked for `GROW_AFTER` has a full socket, and if the session still has data waiting, one
 //! more link (one more congestion window) moves more of it. The client checks its own links
 //! (upload); the server checks its side and sends `MORE_LINKS` (download).
+//!
+//! Each slot has an index, the lowest one free when it opens; it picks the slot's home address
+//! among the node's (`dial`), so the links of a node with several addresses spread over them,
+//! extra links included, and a link opened after an extra one closed takes its place.
 
 use crate::dial::Slot;
 use std::sync::atomic::AtomicU64;
@@ -28,6 +32,8 @@ struct Running {
     task: JoinHandle<()>,
     link: Arc<AtomicU64>,
     started: Instant,
+    /// The slot's index (`Slot::index`).
+    index: usize,
 }
 
 impl Drop for Running {
@@ -44,12 +50,15 @@ pub(crate) async fn run(template: Slot, links: Links) {
         slot.link = Arc::new(AtomicU64::new(0));
         slot.link_seq = next_seq;
         next_seq += 1;
+        slot.index = lowest_free_index(slots);
+        let index = slot.index;
         let link = slot.link.clone();
         let task = tokio::spawn(slot.run().in_current_span());
         slots.push(Running {
             task,
             link,
             started: Instant::now(),
+            index,
         });
     };
     let mut slots = Vec::new();
@@ -102,4 +111,11 @@ pub(crate) async fn run(template: Slot, links: Links) {
             slots.remove(i);
         }
     }
+}
+
+/// The lowest index no slot has (of `0..=slots.len()`, so there always is one).
+fn lowest_free_index(slots: &[Running]) -> usize {
+    (0..slots.len())
+        .find(|i| slots.iter().all(|s| s.index != *i))
+        .unwrap_or(slots.len())
 }

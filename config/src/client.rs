@@ -76,8 +76,49 @@ pub enum ClientAuth {
 pub struct Node {
     /// The node's id (`node[i].id`, 1..=65535); the node reports it in handshake message 2.
     pub id: NonZeroU16,
-    /// Where to dial (`node[i].addr`); a host name is resolved on each dial.
-    pub addr: HostPort,
+    /// Where to dial (`node[i].addr`): one address, or several for a node reachable over more
+    /// than one path (a host with two uplinks). Link `i` dials `addr[i % len]` first and moves to
+    /// the next address when that one fails. A host name is resolved on each dial.
+    pub addr: NodeAddrs,
+}
+
+/// The addresses of one node (`node[i].addr`), in the order written: never empty, and no address
+/// twice (the config rejects duplicates, and [`ClientConfig::validate`] checks code-built ones).
+///
+/// Derefs to a slice. `From<HostPort>` and `From<SocketAddr>` make a single address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddrs(Vec<HostPort>);
+
+impl NodeAddrs {
+    /// The addresses, or `None` when `addrs` is empty.
+    pub fn new(addrs: Vec<HostPort>) -> Option<Self> {
+        (!addrs.is_empty()).then_some(Self(addrs))
+    }
+
+    /// The addresses as a slice (at least one).
+    pub fn as_slice(&self) -> &[HostPort] {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for NodeAddrs {
+    type Target = [HostPort];
+    fn deref(&self) -> &[HostPort] {
+        &self.0
+    }
+}
+
+impl From<HostPort> for NodeAddrs {
+    fn from(addr: HostPort) -> Self {
+        Self(vec![addr])
+    }
+}
+
+/// One literal address; its port may be 0, as with [`HostPort`]'s `From<SocketAddr>`.
+impl From<SocketAddr> for NodeAddrs {
+    fn from(addr: SocketAddr) -> Self {
+        Self(vec![addr.into()])
+    }
 }
 
 /// A node with its pinned static public key (static-key mode).
@@ -277,8 +318,9 @@ impl ClientConfig {
     }
 
     /// Checks a config built in code against the rules the TOML path applies: at least one
-    /// node with unique ids, link count, timeout and limits in range, at least one map with
-    /// unique listen addresses. Errors carry keys but no lines.
+    /// node with unique ids, each node address listed once in the whole config, link count,
+    /// timeout and limits in range, at least one map with unique listen addresses. Errors carry
+    /// keys but no lines.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errs = Collector::new("");
         if self.nodes().next().is_none() {
@@ -291,6 +333,29 @@ impl ClientConfig {
                 format!("duplicate node id (also node[{first}])"),
             );
         });
+        let listed: Vec<(usize, String, &HostPort)> = self
+            .nodes()
+            .enumerate()
+            .flat_map(|(i, n)| {
+                let array = n.addr.len() > 1;
+                n.addr
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, a)| (i, addr_key(i, j, array), a))
+            })
+            .collect();
+        common::duplicates(
+            listed.iter().map(|(_, _, a)| *a).enumerate(),
+            |second, first| {
+                let ((node, key, _), (first_node, first_key, _)) =
+                    (&listed[second], &listed[first]);
+                errs.push(
+                    key,
+                    None,
+                    duplicate_addr_message(first_key, first_node == node),
+                );
+            },
+        );
         if !(1..=Links::MAX_COUNT).contains(&self.links.min) {
             errs.push(
                 "links.min",
@@ -391,8 +456,48 @@ struct RawClient {
 #[serde(deny_unknown_fields)]
 struct RawNode {
     id: Option<Spanned<i64>>,
-    addr: Option<Spanned<String>>,
+    addr: Option<Spanned<RawAddrs>>,
     public_key: Option<Spanned<String>>,
+}
+
+/// `node.addr` as written: one host:port string, or an array of them. A value of another type,
+/// or an array element that is not a string, is a type error from the parser, which names the
+/// key (`node[0].addr[1]`) and line like every parser error.
+#[derive(Debug)]
+enum RawAddrs {
+    /// `addr = "host:port"`; its position is the span around it.
+    One(String),
+    /// `addr = ["host:port", ...]`.
+    Many(Vec<Spanned<String>>),
+}
+
+impl<'de> Deserialize<'de> for RawAddrs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawAddrs;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a host:port string or an array of host:port strings")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawAddrs, E> {
+                Ok(RawAddrs::One(v.to_owned()))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawAddrs, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Spanned<String>>()? {
+                    items.push(item);
+                }
+                Ok(RawAddrs::Many(items))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -514,7 +619,8 @@ fn convert_auth(
     let mut nodes = Vec::with_capacity(raw_nodes.len());
     let mut ok = true;
     let mut ids = Vec::new();
-    let mut addrs = Vec::new();
+    // Every address that parsed, of every node, for the duplicate check.
+    let mut listed = Vec::new();
     for (i, raw) in raw_nodes.iter().enumerate() {
         let table = raw.span();
         let n = raw.get_ref();
@@ -523,8 +629,14 @@ fn convert_auth(
         let pk_key = format!("node[{i}].public_key");
         let id = common::require(errs, &id_key, n.id.as_ref(), &table, "node id, 1..=65535")
             .and_then(|v| common::node_id(errs, &id_key, v));
-        let addr = common::require(errs, &addr_key, n.addr.as_ref(), &table, "host:port")
-            .and_then(|v| common::host_port(errs, &addr_key, v));
+        let addr = common::require(
+            errs,
+            &addr_key,
+            n.addr.as_ref(),
+            &table,
+            "host:port, or an array of them",
+        )
+        .and_then(|v| convert_addrs(errs, i, v, &mut listed));
         let public_key = match (&n.public_key, static_mode) {
             (Some(v), true) => PublicKey::from_base64(v.get_ref())
                 .map_err(|e| errs.push(&pk_key, Some(v.span()), key_error_message(&e)))
@@ -553,9 +665,6 @@ fn convert_auth(
         if let Some(id) = id {
             ids.push((i, id));
         }
-        if let Some(addr) = &addr {
-            addrs.push((i, addr.clone()));
-        }
         match (id, addr) {
             (Some(id), Some(addr)) => nodes.push((Node { id, addr }, public_key)),
             _ => ok = false,
@@ -570,15 +679,15 @@ fn convert_auth(
         );
         ok = false;
     });
-    common::duplicates(addrs, |i, first| {
-        let span = raw_nodes[i].get_ref().addr.as_ref().map(|v| v.span());
-        errs.push(
-            format!("node[{i}].addr"),
-            span,
-            format!("same address as node[{first}]: list each node once"),
-        );
-        ok = false;
-    });
+    common::duplicates(
+        listed.iter().map(|l| &l.addr).enumerate(),
+        |second, first| {
+            let (l, first) = (&listed[second], &listed[first]);
+            let msg = duplicate_addr_message(&first.key, first.node == l.node);
+            errs.push(&l.key, Some(l.span.clone()), msg);
+            ok = false;
+        },
+    );
     if !ok || raw_nodes.is_empty() {
         return None;
     }
@@ -605,6 +714,79 @@ fn convert_auth(
         }
         _ => None,
     }
+}
+
+/// One address of a node as written, for the duplicate check.
+struct ListedAddr {
+    /// Index of the node.
+    node: usize,
+    /// `node[i].addr`, or `node[i].addr[j]` for an element of an array.
+    key: String,
+    addr: HostPort,
+    span: std::ops::Range<usize>,
+}
+
+/// The key an address of node `node` is reported under: `node[0].addr` when it is written as a
+/// single string (or, in a code-built config, when it is the node's only one), `node[0].addr[1]`
+/// for an element of an array.
+fn addr_key(node: usize, index: usize, array: bool) -> String {
+    if array {
+        format!("node[{node}].addr[{index}]")
+    } else {
+        format!("node[{node}].addr")
+    }
+}
+
+/// The error for an address listed already under `first`: twice in one node, or in two nodes.
+fn duplicate_addr_message(first: &str, same_node: bool) -> String {
+    if same_node {
+        format!("listed twice (also {first})")
+    } else {
+        format!("same address as {first}: an address belongs to one node, list each node once")
+    }
+}
+
+/// Converts `node[node].addr`, recording every address that parses in `listed`.
+fn convert_addrs(
+    errs: &mut Collector<'_>,
+    node: usize,
+    raw: &Spanned<RawAddrs>,
+    listed: &mut Vec<ListedAddr>,
+) -> Option<NodeAddrs> {
+    let items: Vec<(String, &str, std::ops::Range<usize>)> = match raw.get_ref() {
+        RawAddrs::One(text) => vec![(addr_key(node, 0, false), text.as_str(), raw.span())],
+        RawAddrs::Many(items) => items
+            .iter()
+            .enumerate()
+            .map(|(j, v)| (addr_key(node, j, true), v.get_ref().as_str(), v.span()))
+            .collect(),
+    };
+    if items.is_empty() {
+        errs.push(
+            format!("node[{node}].addr"),
+            Some(raw.span()),
+            "empty array: list at least one host:port",
+        );
+        return None;
+    }
+    let count = items.len();
+    let mut addrs = Vec::with_capacity(count);
+    for (key, text, span) in items {
+        match text.parse::<HostPort>() {
+            Ok(addr) => {
+                listed.push(ListedAddr {
+                    node,
+                    key,
+                    addr: addr.clone(),
+                    span,
+                });
+                addrs.push(addr);
+            }
+            Err(e) => errs.push(key, Some(span), e.to_string()),
+        }
+    }
+    // Only when every one parsed.
+    NodeAddrs::new(addrs).filter(|a| a.len() == count)
 }
 
 /// Static-key mode nodes, when every one has its key.

@@ -169,7 +169,8 @@ fn static_client_parses_and_exposes_handshakes() {
     assert!(psk.is_none());
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].public_key, PublicKey::from_bytes([2; 32]));
-    assert_eq!(nodes[0].node.addr.to_string(), "203.0.113.10:4480");
+    assert_eq!(nodes[0].node.addr.len(), 1);
+    assert_eq!(nodes[0].node.addr[0].to_string(), "203.0.113.10:4480");
     assert_eq!(c.links, Links::fixed(4));
     assert_eq!(c.handshake_timeout, Duration::from_secs(10));
     assert_eq!(c.maps[0].service.as_str(), "game");
@@ -198,7 +199,10 @@ fn psk_client_with_several_nodes_and_links() {
     assert!(hs
         .iter()
         .all(|(_, h)| matches!(h, NodeHandshake::PskOnly { .. })));
-    assert_eq!(hs[1].0.addr.to_string(), "[2001:db8::1]:4480");
+    assert_eq!(
+        hs[1].0.addr.as_slice(),
+        ["[2001:db8::1]:4480".parse().unwrap()]
+    );
     // Two maps on one port but different, non-wildcard addresses do not conflict.
     assert_eq!(c.maps.len(), 2);
 }
@@ -914,7 +918,7 @@ fn code_built_configs_validate() {
 
     let node = Node {
         id,
-        addr: HostPort::from(addr),
+        addr: HostPort::from(addr).into(),
     };
     let map = PortMap {
         listen: "127.0.0.1:7000".parse().unwrap(),
@@ -934,7 +938,10 @@ fn code_built_configs_validate() {
     };
     let errs = c.validate().unwrap_err();
     let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
-    assert_eq!(keys, ["node[1].id", "links.min", "map[1].listen"]);
+    assert_eq!(
+        keys,
+        ["node[1].id", "node[1].addr", "links.min", "map[1].listen"]
+    );
 }
 
 #[test]
@@ -1067,4 +1074,171 @@ fn server_quic() {
         target: "127.0.0.1:7".parse().unwrap(),
     };
     assert!(!ServerConfig::new(addr, id, auth, vec![svc]).quic);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multihomed nodes: `node.addr` as an array
+// ---------------------------------------------------------------------------------------------
+
+/// `static_client()` with line 6 replaced by `addr = VALUE` (VALUE may span lines).
+fn client_with_addr(value: &str) -> String {
+    static_client().replace("addr = \"203.0.113.10:4480\"", &format!("addr = {value}"))
+}
+
+#[test]
+fn node_addr_array() {
+    let c = client(&client_with_addr(
+        "[\"203.0.113.10:4480\", \"b.example.net:4481\", \"[2001:db8::2]:4480\"]",
+    ))
+    .unwrap();
+    let node = c.nodes().next().unwrap();
+    let shown: Vec<_> = node.addr.iter().map(|a| a.to_string()).collect();
+    assert_eq!(
+        shown,
+        [
+            "203.0.113.10:4480",
+            "b.example.net:4481",
+            "[2001:db8::2]:4480"
+        ],
+        "in the order written"
+    );
+    c.validate().unwrap();
+
+    // An array of one is the same node as the plain string.
+    let one = client(&client_with_addr("[\"203.0.113.10:4480\"]")).unwrap();
+    let plain = client(&static_client()).unwrap();
+    assert_eq!(one.nodes().next(), plain.nodes().next());
+
+    // Elements on lines of their own, with a trailing comma.
+    let c = client(&client_with_addr(
+        "[\n  \"203.0.113.10:4480\",\n  \"203.0.113.11:4480\",\n]",
+    ))
+    .unwrap();
+    assert_eq!(c.nodes().next().unwrap().addr.len(), 2);
+}
+
+#[test]
+fn node_addr_array_errors_name_the_element() {
+    for (value, key, line, want) in [
+        ("[]", "node[0].addr", 6, "empty array"),
+        (
+            "[\"203.0.113.10:4480\", \"x\"]",
+            "node[0].addr[1]",
+            6,
+            "expected HOST:PORT",
+        ),
+        (
+            "[\n\"203.0.113.10:4480\",\n\"10.0.0.1:0\",\n]",
+            "node[0].addr[1]",
+            8,
+            "invalid port",
+        ),
+        (
+            "[\"203.0.113.10:4480\", \"203.0.113.10:4480\"]",
+            "node[0].addr[1]",
+            6,
+            "listed twice (also node[0].addr[0])",
+        ),
+        // Parser errors: the value's or the element's type.
+        ("7", "node[0].addr", 6, "a host:port string or an array"),
+        (
+            "[\"203.0.113.10:4480\", 7]",
+            "node[0].addr[1]",
+            6,
+            "invalid type",
+        ),
+        ("{ a = 1 }", "node[0].addr", 6, "invalid type"),
+    ] {
+        let e = one_error(client(&client_with_addr(value)));
+        assert_eq!((e.key.as_str(), e.line), (key, Some(line)), "{value}");
+        assert!(e.message.contains(want), "{value}: {}", e.message);
+    }
+
+    // Every address is unique in the file, whichever form each node uses.
+    let second = |addr: &str| {
+        format!(
+            "[[node]]\nid = 2\naddr = {addr}\npublic_key = \"{}\"\n",
+            b64(3)
+        )
+    };
+    let first = client_with_addr("[\"203.0.113.10:4480\", \"203.0.113.11:4480\"]");
+    let text = first.clone() + &second("\"203.0.113.11:4480\"");
+    let e = one_error(client(&text));
+    assert_eq!((e.key.as_str(), e.line), ("node[1].addr", Some(14)));
+    assert!(
+        e.message.contains("same address as node[0].addr[1]"),
+        "{}",
+        e.message
+    );
+    let text = static_client() + &second("[\"203.0.113.12:4480\", \"203.0.113.10:4480\"]");
+    let e = one_error(client(&text));
+    assert_eq!((e.key.as_str(), e.line), ("node[1].addr[1]", Some(14)));
+    assert!(
+        e.message.contains("same address as node[0].addr:"),
+        "{}",
+        e.message
+    );
+
+    // Semantic errors in addresses come out together with the others.
+    let text = client_with_addr("[\"203.0.113.10:4480\", \"bad\", \"203.0.113.10:4480\"]")
+        .replace("id = 1", "id = 0");
+    let errs = client(&text).unwrap_err();
+    assert_eq!(
+        keys_lines(&errs),
+        [
+            ("node[0].id", Some(5)),
+            ("node[0].addr[1]", Some(6)),
+            ("node[0].addr[2]", Some(6)),
+        ]
+    );
+}
+
+#[test]
+fn code_built_node_addrs() {
+    assert!(NodeAddrs::new(Vec::new()).is_none());
+    let hp = |s: &str| s.parse::<HostPort>().unwrap();
+    let node = |id: u16, addrs: &[&str]| Node {
+        id: std::num::NonZeroU16::new(id).unwrap(),
+        addr: NodeAddrs::new(addrs.iter().map(|a| hp(a)).collect()).unwrap(),
+    };
+    let map = PortMap {
+        listen: "127.0.0.1:7000".parse().unwrap(),
+        service: "echo".parse().unwrap(),
+    };
+    let with_nodes = |nodes: Vec<Node>| {
+        ClientConfig::new(
+            ClientAuth::PskOnly {
+                psk: Psk::from_bytes([1; 32]),
+                nodes,
+            },
+            vec![map.clone()],
+        )
+    };
+    with_nodes(vec![
+        node(1, &["10.0.0.1:1", "10.0.0.2:1"]),
+        node(2, &["10.0.0.3:1"]),
+    ])
+    .validate()
+    .unwrap();
+    let errs = with_nodes(vec![
+        node(1, &["10.0.0.1:1", "10.0.0.2:1", "10.0.0.1:1"]),
+        node(2, &["10.0.0.2:1"]),
+    ])
+    .validate()
+    .unwrap_err();
+    let got: Vec<_> = errs
+        .iter()
+        .map(|e| (e.key.as_str(), e.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("node[0].addr[2]", "listed twice (also node[0].addr[0])"),
+            (
+                "node[1].addr",
+                "same address as node[0].addr[1]: an address belongs to one node, list each \
+                 node once"
+            ),
+        ]
+    );
 }

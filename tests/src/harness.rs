@@ -220,7 +220,7 @@ pub fn configs(auth: Auth, target: SocketAddr, links: u16) -> (ServerConfig, Cli
                     nodes: vec![PinnedNode {
                         node: Node {
                             id: node,
-                            addr: "127.0.0.1:1".parse().expect("addr"),
+                            addr: SocketAddr::from(([127, 0, 0, 1], 1)).into(),
                         },
                         public_key: server_pub,
                     }],
@@ -235,7 +235,7 @@ pub fn configs(auth: Auth, target: SocketAddr, links: u16) -> (ServerConfig, Cli
                     psk,
                     nodes: vec![Node {
                         id: node,
-                        addr: "127.0.0.1:1".parse().expect("addr"),
+                        addr: SocketAddr::from(([127, 0, 0, 1], 1)).into(),
                     }],
                 },
             )
