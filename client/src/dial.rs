@@ -151,8 +151,9 @@ impl Slot {
                             }
                         }
                     };
-                    self.link.store(0, Relaxed);
                     let Some(end) = end else {
+                        // `link` keeps the old id until the new link stores its own, so the pool
+                        // never sees this slot without a link.
                         info!(
                             node = %self.node.id, %addr, home = %addrs[pick.home],
                             link_seq = self.link_seq, "link down: moving back to its home address"
@@ -161,6 +162,7 @@ impl Slot {
                         backoff = BACKOFF_MIN;
                         continue;
                     };
+                    self.link.store(0, Relaxed);
                     // The link task logged the end at info level, with the link's numbers.
                     debug!(node = %self.node.id, %addr, %end, "link down");
                     if up.elapsed() >= STABLE && !matches!(end, LinkEnd::TimedOut) {
