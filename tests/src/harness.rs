@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use wanmux_client::ClientHandle;
 use wanmux_config::{
     ClientAuth, ClientConfig, Links, Node, PinnedNode, PortMap, ServerAuth, ServerConfig, Service,
@@ -432,6 +432,121 @@ pub async fn transfer_on(
     let received = read_hashed(&mut rd).await?;
     let sent = writer.await.expect("writer task")?;
     Ok(ClientResult { sent, received })
+}
+
+/// Lets a test pause both directions of a transfer part way, act, then let it go on (with
+/// [`gated_transfer`]).
+#[derive(Clone)]
+pub struct Gate {
+    open: watch::Sender<bool>,
+    paused: Arc<AtomicUsize>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Self {
+        Gate {
+            open: watch::Sender::new(false),
+            paused: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Waits until both directions reached the gate.
+    pub async fn wait_paused(&self) {
+        let both = eventually(Duration::from_secs(30), || {
+            self.paused.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        assert!(both, "the transfer did not reach the gate");
+    }
+
+    /// Lets both directions go on.
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Called by each direction at the gate.
+    async fn pass(&self) {
+        self.paused.fetch_add(1, Ordering::SeqCst);
+        let mut rx = self.open.subscribe();
+        let _ = rx.wait_for(|open| *open).await;
+    }
+}
+
+/// As [`transfer`], but each direction stops after `pause_at` bytes until `gate` opens: the
+/// upload stops writing, the download stops reading (so the tunnel's windows fill).
+pub async fn gated_transfer(
+    addr: SocketAddr,
+    up: u64,
+    down: u64,
+    seed: u64,
+    pause_at: u64,
+    gate: Gate,
+) -> std::io::Result<ClientResult> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (mut rd, mut wr) = tcp.into_split();
+    let mut header = [0u8; 16];
+    header[..8].copy_from_slice(&down.to_be_bytes());
+    header[8..].copy_from_slice(&seed.to_be_bytes());
+    wr.write_all(&header).await?;
+    let up_gate = gate.clone();
+    let writer = tokio::spawn(async move {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut sent = 0;
+        let mut gated = false;
+        while sent < up {
+            if !gated && sent >= pause_at {
+                gated = true;
+                up_gate.pass().await;
+            }
+            let n = (up - sent).min(buf.len() as u64) as usize;
+            rng.fill_bytes(&mut buf[..n]);
+            hasher.update(&buf[..n]);
+            wr.write_all(&buf[..n]).await?;
+            sent += n as u64;
+        }
+        if !gated {
+            up_gate.pass().await;
+        }
+        wr.shutdown().await?;
+        Ok::<_, std::io::Error>(Hashed {
+            bytes: sent,
+            hash: hasher.finalize(),
+        })
+    });
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut received = 0u64;
+    let mut gated = false;
+    loop {
+        if !gated && received >= pause_at.min(down) {
+            gated = true;
+            gate.pass().await;
+        }
+        let n = rd.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        received += n as u64;
+    }
+    let sent = writer.await.expect("writer task")?;
+    Ok(ClientResult {
+        sent,
+        received: Hashed {
+            bytes: received,
+            hash: hasher.finalize(),
+        },
+    })
 }
 
 /// Runs `test` and panics if it takes longer than `limit`, so a hang fails the test instead of

@@ -1,0 +1,483 @@
+//! Multihomed nodes (`node.addr` with several addresses) on real sockets: each "address" of the
+//! node is a relay on `127.0.0.1:0` in front of the same server, a fault relay
+//! ([`wanmux_tests::fault`]) for TCP links and a small UDP forwarder for QUIC links. Links spread
+//! over the addresses by index; when an address dies its links move to the other one, and when
+//! it comes back they move home again. Every transfer compares hashes both ways.
+//!
+//! Four worker threads, as in `faults.rs`: a link its engine times out can pin a worker for a
+//! while, and with a client and a server in one process both can do so at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+use wanmux_config::{
+    ClientAuth, ClientConfig, HostPort, LinkTransport, NodeAddrs, ServerAuth, ServerConfig,
+};
+use wanmux_tests::fault::{FaultRelay, Links};
+use wanmux_tests::harness::{
+    app_server, configs, eventually, gated_transfer, init_tracing, within, Auth, ClientResult,
+    Gate, Tunnel,
+};
+
+const MIB: u64 = 1 << 20;
+const IK: Auth = Auth::Static { psk: false };
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Gives the client's (only) node the addresses `addrs`, in this order.
+fn point_client_at_all(client: &mut ClientConfig, addrs: &[SocketAddr]) {
+    let addr = NodeAddrs::new(addrs.iter().map(|&a| HostPort::from(a)).collect())
+        .expect("at least one address");
+    match &mut client.auth {
+        ClientAuth::StaticKey { nodes, .. } => nodes[0].node.addr = addr,
+        ClientAuth::PskOnly { nodes, .. } => nodes[0].addr = addr,
+    }
+}
+
+/// Starts the application server and the server node, then `relays` in front of the node (given
+/// the node's address), then the client dialling the relays' addresses with `links` links, all
+/// up when this returns. `tweak` changes both configs first.
+async fn multihomed<R>(
+    auth: Auth,
+    links: u16,
+    tweak: impl FnOnce(&mut ServerConfig, &mut ClientConfig),
+    relays: impl AsyncFnOnce(SocketAddr) -> (R, Vec<SocketAddr>),
+) -> (Tunnel, R) {
+    init_tracing();
+    let app = app_server().await;
+    let (mut server_cfg, mut client_cfg) = configs(auth, app.addr, links);
+    tweak(&mut server_cfg, &mut client_cfg);
+    let server = wanmux_server::start(server_cfg)
+        .await
+        .expect("server starts");
+    let (relays, addrs) = relays(server.local_addr()).await;
+    point_client_at_all(&mut client_cfg, &addrs);
+    client_cfg.validate().expect("valid client config");
+    let client = wanmux_client::start(client_cfg.clone())
+        .await
+        .expect("client starts");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client.wait_for_links(links as usize),
+    )
+    .await
+    .expect("links come up");
+    let tunnel = Tunnel {
+        app,
+        server,
+        client,
+        client_config: client_cfg,
+    };
+    (tunnel, relays)
+}
+
+/// A TCP tunnel whose node has two addresses, each a fault relay to the server.
+async fn two_addresses(
+    links: u16,
+    tweak: impl FnOnce(&mut ServerConfig, &mut ClientConfig),
+) -> (Tunnel, FaultRelay, FaultRelay) {
+    let (t, (a, b)) = multihomed(IK, links, tweak, async |server| {
+        let a = FaultRelay::start(server).await;
+        let b = FaultRelay::start(server).await;
+        let addrs = vec![a.addr(), b.addr()];
+        ((a, b), addrs)
+    })
+    .await;
+    (t, a, b)
+}
+
+/// Checks a finished transfer against the application server's result for it.
+async fn check_result(t: &mut Tunnel, c: ClientResult, seed: u64, up: u64, down: u64) {
+    let a = tokio::time::timeout(Duration::from_secs(30), t.app.results.recv())
+        .await
+        .expect("app server result in time")
+        .expect("app server alive");
+    assert_eq!(a.seed, seed, "result of another connection");
+    assert_eq!((c.sent.bytes, c.received.bytes), (up, down), "byte counts");
+    assert_eq!(c.sent, a.received, "upload: sent vs received");
+    assert_eq!(a.sent, c.received, "download: sent vs received");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn links_spread_over_both_addresses_and_transfers_arrive_intact() {
+    within(LIMIT, async {
+        let (mut t, a, b) = two_addresses(4, |_, _| {}).await;
+        // Links 0 and 2 dial the first address, 1 and 3 the second.
+        let spread = eventually(Duration::from_secs(10), || {
+            a.open_links().len() == 2 && b.open_links().len() == 2
+        })
+        .await;
+        assert!(
+            spread,
+            "links per address: {} and {}",
+            a.open_links().len(),
+            b.open_links().len()
+        );
+        assert_eq!((a.accepted(), b.accepted()), (2, 2), "a link was redialled");
+
+        t.check_transfer(32 * MIB, 32 * MIB, 1).await;
+        t.check_transfer(0, 8 * MIB, 2).await;
+        t.check_transfer(8 * MIB, 0, 3).await;
+        t.check_concurrent(8, MIB, MIB).await;
+        println!(
+            "forwarded: first address {:.1} MiB, second {:.1} MiB",
+            a.forwarded() as f64 / MIB as f64,
+            b.forwarded() as f64 / MIB as f64
+        );
+        // Both addresses carried stream data, not only handshakes and pings.
+        assert!(
+            a.forwarded() > MIB,
+            "first address: {} bytes",
+            a.forwarded()
+        );
+        assert!(
+            b.forwarded() > MIB,
+            "second address: {} bytes",
+            b.forwarded()
+        );
+        assert_eq!((a.accepted(), b.accepted()), (2, 2), "a link was redialled");
+        assert_eq!(t.client.live_links(), 4);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_one_address_mid_transfer_moves_its_links_to_the_other() {
+    within(LIMIT, async {
+        let (mut t, a, b) = two_addresses(4, |_, _| {}).await;
+        assert!(
+            eventually(Duration::from_secs(10), || a.open_links().len() == 2
+                && b.open_links().len() == 2)
+            .await,
+            "links did not spread over both addresses"
+        );
+        let (up, down, seed) = (64 * MIB, 64 * MIB, 11);
+        let gate = Gate::new();
+        let running = tokio::spawn(gated_transfer(
+            t.addr(),
+            up,
+            down,
+            seed,
+            8 * MIB,
+            gate.clone(),
+        ));
+        gate.wait_paused().await;
+
+        // The first address dies: its links are reset and it refuses new connections.
+        drop(a);
+        let killed = Instant::now();
+        gate.open();
+        let c = running
+            .await
+            .unwrap()
+            .expect("transfer survives losing an address");
+        check_result(&mut t, c, seed, up, down).await;
+        let moved = eventually(Duration::from_secs(20), || {
+            t.client.live_links() == 4 && b.open_links().len() == 4
+        })
+        .await;
+        assert!(
+            moved,
+            "{} links up, {} through the second address",
+            t.client.live_links(),
+            b.open_links().len()
+        );
+        println!(
+            "first address killed: transfer done and 4 links on the second address {:?} later, \
+             {} connections accepted there",
+            killed.elapsed(),
+            b.accepted()
+        );
+        assert!(
+            b.accepted() >= 4,
+            "only {} dials reached the second address",
+            b.accepted()
+        );
+        assert_eq!(t.app.accepted(), 1, "the application connection was redone");
+        assert_eq!(t.server.session_count(), 1, "the session was not resumed");
+        t.check_transfer(4 * MIB, 4 * MIB, 12).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn links_move_back_when_an_address_returns() {
+    within(LIMIT, async {
+        let (mut t, a, b) = two_addresses(4, |_, c| {
+            // Dials into the blackhole give up after a second, not the default ten.
+            c.handshake_timeout = Duration::from_secs(1);
+        })
+        .await;
+        assert!(
+            eventually(Duration::from_secs(10), || a.open_links().len() == 2
+                && b.open_links().len() == 2)
+            .await,
+            "links did not spread over both addresses"
+        );
+
+        // The first address goes silent: its links die by ping timeout, dials into it time out.
+        a.blackhole(Links::All);
+        let moved = eventually(Duration::from_secs(30), || {
+            t.client.live_links() == 4 && b.open_links().len() == 4
+        })
+        .await;
+        assert!(
+            moved,
+            "{} links up, {} through the second address",
+            t.client.live_links(),
+            b.open_links().len()
+        );
+        t.check_transfer(4 * MIB, 4 * MIB, 21).await;
+
+        // It comes back: the two links whose home it is dial it again and move back.
+        let accepted = a.accepted();
+        a.restore(Links::All);
+        let restored = Instant::now();
+        let back = eventually(Duration::from_secs(90), || {
+            t.client.live_links() == 4 && b.open_links().len() == 2 && a.accepted() >= accepted + 2
+        })
+        .await;
+        assert!(
+            back,
+            "{} links up, {} through the second address, {} new dials to the first",
+            t.client.live_links(),
+            b.open_links().len(),
+            a.accepted() - accepted
+        );
+        println!(
+            "links back on the first address {:?} after it returned",
+            restored.elapsed()
+        );
+        t.check_transfer(4 * MIB, 4 * MIB, 22).await;
+        assert_eq!(t.server.session_count(), 1, "the session was not resumed");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quic_links_use_every_address_and_survive_losing_one() {
+    within(LIMIT, async {
+        let tweak = |s: &mut ServerConfig, c: &mut ClientConfig| {
+            s.quic = true;
+            c.transport = LinkTransport::Quic;
+            // Dials to the dead address give up after a second.
+            c.handshake_timeout = Duration::from_secs(1);
+        };
+        let (mut t, (a, b)) = multihomed(IK, 4, tweak, async |server| {
+            let a = UdpRelay::start(server).await;
+            let b = UdpRelay::start(server).await;
+            let addrs = vec![a.addr, b.addr];
+            ((a, b), addrs)
+        })
+        .await;
+        t.check_transfer(16 * MIB, 16 * MIB, 31).await;
+        // One client UDP socket carries every QUIC link, so the relays cannot count links;
+        // bytes show that both addresses carry links.
+        println!(
+            "forwarded: first address {:.1} MiB, second {:.1} MiB",
+            a.forwarded() as f64 / MIB as f64,
+            b.forwarded() as f64 / MIB as f64
+        );
+        assert!(
+            a.forwarded() > MIB,
+            "first address: {} bytes",
+            a.forwarded()
+        );
+        assert!(
+            b.forwarded() > MIB,
+            "second address: {} bytes",
+            b.forwarded()
+        );
+
+        let (up, down, seed) = (32 * MIB, 32 * MIB, 32);
+        let gate = Gate::new();
+        let running = tokio::spawn(gated_transfer(
+            t.addr(),
+            up,
+            down,
+            seed,
+            4 * MIB,
+            gate.clone(),
+        ));
+        gate.wait_paused().await;
+        // The first address dies silently (UDP: nothing answers).
+        drop(a);
+        gate.open();
+        let c = running
+            .await
+            .unwrap()
+            .expect("transfer survives losing an address");
+        check_result(&mut t, c, seed, up, down).await;
+        let before = b.forwarded();
+        assert!(
+            eventually(Duration::from_secs(30), || t.client.live_links() == 4).await,
+            "links did not come back: {} up",
+            t.client.live_links()
+        );
+        t.check_transfer(4 * MIB, 4 * MIB, 33).await;
+        assert!(
+            b.forwarded() - before >= 8 * MIB,
+            "the last transfer did not go through the second address"
+        );
+        assert_eq!(t.server.session_count(), 1, "the session was not resumed");
+    })
+    .await;
+}
+
+/// `node.addr` as an array in a config file: the client parsed from it dials both addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn array_addr_from_a_config_file() {
+    within(LIMIT, async {
+        init_tracing();
+        let app = app_server().await;
+        let (server_cfg, _) = configs(Auth::Psk, app.addr, 2);
+        let ServerAuth::PskOnly { psk } = &server_cfg.auth else {
+            unreachable!("PSK-only config")
+        };
+        let psk = psk.to_base64();
+        let server = wanmux_server::start(server_cfg)
+            .await
+            .expect("server starts");
+        let a = FaultRelay::start(server.local_addr()).await;
+        let b = FaultRelay::start(server.local_addr()).await;
+        let text = |addr: &str| {
+            format!(
+                "[client]\npsk = \"{psk}\"\n\n[[node]]\nid = 1\naddr = {addr}\n\n[links]\n\
+                 count = 2\n\n[[map]]\nlisten = \"127.0.0.1:0\"\nservice = \"app\"\n"
+            )
+        };
+        let parse = |text: &str| ClientConfig::parse(text, Path::new("."), "client.toml");
+
+        // Errors name the element and its line.
+        let errs = parse(&text(&format!("[\"{}\", 7]", a.addr()))).unwrap_err();
+        assert_eq!(errs.errors[0].key, "node[0].addr[1]", "{errs}");
+        assert_eq!(errs.errors[0].line, Some(6), "{errs}");
+        let errs = parse(&text(&format!("[\"{}\", \"{}\"]", a.addr(), a.addr()))).unwrap_err();
+        assert_eq!(
+            errs.to_string(),
+            "client.toml:6: node[0].addr[1]: listed twice (also node[0].addr[0])"
+        );
+
+        let cfg = parse(&text(&format!("[\"{}\", \"{}\"]", a.addr(), b.addr())))
+            .expect("array addr parses");
+        let node = cfg.nodes().next().expect("one node");
+        assert_eq!(
+            node.addr.as_slice(),
+            [HostPort::from(a.addr()), HostPort::from(b.addr())]
+        );
+        let client = wanmux_client::start(cfg.clone())
+            .await
+            .expect("client starts");
+        tokio::time::timeout(Duration::from_secs(10), client.wait_for_links(2))
+            .await
+            .expect("links come up");
+        assert!(
+            eventually(Duration::from_secs(10), || a.open_links().len() == 1
+                && b.open_links().len() == 1)
+            .await,
+            "links per address: {} and {}",
+            a.open_links().len(),
+            b.open_links().len()
+        );
+        let mut t = Tunnel {
+            app,
+            server,
+            client,
+            client_config: cfg,
+        };
+        t.check_transfer(4 * MIB, 4 * MIB, 41).await;
+    })
+    .await;
+}
+
+/// A UDP forwarder on `127.0.0.1:0` to `target`: another address of a QUIC node. Each client
+/// address gets an upstream socket of its own. Dropping it stops it; datagrams sent to it then
+/// get no answer, as on a dead path.
+struct UdpRelay {
+    addr: SocketAddr,
+    forwarded: Arc<AtomicU64>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Drop for UdpRelay {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().expect("relay tasks").drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl UdpRelay {
+    async fn start(target: SocketAddr) -> UdpRelay {
+        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind relay"));
+        let addr = sock.local_addr().expect("local addr");
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let main = tokio::spawn({
+            let (forwarded, tasks) = (forwarded.clone(), tasks.clone());
+            async move {
+                let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+                        continue;
+                    };
+                    let up = match upstreams.get(&from) {
+                        Some(up) => up.clone(),
+                        None => {
+                            let up = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+                            up.connect(target).await.expect("connect upstream");
+                            let up = Arc::new(up);
+                            let back = tokio::spawn(forward_back(
+                                up.clone(),
+                                sock.clone(),
+                                from,
+                                forwarded.clone(),
+                            ));
+                            tasks.lock().expect("relay tasks").push(back);
+                            upstreams.insert(from, up.clone());
+                            up
+                        }
+                    };
+                    if up.send(&buf[..n]).await.is_ok() {
+                        forwarded.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        tasks.lock().expect("relay tasks").push(main);
+        UdpRelay {
+            addr,
+            forwarded,
+            tasks,
+        }
+    }
+
+    /// Bytes forwarded so far, both directions.
+    fn forwarded(&self) -> u64 {
+        self.forwarded.load(Ordering::Relaxed)
+    }
+}
+
+/// Copies datagrams from the node back to the client at `to`.
+async fn forward_back(
+    up: Arc<UdpSocket>,
+    sock: Arc<UdpSocket>,
+    to: SocketAddr,
+    forwarded: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        // An error here is an ICMP report for an earlier datagram; the socket goes on.
+        let Ok(n) = up.recv(&mut buf).await else {
+            continue;
+        };
+        if sock.send_to(&buf[..n], to).await.is_ok() {
+            forwarded.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
