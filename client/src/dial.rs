@@ -33,9 +33,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const STABLE: Duration = Duration::from_secs(1);
 /// A link away from its home address first dials home again after this long (with jitter),
 /// then at doubling intervals up to [`REHOME_MAX`] while home keeps failing. Short enough that an
-/// uplink that comes back carries its share again within seconds, long enough that probing a
-/// dead address costs next to nothing: a refused connect, or one pending handshake, per link
-/// every minute at most.
+/// uplink that comes back soon carries its share again within seconds; with the doubling, a
+/// dead address costs each link one refused connect, or one handshake that times out, every
+/// 30-60 s once the first few probes failed.
 const REHOME_FIRST: Duration = Duration::from_secs(10);
 const REHOME_MAX: Duration = Duration::from_secs(60);
 
