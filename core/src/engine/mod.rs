@@ -317,6 +317,9 @@ pub struct Session {
     /// When the last small interactive segment went out: lanes are reserved until
     /// `LANE_HOLD` after it.
     last_small: Option<Instant>,
+    /// A small interactive segment was queued and has not gone out yet: lanes are reserved
+    /// while it waits (see [`Session::lanes`]).
+    small_queued: bool,
     /// Small interactive segments sent on one lane, to be sent again on the other:
     /// (lane, stream, offset, length, fin).
     lane_dups: VecDeque<(LinkId, StreamId, u64, usize, bool)>,
@@ -363,6 +366,7 @@ impl Session {
             clock: None,
             resent: 0,
             last_small: None,
+            small_queued: false,
             lane_dups: VecDeque::new(),
             held: Held::new(budget),
             budget_waiting: Vec::new(),
@@ -909,14 +913,19 @@ impl Session {
             .map(|(&id, _)| id)
     }
 
-    /// Whether `link` would find something to send now: control frames and window updates
-    /// go on any link; while lanes are reserved, interactive data only on a lane and bulk data
-    /// only elsewhere. The driver wakes only writers that have work.
+    /// Whether `link` would find something to send now: window updates go on any link,
+    /// control frames too, or only on a lane while lanes are reserved (a stream's `OPEN` must
+    /// not wait behind bulk data); interactive data only on a lane and bulk data only elsewhere.
+    /// The driver wakes only writers that have work.
     pub fn has_work_for(&self, link: LinkId) -> bool {
-        if !self.control.is_empty() || !self.dirty_windows.is_empty() || self.session_window_dirty {
+        let lanes = self.lanes();
+        let bulk_only = lanes[0].is_some() && !lanes.contains(&Some(link));
+        if (!bulk_only && !self.control.is_empty())
+            || !self.dirty_windows.is_empty()
+            || self.session_window_dirty
+        {
             return true;
         }
-        let lanes = self.lanes();
         if lanes[0].is_none() {
             !self.sched.is_empty()
         } else if lanes.contains(&Some(link)) {
@@ -927,17 +936,24 @@ impl Session {
     }
 
     /// The interactive lanes: links kept free of bulk data while latency-sensitive traffic
-    /// flows (a small interactive segment within `LANE_HOLD`), so that a game's packets do not
+    /// flows (a small interactive segment within `LANE_HOLD`) and while a small segment or a
+    /// stream's `OPEN` waits to go out (so the first bytes of a new connection do not wait
+    /// behind a bulk link's queue either), so that a game's packets do not
     /// wait behind bulk data, or behind the loss repair of a busy TCP connection. With 2 or 3
     /// links one lane, with 4 or more two, and each small segment is sent on both (the
     /// receiver drops the copy that arrives second), so one lost packet costs no round trip.
     /// The lanes are the links with the lowest ids that are not stalled (a ping overdue).
     fn lanes(&self) -> [Option<LinkId>; 2] {
         let mut out = [None, None];
-        let (Some(now), Some(small)) = (self.clock, self.last_small) else {
+        let Some(now) = self.clock else {
             return out;
         };
-        if now.saturating_duration_since(small) > LANE_HOLD {
+        let recent = self
+            .last_small
+            .is_some_and(|small| now.saturating_duration_since(small) <= LANE_HOLD);
+        let waiting = (self.small_queued && self.sched.has_interactive())
+            || self.control.iter().any(|f| matches!(f, Frame::Open { .. }));
+        if !recent && !waiting {
             return out;
         }
         let want = match self.links.len() {
@@ -981,7 +997,11 @@ impl Session {
         for token in l.pongs_owed.drain(..) {
             Frame::Pong(token).encode(buf);
         }
-        while let Some(f) = self.control.front() {
+        // While lanes are reserved, control frames go on them only. (Window updates go on
+        // any link: they are what a receiving side sends, and a link that sends nothing is
+        // not pinged, so a dead one would go unnoticed.)
+        let control = !matches!(pick, Pick::Bulk);
+        while let Some(f) = self.control.front().filter(|_| control) {
             if buf.len() + f.encoded_len() > limit {
                 break;
             }
@@ -1110,6 +1130,7 @@ impl Session {
             s.send.mark_sent(seg);
             if s.queued_interactive && seg.len <= SMALL_SEGMENT {
                 self.last_small = Some(now);
+                self.small_queued = false;
                 if let Pick::Lane { twin: Some(twin) } = pick {
                     if self.lane_dups.len() >= MAX_LANE_DUPS {
                         self.lane_dups.pop_front();
@@ -1338,7 +1359,11 @@ impl Session {
         }
         if s.send.has_sendable(credit) {
             s.queued = true;
-            s.queued_interactive = self.sched.push(id, s.send.backlog());
+            let backlog = s.send.backlog();
+            s.queued_interactive = self.sched.push(id, backlog);
+            if backlog <= SMALL_SEGMENT as u64 {
+                self.small_queued = true;
+            }
         } else if credit == 0 && s.send.has_sendable(1) && !s.session_blocked {
             s.session_blocked = true;
             self.blocked_on_session.push(id);

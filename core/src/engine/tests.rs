@@ -548,6 +548,19 @@ fn memory_budget_bounds_send_buffers_and_wakes_writers() {
 }
 
 /// The data frames `s` sends on `link` in one message: (stream, offset, len).
+/// Every frame of one message `link` would send now.
+fn sent(s: &mut Session, now: Instant, link: LinkId) -> Vec<Frame> {
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    if s.poll_transmit(now, link, &mut buf) {
+        let mut b = buf.freeze();
+        while let Some(f) = Frame::decode(&mut b).expect("own frames decode") {
+            out.push(f);
+        }
+    }
+    out
+}
+
 fn data_sent(s: &mut Session, now: Instant, link: LinkId) -> Vec<(StreamId, u64, usize)> {
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
@@ -581,12 +594,23 @@ fn small_interactive_frames_get_lanes_free_of_bulk_and_go_twice() {
     c.stream_write(bulk, Bytes::from(vec![1u8; 200_000]))
         .unwrap();
     c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
-    // No lanes yet: the first link to ask takes the small frame first, then bulk data.
-    let first = data_sent(&mut c, now, links[3]);
-    assert_eq!(first[0], (game, 0, 100));
-    assert!(first.iter().any(|d| d.0 == bulk));
-    // Latency-sensitive traffic seen: links 1 and 2 are lanes now. The next small write goes
-    // on a lane only, and again on the other lane; the other links carry bulk only.
+    // The new streams' OPENs and a small write switch the lanes on before anything goes out:
+    // links 1 and 2 are lanes, the others carry bulk data only (no OPEN: it goes on a lane).
+    let first = sent(&mut c, now, links[3]);
+    assert!(first
+        .iter()
+        .any(|f| matches!(f, Frame::Data { stream, .. } if *stream == bulk)));
+    assert!(first.iter().all(|f| match f {
+        Frame::Data { stream, .. } => *stream == bulk,
+        f => matches!(
+            f,
+            Frame::Ping(_) | Frame::Window { .. } | Frame::SessionWindow { .. }
+        ),
+    }));
+    assert_eq!(data_sent(&mut c, now, links[0]), vec![(game, 0, 100)]);
+    assert_eq!(data_sent(&mut c, now, links[1]), vec![(game, 0, 100)]);
+    // The next small write goes on a lane only, and again on the other lane; the other links
+    // carry bulk only.
     c.stream_write(game, Bytes::from(vec![3u8; 100])).unwrap();
     let other = data_sent(&mut c, now, links[2]);
     assert!(
