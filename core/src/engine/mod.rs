@@ -315,8 +315,12 @@ pub struct Session {
     /// Stream bytes queued again because the link they went out on died unconfirmed.
     resent: u64,
     /// When the last small interactive segment went out: lanes are reserved until
-    /// `LANE_HOLD` after it.
+    /// `LANE_HOLD` after it. The latest of `small_at`.
     last_small: Option<Instant>,
+    /// When each live stream that is not (now) bulk last sent a small interactive segment. A
+    /// stream that turns bulk (a download after its request header) or ends leaves it, so it
+    /// does not hold the lanes for `LANE_HOLD` on its own.
+    small_at: HashMap<StreamId, Instant>,
     /// A small interactive segment was queued and has not gone out yet: lanes are reserved
     /// while it waits (see [`Session::lanes`]).
     small_queued: bool,
@@ -366,6 +370,7 @@ impl Session {
             clock: None,
             resent: 0,
             last_small: None,
+            small_at: HashMap::new(),
             small_queued: false,
             lane_dups: VecDeque::new(),
             held: Held::new(budget),
@@ -1130,6 +1135,7 @@ impl Session {
             s.send.mark_sent(seg);
             if s.queued_interactive && seg.len <= SMALL_SEGMENT {
                 self.last_small = Some(now);
+                self.small_at.insert(id, now);
                 self.small_queued = false;
                 if let Pick::Lane { twin: Some(twin) } = pick {
                     if self.lane_dups.len() >= MAX_LANE_DUPS {
@@ -1364,6 +1370,9 @@ impl Session {
             if backlog <= SMALL_SEGMENT as u64 {
                 self.small_queued = true;
             }
+            if !s.queued_interactive {
+                self.forget_small(id);
+            }
         } else if credit == 0 && s.send.has_sendable(1) && !s.session_blocked {
             s.session_blocked = true;
             self.blocked_on_session.push(id);
@@ -1406,7 +1415,15 @@ impl Session {
         self.remove_stream(id);
     }
 
+    /// `id` no longer holds the lanes (it turned bulk or ended).
+    fn forget_small(&mut self, id: StreamId) {
+        if self.small_at.remove(&id).is_some() {
+            self.last_small = self.small_at.values().max().copied();
+        }
+    }
+
     fn remove_stream(&mut self, id: StreamId) {
+        self.forget_small(id);
         let Some(s) = self.streams.remove(&id) else {
             return;
         };

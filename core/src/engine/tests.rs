@@ -665,3 +665,25 @@ fn a_stalled_links_unconfirmed_data_goes_out_again_on_another_link() {
     c.handle_timeout(later + Duration::from_millis(100));
     assert_eq!(c.resent_bytes(), 10_000);
 }
+
+#[test]
+fn a_small_header_that_turns_into_bulk_does_not_hold_the_lanes() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    let links: Vec<LinkId> = (1..=4).map(LinkId).collect();
+    for &l in &links {
+        c.add_link(now, l);
+    }
+    let id = c.open_stream(NODE, "svc").unwrap();
+    c.stream_write(id, Bytes::from(vec![1u8; 16])).unwrap();
+    // The OPEN and the small header (a request, or a bulk transfer's header) take a lane.
+    assert_eq!(data_sent(&mut c, now, links[0]), vec![(id, 0, 16)]);
+    // The stream turns bulk: it no longer holds the lanes, so every link carries it at once.
+    c.stream_write(id, Bytes::from(vec![2u8; 200_000])).unwrap();
+    for &l in &links {
+        assert!(
+            data_sent(&mut c, now, l).iter().any(|d| d.0 == id),
+            "{l:?} carries no bulk"
+        );
+    }
+}
