@@ -36,6 +36,10 @@ usage: lab.sh COMMAND [ARGS]
                                    wanmux-bench, tear down (scenarios.py run; --help for options)
   sweep [OPTIONS]                  goodput against loss rate on one path, for plot.py
                                    (scenarios.py sweep; --help for options)
+  front K IP PORT | front K off    make server K's address a second address of server IP: its
+                                   TCP and UDP PORT forward (DNAT, masquerade) to IP:PORT, so a
+                                   daemon on IP is reached over path K too (a multihomed host,
+                                   scenario E's both-path rows); "off" removes it
   paths SCENARIO                   print the scenario's link specs, one path per line
   iperf SCENARIO [--time S] [--cc "cubic bbr"] [--repeat N] [--reverse]
                                    direct TCP only, with iperf3 (the first runner)
@@ -307,6 +311,42 @@ start_iperf_server() {
     die "iperf3 server on path $k did not start"
 }
 
+# Server K as a front door of another server's address: traffic to server K's PORT crosses path K,
+# then the router's unimpaired hop to IP. The reply goes back the same way (masquerade), so what
+# crosses path K is exactly what a host owning both addresses would send and receive on it.
+cmd_front() {
+    (($# >= 2)) || die "usage: lab.sh front K IP PORT | lab.sh front K off"
+    local k=$1 ns
+    ns=$(server_ns "$k")
+    ip netns list | grep -qw "$ns" || die "no path $k"
+    ip netns exec "$ns" nft delete table ip wanlab_front 2>/dev/null || true
+    if [[ $2 == off ]]; then
+        ns_sysctl "$ns" net.ipv4.ip_forward=0
+        echo "path $k: front off"
+        return
+    fi
+    (($# == 3)) || die "usage: lab.sh front K IP PORT"
+    local to=$2 port=$3 me
+    me=$(server_ip "$k")
+    command -v nft >/dev/null || die "nft not found: apt-get install nftables"
+    ns_sysctl "$ns" net.ipv4.ip_forward=1 net.ipv4.conf.all.send_redirects=0 \
+        net.ipv4.conf.eth0.send_redirects=0
+    ip netns exec "$ns" nft -f - <<EOF_NFT || die "nft rules for path $k failed"
+table ip wanlab_front {
+    chain pre {
+        type nat hook prerouting priority dstnat;
+        ip daddr $me tcp dport $port dnat to $to:$port
+        ip daddr $me udp dport $port dnat to $to:$port
+    }
+    chain post {
+        type nat hook postrouting priority srcnat;
+        ip daddr $to masquerade
+    }
+}
+EOF_NFT
+    echo "path $k: $me:$port (tcp, udp) forwards to $to:$port"
+}
+
 cmd_paths() {
     (($# == 1)) || die "usage: lab.sh paths SCENARIO"
     scenario_paths "$1"
@@ -451,6 +491,7 @@ main() {
     exec) cmd_exec "$@" ;;
     run | sweep) exec python3 "$HERE/scenarios.py" "$cmd" "$@" ;;
     paths) cmd_paths "$@" ;;
+    front) cmd_front "$@" ;;
     iperf) cmd_iperf "$@" ;;
     validate) cmd_validate "$@" ;;
     -h | --help | help) usage ;;

@@ -51,7 +51,7 @@ KCP_LOCAL_PORT = 12948  # kcptun-client listener in the client namespace (loopba
 
 ALL_CONTENDERS = ["direct-cubic", "direct-bbr", "kcptun", "kcptun-2048",
                   "wanmux-1", "wanmux-8", "wanmux-32", "wanmux-elastic",
-                  "wanmux-quic-1", "wanmux-quic-4"]
+                  "wanmux-quic-1", "wanmux-quic-2", "wanmux-quic-4"]
 SWEEP_CONTENDERS = ["direct-cubic", "direct-bbr", "kcptun", "kcptun-2048", "wanmux-1",
                     "wanmux-32", "wanmux-elastic"]
 LABELS = {
@@ -64,6 +64,7 @@ LABELS = {
     "wanmux-32": "wanmux, 32 links",
     "wanmux-elastic": "wanmux, elastic 1-32",
     "wanmux-quic-1": "wanmux QUIC, 1 link",
+    "wanmux-quic-2": "wanmux QUIC, 2 links",
     "wanmux-quic-4": "wanmux QUIC, 4 links",
 }
 ARGS_TIME = [20.0]  # --time, for count_stalls
@@ -119,12 +120,22 @@ def netns(ns: str, argv: list[str]) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
 
 
+# Path 0 stands for "every path at once" (multi-path scenarios): the tunnel's node runs on server 1
+# and is also reached through the other servers' addresses (`lab.sh front`), one node with one
+# address per path, as a multihomed host would be.
+ALL_PATHS = 0
+
+
 def server_ns(k: int) -> str:
-    return f"{PREFIX}-s{k}"
+    return f"{PREFIX}-s{max(k, 1)}"
 
 
 def server_ip(k: int) -> str:
-    return f"10.77.{1 + k}.2"
+    return f"10.77.{1 + max(k, 1)}.2"
+
+
+def path_label(k: int, n: int) -> str:
+    return "+".join(map(str, range(1, n + 1))) if k == ALL_PATHS else str(k)
 
 
 def run_cmd(argv: list[str], **kw) -> str:
@@ -185,8 +196,9 @@ def wait_for(cond, what: str, procs: list[subprocess.Popen], timeout: float = 30
 # Link specs and the emulator's counters
 
 def spec_value(spec: str, key: str) -> str | None:
-    """Value of KEY in a link spec (either direction's, or the plain key)."""
-    for part in spec.split(","):
+    """Value of KEY in a link spec (either direction's, or the plain key); in the specs of several
+    paths joined by " | " (path 0), the first path's."""
+    for part in re.split(r"[,|]", spec):
         k, _, v = part.partition("=")
         if k.strip() in (key, f"up.{key}"):
             return v.strip()
@@ -194,6 +206,10 @@ def spec_value(spec: str, key: str) -> str | None:
 
 
 def rate_mbit(spec: str) -> float | None:
+    """The rate cap of a path; for several paths joined by " | ", the sum (None if one has none)."""
+    if "|" in spec:
+        rates = [rate_mbit(p) for p in spec.split("|")]
+        return None if None in rates else sum(rates)
     v = spec_value(spec, "rate")
     if not v:
         return None
@@ -317,7 +333,9 @@ class Keys:
         raise RuntimeError(f"no public_key in keygen output {text!r}")
 
 
-def start_wanmux(name: str, k: int, args, bins: Path, keys: Keys, d: Path) -> Tunnel:
+def start_wanmux(name: str, k: int, args, bins: Path, keys: Keys, d: Path, n_paths: int = 1) -> Tunnel:
+    """wanmux's server on server K and its client; for path 0 the node has one address per path
+    (the servers other than the first forward to it, see `lab.sh front`)."""
     links = name.split("-", 1)[1]
     quic = links.startswith("quic-")
     if quic:
@@ -326,6 +344,10 @@ def start_wanmux(name: str, k: int, args, bins: Path, keys: Keys, d: Path) -> Tu
     cc = "" if args.wanmux_cc == "default" else f'congestion = "{args.wanmux_cc}"\n'
     limits = (f"[limits]\nstream_window = {args.stream_window}\n"
               f"session_window = {max(args.session_window, args.stream_window)}\n")
+    if k == ALL_PATHS:
+        node_addr = "[" + ", ".join(f'"{server_ip(j)}:{WANMUX_PORT}"' for j in range(1, n_paths + 1)) + "]"
+    else:
+        node_addr = f'"{server_ip(k)}:{WANMUX_PORT}"'
     (d / "server.toml").write_text(f"""\
 [server]
 listen = "{server_ip(k)}:{WANMUX_PORT}"
@@ -345,7 +367,7 @@ private_key_file = "{keys.client_key}"
 
 [[node]]
 id = 1
-addr = "{server_ip(k)}:{WANMUX_PORT}"
+addr = {node_addr}
 public_key = "{keys.server_pub}"
 
 [links]
@@ -431,6 +453,7 @@ class Run:
     rr_outlived_bulk: bool | None = None  # some round trips ran after the bulk transfer ended
     log_notes: list[str] = field(default_factory=list)
     started: str = ""
+    warmup_mbit: float | None = None  # --warmup: goodput of the warm-up connection
 
 
 def bench_argv(bins: Path, addr: str, secs: float, reverse: bool) -> list[str]:
@@ -539,6 +562,7 @@ def one_run(r: Run, args, bins: Path, keys: Keys, tmp: Path, paths: list[int]) -
     d.mkdir(parents=True)
     name = r.contender
     tunnel: Tunnel | None = None
+    fronted: list[int] = []
     try:
         if name.startswith("direct-"):
             addr = f"{server_ip(k)}:{BENCH_PORT}"  # rr only; bulk is iperf3
@@ -546,8 +570,14 @@ def one_run(r: Run, args, bins: Path, keys: Keys, tmp: Path, paths: list[int]) -
             tunnel = start_kcptun(name, k, keys, d)
             addr = tunnel.addr
         else:
-            tunnel = start_wanmux(name, k, args, bins, keys, d)
+            if k == ALL_PATHS:
+                for j in paths[1:]:
+                    lab("front", str(j), server_ip(1), str(WANMUX_PORT))
+                fronted = paths[1:]
+            tunnel = start_wanmux(name, k, args, bins, keys, d, len(paths))
             addr = tunnel.addr
+        if args.warmup > 0 and tunnel is not None:
+            warm_up(r, args, bins, addr)
         before, _ = quiesce(paths)
         limit = 2 * args.time + 120
         if r.test == "bulk":
@@ -573,7 +603,21 @@ def one_run(r: Run, args, bins: Path, keys: Keys, tmp: Path, paths: list[int]) -
         if tunnel is not None:
             tunnel.stop()
             r.log_notes = log_notes(tunnel)
+        for j in fronted:
+            try_cmd(["bash", str(LAB), "front", str(j), "off"])
     return r
+
+
+def warm_up(r: Run, args, bins: Path, addr: str) -> None:
+    """--warmup: one bulk connection of that many seconds through the fresh tunnel, before the
+    measured one, as a tunnel that has carried traffic before would be (its links keep what
+    they learnt of the path). Direct TCP has nothing to keep (the lab's hosts save no TCP metrics),
+    so its rows run cold either way. A failed warm-up fails the run."""
+    w = Run(r.scenario, r.contender, r.path, r.rep, "warmup", r.spec, reverse=r.reverse)
+    finish_bulk(w, start_bulk(w, args, bins, addr, args.warmup), args.warmup + 120)
+    if not w.ok:
+        raise RuntimeError(f"warm-up: {w.error}")
+    r.warmup_mbit = w.mbit
 
 
 def run_rr(r: Run, args, bins: Path, addr: str, limit: float) -> None:
@@ -697,26 +741,33 @@ def summarize(runs: list[Run], contender: str, path: int, test: str, loss=None) 
     }
 
 
+def table_paths(specs: list[str]) -> list[tuple[int, str]]:
+    """(path, spec) rows of a table: each path, then all paths at once if there are several."""
+    rows = list(enumerate(specs, start=1))
+    return rows + [(ALL_PATHS, " | ".join(specs))] if len(specs) > 1 else rows
+
+
 def bulk_table(runs: list[Run], contenders: list[str], specs: list[str]) -> list[str]:
     lines = ["| contender | path | goodput Mbit/s, median | runs | % of line | wire/goodput, data dir "
              "| wire/goodput, both dirs | emulator drops: loss (data dir) / queue | 1 s write stalls "
              "| links at end |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for k, spec in enumerate(specs, start=1):
+    for k, spec in table_paths(specs):
         line = rate_mbit(spec)
+        where = path_label(k, len(specs))
         for c in contenders:
             s = summarize(runs, c, k, "bulk")
             if s["n"] == 0:
                 continue
             if s["mbit"] is None:
-                lines.append(f"| {LABELS[c]} | {k} | FAILED ({s['fails'][0] if s['fails'] else ''}) "
+                lines.append(f"| {LABELS[c]} | {where} | FAILED ({s['fails'][0] if s['fails'] else ''}) "
                              "| | | | | | | |")
                 continue
             pct = f"{100 * s['mbit'] / line:.0f}%" if line else "-"
             failed = f", {s['n'] - s['ok']} failed" if s["ok"] < s["n"] else ""
             links = ",".join(map(str, s["links_after"])) if s["links_after"] else "-"
             lines.append(
-                f"| {LABELS[c]} | {k} | **{s['mbit']:.1f}** | {', '.join(map(str, s['runs']))}{failed} "
+                f"| {LABELS[c]} | {where} | **{s['mbit']:.1f}** | {', '.join(map(str, s['runs']))}{failed} "
                 f"| {pct} | {fmt(s['data_ratio'], '.3f')} | {fmt(s['total_ratio'], '.3f')} "
                 f"| {fmt(s['drop_loss'], '.0f')} / {fmt(s['drop_queue'], '.0f')}"
                 f"{' (flow ' + format(s['drop_flow'], '.0f') + ')' if s['drop_flow'] else ''} "
@@ -728,19 +779,20 @@ def rr_table(runs: list[Run], contenders: list[str], specs: list[str]) -> list[s
     lines = ["| contender | path | rr p50 ms | rr p99 ms | runs (p50 / p99) | bulk Mbit/s beside it "
              "| round trips per run |",
              "|---|---|---|---|---|---|---|"]
-    for k, _ in enumerate(specs, start=1):
+    for k, _ in table_paths(specs):
+        where = path_label(k, len(specs))
         for c in contenders:
             s = summarize(runs, c, k, "rr")
             if s["n"] == 0:
                 continue
             if s["p50"] is None:
-                lines.append(f"| {LABELS[c]} | {k} | FAILED ({s['fails'][0] if s['fails'] else ''}) "
+                lines.append(f"| {LABELS[c]} | {where} | FAILED ({s['fails'][0] if s['fails'] else ''}) "
                              "| | | | |")
                 continue
             counts = sorted({r.rr_count for r in runs if r.contender == c and r.test == "rr" and r.ok})
             note = f" ({s['outlived']} run(s) outlived the bulk)" if s["outlived"] else ""
             lines.append(
-                f"| {LABELS[c]} | {k} | **{s['p50']:.1f}** | **{s['p99']:.1f}** "
+                f"| {LABELS[c]} | {where} | **{s['p50']:.1f}** | **{s['p99']:.1f}** "
                 f"| {'; '.join(f'{a} / {b}' for a, b in s['rr_runs'])} | {fmt(s['mbit'], '.1f')} "
                 f"| {','.join(map(str, counts))}{note} |")
     return lines
@@ -778,7 +830,9 @@ def header(args, command: str, started, bins: Path) -> list[str]:
         f"connection (`wanmux-bench client -P 1` through the tunnels, `iperf3 -C CC` for direct "
         f"TCP); wanmux links congestion control "
         f"`{args.wanmux_cc}`, stream window {args.stream_window} B, session window "
-        f"{max(args.session_window, args.stream_window)} B; each tunnel started fresh per run.",
+        f"{max(args.session_window, args.stream_window)} B; each tunnel started fresh per run"
+        + (f" and warmed up by a {args.warmup:g} s bulk connection before the measured one (direct "
+           "TCP rows cold)." if args.warmup > 0 else ", cold (nothing through it before)."),
     ]
 
 
@@ -808,6 +862,9 @@ def find_bins(args) -> Path:
 
 def schedule(contenders: list[str], paths: list[int], rep: int) -> list[tuple[str, int]]:
     items = [(c, k) for k in paths for c in contenders]
+    if len(paths) > 1:
+        # wanmux also runs over every path at once (one node, one address per path).
+        items += [(c, ALL_PATHS) for c in contenders if c.startswith("wanmux")]
     # Rotate every repetition so no contender always runs first or last.
     s = rep % len(items)
     return items[s:] + items[:s]
@@ -815,13 +872,14 @@ def schedule(contenders: list[str], paths: list[int], rep: int) -> list[tuple[st
 
 def measure(args, bins, keys, tmp, scenario, specs, contenders, tests, runs, loss=None) -> None:
     paths = list(range(1, len(specs) + 1))
-    total = len(contenders) * len(paths) * len(tests) * args.repeat
+    total = len(schedule(contenders, paths, 0)) * len(tests) * args.repeat
     i = 0
     for rep in range(args.repeat):
         for test in tests:
             for c, k in schedule(contenders, paths, rep):
                 i += 1
-                r = Run(scenario, c, k, rep, test, specs[k - 1], loss=loss, reverse=args.reverse)
+                spec = " | ".join(specs) if k == ALL_PATHS else specs[k - 1]
+                r = Run(scenario, c, k, rep, test, spec, loss=loss, reverse=args.reverse)
                 try:
                     one_run(r, args, bins, keys, tmp, paths)
                 except (OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
@@ -842,7 +900,7 @@ def measure(args, bins, keys, tmp, scenario, specs, contenders, tests, runs, los
                            + (f", {r.retransmits} retransmits" if r.retransmits is not None else "")
                            + (f", {r.zero_intervals} stalled s" if r.zero_intervals else ""))
                 where = f"{scenario}" + (f" loss {loss:g}%" if loss is not None else "") + \
-                    (f" path {k}" if len(paths) > 1 else "")
+                    (f" path {path_label(k, len(paths))}" if len(paths) > 1 else "")
                 log(f"[{i}/{total}] {where} rep {rep + 1} {test} {c}: {res}")
 
 
@@ -868,10 +926,12 @@ def cmd_run(args, bins, keys, tmp, command, started) -> tuple[str, dict]:
              for k, s in enumerate(specs, start=1)]
     text += [""] + header(args, command, started, bins) + [""]
     if len(specs) > 1:
-        text += [f"Each contender is measured on each path alone (path K = server 10.77.(1+K).2). wanmux "
-                 "too: its client dials only the first `[[node]]` of its config (multi-node is not built "
-                 "yet, client/src/lib.rs), so the row the issue asks for (one connection over both "
-                 "paths at 90% of their sum) cannot be measured yet.", ""]
+        text += [f"Each contender is measured on each path alone (path K = server 10.77.(1+K).2), and "
+                 f"wanmux also on all paths at once (path {path_label(ALL_PATHS, len(specs))}): its node "
+                 "runs on server 1 and has one address per path in the client's `[[node]] addr` (the "
+                 "other servers forward their wanmux port to server 1 over the router's unimpaired "
+                 "hop, `lab.sh front`), so one application connection can use every path; its "
+                 "line rate is the sum of the paths'.", ""]
     text += bulk_table(runs, contenders, specs)
     if "rr" in tests:
         text += ["", f"rr under load: `wanmux-bench rr` (64 B each way) on a second connection through "
@@ -957,6 +1017,9 @@ def main() -> int:
                         help="wanmux limits.stream_window, both ends (default 16 MiB)")
     common.add_argument("--session-window", type=int, default=32 << 20,
                         help="wanmux limits.session_window (default 32 MiB, at least the stream window)")
+    common.add_argument("--warmup", type=float, default=0.0,
+                        help="seconds of bulk transfer through each fresh tunnel before the measured "
+                             "connection (default 0: cold tunnels); direct TCP rows stay cold")
     common.add_argument("--bin-dir", type=Path, default=None,
                         help="wanmux-server, wanmux-client, wanmux-bench, wanlab-link "
                              "(default $CARGO_TARGET_DIR/release, else <repo>/target/release)")
