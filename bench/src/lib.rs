@@ -44,6 +44,6 @@ pub use recovery::{
     run_recovery, ChurnReport, Direction, DirectionReport, DirectionSummary, OneKillReport,
     PhaseReport, RecoveryError, RecoveryOptions, RecoveryReport, Sample, Spread,
 };
-pub use report::{BulkReport, IntervalReport, RrReport, StreamReport};
+pub use report::{BulkReport, IntervalReport, RrReport, SlowTrip, StreamReport};
 pub use rr::{run_rr, RrOptions, MAX_RR_COUNT};
 pub use server::serve;

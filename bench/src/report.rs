@@ -92,6 +92,19 @@ pub struct RrReport {
     pub max_us: f64,
     /// Every echo was compared with its request (always `true` in a returned report).
     pub verified: bool,
+    /// The slowest round trips (at most 5), slowest first. Which ones they were tells a cost
+    /// of the connection's start (the first few) from one that recurs.
+    #[serde(default)]
+    pub slowest: Vec<SlowTrip>,
+}
+
+/// One round trip of an rr run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SlowTrip {
+    /// Its index, from 0.
+    pub round: u64,
+    /// Its latency, microseconds.
+    pub us: f64,
 }
 
 /// Formats a byte count with binary units.
@@ -205,7 +218,14 @@ impl fmt::Display for RrReport {
             self.p99_us,
             self.p999_us,
             self.max_us
-        )
+        )?;
+        if !self.slowest.is_empty() {
+            write!(f, "\nslowest round trips (index: us):")?;
+            for t in &self.slowest {
+                write!(f, "  {}: {:.1}", t.round, t.us)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -11,7 +11,10 @@ use tokio::net::TcpStream;
 use crate::error::{BenchError, Side, VerifyFailure};
 use crate::pattern::{Pattern, PERIOD};
 use crate::proto::{Header, Mode, WireLimit, MAX_RR_SIZE};
-use crate::report::RrReport;
+use crate::report::{RrReport, SlowTrip};
+
+/// How many of the slowest round trips a report names.
+const SLOWEST: usize = 5;
 use crate::stream::{idle, watchdog, Fail};
 
 /// Most round trips one run records (8 bytes of memory each).
@@ -148,9 +151,19 @@ pub async fn run_rr(opts: &RrOptions) -> Result<RrReport, BenchError> {
 
 /// Turns round-trip times into a report (nearest-rank percentiles).
 fn summarize(mut rtts_ns: Vec<u64>, size: usize, seconds: f64) -> RrReport {
-    rtts_ns.sort_unstable();
     let n = rtts_ns.len();
     let us = |ns: u64| ns as f64 / 1e3;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(rtts_ns[i]));
+    let slowest = order
+        .iter()
+        .take(SLOWEST)
+        .map(|&i| SlowTrip {
+            round: i as u64,
+            us: us(rtts_ns[i]),
+        })
+        .collect();
+    rtts_ns.sort_unstable();
     let pct = |q: f64| {
         if n == 0 {
             return 0.0;
@@ -180,6 +193,7 @@ fn summarize(mut rtts_ns: Vec<u64>, size: usize, seconds: f64) -> RrReport {
         p999_us: pct(0.999),
         max_us: rtts_ns.last().map_or(0.0, |&v| us(v)),
         verified: true,
+        slowest,
     }
 }
 
@@ -196,6 +210,12 @@ mod tests {
             (500.0, 900.0, 990.0, 999.0)
         );
         assert_eq!(r.mean_us, 500.5);
+        // Round 0 was the slowest (the input runs from 1000 us down to 1 us).
+        let slowest: Vec<(u64, f64)> = r.slowest.iter().map(|t| (t.round, t.us)).collect();
+        assert_eq!(
+            slowest,
+            vec![(0, 1000.0), (1, 999.0), (2, 998.0), (3, 997.0), (4, 996.0)]
+        );
         let one = summarize(vec![7000], 1, 0.5);
         assert_eq!(
             (one.p50_us, one.p999_us, one.round_trips_per_second),

@@ -451,6 +451,7 @@ class Run:
     rr_p99_ms: float | None = None
     rr_max_ms: float | None = None
     rr_outlived_bulk: bool | None = None  # some round trips ran after the bulk transfer ended
+    rr_slowest: list | None = None  # [(round index, ms)] of the slowest round trips, slowest first
     log_notes: list[str] = field(default_factory=list)
     started: str = ""
     warmup_mbit: float | None = None  # --warmup: goodput of the warm-up connection
@@ -654,6 +655,7 @@ def run_rr(r: Run, args, bins: Path, addr: str, limit: float) -> None:
     r.rr_count = j["count"]
     r.rr_p50_ms, r.rr_p99_ms = j["p50_us"] / 1e3, j["p99_us"] / 1e3
     r.rr_max_ms = j.get("max_us", 0) / 1e3 or None
+    r.rr_slowest = [(t["round"], t["us"] / 1e3) for t in j.get("slowest", [])]
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -890,7 +892,8 @@ def measure(args, bins, keys, tmp, scenario, specs, contenders, tests, runs, los
                     res = f"FAILED: {r.error}"
                 elif test == "rr":
                     res = (f"rr p50 {r.rr_p50_ms:.1f} ms p99 {r.rr_p99_ms:.1f} ms ({r.rr_count} rt), "
-                           f"bulk {r.mbit:.1f} Mbit/s")
+                           f"bulk {r.mbit:.1f} Mbit/s, slowest "
+                           + ", ".join(f"#{i} {ms:.0f} ms" for i, ms in r.rr_slowest or []))
                 else:
                     res = (f"{r.mbit:.1f} Mbit/s, wire/goodput {fmt(r.wire_data_ratio, '.3f')} data "
                            f"{fmt(r.wire_total_ratio, '.3f')} both, drops loss "
