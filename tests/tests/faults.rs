@@ -8,16 +8,13 @@
 //! `one_link_stalled_past_the_ping_timeout_recovers`); with a client and a server in one
 //! process both can do so at once, and two workers would then freeze. Back to two once fixed.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use wanmux_tests::fault::{relayed_tunnel, Links};
 use wanmux_tests::harness::{
-    add_map, add_service, drain_end, eventually, transfer, within, Auth, ClientResult, Hashed,
-    ReadEnd, Tunnel,
+    add_map, add_service, drain_end, eventually, gated_transfer, transfer, within, Auth,
+    ClientResult, Gate, ReadEnd, Tunnel,
 };
 
 const MIB: u64 = 1 << 20;
@@ -440,111 +437,4 @@ async fn raw_pair(t: &Tunnel, raw: &TcpListener) -> (TcpStream, TcpStream) {
     near.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"world");
     (near, far)
-}
-
-/// Lets a test pause both directions of a transfer part way, act, then let it go on.
-#[derive(Clone)]
-struct Gate {
-    open: watch::Sender<bool>,
-    paused: Arc<AtomicUsize>,
-}
-
-impl Gate {
-    fn new() -> Self {
-        Gate {
-            open: watch::Sender::new(false),
-            paused: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-
-    /// Waits until both directions reached the gate.
-    async fn wait_paused(&self) {
-        let both = eventually(Duration::from_secs(30), || {
-            self.paused.load(Ordering::SeqCst) == 2
-        })
-        .await;
-        assert!(both, "the transfer did not reach the gate");
-    }
-
-    fn open(&self) {
-        self.open.send_replace(true);
-    }
-
-    /// Called by each direction at the gate.
-    async fn pass(&self) {
-        self.paused.fetch_add(1, Ordering::SeqCst);
-        let mut rx = self.open.subscribe();
-        let _ = rx.wait_for(|open| *open).await;
-    }
-}
-
-/// As [`transfer`], but each direction stops after `pause_at` bytes until `gate` opens: the
-/// upload stops writing, the download stops reading (so the tunnel's windows fill).
-async fn gated_transfer(
-    addr: std::net::SocketAddr,
-    up: u64,
-    down: u64,
-    seed: u64,
-    pause_at: u64,
-    gate: Gate,
-) -> std::io::Result<ClientResult> {
-    use rand::{RngCore, SeedableRng};
-    let tcp = TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    let (mut rd, mut wr) = tcp.into_split();
-    let mut header = [0u8; 16];
-    header[..8].copy_from_slice(&down.to_be_bytes());
-    header[8..].copy_from_slice(&seed.to_be_bytes());
-    wr.write_all(&header).await?;
-    let up_gate = gate.clone();
-    let writer = tokio::spawn(async move {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut sent = 0;
-        let mut gated = false;
-        while sent < up {
-            if !gated && sent >= pause_at {
-                gated = true;
-                up_gate.pass().await;
-            }
-            let n = (up - sent).min(buf.len() as u64) as usize;
-            rng.fill_bytes(&mut buf[..n]);
-            hasher.update(&buf[..n]);
-            wr.write_all(&buf[..n]).await?;
-            sent += n as u64;
-        }
-        if !gated {
-            up_gate.pass().await;
-        }
-        wr.shutdown().await?;
-        Ok::<_, std::io::Error>(Hashed {
-            bytes: sent,
-            hash: hasher.finalize(),
-        })
-    });
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut received = 0u64;
-    let mut gated = false;
-    loop {
-        if !gated && received >= pause_at.min(down) {
-            gated = true;
-            gate.pass().await;
-        }
-        let n = rd.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        received += n as u64;
-    }
-    let sent = writer.await.expect("writer task")?;
-    Ok(ClientResult {
-        sent,
-        received: Hashed {
-            bytes: received,
-            hash: hasher.finalize(),
-        },
-    })
 }
