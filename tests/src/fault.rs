@@ -34,7 +34,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, watch};
 use wanmux_config::{ClientConfig, ServerConfig};
 
-use crate::harness::{app_server, configs, init_tracing, point_client_at, Auth, Tunnel};
+use crate::harness::{Auth, Tunnel};
 
 /// Copy buffer per direction per link. Allocated zeroed, so pages a quiet link never touches
 /// cost no resident memory.
@@ -258,31 +258,12 @@ pub async fn relayed_tunnel(
     links: u16,
     tweak: impl FnOnce(&mut ServerConfig, &mut ClientConfig),
 ) -> (Tunnel, FaultRelay) {
-    init_tracing();
-    let app = app_server().await;
-    let (mut server_cfg, mut client_cfg) = configs(auth, app.addr, links);
-    tweak(&mut server_cfg, &mut client_cfg);
-    let server = wanmux_server::start(server_cfg)
-        .await
-        .expect("server starts");
-    let relay = FaultRelay::start(server.local_addr()).await;
-    point_client_at(&mut client_cfg, relay.addr());
-    let client = wanmux_client::start(client_cfg.clone())
-        .await
-        .expect("client starts");
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        client.wait_for_links(links as usize),
-    )
+    Tunnel::start_fronted(auth, links, tweak, async |server| {
+        let relay = FaultRelay::start(server).await;
+        let addr = relay.addr();
+        (relay, vec![addr])
+    })
     .await
-    .expect("links come up");
-    let tunnel = Tunnel {
-        app,
-        server,
-        client,
-        client_config: client_cfg,
-    };
-    (tunnel, relay)
 }
 
 fn targets(links: &[Link], which: Links) -> impl Iterator<Item = &Link> {

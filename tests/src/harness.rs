@@ -16,12 +16,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use wanmux_client::ClientHandle;
 use wanmux_config::{
-    ClientAuth, ClientConfig, Links, Node, PinnedNode, PortMap, ServerAuth, ServerConfig, Service,
-    ServiceName,
+    ClientAuth, ClientConfig, HostPort, Links, Node, NodeAddrs, PinnedNode, PortMap, ServerAuth,
+    ServerConfig, Service, ServiceName,
 };
 use wanmux_core::keys::{generate_keypair, Psk};
 use wanmux_server::ServerHandle;
@@ -263,11 +264,18 @@ pub fn configs(auth: Auth, target: SocketAddr, links: u16) -> (ServerConfig, Cli
 
 /// Points every node of a client config at `addr`.
 pub fn point_client_at(client: &mut ClientConfig, addr: SocketAddr) {
+    point_client_at_all(client, &[addr]);
+}
+
+/// Gives the client's nodes the addresses `addrs` (at least one), in this order.
+pub fn point_client_at_all(client: &mut ClientConfig, addrs: &[SocketAddr]) {
+    let addr = NodeAddrs::new(addrs.iter().map(|&a| HostPort::from(a)).collect())
+        .expect("at least one address");
     match &mut client.auth {
         ClientAuth::StaticKey { nodes, .. } => {
-            nodes.iter_mut().for_each(|n| n.node.addr = addr.into())
+            nodes.iter_mut().for_each(|n| n.node.addr = addr.clone())
         }
-        ClientAuth::PskOnly { nodes, .. } => nodes.iter_mut().for_each(|n| n.addr = addr.into()),
+        ClientAuth::PskOnly { nodes, .. } => nodes.iter_mut().for_each(|n| n.addr = addr.clone()),
     }
 }
 
@@ -315,6 +323,20 @@ impl Tunnel {
         links: u16,
         tweak: impl FnOnce(&mut ServerConfig, &mut ClientConfig),
     ) -> Tunnel {
+        Self::start_fronted(auth, links, tweak, async |server| ((), vec![server]))
+            .await
+            .0
+    }
+
+    /// As [`Tunnel::start_with`], with something in front of the server node: `front` gets the
+    /// node's address once it listens and returns what it started (relays, say) and the
+    /// addresses the client's node gets in its `addr` (several for a multihomed node).
+    pub async fn start_fronted<R>(
+        auth: Auth,
+        links: u16,
+        tweak: impl FnOnce(&mut ServerConfig, &mut ClientConfig),
+        front: impl AsyncFnOnce(SocketAddr) -> (R, Vec<SocketAddr>),
+    ) -> (Tunnel, R) {
         init_tracing();
         let app = app_server().await;
         let (mut server_cfg, mut client_cfg) = configs(auth, app.addr, links);
@@ -322,7 +344,8 @@ impl Tunnel {
         let server = wanmux_server::start(server_cfg)
             .await
             .expect("server starts");
-        point_client_at(&mut client_cfg, server.local_addr());
+        let (fronts, addrs) = front(server.local_addr()).await;
+        point_client_at_all(&mut client_cfg, &addrs);
         let client = wanmux_client::start(client_cfg.clone())
             .await
             .expect("client starts");
@@ -332,12 +355,13 @@ impl Tunnel {
         )
         .await
         .expect("links come up");
-        Tunnel {
+        let tunnel = Tunnel {
             app,
             server,
             client,
             client_config: client_cfg,
-        }
+        };
+        (tunnel, fronts)
     }
 
     /// The client's mapped local address of the harness service.
@@ -355,20 +379,26 @@ impl Tunnel {
             .expect("service is mapped")
     }
 
+    /// Checks a finished transfer of `up` and `down` bytes with `seed` against the application
+    /// server's result for it.
+    pub async fn check_result(&mut self, c: ClientResult, seed: u64, up: u64, down: u64) {
+        let a = tokio::time::timeout(Duration::from_secs(60), self.app.results.recv())
+            .await
+            .expect("app server result in time")
+            .expect("app server alive");
+        assert_eq!(a.seed, seed, "result of another connection");
+        assert_eq!((c.sent.bytes, c.received.bytes), (up, down), "byte counts");
+        assert_eq!(c.sent, a.received, "upload: sent vs received");
+        assert_eq!(a.sent, c.received, "download: sent vs received");
+    }
+
     /// Runs one transfer through the tunnel and checks both directions against what the
     /// application server saw.
     pub async fn check_transfer(&mut self, up: u64, down: u64, seed: u64) {
         let c = transfer(self.addr(), up, down, seed)
             .await
             .expect("transfer");
-        let a = tokio::time::timeout(Duration::from_secs(60), self.app.results.recv())
-            .await
-            .expect("app server result in time")
-            .expect("app server alive");
-        assert_eq!(a.seed, seed, "result of another connection");
-        assert_eq!(c.sent, a.received, "upload: sent vs received");
-        assert_eq!(a.sent, c.received, "download: sent vs received");
-        assert_eq!((c.sent.bytes, c.received.bytes), (up, down));
+        self.check_result(c, seed, up, down).await;
     }
 
     /// Opens `n` connections through the tunnel, waits until all of them are connected and
@@ -418,12 +448,7 @@ pub async fn transfer_on(
     down: u64,
     seed: u64,
 ) -> std::io::Result<ClientResult> {
-    tcp.set_nodelay(true)?;
-    let (mut rd, mut wr) = tcp.into_split();
-    let mut header = [0u8; 16];
-    header[..8].copy_from_slice(&down.to_be_bytes());
-    header[8..].copy_from_slice(&seed.to_be_bytes());
-    wr.write_all(&header).await?;
+    let (mut rd, mut wr) = send_header(tcp, down, seed).await?;
     let writer = tokio::spawn(async move {
         let sent = write_seeded(&mut wr, up, seed ^ 0x0A0A).await?;
         wr.shutdown().await?;
@@ -432,6 +457,22 @@ pub async fn transfer_on(
     let received = read_hashed(&mut rd).await?;
     let sent = writer.await.expect("writer task")?;
     Ok(ClientResult { sent, received })
+}
+
+/// Starts a transfer on `tcp`: no Nagle delay, and the header that asks the application server
+/// for `down` bytes with `seed`.
+async fn send_header(
+    tcp: TcpStream,
+    down: u64,
+    seed: u64,
+) -> std::io::Result<(OwnedReadHalf, OwnedWriteHalf)> {
+    tcp.set_nodelay(true)?;
+    let (rd, mut wr) = tcp.into_split();
+    let mut header = [0u8; 16];
+    header[..8].copy_from_slice(&down.to_be_bytes());
+    header[8..].copy_from_slice(&seed.to_be_bytes());
+    wr.write_all(&header).await?;
+    Ok((rd, wr))
 }
 
 /// Lets a test pause both directions of a transfer part way, act, then let it go on (with
@@ -490,12 +531,7 @@ pub async fn gated_transfer(
     gate: Gate,
 ) -> std::io::Result<ClientResult> {
     let tcp = TcpStream::connect(addr).await?;
-    tcp.set_nodelay(true)?;
-    let (mut rd, mut wr) = tcp.into_split();
-    let mut header = [0u8; 16];
-    header[..8].copy_from_slice(&down.to_be_bytes());
-    header[8..].copy_from_slice(&seed.to_be_bytes());
-    wr.write_all(&header).await?;
+    let (mut rd, mut wr) = send_header(tcp, down, seed).await?;
     let up_gate = gate.clone();
     let writer = tokio::spawn(async move {
         let mut rng = StdRng::seed_from_u64(seed);

@@ -13,24 +13,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wanmux_tests::fault::{relayed_tunnel, Links};
 use wanmux_tests::harness::{
-    add_map, add_service, drain_end, eventually, gated_transfer, transfer, within, Auth,
-    ClientResult, Gate, ReadEnd, Tunnel,
+    add_map, add_service, drain_end, eventually, gated_transfer, transfer, within, Auth, Gate,
+    ReadEnd, Tunnel,
 };
 
 const MIB: u64 = 1 << 20;
 const IK: Auth = Auth::Static { psk: false };
-
-/// Checks a finished transfer against the application server's result for it.
-async fn check_result(t: &mut Tunnel, c: ClientResult, seed: u64, up: u64, down: u64) {
-    let a = tokio::time::timeout(Duration::from_secs(30), t.app.results.recv())
-        .await
-        .expect("app server result in time")
-        .expect("app server alive");
-    assert_eq!(a.seed, seed, "result of another connection");
-    assert_eq!((c.sent.bytes, c.received.bytes), (up, down), "byte counts");
-    assert_eq!(c.sent, a.received, "upload: sent vs received");
-    assert_eq!(a.sent, c.received, "download: sent vs received");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_links_one_by_one_loses_nothing_256mib_both_ways() {
@@ -59,7 +47,7 @@ async fn killing_links_one_by_one_loses_nothing_256mib_both_ways() {
         }
         let c = running.await.unwrap().expect("transfer survives the kills");
         let took = started.elapsed();
-        check_result(&mut t, c, seed, up, down).await;
+        t.check_result(c, seed, up, down).await;
         println!(
             "256 MiB each way over 4 links, {kills} links killed one by one: {took:?}, \
              {} connections accepted by the relay",
@@ -125,7 +113,7 @@ async fn blackholing_every_link_for_5s_then_restoring_loses_nothing() {
             .unwrap()
             .expect("transfer survives the blackhole");
         let recovered = restored.elapsed();
-        check_result(&mut t, c, seed, up, down).await;
+        t.check_result(c, seed, up, down).await;
         println!(
             "blackhole: links dead after {detected:?}, transfer done {recovered:?} after \
              restore, {} redials",
@@ -162,7 +150,7 @@ async fn a_stall_shorter_than_the_ping_timeout_kills_no_link() {
         );
         relay.resume(Links::All);
         let c = running.await.unwrap().expect("transfer survives the stall");
-        check_result(&mut t, c, seed, up, down).await;
+        t.check_result(c, seed, up, down).await;
         assert_eq!(
             relay.accepted(),
             4,

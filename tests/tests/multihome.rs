@@ -15,91 +15,59 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
-use wanmux_config::{
-    ClientAuth, ClientConfig, HostPort, LinkTransport, NodeAddrs, ServerAuth, ServerConfig,
-};
+use wanmux_config::{ClientConfig, HostPort, LinkTransport, ServerAuth, ServerConfig};
 use wanmux_tests::fault::{FaultRelay, Links};
 use wanmux_tests::harness::{
-    app_server, configs, eventually, gated_transfer, init_tracing, within, Auth, ClientResult,
-    Gate, Tunnel,
+    app_server, configs, eventually, gated_transfer, init_tracing, within, Auth, Gate, Tunnel,
 };
 
 const MIB: u64 = 1 << 20;
 const IK: Auth = Auth::Static { psk: false };
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// Gives the client's (only) node the addresses `addrs`, in this order.
-fn point_client_at_all(client: &mut ClientConfig, addrs: &[SocketAddr]) {
-    let addr = NodeAddrs::new(addrs.iter().map(|&a| HostPort::from(a)).collect())
-        .expect("at least one address");
-    match &mut client.auth {
-        ClientAuth::StaticKey { nodes, .. } => nodes[0].node.addr = addr,
-        ClientAuth::PskOnly { nodes, .. } => nodes[0].addr = addr,
-    }
-}
-
-/// Starts the application server and the server node, then `relays` in front of the node (given
-/// the node's address), then the client dialling the relays' addresses with `links` links, all
-/// up when this returns. `tweak` changes both configs first.
-async fn multihomed<R>(
-    auth: Auth,
-    links: u16,
-    tweak: impl FnOnce(&mut ServerConfig, &mut ClientConfig),
-    relays: impl AsyncFnOnce(SocketAddr) -> (R, Vec<SocketAddr>),
-) -> (Tunnel, R) {
-    init_tracing();
-    let app = app_server().await;
-    let (mut server_cfg, mut client_cfg) = configs(auth, app.addr, links);
-    tweak(&mut server_cfg, &mut client_cfg);
-    let server = wanmux_server::start(server_cfg)
-        .await
-        .expect("server starts");
-    let (relays, addrs) = relays(server.local_addr()).await;
-    point_client_at_all(&mut client_cfg, &addrs);
-    client_cfg.validate().expect("valid client config");
-    let client = wanmux_client::start(client_cfg.clone())
-        .await
-        .expect("client starts");
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        client.wait_for_links(links as usize),
-    )
-    .await
-    .expect("links come up");
-    let tunnel = Tunnel {
-        app,
-        server,
-        client,
-        client_config: client_cfg,
-    };
-    (tunnel, relays)
-}
-
 /// A TCP tunnel whose node has two addresses, each a fault relay to the server.
 async fn two_addresses(
     links: u16,
     tweak: impl FnOnce(&mut ServerConfig, &mut ClientConfig),
 ) -> (Tunnel, FaultRelay, FaultRelay) {
-    let (t, (a, b)) = multihomed(IK, links, tweak, async |server| {
+    let (t, (a, b)) = Tunnel::start_fronted(IK, links, tweak, async |server| {
         let a = FaultRelay::start(server).await;
         let b = FaultRelay::start(server).await;
         let addrs = vec![a.addr(), b.addr()];
         ((a, b), addrs)
     })
     .await;
+    t.client_config.validate().expect("valid client config");
     (t, a, b)
 }
 
-/// Checks a finished transfer against the application server's result for it.
-async fn check_result(t: &mut Tunnel, c: ClientResult, seed: u64, up: u64, down: u64) {
-    let a = tokio::time::timeout(Duration::from_secs(30), t.app.results.recv())
-        .await
-        .expect("app server result in time")
-        .expect("app server alive");
-    assert_eq!(a.seed, seed, "result of another connection");
-    assert_eq!((c.sent.bytes, c.received.bytes), (up, down), "byte counts");
-    assert_eq!(c.sent, a.received, "upload: sent vs received");
-    assert_eq!(a.sent, c.received, "download: sent vs received");
+/// Waits until links 0 and 2 run through `a` and 1 and 3 through `b` (the home addresses of 4
+/// links over 2 addresses).
+async fn wait_spread(a: &FaultRelay, b: &FaultRelay) {
+    let spread = eventually(Duration::from_secs(10), || {
+        a.open_links().len() == 2 && b.open_links().len() == 2
+    })
+    .await;
+    assert!(
+        spread,
+        "links per address: {} and {}",
+        a.open_links().len(),
+        b.open_links().len()
+    );
+}
+
+/// Waits up to `limit` until all 4 links of `t` are up and run through `b`.
+async fn wait_all_through(t: &Tunnel, b: &FaultRelay, limit: Duration) {
+    let moved = eventually(limit, || {
+        t.client.live_links() == 4 && b.open_links().len() == 4
+    })
+    .await;
+    assert!(
+        moved,
+        "{} links up, {} through the second address",
+        t.client.live_links(),
+        b.open_links().len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -107,16 +75,7 @@ async fn links_spread_over_both_addresses_and_transfers_arrive_intact() {
     within(LIMIT, async {
         let (mut t, a, b) = two_addresses(4, |_, _| {}).await;
         // Links 0 and 2 dial the first address, 1 and 3 the second.
-        let spread = eventually(Duration::from_secs(10), || {
-            a.open_links().len() == 2 && b.open_links().len() == 2
-        })
-        .await;
-        assert!(
-            spread,
-            "links per address: {} and {}",
-            a.open_links().len(),
-            b.open_links().len()
-        );
+        wait_spread(&a, &b).await;
         assert_eq!((a.accepted(), b.accepted()), (2, 2), "a link was redialled");
 
         t.check_transfer(32 * MIB, 32 * MIB, 1).await;
@@ -142,12 +101,7 @@ async fn links_spread_over_both_addresses_and_transfers_arrive_intact() {
 async fn killing_one_address_mid_transfer_moves_its_links_to_the_other() {
     within(LIMIT, async {
         let (mut t, a, b) = two_addresses(4, |_, _| {}).await;
-        assert!(
-            eventually(Duration::from_secs(10), || a.open_links().len() == 2
-                && b.open_links().len() == 2)
-            .await,
-            "links did not spread over both addresses"
-        );
+        wait_spread(&a, &b).await;
         let (up, down, seed) = (64 * MIB, 64 * MIB, 11);
         let gate = Gate::new();
         let running = tokio::spawn(gated_transfer(
@@ -168,17 +122,8 @@ async fn killing_one_address_mid_transfer_moves_its_links_to_the_other() {
             .await
             .unwrap()
             .expect("transfer survives losing an address");
-        check_result(&mut t, c, seed, up, down).await;
-        let moved = eventually(Duration::from_secs(20), || {
-            t.client.live_links() == 4 && b.open_links().len() == 4
-        })
-        .await;
-        assert!(
-            moved,
-            "{} links up, {} through the second address",
-            t.client.live_links(),
-            b.open_links().len()
-        );
+        t.check_result(c, seed, up, down).await;
+        wait_all_through(&t, &b, Duration::from_secs(20)).await;
         println!(
             "first address killed: transfer done and 4 links on the second address {:?} later, \
              {} connections accepted there",
@@ -205,25 +150,11 @@ async fn links_move_back_when_an_address_returns() {
             c.handshake_timeout = Duration::from_secs(1);
         })
         .await;
-        assert!(
-            eventually(Duration::from_secs(10), || a.open_links().len() == 2
-                && b.open_links().len() == 2)
-            .await,
-            "links did not spread over both addresses"
-        );
+        wait_spread(&a, &b).await;
 
         // The first address goes silent: its links die by ping timeout, dials into it time out.
         a.blackhole(Links::All);
-        let moved = eventually(Duration::from_secs(30), || {
-            t.client.live_links() == 4 && b.open_links().len() == 4
-        })
-        .await;
-        assert!(
-            moved,
-            "{} links up, {} through the second address",
-            t.client.live_links(),
-            b.open_links().len()
-        );
+        wait_all_through(&t, &b, Duration::from_secs(30)).await;
         t.check_transfer(4 * MIB, 4 * MIB, 21).await;
 
         // It comes back: the two links whose home it is dial it again and move back.
@@ -260,7 +191,7 @@ async fn quic_links_use_every_address_and_survive_losing_one() {
             // Dials to the dead address give up after two seconds, not the default ten.
             c.handshake_timeout = Duration::from_secs(2);
         };
-        let (mut t, (a, b)) = multihomed(IK, 4, tweak, async |server| {
+        let (mut t, (a, b)) = Tunnel::start_fronted(IK, 4, tweak, async |server| {
             let a = UdpRelay::start(server).await;
             let b = UdpRelay::start(server).await;
             let addrs = vec![a.addr, b.addr];
@@ -301,7 +232,7 @@ async fn quic_links_use_every_address_and_survive_losing_one() {
             .await
             .unwrap()
             .expect("transfer survives losing an address");
-        check_result(&mut t, c, seed, up, down).await;
+        t.check_result(c, seed, up, down).await;
         let before = b.forwarded();
         assert!(
             eventually(Duration::from_secs(30), || t.client.live_links() == 4).await,

@@ -581,14 +581,20 @@ fn data_sent(s: &mut Session, now: Instant, link: LinkId) -> Vec<(StreamId, u64,
     out
 }
 
-#[test]
-fn small_interactive_frames_get_lanes_free_of_bulk_and_go_twice() {
+/// A client with links 1 to 4, enough for two interactive lanes.
+fn client_with_four_links() -> (Session, Vec<LinkId>, Instant) {
     let now = Instant::now();
     let mut c = Session::new(Role::Client, Config::default());
     let links: Vec<LinkId> = (1..=4).map(LinkId).collect();
     for &l in &links {
         c.add_link(now, l);
     }
+    (c, links, now)
+}
+
+#[test]
+fn small_interactive_frames_get_lanes_free_of_bulk_and_go_twice() {
+    let (mut c, links, now) = client_with_four_links();
     let bulk = c.open_stream(NODE, "svc").unwrap();
     let game = c.open_stream(NODE, "svc").unwrap();
     c.stream_write(bulk, Bytes::from(vec![1u8; 200_000]))
@@ -668,12 +674,7 @@ fn a_stalled_links_unconfirmed_data_goes_out_again_on_another_link() {
 
 #[test]
 fn a_small_header_that_turns_into_bulk_does_not_hold_the_lanes() {
-    let now = Instant::now();
-    let mut c = Session::new(Role::Client, Config::default());
-    let links: Vec<LinkId> = (1..=4).map(LinkId).collect();
-    for &l in &links {
-        c.add_link(now, l);
-    }
+    let (mut c, links, now) = client_with_four_links();
     let id = c.open_stream(NODE, "svc").unwrap();
     c.stream_write(id, Bytes::from(vec![1u8; 16])).unwrap();
     // The OPEN and the small header (a request, or a bulk transfer's header) take a lane.
