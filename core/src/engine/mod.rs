@@ -297,6 +297,8 @@ pub struct Session {
     next_counter: HashMap<NodeId, u64>,
     links: BTreeMap<LinkId, LinkState>,
     control: VecDeque<Frame>,
+    /// `OPEN` frames in `control`: while one waits, lanes are reserved (see [`Session::lanes`]).
+    opens_queued: usize,
     dirty_windows: VecDeque<StreamId>,
     ack_later: Vec<StreamId>,
     ack_deadline: Option<Instant>,
@@ -354,6 +356,7 @@ impl Session {
             next_counter: HashMap::new(),
             links: BTreeMap::new(),
             control: VecDeque::new(),
+            opens_queued: 0,
             dirty_windows: VecDeque::new(),
             ack_later: Vec::new(),
             ack_deadline: None,
@@ -430,6 +433,7 @@ impl Session {
                         _ => true,
                     };
                     if keep {
+                        self.opens_queued += usize::from(matches!(frame, Frame::Open { .. }));
                         self.control.push_back(frame);
                     }
                 }
@@ -956,8 +960,14 @@ impl Session {
         let recent = self
             .last_small
             .is_some_and(|small| now.saturating_duration_since(small) <= LANE_HOLD);
-        let waiting = (self.small_queued && self.sched.has_interactive())
-            || self.control.iter().any(|f| matches!(f, Frame::Open { .. }));
+        debug_assert_eq!(
+            self.opens_queued,
+            self.control
+                .iter()
+                .filter(|f| matches!(f, Frame::Open { .. }))
+                .count()
+        );
+        let waiting = (self.small_queued && self.sched.has_interactive()) || self.opens_queued > 0;
         if !recent && !waiting {
             return out;
         }
@@ -1011,6 +1021,7 @@ impl Session {
                 break;
             }
             let f = self.control.pop_front().expect("front exists");
+            self.opens_queued -= usize::from(matches!(f, Frame::Open { .. }));
             f.encode(buf);
             l.record(Sent::Control(f));
         }
@@ -1174,6 +1185,7 @@ impl Session {
         let id = StreamId::new(owner, *counter);
         *counter += 1;
         self.insert_stream(id, true);
+        self.opens_queued += 1;
         self.control.push_back(Frame::Open {
             stream: id,
             service: service.to_owned(),
