@@ -207,10 +207,18 @@ pub async fn accept(
 /// The send half of a QUIC link. It sizes what quinn may hold unacknowledged from the congestion
 /// window ([`SEND_WINDOW_CWNDS`]), so the link's queue follows the path, and it closes the
 /// connection when dropped.
+///
+/// The window is re-read on every write and, while quinn refuses a write, every
+/// [`RESIZE_EVERY`]: quinn frees its buffer only up to the first unacknowledged byte, so after a
+/// loss a blocked writer is woken only when the retransmission is acknowledged, two round trips
+/// later. Without the timer the window sized before that loss stayed in force that long,
+/// however much the congestion window grew meanwhile (in start-up it doubles every round trip).
 struct Sender {
     send: quinn::SendStream,
     conn: quinn::Connection,
     resized: Option<std::time::Instant>,
+    /// Armed while quinn refuses a write: when it fires, the window is re-read.
+    recheck: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Sender {
@@ -219,6 +227,7 @@ impl Sender {
             send,
             conn,
             resized: None,
+            recheck: None,
         }
     }
 
@@ -240,8 +249,26 @@ impl tokio::io::AsyncWrite for Sender {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<io::Result<usize>> {
-        self.resize();
-        tokio::io::AsyncWrite::poll_write(std::pin::Pin::new(&mut self.send), cx, buf)
+        use std::task::Poll;
+        loop {
+            self.resize();
+            let this = &mut *self;
+            let write =
+                tokio::io::AsyncWrite::poll_write(std::pin::Pin::new(&mut this.send), cx, buf);
+            if write.is_ready() {
+                this.recheck = None;
+                return write;
+            }
+            // Blocked: quinn wakes us when it frees buffer; the timer when the window may have
+            // grown. A fired timer re-reads the window and tries again.
+            let sleep = this
+                .recheck
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(RESIZE_EVERY)));
+            if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.recheck = None;
+        }
     }
 
     fn poll_flush(
