@@ -12,18 +12,22 @@
 //!   with the one before, outside start-up, to smooth ack bunching). Rounds in which the sender
 //!   ran out of data only ever raise it.
 //! - **Start-up** grows the window like slow start (by the bytes acknowledged, doubling per round
-//!   trip), but never past twice the measured bandwidth-delay product, so the overshoot that
-//!   ends it is bounded. It ends as soon as 8 RTT samples in a row saw a queue at the
-//!   bottleneck (all 1/8 above the minimum, as in HyStart), when the bandwidth grew less than 25%
-//!   in two busy rounds (rounds in which the sender ran out of data do not count: a link idles
-//!   after its handshake), or when a round loses heavily. A busy cruise round that delivers 25% more than start-up found
-//!   goes back to start-up.
-//! - **Cruise**: window = 1.25 x bandwidth x min RTT, which keeps at most a quarter of the
-//!   path's RTT queued at the bottleneck. Every eighth round probes with 1.5 x, so a path that
-//!   got faster is found.
+//!   trip), but never past [`STARTUP_CAP`] x the measured bandwidth-delay product, so the
+//!   overshoot that ends it is bounded. It ends as soon as 8 RTT samples in a row saw a queue at
+//!   the bottleneck (all 1/8 above the minimum, as in HyStart), when the bandwidth grew less than
+//!   25% in two busy rounds (rounds in which the sender ran out of data do not count: a link
+//!   idles after its handshake), or when a round loses heavily. Leaving mid-round, the window
+//!   drops to one BDP for the rest of the round, so the overshoot drains. A busy cruise round
+//!   that delivers 25% more than start-up found goes back to start-up.
+//! - **Cruise**: window = 1.1 x bandwidth x min RTT, which keeps about a tenth of the path's RTT
+//!   queued at the bottleneck. Every eighth round probes with 1.25 x, so a path that got faster
+//!   is found.
 //! - **Loss** is ignored up to [`LOSS_LIMIT`] of a round's bytes (random loss, retransmitted by
-//!   QUIC). A heavier round means the path is overrun: samples above what that round delivered
-//!   are dropped. Persistent congestion (everything lost for a while) starts over.
+//!   QUIC). A heavier round is an overrun. Two overrun rounds in a row mean the path got slower:
+//!   samples above what the second delivered are dropped. One alone is a burst, and the losses
+//!   of start-up's overshoot, detected over the next [`SETTLE_RTTS`] round trips, do not count:
+//!   in both cases the round's delivery is low only because quinn held the data behind the lost
+//!   packets. Persistent congestion (everything lost for a while) starts over.
 //!
 //! quinn paces at 1.25 x window / smoothed RTT, so the window also sets the sending rate.
 //!
@@ -43,12 +47,15 @@ const INITIAL_PACKETS: u64 = 32;
 const MIN_PACKETS: u64 = 8;
 /// Rounds the bandwidth filter remembers.
 pub const BW_ROUNDS: usize = 10;
-/// Start-up's window is at most this many bandwidth-delay products.
-const STARTUP_CAP: f64 = 3.0;
-/// Window gain in cruise.
-const CRUISE_GAIN: f64 = 1.25;
-/// Window gain of a probing round.
-const PROBE_GAIN: f64 = 1.5;
+/// Start-up's window is at most this many bandwidth-delay products. The estimate comes from the
+/// last round's delivery, which is what the window was a round earlier: doubling needs 4 x.
+/// With 3 x the cap bound every other round and start-up grew 1.7 x per round trip.
+const STARTUP_CAP: f64 = 4.5;
+/// Window gain in cruise: a tenth of the RTT queued at the bottleneck (1.25 put 25 ms in front
+/// of every game packet on a 100 ms path).
+const CRUISE_GAIN: f64 = 1.1;
+/// Window gain of a probing round (1.5 overflowed scenario C's 50 ms buffer every eighth round).
+const PROBE_GAIN: f64 = 1.25;
 /// Rounds per probing cycle (one probes).
 const CYCLE: u32 = 8;
 /// Fraction of a round's bytes lost above which the round counts as overrun, not random loss.
@@ -68,6 +75,10 @@ const QUEUE_DELAY_MAX: Duration = Duration::from_millis(16);
 /// than any queue.
 const QUEUE_DELAY_SAMPLES: u32 = 8;
 const QUEUE_DELAY_MIN_PACKETS: u64 = 128;
+/// After start-up ends, loss counts as overrun only after this many minimum RTTs: start-up's
+/// overshoot was in flight when it ended, and its losses are detected up to two round trips
+/// later (clamping the bandwidth to those rounds' delivery halved it in the WAN lab's C).
+const SETTLE_RTTS: u32 = 3;
 /// Shortest round: a sample spans several packets even on a loopback path.
 const MIN_ROUND: Duration = Duration::from_millis(5);
 
@@ -117,6 +128,11 @@ pub struct Pace {
     /// Start-up: the bandwidth at the last 25% growth, and rounds since.
     full_bw: u64,
     flat_rounds: u32,
+    /// The previous round was overrun.
+    overrun_before: bool,
+    /// When start-up last ended: the losses of its overshoot come in during the next
+    /// [`SETTLE_RTTS`] round trips and say nothing about the path's rate.
+    left_startup: Option<Instant>,
 }
 
 impl Pace {
@@ -140,6 +156,8 @@ impl Pace {
             bw: 0,
             full_bw: 0,
             flat_rounds: 0,
+            overrun_before: false,
+            left_startup: None,
         }
     }
 
@@ -233,7 +251,9 @@ impl Pace {
             self.bw = self.bw.max(sample);
         }
         self.phase = Phase::Cruise(1);
-        self.window = ((CRUISE_GAIN * self.bdp() as f64) as u64).max(MIN_PACKETS * self.mtu);
+        self.left_startup = Some(now);
+        // Drain: the overshoot is still in flight; a window of one BDP lets the queue empty.
+        self.window = self.bdp().max(MIN_PACKETS * self.mtu);
     }
 
     fn end_round(&mut self, now: Instant) {
@@ -252,7 +272,17 @@ impl Pace {
         }
         let total = self.acked + self.lost;
         let overrun = self.lost > 10 * self.mtu && self.lost as f64 > LOSS_LIMIT * total as f64;
-        if overrun {
+        // One overrun round is what leaving start-up costs (its overshoot meets a full queue) or
+        // a burst; the delivery sample of such a round is low because the sender was blocked
+        // behind the lost data, not because the path slowed. Two in a row mean the path is
+        // slower than the estimate.
+        let settled = self
+            .left_startup
+            .zip(self.min_rtt)
+            .is_none_or(|(left, rtt)| now.saturating_duration_since(left) >= SETTLE_RTTS * rtt);
+        let slower = overrun && self.overrun_before && settled;
+        self.overrun_before = overrun;
+        if slower {
             for s in &mut self.samples {
                 *s = (*s).min(sample.max(1));
             }
@@ -271,6 +301,7 @@ impl Pace {
                 }
                 if self.flat_rounds >= FLAT_ROUNDS || overrun {
                     // The first cruise round after start-up is not a probe.
+                    self.left_startup = Some(now);
                     Phase::Cruise(1)
                 } else {
                     Phase::Startup
@@ -484,6 +515,64 @@ mod tests {
         assert!(matches!(pace.phase(), Phase::Cruise(_)));
         assert!(out.max_queue < Duration::from_millis(150), "{out:?}");
         assert!(out.delivered as f64 > 0.6 * 3.0 * path.rate, "{out:?}");
+    }
+
+    #[test]
+    fn start_up_doubles_each_round_trip() {
+        // The window cap counts from the previous round's delivery, which lags the window by a
+        // round: at 3 x it bound every other round and start-up grew 1.7 x per round trip.
+        let path = b_path();
+        let start = Instant::now();
+        let mut pace = Pace::new(start, MTU);
+        let first = run(&mut pace, &path, start, 1.0, 14);
+        assert!(
+            first.delivered as f64 > 0.25 * path.rate,
+            "first second {first:?}"
+        );
+    }
+
+    /// One busy round of `rtt` in which `acked` bytes are acknowledged, evenly spread, and
+    /// `lost` bytes declared lost. Returns when it ended.
+    fn round(pace: &mut Pace, now: Instant, rtt: Duration, acked: u64, lost: u64) -> Instant {
+        let packets = acked / u64::from(MTU);
+        pace.on_loss(now, lost, false);
+        // The last ack is exactly one RTT on, for the packet sent as the round began: it ends
+        // the round.
+        let at = |k: u64| now + rtt.mul_f64(k as f64 / packets as f64);
+        for k in 1..=packets {
+            pace.on_ack(at(k), at(k) - rtt, u64::from(MTU), false, rtt);
+        }
+        at(packets)
+    }
+
+    #[test]
+    fn only_repeated_overrun_after_start_up_has_settled_cuts_the_bandwidth() {
+        // Scenario C: 12.5 MB/s, 200 ms. Start-up ends on flat rounds.
+        let rtt = Duration::from_millis(200);
+        let bdp = 2_500_000;
+        let start = Instant::now();
+        let mut pace = Pace::new(start, MTU);
+        let mut now = start;
+        while pace.phase() == Phase::Startup {
+            now = round(&mut pace, now, rtt, bdp, 0);
+        }
+        let bw = pace.bandwidth() as f64;
+        // Start-up's overshoot: two rounds losing a third of their bytes, half delivered (the
+        // sender waits behind the lost data).
+        now = round(&mut pace, now, rtt, bdp / 2, bdp / 4);
+        now = round(&mut pace, now, rtt, bdp / 2, bdp / 4);
+        assert!(pace.bandwidth() as f64 > 0.9 * bw, "{pace:?}");
+        for _ in 0..4 {
+            now = round(&mut pace, now, rtt, bdp, 0);
+        }
+        // A burst: one overrun round.
+        now = round(&mut pace, now, rtt, bdp / 2, bdp / 4);
+        now = round(&mut pace, now, rtt, bdp, 0);
+        assert!(pace.bandwidth() as f64 > 0.9 * bw, "{pace:?}");
+        // The path slowed to half: overrun round after round.
+        now = round(&mut pace, now, rtt, bdp / 2, bdp / 4);
+        round(&mut pace, now, rtt, bdp / 2, bdp / 4);
+        assert!((pace.bandwidth() as f64) < 0.6 * bw, "{pace:?}");
     }
 
     #[test]
