@@ -51,7 +51,7 @@ KCP_LOCAL_PORT = 12948  # kcptun-client listener in the client namespace (loopba
 
 ALL_CONTENDERS = ["direct-cubic", "direct-bbr", "kcptun", "kcptun-2048",
                   "wanmux-1", "wanmux-8", "wanmux-32", "wanmux-elastic",
-                  "wanmux-quic-1", "wanmux-quic-2", "wanmux-quic-4"]
+                  "wanmux-quic-1", "wanmux-quic-2", "wanmux-quic-4", "wanmux-quic-4l"]
 SWEEP_CONTENDERS = ["direct-cubic", "direct-bbr", "kcptun", "kcptun-2048", "wanmux-1",
                     "wanmux-32", "wanmux-elastic"]
 LABELS = {
@@ -66,6 +66,7 @@ LABELS = {
     "wanmux-quic-1": "wanmux QUIC, 1 link",
     "wanmux-quic-2": "wanmux QUIC, 2 links",
     "wanmux-quic-4": "wanmux QUIC, 4 links",
+    "wanmux-quic-4l": "wanmux QUIC, 4 links, 2 of them lanes",
 }
 ARGS_TIME = [20.0]  # --time, for count_stalls
 EXIT_VERIFY = 3  # wanmux-bench's exit status for a data verification failure
@@ -340,6 +341,9 @@ def start_wanmux(name: str, k: int, args, bins: Path, keys: Keys, d: Path, n_pat
     quic = links.startswith("quic-")
     if quic:
         links = links.removeprefix("quic-")
+    # A trailing "l": two of the links are dedicated interactive lanes (links.lanes = 2).
+    lanes = 2 if links.endswith("l") else 0
+    links = links.removesuffix("l")
     links_conf = "min = 1\nmax = 32" if links == "elastic" else f"count = {int(links)}"
     cc = "" if args.wanmux_cc == "default" else f'congestion = "{args.wanmux_cc}"\n'
     limits = (f"[limits]\nstream_window = {args.stream_window}\n"
@@ -372,6 +376,7 @@ public_key = "{keys.server_pub}"
 
 [links]
 {links_conf}
+{f"lanes = {lanes}" if lanes else ""}
 {cc}
 {'transport = "quic"' if quic else ""}
 {limits}

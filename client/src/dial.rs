@@ -84,6 +84,8 @@ pub(crate) struct Slot {
     pub(crate) congestion: Option<String>,
     /// Set when links are QUIC connections (`links.transport = "quic"`), not TCP.
     pub(crate) quic: Option<std::sync::Arc<QuicEndpoints>>,
+    /// Dedicated lanes per node (`links.lanes`): the links with a lower `index` are lanes.
+    pub(crate) lanes: u16,
 }
 
 /// The client's QUIC endpoints (one UDP socket per address family), made on first use and
@@ -113,6 +115,11 @@ impl QuicEndpoints {
 }
 
 impl Slot {
+    /// This slot's link is a dedicated interactive lane (`links.lanes`).
+    fn is_lane(&self) -> bool {
+        self.index < usize::from(self.lanes)
+    }
+
     pub(crate) async fn run(self) {
         let mut backoff = BACKOFF_MIN;
         let mut first = BytesMut::new();
@@ -136,8 +143,14 @@ impl Slot {
                     let up = Instant::now();
                     let link = self.link.clone();
                     let set = move |id: wanmux_core::ids::LinkId| link.store(id.0, Relaxed);
-                    let run =
-                        driver::link::run_with(self.driver.clone(), reader, writer, None, set);
+                    let run = driver::link::run_with(
+                        self.driver.clone(),
+                        reader,
+                        writer,
+                        None,
+                        self.is_lane(),
+                        set,
+                    );
                     let end = if pick.at_home() {
                         Some(run.await)
                     } else {
@@ -256,6 +269,7 @@ impl Slot {
         let hello = ClientHello {
             session_id: session_id.0,
             link_seq: self.link_seq,
+            lane: self.is_lane(),
         };
         let timeout = self.handshake_timeout;
         let (reader, writer, server) = match &self.quic {

@@ -171,6 +171,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             handshake_timeout: config.handshake_timeout,
             congestion: config.congestion.clone(),
             quic: (config.transport == LinkTransport::Quic).then(Default::default),
+            lanes: config.lanes,
         };
         tasks.push(tokio::spawn(
             pool::run(template, config.links).instrument(span.clone()),

@@ -42,6 +42,11 @@ pub struct ClientConfig {
     pub congestion: Option<String>,
     /// What each link runs over (`links.transport`, default TCP).
     pub transport: LinkTransport,
+    /// Dedicated interactive lanes per node (`links.lanes`, 0..=2, default 0): the first this
+    /// many links of each node carry only interactive data and control frames, never bulk, in
+    /// both directions. With 0, lanes are reserved among the links only while interactive data
+    /// flows. Fewer than `links.min`.
+    pub lanes: u16,
     /// Local ports and the service each one is forwarded to (`[[map]]`). Non-empty, listen
     /// addresses unique.
     pub maps: Vec<PortMap>,
@@ -291,6 +296,7 @@ impl ClientConfig {
             limits: Limits::default(),
             congestion: None,
             transport: LinkTransport::default(),
+            lanes: 0,
             maps,
         }
     }
@@ -369,6 +375,9 @@ impl ClientConfig {
                 self.links.max, self.links.min
             );
             errs.push("links.max", None, msg);
+        }
+        if let Some(m) = lanes_problem(self.lanes, self.links.min) {
+            errs.push("links.lanes", None, m);
         }
         if let Some(m) = common::timeout_problem(self.handshake_timeout) {
             errs.push("client.handshake_timeout_ms", None, m);
@@ -505,6 +514,7 @@ impl<'de> Deserialize<'de> for RawAddrs {
 struct RawLinks {
     congestion: Option<Spanned<String>>,
     transport: Option<Spanned<String>>,
+    lanes: Option<Spanned<i64>>,
     count: Option<Spanned<i64>>,
     min: Option<Spanned<i64>>,
     max: Option<Spanned<i64>>,
@@ -563,6 +573,11 @@ impl RawClientFile {
                 .as_ref()
                 .and_then(|l| l.get_ref().transport.as_ref()),
         );
+        let lanes = convert_lanes(
+            errs,
+            self.links.as_ref().and_then(|l| l.get_ref().lanes.as_ref()),
+            links.map(|l| l.min),
+        );
         let limits = RawLimits::convert(self.limits.as_ref(), errs);
         let maps = convert_maps(self.map.as_deref().unwrap_or_default(), errs);
         Some(ClientConfig {
@@ -574,6 +589,7 @@ impl RawClientFile {
             limits,
             congestion,
             transport: transport?,
+            lanes: lanes?,
             maps: maps?,
         })
     }
@@ -839,6 +855,47 @@ fn convert_links(raw: Option<&Spanned<RawLinks>>, errs: &mut Collector<'_>) -> O
             };
             Some(Links::elastic(min, max))
         }
+    }
+}
+
+/// Most dedicated lanes per node (`links.lanes`): each small interactive segment goes on two.
+const MAX_LANES: u16 = 2;
+
+/// What is wrong with `lanes` dedicated lanes out of `min` links, if anything.
+fn lanes_problem(lanes: u16, min: u16) -> Option<String> {
+    if lanes > MAX_LANES {
+        Some(format!("{lanes} is out of range 0..={MAX_LANES}"))
+    } else if lanes > 0 && lanes >= min {
+        Some(format!(
+            "{lanes} dedicated lanes leave no link for bulk data out of links.min = {min}"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Converts `links.lanes` (absent: 0), recording a value out of range or one that leaves no
+/// bulk link (`min`: links.min, when it converted).
+fn convert_lanes(
+    errs: &mut Collector<'_>,
+    v: Option<&Spanned<i64>>,
+    min: Option<u16>,
+) -> Option<u16> {
+    let Some(v) = v else {
+        return Some(0);
+    };
+    let lanes = u16::try_from(*v.get_ref()).unwrap_or(u16::MAX);
+    let problem = if lanes == u16::MAX {
+        Some(format!("{} is out of range 0..={MAX_LANES}", v.get_ref()))
+    } else {
+        lanes_problem(lanes, min.unwrap_or(u16::MAX))
+    };
+    match problem {
+        Some(m) => {
+            errs.push("links.lanes", Some(v.span()), m);
+            None
+        }
+        None => Some(lanes),
     }
 }
 

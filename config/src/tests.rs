@@ -1042,6 +1042,39 @@ fn link_transport() {
 }
 
 #[test]
+fn client_dedicated_lanes() {
+    assert_eq!(client(&static_client()).unwrap().lanes, 0);
+    for (links, lanes) in [("count = 4", 2), ("count = 2", 1), ("min = 3\nmax = 8", 2)] {
+        let text = format!("{}[links]\n{links}\nlanes = {lanes}\n", static_client());
+        let c = client(&text).unwrap();
+        assert_eq!(c.lanes, lanes);
+        c.validate().unwrap();
+    }
+    // Out of range, and too many for links.min (which defaults to 4): line 13, after [links].
+    for (text, message) in [
+        ("lanes = 3", "3 is out of range 0..=2"),
+        ("lanes = -1", "-1 is out of range 0..=2"),
+        (
+            "lanes = 2\ncount = 2",
+            "2 dedicated lanes leave no link for bulk data out of links.min = 2",
+        ),
+    ] {
+        let e = one_error(client(&format!("{}[links]\n{text}\n", static_client())));
+        assert_eq!(
+            (e.key.as_str(), e.line),
+            ("links.lanes", Some(13)),
+            "{text}"
+        );
+        assert_eq!(e.message, message);
+    }
+    // A config built in code is checked the same way.
+    let mut c = client(&static_client()).unwrap();
+    c.lanes = 4;
+    let errs = c.validate().unwrap_err();
+    assert_eq!(keys_lines(&errs), [("links.lanes", None)]);
+}
+
+#[test]
 fn server_quic() {
     let c = server(&psk_server()).unwrap();
     assert!(!c.quic);

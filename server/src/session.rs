@@ -163,9 +163,15 @@ impl Sessions {
         let key = (acc.client_key, SessionId(acc.hello.session_id));
         let driver = self.session(key);
         let span = tracing::info_span!("session", id = %key.1);
-        let end = driver::link::run(driver, acc.reader, acc.writer, Some(acc.first))
-            .instrument(span.clone())
-            .await;
+        let end = driver::link::run(
+            driver,
+            acc.reader,
+            acc.writer,
+            Some(acc.first),
+            acc.hello.lane,
+        )
+        .instrument(span.clone())
+        .await;
         span.in_scope(|| debug!(%peer, %end, "link closed"));
     }
 

@@ -710,6 +710,7 @@ pub async fn try_handshake(
     let hello = wanmux_core::noise::ClientHello {
         session_id: rand::random(),
         link_seq: 0,
+        lane: false,
     };
     let ping = [1, 0, 0, 0, 0, 0, 0, 0, 0]; // PING(0): what a real client confirms with
     let (_rd, _wr, _server) =

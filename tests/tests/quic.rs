@@ -13,17 +13,27 @@ const LIMIT: Duration = Duration::from_secs(90);
 const IK: Auth = Auth::Static { psk: false };
 
 async fn quic_tunnel(auth: Auth, links: u16) -> Tunnel {
+    quic_tunnel_with_lanes(auth, links, 0).await
+}
+
+/// `lanes` of the `links` are dedicated interactive lanes (`links.lanes`).
+async fn quic_tunnel_with_lanes(auth: Auth, links: u16, lanes: u16) -> Tunnel {
     Tunnel::start_with(auth, links, |server, client| {
         server.quic = true;
         client.transport = LinkTransport::Quic;
+        client.lanes = lanes;
     })
     .await
 }
 
 async fn transfers(auth: Auth, links: u16) {
+    transfers_with_lanes(auth, links, 0).await;
+}
+
+async fn transfers_with_lanes(auth: Auth, links: u16, lanes: u16) {
     within(LIMIT, async {
         let before = panics();
-        let mut t = quic_tunnel(auth, links).await;
+        let mut t = quic_tunnel_with_lanes(auth, links, lanes).await;
         let mut seed = 0;
         for size in [0, 1, MIB, 32 * MIB] {
             for (up, down) in [(size, 0), (0, size), (size, size)] {
@@ -46,6 +56,13 @@ async fn quic_ik_1_link() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_ikpsk2_4_links() {
     transfers(Auth::Static { psk: true }, 4).await;
+}
+
+/// Two of the four links are dedicated lanes: bulk data in both directions goes over the other
+/// two only, the small transfers and the streams' OPENs over the lanes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_ik_4_links_2_dedicated_lanes() {
+    transfers_with_lanes(IK, 4, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

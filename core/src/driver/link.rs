@@ -52,13 +52,15 @@ impl fmt::Display for LinkEnd {
 /// Runs one established link for `driver` until it dies, then removes it from the session
 /// (its unconfirmed frames go out again on the other links). `first` is the plaintext of the
 /// client's key-confirmation message, which the server feeds to the engine like any other.
+/// `lane`: the link is a dedicated interactive lane (the client hello's flag).
 pub async fn run(
     driver: SessionDriver,
     reader: LinkReader,
     writer: LinkWriter,
     first: Option<Bytes>,
+    lane: bool,
 ) -> LinkEnd {
-    run_with(driver, reader, writer, first, |_| {}).await
+    run_with(driver, reader, writer, first, lane, |_| {}).await
 }
 
 /// [`run`], telling `on_up` the link's id once it has joined the session.
@@ -67,9 +69,10 @@ pub async fn run_with(
     mut reader: LinkReader,
     writer: LinkWriter,
     first: Option<Bytes>,
+    lane: bool,
     on_up: impl FnOnce(LinkId),
 ) -> LinkEnd {
-    let (id, waker, kill) = driver.add_link();
+    let (id, waker, kill) = driver.add_link(lane);
     on_up(id);
     // Removes the link from the session however this future ends, aborted included.
     let _registered = Registered {

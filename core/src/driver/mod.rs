@@ -330,7 +330,7 @@ impl SessionDriver {
 
     /// Allocates a link id, adds the link to the engine and returns the waker of its writer.
     /// Also returns the notifier that fires when the engine declares the link dead.
-    pub(crate) fn add_link(&self) -> (LinkId, Arc<Notify>, Arc<Notify>) {
+    pub(crate) fn add_link(&self, lane: bool) -> (LinkId, Arc<Notify>, Arc<Notify>) {
         let mut st = self.lock();
         st.next_link += 1;
         let id = LinkId(st.next_link);
@@ -338,7 +338,11 @@ impl SessionDriver {
         st.link_wakers.insert(id, waker.clone());
         let kill = Arc::new(Notify::new());
         st.link_kills.insert(id, kill.clone());
-        st.session.add_link(Instant::now(), id);
+        if lane {
+            st.session.add_lane(Instant::now(), id);
+        } else {
+            st.session.add_link(Instant::now(), id);
+        }
         st.activity.insert(
             id,
             LinkActivity {

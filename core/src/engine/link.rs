@@ -108,6 +108,8 @@ pub(crate) struct LinkState {
     /// Sequence number below which entries were already sent again on other links because
     /// this link stalled (see [`LinkState::rescue_at`]).
     pub(crate) rescued: u64,
+    /// A dedicated interactive lane (`links.lanes`): never carries bulk data.
+    pub(crate) lane: bool,
 }
 
 impl LinkState {
@@ -123,6 +125,7 @@ impl LinkState {
             pongs_owed: Vec::new(),
             stats: LinkStats::default(),
             rescued: 0,
+            lane: false,
         }
     }
 

@@ -401,6 +401,15 @@ impl Session {
             .or_insert_with(|| LinkState::new(now));
     }
 
+    /// A new link that is a dedicated interactive lane (the client's `links.lanes`, flagged in
+    /// the link's handshake): see [`Session::lanes`].
+    pub fn add_lane(&mut self, now: Instant, link: LinkId) {
+        self.add_link(now, link);
+        if let Some(l) = self.links.get_mut(&link) {
+            l.lane = true;
+        }
+    }
+
     /// A link died or was closed. Everything sent on it that the peer has not confirmed is
     /// queued again for the other links.
     pub fn remove_link(&mut self, _now: Instant, link: LinkId) {
@@ -952,11 +961,29 @@ impl Session {
     /// links one lane, with 4 or more two, and each small segment is sent on both (the
     /// receiver drops the copy that arrives second), so one lost packet costs no round trip.
     /// The lanes are the links with the lowest ids that are not stalled (a ping overdue).
+    ///
+    /// Dedicated lanes (links added by [`Session::add_lane`]) replace that choice: while one is
+    /// not stalled and another link can take bulk data, the dedicated lanes are the lanes,
+    /// always reserved, so no bulk data is ever queued on them and a game's first packet after a
+    /// pause waits behind none either.
     fn lanes(&self) -> [Option<LinkId>; 2] {
         let mut out = [None, None];
         let Some(now) = self.clock else {
             return out;
         };
+        let mut k = 0;
+        for (&id, l) in &self.links {
+            if k < out.len() && l.lane && !l.stalled(now) {
+                out[k] = Some(id);
+                k += 1;
+            }
+        }
+        // Only while some other link can take the bulk data.
+        let bulk_link = self.links.values().any(|l| !l.lane && !l.stalled(now));
+        if k > 0 && bulk_link {
+            return out;
+        }
+        out = [None, None];
         let recent = self
             .last_small
             .is_some_and(|small| now.saturating_duration_since(small) <= LANE_HOLD);

@@ -688,3 +688,43 @@ fn a_small_header_that_turns_into_bulk_does_not_hold_the_lanes() {
         );
     }
 }
+
+#[test]
+fn dedicated_lanes_never_carry_bulk_data_while_another_link_can() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    // Links 1 and 2 carry bulk; 3 and 4 are the dedicated lanes (not the lowest ids).
+    let links: Vec<LinkId> = (1..=4).map(LinkId).collect();
+    c.add_link(now, links[0]);
+    c.add_link(now, links[1]);
+    c.add_lane(now, links[2]);
+    c.add_lane(now, links[3]);
+    let bulk = c.open_stream(NODE, "svc").unwrap();
+    c.stream_write(bulk, Bytes::from(vec![1u8; 400_000]))
+        .unwrap();
+    // Once the stream's OPEN is out nothing would reserve lanes among ordinary links (no
+    // interactive data, no OPEN waiting), but the dedicated lanes still take no bulk data.
+    // (Within a second: the pings of this one-sided session go unanswered, and after two
+    // seconds every link counts as stalled.)
+    for t in [now, now + Duration::from_secs(1)] {
+        for &lane in &links[2..] {
+            let d = data_sent(&mut c, t, lane);
+            assert!(d.is_empty(), "{d:?}");
+        }
+        let d = data_sent(&mut c, t, links[0]);
+        assert!(!d.is_empty() && d.iter().all(|d| d.0 == bulk), "{d:?}");
+    }
+    // A small interactive write goes on both lanes.
+    let later = now + Duration::from_secs(1);
+    let game = c.open_stream(NODE, "svc").unwrap();
+    c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
+    assert_eq!(data_sent(&mut c, later, links[2]), vec![(game, 0, 100)]);
+    assert_eq!(data_sent(&mut c, later, links[3]), vec![(game, 0, 100)]);
+    // Without a bulk link the lanes are ordinary links again (one of the two is an on-demand
+    // lane while the game is active), rather than leave the bulk data nowhere to go.
+    c.remove_link(later, links[0]);
+    c.remove_link(later, links[1]);
+    let mut d = data_sent(&mut c, later, links[2]);
+    d.extend(data_sent(&mut c, later, links[3]));
+    assert!(d.iter().any(|d| d.0 == bulk), "{d:?}");
+}

@@ -20,7 +20,7 @@ use crate::keys::{PublicKey, KEY_LEN};
 
 /// Version byte of both handshake payloads.
 const VERSION: u8 = 1;
-/// `version | session_id | link_seq | reserved`.
+/// `version | session_id | link_seq | flags`.
 const CLIENT_HELLO_LEN: usize = 1 + 16 + 4 + 1;
 /// `version | node_id | status | epoch`.
 const SERVER_HELLO_LEN: usize = 1 + 2 + 1 + 8;
@@ -466,12 +466,15 @@ pub(super) fn encode_client_hello(hello: &ClientHello) -> [u8; CLIENT_HELLO_LEN]
     p[0] = VERSION;
     p[1..17].copy_from_slice(&hello.session_id);
     p[17..21].copy_from_slice(&hello.link_seq.to_be_bytes());
-    // p[21]: reserved, 0.
+    p[21] = u8::from(hello.lane) * FLAG_LANE;
     p
 }
 
-/// Parses message 1's payload. The reserved byte is ignored (sent as 0), so a later version can
-/// use it without breaking this one.
+/// Bit of message 1's flags byte: the link is a dedicated lane.
+const FLAG_LANE: u8 = 1;
+
+/// Parses message 1's payload. Flag bits other than [`FLAG_LANE`] are ignored (sent as 0), so a
+/// later version can use them without breaking this one.
 pub(super) fn decode_client_hello(p: &[u8]) -> Result<ClientHello, LinkError> {
     let p: &[u8; CLIENT_HELLO_LEN] = p
         .try_into()
@@ -485,6 +488,7 @@ pub(super) fn decode_client_hello(p: &[u8]) -> Result<ClientHello, LinkError> {
     Ok(ClientHello {
         session_id,
         link_seq,
+        lane: p[21] & FLAG_LANE != 0,
     })
 }
 

@@ -132,6 +132,9 @@ pub struct ClientHello {
     pub session_id: [u8; 16],
     /// Counts the links the client opened in this session (for logs).
     pub link_seq: u32,
+    /// This link is a dedicated interactive lane (`links.lanes`): it carries no bulk data in
+    /// either direction. Bit 0 of message 1's flags byte.
+    pub lane: bool,
 }
 
 /// What the server tells the client in handshake message 2.

@@ -20,6 +20,7 @@ const CIPHERS: [Cipher; 2] = [Cipher::ChaChaPoly, Cipher::AesGcm];
 const HELLO: ClientHello = ClientHello {
     session_id: [7; 16],
     link_seq: 3,
+    lane: true,
 };
 const NODE: u16 = 42;
 const FIRST: &[u8] = b"\x01ping-frame";
