@@ -445,6 +445,7 @@ class Run:
     seconds: float | None = None
     zero_intervals: int | None = None  # 1 s intervals in which the bulk connection moved nothing
     min_interval_mbit: float | None = None
+    intervals_mbit: list[float] = field(default_factory=list)  # the sender's, every 1 s
     retransmits: int | None = None  # direct TCP (iperf3) only
     wire: dict | None = None  # emulator counter deltas over the run, per direction
     wire_data_ratio: float | None = None  # bytes offered to the path, data direction / app bytes
@@ -533,10 +534,27 @@ def finish(p: subprocess.Popen, limit: float) -> tuple[int, str, str]:
 def count_stalls(r: Run, intervals: list[tuple[float, float, int, float]], secs: float) -> None:
     """Whole 1 s intervals of the sending period in which the sender wrote nothing. The bench
     clients report the sender's side for an upload: after the first second (local buffers filling)
-    a second without a single write means nothing drained along the whole path for that long."""
-    iv = [i for i in intervals if i[1] - i[0] > 0.9 and i[0] >= 0.9 and i[1] <= secs + 0.1]
-    r.zero_intervals = sum(1 for i in iv if i[2] == 0)
-    r.min_interval_mbit = min((i[3] / 1e6 for i in iv), default=None)
+    a second without a single write means nothing drained along the whole path for that long.
+    A second in which the sender had already written more than the line could have carried so
+    far is not a stall: the tunnel is still draining what it buffered (a wanmux tunnel takes a
+    stream window, 16 MiB here, at once, which at 100 Mbit/s is more than a second of the line
+    while start-up ramps)."""
+    r.intervals_mbit = [round(i[3] / 1e6, 1) for i in intervals]
+    rate = rate_mbit(r.spec) if r.path != ALL_PATHS else None
+    line = rate * 1e6 / 8 if rate else None
+    written = 0
+    r.zero_intervals = 0
+    mins = []
+    for start, end, n, bps in intervals:
+        whole = end - start > 0.9 and start >= 0.9 and end <= secs + 0.1
+        ahead = line is not None and written > line * start
+        written += n
+        if not whole:
+            continue
+        mins.append(bps / 1e6)
+        if n == 0 and not ahead:
+            r.zero_intervals += 1
+    r.min_interval_mbit = min(mins, default=None)
 
 
 def parse_bulk(r: Run, status: int, out: str, err: str) -> None:
@@ -1007,7 +1025,8 @@ LEGEND = (
     "the transfer, both dirs adds the ACK/feedback direction. Drops: the emulator's random-loss "
     "drops in the data direction and bottleneck tail drops in both directions (median per run). "
     "1 s write stalls: whole 1 s intervals of the sending period in which the sender could write "
-    "nothing (after the first second; all runs together). "
+    "nothing (after the first second, and not while it was ahead of the line rate; all runs "
+    "together). "
     "Links at end: wanmux links established when the transfer ended.")
 
 
