@@ -51,7 +51,8 @@ KCP_LOCAL_PORT = 12948  # kcptun-client listener in the client namespace (loopba
 
 ALL_CONTENDERS = ["direct-cubic", "direct-bbr", "kcptun", "kcptun-2048",
                   "wanmux-1", "wanmux-8", "wanmux-32", "wanmux-elastic",
-                  "wanmux-quic-1", "wanmux-quic-2", "wanmux-quic-4", "wanmux-quic-4l"]
+                  "wanmux-quic-1", "wanmux-quic-2", "wanmux-quic-4", "wanmux-quic-4l",
+                  "wanmux-8l"]
 SWEEP_CONTENDERS = ["direct-cubic", "direct-bbr", "kcptun", "kcptun-2048", "wanmux-1",
                     "wanmux-32", "wanmux-elastic"]
 LABELS = {
@@ -67,6 +68,7 @@ LABELS = {
     "wanmux-quic-2": "wanmux QUIC, 2 links",
     "wanmux-quic-4": "wanmux QUIC, 4 links",
     "wanmux-quic-4l": "wanmux QUIC, 4 links, 2 of them lanes",
+    "wanmux-8l": "wanmux, 8 links, 2 of them lanes",
 }
 ARGS_TIME = [20.0]  # --time, for count_stalls
 EXIT_VERIFY = 3  # wanmux-bench's exit status for a data verification failure
