@@ -971,19 +971,9 @@ impl Session {
         let Some(now) = self.clock else {
             return out;
         };
-        let mut k = 0;
-        for (&id, l) in &self.links {
-            if k < out.len() && l.lane && !l.stalled(now) {
-                out[k] = Some(id);
-                k += 1;
-            }
+        if let Some(dedicated) = self.dedicated_lanes(now) {
+            return dedicated;
         }
-        // Only while some other link can take the bulk data.
-        let bulk_link = self.links.values().any(|l| !l.lane && !l.stalled(now));
-        if k > 0 && bulk_link {
-            return out;
-        }
-        out = [None, None];
         let recent = self
             .last_small
             .is_some_and(|small| now.saturating_duration_since(small) <= LANE_HOLD);
@@ -1014,6 +1004,22 @@ impl Session {
             }
         }
         out
+    }
+
+    /// The dedicated lanes that are not stalled (at most two), if there is one and some other
+    /// link can take the bulk data.
+    fn dedicated_lanes(&self, now: Instant) -> Option<[Option<LinkId>; 2]> {
+        let mut out = [None, None];
+        let lanes = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.lane && !l.stalled(now))
+            .map(|(&id, _)| id);
+        for (slot, id) in out.iter_mut().zip(lanes) {
+            *slot = Some(id);
+        }
+        let bulk_link = self.links.values().any(|l| !l.lane && !l.stalled(now));
+        (out[0].is_some() && bulk_link).then_some(out)
     }
 
     /// Fills `buf` (cleared first) with the plaintext of one message for `link`: that link's
