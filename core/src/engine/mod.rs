@@ -329,6 +329,11 @@ pub struct Session {
     /// Small interactive segments sent on one lane, to be sent again on the other:
     /// (lane, stream, offset, length, fin).
     lane_dups: VecDeque<(LinkId, StreamId, u64, usize, bool)>,
+    /// `OPEN` frames sent on one lane, to be sent again on the other (lane, frame): the
+    /// stream's first data goes on both lanes, and without its `OPEN` the node cannot use it
+    /// (a lost `OPEN` on a quiet QUIC lane waits for a probe timeout, about 1.5 RTT). A
+    /// receiver ignores an `OPEN` for a stream it has.
+    open_dups: VecDeque<(LinkId, Frame)>,
     /// What this session holds of the daemon's memory budget.
     held: Held,
     /// Streams whose write or grant waits for the budget; see [`Session::retry_budget`].
@@ -376,6 +381,7 @@ impl Session {
             small_at: HashMap::new(),
             small_queued: false,
             lane_dups: VecDeque::new(),
+            open_dups: VecDeque::new(),
             held: Held::new(budget),
             budget_waiting: Vec::new(),
         }
@@ -417,6 +423,7 @@ impl Session {
             return;
         };
         self.lane_dups.retain(|d| d.0 != link);
+        self.open_dups.retain(|d| d.0 != link);
         for sent in state.sent {
             match sent {
                 Sent::Data {
@@ -925,8 +932,7 @@ impl Session {
             .filter(move |(id, l)| {
                 !l.pongs_owed.is_empty()
                     || l.ping_pending()
-                    || (lanes.contains(&Some(**id))
-                        && (interactive || self.lane_dups.iter().any(|d| d.0 == **id)))
+                    || (lanes.contains(&Some(**id)) && (interactive || self.has_dups_for(**id)))
             })
             .map(|(&id, _)| id)
     }
@@ -947,7 +953,7 @@ impl Session {
         if lanes[0].is_none() {
             !self.sched.is_empty()
         } else if lanes.contains(&Some(link)) {
-            self.sched.has_interactive() || self.lane_dups.iter().any(|d| d.0 == link)
+            self.sched.has_interactive() || self.has_dups_for(link)
         } else {
             self.sched.has_bulk()
         }
@@ -1049,13 +1055,23 @@ impl Session {
         // any link: they are what a receiving side sends, and a link that sends nothing is
         // not pinged, so a dead one would go unnoticed.)
         let control = !matches!(pick, Pick::Bulk);
+        if control {
+            self.fill_open_dups(link, buf, limit);
+        }
         while let Some(f) = self.control.front().filter(|_| control) {
             if buf.len() + f.encoded_len() > limit {
                 break;
             }
             let f = self.control.pop_front().expect("front exists");
-            self.opens_queued -= usize::from(matches!(f, Frame::Open { .. }));
+            let open = matches!(f, Frame::Open { .. });
+            self.opens_queued -= usize::from(open);
             f.encode(buf);
+            if let (true, Pick::Lane { twin: Some(twin) }) = (open, pick) {
+                if self.open_dups.len() >= MAX_LANE_DUPS {
+                    self.open_dups.pop_front();
+                }
+                self.open_dups.push_back((twin, f.clone()));
+            }
             l.record(Sent::Control(f));
         }
         while buf.len() + 25 <= limit {
@@ -1110,6 +1126,35 @@ impl Session {
         l.stats.bytes_sent += buf.len() as u64;
         self.links.insert(link, l);
         !buf.is_empty()
+    }
+
+    /// Whether the other lane left duplicates (segments or `OPEN`s) for `link` to send.
+    fn has_dups_for(&self, link: LinkId) -> bool {
+        self.lane_dups.iter().any(|d| d.0 == link) || self.open_dups.iter().any(|d| d.0 == link)
+    }
+
+    /// Sends again, on `link`, the `OPEN` frames the other lane sent, for streams still open.
+    fn fill_open_dups(&mut self, link: LinkId, buf: &mut BytesMut, limit: usize) {
+        let mut i = 0;
+        while i < self.open_dups.len() {
+            if self.open_dups[i].0 != link {
+                i += 1;
+                continue;
+            }
+            if buf.len() + self.open_dups[i].1.encoded_len() > limit {
+                break;
+            }
+            let (_, f) = self.open_dups.remove(i).expect("index in range");
+            let live = match &f {
+                Frame::Open { stream, .. } => {
+                    self.streams.get(stream).is_some_and(|s| !s.reset_sent)
+                }
+                _ => false,
+            };
+            if live {
+                f.encode(buf);
+            }
+        }
     }
 
     /// Sends again, on `link`, the small segments the other lane sent that are not acked yet.

@@ -714,12 +714,32 @@ fn dedicated_lanes_never_carry_bulk_data_while_another_link_can() {
         let d = data_sent(&mut c, t, links[0]);
         assert!(!d.is_empty() && d.iter().all(|d| d.0 == bulk), "{d:?}");
     }
-    // A small interactive write goes on both lanes.
+    // A new stream's OPEN and its small first write go on both lanes.
     let later = now + Duration::from_secs(1);
     let game = c.open_stream(NODE, "svc").unwrap();
     c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
-    assert_eq!(data_sent(&mut c, later, links[2]), vec![(game, 0, 100)]);
-    assert_eq!(data_sent(&mut c, later, links[3]), vec![(game, 0, 100)]);
+    for &lane in &links[2..] {
+        let frames = sent(&mut c, later, lane);
+        assert!(
+            frames
+                .iter()
+                .any(|f| matches!(f, Frame::Open { stream, .. } if *stream == game)),
+            "{frames:?}"
+        );
+        let data: Vec<_> = frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Data {
+                    stream,
+                    offset,
+                    data,
+                    ..
+                } => Some((*stream, *offset, data.len())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(data, vec![(game, 0, 100)]);
+    }
     // Without a bulk link the lanes are ordinary links again (one of the two is an on-demand
     // lane while the game is active), rather than leave the bulk data nowhere to go.
     c.remove_link(later, links[0]);
