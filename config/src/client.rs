@@ -376,7 +376,7 @@ impl ClientConfig {
             );
             errs.push("links.max", None, msg);
         }
-        if let Some(m) = lanes_problem(self.lanes, self.links.min) {
+        if let Some(m) = lanes_problem(i64::from(self.lanes), self.links.min) {
             errs.push("links.lanes", None, m);
         }
         if let Some(m) = common::timeout_problem(self.handshake_timeout) {
@@ -862,10 +862,10 @@ fn convert_links(raw: Option<&Spanned<RawLinks>>, errs: &mut Collector<'_>) -> O
 const MAX_LANES: u16 = 2;
 
 /// What is wrong with `lanes` dedicated lanes out of `min` links, if anything.
-fn lanes_problem(lanes: u16, min: u16) -> Option<String> {
-    if lanes > MAX_LANES {
+fn lanes_problem(lanes: i64, min: u16) -> Option<String> {
+    if !(0..=i64::from(MAX_LANES)).contains(&lanes) {
         Some(format!("{lanes} is out of range 0..={MAX_LANES}"))
-    } else if lanes > 0 && lanes >= min {
+    } else if lanes > 0 && lanes >= i64::from(min) {
         Some(format!(
             "{lanes} dedicated lanes leave no link for bulk data out of links.min = {min}"
         ))
@@ -884,19 +884,11 @@ fn convert_lanes(
     let Some(v) = v else {
         return Some(0);
     };
-    let lanes = u16::try_from(*v.get_ref()).unwrap_or(u16::MAX);
-    let problem = if lanes == u16::MAX {
-        Some(format!("{} is out of range 0..={MAX_LANES}", v.get_ref()))
-    } else {
-        lanes_problem(lanes, min.unwrap_or(u16::MAX))
-    };
-    match problem {
-        Some(m) => {
-            errs.push("links.lanes", Some(v.span()), m);
-            None
-        }
-        None => Some(lanes),
+    if let Some(m) = lanes_problem(*v.get_ref(), min.unwrap_or(u16::MAX)) {
+        errs.push("links.lanes", Some(v.span()), m);
+        return None;
     }
+    u16::try_from(*v.get_ref()).ok()
 }
 
 /// Converts an optional link transport name (absent: TCP), recording an unknown one.

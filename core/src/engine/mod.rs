@@ -1145,12 +1145,8 @@ impl Session {
                 break;
             }
             let (_, f) = self.open_dups.remove(i).expect("index in range");
-            let live = match &f {
-                Frame::Open { stream, .. } => {
-                    self.streams.get(stream).is_some_and(|s| !s.reset_sent)
-                }
-                _ => false,
-            };
+            let live = matches!(&f, Frame::Open { stream, .. }
+                if self.streams.get(stream).is_some_and(|s| !s.reset_sent));
             if live {
                 f.encode(buf);
             }

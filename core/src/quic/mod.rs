@@ -217,8 +217,10 @@ struct Sender {
     send: quinn::SendStream,
     conn: quinn::Connection,
     resized: Option<std::time::Instant>,
-    /// Armed while quinn refuses a write: when it fires, the window is re-read.
-    recheck: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Re-armed when quinn refuses a write (`armed`): when it fires, the window is re-read.
+    /// One timer for the link's life, reset rather than allocated for every refusal.
+    recheck: std::pin::Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
 }
 
 impl Sender {
@@ -227,7 +229,8 @@ impl Sender {
             send,
             conn,
             resized: None,
-            recheck: None,
+            recheck: Box::pin(tokio::time::sleep(RESIZE_EVERY)),
+            armed: false,
         }
     }
 
@@ -256,18 +259,20 @@ impl tokio::io::AsyncWrite for Sender {
             let write =
                 tokio::io::AsyncWrite::poll_write(std::pin::Pin::new(&mut this.send), cx, buf);
             if write.is_ready() {
-                this.recheck = None;
+                this.armed = false;
                 return write;
             }
             // Blocked: quinn wakes us when it frees buffer; the timer when the window may have
             // grown. A fired timer re-reads the window and tries again.
-            let sleep = this
-                .recheck
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(RESIZE_EVERY)));
-            if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
+            if !this.armed {
+                let at = tokio::time::Instant::now() + RESIZE_EVERY;
+                this.recheck.as_mut().reset(at);
+                this.armed = true;
+            }
+            if std::future::Future::poll(this.recheck.as_mut(), cx).is_pending() {
                 return Poll::Pending;
             }
-            this.recheck = None;
+            this.armed = false;
         }
     }
 
