@@ -18,7 +18,8 @@
 //!   25% in two busy rounds (rounds in which the sender ran out of data do not count: a link
 //!   idles after its handshake), or when a round loses heavily. Leaving mid-round, the window
 //!   drops to one BDP for the rest of the round, so the overshoot drains. A busy cruise round
-//!   that delivers 25% more than start-up found goes back to start-up.
+//!   that delivers 25% more than start-up found goes back to start-up, if one of its RTT samples
+//!   saw no queue (the path has room; with a queue, the link's share grew at another's expense).
 //! - **Cruise**: window = 1.1 x bandwidth x min RTT, which keeps about a tenth of the path's RTT
 //!   queued at the bottleneck. Every eighth round probes with 1.25 x, so a path that got faster
 //!   is found.
@@ -76,6 +77,9 @@ const QUEUE_DELAY_MAX: Duration = Duration::from_millis(16);
 /// than any queue.
 const QUEUE_DELAY_SAMPLES: u32 = 8;
 const QUEUE_DELAY_MIN_PACKETS: u64 = 128;
+/// A cruise round goes back to start-up only if some RTT sample of it was within this fraction of
+/// the minimum RTT (see [`Pace::round_had_room`]); cruise keeps a tenth of the RTT queued.
+const ROOM_FRACTION: u32 = 16;
 /// After start-up ends, loss counts as overrun only after this many minimum RTTs: start-up's
 /// overshoot was in flight when it ended, and its losses are detected up to two round trips
 /// later (clamping the bandwidth to those rounds' delivery halved it in the WAN lab's C).
@@ -120,6 +124,8 @@ pub struct Pace {
     /// consecutive samples, and how many the block has.
     block_min_rtt: Duration,
     block_samples: u32,
+    /// The smallest RTT sample of the current round.
+    round_min_rtt: Duration,
     /// The last [`BW_ROUNDS`] filtered samples, bytes per second; `next` is the oldest.
     samples: [u64; BW_ROUNDS],
     next: usize,
@@ -151,6 +157,7 @@ impl Pace {
             app_limited: true,
             block_min_rtt: Duration::MAX,
             block_samples: 0,
+            round_min_rtt: Duration::MAX,
             samples: [0; BW_ROUNDS],
             next: 0,
             prev_sample: 0,
@@ -189,8 +196,9 @@ impl Pace {
     ) {
         self.acked += bytes;
         self.min_rtt = Some(min_rtt);
+        let rtt = now.saturating_duration_since(sent);
+        self.round_min_rtt = self.round_min_rtt.min(rtt);
         if self.phase == Phase::Startup {
-            let rtt = now.saturating_duration_since(sent);
             self.block_min_rtt = self.block_min_rtt.min(rtt);
             self.block_samples += 1;
             if self.block_samples == QUEUE_DELAY_SAMPLES {
@@ -239,6 +247,15 @@ impl Pace {
         let allowance = (min_rtt / QUEUE_DELAY_FRACTION).clamp(QUEUE_DELAY_MIN, QUEUE_DELAY_MAX);
         self.window >= QUEUE_DELAY_MIN_PACKETS * self.mtu
             && self.block_min_rtt > min_rtt + allowance
+    }
+
+    /// Some RTT sample of the round saw (almost) no queue at the bottleneck: at most
+    /// [`ROOM_FRACTION`] of the minimum RTT above it, clamped like the start-up allowance.
+    fn round_had_room(&self) -> bool {
+        self.min_rtt.is_some_and(|min| {
+            let allowance = (min / ROOM_FRACTION).clamp(QUEUE_DELAY_MIN / 2, QUEUE_DELAY_MAX / 2);
+            self.round_min_rtt <= min + allowance
+        })
     }
 
     /// Start-up ends in the middle of a round: the round's delivery so far counts as a sample,
@@ -308,10 +325,15 @@ impl Pace {
                     Phase::Startup
                 }
             }
-            // A busy round that delivered 25% more than start-up found: the path has room
-            // (another flow left, or start-up ended early). Look for it at start-up speed.
+            // A busy round that delivered 25% more than start-up found, with no queue at the
+            // bottleneck: the path has room (another flow left, or start-up ended early). Look
+            // for it at start-up speed. With a queue, the path is full and the rise is this
+            // link's share growing at another's expense (the links of a session share the
+            // path): start-up's doubling would overrun it.
             Phase::Cruise(_)
-                if !self.app_limited && filtered as f64 > 1.25 * self.full_bw as f64 =>
+                if !self.app_limited
+                    && filtered as f64 > 1.25 * self.full_bw as f64
+                    && self.round_had_room() =>
             {
                 self.full_bw = self.bw;
                 self.flat_rounds = 0;
@@ -331,6 +353,7 @@ impl Pace {
         self.acked = 0;
         self.lost = 0;
         self.app_limited = true;
+        self.round_min_rtt = Duration::MAX;
         self.round_start = now;
         let floor = MIN_PACKETS * self.mtu;
         self.window = match self.phase {
@@ -412,61 +435,80 @@ mod tests {
     }
 
     fn run(pace: &mut Pace, path: &Path, start: Instant, secs: f64, seed: u64) -> Outcome {
+        run_shared(&mut [pace], path, start, secs, seed).remove(0)
+    }
+
+    /// One sender's packets in flight: (sent, ack or loss notice due, delivered?), by due time.
+    #[derive(Default)]
+    struct Sender {
+        flight: VecDeque<(Instant, Instant, bool)>,
+        in_flight: u64,
+        tokens: f64,
+    }
+
+    /// Several senders, each paced by its own controller, sharing one bottleneck FIFO (the links
+    /// of a session on one path). Returns each sender's outcome (`max_queue` is the queue's).
+    fn run_shared(
+        paces: &mut [&mut Pace],
+        path: &Path,
+        start: Instant,
+        secs: f64,
+        seed: u64,
+    ) -> Vec<Outcome> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mtu = u64::from(MTU);
         let step = Duration::from_micros(100);
         let end = start + Duration::from_secs_f64(secs);
-        // (sent, ack or loss notice due, delivered?)
-        let mut flight: VecDeque<(Instant, Instant, bool)> = VecDeque::new();
-        let mut in_flight = 0u64;
+        let mut senders: Vec<Sender> = paces.iter().map(|_| Sender::default()).collect();
+        let mut outs: Vec<Outcome> = paces.iter().map(|_| Outcome::default()).collect();
         let mut link_free = start;
-        let mut out = Outcome::default();
         let mut now = start;
-        let mut tokens = 0.0f64;
         while now < end {
-            while let Some(&(sent, due, ok)) = flight.front() {
-                if due > now {
-                    break;
+            for ((pace, s), out) in paces.iter_mut().zip(&mut senders).zip(&mut outs) {
+                while let Some(&(sent, due, ok)) = s.flight.front() {
+                    if due > now {
+                        break;
+                    }
+                    s.flight.pop_front();
+                    s.in_flight -= mtu;
+                    if ok {
+                        out.delivered += mtu;
+                        pace.on_ack(now, sent, mtu, false, path.rtt);
+                    } else {
+                        pace.on_loss(now, mtu, false);
+                    }
                 }
-                flight.pop_front();
-                in_flight -= mtu;
-                if ok {
-                    out.delivered += mtu;
-                    pace.on_ack(now, sent, mtu, false, path.rtt);
-                } else {
-                    pace.on_loss(now, mtu, false);
+                let rate = 1.25 * pace.window() as f64 / path.rtt.as_secs_f64();
+                let burst = (rate * 0.002).max(10.0 * mtu as f64);
+                s.tokens = (s.tokens + rate * step.as_secs_f64()).min(burst);
+                while s.in_flight + mtu <= pace.window() && s.tokens >= mtu as f64 {
+                    s.tokens -= mtu as f64;
+                    out.sent += mtu;
+                    s.in_flight += mtu;
+                    let queued = link_free.saturating_duration_since(now);
+                    out.max_queue = out.max_queue.max(queued);
+                    let backlog = queued.as_secs_f64() * path.rate;
+                    let due;
+                    let ok;
+                    if backlog as u64 + mtu > path.queue {
+                        out.tail_drops += 1;
+                        // Noticed about one RTT later, like a QUIC loss detection.
+                        due = now + path.rtt + path.rtt / 8;
+                        ok = false;
+                    } else {
+                        link_free =
+                            link_free.max(now) + Duration::from_secs_f64(mtu as f64 / path.rate);
+                        ok = !rng.random_bool(path.loss);
+                        due = link_free + path.rtt + if ok { Duration::ZERO } else { path.rtt / 8 };
+                    }
+                    // Keep the queue ordered by due time (losses are noticed late).
+                    let at = s.flight.partition_point(|&(_, d, _)| d <= due);
+                    s.flight.insert(at, (now, due, ok));
                 }
-            }
-            let rate = 1.25 * pace.window() as f64 / path.rtt.as_secs_f64();
-            let burst = (rate * 0.002).max(10.0 * mtu as f64);
-            tokens = (tokens + rate * step.as_secs_f64()).min(burst);
-            while in_flight + mtu <= pace.window() && tokens >= mtu as f64 {
-                tokens -= mtu as f64;
-                out.sent += mtu;
-                in_flight += mtu;
-                let queued = link_free.saturating_duration_since(now);
-                out.max_queue = out.max_queue.max(queued);
-                let backlog = queued.as_secs_f64() * path.rate;
-                let due;
-                let ok;
-                if backlog as u64 + mtu > path.queue {
-                    out.tail_drops += 1;
-                    // Noticed about one RTT later, like a QUIC loss detection.
-                    due = now + path.rtt + path.rtt / 8;
-                    ok = false;
-                } else {
-                    link_free =
-                        link_free.max(now) + Duration::from_secs_f64(mtu as f64 / path.rate);
-                    ok = !rng.random_bool(path.loss);
-                    due = link_free + path.rtt + if ok { Duration::ZERO } else { path.rtt / 8 };
-                }
-                // Keep the queue ordered by due time (losses are noticed late).
-                let at = flight.partition_point(|&(_, d, _)| d <= due);
-                flight.insert(at, (now, due, ok));
             }
             now += step;
         }
-        out
+        outs
     }
 
     fn b_path() -> Path {
@@ -535,13 +577,25 @@ mod tests {
     /// One busy round of `rtt` in which `acked` bytes are acknowledged, evenly spread, and
     /// `lost` bytes declared lost. Returns when it ended.
     fn round(pace: &mut Pace, now: Instant, rtt: Duration, acked: u64, lost: u64) -> Instant {
-        let packets = acked / u64::from(MTU);
         pace.on_loss(now, lost, false);
+        round_at(pace, now, rtt, rtt, acked)
+    }
+
+    /// One busy round of `rtt` in which every ack's RTT sample is `rtt` and the path's minimum
+    /// is `min_rtt`: `acked` bytes acknowledged, evenly spread. Returns when it ended.
+    fn round_at(
+        pace: &mut Pace,
+        now: Instant,
+        rtt: Duration,
+        min_rtt: Duration,
+        acked: u64,
+    ) -> Instant {
+        let packets = acked / u64::from(MTU);
         // The last ack is exactly one RTT on, for the packet sent as the round began: it ends
         // the round.
         let at = |k: u64| now + rtt.mul_f64(k as f64 / packets as f64);
         for k in 1..=packets {
-            pace.on_ack(at(k), at(k) - rtt, u64::from(MTU), false, rtt);
+            pace.on_ack(at(k), at(k) - rtt, u64::from(MTU), false, min_rtt);
         }
         at(packets)
     }
@@ -574,6 +628,50 @@ mod tests {
         now = round(&mut pace, now, rtt, bdp / 2, bdp / 4);
         round(&mut pace, now, rtt, bdp / 2, bdp / 4);
         assert!((pace.bandwidth() as f64) < 0.6 * bw, "{pace:?}");
+    }
+
+    #[test]
+    fn two_links_sharing_a_path_keep_it_full_without_overrunning_it() {
+        // Two links of one session on scenario B's path, the second joining a second after the
+        // first (its start-up ends early, at the first's queue).
+        let path = b_path();
+        let start = Instant::now();
+        let mut a = Pace::new(start, MTU);
+        run(&mut a, &path, start, 1.0, 15);
+        let joined = start + Duration::from_secs(1);
+        let mut b = Pace::new(joined, MTU);
+        run_shared(&mut [&mut a, &mut b], &path, joined, 2.0, 16);
+        let later = joined + Duration::from_secs(2);
+        let outs = run_shared(&mut [&mut a, &mut b], &path, later, 10.0, 17);
+        let drops: u64 = outs.iter().map(|o| o.tail_drops).sum();
+        let sent: u64 = outs.iter().map(|o| o.sent).sum();
+        let delivered: u64 = outs.iter().map(|o| o.delivered).sum();
+        let queue = outs.iter().map(|o| o.max_queue).max().unwrap();
+        assert!(drops * u64::from(MTU) < sent / 1000, "{outs:?}");
+        assert!(queue < Duration::from_millis(40), "{outs:?}");
+        assert!(delivered as f64 / 10.0 > 0.95 * path.rate, "{outs:?}");
+    }
+
+    #[test]
+    fn a_cruise_round_goes_back_to_start_up_only_if_the_path_has_room() {
+        // A link of a session whose share grows (another link's shrinks) delivers more than its
+        // start-up found, but its RTT samples show the path's queue: start-up's doubling would
+        // overrun it (in the WAN lab it lost 0.9 MB to the queue in one round).
+        let rtt = Duration::from_millis(100);
+        let bdp = 1_000_000;
+        let start = Instant::now();
+        let mut pace = Pace::new(start, MTU);
+        let mut now = start;
+        while pace.phase() == Phase::Startup {
+            now = round(&mut pace, now, rtt, bdp, 0);
+        }
+        for _ in 0..3 {
+            now = round_at(&mut pace, now, rtt + rtt / 10, rtt, 3 * bdp / 2);
+            assert!(matches!(pace.phase(), Phase::Cruise(_)), "{pace:?}");
+        }
+        // The same rise with an empty queue: another flow left, there is room.
+        round_at(&mut pace, now, rtt, rtt, 3 * bdp / 2);
+        assert_eq!(pace.phase(), Phase::Startup, "{pace:?}");
     }
 
     #[test]
