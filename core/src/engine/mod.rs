@@ -86,6 +86,12 @@ enum Pick {
     Lane { twin: Option<LinkId> },
     /// Lanes are reserved and this is not one: bulk streams only.
     Bulk,
+    /// A dedicated lane that looks stalled (its ping is overdue) while another is not: it
+    /// sends the other lane's duplicates only, no control frames and no stream data. A lane
+    /// looks stalled when what it *receives* waits behind a lost packet (its pongs come late),
+    /// while what it sends still gets through: in the WAN lab a server whose other lane looked
+    /// stalled sent a game's reply on one lane only, and that packet's loss cost a round trip.
+    Spare,
 }
 
 /// Which end of the session this engine is.
@@ -932,7 +938,11 @@ impl Session {
             .filter(move |(id, l)| {
                 !l.pongs_owed.is_empty()
                     || l.ping_pending()
-                    || (lanes.contains(&Some(**id)) && (interactive || self.has_dups_for(**id)))
+                    || match self.pick_for(**id, lanes) {
+                        Pick::Lane { .. } => interactive || self.has_dups_for(**id),
+                        Pick::Spare => self.has_dups_for(**id),
+                        Pick::Any | Pick::Bulk => false,
+                    }
             })
             .map(|(&id, _)| id)
     }
@@ -942,20 +952,53 @@ impl Session {
     /// not wait behind bulk data); interactive data only on a lane and bulk data only elsewhere.
     /// The driver wakes only writers that have work.
     pub fn has_work_for(&self, link: LinkId) -> bool {
-        let lanes = self.lanes();
-        let bulk_only = lanes[0].is_some() && !lanes.contains(&Some(link));
-        if (!bulk_only && !self.control.is_empty())
+        let pick = self.pick_for(link, self.lanes());
+        let control = matches!(pick, Pick::Any | Pick::Lane { .. });
+        if (control && !self.control.is_empty())
             || !self.dirty_windows.is_empty()
             || self.session_window_dirty
         {
             return true;
         }
+        match pick {
+            Pick::Any => !self.sched.is_empty(),
+            Pick::Lane { .. } => self.sched.has_interactive() || self.has_dups_for(link),
+            Pick::Spare => self.has_dups_for(link),
+            Pick::Bulk => self.sched.has_bulk(),
+        }
+    }
+
+    /// What `link` may carry, given the current `lanes`. The twin of a dedicated lane is the
+    /// other dedicated lane even if that one looks stalled (see [`Pick::Spare`]).
+    fn pick_for(&self, link: LinkId, lanes: [Option<LinkId>; 2]) -> Pick {
         if lanes[0].is_none() {
-            !self.sched.is_empty()
-        } else if lanes.contains(&Some(link)) {
-            self.sched.has_interactive() || self.has_dups_for(link)
+            return Pick::Any;
+        }
+        let dedicated = |id: &LinkId| self.links.get(id).is_some_and(|l| l.lane);
+        // Whether `lanes` are the dedicated ones (else on-demand lanes among all links).
+        let among_dedicated = self
+            .clock
+            .is_some_and(|now| self.dedicated_lanes(now).is_some());
+        if lanes.contains(&Some(link)) {
+            let twin = lanes
+                .into_iter()
+                .flatten()
+                .find(|&x| x != link)
+                .or_else(|| {
+                    among_dedicated
+                        .then(|| {
+                            self.links
+                                .keys()
+                                .copied()
+                                .find(|id| *id != link && dedicated(id))
+                        })
+                        .flatten()
+                });
+            Pick::Lane { twin }
+        } else if among_dedicated && dedicated(&link) {
+            Pick::Spare
         } else {
-            self.sched.has_bulk()
+            Pick::Bulk
         }
     }
 
@@ -1034,16 +1077,7 @@ impl Session {
     pub fn poll_transmit(&mut self, now: Instant, link: LinkId, buf: &mut BytesMut) -> bool {
         buf.clear();
         self.clock = Some(now);
-        let lanes = self.lanes();
-        let pick = if lanes[0].is_none() {
-            Pick::Any
-        } else if lanes.contains(&Some(link)) {
-            Pick::Lane {
-                twin: lanes.into_iter().flatten().find(|&x| x != link),
-            }
-        } else {
-            Pick::Bulk
-        };
+        let pick = self.pick_for(link, self.lanes());
         let Some(mut l) = self.links.remove(&link) else {
             return false;
         };
@@ -1054,8 +1088,8 @@ impl Session {
         // While lanes are reserved, control frames go on them only. (Window updates go on
         // any link: they are what a receiving side sends, and a link that sends nothing is
         // not pinged, so a dead one would go unnoticed.)
-        let control = !matches!(pick, Pick::Bulk);
-        if control {
+        let control = matches!(pick, Pick::Any | Pick::Lane { .. });
+        if control || matches!(pick, Pick::Spare) {
             self.fill_open_dups(link, buf, limit);
         }
         while let Some(f) = self.control.front().filter(|_| control) {
@@ -1103,7 +1137,7 @@ impl Session {
             .encode(buf);
             l.record(Sent::SessionWindow);
         }
-        if matches!(pick, Pick::Lane { .. }) {
+        if matches!(pick, Pick::Lane { .. } | Pick::Spare) {
             self.fill_dups(link, buf, limit);
         }
         self.fill_data(now, &mut l, buf, limit, pick);
@@ -1195,6 +1229,7 @@ impl Session {
                 Pick::Any => self.sched.pop(),
                 Pick::Lane { .. } => self.sched.pop_interactive(),
                 Pick::Bulk => self.sched.pop_bulk(),
+                Pick::Spare => None,
             };
             let Some(id) = next else { break };
             let credit = self.send_session_max - self.send_session_used;

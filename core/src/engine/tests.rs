@@ -593,6 +593,52 @@ fn client_with_four_links() -> (Session, Vec<LinkId>, Instant) {
 }
 
 #[test]
+fn a_dedicated_lane_that_looks_stalled_sends_the_other_lanes_duplicates_and_no_bulk_data() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    let links: Vec<LinkId> = (1..=4).map(LinkId).collect();
+    c.add_link(now, links[0]);
+    c.add_link(now, links[1]);
+    c.add_lane(now, links[2]);
+    c.add_lane(now, links[3]);
+    let bulk = c.open_stream(NODE, "svc").unwrap();
+    c.stream_write(bulk, Bytes::from(vec![1u8; 400_000]))
+        .unwrap();
+    let game = c.open_stream(NODE, "svc").unwrap();
+    c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
+    // Every link sends and pings (lane 4 first, so it carries the game's segment and lane 3
+    // the copy); the peer answers on all but lane 4, whose pong waits (in a real link: behind
+    // a lost packet of what it receives).
+    for l in [links[0], links[1], links[3], links[2]] {
+        let frames = sent(&mut c, now, l);
+        assert!(
+            frames.iter().any(|f| matches!(f, Frame::Data { .. })),
+            "{frames:?}"
+        );
+        for f in frames {
+            if let (Frame::Ping(token), true) = (f, l != links[3]) {
+                let at = now + Duration::from_millis(10);
+                c.handle_message(at, l, msg(&[Frame::Pong(token)])).unwrap();
+            }
+        }
+    }
+    let later = now + Duration::from_millis(2500);
+    eprintln!("DBG {:?}", c.link_stats(links[3]));
+    // Lane 4 now looks stalled: it takes no bulk data (before, it was "not a lane" then).
+    let d = data_sent(&mut c, later, links[3]);
+    assert!(d.is_empty(), "{d:?}");
+    // The game's next segment goes on lane 3 and again on lane 4.
+    c.stream_write(game, Bytes::from(vec![3u8; 100])).unwrap();
+    for &lane in &links[2..] {
+        let d = data_sent(&mut c, later, lane);
+        assert_eq!(d, vec![(game, 100, 100)], "lane {lane}");
+    }
+    // No more: lane 4 carries only duplicates.
+    let d = data_sent(&mut c, later, links[3]);
+    assert!(d.is_empty(), "{d:?}");
+}
+
+#[test]
 fn small_interactive_frames_get_lanes_free_of_bulk_and_go_twice() {
     let (mut c, links, now) = client_with_four_links();
     let bulk = c.open_stream(NODE, "svc").unwrap();
