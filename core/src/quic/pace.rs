@@ -656,7 +656,7 @@ mod tests {
     fn a_cruise_round_goes_back_to_start_up_only_if_the_path_has_room() {
         // A link of a session whose share grows (another link's shrinks) delivers more than its
         // start-up found, but its RTT samples show the path's queue: start-up's doubling would
-        // overrun it (in the WAN lab it lost 0.9 MB to the queue in one round).
+        // overrun it (in the WAN lab it lost 0.85 MB to the queue in one round).
         let rtt = Duration::from_millis(100);
         let bdp = 1_000_000;
         let start = Instant::now();
