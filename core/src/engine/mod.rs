@@ -886,6 +886,8 @@ impl Session {
                     _ => None,
                 })
                 .collect();
+            let before = self.resent;
+            let entries = data.len();
             for (stream, start, end, fin) in data {
                 if let Some(s) = self.streams.get_mut(&stream) {
                     if !s.reset_sent {
@@ -894,6 +896,12 @@ impl Session {
                     }
                 }
             }
+            tracing::debug!(
+                %id,
+                entries,
+                bytes = self.resent - before,
+                "link looks stalled: its unconfirmed data goes out again on the others"
+            );
         }
     }
 

@@ -19,7 +19,9 @@
 //!   idles after its handshake), or when a round loses heavily. Leaving mid-round, the window
 //!   drops to one BDP for the rest of the round, so the overshoot drains. A busy cruise round
 //!   that delivers 25% more than start-up found goes back to start-up, if one of its RTT samples
-//!   saw no queue (the path has room; with a queue, the link's share grew at another's expense).
+//!   saw no queue (the path has room; with a queue, the link's share grew at another's expense)
+//!   and start-up ended [`SETTLE_RTTS`] ago (what the rounds before deliver is what start-up
+//!   found).
 //! - **Cruise**: window = 1.1 x bandwidth x min RTT, which keeps about a tenth of the path's RTT
 //!   queued at the bottleneck. Every eighth round probes with 1.25 x, so a path that got faster
 //!   is found.
@@ -132,7 +134,8 @@ pub struct Pace {
     prev_sample: u64,
     /// The bandwidth estimate: the largest of `samples`.
     bw: u64,
-    /// Start-up: the bandwidth at the last 25% growth, and rounds since.
+    /// Start-up: the bandwidth at the last 25% growth, and rounds since. When start-up ends,
+    /// at least the bandwidth it found (it may end mid-growth, on a queue or a loss).
     full_bw: u64,
     flat_rounds: u32,
     /// The previous round was overrun.
@@ -270,6 +273,8 @@ impl Pace {
         }
         self.phase = Phase::Cruise(1);
         self.left_startup = Some(now);
+        // What start-up found: a cruise round goes back to start-up only 25% above it.
+        self.full_bw = self.full_bw.max(self.bw);
         // Drain: the overshoot is still in flight; a window of one BDP lets the queue empty.
         self.window = self.bdp().max(MIN_PACKETS * self.mtu);
     }
@@ -299,6 +304,10 @@ impl Pace {
             .zip(self.min_rtt)
             .is_none_or(|(left, rtt)| now.saturating_duration_since(left) >= SETTLE_RTTS * rtt);
         let slower = overrun && self.overrun_before && settled;
+        if !settled {
+            // The rounds that complete start-up's last ones are what it found.
+            self.full_bw = self.full_bw.max(self.bw);
+        }
         self.overrun_before = overrun;
         if slower {
             for s in &mut self.samples {
@@ -320,6 +329,7 @@ impl Pace {
                 if self.flat_rounds >= FLAT_ROUNDS || overrun {
                     // The first cruise round after start-up is not a probe.
                     self.left_startup = Some(now);
+                    self.full_bw = self.full_bw.max(self.bw);
                     Phase::Cruise(1)
                 } else {
                     Phase::Startup
@@ -331,7 +341,8 @@ impl Pace {
             // link's share growing at another's expense (the links of a session share the
             // path): start-up's doubling would overrun it.
             Phase::Cruise(_)
-                if !self.app_limited
+                if settled
+                    && !self.app_limited
                     && filtered as f64 > 1.25 * self.full_bw as f64
                     && self.round_had_room() =>
             {
@@ -631,6 +642,32 @@ mod tests {
     }
 
     #[test]
+    fn start_up_that_ends_on_a_queue_is_not_re_entered_at_the_rate_it_found() {
+        // Start-up ends mid-round when the queue shows, its bandwidth still growing; what it
+        // delivered until it settled is the reference for going back, not its last full
+        // round. (In a traced WAN lab run of scenario C, a link that had left start-up with an
+        // estimate of 62 Mbit/s went back to it two rounds later, its reference being at most
+        // 42, and the doubling lost 0.86 MB in one round.)
+        let rtt = Duration::from_millis(100);
+        let start = Instant::now();
+        let mut pace = Pace::new(start, MTU);
+        let mut now = start;
+        for acked in [100_000, 200_000, 400_000] {
+            now = round_at(&mut pace, now, rtt, rtt, acked);
+            assert_eq!(pace.phase(), Phase::Startup);
+        }
+        // The next round's samples show a queue: start-up ends within it.
+        now = round_at(&mut pace, now, rtt + rtt / 5, rtt, 800_000);
+        assert!(matches!(pace.phase(), Phase::Cruise(_)), "{pace:?}");
+        // Cruise rounds at the rate the end of start-up delivered (8 MB/s in its last round),
+        // with room (the drain emptied the queue).
+        for _ in 0..6 {
+            now = round_at(&mut pace, now, rtt, rtt, 540_000);
+            assert!(matches!(pace.phase(), Phase::Cruise(_)), "{pace:?}");
+        }
+    }
+
+    #[test]
     fn two_links_sharing_a_path_keep_it_full_without_overrunning_it() {
         // Two links of one session on scenario B's path, the second joining a second after the
         // first (its start-up ends early, at the first's queue).
@@ -664,6 +701,10 @@ mod tests {
         let mut now = start;
         while pace.phase() == Phase::Startup {
             now = round(&mut pace, now, rtt, bdp, 0);
+        }
+        // Settled cruise at that rate (the rounds just after start-up count as its own).
+        for _ in 0..4 {
+            now = round_at(&mut pace, now, rtt + rtt / 10, rtt, bdp);
         }
         for _ in 0..3 {
             now = round_at(&mut pace, now, rtt + rtt / 10, rtt, 3 * bdp / 2);
