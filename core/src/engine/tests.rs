@@ -623,7 +623,6 @@ fn a_dedicated_lane_that_looks_stalled_sends_the_other_lanes_duplicates_and_no_b
         }
     }
     let later = now + Duration::from_millis(2500);
-    eprintln!("DBG {:?}", c.link_stats(links[3]));
     // Lane 4 now looks stalled: it takes no bulk data (before, it was "not a lane" then).
     let d = data_sent(&mut c, later, links[3]);
     assert!(d.is_empty(), "{d:?}");

@@ -253,7 +253,8 @@ impl Pace {
     }
 
     /// Some RTT sample of the round saw (almost) no queue at the bottleneck: at most
-    /// [`ROOM_FRACTION`] of the minimum RTT above it, clamped like the start-up allowance.
+    /// [`ROOM_FRACTION`] of the minimum RTT above it, clamped to 2-8 ms (half the start-up
+    /// allowance's bounds).
     fn round_had_room(&self) -> bool {
         self.min_rtt.is_some_and(|min| {
             let allowance = (min / ROOM_FRACTION).clamp(QUEUE_DELAY_MIN / 2, QUEUE_DELAY_MAX / 2);
