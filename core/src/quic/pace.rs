@@ -660,8 +660,9 @@ mod tests {
         // The next round's samples show a queue: start-up ends within it.
         now = round_at(&mut pace, now, rtt + rtt / 5, rtt, 800_000);
         assert!(matches!(pace.phase(), Phase::Cruise(_)), "{pace:?}");
-        // Cruise rounds at the rate the end of start-up delivered (8 MB/s in its last round),
-        // with room (the drain emptied the queue).
+        // Cruise rounds at 5.4 MB/s, with room (the drain emptied the queue): more than 1.25 x
+        // the 4 MB/s of start-up's last full round, less than the 6.7 MB/s of the round it
+        // ended in.
         for _ in 0..6 {
             now = round_at(&mut pace, now, rtt, rtt, 540_000);
             assert!(matches!(pace.phase(), Phase::Cruise(_)), "{pace:?}");
