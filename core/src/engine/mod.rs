@@ -94,6 +94,14 @@ enum Pick {
     Spare,
 }
 
+/// The interactive lanes of the moment ([`Session::lanes`]): at most two links, and whether
+/// they are the dedicated ones (else lanes reserved on demand among all links).
+#[derive(Debug, Clone, Copy, Default)]
+struct Lanes {
+    ids: [Option<LinkId>; 2],
+    dedicated: bool,
+}
+
 /// Which end of the session this engine is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -978,17 +986,15 @@ impl Session {
 
     /// What `link` may carry, given the current `lanes`. The twin of a dedicated lane is the
     /// other dedicated lane even if that one looks stalled (see [`Pick::Spare`]).
-    fn pick_for(&self, link: LinkId, lanes: [Option<LinkId>; 2]) -> Pick {
-        if lanes[0].is_none() {
+    fn pick_for(&self, link: LinkId, lanes: Lanes) -> Pick {
+        if lanes.ids[0].is_none() {
             return Pick::Any;
         }
         let dedicated = |id: &LinkId| self.links.get(id).is_some_and(|l| l.lane);
-        // Whether `lanes` are the dedicated ones (else on-demand lanes among all links).
-        let among_dedicated = self
-            .clock
-            .is_some_and(|now| self.dedicated_lanes(now).is_some());
-        if lanes.contains(&Some(link)) {
+        let among_dedicated = lanes.dedicated;
+        if lanes.ids.contains(&Some(link)) {
             let twin = lanes
+                .ids
                 .into_iter()
                 .flatten()
                 .find(|&x| x != link)
@@ -1023,13 +1029,15 @@ impl Session {
     /// not stalled and another link can take bulk data, the dedicated lanes are the lanes,
     /// always reserved, so no bulk data is ever queued on them and a game's first packet after a
     /// pause waits behind none either.
-    fn lanes(&self) -> [Option<LinkId>; 2] {
-        let mut out = [None, None];
+    fn lanes(&self) -> Lanes {
         let Some(now) = self.clock else {
-            return out;
+            return Lanes::default();
         };
-        if let Some(dedicated) = self.dedicated_lanes(now) {
-            return dedicated;
+        if let Some(ids) = self.dedicated_lanes(now) {
+            return Lanes {
+                ids,
+                dedicated: true,
+            };
         }
         let recent = self
             .last_small
@@ -1043,20 +1051,21 @@ impl Session {
         );
         let waiting = (self.small_queued && self.sched.has_interactive()) || self.opens_queued > 0;
         if !recent && !waiting {
-            return out;
+            return Lanes::default();
         }
         let want = match self.links.len() {
             0 | 1 => 0,
             2 | 3 => 1,
             _ => 2,
         };
+        let mut out = Lanes::default();
         let mut k = 0;
         for (&id, l) in &self.links {
             if k == want {
                 break;
             }
             if !l.stalled(now) {
-                out[k] = Some(id);
+                out.ids[k] = Some(id);
                 k += 1;
             }
         }

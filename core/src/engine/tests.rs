@@ -592,8 +592,9 @@ fn client_with_four_links() -> (Session, Vec<LinkId>, Instant) {
     (c, links, now)
 }
 
-#[test]
-fn a_dedicated_lane_that_looks_stalled_sends_the_other_lanes_duplicates_and_no_bulk_data() {
+/// A client with links 1 and 2 for bulk data and 3 and 4 as dedicated lanes (not the lowest
+/// ids), and a stream with 400 KB to send.
+fn client_with_two_lanes_and_bulk() -> (Session, Vec<LinkId>, Instant, StreamId) {
     let now = Instant::now();
     let mut c = Session::new(Role::Client, Config::default());
     let links: Vec<LinkId> = (1..=4).map(LinkId).collect();
@@ -604,6 +605,12 @@ fn a_dedicated_lane_that_looks_stalled_sends_the_other_lanes_duplicates_and_no_b
     let bulk = c.open_stream(NODE, "svc").unwrap();
     c.stream_write(bulk, Bytes::from(vec![1u8; 400_000]))
         .unwrap();
+    (c, links, now, bulk)
+}
+
+#[test]
+fn a_dedicated_lane_that_looks_stalled_sends_the_other_lanes_duplicates_and_no_bulk_data() {
+    let (mut c, links, now, _) = client_with_two_lanes_and_bulk();
     let game = c.open_stream(NODE, "svc").unwrap();
     c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
     // Every link sends and pings (lane 4 first, so it carries the game's segment and lane 3
@@ -736,17 +743,7 @@ fn a_small_header_that_turns_into_bulk_does_not_hold_the_lanes() {
 
 #[test]
 fn dedicated_lanes_never_carry_bulk_data_while_another_link_can() {
-    let now = Instant::now();
-    let mut c = Session::new(Role::Client, Config::default());
-    // Links 1 and 2 carry bulk; 3 and 4 are the dedicated lanes (not the lowest ids).
-    let links: Vec<LinkId> = (1..=4).map(LinkId).collect();
-    c.add_link(now, links[0]);
-    c.add_link(now, links[1]);
-    c.add_lane(now, links[2]);
-    c.add_lane(now, links[3]);
-    let bulk = c.open_stream(NODE, "svc").unwrap();
-    c.stream_write(bulk, Bytes::from(vec![1u8; 400_000]))
-        .unwrap();
+    let (mut c, links, now, bulk) = client_with_two_lanes_and_bulk();
     // Once the stream's OPEN is out nothing would reserve lanes among ordinary links (no
     // interactive data, no OPEN waiting), but the dedicated lanes still take no bulk data.
     // (Within a second: the pings of this one-sided session go unanswered, and after two
