@@ -96,6 +96,10 @@ pub struct RrReport {
     /// of the connection's start (the first few) from one that recurs.
     #[serde(default)]
     pub slowest: Vec<SlowTrip>,
+    /// When the first round trip began, milliseconds since the Unix epoch: with
+    /// [`SlowTrip::at_ms`], places the slowest round trips in other tools' logs.
+    #[serde(default)]
+    pub started_unix_ms: u64,
 }
 
 /// One round trip of an rr run.
@@ -105,6 +109,9 @@ pub struct SlowTrip {
     pub round: u64,
     /// Its latency, microseconds.
     pub us: f64,
+    /// When it began, milliseconds after the first round trip began.
+    #[serde(default)]
+    pub at_ms: f64,
 }
 
 /// Formats a byte count with binary units.
@@ -220,9 +227,9 @@ impl fmt::Display for RrReport {
             self.max_us
         )?;
         if !self.slowest.is_empty() {
-            write!(f, "\nslowest round trips (index: us):")?;
+            write!(f, "\nslowest round trips (index @ ms after the first: us):")?;
             for t in &self.slowest {
-                write!(f, "  {}: {:.1}", t.round, t.us)?;
+                write!(f, "  {} @ {:.0}: {:.1}", t.round, t.at_ms, t.us)?;
             }
         }
         Ok(())

@@ -107,13 +107,18 @@ pub async fn run_rr(opts: &RrOptions) -> Result<RrReport, BenchError> {
     let mut response = vec![0u8; opts.size];
     // `count` is at most MAX_RR_COUNT, so this fits in memory on any host that can run it.
     let mut rtts_ns: Vec<u64> = Vec::with_capacity(opts.count as usize);
+    let mut starts_ns: Vec<u64> = Vec::with_capacity(opts.count as usize);
     let rounds = AtomicU64::new(0);
     let t0 = Instant::now();
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     // Returns the stream offset of the first wrong echoed byte, if any.
     let trips = async {
         for round in 0..opts.count {
             offset = pattern.fill(offset, &mut request);
             let start = Instant::now();
+            starts_ns.push(u64::try_from((start - t0).as_nanos()).unwrap_or(u64::MAX));
             sock.write_all(&request).await.map_err(Fail::Io)?;
             sock.read_exact(&mut response)
                 .await
@@ -146,11 +151,14 @@ pub async fn run_rr(opts: &RrOptions) -> Result<RrReport, BenchError> {
     let seconds = t0.elapsed().as_secs_f64();
     // Closing our side ends the server's echo loop.
     let _ = sock.shutdown().await;
-    Ok(summarize(rtts_ns, opts.size, seconds))
+    let mut report = summarize(rtts_ns, &starts_ns, opts.size, seconds);
+    report.started_unix_ms = started_unix_ms;
+    Ok(report)
 }
 
-/// Turns round-trip times into a report (nearest-rank percentiles).
-fn summarize(mut rtts_ns: Vec<u64>, size: usize, seconds: f64) -> RrReport {
+/// Turns round-trip times into a report (nearest-rank percentiles); `starts_ns` are the times
+/// the round trips began, after the first.
+fn summarize(mut rtts_ns: Vec<u64>, starts_ns: &[u64], size: usize, seconds: f64) -> RrReport {
     let n = rtts_ns.len();
     let us = |ns: u64| ns as f64 / 1e3;
     let mut order: Vec<usize> = (0..n).collect();
@@ -161,6 +169,7 @@ fn summarize(mut rtts_ns: Vec<u64>, size: usize, seconds: f64) -> RrReport {
         .map(|&i| SlowTrip {
             round: i as u64,
             us: us(rtts_ns[i]),
+            at_ms: starts_ns.get(i).map_or(0.0, |&ns| ns as f64 / 1e6),
         })
         .collect();
     rtts_ns.sort_unstable();
@@ -194,6 +203,7 @@ fn summarize(mut rtts_ns: Vec<u64>, size: usize, seconds: f64) -> RrReport {
         max_us: rtts_ns.last().map_or(0.0, |&v| us(v)),
         verified: true,
         slowest,
+        started_unix_ms: 0,
     }
 }
 
@@ -203,7 +213,13 @@ mod tests {
 
     #[test]
     fn percentiles_are_nearest_rank() {
-        let r = summarize((1..=1000).rev().map(|v| v * 1000).collect(), 64, 1.0);
+        let starts: Vec<u64> = (0..1000).map(|i| i * 2_000_000).collect();
+        let r = summarize(
+            (1..=1000).rev().map(|v| v * 1000).collect(),
+            &starts,
+            64,
+            1.0,
+        );
         assert_eq!((r.min_us, r.max_us), (1.0, 1000.0));
         assert_eq!(
             (r.p50_us, r.p90_us, r.p99_us, r.p999_us),
@@ -216,7 +232,9 @@ mod tests {
             slowest,
             vec![(0, 1000.0), (1, 999.0), (2, 998.0), (3, 997.0), (4, 996.0)]
         );
-        let one = summarize(vec![7000], 1, 0.5);
+        // Round 4 began 8 ms after round 0.
+        assert_eq!(r.slowest[4].at_ms, 8.0);
+        let one = summarize(vec![7000], &[0], 1, 0.5);
         assert_eq!(
             (one.p50_us, one.p999_us, one.round_trips_per_second),
             (7.0, 7.0, 2.0)

@@ -459,7 +459,10 @@ class Run:
     rr_p99_ms: float | None = None
     rr_max_ms: float | None = None
     rr_outlived_bulk: bool | None = None  # some round trips ran after the bulk transfer ended
-    rr_slowest: list | None = None  # [(round index, ms)] of the slowest round trips, slowest first
+    # [(round index, ms, s after the bulk connection started)] of the slowest round trips, slowest
+    # first: the last places them in the tunnel's logs (with `bulk_started_unix`).
+    rr_slowest: list | None = None
+    bulk_started_unix: float | None = None
     log_notes: list[str] = field(default_factory=list)
     started: str = ""
     warmup_mbit: float | None = None  # --warmup: goodput of the warm-up connection
@@ -654,6 +657,7 @@ def run_rr(r: Run, args, bins: Path, addr: str, limit: float) -> None:
     rtt = max(rtt_s(r.spec), 0.001)
     delay = rr_delay(args)
     count = args.rr_count or max(20, int(args.time / (1.5 * rtt)))
+    r.bulk_started_unix = time.time()
     bulk = start_bulk(r, args, bins, addr, 2 * args.time)
     time.sleep(delay)
     rr = subprocess.Popen(netns(NS_C, [str(bins / "wanmux-bench"), "rr", "--connect", addr, "-n",
@@ -680,7 +684,9 @@ def run_rr(r: Run, args, bins: Path, addr: str, limit: float) -> None:
     r.rr_count = j["count"]
     r.rr_p50_ms, r.rr_p99_ms = j["p50_us"] / 1e3, j["p99_us"] / 1e3
     r.rr_max_ms = j.get("max_us", 0) / 1e3 or None
-    r.rr_slowest = [(t["round"], t["us"] / 1e3) for t in j.get("slowest", [])]
+    rr_start = j.get("started_unix_ms", 0) / 1e3 - r.bulk_started_unix
+    r.rr_slowest = [(t["round"], t["us"] / 1e3, round(rr_start + t.get("at_ms", 0) / 1e3, 3))
+                    for t in j.get("slowest", [])]
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -918,7 +924,7 @@ def measure(args, bins, keys, tmp, scenario, specs, contenders, tests, runs, los
                 elif test == "rr":
                     res = (f"rr p50 {r.rr_p50_ms:.1f} ms p99 {r.rr_p99_ms:.1f} ms ({r.rr_count} rt), "
                            f"bulk {r.mbit:.1f} Mbit/s, slowest "
-                           + ", ".join(f"#{i} {ms:.0f} ms" for i, ms in r.rr_slowest or []))
+                           + ", ".join(f"#{i} {ms:.0f} ms at {at:.1f} s" for i, ms, at in r.rr_slowest or []))
                 else:
                     res = (f"{r.mbit:.1f} Mbit/s, wire/goodput {fmt(r.wire_data_ratio, '.3f')} data "
                            f"{fmt(r.wire_total_ratio, '.3f')} both, drops loss "
