@@ -92,12 +92,12 @@ pub(crate) struct Slot {
 /// shared by every link.
 #[derive(Debug, Default)]
 pub(crate) struct QuicEndpoints {
-    v4: std::sync::Mutex<Option<quinn::Endpoint>>,
-    v6: std::sync::Mutex<Option<quinn::Endpoint>>,
+    v4: std::sync::Mutex<Option<quic::Dialer>>,
+    v6: std::sync::Mutex<Option<quic::Dialer>>,
 }
 
 impl QuicEndpoints {
-    fn for_peer(&self, peer: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    fn for_peer(&self, peer: SocketAddr) -> std::io::Result<quic::Dialer> {
         let (slot, local): (_, SocketAddr) = if peer.is_ipv4() {
             (&self.v4, (std::net::Ipv4Addr::UNSPECIFIED, 0).into())
         } else {

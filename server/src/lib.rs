@@ -32,7 +32,7 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     accept: JoinHandle<()>,
     /// The QUIC endpoint and its accept loop (`server.quic`).
-    quic: Option<(quinn::Endpoint, JoinHandle<()>)>,
+    quic: Option<(quic::Listener, JoinHandle<()>)>,
     sessions: Arc<Sessions>,
 }
 
@@ -45,7 +45,9 @@ impl ServerHandle {
     /// The UDP address QUIC links are accepted on (`server.quic`): the TCP listener's address
     /// and port number.
     pub fn quic_addr(&self) -> Option<SocketAddr> {
-        self.quic.as_ref().and_then(|(ep, _)| ep.local_addr().ok())
+        self.quic
+            .as_ref()
+            .and_then(|(ep, _)| ep.endpoint().local_addr().ok())
     }
 
     fn stop_accepting(&self) {
@@ -53,7 +55,7 @@ impl ServerHandle {
         if let Some((ep, task)) = &self.quic {
             task.abort();
             // Refuses new connections; links already up close with their sessions.
-            ep.set_server_config(None);
+            ep.endpoint().set_server_config(None);
         }
     }
 
@@ -200,7 +202,7 @@ async fn accept_loop(listener: TcpListener, auth: Arc<noise::ServerAuth>, sessio
 
 /// Accepts QUIC links: the same handshake limit and the same Noise handshake as TCP links.
 async fn quic_accept_loop(
-    endpoint: quinn::Endpoint,
+    listener: quic::Listener,
     auth: Arc<noise::ServerAuth>,
     sessions: Arc<Sessions>,
 ) {
@@ -209,14 +211,14 @@ async fn quic_accept_loop(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let Some(incoming) = endpoint.accept().await else {
+        let Some(incoming) = listener.endpoint().accept().await else {
             return;
         };
         let peer = incoming.remote_address();
-        let (auth, sessions) = (auth.clone(), sessions.clone());
+        let (auth, sessions, listener) = (auth.clone(), sessions.clone(), listener.clone());
         tokio::spawn(async move {
             let timeout = sessions.handshake_timeout();
-            let accepted = match quic::accept(incoming, timeout).await {
+            let accepted = match quic::accept(&listener, incoming, timeout).await {
                 Ok((rd, wr)) => handshake(Transport::Quic(rd, wr), peer, &auth, &sessions).await,
                 Err(e) => {
                     info!(%peer, reason = %e, "QUIC link refused");

@@ -14,13 +14,15 @@
 //! transport's headers; a man in the middle of the TLS layer still faces Noise.
 //!
 //! One [`Endpoint`] (one UDP socket) serves all QUIC links of a daemon: the client dials from
-//! one, the node accepts on one bound to its listen address.
+//! one ([`Dialer`]), the node accepts on one bound to its listen address ([`Listener`]). The
+//! links to or from one peer address share their congestion controllers' [`PathShare`].
 
 pub mod pace;
 
+use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -30,6 +32,7 @@ use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::noise::{BoxRead, BoxWrite, LinkError};
+use pace::{PaceConfig, PathShare};
 
 /// The ALPN protocol name of wanmux links.
 pub const ALPN: &[u8] = b"wanmux/1";
@@ -70,10 +73,11 @@ const SOCKET_BUFFER: usize = 8 << 20;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The transport settings of one side; `accepts_stream` is the node's: it lets the client open
-/// the link's one bidirectional stream. The client lets the node open none.
-fn transport(accepts_stream: bool) -> Arc<TransportConfig> {
+/// the link's one bidirectional stream. The client lets the node open none. `pace` is the
+/// congestion controller of the link's path.
+fn transport(accepts_stream: bool, pace: PaceConfig) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
-    t.congestion_controller_factory(Arc::new(pace::PaceConfig));
+    t.congestion_controller_factory(Arc::new(pace));
     t.stream_receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     t.send_window(SEND_WINDOW);
@@ -107,8 +111,60 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The links of each path share a [`PathShare`]: every link to or from one peer address (a
+/// client behind one address, or one node address) meets the same bottleneck.
+#[derive(Debug, Default)]
+struct Paths(Mutex<HashMap<IpAddr, Weak<PathShare>>>);
+
+impl Paths {
+    /// The transport settings of a link to or from `peer`.
+    fn transport(&self, peer: IpAddr, accepts_stream: bool) -> Arc<TransportConfig> {
+        transport(accepts_stream, PaceConfig::shared(self.share(peer)))
+    }
+
+    /// The state shared by the links to or from `peer`.
+    fn share(&self, peer: IpAddr) -> Arc<PathShare> {
+        let mut paths = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // A path's entry lives as long as one of its links: the map holds the live paths.
+        paths.retain(|_, share| share.strong_count() > 0);
+        match paths.get(&peer).and_then(Weak::upgrade) {
+            Some(share) => share,
+            None => {
+                let share = Arc::new(PathShare::default());
+                paths.insert(peer, Arc::downgrade(&share));
+                share
+            }
+        }
+    }
+}
+
+/// A node's QUIC endpoint, with what each accepted link gets: the server configuration, and the
+/// congestion state its path shares ([`PathShare`]).
+#[derive(Clone, Debug)]
+pub struct Listener {
+    endpoint: Endpoint,
+    config: quinn::ServerConfig,
+    paths: Arc<Paths>,
+}
+
+impl Listener {
+    /// The endpoint, to wait for incoming links on, ask its address or close it.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+/// The client's QUIC endpoint for one address family, with the configuration each dialled link
+/// gets (see [`Listener`]).
+#[derive(Clone, Debug)]
+pub struct Dialer {
+    endpoint: Endpoint,
+    config: quinn::ClientConfig,
+    paths: Arc<Paths>,
+}
+
 /// An endpoint that accepts QUIC links on `addr` (UDP), with a certificate generated now.
-pub fn server_endpoint(addr: SocketAddr) -> io::Result<Endpoint> {
+pub fn server_endpoint(addr: SocketAddr) -> io::Result<Listener> {
     let other = |e: &dyn std::fmt::Display| io::Error::other(e.to_string());
     let cert =
         rcgen::generate_simple_self_signed(vec![SERVER_NAME.into()]).map_err(|e| other(&e))?;
@@ -124,18 +180,24 @@ pub fn server_endpoint(addr: SocketAddr) -> io::Result<Endpoint> {
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| other(&e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport(true));
-    Endpoint::new(
+    // The endpoint's default; `accept` gives each link its path's transport instead.
+    config.transport_config(transport(true, PaceConfig::default()));
+    let endpoint = Endpoint::new(
         quinn::EndpointConfig::default(),
-        Some(config),
+        Some(config.clone()),
         socket(addr)?,
         Arc::new(quinn::TokioRuntime),
-    )
+    )?;
+    Ok(Listener {
+        endpoint,
+        config,
+        paths: Arc::default(),
+    })
 }
 
 /// An endpoint for dialling QUIC links, bound to an ephemeral port of `local` (an unspecified
 /// address of the nodes' family, normally).
-pub fn client_endpoint(local: SocketAddr) -> io::Result<Endpoint> {
+pub fn client_endpoint(local: SocketAddr) -> io::Result<Dialer> {
     let other = |e: &dyn std::fmt::Display| io::Error::other(e.to_string());
     let provider = provider();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -146,16 +208,18 @@ pub fn client_endpoint(local: SocketAddr) -> io::Result<Endpoint> {
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| other(&e))?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport(false));
-    let mut endpoint = Endpoint::new(
+    let config = quinn::ClientConfig::new(Arc::new(crypto));
+    let endpoint = Endpoint::new(
         quinn::EndpointConfig::default(),
         None,
         socket(local)?,
         Arc::new(quinn::TokioRuntime),
     )?;
-    endpoint.set_default_client_config(config);
-    Ok(endpoint)
+    Ok(Dialer {
+        endpoint,
+        config,
+        paths: Arc::default(),
+    })
 }
 
 fn connection_error(e: quinn::ConnectionError) -> LinkError {
@@ -170,12 +234,15 @@ fn connection_error(e: quinn::ConnectionError) -> LinkError {
 /// Dials a QUIC link to `addr` and opens its stream; the caller runs
 /// [`noise::connect_stream`](crate::noise::connect_stream) on the halves.
 pub async fn connect(
-    endpoint: &Endpoint,
+    dialer: &Dialer,
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<(BoxRead, BoxWrite), LinkError> {
-    let connecting = endpoint
-        .connect(addr, SERVER_NAME)
+    let mut config = dialer.config.clone();
+    config.transport_config(dialer.paths.transport(addr.ip(), false));
+    let connecting = dialer
+        .endpoint
+        .connect_with(config, addr, SERVER_NAME)
         .map_err(|e| LinkError::Io(io::Error::other(e.to_string())))?;
     let conn = tokio::time::timeout(timeout, connecting)
         .await
@@ -190,11 +257,22 @@ pub async fn connect(
 /// [`noise::accept_stream_with`](crate::noise::accept_stream_with) on the halves. The stream
 /// keeps the connection alive; dropping both halves closes it.
 pub async fn accept(
+    listener: &Listener,
     incoming: quinn::Incoming,
     timeout: Duration,
 ) -> Result<(BoxRead, BoxWrite), LinkError> {
+    let mut config = listener.config.clone();
+    config.transport_config(
+        listener
+            .paths
+            .transport(incoming.remote_address().ip(), true),
+    );
     let stream = async {
-        let conn = incoming.await.map_err(connection_error)?;
+        let conn = incoming
+            .accept_with(Arc::new(config))
+            .map_err(connection_error)?
+            .await
+            .map_err(connection_error)?;
         let (send, recv) = conn.accept_bi().await.map_err(connection_error)?;
         let send = Sender::new(send, conn);
         Ok::<_, LinkError>((Box::new(recv) as BoxRead, Box::new(send) as BoxWrite))
@@ -346,5 +424,27 @@ impl ServerCertVerifier for NoVerify {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_links_of_one_peer_address_share_their_path_while_one_lives() {
+        let paths = Paths::default();
+        let (a, b) = ([10, 77, 2, 2].into(), [10, 77, 3, 2].into());
+        let first = paths.share(a);
+        assert!(Arc::ptr_eq(&first, &paths.share(a)));
+        assert!(!Arc::ptr_eq(&first, &paths.share(b)));
+        // The last link of a path gone, the next link starts a new one, and the map forgets
+        // the old.
+        let weak = Arc::downgrade(&first);
+        drop(first);
+        let again = paths.share(a);
+        assert!(weak.upgrade().is_none());
+        assert_eq!(paths.0.lock().unwrap().len(), 1, "b's entry is gone too");
+        drop(again);
     }
 }
