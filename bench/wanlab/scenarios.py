@@ -53,7 +53,7 @@ ALL_CONTENDERS = ["direct-cubic", "direct-bbr", "kcptun", "kcptun-2048",
                   "wanmux-1", "wanmux-8", "wanmux-32", "wanmux-elastic",
                   "wanmux-quic-1", "wanmux-quic-2", "wanmux-quic-4", "wanmux-quic-4l",
                   "wanmux-8l"]
-SWEEP_CONTENDERS = ["direct-cubic", "direct-bbr", "kcptun", "kcptun-2048", "wanmux-1",
+SWEEP_CONTENDERS = ["direct-cubic", "direct-bbr", "kcptun", "kcptun-2048", "wanmux-quic-1",
                     "wanmux-32", "wanmux-elastic"]
 LABELS = {
     "direct-cubic": "direct TCP, cubic",

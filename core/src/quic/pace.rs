@@ -20,14 +20,16 @@
 //!   when the bandwidth grew less than 25% in two busy rounds (a link idles after its
 //!   handshake), or when a round loses heavily. Leaving mid-round, the window drops to one BDP for
 //!   the rest of the round, so the overshoot drains. While another link of the same path (a
-//!   [`PathShare`]) reported a busy cruise round in the last second, start-up grows by a quarter
-//!   per round instead ([`GENTLE_GROWTH`]): that link already fills the path.
-//! - **Climb**: a busy cruise round that delivers 25% more than start-up found, with one RTT
+//!   [`PathShare`]) reported a busy cruise round with a queue in the last 2 s, start-up grows by
+//!   a quarter per round instead ([`GENTLE_GROWTH`]): that link already fills the path.
+//! - **Room**: a busy cruise round that delivers 25% more than start-up found, with one RTT
 //!   sample that saw no queue, may have found room (another flow left, or start-up ended early).
-//!   The window grows by 15-25% per round ([`CLIMB_GAINS`]) as long as the path delivers each
-//!   round's window and no queue grows; on a full path (the rise was this link's share growing at
-//!   another's expense) that costs two or three rounds at 1.15 x. Not within [`SETTLE_RTTS`] of
-//!   leaving start-up: what the rounds before deliver is what start-up found.
+//!   Alone on its path, the link goes back to start-up. Beside another link of its path that
+//!   fills it, the rise may be this link's share growing at the other's expense: it climbs, the
+//!   window 15-25% above the estimate ([`CLIMB_GAINS`]) as long as the path delivers each
+//!   round's window and no queue grows; on a full path that costs two or three rounds at
+//!   1.15 x. Neither within [`SETTLE_RTTS`] of leaving start-up: what the rounds before deliver
+//!   is what start-up found.
 //! - **Cruise**: window = 1.05 x bandwidth x min RTT, which keeps about a twentieth of the path's
 //!   RTT queued at the bottleneck. Every eighth round probes with 1.15 x, so a path that got
 //!   faster is found.
@@ -100,8 +102,8 @@ const QUEUE_DELAY_MAX: Duration = Duration::from_millis(16);
 /// than any queue.
 const QUEUE_DELAY_SAMPLES: u32 = 8;
 const QUEUE_DELAY_MIN_PACKETS: u64 = 128;
-/// A cruise round climbs only if some RTT sample of it was within this fraction of the minimum
-/// RTT (see [`Pace::round_had_room`]).
+/// A cruise round leaves cruise (climb or start-up) only if some RTT sample of it was within
+/// this fraction of the minimum RTT (see [`Pace::round_had_room`]).
 const ROOM_FRACTION: u32 = 16;
 /// After start-up ends, loss counts as overrun only after this many minimum RTTs: start-up's
 /// overshoot was in flight when it ended, and its losses are detected up to two round trips
@@ -137,7 +139,7 @@ impl ControllerFactory for PaceConfig {
 }
 
 /// What the links of one path (to one peer address) tell each other: which of them recently
-/// carried data at the path's rate. A link that starts while another does would overrun the path
+/// filled it (a busy cruise round that saw a queue). A link that starts while another does would overrun the path
 /// with start-up's doubling: the other link already fills it (in the WAN lab a second link that
 /// started late lost 0.87 MB to the queue, and rr round trips beside it took 150 ms on a 100 ms
 /// path). It grows by a quarter per round instead ([`GENTLE_GROWTH`]).
@@ -148,8 +150,12 @@ pub struct PathShare {
     busy: std::sync::Mutex<Vec<(u64, Instant)>>,
 }
 
-/// How long a busy cruise round counts as a sign that its link fills the path.
-const SHARE_FRESH: Duration = Duration::from_secs(1);
+/// How long a busy cruise round that saw a queue counts as a sign that its link fills the path
+/// (a probe, which queues, comes every eighth round).
+const SHARE_FRESH: Duration = Duration::from_secs(2);
+/// A cruise round reports to the [`PathShare`] only if one of its RTT samples was this fraction
+/// of the minimum RTT above it (see [`Pace::round_saw_queue`]); cruise keeps a twentieth queued.
+const FILL_FRACTION: u32 = 32;
 /// Start-up's window growth per acknowledged byte on a path another link fills.
 const GENTLE_GROWTH: f64 = 0.25;
 
@@ -251,7 +257,7 @@ impl Pace {
             lost: 0,
             app_limited: true,
             round_full: false,
-            full_now: true,
+            full_now: false,
             block_min_rtt: Duration::MAX,
             block_samples: 0,
             round_min_rtt: Duration::MAX,
@@ -316,8 +322,9 @@ impl Pace {
             self.app_limited = false;
         }
         if self.phase == Phase::Startup && self.full_now {
+            // The first round may double before any busy round measured the path.
             let cap = (STARTUP_CAP * self.bdp() as f64) as u64;
-            let cap = cap.max(INITIAL_PACKETS * self.mtu);
+            let cap = cap.max(2 * INITIAL_PACKETS * self.mtu);
             let grow = if self.gentle {
                 (GENTLE_GROWTH * bytes as f64) as u64
             } else {
@@ -377,6 +384,16 @@ impl Pace {
         })
     }
 
+    /// Some RTT sample of the round saw a queue at the bottleneck: [`FILL_FRACTION`] of the
+    /// minimum RTT above it (clamped to 2-8 ms). A link in cruise whose rounds see none does not
+    /// fill its path (its start-up ended early), and must not hold back another's start-up.
+    fn round_saw_queue(&self) -> bool {
+        self.min_rtt.is_some_and(|min| {
+            let allowance = (min / FILL_FRACTION).clamp(QUEUE_DELAY_MIN / 2, QUEUE_DELAY_MAX / 2);
+            self.round_max_rtt > min + allowance
+        })
+    }
+
     /// Every RTT sample of the round saw a queue at the bottleneck (see [`CLIMB_QUEUE_FRACTION`]).
     fn climb_queued(&self) -> bool {
         self.min_rtt.is_some_and(|min| {
@@ -397,7 +414,7 @@ impl Pace {
         }
         self.phase = Phase::Cruise(1);
         self.left_startup = Some(now);
-        // What start-up found: a cruise round climbs only 25% above it.
+        // What start-up found: a cruise round leaves cruise only 25% above it.
         self.full_bw = self.full_bw.max(self.bw);
         // Drain: the overshoot is still in flight; a window of one BDP lets the queue empty.
         self.window = self.bdp().max(MIN_PACKETS * self.mtu);
@@ -480,7 +497,20 @@ impl Pace {
                     self.bw = sample;
                 }
                 self.climb_missed = false;
-                Phase::Climb(0)
+                // Alone on the path, the rise is room: start-up finds it in a few rounds. With
+                // another link of the session filling the path, it may be this link's share
+                // growing at the other's expense, and doubling would overrun the path.
+                let shared = self
+                    .share
+                    .as_ref()
+                    .is_some_and(|share| share.other_busy(self.id, now));
+                if shared {
+                    Phase::Climb(0)
+                } else {
+                    self.full_bw = self.bw;
+                    self.flat_rounds = 0;
+                    Phase::Startup
+                }
             }
             Phase::Cruise(n) => Phase::Cruise((n + 1) % CYCLE),
             // The first climb round delivers what cruise's window sent: nothing to judge yet.
@@ -516,7 +546,9 @@ impl Pace {
         );
         if let Some(share) = &self.share {
             match self.phase {
-                Phase::Cruise(_) if !self.app_limited => share.report(self.id, now),
+                Phase::Cruise(_) if !self.app_limited && self.round_saw_queue() => {
+                    share.report(self.id, now)
+                }
                 Phase::Startup => self.gentle = share.other_busy(self.id, now),
                 _ => {}
             }
@@ -854,13 +886,17 @@ mod tests {
     #[test]
     fn two_links_sharing_a_path_keep_it_full_without_overrunning_it() {
         // Two links of one session on scenario B's path, the second joining a second after the
-        // first (its start-up ends early, at the first's queue).
+        // first (its start-up ends early, at the first's queue). As in the daemons, they share
+        // their path's `PathShare`.
         let path = b_path();
+        let share = Arc::new(PathShare::default());
         let start = Instant::now();
         let mut a = Pace::new(start, MTU);
+        (a.id, a.share) = (1, Some(share.clone()));
         run(&mut a, &path, start, 1.0, 15);
         let joined = start + Duration::from_secs(1);
         let mut b = Pace::new(joined, MTU);
+        (b.id, b.share) = (2, Some(share));
         run_shared(&mut [&mut a, &mut b], &path, joined, 2.0, 16);
         let later = joined + Duration::from_secs(2);
         let outs = run_shared(&mut [&mut a, &mut b], &path, later, 10.0, 17);
@@ -906,42 +942,53 @@ mod tests {
     }
 
     #[test]
-    fn a_cruise_round_climbs_only_if_the_path_has_room() {
+    fn a_cruise_round_leaves_cruise_only_if_the_path_has_room() {
         // A link of a session whose share grows (another link's shrinks) delivers more than its
         // start-up found, but its RTT samples show the path's queue: start-up's doubling would
-        // overrun it (in the WAN lab it lost 0.85 MB to the queue in one round, when such a
-        // round went back to start-up).
+        // overrun it (in the WAN lab it lost 0.85 MB to the queue in one round). The same rise
+        // with an empty queue means room: alone on the path, start-up finds it; beside another
+        // link of the session that fills the path, a climb does (the rise may be its share).
         let rtt = Duration::from_millis(100);
         let bdp = 1_000_000;
-        let start = Instant::now();
-        let mut pace = Pace::new(start, MTU);
-        let mut now = start;
-        while pace.phase() == Phase::Startup {
-            now = round(&mut pace, now, rtt, bdp, 0);
-        }
-        // Settled cruise at that rate (the rounds just after start-up count as its own).
-        for _ in 0..4 {
-            now = round_at(&mut pace, now, rtt + rtt / 10, rtt, bdp);
-        }
-        for _ in 0..3 {
-            now = round_at(&mut pace, now, rtt + rtt / 10, rtt, 3 * bdp / 2);
-            assert!(matches!(pace.phase(), Phase::Cruise(_)), "{pace:?}");
-        }
-        // The same rise with an empty queue: another flow left, there is room.
-        round_at(&mut pace, now, rtt, rtt, 3 * bdp / 2);
-        assert_eq!(pace.phase(), Phase::Climb(0), "{pace:?}");
+        let after_rise = |beside_busy_link: bool| {
+            let start = Instant::now();
+            let share = Arc::new(PathShare::default());
+            let mut pace = Pace::new(start, MTU);
+            (pace.id, pace.share) = (2, Some(share.clone()));
+            let mut now = start;
+            while pace.phase() == Phase::Startup {
+                now = round(&mut pace, now, rtt, bdp, 0);
+            }
+            // Settled cruise at that rate (the rounds just after start-up count as its own).
+            for _ in 0..4 {
+                now = round_at(&mut pace, now, rtt + rtt / 10, rtt, bdp);
+            }
+            for _ in 0..3 {
+                now = round_at(&mut pace, now, rtt + rtt / 10, rtt, 3 * bdp / 2);
+                assert!(matches!(pace.phase(), Phase::Cruise(_)), "{pace:?}");
+            }
+            if beside_busy_link {
+                share.report(1, now);
+            }
+            round_at(&mut pace, now, rtt, rtt, 3 * bdp / 2);
+            pace.phase()
+        };
+        assert_eq!(after_rise(false), Phase::Startup);
+        assert_eq!(after_rise(true), Phase::Climb(0));
     }
 
     #[test]
     fn a_climb_that_finds_no_room_ends_within_three_rounds_of_1_15() {
         // Cruise at 10 MB/s, then a round delivers 15 MB/s with no queue: the climb starts. The
         // path delivers no more than that: the second and third rounds' deliveries show that the
-        // windows before found no room. (In the WAN lab, a link whose share grew went back to doubling and
-        // lost 0.86 MB to the queue; the rr round trips beside it took 150 ms on a 100 ms path.)
+        // windows before found no room. (In the WAN lab, a link whose share grew went back to doubling
+        // and lost 0.86 MB to the queue; the rr round trips beside it took 150 ms on a 100 ms path.)
         let rtt = Duration::from_millis(100);
         let bdp = 1_000_000;
         let start = Instant::now();
+        let share = Arc::new(PathShare::default());
         let mut pace = Pace::new(start, MTU);
+        (pace.id, pace.share) = (2, Some(share.clone()));
         let mut now = start;
         while pace.phase() == Phase::Startup {
             now = round(&mut pace, now, rtt, bdp, 0);
@@ -949,6 +996,8 @@ mod tests {
         for _ in 0..8 {
             now = round(&mut pace, now, rtt, bdp, 0);
         }
+        // The session's other link fills the path.
+        share.report(1, now);
         now = round(&mut pace, now, rtt, 3 * bdp / 2, 0);
         assert_eq!(pace.phase(), Phase::Climb(0), "{pace:?}");
         let mut windows = vec![pace.window()];
