@@ -103,7 +103,7 @@ def render(data: dict, title: str | None) -> str:
     t = title or "Goodput of one TCP connection against random loss"
     o.append(f'<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{escape(t)}</text>')
     sub = (f"path {data['base']} + loss; median of {data.get('repeat', '?')} run(s) of "
-           f"{data.get('time', '?'):g} s per point; wanmux links: {data.get('wanmux_cc', '?')}")
+           f"{data.get('time', '?'):g} s; wanmux links: TCP {data.get('wanmux_cc', '?')}, QUIC pace")
     o.append(f'<text x="{LEFT}" y="40" fill="#555">{escape(sub)}</text>')
 
     # Goodput panel: grid, axes, line rate.
