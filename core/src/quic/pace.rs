@@ -73,9 +73,10 @@ const PROBE_GAIN: f64 = 1.15;
 /// Window gains of the rounds of a climb, the next for each round whose window the path
 /// delivered. A round's delivery shows the window of the round before: the window counts as
 /// delivered if the rate came at least halfway from the bandwidth estimate to the window's rate,
-/// and no queue grew ([`CLIMB_QUEUE`]). A climb that meets a full path costs two rounds of
-/// 1.15 x. Growing further than 1.25 x per round overshot the path by up to its own rate in the
-/// WAN lab, where no RTT sample had shown a queue a round before.
+/// and no queue grew ([`CLIMB_QUEUE_FRACTION`]). A climb that meets a full path costs two or
+/// three rounds of 1.15 x (one round short is forgiven). Growing further than 1.25 x per round
+/// overshot the path by up to its own rate in the WAN lab, where no RTT sample had shown a queue
+/// a round before.
 const CLIMB_GAINS: [f64; 3] = [1.15, 1.15, 1.25];
 /// A climb round whose RTT samples were all this fraction of the minimum RTT above it (clamped
 /// to [`CLIMB_QUEUE_MIN`, `CLIMB_QUEUE_MAX`]) ends the climb: a queue grew, and what the link
