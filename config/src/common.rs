@@ -261,13 +261,14 @@ fn is_dns_name(name: &str) -> bool {
 /// which is bounded by the *peer's* windows in the same way. With the defaults that is 32 MiB of
 /// data per session and direction, whatever the number of streams.
 ///
-/// Note that the protocol lets each side send its initial credit (256 KiB per stream, 16 MiB
+/// Note that the protocol lets each side send its initial credit (2 MiB per stream, 16 MiB
 /// per session, see `docs/PROTOCOL.md`) before the first window update, so a receiver must be
 /// ready to hold that much per stream and per session even when its windows are smaller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Receive window per stream, in bytes: how far past the bytes the application has read a
-    /// peer may send on one stream. Default 4 MiB, range 16 KiB..=1 GiB.
+    /// peer may send on one stream. Default 4 MiB, range 16 KiB..=1 GiB; below the protocol's
+    /// initial credit (2 MiB) it acts as 2 MiB.
     ///
     /// This caps one stream's throughput at `stream_window / RTT` (4 MiB at 100 ms RTT is about
     /// 335 Mbit/s), so raise it for bulk transfers over long paths. Memory: at most one window
@@ -299,7 +300,7 @@ pub struct Limits {
     /// used up, windows stop growing and applications' sockets stop being read (backpressure);
     /// while the receive half is full, new streams are refused (`RESET` code 5) on the server
     /// and not accepted on the client. It can be exceeded only by the protocol's initial credit
-    /// (256 KiB) of streams opened in the instant it filled.
+    /// (2 MiB) of streams opened in the instant it filled.
     pub memory: u64,
 }
 

@@ -12,11 +12,11 @@
 //! use up the memory that receive credit needs, two daemons with full send buffers would wait
 //! for each other's credit forever.
 //!
-//! The first 256 KiB of credit of every stream are not reserved (the protocol grants them before
+//! The first 2 MiB of credit of every stream are not reserved (the protocol grants them before
 //! any window update, and an idle stream should cost the budget nothing), so the receive side
-//! can hold at most the receive pool plus 256 KiB per open stream. Written bytes are counted
-//! after the application's capacity check, so the send pool can run over by one socket read
-//! per stream that was reading at that moment.
+//! can hold at most the receive pool plus 2 MiB per open stream (at most the session credit
+//! per session). Written bytes are counted after the application's capacity check, so the send
+//! pool can run over by one socket read per stream that was reading at that moment.
 //!
 //! A session that finds a pool empty registers as waiting; the next release wakes every
 //! waiting session (with the `io` feature, through [`Budget::notified`]) and each retries.

@@ -356,10 +356,10 @@ pub fn run(sc: &Scenario) -> Outcome {
                 continue;
             }
             for (dir, side) in sides.iter_mut().enumerate() {
+                // A blackholed link still sends at its rate; what it sends is lost on the way
+                // (dropped on arrival above). Taking its messages at no cost made the engine
+                // refill it without end: the test ran for minutes.
                 while p.free_at[dir] <= now && side.poll_transmit(now, p.id, &mut buf) {
-                    if p.blackholed {
-                        continue;
-                    }
                     let len = buf.len() as u64 + 18;
                     let ser = Duration::from_nanos(len * 1_000_000_000 / p.spec.bandwidth);
                     p.free_at[dir] = now.max(p.free_at[dir]) + ser;

@@ -13,8 +13,9 @@ use wanmux_tests::slow::{fast_write, pair, slow_read};
 const MIB: u64 = 1 << 20;
 /// Each daemon's cap: 4 MiB per pool.
 const MEMORY: u64 = 8 * MIB;
-const STREAM_WINDOW: u64 = 2 * MIB;
-/// Streams per direction: their send windows together (16 MiB) are four times a pool.
+/// Twice the protocol's initial credit (2 MiB), which the budget does not count.
+const STREAM_WINDOW: u64 = 4 * MIB;
+/// Streams per direction: their send windows together (32 MiB) are eight times a pool.
 const STREAMS: u64 = 8;
 const SLOW_FOR: Duration = Duration::from_secs(2);
 /// A stream task checks its capacity, then reads its socket (at most 256 KiB), then writes to

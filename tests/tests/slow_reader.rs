@@ -17,8 +17,9 @@ use wanmux_tests::slow::{fast_write, pair, slow_read};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
-/// The configured per-stream window (the engine's smallest) and session window.
-const STREAM_WINDOW: u64 = 256 * KIB;
+/// The configured per-stream window (the engine's smallest: the protocol's initial credit) and
+/// session window.
+const STREAM_WINDOW: u64 = wanmux_core::engine::INITIAL_STREAM_CREDIT;
 const SESSION_WINDOW: u64 = 16 * MIB;
 /// How long the writers write and the readers read slowly.
 const SLOW_FOR: Duration = Duration::from_secs(3);
@@ -29,7 +30,7 @@ const SLOW_FOR: Duration = Duration::from_secs(3);
 const IN_FLIGHT_MAX: u64 = 32 * MIB;
 /// Resident memory growth allowed while the writers push: each stream's send and receive
 /// windows on both daemons and a chunk in each stream task, plus allocator and runtime slack
-/// (about 2 MiB in all here). Unbounded buffering would grow by gigabytes.
+/// (about 24 MiB in all here). Unbounded buffering would grow by gigabytes.
 const RSS_SLACK_KIB: u64 = (2 * 2 * 2 * STREAM_WINDOW + 8 * MIB) / KIB;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,8 +18,10 @@ use super::{
 };
 use crate::keys::{PublicKey, KEY_LEN};
 
-/// Version byte of both handshake payloads.
-const VERSION: u8 = 1;
+/// Version byte of both handshake payloads. Version 2 raised the initial stream credit from
+/// 256 KiB to 2 MiB (`engine::INITIAL_STREAM_CREDIT`): a version 1 peer would close the link
+/// on the first stream that used it, so the hello refuses it instead.
+const VERSION: u8 = 2;
 /// `version | session_id | link_seq | flags`.
 const CLIENT_HELLO_LEN: usize = 1 + 16 + 4 + 1;
 /// `version | node_id | status | epoch`.

@@ -735,8 +735,9 @@ fn hello_payloads_are_checked() {
     let good = encode_client_hello(&HELLO);
     assert_eq!(decode_client_hello(&good).unwrap(), HELLO);
     assert!(decode_client_hello(&good[..21]).is_err());
+    // Version 1 (256 KiB of initial stream credit) is refused.
     let mut bad = good;
-    bad[0] = 2;
+    bad[0] = 1;
     assert!(decode_client_hello(&bad).is_err());
 
     let hello = ServerHello {
@@ -744,11 +745,11 @@ fn hello_payloads_are_checked() {
         epoch: 0x0102_0304_0506_0708,
     };
     let good = encode_server_hello(&hello);
-    assert_eq!(good, [1, 0, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(good, [2, 0, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
     assert_eq!(decode_server_hello(&good).unwrap(), hello);
     assert!(decode_server_hello(&good[..11]).is_err());
     let mut bad = good;
-    bad[0] = 2;
+    bad[0] = 1;
     assert!(decode_server_hello(&bad).is_err());
     let mut bad = good;
     bad[3] = 1;
