@@ -30,6 +30,11 @@
 //!   round's window and no queue grows; on a full path that costs two or three rounds at
 //!   1.15 x. Neither within [`SETTLE_RTTS`] of leaving start-up: what the rounds before deliver
 //!   is what start-up found.
+//! - **Short estimate**: a busy cruise round that delivered the estimate while its RTT samples
+//!   averaged no queue (a right estimate keeps a twentieth of the RTT queued) climbs as well,
+//!   alone or not. A climb alone that doubles the estimate with no queue hands over to start-up.
+//!   After a climb that raised the estimate by less than a twentieth, only the probing round
+//!   may start the next (a policer drops without queueing).
 //! - **Cruise**: window = 1.05 x bandwidth x min RTT, which keeps about a twentieth of the path's
 //!   RTT queued at the bottleneck. Every eighth round probes with 1.15 x, so a path that got
 //!   faster is found.
@@ -208,6 +213,8 @@ pub struct Pace {
     /// round without (a link the engine gave little data) says nothing about the pipe, whatever
     /// quinn's `app_limited` says: quinn counts a sender as busy whenever it sent something.
     round_full: bool,
+    /// The most bytes in flight after a batch of acks this round (for traces).
+    round_in_flight: u64,
     /// After the last batch of acks, at least half the window was in flight: start-up grows the
     /// window only then (a window the sender does not use says nothing about the path, and the
     /// engine may hand the link a burst later; RFC 7661).
@@ -219,6 +226,9 @@ pub struct Pace {
     /// The smallest and largest RTT samples of the current round.
     round_min_rtt: Duration,
     round_max_rtt: Duration,
+    /// The sum and number of the round's RTT samples: their mean.
+    round_rtt_sum: Duration,
+    round_rtt_samples: u32,
     /// The last [`BW_ROUNDS`] filtered samples, bytes per second; `next` is the oldest.
     samples: [u64; BW_ROUNDS],
     next: usize,
@@ -236,6 +246,12 @@ pub struct Pace {
     climb_targets: [u64; 2],
     /// Climb: the last round fell short of its target.
     climb_missed: bool,
+    /// The estimate when the last climb began.
+    climb_from: u64,
+    /// The last climb raised the estimate by less than a twentieth: a climb on an empty queue
+    /// waits for the probing round (a path that drops instead of queueing, as a policer does,
+    /// never shows a queue).
+    climb_futile: bool,
     /// The other links of the path, if known; start-up grows gently while one of them fills it.
     share: Option<Arc<PathShare>>,
     gentle: bool,
@@ -259,11 +275,14 @@ impl Pace {
             lost: 0,
             app_limited: true,
             round_full: false,
+            round_in_flight: 0,
             full_now: false,
             block_min_rtt: Duration::MAX,
             block_samples: 0,
             round_min_rtt: Duration::MAX,
             round_max_rtt: Duration::ZERO,
+            round_rtt_sum: Duration::ZERO,
+            round_rtt_samples: 0,
             samples: [0; BW_ROUNDS],
             next: 0,
             prev_sample: 0,
@@ -273,6 +292,8 @@ impl Pace {
             overrun_before: false,
             climb_targets: [0; 2],
             climb_missed: false,
+            climb_from: 0,
+            climb_futile: false,
             share: None,
             gentle: false,
             left_startup: None,
@@ -309,6 +330,8 @@ impl Pace {
         let rtt = now.saturating_duration_since(sent);
         self.round_min_rtt = self.round_min_rtt.min(rtt);
         self.round_max_rtt = self.round_max_rtt.max(rtt);
+        self.round_rtt_sum += rtt;
+        self.round_rtt_samples += 1;
         if self.phase == Phase::Startup {
             self.block_min_rtt = self.block_min_rtt.min(rtt);
             self.block_samples += 1;
@@ -344,6 +367,7 @@ impl Pace {
     pub fn on_in_flight(&mut self, in_flight: u64) {
         self.full_now = 2 * in_flight >= self.window;
         self.round_full |= self.full_now;
+        self.round_in_flight = self.round_in_flight.max(in_flight);
     }
 
     /// `bytes` were declared lost; `persistent` is QUIC's persistent congestion (RFC 9002).
@@ -393,6 +417,18 @@ impl Pace {
         self.min_rtt.is_some_and(|min| {
             let allowance = (min / FILL_FRACTION).clamp(QUEUE_DELAY_MIN / 2, QUEUE_DELAY_MAX / 2);
             self.round_max_rtt > min + allowance
+        })
+    }
+
+    /// The round's RTT samples saw, on average, no queue at the bottleneck (within
+    /// [`CLIMB_QUEUE_FRACTION`] of the minimum RTT): a cruise window of [`CRUISE_GAIN`] x the
+    /// estimate keeps a twentieth of the RTT queued, so the estimate is short of the path. The
+    /// mean, not the largest sample: a delayed ack inflates single samples by up to 25 ms.
+    fn round_saw_no_queue(&self) -> bool {
+        self.min_rtt.is_some_and(|min| {
+            let allowance = (min / CLIMB_QUEUE_FRACTION).clamp(CLIMB_QUEUE_MIN, CLIMB_QUEUE_MAX);
+            self.round_rtt_samples > 0
+                && self.round_rtt_sum / self.round_rtt_samples <= min + allowance
         })
     }
 
@@ -507,12 +543,30 @@ impl Pace {
                     .as_ref()
                     .is_some_and(|share| share.other_busy(self.id, now));
                 if shared {
+                    self.climb_from = self.bw;
                     Phase::Climb(0)
                 } else {
                     self.full_bw = self.bw;
                     self.flat_rounds = 0;
                     Phase::Startup
                 }
+            }
+            // A busy cruise round that delivered the estimate and whose samples saw no queue:
+            // the estimate is short of the path (start-up ended on a round that a loss held
+            // back, or another flow left). Climb until a queue shows. (In the WAN lab's C,
+            // cruise rounds at 64 of 96 Mbit/s grew the estimate by about 1% per round, through
+            // probes alone.)
+            Phase::Cruise(n)
+                if settled
+                    && !self.app_limited
+                    && !overrun
+                    && (n == 0 || !self.climb_futile)
+                    && sample >= self.bw
+                    && self.round_saw_no_queue() =>
+            {
+                self.climb_missed = false;
+                self.climb_from = self.bw;
+                Phase::Climb(0)
             }
             Phase::Cruise(n) => Phase::Cruise((n + 1) % CYCLE),
             // The first climb round delivers what cruise's window sent: nothing to judge yet.
@@ -525,12 +579,26 @@ impl Pace {
                 // One round short of its target is forgiven (a loss holds the data behind it);
                 // two in a row end the climb.
                 self.climb_missed = n > 0 && sample < self.climb_targets[0];
-                Phase::Climb(n + 1)
+                let alone = !self
+                    .share
+                    .as_ref()
+                    .is_some_and(|share| share.other_busy(self.id, now));
+                if alone && !self.climb_missed && self.bw >= 2 * self.climb_from {
+                    // The climb doubled the estimate and no queue showed: the link is far below
+                    // its path's rate, and start-up finds that in a few rounds where climbing
+                    // would take many (from 5% of the test model's B path: 2.5 s).
+                    self.full_bw = self.bw;
+                    self.flat_rounds = 0;
+                    Phase::Startup
+                } else {
+                    Phase::Climb(n + 1)
+                }
             }
             Phase::Climb(_) => {
                 // Like the end of start-up: the last round's overshoot is still in flight.
                 self.left_startup = Some(now);
                 self.full_bw = self.full_bw.max(self.bw);
+                self.climb_futile = (self.bw as f64) < 1.05 * self.climb_from as f64;
                 Phase::Cruise(1)
             }
         };
@@ -544,6 +612,9 @@ impl Pace {
             app_limited = self.app_limited,
             round_min_rtt_ms = self.round_min_rtt.as_secs_f64() * 1e3,
             round_max_rtt_ms = self.round_max_rtt.as_secs_f64() * 1e3,
+            window = self.window,
+            mean_rtt_ms = (self.round_rtt_sum / self.round_rtt_samples.max(1)).as_secs_f64() * 1e3,
+            in_flight = self.round_in_flight,
             "pace round"
         );
         if let Some(share) = &self.share {
@@ -559,8 +630,11 @@ impl Pace {
         self.lost = 0;
         self.app_limited = true;
         self.round_full = false;
+        self.round_in_flight = 0;
         self.round_min_rtt = Duration::MAX;
         self.round_max_rtt = Duration::ZERO;
+        self.round_rtt_sum = Duration::ZERO;
+        self.round_rtt_samples = 0;
         self.round_start = now;
         let floor = MIN_PACKETS * self.mtu;
         self.window = match self.phase {
@@ -1010,6 +1084,97 @@ mod tests {
         assert!(matches!(pace.phase(), Phase::Cruise(_)), "{pace:?}");
         let most = *windows.iter().max().unwrap();
         assert!(most <= 3 * bdp / 2 * 116 / 100, "{windows:?}");
+    }
+
+    #[test]
+    fn a_busy_cruise_round_climbs_only_if_its_samples_saw_no_queue() {
+        // Start-up ended on flat rounds at 10 MB/s. Cruise rounds that deliver their window with
+        // RTT samples at the minimum climb; with the twentieth of the RTT queued that a right
+        // estimate keeps, they stay in cruise.
+        let rtt = Duration::from_millis(100);
+        let bdp = 1_000_000;
+        let after = |queue: Duration| {
+            let start = Instant::now();
+            let mut pace = Pace::new(start, MTU);
+            let mut now = start;
+            while pace.phase() == Phase::Startup {
+                now = round(&mut pace, now, rtt, bdp, 0);
+            }
+            for _ in 0..6 {
+                let w = pace.window();
+                now = round_at(&mut pace, now, rtt + queue, rtt, w);
+                if matches!(pace.phase(), Phase::Climb(_)) {
+                    break;
+                }
+            }
+            pace.phase()
+        };
+        assert_eq!(after(Duration::ZERO), Phase::Climb(0));
+        assert!(matches!(after(rtt / 20), Phase::Cruise(_)));
+    }
+
+    #[test]
+    fn a_path_that_drops_instead_of_queueing_gets_a_climb_per_probing_cycle_at_most() {
+        // A policer: it delivers 10 MB/s whatever the window and drops the rest, and no RTT
+        // sample ever shows a queue. A climb that found nothing waits for the probing round.
+        let rtt = Duration::from_millis(100);
+        let bdp = 1_000_000;
+        let start = Instant::now();
+        let mut pace = Pace::new(start, MTU);
+        let mut now = start;
+        while pace.phase() == Phase::Startup {
+            now = round(&mut pace, now, rtt, bdp, 0);
+        }
+        let rounds = 110;
+        let mut climbs = 0;
+        for _ in 0..rounds {
+            let w = pace.window();
+            now = round(&mut pace, now, rtt, w.min(bdp), w.saturating_sub(bdp));
+            climbs += usize::from(pace.phase() == Phase::Climb(0));
+        }
+        // A futile climb and the cycle after it: 11 rounds.
+        assert!(
+            climbs <= rounds / 11 + 1,
+            "{climbs} climbs in {rounds} rounds"
+        );
+        assert!(pace.bandwidth() < bdp * 11 / 10 * 10, "{pace:?}");
+    }
+
+    #[test]
+    fn a_link_in_cruise_far_below_its_path_goes_back_to_start_up() {
+        let path = b_path();
+        let start = Instant::now();
+        let mut pace = Pace::new(start, MTU);
+        let low = (0.05 * path.rate) as u64;
+        pace.phase = Phase::Cruise(1);
+        pace.min_rtt = Some(path.rtt);
+        pace.samples = [low; BW_ROUNDS];
+        (pace.bw, pace.full_bw) = (low, low);
+        pace.window = (CRUISE_GAIN * pace.bdp() as f64) as u64;
+        run(&mut pace, &path, start, 1.5, 22);
+        let bw = pace.bandwidth() as f64;
+        assert!(bw > 0.8 * path.rate, "bw {bw} {pace:?}");
+    }
+
+    #[test]
+    fn a_link_in_cruise_below_its_path_finds_it() {
+        // In the WAN lab's C, start-up ended at 64 of 96 Mbit/s (its last round was held back by
+        // a loss), and probes alone took 6 s to find the rest. Here the estimate starts at 60%
+        // of scenario B's path.
+        let path = b_path();
+        let start = Instant::now();
+        let mut pace = Pace::new(start, MTU);
+        let low = (0.6 * path.rate) as u64;
+        pace.phase = Phase::Cruise(1);
+        pace.min_rtt = Some(path.rtt);
+        pace.samples = [low; BW_ROUNDS];
+        (pace.bw, pace.full_bw) = (low, low);
+        pace.window = (CRUISE_GAIN * pace.bdp() as f64) as u64;
+        let out = run(&mut pace, &path, start, 3.0, 21);
+        let bw = pace.bandwidth() as f64;
+        assert!(bw > 0.9 * path.rate, "bw {bw} {pace:?}");
+        assert!(out.tail_drops * u64::from(MTU) < out.sent / 1000, "{out:?}");
+        assert!(out.max_queue < Duration::from_millis(40), "{out:?}");
     }
 
     #[test]
