@@ -427,9 +427,13 @@ impl Pace {
     fn round_saw_no_queue(&self) -> bool {
         self.min_rtt.is_some_and(|min| {
             let allowance = (min / CLIMB_QUEUE_FRACTION).clamp(CLIMB_QUEUE_MIN, CLIMB_QUEUE_MAX);
-            self.round_rtt_samples > 0
-                && self.round_rtt_sum / self.round_rtt_samples <= min + allowance
+            self.round_rtt_samples > 0 && self.round_mean_rtt() <= min + allowance
         })
+    }
+
+    /// The mean of the round's RTT samples (zero before any).
+    fn round_mean_rtt(&self) -> Duration {
+        self.round_rtt_sum / self.round_rtt_samples.max(1)
     }
 
     /// Every RTT sample of the round saw a queue at the bottleneck (see [`CLIMB_QUEUE_FRACTION`]).
@@ -438,6 +442,28 @@ impl Pace {
             let allowance = (min / CLIMB_QUEUE_FRACTION).clamp(CLIMB_QUEUE_MIN, CLIMB_QUEUE_MAX);
             self.round_min_rtt > min + allowance
         })
+    }
+
+    /// Another link of this path reported a busy cruise round with a queue lately: it fills the
+    /// path (see [`PathShare`]).
+    fn path_busy(&self, now: Instant) -> bool {
+        self.share
+            .as_ref()
+            .is_some_and(|share| share.other_busy(self.id, now))
+    }
+
+    /// A climb begins from the current estimate.
+    fn start_climb(&mut self) -> Phase {
+        self.climb_missed = false;
+        self.climb_from = self.bw;
+        Phase::Climb(0)
+    }
+
+    /// Back to start-up, which finds the path's rate from the current estimate.
+    fn restart_start_up(&mut self) -> Phase {
+        self.full_bw = self.bw;
+        self.flat_rounds = 0;
+        Phase::Startup
     }
 
     /// Start-up ends in the middle of a round: the round's delivery so far counts as a sample,
@@ -534,21 +560,13 @@ impl Pace {
                     self.samples[(self.next + BW_ROUNDS - 1) % BW_ROUNDS] = sample;
                     self.bw = sample;
                 }
-                self.climb_missed = false;
                 // Alone on the path, the rise is room: start-up finds it in a few rounds. With
                 // another link of the session filling the path, it may be this link's share
                 // growing at the other's expense, and doubling would overrun the path.
-                let shared = self
-                    .share
-                    .as_ref()
-                    .is_some_and(|share| share.other_busy(self.id, now));
-                if shared {
-                    self.climb_from = self.bw;
-                    Phase::Climb(0)
+                if self.path_busy(now) {
+                    self.start_climb()
                 } else {
-                    self.full_bw = self.bw;
-                    self.flat_rounds = 0;
-                    Phase::Startup
+                    self.restart_start_up()
                 }
             }
             // A busy cruise round that delivered the estimate and whose samples saw no queue:
@@ -564,9 +582,7 @@ impl Pace {
                     && sample >= self.bw
                     && self.round_saw_no_queue() =>
             {
-                self.climb_missed = false;
-                self.climb_from = self.bw;
-                Phase::Climb(0)
+                self.start_climb()
             }
             Phase::Cruise(n) => Phase::Cruise((n + 1) % CYCLE),
             // The first climb round delivers what cruise's window sent: nothing to judge yet.
@@ -579,17 +595,11 @@ impl Pace {
                 // One round short of its target is forgiven (a loss holds the data behind it);
                 // two in a row end the climb.
                 self.climb_missed = n > 0 && sample < self.climb_targets[0];
-                let alone = !self
-                    .share
-                    .as_ref()
-                    .is_some_and(|share| share.other_busy(self.id, now));
-                if alone && !self.climb_missed && self.bw >= 2 * self.climb_from {
+                if !self.climb_missed && self.bw >= 2 * self.climb_from && !self.path_busy(now) {
                     // The climb doubled the estimate and no queue showed: the link is far below
                     // its path's rate, and start-up finds that in a few rounds where climbing
-                    // would take many (from 5% of the test model's B path: 2.5 s).
-                    self.full_bw = self.bw;
-                    self.flat_rounds = 0;
-                    Phase::Startup
+                    // takes many (from 5% of the test model's B path it reached 16% in 1.5 s).
+                    self.restart_start_up()
                 } else {
                     Phase::Climb(n + 1)
                 }
@@ -613,7 +623,7 @@ impl Pace {
             round_min_rtt_ms = self.round_min_rtt.as_secs_f64() * 1e3,
             round_max_rtt_ms = self.round_max_rtt.as_secs_f64() * 1e3,
             window = self.window,
-            mean_rtt_ms = (self.round_rtt_sum / self.round_rtt_samples.max(1)).as_secs_f64() * 1e3,
+            mean_rtt_ms = self.round_mean_rtt().as_secs_f64() * 1e3,
             in_flight = self.round_in_flight,
             "pace round"
         );
@@ -902,6 +912,28 @@ mod tests {
         at(packets)
     }
 
+    /// Busy rounds that each deliver `bdp` in `rtt` until start-up ends on flat rounds. Returns
+    /// when the last ended.
+    fn through_start_up(pace: &mut Pace, start: Instant, rtt: Duration, bdp: u64) -> Instant {
+        let mut now = start;
+        while pace.phase() == Phase::Startup {
+            now = round(pace, now, rtt, bdp, 0);
+        }
+        now
+    }
+
+    /// A link in cruise on `path` whose estimate is `fraction` of the path's rate.
+    fn cruising_at(path: &Path, start: Instant, fraction: f64) -> Pace {
+        let mut pace = Pace::new(start, MTU);
+        let low = (fraction * path.rate) as u64;
+        pace.phase = Phase::Cruise(1);
+        pace.min_rtt = Some(path.rtt);
+        pace.samples = [low; BW_ROUNDS];
+        (pace.bw, pace.full_bw) = (low, low);
+        pace.window = (CRUISE_GAIN * pace.bdp() as f64) as u64;
+        pace
+    }
+
     #[test]
     fn only_repeated_overrun_after_start_up_has_settled_cuts_the_bandwidth() {
         // Scenario C: 12.5 MB/s, 200 ms. Start-up ends on flat rounds.
@@ -909,10 +941,7 @@ mod tests {
         let bdp = 2_500_000;
         let start = Instant::now();
         let mut pace = Pace::new(start, MTU);
-        let mut now = start;
-        while pace.phase() == Phase::Startup {
-            now = round(&mut pace, now, rtt, bdp, 0);
-        }
+        let mut now = through_start_up(&mut pace, start, rtt, bdp);
         let bw = pace.bandwidth() as f64;
         // Start-up's overshoot: two rounds losing a third of their bytes, half delivered (the
         // sender waits behind the lost data).
@@ -1031,10 +1060,7 @@ mod tests {
             let share = Arc::new(PathShare::default());
             let mut pace = Pace::new(start, MTU);
             (pace.id, pace.share) = (2, Some(share.clone()));
-            let mut now = start;
-            while pace.phase() == Phase::Startup {
-                now = round(&mut pace, now, rtt, bdp, 0);
-            }
+            let mut now = through_start_up(&mut pace, start, rtt, bdp);
             // Settled cruise at that rate (the rounds just after start-up count as its own).
             for _ in 0..4 {
                 now = round_at(&mut pace, now, rtt + rtt / 10, rtt, bdp);
@@ -1065,10 +1091,7 @@ mod tests {
         let share = Arc::new(PathShare::default());
         let mut pace = Pace::new(start, MTU);
         (pace.id, pace.share) = (2, Some(share.clone()));
-        let mut now = start;
-        while pace.phase() == Phase::Startup {
-            now = round(&mut pace, now, rtt, bdp, 0);
-        }
+        let mut now = through_start_up(&mut pace, start, rtt, bdp);
         for _ in 0..8 {
             now = round(&mut pace, now, rtt, bdp, 0);
         }
@@ -1096,10 +1119,7 @@ mod tests {
         let after = |queue: Duration| {
             let start = Instant::now();
             let mut pace = Pace::new(start, MTU);
-            let mut now = start;
-            while pace.phase() == Phase::Startup {
-                now = round(&mut pace, now, rtt, bdp, 0);
-            }
+            let mut now = through_start_up(&mut pace, start, rtt, bdp);
             for _ in 0..6 {
                 let w = pace.window();
                 now = round_at(&mut pace, now, rtt + queue, rtt, w);
@@ -1121,10 +1141,7 @@ mod tests {
         let bdp = 1_000_000;
         let start = Instant::now();
         let mut pace = Pace::new(start, MTU);
-        let mut now = start;
-        while pace.phase() == Phase::Startup {
-            now = round(&mut pace, now, rtt, bdp, 0);
-        }
+        let mut now = through_start_up(&mut pace, start, rtt, bdp);
         let rounds = 110;
         let mut climbs = 0;
         for _ in 0..rounds {
@@ -1137,20 +1154,15 @@ mod tests {
             climbs <= rounds / 11 + 1,
             "{climbs} climbs in {rounds} rounds"
         );
-        assert!(pace.bandwidth() < bdp * 11 / 10 * 10, "{pace:?}");
+        // The estimate stays at the policer's rate (10 x `bdp` per second).
+        assert!(pace.bandwidth() < bdp * 11, "{pace:?}");
     }
 
     #[test]
     fn a_link_in_cruise_far_below_its_path_goes_back_to_start_up() {
         let path = b_path();
         let start = Instant::now();
-        let mut pace = Pace::new(start, MTU);
-        let low = (0.05 * path.rate) as u64;
-        pace.phase = Phase::Cruise(1);
-        pace.min_rtt = Some(path.rtt);
-        pace.samples = [low; BW_ROUNDS];
-        (pace.bw, pace.full_bw) = (low, low);
-        pace.window = (CRUISE_GAIN * pace.bdp() as f64) as u64;
+        let mut pace = cruising_at(&path, start, 0.05);
         run(&mut pace, &path, start, 1.5, 22);
         let bw = pace.bandwidth() as f64;
         assert!(bw > 0.8 * path.rate, "bw {bw} {pace:?}");
@@ -1163,13 +1175,7 @@ mod tests {
         // of scenario B's path.
         let path = b_path();
         let start = Instant::now();
-        let mut pace = Pace::new(start, MTU);
-        let low = (0.6 * path.rate) as u64;
-        pace.phase = Phase::Cruise(1);
-        pace.min_rtt = Some(path.rtt);
-        pace.samples = [low; BW_ROUNDS];
-        (pace.bw, pace.full_bw) = (low, low);
-        pace.window = (CRUISE_GAIN * pace.bdp() as f64) as u64;
+        let mut pace = cruising_at(&path, start, 0.6);
         let out = run(&mut pace, &path, start, 3.0, 21);
         let bw = pace.bandwidth() as f64;
         assert!(bw > 0.9 * path.rate, "bw {bw} {pace:?}");
