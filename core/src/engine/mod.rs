@@ -623,10 +623,12 @@ impl Session {
 
     /// Raises a stream's credit toward `read + recv_window` if that adds at least `threshold`
     /// bytes, as far as the budget allows; a stream the budget cut short waits in
-    /// `budget_waiting`. The window autotunes: when the application consumed half of it within
-    /// two round trips of the last grant, the window was what limited the stream, so it doubles
-    /// (up to `stream_window`). A stream that moves little keeps the initial window.
-    fn extend_grant(&mut self, id: StreamId, threshold: u64) {
+    /// `budget_waiting`. The window autotunes: when the application consumed a quarter of it
+    /// within two round trips of the last grant (`threshold` is a quarter of the window when
+    /// the application reads), the window was what limited the stream, so it doubles
+    /// (up to `stream_window`). A stream that moves little keeps the initial window. (See also
+    /// [`Session::widen_behind_hole`], which passes `autotune` false.)
+    fn extend_grant(&mut self, id: StreamId, threshold: u64, autotune: bool) {
         let max_window = self.cfg.stream_window;
         let rtt = self.path_rtt();
         let now = self.clock;
@@ -640,7 +642,7 @@ impl Session {
         if want < threshold.max(1) {
             return;
         }
-        if s.recv_window < max_window {
+        if autotune && s.recv_window < max_window {
             let quick = match (now, s.last_grant, rtt) {
                 (Some(now), Some(last), Some(rtt)) => now.saturating_duration_since(last) < rtt * 2,
                 _ => true,
@@ -676,6 +678,28 @@ impl Session {
         }
     }
 
+    /// Doubles a stream's receive window (up to `stream_window`) when half of it lies beyond a
+    /// hole, and extends the credit with it. A hole is bytes still on their way on a slower link,
+    /// or lost and being resent; the application cannot read past it, so the autotuning of
+    /// [`Session::extend_grant`], which follows reading, stands still while the faster links
+    /// use up the credit and stop. In the WAN lab's scenario E the 40 ms path's link stopped for
+    /// a quarter of a second at the start, behind the 160 ms path's first frames, with the
+    /// window still at its initial 2 MiB. The window stays bounded by `stream_window` and the
+    /// memory budget, whatever order the peer sends in.
+    fn widen_behind_hole(&mut self, id: StreamId) {
+        let max_window = self.cfg.stream_window;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let beyond = s.recv_highest - s.recv.contiguous();
+        if s.recv_window >= max_window || beyond < s.recv_window / 2 {
+            return;
+        }
+        s.recv_window = (s.recv_window * 2).min(max_window);
+        let threshold = s.recv_window / 8;
+        self.extend_grant(id, threshold, false);
+    }
+
     /// Retries what waited for the memory budget: grants for readers and capacity for
     /// writers (they get [`Event::StreamWritable`] and ask again). Call after the budget
     /// reported a release ([`Budget::notified`]).
@@ -690,7 +714,7 @@ impl Session {
                 self.events.push_back(Event::StreamWritable(id));
             }
             let threshold = s.recv_window / 8;
-            self.extend_grant(id, threshold);
+            self.extend_grant(id, threshold, true);
         }
     }
 
@@ -758,6 +782,8 @@ impl Session {
             return Ok(());
         }
         s.recv.insert(offset, data);
+        self.widen_behind_hole(id);
+        let s = self.streams.get_mut(&id).expect("still there");
         let after = s.ack_value();
         if after == before {
             return Ok(());
@@ -1414,7 +1440,7 @@ impl Session {
             let freed = reserved - s.recv_reservation();
             let threshold = s.recv_window / 4;
             self.held.release(Pool::Recv, freed);
-            self.extend_grant(id, threshold);
+            self.extend_grant(id, threshold, true);
             self.recv_session_consumed += n;
             self.maybe_grant_session();
             return Ok(ReadChunk::Data(chunk));

@@ -459,6 +459,54 @@ fn stream_window_autotunes_up_to_the_configured_window() {
 }
 
 #[test]
+fn a_hole_that_holds_back_half_the_window_doubles_it_up_to_the_configured_window() {
+    let now = Instant::now();
+    let cfg = Config {
+        stream_window: 8 << 20,
+        ..Config::default()
+    };
+    let mut s = Session::new(Role::Server(NODE), cfg);
+    s.add_link(now, LINK);
+    let id = sid(0);
+    // The first 60 kB are still on a slow link; what follows arrives on a fast one, up to the
+    // credit, and the application can read none of it.
+    let hole = 60_000u64;
+    let (mut max, mut sent) = (INITIAL_STREAM_CREDIT, hole);
+    let mut grown_at = Vec::new();
+    while sent < max {
+        let n = (max - sent).min(60_000);
+        s.handle_message(now, LINK, msg(&[data(id, sent, n as usize, false)]))
+            .expect("within credit");
+        sent += n;
+        for (stream, acked, m) in windows_sent(&mut s, now) {
+            assert_eq!((stream, acked), (id, 0), "nothing contiguous yet");
+            if m > max {
+                max = m;
+                grown_at.push(sent);
+            }
+        }
+    }
+    assert_eq!(
+        max,
+        8 << 20,
+        "credit grows to the configured window, no further"
+    );
+    // Each doubling waited until half the window lay beyond the hole: 1 MiB of the 2 MiB
+    // window, then 2 MiB of 4.
+    assert_eq!(grown_at.len(), 2, "{grown_at:?}");
+    assert!((1 << 20..(1 << 20) + 60_000).contains(&grown_at[0]));
+    assert!((2 << 20..(2 << 20) + 60_000).contains(&grown_at[1]));
+    // The hole fills and everything is read, in order.
+    s.handle_message(now, LINK, msg(&[data(id, 0, hole as usize, false)]))
+        .expect("within credit");
+    let mut read = 0;
+    while let Ok(ReadChunk::Data(d)) = s.stream_read(id, usize::MAX) {
+        read += d.len() as u64;
+    }
+    assert_eq!(read, sent);
+}
+
+#[test]
 fn memory_budget_caps_the_credit_granted() {
     let now = Instant::now();
     let cfg = Config {
