@@ -91,7 +91,7 @@ fn psk_server_parses_with_defaults() {
     assert_eq!(c.handshake_timeout, Duration::from_secs(10));
     assert_eq!(c.connect_timeout, Duration::from_secs(5));
     assert_eq!(c.limits, Limits::default());
-    assert_eq!(c.limits.stream_window, 4 << 20);
+    assert_eq!(c.limits.stream_window, 16 << 20);
     assert_eq!(c.limits.session_window, 32 << 20);
     assert_eq!(c.limits.max_streams, 16384);
     assert_eq!(c.services.len(), 1);

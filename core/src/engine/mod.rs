@@ -76,7 +76,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            stream_window: 4 << 20,
+            stream_window: 16 << 20,
             session_window: 32 << 20,
             max_streams: 16_384,
         }
