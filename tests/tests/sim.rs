@@ -355,13 +355,7 @@ fn a_slow_links_frames_do_not_hold_back_the_fast_link() {
     // fast link's data waits in the reorder buffer, and the credit it may use is what limits it:
     // the window must grow with that hole, not with the reader, who stands still behind it.
     let mut sc = base(11);
-    sc.links = [10, 200]
-        .map(|ms| LinkSpec {
-            latency: MS * ms,
-            jitter: Duration::ZERO,
-            bandwidth: 20_000_000,
-        })
-        .to_vec();
+    sc.links = links(&[10, 200], 20_000_000, Duration::ZERO);
     sc.config.stream_window = 16 << 20;
     sc.config.session_window = 32 << 20;
     sc.streams = vec![StreamSpec {

@@ -296,6 +296,23 @@ impl Stream {
         }
     }
 
+    /// Doubles the receive window (up to `max_window`) when half of it lies beyond a hole;
+    /// returns whether it did, and the caller extends the credit. A hole is bytes still on
+    /// their way on a slower link, or lost and being resent; the application cannot read past
+    /// it, so the autotuning of [`Session::extend_grant`], which follows reading, stands still
+    /// while the faster links use up the credit and stop. In the WAN lab's scenario E the 40 ms
+    /// path's link stopped for a quarter of a second at the start, behind the 160 ms path's first
+    /// frames, with the window still at its initial 2 MiB. The window stays bounded by
+    /// `stream_window` and the memory budget, whatever order the peer sends in.
+    fn widen_behind_hole(&mut self, max_window: u64) -> bool {
+        let beyond = self.recv_highest - self.recv.contiguous();
+        if self.recv_window >= max_window || beyond < self.recv_window / 2 {
+            return false;
+        }
+        self.recv_window = (self.recv_window * 2).min(max_window);
+        true
+    }
+
     /// All bytes up to the final size arrived.
     fn recv_complete(&self) -> bool {
         self.recv_final == Some(self.recv.contiguous())
@@ -627,7 +644,7 @@ impl Session {
     /// within two round trips of the last grant (`threshold` is a quarter of the window when
     /// the application reads), the window was what limited the stream, so it doubles
     /// (up to `stream_window`). A stream that moves little keeps the initial window. (See also
-    /// [`Session::widen_behind_hole`], which passes `autotune` false.)
+    /// [`Stream::widen_behind_hole`], after which `on_data` passes `autotune` false.)
     fn extend_grant(&mut self, id: StreamId, threshold: u64, autotune: bool) {
         let max_window = self.cfg.stream_window;
         let rtt = self.path_rtt();
@@ -676,28 +693,6 @@ impl Session {
             s.budget_waiting = true;
             self.budget_waiting.push(id);
         }
-    }
-
-    /// Doubles a stream's receive window (up to `stream_window`) when half of it lies beyond a
-    /// hole, and extends the credit with it. A hole is bytes still on their way on a slower link,
-    /// or lost and being resent; the application cannot read past it, so the autotuning of
-    /// [`Session::extend_grant`], which follows reading, stands still while the faster links
-    /// use up the credit and stop. In the WAN lab's scenario E the 40 ms path's link stopped for
-    /// a quarter of a second at the start, behind the 160 ms path's first frames, with the
-    /// window still at its initial 2 MiB. The window stays bounded by `stream_window` and the
-    /// memory budget, whatever order the peer sends in.
-    fn widen_behind_hole(&mut self, id: StreamId) {
-        let max_window = self.cfg.stream_window;
-        let Some(s) = self.streams.get_mut(&id) else {
-            return;
-        };
-        let beyond = s.recv_highest - s.recv.contiguous();
-        if s.recv_window >= max_window || beyond < s.recv_window / 2 {
-            return;
-        }
-        s.recv_window = (s.recv_window * 2).min(max_window);
-        let threshold = s.recv_window / 8;
-        self.extend_grant(id, threshold, false);
     }
 
     /// Retries what waited for the memory budget: grants for readers and capacity for
@@ -775,15 +770,18 @@ impl Session {
         if self.recv_session_used > self.recv_session_max {
             return Err(PeerError::SessionCreditExceeded);
         }
-        let s = self.streams.get_mut(&id).expect("peer_stream returned it");
+        let mut s = self.streams.get_mut(&id).expect("peer_stream returned it");
         if s.reset_sent {
             self.recv_session_consumed += new;
             self.maybe_grant_session();
             return Ok(());
         }
         s.recv.insert(offset, data);
-        self.widen_behind_hole(id);
-        let s = self.streams.get_mut(&id).expect("still there");
+        if s.widen_behind_hole(self.cfg.stream_window) {
+            let threshold = s.recv_window / 8;
+            self.extend_grant(id, threshold, false);
+            s = self.streams.get_mut(&id).expect("a grant keeps the stream");
+        }
         let after = s.ack_value();
         if after == before {
             return Ok(());

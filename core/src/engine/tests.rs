@@ -432,15 +432,21 @@ fn stream_credit_grows(s: &mut Session, now: Instant, id: StreamId, total: u64) 
     (ahead, peak)
 }
 
-#[test]
-fn stream_window_autotunes_up_to_the_configured_window() {
+/// A server session whose streams' windows may grow to `stream_window`, with one link.
+fn server_with_window(stream_window: u64) -> (Session, Instant) {
     let now = Instant::now();
     let cfg = Config {
-        stream_window: 4 << 20,
+        stream_window,
         ..Config::default()
     };
     let mut s = Session::new(Role::Server(NODE), cfg);
     s.add_link(now, LINK);
+    (s, now)
+}
+
+#[test]
+fn stream_window_autotunes_up_to_the_configured_window() {
+    let (mut s, now) = server_with_window(4 << 20);
     // A stream that moves little keeps the initial credit and costs the budget nothing.
     s.handle_message(now, LINK, msg(&[data(sid(0), 0, 100, false)]))
         .unwrap();
@@ -460,13 +466,7 @@ fn stream_window_autotunes_up_to_the_configured_window() {
 
 #[test]
 fn a_hole_that_holds_back_half_the_window_doubles_it_up_to_the_configured_window() {
-    let now = Instant::now();
-    let cfg = Config {
-        stream_window: 8 << 20,
-        ..Config::default()
-    };
-    let mut s = Session::new(Role::Server(NODE), cfg);
-    s.add_link(now, LINK);
+    let (mut s, now) = server_with_window(8 << 20);
     let id = sid(0);
     // The first 60 kB are still on a slow link; what follows arrives on a fast one, up to the
     // credit, and the application can read none of it.

@@ -916,6 +916,14 @@ mod tests {
         at(packets)
     }
 
+    /// A controller (id 2) on a path whose other links report to the returned share.
+    fn on_shared_path(start: Instant) -> (Pace, Arc<PathShare>) {
+        let share = Arc::new(PathShare::default());
+        let mut pace = Pace::new(start, MTU);
+        (pace.id, pace.share) = (2, Some(share.clone()));
+        (pace, share)
+    }
+
     /// Busy rounds that each deliver `bdp` in `rtt` until start-up ends on flat rounds. Returns
     /// when the last ended.
     fn through_start_up(pace: &mut Pace, start: Instant, rtt: Duration, bdp: u64) -> Instant {
@@ -1026,9 +1034,7 @@ mod tests {
         let rtt = Duration::from_millis(100);
         let start = Instant::now();
         let grown = |others_busy: bool| {
-            let share = Arc::new(PathShare::default());
-            let mut pace = Pace::new(start, MTU);
-            (pace.id, pace.share) = (2, Some(share.clone()));
+            let (mut pace, share) = on_shared_path(start);
             let mut now = start;
             let mut growth = Vec::new();
             for _ in 0..4 {
@@ -1061,9 +1067,7 @@ mod tests {
         let bdp = 1_000_000;
         let after_rise = |beside_busy_link: bool| {
             let start = Instant::now();
-            let share = Arc::new(PathShare::default());
-            let mut pace = Pace::new(start, MTU);
-            (pace.id, pace.share) = (2, Some(share.clone()));
+            let (mut pace, share) = on_shared_path(start);
             let mut now = through_start_up(&mut pace, start, rtt, bdp);
             // Settled cruise at that rate (the rounds just after start-up count as its own).
             for _ in 0..4 {
@@ -1092,9 +1096,7 @@ mod tests {
         let rtt = Duration::from_millis(100);
         let bdp = 1_000_000;
         let start = Instant::now();
-        let share = Arc::new(PathShare::default());
-        let mut pace = Pace::new(start, MTU);
-        (pace.id, pace.share) = (2, Some(share.clone()));
+        let (mut pace, share) = on_shared_path(start);
         let mut now = through_start_up(&mut pace, start, rtt, bdp);
         for _ in 0..8 {
             now = round(&mut pace, now, rtt, bdp, 0);
