@@ -1,6 +1,7 @@
 //! Engine unit tests: hostile and malformed peer input, and the small state machines. The
 //! many-link behaviour is tested by the simulation in `tests/`.
 
+use super::link::KEEPALIVE;
 use super::*;
 use crate::budget::{Budget, Pool};
 use crate::frame::reset;
@@ -504,6 +505,91 @@ fn a_hole_that_holds_back_half_the_window_doubles_it_up_to_the_configured_window
         read += d.len() as u64;
     }
     assert_eq!(read, sent);
+}
+
+/// Gives `s`'s link a smoothed RTT of `rtt`: the keepalive ping goes out after `KEEPALIVE`
+/// and its pong comes back `rtt` later. Returns the time after that.
+fn with_rtt(s: &mut Session, now: Instant, rtt: Duration) -> Instant {
+    let at = now + KEEPALIVE;
+    s.handle_timeout(at);
+    let ping = sent(s, at, LINK)
+        .into_iter()
+        .find_map(|f| match f {
+            Frame::Ping(token) => Some(token),
+            _ => None,
+        })
+        .expect("an idle link is pinged");
+    let back = at + rtt;
+    s.handle_message(back, LINK, msg(&[Frame::Pong(ping)]))
+        .expect("the pong of our ping");
+    back
+}
+
+/// The credit a stream of a 16 MiB-window server grants when its application reads the first
+/// 600 kB, in 60 kB frames, `after` the stream's first frame, with 100 ms round trips. The
+/// grant comes at the first read past a quarter of the window: 540 kB.
+fn first_grant_after(after: Duration) -> u64 {
+    let (mut s, now) = server_with_window(16 << 20);
+    let now = with_rtt(&mut s, now, Duration::from_millis(100));
+    let id = sid(0);
+    for i in 0..10u64 {
+        s.handle_message(now, LINK, msg(&[data(id, i * 60_000, 60_000, false)]))
+            .expect("within credit");
+    }
+    windows_sent(&mut s, now);
+    let later = now + after;
+    s.handle_timeout(later);
+    while let Ok(ReadChunk::Data(_)) = s.stream_read(id, usize::MAX) {}
+    windows_sent(&mut s, later)
+        .into_iter()
+        .map(|(_, _, m)| m)
+        .max()
+        .expect("a quarter of the window read: a grant")
+}
+
+#[test]
+fn the_first_quarter_of_the_window_read_within_four_round_trips_doubles_it() {
+    // Three round trips: how long a sender in start-up may take to send the first quarter.
+    let max = first_grant_after(Duration::from_millis(300));
+    assert_eq!(max, 540_000 + 2 * INITIAL_STREAM_CREDIT);
+    // Five: a slow stream, which keeps the initial window.
+    let max = first_grant_after(Duration::from_millis(500));
+    assert_eq!(max, 540_000 + INITIAL_STREAM_CREDIT);
+}
+
+#[test]
+fn a_frame_cut_at_a_credit_limit_the_peer_had_doubles_the_window_once() {
+    let window = 16 << 20;
+    let mut s = Stream::new(true);
+    assert!(
+        !s.widen_when_blocked(INITIAL_STREAM_CREDIT - 1, window),
+        "short of the limit"
+    );
+    assert!(s.widen_when_blocked(INITIAL_STREAM_CREDIT, window));
+    assert_eq!(s.recv_window, 2 * INITIAL_STREAM_CREDIT);
+    assert!(
+        !s.widen_when_blocked(INITIAL_STREAM_CREDIT, window),
+        "the same limit again"
+    );
+    // A grant raised the credit; the peer may not have it yet, so either limit counts once.
+    s.recv_max_before = s.recv_max;
+    s.recv_max += 3 << 20;
+    assert!(!s.widen_when_blocked(INITIAL_STREAM_CREDIT, window));
+    assert!(s.widen_when_blocked(s.recv_max, window));
+    assert_eq!(s.recv_window, 4 * INITIAL_STREAM_CREDIT);
+    // An application that left a quarter of the window unread is what holds the peer back.
+    s.recv.insert(0, Bytes::from(vec![0; 2 << 20]));
+    s.recv_max_before = s.recv_max;
+    s.recv_max += 1 << 20;
+    assert!(!s.widen_when_blocked(s.recv_max, window));
+    assert_eq!(s.recv_window, 4 * INITIAL_STREAM_CREDIT);
+    // Never past the configured window.
+    let mut s = Stream::new(true);
+    assert!(s.widen_when_blocked(INITIAL_STREAM_CREDIT, 3 << 20));
+    assert_eq!(s.recv_window, 3 << 20);
+    s.recv_max_before = s.recv_max;
+    s.recv_max += 1 << 20;
+    assert!(!s.widen_when_blocked(s.recv_max, 3 << 20));
 }
 
 #[test]
