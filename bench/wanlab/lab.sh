@@ -48,7 +48,8 @@ usage: lab.sh COMMAND [ARGS]
 SPEC is wanlab-link's link spec, e.g. delay=50ms,loss=1%,rate=200mbit,queue=50ms
 (up.KEY / down.KEY set one direction). Addresses: client 10.77.1.2, server K 10.77.(1+K).2.
 Environment: WANLAB_PREFIX (namespace prefix, default wl), WANLAB_LINK_BIN (prebuilt
-wanlab-link), CARGO_TARGET_DIR (where to build it).
+wanlab-link), CARGO_TARGET_DIR (where to build it), WANLAB_TCP_RMEM (the hosts'
+net.ipv4.tcp_rmem, default "4096 131072 67108864": Linux's stock initial receive buffer).
 EOF
 }
 
@@ -92,7 +93,7 @@ make_host() {
     ip netns add "$ns"
     ip -n "$ns" link set lo up
     ns_sysctl "$ns" net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-    ns_sysctl "$ns" net.ipv4.tcp_rmem="4096 131072 67108864" \
+    ns_sysctl "$ns" net.ipv4.tcp_rmem="${WANLAB_TCP_RMEM:-4096 131072 67108864}" \
         net.ipv4.tcp_wmem="4096 16384 67108864" net.ipv4.tcp_no_metrics_save=1
 }
 
