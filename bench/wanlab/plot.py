@@ -4,8 +4,8 @@
     bench/wanlab/plot.py bench/wanlab/out/sweep-YYYYMMDDTHHMMSSZ.json -o bench/wanlab/goodput-vs-loss.svg
 
 Top panel: median goodput of one application connection at each loss rate for direct TCP (cubic,
-bbr), the better of the two kcptun rows at each point, and wanmux (32 links, elastic), with the
-line rate for reference; every single run is drawn as a small dot. Bottom panel: bytes offered to
+bbr), the better of the two kcptun rows at each point, and every wanmux row of the sweep (TCP
+or QUIC links), with the line rate for reference; every single run is drawn as a small dot. Bottom panel: bytes offered to
 the WAN in the data direction per application byte delivered (median). The loss rates are evenly
 spaced on the x axis (they are the measured points, not a linear scale).
 
@@ -29,6 +29,8 @@ SERIES = [
     ("wanmux-1", "wanmux, 1 link", "#8c564b"),
     ("wanmux-32", "wanmux, 32 links", "#d62728"),
     ("wanmux-elastic", "wanmux, elastic 1-32", "#9467bd"),
+    ("wanmux-quic-1", "wanmux, 1 QUIC link", "#e377c2"),
+    ("wanmux-quic-4l", "wanmux, 4 QUIC links (2 lanes)", "#17becf"),
 ]
 KCPTUN = ("kcptun", "kcptun-2048")
 
@@ -203,6 +205,12 @@ def main() -> int:
     data = json.loads(args.json.read_text())
     if data.get("mode") != "sweep":
         ap.error(f"{args.json} is not a sweep (mode {data.get('mode')!r})")
+    # A contender without a series would silently be left out of the plot (session 8's plot had
+    # no wanmux line at all, since its only wanmux row, QUIC 1 link, had none).
+    drawn = {key for key, _, _ in SERIES} | set(KCPTUN)
+    missing = sorted({r["contender"] for r in data["runs"]} - drawn)
+    if missing:
+        ap.error(f"no series for {', '.join(missing)}: add them to SERIES in {Path(__file__).name}")
     out = args.out or args.json.with_suffix(".svg")
     out.write_text(render(data, args.title))
     print(f"wrote {out}", file=sys.stderr)
