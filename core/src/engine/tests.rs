@@ -926,3 +926,34 @@ fn dedicated_lanes_never_carry_bulk_data_while_another_link_can() {
     d.extend(data_sent(&mut c, later, links[3]));
     assert!(d.iter().any(|d| d.0 == bulk), "{d:?}");
 }
+
+#[test]
+fn a_node_sends_a_small_reply_on_both_dedicated_lanes() {
+    let now = Instant::now();
+    let mut s = Session::new(Role::Server(NODE), Config::default());
+    let (lane_a, lane_b, bulk_a, bulk_b) = (LinkId(1), LinkId(2), LinkId(3), LinkId(4));
+    s.add_lane(now, lane_a);
+    s.add_lane(now, lane_b);
+    s.add_link(now, bulk_a);
+    s.add_link(now, bulk_b);
+    let id = sid(0);
+    let open = Frame::Open {
+        stream: id,
+        service: "svc".into(),
+    };
+    s.handle_message(now, lane_a, msg(&[open, data(id, 0, 64, false)]))
+        .unwrap();
+    while s.poll_event().is_some() {}
+    assert!(matches!(s.stream_read(id, 100), Ok(ReadChunk::Data(_))));
+    // The service answers with 64 bytes: a round trip's reply.
+    s.stream_write(id, Bytes::from(vec![7u8; 64])).unwrap();
+    let carried = |s: &mut Session, link| {
+        data_sent(s, now, link)
+            .iter()
+            .any(|&(stream, offset, len)| (stream, offset, len) == (id, 0, 64))
+    };
+    let first = carried(&mut s, lane_a);
+    let second = carried(&mut s, lane_b);
+    assert!(first && second, "on both lanes: {first} {second}");
+    assert!(!carried(&mut s, bulk_a) && !carried(&mut s, bulk_b));
+}
