@@ -5,8 +5,9 @@
 
 Top panel: median goodput of one application connection at each loss rate for direct TCP (cubic,
 bbr), the better of the two kcptun rows at each point, and every wanmux row of the sweep (TCP
-or QUIC links), with the line rate for reference; every single run is drawn as a small dot. Bottom panel: bytes offered to
-the WAN in the data direction per application byte delivered (median). The loss rates are evenly
+or QUIC links), with the line rate for reference; every single run is drawn as a small dot.
+Bottom panel: bytes offered to the WAN in the data direction per application byte delivered
+(median). The loss rates are evenly
 spaced on the x axis (they are the measured points, not a linear scale).
 
 Python 3 standard library only; the SVG is written by hand.

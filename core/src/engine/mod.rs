@@ -50,10 +50,11 @@ pub const INITIAL_STREAM_CREDIT: u64 = 2 * 1024 * 1024;
 /// Autotuning doubles a stream's window when its application read a quarter of it within two
 /// round trips of the last grant; the first quarter may take this many from the stream's first
 /// frame. A sender in start-up doubles its rate every round trip from a small window, so the
-/// first 512 KiB take it two or three round trips, the next only one: in traced runs of the WAN
-/// lab's scenario B the first grant came 2.2 round trips in and left the window at 2 MiB, and
-/// the sender waited at the credit limit 0.2 s later. A stream slower than a quarter of the
-/// window per four round trips (10 Mbit/s on a 100 ms path) keeps its initial window.
+/// first 512 KiB take it two or three round trips, the next only one: in a traced run of the
+/// WAN lab's scenario B the first grant came about two round trips in and left the window at
+/// 2 MiB, and the sender then waited 0.14 s at the new limit (2.7 MB). A stream slower than a
+/// quarter of the window per four round trips (10 Mbit/s on a 100 ms path) keeps its initial
+/// window.
 const FIRST_GRANT_RTTS: u32 = 4;
 
 /// Session credit each side may use before the peer's first `SESSION_WINDOW`.
@@ -324,11 +325,7 @@ impl Stream {
     /// `stream_window` and the memory budget, whatever order the peer sends in.
     fn widen_behind_hole(&mut self, max_window: u64) -> bool {
         let beyond = self.recv_highest - self.recv.contiguous();
-        if self.recv_window >= max_window || beyond < self.recv_window / 2 {
-            return false;
-        }
-        self.recv_window = (self.recv_window * 2).min(max_window);
-        true
+        beyond >= self.recv_window / 2 && self.double_window(max_window)
     }
 
     /// Doubles the receive window (up to `max_window`) when a frame ending at `end` stopped at
@@ -337,24 +334,31 @@ impl Stream {
     /// unread); returns whether it did, and the caller extends the credit. A sender cuts its
     /// last frame at the credit limit when the window holds it back, which the autotuning of
     /// [`Session::extend_grant`] only infers from reading a quarter of the window within two
-    /// round trips, and only once a quarter was read. In traced runs of the WAN lab's scenario
-    /// B the sender reached its credit limit four or five times in its first 0.7 s, and while
-    /// it waited for the next grant its links ran a round trip with half their window in flight
-    /// or less. A slow application does not widen the window: the credit waits for it to read.
+    /// round trips, and only once a quarter was read. In a traced run of the WAN lab's scenario
+    /// B the sender reached its credit limit four times in its first 0.7 s, and while it waited
+    /// for the next grant its links ran a round trip with half their window in flight or less.
+    /// A slow application does not widen the window: the credit waits for it to read.
     fn widen_when_blocked(&mut self, end: u64, max_window: u64) -> bool {
-        let at_limit = end == self.recv_max || end == self.recv_max_before;
+        // On the data path: the equality tests rule out nearly every frame first.
+        if (end != self.recv_max && end != self.recv_max_before) || end <= self.blocked_at {
+            return false;
+        }
         let unread = self
             .recv
             .contiguous()
             .saturating_sub(self.recv.read_offset());
-        if !at_limit
-            || end <= self.blocked_at
-            || self.recv_window >= max_window
-            || unread >= self.recv_window / 4
-        {
+        if unread >= self.recv_window / 4 || !self.double_window(max_window) {
             return false;
         }
         self.blocked_at = end;
+        true
+    }
+
+    /// Doubles the receive window, up to `max_window`; false if it is there already.
+    fn double_window(&mut self, max_window: u64) -> bool {
+        if self.recv_window >= max_window {
+            return false;
+        }
         self.recv_window = (self.recv_window * 2).min(max_window);
         true
     }
