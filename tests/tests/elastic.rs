@@ -28,6 +28,7 @@ const THROTTLE: u64 = 4 << 20;
 /// Moves `up` and `down` bytes through a per-connection throttle with `links = 1..=3` and
 /// checks that the pool grew, stayed within max, and the data is intact.
 async fn grows(up: u64, down: u64) {
+    wanmux_tests::harness::init_tracing();
     within(Duration::from_secs(120), async {
         let mut app = app_server().await;
         let (server_cfg, mut client_cfg) = configs(Auth::Psk, app.addr, 1);
@@ -40,13 +41,22 @@ async fn grows(up: u64, down: u64) {
         assert_eq!(client.live_links(), 1);
         let addr = client.first_addr();
         let moving = tokio::spawn(transfer(addr, up, down, 3));
+        // Watch the pool until both ends are done: an upload's writer finishes as soon as
+        // the loopback socket buffers and the tunnel have taken its last byte, which can be
+        // 0.2 s in, long before the bytes have crossed the throttle.
         let mut most = 1;
-        while !moving.is_finished() {
+        let mut app_done = None;
+        while app_done.is_none() || !moving.is_finished() {
             most = most.max(client.live_links());
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::select! {
+                a = app.results.recv(), if app_done.is_none() => {
+                    app_done = Some(a.expect("the app server reports each connection"));
+                }
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
         }
         let c = moving.await.unwrap().unwrap();
-        let a = app.results.recv().await.unwrap();
+        let a = app_done.expect("set before the loop ends");
         assert_eq!(c.sent, a.received);
         assert_eq!(a.sent, c.received);
         assert!(most >= 2, "the pool never grew (at most {most} links)");
