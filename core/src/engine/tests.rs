@@ -957,3 +957,65 @@ fn a_node_sends_a_small_reply_on_both_dedicated_lanes() {
     assert!(first && second, "on both lanes: {first} {second}");
     assert!(!carried(&mut s, bulk_a) && !carried(&mut s, bulk_b));
 }
+
+#[test]
+fn window_updates_stay_off_the_lanes_while_another_link_can_take_them() {
+    let now = Instant::now();
+    let mut s = Session::new(Role::Server(NODE), Config::default());
+    let (lane_a, lane_b, bulk_a, bulk_b) = (LinkId(1), LinkId(2), LinkId(3), LinkId(4));
+    s.add_lane(now, lane_a);
+    s.add_lane(now, lane_b);
+    s.add_link(now, bulk_a);
+    s.add_link(now, bulk_b);
+    let id = sid(0);
+    let open = Frame::Open {
+        stream: id,
+        service: "svc".into(),
+    };
+    s.handle_message(now, bulk_a, msg(&[open])).unwrap();
+    // An upload arrives on the bulk links and the service reads it: credit is due.
+    let mut offset = 0;
+    let mut upload = |s: &mut Session, at: Instant, link| {
+        for _ in 0..20 {
+            s.handle_message(at, link, msg(&[data(id, offset, 60_000, false)]))
+                .unwrap();
+            offset += 60_000;
+        }
+        while let Ok(ReadChunk::Data(_)) = s.stream_read(id, usize::MAX) {}
+    };
+    let windows = |frames: &[Frame]| {
+        frames
+            .iter()
+            .filter(|f| matches!(f, Frame::Window { .. } | Frame::SessionWindow { .. }))
+            .count()
+    };
+    upload(&mut s, now, bulk_a);
+    assert!(!s.has_work_for(lane_a) && !s.has_work_for(lane_b));
+    // Every link sends once (and pings); the peer answers the lanes' pings only.
+    let mut on_lanes = 0;
+    let mut on_bulk = 0;
+    for link in [lane_a, lane_b, bulk_a, bulk_b] {
+        let frames = sent(&mut s, now, link);
+        let n = windows(&frames);
+        if link == lane_a || link == lane_b {
+            on_lanes += n;
+            for f in frames {
+                if let Frame::Ping(token) = f {
+                    let at = now + Duration::from_millis(10);
+                    s.handle_message(at, link, msg(&[Frame::Pong(token)]))
+                        .unwrap();
+                }
+            }
+        } else {
+            on_bulk += n;
+        }
+    }
+    assert_eq!(on_lanes, 0, "window updates went on a lane");
+    assert!(on_bulk > 0, "no window update was sent");
+    // Once no other link can (one closed, the other's pong overdue), the lanes carry them.
+    s.remove_link(now, bulk_b);
+    let later = now + Duration::from_millis(2500);
+    upload(&mut s, later, lane_a);
+    assert!(s.has_work_for(lane_a));
+    assert!(windows(&sent(&mut s, later, lane_a)) > 0);
+}
