@@ -1054,10 +1054,11 @@ impl Session {
             .map(|(&id, _)| id)
     }
 
-    /// Whether `link` would find something to send now: window updates go on any link,
-    /// control frames too, or only on a lane while lanes are reserved (a stream's `OPEN` must
-    /// not wait behind bulk data); interactive data only on a lane and bulk data only elsewhere.
-    /// The driver wakes only writers that have work.
+    /// Whether `link` would find something to send now: control frames go on any link, or
+    /// only on a lane while lanes are reserved (a stream's `OPEN` must not wait behind bulk
+    /// data); window updates on any link but the dedicated lanes
+    /// ([`Session::carries_windows`]); interactive data only on a lane and bulk data only
+    /// elsewhere. The driver wakes only writers that have work.
     pub fn has_work_for(&self, link: LinkId) -> bool {
         let lanes = self.lanes();
         let pick = self.pick_for(link, lanes);
@@ -1076,15 +1077,18 @@ impl Session {
         }
     }
 
-    /// Whether `link`, whose pick is `pick`, may carry window updates: any link while no lanes
-    /// are reserved; while they are, a lane only if every other link is stalled. A lane is one
-    /// ordered byte stream (a QUIC stream, a TCP connection), so a lost packet of window
-    /// updates on it holds up the game's next packet behind it until the loss is repaired,
-    /// about a round trip, and a node receiving an upload sends window updates many times a
-    /// round trip. Both lanes had a hole at once often enough that in the WAN lab's B about
-    /// one rr round trip in 250 took 128-174 ms in place of 105.
+    /// Whether `link`, whose pick is `pick`, may carry window updates: any link, except that
+    /// a dedicated lane ([`Session::add_lane`]) carries them only if every other link is a
+    /// lane or stalled. A lane is one ordered byte stream (a QUIC stream, a TCP connection),
+    /// so a lost packet of window updates on it holds up the game's next packet behind it
+    /// until the loss is repaired, about a round trip, and a node receiving an upload sends
+    /// window updates several times a round trip. When the dedicated lanes took them, both
+    /// lanes had a hole at once often enough that in the WAN lab's B 9 of 2,400 rr round trips
+    /// took 129-212 ms in place of about 106 (1 of 2,400 since). Lanes reserved on demand
+    /// still carry them: with 2 or 3 links the only other link may be much slower (a stream's
+    /// credit then came a slow round trip late in the simulation of a 20 ms and a 400 ms link).
     fn carries_windows(&self, link: LinkId, pick: Pick, lanes: Lanes) -> bool {
-        if matches!(pick, Pick::Any | Pick::Bulk) {
+        if matches!(pick, Pick::Any | Pick::Bulk) || !lanes.dedicated {
             return true;
         }
         let Some(now) = self.clock else {
@@ -1218,8 +1222,8 @@ impl Session {
         for token in l.pongs_owed.drain(..) {
             Frame::Pong(token).encode(buf);
         }
-        // While lanes are reserved, control frames go on them only, and window updates on
-        // the other links (see `carries_windows`).
+        // While lanes are reserved, control frames go on them only; window updates stay off
+        // dedicated lanes (see `carries_windows`).
         let control = matches!(pick, Pick::Any | Pick::Lane { .. });
         if control || matches!(pick, Pick::Spare) {
             self.fill_open_dups(link, buf, limit);
