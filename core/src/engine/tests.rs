@@ -927,20 +927,27 @@ fn dedicated_lanes_never_carry_bulk_data_while_another_link_can() {
     assert!(d.iter().any(|d| d.0 == bulk), "{d:?}");
 }
 
-#[test]
-fn a_node_sends_a_small_reply_on_both_dedicated_lanes() {
+/// A node with dedicated lanes 1 and 2 and bulk links 3 and 4, and the `OPEN` of the client's
+/// first stream (not yet handled).
+fn node_with_two_lanes_and_bulk() -> (Session, [LinkId; 4], Instant, StreamId, Frame) {
     let now = Instant::now();
     let mut s = Session::new(Role::Server(NODE), Config::default());
-    let (lane_a, lane_b, bulk_a, bulk_b) = (LinkId(1), LinkId(2), LinkId(3), LinkId(4));
-    s.add_lane(now, lane_a);
-    s.add_lane(now, lane_b);
-    s.add_link(now, bulk_a);
-    s.add_link(now, bulk_b);
+    let links = [LinkId(1), LinkId(2), LinkId(3), LinkId(4)];
+    s.add_lane(now, links[0]);
+    s.add_lane(now, links[1]);
+    s.add_link(now, links[2]);
+    s.add_link(now, links[3]);
     let id = sid(0);
     let open = Frame::Open {
         stream: id,
         service: "svc".into(),
     };
+    (s, links, now, id, open)
+}
+
+#[test]
+fn a_node_sends_a_small_reply_on_both_dedicated_lanes() {
+    let (mut s, [lane_a, lane_b, bulk_a, bulk_b], now, id, open) = node_with_two_lanes_and_bulk();
     s.handle_message(now, lane_a, msg(&[open, data(id, 0, 64, false)]))
         .unwrap();
     while s.poll_event().is_some() {}
@@ -960,18 +967,7 @@ fn a_node_sends_a_small_reply_on_both_dedicated_lanes() {
 
 #[test]
 fn window_updates_stay_off_the_lanes_while_another_link_can_take_them() {
-    let now = Instant::now();
-    let mut s = Session::new(Role::Server(NODE), Config::default());
-    let (lane_a, lane_b, bulk_a, bulk_b) = (LinkId(1), LinkId(2), LinkId(3), LinkId(4));
-    s.add_lane(now, lane_a);
-    s.add_lane(now, lane_b);
-    s.add_link(now, bulk_a);
-    s.add_link(now, bulk_b);
-    let id = sid(0);
-    let open = Frame::Open {
-        stream: id,
-        service: "svc".into(),
-    };
+    let (mut s, [lane_a, lane_b, bulk_a, bulk_b], now, id, open) = node_with_two_lanes_and_bulk();
     s.handle_message(now, bulk_a, msg(&[open])).unwrap();
     // An upload arrives on the bulk links and the service reads it: credit is due.
     let mut offset = 0;
