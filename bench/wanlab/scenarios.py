@@ -592,6 +592,7 @@ def one_run(r: Run, args, bins: Path, keys: Keys, tmp: Path, paths: list[int]) -
     name = r.contender
     tunnel: Tunnel | None = None
     fronted: list[int] = []
+    caps: list[subprocess.Popen] = []
     try:
         if name.startswith("direct-"):
             addr = f"{server_ip(k)}:{BENCH_PORT}"  # rr only; bulk is iperf3
@@ -607,6 +608,8 @@ def one_run(r: Run, args, bins: Path, keys: Keys, tmp: Path, paths: list[int]) -
             addr = tunnel.addr
         if args.warmup > 0 and tunnel is not None:
             warm_up(r, args, bins, addr)
+        if args.capture:
+            caps = start_capture(r, args, d)
         before, _ = quiesce(paths)
         limit = 2 * args.time + 120
         if r.test == "bulk":
@@ -629,12 +632,29 @@ def one_run(r: Run, args, bins: Path, keys: Keys, tmp: Path, paths: list[int]) -
     except RuntimeError as e:
         r.ok, r.error = False, str(e)
     finally:
+        for p in caps:
+            PROCS.stop(p)
         if tunnel is not None:
             tunnel.stop()
             r.log_notes = log_notes(tunnel)
         for j in fronted:
             try_cmd(["bash", str(LAB), "front", str(j), "off"])
     return r
+
+
+def start_capture(r: Run, args, d: Path) -> list[subprocess.Popen]:
+    """--capture: packet headers at the receiving host of the run's data, for timeline.py: what
+    the emulated path delivered (`path.pcap`, eth0) and what reached the receiving application's
+    socket (`app.pcap`, TCP on lo, where the tunnels hand the data over)."""
+    ns = NS_C if args.reverse else server_ns(r.path)
+    caps = []
+    for iface, name, filt in (("eth0", "path", "ip"), ("lo", "app", "tcp")):
+        caps.append(PROCS.start(f"tcpdump {iface}", netns(ns, [
+            "tcpdump", "-i", iface, "-s", "96", "-n", "-w", str(d / f"{name}.pcap"), filt]),
+            d / f"{name}.tcpdump.log"))
+    wait_for(lambda: all("listening on" in (d / f"{n}.tcpdump.log").read_text()
+                         for n in ("path", "app")), "tcpdump", caps, timeout=10.0)
+    return caps
 
 
 def warm_up(r: Run, args, bins: Path, addr: str) -> None:
@@ -722,8 +742,8 @@ def lab(*argv: str) -> str:
 LAB_ENV: dict[str, str] = {}
 
 
-def lab_up(specs: list[str]) -> None:
-    up = []
+def lab_up(specs: list[str], seed: int) -> None:
+    up = ["--seed", str(seed)]
     for s in specs:
         up += ["--path", s]
     log(lab("up", *up).strip())
@@ -948,7 +968,7 @@ def cmd_run(args, bins, keys, tmp, command, started) -> tuple[str, dict]:
     if args.rr if args.rr is not None else scenario == "B":
         tests.append("rr")
     runs: list[Run] = []
-    lab_up(specs)
+    lab_up(specs, args.seed)
     start_bench_servers(bins, len(specs), tmp)
     try:
         measure(args, bins, keys, tmp, scenario, specs, contenders, tests, runs)
@@ -991,12 +1011,12 @@ def cmd_sweep(args, bins, keys, tmp, command, started) -> tuple[str, dict]:
     runs: list[Run] = []
     contenders = args.contenders
     spec_for = {loss: args.base + (f",loss={loss:g}%" if loss else "") for loss in losses}
-    lab_up([spec_for[losses[0]]])
+    lab_up([spec_for[losses[0]]], args.seed)
     start_bench_servers(bins, 1, tmp)
     try:
         for i, loss in enumerate(losses):
             if i:
-                lab("set", "1", spec_for[loss])
+                lab("set", "1", spec_for[loss], "--seed", str(args.seed))
             measure(args, bins, keys, tmp, "sweep", [spec_for[loss]], contenders, ["bulk"], runs,
                     loss=loss)
     except KeyboardInterrupt:
@@ -1061,6 +1081,13 @@ def main() -> int:
     common.add_argument("--out-dir", type=Path, default=HERE / "out",
                         help="where the .md and .json go (default bench/wanlab/out)")
     common.add_argument("--keep-tmp", action="store_true", help="keep configs and tunnel logs")
+    common.add_argument("--seed", type=int, default=1,
+                        help="seed of the emulators' random loss and jitter (default 1). Every "
+                             "lab comes up with it, so the first run of two commands meets the "
+                             "same losses: vary it to compare builds over several loss patterns")
+    common.add_argument("--capture", action="store_true",
+                        help="capture packet headers at the receiving host of every run (implies "
+                             "--keep-tmp; read them with bench/wanlab/timeline.py)")
     r = sub.add_parser("run", parents=[common], help="one scenario, every contender")
     r.add_argument("scenario", help="A, B, C, D, E, F or ceiling")
     r.add_argument("--contenders", default=",".join(ALL_CONTENDERS),
@@ -1083,6 +1110,10 @@ def main() -> int:
         ap.error(f"unknown contender(s) {bad} (known: {', '.join(ALL_CONTENDERS)}) or bad --repeat/--time")
     if os.geteuid() != 0:
         ap.error("needs root (network namespaces)")
+    if args.capture:
+        args.keep_tmp = True
+        if shutil.which("tcpdump") is None:
+            ap.error("--capture needs tcpdump: apt-get install tcpdump")
     bins = find_bins(args)
     ARGS_TIME[0] = args.time
     LAB_ENV.update(os.environ, WANLAB_LINK_BIN=str(bins / "wanlab-link"))
