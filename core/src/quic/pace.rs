@@ -271,7 +271,8 @@ pub struct Pace {
     /// [`SETTLE_RTTS`] round trips and say nothing about the path's rate.
     left_startup: Option<Instant>,
     /// Start-up: (when, bytes acknowledged so far) about every [`RECENT_STEP`] of the minimum
-    /// RTT over the last [`RECENT_SPAN`] of it, oldest first, and the bytes acknowledged so far.
+    /// RTT over the last [`RECENT_SPAN`] of it, oldest first, and the bytes acknowledged in
+    /// start-up so far (counted only there: the ack path of cruise does nothing for it).
     /// Leaving start-up on a queue, the rate of these acks is the path's: see
     /// [`Pace::recent_rate`].
     recent: VecDeque<(Instant, u64)>,
@@ -352,8 +353,8 @@ impl Pace {
         self.round_max_rtt = self.round_max_rtt.max(rtt);
         self.round_rtt_sum += rtt;
         self.round_rtt_samples += 1;
-        self.acked_total += bytes;
         if self.phase == Phase::Startup {
+            self.acked_total += bytes;
             self.note_recent(now, min_rtt);
             self.block_min_rtt = self.block_min_rtt.min(rtt);
             self.block_samples += 1;
@@ -483,6 +484,8 @@ impl Pace {
 
     /// Back to start-up, which finds the path's rate from the current estimate.
     fn restart_start_up(&mut self) -> Phase {
+        // The acks noted in the last start-up are history (however it ended).
+        self.recent.clear();
         self.full_bw = self.bw;
         self.flat_rounds = 0;
         Phase::Startup
@@ -510,7 +513,7 @@ impl Pace {
     /// of packets that met the queue: the path delivered them at its rate (this link's share of
     /// it). The round's rate averages a round whose window doubled as it went: in a traced WAN lab
     /// run of scenario C, the two bulk links left start-up at 42.9 + 42.1 Mbit/s on a path that
-    /// delivered 98, and ran below it until a climb five rounds later.
+    /// delivered 98, and ran below it until a climb five or six rounds later.
     fn recent_rate(&self, now: Instant, min_rtt: Duration) -> Option<u64> {
         let &(at, acked) = self.recent.front()?;
         let span = now.saturating_duration_since(at);
@@ -536,7 +539,6 @@ impl Pace {
                 self.bw = self.bw.max(sample);
             }
         }
-        self.recent.clear();
         self.phase = Phase::Cruise(1);
         self.left_startup = Some(now);
         // What start-up found: a cruise round leaves cruise only 25% above it.
