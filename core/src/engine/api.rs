@@ -1,0 +1,168 @@
+//! The application side: opening streams, writing, reading, finishing and resetting them.
+
+use super::reorder::Reorder;
+use super::{Event, OpenError, ReadChunk, Role, Session, StreamError, MIN_BUDGET_WRITE};
+use crate::budget::Pool;
+use crate::frame::{Frame, MAX_SERVICE_NAME};
+use crate::ids::{NodeId, StreamId};
+use bytes::Bytes;
+
+impl Session {
+    /// Opens a stream to `service`, owned by node `owner` (client only). Data may be written
+    /// at once; the `OPEN` and the data travel together.
+    pub fn open_stream(&mut self, owner: NodeId, service: &str) -> Result<StreamId, OpenError> {
+        if self.role != Role::Client {
+            return Err(OpenError::NotClient);
+        }
+        if service.len() > MAX_SERVICE_NAME {
+            return Err(OpenError::NameTooLong);
+        }
+        let counter = self.next_counter.entry(owner).or_insert(0);
+        if *counter > StreamId::MAX_COUNTER {
+            return Err(OpenError::IdsExhausted);
+        }
+        let id = StreamId::new(owner, *counter);
+        *counter += 1;
+        self.insert_stream(id, true);
+        self.opens_queued += 1;
+        self.control.push_back(Frame::Open {
+            stream: id,
+            service: service.to_owned(),
+        });
+        Ok(id)
+    }
+
+    /// Bytes the application may write now. Zero arms [`Event::StreamWritable`].
+    pub fn stream_send_capacity(&mut self, id: StreamId) -> Result<usize, StreamError> {
+        let window = self.cfg.stream_window;
+        let available = self.held.budget().available(Pool::Send);
+        let s = self.live_stream(id)?;
+        if s.send.is_finished() {
+            return Err(StreamError::Finished);
+        }
+        let mut cap = window.saturating_sub(s.send.buffered());
+        let short = available < cap;
+        if short {
+            cap = if available >= MIN_BUDGET_WRITE {
+                available
+            } else {
+                0
+            };
+        }
+        if cap < window / 8 {
+            s.write_waiting = true;
+            if short && !s.budget_waiting {
+                s.budget_waiting = true;
+                self.budget_waiting.push(id);
+                self.held.budget().set_waiting();
+            }
+        }
+        Ok(cap as usize)
+    }
+
+    /// Queues bytes for sending; at most the current send capacity.
+    pub fn stream_write(&mut self, id: StreamId, data: Bytes) -> Result<(), StreamError> {
+        let window = self.cfg.stream_window;
+        let s = self.live_stream(id)?;
+        if s.send.is_finished() {
+            return Err(StreamError::Finished);
+        }
+        if s.send.buffered() + data.len() as u64 > window {
+            return Err(StreamError::Full);
+        }
+        if !data.is_empty() {
+            let n = data.len() as u64;
+            s.send.write(data);
+            self.held.force(Pool::Send, n);
+            self.schedule(id);
+        }
+        Ok(())
+    }
+
+    /// The application finished writing (half-close): a FIN follows the data.
+    pub fn stream_finish(&mut self, id: StreamId) -> Result<(), StreamError> {
+        let s = self.live_stream(id)?;
+        if !s.send.is_finished() {
+            s.send.finish();
+            self.schedule(id);
+        }
+        Ok(())
+    }
+
+    /// Aborts both directions of a stream and tells the peer.
+    pub fn stream_reset(&mut self, id: StreamId, code: u16) {
+        // The map itself, not `live_stream`, so that `self.held` stays usable beside `s`.
+        let Some(s) = self.streams.get_mut(&id).filter(|s| !s.reset_sent) else {
+            return;
+        };
+        self.held.release(Pool::Recv, s.recv_reservation());
+        self.held.release(Pool::Send, s.send.buffered());
+        s.reset_sent = true;
+        let discarded = s.recv_highest - s.recv.read_offset();
+        s.send.clear();
+        s.recv = Reorder::default();
+        let final_size = s.send.next();
+        self.recv_session_consumed += discarded;
+        self.control.push_back(Frame::Reset {
+            stream: id,
+            code,
+            final_size,
+        });
+        self.maybe_grant_session();
+    }
+
+    /// Reads up to `max` in-order bytes, or the FIN.
+    pub fn stream_read(&mut self, id: StreamId, max: usize) -> Result<ReadChunk, StreamError> {
+        let s = self.live_stream(id)?;
+        let reserved = s.recv_reservation();
+        if let Some(chunk) = s.recv.read(max) {
+            let n = chunk.len() as u64;
+            let freed = reserved - s.recv_reservation();
+            let threshold = s.recv_window / 4;
+            self.held.release(Pool::Recv, freed);
+            self.extend_grant(id, threshold, true);
+            self.recv_session_consumed += n;
+            self.maybe_grant_session();
+            return Ok(ReadChunk::Data(chunk));
+        }
+        if s.recv_final == Some(s.recv.read_offset()) {
+            if !s.recv_fin_read {
+                s.recv_fin_read = true;
+                self.maybe_remove(id);
+            }
+            return Ok(ReadChunk::Fin);
+        }
+        s.read_waiting = true;
+        Ok(ReadChunk::Blocked)
+    }
+
+    /// Streams alive (including reset ones awaiting the peer's reset).
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Bytes buffered for reading in all streams.
+    pub fn recv_buffered_bytes(&self) -> u64 {
+        self.streams
+            .values()
+            .map(|s| s.recv.buffered() as u64)
+            .sum()
+    }
+
+    /// The largest receive and send buffers of any one stream, bytes.
+    pub fn max_stream_buffered(&self) -> (u64, u64) {
+        self.streams.values().fold((0, 0), |(r, w), s| {
+            (r.max(s.recv.buffered() as u64), w.max(s.send.buffered()))
+        })
+    }
+
+    /// Resets every stream (the session is going away).
+    pub fn reset_all(&mut self, code: u16) {
+        let ids: Vec<StreamId> = self.streams.keys().copied().collect();
+        for id in ids {
+            self.stream_reset(id, code);
+            self.events.push_back(Event::StreamReadable(id));
+            self.events.push_back(Event::StreamWritable(id));
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The session's set of links: adding and removing them (what a dead link carried goes out
+//! again on the others), and their numbers.
+
+use super::link::{LinkState, LinkStats, Sent};
+use super::{Role, Session};
+use crate::frame::Frame;
+use crate::ids::LinkId;
+use std::time::{Duration, Instant};
+
+impl Session {
+    /// A link finished its handshake and may carry frames.
+    pub fn add_link(&mut self, now: Instant, link: LinkId) {
+        self.clock = Some(now);
+        self.links
+            .entry(link)
+            .or_insert_with(|| LinkState::new(now));
+    }
+
+    /// A new link that is a dedicated interactive lane (the client's `links.lanes`, flagged in
+    /// the link's handshake): see [`Session::lanes`].
+    pub fn add_lane(&mut self, now: Instant, link: LinkId) {
+        self.add_link(now, link);
+        if let Some(l) = self.links.get_mut(&link) {
+            l.lane = true;
+        }
+    }
+
+    /// A link died or was closed. Everything sent on it that the peer has not confirmed is
+    /// queued again for the other links.
+    pub fn remove_link(&mut self, _now: Instant, link: LinkId) {
+        let Some(state) = self.links.remove(&link) else {
+            return;
+        };
+        self.lane_dups.retain(|d| d.0 != link);
+        self.open_dups.retain(|d| d.0 != link);
+        for sent in state.sent {
+            match sent {
+                Sent::Data {
+                    stream,
+                    start,
+                    end,
+                    fin,
+                } => {
+                    if let Some(s) = self.streams.get_mut(&stream) {
+                        if !s.reset_sent {
+                            self.resent += s.send.requeue(start, end, fin);
+                            self.schedule(stream);
+                        }
+                    }
+                }
+                Sent::Window(stream) => self.mark_window_dirty(stream),
+                Sent::SessionWindow => self.session_window_dirty = true,
+                Sent::Control(frame) => {
+                    let keep = match &frame {
+                        Frame::Open { stream, .. } => self.streams.contains_key(stream),
+                        // A hint about load; the next check sends a fresh one if still needed.
+                        Frame::MoreLinks => false,
+                        _ => true,
+                    };
+                    if keep {
+                        self.opens_queued += usize::from(matches!(frame, Frame::Open { .. }));
+                        self.control.push_back(frame);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stream bytes queued to be sent again because the link that carried them died or
+    /// stalled before the peer confirmed them, since the session started.
+    pub fn resent_bytes(&self) -> u64 {
+        self.resent
+    }
+
+    /// Links the engine knows.
+    pub fn links(&self) -> impl Iterator<Item = LinkId> + '_ {
+        self.links.keys().copied()
+    }
+
+    /// Numbers for one link.
+    pub fn link_stats(&self, link: LinkId) -> Option<LinkStats> {
+        self.links.get(&link).map(|l| {
+            let mut s = l.stats;
+            s.unconfirmed = l.sent.len();
+            s
+        })
+    }
+
+    /// The round-trip time that paces a stream's credit: data is spread over every link and
+    /// read in order, so the slowest link's smoothed RTT. `None` before any sample.
+    pub(super) fn path_rtt(&self) -> Option<Duration> {
+        self.links
+            .values()
+            .filter_map(|l| l.stats.rtt.smoothed)
+            .max()
+    }
+
+    /// Asks the client for another link (server side; a no-op on the client): called when every
+    /// link has been busy for a while and data is still waiting.
+    pub fn request_more_links(&mut self) {
+        if matches!(self.role, Role::Server(_)) && !self.control.contains(&Frame::MoreLinks) {
+            self.control.push_back(Frame::MoreLinks);
+        }
+    }
+}

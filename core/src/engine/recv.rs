@@ -1,0 +1,274 @@
+//! The receive path: decoding a link's message into frames and applying each, with the credit
+//! checks that bound what a peer can make this end hold.
+
+use super::stream::Stream;
+use super::{Event, PeerError, Role, Session, ACK_DELAY};
+use crate::budget::Pool;
+use crate::frame::{self, Frame};
+use crate::ids::{LinkId, StreamId};
+use bytes::Bytes;
+use std::time::Instant;
+
+impl Session {
+    /// Handles one decrypted message from `link`.
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        mut msg: Bytes,
+    ) -> Result<(), PeerError> {
+        let l = self.links.get_mut(&link).ok_or(PeerError::UnknownLink)?;
+        l.stats.bytes_received += msg.len() as u64;
+        self.clock = Some(now);
+        while let Some(frame) = Frame::decode(&mut msg)? {
+            self.handle_frame(now, link, frame)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_frame(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        frame: Frame,
+    ) -> Result<(), PeerError> {
+        match frame {
+            Frame::Ping(token) => {
+                if let Some(l) = self.links.get_mut(&link) {
+                    // A peer that pings faster than we pong gets its extra pings dropped.
+                    if l.pongs_owed.len() < 16 {
+                        l.pongs_owed.push(token);
+                    }
+                }
+            }
+            Frame::Pong(token) => {
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.pong(now, token);
+                }
+            }
+            Frame::Close(_) => {
+                self.remove_link(now, link);
+                self.events.push_back(Event::LinkClosedByPeer(link));
+            }
+            Frame::MoreLinks => {
+                if self.role == Role::Client {
+                    self.events.push_back(Event::MoreLinksWanted);
+                }
+            }
+            Frame::Open { stream, service } => self.on_open(stream, service)?,
+            Frame::Data {
+                stream,
+                offset,
+                fin,
+                data,
+            } => self.on_data(now, stream, offset, fin, data)?,
+            Frame::Reset {
+                stream,
+                code,
+                final_size,
+            } => self.on_reset(stream, code, final_size)?,
+            Frame::Window { stream, acked, max } => self.on_window(stream, acked, max)?,
+            Frame::SessionWindow { max } => {
+                if max > self.send_session_max {
+                    self.send_session_max = max;
+                    for id in std::mem::take(&mut self.blocked_on_session) {
+                        if let Some(s) = self.streams.get_mut(&id) {
+                            s.session_blocked = false;
+                        }
+                        self.schedule(id);
+                    }
+                }
+            }
+            Frame::Unknown(_) => {}
+        }
+        Ok(())
+    }
+
+    /// Finds the stream a peer frame names, creating it on the server for a new id.
+    /// `Ok(None)`: a stale frame for a stream that ended; drop it.
+    pub(super) fn peer_stream(&mut self, id: StreamId) -> Result<Option<&mut Stream>, PeerError> {
+        if self.streams.contains_key(&id) {
+            return Ok(self.streams.get_mut(&id));
+        }
+        let Role::Server(node) = self.role else {
+            return Ok(None);
+        };
+        if id.owner() != node {
+            return Err(PeerError::NotOwner(id));
+        }
+        if self.finished.contains(id.0) {
+            return Ok(None);
+        }
+        let live = self.streams.len();
+        if live >= self.cfg.max_streams {
+            // Refuse with a RESET and keep a tombstone until the client's RESET says how many
+            // bytes it sent; a client far over the limit is cut off.
+            if live >= self.cfg.max_streams.saturating_mul(2) {
+                return Err(PeerError::TooManyStreams);
+            }
+            let mut s = Stream::new(false);
+            s.reset_sent = true;
+            self.control.push_back(Frame::Reset {
+                stream: id,
+                code: frame::reset::TOO_MANY_STREAMS,
+                final_size: 0,
+            });
+            self.streams.insert(id, s);
+            return Ok(self.streams.get_mut(&id));
+        }
+        self.insert_stream(id, false);
+        Ok(self.streams.get_mut(&id))
+    }
+
+    pub(super) fn on_open(&mut self, id: StreamId, service: String) -> Result<(), PeerError> {
+        if self.role == Role::Client {
+            return Err(PeerError::UnexpectedOpen);
+        }
+        let Some(s) = self.peer_stream(id)? else {
+            return Ok(());
+        };
+        if s.opened || s.reset_sent {
+            return Ok(());
+        }
+        s.opened = true;
+        self.events.push_back(Event::StreamOpened {
+            stream: id,
+            service,
+        });
+        Ok(())
+    }
+
+    pub(super) fn on_data(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        offset: u64,
+        fin: bool,
+        data: Bytes,
+    ) -> Result<(), PeerError> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(PeerError::Overflow(id))?;
+        let Some(s) = self.peer_stream(id)? else {
+            return Ok(());
+        };
+        if end > s.recv_max {
+            return Err(PeerError::CreditExceeded(id));
+        }
+        let before = s.ack_value();
+        if let Some(f) = s.recv_final {
+            if end > f || (fin && end != f) {
+                return Err(PeerError::FinalSize(id));
+            }
+        } else if fin {
+            if end < s.recv_highest {
+                return Err(PeerError::FinalSize(id));
+            }
+            s.recv_final = Some(end);
+        }
+        let new = end.saturating_sub(s.recv_highest);
+        s.recv_highest = s.recv_highest.max(end);
+        self.recv_session_used += new;
+        if self.recv_session_used > self.recv_session_max {
+            return Err(PeerError::SessionCreditExceeded);
+        }
+        let mut s = self.streams.get_mut(&id).expect("peer_stream returned it");
+        if s.reset_sent {
+            self.recv_session_consumed += new;
+            self.maybe_grant_session();
+            return Ok(());
+        }
+        s.recv.insert(offset, data);
+        let max_window = self.cfg.stream_window;
+        if s.widen_behind_hole(max_window) || s.widen_when_blocked(end, max_window) {
+            let threshold = s.recv_window / 8;
+            self.extend_grant(id, threshold, false);
+            s = self.streams.get_mut(&id).expect("a grant keeps the stream");
+        }
+        let after = s.ack_value();
+        if after == before {
+            return Ok(());
+        }
+        if s.opened && s.read_waiting && (s.recv.has_ready() || s.recv_complete()) {
+            s.read_waiting = false;
+            self.events.push_back(Event::StreamReadable(id));
+        }
+        // Ack at once at the end of the stream or after an eighth of a window, else soon.
+        if s.recv_complete() || after - s.recv_acked_sent >= s.recv_window / 8 {
+            self.mark_window_dirty(id);
+        } else if !s.ack_later && !s.window_dirty {
+            s.ack_later = true;
+            self.ack_later.push(id);
+            self.ack_deadline.get_or_insert(now + ACK_DELAY);
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_reset(
+        &mut self,
+        id: StreamId,
+        code: u16,
+        final_size: u64,
+    ) -> Result<(), PeerError> {
+        let Some(s) = self.peer_stream(id)? else {
+            return Ok(());
+        };
+        if final_size > s.recv_max {
+            return Err(PeerError::CreditExceeded(id));
+        }
+        if final_size < s.recv_highest || s.recv_final.is_some_and(|f| f != final_size) {
+            return Err(PeerError::FinalSize(id));
+        }
+        let new = final_size - s.recv_highest;
+        // Bytes received but never read, and bytes still in flight, are consumed now.
+        let discarded = if s.reset_sent {
+            new
+        } else {
+            final_size - s.recv.read_offset()
+        };
+        let reply = (!s.reset_sent).then(|| Frame::Reset {
+            stream: id,
+            code,
+            final_size: s.send.next(),
+        });
+        self.recv_session_used += new;
+        if self.recv_session_used > self.recv_session_max {
+            return Err(PeerError::SessionCreditExceeded);
+        }
+        self.recv_session_consumed += discarded;
+        if let Some(reply) = reply {
+            self.control.push_back(reply);
+        }
+        self.remove_stream(id);
+        self.events.push_back(Event::StreamReadable(id));
+        self.events.push_back(Event::StreamWritable(id));
+        self.maybe_grant_session();
+        Ok(())
+    }
+
+    pub(super) fn on_window(
+        &mut self,
+        id: StreamId,
+        acked: u64,
+        max: u64,
+    ) -> Result<(), PeerError> {
+        let window = self.cfg.stream_window;
+        let Some(s) = self.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        if s.reset_sent {
+            return Ok(());
+        }
+        let before = s.send.buffered();
+        s.send.ack(id, acked)?;
+        self.held.release(Pool::Send, before - s.send.buffered());
+        s.send.set_max(max);
+        if s.write_waiting && !s.send.is_finished() && window - s.send.buffered() >= window / 8 {
+            s.write_waiting = false;
+            self.events.push_back(Event::StreamWritable(id));
+        }
+        self.schedule(id);
+        self.maybe_remove(id);
+        Ok(())
+    }
+}

@@ -1,0 +1,323 @@
+//! Link choice: interactive lanes, duplicates, stalled and dead links.
+
+use super::*;
+
+/// The data frames `s` sends on `link` in one message: (stream, offset, len).
+fn data_sent(s: &mut Session, now: Instant, link: LinkId) -> Vec<(StreamId, u64, usize)> {
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    if s.poll_transmit(now, link, &mut buf) {
+        let mut b = buf.freeze();
+        while let Some(f) = Frame::decode(&mut b).expect("own frames decode") {
+            if let Frame::Data {
+                stream,
+                offset,
+                data,
+                ..
+            } = f
+            {
+                out.push((stream, offset, data.len()));
+            }
+        }
+    }
+    out
+}
+
+/// A client with links 1 to 4, enough for two interactive lanes.
+fn client_with_four_links() -> (Session, Vec<LinkId>, Instant) {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    let links: Vec<LinkId> = (1..=4).map(LinkId).collect();
+    for &l in &links {
+        c.add_link(now, l);
+    }
+    (c, links, now)
+}
+
+/// A client with links 1 and 2 for bulk data and 3 and 4 as dedicated lanes (not the lowest
+/// ids), and a stream with 400 KB to send.
+fn client_with_two_lanes_and_bulk() -> (Session, Vec<LinkId>, Instant, StreamId) {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    let links: Vec<LinkId> = (1..=4).map(LinkId).collect();
+    c.add_link(now, links[0]);
+    c.add_link(now, links[1]);
+    c.add_lane(now, links[2]);
+    c.add_lane(now, links[3]);
+    let bulk = c.open_stream(NODE, "svc").unwrap();
+    c.stream_write(bulk, Bytes::from(vec![1u8; 400_000]))
+        .unwrap();
+    (c, links, now, bulk)
+}
+
+#[test]
+fn a_dedicated_lane_that_looks_stalled_sends_the_other_lanes_duplicates_and_no_bulk_data() {
+    let (mut c, links, now, _) = client_with_two_lanes_and_bulk();
+    let game = c.open_stream(NODE, "svc").unwrap();
+    c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
+    // Every link sends and pings (lane 4 first, so it carries the game's segment and lane 3
+    // the copy); the peer answers on all but lane 4, whose pong waits (in a real link: behind
+    // a lost packet of what it receives).
+    for l in [links[0], links[1], links[3], links[2]] {
+        let frames = sent(&mut c, now, l);
+        assert!(
+            frames.iter().any(|f| matches!(f, Frame::Data { .. })),
+            "{frames:?}"
+        );
+        for f in frames {
+            if let (Frame::Ping(token), true) = (f, l != links[3]) {
+                let at = now + Duration::from_millis(10);
+                c.handle_message(at, l, msg(&[Frame::Pong(token)])).unwrap();
+            }
+        }
+    }
+    let later = now + Duration::from_millis(2500);
+    // Lane 4 now looks stalled: it takes no bulk data (before, it was "not a lane" then).
+    let d = data_sent(&mut c, later, links[3]);
+    assert!(d.is_empty(), "{d:?}");
+    // The game's next segment goes on lane 3 and again on lane 4.
+    c.stream_write(game, Bytes::from(vec![3u8; 100])).unwrap();
+    for &lane in &links[2..] {
+        let d = data_sent(&mut c, later, lane);
+        assert_eq!(d, vec![(game, 100, 100)], "lane {lane}");
+    }
+    // No more: lane 4 carries only duplicates.
+    let d = data_sent(&mut c, later, links[3]);
+    assert!(d.is_empty(), "{d:?}");
+}
+
+#[test]
+fn small_interactive_frames_get_lanes_free_of_bulk_and_go_twice() {
+    let (mut c, links, now) = client_with_four_links();
+    let bulk = c.open_stream(NODE, "svc").unwrap();
+    let game = c.open_stream(NODE, "svc").unwrap();
+    c.stream_write(bulk, Bytes::from(vec![1u8; 200_000]))
+        .unwrap();
+    c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
+    // The new streams' OPENs and a small write switch the lanes on before anything goes out:
+    // links 1 and 2 are lanes, the others carry bulk data only (no OPEN: it goes on a lane).
+    let first = sent(&mut c, now, links[3]);
+    assert!(first
+        .iter()
+        .any(|f| matches!(f, Frame::Data { stream, .. } if *stream == bulk)));
+    assert!(first.iter().all(|f| match f {
+        Frame::Data { stream, .. } => *stream == bulk,
+        f => matches!(
+            f,
+            Frame::Ping(_) | Frame::Window { .. } | Frame::SessionWindow { .. }
+        ),
+    }));
+    assert_eq!(data_sent(&mut c, now, links[0]), vec![(game, 0, 100)]);
+    assert_eq!(data_sent(&mut c, now, links[1]), vec![(game, 0, 100)]);
+    // The next small write goes on a lane only, and again on the other lane; the other links
+    // carry bulk only.
+    c.stream_write(game, Bytes::from(vec![3u8; 100])).unwrap();
+    let other = data_sent(&mut c, now, links[2]);
+    assert!(
+        !other.is_empty() && other.iter().all(|d| d.0 == bulk),
+        "{other:?}"
+    );
+    assert_eq!(data_sent(&mut c, now, links[0]), vec![(game, 100, 100)]);
+    assert_eq!(data_sent(&mut c, now, links[1]), vec![(game, 100, 100)]);
+    assert!(!c.has_work_for(links[0]) && !c.has_work_for(links[1]));
+    assert!(
+        c.has_work_for(links[3]),
+        "bulk data waits for the bulk links"
+    );
+    // Once the traffic stops, the lanes carry bulk again.
+    let later = now + Duration::from_secs(3);
+    let lane = data_sent(&mut c, later, links[0]);
+    assert!(lane.iter().any(|d| d.0 == bulk), "{lane:?}");
+}
+
+/// A client with two links that has sent 10,000 bytes of one stream on `LINK`, unconfirmed.
+fn ten_kb_out_on_link_one() -> (Session, StreamId, Instant) {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    c.add_link(now, LINK);
+    c.add_link(now, LinkId(2));
+    let id = c.open_stream(NODE, "svc").unwrap();
+    c.stream_write(id, Bytes::from(vec![7u8; 10_000])).unwrap();
+    assert_eq!(data_sent(&mut c, now, LINK), vec![(id, 0, 10_000)]);
+    assert_eq!(c.resent_bytes(), 0);
+    (c, id, now)
+}
+
+#[test]
+fn a_dead_links_unconfirmed_data_counts_as_resent() {
+    let (mut c, id, now) = ten_kb_out_on_link_one();
+    c.remove_link(now, LINK);
+    assert_eq!(c.resent_bytes(), 10_000);
+    assert_eq!(data_sent(&mut c, now, LinkId(2)), vec![(id, 0, 10_000)]);
+}
+
+#[test]
+fn a_stalled_links_unconfirmed_data_goes_out_again_on_another_link() {
+    let (mut c, id, now) = ten_kb_out_on_link_one();
+    // Link 1's ping goes unanswered past the stall threshold (2 s before any RTT sample) but
+    // not yet the ping timeout (5 s); link 2 sent nothing, so it has no ping outstanding.
+    let later = now + Duration::from_millis(2100);
+    c.handle_timeout(later);
+    assert_eq!(c.resent_bytes(), 10_000);
+    assert!(c.links().any(|l| l == LINK), "a stalled link is kept");
+    assert_eq!(data_sent(&mut c, later, LinkId(2)), vec![(id, 0, 10_000)]);
+    // Rescued once, not again at every timer.
+    c.handle_timeout(later + Duration::from_millis(100));
+    assert_eq!(c.resent_bytes(), 10_000);
+}
+
+#[test]
+fn a_small_header_that_turns_into_bulk_does_not_hold_the_lanes() {
+    let (mut c, links, now) = client_with_four_links();
+    let id = c.open_stream(NODE, "svc").unwrap();
+    c.stream_write(id, Bytes::from(vec![1u8; 16])).unwrap();
+    // The OPEN and the small header (a request, or a bulk transfer's header) take a lane.
+    assert_eq!(data_sent(&mut c, now, links[0]), vec![(id, 0, 16)]);
+    // The stream turns bulk: it no longer holds the lanes, so every link carries it at once.
+    c.stream_write(id, Bytes::from(vec![2u8; 200_000])).unwrap();
+    for &l in &links {
+        assert!(
+            data_sent(&mut c, now, l).iter().any(|d| d.0 == id),
+            "{l:?} carries no bulk"
+        );
+    }
+}
+
+#[test]
+fn dedicated_lanes_never_carry_bulk_data_while_another_link_can() {
+    let (mut c, links, now, bulk) = client_with_two_lanes_and_bulk();
+    // Once the stream's OPEN is out nothing would reserve lanes among ordinary links (no
+    // interactive data, no OPEN waiting), but the dedicated lanes still take no bulk data.
+    // (Within a second: the pings of this one-sided session go unanswered, and after two
+    // seconds every link counts as stalled.)
+    for t in [now, now + Duration::from_secs(1)] {
+        for &lane in &links[2..] {
+            let d = data_sent(&mut c, t, lane);
+            assert!(d.is_empty(), "{d:?}");
+        }
+        let d = data_sent(&mut c, t, links[0]);
+        assert!(!d.is_empty() && d.iter().all(|d| d.0 == bulk), "{d:?}");
+    }
+    // A new stream's OPEN and its small first write go on both lanes.
+    let later = now + Duration::from_secs(1);
+    let game = c.open_stream(NODE, "svc").unwrap();
+    c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
+    for &lane in &links[2..] {
+        let frames = sent(&mut c, later, lane);
+        assert!(
+            frames
+                .iter()
+                .any(|f| matches!(f, Frame::Open { stream, .. } if *stream == game)),
+            "{frames:?}"
+        );
+        let data: Vec<_> = frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Data {
+                    stream,
+                    offset,
+                    data,
+                    ..
+                } => Some((*stream, *offset, data.len())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(data, vec![(game, 0, 100)]);
+    }
+    // Without a bulk link the lanes are ordinary links again (one of the two is an on-demand
+    // lane while the game is active), rather than leave the bulk data nowhere to go.
+    c.remove_link(later, links[0]);
+    c.remove_link(later, links[1]);
+    let mut d = data_sent(&mut c, later, links[2]);
+    d.extend(data_sent(&mut c, later, links[3]));
+    assert!(d.iter().any(|d| d.0 == bulk), "{d:?}");
+}
+
+/// A node with dedicated lanes 1 and 2 and bulk links 3 and 4, and the `OPEN` of the client's
+/// first stream (not yet handled).
+fn node_with_two_lanes_and_bulk() -> (Session, [LinkId; 4], Instant, StreamId, Frame) {
+    let now = Instant::now();
+    let mut s = Session::new(Role::Server(NODE), Config::default());
+    let links = [LinkId(1), LinkId(2), LinkId(3), LinkId(4)];
+    s.add_lane(now, links[0]);
+    s.add_lane(now, links[1]);
+    s.add_link(now, links[2]);
+    s.add_link(now, links[3]);
+    let id = sid(0);
+    let open = Frame::Open {
+        stream: id,
+        service: "svc".into(),
+    };
+    (s, links, now, id, open)
+}
+
+#[test]
+fn a_node_sends_a_small_reply_on_both_dedicated_lanes() {
+    let (mut s, [lane_a, lane_b, bulk_a, bulk_b], now, id, open) = node_with_two_lanes_and_bulk();
+    s.handle_message(now, lane_a, msg(&[open, data(id, 0, 64, false)]))
+        .unwrap();
+    while s.poll_event().is_some() {}
+    assert!(matches!(s.stream_read(id, 100), Ok(ReadChunk::Data(_))));
+    // The service answers with 64 bytes: a round trip's reply.
+    s.stream_write(id, Bytes::from(vec![7u8; 64])).unwrap();
+    let carried = |s: &mut Session, link| {
+        data_sent(s, now, link)
+            .iter()
+            .any(|&(stream, offset, len)| (stream, offset, len) == (id, 0, 64))
+    };
+    let first = carried(&mut s, lane_a);
+    let second = carried(&mut s, lane_b);
+    assert!(first && second, "on both lanes: {first} {second}");
+    assert!(!carried(&mut s, bulk_a) && !carried(&mut s, bulk_b));
+}
+
+#[test]
+fn window_updates_stay_off_the_lanes_while_another_link_can_take_them() {
+    let (mut s, [lane_a, lane_b, bulk_a, bulk_b], now, id, open) = node_with_two_lanes_and_bulk();
+    s.handle_message(now, bulk_a, msg(&[open])).unwrap();
+    // An upload arrives on the bulk links and the service reads it: credit is due.
+    let mut offset = 0;
+    let mut upload = |s: &mut Session, at: Instant, link| {
+        for _ in 0..20 {
+            s.handle_message(at, link, msg(&[data(id, offset, 60_000, false)]))
+                .unwrap();
+            offset += 60_000;
+        }
+        while let Ok(ReadChunk::Data(_)) = s.stream_read(id, usize::MAX) {}
+    };
+    let windows = |frames: &[Frame]| {
+        frames
+            .iter()
+            .filter(|f| matches!(f, Frame::Window { .. } | Frame::SessionWindow { .. }))
+            .count()
+    };
+    upload(&mut s, now, bulk_a);
+    assert!(!s.has_work_for(lane_a) && !s.has_work_for(lane_b));
+    // Every link sends once (and pings); the peer answers the lanes' pings only.
+    let mut on_lanes = 0;
+    let mut on_bulk = 0;
+    for link in [lane_a, lane_b, bulk_a, bulk_b] {
+        let frames = sent(&mut s, now, link);
+        let n = windows(&frames);
+        if link == lane_a || link == lane_b {
+            on_lanes += n;
+            for f in frames {
+                if let Frame::Ping(token) = f {
+                    let at = now + Duration::from_millis(10);
+                    s.handle_message(at, link, msg(&[Frame::Pong(token)]))
+                        .unwrap();
+                }
+            }
+        } else {
+            on_bulk += n;
+        }
+    }
+    assert_eq!(on_lanes, 0, "window updates went on a lane");
+    assert!(on_bulk > 0, "no window update was sent");
+    // Once no other link can (one closed, the other's pong overdue), the lanes carry them.
+    s.remove_link(now, bulk_b);
+    let later = now + Duration::from_millis(2500);
+    upload(&mut s, later, lane_a);
+    assert!(s.has_work_for(lane_a));
+    assert!(windows(&sent(&mut s, later, lane_a)) > 0);
+}

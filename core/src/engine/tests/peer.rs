@@ -1,0 +1,355 @@
+//! Hostile and malformed peer input, stream life cycle, pongs and restarts.
+
+use super::*;
+
+#[test]
+fn data_beyond_stream_credit_is_a_peer_error() {
+    let (mut s, now) = server(10);
+    let over = data(sid(0), INITIAL_STREAM_CREDIT - 10, 11, false);
+    assert_eq!(
+        s.handle_message(now, LINK, msg(&[over])),
+        Err(PeerError::CreditExceeded(sid(0)))
+    );
+    let exact = data(sid(1), INITIAL_STREAM_CREDIT - 10, 10, false);
+    assert_eq!(s.handle_message(now, LINK, msg(&[exact])), Ok(()));
+}
+
+#[test]
+fn data_beyond_session_credit_is_a_peer_error() {
+    let (mut s, now) = server(1000);
+    let per = INITIAL_STREAM_CREDIT;
+    let streams = INITIAL_SESSION_CREDIT / per;
+    for i in 0..streams {
+        let f = data(sid(i), per - 1000, 1000, false);
+        s.handle_message(now, LINK, msg(&[f]))
+            .expect("within session credit");
+    }
+    let f = data(sid(streams), 0, 1, false);
+    assert_eq!(
+        s.handle_message(now, LINK, msg(&[f])),
+        Err(PeerError::SessionCreditExceeded)
+    );
+}
+
+#[test]
+fn offset_overflow_is_a_peer_error_not_a_panic() {
+    let (mut s, now) = server(10);
+    let f = data(sid(0), u64::MAX - 2, 10, false);
+    assert_eq!(
+        s.handle_message(now, LINK, msg(&[f])),
+        Err(PeerError::Overflow(sid(0)))
+    );
+}
+
+#[test]
+fn final_size_must_not_change() {
+    let (mut s, now) = server(10);
+    s.handle_message(now, LINK, msg(&[data(sid(0), 0, 10, true)]))
+        .unwrap();
+    let beyond = data(sid(0), 10, 1, false);
+    assert_eq!(
+        s.handle_message(now, LINK, msg(&[beyond])),
+        Err(PeerError::FinalSize(sid(0)))
+    );
+    let other_fin = data(sid(0), 0, 5, true);
+    assert_eq!(
+        s.handle_message(now, LINK, msg(&[other_fin])),
+        Err(PeerError::FinalSize(sid(0)))
+    );
+    // A FIN below bytes already received is a lie too.
+    s.handle_message(now, LINK, msg(&[data(sid(1), 100, 10, false)]))
+        .unwrap();
+    assert_eq!(
+        s.handle_message(now, LINK, msg(&[data(sid(1), 0, 5, true)])),
+        Err(PeerError::FinalSize(sid(1)))
+    );
+}
+
+#[test]
+fn ack_for_bytes_never_sent_is_a_peer_error() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    c.add_link(now, LINK);
+    let id = c.open_stream(NODE, "svc").unwrap();
+    c.stream_write(id, Bytes::from_static(b"hello")).unwrap();
+    let mut buf = BytesMut::new();
+    assert!(c.poll_transmit(now, LINK, &mut buf));
+    let ok = Frame::Window {
+        stream: id,
+        acked: 5,
+        max: 1 << 20,
+    };
+    assert_eq!(c.handle_message(now, LINK, msg(&[ok])), Ok(()));
+    let bad = Frame::Window {
+        stream: id,
+        acked: 6,
+        max: 1 << 20,
+    };
+    assert_eq!(
+        c.handle_message(now, LINK, msg(&[bad])),
+        Err(PeerError::AckBeyondSent(id))
+    );
+}
+
+#[test]
+fn streams_of_another_owner_and_opens_from_a_server_are_refused() {
+    let (mut s, now) = server(10);
+    let foreign = StreamId::new(NodeId(2), 0);
+    assert_eq!(
+        s.handle_message(now, LINK, msg(&[data(foreign, 0, 1, false)])),
+        Err(PeerError::NotOwner(foreign))
+    );
+    let mut c = Session::new(Role::Client, Config::default());
+    c.add_link(now, LINK);
+    let open = Frame::Open {
+        stream: sid(0),
+        service: "x".into(),
+    };
+    assert_eq!(
+        c.handle_message(now, LINK, msg(&[open])),
+        Err(PeerError::UnexpectedOpen)
+    );
+}
+
+#[test]
+fn garbage_and_unknown_links_are_errors() {
+    let (mut s, now) = server(10);
+    assert!(matches!(
+        s.handle_message(now, LINK, Bytes::from_static(&[0x11, 0, 0])),
+        Err(PeerError::Frame(_))
+    ));
+    assert_eq!(
+        s.handle_message(now, LinkId(99), msg(&[Frame::Ping(1)])),
+        Err(PeerError::UnknownLink)
+    );
+}
+
+#[test]
+fn streams_over_the_limit_are_reset_then_the_peer_is_cut_off() {
+    let (mut s, now) = server(2);
+    for i in 0..2 {
+        let open = Frame::Open {
+            stream: sid(i),
+            service: "svc".into(),
+        };
+        s.handle_message(now, LINK, msg(&[open])).unwrap();
+    }
+    // The third and fourth are refused with a RESET, kept as tombstones.
+    for i in 2..4 {
+        let open = Frame::Open {
+            stream: sid(i),
+            service: "svc".into(),
+        };
+        s.handle_message(now, LINK, msg(&[open])).unwrap();
+    }
+    let opened: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
+    assert_eq!(
+        opened.len(),
+        2,
+        "only streams under the limit are opened: {opened:?}"
+    );
+    let mut buf = BytesMut::new();
+    assert!(s.poll_transmit(now, LINK, &mut buf));
+    let mut b = buf.split().freeze();
+    let mut resets = 0;
+    while let Some(f) = Frame::decode(&mut b).unwrap() {
+        if let Frame::Reset { code, .. } = f {
+            assert_eq!(code, reset::TOO_MANY_STREAMS);
+            resets += 1;
+        }
+    }
+    assert_eq!(resets, 2);
+    // Twice the limit in live streams and tombstones: the peer is misbehaving.
+    let open = Frame::Open {
+        stream: sid(4),
+        service: "svc".into(),
+    };
+    assert_eq!(
+        s.handle_message(now, LINK, msg(&[open])),
+        Err(PeerError::TooManyStreams)
+    );
+}
+
+#[test]
+fn frames_for_finished_streams_are_dropped_silently() {
+    let (mut s, now) = server(10);
+    let id = sid(0);
+    s.handle_message(
+        now,
+        LINK,
+        msg(&[Frame::Open {
+            stream: id,
+            service: "svc".into(),
+        }]),
+    )
+    .unwrap();
+    s.handle_message(
+        now,
+        LINK,
+        msg(&[Frame::Reset {
+            stream: id,
+            code: reset::APP,
+            final_size: 0,
+        }]),
+    )
+    .unwrap();
+    assert_eq!(s.stream_count(), 0);
+    // Stale resends after the stream ended: no error, no new stream, no event.
+    while s.poll_event().is_some() {}
+    s.handle_message(
+        now,
+        LINK,
+        msg(&[
+            Frame::Open {
+                stream: id,
+                service: "svc".into(),
+            },
+            data(id, 0, 5, true),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.stream_count(), 0);
+    assert_eq!(s.poll_event(), None);
+}
+
+#[test]
+fn data_before_open_is_buffered_and_delivered_after_it() {
+    let (mut s, now) = server(10);
+    let id = sid(0);
+    s.handle_message(now, LINK, msg(&[data(id, 0, 3, true)]))
+        .unwrap();
+    assert_eq!(s.poll_event(), None, "no event before OPEN");
+    s.handle_message(
+        now,
+        LINK,
+        msg(&[Frame::Open {
+            stream: id,
+            service: "svc".into(),
+        }]),
+    )
+    .unwrap();
+    assert_eq!(
+        s.poll_event(),
+        Some(Event::StreamOpened {
+            stream: id,
+            service: "svc".into()
+        })
+    );
+    assert_eq!(
+        s.stream_read(id, 100),
+        Ok(ReadChunk::Data(Bytes::from(vec![0xAB; 3])))
+    );
+    assert_eq!(s.stream_read(id, 100), Ok(ReadChunk::Fin));
+}
+
+#[test]
+fn reset_accounts_session_credit_for_bytes_never_seen() {
+    let (mut s, now) = server(1000);
+    // A stream that claims 200 KiB sent but only 10 bytes arrived, then resets: the session
+    // must count all 200 KiB as used and consumed, or credit would leak away with each reset.
+    let id = sid(0);
+    s.handle_message(now, LINK, msg(&[data(id, 0, 10, false)]))
+        .unwrap();
+    s.handle_message(
+        now,
+        LINK,
+        msg(&[Frame::Reset {
+            stream: id,
+            code: reset::APP,
+            final_size: 200 * 1024,
+        }]),
+    )
+    .unwrap();
+    assert_eq!(s.recv_session_used, 200 * 1024);
+    assert_eq!(s.recv_session_consumed, 200 * 1024);
+    // Our own reset goes back with our final size so the peer can do the same.
+    let mut buf = BytesMut::new();
+    assert!(s.poll_transmit(now, LINK, &mut buf));
+    let mut b = buf.split().freeze();
+    let mut replied = false;
+    while let Some(f) = Frame::decode(&mut b).unwrap() {
+        replied |= matches!(f, Frame::Reset { stream, final_size: 0, .. } if stream == id);
+    }
+    assert!(replied);
+}
+
+#[test]
+fn write_respects_capacity_and_finish() {
+    let now = Instant::now();
+    let cfg = Config {
+        stream_window: INITIAL_STREAM_CREDIT,
+        ..Config::default()
+    };
+    let mut c = Session::new(Role::Client, cfg);
+    c.add_link(now, LINK);
+    let id = c.open_stream(NODE, "svc").unwrap();
+    let cap = c.stream_send_capacity(id).unwrap();
+    assert_eq!(cap as u64, INITIAL_STREAM_CREDIT);
+    assert_eq!(
+        c.stream_write(id, Bytes::from(vec![0; cap + 1])),
+        Err(StreamError::Full)
+    );
+    c.stream_write(id, Bytes::from(vec![0; cap])).unwrap();
+    assert_eq!(c.stream_send_capacity(id), Ok(0));
+    c.stream_finish(id).unwrap();
+    assert_eq!(
+        c.stream_write(id, Bytes::from_static(b"x")),
+        Err(StreamError::Finished)
+    );
+    assert_eq!(
+        c.open_stream(NODE, &"x".repeat(256)),
+        Err(OpenError::NameTooLong)
+    );
+}
+
+#[test]
+fn pongs_confirm_what_a_link_carried() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    c.add_link(now, LINK);
+    let id = c.open_stream(NODE, "svc").unwrap();
+    c.stream_write(id, Bytes::from_static(b"abc")).unwrap();
+    let mut buf = BytesMut::new();
+    assert!(c.poll_transmit(now, LINK, &mut buf));
+    let mut b = buf.split().freeze();
+    let mut token = None;
+    while let Some(f) = Frame::decode(&mut b).unwrap() {
+        if let Frame::Ping(t) = f {
+            token = Some(t);
+        }
+    }
+    let token = token.expect("a ping rides along with unconfirmed frames");
+    assert!(c.link_stats(LINK).unwrap().unconfirmed > 0);
+    let later = now + Duration::from_millis(30);
+    c.handle_message(later, LINK, msg(&[Frame::Pong(token)]))
+        .unwrap();
+    let stats = c.link_stats(LINK).unwrap();
+    assert_eq!(stats.unconfirmed, 0);
+    assert_eq!(stats.rtt.smoothed, Some(Duration::from_millis(30)));
+}
+
+#[test]
+fn restart_forgets_streams_and_credit_but_keeps_links() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    c.add_link(now, LINK);
+    let a = c.open_stream(NODE, "svc").unwrap();
+    c.stream_write(a, Bytes::from(vec![1; 1000])).unwrap();
+    let mut buf = BytesMut::new();
+    assert!(c.poll_transmit(now, LINK, &mut buf));
+    while c.poll_event().is_some() {}
+    c.restart();
+    let events: Vec<Event> = std::iter::from_fn(|| c.poll_event()).collect();
+    assert!(
+        events.contains(&Event::StreamReadable(a)) && events.contains(&Event::StreamWritable(a))
+    );
+    assert_eq!(c.stream_read(a, 10), Err(StreamError::Closed));
+    assert_eq!(c.stream_count(), 0);
+    assert_eq!(c.send_session_used, 0);
+    assert_eq!(c.links().collect::<Vec<_>>(), vec![LINK]);
+    assert_eq!(c.link_stats(LINK).unwrap().unconfirmed, 0);
+    // New streams get fresh ids and work as before.
+    let b = c.open_stream(NODE, "svc").unwrap();
+    assert_ne!(a, b);
+    assert!(c.poll_transmit(now, LINK, &mut buf));
+}

@@ -1,0 +1,292 @@
+//! Stream windows: autotuning, holes, credit limits and the memory budget.
+
+use super::*;
+
+/// The `WINDOW` frames `s` sends on `LINK` now: (stream, acked, max).
+fn windows_sent(s: &mut Session, now: Instant) -> Vec<(StreamId, u64, u64)> {
+    let mut out = Vec::new();
+    let mut buf = BytesMut::new();
+    while s.poll_transmit(now, LINK, &mut buf) {
+        let mut b = buf.split().freeze();
+        while let Some(f) = Frame::decode(&mut b).expect("own frames decode") {
+            if let Frame::Window { stream, acked, max } = f {
+                out.push((stream, acked, max));
+            }
+        }
+    }
+    out
+}
+
+/// A peer that always sends up to its credit and an application that reads at once: returns
+/// the largest credit ahead of the reader seen, and the budget's peak use.
+fn stream_credit_grows(s: &mut Session, now: Instant, id: StreamId, total: u64) -> (u64, u64) {
+    let (mut max, mut sent, mut ahead, mut peak) = (INITIAL_STREAM_CREDIT, 0u64, 0u64, 0u64);
+    while sent < total {
+        let n = (max - sent).min(60_000);
+        if n > 0 {
+            s.handle_message(now, LINK, msg(&[data(id, sent, n as usize, false)]))
+                .expect("within credit");
+            sent += n;
+        }
+        while let Ok(ReadChunk::Data(_)) = s.stream_read(id, usize::MAX) {}
+        for (stream, _, m) in windows_sent(s, now) {
+            if stream == id {
+                max = max.max(m);
+            }
+        }
+        ahead = ahead.max(max - sent);
+        peak = peak.max(s.budget().used(Pool::Recv));
+        assert!(n > 0 || max > sent, "credit stalled at {sent}");
+    }
+    (ahead, peak)
+}
+
+/// A server session whose streams' windows may grow to `stream_window`, with one link.
+fn server_with_window(stream_window: u64) -> (Session, Instant) {
+    let now = Instant::now();
+    let cfg = Config {
+        stream_window,
+        ..Config::default()
+    };
+    let mut s = Session::new(Role::Server(NODE), cfg);
+    s.add_link(now, LINK);
+    (s, now)
+}
+
+#[test]
+fn stream_window_autotunes_up_to_the_configured_window() {
+    let (mut s, now) = server_with_window(4 << 20);
+    // A stream that moves little keeps the initial credit and costs the budget nothing.
+    s.handle_message(now, LINK, msg(&[data(sid(0), 0, 100, false)]))
+        .unwrap();
+    assert!(matches!(
+        s.stream_read(sid(0), 1000),
+        Ok(ReadChunk::Data(_))
+    ));
+    assert!(windows_sent(&mut s, now)
+        .iter()
+        .all(|w| w.2 <= INITIAL_STREAM_CREDIT));
+    assert_eq!(s.budget_held(), (0, 0));
+    // A bulk stream whose reader keeps up grows to the configured window.
+    let (ahead, _) = stream_credit_grows(&mut s, now, sid(1), 32 << 20);
+    assert!(ahead > 2 << 20, "window did not grow: {ahead}");
+    assert!(ahead <= 4 << 20, "window beyond the configuration: {ahead}");
+}
+
+#[test]
+fn a_hole_that_holds_back_half_the_window_doubles_it_up_to_the_configured_window() {
+    let (mut s, now) = server_with_window(8 << 20);
+    let id = sid(0);
+    // The first 60 kB are still on a slow link; what follows arrives on a fast one, up to the
+    // credit, and the application can read none of it.
+    let hole = 60_000u64;
+    let (mut max, mut sent) = (INITIAL_STREAM_CREDIT, hole);
+    let mut grown_at = Vec::new();
+    while sent < max {
+        let n = (max - sent).min(60_000);
+        s.handle_message(now, LINK, msg(&[data(id, sent, n as usize, false)]))
+            .expect("within credit");
+        sent += n;
+        for (stream, acked, m) in windows_sent(&mut s, now) {
+            assert_eq!((stream, acked), (id, 0), "nothing contiguous yet");
+            if m > max {
+                max = m;
+                grown_at.push(sent);
+            }
+        }
+    }
+    assert_eq!(
+        max,
+        8 << 20,
+        "credit grows to the configured window, no further"
+    );
+    // Each doubling waited until half the window lay beyond the hole: 1 MiB of the 2 MiB
+    // window, then 2 MiB of 4.
+    assert_eq!(grown_at.len(), 2, "{grown_at:?}");
+    assert!((1 << 20..(1 << 20) + 60_000).contains(&grown_at[0]));
+    assert!((2 << 20..(2 << 20) + 60_000).contains(&grown_at[1]));
+    // The hole fills and everything is read, in order.
+    s.handle_message(now, LINK, msg(&[data(id, 0, hole as usize, false)]))
+        .expect("within credit");
+    let mut read = 0;
+    while let Ok(ReadChunk::Data(d)) = s.stream_read(id, usize::MAX) {
+        read += d.len() as u64;
+    }
+    assert_eq!(read, sent);
+}
+
+/// Gives `s`'s link a smoothed RTT of `rtt`: the keepalive ping goes out after `KEEPALIVE`
+/// and its pong comes back `rtt` later. Returns the time after that.
+fn with_rtt(s: &mut Session, now: Instant, rtt: Duration) -> Instant {
+    let at = now + KEEPALIVE;
+    s.handle_timeout(at);
+    let ping = sent(s, at, LINK)
+        .into_iter()
+        .find_map(|f| match f {
+            Frame::Ping(token) => Some(token),
+            _ => None,
+        })
+        .expect("an idle link is pinged");
+    let back = at + rtt;
+    s.handle_message(back, LINK, msg(&[Frame::Pong(ping)]))
+        .expect("the pong of our ping");
+    back
+}
+
+/// The credit a stream of a 16 MiB-window server grants when its application reads the first
+/// 600 kB, in 60 kB frames, `after` the stream's first frame, with 100 ms round trips. The
+/// grant comes at the first read past a quarter of the window: 540 kB.
+fn first_grant_after(after: Duration) -> u64 {
+    let (mut s, now) = server_with_window(16 << 20);
+    let now = with_rtt(&mut s, now, Duration::from_millis(100));
+    let id = sid(0);
+    for i in 0..10u64 {
+        s.handle_message(now, LINK, msg(&[data(id, i * 60_000, 60_000, false)]))
+            .expect("within credit");
+    }
+    windows_sent(&mut s, now);
+    let later = now + after;
+    s.handle_timeout(later);
+    while let Ok(ReadChunk::Data(_)) = s.stream_read(id, usize::MAX) {}
+    windows_sent(&mut s, later)
+        .into_iter()
+        .map(|(_, _, m)| m)
+        .max()
+        .expect("a quarter of the window read: a grant")
+}
+
+#[test]
+fn the_first_quarter_of_the_window_read_within_four_round_trips_doubles_it() {
+    // Three round trips: how long a sender in start-up may take to send the first quarter.
+    let max = first_grant_after(Duration::from_millis(300));
+    assert_eq!(max, 540_000 + 2 * INITIAL_STREAM_CREDIT);
+    // Five: a slow stream, which keeps the initial window.
+    let max = first_grant_after(Duration::from_millis(500));
+    assert_eq!(max, 540_000 + INITIAL_STREAM_CREDIT);
+}
+
+#[test]
+fn a_frame_cut_at_a_credit_limit_the_peer_had_doubles_the_window_once() {
+    let window = 16 << 20;
+    let mut s = Stream::new(true);
+    assert!(
+        !s.widen_when_blocked(INITIAL_STREAM_CREDIT - 1, window),
+        "short of the limit"
+    );
+    assert!(s.widen_when_blocked(INITIAL_STREAM_CREDIT, window));
+    assert_eq!(s.recv_window, 2 * INITIAL_STREAM_CREDIT);
+    assert!(
+        !s.widen_when_blocked(INITIAL_STREAM_CREDIT, window),
+        "the same limit again"
+    );
+    // A grant raised the credit; the peer may not have it yet, so either limit counts once.
+    s.recv_max_before = s.recv_max;
+    s.recv_max += 3 << 20;
+    assert!(!s.widen_when_blocked(INITIAL_STREAM_CREDIT, window));
+    assert!(s.widen_when_blocked(s.recv_max, window));
+    assert_eq!(s.recv_window, 4 * INITIAL_STREAM_CREDIT);
+    // An application that left a quarter of the window unread is what holds the peer back.
+    s.recv.insert(0, Bytes::from(vec![0; 2 << 20]));
+    s.recv_max_before = s.recv_max;
+    s.recv_max += 1 << 20;
+    assert!(!s.widen_when_blocked(s.recv_max, window));
+    assert_eq!(s.recv_window, 4 * INITIAL_STREAM_CREDIT);
+    // Never past the configured window.
+    let mut s = Stream::new(true);
+    assert!(s.widen_when_blocked(INITIAL_STREAM_CREDIT, 3 << 20));
+    assert_eq!(s.recv_window, 3 << 20);
+    s.recv_max_before = s.recv_max;
+    s.recv_max += 1 << 20;
+    assert!(!s.widen_when_blocked(s.recv_max, 3 << 20));
+}
+
+#[test]
+fn memory_budget_caps_the_credit_granted() {
+    let now = Instant::now();
+    let cfg = Config {
+        stream_window: 4 << 20,
+        ..Config::default()
+    };
+    let budget = Budget::new(2 << 20); // 1 MiB per pool
+    let mut s = Session::with_budget(Role::Server(NODE), cfg, budget.clone());
+    s.add_link(now, LINK);
+    let (ahead, peak) = stream_credit_grows(&mut s, now, sid(0), 16 << 20);
+    assert!(peak <= 1 << 20, "receive pool {peak} beyond its cap");
+    assert!(ahead <= INITIAL_STREAM_CREDIT + (1 << 20), "credit {ahead}");
+    assert!(
+        ahead > INITIAL_STREAM_CREDIT,
+        "the budget allowed growth: {ahead}"
+    );
+    // A second session sharing the budget finds it used up: its stream gets the initial credit
+    // only, and waits for the budget once it reads a quarter of it (a grant that would double
+    // the window).
+    let mut t = Session::with_budget(Role::Server(NODE), cfg, budget.clone());
+    t.add_link(now, LINK);
+    let before = budget.used(Pool::Recv);
+    assert!(
+        before > (1 << 20) - (1 << 17),
+        "budget should be nearly full: {before}"
+    );
+    for i in 0..10 {
+        t.handle_message(now, LINK, msg(&[data(sid(0), i * 60_000, 60_000, false)]))
+            .unwrap();
+    }
+    while let Ok(ReadChunk::Data(_)) = t.stream_read(sid(0), usize::MAX) {}
+    // Everything given back when streams end and sessions go away.
+    s.stream_reset(sid(0), reset::APP);
+    assert_eq!(s.budget_held().0, 0);
+    assert!(t.budget_blocked() || t.budget_held().0 > 0);
+    t.retry_budget();
+    assert!(
+        t.budget_held().0 > 0,
+        "the waiting stream got the freed budget"
+    );
+    drop(t);
+    drop(s);
+    assert_eq!(budget.used(Pool::Recv), 0);
+    assert_eq!(budget.used(Pool::Send), 0);
+}
+
+#[test]
+fn memory_budget_bounds_send_buffers_and_wakes_writers() {
+    let now = Instant::now();
+    let budget = Budget::new(2 << 20); // 1 MiB per pool
+    let mut c = Session::with_budget(Role::Client, Config::default(), budget.clone());
+    c.add_link(now, LINK);
+    let a = c.open_stream(NODE, "svc").unwrap();
+    let b = c.open_stream(NODE, "svc").unwrap();
+    let cap = c.stream_send_capacity(a).unwrap();
+    assert_eq!(cap, 1 << 20, "capacity limited by the send pool");
+    c.stream_write(a, Bytes::from(vec![1u8; cap])).unwrap();
+    assert_eq!(
+        c.stream_send_capacity(b),
+        Ok(0),
+        "pool used up by the other stream"
+    );
+    assert!(c.budget_blocked());
+    // Send it all (the initial credit covers it); the peer acks a quarter: the pool frees that
+    // much and `b` is woken.
+    let mut buf = BytesMut::new();
+    while c.poll_transmit(now, LINK, &mut buf) {}
+    let acked = cap as u64 / 4;
+    c.handle_message(
+        now,
+        LINK,
+        msg(&[Frame::Window {
+            stream: a,
+            acked,
+            max: 4 << 20,
+        }]),
+    )
+    .unwrap();
+    assert_eq!(budget.used(Pool::Send), (1 << 20) - acked);
+    c.retry_budget();
+    let mut woken = false;
+    while let Some(ev) = c.poll_event() {
+        woken |= ev == Event::StreamWritable(b);
+    }
+    assert!(woken, "the blocked writer was not woken");
+    assert_eq!(c.stream_send_capacity(b), Ok(acked as usize));
+    c.stream_reset(a, reset::APP);
+    assert_eq!(budget.used(Pool::Send), 0);
+}

@@ -1,0 +1,108 @@
+//! Timers: delayed acks, keepalive pings, dead links, and the rescue of what a stalled link
+//! carries.
+
+use super::link::Sent;
+use super::{Event, Session};
+use crate::ids::{LinkId, StreamId};
+use std::time::Instant;
+
+impl Session {
+    /// Fires the delayed-ack and keepalive timers that are due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = Some(now);
+        if self.ack_deadline.is_some_and(|d| d <= now) {
+            self.ack_deadline = None;
+            for id in std::mem::take(&mut self.ack_later) {
+                if let Some(s) = self.streams.get_mut(&id) {
+                    s.ack_later = false;
+                }
+                self.mark_window_dirty(id);
+            }
+        }
+        for l in self.links.values_mut() {
+            if l.next_ping_at().is_some_and(|t| t <= now) {
+                l.ping_due = true;
+            }
+        }
+        self.rescue_stalled(now);
+        let dead: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.dead_at().is_some_and(|t| t <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in dead {
+            self.remove_link(now, id);
+            self.events.push_back(Event::LinkTimedOut(id));
+        }
+    }
+
+    /// Sends again, on the other links, the data a stalled link carries unconfirmed: a TCP
+    /// connection repairing a loss (or backing off its retransmission timer) holds back
+    /// everything behind the lost packet, and the stream's receiver waits for it in order. The
+    /// receiver drops whichever copy arrives second. The link stays: it may recover, and if it
+    /// dies its records are requeued as usual.
+    pub(super) fn rescue_stalled(&mut self, now: Instant) {
+        let stalled: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.rescue_at().is_some_and(|t| t < now))
+            .map(|(&id, _)| id)
+            .collect();
+        // Only if another link can take it; resending on the stalled link itself is waste.
+        if stalled.is_empty() || self.links.values().all(|l| l.stalled(now)) {
+            return;
+        }
+        for id in stalled {
+            let Some(l) = self.links.get_mut(&id) else {
+                continue;
+            };
+            let from = usize::try_from(l.rescued.saturating_sub(l.base)).unwrap_or(usize::MAX);
+            l.rescued = l.base + l.sent.len() as u64;
+            let data: Vec<(StreamId, u64, u64, bool)> = l
+                .sent
+                .iter()
+                .skip(from)
+                .filter_map(|s| match *s {
+                    Sent::Data {
+                        stream,
+                        start,
+                        end,
+                        fin,
+                    } => Some((stream, start, end, fin)),
+                    _ => None,
+                })
+                .collect();
+            let before = self.resent;
+            let entries = data.len();
+            for (stream, start, end, fin) in data {
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    if !s.reset_sent {
+                        self.resent += s.send.requeue(start, end, fin);
+                        self.schedule(stream);
+                    }
+                }
+            }
+            tracing::debug!(
+                %id,
+                entries,
+                bytes = self.resent - before,
+                "link looks stalled: its unconfirmed data goes out again on the others"
+            );
+        }
+    }
+
+    /// When [`Session::handle_timeout`] (and a transmit poll) is next needed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let keepalive = self
+            .links
+            .values()
+            .flat_map(|l| [l.next_ping_at(), l.dead_at(), l.rescue_at()])
+            .flatten()
+            .min();
+        match (self.ack_deadline, keepalive) {
+            (Some(a), Some(k)) => Some(a.min(k)),
+            (a, k) => a.or(k),
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Transmit: filling one message for a link with its pongs, control frames, window updates,
+//! lane duplicates and stream data chosen by the scheduler.
+
+use super::lanes::Pick;
+use super::link::{LinkState, Sent};
+use super::sched::QUANTUM;
+use super::{Session, MAX_LANE_DUPS, MIN_TAIL, SMALL_SEGMENT};
+use crate::frame::{self, Frame, DATA_HEADER, MAX_MESSAGE};
+use crate::ids::LinkId;
+use bytes::BytesMut;
+use std::time::Instant;
+
+impl Session {
+    /// Whether any link could send something now: control frames, window updates or stream
+    /// data, which go on whichever link asks first.
+    pub fn wants_transmit(&self) -> bool {
+        !self.control.is_empty()
+            || !self.dirty_windows.is_empty()
+            || self.session_window_dirty
+            || !self.sched.is_empty()
+    }
+
+    /// Fills `buf` (cleared first) with the plaintext of one message for `link`: that link's
+    /// pongs, control frames, window updates, then stream data chosen by the scheduler, then a
+    /// ping if one is due. Returns `false` when there is nothing to send.
+    pub fn poll_transmit(&mut self, now: Instant, link: LinkId, buf: &mut BytesMut) -> bool {
+        buf.clear();
+        self.clock = Some(now);
+        let lanes = self.lanes();
+        let pick = self.pick_for(link, lanes);
+        let windows = (!self.dirty_windows.is_empty() || self.session_window_dirty)
+            && self.carries_windows(link, pick, lanes);
+        let Some(mut l) = self.links.remove(&link) else {
+            return false;
+        };
+        let limit = MAX_MESSAGE - 9; // room for the trailing ping
+        for token in l.pongs_owed.drain(..) {
+            Frame::Pong(token).encode(buf);
+        }
+        // While lanes are reserved, control frames go on them only; window updates stay off
+        // dedicated lanes (see `carries_windows`).
+        let control = matches!(pick, Pick::Any | Pick::Lane { .. });
+        if control || matches!(pick, Pick::Spare) {
+            self.fill_open_dups(link, buf, limit);
+        }
+        while let Some(f) = self.control.front().filter(|_| control) {
+            if buf.len() + f.encoded_len() > limit {
+                break;
+            }
+            let f = self.control.pop_front().expect("front exists");
+            let open = matches!(f, Frame::Open { .. });
+            self.opens_queued -= usize::from(open);
+            f.encode(buf);
+            if let (true, Pick::Lane { twin: Some(twin) }) = (open, pick) {
+                if self.open_dups.len() >= MAX_LANE_DUPS {
+                    self.open_dups.pop_front();
+                }
+                self.open_dups.push_back((twin, f.clone()));
+            }
+            l.record(Sent::Control(f));
+        }
+        while windows && buf.len() + 25 <= limit {
+            let Some(id) = self.dirty_windows.pop_front() else {
+                break;
+            };
+            let Some(s) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            if !s.window_dirty {
+                continue;
+            }
+            s.window_dirty = false;
+            let acked = s.ack_value();
+            Frame::Window {
+                stream: id,
+                acked,
+                max: s.recv_max,
+            }
+            .encode(buf);
+            s.recv_acked_sent = acked;
+            l.record(Sent::Window(id));
+        }
+        if windows && self.session_window_dirty && buf.len() + 9 <= limit {
+            self.session_window_dirty = false;
+            Frame::SessionWindow {
+                max: self.recv_session_max,
+            }
+            .encode(buf);
+            l.record(Sent::SessionWindow);
+        }
+        if matches!(pick, Pick::Lane { .. } | Pick::Spare) {
+            self.fill_dups(link, buf, limit);
+        }
+        self.fill_data(now, &mut l, buf, limit, pick);
+        // Drop entries the peer has acked end to end, then ask for confirmation of the rest.
+        let streams = &self.streams;
+        l.pop_front_while(|s| match s {
+            Sent::Data {
+                stream, end, fin, ..
+            } => streams.get(stream).is_none_or(|st| {
+                st.reset_sent || (st.send.acked() >= *end && (!fin || st.send.fin_acked()))
+            }),
+            _ => false,
+        });
+        if l.wants_ping(now) {
+            let token = self.next_ping;
+            self.next_ping += 1;
+            Frame::Ping(token).encode(buf);
+            l.ping_sent(now, token, l.stats.bytes_sent + buf.len() as u64);
+        }
+        l.stats.bytes_sent += buf.len() as u64;
+        self.links.insert(link, l);
+        !buf.is_empty()
+    }
+
+    /// Sends again, on `link`, the `OPEN` frames the other lane sent, for streams still open.
+    pub(super) fn fill_open_dups(&mut self, link: LinkId, buf: &mut BytesMut, limit: usize) {
+        let mut i = 0;
+        while i < self.open_dups.len() {
+            if self.open_dups[i].0 != link {
+                i += 1;
+                continue;
+            }
+            if buf.len() + self.open_dups[i].1.encoded_len() > limit {
+                break;
+            }
+            let (_, f) = self.open_dups.remove(i).expect("index in range");
+            let live = matches!(&f, Frame::Open { stream, .. }
+                if self.streams.get(stream).is_some_and(|s| !s.reset_sent));
+            if live {
+                f.encode(buf);
+            }
+        }
+    }
+
+    /// Sends again, on `link`, the small segments the other lane sent that are not acked yet.
+    pub(super) fn fill_dups(&mut self, link: LinkId, buf: &mut BytesMut, limit: usize) {
+        let mut i = 0;
+        while i < self.lane_dups.len() {
+            let (lane, id, offset, len, fin) = self.lane_dups[i];
+            if lane != link {
+                i += 1;
+                continue;
+            }
+            if buf.len() + DATA_HEADER + len > limit {
+                break;
+            }
+            self.lane_dups.remove(i);
+            let Some(s) = self.streams.get(&id) else {
+                continue;
+            };
+            let unacked = if len > 0 {
+                offset >= s.send.acked()
+            } else {
+                fin && !s.send.fin_acked()
+            };
+            if s.reset_sent || !unacked {
+                continue;
+            }
+            frame::encode_data_header(buf, id, offset, len, fin);
+            s.send.copy_out(offset, len, buf);
+        }
+    }
+
+    pub(super) fn fill_data(
+        &mut self,
+        now: Instant,
+        l: &mut LinkState,
+        buf: &mut BytesMut,
+        limit: usize,
+        pick: Pick,
+    ) {
+        while buf.len() + DATA_HEADER + MIN_TAIL <= limit {
+            let next = match pick {
+                Pick::Any => self.sched.pop(),
+                Pick::Lane { .. } => self.sched.pop_interactive(),
+                Pick::Bulk => self.sched.pop_bulk(),
+                Pick::Spare => None,
+            };
+            let Some(id) = next else { break };
+            let credit = self.send_session_max - self.send_session_used;
+            let Some(s) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            s.queued = false;
+            if s.reset_sent {
+                continue;
+            }
+            let space = limit - buf.len() - DATA_HEADER;
+            let max_len = if self.sched.is_empty() {
+                space
+            } else {
+                space.min(QUANTUM)
+            };
+            let Some(seg) = s.send.next_segment(max_len, credit) else {
+                self.schedule(id);
+                continue;
+            };
+            frame::encode_data_header(buf, id, seg.offset, seg.len, seg.fin);
+            s.send.copy_out(seg.offset, seg.len, buf);
+            s.send.mark_sent(seg);
+            if s.queued_interactive && seg.len <= SMALL_SEGMENT {
+                self.last_small = Some(now);
+                self.small_at.insert(id, now);
+                self.small_queued = false;
+                if let Pick::Lane { twin: Some(twin) } = pick {
+                    if self.lane_dups.len() >= MAX_LANE_DUPS {
+                        self.lane_dups.pop_front();
+                    }
+                    self.lane_dups
+                        .push_back((twin, id, seg.offset, seg.len, seg.fin));
+                }
+            }
+            self.send_session_used += seg.new_bytes;
+            l.record(Sent::Data {
+                stream: id,
+                start: seg.offset,
+                end: seg.offset + seg.len as u64,
+                fin: seg.fin,
+            });
+            self.schedule(id);
+        }
+    }
+}
