@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
 use wanmux_config::{ClientConfig, LinkTransport, ServiceName};
 use wanmux_core::budget::Budget;
-use wanmux_core::driver::{self, SessionDriver};
+use wanmux_core::driver::{self, BudgetSignal, SessionDriver};
 use wanmux_core::engine::{self, Role, Session};
 use wanmux_core::frame::reset;
 use wanmux_core::ids::{NodeId, SessionId};
@@ -127,7 +127,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     };
     let budget = Budget::new(config.limits.memory);
     let session = Session::with_budget(Role::Client, cfg, budget);
-    let (driver, _opened) = SessionDriver::start(session);
+    let (driver, _opened) = SessionDriver::start(session, &BudgetSignal::default());
     let span = tracing::info_span!("session", id = %session_id);
     let mut tasks = Vec::new();
     let mut maps = Vec::new();
@@ -249,7 +249,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        match driver.with(|s, _| s.open_stream(owner, service.as_str())) {
+        match driver.with(|s, now| s.open_stream(now, owner, service.as_str())) {
             Ok(id) => {
                 debug!(%peer, stream = %id, "connection accepted");
                 tokio::spawn(driver::stream::run(driver.clone(), id, tcp).in_current_span());

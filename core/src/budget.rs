@@ -18,8 +18,9 @@
 //! per session). Written bytes are counted after the application's capacity check, so the send
 //! pool can run over by one socket read per stream that was reading at that moment.
 //!
-//! A session that finds a pool empty registers as waiting; the next release wakes every
-//! waiting session (with the `io` feature, through [`Budget::notified`]) and each retries.
+//! A session that finds a pool empty registers as waiting; the session whose release comes next
+//! reports it as an engine output ([`crate::engine::Event::BudgetReleased`]), its driver wakes
+//! every session of the daemon, and each retries ([`crate::engine::Session::retry_budget`]).
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,8 +40,6 @@ struct Inner {
     cap: u64,
     used: [AtomicU64; 2],
     waiting: AtomicBool,
-    #[cfg(feature = "io")]
-    notify: tokio::sync::Notify,
 }
 
 /// A daemon-wide memory cap; cheap to clone (all clones share it).
@@ -64,8 +63,6 @@ impl Budget {
             cap: total / 2,
             used: [AtomicU64::new(0), AtomicU64::new(0)],
             waiting: AtomicBool::new(false),
-            #[cfg(feature = "io")]
-            notify: tokio::sync::Notify::new(),
         }))
     }
 
@@ -114,29 +111,21 @@ impl Budget {
         self.pool(pool).fetch_add(n, Ordering::AcqRel);
     }
 
-    /// Returns `n` reserved bytes and wakes waiting sessions.
-    pub(crate) fn release(&self, pool: Pool, n: u64) {
+    /// Returns `n` reserved bytes; true if a session was waiting for a release (the caller
+    /// reports it so that the waiting sessions retry).
+    #[must_use]
+    pub(crate) fn release(&self, pool: Pool, n: u64) -> bool {
         if n == 0 {
-            return;
+            return false;
         }
         let prev = self.pool(pool).fetch_sub(n, Ordering::AcqRel);
         debug_assert!(prev >= n, "budget released more than reserved");
-        if self.0.waiting.swap(false, Ordering::AcqRel) {
-            #[cfg(feature = "io")]
-            self.0.notify.notify_waiters();
-        }
+        self.0.waiting.swap(false, Ordering::AcqRel)
     }
 
     /// A session could not reserve what it needed: wake it at the next release.
     pub(crate) fn set_waiting(&self) {
         self.0.waiting.store(true, Ordering::Release);
-    }
-
-    /// Completes after a release that followed a session's failed reservation. Create it (and
-    /// `enable` it) before checking the engine, so no release is missed.
-    #[cfg(feature = "io")]
-    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.0.notify.notified()
     }
 }
 
@@ -145,6 +134,8 @@ impl Budget {
 pub(crate) struct Held {
     budget: Budget,
     bytes: [u64; 2],
+    /// A release found a session waiting; see [`Held::take_wake`].
+    wake: bool,
 }
 
 impl Held {
@@ -152,6 +143,7 @@ impl Held {
         Held {
             budget,
             bytes: [0, 0],
+            wake: false,
         }
     }
 
@@ -185,7 +177,25 @@ impl Held {
         );
         let n = n.min(self.bytes[pool as usize]);
         self.bytes[pool as usize] -= n;
-        self.budget.release(pool, n);
+        self.wake |= self.budget.release(pool, n);
+    }
+
+    /// Gives back everything held, as dropping does, but keeps the wake-up to report.
+    pub(crate) fn release_all(&mut self) {
+        for pool in [Pool::Recv, Pool::Send] {
+            let n = self.bytes[pool as usize];
+            self.release(pool, n);
+        }
+    }
+
+    /// Keeps a wake-up to report (from the `Held` this one replaces).
+    pub(crate) fn wake_later(&mut self, wake: bool) {
+        self.wake |= wake;
+    }
+
+    /// Whether a release since the last call found sessions waiting for the budget.
+    pub(crate) fn take_wake(&mut self) -> bool {
+        std::mem::take(&mut self.wake)
     }
 }
 
@@ -194,7 +204,9 @@ impl Drop for Held {
         for pool in [Pool::Recv, Pool::Send] {
             let n = self.bytes[pool as usize];
             self.bytes[pool as usize] = 0;
-            self.budget.release(pool, n);
+            // Nobody is left to report it: the driver of a session that ends wakes the
+            // daemon's sessions itself.
+            let _ = self.budget.release(pool, n);
         }
     }
 }

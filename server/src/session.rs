@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, Instrument};
 use wanmux_config::ServerConfig;
 use wanmux_core::budget::Budget;
-use wanmux_core::driver::{self, OpenedStreams, SessionDriver};
+use wanmux_core::driver::{self, BudgetSignal, OpenedStreams, SessionDriver};
 use wanmux_core::engine::{self, Role, Session};
 use wanmux_core::frame::reset;
 use wanmux_core::ids::{NodeId, SessionId, StreamId};
@@ -41,12 +41,15 @@ pub(crate) struct Sessions {
     draining: AtomicBool,
     /// The daemon's memory cap (`limits.memory`), shared by every session.
     budget: Budget,
+    /// Wakes every session when one gave memory back to `budget` while another waited.
+    budget_signal: BudgetSignal,
 }
 
 impl Sessions {
     pub(crate) fn new(config: ServerConfig) -> Self {
         Sessions {
             budget: Budget::new(config.limits.memory),
+            budget_signal: BudgetSignal::default(),
             config: Arc::new(config),
             table: Mutex::new(HashMap::new()),
             epoch_key: RandomState::new(),
@@ -188,7 +191,7 @@ impl Sessions {
         };
         let node = NodeId(self.config.node_id.get());
         let session = Session::with_budget(Role::Server(node), cfg, self.budget.clone());
-        let (driver, opened) = SessionDriver::start(session);
+        let (driver, opened) = SessionDriver::start(session, &self.budget_signal);
         let span = tracing::info_span!("session", id = %key.1);
         span.in_scope(|| info!(client = ?key.0, "session started"));
         tokio::spawn(serve_streams(driver.clone(), opened, self.clone()).instrument(span.clone()));

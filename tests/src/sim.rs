@@ -4,7 +4,10 @@
 //! Each link is a FIFO pipe per direction, like a TCP connection: a message leaves when the
 //! link's serialiser is free and arrives `latency + jitter` later, never before the message
 //! ahead of it. A link pulls a message from its engine only when it is free, as a real socket
-//! with a short send queue would. Links can be killed mid-run: what is in flight on them is
+//! with a short send queue would; a link that found nothing to send parks until its engine
+//! names it in [`Session::poll_wakes`], as the driver's link writers do, so the engine's choice
+//! of which writer to wake runs here too. The memory budget is retried when an engine reports
+//! [`Event::BudgetReleased`], as the driver's budget task does. Links can be killed mid-run: what is in flight on them is
 //! lost and both engines are told, as when a TCP connection dies.
 //!
 //! Applications on both sides write seeded pseudo-random bytes and hash what they read, so a
@@ -132,6 +135,32 @@ struct Pipe {
     /// Traffic vanishes; the engines are not told.
     blackholed: bool,
     id: LinkId,
+    /// Per direction: the writer found nothing to send and waits to be woken.
+    parked: [bool; 2],
+}
+
+/// Unparks the writers `s` (side `dir`, 0 = client) names in [`Session::poll_wakes`].
+fn wake_writers(
+    s: &mut Session,
+    dir: usize,
+    now: Instant,
+    pipes: &mut [Pipe],
+    scratch: &mut Vec<LinkId>,
+) {
+    scratch.clear();
+    s.poll_wakes(now, scratch);
+    for id in scratch.iter() {
+        if let Some(p) = pipes.iter_mut().find(|p| p.id == *id) {
+            p.parked[dir] = false;
+        }
+    }
+}
+
+/// What a side's events asked of the simulation.
+#[derive(Default)]
+struct Asked {
+    /// The budget had a release while a session waited: retry.
+    budget: bool,
 }
 
 /// One direction of one stream, seen from one side.
@@ -164,7 +193,7 @@ impl App {
         }
     }
 
-    fn pump(&mut self, s: &mut Session, read_cap: Option<u64>) {
+    fn pump(&mut self, s: &mut Session, now: Instant, read_cap: Option<u64>) {
         let Some(id) = self.stream else { return };
         while !self.fin_sent {
             let Ok(cap) = s.stream_send_capacity(id) else {
@@ -193,7 +222,7 @@ impl App {
                 Some(_) => self.read_budget as usize,
                 None => usize::MAX,
             };
-            match s.stream_read(id, max) {
+            match s.stream_read(now, id, max) {
                 Ok(ReadChunk::Data(b)) => {
                     self.recv_hash.update(&b);
                     self.received += b.len() as u64;
@@ -203,6 +232,35 @@ impl App {
                 }
                 Ok(ReadChunk::Fin) => self.fin = true,
                 Ok(ReadChunk::Blocked) | Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Drains both sides' events: streams the client opened reach their server application, dead
+/// links are counted, budget releases are noted in `asked`.
+fn drain_events(
+    sides: &mut [Session; 2],
+    asked: &mut [Asked; 2],
+    server_apps: &mut [App],
+    by_id: &mut [HashMap<StreamId, usize>; 2],
+    gone: &mut [std::collections::HashSet<LinkId>; 2],
+    timed_out: &mut usize,
+) {
+    for (side, s) in sides.iter_mut().enumerate() {
+        while let Some(ev) = s.poll_event() {
+            match ev {
+                Event::StreamOpened { stream, .. } => {
+                    let i = usize::try_from(stream.counter()).expect("small");
+                    server_apps[i].stream = Some(stream);
+                    by_id[1].insert(stream, i);
+                }
+                Event::LinkTimedOut(id) => {
+                    *timed_out += 1;
+                    gone[side].insert(id);
+                }
+                Event::BudgetReleased => asked[side].budget = true,
+                _ => {}
             }
         }
     }
@@ -231,6 +289,7 @@ pub fn run(sc: &Scenario) -> Outcome {
             alive: true,
             blackholed: false,
             id: LinkId(*next_link),
+            parked: [false; 2],
         }
     };
     for spec in &sc.links {
@@ -264,11 +323,12 @@ pub fn run(sc: &Scenario) -> Outcome {
     let mut last_read = now;
     let mut gone: [std::collections::HashSet<LinkId>; 2] = Default::default();
     let mut timed_out = 0usize;
+    let mut wake_scratch = Vec::new();
 
     loop {
         // Open streams that are due.
         while opened < sc.streams.len() && t0 + sc.streams[opened].start <= now {
-            let id = sides[0].open_stream(NODE, "svc").expect("open");
+            let id = sides[0].open_stream(now, NODE, "svc").expect("open");
             client_apps[opened].stream = Some(id);
             by_id[0].insert(id, opened);
             opened += 1;
@@ -297,7 +357,12 @@ pub fn run(sc: &Scenario) -> Outcome {
             let p = new_pipe(sc.links[index], now, &mut next_link);
             sides[0].add_link(now, p.id);
             sides[1].add_link(now, p.id);
-            pipes[index] = p;
+            let old = std::mem::replace(&mut pipes[index], p);
+            if old.alive {
+                // A blackholed link lives on in the engines until they find it dead: its
+                // writers still take what the engines give them, and lose it.
+                pipes.push(old);
+            }
             false
         });
         // Deliver what has arrived.
@@ -318,22 +383,15 @@ pub fn run(sc: &Scenario) -> Outcome {
             }
         }
         // Events.
-        for (side, s) in sides.iter_mut().enumerate() {
-            while let Some(ev) = s.poll_event() {
-                match ev {
-                    Event::StreamOpened { stream, .. } => {
-                        let i = usize::try_from(stream.counter()).expect("small");
-                        server_apps[i].stream = Some(stream);
-                        by_id[1].insert(stream, i);
-                    }
-                    Event::LinkTimedOut(id) => {
-                        timed_out += 1;
-                        gone[side].insert(id);
-                    }
-                    _ => {}
-                }
-            }
-        }
+        let mut asked = [Asked::default(), Asked::default()];
+        drain_events(
+            &mut sides,
+            &mut asked,
+            &mut server_apps,
+            &mut by_id,
+            &mut gone,
+            &mut timed_out,
+        );
         // Applications.
         let elapsed_read = now.duration_since(last_read).as_secs_f64();
         last_read = now;
@@ -345,10 +403,10 @@ pub fn run(sc: &Scenario) -> Outcome {
             }
         }
         for a in client_apps.iter_mut() {
-            a.pump(&mut sides[0], sc.read_rate);
+            a.pump(&mut sides[0], now, sc.read_rate);
         }
         for a in server_apps.iter_mut() {
-            a.pump(&mut sides[1], sc.read_rate);
+            a.pump(&mut sides[1], now, sc.read_rate);
         }
         // Links pull messages while their serialiser is free.
         for p in pipes.iter_mut() {
@@ -356,9 +414,11 @@ pub fn run(sc: &Scenario) -> Outcome {
                 continue;
             }
             for (dir, side) in sides.iter_mut().enumerate() {
+                if p.parked[dir] || p.free_at[dir] > now {
+                    continue;
+                }
                 // A blackholed link still sends at its rate; what it sends is lost on the way
-                // (dropped on arrival above). Taking its messages at no cost made the engine
-                // refill it without end: the test ran for minutes.
+                // (dropped on arrival above).
                 while p.free_at[dir] <= now && side.poll_transmit(now, p.id, &mut buf) {
                     let len = buf.len() as u64 + 18;
                     let ser = Duration::from_nanos(len * 1_000_000_000 / p.spec.bandwidth);
@@ -374,7 +434,15 @@ pub fn run(sc: &Scenario) -> Outcome {
                     seq += 1;
                     wire.push(Reverse((arrive, seq, p.id, dir, buf.to_vec())));
                 }
+                if p.free_at[dir] <= now {
+                    // It found nothing (at once, or after what it sent): it parks.
+                    side.park_writer(now, p.id);
+                    p.parked[dir] = true;
+                }
             }
+        }
+        for (dir, side) in sides.iter_mut().enumerate() {
+            wake_writers(side, dir, now, &mut pipes, &mut wake_scratch);
         }
         // Memory bounds.
         max_session = max_session
@@ -389,12 +457,21 @@ pub fn run(sc: &Scenario) -> Outcome {
             max_budget.0 = max_budget.0.max(b.used(Pool::Recv));
             max_budget.1 = max_budget.1.max(b.used(Pool::Send));
         }
-        // The sim has no budget task: retry whatever waits after each step, as the driver
-        // does when the budget reports a release.
-        for s in sides.iter_mut() {
-            if s.budget_blocked() {
-                s.retry_budget();
+        // Releases reported in this step: the waiting side retries, as the driver's budget
+        // task does, and the writers with new work are woken.
+        drain_events(
+            &mut sides,
+            &mut asked,
+            &mut server_apps,
+            &mut by_id,
+            &mut gone,
+            &mut timed_out,
+        );
+        for (dir, s) in sides.iter_mut().enumerate() {
+            if asked[dir].budget && s.budget_blocked() {
+                s.retry_budget(now);
             }
+            wake_writers(s, dir, now, &mut pipes, &mut wake_scratch);
         }
         let done = opened == sc.streams.len()
             && client_apps
@@ -425,12 +502,11 @@ pub fn run(sc: &Scenario) -> Outcome {
         for &(at, _) in &revivals {
             next = next.min(at);
         }
-        if sides
-            .iter()
-            .any(|s| s.wants_transmit() || s.links_wanting_transmit().next().is_some())
-        {
-            for p in pipes.iter().filter(|p| p.alive) {
-                next = next.min(p.free_at[0].min(p.free_at[1]));
+        for p in pipes.iter().filter(|p| p.alive) {
+            for dir in 0..2 {
+                if !p.parked[dir] {
+                    next = next.min(p.free_at[dir]);
+                }
             }
         }
         if sc.read_rate.is_some() {

@@ -1,23 +1,25 @@
 //! The tokio driver of one [`Session`], shared by the client and the server daemons.
 //!
 //! The engine sits behind one mutex; every task locks it briefly through [`SessionDriver::with`],
-//! which also forwards the engine's events (waking the stream tasks they name), wakes the link
-//! writers when there is something to send, and re-arms the timer task when the engine's next
-//! deadline moved earlier. Tasks of one session:
+//! which also carries out what the engine decided: it forwards the engine's events (waking the
+//! stream tasks they name), wakes the link writers the engine names ([`Session::poll_wakes`]),
+//! and re-arms the timer task when the engine's next deadline moved earlier. Tasks of one
+//! session:
 //!
 //! - per link, a reader (decrypt, `handle_message`) and a writer (`poll_transmit`, encrypt,
 //!   write), see [`link`];
 //! - per stream, one task pumping bytes between its TCP socket and the engine, see [`stream`];
 //! - one timer task (`poll_timeout` / `handle_timeout`);
-//! - one budget task: when the daemon's memory budget frees bytes while this session has
-//!   streams waiting for it, it lets the engine retry ([`Session::retry_budget`]).
+//! - one budget task: when any session of the daemon reports [`Event::BudgetReleased`] (through
+//!   the daemon's [`BudgetSignal`]) while this session has streams waiting for the budget, it
+//!   lets the engine retry ([`Session::retry_budget`]).
 //!
 //! Nothing here decides what goes where: that is the engine's job.
 
 pub mod link;
 pub mod stream;
 
-use crate::engine::{Event, Session};
+use crate::engine::{Event, LinkActivity, Session};
 use crate::ids::{LinkId, StreamId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -39,10 +41,10 @@ struct State {
     link_wakers: HashMap<LinkId, Arc<Notify>>,
     /// One per link: the engine declared it dead; its task closes the socket.
     link_kills: HashMap<LinkId, Arc<Notify>>,
-    /// Writers that found nothing to send and wait to be woken.
-    idle_writers: Vec<LinkId>,
-    /// Per link: whether its writer last found work, and since when (for elastic links).
-    activity: HashMap<LinkId, LinkActivity>,
+    /// Scratch for [`Session::poll_wakes`].
+    wakes: Vec<LinkId>,
+    /// The daemon's, woken when this session's engine is dropped with it.
+    budget_signal: BudgetSignal,
     /// Deadline the timer task sleeps toward.
     armed: Option<Instant>,
     next_link: u64,
@@ -61,32 +63,28 @@ struct Shared {
     /// Wakes the client's link pool: the server wants another link.
     more_links: Notify,
     opened: mpsc::UnboundedSender<(StreamId, String)>,
+    /// The daemon's: wakes the budget task of every session.
+    budget: BudgetSignal,
 }
 
-/// What a link's writer has been doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkActivity {
-    /// It found data to send the last time it looked.
-    pub busy: bool,
-    /// Since when `busy` has had this value.
-    pub since: Instant,
+/// Wakes every session of a daemon when one of them gave memory back to the budget they share
+/// while some session waited for it ([`Event::BudgetReleased`]). A daemon makes one next to its
+/// [`crate::budget::Budget`] and passes it to every [`SessionDriver::start`].
+#[derive(Debug, Clone, Default)]
+pub struct BudgetSignal(Arc<Notify>);
+
+impl BudgetSignal {
+    fn wake_all(&self) {
+        self.0.notify_waiters();
+    }
 }
 
-/// The idle writer to wake for session-level work: of those that would find work (see
-/// [`Session::has_work_for`]), the one with the lowest smoothed RTT, so small interactive
-/// frames take the quickest path when links are idle.
-fn pick_writer(session: &Session, idle: &[LinkId]) -> Option<usize> {
-    let rtt = |id: &LinkId| {
-        session
-            .link_stats(*id)
-            .and_then(|s| s.rtt.smoothed)
-            .unwrap_or(std::time::Duration::MAX)
-    };
-    idle.iter()
-        .enumerate()
-        .filter(|(_, id)| session.has_work_for(**id))
-        .min_by_key(|(_, id)| rtt(id))
-        .map(|(i, _)| i)
+impl Drop for State {
+    fn drop(&mut self) {
+        // The engine's memory goes back to the budget with it, and nobody is left to report
+        // that a waiting session may now have it.
+        self.budget_signal.wake_all();
+    }
 }
 
 /// A running session: cheap to clone, one per client session.
@@ -101,7 +99,8 @@ pub type OpenedStreams = mpsc::UnboundedReceiver<(StreamId, String)>;
 impl SessionDriver {
     /// Starts driving `session`: spawns its timer task. Returns the driver and the receiver of
     /// streams the peer opens.
-    pub fn start(session: Session) -> (SessionDriver, OpenedStreams) {
+    /// `budget` is the daemon's signal for the budget `session` draws on.
+    pub fn start(session: Session, budget: &BudgetSignal) -> (SessionDriver, OpenedStreams) {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -109,8 +108,8 @@ impl SessionDriver {
                 wakers: HashMap::new(),
                 link_wakers: HashMap::new(),
                 link_kills: HashMap::new(),
-                idle_writers: Vec::new(),
-                activity: HashMap::new(),
+                wakes: Vec::new(),
+                budget_signal: budget.clone(),
                 armed: None,
                 next_link: 0,
                 closed: false,
@@ -120,6 +119,7 @@ impl SessionDriver {
             closing: Notify::new(),
             more_links: Notify::new(),
             opened: tx,
+            budget: budget.clone(),
         });
         let driver = SessionDriver { shared };
         tokio::spawn(driver.clone().run_timer());
@@ -142,11 +142,13 @@ impl SessionDriver {
         let mut st = self.lock();
         let now = Instant::now();
         let r = f(&mut st.session, now);
-        self.after(&mut st);
+        self.after(&mut st, now);
         r
     }
 
-    fn after(&self, st: &mut State) {
+    /// Carries out what the engine decided in the last call: events, writers to wake, the
+    /// timer.
+    fn after(&self, st: &mut State, now: Instant) {
         while let Some(ev) = st.session.poll_event() {
             match ev {
                 Event::StreamOpened { stream, service } => {
@@ -163,10 +165,9 @@ impl SessionDriver {
                     }
                 }
                 Event::MoreLinksWanted => self.shared.more_links.notify_one(),
+                Event::BudgetReleased => self.shared.budget.wake_all(),
                 Event::LinkTimedOut(id) | Event::LinkClosedByPeer(id) => {
-                    // The engine no longer has the link: its writer must not be woken for
-                    // work it cannot take (it would find nothing and spin), and its task ends.
-                    st.idle_writers.retain(|&l| l != id);
+                    // The engine no longer has the link, and its task ends.
                     st.link_wakers.remove(&id);
                     if let Some(k) = st.link_kills.get(&id) {
                         k.notify_one();
@@ -174,29 +175,14 @@ impl SessionDriver {
                 }
             }
         }
-        // Wake one idle writer for session-level work (a writer that is busy polls again when
-        // its write completes, and each later call wakes one more while work remains), and the
-        // writer of any link with a pong or ping of its own. Waking every writer for every
-        // frame would cost a context switch per link per frame and add latency.
-        if st.session.wants_transmit() && !st.idle_writers.is_empty() {
-            if let Some(best) = pick_writer(&st.session, &st.idle_writers) {
-                let id = st.idle_writers.swap_remove(best);
-                if let Some(w) = st.link_wakers.get(&id) {
-                    w.notify_one();
-                }
-            }
-        }
-        let own: Vec<LinkId> = st
-            .session
-            .links_wanting_transmit()
-            .filter(|id| st.idle_writers.contains(id))
-            .collect();
-        for id in own {
-            st.idle_writers.retain(|&l| l != id);
+        let mut wakes = std::mem::take(&mut st.wakes);
+        st.session.poll_wakes(now, &mut wakes);
+        for id in wakes.drain(..) {
             if let Some(w) = st.link_wakers.get(&id) {
                 w.notify_one();
             }
         }
+        st.wakes = wakes;
         let next = st.session.poll_timeout();
         if next.is_some_and(|n| st.armed.is_none_or(|a| n < a)) {
             st.armed = next;
@@ -215,28 +201,20 @@ impl SessionDriver {
         while n < bufs.len() && st.session.poll_transmit(now, id, &mut bufs[n]) {
             n += 1;
         }
-        if n == 0 && !st.idle_writers.contains(&id) {
-            st.idle_writers.push(id);
+        if n == 0 {
+            st.session.park_writer(now, id);
         }
-        if let Some(a) = st.activity.get_mut(&id) {
-            if a.busy != (n > 0) {
-                *a = LinkActivity {
-                    busy: n > 0,
-                    since: now,
-                };
-            }
-        }
-        self.after(&mut st);
+        self.after(&mut st, now);
         Some(n)
     }
 
     /// Whether each link's writer is busy (found data the last time it looked) and since when.
     /// A link busy for a while has a full socket: every byte it can take is being sent.
     pub fn link_activity(&self) -> Vec<(LinkId, LinkActivity)> {
-        self.lock()
-            .activity
-            .iter()
-            .map(|(&id, &a)| (id, a))
+        let st = self.lock();
+        st.session
+            .links()
+            .filter_map(|id| Some((id, st.session.link_activity(id)?)))
             .collect()
     }
 
@@ -250,15 +228,9 @@ impl SessionDriver {
     pub(crate) fn check_saturation(&self, after: std::time::Duration) {
         let mut st = self.lock();
         let now = Instant::now();
-        let saturated = !st.activity.is_empty()
-            && st
-                .activity
-                .values()
-                .all(|a| a.busy && now - a.since >= after)
-            && st.session.wants_transmit();
-        if saturated {
+        if st.session.saturated(now, after) {
             st.session.request_more_links();
-            self.after(&mut st);
+            self.after(&mut st, now);
         }
     }
 
@@ -283,8 +255,9 @@ impl SessionDriver {
                         _ = tokio::time::sleep_until(d.into()) => {
                             let mut st = self.lock();
                             st.armed = None;
-                            st.session.handle_timeout(Instant::now());
-                            self.after(&mut st);
+                            let now = Instant::now();
+                            st.session.handle_timeout(now);
+                            self.after(&mut st, now);
                         }
                         _ = notified => {}
                     }
@@ -295,9 +268,10 @@ impl SessionDriver {
     }
 
     async fn run_budget(self) {
-        let budget = self.lock().session.budget().clone();
+        let signal = self.shared.budget.clone();
         loop {
-            let released = budget.notified();
+            // Enabled before the engine is checked, so no release in between is missed.
+            let released = signal.0.notified();
             tokio::pin!(released);
             released.as_mut().enable();
             {
@@ -306,8 +280,9 @@ impl SessionDriver {
                     return;
                 }
                 if st.session.budget_blocked() {
-                    st.session.retry_budget();
-                    self.after(&mut st);
+                    let now = Instant::now();
+                    st.session.retry_budget(now);
+                    self.after(&mut st, now);
                 }
             }
             tokio::select! {
@@ -332,6 +307,7 @@ impl SessionDriver {
     /// Also returns the notifier that fires when the engine declares the link dead.
     pub(crate) fn add_link(&self, lane: bool) -> (LinkId, Arc<Notify>, Arc<Notify>) {
         let mut st = self.lock();
+        let now = Instant::now();
         st.next_link += 1;
         let id = LinkId(st.next_link);
         let waker = Arc::new(Notify::new());
@@ -339,18 +315,11 @@ impl SessionDriver {
         let kill = Arc::new(Notify::new());
         st.link_kills.insert(id, kill.clone());
         if lane {
-            st.session.add_lane(Instant::now(), id);
+            st.session.add_lane(now, id);
         } else {
-            st.session.add_link(Instant::now(), id);
+            st.session.add_link(now, id);
         }
-        st.activity.insert(
-            id,
-            LinkActivity {
-                busy: false,
-                since: Instant::now(),
-            },
-        );
-        self.after(&mut st);
+        self.after(&mut st, now);
         drop(st);
         self.shared.links_changed.notify_waiters();
         (id, waker, kill)
@@ -360,10 +329,9 @@ impl SessionDriver {
         let mut st = self.lock();
         st.link_wakers.remove(&id);
         st.link_kills.remove(&id);
-        st.activity.remove(&id);
-        st.idle_writers.retain(|&l| l != id);
-        st.session.remove_link(Instant::now(), id);
-        self.after(&mut st);
+        let now = Instant::now();
+        st.session.remove_link(now, id);
+        self.after(&mut st, now);
         drop(st);
         self.shared.links_changed.notify_waiters();
     }
@@ -384,7 +352,7 @@ impl SessionDriver {
     pub fn close(&self, code: u16) {
         let mut st = self.lock();
         st.session.reset_all(code);
-        self.after(&mut st);
+        self.after(&mut st, Instant::now());
         drop(st);
         self.abandon();
     }
@@ -414,7 +382,7 @@ impl SessionDriver {
     pub fn restart(&self) {
         let mut st = self.lock();
         st.session.restart();
-        self.after(&mut st);
+        self.after(&mut st, Instant::now());
     }
 
     /// Whether two handles drive the same session.

@@ -123,7 +123,7 @@ async fn downstream(
         let readable = waker.readable.notified();
         tokio::pin!(readable);
         readable.as_mut().enable();
-        match driver.with(|s, _| s.stream_read(id, WRITE_MAX)) {
+        match driver.with(|s, now| s.stream_read(now, id, WRITE_MAX)) {
             Ok(ReadChunk::Data(b)) => {
                 if let Err(e) = wr.write_all(&b).await {
                     debug!(stream = %id, error = %e, "application socket error");

@@ -6,11 +6,17 @@ use crate::budget::Pool;
 use crate::frame::{Frame, MAX_SERVICE_NAME};
 use crate::ids::{NodeId, StreamId};
 use bytes::Bytes;
+use std::time::Instant;
 
 impl Session {
     /// Opens a stream to `service`, owned by node `owner` (client only). Data may be written
     /// at once; the `OPEN` and the data travel together.
-    pub fn open_stream(&mut self, owner: NodeId, service: &str) -> Result<StreamId, OpenError> {
+    pub fn open_stream(
+        &mut self,
+        now: Instant,
+        owner: NodeId,
+        service: &str,
+    ) -> Result<StreamId, OpenError> {
         if self.role != Role::Client {
             return Err(OpenError::NotClient);
         }
@@ -23,7 +29,7 @@ impl Session {
         }
         let id = StreamId::new(owner, *counter);
         *counter += 1;
-        self.insert_stream(id, true);
+        self.insert_stream(now, id, true);
         self.opens_queued += 1;
         self.control.push_back(Frame::Open {
             stream: id,
@@ -112,7 +118,12 @@ impl Session {
     }
 
     /// Reads up to `max` in-order bytes, or the FIN.
-    pub fn stream_read(&mut self, id: StreamId, max: usize) -> Result<ReadChunk, StreamError> {
+    pub fn stream_read(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        max: usize,
+    ) -> Result<ReadChunk, StreamError> {
         let s = self.live_stream(id)?;
         let reserved = s.recv_reservation();
         if let Some(chunk) = s.recv.read(max) {
@@ -120,7 +131,7 @@ impl Session {
             let freed = reserved - s.recv_reservation();
             let threshold = s.recv_window / 4;
             self.held.release(Pool::Recv, freed);
-            self.extend_grant(id, threshold, true);
+            self.extend_grant(now, id, threshold, true);
             self.recv_session_consumed += n;
             self.maybe_grant_session();
             return Ok(ReadChunk::Data(chunk));

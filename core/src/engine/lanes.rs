@@ -4,7 +4,7 @@
 use super::{Session, LANE_HOLD};
 use crate::frame::Frame;
 use crate::ids::LinkId;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Which stream data a link may take in one `poll_transmit`.
 #[derive(Debug, Clone, Copy)]
@@ -33,38 +33,80 @@ pub(super) struct Lanes {
 }
 
 impl Session {
-    /// Links that have something of their own to send (pongs, a due keepalive ping, the
-    /// interactive frames and duplicates of a lane), beyond what [`Session::wants_transmit`]
-    /// covers.
-    pub fn links_wanting_transmit(&self) -> impl Iterator<Item = LinkId> + '_ {
-        let lanes = self.lanes();
+    /// The writer of `link` found nothing to send (its last [`Session::poll_transmit`]
+    /// returned `false` before anything went out) and waits until [`Session::poll_wakes`] names
+    /// it.
+    pub fn park_writer(&mut self, now: Instant, link: LinkId) {
+        if let Some(l) = self.links.get_mut(&link) {
+            l.writer = l.writer.park(now);
+        }
+    }
+
+    /// Appends to `out` the parked writers to wake now, computed once for all of them: of those
+    /// that would find session-level work (see [`Session::has_work_for`]), the one with the
+    /// lowest smoothed RTT, so small interactive frames take the quickest path when links are
+    /// idle (a busy writer polls again when its write completes, and each later call wakes one
+    /// more while work remains); and every writer whose link has work of its own (pongs, a due
+    /// ping, a lane's interactive frames and duplicates). Waking every writer for every frame
+    /// would cost a context switch per link per frame and add latency.
+    pub fn poll_wakes(&mut self, now: Instant, out: &mut Vec<LinkId>) {
+        let first = out.len();
+        if !self.links.values().any(|l| l.writer.is_parked()) {
+            return;
+        }
+        let lanes = self.lanes(now);
+        let session_work = self.wants_transmit();
         let interactive = self.sched.has_interactive();
-        self.links
-            .iter()
-            .filter(move |(id, l)| {
-                !l.pongs_owed.is_empty()
-                    || l.ping_pending()
-                    || match self.pick_for(**id, lanes) {
-                        Pick::Lane { .. } => interactive || self.has_dups_for(**id),
-                        Pick::Spare => self.has_dups_for(**id),
-                        Pick::Any | Pick::Bulk => false,
-                    }
-            })
-            .map(|(&id, _)| id)
+        let mut best: Option<(Duration, LinkId)> = None;
+        for (&id, l) in &self.links {
+            if !l.writer.is_parked() {
+                continue;
+            }
+            let pick = self.pick_for(id, lanes);
+            let own = !l.pongs_owed.is_empty()
+                || l.ping_pending()
+                || match pick {
+                    Pick::Lane { .. } => interactive || self.has_dups_for(id),
+                    Pick::Spare => self.has_dups_for(id),
+                    Pick::Any | Pick::Bulk => false,
+                };
+            if own {
+                out.push(id);
+            }
+            if session_work && self.work_for(id, pick, lanes) {
+                let rtt = l.stats.rtt.smoothed.unwrap_or(Duration::MAX);
+                if best.is_none_or(|(b, _)| rtt < b) {
+                    best = Some((rtt, id));
+                }
+            }
+        }
+        if let Some((_, id)) = best {
+            if !out[first..].contains(&id) {
+                out.push(id);
+            }
+        }
+        for id in &out[first..] {
+            if let Some(l) = self.links.get_mut(id) {
+                l.writer = l.writer.wake();
+            }
+        }
     }
 
     /// Whether `link` would find something to send now: control frames go on any link, or
     /// only on a lane while lanes are reserved (a stream's `OPEN` must not wait behind bulk
-    /// data); window updates on any link but the dedicated lanes
-    /// ([`Session::carries_windows`]); interactive data only on a lane and bulk data only
-    /// elsewhere. The driver wakes only writers that have work.
-    pub fn has_work_for(&self, link: LinkId) -> bool {
-        let lanes = self.lanes();
-        let pick = self.pick_for(link, lanes);
+    /// data); window updates on any link but the dedicated lanes (see [`carries_windows`]);
+    /// interactive data only on a lane and bulk data only elsewhere.
+    pub fn has_work_for(&self, now: Instant, link: LinkId) -> bool {
+        let lanes = self.lanes(now);
+        self.work_for(link, self.pick_for(link, lanes), lanes)
+    }
+
+    /// [`Session::has_work_for`] with the lanes and the link's pick already known.
+    fn work_for(&self, link: LinkId, pick: Pick, lanes: Lanes) -> bool {
         let control = matches!(pick, Pick::Any | Pick::Lane { .. });
         if (control && !self.control.is_empty())
             || ((!self.dirty_windows.is_empty() || self.session_window_dirty)
-                && self.carries_windows(link, pick, lanes))
+                && carries_windows(pick, lanes))
         {
             return true;
         }
@@ -74,30 +116,6 @@ impl Session {
             Pick::Spare => self.has_dups_for(link),
             Pick::Bulk => self.sched.has_bulk(),
         }
-    }
-
-    /// Whether `link`, whose pick is `pick`, may carry window updates: any link, except that
-    /// a dedicated lane ([`Session::add_lane`]) carries them only if every other link is a
-    /// lane or stalled. A lane is one ordered byte stream (a QUIC stream, a TCP connection),
-    /// so a lost packet of window updates on it holds up the game's next packet behind it
-    /// until the loss is repaired, about a round trip, and a node receiving an upload sends
-    /// window updates often (in the WAN lab's B, two or three a round trip per lane). When the dedicated lanes took them, both
-    /// lanes had a hole at once often enough that in the WAN lab's B 9 of 2,400 rr round trips
-    /// took 129-212 ms in place of about 106 (1 of 2,400 since). Lanes reserved on demand
-    /// still carry them: with them too, the simulation of a 20 ms and a 400 ms link took 1.18 s
-    /// where its test allows 1 s (with 2 or 3 links the only other link may be the slow one;
-    /// not traced).
-    pub(super) fn carries_windows(&self, link: LinkId, pick: Pick, lanes: Lanes) -> bool {
-        if matches!(pick, Pick::Any | Pick::Bulk) || !lanes.dedicated {
-            return true;
-        }
-        let Some(now) = self.clock else {
-            return true;
-        };
-        // With dedicated lanes, `lanes.ids` are dedicated lanes too.
-        self.links
-            .iter()
-            .all(|(&id, l)| id == link || l.lane || l.stalled(now))
     }
 
     /// What `link` may carry, given the current `lanes`. The twin of a dedicated lane is the
@@ -145,10 +163,7 @@ impl Session {
     /// not stalled and another link can take bulk data, the dedicated lanes are the lanes,
     /// always reserved, so no bulk data is ever queued on them and a game's first packet after a
     /// pause waits behind none either.
-    pub(super) fn lanes(&self) -> Lanes {
-        let Some(now) = self.clock else {
-            return Lanes::default();
-        };
+    pub(super) fn lanes(&self, now: Instant) -> Lanes {
         if let Some(ids) = self.dedicated_lanes(now) {
             return Lanes {
                 ids,
@@ -208,4 +223,14 @@ impl Session {
     pub(super) fn has_dups_for(&self, link: LinkId) -> bool {
         self.lane_dups.iter().any(|d| d.0 == link) || self.open_dups.iter().any(|d| d.0 == link)
     }
+}
+
+/// Whether a link whose pick is `pick` may carry window updates: any link but a dedicated lane
+/// ([`Session::add_lane`]) while dedicated lanes are in use (they are only while another link
+/// that is not stalled can take bulk data). A lane is one ordered byte stream, so a lost packet
+/// of window updates on it would hold up the game's next packet behind it for about a round
+/// trip, and a node receiving an upload sends window updates often (bench/RESULTS.md, lessons:
+/// window updates on the lanes). Lanes reserved on demand still carry them.
+pub(super) fn carries_windows(pick: Pick, lanes: Lanes) -> bool {
+    matches!(pick, Pick::Any | Pick::Bulk) || !lanes.dedicated
 }

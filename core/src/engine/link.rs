@@ -88,14 +88,85 @@ pub struct LinkStats {
     pub delivery_rate: u64,
 }
 
+/// A ping awaiting its pong.
+#[derive(Debug, Clone, Copy)]
+struct OutstandingPing {
+    token: u64,
+    sent_at: Instant,
+    /// The sequence number of `LinkState::sent` it confirms up to.
+    confirms: u64,
+    /// Plaintext bytes sent on the link up to and including it.
+    bytes: u64,
+}
+
+/// What a link's writer is doing, and since when it has been busy or idle: the engine decides
+/// which parked writer to wake ([`super::Session::poll_wakes`]) and reads how long every link
+/// has been busy to ask for more links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Writer {
+    /// Its last poll found data to send.
+    Busy { since: Instant },
+    /// Woken (or new) and about to poll; idle since `since`.
+    Woken { since: Instant },
+    /// Found nothing to send and waits to be woken; idle since `since`.
+    Parked { since: Instant },
+}
+
+impl Writer {
+    pub(crate) fn is_parked(self) -> bool {
+        matches!(self, Writer::Parked { .. })
+    }
+
+    /// A poll found data to send.
+    pub(crate) fn sent(self, now: Instant) -> Self {
+        match self {
+            Writer::Busy { .. } => self,
+            Writer::Woken { .. } | Writer::Parked { .. } => Writer::Busy { since: now },
+        }
+    }
+
+    /// The writer found nothing and waits.
+    pub(crate) fn park(self, now: Instant) -> Self {
+        match self {
+            Writer::Busy { .. } => Writer::Parked { since: now },
+            Writer::Woken { since } | Writer::Parked { since } => Writer::Parked { since },
+        }
+    }
+
+    /// The engine woke it.
+    pub(crate) fn wake(self) -> Self {
+        match self {
+            Writer::Parked { since } => Writer::Woken { since },
+            other => other,
+        }
+    }
+
+    /// Whether it is busy, and since when it has been busy or idle.
+    pub(crate) fn activity(self) -> LinkActivity {
+        match self {
+            Writer::Busy { since } => LinkActivity { busy: true, since },
+            Writer::Woken { since } | Writer::Parked { since } => {
+                LinkActivity { busy: false, since }
+            }
+        }
+    }
+}
+
+/// What a link's writer has been doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkActivity {
+    /// It found data to send the last time it looked.
+    pub busy: bool,
+    /// Since when `busy` has had this value.
+    pub since: Instant,
+}
+
 #[derive(Debug)]
 pub(crate) struct LinkState {
     /// Sent, unconfirmed; `base` is the sequence number of the front entry.
     pub(crate) sent: VecDeque<Sent>,
     pub(crate) base: u64,
-    /// Outstanding ping: token, when sent, the sequence number it confirms up to, and the
-    /// plaintext bytes sent up to and including it.
-    ping: Option<(u64, Instant, u64, u64)>,
+    ping: Option<OutstandingPing>,
     /// When the last pong arrived, for delivery-rate samples.
     last_pong: Option<Instant>,
     /// When the last ping went out; `None` before the first.
@@ -110,6 +181,7 @@ pub(crate) struct LinkState {
     pub(crate) rescued: u64,
     /// A dedicated interactive lane (`links.lanes`): never carries bulk data.
     pub(crate) lane: bool,
+    pub(crate) writer: Writer,
 }
 
 impl LinkState {
@@ -126,6 +198,7 @@ impl LinkState {
             stats: LinkStats::default(),
             rescued: 0,
             lane: false,
+            writer: Writer::Woken { since: now },
         }
     }
 
@@ -149,7 +222,12 @@ impl LinkState {
 
     /// A ping went out; `bytes` is the plaintext sent on the link up to and including it.
     pub(crate) fn ping_sent(&mut self, now: Instant, token: u64, bytes: u64) {
-        self.ping = Some((token, now, self.base + self.sent.len() as u64, bytes));
+        self.ping = Some(OutstandingPing {
+            token,
+            sent_at: now,
+            confirms: self.base + self.sent.len() as u64,
+            bytes,
+        });
         self.last_ping = Some(now);
         self.ping_due = false;
     }
@@ -157,7 +235,13 @@ impl LinkState {
     /// A pong arrived: drop everything it confirms and take an RTT sample. Pongs that match
     /// no outstanding ping (late or forged) are ignored.
     pub(crate) fn pong(&mut self, now: Instant, token: u64) {
-        let Some((t, at, upto, bytes)) = self.ping else {
+        let Some(OutstandingPing {
+            token: t,
+            sent_at: at,
+            confirms: upto,
+            bytes,
+        }) = self.ping
+        else {
             return;
         };
         if t != token {
@@ -209,7 +293,7 @@ impl LinkState {
     /// being repaired, a TCP retransmission timer backing off, a path going dark): two smoothed
     /// RTTs plus four deviations plus 10 ms after it went out.
     fn stalled_at(&self) -> Option<Instant> {
-        let (_, at, _, _) = self.ping?;
+        let at = self.ping?.sent_at;
         let late = match self.stats.rtt.smoothed {
             Some(srtt) => srtt * 2 + self.stats.rtt.var * 4 + Duration::from_millis(10),
             None => DEAD_MIN,
@@ -234,7 +318,7 @@ impl LinkState {
 
     /// When the outstanding ping, if any, declares the link dead.
     pub(crate) fn dead_at(&self) -> Option<Instant> {
-        self.ping.map(|(_, at, _, _)| at + self.dead_after())
+        self.ping.map(|p| p.sent_at + self.dead_after())
     }
 
     /// When the ping timer fires: `PING_INTERVAL` after the last ping while frames await

@@ -1,7 +1,7 @@
 //! The session's set of links: adding and removing them (what a dead link carried goes out
 //! again on the others), and their numbers.
 
-use super::link::{LinkState, LinkStats, Sent};
+use super::link::{LinkActivity, LinkState, LinkStats, Sent};
 use super::{Role, Session};
 use crate::frame::Frame;
 use crate::ids::LinkId;
@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 impl Session {
     /// A link finished its handshake and may carry frames.
     pub fn add_link(&mut self, now: Instant, link: LinkId) {
-        self.clock = Some(now);
         self.links
             .entry(link)
             .or_insert_with(|| LinkState::new(now));
@@ -75,6 +74,23 @@ impl Session {
     /// Links the engine knows.
     pub fn links(&self) -> impl Iterator<Item = LinkId> + '_ {
         self.links.keys().copied()
+    }
+
+    /// Whether `link`'s writer is busy (found data the last time it looked) and since when. A
+    /// link busy for a while has a full socket: every byte it can take is being sent.
+    pub fn link_activity(&self, link: LinkId) -> Option<LinkActivity> {
+        self.links.get(&link).map(|l| l.writer.activity())
+    }
+
+    /// Whether every link has been busy for at least `span` and data is still waiting: one
+    /// more link (one more congestion window) would move more of it.
+    pub fn saturated(&self, now: Instant, span: Duration) -> bool {
+        !self.links.is_empty()
+            && self.links.values().all(|l| {
+                let a = l.writer.activity();
+                a.busy && now.saturating_duration_since(a.since) >= span
+            })
+            && self.wants_transmit()
     }
 
     /// Numbers for one link.

@@ -32,7 +32,7 @@ mod timers;
 mod transmit;
 
 pub use error::{OpenError, PeerError, StreamError};
-pub use link::{LinkStats, Rtt};
+pub use link::{LinkActivity, LinkStats, Rtt};
 
 use crate::budget::{Budget, Held, Pool};
 use crate::frame::Frame;
@@ -128,6 +128,10 @@ pub enum Event {
     /// The server asks for another link: all of its links are busy and data is waiting
     /// (client side; the client opens one if its `links.max` allows).
     MoreLinksWanted,
+    /// This session gave memory back to the daemon's budget while another session (or this
+    /// one) waited for it: wake every session of the daemon that shares the budget, and each
+    /// calls [`Session::retry_budget`].
+    BudgetReleased,
     /// The peer sent `CLOSE` on a link: the engine has removed it and queued what it carried
     /// for the other links. Close its socket.
     LinkClosedByPeer(LinkId),
@@ -173,8 +177,6 @@ pub struct Session {
     recv_session_used: u64,
     recv_session_consumed: u64,
     next_ping: u64,
-    /// The latest time passed in by the driver (for window autotuning in calls that take none).
-    clock: Option<Instant>,
     /// Stream bytes queued again because the link they went out on died unconfirmed.
     resent: u64,
     /// When the last small interactive segment went out: lanes are reserved until
@@ -236,7 +238,6 @@ impl Session {
             recv_session_used: 0,
             recv_session_consumed: 0,
             next_ping: 0,
-            clock: None,
             resent: 0,
             last_small: None,
             small_at: HashMap::new(),
@@ -260,6 +261,9 @@ impl Session {
 
     /// Next event for the driver.
     pub fn poll_event(&mut self) -> Option<Event> {
+        if self.held.take_wake() {
+            return Some(Event::BudgetReleased);
+        }
         self.events.pop_front()
     }
 
@@ -271,7 +275,10 @@ impl Session {
             self.events.push_back(Event::StreamReadable(id));
             self.events.push_back(Event::StreamWritable(id));
         }
-        let fresh = Session::with_budget(self.role, self.cfg, self.held.budget().clone());
+        self.held.release_all();
+        let wake = self.held.take_wake();
+        let mut fresh = Session::with_budget(self.role, self.cfg, self.held.budget().clone());
+        fresh.held.wake_later(wake);
         let links = std::mem::take(&mut self.links);
         let next_counter = std::mem::take(&mut self.next_counter);
         let events = std::mem::take(&mut self.events);

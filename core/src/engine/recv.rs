@@ -19,7 +19,6 @@ impl Session {
     ) -> Result<(), PeerError> {
         let l = self.links.get_mut(&link).ok_or(PeerError::UnknownLink)?;
         l.stats.bytes_received += msg.len() as u64;
-        self.clock = Some(now);
         while let Some(frame) = Frame::decode(&mut msg)? {
             self.handle_frame(now, link, frame)?;
         }
@@ -55,7 +54,7 @@ impl Session {
                     self.events.push_back(Event::MoreLinksWanted);
                 }
             }
-            Frame::Open { stream, service } => self.on_open(stream, service)?,
+            Frame::Open { stream, service } => self.on_open(now, stream, service)?,
             Frame::Data {
                 stream,
                 offset,
@@ -66,7 +65,7 @@ impl Session {
                 stream,
                 code,
                 final_size,
-            } => self.on_reset(stream, code, final_size)?,
+            } => self.on_reset(now, stream, code, final_size)?,
             Frame::Window { stream, acked, max } => self.on_window(stream, acked, max)?,
             Frame::SessionWindow { max } => {
                 if max > self.send_session_max {
@@ -86,7 +85,11 @@ impl Session {
 
     /// Finds the stream a peer frame names, creating it on the server for a new id.
     /// `Ok(None)`: a stale frame for a stream that ended; drop it.
-    pub(super) fn peer_stream(&mut self, id: StreamId) -> Result<Option<&mut Stream>, PeerError> {
+    pub(super) fn peer_stream(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+    ) -> Result<Option<&mut Stream>, PeerError> {
         if self.streams.contains_key(&id) {
             return Ok(self.streams.get_mut(&id));
         }
@@ -106,7 +109,7 @@ impl Session {
             if live >= self.cfg.max_streams.saturating_mul(2) {
                 return Err(PeerError::TooManyStreams);
             }
-            let mut s = Stream::new(false);
+            let mut s = Stream::new(now, false);
             s.reset_sent = true;
             self.control.push_back(Frame::Reset {
                 stream: id,
@@ -116,15 +119,20 @@ impl Session {
             self.streams.insert(id, s);
             return Ok(self.streams.get_mut(&id));
         }
-        self.insert_stream(id, false);
+        self.insert_stream(now, id, false);
         Ok(self.streams.get_mut(&id))
     }
 
-    pub(super) fn on_open(&mut self, id: StreamId, service: String) -> Result<(), PeerError> {
+    pub(super) fn on_open(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        service: String,
+    ) -> Result<(), PeerError> {
         if self.role == Role::Client {
             return Err(PeerError::UnexpectedOpen);
         }
-        let Some(s) = self.peer_stream(id)? else {
+        let Some(s) = self.peer_stream(now, id)? else {
             return Ok(());
         };
         if s.opened || s.reset_sent {
@@ -149,7 +157,7 @@ impl Session {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(PeerError::Overflow(id))?;
-        let Some(s) = self.peer_stream(id)? else {
+        let Some(s) = self.peer_stream(now, id)? else {
             return Ok(());
         };
         if end > s.recv_max {
@@ -182,7 +190,7 @@ impl Session {
         let max_window = self.cfg.stream_window;
         if s.widen_behind_hole(max_window) || s.widen_when_blocked(end, max_window) {
             let threshold = s.recv_window / 8;
-            self.extend_grant(id, threshold, false);
+            self.extend_grant(now, id, threshold, false);
             s = self.streams.get_mut(&id).expect("a grant keeps the stream");
         }
         let after = s.ack_value();
@@ -206,11 +214,12 @@ impl Session {
 
     pub(super) fn on_reset(
         &mut self,
+        now: Instant,
         id: StreamId,
         code: u16,
         final_size: u64,
     ) -> Result<(), PeerError> {
-        let Some(s) = self.peer_stream(id)? else {
+        let Some(s) = self.peer_stream(now, id)? else {
             return Ok(());
         };
         if final_size > s.recv_max {

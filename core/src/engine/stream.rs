@@ -48,11 +48,11 @@ pub(super) struct Stream {
     /// up to `Config::stream_window`).
     pub(super) recv_window: u64,
     /// When credit was last extended (or the stream created), for autotuning.
-    pub(super) last_grant: Option<Instant>,
+    pub(super) last_grant: Instant,
 }
 
 impl Stream {
-    pub(super) fn new(opened: bool) -> Self {
+    pub(super) fn new(now: Instant, opened: bool) -> Self {
         Stream {
             send: SendBuf::new(INITIAL_STREAM_CREDIT),
             recv: Reorder::default(),
@@ -74,7 +74,7 @@ impl Stream {
             write_waiting: false,
             budget_waiting: false,
             recv_window: INITIAL_STREAM_CREDIT,
-            last_grant: None,
+            last_grant: now,
         }
     }
 
@@ -156,10 +156,8 @@ impl Stream {
 
 impl Session {
     /// Adds a live stream with the initial credit; its window grows as it is used.
-    pub(super) fn insert_stream(&mut self, id: StreamId, opened: bool) {
-        let mut s = Stream::new(opened);
-        s.last_grant = self.clock;
-        self.streams.insert(id, s);
+    pub(super) fn insert_stream(&mut self, now: Instant, id: StreamId, opened: bool) {
+        self.streams.insert(id, Stream::new(now, opened));
     }
 
     /// Raises a stream's credit toward `read + recv_window` if that adds at least `threshold`
@@ -169,10 +167,15 @@ impl Session {
     /// the application reads), the window was what limited the stream, so it doubles
     /// (up to `stream_window`). A stream that moves little keeps the initial window. (See also
     /// [`Stream::widen_behind_hole`], after which `on_data` passes `autotune` false.)
-    pub(super) fn extend_grant(&mut self, id: StreamId, threshold: u64, autotune: bool) {
+    pub(super) fn extend_grant(
+        &mut self,
+        now: Instant,
+        id: StreamId,
+        threshold: u64,
+        autotune: bool,
+    ) {
         let max_window = self.cfg.stream_window;
         let rtt = self.path_rtt();
-        let now = self.clock;
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
@@ -190,12 +193,8 @@ impl Session {
             } else {
                 2
             };
-            let quick = match (now, s.last_grant, rtt) {
-                (Some(now), Some(last), Some(rtt)) => {
-                    now.saturating_duration_since(last) < rtt * rtts
-                }
-                _ => true,
-            };
+            let quick =
+                rtt.is_none_or(|rtt| now.saturating_duration_since(s.last_grant) < rtt * rtts);
             if quick {
                 s.recv_window = (s.recv_window * 2).min(max_window);
             }
@@ -231,7 +230,7 @@ impl Session {
     /// Retries what waited for the memory budget: grants for readers and capacity for
     /// writers (they get [`Event::StreamWritable`] and ask again). Call after the budget
     /// reported a release ([`Budget::notified`]).
-    pub fn retry_budget(&mut self) {
+    pub fn retry_budget(&mut self, now: Instant) {
         for id in std::mem::take(&mut self.budget_waiting) {
             let Some(s) = self.streams.get_mut(&id) else {
                 continue;
@@ -242,7 +241,7 @@ impl Session {
                 self.events.push_back(Event::StreamWritable(id));
             }
             let threshold = s.recv_window / 8;
-            self.extend_grant(id, threshold, true);
+            self.extend_grant(now, id, threshold, true);
         }
     }
 

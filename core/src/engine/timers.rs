@@ -9,7 +9,6 @@ use std::time::Instant;
 impl Session {
     /// Fires the delayed-ack and keepalive timers that are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.clock = Some(now);
         if self.ack_deadline.is_some_and(|d| d <= now) {
             self.ack_deadline = None;
             for id in std::mem::take(&mut self.ack_later) {

@@ -1,7 +1,7 @@
 //! Transmit: filling one message for a link with its pongs, control frames, window updates,
 //! lane duplicates and stream data chosen by the scheduler.
 
-use super::lanes::Pick;
+use super::lanes::{carries_windows, Pick};
 use super::link::{LinkState, Sent};
 use super::sched::QUANTUM;
 use super::{Session, MAX_LANE_DUPS, MIN_TAIL, SMALL_SEGMENT};
@@ -25,11 +25,10 @@ impl Session {
     /// ping if one is due. Returns `false` when there is nothing to send.
     pub fn poll_transmit(&mut self, now: Instant, link: LinkId, buf: &mut BytesMut) -> bool {
         buf.clear();
-        self.clock = Some(now);
-        let lanes = self.lanes();
+        let lanes = self.lanes(now);
         let pick = self.pick_for(link, lanes);
         let windows = (!self.dirty_windows.is_empty() || self.session_window_dirty)
-            && self.carries_windows(link, pick, lanes);
+            && carries_windows(pick, lanes);
         let Some(mut l) = self.links.remove(&link) else {
             return false;
         };
@@ -109,6 +108,9 @@ impl Session {
             l.ping_sent(now, token, l.stats.bytes_sent + buf.len() as u64);
         }
         l.stats.bytes_sent += buf.len() as u64;
+        if !buf.is_empty() {
+            l.writer = l.writer.sent(now);
+        }
         self.links.insert(link, l);
         !buf.is_empty()
     }

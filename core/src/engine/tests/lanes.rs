@@ -44,7 +44,7 @@ fn client_with_two_lanes_and_bulk() -> (Session, Vec<LinkId>, Instant, StreamId)
     c.add_link(now, links[1]);
     c.add_lane(now, links[2]);
     c.add_lane(now, links[3]);
-    let bulk = c.open_stream(NODE, "svc").unwrap();
+    let bulk = c.open_stream(now, NODE, "svc").unwrap();
     c.stream_write(bulk, Bytes::from(vec![1u8; 400_000]))
         .unwrap();
     (c, links, now, bulk)
@@ -53,7 +53,7 @@ fn client_with_two_lanes_and_bulk() -> (Session, Vec<LinkId>, Instant, StreamId)
 #[test]
 fn a_dedicated_lane_that_looks_stalled_sends_the_other_lanes_duplicates_and_no_bulk_data() {
     let (mut c, links, now, _) = client_with_two_lanes_and_bulk();
-    let game = c.open_stream(NODE, "svc").unwrap();
+    let game = c.open_stream(now, NODE, "svc").unwrap();
     c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
     // Every link sends and pings (lane 4 first, so it carries the game's segment and lane 3
     // the copy); the peer answers on all but lane 4, whose pong waits (in a real link: behind
@@ -89,8 +89,8 @@ fn a_dedicated_lane_that_looks_stalled_sends_the_other_lanes_duplicates_and_no_b
 #[test]
 fn small_interactive_frames_get_lanes_free_of_bulk_and_go_twice() {
     let (mut c, links, now) = client_with_four_links();
-    let bulk = c.open_stream(NODE, "svc").unwrap();
-    let game = c.open_stream(NODE, "svc").unwrap();
+    let bulk = c.open_stream(now, NODE, "svc").unwrap();
+    let game = c.open_stream(now, NODE, "svc").unwrap();
     c.stream_write(bulk, Bytes::from(vec![1u8; 200_000]))
         .unwrap();
     c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
@@ -119,9 +119,9 @@ fn small_interactive_frames_get_lanes_free_of_bulk_and_go_twice() {
     );
     assert_eq!(data_sent(&mut c, now, links[0]), vec![(game, 100, 100)]);
     assert_eq!(data_sent(&mut c, now, links[1]), vec![(game, 100, 100)]);
-    assert!(!c.has_work_for(links[0]) && !c.has_work_for(links[1]));
+    assert!(!c.has_work_for(now, links[0]) && !c.has_work_for(now, links[1]));
     assert!(
-        c.has_work_for(links[3]),
+        c.has_work_for(now, links[3]),
         "bulk data waits for the bulk links"
     );
     // Once the traffic stops, the lanes carry bulk again.
@@ -136,7 +136,7 @@ fn ten_kb_out_on_link_one() -> (Session, StreamId, Instant) {
     let mut c = Session::new(Role::Client, Config::default());
     c.add_link(now, LINK);
     c.add_link(now, LinkId(2));
-    let id = c.open_stream(NODE, "svc").unwrap();
+    let id = c.open_stream(now, NODE, "svc").unwrap();
     c.stream_write(id, Bytes::from(vec![7u8; 10_000])).unwrap();
     assert_eq!(data_sent(&mut c, now, LINK), vec![(id, 0, 10_000)]);
     assert_eq!(c.resent_bytes(), 0);
@@ -169,7 +169,7 @@ fn a_stalled_links_unconfirmed_data_goes_out_again_on_another_link() {
 #[test]
 fn a_small_header_that_turns_into_bulk_does_not_hold_the_lanes() {
     let (mut c, links, now) = client_with_four_links();
-    let id = c.open_stream(NODE, "svc").unwrap();
+    let id = c.open_stream(now, NODE, "svc").unwrap();
     c.stream_write(id, Bytes::from(vec![1u8; 16])).unwrap();
     // The OPEN and the small header (a request, or a bulk transfer's header) take a lane.
     assert_eq!(data_sent(&mut c, now, links[0]), vec![(id, 0, 16)]);
@@ -200,7 +200,7 @@ fn dedicated_lanes_never_carry_bulk_data_while_another_link_can() {
     }
     // A new stream's OPEN and its small first write go on both lanes.
     let later = now + Duration::from_secs(1);
-    let game = c.open_stream(NODE, "svc").unwrap();
+    let game = c.open_stream(now, NODE, "svc").unwrap();
     c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
     for &lane in &links[2..] {
         let frames = sent(&mut c, later, lane);
@@ -257,7 +257,10 @@ fn a_node_sends_a_small_reply_on_both_dedicated_lanes() {
     s.handle_message(now, lane_a, msg(&[open, data(id, 0, 64, false)]))
         .unwrap();
     while s.poll_event().is_some() {}
-    assert!(matches!(s.stream_read(id, 100), Ok(ReadChunk::Data(_))));
+    assert!(matches!(
+        s.stream_read(now, id, 100),
+        Ok(ReadChunk::Data(_))
+    ));
     // The service answers with 64 bytes: a round trip's reply.
     s.stream_write(id, Bytes::from(vec![7u8; 64])).unwrap();
     let carried = |s: &mut Session, link| {
@@ -283,7 +286,7 @@ fn window_updates_stay_off_the_lanes_while_another_link_can_take_them() {
                 .unwrap();
             offset += 60_000;
         }
-        while let Ok(ReadChunk::Data(_)) = s.stream_read(id, usize::MAX) {}
+        while let Ok(ReadChunk::Data(_)) = s.stream_read(now, id, usize::MAX) {}
     };
     let windows = |frames: &[Frame]| {
         frames
@@ -292,7 +295,7 @@ fn window_updates_stay_off_the_lanes_while_another_link_can_take_them() {
             .count()
     };
     upload(&mut s, now, bulk_a);
-    assert!(!s.has_work_for(lane_a) && !s.has_work_for(lane_b));
+    assert!(!s.has_work_for(now, lane_a) && !s.has_work_for(now, lane_b));
     // Every link sends once (and pings); the peer answers the lanes' pings only.
     let mut on_lanes = 0;
     let mut on_bulk = 0;
@@ -318,6 +321,47 @@ fn window_updates_stay_off_the_lanes_while_another_link_can_take_them() {
     s.remove_link(now, bulk_b);
     let later = now + Duration::from_millis(2500);
     upload(&mut s, later, lane_a);
-    assert!(s.has_work_for(lane_a));
+    assert!(s.has_work_for(later, lane_a));
     assert!(windows(&sent(&mut s, later, lane_a)) > 0);
+}
+
+#[test]
+fn the_engine_wakes_one_parked_writer_for_session_work_and_every_one_with_work_of_its_own() {
+    let (mut c, links, now) = client_with_four_links();
+    let mut woken = Vec::new();
+    c.poll_wakes(now, &mut woken);
+    assert!(woken.is_empty(), "no writer is parked yet");
+    // Every writer polls until it finds nothing (the first takes the session window), and
+    // parks.
+    for &l in &links {
+        while !sent(&mut c, now, l).is_empty() {}
+        c.park_writer(now, l);
+    }
+    c.poll_wakes(now, &mut woken);
+    assert!(woken.is_empty(), "nothing to send, nobody to wake");
+    // A new stream's OPEN is session-level work: one writer is woken, the lowest-RTT one that
+    // may carry it (no RTT yet: the first lane, link 1).
+    let id = c.open_stream(now, NODE, "svc").unwrap();
+    c.poll_wakes(now, &mut woken);
+    assert_eq!(woken, [links[0]]);
+    // Woken once: the next call does not wake it again, it picks another parked writer.
+    woken.clear();
+    c.poll_wakes(now, &mut woken);
+    assert_eq!(woken, [links[1]], "the second lane may carry the OPEN too");
+    assert!(sent(&mut c, now, links[0])
+        .iter()
+        .any(|f| matches!(f, Frame::Open { stream, .. } if *stream == id)));
+    // A ping from the peer on link 4 owes a pong: its own writer is woken for it.
+    woken.clear();
+    c.handle_message(now, links[3], msg(&[Frame::Ping(7)]))
+        .unwrap();
+    c.poll_wakes(now, &mut woken);
+    assert_eq!(woken, [links[3]]);
+    assert_eq!(
+        c.link_activity(links[2]).map(|a| a.busy),
+        Some(false),
+        "link 3 found nothing"
+    );
+    assert!(sent(&mut c, now, links[3]).contains(&Frame::Pong(7)));
+    assert_eq!(c.link_activity(links[3]).map(|a| a.busy), Some(true));
 }

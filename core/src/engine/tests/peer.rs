@@ -70,7 +70,7 @@ fn ack_for_bytes_never_sent_is_a_peer_error() {
     let now = Instant::now();
     let mut c = Session::new(Role::Client, Config::default());
     c.add_link(now, LINK);
-    let id = c.open_stream(NODE, "svc").unwrap();
+    let id = c.open_stream(now, NODE, "svc").unwrap();
     c.stream_write(id, Bytes::from_static(b"hello")).unwrap();
     let mut buf = BytesMut::new();
     assert!(c.poll_transmit(now, LINK, &mut buf));
@@ -236,10 +236,10 @@ fn data_before_open_is_buffered_and_delivered_after_it() {
         })
     );
     assert_eq!(
-        s.stream_read(id, 100),
+        s.stream_read(now, id, 100),
         Ok(ReadChunk::Data(Bytes::from(vec![0xAB; 3])))
     );
-    assert_eq!(s.stream_read(id, 100), Ok(ReadChunk::Fin));
+    assert_eq!(s.stream_read(now, id, 100), Ok(ReadChunk::Fin));
 }
 
 #[test]
@@ -282,7 +282,7 @@ fn write_respects_capacity_and_finish() {
     };
     let mut c = Session::new(Role::Client, cfg);
     c.add_link(now, LINK);
-    let id = c.open_stream(NODE, "svc").unwrap();
+    let id = c.open_stream(now, NODE, "svc").unwrap();
     let cap = c.stream_send_capacity(id).unwrap();
     assert_eq!(cap as u64, INITIAL_STREAM_CREDIT);
     assert_eq!(
@@ -297,7 +297,7 @@ fn write_respects_capacity_and_finish() {
         Err(StreamError::Finished)
     );
     assert_eq!(
-        c.open_stream(NODE, &"x".repeat(256)),
+        c.open_stream(now, NODE, &"x".repeat(256)),
         Err(OpenError::NameTooLong)
     );
 }
@@ -307,7 +307,7 @@ fn pongs_confirm_what_a_link_carried() {
     let now = Instant::now();
     let mut c = Session::new(Role::Client, Config::default());
     c.add_link(now, LINK);
-    let id = c.open_stream(NODE, "svc").unwrap();
+    let id = c.open_stream(now, NODE, "svc").unwrap();
     c.stream_write(id, Bytes::from_static(b"abc")).unwrap();
     let mut buf = BytesMut::new();
     assert!(c.poll_transmit(now, LINK, &mut buf));
@@ -333,7 +333,7 @@ fn restart_forgets_streams_and_credit_but_keeps_links() {
     let now = Instant::now();
     let mut c = Session::new(Role::Client, Config::default());
     c.add_link(now, LINK);
-    let a = c.open_stream(NODE, "svc").unwrap();
+    let a = c.open_stream(now, NODE, "svc").unwrap();
     c.stream_write(a, Bytes::from(vec![1; 1000])).unwrap();
     let mut buf = BytesMut::new();
     assert!(c.poll_transmit(now, LINK, &mut buf));
@@ -343,13 +343,13 @@ fn restart_forgets_streams_and_credit_but_keeps_links() {
     assert!(
         events.contains(&Event::StreamReadable(a)) && events.contains(&Event::StreamWritable(a))
     );
-    assert_eq!(c.stream_read(a, 10), Err(StreamError::Closed));
+    assert_eq!(c.stream_read(now, a, 10), Err(StreamError::Closed));
     assert_eq!(c.stream_count(), 0);
     assert_eq!(c.send_session_used, 0);
     assert_eq!(c.links().collect::<Vec<_>>(), vec![LINK]);
     assert_eq!(c.link_stats(LINK).unwrap().unconfirmed, 0);
     // New streams get fresh ids and work as before.
-    let b = c.open_stream(NODE, "svc").unwrap();
+    let b = c.open_stream(now, NODE, "svc").unwrap();
     assert_ne!(a, b);
     assert!(c.poll_transmit(now, LINK, &mut buf));
 }

@@ -28,7 +28,7 @@ fn stream_credit_grows(s: &mut Session, now: Instant, id: StreamId, total: u64) 
                 .expect("within credit");
             sent += n;
         }
-        while let Ok(ReadChunk::Data(_)) = s.stream_read(id, usize::MAX) {}
+        while let Ok(ReadChunk::Data(_)) = s.stream_read(now, id, usize::MAX) {}
         for (stream, _, m) in windows_sent(s, now) {
             if stream == id {
                 max = max.max(m);
@@ -60,7 +60,7 @@ fn stream_window_autotunes_up_to_the_configured_window() {
     s.handle_message(now, LINK, msg(&[data(sid(0), 0, 100, false)]))
         .unwrap();
     assert!(matches!(
-        s.stream_read(sid(0), 1000),
+        s.stream_read(now, sid(0), 1000),
         Ok(ReadChunk::Data(_))
     ));
     assert!(windows_sent(&mut s, now)
@@ -109,7 +109,7 @@ fn a_hole_that_holds_back_half_the_window_doubles_it_up_to_the_configured_window
     s.handle_message(now, LINK, msg(&[data(id, 0, hole as usize, false)]))
         .expect("within credit");
     let mut read = 0;
-    while let Ok(ReadChunk::Data(d)) = s.stream_read(id, usize::MAX) {
+    while let Ok(ReadChunk::Data(d)) = s.stream_read(now, id, usize::MAX) {
         read += d.len() as u64;
     }
     assert_eq!(read, sent);
@@ -147,7 +147,7 @@ fn first_grant_after(after: Duration) -> u64 {
     windows_sent(&mut s, now);
     let later = now + after;
     s.handle_timeout(later);
-    while let Ok(ReadChunk::Data(_)) = s.stream_read(id, usize::MAX) {}
+    while let Ok(ReadChunk::Data(_)) = s.stream_read(later, id, usize::MAX) {}
     windows_sent(&mut s, later)
         .into_iter()
         .map(|(_, _, m)| m)
@@ -168,7 +168,7 @@ fn the_first_quarter_of_the_window_read_within_four_round_trips_doubles_it() {
 #[test]
 fn a_frame_cut_at_a_credit_limit_the_peer_had_doubles_the_window_once() {
     let window = 16 << 20;
-    let mut s = Stream::new(true);
+    let mut s = Stream::new(Instant::now(), true);
     assert!(
         !s.widen_when_blocked(INITIAL_STREAM_CREDIT - 1, window),
         "short of the limit"
@@ -192,7 +192,7 @@ fn a_frame_cut_at_a_credit_limit_the_peer_had_doubles_the_window_once() {
     assert!(!s.widen_when_blocked(s.recv_max, window));
     assert_eq!(s.recv_window, 4 * INITIAL_STREAM_CREDIT);
     // Never past the configured window.
-    let mut s = Stream::new(true);
+    let mut s = Stream::new(Instant::now(), true);
     assert!(s.widen_when_blocked(INITIAL_STREAM_CREDIT, 3 << 20));
     assert_eq!(s.recv_window, 3 << 20);
     s.recv_max_before = s.recv_max;
@@ -231,12 +231,12 @@ fn memory_budget_caps_the_credit_granted() {
         t.handle_message(now, LINK, msg(&[data(sid(0), i * 60_000, 60_000, false)]))
             .unwrap();
     }
-    while let Ok(ReadChunk::Data(_)) = t.stream_read(sid(0), usize::MAX) {}
+    while let Ok(ReadChunk::Data(_)) = t.stream_read(now, sid(0), usize::MAX) {}
     // Everything given back when streams end and sessions go away.
     s.stream_reset(sid(0), reset::APP);
     assert_eq!(s.budget_held().0, 0);
     assert!(t.budget_blocked() || t.budget_held().0 > 0);
-    t.retry_budget();
+    t.retry_budget(now);
     assert!(
         t.budget_held().0 > 0,
         "the waiting stream got the freed budget"
@@ -253,8 +253,8 @@ fn memory_budget_bounds_send_buffers_and_wakes_writers() {
     let budget = Budget::new(2 << 20); // 1 MiB per pool
     let mut c = Session::with_budget(Role::Client, Config::default(), budget.clone());
     c.add_link(now, LINK);
-    let a = c.open_stream(NODE, "svc").unwrap();
-    let b = c.open_stream(NODE, "svc").unwrap();
+    let a = c.open_stream(now, NODE, "svc").unwrap();
+    let b = c.open_stream(now, NODE, "svc").unwrap();
     let cap = c.stream_send_capacity(a).unwrap();
     assert_eq!(cap, 1 << 20, "capacity limited by the send pool");
     c.stream_write(a, Bytes::from(vec![1u8; cap])).unwrap();
@@ -280,7 +280,7 @@ fn memory_budget_bounds_send_buffers_and_wakes_writers() {
     )
     .unwrap();
     assert_eq!(budget.used(Pool::Send), (1 << 20) - acked);
-    c.retry_budget();
+    c.retry_budget(now);
     let mut woken = false;
     while let Some(ev) = c.poll_event() {
         woken |= ev == Event::StreamWritable(b);
