@@ -5,8 +5,8 @@
 //! stream is a reliable byte stream like a TCP connection, and the link layer on top of it is the
 //! same: the Noise handshake, authentication and length-prefixed transport messages of
 //! [`crate::noise`] ([`noise::connect_stream`], [`noise::accept_stream_with`]). What QUIC changes
-//! is congestion control: every connection runs [`pace::Pace`], which does not mistake random
-//! loss for congestion, where a TCP link is left to the kernel's cubic or bbr.
+//! is congestion control: every connection runs [`crate::pace::Pace`], which does not mistake
+//! random loss for congestion, where a TCP link is left to the kernel's cubic or bbr.
 //!
 //! QUIC requires TLS. The node presents a certificate it generates at start; the client does not
 //! verify it ([`NoVerify`]) because the Noise handshake inside the stream authenticates the node
@@ -32,7 +32,8 @@ use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::noise::{BoxRead, BoxWrite, LinkError};
-use pace::{PaceConfig, PathShare};
+use crate::pace::PathShare;
+use pace::PaceConfig;
 
 /// The ALPN protocol name of wanmux links.
 pub const ALPN: &[u8] = b"wanmux/1";
