@@ -1,3 +1,4 @@
+use super::round::CRUISE_GAIN;
 use super::*;
 use rand::{Rng, SeedableRng};
 use std::collections::VecDeque;
@@ -216,7 +217,7 @@ fn cruising_at(path: &Path, start: Instant, fraction: f64) -> Pace {
     let low = (fraction * path.rate) as u64;
     pace.phase = Phase::Cruise(1);
     pace.min_rtt = Some(path.rtt);
-    pace.samples = [low; BW_ROUNDS];
+    pace.filter = BwFilter::filled(low);
     (pace.bw, pace.full_bw) = (low, low);
     pace.window = (CRUISE_GAIN * pace.bdp() as f64) as u64;
     pace
