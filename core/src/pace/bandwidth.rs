@@ -109,9 +109,8 @@ impl RecentAcks {
     /// The delivery rate of the acks of the last [`RECENT_SPAN`] of the minimum RTT, bytes per
     /// second, if they span at least half that. When start-up ends on a queue, these acks are
     /// of packets that met the queue: the path delivered them at its rate (this link's share of
-    /// it). The round's rate averages a round whose window doubled as it went: in a traced WAN lab
-    /// run of scenario C, the two bulk links left start-up at 42.9 + 42.1 Mbit/s on a path that
-    /// delivered 98, and ran below it until a climb five or six rounds later.
+    /// it). The round's rate averages a round whose window doubled as it went, and runs below the
+    /// path's (test `start_up_that_ends_on_a_queue_takes_the_rate_of_its_last_acks`).
     pub(super) fn rate(&self, now: Instant, min_rtt: Duration) -> Option<u64> {
         let first = self.marks.front()?;
         let span = now.saturating_duration_since(first.at);

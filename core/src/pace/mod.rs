@@ -3,8 +3,8 @@
 //! A rate-based controller in the spirit of BBR, built for lossy long-haul paths: it sizes the
 //! congestion window from the measured delivery rate and the minimum RTT, and it does **not**
 //! treat random loss as congestion. Loss-based controllers (cubic, reno) collapse at 1% random
-//! loss; quinn's experimental BBR let its window grow to 16 x the path's BDP in the WAN lab and
-//! lost 45% of its packets (scenario B). This one keeps the bottleneck queue short instead:
+//! loss, and quinn's experimental BBR overfills the bottleneck queue on a lossy path
+//! (bench/RESULTS.md, lessons). This one keeps the bottleneck queue short instead:
 //!
 //! - **Rounds.** A round ends when a packet sent after it began is acknowledged: one round trip.
 //!   Each round gives one delivery-rate sample, bytes acknowledged over the round's duration. A
@@ -14,24 +14,23 @@
 //!   with the one before, in cruise, to smooth ack bunching). Rounds that are not busy only ever
 //!   raise it.
 //! - **Start-up** grows the window like slow start (by the bytes acknowledged, doubling per round
-//!   trip, while the window is used), but never past `STARTUP_CAP` x the measured
-//!   bandwidth-delay product, so the overshoot that ends it is bounded. It ends as soon as 8 RTT
-//!   samples in a row saw a queue at the bottleneck (all 1/8 above the minimum, as in HyStart),
-//!   when the bandwidth grew less than 25% in three busy rounds (a link idles after its
-//!   handshake), or when a round loses heavily. Leaving mid-round on a queue, the bandwidth is
+//!   trip, while the window is used), but never past 4.5 x the measured bandwidth-delay product,
+//!   so the overshoot that ends it is bounded. It ends as soon as 8 RTT samples in a row saw a
+//!   queue at the bottleneck (all 1/8 above the minimum, as in HyStart), when the bandwidth grew
+//!   less than 25% in three busy rounds (a link idles after its handshake), or when a round
+//!   loses heavily. Leaving mid-round on a queue, the bandwidth is
 //!   the rate of the last quarter RTT of acks (packets that met the queue, so the path's rate),
 //!   not the round's average, and the window drops to one BDP for the rest of the round, so the
-//!   overshoot drains. While another link of the same path (a
-//!   [`PathShare`]) reported a busy cruise round with a queue in the last 2 s, start-up grows by
-//!   a quarter per round instead (`GENTLE_GROWTH`): that link already fills the path.
+//!   overshoot drains. While another link of the same path (a [`PathShare`]) reported a busy
+//!   cruise round with a queue in the last 2 s, start-up grows by a quarter per round instead:
+//!   that link already fills the path.
 //! - **Room**: a busy cruise round that delivers 25% more than start-up found, with one RTT
 //!   sample that saw no queue, may have found room (another flow left, or start-up ended early).
 //!   Alone on its path, the link goes back to start-up. Beside another link of its path that
 //!   fills it, the rise may be this link's share growing at the other's expense: it climbs, the
-//!   window 15-25% above the estimate (`CLIMB_GAINS`) as long as the path delivers each
-//!   round's window and no queue grows; on a full path that costs two or three rounds at
-//!   1.15 x. Neither within `SETTLE_RTTS` of leaving start-up: what the rounds before deliver
-//!   is what start-up found.
+//!   window 15-25% above the estimate as long as the path delivers each round's window and no
+//!   queue grows; on a full path that costs two or three rounds at 1.15 x. Neither within three
+//!   minimum RTTs of leaving start-up: what the rounds before deliver is what start-up found.
 //! - **Short estimate**: a busy cruise round that delivered the estimate while its RTT samples
 //!   averaged no queue (a right estimate keeps a twentieth of the RTT queued) climbs as well,
 //!   alone or not. A climb alone that doubles the estimate with no queue hands over to start-up.
@@ -43,14 +42,17 @@
 //! - **Loss** is ignored up to [`LOSS_LIMIT`] of a round's bytes (random loss, retransmitted by
 //!   QUIC). A heavier round is an overrun. Two overrun rounds in a row mean the path got slower:
 //!   samples above what the second delivered are dropped. One alone is a burst, and the losses
-//!   of start-up's overshoot, detected over the next `SETTLE_RTTS` round trips, do not count:
-//!   in both cases the round's delivery is low only because quinn held the data behind the lost
+//!   of start-up's overshoot, detected over the next three round trips, do not count: in both
+//!   cases the round's delivery is low only because quinn held the data behind the lost
 //!   packets. Persistent congestion (everything lost for a while) starts over.
 //!
 //! quinn paces at 1.25 x window / smoothed RTT, so the window also sets the sending rate.
 //!
 //! [`Pace`] is a pure state machine: time is passed in, nothing here reads a clock or knows
-//! quinn. `crate::quic::pace` plugs it into quinn as the controller of every QUIC link.
+//! quinn. Its inputs are [`Pace::on_ack`] for each acknowledged packet (it returns the round it
+//! ended, if any), [`Pace::on_in_flight`] after each batch of acks, [`Pace::on_loss`] and
+//! [`Pace::on_mtu`]; its output is [`Pace::window`]. `crate::quic::pace` plugs it into quinn as
+//! the controller of every QUIC link.
 //!
 //! Files: the state and its inputs here, the end of a round per phase in `round.rs`, the
 //! bandwidth estimators in `bandwidth.rs`, the RTT signals of a queue in `rtt.rs` and what the
@@ -68,11 +70,8 @@ use bandwidth::{BwFilter, RecentAcks};
 use rtt::{QueueBlock, RoundRtt};
 pub use share::PathShare;
 
-/// Window at start, in packets. Start-up grows it about 1.8 x per round trip, so each doubling
-/// of the initial window saves about a round of start-up: against 32, 64 gave 10 s runs in the
-/// WAN lab 83.5 against 82.0 Mbit/s in C and 179.0 against 177.3 in B (QUIC 4 links, medians of
-/// 6 runs each, interleaved; bench/RESULTS.md, session 9). quinn paces it too, at 1.25 x
-/// window / the handshake's RTT.
+/// Window at start, in packets: each doubling saves about a round of start-up; 64 beat 32 in B
+/// and C, 128 gained nothing (bench/RESULTS.md, lessons). quinn paces it by the handshake's RTT.
 const INITIAL_PACKETS: u64 = 64;
 /// Rounds the bandwidth filter remembers.
 pub const BW_ROUNDS: usize = 10;
@@ -84,11 +83,11 @@ const MIN_ROUND: Duration = Duration::from_millis(5);
 /// Where the controller is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
-    /// Slow start, up to twice the measured bandwidth-delay product.
+    /// Slow start, the window at most 4.5 x the measured bandwidth-delay product.
     Startup,
     /// Round `n` of the probing cycle; round 0 probes.
     Cruise(u32),
-    /// Looking for room found in cruise, `n` rounds in (see `CLIMB_GAINS`).
+    /// Looking for room found in cruise, `n` rounds in.
     Climb(u32),
 }
 
@@ -123,7 +122,7 @@ pub struct RoundEnd {
 /// The controller's state. See the module docs.
 #[derive(Clone, Debug)]
 pub struct Pace {
-    /// Names the controller in traces (0 outside quinn).
+    /// Names the link to the other links of its path and in traces (0 if not given).
     id: u64,
     mtu: u64,
     phase: Phase,
@@ -151,8 +150,8 @@ pub struct Pace {
     /// The other links of the path, if known; start-up grows gently while one of them fills it.
     share: Option<Arc<PathShare>>,
     gentle: bool,
-    /// When start-up last ended: the losses of its overshoot come in during the next
-    /// `SETTLE_RTTS` round trips and say nothing about the path's rate.
+    /// When start-up (or a climb) last ended: the losses of its overshoot come in during the
+    /// next few round trips and say nothing about the path's rate.
     left_startup: Option<Instant>,
     /// Start-up: the bytes acknowledged lately; leaving start-up on a queue, their rate is the
     /// path's (see [`RecentAcks::rate`]).

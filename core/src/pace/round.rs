@@ -7,38 +7,35 @@ use super::{Pace, Phase, Round, RoundEnd, INITIAL_PACKETS, LOSS_LIMIT};
 
 /// Smallest window after start-up, in packets.
 const MIN_PACKETS: u64 = 8;
-/// Start-up's window is at most this many bandwidth-delay products. The estimate comes from the
-/// last round's delivery, which is what the window was a round earlier: doubling needs 4 x.
-/// With 3 x the cap bound in every round of the test model, whose scenario B then delivered
-/// 41 Mbit in its first second (57 with 4.5 x).
+/// Start-up's window is at most this many bandwidth-delay products: the estimate lags the window
+/// by a round, so doubling needs 4 x (test `start_up_is_not_held_back_by_its_cap`).
 const STARTUP_CAP: f64 = 4.5;
-/// Start-up's window growth per acknowledged byte on a path another link fills.
+/// Start-up's window growth per acknowledged byte on a path another link fills: doubling into
+/// its queue overruns it (bench/RESULTS.md, lessons).
 const GENTLE_GROWTH: f64 = 0.25;
 /// The delay test of start-up needs a window of this many packets: below it the peer's delayed
 /// acks (up to 25 ms) inflate RTT samples more than any queue.
 const QUEUE_DELAY_MIN_PACKETS: u64 = 128;
-/// Start-up ends after this many rounds without 25% more bandwidth (like BBR; with 2, rounds
-/// held back by a loss ended start-up at 4-20 Mbit/s in the WAN lab's C).
+/// Start-up ends after this many busy rounds without 25% more bandwidth, as in BBR: with 2, a
+/// round held back by a loss ended it far too low (bench/RESULTS.md, lessons).
 const FLAT_ROUNDS: u32 = 3;
-/// After start-up ends, loss counts as overrun only after this many minimum RTTs: start-up's
-/// overshoot was in flight when it ended, and its losses are detected up to two round trips
-/// later (clamping the bandwidth to those rounds' delivery halved it in the WAN lab's C).
+/// After start-up ends, loss counts as overrun only after this many minimum RTTs: the losses of
+/// its overshoot come in up to two round trips later (bench/RESULTS.md, lessons).
 const SETTLE_RTTS: u32 = 3;
-/// Window gain in cruise: a twentieth of the RTT queued at the bottleneck (1.25 put 25 ms in
-/// front of every game packet on a 100 ms path, 1.1 10 ms).
+/// Window gain in cruise: a twentieth of the RTT queued at the bottleneck, since each byte
+/// queued delays interactive traffic (bench/RESULTS.md, lessons).
 pub(super) const CRUISE_GAIN: f64 = 1.05;
-/// Window gain of a probing round (1.5 overflowed scenario C's 50 ms buffer every eighth round;
-/// 1.25 put rr round trips at 123-126 ms on scenario B's 100 ms path, 1.15 at 115).
+/// Window gain of a probing round: enough to find a faster path, small enough not to overflow a
+/// short buffer or delay interactive traffic (bench/RESULTS.md, lessons).
 const PROBE_GAIN: f64 = 1.15;
 /// Rounds per probing cycle (one probes).
 const CYCLE: u32 = 8;
 /// Window gains of the rounds of a climb, the next for each round whose window the path
 /// delivered. A round's delivery shows the window of the round before: the window counts as
 /// delivered if the rate came at least halfway from the bandwidth estimate to the window's rate,
-/// and no queue grew (`CLIMB_QUEUE_FRACTION`). A climb that meets a full path costs two or
-/// three rounds of 1.15 x (one round short is forgiven). Growing further than 1.25 x per round
-/// overshot the path by up to its own rate in the WAN lab, where no RTT sample had shown a queue
-/// a round before.
+/// and no queue grew (see `RoundRtt::all_queued`). A climb that meets a full path costs two or
+/// three rounds of 1.15 x (one round short is forgiven). Larger steps overran the path before
+/// any RTT sample showed a queue (bench/RESULTS.md, lessons).
 const CLIMB_GAINS: [f64; 3] = [1.15, 1.15, 1.25];
 
 /// What a finished round measured.
@@ -222,9 +219,8 @@ impl Pace {
         }
         // A busy cruise round that delivered the estimate and whose samples saw no queue:
         // the estimate is short of the path (start-up ended on a round that a loss held
-        // back, or another flow left). Climb until a queue shows. (In the WAN lab's C,
-        // cruise rounds at 64 of 96 Mbit/s grew the estimate by about 1% per round, through
-        // probes alone.)
+        // back, or another flow left). Climb until a queue shows: probes alone find the rest
+        // too slowly (test `a_link_in_cruise_below_its_path_finds_it`).
         if measured.settled
             && busy
             && !measured.overrun
@@ -271,7 +267,7 @@ impl Pace {
         if !self.climb.missed && self.bw >= 2 * self.climb.from && !self.path_busy(now) {
             // The climb doubled the estimate and no queue showed: the link is far below
             // its path's rate, and start-up finds that in a few rounds where climbing
-            // takes many (from 5% of the test model's B path it reached 16% in 1.5 s).
+            // takes many (test `a_link_in_cruise_far_below_its_path_goes_back_to_start_up`).
             self.restart_start_up()
         } else {
             Phase::Climb(n + 1)

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 /// Start-up also ends as soon as [`QUEUE_DELAY_SAMPLES`] consecutive RTT samples all exceed the
 /// minimum RTT by this fraction of it (clamped to [`QUEUE_DELAY_MIN`, `QUEUE_DELAY_MAX`]): a
-/// queue is building at the bottleneck, so the pipe is full. HyStart (RFC 9406) compares whole
-/// rounds; with the window doubling inside a round, its first samples still see an empty queue,
-/// and waiting for the next round let the window reach 3 x the BDP in the lab.
+/// queue is building at the bottleneck, so the pipe is full. Per block, not per round as in
+/// HyStart (RFC 9406): the window doubles within a round, and waiting for the next lets it reach
+/// 3 x the BDP (test `start_up_ends_when_the_queue_builds`).
 const QUEUE_DELAY_FRACTION: u32 = 8;
 const QUEUE_DELAY_MIN: Duration = Duration::from_millis(4);
 const QUEUE_DELAY_MAX: Duration = Duration::from_millis(16);
@@ -22,7 +22,7 @@ const ROOM_FRACTION: u32 = 16;
 const FILL_FRACTION: u32 = 32;
 /// A climb round whose RTT samples were all this fraction of the minimum RTT above it (clamped
 /// to [`CLIMB_QUEUE_MIN`, `CLIMB_QUEUE_MAX`]) ends the climb: a queue grew, and what the link
-/// gained came from another flow (in the WAN lab, from the session's other link on the path).
+/// gained came from another flow.
 const CLIMB_QUEUE_FRACTION: u32 = 50;
 const CLIMB_QUEUE_MIN: Duration = Duration::from_millis(1);
 const CLIMB_QUEUE_MAX: Duration = Duration::from_millis(4);

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 const SHARE_FRESH: Duration = Duration::from_secs(2);
 
 /// What the links of one path (to one peer address) tell each other: which of them recently
-/// filled it (a busy cruise round that saw a queue). A link that starts while another does would overrun the path
-/// with start-up's doubling: the other link already fills it (in the WAN lab a second link that
-/// started late lost 0.87 MB to the queue, and rr round trips beside it took 150 ms on a 100 ms
-/// path). It grows by a quarter per round instead (`GENTLE_GROWTH`).
+/// filled it (a busy cruise round that saw a queue). A link that starts beside one that fills the
+/// path grows by a quarter per round, not by doubling, which would overrun the queue and delay
+/// the other link's traffic (bench/RESULTS.md, lessons).
 #[derive(Debug, Default)]
 pub struct PathShare {
     /// The last busy cruise round of each link that had one; entries older than

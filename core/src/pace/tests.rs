@@ -254,9 +254,8 @@ fn only_repeated_overrun_after_start_up_has_settled_cuts_the_bandwidth() {
 fn start_up_that_ends_on_a_queue_is_not_re_entered_at_the_rate_it_found() {
     // Start-up ends mid-round when the queue shows, its bandwidth still growing; what it
     // delivered until it settled is the reference for going back, not its last full
-    // round. (In a traced WAN lab run of scenario C, a link that had left start-up with an
-    // estimate of 62 Mbit/s went back to it two rounds later, its reference being at most
-    // 42, and the doubling lost 0.86 MB in one round.)
+    // round: with that lower reference it went back and doubled into the full queue
+    // (bench/RESULTS.md, lessons).
     let rtt = Duration::from_millis(100);
     let start = Instant::now();
     let mut pace = Pace::new(start, MTU);
@@ -337,9 +336,8 @@ fn two_links_sharing_a_path_keep_it_full_without_overrunning_it() {
 
 #[test]
 fn a_link_that_starts_while_another_fills_its_path_grows_by_a_quarter_per_round() {
-    // In the WAN lab a session's second link started while the first carried the bulk;
-    // start-up's doubling met the first link's queue and lost 0.87 MB to it, and rr round
-    // trips beside it took 150 ms on a 100 ms path.
+    // A session's second link starts while the first carries the bulk: start-up's doubling
+    // would overrun the first link's queue (bench/RESULTS.md, lessons).
     let rtt = Duration::from_millis(100);
     let start = Instant::now();
     let grown = |others_busy: bool| {
@@ -369,7 +367,7 @@ fn a_link_that_starts_while_another_fills_its_path_grows_by_a_quarter_per_round(
 fn a_cruise_round_leaves_cruise_only_if_the_path_has_room() {
     // A link of a session whose share grows (another link's shrinks) delivers more than its
     // start-up found, but its RTT samples show the path's queue: start-up's doubling would
-    // overrun it (in the WAN lab it lost 0.85 MB to the queue in one round). The same rise
+    // overrun it (bench/RESULTS.md, lessons). The same rise
     // with an empty queue means room: alone on the path, start-up finds it; beside another
     // link of the session that fills the path, a climb does (the rise may be its share).
     let rtt = Duration::from_millis(100);
@@ -400,8 +398,8 @@ fn a_cruise_round_leaves_cruise_only_if_the_path_has_room() {
 fn a_climb_that_finds_no_room_ends_within_three_rounds_of_1_15() {
     // Cruise at 10 MB/s, then a round delivers 15 MB/s with no queue: the climb starts. The
     // path delivers no more than that: the second and third rounds' deliveries show that the
-    // windows before found no room. (In the WAN lab, a link whose share grew went back to doubling
-    // and lost 0.86 MB to the queue; the rr round trips beside it took 150 ms on a 100 ms path.)
+    // windows before found no room. Doubling instead would overrun the path's queue
+    // (bench/RESULTS.md, lessons).
     let rtt = Duration::from_millis(100);
     let bdp = 1_000_000;
     let start = Instant::now();
@@ -485,9 +483,8 @@ fn a_link_in_cruise_far_below_its_path_goes_back_to_start_up() {
 
 #[test]
 fn a_link_in_cruise_below_its_path_finds_it() {
-    // In the WAN lab's C, start-up ended at 64 of 96 Mbit/s (its last round was held back by
-    // a loss), and probes alone took 6 s to find the rest. Here the estimate starts at 60%
-    // of scenario B's path.
+    // Start-up can end below the path's rate (a loss held its last round back), and probes
+    // alone take seconds to find the rest. Here the estimate starts at 60% of scenario B's path.
     let path = b_path();
     let start = Instant::now();
     let mut pace = cruising_at(&path, start, 0.6);
@@ -557,8 +554,8 @@ fn an_idle_link_stays_in_start_up() {
 #[test]
 fn a_link_given_little_data_stays_in_start_up() {
     // A session's second link gets data when the first one's writer is full: quinn calls it
-    // busy whenever it sent something, but its window is never full. In the WAN lab such a
-    // link left start-up at 3.6 Mbit/s, its rounds flat for want of data.
+    // busy whenever it sent something, but its window is never full. Counted as busy, such a
+    // link would leave start-up far below its path's rate, its rounds flat for want of data.
     let rtt = Duration::from_millis(100);
     let start = Instant::now();
     let mut pace = Pace::new(start, MTU);
