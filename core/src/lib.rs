@@ -15,6 +15,7 @@ pub mod ids;
 pub mod keys;
 #[cfg(feature = "io")]
 pub mod noise;
+pub mod pace;
 #[cfg(feature = "io")]
 pub mod quic;
 mod range_set;

@@ -4,9 +4,10 @@
 //! A QUIC link is one QUIC connection (quinn, over UDP) carrying one bidirectional stream. The
 //! stream is a reliable byte stream like a TCP connection, and the link layer on top of it is the
 //! same: the Noise handshake, authentication and length-prefixed transport messages of
-//! [`crate::noise`] ([`noise::connect_stream`], [`noise::accept_stream_with`]). What QUIC changes
-//! is congestion control: every connection runs [`pace::Pace`], which does not mistake random
-//! loss for congestion, where a TCP link is left to the kernel's cubic or bbr.
+//! [`crate::noise`] ([`crate::noise::connect_stream`], [`crate::noise::accept_stream_with`]).
+//! What QUIC changes is congestion control: every connection runs [`crate::pace::Pace`], which
+//! does not mistake random loss for congestion, where a TCP link is left to the kernel's cubic or
+//! bbr.
 //!
 //! QUIC requires TLS. The node presents a certificate it generates at start; the client does not
 //! verify it ([`NoVerify`]) because the Noise handshake inside the stream authenticates the node
@@ -32,7 +33,8 @@ use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::noise::{BoxRead, BoxWrite, LinkError};
-use pace::{PaceConfig, PathShare};
+use crate::pace::PathShare;
+use pace::PaceConfig;
 
 /// The ALPN protocol name of wanmux links.
 pub const ALPN: &[u8] = b"wanmux/1";
@@ -45,7 +47,7 @@ const SERVER_NAME: &str = "wanmux";
 pub const RECEIVE_WINDOW: u32 = 16 << 20;
 
 /// Most bytes sent but not yet acknowledged (in flight, behind a lost packet, or queued): the
-/// cap on the send window, which otherwise follows the congestion window ([`send_window`]).
+/// cap on the send window, which otherwise follows the congestion window (`send_window`).
 /// Three congestion windows at 500 Mbit/s and 60 ms RTT fit.
 pub const SEND_WINDOW: u64 = 16 << 20;
 
