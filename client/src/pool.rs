@@ -1,10 +1,9 @@
 //! The link pool of one node: `links.min` slots always, more while every link is busy, up to
 //! `links.max`; extra links that stay idle are closed again.
 //!
-//! "Busy" is seen from the sending side: a link whose writer has found data every time it
-//! looked for `GROW_AFTER` has a full socket, and if the session still has data waiting, one
-//! more link (one more congestion window) moves more of it. The client checks its own links
-//! (upload); the server checks its side and sends `MORE_LINKS` (download).
+//! The engine decides when to open one more link and which extra link to close
+//! ([`Session::plan_links`](wanmux_core::engine::Session::plan_links)); this pool carries it
+//! out, and gives up an extra slot that never connected.
 //!
 //! Each slot has an index, the lowest one free when it opens; it picks the slot's home address
 //! among the node's (`dial`), so the links of a node with several addresses spread over them,
@@ -18,12 +17,9 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tracing::{debug, Instrument};
 use wanmux_config::Links;
+use wanmux_core::engine::{LinkPlan, PoolView};
 use wanmux_core::ids::LinkId;
 
-/// Every link busy this long (and data waiting) opens another.
-const GROW_AFTER: Duration = Duration::from_millis(200);
-/// An extra link idle this long is closed.
-const RETIRE_AFTER: Duration = Duration::from_secs(30);
 /// An extra slot that has not connected within this long is given up.
 const CONNECT_GRACE: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(100);
@@ -66,49 +62,54 @@ pub(crate) async fn run(template: Slot, links: Links) {
         spawn(&mut slots);
     }
     let driver = template.driver.clone();
+    let (min, max) = (usize::from(links.min), usize::from(links.max));
     loop {
-        let asked = tokio::select! {
-            () = tokio::time::sleep(TICK) => false,
-            () = driver.more_links_wanted() => true,
+        tokio::select! {
+            () = tokio::time::sleep(TICK) => {}
+            () = driver.more_links_wanted() => {}
         };
-        if links.max == links.min {
-            continue;
-        }
         let now = Instant::now();
-        let activity = driver.link_activity();
-        let busy = |id: u64| {
-            activity
-                .iter()
-                .find(|(l, _)| *l == LinkId(id))
-                .is_some_and(|(_, a)| a.busy && now - a.since >= GROW_AFTER)
-        };
-        let dialing = slots.iter().any(|s| s.link.load(Relaxed) == 0);
-        let all_busy = slots.iter().all(|s| busy(s.link.load(Relaxed)));
-        let grow = asked || (all_busy && driver.wants_transmit());
-        if slots.len() < usize::from(links.max) && !dialing && grow {
-            debug!(
-                links = slots.len() + 1,
-                asked, "every link busy: opening another"
-            );
-            spawn(&mut slots);
-            continue;
-        }
-        // Retire one extra slot per tick: the newest that is idle too long or never connected.
-        let retire = slots
+        // A slot that has not connected within the grace is given up (the newest first).
+        let stuck = slots
             .iter()
             .enumerate()
-            .skip(usize::from(links.min))
+            .skip(min)
             .rev()
-            .find(|(_, s)| match s.link.load(Relaxed) {
-                0 => now - s.started >= CONNECT_GRACE,
-                id => activity
-                    .iter()
-                    .find(|(l, _)| *l == LinkId(id))
-                    .is_some_and(|(_, a)| !a.busy && now - a.since >= RETIRE_AFTER),
-            });
-        if let Some((i, _)) = retire {
-            debug!(links = slots.len() - 1, "closing an idle extra link");
+            .find(|(_, s)| s.link.load(Relaxed) == 0 && now - s.started >= CONNECT_GRACE);
+        if let Some((i, _)) = stuck {
+            debug!(
+                links = slots.len() - 1,
+                "giving up an extra link that did not connect"
+            );
             slots.remove(i);
+            continue;
+        }
+        let extra: Vec<LinkId> = slots
+            .iter()
+            .skip(min)
+            .map(|s| s.link.load(Relaxed))
+            .filter(|&id| id != 0)
+            .map(LinkId)
+            .collect();
+        let view = PoolView {
+            min,
+            max,
+            slots: slots.len(),
+            dialing: slots.iter().any(|s| s.link.load(Relaxed) == 0),
+            extra: &extra,
+        };
+        match driver.with(|s, now| s.plan_links(now, view)) {
+            LinkPlan::Hold => {}
+            LinkPlan::Open => {
+                debug!(links = slots.len() + 1, "every link busy: opening another");
+                spawn(&mut slots);
+            }
+            LinkPlan::Close(id) => {
+                if let Some(i) = slots.iter().position(|s| s.link.load(Relaxed) == id.0) {
+                    debug!(links = slots.len() - 1, "closing an idle extra link");
+                    slots.remove(i);
+                }
+            }
         }
     }
 }

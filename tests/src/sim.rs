@@ -20,7 +20,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 use wanmux_core::budget::{Budget, Pool};
-use wanmux_core::engine::{Config, Event, ReadChunk, Role, Session};
+use wanmux_core::engine::{Config, Event, LinkPlan, PoolView, ReadChunk, Role, Session};
 use wanmux_core::ids::{LinkId, NodeId, StreamId};
 
 /// The server node every simulated stream is owned by.
@@ -82,6 +82,10 @@ pub struct Scenario {
     pub deadline: Duration,
     /// Each side's daemon memory cap (`limits.memory`); `None`: unlimited.
     pub memory: Option<u64>,
+    /// Elastic links (`links.min`, `links.max`): the client starts with the first `min` of
+    /// `links` and opens and closes links as its engine plans ([`Session::plan_links`]), each
+    /// new one with the spec of `links[i % links.len()]`. `None`: all of `links`, fixed.
+    pub elastic: Option<(usize, usize)>,
 }
 
 /// Hashes of one direction of one stream.
@@ -120,6 +124,8 @@ pub struct Outcome {
     pub max_budget_used: (u64, u64),
     /// What the two sides' budgets still had reserved at the end (receive + send, both sides).
     pub budget_left: u64,
+    /// The most links up at once.
+    pub max_links: usize,
 }
 
 /// A message on the wire: arrival time, sequence (keeps order among equal times), link,
@@ -292,7 +298,8 @@ pub fn run(sc: &Scenario) -> Outcome {
             parked: [false; 2],
         }
     };
-    for spec in &sc.links {
+    let first = sc.elastic.map_or(sc.links.len(), |(min, _)| min);
+    for spec in sc.links.iter().cycle().take(first) {
         let p = new_pipe(*spec, now, &mut next_link);
         sides[0].add_link(now, p.id);
         sides[1].add_link(now, p.id);
@@ -324,6 +331,10 @@ pub fn run(sc: &Scenario) -> Outcome {
     let mut gone: [std::collections::HashSet<LinkId>; 2] = Default::default();
     let mut timed_out = 0usize;
     let mut wake_scratch = Vec::new();
+    // The client's extra links (elastic), oldest first, and how many were ever opened.
+    let mut extra: Vec<LinkId> = Vec::new();
+    let mut opened_links = first;
+    let mut max_links = first;
 
     loop {
         // Open streams that are due.
@@ -444,6 +455,38 @@ pub fn run(sc: &Scenario) -> Outcome {
         for (dir, side) in sides.iter_mut().enumerate() {
             wake_writers(side, dir, now, &mut pipes, &mut wake_scratch);
         }
+        // The client's link pool carries out its engine's plan, as `client/src/pool.rs` does.
+        if let Some((min, max)) = sc.elastic {
+            let live = pipes.iter().filter(|p| p.alive && !p.blackholed).count();
+            let view = PoolView {
+                min,
+                max,
+                slots: live,
+                dialing: false,
+                extra: &extra,
+            };
+            match sides[0].plan_links(now, view) {
+                LinkPlan::Hold => {}
+                LinkPlan::Open => {
+                    let spec = sc.links[opened_links % sc.links.len()];
+                    opened_links += 1;
+                    let p = new_pipe(spec, now, &mut next_link);
+                    sides[0].add_link(now, p.id);
+                    sides[1].add_link(now, p.id);
+                    extra.push(p.id);
+                    pipes.push(p);
+                }
+                LinkPlan::Close(id) => {
+                    extra.retain(|&l| l != id);
+                    if let Some(p) = pipes.iter_mut().find(|p| p.id == id) {
+                        p.alive = false;
+                    }
+                    sides[0].remove_link(now, id);
+                    sides[1].remove_link(now, id);
+                }
+            }
+            max_links = max_links.max(pipes.iter().filter(|p| p.alive).count());
+        }
         // Memory bounds.
         max_session = max_session
             .max(sides[0].recv_buffered_bytes())
@@ -538,5 +581,6 @@ pub fn run(sc: &Scenario) -> Outcome {
             .iter()
             .map(|b| b.used(Pool::Recv) + b.used(Pool::Send))
             .sum(),
+        max_links,
     }
 }

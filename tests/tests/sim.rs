@@ -77,6 +77,7 @@ fn base(seed: u64) -> Scenario {
         kills: Vec::new(),
         deadline: Duration::from_secs(600),
         memory: None,
+        elastic: None,
     }
 }
 
@@ -370,5 +371,34 @@ fn a_slow_links_frames_do_not_hold_back_the_fast_link() {
         out.elapsed < Duration::from_millis(1000),
         "took {:?}",
         out.elapsed
+    );
+}
+
+/// Elastic links: one bulk download over a single link keeps it busy, the node asks for more
+/// (`MORE_LINKS`) and the client's engine opens them, up to `links.max`; the data arrives whole.
+#[test]
+fn a_busy_session_grows_its_links_up_to_the_maximum() {
+    let mut sc = base(7);
+    sc.links = links(&[20], 2_000_000, Duration::ZERO);
+    sc.config.stream_window = 16 << 20;
+    sc.elastic = Some((1, 4));
+    sc.streams = vec![StreamSpec {
+        up: 64 * 1024,
+        down: 8 << 20,
+        start: Duration::ZERO,
+    }];
+    let out = run(&sc);
+    assert_complete(&sc, &out);
+    assert_eq!(out.max_links, 4, "links never grew to the maximum");
+    // Without the elastic plan the same transfer stays on one link.
+    sc.elastic = Some((1, 1));
+    let fixed = run(&sc);
+    assert_complete(&sc, &fixed);
+    assert_eq!(fixed.max_links, 1);
+    assert!(
+        out.elapsed < fixed.elapsed,
+        "four links took {:?}, one {:?}",
+        out.elapsed,
+        fixed.elapsed
     );
 }

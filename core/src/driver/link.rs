@@ -13,9 +13,6 @@ use tracing::{debug, info, Instrument};
 
 /// Messages a writer takes from the engine per lock, then encrypts and writes in one syscall.
 const BATCH: usize = 4;
-/// A busy writer checks this often whether every link is saturated (see
-/// `SessionDriver::check_saturation`); the same span is what counts as saturated.
-const SATURATION: std::time::Duration = std::time::Duration::from_millis(200);
 /// How often a link task copies its numbers from the engine (kept for the log line when the
 /// link ends, since the engine forgets a link it declared dead).
 const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -187,7 +184,6 @@ async fn write_loop(
     waker: Arc<Notify>,
     mut writer: LinkWriter,
 ) -> LinkEnd {
-    let mut last_check = std::time::Instant::now();
     let mut bufs: Vec<BytesMut> = (0..BATCH)
         .map(|_| BytesMut::with_capacity(MAX_MESSAGE))
         .collect();
@@ -208,10 +204,6 @@ async fn write_loop(
         }
         if let Err(e) = writer.flush().await {
             return LinkEnd::Link(e);
-        }
-        if last_check.elapsed() >= SATURATION {
-            last_check = std::time::Instant::now();
-            driver.check_saturation(SATURATION);
         }
     }
 }

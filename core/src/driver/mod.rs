@@ -19,7 +19,7 @@
 pub mod link;
 pub mod stream;
 
-use crate::engine::{Event, LinkActivity, Session};
+use crate::engine::{Event, Session};
 use crate::ids::{LinkId, StreamId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -208,30 +208,9 @@ impl SessionDriver {
         Some(n)
     }
 
-    /// Whether each link's writer is busy (found data the last time it looked) and since when.
-    /// A link busy for a while has a full socket: every byte it can take is being sent.
-    pub fn link_activity(&self) -> Vec<(LinkId, LinkActivity)> {
-        let st = self.lock();
-        st.session
-            .links()
-            .filter_map(|id| Some((id, st.session.link_activity(id)?)))
-            .collect()
-    }
-
     /// Completes when the server asks for another link (client side).
     pub async fn more_links_wanted(&self) {
         self.shared.more_links.notified().await;
-    }
-
-    /// Server side: if every link has been busy for `after` and data is still waiting, asks
-    /// the client for another link. Called by busy link writers now and then.
-    pub(crate) fn check_saturation(&self, after: std::time::Duration) {
-        let mut st = self.lock();
-        let now = Instant::now();
-        if st.session.saturated(now, after) {
-            st.session.request_more_links();
-            self.after(&mut st, now);
-        }
     }
 
     /// Whether the session has data or control frames waiting for a link.

@@ -2,7 +2,7 @@
 //! again on the others), and their numbers.
 
 use super::link::{LinkActivity, LinkState, LinkStats, Sent};
-use super::{Role, Session};
+use super::Session;
 use crate::frame::Frame;
 use crate::ids::LinkId;
 use std::time::{Duration, Instant};
@@ -82,17 +82,6 @@ impl Session {
         self.links.get(&link).map(|l| l.writer.activity())
     }
 
-    /// Whether every link has been busy for at least `span` and data is still waiting: one
-    /// more link (one more congestion window) would move more of it.
-    pub fn saturated(&self, now: Instant, span: Duration) -> bool {
-        !self.links.is_empty()
-            && self.links.values().all(|l| {
-                let a = l.writer.activity();
-                a.busy && now.saturating_duration_since(a.since) >= span
-            })
-            && self.wants_transmit()
-    }
-
     /// Numbers for one link.
     pub fn link_stats(&self, link: LinkId) -> Option<LinkStats> {
         self.links.get(&link).map(|l| {
@@ -109,13 +98,5 @@ impl Session {
             .values()
             .filter_map(|l| l.stats.rtt.smoothed)
             .max()
-    }
-
-    /// Asks the client for another link (server side; a no-op on the client): called when every
-    /// link has been busy for a while and data is still waiting.
-    pub fn request_more_links(&mut self) {
-        if matches!(self.role, Role::Server(_)) && !self.control.contains(&Frame::MoreLinks) {
-            self.control.push_back(Frame::MoreLinks);
-        }
     }
 }

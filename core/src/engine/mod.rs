@@ -19,6 +19,7 @@
 //! fast link carries more of every stream than a slow one (writable-first scheduling).
 
 mod api;
+mod elastic;
 mod error;
 mod lanes;
 mod link;
@@ -31,6 +32,7 @@ mod stream;
 mod timers;
 mod transmit;
 
+pub use elastic::{LinkPlan, PoolView, GROW_AFTER, RETIRE_AFTER};
 pub use error::{OpenError, PeerError, StreamError};
 pub use link::{LinkActivity, LinkStats, Rtt};
 
@@ -126,7 +128,8 @@ pub enum Event {
     /// Send capacity opened up, or the stream was reset.
     StreamWritable(StreamId),
     /// The server asks for another link: all of its links are busy and data is waiting
-    /// (client side; the client opens one if its `links.max` allows).
+    /// (client side): the link pool should plan now ([`Session::plan_links`]), which opens one
+    /// if its `links.max` allows.
     MoreLinksWanted,
     /// This session gave memory back to the daemon's budget while another session (or this
     /// one) waited for it: wake every session of the daemon that shares the budget, and each
@@ -201,6 +204,10 @@ pub struct Session {
     held: Held,
     /// Streams whose write or grant waits for the budget; see [`Session::retry_budget`].
     budget_waiting: Vec<StreamId>,
+    /// Client: the server asked for another link since the last [`Session::plan_links`].
+    more_links_asked: bool,
+    /// Server: when the links were last checked for saturation (see `elastic`).
+    saturation_checked: Option<Instant>,
 }
 
 impl Session {
@@ -246,6 +253,8 @@ impl Session {
             open_dups: VecDeque::new(),
             held: Held::new(budget),
             budget_waiting: Vec::new(),
+            more_links_asked: false,
+            saturation_checked: None,
         }
     }
 

@@ -51,6 +51,7 @@ impl Session {
             }
             Frame::MoreLinks => {
                 if self.role == Role::Client {
+                    self.more_links_asked = true;
                     self.events.push_back(Event::MoreLinksWanted);
                 }
             }

@@ -111,8 +111,13 @@ impl Session {
         if !buf.is_empty() {
             l.writer = l.writer.sent(now);
         }
+
         self.links.insert(link, l);
-        !buf.is_empty()
+        if buf.is_empty() {
+            return false;
+        }
+        self.check_saturation(now);
+        true
     }
 
     /// Sends again, on `link`, the `OPEN` frames the other lane sent, for streams still open.

@@ -365,3 +365,82 @@ fn the_engine_wakes_one_parked_writer_for_session_work_and_every_one_with_work_o
     assert!(sent(&mut c, now, links[3]).contains(&Frame::Pong(7)));
     assert_eq!(c.link_activity(links[3]).map(|a| a.busy), Some(true));
 }
+
+#[test]
+fn the_engine_plans_elastic_links_from_how_long_every_link_has_been_busy() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    let (a, b) = (LinkId(1), LinkId(2));
+    c.add_link(now, a);
+    let view = |extra: &'static [LinkId], slots| PoolView {
+        min: 1,
+        max: 3,
+        slots,
+        dialing: false,
+        extra,
+    };
+    // A bulk upload keeps the only link busy.
+    let id = c.open_stream(now, NODE, "svc").unwrap();
+    c.stream_write(id, Bytes::from(vec![7; 1 << 20])).unwrap();
+    assert!(!sent(&mut c, now, a).is_empty());
+    assert_eq!(
+        c.plan_links(now, view(&[], 1)),
+        LinkPlan::Hold,
+        "busy, but not for long"
+    );
+    let later = now + GROW_AFTER;
+    assert!(!sent(&mut c, later, a).is_empty());
+    assert_eq!(c.plan_links(later, view(&[], 1)), LinkPlan::Open);
+    let dialing = PoolView {
+        dialing: true,
+        ..view(&[], 2)
+    };
+    assert_eq!(
+        c.plan_links(later, dialing),
+        LinkPlan::Hold,
+        "one dial at a time"
+    );
+    // The extra link comes up; both idle once the data is gone, and the extra one is closed
+    // after RETIRE_AFTER.
+    c.add_link(later, b);
+    c.stream_reset(id, 0);
+    for l in [a, b] {
+        while !sent(&mut c, later, l).is_empty() {}
+        c.park_writer(later, l);
+    }
+    const EXTRA: &[LinkId] = &[LinkId(2)];
+    assert_eq!(c.plan_links(later, view(EXTRA, 2)), LinkPlan::Hold);
+    let idle = later + RETIRE_AFTER;
+    assert_eq!(c.plan_links(idle, view(EXTRA, 2)), LinkPlan::Close(b));
+    // A server's MORE_LINKS opens one whatever the links look like.
+    c.handle_message(idle, a, msg(&[Frame::MoreLinks])).unwrap();
+    assert_eq!(c.plan_links(idle, view(EXTRA, 2)), LinkPlan::Open);
+    assert_eq!(
+        c.plan_links(idle, view(EXTRA, 2)),
+        LinkPlan::Close(b),
+        "asked once"
+    );
+}
+
+#[test]
+fn a_node_whose_links_are_all_busy_asks_for_another() {
+    let (mut s, now) = server(16);
+    s.handle_message(
+        now,
+        LINK,
+        msg(&[Frame::Open {
+            stream: sid(0),
+            service: "svc".into(),
+        }]),
+    )
+    .unwrap();
+    s.stream_write(sid(0), Bytes::from(vec![1; 1 << 20]))
+        .unwrap();
+    let frames = sent(&mut s, now, LINK);
+    assert!(!frames.contains(&Frame::MoreLinks));
+    // Still busy GROW_AFTER later, with data waiting: the next message asks for a link.
+    let later = now + GROW_AFTER;
+    assert!(!sent(&mut s, later, LINK).is_empty());
+    assert!(s.wants_transmit());
+    assert!(sent(&mut s, later, LINK).contains(&Frame::MoreLinks));
+}
