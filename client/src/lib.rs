@@ -22,7 +22,7 @@ use tracing::{debug, info, warn, Instrument};
 use wanmux_config::{ClientConfig, LinkTransport, ServiceName};
 use wanmux_core::budget::Budget;
 use wanmux_core::driver::{self, SessionDriver};
-use wanmux_core::engine::{self, Role, Session};
+use wanmux_core::engine::{Role, Session};
 use wanmux_core::frame::reset;
 use wanmux_core::ids::{NodeId, SessionId};
 
@@ -120,13 +120,8 @@ impl ClientHandle {
 /// Binds every mapped port and starts the links.
 pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     let session_id = SessionId(rand::rng().random());
-    let cfg = engine::Config {
-        stream_window: config.limits.stream_window,
-        session_window: config.limits.session_window,
-        max_streams: config.limits.max_streams as usize,
-    };
     let budget = Budget::new(config.limits.memory);
-    let session = Session::with_budget(Role::Client, cfg, budget);
+    let session = Session::with_budget(Role::Client, config.limits.into(), budget);
     let (driver, _opened) = SessionDriver::start(session);
     let span = tracing::info_span!("session", id = %session_id);
     let mut tasks = Vec::new();

@@ -106,6 +106,26 @@ fn psk_server_parses_with_defaults() {
 }
 
 #[test]
+fn limits_become_the_engine_config() {
+    use wanmux_core::engine;
+    assert_eq!(
+        engine::Config::from(Limits::default()),
+        engine::Config::default()
+    );
+    let limits = Limits {
+        stream_window: 1 << 20,
+        session_window: 3 << 20,
+        max_streams: 7,
+        memory: 64 << 20,
+    };
+    let cfg = engine::Config::from(limits);
+    assert_eq!(
+        (cfg.stream_window, cfg.session_window, cfg.max_streams),
+        (1 << 20, 3 << 20, 7)
+    );
+}
+
+#[test]
 fn static_server_with_psk_is_ikpsk2_and_reads_key_files() {
     let dir = temp_dir();
     std::fs::create_dir_all(dir.join("keys")).unwrap();

@@ -11,7 +11,7 @@ use tracing::{debug, info, Instrument};
 use wanmux_config::ServerConfig;
 use wanmux_core::budget::Budget;
 use wanmux_core::driver::{self, OpenedStreams, SessionDriver};
-use wanmux_core::engine::{self, Role, Session};
+use wanmux_core::engine::{Role, Session};
 use wanmux_core::frame::reset;
 use wanmux_core::ids::{NodeId, SessionId, StreamId};
 use wanmux_core::keys::PublicKey;
@@ -180,14 +180,9 @@ impl Sessions {
         if let Some(d) = table.get(&key).filter(|d| !d.is_closed()) {
             return d.clone();
         }
-        let limits = &self.config.limits;
-        let cfg = engine::Config {
-            stream_window: limits.stream_window,
-            session_window: limits.session_window,
-            max_streams: limits.max_streams as usize,
-        };
         let node = NodeId(self.config.node_id.get());
-        let session = Session::with_budget(Role::Server(node), cfg, self.budget.clone());
+        let limits = self.config.limits.into();
+        let session = Session::with_budget(Role::Server(node), limits, self.budget.clone());
         let (driver, opened) = SessionDriver::start(session);
         let span = tracing::info_span!("session", id = %key.1);
         span.in_scope(|| info!(client = ?key.0, "session started"));
