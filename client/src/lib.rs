@@ -160,7 +160,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             state: state.clone(),
             link: Default::default(),
             node: node.clone(),
-            auth: dial::noise_auth(hs),
+            auth: hs.into(),
             link_seq: 0,
             index: 0,
             handshake_timeout: config.handshake_timeout,

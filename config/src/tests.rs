@@ -205,6 +205,42 @@ fn static_client_parses_and_exposes_handshakes() {
 }
 
 #[test]
+fn auth_becomes_the_noise_credentials() {
+    use wanmux_core::auth;
+    let c = client(&static_client()).unwrap();
+    let (_, hs) = c.auth.handshakes().next().unwrap();
+    let auth::ClientAuth::Static {
+        local,
+        server: node_key,
+        psk,
+    } = auth::ClientAuth::from(hs)
+    else {
+        panic!("static-key mode becomes a static Noise client");
+    };
+    assert_eq!(local, PrivateKey::from_bytes([1; 32]));
+    assert_eq!(node_key, PublicKey::from_bytes([2; 32]));
+    assert!(psk.is_none());
+    let psk = Psk::from_bytes([7; 32]);
+    let hs = NodeHandshake::PskOnly { psk: &psk };
+    assert!(matches!(auth::ClientAuth::from(hs), auth::ClientAuth::Psk(p) if p == psk));
+
+    let s = auth::ServerAuth::from(&server(&psk_server()).unwrap().auth);
+    assert!(s.private_key.is_none() && s.allowed_clients.is_empty());
+    assert_eq!(s.psk, Some(Psk::from_bytes([9; 32])));
+    let s = auth::ServerAuth::from(&ServerAuth::StaticKey {
+        private_key: PrivateKey::from_bytes([3; 32]),
+        allowed_clients: [5, 6].map(|b| PublicKey::from_bytes([b; 32])).into(),
+        psk: None,
+    });
+    assert_eq!(s.private_key, Some(PrivateKey::from_bytes([3; 32])));
+    assert_eq!(
+        s.allowed_clients,
+        [5, 6].map(|b| PublicKey::from_bytes([b; 32])).into()
+    );
+    assert!(s.psk.is_none());
+}
+
+#[test]
 fn psk_client_with_several_nodes_and_links() {
     let text = format!(
         "[client]\npsk = \"{}\"\n[[node]]\nid = 1\naddr = \"a.example:4480\"\n[[node]]\nid = 2\n\

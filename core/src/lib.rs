@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod budget;
 #[cfg(feature = "io")]
 pub mod driver;

@@ -139,7 +139,7 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     } else {
         None
     };
-    let auth = Arc::new(server_auth(&config.auth));
+    let auth = Arc::new(noise::ServerAuth::from(&config.auth));
     let sessions = Arc::new(Sessions::new(config));
     info!(listen = %local_addr, quic = quic.is_some(), node = sessions.node_id(), "wanmux-server listening");
     let accept = tokio::spawn(accept_loop(listener, auth.clone(), sessions.clone()));
@@ -153,25 +153,6 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
         quic,
         sessions,
     })
-}
-
-fn server_auth(auth: &wanmux_config::ServerAuth) -> noise::ServerAuth {
-    match auth {
-        wanmux_config::ServerAuth::StaticKey {
-            private_key,
-            allowed_clients,
-            psk,
-        } => noise::ServerAuth {
-            private_key: Some(private_key.clone()),
-            allowed_clients: allowed_clients.iter().copied().collect(),
-            psk: psk.clone(),
-        },
-        wanmux_config::ServerAuth::PskOnly { psk } => noise::ServerAuth {
-            private_key: None,
-            allowed_clients: Default::default(),
-            psk: Some(psk.clone()),
-        },
-    }
 }
 
 async fn accept_loop(listener: TcpListener, auth: Arc<noise::ServerAuth>, sessions: Arc<Sessions>) {
