@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
 use wanmux_config::{ClientConfig, LinkTransport, ServiceName};
 use wanmux_core::budget::Budget;
+use wanmux_core::daemon;
 use wanmux_core::driver::{self, SessionDriver};
 use wanmux_core::engine::{Role, Session};
 use wanmux_core::frame::reset;
@@ -106,8 +107,8 @@ impl ClientHandle {
         for t in &self.listeners {
             t.abort();
         }
-        let left = wait_for_streams(&self.driver, timeout).await;
-        if left > 0 {
+        let open = || self.driver.with(|s, _| s.stream_count());
+        if let Err(left) = daemon::wait_drained(timeout, open).await {
             warn!(
                 streams = left,
                 "drain timeout: resetting the streams still open"
@@ -193,18 +194,6 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Waits until the session has no stream or `timeout` passed; returns the streams left.
-async fn wait_for_streams(driver: &SessionDriver, timeout: std::time::Duration) -> usize {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let left = driver.with(|s, _| s.stream_count());
-        if left == 0 || tokio::time::Instant::now() >= deadline {
-            return left;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 /// With no link for `client.session_grace_ms` (below the servers' grace), the session is given
 /// up: reset the open connections rather than leave them hanging, and start afresh under a new
 /// session id.
@@ -236,14 +225,7 @@ async fn accept_loop(
     owner: NodeId,
 ) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (tcp, peer) = daemon::accept(&listener, |e| warn!(error = %e, "accept failed")).await;
         match driver.with(|s, _| s.open_stream(owner, service.as_str())) {
             Ok(id) => {
                 debug!(%peer, stream = %id, "connection accepted");

@@ -1,5 +1,5 @@
 //! The skeleton both daemons share: the command line (`run`, `check`, `keygen`), logging,
-//! signals and graceful drain.
+//! signals and graceful drain, and the accept and drain loops of their listeners.
 //!
 //! A daemon says what it is (its name, its config, how to start and drain it) by implementing
 //! [`Daemon`], and its `main.rs` is that impl and [`daemon_main!`](crate::daemon_main):
@@ -19,11 +19,13 @@ use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::keys;
 
@@ -92,6 +94,13 @@ macro_rules! daemon_main {
         }
     };
 }
+
+/// How long an accept loop pauses after a failed accept (out of file descriptors and the
+/// like) before it tries again, instead of spinning.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How often a drain looks whether the open streams have finished.
+pub const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -165,6 +174,36 @@ pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// The accept loop's next connection. A failed accept is handed to `failed` (to log it) and
+/// followed by a pause of [`ACCEPT_BACKOFF`], then the next try.
+pub async fn accept(
+    listener: &TcpListener,
+    failed: impl Fn(&io::Error),
+) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(x) => return x,
+            Err(e) => {
+                failed(&e);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Waits until `open` counts no stream, counting every [`DRAIN_POLL`]. `Err` holds the count
+/// when `timeout` passed first: the streams the drain leaves to be reset.
+pub async fn wait_drained(timeout: Duration, mut open: impl FnMut() -> usize) -> Result<(), usize> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match open() {
+            0 => return Ok(()),
+            left if tokio::time::Instant::now() >= deadline => return Err(left),
+            _ => tokio::time::sleep(DRAIN_POLL).await,
         }
     }
 }

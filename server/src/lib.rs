@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use wanmux_config::ServerConfig;
-use wanmux_core::{noise, quic};
+use wanmux_core::{daemon, noise, quic};
 
 /// Handshakes in progress at once; connections beyond wait in the kernel's accept queue, so a
 /// flood of half-open connections costs bounded memory.
@@ -96,20 +96,12 @@ impl ServerHandle {
     /// that have a link finish for up to `timeout` while links keep working, then shuts down.
     pub async fn drain(self, timeout: std::time::Duration) {
         self.sessions.start_draining();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let left = self.sessions.finishable_stream_count();
-            if left == 0 {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                warn!(
-                    streams = left,
-                    "drain timeout: resetting the streams still open"
-                );
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let open = || self.sessions.finishable_stream_count();
+        if let Err(left) = daemon::wait_drained(timeout, open).await {
+            warn!(
+                streams = left,
+                "drain timeout: resetting the streams still open"
+            );
         }
         self.shutdown();
     }
@@ -161,15 +153,7 @@ async fn accept_loop(listener: TcpListener, auth: Arc<noise::ServerAuth>, sessio
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (tcp, peer) = daemon::accept(&listener, |e| warn!(error = %e, "accept failed")).await;
         let (auth, sessions) = (auth.clone(), sessions.clone());
         tokio::spawn(async move {
             let accepted = handshake(Transport::Tcp(tcp), peer, &auth, &sessions).await;
