@@ -96,7 +96,6 @@ impl Sessions {
             .sum()
     }
 
-    /// The largest receive and send buffer of any one stream in any session, bytes.
     /// Resent bytes of every live session (see `Session::resent_bytes`).
     pub(crate) fn resent_bytes(&self) -> u64 {
         let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
@@ -106,6 +105,7 @@ impl Sessions {
             .sum()
     }
 
+    /// The largest receive and send buffer of any one stream in any session, bytes.
     pub(crate) fn max_stream_buffered(&self) -> (u64, u64) {
         let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
         drivers
@@ -132,9 +132,6 @@ impl Sessions {
         }
     }
 
-    /// Message 2 for a link whose message 1 authenticated as `key`: the node id and the epoch
-    /// of the session. Creates nothing: a session starts only when a link completes its key
-    /// confirmation.
     /// How many times the session under `key` expired recently (0 for most).
     fn generation(&self, key: Key) -> u64 {
         // Only map operations run under this lock.
@@ -151,6 +148,9 @@ impl Sessions {
         t.insert(key, (g + 1, now));
     }
 
+    /// Message 2 for a link whose message 1 authenticated as `key`: the node id and the epoch
+    /// of the session. Creates nothing: a session starts only when a link completes its key
+    /// confirmation.
     pub(crate) fn server_hello(&self, key: Key) -> ServerHello {
         ServerHello {
             node_id: self.node_id(),
