@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
-use wanmux_config::{Node, NodeHandshake};
+use wanmux_config::Node;
 use wanmux_core::driver::link::LinkEnd;
 use wanmux_core::driver::{self, SessionDriver};
 use wanmux_core::frame::Frame;
@@ -38,17 +38,6 @@ const STABLE: Duration = Duration::from_secs(1);
 /// 30-60 s once the first few probes failed.
 const REHOME_FIRST: Duration = Duration::from_secs(10);
 const REHOME_MAX: Duration = Duration::from_secs(60);
-
-pub(crate) fn noise_auth(hs: NodeHandshake<'_>) -> ClientAuth {
-    match hs {
-        NodeHandshake::StaticKey { local, remote, psk } => ClientAuth::Static {
-            local: local.clone(),
-            server: *remote,
-            psk: psk.cloned(),
-        },
-        NodeHandshake::PskOnly { psk } => ClientAuth::Psk(psk.clone()),
-    }
-}
 
 /// The session as the links see it, shared by the slots: its id (sent in every handshake) and
 /// the epoch of the server's instance of it (learnt from the first handshake).

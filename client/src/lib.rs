@@ -21,8 +21,9 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
 use wanmux_config::{ClientConfig, LinkTransport, ServiceName};
 use wanmux_core::budget::Budget;
+use wanmux_core::daemon;
 use wanmux_core::driver::{self, BudgetSignal, SessionDriver};
-use wanmux_core::engine::{self, Role, Session};
+use wanmux_core::engine::{Role, Session};
 use wanmux_core::frame::reset;
 use wanmux_core::ids::{NodeId, SessionId};
 
@@ -106,8 +107,8 @@ impl ClientHandle {
         for t in &self.listeners {
             t.abort();
         }
-        let left = wait_for_streams(&self.driver, timeout).await;
-        if left > 0 {
+        let open = || self.driver.with(|s, _| s.stream_count());
+        if let Err(left) = daemon::wait_drained(timeout, open).await {
             warn!(
                 streams = left,
                 "drain timeout: resetting the streams still open"
@@ -120,13 +121,8 @@ impl ClientHandle {
 /// Binds every mapped port and starts the links.
 pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     let session_id = SessionId(rand::rng().random());
-    let cfg = engine::Config {
-        stream_window: config.limits.stream_window,
-        session_window: config.limits.session_window,
-        max_streams: config.limits.max_streams as usize,
-    };
     let budget = Budget::new(config.limits.memory);
-    let session = Session::with_budget(Role::Client, cfg, budget);
+    let session = Session::with_budget(Role::Client, config.limits.into(), budget);
     let (driver, _opened) = SessionDriver::start(session, &BudgetSignal::default());
     let span = tracing::info_span!("session", id = %session_id);
     let mut tasks = Vec::new();
@@ -165,7 +161,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             state: state.clone(),
             link: Default::default(),
             node: node.clone(),
-            auth: dial::noise_auth(hs),
+            auth: hs.into(),
             link_seq: 0,
             index: 0,
             handshake_timeout: config.handshake_timeout,
@@ -196,18 +192,6 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
-}
-
-/// Waits until the session has no stream or `timeout` passed; returns the streams left.
-async fn wait_for_streams(driver: &SessionDriver, timeout: std::time::Duration) -> usize {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let left = driver.with(|s, _| s.stream_count());
-        if left == 0 || tokio::time::Instant::now() >= deadline {
-            return left;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 /// With no link for `client.session_grace_ms` (below the servers' grace), the session is given
@@ -241,14 +225,7 @@ async fn accept_loop(
     owner: NodeId,
 ) {
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (tcp, peer) = daemon::accept(&listener, |e| warn!(error = %e, "accept failed")).await;
         match driver.with(|s, now| s.open_stream(now, owner, service.as_str())) {
             Ok(id) => {
                 debug!(%peer, stream = %id, "connection accepted");

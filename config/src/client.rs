@@ -243,6 +243,20 @@ pub struct PortMap {
     pub service: ServiceName,
 }
 
+/// The Noise credentials for one node: what a link to it authenticates with.
+impl From<NodeHandshake<'_>> for wanmux_core::auth::ClientAuth {
+    fn from(hs: NodeHandshake<'_>) -> Self {
+        match hs {
+            NodeHandshake::StaticKey { local, remote, psk } => Self::Static {
+                local: local.clone(),
+                server: *remote,
+                psk: psk.cloned(),
+            },
+            NodeHandshake::PskOnly { psk } => Self::Psk(psk.clone()),
+        }
+    }
+}
+
 impl ClientAuth {
     /// The nodes, whatever the mode.
     pub fn nodes(&self) -> Box<dyn Iterator<Item = &Node> + '_> {

@@ -386,6 +386,19 @@ impl Default for Limits {
     }
 }
 
+/// The limits one session's engine runs with. `memory` is not among them: it bounds the whole
+/// daemon, so it becomes the [`Budget`](wanmux_core::budget::Budget) every session shares.
+impl From<Limits> for wanmux_core::engine::Config {
+    fn from(limits: Limits) -> Self {
+        Self {
+            stream_window: limits.stream_window,
+            session_window: limits.session_window,
+            // Lossless: `max_streams` is at most 1,000,000 and usize is at least 32 bits.
+            max_streams: limits.max_streams as usize,
+        }
+    }
+}
+
 /// `[limits]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

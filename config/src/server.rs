@@ -71,6 +71,28 @@ pub enum ServerAuth {
     },
 }
 
+/// What the node's Noise handshake accepts.
+impl From<&ServerAuth> for wanmux_core::auth::ServerAuth {
+    fn from(auth: &ServerAuth) -> Self {
+        match auth {
+            ServerAuth::StaticKey {
+                private_key,
+                allowed_clients,
+                psk,
+            } => Self {
+                private_key: Some(private_key.clone()),
+                allowed_clients: allowed_clients.iter().copied().collect(),
+                psk: psk.clone(),
+            },
+            ServerAuth::PskOnly { psk } => Self {
+                private_key: None,
+                allowed_clients: Default::default(),
+                psk: Some(psk.clone()),
+            },
+        }
+    }
+}
+
 /// A service the server may connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {

@@ -106,6 +106,26 @@ fn psk_server_parses_with_defaults() {
 }
 
 #[test]
+fn limits_become_the_engine_config() {
+    use wanmux_core::engine;
+    assert_eq!(
+        engine::Config::from(Limits::default()),
+        engine::Config::default()
+    );
+    let limits = Limits {
+        stream_window: 1 << 20,
+        session_window: 3 << 20,
+        max_streams: 7,
+        memory: 64 << 20,
+    };
+    let cfg = engine::Config::from(limits);
+    assert_eq!(
+        (cfg.stream_window, cfg.session_window, cfg.max_streams),
+        (1 << 20, 3 << 20, 7)
+    );
+}
+
+#[test]
 fn static_server_with_psk_is_ikpsk2_and_reads_key_files() {
     let dir = temp_dir();
     std::fs::create_dir_all(dir.join("keys")).unwrap();
@@ -182,6 +202,42 @@ fn static_client_parses_and_exposes_handshakes() {
     ));
     assert_eq!(c.nodes().map(|n| n.id.get()).collect::<Vec<_>>(), [1]);
     c.validate().unwrap();
+}
+
+#[test]
+fn auth_becomes_the_noise_credentials() {
+    use wanmux_core::auth;
+    let c = client(&static_client()).unwrap();
+    let (_, hs) = c.auth.handshakes().next().unwrap();
+    let auth::ClientAuth::Static {
+        local,
+        server: node_key,
+        psk,
+    } = auth::ClientAuth::from(hs)
+    else {
+        panic!("static-key mode becomes a static Noise client");
+    };
+    assert_eq!(local, PrivateKey::from_bytes([1; 32]));
+    assert_eq!(node_key, PublicKey::from_bytes([2; 32]));
+    assert!(psk.is_none());
+    let psk = Psk::from_bytes([7; 32]);
+    let hs = NodeHandshake::PskOnly { psk: &psk };
+    assert!(matches!(auth::ClientAuth::from(hs), auth::ClientAuth::Psk(p) if p == psk));
+
+    let s = auth::ServerAuth::from(&server(&psk_server()).unwrap().auth);
+    assert!(s.private_key.is_none() && s.allowed_clients.is_empty());
+    assert_eq!(s.psk, Some(Psk::from_bytes([9; 32])));
+    let s = auth::ServerAuth::from(&ServerAuth::StaticKey {
+        private_key: PrivateKey::from_bytes([3; 32]),
+        allowed_clients: [5, 6].map(|b| PublicKey::from_bytes([b; 32])).into(),
+        psk: None,
+    });
+    assert_eq!(s.private_key, Some(PrivateKey::from_bytes([3; 32])));
+    assert_eq!(
+        s.allowed_clients,
+        [5, 6].map(|b| PublicKey::from_bytes([b; 32])).into()
+    );
+    assert!(s.psk.is_none());
 }
 
 #[test]

@@ -3,10 +3,14 @@
 //! The engine is sans-IO: it never touches a socket or reads the clock. Inputs are `handle_*`
 //! calls, outputs are `poll_*` calls, and time is passed in. The `io` feature adds the drivers
 //! shared by both daemons: Noise links over TCP or QUIC and the session driver that runs an engine.
+//! The `daemon` feature adds the skeleton of both daemon binaries (command line, logging, signals).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod budget;
+#[cfg(feature = "daemon")]
+pub mod daemon;
 #[cfg(feature = "io")]
 pub mod driver;
 pub mod engine;

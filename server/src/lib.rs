@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use wanmux_config::ServerConfig;
-use wanmux_core::{noise, quic};
+use wanmux_core::{daemon, noise, quic};
 
 /// Handshakes in progress at once; connections beyond wait in the kernel's accept queue, so a
 /// flood of half-open connections costs bounded memory.
@@ -96,20 +96,12 @@ impl ServerHandle {
     /// that have a link finish for up to `timeout` while links keep working, then shuts down.
     pub async fn drain(self, timeout: std::time::Duration) {
         self.sessions.start_draining();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let left = self.sessions.finishable_stream_count();
-            if left == 0 {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                warn!(
-                    streams = left,
-                    "drain timeout: resetting the streams still open"
-                );
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let open = || self.sessions.finishable_stream_count();
+        if let Err(left) = daemon::wait_drained(timeout, open).await {
+            warn!(
+                streams = left,
+                "drain timeout: resetting the streams still open"
+            );
         }
         self.shutdown();
     }
@@ -139,12 +131,20 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     } else {
         None
     };
-    let auth = Arc::new(server_auth(&config.auth));
+    let auth = Arc::new(noise::ServerAuth::from(&config.auth));
     let sessions = Arc::new(Sessions::new(config));
     info!(listen = %local_addr, quic = quic.is_some(), node = sessions.node_id(), "wanmux-server listening");
-    let accept = tokio::spawn(accept_loop(listener, auth.clone(), sessions.clone()));
+    let accept = tokio::spawn(accept_loop(
+        Listener::Tcp(listener),
+        auth.clone(),
+        sessions.clone(),
+    ));
     let quic = quic.map(|ep| {
-        let task = tokio::spawn(quic_accept_loop(ep.clone(), auth, sessions.clone()));
+        let task = tokio::spawn(accept_loop(
+            Listener::Quic(ep.clone()),
+            auth,
+            sessions.clone(),
+        ));
         (ep, task)
     });
     Ok(ServerHandle {
@@ -155,43 +155,52 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     })
 }
 
-fn server_auth(auth: &wanmux_config::ServerAuth) -> noise::ServerAuth {
-    match auth {
-        wanmux_config::ServerAuth::StaticKey {
-            private_key,
-            allowed_clients,
-            psk,
-        } => noise::ServerAuth {
-            private_key: Some(private_key.clone()),
-            allowed_clients: allowed_clients.iter().copied().collect(),
-            psk: psk.clone(),
-        },
-        wanmux_config::ServerAuth::PskOnly { psk } => noise::ServerAuth {
-            private_key: None,
-            allowed_clients: Default::default(),
-            psk: Some(psk.clone()),
-        },
+/// Where links arrive: the TCP listener, or the QUIC endpoint (`server.quic`).
+#[allow(clippy::large_enum_variant, reason = "one per accept loop")]
+enum Listener {
+    Tcp(TcpListener),
+    Quic(quic::Listener),
+}
+
+/// A connection that arrived on a [`Listener`], before its handshake. A QUIC one is boxed, so
+/// that a TCP one, waiting for its handshake, holds no room for it.
+enum Incoming {
+    Tcp(TcpStream),
+    Quic(Box<(quic::Listener, quinn::Incoming)>),
+}
+
+impl Listener {
+    /// The next connection and its peer; `None` once the listener is closed.
+    async fn next(&self) -> Option<(Incoming, SocketAddr)> {
+        match self {
+            Listener::Tcp(listener) => {
+                let (tcp, peer) =
+                    daemon::accept(listener, |e| warn!(error = %e, "accept failed")).await;
+                Some((Incoming::Tcp(tcp), peer))
+            }
+            Listener::Quic(listener) => {
+                let incoming = listener.endpoint().accept().await?;
+                let peer = incoming.remote_address();
+                Some((Incoming::Quic(Box::new((listener.clone(), incoming))), peer))
+            }
+        }
     }
 }
 
-async fn accept_loop(listener: TcpListener, auth: Arc<noise::ServerAuth>, sessions: Arc<Sessions>) {
+/// Accepts links on `listener`, TCP or QUIC alike: at most [`MAX_HANDSHAKES`] in their
+/// handshake at once, and each link that authenticates runs in its session.
+async fn accept_loop(listener: Listener, auth: Arc<noise::ServerAuth>, sessions: Arc<Sessions>) {
     let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some((incoming, peer)) = listener.next().await else {
+            return;
         };
         let (auth, sessions) = (auth.clone(), sessions.clone());
         tokio::spawn(async move {
-            let accepted = handshake(Transport::Tcp(tcp), peer, &auth, &sessions).await;
+            let accepted = handshake(incoming, peer, &auth, &sessions).await;
             drop(permit);
             if let Some(acc) = accepted {
                 sessions.run_link(acc, peer).await;
@@ -200,47 +209,10 @@ async fn accept_loop(listener: TcpListener, auth: Arc<noise::ServerAuth>, sessio
     }
 }
 
-/// Accepts QUIC links: the same handshake limit and the same Noise handshake as TCP links.
-async fn quic_accept_loop(
-    listener: quic::Listener,
-    auth: Arc<noise::ServerAuth>,
-    sessions: Arc<Sessions>,
-) {
-    let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(incoming) = listener.endpoint().accept().await else {
-            return;
-        };
-        let peer = incoming.remote_address();
-        let (auth, sessions, listener) = (auth.clone(), sessions.clone(), listener.clone());
-        tokio::spawn(async move {
-            let timeout = sessions.handshake_timeout();
-            let accepted = match quic::accept(&listener, incoming, timeout).await {
-                Ok((rd, wr)) => handshake(Transport::Quic(rd, wr), peer, &auth, &sessions).await,
-                Err(e) => {
-                    info!(%peer, reason = %e, "QUIC link refused");
-                    None
-                }
-            };
-            drop(permit);
-            if let Some(acc) = accepted {
-                sessions.run_link(acc, peer).await;
-            }
-        });
-    }
-}
-
-/// What a link arrived on.
-enum Transport {
-    Tcp(TcpStream),
-    Quic(noise::BoxRead, noise::BoxWrite),
-}
-
+/// Runs the Noise handshake on a link that arrived (QUIC: after the QUIC handshake) and logs a
+/// refusal; `None` when the link was refused.
 async fn handshake(
-    transport: Transport,
+    incoming: Incoming,
     peer: SocketAddr,
     auth: &noise::ServerAuth,
     sessions: &Arc<Sessions>,
@@ -249,9 +221,18 @@ async fn handshake(
         sessions.server_hello((key.copied(), wanmux_core::ids::SessionId(hello.session_id)))
     };
     let timeout = sessions.handshake_timeout();
-    let accepted = match transport {
-        Transport::Tcp(tcp) => noise::accept_with(tcp, auth, timeout, respond).await,
-        Transport::Quic(rd, wr) => noise::accept_stream_with(rd, wr, auth, timeout, respond).await,
+    let accepted = match incoming {
+        Incoming::Tcp(tcp) => noise::accept_with(tcp, auth, timeout, respond).await,
+        Incoming::Quic(boxed) => {
+            let (listener, incoming) = *boxed;
+            match quic::accept(&listener, incoming, timeout).await {
+                Ok((rd, wr)) => noise::accept_stream_with(rd, wr, auth, timeout, respond).await,
+                Err(e) => {
+                    info!(%peer, reason = %e, "QUIC link refused");
+                    return None;
+                }
+            }
+        }
     };
     match accepted {
         Ok(acc) => {

@@ -11,7 +11,7 @@ use tracing::{debug, info, Instrument};
 use wanmux_config::ServerConfig;
 use wanmux_core::budget::Budget;
 use wanmux_core::driver::{self, BudgetSignal, OpenedStreams, SessionDriver};
-use wanmux_core::engine::{self, Role, Session};
+use wanmux_core::engine::{Role, Session};
 use wanmux_core::frame::reset;
 use wanmux_core::ids::{NodeId, SessionId, StreamId};
 use wanmux_core::keys::PublicKey;
@@ -99,7 +99,6 @@ impl Sessions {
             .sum()
     }
 
-    /// The largest receive and send buffer of any one stream in any session, bytes.
     /// Resent bytes of every live session (see `Session::resent_bytes`).
     pub(crate) fn resent_bytes(&self) -> u64 {
         let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
@@ -109,6 +108,7 @@ impl Sessions {
             .sum()
     }
 
+    /// The largest receive and send buffer of any one stream in any session, bytes.
     pub(crate) fn max_stream_buffered(&self) -> (u64, u64) {
         let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
         drivers
@@ -135,9 +135,6 @@ impl Sessions {
         }
     }
 
-    /// Message 2 for a link whose message 1 authenticated as `key`: the node id and the epoch
-    /// of the session. Creates nothing: a session starts only when a link completes its key
-    /// confirmation.
     /// How many times the session under `key` expired recently (0 for most).
     fn generation(&self, key: Key) -> u64 {
         // Only map operations run under this lock.
@@ -154,6 +151,9 @@ impl Sessions {
         t.insert(key, (g + 1, now));
     }
 
+    /// Message 2 for a link whose message 1 authenticated as `key`: the node id and the epoch
+    /// of the session. Creates nothing: a session starts only when a link completes its key
+    /// confirmation.
     pub(crate) fn server_hello(&self, key: Key) -> ServerHello {
         ServerHello {
             node_id: self.node_id(),
@@ -183,14 +183,9 @@ impl Sessions {
         if let Some(d) = table.get(&key).filter(|d| !d.is_closed()) {
             return d.clone();
         }
-        let limits = &self.config.limits;
-        let cfg = engine::Config {
-            stream_window: limits.stream_window,
-            session_window: limits.session_window,
-            max_streams: limits.max_streams as usize,
-        };
         let node = NodeId(self.config.node_id.get());
-        let session = Session::with_budget(Role::Server(node), cfg, self.budget.clone());
+        let limits = self.config.limits.into();
+        let session = Session::with_budget(Role::Server(node), limits, self.budget.clone());
         let (driver, opened) = SessionDriver::start(session, &self.budget_signal);
         let span = tracing::info_span!("session", id = %key.1);
         span.in_scope(|| info!(client = ?key.0, "session started"));

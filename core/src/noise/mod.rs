@@ -47,15 +47,15 @@ mod transport;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
 use std::io;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::keys::{PrivateKey, Psk, PublicKey};
+use crate::keys::PublicKey;
 
+pub use crate::auth::{ClientAuth, ServerAuth};
 pub use handshake::{accept, accept_stream_with, accept_with, connect, connect_stream};
 pub use transport::{LinkReader, LinkWriter};
 
@@ -93,37 +93,6 @@ pub const NOTSENT_LOWAT: u32 = 128 * 1024;
 
 /// Length of the AEAD tag every transport message carries.
 const TAG_LEN: usize = 16;
-
-/// How a client authenticates a link, and which Noise pattern that selects.
-#[derive(Clone, Debug)]
-pub enum ClientAuth {
-    /// Static-key mode: `IK`, or `IKpsk2` when a PSK is given as well.
-    Static {
-        /// The client's static private key; the server must allow-list its public key.
-        local: PrivateKey,
-        /// The server's static public key, pinned.
-        server: PublicKey,
-        /// An optional PSK mixed in as well (`IKpsk2`).
-        psk: Option<Psk>,
-    },
-    /// PSK-only mode: `NNpsk0`, no static keys.
-    Psk(Psk),
-}
-
-/// What a server accepts.
-///
-/// With a `private_key` the server takes static-key links only: `IKpsk2` if `psk` is set, `IK`
-/// otherwise, from clients whose key is in `allowed_clients` (an empty list refuses everyone).
-/// Without one it takes PSK-only links (`NNpsk0`) if `psk` is set. Any other mode is refused.
-#[derive(Clone, Debug)]
-pub struct ServerAuth {
-    /// The node's static private key (static-key mode).
-    pub private_key: Option<PrivateKey>,
-    /// Public keys of the clients allowed in static-key mode.
-    pub allowed_clients: HashSet<PublicKey>,
-    /// The pre-shared key: PSK-only mode without `private_key`, `IKpsk2` with it.
-    pub psk: Option<Psk>,
-}
 
 /// What the client tells the server in handshake message 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -13,7 +13,7 @@ use super::handshake::{
     encode_server_hello, Cipher, Mode, Pattern,
 };
 use super::*;
-use crate::keys::generate_keypair;
+use crate::keys::{generate_keypair, Psk};
 
 const PATTERNS: [Pattern; 3] = [Pattern::Ik, Pattern::IkPsk2, Pattern::NnPsk0];
 const CIPHERS: [Cipher; 2] = [Cipher::ChaChaPoly, Cipher::AesGcm];
