@@ -191,11 +191,11 @@ impl Slot {
     ) -> Option<(noise::LinkReader, noise::LinkWriter)> {
         let started = Instant::now();
         match self.dial(addr, first).await {
-            Ok((_, _, epoch, id)) if !self.check_epoch(epoch, started, id) => {
+            Ok(d) if !self.check_epoch(d.epoch, started, d.session_id) => {
                 debug!(node = %self.node.id, %addr, "link to a replaced server instance dropped");
                 None
             }
-            Ok((reader, writer, _, _)) => Some((reader, writer)),
+            Ok(d) => Some((d.reader, d.writer)),
             Err(e) => {
                 debug!(node = %self.node.id, %addr, error = %e, "dial failed");
                 None
@@ -249,11 +249,7 @@ impl Slot {
         }
     }
 
-    async fn dial(
-        &self,
-        addr: &str,
-        first: &[u8],
-    ) -> Result<(noise::LinkReader, noise::LinkWriter, u64, SessionId), noise::LinkError> {
+    async fn dial(&self, addr: &str, first: &[u8]) -> Result<Dialed, noise::LinkError> {
         let session_id = lock(&self.state).id;
         let hello = ClientHello {
             session_id: session_id.0,
@@ -292,8 +288,23 @@ impl Slot {
             info!(expected = %self.node.id, got = server.node_id, "node id mismatch");
             return Err(noise::LinkError::Protocol("node id mismatch"));
         }
-        Ok((reader, writer, server.epoch, session_id))
+        Ok(Dialed {
+            reader,
+            writer,
+            epoch: server.epoch,
+            session_id,
+        })
     }
+}
+
+/// A link that completed its handshake with the node.
+struct Dialed {
+    reader: noise::LinkReader,
+    writer: noise::LinkWriter,
+    /// The node's epoch (a restarted node has a new one).
+    epoch: u64,
+    /// The session id the link was dialled for.
+    session_id: SessionId,
 }
 
 /// Full jitter: a time drawn uniformly from `[d/2, d]`.

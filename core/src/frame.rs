@@ -18,6 +18,15 @@ pub const DATA_HEADER: usize = 1 + 8 + 8 + 2;
 /// Largest payload of one `DATA` frame.
 pub const MAX_DATA: usize = MAX_MESSAGE - DATA_HEADER;
 
+/// Bytes a `PING` or `PONG` frame takes: type, token.
+pub const PING_LEN: usize = 1 + 8;
+
+/// Bytes a `WINDOW` frame takes: type, stream, acked, max.
+pub const WINDOW_LEN: usize = 1 + 8 + 8 + 8;
+
+/// Bytes a `SESSION_WINDOW` frame takes: type, max.
+pub const SESSION_WINDOW_LEN: usize = 1 + 8;
+
 /// Largest service name in an `OPEN` frame.
 pub const MAX_SERVICE_NAME: usize = 255;
 
@@ -186,14 +195,14 @@ impl Frame {
     /// Bytes this frame takes when encoded.
     pub fn encoded_len(&self) -> usize {
         match self {
-            Frame::Ping(_) | Frame::Pong(_) => 9,
+            Frame::Ping(_) | Frame::Pong(_) => PING_LEN,
             Frame::Close(_) => 3,
             Frame::MoreLinks => 1,
             Frame::Open { service, .. } => 10 + service.len(),
             Frame::Data { data, .. } => DATA_HEADER + data.len(),
             Frame::Reset { .. } => 19,
-            Frame::Window { .. } => 25,
-            Frame::SessionWindow { .. } => 9,
+            Frame::Window { .. } => WINDOW_LEN,
+            Frame::SessionWindow { .. } => SESSION_WINDOW_LEN,
             Frame::Unknown(_) => 3,
         }
     }

@@ -1,6 +1,7 @@
 //! The application side: opening streams, writing, reading, finishing and resetting them.
 
 use super::reorder::Reorder;
+use super::stream::Phase;
 use super::{Event, OpenError, ReadChunk, Role, Session, StreamError, MIN_BUDGET_WRITE};
 use crate::budget::Pool;
 use crate::frame::{Frame, MAX_SERVICE_NAME};
@@ -29,7 +30,7 @@ impl Session {
         }
         let id = StreamId::new(owner, *counter);
         *counter += 1;
-        self.insert_stream(now, id, true);
+        self.insert_stream(now, id, Phase::Open);
         self.opens_queued += 1;
         self.control.push_back(Frame::Open {
             stream: id,
@@ -98,12 +99,12 @@ impl Session {
     /// Aborts both directions of a stream and tells the peer.
     pub fn stream_reset(&mut self, id: StreamId, code: u16) {
         // The map itself, not `live_stream`, so that `self.held` stays usable beside `s`.
-        let Some(s) = self.streams.get_mut(&id).filter(|s| !s.reset_sent) else {
+        let Some(s) = self.streams.get_mut(&id).filter(|s| !s.is_reset()) else {
             return;
         };
         self.held.release(Pool::Recv, s.recv_reservation());
         self.held.release(Pool::Send, s.send.buffered());
-        s.reset_sent = true;
+        s.phase = Phase::Reset;
         let discarded = s.recv_highest - s.recv.read_offset();
         s.send.clear();
         s.recv = Reorder::default();

@@ -221,7 +221,8 @@ impl Session {
 
     /// Whether the other lane left duplicates (segments or `OPEN`s) for `link` to send.
     pub(super) fn has_dups_for(&self, link: LinkId) -> bool {
-        self.lane_dups.iter().any(|d| d.0 == link) || self.open_dups.iter().any(|d| d.0 == link)
+        self.lane_dups.iter().any(|d| d.lane == link)
+            || self.open_dups.iter().any(|d| d.lane == link)
     }
 }
 

@@ -30,8 +30,8 @@ impl Session {
         let Some(state) = self.links.remove(&link) else {
             return;
         };
-        self.lane_dups.retain(|d| d.0 != link);
-        self.open_dups.retain(|d| d.0 != link);
+        self.lane_dups.retain(|d| d.lane != link);
+        self.open_dups.retain(|d| d.lane != link);
         for sent in state.sent {
             match sent {
                 Sent::Data {
@@ -41,7 +41,7 @@ impl Session {
                     fin,
                 } => {
                     if let Some(s) = self.streams.get_mut(&stream) {
-                        if !s.reset_sent {
+                        if !s.is_reset() {
                             self.resent += s.send.requeue(start, end, fin);
                             self.schedule(stream);
                         }

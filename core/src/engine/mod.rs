@@ -104,6 +104,23 @@ impl Default for Config {
     }
 }
 
+/// A small interactive segment sent on one lane, to be sent again on `lane`.
+#[derive(Debug, Clone, Copy)]
+struct LaneDup {
+    lane: LinkId,
+    stream: StreamId,
+    offset: u64,
+    len: usize,
+    fin: bool,
+}
+
+/// A stream's `OPEN` sent on one lane, to be sent again on `lane`.
+#[derive(Debug, Clone)]
+struct OpenDup {
+    lane: LinkId,
+    frame: Frame,
+}
+
 /// Which end of the session this engine is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -192,14 +209,13 @@ pub struct Session {
     /// A small interactive segment was queued and has not gone out yet: lanes are reserved
     /// while it waits (see [`Session::lanes`]).
     small_queued: bool,
-    /// Small interactive segments sent on one lane, to be sent again on the other:
-    /// (lane, stream, offset, length, fin).
-    lane_dups: VecDeque<(LinkId, StreamId, u64, usize, bool)>,
-    /// `OPEN` frames sent on one lane, to be sent again on the other (lane, frame): the
-    /// stream's first data goes on both lanes, and without its `OPEN` the node cannot use it
-    /// (a lost `OPEN` on a quiet QUIC lane waits for a probe timeout, about 1.5 RTT). A
-    /// receiver ignores an `OPEN` for a stream it has.
-    open_dups: VecDeque<(LinkId, Frame)>,
+    /// Small interactive segments sent on one lane, to be sent again on the other.
+    lane_dups: VecDeque<LaneDup>,
+    /// `OPEN` frames sent on one lane, to be sent again on the other: the stream's first data
+    /// goes on both lanes, and without its `OPEN` the node cannot use it (a lost `OPEN` on a
+    /// quiet QUIC lane waits for a probe timeout, about 1.5 RTT). A receiver ignores an `OPEN`
+    /// for a stream it has.
+    open_dups: VecDeque<OpenDup>,
     /// What this session holds of the daemon's memory budget.
     held: Held,
     /// Streams whose write or grant waits for the budget; see [`Session::retry_budget`].

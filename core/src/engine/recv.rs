@@ -1,7 +1,7 @@
 //! The receive path: decoding a link's message into frames and applying each, with the credit
 //! checks that bound what a peer can make this end hold.
 
-use super::stream::Stream;
+use super::stream::{Phase, Stream};
 use super::{Event, PeerError, Role, Session, ACK_DELAY};
 use crate::budget::Pool;
 use crate::frame::{self, Frame};
@@ -110,8 +110,7 @@ impl Session {
             if live >= self.cfg.max_streams.saturating_mul(2) {
                 return Err(PeerError::TooManyStreams);
             }
-            let mut s = Stream::new(now, false);
-            s.reset_sent = true;
+            let s = Stream::new(now, Phase::Reset);
             self.control.push_back(Frame::Reset {
                 stream: id,
                 code: frame::reset::TOO_MANY_STREAMS,
@@ -120,7 +119,7 @@ impl Session {
             self.streams.insert(id, s);
             return Ok(self.streams.get_mut(&id));
         }
-        self.insert_stream(now, id, false);
+        self.insert_stream(now, id, Phase::Pending);
         Ok(self.streams.get_mut(&id))
     }
 
@@ -136,10 +135,10 @@ impl Session {
         let Some(s) = self.peer_stream(now, id)? else {
             return Ok(());
         };
-        if s.opened || s.reset_sent {
+        if s.phase != Phase::Pending {
             return Ok(());
         }
-        s.opened = true;
+        s.phase = Phase::Open;
         self.events.push_back(Event::StreamOpened {
             stream: id,
             service,
@@ -182,7 +181,7 @@ impl Session {
             return Err(PeerError::SessionCreditExceeded);
         }
         let mut s = self.streams.get_mut(&id).expect("peer_stream returned it");
-        if s.reset_sent {
+        if s.is_reset() {
             self.recv_session_consumed += new;
             self.maybe_grant_session();
             return Ok(());
@@ -198,7 +197,7 @@ impl Session {
         if after == before {
             return Ok(());
         }
-        if s.opened && s.read_waiting && (s.recv.has_ready() || s.recv_complete()) {
+        if s.phase == Phase::Open && s.read_waiting && (s.recv.has_ready() || s.recv_complete()) {
             s.read_waiting = false;
             self.events.push_back(Event::StreamReadable(id));
         }
@@ -231,12 +230,12 @@ impl Session {
         }
         let new = final_size - s.recv_highest;
         // Bytes received but never read, and bytes still in flight, are consumed now.
-        let discarded = if s.reset_sent {
+        let discarded = if s.is_reset() {
             new
         } else {
             final_size - s.recv.read_offset()
         };
-        let reply = (!s.reset_sent).then(|| Frame::Reset {
+        let reply = (!s.is_reset()).then(|| Frame::Reset {
             stream: id,
             code,
             final_size: s.send.next(),
@@ -266,7 +265,7 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return Ok(());
         };
-        if s.reset_sent {
+        if s.is_reset() {
             return Ok(());
         }
         let before = s.send.buffered();

@@ -11,6 +11,34 @@ use crate::frame::Frame;
 use crate::ids::StreamId;
 use std::time::Instant;
 
+/// Where a stream is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Server: data arrived before the stream's `OPEN`; it is kept, not yet readable.
+    Pending,
+    /// Open (the client's from the start, a node's once its `OPEN` arrived).
+    Open,
+    /// We sent a `RESET` and wait for the peer's; data is accounted and dropped.
+    Reset,
+}
+
+/// Whether a stream waits in the scheduler, and as which class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Queued {
+    /// Not queued.
+    No,
+    /// Queued as interactive (a small backlog).
+    Interactive,
+    /// Queued as bulk.
+    Bulk,
+}
+
+impl Queued {
+    pub(super) fn is_queued(self) -> bool {
+        self != Queued::No
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct Stream {
     pub(super) send: SendBuf,
@@ -29,13 +57,9 @@ pub(super) struct Stream {
     pub(super) recv_fin_read: bool,
     /// The `acked` value of the last `WINDOW` we sent.
     pub(super) recv_acked_sent: u64,
-    /// We sent a RESET and wait for the peer's; data is accounted and dropped.
-    pub(super) reset_sent: bool,
-    /// Server: the OPEN arrived. Client: always.
-    pub(super) opened: bool,
-    pub(super) queued: bool,
-    /// Queued as interactive (small backlog) the last time it was queued.
-    pub(super) queued_interactive: bool,
+    pub(super) phase: Phase,
+    /// Whether it waits in the scheduler, and in which class.
+    pub(super) queued: Queued,
     /// In `blocked_on_session`.
     pub(super) session_blocked: bool,
     pub(super) window_dirty: bool,
@@ -52,7 +76,12 @@ pub(super) struct Stream {
 }
 
 impl Stream {
-    pub(super) fn new(now: Instant, opened: bool) -> Self {
+    /// We reset the stream and wait for the peer's `RESET`.
+    pub(super) fn is_reset(&self) -> bool {
+        self.phase == Phase::Reset
+    }
+
+    pub(super) fn new(now: Instant, phase: Phase) -> Self {
         Stream {
             send: SendBuf::new(INITIAL_STREAM_CREDIT),
             recv: Reorder::default(),
@@ -63,10 +92,8 @@ impl Stream {
             recv_final: None,
             recv_fin_read: false,
             recv_acked_sent: 0,
-            reset_sent: false,
-            opened,
-            queued: false,
-            queued_interactive: false,
+            phase,
+            queued: Queued::No,
             session_blocked: false,
             window_dirty: false,
             ack_later: false,
@@ -88,7 +115,7 @@ impl Stream {
     /// grants them before any window update, so the budget could not refuse them anyway, and an
     /// idle stream then costs the budget nothing.
     pub(super) fn recv_reservation(&self) -> u64 {
-        if self.reset_sent {
+        if self.is_reset() {
             0
         } else {
             self.outstanding().saturating_sub(INITIAL_STREAM_CREDIT)
@@ -156,8 +183,8 @@ impl Stream {
 
 impl Session {
     /// Adds a live stream with the initial credit; its window grows as it is used.
-    pub(super) fn insert_stream(&mut self, now: Instant, id: StreamId, opened: bool) {
-        self.streams.insert(id, Stream::new(now, opened));
+    pub(super) fn insert_stream(&mut self, now: Instant, id: StreamId, phase: Phase) {
+        self.streams.insert(id, Stream::new(now, phase));
     }
 
     /// Raises a stream's credit toward `read + recv_window` if that adds at least `threshold`
@@ -179,7 +206,7 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if s.reset_sent || s.recv_final.is_some() {
+        if s.is_reset() || s.recv_final.is_some() {
             return;
         }
         let want = (s.recv.read_offset() + s.recv_window).saturating_sub(s.recv_max);
@@ -252,7 +279,7 @@ impl Session {
 
     pub(super) fn live_stream(&mut self, id: StreamId) -> Result<&mut Stream, StreamError> {
         match self.streams.get_mut(&id) {
-            Some(s) if !s.reset_sent => Ok(s),
+            Some(s) if !s.is_reset() => Ok(s),
             _ => Err(StreamError::Closed),
         }
     }
@@ -262,17 +289,21 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
-        if s.queued || s.reset_sent {
+        if s.queued.is_queued() || s.is_reset() {
             return;
         }
         if s.send.has_sendable(credit) {
-            s.queued = true;
             let backlog = s.send.backlog();
-            s.queued_interactive = self.sched.push(id, backlog);
+            let interactive = self.sched.push(id, backlog);
+            s.queued = if interactive {
+                Queued::Interactive
+            } else {
+                Queued::Bulk
+            };
             if backlog <= SMALL_SEGMENT as u64 {
                 self.small_queued = true;
             }
-            if !s.queued_interactive {
+            if !interactive {
                 self.forget_small(id);
             }
         } else if credit == 0 && s.send.has_sendable(1) && !s.session_blocked {
@@ -283,7 +314,7 @@ impl Session {
 
     pub(super) fn mark_window_dirty(&mut self, id: StreamId) {
         if let Some(s) = self.streams.get_mut(&id) {
-            if !s.window_dirty && !s.reset_sent {
+            if !s.window_dirty && !s.is_reset() {
                 s.window_dirty = true;
                 self.dirty_windows.push_back(id);
             }
@@ -329,7 +360,7 @@ impl Session {
         let Some(s) = self.streams.remove(&id) else {
             return;
         };
-        if !s.reset_sent {
+        if !s.is_reset() {
             self.held.release(Pool::Recv, s.recv_reservation());
             self.held.release(Pool::Send, s.send.buffered());
         }

@@ -76,7 +76,7 @@ impl Session {
             let entries = data.len();
             for (stream, start, end, fin) in data {
                 if let Some(s) = self.streams.get_mut(&stream) {
-                    if !s.reset_sent {
+                    if !s.is_reset() {
                         self.resent += s.send.requeue(start, end, fin);
                         self.schedule(stream);
                     }

@@ -4,8 +4,11 @@
 use super::lanes::{carries_windows, Pick};
 use super::link::{LinkState, Sent};
 use super::sched::QUANTUM;
-use super::{Session, MAX_LANE_DUPS, MIN_TAIL, SMALL_SEGMENT};
-use crate::frame::{self, Frame, DATA_HEADER, MAX_MESSAGE};
+use super::stream::Queued;
+use super::{LaneDup, OpenDup, Session, MAX_LANE_DUPS, MIN_TAIL, SMALL_SEGMENT};
+use crate::frame::{
+    self, Frame, DATA_HEADER, MAX_MESSAGE, PING_LEN, SESSION_WINDOW_LEN, WINDOW_LEN,
+};
 use crate::ids::LinkId;
 use bytes::BytesMut;
 use std::time::Instant;
@@ -32,7 +35,7 @@ impl Session {
         let Some(mut l) = self.links.remove(&link) else {
             return false;
         };
-        let limit = MAX_MESSAGE - 9; // room for the trailing ping
+        let limit = MAX_MESSAGE - PING_LEN; // room for the trailing ping
         for token in l.pongs_owed.drain(..) {
             Frame::Pong(token).encode(buf);
         }
@@ -54,11 +57,14 @@ impl Session {
                 if self.open_dups.len() >= MAX_LANE_DUPS {
                     self.open_dups.pop_front();
                 }
-                self.open_dups.push_back((twin, f.clone()));
+                self.open_dups.push_back(OpenDup {
+                    lane: twin,
+                    frame: f.clone(),
+                });
             }
             l.record(Sent::Control(f));
         }
-        while windows && buf.len() + 25 <= limit {
+        while windows && buf.len() + WINDOW_LEN <= limit {
             let Some(id) = self.dirty_windows.pop_front() else {
                 break;
             };
@@ -79,7 +85,7 @@ impl Session {
             s.recv_acked_sent = acked;
             l.record(Sent::Window(id));
         }
-        if windows && self.session_window_dirty && buf.len() + 9 <= limit {
+        if windows && self.session_window_dirty && buf.len() + SESSION_WINDOW_LEN <= limit {
             self.session_window_dirty = false;
             Frame::SessionWindow {
                 max: self.recv_session_max,
@@ -97,7 +103,7 @@ impl Session {
             Sent::Data {
                 stream, end, fin, ..
             } => streams.get(stream).is_none_or(|st| {
-                st.reset_sent || (st.send.acked() >= *end && (!fin || st.send.fin_acked()))
+                st.is_reset() || (st.send.acked() >= *end && (!fin || st.send.fin_acked()))
             }),
             _ => false,
         });
@@ -124,16 +130,16 @@ impl Session {
     pub(super) fn fill_open_dups(&mut self, link: LinkId, buf: &mut BytesMut, limit: usize) {
         let mut i = 0;
         while i < self.open_dups.len() {
-            if self.open_dups[i].0 != link {
+            if self.open_dups[i].lane != link {
                 i += 1;
                 continue;
             }
-            if buf.len() + self.open_dups[i].1.encoded_len() > limit {
+            if buf.len() + self.open_dups[i].frame.encoded_len() > limit {
                 break;
             }
-            let (_, f) = self.open_dups.remove(i).expect("index in range");
+            let f = self.open_dups.remove(i).expect("index in range").frame;
             let live = matches!(&f, Frame::Open { stream, .. }
-                if self.streams.get(stream).is_some_and(|s| !s.reset_sent));
+                if self.streams.get(stream).is_some_and(|s| !s.is_reset()));
             if live {
                 f.encode(buf);
             }
@@ -144,7 +150,13 @@ impl Session {
     pub(super) fn fill_dups(&mut self, link: LinkId, buf: &mut BytesMut, limit: usize) {
         let mut i = 0;
         while i < self.lane_dups.len() {
-            let (lane, id, offset, len, fin) = self.lane_dups[i];
+            let LaneDup {
+                lane,
+                stream: id,
+                offset,
+                len,
+                fin,
+            } = self.lane_dups[i];
             if lane != link {
                 i += 1;
                 continue;
@@ -161,7 +173,7 @@ impl Session {
             } else {
                 fin && !s.send.fin_acked()
             };
-            if s.reset_sent || !unacked {
+            if s.is_reset() || !unacked {
                 continue;
             }
             frame::encode_data_header(buf, id, offset, len, fin);
@@ -189,8 +201,8 @@ impl Session {
             let Some(s) = self.streams.get_mut(&id) else {
                 continue;
             };
-            s.queued = false;
-            if s.reset_sent {
+            let interactive = std::mem::replace(&mut s.queued, Queued::No) == Queued::Interactive;
+            if s.is_reset() {
                 continue;
             }
             let space = limit - buf.len() - DATA_HEADER;
@@ -206,7 +218,7 @@ impl Session {
             frame::encode_data_header(buf, id, seg.offset, seg.len, seg.fin);
             s.send.copy_out(seg.offset, seg.len, buf);
             s.send.mark_sent(seg);
-            if s.queued_interactive && seg.len <= SMALL_SEGMENT {
+            if interactive && seg.len <= SMALL_SEGMENT {
                 self.last_small = Some(now);
                 self.small_at.insert(id, now);
                 self.small_queued = false;
@@ -214,8 +226,13 @@ impl Session {
                     if self.lane_dups.len() >= MAX_LANE_DUPS {
                         self.lane_dups.pop_front();
                     }
-                    self.lane_dups
-                        .push_back((twin, id, seg.offset, seg.len, seg.fin));
+                    self.lane_dups.push_back(LaneDup {
+                        lane: twin,
+                        stream: id,
+                        offset: seg.offset,
+                        len: seg.len,
+                        fin: seg.fin,
+                    });
                 }
             }
             self.send_session_used += seg.new_bytes;

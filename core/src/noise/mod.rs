@@ -67,8 +67,9 @@ pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 /// The write half of the byte stream a link runs over (see [`BoxRead`]).
 pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// Largest plaintext of one transport message: 65,535 bytes of ciphertext less the 16-byte tag.
-pub const MAX_PLAINTEXT: usize = 65_519;
+/// Largest plaintext of one transport message: 65,535 bytes of ciphertext less the 16-byte tag,
+/// which is what one link message may hold ([`crate::frame::MAX_MESSAGE`]).
+pub const MAX_PLAINTEXT: usize = crate::frame::MAX_MESSAGE;
 
 /// Largest handshake message, key confirmation included, in bytes (ciphertext, without the
 /// length prefix). A longer length prefix is refused before the message is read.

@@ -168,7 +168,7 @@ fn the_first_quarter_of_the_window_read_within_four_round_trips_doubles_it() {
 #[test]
 fn a_frame_cut_at_a_credit_limit_the_peer_had_doubles_the_window_once() {
     let window = 16 << 20;
-    let mut s = Stream::new(Instant::now(), true);
+    let mut s = Stream::new(Instant::now(), stream::Phase::Open);
     assert!(
         !s.widen_when_blocked(INITIAL_STREAM_CREDIT - 1, window),
         "short of the limit"
@@ -192,7 +192,7 @@ fn a_frame_cut_at_a_credit_limit_the_peer_had_doubles_the_window_once() {
     assert!(!s.widen_when_blocked(s.recv_max, window));
     assert_eq!(s.recv_window, 4 * INITIAL_STREAM_CREDIT);
     // Never past the configured window.
-    let mut s = Stream::new(Instant::now(), true);
+    let mut s = Stream::new(Instant::now(), stream::Phase::Open);
     assert!(s.widen_when_blocked(INITIAL_STREAM_CREDIT, 3 << 20));
     assert_eq!(s.recv_window, 3 << 20);
     s.recv_max_before = s.recv_max;
