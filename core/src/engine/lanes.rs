@@ -94,7 +94,7 @@ impl Session {
 
     /// Whether `link` would find something to send now: control frames go on any link, or
     /// only on a lane while lanes are reserved (a stream's `OPEN` must not wait behind bulk
-    /// data); window updates on any link but the dedicated lanes (see [`carries_windows`]);
+    /// data); window updates on any link but the dedicated lanes (they would hold up the game's packets behind a lost one);
     /// interactive data only on a lane and bulk data only elsewhere.
     pub fn has_work_for(&self, now: Instant, link: LinkId) -> bool {
         let lanes = self.lanes(now);

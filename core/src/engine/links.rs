@@ -16,7 +16,7 @@ impl Session {
     }
 
     /// A new link that is a dedicated interactive lane (the client's `links.lanes`, flagged in
-    /// the link's handshake): see [`Session::lanes`].
+    /// the link's handshake): see the engine's `lanes` module.
     pub fn add_lane(&mut self, now: Instant, link: LinkId) {
         self.add_link(now, link);
         if let Some(l) = self.links.get_mut(&link) {

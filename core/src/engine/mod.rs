@@ -10,13 +10,26 @@
 //! 3. Application side: [`Session::open_stream`] (client), then [`Session::stream_write`] /
 //!    [`Session::stream_finish`] / [`Session::stream_reset`] / [`Session::stream_read`].
 //! 4. Whenever a link can take bytes, call [`Session::poll_transmit`] for it and send what it
-//!    wrote (one message). [`Session::wants_transmit`] says whether any link has work.
+//!    wrote (one message). A writer whose first poll finds nothing calls
+//!    [`Session::park_writer`] and waits.
 //! 5. Arm one timer from [`Session::poll_timeout`]; when it fires, call
-//!    [`Session::handle_timeout`] and poll transmits again.
-//! 6. Drain [`Session::poll_event`] after each of the above and act on the events.
+//!    [`Session::handle_timeout`].
+//! 6. After each of the above, drain [`Session::poll_event`] and act on the events, wake the
+//!    writers [`Session::poll_wakes`] names, and re-arm the timer.
+//! 7. Client: now and then, and at [`Event::MoreLinksWanted`], ask [`Session::plan_links`]
+//!    whether to open or close a link, and do it.
 //!
 //! Links pull: each link's writer asks for a message only when its socket can take one, so a
-//! fast link carries more of every stream than a slow one (writable-first scheduling).
+//! fast link carries more of every stream than a slow one (writable-first scheduling). Every
+//! decision is made here, with the time passed in, so the simulation in `tests/` runs it: what
+//! goes on which link, which parked writer to wake, when a link is added or closed.
+//!
+//! Modules, one concept each: `stream` (per-stream state, credit grants and window autotuning),
+//! `recv` (the receive path and its credit checks), `links` (the set of links, what a dead one
+//! carried), `lanes` (link choice: interactive lanes, which writer to wake), `transmit` (one
+//! message for one link), `timers` (acks, pings, dead and stalled links), `elastic` (how many
+//! links), `api` (the application side), and beside them `link` (one link's state), `send`,
+//! `reorder` and `sched` (the stream buffers and the stream scheduler).
 
 mod api;
 mod elastic;

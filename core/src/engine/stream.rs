@@ -256,7 +256,7 @@ impl Session {
 
     /// Retries what waited for the memory budget: grants for readers and capacity for
     /// writers (they get [`Event::StreamWritable`] and ask again). Call after the budget
-    /// reported a release ([`Budget::notified`]).
+    /// reported a release ([`Event::BudgetReleased`], from this or another session).
     pub fn retry_budget(&mut self, now: Instant) {
         for id in std::mem::take(&mut self.budget_waiting) {
             let Some(s) = self.streams.get_mut(&id) else {
