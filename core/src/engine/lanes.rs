@@ -19,8 +19,8 @@ pub(super) enum Pick {
     /// A dedicated lane that looks stalled (its ping is overdue) while another is not: it
     /// sends the other lane's duplicates only, no control frames and no stream data. A lane
     /// looks stalled when what it *receives* waits behind a lost packet (its pongs come late),
-    /// while what it sends still gets through: in the WAN lab a server whose other lane looked
-    /// stalled sent a game's reply on one lane only, and that packet's loss cost a round trip.
+    /// while what it sends still gets through, and a reply sent on one lane only loses a round
+    /// trip to one loss (bench/RESULTS.md, lessons: a lane that looks stalled).
     Spare,
 }
 

@@ -65,19 +65,15 @@ use stream::Stream;
 /// It must cover a bulk stream's first round trips on a long lossy path: what the link holds
 /// queued and in flight, plus what waits behind a lost packet (a QUIC link delivers its one
 /// stream in order, so the receiver reads nothing past a loss for a round trip), plus the grant's
-/// way back. With 256 KiB (protocol version 1), a QUIC link's start-up in the WAN lab's C
-/// waited for credit in every round from the third to the tenth; with 2 MiB it doubles each
-/// round trip.
+/// way back (bench/RESULTS.md, lessons: initial stream credit 2 MiB).
 pub const INITIAL_STREAM_CREDIT: u64 = 2 * 1024 * 1024;
 
 /// Autotuning doubles a stream's window when its application read a quarter of it within two
 /// round trips of the last grant; the first quarter may take this many from the stream's first
-/// frame. A sender in start-up doubles its rate every round trip from a small window, so the
-/// first 512 KiB take it two or three round trips, the next only one: in a traced run of the
-/// WAN lab's scenario B the first grant came about two round trips in and left the window at
-/// 2 MiB, and the sender then waited 0.14 s at the new limit (2.7 MB). A stream slower than a
-/// quarter of the window per four round trips (10 Mbit/s on a 100 ms path) keeps its initial
-/// window.
+/// frame, since a sender in start-up takes two or three round trips for the first 512 KiB and
+/// only one for the next (bench/RESULTS.md, lessons: receive windows widen). A stream slower
+/// than a quarter of the window per four round trips (10 Mbit/s on a 100 ms path) keeps its
+/// initial window.
 const FIRST_GRANT_RTTS: u32 = 4;
 
 /// Session credit each side may use before the peer's first `SESSION_WINDOW`.

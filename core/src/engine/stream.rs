@@ -126,10 +126,9 @@ impl Stream {
     /// returns whether it did, and the caller extends the credit. A hole is bytes still on
     /// their way on a slower link, or lost and being resent; the application cannot read past
     /// it, so the autotuning of [`Session::extend_grant`], which follows reading, stands still
-    /// while the faster links use up the credit and stop. In the WAN lab's scenario E the 40 ms
-    /// path's link stopped for a quarter of a second at the start, behind the 160 ms path's first
-    /// frames, with the window still at its initial 2 MiB. The window stays bounded by
-    /// `stream_window` and the memory budget, whatever order the peer sends in.
+    /// while the faster links use up the credit and stop (bench/RESULTS.md, lessons: receive
+    /// windows widen). The window stays bounded by `stream_window` and the memory budget,
+    /// whatever order the peer sends in.
     pub(super) fn widen_behind_hole(&mut self, max_window: u64) -> bool {
         let beyond = self.recv_highest - self.recv.contiguous();
         beyond >= self.recv_window / 2 && self.double_window(max_window)
@@ -141,10 +140,9 @@ impl Stream {
     /// unread); returns whether it did, and the caller extends the credit. A sender cuts its
     /// last frame at the credit limit when the window holds it back, which the autotuning of
     /// [`Session::extend_grant`] only infers from reading a quarter of the window within two
-    /// round trips, and only once a quarter was read. In a traced run of the WAN lab's scenario
-    /// B the sender reached its credit limit four times in its first 0.7 s, and while it waited
-    /// for the next grant its links ran a round trip with half their window in flight or less.
-    /// A slow application does not widen the window: the credit waits for it to read.
+    /// round trips, and only once a quarter was read; meanwhile the links run half empty
+    /// (bench/RESULTS.md, lessons: receive windows widen). A slow application does not widen
+    /// the window: the credit waits for it to read.
     pub(super) fn widen_when_blocked(&mut self, end: u64, max_window: u64) -> bool {
         // On the data path: the equality tests rule out nearly every frame first.
         if (end != self.recv_max && end != self.recv_max_before) || end <= self.blocked_at {

@@ -54,16 +54,14 @@ pub const SEND_WINDOW: u64 = 16 << 20;
 /// The send window of a link follows its congestion window. quinn keeps every byte behind a
 /// lost packet until the retransmission is acknowledged, so under 1% loss the unacknowledged
 /// data is about twice what is in flight: while the link has lost a packet lately
-/// ([`LOSS_HOLD_RTTS`]), quinn may hold this many congestion windows plus [`NOTSENT_LOWAT`]. With
-/// 1.5 x the link ran at 40% of its speed in the WAN lab, with 2 x at 90%, with 3 x at 98% of
-/// an unlimited send window (scenario B).
+/// ([`LOSS_HOLD_RTTS`]), quinn may hold this many congestion windows plus [`NOTSENT_LOWAT`]
+/// (bench/RESULTS.md, lessons: QUIC send window).
 const LOSSY_SEND_WINDOW_CWNDS: u64 = 3;
 
 /// A link that lost no packet lately holds one congestion window plus at most
-/// [`NOTSENT_LOWAT`] (no more than another congestion window) unsent. Three windows here put
-/// two round trips of queue in front of every byte: on the 160 ms path of the WAN lab's scenario
-/// E, 4 MB that waited 0.3 s in quinn while the 40 ms path's data waited in the receiver's
-/// reorder buffer, and the stream's credit ran out.
+/// [`NOTSENT_LOWAT`] (no more than another congestion window) unsent: three windows would put two
+/// round trips of queue in front of every byte, while the data of a faster path waits for it in
+/// the receiver's reorder buffer (bench/RESULTS.md, lessons: QUIC send window).
 ///
 /// A loss (quinn's `lost_packets` grew) switches to [`LOSSY_SEND_WINDOW_CWNDS`] for this many
 /// smoothed RTTs: quinn detects a loss about when the first later packet is acknowledged, and
