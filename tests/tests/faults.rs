@@ -11,7 +11,8 @@
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use wanmux_tests::fault::{relayed_tunnel, Links};
+use wanmux_relay::Links;
+use wanmux_tests::fault::relayed_tunnel;
 use wanmux_tests::harness::{
     add_map, add_service, drain_end, eventually, gated_transfer, transfer, within, Auth, Gate,
     ReadEnd, Tunnel,
