@@ -707,15 +707,41 @@ pub async fn try_handshake(
     auth: &wanmux_core::noise::ClientAuth,
 ) -> Result<(), wanmux_core::noise::LinkError> {
     let tcp = TcpStream::connect(server).await?;
-    let hello = wanmux_core::noise::ClientHello {
+    let (_rd, _wr, _server) =
+        wanmux_core::noise::connect(tcp, auth, &hello(), &PING, HANDSHAKE_LIMIT).await?;
+    Ok(())
+}
+
+/// As [`try_handshake`], on a QUIC link to the node's QUIC endpoint `server`. Panics if QUIC's own
+/// handshake fails, which the node completes for anyone: the result is the Noise handshake's
+/// inside the link's stream.
+pub async fn try_quic_handshake(
+    server: SocketAddr,
+    auth: &wanmux_core::noise::ClientAuth,
+) -> Result<(), wanmux_core::noise::LinkError> {
+    use wanmux_core::{noise, quic};
+    let dialer = quic::client_endpoint("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let (rd, wr) = quic::connect(&dialer, server, HANDSHAKE_LIMIT)
+        .await
+        .expect("the QUIC handshake completes");
+    let (_rd, _wr, _server) =
+        noise::connect_stream(rd, wr, auth, &hello(), &PING, HANDSHAKE_LIMIT).await?;
+    Ok(())
+}
+
+/// How long [`try_handshake`] and [`try_quic_handshake`] wait for the node.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
+
+/// PING(0): what a real client confirms its handshake with.
+const PING: [u8; 9] = [1, 0, 0, 0, 0, 0, 0, 0, 0];
+
+/// The hello of a handshake test: a new session's first link.
+fn hello() -> wanmux_core::noise::ClientHello {
+    wanmux_core::noise::ClientHello {
         session_id: rand::random(),
         link_seq: 0,
         lane: false,
-    };
-    let ping = [1, 0, 0, 0, 0, 0, 0, 0, 0]; // PING(0): what a real client confirms with
-    let (_rd, _wr, _server) =
-        wanmux_core::noise::connect(tcp, auth, &hello, &ping, Duration::from_secs(5)).await?;
-    Ok(())
+    }
 }
 
 /// What a real client with `auth` sends first on a link (`mode | len | message 1`), captured
