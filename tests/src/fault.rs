@@ -1,6 +1,7 @@
 //! Tunnels whose links go through a fault relay ([`wanmux_relay::Relay`]), which resets, stalls
 //! or blackholes them on command.
 
+use std::time::{Duration, Instant};
 use wanmux_config::{ClientConfig, ServerConfig};
 use wanmux_relay::{Relay, Shape};
 
@@ -22,4 +23,25 @@ pub async fn relayed_tunnel(
         (relay, vec![addr])
     })
     .await
+}
+
+/// Waits until `relay` has forwarded nothing for `quiet`, for at most `limit`; returns whether
+/// it did. Quiet links have nothing in flight: an engine pings a link with unconfirmed frames
+/// every few milliseconds until they are confirmed.
+pub async fn wait_quiet(relay: &Relay, quiet: Duration, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let (mut seen, mut since) = (relay.forwarded_both(), Instant::now());
+    loop {
+        let now = Instant::now();
+        let forwarded = relay.forwarded_both();
+        if forwarded != seen {
+            (seen, since) = (forwarded, now);
+        } else if now - since >= quiet {
+            return true;
+        }
+        if now >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

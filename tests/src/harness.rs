@@ -608,6 +608,20 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
     }
 }
 
+/// Polls `cond` every 10 ms until `until`; returns whether it held at every poll (it stops at
+/// the first that fails). For a fault that lasts a given time, during which nothing may give.
+pub async fn holds_until(until: Instant, mut cond: impl FnMut() -> bool) -> bool {
+    loop {
+        if !cond() {
+            return false;
+        }
+        if Instant::now() >= until {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// What a read on a proxied connection ended with.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadEnd {

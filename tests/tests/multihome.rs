@@ -3,9 +3,6 @@
 //! for TCP links and a UDP forwarder for QUIC links. Links spread
 //! over the addresses by index; when an address dies its links move to the other one, and when
 //! it comes back they move home again. Every transfer compares hashes both ways.
-//!
-//! Four worker threads, as in `faults.rs`: a link its engine times out can pin a worker for a
-//! while, and with a client and a server in one process both can do so at once.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -68,7 +65,7 @@ async fn wait_all_through(t: &Tunnel, b: &Relay, limit: Duration) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_spread_over_both_addresses_and_transfers_arrive_intact() {
     within(LIMIT, async {
         let (mut t, a, b) = two_addresses(4, |_, _| {}).await;
@@ -95,7 +92,7 @@ async fn links_spread_over_both_addresses_and_transfers_arrive_intact() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_address_mid_transfer_moves_its_links_to_the_other() {
     within(LIMIT, async {
         let (mut t, a, b) = two_addresses(4, |_, _| {}).await;
@@ -140,7 +137,7 @@ async fn killing_one_address_mid_transfer_moves_its_links_to_the_other() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_move_back_when_an_address_returns() {
     within(LIMIT + Duration::from_secs(60), async {
         let (mut t, a, b) = two_addresses(4, |_, c| {
@@ -180,7 +177,7 @@ async fn links_move_back_when_an_address_returns() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_links_use_every_address_and_survive_losing_one() {
     within(LIMIT, async {
         let tweak = |s: &mut ServerConfig, c: &mut ClientConfig| {
@@ -248,7 +245,7 @@ async fn quic_links_use_every_address_and_survive_losing_one() {
 }
 
 /// `node.addr` as an array in a config file: the client parsed from it dials both addresses.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn array_addr_from_a_config_file() {
     within(LIMIT, async {
         init_tracing();
