@@ -622,6 +622,35 @@ pub async fn holds_until(until: Instant, mut cond: impl FnMut() -> bool) -> bool
     }
 }
 
+/// Polls `fut` once, so that what it does before its first wait has happened, and returns it
+/// to be awaited or spawned. Panics if it finished at that poll.
+pub async fn begin<F: Future>(fut: F) -> std::pin::Pin<Box<F>> {
+    let mut fut = Box::pin(fut);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "finished at its first poll");
+    fut
+}
+
+/// Whether a socket listens on `addr` (an IPv4 address), from `/proc/net/tcp`: a check that
+/// neither connects nor opens a stream.
+pub fn is_listening(addr: SocketAddr) -> bool {
+    const LISTEN: &str = "0A";
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        panic!("{addr}: only IPv4 addresses are looked up");
+    };
+    // The kernel prints the address as the native-endian u32 it stores, then the port.
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(ip.octets()),
+        addr.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&LISTEN)
+    })
+}
+
 /// What a read on a proxied connection ended with.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadEnd {
