@@ -53,14 +53,7 @@ where
                 tokio::select! {
                     biased;
                     c = changed(&mut mode) => c?,
-                    r = from.read(&mut buf) => match r {
-                        Ok(n) if n > 0 => {
-                            counters.all.swallowed.fetch_add(n as u64, Ordering::Relaxed);
-                        }
-                        // An end or a reset from the peer is swallowed too; nothing more
-                        // comes from it.
-                        _ => eof = true,
-                    },
+                    end = swallow(from, &mut buf, counters) => eof = end,
                 }
             }
             Mode::Forward if pos < len => tokio::select! {
@@ -93,6 +86,26 @@ where
                 },
             },
         }
+    }
+}
+
+/// Reads once for a blackhole and counts what it read as swallowed; returns whether the source
+/// ended. An end or a reset from the peer is swallowed too: nothing more comes from it.
+/// Cancel-safe, as `read` is.
+pub(crate) async fn swallow<R: AsyncRead + Unpin>(
+    from: &mut R,
+    buf: &mut [u8],
+    counters: Counters<'_>,
+) -> bool {
+    match from.read(buf).await {
+        Ok(n) if n > 0 => {
+            counters
+                .all
+                .swallowed
+                .fetch_add(n as u64, Ordering::Relaxed);
+            false
+        }
+        _ => true,
     }
 }
 

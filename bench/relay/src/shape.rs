@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::copy::discard;
+use crate::copy::{discard, swallow};
 use crate::link::{aborted, changed, Counters, Link, Mode, Tampering};
 use crate::Dir;
 
@@ -94,13 +94,7 @@ where
                 Mode::Blackhole => tokio::select! {
                     biased;
                     c = changed(&mut mode) => c?,
-                    r = from.read(&mut buf) => match r {
-                        Ok(n) if n > 0 => {
-                            counters.all.swallowed.fetch_add(n as u64, Ordering::Relaxed);
-                        }
-                        // An end or a reset from the peer is swallowed too.
-                        _ => eof = true,
-                    },
+                    end = swallow(from, &mut buf, counters) => eof = end,
                 },
                 Mode::Forward => {
                     if let Some(wait) = queue_wait(shape, bottleneck) {

@@ -164,6 +164,21 @@ async fn reset_resets_both_sides_oldest_first() {
     assert!(relay.open_links().is_empty());
 }
 
+/// With "held" written into a stalled link: checks that `server` gets nothing for 200 ms and
+/// nothing crosses the relay, then that it gets "held" once the stall is lifted.
+async fn check_held_until_resumed(relay: &Relay, server: &mut TcpStream) {
+    let mut buf = [0u8; 4];
+    let read = tokio::time::timeout(Duration::from_millis(200), server.read(&mut buf)).await;
+    assert!(read.is_err(), "a stalled link delivered {read:?}");
+    assert_eq!(relay.forwarded_both(), 0);
+    relay.resume(Links::All);
+    tokio::time::timeout(LIMIT, server.read_exact(&mut buf))
+        .await
+        .expect("delivered after resume")
+        .unwrap();
+    assert_eq!(&buf, b"held");
+}
+
 #[tokio::test]
 async fn a_stall_holds_bytes_and_resume_delivers_them() {
     let (relay, target) = relay_to_listener(Shape::default()).await;
@@ -175,16 +190,7 @@ async fn a_stall_holds_bytes_and_resume_delivers_them() {
     let (_late, _late_server) = pair(&relay, &target).await;
     assert_eq!(relay.open_links(), [0, 1]);
     assert!(relay.forwarding_links().is_empty());
-    let mut buf = [0u8; 4];
-    let read = tokio::time::timeout(Duration::from_millis(200), server.read(&mut buf)).await;
-    assert!(read.is_err(), "a stalled link delivered {read:?}");
-    assert_eq!(relay.forwarded_both(), 0);
-    relay.resume(Links::All);
-    tokio::time::timeout(LIMIT, server.read_exact(&mut buf))
-        .await
-        .expect("delivered after resume")
-        .unwrap();
-    assert_eq!(&buf, b"held");
+    check_held_until_resumed(&relay, &mut server).await;
     assert_eq!(relay.forwarding_links(), [0, 1]);
 }
 
@@ -237,16 +243,9 @@ async fn commands_also_work_on_a_shaped_path() {
     let (mut client, mut server) = pair(&relay, &target).await;
     relay.stall(Links::All);
     client.write_all(b"held").await.unwrap();
-    let mut buf = [0u8; 4];
-    let read = tokio::time::timeout(Duration::from_millis(200), server.read(&mut buf)).await;
-    assert!(read.is_err(), "a stalled link delivered {read:?}");
-    relay.resume(Links::All);
-    tokio::time::timeout(LIMIT, server.read_exact(&mut buf))
-        .await
-        .expect("delivered after resume")
-        .unwrap();
-    assert_eq!(&buf, b"held");
+    check_held_until_resumed(&relay, &mut server).await;
     assert_eq!(relay.reset(Links::All), 1);
+    let mut buf = [0u8; 4];
     let err = client.read(&mut buf).await.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
 }
