@@ -4,5 +4,6 @@
 
 pub mod fault;
 pub mod harness;
+pub mod hostile;
 pub mod sim;
 pub mod slow;

@@ -8,9 +8,8 @@ use wanmux_config::{ClientAuth, ClientConfig, LinkTransport};
 use wanmux_core::keys::{generate_keypair, Psk};
 use wanmux_core::noise::LinkError;
 use wanmux_relay::UdpRelay;
-use wanmux_tests::harness::{
-    eventually, noise_auth, panics, point_client_at, try_quic_handshake, within, Auth, Tunnel,
-};
+use wanmux_tests::harness::{eventually, panics, point_client_at, within, Auth, Tunnel};
+use wanmux_tests::hostile::{noise_auth, try_quic_handshake};
 
 const MIB: u64 = 1 << 20;
 const LIMIT: Duration = Duration::from_secs(90);
