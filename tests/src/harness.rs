@@ -585,6 +585,21 @@ pub async fn gated_transfer(
     })
 }
 
+/// Starts a [`gated_transfer`] to `addr` in a task and returns once both directions paused at
+/// `pause_at` bytes: act on the tunnel, then open the gate to let the transfer go on.
+pub async fn paused_transfer(
+    addr: SocketAddr,
+    up: u64,
+    down: u64,
+    seed: u64,
+    pause_at: u64,
+) -> (tokio::task::JoinHandle<std::io::Result<ClientResult>>, Gate) {
+    let gate = Gate::new();
+    let running = tokio::spawn(gated_transfer(addr, up, down, seed, pause_at, gate.clone()));
+    gate.wait_paused().await;
+    (running, gate)
+}
+
 /// Runs `test` and panics if it takes longer than `limit`, so a hang fails the test instead of
 /// blocking the run.
 pub async fn within<F: Future>(limit: Duration, test: F) -> F::Output {

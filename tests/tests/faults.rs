@@ -9,8 +9,8 @@ use tokio::net::{TcpListener, TcpStream};
 use wanmux_relay::{Dir, Links, Relay};
 use wanmux_tests::fault::{relayed_tunnel, wait_quiet};
 use wanmux_tests::harness::{
-    add_map, add_service, drain_end, eventually, gated_transfer, holds_until, transfer, within,
-    Auth, Gate, ReadEnd, Tunnel,
+    add_map, add_service, drain_end, eventually, holds_until, paused_transfer, transfer, within,
+    Auth, ReadEnd, Tunnel,
 };
 
 const MIB: u64 = 1 << 20;
@@ -79,16 +79,7 @@ async fn blackholing_every_link_for_5s_then_restoring_loses_nothing() {
         })
         .await;
         let (up, down, seed) = (32 * MIB, 32 * MIB, 21);
-        let gate = Gate::new();
-        let running = tokio::spawn(gated_transfer(
-            t.addr(),
-            up,
-            down,
-            seed,
-            8 * MIB,
-            gate.clone(),
-        ));
-        gate.wait_paused().await;
+        let (running, gate) = paused_transfer(t.addr(), up, down, seed, 8 * MIB).await;
         let accepted = relay.accepted();
 
         // Every link and every redial goes into the blackhole, with the transfer running.
@@ -143,16 +134,7 @@ async fn a_stall_shorter_than_the_ping_timeout_kills_no_link() {
     within(Duration::from_secs(60), async {
         let (mut t, relay) = relayed_tunnel(IK, 4, |_, _| {}).await;
         let (up, down, seed) = (32 * MIB, 32 * MIB, 31);
-        let gate = Gate::new();
-        let running = tokio::spawn(gated_transfer(
-            t.addr(),
-            up,
-            down,
-            seed,
-            8 * MIB,
-            gate.clone(),
-        ));
-        gate.wait_paused().await;
+        let (running, gate) = paused_transfer(t.addr(), up, down, seed, 8 * MIB).await;
         relay.stall(Links::All);
         let stalled = Instant::now();
         gate.open();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use wanmux_config::{ClientConfig, HostPort, LinkTransport, ServerAuth, ServerConfig};
 use wanmux_relay::{Links, Relay, Shape, UdpRelay};
 use wanmux_tests::harness::{
-    app_server, configs, eventually, gated_transfer, init_tracing, within, Auth, Gate, Tunnel,
+    app_server, configs, eventually, init_tracing, paused_transfer, within, Auth, Tunnel,
 };
 
 const MIB: u64 = 1 << 20;
@@ -98,16 +98,7 @@ async fn killing_one_address_mid_transfer_moves_its_links_to_the_other() {
         let (mut t, a, b) = two_addresses(4, |_, _| {}).await;
         wait_spread(&a, &b).await;
         let (up, down, seed) = (64 * MIB, 64 * MIB, 11);
-        let gate = Gate::new();
-        let running = tokio::spawn(gated_transfer(
-            t.addr(),
-            up,
-            down,
-            seed,
-            8 * MIB,
-            gate.clone(),
-        ));
-        gate.wait_paused().await;
+        let (running, gate) = paused_transfer(t.addr(), up, down, seed, 8 * MIB).await;
 
         // The first address dies: its links are reset and it refuses new connections.
         drop(a);
@@ -210,16 +201,7 @@ async fn quic_links_use_every_address_and_survive_losing_one() {
         );
 
         let (up, down, seed) = (32 * MIB, 32 * MIB, 32);
-        let gate = Gate::new();
-        let running = tokio::spawn(gated_transfer(
-            t.addr(),
-            up,
-            down,
-            seed,
-            4 * MIB,
-            gate.clone(),
-        ));
-        gate.wait_paused().await;
+        let (running, gate) = paused_transfer(t.addr(), up, down, seed, 4 * MIB).await;
         // The first address dies silently (UDP: nothing answers).
         drop(a);
         gate.open();
