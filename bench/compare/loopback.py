@@ -20,7 +20,6 @@ import os
 import platform
 import shlex
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -30,8 +29,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import benchlib  # noqa: E402
+from benchlib import EXIT_VERIFY, REPO, fmt, median, run_cmd, try_cmd  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 ALL_CONTENDERS = ["direct", "wanmux-1", "wanmux-4", "stunnel", "kcptun"]
@@ -45,57 +47,10 @@ LABELS = {
 TESTS = ["p1", "p8", "rr"]
 # The paths the three binaries are built from (for --build's up-to-date check and dirty check).
 BUILD_INPUTS = ["Cargo.toml", "Cargo.lock", "core", "config", "client", "server", "bench/Cargo.toml",
-                "bench/src"]
+                "bench/src", "bench/relay"]
 
-EXIT_VERIFY = 3  # wanmux-bench's exit status for a data verification failure
-
-
-def log(msg: str) -> None:
-    print(f"[loopback] {msg}", file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Process bookkeeping: every process we start is registered here and ended on any exit path.
-
-class Procs:
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-
-    def start(self, name: str, argv: list[str], logfile: Path, **kw) -> subprocess.Popen:
-        with open(logfile, "ab") as f:
-            # Own session: a Ctrl-C in the terminal reaches only us, and we end the children in
-            # order (a half-dead tunnel would otherwise spray errors).
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                                 start_new_session=True, **kw)
-        self.procs.append((name, p))
-        return p
-
-    def stop_all(self) -> None:
-        # Newest first (bench clients, then each tunnel's client before its server), one at a
-        # time, so that no daemon logs its peer vanishing during our own shutdown. SIGTERM; after
-        # 5 s a second SIGTERM (wanmux drains on the first and stops at once on the second);
-        # after 2 s more SIGKILL.
-        for name, p in reversed(self.procs):
-            for sig, wait in ((signal.SIGTERM, 5), (signal.SIGTERM, 2), (signal.SIGKILL, 5)):
-                if p.poll() is not None:
-                    break
-                if sig == signal.SIGKILL or wait == 2:
-                    log(f"{name} (pid {p.pid}) still running; sending {signal.Signals(sig).name}")
-                try:
-                    p.send_signal(sig)
-                    p.wait(timeout=wait)
-                except ProcessLookupError:
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-        self.procs.clear()
-
-
-PROCS = Procs()
-
-
-def _on_signal(signum, _frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+log = benchlib.logger("loopback")
+PROCS = benchlib.Procs(log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,16 +84,10 @@ def is_listening(port: int, proto: str = "tcp") -> bool:
     return False
 
 
-def wait_port(port: int, proc: subprocess.Popen | None, what: str, proto: str = "tcp",
+def wait_port(port: int, proc: subprocess.Popen, what: str, proto: str = "tcp",
               timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {proc.returncode} before listening")
-        if is_listening(port, proto):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what}: nothing listens on 127.0.0.1:{port}/{proto} after {timeout:.0f} s")
+    benchlib.wait_for(lambda: is_listening(port, proto), f"{what} (127.0.0.1:{port}/{proto})",
+                      [proc], timeout, interval=0.05)
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -156,22 +105,6 @@ def system_busy_seconds() -> float:
     v = [int(x) for x in parts]
     # user nice system idle iowait irq softirq steal (guest, guest_nice are inside user/nice)
     return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / CLK_TCK
-
-
-def run_cmd(argv: list[str], **kw) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True, **kw).stdout
-
-
-def try_cmd(argv: list[str], cwd: Path | None = None) -> str | None:
-    try:
-        return subprocess.run(argv, check=True, capture_output=True, text=True, cwd=cwd,
-                              timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def median(xs: list[float]) -> float | None:
-    return statistics.median(xs) if xs else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,10 +156,7 @@ class Contender:
         return {name: proc_cpu_seconds(p.pid) for name, p in self.tunnel}
 
     def check_alive(self) -> str | None:
-        for name, p in self.tunnel:
-            if p.poll() is not None:
-                return f"{name} exited with status {p.returncode}"
-        return None
+        return benchlib.first_exit(self.tunnel)
 
 
 def start_wanmux(name: str, links: int, bins: Path, bench_addr: str, tmp: Path) -> Contender:
@@ -236,51 +166,17 @@ def start_wanmux(name: str, links: int, bins: Path, bench_addr: str, tmp: Path) 
     server_pub = run_cmd([srv, "keygen", "--out", str(d / "server.key")])
     client_pub = run_cmd([cli, "keygen", "--out", str(d / "client.key")])
     run_cmd([srv, "keygen", "--psk", "--out", str(d / "wanmux.psk")])
-
-    def pub(text: str) -> str:
-        for line in text.splitlines():
-            k, _, v = line.partition("=")
-            if k.strip() == "public_key":
-                return v.strip().strip('"')
-        raise RuntimeError(f"no public_key in keygen output {text!r}")
+    pub = benchlib.public_key
 
     link_port, map_port = free_tcp_port(), free_tcp_port()
-    (d / "server.toml").write_text(f"""\
-[server]
-listen = "127.0.0.1:{link_port}"
-node_id = 1
-private_key_file = "server.key"
-psk_file = "wanmux.psk"
-allowed_clients = ["{pub(client_pub)}"]
-
-[[service]]
-name = "bench"
-target = "{bench_addr}"
-""")
-    (d / "client.toml").write_text(f"""\
-[client]
-private_key_file = "client.key"
-psk_file = "wanmux.psk"
-
-[[node]]
-id = 1
-addr = "127.0.0.1:{link_port}"
-public_key = "{pub(server_pub)}"
-
-[links]
-count = {links}
-
-[[map]]
-listen = "127.0.0.1:{map_port}"
-service = "bench"
-""")
-    for exe, cfg in ((srv, "server.toml"), (cli, "client.toml")):
-        r = subprocess.run([exe, "check", "--config", str(d / cfg)], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"{name}: {cfg} does not check: {r.stdout}{r.stderr}")
+    benchlib.write_configs(d, listen=f"127.0.0.1:{link_port}", node_addr=f'"127.0.0.1:{link_port}"',
+                           target=bench_addr, map_listen=f"127.0.0.1:{map_port}",
+                           server_key="server.key", client_key="client.key",
+                           server_pub=pub(server_pub), client_pub=pub(client_pub),
+                           links=f"count = {links}", psk_file="wanmux.psk")
+    benchlib.check_configs(name, bins, d)
     c = Contender(name, addr=f"127.0.0.1:{map_port}")
-    env = dict(os.environ)
-    env.setdefault("RUST_LOG", "info")
+    env = benchlib.daemon_env()
     c.logs = [d / "server.log", d / "client.log"]
     ps = PROCS.start(f"{name} server", [srv, "run", "--config", str(d / "server.toml")], c.logs[0], env=env)
     c.tunnel.append(("wanmux-server", ps))
@@ -338,7 +234,7 @@ def start_kcptun(bench_addr: str, tmp: Path) -> Contender:
     udp_port, acc_port = free_udp_port(), free_tcp_port()
     key = os.urandom(16).hex()
     env = dict(os.environ, KCPTUN_KEY=key)  # not on the command line, where ps shows it
-    flags = ["--crypt", "aes", "--mode", "fast3", "--quiet"]
+    flags = benchlib.KCPTUN_FLAGS
     c = Contender("kcptun", addr=f"127.0.0.1:{acc_port}")
     c.logs = [d / "server.log", d / "client.log"]
     ps = PROCS.start("kcptun server", ["kcptun-server", "-l", f"127.0.0.1:{udp_port}",
@@ -395,39 +291,25 @@ def run_bench(bench: Path, c: Contender, test: str, rep: int, args, ours_cpu) ->
     t0 = time.monotonic()
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
-    PROCS.procs.append((f"wanmux-bench {test} via {c.name}", p))
-    try:
-        out, err = p.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-        err = f"killed after {limit:.0f} s without finishing. {err}"
+    PROCS.track(f"wanmux-bench {test} via {c.name}", p)
+    status, out, err = benchlib.communicate(p, limit)
     wall = time.monotonic() - t0
     bench_cpu = BENCH_CHILD_CPU.take()  # the bench client's own CPU (it has been reaped)
     busy = system_busy_seconds() - busy0
-    PROCS.procs.remove((f"wanmux-bench {test} via {c.name}", p))
+    PROCS.forget(p)
     cpu1 = tunnel_cpu()
     by_proc = ({k: cpu1[k] - cpu0[k] for k in cpu1}
                if cpu0 is not None and cpu1 is not None else None)
     cpu = sum(by_proc.values()) if by_proc is not None else None
     ours = ours_cpu() - ours0
-    s = Sample(c.name, test, rep, ok=False, status=p.returncode, wall_s=wall, bench_cpu_s=bench_cpu)
+    s = Sample(c.name, test, rep, ok=False, status=status, wall_s=wall, bench_cpu_s=bench_cpu)
     # Busy CPU not spent by the tunnels, the bench server, this script or the bench client: that
     # is other people's load on the machine during this run.
     s.foreign_cores = max(0.0, busy - ours - bench_cpu) / wall if wall > 0 else None
     if cpu is not None:
         s.tunnel_cpu_s = cpu
-    if p.returncode != 0:
-        s.error = (err.strip().splitlines() or [f"exit status {p.returncode}"])[-1]
-        return s
-    try:
-        j = json.loads(out)
-    except json.JSONDecodeError:
-        s.error = f"unparsable output: {out[:200]!r}"
-        return s
-    if not j.get("verified"):
-        s.status = EXIT_VERIFY
-        s.error = "output says verified = false"
+    j, s.status, s.error = benchlib.bench_report(status, out, err)
+    if j is None:
         return s
     s.ok = True
     if test == "rr":
@@ -464,10 +346,6 @@ BENCH_CHILD_CPU: ChildCpu
 
 # ---------------------------------------------------------------------------------------------
 # Report
-
-def fmt(x: float | None, spec: str, none: str = "-") -> str:
-    return none if x is None else format(x, spec)
-
 
 def summarize(contenders: list[str], samples: list[Sample], skipped: dict[str, str]):
     rows = {}
@@ -550,8 +428,8 @@ def machine_info() -> dict:
 
 
 def versions(bins: Path) -> dict:
-    v = {"wanmux": try_cmd([str(bins / "wanmux-server"), "--version"])}
-    pk = try_cmd(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", "kcptun", "stunnel4", "openssl"])
+    v = {"wanmux": benchlib.wanmux_version(bins)}
+    pk = benchlib.dpkg_versions("kcptun", "stunnel4", "openssl")
     v["debian"] = pk.replace("\n", ", ") if pk else None
     return v
 
@@ -559,7 +437,7 @@ def versions(bins: Path) -> dict:
 def git_info(bins: Path, built_from: str | None) -> str:
     if built_from:
         return built_from
-    head = try_cmd(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO) or "?"
+    head = benchlib.git_head() or "?"
     dirty = try_cmd(["git", "status", "--porcelain", "--untracked-files=no", "--", *BUILD_INPUTS],
                     cwd=REPO)
     note = " (working tree has uncommitted changes in wanmux sources)" if dirty else ""
@@ -651,21 +529,18 @@ def main() -> int:
 
     command = " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
     started = dt.datetime.now(dt.timezone.utc)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
+    benchlib.catch_signals()
 
-    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    target = benchlib.target_dir()
     built_from = None
     if args.build:
         bins, built_from = build_clean(target)
     else:
         bins = args.bin_dir or target / "release"
-    for b in ("wanmux-server", "wanmux-client", "wanmux-bench"):
-        if not os.access(bins / b, os.X_OK):
-            log(f"{bins / b} missing. Build first: cargo build --release -p wanmux-server "
-                "-p wanmux-client -p wanmux-bench (or pass --build, or --bin-dir DIR)")
-            return 2
+    for b in benchlib.missing_bins(bins, ("wanmux-server", "wanmux-client", "wanmux-bench")):
+        log(f"{b} missing. Build first: cargo build --release -p wanmux-server "
+            "-p wanmux-client -p wanmux-bench (or pass --build, or --bin-dir DIR)")
+        return 2
     bench = bins / "wanmux-bench"
 
     skipped = ensure_packages(want, args.no_install)
@@ -774,14 +649,10 @@ def main() -> int:
     log_notes = []
     for c in contenders.values():
         for lp in c.logs:
-            try:
-                lines = lp.read_text(errors="replace").splitlines()
-            except OSError:
-                continue
-            bad_lines = [l for l in lines if any(w in l for w in ("WARN", "ERROR", "panicked", "error", "LOG3", "LOG4"))]
-            if bad_lines:
-                log_notes.append(f"{c.name} {lp.name}: {len(bad_lines)} warning/error lines "
-                                 f"of {len(lines)}, first: {bad_lines[0].strip()[:300]}")
+            note = benchlib.log_warnings(lp, ("WARN", "ERROR", "panicked", "error", "LOG3", "LOG4"),
+                                         300)
+            if note:
+                log_notes.append(f"{c.name} {note}")
     if interrupted or failed_setup:
         if not args.keep_tmp:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -29,7 +29,6 @@ mod error;
 mod pattern;
 mod proto;
 mod recovery;
-mod relay;
 mod report;
 mod rr;
 mod server;

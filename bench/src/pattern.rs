@@ -6,17 +6,18 @@
 //! with record, buffer or page sizes, and a byte that arrives at the wrong position (reordered,
 //! duplicated, dropped, or from another stream) fails the comparison.
 //!
-//! The buffer holds `MAX_RECORD` bytes more than one period (a copy of its start), so any run
-//! of up to `MAX_RECORD` bytes from any offset is one contiguous slice: senders write straight
+//! The buffer holds `MAX_SLICE` bytes more than one period (a copy of its start), so any run
+//! of up to `MAX_SLICE` bytes from any offset is one contiguous slice: senders write straight
 //! from it and receivers compare against it with one `memcmp`, with no copy or allocation per
-//! record.
+//! record (the wire format's largest record fits in one slice; `proto` checks that).
 
 use std::sync::{Arc, Mutex};
 
-use crate::proto::MAX_RECORD;
-
 /// Length of one period of the pattern (a prime).
 pub const PERIOD: usize = 1_000_003;
+
+/// Longest run of pattern bytes [`Pattern::slice`] returns.
+pub(crate) const MAX_SLICE: usize = 128 * 1024;
 
 /// One generated pattern; cheap to share between the streams of a run.
 #[derive(Debug)]
@@ -27,7 +28,7 @@ pub(crate) struct Pattern {
 
 impl Pattern {
     pub(crate) fn new(seed: u64) -> Pattern {
-        let mut bytes = vec![0u8; PERIOD + MAX_RECORD].into_boxed_slice();
+        let mut bytes = vec![0u8; PERIOD + MAX_SLICE].into_boxed_slice();
         let mut state = seed;
         let mut chunks = bytes[..PERIOD].chunks_mut(8);
         for chunk in &mut chunks {
@@ -35,7 +36,7 @@ impl Pattern {
             chunk.copy_from_slice(&word[..chunk.len()]);
         }
         let (head, tail) = bytes.split_at_mut(PERIOD);
-        tail.copy_from_slice(&head[..MAX_RECORD]);
+        tail.copy_from_slice(&head[..MAX_SLICE]);
         Pattern { seed, bytes }
     }
 
@@ -53,14 +54,14 @@ impl Pattern {
     }
 
     /// `len` pattern bytes starting at `offset`. Requires `offset < PERIOD` and
-    /// `len <= MAX_RECORD`.
+    /// `len <= MAX_SLICE`.
     pub(crate) fn slice(&self, offset: usize, len: usize) -> &[u8] {
         &self.bytes[offset..offset + len]
     }
 
     /// Fills `buf` with the pattern from `offset` on (any length), returning the next offset.
     pub(crate) fn fill(&self, mut offset: usize, buf: &mut [u8]) -> usize {
-        for chunk in buf.chunks_mut(MAX_RECORD) {
+        for chunk in buf.chunks_mut(MAX_SLICE) {
             chunk.copy_from_slice(self.slice(offset, chunk.len()));
             offset = advance(offset, chunk.len());
         }
@@ -88,8 +89,8 @@ mod tests {
     #[test]
     fn wraps_and_is_deterministic() {
         let p = Pattern::new(42);
-        assert_eq!(p.bytes.len(), PERIOD + MAX_RECORD);
-        assert_eq!(&p.bytes[PERIOD..], &p.bytes[..MAX_RECORD]);
+        assert_eq!(p.bytes.len(), PERIOD + MAX_SLICE);
+        assert_eq!(&p.bytes[PERIOD..], &p.bytes[..MAX_SLICE]);
         assert_eq!(Pattern::new(42).bytes, p.bytes);
         assert_ne!(Pattern::new(43).bytes[..64], p.bytes[..64]);
         // splitmix64 reference value for seed 0 (first output).

@@ -7,6 +7,8 @@
 use std::io;
 use std::time::Duration;
 
+use crate::pattern;
+
 /// First bytes of every connection: "WMXB".
 pub(crate) const MAGIC: [u8; 4] = *b"WMXB";
 /// Protocol version this build speaks. A server rejects any other.
@@ -20,6 +22,8 @@ pub(crate) const VERDICT_LEN: usize = 29;
 /// Largest payload of one bulk record. A receiver treats a larger length as a malformed stream,
 /// which bounds what a peer can make it expect in one record.
 pub const MAX_RECORD: usize = 128 * 1024;
+// A record is sent from, and compared against, one contiguous slice of the pattern.
+const _: () = assert!(MAX_RECORD <= pattern::MAX_SLICE);
 /// Largest request/response message. The server allocates one buffer of this size per rr
 /// connection, so this bounds its memory per connection.
 pub const MAX_RR_SIZE: usize = 1024 * 1024;
@@ -126,7 +130,7 @@ impl Header {
         }
         let seed = u64::from_be_bytes(b[20..28].try_into().expect("8-byte slice"));
         let start = u32::from_be_bytes(b[28..32].try_into().expect("4-byte slice"));
-        if start as usize >= crate::pattern::PERIOD {
+        if start as usize >= pattern::PERIOD {
             return Err(format!("pattern start {start} out of range"));
         }
         Ok(Header {

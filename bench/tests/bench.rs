@@ -9,6 +9,7 @@ use wanmux_bench::{
     run_bulk, run_bulk_with_progress, run_rr, BenchError, BulkOptions, Limit, RrOptions, Side,
     VerifyFailure,
 };
+use wanmux_relay::{Dir, Relay, Shape};
 
 /// Size of the client's header on the wire.
 const HEADER: u64 = 32;
@@ -171,62 +172,14 @@ enum Fault {
     Cut(u64),
 }
 
-/// A TCP proxy to `target` that applies `fault` to the client->server direction (`up`) or the
-/// server->client direction.
-async fn relay(target: SocketAddr, up: bool, fault: Fault) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((client, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let Ok(server) = TcpStream::connect(target).await else {
-                    return;
-                };
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                let (fu, fd) = if up {
-                    (Some(fault), None)
-                } else {
-                    (None, Some(fault))
-                };
-                let _ = tokio::join!(pump(cr, sw, fu), pump(sr, cw, fd));
-            });
-        }
-    });
-    addr
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    fault: Option<Fault>,
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut pos = 0u64;
-    loop {
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            return to.shutdown().await;
-        }
-        let chunk = &mut buf[..n];
-        match fault {
-            Some(Fault::Flip(at)) if (pos..pos + n as u64).contains(&at) => {
-                chunk[(at - pos) as usize] ^= 1;
-            }
-            Some(Fault::Cut(at)) if pos + n as u64 >= at => {
-                to.write_all(&chunk[..(at - pos) as usize]).await?;
-                to.shutdown().await?;
-                while from.read(&mut buf).await? > 0 {}
-                return Ok(());
-            }
-            _ => {}
-        }
-        to.write_all(chunk).await?;
-        pos += n as u64;
+/// A relay to `target` that applies `fault` to direction `dir` of each connection.
+async fn relay(target: SocketAddr, dir: Dir, fault: Fault) -> Relay {
+    let relay = Relay::start(target, Shape::default()).await.unwrap();
+    match fault {
+        Fault::Flip(at) => relay.flip_bit(dir, at),
+        Fault::Cut(at) => relay.cut(dir, at),
     }
+    relay
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,8 +188,8 @@ async fn corrupted_payload_fails_verification() {
     let bytes = 3 * 1024 * 1024;
     // Upload: the flip is on the client->server direction, after the header and the first
     // record's length; the server finds it at payload offset 1000.
-    let via = relay(addr, true, Fault::Flip(HEADER + 4 + 1000)).await;
-    let err = run_bulk(&bulk(via, Limit::Bytes(bytes), 1, false))
+    let via = relay(addr, Dir::Up, Fault::Flip(HEADER + 4 + 1000)).await;
+    let err = run_bulk(&bulk(via.addr(), Limit::Bytes(bytes), 1, false))
         .await
         .unwrap_err();
     match &err {
@@ -252,8 +205,8 @@ async fn corrupted_payload_fails_verification() {
     assert!(err.to_string().contains("VERIFICATION FAILED"), "{err}");
 
     // Download: the client finds it.
-    let via = relay(addr, false, Fault::Flip(4 + 2_000_000)).await;
-    let err = run_bulk(&bulk(via, Limit::Bytes(bytes), 1, true))
+    let via = relay(addr, Dir::Down, Fault::Flip(4 + 2_000_000)).await;
+    let err = run_bulk(&bulk(via.addr(), Limit::Bytes(bytes), 1, true))
         .await
         .unwrap_err();
     match &err {
@@ -269,8 +222,8 @@ async fn corrupted_payload_fails_verification() {
     }
 
     // rr: the echo no longer matches.
-    let via = relay(addr, false, Fault::Flip(5 * 64 + 3)).await;
-    let mut o = RrOptions::new(via.to_string());
+    let via = relay(addr, Dir::Down, Fault::Flip(5 * 64 + 3)).await;
+    let mut o = RrOptions::new(via.addr().to_string());
     o.count = 20;
     let err = run_rr(&o).await.unwrap_err();
     assert!(err.is_verification_failure(), "{err}");
@@ -295,8 +248,13 @@ async fn corrupted_framing_and_trailer_fail() {
     for reverse in [false, true] {
         for (at, expect) in cases {
             let offset = if reverse { at } else { HEADER + at };
-            let via = relay(addr, !reverse, Fault::Flip(offset)).await;
-            let err = run_bulk(&bulk(via, Limit::Bytes(bytes), 1, reverse))
+            let via = relay(
+                addr,
+                if reverse { Dir::Down } else { Dir::Up },
+                Fault::Flip(offset),
+            )
+            .await;
+            let err = run_bulk(&bulk(via.addr(), Limit::Bytes(bytes), 1, reverse))
                 .await
                 .unwrap_err();
             let text = format!("{err} / {err:?}");
@@ -313,28 +271,28 @@ async fn corrupted_framing_and_trailer_fail() {
 async fn truncated_stream_is_an_error() {
     let addr = server().await;
     let bytes = 3 * 1024 * 1024;
-    let via = relay(addr, true, Fault::Cut(HEADER + 500_000)).await;
-    let err = run_bulk(&bulk(via, Limit::Bytes(bytes), 1, false))
+    let via = relay(addr, Dir::Up, Fault::Cut(HEADER + 500_000)).await;
+    let err = run_bulk(&bulk(via.addr(), Limit::Bytes(bytes), 1, false))
         .await
         .unwrap_err();
     assert!(matches!(err, BenchError::Truncated { .. }), "{err}");
 
-    let via = relay(addr, false, Fault::Cut(500_000)).await;
-    let err = run_bulk(&bulk(via, Limit::Bytes(bytes), 1, true))
+    let via = relay(addr, Dir::Down, Fault::Cut(500_000)).await;
+    let err = run_bulk(&bulk(via.addr(), Limit::Bytes(bytes), 1, true))
         .await
         .unwrap_err();
     assert!(matches!(err, BenchError::Truncated { .. }), "{err}");
 
     // Cut just before the last trailer byte.
-    let via = relay(addr, false, Fault::Cut(4 + 1000 + 4 + 11)).await;
-    let err = run_bulk(&bulk(via, Limit::Bytes(1000), 1, true))
+    let via = relay(addr, Dir::Down, Fault::Cut(4 + 1000 + 4 + 11)).await;
+    let err = run_bulk(&bulk(via.addr(), Limit::Bytes(1000), 1, true))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("trailer"), "{err}");
 
     // rr: the server never sees the whole request.
-    let via = relay(addr, true, Fault::Cut(HEADER + 64 * 3 + 10)).await;
-    let mut o = RrOptions::new(via.to_string());
+    let via = relay(addr, Dir::Up, Fault::Cut(HEADER + 64 * 3 + 10)).await;
+    let mut o = RrOptions::new(via.addr().to_string());
     o.count = 10;
     let err = run_rr(&o).await.unwrap_err();
     assert!(matches!(err, BenchError::Truncated { .. }), "{err}");

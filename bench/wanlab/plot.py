@@ -206,8 +206,8 @@ def main() -> int:
     data = json.loads(args.json.read_text())
     if data.get("mode") != "sweep":
         ap.error(f"{args.json} is not a sweep (mode {data.get('mode')!r})")
-    # A contender without a series would silently be left out of the plot (session 8's plot had
-    # no wanmux line at all, since its only wanmux row, QUIC 1 link, had none).
+    # A contender without a series would silently be left out of the plot (a sweep whose only
+    # wanmux row had no series once gave a plot with no wanmux line at all).
     drawn = {key for key, _, _ in SERIES} | set(KCPTUN)
     missing = sorted({r["contender"] for r in data["runs"]} - drawn)
     if missing:

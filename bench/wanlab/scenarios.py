@@ -27,7 +27,6 @@ import re
 import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,8 +34,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import benchlib  # noqa: E402
+from benchlib import EXIT_VERIFY, fmt, median, run_cmd, try_cmd, wait_for  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
 LAB = HERE / "lab.sh"
 PREFIX = os.environ.get("WANLAB_PREFIX", "wl")
 RUN_DIR = Path(os.environ.get("WANLAB_RUN_DIR", f"/tmp/wanlab-{PREFIX}"))
@@ -71,51 +73,9 @@ LABELS = {
     "wanmux-8l": "wanmux, 8 links, 2 of them lanes",
 }
 ARGS_TIME = [20.0]  # --time, for count_stalls
-EXIT_VERIFY = 3  # wanmux-bench's exit status for a data verification failure
 
-
-def log(msg: str) -> None:
-    print(f"[wanlab] {msg}", file=sys.stderr, flush=True)
-
-
-def _on_signal(signum, _frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Processes: everything we start is registered and ended (newest first) on every exit path.
-
-class Procs:
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-
-    def start(self, name: str, argv: list[str], logfile: Path, env: dict | None = None) -> subprocess.Popen:
-        with open(logfile, "ab") as f:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                                 start_new_session=True, env=env)
-        self.procs.append((name, p))
-        return p
-
-    def stop(self, p: subprocess.Popen) -> None:
-        # SIGTERM; wanmux drains on the first and stops at once on the second; then SIGKILL.
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGTERM, 3), (signal.SIGKILL, 5)):
-            if p.poll() is not None:
-                break
-            try:
-                p.send_signal(sig)
-                p.wait(timeout=wait)
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                pass
-        self.procs = [(n, q) for n, q in self.procs if q is not p]
-
-    def stop_all(self) -> None:
-        for _, p in list(reversed(self.procs)):
-            self.stop(p)
-
-
-PROCS = Procs()
+log = benchlib.logger("wanlab")
+PROCS = benchlib.Procs(log)
 
 
 def netns(ns: str, argv: list[str]) -> list[str]:
@@ -139,22 +99,6 @@ def server_ip(k: int) -> str:
 
 def path_label(k: int, n: int) -> str:
     return "+".join(map(str, range(1, n + 1))) if k == ALL_PATHS else str(k)
-
-
-def run_cmd(argv: list[str], **kw) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True, **kw).stdout
-
-
-def try_cmd(argv: list[str]) -> str | None:
-    try:
-        return subprocess.run(argv, check=True, capture_output=True, text=True,
-                              timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def median(xs: list[float]) -> float | None:
-    return statistics.median(xs) if xs else None
 
 
 def sockets(ns: str, args: str) -> list[str]:
@@ -181,18 +125,6 @@ def tunnel_links(t: "Tunnel") -> int:
     except OSError:
         return 0
     return text.count("link up") - text.count("link ended")
-
-
-def wait_for(cond, what: str, procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"{what}: a process exited with status {p.returncode}")
-        if cond():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{what}: not ready after {timeout:.0f} s")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,10 +237,7 @@ class Tunnel:
     logs: list[Path] = field(default_factory=list)
 
     def check_alive(self) -> str | None:
-        for name, p in self.procs:
-            if p.poll() is not None:
-                return f"{name} exited with status {p.returncode}"
-        return None
+        return benchlib.first_exit(self.procs)
 
     def stop(self) -> None:
         # The client end first, so the server does not log a vanished peer as trouble.
@@ -323,17 +252,9 @@ class Keys:
         d.mkdir(parents=True, exist_ok=True)
         srv, cli = str(bins / "wanmux-server"), str(bins / "wanmux-client")
         self.server_key, self.client_key = d / "server.key", d / "client.key"
-        self.server_pub = self._pub(run_cmd([srv, "keygen", "--out", str(self.server_key)]))
-        self.client_pub = self._pub(run_cmd([cli, "keygen", "--out", str(self.client_key)]))
+        self.server_pub = benchlib.public_key(run_cmd([srv, "keygen", "--out", str(self.server_key)]))
+        self.client_pub = benchlib.public_key(run_cmd([cli, "keygen", "--out", str(self.client_key)]))
         self.kcptun = os.urandom(16).hex()
-
-    @staticmethod
-    def _pub(text: str) -> str:
-        for line in text.splitlines():
-            k, _, v = line.partition("=")
-            if k.strip() == "public_key":
-                return v.strip().strip('"')
-        raise RuntimeError(f"no public_key in keygen output {text!r}")
 
 
 def start_wanmux(name: str, k: int, args, bins: Path, keys: Keys, d: Path, n_paths: int = 1) -> Tunnel:
@@ -354,46 +275,18 @@ def start_wanmux(name: str, k: int, args, bins: Path, keys: Keys, d: Path, n_pat
         node_addr = "[" + ", ".join(f'"{server_ip(j)}:{WANMUX_PORT}"' for j in range(1, n_paths + 1)) + "]"
     else:
         node_addr = f'"{server_ip(k)}:{WANMUX_PORT}"'
-    (d / "server.toml").write_text(f"""\
-[server]
-listen = "{server_ip(k)}:{WANMUX_PORT}"
-node_id = 1
-private_key_file = "{keys.server_key}"
-allowed_clients = ["{keys.client_pub}"]
-{cc}
-{"quic = true" if quic else ""}
-{limits}
-[[service]]
-name = "bench"
-target = "127.0.0.1:{BENCH_PORT}"
-""")
-    (d / "client.toml").write_text(f"""\
-[client]
-private_key_file = "{keys.client_key}"
-
-[[node]]
-id = 1
-addr = {node_addr}
-public_key = "{keys.server_pub}"
-
-[links]
-{links_conf}
-{f"lanes = {lanes}" if lanes else ""}
-{cc}
-{'transport = "quic"' if quic else ""}
-{limits}
-[[map]]
-listen = "127.0.0.1:{MAP_PORT}"
-service = "bench"
-""")
+    benchlib.write_configs(
+        d, listen=f"{server_ip(k)}:{WANMUX_PORT}", node_addr=node_addr,
+        target=f"127.0.0.1:{BENCH_PORT}", map_listen=f"127.0.0.1:{MAP_PORT}",
+        server_key=str(keys.server_key), client_key=str(keys.client_key),
+        server_pub=keys.server_pub, client_pub=keys.client_pub,
+        links="\n".join([links_conf, f"lanes = {lanes}" if lanes else "", cc,
+                          'transport = "quic"' if quic else ""]),
+        server_extra="\n".join([cc, "quic = true" if quic else ""]), limits=limits)
     srv, cli = str(bins / "wanmux-server"), str(bins / "wanmux-client")
-    for exe, cfg in ((srv, "server.toml"), (cli, "client.toml")):
-        r = subprocess.run([exe, "check", "--config", str(d / cfg)], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"{name}: {cfg} does not check: {r.stdout}{r.stderr}")
+    benchlib.check_configs(name, bins, d)
     t = Tunnel(name, f"127.0.0.1:{MAP_PORT}", logs=[d / "server.log", d / "client.log"])
-    env = dict(os.environ)
-    env.setdefault("RUST_LOG", "info")
+    env = benchlib.daemon_env()
     ps = PROCS.start(f"{name} server", netns(server_ns(k), [srv, "run", "--config", str(d / "server.toml")]),
                      t.logs[0], env=env)
     t.procs.append(("wanmux-server", ps))
@@ -408,7 +301,7 @@ service = "bench"
 
 
 def start_kcptun(name: str, k: int, keys: Keys, d: Path) -> Tunnel:
-    flags = ["--crypt", "aes", "--mode", "fast3", "--quiet"]
+    flags = list(benchlib.KCPTUN_FLAGS)
     if name == "kcptun-2048":
         flags += ["--sndwnd", "2048", "--rcvwnd", "2048"]
     env = dict(os.environ, KCPTUN_KEY=keys.kcptun)  # not on the command line, where ps shows it
@@ -493,13 +386,13 @@ def start_bulk(r: Run, args, bins: Path, addr: str, secs: float) -> subprocess.P
         argv = bench_argv(bins, addr, secs, args.reverse)
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
-    PROCS.procs.append(("bulk client", p))
+    PROCS.track("bulk client", p)
     return p
 
 
 def finish_bulk(r: Run, p: subprocess.Popen, limit: float) -> None:
-    status, out, err = finish(p, limit)
-    PROCS.procs = [(n, q) for n, q in PROCS.procs if q is not p]
+    status, out, err = benchlib.communicate(p, limit)
+    PROCS.forget(p)
     if r.contender.startswith("direct-"):
         parse_iperf(r, status, out, err)
     else:
@@ -524,16 +417,6 @@ def parse_iperf(r: Run, status: int, out: str, err: str) -> None:
     r.retransmits = j["end"].get("sum_sent", {}).get("retransmits")
     count_stalls(r, [(i["sum"]["start"], i["sum"]["end"], i["sum"]["bytes"],
                       i["sum"]["bits_per_second"]) for i in j.get("intervals", [])], ARGS_TIME[0])
-
-
-def finish(p: subprocess.Popen, limit: float) -> tuple[int, str, str]:
-    try:
-        out, err = p.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        out, err = p.communicate()
-        err = f"killed after {limit:.0f} s without finishing. {err}"
-    return p.returncode, out, err
 
 
 def count_stalls(r: Run, intervals: list[tuple[float, float, int, float]], secs: float) -> None:
@@ -563,17 +446,8 @@ def count_stalls(r: Run, intervals: list[tuple[float, float, int, float]], secs:
 
 
 def parse_bulk(r: Run, status: int, out: str, err: str) -> None:
-    r.status = status
-    if status != 0:
-        r.error = (err.strip().splitlines() or [f"exit status {status}"])[-1][:300]
-        return
-    try:
-        j = json.loads(out)
-    except json.JSONDecodeError:
-        r.error = f"unparsable output: {out[:200]!r}"
-        return
-    if not j.get("verified"):
-        r.status, r.error = EXIT_VERIFY, "output says verified = false"
+    j, r.status, r.error = benchlib.bench_report(status, out, err)
+    if j is None:
         return
     r.ok = True
     r.mbit = j["bits_per_second"] / 1e6
@@ -684,22 +558,17 @@ def run_rr(r: Run, args, bins: Path, addr: str, limit: float) -> None:
                                        str(count), "--json"]),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True)
-    PROCS.procs.append(("bench rr", rr))
-    rr_status, rr_out, rr_err = finish(rr, limit)
+    PROCS.track("bench rr", rr)
+    rr_status, rr_out, rr_err = benchlib.communicate(rr, limit)
     rr_end = time.monotonic()
     finish_bulk(r, bulk, limit)
     bulk_end = time.monotonic()
-    PROCS.procs.remove(("bench rr", rr))
-    # finish(bulk) returned at once if bulk had ended before rr did.
+    PROCS.forget(rr)
+    # finish_bulk returned at once if bulk had ended before rr did.
     r.rr_outlived_bulk = bulk_end - rr_end < 0.05
-    if rr_status != 0:
-        r.ok = False
-        r.error = "rr: " + (rr_err.strip().splitlines() or [f"exit status {rr_status}"])[-1][:300]
-        return
-    try:
-        j = json.loads(rr_out)
-    except json.JSONDecodeError:
-        r.ok, r.error = False, f"rr: unparsable output {rr_out[:200]!r}"
+    j, _, error = benchlib.bench_report(rr_status, rr_out, rr_err)
+    if j is None:
+        r.ok, r.error = False, f"rr: {error}"
         return
     r.rr_count = j["count"]
     r.rr_p50_ms, r.rr_p99_ms = j["p50_us"] / 1e3, j["p99_us"] / 1e3
@@ -709,9 +578,6 @@ def run_rr(r: Run, args, bins: Path, addr: str, limit: float) -> None:
                     for t in j.get("slowest", [])]
 
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
 def rr_delay(args) -> float:
     """Seconds between the start of the bulk connection and the rr connection in rr tests."""
     return min(2.0, args.time / 4)
@@ -719,17 +585,8 @@ def rr_delay(args) -> float:
 
 def log_notes(t: Tunnel) -> list[str]:
     """Warnings and errors the tunnel logged (the first of each log, and a count)."""
-    notes = []
-    for lp in t.logs:
-        try:
-            lines = lp.read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        bad = [l for l in lines if any(w in l for w in ("WARN", "ERROR", "panicked", "error"))]
-        if bad:
-            first = ANSI.sub("", bad[0]).strip()[:240]
-            notes.append(f"{lp.name}: {len(bad)} warning/error lines of {len(lines)}, first: {first}")
-    return notes
+    notes = (benchlib.log_warnings(lp, ("WARN", "ERROR", "panicked", "error"), 240) for lp in t.logs)
+    return [n for n in notes if n]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -762,10 +619,6 @@ def start_bench_servers(bins: Path, n: int, tmp: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Reports
-
-def fmt(x, spec: str, none: str = "-") -> str:
-    return none if x is None else format(x, spec)
-
 
 def summarize(runs: list[Run], contender: str, path: int, test: str, loss=None) -> dict:
     mine = [r for r in runs if r.contender == contender and r.path == path and r.test == test
@@ -866,9 +719,9 @@ def notes(runs: list[Run]) -> list[str]:
 
 
 def versions(bins: Path) -> str:
-    w = try_cmd([str(bins / "wanmux-server"), "--version"]) or "wanmux ?"
-    k = try_cmd(["dpkg-query", "-W", "-f", "${Package} ${Version}", "kcptun"]) or "kcptun ?"
-    head = try_cmd(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"]) or "?"
+    w = benchlib.wanmux_version(bins) or "wanmux ?"
+    k = benchlib.dpkg_versions("kcptun") or "kcptun ?"
+    head = benchlib.git_head() or "?"
     return f"{w}, {k}, git {head} (binaries from {bins})"
 
 
@@ -902,11 +755,10 @@ def write_out(args, text: str, data: dict, stem: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def find_bins(args) -> Path:
-    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
-    bins = args.bin_dir or target / "release"
-    for b in ("wanmux-server", "wanmux-client", "wanmux-bench", "wanlab-link"):
-        if not os.access(bins / b, os.X_OK):
-            raise SystemExit(f"{bins / b} missing. Build first: cargo build --release -p wanmux-server "
+    bins = args.bin_dir or benchlib.target_dir() / "release"
+    for b in benchlib.missing_bins(bins, ("wanmux-server", "wanmux-client", "wanmux-bench",
+                                          "wanlab-link")):
+        raise SystemExit(f"{b} missing. Build first: cargo build --release -p wanmux-server "
                              "-p wanmux-client -p wanmux-bench -p wanmux-wanlab (or --bin-dir DIR)")
     if shutil.which("kcptun-server") is None or shutil.which("kcptun-client") is None:
         raise SystemExit("kcptun-server/kcptun-client not found: apt-get install kcptun")
@@ -1120,9 +972,7 @@ def main() -> int:
 
     command = " ".join(shlex.quote(a) for a in ["bench/wanlab/lab.sh", *sys.argv[1:]])
     started = dt.datetime.now(dt.timezone.utc)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
+    benchlib.catch_signals()
     tmp = Path(tempfile.mkdtemp(prefix="wanlab-run-"))
     text = data = None
     try:

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use wanmux_client::ClientHandle;
 use wanmux_config::{
@@ -585,6 +585,21 @@ pub async fn gated_transfer(
     })
 }
 
+/// Starts a [`gated_transfer`] to `addr` in a task and returns once both directions paused at
+/// `pause_at` bytes: act on the tunnel, then open the gate to let the transfer go on.
+pub async fn paused_transfer(
+    addr: SocketAddr,
+    up: u64,
+    down: u64,
+    seed: u64,
+    pause_at: u64,
+) -> (tokio::task::JoinHandle<std::io::Result<ClientResult>>, Gate) {
+    let gate = Gate::new();
+    let running = tokio::spawn(gated_transfer(addr, up, down, seed, pause_at, gate.clone()));
+    gate.wait_paused().await;
+    (running, gate)
+}
+
 /// Runs `test` and panics if it takes longer than `limit`, so a hang fails the test instead of
 /// blocking the run.
 pub async fn within<F: Future>(limit: Duration, test: F) -> F::Output {
@@ -606,6 +621,49 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Polls `cond` every 10 ms until `until`; returns whether it held at every poll (it stops at
+/// the first that fails). For a fault that lasts a given time, during which nothing may give.
+pub async fn holds_until(until: Instant, mut cond: impl FnMut() -> bool) -> bool {
+    loop {
+        if !cond() {
+            return false;
+        }
+        if Instant::now() >= until {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls `fut` once, so that what it does before its first wait has happened, and returns it
+/// to be awaited or spawned. Panics if it finished at that poll.
+pub async fn begin<F: Future>(fut: F) -> std::pin::Pin<Box<F>> {
+    let mut fut = Box::pin(fut);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "finished at its first poll");
+    fut
+}
+
+/// Whether a socket listens on `addr` (an IPv4 address), from `/proc/net/tcp`: a check that
+/// neither connects nor opens a stream.
+pub fn is_listening(addr: SocketAddr) -> bool {
+    const LISTEN: &str = "0A";
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        panic!("{addr}: only IPv4 addresses are looked up");
+    };
+    // The kernel prints the address as the native-endian u32 it stores, then the port.
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(ip.octets()),
+        addr.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&LISTEN)
+    })
 }
 
 /// What a read on a proxied connection ended with.
@@ -681,201 +739,4 @@ pub fn panics() -> usize {
         }));
     });
     COUNT.load(Ordering::SeqCst)
-}
-
-/// The Noise credentials a client config would use with its first node.
-pub fn noise_auth(config: &ClientConfig) -> wanmux_core::noise::ClientAuth {
-    use wanmux_core::noise::ClientAuth as Noise;
-    match &config.auth {
-        ClientAuth::StaticKey {
-            private_key,
-            psk,
-            nodes,
-        } => Noise::Static {
-            local: private_key.clone(),
-            server: nodes[0].public_key,
-            psk: psk.clone(),
-        },
-        ClientAuth::PskOnly { psk, .. } => Noise::Psk(psk.clone()),
-    }
-}
-
-/// Runs the client side of a link handshake with `auth` against `server` and returns how it
-/// ended: a refused client gets an error.
-pub async fn try_handshake(
-    server: SocketAddr,
-    auth: &wanmux_core::noise::ClientAuth,
-) -> Result<(), wanmux_core::noise::LinkError> {
-    let tcp = TcpStream::connect(server).await?;
-    let hello = wanmux_core::noise::ClientHello {
-        session_id: rand::random(),
-        link_seq: 0,
-        lane: false,
-    };
-    let ping = [1, 0, 0, 0, 0, 0, 0, 0, 0]; // PING(0): what a real client confirms with
-    let (_rd, _wr, _server) =
-        wanmux_core::noise::connect(tcp, auth, &hello, &ping, Duration::from_secs(5)).await?;
-    Ok(())
-}
-
-/// What a real client with `auth` sends first on a link (`mode | len | message 1`), captured
-/// from a listener that answers nothing. Replaying it is what an observer on the path can do.
-pub async fn capture_first_message(auth: &wanmux_core::noise::ClientAuth) -> Vec<u8> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let auth = auth.clone();
-    let client = tokio::spawn(async move {
-        let _ = tokio::time::timeout(Duration::from_secs(5), try_handshake(addr, &auth)).await;
-    });
-    let (mut tcp, _) = listener.accept().await.expect("accept");
-    let mut head = [0u8; 3];
-    tcp.read_exact(&mut head).await.expect("mode and length");
-    let len = u16::from_be_bytes([head[1], head[2]]) as usize;
-    let mut msg = head.to_vec();
-    msg.resize(3 + len, 0);
-    tcp.read_exact(&mut msg[3..]).await.expect("message 1");
-    drop(tcp);
-    client.abort();
-    msg
-}
-
-/// One kind of hostile connection to a server's link port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Garbage {
-    /// Connect and close at once.
-    Empty,
-    /// Random bytes of random length.
-    Random,
-    /// A valid mode byte and length, then random bytes.
-    RandomMessage,
-    /// A length prefix over the handshake limit.
-    Oversized,
-    /// A zero-length message 1.
-    ZeroLength,
-    /// A real message 1 cut short, then close.
-    Truncated,
-    /// A replayed real message 1, then close after the server's message 2.
-    Replay,
-    /// A replayed real message 1, then a random key confirmation.
-    ReplayBadConfirmation,
-    /// A real message 1 cut short, then silence with the connection open: only the
-    /// server's handshake timeout ends it.
-    Stall,
-}
-
-impl Garbage {
-    /// Every kind but [`Garbage::Stall`], which waits out the server's handshake timeout.
-    pub const QUICK: [Garbage; 8] = [
-        Garbage::Empty,
-        Garbage::Random,
-        Garbage::RandomMessage,
-        Garbage::Oversized,
-        Garbage::ZeroLength,
-        Garbage::Truncated,
-        Garbage::Replay,
-        Garbage::ReplayBadConfirmation,
-    ];
-}
-
-/// Sends one hostile connection of `kind` to `server`, reads until the server closes it (at
-/// most `limit`) and returns the bytes the server sent. `first` is a captured real message 1.
-/// Panics if the server keeps the connection open past `limit`.
-pub async fn send_garbage(
-    server: SocketAddr,
-    kind: Garbage,
-    first: &[u8],
-    rng: &mut StdRng,
-    limit: Duration,
-) -> usize {
-    let Ok(mut tcp) = TcpStream::connect(server).await else {
-        // Refused at the door (a full accept queue); costs the server nothing.
-        return 0;
-    };
-    let mut out = Vec::new();
-    match kind {
-        Garbage::Empty => {}
-        Garbage::Random => {
-            out.resize(rng.next_u32() as usize % 2048 + 1, 0);
-            rng.fill_bytes(&mut out);
-        }
-        Garbage::RandomMessage => {
-            let len = rng.next_u32() as usize % 1024 + 1;
-            out.push(first[0]);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-            out.resize(3 + len, 0);
-            rng.fill_bytes(&mut out[3..]);
-        }
-        Garbage::Oversized => out.extend_from_slice(&[first[0], 0xFF, 0xFF, 1, 2, 3]),
-        Garbage::ZeroLength => out.extend_from_slice(&[first[0], 0, 0]),
-        Garbage::Truncated | Garbage::Stall => {
-            let cut = rng.next_u32() as usize % (first.len() - 1) + 1;
-            out.extend_from_slice(&first[..cut]);
-        }
-        Garbage::Replay => out.extend_from_slice(first),
-        Garbage::ReplayBadConfirmation => {
-            out.extend_from_slice(first);
-            out.extend_from_slice(&48u16.to_be_bytes());
-            let at = out.len();
-            out.resize(at + 48, 0);
-            rng.fill_bytes(&mut out[at..]);
-        }
-    }
-    // The server may close before reading it all; a failed write is fine.
-    let _ = tcp.write_all(&out).await;
-    if matches!(
-        kind,
-        Garbage::Empty | Garbage::Random | Garbage::Truncated | Garbage::Replay
-    ) {
-        let _ = tcp.shutdown().await;
-    }
-    let mut got = 0;
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
-            Err(_) => panic!("server kept a {kind:?} connection open for {limit:?}"),
-            Ok(Ok(0)) | Ok(Err(_)) => return got,
-            Ok(Ok(n)) => got += n,
-        }
-    }
-}
-
-/// Sends `count` hostile connections to `server`, `parallel` at a time, cycling through
-/// `kinds`. Each must be closed by the server within `limit`, and only a replayed message 1 may
-/// get an answer (message 2, before the key confirmation fails); the rest get nothing.
-pub async fn garbage_flood(
-    server: SocketAddr,
-    first: Vec<u8>,
-    kinds: &[Garbage],
-    count: usize,
-    parallel: usize,
-    limit: Duration,
-) {
-    let first = Arc::new(first);
-    let next = Arc::new(AtomicUsize::new(0));
-    let kinds: Arc<[Garbage]> = kinds.into();
-    let workers: Vec<_> = (0..parallel)
-        .map(|w| {
-            let (first, next, kinds) = (first.clone(), next.clone(), kinds.clone());
-            tokio::spawn(async move {
-                let mut rng = StdRng::seed_from_u64(w as u64);
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= count {
-                        return;
-                    }
-                    let kind = kinds[i % kinds.len()];
-                    let got = send_garbage(server, kind, &first, &mut rng, limit).await;
-                    if matches!(kind, Garbage::Replay | Garbage::ReplayBadConfirmation) {
-                        assert!(got <= 2 + 1024, "server sent {got} bytes to a replay");
-                    } else {
-                        assert_eq!(got, 0, "server answered a {kind:?} connection");
-                    }
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.await.expect("garbage worker");
-    }
 }

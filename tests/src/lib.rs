@@ -1,7 +1,9 @@
-//! Test harness for wanmux: the seeded simulation and helpers for real-socket tests.
+//! Test harness for wanmux: the seeded simulation and helpers for real-socket tests (the fault
+//! relay they use is `wanmux-relay`, in `bench/relay/`).
 #![forbid(unsafe_code)]
 
 pub mod fault;
 pub mod harness;
+pub mod hostile;
 pub mod sim;
 pub mod slow;

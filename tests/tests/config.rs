@@ -1,16 +1,14 @@
-//! Config errors name their key and line: through the library the daemons load configs with,
-//! and through the real `wanmux-server check --config` and `wanmux-client check --config`.
+//! Config errors name their key and line, through the library the daemons load configs with.
+//! (The daemons' `check` commands are tested beside them, in `server/tests/check.rs` and
+//! `client/tests/check.rs`.)
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use wanmux_config::{ClientConfig, ConfigErrors, ServerConfig};
 
-/// Whole-test limit for the library tests.
+/// Whole-test limit.
 const LIMIT: Duration = Duration::from_secs(30);
-/// Whole-test limit when cargo may first have to build both daemons' binaries.
-const BUILD_LIMIT: Duration = Duration::from_secs(900);
 
 /// Four mistakes on known lines: lines 4, 8 and 12, and an unknown key on line 13 that only a
 /// fixed file reaches (an unknown key stops parsing before the other checks run).
@@ -127,23 +125,6 @@ fn within(limit: Duration, test: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// Runs `cmd` to its end; kills it and fails the test if that takes longer than `limit`.
-fn run_until(cmd: &mut Command, limit: Duration) -> ExitStatus {
-    let mut child = cmd.spawn().expect("spawn");
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            return status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn server_config_errors_name_key_and_line() {
     within(LIMIT, || {
@@ -167,103 +148,6 @@ fn client_config_errors_name_key_and_line() {
         let path = write(&dir, "bad-client.toml", BAD_CLIENT);
         let errors = ClientConfig::load(&path).expect_err("a bad config must not load");
         assert_names_keys_and_lines(&path, &errors);
-        let _ = std::fs::remove_dir_all(&dir);
-    });
-}
-
-/// Variables cargo sets for a running test (besides `CARGO_PKG_*`), not for a build.
-const TEST_ONLY_VARS: &[&str] = &[
-    "CARGO_MANIFEST_DIR",
-    "CARGO_MANIFEST_PATH",
-    "CARGO_CRATE_NAME",
-    "CARGO_BIN_NAME",
-    "CARGO_PRIMARY_PACKAGE",
-    "CARGO_TARGET_TMPDIR",
-    "CARGO_RUSTC_CURRENT_DIR",
-    "OUT_DIR",
-];
-
-/// Builds `bin` of `package` into the target directory this test runs from and returns its
-/// path. Cargo does not build other packages' binaries for a test, and `CARGO_BIN_EXE_*` exists
-/// only for a package's own binaries, so this runs cargo itself (fast when it is up to date).
-fn build_binary(package: &str, bin: &str) -> PathBuf {
-    // <target>/<profile dir>/deps/<this test>
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable in <target>/<profile>/deps");
-    let target_dir = profile_dir.parent().expect("target dir");
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(other) => other,
-        None => panic!("unexpected profile dir {}", profile_dir.display()),
-    };
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    // Cargo runs this test with the variables of this package set. Build scripts that watch
-    // them (ring's watches CARGO_MANIFEST_DIR) would see a change and rebuild, for this build
-    // and again for the next `cargo test`.
-    for (key, _) in std::env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        if key.starts_with("CARGO_PKG_") || TEST_ONLY_VARS.contains(&key) {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.current_dir(workspace)
-        .args(["build", "--quiet", "--package", package, "--bin", bin])
-        .arg("--profile")
-        .arg(profile)
-        .arg("--target-dir")
-        .arg(target_dir)
-        .stdout(Stdio::null());
-    let status = run_until(&mut cmd, BUILD_LIMIT);
-    assert!(status.success(), "cargo build of {bin} failed");
-    let path = profile_dir.join(bin);
-    assert!(path.exists(), "{} not built", path.display());
-    path
-}
-
-/// Runs `bin check --config path` and returns its exit success and stderr.
-fn run_check(bin: &Path, path: &Path) -> (bool, String) {
-    // stderr goes to a file rather than a pipe, so waiting with a deadline cannot deadlock on
-    // a full pipe.
-    let err_path = path.with_extension("stderr");
-    let err_file = std::fs::File::create(&err_path).expect("create stderr file");
-    let status = run_until(
-        Command::new(bin)
-            .args(["check", "--config"])
-            .arg(path)
-            .stdout(Stdio::null())
-            .stderr(err_file),
-        Duration::from_secs(30),
-    );
-    let stderr = std::fs::read_to_string(&err_path).expect("read stderr");
-    (status.success(), stderr)
-}
-
-#[test]
-fn check_commands_print_key_and_line() {
-    within(BUILD_LIMIT, || {
-        let dir = temp_dir("check-bin");
-        let server = build_binary("wanmux-server", "wanmux-server");
-        for (name, text) in [
-            ("bad-server.toml", BAD_SERVER),
-            ("bad-server-key.toml", BAD_SERVER_KEY),
-        ] {
-            let path = write(&dir, name, text);
-            let (ok, stderr) = run_check(&server, &path);
-            assert!(!ok, "wanmux-server check accepted {name}");
-            assert_printed(&stderr, &path, expected(name));
-        }
-        let client = build_binary("wanmux-client", "wanmux-client");
-        let path = write(&dir, "bad-client.toml", BAD_CLIENT);
-        let (ok, stderr) = run_check(&client, &path);
-        assert!(!ok, "wanmux-client check accepted a bad config");
-        assert_printed(&stderr, &path, expected("bad-client.toml"));
         let _ = std::fs::remove_dir_all(&dir);
     });
 }

@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use wanmux_tests::harness::{drain_end, transfer, within, Auth, ReadEnd, Tunnel};
+use wanmux_tests::harness::{
+    begin, drain_end, eventually, is_listening, transfer, within, Auth, ReadEnd, Tunnel,
+};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -21,20 +23,24 @@ async fn client_drain_finishes_open_transfers_and_closes_its_ports() {
         let t = Tunnel::start(Auth::Psk, 2).await;
         let addr = t.addr();
         let running = tokio::spawn(transfer(addr, 32 << 20, 32 << 20, 5));
-        // Let the transfer get going, then drain.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while t.client.stream_count() == 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // Drain once the transfer's stream is open.
+        assert!(
+            eventually(Duration::from_secs(5), || t.client.stream_count() > 0).await,
+            "the transfer opened no stream"
+        );
         let Tunnel {
             mut app,
             server,
             client,
             ..
         } = t;
+        assert!(is_listening(addr), "{addr} is not seen listening");
         let started = Instant::now();
         let drain = tokio::spawn(client.drain(Duration::from_secs(30)));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            eventually(Duration::from_secs(5), || !is_listening(addr)).await,
+            "a draining client still listens on {addr}"
+        );
         assert!(
             TcpStream::connect(addr).await.is_err(),
             "a draining client still accepts"
@@ -63,18 +69,19 @@ async fn server_drain_refuses_new_streams_and_finishes_open_ones() {
         // loopback before the new connection arrives, and a stopped server refuses nothing).
         let mut held = idle_connection(&t).await;
         let running = tokio::spawn(transfer(addr, 16 << 20, 16 << 20, 6));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while t.server.stream_count() < 2 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        assert!(
+            eventually(Duration::from_secs(5), || t.server.stream_count() >= 2).await,
+            "{} streams open at the server, not 2",
+            t.server.stream_count()
+        );
         let Tunnel {
             mut app,
             server,
             client,
             ..
         } = t;
-        let drain = tokio::spawn(server.drain(Duration::from_secs(30)));
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The drain refuses new streams from its first step on.
+        let drain = tokio::spawn(begin(server.drain(Duration::from_secs(30))).await);
         // A new connection is refused by the draining server: closed without any data.
         // The refusal can reset the connection before the test's connect or write completes:
         // then that call reports it (and a read after it would wait for nothing).
@@ -118,10 +125,10 @@ async fn drain_timeout_resets_what_is_left() {
     within(LIMIT, async {
         let t = Tunnel::start(Auth::Psk, 1).await;
         let mut stuck = idle_connection(&t).await;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while t.client.stream_count() == 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        assert!(
+            eventually(Duration::from_secs(5), || t.client.stream_count() > 0).await,
+            "the idle connection opened no stream"
+        );
         let Tunnel { server, client, .. } = t;
         let started = Instant::now();
         client.drain(Duration::from_millis(500)).await;

@@ -1,13 +1,11 @@
 //! Elastic links: a client configured with `links.min < links.max` opens more links while a
-//! bulk upload or download keeps every link busy, and the data still arrives intact. Links go through a
-//! relay that throttles each TCP connection, as some long-haul paths do, so one link is the
-//! bottleneck and more links help.
+//! bulk upload or download keeps every link busy, and the data still arrives intact. Links go
+//! through a relay that throttles each TCP connection, as some long-haul paths do, so one link
+//! is the bottleneck and more links help.
 
-use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use wanmux_config::Links;
+use wanmux_relay::{Bottleneck, Relay, Shape};
 use wanmux_tests::harness::{app_server, configs, point_client_at, transfer, within, Auth};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,6 +23,16 @@ async fn a_busy_download_grows_the_link_pool_up_to_max() {
 /// starved sender sometimes was not, the link never stayed busy and the pool never grew).
 const THROTTLE: u64 = 4 << 20;
 
+/// The path: each TCP connection throttled to [`THROTTLE`] each way.
+fn throttle() -> Shape {
+    Shape {
+        rate_bps: Some(THROTTLE as f64 * 8.0),
+        bottleneck: Bottleneck::PerLink,
+        queue: Duration::from_millis(20),
+        ..Shape::default()
+    }
+}
+
 /// Moves `up` and `down` bytes through a per-connection throttle with `links = 1..=3` and
 /// checks that the pool grew, stayed within max, and the data is intact.
 async fn grows(up: u64, down: u64) {
@@ -34,8 +42,10 @@ async fn grows(up: u64, down: u64) {
         let (server_cfg, mut client_cfg) = configs(Auth::Psk, app.addr, 1);
         client_cfg.links = Links::elastic(1, 3);
         let server = wanmux_server::start(server_cfg).await.unwrap();
-        let relay = throttle_relay(server.local_addr(), THROTTLE).await;
-        point_client_at(&mut client_cfg, relay);
+        let relay = Relay::start(server.local_addr(), throttle())
+            .await
+            .expect("relay starts");
+        point_client_at(&mut client_cfg, relay.addr());
         let client = wanmux_client::start(client_cfg).await.unwrap();
         client.wait_for_links(1).await;
         assert_eq!(client.live_links(), 1);
@@ -65,47 +75,4 @@ async fn grows(up: u64, down: u64) {
         server.shutdown();
     })
     .await;
-}
-
-/// A TCP relay to `target` that passes at most `rate` bytes per second each way per connection.
-async fn throttle_relay(target: SocketAddr, rate: u64) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((inbound, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(outbound) = TcpStream::connect(target).await else {
-                    return;
-                };
-                let (ri, wi) = inbound.into_split();
-                let (ro, wo) = outbound.into_split();
-                tokio::join!(pipe(ri, wo, rate), pipe(ro, wi, rate));
-            });
-        }
-    });
-    addr
-}
-
-async fn pipe(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    rate: u64,
-) {
-    let start = tokio::time::Instant::now();
-    let mut moved = 0u64;
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if to.write_all(&buf[..n]).await.is_err() {
-            break;
-        }
-        moved += n as u64;
-        // Sleep until the bytes moved so far fit the rate.
-        let due = start + Duration::from_secs_f64(moved as f64 / rate as f64);
-        tokio::time::sleep_until(due).await;
-    }
-    let _ = to.shutdown().await;
 }

@@ -2,25 +2,23 @@
 //! ([`wanmux_tests::fault`]) that resets, stalls or blackholes them mid-transfer. Streams must
 //! survive every fault that a link can recover from within the session grace, with every byte
 //! intact (hashes, both directions), and end cleanly on both sides when the grace runs out.
-//!
-//! The tests' runtimes have four worker threads, not the two of the other suites: a link that
-//! its engine times out can pin a worker until the link's task runs elsewhere (see
-//! `one_link_stalled_past_the_ping_timeout_recovers`); with a client and a server in one
-//! process both can do so at once, and two workers would then freeze. Back to two once fixed.
 
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use wanmux_tests::fault::{relayed_tunnel, Links};
+use wanmux_relay::{Dir, Links, Relay};
+use wanmux_tests::fault::{relayed_tunnel, wait_quiet};
 use wanmux_tests::harness::{
-    add_map, add_service, drain_end, eventually, gated_transfer, transfer, within, Auth, Gate,
-    ReadEnd, Tunnel,
+    add_map, add_service, drain_end, eventually, holds_until, paused_transfer, transfer, within,
+    Auth, ReadEnd, Tunnel,
 };
 
 const MIB: u64 = 1 << 20;
 const IK: Auth = Auth::Static { psk: false };
+/// What the links carry between two kills in the kill test.
+const BETWEEN_KILLS: u64 = 4 * MIB;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_links_one_by_one_loses_nothing_256mib_both_ways() {
     within(Duration::from_secs(120), async {
         let (mut t, relay) = relayed_tunnel(IK, 4, |_, _| {}).await;
@@ -28,22 +26,31 @@ async fn killing_links_one_by_one_loses_nothing_256mib_both_ways() {
         let started = Instant::now();
         let running = tokio::spawn(transfer(t.addr(), up, down, seed));
         let mut kills = 0;
-        while !running.is_finished() {
+        loop {
             // Kill only while all four links are up, so at most one is down at any time.
-            if t.client.live_links() < 4 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
+            let ready = eventually(Duration::from_secs(10), || {
+                running.is_finished() || t.client.live_links() == 4
+            })
+            .await;
+            assert!(
+                ready,
+                "{} links up 10 s after a kill",
+                t.client.live_links()
+            );
+            if running.is_finished() {
+                break;
             }
-            let Some(&oldest) = relay.open_links().first() else {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
-            };
-            relay.reset(Links::One(oldest));
+            assert_eq!(relay.reset(Links::Oldest), 1, "no open link to kill");
             kills += 1;
             let noticed = eventually(Duration::from_secs(5), || t.client.live_links() < 4).await;
             assert!(noticed, "the client did not notice a reset link");
-            // Let the three survivors and the redialled link carry data for a while.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The links carry data before the next kill.
+            let next = relay.forwarded_both() + BETWEEN_KILLS;
+            let carried = eventually(Duration::from_secs(10), || {
+                running.is_finished() || relay.forwarded_both() >= next
+            })
+            .await;
+            assert!(carried, "nothing moved for 10 s after kill {kills}");
         }
         let c = running.await.unwrap().expect("transfer survives the kills");
         let took = started.elapsed();
@@ -63,7 +70,7 @@ async fn killing_links_one_by_one_loses_nothing_256mib_both_ways() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blackholing_every_link_for_5s_then_restoring_loses_nothing() {
     within(Duration::from_secs(60), async {
         let (mut t, relay) = relayed_tunnel(IK, 4, |_, c| {
@@ -72,16 +79,7 @@ async fn blackholing_every_link_for_5s_then_restoring_loses_nothing() {
         })
         .await;
         let (up, down, seed) = (32 * MIB, 32 * MIB, 21);
-        let gate = Gate::new();
-        let running = tokio::spawn(gated_transfer(
-            t.addr(),
-            up,
-            down,
-            seed,
-            8 * MIB,
-            gate.clone(),
-        ));
-        gate.wait_paused().await;
+        let (running, gate) = paused_transfer(t.addr(), up, down, seed, 8 * MIB).await;
         let accepted = relay.accepted();
 
         // Every link and every redial goes into the blackhole, with the transfer running.
@@ -95,15 +93,20 @@ async fn blackholing_every_link_for_5s_then_restoring_loses_nothing() {
             detected >= Duration::from_secs(2),
             "links declared dead after {detected:?}, before the 2 s minimum"
         );
-        tokio::time::sleep_until((blackholed + Duration::from_secs(5)).into()).await;
+        // The blackhole lasts 5 s: no link comes up through it, the transfer cannot finish.
+        let held = holds_until(blackholed + Duration::from_secs(5), || {
+            t.client.live_links() == 0 && !running.is_finished()
+        })
+        .await;
         assert!(
-            !running.is_finished(),
-            "the transfer finished in a blackhole"
-        );
-        assert_eq!(
+            held,
+            "in the blackhole: {} links up, transfer finished: {}",
             t.client.live_links(),
-            0,
-            "a link came up through the blackhole"
+            running.is_finished()
+        );
+        assert!(
+            swallowed(&relay) > 0,
+            "the blackhole swallowed nothing: the transfer was not sending into it"
         );
 
         relay.restore(Links::All);
@@ -126,27 +129,25 @@ async fn blackholing_every_link_for_5s_then_restoring_loses_nothing() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_shorter_than_the_ping_timeout_kills_no_link() {
     within(Duration::from_secs(60), async {
         let (mut t, relay) = relayed_tunnel(IK, 4, |_, _| {}).await;
         let (up, down, seed) = (32 * MIB, 32 * MIB, 31);
-        let gate = Gate::new();
-        let running = tokio::spawn(gated_transfer(
-            t.addr(),
-            up,
-            down,
-            seed,
-            8 * MIB,
-            gate.clone(),
-        ));
-        gate.wait_paused().await;
+        let (running, gate) = paused_transfer(t.addr(), up, down, seed, 8 * MIB).await;
         relay.stall(Links::All);
+        let stalled = Instant::now();
         gate.open();
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The stall lasts 1 s, half the shortest ping timeout: every link stays up through it.
+        let held = holds_until(stalled + Duration::from_secs(1), || {
+            t.client.live_links() == 4 && !running.is_finished()
+        })
+        .await;
         assert!(
-            !running.is_finished(),
-            "the transfer finished through a stall"
+            held,
+            "in the stall: {} links up, transfer finished: {}",
+            t.client.live_links(),
+            running.is_finished()
         );
         relay.resume(Links::All);
         let c = running.await.unwrap().expect("transfer survives the stall");
@@ -161,7 +162,7 @@ async fn a_stall_shorter_than_the_ping_timeout_kills_no_link() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exceeding_the_grace_period_closes_both_ends_and_frees_the_session() {
     const SERVER_GRACE: Duration = Duration::from_millis(1500);
     const CLIENT_GRACE: Duration = Duration::from_millis(1000);
@@ -196,6 +197,7 @@ async fn exceeding_the_grace_period_closes_both_ends_and_frees_the_session() {
             },
         );
         println!("stall: client app side {near_end:?}, server app side {far_end:?}");
+        let gave_up = stalled + near_end.1;
         for (side, (end, at)) in [("client", near_end), ("server", far_end)] {
             assert!(
                 matches!(end, ReadEnd::Reset | ReadEnd::Eof),
@@ -214,9 +216,9 @@ async fn exceeding_the_grace_period_closes_both_ends_and_frees_the_session() {
         assert_eq!(t.server.stream_count(), 0);
         assert_eq!(t.client.stream_count(), 0);
 
-        // Dials that began under the old session id (stalled in their handshake) have timed out
+        // Dials that began under the old session id (stalled in their handshakes) must be over
         // before the path comes back; see `a_dial_begun_before_the_client_gave_up_does_not_join`.
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        wait_dials_since(&relay, gave_up, 2).await;
 
         // The path comes back: the client starts a new session and new connections work.
         relay.resume(Links::All);
@@ -240,9 +242,8 @@ async fn exceeding_the_grace_period_closes_both_ends_and_frees_the_session() {
 /// and the connection carries on, bytes intact.
 ///
 /// Runs on its own one-worker runtime (what `#[tokio::main]` gives a daemon on a one-core
-/// machine) under a watchdog thread, because the bug it shows freezes the runtime, timers
-/// included, so [`within`] cannot fire. On two workers it freezes in most runs, when both ends
-/// time the link out at once.
+/// machine) under a watchdog thread: the bug this test found, a writer that spun on a link its
+/// engine had timed out, froze the runtime, timers included, where [`within`] cannot fire.
 #[test]
 fn one_link_stalled_past_the_ping_timeout_recovers() {
     watchdog(1, Duration::from_secs(15), async {
@@ -257,8 +258,17 @@ fn one_link_stalled_past_the_ping_timeout_recovers() {
         relay.stall(Links::All);
         near.write_all(&[1; 1024]).await.unwrap();
         far.write_all(&[2; 1024]).await.unwrap();
-        // Past the 2 s ping timeout on both ends.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Both ends time the link out (2 s without a pong) and queue its frames again.
+        let dead = eventually(Duration::from_secs(8), || {
+            t.client.resent_bytes() > 0 && t.server.resent_bytes() > 0
+        })
+        .await;
+        assert!(
+            dead,
+            "the link was not timed out at both ends: {} and {} bytes queued again",
+            t.client.resent_bytes(),
+            t.server.resent_bytes()
+        );
         relay.resume(Links::All);
         let mut buf = [0u8; 1024];
         near.read_exact(&mut buf).await.unwrap();
@@ -289,14 +299,17 @@ fn a_session_the_server_expired_is_not_resumed() {
         })
         .await;
         let (mut near, mut far) = raw_pair(&t, &raw).await;
-        // Let the client's last ack be confirmed, so that it has nothing in flight.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The client's last frames are confirmed: it has nothing in flight.
+        assert!(
+            wait_quiet(&relay, Duration::from_millis(200), Duration::from_secs(5)).await,
+            "the link did not go quiet"
+        );
 
         // Only the server side has something in flight, so only the server pings.
         relay.stall(Links::All);
         far.write_all(&[2; 1024]).await.unwrap();
         // The ping timeout (5 s before any RTT sample) and the grace (1.5 s), with room for a
-        // loaded machine: 10 s was once not enough in CI, beside the other test binaries.
+        // loaded machine.
         let end = drain_end(&mut far, Duration::from_secs(20)).await;
         assert!(
             matches!(end, ReadEnd::Reset | ReadEnd::Eof),
@@ -324,11 +337,12 @@ fn a_session_the_server_expired_is_not_resumed() {
 
 /// The client gives up on its session (no link for its grace) while a redial, begun under the
 /// old session id, is stuck in its handshake. When that handshake completes after all, the link
-/// belongs to the old id at the server, yet the client takes it into its new session (it has no
-/// epoch yet to compare with). A later redial under the new id then reaches another server
-/// session with another epoch, and the client resets every connection as if the server had
-/// restarted; with two slots both can also be up at once, each in another server session.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+/// belongs to the old id at the server, so the client must drop it rather than take it into its
+/// new session (where it has no epoch yet to compare with): else a later redial under the new id
+/// reaches another server session with another epoch, and the client resets every connection as
+/// if the server had restarted, or with two slots both are up at once, each in another server
+/// session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dial_begun_before_the_client_gave_up_does_not_join() {
     within(Duration::from_secs(60), async {
         let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -368,8 +382,9 @@ async fn a_dial_begun_before_the_client_gave_up_does_not_join() {
         let first = relay.forwarding_links()[0];
         relay.reset(Links::One(first));
         assert!(eventually(Duration::from_secs(2), || t.client.live_links() < 2).await);
+        // A link counts as up only once its epoch was checked, and a mismatch resets every
+        // connection before that: the connection's fate is settled here.
         assert!(eventually(Duration::from_secs(10), || t.client.live_links() == 2).await);
-        tokio::time::sleep(Duration::from_millis(200)).await;
         let wrote = near.write_all(b"still").await;
         let mut buf = [0u8; 5];
         let got = tokio::time::timeout(Duration::from_secs(5), far.read_exact(&mut buf)).await;
@@ -427,4 +442,28 @@ async fn raw_pair(t: &Tunnel, raw: &TcpListener) -> (TcpStream, TcpStream) {
     near.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"world");
     (near, far)
+}
+
+/// Bytes the relay's blackhole swallowed, both directions.
+fn swallowed(relay: &Relay) -> u64 {
+    Dir::BOTH.iter().map(|&d| relay.swallowed(d)).sum()
+}
+
+/// Waits until the relay accepted `slots` dials after `since`. A link slot dials again only
+/// once its last dial ended, and every dial into a stall times out after the same handshake
+/// timeout, so then every dial begun before `since` has ended: the slot that dialled after
+/// `since` had ended its own, and a slot that dialled twice did so a timeout after `since`.
+async fn wait_dials_since(relay: &Relay, since: Instant, slots: usize) {
+    let dialled = || {
+        relay
+            .accept_times()
+            .iter()
+            .filter(|&&at| at > since)
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(15), || dialled() >= slots).await,
+        "{} dials since the client gave up, not {slots}",
+        dialled()
+    );
 }

@@ -7,9 +7,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use wanmux_config::ClientAuth;
 use wanmux_core::keys::{generate_keypair, Psk};
-use wanmux_tests::harness::{
-    capture_first_message, garbage_flood, noise_auth, panics, read_end, try_handshake, within,
-    Auth, Garbage, ReadEnd, Tunnel,
+use wanmux_tests::harness::{panics, read_end, within, Auth, ReadEnd, Tunnel};
+use wanmux_tests::hostile::{
+    capture_first_message, garbage_flood, noise_auth, try_handshake, Garbage,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);

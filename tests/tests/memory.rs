@@ -3,10 +3,8 @@
 //! it would disturb.
 
 use std::time::Duration;
-use wanmux_tests::harness::{
-    capture_first_message, garbage_flood, noise_auth, panics, rss_kib, within, Auth, Garbage,
-    Tunnel,
-};
+use wanmux_tests::harness::{panics, rss_kib, within, Auth, Tunnel};
+use wanmux_tests::hostile::{capture_first_message, garbage_flood, noise_auth, Garbage};
 
 /// Growth allowed over the measured flood. A leak of 8 KiB per connection (a handshake's
 /// buffers) over 2,000 connections would be 16 MiB; allocator and runtime noise stay well

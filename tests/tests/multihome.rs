@@ -1,24 +1,15 @@
 //! Multihomed nodes (`node.addr` with several addresses) on real sockets: each "address" of the
-//! node is a relay on `127.0.0.1:0` in front of the same server, a fault relay
-//! ([`wanmux_tests::fault`]) for TCP links and a small UDP forwarder for QUIC links. Links spread
+//! node is a relay on `127.0.0.1:0` in front of the same server ([`wanmux_relay`]): a fault relay
+//! for TCP links and a UDP forwarder for QUIC links. Links spread
 //! over the addresses by index; when an address dies its links move to the other one, and when
 //! it comes back they move home again. Every transfer compares hashes both ways.
-//!
-//! Four worker threads, as in `faults.rs`: a link its engine times out can pin a worker for a
-//! while, and with a client and a server in one process both can do so at once.
 
-use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
-use tokio::task::JoinHandle;
 use wanmux_config::{ClientConfig, HostPort, LinkTransport, ServerAuth, ServerConfig};
-use wanmux_tests::fault::{FaultRelay, Links};
+use wanmux_relay::{Links, Relay, Shape, UdpRelay};
 use wanmux_tests::harness::{
-    app_server, configs, eventually, gated_transfer, init_tracing, within, Auth, Gate, Tunnel,
+    app_server, configs, eventually, init_tracing, paused_transfer, within, Auth, Tunnel,
 };
 
 const MIB: u64 = 1 << 20;
@@ -29,10 +20,14 @@ const LIMIT: Duration = Duration::from_secs(120);
 async fn two_addresses(
     links: u16,
     tweak: impl FnOnce(&mut ServerConfig, &mut ClientConfig),
-) -> (Tunnel, FaultRelay, FaultRelay) {
+) -> (Tunnel, Relay, Relay) {
     let (t, (a, b)) = Tunnel::start_fronted(IK, links, tweak, async |server| {
-        let a = FaultRelay::start(server).await;
-        let b = FaultRelay::start(server).await;
+        let a = Relay::start(server, Shape::default())
+            .await
+            .expect("relay starts");
+        let b = Relay::start(server, Shape::default())
+            .await
+            .expect("relay starts");
         let addrs = vec![a.addr(), b.addr()];
         ((a, b), addrs)
     })
@@ -43,7 +38,7 @@ async fn two_addresses(
 
 /// Waits until links 0 and 2 run through `a` and 1 and 3 through `b` (the home addresses of 4
 /// links over 2 addresses).
-async fn wait_spread(a: &FaultRelay, b: &FaultRelay) {
+async fn wait_spread(a: &Relay, b: &Relay) {
     let spread = eventually(Duration::from_secs(10), || {
         a.open_links().len() == 2 && b.open_links().len() == 2
     })
@@ -57,7 +52,7 @@ async fn wait_spread(a: &FaultRelay, b: &FaultRelay) {
 }
 
 /// Waits up to `limit` until all 4 links of `t` are up and run through `b`.
-async fn wait_all_through(t: &Tunnel, b: &FaultRelay, limit: Duration) {
+async fn wait_all_through(t: &Tunnel, b: &Relay, limit: Duration) {
     let moved = eventually(limit, || {
         t.client.live_links() == 4 && b.open_links().len() == 4
     })
@@ -70,7 +65,7 @@ async fn wait_all_through(t: &Tunnel, b: &FaultRelay, limit: Duration) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_spread_over_both_addresses_and_transfers_arrive_intact() {
     within(LIMIT, async {
         let (mut t, a, b) = two_addresses(4, |_, _| {}).await;
@@ -88,8 +83,8 @@ async fn links_spread_over_both_addresses_and_transfers_arrive_intact() {
         // lanes are links of one address nearly all the bulk data goes through the other one.
         println!(
             "forwarded: first address {:.1} MiB, second {:.1} MiB",
-            a.forwarded() as f64 / MIB as f64,
-            b.forwarded() as f64 / MIB as f64
+            a.forwarded_both() as f64 / MIB as f64,
+            b.forwarded_both() as f64 / MIB as f64
         );
         assert_eq!(t.client.live_links(), 4);
         assert_eq!((a.open_links().len(), b.open_links().len()), (2, 2));
@@ -97,22 +92,13 @@ async fn links_spread_over_both_addresses_and_transfers_arrive_intact() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_address_mid_transfer_moves_its_links_to_the_other() {
     within(LIMIT, async {
         let (mut t, a, b) = two_addresses(4, |_, _| {}).await;
         wait_spread(&a, &b).await;
         let (up, down, seed) = (64 * MIB, 64 * MIB, 11);
-        let gate = Gate::new();
-        let running = tokio::spawn(gated_transfer(
-            t.addr(),
-            up,
-            down,
-            seed,
-            8 * MIB,
-            gate.clone(),
-        ));
-        gate.wait_paused().await;
+        let (running, gate) = paused_transfer(t.addr(), up, down, seed, 8 * MIB).await;
 
         // The first address dies: its links are reset and it refuses new connections.
         drop(a);
@@ -142,7 +128,7 @@ async fn killing_one_address_mid_transfer_moves_its_links_to_the_other() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_move_back_when_an_address_returns() {
     within(LIMIT + Duration::from_secs(60), async {
         let (mut t, a, b) = two_addresses(4, |_, c| {
@@ -182,7 +168,7 @@ async fn links_move_back_when_an_address_returns() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_links_use_every_address_and_survive_losing_one() {
     within(LIMIT, async {
         let tweak = |s: &mut ServerConfig, c: &mut ClientConfig| {
@@ -192,9 +178,9 @@ async fn quic_links_use_every_address_and_survive_losing_one() {
             c.handshake_timeout = Duration::from_secs(2);
         };
         let (mut t, (a, b)) = Tunnel::start_fronted(IK, 4, tweak, async |server| {
-            let a = UdpRelay::start(server).await;
-            let b = UdpRelay::start(server).await;
-            let addrs = vec![a.addr, b.addr];
+            let a = UdpRelay::start(server).await.expect("UDP relay starts");
+            let b = UdpRelay::start(server).await.expect("UDP relay starts");
+            let addrs = vec![a.addr(), b.addr()];
             ((a, b), addrs)
         })
         .await;
@@ -215,16 +201,7 @@ async fn quic_links_use_every_address_and_survive_losing_one() {
         );
 
         let (up, down, seed) = (32 * MIB, 32 * MIB, 32);
-        let gate = Gate::new();
-        let running = tokio::spawn(gated_transfer(
-            t.addr(),
-            up,
-            down,
-            seed,
-            4 * MIB,
-            gate.clone(),
-        ));
-        gate.wait_paused().await;
+        let (running, gate) = paused_transfer(t.addr(), up, down, seed, 4 * MIB).await;
         // The first address dies silently (UDP: nothing answers).
         drop(a);
         gate.open();
@@ -250,7 +227,7 @@ async fn quic_links_use_every_address_and_survive_losing_one() {
 }
 
 /// `node.addr` as an array in a config file: the client parsed from it dials both addresses.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn array_addr_from_a_config_file() {
     within(LIMIT, async {
         init_tracing();
@@ -263,8 +240,12 @@ async fn array_addr_from_a_config_file() {
         let server = wanmux_server::start(server_cfg)
             .await
             .expect("server starts");
-        let a = FaultRelay::start(server.local_addr()).await;
-        let b = FaultRelay::start(server.local_addr()).await;
+        let a = Relay::start(server.local_addr(), Shape::default())
+            .await
+            .expect("relay starts");
+        let b = Relay::start(server.local_addr(), Shape::default())
+            .await
+            .expect("relay starts");
         let text = |addr: &str| {
             format!(
                 "[client]\npsk = \"{psk}\"\n\n[[node]]\nid = 1\naddr = {addr}\n\n[links]\n\
@@ -313,122 +294,4 @@ async fn array_addr_from_a_config_file() {
         t.check_transfer(4 * MIB, 4 * MIB, 41).await;
     })
     .await;
-}
-
-/// A UDP forwarder on `127.0.0.1:0` to `target`: another address of a QUIC node. Each client
-/// address gets an upstream socket of its own. Dropping it stops it; datagrams sent to it then
-/// get no answer, as on a dead path.
-///
-/// The client sends every QUIC link from one UDP socket, so the relay tells links apart by the
-/// connection id the node chose for each (the source connection id of the node's long-header
-/// packets, those of the handshake).
-struct UdpRelay {
-    addr: SocketAddr,
-    forwarded: Arc<AtomicU64>,
-    node_ids: Arc<Mutex<HashSet<Vec<u8>>>>,
-    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl Drop for UdpRelay {
-    fn drop(&mut self) {
-        for task in self.tasks.lock().expect("relay tasks").drain(..) {
-            task.abort();
-        }
-    }
-}
-
-impl UdpRelay {
-    async fn start(target: SocketAddr) -> UdpRelay {
-        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind relay"));
-        let addr = sock.local_addr().expect("local addr");
-        let forwarded = Arc::new(AtomicU64::new(0));
-        let node_ids = Arc::new(Mutex::new(HashSet::new()));
-        let tasks = Arc::new(Mutex::new(Vec::new()));
-        let main = tokio::spawn({
-            let (forwarded, node_ids, tasks) = (forwarded.clone(), node_ids.clone(), tasks.clone());
-            async move {
-                let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    let Ok((n, from)) = sock.recv_from(&mut buf).await else {
-                        continue;
-                    };
-                    let up = match upstreams.get(&from) {
-                        Some(up) => up.clone(),
-                        None => {
-                            let up = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-                            up.connect(target).await.expect("connect upstream");
-                            let up = Arc::new(up);
-                            let back = tokio::spawn(forward_back(
-                                up.clone(),
-                                sock.clone(),
-                                from,
-                                forwarded.clone(),
-                                node_ids.clone(),
-                            ));
-                            tasks.lock().expect("relay tasks").push(back);
-                            upstreams.insert(from, up.clone());
-                            up
-                        }
-                    };
-                    if up.send(&buf[..n]).await.is_ok() {
-                        forwarded.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                }
-            }
-        });
-        tasks.lock().expect("relay tasks").push(main);
-        UdpRelay {
-            addr,
-            forwarded,
-            node_ids,
-            tasks,
-        }
-    }
-
-    /// QUIC connections the node accepted through this relay.
-    fn connections(&self) -> usize {
-        self.node_ids.lock().expect("relay ids").len()
-    }
-
-    /// Bytes forwarded so far, both directions.
-    fn forwarded(&self) -> u64 {
-        self.forwarded.load(Ordering::Relaxed)
-    }
-}
-
-/// Copies datagrams from the node back to the client at `to`.
-async fn forward_back(
-    up: Arc<UdpSocket>,
-    sock: Arc<UdpSocket>,
-    to: SocketAddr,
-    forwarded: Arc<AtomicU64>,
-    node_ids: Arc<Mutex<HashSet<Vec<u8>>>>,
-) {
-    let mut buf = vec![0u8; 65536];
-    loop {
-        // An error here is an ICMP report for an earlier datagram; the socket goes on.
-        let Ok(n) = up.recv(&mut buf).await else {
-            continue;
-        };
-        if let Some(id) = long_header_source_id(&buf[..n]) {
-            node_ids.lock().expect("relay ids").insert(id.to_vec());
-        }
-        if sock.send_to(&buf[..n], to).await.is_ok() {
-            forwarded.fetch_add(n as u64, Ordering::Relaxed);
-        }
-    }
-}
-
-/// The source connection id of a datagram that starts with a QUIC long-header packet (RFC 9000
-/// 17.2: flags, version, destination id length and id, source id length and id); `None` for
-/// short-header packets and version negotiation.
-fn long_header_source_id(d: &[u8]) -> Option<&[u8]> {
-    if d.first()? & 0x80 == 0 || d.get(1..5)? == [0; 4] {
-        return None;
-    }
-    let dcid_len = usize::from(*d.get(5)?);
-    let scid_at = 6 + dcid_len;
-    let scid_len = usize::from(*d.get(scid_at)?);
-    d.get(scid_at + 1..scid_at + 1 + scid_len)
 }

@@ -1,12 +1,15 @@
 //! QUIC links (`links.transport = "quic"`, `server.quic = true`) on loopback: transfers both
 //! ways over one and several links in every auth mode, many streams at once, a client with the
-//! wrong credentials refused, garbage datagrams ignored, and links that come back after the
-//! node restarts. Every transfer compares hashes of what was sent and received, both directions.
+//! wrong credentials refused, and garbage datagrams ignored. Every transfer compares hashes of
+//! what was sent and received, both directions.
 
 use std::time::Duration;
-use wanmux_config::{ClientAuth, LinkTransport};
+use wanmux_config::{ClientAuth, ClientConfig, LinkTransport};
 use wanmux_core::keys::{generate_keypair, Psk};
-use wanmux_tests::harness::{panics, within, Auth, Tunnel};
+use wanmux_core::noise::LinkError;
+use wanmux_relay::UdpRelay;
+use wanmux_tests::harness::{eventually, panics, point_client_at, within, Auth, Tunnel};
+use wanmux_tests::hostile::{noise_auth, try_quic_handshake};
 
 const MIB: u64 = 1 << 20;
 const LIMIT: Duration = Duration::from_secs(90);
@@ -71,7 +74,8 @@ async fn quic_nnpsk0_2_links() {
 }
 
 /// The Noise handshake inside the QUIC stream is what authenticates: a client with an unknown
-/// key or the wrong PSK completes QUIC's TLS handshake but never gets a link.
+/// key or the wrong PSK completes QUIC's TLS handshake, is refused in the Noise handshake and
+/// never gets a link.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_refuses_wrong_credentials() {
     within(LIMIT, async {
@@ -89,15 +93,7 @@ async fn quic_refuses_wrong_credentials() {
         for spoil in spoilers {
             let mut bad_cfg = t.client_config.clone();
             spoil(&mut bad_cfg.auth);
-            let bad = wanmux_client::start(bad_cfg).await.expect("client starts");
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            assert_eq!(bad.live_links(), 0, "a refused client has a link");
-            assert_eq!(
-                t.server.session_count(),
-                1,
-                "a session for a refused client"
-            );
-            bad.shutdown();
+            check_refused(&t, bad_cfg).await;
         }
         let mut psk_t = quic_tunnel(Auth::Psk, 1).await;
         let mut bad_cfg = psk_t.client_config.clone();
@@ -105,19 +101,51 @@ async fn quic_refuses_wrong_credentials() {
             ClientAuth::PskOnly { psk, .. } => *psk = Psk::generate(),
             _ => unreachable!("PSK-only config"),
         }
-        let bad = wanmux_client::start(bad_cfg).await.expect("client starts");
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(
-            bad.live_links(),
-            0,
-            "a client with the wrong PSK has a link"
-        );
-        bad.shutdown();
+        check_refused(&psk_t, bad_cfg).await;
         t.check_transfer(1000, 1000, 1).await;
         psk_t.check_transfer(1000, 1000, 2).await;
         assert_eq!(t.app.accepted() + psk_t.app.accepted(), 2);
     })
     .await;
+}
+
+/// Checks that `t`'s node refuses a client with config `bad`: a handshake with its credentials
+/// gets through QUIC and is then closed by the node, and the client daemon's dials reach the
+/// node, end long before their timeout, and bring up no link and no session.
+async fn check_refused(t: &Tunnel, mut bad: ClientConfig) {
+    let node = t.server.quic_addr().expect("QUIC endpoint");
+    let end = try_quic_handshake(node, &noise_auth(&bad)).await;
+    assert!(
+        matches!(end, Err(LinkError::Closed | LinkError::Io(_))),
+        "the node did not refuse the handshake by closing it: {end:?}"
+    );
+
+    // The daemon, through a relay that counts the QUIC connections the node answers. It has one
+    // link slot, which dials again only once a dial has ended: a second connection within 10 s
+    // of dials that time out after 30 s is a refusal seen and acted on.
+    let relay = UdpRelay::start(node).await.expect("UDP relay starts");
+    point_client_at(&mut bad, relay.addr());
+    bad.handshake_timeout = Duration::from_secs(30);
+    let client = wanmux_client::start(bad).await.expect("client starts");
+    let mut linked = false;
+    let redialled = eventually(Duration::from_secs(10), || {
+        linked |= client.live_links() > 0;
+        relay.connections() >= 2
+    })
+    .await;
+    assert!(!linked, "a refused client had a link");
+    assert!(
+        redialled,
+        "the refused client did not dial again within 10 s ({} QUIC connections)",
+        relay.connections()
+    );
+    assert_eq!(client.live_links(), 0, "a refused client has a link");
+    assert_eq!(
+        t.server.session_count(),
+        1,
+        "a session for a refused client"
+    );
+    client.shutdown();
 }
 
 /// Datagrams that are not QUIC, and QUIC-looking garbage, cost the node nothing: it keeps

@@ -5,7 +5,7 @@
 //! accepted each connection: that is when the server sees it.
 
 use std::time::{Duration, Instant};
-use wanmux_tests::fault::{FaultRelay, Links};
+use wanmux_relay::{Links, Relay, Shape};
 use wanmux_tests::harness::{
     app_server, configs, eventually, init_tracing, point_client_at, within, Auth,
 };
@@ -28,7 +28,9 @@ async fn reconnects_after_a_mass_link_loss_spread_over_the_backoff_window() {
         let app = app_server().await;
         let (server_cfg, mut client_cfg) = configs(Auth::Psk, app.addr, 1);
         let server = wanmux_server::start(server_cfg).await.unwrap();
-        let relay = FaultRelay::start(server.local_addr()).await;
+        let relay = Relay::start(server.local_addr(), Shape::default())
+            .await
+            .expect("relay starts");
         point_client_at(&mut client_cfg, relay.addr());
         let mut clients = Vec::with_capacity(CLIENTS);
         for _ in 0..CLIENTS {

@@ -44,10 +44,10 @@ pub use report::{
     Sample, Spread,
 };
 use tokio::sync::oneshot;
+use wanmux_relay::{Dir, Links, Relay, Shape};
 
 use crate::bulk::run_bulk_counting;
 use crate::demo::TunnelKeys;
-use crate::relay::{Dir, Relay, Shape};
 use crate::report::Mbits;
 use crate::server::serve_counting;
 use crate::{BenchError, BulkOptions, Limit};
@@ -171,6 +171,7 @@ impl RecoveryOptions {
             rate_bps: self.rate_mbit.map(|r| r * 1e6),
             delay: Duration::from_secs_f64(self.delay_ms / 1e3),
             queue: Duration::from_secs_f64(self.queue_ms / 1e3),
+            ..Shape::default()
         }
     }
 
@@ -446,7 +447,7 @@ async fn transfer(
                 Faults::Once => k == warm,
                 Faults::Every(n) => k >= warm && (k - warm) % n == 0 && k < total,
             };
-            if kill && relay.kill_oldest() {
+            if kill && relay.reset(Links::Oldest) > 0 {
                 let now = Instant::now();
                 kills.push((now - t0).as_secs_f64());
                 if let Some(tx) = killed_tx.take() {

@@ -164,7 +164,7 @@ pub struct DirectionSummary {
     pub kill_every_ratio: Option<Spread>,
 }
 
-/// Result of [`run_recovery`].
+/// Result of [`run_recovery`](crate::run_recovery).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecoveryReport {
     /// Links of the tunnel.

@@ -1,0 +1,236 @@
+//! Handshakes and hostile input against a real node: a client's link handshake run by hand
+//! (TCP or QUIC) to see whether the node takes it, a real client's first message captured to be
+//! replayed, and floods of garbage connections.
+
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use wanmux_config::{ClientAuth, ClientConfig};
+
+/// The Noise credentials a client config would use with its first node.
+pub fn noise_auth(config: &ClientConfig) -> wanmux_core::noise::ClientAuth {
+    use wanmux_core::noise::ClientAuth as Noise;
+    match &config.auth {
+        ClientAuth::StaticKey {
+            private_key,
+            psk,
+            nodes,
+        } => Noise::Static {
+            local: private_key.clone(),
+            server: nodes[0].public_key,
+            psk: psk.clone(),
+        },
+        ClientAuth::PskOnly { psk, .. } => Noise::Psk(psk.clone()),
+    }
+}
+
+/// Runs the client side of a link handshake with `auth` against `server` and returns how it
+/// ended: a refused client gets an error.
+pub async fn try_handshake(
+    server: SocketAddr,
+    auth: &wanmux_core::noise::ClientAuth,
+) -> Result<(), wanmux_core::noise::LinkError> {
+    let tcp = TcpStream::connect(server).await?;
+    let (_rd, _wr, _server) =
+        wanmux_core::noise::connect(tcp, auth, &hello(), &PING, HANDSHAKE_LIMIT).await?;
+    Ok(())
+}
+
+/// As [`try_handshake`], on a QUIC link to the node's QUIC endpoint `server`. Panics if QUIC's own
+/// handshake fails, which the node completes for anyone: the result is the Noise handshake's
+/// inside the link's stream.
+pub async fn try_quic_handshake(
+    server: SocketAddr,
+    auth: &wanmux_core::noise::ClientAuth,
+) -> Result<(), wanmux_core::noise::LinkError> {
+    use wanmux_core::{noise, quic};
+    let dialer = quic::client_endpoint("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let (rd, wr) = quic::connect(&dialer, server, HANDSHAKE_LIMIT)
+        .await
+        .expect("the QUIC handshake completes");
+    let (_rd, _wr, _server) =
+        noise::connect_stream(rd, wr, auth, &hello(), &PING, HANDSHAKE_LIMIT).await?;
+    Ok(())
+}
+
+/// How long [`try_handshake`] and [`try_quic_handshake`] wait for the node.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
+
+/// PING(0): what a real client confirms its handshake with.
+const PING: [u8; 9] = [1, 0, 0, 0, 0, 0, 0, 0, 0];
+
+/// The hello of a handshake test: a new session's first link.
+fn hello() -> wanmux_core::noise::ClientHello {
+    wanmux_core::noise::ClientHello {
+        session_id: rand::random(),
+        link_seq: 0,
+        lane: false,
+    }
+}
+
+/// What a real client with `auth` sends first on a link (`mode | len | message 1`), captured
+/// from a listener that answers nothing. Replaying it is what an observer on the path can do.
+pub async fn capture_first_message(auth: &wanmux_core::noise::ClientAuth) -> Vec<u8> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let auth = auth.clone();
+    let client = tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), try_handshake(addr, &auth)).await;
+    });
+    let (mut tcp, _) = listener.accept().await.expect("accept");
+    let mut head = [0u8; 3];
+    tcp.read_exact(&mut head).await.expect("mode and length");
+    let len = u16::from_be_bytes([head[1], head[2]]) as usize;
+    let mut msg = head.to_vec();
+    msg.resize(3 + len, 0);
+    tcp.read_exact(&mut msg[3..]).await.expect("message 1");
+    drop(tcp);
+    client.abort();
+    msg
+}
+
+/// One kind of hostile connection to a server's link port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Garbage {
+    /// Connect and close at once.
+    Empty,
+    /// Random bytes of random length.
+    Random,
+    /// A valid mode byte and length, then random bytes.
+    RandomMessage,
+    /// A length prefix over the handshake limit.
+    Oversized,
+    /// A zero-length message 1.
+    ZeroLength,
+    /// A real message 1 cut short, then close.
+    Truncated,
+    /// A replayed real message 1, then close after the server's message 2.
+    Replay,
+    /// A replayed real message 1, then a random key confirmation.
+    ReplayBadConfirmation,
+    /// A real message 1 cut short, then silence with the connection open: only the
+    /// server's handshake timeout ends it.
+    Stall,
+}
+
+impl Garbage {
+    /// Every kind but [`Garbage::Stall`], which waits out the server's handshake timeout.
+    pub const QUICK: [Garbage; 8] = [
+        Garbage::Empty,
+        Garbage::Random,
+        Garbage::RandomMessage,
+        Garbage::Oversized,
+        Garbage::ZeroLength,
+        Garbage::Truncated,
+        Garbage::Replay,
+        Garbage::ReplayBadConfirmation,
+    ];
+}
+
+/// Sends one hostile connection of `kind` to `server`, reads until the server closes it (at
+/// most `limit`) and returns the bytes the server sent. `first` is a captured real message 1.
+/// Panics if the server keeps the connection open past `limit`.
+pub async fn send_garbage(
+    server: SocketAddr,
+    kind: Garbage,
+    first: &[u8],
+    rng: &mut StdRng,
+    limit: Duration,
+) -> usize {
+    let Ok(mut tcp) = TcpStream::connect(server).await else {
+        // Refused at the door (a full accept queue); costs the server nothing.
+        return 0;
+    };
+    let mut out = Vec::new();
+    match kind {
+        Garbage::Empty => {}
+        Garbage::Random => {
+            out.resize(rng.next_u32() as usize % 2048 + 1, 0);
+            rng.fill_bytes(&mut out);
+        }
+        Garbage::RandomMessage => {
+            let len = rng.next_u32() as usize % 1024 + 1;
+            out.push(first[0]);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+            out.resize(3 + len, 0);
+            rng.fill_bytes(&mut out[3..]);
+        }
+        Garbage::Oversized => out.extend_from_slice(&[first[0], 0xFF, 0xFF, 1, 2, 3]),
+        Garbage::ZeroLength => out.extend_from_slice(&[first[0], 0, 0]),
+        Garbage::Truncated | Garbage::Stall => {
+            let cut = rng.next_u32() as usize % (first.len() - 1) + 1;
+            out.extend_from_slice(&first[..cut]);
+        }
+        Garbage::Replay => out.extend_from_slice(first),
+        Garbage::ReplayBadConfirmation => {
+            out.extend_from_slice(first);
+            out.extend_from_slice(&48u16.to_be_bytes());
+            let at = out.len();
+            out.resize(at + 48, 0);
+            rng.fill_bytes(&mut out[at..]);
+        }
+    }
+    // The server may close before reading it all; a failed write is fine.
+    let _ = tcp.write_all(&out).await;
+    if matches!(
+        kind,
+        Garbage::Empty | Garbage::Random | Garbage::Truncated | Garbage::Replay
+    ) {
+        let _ = tcp.shutdown().await;
+    }
+    let mut got = 0;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => panic!("server kept a {kind:?} connection open for {limit:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return got,
+            Ok(Ok(n)) => got += n,
+        }
+    }
+}
+
+/// Sends `count` hostile connections to `server`, `parallel` at a time, cycling through
+/// `kinds`. Each must be closed by the server within `limit`, and only a replayed message 1 may
+/// get an answer (message 2, before the key confirmation fails); the rest get nothing.
+pub async fn garbage_flood(
+    server: SocketAddr,
+    first: Vec<u8>,
+    kinds: &[Garbage],
+    count: usize,
+    parallel: usize,
+    limit: Duration,
+) {
+    let first = Arc::new(first);
+    let next = Arc::new(AtomicUsize::new(0));
+    let kinds: Arc<[Garbage]> = kinds.into();
+    let workers: Vec<_> = (0..parallel)
+        .map(|w| {
+            let (first, next, kinds) = (first.clone(), next.clone(), kinds.clone());
+            tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(w as u64);
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= count {
+                        return;
+                    }
+                    let kind = kinds[i % kinds.len()];
+                    let got = send_garbage(server, kind, &first, &mut rng, limit).await;
+                    if matches!(kind, Garbage::Replay | Garbage::ReplayBadConfirmation) {
+                        assert!(got <= 2 + 1024, "server sent {got} bytes to a replay");
+                    } else {
+                        assert_eq!(got, 0, "server answered a {kind:?} connection");
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.expect("garbage worker");
+    }
+}
