@@ -10,23 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use wanmux_config::{ClientAuth, ClientConfig};
+use wanmux_config::ClientConfig;
 
-/// The Noise credentials a client config would use with its first node.
+/// The Noise credentials a client config would use with its first node (the daemon's own
+/// conversion).
 pub fn noise_auth(config: &ClientConfig) -> wanmux_core::noise::ClientAuth {
-    use wanmux_core::noise::ClientAuth as Noise;
-    match &config.auth {
-        ClientAuth::StaticKey {
-            private_key,
-            psk,
-            nodes,
-        } => Noise::Static {
-            local: private_key.clone(),
-            server: nodes[0].public_key,
-            psk: psk.clone(),
-        },
-        ClientAuth::PskOnly { psk, .. } => Noise::Psk(psk.clone()),
-    }
+    let (_, handshake) = config
+        .auth
+        .handshakes()
+        .next()
+        .expect("a client config has a node");
+    handshake.into()
 }
 
 /// Runs the client side of a link handshake with `auth` against `server` and returns how it
