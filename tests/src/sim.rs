@@ -353,8 +353,8 @@ pub fn run(sc: &Scenario) -> Outcome {
                     p.blackholed = true;
                 } else {
                     p.alive = false;
-                    sides[0].remove_link(now, p.id);
-                    sides[1].remove_link(now, p.id);
+                    sides[0].remove_link(p.id);
+                    sides[1].remove_link(p.id);
                 }
                 if let Some(r) = k.revive {
                     revivals.push((now + r, k.index));
@@ -481,8 +481,8 @@ pub fn run(sc: &Scenario) -> Outcome {
                     if let Some(p) = pipes.iter_mut().find(|p| p.id == id) {
                         p.alive = false;
                     }
-                    sides[0].remove_link(now, id);
-                    sides[1].remove_link(now, id);
+                    sides[0].remove_link(id);
+                    sides[1].remove_link(id);
                 }
             }
             max_links = max_links.max(pipes.iter().filter(|p| p.alive).count());

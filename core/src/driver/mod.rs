@@ -309,7 +309,7 @@ impl SessionDriver {
         st.link_wakers.remove(&id);
         st.link_kills.remove(&id);
         let now = Instant::now();
-        st.session.remove_link(now, id);
+        st.session.remove_link(id);
         self.after(&mut st, now);
         drop(st);
         self.shared.links_changed.notify_waiters();

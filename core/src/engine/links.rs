@@ -26,7 +26,7 @@ impl Session {
 
     /// A link died or was closed. Everything sent on it that the peer has not confirmed is
     /// queued again for the other links.
-    pub fn remove_link(&mut self, _now: Instant, link: LinkId) {
+    pub fn remove_link(&mut self, link: LinkId) {
         let Some(state) = self.links.remove(&link) else {
             return;
         };

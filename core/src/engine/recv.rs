@@ -46,7 +46,7 @@ impl Session {
                 }
             }
             Frame::Close(_) => {
-                self.remove_link(now, link);
+                self.remove_link(link);
                 self.events.push_back(Event::LinkClosedByPeer(link));
             }
             Frame::MoreLinks => {

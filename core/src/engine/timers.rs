@@ -31,7 +31,7 @@ impl Session {
             .map(|(&id, _)| id)
             .collect();
         for id in dead {
-            self.remove_link(now, id);
+            self.remove_link(id);
             self.events.push_back(Event::LinkTimedOut(id));
         }
     }

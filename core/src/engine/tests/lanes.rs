@@ -146,7 +146,7 @@ fn ten_kb_out_on_link_one() -> (Session, StreamId, Instant) {
 #[test]
 fn a_dead_links_unconfirmed_data_counts_as_resent() {
     let (mut c, id, now) = ten_kb_out_on_link_one();
-    c.remove_link(now, LINK);
+    c.remove_link(LINK);
     assert_eq!(c.resent_bytes(), 10_000);
     assert_eq!(data_sent(&mut c, now, LinkId(2)), vec![(id, 0, 10_000)]);
 }
@@ -226,8 +226,8 @@ fn dedicated_lanes_never_carry_bulk_data_while_another_link_can() {
     }
     // Without a bulk link the lanes are ordinary links again (one of the two is an on-demand
     // lane while the game is active), rather than leave the bulk data nowhere to go.
-    c.remove_link(later, links[0]);
-    c.remove_link(later, links[1]);
+    c.remove_link(links[0]);
+    c.remove_link(links[1]);
     let mut d = data_sent(&mut c, later, links[2]);
     d.extend(data_sent(&mut c, later, links[3]));
     assert!(d.iter().any(|d| d.0 == bulk), "{d:?}");
@@ -318,7 +318,7 @@ fn window_updates_stay_off_the_lanes_while_another_link_can_take_them() {
     assert_eq!(on_lanes, 0, "window updates went on a lane");
     assert!(on_bulk > 0, "no window update was sent");
     // Once no other link can (one closed, the other's pong overdue), the lanes carry them.
-    s.remove_link(now, bulk_b);
+    s.remove_link(bulk_b);
     let later = now + Duration::from_millis(2500);
     upload(&mut s, later, lane_a);
     assert!(s.has_work_for(later, lane_a));
