@@ -25,6 +25,10 @@ impl Daemon for Client {
         config.drain_timeout
     }
 
+    fn warnings(config: &ClientConfig) -> &[String] {
+        &config.warnings
+    }
+
     async fn start(config: ClientConfig) -> std::io::Result<ClientHandle> {
         wanmux_client::start(config).await
     }

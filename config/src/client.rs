@@ -31,6 +31,9 @@ pub struct ClientConfig {
     /// On SIGTERM or SIGINT the client stops accepting connections on its mapped ports, waits this long for open streams to
     /// finish, then closes what is left (`client.drain_timeout_ms`, default 30 s).
     pub drain_timeout: Duration,
+    /// What loading found worth a warning but not an error (a key file others may read), each
+    /// as one `FILE:LINE: KEY: MESSAGE` line: `check` prints them, `run` logs them.
+    pub warnings: Vec<String>,
     /// How many links to keep per node (`[links]`).
     pub links: Links,
     /// Per-session limits (`[limits]`).
@@ -306,6 +309,7 @@ impl ClientConfig {
             handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
             session_grace: Self::DEFAULT_SESSION_GRACE,
             drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
+            warnings: Vec::new(),
             links: Links::default(),
             limits: Limits::default(),
             congestion: None,
@@ -329,7 +333,9 @@ impl ClientConfig {
             .map_err(|e| ConfigErrors::single(source_name, locate::toml_error(text, &e)))?;
         let mut errs = Collector::new(text);
         let config = raw.convert(&mut errs, base_dir);
+        let warnings = errs.take_warnings(source_name);
         errs.finish(source_name, config)
+            .map(|config| Self { warnings, ..config })
     }
 
     /// The nodes, whatever the mode.
@@ -595,6 +601,7 @@ impl RawClientFile {
         let limits = RawLimits::convert(self.limits.as_ref(), errs);
         let maps = convert_maps(self.map.as_deref().unwrap_or_default(), errs);
         Some(ClientConfig {
+            warnings: Vec::new(),
             auth: auth?,
             handshake_timeout,
             session_grace,

@@ -96,6 +96,7 @@ impl std::error::Error for ConfigErrors {}
 pub(crate) struct Collector<'a> {
     text: &'a str,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
 }
 
 impl<'a> Collector<'a> {
@@ -104,7 +105,36 @@ impl<'a> Collector<'a> {
         Self {
             text,
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
+    }
+
+    /// Records a warning at `key`: the config loads, but something deserves a person's look.
+    pub(crate) fn warn(
+        &mut self,
+        key: impl Into<String>,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) {
+        let line = span.map(|s| self.line_of(s.start));
+        self.warnings.push(ConfigError {
+            key: key.into(),
+            line,
+            message: message.into(),
+        });
+    }
+
+    /// The warnings so far, each as one `FILE:LINE: KEY: MESSAGE` line, as errors print.
+    pub(crate) fn take_warnings(&mut self, source_name: &str) -> Vec<String> {
+        let mut warnings = std::mem::take(&mut self.warnings);
+        warnings.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        warnings
+            .iter()
+            .map(|e| match e.line {
+                Some(line) => format!("{source_name}:{line}: {e}"),
+                None => format!("{source_name}: {e}"),
+            })
+            .collect()
     }
 
     /// Records an error at `key`, placed at the start of `span` when there is one.

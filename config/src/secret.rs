@@ -66,6 +66,15 @@ impl KeySource<'_> {
             },
             (None, Some(file)) => {
                 let path = resolve(base_dir, file.get_ref());
+                if let Some(mode) = shared_mode(&path) {
+                    let msg = format!(
+                        "{} can be read or changed by other users (mode {mode:o}); \
+                         `chmod 600 {}`",
+                        path.display(),
+                        path.display()
+                    );
+                    errs.warn(file_key.clone(), Some(file.span()), msg);
+                }
                 match read_key_file(&path) {
                     Ok(text) => match K::from_str(&text) {
                         Ok(k) => Loaded::Ok(k),
@@ -99,6 +108,20 @@ pub(crate) fn resolve(base_dir: &Path, path: &str) -> PathBuf {
     } else {
         base_dir.join(p)
     }
+}
+
+/// The file's permission bits if its group or other users have any access to it (a secret key
+/// file should be `0600`); `None` if not, or if they cannot be read.
+#[cfg(unix)]
+fn shared_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn shared_mode(_path: &Path) -> Option<u32> {
+    None
 }
 
 fn read_key_file(path: &Path) -> std::io::Result<String> {

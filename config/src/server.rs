@@ -33,6 +33,9 @@ pub struct ServerConfig {
     /// On SIGTERM or SIGINT the server stops taking new streams (they are reset with code 4), waits this long for open streams to
     /// finish, then closes what is left (`server.drain_timeout_ms`, default 30 s).
     pub drain_timeout: Duration,
+    /// What loading found worth a warning but not an error (a key file others may read), each
+    /// as one `FILE:LINE: KEY: MESSAGE` line: `check` prints them, `run` logs them.
+    pub warnings: Vec<String>,
     /// Time allowed for dialling a service before the stream is reset with code 2
     /// (`server.connect_timeout_ms`, default 5 s).
     pub connect_timeout: Duration,
@@ -127,6 +130,7 @@ impl ServerConfig {
             handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
             session_grace: Self::DEFAULT_SESSION_GRACE,
             drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
+            warnings: Vec::new(),
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             limits: Limits::default(),
             congestion: None,
@@ -149,7 +153,9 @@ impl ServerConfig {
             .map_err(|e| ConfigErrors::single(source_name, locate::toml_error(text, &e)))?;
         let mut errs = Collector::new(text);
         let config = raw.convert(&mut errs, base_dir);
+        let warnings = errs.take_warnings(source_name);
         errs.finish(source_name, config)
+            .map(|config| Self { warnings, ..config })
     }
 
     /// The service with this name.
@@ -331,6 +337,7 @@ impl RawServerFile {
         let auth = s.convert_auth(errs, base_dir, &table);
 
         Some(ServerConfig {
+            warnings: Vec::new(),
             listen: listen?,
             node_id: node_id?,
             auth: auth?,

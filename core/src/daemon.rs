@@ -55,6 +55,10 @@ pub trait Daemon {
     /// How long a drain waits for open streams.
     fn drain_timeout(config: &Self::Config) -> Duration;
 
+    /// What loading found worth a warning, one line each: `check` prints them on stderr and
+    /// `run` logs them at start.
+    fn warnings(config: &Self::Config) -> &[String];
+
     /// Starts the daemon: binds its ports and starts its tasks.
     fn start(config: Self::Config) -> impl Future<Output = io::Result<Self::Handle>>;
 
@@ -123,6 +127,8 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print the public key of the private key read from standard input (`pubkey < FILE`).
+    Pubkey,
     /// Make a key pair (or with --psk a pre-shared key).
     Keygen {
         /// Write the private key (or PSK) to this new file, mode 0600, and print only the
@@ -139,7 +145,10 @@ enum Command {
 pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
     match parse::<D>(binary.version).command {
         Command::Check { config } => match D::load(&config) {
-            Ok(_) => {
+            Ok(config) => {
+                for w in D::warnings(&config) {
+                    eprintln!("warning: {w}");
+                }
                 println!("ok");
                 ExitCode::SUCCESS
             }
@@ -154,10 +163,35 @@ pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("keygen: {e}");
+                match &out {
+                    Some(path) => eprintln!("keygen: {}: {e}", path.display()),
+                    None => eprintln!("keygen: {e}"),
+                }
                 ExitCode::FAILURE
             }
         },
+        Command::Pubkey => {
+            use std::io::Read as _;
+            let mut text = String::new();
+            // A key is 44 characters; anything far larger is not a key.
+            if let Err(e) = io::stdin().take(4096).read_to_string(&mut text) {
+                eprintln!("pubkey: standard input: {e}");
+                return ExitCode::FAILURE;
+            }
+            match keys::pubkey(&text) {
+                Ok(line) => {
+                    print!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!(
+                        "pubkey: standard input: {e} (expected the base64 form of a 32-byte \
+                         private key, as keygen writes it)"
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             let config = match D::load(&config) {
                 Ok(c) => c,
@@ -167,6 +201,9 @@ pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
                 }
             };
             init_logging();
+            for w in D::warnings(&config) {
+                tracing::warn!("{w}");
+            }
             match run::<D>(config, binary) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -100,6 +100,32 @@ pub fn generate_keypair() -> (PrivateKey, PublicKey) {
 }
 
 #[cfg(feature = "io")]
+impl PrivateKey {
+    /// The public half of this private key (X25519), what the peer pins or allow-lists; the
+    /// `pubkey` command prints it, like `wg pubkey`.
+    pub fn public_key(&self) -> PublicKey {
+        use snow::resolvers::CryptoResolver as _;
+        let mut dh = snow::resolvers::DefaultResolver
+            .resolve_dh(&snow::params::DHChoice::Curve25519)
+            // snow's default resolver always provides X25519.
+            .expect("snow resolves X25519");
+        dh.set(&self.0);
+        let public = <[u8; KEY_LEN]>::try_from(dh.pubkey())
+            // X25519 public keys are 32 bytes.
+            .expect("X25519 public keys are 32 bytes");
+        PublicKey(public)
+    }
+}
+
+/// What `pubkey` prints for the private key in `text` (its base64 form, as `keygen` writes it,
+/// surrounding whitespace allowed): `public_key = "…"`. The error never includes the key text.
+#[cfg(feature = "io")]
+pub fn pubkey(text: &str) -> Result<String, KeyError> {
+    let private = PrivateKey::from_base64(text.trim())?;
+    Ok(format!("public_key = \"{}\"\n", private.public_key()))
+}
+
+#[cfg(feature = "io")]
 impl Psk {
     /// Generates a new PSK from the operating system's random number generator.
     ///
@@ -231,5 +257,38 @@ mod tests {
         assert_ne!(a_priv, b_priv);
         assert_ne!(a_pub, b_pub);
         assert_ne!(Psk::generate(), Psk::generate());
+    }
+
+    #[cfg(feature = "io")]
+    #[test]
+    fn a_private_key_gives_its_public_key() {
+        let (private, public) = generate_keypair();
+        assert_eq!(private.public_key(), public);
+        // As `pubkey` reads it from a key file: base64 and a newline.
+        let text = format!("{}\n", private.to_base64());
+        assert_eq!(
+            pubkey(&text).unwrap(),
+            format!("public_key = \"{public}\"\n")
+        );
+        // RFC 7748, section 6.1: Alice's key pair.
+        let alice = PrivateKey::from_bytes(hex(
+            "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
+        ));
+        let expected = hex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a");
+        assert_eq!(alice.public_key(), PublicKey::from_bytes(expected));
+        let err = pubkey("not a key").unwrap_err().to_string();
+        assert!(
+            !err.contains("not a key"),
+            "the error repeats the input: {err}"
+        );
+    }
+
+    #[cfg(feature = "io")]
+    fn hex(s: &str) -> [u8; KEY_LEN] {
+        let mut out = [0u8; KEY_LEN];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+        }
+        out
     }
 }

@@ -25,6 +25,10 @@ impl Daemon for Server {
         config.drain_timeout
     }
 
+    fn warnings(config: &ServerConfig) -> &[String] {
+        &config.warnings
+    }
+
     async fn start(config: ServerConfig) -> std::io::Result<ServerHandle> {
         wanmux_server::start(config).await
     }
