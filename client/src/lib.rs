@@ -128,8 +128,13 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     let mut tasks = Vec::new();
     let mut maps = Vec::new();
     let mut listeners = Vec::new();
-    for map in &config.maps {
-        let listener = listen(map.listen)?;
+    for (i, map) in config.maps.iter().enumerate() {
+        let listener = listen(map.listen).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {} (map[{i}].listen): {e}", map.listen),
+            )
+        })?;
         let addr = listener.local_addr()?;
         span.in_scope(|| info!(listen = %addr, service = %map.service.as_str(), "mapping"));
         maps.push((map.service.clone(), addr));

@@ -114,9 +114,19 @@ impl ServerHandle {
     }
 }
 
+/// `e` with `what` in front of its message, of the same kind.
+fn context(e: io::Error, what: std::fmt::Arguments<'_>) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
 /// Binds the listen address and starts serving.
 pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
-    let listener = TcpListener::bind(config.listen).await?;
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        context(
+            e,
+            format_args!("cannot listen on {} (server.listen)", config.listen),
+        )
+    })?;
     let local_addr = listener.local_addr()?;
     if let Some(cc) = &config.congestion {
         // Accepted sockets inherit the listener's congestion control.
@@ -127,7 +137,12 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     }
     // With port 0 the QUIC socket takes the port the TCP listener got.
     let quic = if config.quic {
-        Some(quic::server_endpoint(local_addr)?)
+        Some(quic::server_endpoint(local_addr).map_err(|e| {
+            context(
+                e,
+                format_args!("cannot bind UDP {local_addr} for QUIC links (server.quic)"),
+            )
+        })?)
     } else {
         None
     };

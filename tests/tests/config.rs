@@ -151,3 +151,35 @@ fn client_config_errors_name_key_and_line() {
         let _ = std::fs::remove_dir_all(&dir);
     });
 }
+
+/// A listen address that is taken: the daemon fails to start with an error that names the
+/// address and the key it came from, not a bare "Address already in use".
+#[tokio::test]
+async fn a_taken_listen_address_is_named_in_the_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("local addr");
+    let target = "127.0.0.1:9".parse().expect("socket address");
+    let (mut server, mut client) = wanmux_tests::harness::configs(
+        wanmux_tests::harness::Auth::Static { psk: false },
+        target,
+        1,
+    );
+    server.listen = addr;
+    let err = match wanmux_server::start(server).await {
+        Ok(_) => panic!("the server started on a taken address"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.starts_with(&format!("cannot listen on {addr} (server.listen): ")),
+        "{err}"
+    );
+    client.maps[0].listen = addr;
+    let err = match wanmux_client::start(client).await {
+        Ok(_) => panic!("the client started on a taken address"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.starts_with(&format!("cannot listen on {addr} (map[0].listen): ")),
+        "{err}"
+    );
+}
