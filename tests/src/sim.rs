@@ -162,13 +162,6 @@ fn wake_writers(
     }
 }
 
-/// What a side's events asked of the simulation.
-#[derive(Default)]
-struct Asked {
-    /// The budget had a release while a session waited: retry.
-    budget: bool,
-}
-
 /// One direction of one stream, seen from one side.
 struct App {
     stream: Option<StreamId>,
@@ -244,10 +237,10 @@ impl App {
 }
 
 /// Drains both sides' events: streams the client opened reach their server application, dead
-/// links are counted, budget releases are noted in `asked`.
+/// links are counted, budget releases are noted in `released`.
 fn drain_events(
     sides: &mut [Session; 2],
-    asked: &mut [Asked; 2],
+    released: &mut [bool; 2],
     server_apps: &mut [App],
     by_id: &mut [HashMap<StreamId, usize>; 2],
     gone: &mut [std::collections::HashSet<LinkId>; 2],
@@ -265,7 +258,7 @@ fn drain_events(
                     *timed_out += 1;
                     gone[side].insert(id);
                 }
-                Event::BudgetReleased => asked[side].budget = true,
+                Event::BudgetReleased => released[side] = true,
                 _ => {}
             }
         }
@@ -394,10 +387,11 @@ pub fn run(sc: &Scenario) -> Outcome {
             }
         }
         // Events.
-        let mut asked = [Asked::default(), Asked::default()];
+        // Per side: a budget release was reported; the side retries (see below).
+        let mut released = [false; 2];
         drain_events(
             &mut sides,
-            &mut asked,
+            &mut released,
             &mut server_apps,
             &mut by_id,
             &mut gone,
@@ -504,14 +498,14 @@ pub fn run(sc: &Scenario) -> Outcome {
         // task does, and the writers with new work are woken.
         drain_events(
             &mut sides,
-            &mut asked,
+            &mut released,
             &mut server_apps,
             &mut by_id,
             &mut gone,
             &mut timed_out,
         );
         for (dir, s) in sides.iter_mut().enumerate() {
-            if asked[dir].budget && s.budget_blocked() {
+            if released[dir] && s.budget_blocked() {
                 s.retry_budget(now);
             }
             wake_writers(s, dir, now, &mut pipes, &mut wake_scratch);

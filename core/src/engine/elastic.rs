@@ -70,7 +70,7 @@ impl Session {
 
     /// Whether every link has been busy for at least `span` and data is still waiting: one
     /// more link (one more congestion window) would move more of it.
-    pub fn saturated(&self, now: Instant, span: Duration) -> bool {
+    fn saturated(&self, now: Instant, span: Duration) -> bool {
         !self.links.is_empty()
             && self.links.values().all(|l| {
                 let a = l.writer.activity();

@@ -114,16 +114,15 @@ impl Session {
             l.ping_sent(now, token, l.stats.bytes_sent + buf.len() as u64);
         }
         l.stats.bytes_sent += buf.len() as u64;
-        if !buf.is_empty() {
+        let sent = !buf.is_empty();
+        if sent {
             l.writer = l.writer.sent(now);
         }
-
         self.links.insert(link, l);
-        if buf.is_empty() {
-            return false;
+        if sent {
+            self.check_saturation(now);
         }
-        self.check_saturation(now);
-        true
+        sent
     }
 
     /// Sends again, on `link`, the `OPEN` frames the other lane sent, for streams still open.
