@@ -53,6 +53,52 @@ pub struct ClientConfig {
     /// Local ports and the service each one is forwarded to (`[[map]]`). Non-empty, listen
     /// addresses unique.
     pub maps: Vec<PortMap>,
+    /// Which node owns each new stream (`cluster.owner`, default least loaded).
+    pub owner: OwnerPolicy,
+}
+
+/// How the client picks the node that owns a new stream (`cluster.owner`). The owner holds the
+/// stream's state and its connection to the service; it is chosen among the nodes the client has
+/// a live link to (among all nodes when it has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OwnerPolicy {
+    /// The node with the fewest open streams, then the fewest bytes in flight
+    /// (`"least_loaded"`, the default).
+    #[default]
+    LeastLoaded,
+    /// A node chosen by hashing the application client's IP address (`"hash"`): one address
+    /// stays on one node while the set of live nodes is unchanged, and when a node goes, only
+    /// the addresses it had move (rendezvous hashing).
+    Hash,
+    /// The first live node in config order (`"first"`): every service connection comes from
+    /// one place, and tests are predictable.
+    First,
+}
+
+impl OwnerPolicy {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OwnerPolicy::LeastLoaded => "least_loaded",
+            OwnerPolicy::Hash => "hash",
+            OwnerPolicy::First => "first",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "least_loaded" => Some(OwnerPolicy::LeastLoaded),
+            "hash" => Some(OwnerPolicy::Hash),
+            "first" => Some(OwnerPolicy::First),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for OwnerPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How the client authenticates, with the nodes it dials. Each variant holds exactly the keys
@@ -316,6 +362,7 @@ impl ClientConfig {
             transport: LinkTransport::default(),
             lanes: 0,
             maps,
+            owner: OwnerPolicy::default(),
         }
     }
 
@@ -467,6 +514,13 @@ struct RawClientFile {
     links: Option<Spanned<RawLinks>>,
     limits: Option<Spanned<RawLimits>>,
     map: Option<Vec<Spanned<RawMap>>>,
+    cluster: Option<Spanned<RawCluster>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    owner: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -600,6 +654,12 @@ impl RawClientFile {
         );
         let limits = RawLimits::convert(self.limits.as_ref(), errs);
         let maps = convert_maps(self.map.as_deref().unwrap_or_default(), errs);
+        let owner = convert_owner(
+            errs,
+            self.cluster
+                .as_ref()
+                .and_then(|c| c.get_ref().owner.as_ref()),
+        );
         Some(ClientConfig {
             warnings: Vec::new(),
             auth: auth?,
@@ -612,6 +672,7 @@ impl RawClientFile {
             transport: transport?,
             lanes: lanes?,
             maps: maps?,
+            owner: owner?,
         })
     }
 }
@@ -930,6 +991,22 @@ fn convert_transport(
         errs.push(key, Some(v.span()), msg);
     }
     t
+}
+
+/// Converts an optional `cluster.owner` (absent: least loaded), recording an unknown name.
+fn convert_owner(errs: &mut Collector<'_>, v: Option<&Spanned<String>>) -> Option<OwnerPolicy> {
+    let Some(v) = v else {
+        return Some(OwnerPolicy::default());
+    };
+    let p = OwnerPolicy::from_name(v.get_ref());
+    if p.is_none() {
+        let msg = format!(
+            "{:?} is not an owner policy (use \"least_loaded\", \"hash\" or \"first\")",
+            v.get_ref()
+        );
+        errs.push("cluster.owner", Some(v.span()), msg);
+    }
+    p
 }
 
 fn convert_maps(raw: &[Spanned<RawMap>], errs: &mut Collector<'_>) -> Option<Vec<PortMap>> {

@@ -1042,6 +1042,36 @@ fn congestion_control_names() {
 }
 
 #[test]
+fn cluster_owner() {
+    let c = client(&static_client()).unwrap();
+    assert_eq!(c.owner, OwnerPolicy::LeastLoaded);
+    for (name, p) in [
+        ("least_loaded", OwnerPolicy::LeastLoaded),
+        ("hash", OwnerPolicy::Hash),
+        ("first", OwnerPolicy::First),
+    ] {
+        let text = format!("{}[cluster]\nowner = \"{name}\"\n", static_client());
+        let c = client(&text).unwrap();
+        assert_eq!(c.owner, p);
+        assert_eq!(p.to_string(), name);
+    }
+    let e = one_error(client(&format!(
+        "{}[cluster]\nowner = \"random\"\n",
+        static_client()
+    )));
+    assert_eq!((e.key.as_str(), e.line), ("cluster.owner", Some(13)));
+    assert_eq!(
+        e.message,
+        "\"random\" is not an owner policy (use \"least_loaded\", \"hash\" or \"first\")"
+    );
+    let e = one_error(client(&format!(
+        "{}[cluster]\nowners = \"first\"\n",
+        static_client()
+    )));
+    assert_eq!(e.line, Some(13));
+}
+
+#[test]
 fn link_transport() {
     let c = client(&static_client()).unwrap();
     assert_eq!(c.transport, LinkTransport::Tcp);
