@@ -97,10 +97,59 @@ impl NodeSession {
 #[derive(Debug)]
 pub(crate) struct Cluster {
     pub(crate) nodes: Vec<NodeSession>,
-    pub(crate) policy: OwnerPolicy,
+    policy: OwnerPolicy,
+    /// Connections refused for want of a link: (since when counted, how many).
+    refused: std::sync::Mutex<(Instant, u64)>,
 }
 
+/// Refusals are logged at most this often, as a count.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
 impl Cluster {
+    pub(crate) fn new(nodes: Vec<NodeSession>, policy: OwnerPolicy) -> Self {
+        let long_ago = Instant::now()
+            .checked_sub(REFUSAL_LOG_EVERY)
+            .unwrap_or_else(Instant::now);
+        Cluster {
+            nodes,
+            policy,
+            refused: std::sync::Mutex::new((long_ago, 0)),
+        }
+    }
+
+    /// Waits up to `hold` for a live link to any node; whether one came up.
+    pub(crate) async fn wait_live(&self, hold: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + hold;
+        loop {
+            if self.live_links() > 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            // Several nodes' links: polled rather than waited on, one at a time.
+            tokio::time::sleep(Duration::from_millis(20).min(hold)).await;
+        }
+    }
+
+    /// Refuses an application connection with a reset (`SO_LINGER` 0): no node is reachable.
+    /// Logged as a count at most every [`REFUSAL_LOG_EVERY`].
+    pub(crate) fn refuse(&self, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+        let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+        drop(tcp);
+        tracing::debug!(%peer, "connection refused: no link to any node");
+        // Only a count and a time change under this lock.
+        let mut r = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        r.1 += 1;
+        if r.0.elapsed() >= REFUSAL_LOG_EVERY {
+            warn!(
+                refused = r.1,
+                "no link to any node: application connections refused (client.no_link_hold_ms)"
+            );
+            *r = (Instant::now(), 0);
+        }
+    }
+
     /// The node that owns a new stream from application client `peer`.
     pub(crate) fn choose(&self, peer: SocketAddr) -> &NodeSession {
         let live: Vec<&NodeSession> = self

@@ -174,10 +174,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         ));
         nodes.push(n);
     }
-    let cluster = Arc::new(Cluster {
-        nodes,
-        policy: config.owner,
-    });
+    let cluster = Arc::new(Cluster::new(nodes, config.owner));
     let mut maps = Vec::new();
     let mut listeners = Vec::new();
     for (i, map) in config.maps.iter().enumerate() {
@@ -191,7 +188,13 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         span.in_scope(|| info!(listen = %addr, service = %map.service.as_str(), "mapping"));
         maps.push((map.service.clone(), addr));
         listeners.push(tokio::spawn(
-            accept_loop(listener, cluster.clone(), map.service.clone()).instrument(span.clone()),
+            accept_loop(
+                listener,
+                cluster.clone(),
+                map.service.clone(),
+                config.no_link_hold,
+            )
+            .instrument(span.clone()),
         ));
     }
     Ok(ClientHandle {
@@ -214,19 +217,44 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-async fn accept_loop(listener: TcpListener, cluster: Arc<Cluster>, service: ServiceName) {
+async fn accept_loop(
+    listener: TcpListener,
+    cluster: Arc<Cluster>,
+    service: ServiceName,
+    hold: std::time::Duration,
+) {
     loop {
         let (tcp, peer) = daemon::accept(&listener, |e| warn!(error = %e, "accept failed")).await;
-        let node = cluster.choose(peer);
-        match node
-            .driver
-            .with(|s, now| s.open_stream(now, node.id, service.as_str()))
-        {
-            Ok(id) => {
-                debug!(%peer, stream = %id, owner = %node.id, "connection accepted");
-                tokio::spawn(driver::stream::run(node.driver.clone(), id, tcp).in_current_span());
-            }
-            Err(e) => warn!(%peer, error = %e, "cannot open stream"),
+        if cluster.live_links() > 0 {
+            open(&cluster, tcp, peer, &service);
+            continue;
         }
+        // No link to any node: hold the connection a short while for one, then refuse it.
+        let (cluster, service) = (cluster.clone(), service.clone());
+        tokio::spawn(
+            async move {
+                if cluster.wait_live(hold).await {
+                    open(&cluster, tcp, peer, &service);
+                } else {
+                    cluster.refuse(tcp, peer);
+                }
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+/// Opens a stream for an accepted connection on the node that owns it, and runs it.
+fn open(cluster: &Cluster, tcp: tokio::net::TcpStream, peer: SocketAddr, service: &ServiceName) {
+    let node = cluster.choose(peer);
+    match node
+        .driver
+        .with(|s, now| s.open_stream(now, node.id, service.as_str()))
+    {
+        Ok(id) => {
+            debug!(%peer, stream = %id, owner = %node.id, "connection accepted");
+            tokio::spawn(driver::stream::run(node.driver.clone(), id, tcp).in_current_span());
+        }
+        Err(e) => warn!(%peer, error = %e, "cannot open stream"),
     }
 }

@@ -31,6 +31,10 @@ pub struct ClientConfig {
     /// On SIGTERM or SIGINT the client stops accepting connections on its mapped ports, waits this long for open streams to
     /// finish, then closes what is left (`client.drain_timeout_ms`, default 30 s).
     pub drain_timeout: Duration,
+    /// An application connection that arrives while no node has a live link waits this long
+    /// for one, then is refused with a reset (`client.no_link_hold_ms`, 0..=60000, default
+    /// 3 s; 0 refuses at once).
+    pub no_link_hold: Duration,
     /// What loading found worth a warning but not an error (a key file others may read), each
     /// as one `FILE:LINE: KEY: MESSAGE` line: `check` prints them, `run` logs them.
     pub warnings: Vec<String>,
@@ -342,6 +346,8 @@ impl ClientAuth {
 impl ClientConfig {
     /// Default `session_grace`: 25 s.
     pub const DEFAULT_SESSION_GRACE: Duration = Duration::from_secs(25);
+    /// Default `no_link_hold`: 3 s.
+    pub const DEFAULT_NO_LINK_HOLD: Duration = Duration::from_secs(3);
     /// Default `drain_timeout`: 30 s.
     pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     /// Default `handshake_timeout`: 10 s.
@@ -355,6 +361,7 @@ impl ClientConfig {
             handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
             session_grace: Self::DEFAULT_SESSION_GRACE,
             drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
+            no_link_hold: Self::DEFAULT_NO_LINK_HOLD,
             warnings: Vec::new(),
             links: Links::default(),
             limits: Limits::default(),
@@ -459,6 +466,9 @@ impl ClientConfig {
         {
             errs.push("links.congestion", None, m);
         }
+        if let Some(m) = common::wait_problem(self.no_link_hold) {
+            errs.push("client.no_link_hold_ms", None, m);
+        }
         if let Some(m) = common::timeout_problem(self.drain_timeout) {
             errs.push("client.drain_timeout_ms", None, m);
         }
@@ -533,6 +543,7 @@ struct RawClient {
     handshake_timeout_ms: Option<Spanned<i64>>,
     session_grace_ms: Option<Spanned<i64>>,
     drain_timeout_ms: Option<Spanned<i64>>,
+    no_link_hold_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -623,6 +634,12 @@ impl RawClientFile {
             client.session_grace_ms.as_ref(),
             ClientConfig::DEFAULT_SESSION_GRACE,
         );
+        let no_link_hold = common::wait_ms(
+            errs,
+            "client.no_link_hold_ms",
+            client.no_link_hold_ms.as_ref(),
+            ClientConfig::DEFAULT_NO_LINK_HOLD,
+        );
         let drain_timeout = common::timeout_ms(
             errs,
             "client.drain_timeout_ms",
@@ -666,6 +683,7 @@ impl RawClientFile {
             handshake_timeout,
             session_grace,
             drain_timeout,
+            no_link_hold,
             links: links?,
             limits,
             congestion,

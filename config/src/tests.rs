@@ -1072,6 +1072,30 @@ fn cluster_owner() {
 }
 
 #[test]
+fn no_link_hold() {
+    let c = client(&static_client()).unwrap();
+    assert_eq!(c.no_link_hold, ClientConfig::DEFAULT_NO_LINK_HOLD);
+    let with = |v: &str| {
+        static_client().replace("[client]\n", &format!("[client]\nno_link_hold_ms = {v}\n"))
+    };
+    assert_eq!(client(&with("0")).unwrap().no_link_hold, Duration::ZERO);
+    assert_eq!(
+        client(&with("1500")).unwrap().no_link_hold,
+        Duration::from_millis(1500)
+    );
+    let e = one_error(client(&with("60001")));
+    assert_eq!(e.key, "client.no_link_hold_ms");
+    assert!(
+        e.line.is_some() && e.message.contains("milliseconds"),
+        "{e}"
+    );
+    let mut c = client(&static_client()).unwrap();
+    c.no_link_hold = Duration::from_secs(61);
+    let errs = c.validate().unwrap_err();
+    assert_eq!(keys_lines(&errs), [("client.no_link_hold_ms", None)]);
+}
+
+#[test]
 fn link_transport() {
     let c = client(&static_client()).unwrap();
     assert_eq!(c.transport, LinkTransport::Tcp);
