@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tracing::warn;
 use wanmux_config::OwnerPolicy;
-use wanmux_core::driver::SessionDriver;
+use wanmux_core::budget::Pool;
+use wanmux_core::driver::{SessionDriver, Totals};
 use wanmux_core::ids::{NodeId, SessionId};
+use wanmux_core::status::{SessionStatus, Status};
 
 /// One node: the engine of the streams it owns and the tasks that keep its links.
 #[derive(Debug)]
@@ -174,6 +176,23 @@ impl Cluster {
             }
         };
         candidates[i]
+    }
+
+    /// The client's status: one session per node.
+    pub(crate) fn status(&self, uptime: Duration) -> Status {
+        let mut st = Status::new("client", uptime);
+        let budget = self.nodes[0].driver.with(|s, _| s.budget().clone());
+        st.memory_used_bytes = budget.used(Pool::Recv) + budget.used(Pool::Send);
+        st.memory_limit_bytes = budget.cap().saturating_mul(2);
+        let mut totals = Totals::default();
+        for n in &self.nodes {
+            totals = totals + n.driver.counters().totals();
+            let id = dial::lock(&n.state).id.to_string();
+            st.sessions
+                .push(SessionStatus::of(&n.driver, id, format!("node {}", n.id.0)));
+        }
+        st.totals = totals.into();
+        st
     }
 
     pub(crate) fn live_links(&self) -> usize {

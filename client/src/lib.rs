@@ -33,6 +33,8 @@ use wanmux_core::driver::{self, BudgetSignal, SessionDriver};
 use wanmux_core::engine::{Role, Session};
 use wanmux_core::frame::reset;
 use wanmux_core::ids::{NodeId, SessionId};
+use wanmux_core::metrics;
+use wanmux_core::status::Status;
 
 /// Accept queue length of each mapped port (the kernel caps it at `net.core.somaxconn`). The
 /// default of std and tokio, 128, overflows when a burst of connections arrives at once (a
@@ -47,6 +49,9 @@ pub struct ClientHandle {
     cluster: Arc<Cluster>,
     /// The accept loops of the mapped ports.
     listeners: Vec<JoinHandle<()>>,
+    /// The metrics endpoint (`metrics.listen`): its address and task.
+    metrics: Option<(SocketAddr, JoinHandle<()>)>,
+    started: std::time::Instant,
 }
 
 impl ClientHandle {
@@ -71,6 +76,16 @@ impl ClientHandle {
             // Several nodes' links: polled rather than waited on, one at a time.
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+    }
+
+    /// What the client is doing now: its nodes' sessions, links and traffic totals.
+    pub fn status(&self) -> Status {
+        self.cluster.status(self.started.elapsed())
+    }
+
+    /// Where the metrics endpoint listens (`metrics.listen`; useful with port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(a, _)| *a)
     }
 
     /// Each configured node: its links, the streams it owns and its bytes, in config order.
@@ -109,7 +124,11 @@ impl ClientHandle {
 
     /// Stops listening, resets every stream and drops every link.
     pub fn shutdown(self) {
-        for t in &self.listeners {
+        for t in self
+            .listeners
+            .iter()
+            .chain(self.metrics.as_ref().map(|(_, t)| t))
+        {
             t.abort();
         }
         for n in &self.cluster.nodes {
@@ -197,10 +216,28 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             .instrument(span.clone()),
         ));
     }
+    let metrics = match config.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr} (metrics.listen): {e}"),
+                )
+            })?;
+            let bound = listener.local_addr()?;
+            span.in_scope(|| info!(listen = %bound, "metrics endpoint"));
+            let (cluster, started) = (cluster.clone(), std::time::Instant::now());
+            let source: metrics::StatusSource = Arc::new(move || cluster.status(started.elapsed()));
+            Some((bound, tokio::spawn(metrics::serve(listener, source))))
+        }
+    };
     Ok(ClientHandle {
         maps,
         cluster,
         listeners,
+        metrics,
+        started: std::time::Instant::now(),
     })
 }
 

@@ -1,7 +1,7 @@
 //! `wanmux-client` config: the server nodes to dial and how to authenticate to them, how many
 //! links to keep, and the local ports mapped to services. See `docs/CONFIG.md`.
 
-use crate::common::{self, HostPort, Limits, RawLimits, ServiceName};
+use crate::common::{self, HostPort, Limits, RawLimits, RawMetrics, ServiceName};
 use crate::error::{Collector, ConfigErrors};
 use crate::locate;
 use crate::secret::{key_error_message, KeySource, Loaded};
@@ -59,6 +59,8 @@ pub struct ClientConfig {
     pub maps: Vec<PortMap>,
     /// Which node owns each new stream (`cluster.owner`, default least loaded).
     pub owner: OwnerPolicy,
+    /// Where the Prometheus metrics endpoint listens (`metrics.listen`); none by default.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How the client picks the node that owns a new stream (`cluster.owner`). The owner holds the
@@ -370,6 +372,7 @@ impl ClientConfig {
             lanes: 0,
             maps,
             owner: OwnerPolicy::default(),
+            metrics_listen: None,
         }
     }
 
@@ -525,6 +528,7 @@ struct RawClientFile {
     limits: Option<Spanned<RawLimits>>,
     map: Option<Vec<Spanned<RawMap>>>,
     cluster: Option<Spanned<RawCluster>>,
+    metrics: Option<Spanned<RawMetrics>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -677,6 +681,7 @@ impl RawClientFile {
                 .as_ref()
                 .and_then(|c| c.get_ref().owner.as_ref()),
         );
+        let metrics_listen = RawMetrics::convert(self.metrics.as_ref(), errs);
         Some(ClientConfig {
             warnings: Vec::new(),
             auth: auth?,
@@ -691,6 +696,7 @@ impl RawClientFile {
             lanes: lanes?,
             maps: maps?,
             owner: owner?,
+            metrics_listen,
         })
     }
 }

@@ -571,6 +571,34 @@ pub(crate) fn node_id(errs: &mut Collector<'_>, key: &str, v: &Spanned<i64>) -> 
     id
 }
 
+/// `[metrics]` as written (both daemons).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    listen: Option<Spanned<String>>,
+}
+
+impl RawMetrics {
+    /// The metrics endpoint's address: `None` without `[metrics]`; `[metrics]` needs `listen`.
+    pub(crate) fn convert(
+        raw: Option<&Spanned<RawMetrics>>,
+        errs: &mut Collector<'_>,
+    ) -> Option<SocketAddr> {
+        let raw = raw?;
+        match &raw.get_ref().listen {
+            Some(v) => socket_addr(errs, "metrics.listen", v),
+            None => {
+                errs.push(
+                    "metrics.listen",
+                    Some(raw.span()),
+                    "missing: [metrics] needs listen = \"IP:PORT\" (or leave [metrics] out)",
+                );
+                None
+            }
+        }
+    }
+}
+
 /// Parses a socket address (`IP:PORT`, IPv6 in brackets; no host names).
 pub(crate) fn socket_addr(
     errs: &mut Collector<'_>,

@@ -1,7 +1,7 @@
 //! `wanmux-server` config: the node's listen address, identity, who may connect, and the
 //! services it may dial. See `docs/CONFIG.md` for the file format.
 
-use crate::common::{self, HostPort, Limits, RawLimits, ServiceName};
+use crate::common::{self, HostPort, Limits, RawLimits, RawMetrics, ServiceName};
 use crate::error::{Collector, ConfigError, ConfigErrors};
 use crate::locate;
 use crate::secret::{key_error_message, KeySource, Loaded};
@@ -52,6 +52,8 @@ pub struct ServerConfig {
     /// The services clients may open, by name (`[[service]]`). Non-empty, names unique. The
     /// server connects to nothing else.
     pub services: Vec<Service>,
+    /// Where the Prometheus metrics endpoint listens (`metrics.listen`); none by default.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How the server authenticates clients. Each variant holds exactly the keys its mode needs.
@@ -136,6 +138,7 @@ impl ServerConfig {
             congestion: None,
             quic: false,
             services,
+            metrics_listen: None,
         }
     }
 
@@ -252,6 +255,7 @@ struct RawServerFile {
     server: Option<Spanned<RawServer>>,
     limits: Option<Spanned<RawLimits>>,
     service: Option<Vec<Spanned<RawService>>>,
+    metrics: Option<Spanned<RawMetrics>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -336,6 +340,7 @@ impl RawServerFile {
         let quic = s.quic.as_ref().is_some_and(|v| *v.get_ref());
         let auth = s.convert_auth(errs, base_dir, &table);
 
+        let metrics_listen = RawMetrics::convert(self.metrics.as_ref(), errs);
         Some(ServerConfig {
             warnings: Vec::new(),
             listen: listen?,
@@ -349,6 +354,7 @@ impl RawServerFile {
             congestion,
             quic,
             services: services?,
+            metrics_listen,
         })
     }
 }

@@ -1096,6 +1096,30 @@ fn no_link_hold() {
 }
 
 #[test]
+fn metrics_listen() {
+    assert_eq!(client(&static_client()).unwrap().metrics_listen, None);
+    assert_eq!(server(&psk_server()).unwrap().metrics_listen, None);
+    let at: SocketAddr = "127.0.0.1:9480".parse().unwrap();
+    let table = "[metrics]\nlisten = \"127.0.0.1:9480\"\n";
+    let c = client(&format!("{}{table}", static_client())).unwrap();
+    assert_eq!(c.metrics_listen, Some(at));
+    let s = server(&format!("{}{table}", psk_server())).unwrap();
+    assert_eq!(s.metrics_listen, Some(at));
+    let e = one_error(server(&format!(
+        "{}[metrics]\nlisten = \"localhost:9480\"\n",
+        psk_server()
+    )));
+    assert_eq!((e.key.as_str(), e.line), ("metrics.listen", Some(10)));
+    let e = one_error(client(&format!("{}[metrics]\n", static_client())));
+    assert_eq!((e.key.as_str(), e.line), ("metrics.listen", Some(12)));
+    let e = one_error(client(&format!(
+        "{}[metrics]\nlisten = \"127.0.0.1:1\"\nport = 3\n",
+        static_client()
+    )));
+    assert_eq!(e.line, Some(14));
+}
+
+#[test]
 fn link_transport() {
     let c = client(&static_client()).unwrap();
     assert_eq!(c.transport, LinkTransport::Tcp);

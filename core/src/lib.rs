@@ -17,9 +17,13 @@ pub mod engine;
 pub mod frame;
 pub mod ids;
 pub mod keys;
+#[cfg(feature = "daemon")]
+pub mod metrics;
 #[cfg(feature = "io")]
 pub mod noise;
 pub mod pace;
 #[cfg(feature = "io")]
 pub mod quic;
 mod range_set;
+#[cfg(feature = "daemon")]
+pub mod status;

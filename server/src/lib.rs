@@ -20,7 +20,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use wanmux_config::ServerConfig;
-use wanmux_core::{daemon, noise, quic};
+use wanmux_core::status::Status;
+use wanmux_core::{daemon, metrics, noise, quic};
 
 /// Handshakes in progress at once; connections beyond wait in the kernel's accept queue, so a
 /// flood of half-open connections costs bounded memory.
@@ -34,6 +35,9 @@ pub struct ServerHandle {
     /// The QUIC endpoint and its accept loop (`server.quic`).
     quic: Option<(quic::Listener, JoinHandle<()>)>,
     sessions: Arc<Sessions>,
+    /// The metrics endpoint (`metrics.listen`): its address and task.
+    metrics: Option<(SocketAddr, JoinHandle<()>)>,
+    started: std::time::Instant,
 }
 
 impl ServerHandle {
@@ -50,6 +54,12 @@ impl ServerHandle {
             .and_then(|(ep, _)| ep.endpoint().local_addr().ok())
     }
 
+    fn stop_metrics(&self) {
+        if let Some((_, task)) = &self.metrics {
+            task.abort();
+        }
+    }
+
     fn stop_accepting(&self) {
         self.accept.abort();
         if let Some((ep, task)) = &self.quic {
@@ -59,6 +69,16 @@ impl ServerHandle {
         }
     }
 
+    /// What the node is doing now: its sessions, their links, and the traffic totals.
+    pub fn status(&self) -> Status {
+        self.sessions.status(self.started.elapsed())
+    }
+
+    /// Where the metrics endpoint listens (`metrics.listen`; useful with port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(a, _)| *a)
+    }
+
     /// Sessions currently held (with at least one link, or within their grace period).
     pub fn session_count(&self) -> usize {
         self.sessions.len()
@@ -66,6 +86,7 @@ impl ServerHandle {
 
     /// Stops accepting, resets every session's streams and closes every link.
     pub fn shutdown(self) {
+        self.stop_metrics();
         self.stop_accepting();
         self.sessions.close_all();
     }
@@ -109,6 +130,7 @@ impl ServerHandle {
     /// Stops at once: drops every link and session without telling clients anything, which is
     /// what a crash looks like to them. For tests of recovery, and emergency exits.
     pub fn abort(self) {
+        self.stop_metrics();
         self.stop_accepting();
         self.sessions.abandon_all();
     }
@@ -147,7 +169,22 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
         None
     };
     let auth = Arc::new(noise::ServerAuth::from(&config.auth));
+    let metrics_listen = config.metrics_listen;
     let sessions = Arc::new(Sessions::new(config));
+    let started = std::time::Instant::now();
+    let metrics = match metrics_listen {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                context(e, format_args!("cannot listen on {addr} (metrics.listen)"))
+            })?;
+            let bound = listener.local_addr()?;
+            info!(listen = %bound, "metrics endpoint");
+            let from = sessions.clone();
+            let source: metrics::StatusSource = Arc::new(move || from.status(started.elapsed()));
+            Some((bound, tokio::spawn(metrics::serve(listener, source))))
+        }
+    };
     info!(listen = %local_addr, quic = quic.is_some(), node = sessions.node_id(), "wanmux-server listening");
     let accept = tokio::spawn(accept_loop(
         Listener::Tcp(listener),
@@ -167,6 +204,8 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
         accept,
         quic,
         sessions,
+        metrics,
+        started,
     })
 }
 

@@ -108,6 +108,7 @@ async fn upstream(
                 Err(_) => Half::Reset,
             };
         }
+        driver.counters().app_read(n);
         if driver
             .with(|s, _| s.stream_write(id, buf.split().freeze()))
             .is_err()
@@ -134,6 +135,7 @@ async fn downstream(
                     debug!(stream = %id, error = %e, "application socket error");
                     return Half::Reset;
                 }
+                driver.counters().app_written(b.len());
             }
             Ok(ReadChunk::Fin) => {
                 let _ = wr.shutdown().await;
