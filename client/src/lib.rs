@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
 use wanmux_config::{ClientConfig, LinkTransport, ServiceName};
 use wanmux_core::budget::Budget;
+use wanmux_core::control::{self, ControlSocket};
 use wanmux_core::daemon;
 use wanmux_core::driver::{self, BudgetSignal, SessionDriver};
 use wanmux_core::engine::{Role, Session};
@@ -51,6 +52,8 @@ pub struct ClientHandle {
     listeners: Vec<JoinHandle<()>>,
     /// The metrics endpoint (`metrics.listen`): its address and task.
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
+    /// The control socket (`control.socket`); its file goes with it.
+    control: Option<ControlSocket>,
     started: std::time::Instant,
 }
 
@@ -81,6 +84,11 @@ impl ClientHandle {
     /// What the client is doing now: its nodes' sessions, links and traffic totals.
     pub fn status(&self) -> Status {
         self.cluster.status(self.started.elapsed())
+    }
+
+    /// The control socket's path (`control.socket`), if it has one.
+    pub fn control_path(&self) -> Option<&std::path::Path> {
+        self.control.as_ref().map(ControlSocket::path)
     }
 
     /// Where the metrics endpoint listens (`metrics.listen`; useful with port 0).
@@ -232,12 +240,32 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             Some((bound, tokio::spawn(metrics::serve(listener, source))))
         }
     };
+    let started = std::time::Instant::now();
+    let control = match &config.control_socket {
+        None => None,
+        Some(path) => {
+            let cluster = cluster.clone();
+            let source: control::StatusSource = Arc::new(move || cluster.status(started.elapsed()));
+            let socket = ControlSocket::bind(path, source).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot create the control socket {} (control.socket): {e}",
+                        path.display()
+                    ),
+                )
+            })?;
+            span.in_scope(|| info!(path = %path.display(), "control socket"));
+            Some(socket)
+        }
+    };
     Ok(ClientHandle {
         maps,
         cluster,
         listeners,
         metrics,
-        started: std::time::Instant::now(),
+        control,
+        started,
     })
 }
 

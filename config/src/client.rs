@@ -1,7 +1,7 @@
 //! `wanmux-client` config: the server nodes to dial and how to authenticate to them, how many
 //! links to keep, and the local ports mapped to services. See `docs/CONFIG.md`.
 
-use crate::common::{self, HostPort, Limits, RawLimits, RawMetrics, ServiceName};
+use crate::common::{self, HostPort, Limits, RawControl, RawLimits, RawMetrics, ServiceName};
 use crate::error::{Collector, ConfigErrors};
 use crate::locate;
 use crate::secret::{key_error_message, KeySource, Loaded};
@@ -61,6 +61,9 @@ pub struct ClientConfig {
     pub owner: OwnerPolicy,
     /// Where the Prometheus metrics endpoint listens (`metrics.listen`); none by default.
     pub metrics_listen: Option<SocketAddr>,
+    /// The control socket that `status` asks (`control.socket`). Without it the library opens
+    /// none; the daemon binary then uses its default under `/run/wanmux/`.
+    pub control_socket: Option<std::path::PathBuf>,
 }
 
 /// How the client picks the node that owns a new stream (`cluster.owner`). The owner holds the
@@ -373,6 +376,7 @@ impl ClientConfig {
             maps,
             owner: OwnerPolicy::default(),
             metrics_listen: None,
+            control_socket: None,
         }
     }
 
@@ -529,6 +533,7 @@ struct RawClientFile {
     map: Option<Vec<Spanned<RawMap>>>,
     cluster: Option<Spanned<RawCluster>>,
     metrics: Option<Spanned<RawMetrics>>,
+    control: Option<Spanned<RawControl>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -682,6 +687,7 @@ impl RawClientFile {
                 .and_then(|c| c.get_ref().owner.as_ref()),
         );
         let metrics_listen = RawMetrics::convert(self.metrics.as_ref(), errs);
+        let control_socket = RawControl::convert(self.control.as_ref(), errs, base_dir);
         Some(ClientConfig {
             warnings: Vec::new(),
             auth: auth?,
@@ -697,6 +703,7 @@ impl RawClientFile {
             maps: maps?,
             owner: owner?,
             metrics_listen,
+            control_socket,
         })
     }
 }

@@ -599,6 +599,40 @@ impl RawMetrics {
     }
 }
 
+/// `[control]` as written (both daemons).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawControl {
+    socket: Option<Spanned<String>>,
+}
+
+impl RawControl {
+    /// The control socket's path, relative ones resolved against the config's directory:
+    /// `None` without `[control]`; `[control]` needs `socket`.
+    pub(crate) fn convert(
+        raw: Option<&Spanned<RawControl>>,
+        errs: &mut Collector<'_>,
+        base_dir: &std::path::Path,
+    ) -> Option<std::path::PathBuf> {
+        let raw = raw?;
+        match &raw.get_ref().socket {
+            Some(v) if v.get_ref().is_empty() => {
+                errs.push("control.socket", Some(v.span()), "empty path");
+                None
+            }
+            Some(v) => Some(crate::secret::resolve(base_dir, v.get_ref())),
+            None => {
+                errs.push(
+                    "control.socket",
+                    Some(raw.span()),
+                    "missing: [control] needs socket = \"PATH\" (or leave [control] out)",
+                );
+                None
+            }
+        }
+    }
+}
+
 /// Parses a socket address (`IP:PORT`, IPv6 in brackets; no host names).
 pub(crate) fn socket_addr(
     errs: &mut Collector<'_>,

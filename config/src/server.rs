@@ -1,7 +1,7 @@
 //! `wanmux-server` config: the node's listen address, identity, who may connect, and the
 //! services it may dial. See `docs/CONFIG.md` for the file format.
 
-use crate::common::{self, HostPort, Limits, RawLimits, RawMetrics, ServiceName};
+use crate::common::{self, HostPort, Limits, RawControl, RawLimits, RawMetrics, ServiceName};
 use crate::error::{Collector, ConfigError, ConfigErrors};
 use crate::locate;
 use crate::secret::{key_error_message, KeySource, Loaded};
@@ -54,6 +54,9 @@ pub struct ServerConfig {
     pub services: Vec<Service>,
     /// Where the Prometheus metrics endpoint listens (`metrics.listen`); none by default.
     pub metrics_listen: Option<SocketAddr>,
+    /// The control socket that `status` asks (`control.socket`). Without it the library opens
+    /// none; the daemon binary then uses its default under `/run/wanmux/`.
+    pub control_socket: Option<std::path::PathBuf>,
 }
 
 /// How the server authenticates clients. Each variant holds exactly the keys its mode needs.
@@ -139,6 +142,7 @@ impl ServerConfig {
             quic: false,
             services,
             metrics_listen: None,
+            control_socket: None,
         }
     }
 
@@ -256,6 +260,7 @@ struct RawServerFile {
     limits: Option<Spanned<RawLimits>>,
     service: Option<Vec<Spanned<RawService>>>,
     metrics: Option<Spanned<RawMetrics>>,
+    control: Option<Spanned<RawControl>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -341,6 +346,7 @@ impl RawServerFile {
         let auth = s.convert_auth(errs, base_dir, &table);
 
         let metrics_listen = RawMetrics::convert(self.metrics.as_ref(), errs);
+        let control_socket = RawControl::convert(self.control.as_ref(), errs, base_dir);
         Some(ServerConfig {
             warnings: Vec::new(),
             listen: listen?,
@@ -355,6 +361,7 @@ impl RawServerFile {
             quic,
             services: services?,
             metrics_listen,
+            control_socket,
         })
     }
 }

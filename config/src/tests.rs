@@ -1120,6 +1120,33 @@ fn metrics_listen() {
 }
 
 #[test]
+fn control_socket() {
+    assert_eq!(client(&static_client()).unwrap().control_socket, None);
+    let c = client(&format!(
+        "{}[control]\nsocket = \"run/c.sock\"\n",
+        static_client()
+    ))
+    .unwrap();
+    assert_eq!(
+        c.control_socket,
+        Some(PathBuf::from("/nonexistent/run/c.sock"))
+    );
+    let s = server(&format!(
+        "{}[control]\nsocket = \"/run/wanmux/s.sock\"\n",
+        psk_server()
+    ))
+    .unwrap();
+    assert_eq!(s.control_socket, Some(PathBuf::from("/run/wanmux/s.sock")));
+    let e = one_error(server(&format!(
+        "{}[control]\nsocket = \"\"\n",
+        psk_server()
+    )));
+    assert_eq!((e.key.as_str(), e.line), ("control.socket", Some(10)));
+    let e = one_error(client(&format!("{}[control]\n", static_client())));
+    assert_eq!((e.key.as_str(), e.line), ("control.socket", Some(12)));
+}
+
+#[test]
 fn link_transport() {
     let c = client(&static_client()).unwrap();
     assert_eq!(c.transport, LinkTransport::Tcp);

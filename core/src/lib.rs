@@ -10,6 +10,8 @@
 pub mod auth;
 pub mod budget;
 #[cfg(feature = "daemon")]
+pub mod control;
+#[cfg(feature = "daemon")]
 pub mod daemon;
 #[cfg(feature = "io")]
 pub mod driver;

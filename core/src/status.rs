@@ -7,17 +7,17 @@
 
 use crate::driver::{SessionDriver, Totals};
 use crate::engine::LinkStats;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::time::Duration;
 
 /// A daemon's state at one moment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     /// `"client"` or `"server"`.
-    pub daemon: &'static str,
+    pub daemon: String,
     /// The daemon's version.
-    pub version: &'static str,
+    pub version: String,
     /// Seconds since it started.
     pub uptime_seconds: f64,
     /// Bytes of the memory budget in use (`limits.memory`).
@@ -31,7 +31,7 @@ pub struct Status {
 }
 
 /// [`Totals`] as it is rendered.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TotalsView {
     /// Bytes read from application sockets.
     pub app_read_bytes: u64,
@@ -61,7 +61,7 @@ impl From<Totals> for TotalsView {
 }
 
 /// One session.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionStatus {
     /// The session id (first 8 bytes, hex).
     pub id: String,
@@ -78,7 +78,7 @@ pub struct SessionStatus {
 }
 
 /// One link.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinkStatus {
     /// The link's id in its session.
     pub id: u64,
@@ -131,8 +131,8 @@ impl Status {
     /// A status of `daemon` (`"client"` or `"server"`) up for `uptime`.
     pub fn new(daemon: &'static str, uptime: Duration) -> Status {
         Status {
-            daemon,
-            version: env!("CARGO_PKG_VERSION"),
+            daemon: daemon.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_seconds: uptime.as_secs_f64(),
             memory_used_bytes: 0,
             memory_limit_bytes: 0,

@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use wanmux_config::ServerConfig;
+use wanmux_core::control::{self, ControlSocket};
 use wanmux_core::status::Status;
 use wanmux_core::{daemon, metrics, noise, quic};
 
@@ -37,6 +38,8 @@ pub struct ServerHandle {
     sessions: Arc<Sessions>,
     /// The metrics endpoint (`metrics.listen`): its address and task.
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
+    /// The control socket (`control.socket`); its file goes with it.
+    control: Option<ControlSocket>,
     started: std::time::Instant,
 }
 
@@ -72,6 +75,11 @@ impl ServerHandle {
     /// What the node is doing now: its sessions, their links, and the traffic totals.
     pub fn status(&self) -> Status {
         self.sessions.status(self.started.elapsed())
+    }
+
+    /// The control socket's path (`control.socket`), if it has one.
+    pub fn control_path(&self) -> Option<&std::path::Path> {
+        self.control.as_ref().map(ControlSocket::path)
     }
 
     /// Where the metrics endpoint listens (`metrics.listen`; useful with port 0).
@@ -170,6 +178,7 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     };
     let auth = Arc::new(noise::ServerAuth::from(&config.auth));
     let metrics_listen = config.metrics_listen;
+    let control_path = config.control_socket.clone();
     let sessions = Arc::new(Sessions::new(config));
     let started = std::time::Instant::now();
     let metrics = match metrics_listen {
@@ -199,12 +208,31 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
         ));
         (ep, task)
     });
+    let control = match control_path {
+        None => None,
+        Some(path) => {
+            let from = sessions.clone();
+            let source: control::StatusSource = Arc::new(move || from.status(started.elapsed()));
+            let socket = ControlSocket::bind(&path, source).map_err(|e| {
+                context(
+                    e,
+                    format_args!(
+                        "cannot create the control socket {} (control.socket)",
+                        path.display()
+                    ),
+                )
+            })?;
+            info!(path = %path.display(), "control socket");
+            Some(socket)
+        }
+    };
     Ok(ServerHandle {
         local_addr,
         accept,
         quic,
         sessions,
         metrics,
+        control,
         started,
     })
 }

@@ -215,3 +215,62 @@ async fn a_scraper_that_never_finishes_its_request_costs_one_slot_for_a_while() 
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_answers_on_the_control_socket_which_only_its_owner_may_use() {
+    use std::os::unix::fs::PermissionsExt;
+    within(Duration::from_secs(30), async {
+        let dir = std::env::temp_dir().join(format!("wanmux-control-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (client_sock, server_sock) = (dir.join("client.sock"), dir.join("server.sock"));
+        let (c, s) = (client_sock.clone(), server_sock.clone());
+        let mut t = Tunnel::start_with(Auth::Psk, 3, |server, client| {
+            server.control_socket = Some(s);
+            client.control_socket = Some(c);
+        })
+        .await;
+        t.check_transfer(100_000, 300_000, 4).await;
+        let mode = std::fs::metadata(&client_sock)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the socket is private");
+
+        let st = wanmux_core::control::query(&client_sock)
+            .await
+            .expect("status");
+        assert_eq!((st.daemon.as_str(), st.links_up()), ("client", 3));
+        assert_eq!(st.totals.app_written_bytes, 300_000);
+        let st = wanmux_core::control::query(&server_sock)
+            .await
+            .expect("status");
+        assert_eq!((st.daemon.as_str(), st.sessions.len()), ("server", 1));
+        assert_eq!(st.sessions[0].peer, "psk");
+        assert_eq!(st.totals.app_written_bytes, 100_016);
+
+        // A second daemon on the same socket is refused, naming the key; the first goes on.
+        let mut second = t.client_config.clone();
+        second.maps[0].listen = "127.0.0.1:0".parse().unwrap();
+        let err = wanmux_client::start(second).await.unwrap_err().to_string();
+        assert!(
+            err.contains("(control.socket)") && err.contains("another daemon"),
+            "{err}"
+        );
+        assert!(wanmux_core::control::query(&client_sock).await.is_ok());
+
+        // The files go with their daemons; a stale one is replaced by the next daemon.
+        t.client.shutdown();
+        assert!(!client_sock.exists(), "the client removed its socket");
+        let _stale = std::os::unix::net::UnixListener::bind(&client_sock).unwrap();
+        drop(_stale);
+        let again = wanmux_client::start(t.client_config.clone())
+            .await
+            .expect("replaces a stale socket");
+        assert!(wanmux_core::control::query(&client_sock).await.is_ok());
+        again.shutdown();
+        t.server.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
