@@ -137,3 +137,70 @@ pub async fn query(path: &Path) -> io::Result<Status> {
         )
     })
 }
+
+/// Where a daemon started from `config` (a file) puts its control socket when the file sets no
+/// `control.socket`: `/run/wanmux/NAME-STEM.sock`, e.g. `/run/wanmux/wanmux-client-office.sock`
+/// for `/etc/wanmux/office.toml`, so instances of the `@` units each get their own.
+pub fn default_socket(daemon: &str, config: &Path) -> PathBuf {
+    let stem = config
+        .file_stem()
+        .map_or_else(|| "default".into(), |s| s.to_string_lossy());
+    PathBuf::from("/run/wanmux").join(format!("{daemon}-{stem}.sock"))
+}
+
+/// How `status` shows what it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A table for people.
+    Text,
+    /// JSON, for scripts.
+    Json,
+}
+
+/// `status`: asks the daemon at `path` and prints its state; with `watch`, again every
+/// `watch` interval, clearing the terminal between (until interrupted). An unreachable
+/// daemon is an error naming the socket.
+pub async fn print_status(path: &Path, format: Format, watch: Option<Duration>) -> io::Result<()> {
+    loop {
+        let st = query(path).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "no answer on the control socket {}: {e} (is the daemon running, with this \
+                     config, and are you its user or root?)",
+                    path.display()
+                ),
+            )
+        })?;
+        let text = match format {
+            Format::Text => st.to_text(),
+            Format::Json => st.to_json() + "\n",
+        };
+        match watch {
+            None => {
+                print!("{text}");
+                return Ok(());
+            }
+            Some(every) => {
+                // Home and clear the screen, as `top` does.
+                print!("\x1b[H\x1b[2J{text}");
+                tokio::time::sleep(every).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_sockets_differ_per_daemon_and_instance() {
+        let a = default_socket("wanmux-client", Path::new("/etc/wanmux/office.toml"));
+        assert_eq!(a, Path::new("/run/wanmux/wanmux-client-office.sock"));
+        let b = default_socket("wanmux-server", Path::new("/etc/wanmux/office.toml"));
+        assert_ne!(a, b);
+        let c = default_socket("wanmux-client", Path::new("lab.toml"));
+        assert_eq!(c, Path::new("/run/wanmux/wanmux-client-lab.sock"));
+    }
+}
