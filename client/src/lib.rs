@@ -36,6 +36,7 @@ use wanmux_core::frame::reset;
 use wanmux_core::ids::{NodeId, SessionId};
 use wanmux_core::metrics;
 use wanmux_core::status::Status;
+use wanmux_core::tune;
 
 /// Accept queue length of each mapped port (the kernel caps it at `net.core.somaxconn`). The
 /// default of std and tokio, 128, overflows when a burst of connections arrives at once (a
@@ -173,6 +174,19 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     // One UDP socket per address family for every QUIC link to every node.
     let quic: Option<Arc<dial::QuicEndpoints>> =
         (config.transport == LinkTransport::Quic).then(Default::default);
+    let mut host = Vec::new();
+    let congestion = match config.transport {
+        LinkTransport::Tcp => tune::congestion(config.congestion.as_deref(), &mut host),
+        LinkTransport::Quic => None,
+    };
+    host.extend(tune::check_buffers(
+        quic.is_some()
+            .then_some(wanmux_core::quic::SOCKET_BUFFER as u64),
+        quic.is_none(),
+    ));
+    for w in &host {
+        span.in_scope(|| warn!("{w}"));
+    }
     let mut nodes = Vec::new();
     for (node, hs) in config.auth.handshakes() {
         let id = NodeId(node.id.get());
@@ -192,7 +206,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             link_seq: 0,
             index: 0,
             handshake_timeout: config.handshake_timeout,
-            congestion: config.congestion.clone(),
+            congestion: congestion.clone(),
             quic: quic.clone(),
             lanes: config.lanes,
         };

@@ -42,7 +42,8 @@ pub struct ServerConfig {
     /// Per-session limits (`[limits]`).
     pub limits: Limits,
     /// TCP congestion control for this end's links (`server.congestion`), e.g. `bbr` or `cubic`; `None`
-    /// keeps the system default. On a lossy long path a loss-based algorithm (cubic) collapses
+    /// (unset) means `bbr` where the kernel has it, else the system default with a warning at
+    /// start, and `"system"` keeps the system default. On a lossy long path a loss-based algorithm (cubic) collapses
     /// while `bbr` keeps its rate. A name the kernel does not have is logged and ignored. It
     /// applies to TCP links only: QUIC links always use wanmux's own controller (`pace`).
     pub congestion: Option<String>,

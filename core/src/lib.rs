@@ -29,3 +29,5 @@ pub mod quic;
 mod range_set;
 #[cfg(feature = "daemon")]
 pub mod status;
+#[cfg(feature = "io")]
+pub mod tune;

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use wanmux_config::ServerConfig;
 use wanmux_core::control::{self, ControlSocket};
 use wanmux_core::status::Status;
-use wanmux_core::{daemon, metrics, noise, quic};
+use wanmux_core::{daemon, metrics, noise, quic, tune};
 
 /// Handshakes in progress at once; connections beyond wait in the kernel's accept queue, so a
 /// flood of half-open connections costs bounded memory.
@@ -158,7 +158,16 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
         )
     })?;
     let local_addr = listener.local_addr()?;
-    if let Some(cc) = &config.congestion {
+    let mut host = Vec::new();
+    let congestion = tune::congestion(config.congestion.as_deref(), &mut host);
+    host.extend(tune::check_buffers(
+        config.quic.then_some(quic::SOCKET_BUFFER as u64),
+        true,
+    ));
+    for w in &host {
+        warn!("{w}");
+    }
+    if let Some(cc) = &congestion {
         // Accepted sockets inherit the listener's congestion control.
         let sock = socket2::SockRef::from(&listener);
         if let Err(e) = sock.set_tcp_congestion(cc.as_bytes()) {
