@@ -20,6 +20,7 @@ pub mod keys;
 #[cfg(feature = "io")]
 pub mod noise;
 pub mod pace;
+pub mod peer;
 #[cfg(feature = "io")]
 pub mod quic;
 mod range_set;
