@@ -234,6 +234,8 @@ pub(super) trait Payloads {
     type Hello;
     /// Message 2's payload.
     type Reply;
+    /// Why a static key that is not on the acceptor's allow-list is refused.
+    const UNKNOWN_KEY: &'static str;
     fn encode_hello(hello: &Self::Hello) -> Vec<u8>;
     fn decode_hello(p: &[u8]) -> Result<Self::Hello, LinkError>;
     fn encode_reply(reply: &Self::Reply) -> Vec<u8>;
@@ -246,6 +248,7 @@ pub(super) struct ClientLink;
 impl Payloads for ClientLink {
     type Hello = ClientHello;
     type Reply = ServerHello;
+    const UNKNOWN_KEY: &'static str = "client key is not on the allow-list";
     fn encode_hello(hello: &ClientHello) -> Vec<u8> {
         encode_client_hello(hello).to_vec()
     }
@@ -441,7 +444,7 @@ where
             let key = remote_static(&hs)
                 .ok_or(LinkError::Protocol("no client static key after message 1"))?;
             if !auth.allowed_clients.contains(&key) {
-                return Err(LinkError::Auth("client key is not on the allow-list"));
+                return Err(LinkError::Auth(P::UNKNOWN_KEY));
             }
             Some(key)
         }
