@@ -580,27 +580,37 @@ pub(super) fn decode_client_hello(p: &[u8]) -> Result<ClientHello, LinkError> {
 }
 
 pub(super) fn encode_server_hello(h: &ServerHello) -> [u8; SERVER_HELLO_LEN] {
-    let mut out = [0u8; SERVER_HELLO_LEN];
-    out[0] = VERSION;
-    out[1..3].copy_from_slice(&h.node_id.to_be_bytes());
-    out[4..12].copy_from_slice(&h.epoch.to_be_bytes());
-    out
+    encode_reply(VERSION, h.node_id, h.epoch)
 }
 
 pub(super) fn decode_server_hello(p: &[u8]) -> Result<ServerHello, LinkError> {
+    let (node_id, epoch) = decode_reply(p, VERSION)?;
+    Ok(ServerHello { node_id, epoch })
+}
+
+/// Message 2's payload, the same layout on client and peer links: `version | node_id | status |
+/// value`, where status 0 is the only one sent and the value is a client link's epoch or a peer's
+/// instance.
+pub(super) fn encode_reply(version: u8, node_id: u16, value: u64) -> [u8; SERVER_HELLO_LEN] {
+    let mut out = [0u8; SERVER_HELLO_LEN];
+    out[0] = version;
+    out[1..3].copy_from_slice(&node_id.to_be_bytes());
+    out[4..12].copy_from_slice(&value.to_be_bytes());
+    out
+}
+
+/// Parses message 2's payload ([`encode_reply`]) of the given version: the node id and value.
+pub(super) fn decode_reply(p: &[u8], version: u8) -> Result<(u16, u64), LinkError> {
     let p: &[u8; SERVER_HELLO_LEN] = p
         .try_into()
         .map_err(|_| LinkError::Protocol("server hello has the wrong length"))?;
-    if p[0] != VERSION {
+    if p[0] != version {
         return Err(LinkError::Protocol("server hello has an unknown version"));
     }
     if p[3] != 0 {
         return Err(LinkError::Protocol("server hello has a non-zero status"));
     }
-    let mut epoch = [0u8; 8];
-    epoch.copy_from_slice(&p[4..12]);
-    Ok(ServerHello {
-        node_id: u16::from_be_bytes([p[1], p[2]]),
-        epoch: u64::from_be_bytes(epoch),
-    })
+    let mut value = [0u8; 8];
+    value.copy_from_slice(&p[4..12]);
+    Ok((u16::from_be_bytes([p[1], p[2]]), u64::from_be_bytes(value)))
 }

@@ -4,16 +4,20 @@
 //! It is the client handshake (`IK`, or `IKpsk2` with the cluster's PSK) with other payloads,
 //! run on the node's cluster listener: the dialling node pins the peer's key, the accepting node
 //! takes only the keys of its configured peers. Message 1 carries the dialler's node id and
-//! instance, message 2 the acceptor's; a client hello (version 2, 22 bytes) never decodes as a
-//! peer hello (version 3, role 2, 12 bytes) nor the other way round, so even a key configured on
-//! both listeners would not cross over (the config refuses that too).
+//! instance, message 2 the acceptor's (in the layout of a client link's message 2, with version
+//! 3 and the instance where a client link has the epoch); a client hello (version 2, 22 bytes)
+//! never decodes as a peer hello (version 3, role 2, 12 bytes) nor the other way round, nor a
+//! reply of one kind as the other's, so even a key configured on both listeners would not cross
+//! over (the config refuses that too).
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
-use super::handshake::{initiate, respond_to, tcp_halves, Cipher, Payloads};
+use super::handshake::{
+    decode_reply, encode_reply, initiate, respond_to, tcp_halves, Cipher, Payloads,
+};
 use super::{ClientAuth, LinkError, LinkReader, LinkWriter, ServerAuth};
 use crate::keys::PublicKey;
 
@@ -23,8 +27,6 @@ const VERSION: u8 = 3;
 const ROLE_PEER: u8 = 2;
 /// `version | role | node_id | instance`.
 const HELLO_LEN: usize = 1 + 1 + 2 + 8;
-/// `version | node_id | status | instance`.
-const REPLY_LEN: usize = 1 + 2 + 1 + 8;
 
 /// What each node of a peer link tells the other in the handshake (message 1 from the dialler,
 /// message 2 from the acceptor).
@@ -86,29 +88,12 @@ impl Payloads for PeerLink {
     }
 
     fn encode_reply(h: &PeerHello) -> Vec<u8> {
-        let mut p = Vec::with_capacity(REPLY_LEN);
-        p.push(VERSION);
-        p.extend_from_slice(&h.node_id.to_be_bytes());
-        p.push(0);
-        p.extend_from_slice(&h.instance.to_be_bytes());
-        p
+        encode_reply(VERSION, h.node_id, h.instance).to_vec()
     }
 
     fn decode_reply(p: &[u8]) -> Result<PeerHello, LinkError> {
-        let p: &[u8; REPLY_LEN] = p
-            .try_into()
-            .map_err(|_| LinkError::Protocol("peer reply has the wrong length"))?;
-        if p[0] != VERSION {
-            return Err(LinkError::Protocol("peer reply has an unknown version"));
-        }
-        if p[3] != 0 {
-            return Err(LinkError::Protocol("peer reply has a non-zero status"));
-        }
-        Ok(PeerHello {
-            node_id: u16::from_be_bytes([p[1], p[2]]),
-            // `p` is 12 bytes long, so this slice is 8.
-            instance: u64::from_be_bytes(p[4..12].try_into().expect("8 bytes of 12")),
-        })
+        let (node_id, instance) = decode_reply(p, VERSION)?;
+        Ok(PeerHello { node_id, instance })
     }
 }
 
@@ -337,7 +322,7 @@ mod tests {
         assert_eq!(PeerLink::decode_hello(&hello).unwrap(), ONE);
         let reply = PeerLink::encode_reply(&TWO);
         assert_eq!(PeerLink::decode_reply(&reply).unwrap(), TWO);
-        for cut in 0..HELLO_LEN {
+        for cut in 0..reply.len() {
             assert!(PeerLink::decode_hello(&hello[..cut]).is_err());
             assert!(PeerLink::decode_reply(&reply[..cut]).is_err());
         }
