@@ -138,7 +138,8 @@ impl Liveness {
     }
 
     /// Once per [`PING_EVERY`]: the link is dead if the outstanding ping is too old, else a ping
-    /// goes out if none is outstanding.
+    /// goes out if none is outstanding. A ping the writer has no room for counts as outstanding
+    /// all the same: a writer stuck that long (a peer that stopped reading) is a dead link too.
     fn tick(&mut self, now: Instant) -> Result<(), PeerEnd> {
         match self.outstanding {
             Some((_, sent)) if now.duration_since(sent) >= PONG_TIMEOUT => Err(PeerEnd::TimedOut),
@@ -146,10 +147,8 @@ impl Liveness {
             None => {
                 let token = self.next_token;
                 self.next_token = self.next_token.wrapping_add(1);
-                // A full control queue means the writer is stuck; the ping waits for the next tick.
-                if self.control.try_send(PeerFrame::Ping(token)).is_ok() {
-                    self.outstanding = Some((token, now));
-                }
+                let _ = self.control.try_send(PeerFrame::Ping(token));
+                self.outstanding = Some((token, now));
                 Ok(())
             }
         }
@@ -264,5 +263,90 @@ struct AbortOnDrop(tokio::task::JoinHandle<PeerEnd>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unanswered_ping_ends_the_link_after_the_timeout() {
+        let (tx, mut rx) = mpsc::channel(CONTROL_QUEUE);
+        let mut live = Liveness::new(tx);
+        let t0 = Instant::now();
+        live.tick(t0).unwrap();
+        assert_eq!(rx.try_recv().unwrap(), PeerFrame::Ping(0));
+        // One outstanding at a time.
+        live.tick(t0 + PING_EVERY).unwrap();
+        assert!(rx.try_recv().is_err());
+        // A pong for another token changes nothing; the right one clears it.
+        live.pong(7);
+        assert!(matches!(
+            live.tick(t0 + PONG_TIMEOUT),
+            Err(PeerEnd::TimedOut)
+        ));
+        let mut live = Liveness::new(live.control.clone());
+        live.tick(t0).unwrap();
+        let Ok(PeerFrame::Ping(token)) = rx.try_recv() else {
+            panic!("a ping")
+        };
+        live.pong(token);
+        live.tick(t0 + PONG_TIMEOUT).unwrap();
+        assert!(matches!(rx.try_recv(), Ok(PeerFrame::Ping(_))));
+    }
+
+    #[test]
+    fn a_stuck_writer_counts_as_an_unanswered_ping() {
+        let (tx, _rx) = mpsc::channel(1);
+        tx.try_send(PeerFrame::Pong(1)).unwrap();
+        let mut live = Liveness::new(tx);
+        let t0 = Instant::now();
+        live.tick(t0).unwrap();
+        live.tick(t0 + PONG_TIMEOUT - Duration::from_millis(1))
+            .unwrap();
+        assert!(matches!(
+            live.tick(t0 + PONG_TIMEOUT),
+            Err(PeerEnd::TimedOut)
+        ));
+    }
+
+    #[test]
+    fn pings_are_answered_until_the_queue_is_full() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let mut live = Liveness::new(tx);
+        for t in 0..5 {
+            live.ping(t);
+        }
+        assert_eq!(rx.try_recv().unwrap(), PeerFrame::Pong(0));
+        assert_eq!(rx.try_recv().unwrap(), PeerFrame::Pong(1));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn cluster_frames_close_the_link_and_stream_frames_are_malformed() {
+        let (tx, _rx) = mpsc::channel(CONTROL_QUEUE);
+        let mut live = Liveness::new(tx);
+        let mut msg = BytesMut::new();
+        PeerFrame::Ping(1).encode(&mut msg);
+        PeerFrame::Unbind {
+            handle: wanmux_core::peer::Handle(3),
+        }
+        .encode(&mut msg);
+        assert!(matches!(
+            handle_message(2, msg.freeze(), &mut live),
+            Err(PeerEnd::Protocol("relay not supported by this version"))
+        ));
+        let msg = Bytes::from_static(&[0x10, 0, 0]);
+        assert!(matches!(
+            handle_message(2, msg, &mut live),
+            Err(PeerEnd::Malformed(PeerFrameError::NotOnPeerLink(0x10)))
+        ));
+        let mut msg = BytesMut::new();
+        PeerFrame::Close(0).encode(&mut msg);
+        assert!(matches!(
+            handle_message(2, msg.freeze(), &mut live),
+            Err(PeerEnd::Closed)
+        ));
     }
 }
