@@ -73,3 +73,38 @@ fn static_examples_match_each_other() {
     };
     assert_eq!(a, b);
 }
+
+/// The cluster examples are a working cluster: every node lists every other with the public
+/// key of that node's key file and its cluster address, and all share one cluster PSK.
+#[test]
+fn cluster_examples_describe_one_cluster() {
+    let nodes: Vec<ServerConfig> = (1..=3)
+        .map(|n| {
+            let path = examples_dir().join(format!("server-cluster-{n}.toml"));
+            ServerConfig::load(&path).unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    for node in &nodes {
+        let cluster = node.cluster.as_ref().expect("a cluster node");
+        assert_eq!(cluster.peers.len(), nodes.len() - 1);
+        assert_eq!(cluster.psk, nodes[0].cluster.as_ref().unwrap().psk);
+        assert!(cluster.psk.is_some());
+        for peer in &cluster.peers {
+            let other = nodes
+                .iter()
+                .find(|o| o.node_id == peer.id)
+                .expect("the peer is one of the example nodes");
+            let ServerAuth::StaticKey { private_key, .. } = &other.auth else {
+                panic!("cluster nodes use static keys");
+            };
+            assert_eq!(
+                peer.public_key,
+                private_key.public_key(),
+                "peer {}",
+                peer.id
+            );
+            let listen = other.cluster.as_ref().unwrap().listen;
+            assert_eq!(peer.addr.socket_addr(), Some(listen), "peer {}", peer.id);
+        }
+    }
+}
