@@ -98,8 +98,10 @@ pub(crate) enum SendError {
     TooLong(usize),
 }
 
-// Parts of this API are for the relay, which does not exist yet: the tests use them today.
-#[allow(dead_code, reason = "the relay's interface; exercised by the tests")]
+#[allow(
+    dead_code,
+    reason = "the relay's interface; used by tests until the relay exists"
+)]
 impl PeerHandle {
     /// The peer's node id.
     pub(crate) fn id(&self) -> u16 {
@@ -222,7 +224,10 @@ impl Mesh {
     }
 
     /// The live link to `peer`, to send on.
-    #[allow(dead_code, reason = "the relay's interface; exercised by the tests")]
+    #[allow(
+        dead_code,
+        reason = "the relay's interface; used by tests until the relay exists"
+    )]
     pub(crate) fn peer(&self, peer: u16) -> Option<PeerHandle> {
         self.lock().live.get(&peer).map(|l| l.handle.clone())
     }
@@ -315,5 +320,90 @@ impl Mesh {
             *old = up;
             changed
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU16;
+    use wanmux_config::Service;
+    use wanmux_core::keys::generate_keypair;
+    use wanmux_core::peer::PeerFrame;
+
+    fn config(id: u16, key: PrivateKey, peer: (u16, SocketAddr, PublicKey)) -> ServerConfig {
+        let mut c = ServerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            NonZeroU16::new(id).unwrap(),
+            ServerAuth::StaticKey {
+                private_key: key,
+                allowed_clients: [generate_keypair().1].into(),
+                psk: None,
+            },
+            vec![Service {
+                name: "s".parse().unwrap(),
+                target: "127.0.0.1:9".parse().unwrap(),
+            }],
+        );
+        c.cluster = Some(Cluster {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            psk: None,
+            peers: vec![Peer {
+                id: NonZeroU16::new(peer.0).unwrap(),
+                addr: peer.1.into(),
+                public_key: peer.2,
+            }],
+        });
+        c.validate().unwrap();
+        c
+    }
+
+    /// A message sent through a `PeerHandle` reaches the peer: a `CLOSE` makes it end the link,
+    /// after which the handle reports the link gone.
+    #[tokio::test]
+    async fn a_peer_handle_sends_to_its_peer() {
+        let (key1, pub1) = generate_keypair();
+        let (key2, pub2) = generate_keypair();
+        // Node 2 never dials node 1 (the lower id dials), so the address it has for it is unused.
+        let unused = "127.0.0.1:9".parse().unwrap();
+        let two = crate::start(config(2, key2, (1, unused, pub1)))
+            .await
+            .unwrap();
+        let at = two.cluster_addr().unwrap();
+        let one = crate::start(config(1, key1, (2, at, pub2))).await.unwrap();
+        one.wait_for_peers(|up| up == [2]).await;
+        two.wait_for_peers(|up| up == [1]).await;
+
+        let mesh = one.mesh.as_ref().unwrap();
+        let handle = mesh.peer(2).expect("a live link to node 2");
+        assert_eq!((handle.id(), Some(handle.instance())), (2, two.instance()));
+        assert_eq!(handle.addr(), at);
+        let long = Bytes::from(vec![0; MAX_MESSAGE + 1]);
+        assert_eq!(
+            handle.send(long.clone()).await,
+            Err(SendError::TooLong(MAX_MESSAGE + 1))
+        );
+        assert_eq!(
+            handle.try_send(long),
+            Err(SendError::TooLong(MAX_MESSAGE + 1))
+        );
+
+        let mut close = bytes::BytesMut::new();
+        PeerFrame::Close(0).encode(&mut close);
+        handle.send(close.freeze()).await.unwrap();
+        let gone = async {
+            loop {
+                match handle.try_send(Bytes::new()) {
+                    Err(e) => return e,
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        };
+        let gone = tokio::time::timeout(Duration::from_secs(10), gone).await;
+        assert_eq!(gone, Ok(SendError::Gone(2)));
+        // Node 1 dials again: a new link, a new handle.
+        one.wait_for_peers(|up| up == [2]).await;
+        let again = mesh.peer(2).expect("a live link to node 2 again");
+        assert!(again.try_send(Bytes::new()).is_ok());
     }
 }
