@@ -446,3 +446,63 @@ async fn the_cluster_listener_names_its_key_when_it_cannot_bind() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_cluster_psk_is_needed_on_both_ends() {
+    let logs = LogCapture::start();
+    let psk = wanmux_core::keys::Psk::generate();
+    // Nodes 1 and 2 share a PSK; node 3 has another one.
+    let cluster = Cluster::configs(3, |_, configs| {
+        for (i, c) in configs.iter_mut().enumerate() {
+            let other = wanmux_core::keys::Psk::generate();
+            c.cluster.as_mut().expect("cluster").psk =
+                Some(if i < 2 { psk.clone() } else { other });
+        }
+    })
+    .start()
+    .await;
+    cluster.wait_up(0, &[2]).await;
+    cluster.wait_up(1, &[1]).await;
+    // Node 3 opens message 1 (the PSK comes in at message 2), and the dialler cannot open the
+    // reply: nodes 1 and 2 both warn, and node 3 stays out.
+    let warned = |logs: &LogCapture| {
+        logs.lines()
+            .iter()
+            .filter(|l| l.contains("WARN") && l.contains("peer=3") && l.contains("PSKs differ"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + LIMIT;
+    while warned(&logs) < 2 {
+        assert!(std::time::Instant::now() < deadline, "{:#?}", logs.lines());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cluster.node(2).peers_up(), Vec::<u16>::new());
+}
+
+#[tokio::test]
+async fn garbage_on_the_cluster_listener_costs_one_info_line() {
+    use tokio::io::AsyncWriteExt;
+    let logs = LogCapture::start();
+    let cluster = Cluster::configs(2, |_, _| {}).start().await;
+    cluster.wait_full_mesh().await;
+    let addr = cluster.node(1).cluster_addr().expect("cluster");
+    // A mode byte that names no pattern; then a handshake length over the cap.
+    for bytes in [&[0xff, 0, 4, 1, 2, 3, 4][..], &[0x11, 0xff, 0xff, 0][..]] {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(bytes).await.expect("write");
+        let mut buf = [0u8; 16];
+        // Refused: the node closes without a reply.
+        let n = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf)
+            .await
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    logs.wait_for(
+        &["INFO", "peer link refused", "unknown handshake pattern"],
+        LIMIT,
+    )
+    .await;
+    logs.wait_for(&["INFO", "peer link refused", "longer than 1024"], LIMIT)
+        .await;
+    cluster.wait_full_mesh().await;
+}
