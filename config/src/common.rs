@@ -524,6 +524,34 @@ pub(crate) fn timeout_ms(
     }
 }
 
+/// Converts an optional millisecond wait that may be zero (0..=60000), recording one out of range.
+pub(crate) fn wait_ms(
+    errs: &mut Collector<'_>,
+    key: &str,
+    value: Option<&Spanned<i64>>,
+    default: Duration,
+) -> Duration {
+    match value {
+        None => default,
+        Some(v) => match out_of_range(*v.get_ref(), &WAIT_MS_RANGE) {
+            None => Duration::from_millis(*v.get_ref() as u64),
+            Some(msg) => {
+                errs.push(key, Some(v.span()), format!("{msg} (milliseconds)"));
+                default
+            }
+        },
+    }
+}
+
+/// Range of a millisecond wait that may be zero.
+pub(crate) const WAIT_MS_RANGE: RangeInclusive<i64> = 0..=60_000;
+
+/// Checks a millisecond wait of a code-built config.
+pub(crate) fn wait_problem(d: Duration) -> Option<String> {
+    let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    out_of_range(ms, &WAIT_MS_RANGE).map(|m| format!("{m} (milliseconds)"))
+}
+
 /// Checks a millisecond timeout of a code-built config.
 pub(crate) fn timeout_problem(d: Duration) -> Option<String> {
     let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);

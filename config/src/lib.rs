@@ -32,8 +32,8 @@ mod secret;
 mod server;
 
 pub use client::{
-    ClientAuth, ClientConfig, LinkTransport, Links, Node, NodeAddrs, NodeHandshake, PinnedNode,
-    PortMap,
+    ClientAuth, ClientConfig, LinkTransport, Links, Node, NodeAddrs, NodeHandshake, OwnerPolicy,
+    PinnedNode, PortMap,
 };
 pub use common::{Host, HostPort, HostPortError, Limits, ServiceName, ServiceNameError};
 pub use error::{ConfigError, ConfigErrors};

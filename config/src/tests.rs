@@ -1042,6 +1042,60 @@ fn congestion_control_names() {
 }
 
 #[test]
+fn cluster_owner() {
+    let c = client(&static_client()).unwrap();
+    assert_eq!(c.owner, OwnerPolicy::LeastLoaded);
+    for (name, p) in [
+        ("least_loaded", OwnerPolicy::LeastLoaded),
+        ("hash", OwnerPolicy::Hash),
+        ("first", OwnerPolicy::First),
+    ] {
+        let text = format!("{}[cluster]\nowner = \"{name}\"\n", static_client());
+        let c = client(&text).unwrap();
+        assert_eq!(c.owner, p);
+        assert_eq!(p.to_string(), name);
+    }
+    let e = one_error(client(&format!(
+        "{}[cluster]\nowner = \"random\"\n",
+        static_client()
+    )));
+    assert_eq!((e.key.as_str(), e.line), ("cluster.owner", Some(13)));
+    assert_eq!(
+        e.message,
+        "\"random\" is not an owner policy (use \"least_loaded\", \"hash\" or \"first\")"
+    );
+    let e = one_error(client(&format!(
+        "{}[cluster]\nowners = \"first\"\n",
+        static_client()
+    )));
+    assert_eq!(e.line, Some(13));
+}
+
+#[test]
+fn no_link_hold() {
+    let c = client(&static_client()).unwrap();
+    assert_eq!(c.no_link_hold, ClientConfig::DEFAULT_NO_LINK_HOLD);
+    let with = |v: &str| {
+        static_client().replace("[client]\n", &format!("[client]\nno_link_hold_ms = {v}\n"))
+    };
+    assert_eq!(client(&with("0")).unwrap().no_link_hold, Duration::ZERO);
+    assert_eq!(
+        client(&with("1500")).unwrap().no_link_hold,
+        Duration::from_millis(1500)
+    );
+    let e = one_error(client(&with("60001")));
+    assert_eq!(e.key, "client.no_link_hold_ms");
+    assert!(
+        e.line.is_some() && e.message.contains("milliseconds"),
+        "{e}"
+    );
+    let mut c = client(&static_client()).unwrap();
+    c.no_link_hold = Duration::from_secs(61);
+    let errs = c.validate().unwrap_err();
+    assert_eq!(keys_lines(&errs), [("client.no_link_hold_ms", None)]);
+}
+
+#[test]
 fn link_transport() {
     let c = client(&static_client()).unwrap();
     assert_eq!(c.transport, LinkTransport::Tcp);

@@ -84,9 +84,14 @@ async fn upstream(
             writable.await;
             continue;
         }
-        if let Err(e) = rd.readable().await {
-            debug!(stream = %id, error = %e, "application socket error");
-            return Half::Reset;
+        // A reset also wakes `writable`: the application may be idle (its download done, its
+        // upload not), and it must see the reset now, not at its next write.
+        tokio::select! {
+            r = rd.readable() => if let Err(e) = r {
+                debug!(stream = %id, error = %e, "application socket error");
+                return Half::Reset;
+            },
+            () = &mut writable => continue,
         }
         buf.reserve(cap);
         let n = match rd.try_read_buf(&mut (&mut buf).limit(cap)) {
