@@ -654,6 +654,19 @@ pub(crate) fn socket_addr(
     parsed.ok()
 }
 
+/// Whether two listen addresses cannot both be bound: the same port (not 0) and the same IP,
+/// or a wildcard (`0.0.0.0`, `[::]`) of a family that covers the other address (`[::]` covers
+/// IPv4 too on a dual-stack socket).
+pub(crate) fn listens_overlap(a: &SocketAddr, b: &SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let covers = |w: &SocketAddr, o: &SocketAddr| {
+        w.ip().is_unspecified() && (w.is_ipv6() || w.is_ipv4() == o.is_ipv4())
+    };
+    a.ip() == b.ip() || covers(a, b) || covers(b, a)
+}
+
 /// Parses a `host:port`.
 pub(crate) fn host_port(
     errs: &mut Collector<'_>,

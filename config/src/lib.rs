@@ -37,7 +37,7 @@ pub use client::{
 };
 pub use common::{Host, HostPort, HostPortError, Limits, ServiceName, ServiceNameError};
 pub use error::{ConfigError, ConfigErrors};
-pub use server::{ServerAuth, ServerConfig, Service};
+pub use server::{Cluster, Peer, ServerAuth, ServerConfig, Service};
 pub use wanmux_core::keys::{KeyError, PrivateKey, Psk, PublicKey};
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub mod metrics;
 #[cfg(feature = "io")]
 pub mod noise;
 pub mod pace;
+pub mod peer;
 #[cfg(feature = "io")]
 pub mod quic;
 mod range_set;

@@ -6,11 +6,16 @@
 //! For every stream the client opens, the node connects to the *named service* from its own
 //! config, never to an address the client chose. A session whose links are all gone is kept for
 //! a grace period (`server.session_grace_ms`) so a reconnecting client resumes its streams.
+//!
+//! A node with `[cluster]` also keeps one peer link to every other node of its cluster, on a
+//! listener of its own (see the `mesh` module and `docs/PROTOCOL.md`, "Peer links").
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod mesh;
 mod session;
 
+use mesh::Mesh;
 use session::Sessions;
 use std::io;
 use std::net::SocketAddr;
@@ -41,6 +46,8 @@ pub struct ServerHandle {
     /// The control socket (`control.socket`); its file goes with it.
     control: Option<ControlSocket>,
     started: std::time::Instant,
+    /// Peer links to the other nodes (`[cluster]`).
+    mesh: Option<Arc<Mesh>>,
 }
 
 impl ServerHandle {
@@ -63,8 +70,44 @@ impl ServerHandle {
         }
     }
 
+    /// The address peer links are accepted on (`cluster.listen`, useful with port 0); `None`
+    /// without `[cluster]`.
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.mesh.as_ref().map(|m| m.local_addr())
+    }
+
+    /// The ids of the peers this node has a live peer link to, sorted (empty without
+    /// `[cluster]`).
+    pub fn peers_up(&self) -> Vec<u16> {
+        self.mesh.as_ref().map_or_else(Vec::new, |m| m.peers_up())
+    }
+
+    /// Waits until the ids of the peers with a live link (as [`peers_up`](Self::peers_up))
+    /// satisfy `ready`; checks at once, then at every change. Without `[cluster]` the set is
+    /// empty and never changes.
+    pub async fn wait_for_peers(&self, mut ready: impl FnMut(&[u16]) -> bool) {
+        match &self.mesh {
+            Some(m) => m.wait_for_peers(ready).await,
+            None if ready(&[]) => {}
+            None => std::future::pending().await,
+        }
+    }
+
+    /// This process's instance on peer links, drawn at start (`None` without `[cluster]`).
+    pub fn instance(&self) -> Option<u64> {
+        self.mesh.as_ref().map(|m| m.instance())
+    }
+
+    /// The instance peer `id` reported on its latest link, live or not.
+    pub fn peer_instance(&self, id: u16) -> Option<u64> {
+        self.mesh.as_ref().and_then(|m| m.peer_instance(id))
+    }
+
     fn stop_accepting(&self) {
         self.accept.abort();
+        if let Some(mesh) = &self.mesh {
+            mesh.stop();
+        }
         if let Some((ep, task)) = &self.quic {
             task.abort();
             // Refuses new connections; links already up close with their sessions.
@@ -185,6 +228,10 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     } else {
         None
     };
+    let mesh = match &config.cluster {
+        Some(cluster) => Some(Mesh::start(&config, cluster).await?),
+        None => None,
+    };
     let auth = Arc::new(noise::ServerAuth::from(&config.auth));
     let metrics_listen = config.metrics_listen;
     let control_path = config.control_socket.clone();
@@ -243,6 +290,7 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
         metrics,
         control,
         started,
+        mesh,
     })
 }
 
