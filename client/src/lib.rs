@@ -12,10 +12,13 @@
 
 mod dial;
 mod pool;
+mod ready;
+mod reload;
 
 use rand::Rng;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
@@ -38,10 +41,12 @@ const LISTEN_BACKLOG: u32 = 4096;
 pub struct ClientHandle {
     maps: Vec<(ServiceName, SocketAddr)>,
     driver: SessionDriver,
-    /// The accept loops of the mapped ports.
-    listeners: Vec<JoinHandle<()>>,
+    /// The mapped ports and their accept loops, in the order of `maps`.
+    listeners: Vec<reload::Listening>,
     /// Link slots and the link watcher.
     tasks: Vec<JoinHandle<()>>,
+    /// Whether the links' first dials settled, and the log of failed dials.
+    dials: Arc<ready::Dials>,
 }
 
 impl ClientHandle {
@@ -71,6 +76,12 @@ impl ClientHandle {
         }
     }
 
+    /// Waits until a link is up or a dial has failed (its reason logged): what the service
+    /// manager is told the client is ready on.
+    pub async fn wait_first_dial(&self) {
+        self.dials.wait_settled().await
+    }
+
     /// Streams open now.
     pub fn stream_count(&self) -> usize {
         self.driver.with(|s, _| s.stream_count())
@@ -95,7 +106,7 @@ impl ClientHandle {
 
     /// Stops listening, resets every stream and drops every link.
     pub fn shutdown(self) {
-        for t in self.listeners.iter().chain(&self.tasks) {
+        for t in self.listeners.iter().map(|l| &l.task).chain(&self.tasks) {
             t.abort();
         }
         self.driver.close(reset::SHUTDOWN);
@@ -104,8 +115,8 @@ impl ClientHandle {
     /// Graceful stop: closes the mapped ports at once, lets open connections finish for up to
     /// `timeout`, then shuts down (resetting what is left).
     pub async fn drain(self, timeout: std::time::Duration) {
-        for t in &self.listeners {
-            t.abort();
+        for l in &self.listeners {
+            l.task.abort();
         }
         let open = || self.driver.with(|s, _| s.stream_count());
         if let Err(left) = daemon::wait_drained(timeout, open).await {
@@ -139,13 +150,17 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         span.in_scope(|| info!(listen = %addr, service = %map.service.as_str(), "mapping"));
         maps.push((map.service.clone(), addr));
         let (driver, service) = (driver.clone(), map.service.clone());
-        // Multi-node clusters need relaying between nodes, which is not built yet: every
-        // stream is owned by the first node and only that node is dialled.
-        let owner = NodeId(config.auth.nodes().next().map_or(1, |n| n.id.get()));
-        listeners.push(tokio::spawn(
-            accept_loop(listener, driver, service, owner).instrument(span.clone()),
-        ));
+        let listener = Arc::new(listener);
+        let task = tokio::spawn(
+            accept_loop(listener.clone(), driver, service, owner(&config)).instrument(span.clone()),
+        );
+        listeners.push(reload::Listening {
+            listen: map.listen,
+            socket: listener,
+            task,
+        });
     }
+    let dials = Arc::new(ready::Dials::default());
     let state = std::sync::Arc::new(std::sync::Mutex::new(dial::SessionState {
         id: session_id,
         epoch: None,
@@ -173,6 +188,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             congestion: config.congestion.clone(),
             quic: (config.transport == LinkTransport::Quic).then(Default::default),
             lanes: config.lanes,
+            dials: dials.clone(),
         };
         tasks.push(tokio::spawn(
             pool::run(template, config.links).instrument(span.clone()),
@@ -183,7 +199,15 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         driver,
         listeners,
         tasks,
+        dials,
     })
+}
+
+/// The node that owns the streams the client opens. Multi-node clusters need relaying between
+/// nodes, which is not built yet: every stream is owned by the first node and only that node is
+/// dialled.
+fn owner(config: &ClientConfig) -> NodeId {
+    NodeId(config.auth.nodes().next().map_or(1, |n| n.id.get()))
 }
 
 /// Binds `addr` (with `SO_REUSEADDR`, as `TcpListener::bind` does) and listens with
@@ -224,7 +248,7 @@ async fn watch_links(driver: SessionDriver, state: dial::SharedState, grace: std
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     driver: SessionDriver,
     service: ServiceName,
     owner: NodeId,

@@ -9,8 +9,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod reload;
 mod session;
 
+use reload::SharedAuth;
 use session::Sessions;
 use std::io;
 use std::net::SocketAddr;
@@ -34,6 +36,8 @@ pub struct ServerHandle {
     /// The QUIC endpoint and its accept loop (`server.quic`).
     quic: Option<(quic::Listener, JoinHandle<()>)>,
     sessions: Arc<Sessions>,
+    /// What new links are checked with (a reload replaces it).
+    auth: Arc<SharedAuth>,
 }
 
 impl ServerHandle {
@@ -62,6 +66,11 @@ impl ServerHandle {
     /// Sessions currently held (with at least one link, or within their grace period).
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Links up, over all sessions.
+    pub fn link_count(&self) -> usize {
+        self.sessions.link_count()
     }
 
     /// Stops accepting, resets every session's streams and closes every link.
@@ -146,7 +155,7 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     } else {
         None
     };
-    let auth = Arc::new(noise::ServerAuth::from(&config.auth));
+    let auth = Arc::new(SharedAuth::new(&config.auth));
     let sessions = Arc::new(Sessions::new(config));
     info!(listen = %local_addr, quic = quic.is_some(), node = sessions.node_id(), "wanmux-server listening");
     let accept = tokio::spawn(accept_loop(
@@ -157,7 +166,7 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     let quic = quic.map(|ep| {
         let task = tokio::spawn(accept_loop(
             Listener::Quic(ep.clone()),
-            auth,
+            auth.clone(),
             sessions.clone(),
         ));
         (ep, task)
@@ -167,6 +176,7 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
         accept,
         quic,
         sessions,
+        auth,
     })
 }
 
@@ -204,7 +214,7 @@ impl Listener {
 
 /// Accepts links on `listener`, TCP or QUIC alike: at most [`MAX_HANDSHAKES`] in their
 /// handshake at once, and each link that authenticates runs in its session.
-async fn accept_loop(listener: Listener, auth: Arc<noise::ServerAuth>, sessions: Arc<Sessions>) {
+async fn accept_loop(listener: Listener, auth: Arc<SharedAuth>, sessions: Arc<Sessions>) {
     let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -215,10 +225,14 @@ async fn accept_loop(listener: Listener, auth: Arc<noise::ServerAuth>, sessions:
         };
         let (auth, sessions) = (auth.clone(), sessions.clone());
         tokio::spawn(async move {
-            let accepted = handshake(incoming, peer, &auth, &sessions).await;
+            let accepted = handshake(incoming, peer, &auth.current(), &sessions).await;
             drop(permit);
-            if let Some(acc) = accepted {
-                sessions.run_link(acc, peer).await;
+            match accepted {
+                Some(acc) if !auth.still_allows(acc.client_key.as_ref()) => {
+                    info!(%peer, "link refused: its client key was removed from allowed_clients during its handshake");
+                }
+                Some(acc) => sessions.run_link(acc, peer).await,
+                None => {}
             }
         });
     }

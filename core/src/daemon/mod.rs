@@ -7,7 +7,10 @@
 //! - `run --config FILE` loads the config (errors on stderr, exit 1), sets up logging (stderr,
 //!   level from `RUST_LOG`, default `info`), starts the daemon and waits for SIGINT or SIGTERM.
 //!   Then it drains for the config's drain timeout; a second signal stops at once. Exit 0, or 1
-//!   with `NAME: error` on stderr when the daemon cannot start.
+//!   with `NAME: error` on stderr when the daemon cannot start. SIGHUP reloads the config file
+//!   ([`Daemon::reload`]): a file that does not load is refused with every error logged, in the
+//!   words `check` prints, and the running config stays. Under systemd (`Type=notify`) it speaks
+//!   the notification protocol ([`notify`]): ready, status, watchdog, reloading, stopping.
 //! - `check --config FILE` prints `ok`, or every error (exit 1).
 //! - `keygen [--psk] [--out FILE]` prints a new key pair or PSK (see [`keys::keygen`]).
 //!
@@ -29,6 +32,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::keys;
 
+pub mod notify;
+
+use notify::Notifier;
+
 #[doc(hidden)]
 pub use tracing as __tracing;
 
@@ -42,8 +49,9 @@ pub trait Daemon {
     /// What `run` runs, as its help says it: "the client", "the node".
     const RUNS: &'static str;
 
-    /// The validated config.
-    type Config;
+    /// The validated config. The skeleton keeps the running one, to compare a reloaded file
+    /// with it.
+    type Config: Clone;
     /// Why a config file is not valid, printed as is on stderr.
     type ConfigErrors: fmt::Display;
     /// A running daemon.
@@ -61,6 +69,28 @@ pub trait Daemon {
 
     /// Starts the daemon: binds its ports and starts its tasks.
     fn start(config: Self::Config) -> impl Future<Output = io::Result<Self::Handle>>;
+
+    /// Completes once the daemon may be announced ready (`READY=1`): at once for a daemon whose
+    /// [`start`](Self::start) bound everything it needs; the client waits for its first link or
+    /// its first failed dial (logged with its reason). Called again after it was cancelled, so it
+    /// must only wait, never change anything.
+    fn ready(handle: &Self::Handle) -> impl Future<Output = ()>;
+
+    /// One line on what the daemon is doing, for the service manager (`STATUS=`, shown by
+    /// `systemctl status`): links up, sessions, streams.
+    fn status(handle: &Self::Handle) -> String;
+
+    /// Applies a config reloaded on SIGHUP. `running` is the config in force, `new` the file as
+    /// it loads now (valid). Whatever can change at runtime is applied, without dropping a live
+    /// stream; the daemon logs what changed and names in one `warn` line the settings it keeps
+    /// (a listen address, keys). Returns the config now in force: `new` with the kept settings
+    /// of `running`. `Err` when the change could not be applied (a new port that cannot be
+    /// bound): then nothing changed.
+    fn reload(
+        handle: &mut Self::Handle,
+        running: &Self::Config,
+        new: Self::Config,
+    ) -> impl Future<Output = io::Result<Self::Config>>;
 
     /// Stops gracefully: lets open streams finish for up to `timeout`, then shuts down.
     fn drain(handle: Self::Handle, timeout: Duration) -> impl Future<Output = ()>;
@@ -80,6 +110,15 @@ pub struct Binary {
     pub stopped: fn(),
     /// A second signal came during the drain: stopping at once.
     pub second_signal: fn(),
+    /// SIGHUP: reloading the config file at this path.
+    pub reloading: fn(&Path),
+    /// One line of the errors that made a reloaded file invalid (as `check` prints it).
+    pub reload_error: fn(&str),
+    /// A reload was refused (the file did not load, or the change could not be applied; the
+    /// reason is given): the running config stays.
+    pub reload_refused: fn(&dyn fmt::Display),
+    /// A reload applied.
+    pub reloaded: fn(),
 }
 
 /// The `main` of a daemon binary: `daemon_main!(Client);` where `Client` implements
@@ -88,12 +127,18 @@ pub struct Binary {
 macro_rules! daemon_main {
     ($daemon:ty) => {
         fn main() -> ::std::process::ExitCode {
-            use $crate::daemon::__tracing::{info, warn};
+            use $crate::daemon::__tracing::{error, info, warn};
             $crate::daemon::main::<$daemon>(&$crate::daemon::Binary {
                 version: ::core::env!("CARGO_PKG_VERSION"),
                 draining: |timeout| info!(?timeout, "draining; a second signal stops at once"),
                 stopped: || info!("stopped"),
                 second_signal: || warn!("second signal: stopping now"),
+                reloading: |path| info!(config = %path.display(), "SIGHUP: reloading the config"),
+                reload_error: |line| error!("{line}"),
+                reload_refused: |why| {
+                    warn!(reason = %why, "reload refused: the running config stays")
+                },
+                reloaded: || info!("reload done"),
             })
         }
     };
@@ -115,7 +160,7 @@ struct Cli {
 // The help of `run` names what it runs; `command` puts that in.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the daemon until SIGINT or SIGTERM.
+    /// Run the daemon until SIGINT or SIGTERM; SIGHUP reloads the config.
     Run {
         /// The config file.
         #[arg(long, short, value_name = "FILE")]
@@ -192,8 +237,8 @@ pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => {
-            let config = match D::load(&config) {
+        Command::Run { config: path } => {
+            let config = match D::load(&path) {
                 Ok(c) => c,
                 Err(errors) => {
                     eprintln!("{errors}");
@@ -204,7 +249,7 @@ pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
             for w in D::warnings(&config) {
                 tracing::warn!("{w}");
             }
-            match run::<D>(config, binary) {
+            match run::<D>(&path, config, binary) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{}: {}", D::NAME, Chain(&e));
@@ -248,7 +293,8 @@ pub async fn wait_drained(timeout: Duration, mut open: impl FnMut() -> usize) ->
 /// The command line of `D`: the shared shape with the daemon's name, version and wording.
 fn parse<D: Daemon>(version: &'static str) -> Cli {
     let run = format!(
-        "Run {} until SIGINT or SIGTERM (then drain; a second signal stops at once). Log level \
+        "Run {} until SIGINT or SIGTERM (then drain; a second signal stops at once); SIGHUP \
+         reloads the config file. Log level \
          from RUST_LOG (default: info)",
         D::RUNS
     );
@@ -274,14 +320,87 @@ fn init_logging() {
 }
 
 #[tokio::main]
-async fn run<D: Daemon>(config: D::Config, binary: &Binary) -> io::Result<()> {
-    let timeout = D::drain_timeout(&config);
-    let handle = D::start(config).await?;
-    wait_for_signal().await?;
+async fn run<D: Daemon>(path: &Path, config: D::Config, binary: &Binary) -> io::Result<()> {
+    let notifier = match Notifier::from_env() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "NOTIFY_SOCKET is set but unusable: not notifying");
+            None
+        }
+    };
+    let notify = |state: &str| {
+        if let Some(n) = &notifier {
+            let _ = n.send(state);
+        }
+    };
+    // Handlers first: from here on SIGHUP no longer ends the process, even during start.
+    let mut signals = Signals::new()?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut handle = D::start(config.clone()).await?;
+    let mut running = config;
+    let mut ready = false;
+    // Set while the last reload was refused: `systemctl status` says so until one succeeds.
+    let mut refused = false;
+    let mut status = tokio::time::interval_at(
+        tokio::time::Instant::now() + notify::STATUS_EVERY,
+        notify::STATUS_EVERY,
+    );
+    status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watchdog = notify::watchdog_interval()
+        .filter(|_| notifier.is_some())
+        .map(tokio::time::interval);
+    // The pings come from this loop, which also reads the daemon's status (and with it takes
+    // the engines' locks): a daemon stuck there stops pinging and the manager restarts it.
+    let status_line = |h: &D::Handle, refused: bool| {
+        let s = D::status(h);
+        if refused {
+            format!("{s}; last reload refused, running the previous config")
+        } else {
+            s
+        }
+    };
+    loop {
+        tokio::select! {
+            r = signals.stop() => {
+                r?;
+                break;
+            }
+            () = D::ready(&handle), if !ready => {
+                ready = true;
+                notify(&format!("READY=1\nSTATUS={}", status_line(&handle, refused)));
+            }
+            _ = hangup.recv(), if ready => {
+                notify(&notify::reloading_message());
+                (binary.reloading)(path);
+                match reload::<D>(path, &mut handle, &running, binary).await {
+                    Ok(now) => {
+                        running = now;
+                        refused = false;
+                        (binary.reloaded)();
+                    }
+                    Err(why) => {
+                        refused = true;
+                        (binary.reload_refused)(&why);
+                    }
+                }
+                notify(&format!("READY=1\nSTATUS={}", status_line(&handle, refused)));
+            }
+            _ = status.tick(), if ready => {
+                notify(&format!("STATUS={}", status_line(&handle, refused)));
+            }
+            _ = async { watchdog.as_mut()?.tick().await; Some(()) }, if watchdog.is_some() => {
+                notify("WATCHDOG=1");
+            }
+        }
+    }
+    let timeout = D::drain_timeout(&running);
+    notify(&format!(
+        "STOPPING=1\nSTATUS=draining for up to {timeout:?}"
+    ));
     (binary.draining)(timeout);
     tokio::select! {
         () = D::drain(handle, timeout) => (binary.stopped)(),
-        r = wait_for_signal() => {
+        r = signals.stop() => {
             r?;
             (binary.second_signal)();
         }
@@ -289,12 +408,58 @@ async fn run<D: Daemon>(config: D::Config, binary: &Binary) -> io::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
+/// Loads the config file at `path` again and has the daemon apply it. `Err` says why the
+/// running config stays: the errors of an invalid file are logged first, one line each.
+async fn reload<D: Daemon>(
+    path: &Path,
+    handle: &mut D::Handle,
+    running: &D::Config,
+    binary: &Binary,
+) -> Result<D::Config, String> {
+    let new = match D::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            let text = errors.to_string();
+            let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+            for line in &lines {
+                (binary.reload_error)(line);
+            }
+            return Err(format!(
+                "{} error(s) in {} (listed above)",
+                lines.len(),
+                path.display()
+            ));
+        }
+    };
+    for w in D::warnings(&new) {
+        tracing::warn!("{w}");
+    }
+    D::reload(handle, running, new)
+        .await
+        .map_err(|e| Chain(&e).to_string())
+}
+
+/// The signals that stop `run`: SIGINT and SIGTERM.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// The next SIGINT or SIGTERM.
+    async fn stop(&mut self) -> io::Result<()> {
+        tokio::select! {
+            _ = self.interrupt.recv() => Ok(()),
+            _ = self.terminate.recv() => Ok(()),
+        }
     }
 }
 
