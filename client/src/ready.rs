@@ -72,7 +72,7 @@ impl Dials {
             }
         };
         if let Some(earlier) = earlier {
-            let reason = explain(e, addr, quic);
+            let reason = explain(e, &node, addr, quic);
             if earlier > 0 {
                 warn!(%node, %addr, %reason, failed_dials_since_last_report = earlier, "cannot open a link to the node");
             } else {
@@ -85,7 +85,7 @@ impl Dials {
 }
 
 /// Why a dial failed, in words that say what to check.
-fn explain(e: &LinkError, addr: &str, quic: bool) -> String {
+fn explain(e: &LinkError, node: &dyn std::fmt::Display, addr: &str, quic: bool) -> String {
     use std::io::ErrorKind;
     match e {
         LinkError::Closed => "the node closed the link during the handshake: it refused this \
@@ -105,8 +105,8 @@ fn explain(e: &LinkError, addr: &str, quic: bool) -> String {
                                the node's, or node.public_key is not this node's key"
             .to_owned(),
         LinkError::Protocol("node id mismatch") => format!(
-            "the node at {addr} reports another node id than this node's node.id: they must be \
-             equal to its server.node_id"
+            "the node at {addr} reports another node id than node.id = {node} here: node.id must \
+             equal the node's server.node_id"
         ),
         LinkError::Timeout if quic => format!(
             "no handshake within client.handshake_timeout_ms: links.transport = \"quic\" needs \

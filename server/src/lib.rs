@@ -9,9 +9,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod refused;
 mod reload;
 mod session;
 
+use refused::{Refusals, Stage};
 use reload::SharedAuth;
 use session::Sessions;
 use std::io;
@@ -156,18 +158,21 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
         None
     };
     let auth = Arc::new(SharedAuth::new(&config.auth));
+    let refusals = Arc::new(Refusals::default());
     let sessions = Arc::new(Sessions::new(config));
     info!(listen = %local_addr, quic = quic.is_some(), node = sessions.node_id(), "wanmux-server listening");
     let accept = tokio::spawn(accept_loop(
         Listener::Tcp(listener),
         auth.clone(),
         sessions.clone(),
+        refusals.clone(),
     ));
     let quic = quic.map(|ep| {
         let task = tokio::spawn(accept_loop(
             Listener::Quic(ep.clone()),
             auth.clone(),
             sessions.clone(),
+            refusals,
         ));
         (ep, task)
     });
@@ -214,7 +219,12 @@ impl Listener {
 
 /// Accepts links on `listener`, TCP or QUIC alike: at most [`MAX_HANDSHAKES`] in their
 /// handshake at once, and each link that authenticates runs in its session.
-async fn accept_loop(listener: Listener, auth: Arc<SharedAuth>, sessions: Arc<Sessions>) {
+async fn accept_loop(
+    listener: Listener,
+    auth: Arc<SharedAuth>,
+    sessions: Arc<Sessions>,
+    refusals: Arc<Refusals>,
+) {
     let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -223,9 +233,9 @@ async fn accept_loop(listener: Listener, auth: Arc<SharedAuth>, sessions: Arc<Se
         let Some((incoming, peer)) = listener.next().await else {
             return;
         };
-        let (auth, sessions) = (auth.clone(), sessions.clone());
+        let (auth, sessions, refusals) = (auth.clone(), sessions.clone(), refusals.clone());
         tokio::spawn(async move {
-            let accepted = handshake(incoming, peer, &auth.current(), &sessions).await;
+            let accepted = handshake(incoming, peer, &auth.current(), &sessions, &refusals).await;
             drop(permit);
             match accepted {
                 Some(acc) if !auth.still_allows(acc.client_key.as_ref()) => {
@@ -239,14 +249,19 @@ async fn accept_loop(listener: Listener, auth: Arc<SharedAuth>, sessions: Arc<Se
 }
 
 /// Runs the Noise handshake on a link that arrived (QUIC: after the QUIC handshake) and logs a
-/// refusal; `None` when the link was refused.
+/// refusal (see `refused`); `None` when the link was refused.
 async fn handshake(
     incoming: Incoming,
     peer: SocketAddr,
     auth: &noise::ServerAuth,
     sessions: &Arc<Sessions>,
+    refusals: &Refusals,
 ) -> Option<noise::Accepted> {
+    // Set once message 1 authenticated and this node answered: a client that hangs up after
+    // that could not take the answer.
+    let replied = std::sync::atomic::AtomicBool::new(false);
     let respond = |hello: &noise::ClientHello, key: Option<&wanmux_core::keys::PublicKey>| {
+        replied.store(true, std::sync::atomic::Ordering::Relaxed);
         sessions.server_hello((key.copied(), wanmux_core::ids::SessionId(hello.session_id)))
     };
     let timeout = sessions.handshake_timeout();
@@ -257,7 +272,7 @@ async fn handshake(
             match quic::accept(&listener, incoming, timeout).await {
                 Ok((rd, wr)) => noise::accept_stream_with(rd, wr, auth, timeout, respond).await,
                 Err(e) => {
-                    info!(%peer, reason = %e, "QUIC link refused");
+                    refusals.quic(peer, &e);
                     return None;
                 }
             }
@@ -269,8 +284,13 @@ async fn handshake(
             Some(acc)
         }
         Err(e) => {
-            // The one line a failed peer costs; it carries no key material.
-            info!(%peer, reason = %e, "link refused");
+            let stage = if replied.load(std::sync::atomic::Ordering::Relaxed) {
+                Stage::AfterReply
+            } else {
+                Stage::BeforeReply
+            };
+            // It carries no key material but a client's public key.
+            refusals.handshake(peer, &e, stage, auth);
             None
         }
     }

@@ -310,8 +310,9 @@ where
 ///
 /// Returns once the client's key confirmation decrypted; its plaintext is [`Accepted::first`].
 /// On any failure the server has sent nothing but (possibly) message 2 and the stream is closed
-/// when its halves drop; the error says why, for the caller's log line: [`LinkError::Auth`] for a
-/// mode this server does not take, an unknown client key, a wrong PSK or a replayed message 1;
+/// when its halves drop; the error says why, for the caller's log line:
+/// [`LinkError::UnknownClient`] for a client key not on the allow-list; [`LinkError::Auth`] for a
+/// mode this server does not take, a wrong PSK or server key, or a replayed message 1;
 /// [`LinkError::Protocol`] for malformed bytes; [`LinkError::Closed`] if the client hung up;
 /// [`LinkError::Timeout`] after `timeout`.
 pub async fn accept_stream_with<F>(
@@ -359,7 +360,7 @@ where
             let key = remote_static(&hs)
                 .ok_or(LinkError::Protocol("no client static key after message 1"))?;
             if !auth.allowed_clients.contains(&key) {
-                return Err(LinkError::Auth("client key is not on the allow-list"));
+                return Err(LinkError::UnknownClient(key));
             }
             Some(key)
         }
