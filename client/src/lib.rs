@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 mod dial;
+mod hold;
 mod pool;
 mod ready;
 mod reload;
@@ -47,6 +48,8 @@ pub struct ClientHandle {
     tasks: Vec<JoinHandle<()>>,
     /// Whether the links' first dials settled, and the log of failed dials.
     dials: Arc<ready::Dials>,
+    /// What happens to connections accepted while no link is up (`client.link_wait_ms`).
+    no_link: Arc<hold::NoLink>,
 }
 
 impl ClientHandle {
@@ -139,6 +142,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     let mut tasks = Vec::new();
     let mut maps = Vec::new();
     let mut listeners = Vec::new();
+    let no_link = Arc::new(hold::NoLink::new(config.link_wait));
     for (i, map) in config.maps.iter().enumerate() {
         let listener = listen(map.listen).map_err(|e| {
             io::Error::new(
@@ -152,7 +156,14 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         let (driver, service) = (driver.clone(), map.service.clone());
         let listener = Arc::new(listener);
         let task = tokio::spawn(
-            accept_loop(listener.clone(), driver, service, owner(&config)).instrument(span.clone()),
+            accept_loop(
+                listener.clone(),
+                driver,
+                service,
+                owner(&config),
+                no_link.clone(),
+            )
+            .instrument(span.clone()),
         );
         listeners.push(reload::Listening {
             listen: map.listen,
@@ -200,6 +211,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         listeners,
         tasks,
         dials,
+        no_link,
     })
 }
 
@@ -252,15 +264,40 @@ async fn accept_loop(
     driver: SessionDriver,
     service: ServiceName,
     owner: NodeId,
+    no_link: Arc<hold::NoLink>,
 ) {
     loop {
         let (tcp, peer) = daemon::accept(&listener, |e| warn!(error = %e, "accept failed")).await;
-        match driver.with(|s, now| s.open_stream(now, owner, service.as_str())) {
-            Ok(id) => {
-                debug!(%peer, stream = %id, "connection accepted");
-                tokio::spawn(driver::stream::run(driver.clone(), id, tcp).in_current_span());
-            }
-            Err(e) => warn!(%peer, error = %e, "cannot open stream"),
+        if driver.live_links() == 0 {
+            // Held in a task of its own, so the loop accepts on meanwhile.
+            let (driver, service, no_link) = (driver.clone(), service.clone(), no_link.clone());
+            let held = async move {
+                if no_link.wait_for_link(&driver).await {
+                    open(&driver, tcp, peer, &service, owner);
+                } else {
+                    no_link.refuse(tcp, peer);
+                }
+            };
+            tokio::spawn(held.in_current_span());
+            continue;
         }
+        open(&driver, tcp, peer, &service, owner);
+    }
+}
+
+/// Opens a stream to `service` for the connection `tcp` from `peer` and starts its task.
+fn open(
+    driver: &SessionDriver,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    service: &ServiceName,
+    owner: NodeId,
+) {
+    match driver.with(|s, now| s.open_stream(now, owner, service.as_str())) {
+        Ok(id) => {
+            debug!(%peer, stream = %id, "connection accepted");
+            tokio::spawn(driver::stream::run(driver.clone(), id, tcp).in_current_span());
+        }
+        Err(e) => warn!(%peer, error = %e, "cannot open stream"),
     }
 }

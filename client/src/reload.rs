@@ -12,7 +12,8 @@
 //! applies to the next drain.
 //!
 //! Kept until a restart, named in one `warn` line: the nodes, the keys and PSK, `[links]`,
-//! `[limits]` and the handshake and grace timeouts: the links and the session run with them.
+//! `[limits]`, the handshake and grace timeouts and `link_wait_ms`: the links, the session and
+//! the accept loops run with them.
 
 use crate::{accept_loop, listen, owner, ClientHandle};
 use std::io;
@@ -101,8 +102,14 @@ impl ClientHandle {
             let service = map.service.clone();
             let spawn = |socket: Arc<TcpListener>| {
                 tokio::spawn(
-                    accept_loop(socket, self.driver.clone(), service.clone(), owner)
-                        .instrument(span.clone()),
+                    accept_loop(
+                        socket,
+                        self.driver.clone(),
+                        service.clone(),
+                        owner,
+                        self.no_link.clone(),
+                    )
+                    .instrument(span.clone()),
                 )
             };
             let listening = match from.and_then(|i| old[i].take()) {
@@ -204,5 +211,6 @@ fn kept_settings(running: &ClientConfig, new: &ClientConfig) -> Vec<&'static str
         running.session_grace != new.session_grace,
         "client.session_grace_ms",
     );
+    check(running.link_wait != new.link_wait, "client.link_wait_ms");
     kept
 }

@@ -34,6 +34,11 @@ pub struct ClientConfig {
     /// What loading found worth a warning but not an error (a key file others may read), each
     /// as one `FILE:LINE: KEY: MESSAGE` line: `check` prints them, `run` logs them.
     pub warnings: Vec<String>,
+    /// How long a connection accepted while no link is up waits for one before it is closed
+    /// (`client.link_wait_ms`, default 5 s; 0 closes it at once). Without it such a connection
+    /// would wait the whole session grace. A connection accepted while a link is up is not
+    /// affected, nor one whose links die later: its stream waits for them as before.
+    pub link_wait: Duration,
     /// How many links to keep per node (`[links]`).
     pub links: Links,
     /// Per-session limits (`[limits]`).
@@ -300,6 +305,10 @@ impl ClientConfig {
     pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     /// Default `handshake_timeout`: 10 s.
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default `link_wait`: 5 s.
+    pub const DEFAULT_LINK_WAIT: Duration = Duration::from_secs(5);
+    /// Largest `link_wait`: 60 s.
+    pub const MAX_LINK_WAIT: Duration = Duration::from_secs(60);
 
     /// A config with the default timeout, link count and limits. Check it with
     /// [`validate`](Self::validate) if its parts did not come from a trusted place.
@@ -310,6 +319,7 @@ impl ClientConfig {
             session_grace: Self::DEFAULT_SESSION_GRACE,
             drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
             warnings: Vec::new(),
+            link_wait: Self::DEFAULT_LINK_WAIT,
             links: Links::default(),
             limits: Limits::default(),
             congestion: None,
@@ -415,6 +425,16 @@ impl ClientConfig {
         if let Some(m) = common::timeout_problem(self.drain_timeout) {
             errs.push("client.drain_timeout_ms", None, m);
         }
+        if self.link_wait > Self::MAX_LINK_WAIT {
+            errs.push(
+                "client.link_wait_ms",
+                None,
+                format!(
+                    "{} is out of range 0..=60000 (milliseconds)",
+                    self.link_wait.as_millis()
+                ),
+            );
+        }
         for (field, m) in self.limits.problems() {
             errs.push(format!("limits.{field}"), None, m);
         }
@@ -479,6 +499,7 @@ struct RawClient {
     handshake_timeout_ms: Option<Spanned<i64>>,
     session_grace_ms: Option<Spanned<i64>>,
     drain_timeout_ms: Option<Spanned<i64>>,
+    link_wait_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -575,6 +596,22 @@ impl RawClientFile {
             client.drain_timeout_ms.as_ref(),
             ClientConfig::DEFAULT_DRAIN_TIMEOUT,
         );
+        let link_wait = match &client.link_wait_ms {
+            None => ClientConfig::DEFAULT_LINK_WAIT,
+            Some(v) => match u64::try_from(*v.get_ref()) {
+                Ok(ms) if Duration::from_millis(ms) <= ClientConfig::MAX_LINK_WAIT => {
+                    Duration::from_millis(ms)
+                }
+                _ => {
+                    errs.push(
+                        "client.link_wait_ms",
+                        Some(v.span()),
+                        format!("{} is out of range 0..=60000 (milliseconds)", v.get_ref()),
+                    );
+                    ClientConfig::DEFAULT_LINK_WAIT
+                }
+            },
+        };
         let auth = convert_auth(
             client,
             client_span,
@@ -606,6 +643,7 @@ impl RawClientFile {
             handshake_timeout,
             session_grace,
             drain_timeout,
+            link_wait,
             links: links?,
             limits,
             congestion,

@@ -1331,3 +1331,31 @@ fn code_built_node_addrs() {
         ]
     );
 }
+
+#[test]
+fn link_wait_defaults_to_5_s_takes_0_and_names_its_line_when_out_of_range() {
+    let base = |wait: &str| {
+        format!(
+            "[client]\npsk = \"{}\"\n{wait}[[node]]\nid = 1\naddr = \"a.example:4480\"\n\
+             [[map]]\nlisten = \"127.0.0.1:7000\"\nservice = \"x\"\n",
+            b64(7)
+        )
+    };
+    let c = client(&base("")).unwrap();
+    assert_eq!(c.link_wait, ClientConfig::DEFAULT_LINK_WAIT);
+    let c = client(&base("link_wait_ms = 0\n")).unwrap();
+    assert_eq!(c.link_wait, std::time::Duration::ZERO);
+    assert!(c.validate().is_ok());
+    for bad in ["-1", "60001"] {
+        let e = one_error(client(&base(&format!("link_wait_ms = {bad}\n"))));
+        assert_eq!((e.key.as_str(), e.line), ("client.link_wait_ms", Some(3)));
+        assert!(
+            e.message.contains("out of range 0..=60000"),
+            "{}",
+            e.message
+        );
+    }
+    let mut c = client(&base("")).unwrap();
+    c.link_wait = std::time::Duration::from_secs(61);
+    assert!(c.validate().is_err());
+}
