@@ -11,6 +11,7 @@
 //!   ([`Daemon::reload`]): a file that does not load is refused with every error logged, in the
 //!   words `check` prints, and the running config stays. Under systemd (`Type=notify`) it speaks
 //!   the notification protocol ([`notify`]): ready, status, watchdog, reloading, stopping.
+//!   `--log-format json` writes one JSON object per log line, for log shippers.
 //! - `check --config FILE` prints `ok`, or every error (exit 1).
 //! - `keygen [--psk] [--out FILE]` prints a new key pair or PSK (see [`keys::keygen`]).
 //!
@@ -165,6 +166,10 @@ enum Command {
         /// The config file.
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// How log lines are written on stderr: `text` for people and the journal, `json`
+        /// (one object per line: timestamp, level, target, fields, spans) for log shippers.
+        #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Check a config file: print every error with its key and line, or "ok".
     Check {
@@ -184,6 +189,15 @@ enum Command {
         #[arg(long)]
         psk: bool,
     },
+}
+
+/// How `run` writes its log lines (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Parses the command line and runs the subcommand; see the module doc.
@@ -237,7 +251,10 @@ pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
                 }
             }
         }
-        Command::Run { config: path } => {
+        Command::Run {
+            config: path,
+            log_format,
+        } => {
             let config = match D::load(&path) {
                 Ok(c) => c,
                 Err(errors) => {
@@ -245,7 +262,7 @@ pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            init_logging();
+            init_logging(log_format);
             for w in D::warnings(&config) {
                 tracing::warn!("{w}");
             }
@@ -307,16 +324,18 @@ fn parse<D: Daemon>(version: &'static str) -> Cli {
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command).exit())
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // Logs go to stderr (stdout stays free for command output), coloured only on a terminal.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.with_ansi(ansi).init(),
+        LogFormat::Json => fmt.json().init(),
+    }
 }
 
 #[tokio::main]
