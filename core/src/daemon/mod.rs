@@ -417,11 +417,23 @@ async fn run<D: Daemon>(path: &Path, config: D::Config, binary: &Binary) -> io::
         "STOPPING=1\nSTATUS=draining for up to {timeout:?}"
     ));
     (binary.draining)(timeout);
-    tokio::select! {
-        () = D::drain(handle, timeout) => (binary.stopped)(),
-        r = signals.stop() => {
-            r?;
-            (binary.second_signal)();
+    let drain = D::drain(handle, timeout);
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            () = &mut drain => {
+                (binary.stopped)();
+                break;
+            }
+            r = signals.stop() => {
+                r?;
+                (binary.second_signal)();
+                break;
+            }
+            // A drain takes up to its timeout; the manager may still hold the watchdog to it.
+            _ = async { watchdog.as_mut()?.tick().await; Some(()) }, if watchdog.is_some() => {
+                notify("WATCHDOG=1");
+            }
         }
     }
     Ok(())
