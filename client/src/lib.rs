@@ -147,7 +147,11 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         let listener = listen(map.listen).map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("cannot listen on {} (map[{i}].listen): {e}", map.listen),
+                format!(
+                    "cannot listen on {} (map[{i}].listen): {e}{}",
+                    map.listen,
+                    daemon::bind_hint(map.listen, &e)
+                ),
             )
         })?;
         let addr = listener.local_addr()?;

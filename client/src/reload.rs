@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn, Instrument};
 use wanmux_config::{ClientAuth, ClientConfig, ServiceName};
+use wanmux_core::daemon;
 
 /// A mapped port: its socket and its accept loop.
 #[derive(Debug)]
@@ -75,7 +76,11 @@ impl ClientHandle {
             let socket = listen(map.listen).map_err(|e| {
                 io::Error::new(
                     e.kind(),
-                    format!("cannot listen on {} (map[{i}].listen): {e}", map.listen),
+                    format!(
+                        "cannot listen on {} (map[{i}].listen): {e}{}",
+                        map.listen,
+                        daemon::bind_hint(map.listen, &e)
+                    ),
                 )
             })?;
             bound.push((i, Arc::new(socket)));

@@ -133,9 +133,10 @@ fn context(e: io::Error, what: std::fmt::Arguments<'_>) -> io::Error {
 /// Binds the listen address and starts serving.
 pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        let hint = daemon::bind_hint(config.listen, &e);
         context(
             e,
-            format_args!("cannot listen on {} (server.listen)", config.listen),
+            format_args!("cannot listen on {} (server.listen){}", config.listen, hint),
         )
     })?;
     let local_addr = listener.local_addr()?;

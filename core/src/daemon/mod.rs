@@ -294,6 +294,18 @@ pub async fn accept(
     }
 }
 
+/// What to add to a bind error on `addr`: for a port below 1024 refused for lack of privilege,
+/// how to grant it (the shipped systemd units drop every capability); otherwise nothing.
+pub fn bind_hint(addr: SocketAddr, e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::PermissionDenied && addr.port() != 0 && addr.port() < 1024 {
+        " (ports below 1024 need CAP_NET_BIND_SERVICE: under systemd, a drop-in with \
+         AmbientCapabilities=CAP_NET_BIND_SERVICE and CapabilityBoundingSet=CAP_NET_BIND_SERVICE, \
+         see docs/operations.md)"
+    } else {
+        ""
+    }
+}
+
 /// Waits until `open` counts no stream, counting every [`DRAIN_POLL`]. `Err` holds the count
 /// when `timeout` passed first: the streams the drain leaves to be reset.
 pub async fn wait_drained(timeout: Duration, mut open: impl FnMut() -> usize) -> Result<(), usize> {
@@ -506,5 +518,21 @@ impl fmt::Display for Chain<'_> {
             source = e.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_hint;
+    use std::io;
+
+    #[test]
+    fn a_refused_low_port_says_which_capability_it_needs() {
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        let low = "0.0.0.0:443".parse().unwrap();
+        assert!(bind_hint(low, &denied).contains("CAP_NET_BIND_SERVICE"));
+        assert_eq!(bind_hint("0.0.0.0:4480".parse().unwrap(), &denied), "");
+        let in_use = io::Error::from(io::ErrorKind::AddrInUse);
+        assert_eq!(bind_hint(low, &in_use), "");
     }
 }
