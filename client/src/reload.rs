@@ -119,10 +119,13 @@ impl ClientHandle {
             };
             let listening = match from.and_then(|i| old[i].take()) {
                 Some((l, was)) if was == map.service => l,
-                Some((l, was)) => {
+                Some((mut l, was)) => {
                     // Same socket, new accept loop: connections already accepted keep their
-                    // service, new ones get the new one.
+                    // service, new ones get the new one. The old loop is gone before the new one
+                    // starts (it is cancelled only while it waits in accept, so no connection it
+                    // accepted is lost).
                     l.task.abort();
+                    let _ = (&mut l.task).await;
                     info!(listen = %l.addr(), from = %was.as_str(), to = %service.as_str(), "map changed service");
                     Listening {
                         task: spawn(l.socket.clone()),
@@ -143,9 +146,12 @@ impl ClientHandle {
             self.maps.push((map.service.clone(), listening.addr()));
             self.listeners.push(listening);
         }
-        for (l, service) in old.into_iter().flatten() {
-            // Dropping the accept loop closes the socket; the streams it started run on.
+        for (mut l, service) in old.into_iter().flatten() {
+            // Dropping the accept loop closes the socket; the streams it started run on. Waiting
+            // for the loop to be gone makes the port closed once the reload returns; it is
+            // cancelled only while it waits in accept, so no connection it accepted is lost.
             l.task.abort();
+            let _ = (&mut l.task).await;
             info!(listen = %l.addr(), service = %service.as_str(), "map removed: no new connections; open ones run to their end");
         }
 

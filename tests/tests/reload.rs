@@ -138,7 +138,9 @@ async fn a_reload_that_cannot_bind_changes_nothing() {
 async fn a_client_key_removed_from_allowed_clients_loses_its_links() {
     within(LIMIT, async {
         let (mut t, running) = tunnel_with_old_map(Auth::Static { psk: false }).await;
-        assert_eq!(t.server.session_count(), 1);
+        // The client counts a link up once it sent its key confirmation; the node, once it
+        // read it.
+        assert!(eventually(Duration::from_secs(5), || t.server.session_count() == 1).await);
         let mut new = running.clone();
         let ServerAuth::StaticKey {
             allowed_clients, ..
@@ -164,6 +166,69 @@ async fn a_client_key_removed_from_allowed_clients_loses_its_links() {
             .await
             .expect("links come back");
         t.check_transfer(1 << 20, 1 << 20, 6).await;
+        t.client.shutdown();
+        t.server.shutdown();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_map_that_changes_service_keeps_its_port_and_its_streams() {
+    within(LIMIT, async {
+        // A port of its own, so the map is known by it across the reload.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let mut server_running = None;
+        let mut t = Tunnel::start_with(Auth::Psk, 2, |server, client| {
+            let target = server.services[0].target.socket_addr().expect("an address");
+            add_service(server, "old", target);
+            client.maps.push(wanmux_config::PortMap {
+                listen: port,
+                service: wanmux_config::ServiceName::new("old").unwrap(),
+            });
+            server_running = Some(server.clone());
+        })
+        .await;
+        let server_running = server_running.expect("tweak ran");
+        let (running, gate) = paused_transfer(port, 4 << 20, 4 << 20, 8, 1 << 20).await;
+
+        // The server offers `new` instead of `old`; the client's map on `port` follows.
+        let target = server_running.services[0].target.socket_addr().unwrap();
+        let mut server_new = server_running.clone();
+        server_new.services.retain(|s| s.name.as_str() != "old");
+        add_service(&mut server_new, "new", target);
+        t.server.reload(&server_running, server_new).await.unwrap();
+        let mut client_new = t.client_config.clone();
+        for m in &mut client_new.maps {
+            if m.listen == port {
+                m.service = wanmux_config::ServiceName::new("new").unwrap();
+            }
+        }
+        let client_running = t.client_config.clone();
+        t.client.reload(&client_running, client_new).await.unwrap();
+        assert_eq!(t.addr_of("new"), port, "the map moved off its port");
+
+        // A new connection on the port reaches `new` (`old` is gone at the server, so it
+        // could not go through otherwise); the paused one, opened on `old`, finishes.
+        let fresh = transfer(port, 1 << 20, 1 << 20, 9)
+            .await
+            .expect("new service");
+        gate.open();
+        let paused = running
+            .await
+            .unwrap()
+            .expect("stream opened before the reload");
+        let mut results = vec![
+            t.app.results.recv().await.unwrap(),
+            t.app.results.recv().await.unwrap(),
+        ];
+        results.sort_by_key(|r| r.seed);
+        for (c, r) in [&paused, &fresh].into_iter().zip(&results) {
+            assert_eq!(c.sent, r.received, "upload of seed {}", r.seed);
+            assert_eq!(r.sent, c.received, "download of seed {}", r.seed);
+        }
+        assert_eq!(paused.received.bytes, 4 << 20);
         t.client.shutdown();
         t.server.shutdown();
     })
