@@ -75,6 +75,8 @@ pub(crate) struct Slot {
     pub(crate) quic: Option<std::sync::Arc<QuicEndpoints>>,
     /// Dedicated lanes per node (`links.lanes`): the links with a lower `index` are lanes.
     pub(crate) lanes: u16,
+    /// Told of every link up and failed dial: readiness, and the rate-limited `warn` log.
+    pub(crate) dials: std::sync::Arc<crate::ready::Dials>,
 }
 
 /// The client's QUIC endpoints (one UDP socket per address family), made on first use and
@@ -128,6 +130,7 @@ impl Slot {
             match dialed {
                 None => pick.failed(),
                 Some((reader, writer)) => {
+                    self.dials.link_up();
                     info!(node = %self.node.id, %addr, link_seq = self.link_seq, "link up");
                     let up = Instant::now();
                     let link = self.link.clone();
@@ -197,7 +200,8 @@ impl Slot {
             }
             Ok(d) => Some((d.reader, d.writer)),
             Err(e) => {
-                debug!(node = %self.node.id, %addr, error = %e, "dial failed");
+                self.dials
+                    .failed(self.node.id, addr, &e, self.quic.is_some());
                 None
             }
         }
@@ -285,7 +289,8 @@ impl Slot {
         };
         if server.node_id != self.node.id.get() {
             // Frames for streams this node does not own would be refused; say so plainly.
-            info!(expected = %self.node.id, got = server.node_id, "node id mismatch");
+            // `Dials` reports it at warn, rate-limited.
+            debug!(expected = %self.node.id, got = server.node_id, "node id mismatch");
             return Err(noise::LinkError::Protocol("node id mismatch"));
         }
         Ok(Dialed {

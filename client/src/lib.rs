@@ -15,6 +15,8 @@
 mod cluster;
 mod dial;
 mod pool;
+mod ready;
+mod reload;
 
 pub use cluster::NodeStatus;
 
@@ -49,8 +51,12 @@ const LISTEN_BACKLOG: u32 = 4096;
 pub struct ClientHandle {
     maps: Vec<(ServiceName, SocketAddr)>,
     cluster: Arc<Cluster>,
-    /// The accept loops of the mapped ports.
-    listeners: Vec<JoinHandle<()>>,
+    /// The mapped ports and their accept loops, in the order of `maps`.
+    listeners: Vec<reload::Listening>,
+    /// Whether the links' first dials settled, and the log of failed dials.
+    dials: Arc<ready::Dials>,
+    /// `client.no_link_hold_ms` (kept until a restart).
+    no_link_hold: std::time::Duration,
     /// The metrics endpoint (`metrics.listen`): its address and task.
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
     /// The control socket (`control.socket`); its file goes with it.
@@ -97,6 +103,12 @@ impl ClientHandle {
         self.metrics.as_ref().map(|(a, _)| *a)
     }
 
+    /// Waits until a link is up or a dial has failed (its reason logged): what the service
+    /// manager is told the client is ready on.
+    pub async fn wait_first_dial(&self) {
+        self.dials.wait_settled().await
+    }
+
     /// Each configured node: its links, the streams it owns and its bytes, in config order.
     pub fn nodes(&self) -> Vec<NodeStatus> {
         self.cluster.nodes.iter().map(|n| n.status()).collect()
@@ -133,11 +145,8 @@ impl ClientHandle {
 
     /// Stops listening, resets every stream and drops every link.
     pub fn shutdown(self) {
-        for t in self
-            .listeners
-            .iter()
-            .chain(self.metrics.as_ref().map(|(_, t)| t))
-        {
+        let accepting = self.listeners.iter().map(|l| &l.task);
+        for t in accepting.chain(self.metrics.as_ref().map(|(_, t)| t)) {
             t.abort();
         }
         for n in &self.cluster.nodes {
@@ -151,8 +160,8 @@ impl ClientHandle {
     /// Graceful stop: closes the mapped ports at once, lets open connections finish for up to
     /// `timeout`, then shuts down (resetting what is left).
     pub async fn drain(self, timeout: std::time::Duration) {
-        for t in &self.listeners {
-            t.abort();
+        for l in &self.listeners {
+            l.task.abort();
         }
         let open = || self.cluster.stream_count();
         if let Err(left) = daemon::wait_drained(timeout, open).await {
@@ -187,6 +196,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     for w in &host {
         span.in_scope(|| warn!("{w}"));
     }
+    let dials = Arc::new(ready::Dials::default());
     let mut nodes = Vec::new();
     for (node, hs) in config.auth.handshakes() {
         let id = NodeId(node.id.get());
@@ -209,6 +219,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             congestion: congestion.clone(),
             quic: quic.clone(),
             lanes: config.lanes,
+            dials: dials.clone(),
         };
         n.tasks.push(tokio::spawn(
             pool::run(template, config.links).instrument(span.clone()),
@@ -219,24 +230,33 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     let mut maps = Vec::new();
     let mut listeners = Vec::new();
     for (i, map) in config.maps.iter().enumerate() {
-        let listener = listen(map.listen).map_err(|e| {
+        let listener = Arc::new(listen(map.listen).map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("cannot listen on {} (map[{i}].listen): {e}", map.listen),
+                format!(
+                    "cannot listen on {} (map[{i}].listen): {e}{}",
+                    map.listen,
+                    daemon::bind_hint(map.listen, &e)
+                ),
             )
-        })?;
+        })?);
         let addr = listener.local_addr()?;
         span.in_scope(|| info!(listen = %addr, service = %map.service.as_str(), "mapping"));
         maps.push((map.service.clone(), addr));
-        listeners.push(tokio::spawn(
+        let task = tokio::spawn(
             accept_loop(
-                listener,
+                listener.clone(),
                 cluster.clone(),
                 map.service.clone(),
                 config.no_link_hold,
             )
             .instrument(span.clone()),
-        ));
+        );
+        listeners.push(reload::Listening {
+            listen: map.listen,
+            socket: listener,
+            task,
+        });
     }
     let metrics = match config.metrics_listen {
         None => None,
@@ -277,6 +297,8 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         maps,
         cluster,
         listeners,
+        dials,
+        no_link_hold: config.no_link_hold,
         metrics,
         control,
         started,
@@ -297,7 +319,7 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     cluster: Arc<Cluster>,
     service: ServiceName,
     hold: std::time::Duration,

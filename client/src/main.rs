@@ -33,6 +33,26 @@ impl Daemon for Client {
         wanmux_client::start(config).await
     }
 
+    async fn ready(client: &ClientHandle) {
+        client.wait_first_dial().await
+    }
+
+    fn status(client: &ClientHandle) -> String {
+        format!(
+            "links up {}, streams {}",
+            client.live_links(),
+            client.stream_count()
+        )
+    }
+
+    async fn reload(
+        client: &mut ClientHandle,
+        running: &ClientConfig,
+        new: ClientConfig,
+    ) -> std::io::Result<ClientConfig> {
+        client.reload(running, new).await
+    }
+
     async fn drain(client: ClientHandle, timeout: Duration) {
         client.drain(timeout).await
     }

@@ -13,9 +13,13 @@
 #![warn(missing_docs)]
 
 mod mesh;
+mod refused;
+mod reload;
 mod session;
 
 use mesh::Mesh;
+use refused::{Refusals, Stage};
+use reload::SharedAuth;
 use session::Sessions;
 use std::io;
 use std::net::SocketAddr;
@@ -48,6 +52,8 @@ pub struct ServerHandle {
     started: std::time::Instant,
     /// Peer links to the other nodes (`[cluster]`).
     mesh: Option<Arc<Mesh>>,
+    /// What new links are checked with (a reload replaces it).
+    auth: Arc<SharedAuth>,
 }
 
 impl ServerHandle {
@@ -135,6 +141,11 @@ impl ServerHandle {
         self.sessions.len()
     }
 
+    /// Links up, over all sessions.
+    pub fn link_count(&self) -> usize {
+        self.sessions.link_count()
+    }
+
     /// Stops accepting, resets every session's streams and closes every link.
     pub fn shutdown(self) {
         self.stop_metrics();
@@ -195,9 +206,10 @@ fn context(e: io::Error, what: std::fmt::Arguments<'_>) -> io::Error {
 /// Binds the listen address and starts serving.
 pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        let hint = daemon::bind_hint(config.listen, &e);
         context(
             e,
-            format_args!("cannot listen on {} (server.listen)", config.listen),
+            format_args!("cannot listen on {} (server.listen){}", config.listen, hint),
         )
     })?;
     let local_addr = listener.local_addr()?;
@@ -232,7 +244,8 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
         Some(cluster) => Some(Mesh::start(&config, cluster).await?),
         None => None,
     };
-    let auth = Arc::new(noise::ServerAuth::from(&config.auth));
+    let auth = Arc::new(SharedAuth::new(&config.auth));
+    let refusals = Arc::new(Refusals::default());
     let metrics_listen = config.metrics_listen;
     let control_path = config.control_socket.clone();
     let sessions = Arc::new(Sessions::new(config));
@@ -255,12 +268,14 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
         Listener::Tcp(listener),
         auth.clone(),
         sessions.clone(),
+        refusals.clone(),
     ));
     let quic = quic.map(|ep| {
         let task = tokio::spawn(accept_loop(
             Listener::Quic(ep.clone()),
-            auth,
+            auth.clone(),
             sessions.clone(),
+            refusals,
         ));
         (ep, task)
     });
@@ -291,6 +306,7 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
         control,
         started,
         mesh,
+        auth,
     })
 }
 
@@ -328,7 +344,12 @@ impl Listener {
 
 /// Accepts links on `listener`, TCP or QUIC alike: at most [`MAX_HANDSHAKES`] in their
 /// handshake at once, and each link that authenticates runs in its session.
-async fn accept_loop(listener: Listener, auth: Arc<noise::ServerAuth>, sessions: Arc<Sessions>) {
+async fn accept_loop(
+    listener: Listener,
+    auth: Arc<SharedAuth>,
+    sessions: Arc<Sessions>,
+    refusals: Arc<Refusals>,
+) {
     let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -337,26 +358,35 @@ async fn accept_loop(listener: Listener, auth: Arc<noise::ServerAuth>, sessions:
         let Some((incoming, peer)) = listener.next().await else {
             return;
         };
-        let (auth, sessions) = (auth.clone(), sessions.clone());
+        let (auth, sessions, refusals) = (auth.clone(), sessions.clone(), refusals.clone());
         tokio::spawn(async move {
-            let accepted = handshake(incoming, peer, &auth, &sessions).await;
+            let accepted = handshake(incoming, peer, &auth.current(), &sessions, &refusals).await;
             drop(permit);
-            if let Some(acc) = accepted {
-                sessions.run_link(acc, peer).await;
+            match accepted {
+                Some(acc) if !auth.still_allows(acc.client_key.as_ref()) => {
+                    info!(%peer, "link refused: its client key was removed from allowed_clients during its handshake");
+                }
+                Some(acc) => sessions.run_link(acc, peer).await,
+                None => {}
             }
         });
     }
 }
 
 /// Runs the Noise handshake on a link that arrived (QUIC: after the QUIC handshake) and logs a
-/// refusal; `None` when the link was refused.
+/// refusal (see `refused`); `None` when the link was refused.
 async fn handshake(
     incoming: Incoming,
     peer: SocketAddr,
     auth: &noise::ServerAuth,
     sessions: &Arc<Sessions>,
+    refusals: &Refusals,
 ) -> Option<noise::Accepted> {
+    // Set once message 1 authenticated and this node answered: a client that hangs up after
+    // that could not take the answer.
+    let replied = std::sync::atomic::AtomicBool::new(false);
     let respond = |hello: &noise::ClientHello, key: Option<&wanmux_core::keys::PublicKey>| {
+        replied.store(true, std::sync::atomic::Ordering::Relaxed);
         sessions.server_hello((key.copied(), wanmux_core::ids::SessionId(hello.session_id)))
     };
     let timeout = sessions.handshake_timeout();
@@ -367,7 +397,7 @@ async fn handshake(
             match quic::accept(&listener, incoming, timeout).await {
                 Ok((rd, wr)) => noise::accept_stream_with(rd, wr, auth, timeout, respond).await,
                 Err(e) => {
-                    info!(%peer, reason = %e, "QUIC link refused");
+                    refusals.quic(peer, &e);
                     return None;
                 }
             }
@@ -379,8 +409,13 @@ async fn handshake(
             Some(acc)
         }
         Err(e) => {
-            // The one line a failed peer costs; it carries no key material.
-            info!(%peer, reason = %e, "link refused");
+            let stage = if replied.load(std::sync::atomic::Ordering::Relaxed) {
+                Stage::AfterReply
+            } else {
+                Stage::BeforeReply
+            };
+            // It carries no key material but a client's public key.
+            refusals.handshake(peer, &e, stage, auth);
             None
         }
     }

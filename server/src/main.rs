@@ -33,6 +33,27 @@ impl Daemon for Server {
         wanmux_server::start(config).await
     }
 
+    async fn ready(_: &ServerHandle) {
+        // `start` returned: the listeners are bound and accepting.
+    }
+
+    fn status(server: &ServerHandle) -> String {
+        format!(
+            "sessions {}, links up {}, streams {}",
+            server.session_count(),
+            server.link_count(),
+            server.stream_count()
+        )
+    }
+
+    async fn reload(
+        server: &mut ServerHandle,
+        running: &ServerConfig,
+        new: ServerConfig,
+    ) -> std::io::Result<ServerConfig> {
+        server.reload(running, new).await
+    }
+
     async fn drain(server: ServerHandle, timeout: Duration) {
         server.drain(timeout).await
     }

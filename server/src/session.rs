@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tracing::{debug, info, Instrument};
-use wanmux_config::ServerConfig;
+use wanmux_config::{ServerConfig, Service};
 use wanmux_core::budget::{Budget, Pool};
 use wanmux_core::driver::{self, BudgetSignal, Counters, OpenedStreams, SessionDriver};
 use wanmux_core::engine::{Role, Session};
@@ -28,6 +28,8 @@ const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 #[derive(Debug)]
 pub(crate) struct Sessions {
     config: Arc<ServerConfig>,
+    /// The services streams may open: `config.services` until a reload replaces them.
+    services: std::sync::RwLock<Arc<Vec<Service>>>,
     table: Mutex<HashMap<Key, SessionDriver>>,
     /// Random per process: the epoch of a session is a keyed hash of its key, so it is the same
     /// on every link, needs no state before a link is authenticated, and changes when the
@@ -53,6 +55,7 @@ impl Sessions {
         Sessions {
             budget: Budget::new(config.limits.memory),
             budget_signal: BudgetSignal::default(),
+            services: std::sync::RwLock::new(Arc::new(config.services.clone())),
             config: Arc::new(config),
             table: Mutex::new(HashMap::new()),
             epoch_key: RandomState::new(),
@@ -147,6 +150,49 @@ impl Sessions {
             .filter(|d| d.live_links() > 0)
             .map(|d| d.with(|s, _| s.stream_count()))
             .sum()
+    }
+
+    /// Links up, over all sessions.
+    pub(crate) fn link_count(&self) -> usize {
+        let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
+        drivers.iter().map(|d| d.live_links()).sum()
+    }
+
+    /// Streams opened from now on find their service in `services` (a reload).
+    pub(crate) fn set_services(&self, services: Vec<Service>) {
+        *self.services.write().expect("services lock poisoned") = Arc::new(services);
+    }
+
+    /// Where a stream opened now for service `name` connects.
+    fn service_target(&self, name: &str) -> Option<String> {
+        // Only a lookup runs under this lock.
+        let services = self.services.read().expect("services lock poisoned");
+        services
+            .iter()
+            .find(|s| s.name.as_str() == name)
+            .map(|s| s.target.to_string())
+    }
+
+    /// Closes the sessions (their streams and links) of every client key `allowed` refuses:
+    /// a reload removed it from `allowed_clients`. Returns how many were closed.
+    pub(crate) fn close_clients(&self, allowed: impl Fn(&PublicKey) -> bool) -> usize {
+        let mut table = self.lock();
+        let gone: Vec<Key> = table
+            .keys()
+            .filter(|(key, _)| key.as_ref().is_some_and(|k| !allowed(k)))
+            .copied()
+            .collect();
+        let drivers: Vec<SessionDriver> = gone.iter().filter_map(|k| table.remove(k)).collect();
+        drop(table);
+        // A client allowed again later starts a new session, under another epoch, so it
+        // resets what it still holds of this one.
+        for key in gone {
+            self.bury(key);
+        }
+        for d in &drivers {
+            d.close(reset::SHUTDOWN);
+        }
+        drivers.len()
     }
 
     pub(crate) fn abandon_all(&self) {
@@ -261,12 +307,11 @@ async fn serve_streams(driver: SessionDriver, mut opened: OpenedStreams, session
             driver.with(|s, _| s.stream_reset(id, reset::SHUTDOWN));
             continue;
         }
-        let Some(service) = config.service(&name) else {
+        let Some(target) = sessions.service_target(&name) else {
             debug!(stream = %id, service = %name, "unknown service");
             driver.with(|s, _| s.stream_reset(id, reset::UNKNOWN_SERVICE));
             continue;
         };
-        let target = service.target.to_string();
         let timeout = config.connect_timeout;
         tokio::spawn(connect(driver.clone(), id, target, timeout).in_current_span());
     }

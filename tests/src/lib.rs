@@ -5,6 +5,7 @@
 pub mod fault;
 pub mod harness;
 pub mod hostile;
+pub mod logs;
 pub mod mesh;
 pub mod sim;
 pub mod slow;

@@ -235,7 +235,7 @@ pub(super) trait Payloads {
     /// Message 2's payload.
     type Reply;
     /// Why a static key that is not on the acceptor's allow-list is refused.
-    const UNKNOWN_KEY: &'static str;
+    fn unknown_key(key: PublicKey) -> LinkError;
     fn encode_hello(hello: &Self::Hello) -> Vec<u8>;
     fn decode_hello(p: &[u8]) -> Result<Self::Hello, LinkError>;
     fn encode_reply(reply: &Self::Reply) -> Vec<u8>;
@@ -248,7 +248,10 @@ pub(super) struct ClientLink;
 impl Payloads for ClientLink {
     type Hello = ClientHello;
     type Reply = ServerHello;
-    const UNKNOWN_KEY: &'static str = "client key is not on the allow-list";
+    fn unknown_key(key: PublicKey) -> LinkError {
+        // The key is public: the node's log names it, so an operator can allow it.
+        LinkError::UnknownClient(key)
+    }
     fn encode_hello(hello: &ClientHello) -> Vec<u8> {
         encode_client_hello(hello).to_vec()
     }
@@ -363,8 +366,9 @@ where
 ///
 /// Returns once the client's key confirmation decrypted; its plaintext is [`Accepted::first`].
 /// On any failure the server has sent nothing but (possibly) message 2 and the stream is closed
-/// when its halves drop; the error says why, for the caller's log line: [`LinkError::Auth`] for a
-/// mode this server does not take, an unknown client key, a wrong PSK or a replayed message 1;
+/// when its halves drop; the error says why, for the caller's log line:
+/// [`LinkError::UnknownClient`] for a client key not on the allow-list; [`LinkError::Auth`] for a
+/// mode this server does not take, a wrong PSK or server key, or a replayed message 1;
 /// [`LinkError::Protocol`] for malformed bytes; [`LinkError::Closed`] if the client hung up;
 /// [`LinkError::Timeout`] after `timeout`.
 pub async fn accept_stream_with<F>(
@@ -444,7 +448,7 @@ where
             let key = remote_static(&hs)
                 .ok_or(LinkError::Protocol("no client static key after message 1"))?;
             if !auth.allowed_clients.contains(&key) {
-                return Err(LinkError::Auth(P::UNKNOWN_KEY));
+                return Err(P::unknown_key(key));
             }
             Some(key)
         }

@@ -154,6 +154,10 @@ pub enum LinkError {
     /// a message that did not decrypt during the handshake. Never contains key material.
     #[error("peer failed authentication: {0}")]
     Auth(&'static str),
+    /// Static-key mode: the client's key is not in the server's allow-list. The key is public;
+    /// the server's log names it so that an operator can add it.
+    #[error("peer failed authentication: client key {0} is not on the allow-list")]
+    UnknownClient(PublicKey),
     /// The peer sent malformed bytes, or a transport message that did not decrypt.
     #[error("protocol violation by peer: {0}")]
     Protocol(&'static str),

@@ -61,7 +61,9 @@ struct PeerLink;
 impl Payloads for PeerLink {
     type Hello = PeerHello;
     type Reply = PeerHello;
-    const UNKNOWN_KEY: &'static str = "key is not one of the configured peers'";
+    fn unknown_key(_: PublicKey) -> LinkError {
+        LinkError::Auth("key is not one of the configured peers'")
+    }
 
     fn encode_hello(h: &PeerHello) -> Vec<u8> {
         let mut p = Vec::with_capacity(HELLO_LEN);

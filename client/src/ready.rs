@@ -1,0 +1,121 @@
+//! What the client's links tell the rest of the daemon about dialling: whether the first dials
+//! have settled (a link is up, or a dial failed and said why), which is when the service manager
+//! hears `READY=1`; and the `warn` line a failed dial costs, with a reason a person can act on,
+//! at most one per [`WARN_EVERY`] with the count of the failures in between.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+use wanmux_core::noise::LinkError;
+
+/// At most one `warn` line about failed dials per this long; the others are counted.
+pub(crate) const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Shared by every link slot of the client.
+#[derive(Debug)]
+pub(crate) struct Dials {
+    /// Set once a link came up or a dial failed.
+    settled: watch::Sender<bool>,
+    log: Mutex<WarnLog>,
+}
+
+#[derive(Debug, Default)]
+struct WarnLog {
+    /// When the last `warn` line was written.
+    last: Option<Instant>,
+    /// Failed dials since then that got no line of their own.
+    unreported: u64,
+}
+
+impl Default for Dials {
+    fn default() -> Self {
+        Dials {
+            settled: watch::Sender::new(false),
+            log: Mutex::new(WarnLog::default()),
+        }
+    }
+}
+
+impl Dials {
+    /// Completes once a link came up or a dial failed.
+    pub(crate) async fn wait_settled(&self) {
+        let mut rx = self.settled.subscribe();
+        // The sender lives as long as `self`, so this cannot fail while we wait.
+        let _ = rx.wait_for(|settled| *settled).await;
+    }
+
+    pub(crate) fn link_up(&self) {
+        self.settled.send_replace(true);
+    }
+
+    /// A dial of `node` at `addr` failed with `e`: logged at debug always, at warn with a reason
+    /// to act on when no warn line was written within [`WARN_EVERY`].
+    pub(crate) fn failed(
+        &self,
+        node: impl std::fmt::Display,
+        addr: &str,
+        e: &LinkError,
+        quic: bool,
+    ) {
+        debug!(%node, %addr, error = %e, "dial failed");
+        let now = Instant::now();
+        let earlier = {
+            // Only counting runs under this lock.
+            let mut log = self.log.lock().expect("dial log lock poisoned");
+            if log.last.is_some_and(|t| now.duration_since(t) < WARN_EVERY) {
+                log.unreported += 1;
+                None
+            } else {
+                log.last = Some(now);
+                Some(std::mem::take(&mut log.unreported))
+            }
+        };
+        if let Some(earlier) = earlier {
+            let reason = explain(e, &node, addr, quic);
+            if earlier > 0 {
+                warn!(%node, %addr, %reason, failed_dials_since_last_report = earlier, "cannot open a link to the node");
+            } else {
+                warn!(%node, %addr, %reason, "cannot open a link to the node");
+            }
+        }
+        // Settled only once the reason is in the log.
+        self.settled.send_replace(true);
+    }
+}
+
+/// Why a dial failed, in words that say what to check.
+fn explain(e: &LinkError, node: &dyn std::fmt::Display, addr: &str, quic: bool) -> String {
+    use std::io::ErrorKind;
+    match e {
+        LinkError::Closed => "the node closed the link during the handshake: it refused this \
+                              client (its public key is not in the node's allowed_clients, the \
+                              PSK differs, node.public_key is not the node's key, or the node \
+                              runs the other authentication mode); the node's log says which"
+            .to_owned(),
+        LinkError::Io(io) if io.kind() == ErrorKind::ConnectionReset => format!(
+            "the node reset the link during the handshake ({io}): it refused this client \
+             (allowed_clients, PSK, node.public_key or mode differ); the node's log says which"
+        ),
+        LinkError::Io(io) if io.kind() == ErrorKind::ConnectionRefused => format!(
+            "connection refused: nothing listens at {addr} (is wanmux-server running there, \
+             and is the port right?)"
+        ),
+        LinkError::Auth(_) => "the node's handshake reply did not decrypt: the PSK differs from \
+                               the node's, or node.public_key is not this node's key"
+            .to_owned(),
+        LinkError::Protocol("node id mismatch") => format!(
+            "the node at {addr} reports another node id than node.id = {node} here: node.id must \
+             equal the node's server.node_id"
+        ),
+        LinkError::Timeout if quic => format!(
+            "no handshake within client.handshake_timeout_ms: links.transport = \"quic\" needs \
+             server.quic = true on the node, and UDP to {addr} must not be blocked"
+        ),
+        LinkError::Timeout => format!(
+            "no handshake within client.handshake_timeout_ms: {addr} does not answer (a firewall \
+             dropping packets, a wrong address, or an overloaded node)"
+        ),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,238 @@
+//! Reloading the client's config (SIGHUP): port maps change at runtime, the rest needs a
+//! restart.
+//!
+//! A map is known by its `listen` address (a map on port 0, which has none to be known by, by
+//! its address and service). A map added to the file starts listening; a map gone
+//! from it stops accepting at once, while the connections it already accepted run on to their
+//! end (they are streams of the session, not of the listener); a map whose `service` changed
+//! keeps its socket and sends new connections to the new service. New ports are bound before
+//! anything else changes: if one cannot be bound, the reload is refused and nothing changed. (A
+//! map moved to an address that overlaps one being removed, `0.0.0.0:7000` replacing
+//! `127.0.0.1:7000`, therefore takes two reloads: remove, then add.) `drain_timeout_ms`
+//! applies to the next drain.
+//!
+//! Kept until a restart, named in one `warn` line: the nodes, the keys and PSK, `[links]`,
+//! `[limits]`, the handshake and grace timeouts, `no_link_hold_ms`, `[cluster]`, `[metrics]` and
+//! `[control]`: the links, the session and
+//! the accept loops run with them.
+
+use crate::{accept_loop, listen, ClientHandle};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{info, warn, Instrument};
+use wanmux_config::{ClientAuth, ClientConfig, ServiceName};
+use wanmux_core::daemon;
+
+/// A mapped port: its socket and its accept loop.
+#[derive(Debug)]
+pub(crate) struct Listening {
+    /// The map's `listen` as configured (port 0 stays 0): what a reload compares.
+    pub(crate) listen: SocketAddr,
+    pub(crate) socket: Arc<TcpListener>,
+    pub(crate) task: JoinHandle<()>,
+}
+
+impl Listening {
+    /// The address the socket is bound to (the configured one if the kernel will not say).
+    fn addr(&self) -> SocketAddr {
+        self.socket.local_addr().unwrap_or(self.listen)
+    }
+}
+
+impl ClientHandle {
+    /// Applies `new` (a valid config read again) where the client can change at runtime, see
+    /// the module doc, and logs what changed. Returns the config now in force: `new`'s maps and
+    /// drain timeout with the rest of `running`. `Err` (naming the map) when a new port cannot
+    /// be bound; then nothing changed.
+    pub async fn reload(
+        &mut self,
+        running: &ClientConfig,
+        new: ClientConfig,
+    ) -> io::Result<ClientConfig> {
+        // Which running map each new one is (`None`: a new map), each running map used once.
+        let mut unmatched: Vec<usize> = (0..self.listeners.len()).collect();
+        let plan: Vec<Option<usize>> = new
+            .maps
+            .iter()
+            .map(|map| {
+                let at = unmatched.iter().position(|&i| {
+                    let l = &self.listeners[i];
+                    // A map on port 0 has no port to be known by: it is the same map only if its
+                    // service is the same too.
+                    l.listen == map.listen
+                        && (map.listen.port() != 0 || self.maps[i].0 == map.service)
+                })?;
+                Some(unmatched.swap_remove(at))
+            })
+            .collect();
+        // Bind every new port first, so a failure leaves everything as it was.
+        let mut bound = Vec::new();
+        for (i, map) in new.maps.iter().enumerate() {
+            if plan[i].is_some() {
+                continue;
+            }
+            let socket = listen(map.listen).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot listen on {} (map[{i}].listen): {e}{}",
+                        map.listen,
+                        daemon::bind_hint(map.listen, &e)
+                    ),
+                )
+            })?;
+            bound.push((i, Arc::new(socket)));
+        }
+
+        let kept = kept_settings(running, &new);
+        if !kept.is_empty() {
+            warn!(
+                "reload keeps until a restart: {} (changed in the file, still running as before)",
+                kept.join(", ")
+            );
+        }
+
+        let mut old: Vec<Option<(Listening, ServiceName)>> = self
+            .listeners
+            .drain(..)
+            .zip(self.maps.drain(..).map(|(service, _)| service))
+            .map(Some)
+            .collect();
+        let span = tracing::Span::current();
+        let mut bound = bound.into_iter();
+        for (map, from) in new.maps.iter().zip(plan) {
+            let service = map.service.clone();
+            let spawn = |socket: Arc<TcpListener>| {
+                tokio::spawn(
+                    accept_loop(
+                        socket,
+                        self.cluster.clone(),
+                        service.clone(),
+                        self.no_link_hold,
+                    )
+                    .instrument(span.clone()),
+                )
+            };
+            let listening = match from.and_then(|i| old[i].take()) {
+                Some((l, was)) if was == map.service => l,
+                Some((mut l, was)) => {
+                    // Same socket, new accept loop: connections already accepted keep their
+                    // service, new ones get the new one. The old loop is gone before the new one
+                    // starts (it is cancelled only while it waits in accept, so no connection it
+                    // accepted is lost).
+                    l.task.abort();
+                    let _ = (&mut l.task).await;
+                    info!(listen = %l.addr(), from = %was.as_str(), to = %service.as_str(), "map changed service");
+                    Listening {
+                        task: spawn(l.socket.clone()),
+                        ..l
+                    }
+                }
+                None => {
+                    let (_, socket) = bound.next().expect("every new map was bound above");
+                    let listening = Listening {
+                        listen: map.listen,
+                        task: spawn(socket.clone()),
+                        socket,
+                    };
+                    info!(listen = %listening.addr(), service = %service.as_str(), "map added");
+                    listening
+                }
+            };
+            self.maps.push((map.service.clone(), listening.addr()));
+            self.listeners.push(listening);
+        }
+        for (mut l, service) in old.into_iter().flatten() {
+            // Dropping the accept loop closes the socket; the streams it started run on. Waiting
+            // for the loop to be gone makes the port closed once the reload returns; it is
+            // cancelled only while it waits in accept, so no connection it accepted is lost.
+            l.task.abort();
+            let _ = (&mut l.task).await;
+            info!(listen = %l.addr(), service = %service.as_str(), "map removed: no new connections; open ones run to their end");
+        }
+
+        let mut now = running.clone();
+        now.maps = new.maps;
+        now.drain_timeout = new.drain_timeout;
+        now.warnings = new.warnings;
+        Ok(now)
+    }
+}
+
+/// The settings that differ between `running` and `new` and cannot change at runtime, by
+/// their config keys.
+fn kept_settings(running: &ClientConfig, new: &ClientConfig) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    let mut check = |changed: bool, key| {
+        if changed {
+            kept.push(key)
+        }
+    };
+    check(
+        !running.nodes().eq(new.nodes()),
+        "[[node]] (ids and addresses)",
+    );
+    match (&running.auth, &new.auth) {
+        (
+            ClientAuth::StaticKey {
+                private_key: k1,
+                psk: p1,
+                nodes: n1,
+            },
+            ClientAuth::StaticKey {
+                private_key: k2,
+                psk: p2,
+                nodes: n2,
+            },
+        ) => {
+            check(k1 != k2, "client.private_key");
+            check(p1 != p2, "client.psk");
+            check(
+                !n1.iter()
+                    .map(|n| n.public_key)
+                    .eq(n2.iter().map(|n| n.public_key)),
+                "node.public_key",
+            );
+        }
+        (ClientAuth::PskOnly { psk: p1, .. }, ClientAuth::PskOnly { psk: p2, .. }) => {
+            check(p1 != p2, "client.psk")
+        }
+        _ => check(
+            true,
+            "the authentication mode (client.private_key, node.public_key)",
+        ),
+    }
+    check(
+        running.links != new.links
+            || running.transport != new.transport
+            || running.lanes != new.lanes
+            || running.congestion != new.congestion,
+        "[links]",
+    );
+    check(running.limits != new.limits, "[limits]");
+    check(
+        running.handshake_timeout != new.handshake_timeout,
+        "client.handshake_timeout_ms",
+    );
+    check(
+        running.session_grace != new.session_grace,
+        "client.session_grace_ms",
+    );
+    check(
+        running.no_link_hold != new.no_link_hold,
+        "client.no_link_hold_ms",
+    );
+    check(running.owner != new.owner, "cluster.owner");
+    check(
+        running.metrics_listen != new.metrics_listen,
+        "metrics.listen",
+    );
+    check(
+        running.control_socket != new.control_socket,
+        "control.socket",
+    );
+    kept
+}

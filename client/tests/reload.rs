@@ -1,0 +1,164 @@
+//! `wanmux-client run` reloaded with SIGHUP, as `systemctl reload` does it: a map added to the
+//! file starts listening, a removed one stops, and a file with a mistake is refused with its
+//! error logged while the running maps stay. (Streams running through a reload, hashed, are in
+//! `tests/tests/reload.rs`.)
+
+use std::io::{BufRead as _, BufReader};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn config(node: &str, maps: &[(&str, &str)]) -> String {
+    let mut text = format!(
+        "[client]\npsk = \"URYnETZVguZE3vaKV8RKJV1GxdNtUebJAabte/+Erp0=\"\n\
+         [[node]]\nid = 1\naddr = \"{node}\"\n"
+    );
+    for (listen, service) in maps {
+        text.push_str(&format!(
+            "[[map]]\nlisten = \"{listen}\"\nservice = \"{service}\"\n"
+        ));
+    }
+    text
+}
+
+struct Client {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Client {
+    /// Waits up to 10 s for a log line with every one of `parts`, after the ones already
+    /// returned.
+    fn wait_log(&mut self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if parts.iter().all(|p| line.contains(p)) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line with {parts:?}; seen:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn hup(&self) {
+        let ok = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address in `listen=ADDR` of a log line.
+fn listen_addr(line: &str) -> String {
+    line.split("listen=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no listen= in {line}"))
+        .to_owned()
+}
+
+#[test]
+fn sighup_adds_and_removes_maps_and_refuses_a_broken_file() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reload-client");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    // A node address nothing listens on: the maps work without a link.
+    let node = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
+    let path = dir.join("client.toml");
+    std::fs::write(&path, config(&node, &[("127.0.0.1:0", "a")])).expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wanmux-client"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start wanmux-client");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut client = Client {
+        child,
+        lines,
+        seen: Vec::new(),
+    };
+    let a = listen_addr(&client.wait_log(&["mapping", "service=a"]));
+    TcpStream::connect(&a).expect("map a accepts");
+
+    // Map b replaces map a.
+    std::fs::write(&path, config(&node, &[("127.0.0.1:0", "b")])).expect("write");
+    client.hup();
+    let b = listen_addr(&client.wait_log(&["map added", "service=b"]));
+    let removed = client.wait_log(&["map removed", "service=a"]);
+    assert_eq!(listen_addr(&removed), a);
+    client.wait_log(&["reload done"]);
+    TcpStream::connect(&b).expect("map b accepts");
+    assert!(
+        TcpStream::connect(&a).is_err(),
+        "the removed map {a} still accepts"
+    );
+
+    // A broken file: its error is logged as `check` prints it, and map b stays.
+    std::fs::write(
+        &path,
+        config(&node, &[("127.0.0.1:0", "b")]).replace("id = 1", "id = 0"),
+    )
+    .expect("write");
+    let check = Command::new(env!("CARGO_BIN_EXE_wanmux-client"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run check");
+    let error = String::from_utf8_lossy(&check.stderr).trim().to_owned();
+    assert!(error.contains("node[0].id"), "{error}");
+    client.hup();
+    let logged = client.wait_log(&["ERROR", &error]);
+    assert!(logged.ends_with(&error), "{logged}");
+    client.wait_log(&["reload refused", "the running config stays"]);
+    TcpStream::connect(&b).expect("map b still accepts");
+
+    let ok = Command::new("kill")
+        .args(["-TERM", &client.child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = client.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the client did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}

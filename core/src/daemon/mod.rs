@@ -1,0 +1,538 @@
+//! The skeleton both daemons share: the command line (`run`, `check`, `keygen`), logging,
+//! signals and graceful drain, and the accept and drain loops of their listeners.
+//!
+//! A daemon says what it is (its name, its config, how to start and drain it) by implementing
+//! [`Daemon`], and its `main.rs` is that impl and [`daemon_main!`](crate::daemon_main):
+//!
+//! - `run --config FILE` loads the config (errors on stderr, exit 1), sets up logging (stderr,
+//!   level from `RUST_LOG`, default `info`), starts the daemon and waits for SIGINT or SIGTERM.
+//!   Then it drains for the config's drain timeout; a second signal stops at once. Exit 0, or 1
+//!   with `NAME: error` on stderr when the daemon cannot start. SIGHUP reloads the config file
+//!   ([`Daemon::reload`]): a file that does not load is refused with every error logged, in the
+//!   words `check` prints, and the running config stays. Under systemd (`Type=notify`) it speaks
+//!   the notification protocol ([`notify`]): ready, status, watchdog, reloading, stopping.
+//!   `--log-format json` writes one JSON object per log line, for log shippers.
+//! - `check --config FILE` prints `ok`, or every error (exit 1).
+//! - `keygen [--psk] [--out FILE]` prints a new key pair or PSK (see [`keys::keygen`]).
+//!
+//! Usage errors are clap's: a message and exit 2.
+//!
+//! This is the `daemon` feature; the engine never sees it.
+
+use std::error::Error;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::keys;
+
+pub mod notify;
+
+use notify::Notifier;
+
+#[doc(hidden)]
+pub use tracing as __tracing;
+
+/// What one daemon binary runs. Its `main` is [`daemon_main!`](crate::daemon_main).
+pub trait Daemon {
+    /// The binary's name (`wanmux-client`): the command's name in `--help`, and the prefix of
+    /// the error `run` prints when the daemon cannot start.
+    const NAME: &'static str;
+    /// What the daemon does, in one line (`--help`).
+    const ABOUT: &'static str;
+    /// What `run` runs, as its help says it: "the client", "the node".
+    const RUNS: &'static str;
+
+    /// The validated config. The skeleton keeps the running one, to compare a reloaded file
+    /// with it.
+    type Config: Clone;
+    /// Why a config file is not valid, printed as is on stderr.
+    type ConfigErrors: fmt::Display;
+    /// A running daemon.
+    type Handle;
+
+    /// Reads and validates the config file at `path`.
+    fn load(path: &Path) -> Result<Self::Config, Self::ConfigErrors>;
+
+    /// How long a drain waits for open streams.
+    fn drain_timeout(config: &Self::Config) -> Duration;
+
+    /// What loading found worth a warning, one line each: `check` prints them on stderr and
+    /// `run` logs them at start.
+    fn warnings(config: &Self::Config) -> &[String];
+
+    /// Starts the daemon: binds its ports and starts its tasks.
+    fn start(config: Self::Config) -> impl Future<Output = io::Result<Self::Handle>>;
+
+    /// Completes once the daemon may be announced ready (`READY=1`): at once for a daemon whose
+    /// [`start`](Self::start) bound everything it needs; the client waits for its first link or
+    /// its first failed dial (logged with its reason). Called again after it was cancelled, so it
+    /// must only wait, never change anything.
+    fn ready(handle: &Self::Handle) -> impl Future<Output = ()>;
+
+    /// One line on what the daemon is doing, for the service manager (`STATUS=`, shown by
+    /// `systemctl status`): links up, sessions, streams.
+    fn status(handle: &Self::Handle) -> String;
+
+    /// Applies a config reloaded on SIGHUP. `running` is the config in force, `new` the file as
+    /// it loads now (valid). Whatever can change at runtime is applied, without dropping a live
+    /// stream; the daemon logs what changed and names in one `warn` line the settings it keeps
+    /// (a listen address, keys). Returns the config now in force: `new` with the kept settings
+    /// of `running`. `Err` when the change could not be applied (a new port that cannot be
+    /// bound): then nothing changed.
+    fn reload(
+        handle: &mut Self::Handle,
+        running: &Self::Config,
+        new: Self::Config,
+    ) -> impl Future<Output = io::Result<Self::Config>>;
+
+    /// Stops gracefully: lets open streams finish for up to `timeout`, then shuts down.
+    fn drain(handle: Self::Handle, timeout: Duration) -> impl Future<Output = ()>;
+}
+
+/// What [`main`] needs from the binary's own crate: its version, and the log events of `run`.
+/// The events are written in that crate by [`daemon_main!`](crate::daemon_main) so that their
+/// target is the binary's (`RUST_LOG=wanmux_client=debug` selects them); a target must be known
+/// at compile time, so generic code here cannot give them one.
+#[derive(Debug, Clone, Copy)]
+pub struct Binary {
+    /// `--version`.
+    pub version: &'static str,
+    /// The first signal came: draining for up to this long.
+    pub draining: fn(Duration),
+    /// The drain finished.
+    pub stopped: fn(),
+    /// A second signal came during the drain: stopping at once.
+    pub second_signal: fn(),
+    /// SIGHUP: reloading the config file at this path.
+    pub reloading: fn(&Path),
+    /// One line of the errors that made a reloaded file invalid (as `check` prints it).
+    pub reload_error: fn(&str),
+    /// A reload was refused (the file did not load, or the change could not be applied; the
+    /// reason is given): the running config stays.
+    pub reload_refused: fn(&dyn fmt::Display),
+    /// A reload applied.
+    pub reloaded: fn(),
+}
+
+/// The `main` of a daemon binary: `daemon_main!(Client);` where `Client` implements
+/// [`Daemon`](crate::daemon::Daemon).
+#[macro_export]
+macro_rules! daemon_main {
+    ($daemon:ty) => {
+        fn main() -> ::std::process::ExitCode {
+            use $crate::daemon::__tracing::{error, info, warn};
+            $crate::daemon::main::<$daemon>(&$crate::daemon::Binary {
+                version: ::core::env!("CARGO_PKG_VERSION"),
+                draining: |timeout| info!(?timeout, "draining; a second signal stops at once"),
+                stopped: || info!("stopped"),
+                second_signal: || warn!("second signal: stopping now"),
+                reloading: |path| info!(config = %path.display(), "SIGHUP: reloading the config"),
+                reload_error: |line| error!("{line}"),
+                reload_refused: |why| {
+                    warn!(reason = %why, "reload refused: the running config stays")
+                },
+                reloaded: || info!("reload done"),
+            })
+        }
+    };
+}
+
+/// How long an accept loop pauses after a failed accept (out of file descriptors and the
+/// like) before it tries again, instead of spinning.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How often a drain looks whether the open streams have finished.
+pub const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+// The help of `run` names what it runs; `command` puts that in.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon until SIGINT or SIGTERM; SIGHUP reloads the config.
+    Run {
+        /// The config file.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// How log lines are written on stderr: `text` for people and the journal, `json`
+        /// (one object per line: timestamp, level, target, fields, spans) for log shippers.
+        #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Check a config file: print every error with its key and line, or "ok".
+    Check {
+        /// The config file.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print the public key of the private key read from standard input (`pubkey < FILE`).
+    Pubkey,
+    /// Make a key pair (or with --psk a pre-shared key).
+    Keygen {
+        /// Write the private key (or PSK) to this new file, mode 0600, and print only the
+        /// public key.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Make a pre-shared key instead of a key pair.
+        #[arg(long)]
+        psk: bool,
+    },
+}
+
+/// How `run` writes its log lines (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Parses the command line and runs the subcommand; see the module doc.
+pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
+    match parse::<D>(binary.version).command {
+        Command::Check { config } => match D::load(&config) {
+            Ok(config) => {
+                for w in D::warnings(&config) {
+                    eprintln!("warning: {w}");
+                }
+                println!("ok");
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Keygen { out, psk } => match keys::keygen(out.as_deref(), psk) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                match &out {
+                    Some(path) => eprintln!("keygen: {}: {e}", path.display()),
+                    None => eprintln!("keygen: {e}"),
+                }
+                ExitCode::FAILURE
+            }
+        },
+        Command::Pubkey => {
+            use std::io::Read as _;
+            let mut text = String::new();
+            // A key is 44 characters; anything far larger is not a key.
+            if let Err(e) = io::stdin().take(4096).read_to_string(&mut text) {
+                eprintln!("pubkey: standard input: {e}");
+                return ExitCode::FAILURE;
+            }
+            match keys::pubkey(&text) {
+                Ok(line) => {
+                    print!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!(
+                        "pubkey: standard input: {e} (expected the base64 form of a 32-byte \
+                         private key, as keygen writes it)"
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run {
+            config: path,
+            log_format,
+        } => {
+            let config = match D::load(&path) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_logging(log_format);
+            for w in D::warnings(&config) {
+                tracing::warn!("{w}");
+            }
+            match run::<D>(&path, config, binary) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{}: {}", D::NAME, Chain(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// The accept loop's next connection. A failed accept is handed to `failed` (to log it) and
+/// followed by a pause of [`ACCEPT_BACKOFF`], then the next try.
+pub async fn accept(
+    listener: &TcpListener,
+    failed: impl Fn(&io::Error),
+) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(x) => return x,
+            Err(e) => {
+                failed(&e);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// What to add to a bind error on `addr`: for a port below 1024 refused for lack of privilege,
+/// how to grant it (the shipped systemd units drop every capability); otherwise nothing.
+pub fn bind_hint(addr: SocketAddr, e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::PermissionDenied && addr.port() != 0 && addr.port() < 1024 {
+        " (ports below 1024 need CAP_NET_BIND_SERVICE: under systemd, a drop-in with \
+         AmbientCapabilities=CAP_NET_BIND_SERVICE and CapabilityBoundingSet=CAP_NET_BIND_SERVICE, \
+         see docs/operations.md)"
+    } else {
+        ""
+    }
+}
+
+/// Waits until `open` counts no stream, counting every [`DRAIN_POLL`]. `Err` holds the count
+/// when `timeout` passed first: the streams the drain leaves to be reset.
+pub async fn wait_drained(timeout: Duration, mut open: impl FnMut() -> usize) -> Result<(), usize> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match open() {
+            0 => return Ok(()),
+            left if tokio::time::Instant::now() >= deadline => return Err(left),
+            _ => tokio::time::sleep(DRAIN_POLL).await,
+        }
+    }
+}
+
+/// The command line of `D`: the shared shape with the daemon's name, version and wording.
+fn parse<D: Daemon>(version: &'static str) -> Cli {
+    let run = format!(
+        "Run {} until SIGINT or SIGTERM (then drain; a second signal stops at once); SIGHUP \
+         reloads the config file. Log level \
+         from RUST_LOG (default: info)",
+        D::RUNS
+    );
+    let mut command = Cli::command()
+        .name(D::NAME)
+        .version(version)
+        .about(D::ABOUT)
+        .mut_subcommand("run", |c| c.about(run));
+    let matches = command.get_matches_mut();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command).exit())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Logs go to stderr (stdout stays free for command output), coloured only on a terminal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.with_ansi(ansi).init(),
+        LogFormat::Json => fmt.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn run<D: Daemon>(path: &Path, config: D::Config, binary: &Binary) -> io::Result<()> {
+    let notifier = match Notifier::from_env() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "NOTIFY_SOCKET is set but unusable: not notifying");
+            None
+        }
+    };
+    let notify = |state: &str| {
+        if let Some(n) = &notifier {
+            let _ = n.send(state);
+        }
+    };
+    // Handlers first: from here on SIGHUP no longer ends the process, even during start.
+    let mut signals = Signals::new()?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut handle = D::start(config.clone()).await?;
+    let mut running = config;
+    let mut ready = false;
+    // Set while the last reload was refused: `systemctl status` says so until one succeeds.
+    let mut refused = false;
+    let mut status = tokio::time::interval_at(
+        tokio::time::Instant::now() + notify::STATUS_EVERY,
+        notify::STATUS_EVERY,
+    );
+    status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watchdog = notify::watchdog_interval()
+        .filter(|_| notifier.is_some())
+        .map(tokio::time::interval);
+    // The pings come from this loop, which also reads the daemon's status (and with it takes
+    // the engines' locks): a daemon stuck there stops pinging and the manager restarts it.
+    let status_line = |h: &D::Handle, refused: bool| {
+        let s = D::status(h);
+        if refused {
+            format!("{s}; last reload refused, running the previous config")
+        } else {
+            s
+        }
+    };
+    loop {
+        tokio::select! {
+            r = signals.stop() => {
+                r?;
+                break;
+            }
+            () = D::ready(&handle), if !ready => {
+                ready = true;
+                notify(&format!("READY=1\nSTATUS={}", status_line(&handle, refused)));
+            }
+            _ = hangup.recv(), if ready => {
+                notify(&notify::reloading_message());
+                (binary.reloading)(path);
+                match reload::<D>(path, &mut handle, &running, binary).await {
+                    Ok(now) => {
+                        running = now;
+                        refused = false;
+                        (binary.reloaded)();
+                    }
+                    Err(why) => {
+                        refused = true;
+                        (binary.reload_refused)(&why);
+                    }
+                }
+                notify(&format!("READY=1\nSTATUS={}", status_line(&handle, refused)));
+            }
+            _ = status.tick(), if ready => {
+                notify(&format!("STATUS={}", status_line(&handle, refused)));
+            }
+            _ = async { watchdog.as_mut()?.tick().await; Some(()) }, if watchdog.is_some() => {
+                notify("WATCHDOG=1");
+            }
+        }
+    }
+    let timeout = D::drain_timeout(&running);
+    notify(&format!(
+        "STOPPING=1\nSTATUS=draining for up to {timeout:?}"
+    ));
+    (binary.draining)(timeout);
+    let drain = D::drain(handle, timeout);
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            () = &mut drain => {
+                (binary.stopped)();
+                break;
+            }
+            r = signals.stop() => {
+                r?;
+                (binary.second_signal)();
+                break;
+            }
+            // A drain takes up to its timeout; the manager may still hold the watchdog to it.
+            _ = async { watchdog.as_mut()?.tick().await; Some(()) }, if watchdog.is_some() => {
+                notify("WATCHDOG=1");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads the config file at `path` again and has the daemon apply it. `Err` says why the
+/// running config stays: the errors of an invalid file are logged first, one line each.
+async fn reload<D: Daemon>(
+    path: &Path,
+    handle: &mut D::Handle,
+    running: &D::Config,
+    binary: &Binary,
+) -> Result<D::Config, String> {
+    let new = match D::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            let text = errors.to_string();
+            let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+            for line in &lines {
+                (binary.reload_error)(line);
+            }
+            return Err(format!(
+                "{} error(s) in {} (listed above)",
+                lines.len(),
+                path.display()
+            ));
+        }
+    };
+    for w in D::warnings(&new) {
+        tracing::warn!("{w}");
+    }
+    D::reload(handle, running, new)
+        .await
+        .map_err(|e| Chain(&e).to_string())
+}
+
+/// The signals that stop `run`: SIGINT and SIGTERM.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// The next SIGINT or SIGTERM.
+    async fn stop(&mut self) -> io::Result<()> {
+        tokio::select! {
+            _ = self.interrupt.recv() => Ok(()),
+            _ = self.terminate.recv() => Ok(()),
+        }
+    }
+}
+
+/// An error and its sources, `: `-separated.
+struct Chain<'a>(&'a dyn Error);
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_hint;
+    use std::io;
+
+    #[test]
+    fn a_refused_low_port_says_which_capability_it_needs() {
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        let low = "0.0.0.0:443".parse().unwrap();
+        assert!(bind_hint(low, &denied).contains("CAP_NET_BIND_SERVICE"));
+        assert_eq!(bind_hint("0.0.0.0:4480".parse().unwrap(), &denied), "");
+        let in_use = io::Error::from(io::ErrorKind::AddrInUse);
+        assert_eq!(bind_hint(low, &in_use), "");
+    }
+}

@@ -1,0 +1,191 @@
+//! The log line a refused link costs: a reason a person can act on (which key, which setting),
+//! at `warn` when the peer looks like a misconfigured wanmux client and at `info` when it looks
+//! like a scan or a health check; each kind of refusal at most once per [`LOG_EVERY`], with the
+//! count of the refusals of that kind since its last line. Every refusal is also logged at
+//! `debug`, so a peer can make the node write a bounded number of lines only.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+use wanmux_core::noise::{LinkError, ServerAuth};
+
+/// At most one line per kind of refusal per this long.
+pub(crate) const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Where in the handshake a link was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Before this node answered: message 1 was missing, malformed or refused.
+    BeforeReply,
+    /// After this node sent message 2, waiting for the client's key confirmation.
+    AfterReply,
+}
+
+/// The kinds of refusal, each rate-limited on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    UnknownClient,
+    Mode,
+    WrongServerKey,
+    WrongPsk,
+    ClientGaveUp,
+    Silent,
+    Timeout,
+    NotWanmux,
+    Quic,
+    Other,
+}
+
+/// The rate-limited log of refused links, one per node.
+#[derive(Debug, Default)]
+pub(crate) struct Refusals {
+    /// Per kind: when its last line was written, and the refusals since then without one.
+    last: Mutex<HashMap<Kind, (Instant, u64)>>,
+}
+
+impl Refusals {
+    /// Logs a link from `peer` that the handshake refused with `e` at `stage`, under `auth`.
+    pub(crate) fn handshake(
+        &self,
+        peer: SocketAddr,
+        e: &LinkError,
+        stage: Stage,
+        auth: &ServerAuth,
+    ) {
+        debug!(%peer, reason = %e, ?stage, "link refused");
+        let (kind, loud, reason) = explain(e, stage, auth);
+        self.log(kind, loud, peer, &reason);
+    }
+
+    /// Logs a QUIC connection that failed before its Noise handshake.
+    pub(crate) fn quic(&self, peer: SocketAddr, e: &LinkError) {
+        debug!(%peer, reason = %e, "QUIC link refused");
+        let reason = format!("the QUIC handshake failed: {e}");
+        self.log(Kind::Quic, false, peer, &reason);
+    }
+
+    fn log(&self, kind: Kind, loud: bool, peer: SocketAddr, reason: &str) {
+        let now = Instant::now();
+        let earlier = {
+            // Only counting runs under this lock.
+            let mut last = self.last.lock().expect("refusal log lock poisoned");
+            match last.get_mut(&kind) {
+                Some((at, n)) if now.duration_since(*at) < LOG_EVERY => {
+                    *n += 1;
+                    return;
+                }
+                Some((at, n)) => {
+                    *at = now;
+                    std::mem::take(n)
+                }
+                None => {
+                    last.insert(kind, (now, 0));
+                    0
+                }
+            }
+        };
+        match (loud, earlier) {
+            (true, 0) => warn!(%peer, %reason, "link refused"),
+            (true, n) => warn!(%peer, %reason, more_refused_since_last_report = n, "link refused"),
+            (false, 0) => info!(%peer, %reason, "link refused"),
+            (false, n) => info!(%peer, %reason, more_refused_since_last_report = n, "link refused"),
+        }
+    }
+}
+
+/// The kind of a refusal, whether it is worth a `warn` (a wanmux client that is configured
+/// wrong), and what to do about it.
+fn explain(e: &LinkError, stage: Stage, auth: &ServerAuth) -> (Kind, bool, String) {
+    use std::io::ErrorKind;
+    let static_keys = auth.private_key.is_some();
+    let closed = match e {
+        LinkError::Closed => true,
+        LinkError::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe
+        ),
+        _ => false,
+    };
+    match e {
+        LinkError::UnknownClient(key) => (
+            Kind::UnknownClient,
+            true,
+            format!("client key {key} is not in server.allowed_clients (add it there, then reload, to let this client in)"),
+        ),
+        LinkError::Auth(m) if m.contains("mode") => (
+            Kind::Mode,
+            true,
+            if static_keys {
+                format!(
+                    "the client uses another handshake: this node takes static keys {} a PSK \
+                     (client.private_key, node.public_key and client.psk must match the node's \
+                     mode)",
+                    if auth.psk.is_some() { "with" } else { "without" }
+                )
+            } else {
+                "the client uses static keys; this node takes PSK-only clients (remove \
+                 client.private_key, or give the node a private_key and allowed_clients)"
+                    .to_owned()
+            },
+        ),
+        LinkError::Auth(m) if m.contains("message 1") && static_keys => (
+            Kind::WrongServerKey,
+            true,
+            "the client's message did not decrypt with this node's key: the client's \
+             node.public_key is not this node's public key (`wanmux-server pubkey < KEYFILE` \
+             prints it)"
+                .to_owned(),
+        ),
+        LinkError::Auth(m) if m.contains("message 1") => (
+            Kind::WrongPsk,
+            true,
+            "the client's message did not decrypt: its PSK differs from this node's server.psk"
+                .to_owned(),
+        ),
+        LinkError::Auth(m) if m.contains("key confirmation") => (
+            Kind::WrongPsk,
+            true,
+            "the client's key confirmation did not decrypt: its PSK differs from this node's"
+                .to_owned(),
+        ),
+        _ if closed && stage == Stage::AfterReply && auth.psk.is_some() && static_keys => (
+            Kind::WrongPsk,
+            true,
+            "the client closed the link on this node's reply, which it could not decrypt: its \
+             PSK differs from this node's server.psk (or it gave up: see its log)"
+                .to_owned(),
+        ),
+        _ if closed && stage == Stage::AfterReply => (
+            Kind::ClientGaveUp,
+            true,
+            "the client closed the link on this node's reply (its handshake timed out, or it \
+             refused this node: see its log)"
+                .to_owned(),
+        ),
+        _ if closed => (
+            Kind::Silent,
+            false,
+            "closed before its handshake (a port scan or a TCP health check)".to_owned(),
+        ),
+        LinkError::Timeout => (
+            Kind::Timeout,
+            false,
+            "no complete handshake within server.handshake_timeout_ms (a scan, or a client on \
+             a very slow path)"
+                .to_owned(),
+        ),
+        LinkError::Protocol(m) if m.contains("version") => (
+            Kind::NotWanmux,
+            true,
+            format!("the client runs another wanmux version ({m}): upgrade both ends"),
+        ),
+        LinkError::Protocol(m) => (
+            Kind::NotWanmux,
+            false,
+            format!("not a wanmux handshake, or another version: {m}"),
+        ),
+        other => (Kind::Other, false, other.to_string()),
+    }
+}

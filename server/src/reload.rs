@@ -1,0 +1,218 @@
+//! Reloading a node's config (SIGHUP): what changes at runtime and what needs a restart.
+//!
+//! Applied at once, without touching a live stream of an allowed client:
+//!
+//! - `allowed_clients`: new links are checked against the new list; the sessions (and so the
+//!   links and streams) of a client key no longer listed are closed;
+//! - `[[service]]`: streams opened from now on find their service in the new list; streams
+//!   already connected keep their service connection;
+//! - `drain_timeout_ms`: the next drain waits the new time.
+//!
+//! Kept until a restart, named in one `warn` line: the listen address, `quic`, the node id, the
+//! node's private key, the PSK and the authentication mode (clients pin the key and hold the
+//! PSK; changing them under live links would strand every client), the timeouts the sessions
+//! and handshakes already run with, `congestion` (set on the listener at bind) and `[limits]`
+//! (each session's engine and the shared memory budget were sized from them).
+
+use crate::ServerHandle;
+use std::collections::BTreeSet;
+use std::io;
+use std::sync::{Arc, RwLock};
+use tracing::{info, warn};
+use wanmux_config::{ServerAuth, ServerConfig};
+use wanmux_core::keys::PublicKey;
+use wanmux_core::noise;
+
+/// The authentication new links are checked with; a reload replaces it.
+#[derive(Debug)]
+pub(crate) struct SharedAuth(RwLock<Arc<noise::ServerAuth>>);
+
+impl SharedAuth {
+    pub(crate) fn new(auth: &ServerAuth) -> Self {
+        SharedAuth(RwLock::new(Arc::new(auth.into())))
+    }
+
+    /// What a link arriving now is checked with.
+    pub(crate) fn current(&self) -> Arc<noise::ServerAuth> {
+        // Only a clone or a store runs under this lock.
+        self.0.read().expect("auth lock poisoned").clone()
+    }
+
+    fn replace(&self, auth: &ServerAuth) {
+        *self.0.write().expect("auth lock poisoned") = Arc::new(auth.into());
+    }
+
+    /// Whether a link that authenticated as `key` may still join a session: a reload may have
+    /// removed its key while its handshake ran.
+    pub(crate) fn still_allows(&self, key: Option<&PublicKey>) -> bool {
+        let auth = self.current();
+        match key {
+            Some(key) => auth.allowed_clients.contains(key),
+            // PSK-only links carry no key; the mode cannot change at runtime.
+            None => true,
+        }
+    }
+}
+
+impl ServerHandle {
+    /// Applies `new` (a valid config read again) where the node can change at runtime, see the
+    /// module doc, and logs what changed. Returns the config now in force: `new` with the kept
+    /// settings of `running`. Never fails today; `io::Result` leaves room for changes that bind.
+    pub async fn reload(
+        &mut self,
+        running: &ServerConfig,
+        new: ServerConfig,
+    ) -> io::Result<ServerConfig> {
+        let kept = kept_settings(running, &new);
+        if !kept.is_empty() {
+            warn!(
+                "reload keeps until a restart: {} (changed in the file, still running as before)",
+                kept.join(", ")
+            );
+        }
+        let mut now = running.clone();
+        now.drain_timeout = new.drain_timeout;
+        now.warnings = new.warnings.clone();
+
+        if running.services != new.services {
+            let names = |c: &ServerConfig| -> Vec<String> {
+                c.services
+                    .iter()
+                    .map(|s| s.name.as_str().to_owned())
+                    .collect()
+            };
+            info!(services = ?names(&new), "services changed: new streams use the new list");
+            self.sessions.set_services(new.services.clone());
+            now.services = new.services;
+        }
+
+        if let (
+            ServerAuth::StaticKey {
+                allowed_clients: old,
+                ..
+            },
+            ServerAuth::StaticKey {
+                allowed_clients: fresh,
+                ..
+            },
+            ServerAuth::StaticKey {
+                allowed_clients: in_force,
+                ..
+            },
+        ) = (&running.auth, &new.auth, &mut now.auth)
+        {
+            if old != fresh {
+                let added: BTreeSet<_> = fresh.difference(old).collect();
+                let removed: BTreeSet<_> = old.difference(fresh).collect();
+                *in_force = fresh.clone();
+                self.auth.replace(&now.auth);
+                let closed = self.sessions.close_clients(|key| fresh.contains(key));
+                info!(
+                    added = ?added,
+                    removed = ?removed,
+                    sessions_closed = closed,
+                    "allowed_clients changed: new links are checked against the new list; the \
+                     sessions of removed keys are closed"
+                );
+            }
+        }
+        Ok(now)
+    }
+}
+
+/// The settings that differ between `running` and `new` and cannot change at runtime, by
+/// their config keys.
+fn kept_settings(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    let mut check = |changed: bool, key| {
+        if changed {
+            kept.push(key)
+        }
+    };
+    check(running.listen != new.listen, "server.listen");
+    check(running.quic != new.quic, "server.quic");
+    check(running.node_id != new.node_id, "server.node_id");
+    match (&running.auth, &new.auth) {
+        (
+            ServerAuth::StaticKey {
+                private_key: k1,
+                psk: p1,
+                ..
+            },
+            ServerAuth::StaticKey {
+                private_key: k2,
+                psk: p2,
+                ..
+            },
+        ) => {
+            check(k1 != k2, "server.private_key");
+            check(p1 != p2, "server.psk");
+        }
+        (ServerAuth::PskOnly { psk: p1 }, ServerAuth::PskOnly { psk: p2 }) => {
+            check(p1 != p2, "server.psk")
+        }
+        _ => check(
+            true,
+            "the authentication mode (server.private_key, server.allowed_clients)",
+        ),
+    }
+    check(
+        running.handshake_timeout != new.handshake_timeout,
+        "server.handshake_timeout_ms",
+    );
+    check(
+        running.session_grace != new.session_grace,
+        "server.session_grace_ms",
+    );
+    check(
+        running.connect_timeout != new.connect_timeout,
+        "server.connect_timeout_ms",
+    );
+    check(running.congestion != new.congestion, "server.congestion");
+    check(running.limits != new.limits, "[limits]");
+    let cluster = |c: &ServerConfig| {
+        c.cluster
+            .as_ref()
+            .map(|c| (c.listen, c.psk.clone(), c.peers.clone()))
+    };
+    check(cluster(running) != cluster(new), "[cluster] and [[peer]]");
+    check(
+        running.metrics_listen != new.metrics_listen,
+        "metrics.listen",
+    );
+    check(
+        running.control_socket != new.control_socket,
+        "control.socket",
+    );
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kept_settings;
+    use wanmux_config::{ServerAuth, ServerConfig};
+    use wanmux_core::keys::Psk;
+
+    #[test]
+    fn names_what_a_reload_cannot_change() {
+        let psk = Psk::generate();
+        let a = ServerConfig::new(
+            "127.0.0.1:4480".parse().unwrap(),
+            1.try_into().unwrap(),
+            ServerAuth::PskOnly { psk },
+            Vec::new(),
+        );
+        let mut b = a.clone();
+        b.drain_timeout *= 2;
+        assert!(kept_settings(&a, &b).is_empty(), "drain_timeout applies");
+        b.listen = "127.0.0.1:4481".parse().unwrap();
+        b.auth = ServerAuth::PskOnly {
+            psk: Psk::generate(),
+        };
+        b.limits.max_streams += 1;
+        assert_eq!(
+            kept_settings(&a, &b),
+            ["server.listen", "server.psk", "[limits]"]
+        );
+    }
+}

@@ -1,0 +1,60 @@
+//! `wanmux-server run --log-format json`: every log line on stderr is one JSON object with its
+//! time, level, target and fields, for log shippers.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[test]
+fn every_log_line_is_a_json_object() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("json-logs");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("server.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\nnode_id = 1\n\
+         psk = \"URYnETZVguZE3vaKV8RKJV1GxdNtUebJAabte/+Erp0=\"\n\
+         [[service]]\nname = \"echo\"\ntarget = \"127.0.0.1:9\"\n",
+    )
+    .expect("write config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wanmux-server"))
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start wanmux-server");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let first = lines.next().expect("a log line").expect("utf-8");
+    let v: serde_json::Value = serde_json::from_str(&first).expect("the line is JSON");
+    assert_eq!(v["level"], "INFO", "{first}");
+    assert_eq!(v["target"], "wanmux_server", "{first}");
+    assert_eq!(v["fields"]["message"], "wanmux-server listening", "{first}");
+    assert!(v["fields"]["listen"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("127.0.0.1:")));
+    assert!(v["timestamp"].is_string(), "{first}");
+
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let mut rest = 0;
+    for line in lines {
+        let line = line.expect("utf-8");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+        rest += 1;
+    }
+    assert!(rest >= 2, "the drain's lines are missing");
+    assert!(child.wait().expect("exit").success());
+}

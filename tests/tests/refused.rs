@@ -1,0 +1,203 @@
+//! Every way a link is refused for a configuration mistake is a `warn` line that says what to
+//! fix, on the side that can see it (both, where both can), and a mistake that makes a client
+//! redial costs one line per side per minute however many dials fail.
+
+use std::num::NonZeroU16;
+use std::time::Duration;
+use wanmux_config::{ClientAuth, ClientConfig, LinkTransport, ServerAuth, ServerConfig};
+use wanmux_core::keys::{generate_keypair, Psk};
+use wanmux_tests::harness::{configs, point_client_at, within, Auth};
+use wanmux_tests::logs::{self, Logs};
+
+const WAIT: Duration = Duration::from_secs(10);
+const SERVER: &str = "wanmux_server::refused";
+const CLIENT: &str = "wanmux_client::ready";
+
+/// Runs a server and a client made from `auth`'s matching configs after `tweak` broke them,
+/// until the client's first dial failed; returns the lines logged meanwhile and then.
+struct Case {
+    logs: Logs,
+    mark: usize,
+    server: wanmux_server::ServerHandle,
+    client: wanmux_client::ClientHandle,
+}
+
+impl Case {
+    async fn start(
+        logs: &Logs,
+        auth: Auth,
+        links: u16,
+        tweak: impl FnOnce(&mut ServerConfig, &mut ClientConfig),
+    ) -> Case {
+        let mark = logs.mark();
+        let (mut server_config, mut client_config) =
+            configs(auth, "127.0.0.1:9".parse().unwrap(), links);
+        tweak(&mut server_config, &mut client_config);
+        let server = wanmux_server::start(server_config).await.expect("server");
+        point_client_at(&mut client_config, server.local_addr());
+        let client = wanmux_client::start(client_config).await.expect("client");
+        tokio::time::timeout(WAIT, client.wait_first_dial())
+            .await
+            .expect("the first dial settles");
+        Case {
+            logs: logs.clone(),
+            mark,
+            server,
+            client,
+        }
+    }
+
+    /// The `warn` line of `target` with every one of `parts`.
+    async fn warned(&self, target: &str, parts: &[&str]) -> String {
+        let mut all = vec!["WARN", target];
+        all.extend_from_slice(parts);
+        self.logs
+            .wait_for(self.mark, &all, WAIT)
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "no warn line of {target} with {parts:?}; logged:\n{}",
+                    self.logs.since(self.mark).join("\n")
+                )
+            })
+    }
+
+    fn count(&self, parts: &[&str]) -> usize {
+        self.logs
+            .since(self.mark)
+            .iter()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .count()
+    }
+
+    fn stop(self) {
+        assert_eq!(self.client.live_links(), 0, "a link came up");
+        self.client.shutdown();
+        self.server.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_refusal_is_a_warn_line_naming_what_to_fix() {
+    let logs = logs::capture("info,wanmux_server::refused=debug,wanmux_client::ready=debug");
+    within(Duration::from_secs(120), async {
+        // A client key the node does not list: the node names the key. Four links dial at
+        // once and redial: one line per side.
+        let mut client_key = None;
+        let case = Case::start(&logs, Auth::Static { psk: false }, 4, |server, client| {
+            if let ServerAuth::StaticKey {
+                allowed_clients, ..
+            } = &mut server.auth
+            {
+                *allowed_clients = [generate_keypair().1].into();
+            }
+            if let ClientAuth::StaticKey { private_key, .. } = &client.auth {
+                client_key = Some(private_key.public_key());
+            }
+        })
+        .await;
+        let key = client_key.expect("static-key client").to_string();
+        case.warned(SERVER, &[&key, "is not in server.allowed_clients"])
+            .await;
+        case.warned(CLIENT, &["it refused this client", "allowed_clients"])
+            .await;
+        // Let the slots redial a few times, then count.
+        let redialled = logs
+            .wait_for(case.mark, &["DEBUG", CLIENT, "dial failed"], WAIT)
+            .await
+            .is_some();
+        assert!(redialled);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let refused = case.count(&["DEBUG", SERVER, "link refused"]);
+        let failed = case.count(&["DEBUG", CLIENT, "dial failed"]);
+        assert!(
+            refused >= 4 && failed >= 4,
+            "{refused} refusals, {failed} failed dials"
+        );
+        assert_eq!(
+            case.count(&["WARN", SERVER]),
+            1,
+            "server lines not rate-limited"
+        );
+        assert_eq!(
+            case.count(&["WARN", CLIENT]),
+            1,
+            "client lines not rate-limited"
+        );
+        case.stop();
+
+        // PSK-only, another PSK: the node cannot read message 1.
+        let case = Case::start(&logs, Auth::Psk, 1, |_, client| {
+            if let ClientAuth::PskOnly { psk, .. } = &mut client.auth {
+                *psk = Psk::generate();
+            }
+        })
+        .await;
+        case.warned(SERVER, &["PSK differs from this node's server.psk"])
+            .await;
+        case.warned(CLIENT, &["the PSK differs"]).await;
+        case.stop();
+
+        // Static keys with a PSK, another PSK: the client cannot read message 2.
+        let case = Case::start(&logs, Auth::Static { psk: true }, 1, |_, client| {
+            if let ClientAuth::StaticKey { psk, .. } = &mut client.auth {
+                *psk = Some(Psk::generate());
+            }
+        })
+        .await;
+        case.warned(SERVER, &["could not decrypt", "PSK differs"])
+            .await;
+        case.warned(CLIENT, &["did not decrypt", "PSK differs"])
+            .await;
+        case.stop();
+
+        // The client pinned another key for the node.
+        let case = Case::start(&logs, Auth::Static { psk: false }, 1, |_, client| {
+            if let ClientAuth::StaticKey { nodes, .. } = &mut client.auth {
+                nodes[0].public_key = generate_keypair().1;
+            }
+        })
+        .await;
+        case.warned(SERVER, &["node.public_key is not this node's public key"])
+            .await;
+        case.warned(CLIENT, &["it refused this client"]).await;
+        case.stop();
+
+        // A PSK on the node only: the client's handshake is another mode.
+        let case = Case::start(&logs, Auth::Static { psk: true }, 1, |_, client| {
+            if let ClientAuth::StaticKey { psk, .. } = &mut client.auth {
+                *psk = None;
+            }
+        })
+        .await;
+        case.warned(SERVER, &["another handshake", "with a PSK"])
+            .await;
+        case.warned(CLIENT, &["it refused this client"]).await;
+        case.stop();
+
+        // Another node id: only the client can tell.
+        let case = Case::start(&logs, Auth::Psk, 1, |_, client| {
+            if let ClientAuth::PskOnly { nodes, .. } = &mut client.auth {
+                nodes[0].id = NonZeroU16::new(2).unwrap();
+            }
+        })
+        .await;
+        case.warned(
+            CLIENT,
+            &["reports another node id than node.id = 2", "server.node_id"],
+        )
+        .await;
+        case.stop();
+
+        // QUIC links to a node without QUIC: no answer at all.
+        let case = Case::start(&logs, Auth::Psk, 1, |server, client| {
+            server.quic = false;
+            client.transport = LinkTransport::Quic;
+            client.handshake_timeout = Duration::from_millis(300);
+        })
+        .await;
+        case.warned(CLIENT, &["server.quic = true"]).await;
+        case.stop();
+    })
+    .await;
+}
