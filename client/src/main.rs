@@ -53,6 +53,10 @@ impl Daemon for Client {
         client.reload(running, new).await
     }
 
+    fn control_socket(config: &mut ClientConfig) -> &mut Option<std::path::PathBuf> {
+        &mut config.control_socket
+    }
+
     async fn drain(client: ClientHandle, timeout: Duration) {
         client.drain(timeout).await
     }

@@ -138,14 +138,90 @@ pub async fn query(path: &Path) -> io::Result<Status> {
     })
 }
 
-/// Where a daemon started from `config` (a file) puts its control socket when the file sets no
-/// `control.socket`: `/run/wanmux/NAME-STEM.sock`, e.g. `/run/wanmux/wanmux-client-office.sock`
-/// for `/etc/wanmux/office.toml`, so instances of the `@` units each get their own.
-pub fn default_socket(daemon: &str, config: &Path) -> PathBuf {
+/// The directory of default control sockets.
+pub const RUN_DIR: &str = "/run/wanmux";
+
+/// The file name of the control socket a daemon started from `config` (a file) uses when the
+/// file sets no `control.socket`: `NAME-STEM-HASH.sock`, e.g.
+/// `wanmux-client-office-1f2e3d4c.sock` for `/etc/wanmux/office.toml`. The hash is of the
+/// file's absolute path, so instances of the `@` units, and two files of the same name in
+/// different directories, each get their own. It lives in the service's runtime directory
+/// (`$RUNTIME_DIRECTORY`, under [`RUN_DIR`], as the units set it) or in [`RUN_DIR`] itself
+/// ([`default_dir`]); `status --config FILE` looks in both ([`find_default`]).
+pub fn default_socket_name(daemon: &str, config: &Path) -> String {
     let stem = config
         .file_stem()
         .map_or_else(|| "default".into(), |s| s.to_string_lossy());
-    PathBuf::from("/run/wanmux").join(format!("{daemon}-{stem}.sock"))
+    let absolute = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_owned());
+    // FNV-1a: the same in every build, unlike std's hasher.
+    let hash = absolute
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+    format!("{daemon}-{stem}-{:08x}.sock", hash as u32)
+}
+
+/// Where `run` puts a default socket: the service's runtime directory when systemd gave one
+/// (`$RUNTIME_DIRECTORY`), else [`RUN_DIR`].
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("RUNTIME_DIRECTORY")
+        .and_then(|v| {
+            v.to_str()
+                .and_then(|s| s.split(':').next())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(RUN_DIR))
+}
+
+/// The default socket of `config` in [`default_dir`] (what `run` binds).
+pub fn default_socket(daemon: &str, config: &Path) -> PathBuf {
+    default_dir().join(default_socket_name(daemon, config))
+}
+
+/// Where the default socket of `config` is: in [`RUN_DIR`] or one of its subdirectories (a
+/// unit's runtime directory). `None` when there is none.
+pub fn find_default(daemon: &str, config: &Path) -> Option<PathBuf> {
+    let name = default_socket_name(daemon, config);
+    run_dirs()
+        .into_iter()
+        .map(|d| d.join(&name))
+        .find(|p| p.exists())
+}
+
+/// [`RUN_DIR`] and its subdirectories.
+fn run_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from(RUN_DIR)];
+    if let Ok(entries) = std::fs::read_dir(RUN_DIR) {
+        let mut subs: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        subs.sort();
+        dirs.extend(subs);
+    }
+    dirs
+}
+
+/// The default sockets of `daemon` in [`RUN_DIR`] and its subdirectories (for `status`
+/// without `--config`).
+pub fn default_sockets(daemon: &str) -> Vec<PathBuf> {
+    let prefix = format!("{daemon}-");
+    let mut found: Vec<PathBuf> = run_dirs()
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flat_map(|d| d.filter_map(Result::ok).map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".sock"))
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 /// How `status` shows what it got.
@@ -195,12 +271,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_sockets_differ_per_daemon_and_instance() {
-        let a = default_socket("wanmux-client", Path::new("/etc/wanmux/office.toml"));
-        assert_eq!(a, Path::new("/run/wanmux/wanmux-client-office.sock"));
-        let b = default_socket("wanmux-server", Path::new("/etc/wanmux/office.toml"));
+    fn default_sockets_differ_per_daemon_and_file() {
+        let a = default_socket_name("wanmux-client", Path::new("/etc/wanmux/office.toml"));
+        assert!(
+            a.starts_with("wanmux-client-office-") && a.ends_with(".sock"),
+            "{a}"
+        );
+        assert_eq!(
+            a,
+            default_socket_name("wanmux-client", Path::new("/etc/wanmux/office.toml"))
+        );
+        let b = default_socket_name("wanmux-server", Path::new("/etc/wanmux/office.toml"));
         assert_ne!(a, b);
-        let c = default_socket("wanmux-client", Path::new("lab.toml"));
-        assert_eq!(c, Path::new("/run/wanmux/wanmux-client-lab.sock"));
+        let c = default_socket_name("wanmux-client", Path::new("/home/me/office.toml"));
+        assert_ne!(a, c, "same name, other directory");
     }
 }

@@ -54,6 +54,10 @@ impl Daemon for Server {
         server.reload(running, new).await
     }
 
+    fn control_socket(config: &mut ServerConfig) -> &mut Option<std::path::PathBuf> {
+        &mut config.control_socket
+    }
+
     async fn drain(server: ServerHandle, timeout: Duration) {
         server.drain(timeout).await
     }

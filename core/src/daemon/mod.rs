@@ -13,6 +13,8 @@
 //!   the notification protocol ([`notify`]): ready, status, watchdog, reloading, stopping.
 //!   `--log-format json` writes one JSON object per log line, for log shippers.
 //! - `check --config FILE` prints `ok`, or every error (exit 1).
+//! - `status [--config FILE | --socket PATH] [--json] [--watch]` asks a running daemon on its
+//!   control socket (`crate::control`) and prints its links, sessions and traffic.
 //! - `keygen [--psk] [--out FILE]` prints a new key pair or PSK (see [`keys::keygen`]).
 //!
 //! Usage errors are clap's: a message and exit 2.
@@ -92,6 +94,10 @@ pub trait Daemon {
         running: &Self::Config,
         new: Self::Config,
     ) -> impl Future<Output = io::Result<Self::Config>>;
+
+    /// The config's control socket (`control.socket`): `run` gives it the default of the
+    /// config file when it has none, and `status` reads it.
+    fn control_socket(config: &mut Self::Config) -> &mut Option<PathBuf>;
 
     /// Stops gracefully: lets open streams finish for up to `timeout`, then shuts down.
     fn drain(handle: Self::Handle, timeout: Duration) -> impl Future<Output = ()>;
@@ -179,6 +185,24 @@ enum Command {
     },
     /// Print the public key of the private key read from standard input (`pubkey < FILE`).
     Pubkey,
+    /// Show what a running daemon is doing (links, sessions, traffic), asked on its control
+    /// socket.
+    Status {
+        /// The config file the daemon runs: its `control.socket`, or the default socket of that
+        /// file. Without it (and without --socket), the one daemon of this kind running with a
+        /// default socket.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The control socket itself.
+        #[arg(long, value_name = "PATH", conflicts_with = "config")]
+        socket: Option<PathBuf>,
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second, like `top`, until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Make a key pair (or with --psk a pre-shared key).
     Keygen {
         /// Write the private key (or PSK) to this new file, mode 0600, and print only the
@@ -251,11 +275,17 @@ pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
                 }
             }
         }
+        Command::Status {
+            config,
+            socket,
+            json,
+            watch,
+        } => status::<D>(config, socket, json, watch),
         Command::Run {
             config: path,
             log_format,
         } => {
-            let config = match D::load(&path) {
+            let mut config = match D::load(&path) {
                 Ok(c) => c,
                 Err(errors) => {
                     eprintln!("{errors}");
@@ -266,6 +296,7 @@ pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
             for w in D::warnings(&config) {
                 tracing::warn!("{w}");
             }
+            default_control_socket::<D>(&path, &mut config);
             match run::<D>(&path, config, binary) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -273,6 +304,101 @@ pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Gives a config that names no `control.socket` the default one of its file, when this user
+/// may create it (see [`crate::control::default_dir`]); else `status` is unavailable, and a
+/// warning says so.
+fn default_control_socket<D: Daemon>(path: &Path, config: &mut D::Config) {
+    let socket = D::control_socket(config);
+    if socket.is_some() {
+        return;
+    }
+    let dir = crate::control::default_dir();
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    let usable = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::File::create(&probe))
+        .map(|_| {
+            let _ = std::fs::remove_file(&probe);
+        });
+    match usable {
+        Ok(()) => *socket = Some(dir.join(crate::control::default_socket_name(D::NAME, path))),
+        Err(e) => tracing::warn!(
+            "no control socket, so `status` cannot ask this daemon: cannot create files in {}: \
+             {e} (set control.socket to a path this user may create)",
+            dir.display()
+        ),
+    }
+}
+
+/// `status`: finds the daemon's control socket and prints what it answers.
+fn status<D: Daemon>(
+    config: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    json: bool,
+    watch: bool,
+) -> ExitCode {
+    let path = match (socket, config) {
+        (Some(socket), _) => socket,
+        (None, Some(file)) => match D::load(&file) {
+            Ok(mut c) => match D::control_socket(&mut c).clone() {
+                Some(set) => set,
+                None => crate::control::find_default(D::NAME, &file)
+                    .unwrap_or_else(|| crate::control::default_socket(D::NAME, &file)),
+            },
+            Err(errors) => {
+                eprintln!("{errors}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => {
+            let found = crate::control::default_sockets(D::NAME);
+            match found.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    eprintln!(
+                        "status: no running {} with a default socket in {}; name its config                          with --config FILE (or the socket with --socket PATH)",
+                        D::NAME,
+                        crate::control::RUN_DIR
+                    );
+                    return ExitCode::FAILURE;
+                }
+                many => {
+                    eprintln!(
+                        "status: several {} are running; name one with --config FILE:",
+                        D::NAME
+                    );
+                    for p in many {
+                        eprintln!("  {}", p.display());
+                    }
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let format = if json {
+        crate::control::Format::Json
+    } else {
+        crate::control::Format::Text
+    };
+    let every = watch.then_some(Duration::from_secs(1));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("status: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::control::print_status(&path, format, every)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("status: {e}");
+            ExitCode::FAILURE
         }
     }
 }
