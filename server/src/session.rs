@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -24,10 +24,41 @@ type Key = (Option<PublicKey>, SessionId);
 /// How long an expired session's id is remembered (see `Sessions::tombstones`).
 const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 
+/// A session in the table: its driver, whose it is, and how many links it has.
+#[derive(Debug)]
+struct Entry {
+    driver: SessionDriver,
+    client: Option<PublicKey>,
+    links: Arc<AtomicU32>,
+}
+
+/// One link's place in its session's count (`limits.max_links_per_session`), given back on
+/// drop.
+#[derive(Debug)]
+struct LinkSlot(Arc<AtomicU32>);
+
+impl LinkSlot {
+    /// A slot in `links`, if it has fewer than `max`.
+    fn take(links: &Arc<AtomicU32>, max: u32) -> Option<LinkSlot> {
+        links
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| LinkSlot(links.clone()))
+    }
+}
+
+impl Drop for LinkSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Sessions {
     config: Arc<ServerConfig>,
-    table: Mutex<HashMap<Key, SessionDriver>>,
+    table: Mutex<HashMap<Key, Entry>>,
     /// Random per process: the epoch of a session is a keyed hash of its key, so it is the same
     /// on every link, needs no state before a link is authenticated, and changes when the
     /// server restarts. (A session that expired is not resumed under the same id: the client
@@ -74,14 +105,14 @@ impl Sessions {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, SessionDriver>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
         // Only plain map operations run under this lock; nothing in them panics.
         self.table.lock().expect("session table lock poisoned")
     }
 
     pub(crate) fn close_all(&self) {
-        for (_, d) in self.lock().drain() {
-            d.close(reset::SHUTDOWN);
+        for (_, e) in self.lock().drain() {
+            e.driver.close(reset::SHUTDOWN);
         }
     }
 
@@ -92,7 +123,7 @@ impl Sessions {
 
     /// Streams open in all sessions.
     pub(crate) fn stream_count(&self) -> usize {
-        let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
+        let drivers: Vec<SessionDriver> = self.lock().values().map(|e| e.driver.clone()).collect();
         drivers
             .iter()
             .map(|d| d.with(|s, _| s.stream_count()))
@@ -101,7 +132,7 @@ impl Sessions {
 
     /// Resent bytes of every live session (see `Session::resent_bytes`).
     pub(crate) fn resent_bytes(&self) -> u64 {
-        let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
+        let drivers: Vec<SessionDriver> = self.lock().values().map(|e| e.driver.clone()).collect();
         drivers
             .iter()
             .map(|d| d.with(|s, _| s.resent_bytes()))
@@ -110,7 +141,7 @@ impl Sessions {
 
     /// The largest receive and send buffer of any one stream in any session, bytes.
     pub(crate) fn max_stream_buffered(&self) -> (u64, u64) {
-        let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
+        let drivers: Vec<SessionDriver> = self.lock().values().map(|e| e.driver.clone()).collect();
         drivers
             .iter()
             .map(|d| d.with(|s, _| s.max_stream_buffered()))
@@ -121,7 +152,7 @@ impl Sessions {
     /// waits for. A session without links cannot finish its streams before its client comes
     /// back, so a drain does not wait for it.
     pub(crate) fn finishable_stream_count(&self) -> usize {
-        let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
+        let drivers: Vec<SessionDriver> = self.lock().values().map(|e| e.driver.clone()).collect();
         drivers
             .iter()
             .filter(|d| d.live_links() > 0)
@@ -130,8 +161,8 @@ impl Sessions {
     }
 
     pub(crate) fn abandon_all(&self) {
-        for (_, d) in self.lock().drain() {
-            d.abandon();
+        for (_, e) in self.lock().drain() {
+            e.driver.abandon();
         }
     }
 
@@ -161,11 +192,20 @@ impl Sessions {
         }
     }
 
-    /// Runs an authenticated link in its session until the link dies.
+    /// Runs an authenticated link in its session until the link dies. A link that would take
+    /// its session over `limits.max_links_per_session`, or start a session over
+    /// `limits.max_sessions` or `limits.max_sessions_per_client`, is closed at once.
     pub(crate) async fn run_link(self: &Arc<Self>, acc: Accepted, peer: SocketAddr) {
         let key = (acc.client_key, SessionId(acc.hello.session_id));
-        let driver = self.session(key);
         let span = tracing::info_span!("session", id = %key.1);
+        let (driver, _slot) = match self.session(key) {
+            Ok(joined) => joined,
+            Err(why) => {
+                // Per link and peer-triggered: debug, not info (a client could flood the log).
+                span.in_scope(|| debug!(%peer, why, "link refused"));
+                return;
+            }
+        };
         let end = driver::link::run(
             driver,
             acc.reader,
@@ -178,21 +218,44 @@ impl Sessions {
         span.in_scope(|| debug!(%peer, %end, "link closed"));
     }
 
-    fn session(self: &Arc<Self>, key: Key) -> SessionDriver {
+    /// The session `key` names, started if need be, with a slot for one more link in it
+    /// (given back when the slot is dropped); or why not.
+    fn session(self: &Arc<Self>, key: Key) -> Result<(SessionDriver, LinkSlot), &'static str> {
+        let limits = &self.config.limits;
         let mut table = self.lock();
-        if let Some(d) = table.get(&key).filter(|d| !d.is_closed()) {
-            return d.clone();
+        if let Some(e) = table.get(&key).filter(|e| !e.driver.is_closed()) {
+            let slot = LinkSlot::take(&e.links, limits.max_links_per_session)
+                .ok_or("the session has limits.max_links_per_session links")?;
+            return Ok((e.driver.clone(), slot));
+        }
+        // Closed sessions still in the table are on their way out and are replaced here.
+        let open = table.values().filter(|e| !e.driver.is_closed());
+        let (total, this_client) = open.fold((0u32, 0u32), |(t, c), e| {
+            (t + 1, c + u32::from(e.client == key.0))
+        });
+        if total >= limits.max_sessions {
+            return Err("the node has limits.max_sessions sessions");
+        }
+        if this_client >= limits.max_sessions_per_client {
+            return Err("the client has limits.max_sessions_per_client sessions");
         }
         let node = NodeId(self.config.node_id.get());
-        let limits = self.config.limits.into();
-        let session = Session::with_budget(Role::Server(node), limits, self.budget.clone());
+        let session =
+            Session::with_budget(Role::Server(node), (*limits).into(), self.budget.clone());
         let (driver, opened) = SessionDriver::start(session, &self.budget_signal);
         let span = tracing::info_span!("session", id = %key.1);
         span.in_scope(|| info!(client = ?key.0, "session started"));
         tokio::spawn(serve_streams(driver.clone(), opened, self.clone()).instrument(span.clone()));
         tokio::spawn(self.clone().watch(key, driver.clone()).instrument(span));
-        table.insert(key, driver.clone());
-        driver
+        let entry = Entry {
+            driver: driver.clone(),
+            client: key.0,
+            links: Arc::new(AtomicU32::new(0)),
+        };
+        let slot = LinkSlot::take(&entry.links, limits.max_links_per_session)
+            .expect("a new session has no links");
+        table.insert(key, entry);
+        Ok((driver, slot))
     }
 
     /// Ends the session once it has had no link for the grace period.
@@ -216,7 +279,7 @@ impl Sessions {
                 continue;
             }
             let mut table = self.lock();
-            if table.get(&key).is_some_and(|d| d.same(&driver)) {
+            if table.get(&key).is_some_and(|e| e.driver.same(&driver)) {
                 table.remove(&key);
                 self.bury(key);
             }
