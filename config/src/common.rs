@@ -298,12 +298,14 @@ pub struct Limits {
     /// Memory cap of the whole daemon for buffered stream bytes, over all sessions. Default
     /// 1 GiB, range 8 MiB..=1 TiB, and at least twice `stream_window`.
     ///
-    /// Half of it bounds receive credit (granted to peers and not yet read by applications),
-    /// half bounds send buffers (written by applications, not yet acknowledged). When a half is
-    /// used up, windows stop growing and applications' sockets stop being read (backpressure);
-    /// while the receive half is full, new streams are refused (`RESET` code 5) on the server
-    /// and not accepted on the client. It can be exceeded only by the protocol's initial credit
-    /// (2 MiB) of streams opened in the instant it filled.
+    /// Half of it bounds what the daemon receives: credit granted to peers beyond a stream's
+    /// first 2 MiB is reserved before it is granted, and what streams hold within that first
+    /// credit (bytes and each segment's overhead) is counted as it arrives. Half bounds send
+    /// buffers (written by applications, not yet acknowledged). When a half is used up,
+    /// windows stop growing and applications' sockets stop being read (backpressure); on the
+    /// server a stream whose data comes before its `OPEN` and does not fit is refused (`RESET`
+    /// code 5). The receive half can be exceeded only by what open streams hold within their
+    /// initial credit (2 MiB) unread, at most `session_window` per session.
     pub memory: u64,
     /// Server only: sessions held at once, over all clients (with a link, or within their
     /// grace period). Default 1,024, range 1..=1,000,000. A link that would start one more is
