@@ -106,8 +106,9 @@ impl Sessions {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
-        // Only plain map operations run under this lock; nothing in them panics.
-        self.table.lock().expect("session table lock poisoned")
+        // Only plain map operations run under this lock, and no session's lock is taken under
+        // it; were one to panic, the table is still whole.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn close_all(&self) {
@@ -169,14 +170,14 @@ impl Sessions {
     /// How many times the session under `key` expired recently (0 for most).
     fn generation(&self, key: Key) -> u64 {
         // Only map operations run under this lock.
-        let t = self.tombstones.lock().expect("tombstone lock poisoned");
+        let t = self.tombstones.lock().unwrap_or_else(|e| e.into_inner());
         t.get(&key).map_or(0, |&(g, _)| g)
     }
 
     /// Records that the session under `key` expired, forgetting old records.
     fn bury(&self, key: Key) {
         let now = std::time::Instant::now();
-        let mut t = self.tombstones.lock().expect("tombstone lock poisoned");
+        let mut t = self.tombstones.lock().unwrap_or_else(|e| e.into_inner());
         t.retain(|_, (_, at)| now.duration_since(*at) < TOMBSTONE_TTL);
         let g = t.get(&key).map_or(0, |&(g, _)| g);
         t.insert(key, (g + 1, now));
@@ -263,6 +264,12 @@ impl Sessions {
         loop {
             let changed = driver.links_changed();
             if driver.is_closed() {
+                // Closed by a shutdown, or by a panic in its code (see `SessionDriver`): out of
+                // the table either way, so it holds no memory and no place under the caps.
+                let mut table = self.lock();
+                if table.get(&key).is_some_and(|e| e.driver.same(&driver)) {
+                    table.remove(&key);
+                }
                 return;
             }
             if driver.live_links() > 0 {
