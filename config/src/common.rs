@@ -313,8 +313,8 @@ pub struct Limits {
     pub max_sessions: u32,
     /// Server only: sessions held at once under one client key. Default 8, range
     /// 1..=1,000,000. A client that restarts starts a new session while its old one waits out
-    /// its grace period, so this is more than one. In PSK-only mode there are no client keys
-    /// and all clients together count as one.
+    /// its grace period, so this is more than one. In PSK-only mode there are no client keys:
+    /// only `max_sessions` applies.
     pub max_sessions_per_client: u32,
     /// Server only: links one session may have at once. Default 300 (a client keeps at most
     /// 256 per node, plus its lanes and replacements for links not yet found dead), range

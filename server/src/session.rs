@@ -237,7 +237,8 @@ impl Sessions {
         if total >= limits.max_sessions {
             return Err("the node has limits.max_sessions sessions");
         }
-        if this_client >= limits.max_sessions_per_client {
+        // PSK-only clients have no key to tell them apart: only `max_sessions` holds them.
+        if key.0.is_some() && this_client >= limits.max_sessions_per_client {
             return Err("the client has limits.max_sessions_per_client sessions");
         }
         let node = NodeId(self.config.node_id.get());
