@@ -103,8 +103,8 @@ pub const MAX_PENDING_STREAMS: usize = 1024;
 /// Server: a stream whose `OPEN` has not arrived this long after its first frame is reset
 /// (code 6). A lost `OPEN` is sent again once its link is found dead, within about 12 s.
 pub const PENDING_LIFETIME: Duration = Duration::from_secs(30);
-/// Server: ranges of finished stream counters kept, at most (about 40 bytes each); see
-/// `Session::finish_counter`.
+/// Server: ranges of finished stream counters kept, at most, beyond two per stream the session
+/// may hold (live ones and tombstones; about 40 bytes a range); see `Session::finish_counter`.
 const MAX_FINISHED_RANGES: usize = 1024;
 
 /// Limits of one session. Each bounds memory; see `docs/CONFIG.md`.
@@ -203,6 +203,8 @@ pub struct Session {
     streams: HashMap<StreamId, Stream>,
     /// Server: counters of streams (of this node) that ended; frames for them are stale.
     finished: RangeSet,
+    /// At most this many ranges in `finished`: `2 × max_streams +` [`MAX_FINISHED_RANGES`].
+    max_finished_ranges: usize,
     /// Server: streams in [`stream::Phase::Pending`] (data arrived, `OPEN` not yet).
     pending: usize,
     /// Server: when each stream created before its `OPEN` expires, in creation order. Entries
@@ -277,6 +279,10 @@ impl Session {
             cfg,
             streams: HashMap::new(),
             finished: RangeSet::default(),
+            max_finished_ranges: cfg
+                .max_streams
+                .saturating_mul(2)
+                .saturating_add(MAX_FINISHED_RANGES),
             pending: 0,
             pending_expiry: VecDeque::new(),
             recv_segments: 0,

@@ -5,7 +5,7 @@ use super::reorder::Reorder;
 use super::send::SendBuf;
 use super::{
     Event, Role, Session, StreamError, FIRST_GRANT_RTTS, INITIAL_STREAM_CREDIT,
-    MAX_FINISHED_RANGES, SEGMENT_WINDOW_BYTES, SMALL_SEGMENT,
+    SEGMENT_WINDOW_BYTES, SMALL_SEGMENT,
 };
 use crate::budget::Pool;
 use crate::frame::Frame;
@@ -404,14 +404,16 @@ impl Session {
 
     /// Server: records that the stream with this counter (of this node) ended. Counters, not
     /// ids: a counter has 48 bits, so `counter + 1` cannot overflow where `id + 1` could (the
-    /// last id of node 65535 is `u64::MAX`). A client that ends streams out of order leaves one
-    /// range per gap; past [`MAX_FINISHED_RANGES`] the lowest gap is filled. Its counters are
-    /// then taken for finished streams: a live stream among them is found in `streams` first,
-    /// and one whose first frame has yet to arrive is so far behind the client's latest (more
-    /// than that many ranges) that a client which numbers its streams in order has none there.
+    /// last id of node 65535 is `u64::MAX`). The set stays a few ranges for a client that
+    /// numbers its streams in order: one gap per stream still open or on its way, at most
+    /// about two per stream it may hold. A client that ends streams with spaced ids leaves one
+    /// range per stream; past `2 × max_streams +` [`super::MAX_FINISHED_RANGES`] ranges the lowest
+    /// gap is filled, and its counters are taken for finished streams: a live stream among them
+    /// is found in `streams` first, and an orderly client has no stream on its way that far
+    /// behind the ones it has open.
     pub(super) fn finish_counter(&mut self, counter: u64) {
         self.finished.insert(counter..counter + 1);
-        while self.finished.ranges() > MAX_FINISHED_RANGES {
+        while self.finished.ranges() > self.max_finished_ranges {
             self.finished.fill_first_gap();
         }
     }

