@@ -105,6 +105,7 @@ impl Session {
         self.held.release(Pool::Send, s.send.buffered());
         if s.phase == Phase::Pending {
             self.pending -= 1;
+            self.pending_charged -= s.charged;
         }
         s.phase = Phase::Reset;
         let discarded = s.recv_highest - s.recv.read_offset();

@@ -100,6 +100,12 @@ const SEGMENT_WINDOW_BYTES: u64 = 2048;
 /// it is refused like one over `max_streams`. A client's `OPEN` travels ahead of its data, so
 /// only the streams opened within a difference of link latencies wait.
 pub const MAX_PENDING_STREAMS: usize = 1024;
+/// Server: memory all streams of a session that wait for their `OPEN` may hold together (in
+/// the budget's receive pool, see `Session::account_recv`): what one session can take of the
+/// pool that other clients' new streams need. A stream's `OPEN` normally comes first or within
+/// a difference of link latencies, so little waits; a bulk stream whose `OPEN` is on a stalled
+/// link may hold its whole initial credit meanwhile, and four of them fit.
+pub const PENDING_MEMORY: u64 = 4 * INITIAL_STREAM_CREDIT;
 /// Server: a stream whose `OPEN` has not arrived this long after its first frame is reset
 /// (code 6). A lost `OPEN` is sent again once its link is found dead, within about 12 s.
 pub const PENDING_LIFETIME: Duration = Duration::from_secs(30);
@@ -207,6 +213,8 @@ pub struct Session {
     max_finished_ranges: usize,
     /// Server: streams in [`stream::Phase::Pending`] (data arrived, `OPEN` not yet).
     pending: usize,
+    /// Server: what those streams hold of the budget's receive pool, at most [`PENDING_MEMORY`].
+    pending_charged: u64,
     /// Server: when each stream created before its `OPEN` expires, in creation order. Entries
     /// of streams that opened since stay until they come due (or a compaction).
     pending_expiry: VecDeque<(Instant, StreamId)>,
@@ -284,6 +292,7 @@ impl Session {
                 .saturating_mul(2)
                 .saturating_add(MAX_FINISHED_RANGES),
             pending: 0,
+            pending_charged: 0,
             pending_expiry: VecDeque::new(),
             recv_segments: 0,
             max_recv_segments: usize::try_from(cfg.session_window / SEGMENT_WINDOW_BYTES)

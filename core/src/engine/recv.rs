@@ -164,6 +164,7 @@ impl Session {
             }
             s.phase = Phase::Open;
             self.pending -= 1;
+            self.pending_charged -= s.charged;
         } else if !self
             .peer_stream(now, id, Phase::Open)?
             .is_some_and(|s| s.phase == Phase::Open)

@@ -4,7 +4,7 @@
 use super::reorder::Reorder;
 use super::send::SendBuf;
 use super::{
-    Event, Role, Session, StreamError, FIRST_GRANT_RTTS, INITIAL_STREAM_CREDIT,
+    Event, Role, Session, StreamError, FIRST_GRANT_RTTS, INITIAL_STREAM_CREDIT, PENDING_MEMORY,
     SEGMENT_WINDOW_BYTES, SMALL_SEGMENT,
 };
 use crate::budget::Pool;
@@ -266,6 +266,9 @@ impl Session {
             self.held.reserve_up_to(Pool::Recv, need, min)
         };
         s.charged += got;
+        if s.phase == Phase::Pending {
+            self.pending_charged += got;
+        }
         // `need <= want`: the stream's charge covers its reservation before the grant.
         let grant = want - (need - got);
         if grant > 0 {
@@ -393,6 +396,7 @@ impl Session {
         self.recv_segments -= s.segments;
         if s.phase == Phase::Pending {
             self.pending -= 1;
+            self.pending_charged -= s.charged;
         }
         if !s.is_reset() {
             self.held.release(Pool::Send, s.send.buffered());
@@ -421,7 +425,8 @@ impl Session {
     /// Brings the budget's count of a stream's receive memory up to date with what it holds
     /// now ([`Stream::recv_charge`]), and the session's count of reorder segments. A stream the
     /// application has (`Open`) is charged whatever it holds, since the protocol let the peer
-    /// send it; one still waiting for its `OPEN` must fit in the budget. Returns false when it
+    /// send it; one still waiting for its `OPEN` must fit in the budget, and with the session's
+    /// other such streams in [`PENDING_MEMORY`]. Returns false when it
     /// does not, or when the stream or the session holds more segments than allowed: the
     /// caller refuses the stream (`RESET` code 5).
     pub(super) fn account_recv(&mut self, id: StreamId) -> bool {
@@ -432,15 +437,23 @@ impl Session {
         self.recv_segments = self.recv_segments - s.segments + segments;
         s.segments = segments;
         let target = s.recv_charge();
+        let pending = s.phase == Phase::Pending;
         if target <= s.charged {
             self.held.release(Pool::Recv, s.charged - target);
+            if pending {
+                self.pending_charged -= s.charged - target;
+            }
             s.charged = target;
         } else {
             let extra = target - s.charged;
-            if s.phase == Phase::Pending {
-                if self.held.reserve_up_to(Pool::Recv, extra, extra) < extra {
+            if pending {
+                // Its share first, so that one client cannot take what others' streams need.
+                if self.pending_charged + extra > PENDING_MEMORY
+                    || self.held.reserve_up_to(Pool::Recv, extra, extra) < extra
+                {
                     return false;
                 }
+                self.pending_charged += extra;
             } else {
                 self.held.force(Pool::Recv, extra);
             }

@@ -77,6 +77,12 @@ fn stream_window_autotunes_up_to_the_configured_window() {
 fn a_hole_that_holds_back_half_the_window_doubles_it_up_to_the_configured_window() {
     let (mut s, now) = server_with_window(8 << 20);
     let id = sid(0);
+    // Opened (a stream still waiting for its OPEN may hold only `PENDING_MEMORY`).
+    let open = Frame::Open {
+        stream: id,
+        service: "svc".into(),
+    };
+    s.handle_message(now, LINK, msg(&[open])).unwrap();
     // The first 60 kB are still on a slow link; what follows arrives on a fast one, up to the
     // credit, and the application can read none of it.
     let hole = 60_000u64;
@@ -392,4 +398,48 @@ fn fragments_beyond_the_limit_reset_the_stream_and_free_it() {
     );
     assert_eq!(s.recv_segments, 0);
     assert_eq!(s.stream_read(now, sid(0), 10), Err(StreamError::Closed));
+}
+
+#[test]
+fn one_session_holds_at_most_its_share_of_data_before_open() {
+    let budget = Budget::unlimited();
+    let now = Instant::now();
+    let mut s = Session::with_budget(Role::Server(NODE), Config::default(), budget.clone());
+    s.add_link(now, LINK);
+    let mib = |s: &mut Session, id: StreamId| {
+        for i in 0..32 {
+            let f = data(id, i * 32_768, 32_768, false);
+            s.handle_message(now, LINK, msg(&[f])).unwrap();
+        }
+    };
+    for i in 0..10 {
+        mib(&mut s, sid(i));
+        assert!(s.pending_charged <= PENDING_MEMORY);
+        assert_eq!(s.pending_charged, budget.used(Pool::Recv));
+    }
+    // Seven fit with their overhead; the rest were refused, holding nothing.
+    assert_eq!(s.pending, 7);
+    let refused = s
+        .control
+        .iter()
+        .filter(|f| {
+            matches!(
+                f,
+                Frame::Reset {
+                    code: reset::NO_MEMORY,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(refused, 3);
+    // An OPEN moves a stream out of the share (it is charged all the same), making room.
+    let open = Frame::Open {
+        stream: sid(0),
+        service: "svc".into(),
+    };
+    s.handle_message(now, LINK, msg(&[open])).unwrap();
+    mib(&mut s, sid(20));
+    assert_eq!(s.pending, 7);
+    assert!(s.streams.get(&sid(20)).is_some_and(|st| !st.is_reset()));
 }
