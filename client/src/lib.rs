@@ -1,31 +1,42 @@
 //! wanmux-client: the client daemon as a library, so tests and the demo can run it in-process.
 //!
-//! The client holds one session. It keeps `links.min` to `links.max` Noise links to the server
-//! node (more while every link is busy, see `pool`), spread over the node's addresses, each
-//! reconnecting with exponential backoff and jitter when it dies (to another of the node's
-//! addresses when its own fails, see `dial`), and listens on every mapped local port. Each accepted connection becomes a stream of the session, opened to the mapped
-//! service by name; its frames spread over every link. Because the session outlives its links,
-//! a connection survives link deaths as long as one link comes back within the server's grace
-//! period.
+//! The client holds one session across every configured node (`cluster`): one engine per node
+//! for the streams that node owns, all under one session id. To each node it keeps `links.min`
+//! to `links.max` Noise links (more while every link is busy, see `pool`), spread over the
+//! node's addresses, each reconnecting with exponential backoff and jitter when it dies (to
+//! another of the node's addresses when its own fails, see `dial`). It listens on every mapped
+//! local port; each accepted connection becomes a stream owned by the node `cluster.owner`
+//! picks, opened to the mapped service by name, and its frames spread over that node's links.
+//! Because the session outlives its links, a connection survives link deaths as long as one
+//! link to its owner comes back within the grace period.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod cluster;
 mod dial;
 mod pool;
 
+pub use cluster::NodeStatus;
+
+use cluster::{Cluster, NodeSession};
 use rand::Rng;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
 use wanmux_config::{ClientConfig, LinkTransport, ServiceName};
 use wanmux_core::budget::Budget;
+use wanmux_core::control::{self, ControlSocket};
 use wanmux_core::daemon;
 use wanmux_core::driver::{self, BudgetSignal, SessionDriver};
 use wanmux_core::engine::{Role, Session};
 use wanmux_core::frame::reset;
 use wanmux_core::ids::{NodeId, SessionId};
+use wanmux_core::metrics;
+use wanmux_core::status::Status;
+use wanmux_core::tune;
 
 /// Accept queue length of each mapped port (the kernel caps it at `net.core.somaxconn`). The
 /// default of std and tokio, 128, overflows when a burst of connections arrives at once (a
@@ -37,11 +48,14 @@ const LISTEN_BACKLOG: u32 = 4096;
 #[derive(Debug)]
 pub struct ClientHandle {
     maps: Vec<(ServiceName, SocketAddr)>,
-    driver: SessionDriver,
+    cluster: Arc<Cluster>,
     /// The accept loops of the mapped ports.
     listeners: Vec<JoinHandle<()>>,
-    /// Link slots and the link watcher.
-    tasks: Vec<JoinHandle<()>>,
+    /// The metrics endpoint (`metrics.listen`): its address and task.
+    metrics: Option<(SocketAddr, JoinHandle<()>)>,
+    /// The control socket (`control.socket`); its file goes with it.
+    control: Option<ControlSocket>,
+    started: std::time::Instant,
 }
 
 impl ClientHandle {
@@ -55,50 +69,83 @@ impl ClientHandle {
         self.maps[0].1
     }
 
-    /// Links currently up.
+    /// Links currently up, to all nodes.
     pub fn live_links(&self) -> usize {
-        self.driver.live_links()
+        self.cluster.live_links()
     }
 
-    /// Waits until at least `n` links are up.
+    /// Waits until at least `n` links are up, to all nodes together.
     pub async fn wait_for_links(&self, n: usize) {
-        loop {
-            let changed = self.driver.links_changed();
-            if self.driver.live_links() >= n {
-                return;
-            }
-            changed.await;
+        while self.cluster.live_links() < n {
+            // Several nodes' links: polled rather than waited on, one at a time.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
-    /// Streams open now.
+    /// What the client is doing now: its nodes' sessions, links and traffic totals.
+    pub fn status(&self) -> Status {
+        self.cluster.status(self.started.elapsed())
+    }
+
+    /// The control socket's path (`control.socket`), if it has one.
+    pub fn control_path(&self) -> Option<&std::path::Path> {
+        self.control.as_ref().map(ControlSocket::path)
+    }
+
+    /// Where the metrics endpoint listens (`metrics.listen`; useful with port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(a, _)| *a)
+    }
+
+    /// Each configured node: its links, the streams it owns and its bytes, in config order.
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        self.cluster.nodes.iter().map(|n| n.status()).collect()
+    }
+
+    /// Streams open now, on all nodes.
     pub fn stream_count(&self) -> usize {
-        self.driver.with(|s, _| s.stream_count())
+        self.cluster.stream_count()
     }
 
-    /// The largest receive and send buffer of any one stream in the engine, bytes (each is
-    /// bounded by `limits.stream_window`).
+    /// The largest receive and send buffer of any one stream in any node's engine, bytes (each
+    /// is bounded by `limits.stream_window`).
     pub fn max_stream_buffered(&self) -> (u64, u64) {
-        self.driver.with(|s, _| s.max_stream_buffered())
+        self.cluster
+            .nodes
+            .iter()
+            .map(|n| n.driver.with(|s, _| s.max_stream_buffered()))
+            .fold((0, 0), |a, b| (a.0.max(b.0), a.1.max(b.1)))
     }
 
-    /// Stream bytes the session queued again because a link died before the server confirmed
-    /// them.
+    /// Stream bytes the session queued again because a link died before a node confirmed them.
     pub fn resent_bytes(&self) -> u64 {
-        self.driver.with(|s, _| s.resent_bytes())
+        self.cluster
+            .nodes
+            .iter()
+            .map(|n| n.driver.with(|s, _| s.resent_bytes()))
+            .sum()
     }
 
-    /// The daemon's memory budget (`limits.memory`) and what the session holds of it.
+    /// The daemon's memory budget (`limits.memory`), shared by every node's engine.
     pub fn budget(&self) -> Budget {
-        self.driver.with(|s, _| s.budget().clone())
+        self.cluster.nodes[0].driver.with(|s, _| s.budget().clone())
     }
 
     /// Stops listening, resets every stream and drops every link.
     pub fn shutdown(self) {
-        for t in self.listeners.iter().chain(&self.tasks) {
+        for t in self
+            .listeners
+            .iter()
+            .chain(self.metrics.as_ref().map(|(_, t)| t))
+        {
             t.abort();
         }
-        self.driver.close(reset::SHUTDOWN);
+        for n in &self.cluster.nodes {
+            for t in &n.tasks {
+                t.abort();
+            }
+            n.driver.close(reset::SHUTDOWN);
+        }
     }
 
     /// Graceful stop: closes the mapped ports at once, lets open connections finish for up to
@@ -107,7 +154,7 @@ impl ClientHandle {
         for t in &self.listeners {
             t.abort();
         }
-        let open = || self.driver.with(|s, _| s.stream_count());
+        let open = || self.cluster.stream_count();
         if let Err(left) = daemon::wait_drained(timeout, open).await {
             warn!(
                 streams = left,
@@ -118,14 +165,57 @@ impl ClientHandle {
     }
 }
 
-/// Binds every mapped port and starts the links.
+/// Binds every mapped port and starts the links to every node.
 pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     let session_id = SessionId(rand::rng().random());
     let budget = Budget::new(config.limits.memory);
-    let session = Session::with_budget(Role::Client, config.limits.into(), budget);
-    let (driver, _opened) = SessionDriver::start(session, &BudgetSignal::default());
+    let signal = BudgetSignal::default();
     let span = tracing::info_span!("session", id = %session_id);
-    let mut tasks = Vec::new();
+    // One UDP socket per address family for every QUIC link to every node.
+    let quic: Option<Arc<dial::QuicEndpoints>> =
+        (config.transport == LinkTransport::Quic).then(Default::default);
+    let mut host = Vec::new();
+    let congestion = match config.transport {
+        LinkTransport::Tcp => tune::congestion(config.congestion.as_deref(), &mut host),
+        LinkTransport::Quic => None,
+    };
+    host.extend(tune::check_buffers(
+        quic.is_some()
+            .then_some(wanmux_core::quic::SOCKET_BUFFER as u64),
+        quic.is_none(),
+    ));
+    for w in &host {
+        span.in_scope(|| warn!("{w}"));
+    }
+    let mut nodes = Vec::new();
+    for (node, hs) in config.auth.handshakes() {
+        let id = NodeId(node.id.get());
+        let session = Session::with_budget(Role::Client, config.limits.into(), budget.clone());
+        let (driver, _opened) = SessionDriver::start(session, &signal);
+        let mut n = NodeSession::new(id, driver.clone(), session_id);
+        n.tasks.push(tokio::spawn(
+            cluster::watch_links(id, driver.clone(), n.state.clone(), config.session_grace)
+                .instrument(span.clone()),
+        ));
+        let template = dial::Slot {
+            driver,
+            state: n.state.clone(),
+            link: Default::default(),
+            node: node.clone(),
+            auth: hs.into(),
+            link_seq: 0,
+            index: 0,
+            handshake_timeout: config.handshake_timeout,
+            congestion: congestion.clone(),
+            quic: quic.clone(),
+            lanes: config.lanes,
+        };
+        n.tasks.push(tokio::spawn(
+            pool::run(template, config.links).instrument(span.clone()),
+        ));
+        nodes.push(n);
+    }
+    let cluster = Arc::new(Cluster::new(nodes, config.owner));
     let mut maps = Vec::new();
     let mut listeners = Vec::new();
     for (i, map) in config.maps.iter().enumerate() {
@@ -138,51 +228,58 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         let addr = listener.local_addr()?;
         span.in_scope(|| info!(listen = %addr, service = %map.service.as_str(), "mapping"));
         maps.push((map.service.clone(), addr));
-        let (driver, service) = (driver.clone(), map.service.clone());
-        // Multi-node clusters need relaying between nodes, which is not built yet: every
-        // stream is owned by the first node and only that node is dialled.
-        let owner = NodeId(config.auth.nodes().next().map_or(1, |n| n.id.get()));
         listeners.push(tokio::spawn(
-            accept_loop(listener, driver, service, owner).instrument(span.clone()),
+            accept_loop(
+                listener,
+                cluster.clone(),
+                map.service.clone(),
+                config.no_link_hold,
+            )
+            .instrument(span.clone()),
         ));
     }
-    let state = std::sync::Arc::new(std::sync::Mutex::new(dial::SessionState {
-        id: session_id,
-        epoch: None,
-        epoch_since: std::time::Instant::now(),
-    }));
-    tasks.push(tokio::spawn(
-        watch_links(driver.clone(), state.clone(), config.session_grace).instrument(span.clone()),
-    ));
-    if let Some((node, hs)) = config.auth.handshakes().next() {
-        if config.auth.nodes().count() > 1 {
-            warn!(
-                "several nodes configured; this version dials only node {}",
-                node.id
-            );
+    let metrics = match config.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr} (metrics.listen): {e}"),
+                )
+            })?;
+            let bound = listener.local_addr()?;
+            span.in_scope(|| info!(listen = %bound, "metrics endpoint"));
+            let (cluster, started) = (cluster.clone(), std::time::Instant::now());
+            let source: metrics::StatusSource = Arc::new(move || cluster.status(started.elapsed()));
+            Some((bound, tokio::spawn(metrics::serve(listener, source))))
         }
-        let template = dial::Slot {
-            driver: driver.clone(),
-            state: state.clone(),
-            link: Default::default(),
-            node: node.clone(),
-            auth: hs.into(),
-            link_seq: 0,
-            index: 0,
-            handshake_timeout: config.handshake_timeout,
-            congestion: config.congestion.clone(),
-            quic: (config.transport == LinkTransport::Quic).then(Default::default),
-            lanes: config.lanes,
-        };
-        tasks.push(tokio::spawn(
-            pool::run(template, config.links).instrument(span.clone()),
-        ));
-    }
+    };
+    let started = std::time::Instant::now();
+    let control = match &config.control_socket {
+        None => None,
+        Some(path) => {
+            let cluster = cluster.clone();
+            let source: control::StatusSource = Arc::new(move || cluster.status(started.elapsed()));
+            let socket = ControlSocket::bind(path, source).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot create the control socket {} (control.socket): {e}",
+                        path.display()
+                    ),
+                )
+            })?;
+            span.in_scope(|| info!(path = %path.display(), "control socket"));
+            Some(socket)
+        }
+    };
     Ok(ClientHandle {
         maps,
-        driver,
+        cluster,
         listeners,
-        tasks,
+        metrics,
+        control,
+        started,
     })
 }
 
@@ -199,44 +296,44 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// With no link for `client.session_grace_ms` (below the servers' grace), the session is given
-/// up: reset the open connections rather than leave them hanging, and start afresh under a new
-/// session id.
-async fn watch_links(driver: SessionDriver, state: dial::SharedState, grace: std::time::Duration) {
-    loop {
-        let changed = driver.links_changed();
-        if driver.live_links() > 0 {
-            changed.await;
-            continue;
-        }
-        if tokio::time::timeout(grace, changed).await.is_err() && driver.live_links() == 0 {
-            warn!(
-                "no link for {} s; open connections are reset",
-                grace.as_secs_f64()
-            );
-            driver.restart();
-            let mut st = dial::lock(&state);
-            st.id = SessionId(rand::rng().random());
-            st.epoch = None;
-            st.epoch_since = std::time::Instant::now();
-        }
-    }
-}
-
 async fn accept_loop(
     listener: TcpListener,
-    driver: SessionDriver,
+    cluster: Arc<Cluster>,
     service: ServiceName,
-    owner: NodeId,
+    hold: std::time::Duration,
 ) {
     loop {
         let (tcp, peer) = daemon::accept(&listener, |e| warn!(error = %e, "accept failed")).await;
-        match driver.with(|s, now| s.open_stream(now, owner, service.as_str())) {
-            Ok(id) => {
-                debug!(%peer, stream = %id, "connection accepted");
-                tokio::spawn(driver::stream::run(driver.clone(), id, tcp).in_current_span());
-            }
-            Err(e) => warn!(%peer, error = %e, "cannot open stream"),
+        if cluster.live_links() > 0 {
+            open(&cluster, tcp, peer, &service);
+            continue;
         }
+        // No link to any node: hold the connection a short while for one, then refuse it.
+        let (cluster, service) = (cluster.clone(), service.clone());
+        tokio::spawn(
+            async move {
+                if cluster.wait_live(hold).await {
+                    open(&cluster, tcp, peer, &service);
+                } else {
+                    cluster.refuse(tcp, peer);
+                }
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+/// Opens a stream for an accepted connection on the node that owns it, and runs it.
+fn open(cluster: &Cluster, tcp: tokio::net::TcpStream, peer: SocketAddr, service: &ServiceName) {
+    let node = cluster.choose(peer);
+    match node
+        .driver
+        .with(|s, now| s.open_stream(now, node.id, service.as_str()))
+    {
+        Ok(id) => {
+            debug!(%peer, stream = %id, owner = %node.id, "connection accepted");
+            tokio::spawn(driver::stream::run(node.driver.clone(), id, tcp).in_current_span());
+        }
+        Err(e) => warn!(%peer, error = %e, "cannot open stream"),
     }
 }

@@ -1,7 +1,7 @@
 //! `wanmux-client` config: the server nodes to dial and how to authenticate to them, how many
 //! links to keep, and the local ports mapped to services. See `docs/CONFIG.md`.
 
-use crate::common::{self, HostPort, Limits, RawLimits, ServiceName};
+use crate::common::{self, HostPort, Limits, RawControl, RawLimits, RawMetrics, ServiceName};
 use crate::error::{Collector, ConfigErrors};
 use crate::locate;
 use crate::secret::{key_error_message, KeySource, Loaded};
@@ -31,6 +31,10 @@ pub struct ClientConfig {
     /// On SIGTERM or SIGINT the client stops accepting connections on its mapped ports, waits this long for open streams to
     /// finish, then closes what is left (`client.drain_timeout_ms`, default 30 s).
     pub drain_timeout: Duration,
+    /// An application connection that arrives while no node has a live link waits this long
+    /// for one, then is refused with a reset (`client.no_link_hold_ms`, 0..=60000, default
+    /// 3 s; 0 refuses at once).
+    pub no_link_hold: Duration,
     /// What loading found worth a warning but not an error (a key file others may read), each
     /// as one `FILE:LINE: KEY: MESSAGE` line: `check` prints them, `run` logs them.
     pub warnings: Vec<String>,
@@ -39,7 +43,8 @@ pub struct ClientConfig {
     /// Per-session limits (`[limits]`).
     pub limits: Limits,
     /// TCP congestion control for this end's links (`links.congestion`), e.g. `bbr` or `cubic`; `None`
-    /// keeps the system default. On a lossy long path a loss-based algorithm (cubic) collapses
+    /// (unset) means `bbr` where the kernel has it, else the system default with a warning at
+    /// start, and `"system"` keeps the system default. On a lossy long path a loss-based algorithm (cubic) collapses
     /// while `bbr` keeps its rate. A name the kernel does not have is logged and ignored. It
     /// applies to TCP links only: QUIC links always use wanmux's own controller (`pace`).
     pub congestion: Option<String>,
@@ -53,6 +58,57 @@ pub struct ClientConfig {
     /// Local ports and the service each one is forwarded to (`[[map]]`). Non-empty, listen
     /// addresses unique.
     pub maps: Vec<PortMap>,
+    /// Which node owns each new stream (`cluster.owner`, default least loaded).
+    pub owner: OwnerPolicy,
+    /// Where the Prometheus metrics endpoint listens (`metrics.listen`); none by default.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The control socket that `status` asks (`control.socket`). Without it the library opens
+    /// none; the daemon binary then uses its default under `/run/wanmux/`.
+    pub control_socket: Option<std::path::PathBuf>,
+}
+
+/// How the client picks the node that owns a new stream (`cluster.owner`). The owner holds the
+/// stream's state and its connection to the service; it is chosen among the nodes the client has
+/// a live link to (among all nodes when it has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OwnerPolicy {
+    /// The node with the fewest open streams, then the fewest bytes in flight
+    /// (`"least_loaded"`, the default).
+    #[default]
+    LeastLoaded,
+    /// A node chosen by hashing the application client's IP address (`"hash"`): one address
+    /// stays on one node while the set of live nodes is unchanged, and when a node goes, only
+    /// the addresses it had move (rendezvous hashing).
+    Hash,
+    /// The first live node in config order (`"first"`): every service connection comes from
+    /// one place, and tests are predictable.
+    First,
+}
+
+impl OwnerPolicy {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OwnerPolicy::LeastLoaded => "least_loaded",
+            OwnerPolicy::Hash => "hash",
+            OwnerPolicy::First => "first",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "least_loaded" => Some(OwnerPolicy::LeastLoaded),
+            "hash" => Some(OwnerPolicy::Hash),
+            "first" => Some(OwnerPolicy::First),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for OwnerPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How the client authenticates, with the nodes it dials. Each variant holds exactly the keys
@@ -296,6 +352,8 @@ impl ClientAuth {
 impl ClientConfig {
     /// Default `session_grace`: 25 s.
     pub const DEFAULT_SESSION_GRACE: Duration = Duration::from_secs(25);
+    /// Default `no_link_hold`: 3 s.
+    pub const DEFAULT_NO_LINK_HOLD: Duration = Duration::from_secs(3);
     /// Default `drain_timeout`: 30 s.
     pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     /// Default `handshake_timeout`: 10 s.
@@ -309,6 +367,7 @@ impl ClientConfig {
             handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
             session_grace: Self::DEFAULT_SESSION_GRACE,
             drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
+            no_link_hold: Self::DEFAULT_NO_LINK_HOLD,
             warnings: Vec::new(),
             links: Links::default(),
             limits: Limits::default(),
@@ -316,6 +375,9 @@ impl ClientConfig {
             transport: LinkTransport::default(),
             lanes: 0,
             maps,
+            owner: OwnerPolicy::default(),
+            metrics_listen: None,
+            control_socket: None,
         }
     }
 
@@ -412,6 +474,9 @@ impl ClientConfig {
         {
             errs.push("links.congestion", None, m);
         }
+        if let Some(m) = common::wait_problem(self.no_link_hold) {
+            errs.push("client.no_link_hold_ms", None, m);
+        }
         if let Some(m) = common::timeout_problem(self.drain_timeout) {
             errs.push("client.drain_timeout_ms", None, m);
         }
@@ -467,6 +532,15 @@ struct RawClientFile {
     links: Option<Spanned<RawLinks>>,
     limits: Option<Spanned<RawLimits>>,
     map: Option<Vec<Spanned<RawMap>>>,
+    cluster: Option<Spanned<RawCluster>>,
+    metrics: Option<Spanned<RawMetrics>>,
+    control: Option<Spanned<RawControl>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    owner: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -479,6 +553,7 @@ struct RawClient {
     handshake_timeout_ms: Option<Spanned<i64>>,
     session_grace_ms: Option<Spanned<i64>>,
     drain_timeout_ms: Option<Spanned<i64>>,
+    no_link_hold_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -569,6 +644,12 @@ impl RawClientFile {
             client.session_grace_ms.as_ref(),
             ClientConfig::DEFAULT_SESSION_GRACE,
         );
+        let no_link_hold = common::wait_ms(
+            errs,
+            "client.no_link_hold_ms",
+            client.no_link_hold_ms.as_ref(),
+            ClientConfig::DEFAULT_NO_LINK_HOLD,
+        );
         let drain_timeout = common::timeout_ms(
             errs,
             "client.drain_timeout_ms",
@@ -600,18 +681,30 @@ impl RawClientFile {
         );
         let limits = RawLimits::convert(self.limits.as_ref(), errs);
         let maps = convert_maps(self.map.as_deref().unwrap_or_default(), errs);
+        let owner = convert_owner(
+            errs,
+            self.cluster
+                .as_ref()
+                .and_then(|c| c.get_ref().owner.as_ref()),
+        );
+        let metrics_listen = RawMetrics::convert(self.metrics.as_ref(), errs);
+        let control_socket = RawControl::convert(self.control.as_ref(), errs, base_dir);
         Some(ClientConfig {
             warnings: Vec::new(),
             auth: auth?,
             handshake_timeout,
             session_grace,
             drain_timeout,
+            no_link_hold,
             links: links?,
             limits,
             congestion,
             transport: transport?,
             lanes: lanes?,
             maps: maps?,
+            owner: owner?,
+            metrics_listen,
+            control_socket,
         })
     }
 }
@@ -930,6 +1023,22 @@ fn convert_transport(
         errs.push(key, Some(v.span()), msg);
     }
     t
+}
+
+/// Converts an optional `cluster.owner` (absent: least loaded), recording an unknown name.
+fn convert_owner(errs: &mut Collector<'_>, v: Option<&Spanned<String>>) -> Option<OwnerPolicy> {
+    let Some(v) = v else {
+        return Some(OwnerPolicy::default());
+    };
+    let p = OwnerPolicy::from_name(v.get_ref());
+    if p.is_none() {
+        let msg = format!(
+            "{:?} is not an owner policy (use \"least_loaded\", \"hash\" or \"first\")",
+            v.get_ref()
+        );
+        errs.push("cluster.owner", Some(v.span()), msg);
+    }
+    p
 }
 
 fn convert_maps(raw: &[Spanned<RawMap>], errs: &mut Collector<'_>) -> Option<Vec<PortMap>> {

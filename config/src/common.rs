@@ -592,6 +592,34 @@ pub(crate) fn timeout_ms(
     }
 }
 
+/// Converts an optional millisecond wait that may be zero (0..=60000), recording one out of range.
+pub(crate) fn wait_ms(
+    errs: &mut Collector<'_>,
+    key: &str,
+    value: Option<&Spanned<i64>>,
+    default: Duration,
+) -> Duration {
+    match value {
+        None => default,
+        Some(v) => match out_of_range(*v.get_ref(), &WAIT_MS_RANGE) {
+            None => Duration::from_millis(*v.get_ref() as u64),
+            Some(msg) => {
+                errs.push(key, Some(v.span()), format!("{msg} (milliseconds)"));
+                default
+            }
+        },
+    }
+}
+
+/// Range of a millisecond wait that may be zero.
+pub(crate) const WAIT_MS_RANGE: RangeInclusive<i64> = 0..=60_000;
+
+/// Checks a millisecond wait of a code-built config.
+pub(crate) fn wait_problem(d: Duration) -> Option<String> {
+    let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    out_of_range(ms, &WAIT_MS_RANGE).map(|m| format!("{m} (milliseconds)"))
+}
+
 /// Checks a millisecond timeout of a code-built config.
 pub(crate) fn timeout_problem(d: Duration) -> Option<String> {
     let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
@@ -609,6 +637,68 @@ pub(crate) fn node_id(errs: &mut Collector<'_>, key: &str, v: &Spanned<i64>) -> 
         );
     }
     id
+}
+
+/// `[metrics]` as written (both daemons).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    listen: Option<Spanned<String>>,
+}
+
+impl RawMetrics {
+    /// The metrics endpoint's address: `None` without `[metrics]`; `[metrics]` needs `listen`.
+    pub(crate) fn convert(
+        raw: Option<&Spanned<RawMetrics>>,
+        errs: &mut Collector<'_>,
+    ) -> Option<SocketAddr> {
+        let raw = raw?;
+        match &raw.get_ref().listen {
+            Some(v) => socket_addr(errs, "metrics.listen", v),
+            None => {
+                errs.push(
+                    "metrics.listen",
+                    Some(raw.span()),
+                    "missing: [metrics] needs listen = \"IP:PORT\" (or leave [metrics] out)",
+                );
+                None
+            }
+        }
+    }
+}
+
+/// `[control]` as written (both daemons).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawControl {
+    socket: Option<Spanned<String>>,
+}
+
+impl RawControl {
+    /// The control socket's path, relative ones resolved against the config's directory:
+    /// `None` without `[control]`; `[control]` needs `socket`.
+    pub(crate) fn convert(
+        raw: Option<&Spanned<RawControl>>,
+        errs: &mut Collector<'_>,
+        base_dir: &std::path::Path,
+    ) -> Option<std::path::PathBuf> {
+        let raw = raw?;
+        match &raw.get_ref().socket {
+            Some(v) if v.get_ref().is_empty() => {
+                errs.push("control.socket", Some(v.span()), "empty path");
+                None
+            }
+            Some(v) => Some(crate::secret::resolve(base_dir, v.get_ref())),
+            None => {
+                errs.push(
+                    "control.socket",
+                    Some(raw.span()),
+                    "missing: [control] needs socket = \"PATH\" (or leave [control] out)",
+                );
+                None
+            }
+        }
+    }
 }
 
 /// Parses a socket address (`IP:PORT`, IPv6 in brackets; no host names).
@@ -630,6 +720,19 @@ pub(crate) fn socket_addr(
         );
     }
     parsed.ok()
+}
+
+/// Whether two listen addresses cannot both be bound: the same port (not 0) and the same IP,
+/// or a wildcard (`0.0.0.0`, `[::]`) of a family that covers the other address (`[::]` covers
+/// IPv4 too on a dual-stack socket).
+pub(crate) fn listens_overlap(a: &SocketAddr, b: &SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let covers = |w: &SocketAddr, o: &SocketAddr| {
+        w.ip().is_unspecified() && (w.is_ipv6() || w.is_ipv4() == o.is_ipv4())
+    };
+    a.ip() == b.ip() || covers(a, b) || covers(b, a)
 }
 
 /// Parses a `host:port`.

@@ -32,12 +32,12 @@ mod secret;
 mod server;
 
 pub use client::{
-    ClientAuth, ClientConfig, LinkTransport, Links, Node, NodeAddrs, NodeHandshake, PinnedNode,
-    PortMap,
+    ClientAuth, ClientConfig, LinkTransport, Links, Node, NodeAddrs, NodeHandshake, OwnerPolicy,
+    PinnedNode, PortMap,
 };
 pub use common::{Host, HostPort, HostPortError, Limits, ServiceName, ServiceNameError};
 pub use error::{ConfigError, ConfigErrors};
-pub use server::{ServerAuth, ServerConfig, Service};
+pub use server::{Cluster, Peer, ServerAuth, ServerConfig, Service};
 pub use wanmux_core::keys::{KeyError, PrivateKey, Psk, PublicKey};
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `wanmux-server` config: the node's listen address, identity, who may connect, and the
 //! services it may dial. See `docs/CONFIG.md` for the file format.
 
-use crate::common::{self, HostPort, Limits, RawLimits, ServiceName};
+use crate::common::{self, HostPort, Limits, RawControl, RawLimits, RawMetrics, ServiceName};
 use crate::error::{Collector, ConfigError, ConfigErrors};
 use crate::locate;
 use crate::secret::{key_error_message, KeySource, Loaded};
@@ -9,6 +9,7 @@ use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
+use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 use toml::Spanned;
@@ -42,7 +43,8 @@ pub struct ServerConfig {
     /// Per-session limits (`[limits]`).
     pub limits: Limits,
     /// TCP congestion control for this end's links (`server.congestion`), e.g. `bbr` or `cubic`; `None`
-    /// keeps the system default. On a lossy long path a loss-based algorithm (cubic) collapses
+    /// (unset) means `bbr` where the kernel has it, else the system default with a warning at
+    /// start, and `"system"` keeps the system default. On a lossy long path a loss-based algorithm (cubic) collapses
     /// while `bbr` keeps its rate. A name the kernel does not have is logged and ignored. It
     /// applies to TCP links only: QUIC links always use wanmux's own controller (`pace`).
     pub congestion: Option<String>,
@@ -52,6 +54,44 @@ pub struct ServerConfig {
     /// The services clients may open, by name (`[[service]]`). Non-empty, names unique. The
     /// server connects to nothing else.
     pub services: Vec<Service>,
+    /// Where the Prometheus metrics endpoint listens (`metrics.listen`); none by default.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The control socket that `status` asks (`control.socket`). Without it the library opens
+    /// none; the daemon binary then uses its default under `/run/wanmux/`.
+    pub control_socket: Option<std::path::PathBuf>,
+    /// The node's peers and its listener for peer links (`[cluster]` and `[[peer]]`); `None`
+    /// for a node on its own, which then behaves exactly as without cluster support.
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]` with its `[[peer]]` list: the other nodes of the cluster, which this node keeps
+/// one authenticated peer link to each (`docs/PROTOCOL.md`, "Peer links").
+///
+/// Peer links use the node's static key (`server.private_key`), so a cluster needs static-key
+/// mode; `validate` and the TOML path check that, and every rule on the peers.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Address peer links are accepted on, and nothing else (`cluster.listen`). Never the
+    /// client listener: a client key cannot authenticate there, nor a peer key on `server.listen`.
+    pub listen: SocketAddr,
+    /// Optional PSK mixed into every peer handshake (`IKpsk2`; `cluster.psk` or
+    /// `cluster.psk_file`). All nodes of a cluster need the same one.
+    pub psk: Option<Psk>,
+    /// The other nodes. Non-empty; ids, keys and addresses unique, none of them this node's.
+    pub peers: Vec<Peer>,
+}
+
+/// Another node of the cluster (`[[peer]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its `server.node_id` (`peer[i].id`).
+    pub id: NonZeroU16,
+    /// Its `cluster.listen` as this node dials it (`peer[i].addr`); a host name is resolved on
+    /// each dial.
+    pub addr: HostPort,
+    /// Its static public key (`peer[i].public_key`): pinned when this node dials it, and the
+    /// only key accepted from it on the cluster listener.
+    pub public_key: PublicKey,
 }
 
 /// How the server authenticates clients. Each variant holds exactly the keys its mode needs.
@@ -136,6 +176,9 @@ impl ServerConfig {
             congestion: None,
             quic: false,
             services,
+            metrics_listen: None,
+            control_socket: None,
+            cluster: None,
         }
     }
 
@@ -215,8 +258,118 @@ impl ServerConfig {
                 )
             },
         );
+        if let Some(cluster) = &self.cluster {
+            check_cluster(&mut errs, self, cluster, &ClusterSpans::default());
+        }
         errs.finish("<config>", Some(()))
     }
+}
+
+/// Where the parts of `[cluster]` and `[[peer]]` were written, for the checks that compare them
+/// with each other and with `[server]`. Empty for a config built in code (errors without lines).
+#[derive(Default)]
+struct ClusterSpans {
+    table: Option<Range<usize>>,
+    listen: Option<Range<usize>>,
+    /// Per peer: `id`, `addr`, `public_key`.
+    peers: Vec<[Option<Range<usize>>; 3]>,
+}
+
+impl ClusterSpans {
+    fn peer(&self, i: usize, field: usize) -> Option<Range<usize>> {
+        self.peers.get(i).and_then(|p| p[field].clone())
+    }
+}
+
+/// The rules that relate `[cluster]` and `[[peer]]` to each other and to `[server]`: static-key
+/// mode, at least one peer, no peer that is this node (id or key), no peer key that is also a
+/// client's, no duplicate id, key or address, and a cluster listener that cannot be bound beside the client listener. Used by the
+/// TOML path (with spans) and by [`ServerConfig::validate`] (without).
+fn check_cluster(
+    errs: &mut Collector<'_>,
+    config: &ServerConfig,
+    cluster: &Cluster,
+    spans: &ClusterSpans,
+) {
+    const ID: usize = 0;
+    const ADDR: usize = 1;
+    const KEY: usize = 2;
+    let (own_key, clients) = match &config.auth {
+        ServerAuth::StaticKey {
+            private_key,
+            allowed_clients,
+            ..
+        } => (Some(private_key.public_key()), Some(allowed_clients)),
+        ServerAuth::PskOnly { .. } => {
+            errs.push(
+                "cluster",
+                spans.table.clone(),
+                "peer links authenticate with the node's static key: a cluster needs \
+                 static-key mode (server.private_key and server.allowed_clients)",
+            );
+            (None, None)
+        }
+    };
+    if common::listens_overlap(&cluster.listen, &config.listen) {
+        errs.push(
+            "cluster.listen",
+            spans.listen.clone(),
+            format!(
+                "{} cannot be bound beside server.listen {}: peer links need a listener of \
+                 their own",
+                cluster.listen, config.listen
+            ),
+        );
+    }
+    if cluster.peers.is_empty() {
+        errs.push(
+            "peer",
+            spans.table.clone(),
+            "[cluster] needs at least one [[peer]] (the other nodes), or remove [cluster]",
+        );
+    }
+    for (i, p) in cluster.peers.iter().enumerate() {
+        if p.id == config.node_id {
+            errs.push(
+                format!("peer[{i}].id"),
+                spans.peer(i, ID),
+                format!("{} is this node's own server.node_id", p.id),
+            );
+        }
+        if Some(p.public_key) == own_key {
+            errs.push(
+                format!("peer[{i}].public_key"),
+                spans.peer(i, KEY),
+                "this is the public key of this node's own server.private_key",
+            );
+        }
+        if clients.is_some_and(|c| c.contains(&p.public_key)) {
+            errs.push(
+                format!("peer[{i}].public_key"),
+                spans.peer(i, KEY),
+                "this key is also in server.allowed_clients: a key belongs to a client or to a \
+                 peer node, never to both",
+            );
+        }
+    }
+    let mut dup = |field: usize, name: &str, what: &str, first: usize, i: usize| {
+        errs.push(
+            format!("peer[{i}].{name}"),
+            spans.peer(i, field),
+            format!("duplicate peer {what} (also peer[{first}])"),
+        )
+    };
+    let peers = &cluster.peers;
+    common::duplicates(peers.iter().map(|p| p.id).enumerate(), |i, first| {
+        dup(ID, "id", "id", first, i)
+    });
+    common::duplicates(peers.iter().map(|p| &p.addr).enumerate(), |i, first| {
+        dup(ADDR, "addr", "address", first, i)
+    });
+    common::duplicates(
+        peers.iter().map(|p| p.public_key).enumerate(),
+        |i, first| dup(KEY, "public_key", "key", first, i),
+    );
 }
 
 /// Reads a config file: its text, the directory relative key paths resolve against, and the
@@ -252,6 +405,26 @@ struct RawServerFile {
     server: Option<Spanned<RawServer>>,
     limits: Option<Spanned<RawLimits>>,
     service: Option<Vec<Spanned<RawService>>>,
+    metrics: Option<Spanned<RawMetrics>>,
+    control: Option<Spanned<RawControl>>,
+    cluster: Option<Spanned<RawCluster>>,
+    peer: Option<Vec<Spanned<RawPeer>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    listen: Option<Spanned<String>>,
+    psk: Option<Spanned<String>>,
+    psk_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    id: Option<Spanned<i64>>,
+    addr: Option<Spanned<String>>,
+    public_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -284,6 +457,12 @@ impl RawServerFile {
     fn convert(self, errs: &mut Collector<'_>, base_dir: &Path) -> Option<ServerConfig> {
         let limits = RawLimits::convert(self.limits.as_ref(), errs);
         let services = convert_services(self.service.as_deref(), errs);
+        let cluster = convert_cluster(
+            self.cluster.as_ref(),
+            self.peer.as_deref().unwrap_or_default(),
+            errs,
+            base_dir,
+        );
         let Some(server) = self.server else {
             errs.push("server", None, "missing required table [server]");
             return None;
@@ -336,7 +515,9 @@ impl RawServerFile {
         let quic = s.quic.as_ref().is_some_and(|v| *v.get_ref());
         let auth = s.convert_auth(errs, base_dir, &table);
 
-        Some(ServerConfig {
+        let metrics_listen = RawMetrics::convert(self.metrics.as_ref(), errs);
+        let control_socket = RawControl::convert(self.control.as_ref(), errs, base_dir);
+        let mut config = ServerConfig {
             warnings: Vec::new(),
             listen: listen?,
             node_id: node_id?,
@@ -349,8 +530,108 @@ impl RawServerFile {
             congestion,
             quic,
             services: services?,
-        })
+            metrics_listen,
+            control_socket,
+            cluster: None,
+        };
+        if let Some((cluster, spans)) = cluster? {
+            check_cluster(errs, &config, &cluster, &spans);
+            config.cluster = Some(cluster);
+        }
+        Some(config)
     }
+}
+
+/// Converts `[cluster]` and `[[peer]]`: `Some(None)` when neither is there, `None` when
+/// something did not convert (recorded). The rules that compare parts are [`check_cluster`]'s.
+fn convert_cluster(
+    raw: Option<&Spanned<RawCluster>>,
+    raw_peers: &[Spanned<RawPeer>],
+    errs: &mut Collector<'_>,
+    base_dir: &Path,
+) -> Option<Option<(Cluster, ClusterSpans)>> {
+    let Some(raw) = raw else {
+        if let Some(first) = raw_peers.first() {
+            errs.push(
+                "cluster",
+                Some(first.span()),
+                "[[peer]] is set but [cluster] is missing: add [cluster] with listen (the \
+                 address peer links are accepted on), or remove the peers",
+            );
+            return None;
+        }
+        return Some(None);
+    };
+    let table = raw.span();
+    let c = raw.get_ref();
+    let listen = common::require(
+        errs,
+        "cluster.listen",
+        c.listen.as_ref(),
+        &table,
+        "socket address",
+    )
+    .and_then(|v| common::socket_addr(errs, "cluster.listen", v));
+    let psk: Loaded<Psk> = KeySource {
+        prefix: "cluster",
+        name: "psk",
+        inline: c.psk.as_ref(),
+        file: c.psk_file.as_ref(),
+    }
+    .load(errs, base_dir);
+    let mut spans = ClusterSpans {
+        table: Some(table),
+        listen: c.listen.as_ref().map(|v| v.span()),
+        peers: Vec::with_capacity(raw_peers.len()),
+    };
+    let mut peers = Vec::with_capacity(raw_peers.len());
+    for (i, raw) in raw_peers.iter().enumerate() {
+        let table = raw.span();
+        let p = raw.get_ref();
+        let id_key = format!("peer[{i}].id");
+        let addr_key = format!("peer[{i}].addr");
+        let pk_key = format!("peer[{i}].public_key");
+        let id = common::require(errs, &id_key, p.id.as_ref(), &table, "node id, 1..=65535")
+            .and_then(|v| common::node_id(errs, &id_key, v));
+        let addr = common::require(errs, &addr_key, p.addr.as_ref(), &table, "host:port")
+            .and_then(|v| common::host_port(errs, &addr_key, v));
+        let public_key =
+            common::require(errs, &pk_key, p.public_key.as_ref(), &table, "public key").and_then(
+                |v| {
+                    PublicKey::from_base64(v.get_ref())
+                        .map_err(|e| errs.push(&pk_key, Some(v.span()), key_error_message(&e)))
+                        .ok()
+                },
+            );
+        spans.peers.push([
+            p.id.as_ref().map(|v| v.span()),
+            p.addr.as_ref().map(|v| v.span()),
+            p.public_key.as_ref().map(|v| v.span()),
+        ]);
+        if let (Some(id), Some(addr), Some(public_key)) = (id, addr, public_key) {
+            peers.push(Peer {
+                id,
+                addr,
+                public_key,
+            });
+        }
+    }
+    let psk = match psk {
+        Loaded::Absent => None,
+        Loaded::Failed => return None,
+        Loaded::Ok(psk) => Some(psk),
+    };
+    if peers.len() != raw_peers.len() {
+        return None;
+    }
+    Some(Some((
+        Cluster {
+            listen: listen?,
+            psk,
+            peers,
+        },
+        spans,
+    )))
 }
 
 impl RawServer {

@@ -1044,6 +1044,111 @@ fn congestion_control_names() {
 }
 
 #[test]
+fn cluster_owner() {
+    let c = client(&static_client()).unwrap();
+    assert_eq!(c.owner, OwnerPolicy::LeastLoaded);
+    for (name, p) in [
+        ("least_loaded", OwnerPolicy::LeastLoaded),
+        ("hash", OwnerPolicy::Hash),
+        ("first", OwnerPolicy::First),
+    ] {
+        let text = format!("{}[cluster]\nowner = \"{name}\"\n", static_client());
+        let c = client(&text).unwrap();
+        assert_eq!(c.owner, p);
+        assert_eq!(p.to_string(), name);
+    }
+    let e = one_error(client(&format!(
+        "{}[cluster]\nowner = \"random\"\n",
+        static_client()
+    )));
+    assert_eq!((e.key.as_str(), e.line), ("cluster.owner", Some(13)));
+    assert_eq!(
+        e.message,
+        "\"random\" is not an owner policy (use \"least_loaded\", \"hash\" or \"first\")"
+    );
+    let e = one_error(client(&format!(
+        "{}[cluster]\nowners = \"first\"\n",
+        static_client()
+    )));
+    assert_eq!(e.line, Some(13));
+}
+
+#[test]
+fn no_link_hold() {
+    let c = client(&static_client()).unwrap();
+    assert_eq!(c.no_link_hold, ClientConfig::DEFAULT_NO_LINK_HOLD);
+    let with = |v: &str| {
+        static_client().replace("[client]\n", &format!("[client]\nno_link_hold_ms = {v}\n"))
+    };
+    assert_eq!(client(&with("0")).unwrap().no_link_hold, Duration::ZERO);
+    assert_eq!(
+        client(&with("1500")).unwrap().no_link_hold,
+        Duration::from_millis(1500)
+    );
+    let e = one_error(client(&with("60001")));
+    assert_eq!(e.key, "client.no_link_hold_ms");
+    assert!(
+        e.line.is_some() && e.message.contains("milliseconds"),
+        "{e}"
+    );
+    let mut c = client(&static_client()).unwrap();
+    c.no_link_hold = Duration::from_secs(61);
+    let errs = c.validate().unwrap_err();
+    assert_eq!(keys_lines(&errs), [("client.no_link_hold_ms", None)]);
+}
+
+#[test]
+fn metrics_listen() {
+    assert_eq!(client(&static_client()).unwrap().metrics_listen, None);
+    assert_eq!(server(&psk_server()).unwrap().metrics_listen, None);
+    let at: SocketAddr = "127.0.0.1:9480".parse().unwrap();
+    let table = "[metrics]\nlisten = \"127.0.0.1:9480\"\n";
+    let c = client(&format!("{}{table}", static_client())).unwrap();
+    assert_eq!(c.metrics_listen, Some(at));
+    let s = server(&format!("{}{table}", psk_server())).unwrap();
+    assert_eq!(s.metrics_listen, Some(at));
+    let e = one_error(server(&format!(
+        "{}[metrics]\nlisten = \"localhost:9480\"\n",
+        psk_server()
+    )));
+    assert_eq!((e.key.as_str(), e.line), ("metrics.listen", Some(10)));
+    let e = one_error(client(&format!("{}[metrics]\n", static_client())));
+    assert_eq!((e.key.as_str(), e.line), ("metrics.listen", Some(12)));
+    let e = one_error(client(&format!(
+        "{}[metrics]\nlisten = \"127.0.0.1:1\"\nport = 3\n",
+        static_client()
+    )));
+    assert_eq!(e.line, Some(14));
+}
+
+#[test]
+fn control_socket() {
+    assert_eq!(client(&static_client()).unwrap().control_socket, None);
+    let c = client(&format!(
+        "{}[control]\nsocket = \"run/c.sock\"\n",
+        static_client()
+    ))
+    .unwrap();
+    assert_eq!(
+        c.control_socket,
+        Some(PathBuf::from("/nonexistent/run/c.sock"))
+    );
+    let s = server(&format!(
+        "{}[control]\nsocket = \"/run/wanmux/s.sock\"\n",
+        psk_server()
+    ))
+    .unwrap();
+    assert_eq!(s.control_socket, Some(PathBuf::from("/run/wanmux/s.sock")));
+    let e = one_error(server(&format!(
+        "{}[control]\nsocket = \"\"\n",
+        psk_server()
+    )));
+    assert_eq!((e.key.as_str(), e.line), ("control.socket", Some(10)));
+    let e = one_error(client(&format!("{}[control]\n", static_client())));
+    assert_eq!((e.key.as_str(), e.line), ("control.socket", Some(12)));
+}
+
+#[test]
 fn link_transport() {
     let c = client(&static_client()).unwrap();
     assert_eq!(c.transport, LinkTransport::Tcp);
@@ -1372,4 +1477,213 @@ fn session_and_link_caps_parse_and_are_checked() {
             (key, Some(10), message)
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// [cluster] and [[peer]]
+// ---------------------------------------------------------------------------------------------
+
+/// A valid static-key server, node 1, with private key `[1; 32]`: lines 1-8 are `[server]`
+/// and the service.
+fn static_server() -> String {
+    format!(
+        "[server]\n\
+         listen = \"0.0.0.0:4480\"\n\
+         node_id = 1\n\
+         private_key = \"{}\"\n\
+         allowed_clients = [\"{}\"]\n\
+         [[service]]\n\
+         name = \"game\"\n\
+         target = \"10.0.0.5:7000\"\n",
+        b64(1),
+        b64(2)
+    )
+}
+
+/// The public key of private key `[byte; 32]`, base64.
+fn pub_of(byte: u8) -> String {
+    PrivateKey::from_bytes([byte; 32]).public_key().to_base64()
+}
+
+/// `static_server()` with a cluster on 10.0.0.1:4481 (lines 9-10) and `peers` as
+/// `(id, addr, public key)`, four lines each from line 11.
+fn cluster_server(peers: &[(i64, &str, String)]) -> String {
+    peers.iter().fold(
+        static_server() + "[cluster]\nlisten = \"10.0.0.1:4481\"\n",
+        |t, (id, addr, key)| {
+            t + &format!("[[peer]]\nid = {id}\naddr = \"{addr}\"\npublic_key = \"{key}\"\n")
+        },
+    )
+}
+
+#[test]
+fn cluster_of_three_parses() {
+    let dir = temp_dir();
+    std::fs::write(dir.join("cluster.psk"), format!("{}\n", b64(8))).unwrap();
+    let text = cluster_server(&[
+        (2, "10.0.0.2:4481", pub_of(12)),
+        (3, "node3.example.net:4481", pub_of(13)),
+    ])
+    .replace(
+        "listen = \"10.0.0.1:4481\"\n",
+        "listen = \"10.0.0.1:4481\"\npsk_file = \"cluster.psk\"\n",
+    );
+    std::fs::write(dir.join("server.toml"), &text).unwrap();
+    let c = ServerConfig::load(dir.join("server.toml")).unwrap();
+    let cluster = c.cluster.as_ref().expect("a cluster");
+    assert_eq!(
+        cluster.listen,
+        "10.0.0.1:4481".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(cluster.psk, Some(Psk::from_bytes([8; 32])));
+    let ids: Vec<_> = cluster.peers.iter().map(|p| p.id.get()).collect();
+    assert_eq!(ids, [2, 3]);
+    assert_eq!(cluster.peers[1].addr.to_string(), "node3.example.net:4481");
+    assert_eq!(
+        cluster.peers[0].public_key,
+        PrivateKey::from_bytes([12; 32]).public_key()
+    );
+    c.validate().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+
+    // No [cluster]: none, as before.
+    assert!(server(&static_server()).unwrap().cluster.is_none());
+}
+
+#[test]
+fn cluster_rules_name_key_and_line() {
+    let two = |a: (i64, &str, String), b: (i64, &str, String)| server(&cluster_server(&[a, b]));
+    let ok = || (2, "10.0.0.2:4481", pub_of(12));
+
+    // A peer with this node's id.
+    let e = one_error(server(&cluster_server(&[(1, "10.0.0.2:4481", pub_of(12))])));
+    assert_eq!((e.key.as_str(), e.line), ("peer[0].id", Some(12)));
+    assert!(e.message.contains("node_id"), "{}", e.message);
+
+    // A peer with this node's key.
+    let e = one_error(server(&cluster_server(&[(2, "10.0.0.2:4481", pub_of(1))])));
+    assert_eq!((e.key.as_str(), e.line), ("peer[0].public_key", Some(14)));
+    assert!(e.message.contains("own"), "{}", e.message);
+
+    // A peer with a client's key (allowed_clients holds the public key b64(2)).
+    let e = one_error(server(&cluster_server(&[(2, "10.0.0.2:4481", b64(2))])));
+    assert_eq!((e.key.as_str(), e.line), ("peer[0].public_key", Some(14)));
+    assert!(e.message.contains("allowed_clients"), "{}", e.message);
+
+    // Duplicate id, address, key: each on the second peer, naming the first.
+    for (second, key, line) in [
+        ((2, "10.0.0.3:4481", pub_of(13)), "peer[1].id", 16),
+        ((3, "10.0.0.2:4481", pub_of(13)), "peer[1].addr", 17),
+        ((3, "10.0.0.3:4481", pub_of(12)), "peer[1].public_key", 18),
+    ] {
+        let e = one_error(two(ok(), second));
+        assert_eq!((e.key.as_str(), e.line), (key, Some(line)));
+        assert!(e.message.contains("also peer[0]"), "{}", e.message);
+    }
+
+    // The cluster listener on the client listener (0.0.0.0:4480 covers 10.0.0.1:4480).
+    let text = cluster_server(&[ok()]).replace("10.0.0.1:4481", "10.0.0.1:4480");
+    let e = one_error(server(&text));
+    assert_eq!((e.key.as_str(), e.line), ("cluster.listen", Some(10)));
+    assert!(e.message.contains("server.listen"), "{}", e.message);
+
+    // Peers without [cluster]: reported at the first peer.
+    let text = static_server()
+        + &format!(
+            "[[peer]]\nid = 2\naddr = \"10.0.0.2:4481\"\npublic_key = \"{}\"\n",
+            pub_of(12)
+        );
+    let e = one_error(server(&text));
+    assert_eq!((e.key.as_str(), e.line), ("cluster", Some(9)));
+    assert!(e.message.contains("[cluster] is missing"), "{}", e.message);
+
+    // [cluster] without peers.
+    let e = one_error(server(&cluster_server(&[])));
+    assert_eq!((e.key.as_str(), e.line), ("peer", Some(9)));
+
+    // A cluster on a PSK-only node: no static key to authenticate with.
+    let text = psk_server()
+        + &format!(
+            "[cluster]\nlisten = \"10.0.0.1:4481\"\n[[peer]]\nid = 2\naddr = \"10.0.0.2:4481\"\n\
+             public_key = \"{}\"\n",
+            pub_of(12)
+        );
+    let e = one_error(server(&text));
+    assert_eq!((e.key.as_str(), e.line), ("cluster", Some(9)));
+    assert!(e.message.contains("static-key mode"), "{}", e.message);
+}
+
+#[test]
+fn cluster_field_errors_name_key_and_line() {
+    let text = static_server()
+        + "[cluster]\npsk = \"short\"\n[[peer]]\nid = 0\naddr = \"10.0.0.2\"\n\
+           public_key = \"!!\"\n[[peer]]\n";
+    let errs = server(&text).unwrap_err();
+    assert_eq!(
+        keys_lines(&errs),
+        [
+            ("cluster.listen", Some(9)),
+            ("cluster.psk", Some(10)),
+            ("peer[0].id", Some(12)),
+            ("peer[0].addr", Some(13)),
+            ("peer[0].public_key", Some(14)),
+            ("peer[1].id", Some(15)),
+            ("peer[1].addr", Some(15)),
+            ("peer[1].public_key", Some(15)),
+        ]
+    );
+    // The PSK's text is never quoted.
+    assert!(!errs.to_string().contains("short"), "{errs}");
+
+    let text = cluster_server(&[(2, "10.0.0.2:4481", pub_of(12))])
+        .replace("[cluster]\n", "[cluster]\nport = 1\n");
+    let e = one_error(server(&text));
+    assert!(e.message.contains("port"), "{}", e.message);
+}
+
+#[test]
+fn code_built_cluster_validates() {
+    let mut c = server(&static_server()).unwrap();
+    let peer = |id: u16, addr: &str, key: u8| Peer {
+        id: std::num::NonZeroU16::new(id).unwrap(),
+        addr: addr.parse().unwrap(),
+        public_key: PrivateKey::from_bytes([key; 32]).public_key(),
+    };
+    c.cluster = Some(Cluster {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        psk: None,
+        peers: vec![peer(2, "127.0.0.1:9", 12), peer(3, "127.0.0.1:10", 13)],
+    });
+    c.validate().unwrap();
+
+    c.cluster = Some(Cluster {
+        listen: "[::]:4480".parse().unwrap(),
+        psk: None,
+        peers: vec![
+            peer(1, "127.0.0.1:9", 1),
+            peer(1, "127.0.0.1:9", 1),
+            peer(4, "127.0.0.1:11", 14),
+        ],
+    });
+    let errs = c.validate().unwrap_err();
+    let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "cluster.listen",
+            "peer[0].id",
+            "peer[0].public_key",
+            "peer[1].id",
+            "peer[1].public_key",
+            "peer[1].id",
+            "peer[1].addr",
+            "peer[1].public_key",
+        ]
+    );
+    assert!(errs.iter().all(|e| e.line.is_none()));
+
+    c.cluster.as_mut().unwrap().peers.clear();
+    let errs = c.validate().unwrap_err();
+    let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["cluster.listen", "peer"]);
 }

@@ -73,3 +73,59 @@ fn static_examples_match_each_other() {
     };
     assert_eq!(a, b);
 }
+
+/// The cluster examples are a working cluster: every node lists every other with the public
+/// key of that node's key file and its cluster address, and all share one cluster PSK.
+#[test]
+fn cluster_examples_describe_one_cluster() {
+    let nodes: Vec<ServerConfig> = (1..=3)
+        .map(|n| {
+            let path = examples_dir().join(format!("server-cluster-{n}.toml"));
+            ServerConfig::load(&path).unwrap_or_else(|e| panic!("{e}"))
+        })
+        .collect();
+    for node in &nodes {
+        let cluster = node.cluster.as_ref().expect("a cluster node");
+        assert_eq!(cluster.peers.len(), nodes.len() - 1);
+        assert_eq!(cluster.psk, nodes[0].cluster.as_ref().unwrap().psk);
+        assert!(cluster.psk.is_some());
+        for peer in &cluster.peers {
+            let other = nodes
+                .iter()
+                .find(|o| o.node_id == peer.id)
+                .expect("the peer is one of the example nodes");
+            let ServerAuth::StaticKey { private_key, .. } = &other.auth else {
+                panic!("cluster nodes use static keys");
+            };
+            assert_eq!(
+                peer.public_key,
+                private_key.public_key(),
+                "peer {}",
+                peer.id
+            );
+            let listen = other.cluster.as_ref().unwrap().listen;
+            assert_eq!(peer.addr.socket_addr(), Some(listen), "peer {}", peer.id);
+        }
+    }
+}
+
+/// client-cluster.toml pins, for each node, the key the cluster's own examples give that node.
+#[test]
+fn client_cluster_example_pins_the_cluster_nodes_keys() {
+    let c = ClientConfig::load(examples_dir().join("client-cluster.toml")).unwrap();
+    let ClientAuth::StaticKey { nodes, .. } = &c.auth else {
+        panic!("client-cluster.toml is not static-key mode")
+    };
+    assert_eq!(nodes.len(), 3);
+    for n in nodes {
+        let stated = (1..=3)
+            .filter_map(|i| {
+                ServerConfig::load(examples_dir().join(format!("server-cluster-{i}.toml"))).ok()
+            })
+            .filter_map(|s| s.cluster)
+            .flat_map(|cl| cl.peers)
+            .find(|p| p.id == n.node.id)
+            .map(|p| p.public_key);
+        assert_eq!(stated, Some(n.public_key), "node {}", n.node.id);
+    }
+}

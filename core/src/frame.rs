@@ -293,7 +293,7 @@ fn take_u8(buf: &mut Bytes, what: &'static str) -> Result<u8, FrameError> {
     buf.try_get_u8().map_err(|_| FrameError::Truncated(what))
 }
 
-fn take_u16(buf: &mut Bytes, what: &'static str) -> Result<u16, FrameError> {
+pub(crate) fn take_u16(buf: &mut Bytes, what: &'static str) -> Result<u16, FrameError> {
     buf.try_get_u16().map_err(|_| FrameError::Truncated(what))
 }
 
@@ -301,7 +301,11 @@ fn take_u64(buf: &mut Bytes, what: &'static str) -> Result<u64, FrameError> {
     buf.try_get_u64().map_err(|_| FrameError::Truncated(what))
 }
 
-fn take_bytes(buf: &mut Bytes, len: usize, what: &'static str) -> Result<Bytes, FrameError> {
+pub(crate) fn take_bytes(
+    buf: &mut Bytes,
+    len: usize,
+    what: &'static str,
+) -> Result<Bytes, FrameError> {
     if buf.remaining() < len {
         return Err(FrameError::Truncated(what));
     }

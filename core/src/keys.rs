@@ -99,7 +99,7 @@ pub fn generate_keypair() -> (PrivateKey, PublicKey) {
     (PrivateKey(private), PublicKey(public))
 }
 
-#[cfg(feature = "io")]
+#[cfg(feature = "keys")]
 impl PrivateKey {
     /// The public half of this private key (X25519), what the peer pins or allow-lists; the
     /// `pubkey` command prints it, like `wg pubkey`.

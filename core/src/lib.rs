@@ -10,6 +10,8 @@
 pub mod auth;
 pub mod budget;
 #[cfg(feature = "daemon")]
+pub mod control;
+#[cfg(feature = "daemon")]
 pub mod daemon;
 #[cfg(feature = "io")]
 pub mod driver;
@@ -17,9 +19,16 @@ pub mod engine;
 pub mod frame;
 pub mod ids;
 pub mod keys;
+#[cfg(feature = "daemon")]
+pub mod metrics;
 #[cfg(feature = "io")]
 pub mod noise;
 pub mod pace;
+pub mod peer;
 #[cfg(feature = "io")]
 pub mod quic;
 mod range_set;
+#[cfg(feature = "daemon")]
+pub mod status;
+#[cfg(feature = "io")]
+pub mod tune;

@@ -6,11 +6,16 @@
 //! For every stream the client opens, the node connects to the *named service* from its own
 //! config, never to an address the client chose. A session whose links are all gone is kept for
 //! a grace period (`server.session_grace_ms`) so a reconnecting client resumes its streams.
+//!
+//! A node with `[cluster]` also keeps one peer link to every other node of its cluster, on a
+//! listener of its own (see the `mesh` module and `docs/PROTOCOL.md`, "Peer links").
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod mesh;
 mod session;
 
+use mesh::Mesh;
 use session::Sessions;
 use std::io;
 use std::net::SocketAddr;
@@ -20,7 +25,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use wanmux_config::ServerConfig;
-use wanmux_core::{daemon, noise, quic};
+use wanmux_core::control::{self, ControlSocket};
+use wanmux_core::status::Status;
+use wanmux_core::{daemon, metrics, noise, quic, tune};
 
 /// Handshakes in progress at once; connections beyond wait in the kernel's accept queue, so a
 /// flood of half-open connections costs bounded memory.
@@ -34,6 +41,13 @@ pub struct ServerHandle {
     /// The QUIC endpoint and its accept loop (`server.quic`).
     quic: Option<(quic::Listener, JoinHandle<()>)>,
     sessions: Arc<Sessions>,
+    /// The metrics endpoint (`metrics.listen`): its address and task.
+    metrics: Option<(SocketAddr, JoinHandle<()>)>,
+    /// The control socket (`control.socket`); its file goes with it.
+    control: Option<ControlSocket>,
+    started: std::time::Instant,
+    /// Peer links to the other nodes (`[cluster]`).
+    mesh: Option<Arc<Mesh>>,
 }
 
 impl ServerHandle {
@@ -50,13 +64,70 @@ impl ServerHandle {
             .and_then(|(ep, _)| ep.endpoint().local_addr().ok())
     }
 
+    fn stop_metrics(&self) {
+        if let Some((_, task)) = &self.metrics {
+            task.abort();
+        }
+    }
+
+    /// The address peer links are accepted on (`cluster.listen`, useful with port 0); `None`
+    /// without `[cluster]`.
+    pub fn cluster_addr(&self) -> Option<SocketAddr> {
+        self.mesh.as_ref().map(|m| m.local_addr())
+    }
+
+    /// The ids of the peers this node has a live peer link to, sorted (empty without
+    /// `[cluster]`).
+    pub fn peers_up(&self) -> Vec<u16> {
+        self.mesh.as_ref().map_or_else(Vec::new, |m| m.peers_up())
+    }
+
+    /// Waits until the ids of the peers with a live link (as [`peers_up`](Self::peers_up))
+    /// satisfy `ready`; checks at once, then at every change. Without `[cluster]` the set is
+    /// empty and never changes.
+    pub async fn wait_for_peers(&self, mut ready: impl FnMut(&[u16]) -> bool) {
+        match &self.mesh {
+            Some(m) => m.wait_for_peers(ready).await,
+            None if ready(&[]) => {}
+            None => std::future::pending().await,
+        }
+    }
+
+    /// This process's instance on peer links, drawn at start (`None` without `[cluster]`).
+    pub fn instance(&self) -> Option<u64> {
+        self.mesh.as_ref().map(|m| m.instance())
+    }
+
+    /// The instance peer `id` reported on its latest link, live or not.
+    pub fn peer_instance(&self, id: u16) -> Option<u64> {
+        self.mesh.as_ref().and_then(|m| m.peer_instance(id))
+    }
+
     fn stop_accepting(&self) {
         self.accept.abort();
+        if let Some(mesh) = &self.mesh {
+            mesh.stop();
+        }
         if let Some((ep, task)) = &self.quic {
             task.abort();
             // Refuses new connections; links already up close with their sessions.
             ep.endpoint().set_server_config(None);
         }
+    }
+
+    /// What the node is doing now: its sessions, their links, and the traffic totals.
+    pub fn status(&self) -> Status {
+        self.sessions.status(self.started.elapsed())
+    }
+
+    /// The control socket's path (`control.socket`), if it has one.
+    pub fn control_path(&self) -> Option<&std::path::Path> {
+        self.control.as_ref().map(ControlSocket::path)
+    }
+
+    /// Where the metrics endpoint listens (`metrics.listen`; useful with port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(a, _)| *a)
     }
 
     /// Sessions currently held (with at least one link, or within their grace period).
@@ -66,6 +137,7 @@ impl ServerHandle {
 
     /// Stops accepting, resets every session's streams and closes every link.
     pub fn shutdown(self) {
+        self.stop_metrics();
         self.stop_accepting();
         self.sessions.close_all();
     }
@@ -109,6 +181,7 @@ impl ServerHandle {
     /// Stops at once: drops every link and session without telling clients anything, which is
     /// what a crash looks like to them. For tests of recovery, and emergency exits.
     pub fn abort(self) {
+        self.stop_metrics();
         self.stop_accepting();
         self.sessions.abandon_all();
     }
@@ -128,7 +201,16 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
         )
     })?;
     let local_addr = listener.local_addr()?;
-    if let Some(cc) = &config.congestion {
+    let mut host = Vec::new();
+    let congestion = tune::congestion(config.congestion.as_deref(), &mut host);
+    host.extend(tune::check_buffers(
+        config.quic.then_some(quic::SOCKET_BUFFER as u64),
+        true,
+    ));
+    for w in &host {
+        warn!("{w}");
+    }
+    if let Some(cc) = &congestion {
         // Accepted sockets inherit the listener's congestion control.
         let sock = socket2::SockRef::from(&listener);
         if let Err(e) = sock.set_tcp_congestion(cc.as_bytes()) {
@@ -146,8 +228,28 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     } else {
         None
     };
+    let mesh = match &config.cluster {
+        Some(cluster) => Some(Mesh::start(&config, cluster).await?),
+        None => None,
+    };
     let auth = Arc::new(noise::ServerAuth::from(&config.auth));
+    let metrics_listen = config.metrics_listen;
+    let control_path = config.control_socket.clone();
     let sessions = Arc::new(Sessions::new(config));
+    let started = std::time::Instant::now();
+    let metrics = match metrics_listen {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| {
+                context(e, format_args!("cannot listen on {addr} (metrics.listen)"))
+            })?;
+            let bound = listener.local_addr()?;
+            info!(listen = %bound, "metrics endpoint");
+            let from = sessions.clone();
+            let source: metrics::StatusSource = Arc::new(move || from.status(started.elapsed()));
+            Some((bound, tokio::spawn(metrics::serve(listener, source))))
+        }
+    };
     info!(listen = %local_addr, quic = quic.is_some(), node = sessions.node_id(), "wanmux-server listening");
     let accept = tokio::spawn(accept_loop(
         Listener::Tcp(listener),
@@ -162,11 +264,33 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
         ));
         (ep, task)
     });
+    let control = match control_path {
+        None => None,
+        Some(path) => {
+            let from = sessions.clone();
+            let source: control::StatusSource = Arc::new(move || from.status(started.elapsed()));
+            let socket = ControlSocket::bind(&path, source).map_err(|e| {
+                context(
+                    e,
+                    format_args!(
+                        "cannot create the control socket {} (control.socket)",
+                        path.display()
+                    ),
+                )
+            })?;
+            info!(path = %path.display(), "control socket");
+            Some(socket)
+        }
+    };
     Ok(ServerHandle {
         local_addr,
         accept,
         quic,
         sessions,
+        metrics,
+        control,
+        started,
+        mesh,
     })
 }
 

@@ -9,13 +9,14 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tracing::{debug, info, Instrument};
 use wanmux_config::ServerConfig;
-use wanmux_core::budget::Budget;
-use wanmux_core::driver::{self, BudgetSignal, OpenedStreams, SessionDriver};
+use wanmux_core::budget::{Budget, Pool};
+use wanmux_core::driver::{self, BudgetSignal, Counters, OpenedStreams, SessionDriver};
 use wanmux_core::engine::{Role, Session};
 use wanmux_core::frame::reset;
 use wanmux_core::ids::{NodeId, SessionId, StreamId};
 use wanmux_core::keys::PublicKey;
 use wanmux_core::noise::{Accepted, ServerHello};
+use wanmux_core::status::{SessionStatus, Status};
 
 /// A session is found by the client's static key (none in PSK mode) and its session id, so one
 /// client cannot join another's session by guessing its id.
@@ -74,6 +75,8 @@ pub(crate) struct Sessions {
     budget: Budget,
     /// Wakes every session when one gave memory back to `budget` while another waited.
     budget_signal: BudgetSignal,
+    /// Traffic totals of every session since start.
+    counters: Arc<Counters>,
 }
 
 impl Sessions {
@@ -86,7 +89,27 @@ impl Sessions {
             epoch_key: RandomState::new(),
             tombstones: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
+            counters: Arc::default(),
         }
+    }
+
+    /// The node's status: every session with its links, and the traffic totals.
+    pub(crate) fn status(&self, uptime: Duration) -> Status {
+        let mut st = Status::new("server", uptime);
+        st.memory_used_bytes = self.budget.used(Pool::Recv) + self.budget.used(Pool::Send);
+        st.memory_limit_bytes = self.budget.cap().saturating_mul(2);
+        st.totals = self.counters.totals().into();
+        let sessions: Vec<(Key, SessionDriver)> = self
+            .lock()
+            .iter()
+            .map(|(k, e)| (*k, e.driver.clone()))
+            .collect();
+        for ((client, id), driver) in sessions {
+            let peer = client.map_or_else(|| "psk".to_owned(), |k| k.to_base64());
+            st.sessions
+                .push(SessionStatus::of(&driver, id.to_string(), peer));
+        }
+        st
     }
 
     pub(crate) fn budget(&self) -> &Budget {
@@ -244,7 +267,8 @@ impl Sessions {
         let node = NodeId(self.config.node_id.get());
         let session =
             Session::with_budget(Role::Server(node), (*limits).into(), self.budget.clone());
-        let (driver, opened) = SessionDriver::start(session, &self.budget_signal);
+        let (driver, opened) =
+            SessionDriver::start_counted(session, &self.budget_signal, self.counters.clone());
         let span = tracing::info_span!("session", id = %key.1);
         span.in_scope(|| info!(client = ?key.0, "session started"));
         tokio::spawn(serve_streams(driver.clone(), opened, self.clone()).instrument(span.clone()));

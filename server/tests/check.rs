@@ -57,7 +57,13 @@ fn check_prints_every_error_with_its_line_and_key() {
 
 #[test]
 fn check_accepts_the_examples() {
-    for name in ["server.toml", "server-psk.toml"] {
+    for name in [
+        "server.toml",
+        "server-psk.toml",
+        "server-cluster-1.toml",
+        "server-cluster-2.toml",
+        "server-cluster-3.toml",
+    ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../examples")
             .join(name);

@@ -5,5 +5,6 @@
 pub mod fault;
 pub mod harness;
 pub mod hostile;
+pub mod mesh;
 pub mod sim;
 pub mod slow;

@@ -80,6 +80,7 @@ pub async fn run_with(
     let mut last: Option<LinkStats> = None;
     let end = async {
         if let Some(first) = first {
+            driver.counters().link_received(first.len());
             if let Err(e) = driver.with(|s, now| s.handle_message(now, id, first)) {
                 return LinkEnd::Peer(e);
             }
@@ -168,6 +169,7 @@ async fn read_loop(driver: &SessionDriver, id: LinkId, reader: &mut LinkReader) 
         match reader.recv().await {
             Ok(Some(msg)) => {
                 tracing::trace!(len = msg.len(), "received");
+                driver.counters().link_received(msg.len());
                 if let Err(e) = driver.with(|s, now| s.handle_message(now, id, msg)) {
                     return LinkEnd::Peer(e);
                 }

@@ -16,8 +16,11 @@
 //!
 //! Nothing here decides what goes where: that is the engine's job.
 
+mod counters;
 pub mod link;
 pub mod stream;
+
+pub use counters::{Counters, Totals};
 
 use crate::engine::{Event, Session};
 use crate::ids::{LinkId, StreamId};
@@ -68,6 +71,8 @@ struct Shared {
     opened: mpsc::UnboundedSender<(StreamId, String)>,
     /// The daemon's: wakes the budget task of every session.
     budget: BudgetSignal,
+    /// Traffic totals, possibly shared with other sessions.
+    counters: Arc<Counters>,
 }
 
 /// The session's state, locked. A panic while it is held closes the session: its tasks end
@@ -134,6 +139,16 @@ impl SessionDriver {
     /// streams the peer opens.
     /// `budget` is the daemon's signal for the budget `session` draws on.
     pub fn start(session: Session, budget: &BudgetSignal) -> (SessionDriver, OpenedStreams) {
+        Self::start_counted(session, budget, Arc::default())
+    }
+
+    /// [`SessionDriver::start`], counting traffic into `counters` (which other sessions may
+    /// share: a daemon's totals outlive its sessions).
+    pub fn start_counted(
+        session: Session,
+        budget: &BudgetSignal,
+        counters: Arc<Counters>,
+    ) -> (SessionDriver, OpenedStreams) {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -153,11 +168,17 @@ impl SessionDriver {
             more_links: Notify::new(),
             opened: tx,
             budget: budget.clone(),
+            counters,
         });
         let driver = SessionDriver { shared };
         tokio::spawn(driver.clone().run_timer());
         tokio::spawn(driver.clone().run_budget());
         (driver, rx)
+    }
+
+    /// The traffic counters this session counts into.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.shared.counters
     }
 
     fn lock(&self) -> Locked<'_> {
@@ -237,6 +258,7 @@ impl SessionDriver {
         let now = Instant::now();
         let mut n = 0;
         while n < bufs.len() && st.session.poll_transmit(now, id, &mut bufs[n]) {
+            self.shared.counters.link_sent(bufs[n].len());
             n += 1;
         }
         if n == 0 {
@@ -311,6 +333,7 @@ impl SessionDriver {
 
     /// Registers a stream's wakers; the stream task calls this before touching the stream.
     pub(crate) fn register(&self, id: StreamId) -> Arc<StreamWaker> {
+        self.shared.counters.stream();
         let w = Arc::new(StreamWaker::default());
         self.lock().wakers.insert(id, w.clone());
         w
@@ -327,6 +350,7 @@ impl SessionDriver {
         let now = Instant::now();
         st.next_link += 1;
         let id = LinkId(st.next_link);
+        self.shared.counters.link();
         let waker = Arc::new(Notify::new());
         st.link_wakers.insert(id, waker.clone());
         let kill = Arc::new(Notify::new());

@@ -84,9 +84,14 @@ async fn upstream(
             writable.await;
             continue;
         }
-        if let Err(e) = rd.readable().await {
-            debug!(stream = %id, error = %e, "application socket error");
-            return Half::Reset;
+        // A reset also wakes `writable`: the application may be idle (its download done, its
+        // upload not), and it must see the reset now, not at its next write.
+        tokio::select! {
+            r = rd.readable() => if let Err(e) = r {
+                debug!(stream = %id, error = %e, "application socket error");
+                return Half::Reset;
+            },
+            () = &mut writable => continue,
         }
         buf.reserve(cap);
         let n = match rd.try_read_buf(&mut (&mut buf).limit(cap)) {
@@ -103,6 +108,7 @@ async fn upstream(
                 Err(_) => Half::Reset,
             };
         }
+        driver.counters().app_read(n);
         if driver
             .with(|s, _| s.stream_write(id, buf.split().freeze()))
             .is_err()
@@ -129,6 +135,7 @@ async fn downstream(
                     debug!(stream = %id, error = %e, "application socket error");
                     return Half::Reset;
                 }
+                driver.counters().app_written(b.len());
             }
             Ok(ReadChunk::Fin) => {
                 let _ = wr.shutdown().await;

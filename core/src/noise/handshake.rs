@@ -145,7 +145,9 @@ pub async fn connect(
 
 /// A TCP link's socket options set, its peer noted and its halves boxed for the stream
 /// handshakes.
-fn tcp_halves(tcp: TcpStream) -> Result<(BoxRead, BoxWrite, Option<SocketAddr>), LinkError> {
+pub(super) fn tcp_halves(
+    tcp: TcpStream,
+) -> Result<(BoxRead, BoxWrite, Option<SocketAddr>), LinkError> {
     configure_socket(&tcp)?;
     let peer = tcp.peer_addr().ok();
     let (rd, wr) = tcp.into_split();
@@ -214,12 +216,63 @@ async fn connect_stream_with(
 
 async fn client_handshake(
     rd: BoxRead,
-    mut wr: BoxWrite,
+    wr: BoxWrite,
     auth: &ClientAuth,
     hello: &ClientHello,
     first: &[u8],
     cipher: Cipher,
 ) -> Result<(LinkReader, LinkWriter, ServerHello), LinkError> {
+    initiate::<ClientLink>(rd, wr, auth, hello, first, cipher).await
+}
+
+/// The payloads of one kind of link's handshake: message 1's (the dialler's hello) and message
+/// 2's (the reply). Client links and peer links run the same handshake with different payloads
+/// (`docs/PROTOCOL.md`, "Peer links"), and neither decodes the other's: the lengths differ and so
+/// does the version byte.
+pub(super) trait Payloads {
+    /// Message 1's payload.
+    type Hello;
+    /// Message 2's payload.
+    type Reply;
+    /// Why a static key that is not on the acceptor's allow-list is refused.
+    const UNKNOWN_KEY: &'static str;
+    fn encode_hello(hello: &Self::Hello) -> Vec<u8>;
+    fn decode_hello(p: &[u8]) -> Result<Self::Hello, LinkError>;
+    fn encode_reply(reply: &Self::Reply) -> Vec<u8>;
+    fn decode_reply(p: &[u8]) -> Result<Self::Reply, LinkError>;
+}
+
+/// A client link's payloads: [`ClientHello`] and [`ServerHello`].
+pub(super) struct ClientLink;
+
+impl Payloads for ClientLink {
+    type Hello = ClientHello;
+    type Reply = ServerHello;
+    const UNKNOWN_KEY: &'static str = "client key is not on the allow-list";
+    fn encode_hello(hello: &ClientHello) -> Vec<u8> {
+        encode_client_hello(hello).to_vec()
+    }
+    fn decode_hello(p: &[u8]) -> Result<ClientHello, LinkError> {
+        decode_client_hello(p)
+    }
+    fn encode_reply(reply: &ServerHello) -> Vec<u8> {
+        encode_server_hello(reply).to_vec()
+    }
+    fn decode_reply(p: &[u8]) -> Result<ServerHello, LinkError> {
+        decode_server_hello(p)
+    }
+}
+
+/// The dialling side of the handshake with `P`'s payloads: mode byte and message 1, message 2,
+/// then `first` as the key confirmation.
+pub(super) async fn initiate<P: Payloads>(
+    rd: BoxRead,
+    mut wr: BoxWrite,
+    auth: &ClientAuth,
+    hello: &P::Hello,
+    first: &[u8],
+    cipher: Cipher,
+) -> Result<(LinkReader, LinkWriter, P::Reply), LinkError> {
     let pattern = match auth {
         ClientAuth::Static { psk: None, .. } => Pattern::Ik,
         ClientAuth::Static { psk: Some(_), .. } => Pattern::IkPsk2,
@@ -230,7 +283,7 @@ async fn client_handshake(
 
     let mut msg = [0u8; MAX_HANDSHAKE_MESSAGE];
     let n = hs
-        .write_message(&encode_client_hello(hello), &mut msg)
+        .write_message(&P::encode_hello(hello), &mut msg)
         .map_err(local)?;
     let mut out = BytesMut::with_capacity(1 + LEN_PREFIX + n);
     out.put_u8(mode.to_byte());
@@ -245,15 +298,15 @@ async fn client_handshake(
     let n = hs
         .read_message(&msg[..len], &mut payload)
         .map_err(|_| LinkError::Auth("handshake message 2 did not decrypt"))?;
-    let server_hello = decode_server_hello(&payload[..n])?;
+    let reply = P::decode_reply(&payload[..n])?;
 
     let state = Arc::new(hs.into_stateless_transport_mode().map_err(local)?);
-    // Nonce 0 of each direction: the client's goes to the key confirmation, sealed right here;
-    // the server's first transport message is the reader's.
+    // Nonce 0 of each direction: the dialler's goes to the key confirmation, sealed right here;
+    // the acceptor's first transport message is the reader's.
     let mut writer = LinkWriter::new(wr, Arc::clone(&state), 0);
     writer.seal(first)?;
     writer.flush().await?;
-    Ok((LinkReader::new(inb, state, 0), writer, server_hello))
+    Ok((LinkReader::new(inb, state, 0), writer, reply))
 }
 
 pub(super) fn client_state(mode: Mode, auth: &ClientAuth) -> Result<HandshakeState, snow::Error> {
@@ -331,12 +384,44 @@ where
 
 async fn server_handshake<F>(
     rd: BoxRead,
-    mut wr: BoxWrite,
+    wr: BoxWrite,
     auth: &ServerAuth,
     respond: F,
 ) -> Result<Accepted, LinkError>
 where
     F: FnOnce(&ClientHello, Option<&PublicKey>) -> ServerHello,
+{
+    let r = respond_to::<ClientLink, _>(rd, wr, auth, |hello, key| Ok(respond(hello, key))).await?;
+    Ok(Accepted {
+        hello: r.hello,
+        client_key: r.key,
+        first: r.first,
+        reader: r.reader,
+        writer: r.writer,
+    })
+}
+
+/// What [`respond_to`] returns: the dialler's hello and static key, its key confirmation's
+/// plaintext, and the link's halves.
+pub(super) struct Responded<H> {
+    pub(super) hello: H,
+    pub(super) key: Option<PublicKey>,
+    pub(super) first: Bytes,
+    pub(super) reader: LinkReader,
+    pub(super) writer: LinkWriter,
+}
+
+/// The accepting side of the handshake with `P`'s payloads. `respond` sees the authenticated
+/// message 1 and chooses message 2, or refuses the dialler, which then gets nothing.
+pub(super) async fn respond_to<P, F>(
+    rd: BoxRead,
+    mut wr: BoxWrite,
+    auth: &ServerAuth,
+    respond: F,
+) -> Result<Responded<P::Hello>, LinkError>
+where
+    P: Payloads,
+    F: FnOnce(&P::Hello, Option<&PublicKey>) -> Result<P::Reply, LinkError>,
 {
     let mut inb = InBuf::new(rd, HANDSHAKE_CHUNK);
 
@@ -354,22 +439,22 @@ where
     let n = hs
         .read_message(&msg[..len], &mut payload)
         .map_err(|_| LinkError::Auth("handshake message 1 did not decrypt"))?;
-    let client_key = match mode.pattern {
+    let key = match mode.pattern {
         Pattern::Ik | Pattern::IkPsk2 => {
             let key = remote_static(&hs)
                 .ok_or(LinkError::Protocol("no client static key after message 1"))?;
             if !auth.allowed_clients.contains(&key) {
-                return Err(LinkError::Auth("client key is not on the allow-list"));
+                return Err(LinkError::Auth(P::UNKNOWN_KEY));
             }
             Some(key)
         }
         Pattern::NnPsk0 => None,
     };
-    let hello = decode_client_hello(&payload[..n])?;
+    let hello = P::decode_hello(&payload[..n])?;
 
-    let server_hello = respond(&hello, client_key.as_ref());
+    let reply = respond(&hello, key.as_ref())?;
     let n = hs
-        .write_message(&encode_server_hello(&server_hello), &mut msg)
+        .write_message(&P::encode_reply(&reply), &mut msg)
         .map_err(local)?;
     let mut out = BytesMut::with_capacity(LEN_PREFIX + n);
     put_message(&mut out, &msg[..n]);
@@ -378,11 +463,11 @@ where
 
     let state = Arc::new(hs.into_stateless_transport_mode().map_err(local)?);
     let first = read_key_confirmation(&mut inb, &state).await?;
-    Ok(Accepted {
+    Ok(Responded {
         hello,
-        client_key,
+        key,
         first,
-        // The client's nonce 0 was the key confirmation; the server has sent nothing yet.
+        // The dialler's nonce 0 was the key confirmation; the acceptor has sent nothing yet.
         reader: LinkReader::new(inb, Arc::clone(&state), 1),
         writer: LinkWriter::new(wr, state, 0),
     })
@@ -495,27 +580,37 @@ pub(super) fn decode_client_hello(p: &[u8]) -> Result<ClientHello, LinkError> {
 }
 
 pub(super) fn encode_server_hello(h: &ServerHello) -> [u8; SERVER_HELLO_LEN] {
-    let mut out = [0u8; SERVER_HELLO_LEN];
-    out[0] = VERSION;
-    out[1..3].copy_from_slice(&h.node_id.to_be_bytes());
-    out[4..12].copy_from_slice(&h.epoch.to_be_bytes());
-    out
+    encode_reply(VERSION, h.node_id, h.epoch)
 }
 
 pub(super) fn decode_server_hello(p: &[u8]) -> Result<ServerHello, LinkError> {
+    let (node_id, epoch) = decode_reply(p, VERSION)?;
+    Ok(ServerHello { node_id, epoch })
+}
+
+/// Message 2's payload, the same layout on client and peer links: `version | node_id | status |
+/// value`, where status 0 is the only one sent and the value is a client link's epoch or a peer's
+/// instance.
+pub(super) fn encode_reply(version: u8, node_id: u16, value: u64) -> [u8; SERVER_HELLO_LEN] {
+    let mut out = [0u8; SERVER_HELLO_LEN];
+    out[0] = version;
+    out[1..3].copy_from_slice(&node_id.to_be_bytes());
+    out[4..12].copy_from_slice(&value.to_be_bytes());
+    out
+}
+
+/// Parses message 2's payload ([`encode_reply`]) of the given version: the node id and value.
+pub(super) fn decode_reply(p: &[u8], version: u8) -> Result<(u16, u64), LinkError> {
     let p: &[u8; SERVER_HELLO_LEN] = p
         .try_into()
         .map_err(|_| LinkError::Protocol("server hello has the wrong length"))?;
-    if p[0] != VERSION {
+    if p[0] != version {
         return Err(LinkError::Protocol("server hello has an unknown version"));
     }
     if p[3] != 0 {
         return Err(LinkError::Protocol("server hello has a non-zero status"));
     }
-    let mut epoch = [0u8; 8];
-    epoch.copy_from_slice(&p[4..12]);
-    Ok(ServerHello {
-        node_id: u16::from_be_bytes([p[1], p[2]]),
-        epoch: u64::from_be_bytes(epoch),
-    })
+    let mut value = [0u8; 8];
+    value.copy_from_slice(&p[4..12]);
+    Ok((u16::from_be_bytes([p[1], p[2]]), u64::from_be_bytes(value)))
 }

@@ -22,6 +22,10 @@
 //! included, are at most [`MAX_HANDSHAKE_MESSAGE`] bytes; a longer one is refused from its length
 //! prefix, before any of it is read. The whole handshake runs under the caller's timeout.
 //!
+//! Server nodes link to each other with the same handshake and other payloads: [`connect_peer`]
+//! and [`accept_peer`] (`docs/PROTOCOL.md`, "Peer links"). Both kinds share one implementation,
+//! generic over the payloads, so a client hello never passes for a peer's nor the reverse.
+//!
 //! # Data path
 //!
 //! [`LinkReader::recv`] reads the stream in large chunks and decrypts each message into an
@@ -42,6 +46,7 @@
 //! (watch [`LinkWriter::pending`]). A connection in its handshake holds a few KiB at most.
 
 mod handshake;
+mod peer;
 mod transport;
 
 #[cfg(test)]
@@ -57,6 +62,7 @@ use crate::keys::PublicKey;
 
 pub use crate::auth::{ClientAuth, ServerAuth};
 pub use handshake::{accept, accept_stream_with, accept_with, connect, connect_stream};
+pub use peer::{accept_peer, connect_peer, PeerAccepted, PeerHello};
 pub use transport::{LinkReader, LinkWriter};
 
 /// The read half of the byte stream a link runs over. Boxed so that [`LinkReader`] and

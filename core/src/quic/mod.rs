@@ -76,8 +76,9 @@ pub const NOTSENT_LOWAT: u64 = 128 * 1024;
 /// How often a writer re-reads the congestion window to re-size its send window.
 const RESIZE_EVERY: Duration = Duration::from_millis(5);
 
-/// Socket buffers asked for (the kernel caps them at `net.core.{r,w}mem_max`).
-const SOCKET_BUFFER: usize = 8 << 20;
+/// Socket buffers asked for (the kernel caps them at `net.core.{r,w}mem_max`; the daemons
+/// warn at start when that is less, see `tune`).
+pub const SOCKET_BUFFER: usize = 8 << 20;
 
 /// A link with no packet for this long is dead to QUIC; the engine's pings notice much sooner.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,292 @@
+//! The nodes of the cluster as the client sees them, and the choice of a new stream's owner.
+//!
+//! The client runs one engine per node ([`NodeSession`]): the streams that node owns, its link
+//! pool, its epoch. All of them share one session id, the daemon's memory budget and its budget
+//! signal. A node that restarts (a new epoch) or stays unreachable for `client.session_grace_ms`
+//! resets only the streams it owned; the others go on. A stream's frames travel on its owner's
+//! links, in both directions (relaying through other nodes is designed in docs/PROTOCOL.md and
+//! not built yet).
+//!
+//! [`Cluster::choose`] picks the owner of a new stream by `cluster.owner`, among the nodes with
+//! a live link (among all nodes while none has one, so the stream waits for the first link).
+
+use crate::dial::{self, SharedState};
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tracing::warn;
+use wanmux_config::OwnerPolicy;
+use wanmux_core::budget::Pool;
+use wanmux_core::driver::{SessionDriver, Totals};
+use wanmux_core::ids::{NodeId, SessionId};
+use wanmux_core::status::{SessionStatus, Status};
+
+/// One node: the engine of the streams it owns and the tasks that keep its links.
+#[derive(Debug)]
+pub(crate) struct NodeSession {
+    pub(crate) id: NodeId,
+    pub(crate) driver: SessionDriver,
+    pub(crate) state: SharedState,
+    /// The link pool and the link watcher.
+    pub(crate) tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for NodeSession {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// What a node is doing, for tests, logs and status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The node's id (`node.id`).
+    pub id: u16,
+    /// Its links that are up.
+    pub links: usize,
+    /// Open streams it owns.
+    pub streams: usize,
+    /// Plaintext bytes sent on its live links.
+    pub bytes_sent: u64,
+    /// Plaintext bytes received on its live links.
+    pub bytes_received: u64,
+}
+
+impl NodeSession {
+    pub(crate) fn new(id: NodeId, driver: SessionDriver, session_id: SessionId) -> Self {
+        let state = std::sync::Arc::new(std::sync::Mutex::new(dial::SessionState {
+            id: session_id,
+            epoch: None,
+            epoch_since: Instant::now(),
+        }));
+        NodeSession {
+            id,
+            driver,
+            state,
+            tasks: Vec::new(),
+        }
+    }
+
+    pub(crate) fn status(&self) -> NodeStatus {
+        let links = self.driver.live_links();
+        self.driver.with(|s, _| {
+            let (mut sent, mut received) = (0, 0);
+            for l in s.links().filter_map(|l| s.link_stats(l)) {
+                sent += l.bytes_sent;
+                received += l.bytes_received;
+            }
+            NodeStatus {
+                id: self.id.0,
+                links,
+                streams: s.stream_count(),
+                bytes_sent: sent,
+                bytes_received: received,
+            }
+        })
+    }
+
+    /// (open streams, unacknowledged bytes sent): a node's load for `least_loaded`.
+    fn load(&self) -> (usize, u64) {
+        self.driver
+            .with(|s, _| (s.stream_count(), s.budget_held().1))
+    }
+}
+
+/// Every node of the config, in config order.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    pub(crate) nodes: Vec<NodeSession>,
+    policy: OwnerPolicy,
+    /// Connections refused for want of a link: (since when counted, how many).
+    refused: std::sync::Mutex<(Instant, u64)>,
+}
+
+/// Refusals are logged at most this often, as a count.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Cluster {
+    pub(crate) fn new(nodes: Vec<NodeSession>, policy: OwnerPolicy) -> Self {
+        let long_ago = Instant::now()
+            .checked_sub(REFUSAL_LOG_EVERY)
+            .unwrap_or_else(Instant::now);
+        Cluster {
+            nodes,
+            policy,
+            refused: std::sync::Mutex::new((long_ago, 0)),
+        }
+    }
+
+    /// Waits up to `hold` for a live link to any node; whether one came up.
+    pub(crate) async fn wait_live(&self, hold: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + hold;
+        loop {
+            if self.live_links() > 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            // Several nodes' links: polled rather than waited on, one at a time.
+            tokio::time::sleep(Duration::from_millis(20).min(hold)).await;
+        }
+    }
+
+    /// Refuses an application connection with a reset (`SO_LINGER` 0): no node is reachable.
+    /// Logged as a count at most every [`REFUSAL_LOG_EVERY`].
+    pub(crate) fn refuse(&self, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+        let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+        drop(tcp);
+        tracing::debug!(%peer, "connection refused: no link to any node");
+        // Only a count and a time change under this lock.
+        let mut r = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        r.1 += 1;
+        if r.0.elapsed() >= REFUSAL_LOG_EVERY {
+            warn!(
+                refused = r.1,
+                "no link to any node: application connections refused (client.no_link_hold_ms)"
+            );
+            *r = (Instant::now(), 0);
+        }
+    }
+
+    /// The node that owns a new stream from application client `peer`.
+    pub(crate) fn choose(&self, peer: SocketAddr) -> &NodeSession {
+        let live: Vec<&NodeSession> = self
+            .nodes
+            .iter()
+            .filter(|n| n.driver.live_links() > 0)
+            .collect();
+        let candidates = if live.is_empty() {
+            self.nodes.iter().collect()
+        } else {
+            live
+        };
+        let i = match self.policy {
+            OwnerPolicy::First => 0,
+            OwnerPolicy::Hash => {
+                let ids: Vec<NodeId> = candidates.iter().map(|n| n.id).collect();
+                rendezvous(peer.ip(), &ids)
+            }
+            OwnerPolicy::LeastLoaded => {
+                let loads: Vec<(usize, u64)> = candidates.iter().map(|n| n.load()).collect();
+                least_loaded(&loads)
+            }
+        };
+        candidates[i]
+    }
+
+    /// The client's status: one session per node.
+    pub(crate) fn status(&self, uptime: Duration) -> Status {
+        let mut st = Status::new("client", uptime);
+        let budget = self.nodes[0].driver.with(|s, _| s.budget().clone());
+        st.memory_used_bytes = budget.used(Pool::Recv) + budget.used(Pool::Send);
+        st.memory_limit_bytes = budget.cap().saturating_mul(2);
+        let mut totals = Totals::default();
+        for n in &self.nodes {
+            totals = totals + n.driver.counters().totals();
+            let id = dial::lock(&n.state).id.to_string();
+            st.sessions
+                .push(SessionStatus::of(&n.driver, id, format!("node {}", n.id.0)));
+        }
+        st.totals = totals.into();
+        st
+    }
+
+    pub(crate) fn live_links(&self) -> usize {
+        self.nodes.iter().map(|n| n.driver.live_links()).sum()
+    }
+
+    pub(crate) fn stream_count(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| n.driver.with(|s, _| s.stream_count()))
+            .sum()
+    }
+}
+
+/// The index of the least loaded of `loads` (open streams, then bytes in flight; the first of
+/// equals). `loads` is not empty.
+fn least_loaded(loads: &[(usize, u64)]) -> usize {
+    (0..loads.len()).min_by_key(|&i| loads[i]).unwrap_or(0)
+}
+
+/// Rendezvous (highest random weight) hashing: the index of the node with the highest hash of
+/// (address, node id). An address stays on its node while that node is a candidate, and when a
+/// node leaves only its addresses move. `nodes` is not empty.
+fn rendezvous(ip: IpAddr, nodes: &[NodeId]) -> usize {
+    let weight = |n: NodeId| {
+        // Fixed keys: the same address maps to the same node in every run of this build.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (ip, n.0).hash(&mut h);
+        h.finish()
+    };
+    (0..nodes.len())
+        .max_by_key(|&i| weight(nodes[i]))
+        .unwrap_or(0)
+}
+
+/// With no link to its node for `grace` (below the node's own grace), a node's part of the
+/// session is given up: reset the connections it owned rather than leave them hanging, and start
+/// afresh with it under a new session id. The other nodes' streams are untouched.
+pub(crate) async fn watch_links(
+    node: NodeId,
+    driver: SessionDriver,
+    state: SharedState,
+    grace: Duration,
+) {
+    loop {
+        let changed = driver.links_changed();
+        if driver.live_links() > 0 {
+            changed.await;
+            continue;
+        }
+        if tokio::time::timeout(grace, changed).await.is_err() && driver.live_links() == 0 {
+            let streams = driver.with(|s, _| s.stream_count());
+            warn!(
+                %node,
+                streams,
+                "no link to the node for {} s; the connections it owned are reset",
+                grace.as_secs_f64()
+            );
+            driver.restart();
+            let mut st = dial::lock(&state);
+            st.id = SessionId(rand::random());
+            st.epoch = None;
+            st.epoch_since = Instant::now();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn least_loaded_prefers_fewer_streams_then_fewer_bytes_then_config_order() {
+        assert_eq!(least_loaded(&[(3, 0), (1, 900), (1, 100), (2, 0)]), 2);
+        assert_eq!(least_loaded(&[(0, 0), (0, 0)]), 0);
+        assert_eq!(least_loaded(&[(5, 5)]), 0);
+    }
+
+    #[test]
+    fn rendezvous_moves_only_the_addresses_of_a_node_that_left() {
+        let all = [NodeId(1), NodeId(2), NodeId(3), NodeId(4), NodeId(5)];
+        let without_3 = [NodeId(1), NodeId(2), NodeId(4), NodeId(5)];
+        let mut per_node = [0usize; 5];
+        for a in 0..2000u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + a));
+            let before = all[rendezvous(ip, &all)];
+            assert_eq!(before, all[rendezvous(ip, &all)], "stable");
+            per_node[usize::from(before.0) - 1] += 1;
+            let after = without_3[rendezvous(ip, &without_3)];
+            if before != NodeId(3) {
+                assert_eq!(before, after, "{ip} moved though its node stayed");
+            }
+        }
+        // Spread: every node gets a fair share of 2000 addresses (400 expected each).
+        assert!(per_node.iter().all(|&n| n > 300), "{per_node:?}");
+    }
+}

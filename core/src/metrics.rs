@@ -1,0 +1,137 @@
+//! The metrics endpoint (`metrics.listen`): a small HTTP/1.1 server that answers
+//! `GET /metrics` with the Prometheus exposition of the daemon's [`Status`], taken at the
+//! moment of the scrape.
+//!
+//! Whoever can reach it learns traffic numbers and session ids (never keys or payload): bind it
+//! to loopback or a management network. A request head is read within [`REQUEST_TIMEOUT`] and at
+//! most [`MAX_REQUEST`] bytes, and at most [`MAX_CONNECTIONS`] scrapes run at once, so a
+//! misbehaving scraper costs bounded memory.
+
+use crate::status::Status;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::debug;
+
+/// Longest request head read.
+pub const MAX_REQUEST: usize = 8 * 1024;
+/// Time a scraper has to send its request head.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Scrapes served at once; more wait in the accept queue.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// The Prometheus text format's content type.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Where a scrape gets its numbers.
+pub type StatusSource = Arc<dyn Fn() -> Status + Send + Sync>;
+
+/// Serves scrapes on `listener` until the task is aborted.
+pub async fn serve(listener: TcpListener, status: StatusSource) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = crate::daemon::accept(&listener, |e| {
+            debug!(error = %e, "metrics: accept failed");
+        })
+        .await;
+        let status = status.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(tcp, &status).await {
+                debug!(%peer, error = %e, "metrics: request failed");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Reads one request head and answers it, then closes the connection.
+async fn answer(mut tcp: TcpStream, status: &StatusSource) -> std::io::Result<()> {
+    let head = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut tcp))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "request head timed out")
+        })??;
+    let (code, kind, body) = match route(&head) {
+        Route::Metrics => ("200 OK", CONTENT_TYPE, status().to_prometheus()),
+        Route::NotFound => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "only /metrics is served here\n".to_owned(),
+        ),
+        Route::BadMethod => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "only GET is served here\n".to_owned(),
+        ),
+    };
+    let reply = format!(
+        "HTTP/1.1 {code}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(reply.as_bytes()).await?;
+    tcp.shutdown().await
+}
+
+/// Reads until the blank line that ends a request head; at most [`MAX_REQUEST`] bytes.
+async fn read_head(tcp: &mut TcpStream) -> std::io::Result<String> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
+            return Ok(String::from_utf8_lossy(&buf).into_owned());
+        }
+        if buf.len() > MAX_REQUEST {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "request head too long",
+            ));
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Metrics,
+    NotFound,
+    BadMethod,
+}
+
+/// What the request line asks for.
+fn route(head: &str) -> Route {
+    let line = head.lines().next().unwrap_or_default();
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next(), parts.next().unwrap_or_default());
+    if method != Some("GET") {
+        return Route::BadMethod;
+    }
+    let path = target.split('?').next().unwrap_or_default();
+    if path == "/metrics" {
+        Route::Metrics
+    } else {
+        Route::NotFound
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("GET /metrics HTTP/1.1\r\n\r\n"), Route::Metrics);
+        assert_eq!(route("GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Route::Metrics);
+        assert_eq!(route("GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(route("POST /metrics HTTP/1.1\r\n\r\n"), Route::BadMethod);
+        assert_eq!(route(""), Route::BadMethod);
+    }
+}

@@ -1,0 +1,388 @@
+//! What a running daemon is doing, as one snapshot ([`Status`]) with three renderings: a
+//! table for people ([`Status::to_text`]), JSON for scripts ([`Status::to_json`]) and the
+//! Prometheus text exposition ([`Status::to_prometheus`]) for the metrics endpoint.
+//!
+//! Both daemons build a [`Status`] from their handles on request (no background sampling), so
+//! every number is the engine's own at that moment and the totals are the drivers' counters.
+
+use crate::driver::{SessionDriver, Totals};
+use crate::engine::LinkStats;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// A daemon's state at one moment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// `"client"` or `"server"`.
+    pub daemon: String,
+    /// The daemon's version.
+    pub version: String,
+    /// Seconds since it started.
+    pub uptime_seconds: f64,
+    /// Bytes of the memory budget in use (`limits.memory`).
+    pub memory_used_bytes: u64,
+    /// The memory budget, bytes.
+    pub memory_limit_bytes: u64,
+    /// Traffic since start, all sessions together.
+    pub totals: TotalsView,
+    /// Every session (client: one per node; server: one per client session).
+    pub sessions: Vec<SessionStatus>,
+}
+
+/// [`Totals`] as it is rendered.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TotalsView {
+    /// Bytes read from application sockets.
+    pub app_read_bytes: u64,
+    /// Bytes written to application sockets.
+    pub app_written_bytes: u64,
+    /// Plaintext bytes sent on links.
+    pub link_sent_bytes: u64,
+    /// Plaintext bytes received on links.
+    pub link_received_bytes: u64,
+    /// Streams that ran here.
+    pub streams_opened: u64,
+    /// Links that joined a session.
+    pub links_opened: u64,
+}
+
+impl From<Totals> for TotalsView {
+    fn from(t: Totals) -> Self {
+        TotalsView {
+            app_read_bytes: t.app_read,
+            app_written_bytes: t.app_written,
+            link_sent_bytes: t.link_sent,
+            link_received_bytes: t.link_received,
+            streams_opened: t.streams,
+            links_opened: t.links,
+        }
+    }
+}
+
+/// One session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionStatus {
+    /// The session id (first 8 bytes, hex).
+    pub id: String,
+    /// The other end: `node N` on the client, the client's key (or `psk`) on a node.
+    pub peer: String,
+    /// Open streams.
+    pub streams: usize,
+    /// Stream bytes queued again because a link died before the peer confirmed them.
+    pub resent_bytes: u64,
+    /// Bytes buffered for the application to read, all streams.
+    pub receive_buffered_bytes: u64,
+    /// Its links that are up.
+    pub links: Vec<LinkStatus>,
+}
+
+/// One link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkStatus {
+    /// The link's id in its session.
+    pub id: u64,
+    /// Smoothed round-trip time, ms; `None` before the first sample.
+    pub rtt_ms: Option<f64>,
+    /// Delivery rate, bytes per second (what pongs confirmed).
+    pub delivery_rate_bytes_per_second: u64,
+    /// Plaintext bytes sent on it.
+    pub sent_bytes: u64,
+    /// Plaintext bytes received on it.
+    pub received_bytes: u64,
+    /// Entries sent and not yet confirmed by a pong.
+    pub unconfirmed: usize,
+}
+
+impl SessionStatus {
+    /// The state of the session `driver` runs; `peer` names the other end.
+    pub fn of(driver: &SessionDriver, id: String, peer: String) -> SessionStatus {
+        driver.with(|s, _| {
+            let links = s
+                .links()
+                .filter_map(|l| s.link_stats(l).map(|st| LinkStatus::new(l.0, &st)))
+                .collect();
+            SessionStatus {
+                id,
+                peer,
+                streams: s.stream_count(),
+                resent_bytes: s.resent_bytes(),
+                receive_buffered_bytes: s.recv_buffered_bytes(),
+                links,
+            }
+        })
+    }
+}
+
+impl LinkStatus {
+    fn new(id: u64, s: &LinkStats) -> LinkStatus {
+        LinkStatus {
+            id,
+            rtt_ms: s.rtt.smoothed.map(|d| d.as_secs_f64() * 1e3),
+            delivery_rate_bytes_per_second: s.delivery_rate,
+            sent_bytes: s.bytes_sent,
+            received_bytes: s.bytes_received,
+            unconfirmed: s.unconfirmed,
+        }
+    }
+}
+
+impl Status {
+    /// A status of `daemon` (`"client"` or `"server"`) up for `uptime`.
+    pub fn new(daemon: &'static str, uptime: Duration) -> Status {
+        Status {
+            daemon: daemon.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_seconds: uptime.as_secs_f64(),
+            memory_used_bytes: 0,
+            memory_limit_bytes: 0,
+            totals: TotalsView::default(),
+            sessions: Vec::new(),
+        }
+    }
+
+    /// Links up, all sessions.
+    pub fn links_up(&self) -> usize {
+        self.sessions.iter().map(|s| s.links.len()).sum()
+    }
+
+    /// Open streams, all sessions.
+    pub fn streams(&self) -> usize {
+        self.sessions.iter().map(|s| s.streams).sum()
+    }
+
+    /// JSON, one object.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a status always serializes")
+    }
+
+    /// A table for people.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let _ = writeln!(
+            out,
+            "wanmux-{} {}, up {:.0} s: {} sessions, {} links, {} streams, memory {:.1} of {:.0} MiB",
+            self.daemon,
+            self.version,
+            self.uptime_seconds,
+            self.sessions.len(),
+            self.links_up(),
+            self.streams(),
+            mib(self.memory_used_bytes),
+            mib(self.memory_limit_bytes),
+        );
+        let t = &self.totals;
+        let _ = writeln!(
+            out,
+            "since start: {:.1} MiB from applications, {:.1} MiB to them; {:.1} MiB sent on links, \
+             {:.1} MiB received; {} streams, {} links",
+            mib(t.app_read_bytes),
+            mib(t.app_written_bytes),
+            mib(t.link_sent_bytes),
+            mib(t.link_received_bytes),
+            t.streams_opened,
+            t.links_opened,
+        );
+        for s in &self.sessions {
+            let _ = writeln!(
+                out,
+                "\nsession {} ({}): {} streams, {} links, resent {:.1} MiB, {:.1} MiB waiting to be read",
+                s.id,
+                s.peer,
+                s.streams,
+                s.links.len(),
+                mib(s.resent_bytes),
+                mib(s.receive_buffered_bytes),
+            );
+            if !s.links.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  {:>6} {:>9} {:>14} {:>12} {:>12} {:>11}",
+                    "link", "rtt ms", "delivery Mbit", "sent MiB", "recv MiB", "unconfirmed"
+                );
+            }
+            for l in &s.links {
+                let rtt = l.rtt_ms.map_or("-".to_owned(), |r| format!("{r:.1}"));
+                let _ = writeln!(
+                    out,
+                    "  {:>6} {:>9} {:>14.1} {:>12.1} {:>12.1} {:>11}",
+                    l.id,
+                    rtt,
+                    l.delivery_rate_bytes_per_second as f64 * 8e-6,
+                    mib(l.sent_bytes),
+                    mib(l.received_bytes),
+                    l.unconfirmed,
+                );
+            }
+        }
+        out
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of this status.
+    pub fn to_prometheus(&self) -> String {
+        let families = Families::default();
+        self.fill(&families);
+        let mut out = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&families.registry.gather(), &mut out)
+            .expect("families built here are valid");
+        out
+    }
+
+    fn fill(&self, f: &Families) {
+        f.gauge(
+            "wanmux_uptime_seconds",
+            "Seconds since the daemon started.",
+            &[],
+        )
+        .with_label_values::<&str>(&[])
+        .set(self.uptime_seconds);
+        f.gauge(
+            "wanmux_memory_used_bytes",
+            "Bytes of the memory budget (limits.memory) in use.",
+            &[],
+        )
+        .with_label_values::<&str>(&[])
+        .set(self.memory_used_bytes as f64);
+        f.gauge(
+            "wanmux_memory_limit_bytes",
+            "The memory budget (limits.memory), bytes.",
+            &[],
+        )
+        .with_label_values::<&str>(&[])
+        .set(self.memory_limit_bytes as f64);
+        let t = self.totals;
+        for (name, help, v) in [
+            (
+                "wanmux_app_read_bytes_total",
+                "Bytes read from application sockets since start.",
+                t.app_read_bytes,
+            ),
+            (
+                "wanmux_app_written_bytes_total",
+                "Bytes written to application sockets since start.",
+                t.app_written_bytes,
+            ),
+            (
+                "wanmux_tunnel_sent_bytes_total",
+                "Plaintext bytes sent on all links since start.",
+                t.link_sent_bytes,
+            ),
+            (
+                "wanmux_tunnel_received_bytes_total",
+                "Plaintext bytes received on all links since start.",
+                t.link_received_bytes,
+            ),
+            (
+                "wanmux_streams_opened_total",
+                "Streams that ran here since start.",
+                t.streams_opened,
+            ),
+            (
+                "wanmux_links_opened_total",
+                "Links that joined a session since start.",
+                t.links_opened,
+            ),
+        ] {
+            f.counter(name, help, &[])
+                .with_label_values::<&str>(&[])
+                .inc_by(v);
+        }
+        f.gauge("wanmux_sessions", "Sessions held.", &[])
+            .with_label_values::<&str>(&[])
+            .set(self.sessions.len() as f64);
+        let by_session = ["session", "peer"];
+        let open = f.gauge(
+            "wanmux_streams_open",
+            "Open streams, per session.",
+            &by_session,
+        );
+        let up = f.gauge("wanmux_links_up", "Links up, per session.", &by_session);
+        let buffered = f.gauge(
+            "wanmux_receive_buffered_bytes",
+            "Bytes waiting for the application to read them, per session.",
+            &by_session,
+        );
+        let resent = f.counter(
+            "wanmux_resent_bytes_total",
+            "Stream bytes queued again because a link died unconfirmed, per session.",
+            &by_session,
+        );
+        let by_link = ["session", "peer", "link"];
+        let rtt = f.gauge(
+            "wanmux_link_rtt_seconds",
+            "Smoothed round-trip time of a link (links with a sample).",
+            &by_link,
+        );
+        let rate = f.gauge(
+            "wanmux_link_delivery_rate_bytes_per_second",
+            "Bytes per second a link's peer confirmed, smoothed.",
+            &by_link,
+        );
+        let unconfirmed = f.gauge(
+            "wanmux_link_unconfirmed_entries",
+            "Entries sent on a link and not yet confirmed by a pong.",
+            &by_link,
+        );
+        let sent = f.counter(
+            "wanmux_link_sent_bytes_total",
+            "Plaintext bytes sent on a link.",
+            &by_link,
+        );
+        let received = f.counter(
+            "wanmux_link_received_bytes_total",
+            "Plaintext bytes received on a link.",
+            &by_link,
+        );
+        for s in &self.sessions {
+            let labels = [s.id.as_str(), s.peer.as_str()];
+            open.with_label_values(&labels).set(s.streams as f64);
+            up.with_label_values(&labels).set(s.links.len() as f64);
+            buffered
+                .with_label_values(&labels)
+                .set(s.receive_buffered_bytes as f64);
+            resent.with_label_values(&labels).inc_by(s.resent_bytes);
+            for l in &s.links {
+                let id = l.id.to_string();
+                let labels = [s.id.as_str(), s.peer.as_str(), id.as_str()];
+                if let Some(ms) = l.rtt_ms {
+                    rtt.with_label_values(&labels).set(ms / 1e3);
+                }
+                rate.with_label_values(&labels)
+                    .set(l.delivery_rate_bytes_per_second as f64);
+                unconfirmed
+                    .with_label_values(&labels)
+                    .set(l.unconfirmed as f64);
+                sent.with_label_values(&labels).inc_by(l.sent_bytes);
+                received.with_label_values(&labels).inc_by(l.received_bytes);
+            }
+        }
+    }
+}
+
+/// A registry made for one scrape: the families of one [`Status`].
+#[derive(Default)]
+struct Families {
+    registry: prometheus::Registry,
+}
+
+impl Families {
+    fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+        let g = prometheus::GaugeVec::new(prometheus::Opts::new(name, help), labels)
+            .expect("valid metric names");
+        self.registry
+            .register(Box::new(g.clone()))
+            .expect("each family registered once");
+        g
+    }
+
+    fn counter(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::IntCounterVec {
+        let c = prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), labels)
+            .expect("valid metric names");
+        self.registry
+            .register(Box::new(c.clone()))
+            .expect("each family registered once");
+        c
+    }
+}

@@ -1,0 +1,105 @@
+//! The cluster listener: peer links from the peers with a lower id, and nothing else.
+//!
+//! Refusals are logged once per connection: a key that is not a configured peer's (or a wrong
+//! PSK, garbage, a timeout) at info, as on the client listener, since anyone who reaches the port
+//! can cause it; a configured peer whose hello does not fit its `[[peer]]` entry (another node
+//! id, or a higher id than this node's, which should be dialled rather than dial) at warn, since
+//! only the holder of a peer's key can cause that and it means the configs disagree.
+
+use super::link;
+use super::Mesh;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+use wanmux_core::daemon;
+use wanmux_core::keys::PublicKey;
+use wanmux_core::noise::{self, LinkError, PeerHello};
+
+/// Peer handshakes in progress at once; a cluster has a few peers, so more are strangers.
+const MAX_HANDSHAKES: usize = 64;
+
+/// Accepts peer links on `listener` until the task is aborted.
+pub(super) async fn accept_loop(listener: TcpListener, mesh: Arc<Mesh>) {
+    let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, addr) =
+            daemon::accept(&listener, |e| warn!(error = %e, "cluster accept failed")).await;
+        let mesh = mesh.clone();
+        tokio::spawn(async move {
+            let accepted = handshake(&mesh, tcp, addr).await;
+            drop(permit);
+            if let Some(acc) = accepted {
+                link::run(
+                    &mesh,
+                    acc.hello.node_id,
+                    addr,
+                    acc.hello.instance,
+                    acc.reader,
+                    acc.writer,
+                    Some(acc.first),
+                )
+                .await;
+            }
+        });
+    }
+}
+
+/// Runs the peer handshake on a connection to the cluster listener; `None` (logged) when it was
+/// refused.
+async fn handshake(mesh: &Mesh, tcp: TcpStream, addr: SocketAddr) -> Option<noise::PeerAccepted> {
+    let respond = |hello: &PeerHello, key: &PublicKey| check_hello(mesh, hello, key, addr);
+    match noise::accept_peer(tcp, &mesh.accept_auth, mesh.handshake_timeout, respond).await {
+        Ok(acc) => Some(acc),
+        // Logged at warn by `check_hello`, with the ids.
+        Err(LinkError::Auth(reason)) if reason.starts_with(MISMATCH) => None,
+        Err(e) => {
+            // The one line a refused connection costs; no key material in it.
+            info!(%addr, reason = %e, "peer link refused");
+            None
+        }
+    }
+}
+
+/// Prefix of the refusals `check_hello` logs itself.
+const MISMATCH: &str = "peer hello does not match";
+
+/// The reply to an authenticated peer's hello, or why it is refused: the node id it claims must
+/// be the one configured for its key, and lower than this node's (the lower id dials).
+fn check_hello(
+    mesh: &Mesh,
+    hello: &PeerHello,
+    key: &PublicKey,
+    addr: SocketAddr,
+) -> Result<PeerHello, LinkError> {
+    // The handshake admits only the keys of `by_key` (its allow-list is made from them).
+    let Some(peer) = mesh.by_key.get(key) else {
+        return Err(LinkError::Auth("key is not one of the configured peers'"));
+    };
+    if hello.node_id != peer.id.get() {
+        warn!(
+            %addr, configured = peer.id.get(), claimed = hello.node_id,
+            "peer link refused: the node id it sent is not the one its key has in [[peer]]"
+        );
+        return Err(LinkError::Auth(
+            "peer hello does not match its [[peer]] entry: another node id",
+        ));
+    }
+    if hello.node_id > mesh.node_id {
+        warn!(
+            %addr, peer = hello.node_id, node = mesh.node_id,
+            "peer link refused: the node with the lower id dials, so this node dials that peer"
+        );
+        return Err(LinkError::Auth(
+            "peer hello does not match its [[peer]] entry: the higher id dialled",
+        ));
+    }
+    Ok(PeerHello {
+        node_id: mesh.node_id,
+        instance: mesh.instance,
+    })
+}

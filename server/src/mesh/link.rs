@@ -1,0 +1,352 @@
+//! One peer link while it lives: a writer task that seals what is queued for the peer, and the
+//! link's own loop, which reads, decodes and dispatches what the peer sends and keeps the link
+//! alive with `PING`/`PONG`.
+//!
+//! Liveness: each end pings every [`PING_EVERY`] while no ping of its own is outstanding, and a
+//! ping unanswered for [`PONG_TIMEOUT`] declares the link dead. A silent peer is therefore found
+//! at most `PING_EVERY + PONG_TIMEOUT` (plus one tick, 5 s in all) after its last pong; a peer
+//! that closes or resets its socket, at once.
+
+use super::Mesh;
+use bytes::{Bytes, BytesMut};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn, Instrument};
+use wanmux_core::frame::MAX_MESSAGE;
+use wanmux_core::noise::{LinkError, LinkReader, LinkWriter};
+use wanmux_core::peer::{PeerFrame, PeerFrameError};
+
+/// How often a link with no ping outstanding sends one.
+pub(super) const PING_EVERY: Duration = Duration::from_secs(1);
+/// A ping unanswered this long means the peer is gone.
+pub(super) const PONG_TIMEOUT: Duration = Duration::from_secs(3);
+/// Frames of this link's own (pongs, pings) that may wait for the writer; a peer that sends pings
+/// faster than they are answered gets no pong for the excess, not a growing queue here.
+const CONTROL_QUEUE: usize = 16;
+/// Messages the writer seals before one flush.
+const BATCH: usize = 8;
+
+/// Why a peer link ended.
+#[derive(Debug)]
+pub(super) enum PeerEnd {
+    /// The peer closed the connection, or sent `CLOSE`.
+    Closed,
+    /// A socket or crypto error.
+    Link(LinkError),
+    /// The peer sent bytes that are not valid peer frames.
+    Malformed(PeerFrameError),
+    /// The peer sent a frame this version cannot act on.
+    Protocol(&'static str),
+    /// The peer stopped answering pings.
+    TimedOut,
+    /// A newer link to the same peer replaced this one, or the mesh stopped.
+    Replaced,
+}
+
+impl fmt::Display for PeerEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerEnd::Closed => f.write_str("closed by peer"),
+            PeerEnd::Link(e) => write!(f, "{e}"),
+            PeerEnd::Malformed(e) => write!(f, "protocol error: {e}"),
+            PeerEnd::Protocol(e) => write!(f, "protocol error: {e}"),
+            PeerEnd::TimedOut => f.write_str("no answer to pings"),
+            PeerEnd::Replaced => f.write_str("closed here"),
+        }
+    }
+}
+
+/// Runs an authenticated peer link until it dies: registers it (it becomes the peer's live
+/// link), serves it, unregisters it. `first` is the plaintext of the dialler's key confirmation,
+/// handled like any other message of the link. Logs the link up and down at info.
+pub(super) async fn run(
+    mesh: &Arc<Mesh>,
+    peer: u16,
+    addr: SocketAddr,
+    instance: u64,
+    mut reader: LinkReader,
+    writer: LinkWriter,
+    first: Option<Bytes>,
+) -> PeerEnd {
+    let Some((generation, kill, data)) = mesh.register(peer, addr, instance) else {
+        return PeerEnd::Replaced;
+    };
+    let span = tracing::info_span!("peer", id = peer, %addr);
+    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let end = async {
+        let mut live = Liveness::new(control);
+        if let Some(first) = first {
+            if let Err(end) = handle_message(peer, first, &mut live) {
+                return end;
+            }
+        }
+        let mut w = AbortOnDrop(tokio::spawn(
+            write_loop(writer, control_rx, data).in_current_span(),
+        ));
+        let mut tick = tokio::time::interval(PING_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = reader.recv() => match msg {
+                    Ok(Some(msg)) => {
+                        if let Err(end) = handle_message(peer, msg, &mut live) {
+                            return end;
+                        }
+                    }
+                    Ok(None) => return PeerEnd::Closed,
+                    Err(e) => return PeerEnd::Link(e),
+                },
+                end = &mut w.0 => return end.unwrap_or(PeerEnd::Closed),
+                () = kill.notified() => return PeerEnd::Replaced,
+                _ = tick.tick() => {
+                    if let Err(end) = live.tick(Instant::now()) {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    mesh.unregister(peer, generation);
+    span.in_scope(|| match &end {
+        PeerEnd::Malformed(_) | PeerEnd::Protocol(_) => {
+            warn!(%end, "peer link down: the peer broke the protocol")
+        }
+        _ => info!(%end, "peer link down"),
+    });
+    end
+}
+
+/// The link's own pings: one outstanding at a time.
+struct Liveness {
+    control: mpsc::Sender<PeerFrame>,
+    next_token: u64,
+    outstanding: Option<(u64, Instant)>,
+}
+
+impl Liveness {
+    fn new(control: mpsc::Sender<PeerFrame>) -> Self {
+        Liveness {
+            control,
+            next_token: 0,
+            outstanding: None,
+        }
+    }
+
+    /// Once per [`PING_EVERY`]: the link is dead if the outstanding ping is too old, else a ping
+    /// goes out if none is outstanding. A ping the writer has no room for counts as outstanding
+    /// all the same: a writer stuck that long (a peer that stopped reading) is a dead link too.
+    fn tick(&mut self, now: Instant) -> Result<(), PeerEnd> {
+        match self.outstanding {
+            Some((_, sent)) if now.duration_since(sent) >= PONG_TIMEOUT => Err(PeerEnd::TimedOut),
+            Some(_) => Ok(()),
+            None => {
+                let token = self.next_token;
+                self.next_token = self.next_token.wrapping_add(1);
+                let _ = self.control.try_send(PeerFrame::Ping(token));
+                self.outstanding = Some((token, now));
+                Ok(())
+            }
+        }
+    }
+
+    fn pong(&mut self, token: u64) {
+        if let Some((t, sent)) = self.outstanding {
+            if t == token {
+                self.outstanding = None;
+                tracing::trace!(rtt = ?sent.elapsed(), "pong");
+            }
+        }
+    }
+
+    fn ping(&mut self, token: u64) {
+        // Dropped when the queue is full: see CONTROL_QUEUE.
+        let _ = self.control.try_send(PeerFrame::Pong(token));
+    }
+}
+
+/// Decodes one message of the peer and acts on each frame in order.
+fn handle_message(peer: u16, mut msg: Bytes, live: &mut Liveness) -> Result<(), PeerEnd> {
+    loop {
+        match PeerFrame::decode(&mut msg) {
+            Ok(None) => return Ok(()),
+            Ok(Some(PeerFrame::Ping(token))) => live.ping(token),
+            Ok(Some(PeerFrame::Pong(token))) => live.pong(token),
+            Ok(Some(PeerFrame::Close(code))) => {
+                debug!(code, "peer closes the link");
+                return Err(PeerEnd::Closed);
+            }
+            Ok(Some(PeerFrame::Unknown(ty))) => tracing::trace!(ty, "extension frame skipped"),
+            Ok(Some(frame)) => dispatch_cluster_frame(peer, frame)?,
+            Err(e) => return Err(PeerEnd::Malformed(e)),
+        }
+    }
+}
+
+/// Where the cluster frames (`BIND`, `UNBIND`, `RELAY`, `VIA_UP`, `VIA_DOWN`, `NO_SESSION`) of a
+/// peer link go. This version relays nothing and holds no session on behalf of a peer, so any
+/// of them is a protocol error that closes the link: answering as if it had been relayed would
+/// lose the frames it carried without anyone knowing.
+pub(super) fn dispatch_cluster_frame(peer: u16, frame: PeerFrame) -> Result<(), PeerEnd> {
+    debug!(peer, frame = frame.name(), "cluster frame refused");
+    Err(PeerEnd::Protocol("relay not supported by this version"))
+}
+
+/// Seals the link's own frames first, then queued messages, and flushes each batch.
+async fn write_loop(
+    mut writer: LinkWriter,
+    mut control: mpsc::Receiver<PeerFrame>,
+    mut data: mpsc::Receiver<Bytes>,
+) -> PeerEnd {
+    let mut own = BytesMut::with_capacity(MAX_MESSAGE);
+    let mut data_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            frame = control.recv() => {
+                // The link's task holds the sender for as long as the link runs.
+                let Some(frame) = frame else { return PeerEnd::Replaced };
+                own.clear();
+                frame.encode(&mut own);
+                while own.len() + wanmux_core::frame::PING_LEN <= MAX_MESSAGE {
+                    match control.try_recv() {
+                        Ok(f) => f.encode(&mut own),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = writer.seal(&own) {
+                    return PeerEnd::Link(e);
+                }
+            }
+            msg = data.recv(), if data_open => match msg {
+                Some(msg) => {
+                    if let Err(e) = seal_batch(&mut writer, msg, &mut data) {
+                        return PeerEnd::Link(e);
+                    }
+                }
+                // Every handle is gone; the link's own frames still flow.
+                None => {
+                    data_open = false;
+                    continue;
+                }
+            },
+        }
+        if let Err(e) = writer.flush().await {
+            return PeerEnd::Link(e);
+        }
+    }
+}
+
+/// Seals `first` and up to [`BATCH`] - 1 more queued messages.
+fn seal_batch(
+    writer: &mut LinkWriter,
+    first: Bytes,
+    data: &mut mpsc::Receiver<Bytes>,
+) -> Result<(), LinkError> {
+    writer.seal(&first)?;
+    for _ in 1..BATCH {
+        match data.try_recv() {
+            Ok(msg) => writer.seal(&msg)?,
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
+/// Aborts the writer task when the link's task ends or is itself aborted.
+struct AbortOnDrop(tokio::task::JoinHandle<PeerEnd>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unanswered_ping_ends_the_link_after_the_timeout() {
+        let (tx, mut rx) = mpsc::channel(CONTROL_QUEUE);
+        let mut live = Liveness::new(tx);
+        let t0 = Instant::now();
+        live.tick(t0).unwrap();
+        assert_eq!(rx.try_recv().unwrap(), PeerFrame::Ping(0));
+        // One outstanding at a time.
+        live.tick(t0 + PING_EVERY).unwrap();
+        assert!(rx.try_recv().is_err());
+        // A pong for another token changes nothing; the right one clears it.
+        live.pong(7);
+        assert!(matches!(
+            live.tick(t0 + PONG_TIMEOUT),
+            Err(PeerEnd::TimedOut)
+        ));
+        let mut live = Liveness::new(live.control.clone());
+        live.tick(t0).unwrap();
+        let Ok(PeerFrame::Ping(token)) = rx.try_recv() else {
+            panic!("a ping")
+        };
+        live.pong(token);
+        live.tick(t0 + PONG_TIMEOUT).unwrap();
+        assert!(matches!(rx.try_recv(), Ok(PeerFrame::Ping(_))));
+    }
+
+    #[test]
+    fn a_stuck_writer_counts_as_an_unanswered_ping() {
+        let (tx, _rx) = mpsc::channel(1);
+        tx.try_send(PeerFrame::Pong(1)).unwrap();
+        let mut live = Liveness::new(tx);
+        let t0 = Instant::now();
+        live.tick(t0).unwrap();
+        live.tick(t0 + PONG_TIMEOUT - Duration::from_millis(1))
+            .unwrap();
+        assert!(matches!(
+            live.tick(t0 + PONG_TIMEOUT),
+            Err(PeerEnd::TimedOut)
+        ));
+    }
+
+    #[test]
+    fn pings_are_answered_until_the_queue_is_full() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let mut live = Liveness::new(tx);
+        for t in 0..5 {
+            live.ping(t);
+        }
+        assert_eq!(rx.try_recv().unwrap(), PeerFrame::Pong(0));
+        assert_eq!(rx.try_recv().unwrap(), PeerFrame::Pong(1));
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn cluster_frames_close_the_link_and_stream_frames_are_malformed() {
+        let (tx, _rx) = mpsc::channel(CONTROL_QUEUE);
+        let mut live = Liveness::new(tx);
+        let mut msg = BytesMut::new();
+        PeerFrame::Ping(1).encode(&mut msg);
+        PeerFrame::Unbind {
+            handle: wanmux_core::peer::Handle(3),
+        }
+        .encode(&mut msg);
+        assert!(matches!(
+            handle_message(2, msg.freeze(), &mut live),
+            Err(PeerEnd::Protocol("relay not supported by this version"))
+        ));
+        let msg = Bytes::from_static(&[0x10, 0, 0]);
+        assert!(matches!(
+            handle_message(2, msg, &mut live),
+            Err(PeerEnd::Malformed(PeerFrameError::NotOnPeerLink(0x10)))
+        ));
+        let mut msg = BytesMut::new();
+        PeerFrame::Close(0).encode(&mut msg);
+        assert!(matches!(
+            handle_message(2, msg.freeze(), &mut live),
+            Err(PeerEnd::Closed)
+        ));
+    }
+}

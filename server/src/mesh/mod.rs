@@ -1,0 +1,409 @@
+//! The node mesh: one authenticated, encrypted peer link to every other node of the cluster
+//! (`[cluster]`, `[[peer]]`; `docs/PROTOCOL.md`, "Peer links").
+//!
+//! Of two nodes the one with the lower id dials ([`dial`]); the other accepts on its cluster
+//! listener, and nowhere else ([`accept`]). A link runs until it dies ([`link`]), then the dialler
+//! dials again after an exponential backoff with jitter. Each node draws an `instance` when it
+//! starts and both ends of a link learn the other's in the handshake, so a peer that comes back
+//! with a new one is known to have restarted.
+//!
+//! What other parts of the server use: [`Mesh::peer`] gives the [`PeerHandle`] of a live link, to
+//! send messages of peer frames on; what arrives on a link is decoded and dispatched in
+//! [`link`], where `PING`, `PONG` and `CLOSE` are handled and every cluster frame goes to
+//! [`link::dispatch_cluster_frame`] (this version relays nothing, so it closes the link).
+
+mod accept;
+mod dial;
+mod link;
+
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tracing::info;
+use wanmux_config::{Cluster, Peer, ServerAuth, ServerConfig};
+use wanmux_core::frame::MAX_MESSAGE;
+use wanmux_core::keys::{PrivateKey, Psk, PublicKey};
+use wanmux_core::noise;
+
+/// Messages a [`PeerHandle`] may queue for its link before [`PeerHandle::send`] waits: with
+/// messages of at most 64 KiB, at most 4 MiB per peer link waits in memory.
+const SEND_QUEUE: usize = 64;
+
+/// A running mesh: the cluster listener, one dialler per peer with a higher id, and the table
+/// of live peer links.
+#[derive(Debug)]
+pub(crate) struct Mesh {
+    node_id: u16,
+    /// Drawn at start: tells peers this process from an earlier one of the same node.
+    instance: u64,
+    local_addr: SocketAddr,
+    /// This node's static key, for the links it dials.
+    private_key: PrivateKey,
+    psk: Option<Psk>,
+    /// What the cluster listener accepts: this node's key, the peers' keys, the PSK.
+    accept_auth: noise::ServerAuth,
+    /// The configured peers by key, for the acceptor's check of the node id a key claims.
+    by_key: HashMap<PublicKey, Peer>,
+    handshake_timeout: Duration,
+    links: Mutex<Links>,
+    /// The ids of the peers with a live link, sorted; every change is published.
+    up: watch::Sender<Vec<u16>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    stopped: AtomicBool,
+}
+
+/// The live peer links and what is remembered of peers across links.
+#[derive(Debug, Default)]
+struct Links {
+    live: BTreeMap<u16, Live>,
+    /// The last instance each peer reported, kept across its links.
+    instances: HashMap<u16, u64>,
+    next_gen: u64,
+}
+
+#[derive(Debug)]
+struct Live {
+    /// Tells this link from a later one to the same peer.
+    generation: u64,
+    handle: PeerHandle,
+    /// Ends the link's task: a newer link replaced it, or the mesh stopped.
+    kill: Arc<Notify>,
+}
+
+/// The send side of one live peer link, for the parts of the node that talk to a peer (the
+/// relay). Cheap to clone; it stays valid while its link lives, and a message sent after the
+/// link died fails with [`SendError::Gone`].
+#[derive(Debug, Clone)]
+pub(crate) struct PeerHandle {
+    id: u16,
+    addr: SocketAddr,
+    instance: u64,
+    tx: mpsc::Sender<Bytes>,
+}
+
+/// Why a message was not queued on a peer link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SendError {
+    /// The link ended; the peer's next link has another [`PeerHandle`].
+    #[error("peer link to node {0} is gone")]
+    Gone(u16),
+    /// The message is longer than one link message may be ([`MAX_MESSAGE`]): a local bug.
+    #[error("message of {0} bytes is longer than a link message")]
+    TooLong(usize),
+}
+
+#[allow(
+    dead_code,
+    reason = "the relay's interface; used by tests until the relay exists"
+)]
+impl PeerHandle {
+    /// The peer's node id.
+    pub(crate) fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// The peer's address on this link.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The peer's instance, from this link's handshake.
+    pub(crate) fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// Queues one message for the link: encoded peer frames
+    /// ([`wanmux_core::peer::PeerFrame::encode`]), back to back, at most [`MAX_MESSAGE`] bytes.
+    /// Waits while [`SEND_QUEUE`] messages are queued: the link's pace is the sender's.
+    pub(crate) async fn send(&self, message: Bytes) -> Result<(), SendError> {
+        if message.len() > MAX_MESSAGE {
+            return Err(SendError::TooLong(message.len()));
+        }
+        self.tx
+            .send(message)
+            .await
+            .map_err(|_| SendError::Gone(self.id))
+    }
+
+    /// As [`send`](Self::send) without waiting: `Ok(false)` when the queue is full.
+    pub(crate) fn try_send(&self, message: Bytes) -> Result<bool, SendError> {
+        if message.len() > MAX_MESSAGE {
+            return Err(SendError::TooLong(message.len()));
+        }
+        match self.tx.try_send(message) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Gone(self.id)),
+        }
+    }
+}
+
+impl Mesh {
+    /// Binds `cluster.listen` and starts accepting and dialling. `config.cluster` is `Some`.
+    pub(crate) async fn start(
+        config: &ServerConfig,
+        cluster: &Cluster,
+    ) -> std::io::Result<Arc<Mesh>> {
+        let ServerAuth::StaticKey { private_key, .. } = &config.auth else {
+            // `validate` and the TOML path refuse a cluster on a PSK-only node.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a cluster needs static-key mode (server.private_key)",
+            ));
+        };
+        let listener = TcpListener::bind(cluster.listen).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {} (cluster.listen): {e}", cluster.listen),
+            )
+        })?;
+        let local_addr = listener.local_addr()?;
+        let accept_auth = noise::ServerAuth {
+            private_key: Some(private_key.clone()),
+            allowed_clients: cluster.peers.iter().map(|p| p.public_key).collect(),
+            psk: cluster.psk.clone(),
+        };
+        let mesh = Arc::new(Mesh {
+            node_id: config.node_id.get(),
+            instance: rand::random(),
+            local_addr,
+            private_key: private_key.clone(),
+            psk: cluster.psk.clone(),
+            accept_auth,
+            by_key: cluster
+                .peers
+                .iter()
+                .map(|p| (p.public_key, p.clone()))
+                .collect(),
+            handshake_timeout: config.handshake_timeout,
+            links: Mutex::new(Links::default()),
+            up: watch::Sender::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
+            stopped: AtomicBool::new(false),
+        });
+        info!(listen = %local_addr, node = mesh.node_id, peers = cluster.peers.len(), "cluster listening");
+        let mut tasks = vec![tokio::spawn(accept::accept_loop(listener, mesh.clone()))];
+        for peer in cluster.peers.iter().filter(|p| p.id.get() > mesh.node_id) {
+            tasks.push(tokio::spawn(dial::dial_loop(mesh.clone(), peer.clone())));
+        }
+        *mesh.tasks.lock().expect("mesh task lock poisoned") = tasks;
+        Ok(mesh)
+    }
+
+    /// The address peer links are accepted on.
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// This process's instance.
+    pub(crate) fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// The ids of the peers with a live link, sorted.
+    pub(crate) fn peers_up(&self) -> Vec<u16> {
+        self.up.borrow().clone()
+    }
+
+    /// Waits until the set of peers with a live link satisfies `ready`.
+    pub(crate) async fn wait_for_peers(&self, mut ready: impl FnMut(&[u16]) -> bool) {
+        let mut rx = self.up.subscribe();
+        // The sender lives as long as `self`, so the channel cannot close while this waits.
+        let _ = rx.wait_for(|up| ready(up)).await;
+    }
+
+    /// The last instance `peer` reported (on a live link or an earlier one).
+    pub(crate) fn peer_instance(&self, peer: u16) -> Option<u64> {
+        self.lock().instances.get(&peer).copied()
+    }
+
+    /// The live link to `peer`, to send on.
+    #[allow(
+        dead_code,
+        reason = "the relay's interface; used by tests until the relay exists"
+    )]
+    pub(crate) fn peer(&self, peer: u16) -> Option<PeerHandle> {
+        self.lock().live.get(&peer).map(|l| l.handle.clone())
+    }
+
+    /// Stops accepting and dialling and closes every peer link.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        for task in self
+            .tasks
+            .lock()
+            .expect("mesh task lock poisoned")
+            .drain(..)
+        {
+            task.abort();
+        }
+        let mut links = self.lock();
+        for (_, live) in std::mem::take(&mut links.live) {
+            live.kill.notify_one();
+        }
+        drop(links);
+        self.publish();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Links> {
+        // Only map operations run under this lock.
+        self.links.lock().expect("peer link table lock poisoned")
+    }
+
+    /// Records a link that completed its handshake: it replaces an older link to the same peer
+    /// (which the peer gave up on, or it would not have dialled again). `None` once the mesh
+    /// stopped. Logs the link up, and the peer's restart when its instance changed.
+    fn register(
+        &self,
+        id: u16,
+        addr: SocketAddr,
+        instance: u64,
+    ) -> Option<(u64, Arc<Notify>, mpsc::Receiver<Bytes>)> {
+        let (tx, rx) = mpsc::channel(SEND_QUEUE);
+        let kill = Arc::new(Notify::new());
+        let mut links = self.lock();
+        if self.stopped.load(Ordering::SeqCst) {
+            return None;
+        }
+        links.next_gen += 1;
+        let generation = links.next_gen;
+        match links.instances.insert(id, instance) {
+            Some(old) if old != instance => {
+                info!(peer = id, %addr, "peer restarted (new instance): what it had with this node is gone")
+            }
+            _ => {}
+        }
+        let live = Live {
+            generation,
+            handle: PeerHandle {
+                id,
+                addr,
+                instance,
+                tx,
+            },
+            kill: kill.clone(),
+        };
+        if let Some(old) = links.live.insert(id, live) {
+            info!(peer = id, %addr, "peer link replaced by a newer one");
+            old.kill.notify_one();
+        }
+        drop(links);
+        info!(peer = id, %addr, "peer link up");
+        self.publish();
+        Some((generation, kill, rx))
+    }
+
+    /// Forgets a link that ended, unless a newer one replaced it already.
+    fn unregister(&self, id: u16, generation: u64) {
+        let mut links = self.lock();
+        if links
+            .live
+            .get(&id)
+            .is_some_and(|l| l.generation == generation)
+        {
+            links.live.remove(&id);
+        }
+        drop(links);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let up: Vec<u16> = self.lock().live.keys().copied().collect();
+        self.up.send_if_modified(|old| {
+            let changed = *old != up;
+            *old = up;
+            changed
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU16;
+    use wanmux_config::Service;
+    use wanmux_core::keys::generate_keypair;
+    use wanmux_core::peer::PeerFrame;
+
+    fn config(id: u16, key: PrivateKey, peer: (u16, SocketAddr, PublicKey)) -> ServerConfig {
+        let mut c = ServerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            NonZeroU16::new(id).unwrap(),
+            ServerAuth::StaticKey {
+                private_key: key,
+                allowed_clients: [generate_keypair().1].into(),
+                psk: None,
+            },
+            vec![Service {
+                name: "s".parse().unwrap(),
+                target: "127.0.0.1:9".parse().unwrap(),
+            }],
+        );
+        c.cluster = Some(Cluster {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            psk: None,
+            peers: vec![Peer {
+                id: NonZeroU16::new(peer.0).unwrap(),
+                addr: peer.1.into(),
+                public_key: peer.2,
+            }],
+        });
+        c.validate().unwrap();
+        c
+    }
+
+    /// A message sent through a `PeerHandle` reaches the peer: a `CLOSE` makes it end the link,
+    /// after which the handle reports the link gone.
+    #[tokio::test]
+    async fn a_peer_handle_sends_to_its_peer() {
+        let (key1, pub1) = generate_keypair();
+        let (key2, pub2) = generate_keypair();
+        // Node 2 never dials node 1 (the lower id dials), so the address it has for it is unused.
+        let unused = "127.0.0.1:9".parse().unwrap();
+        let two = crate::start(config(2, key2, (1, unused, pub1)))
+            .await
+            .unwrap();
+        let at = two.cluster_addr().unwrap();
+        let one = crate::start(config(1, key1, (2, at, pub2))).await.unwrap();
+        one.wait_for_peers(|up| up == [2]).await;
+        two.wait_for_peers(|up| up == [1]).await;
+
+        let mesh = one.mesh.as_ref().unwrap();
+        let handle = mesh.peer(2).expect("a live link to node 2");
+        assert_eq!((handle.id(), Some(handle.instance())), (2, two.instance()));
+        assert_eq!(handle.addr(), at);
+        let long = Bytes::from(vec![0; MAX_MESSAGE + 1]);
+        assert_eq!(
+            handle.send(long.clone()).await,
+            Err(SendError::TooLong(MAX_MESSAGE + 1))
+        );
+        assert_eq!(
+            handle.try_send(long),
+            Err(SendError::TooLong(MAX_MESSAGE + 1))
+        );
+
+        let mut close = bytes::BytesMut::new();
+        PeerFrame::Close(0).encode(&mut close);
+        handle.send(close.freeze()).await.unwrap();
+        let gone = async {
+            loop {
+                match handle.try_send(Bytes::new()) {
+                    Err(e) => return e,
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        };
+        let gone = tokio::time::timeout(Duration::from_secs(10), gone).await;
+        assert_eq!(gone, Ok(SendError::Gone(2)));
+        // Node 1 dials again: a new link, a new handle.
+        one.wait_for_peers(|up| up == [2]).await;
+        let again = mesh.peer(2).expect("a live link to node 2 again");
+        assert!(again.try_send(Bytes::new()).is_ok());
+    }
+}

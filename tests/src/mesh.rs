@@ -1,0 +1,154 @@
+//! Clusters of server nodes on `127.0.0.1`, for tests of the node mesh: configs with a key per
+//! node and every other node as a peer, and a capture of the log lines a test's nodes write.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::num::NonZeroU16;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing_subscriber::util::SubscriberInitExt as _;
+use wanmux_config::{Cluster, Peer, ServerAuth, ServerConfig, Service, ServiceName};
+use wanmux_core::keys::{generate_keypair, PrivateKey, PublicKey};
+
+/// One node's identity and addresses.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    /// Its `server.node_id`.
+    pub id: u16,
+    /// Its static key.
+    pub private_key: PrivateKey,
+    /// The public half of `private_key`.
+    pub public_key: PublicKey,
+    /// Its `cluster.listen`: a port the kernel gave out on `127.0.0.1`.
+    pub cluster: SocketAddr,
+}
+
+/// A port on `127.0.0.1` the kernel just gave out and that is free again: the address a node's
+/// cluster listener will bind. Peers must know each other's address before any of them starts,
+/// so the port is taken from the kernel (never a fixed number) and released for the node to
+/// bind; the kernel hands ports out in turn, so another socket taking it in between is unlikely.
+pub fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr")
+}
+
+/// `n` nodes with ids 1..=n, fresh keys and cluster addresses.
+pub fn node_specs(n: u16) -> Vec<NodeSpec> {
+    (1..=n)
+        .map(|id| {
+            let (private_key, public_key) = generate_keypair();
+            NodeSpec {
+                id,
+                private_key,
+                public_key,
+                cluster: free_port(),
+            }
+        })
+        .collect()
+}
+
+/// The config of node `specs[i]`: client links on `127.0.0.1:0` from `client` (a client key),
+/// one service, and every other node of `specs` as a peer at its cluster address.
+pub fn node_config(
+    specs: &[NodeSpec],
+    i: usize,
+    client: PublicKey,
+    service: SocketAddr,
+) -> ServerConfig {
+    let me = &specs[i];
+    let mut config = ServerConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        NonZeroU16::new(me.id).expect("ids start at 1"),
+        ServerAuth::StaticKey {
+            private_key: me.private_key.clone(),
+            allowed_clients: [client].into(),
+            psk: None,
+        },
+        vec![Service {
+            name: ServiceName::new(crate::harness::SERVICE).expect("valid name"),
+            target: service.into(),
+        }],
+    );
+    config.cluster = Some(Cluster {
+        listen: me.cluster,
+        psk: None,
+        peers: specs
+            .iter()
+            .filter(|s| s.id != me.id)
+            .map(|s| Peer {
+                id: NonZeroU16::new(s.id).expect("ids start at 1"),
+                addr: s.cluster.into(),
+                public_key: s.public_key,
+            })
+            .collect(),
+    });
+    config.validate().expect("a valid cluster config");
+    config
+}
+
+/// The log lines (info and above, plain text) written on this thread while the capture lives.
+/// With tokio's default test runtime (one thread) that is every line of the test's nodes, and
+/// only theirs.
+pub struct LogCapture {
+    buf: Arc<Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+#[derive(Clone)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    /// Starts capturing on this thread.
+    pub fn start() -> LogCapture {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = Sink(buf.clone());
+        let guard = tracing_subscriber::fmt()
+            .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish()
+            .set_default();
+        LogCapture { buf, _guard: guard }
+    }
+
+    /// The lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        let text = String::from_utf8_lossy(&self.buf.lock().expect("log buffer")).into_owned();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    /// Waits up to `limit` for a line that contains every one of `parts`, and returns it; panics
+    /// with every line seen when none came.
+    pub async fn wait_for(&self, parts: &[&str], limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(line) = self.find(parts) {
+                return line;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "no log line with {parts:?} within {limit:?}; lines:\n{}",
+                    self.lines().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The first line that contains every one of `parts`.
+    pub fn find(&self, parts: &[&str]) -> Option<String> {
+        self.lines()
+            .into_iter()
+            .find(|l| parts.iter().all(|p| l.contains(p)))
+    }
+}

@@ -1,0 +1,276 @@
+//! The metrics endpoint (`metrics.listen`) of both daemons, scraped over HTTP during and after a
+//! transfer: the exposition is well formed (and passes `promtool check metrics` where promtool
+//! is installed; `WANMUX_REQUIRE_PROMTOOL=1` makes its absence a failure, as in CI), and its
+//! byte counters match, to the byte, what the application moved through the tunnel.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wanmux_tests::harness::{eventually, within, Auth, Tunnel};
+
+/// `GET path` on `addr`; the status line and the body.
+async fn get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect to metrics");
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).await.unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.parse().ok())
+        .expect("Content-Length");
+    assert_eq!(len, body.len(), "Content-Length matches the body");
+    (status, body.to_owned())
+}
+
+/// Parses a text exposition: checks every sample belongs to a family declared by `# TYPE`, with
+/// help, that counters and only counters end in `_total`, that labels are well formed and values
+/// are numbers. Returns the samples by name and label text.
+fn parse(text: &str) -> HashMap<String, f64> {
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut helps = HashSet::new();
+    let mut samples = HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').expect("# HELP name text");
+            assert!(!help.is_empty() && helps.insert(name.to_owned()), "{line}");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+            assert!(
+                types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                "family {name} declared twice"
+            );
+        } else {
+            let (series, value) = line.rsplit_once(' ').expect("a sample: series value");
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("value of {line}"));
+            let name = series.split('{').next().unwrap();
+            assert!(
+                name.starts_with("wanmux_")
+                    && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "metric name {name}"
+            );
+            if let Some(labels) = series.strip_prefix(name) {
+                if !labels.is_empty() {
+                    assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+                    for pair in labels[1..labels.len() - 1].split("\",") {
+                        let (k, v) = pair
+                            .split_once("=\"")
+                            .unwrap_or_else(|| panic!("label=\"value\": {line}"));
+                        assert!(k.bytes().all(|b| b.is_ascii_lowercase()), "label {k}");
+                        assert!(!v.contains('\n'), "label value {v}");
+                    }
+                }
+            }
+            let kind = types
+                .get(name)
+                .unwrap_or_else(|| panic!("sample {name} without # TYPE"));
+            assert!(helps.contains(name), "{name} without # HELP");
+            assert_eq!(
+                kind == "counter",
+                name.ends_with("_total"),
+                "{name}: counters and only counters end in _total"
+            );
+            assert!(
+                samples.insert(series.to_owned(), value).is_none(),
+                "{series} twice"
+            );
+        }
+    }
+    samples
+}
+
+/// Runs `promtool check metrics` on `text` where promtool is installed.
+fn promtool(text: &str) {
+    use std::io::Write as _;
+    let spawned = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) if std::env::var_os("WANMUX_REQUIRE_PROMTOOL").is_some() => {
+            panic!("promtool is required (WANMUX_REQUIRE_PROMTOOL) but cannot run: {e}")
+        }
+        Err(_) => return,
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_well_formed_and_count_what_the_application_moved() {
+    within(Duration::from_secs(60), async {
+        let local = Some("127.0.0.1:0".parse().unwrap());
+        let mut t = Tunnel::start_with(Auth::Static { psk: false }, 2, |server, client| {
+            server.metrics_listen = local;
+            client.metrics_listen = local;
+        })
+        .await;
+        let (client_at, server_at) = (
+            t.client.metrics_addr().expect("client metrics"),
+            t.server.metrics_addr().expect("server metrics"),
+        );
+        let (up, down) = (3 << 20, 5 << 20);
+        t.check_transfer(up, down, 1).await;
+        // The harness's application sends a 16-byte header before its upload.
+        let up = up + 16;
+
+        for (addr, read, written) in [(client_at, up, down), (server_at, down, up)] {
+            let counted = eventually(Duration::from_secs(5), || {
+                let st = if addr == client_at {
+                    t.client.status()
+                } else {
+                    t.server.status()
+                };
+                st.totals.app_read_bytes == read && st.totals.app_written_bytes == written
+            })
+            .await;
+            assert!(counted, "the totals reach what the application moved");
+            let (status, body) = get(addr, "/metrics").await;
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            let m = parse(&body);
+            promtool(&body);
+            assert_eq!(m["wanmux_app_read_bytes_total"], read as f64, "{body}");
+            assert_eq!(m["wanmux_app_written_bytes_total"], written as f64);
+            assert!(m["wanmux_tunnel_sent_bytes_total"] > read as f64);
+            assert!(m["wanmux_tunnel_received_bytes_total"] > written as f64);
+            assert_eq!(m["wanmux_streams_opened_total"], 1.0);
+            assert_eq!(m["wanmux_links_opened_total"], 2.0);
+            assert_eq!(m["wanmux_sessions"], 1.0);
+            let links: Vec<&String> = m
+                .keys()
+                .filter(|k| k.starts_with("wanmux_link_sent_bytes_total{"))
+                .collect();
+            assert_eq!(links.len(), 2, "one series per link: {links:?}");
+            let ids: HashSet<&str> = links
+                .iter()
+                .filter_map(|k| k.split("link=\"").nth(1)?.split('"').next())
+                .collect();
+            assert_eq!(ids.len(), 2);
+            assert!(m.keys().any(|k| k.starts_with("wanmux_link_rtt_seconds{")));
+            assert!(m["wanmux_memory_limit_bytes"] > 0.0);
+        }
+        let (status, _) = get(client_at, "/").await;
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+
+        // The same numbers as a status: the client's session for node 1 with its two links.
+        let st = t.client.status();
+        assert_eq!(st.daemon, "client");
+        assert_eq!(st.links_up(), 2);
+        assert_eq!(st.sessions[0].peer, "node 1");
+        let json: serde_json::Value = serde_json::from_str(&st.to_json()).unwrap();
+        assert_eq!(json["sessions"][0]["links"].as_array().unwrap().len(), 2);
+        assert!(st.to_text().contains("session "));
+        t.client.shutdown();
+        t.server.shutdown();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_scraper_that_never_finishes_its_request_costs_one_slot_for_a_while() {
+    within(Duration::from_secs(30), async {
+        let t = Tunnel::start_with(Auth::Psk, 1, |server, _| {
+            server.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+        let addr = t.server.metrics_addr().unwrap();
+        // Stalled scrapers and one that sends garbage past the limit.
+        let mut stalled = Vec::new();
+        for _ in 0..8 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /metr").await.unwrap();
+            stalled.push(s);
+        }
+        let mut flood = TcpStream::connect(addr).await.unwrap();
+        let junk = vec![b'a'; 64 * 1024];
+        let _ = flood.write_all(&junk).await;
+        let mut rest = Vec::new();
+        let _ = flood.read_to_end(&mut rest).await;
+        assert!(rest.is_empty(), "an oversized head gets no answer");
+        // A well-behaved scraper is still answered.
+        let (status, body) = get(addr, "/metrics").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        parse(&body);
+        t.server.shutdown();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_answers_on_the_control_socket_which_only_its_owner_may_use() {
+    use std::os::unix::fs::PermissionsExt;
+    within(Duration::from_secs(30), async {
+        let dir = std::env::temp_dir().join(format!("wanmux-control-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (client_sock, server_sock) = (dir.join("client.sock"), dir.join("server.sock"));
+        let (c, s) = (client_sock.clone(), server_sock.clone());
+        let mut t = Tunnel::start_with(Auth::Psk, 3, |server, client| {
+            server.control_socket = Some(s);
+            client.control_socket = Some(c);
+        })
+        .await;
+        t.check_transfer(100_000, 300_000, 4).await;
+        let mode = std::fs::metadata(&client_sock)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the socket is private");
+
+        let st = wanmux_core::control::query(&client_sock)
+            .await
+            .expect("status");
+        assert_eq!((st.daemon.as_str(), st.links_up()), ("client", 3));
+        assert_eq!(st.totals.app_written_bytes, 300_000);
+        let st = wanmux_core::control::query(&server_sock)
+            .await
+            .expect("status");
+        assert_eq!((st.daemon.as_str(), st.sessions.len()), ("server", 1));
+        assert_eq!(st.sessions[0].peer, "psk");
+        assert_eq!(st.totals.app_written_bytes, 100_016);
+
+        // A second daemon on the same socket is refused, naming the key; the first goes on.
+        let mut second = t.client_config.clone();
+        second.maps[0].listen = "127.0.0.1:0".parse().unwrap();
+        let err = wanmux_client::start(second).await.unwrap_err().to_string();
+        assert!(
+            err.contains("(control.socket)") && err.contains("another daemon"),
+            "{err}"
+        );
+        assert!(wanmux_core::control::query(&client_sock).await.is_ok());
+
+        // The files go with their daemons; a stale one is replaced by the next daemon.
+        t.client.shutdown();
+        assert!(!client_sock.exists(), "the client removed its socket");
+        let _stale = std::os::unix::net::UnixListener::bind(&client_sock).unwrap();
+        drop(_stale);
+        let again = wanmux_client::start(t.client_config.clone())
+            .await
+            .expect("replaces a stale socket");
+        assert!(wanmux_core::control::query(&client_sock).await.is_ok());
+        again.shutdown();
+        t.server.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}

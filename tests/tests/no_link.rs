@@ -1,0 +1,76 @@
+//! A client with no live link to any node does not leave application connections hanging: it
+//! holds each for `client.no_link_hold_ms`, then refuses it with a reset; a node that comes up
+//! within the hold takes it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use wanmux_tests::harness::{
+    app_server, configs, init_tracing, point_client_at, read_end, transfer_on, within, Auth,
+    ReadEnd,
+};
+
+/// A loopback address nothing listens on (bound on port 0, then released).
+fn unused_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+#[tokio::test]
+async fn connections_are_refused_after_the_hold_when_no_node_is_reachable() {
+    init_tracing();
+    within(Duration::from_secs(30), async {
+        let app = app_server().await;
+        for hold in [Duration::ZERO, Duration::from_millis(400)] {
+            let (_, mut config) = configs(Auth::Psk, app.addr, 2);
+            point_client_at(&mut config, unused_addr());
+            config.no_link_hold = hold;
+            let client = wanmux_client::start(config).await.expect("client starts");
+            let started = Instant::now();
+            let mut tcp = TcpStream::connect(client.first_addr()).await.unwrap();
+            assert_eq!(
+                read_end(&mut tcp, Duration::from_secs(5)).await,
+                ReadEnd::Reset,
+                "hold {hold:?}"
+            );
+            let took = started.elapsed();
+            assert!(
+                took >= hold && took < hold + Duration::from_secs(2),
+                "refused after {took:?} with a hold of {hold:?}"
+            );
+            client.shutdown();
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_node_that_comes_up_within_the_hold_takes_the_connection() {
+    init_tracing();
+    within(Duration::from_secs(30), async {
+        let mut app = app_server().await;
+        let (mut server_config, mut config) = configs(Auth::Psk, app.addr, 1);
+        let node = unused_addr();
+        point_client_at(&mut config, node);
+        config.no_link_hold = Duration::from_secs(10);
+        let client = wanmux_client::start(config).await.expect("client starts");
+        let tcp = TcpStream::connect(client.first_addr()).await.unwrap();
+        let transfer = tokio::spawn(transfer_on(tcp, 100_000, 200_000, 5));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!transfer.is_finished());
+        server_config.listen = node;
+        let _server = wanmux_server::start(server_config)
+            .await
+            .expect("server starts");
+        let r = transfer
+            .await
+            .unwrap()
+            .expect("transfer through the late node");
+        assert_eq!((r.sent.bytes, r.received.bytes), (100_000, 200_000));
+        let a = app.results.recv().await.expect("app server result");
+        assert_eq!((a.received, a.sent), (r.sent, r.received));
+        client.shutdown();
+    })
+    .await;
+}
