@@ -298,13 +298,28 @@ pub struct Limits {
     /// Memory cap of the whole daemon for buffered stream bytes, over all sessions. Default
     /// 1 GiB, range 8 MiB..=1 TiB, and at least twice `stream_window`.
     ///
-    /// Half of it bounds receive credit (granted to peers and not yet read by applications),
-    /// half bounds send buffers (written by applications, not yet acknowledged). When a half is
-    /// used up, windows stop growing and applications' sockets stop being read (backpressure);
-    /// while the receive half is full, new streams are refused (`RESET` code 5) on the server
-    /// and not accepted on the client. It can be exceeded only by the protocol's initial credit
-    /// (2 MiB) of streams opened in the instant it filled.
+    /// Half of it bounds what the daemon receives: credit granted to peers beyond a stream's
+    /// first 2 MiB is reserved before it is granted, and what streams hold within that first
+    /// credit (bytes and each segment's overhead) is counted as it arrives. Half bounds send
+    /// buffers (written by applications, not yet acknowledged). When a half is used up,
+    /// windows stop growing and applications' sockets stop being read (backpressure); on the
+    /// server a stream whose data comes before its `OPEN` and does not fit is refused (`RESET`
+    /// code 5). The receive half can be exceeded only by what open streams hold within their
+    /// initial credit (2 MiB) unread, at most `session_window` per session.
     pub memory: u64,
+    /// Server only: sessions held at once, over all clients (with a link, or within their
+    /// grace period). Default 1,024, range 1..=1,000,000. A link that would start one more is
+    /// closed after its handshake. Memory: each session may buffer up to `session_window`.
+    pub max_sessions: u32,
+    /// Server only: sessions held at once under one client key. Default 8, range
+    /// 1..=1,000,000. A client that restarts starts a new session while its old one waits out
+    /// its grace period, so this is more than one. In PSK-only mode there are no client keys:
+    /// only `max_sessions` applies.
+    pub max_sessions_per_client: u32,
+    /// Server only: links one session may have at once. Default 300 (a client keeps at most
+    /// 256 per node, plus its lanes and replacements for links not yet found dead), range
+    /// 1..=100,000. A link beyond it is closed after its handshake.
+    pub max_links_per_session: u32,
 }
 
 impl Limits {
@@ -324,6 +339,16 @@ impl Limits {
     pub const DEFAULT_MEMORY: u64 = 1 << 30;
     /// Allowed `memory` values: 8 MiB..=1 TiB, and at least twice `stream_window`.
     pub const MEMORY_RANGE: RangeInclusive<u64> = (8 << 20)..=(1 << 40);
+    /// Default `max_sessions`: 1,024.
+    pub const DEFAULT_MAX_SESSIONS: u32 = 1024;
+    /// Default `max_sessions_per_client`: 8.
+    pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: u32 = 8;
+    /// Default `max_links_per_session`: 300.
+    pub const DEFAULT_MAX_LINKS_PER_SESSION: u32 = 300;
+    /// Allowed `max_sessions` and `max_sessions_per_client` values: 1..=1,000,000.
+    pub const MAX_SESSIONS_RANGE: RangeInclusive<u32> = 1..=1_000_000;
+    /// Allowed `max_links_per_session` values: 1..=100,000.
+    pub const MAX_LINKS_RANGE: RangeInclusive<u32> = 1..=100_000;
 
     /// Checks the ranges and `session_window >= stream_window`. Returns each problem with the
     /// name of the field it is reported on.
@@ -341,6 +366,17 @@ impl Limits {
         }
         if let Some(msg) = out_of_range(self.max_streams, &Self::MAX_STREAMS_RANGE) {
             out.push(("max_streams", msg));
+        }
+        for (field, v) in [
+            ("max_sessions", self.max_sessions),
+            ("max_sessions_per_client", self.max_sessions_per_client),
+        ] {
+            if let Some(msg) = out_of_range(v, &Self::MAX_SESSIONS_RANGE) {
+                out.push((field, msg));
+            }
+        }
+        if let Some(msg) = out_of_range(self.max_links_per_session, &Self::MAX_LINKS_RANGE) {
+            out.push(("max_links_per_session", msg));
         }
         if let Some(msg) = out_of_range(self.memory, &Self::MEMORY_RANGE) {
             out.push(("memory", msg));
@@ -382,6 +418,9 @@ impl Default for Limits {
             session_window: Self::DEFAULT_SESSION_WINDOW,
             max_streams: Self::DEFAULT_MAX_STREAMS,
             memory: Self::DEFAULT_MEMORY,
+            max_sessions: Self::DEFAULT_MAX_SESSIONS,
+            max_sessions_per_client: Self::DEFAULT_MAX_SESSIONS_PER_CLIENT,
+            max_links_per_session: Self::DEFAULT_MAX_LINKS_PER_SESSION,
         }
     }
 }
@@ -407,6 +446,9 @@ pub(crate) struct RawLimits {
     session_window: Option<Spanned<i64>>,
     max_streams: Option<Spanned<i64>>,
     memory: Option<Spanned<i64>>,
+    max_sessions: Option<Spanned<i64>>,
+    max_sessions_per_client: Option<Spanned<i64>>,
+    max_links_per_session: Option<Spanned<i64>>,
 }
 
 impl RawLimits {
@@ -441,11 +483,37 @@ impl RawLimits {
             raw.memory.as_ref(),
             &Limits::MEMORY_RANGE,
         );
+        let mut sessions = |key, v: Option<&Spanned<i64>>, d| {
+            int_in(errs, key, v, &Limits::MAX_SESSIONS_RANGE)
+                .flatten()
+                .unwrap_or(d)
+        };
+        let max_sessions = sessions(
+            "limits.max_sessions",
+            raw.max_sessions.as_ref(),
+            d.max_sessions,
+        );
+        let max_sessions_per_client = sessions(
+            "limits.max_sessions_per_client",
+            raw.max_sessions_per_client.as_ref(),
+            d.max_sessions_per_client,
+        );
+        let max_links_per_session = int_in(
+            errs,
+            "limits.max_links_per_session",
+            raw.max_links_per_session.as_ref(),
+            &Limits::MAX_LINKS_RANGE,
+        );
         let limits = Limits {
             stream_window: stream_window.flatten().unwrap_or(d.stream_window),
             session_window: session_window.flatten().unwrap_or(d.session_window),
             max_streams: max_streams.flatten().unwrap_or(d.max_streams),
             memory: memory.flatten().unwrap_or(d.memory),
+            max_sessions,
+            max_sessions_per_client,
+            max_links_per_session: max_links_per_session
+                .flatten()
+                .unwrap_or(d.max_links_per_session),
         };
         // Cross-check only values that are in range on their own. A default session window can
         // be less than a configured stream window: point at the stream window then, since that

@@ -117,6 +117,7 @@ fn limits_become_the_engine_config() {
         session_window: 3 << 20,
         max_streams: 7,
         memory: 64 << 20,
+        ..Limits::default()
     };
     let cfg = engine::Config::from(limits);
     assert_eq!(
@@ -165,6 +166,7 @@ fn static_server_with_psk_is_ikpsk2_and_reads_key_files() {
             session_window: 16384,
             max_streams: 1,
             memory: 1 << 30,
+            ..Limits::default()
         }
     );
     let svc = &c.services[0];
@@ -1435,6 +1437,46 @@ fn code_built_node_addrs() {
             ),
         ]
     );
+}
+
+#[test]
+fn session_and_link_caps_parse_and_are_checked() {
+    let text = format!(
+        "{}[limits]\nmax_sessions = 10\nmax_sessions_per_client = 2\nmax_links_per_session = 3\n",
+        psk_server()
+    );
+    let c = server(&text).unwrap();
+    assert_eq!(
+        (
+            c.limits.max_sessions,
+            c.limits.max_sessions_per_client,
+            c.limits.max_links_per_session
+        ),
+        (10, 2, 3)
+    );
+    for (line, key, message) in [
+        (
+            "max_sessions = 0",
+            "limits.max_sessions",
+            "0 is out of range 1..=1000000",
+        ),
+        (
+            "max_sessions_per_client = 1000001",
+            "limits.max_sessions_per_client",
+            "1000001 is out of range 1..=1000000",
+        ),
+        (
+            "max_links_per_session = 0",
+            "limits.max_links_per_session",
+            "0 is out of range 1..=100000",
+        ),
+    ] {
+        let e = one_error(server(&format!("{}[limits]\n{line}\n", psk_server())));
+        assert_eq!(
+            (e.key.as_str(), e.line, e.message.as_str()),
+            (key, Some(10), message)
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

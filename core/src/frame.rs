@@ -112,6 +112,11 @@ pub mod reset {
     pub const TOO_MANY_STREAMS: u16 = 3;
     /// The session or link is shutting down.
     pub const SHUTDOWN: u16 = 4;
+    /// The receiver refused the stream's data: its memory cap is reached, or the data beyond
+    /// the stream's in-order point is in too many pieces (see `docs/PROTOCOL.md`).
+    pub const NO_MEMORY: u16 = 5;
+    /// The stream's data came, its `OPEN` did not, within the receiver's pending lifetime.
+    pub const NO_OPEN: u16 = 6;
 }
 
 /// Malformed frame bytes from the peer.

@@ -16,9 +16,18 @@ impl RangeSet {
     }
 
     /// Number of disjoint ranges (memory use is proportional to it).
-    #[cfg(test)]
     pub(crate) fn ranges(&self) -> usize {
         self.map.len()
+    }
+
+    /// Joins the two lowest ranges, adding every value between them.
+    pub(crate) fn fill_first_gap(&mut self) {
+        let mut lowest = self.map.iter();
+        let (Some((&start, _)), Some((&second, &end))) = (lowest.next(), lowest.next()) else {
+            return;
+        };
+        self.map.remove(&second);
+        self.map.insert(start, end);
     }
 
     pub(crate) fn contains(&self, x: u64) -> bool {
@@ -127,6 +136,22 @@ mod tests {
             }
             assert_eq!(rs.first(), model.first().copied());
         }
+    }
+
+    #[test]
+    fn filling_the_first_gap_joins_the_two_lowest_ranges() {
+        let mut rs = RangeSet::default();
+        for x in [10, 20, 30] {
+            rs.insert(x..x + 2);
+        }
+        rs.fill_first_gap();
+        assert_eq!(rs.ranges(), 2);
+        assert!((10..22).all(|x| rs.contains(x)));
+        assert!(!rs.contains(22) && rs.contains(30) && !rs.contains(9));
+        rs.fill_first_gap();
+        rs.fill_first_gap();
+        assert_eq!(rs.ranges(), 1);
+        assert!((10..32).all(|x| rs.contains(x)));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -25,12 +25,43 @@ type Key = (Option<PublicKey>, SessionId);
 /// How long an expired session's id is remembered (see `Sessions::tombstones`).
 const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 
+/// A session in the table: its driver, whose it is, and how many links it has.
+#[derive(Debug)]
+struct Entry {
+    driver: SessionDriver,
+    client: Option<PublicKey>,
+    links: Arc<AtomicU32>,
+}
+
+/// One link's place in its session's count (`limits.max_links_per_session`), given back on
+/// drop.
+#[derive(Debug)]
+struct LinkSlot(Arc<AtomicU32>);
+
+impl LinkSlot {
+    /// A slot in `links`, if it has fewer than `max`.
+    fn take(links: &Arc<AtomicU32>, max: u32) -> Option<LinkSlot> {
+        links
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| LinkSlot(links.clone()))
+    }
+}
+
+impl Drop for LinkSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Sessions {
     config: Arc<ServerConfig>,
     /// The services streams may open: `config.services` until a reload replaces them.
     services: std::sync::RwLock<Arc<Vec<Service>>>,
-    table: Mutex<HashMap<Key, SessionDriver>>,
+    table: Mutex<HashMap<Key, Entry>>,
     /// Random per process: the epoch of a session is a keyed hash of its key, so it is the same
     /// on every link, needs no state before a link is authenticated, and changes when the
     /// server restarts. (A session that expired is not resumed under the same id: the client
@@ -71,8 +102,11 @@ impl Sessions {
         st.memory_used_bytes = self.budget.used(Pool::Recv) + self.budget.used(Pool::Send);
         st.memory_limit_bytes = self.budget.cap().saturating_mul(2);
         st.totals = self.counters.totals().into();
-        let sessions: Vec<(Key, SessionDriver)> =
-            self.lock().iter().map(|(k, d)| (*k, d.clone())).collect();
+        let sessions: Vec<(Key, SessionDriver)> = self
+            .lock()
+            .iter()
+            .map(|(k, e)| (*k, e.driver.clone()))
+            .collect();
         for ((client, id), driver) in sessions {
             let peer = client.map_or_else(|| "psk".to_owned(), |k| k.to_base64());
             st.sessions
@@ -97,14 +131,15 @@ impl Sessions {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, SessionDriver>> {
-        // Only plain map operations run under this lock; nothing in them panics.
-        self.table.lock().expect("session table lock poisoned")
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
+        // Only plain map operations run under this lock, and no session's lock is taken under
+        // it; were one to panic, the table is still whole.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn close_all(&self) {
-        for (_, d) in self.lock().drain() {
-            d.close(reset::SHUTDOWN);
+        for (_, e) in self.lock().drain() {
+            e.driver.close(reset::SHUTDOWN);
         }
     }
 
@@ -115,7 +150,7 @@ impl Sessions {
 
     /// Streams open in all sessions.
     pub(crate) fn stream_count(&self) -> usize {
-        let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
+        let drivers: Vec<SessionDriver> = self.lock().values().map(|e| e.driver.clone()).collect();
         drivers
             .iter()
             .map(|d| d.with(|s, _| s.stream_count()))
@@ -124,7 +159,7 @@ impl Sessions {
 
     /// Resent bytes of every live session (see `Session::resent_bytes`).
     pub(crate) fn resent_bytes(&self) -> u64 {
-        let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
+        let drivers: Vec<SessionDriver> = self.lock().values().map(|e| e.driver.clone()).collect();
         drivers
             .iter()
             .map(|d| d.with(|s, _| s.resent_bytes()))
@@ -133,7 +168,7 @@ impl Sessions {
 
     /// The largest receive and send buffer of any one stream in any session, bytes.
     pub(crate) fn max_stream_buffered(&self) -> (u64, u64) {
-        let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
+        let drivers: Vec<SessionDriver> = self.lock().values().map(|e| e.driver.clone()).collect();
         drivers
             .iter()
             .map(|d| d.with(|s, _| s.max_stream_buffered()))
@@ -144,7 +179,7 @@ impl Sessions {
     /// waits for. A session without links cannot finish its streams before its client comes
     /// back, so a drain does not wait for it.
     pub(crate) fn finishable_stream_count(&self) -> usize {
-        let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
+        let drivers: Vec<SessionDriver> = self.lock().values().map(|e| e.driver.clone()).collect();
         drivers
             .iter()
             .filter(|d| d.live_links() > 0)
@@ -154,7 +189,7 @@ impl Sessions {
 
     /// Links up, over all sessions.
     pub(crate) fn link_count(&self) -> usize {
-        let drivers: Vec<SessionDriver> = self.lock().values().cloned().collect();
+        let drivers: Vec<SessionDriver> = self.lock().values().map(|e| e.driver.clone()).collect();
         drivers.iter().map(|d| d.live_links()).sum()
     }
 
@@ -182,7 +217,10 @@ impl Sessions {
             .filter(|(key, _)| key.as_ref().is_some_and(|k| !allowed(k)))
             .copied()
             .collect();
-        let drivers: Vec<SessionDriver> = gone.iter().filter_map(|k| table.remove(k)).collect();
+        let drivers: Vec<SessionDriver> = gone
+            .iter()
+            .filter_map(|k| table.remove(k).map(|e| e.driver))
+            .collect();
         drop(table);
         // A client allowed again later starts a new session, under another epoch, so it
         // resets what it still holds of this one.
@@ -196,22 +234,22 @@ impl Sessions {
     }
 
     pub(crate) fn abandon_all(&self) {
-        for (_, d) in self.lock().drain() {
-            d.abandon();
+        for (_, e) in self.lock().drain() {
+            e.driver.abandon();
         }
     }
 
     /// How many times the session under `key` expired recently (0 for most).
     fn generation(&self, key: Key) -> u64 {
         // Only map operations run under this lock.
-        let t = self.tombstones.lock().expect("tombstone lock poisoned");
+        let t = self.tombstones.lock().unwrap_or_else(|e| e.into_inner());
         t.get(&key).map_or(0, |&(g, _)| g)
     }
 
     /// Records that the session under `key` expired, forgetting old records.
     fn bury(&self, key: Key) {
         let now = std::time::Instant::now();
-        let mut t = self.tombstones.lock().expect("tombstone lock poisoned");
+        let mut t = self.tombstones.lock().unwrap_or_else(|e| e.into_inner());
         t.retain(|_, (_, at)| now.duration_since(*at) < TOMBSTONE_TTL);
         let g = t.get(&key).map_or(0, |&(g, _)| g);
         t.insert(key, (g + 1, now));
@@ -227,11 +265,20 @@ impl Sessions {
         }
     }
 
-    /// Runs an authenticated link in its session until the link dies.
+    /// Runs an authenticated link in its session until the link dies. A link that would take
+    /// its session over `limits.max_links_per_session`, or start a session over
+    /// `limits.max_sessions` or `limits.max_sessions_per_client`, is closed at once.
     pub(crate) async fn run_link(self: &Arc<Self>, acc: Accepted, peer: SocketAddr) {
         let key = (acc.client_key, SessionId(acc.hello.session_id));
-        let driver = self.session(key);
         let span = tracing::info_span!("session", id = %key.1);
+        let (driver, _slot) = match self.session(key) {
+            Ok(joined) => joined,
+            Err(why) => {
+                // Per link and peer-triggered: debug, not info (a client could flood the log).
+                span.in_scope(|| debug!(%peer, why, "link refused"));
+                return;
+            }
+        };
         let end = driver::link::run(
             driver,
             acc.reader,
@@ -244,22 +291,46 @@ impl Sessions {
         span.in_scope(|| debug!(%peer, %end, "link closed"));
     }
 
-    fn session(self: &Arc<Self>, key: Key) -> SessionDriver {
+    /// The session `key` names, started if need be, with a slot for one more link in it
+    /// (given back when the slot is dropped); or why not.
+    fn session(self: &Arc<Self>, key: Key) -> Result<(SessionDriver, LinkSlot), &'static str> {
+        let limits = &self.config.limits;
         let mut table = self.lock();
-        if let Some(d) = table.get(&key).filter(|d| !d.is_closed()) {
-            return d.clone();
+        if let Some(e) = table.get(&key).filter(|e| !e.driver.is_closed()) {
+            let slot = LinkSlot::take(&e.links, limits.max_links_per_session)
+                .ok_or("the session has limits.max_links_per_session links")?;
+            return Ok((e.driver.clone(), slot));
+        }
+        // Closed sessions still in the table are on their way out and are replaced here.
+        let open = table.values().filter(|e| !e.driver.is_closed());
+        let (total, this_client) = open.fold((0u32, 0u32), |(t, c), e| {
+            (t + 1, c + u32::from(e.client == key.0))
+        });
+        if total >= limits.max_sessions {
+            return Err("the node has limits.max_sessions sessions");
+        }
+        // PSK-only clients have no key to tell them apart: only `max_sessions` holds them.
+        if key.0.is_some() && this_client >= limits.max_sessions_per_client {
+            return Err("the client has limits.max_sessions_per_client sessions");
         }
         let node = NodeId(self.config.node_id.get());
-        let limits = self.config.limits.into();
-        let session = Session::with_budget(Role::Server(node), limits, self.budget.clone());
+        let session =
+            Session::with_budget(Role::Server(node), (*limits).into(), self.budget.clone());
         let (driver, opened) =
             SessionDriver::start_counted(session, &self.budget_signal, self.counters.clone());
         let span = tracing::info_span!("session", id = %key.1);
         span.in_scope(|| info!(client = ?key.0, "session started"));
         tokio::spawn(serve_streams(driver.clone(), opened, self.clone()).instrument(span.clone()));
         tokio::spawn(self.clone().watch(key, driver.clone()).instrument(span));
-        table.insert(key, driver.clone());
-        driver
+        let entry = Entry {
+            driver: driver.clone(),
+            client: key.0,
+            links: Arc::new(AtomicU32::new(0)),
+        };
+        let slot = LinkSlot::take(&entry.links, limits.max_links_per_session)
+            .expect("a new session has no links");
+        table.insert(key, entry);
+        Ok((driver, slot))
     }
 
     /// Ends the session once it has had no link for the grace period.
@@ -267,6 +338,12 @@ impl Sessions {
         loop {
             let changed = driver.links_changed();
             if driver.is_closed() {
+                // Closed by a shutdown, or by a panic in its code (see `SessionDriver`): out of
+                // the table either way, so it holds no memory and no place under the caps.
+                let mut table = self.lock();
+                if table.get(&key).is_some_and(|e| e.driver.same(&driver)) {
+                    table.remove(&key);
+                }
                 return;
             }
             if driver.live_links() > 0 {
@@ -283,7 +360,7 @@ impl Sessions {
                 continue;
             }
             let mut table = self.lock();
-            if table.get(&key).is_some_and(|d| d.same(&driver)) {
+            if table.get(&key).is_some_and(|e| e.driver.same(&driver)) {
                 table.remove(&key);
                 self.bury(key);
             }

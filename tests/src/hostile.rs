@@ -228,3 +228,233 @@ pub async fn garbage_flood(
         w.await.expect("garbage worker");
     }
 }
+
+/// The wire format of the frames a hostile client sends, encoded here from `docs/PROTOCOL.md`
+/// (not by the engine's codec), so that the tests check the node against the protocol.
+pub mod wire {
+    /// The harness node's id (`configs` gives node 1).
+    pub const NODE: u64 = 1;
+
+    /// The id of the stream with `counter` owned by the harness node.
+    pub fn stream(counter: u64) -> u64 {
+        NODE << 48 | counter
+    }
+
+    /// `PING(token)`.
+    pub fn ping(out: &mut Vec<u8>, token: u64) {
+        out.push(0x01);
+        out.extend_from_slice(&token.to_be_bytes());
+    }
+
+    /// `PONG(token)`.
+    pub fn pong(out: &mut Vec<u8>, token: u64) {
+        out.push(0x02);
+        out.extend_from_slice(&token.to_be_bytes());
+    }
+
+    /// `OPEN(stream, service)`.
+    pub fn open(out: &mut Vec<u8>, stream: u64, service: &str) {
+        out.push(0x10);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.push(service.len() as u8);
+        out.extend_from_slice(service.as_bytes());
+    }
+
+    /// `DATA(stream, offset, bytes)`.
+    pub fn data(out: &mut Vec<u8>, stream: u64, offset: u64, bytes: &[u8]) {
+        out.push(0x11);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(&offset.to_be_bytes());
+        out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+
+    /// `RESET(stream, code, final_size)`.
+    pub fn reset(out: &mut Vec<u8>, stream: u64, code: u16, final_size: u64) {
+        out.push(0x13);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(&code.to_be_bytes());
+        out.extend_from_slice(&final_size.to_be_bytes());
+    }
+
+    /// What a hostile client reads from a node's frames: pings to answer, pongs it waits for.
+    /// `None` for a message it cannot parse.
+    pub fn pings_and_pongs(mut msg: &[u8]) -> Option<(Vec<u64>, Vec<u64>)> {
+        let (mut pings, mut pongs) = (Vec::new(), Vec::new());
+        let u64_at = |b: &[u8], at: usize| -> Option<u64> {
+            Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
+        };
+        while let Some(&kind) = msg.first() {
+            let len = match kind {
+                0x01 | 0x02 | 0x15 => 9,
+                0x03 => 3,
+                0x04 => 1,
+                0x11 | 0x12 => {
+                    19 + usize::from(u16::from_be_bytes(msg.get(17..19)?.try_into().ok()?))
+                }
+                0x13 => 19,
+                0x14 => 25,
+                0x80.. => 3 + usize::from(u16::from_be_bytes(msg.get(1..3)?.try_into().ok()?)),
+                _ => return None,
+            };
+            match kind {
+                0x01 => pings.push(u64_at(msg, 1)?),
+                0x02 => pongs.push(u64_at(msg, 1)?),
+                _ => {}
+            }
+            msg = msg.get(len..)?;
+        }
+        Some((pings, pongs))
+    }
+}
+
+/// An authenticated client link driven by hand: it sends whatever frames a test encodes with
+/// [`wire`], packed into messages of the largest size, answers the node's pings (so the node
+/// keeps the link) and can wait until the node has processed everything sent so far
+/// ([`RawLink::sync`]: a `PONG` proves it).
+pub struct RawLink {
+    writer: wanmux_core::noise::LinkWriter,
+    /// The message being filled.
+    msg: Vec<u8>,
+    pings: tokio::sync::mpsc::UnboundedReceiver<u64>,
+    pongs: tokio::sync::mpsc::UnboundedReceiver<u64>,
+    reader: tokio::task::JoinHandle<()>,
+    next_token: u64,
+}
+
+impl Drop for RawLink {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Largest plaintext of one message.
+const MESSAGE: usize = 65_519;
+
+/// A tunnel whose node has the smallest memory cap its config allows (`limits.memory` 8 MiB,
+/// 4 MiB per pool, with a 4 MiB stream window), for hostile clients to push against, and 1,024
+/// streams per session (what a session may hold in proportion to its streams, such as the
+/// answers it queues for them, stays small beside what the tests look for).
+pub async fn small_memory_tunnel() -> crate::harness::Tunnel {
+    crate::harness::Tunnel::start_with(crate::harness::Auth::Static { psk: false }, 1, |s, _| {
+        s.limits.stream_window = 4 << 20;
+        s.limits.memory = 8 << 20;
+        s.limits.max_streams = 1024;
+    })
+    .await
+}
+
+/// Runs `test` on a runtime of its own, alone: tests that read the process's resident memory
+/// must not run beside each other.
+pub fn alone<F: std::future::Future>(test: F) -> F::Output {
+    static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(test)
+}
+
+impl RawLink {
+    /// Completes a handshake with `auth` into session `session_id` of the node at `server`.
+    pub async fn connect(
+        server: SocketAddr,
+        auth: &wanmux_core::noise::ClientAuth,
+        session_id: [u8; 16],
+        link_seq: u32,
+    ) -> Result<RawLink, wanmux_core::noise::LinkError> {
+        let tcp = TcpStream::connect(server).await?;
+        let hello = wanmux_core::noise::ClientHello {
+            session_id,
+            link_seq,
+            lane: false,
+        };
+        let (mut rd, writer, _) =
+            wanmux_core::noise::connect(tcp, auth, &hello, &PING, HANDSHAKE_LIMIT).await?;
+        let (ping_tx, pings) = tokio::sync::mpsc::unbounded_channel();
+        let (pong_tx, pongs) = tokio::sync::mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(msg)) = rd.recv().await {
+                let Some((pi, po)) = wire::pings_and_pongs(&msg) else {
+                    return;
+                };
+                for t in pi {
+                    let _ = ping_tx.send(t);
+                }
+                for t in po {
+                    let _ = pong_tx.send(t);
+                }
+            }
+        });
+        Ok(RawLink {
+            writer,
+            msg: Vec::with_capacity(MESSAGE),
+            pings,
+            pongs,
+            reader,
+            next_token: 1 << 32,
+        })
+    }
+
+    /// Adds one encoded frame; full messages are sealed and, every megabyte, written.
+    pub async fn send(&mut self, frame: &[u8]) -> Result<(), wanmux_core::noise::LinkError> {
+        if self.msg.len() + frame.len() > MESSAGE - 64 {
+            self.seal()?;
+            // Written often, so the test's own buffers stay small beside the node's memory.
+            if self.writer.pending() > 256 << 10 {
+                self.writer.flush().await?;
+            }
+        }
+        self.msg.extend_from_slice(frame);
+        Ok(())
+    }
+
+    /// Seals the message being filled, with pongs for the node's pings.
+    fn seal(&mut self) -> Result<(), wanmux_core::noise::LinkError> {
+        while let Ok(t) = self.pings.try_recv() {
+            wire::pong(&mut self.msg, t);
+        }
+        if !self.msg.is_empty() {
+            self.writer.seal(&self.msg)?;
+            self.msg.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes everything added so far.
+    pub async fn flush(&mut self) -> Result<(), wanmux_core::noise::LinkError> {
+        self.seal()?;
+        self.writer.flush().await
+    }
+
+    /// Sends a `PING` after everything added so far and waits for its `PONG`: the node has
+    /// processed every frame before it. An error if the node closed the link, or took longer
+    /// than `limit`.
+    pub async fn sync(&mut self, limit: Duration) -> Result<(), wanmux_core::noise::LinkError> {
+        use wanmux_core::noise::LinkError;
+        let token = self.next_token;
+        self.next_token += 1;
+        wire::ping(&mut self.msg, token);
+        self.flush().await?;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            tokio::select! {
+                t = self.pongs.recv() => match t {
+                    Some(t) if t == token => return Ok(()),
+                    Some(_) => {}
+                    None => return Err(LinkError::Closed),
+                },
+                t = self.pings.recv() => match t {
+                    Some(t) => {
+                        wire::pong(&mut self.msg, t);
+                        self.flush().await?;
+                    }
+                    None => return Err(LinkError::Closed),
+                },
+                _ = tokio::time::sleep_until(deadline) => return Err(LinkError::Timeout),
+            }
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! Hostile input to a real server node on loopback: clients with the wrong credentials get
 //! nothing, and garbage or cut-short handshakes neither crash the node nor stop it from serving
-//! good clients. (Memory under a garbage flood is measured alone in `tests/memory.rs`.)
+//! good clients; an authenticated client gets no more links and sessions than the limits allow.
+//! (Memory under a garbage flood is measured alone in `tests/memory.rs`, under hostile
+//! authenticated clients in `tests/memory_hostile_*.rs`.)
 
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -9,7 +11,7 @@ use wanmux_config::ClientAuth;
 use wanmux_core::keys::{generate_keypair, Psk};
 use wanmux_tests::harness::{panics, read_end, within, Auth, ReadEnd, Tunnel};
 use wanmux_tests::hostile::{
-    capture_first_message, garbage_flood, noise_auth, try_handshake, Garbage,
+    capture_first_message, garbage_flood, noise_auth, try_handshake, Garbage, RawLink,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -157,4 +159,130 @@ async fn garbage_then_serve_ikpsk2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_then_serve_nnpsk0() {
     garbage_then_serve(Auth::Psk).await;
+}
+
+/// Opens `count` links into session `session` of the node with `auth` and keeps them; returns
+/// them with how many of them the node took (a link it refuses completes its handshake and is
+/// closed at its key confirmation, so its first `PING` gets no `PONG`).
+async fn links_into(
+    server: std::net::SocketAddr,
+    auth: &wanmux_core::noise::ClientAuth,
+    session: [u8; 16],
+    count: u32,
+) -> (Vec<RawLink>, usize) {
+    let mut links = Vec::new();
+    let mut taken = 0;
+    for seq in 0..count {
+        let mut link = RawLink::connect(server, auth, session, seq)
+            .await
+            .expect("an allowed client's handshake");
+        if link.sync(Duration::from_secs(5)).await.is_ok() {
+            taken += 1;
+        }
+        links.push(link);
+    }
+    (links, taken)
+}
+
+/// Raises the soft limit on open files to hold `need` of them.
+fn enough_files(need: u64) {
+    let got = rlimit::increase_nofile_limit(need).expect("raise RLIMIT_NOFILE");
+    assert!(got >= need, "RLIMIT_NOFILE {got}, need {need}");
+}
+
+/// Issue 23, finding 2: an authenticated client opens 320 links into one session; the node
+/// takes `limits.max_links_per_session` (300 by default) and closes the others, and a link that
+/// closes gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_per_session_are_capped() {
+    enough_files(2048);
+    within(LIMIT, async {
+        let before = panics();
+        let mut t = Tunnel::start(IK, 1).await;
+        let auth = noise_auth(&t.client_config);
+        let session: [u8; 16] = rand::random();
+        let (mut links, taken) = links_into(t.server.local_addr(), &auth, session, 320).await;
+        assert_eq!(taken, 300, "links the node took into one session");
+        links.truncate(10);
+        // The node sees the others close, and takes new links again.
+        let mut again = 0;
+        for seq in 0..50 {
+            let mut link = RawLink::connect(t.server.local_addr(), &auth, session, 1000 + seq)
+                .await
+                .expect("handshake");
+            if link.sync(Duration::from_secs(5)).await.is_ok() {
+                again += 1;
+                links.push(link);
+                if again == 5 {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(again, 5, "closed links gave their places back");
+        t.check_transfer(1 << 16, 1 << 16, 1).await;
+        assert_eq!(panics(), before, "something panicked");
+    })
+    .await;
+}
+
+/// Issue 23, finding 2: one client key asks for 20 sessions; the node holds
+/// `limits.max_sessions_per_client` (8 by default, one of them the tunnel's own client's) and
+/// refuses the links of the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_per_client_key_are_capped() {
+    within(LIMIT, async {
+        let before = panics();
+        let mut t = Tunnel::start(IK, 1).await;
+        let auth = noise_auth(&t.client_config);
+        let mut links = Vec::new();
+        let mut taken = 0;
+        for _ in 0..20 {
+            let (mut l, n) = links_into(t.server.local_addr(), &auth, rand::random(), 1).await;
+            taken += n;
+            links.append(&mut l);
+        }
+        assert_eq!(taken, 7, "sessions the node started for one client key");
+        assert_eq!(t.server.session_count(), 8);
+        t.check_transfer(1 << 16, 1 << 16, 1).await;
+        assert_eq!(panics(), before, "something panicked");
+    })
+    .await;
+}
+
+/// `limits.max_sessions`: clients with keys of their own, one session each, up to the node's
+/// total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_in_total_are_capped() {
+    within(LIMIT, async {
+        let before = panics();
+        let keys: Vec<_> = (0..6).map(|_| generate_keypair()).collect();
+        let mut t = Tunnel::start_with(IK, 1, |s, _| {
+            s.limits.max_sessions = 4;
+            if let wanmux_config::ServerAuth::StaticKey {
+                allowed_clients, ..
+            } = &mut s.auth
+            {
+                allowed_clients.extend(keys.iter().map(|(_, public)| *public));
+            }
+        })
+        .await;
+        let mut links = Vec::new();
+        let mut taken = 0;
+        for (private, _) in &keys {
+            let mut cfg = t.client_config.clone();
+            if let ClientAuth::StaticKey { private_key, .. } = &mut cfg.auth {
+                *private_key = private.clone();
+            }
+            let (mut l, n) =
+                links_into(t.server.local_addr(), &noise_auth(&cfg), rand::random(), 1).await;
+            taken += n;
+            links.append(&mut l);
+        }
+        assert_eq!(taken, 3, "sessions beside the tunnel's own client's");
+        assert_eq!(t.server.session_count(), 4);
+        t.check_transfer(1 << 16, 1 << 16, 1).await;
+        assert_eq!(panics(), before, "something panicked");
+    })
+    .await;
 }

@@ -1,7 +1,9 @@
 //! The daemon-wide memory cap (`limits.memory`) on real sockets: many streams whose readers
 //! are slow at one end while writers push at the other, in both directions, with each stream
 //! window small but all of them together far beyond the cap. Each daemon's budget pools stay
-//! within their caps the whole time, the cap really is what holds the writers back, nothing is
+//! within their caps the whole time (the receive pool: plus what the streams it receives on
+//! hold within their initial credit, which the protocol lets the peer send before any grant and
+//! the budget counts as it arrives), the cap really is what holds the writers back, nothing is
 //! reset, and every byte arrives intact once the readers speed up.
 
 use std::time::Duration;
@@ -22,6 +24,9 @@ const SLOW_FOR: Duration = Duration::from_secs(2);
 /// the engine; streams of one daemon doing so at once can take the send pool past its cap by
 /// that much each.
 const SEND_SLACK: u64 = STREAMS * 2 * 256 * 1024;
+/// Each daemon receives on half the streams; what they hold within their initial credit
+/// (2 MiB, with each segment's overhead) may take the receive pool past its cap.
+const RECV_SLACK: u64 = STREAMS / 2 * (2 * MIB + MIB / 8);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_cap_holds_with_many_slow_readers_both_ways() {
@@ -62,7 +67,10 @@ async fn memory_cap_holds_with_many_slow_readers_both_ways() {
         );
         let cap = MEMORY / 2;
         for (side, (recv, send)) in ["client", "server"].into_iter().zip(peak) {
-            assert!(recv <= cap, "{side}: receive pool {recv} > {cap}");
+            assert!(
+                recv <= cap + RECV_SLACK,
+                "{side}: receive pool {recv} > {cap} + initial credit"
+            );
             assert!(send <= cap + SEND_SLACK, "{side}: send pool {send} > {cap}");
             assert!(
                 send > cap / 2,

@@ -331,7 +331,14 @@ fn random_link_deaths_under_a_memory_cap() {
         assert_complete(&sc, &out);
         let cap = MEMORY / 2;
         let (recv, send) = out.max_budget_used;
-        assert!(recv <= cap, "seed {seed}: receive pool {recv} > cap {cap}");
+        // The receive pool counts what streams hold within their initial credit as it
+        // arrives: the protocol lets the peer send it before any grant, so only that may take
+        // the pool past its cap (with each held segment's overhead).
+        let initial = STREAMS * wanmux_core::engine::INITIAL_STREAM_CREDIT;
+        assert!(
+            recv <= cap + initial + initial / 16,
+            "seed {seed}: receive pool {recv} > cap {cap} + initial credit"
+        );
         assert!(send <= cap, "seed {seed}: send pool {send} > cap {cap}");
         assert!(
             recv > cap / 2 && send > cap / 2,

@@ -25,6 +25,7 @@ pub use counters::{Counters, Totals};
 use crate::engine::{Event, Session};
 use crate::ids::{LinkId, StreamId};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
@@ -51,12 +52,14 @@ struct State {
     /// Deadline the timer task sleeps toward.
     armed: Option<Instant>,
     next_link: u64,
-    closed: bool,
 }
 
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
+    /// Set by [`SessionDriver::close`], [`SessionDriver::abandon`] or a panic under `state`.
+    /// Outside the lock, so that a daemon can check a session without waiting for it.
+    closed: AtomicBool,
     /// Wakes the timer task: the deadline moved earlier.
     timer: Notify,
     /// Wakes whoever waits for the set of links to change.
@@ -70,6 +73,36 @@ struct Shared {
     budget: BudgetSignal,
     /// Traffic totals, possibly shared with other sessions.
     counters: Arc<Counters>,
+}
+
+/// The session's state, locked. A panic while it is held closes the session: its tasks end
+/// and the daemon drops it; the daemon's other sessions go on.
+struct Locked<'a> {
+    guard: MutexGuard<'a, State>,
+    shared: &'a Shared,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() && !self.shared.closed.swap(true, Ordering::AcqRel) {
+            tracing::error!("a panic in this session's code: the session is closed");
+            self.shared.closing.notify_waiters();
+            self.shared.timer.notify_one();
+        }
+    }
 }
 
 /// Wakes every session of a daemon when one of them gave memory back to the budget they share
@@ -127,8 +160,8 @@ impl SessionDriver {
                 budget_signal: budget.clone(),
                 armed: None,
                 next_link: 0,
-                closed: false,
             }),
+            closed: AtomicBool::new(false),
             timer: Notify::new(),
             links_changed: Notify::new(),
             closing: Notify::new(),
@@ -148,13 +181,18 @@ impl SessionDriver {
         &self.shared.counters
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock is a bug in the engine; the state may be torn, so
-        // every later user fails loudly too rather than running on it.
-        self.shared
-            .state
-            .lock()
-            .expect("session state poisoned by an earlier panic")
+    fn lock(&self) -> Locked<'_> {
+        let guard = self.shared.state.lock().unwrap_or_else(|poisoned| {
+            // A panic under this lock (a bug in the engine or here) may have left the state
+            // torn; `Locked` closed the session as it unwound. Panicking here instead would
+            // reach every later user, destructors among them, and a panic in a destructor
+            // while the first one unwinds aborts the whole daemon.
+            poisoned.into_inner()
+        });
+        Locked {
+            guard,
+            shared: &self.shared,
+        }
     }
 
     /// Runs `f` on the engine with the current time, then forwards events and wakes links and
@@ -245,7 +283,7 @@ impl SessionDriver {
             let notified = self.shared.timer.notified();
             let deadline = {
                 let st = self.lock();
-                if st.closed {
+                if self.is_closed() {
                     return;
                 }
                 st.session.poll_timeout()
@@ -277,7 +315,7 @@ impl SessionDriver {
             released.as_mut().enable();
             {
                 let mut st = self.lock();
-                if st.closed {
+                if self.is_closed() {
                     return;
                 }
                 if st.session.budget_blocked() {
@@ -332,9 +370,12 @@ impl SessionDriver {
         let mut st = self.lock();
         st.link_wakers.remove(&id);
         st.link_kills.remove(&id);
-        let now = Instant::now();
-        st.session.remove_link(id);
-        self.after(&mut st, now);
+        // Called from a destructor, maybe while a panic unwinds: a torn engine is left alone.
+        if !self.shared.state.is_poisoned() {
+            let now = Instant::now();
+            st.session.remove_link(id);
+            self.after(&mut st, now);
+        }
         drop(st);
         self.shared.links_changed.notify_waiters();
     }
@@ -363,7 +404,7 @@ impl SessionDriver {
     /// Closes every link and stops the timer without telling the peer anything about the
     /// streams, as a crash would: the peer finds out when it reconnects and sees a new epoch.
     pub fn abandon(&self) {
-        self.lock().closed = true;
+        self.shared.closed.store(true, Ordering::Release);
         self.shared.closing.notify_waiters();
         self.shared.timer.notify_one();
     }
@@ -395,6 +436,40 @@ impl SessionDriver {
 
     /// Whether [`SessionDriver::close`] was called.
     pub fn is_closed(&self) -> bool {
-        self.lock().closed
+        self.shared.closed.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Config, Role};
+    use crate::ids::NodeId;
+
+    /// Issue 23, finding 9: a panic under the session's lock closes that session; every later
+    /// use of it, destructors' included, goes on without panicking.
+    #[tokio::test]
+    async fn a_panic_under_the_lock_closes_the_session_only() {
+        let signal = BudgetSignal::default();
+        let session = Session::new(Role::Server(NodeId(1)), Config::default());
+        let (driver, _opened) = SessionDriver::start(session, &signal);
+        let (link, _, _) = driver.add_link(false);
+        let d = driver.clone();
+        let task = tokio::spawn(async move {
+            d.with(|_, _| panic!("a bug in the engine"));
+        });
+        assert!(task.await.is_err_and(|e| e.is_panic()));
+        assert!(driver.is_closed(), "the session is closed");
+        // What a link's destructor and a daemon's status call do: no second panic.
+        driver.remove_link(link);
+        assert_eq!(driver.live_links(), 0);
+        assert_eq!(driver.with(|s, _| s.stream_count()), 0);
+        driver.closed().await;
+        // Another session of the daemon is untouched.
+        let other = Session::new(Role::Server(NodeId(1)), Config::default());
+        let (other, _) = SessionDriver::start(other, &signal);
+        assert!(!other.is_closed());
+        other.add_link(false);
+        assert_eq!(other.live_links(), 1);
     }
 }

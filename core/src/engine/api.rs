@@ -102,8 +102,11 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id).filter(|s| !s.is_reset()) else {
             return;
         };
-        self.held.release(Pool::Recv, s.recv_reservation());
         self.held.release(Pool::Send, s.send.buffered());
+        if s.phase == Phase::Pending {
+            self.pending -= 1;
+            self.pending_charged -= s.charged;
+        }
         s.phase = Phase::Reset;
         let discarded = s.recv_highest - s.recv.read_offset();
         s.send.clear();
@@ -115,7 +118,17 @@ impl Session {
             code,
             final_size,
         });
+        // Gives back its receive memory: a reset stream holds none.
+        self.account_recv(id);
         self.maybe_grant_session();
+    }
+
+    /// Resets a stream on the engine's own account (out of memory, no `OPEN` in time), as
+    /// [`Session::stream_reset`] does, and tells its task, if it has one.
+    pub(super) fn refuse_stream(&mut self, id: StreamId, code: u16) {
+        self.stream_reset(id, code);
+        self.events.push_back(Event::StreamReadable(id));
+        self.events.push_back(Event::StreamWritable(id));
     }
 
     /// Reads up to `max` in-order bytes, or the FIN.
@@ -126,12 +139,11 @@ impl Session {
         max: usize,
     ) -> Result<ReadChunk, StreamError> {
         let s = self.live_stream(id)?;
-        let reserved = s.recv_reservation();
         if let Some(chunk) = s.recv.read(max) {
             let n = chunk.len() as u64;
-            let freed = reserved - s.recv_reservation();
             let threshold = s.recv_window / 4;
-            self.held.release(Pool::Recv, freed);
+            // Reading only lowers what the stream holds: the accounting cannot refuse it.
+            self.account_recv(id);
             self.extend_grant(now, id, threshold, true);
             self.recv_session_consumed += n;
             self.maybe_grant_session();

@@ -67,4 +67,8 @@ pub enum PeerError {
     /// An offset or length that overflows.
     #[error("stream {0} offset overflow")]
     Overflow(StreamId),
+    /// The peer's frames (resets to answer, streams to refuse) left more control frames
+    /// waiting to be sent than it can need: it sends them faster than it reads the answers.
+    #[error("more than {0} control frames waiting to be sent")]
+    ControlBacklog(usize),
 }

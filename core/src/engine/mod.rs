@@ -91,6 +91,27 @@ const SMALL_SEGMENT: usize = 2048;
 const LANE_HOLD: Duration = Duration::from_secs(2);
 /// Duplicates waiting for the second lane, at most.
 const MAX_LANE_DUPS: usize = 1024;
+/// A stream's reorder buffer may hold one segment per this many bytes of its window (at least
+/// 1,024), and a session's streams together one per this many bytes of the session window (at
+/// least 1,024). At [`reorder::SEGMENT_COST`] per segment that is 6% of the window, which the
+/// memory budget counts; a stream over either limit is reset (see `docs/PROTOCOL.md`).
+const SEGMENT_WINDOW_BYTES: u64 = 2048;
+/// Server: streams whose data arrived before their `OPEN`, at most, per session. A stream over
+/// it is refused like one over `max_streams`. A client's `OPEN` travels ahead of its data, so
+/// only the streams opened within a difference of link latencies wait.
+pub const MAX_PENDING_STREAMS: usize = 1024;
+/// Server: memory all streams of a session that wait for their `OPEN` may hold together (in
+/// the budget's receive pool, see `Session::account_recv`): what one session can take of the
+/// pool that other clients' new streams need. A stream's `OPEN` normally comes first or within
+/// a difference of link latencies, so little waits; a bulk stream whose `OPEN` is on a stalled
+/// link may hold its whole initial credit meanwhile, and four of them fit.
+pub const PENDING_MEMORY: u64 = 4 * INITIAL_STREAM_CREDIT;
+/// Server: a stream whose `OPEN` has not arrived this long after its first frame is reset
+/// (code 6). A lost `OPEN` is sent again once its link is found dead, within about 12 s.
+pub const PENDING_LIFETIME: Duration = Duration::from_secs(30);
+/// Server: ranges of finished stream counters kept, at most, beyond two per stream the session
+/// may hold (live ones and tombstones; about 40 bytes a range); see `Session::finish_counter`.
+const MAX_FINISHED_RANGES: usize = 1024;
 
 /// Limits of one session. Each bounds memory; see `docs/CONFIG.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,8 +207,21 @@ pub struct Session {
     role: Role,
     cfg: Config,
     streams: HashMap<StreamId, Stream>,
-    /// Server: ids of streams that ended; frames for them are stale.
+    /// Server: counters of streams (of this node) that ended; frames for them are stale.
     finished: RangeSet,
+    /// At most this many ranges in `finished`: `2 × max_streams +` [`MAX_FINISHED_RANGES`].
+    max_finished_ranges: usize,
+    /// Server: streams in [`stream::Phase::Pending`] (data arrived, `OPEN` not yet).
+    pending: usize,
+    /// Server: what those streams hold of the budget's receive pool, at most [`PENDING_MEMORY`].
+    pending_charged: u64,
+    /// Server: when each stream created before its `OPEN` expires, in creation order. Entries
+    /// of streams that opened since stay until they come due (or a compaction).
+    pending_expiry: VecDeque<(Instant, StreamId)>,
+    /// Segments held by the reorder buffers of all streams.
+    recv_segments: usize,
+    /// At most this many in `recv_segments`.
+    max_recv_segments: usize,
     next_counter: HashMap<NodeId, u64>,
     links: BTreeMap<LinkId, LinkState>,
     control: VecDeque<Frame>,
@@ -253,6 +287,17 @@ impl Session {
             cfg,
             streams: HashMap::new(),
             finished: RangeSet::default(),
+            max_finished_ranges: cfg
+                .max_streams
+                .saturating_mul(2)
+                .saturating_add(MAX_FINISHED_RANGES),
+            pending: 0,
+            pending_charged: 0,
+            pending_expiry: VecDeque::new(),
+            recv_segments: 0,
+            max_recv_segments: usize::try_from(cfg.session_window / SEGMENT_WINDOW_BYTES)
+                .unwrap_or(usize::MAX)
+                .max(1024),
             next_counter: HashMap::new(),
             links: BTreeMap::new(),
             control: VecDeque::new(),

@@ -2,7 +2,7 @@
 //! checks that bound what a peer can make this end hold.
 
 use super::stream::{Phase, Stream};
-use super::{Event, PeerError, Role, Session, ACK_DELAY};
+use super::{Event, PeerError, Role, Session, ACK_DELAY, MAX_PENDING_STREAMS, PENDING_LIFETIME};
 use crate::budget::Pool;
 use crate::frame::{self, Frame};
 use crate::ids::{LinkId, StreamId};
@@ -19,8 +19,21 @@ impl Session {
     ) -> Result<(), PeerError> {
         let l = self.links.get_mut(&link).ok_or(PeerError::UnknownLink)?;
         l.stats.bytes_received += msg.len() as u64;
+        // A server queues an answer for each stream a client resets or opens over a limit; a
+        // client that sends them faster than it reads the answers would grow the queue without
+        // end. Each live stream (or tombstone, at most as many) needs one; a client's own
+        // control frames come from its application, not from the peer, and are not bounded
+        // here. Only a message that adds to a full queue is refused, so a new link can drain it.
+        let max = match self.role {
+            Role::Server(_) => self.cfg.max_streams.saturating_mul(2).saturating_add(1024),
+            Role::Client => usize::MAX,
+        };
+        let queued = self.control.len();
         while let Some(frame) = Frame::decode(&mut msg)? {
             self.handle_frame(now, link, frame)?;
+            if self.control.len() > max.max(queued) {
+                return Err(PeerError::ControlBacklog(max));
+            }
         }
         Ok(())
     }
@@ -84,12 +97,14 @@ impl Session {
         Ok(())
     }
 
-    /// Finds the stream a peer frame names, creating it on the server for a new id.
+    /// Finds the stream a peer frame names, creating it on the server for a new id: `Open` for
+    /// an `OPEN`, else `Pending` (its data came first).
     /// `Ok(None)`: a stale frame for a stream that ended; drop it.
     pub(super) fn peer_stream(
         &mut self,
         now: Instant,
         id: StreamId,
+        phase: Phase,
     ) -> Result<Option<&mut Stream>, PeerError> {
         if self.streams.contains_key(&id) {
             return Ok(self.streams.get_mut(&id));
@@ -100,11 +115,12 @@ impl Session {
         if id.owner() != node {
             return Err(PeerError::NotOwner(id));
         }
-        if self.finished.contains(id.0) {
+        if self.finished.contains(id.counter()) {
             return Ok(None);
         }
         let live = self.streams.len();
-        if live >= self.cfg.max_streams {
+        let pending_full = phase == Phase::Pending && self.pending >= MAX_PENDING_STREAMS;
+        if live >= self.cfg.max_streams || pending_full {
             // Refuse with a RESET and keep a tombstone until the client's RESET says how many
             // bytes it sent; a client far over the limit is cut off.
             if live >= self.cfg.max_streams.saturating_mul(2) {
@@ -119,7 +135,17 @@ impl Session {
             self.streams.insert(id, s);
             return Ok(self.streams.get_mut(&id));
         }
-        self.insert_stream(now, id, Phase::Pending);
+        if phase == Phase::Pending {
+            self.pending += 1;
+            if self.pending_expiry.len() >= 2 * MAX_PENDING_STREAMS {
+                // Most entries are of streams that opened since: drop those.
+                let streams = &self.streams;
+                self.pending_expiry
+                    .retain(|(_, id)| streams.get(id).is_some_and(|s| s.phase == Phase::Pending));
+            }
+            self.pending_expiry.push_back((now + PENDING_LIFETIME, id));
+        }
+        self.insert_stream(now, id, phase);
         Ok(self.streams.get_mut(&id))
     }
 
@@ -132,13 +158,20 @@ impl Session {
         if self.role == Role::Client {
             return Err(PeerError::UnexpectedOpen);
         }
-        let Some(s) = self.peer_stream(now, id)? else {
-            return Ok(());
-        };
-        if s.phase != Phase::Pending {
+        if let Some(s) = self.streams.get_mut(&id) {
+            if s.phase != Phase::Pending {
+                return Ok(());
+            }
+            s.phase = Phase::Open;
+            self.pending -= 1;
+            self.pending_charged -= s.charged;
+        } else if !self
+            .peer_stream(now, id, Phase::Open)?
+            .is_some_and(|s| s.phase == Phase::Open)
+        {
+            // Stale, or refused.
             return Ok(());
         }
-        s.phase = Phase::Open;
         self.events.push_back(Event::StreamOpened {
             stream: id,
             service,
@@ -157,7 +190,7 @@ impl Session {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(PeerError::Overflow(id))?;
-        let Some(s) = self.peer_stream(now, id)? else {
+        let Some(s) = self.peer_stream(now, id, Phase::Pending)? else {
             return Ok(());
         };
         if end > s.recv_max {
@@ -187,6 +220,15 @@ impl Session {
             return Ok(());
         }
         s.recv.insert(offset, data);
+        if !self.account_recv(id) {
+            // Out of memory for it, or in too many pieces: refused, its bytes consumed.
+            self.refuse_stream(id, frame::reset::NO_MEMORY);
+            return Ok(());
+        }
+        s = self
+            .streams
+            .get_mut(&id)
+            .expect("accounting keeps the stream");
         let max_window = self.cfg.stream_window;
         if s.widen_behind_hole(max_window) || s.widen_when_blocked(end, max_window) {
             let threshold = s.recv_window / 8;
@@ -219,7 +261,7 @@ impl Session {
         code: u16,
         final_size: u64,
     ) -> Result<(), PeerError> {
-        let Some(s) = self.peer_stream(now, id)? else {
+        let Some(s) = self.peer_stream(now, id, Phase::Pending)? else {
             return Ok(());
         };
         if final_size > s.recv_max {

@@ -1,26 +1,68 @@
 //! Per-stream reorder buffer: segments arrive at any offset, in any order, possibly twice;
 //! bytes leave strictly in order.
 //!
-//! Memory is bounded by the caller: it never accepts bytes beyond the credit it granted, so
-//! `buffered()` is at most one stream window. Small segments are copied out of the message
-//! they arrived in, so a few bytes cannot pin a whole 64 KiB message buffer.
+//! The caller bounds the bytes: it never accepts bytes beyond the credit it granted, so
+//! `buffered()` is at most one stream window. Bytes are not all the memory, though: every
+//! segment held costs a handle, a map or queue entry and an allocation of its own, so a peer
+//! that sends a window's worth of one-byte segments at spaced offsets would make the buffer
+//! about a hundred times its byte count. [`Reorder::cost`] counts that overhead
+//! ([`SEGMENT_COST`] per segment held, and what each copied buffer allocated), and the caller
+//! bounds [`Reorder::segments`]. Small segments are copied out of the message they arrived in,
+//! so a few bytes cannot pin a whole message buffer, and a small segment that continues a copied
+//! one is appended to it: a run of small frames in order (a game's packets, an interactive
+//! session) is one segment, not thousands. Long segments stay zero-copy slices, and the insert
+//! of one that continues the in-order bytes is O(1).
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::collections::{BTreeMap, VecDeque};
 
 /// Segments shorter than this are copied instead of sliced (see the module doc).
 const COPY_BELOW: usize = 4096;
+/// A copied segment grows by appending small segments that continue it up to this length.
+const COPIED_MAX: usize = 16 * 1024;
+/// Memory a held segment costs beyond its bytes: its handle (32 bytes), its share of the map or
+/// queue that holds it (a B-tree entry with its node's slack, 24-48 bytes), and the allocator's
+/// header and rounding of a copied buffer (16-32 bytes). Before segments were counted, the
+/// one-byte segments at spaced offsets of `tests/tests/memory_hostile_reorder.rs` held about 110
+/// bytes each.
+pub(crate) const SEGMENT_COST: u64 = 128;
+
+/// A held segment: a slice of the message it arrived in, or a copy (see the module doc).
+#[derive(Debug)]
+enum Seg {
+    Sliced(Bytes),
+    Copied(BytesMut),
+}
+
+impl Seg {
+    fn len(&self) -> usize {
+        match self {
+            Seg::Sliced(b) => b.len(),
+            Seg::Copied(b) => b.len(),
+        }
+    }
+
+    /// Bytes of memory it holds: its length, or what its copy allocated.
+    fn alloc(&self) -> usize {
+        match self {
+            Seg::Sliced(b) => b.len(),
+            Seg::Copied(b) => b.capacity(),
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct Reorder {
     /// Every byte below this offset has arrived.
     contiguous: u64,
     /// In-order bytes not yet read, ending at `contiguous`.
-    ready: VecDeque<Bytes>,
+    ready: VecDeque<Seg>,
     ready_len: usize,
     /// Out-of-order segments above `contiguous`, disjoint, keyed by offset.
-    pending: BTreeMap<u64, Bytes>,
+    pending: BTreeMap<u64, Seg>,
     pending_len: usize,
+    /// Sum of [`Seg::alloc`] over every segment held.
+    alloc: usize,
 }
 
 impl Reorder {
@@ -37,6 +79,16 @@ impl Reorder {
     /// Bytes held, in order or not.
     pub(crate) fn buffered(&self) -> usize {
         self.ready_len + self.pending_len
+    }
+
+    /// Segments held, in order or not.
+    pub(crate) fn segments(&self) -> usize {
+        self.ready.len() + self.pending.len()
+    }
+
+    /// Memory held: what the segments allocated, and [`SEGMENT_COST`] for each.
+    pub(crate) fn cost(&self) -> u64 {
+        self.alloc as u64 + self.segments() as u64 * SEGMENT_COST
     }
 
     pub(crate) fn has_ready(&self) -> bool {
@@ -84,25 +136,47 @@ impl Reorder {
     }
 
     fn put_pending(&mut self, offset: u64, seg: Bytes) {
-        let seg = if seg.len() < COPY_BELOW {
-            Bytes::copy_from_slice(&seg)
-        } else {
-            seg
-        };
-        self.pending_len += seg.len();
-        self.pending.insert(offset, seg);
+        let len = seg.len();
+        self.pending_len += len;
+        if len >= COPY_BELOW {
+            self.alloc += len;
+            self.pending.insert(offset, Seg::Sliced(seg));
+            return;
+        }
+        // A small segment that continues a copied one is appended to it.
+        if let Some((&s, Seg::Copied(prev))) = self.pending.range_mut(..offset).next_back() {
+            if s + prev.len() as u64 == offset && prev.len() + len <= COPIED_MAX {
+                let before = prev.capacity();
+                prev.extend_from_slice(&seg);
+                self.alloc = self.alloc - before + prev.capacity();
+                return;
+            }
+        }
+        let copy = BytesMut::from(&seg[..]);
+        self.alloc += copy.capacity();
+        self.pending.insert(offset, Seg::Copied(copy));
     }
 
-    /// Moves segments that became contiguous to the ready queue.
+    /// Moves segments that became contiguous to the ready queue; a small copied one is
+    /// appended to a copied one before it.
     fn advance(&mut self) {
         while let Some(entry) = self.pending.first_entry() {
             if *entry.key() != self.contiguous {
                 break;
             }
             let seg = entry.remove();
-            self.pending_len -= seg.len();
-            self.contiguous += seg.len() as u64;
-            self.ready_len += seg.len();
+            let len = seg.len();
+            self.pending_len -= len;
+            self.contiguous += len as u64;
+            self.ready_len += len;
+            if let (Seg::Copied(small), Some(Seg::Copied(back))) = (&seg, self.ready.back_mut()) {
+                if len < COPY_BELOW && back.len() + len <= COPIED_MAX {
+                    let before = back.capacity();
+                    back.extend_from_slice(small);
+                    self.alloc = self.alloc - before + back.capacity() - seg.alloc();
+                    continue;
+                }
+            }
             self.ready.push_back(seg);
         }
     }
@@ -110,11 +184,21 @@ impl Reorder {
     /// Takes up to `max` in-order bytes.
     pub(crate) fn read(&mut self, max: usize) -> Option<Bytes> {
         let front = self.ready.front_mut()?;
+        let before = front.alloc();
         let chunk = if front.len() <= max {
-            self.ready.pop_front()?
+            match self.ready.pop_front()? {
+                Seg::Sliced(b) => b,
+                Seg::Copied(b) => b.freeze(),
+            }
         } else {
-            front.split_to(max)
+            let chunk = match front {
+                Seg::Sliced(b) => b.split_to(max),
+                Seg::Copied(b) => b.split_to(max).freeze(),
+            };
+            self.alloc += front.alloc();
+            chunk
         };
+        self.alloc -= before;
         self.ready_len -= chunk.len();
         Some(chunk)
     }
@@ -165,6 +249,51 @@ mod tests {
             assert_eq!(r.contiguous(), total as u64);
             assert_eq!(r.buffered(), 0);
             assert_eq!(r.read_offset(), total as u64);
+            assert_eq!((r.segments(), r.cost()), (0, 0), "round {round}");
         }
+    }
+
+    #[test]
+    fn one_byte_segments_in_order_are_one_segment() {
+        let mut r = Reorder::default();
+        for i in 0..10_000u64 {
+            r.insert(i, Bytes::from(vec![i as u8]));
+        }
+        assert_eq!(r.buffered(), 10_000);
+        assert!(r.segments() <= 1, "{} segments", r.segments());
+        // Beyond a hole, in order: appended too.
+        for i in 20_000..30_000u64 {
+            r.insert(i, Bytes::from(vec![i as u8]));
+        }
+        assert!(r.segments() <= 2, "{} segments", r.segments());
+        assert!(r.cost() < 3 * 20_000, "cost {}", r.cost());
+        let mut out = Vec::new();
+        while let Some(c) = r.read(777) {
+            out.extend_from_slice(&c);
+        }
+        assert_eq!(out, (0..10_000u64).map(|i| i as u8).collect::<Vec<_>>());
+        // The rest beyond the hole: its bytes, and at most as much again of its buffer's room to
+        // grow.
+        let cost = r.cost();
+        assert!(
+            (10_000 + SEGMENT_COST..=20_000 + SEGMENT_COST).contains(&cost),
+            "cost {cost}"
+        );
+    }
+
+    #[test]
+    fn spaced_segments_each_cost_their_overhead() {
+        let mut r = Reorder::default();
+        for i in 0..1000u64 {
+            r.insert(1 + 2 * i, Bytes::from_static(b"x"));
+        }
+        assert_eq!(r.segments(), 1000);
+        assert!(r.cost() >= 1000 * (SEGMENT_COST + 1));
+        // Filling the holes makes everything readable and gives it all back.
+        for i in 0..1000u64 {
+            r.insert(2 * i, Bytes::from_static(b"y"));
+        }
+        while r.read(usize::MAX).is_some() {}
+        assert_eq!((r.segments(), r.cost(), r.buffered()), (0, 0, 0));
     }
 }

@@ -4,7 +4,8 @@
 use super::reorder::Reorder;
 use super::send::SendBuf;
 use super::{
-    Event, Role, Session, StreamError, FIRST_GRANT_RTTS, INITIAL_STREAM_CREDIT, SMALL_SEGMENT,
+    Event, Role, Session, StreamError, FIRST_GRANT_RTTS, INITIAL_STREAM_CREDIT, PENDING_MEMORY,
+    SEGMENT_WINDOW_BYTES, SMALL_SEGMENT,
 };
 use crate::budget::Pool;
 use crate::frame::Frame;
@@ -73,6 +74,11 @@ pub(super) struct Stream {
     pub(super) recv_window: u64,
     /// When credit was last extended (or the stream created), for autotuning.
     pub(super) last_grant: Instant,
+    /// What the stream holds of the budget's receive pool: [`Stream::recv_charge`] as of the
+    /// last [`Session::account_recv`] (or more, right after a grant reserved it).
+    pub(super) charged: u64,
+    /// Its reorder buffer's segments as counted in `Session::recv_segments`.
+    pub(super) segments: usize,
 }
 
 impl Stream {
@@ -102,6 +108,8 @@ impl Stream {
             budget_waiting: false,
             recv_window: INITIAL_STREAM_CREDIT,
             last_grant: now,
+            charged: 0,
+            segments: 0,
         }
     }
 
@@ -110,16 +118,38 @@ impl Stream {
         self.recv_max - self.recv.read_offset()
     }
 
-    /// What the stream's receive side holds of the budget: its outstanding credit beyond
-    /// `INITIAL_STREAM_CREDIT`. The first 2 MiB of every stream are not counted: the protocol
-    /// grants them before any window update, so the budget could not refuse them anyway, and an
-    /// idle stream then costs the budget nothing.
+    /// The credit reserved for the stream's receive side: its outstanding credit beyond
+    /// `INITIAL_STREAM_CREDIT`. The first 2 MiB of credit are not reserved when granted: the
+    /// protocol grants them before any window update, so the budget could not refuse them, and
+    /// an idle stream then costs the budget nothing. What arrives in them is counted when it
+    /// arrives (see [`Stream::recv_charge`]).
     pub(super) fn recv_reservation(&self) -> u64 {
         if self.is_reset() {
             0
         } else {
             self.outstanding().saturating_sub(INITIAL_STREAM_CREDIT)
         }
+    }
+
+    /// What the stream's receive side must hold of the budget: the credit reserved beyond the
+    /// first 2 MiB, or the memory its reorder buffer holds (bytes, what copies allocated and
+    /// each segment's overhead), whichever is more.
+    pub(super) fn recv_charge(&self) -> u64 {
+        if self.is_reset() {
+            0
+        } else {
+            self.recv_reservation().max(self.recv.cost())
+        }
+    }
+
+    /// Most segments its reorder buffer may hold: one per [`SEGMENT_WINDOW_BYTES`] of its
+    /// window, at least 1,024. A sender whose frames average a few hundred bytes beyond a hole
+    /// reaches it; wanmux's own sender sends a stream's data in frames of kilobytes, and small
+    /// frames that arrive in order are appended to each other.
+    pub(super) fn max_segments(&self) -> usize {
+        usize::try_from(self.recv_window / SEGMENT_WINDOW_BYTES)
+            .unwrap_or(usize::MAX)
+            .max(1024)
     }
 
     /// Doubles the receive window (up to `max_window`) when half of it lies beyond a hole;
@@ -225,18 +255,22 @@ impl Session {
             }
         }
         let want = (s.recv.read_offset() + s.recv_window).saturating_sub(s.recv_max);
-        // Credit within the initial allowance costs the budget nothing; the rest is reserved.
-        let free = INITIAL_STREAM_CREDIT
-            .saturating_sub(s.outstanding())
-            .min(want);
-        let need = want - free;
+        // Credit within the initial allowance is not reserved; beyond it the budget covers it,
+        // and what the stream holds already (the bytes it buffers) counts toward it.
+        let reserved_after = (s.outstanding() + want).saturating_sub(INITIAL_STREAM_CREDIT);
+        let need = reserved_after.saturating_sub(s.charged);
         let got = if need == 0 {
             0
         } else {
             let min = (s.recv_window / 8).min(need);
             self.held.reserve_up_to(Pool::Recv, need, min)
         };
-        let grant = free + got;
+        s.charged += got;
+        if s.phase == Phase::Pending {
+            self.pending_charged += got;
+        }
+        // `need <= want`: the stream's charge covers its reservation before the grant.
+        let grant = want - (need - got);
         if grant > 0 {
             s.recv_max_before = s.recv_max;
             s.recv_max += grant;
@@ -358,12 +392,73 @@ impl Session {
         let Some(s) = self.streams.remove(&id) else {
             return;
         };
+        self.held.release(Pool::Recv, s.charged);
+        self.recv_segments -= s.segments;
+        if s.phase == Phase::Pending {
+            self.pending -= 1;
+            self.pending_charged -= s.charged;
+        }
         if !s.is_reset() {
-            self.held.release(Pool::Recv, s.recv_reservation());
             self.held.release(Pool::Send, s.send.buffered());
         }
         if matches!(self.role, Role::Server(_)) {
-            self.finished.insert(id.0..id.0 + 1);
+            self.finish_counter(id.counter());
         }
+    }
+
+    /// Server: records that the stream with this counter (of this node) ended. Counters, not
+    /// ids: a counter has 48 bits, so `counter + 1` cannot overflow where `id + 1` could (the
+    /// last id of node 65535 is `u64::MAX`). The set stays a few ranges for a client that
+    /// numbers its streams in order: one gap per stream still open or on its way, at most
+    /// about two per stream it may hold. A client that ends streams with spaced ids leaves one
+    /// range per stream; past `2 × max_streams +` [`super::MAX_FINISHED_RANGES`] ranges the lowest
+    /// gap is filled, and its counters are taken for finished streams: a live stream among them
+    /// is found in `streams` first, and an orderly client has no stream on its way that far
+    /// behind the ones it has open.
+    pub(super) fn finish_counter(&mut self, counter: u64) {
+        self.finished.insert(counter..counter + 1);
+        while self.finished.ranges() > self.max_finished_ranges {
+            self.finished.fill_first_gap();
+        }
+    }
+
+    /// Brings the budget's count of a stream's receive memory up to date with what it holds
+    /// now ([`Stream::recv_charge`]), and the session's count of reorder segments. A stream the
+    /// application has (`Open`) is charged whatever it holds, since the protocol let the peer
+    /// send it; one still waiting for its `OPEN` must fit in the budget, and with the session's
+    /// other such streams in [`PENDING_MEMORY`]. Returns false when it
+    /// does not, or when the stream or the session holds more segments than allowed: the
+    /// caller refuses the stream (`RESET` code 5).
+    pub(super) fn account_recv(&mut self, id: StreamId) -> bool {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return true;
+        };
+        let segments = if s.is_reset() { 0 } else { s.recv.segments() };
+        self.recv_segments = self.recv_segments - s.segments + segments;
+        s.segments = segments;
+        let target = s.recv_charge();
+        let pending = s.phase == Phase::Pending;
+        if target <= s.charged {
+            self.held.release(Pool::Recv, s.charged - target);
+            if pending {
+                self.pending_charged -= s.charged - target;
+            }
+            s.charged = target;
+        } else {
+            let extra = target - s.charged;
+            if pending {
+                // Its share first, so that one client cannot take what others' streams need.
+                if self.pending_charged + extra > PENDING_MEMORY
+                    || self.held.reserve_up_to(Pool::Recv, extra, extra) < extra
+                {
+                    return false;
+                }
+                self.pending_charged += extra;
+            } else {
+                self.held.force(Pool::Recv, extra);
+            }
+            s.charged = target;
+        }
+        segments <= s.max_segments() && self.recv_segments <= self.max_recv_segments
     }
 }

@@ -2,7 +2,9 @@
 //! carries.
 
 use super::link::Sent;
+use super::stream::Phase;
 use super::{Event, Session};
+use crate::frame::reset;
 use crate::ids::{LinkId, StreamId};
 use std::time::Instant;
 
@@ -23,6 +25,7 @@ impl Session {
                 l.ping_due = true;
             }
         }
+        self.expire_pending(now);
         self.rescue_stalled(now);
         let dead: Vec<LinkId> = self
             .links
@@ -33,6 +36,25 @@ impl Session {
         for id in dead {
             self.remove_link(id);
             self.events.push_back(Event::LinkTimedOut(id));
+        }
+    }
+
+    /// Server: resets the streams whose `OPEN` has not come within [`super::PENDING_LIFETIME`] of
+    /// their first frame (code 6), and gives back what they held.
+    fn expire_pending(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.pending_expiry.front() {
+            if at > now {
+                break;
+            }
+            self.pending_expiry.pop_front();
+            if self
+                .streams
+                .get(&id)
+                .is_some_and(|s| s.phase == Phase::Pending)
+            {
+                tracing::debug!(stream = %id, "no OPEN in time: stream reset");
+                self.refuse_stream(id, reset::NO_OPEN);
+            }
         }
     }
 
@@ -99,9 +121,10 @@ impl Session {
             .flat_map(|l| [l.next_ping_at(), l.dead_at(), l.rescue_at()])
             .flatten()
             .min();
-        match (self.ack_deadline, keepalive) {
-            (Some(a), Some(k)) => Some(a.min(k)),
-            (a, k) => a.or(k),
-        }
+        let pending = self.pending_expiry.front().map(|&(at, _)| at);
+        [self.ack_deadline, keepalive, pending]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }

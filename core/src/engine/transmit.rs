@@ -13,6 +13,9 @@ use crate::ids::LinkId;
 use bytes::BytesMut;
 use std::time::Instant;
 
+/// An empty control queue keeps room for this many frames at most.
+const SHRINK_ABOVE: usize = 1024;
+
 impl Session {
     /// Whether any link could send something now: control frames, window updates or stream
     /// data, which go on whichever link asks first.
@@ -63,6 +66,10 @@ impl Session {
                 });
             }
             l.record(Sent::Control(f));
+        }
+        if self.control.is_empty() && self.control.capacity() > SHRINK_ABOVE {
+            // A burst (a client resetting thousands of streams) leaves no lasting memory.
+            self.control.shrink_to(SHRINK_ABOVE);
         }
         while windows && buf.len() + WINDOW_LEN <= limit {
             let Some(id) = self.dirty_windows.pop_front() else {

@@ -353,3 +353,60 @@ fn restart_forgets_streams_and_credit_but_keeps_links() {
     assert_ne!(a, b);
     assert!(c.poll_transmit(now, LINK, &mut buf));
 }
+
+#[test]
+fn the_last_stream_id_of_node_65535_finishes_without_overflow() {
+    let now = Instant::now();
+    let node = NodeId(u16::MAX);
+    let mut s = Session::new(Role::Server(node), Config::default());
+    s.add_link(now, LINK);
+    let last = StreamId::new(node, StreamId::MAX_COUNTER);
+    assert_eq!(last.0, u64::MAX);
+    let reset = Frame::Reset {
+        stream: last,
+        code: reset::APP,
+        final_size: 0,
+    };
+    s.handle_message(now, LINK, msg(&[reset])).unwrap();
+    assert_eq!(s.stream_count(), 0);
+    // Finished: a late frame for it is stale, not a new stream.
+    s.handle_message(now, LINK, msg(&[data(last, 0, 10, false)]))
+        .unwrap();
+    assert_eq!(s.stream_count(), 0);
+}
+
+#[test]
+fn finished_streams_cost_bounded_memory_whatever_ids_the_client_picks() {
+    let (mut s, now) = server(16);
+    // Spaced ids, each ending at once: one range each, without a bound.
+    for i in 0..100_000u64 {
+        let reset = Frame::Reset {
+            stream: sid(2 * i),
+            code: reset::APP,
+            final_size: 0,
+        };
+        s.handle_message(now, LINK, msg(&[reset])).unwrap();
+        // Drop the RESETs it answers with, as a client would read them.
+        if i % 1000 == 0 {
+            while !sent(&mut s, now, LINK).is_empty() {}
+        }
+    }
+    assert!(
+        s.finished.ranges() <= 2 * 16 + MAX_FINISHED_RANGES,
+        "{} ranges",
+        s.finished.ranges()
+    );
+    assert_eq!(s.stream_count(), 0);
+    // The newest ids are still told apart: a gap among them is a new stream...
+    s.handle_message(now, LINK, msg(&[data(sid(2 * 99_999 - 1), 0, 1, false)]))
+        .unwrap();
+    assert_eq!(s.stream_count(), 1);
+    // ...and a stream that ended is stale.
+    s.handle_message(now, LINK, msg(&[data(sid(2 * 99_999), 0, 1, false)]))
+        .unwrap();
+    assert_eq!(s.stream_count(), 1);
+    // Low gaps were filled: taken for finished streams.
+    s.handle_message(now, LINK, msg(&[data(sid(1), 0, 1, false)]))
+        .unwrap();
+    assert_eq!(s.stream_count(), 1);
+}

@@ -77,6 +77,12 @@ fn stream_window_autotunes_up_to_the_configured_window() {
 fn a_hole_that_holds_back_half_the_window_doubles_it_up_to_the_configured_window() {
     let (mut s, now) = server_with_window(8 << 20);
     let id = sid(0);
+    // Opened (a stream still waiting for its OPEN may hold only `PENDING_MEMORY`).
+    let open = Frame::Open {
+        stream: id,
+        service: "svc".into(),
+    };
+    s.handle_message(now, LINK, msg(&[open])).unwrap();
     // The first 60 kB are still on a slow link; what follows arrives on a fast one, up to the
     // credit, and the application can read none of it.
     let hole = 60_000u64;
@@ -227,6 +233,13 @@ fn memory_budget_caps_the_credit_granted() {
         before > (1 << 20) - (1 << 17),
         "budget should be nearly full: {before}"
     );
+    // Opened: the data the protocol lets the client send before any grant is taken (counted
+    // whatever the budget's state); a stream without its `OPEN` would be refused instead.
+    let open = Frame::Open {
+        stream: sid(0),
+        service: "svc".into(),
+    };
+    t.handle_message(now, LINK, msg(&[open])).unwrap();
     for i in 0..10 {
         t.handle_message(now, LINK, msg(&[data(sid(0), i * 60_000, 60_000, false)]))
             .unwrap();
@@ -289,4 +302,144 @@ fn memory_budget_bounds_send_buffers_and_wakes_writers() {
     assert_eq!(c.stream_send_capacity(b), Ok(acked as usize));
     c.stream_reset(a, reset::APP);
     assert_eq!(budget.used(Pool::Send), 0);
+}
+
+#[test]
+fn data_before_open_must_fit_the_budget_and_expires() {
+    let now = Instant::now();
+    let budget = Budget::new(2 << 20); // 1 MiB per pool
+    let mut s = Session::with_budget(Role::Server(NODE), Config::default(), budget.clone());
+    s.add_link(now, LINK);
+    // Counted as it arrives: bytes, and the overhead of each segment.
+    for i in 0..10 {
+        s.handle_message(now, LINK, msg(&[data(sid(0), i * 60_000, 60_000, false)]))
+            .unwrap();
+    }
+    let used = budget.used(Pool::Recv);
+    assert!(used >= 600_000, "pending data not counted: {used}");
+    // A second pending stream whose data does not fit is refused (code 5) and holds nothing.
+    for i in 0..10 {
+        s.handle_message(now, LINK, msg(&[data(sid(1), i * 60_000, 60_000, false)]))
+            .unwrap();
+    }
+    assert_eq!(budget.used(Pool::Recv), used);
+    let resets: Vec<Frame> = sent(&mut s, now, LINK)
+        .into_iter()
+        .filter(|f| matches!(f, Frame::Reset { .. }))
+        .collect();
+    assert_eq!(
+        resets,
+        vec![Frame::Reset {
+            stream: sid(1),
+            code: reset::NO_MEMORY,
+            final_size: 0
+        }]
+    );
+    // The first never gets its OPEN: it expires, and gives its memory back.
+    let due = s.poll_timeout().expect("a pending stream expires");
+    assert!(due <= now + PENDING_LIFETIME);
+    s.handle_timeout(now + PENDING_LIFETIME);
+    assert_eq!(budget.used(Pool::Recv), 0);
+    // (The link is dead by then, its pings unanswered: the RESETs wait for another.)
+    let resets: Vec<(StreamId, u16)> = s
+        .control
+        .iter()
+        .filter_map(|f| match *f {
+            Frame::Reset { stream, code, .. } => Some((stream, code)),
+            _ => None,
+        })
+        .collect();
+    assert!(resets.contains(&(sid(0), reset::NO_OPEN)), "{resets:?}");
+}
+
+#[test]
+fn pending_streams_are_capped() {
+    let (mut s, now) = server(100_000);
+    for i in 0..MAX_PENDING_STREAMS as u64 + 10 {
+        s.handle_message(now, LINK, msg(&[data(sid(i), 0, 1, false)]))
+            .unwrap();
+    }
+    assert_eq!(s.pending, MAX_PENDING_STREAMS);
+    // Their OPENs arrive: they leave the pending state and make room.
+    for i in 0..10 {
+        let open = Frame::Open {
+            stream: sid(i),
+            service: "svc".into(),
+        };
+        s.handle_message(now, LINK, msg(&[open])).unwrap();
+    }
+    assert_eq!(s.pending, MAX_PENDING_STREAMS - 10);
+}
+
+#[test]
+fn fragments_beyond_the_limit_reset_the_stream_and_free_it() {
+    let budget = Budget::unlimited();
+    let now = Instant::now();
+    let mut s = Session::with_budget(Role::Server(NODE), Config::default(), budget.clone());
+    s.add_link(now, LINK);
+    let open = Frame::Open {
+        stream: sid(0),
+        service: "svc".into(),
+    };
+    s.handle_message(now, LINK, msg(&[open])).unwrap();
+    // One-byte segments at odd offsets: each a segment of its own, each counted.
+    for i in 0..1024u64 {
+        s.handle_message(now, LINK, msg(&[data(sid(0), 1 + 2 * i, 1, false)]))
+            .unwrap();
+    }
+    let used = budget.used(Pool::Recv);
+    assert!(used >= 1024 * (reorder::SEGMENT_COST + 1), "{used}");
+    s.handle_message(now, LINK, msg(&[data(sid(0), 1 + 2 * 1024, 1, false)]))
+        .unwrap();
+    assert_eq!(
+        budget.used(Pool::Recv),
+        0,
+        "the refused stream holds nothing"
+    );
+    assert_eq!(s.recv_segments, 0);
+    assert_eq!(s.stream_read(now, sid(0), 10), Err(StreamError::Closed));
+}
+
+#[test]
+fn one_session_holds_at_most_its_share_of_data_before_open() {
+    let budget = Budget::unlimited();
+    let now = Instant::now();
+    let mut s = Session::with_budget(Role::Server(NODE), Config::default(), budget.clone());
+    s.add_link(now, LINK);
+    let mib = |s: &mut Session, id: StreamId| {
+        for i in 0..32 {
+            let f = data(id, i * 32_768, 32_768, false);
+            s.handle_message(now, LINK, msg(&[f])).unwrap();
+        }
+    };
+    for i in 0..10 {
+        mib(&mut s, sid(i));
+        assert!(s.pending_charged <= PENDING_MEMORY);
+        assert_eq!(s.pending_charged, budget.used(Pool::Recv));
+    }
+    // Seven fit with their overhead; the rest were refused, holding nothing.
+    assert_eq!(s.pending, 7);
+    let refused = s
+        .control
+        .iter()
+        .filter(|f| {
+            matches!(
+                f,
+                Frame::Reset {
+                    code: reset::NO_MEMORY,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(refused, 3);
+    // An OPEN moves a stream out of the share (it is charged all the same), making room.
+    let open = Frame::Open {
+        stream: sid(0),
+        service: "svc".into(),
+    };
+    s.handle_message(now, LINK, msg(&[open])).unwrap();
+    mib(&mut s, sid(20));
+    assert_eq!(s.pending, 7);
+    assert!(s.streams.get(&sid(20)).is_some_and(|st| !st.is_reset()));
 }

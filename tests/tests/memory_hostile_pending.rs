@@ -1,0 +1,61 @@
+//! Data without `OPEN` under a hostile authenticated client (issue 23, finding 2): one client
+//! key, six session ids, each session sending its full initial credit (16 MiB, 2 MiB on each of
+//! eight streams) and never an `OPEN`. Streams waiting for their `OPEN` must fit in the node's
+//! memory cap or are refused, so the node holds about its cap, not 96 MiB. Alone in its test
+//! binary because it reads the process's resident memory.
+
+use std::time::Duration;
+use wanmux_core::budget::Pool;
+use wanmux_tests::harness::{panics, rss_kib, within};
+use wanmux_tests::hostile::{alone, noise_auth, small_memory_tunnel, wire, RawLink};
+
+/// Growth allowed: the node's receive pool (4 MiB) and allocator and runtime noise.
+const SLACK_KIB: u64 = 16 * 1024;
+const SESSIONS: u64 = 6;
+const STREAMS: u64 = 8;
+const PER_STREAM: u64 = 2 << 20;
+const CHUNK: u64 = 60_000;
+
+#[test]
+fn six_sessions_of_data_without_open() {
+    alone(within(Duration::from_secs(120), async {
+        let before_panics = panics();
+        let mut t = small_memory_tunnel().await;
+        let auth = noise_auth(&t.client_config);
+        let server = t.server.local_addr();
+        t.check_transfer(1 << 20, 1 << 20, 1).await;
+        let before = rss_kib();
+        let payload = vec![0x5A; CHUNK as usize];
+        let mut frame = Vec::new();
+        for _ in 0..SESSIONS {
+            let mut link = RawLink::connect(server, &auth, rand::random(), 0)
+                .await
+                .expect("an allowed client's handshake");
+            for s in 0..STREAMS {
+                let mut offset = 0;
+                while offset < PER_STREAM {
+                    let n = CHUNK.min(PER_STREAM - offset) as usize;
+                    frame.clear();
+                    wire::data(&mut frame, wire::stream(s), offset, &payload[..n]);
+                    link.send(&frame).await.expect("send");
+                    offset += n as u64;
+                }
+            }
+            // Processed; the session outlives its link (its grace period).
+            link.sync(Duration::from_secs(30)).await.expect("sync");
+        }
+        let after = rss_kib();
+        let used = t.server.budget().used(Pool::Recv);
+        println!(
+            "VmRSS before {before} KiB, after {SESSIONS} sessions of data without OPEN {after} \
+             KiB; receive pool {used} bytes"
+        );
+        assert!(
+            after <= before + SLACK_KIB,
+            "memory grew from {before} KiB to {after} KiB"
+        );
+        assert!(used <= t.server.budget().cap(), "receive pool {used}");
+        t.check_transfer(1 << 20, 1 << 20, 2).await;
+        assert_eq!(panics(), before_panics, "something panicked");
+    }));
+}
