@@ -194,7 +194,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         quic.is_none(),
     ));
     for w in &host {
-        span.in_scope(|| warn!("{w}"));
+        span.in_scope(|| warn!(target: tune::LOG_TARGET, "{w}"));
     }
     let dials = Arc::new(ready::Dials::default());
     let mut nodes = Vec::new();

@@ -7,6 +7,10 @@
 
 use std::path::Path;
 
+/// The log target of the warnings about host settings (`RUST_LOG=wanmux::host=error` silences
+/// them once they are known).
+pub const LOG_TARGET: &str = "wanmux::host";
+
 /// The congestion control TCP links get when the config names none: on a lossy long path a
 /// loss-based algorithm (cubic, most systems' default) collapses while bbr keeps its rate
 /// (bench/RESULTS.md).

@@ -220,7 +220,7 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
         true,
     ));
     for w in &host {
-        warn!("{w}");
+        warn!(target: tune::LOG_TARGET, "{w}");
     }
     if let Some(cc) = &congestion {
         // Accepted sockets inherit the listener's congestion control.

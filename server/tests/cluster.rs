@@ -24,9 +24,12 @@ struct NodeProcess {
 impl NodeProcess {
     fn spawn(dir: &Path, id: u16, addr: SocketAddr, psk: &str, app: SocketAddr) -> NodeProcess {
         let config = dir.join(format!("node{id}.toml"));
+        // A control socket of its own: a node killed by SIGKILL leaves its socket file behind,
+        // which is better left in the test's directory than in /run/wanmux.
         let text = format!(
             "[server]\nlisten = \"{addr}\"\nnode_id = {id}\npsk = \"{psk}\"\n\n\
-             [[service]]\nname = \"{}\"\ntarget = \"{app}\"\n",
+             [[service]]\nname = \"{}\"\ntarget = \"{app}\"\n\n\
+             [control]\nsocket = \"node{id}.sock\"\n",
             wanmux_tests::harness::SERVICE
         );
         std::fs::write(&config, text).expect("write node config");

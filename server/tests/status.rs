@@ -123,7 +123,18 @@ fn without_control_socket_the_default_under_run_is_used() {
     let node = start(&config);
     let v = status_json(&config);
     assert_eq!(v["daemon"], "server");
-    let socket = wanmux_core::control::find_default("wanmux-server", &config);
-    assert!(socket.is_some_and(|s| s.exists()));
+    let socket = wanmux_core::control::find_default("wanmux-server", &config)
+        .expect("the default socket exists");
+    // A node that stops takes its socket file with it.
+    let stopped = Command::new("kill")
+        .args(["-TERM", &node.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(stopped.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!socket.exists(), "{} left behind", socket.display());
     drop(node);
 }
