@@ -230,16 +230,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     let mut maps = Vec::new();
     let mut listeners = Vec::new();
     for (i, map) in config.maps.iter().enumerate() {
-        let listener = Arc::new(listen(map.listen).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "cannot listen on {} (map[{i}].listen): {e}{}",
-                    map.listen,
-                    daemon::bind_hint(map.listen, &e)
-                ),
-            )
-        })?);
+        let listener = Arc::new(listen_map(i, map.listen)?);
         let addr = listener.local_addr()?;
         span.in_scope(|| info!(listen = %addr, service = %map.service.as_str(), "mapping"));
         maps.push((map.service.clone(), addr));
@@ -302,6 +293,19 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         metrics,
         control,
         started,
+    })
+}
+
+/// [`listen`] for `map[i]`, an error naming the address and the key.
+fn listen_map(i: usize, addr: SocketAddr) -> io::Result<TcpListener> {
+    listen(addr).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot listen on {addr} (map[{i}].listen): {e}{}",
+                daemon::bind_hint(addr, &e)
+            ),
+        )
     })
 }
 

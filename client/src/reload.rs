@@ -16,7 +16,7 @@
 //! `[control]`: the links, the session and
 //! the accept loops run with them.
 
-use crate::{accept_loop, listen, ClientHandle};
+use crate::{accept_loop, listen_map, ClientHandle};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +24,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn, Instrument};
 use wanmux_config::{ClientAuth, ClientConfig, ServiceName};
-use wanmux_core::daemon;
 
 /// A mapped port: its socket and its accept loop.
 #[derive(Debug)]
@@ -74,16 +73,7 @@ impl ClientHandle {
             if plan[i].is_some() {
                 continue;
             }
-            let socket = listen(map.listen).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot listen on {} (map[{i}].listen): {e}{}",
-                        map.listen,
-                        daemon::bind_hint(map.listen, &e)
-                    ),
-                )
-            })?;
+            let socket = listen_map(i, map.listen)?;
             bound.push((i, Arc::new(socket)));
         }
 

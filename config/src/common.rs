@@ -580,16 +580,7 @@ pub(crate) fn timeout_ms(
     value: Option<&Spanned<i64>>,
     default: Duration,
 ) -> Duration {
-    match value {
-        None => default,
-        Some(v) => match out_of_range(*v.get_ref(), &TIMEOUT_MS_RANGE) {
-            None => Duration::from_millis(*v.get_ref() as u64),
-            Some(msg) => {
-                errs.push(key, Some(v.span()), format!("{msg} (milliseconds)"));
-                default
-            }
-        },
-    }
+    ms_in(errs, key, value, default, &TIMEOUT_MS_RANGE)
 }
 
 /// Converts an optional millisecond wait that may be zero (0..=60000), recording one out of range.
@@ -599,9 +590,20 @@ pub(crate) fn wait_ms(
     value: Option<&Spanned<i64>>,
     default: Duration,
 ) -> Duration {
+    ms_in(errs, key, value, default, &WAIT_MS_RANGE)
+}
+
+/// Converts an optional number of milliseconds in `range`, recording one out of it.
+fn ms_in(
+    errs: &mut Collector<'_>,
+    key: &str,
+    value: Option<&Spanned<i64>>,
+    default: Duration,
+    range: &RangeInclusive<i64>,
+) -> Duration {
     match value {
         None => default,
-        Some(v) => match out_of_range(*v.get_ref(), &WAIT_MS_RANGE) {
+        Some(v) => match out_of_range(*v.get_ref(), range) {
             None => Duration::from_millis(*v.get_ref() as u64),
             Some(msg) => {
                 errs.push(key, Some(v.span()), format!("{msg} (milliseconds)"));
