@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod fds;
 mod mesh;
 mod refused;
 mod reload;
@@ -25,7 +26,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use wanmux_config::ServerConfig;
@@ -36,6 +36,9 @@ use wanmux_core::{daemon, metrics, noise, quic, tune};
 /// Handshakes in progress at once; connections beyond wait in the kernel's accept queue, so a
 /// flood of half-open connections costs bounded memory.
 const MAX_HANDSHAKES: usize = 1024;
+/// Handshakes in progress at once from one IP address: a client dials its links a few at a
+/// time, and one address cannot take every slot.
+const MAX_HANDSHAKES_PER_SOURCE: usize = 16;
 
 /// A running server node.
 #[derive(Debug)]
@@ -263,12 +266,14 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
             Some((bound, tokio::spawn(metrics::serve(listener, source))))
         }
     };
+    let fds = Arc::new(fds::Fds::raise());
     info!(listen = %local_addr, quic = quic.is_some(), node = sessions.node_id(), "wanmux-server listening");
     let accept = tokio::spawn(accept_loop(
         Listener::Tcp(listener),
         auth.clone(),
         sessions.clone(),
         refusals.clone(),
+        fds.clone(),
     ));
     let quic = quic.map(|ep| {
         let task = tokio::spawn(accept_loop(
@@ -276,6 +281,7 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
             auth.clone(),
             sessions.clone(),
             refusals,
+            fds,
         ));
         (ep, task)
     });
@@ -324,6 +330,18 @@ enum Incoming {
     Quic(Box<(quic::Listener, quinn::Incoming)>),
 }
 
+impl Incoming {
+    /// Closes a connection this node has no room for: TCP with an RST, QUIC with a refusal.
+    fn refuse(self) {
+        match self {
+            Incoming::Tcp(tcp) => {
+                let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+            }
+            Incoming::Quic(boxed) => boxed.1.refuse(),
+        }
+    }
+}
+
 impl Listener {
     /// The next connection and its peer; `None` once the listener is closed.
     async fn next(&self) -> Option<(Incoming, SocketAddr)> {
@@ -342,26 +360,48 @@ impl Listener {
     }
 }
 
-/// Accepts links on `listener`, TCP or QUIC alike: at most [`MAX_HANDSHAKES`] in their
-/// handshake at once, and each link that authenticates runs in its session.
+/// Accepts links on `listener`, TCP or QUIC alike, each taking a handshake slot once accepted:
+/// at most [`MAX_HANDSHAKES`] in their handshake at once, [`MAX_HANDSHAKES_PER_SOURCE`] from one
+/// address, and none while the open file descriptors are within the reserve of the limit (see
+/// `fds`). A connection with no slot is closed at once (TCP: with an RST), so a flood holds no
+/// descriptor; the refusals are logged as a count (`refused`). Each link that authenticates runs
+/// in its session.
 async fn accept_loop(
     listener: Listener,
     auth: Arc<SharedAuth>,
     sessions: Arc<Sessions>,
     refusals: Arc<Refusals>,
+    fds: Arc<fds::Fds>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let slots = Arc::new(Slots::default());
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
         let Some((incoming, peer)) = listener.next().await else {
             return;
+        };
+        let slot = match slots.take(peer.ip()) {
+            Err(why) => {
+                refusals.busy(peer, why);
+                incoming.refuse();
+                continue;
+            }
+            Ok(_) if !fds.room_for_link() => {
+                refusals.busy(
+                    peer,
+                    &format!(
+                        "open files near the limit ({}): the rest is kept for the sessions \
+                         already here (raise LimitNOFILE)",
+                        fds.limit()
+                    ),
+                );
+                incoming.refuse();
+                continue;
+            }
+            Ok(slot) => slot,
         };
         let (auth, sessions, refusals) = (auth.clone(), sessions.clone(), refusals.clone());
         tokio::spawn(async move {
             let accepted = handshake(incoming, peer, &auth.current(), &sessions, &refusals).await;
-            drop(permit);
+            drop(slot);
             match accepted {
                 Some(acc) if !auth.still_allows(acc.client_key.as_ref()) => {
                     info!(%peer, "link refused: its client key was removed from allowed_clients during its handshake");
@@ -370,6 +410,53 @@ async fn accept_loop(
                 None => {}
             }
         });
+    }
+}
+
+/// The handshakes in progress, in all and per source address.
+#[derive(Debug, Default)]
+struct Slots {
+    /// In all, and per address (entries removed at zero).
+    taken: std::sync::Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
+}
+
+/// A handshake slot, given back on drop.
+struct Slot {
+    slots: Arc<Slots>,
+    ip: std::net::IpAddr,
+}
+
+impl Slots {
+    /// A slot for a handshake from `ip`, or why there is none.
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<Slot, &'static str> {
+        // Only counting runs under this lock.
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        if taken.0 >= MAX_HANDSHAKES {
+            return Err("too many handshakes in progress on this node");
+        }
+        let from = taken.1.entry(ip).or_insert(0);
+        if *from >= MAX_HANDSHAKES_PER_SOURCE {
+            return Err("too many handshakes in progress from this address");
+        }
+        *from += 1;
+        taken.0 += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut taken = self.slots.taken.lock().unwrap_or_else(|e| e.into_inner());
+        taken.0 -= 1;
+        if let Some(n) = taken.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                taken.1.remove(&self.ip);
+            }
+        }
     }
 }
 

@@ -35,6 +35,7 @@ enum Kind {
     Timeout,
     NotWanmux,
     Quic,
+    Busy,
     Other,
 }
 
@@ -64,6 +65,13 @@ impl Refusals {
         debug!(%peer, reason = %e, "QUIC link refused");
         let reason = format!("the QUIC handshake failed: {e}");
         self.log(Kind::Quic, false, peer, &reason);
+    }
+
+    /// Logs a connection refused before its handshake because the node has no room for it:
+    /// too many handshakes (from its address, or in all), or file descriptors near the limit.
+    pub(crate) fn busy(&self, peer: SocketAddr, reason: &str) {
+        debug!(%peer, %reason, "link refused");
+        self.log(Kind::Busy, true, peer, reason);
     }
 
     fn log(&self, kind: Kind, loud: bool, peer: SocketAddr, reason: &str) {
