@@ -115,6 +115,12 @@ impl Pace {
             self.filter.cap(sample.max(1));
         }
         self.bw = self.filter.max();
+        // A round that may drain a queue of the link's own (a probe's, the next round, a climb's,
+        // or start-up's overshoot) says nothing of how the path's delay varies by itself.
+        let own_drain = matches!(self.phase, Phase::Cruise(0 | 1) | Phase::Climb(_));
+        if settled && !own_drain {
+            self.variation.push(self.round.rtt.fall());
+        }
         Measured {
             sample,
             filtered,
@@ -135,7 +141,7 @@ impl Pace {
         self.recent.note(now, bytes, min_rtt);
         if let Some(block_min) = self.block.add(rtt) {
             if self.window >= QUEUE_DELAY_MIN_PACKETS * self.mtu
-                && super::rtt::block_queued(block_min, min_rtt)
+                && super::rtt::block_queued(block_min, min_rtt + self.envelope())
             {
                 self.leave_startup_on_queue(now);
                 return;
@@ -213,7 +219,7 @@ impl Pace {
         if measured.settled
             && busy
             && measured.filtered as f64 > 1.25 * self.full_bw as f64
-            && self.round.rtt.had_room(self.min_rtt)
+            && self.round.rtt.had_room(self.queue_floor())
         {
             return self.found_room(now, measured.sample);
         }
@@ -226,7 +232,7 @@ impl Pace {
             && !measured.overrun
             && (n == 0 || !self.climb.futile)
             && measured.sample >= self.bw
-            && self.round.rtt.saw_no_queue(self.min_rtt)
+            && self.round.rtt.saw_no_queue(self.queue_floor())
         {
             return self.start_climb();
         }
@@ -256,7 +262,7 @@ impl Pace {
         // The first climb round delivers what cruise's window sent: nothing to judge yet.
         let delivered = !self.round.app_limited
             && !measured.overrun
-            && !self.round.rtt.all_queued(self.min_rtt)
+            && !self.round.rtt.all_queued(self.queue_floor())
             && (n == 0 || measured.sample >= self.climb.targets[0] || !self.climb.missed);
         if !delivered {
             return self.end_climb(now);
@@ -312,7 +318,7 @@ impl Pace {
         if let Some(share) = &self.share {
             match self.phase {
                 Phase::Cruise(_)
-                    if !self.round.app_limited && self.round.rtt.saw_queue(self.min_rtt) =>
+                    if !self.round.app_limited && self.round.rtt.saw_queue(self.queue_floor()) =>
                 {
                     share.report(self.id, now)
                 }
