@@ -31,7 +31,7 @@ usage: lab.sh COMMAND [ARGS]
   down                             stop the emulators, delete the namespaces
   status                           namespaces, emulator counters (SIGUSR1) and their logs
   exec NODE CMD...                 run CMD in NODE: c (client), r (router), s1, s2, ...
-  run SCENARIO [OPTIONS]           bring the lab up with scenario A..F (or ceiling), measure
+  run SCENARIO [OPTIONS]           bring the lab up with scenario A..I (or ceiling), measure
                                    direct TCP (cubic, bbr), kcptun and wanmux side by side with
                                    wanmux-bench, tear down (scenarios.py run; --help for options)
   sweep [OPTIONS]                  goodput against loss rate on one path, for plot.py
@@ -296,8 +296,14 @@ scenario_paths() {
         echo "delay=80ms,rate=100mbit,queue=$q"
         ;;
     F) echo "delay=30ms,loss=1%,rate=500mbit,queue=$q" ;;
+    # Issue 21's paths: 300 Mbit/s, 60 ms RTT, 1% loss (G); the same with ±4 ms of delay
+    # variation in each direction, order kept (H); and with a quarter of the packets up to 8 ms
+    # late besides, behind later ones (I).
+    G) echo "delay=30ms,loss=1%,rate=300mbit,queue=$q" ;;
+    H) echo "delay=30ms,loss=1%,rate=300mbit,queue=$q,jitter=4ms" ;;
+    I) echo "delay=30ms,loss=1%,rate=300mbit,queue=$q,jitter=4ms,reorder=25%,reorder_delay=8ms" ;;
     ceiling) echo "" ;;
-    *) die "unknown scenario $1 (A-F, ceiling)" ;;
+    *) die "unknown scenario $1 (A-I, ceiling)" ;;
     esac
 }
 
