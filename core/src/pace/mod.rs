@@ -42,8 +42,10 @@
 //! - **Delay variation** is not a queue. The RTT of a path varies by itself (queues elsewhere,
 //!   radio last miles, reordering); every queue test above compares samples with the minimum RTT
 //!   plus that variation, measured as the most the RTT fell within a round (a queue this link
-//!   builds only makes it rise), and the window covers the minimum RTT plus half of it. See
-//!   `rtt.rs`.
+//!   builds only makes it rise), and the window covers the minimum RTT plus half of it. On a
+//!   path that varies by 2 ms or more, start-up's queue test must hold for a minimum RTT before
+//!   start-up ends (it grows by a quarter per round meanwhile), as in HyStart++'s conservative
+//!   slow start: a peak of the variation does not end it. See `rtt.rs`.
 //! - **Loss** is ignored up to [`LOSS_LIMIT`] of a round's bytes (random loss, retransmitted by
 //!   QUIC). A heavier round is an overrun. Two overrun rounds in a row mean the path got slower:
 //!   samples above what the second delivered are dropped. One alone is a burst, and the losses
@@ -172,6 +174,9 @@ pub struct Pace {
     recent: RecentAcks,
     /// How much the path's RTT varies by itself (see `rtt.rs`).
     variation: Variation,
+    /// Start-up on a path whose delay varies: since when the blocks of RTT samples have been
+    /// above the floor (it leaves if they stay there for a minimum RTT).
+    queue_since: Option<Instant>,
 }
 
 /// What the current round has seen so far.
@@ -248,6 +253,7 @@ impl Pace {
             left_startup: None,
             recent: RecentAcks::default(),
             variation: Variation::default(),
+            queue_since: None,
         }
     }
 

@@ -16,6 +16,9 @@ const GENTLE_GROWTH: f64 = 0.25;
 /// The delay test of start-up needs a window of this many packets: below it the peer's delayed
 /// acks (up to 25 ms) inflate RTT samples more than any queue.
 const QUEUE_DELAY_MIN_PACKETS: u64 = 128;
+/// A path whose RTT varies by itself by at least this much (see `rtt.rs`) may show start-up a
+/// queue that is not there: start-up then confirms its delay test for a minimum RTT.
+const VARIES: Duration = Duration::from_millis(2);
 /// Start-up ends after this many busy rounds without 25% more bandwidth, as in BBR: with 2, a
 /// round held back by a loss ended it far too low (bench/RESULTS.md, lessons).
 const FLAT_ROUNDS: u32 = 3;
@@ -140,18 +143,29 @@ impl Pace {
     ) {
         self.recent.note(now, bytes, min_rtt);
         if let Some(block_min) = self.block.add(rtt) {
+            let floor = min_rtt + self.envelope();
             if self.window >= QUEUE_DELAY_MIN_PACKETS * self.mtu
-                && super::rtt::block_queued(block_min, min_rtt + self.envelope())
+                && super::rtt::block_queued(block_min, floor)
             {
-                self.leave_startup_on_queue(now);
-                return;
+                // On a path whose delay visibly varies by itself, a block above the floor may be a
+                // peak of that variation: start-up grows gently and leaves only if the blocks
+                // stay above it for a minimum RTT (as HyStart++'s conservative slow start does,
+                // RFC 9406).
+                let varies = self.envelope() >= VARIES;
+                let since = *self.queue_since.get_or_insert(now);
+                if !varies || now.saturating_duration_since(since) >= min_rtt {
+                    self.leave_startup_on_queue(now);
+                    return;
+                }
+            } else {
+                self.queue_since = None;
             }
         }
         if self.full_now {
             // The first round may double before any busy round measured the path.
             let cap = (STARTUP_CAP * self.bdp() as f64) as u64;
             let cap = cap.max(2 * INITIAL_PACKETS * self.mtu);
-            let grow = if self.gentle {
+            let grow = if self.gentle || self.queue_since.is_some() {
                 (GENTLE_GROWTH * bytes as f64) as u64
             } else {
                 bytes
@@ -178,6 +192,7 @@ impl Pace {
             }
         }
         self.phase = Phase::Cruise(1);
+        self.queue_since = None;
         self.left_startup = Some(now);
         // What start-up found: a cruise round leaves cruise only 25% above it.
         self.full_bw = self.full_bw.max(self.bw);
@@ -200,6 +215,7 @@ impl Pace {
         }
         if self.flat_rounds >= FLAT_ROUNDS || measured.overrun {
             // The first cruise round after start-up is not a probe.
+            self.queue_since = None;
             self.left_startup = Some(now);
             self.full_bw = self.full_bw.max(self.bw);
             Phase::Cruise(1)
@@ -300,6 +316,7 @@ impl Pace {
     fn restart_start_up(&mut self) -> Phase {
         // The acks noted in the last start-up are history (however it ended).
         self.recent.forget();
+        self.queue_since = None;
         self.full_bw = self.bw;
         self.flat_rounds = 0;
         Phase::Startup

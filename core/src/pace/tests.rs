@@ -865,3 +865,63 @@ fn reordering_is_neither_loss_nor_congestion() {
     let (_, out) = goodput(&rfc, 2.0, 43);
     assert!(out.spurious * 20 > out.sent / u64::from(MTU), "{out:?}");
 }
+
+#[test]
+fn start_up_on_a_path_whose_delay_varies_leaves_only_on_a_lasting_queue() {
+    // Start-up on a path whose RTT has been seen to fall by 6 ms within a round: a peak of that
+    // variation above the queue test's floor, shorter than a minimum RTT, does not end it (it
+    // grows by a quarter meanwhile); samples that stay above it for a minimum RTT do.
+    let rtt = Duration::from_millis(60);
+    let mtu = u64::from(MTU);
+    let start = Instant::now();
+    let mut pace = Pace::new(start, MTU);
+    let mut now = start;
+    // Acks every `every` for `span`, each sample `sample`; returns how many.
+    let acks = |pace: &mut Pace, now: &mut Instant, span: Duration, sample: Duration, every| {
+        let end = *now + span;
+        let mut n = 0;
+        while *now < end {
+            *now += Duration::from_micros(every);
+            pace.on_ack(*now, *now - sample, mtu, false, rtt);
+            pace.on_in_flight(pace.window());
+            n += 1;
+        }
+        n
+    };
+    // Two rounds whose RTT falls from 66 to 60 ms (the delivery rate doubling each round, as
+    // in start-up): the path varies by 6 ms, less than the queue test's allowance.
+    for every in [400, 200] {
+        acks(
+            &mut pace,
+            &mut now,
+            rtt / 2,
+            rtt + Duration::from_millis(6),
+            every,
+        );
+        acks(&mut pace, &mut now, rtt / 2, rtt, every);
+    }
+    assert_eq!(pace.phase(), Phase::Startup, "{pace:?}");
+    assert!(pace.window() >= 128 * mtu, "{pace:?}");
+    // A peak 20 ms above the minimum (above 60 + 6 + 66/8 ms) for half a minimum RTT, then
+    // back down.
+    let peak = rtt + Duration::from_millis(20);
+    let w = pace.window();
+    let n = acks(&mut pace, &mut now, rtt / 2, peak, 100);
+    assert_eq!(pace.phase(), Phase::Startup, "{pace:?}");
+    // Meanwhile the window grew by a quarter of what was acknowledged (all of it until the
+    // first block of 8 samples above the floor was complete).
+    let grown = pace.window() - w;
+    assert!(grown <= (n / 4 + 16) * mtu, "{grown} after {n} acks");
+    acks(&mut pace, &mut now, rtt, rtt, 50);
+    assert_eq!(pace.phase(), Phase::Startup, "{pace:?}");
+    // That fall of 20 ms is variation too. A queue 40 ms deep, for longer than a minimum RTT,
+    // ends start-up.
+    acks(
+        &mut pace,
+        &mut now,
+        rtt + rtt / 4,
+        peak + Duration::from_millis(20),
+        25,
+    );
+    assert!(matches!(pace.phase(), Phase::Cruise(_)), "{pace:?}");
+}
