@@ -36,6 +36,9 @@ usage: lab.sh COMMAND [ARGS]
                                    wanmux-bench, tear down (scenarios.py run; --help for options)
   sweep [OPTIONS]                  goodput against loss rate on one path, for plot.py
                                    (scenarios.py sweep; --help for options)
+  matrix [OPTIONS]                 the path matrix (17 paths: rates, RTTs, loss, jitter,
+                                   reordering, asymmetric lines), direct bbr, kcptun and wanmux
+                                   QUIC on each (scenarios.py matrix; --help for options)
   front K IP PORT | front K off    make server K's address a second address of server IP: its
                                    TCP and UDP PORT forward (DNAT, masquerade) to IP:PORT, so a
                                    daemon on IP is reached over path K too (a multihomed host,
@@ -496,7 +499,7 @@ main() {
     down) cmd_down ;;
     status) cmd_status ;;
     exec) cmd_exec "$@" ;;
-    run | sweep) exec python3 "$HERE/scenarios.py" "$cmd" "$@" ;;
+    run | sweep | matrix) exec python3 "$HERE/scenarios.py" "$cmd" "$@" ;;
     paths) cmd_paths "$@" ;;
     front) cmd_front "$@" ;;
     iperf) cmd_iperf "$@" ;;
