@@ -31,11 +31,14 @@ usage: lab.sh COMMAND [ARGS]
   down                             stop the emulators, delete the namespaces
   status                           namespaces, emulator counters (SIGUSR1) and their logs
   exec NODE CMD...                 run CMD in NODE: c (client), r (router), s1, s2, ...
-  run SCENARIO [OPTIONS]           bring the lab up with scenario A..F (or ceiling), measure
+  run SCENARIO [OPTIONS]           bring the lab up with scenario A..I (or ceiling), measure
                                    direct TCP (cubic, bbr), kcptun and wanmux side by side with
                                    wanmux-bench, tear down (scenarios.py run; --help for options)
   sweep [OPTIONS]                  goodput against loss rate on one path, for plot.py
                                    (scenarios.py sweep; --help for options)
+  matrix [OPTIONS]                 the path matrix (17 paths: rates, RTTs, loss, jitter,
+                                   reordering, asymmetric lines), direct bbr, kcptun and wanmux
+                                   QUIC on each (scenarios.py matrix; --help for options)
   front K IP PORT | front K off    make server K's address a second address of server IP: its
                                    TCP and UDP PORT forward (DNAT, masquerade) to IP:PORT, so a
                                    daemon on IP is reached over path K too (a multihomed host,
@@ -296,8 +299,14 @@ scenario_paths() {
         echo "delay=80ms,rate=100mbit,queue=$q"
         ;;
     F) echo "delay=30ms,loss=1%,rate=500mbit,queue=$q" ;;
+    # Issue 21's paths: 300 Mbit/s, 60 ms RTT, 1% loss (G); the same with ±4 ms of delay
+    # variation in each direction, order kept (H); and with a quarter of the packets up to 8 ms
+    # late besides, behind later ones (I).
+    G) echo "delay=30ms,loss=1%,rate=300mbit,queue=$q" ;;
+    H) echo "delay=30ms,loss=1%,rate=300mbit,queue=$q,jitter=4ms" ;;
+    I) echo "delay=30ms,loss=1%,rate=300mbit,queue=$q,jitter=4ms,reorder=25%,reorder_delay=8ms" ;;
     ceiling) echo "" ;;
-    *) die "unknown scenario $1 (A-F, ceiling)" ;;
+    *) die "unknown scenario $1 (A-I, ceiling)" ;;
     esac
 }
 
@@ -490,7 +499,7 @@ main() {
     down) cmd_down ;;
     status) cmd_status ;;
     exec) cmd_exec "$@" ;;
-    run | sweep) exec python3 "$HERE/scenarios.py" "$cmd" "$@" ;;
+    run | sweep | matrix) exec python3 "$HERE/scenarios.py" "$cmd" "$@" ;;
     paths) cmd_paths "$@" ;;
     front) cmd_front "$@" ;;
     iperf) cmd_iperf "$@" ;;

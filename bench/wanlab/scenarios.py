@@ -897,6 +897,73 @@ def cmd_sweep(args, bins, keys, tmp, command, started) -> tuple[str, dict]:
     return "\n".join(text) + "\n", data
 
 
+# The path matrix (issue 21, item 3): a covering subset of rates 50 / 200 / 500 Mbit/s, RTTs
+# 20 / 100 / 250 ms, loss 0 / 0.5 / 2%, jitter 0 / 2 / 10 ms (each direction, order kept) with and
+# without reordering (a quarter of the packets up to 2 x jitter late), and asymmetric lines (the
+# return direction at a tenth of the data direction's rate). Every path has a 50 ms queue.
+MATRIX = [
+    ("50-20-0", "delay=10ms,rate=50mbit"),
+    ("50-20-0.5-j2", "delay=10ms,rate=50mbit,loss=0.5%,jitter=2ms"),
+    ("50-20-0.5-j2r", "delay=10ms,rate=50mbit,loss=0.5%,jitter=2ms,reorder=25%"),
+    ("50-100-2", "delay=50ms,rate=50mbit,loss=2%"),
+    ("50-250-0.5-j10", "delay=125ms,rate=50mbit,loss=0.5%,jitter=10ms"),
+    ("50-250-2-j2r", "delay=125ms,rate=50mbit,loss=2%,jitter=2ms,reorder=25%"),
+    ("200-20-2-j2r", "delay=10ms,rate=200mbit,loss=2%,jitter=2ms,reorder=25%"),
+    ("200-100-0-j10", "delay=50ms,rate=200mbit,jitter=10ms"),
+    ("200-100-0.5-j2", "delay=50ms,rate=200mbit,loss=0.5%,jitter=2ms"),
+    ("200-100-2-j10r", "delay=50ms,rate=200mbit,loss=2%,jitter=10ms,reorder=25%"),
+    ("200-100-0.5-asym", "delay=50ms,up.rate=200mbit,down.rate=20mbit,loss=0.5%"),
+    ("200-250-0.5", "delay=125ms,rate=200mbit,loss=0.5%"),
+    ("500-20-0.5", "delay=10ms,rate=500mbit,loss=0.5%"),
+    ("500-100-2-j2", "delay=50ms,rate=500mbit,loss=2%,jitter=2ms"),
+    ("500-100-0-j2r", "delay=50ms,rate=500mbit,jitter=2ms,reorder=25%"),
+    ("500-100-0.5-asym", "delay=50ms,up.rate=500mbit,down.rate=50mbit,loss=0.5%"),
+    ("500-250-2-j10", "delay=125ms,rate=500mbit,loss=2%,jitter=10ms"),
+]
+MATRIX_CONTENDERS = ["direct-bbr", "kcptun-2048", "wanmux-quic-4l"]
+
+
+def cmd_matrix(args, bins, keys, tmp, command, started) -> tuple[str, dict]:
+    """Every contender on every path of MATRIX (or of --paths), one path at a time."""
+    chosen = [m for i, m in enumerate(MATRIX, start=1) if not args.paths or i in args.paths]
+    runs: list[Run] = []
+    contenders = args.contenders
+    queue = os.environ.get("WANLAB_QUEUE", "50ms")
+    specs = {name: f"{spec},queue={queue}" for name, spec in chosen}
+    lab_up([specs[chosen[0][0]]], args.seed)
+    start_bench_servers(bins, 1, tmp)
+    try:
+        for i, (name, _) in enumerate(chosen):
+            if i:
+                lab("set", "1", specs[name], "--seed", str(args.seed))
+            measure(args, bins, keys, tmp, name, [specs[name]], contenders, ["bulk"], runs)
+    except KeyboardInterrupt:
+        log("interrupted; reporting what was measured")
+    text = ["## Path matrix", "", "Path names: rate Mbit/s - RTT ms - loss % - jitter (jN: ±N ms in "
+            "each direction, order kept; r: a quarter of the packets up to 2N ms late besides; asym: "
+            "the return direction at a tenth of the rate)", ""]
+    text += header(args, command, started, bins) + [""]
+    text += ["| path | spec | " + " | ".join(LABELS[c] for c in contenders) + " |",
+             "|---|---|" + "---|" * len(contenders)]
+    for name, _ in chosen:
+        cells = []
+        for c in contenders:
+            s = summarize([r for r in runs if r.scenario == name], c, 1, "bulk")
+            cells.append("-" if s["mbit"] is None else
+                         f"{s['mbit']:.1f} ({', '.join(map(str, s['runs']))}; "
+                         f"x{fmt(s['data_ratio'], '.3f')})")
+        text.append(f"| {name} | `{specs[name]}` | " + " | ".join(cells) + " |")
+    text += ["", "Median goodput in Mbit/s (the runs; WAN bytes in the data direction per "
+             "application byte)."]
+    n = notes(runs)
+    if n:
+        text += ["", "Notes:", *n]
+    data = {"mode": "matrix", "paths": specs, "command": command, "started": started.isoformat(),
+            "time": args.time, "repeat": args.repeat, "versions": versions(bins),
+            "runs": [r.__dict__ for r in runs]}
+    return "\n".join(text) + "\n", data
+
+
 LEGEND = (
     "Goodput: application bytes received and verified by the receiver / its receive time. % of line: "
     "of the emulated rate (a TCP payload is at most 1448/1500 = 96.5% of it). wire/goodput: IP "
@@ -955,7 +1022,21 @@ def main() -> int:
     s.add_argument("--losses", default="0,0.5,1,2,5", help="loss rates in %% (default 0,0.5,1,2,5)")
     s.add_argument("--contenders", default=",".join(SWEEP_CONTENDERS),
                    help=f"comma-separated (default {','.join(SWEEP_CONTENDERS)})")
+    m = sub.add_parser("matrix", parents=[common],
+                       help="the path matrix: every contender on every path, one path at a time")
+    m.add_argument("--paths", default="",
+                   help="comma-separated path numbers (1-based) of the matrix (default: all "
+                        f"{len(MATRIX)})")
+    m.add_argument("--contenders", default=",".join(MATRIX_CONTENDERS),
+                   help=f"comma-separated (default {','.join(MATRIX_CONTENDERS)})")
     args = ap.parse_args()
+    if args.mode == "matrix":
+        try:
+            args.paths = [int(p) for p in args.paths.split(",") if p.strip()]
+        except ValueError:
+            ap.error("--paths takes comma-separated numbers")
+        if any(not 1 <= p <= len(MATRIX) for p in args.paths):
+            ap.error(f"--paths: the matrix has paths 1-{len(MATRIX)}")
     args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     bad = [c for c in args.contenders if c not in ALL_CONTENDERS]
     if bad or args.repeat < 1 or args.time <= 0:
@@ -979,6 +1060,8 @@ def main() -> int:
         keys = Keys(bins, tmp / "keys")
         if args.mode == "run":
             text, data = cmd_run(args, bins, keys, tmp, command, started)
+        elif args.mode == "matrix":
+            text, data = cmd_matrix(args, bins, keys, tmp, command, started)
         else:
             text, data = cmd_sweep(args, bins, keys, tmp, command, started)
     except KeyboardInterrupt:
@@ -993,7 +1076,7 @@ def main() -> int:
     if text is None:
         return 130
     print(text)
-    stem = (f"{args.scenario}" if args.mode == "run" else "sweep") + f"-{started:%Y%m%dT%H%M%SZ}"
+    stem = (f"{args.scenario}" if args.mode == "run" else args.mode) + f"-{started:%Y%m%dT%H%M%SZ}"
     write_out(args, text, data, stem)
     runs = data["runs"]
     if any(r["status"] == EXIT_VERIFY for r in runs):

@@ -26,6 +26,10 @@
 //! 5. **Order**: the release time is clamped to be no earlier than the previous release (of the
 //!    direction, or of the flow when the per-flow limiter is on). Packets of one flow never
 //!    reorder; with a per-flow limiter, different flows interleave by their own schedules.
+//! 6. **Reordering** (optional): a fraction `reorder` of the packets, drawn independently, get an
+//!    extra delay of their own, uniform in `(0, reorder_delay]`, after the order was kept: the
+//!    packets behind such a packet overtake it, as with per-packet load balancing or link
+//!    bonding. Jitter (order kept) and reordering are separate keys, so a path can have either.
 //!
 //! All of this is pure: time is passed in, the random generators are seeded from outside. The
 //! binary keeps released-later packets in a [`pool::DelayLine`] (a binary heap of release times

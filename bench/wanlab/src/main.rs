@@ -37,11 +37,11 @@ struct Args {
     #[arg(long)]
     server_tun: String,
     /// Link spec, e.g. `delay=50ms,loss=1%,rate=200mbit,queue=100ms`; `up.KEY`/`down.KEY` set
-    /// one direction. Keys: delay, jitter, jitter_period, loss, rate, queue, flow_rate,
-    /// flow_queue, flow_match.
+    /// one direction. Keys: delay, jitter, jitter_period, reorder, reorder_delay, loss, rate,
+    /// queue, flow_rate, flow_queue, flow_match.
     #[arg(long, default_value = "")]
     link: LinkSpec,
-    /// Seed of the loss and jitter generators (each direction derives its own).
+    /// Seed of the loss, jitter and reordering generators (each direction derives its own).
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Packet buffers per direction; packets beyond this are dropped (counted as `overflow`).
@@ -197,11 +197,13 @@ fn describe(name: &str, s: &DirectionSpec) {
         r.map_or("unlimited".to_owned(), |r| format!("{} bit/s", r.bps()))
     };
     eprintln!(
-        "wanlab-link: {name}: delay {:?} jitter {:?} (period {:?}) loss {}% rate {} queue {:?} \
-         flow_rate {} flow_queue {:?} ({:?})",
+        "wanlab-link: {name}: delay {:?} jitter {:?} (period {:?}) reorder {}% (up to {:?}) \
+         loss {}% rate {} queue {:?} flow_rate {} flow_queue {:?} ({:?})",
         s.delay,
         s.jitter,
         s.effective_jitter_period(),
+        s.reorder * 100.0,
+        s.effective_reorder_delay(),
         s.loss * 100.0,
         rate(s.rate),
         s.queue,

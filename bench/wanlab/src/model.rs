@@ -198,8 +198,29 @@ pub struct Direction {
     loss_always: bool,
     loss_rng: SplitMix64,
     jitter: Option<Jitter>,
+    reorder: Option<Reorder>,
     flows: Option<FlowLimiter>,
     last_release: Option<Instant>,
+}
+
+/// Reordering: a packet is delayed on its own with probability `threshold / 2^64`, by a uniform
+/// extra in `(0, max]`, after the order-keeping stage, so packets behind it may overtake it.
+#[derive(Debug)]
+struct Reorder {
+    threshold: u64,
+    always: bool,
+    max_ns: u64,
+    rng: SplitMix64,
+}
+
+impl Reorder {
+    /// The extra delay of the next packet (zero for most).
+    fn extra(&mut self) -> Duration {
+        if !self.always && self.rng.next_u64() >= self.threshold {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(1 + self.rng.next_u64() % self.max_ns)
+    }
 }
 
 impl Direction {
@@ -216,6 +237,16 @@ impl Direction {
                 now,
             )
         });
+        let reorder = (spec.reorder > 0.0).then(|| {
+            let p = spec.reorder.clamp(0.0, 1.0);
+            let max = spec.effective_reorder_delay();
+            Reorder {
+                threshold: probability_threshold(p),
+                always: p >= 1.0,
+                max_ns: u64::try_from(max.as_nanos()).unwrap_or(u64::MAX).max(1),
+                rng: SplitMix64::new(seed ^ 0xbb67_ae85_84ca_a73b),
+            }
+        });
         let flows = spec.flow_rate.map(|rate| FlowLimiter {
             rate,
             limit_bytes: spec.flow_queue.bytes_at(rate),
@@ -227,10 +258,11 @@ impl Direction {
         Self {
             delay: spec.delay,
             link,
-            loss_threshold: (loss * 18_446_744_073_709_551_616.0) as u64,
+            loss_threshold: probability_threshold(loss),
             loss_always: loss >= 1.0,
             loss_rng: SplitMix64::new(seed),
             jitter,
+            reorder,
             flows,
             last_release: None,
         }
@@ -285,16 +317,28 @@ impl Direction {
         }
         // 5. Keep order: per flow when flows are shaped separately, else for the whole direction.
         let last = match flow_state {
-            Some(state) => &mut state.last_release,
-            None if limited => return Verdict::Forward(release),
-            None => self.last_release.get_or_insert(release),
+            Some(state) => Some(&mut state.last_release),
+            None if limited => None,
+            None => Some(self.last_release.get_or_insert(release)),
         };
-        if release < *last {
-            release = *last;
+        if let Some(last) = last {
+            if release < *last {
+                release = *last;
+            }
+            *last = release;
         }
-        *last = release;
+        // 6. Reordering: an extra delay of this packet alone, after the order was kept, so the
+        //    packets behind it are not held back and may overtake it.
+        if let Some(r) = &mut self.reorder {
+            release += r.extra();
+        }
         Verdict::Forward(release)
     }
+}
+
+/// The threshold below which a uniform `u64` falls with probability `p` (`u64::MAX` for 1).
+fn probability_threshold(p: f64) -> u64 {
+    (p.clamp(0.0, 1.0) * 18_446_744_073_709_551_616.0) as u64
 }
 
 impl FlowLimiter {
@@ -425,6 +469,67 @@ mod tests {
         assert!((mean - 50.0).abs() < 1.5, "mean {mean}");
         assert!(lo >= 40.0 - 1e-6 && hi <= 60.0 + 1e-6, "{lo}..{hi}");
         assert!(lo < 43.0 && hi > 57.0, "jitter too narrow: {lo}..{hi}");
+    }
+
+    /// Sends `n` packets 37 us apart through `d`; returns their release times, in sending order.
+    fn releases(d: &mut Direction, t0: Instant, n: u64) -> Vec<Instant> {
+        (0..n)
+            .map(|i| {
+                let now = t0 + Duration::from_micros(37 * i);
+                match d.admit(now, &tcp(1, 1500)) {
+                    Verdict::Forward(r) => r,
+                    v => panic!("no loss configured: {v:?}"),
+                }
+            })
+            .collect()
+    }
+
+    /// The fraction of packets that arrive after a packet sent later (RFC 4737's reordered
+    /// packets: a sequence number below the highest that arrived before it).
+    fn reordered_fraction(release: &[Instant]) -> f64 {
+        let mut order: Vec<usize> = (0..release.len()).collect();
+        order.sort_by_key(|&i| (release[i], i));
+        let mut highest = 0;
+        let mut late = 0;
+        for (k, &i) in order.iter().enumerate() {
+            if k > 0 && i < highest {
+                late += 1;
+            }
+            highest = highest.max(i);
+        }
+        late as f64 / release.len() as f64
+    }
+
+    #[test]
+    fn reorder_delays_a_fraction_of_packets_and_later_ones_overtake_them() {
+        let t0 = Instant::now();
+        let n = 100_000;
+        let mut d = Direction::new(
+            &spec("delay=30ms,jitter=4ms,reorder=20%,reorder_delay=5ms"),
+            5,
+            t0,
+        );
+        let release = releases(&mut d, t0, n);
+        // Nearly every delayed packet is overtaken (packets leave every 37 us, the extra delay
+        // is up to 5 ms): about 20% arrive late.
+        let late = reordered_fraction(&release);
+        assert!((0.18..=0.21).contains(&late), "{late}");
+        // The extra delay is within (0, 5 ms] on top of delay and jitter.
+        for (i, r) in release.iter().enumerate() {
+            let now = t0 + Duration::from_micros(37 * i as u64);
+            let ms = (*r - now).as_secs_f64() * 1e3;
+            assert!((26.0 - 1e-6..=39.0 + 1e-6).contains(&ms), "{ms}");
+        }
+        // Jitter alone keeps the order, and so does a zero fraction.
+        let mut d = Direction::new(&spec("delay=30ms,jitter=4ms,reorder=0"), 5, t0);
+        assert_eq!(reordered_fraction(&releases(&mut d, t0, n)), 0.0);
+        // The same seed gives the same pattern.
+        let mut again = Direction::new(
+            &spec("delay=30ms,jitter=4ms,reorder=20%,reorder_delay=5ms"),
+            5,
+            t0,
+        );
+        assert_eq!(release, releases(&mut again, t0, n));
     }
 
     #[test]

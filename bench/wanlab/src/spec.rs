@@ -12,6 +12,8 @@
 //! | `delay` | one-way delay: `50ms`, `1.5ms`, `200us`, `0` | `0` |
 //! | `jitter` | delay varies within `delay ± jitter` | `0` |
 //! | `jitter_period` | time between jitter targets | `max(10ms, 4 × jitter)` |
+//! | `reorder` | fraction of packets delayed on their own, so later ones overtake them: `25%` | `0` |
+//! | `reorder_delay` | the extra delay of such a packet is uniform in `(0, reorder_delay]` | `2 × jitter`, at least `1ms` |
 //! | `loss` | random loss in percent: `1%`, `0.5` | `0` |
 //! | `rate` | bottleneck rate: `200mbit`, `1gbit`, `500kbit` | unlimited |
 //! | `queue` | bottleneck queue: `100ms` (at `rate`) or bytes: `256kb`, `1mib`, `65536` | `100ms` |
@@ -87,6 +89,11 @@ pub struct DirectionSpec {
     pub jitter: Duration,
     /// Time between jitter targets; `None` picks `max(10ms, 4 × jitter)`.
     pub jitter_period: Option<Duration>,
+    /// Probability in `[0, 1]` that a packet gets an extra delay of its own, drawn independently
+    /// of every other packet's, and so may be overtaken (per-packet load balancing, bonding).
+    pub reorder: f64,
+    /// Largest extra delay of a reordered packet; `None` picks `max(1ms, 2 × jitter)`.
+    pub reorder_delay: Option<Duration>,
     /// Random loss probability in `[0, 1]`.
     pub loss: f64,
     /// Bottleneck rate; `None` is unlimited (no queue either).
@@ -107,6 +114,8 @@ impl Default for DirectionSpec {
             delay: Duration::ZERO,
             jitter: Duration::ZERO,
             jitter_period: None,
+            reorder: 0.0,
+            reorder_delay: None,
             loss: 0.0,
             rate: None,
             queue: QueueLimit::Time(Duration::from_millis(100)),
@@ -124,6 +133,12 @@ impl DirectionSpec {
             .unwrap_or_else(|| (self.jitter * 4).max(Duration::from_millis(10)))
     }
 
+    /// The largest extra delay of a reordered packet in effect.
+    pub fn effective_reorder_delay(&self) -> Duration {
+        self.reorder_delay
+            .unwrap_or_else(|| (self.jitter * 2).max(Duration::from_millis(1)))
+    }
+
     fn set(&mut self, key: &str, value: &str) -> Result<(), SpecError> {
         let bad = |what: &'static str| SpecError::Value {
             key: key.to_owned(),
@@ -136,6 +151,11 @@ impl DirectionSpec {
             "jitter_period" => {
                 let d = parse_duration(value).filter(|d| !d.is_zero());
                 self.jitter_period = Some(d.ok_or_else(|| bad("a positive duration"))?);
+            }
+            "reorder" => self.reorder = parse_percent(value).ok_or_else(|| bad(PERCENT))?,
+            "reorder_delay" => {
+                let d = parse_duration(value).filter(|d| !d.is_zero());
+                self.reorder_delay = Some(d.ok_or_else(|| bad("a positive duration"))?);
             }
             "loss" => self.loss = parse_percent(value).ok_or_else(|| bad(PERCENT))?,
             "rate" => self.rate = parse_rate(value).ok_or_else(|| bad(RATE))?,
@@ -177,7 +197,7 @@ pub enum SpecError {
     #[error("`{0}`: expected key=value")]
     NotKeyValue(String),
     /// A key this emulator does not know.
-    #[error("unknown key `{0}` (known: delay, jitter, jitter_period, loss, rate, queue, flow_rate, flow_queue, flow_match; prefix up. or down. for one direction)")]
+    #[error("unknown key `{0}` (known: delay, jitter, jitter_period, reorder, reorder_delay, loss, rate, queue, flow_rate, flow_queue, flow_match; prefix up. or down. for one direction)")]
     UnknownKey(String),
     /// A value that does not parse for its key.
     #[error("{key}: `{value}` is not {expected}")]
@@ -314,6 +334,19 @@ mod tests {
         assert_eq!(spec.up.rate, Rate::from_bps(10_000_000));
         assert_eq!(spec.down.rate, None);
         assert_eq!(spec.down.loss, 0.01);
+        let spec: LinkSpec = "jitter=4ms,down.reorder=25%,up.reorder_delay=3ms"
+            .parse()
+            .unwrap();
+        assert_eq!((spec.up.reorder, spec.down.reorder), (0.0, 0.25));
+        assert_eq!(spec.up.effective_reorder_delay(), Duration::from_millis(3));
+        assert_eq!(
+            spec.down.effective_reorder_delay(),
+            Duration::from_millis(8)
+        );
+        assert!(matches!(
+            "reorder_delay=0".parse::<LinkSpec>(),
+            Err(SpecError::Value { .. })
+        ));
         assert!(matches!(
             "delay=5".parse::<LinkSpec>(),
             Err(SpecError::Value { .. })

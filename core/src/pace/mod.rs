@@ -39,6 +39,13 @@
 //! - **Cruise**: window = 1.05 x bandwidth x min RTT, which keeps about a twentieth of the path's
 //!   RTT queued at the bottleneck. Every eighth round probes with 1.15 x, so a path that got
 //!   faster is found.
+//! - **Delay variation** is not a queue. The RTT of a path varies by itself (queues elsewhere,
+//!   radio last miles, reordering); every queue test above compares samples with the minimum RTT
+//!   plus that variation, measured as the most the RTT fell within a round (a queue this link
+//!   builds only makes it rise), and the window covers the minimum RTT plus half of it. On a
+//!   path that varies by 2 ms or more, start-up's queue test must hold for a minimum RTT before
+//!   start-up ends (it grows by a quarter per round meanwhile), as in HyStart++'s conservative
+//!   slow start: a peak of the variation does not end it. See `rtt.rs`.
 //! - **Loss** is ignored up to [`LOSS_LIMIT`] of a round's bytes (random loss, retransmitted by
 //!   QUIC). A heavier round is an overrun. Two overrun rounds in a row mean the path got slower:
 //!   samples above what the second delivered are dropped. One alone is a burst, and the losses
@@ -67,7 +74,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bandwidth::{BwFilter, RecentAcks};
-use rtt::{QueueBlock, RoundRtt};
+use rtt::{QueueBlock, RoundRtt, Variation};
 pub use share::PathShare;
 
 /// Window at start, in packets: each doubling saves about a round of start-up; 64 beat 32 in B
@@ -77,6 +84,15 @@ const INITIAL_PACKETS: u64 = 64;
 pub const BW_ROUNDS: usize = 10;
 /// Fraction of a round's bytes lost above which the round counts as overrun, not random loss.
 pub const LOSS_LIMIT: f64 = 0.10;
+/// QUIC's loss detection as the links configure it (`crate::quic`): a packet is declared lost
+/// once a packet sent this many later was acknowledged (never, here: RFC 9002's 3 turns every
+/// packet that a path's reordering delays behind three others into a loss and a resend; at
+/// 300 Mbit/s that is any packet 0.15 ms late)...
+pub const REORDER_PACKETS: u32 = u32::MAX;
+/// ... or once a packet sent after it was acknowledged and it is this many RTTs old (the larger
+/// of the smoothed and the latest RTT): a quarter of an RTT of reordering, as Linux's RACK
+/// allows once it has seen reordering (RFC 8985), where RFC 9002 allows an eighth.
+pub const REORDER_TIME: f32 = 1.25;
 /// Shortest round: a sample spans several packets even on a loopback path.
 const MIN_ROUND: Duration = Duration::from_millis(5);
 
@@ -156,6 +172,11 @@ pub struct Pace {
     /// Start-up: the bytes acknowledged lately; leaving start-up on a queue, their rate is the
     /// path's (see [`RecentAcks::rate`]).
     recent: RecentAcks,
+    /// How much the path's RTT varies by itself (see `rtt.rs`).
+    variation: Variation,
+    /// Start-up on a path whose delay varies: since when the blocks of RTT samples have been
+    /// above the floor (it leaves if they stay there for a minimum RTT).
+    queue_since: Option<Instant>,
 }
 
 /// What the current round has seen so far.
@@ -231,6 +252,8 @@ impl Pace {
             gentle: false,
             left_startup: None,
             recent: RecentAcks::default(),
+            variation: Variation::default(),
+            queue_since: None,
         }
     }
 
@@ -321,10 +344,29 @@ impl Pace {
         self.mtu = u64::from(mtu);
     }
 
-    /// The bandwidth-delay product of the estimate, bytes.
+    /// The bandwidth-delay product of the estimate, bytes, over the minimum RTT plus half the
+    /// path's variation: on a path whose delay varies by itself, a window of the minimum RTT's
+    /// BDP leaves the line idle whenever the delay is above its minimum, and every round then
+    /// delivers less than the last (bench/RESULTS.md, WAN robustness).
     fn bdp(&self) -> u64 {
-        self.min_rtt
-            .map_or(0, |rtt| (self.bw as f64 * rtt.as_secs_f64()) as u64)
+        self.min_rtt.map_or(0, |min| {
+            let base = min + self.envelope() / 2;
+            (self.bw as f64 * base.as_secs_f64()) as u64
+        })
+    }
+
+    /// How much the path's RTT varies by itself (see `rtt.rs`), counting the current round's
+    /// samples so far.
+    fn envelope(&self) -> Duration {
+        self.min_rtt.map_or(Duration::ZERO, |min| {
+            self.variation.envelope(self.round.rtt.fall(), min)
+        })
+    }
+
+    /// What the queue tests compare RTT samples with: the minimum RTT plus the path's variation
+    /// (samples up to that high say nothing of a queue at the bottleneck).
+    fn queue_floor(&self) -> Option<Duration> {
+        self.min_rtt.map(|min| min + self.envelope())
     }
 }
 

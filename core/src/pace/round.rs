@@ -16,6 +16,9 @@ const GENTLE_GROWTH: f64 = 0.25;
 /// The delay test of start-up needs a window of this many packets: below it the peer's delayed
 /// acks (up to 25 ms) inflate RTT samples more than any queue.
 const QUEUE_DELAY_MIN_PACKETS: u64 = 128;
+/// A path whose RTT varies by itself by at least this much (see `rtt.rs`) may show start-up a
+/// queue that is not there: start-up then confirms its delay test for a minimum RTT.
+const VARIES: Duration = Duration::from_millis(2);
 /// Start-up ends after this many busy rounds without 25% more bandwidth, as in BBR: with 2, a
 /// round held back by a loss ended it far too low (bench/RESULTS.md, lessons).
 const FLAT_ROUNDS: u32 = 3;
@@ -115,6 +118,12 @@ impl Pace {
             self.filter.cap(sample.max(1));
         }
         self.bw = self.filter.max();
+        // A round that may drain a queue of the link's own (a probe's, the next round, a climb's,
+        // or start-up's overshoot) says nothing of how the path's delay varies by itself.
+        let own_drain = matches!(self.phase, Phase::Cruise(0 | 1) | Phase::Climb(_));
+        if settled && !own_drain {
+            self.variation.push(self.round.rtt.fall());
+        }
         Measured {
             sample,
             filtered,
@@ -134,18 +143,29 @@ impl Pace {
     ) {
         self.recent.note(now, bytes, min_rtt);
         if let Some(block_min) = self.block.add(rtt) {
+            let floor = min_rtt + self.envelope();
             if self.window >= QUEUE_DELAY_MIN_PACKETS * self.mtu
-                && super::rtt::block_queued(block_min, min_rtt)
+                && super::rtt::block_queued(block_min, floor)
             {
-                self.leave_startup_on_queue(now);
-                return;
+                // On a path whose delay visibly varies by itself, a block above the floor may be a
+                // peak of that variation: start-up grows gently and leaves only if the blocks
+                // stay above it for a minimum RTT (as HyStart++'s conservative slow start does,
+                // RFC 9406).
+                let varies = self.envelope() >= VARIES;
+                let since = *self.queue_since.get_or_insert(now);
+                if !varies || now.saturating_duration_since(since) >= min_rtt {
+                    self.leave_startup_on_queue(now);
+                    return;
+                }
+            } else {
+                self.queue_since = None;
             }
         }
         if self.full_now {
             // The first round may double before any busy round measured the path.
             let cap = (STARTUP_CAP * self.bdp() as f64) as u64;
             let cap = cap.max(2 * INITIAL_PACKETS * self.mtu);
-            let grow = if self.gentle {
+            let grow = if self.gentle || self.queue_since.is_some() {
                 (GENTLE_GROWTH * bytes as f64) as u64
             } else {
                 bytes
@@ -172,6 +192,7 @@ impl Pace {
             }
         }
         self.phase = Phase::Cruise(1);
+        self.queue_since = None;
         self.left_startup = Some(now);
         // What start-up found: a cruise round leaves cruise only 25% above it.
         self.full_bw = self.full_bw.max(self.bw);
@@ -194,6 +215,7 @@ impl Pace {
         }
         if self.flat_rounds >= FLAT_ROUNDS || measured.overrun {
             // The first cruise round after start-up is not a probe.
+            self.queue_since = None;
             self.left_startup = Some(now);
             self.full_bw = self.full_bw.max(self.bw);
             Phase::Cruise(1)
@@ -213,7 +235,7 @@ impl Pace {
         if measured.settled
             && busy
             && measured.filtered as f64 > 1.25 * self.full_bw as f64
-            && self.round.rtt.had_room(self.min_rtt)
+            && self.round.rtt.had_room(self.queue_floor())
         {
             return self.found_room(now, measured.sample);
         }
@@ -226,7 +248,7 @@ impl Pace {
             && !measured.overrun
             && (n == 0 || !self.climb.futile)
             && measured.sample >= self.bw
-            && self.round.rtt.saw_no_queue(self.min_rtt)
+            && self.round.rtt.saw_no_queue(self.queue_floor())
         {
             return self.start_climb();
         }
@@ -256,7 +278,7 @@ impl Pace {
         // The first climb round delivers what cruise's window sent: nothing to judge yet.
         let delivered = !self.round.app_limited
             && !measured.overrun
-            && !self.round.rtt.all_queued(self.min_rtt)
+            && !self.round.rtt.all_queued(self.queue_floor())
             && (n == 0 || measured.sample >= self.climb.targets[0] || !self.climb.missed);
         if !delivered {
             return self.end_climb(now);
@@ -294,6 +316,7 @@ impl Pace {
     fn restart_start_up(&mut self) -> Phase {
         // The acks noted in the last start-up are history (however it ended).
         self.recent.forget();
+        self.queue_since = None;
         self.full_bw = self.bw;
         self.flat_rounds = 0;
         Phase::Startup
@@ -312,7 +335,7 @@ impl Pace {
         if let Some(share) = &self.share {
             match self.phase {
                 Phase::Cruise(_)
-                    if !self.round.app_limited && self.round.rtt.saw_queue(self.min_rtt) =>
+                    if !self.round.app_limited && self.round.rtt.saw_queue(self.queue_floor()) =>
                 {
                     share.report(self.id, now)
                 }

@@ -1,7 +1,19 @@
 //! What the RTT samples say about the bottleneck's queue: over a round ([`RoundRtt`]) and, in
-//! start-up, over blocks of consecutive samples ([`QueueBlock`]).
+//! start-up, over blocks of consecutive samples ([`QueueBlock`]); and how much the path's delay
+//! varies by itself ([`Variation`]).
+//!
+//! Every queue test compares samples with the minimum RTT plus the path's variation: on a path
+//! whose delay varies (queues elsewhere, radio last miles, reordering), samples above the minimum
+//! are not this link's queue. The variation is measured by how far the RTT *falls* within a
+//! round: the smallest samples of blocks of consecutive samples (so a delayed ack or a reordered
+//! packet, which inflate single samples, count for nothing), against the largest such block
+//! minimum earlier in the round. A queue this link builds only raises the RTT while the window
+//! holds (start-up, a steady cruise round); a delay that varies by itself also falls. Rounds
+//! that drain a queue of this link's own (after a probe, a climb or start-up) are not measured.
 
 use std::time::Duration;
+
+use super::BW_ROUNDS;
 
 /// Start-up also ends as soon as [`QUEUE_DELAY_SAMPLES`] consecutive RTT samples all exceed the
 /// minimum RTT by this fraction of it (clamped to [`QUEUE_DELAY_MIN`, `QUEUE_DELAY_MAX`]): a
@@ -27,7 +39,13 @@ const CLIMB_QUEUE_FRACTION: u32 = 50;
 const CLIMB_QUEUE_MIN: Duration = Duration::from_millis(1);
 const CLIMB_QUEUE_MAX: Duration = Duration::from_millis(4);
 
-/// The RTT samples of one round.
+/// The variation is at most this fraction of the minimum RTT: a window sized for more would
+/// queue more than half a round trip whenever the delay is low.
+const VARIATION_MAX_FRACTION: u32 = 2;
+
+/// The RTT samples of one round. Its queue tests take the `floor` of the samples: the minimum
+/// RTT plus the path's variation (see the module docs); "above the minimum" below means above
+/// that floor.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct RoundRtt {
     /// The smallest and largest samples.
@@ -36,6 +54,11 @@ pub(super) struct RoundRtt {
     /// The sum and number of the samples: their mean.
     sum: Duration,
     count: u32,
+    /// The current block of consecutive samples, the largest block minimum of the round so far,
+    /// and the most the block minima fell below an earlier one (see the module docs).
+    block: QueueBlock,
+    peak: Duration,
+    fall: Duration,
 }
 
 impl RoundRtt {
@@ -45,6 +68,9 @@ impl RoundRtt {
         max: Duration::ZERO,
         sum: Duration::ZERO,
         count: 0,
+        block: QueueBlock::EMPTY,
+        peak: Duration::ZERO,
+        fall: Duration::ZERO,
     };
 
     pub(super) fn add(&mut self, rtt: Duration) {
@@ -52,6 +78,16 @@ impl RoundRtt {
         self.max = self.max.max(rtt);
         self.sum += rtt;
         self.count += 1;
+        if let Some(block_min) = self.block.add(rtt) {
+            self.peak = self.peak.max(block_min);
+            self.fall = self.fall.max(self.peak - block_min);
+        }
+    }
+
+    /// The most the smallest sample of a block of consecutive samples fell below that of an
+    /// earlier block of the round: how much the path's delay varied by itself.
+    pub(super) fn fall(&self) -> Duration {
+        self.fall
     }
 
     /// The smallest sample (`Duration::MAX` before any).
@@ -71,8 +107,8 @@ impl RoundRtt {
 
     /// Some sample saw (almost) no queue at the bottleneck: at most [`ROOM_FRACTION`] of the
     /// path's minimum RTT above it, clamped to 2-8 ms (half the start-up allowance's bounds).
-    pub(super) fn had_room(&self, min_rtt: Option<Duration>) -> bool {
-        min_rtt.is_some_and(|min| {
+    pub(super) fn had_room(&self, floor: Option<Duration>) -> bool {
+        floor.is_some_and(|min| {
             let allowance = (min / ROOM_FRACTION).clamp(QUEUE_DELAY_MIN / 2, QUEUE_DELAY_MAX / 2);
             self.min <= min + allowance
         })
@@ -81,8 +117,8 @@ impl RoundRtt {
     /// Some sample saw a queue at the bottleneck: [`FILL_FRACTION`] of the minimum RTT above it
     /// (clamped to 2-8 ms). A link in cruise whose rounds see none does not fill its path (its
     /// start-up ended early), and must not hold back another's start-up.
-    pub(super) fn saw_queue(&self, min_rtt: Option<Duration>) -> bool {
-        min_rtt.is_some_and(|min| {
+    pub(super) fn saw_queue(&self, floor: Option<Duration>) -> bool {
+        floor.is_some_and(|min| {
             let allowance = (min / FILL_FRACTION).clamp(QUEUE_DELAY_MIN / 2, QUEUE_DELAY_MAX / 2);
             self.max > min + allowance
         })
@@ -92,19 +128,43 @@ impl RoundRtt {
     /// of the minimum RTT): a cruise window of `CRUISE_GAIN` x the estimate keeps a twentieth
     /// of the RTT queued, so the estimate is short of the path. The mean, not the largest
     /// sample: a delayed ack inflates single samples by up to 25 ms.
-    pub(super) fn saw_no_queue(&self, min_rtt: Option<Duration>) -> bool {
-        min_rtt.is_some_and(|min| {
+    pub(super) fn saw_no_queue(&self, floor: Option<Duration>) -> bool {
+        floor.is_some_and(|min| {
             let allowance = (min / CLIMB_QUEUE_FRACTION).clamp(CLIMB_QUEUE_MIN, CLIMB_QUEUE_MAX);
             self.count > 0 && self.mean() <= min + allowance
         })
     }
 
     /// Every sample saw a queue at the bottleneck (see [`CLIMB_QUEUE_FRACTION`]).
-    pub(super) fn all_queued(&self, min_rtt: Option<Duration>) -> bool {
-        min_rtt.is_some_and(|min| {
+    pub(super) fn all_queued(&self, floor: Option<Duration>) -> bool {
+        floor.is_some_and(|min| {
             let allowance = (min / CLIMB_QUEUE_FRACTION).clamp(CLIMB_QUEUE_MIN, CLIMB_QUEUE_MAX);
             self.min > min + allowance
         })
+    }
+}
+
+/// How much the path's RTT varies by itself: the largest fall (see [`RoundRtt::fall`]) of the
+/// last [`BW_ROUNDS`] rounds that drained no queue of the link's own.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Variation {
+    falls: [Duration; BW_ROUNDS],
+    /// The oldest, which the next replaces.
+    next: usize,
+}
+
+impl Variation {
+    /// A round's fall.
+    pub(super) fn push(&mut self, fall: Duration) {
+        self.falls[self.next] = fall;
+        self.next = (self.next + 1) % BW_ROUNDS;
+    }
+
+    /// The path's variation: the largest fall remembered, or `now` (the current round's so far)
+    /// if larger, at most half the minimum RTT.
+    pub(super) fn envelope(&self, now: Duration, min_rtt: Duration) -> Duration {
+        let most = self.falls.iter().copied().max().unwrap_or_default();
+        most.max(now).min(min_rtt / VARIATION_MAX_FRACTION)
     }
 }
 
@@ -139,7 +199,7 @@ impl QueueBlock {
 
 /// Every sample of a block whose smallest was `block_min` saw a queue at the bottleneck (see
 /// [`QUEUE_DELAY_FRACTION`]).
-pub(super) fn block_queued(block_min: Duration, min_rtt: Duration) -> bool {
-    let allowance = (min_rtt / QUEUE_DELAY_FRACTION).clamp(QUEUE_DELAY_MIN, QUEUE_DELAY_MAX);
-    block_min > min_rtt + allowance
+pub(super) fn block_queued(block_min: Duration, floor: Duration) -> bool {
+    let allowance = (floor / QUEUE_DELAY_FRACTION).clamp(QUEUE_DELAY_MIN, QUEUE_DELAY_MAX);
+    block_min > floor + allowance
 }

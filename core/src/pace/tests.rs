@@ -8,11 +8,43 @@ const MTU: u16 = 1452;
 /// One sender behind one bottleneck: `rate` bytes/s, a FIFO of `queue` bytes (tail drop),
 /// then random loss and `rtt` of propagation. The sender paces like quinn (1.25 x window /
 /// RTT, bursts of at most 2 ms of that or 10 packets) within the window.
+///
+/// Delay variation as in the WAN lab (`bench/wanlab`): `jitter` moves each direction's delay
+/// within `± jitter`, smoothly (a new uniform target every `max(10 ms, 4 x jitter)`, linearly
+/// interpolated), the order of the packets kept; `reorder` of the packets get an extra delay of
+/// their own, uniform in `(0, reorder_delay]`, so later packets overtake them. Losses are known
+/// to the sender a little after their packet was due, unless `detect` says how the sender finds
+/// them (as QUIC does, from the acknowledgements).
 struct Path {
     rate: f64,
     rtt: Duration,
     queue: u64,
     loss: f64,
+    jitter: Duration,
+    reorder: f64,
+    reorder_delay: Duration,
+    detect: Option<Detect>,
+}
+
+/// QUIC's loss detection (RFC 9002): a packet is lost once a packet sent `packets` later was
+/// acknowledged, or once one sent after it was and it is `time` x the RTT old.
+#[derive(Clone, Copy)]
+struct Detect {
+    packets: u64,
+    time: f64,
+}
+
+impl Detect {
+    /// What the QUIC links configure (`crate::quic`).
+    const QUIC: Self = Self {
+        packets: REORDER_PACKETS as u64,
+        time: REORDER_TIME as f64,
+    };
+    /// RFC 9002's defaults, quinn's.
+    const RFC: Self = Self {
+        packets: 3,
+        time: 9.0 / 8.0,
+    };
 }
 
 #[derive(Debug, Default)]
@@ -22,18 +54,111 @@ struct Outcome {
     tail_drops: u64,
     /// The longest the bottleneck queue got, in time to drain it.
     max_queue: Duration,
+    /// Packets declared lost that arrived after all (with `Path::detect`).
+    spurious: u64,
 }
 
 fn run(pace: &mut Pace, path: &Path, start: Instant, secs: f64, seed: u64) -> Outcome {
     run_shared(&mut [pace], path, start, secs, seed).remove(0)
 }
 
-/// One sender's packets in flight: (sent, ack or loss notice due, delivered?), by due time.
+/// A packet in flight.
+#[derive(Clone, Copy)]
+struct Packet {
+    seq: u64,
+    sent: Instant,
+    /// When its ack (or, without `Path::detect`, the notice of its loss) arrives.
+    due: Instant,
+    delivered: bool,
+    /// Declared lost by `Path::detect`; its ack, if it comes, is ignored (as quinn does).
+    declared_lost: bool,
+}
+
+/// One sender's packets in flight, by due time.
 #[derive(Default)]
 struct Sender {
-    flight: VecDeque<(Instant, Instant, bool)>,
+    flight: VecDeque<Packet>,
     in_flight: u64,
     tokens: f64,
+    next_seq: u64,
+    largest_acked: Option<u64>,
+    min_rtt: Option<Duration>,
+    /// The latest RTT sample (the loss detection's time threshold counts from the larger of it
+    /// and the smoothed RTT).
+    latest_rtt: Duration,
+}
+
+impl Sender {
+    /// Declares lost what `detect` finds lost at `now`, as QUIC does after each ack and on its
+    /// loss timer. Returns the bytes declared lost.
+    fn detect_losses(
+        &mut self,
+        detect: Detect,
+        now: Instant,
+        rtt: Duration,
+        out: &mut Outcome,
+    ) -> u64 {
+        let Some(largest) = self.largest_acked else {
+            return 0;
+        };
+        let mtu = u64::from(MTU);
+        let old = rtt.mul_f64(detect.time);
+        let mut lost = 0;
+        for p in self.flight.iter_mut() {
+            if p.declared_lost || p.seq >= largest {
+                continue;
+            }
+            if p.seq + detect.packets <= largest || now.saturating_duration_since(p.sent) >= old {
+                p.declared_lost = true;
+                out.spurious += u64::from(p.delivered);
+                lost += mtu;
+            }
+        }
+        self.in_flight -= lost;
+        lost
+    }
+}
+
+/// A smooth delay variation within `± amp`, as the WAN lab's jitter.
+struct Jitter {
+    amp: f64,
+    period: f64,
+    /// The start of the current period (seconds after the run's start) and its end values.
+    t0: f64,
+    v: [f64; 2],
+}
+
+impl Jitter {
+    fn new(amp: Duration, rng: &mut impl Rng) -> Self {
+        let amp = amp.as_secs_f64();
+        // No draw without jitter: the loss pattern of a seed stays what it was.
+        let mut draw = || {
+            if amp > 0.0 {
+                rng.random_range(-amp..=amp)
+            } else {
+                0.0
+            }
+        };
+        Self {
+            amp,
+            period: (4.0 * amp).max(0.010),
+            t0: 0.0,
+            v: [draw(), draw()],
+        }
+    }
+
+    /// The delay offset `t` seconds after the run's start (`t` never decreases much).
+    fn at(&mut self, t: f64, rng: &mut impl Rng) -> f64 {
+        if self.amp == 0.0 {
+            return 0.0;
+        }
+        while t >= self.t0 + self.period {
+            self.t0 += self.period;
+            self.v = [self.v[1], rng.random_range(-self.amp..=self.amp)];
+        }
+        let frac = ((t - self.t0) / self.period).clamp(0.0, 1.0);
+        self.v[0] + (self.v[1] - self.v[0]) * frac
+    }
 }
 
 /// Several senders, each paced by its own controller, sharing one bottleneck FIFO (the links
@@ -52,22 +177,50 @@ fn run_shared(
     let mut senders: Vec<Sender> = paces.iter().map(|_| Sender::default()).collect();
     let mut outs: Vec<Outcome> = paces.iter().map(|_| Outcome::default()).collect();
     let mut link_free = start;
+    // Each direction's delay variation, and the latest arrival so far in each (order kept).
+    let mut jitter = [
+        Jitter::new(path.jitter, &mut rng),
+        Jitter::new(path.jitter, &mut rng),
+    ];
+    let mut last_arrival = [start; 2];
     let mut now = start;
     while now < end {
         for ((pace, s), out) in paces.iter_mut().zip(&mut senders).zip(&mut outs) {
-            while let Some(&(sent, due, ok)) = s.flight.front() {
-                if due > now {
+            while let Some(&p) = s.flight.front() {
+                if p.due > now {
                     break;
                 }
                 s.flight.pop_front();
+                if p.declared_lost {
+                    continue;
+                }
                 s.in_flight -= mtu;
-                if ok {
+                if p.delivered {
                     out.delivered += mtu;
-                    pace.on_ack(now, sent, mtu, false, path.rtt);
-                } else {
+                    let rtt = now.saturating_duration_since(p.sent);
+                    let min = s.min_rtt.get_or_insert(rtt);
+                    *min = (*min).min(rtt);
+                    s.largest_acked = s.largest_acked.max(Some(p.seq));
+                    s.latest_rtt = rtt;
+                    pace.on_ack(now, p.sent, mtu, false, path.rtt.min(*min));
+                } else if path.detect.is_none() {
                     pace.on_loss(now, mtu, false);
                 }
+                if let Some(detect) = path.detect {
+                    let lost = s.detect_losses(detect, now, path.rtt.max(s.latest_rtt), out);
+                    if lost > 0 {
+                        pace.on_loss(now, lost, false);
+                    }
+                }
                 pace.on_in_flight(s.in_flight);
+            }
+            if let Some(detect) = path.detect {
+                // The loss timer.
+                let lost = s.detect_losses(detect, now, path.rtt.max(s.latest_rtt), out);
+                if lost > 0 {
+                    pace.on_loss(now, lost, false);
+                    pace.on_in_flight(s.in_flight);
+                }
             }
             let rate = 1.25 * pace.window() as f64 / path.rtt.as_secs_f64();
             let burst = (rate * 0.002).max(10.0 * mtu as f64);
@@ -83,18 +236,48 @@ fn run_shared(
                 let ok;
                 if backlog as u64 + mtu > path.queue {
                     out.tail_drops += 1;
-                    // Noticed about one RTT later, like a QUIC loss detection.
-                    due = now + path.rtt + path.rtt / 8;
                     ok = false;
+                    // Noticed about one RTT later, like a QUIC loss detection (or never
+                    // arriving, when the sender detects losses itself).
+                    due = now + path.rtt + path.rtt / 8;
                 } else {
                     link_free =
                         link_free.max(now) + Duration::from_secs_f64(mtu as f64 / path.rate);
                     ok = !rng.random_bool(path.loss);
-                    due = link_free + path.rtt + if ok { Duration::ZERO } else { path.rtt / 8 };
+                    // Each direction's propagation: half the RTT, its jitter, its order kept.
+                    let mut at = link_free;
+                    for (dir, last) in last_arrival.iter_mut().enumerate() {
+                        let t = at.duration_since(start).as_secs_f64();
+                        let off = jitter[dir].at(t, &mut rng);
+                        let d = (path.rtt.as_secs_f64() / 2.0 + off).max(0.0);
+                        at = (at + Duration::from_secs_f64(d)).max(*last);
+                        *last = at;
+                    }
+                    if path.reorder > 0.0 && rng.random_bool(path.reorder) {
+                        at += path.reorder_delay.mul_f64(rng.random_range(0.0..1.0));
+                    }
+                    due = at + if ok { Duration::ZERO } else { path.rtt / 8 };
                 }
+                let due = if !ok && path.detect.is_some() {
+                    // Never acknowledged: the detection finds it.
+                    end + Duration::from_secs(3600)
+                } else {
+                    due
+                };
                 // Keep the queue ordered by due time (losses are noticed late).
-                let at = s.flight.partition_point(|&(_, d, _)| d <= due);
-                s.flight.insert(at, (now, due, ok));
+                let at = s.flight.partition_point(|p| p.due <= due);
+                let seq = s.next_seq;
+                s.next_seq += 1;
+                s.flight.insert(
+                    at,
+                    Packet {
+                        seq,
+                        sent: now,
+                        due,
+                        delivered: ok,
+                        declared_lost: false,
+                    },
+                );
             }
         }
         now += step;
@@ -109,6 +292,10 @@ fn b_path() -> Path {
         rtt: Duration::from_millis(100),
         queue: 1_250_000,
         loss: 0.01,
+        jitter: Duration::ZERO,
+        reorder: 0.0,
+        reorder_delay: Duration::ZERO,
+        detect: None,
     }
 }
 
@@ -601,4 +788,140 @@ fn persistent_congestion_starts_over() {
     pace.on_loss(start + Duration::from_secs(4), 1452, true);
     assert_eq!(pace.phase(), Phase::Startup);
     assert_eq!(pace.window(), INITIAL_PACKETS * u64::from(MTU));
+}
+
+/// The path of issue 21: 300 Mbit/s, 60 ms RTT, 1% loss, a 50 ms queue.
+fn wan_path() -> Path {
+    Path {
+        rate: 37.5e6,
+        rtt: Duration::from_millis(60),
+        queue: 1_875_000,
+        ..b_path()
+    }
+}
+
+/// Goodput over the `secs` seconds after a ramp of 2 s, bytes per second.
+fn goodput(path: &Path, secs: f64, seed: u64) -> (f64, Outcome) {
+    let start = Instant::now();
+    let mut pace = Pace::new(start, MTU);
+    run(&mut pace, path, start, 2.0, seed);
+    let out = run(
+        &mut pace,
+        path,
+        start + Duration::from_secs(2),
+        secs,
+        seed + 100,
+    );
+    (out.delivered as f64 / secs, out)
+}
+
+#[test]
+fn delay_variation_that_keeps_order_is_not_congestion() {
+    // ±4 ms in each direction, the packets' order kept: queues elsewhere on the path.
+    for seed in [31, 32] {
+        let (clean, _) = goodput(&wan_path(), 6.0, seed);
+        let jitter = Path {
+            jitter: Duration::from_millis(4),
+            ..wan_path()
+        };
+        let (varied, out) = goodput(&jitter, 6.0, seed);
+        assert!(clean > 0.9 * jitter.rate, "clean {clean}");
+        assert!(
+            varied > 0.9 * clean,
+            "seed {seed}: {varied} against {clean} {out:?}"
+        );
+    }
+}
+
+#[test]
+fn reordering_is_neither_loss_nor_congestion() {
+    // The same path with a quarter of the packets up to 8 ms late, behind later ones (per-packet
+    // load balancing), the loss detected from the acks as QUIC does. RFC 9002's packet threshold
+    // of 3 declares most of the late packets lost; the links' time threshold does not.
+    let varied = Path {
+        jitter: Duration::from_millis(4),
+        detect: Some(Detect::QUIC),
+        ..wan_path()
+    };
+    let reordered = Path {
+        reorder: 0.25,
+        reorder_delay: Duration::from_millis(8),
+        ..varied
+    };
+    for seed in [41, 42] {
+        let (base, _) = goodput(&varied, 6.0, seed);
+        let (rate, out) = goodput(&reordered, 6.0, seed);
+        assert!(
+            rate > 0.8 * base,
+            "seed {seed}: {rate} against {base} {out:?}"
+        );
+        let packets = out.sent / u64::from(MTU);
+        assert!(out.spurious * 1000 < packets, "{out:?}");
+    }
+    let rfc = Path {
+        detect: Some(Detect::RFC),
+        ..reordered
+    };
+    let (_, out) = goodput(&rfc, 2.0, 43);
+    assert!(out.spurious * 20 > out.sent / u64::from(MTU), "{out:?}");
+}
+
+#[test]
+fn start_up_on_a_path_whose_delay_varies_leaves_only_on_a_lasting_queue() {
+    // Start-up on a path whose RTT has been seen to fall by 6 ms within a round: a peak of that
+    // variation above the queue test's floor, shorter than a minimum RTT, does not end it (it
+    // grows by a quarter meanwhile); samples that stay above it for a minimum RTT do.
+    let rtt = Duration::from_millis(60);
+    let mtu = u64::from(MTU);
+    let start = Instant::now();
+    let mut pace = Pace::new(start, MTU);
+    let mut now = start;
+    // Acks every `every` for `span`, each sample `sample`; returns how many.
+    let acks = |pace: &mut Pace, now: &mut Instant, span: Duration, sample: Duration, every| {
+        let end = *now + span;
+        let mut n = 0;
+        while *now < end {
+            *now += Duration::from_micros(every);
+            pace.on_ack(*now, *now - sample, mtu, false, rtt);
+            pace.on_in_flight(pace.window());
+            n += 1;
+        }
+        n
+    };
+    // Two rounds whose RTT falls from 66 to 60 ms (the delivery rate doubling each round, as
+    // in start-up): the path varies by 6 ms, less than the queue test's allowance.
+    for every in [400, 200] {
+        acks(
+            &mut pace,
+            &mut now,
+            rtt / 2,
+            rtt + Duration::from_millis(6),
+            every,
+        );
+        acks(&mut pace, &mut now, rtt / 2, rtt, every);
+    }
+    assert_eq!(pace.phase(), Phase::Startup, "{pace:?}");
+    assert!(pace.window() >= 128 * mtu, "{pace:?}");
+    // A peak 20 ms above the minimum (above 60 + 6 + 66/8 ms) for half a minimum RTT, then
+    // back down.
+    let peak = rtt + Duration::from_millis(20);
+    let w = pace.window();
+    let n = acks(&mut pace, &mut now, rtt / 2, peak, 100);
+    assert_eq!(pace.phase(), Phase::Startup, "{pace:?}");
+    // Meanwhile the window grew by a quarter of what was acknowledged (all of it until the
+    // first block of 8 samples above the floor was complete).
+    let grown = pace.window() - w;
+    assert!(grown <= (n / 4 + 16) * mtu, "{grown} after {n} acks");
+    acks(&mut pace, &mut now, rtt, rtt, 50);
+    assert_eq!(pace.phase(), Phase::Startup, "{pace:?}");
+    // That fall of 20 ms is variation too. A queue 40 ms deep, for longer than a minimum RTT,
+    // ends start-up.
+    acks(
+        &mut pace,
+        &mut now,
+        rtt + rtt / 4,
+        peak + Duration::from_millis(20),
+        25,
+    );
+    assert!(matches!(pace.phase(), Phase::Cruise(_)), "{pace:?}");
 }

@@ -89,6 +89,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 fn transport(accepts_stream: bool, pace: PaceConfig) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.congestion_controller_factory(Arc::new(pace));
+    // Reordering is not loss: losses are found by time alone (see `REORDER_PACKETS`).
+    t.packet_threshold(crate::pace::REORDER_PACKETS);
+    t.time_threshold(crate::pace::REORDER_TIME);
     t.stream_receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     t.send_window(SEND_WINDOW);
