@@ -386,9 +386,11 @@ impl SessionDriver {
         self.lock().link_kills.len()
     }
 
-    /// Waits until the number of links changes (or a spurious wake-up).
-    pub async fn links_changed(&self) {
-        self.shared.links_changed.notified().await;
+    /// Completes when the number of links changes (or spuriously). The change is watched from
+    /// this call on, not from the first poll: check [`live_links`](Self::live_links) after
+    /// calling it and await it after, and no change in between is lost.
+    pub fn links_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shared.links_changed.notified()
     }
 
     /// Resets every stream, closes every link and stops the timer: the session is over.
@@ -445,6 +447,23 @@ mod tests {
     use super::*;
     use crate::engine::{Config, Role};
     use crate::ids::NodeId;
+
+    /// A change of the link count between `links_changed()` and its first poll is not lost:
+    /// the watcher's pattern (ask, check the count, then wait) cannot miss the link that came up
+    /// in between.
+    #[tokio::test]
+    async fn a_link_change_before_the_first_poll_is_seen() {
+        let signal = BudgetSignal::default();
+        let session = Session::new(Role::Server(NodeId(1)), Config::default());
+        let (driver, _opened) = SessionDriver::start(session, &signal);
+        let changed = driver.links_changed();
+        assert_eq!(driver.live_links(), 0);
+        let (link, _, _) = driver.add_link(false);
+        tokio::time::timeout(std::time::Duration::from_secs(1), changed)
+            .await
+            .expect("the change is seen");
+        driver.remove_link(link);
+    }
 
     /// Issue 23, finding 9: a panic under the session's lock closes that session; every later
     /// use of it, destructors' included, goes on without panicking.
