@@ -3,22 +3,23 @@
 //! node, data compared by hash in both directions. A node killed with SIGKILL resets only the
 //! streams it owned (within the client's `session_grace_ms`), and comes back to carry new ones.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wanmux_config::{ClientAuth, ClientConfig, Node, OwnerPolicy};
 use wanmux_tests::harness::{
-    app_server, configs, eventually, paused_transfer, transfer_on, within, AppServer, Auth,
-    ClientResult,
+    app_server, configs, eventually, free_port, paused_transfer, transfer_on, within, AppServer,
+    Auth, ClientResult,
 };
+use wanmux_tests::process::Daemon;
 
 /// A node process and the config file it runs.
 struct NodeProcess {
     config: PathBuf,
-    child: Child,
+    daemon: Daemon,
 }
 
 impl NodeProcess {
@@ -33,44 +34,29 @@ impl NodeProcess {
             wanmux_tests::harness::SERVICE
         );
         std::fs::write(&config, text).expect("write node config");
-        let child = start(&config);
-        NodeProcess { config, child }
+        let daemon = start(&config);
+        NodeProcess { config, daemon }
     }
 
     fn kill(&mut self) {
-        self.child.kill().expect("SIGKILL the node");
-        self.child.wait().expect("reap the node");
+        self.daemon.kill();
     }
 
     fn restart(&mut self) {
-        self.child = start(&self.config);
+        self.daemon = start(&self.config);
     }
 }
 
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_wanmux-server"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start wanmux-server")
-}
-
-/// A free loopback port: bound on port 0, then released for the node to bind.
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+fn start(config: &Path) -> Daemon {
+    Daemon::spawn(
+        Command::new(env!("CARGO_BIN_EXE_wanmux-server"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+    )
 }
 
 /// `n` node processes, an application server behind them, and a client config that lists every
@@ -92,7 +78,7 @@ async fn cluster(
     let mut nodes = Vec::new();
     let mut listed = Vec::new();
     for id in 1..=n {
-        let addr = free_addr();
+        let addr = free_port();
         nodes.push(NodeProcess::spawn(&dir, id, addr, &psk, app.addr));
         listed.push(Node {
             id: NonZeroU16::new(id).expect("non-zero"),

@@ -5,23 +5,15 @@
 //! from another address still gets its links, and a session already up still opens streams
 //! (each needs a descriptor for its service connection).
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use wanmux_config::ClientAuth;
-use wanmux_tests::harness::{app_server, configs, point_client_at, transfer, within, Auth};
-
-/// The node process, killed when dropped.
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use wanmux_tests::harness::{
+    app_server, configs, free_port, point_client_at, transfer, within, Auth,
+};
+use wanmux_tests::process::Daemon;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_connections_from_one_address_leave_room_for_clients_and_streams() {
@@ -38,9 +30,7 @@ async fn stalled_connections_from_one_address_leave_room_for_clients_and_streams
             ClientAuth::PskOnly { psk, .. } => psk.to_base64(),
             ClientAuth::StaticKey { .. } => unreachable!("PSK-only configs"),
         };
-        let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap();
+        let addr = free_port();
         let config = dir.join("node.toml");
         std::fs::write(
             &config,
@@ -54,7 +44,7 @@ async fn stalled_connections_from_one_address_leave_room_for_clients_and_streams
             ),
         )
         .unwrap();
-        let _node = Node(
+        let _node = Daemon::spawn(
             Command::new("prlimit")
                 .args(["--nofile=128:128", "--"])
                 .arg(env!("CARGO_BIN_EXE_wanmux-server"))
@@ -64,9 +54,7 @@ async fn stalled_connections_from_one_address_leave_room_for_clients_and_streams
                 .env_remove("NOTIFY_SOCKET")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("start the node under prlimit"),
+                .stderr(Stdio::inherit()),
         );
         point_client_at(&mut client_config, addr);
         let first = wanmux_client::start(client_config.clone()).await.unwrap();

@@ -5,16 +5,7 @@ use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// A daemon process, killed when dropped.
-struct Guard(std::process::Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use wanmux_tests::process::Daemon;
 
 #[test]
 fn every_log_line_is_a_json_object() {
@@ -29,20 +20,18 @@ fn every_log_line_is_a_json_object() {
          [[service]]\nname = \"echo\"\ntarget = \"127.0.0.1:9\"\n",
     )
     .expect("write config");
-    let child = Command::new(env!("CARGO_BIN_EXE_wanmux-server"))
-        .args(["run", "--log-format", "json", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start wanmux-server");
     // Killed if the test fails before the daemon's own exit.
-    let mut child = Guard(child);
-    let child = &mut child.0;
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut child = Daemon::spawn(
+        Command::new(env!("CARGO_BIN_EXE_wanmux-server"))
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let mut lines = BufReader::new(child.take_stderr().expect("stderr")).lines();
     // The host checks (socket buffers, congestion control) may warn first, depending on the
     // machine; the first line of the daemon's own is its listening line.
     let first = lines
@@ -60,9 +49,7 @@ fn every_log_line_is_a_json_object() {
     assert!(v["timestamp"].is_string(), "{first}");
 
     std::thread::sleep(Duration::from_millis(100));
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    child.terminate();
     let mut rest = 0;
     for line in lines {
         let line = line.expect("utf-8");
@@ -75,5 +62,5 @@ fn every_log_line_is_a_json_object() {
         rest += 1;
     }
     assert!(rest >= 2, "the drain's lines are missing");
-    assert!(child.wait().expect("exit").success());
+    assert!(child.wait().success());
 }

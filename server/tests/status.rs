@@ -3,8 +3,9 @@
 //! and a clear error when nothing answers.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use wanmux_tests::process::Daemon;
 
 const PSK: &str = "URYnETZVguZE3vaKV8RKJV1GxdNtUebJAabte/+Erp0=";
 
@@ -17,17 +18,8 @@ fn server(args: &[&str]) -> Output {
 }
 
 /// Runs a node on `config` until dropped.
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(config: &Path) -> Node {
-    Node(
+fn start(config: &Path) -> Daemon {
+    Daemon::spawn(
         Command::new(env!("CARGO_BIN_EXE_wanmux-server"))
             .args(["run", "--config"])
             .arg(config)
@@ -35,9 +27,7 @@ fn start(config: &Path) -> Node {
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start wanmux-server"),
+            .stderr(Stdio::null()),
     )
 }
 
@@ -126,11 +116,7 @@ fn without_control_socket_the_default_under_run_is_used() {
     let socket = wanmux_core::control::find_default("wanmux-server", &config)
         .expect("the default socket exists");
     // A node that stops takes its socket file with it.
-    let stopped = Command::new("kill")
-        .args(["-TERM", &node.0.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(stopped.success());
+    node.terminate();
     let deadline = Instant::now() + Duration::from_secs(10);
     while socket.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));

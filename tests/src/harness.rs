@@ -646,6 +646,15 @@ pub async fn begin<F: Future>(fut: F) -> std::pin::Pin<Box<F>> {
     fut
 }
 
+/// A port on `127.0.0.1` the kernel just gave out and that is free again: the address a daemon
+/// started later will bind (a node's cluster listener, whose address its peers must know first).
+/// The port is taken from the kernel (never a fixed number) and released for the node to
+/// bind; the kernel hands ports out in turn, so another socket taking it in between is unlikely.
+pub fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr")
+}
+
 /// Whether a socket listens on `addr` (an IPv4 address), from `/proc/net/tcp`: a check that
 /// neither connects nor opens a stream.
 pub fn is_listening(addr: SocketAddr) -> bool {

@@ -331,17 +331,57 @@ impl Drop for RawLink {
 /// Largest plaintext of one message.
 const MESSAGE: usize = 65_519;
 
-/// A tunnel whose node has the smallest memory cap its config allows (`limits.memory` 8 MiB,
-/// 4 MiB per pool, with a 4 MiB stream window), for hostile clients to push against, and 1,024
-/// streams per session (what a session may hold in proportion to its streams, such as the
-/// answers it queues for them, stays small beside what the tests look for).
-pub async fn small_memory_tunnel() -> crate::harness::Tunnel {
-    crate::harness::Tunnel::start_with(crate::harness::Auth::Static { psk: false }, 1, |s, _| {
-        s.limits.stream_window = 4 << 20;
-        s.limits.memory = 8 << 20;
-        s.limits.max_streams = 1024;
-    })
-    .await
+/// A node under attack by an authenticated client, for the tests that read the process's
+/// resident memory (each alone in its test binary, run with [`alone`]). The node has the smallest
+/// memory cap its config allows (`limits.memory` 8 MiB, 4 MiB per pool, with a 4 MiB stream
+/// window) for the client to push against, and 1,024 streams per session (what a session may
+/// hold in proportion to its streams, such as the answers it queues for them, stays small beside
+/// what the tests look for).
+pub struct Attack {
+    /// The tunnel whose node is attacked.
+    pub tunnel: crate::harness::Tunnel,
+    /// The client's auth, for raw links of the same identity.
+    pub auth: wanmux_core::noise::ClientAuth,
+    /// The node's address.
+    pub server: SocketAddr,
+    panics: usize,
+}
+
+impl Attack {
+    /// Starts the tunnel and warms it with a checked 1 MiB transfer each way.
+    pub async fn start() -> Attack {
+        let panics = crate::harness::panics();
+        let mut tunnel = crate::harness::Tunnel::start_with(
+            crate::harness::Auth::Static { psk: false },
+            1,
+            |s, _| {
+                s.limits.stream_window = 4 << 20;
+                s.limits.memory = 8 << 20;
+                s.limits.max_streams = 1024;
+            },
+        )
+        .await;
+        let auth = noise_auth(&tunnel.client_config);
+        let server = tunnel.server.local_addr();
+        tunnel.check_transfer(1 << 20, 1 << 20, 1).await;
+        Attack {
+            tunnel,
+            auth,
+            server,
+            panics,
+        }
+    }
+
+    /// After the attack: the process grew by at most `slack_kib` from `before_kib` to
+    /// `after_kib`, the node still moves a checked transfer, and nothing panicked.
+    pub async fn survived(mut self, before_kib: u64, after_kib: u64, slack_kib: u64) {
+        assert!(
+            after_kib <= before_kib + slack_kib,
+            "memory grew from {before_kib} KiB to {after_kib} KiB"
+        );
+        self.tunnel.check_transfer(1 << 20, 1 << 20, 2).await;
+        assert_eq!(crate::harness::panics(), self.panics, "something panicked");
+    }
 }
 
 /// Runs `test` on a runtime of its own, alone: tests that read the process's resident memory

@@ -7,5 +7,6 @@ pub mod harness;
 pub mod hostile;
 pub mod logs;
 pub mod mesh;
+pub mod process;
 pub mod sim;
 pub mod slow;

@@ -2,7 +2,7 @@
 //! node and every other node as a peer, and a capture of the log lines a test's nodes write.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,15 +23,6 @@ pub struct NodeSpec {
     pub cluster: SocketAddr,
 }
 
-/// A port on `127.0.0.1` the kernel just gave out and that is free again: the address a node's
-/// cluster listener will bind. Peers must know each other's address before any of them starts,
-/// so the port is taken from the kernel (never a fixed number) and released for the node to
-/// bind; the kernel hands ports out in turn, so another socket taking it in between is unlikely.
-pub fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr")
-}
-
 /// `n` nodes with ids 1..=n, fresh keys and cluster addresses.
 pub fn node_specs(n: u16) -> Vec<NodeSpec> {
     (1..=n)
@@ -41,7 +32,7 @@ pub fn node_specs(n: u16) -> Vec<NodeSpec> {
                 id,
                 private_key,
                 public_key,
-                cluster: free_port(),
+                cluster: crate::harness::free_port(),
             }
         })
         .collect()

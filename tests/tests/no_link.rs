@@ -2,20 +2,12 @@
 //! holds each for `client.no_link_hold_ms`, then refuses it with a reset; a node that comes up
 //! within the hold takes it.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use wanmux_tests::harness::{
-    app_server, configs, init_tracing, point_client_at, read_end, transfer_on, within, Auth,
-    ReadEnd,
+    app_server, configs, free_port, init_tracing, point_client_at, read_end, transfer_on, within,
+    Auth, ReadEnd,
 };
-
-/// A loopback address nothing listens on (bound on port 0, then released).
-fn unused_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
 
 #[tokio::test]
 async fn connections_are_refused_after_the_hold_when_no_node_is_reachable() {
@@ -24,7 +16,7 @@ async fn connections_are_refused_after_the_hold_when_no_node_is_reachable() {
         let app = app_server().await;
         for hold in [Duration::ZERO, Duration::from_millis(400)] {
             let (_, mut config) = configs(Auth::Psk, app.addr, 2);
-            point_client_at(&mut config, unused_addr());
+            point_client_at(&mut config, free_port());
             config.no_link_hold = hold;
             let client = wanmux_client::start(config).await.expect("client starts");
             let started = Instant::now();
@@ -51,7 +43,7 @@ async fn a_node_that_comes_up_within_the_hold_takes_the_connection() {
     within(Duration::from_secs(30), async {
         let mut app = app_server().await;
         let (mut server_config, mut config) = configs(Auth::Psk, app.addr, 1);
-        let node = unused_addr();
+        let node = free_port();
         point_client_at(&mut config, node);
         config.no_link_hold = Duration::from_secs(10);
         let client = wanmux_client::start(config).await.expect("client starts");
