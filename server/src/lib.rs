@@ -472,9 +472,10 @@ async fn handshake(
     // Set once message 1 authenticated and this node answered: a client that hangs up after
     // that could not take the answer.
     let replied = std::sync::atomic::AtomicBool::new(false);
-    let respond = |hello: &noise::ClientHello, key: Option<&wanmux_core::keys::PublicKey>| {
+    let respond = |hello: &noise::ReceivedHello, key: Option<&wanmux_core::keys::PublicKey>| {
+        sessions.check_replay(hello, key)?;
         replied.store(true, std::sync::atomic::Ordering::Relaxed);
-        sessions.server_hello((key.copied(), wanmux_core::ids::SessionId(hello.session_id)))
+        Ok(sessions.server_hello((key.copied(), wanmux_core::ids::SessionId(hello.session_id))))
     };
     let timeout = sessions.handshake_timeout();
     let accepted = match incoming {
