@@ -103,7 +103,8 @@ pub enum Garbage {
     ZeroLength,
     /// A real message 1 cut short, then close.
     Truncated,
-    /// A replayed real message 1, then close after the server's message 2.
+    /// A replayed real message 1, then close. The node answers a message 1 once: the first
+    /// replay of one it never saw gets message 2, every later one nothing.
     Replay,
     /// A replayed real message 1, then a random key confirmation.
     ReplayBadConfirmation,
