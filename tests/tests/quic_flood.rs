@@ -83,6 +83,23 @@ fn flood(server: SocketAddr, burst: usize, per_second: usize, stop: Arc<AtomicBo
     sent
 }
 
+/// The long-header packet type of a QUIC version 1 Retry.
+const RETRY: u8 = 3;
+
+/// Sends one Initial to `server` from an address of its own and returns the long-header packet
+/// type of the first datagram that comes back (0 Initial, 2 Handshake, 3 Retry), if any within
+/// 2 s.
+fn first_answer(server: SocketAddr) -> Option<u8> {
+    let sock = UdpSocket::bind((Ipv4Addr::new(127, 0, 250, 251), 0)).expect("bind probe");
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    sock.send_to(&Initials::new().next(server), server)
+        .expect("send");
+    let mut buf = [0u8; 2048];
+    let (n, _) = sock.recv_from(&mut buf).ok()?;
+    (n > 0 && buf[0] & 0x80 != 0).then_some((buf[0] >> 4) & 0x03)
+}
+
 /// Finding: the node accepted every Initial (no address validation), so a flood from addresses
 /// that never answer held every handshake slot for a handshake timeout and a real client got
 /// none. Under load the node now asks unvalidated addresses for a Retry round trip first.
@@ -112,6 +129,16 @@ fn a_real_client_connects_and_moves_data_through_an_initial_flood() {
         // The burst is out (more Initials than the node has handshake slots) before the client
         // starts.
         tokio::time::sleep(Duration::from_secs(2)).await;
+        // The node is under load: an Initial from an address it has not validated gets a Retry.
+        let probe = tokio::task::spawn_blocking(move || first_answer(quic))
+            .await
+            .expect("probe");
+        assert_eq!(
+            probe,
+            Some(RETRY),
+            "the node answered a new address's Initial with a packet of type {probe:?} (3 is a \
+             Retry) during the flood"
+        );
         wanmux_tests::harness::point_client_at(&mut client_cfg, server.local_addr());
         let client = wanmux_client::start(client_cfg.clone())
             .await
