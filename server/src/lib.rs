@@ -562,6 +562,10 @@ async fn handshake(
             }
         }
     };
+    let accepted = accepted.and_then(|acc| match acc.client_key {
+        Some(_) => Ok(acc),
+        None => sessions.take_psk_timestamp(&acc.hello).map(|()| acc),
+    });
     match accepted {
         Ok(acc) => {
             debug!(%peer, link_seq = acc.hello.link_seq, "link authenticated");

@@ -260,19 +260,31 @@ impl Sessions {
 
     /// Refuses a message 1 that authenticated as `key` whose timestamp this node took from
     /// that client before (a replay): it gets no message 2. Clients are told apart by their
-    /// key, PSK-only clients (which have none) by their session id.
+    /// key; a static-key client's timestamp is taken now. PSK-only clients (which have none)
+    /// are told apart by their session id, and their timestamp is only checked now: any PSK
+    /// holder can write a message 1 for any session, so it is taken once the key confirmation
+    /// proved the session's secret ([`Sessions::take_psk_timestamp`]).
     pub(crate) fn check_replay(
         &self,
         hello: &ReceivedHello,
         key: Option<&PublicKey>,
     ) -> Result<(), LinkError> {
-        let who = key.map_or(Identity::Session(hello.session_id), |k| {
-            Identity::Client(*k)
-        });
         // Only the guard's bookkeeping runs under this lock.
         let mut replays = self.replays.lock().unwrap_or_else(|e| e.into_inner());
+        match key {
+            Some(k) => replays.take(Identity::Client(*k), hello.timestamp),
+            None => replays.check(Identity::Session(hello.session_id), hello.timestamp),
+        }
+        .map_err(|_| LinkError::Replayed)
+    }
+
+    /// Takes the timestamp of a PSK-only link whose key confirmation proved its session's
+    /// secret (see [`Sessions::check_replay`]); refuses it if another link of the session took
+    /// it meanwhile.
+    pub(crate) fn take_psk_timestamp(&self, hello: &ReceivedHello) -> Result<(), LinkError> {
+        let mut replays = self.replays.lock().unwrap_or_else(|e| e.into_inner());
         replays
-            .check(who, hello.timestamp)
+            .take(Identity::Session(hello.session_id), hello.timestamp)
             .map_err(|_| LinkError::Replayed)
     }
 

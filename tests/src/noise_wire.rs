@@ -85,6 +85,11 @@ impl Tap {
     /// Cuts every connection through the tap and refuses new ones from now on.
     pub fn cut(&self) {
         self.accept.abort();
+        self.reset();
+    }
+
+    /// Cuts every connection through the tap; new ones still pass.
+    pub fn reset(&self) {
         for c in self.conns.lock().unwrap().drain(..) {
             c.abort();
         }

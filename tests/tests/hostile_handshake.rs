@@ -80,6 +80,48 @@ async fn a_psk_holder_cannot_join_another_clients_session() {
     .await;
 }
 
+/// The replay protection must not let a PSK holder lock a client out of its own session: a
+/// message 1 for the session with a timestamp far ahead (which fails its key confirmation) must
+/// not raise the floor the client's next link is compared with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_psk_holder_cannot_lock_a_client_out_of_its_session() {
+    within(LIMIT, async {
+        let (mut t, tap) = tapped(Auth::Psk).await;
+        let psk = match &t.client_config.auth {
+            ClientAuth::PskOnly { psk, .. } => *psk.as_bytes(),
+            _ => unreachable!("PSK-only config"),
+        };
+        let hello = open_psk_hello(&psk, &tap.firsts()[0]);
+        let guess: [u8; 32] = rand::random();
+        let joined = psk_join(
+            t.server.local_addr(),
+            &psk,
+            Hello {
+                session_id: hello.session_id,
+                link_seq: hello.link_seq + 1,
+                timestamp: u64::MAX - 1,
+            },
+            &guess,
+            Duration::from_secs(1),
+        )
+        .await;
+        assert_eq!(joined.messages, 0, "{joined:?}");
+        // The client's link drops; it dials again, with its own clock.
+        tap.reset();
+        let back = eventually(Duration::from_secs(10), || {
+            tap.firsts().len() >= 2 && t.client.live_links() == 1 && t.server.link_count() == 1
+        })
+        .await;
+        assert!(
+            back,
+            "the client's link did not come back ({} dials)",
+            tap.firsts().len()
+        );
+        t.check_transfer(1 << 20, 1 << 20, 1).await;
+    })
+    .await;
+}
+
 /// Finding: a recorded message 1, sent again, was answered every time (a message 2 tells an
 /// observer the client is still allowed, and costs the node four DH operations).
 async fn replay_gets_no_answer(auth: Auth) {

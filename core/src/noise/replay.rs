@@ -14,6 +14,12 @@
 //! the identity that handshook least recently is forgotten (a recorded message of it could then
 //! be answered once more). Only a message 1 that authenticated (an allow-listed key, or the PSK)
 //! reaches the guard, so only clients can fill it.
+//!
+//! A node takes a static-key client's timestamp when message 1 authenticates ([`ReplayGuard::take`]):
+//! only that client can write one. A PSK-only message 1 any PSK holder can write, for any session
+//! id and with any timestamp, so the node only checks it then ([`ReplayGuard::check`]) and takes
+//! it once the key confirmation proved the session's secret: another PSK holder cannot raise a
+//! session's floor and lock its client out.
 
 use std::collections::HashMap;
 
@@ -64,25 +70,30 @@ pub struct ReplayGuard {
     seen: HashMap<Identity, Seen>,
     /// Timestamps held over all identities.
     total: usize,
-    /// Counts checks: orders identities by their last use.
+    /// Counts takes: orders identities by their last use.
     clock: u64,
 }
 
 impl ReplayGuard {
+    /// Refuses `timestamp` from `who` if it was taken before or is too old, without taking it.
+    pub fn check(&self, who: Identity, timestamp: u64) -> Result<(), Replayed> {
+        match self.seen.get(&who) {
+            Some(seen) if timestamp <= seen.floor => Err(Replayed),
+            Some(seen) if seen.recent.binary_search(&timestamp).is_ok() => Err(Replayed),
+            _ => Ok(()),
+        }
+    }
+
     /// Takes `timestamp` from `who` if it is new, or refuses it.
-    pub fn check(&mut self, who: Identity, timestamp: u64) -> Result<(), Replayed> {
+    pub fn take(&mut self, who: Identity, timestamp: u64) -> Result<(), Replayed> {
+        self.check(who, timestamp)?;
         self.clock += 1;
         if !self.seen.contains_key(&who) && self.seen.len() >= MAX_IDENTITIES {
             self.forget_oldest();
         }
         let seen = self.seen.entry(who).or_default();
-        if timestamp <= seen.floor {
-            return Err(Replayed);
-        }
-        let at = match seen.recent.binary_search(&timestamp) {
-            Ok(_) => return Err(Replayed),
-            Err(at) => at,
-        };
+        // `check` found it above the floor and not taken: this is where it goes.
+        let at = seen.recent.partition_point(|&t| t < timestamp);
         seen.used = self.clock;
         seen.recent.insert(at, timestamp);
         self.total += 1;
@@ -137,20 +148,26 @@ mod tests {
     fn a_timestamp_is_taken_once_and_links_may_arrive_out_of_order() {
         let mut g = ReplayGuard::default();
         let t = 1_700_000_000 * S;
-        assert_eq!(g.check(A, t + 3), Ok(()));
-        assert_eq!(g.check(A, t + 1), Ok(()), "dialled at once, arrived later");
-        assert_eq!(g.check(A, t + 2), Ok(()));
+        assert_eq!(g.take(A, t + 3), Ok(()));
+        assert_eq!(g.take(A, t + 1), Ok(()), "dialled at once, arrived later");
+        assert_eq!(g.take(A, t + 2), Ok(()));
         for again in [t + 1, t + 2, t + 3] {
-            assert_eq!(g.check(A, again), Err(Replayed));
+            assert_eq!(g.take(A, again), Err(Replayed));
         }
         // Another client's timestamps are its own.
-        assert_eq!(g.check(B, t + 1), Ok(()));
+        assert_eq!(g.take(B, t + 1), Ok(()));
         // Far later, everything before the window is refused, seen or not.
-        assert_eq!(g.check(A, t + 100 * S), Ok(()));
-        assert_eq!(g.check(A, t + 4), Err(Replayed));
-        assert_eq!(g.check(A, t + 100 * S - WINDOW), Err(Replayed));
-        assert_eq!(g.check(A, t + 100 * S - WINDOW + 1), Ok(()));
+        assert_eq!(g.take(A, t + 100 * S), Ok(()));
+        assert_eq!(g.take(A, t + 4), Err(Replayed));
+        assert_eq!(g.take(A, t + 100 * S - WINDOW), Err(Replayed));
+        assert_eq!(g.take(A, t + 100 * S - WINDOW + 1), Ok(()));
         assert_eq!(g.total, 3, "older timestamps below the floor are not kept");
+        // Checking takes nothing.
+        assert_eq!(g.check(B, t + 7), Ok(()));
+        assert_eq!(g.check(B, t + 7), Ok(()));
+        assert_eq!(g.check(B, t + 1), Err(Replayed));
+        assert_eq!(g.take(B, t + 7), Ok(()));
+        assert_eq!(g.check(B, t + 7), Err(Replayed));
     }
 
     #[test]
@@ -159,18 +176,18 @@ mod tests {
         let t = 1_700_000_000 * S;
         // One identity with more links at once than it may keep: the oldest raise the floor.
         for i in 0..(MAX_RECENT as u64 + 10) {
-            assert_eq!(g.check(A, t + i), Ok(()));
+            assert_eq!(g.take(A, t + i), Ok(()));
         }
         assert_eq!(g.seen[&A].recent.len(), MAX_RECENT);
-        assert_eq!(g.check(A, t + 5), Err(Replayed), "below the raised floor");
+        assert_eq!(g.take(A, t + 5), Err(Replayed), "below the raised floor");
         // Many identities: the least recently used goes, A (used again now) stays.
         for i in 0..MAX_IDENTITIES as u64 {
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&i.to_be_bytes());
             id[8] = 0xff;
-            g.check(Identity::Session(id), t).unwrap();
+            g.take(Identity::Session(id), t).unwrap();
             if i % 1000 == 0 {
-                g.check(A, t + MAX_RECENT as u64 + 10 + i).unwrap();
+                g.take(A, t + MAX_RECENT as u64 + 10 + i).unwrap();
             }
             assert!(g.len() <= MAX_IDENTITIES && g.total <= MAX_RECENT_TOTAL);
         }
