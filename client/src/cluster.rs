@@ -19,7 +19,8 @@ use tracing::warn;
 use wanmux_config::OwnerPolicy;
 use wanmux_core::budget::Pool;
 use wanmux_core::driver::{SessionDriver, Totals};
-use wanmux_core::ids::{NodeId, SessionId};
+use wanmux_core::ids::NodeId;
+use wanmux_core::noise::SessionSecret;
 use wanmux_core::status::{SessionStatus, Status};
 
 /// One node: the engine of the streams it owns and the tasks that keep its links.
@@ -56,12 +57,8 @@ pub struct NodeStatus {
 }
 
 impl NodeSession {
-    pub(crate) fn new(id: NodeId, driver: SessionDriver, session_id: SessionId) -> Self {
-        let state = std::sync::Arc::new(std::sync::Mutex::new(dial::SessionState {
-            id: session_id,
-            epoch: None,
-            epoch_since: Instant::now(),
-        }));
+    pub(crate) fn new(id: NodeId, driver: SessionDriver, session: SessionSecret) -> Self {
+        let state = std::sync::Arc::new(std::sync::Mutex::new(dial::SessionState::new(session)));
         NodeSession {
             id,
             driver,
@@ -252,10 +249,7 @@ pub(crate) async fn watch_links(
                 grace.as_secs_f64()
             );
             driver.restart();
-            let mut st = dial::lock(&state);
-            st.id = SessionId(rand::random());
-            st.epoch = None;
-            st.epoch_since = Instant::now();
+            *dial::lock(&state) = dial::SessionState::new(SessionSecret::generate());
         }
     }
 }

@@ -21,7 +21,7 @@ use wanmux_core::driver::link::LinkEnd;
 use wanmux_core::driver::{self, SessionDriver};
 use wanmux_core::frame::Frame;
 use wanmux_core::ids::SessionId;
-use wanmux_core::noise::{self, ClientAuth, ClientHello};
+use wanmux_core::noise::{self, ClientAuth, ClientHello, SessionSecret};
 use wanmux_core::quic;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -39,10 +39,15 @@ const STABLE: Duration = Duration::from_secs(1);
 const REHOME_FIRST: Duration = Duration::from_secs(10);
 const REHOME_MAX: Duration = Duration::from_secs(60);
 
-/// The session as the links see it, shared by the slots: its id (sent in every handshake) and
-/// the epoch of the server's instance of it (learnt from the first handshake).
+/// The session as the links see it, shared by the slots: its secret and id (proved and sent in
+/// every handshake) and the epoch of the server's instance of it (learnt from the first
+/// handshake).
 #[derive(Debug)]
 pub(crate) struct SessionState {
+    /// Binds the session to this client: the id is derived from it, and each link's key
+    /// confirmation proves it (`docs/PROTOCOL.md`, "Key confirmation").
+    pub(crate) secret: SessionSecret,
+    /// `secret`'s id.
     pub(crate) id: SessionId,
     pub(crate) epoch: Option<u64>,
     /// When `epoch` was adopted: a handshake that began before it may report the epoch of a
@@ -102,6 +107,18 @@ impl QuicEndpoints {
         let ep = quic::client_endpoint(local)?;
         *slot = Some(ep.clone());
         Ok(ep)
+    }
+}
+
+impl SessionState {
+    /// A new session: a new secret and its id, no epoch yet.
+    pub(crate) fn new(secret: SessionSecret) -> SessionState {
+        SessionState {
+            id: SessionId(secret.id()),
+            secret,
+            epoch: None,
+            epoch_since: Instant::now(),
+        }
     }
 }
 
@@ -254,9 +271,12 @@ impl Slot {
     }
 
     async fn dial(&self, addr: &str, first: &[u8]) -> Result<Dialed, noise::LinkError> {
-        let session_id = lock(&self.state).id;
+        let (session_id, session) = {
+            let state = lock(&self.state);
+            (state.id, state.secret.clone())
+        };
         let hello = ClientHello {
-            session_id: session_id.0,
+            session,
             link_seq: self.link_seq,
             lane: self.is_lane(),
         };

@@ -21,7 +21,6 @@ mod reload;
 pub use cluster::NodeStatus;
 
 use cluster::{Cluster, NodeSession};
-use rand::Rng;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +36,7 @@ use wanmux_core::engine::{Role, Session};
 use wanmux_core::frame::reset;
 use wanmux_core::ids::{NodeId, SessionId};
 use wanmux_core::metrics;
+use wanmux_core::noise::SessionSecret;
 use wanmux_core::status::Status;
 use wanmux_core::tune;
 
@@ -176,7 +176,9 @@ impl ClientHandle {
 
 /// Binds every mapped port and starts the links to every node.
 pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
-    let session_id = SessionId(rand::rng().random());
+    // One session secret (and id) for every node's part of the session at start.
+    let secret = SessionSecret::generate();
+    let session_id = SessionId(secret.id());
     let budget = Budget::new(config.limits.memory);
     let signal = BudgetSignal::default();
     let span = tracing::info_span!("session", id = %session_id);
@@ -202,7 +204,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         let id = NodeId(node.id.get());
         let session = Session::with_budget(Role::Client, config.limits.into(), budget.clone());
         let (driver, _opened) = SessionDriver::start(session, &signal);
-        let mut n = NodeSession::new(id, driver.clone(), session_id);
+        let mut n = NodeSession::new(id, driver.clone(), secret.clone());
         n.tasks.push(tokio::spawn(
             cluster::watch_links(id, driver.clone(), n.state.clone(), config.session_grace)
                 .instrument(span.clone()),

@@ -124,8 +124,10 @@ fn shared_mode(_path: &Path) -> Option<u32> {
     None
 }
 
-fn read_key_file(path: &Path) -> std::io::Result<String> {
-    let mut text = String::new();
+/// The file's text, zeroed when dropped (it is a secret key's).
+fn read_key_file(path: &Path) -> std::io::Result<zeroize::Zeroizing<String>> {
+    // Room for all of it at once: growing would leave copies behind in freed memory.
+    let mut text = zeroize::Zeroizing::new(String::with_capacity(MAX_KEY_FILE as usize + 1));
     std::fs::File::open(path)?
         .take(MAX_KEY_FILE)
         .read_to_string(&mut text)?;

@@ -1,9 +1,13 @@
 //! Key material: X25519 static keys and pre-shared keys, as 32 bytes written in base64 the way
-//! WireGuard writes them. Secrets redact themselves in `Debug` so they never reach a log.
+//! WireGuard writes them. Secrets redact themselves in `Debug` so they never reach a log, are
+//! zeroed when dropped (`zeroize`), and compare in constant time (`subtle`); public keys compare
+//! in constant time too, so an allow-list lookup does not time how much of a key matched.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use std::fmt;
+use subtle::ConstantTimeEq as _;
+use zeroize::{Zeroize as _, Zeroizing};
 
 /// Length in bytes of every key and PSK.
 pub const KEY_LEN: usize = 32;
@@ -21,21 +25,58 @@ pub enum KeyError {
 }
 
 fn decode32(text: &str) -> Result<[u8; KEY_LEN], KeyError> {
-    let bytes = STANDARD.decode(text.trim()).map_err(|_| KeyError::Base64)?;
+    // The decoded bytes may be a secret's: zeroed when dropped.
+    let bytes = Zeroizing::new(STANDARD.decode(text.trim()).map_err(|_| KeyError::Base64)?);
     <[u8; KEY_LEN]>::try_from(bytes.as_slice()).map_err(|_| KeyError::Length(bytes.len()))
 }
 
 /// A static public key (X25519). Not secret.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialOrd, Ord)]
 pub struct PublicKey([u8; KEY_LEN]);
 
-/// A static private key (X25519). Redacted in `Debug`.
-#[derive(Clone, PartialEq, Eq)]
+impl std::hash::Hash for PublicKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As a derive would: the bytes, so equal keys hash equally.
+        self.0.hash(state);
+    }
+}
+
+/// A static private key (X25519). Redacted in `Debug`, zeroed when dropped.
+#[derive(Clone)]
 pub struct PrivateKey([u8; KEY_LEN]);
 
-/// A pre-shared symmetric key mixed into the Noise handshake. Redacted in `Debug`.
-#[derive(Clone, PartialEq, Eq)]
+/// A pre-shared symmetric key mixed into the Noise handshake. Redacted in `Debug`, zeroed when
+/// dropped.
+#[derive(Clone)]
 pub struct Psk([u8; KEY_LEN]);
+
+macro_rules! constant_time_eq {
+    ($t:ident) => {
+        impl PartialEq for $t {
+            fn eq(&self, other: &Self) -> bool {
+                self.0.ct_eq(&other.0).into()
+            }
+        }
+
+        impl Eq for $t {}
+    };
+}
+
+constant_time_eq!(PublicKey);
+constant_time_eq!(PrivateKey);
+constant_time_eq!(Psk);
+
+impl Drop for PrivateKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl Drop for Psk {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
 
 macro_rules! key_common {
     ($t:ident) => {
@@ -86,7 +127,7 @@ pub fn generate_keypair() -> (PrivateKey, PublicKey) {
         .parse()
         // A fixed, valid protocol name.
         .expect("valid Noise protocol name");
-    let pair = snow::Builder::new(params)
+    let mut pair = snow::Builder::new(params)
         .generate_keypair()
         // snow fails here only when no RNG or X25519 implementation resolves, and its default
         // resolver always provides both.
@@ -94,6 +135,7 @@ pub fn generate_keypair() -> (PrivateKey, PublicKey) {
     let private = <[u8; KEY_LEN]>::try_from(pair.private.as_slice())
         // X25519 keys are 32 bytes.
         .expect("X25519 private keys are 32 bytes");
+    pair.private.zeroize();
     let public =
         <[u8; KEY_LEN]>::try_from(pair.public.as_slice()).expect("X25519 public keys are 32 bytes");
     (PrivateKey(private), PublicKey(public))
@@ -215,6 +257,23 @@ mod tests {
         assert_eq!(PublicKey::from_base64(&k.to_base64()).unwrap(), k);
         assert_eq!(PublicKey::from_base64("%%%"), Err(KeyError::Base64));
         assert_eq!(PublicKey::from_base64("AAAA"), Err(KeyError::Length(3)));
+    }
+
+    #[test]
+    fn keys_compare_by_value() {
+        // Constant-time equality is still equality, and equal public keys hash alike (the
+        // allow-list is a hash set).
+        let (a, b) = ([3u8; 32], [4u8; 32]);
+        assert_eq!(PrivateKey::from_bytes(a), PrivateKey::from_bytes(a));
+        assert_ne!(PrivateKey::from_bytes(a), PrivateKey::from_bytes(b));
+        assert_eq!(Psk::from_bytes(a), Psk::from_bytes(a));
+        assert_ne!(Psk::from_bytes(a), Psk::from_bytes(b));
+        let mut last = [3u8; 32];
+        last[31] = 5;
+        assert_ne!(PublicKey::from_bytes(a), PublicKey::from_bytes(last));
+        let set: std::collections::HashSet<PublicKey> = [PublicKey::from_bytes(a)].into();
+        assert!(set.contains(&PublicKey::from_bytes(a)));
+        assert!(!set.contains(&PublicKey::from_bytes(b)));
     }
 
     #[test]

@@ -39,6 +39,14 @@ const MAX_HANDSHAKES: usize = 1024;
 /// Handshakes in progress at once from one IP address: a client dials its links a few at a
 /// time, and one address cannot take every slot.
 const MAX_HANDSHAKES_PER_SOURCE: usize = 16;
+/// QUIC handshakes in progress at once from addresses QUIC has not validated. Such an address
+/// may be spoofed: a flood of Initials from addresses that never answer would hold a slot each
+/// for a handshake timeout, and cost a key exchange and a signature each. Past this many, a new
+/// unvalidated address gets a Retry (stateless and smaller than the Initial) and takes a slot
+/// only when it comes back with the token, its address validated; validated addresses are
+/// limited like TCP ones ([`MAX_HANDSHAKES`], [`MAX_HANDSHAKES_PER_SOURCE`]), so spoofing a
+/// client's address cannot take its slots either.
+const MAX_UNVALIDATED: usize = 32;
 
 /// A running server node.
 #[derive(Debug)]
@@ -331,13 +339,25 @@ enum Incoming {
 }
 
 impl Incoming {
-    /// Closes a connection this node has no room for: TCP with an RST, QUIC with a refusal.
+    /// Closes a connection this node has no room for: TCP with an RST, QUIC with a refusal, or
+    /// with nothing at all to an address QUIC has not validated (it may be spoofed: an answer
+    /// would go to someone else).
     fn refuse(self) {
         match self {
             Incoming::Tcp(tcp) => {
                 let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
             }
-            Incoming::Quic(boxed) => boxed.1.refuse(),
+            Incoming::Quic(boxed) if boxed.1.remote_address_validated() => boxed.1.refuse(),
+            Incoming::Quic(boxed) => boxed.1.ignore(),
+        }
+    }
+
+    /// Whether the peer has proved it receives at its address: always for TCP (its handshake
+    /// did), for QUIC after a Retry round trip.
+    fn validated(&self) -> bool {
+        match self {
+            Incoming::Tcp(_) => true,
+            Incoming::Quic(boxed) => boxed.1.remote_address_validated(),
         }
     }
 }
@@ -363,9 +383,10 @@ impl Listener {
 /// Accepts links on `listener`, TCP or QUIC alike, each taking a handshake slot once accepted:
 /// at most [`MAX_HANDSHAKES`] in their handshake at once, [`MAX_HANDSHAKES_PER_SOURCE`] from one
 /// address, and none while the open file descriptors are within the reserve of the limit (see
-/// `fds`). A connection with no slot is closed at once (TCP: with an RST), so a flood holds no
-/// descriptor; the refusals are logged as a count (`refused`). Each link that authenticates runs
-/// in its session.
+/// `fds`). A QUIC connection from an address QUIC has not validated takes one of
+/// [`MAX_UNVALIDATED`] slots instead, or gets a Retry when they are taken. A connection with no
+/// slot is closed at once (TCP: with an RST), so a flood holds no descriptor; the refusals are
+/// logged as a count (`refused`). Each link that authenticates runs in its session.
 async fn accept_loop(
     listener: Listener,
     auth: Arc<SharedAuth>,
@@ -378,7 +399,19 @@ async fn accept_loop(
         let Some((incoming, peer)) = listener.next().await else {
             return;
         };
-        let slot = match slots.take(peer.ip()) {
+        let validated = incoming.validated();
+        if !validated && !slots.room_unvalidated() {
+            if let Incoming::Quic(boxed) = incoming {
+                // Stateless: the address comes back with a token, or was spoofed and costs
+                // nothing more. A refused Retry (an Initial that already carried a token)
+                // gets no answer.
+                if let Err(e) = boxed.1.retry() {
+                    e.into_incoming().ignore();
+                }
+            }
+            continue;
+        }
+        let slot = match slots.take(peer.ip(), validated) {
             Err(why) => {
                 refusals.busy(peer, why);
                 incoming.refuse();
@@ -413,48 +446,81 @@ async fn accept_loop(
     }
 }
 
-/// The handshakes in progress, in all and per source address.
+/// The handshakes in progress: from validated addresses in all and per address, and from
+/// addresses QUIC has not validated.
 #[derive(Debug, Default)]
 struct Slots {
-    /// In all, and per address (entries removed at zero).
-    taken: std::sync::Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
+    taken: std::sync::Mutex<Taken>,
 }
 
-/// A handshake slot, given back on drop.
+#[derive(Debug, Default)]
+struct Taken {
+    /// From validated addresses, in all.
+    all: usize,
+    /// From validated addresses, per address (entries removed at zero).
+    from: std::collections::HashMap<std::net::IpAddr, usize>,
+    /// From unvalidated addresses (QUIC without a Retry), in all.
+    unvalidated: usize,
+}
+
+/// A handshake slot, given back on drop: `None` for one of an unvalidated address.
 struct Slot {
     slots: Arc<Slots>,
-    ip: std::net::IpAddr,
+    ip: Option<std::net::IpAddr>,
 }
 
 impl Slots {
-    /// A slot for a handshake from `ip`, or why there is none.
-    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<Slot, &'static str> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Taken> {
         // Only counting runs under this lock.
-        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
-        if taken.0 >= MAX_HANDSHAKES {
+        self.taken.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether an unvalidated address may start a handshake now ([`MAX_UNVALIDATED`]).
+    fn room_unvalidated(&self) -> bool {
+        self.lock().unvalidated < MAX_UNVALIDATED
+    }
+
+    /// A slot for a handshake from `ip`, `validated` or not, or why there is none.
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, validated: bool) -> Result<Slot, &'static str> {
+        let mut taken = self.lock();
+        if !validated {
+            if taken.unvalidated >= MAX_UNVALIDATED {
+                return Err("too many QUIC handshakes from unvalidated addresses in progress");
+            }
+            taken.unvalidated += 1;
+            return Ok(Slot {
+                slots: self.clone(),
+                ip: None,
+            });
+        }
+        if taken.all >= MAX_HANDSHAKES {
             return Err("too many handshakes in progress on this node");
         }
-        let from = taken.1.entry(ip).or_insert(0);
+        let from = taken.from.entry(ip).or_insert(0);
         if *from >= MAX_HANDSHAKES_PER_SOURCE {
             return Err("too many handshakes in progress from this address");
         }
         *from += 1;
-        taken.0 += 1;
+        taken.all += 1;
         Ok(Slot {
             slots: self.clone(),
-            ip,
+            ip: Some(ip),
         })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut taken = self.slots.taken.lock().unwrap_or_else(|e| e.into_inner());
-        taken.0 -= 1;
-        if let Some(n) = taken.1.get_mut(&self.ip) {
+        let mut taken = self.slots.lock();
+        let Some(ip) = self.ip else {
+            taken.unvalidated -= 1;
+            return;
+        };
+        taken.all -= 1;
+        if let Some(n) = taken.from.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
-                taken.1.remove(&self.ip);
+                taken.from.remove(&ip);
             }
         }
     }
@@ -472,17 +538,23 @@ async fn handshake(
     // Set once message 1 authenticated and this node answered: a client that hangs up after
     // that could not take the answer.
     let replied = std::sync::atomic::AtomicBool::new(false);
-    let respond = |hello: &noise::ClientHello, key: Option<&wanmux_core::keys::PublicKey>| {
+    let respond = |hello: &noise::ReceivedHello, key: Option<&wanmux_core::keys::PublicKey>| {
+        sessions.check_replay(hello, key)?;
         replied.store(true, std::sync::atomic::Ordering::Relaxed);
-        sessions.server_hello((key.copied(), wanmux_core::ids::SessionId(hello.session_id)))
+        Ok(sessions.server_hello((key.copied(), wanmux_core::ids::SessionId(hello.session_id))))
     };
+    // One timeout for the whole handshake: QUIC's, then Noise's in what is left of it.
     let timeout = sessions.handshake_timeout();
+    let deadline = tokio::time::Instant::now() + timeout;
     let accepted = match incoming {
         Incoming::Tcp(tcp) => noise::accept_with(tcp, auth, timeout, respond).await,
         Incoming::Quic(boxed) => {
             let (listener, incoming) = *boxed;
             match quic::accept(&listener, incoming, timeout).await {
-                Ok((rd, wr)) => noise::accept_stream_with(rd, wr, auth, timeout, respond).await,
+                Ok((rd, wr)) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    noise::accept_stream_with(rd, wr, auth, left, respond).await
+                }
                 Err(e) => {
                     refusals.quic(peer, &e);
                     return None;
@@ -490,6 +562,10 @@ async fn handshake(
             }
         }
     };
+    let accepted = accepted.and_then(|acc| match acc.client_key {
+        Some(_) => Ok(acc),
+        None => sessions.take_psk_timestamp(&acc.hello).map(|()| acc),
+    });
     match accepted {
         Ok(acc) => {
             debug!(%peer, link_seq = acc.hello.link_seq, "link authenticated");

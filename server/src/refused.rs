@@ -27,6 +27,8 @@ pub(crate) enum Stage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
     UnknownClient,
+    Replayed,
+    Secret,
     Mode,
     WrongServerKey,
     WrongPsk,
@@ -121,6 +123,23 @@ fn explain(e: &LinkError, stage: Stage, auth: &ServerAuth) -> (Kind, bool, Strin
             Kind::UnknownClient,
             true,
             format!("client key {key} is not in server.allowed_clients (add it there, then reload, to let this client in)"),
+        ),
+        LinkError::Replayed => (
+            Kind::Replayed,
+            true,
+            "its message 1 was replayed: this node took that message (or a later one) from the \
+             same client before. An attacker sent a recorded message again, or the client's \
+             clock went back (it is refused until its clock passes the time of its last link \
+             here; see docs/PROTOCOL.md, Replay)"
+                .to_owned(),
+        ),
+        LinkError::Auth(m) if m.contains("secret") => (
+            Kind::Secret,
+            true,
+            "its key confirmation did not hold the secret of the session it asked to join: \
+             someone who knows the session's id (any holder of the PSK can read it) tried to \
+             join another client's session"
+                .to_owned(),
         ),
         LinkError::Auth(m) if m.contains("mode") => (
             Kind::Mode,

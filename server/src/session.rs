@@ -15,7 +15,7 @@ use wanmux_core::engine::{Role, Session};
 use wanmux_core::frame::reset;
 use wanmux_core::ids::{NodeId, SessionId, StreamId};
 use wanmux_core::keys::PublicKey;
-use wanmux_core::noise::{Accepted, ServerHello};
+use wanmux_core::noise::{Accepted, Identity, LinkError, ReceivedHello, ReplayGuard, ServerHello};
 use wanmux_core::status::{SessionStatus, Status};
 
 /// A session is found by the client's static key (none in PSK mode) and its session id, so one
@@ -71,6 +71,8 @@ pub(crate) struct Sessions {
     /// under the same id gets another epoch and its client knows the old one is gone. Kept
     /// `TOMBSTONE_TTL`, far longer than a client can take to notice and give the id up.
     tombstones: Mutex<HashMap<Key, (u64, std::time::Instant)>>,
+    /// The message-1 timestamps this node took, per client (`docs/PROTOCOL.md`, "Replay").
+    replays: Mutex<ReplayGuard>,
     /// Set by a graceful stop: new streams are refused.
     draining: AtomicBool,
     /// The daemon's memory cap (`limits.memory`), shared by every session.
@@ -91,6 +93,7 @@ impl Sessions {
             table: Mutex::new(HashMap::new()),
             epoch_key: RandomState::new(),
             tombstones: Mutex::new(HashMap::new()),
+            replays: Mutex::new(ReplayGuard::default()),
             draining: AtomicBool::new(false),
             counters: Arc::default(),
         }
@@ -253,6 +256,36 @@ impl Sessions {
         t.retain(|_, (_, at)| now.duration_since(*at) < TOMBSTONE_TTL);
         let g = t.get(&key).map_or(0, |&(g, _)| g);
         t.insert(key, (g + 1, now));
+    }
+
+    /// Refuses a message 1 that authenticated as `key` whose timestamp this node took from
+    /// that client before (a replay): it gets no message 2. Clients are told apart by their
+    /// key; a static-key client's timestamp is taken now. PSK-only clients (which have none)
+    /// are told apart by their session id, and their timestamp is only checked now: any PSK
+    /// holder can write a message 1 for any session, so it is taken once the key confirmation
+    /// proved the session's secret ([`Sessions::take_psk_timestamp`]).
+    pub(crate) fn check_replay(
+        &self,
+        hello: &ReceivedHello,
+        key: Option<&PublicKey>,
+    ) -> Result<(), LinkError> {
+        // Only the guard's bookkeeping runs under this lock.
+        let mut replays = self.replays.lock().unwrap_or_else(|e| e.into_inner());
+        match key {
+            Some(k) => replays.take(Identity::Client(*k), hello.timestamp),
+            None => replays.check(Identity::Session(hello.session_id), hello.timestamp),
+        }
+        .map_err(|_| LinkError::Replayed)
+    }
+
+    /// Takes the timestamp of a PSK-only link whose key confirmation proved its session's
+    /// secret (see [`Sessions::check_replay`]); refuses it if another link of the session took
+    /// it meanwhile.
+    pub(crate) fn take_psk_timestamp(&self, hello: &ReceivedHello) -> Result<(), LinkError> {
+        let mut replays = self.replays.lock().unwrap_or_else(|e| e.into_inner());
+        replays
+            .take(Identity::Session(hello.session_id), hello.timestamp)
+            .map_err(|_| LinkError::Replayed)
     }
 
     /// Message 2 for a link whose message 1 authenticated as `key`: the node id and the epoch

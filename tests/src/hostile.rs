@@ -61,7 +61,7 @@ const PING: [u8; 9] = [1, 0, 0, 0, 0, 0, 0, 0, 0];
 /// The hello of a handshake test: a new session's first link.
 fn hello() -> wanmux_core::noise::ClientHello {
     wanmux_core::noise::ClientHello {
-        session_id: rand::random(),
+        session: wanmux_core::noise::SessionSecret::generate(),
         link_seq: 0,
         lane: false,
     }
@@ -103,7 +103,8 @@ pub enum Garbage {
     ZeroLength,
     /// A real message 1 cut short, then close.
     Truncated,
-    /// A replayed real message 1, then close after the server's message 2.
+    /// A replayed real message 1, then close. The node answers a message 1 once: the first
+    /// replay of one it never saw gets message 2, every later one nothing.
     Replay,
     /// A replayed real message 1, then a random key confirmation.
     ReplayBadConfirmation,
@@ -398,16 +399,17 @@ pub fn alone<F: std::future::Future>(test: F) -> F::Output {
 }
 
 impl RawLink {
-    /// Completes a handshake with `auth` into session `session_id` of the node at `server`.
+    /// Completes a handshake with `auth` into the session with secret `session` (see
+    /// `SessionSecret`) of the node at `server`.
     pub async fn connect(
         server: SocketAddr,
         auth: &wanmux_core::noise::ClientAuth,
-        session_id: [u8; 16],
+        session: [u8; 32],
         link_seq: u32,
     ) -> Result<RawLink, wanmux_core::noise::LinkError> {
         let tcp = TcpStream::connect(server).await?;
         let hello = wanmux_core::noise::ClientHello {
-            session_id,
+            session: wanmux_core::noise::SessionSecret::from_bytes(session),
             link_seq,
             lane: false,
         };

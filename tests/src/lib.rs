@@ -7,6 +7,7 @@ pub mod harness;
 pub mod hostile;
 pub mod logs;
 pub mod mesh;
+pub mod noise_wire;
 pub mod process;
 pub mod sim;
 pub mod slow;

@@ -167,7 +167,7 @@ async fn garbage_then_serve_nnpsk0() {
 async fn links_into(
     server: std::net::SocketAddr,
     auth: &wanmux_core::noise::ClientAuth,
-    session: [u8; 16],
+    session: [u8; 32],
     count: u32,
 ) -> (Vec<RawLink>, usize) {
     let mut links = Vec::new();
@@ -200,7 +200,7 @@ async fn links_per_session_are_capped() {
         let before = panics();
         let mut t = Tunnel::start(IK, 1).await;
         let auth = noise_auth(&t.client_config);
-        let session: [u8; 16] = rand::random();
+        let session: [u8; 32] = rand::random();
         let (mut links, taken) = links_into(t.server.local_addr(), &auth, session, 320).await;
         assert_eq!(taken, 300, "links the node took into one session");
         links.truncate(10);

@@ -20,7 +20,7 @@ const RESETS: u64 = 1_000_000;
 
 /// Sends the `RESET`s into a new session, on as many links as it takes, and returns how many.
 async fn spaced_resets(server: SocketAddr, auth: &ClientAuth) -> u32 {
-    let session: [u8; 16] = rand::random();
+    let session: [u8; 32] = rand::random();
     let mut frame = Vec::new();
     let (mut next, mut links) = (0, 0u32);
     while next < RESETS {

@@ -101,7 +101,7 @@ async fn dial_peer(
 async fn dial_client(addr: std::net::SocketAddr, auth: &ClientAuth) -> Result<(), LinkError> {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let hello = ClientHello {
-        session_id: [5; 16],
+        session: noise::SessionSecret::from_bytes([5; 32]),
         link_seq: 0,
         lane: false,
     };

@@ -10,20 +10,23 @@ use snow::params::NoiseParams;
 use snow::{HandshakeState, StatelessTransportState};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use zeroize::Zeroizing;
 
 use super::transport::{InBuf, LinkReader, LinkWriter, LEN_PREFIX};
 use super::{
-    configure_socket, Accepted, BoxRead, BoxWrite, ClientAuth, ClientHello, LinkError, ServerAuth,
-    ServerHello, MAX_FIRST_PLAINTEXT, MAX_HANDSHAKE_MESSAGE, TAG_LEN,
+    configure_socket, Accepted, BoxRead, BoxWrite, ClientAuth, ClientHello, LinkError,
+    ReceivedHello, ServerAuth, ServerHello, SessionSecret, MAX_FIRST_PLAINTEXT,
+    MAX_HANDSHAKE_MESSAGE, SESSION_SECRET_LEN, TAG_LEN,
 };
 use crate::keys::{PublicKey, KEY_LEN};
 
 /// Version byte of both handshake payloads. Version 2 raised the initial stream credit from
-/// 256 KiB to 2 MiB (`engine::INITIAL_STREAM_CREDIT`): a version 1 peer would close the link
-/// on the first stream that used it, so the hello refuses it instead.
-const VERSION: u8 = 2;
-/// `version | session_id | link_seq | flags`.
-const CLIENT_HELLO_LEN: usize = 1 + 16 + 4 + 1;
+/// 256 KiB to 2 MiB (`engine::INITIAL_STREAM_CREDIT`); version 3 added message 1's timestamp
+/// and the session secret in the key confirmation. A peer of another version would misread
+/// them, so the hello refuses it instead.
+const VERSION: u8 = 3;
+/// `version | session_id | link_seq | flags | timestamp`.
+const CLIENT_HELLO_LEN: usize = 1 + 16 + 4 + 1 + 8;
 /// `version | node_id | status | epoch`.
 const SERVER_HELLO_LEN: usize = 1 + 2 + 1 + 8;
 /// The prologue is this string followed by the mode byte.
@@ -208,7 +211,11 @@ async fn connect_stream_with(
             "first message longer than MAX_FIRST_PLAINTEXT",
         ));
     }
-    let handshake = client_handshake(rd, wr, auth, hello, first, cipher);
+    // The key confirmation: the session secret, then the caller's frames.
+    let mut confirm = Zeroizing::new(Vec::with_capacity(SESSION_SECRET_LEN + first.len()));
+    confirm.extend_from_slice(hello.session.as_bytes());
+    confirm.extend_from_slice(first);
+    let handshake = client_handshake(rd, wr, auth, hello, &confirm, cipher);
     tokio::time::timeout(timeout, handshake)
         .await
         .map_err(|_| LinkError::Timeout)?
@@ -230,14 +237,16 @@ async fn client_handshake(
 /// (`docs/PROTOCOL.md`, "Peer links"), and neither decodes the other's: the lengths differ and so
 /// does the version byte.
 pub(super) trait Payloads {
-    /// Message 1's payload.
+    /// Message 1's payload, as the dialler gives it.
     type Hello;
+    /// Message 1's payload, as the acceptor reads it.
+    type Received;
     /// Message 2's payload.
     type Reply;
     /// Why a static key that is not on the acceptor's allow-list is refused.
     fn unknown_key(key: PublicKey) -> LinkError;
     fn encode_hello(hello: &Self::Hello) -> Vec<u8>;
-    fn decode_hello(p: &[u8]) -> Result<Self::Hello, LinkError>;
+    fn decode_hello(p: &[u8]) -> Result<Self::Received, LinkError>;
     fn encode_reply(reply: &Self::Reply) -> Vec<u8>;
     fn decode_reply(p: &[u8]) -> Result<Self::Reply, LinkError>;
 }
@@ -247,15 +256,16 @@ pub(super) struct ClientLink;
 
 impl Payloads for ClientLink {
     type Hello = ClientHello;
+    type Received = ReceivedHello;
     type Reply = ServerHello;
     fn unknown_key(key: PublicKey) -> LinkError {
         // The key is public: the node's log names it, so an operator can allow it.
         LinkError::UnknownClient(key)
     }
     fn encode_hello(hello: &ClientHello) -> Vec<u8> {
-        encode_client_hello(hello).to_vec()
+        encode_client_hello(hello, timestamp_now()).to_vec()
     }
-    fn decode_hello(p: &[u8]) -> Result<ClientHello, LinkError> {
+    fn decode_hello(p: &[u8]) -> Result<ReceivedHello, LinkError> {
         decode_client_hello(p)
     }
     fn encode_reply(reply: &ServerHello) -> Vec<u8> {
@@ -330,14 +340,17 @@ pub(super) fn client_state(mode: Mode, auth: &ClientAuth) -> Result<HandshakeSta
 }
 
 /// Runs the server side of the handshake on `tcp`, as node `node_id`: [`accept_with`] with
-/// epoch 0 in message 2.
+/// epoch 0 in message 2, and no replay protection (tests).
 pub async fn accept(
     tcp: TcpStream,
     auth: &ServerAuth,
     node_id: u16,
     timeout: Duration,
 ) -> Result<Accepted, LinkError> {
-    accept_with(tcp, auth, timeout, |_, _| ServerHello { node_id, epoch: 0 }).await
+    accept_with(tcp, auth, timeout, |_, _| {
+        Ok(ServerHello { node_id, epoch: 0 })
+    })
+    .await
 }
 
 /// [`accept_stream_with`] on the two halves of `tcp`, after [`configure_socket`]. The halves
@@ -349,7 +362,7 @@ pub async fn accept_with<F>(
     respond: F,
 ) -> Result<Accepted, LinkError>
 where
-    F: FnOnce(&ClientHello, Option<&PublicKey>) -> ServerHello,
+    F: FnOnce(&ReceivedHello, Option<&PublicKey>) -> Result<ServerHello, LinkError>,
 {
     let (rd, wr, peer) = tcp_halves(tcp)?;
     let mut accepted = accept_stream_with(rd, wr, auth, timeout, respond).await?;
@@ -362,13 +375,16 @@ where
 /// connection, a QUIC bidirectional stream), given as its two halves. Message 2's payload is
 /// chosen by `respond` once message 1 has been authenticated: the server uses it to tell the
 /// client the epoch of the session the link joins, so a client learns before sending anything
-/// that the server lost its session.
+/// that the server lost its session. `respond` may refuse the client instead (a replayed
+/// message 1: [`LinkError::Replayed`], see [`super::ReplayGuard`]); it then gets nothing.
 ///
-/// Returns once the client's key confirmation decrypted; its plaintext is [`Accepted::first`].
+/// Returns once the client's key confirmation decrypted and proved the session's secret (see
+/// [`SessionSecret`]); its frames are [`Accepted::first`].
 /// On any failure the server has sent nothing but (possibly) message 2 and the stream is closed
 /// when its halves drop; the error says why, for the caller's log line:
 /// [`LinkError::UnknownClient`] for a client key not on the allow-list; [`LinkError::Auth`] for a
-/// mode this server does not take, a wrong PSK or server key, or a replayed message 1;
+/// mode this server does not take, a wrong PSK or server key, a key confirmation without the
+/// session's secret, or a replayed message 1 that `respond` let through;
 /// [`LinkError::Protocol`] for malformed bytes; [`LinkError::Closed`] if the client hung up;
 /// [`LinkError::Timeout`] after `timeout`.
 pub async fn accept_stream_with<F>(
@@ -379,7 +395,7 @@ pub async fn accept_stream_with<F>(
     respond: F,
 ) -> Result<Accepted, LinkError>
 where
-    F: FnOnce(&ClientHello, Option<&PublicKey>) -> ServerHello,
+    F: FnOnce(&ReceivedHello, Option<&PublicKey>) -> Result<ServerHello, LinkError>,
 {
     tokio::time::timeout(timeout, server_handshake(rd, wr, auth, respond))
         .await
@@ -393,16 +409,33 @@ async fn server_handshake<F>(
     respond: F,
 ) -> Result<Accepted, LinkError>
 where
-    F: FnOnce(&ClientHello, Option<&PublicKey>) -> ServerHello,
+    F: FnOnce(&ReceivedHello, Option<&PublicKey>) -> Result<ServerHello, LinkError>,
 {
-    let r = respond_to::<ClientLink, _>(rd, wr, auth, |hello, key| Ok(respond(hello, key))).await?;
+    let r = respond_to::<ClientLink, _>(rd, wr, auth, respond).await?;
+    let first = session_frames(&r.hello, &r.first)?;
     Ok(Accepted {
         hello: r.hello,
         client_key: r.key,
-        first: r.first,
+        first,
         reader: r.reader,
         writer: r.writer,
     })
+}
+
+/// The frames of a client link's key confirmation `confirm`, after the session secret, which
+/// must derive the session id of message 1 (compared in constant time).
+fn session_frames(hello: &ReceivedHello, confirm: &[u8]) -> Result<Bytes, LinkError> {
+    use subtle::ConstantTimeEq as _;
+    let denied = LinkError::Auth("key confirmation does not hold the session's secret");
+    let Some((secret, frames)) = confirm.split_first_chunk::<SESSION_SECRET_LEN>() else {
+        return Err(denied);
+    };
+    let secret = SessionSecret::from_bytes(*secret);
+    if bool::from(secret.id().ct_eq(&hello.session_id)) {
+        Ok(Bytes::copy_from_slice(frames))
+    } else {
+        Err(denied)
+    }
 }
 
 /// What [`respond_to`] returns: the dialler's hello and static key, its key confirmation's
@@ -410,7 +443,7 @@ where
 pub(super) struct Responded<H> {
     pub(super) hello: H,
     pub(super) key: Option<PublicKey>,
-    pub(super) first: Bytes,
+    pub(super) first: Zeroizing<Vec<u8>>,
     pub(super) reader: LinkReader,
     pub(super) writer: LinkWriter,
 }
@@ -422,10 +455,10 @@ pub(super) async fn respond_to<P, F>(
     mut wr: BoxWrite,
     auth: &ServerAuth,
     respond: F,
-) -> Result<Responded<P::Hello>, LinkError>
+) -> Result<Responded<P::Received>, LinkError>
 where
     P: Payloads,
-    F: FnOnce(&P::Hello, Option<&PublicKey>) -> Result<P::Reply, LinkError>,
+    F: FnOnce(&P::Received, Option<&PublicKey>) -> Result<P::Reply, LinkError>,
 {
     let mut inb = InBuf::new(rd, HANDSHAKE_CHUNK);
 
@@ -533,11 +566,12 @@ async fn read_handshake_message(
     Ok(len)
 }
 
-/// Reads and decrypts the client's first transport message (nonce 0).
+/// Reads and decrypts the client's first transport message (nonce 0). The plaintext holds the
+/// session secret on a client link: it is zeroed when dropped.
 async fn read_key_confirmation(
     inb: &mut InBuf,
     state: &StatelessTransportState,
-) -> Result<Bytes, LinkError> {
+) -> Result<Zeroizing<Vec<u8>>, LinkError> {
     let mut msg = [0u8; MAX_HANDSHAKE_MESSAGE];
     let len = read_handshake_message(inb, &mut msg).await?;
     if len < TAG_LEN {
@@ -545,20 +579,39 @@ async fn read_key_confirmation(
             "transport message shorter than its tag",
         ));
     }
-    let mut plain = [0u8; MAX_HANDSHAKE_MESSAGE];
+    let mut plain = Zeroizing::new([0u8; MAX_HANDSHAKE_MESSAGE]);
     let n = state
-        .read_message(0, &msg[..len], &mut plain)
+        .read_message(0, &msg[..len], &mut plain[..])
         .map_err(|_| LinkError::Auth("key confirmation did not decrypt"))?;
-    Ok(Bytes::copy_from_slice(&plain[..n]))
+    Ok(Zeroizing::new(plain[..n].to_vec()))
 }
 
-pub(super) fn encode_client_hello(hello: &ClientHello) -> [u8; CLIENT_HELLO_LEN] {
+/// Message 1's payload for `hello`, written at `timestamp` ([`timestamp_now`]).
+pub(super) fn encode_client_hello(hello: &ClientHello, timestamp: u64) -> [u8; CLIENT_HELLO_LEN] {
     let mut p = [0u8; CLIENT_HELLO_LEN];
     p[0] = VERSION;
-    p[1..17].copy_from_slice(&hello.session_id);
+    p[1..17].copy_from_slice(&hello.session.id());
     p[17..21].copy_from_slice(&hello.link_seq.to_be_bytes());
     p[21] = u8::from(hello.lane) * FLAG_LANE;
+    p[22..30].copy_from_slice(&timestamp.to_be_bytes());
     p
+}
+
+/// The clock of message 1: nanoseconds since the Unix epoch, strictly increasing within this
+/// process (a clock that steps back, or two links in the same nanosecond, still give each
+/// message 1 a timestamp above the last), so a node can tell a replay by it
+/// (`docs/PROTOCOL.md`, "Replay").
+pub(super) fn timestamp_now() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let next = |last: u64| Some(now.max(last.saturating_add(1)));
+    match LAST.fetch_update(Ordering::AcqRel, Ordering::Acquire, next) {
+        // `next` always returns `Some`, so the update succeeded; the closure's value is stored.
+        Ok(last) | Err(last) => now.max(last.saturating_add(1)),
+    }
 }
 
 /// Bit of message 1's flags byte: the link is a dedicated lane.
@@ -566,7 +619,7 @@ const FLAG_LANE: u8 = 1;
 
 /// Parses message 1's payload. Flag bits other than [`FLAG_LANE`] are ignored (sent as 0), so a
 /// later version can use them without breaking this one.
-pub(super) fn decode_client_hello(p: &[u8]) -> Result<ClientHello, LinkError> {
+pub(super) fn decode_client_hello(p: &[u8]) -> Result<ReceivedHello, LinkError> {
     let p: &[u8; CLIENT_HELLO_LEN] = p
         .try_into()
         .map_err(|_| LinkError::Protocol("client hello has the wrong length"))?;
@@ -576,10 +629,13 @@ pub(super) fn decode_client_hello(p: &[u8]) -> Result<ClientHello, LinkError> {
     let mut session_id = [0u8; 16];
     session_id.copy_from_slice(&p[1..17]);
     let link_seq = u32::from_be_bytes([p[17], p[18], p[19], p[20]]);
-    Ok(ClientHello {
+    let mut timestamp = [0u8; 8];
+    timestamp.copy_from_slice(&p[22..30]);
+    Ok(ReceivedHello {
         session_id,
         link_seq,
         lane: p[21] & FLAG_LANE != 0,
+        timestamp: u64::from_be_bytes(timestamp),
     })
 }
 

@@ -16,7 +16,12 @@
 //! The client writes `mode | len | message 1`, the server answers `len | message 2`, and the
 //! client sends its first transport message (key confirmation). [`accept`] returns only once that
 //! message has decrypted: in `IKpsk2` a client with the wrong PSK is caught only there, and a
-//! replayed message 1 must not attach a link to a session. A server that refuses a client sends
+//! replayed message 1 must not attach a link to a session. On a client link the key confirmation
+//! starts with the session's secret ([`SessionSecret`]), whose hash is the session id of message
+//! 1: [`accept_stream_with`] refuses one without it, so whoever reads a session's id (every PSK
+//! holder can) still cannot join it. Message 1 carries the client's clock, strictly increasing;
+//! the server's `respond` callback refuses a timestamp it took before ([`ReplayGuard`]), and a
+//! replayed message 1 gets no message 2. A server that refuses a client sends
 //! it nothing and closes the stream; [`accept`] returns the reason as a [`LinkError`] and the
 //! caller logs it (with the peer address, at `info`). Handshake messages, the key confirmation
 //! included, are at most [`MAX_HANDSHAKE_MESSAGE`] bytes; a longer one is refused from its length
@@ -47,6 +52,7 @@
 
 mod handshake;
 mod peer;
+pub mod replay;
 mod transport;
 
 #[cfg(test)]
@@ -63,6 +69,7 @@ use crate::keys::PublicKey;
 pub use crate::auth::{ClientAuth, ServerAuth};
 pub use handshake::{accept, accept_stream_with, accept_with, connect, connect_stream};
 pub use peer::{accept_peer, connect_peer, PeerAccepted, PeerHello};
+pub use replay::{Identity, ReplayGuard, Replayed};
 pub use transport::{LinkReader, LinkWriter};
 
 /// The read half of the byte stream a link runs over. Boxed so that [`LinkReader`] and
@@ -81,8 +88,9 @@ pub const MAX_PLAINTEXT: usize = crate::frame::MAX_MESSAGE;
 /// length prefix). A longer length prefix is refused before the message is read.
 pub const MAX_HANDSHAKE_MESSAGE: usize = 1_024;
 
-/// Largest `first` plaintext [`connect`] can send: the key confirmation is a handshake message.
-pub const MAX_FIRST_PLAINTEXT: usize = MAX_HANDSHAKE_MESSAGE - TAG_LEN;
+/// Largest `first` plaintext [`connect`] can send: the key confirmation is a handshake message,
+/// and on a client link it holds the session secret as well.
+pub const MAX_FIRST_PLAINTEXT: usize = MAX_HANDSHAKE_MESSAGE - TAG_LEN - SESSION_SECRET_LEN;
 
 /// How much a [`LinkReader`] asks the kernel for per read.
 pub const READ_CHUNK: usize = 256 * 1024;
@@ -101,16 +109,96 @@ pub const NOTSENT_LOWAT: u32 = 128 * 1024;
 /// Length of the AEAD tag every transport message carries.
 const TAG_LEN: usize = 16;
 
-/// What the client tells the server in handshake message 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Length of a [`SessionSecret`].
+pub const SESSION_SECRET_LEN: usize = 32;
+
+/// The secret that binds a session to its client (`docs/PROTOCOL.md`, "Key confirmation"): the
+/// client draws it once per session, derives the session id from it ([`SessionSecret::id`]),
+/// and sends it only inside the key confirmation of each link, under that handshake's transport
+/// keys. A node takes a link into a session only if the secret derives the id of message 1, so
+/// knowing a session's id (any PSK holder can read it in message 1) joins nothing. Zeroed when
+/// dropped, redacted in `Debug`.
+#[derive(Clone)]
+pub struct SessionSecret([u8; SESSION_SECRET_LEN]);
+
+impl SessionSecret {
+    /// A new secret from the operating system's random number generator.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system's random number generator fails.
+    pub fn generate() -> SessionSecret {
+        use rand::TryRngCore as _;
+        let mut s = SessionSecret([0; SESSION_SECRET_LEN]);
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut s.0)
+            .expect("the OS random number generator failed");
+        s
+    }
+
+    /// Wraps raw secret bytes (tests, and the key confirmation a node reads).
+    pub const fn from_bytes(bytes: [u8; SESSION_SECRET_LEN]) -> SessionSecret {
+        SessionSecret(bytes)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; SESSION_SECRET_LEN] {
+        &self.0
+    }
+
+    /// The session id this secret names: the first 16 bytes of BLAKE2s-256 of
+    /// `wanmux session id v1` followed by the secret.
+    pub fn id(&self) -> [u8; 16] {
+        use blake2::Digest as _;
+        let mut h = blake2::Blake2s256::new();
+        h.update(b"wanmux session id v1");
+        h.update(self.0);
+        let digest = h.finalize();
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest[..16]);
+        id
+    }
+}
+
+impl Drop for SessionSecret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl std::fmt::Debug for SessionSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionSecret(<redacted>)")
+    }
+}
+
+/// What a client link's dialler says in handshake message 1, and the secret its key
+/// confirmation proves (see [`SessionSecret`]).
+#[derive(Clone, Debug)]
 pub struct ClientHello {
-    /// Chosen at random by the client once per session; the same on all its links.
-    pub session_id: [u8; 16],
+    /// The session's secret, drawn once per session; the same on all its links. Message 1
+    /// carries its id, the key confirmation the secret itself.
+    pub session: SessionSecret,
     /// Counts the links the client opened in this session (for logs).
     pub link_seq: u32,
     /// This link is a dedicated interactive lane (`links.lanes`): it carries no bulk data in
     /// either direction. Bit 0 of message 1's flags byte.
     pub lane: bool,
+}
+
+/// Message 1 of a client link as the node read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReceivedHello {
+    /// The session the link joins (see [`SessionSecret::id`]).
+    pub session_id: [u8; 16],
+    /// Counts the links the client opened in this session (for logs).
+    pub link_seq: u32,
+    /// This link is a dedicated interactive lane (bit 0 of the flags byte).
+    pub lane: bool,
+    /// The client's clock when it wrote message 1, in nanoseconds since the Unix epoch,
+    /// strictly increasing within one client process: what replay protection compares
+    /// ([`ReplayGuard`]).
+    pub timestamp: u64,
 }
 
 /// What the server tells the client in handshake message 2.
@@ -127,11 +215,12 @@ pub struct ServerHello {
 /// A link the server accepted: the handshake and key confirmation succeeded.
 #[derive(Debug)]
 pub struct Accepted {
-    /// The client's message 1 payload.
-    pub hello: ClientHello,
+    /// The client's message 1 payload. The key confirmation proved the session's secret.
+    pub hello: ReceivedHello,
     /// The client's static key in static-key mode (it is on the allow-list); `None` in PSK mode.
     pub client_key: Option<PublicKey>,
-    /// Plaintext of the client's key-confirmation message (its first transport message).
+    /// The frames of the client's key-confirmation message (its first transport message),
+    /// after the session secret.
     pub first: Bytes,
     /// Receive half of the link.
     pub reader: LinkReader,
@@ -154,6 +243,10 @@ pub enum LinkError {
     /// a message that did not decrypt during the handshake. Never contains key material.
     #[error("peer failed authentication: {0}")]
     Auth(&'static str),
+    /// The dialler's message 1 carries a timestamp this end took from it before, or an older
+    /// one: a recorded message sent again ([`ReplayGuard`]).
+    #[error("peer failed authentication: message 1 replayed (its timestamp was taken before)")]
+    Replayed,
     /// Static-key mode: the client's key is not in the server's allow-list. The key is public;
     /// the server's log names it so that an operator can add it.
     #[error("peer failed authentication: client key {0} is not on the allow-list")]

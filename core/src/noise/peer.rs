@@ -5,10 +5,10 @@
 //! run on the node's cluster listener: the dialling node pins the peer's key, the accepting node
 //! takes only the keys of its configured peers. Message 1 carries the dialler's node id and
 //! instance, message 2 the acceptor's (in the layout of a client link's message 2, with version
-//! 3 and the instance where a client link has the epoch); a client hello (version 2, 22 bytes)
-//! never decodes as a peer hello (version 3, role 2, 12 bytes) nor the other way round, nor a
-//! reply of one kind as the other's, so even a key configured on both listeners would not cross
-//! over (the config refuses that too).
+//! 3 and the instance where a client link has the epoch); a client hello (30 bytes) never
+//! decodes as a peer hello (role 2, 12 bytes) nor the other way round, nor a reply of one kind as
+//! the other's (a client link's key confirmation must also hold its session secret), so even a
+//! key configured on both listeners would not cross over (the config refuses that too).
 
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use crate::keys::PublicKey;
 
 /// Version byte of both peer handshake payloads (the cluster protocol's).
 const VERSION: u8 = 3;
-/// Role byte of message 1: a peer node (clients have no role byte; their version is 2).
+/// Role byte of message 1: a peer node (clients have no role byte).
 const ROLE_PEER: u8 = 2;
 /// `version | role | node_id | instance`.
 const HELLO_LEN: usize = 1 + 1 + 2 + 8;
@@ -60,6 +60,7 @@ struct PeerLink;
 
 impl Payloads for PeerLink {
     type Hello = PeerHello;
+    type Received = PeerHello;
     type Reply = PeerHello;
     fn unknown_key(_: PublicKey) -> LinkError {
         LinkError::Auth("key is not one of the configured peers'")
@@ -167,7 +168,7 @@ where
         key: r
             .key
             .ok_or(LinkError::Protocol("peer link without a static key"))?,
-        first: r.first,
+        first: Bytes::copy_from_slice(&r.first),
         reader,
         writer,
     })
@@ -285,7 +286,7 @@ mod tests {
         // The same keys on both sides: only the payloads differ.
         let (dial, accept, _) = auths(None);
         let hello = ClientHello {
-            session_id: [1; 16],
+            session: crate::noise::SessionSecret::from_bytes([1; 32]),
             link_seq: 0,
             lane: false,
         };
@@ -306,10 +307,10 @@ mod tests {
         let (a, b) = tcp_pair().await;
         let (dialled, accepted) = tokio::join!(
             connect_peer(a, &dial, &ONE, b"", LONG),
-            accept_with(b, &accept, LONG, |_, _| ServerHello {
+            accept_with(b, &accept, LONG, |_, _| Ok(ServerHello {
                 node_id: 2,
                 epoch: 0
-            }),
+            })),
         );
         assert!(
             matches!(accepted, Err(LinkError::Protocol(_))),

@@ -10,18 +10,31 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::handshake::{
     client_state, connect_with, decode_client_hello, decode_server_hello, encode_client_hello,
-    encode_server_hello, Cipher, Mode, Pattern,
+    encode_server_hello, timestamp_now, Cipher, Mode, Pattern,
 };
 use super::*;
 use crate::keys::{generate_keypair, Psk};
 
 const PATTERNS: [Pattern; 3] = [Pattern::Ik, Pattern::IkPsk2, Pattern::NnPsk0];
 const CIPHERS: [Cipher; 2] = [Cipher::ChaChaPoly, Cipher::AesGcm];
-const HELLO: ClientHello = ClientHello {
-    session_id: [7; 16],
+static HELLO: ClientHello = ClientHello {
+    session: SessionSecret::from_bytes([7; 32]),
     link_seq: 3,
     lane: true,
 };
+
+/// What the server reads of [`HELLO`] (the timestamp aside).
+fn received(hello: &ReceivedHello) -> (([u8; 16], u32, bool), bool) {
+    (
+        (hello.session_id, hello.link_seq, hello.lane),
+        hello.timestamp > 1_600_000_000_000_000_000,
+    )
+}
+
+/// [`received`] of a genuine [`HELLO`].
+fn expected() -> (([u8; 16], u32, bool), bool) {
+    ((HELLO.session.id(), HELLO.link_seq, HELLO.lane), true)
+}
 const NODE: u16 = 42;
 const FIRST: &[u8] = b"\x01ping-frame";
 const LONG: Duration = Duration::from_secs(10);
@@ -99,7 +112,7 @@ async fn link(pattern: Pattern, cipher: Cipher) -> (LinkReader, LinkWriter, Acce
             epoch: 0
         }
     );
-    assert_eq!(accepted.hello, HELLO);
+    assert_eq!(received(&accepted.hello), expected());
     assert_eq!(accepted.client_key, creds.client_key);
     assert_eq!(&accepted.first[..], FIRST);
     (reader, writer, accepted)
@@ -222,13 +235,13 @@ async fn links_run_over_any_byte_stream() {
     let (c_rd, c_wr) = tokio::io::split(c);
     let (s_rd, s_wr) = tokio::io::split(s);
     let creds = creds(Pattern::IkPsk2);
-    let respond = |hello: &ClientHello, key: Option<&PublicKey>| {
-        assert_eq!(*hello, HELLO);
+    let respond = |hello: &ReceivedHello, key: Option<&PublicKey>| {
+        assert_eq!(received(hello), expected());
         assert_eq!(key, creds.client_key.as_ref());
-        ServerHello {
+        Ok(ServerHello {
             node_id: NODE,
             epoch: 5,
-        }
+        })
     };
     let (client, server) = tokio::join!(
         connect_stream(
@@ -326,7 +339,7 @@ fn message_1(mode: Mode, auth: &ClientAuth) -> (Vec<u8>, snow::HandshakeState) {
     let mut hs = client_state(mode, auth).unwrap();
     let mut msg = [0u8; 1024];
     let n = hs
-        .write_message(&encode_client_hello(&HELLO), &mut msg)
+        .write_message(&encode_client_hello(&HELLO, timestamp_now()), &mut msg)
         .unwrap();
     let mut out = vec![mode.to_byte()];
     out.extend_from_slice(&(n as u16).to_be_bytes());
@@ -739,20 +752,37 @@ fn every_mode_round_trips() {
 
 #[test]
 fn hello_payloads_are_checked() {
-    let good = encode_client_hello(&HELLO);
-    assert_eq!(decode_client_hello(&good).unwrap(), HELLO);
-    assert!(decode_client_hello(&good[..21]).is_err());
-    // Version 1 (256 KiB of initial stream credit) is refused.
-    let mut bad = good;
-    bad[0] = 1;
-    assert!(decode_client_hello(&bad).is_err());
+    let good = encode_client_hello(&HELLO, 0x1122_3344_5566_7788);
+    assert_eq!(good[0], 3, "version");
+    assert_eq!(good[22..], [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]);
+    let hello = decode_client_hello(&good).unwrap();
+    assert_eq!(
+        hello,
+        ReceivedHello {
+            session_id: HELLO.session.id(),
+            link_seq: 3,
+            lane: true,
+            timestamp: 0x1122_3344_5566_7788,
+        }
+    );
+    assert!(decode_client_hello(&good[..29]).is_err());
+    // Version 2 (no timestamp, no session secret) and version 1 are refused.
+    for version in [1, 2] {
+        let mut bad = good;
+        bad[0] = version;
+        assert!(decode_client_hello(&bad).is_err());
+    }
+    assert!(
+        decode_client_hello(&good[..22]).is_err(),
+        "a version-2 length"
+    );
 
     let hello = ServerHello {
         node_id: 9,
         epoch: 0x0102_0304_0506_0708,
     };
     let good = encode_server_hello(&hello);
-    assert_eq!(good, [2, 0, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(good, [3, 0, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
     assert_eq!(decode_server_hello(&good).unwrap(), hello);
     assert!(decode_server_hello(&good[..11]).is_err());
     let mut bad = good;
@@ -761,4 +791,94 @@ fn hello_payloads_are_checked() {
     let mut bad = good;
     bad[3] = 1;
     assert!(decode_server_hello(&bad).is_err());
+}
+
+/// Plays a client that sends a genuine message 1 for [`HELLO`] in `pattern` and then a key
+/// confirmation, correctly encrypted, whose plaintext is `confirm`; returns the server's verdict.
+async fn confirm_with(pattern: Pattern, confirm: &[u8]) -> Result<Accepted, LinkError> {
+    let creds = creds(pattern);
+    let mode = Mode {
+        pattern,
+        cipher: Cipher::ChaChaPoly,
+    };
+    let (msg1, mut hs) = message_1(mode, &creds.client);
+    let (mut c, s) = tcp_pair().await;
+    let client = async {
+        c.write_all(&msg1).await.unwrap();
+        let len = usize::from(c.read_u16().await.unwrap());
+        let mut msg2 = vec![0; len];
+        c.read_exact(&mut msg2).await.unwrap();
+        let mut payload = [0u8; 1024];
+        hs.read_message(&msg2, &mut payload).unwrap();
+        let transport = hs.into_stateless_transport_mode().unwrap();
+        let mut sealed = [0u8; 1024];
+        let n = transport.write_message(0, confirm, &mut sealed).unwrap();
+        c.write_u16(n as u16).await.unwrap();
+        c.write_all(&sealed[..n]).await.unwrap();
+        c
+    };
+    let (_c, server) = tokio::join!(client, accept(s, &creds.server, NODE, LONG));
+    server
+}
+
+#[tokio::test]
+async fn a_key_confirmation_must_hold_the_sessions_secret() {
+    for pattern in PATTERNS {
+        // The secret whose id message 1 carries: the link is taken, its frames are `first`.
+        let mut good = HELLO.session.as_bytes().to_vec();
+        good.extend_from_slice(FIRST);
+        let accepted = confirm_with(pattern, &good).await.unwrap();
+        assert_eq!(&accepted.first[..], FIRST);
+        // Anything else is refused: another secret, a secret cut short, frames alone.
+        let mut other = [0x11u8; 32].to_vec();
+        other.extend_from_slice(FIRST);
+        for confirm in [&other[..], &good[..31], FIRST] {
+            assert_auth(confirm_with(pattern, confirm).await, "session's secret");
+        }
+    }
+}
+
+#[test]
+fn a_session_secret_names_its_session() {
+    let a = SessionSecret::from_bytes([1; 32]);
+    let b = SessionSecret::from_bytes([2; 32]);
+    assert_eq!(a.id(), a.clone().id());
+    assert_ne!(a.id(), b.id());
+    assert_ne!(
+        SessionSecret::generate().id(),
+        SessionSecret::generate().id()
+    );
+    assert!(!format!("{a:?}").contains("1, 1"), "redacted");
+}
+
+#[test]
+fn message_1_timestamps_increase_strictly() {
+    let mut last = timestamp_now();
+    for _ in 0..10_000 {
+        let t = timestamp_now();
+        assert!(t > last);
+        last = t;
+    }
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert!(
+        last.abs_diff(wall) < 10_000_000_000,
+        "the wall clock, in ns"
+    );
+}
+
+#[tokio::test]
+async fn a_message_1_the_server_refuses_gets_no_answer() {
+    for pattern in PATTERNS {
+        let creds = creds(pattern);
+        let (c, s) = tcp_pair().await;
+        let (client, server) = tokio::join!(
+            connect_with(c, &creds.client, &HELLO, FIRST, LONG, Cipher::ChaChaPoly),
+            accept_with(s, &creds.server, LONG, |_, _| Err(LinkError::Replayed))
+        );
+        assert!(matches!(server, Err(LinkError::Replayed)));
+        assert_refused(client);
+    }
 }

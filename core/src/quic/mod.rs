@@ -80,6 +80,17 @@ const RESIZE_EVERY: Duration = Duration::from_millis(5);
 /// warn at start when that is less, see `tune`).
 pub const SOCKET_BUFFER: usize = 8 << 20;
 
+/// Connections a node's endpoint holds before its accept loop took, retried or refused them;
+/// more are refused by quinn.
+pub const MAX_INCOMING: usize = 4096;
+
+/// Bytes of packets quinn keeps per connection waiting in that queue (beyond its first packet):
+/// the rest of a client's first flight.
+const INCOMING_BUFFER: u64 = 64 * 1024;
+
+/// Bytes of packets quinn keeps for the whole queue.
+const INCOMING_BUFFER_TOTAL: u64 = 4 << 20;
+
 /// A link with no packet for this long is dead to QUIC; the engine's pings notice much sooner.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -196,6 +207,13 @@ pub fn server_endpoint(addr: SocketAddr) -> io::Result<Listener> {
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     // The endpoint's default; `accept` gives each link its path's transport instead.
     config.transport_config(transport(true, PaceConfig::default()));
+    // Connections that arrived and wait for the node to take, retry or refuse them: the node's
+    // accept loop does so at once, so a short queue suffices (quinn's default holds 65,536, and
+    // 100 MiB of their packets).
+    config
+        .max_incoming(MAX_INCOMING)
+        .incoming_buffer_size(INCOMING_BUFFER)
+        .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
     let endpoint = Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(config.clone()),
