@@ -9,6 +9,7 @@
 //! from home dials home now and then ([`REHOME_FIRST`]) and moves back once that succeeds, so
 //! links spread again when an address comes back. With one address all of this is a no-op.
 
+use crate::carrier::{Carriers, Plan, QUIC_ANSWER};
 use bytes::BytesMut;
 use rand::Rng;
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
-use wanmux_config::Node;
+use wanmux_config::{LinkTransport, Node};
 use wanmux_core::driver::link::LinkEnd;
 use wanmux_core::driver::{self, SessionDriver};
 use wanmux_core::frame::Frame;
@@ -71,8 +72,12 @@ pub(crate) struct Slot {
     pub(crate) handshake_timeout: Duration,
     /// TCP congestion control for the link sockets (`links.congestion`).
     pub(crate) congestion: Option<String>,
-    /// Set when links are QUIC connections (`links.transport = "quic"`), not TCP.
+    /// What links run over (`links.transport`).
+    pub(crate) transport: LinkTransport,
+    /// The client's QUIC sockets; set when links may run over QUIC (`quic` or `auto`).
     pub(crate) quic: Option<std::sync::Arc<QuicEndpoints>>,
+    /// Under `auto`, which node addresses fell back to TCP.
+    pub(crate) carriers: std::sync::Arc<Carriers>,
     /// Dedicated lanes per node (`links.lanes`): the links with a lower `index` are lanes.
     pub(crate) lanes: u16,
     /// Told of every link up and failed dial: readiness, and the rate-limited `warn` log.
@@ -200,8 +205,12 @@ impl Slot {
             }
             Ok(d) => Some((d.reader, d.writer)),
             Err(e) => {
-                self.dials
-                    .failed(self.node.id, addr, &e, self.quic.is_some());
+                self.dials.failed(
+                    self.node.id,
+                    addr,
+                    &e,
+                    self.transport == LinkTransport::Quic,
+                );
                 None
             }
         }
@@ -260,32 +269,13 @@ impl Slot {
             link_seq: self.link_seq,
             lane: self.is_lane(),
         };
-        let timeout = self.handshake_timeout;
-        let (reader, writer, server) = match &self.quic {
-            Some(endpoints) => {
-                let peer = tokio::time::timeout(timeout, tokio::net::lookup_host(addr))
-                    .await
-                    .map_err(|_| noise::LinkError::Timeout)??
-                    .next()
-                    .ok_or(noise::LinkError::Io(std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "the node's host name has no address",
-                    )))?;
-                let endpoint = endpoints.for_peer(peer)?;
-                let (rd, wr) = quic::connect(&endpoint, peer, timeout).await?;
-                noise::connect_stream(rd, wr, &self.auth, &hello, first, timeout).await?
+        let (reader, writer, server) = match self.transport {
+            LinkTransport::Tcp => self.dial_tcp(addr, &hello, first).await?,
+            LinkTransport::Quic => {
+                let (rd, wr) = self.quic_carrier(addr, self.handshake_timeout).await?;
+                self.noise_over_quic(rd, wr, &hello, first).await?
             }
-            None => {
-                let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| noise::LinkError::Timeout)??;
-                if let Some(cc) = &self.congestion {
-                    if let Err(e) = noise::set_congestion(&tcp, cc) {
-                        warn!(congestion = %cc, error = %e, "cannot set the link's congestion control");
-                    }
-                }
-                noise::connect(tcp, &self.auth, &hello, first, timeout).await?
-            }
+            LinkTransport::Auto => self.dial_auto(addr, &hello, first).await?,
         };
         if server.node_id != self.node.id.get() {
             // Frames for streams this node does not own would be refused; say so plainly.
@@ -301,6 +291,99 @@ impl Slot {
         })
     }
 }
+
+impl Slot {
+    /// A TCP connection to `addr` and the Noise handshake over it.
+    async fn dial_tcp(
+        &self,
+        addr: &str,
+        hello: &ClientHello,
+        first: &[u8],
+    ) -> Result<Handshaken, noise::LinkError> {
+        let timeout = self.handshake_timeout;
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| noise::LinkError::Timeout)??;
+        if let Some(cc) = &self.congestion {
+            if let Err(e) = noise::set_congestion(&tcp, cc) {
+                warn!(congestion = %cc, error = %e, "cannot set the link's congestion control");
+            }
+        }
+        noise::connect(tcp, &self.auth, hello, first, timeout).await
+    }
+
+    /// A QUIC connection to `addr` whose handshake completed within `within`, with its stream
+    /// open: `Timeout` when the node did not answer.
+    async fn quic_carrier(
+        &self,
+        addr: &str,
+        within: Duration,
+    ) -> Result<(noise::BoxRead, noise::BoxWrite), noise::LinkError> {
+        let Some(endpoints) = &self.quic else {
+            return Err(noise::LinkError::Protocol("no QUIC endpoint"));
+        };
+        let peer = tokio::time::timeout(self.handshake_timeout, tokio::net::lookup_host(addr))
+            .await
+            .map_err(|_| noise::LinkError::Timeout)??
+            .next()
+            .ok_or(noise::LinkError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the node's host name has no address",
+            )))?;
+        let endpoint = endpoints.for_peer(peer)?;
+        quic::connect(&endpoint, peer, within).await
+    }
+
+    /// The Noise handshake on a QUIC link's stream.
+    async fn noise_over_quic(
+        &self,
+        rd: noise::BoxRead,
+        wr: noise::BoxWrite,
+        hello: &ClientHello,
+        first: &[u8],
+    ) -> Result<Handshaken, noise::LinkError> {
+        noise::connect_stream(rd, wr, &self.auth, hello, first, self.handshake_timeout).await
+    }
+
+    /// `links.transport = "auto"`: QUIC if `addr` answers it within [`QUIC_ANSWER`], else TCP;
+    /// see `carrier`.
+    async fn dial_auto(
+        &self,
+        addr: &str,
+        hello: &ClientHello,
+        first: &[u8],
+    ) -> Result<Handshaken, noise::LinkError> {
+        let node = self.node.id;
+        let probe = match self.carriers.plan(addr, Instant::now()) {
+            Plan::Tcp => return self.dial_tcp(addr, hello, first).await,
+            Plan::QuicFirst { probe } => probe,
+        };
+        match self
+            .quic_carrier(addr, QUIC_ANSWER.min(self.handshake_timeout))
+            .await
+        {
+            Ok((rd, wr)) => {
+                self.carriers.quic_answered(&node, addr);
+                self.noise_over_quic(rd, wr, hello, first).await
+            }
+            // No answer, or UDP cannot be sent there: TCP may still get through.
+            Err(quic_error @ (noise::LinkError::Timeout | noise::LinkError::Io(_))) => {
+                debug!(%node, %addr, error = %quic_error, probe, "no QUIC answer; dialling TCP");
+                let tcp = self.dial_tcp(addr, hello, first).await;
+                if tcp.is_ok() {
+                    self.carriers
+                        .fall_back(&node, addr, &quic_error.to_string());
+                }
+                tcp
+            }
+            // QUIC answered and then failed: that is the node's answer, not a blocked path.
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// What a link's handshake gives: its halves and what the node said about itself.
+type Handshaken = (noise::LinkReader, noise::LinkWriter, noise::ServerHello);
 
 /// A link that completed its handshake with the node.
 struct Dialed {

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod carrier;
 mod cluster;
 mod dial;
 mod pool;
@@ -55,6 +56,8 @@ pub struct ClientHandle {
     listeners: Vec<reload::Listening>,
     /// Whether the links' first dials settled, and the log of failed dials.
     dials: Arc<ready::Dials>,
+    /// Under `links.transport = "auto"`, the node addresses that fell back to TCP.
+    carriers: Arc<carrier::Carriers>,
     /// `client.no_link_hold_ms` (kept until a restart).
     no_link_hold: std::time::Duration,
     /// The metrics endpoint (`metrics.listen`): its address and task.
@@ -73,6 +76,12 @@ impl ClientHandle {
     /// The local address of the first mapping.
     pub fn first_addr(&self) -> SocketAddr {
         self.maps[0].1
+    }
+
+    /// The node addresses (as configured) whose links run over TCP because QUIC got no answer
+    /// there (`links.transport = "auto"`), sorted; empty under `"tcp"` and `"quic"`.
+    pub fn tcp_fallbacks(&self) -> Vec<String> {
+        self.carriers.fallen_back()
     }
 
     /// Links currently up, to all nodes.
@@ -182,20 +191,28 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     let span = tracing::info_span!("session", id = %session_id);
     // One UDP socket per address family for every QUIC link to every node.
     let quic: Option<Arc<dial::QuicEndpoints>> =
-        (config.transport == LinkTransport::Quic).then(Default::default);
+        config.transport.may_use_quic().then(Default::default);
     let mut host = Vec::new();
+    // Under `auto` the TCP settings matter only once a node falls back to TCP: their warnings
+    // wait until then.
+    let mut tcp_host = Vec::new();
     let congestion = match config.transport {
         LinkTransport::Tcp => tune::congestion(config.congestion.as_deref(), &mut host),
+        LinkTransport::Auto => tune::congestion(config.congestion.as_deref(), &mut tcp_host),
         LinkTransport::Quic => None,
     };
     host.extend(tune::check_buffers(
         quic.is_some()
             .then_some(wanmux_core::quic::SOCKET_BUFFER as u64),
-        quic.is_none(),
+        config.transport == LinkTransport::Tcp,
     ));
+    if config.transport == LinkTransport::Auto {
+        tcp_host.extend(tune::check_buffers(None, true));
+    }
     for w in &host {
         span.in_scope(|| warn!(target: tune::LOG_TARGET, "{w}"));
     }
+    let carriers = Arc::new(carrier::Carriers::new(tcp_host));
     let dials = Arc::new(ready::Dials::default());
     let mut nodes = Vec::new();
     for (node, hs) in config.auth.handshakes() {
@@ -217,7 +234,9 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             index: 0,
             handshake_timeout: config.handshake_timeout,
             congestion: congestion.clone(),
+            transport: config.transport,
             quic: quic.clone(),
+            carriers: carriers.clone(),
             lanes: config.lanes,
             dials: dials.clone(),
         };
@@ -289,6 +308,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         cluster,
         listeners,
         dials,
+        carriers,
         no_link_hold: config.no_link_hold,
         metrics,
         control,

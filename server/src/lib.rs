@@ -206,15 +206,49 @@ fn context(e: io::Error, what: std::fmt::Arguments<'_>) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
+/// Binds `server.listen` for TCP links and, with `server.quic`, the same address and port for
+/// QUIC. With port 0 the QUIC socket takes the port the TCP listener got; when that UDP port is
+/// taken, both are bound again on another port (a few tries).
+async fn bind_links(config: &ServerConfig) -> io::Result<(TcpListener, Option<quic::Listener>)> {
+    const TRIES: usize = 8;
+    let mut tries = 0;
+    loop {
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            let hint = daemon::bind_hint(config.listen, &e);
+            context(
+                e,
+                format_args!("cannot listen on {} (server.listen){}", config.listen, hint),
+            )
+        })?;
+        if !config.quic {
+            return Ok((listener, None));
+        }
+        let local_addr = listener.local_addr()?;
+        match quic::server_endpoint(local_addr) {
+            Ok(ep) => return Ok((listener, Some(ep))),
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse
+                    && config.listen.port() == 0
+                    && tries < TRIES =>
+            {
+                tries += 1;
+            }
+            Err(e) => {
+                return Err(context(
+                    e,
+                    format_args!(
+                        "cannot bind UDP {local_addr} for QUIC links (server.quic; set it to \
+                         false to accept TCP links only)"
+                    ),
+                ))
+            }
+        }
+    }
+}
+
 /// Binds the listen address and starts serving.
 pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
-    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-        let hint = daemon::bind_hint(config.listen, &e);
-        context(
-            e,
-            format_args!("cannot listen on {} (server.listen){}", config.listen, hint),
-        )
-    })?;
+    let (listener, quic) = bind_links(&config).await?;
     let local_addr = listener.local_addr()?;
     let mut host = Vec::new();
     let congestion = tune::congestion(config.congestion.as_deref(), &mut host);
@@ -232,17 +266,6 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
             warn!(congestion = %cc, error = %e, "cannot set the links' congestion control; using the system default");
         }
     }
-    // With port 0 the QUIC socket takes the port the TCP listener got.
-    let quic = if config.quic {
-        Some(quic::server_endpoint(local_addr).map_err(|e| {
-            context(
-                e,
-                format_args!("cannot bind UDP {local_addr} for QUIC links (server.quic)"),
-            )
-        })?)
-    } else {
-        None
-    };
     let mesh = match &config.cluster {
         Some(cluster) => Some(Mesh::start(&config, cluster).await?),
         None => None,
