@@ -136,7 +136,6 @@ impl Slot {
                 None => pick.failed(),
                 Some((reader, writer)) => {
                     self.dials.link_up();
-                    info!(node = %self.node.id, %addr, link_seq = self.link_seq, "link up");
                     let up = Instant::now();
                     let link = self.link.clone();
                     let set = move |id: wanmux_core::ids::LinkId| link.store(id.0, Relaxed);
@@ -203,7 +202,10 @@ impl Slot {
                 debug!(node = %self.node.id, %addr, "link to a replaced server instance dropped");
                 None
             }
-            Ok(d) => Some((d.reader, d.writer)),
+            Ok(d) => {
+                info!(node = %self.node.id, %addr, link_seq = self.link_seq, transport = d.carrier, "link up");
+                Some((d.reader, d.writer))
+            }
             Err(e) => {
                 self.dials.failed(
                     self.node.id,
@@ -269,11 +271,11 @@ impl Slot {
             link_seq: self.link_seq,
             lane: self.is_lane(),
         };
-        let (reader, writer, server) = match self.transport {
-            LinkTransport::Tcp => self.dial_tcp(addr, &hello, first).await?,
+        let ((reader, writer, server), carrier) = match self.transport {
+            LinkTransport::Tcp => (self.dial_tcp(addr, &hello, first).await?, TCP),
             LinkTransport::Quic => {
                 let (rd, wr) = self.quic_carrier(addr, self.handshake_timeout).await?;
-                self.noise_over_quic(rd, wr, &hello, first).await?
+                (self.noise_over_quic(rd, wr, &hello, first).await?, QUIC)
             }
             LinkTransport::Auto => self.dial_auto(addr, &hello, first).await?,
         };
@@ -288,6 +290,7 @@ impl Slot {
             writer,
             epoch: server.epoch,
             session_id,
+            carrier,
         })
     }
 }
@@ -352,10 +355,10 @@ impl Slot {
         addr: &str,
         hello: &ClientHello,
         first: &[u8],
-    ) -> Result<Handshaken, noise::LinkError> {
+    ) -> Result<(Handshaken, &'static str), noise::LinkError> {
         let node = self.node.id;
         let probe = match self.carriers.plan(addr, Instant::now()) {
-            Plan::Tcp => return self.dial_tcp(addr, hello, first).await,
+            Plan::Tcp => return Ok((self.dial_tcp(addr, hello, first).await?, TCP)),
             Plan::QuicFirst { probe } => probe,
         };
         match self
@@ -364,17 +367,15 @@ impl Slot {
         {
             Ok((rd, wr)) => {
                 self.carriers.quic_answered(&node, addr);
-                self.noise_over_quic(rd, wr, hello, first).await
+                Ok((self.noise_over_quic(rd, wr, hello, first).await?, QUIC))
             }
             // No answer, or UDP cannot be sent there: TCP may still get through.
             Err(quic_error @ (noise::LinkError::Timeout | noise::LinkError::Io(_))) => {
                 debug!(%node, %addr, error = %quic_error, probe, "no QUIC answer; dialling TCP");
-                let tcp = self.dial_tcp(addr, hello, first).await;
-                if tcp.is_ok() {
-                    self.carriers
-                        .fall_back(&node, addr, &quic_error.to_string());
-                }
-                tcp
+                let tcp = self.dial_tcp(addr, hello, first).await?;
+                self.carriers
+                    .fall_back(&node, addr, &quic_error.to_string());
+                Ok((tcp, TCP))
             }
             // QUIC answered and then failed: that is the node's answer, not a blocked path.
             Err(e) => Err(e),
@@ -385,6 +386,10 @@ impl Slot {
 /// What a link's handshake gives: its halves and what the node said about itself.
 type Handshaken = (noise::LinkReader, noise::LinkWriter, noise::ServerHello);
 
+/// A link's transport, as the `link up` line names it.
+const TCP: &str = "tcp";
+const QUIC: &str = "quic";
+
 /// A link that completed its handshake with the node.
 struct Dialed {
     reader: noise::LinkReader,
@@ -393,6 +398,8 @@ struct Dialed {
     epoch: u64,
     /// The session id the link was dialled for.
     session_id: SessionId,
+    /// What the link runs over: [`TCP`] or [`QUIC`].
+    carrier: &'static str,
 }
 
 /// Full jitter: a time drawn uniformly from `[d/2, d]`.

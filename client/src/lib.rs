@@ -38,7 +38,7 @@ use wanmux_core::engine::{Role, Session};
 use wanmux_core::frame::reset;
 use wanmux_core::ids::{NodeId, SessionId};
 use wanmux_core::metrics;
-use wanmux_core::status::Status;
+use wanmux_core::status::{Reloads, Status};
 use wanmux_core::tune;
 
 /// Accept queue length of each mapped port (the kernel caps it at `net.core.somaxconn`). The
@@ -64,7 +64,26 @@ pub struct ClientHandle {
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
     /// The control socket (`control.socket`); its file goes with it.
     control: Option<ControlSocket>,
+    /// What `status`, the control socket and the metrics endpoint report.
+    report: Arc<Report>,
+}
+
+/// What the client reports, from the parts that count it.
+#[derive(Debug)]
+struct Report {
+    cluster: Arc<Cluster>,
+    dials: Arc<ready::Dials>,
+    reloads: Reloads,
     started: std::time::Instant,
+}
+
+impl Report {
+    fn status(&self) -> Status {
+        let mut st = self.cluster.status(self.started.elapsed());
+        st.handshake_failures = self.dials.counts();
+        st.reloads = self.reloads.view();
+        st
+    }
 }
 
 impl ClientHandle {
@@ -97,9 +116,15 @@ impl ClientHandle {
         }
     }
 
-    /// What the client is doing now: its nodes' sessions, links and traffic totals.
+    /// What the client is doing now: its nodes' sessions, links and traffic totals, its failed
+    /// dials and its reloads.
     pub fn status(&self) -> Status {
-        self.cluster.status(self.started.elapsed())
+        self.report.status()
+    }
+
+    /// Where the daemon counts its config reloads (the daemon skeleton records them).
+    pub fn reloads(&self) -> &Reloads {
+        &self.report.reloads
     }
 
     /// The control socket's path (`control.socket`), if it has one.
@@ -268,6 +293,12 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             task,
         });
     }
+    let report = Arc::new(Report {
+        cluster: cluster.clone(),
+        dials: dials.clone(),
+        reloads: Reloads::default(),
+        started: std::time::Instant::now(),
+    });
     let metrics = match config.metrics_listen {
         None => None,
         Some(addr) => {
@@ -279,17 +310,16 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             })?;
             let bound = listener.local_addr()?;
             span.in_scope(|| info!(listen = %bound, "metrics endpoint"));
-            let (cluster, started) = (cluster.clone(), std::time::Instant::now());
-            let source: metrics::StatusSource = Arc::new(move || cluster.status(started.elapsed()));
+            let from = report.clone();
+            let source: metrics::StatusSource = Arc::new(move || from.status());
             Some((bound, tokio::spawn(metrics::serve(listener, source))))
         }
     };
-    let started = std::time::Instant::now();
     let control = match &config.control_socket {
         None => None,
         Some(path) => {
-            let cluster = cluster.clone();
-            let source: control::StatusSource = Arc::new(move || cluster.status(started.elapsed()));
+            let from = report.clone();
+            let source: control::StatusSource = Arc::new(move || from.status());
             let socket = ControlSocket::bind(path, source).map_err(|e| {
                 io::Error::new(
                     e.kind(),
@@ -312,7 +342,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         no_link_hold: config.no_link_hold,
         metrics,
         control,
-        started,
+        report,
     })
 }
 

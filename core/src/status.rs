@@ -8,7 +8,9 @@
 use crate::driver::{SessionDriver, Totals};
 use crate::engine::LinkStats;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// A daemon's state at one moment.
@@ -28,6 +30,55 @@ pub struct Status {
     pub totals: TotalsView,
     /// Every session (client: one per node; server: one per client session).
     pub sessions: Vec<SessionStatus>,
+    /// Link handshakes that failed since start, by reason: on the client its dials, on a node
+    /// the links it refused. Every reason the daemon knows is listed, failed or not.
+    #[serde(default)]
+    pub handshake_failures: BTreeMap<String, u64>,
+    /// Config reloads (SIGHUP) since start.
+    #[serde(default)]
+    pub reloads: ReloadsView,
+}
+
+/// The count of config reloads, kept by a running daemon and recorded by the daemon skeleton
+/// (`crate::daemon`) after each SIGHUP.
+#[derive(Debug, Default)]
+pub struct Reloads {
+    applied: AtomicU64,
+    refused: AtomicU64,
+    last_refused: AtomicBool,
+}
+
+impl Reloads {
+    /// A reload was applied (`true`) or refused, the running config kept (`false`).
+    pub fn record(&self, applied: bool) {
+        let n = if applied {
+            &self.applied
+        } else {
+            &self.refused
+        };
+        n.fetch_add(1, Relaxed);
+        self.last_refused.store(!applied, Relaxed);
+    }
+
+    /// The counts now.
+    pub fn view(&self) -> ReloadsView {
+        ReloadsView {
+            applied: self.applied.load(Relaxed),
+            refused: self.refused.load(Relaxed),
+            last_refused: self.last_refused.load(Relaxed),
+        }
+    }
+}
+
+/// [`Reloads`] as it is rendered.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReloadsView {
+    /// Reloads applied.
+    pub applied: u64,
+    /// Reloads refused (an invalid file, or a change that could not be applied).
+    pub refused: u64,
+    /// The last reload was refused: the daemon runs an older config than its file.
+    pub last_refused: bool,
 }
 
 /// [`Totals`] as it is rendered.
@@ -138,6 +189,8 @@ impl Status {
             memory_limit_bytes: 0,
             totals: TotalsView::default(),
             sessions: Vec::new(),
+            handshake_failures: BTreeMap::new(),
+            reloads: ReloadsView::default(),
         }
     }
 
@@ -184,6 +237,29 @@ impl Status {
             t.streams_opened,
             t.links_opened,
         );
+        let failed: Vec<String> = self
+            .handshake_failures
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        if !failed.is_empty() {
+            let _ = writeln!(out, "failed handshakes: {}", failed.join(", "));
+        }
+        let r = self.reloads;
+        if r.applied + r.refused > 0 {
+            let _ = writeln!(
+                out,
+                "reloads: {} applied, {} refused{}",
+                r.applied,
+                r.refused,
+                if r.last_refused {
+                    " (the last one: running an older config than the file)"
+                } else {
+                    ""
+                }
+            );
+        }
         for s in &self.sessions {
             let _ = writeln!(
                 out,
@@ -289,6 +365,32 @@ impl Status {
                 .with_label_values::<&str>(&[])
                 .inc_by(v);
         }
+        let failures = f.counter(
+            "wanmux_handshake_failures_total",
+            "Link handshakes that failed since start, by reason (client: its dials; node: the \
+             links it refused).",
+            &["reason"],
+        );
+        for (reason, n) in &self.handshake_failures {
+            failures.with_label_values(&[reason.as_str()]).inc_by(*n);
+        }
+        let reloads = f.counter(
+            "wanmux_reloads_total",
+            "Config reloads (SIGHUP) since start, by result: applied, or refused with the \
+             running config kept.",
+            &["result"],
+        );
+        let r = self.reloads;
+        reloads.with_label_values(&["applied"]).inc_by(r.applied);
+        reloads.with_label_values(&["refused"]).inc_by(r.refused);
+        f.gauge(
+            "wanmux_config_last_reload_successful",
+            "1 unless the last config reload was refused (then the daemon runs an older config \
+             than its file).",
+            &[],
+        )
+        .with_label_values::<&str>(&[])
+        .set(if r.last_refused { 0.0 } else { 1.0 });
         f.gauge("wanmux_sessions", "Sessions held.", &[])
             .with_label_values::<&str>(&[])
             .set(self.sessions.len() as f64);

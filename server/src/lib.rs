@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use wanmux_config::ServerConfig;
 use wanmux_core::control::{self, ControlSocket};
-use wanmux_core::status::Status;
+use wanmux_core::status::{Reloads, Status};
 use wanmux_core::{daemon, metrics, noise, quic, tune};
 
 /// Handshakes in progress at once; connections beyond wait in the kernel's accept queue, so a
@@ -48,11 +48,12 @@ pub struct ServerHandle {
     /// The QUIC endpoint and its accept loop (`server.quic`).
     quic: Option<(quic::Listener, JoinHandle<()>)>,
     sessions: Arc<Sessions>,
+    /// What `status`, the control socket and the metrics endpoint report.
+    report: Arc<Report>,
     /// The metrics endpoint (`metrics.listen`): its address and task.
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
     /// The control socket (`control.socket`); its file goes with it.
     control: Option<ControlSocket>,
-    started: std::time::Instant,
     /// Peer links to the other nodes (`[cluster]`).
     mesh: Option<Arc<Mesh>>,
     /// What new links are checked with (a reload replaces it).
@@ -124,9 +125,15 @@ impl ServerHandle {
         }
     }
 
-    /// What the node is doing now: its sessions, their links, and the traffic totals.
+    /// What the node is doing now: its sessions, their links, the traffic totals, the links it
+    /// refused and its reloads.
     pub fn status(&self) -> Status {
-        self.sessions.status(self.started.elapsed())
+        self.report.status()
+    }
+
+    /// Where the daemon counts its config reloads (the daemon skeleton records them).
+    pub fn reloads(&self) -> &Reloads {
+        &self.report.reloads
     }
 
     /// The control socket's path (`control.socket`), if it has one.
@@ -198,6 +205,24 @@ impl ServerHandle {
         self.stop_metrics();
         self.stop_accepting();
         self.sessions.abandon_all();
+    }
+}
+
+/// What a node reports, from the parts that count it.
+#[derive(Debug)]
+struct Report {
+    sessions: Arc<Sessions>,
+    refusals: Arc<Refusals>,
+    reloads: Reloads,
+    started: std::time::Instant,
+}
+
+impl Report {
+    fn status(&self) -> Status {
+        let mut st = self.sessions.status(self.started.elapsed());
+        st.handshake_failures = self.refusals.counts();
+        st.reloads = self.reloads.view();
+        st
     }
 }
 
@@ -275,7 +300,12 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     let metrics_listen = config.metrics_listen;
     let control_path = config.control_socket.clone();
     let sessions = Arc::new(Sessions::new(config));
-    let started = std::time::Instant::now();
+    let report = Arc::new(Report {
+        sessions: sessions.clone(),
+        refusals: refusals.clone(),
+        reloads: Reloads::default(),
+        started: std::time::Instant::now(),
+    });
     let metrics = match metrics_listen {
         None => None,
         Some(addr) => {
@@ -284,8 +314,8 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
             })?;
             let bound = listener.local_addr()?;
             info!(listen = %bound, "metrics endpoint");
-            let from = sessions.clone();
-            let source: metrics::StatusSource = Arc::new(move || from.status(started.elapsed()));
+            let from = report.clone();
+            let source: metrics::StatusSource = Arc::new(move || from.status());
             Some((bound, tokio::spawn(metrics::serve(listener, source))))
         }
     };
@@ -311,8 +341,8 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     let control = match control_path {
         None => None,
         Some(path) => {
-            let from = sessions.clone();
-            let source: control::StatusSource = Arc::new(move || from.status(started.elapsed()));
+            let from = report.clone();
+            let source: control::StatusSource = Arc::new(move || from.status());
             let socket = ControlSocket::bind(&path, source).map_err(|e| {
                 context(
                     e,
@@ -333,7 +363,7 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
         sessions,
         metrics,
         control,
-        started,
+        report,
         mesh,
         auth,
     })
