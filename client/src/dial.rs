@@ -134,11 +134,16 @@ impl Slot {
             };
             match dialed {
                 None => pick.failed(),
-                Some((reader, writer)) => {
+                Some((reader, writer, carrier)) => {
                     self.dials.link_up();
                     let up = Instant::now();
                     let link = self.link.clone();
-                    let set = move |id: wanmux_core::ids::LinkId| link.store(id.0, Relaxed);
+                    let (driver, address) = (self.driver.clone(), addr.clone());
+                    let set = move |id: wanmux_core::ids::LinkId| {
+                        link.store(id.0, Relaxed);
+                        let transport = carrier;
+                        driver.label_link(id, driver::LinkLabel { address, transport });
+                    };
                     let run = driver::link::run_with(
                         self.driver.clone(),
                         reader,
@@ -195,7 +200,7 @@ impl Slot {
         &self,
         addr: &str,
         first: &[u8],
-    ) -> Option<(noise::LinkReader, noise::LinkWriter)> {
+    ) -> Option<(noise::LinkReader, noise::LinkWriter, &'static str)> {
         let started = Instant::now();
         match self.dial(addr, first).await {
             Ok(d) if !self.check_epoch(d.epoch, started, d.session_id) => {
@@ -204,7 +209,7 @@ impl Slot {
             }
             Ok(d) => {
                 info!(node = %self.node.id, %addr, link_seq = self.link_seq, transport = d.carrier, "link up");
-                Some((d.reader, d.writer))
+                Some((d.reader, d.writer, d.carrier))
             }
             Err(e) => {
                 self.dials.failed(
@@ -221,7 +226,11 @@ impl Slot {
     /// Runs beside a link that is away from its home address: dials home after
     /// [`REHOME_FIRST`], then at doubling intervals up to [`REHOME_MAX`], each with jitter, and
     /// returns the first link that comes up.
-    async fn rehome(&self, home: &str, first: &[u8]) -> (noise::LinkReader, noise::LinkWriter) {
+    async fn rehome(
+        &self,
+        home: &str,
+        first: &[u8],
+    ) -> (noise::LinkReader, noise::LinkWriter, &'static str) {
         let mut wait = REHOME_FIRST;
         loop {
             tokio::time::sleep(jitter(wait)).await;

@@ -133,6 +133,12 @@ pub struct SessionStatus {
 pub struct LinkStatus {
     /// The link's id in its session.
     pub id: u64,
+    /// The other end's address (client: the node address dialled; node: the client's).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// What the link runs over: `tcp` or `quic`.
+    #[serde(default)]
+    pub transport: Option<String>,
     /// Smoothed round-trip time, ms; `None` before the first sample.
     pub rtt_ms: Option<f64>,
     /// Delivery rate, bytes per second (what pongs confirmed).
@@ -148,10 +154,18 @@ pub struct LinkStatus {
 impl SessionStatus {
     /// The state of the session `driver` runs; `peer` names the other end.
     pub fn of(driver: &SessionDriver, id: String, peer: String) -> SessionStatus {
+        let mut labels = driver.link_labels();
         driver.with(|s, _| {
             let links = s
                 .links()
-                .filter_map(|l| s.link_stats(l).map(|st| LinkStatus::new(l.0, &st)))
+                .filter_map(|l| {
+                    let mut link = LinkStatus::new(l.0, &s.link_stats(l)?);
+                    if let Some(label) = labels.remove(&l) {
+                        link.address = Some(label.address);
+                        link.transport = Some(label.transport.to_owned());
+                    }
+                    Some(link)
+                })
                 .collect();
             SessionStatus {
                 id,
@@ -169,6 +183,8 @@ impl LinkStatus {
     fn new(id: u64, s: &LinkStats) -> LinkStatus {
         LinkStatus {
             id,
+            address: None,
+            transport: None,
             rtt_ms: s.rtt.smoothed.map(|d| d.as_secs_f64() * 1e3),
             delivery_rate_bytes_per_second: s.delivery_rate,
             sent_bytes: s.bytes_sent,
@@ -274,16 +290,25 @@ impl Status {
             if !s.links.is_empty() {
                 let _ = writeln!(
                     out,
-                    "  {:>6} {:>9} {:>14} {:>12} {:>12} {:>11}",
-                    "link", "rtt ms", "delivery Mbit", "sent MiB", "recv MiB", "unconfirmed"
+                    "  {:>6} {:<4} {:<22} {:>9} {:>14} {:>12} {:>12} {:>11}",
+                    "link",
+                    "via",
+                    "address",
+                    "rtt ms",
+                    "delivery Mbit",
+                    "sent MiB",
+                    "recv MiB",
+                    "unconfirmed"
                 );
             }
             for l in &s.links {
                 let rtt = l.rtt_ms.map_or("-".to_owned(), |r| format!("{r:.1}"));
                 let _ = writeln!(
                     out,
-                    "  {:>6} {:>9} {:>14.1} {:>12.1} {:>12.1} {:>11}",
+                    "  {:>6} {:<4} {:<22} {:>9} {:>14.1} {:>12.1} {:>12.1} {:>11}",
                     l.id,
+                    l.transport.as_deref().unwrap_or("-"),
+                    l.address.as_deref().unwrap_or("-"),
                     rtt,
                     l.delivery_rate_bytes_per_second as f64 * 8e-6,
                     mib(l.sent_bytes),
@@ -437,6 +462,11 @@ impl Status {
             "Plaintext bytes received on a link.",
             &by_link,
         );
+        let info = f.gauge(
+            "wanmux_link_info",
+            "1 for each link up, with where it goes and what it runs over (tcp or quic).",
+            &["session", "peer", "link", "address", "transport"],
+        );
         for s in &self.sessions {
             let labels = [s.id.as_str(), s.peer.as_str()];
             open.with_label_values(&labels).set(s.streams as f64);
@@ -458,6 +488,11 @@ impl Status {
                     .set(l.unconfirmed as f64);
                 sent.with_label_values(&labels).inc_by(l.sent_bytes);
                 received.with_label_values(&labels).inc_by(l.received_bytes);
+                if let (Some(address), Some(transport)) = (&l.address, &l.transport) {
+                    let [session, peer, link] = labels;
+                    info.with_label_values(&[session, peer, link, address, transport])
+                        .set(1.0);
+                }
             }
         }
     }

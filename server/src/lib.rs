@@ -451,6 +451,10 @@ async fn accept_loop(
             }
             Ok(slot) => slot,
         };
+        let transport = match &incoming {
+            Incoming::Tcp(_) => "tcp",
+            Incoming::Quic(_) => "quic",
+        };
         let (auth, sessions, refusals) = (auth.clone(), sessions.clone(), refusals.clone());
         tokio::spawn(async move {
             let accepted = handshake(incoming, peer, &auth.current(), &sessions, &refusals).await;
@@ -459,7 +463,7 @@ async fn accept_loop(
                 Some(acc) if !auth.still_allows(acc.client_key.as_ref()) => {
                     info!(%peer, "link refused: its client key was removed from allowed_clients during its handshake");
                 }
-                Some(acc) => sessions.run_link(acc, peer).await,
+                Some(acc) => sessions.run_link(acc, peer, transport).await,
                 None => {}
             }
         });

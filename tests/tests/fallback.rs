@@ -43,6 +43,32 @@ async fn auto_tunnel<R>(
     (t, r)
 }
 
+/// Every link in `t`'s status, on both ends, runs over `transport`; the client's go to `addr`.
+fn links_run_over(t: &Tunnel, transport: &str, addr: &str) {
+    let client = t.client.status();
+    let server = t.server.status();
+    let links: Vec<_> = client.sessions.iter().flat_map(|s| &s.links).collect();
+    assert_eq!(links.len(), usize::from(LINKS));
+    for l in links {
+        assert_eq!(l.transport.as_deref(), Some(transport), "{l:?}");
+        assert_eq!(l.address.as_deref(), Some(addr), "{l:?}");
+    }
+    let links: Vec<_> = server.sessions.iter().flat_map(|s| &s.links).collect();
+    assert_eq!(links.len(), usize::from(LINKS));
+    for l in links {
+        assert_eq!(l.transport.as_deref(), Some(transport), "{l:?}");
+        assert!(l
+            .address
+            .as_deref()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")));
+    }
+    assert!(t
+        .client
+        .status()
+        .to_text()
+        .contains(&format!(" {transport} ")));
+}
+
 /// The one `warn` line about the fallback of `addr`, after `mark`, with `parts`. (The tests of
 /// this file run at once and log to the same place; their addresses differ.)
 fn fallback_warning(logs: &Logs, mark: usize, addr: &str, parts: &[&str]) -> String {
@@ -140,6 +166,7 @@ async fn a_node_whose_udp_is_dropped_gets_tcp_links() {
             "the links are TCP"
         );
         assert_eq!(t.client.tcp_fallbacks(), vec![addr.clone()]);
+        links_run_over(&t, "tcp", &addr);
         fallback_warning(&logs, mark, &addr, &["UDP to", "is blocked"]);
         front.task.abort();
         t.client.shutdown();
@@ -165,6 +192,7 @@ async fn a_node_that_answers_quic_gets_quic_links() {
         assert!(relay.forwarded() > 0);
         assert_eq!(relay.connections(), usize::from(LINKS));
         assert!(t.client.tcp_fallbacks().is_empty());
+        links_run_over(&t, "quic", &addr);
         assert!(
             logs.since(mark)
                 .iter()

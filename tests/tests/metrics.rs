@@ -167,6 +167,16 @@ async fn metrics_are_well_formed_and_count_what_the_application_moved() {
                 .collect();
             assert_eq!(ids.len(), 2);
             assert!(m.keys().any(|k| k.starts_with("wanmux_link_rtt_seconds{")));
+            let info: Vec<&String> = m
+                .keys()
+                .filter(|k| k.starts_with("wanmux_link_info{"))
+                .collect();
+            assert_eq!(info.len(), 2, "{info:?}");
+            assert!(
+                info.iter()
+                    .all(|k| k.contains("transport=\"tcp\"") && k.contains("address=\"127.0.0.1:")),
+                "{info:?}"
+            );
             assert!(m["wanmux_memory_limit_bytes"] > 0.0);
         }
         let (status, _) = get(client_at, "/").await;
