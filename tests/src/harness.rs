@@ -655,8 +655,15 @@ pub async fn begin<F: Future>(fut: F) -> std::pin::Pin<Box<F>> {
 /// The port is taken from the kernel (never a fixed number) and released for the node to
 /// bind; the kernel hands ports out in turn, so another socket taking it in between is unlikely.
 pub fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr")
+    // Free for UDP too: a node listens for QUIC links on its TCP port (`server.quic`, on by
+    // default), and its start fails when that UDP port is taken.
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = l.local_addr().expect("local addr");
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 /// Whether a socket listens on `addr` (an IPv4 address), from `/proc/net/tcp`: a check that
