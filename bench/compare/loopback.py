@@ -173,7 +173,8 @@ def start_wanmux(name: str, links: int, bins: Path, bench_addr: str, tmp: Path) 
                            target=bench_addr, map_listen=f"127.0.0.1:{map_port}",
                            server_key="server.key", client_key="client.key",
                            server_pub=pub(server_pub), client_pub=pub(client_pub),
-                           links=f"count = {links}", psk_file="wanmux.psk")
+                           # TCP links, named: the client's default ("auto") runs QUIC.
+                           links=f'count = {links}\ntransport = "tcp"', psk_file="wanmux.psk")
     benchlib.check_configs(name, bins, d)
     c = Contender(name, addr=f"127.0.0.1:{map_port}")
     env = benchlib.daemon_env()

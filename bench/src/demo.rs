@@ -12,8 +12,8 @@ use std::num::NonZeroU16;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use wanmux_config::{
-    ClientAuth, ClientConfig, Links, Node, PinnedNode, PortMap, ServerAuth, ServerConfig, Service,
-    ServiceName,
+    ClientAuth, ClientConfig, LinkTransport, Links, Node, PinnedNode, PortMap, ServerAuth,
+    ServerConfig, Service, ServiceName,
 };
 use wanmux_core::keys::{generate_keypair, PrivateKey, Psk, PublicKey};
 
@@ -156,7 +156,9 @@ impl TunnelKeys {
     }
 
     /// A client that dials node 1 at `node_addr` (the server, or a relay in front of it) with
-    /// a fixed number of links and maps `bench` to a port on `127.0.0.1:0`.
+    /// a fixed number of TCP links and maps `bench` to a port on `127.0.0.1:0`. TCP, not the
+    /// default QUIC: the relay in front of the node carries TCP only, and the loopback figures
+    /// (`bench/RESULTS.md`) are TCP links'.
     pub(crate) fn client_config(&self, node_addr: SocketAddr, links: u16) -> ClientConfig {
         let mut cfg = ClientConfig::new(
             ClientAuth::StaticKey {
@@ -176,6 +178,7 @@ impl TunnelKeys {
             }],
         );
         cfg.links = Links::fixed(links);
+        cfg.transport = LinkTransport::Tcp;
         cfg
     }
 }

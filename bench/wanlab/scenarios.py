@@ -280,8 +280,10 @@ def start_wanmux(name: str, k: int, args, bins: Path, keys: Keys, d: Path, n_pat
         target=f"127.0.0.1:{BENCH_PORT}", map_listen=f"127.0.0.1:{MAP_PORT}",
         server_key=str(keys.server_key), client_key=str(keys.client_key),
         server_pub=keys.server_pub, client_pub=keys.client_pub,
+        # The transport is always named: the client's default ("auto") would run the TCP rows
+        # over QUIC.
         links="\n".join([links_conf, f"lanes = {lanes}" if lanes else "", cc,
-                          'transport = "quic"' if quic else ""]),
+                          'transport = "quic"' if quic else 'transport = "tcp"']),
         server_extra="\n".join([cc, "quic = true" if quic else ""]), limits=limits)
     srv, cli = str(bins / "wanmux-server"), str(bins / "wanmux-client")
     benchlib.check_configs(name, bins, d)

@@ -9,6 +9,7 @@
 //! from home dials home now and then ([`REHOME_FIRST`]) and moves back once that succeeds, so
 //! links spread again when an address comes back. With one address all of this is a no-op.
 
+use crate::carrier::{Carriers, Plan, QUIC_ANSWER};
 use bytes::BytesMut;
 use rand::Rng;
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
-use wanmux_config::Node;
+use wanmux_config::{LinkTransport, Node};
 use wanmux_core::driver::link::LinkEnd;
 use wanmux_core::driver::{self, SessionDriver};
 use wanmux_core::frame::Frame;
@@ -76,8 +77,12 @@ pub(crate) struct Slot {
     pub(crate) handshake_timeout: Duration,
     /// TCP congestion control for the link sockets (`links.congestion`).
     pub(crate) congestion: Option<String>,
-    /// Set when links are QUIC connections (`links.transport = "quic"`), not TCP.
+    /// What links run over (`links.transport`).
+    pub(crate) transport: LinkTransport,
+    /// The client's QUIC sockets; set when links may run over QUIC (`quic` or `auto`).
     pub(crate) quic: Option<std::sync::Arc<QuicEndpoints>>,
+    /// Under `auto`, which node addresses fell back to TCP.
+    pub(crate) carriers: std::sync::Arc<Carriers>,
     /// Dedicated lanes per node (`links.lanes`): the links with a lower `index` are lanes.
     pub(crate) lanes: u16,
     /// Told of every link up and failed dial: readiness, and the rate-limited `warn` log.
@@ -146,12 +151,16 @@ impl Slot {
             };
             match dialed {
                 None => pick.failed(),
-                Some((reader, writer)) => {
+                Some((reader, writer, carrier)) => {
                     self.dials.link_up();
-                    info!(node = %self.node.id, %addr, link_seq = self.link_seq, "link up");
                     let up = Instant::now();
                     let link = self.link.clone();
-                    let set = move |id: wanmux_core::ids::LinkId| link.store(id.0, Relaxed);
+                    let (driver, address) = (self.driver.clone(), addr.clone());
+                    let set = move |id: wanmux_core::ids::LinkId| {
+                        link.store(id.0, Relaxed);
+                        let transport = carrier;
+                        driver.label_link(id, driver::LinkLabel { address, transport });
+                    };
                     let run = driver::link::run_with(
                         self.driver.clone(),
                         reader,
@@ -208,17 +217,24 @@ impl Slot {
         &self,
         addr: &str,
         first: &[u8],
-    ) -> Option<(noise::LinkReader, noise::LinkWriter)> {
+    ) -> Option<(noise::LinkReader, noise::LinkWriter, &'static str)> {
         let started = Instant::now();
         match self.dial(addr, first).await {
             Ok(d) if !self.check_epoch(d.epoch, started, d.session_id) => {
                 debug!(node = %self.node.id, %addr, "link to a replaced server instance dropped");
                 None
             }
-            Ok(d) => Some((d.reader, d.writer)),
+            Ok(d) => {
+                info!(node = %self.node.id, %addr, link_seq = self.link_seq, transport = d.carrier, "link up");
+                Some((d.reader, d.writer, d.carrier))
+            }
             Err(e) => {
-                self.dials
-                    .failed(self.node.id, addr, &e, self.quic.is_some());
+                self.dials.failed(
+                    self.node.id,
+                    addr,
+                    &e,
+                    self.transport == LinkTransport::Quic,
+                );
                 None
             }
         }
@@ -227,7 +243,11 @@ impl Slot {
     /// Runs beside a link that is away from its home address: dials home after
     /// [`REHOME_FIRST`], then at doubling intervals up to [`REHOME_MAX`], each with jitter, and
     /// returns the first link that comes up.
-    async fn rehome(&self, home: &str, first: &[u8]) -> (noise::LinkReader, noise::LinkWriter) {
+    async fn rehome(
+        &self,
+        home: &str,
+        first: &[u8],
+    ) -> (noise::LinkReader, noise::LinkWriter, &'static str) {
         let mut wait = REHOME_FIRST;
         loop {
             tokio::time::sleep(jitter(wait)).await;
@@ -280,32 +300,13 @@ impl Slot {
             link_seq: self.link_seq,
             lane: self.is_lane(),
         };
-        let timeout = self.handshake_timeout;
-        let (reader, writer, server) = match &self.quic {
-            Some(endpoints) => {
-                let peer = tokio::time::timeout(timeout, tokio::net::lookup_host(addr))
-                    .await
-                    .map_err(|_| noise::LinkError::Timeout)??
-                    .next()
-                    .ok_or(noise::LinkError::Io(std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "the node's host name has no address",
-                    )))?;
-                let endpoint = endpoints.for_peer(peer)?;
-                let (rd, wr) = quic::connect(&endpoint, peer, timeout).await?;
-                noise::connect_stream(rd, wr, &self.auth, &hello, first, timeout).await?
+        let ((reader, writer, server), carrier) = match self.transport {
+            LinkTransport::Tcp => (self.dial_tcp(addr, &hello, first).await?, TCP),
+            LinkTransport::Quic => {
+                let (rd, wr) = self.quic_carrier(addr, self.handshake_timeout).await?;
+                (self.noise_over_quic(rd, wr, &hello, first).await?, QUIC)
             }
-            None => {
-                let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| noise::LinkError::Timeout)??;
-                if let Some(cc) = &self.congestion {
-                    if let Err(e) = noise::set_congestion(&tcp, cc) {
-                        warn!(congestion = %cc, error = %e, "cannot set the link's congestion control");
-                    }
-                }
-                noise::connect(tcp, &self.auth, &hello, first, timeout).await?
-            }
+            LinkTransport::Auto => self.dial_auto(addr, &hello, first).await?,
         };
         if server.node_id != self.node.id.get() {
             // Frames for streams this node does not own would be refused; say so plainly.
@@ -318,9 +319,105 @@ impl Slot {
             writer,
             epoch: server.epoch,
             session_id,
+            carrier,
         })
     }
 }
+
+impl Slot {
+    /// A TCP connection to `addr` and the Noise handshake over it.
+    async fn dial_tcp(
+        &self,
+        addr: &str,
+        hello: &ClientHello,
+        first: &[u8],
+    ) -> Result<Handshaken, noise::LinkError> {
+        let timeout = self.handshake_timeout;
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| noise::LinkError::Timeout)??;
+        if let Some(cc) = &self.congestion {
+            if let Err(e) = noise::set_congestion(&tcp, cc) {
+                warn!(congestion = %cc, error = %e, "cannot set the link's congestion control");
+            }
+        }
+        noise::connect(tcp, &self.auth, hello, first, timeout).await
+    }
+
+    /// A QUIC connection to `addr` whose handshake completed within `within`, with its stream
+    /// open: `Timeout` when the node did not answer.
+    async fn quic_carrier(
+        &self,
+        addr: &str,
+        within: Duration,
+    ) -> Result<(noise::BoxRead, noise::BoxWrite), noise::LinkError> {
+        let Some(endpoints) = &self.quic else {
+            return Err(noise::LinkError::Protocol("no QUIC endpoint"));
+        };
+        let peer = tokio::time::timeout(self.handshake_timeout, tokio::net::lookup_host(addr))
+            .await
+            .map_err(|_| noise::LinkError::Timeout)??
+            .next()
+            .ok_or(noise::LinkError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the node's host name has no address",
+            )))?;
+        let endpoint = endpoints.for_peer(peer)?;
+        quic::connect(&endpoint, peer, within).await
+    }
+
+    /// The Noise handshake on a QUIC link's stream.
+    async fn noise_over_quic(
+        &self,
+        rd: noise::BoxRead,
+        wr: noise::BoxWrite,
+        hello: &ClientHello,
+        first: &[u8],
+    ) -> Result<Handshaken, noise::LinkError> {
+        noise::connect_stream(rd, wr, &self.auth, hello, first, self.handshake_timeout).await
+    }
+
+    /// `links.transport = "auto"`: QUIC if `addr` answers it within [`QUIC_ANSWER`], else TCP;
+    /// see `carrier`.
+    async fn dial_auto(
+        &self,
+        addr: &str,
+        hello: &ClientHello,
+        first: &[u8],
+    ) -> Result<(Handshaken, &'static str), noise::LinkError> {
+        let node = self.node.id;
+        let probe = match self.carriers.plan(addr, Instant::now()) {
+            Plan::Tcp => return Ok((self.dial_tcp(addr, hello, first).await?, TCP)),
+            Plan::QuicFirst { probe } => probe,
+        };
+        match self
+            .quic_carrier(addr, QUIC_ANSWER.min(self.handshake_timeout))
+            .await
+        {
+            Ok((rd, wr)) => {
+                self.carriers.quic_answered(&node, addr);
+                Ok((self.noise_over_quic(rd, wr, hello, first).await?, QUIC))
+            }
+            // No answer, or UDP cannot be sent there: TCP may still get through.
+            Err(quic_error @ (noise::LinkError::Timeout | noise::LinkError::Io(_))) => {
+                debug!(%node, %addr, error = %quic_error, probe, "no QUIC answer; dialling TCP");
+                let tcp = self.dial_tcp(addr, hello, first).await?;
+                self.carriers
+                    .fall_back(&node, addr, &quic_error.to_string());
+                Ok((tcp, TCP))
+            }
+            // QUIC answered and then failed: that is the node's answer, not a blocked path.
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// What a link's handshake gives: its halves and what the node said about itself.
+type Handshaken = (noise::LinkReader, noise::LinkWriter, noise::ServerHello);
+
+/// A link's transport, as the `link up` line names it.
+const TCP: &str = "tcp";
+const QUIC: &str = "quic";
 
 /// A link that completed its handshake with the node.
 struct Dialed {
@@ -330,6 +427,8 @@ struct Dialed {
     epoch: u64,
     /// The session id the link was dialled for.
     session_id: SessionId,
+    /// What the link runs over: [`TCP`] or [`QUIC`].
+    carrier: &'static str,
 }
 
 /// Full jitter: a time drawn uniformly from `[d/2, d]`.

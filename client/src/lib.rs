@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod carrier;
 mod cluster;
 mod dial;
 mod pool;
@@ -37,7 +38,7 @@ use wanmux_core::frame::reset;
 use wanmux_core::ids::{NodeId, SessionId};
 use wanmux_core::metrics;
 use wanmux_core::noise::SessionSecret;
-use wanmux_core::status::Status;
+use wanmux_core::status::{Reloads, Status};
 use wanmux_core::tune;
 
 /// Accept queue length of each mapped port (the kernel caps it at `net.core.somaxconn`). The
@@ -55,13 +56,34 @@ pub struct ClientHandle {
     listeners: Vec<reload::Listening>,
     /// Whether the links' first dials settled, and the log of failed dials.
     dials: Arc<ready::Dials>,
+    /// Under `links.transport = "auto"`, the node addresses that fell back to TCP.
+    carriers: Arc<carrier::Carriers>,
     /// `client.no_link_hold_ms` (kept until a restart).
     no_link_hold: std::time::Duration,
     /// The metrics endpoint (`metrics.listen`): its address and task.
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
     /// The control socket (`control.socket`); its file goes with it.
     control: Option<ControlSocket>,
+    /// What `status`, the control socket and the metrics endpoint report.
+    report: Arc<Report>,
+}
+
+/// What the client reports, from the parts that count it.
+#[derive(Debug)]
+struct Report {
+    cluster: Arc<Cluster>,
+    dials: Arc<ready::Dials>,
+    reloads: Reloads,
     started: std::time::Instant,
+}
+
+impl Report {
+    fn status(&self) -> Status {
+        let mut st = self.cluster.status(self.started.elapsed());
+        st.handshake_failures = self.dials.counts();
+        st.reloads = self.reloads.view();
+        st
+    }
 }
 
 impl ClientHandle {
@@ -73,6 +95,12 @@ impl ClientHandle {
     /// The local address of the first mapping.
     pub fn first_addr(&self) -> SocketAddr {
         self.maps[0].1
+    }
+
+    /// The node addresses (as configured) whose links run over TCP because QUIC got no answer
+    /// there (`links.transport = "auto"`), sorted; empty under `"tcp"` and `"quic"`.
+    pub fn tcp_fallbacks(&self) -> Vec<String> {
+        self.carriers.fallen_back()
     }
 
     /// Links currently up, to all nodes.
@@ -88,9 +116,15 @@ impl ClientHandle {
         }
     }
 
-    /// What the client is doing now: its nodes' sessions, links and traffic totals.
+    /// What the client is doing now: its nodes' sessions, links and traffic totals, its failed
+    /// dials and its reloads.
     pub fn status(&self) -> Status {
-        self.cluster.status(self.started.elapsed())
+        self.report.status()
+    }
+
+    /// Where the daemon counts its config reloads (the daemon skeleton records them).
+    pub fn reloads(&self) -> &Reloads {
+        &self.report.reloads
     }
 
     /// The control socket's path (`control.socket`), if it has one.
@@ -184,20 +218,28 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     let span = tracing::info_span!("session", id = %session_id);
     // One UDP socket per address family for every QUIC link to every node.
     let quic: Option<Arc<dial::QuicEndpoints>> =
-        (config.transport == LinkTransport::Quic).then(Default::default);
+        config.transport.may_use_quic().then(Default::default);
     let mut host = Vec::new();
+    // Under `auto` the TCP settings matter only once a node falls back to TCP: their warnings
+    // wait until then.
+    let mut tcp_host = Vec::new();
     let congestion = match config.transport {
         LinkTransport::Tcp => tune::congestion(config.congestion.as_deref(), &mut host),
+        LinkTransport::Auto => tune::congestion(config.congestion.as_deref(), &mut tcp_host),
         LinkTransport::Quic => None,
     };
     host.extend(tune::check_buffers(
         quic.is_some()
             .then_some(wanmux_core::quic::SOCKET_BUFFER as u64),
-        quic.is_none(),
+        config.transport == LinkTransport::Tcp,
     ));
+    if config.transport == LinkTransport::Auto {
+        tcp_host.extend(tune::check_buffers(None, true));
+    }
     for w in &host {
         span.in_scope(|| warn!(target: tune::LOG_TARGET, "{w}"));
     }
+    let carriers = Arc::new(carrier::Carriers::new(tcp_host));
     let dials = Arc::new(ready::Dials::default());
     let mut nodes = Vec::new();
     for (node, hs) in config.auth.handshakes() {
@@ -219,7 +261,9 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             index: 0,
             handshake_timeout: config.handshake_timeout,
             congestion: congestion.clone(),
+            transport: config.transport,
             quic: quic.clone(),
+            carriers: carriers.clone(),
             lanes: config.lanes,
             dials: dials.clone(),
         };
@@ -251,6 +295,12 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             task,
         });
     }
+    let report = Arc::new(Report {
+        cluster: cluster.clone(),
+        dials: dials.clone(),
+        reloads: Reloads::default(),
+        started: std::time::Instant::now(),
+    });
     let metrics = match config.metrics_listen {
         None => None,
         Some(addr) => {
@@ -262,17 +312,16 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             })?;
             let bound = listener.local_addr()?;
             span.in_scope(|| info!(listen = %bound, "metrics endpoint"));
-            let (cluster, started) = (cluster.clone(), std::time::Instant::now());
-            let source: metrics::StatusSource = Arc::new(move || cluster.status(started.elapsed()));
+            let from = report.clone();
+            let source: metrics::StatusSource = Arc::new(move || from.status());
             Some((bound, tokio::spawn(metrics::serve(listener, source))))
         }
     };
-    let started = std::time::Instant::now();
     let control = match &config.control_socket {
         None => None,
         Some(path) => {
-            let cluster = cluster.clone();
-            let source: control::StatusSource = Arc::new(move || cluster.status(started.elapsed()));
+            let from = report.clone();
+            let source: control::StatusSource = Arc::new(move || from.status());
             let socket = ControlSocket::bind(path, source).map_err(|e| {
                 io::Error::new(
                     e.kind(),
@@ -291,10 +340,11 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         cluster,
         listeners,
         dials,
+        carriers,
         no_link_hold: config.no_link_hold,
         metrics,
         control,
-        started,
+        report,
     })
 }
 

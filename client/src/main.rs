@@ -53,6 +53,10 @@ impl Daemon for Client {
         client.reload(running, new).await
     }
 
+    fn reloads(client: &ClientHandle) -> &wanmux_core::status::Reloads {
+        client.reloads()
+    }
+
     fn control_socket(config: &mut ClientConfig) -> &mut Option<std::path::PathBuf> {
         &mut config.control_socket
     }

@@ -3,6 +3,8 @@
 //! hears `READY=1`; and the `warn` line a failed dial costs, with a reason a person can act on,
 //! at most one per [`WARN_EVERY`] with the count of the failures in between.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -12,12 +14,26 @@ use wanmux_core::noise::LinkError;
 /// At most one `warn` line about failed dials per this long; the others are counted.
 pub(crate) const WARN_EVERY: Duration = Duration::from_secs(60);
 
+/// The `reason` labels of failed dials (`wanmux_handshake_failures_total` on the client), in
+/// the order of [`Dials::counts`].
+const REASONS: [&str; 7] = [
+    "refused_by_node",
+    "connection_refused",
+    "auth",
+    "node_id_mismatch",
+    "timeout",
+    "io",
+    "other",
+];
+
 /// Shared by every link slot of the client.
 #[derive(Debug)]
 pub(crate) struct Dials {
     /// Set once a link came up or a dial failed.
     settled: watch::Sender<bool>,
     log: Mutex<WarnLog>,
+    /// Failed dials since start, by reason (in the order of [`REASONS`]).
+    counts: [AtomicU64; REASONS.len()],
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +49,7 @@ impl Default for Dials {
         Dials {
             settled: watch::Sender::new(false),
             log: Mutex::new(WarnLog::default()),
+            counts: Default::default(),
         }
     }
 }
@@ -59,6 +76,9 @@ impl Dials {
         quic: bool,
     ) {
         debug!(%node, %addr, error = %e, "dial failed");
+        if let Some(i) = REASONS.iter().position(|r| *r == reason(e)) {
+            self.counts[i].fetch_add(1, Relaxed);
+        }
         let now = Instant::now();
         let earlier = {
             // Only counting runs under this lock.
@@ -81,6 +101,32 @@ impl Dials {
         }
         // Settled only once the reason is in the log.
         self.settled.send_replace(true);
+    }
+}
+
+impl Dials {
+    /// Failed dials since start, by reason; every reason is listed.
+    pub(crate) fn counts(&self) -> BTreeMap<String, u64> {
+        REASONS
+            .iter()
+            .zip(&self.counts)
+            .map(|(r, n)| ((*r).to_owned(), n.load(Relaxed)))
+            .collect()
+    }
+}
+
+/// The `reason` label of a failed dial: one of [`REASONS`], grouped as [`explain`] tells them.
+fn reason(e: &LinkError) -> &'static str {
+    use std::io::ErrorKind;
+    match e {
+        LinkError::Closed => "refused_by_node",
+        LinkError::Io(io) if io.kind() == ErrorKind::ConnectionReset => "refused_by_node",
+        LinkError::Io(io) if io.kind() == ErrorKind::ConnectionRefused => "connection_refused",
+        LinkError::Auth(_) => "auth",
+        LinkError::Protocol("node id mismatch") => "node_id_mismatch",
+        LinkError::Timeout => "timeout",
+        LinkError::Io(_) => "io",
+        _ => "other",
     }
 }
 

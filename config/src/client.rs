@@ -48,7 +48,8 @@ pub struct ClientConfig {
     /// while `bbr` keeps its rate. A name the kernel does not have is logged and ignored. It
     /// applies to TCP links only: QUIC links always use wanmux's own controller (`pace`).
     pub congestion: Option<String>,
-    /// What each link runs over (`links.transport`, default TCP).
+    /// What each link runs over (`links.transport`, default [`LinkTransport::Auto`]: QUIC, or
+    /// TCP to a node that does not answer QUIC).
     pub transport: LinkTransport,
     /// Dedicated interactive lanes per node (`links.lanes`, 0..=2, default 0): the first this
     /// many links of each node carry only interactive data and control frames, never bulk, in
@@ -256,20 +257,28 @@ impl Default for Links {
 /// inside a link are the same either way; only the carrier differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LinkTransport {
-    /// One TCP connection per link (`"tcp"`, the default), congestion control set by
-    /// `links.congestion`. Best with many links where a middlebox limits each flow.
+    /// QUIC where the node answers it, else TCP (`"auto"`, the default). A node address whose
+    /// QUIC handshake gets no answer within a few seconds while TCP to it works (UDP blocked on
+    /// the way, or `server.quic = false` on the node) gets TCP links, with a warning naming
+    /// why; QUIC is tried there again now and then. QUIC is the default because the WAN results
+    /// (`bench/RESULTS.md`) were measured with it.
     #[default]
+    Auto,
+    /// One TCP connection per link (`"tcp"`), congestion control set by `links.congestion`.
+    /// Best with many links where a middlebox limits each flow.
     Tcp,
     /// One QUIC connection (UDP, the node's address and port number) per link carrying one
-    /// bidirectional stream (`"quic"`), with wanmux's own congestion controller `pace`. The
-    /// node must set `server.quic = true`. Best with 1 to 4 links on lossy long paths.
+    /// bidirectional stream (`"quic"`), with wanmux's own congestion controller `pace`, and no
+    /// fallback. The node must set `server.quic = true` (the default). Best with 1 to 4 links
+    /// on lossy long paths.
     Quic,
 }
 
 impl LinkTransport {
-    /// The name as written in the config: `"tcp"` or `"quic"`.
+    /// The name as written in the config: `"auto"`, `"tcp"` or `"quic"`.
     pub fn as_str(self) -> &'static str {
         match self {
+            LinkTransport::Auto => "auto",
             LinkTransport::Tcp => "tcp",
             LinkTransport::Quic => "quic",
         }
@@ -278,10 +287,21 @@ impl LinkTransport {
     /// The transport a config name stands for.
     fn from_name(name: &str) -> Option<Self> {
         match name {
+            "auto" => Some(LinkTransport::Auto),
             "tcp" => Some(LinkTransport::Tcp),
             "quic" => Some(LinkTransport::Quic),
             _ => None,
         }
+    }
+
+    /// Links may run over QUIC (`quic` or `auto`).
+    pub fn may_use_quic(self) -> bool {
+        self != LinkTransport::Tcp
+    }
+
+    /// Links may run over TCP (`tcp` or `auto`).
+    pub fn may_use_tcp(self) -> bool {
+        self != LinkTransport::Quic
     }
 }
 
@@ -1005,7 +1025,7 @@ fn convert_lanes(
     u16::try_from(*v.get_ref()).ok()
 }
 
-/// Converts an optional link transport name (absent: TCP), recording an unknown one.
+/// Converts an optional link transport name (absent: auto), recording an unknown one.
 fn convert_transport(
     errs: &mut Collector<'_>,
     key: &str,
@@ -1017,7 +1037,7 @@ fn convert_transport(
     let t = LinkTransport::from_name(v.get_ref());
     if t.is_none() {
         let msg = format!(
-            "{:?} is not a link transport (use \"tcp\" or \"quic\")",
+            "{:?} is not a link transport (use \"auto\", \"tcp\" or \"quic\")",
             v.get_ref()
         );
         errs.push(key, Some(v.span()), msg);

@@ -49,7 +49,8 @@ pub struct ServerConfig {
     /// applies to TCP links only: QUIC links always use wanmux's own controller (`pace`).
     pub congestion: Option<String>,
     /// Also accept QUIC links, on UDP at the same address and port as `listen`
-    /// (`server.quic`, default false). TCP links are accepted either way.
+    /// (`server.quic`, default true: it costs one UDP socket, and QUIC is the clients' default
+    /// transport). TCP links are accepted either way.
     pub quic: bool,
     /// The services clients may open, by name (`[[service]]`). Non-empty, names unique. The
     /// server connects to nothing else.
@@ -174,7 +175,7 @@ impl ServerConfig {
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             limits: Limits::default(),
             congestion: None,
-            quic: false,
+            quic: true,
             services,
             metrics_listen: None,
             control_socket: None,
@@ -512,7 +513,7 @@ impl RawServerFile {
         );
         let congestion = common::congestion(errs, "server.congestion", s.congestion.as_ref());
         // A value that is not a boolean is a type error, reported by the parser with key and line.
-        let quic = s.quic.as_ref().is_some_and(|v| *v.get_ref());
+        let quic = s.quic.as_ref().is_none_or(|v| *v.get_ref());
         let auth = s.convert_auth(errs, base_dir, &table);
 
         let metrics_listen = RawMetrics::convert(self.metrics.as_ref(), errs);

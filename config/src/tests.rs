@@ -1151,9 +1151,13 @@ fn control_socket() {
 #[test]
 fn link_transport() {
     let c = client(&static_client()).unwrap();
-    assert_eq!(c.transport, LinkTransport::Tcp);
-    assert_eq!(LinkTransport::default(), LinkTransport::Tcp);
-    for (name, t) in [("tcp", LinkTransport::Tcp), ("quic", LinkTransport::Quic)] {
+    assert_eq!(c.transport, LinkTransport::Auto);
+    assert_eq!(LinkTransport::default(), LinkTransport::Auto);
+    for (name, t) in [
+        ("auto", LinkTransport::Auto),
+        ("tcp", LinkTransport::Tcp),
+        ("quic", LinkTransport::Quic),
+    ] {
         let text = format!("{}[links]\ntransport = \"{name}\"\n", static_client());
         let c = client(&text).unwrap();
         assert_eq!(c.transport, t);
@@ -1177,7 +1181,7 @@ fn link_transport() {
     assert_eq!((e.key.as_str(), e.line), ("links.transport", Some(13)));
     assert_eq!(
         e.message,
-        "\"udp\" is not a link transport (use \"tcp\" or \"quic\")"
+        "\"udp\" is not a link transport (use \"auto\", \"tcp\" or \"quic\")"
     );
     // Names are exact, like every other key.
     let e = one_error(client(&format!(
@@ -1240,7 +1244,7 @@ fn client_dedicated_lanes() {
 #[test]
 fn server_quic() {
     let c = server(&psk_server()).unwrap();
-    assert!(!c.quic);
+    assert!(c.quic, "on by default");
     // `quic = VALUE` on line 4, in `[server]`.
     let with_quic = |value: &str| {
         psk_server().replace("node_id = 1\n", &format!("node_id = 1\nquic = {value}\n"))
@@ -1269,7 +1273,7 @@ fn server_quic() {
         name: "echo".parse().unwrap(),
         target: "127.0.0.1:7".parse().unwrap(),
     };
-    assert!(!ServerConfig::new(addr, id, auth, vec![svc]).quic);
+    assert!(ServerConfig::new(addr, id, auth, vec![svc]).quic);
 }
 
 // ---------------------------------------------------------------------------------------------

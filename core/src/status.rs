@@ -8,7 +8,9 @@
 use crate::driver::{SessionDriver, Totals};
 use crate::engine::LinkStats;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// A daemon's state at one moment.
@@ -28,6 +30,55 @@ pub struct Status {
     pub totals: TotalsView,
     /// Every session (client: one per node; server: one per client session).
     pub sessions: Vec<SessionStatus>,
+    /// Link handshakes that failed since start, by reason: on the client its dials, on a node
+    /// the links it refused. Every reason the daemon knows is listed, failed or not.
+    #[serde(default)]
+    pub handshake_failures: BTreeMap<String, u64>,
+    /// Config reloads (SIGHUP) since start.
+    #[serde(default)]
+    pub reloads: ReloadsView,
+}
+
+/// The count of config reloads, kept by a running daemon and recorded by the daemon skeleton
+/// (`crate::daemon`) after each SIGHUP.
+#[derive(Debug, Default)]
+pub struct Reloads {
+    applied: AtomicU64,
+    refused: AtomicU64,
+    last_refused: AtomicBool,
+}
+
+impl Reloads {
+    /// A reload was applied (`true`) or refused, the running config kept (`false`).
+    pub fn record(&self, applied: bool) {
+        let n = if applied {
+            &self.applied
+        } else {
+            &self.refused
+        };
+        n.fetch_add(1, Relaxed);
+        self.last_refused.store(!applied, Relaxed);
+    }
+
+    /// The counts now.
+    pub fn view(&self) -> ReloadsView {
+        ReloadsView {
+            applied: self.applied.load(Relaxed),
+            refused: self.refused.load(Relaxed),
+            last_refused: self.last_refused.load(Relaxed),
+        }
+    }
+}
+
+/// [`Reloads`] as it is rendered.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReloadsView {
+    /// Reloads applied.
+    pub applied: u64,
+    /// Reloads refused (an invalid file, or a change that could not be applied).
+    pub refused: u64,
+    /// The last reload was refused: the daemon runs an older config than its file.
+    pub last_refused: bool,
 }
 
 /// [`Totals`] as it is rendered.
@@ -82,6 +133,12 @@ pub struct SessionStatus {
 pub struct LinkStatus {
     /// The link's id in its session.
     pub id: u64,
+    /// The other end's address (client: the node address dialled; node: the client's).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// What the link runs over: `tcp` or `quic`.
+    #[serde(default)]
+    pub transport: Option<String>,
     /// Smoothed round-trip time, ms; `None` before the first sample.
     pub rtt_ms: Option<f64>,
     /// Delivery rate, bytes per second (what pongs confirmed).
@@ -97,10 +154,18 @@ pub struct LinkStatus {
 impl SessionStatus {
     /// The state of the session `driver` runs; `peer` names the other end.
     pub fn of(driver: &SessionDriver, id: String, peer: String) -> SessionStatus {
+        let mut labels = driver.link_labels();
         driver.with(|s, _| {
             let links = s
                 .links()
-                .filter_map(|l| s.link_stats(l).map(|st| LinkStatus::new(l.0, &st)))
+                .filter_map(|l| {
+                    let mut link = LinkStatus::new(l.0, &s.link_stats(l)?);
+                    if let Some(label) = labels.remove(&l) {
+                        link.address = Some(label.address);
+                        link.transport = Some(label.transport.to_owned());
+                    }
+                    Some(link)
+                })
                 .collect();
             SessionStatus {
                 id,
@@ -118,6 +183,8 @@ impl LinkStatus {
     fn new(id: u64, s: &LinkStats) -> LinkStatus {
         LinkStatus {
             id,
+            address: None,
+            transport: None,
             rtt_ms: s.rtt.smoothed.map(|d| d.as_secs_f64() * 1e3),
             delivery_rate_bytes_per_second: s.delivery_rate,
             sent_bytes: s.bytes_sent,
@@ -138,6 +205,8 @@ impl Status {
             memory_limit_bytes: 0,
             totals: TotalsView::default(),
             sessions: Vec::new(),
+            handshake_failures: BTreeMap::new(),
+            reloads: ReloadsView::default(),
         }
     }
 
@@ -184,6 +253,29 @@ impl Status {
             t.streams_opened,
             t.links_opened,
         );
+        let failed: Vec<String> = self
+            .handshake_failures
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        if !failed.is_empty() {
+            let _ = writeln!(out, "failed handshakes: {}", failed.join(", "));
+        }
+        let r = self.reloads;
+        if r.applied + r.refused > 0 {
+            let _ = writeln!(
+                out,
+                "reloads: {} applied, {} refused{}",
+                r.applied,
+                r.refused,
+                if r.last_refused {
+                    " (the last one: running an older config than the file)"
+                } else {
+                    ""
+                }
+            );
+        }
         for s in &self.sessions {
             let _ = writeln!(
                 out,
@@ -198,16 +290,25 @@ impl Status {
             if !s.links.is_empty() {
                 let _ = writeln!(
                     out,
-                    "  {:>6} {:>9} {:>14} {:>12} {:>12} {:>11}",
-                    "link", "rtt ms", "delivery Mbit", "sent MiB", "recv MiB", "unconfirmed"
+                    "  {:>6} {:<4} {:<22} {:>9} {:>14} {:>12} {:>12} {:>11}",
+                    "link",
+                    "via",
+                    "address",
+                    "rtt ms",
+                    "delivery Mbit",
+                    "sent MiB",
+                    "recv MiB",
+                    "unconfirmed"
                 );
             }
             for l in &s.links {
                 let rtt = l.rtt_ms.map_or("-".to_owned(), |r| format!("{r:.1}"));
                 let _ = writeln!(
                     out,
-                    "  {:>6} {:>9} {:>14.1} {:>12.1} {:>12.1} {:>11}",
+                    "  {:>6} {:<4} {:<22} {:>9} {:>14.1} {:>12.1} {:>12.1} {:>11}",
                     l.id,
+                    l.transport.as_deref().unwrap_or("-"),
+                    l.address.as_deref().unwrap_or("-"),
                     rtt,
                     l.delivery_rate_bytes_per_second as f64 * 8e-6,
                     mib(l.sent_bytes),
@@ -289,6 +390,32 @@ impl Status {
                 .with_label_values::<&str>(&[])
                 .inc_by(v);
         }
+        let failures = f.counter(
+            "wanmux_handshake_failures_total",
+            "Link handshakes that failed since start, by reason (client: its dials; node: the \
+             links it refused).",
+            &["reason"],
+        );
+        for (reason, n) in &self.handshake_failures {
+            failures.with_label_values(&[reason.as_str()]).inc_by(*n);
+        }
+        let reloads = f.counter(
+            "wanmux_reloads_total",
+            "Config reloads (SIGHUP) since start, by result: applied, or refused with the \
+             running config kept.",
+            &["result"],
+        );
+        let r = self.reloads;
+        reloads.with_label_values(&["applied"]).inc_by(r.applied);
+        reloads.with_label_values(&["refused"]).inc_by(r.refused);
+        f.gauge(
+            "wanmux_config_last_reload_successful",
+            "1 unless the last config reload was refused (then the daemon runs an older config \
+             than its file).",
+            &[],
+        )
+        .with_label_values::<&str>(&[])
+        .set(if r.last_refused { 0.0 } else { 1.0 });
         f.gauge("wanmux_sessions", "Sessions held.", &[])
             .with_label_values::<&str>(&[])
             .set(self.sessions.len() as f64);
@@ -335,6 +462,11 @@ impl Status {
             "Plaintext bytes received on a link.",
             &by_link,
         );
+        let info = f.gauge(
+            "wanmux_link_info",
+            "1 for each link up, with where it goes and what it runs over (tcp or quic).",
+            &["session", "peer", "link", "address", "transport"],
+        );
         for s in &self.sessions {
             let labels = [s.id.as_str(), s.peer.as_str()];
             open.with_label_values(&labels).set(s.streams as f64);
@@ -356,6 +488,11 @@ impl Status {
                     .set(l.unconfirmed as f64);
                 sent.with_label_values(&labels).inc_by(l.sent_bytes);
                 received.with_label_values(&labels).inc_by(l.received_bytes);
+                if let (Some(address), Some(transport)) = (&l.address, &l.transport) {
+                    let [session, peer, link] = labels;
+                    info.with_label_values(&[session, peer, link, address, transport])
+                        .set(1.0);
+                }
             }
         }
     }

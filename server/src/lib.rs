@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use wanmux_config::ServerConfig;
 use wanmux_core::control::{self, ControlSocket};
-use wanmux_core::status::Status;
+use wanmux_core::status::{Reloads, Status};
 use wanmux_core::{daemon, metrics, noise, quic, tune};
 
 /// Handshakes in progress at once; connections beyond wait in the kernel's accept queue, so a
@@ -56,11 +56,12 @@ pub struct ServerHandle {
     /// The QUIC endpoint and its accept loop (`server.quic`).
     quic: Option<(quic::Listener, JoinHandle<()>)>,
     sessions: Arc<Sessions>,
+    /// What `status`, the control socket and the metrics endpoint report.
+    report: Arc<Report>,
     /// The metrics endpoint (`metrics.listen`): its address and task.
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
     /// The control socket (`control.socket`); its file goes with it.
     control: Option<ControlSocket>,
-    started: std::time::Instant,
     /// Peer links to the other nodes (`[cluster]`).
     mesh: Option<Arc<Mesh>>,
     /// What new links are checked with (a reload replaces it).
@@ -132,9 +133,15 @@ impl ServerHandle {
         }
     }
 
-    /// What the node is doing now: its sessions, their links, and the traffic totals.
+    /// What the node is doing now: its sessions, their links, the traffic totals, the links it
+    /// refused and its reloads.
     pub fn status(&self) -> Status {
-        self.sessions.status(self.started.elapsed())
+        self.report.status()
+    }
+
+    /// Where the daemon counts its config reloads (the daemon skeleton records them).
+    pub fn reloads(&self) -> &Reloads {
+        &self.report.reloads
     }
 
     /// The control socket's path (`control.socket`), if it has one.
@@ -209,20 +216,72 @@ impl ServerHandle {
     }
 }
 
+/// What a node reports, from the parts that count it.
+#[derive(Debug)]
+struct Report {
+    sessions: Arc<Sessions>,
+    refusals: Arc<Refusals>,
+    reloads: Reloads,
+    started: std::time::Instant,
+}
+
+impl Report {
+    fn status(&self) -> Status {
+        let mut st = self.sessions.status(self.started.elapsed());
+        st.handshake_failures = self.refusals.counts();
+        st.reloads = self.reloads.view();
+        st
+    }
+}
+
 /// `e` with `what` in front of its message, of the same kind.
 fn context(e: io::Error, what: std::fmt::Arguments<'_>) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
+/// Binds `server.listen` for TCP links and, with `server.quic`, the same address and port for
+/// QUIC. With port 0 the QUIC socket takes the port the TCP listener got; when that UDP port is
+/// taken, both are bound again on another port (a few tries).
+async fn bind_links(config: &ServerConfig) -> io::Result<(TcpListener, Option<quic::Listener>)> {
+    const TRIES: usize = 8;
+    let mut tries = 0;
+    loop {
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            let hint = daemon::bind_hint(config.listen, &e);
+            context(
+                e,
+                format_args!("cannot listen on {} (server.listen){}", config.listen, hint),
+            )
+        })?;
+        if !config.quic {
+            return Ok((listener, None));
+        }
+        let local_addr = listener.local_addr()?;
+        match quic::server_endpoint(local_addr) {
+            Ok(ep) => return Ok((listener, Some(ep))),
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse
+                    && config.listen.port() == 0
+                    && tries < TRIES =>
+            {
+                tries += 1;
+            }
+            Err(e) => {
+                return Err(context(
+                    e,
+                    format_args!(
+                        "cannot bind UDP {local_addr} for QUIC links (server.quic; set it to \
+                         false to accept TCP links only)"
+                    ),
+                ))
+            }
+        }
+    }
+}
+
 /// Binds the listen address and starts serving.
 pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
-    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-        let hint = daemon::bind_hint(config.listen, &e);
-        context(
-            e,
-            format_args!("cannot listen on {} (server.listen){}", config.listen, hint),
-        )
-    })?;
+    let (listener, quic) = bind_links(&config).await?;
     let local_addr = listener.local_addr()?;
     let mut host = Vec::new();
     let congestion = tune::congestion(config.congestion.as_deref(), &mut host);
@@ -240,17 +299,6 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
             warn!(congestion = %cc, error = %e, "cannot set the links' congestion control; using the system default");
         }
     }
-    // With port 0 the QUIC socket takes the port the TCP listener got.
-    let quic = if config.quic {
-        Some(quic::server_endpoint(local_addr).map_err(|e| {
-            context(
-                e,
-                format_args!("cannot bind UDP {local_addr} for QUIC links (server.quic)"),
-            )
-        })?)
-    } else {
-        None
-    };
     let mesh = match &config.cluster {
         Some(cluster) => Some(Mesh::start(&config, cluster).await?),
         None => None,
@@ -260,7 +308,12 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     let metrics_listen = config.metrics_listen;
     let control_path = config.control_socket.clone();
     let sessions = Arc::new(Sessions::new(config));
-    let started = std::time::Instant::now();
+    let report = Arc::new(Report {
+        sessions: sessions.clone(),
+        refusals: refusals.clone(),
+        reloads: Reloads::default(),
+        started: std::time::Instant::now(),
+    });
     let metrics = match metrics_listen {
         None => None,
         Some(addr) => {
@@ -269,8 +322,8 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
             })?;
             let bound = listener.local_addr()?;
             info!(listen = %bound, "metrics endpoint");
-            let from = sessions.clone();
-            let source: metrics::StatusSource = Arc::new(move || from.status(started.elapsed()));
+            let from = report.clone();
+            let source: metrics::StatusSource = Arc::new(move || from.status());
             Some((bound, tokio::spawn(metrics::serve(listener, source))))
         }
     };
@@ -296,8 +349,8 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     let control = match control_path {
         None => None,
         Some(path) => {
-            let from = sessions.clone();
-            let source: control::StatusSource = Arc::new(move || from.status(started.elapsed()));
+            let from = report.clone();
+            let source: control::StatusSource = Arc::new(move || from.status());
             let socket = ControlSocket::bind(&path, source).map_err(|e| {
                 context(
                     e,
@@ -318,7 +371,7 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
         sessions,
         metrics,
         control,
-        started,
+        report,
         mesh,
         auth,
     })
@@ -431,6 +484,10 @@ async fn accept_loop(
             }
             Ok(slot) => slot,
         };
+        let transport = match &incoming {
+            Incoming::Tcp(_) => "tcp",
+            Incoming::Quic(_) => "quic",
+        };
         let (auth, sessions, refusals) = (auth.clone(), sessions.clone(), refusals.clone());
         tokio::spawn(async move {
             let accepted = handshake(incoming, peer, &auth.current(), &sessions, &refusals).await;
@@ -439,7 +496,7 @@ async fn accept_loop(
                 Some(acc) if !auth.still_allows(acc.client_key.as_ref()) => {
                     info!(%peer, "link refused: its client key was removed from allowed_clients during its handshake");
                 }
-                Some(acc) => sessions.run_link(acc, peer).await,
+                Some(acc) => sessions.run_link(acc, peer, transport).await,
                 None => {}
             }
         });

@@ -54,6 +54,10 @@ impl Daemon for Server {
         server.reload(running, new).await
     }
 
+    fn reloads(server: &ServerHandle) -> &wanmux_core::status::Reloads {
+        server.reloads()
+    }
+
     fn control_socket(config: &mut ServerConfig) -> &mut Option<std::path::PathBuf> {
         &mut config.control_socket
     }

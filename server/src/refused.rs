@@ -4,8 +4,9 @@
 //! count of the refusals of that kind since its last line. Every refusal is also logged at
 //! `debug`, so a peer can make the node write a bounded number of lines only.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -41,11 +42,50 @@ enum Kind {
     Other,
 }
 
-/// The rate-limited log of refused links, one per node.
+impl Kind {
+    const ALL: [Kind; 13] = [
+        Kind::UnknownClient,
+        Kind::Replayed,
+        Kind::Secret,
+        Kind::Mode,
+        Kind::WrongServerKey,
+        Kind::WrongPsk,
+        Kind::ClientGaveUp,
+        Kind::Silent,
+        Kind::Timeout,
+        Kind::NotWanmux,
+        Kind::Quic,
+        Kind::Busy,
+        Kind::Other,
+    ];
+
+    /// The `reason` label of `wanmux_handshake_failures_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Kind::UnknownClient => "unknown_client",
+            Kind::Replayed => "replayed",
+            Kind::Secret => "wrong_session_secret",
+            Kind::Mode => "auth_mode",
+            Kind::WrongServerKey => "wrong_server_key",
+            Kind::WrongPsk => "wrong_psk",
+            Kind::ClientGaveUp => "client_gave_up",
+            Kind::Silent => "closed_early",
+            Kind::Timeout => "timeout",
+            Kind::NotWanmux => "not_wanmux",
+            Kind::Quic => "quic",
+            Kind::Busy => "busy",
+            Kind::Other => "other",
+        }
+    }
+}
+
+/// The rate-limited log of refused links, one per node, and the count of every refusal.
 #[derive(Debug, Default)]
 pub(crate) struct Refusals {
     /// Per kind: when its last line was written, and the refusals since then without one.
     last: Mutex<HashMap<Kind, (Instant, u64)>>,
+    /// Every refusal since start, by kind (in the order of [`Kind::ALL`]).
+    counts: [AtomicU64; Kind::ALL.len()],
 }
 
 impl Refusals {
@@ -76,7 +116,19 @@ impl Refusals {
         self.log(Kind::Busy, true, peer, reason);
     }
 
+    /// Every refusal since start, by the `reason` label of its kind; every kind is listed.
+    pub(crate) fn counts(&self) -> BTreeMap<String, u64> {
+        Kind::ALL
+            .iter()
+            .zip(&self.counts)
+            .map(|(k, n)| (k.label().to_owned(), n.load(Relaxed)))
+            .collect()
+    }
+
     fn log(&self, kind: Kind, loud: bool, peer: SocketAddr, reason: &str) {
+        if let Some(i) = Kind::ALL.iter().position(|k| *k == kind) {
+            self.counts[i].fetch_add(1, Relaxed);
+        }
         let now = Instant::now();
         let earlier = {
             // Only counting runs under this lock.

@@ -301,7 +301,13 @@ impl Sessions {
     /// Runs an authenticated link in its session until the link dies. A link that would take
     /// its session over `limits.max_links_per_session`, or start a session over
     /// `limits.max_sessions` or `limits.max_sessions_per_client`, is closed at once.
-    pub(crate) async fn run_link(self: &Arc<Self>, acc: Accepted, peer: SocketAddr) {
+    /// `transport` (`"tcp"` or `"quic"`) and `peer` label the link in status.
+    pub(crate) async fn run_link(
+        self: &Arc<Self>,
+        acc: Accepted,
+        peer: SocketAddr,
+        transport: &'static str,
+    ) {
         let key = (acc.client_key, SessionId(acc.hello.session_id));
         let span = tracing::info_span!("session", id = %key.1);
         let (driver, _slot) = match self.session(key) {
@@ -312,12 +318,18 @@ impl Sessions {
                 return;
             }
         };
-        let end = driver::link::run(
+        let labels = driver.clone();
+        let label = move |id| {
+            let address = peer.to_string();
+            labels.label_link(id, driver::LinkLabel { address, transport });
+        };
+        let end = driver::link::run_with(
             driver,
             acc.reader,
             acc.writer,
             Some(acc.first),
             acc.hello.lane,
+            label,
         )
         .instrument(span.clone())
         .await;

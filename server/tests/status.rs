@@ -124,3 +124,70 @@ fn without_control_socket_the_default_under_run_is_used() {
     assert!(!socket.exists(), "{} left behind", socket.display());
     drop(node);
 }
+
+/// `status --json` (and so the metrics, rendered from the same status) counts the reloads that
+/// SIGHUP applied and refused, and says when the last one was refused.
+#[test]
+fn reloads_are_counted() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-reloads");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let sock = dir.join("node.sock");
+    let control = format!("[control]\nsocket = \"{}\"\n", sock.display());
+    let config = write_config(&dir, "node.toml", &control);
+    let node = start(&config);
+    let v = status_json(&config);
+    assert_eq!(
+        v["reloads"],
+        serde_json::json!({"applied": 0, "refused": 0, "last_refused": false})
+    );
+    let hangup = || {
+        let sent = Command::new("kill")
+            .args(["-HUP", &node.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+    };
+    // Waits until the reloads reach `want` (a reload runs in the daemon after the signal).
+    let reloads = |want: serde_json::Value| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The socket itself: the config may not load any more.
+            let out = server(&["status", "--json", "--socket", sock.to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            if v["reloads"] == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reloads {} never {want}",
+                v["reloads"]
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // An added service: applied.
+    write_config(
+        &dir,
+        "node.toml",
+        &format!("{control}[[service]]\nname = \"web\"\ntarget = \"127.0.0.1:9\"\n"),
+    );
+    hangup();
+    reloads(serde_json::json!({"applied": 1, "refused": 0, "last_refused": false}));
+    // A file that does not load: refused, the node runs on.
+    std::fs::write(&config, "[server]\nlisten = 1\n").expect("write config");
+    hangup();
+    reloads(serde_json::json!({"applied": 1, "refused": 1, "last_refused": true}));
+    let out = server(&["status", "--socket", sock.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("reloads: 1 applied, 1 refused (the last one"),
+        "{text}"
+    );
+    drop(node);
+}

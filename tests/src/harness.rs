@@ -21,8 +21,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use wanmux_client::ClientHandle;
 use wanmux_config::{
-    ClientAuth, ClientConfig, HostPort, Links, Node, NodeAddrs, PinnedNode, PortMap, ServerAuth,
-    ServerConfig, Service, ServiceName,
+    ClientAuth, ClientConfig, HostPort, LinkTransport, Links, Node, NodeAddrs, PinnedNode, PortMap,
+    ServerAuth, ServerConfig, Service, ServiceName,
 };
 use wanmux_core::keys::{generate_keypair, Psk};
 use wanmux_server::ServerHandle;
@@ -200,7 +200,10 @@ pub enum Auth {
     Psk,
 }
 
-/// Server and client configs for a tunnel to `target` over `links` links.
+/// Server and client configs for a tunnel to `target` over `links` links. The links are TCP
+/// (`links.transport = "tcp"`): most tests are about what the engine and the daemons do with
+/// links of any kind, and TCP links are the cheap ones on loopback; the QUIC and fallback tests
+/// set their transport themselves. The node accepts QUIC too, as by default.
 pub fn configs(auth: Auth, target: SocketAddr, links: u16) -> (ServerConfig, ClientConfig) {
     let node = NonZeroU16::new(1).expect("non-zero");
     let service = ServiceName::new(SERVICE).expect("valid name");
@@ -259,6 +262,7 @@ pub fn configs(auth: Auth, target: SocketAddr, links: u16) -> (ServerConfig, Cli
         }],
     );
     client.links = Links::fixed(links);
+    client.transport = LinkTransport::Tcp;
     (server, client)
 }
 
@@ -651,8 +655,15 @@ pub async fn begin<F: Future>(fut: F) -> std::pin::Pin<Box<F>> {
 /// The port is taken from the kernel (never a fixed number) and released for the node to
 /// bind; the kernel hands ports out in turn, so another socket taking it in between is unlikely.
 pub fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr")
+    // Free for UDP too: a node listens for QUIC links on its TCP port (`server.quic`, on by
+    // default), and its start fails when that UDP port is taken.
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = l.local_addr().expect("local addr");
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 /// Whether a socket listens on `addr` (an IPv4 address), from `/proc/net/tcp`: a check that

@@ -167,6 +167,16 @@ async fn metrics_are_well_formed_and_count_what_the_application_moved() {
                 .collect();
             assert_eq!(ids.len(), 2);
             assert!(m.keys().any(|k| k.starts_with("wanmux_link_rtt_seconds{")));
+            let info: Vec<&String> = m
+                .keys()
+                .filter(|k| k.starts_with("wanmux_link_info{"))
+                .collect();
+            assert_eq!(info.len(), 2, "{info:?}");
+            assert!(
+                info.iter()
+                    .all(|k| k.contains("transport=\"tcp\"") && k.contains("address=\"127.0.0.1:")),
+                "{info:?}"
+            );
             assert!(m["wanmux_memory_limit_bytes"] > 0.0);
         }
         let (status, _) = get(client_at, "/").await;
@@ -271,6 +281,87 @@ async fn status_answers_on_the_control_socket_which_only_its_owner_may_use() {
         again.shutdown();
         t.server.shutdown();
         let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_handshakes_are_counted_by_reason_and_reloads_by_result() {
+    use wanmux_config::ClientAuth;
+    within(Duration::from_secs(60), async {
+        let local = Some("127.0.0.1:0".parse().unwrap());
+        let t = Tunnel::start_with(Auth::Psk, 1, |server, client| {
+            server.metrics_listen = local;
+            client.metrics_listen = local;
+        })
+        .await;
+        let server_at = t.server.metrics_addr().expect("server metrics");
+        let client_at = t.client.metrics_addr().expect("client metrics");
+        let scrape = async |addr| {
+            let (status, body) = get(addr, "/metrics").await;
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            promtool(&body);
+            (parse(&body), body)
+        };
+        let failed =
+            |reason: &str| format!("wanmux_handshake_failures_total{{reason=\"{reason}\"}}");
+        // Every reason is there from the start, at 0.
+        let (m, body) = scrape(server_at).await;
+        for reason in ["wrong_psk", "unknown_client", "timeout", "busy", "quic"] {
+            assert_eq!(m[&failed(reason)], 0.0, "{body}");
+        }
+        let (m, body) = scrape(client_at).await;
+        for reason in ["refused_by_node", "auth", "timeout", "connection_refused"] {
+            assert_eq!(m[&failed(reason)], 0.0, "{body}");
+        }
+
+        // A client with another PSK: the node counts a wrong PSK, the client a refusal.
+        let mut wrong = t.client_config.clone();
+        if let ClientAuth::PskOnly { psk, .. } = &mut wrong.auth {
+            *psk = wanmux_core::keys::Psk::generate();
+        }
+        wrong.maps[0].listen = "127.0.0.1:0".parse().unwrap();
+        wrong.metrics_listen = local;
+        let bad = wanmux_client::start(wrong).await.expect("client starts");
+        bad.wait_first_dial().await;
+        let counted = eventually(Duration::from_secs(10), || {
+            t.server.status().handshake_failures["wrong_psk"] >= 1
+        })
+        .await;
+        assert!(counted, "the node counts the wrong PSK");
+        let (m, body) = scrape(server_at).await;
+        assert!(m[&failed("wrong_psk")] >= 1.0, "{body}");
+        assert_eq!(m[&failed("unknown_client")], 0.0);
+        let (m, body) = scrape(bad.metrics_addr().unwrap()).await;
+        assert!(m[&failed("refused_by_node")] >= 1.0, "{body}");
+        assert_eq!(m[&failed("connection_refused")], 0.0);
+        // The good client failed nothing.
+        let (m, _) = scrape(client_at).await;
+        let total: f64 = m
+            .iter()
+            .filter(|(k, _)| k.starts_with("wanmux_handshake_failures_total{"))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(total, 0.0);
+
+        // Reloads, as the daemon skeleton records them after SIGHUP.
+        let (m, _) = scrape(server_at).await;
+        assert_eq!(m["wanmux_reloads_total{result=\"applied\"}"], 0.0);
+        assert_eq!(m["wanmux_reloads_total{result=\"refused\"}"], 0.0);
+        assert_eq!(m["wanmux_config_last_reload_successful"], 1.0);
+        t.server.reloads().record(true);
+        t.server.reloads().record(false);
+        let (m, _) = scrape(server_at).await;
+        assert_eq!(m["wanmux_reloads_total{result=\"applied\"}"], 1.0);
+        assert_eq!(m["wanmux_reloads_total{result=\"refused\"}"], 1.0);
+        assert_eq!(m["wanmux_config_last_reload_successful"], 0.0);
+        t.server.reloads().record(true);
+        let (m, _) = scrape(server_at).await;
+        assert_eq!(m["wanmux_reloads_total{result=\"applied\"}"], 2.0);
+        assert_eq!(m["wanmux_config_last_reload_successful"], 1.0);
+        bad.shutdown();
+        t.client.shutdown();
+        t.server.shutdown();
     })
     .await;
 }

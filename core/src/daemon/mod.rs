@@ -35,6 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::keys;
 
+mod docs;
 pub mod notify;
 
 use notify::Notifier;
@@ -94,6 +95,10 @@ pub trait Daemon {
         running: &Self::Config,
         new: Self::Config,
     ) -> impl Future<Output = io::Result<Self::Config>>;
+
+    /// Where the daemon counts its reloads, for its status and metrics: `run` records the
+    /// result of each SIGHUP there.
+    fn reloads(handle: &Self::Handle) -> &crate::status::Reloads;
 
     /// The config's control socket (`control.socket`): `run` gives it the default of the
     /// config file when it has none, and `status` reads it.
@@ -226,6 +231,10 @@ enum LogFormat {
 
 /// Parses the command line and runs the subcommand; see the module doc.
 pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
+    // Kept out of the command line the man pages and completions describe (see `docs`).
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(docs::SUBCOMMAND)) {
+        return docs::main(command::<D>(binary.version));
+    }
     match parse::<D>(binary.version).command {
         Command::Check { config } => match D::load(&config) {
             Ok(config) => {
@@ -281,6 +290,7 @@ pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
             json,
             watch,
         } => status::<D>(config, socket, json, watch),
+
         Command::Run {
             config: path,
             log_format,
@@ -359,7 +369,8 @@ fn status<D: Daemon>(
                 [one] => one.clone(),
                 [] => {
                     eprintln!(
-                        "status: no running {} with a default socket in {}; name its config                          with --config FILE (or the socket with --socket PATH)",
+                        "status: no running {} with a default socket in {}; name its config \
+                         with --config FILE (or the socket with --socket PATH)",
                         D::NAME,
                         crate::control::RUN_DIR
                     );
@@ -445,21 +456,27 @@ pub async fn wait_drained(timeout: Duration, mut open: impl FnMut() -> usize) ->
     }
 }
 
-/// The command line of `D`: the shared shape with the daemon's name, version and wording.
+/// The command line of `D`, parsed.
 fn parse<D: Daemon>(version: &'static str) -> Cli {
+    let mut command = command::<D>(version);
+    let matches = command.get_matches_mut();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command).exit())
+}
+
+/// The command line of `D`: the shared shape with the daemon's name, version and wording.
+fn command<D: Daemon>(version: &'static str) -> clap::Command {
     let run = format!(
         "Run {} until SIGINT or SIGTERM (then drain; a second signal stops at once); SIGHUP \
          reloads the config file. Log level \
          from RUST_LOG (default: info)",
         D::RUNS
     );
-    let mut command = Cli::command()
+    Cli::command()
         .name(D::NAME)
+        .bin_name(D::NAME)
         .version(version)
         .about(D::ABOUT)
-        .mut_subcommand("run", |c| c.about(run));
-    let matches = command.get_matches_mut();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command).exit())
+        .mut_subcommand("run", |c| c.about(run))
 }
 
 fn init_logging(format: LogFormat) {
@@ -540,6 +557,7 @@ async fn run<D: Daemon>(path: &Path, config: D::Config, binary: &Binary) -> io::
                         (binary.reload_refused)(&why);
                     }
                 }
+                D::reloads(&handle).record(!refused);
                 notify(&format!("READY=1\nSTATUS={}", status_line(&handle, refused)));
             }
             _ = status.tick(), if ready => {

@@ -45,6 +45,8 @@ struct State {
     link_wakers: HashMap<LinkId, Arc<Notify>>,
     /// One per link: the engine declared it dead; its task closes the socket.
     link_kills: HashMap<LinkId, Arc<Notify>>,
+    /// Where each link goes and over what, as the daemon running it said ([`LinkLabel`]).
+    link_labels: HashMap<LinkId, LinkLabel>,
     /// Scratch for [`Session::poll_wakes`].
     wakes: Vec<LinkId>,
     /// The daemon's, woken when this session's engine is dropped with it.
@@ -131,6 +133,15 @@ pub struct SessionDriver {
     shared: Arc<Shared>,
 }
 
+/// Where a link goes and what it runs over, as status shows it ([`SessionDriver::label_link`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkLabel {
+    /// The other end's address: the node address dialled, or the client's address.
+    pub address: String,
+    /// `"tcp"` or `"quic"`.
+    pub transport: &'static str,
+}
+
 /// Streams the peer opened (server side): the driver's owner connects them to services.
 pub type OpenedStreams = mpsc::UnboundedReceiver<(StreamId, String)>;
 
@@ -156,6 +167,7 @@ impl SessionDriver {
                 wakers: HashMap::new(),
                 link_wakers: HashMap::new(),
                 link_kills: HashMap::new(),
+                link_labels: HashMap::new(),
                 wakes: Vec::new(),
                 budget_signal: budget.clone(),
                 armed: None,
@@ -193,6 +205,20 @@ impl SessionDriver {
             guard,
             shared: &self.shared,
         }
+    }
+
+    /// Records where link `id` goes and what it runs over, for status (`status`). A link that
+    /// is gone already is not recorded; the label goes with its link.
+    pub fn label_link(&self, id: LinkId, label: LinkLabel) {
+        let mut st = self.lock();
+        if st.link_kills.contains_key(&id) {
+            st.link_labels.insert(id, label);
+        }
+    }
+
+    /// The labels of the links up now.
+    pub fn link_labels(&self) -> HashMap<LinkId, LinkLabel> {
+        self.lock().link_labels.clone()
     }
 
     /// Runs `f` on the engine with the current time, then forwards events and wakes links and
@@ -370,6 +396,7 @@ impl SessionDriver {
         let mut st = self.lock();
         st.link_wakers.remove(&id);
         st.link_kills.remove(&id);
+        st.link_labels.remove(&id);
         // Called from a destructor, maybe while a panic unwinds: a torn engine is left alone.
         if !self.shared.state.is_poisoned() {
             let now = Instant::now();
