@@ -77,6 +77,8 @@ pub(crate) struct Slot {
     pub(crate) lanes: u16,
     /// Told of every link up and failed dial: readiness, and the rate-limited `warn` log.
     pub(crate) dials: std::sync::Arc<crate::ready::Dials>,
+    /// Every node of the client, for the sub-links a link carries (`route`).
+    pub(crate) routes: std::sync::Arc<crate::route::Routes>,
 }
 
 /// The client's QUIC endpoints (one UDP socket per address family), made on first use and
@@ -129,19 +131,26 @@ impl Slot {
             };
             match dialed {
                 None => pick.failed(),
-                Some((reader, writer)) => {
+                Some((reader, writer, relay)) => {
                     self.dials.link_up();
-                    info!(node = %self.node.id, %addr, link_seq = self.link_seq, "link up");
+                    info!(node = %self.node.id, %addr, link_seq = self.link_seq, relay, "link up");
                     let up = Instant::now();
                     let link = self.link.clone();
                     let set = move |id: wanmux_core::ids::LinkId| link.store(id.0, Relaxed);
-                    let run = driver::link::run_with(
+                    let router = relay.then(|| {
+                        std::sync::Arc::new(crate::route::ClientRouter::new(
+                            wanmux_core::ids::NodeId(self.node.id.get()),
+                            self.routes.clone(),
+                        )) as std::sync::Arc<dyn driver::link::Router>
+                    });
+                    let run = driver::link::run_routed(
                         self.driver.clone(),
                         reader,
                         writer,
                         None,
                         self.is_lane(),
                         set,
+                        router,
                     );
                     let end = if pick.at_home() {
                         Some(run.await)
@@ -191,14 +200,14 @@ impl Slot {
         &self,
         addr: &str,
         first: &[u8],
-    ) -> Option<(noise::LinkReader, noise::LinkWriter)> {
+    ) -> Option<(noise::LinkReader, noise::LinkWriter, bool)> {
         let started = Instant::now();
         match self.dial(addr, first).await {
             Ok(d) if !self.check_epoch(d.epoch, started, d.session_id) => {
                 debug!(node = %self.node.id, %addr, "link to a replaced server instance dropped");
                 None
             }
-            Ok(d) => Some((d.reader, d.writer)),
+            Ok(d) => Some((d.reader, d.writer, d.relay)),
             Err(e) => {
                 self.dials
                     .failed(self.node.id, addr, &e, self.quic.is_some());
@@ -210,7 +219,11 @@ impl Slot {
     /// Runs beside a link that is away from its home address: dials home after
     /// [`REHOME_FIRST`], then at doubling intervals up to [`REHOME_MAX`], each with jitter, and
     /// returns the first link that comes up.
-    async fn rehome(&self, home: &str, first: &[u8]) -> (noise::LinkReader, noise::LinkWriter) {
+    async fn rehome(
+        &self,
+        home: &str,
+        first: &[u8],
+    ) -> (noise::LinkReader, noise::LinkWriter, bool) {
         let mut wait = REHOME_FIRST;
         loop {
             tokio::time::sleep(jitter(wait)).await;
@@ -259,6 +272,8 @@ impl Slot {
             session_id: session_id.0,
             link_seq: self.link_seq,
             lane: self.is_lane(),
+            // Sections for other owners only make sense with other nodes to route to.
+            relay: self.routes.node_count() > 1,
         };
         let timeout = self.handshake_timeout;
         let (reader, writer, server) = match &self.quic {
@@ -298,6 +313,7 @@ impl Slot {
             writer,
             epoch: server.epoch,
             session_id,
+            relay: server.relay && self.routes.node_count() > 1,
         })
     }
 }
@@ -310,6 +326,8 @@ struct Dialed {
     epoch: u64,
     /// The session id the link was dialled for.
     session_id: SessionId,
+    /// The node agreed to routed messages on this link.
+    relay: bool,
 }
 
 /// Full jitter: a time drawn uniformly from `[d/2, d]`.

@@ -17,6 +17,7 @@ mod dial;
 mod pool;
 mod ready;
 mod reload;
+mod route;
 
 pub use cluster::NodeStatus;
 
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
-use wanmux_config::{ClientConfig, LinkTransport, ServiceName};
+use wanmux_config::{ClientConfig, LinkTransport, ServiceName, Spread};
 use wanmux_core::budget::Budget;
 use wanmux_core::control::{self, ControlSocket};
 use wanmux_core::daemon;
@@ -111,7 +112,18 @@ impl ClientHandle {
 
     /// Each configured node: its links, the streams it owns and its bytes, in config order.
     pub fn nodes(&self) -> Vec<NodeStatus> {
-        self.cluster.nodes.iter().map(|n| n.status()).collect()
+        let routes = &self.cluster.routes;
+        self.cluster
+            .nodes
+            .iter()
+            .map(|n| n.status(routes))
+            .collect()
+    }
+
+    /// Bytes of `owner`'s sections (sent, received) on the client's links to node `via`:
+    /// what `via` relayed for `owner` (0 for `via == owner`).
+    pub fn relayed(&self, via: u16, owner: u16) -> (u64, u64) {
+        self.cluster.routes.relayed(NodeId(via), NodeId(owner))
     }
 
     /// Streams open now, on all nodes.
@@ -197,7 +209,9 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
         span.in_scope(|| warn!(target: tune::LOG_TARGET, "{w}"));
     }
     let dials = Arc::new(ready::Dials::default());
+    let routes = Arc::new(route::Routes::default());
     let mut nodes = Vec::new();
+    let mut templates = Vec::new();
     for (node, hs) in config.auth.handshakes() {
         let id = NodeId(node.id.get());
         let session = Session::with_budget(Role::Client, config.limits.into(), budget.clone());
@@ -220,13 +234,29 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             quic: quic.clone(),
             lanes: config.lanes,
             dials: dials.clone(),
+            routes: routes.clone(),
         };
+        templates.push(template);
+        nodes.push(n);
+    }
+    routes.set_nodes(
+        nodes
+            .iter()
+            .map(|n| route::RouteNode {
+                id: n.id,
+                driver: n.driver.clone(),
+                state: n.state.clone(),
+            })
+            .collect(),
+    );
+    // The pools start once every node is known: a link asks for routed messages only if there
+    // are other nodes to route to.
+    for (n, template) in nodes.iter_mut().zip(templates) {
         n.tasks.push(tokio::spawn(
             pool::run(template, config.links).instrument(span.clone()),
         ));
-        nodes.push(n);
     }
-    let cluster = Arc::new(Cluster::new(nodes, config.owner));
+    let cluster = Arc::new(Cluster::new(nodes, config.owner, routes));
     let mut maps = Vec::new();
     let mut listeners = Vec::new();
     for (i, map) in config.maps.iter().enumerate() {
@@ -239,6 +269,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
                 listener.clone(),
                 cluster.clone(),
                 map.service.clone(),
+                map.spread,
                 config.no_link_hold,
             )
             .instrument(span.clone()),
@@ -326,12 +357,13 @@ async fn accept_loop(
     listener: Arc<TcpListener>,
     cluster: Arc<Cluster>,
     service: ServiceName,
+    spread: Spread,
     hold: std::time::Duration,
 ) {
     loop {
         let (tcp, peer) = daemon::accept(&listener, |e| warn!(error = %e, "accept failed")).await;
         if cluster.live_links() > 0 {
-            open(&cluster, tcp, peer, &service);
+            open(&cluster, tcp, peer, &service, spread);
             continue;
         }
         // No link to any node: hold the connection a short while for one, then refuse it.
@@ -339,7 +371,7 @@ async fn accept_loop(
         tokio::spawn(
             async move {
                 if cluster.wait_live(hold).await {
-                    open(&cluster, tcp, peer, &service);
+                    open(&cluster, tcp, peer, &service, spread);
                 } else {
                     cluster.refuse(tcp, peer);
                 }
@@ -350,11 +382,20 @@ async fn accept_loop(
 }
 
 /// Opens a stream for an accepted connection on the node that owns it, and runs it.
-fn open(cluster: &Cluster, tcp: tokio::net::TcpStream, peer: SocketAddr, service: &ServiceName) {
+fn open(
+    cluster: &Cluster,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    service: &ServiceName,
+    spread: Spread,
+) {
     let node = cluster.choose(peer);
+    // With one node, pin and stripe are the same: the plain OPEN keeps a node that does not know
+    // OPEN_PIN working.
+    let pin = spread == Spread::Pin && cluster.nodes.len() > 1;
     match node
         .driver
-        .with(|s, now| s.open_stream(now, node.id, service.as_str()))
+        .with(|s, now| s.open_stream_spread(now, node.id, service.as_str(), pin))
     {
         Ok(id) => {
             debug!(%peer, stream = %id, owner = %node.id, "connection accepted");

@@ -981,6 +981,7 @@ fn code_built_configs_validate() {
     let map = PortMap {
         listen: "127.0.0.1:7000".parse().unwrap(),
         service: "echo".parse().unwrap(),
+        spread: Default::default(),
     };
     let auth = ClientAuth::PskOnly {
         psk: Psk::from_bytes([1; 32]),
@@ -1071,6 +1072,24 @@ fn cluster_owner() {
         static_client()
     )));
     assert_eq!(e.line, Some(13));
+}
+
+#[test]
+fn map_spread() {
+    let c = client(&static_client()).unwrap();
+    assert_eq!(c.maps[0].spread, Spread::Stripe);
+    for (name, want) in [("stripe", Spread::Stripe), ("pin", Spread::Pin)] {
+        let text = format!("{}spread = \"{name}\"\n", static_client());
+        let c = client(&text).unwrap();
+        assert_eq!(c.maps[0].spread, want);
+        assert_eq!(want.as_str(), name);
+    }
+    let e = one_error(client(&format!("{}spread = \"wide\"\n", static_client())));
+    assert_eq!((e.key.as_str(), e.line), ("map[0].spread", Some(12)));
+    assert_eq!(
+        e.message,
+        "\"wide\" is not a spread (use \"stripe\" or \"pin\")"
+    );
 }
 
 #[test]
@@ -1400,6 +1419,7 @@ fn code_built_node_addrs() {
     let map = PortMap {
         listen: "127.0.0.1:7000".parse().unwrap(),
         service: "echo".parse().unwrap(),
+        spread: Default::default(),
     };
     let with_nodes = |nodes: Vec<Node>| {
         ClientConfig::new(

@@ -28,6 +28,22 @@ pub struct Status {
     pub totals: TotalsView,
     /// Every session (client: one per node; server: one per client session).
     pub sessions: Vec<SessionStatus>,
+    /// Striping over a cluster: bytes of `ROUTE` sections relayed, per node. On the client,
+    /// per node: the other owners' sections on that node's links; on a node, per peer: what
+    /// it relayed to that peer (sent) and from it (received). Empty without a cluster.
+    #[serde(default)]
+    pub relayed: Vec<RelayedStatus>,
+}
+
+/// Section bytes relayed through (client) or with (node) one node.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RelayedStatus {
+    /// The node.
+    pub node: u16,
+    /// Upstream: client to owner.
+    pub sent_bytes: u64,
+    /// Downstream: owner to client.
+    pub received_bytes: u64,
 }
 
 /// [`Totals`] as it is rendered.
@@ -138,6 +154,7 @@ impl Status {
             memory_limit_bytes: 0,
             totals: TotalsView::default(),
             sessions: Vec::new(),
+            relayed: Vec::new(),
         }
     }
 
@@ -184,6 +201,15 @@ impl Status {
             t.streams_opened,
             t.links_opened,
         );
+        for r in &self.relayed {
+            let _ = writeln!(
+                out,
+                "relayed with node {}: {:.1} MiB upstream, {:.1} MiB downstream",
+                r.node,
+                mib(r.sent_bytes),
+                mib(r.received_bytes),
+            );
+        }
         for s in &self.sessions {
             let _ = writeln!(
                 out,
@@ -335,6 +361,26 @@ impl Status {
             "Plaintext bytes received on a link.",
             &by_link,
         );
+        let relayed_up = f.counter(
+            "wanmux_relayed_sent_bytes_total",
+            "Section bytes relayed upstream (client to owner), per node: on the client, other \
+             owners' sections on the node's links; on a node, what it relayed to that peer.",
+            &["node"],
+        );
+        let relayed_down = f.counter(
+            "wanmux_relayed_received_bytes_total",
+            "Section bytes relayed downstream (owner to client), per node, as the upstream ones.",
+            &["node"],
+        );
+        for r in &self.relayed {
+            let node = r.node.to_string();
+            relayed_up
+                .with_label_values(&[node.as_str()])
+                .inc_by(r.sent_bytes);
+            relayed_down
+                .with_label_values(&[node.as_str()])
+                .inc_by(r.received_bytes);
+        }
         for s in &self.sessions {
             let labels = [s.id.as_str(), s.peer.as_str()];
             open.with_label_values(&labels).set(s.streams as f64);

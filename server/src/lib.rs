@@ -15,6 +15,7 @@
 mod fds;
 mod mesh;
 mod refused;
+mod relay;
 mod reload;
 mod session;
 
@@ -110,6 +111,12 @@ impl ServerHandle {
     /// The instance peer `id` reported on its latest link, live or not.
     pub fn peer_instance(&self, id: u16) -> Option<u64> {
         self.mesh.as_ref().and_then(|m| m.peer_instance(id))
+    }
+
+    /// Section bytes this node relayed to peer `id` (from its client links, upstream) and from
+    /// it (onto its client links, downstream) since start; (0, 0) without `[cluster]`.
+    pub fn relayed(&self, id: u16) -> (u64, u64) {
+        self.sessions.relay().map_or((0, 0), |r| r.relayed(id))
     }
 
     fn stop_accepting(&self) {
@@ -252,6 +259,15 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     let metrics_listen = config.metrics_listen;
     let control_path = config.control_socket.clone();
     let sessions = Arc::new(Sessions::new(config));
+    if let Some(mesh) = &mesh {
+        let relay = Arc::new(relay::Relay::new(
+            sessions.node_id(),
+            mesh.clone(),
+            Arc::downgrade(&sessions),
+        ));
+        mesh.set_relay(Arc::downgrade(&relay));
+        sessions.set_relay(relay);
+    }
     let started = std::time::Instant::now();
     let metrics = match metrics_listen {
         None => None,
@@ -474,7 +490,11 @@ async fn handshake(
     let replied = std::sync::atomic::AtomicBool::new(false);
     let respond = |hello: &noise::ClientHello, key: Option<&wanmux_core::keys::PublicKey>| {
         replied.store(true, std::sync::atomic::Ordering::Relaxed);
-        sessions.server_hello((key.copied(), wanmux_core::ids::SessionId(hello.session_id)))
+        let mut reply =
+            sessions.server_hello((key.copied(), wanmux_core::ids::SessionId(hello.session_id)));
+        // Routed messages only where the client asked and this node can relay.
+        reply.relay = hello.relay && sessions.relay().is_some();
+        reply
     };
     let timeout = sessions.handshake_timeout();
     let accepted = match incoming {

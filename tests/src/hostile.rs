@@ -64,6 +64,7 @@ fn hello() -> wanmux_core::noise::ClientHello {
         session_id: rand::random(),
         link_seq: 0,
         lane: false,
+        relay: false,
     }
 }
 
@@ -410,6 +411,7 @@ impl RawLink {
             session_id,
             link_seq,
             lane: false,
+            relay: false,
         };
         let (mut rd, writer, _) =
             wanmux_core::noise::connect(tcp, auth, &hello, &PING, HANDSHAKE_LIMIT).await?;

@@ -288,6 +288,7 @@ mod tests {
             session_id: [1; 16],
             link_seq: 0,
             lane: false,
+            relay: false,
         };
         let (a, b) = tcp_pair().await;
         let (dialled, accepted) = tokio::join!(
@@ -308,7 +309,8 @@ mod tests {
             connect_peer(a, &dial, &ONE, b"", LONG),
             accept_with(b, &accept, LONG, |_, _| ServerHello {
                 node_id: 2,
-                epoch: 0
+                epoch: 0,
+                relay: false,
             }),
         );
         assert!(

@@ -21,6 +21,7 @@ const HELLO: ClientHello = ClientHello {
     session_id: [7; 16],
     link_seq: 3,
     lane: true,
+    relay: false,
 };
 const NODE: u16 = 42;
 const FIRST: &[u8] = b"\x01ping-frame";
@@ -96,7 +97,8 @@ async fn link(pattern: Pattern, cipher: Cipher) -> (LinkReader, LinkWriter, Acce
         hello,
         ServerHello {
             node_id: NODE,
-            epoch: 0
+            epoch: 0,
+            relay: false,
         }
     );
     assert_eq!(accepted.hello, HELLO);
@@ -228,6 +230,7 @@ async fn links_run_over_any_byte_stream() {
         ServerHello {
             node_id: NODE,
             epoch: 5,
+            relay: false,
         }
     };
     let (client, server) = tokio::join!(
@@ -247,7 +250,8 @@ async fn links_run_over_any_byte_stream() {
         hello,
         ServerHello {
             node_id: NODE,
-            epoch: 5
+            epoch: 5,
+            relay: false,
         }
     );
     assert_eq!(accepted.client_key, creds.client_key);
@@ -750,6 +754,7 @@ fn hello_payloads_are_checked() {
     let hello = ServerHello {
         node_id: 9,
         epoch: 0x0102_0304_0506_0708,
+        relay: false,
     };
     let good = encode_server_hello(&hello);
     assert_eq!(good, [2, 0, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
