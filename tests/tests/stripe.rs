@@ -16,6 +16,7 @@ use wanmux_core::ids::{NodeId, SessionId, StreamId};
 use wanmux_core::keys::generate_keypair;
 use wanmux_core::noise::{self, ClientHello, LinkReader, LinkWriter};
 use wanmux_core::route::{Routed, DOWN_NO_SESSION};
+use wanmux_relay::{Links as RelayLinks, Relay as TcpRelay, Shape};
 use wanmux_server::ServerHandle;
 use wanmux_tests::harness::{
     app_server, eventually, transfer_on, within, AppServer, ClientResult, SERVICE,
@@ -114,12 +115,36 @@ async fn cluster(
     spread: Spread,
     owner: OwnerPolicy,
 ) -> (Vec<ServerHandle>, AppServer, ClientConfig) {
+    let (nodes, app, client, _) = cluster_through(n, spread, owner, None).await;
+    (nodes, app, client)
+}
+
+/// [`cluster`], with node 1's peer link to node `through` (if any) through a TCP relay that
+/// can blackhole it (node 1 dials every other node).
+async fn cluster_through(
+    n: u16,
+    spread: Spread,
+    owner: OwnerPolicy,
+    through: Option<u16>,
+) -> (Vec<ServerHandle>, AppServer, ClientConfig, Option<TcpRelay>) {
     let app = app_server().await;
     let specs = node_specs(n);
     let (client_key, client_pub) = generate_keypair();
     let mut nodes = Vec::new();
+    let mut relay = None;
     for i in 0..specs.len() {
-        let config = node_config(&specs, i, client_pub, app.addr);
+        let mut config = node_config(&specs, i, client_pub, app.addr);
+        if let (0, Some(to)) = (i, through) {
+            let r = TcpRelay::start(specs[usize::from(to) - 1].cluster, Shape::default())
+                .await
+                .expect("relay starts");
+            if let Some(c) = &mut config.cluster {
+                for p in c.peers.iter_mut().filter(|p| p.id.get() == to) {
+                    p.addr = r.addr().into();
+                }
+            }
+            relay = Some(r);
+        }
         nodes.push(wanmux_server::start(config).await.expect("node starts"));
     }
     for node in &nodes {
@@ -156,7 +181,7 @@ async fn cluster(
     );
     client.links = Links::fixed(2);
     client.owner = owner;
-    (nodes, app, client)
+    (nodes, app, client, relay)
 }
 
 fn start_transfers(
@@ -318,4 +343,45 @@ async fn a_section_for_a_session_the_owner_does_not_have_creates_nothing() {
     // The owner still relays for this node: the peer link stayed up.
     assert_eq!(raw.nodes[1].peers_up(), [1]);
     assert!(raw.nodes[0].relayed(2).0 > 0, "node 1 relayed the section");
+}
+
+/// The peer link between the owner and a relay goes silent mid-transfer (both nodes live): both
+/// ends find it dead by their pings, the relay tells the client its sub-links to the owner are
+/// down, the owner drops its virtual links through the relay, and what they carried goes out on
+/// the other paths. Every byte arrives, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_link_that_dies_mid_transfer_loses_nothing() {
+    within(Duration::from_secs(120), async {
+        let (nodes, mut app, config, relay) =
+            cluster_through(3, Spread::Stripe, OwnerPolicy::First, Some(3)).await;
+        let relay = relay.expect("a relay");
+        let client = wanmux_client::start(config).await.expect("client starts");
+        client.wait_for_links(6).await;
+        let (up, down) = (24 << 20, 24 << 20);
+        let tasks = start_transfers(client.first_addr(), 4, up, down);
+        assert!(
+            eventually(Duration::from_secs(60), || {
+                let (s, r) = client.relayed(3, 1);
+                s > 2 << 20 && r > 2 << 20
+            })
+            .await,
+            "node 3 relays both ways: {:?}",
+            client.relayed(3, 1)
+        );
+        relay.blackhole(RelayLinks::One(0));
+        let at_silence = client.relayed(3, 1);
+        check_all(&mut app, tasks, up, down).await;
+        assert!(
+            at_silence.0 < 4 * up && at_silence.1 < 4 * down,
+            "the link died mid-transfer: {at_silence:?}"
+        );
+        // Node 1 found the link dead (and dials again through the relay).
+        assert!(
+            eventually(Duration::from_secs(15), || relay.accepted() >= 2).await,
+            "node 1 dialled node 3 again"
+        );
+        drop(nodes);
+        client.shutdown();
+    })
+    .await;
 }
