@@ -247,6 +247,15 @@ impl Router for ClientRouter {
                         debug!(via = %self.via, owner = node, "sub-link down: the relay has no link to the owner");
                         drop_sub(s, now);
                     }
+                    Routed::Down { code, .. }
+                        if code == DOWN_NO_SESSION && s.node.driver.live_links() > 0 =>
+                    {
+                        // A direct link to the owner is up under this epoch, so the owner has
+                        // the session: the section overtook the link's key confirmation. The
+                        // sub-link waits and tries again.
+                        debug!(via = %self.via, owner = node, "sub-link refused before the owner had the session");
+                        drop_sub(s, now);
+                    }
                     Routed::Down { code, .. } if code == DOWN_NO_SESSION => {
                         let streams = s.node.driver.with(|e, _| e.stream_count());
                         warn!(owner = node, via = %self.via, streams, "the node lost this session; the connections it owned are reset");
