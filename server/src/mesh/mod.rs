@@ -34,9 +34,13 @@ use wanmux_core::peer::{Handle, PeerFrame};
 
 use crate::relay::{Key, Relay};
 
-/// Messages a [`PeerHandle`] may queue for its link before [`PeerHandle::send`] waits: with
-/// messages of at most 64 KiB, at most 4 MiB per peer link waits in memory.
-const SEND_QUEUE: usize = 64;
+/// Messages a [`PeerHandle`] may queue for its link before [`PeerHandle::send`] waits:
+/// `cluster.relay_queue` bytes in messages of up to 64 KiB (64 by default, 4 MiB).
+fn send_queue(relay_queue: u64) -> usize {
+    usize::try_from(relay_queue / MAX_MESSAGE as u64)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
 
 /// A running mesh: the cluster listener, one dialler per peer with a higher id, and the table
 /// of live peer links.
@@ -54,6 +58,8 @@ pub(crate) struct Mesh {
     /// The configured peers by key, for the acceptor's check of the node id a key claims.
     by_key: HashMap<PublicKey, Peer>,
     handshake_timeout: Duration,
+    /// Messages each peer link's queue holds (`cluster.relay_queue`).
+    send_queue: usize,
     links: Mutex<Links>,
     /// The ids of the peers with a live link, sorted; every change is published.
     up: watch::Sender<Vec<u16>>,
@@ -182,7 +188,7 @@ impl PeerHandle {
 
     /// Queues one message for the link: encoded peer frames
     /// ([`wanmux_core::peer::PeerFrame::encode`]), back to back, at most [`MAX_MESSAGE`] bytes.
-    /// Waits while [`SEND_QUEUE`] messages are queued: the link's pace is the sender's.
+    /// Waits while its queue (`cluster.relay_queue`) is full: the link's pace is the sender's.
     pub(crate) async fn send(&self, message: Bytes) -> Result<(), SendError> {
         if message.len() > MAX_MESSAGE {
             return Err(SendError::TooLong(message.len()));
@@ -244,6 +250,7 @@ impl Mesh {
                 .map(|p| (p.public_key, p.clone()))
                 .collect(),
             handshake_timeout: config.handshake_timeout,
+            send_queue: send_queue(cluster.relay_queue),
             links: Mutex::new(Links::default()),
             up: watch::Sender::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
@@ -346,7 +353,7 @@ impl Mesh {
         addr: SocketAddr,
         instance: u64,
     ) -> Option<(u64, Arc<Notify>, mpsc::Receiver<Bytes>)> {
-        let (tx, rx) = mpsc::channel(SEND_QUEUE);
+        let (tx, rx) = mpsc::channel(self.send_queue);
         let kill = Arc::new(Notify::new());
         let mut links = self.lock();
         if self.stopped.load(Ordering::SeqCst) {
@@ -433,6 +440,7 @@ mod tests {
         );
         c.cluster = Some(Cluster {
             listen: "127.0.0.1:0".parse().unwrap(),
+            relay_queue: Cluster::DEFAULT_RELAY_QUEUE,
             psk: None,
             peers: vec![Peer {
                 id: NonZeroU16::new(peer.0).unwrap(),
