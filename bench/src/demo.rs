@@ -175,6 +175,7 @@ impl TunnelKeys {
             vec![PortMap {
                 listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
                 service: bench_service(),
+                spread: Default::default(),
             }],
         );
         cfg.links = Links::fixed(links);

@@ -11,8 +11,10 @@
 //! a live link (among all nodes while none has one, so the stream waits for the first link).
 
 use crate::dial::{self, SharedState};
+use crate::route::Routes;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tracing::warn;
@@ -54,6 +56,14 @@ pub struct NodeStatus {
     pub bytes_sent: u64,
     /// Plaintext bytes received on its live links.
     pub bytes_received: u64,
+    /// Bytes of other owners' sections sent on its links (upstream, relayed by this node).
+    pub relayed_sent: u64,
+    /// Bytes of other owners' sections received on its links (downstream, relayed by it).
+    pub relayed_received: u64,
+    /// Bytes of this node's sections sent on other nodes' links (its streams, striped).
+    pub striped_sent: u64,
+    /// Bytes of this node's sections received on other nodes' links.
+    pub striped_received: u64,
 }
 
 impl NodeSession {
@@ -67,11 +77,14 @@ impl NodeSession {
         }
     }
 
-    pub(crate) fn status(&self) -> NodeStatus {
+    /// The node's numbers; `routes` has what was relayed.
+    pub(crate) fn status(&self, routes: &Routes) -> NodeStatus {
         let links = self.driver.live_links();
+        let (carried, owned) = routes.totals(self.id);
         self.driver.with(|s, _| {
             let (mut sent, mut received) = (0, 0);
-            for l in s.links().filter_map(|l| s.link_stats(l)) {
+            let direct = s.links().filter(|&l| !s.is_relayed(l));
+            for l in direct.filter_map(|l| s.link_stats(l)) {
                 sent += l.bytes_sent;
                 received += l.bytes_received;
             }
@@ -81,6 +94,10 @@ impl NodeSession {
                 streams: s.stream_count(),
                 bytes_sent: sent,
                 bytes_received: received,
+                relayed_sent: carried.0,
+                relayed_received: carried.1,
+                striped_sent: owned.0,
+                striped_received: owned.1,
             }
         })
     }
@@ -97,6 +114,8 @@ impl NodeSession {
 pub(crate) struct Cluster {
     pub(crate) nodes: Vec<NodeSession>,
     policy: OwnerPolicy,
+    /// Every node again, for the links' routers, and what was relayed.
+    pub(crate) routes: Arc<Routes>,
     /// Connections refused for want of a link: (since when counted, how many).
     refused: std::sync::Mutex<(Instant, u64)>,
 }
@@ -105,13 +124,14 @@ pub(crate) struct Cluster {
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Cluster {
-    pub(crate) fn new(nodes: Vec<NodeSession>, policy: OwnerPolicy) -> Self {
+    pub(crate) fn new(nodes: Vec<NodeSession>, policy: OwnerPolicy, routes: Arc<Routes>) -> Self {
         let long_ago = Instant::now()
             .checked_sub(REFUSAL_LOG_EVERY)
             .unwrap_or_else(Instant::now);
         Cluster {
             nodes,
             policy,
+            routes,
             refused: std::sync::Mutex::new((long_ago, 0)),
         }
     }
@@ -189,6 +209,20 @@ impl Cluster {
                 .push(SessionStatus::of(&n.driver, id, format!("node {}", n.id.0)));
         }
         st.totals = totals.into();
+        if self.nodes.len() > 1 {
+            st.relayed = self
+                .nodes
+                .iter()
+                .map(|n| {
+                    let ((sent, received), _) = self.routes.totals(n.id);
+                    wanmux_core::status::RelayedStatus {
+                        node: n.id.0,
+                        sent_bytes: sent,
+                        received_bytes: received,
+                    }
+                })
+                .collect();
+        }
         st
     }
 

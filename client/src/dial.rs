@@ -87,6 +87,8 @@ pub(crate) struct Slot {
     pub(crate) lanes: u16,
     /// Told of every link up and failed dial: readiness, and the rate-limited `warn` log.
     pub(crate) dials: std::sync::Arc<crate::ready::Dials>,
+    /// Every node of the client, for the sub-links a link carries (`route`).
+    pub(crate) routes: std::sync::Arc<crate::route::Routes>,
 }
 
 /// The client's QUIC endpoints (one UDP socket per address family), made on first use and
@@ -151,7 +153,12 @@ impl Slot {
             };
             match dialed {
                 None => pick.failed(),
-                Some((reader, writer, carrier)) => {
+                Some(Up {
+                    reader,
+                    writer,
+                    carrier,
+                    relay,
+                }) => {
                     self.dials.link_up();
                     let up = Instant::now();
                     let link = self.link.clone();
@@ -161,13 +168,20 @@ impl Slot {
                         let transport = carrier;
                         driver.label_link(id, driver::LinkLabel { address, transport });
                     };
-                    let run = driver::link::run_with(
+                    let router = relay.then(|| {
+                        std::sync::Arc::new(crate::route::ClientRouter::new(
+                            wanmux_core::ids::NodeId(self.node.id.get()),
+                            self.routes.clone(),
+                        )) as std::sync::Arc<dyn driver::link::Router>
+                    });
+                    let run = driver::link::run_routed(
                         self.driver.clone(),
                         reader,
                         writer,
                         None,
                         self.is_lane(),
                         set,
+                        router,
                     );
                     let end = if pick.at_home() {
                         Some(run.await)
@@ -213,11 +227,7 @@ impl Slot {
 
     /// Dials `addr` and checks the epoch the node reports; `None` (logged at debug) when no
     /// link that may join the session came of it.
-    async fn connect(
-        &self,
-        addr: &str,
-        first: &[u8],
-    ) -> Option<(noise::LinkReader, noise::LinkWriter, &'static str)> {
+    async fn connect(&self, addr: &str, first: &[u8]) -> Option<Up> {
         let started = Instant::now();
         match self.dial(addr, first).await {
             Ok(d) if !self.check_epoch(d.epoch, started, d.session_id) => {
@@ -225,8 +235,16 @@ impl Slot {
                 None
             }
             Ok(d) => {
-                info!(node = %self.node.id, %addr, link_seq = self.link_seq, transport = d.carrier, "link up");
-                Some((d.reader, d.writer, d.carrier))
+                info!(
+                    node = %self.node.id, %addr, link_seq = self.link_seq, transport = d.carrier,
+                    relay = d.relay, "link up"
+                );
+                Some(Up {
+                    reader: d.reader,
+                    writer: d.writer,
+                    carrier: d.carrier,
+                    relay: d.relay,
+                })
             }
             Err(e) => {
                 self.dials.failed(
@@ -243,11 +261,7 @@ impl Slot {
     /// Runs beside a link that is away from its home address: dials home after
     /// [`REHOME_FIRST`], then at doubling intervals up to [`REHOME_MAX`], each with jitter, and
     /// returns the first link that comes up.
-    async fn rehome(
-        &self,
-        home: &str,
-        first: &[u8],
-    ) -> (noise::LinkReader, noise::LinkWriter, &'static str) {
+    async fn rehome(&self, home: &str, first: &[u8]) -> Up {
         let mut wait = REHOME_FIRST;
         loop {
             tokio::time::sleep(jitter(wait)).await;
@@ -299,6 +313,8 @@ impl Slot {
             session,
             link_seq: self.link_seq,
             lane: self.is_lane(),
+            // Sections for other owners only make sense with other nodes to route to.
+            relay: self.routes.node_count() > 1,
         };
         let ((reader, writer, server), carrier) = match self.transport {
             LinkTransport::Tcp => (self.dial_tcp(addr, &hello, first).await?, TCP),
@@ -320,6 +336,7 @@ impl Slot {
             epoch: server.epoch,
             session_id,
             carrier,
+            relay: server.relay && self.routes.node_count() > 1,
         })
     }
 }
@@ -429,6 +446,18 @@ struct Dialed {
     session_id: SessionId,
     /// What the link runs over: [`TCP`] or [`QUIC`].
     carrier: &'static str,
+    /// The node agreed to routed messages on this link.
+    relay: bool,
+}
+
+/// A link up and ready to join the session: [`Dialed`] less what joining checked.
+struct Up {
+    reader: noise::LinkReader,
+    writer: noise::LinkWriter,
+    /// What the link runs over: [`TCP`] or [`QUIC`].
+    carrier: &'static str,
+    /// The node agreed to routed messages on this link.
+    relay: bool,
 }
 
 /// Full jitter: a time drawn uniformly from `[d/2, d]`.

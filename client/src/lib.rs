@@ -18,6 +18,7 @@ mod dial;
 mod pool;
 mod ready;
 mod reload;
+mod route;
 
 pub use cluster::NodeStatus;
 
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
-use wanmux_config::{ClientConfig, LinkTransport, ServiceName};
+use wanmux_config::{ClientConfig, LinkTransport, ServiceName, Spread};
 use wanmux_core::budget::Budget;
 use wanmux_core::control::{self, ControlSocket};
 use wanmux_core::daemon;
@@ -145,7 +146,18 @@ impl ClientHandle {
 
     /// Each configured node: its links, the streams it owns and its bytes, in config order.
     pub fn nodes(&self) -> Vec<NodeStatus> {
-        self.cluster.nodes.iter().map(|n| n.status()).collect()
+        let routes = &self.cluster.routes;
+        self.cluster
+            .nodes
+            .iter()
+            .map(|n| n.status(routes))
+            .collect()
+    }
+
+    /// Bytes of `owner`'s sections (sent, received) on the client's links to node `via`:
+    /// what `via` relayed for `owner` (0 for `via == owner`).
+    pub fn relayed(&self, via: u16, owner: u16) -> (u64, u64) {
+        self.cluster.routes.relayed(NodeId(via), NodeId(owner))
     }
 
     /// Streams open now, on all nodes.
@@ -241,7 +253,9 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     }
     let carriers = Arc::new(carrier::Carriers::new(tcp_host));
     let dials = Arc::new(ready::Dials::default());
+    let routes = Arc::new(route::Routes::default());
     let mut nodes = Vec::new();
+    let mut templates = Vec::new();
     for (node, hs) in config.auth.handshakes() {
         let id = NodeId(node.id.get());
         let session = Session::with_budget(Role::Client, config.limits.into(), budget.clone());
@@ -266,13 +280,29 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
             carriers: carriers.clone(),
             lanes: config.lanes,
             dials: dials.clone(),
+            routes: routes.clone(),
         };
+        templates.push(template);
+        nodes.push(n);
+    }
+    routes.set_nodes(
+        nodes
+            .iter()
+            .map(|n| route::RouteNode {
+                id: n.id,
+                driver: n.driver.clone(),
+                state: n.state.clone(),
+            })
+            .collect(),
+    );
+    // The pools start once every node is known: a link asks for routed messages only if there
+    // are other nodes to route to.
+    for (n, template) in nodes.iter_mut().zip(templates) {
         n.tasks.push(tokio::spawn(
             pool::run(template, config.links).instrument(span.clone()),
         ));
-        nodes.push(n);
     }
-    let cluster = Arc::new(Cluster::new(nodes, config.owner));
+    let cluster = Arc::new(Cluster::new(nodes, config.owner, routes));
     let mut maps = Vec::new();
     let mut listeners = Vec::new();
     for (i, map) in config.maps.iter().enumerate() {
@@ -285,6 +315,7 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
                 listener.clone(),
                 cluster.clone(),
                 map.service.clone(),
+                map.spread,
                 config.no_link_hold,
             )
             .instrument(span.clone()),
@@ -378,12 +409,13 @@ async fn accept_loop(
     listener: Arc<TcpListener>,
     cluster: Arc<Cluster>,
     service: ServiceName,
+    spread: Spread,
     hold: std::time::Duration,
 ) {
     loop {
         let (tcp, peer) = daemon::accept(&listener, |e| warn!(error = %e, "accept failed")).await;
         if cluster.live_links() > 0 {
-            open(&cluster, tcp, peer, &service);
+            open(&cluster, tcp, peer, &service, spread);
             continue;
         }
         // No link to any node: hold the connection a short while for one, then refuse it.
@@ -391,7 +423,7 @@ async fn accept_loop(
         tokio::spawn(
             async move {
                 if cluster.wait_live(hold).await {
-                    open(&cluster, tcp, peer, &service);
+                    open(&cluster, tcp, peer, &service, spread);
                 } else {
                     cluster.refuse(tcp, peer);
                 }
@@ -402,11 +434,20 @@ async fn accept_loop(
 }
 
 /// Opens a stream for an accepted connection on the node that owns it, and runs it.
-fn open(cluster: &Cluster, tcp: tokio::net::TcpStream, peer: SocketAddr, service: &ServiceName) {
+fn open(
+    cluster: &Cluster,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    service: &ServiceName,
+    spread: Spread,
+) {
     let node = cluster.choose(peer);
+    // With one node, pin and stripe are the same: the plain OPEN keeps a node that does not know
+    // OPEN_PIN working.
+    let pin = spread == Spread::Pin && cluster.nodes.len() > 1;
     match node
         .driver
-        .with(|s, now| s.open_stream(now, node.id, service.as_str()))
+        .with(|s, now| s.open_stream_spread(now, node.id, service.as_str(), pin))
     {
         Ok(id) => {
             debug!(%peer, stream = %id, owner = %node.id, "connection accepted");

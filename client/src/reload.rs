@@ -101,6 +101,7 @@ impl ClientHandle {
                         socket,
                         self.cluster.clone(),
                         service.clone(),
+                        map.spread,
                         self.no_link_hold,
                     )
                     .instrument(span.clone()),

@@ -320,6 +320,30 @@ pub struct PortMap {
     /// client cannot check that the server has it; an unknown name makes the server reset the
     /// stream with code 1.
     pub service: ServiceName,
+    /// How a stream's frames use the nodes (`map[N].spread`, default stripe).
+    pub spread: Spread,
+}
+
+/// How the frames of a map's streams use the cluster's nodes (`[[map]] spread`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Spread {
+    /// Over the links to every node (`"stripe"`, the default): a node that does not own the
+    /// stream relays its frames to the owner over the cluster LAN, and the owner sends back
+    /// through its peers too. One connection is not capped by one node's path.
+    #[default]
+    Stripe,
+    /// On the owner's links only, in both directions (`"pin"`).
+    Pin,
+}
+
+impl Spread {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Spread::Stripe => "stripe",
+            Spread::Pin => "pin",
+        }
+    }
 }
 
 /// The Noise credentials for one node: what a link to it authenticates with.
@@ -640,6 +664,7 @@ struct RawLinks {
 struct RawMap {
     listen: Option<Spanned<String>>,
     service: Option<Spanned<String>>,
+    spread: Option<Spanned<String>>,
 }
 
 impl RawClientFile {
@@ -1090,11 +1115,30 @@ fn convert_maps(raw: &[Spanned<RawMap>], errs: &mut Collector<'_>) -> Option<Vec
             "service name",
         )
         .and_then(|v| common::service_name(errs, &service_key, v));
+        let spread = match m.spread.as_ref() {
+            None => Some(Spread::default()),
+            Some(v) => match v.get_ref().as_str() {
+                "stripe" => Some(Spread::Stripe),
+                "pin" => Some(Spread::Pin),
+                other => {
+                    errs.push(
+                        format!("map[{i}].spread"),
+                        Some(v.span()),
+                        format!("{other:?} is not a spread (use \"stripe\" or \"pin\")"),
+                    );
+                    None
+                }
+            },
+        };
         if let Some(l) = listen {
             listens.push((i, l));
         }
-        if let (Some(listen), Some(service)) = (listen, service) {
-            out.push(PortMap { listen, service });
+        if let (Some(listen), Some(service), Some(spread)) = (listen, service, spread) {
+            out.push(PortMap {
+                listen,
+                service,
+                spread,
+            });
         }
     }
     let addrs: Vec<SocketAddr> = listens.iter().map(|&(_, a)| a).collect();

@@ -536,7 +536,7 @@ impl RawLimits {
 
 /// Converts an optional integer that must lie in `range`: `Some(None)` when absent,
 /// `Some(Some(v))` when valid, `None` (error recorded) when out of range.
-fn int_in<T>(
+pub(crate) fn int_in<T>(
     errs: &mut Collector<'_>,
     key: &str,
     v: Option<&Spanned<i64>>,

@@ -33,7 +33,7 @@ mod server;
 
 pub use client::{
     ClientAuth, ClientConfig, LinkTransport, Links, Node, NodeAddrs, NodeHandshake, OwnerPolicy,
-    PinnedNode, PortMap,
+    PinnedNode, PortMap, Spread,
 };
 pub use common::{Host, HostPort, HostPortError, Limits, ServiceName, ServiceNameError};
 pub use error::{ConfigError, ConfigErrors};

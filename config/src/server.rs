@@ -80,6 +80,17 @@ pub struct Cluster {
     pub psk: Option<Psk>,
     /// The other nodes. Non-empty; ids, keys and addresses unique, none of them this node's.
     pub peers: Vec<Peer>,
+    /// Bytes of relayed sections that may wait for one peer link (`cluster.relay_queue`,
+    /// default 4 MiB, range 64 KiB..=1 GiB): while they do, the client links whose sections are
+    /// for that peer are not read. Memory: up to this much per peer, beside `limits.memory`.
+    pub relay_queue: u64,
+}
+
+impl Cluster {
+    /// Default `relay_queue`: 4 MiB.
+    pub const DEFAULT_RELAY_QUEUE: u64 = 4 << 20;
+    /// Allowed `relay_queue` values: 64 KiB..=1 GiB.
+    pub const RELAY_QUEUE_RANGE: std::ops::RangeInclusive<u64> = (64 << 10)..=(1 << 30);
 }
 
 /// Another node of the cluster (`[[peer]]`).
@@ -311,6 +322,18 @@ fn check_cluster(
             (None, None)
         }
     };
+    if !Cluster::RELAY_QUEUE_RANGE.contains(&cluster.relay_queue) {
+        errs.push(
+            "cluster.relay_queue",
+            spans.table.clone(),
+            format!(
+                "{} is out of range {}..={}",
+                cluster.relay_queue,
+                Cluster::RELAY_QUEUE_RANGE.start(),
+                Cluster::RELAY_QUEUE_RANGE.end()
+            ),
+        );
+    }
     if common::listens_overlap(&cluster.listen, &config.listen) {
         errs.push(
             "cluster.listen",
@@ -418,6 +441,7 @@ struct RawCluster {
     listen: Option<Spanned<String>>,
     psk: Option<Spanned<String>>,
     psk_file: Option<Spanned<String>>,
+    relay_queue: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -573,6 +597,12 @@ fn convert_cluster(
         "socket address",
     )
     .and_then(|v| common::socket_addr(errs, "cluster.listen", v));
+    let relay_queue = common::int_in(
+        errs,
+        "cluster.relay_queue",
+        c.relay_queue.as_ref(),
+        &Cluster::RELAY_QUEUE_RANGE,
+    );
     let psk: Loaded<Psk> = KeySource {
         prefix: "cluster",
         name: "psk",
@@ -630,6 +660,7 @@ fn convert_cluster(
             listen: listen?,
             psk,
             peers,
+            relay_queue: relay_queue?.unwrap_or(Cluster::DEFAULT_RELAY_QUEUE),
         },
         spans,
     )))

@@ -981,6 +981,7 @@ fn code_built_configs_validate() {
     let map = PortMap {
         listen: "127.0.0.1:7000".parse().unwrap(),
         service: "echo".parse().unwrap(),
+        spread: Default::default(),
     };
     let auth = ClientAuth::PskOnly {
         psk: Psk::from_bytes([1; 32]),
@@ -1071,6 +1072,24 @@ fn cluster_owner() {
         static_client()
     )));
     assert_eq!(e.line, Some(13));
+}
+
+#[test]
+fn map_spread() {
+    let c = client(&static_client()).unwrap();
+    assert_eq!(c.maps[0].spread, Spread::Stripe);
+    for (name, want) in [("stripe", Spread::Stripe), ("pin", Spread::Pin)] {
+        let text = format!("{}spread = \"{name}\"\n", static_client());
+        let c = client(&text).unwrap();
+        assert_eq!(c.maps[0].spread, want);
+        assert_eq!(want.as_str(), name);
+    }
+    let e = one_error(client(&format!("{}spread = \"wide\"\n", static_client())));
+    assert_eq!((e.key.as_str(), e.line), ("map[0].spread", Some(12)));
+    assert_eq!(
+        e.message,
+        "\"wide\" is not a spread (use \"stripe\" or \"pin\")"
+    );
 }
 
 #[test]
@@ -1404,6 +1423,7 @@ fn code_built_node_addrs() {
     let map = PortMap {
         listen: "127.0.0.1:7000".parse().unwrap(),
         service: "echo".parse().unwrap(),
+        spread: Default::default(),
     };
     let with_nodes = |nodes: Vec<Node>| {
         ClientConfig::new(
@@ -1646,6 +1666,28 @@ fn cluster_field_errors_name_key_and_line() {
 }
 
 #[test]
+fn cluster_relay_queue() {
+    let base = |extra: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:4480\"\nnode_id = 1\nprivate_key = \"{}\"\n\
+             allowed_clients = [\"{}\"]\n\n[cluster]\nlisten = \"127.0.0.1:4481\"\n{extra}\n\
+             [[peer]]\nid = 2\naddr = \"127.0.0.1:4482\"\npublic_key = \"{}\"\n\n\
+             [[service]]\nname = \"game\"\ntarget = \"127.0.0.1:7000\"\n",
+            b64(1),
+            PrivateKey::from_bytes([2; 32]).public_key().to_base64(),
+            PrivateKey::from_bytes([3; 32]).public_key().to_base64(),
+        )
+    };
+    let c = server(&base("")).unwrap();
+    assert_eq!(c.cluster.unwrap().relay_queue, Cluster::DEFAULT_RELAY_QUEUE);
+    let c = server(&base("relay_queue = 1048576")).unwrap();
+    assert_eq!(c.cluster.unwrap().relay_queue, 1 << 20);
+    let e = one_error(server(&base("relay_queue = 1000")));
+    assert_eq!((e.key.as_str(), e.line), ("cluster.relay_queue", Some(9)));
+    assert_eq!(e.message, "1000 is out of range 65536..=1073741824");
+}
+
+#[test]
 fn code_built_cluster_validates() {
     let mut c = server(&static_server()).unwrap();
     let peer = |id: u16, addr: &str, key: u8| Peer {
@@ -1655,6 +1697,7 @@ fn code_built_cluster_validates() {
     };
     c.cluster = Some(Cluster {
         listen: "127.0.0.1:0".parse().unwrap(),
+        relay_queue: Cluster::DEFAULT_RELAY_QUEUE,
         psk: None,
         peers: vec![peer(2, "127.0.0.1:9", 12), peer(3, "127.0.0.1:10", 13)],
     });
@@ -1662,6 +1705,7 @@ fn code_built_cluster_validates() {
 
     c.cluster = Some(Cluster {
         listen: "[::]:4480".parse().unwrap(),
+        relay_queue: Cluster::DEFAULT_RELAY_QUEUE,
         psk: None,
         peers: vec![
             peer(1, "127.0.0.1:9", 1),

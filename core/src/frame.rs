@@ -40,6 +40,7 @@ const DATA_FIN: u8 = 0x12;
 const RESET: u8 = 0x13;
 const WINDOW: u8 = 0x14;
 const SESSION_WINDOW: u8 = 0x15;
+const OPEN_PIN: u8 = 0x16;
 const EXTENSION_MIN: u8 = 0x80;
 
 /// One frame.
@@ -60,6 +61,9 @@ pub enum Frame {
         stream: StreamId,
         /// Service name, at most 255 bytes of UTF-8.
         service: String,
+        /// The client keeps the stream's frames on its owner's links (`spread = "pin"`) and
+        /// asks the owner to do the same downstream (encoded as type `OPEN_PIN`).
+        pin: bool,
     },
     /// Stream bytes `[offset, offset + data.len())`; with `fin`, the stream ends after them.
     Data {
@@ -146,13 +150,17 @@ impl Frame {
             PONG => Frame::Pong(take_u64(buf, "PONG")?),
             CLOSE => Frame::Close(take_u16(buf, "CLOSE")?),
             MORE_LINKS => Frame::MoreLinks,
-            OPEN => {
+            OPEN | OPEN_PIN => {
                 let stream = StreamId(take_u64(buf, "OPEN")?);
                 let len = usize::from(take_u8(buf, "OPEN")?);
                 let name = take_bytes(buf, len, "OPEN")?;
                 let service =
                     String::from_utf8(name.to_vec()).map_err(|_| FrameError::BadServiceName)?;
-                Frame::Open { stream, service }
+                Frame::Open {
+                    stream,
+                    service,
+                    pin: ty == OPEN_PIN,
+                }
             }
             DATA | DATA_FIN => {
                 let stream = StreamId(take_u64(buf, "DATA")?);
@@ -229,9 +237,13 @@ impl Frame {
                 out.put_u8(CLOSE);
                 out.put_u16(*code);
             }
-            Frame::Open { stream, service } => {
+            Frame::Open {
+                stream,
+                service,
+                pin,
+            } => {
                 debug_assert!(service.len() <= MAX_SERVICE_NAME);
-                out.put_u8(OPEN);
+                out.put_u8(if *pin { OPEN_PIN } else { OPEN });
                 out.put_u64(stream.0);
                 out.put_u8(service.len() as u8);
                 out.put_slice(service.as_bytes());
@@ -329,10 +341,17 @@ mod tests {
             Frame::Open {
                 stream: s,
                 service: "game".into(),
+                pin: false,
             },
             Frame::Open {
                 stream: s,
                 service: "x".repeat(255),
+                pin: false,
+            },
+            Frame::Open {
+                stream: s,
+                service: "bulk".into(),
+                pin: true,
             },
             Frame::Data {
                 stream: s,

@@ -28,6 +28,7 @@ pub mod peer;
 #[cfg(feature = "io")]
 pub mod quic;
 mod range_set;
+pub mod route;
 #[cfg(feature = "daemon")]
 pub mod status;
 #[cfg(feature = "io")]

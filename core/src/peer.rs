@@ -22,12 +22,14 @@ const RELAY: u8 = 0x22;
 const VIA_UP: u8 = 0x23;
 const VIA_DOWN: u8 = 0x24;
 const NO_SESSION: u8 = 0x25;
+const VIA_CREDIT: u8 = 0x26;
+const RELAY_DOWN: u8 = 0x27;
 /// Core frames a peer link carries: `PING`, `PONG`, `CLOSE`.
 const CORE_ON_PEER_LINK: std::ops::RangeInclusive<u8> = 0x01..=0x03;
 const EXTENSION_MIN: u8 = 0x80;
 
-/// Bytes a `RELAY` header takes: type, handle, via, length.
-pub const RELAY_HEADER: usize = 1 + 4 + 4 + 2;
+/// Bytes a `RELAY` header takes: type, handle, via, epoch, length.
+pub const RELAY_HEADER: usize = 1 + 4 + 4 + 8 + 2;
 
 /// Largest payload of one `RELAY` (the frames of one client link message, or the part of them
 /// for one owner): what is left of a message after the header. A client message can be longer,
@@ -67,12 +69,17 @@ pub enum PeerFrame {
         /// The handle.
         handle: Handle,
     },
-    /// The frames of one client link message (or the part of it for the receiver), unchanged.
+    /// The frames of one sub-link message (a `ROUTE` section), unchanged.
     Relay {
         /// The session.
         handle: Handle,
         /// The client link at the relaying node.
         via: Via,
+        /// The owner's epoch of the session, as the client knows it.
+        epoch: u64,
+        /// Owner to relay (`RELAY_DOWN`, a virtual link's message for the client link `via`
+        /// of the receiver), rather than relay to owner (`RELAY`, a section the client sent).
+        down: bool,
         /// Core frames, back to back; at most [`MAX_RELAY`] bytes.
         frames: Bytes,
     },
@@ -90,12 +97,28 @@ pub enum PeerFrame {
         /// The client link.
         via: Via,
     },
-    /// The owner has no such session or epoch; the relay tells the client.
+    /// The owner has no such session or epoch (code 1), or refused the frames of a sub-link
+    /// (code 2: the client link breaks the protocol); the relay tells the client, or closes
+    /// its link.
     NoSession {
         /// The relay's handle of the session.
         handle: Handle,
+        /// The client link the refused frames came on.
+        via: Via,
+        /// The epoch the refused frames named.
+        epoch: u64,
         /// Why.
         code: u16,
+    },
+    /// The relay wrote `bytes` of the receiver's sections onto client link `via`: the receiver
+    /// may send that much more through it.
+    ViaCredit {
+        /// The session.
+        handle: Handle,
+        /// The client link.
+        via: Via,
+        /// Bytes of section payload written.
+        bytes: u32,
     },
     /// An extension frame (`0x80..`) this version does not know; it was skipped.
     Unknown(u8),
@@ -159,13 +182,16 @@ impl PeerFrame {
             UNBIND => PeerFrame::Unbind {
                 handle: take_handle(buf, "UNBIND")?,
             },
-            RELAY => {
+            RELAY | RELAY_DOWN => {
                 let handle = take_handle(buf, "RELAY")?;
                 let via = Via(take_u32(buf, "RELAY")?);
+                let epoch = take_u64(buf, "RELAY")?;
                 let len = usize::from(take_u16(buf, "RELAY")?);
                 PeerFrame::Relay {
                     handle,
                     via,
+                    epoch,
+                    down: ty == RELAY_DOWN,
                     frames: take_bytes(buf, len, "RELAY")?,
                 }
             }
@@ -179,10 +205,17 @@ impl PeerFrame {
             },
             NO_SESSION => PeerFrame::NoSession {
                 handle: take_handle(buf, "NO_SESSION")?,
+                via: Via(take_u32(buf, "NO_SESSION")?),
+                epoch: take_u64(buf, "NO_SESSION")?,
                 code: take_u16(buf, "NO_SESSION")?,
             },
-            // `MORE_LINKS`, and the stream frames `OPEN` to `SESSION_WINDOW`.
-            0x04 | 0x10..=0x15 => return Err(PeerFrameError::NotOnPeerLink(ty)),
+            VIA_CREDIT => PeerFrame::ViaCredit {
+                handle: take_handle(buf, "VIA_CREDIT")?,
+                via: Via(take_u32(buf, "VIA_CREDIT")?),
+                bytes: take_u32(buf, "VIA_CREDIT")?,
+            },
+            // `MORE_LINKS`, `ROUTE`, `ROUTE_DOWN`, and the stream frames `OPEN` to `OPEN_PIN`.
+            0x04 | 0x07 | 0x08 | 0x10..=0x16 => return Err(PeerFrameError::NotOnPeerLink(ty)),
             t => return Err(PeerFrameError::UnknownType(t)),
         };
         Ok(Some(frame))
@@ -197,7 +230,8 @@ impl PeerFrame {
             PeerFrame::Unbind { .. } => 1 + 4,
             PeerFrame::Relay { frames, .. } => RELAY_HEADER + frames.len(),
             PeerFrame::ViaUp { .. } | PeerFrame::ViaDown { .. } => 1 + 4 + 4,
-            PeerFrame::NoSession { .. } => 1 + 4 + 2,
+            PeerFrame::NoSession { .. } => 1 + 4 + 4 + 8 + 2,
+            PeerFrame::ViaCredit { .. } => 1 + 4 + 4 + 4,
         }
     }
 
@@ -226,12 +260,15 @@ impl PeerFrame {
             PeerFrame::Relay {
                 handle,
                 via,
+                epoch,
+                down,
                 frames,
             } => {
                 debug_assert!(frames.len() <= MAX_RELAY);
-                out.put_u8(RELAY);
+                out.put_u8(if *down { RELAY_DOWN } else { RELAY });
                 out.put_u32(handle.0);
                 out.put_u32(via.0);
+                out.put_u64(*epoch);
                 out.put_u16(frames.len() as u16);
                 out.put_slice(frames);
             }
@@ -245,10 +282,23 @@ impl PeerFrame {
                 out.put_u32(handle.0);
                 out.put_u32(via.0);
             }
-            PeerFrame::NoSession { handle, code } => {
+            PeerFrame::NoSession {
+                handle,
+                via,
+                epoch,
+                code,
+            } => {
                 out.put_u8(NO_SESSION);
                 out.put_u32(handle.0);
+                out.put_u32(via.0);
+                out.put_u64(*epoch);
                 out.put_u16(*code);
+            }
+            PeerFrame::ViaCredit { handle, via, bytes } => {
+                out.put_u8(VIA_CREDIT);
+                out.put_u32(handle.0);
+                out.put_u32(via.0);
+                out.put_u32(*bytes);
             }
         }
     }
@@ -265,6 +315,7 @@ impl PeerFrame {
             PeerFrame::ViaUp { .. } => "VIA_UP",
             PeerFrame::ViaDown { .. } => "VIA_DOWN",
             PeerFrame::NoSession { .. } => "NO_SESSION",
+            PeerFrame::ViaCredit { .. } => "VIA_CREDIT",
             PeerFrame::Unknown(_) => "extension",
         }
     }
@@ -272,6 +323,11 @@ impl PeerFrame {
 
 fn take_u32(buf: &mut Bytes, what: &'static str) -> Result<u32, PeerFrameError> {
     buf.try_get_u32()
+        .map_err(|_| PeerFrameError::Truncated(what))
+}
+
+fn take_u64(buf: &mut Bytes, what: &'static str) -> Result<u64, PeerFrameError> {
+    buf.try_get_u64()
         .map_err(|_| PeerFrameError::Truncated(what))
 }
 
@@ -310,16 +366,22 @@ mod tests {
             PeerFrame::Relay {
                 handle: Handle(2),
                 via: Via(3),
+                epoch: 11,
+                down: false,
                 frames: relayed.freeze(),
             },
             PeerFrame::Relay {
                 handle: Handle(2),
                 via: Via(3),
+                epoch: u64::MAX,
+                down: true,
                 frames: vec![0x55; MAX_RELAY].into(),
             },
             PeerFrame::Relay {
                 handle: Handle(0),
                 via: Via(0),
+                epoch: 0,
+                down: false,
                 frames: Bytes::new(),
             },
             PeerFrame::ViaUp {
@@ -332,7 +394,14 @@ mod tests {
             },
             PeerFrame::NoSession {
                 handle: Handle(8),
+                via: Via(1),
+                epoch: 99,
                 code: 4,
+            },
+            PeerFrame::ViaCredit {
+                handle: Handle(8),
+                via: Via(2),
+                bytes: 65_000,
             },
             PeerFrame::Unknown(0x80),
         ]
@@ -403,7 +472,7 @@ mod tests {
             data: Bytes::from_static(b"x"),
         }
         .encode(&mut data);
-        for ty in [0x04, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15] {
+        for ty in [0x04, 0x07, 0x08, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16] {
             let mut b = Bytes::from(vec![ty; 40]);
             assert_eq!(
                 PeerFrame::decode(&mut b),
@@ -414,7 +483,7 @@ mod tests {
             PeerFrame::decode(&mut data.freeze()),
             Err(PeerFrameError::NotOnPeerLink(0x11))
         );
-        for ty in [0x00, 0x05, 0x16, 0x1f, 0x26, 0x7f] {
+        for ty in [0x00, 0x05, 0x17, 0x1f, 0x28, 0x7f] {
             let mut b = Bytes::from(vec![ty; 40]);
             assert_eq!(
                 PeerFrame::decode(&mut b),
@@ -442,7 +511,7 @@ mod tests {
             // Bias the first byte toward the peer frame types.
             if let Some(first) = v.first_mut() {
                 if rng.random_bool(0.5) {
-                    *first = rng.random_range(0x20..=0x25);
+                    *first = rng.random_range(0x20..=0x27);
                 }
             }
             let mut b = Bytes::from(v);

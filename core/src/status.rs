@@ -37,6 +37,11 @@ pub struct Status {
     /// Config reloads (SIGHUP) since start.
     #[serde(default)]
     pub reloads: ReloadsView,
+    /// Striping over a cluster: bytes of `ROUTE` sections relayed, per node. On the client,
+    /// per node: the other owners' sections on that node's links; on a node, per peer: what
+    /// it relayed to that peer (sent) and from it (received). Empty without a cluster.
+    #[serde(default)]
+    pub relayed: Vec<RelayedStatus>,
 }
 
 /// The count of config reloads, kept by a running daemon and recorded by the daemon skeleton
@@ -79,6 +84,17 @@ pub struct ReloadsView {
     pub refused: u64,
     /// The last reload was refused: the daemon runs an older config than its file.
     pub last_refused: bool,
+}
+
+/// Section bytes relayed through (client) or with (node) one node.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RelayedStatus {
+    /// The node.
+    pub node: u16,
+    /// Upstream: client to owner.
+    pub sent_bytes: u64,
+    /// Downstream: owner to client.
+    pub received_bytes: u64,
 }
 
 /// [`Totals`] as it is rendered.
@@ -207,6 +223,7 @@ impl Status {
             sessions: Vec::new(),
             handshake_failures: BTreeMap::new(),
             reloads: ReloadsView::default(),
+            relayed: Vec::new(),
         }
     }
 
@@ -274,6 +291,15 @@ impl Status {
                 } else {
                     ""
                 }
+            );
+        }
+        for r in &self.relayed {
+            let _ = writeln!(
+                out,
+                "relayed with node {}: {:.1} MiB upstream, {:.1} MiB downstream",
+                r.node,
+                mib(r.sent_bytes),
+                mib(r.received_bytes),
             );
         }
         for s in &self.sessions {
@@ -467,6 +493,26 @@ impl Status {
             "1 for each link up, with where it goes and what it runs over (tcp or quic).",
             &["session", "peer", "link", "address", "transport"],
         );
+        let relayed_up = f.counter(
+            "wanmux_relayed_sent_bytes_total",
+            "Section bytes relayed upstream (client to owner), per node: on the client, other \
+             owners' sections on the node's links; on a node, what it relayed to that peer.",
+            &["node"],
+        );
+        let relayed_down = f.counter(
+            "wanmux_relayed_received_bytes_total",
+            "Section bytes relayed downstream (owner to client), per node, as the upstream ones.",
+            &["node"],
+        );
+        for r in &self.relayed {
+            let node = r.node.to_string();
+            relayed_up
+                .with_label_values(&[node.as_str()])
+                .inc_by(r.sent_bytes);
+            relayed_down
+                .with_label_values(&[node.as_str()])
+                .inc_by(r.received_bytes);
+        }
         for s in &self.sessions {
             let labels = [s.id.as_str(), s.peer.as_str()];
             open.with_label_values(&labels).set(s.streams as f64);

@@ -15,6 +15,7 @@
 mod fds;
 mod mesh;
 mod refused;
+mod relay;
 mod reload;
 mod session;
 
@@ -119,6 +120,12 @@ impl ServerHandle {
     /// The instance peer `id` reported on its latest link, live or not.
     pub fn peer_instance(&self, id: u16) -> Option<u64> {
         self.mesh.as_ref().and_then(|m| m.peer_instance(id))
+    }
+
+    /// Section bytes this node relayed to peer `id` (from its client links, upstream) and from
+    /// it (onto its client links, downstream) since start; (0, 0) without `[cluster]`.
+    pub fn relayed(&self, id: u16) -> (u64, u64) {
+        self.sessions.relay().map_or((0, 0), |r| r.relayed(id))
     }
 
     fn stop_accepting(&self) {
@@ -308,6 +315,15 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
     let metrics_listen = config.metrics_listen;
     let control_path = config.control_socket.clone();
     let sessions = Arc::new(Sessions::new(config));
+    if let Some(mesh) = &mesh {
+        let relay = Arc::new(relay::Relay::new(
+            sessions.node_id(),
+            mesh.clone(),
+            Arc::downgrade(&sessions),
+        ));
+        mesh.set_relay(Arc::downgrade(&relay));
+        sessions.set_relay(relay);
+    }
     let report = Arc::new(Report {
         sessions: sessions.clone(),
         refusals: refusals.clone(),
@@ -598,7 +614,11 @@ async fn handshake(
     let respond = |hello: &noise::ReceivedHello, key: Option<&wanmux_core::keys::PublicKey>| {
         sessions.check_replay(hello, key)?;
         replied.store(true, std::sync::atomic::Ordering::Relaxed);
-        Ok(sessions.server_hello((key.copied(), wanmux_core::ids::SessionId(hello.session_id))))
+        let mut reply =
+            sessions.server_hello((key.copied(), wanmux_core::ids::SessionId(hello.session_id)));
+        // Routed messages only where the client asked and this node can relay.
+        reply.relay = hello.relay && sessions.relay().is_some();
+        Ok(reply)
     };
     // One timeout for the whole handshake: QUIC's, then Noise's in what is left of it.
     let timeout = sessions.handshake_timeout();

@@ -20,7 +20,7 @@ use wanmux_core::status::{SessionStatus, Status};
 
 /// A session is found by the client's static key (none in PSK mode) and its session id, so one
 /// client cannot join another's session by guessing its id.
-type Key = (Option<PublicKey>, SessionId);
+pub(crate) type Key = (Option<PublicKey>, SessionId);
 
 /// How long an expired session's id is remembered (see `Sessions::tombstones`).
 const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
@@ -81,6 +81,8 @@ pub(crate) struct Sessions {
     budget_signal: BudgetSignal,
     /// Traffic totals of every session since start.
     counters: Arc<Counters>,
+    /// Striping over the cluster (`[cluster]`), set once at start.
+    relay: std::sync::OnceLock<Arc<crate::relay::Relay>>,
 }
 
 impl Sessions {
@@ -96,6 +98,7 @@ impl Sessions {
             replays: Mutex::new(ReplayGuard::default()),
             draining: AtomicBool::new(false),
             counters: Arc::default(),
+            relay: std::sync::OnceLock::new(),
         }
     }
 
@@ -105,6 +108,9 @@ impl Sessions {
         st.memory_used_bytes = self.budget.used(Pool::Recv) + self.budget.used(Pool::Send);
         st.memory_limit_bytes = self.budget.cap().saturating_mul(2);
         st.totals = self.counters.totals().into();
+        if let Some(relay) = self.relay.get() {
+            st.relayed = relay.relayed_all();
+        }
         let sessions: Vec<(Key, SessionDriver)> = self
             .lock()
             .iter()
@@ -116,6 +122,24 @@ impl Sessions {
                 .push(SessionStatus::of(&driver, id.to_string(), peer));
         }
         st
+    }
+
+    /// Sets the relay (once, at start, for a node in a cluster).
+    pub(crate) fn set_relay(&self, relay: Arc<crate::relay::Relay>) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// The relay, for a node in a cluster.
+    pub(crate) fn relay(&self) -> Option<&Arc<crate::relay::Relay>> {
+        self.relay.get()
+    }
+
+    /// The live session under `key`, if this node has it.
+    pub(crate) fn find(&self, key: Key) -> Option<SessionDriver> {
+        self.lock()
+            .get(&key)
+            .filter(|e| !e.driver.is_closed())
+            .map(|e| e.driver.clone())
     }
 
     pub(crate) fn budget(&self) -> &Budget {
@@ -295,6 +319,7 @@ impl Sessions {
         ServerHello {
             node_id: self.node_id(),
             epoch: self.epoch_key.hash_one((key, self.generation(key))),
+            relay: false,
         }
     }
 
@@ -323,13 +348,19 @@ impl Sessions {
             let address = peer.to_string();
             labels.label_link(id, driver::LinkLabel { address, transport });
         };
-        let end = driver::link::run_with(
+        let router = self
+            .relay
+            .get()
+            .filter(|_| acc.hello.relay)
+            .map(|r| r.router(acc.client_key));
+        let end = driver::link::run_routed(
             driver,
             acc.reader,
             acc.writer,
             Some(acc.first),
             acc.hello.lane,
             label,
+            router,
         )
         .instrument(span.clone())
         .await;

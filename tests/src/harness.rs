@@ -259,6 +259,7 @@ pub fn configs(auth: Auth, target: SocketAddr, links: u16) -> (ServerConfig, Cli
         vec![PortMap {
             listen: "127.0.0.1:0".parse().expect("addr"),
             service,
+            spread: Default::default(),
         }],
     );
     client.links = Links::fixed(links);
@@ -290,6 +291,7 @@ pub fn add_map(client: &mut ClientConfig, name: &str) {
     client.maps.push(PortMap {
         listen: "127.0.0.1:0".parse().expect("addr"),
         service: ServiceName::new(name).expect("valid name"),
+        spread: Default::default(),
     });
 }
 

@@ -64,6 +64,7 @@ fn hello() -> wanmux_core::noise::ClientHello {
         session: wanmux_core::noise::SessionSecret::generate(),
         link_seq: 0,
         lane: false,
+        relay: false,
     }
 }
 
@@ -412,6 +413,7 @@ impl RawLink {
             session: wanmux_core::noise::SessionSecret::from_bytes(session),
             link_seq,
             lane: false,
+            relay: false,
         };
         let (mut rd, writer, _) =
             wanmux_core::noise::connect(tcp, auth, &hello, &PING, HANDSHAKE_LIMIT).await?;

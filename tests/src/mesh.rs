@@ -62,6 +62,7 @@ pub fn node_config(
     );
     config.cluster = Some(Cluster {
         listen: me.cluster,
+        relay_queue: Cluster::DEFAULT_RELAY_QUEUE,
         psk: None,
         peers: specs
             .iter()

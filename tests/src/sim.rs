@@ -35,6 +35,21 @@ pub struct LinkSpec {
     pub jitter: Duration,
     /// Bytes per second each way.
     pub bandwidth: u64,
+    /// A link through a relay node of a cluster (a sub-link on the client, a virtual link at
+    /// the owner): both engines add it with `add_relayed_link`, and its messages must fit a
+    /// `ROUTE` section. Its latency is the whole path (client link plus the cluster LAN).
+    pub relayed: bool,
+}
+
+/// Adds a link of `spec` to both engines.
+fn add_both(sides: &mut [Session; 2], now: Instant, id: LinkId, spec: &LinkSpec) {
+    for s in sides.iter_mut() {
+        if spec.relayed {
+            s.add_relayed_link(now, id);
+        } else {
+            s.add_link(now, id);
+        }
+    }
 }
 
 /// One stream of the workload: bytes the client sends up and the server sends down.
@@ -294,8 +309,7 @@ pub fn run(sc: &Scenario) -> Outcome {
     let first = sc.elastic.map_or(sc.links.len(), |(min, _)| min);
     for spec in sc.links.iter().cycle().take(first) {
         let p = new_pipe(*spec, now, &mut next_link);
-        sides[0].add_link(now, p.id);
-        sides[1].add_link(now, p.id);
+        add_both(&mut sides, now, p.id, spec);
         pipes.push(p);
     }
     // In-flight messages: (arrival, sequence, pipe index, direction, bytes).
@@ -359,8 +373,7 @@ pub fn run(sc: &Scenario) -> Outcome {
                 return true;
             }
             let p = new_pipe(sc.links[index], now, &mut next_link);
-            sides[0].add_link(now, p.id);
-            sides[1].add_link(now, p.id);
+            add_both(&mut sides, now, p.id, &sc.links[index]);
             let old = std::mem::replace(&mut pipes[index], p);
             if old.alive {
                 // A blackholed link lives on in the engines until they find it dead: its
@@ -425,6 +438,10 @@ pub fn run(sc: &Scenario) -> Outcome {
                 // A blackholed link still sends at its rate; what it sends is lost on the way
                 // (dropped on arrival above).
                 while p.free_at[dir] <= now && side.poll_transmit(now, p.id, &mut buf) {
+                    assert!(
+                        !p.spec.relayed || buf.len() <= wanmux_core::route::MAX_SECTION,
+                        "a relayed link's message longer than a section"
+                    );
                     let len = buf.len() as u64 + 18;
                     let ser = Duration::from_nanos(len * 1_000_000_000 / p.spec.bandwidth);
                     p.free_at[dir] = now.max(p.free_at[dir]) + ser;
@@ -465,8 +482,7 @@ pub fn run(sc: &Scenario) -> Outcome {
                     let spec = sc.links[opened_links % sc.links.len()];
                     opened_links += 1;
                     let p = new_pipe(spec, now, &mut next_link);
-                    sides[0].add_link(now, p.id);
-                    sides[1].add_link(now, p.id);
+                    add_both(&mut sides, now, p.id, &spec);
                     extra.push(p.id);
                     pipes.push(p);
                 }

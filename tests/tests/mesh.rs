@@ -104,6 +104,7 @@ async fn dial_client(addr: std::net::SocketAddr, auth: &ClientAuth) -> Result<()
         session: noise::SessionSecret::from_bytes([5; 32]),
         link_seq: 0,
         lane: false,
+        relay: false,
     };
     let mut first = BytesMut::new();
     wanmux_core::frame::Frame::Ping(0).encode(&mut first);
@@ -369,7 +370,7 @@ async fn client_keys_never_reach_the_cluster_listener_nor_peer_keys_the_client_l
 }
 
 #[tokio::test]
-async fn a_relay_frame_closes_the_peer_link_with_a_protocol_error() {
+async fn a_relay_for_an_unbound_handle_closes_the_peer_link_with_a_protocol_error() {
     let logs = LogCapture::start();
     // Only node 2 runs; the test is node 1.
     let mut cluster = Cluster::configs(2, |_, _| {});
@@ -399,11 +400,13 @@ async fn a_relay_frame_closes_the_peer_link_with_a_protocol_error() {
         }
     }
 
-    // A RELAY: this version relays nothing, so the link is closed, and said why.
+    // A RELAY for a handle that was never bound closes the link, and says why.
     let mut msg = BytesMut::new();
     PeerFrame::Relay {
         handle: Handle(1),
         via: Via(1),
+        epoch: 0,
+        down: false,
         frames: bytes::Bytes::from_static(&[0x01, 0, 0, 0, 0, 0, 0, 0, 1]),
     }
     .encode(&mut msg);
@@ -415,7 +418,7 @@ async fn a_relay_frame_closes_the_peer_link_with_a_protocol_error() {
         &[
             "WARN",
             "peer link down",
-            "relay not supported by this version",
+            "RELAY for a handle that was never bound",
         ],
         LIMIT,
     )

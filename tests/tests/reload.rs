@@ -109,6 +109,7 @@ async fn a_reload_that_cannot_bind_changes_nothing() {
         new.maps.push(wanmux_config::PortMap {
             listen: taken.local_addr().unwrap(),
             service: wanmux_config::ServiceName::new("blocked").unwrap(),
+            spread: Default::default(),
         });
         let running = t.client_config.clone();
         let err = t
@@ -186,6 +187,7 @@ async fn a_map_that_changes_service_keeps_its_port_and_its_streams() {
             client.maps.push(wanmux_config::PortMap {
                 listen: port,
                 service: wanmux_config::ServiceName::new("old").unwrap(),
+                spread: Default::default(),
             });
             server_running = Some(server.clone());
         })

@@ -32,7 +32,33 @@ pub enum LinkEnd {
     SessionClosed,
     /// The peer stopped answering pings.
     TimedOut,
+    /// The peer broke the rules of routed messages, or a relay refused what came on the link.
+    Routed(String),
 }
+
+/// What a client link carries besides its own session's messages: routed messages (the
+/// sections of sub-links and virtual links of other owners, [`crate::route`]). The client's
+/// router feeds the sections it reads to the owners' engines and polls their sub-links; a
+/// node's router forwards sections to their owners over peer links and writes the sections its
+/// peers send back. The link task calls it; it decides nothing about the link's own session.
+pub trait Router: Send + Sync + 'static {
+    /// The link joined its session as `id`; `waker` wakes its writer (share it with the
+    /// sub-links polled in [`Router::poll`]).
+    fn up(&self, id: LinkId, waker: &Arc<Notify>);
+    /// A routed message arrived. An error closes the link.
+    fn route(&self, msg: Bytes) -> RouteFuture<'_>;
+    /// Fills up to `bufs.len()` routed messages to send (each buffer cleared first); how many.
+    fn poll(&self, bufs: &mut [BytesMut]) -> usize;
+    /// About once a second while the link lives.
+    fn tick(&self) {}
+    /// The link ended.
+    fn down(&self);
+}
+
+/// What [`Router::route`] returns: done when the message was handed on (a relay waits while
+/// its peer link's queue is full, which stops this link's reader: backpressure).
+pub type RouteFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LinkEnd>> + Send + 'a>>;
 
 impl fmt::Display for LinkEnd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -42,6 +68,7 @@ impl fmt::Display for LinkEnd {
             LinkEnd::Peer(e) => write!(f, "protocol error: {e}"),
             LinkEnd::SessionClosed => f.write_str("session closed"),
             LinkEnd::TimedOut => f.write_str("no answer to pings"),
+            LinkEnd::Routed(e) => write!(f, "routing: {e}"),
         }
     }
 }
@@ -63,14 +90,31 @@ pub async fn run(
 /// [`run`], telling `on_up` the link's id once it has joined the session.
 pub async fn run_with(
     driver: SessionDriver,
-    mut reader: LinkReader,
+    reader: LinkReader,
     writer: LinkWriter,
     first: Option<Bytes>,
     lane: bool,
     on_up: impl FnOnce(LinkId),
 ) -> LinkEnd {
+    run_routed(driver, reader, writer, first, lane, on_up, None).await
+}
+
+/// [`run_with`] for a link that also carries routed messages, which `router` handles.
+pub async fn run_routed(
+    driver: SessionDriver,
+    mut reader: LinkReader,
+    writer: LinkWriter,
+    first: Option<Bytes>,
+    lane: bool,
+    on_up: impl FnOnce(LinkId),
+    router: Option<Arc<dyn Router>>,
+) -> LinkEnd {
     let (id, waker, kill) = driver.add_link(lane);
     on_up(id);
+    if let Some(r) = &router {
+        r.up(id, &waker);
+    }
+    let _routed = router.clone().map(RouterDown);
     // Removes the link from the session however this future ends, aborted included.
     let _registered = Registered {
         driver: driver.clone(),
@@ -86,9 +130,9 @@ pub async fn run_with(
             }
         }
         let mut w = AbortOnDrop(tokio::spawn(
-            write_loop(driver.clone(), id, waker, writer).in_current_span(),
+            write_loop(driver.clone(), id, waker, writer, router.clone()).in_current_span(),
         ));
-        let read = read_loop(&driver, id, &mut reader);
+        let read = read_loop(&driver, id, &mut reader, router.as_deref());
         tokio::pin!(read);
         let mut tick = tokio::time::interval(STATS_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -100,6 +144,9 @@ pub async fn run_with(
                 () = driver.closed() => return LinkEnd::SessionClosed,
                 () = kill.notified() => return LinkEnd::TimedOut,
                 _ = tick.tick() => {
+                    if let Some(r) = &router {
+                        r.tick();
+                    }
                     if let Some(s) = driver.with(|s, _| s.link_stats(id)) {
                         last = Some(s);
                         ticks = ticks.wrapping_add(1);
@@ -155,6 +202,15 @@ impl Drop for Registered {
     }
 }
 
+/// Tells the router the link ended, however its task ends.
+struct RouterDown(Arc<dyn Router>);
+
+impl Drop for RouterDown {
+    fn drop(&mut self) {
+        self.0.down();
+    }
+}
+
 /// Aborts the writer task when the link's task ends or is itself aborted.
 struct AbortOnDrop(tokio::task::JoinHandle<LinkEnd>);
 
@@ -164,12 +220,23 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn read_loop(driver: &SessionDriver, id: LinkId, reader: &mut LinkReader) -> LinkEnd {
+async fn read_loop(
+    driver: &SessionDriver,
+    id: LinkId,
+    reader: &mut LinkReader,
+    router: Option<&dyn Router>,
+) -> LinkEnd {
     loop {
         match reader.recv().await {
             Ok(Some(msg)) => {
                 tracing::trace!(len = msg.len(), "received");
                 driver.counters().link_received(msg.len());
+                if let Some(r) = router.filter(|_| crate::route::is_routed(&msg)) {
+                    if let Err(e) = r.route(msg).await {
+                        return e;
+                    }
+                    continue;
+                }
                 if let Err(e) = driver.with(|s, now| s.handle_message(now, id, msg)) {
                     return LinkEnd::Peer(e);
                 }
@@ -185,14 +252,34 @@ async fn write_loop(
     id: LinkId,
     waker: Arc<Notify>,
     mut writer: LinkWriter,
+    router: Option<Arc<dyn Router>>,
 ) -> LinkEnd {
     let mut bufs: Vec<BytesMut> = (0..BATCH)
         .map(|_| BytesMut::with_capacity(MAX_MESSAGE))
         .collect();
+    let mut routed_first = false;
     loop {
-        let Some(n) = driver.poll_link(id, &mut bufs) else {
+        // With a router, its messages and the session's own take turns going first, so
+        // neither starves the other on a busy link.
+        routed_first = !routed_first;
+        let mut n = 0;
+        if let (true, Some(r)) = (routed_first, &router) {
+            n = r.poll(&mut bufs[..BATCH / 2]);
+            driver
+                .counters()
+                .link_sent(bufs[..n].iter().map(BytesMut::len).sum());
+        }
+        let Some(own) = driver.poll_link(id, &mut bufs[n..]) else {
             return LinkEnd::TimedOut;
         };
+        n += own;
+        if let (false, Some(r)) = (routed_first, &router) {
+            let m = r.poll(&mut bufs[n..]);
+            driver
+                .counters()
+                .link_sent(bufs[n..n + m].iter().map(BytesMut::len).sum());
+            n += m;
+        }
         tracing::trace!(messages = n, "transmit");
         if n == 0 {
             // poll_link parked this writer; a permit from a wake-up in between is kept.

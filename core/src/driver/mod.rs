@@ -47,6 +47,9 @@ struct State {
     link_kills: HashMap<LinkId, Arc<Notify>>,
     /// Where each link goes and over what, as the daemon running it said ([`LinkLabel`]).
     link_labels: HashMap<LinkId, LinkLabel>,
+    /// The links among them that go through a relay (sub-links, virtual links): not counted
+    /// by [`SessionDriver::live_links`].
+    relayed: std::collections::HashSet<LinkId>,
     /// Scratch for [`Session::poll_wakes`].
     wakes: Vec<LinkId>,
     /// The daemon's, woken when this session's engine is dropped with it.
@@ -142,6 +145,17 @@ pub struct LinkLabel {
     pub transport: &'static str,
 }
 
+/// What a link is to its engine ([`SessionDriver::add_link_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A link of the session's own, to or from the peer.
+    Direct,
+    /// A direct link that is a dedicated interactive lane (`links.lanes`).
+    Lane,
+    /// A sub-link or virtual link through a relay node (`Session::add_relayed_link`).
+    Relayed,
+}
+
 /// Streams the peer opened (server side): the driver's owner connects them to services.
 pub type OpenedStreams = mpsc::UnboundedReceiver<(StreamId, String)>;
 
@@ -168,6 +182,7 @@ impl SessionDriver {
                 link_wakers: HashMap::new(),
                 link_kills: HashMap::new(),
                 link_labels: HashMap::new(),
+                relayed: std::collections::HashSet::new(),
                 wakes: Vec::new(),
                 budget_signal: budget.clone(),
                 armed: None,
@@ -372,31 +387,56 @@ impl SessionDriver {
     /// Allocates a link id, adds the link to the engine and returns the waker of its writer.
     /// Also returns the notifier that fires when the engine declares the link dead.
     pub(crate) fn add_link(&self, lane: bool) -> (LinkId, Arc<Notify>, Arc<Notify>) {
+        let waker = Arc::new(Notify::new());
+        let (id, kill) = self.add_link_with(
+            if lane {
+                LinkKind::Lane
+            } else {
+                LinkKind::Direct
+            },
+            waker.clone(),
+        );
+        (id, waker, kill)
+    }
+
+    /// Allocates a link id and adds a link of `kind` to the engine, whose writer `waker` wakes
+    /// (several links, of several sessions, may share one: a client link's writer serves its
+    /// own session and the sub-links of the others). Returns the id and the notifier that fires
+    /// when the engine declares the link dead. Remove it with [`SessionDriver::remove_link`].
+    pub fn add_link_with(&self, kind: LinkKind, waker: Arc<Notify>) -> (LinkId, Arc<Notify>) {
         let mut st = self.lock();
         let now = Instant::now();
         st.next_link += 1;
         let id = LinkId(st.next_link);
-        self.shared.counters.link();
-        let waker = Arc::new(Notify::new());
-        st.link_wakers.insert(id, waker.clone());
+        st.link_wakers.insert(id, waker);
         let kill = Arc::new(Notify::new());
         st.link_kills.insert(id, kill.clone());
-        if lane {
-            st.session.add_lane(now, id);
-        } else {
-            st.session.add_link(now, id);
+        match kind {
+            LinkKind::Direct => st.session.add_link(now, id),
+            LinkKind::Lane => st.session.add_lane(now, id),
+            LinkKind::Relayed => {
+                st.relayed.insert(id);
+                st.session.add_relayed_link(now, id);
+            }
+        }
+        if kind != LinkKind::Relayed {
+            self.shared.counters.link();
         }
         self.after(&mut st, now);
         drop(st);
-        self.shared.links_changed.notify_waiters();
-        (id, waker, kill)
+        if kind != LinkKind::Relayed {
+            self.shared.links_changed.notify_waiters();
+        }
+        (id, kill)
     }
 
-    pub(crate) fn remove_link(&self, id: LinkId) {
+    /// Removes a link from the engine (what it carried unconfirmed goes out on the others).
+    pub fn remove_link(&self, id: LinkId) {
         let mut st = self.lock();
         st.link_wakers.remove(&id);
         st.link_kills.remove(&id);
         st.link_labels.remove(&id);
+        st.relayed.remove(&id);
         // Called from a destructor, maybe while a panic unwinds: a torn engine is left alone.
         if !self.shared.state.is_poisoned() {
             let now = Instant::now();
@@ -407,10 +447,32 @@ impl SessionDriver {
         self.shared.links_changed.notify_waiters();
     }
 
-    /// Links currently up.
+    /// Direct links currently up (links through a relay are not counted).
     pub fn live_links(&self) -> usize {
         // Every link has a kill switch from `add_link` until `remove_link`.
-        self.lock().link_kills.len()
+        let st = self.lock();
+        st.link_kills.len() - st.relayed.len()
+    }
+
+    /// Links through a relay currently up (sub-links on the client, virtual links on a node).
+    pub fn relayed_links(&self) -> usize {
+        self.lock().relayed.len()
+    }
+
+    /// Fills up to `bufs.len()` messages for link `id` (see [`SessionDriver::poll_link`]) for a
+    /// writer that serves several sessions: `None` when the engine no longer has the link.
+    /// A writer that found nothing anywhere waits for its waker.
+    pub fn poll_relayed(&self, id: LinkId, bufs: &mut [bytes::BytesMut]) -> Option<usize> {
+        self.poll_link(id, bufs)
+    }
+
+    /// Feeds one message of link `id` to the engine; `Err` is the peer's fault.
+    pub fn handle_message(
+        &self,
+        id: LinkId,
+        msg: bytes::Bytes,
+    ) -> Result<(), crate::engine::PeerError> {
+        self.with(|s, now| s.handle_message(now, id, msg))
     }
 
     /// Completes when the number of links changes (or spuriously). The change is watched from

@@ -18,6 +18,18 @@ impl Session {
         owner: NodeId,
         service: &str,
     ) -> Result<StreamId, OpenError> {
+        self.open_stream_spread(now, owner, service, false)
+    }
+
+    /// [`Session::open_stream`]; with `pin` the stream's data stays on direct links both ways
+    /// (relayed links, [`Session::add_relayed_link`], do not take it: `spread = "pin"`).
+    pub fn open_stream_spread(
+        &mut self,
+        now: Instant,
+        owner: NodeId,
+        service: &str,
+        pin: bool,
+    ) -> Result<StreamId, OpenError> {
         if self.role != Role::Client {
             return Err(OpenError::NotClient);
         }
@@ -31,10 +43,14 @@ impl Session {
         let id = StreamId::new(owner, *counter);
         *counter += 1;
         self.insert_stream(now, id, Phase::Open);
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.pinned = pin;
+        }
         self.opens_queued += 1;
         self.control.push_back(Frame::Open {
             stream: id,
             service: service.to_owned(),
+            pin,
         });
         Ok(id)
     }

@@ -56,7 +56,6 @@ impl Session {
         }
         let lanes = self.lanes(now);
         let session_work = self.wants_transmit();
-        let interactive = self.sched.has_interactive();
         let mut best: Option<(Duration, LinkId)> = None;
         for (&id, l) in &self.links {
             if !l.writer.is_parked() {
@@ -66,7 +65,9 @@ impl Session {
             let own = !l.pongs_owed.is_empty()
                 || l.ping_pending()
                 || match pick {
-                    Pick::Lane { .. } => interactive || self.has_dups_for(id),
+                    Pick::Lane { .. } => {
+                        self.sched.has_interactive(l.relayed) || self.has_dups_for(id)
+                    }
                     Pick::Spare => self.has_dups_for(id),
                     Pick::Any | Pick::Bulk => false,
                 };
@@ -110,11 +111,12 @@ impl Session {
         {
             return true;
         }
+        let relayed = self.links.get(&link).is_some_and(|l| l.relayed);
         match pick {
-            Pick::Any => !self.sched.is_empty(),
-            Pick::Lane { .. } => self.sched.has_interactive() || self.has_dups_for(link),
+            Pick::Any => !self.sched.is_empty_for(relayed),
+            Pick::Lane { .. } => self.sched.has_interactive(relayed) || self.has_dups_for(link),
             Pick::Spare => self.has_dups_for(link),
-            Pick::Bulk => self.sched.has_bulk(),
+            Pick::Bulk => self.sched.has_bulk(relayed),
         }
     }
 
@@ -180,7 +182,8 @@ impl Session {
                 .filter(|f| matches!(f, Frame::Open { .. }))
                 .count()
         );
-        let waiting = (self.small_queued && self.sched.has_interactive()) || self.opens_queued > 0;
+        let waiting =
+            (self.small_queued && self.sched.has_interactive(false)) || self.opens_queued > 0;
         if !recent && !waiting {
             return Lanes::default();
         }

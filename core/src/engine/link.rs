@@ -181,6 +181,10 @@ pub(crate) struct LinkState {
     pub(crate) rescued: u64,
     /// A dedicated interactive lane (`links.lanes`): never carries bulk data.
     pub(crate) lane: bool,
+    /// A sub-link or virtual link through a relay: takes no pinned stream's data.
+    pub(crate) relayed: bool,
+    /// Its messages are at most this long (a relayed link's travel inside a section).
+    pub(crate) max_message: usize,
     pub(crate) writer: Writer,
 }
 
@@ -198,6 +202,8 @@ impl LinkState {
             stats: LinkStats::default(),
             rescued: 0,
             lane: false,
+            relayed: false,
+            max_message: crate::frame::MAX_MESSAGE,
             writer: Writer::Woken { since: now },
         }
     }

@@ -24,6 +24,24 @@ impl Session {
         }
     }
 
+    /// A new link that goes through a relay: a sub-link (client: client link L to node P,
+    /// carrying this owner's frames in `ROUTE` sections) or a virtual link (owner: client link L
+    /// of peer P). Its messages are at most [`crate::route::MAX_SECTION`] bytes, and it takes no
+    /// data of pinned streams. Otherwise it is a link like any other: confirmation, resends and
+    /// credit stay end to end (`docs/PROTOCOL.md`, "Confirmation across a relay").
+    pub fn add_relayed_link(&mut self, now: Instant, link: LinkId) {
+        self.add_link(now, link);
+        if let Some(l) = self.links.get_mut(&link) {
+            l.relayed = true;
+            l.max_message = crate::route::MAX_SECTION;
+        }
+    }
+
+    /// Whether `link` goes through a relay ([`Session::add_relayed_link`]).
+    pub fn is_relayed(&self, link: LinkId) -> bool {
+        self.links.get(&link).is_some_and(|l| l.relayed)
+    }
+
     /// A link died or was closed. Everything sent on it that the peer has not confirmed is
     /// queued again for the other links.
     pub fn remove_link(&mut self, link: LinkId) {

@@ -68,7 +68,11 @@ impl Session {
                     self.events.push_back(Event::MoreLinksWanted);
                 }
             }
-            Frame::Open { stream, service } => self.on_open(now, stream, service)?,
+            Frame::Open {
+                stream,
+                service,
+                pin,
+            } => self.on_open(now, stream, service, pin)?,
             Frame::Data {
                 stream,
                 offset,
@@ -154,6 +158,7 @@ impl Session {
         now: Instant,
         id: StreamId,
         service: String,
+        pin: bool,
     ) -> Result<(), PeerError> {
         if self.role == Role::Client {
             return Err(PeerError::UnexpectedOpen);
@@ -163,6 +168,7 @@ impl Session {
                 return Ok(());
             }
             s.phase = Phase::Open;
+            s.pinned = pin;
             self.pending -= 1;
             self.pending_charged -= s.charged;
         } else if !self
@@ -171,6 +177,8 @@ impl Session {
         {
             // Stale, or refused.
             return Ok(());
+        } else if let Some(s) = self.streams.get_mut(&id) {
+            s.pinned = pin;
         }
         self.events.push_back(Event::StreamOpened {
             stream: id,

@@ -72,6 +72,9 @@ pub(super) struct Stream {
     /// The receive window this stream has grown to (autotuned from `INITIAL_STREAM_CREDIT`
     /// up to `Config::stream_window`).
     pub(super) recv_window: u64,
+    /// Its frames stay on direct links (`spread = "pin"`; the client's choice, told to the owner
+    /// in `OPEN`): relayed links do not take its data.
+    pub(super) pinned: bool,
     /// When credit was last extended (or the stream created), for autotuning.
     pub(super) last_grant: Instant,
     /// What the stream holds of the budget's receive pool: [`Stream::recv_charge`] as of the
@@ -107,6 +110,7 @@ impl Stream {
             write_waiting: false,
             budget_waiting: false,
             recv_window: INITIAL_STREAM_CREDIT,
+            pinned: false,
             last_grant: now,
             charged: 0,
             segments: 0,
@@ -326,7 +330,7 @@ impl Session {
         }
         if s.send.has_sendable(credit) {
             let backlog = s.send.backlog();
-            let interactive = self.sched.push(id, backlog);
+            let interactive = self.sched.push(id, backlog, s.pinned);
             s.queued = if interactive {
                 Queued::Interactive
             } else {

@@ -6,9 +6,7 @@ use super::link::{LinkState, Sent};
 use super::sched::QUANTUM;
 use super::stream::Queued;
 use super::{LaneDup, OpenDup, Session, MAX_LANE_DUPS, MIN_TAIL, SMALL_SEGMENT};
-use crate::frame::{
-    self, Frame, DATA_HEADER, MAX_MESSAGE, PING_LEN, SESSION_WINDOW_LEN, WINDOW_LEN,
-};
+use crate::frame::{self, Frame, DATA_HEADER, PING_LEN, SESSION_WINDOW_LEN, WINDOW_LEN};
 use crate::ids::LinkId;
 use bytes::BytesMut;
 use std::time::Instant;
@@ -38,7 +36,7 @@ impl Session {
         let Some(mut l) = self.links.remove(&link) else {
             return false;
         };
-        let limit = MAX_MESSAGE - PING_LEN; // room for the trailing ping
+        let limit = l.max_message - PING_LEN; // room for the trailing ping
         for token in l.pongs_owed.drain(..) {
             Frame::Pong(token).encode(buf);
         }
@@ -197,9 +195,9 @@ impl Session {
     ) {
         while buf.len() + DATA_HEADER + MIN_TAIL <= limit {
             let next = match pick {
-                Pick::Any => self.sched.pop(),
-                Pick::Lane { .. } => self.sched.pop_interactive(),
-                Pick::Bulk => self.sched.pop_bulk(),
+                Pick::Any => self.sched.pop(l.relayed),
+                Pick::Lane { .. } => self.sched.pop_interactive(l.relayed),
+                Pick::Bulk => self.sched.pop_bulk(l.relayed),
                 Pick::Spare => None,
             };
             let Some(id) = next else { break };

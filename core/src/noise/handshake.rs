@@ -348,7 +348,11 @@ pub async fn accept(
     timeout: Duration,
 ) -> Result<Accepted, LinkError> {
     accept_with(tcp, auth, timeout, |_, _| {
-        Ok(ServerHello { node_id, epoch: 0 })
+        Ok(ServerHello {
+            node_id,
+            epoch: 0,
+            relay: false,
+        })
     })
     .await
 }
@@ -592,7 +596,7 @@ pub(super) fn encode_client_hello(hello: &ClientHello, timestamp: u64) -> [u8; C
     p[0] = VERSION;
     p[1..17].copy_from_slice(&hello.session.id());
     p[17..21].copy_from_slice(&hello.link_seq.to_be_bytes());
-    p[21] = u8::from(hello.lane) * FLAG_LANE;
+    p[21] = (u8::from(hello.lane) * FLAG_LANE) | (u8::from(hello.relay) * FLAG_RELAY);
     p[22..30].copy_from_slice(&timestamp.to_be_bytes());
     p
 }
@@ -616,8 +620,13 @@ pub(super) fn timestamp_now() -> u64 {
 
 /// Bit of message 1's flags byte: the link is a dedicated lane.
 const FLAG_LANE: u8 = 1;
+/// Bit of message 1's flags byte: the client sends and takes routed messages on this link.
+const FLAG_RELAY: u8 = 2;
+/// Bit of message 2's status byte: the node agrees to routed messages on this link. Sent only
+/// to a client that asked ([`FLAG_RELAY`]), so a client that did not ask sees status 0.
+const STATUS_RELAY: u8 = 0x80;
 
-/// Parses message 1's payload. Flag bits other than [`FLAG_LANE`] are ignored (sent as 0), so a
+/// Parses message 1's payload. Flag bits other than [`FLAG_LANE`] and [`FLAG_RELAY`] are ignored (sent as 0), so a
 /// later version can use them without breaking this one.
 pub(super) fn decode_client_hello(p: &[u8]) -> Result<ReceivedHello, LinkError> {
     let p: &[u8; CLIENT_HELLO_LEN] = p
@@ -635,17 +644,33 @@ pub(super) fn decode_client_hello(p: &[u8]) -> Result<ReceivedHello, LinkError> 
         session_id,
         link_seq,
         lane: p[21] & FLAG_LANE != 0,
+        relay: p[21] & FLAG_RELAY != 0,
         timestamp: u64::from_be_bytes(timestamp),
     })
 }
 
 pub(super) fn encode_server_hello(h: &ServerHello) -> [u8; SERVER_HELLO_LEN] {
-    encode_reply(VERSION, h.node_id, h.epoch)
+    let mut out = encode_reply(VERSION, h.node_id, h.epoch);
+    if h.relay {
+        out[3] = STATUS_RELAY;
+    }
+    out
 }
 
 pub(super) fn decode_server_hello(p: &[u8]) -> Result<ServerHello, LinkError> {
-    let (node_id, epoch) = decode_reply(p, VERSION)?;
-    Ok(ServerHello { node_id, epoch })
+    let relay = p.get(3) == Some(&STATUS_RELAY);
+    let (node_id, epoch) = if relay {
+        let mut plain = p.to_vec();
+        plain[3] = 0;
+        decode_reply(&plain, VERSION)?
+    } else {
+        decode_reply(p, VERSION)?
+    };
+    Ok(ServerHello {
+        node_id,
+        epoch,
+        relay,
+    })
 }
 
 /// Message 2's payload, the same layout on client and peer links: `version | node_id | status |

@@ -184,6 +184,9 @@ pub struct ClientHello {
     /// This link is a dedicated interactive lane (`links.lanes`): it carries no bulk data in
     /// either direction. Bit 0 of message 1's flags byte.
     pub lane: bool,
+    /// The client sends and takes routed messages (`ROUTE` sections for other owners, see
+    /// [`crate::route`]) on this link, if the node agrees. Bit 1 of message 1's flags byte.
+    pub relay: bool,
 }
 
 /// Message 1 of a client link as the node read it.
@@ -195,6 +198,8 @@ pub struct ReceivedHello {
     pub link_seq: u32,
     /// This link is a dedicated interactive lane (bit 0 of the flags byte).
     pub lane: bool,
+    /// The client asks for routed messages on this link (bit 1 of the flags byte).
+    pub relay: bool,
     /// The client's clock when it wrote message 1, in nanoseconds since the Unix epoch,
     /// strictly increasing within one client process: what replay protection compares
     /// ([`ReplayGuard`]).
@@ -210,6 +215,9 @@ pub struct ServerHello {
     /// link while the server holds the session, different once the server has lost it (a
     /// restart, or the grace period ran out), so the client knows to start over.
     pub epoch: u64,
+    /// The node takes and sends routed messages on this link (the client asked for them, and
+    /// the node is in a cluster). Bit 7 of message 2's status byte.
+    pub relay: bool,
 }
 
 /// A link the server accepted: the handshake and key confirmation succeeded.

@@ -289,6 +289,7 @@ mod tests {
             session: crate::noise::SessionSecret::from_bytes([1; 32]),
             link_seq: 0,
             lane: false,
+            relay: false,
         };
         let (a, b) = tcp_pair().await;
         let (dialled, accepted) = tokio::join!(
@@ -309,7 +310,8 @@ mod tests {
             connect_peer(a, &dial, &ONE, b"", LONG),
             accept_with(b, &accept, LONG, |_, _| Ok(ServerHello {
                 node_id: 2,
-                epoch: 0
+                epoch: 0,
+                relay: false,
             })),
         );
         assert!(

@@ -21,6 +21,7 @@ static HELLO: ClientHello = ClientHello {
     session: SessionSecret::from_bytes([7; 32]),
     link_seq: 3,
     lane: true,
+    relay: false,
 };
 
 /// What the server reads of [`HELLO`] (the timestamp aside).
@@ -109,7 +110,8 @@ async fn link(pattern: Pattern, cipher: Cipher) -> (LinkReader, LinkWriter, Acce
         hello,
         ServerHello {
             node_id: NODE,
-            epoch: 0
+            epoch: 0,
+            relay: false,
         }
     );
     assert_eq!(received(&accepted.hello), expected());
@@ -241,6 +243,7 @@ async fn links_run_over_any_byte_stream() {
         Ok(ServerHello {
             node_id: NODE,
             epoch: 5,
+            relay: false,
         })
     };
     let (client, server) = tokio::join!(
@@ -260,7 +263,8 @@ async fn links_run_over_any_byte_stream() {
         hello,
         ServerHello {
             node_id: NODE,
-            epoch: 5
+            epoch: 5,
+            relay: false,
         }
     );
     assert_eq!(accepted.client_key, creds.client_key);
@@ -762,6 +766,7 @@ fn hello_payloads_are_checked() {
             session_id: HELLO.session.id(),
             link_seq: 3,
             lane: true,
+            relay: HELLO.relay,
             timestamp: 0x1122_3344_5566_7788,
         }
     );
@@ -780,6 +785,7 @@ fn hello_payloads_are_checked() {
     let hello = ServerHello {
         node_id: 9,
         epoch: 0x0102_0304_0506_0708,
+        relay: false,
     };
     let good = encode_server_hello(&hello);
     assert_eq!(good, [3, 0, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8]);

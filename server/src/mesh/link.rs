@@ -8,6 +8,7 @@
 //! that closes or resets its socket, at once.
 
 use super::Mesh;
+use crate::relay::PeerState;
 use bytes::{Bytes, BytesMut};
 use std::fmt;
 use std::net::SocketAddr;
@@ -78,8 +79,10 @@ pub(super) async fn run(
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let end = async {
         let mut live = Liveness::new(control);
+        // Dropped when the link ends, with every virtual link made through it.
+        let mut relayed = PeerState::new(mesh.relay(), peer);
         if let Some(first) = first {
-            if let Err(end) = handle_message(peer, first, &mut live) {
+            if let Err(end) = handle_message(first, &mut live, &mut relayed) {
                 return end;
             }
         }
@@ -92,7 +95,7 @@ pub(super) async fn run(
             tokio::select! {
                 msg = reader.recv() => match msg {
                     Ok(Some(msg)) => {
-                        if let Err(end) = handle_message(peer, msg, &mut live) {
+                        if let Err(end) = handle_message(msg, &mut live, &mut relayed) {
                             return end;
                         }
                     }
@@ -169,8 +172,13 @@ impl Liveness {
     }
 }
 
-/// Decodes one message of the peer and acts on each frame in order.
-fn handle_message(peer: u16, mut msg: Bytes, live: &mut Liveness) -> Result<(), PeerEnd> {
+/// Decodes one message of the peer and acts on each frame in order: the link's own frames
+/// here, cluster frames (`BIND` .. `RELAY_DOWN`) in the relay ([`PeerState::dispatch`]).
+fn handle_message(
+    mut msg: Bytes,
+    live: &mut Liveness,
+    relayed: &mut PeerState,
+) -> Result<(), PeerEnd> {
     loop {
         match PeerFrame::decode(&mut msg) {
             Ok(None) => return Ok(()),
@@ -181,19 +189,16 @@ fn handle_message(peer: u16, mut msg: Bytes, live: &mut Liveness) -> Result<(), 
                 return Err(PeerEnd::Closed);
             }
             Ok(Some(PeerFrame::Unknown(ty))) => tracing::trace!(ty, "extension frame skipped"),
-            Ok(Some(frame)) => dispatch_cluster_frame(peer, frame)?,
+            Ok(Some(frame)) => {
+                let name = frame.name();
+                relayed.dispatch(frame).map_err(|e| {
+                    debug!(frame = name, error = e, "cluster frame refused");
+                    PeerEnd::Protocol(e)
+                })?
+            }
             Err(e) => return Err(PeerEnd::Malformed(e)),
         }
     }
-}
-
-/// Where the cluster frames (`BIND`, `UNBIND`, `RELAY`, `VIA_UP`, `VIA_DOWN`, `NO_SESSION`) of a
-/// peer link go. This version relays nothing and holds no session on behalf of a peer, so any
-/// of them is a protocol error that closes the link: answering as if it had been relayed would
-/// lose the frames it carried without anyone knowing.
-pub(super) fn dispatch_cluster_frame(peer: u16, frame: PeerFrame) -> Result<(), PeerEnd> {
-    debug!(peer, frame = frame.name(), "cluster frame refused");
-    Err(PeerEnd::Protocol("relay not supported by this version"))
 }
 
 /// Seals the link's own frames first, then queued messages, and flushes each batch.
@@ -324,9 +329,10 @@ mod tests {
     }
 
     #[test]
-    fn cluster_frames_close_the_link_and_stream_frames_are_malformed() {
+    fn cluster_frames_without_a_relay_close_the_link_and_stream_frames_are_malformed() {
         let (tx, _rx) = mpsc::channel(CONTROL_QUEUE);
         let mut live = Liveness::new(tx);
+        let mut relayed = PeerState::new(None, 2);
         let mut msg = BytesMut::new();
         PeerFrame::Ping(1).encode(&mut msg);
         PeerFrame::Unbind {
@@ -334,18 +340,18 @@ mod tests {
         }
         .encode(&mut msg);
         assert!(matches!(
-            handle_message(2, msg.freeze(), &mut live),
-            Err(PeerEnd::Protocol("relay not supported by this version"))
+            handle_message(msg.freeze(), &mut live, &mut relayed),
+            Err(PeerEnd::Protocol("relay not supported by this node"))
         ));
         let msg = Bytes::from_static(&[0x10, 0, 0]);
         assert!(matches!(
-            handle_message(2, msg, &mut live),
+            handle_message(msg, &mut live, &mut relayed),
             Err(PeerEnd::Malformed(PeerFrameError::NotOnPeerLink(0x10)))
         ));
         let mut msg = BytesMut::new();
         PeerFrame::Close(0).encode(&mut msg);
         assert!(matches!(
-            handle_message(2, msg.freeze(), &mut live),
+            handle_message(msg.freeze(), &mut live, &mut relayed),
             Err(PeerEnd::Closed)
         ));
     }

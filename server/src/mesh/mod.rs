@@ -30,10 +30,17 @@ use wanmux_config::{Cluster, Peer, ServerAuth, ServerConfig};
 use wanmux_core::frame::MAX_MESSAGE;
 use wanmux_core::keys::{PrivateKey, Psk, PublicKey};
 use wanmux_core::noise;
+use wanmux_core::peer::{Handle, PeerFrame};
 
-/// Messages a [`PeerHandle`] may queue for its link before [`PeerHandle::send`] waits: with
-/// messages of at most 64 KiB, at most 4 MiB per peer link waits in memory.
-const SEND_QUEUE: usize = 64;
+use crate::relay::{Key, Relay};
+
+/// Messages a [`PeerHandle`] may queue for its link before [`PeerHandle::send`] waits:
+/// `cluster.relay_queue` bytes in messages of up to 64 KiB (64 by default, 4 MiB).
+fn send_queue(relay_queue: u64) -> usize {
+    usize::try_from(relay_queue / MAX_MESSAGE as u64)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
 
 /// A running mesh: the cluster listener, one dialler per peer with a higher id, and the table
 /// of live peer links.
@@ -51,11 +58,15 @@ pub(crate) struct Mesh {
     /// The configured peers by key, for the acceptor's check of the node id a key claims.
     by_key: HashMap<PublicKey, Peer>,
     handshake_timeout: Duration,
+    /// Messages each peer link's queue holds (`cluster.relay_queue`).
+    send_queue: usize,
     links: Mutex<Links>,
     /// The ids of the peers with a live link, sorted; every change is published.
     up: watch::Sender<Vec<u16>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stopped: AtomicBool,
+    /// Where cluster frames go (`relay`); unset in tests of the mesh alone.
+    relay: std::sync::OnceLock<std::sync::Weak<Relay>>,
 }
 
 /// The live peer links and what is remembered of peers across links.
@@ -80,11 +91,27 @@ struct Live {
 /// relay). Cheap to clone; it stays valid while its link lives, and a message sent after the
 /// link died fails with [`SendError::Gone`].
 #[derive(Debug, Clone)]
+#[allow(
+    dead_code,
+    reason = "addr and instance: for tests and logs of the mesh"
+)]
 pub(crate) struct PeerHandle {
     id: u16,
     addr: SocketAddr,
     instance: u64,
     tx: mpsc::Sender<Bytes>,
+    /// The sessions this node bound on this link (its direction), by handle.
+    binds: Arc<Mutex<Binds>>,
+    /// Held while a `BIND` is queued, so that no `RELAY` with its handle goes ahead of it.
+    binding: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The handles this node gave sessions on one peer link.
+#[derive(Debug, Default)]
+struct Binds {
+    by_key: HashMap<Key, Handle>,
+    by_handle: HashMap<Handle, Key>,
+    next: u32,
 }
 
 /// Why a message was not queued on a peer link.
@@ -100,9 +127,50 @@ pub(crate) enum SendError {
 
 #[allow(
     dead_code,
-    reason = "the relay's interface; used by tests until the relay exists"
+    reason = "addr and instance: for tests and logs of the mesh"
 )]
 impl PeerHandle {
+    /// The handle of session `key` on this link; the first time, its `BIND` is queued before
+    /// this returns (and before any other caller learns the handle), so every `RELAY` that uses
+    /// it follows the `BIND` on the link.
+    pub(crate) async fn bind(&self, key: Key) -> Result<Handle, SendError> {
+        let known = |binds: &Mutex<Binds>| {
+            // Only map operations run under this lock.
+            let b = binds.lock().unwrap_or_else(|e| e.into_inner());
+            b.by_key.get(&key).copied()
+        };
+        if let Some(h) = known(&self.binds) {
+            return Ok(h);
+        }
+        let _binding = self.binding.lock().await;
+        if let Some(h) = known(&self.binds) {
+            return Ok(h);
+        }
+        let handle = {
+            let mut b = self.binds.lock().unwrap_or_else(|e| e.into_inner());
+            b.next = b.next.wrapping_add(1);
+            Handle(b.next)
+        };
+        let mut msg = bytes::BytesMut::new();
+        PeerFrame::Bind {
+            handle,
+            client: key.0.unwrap_or(PublicKey::from_bytes([0; 32])),
+            session: key.1,
+        }
+        .encode(&mut msg);
+        self.send(msg.freeze()).await?;
+        let mut b = self.binds.lock().unwrap_or_else(|e| e.into_inner());
+        b.by_key.insert(key, handle);
+        b.by_handle.insert(handle, key);
+        Ok(handle)
+    }
+
+    /// The session this node bound as `handle` on this link.
+    pub(crate) fn bound(&self, handle: Handle) -> Option<Key> {
+        let b = self.binds.lock().unwrap_or_else(|e| e.into_inner());
+        b.by_handle.get(&handle).copied()
+    }
+
     /// The peer's node id.
     pub(crate) fn id(&self) -> u16 {
         self.id
@@ -120,7 +188,7 @@ impl PeerHandle {
 
     /// Queues one message for the link: encoded peer frames
     /// ([`wanmux_core::peer::PeerFrame::encode`]), back to back, at most [`MAX_MESSAGE`] bytes.
-    /// Waits while [`SEND_QUEUE`] messages are queued: the link's pace is the sender's.
+    /// Waits while its queue (`cluster.relay_queue`) is full: the link's pace is the sender's.
     pub(crate) async fn send(&self, message: Bytes) -> Result<(), SendError> {
         if message.len() > MAX_MESSAGE {
             return Err(SendError::TooLong(message.len()));
@@ -182,10 +250,12 @@ impl Mesh {
                 .map(|p| (p.public_key, p.clone()))
                 .collect(),
             handshake_timeout: config.handshake_timeout,
+            send_queue: send_queue(cluster.relay_queue),
             links: Mutex::new(Links::default()),
             up: watch::Sender::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
+            relay: std::sync::OnceLock::new(),
         });
         info!(listen = %local_addr, node = mesh.node_id, peers = cluster.peers.len(), "cluster listening");
         let mut tasks = vec![tokio::spawn(accept::accept_loop(listener, mesh.clone()))];
@@ -223,11 +293,29 @@ impl Mesh {
         self.lock().instances.get(&peer).copied()
     }
 
+    /// The configured peers' ids, sorted.
+    pub(crate) fn peer_ids(&self) -> Vec<u16> {
+        let mut ids: Vec<u16> = self.by_key.values().map(|p| p.id.get()).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Whether `node` is a configured peer.
+    pub(crate) fn is_peer(&self, node: u16) -> bool {
+        self.by_key.values().any(|p| p.id.get() == node)
+    }
+
+    /// Sets the relay that cluster frames go to (made after the mesh, with the sessions).
+    pub(crate) fn set_relay(&self, relay: std::sync::Weak<Relay>) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// The relay, while the node runs.
+    pub(crate) fn relay(&self) -> Option<Arc<Relay>> {
+        self.relay.get().and_then(std::sync::Weak::upgrade)
+    }
+
     /// The live link to `peer`, to send on.
-    #[allow(
-        dead_code,
-        reason = "the relay's interface; used by tests until the relay exists"
-    )]
     pub(crate) fn peer(&self, peer: u16) -> Option<PeerHandle> {
         self.lock().live.get(&peer).map(|l| l.handle.clone())
     }
@@ -265,7 +353,7 @@ impl Mesh {
         addr: SocketAddr,
         instance: u64,
     ) -> Option<(u64, Arc<Notify>, mpsc::Receiver<Bytes>)> {
-        let (tx, rx) = mpsc::channel(SEND_QUEUE);
+        let (tx, rx) = mpsc::channel(self.send_queue);
         let kill = Arc::new(Notify::new());
         let mut links = self.lock();
         if self.stopped.load(Ordering::SeqCst) {
@@ -286,6 +374,8 @@ impl Mesh {
                 addr,
                 instance,
                 tx,
+                binds: Arc::default(),
+                binding: Arc::default(),
             },
             kill: kill.clone(),
         };
@@ -310,6 +400,9 @@ impl Mesh {
             links.live.remove(&id);
         }
         drop(links);
+        if let Some(relay) = self.relay() {
+            relay.peer_down(id);
+        }
         self.publish();
     }
 
@@ -347,6 +440,7 @@ mod tests {
         );
         c.cluster = Some(Cluster {
             listen: "127.0.0.1:0".parse().unwrap(),
+            relay_queue: Cluster::DEFAULT_RELAY_QUEUE,
             psk: None,
             peers: vec![Peer {
                 id: NonZeroU16::new(peer.0).unwrap(),

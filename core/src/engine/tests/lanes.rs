@@ -247,6 +247,7 @@ fn node_with_two_lanes_and_bulk() -> (Session, [LinkId; 4], Instant, StreamId, F
     let open = Frame::Open {
         stream: id,
         service: "svc".into(),
+        pin: false,
     };
     (s, links, now, id, open)
 }
@@ -431,6 +432,7 @@ fn a_node_whose_links_are_all_busy_asks_for_another() {
         msg(&[Frame::Open {
             stream: sid(0),
             service: "svc".into(),
+            pin: false,
         }]),
     )
     .unwrap();
@@ -443,4 +445,77 @@ fn a_node_whose_links_are_all_busy_asks_for_another() {
     assert!(!sent(&mut s, later, LINK).is_empty());
     assert!(s.wants_transmit());
     assert!(sent(&mut s, later, LINK).contains(&Frame::MoreLinks));
+}
+
+/// A relayed link (a sub-link or virtual link) takes the data of striped streams but never of a
+/// pinned one, and keeps its messages within a section; a direct link serves both.
+#[test]
+fn a_relayed_link_takes_striped_data_but_never_pinned_data() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    let (direct, relayed) = (LinkId(1), LinkId(2));
+    c.add_link(now, direct);
+    c.add_relayed_link(now, relayed);
+    assert!(c.is_relayed(relayed) && !c.is_relayed(direct));
+    let pinned = c.open_stream_spread(now, NODE, "svc", true).unwrap();
+    let striped = c.open_stream_spread(now, NODE, "svc", false).unwrap();
+    c.stream_write(pinned, Bytes::from(vec![1u8; 300_000]))
+        .unwrap();
+    c.stream_write(striped, Bytes::from(vec![2u8; 300_000]))
+        .unwrap();
+    let mut on_relayed = 0;
+    let mut pinned_direct = 0;
+    for _ in 0..20 {
+        let mut buf = BytesMut::new();
+        if c.poll_transmit(now, relayed, &mut buf) {
+            assert!(buf.len() <= crate::route::MAX_SECTION);
+        }
+        let mut b = buf.freeze();
+        while let Some(f) = Frame::decode(&mut b).unwrap() {
+            if let Frame::Data { stream, data, .. } = &f {
+                assert_ne!(*stream, pinned, "pinned data on a relayed link");
+                on_relayed += data.len();
+            }
+            if let Frame::Open { stream, pin, .. } = f {
+                assert_eq!(pin, stream == pinned, "OPEN says which stream is pinned");
+            }
+        }
+        for (stream, _, len) in data_sent(&mut c, now, direct) {
+            if stream == pinned {
+                pinned_direct += len;
+            }
+        }
+    }
+    assert!(
+        on_relayed > 100_000,
+        "the relayed link carried striped data"
+    );
+    assert_eq!(
+        pinned_direct, 300_000,
+        "the direct link carried all pinned data"
+    );
+}
+
+/// A server learns from `OPEN_PIN` that a stream is pinned and keeps its data off relayed links.
+#[test]
+fn open_pin_keeps_the_servers_data_off_relayed_links() {
+    let (mut s, now) = server(16);
+    let relayed = LinkId(2);
+    s.add_relayed_link(now, relayed);
+    let id = sid(0);
+    s.handle_message(
+        now,
+        LINK,
+        msg(&[Frame::Open {
+            stream: id,
+            service: "svc".into(),
+            pin: true,
+        }]),
+    )
+    .unwrap();
+    s.stream_write(id, Bytes::from(vec![3u8; 100_000])).unwrap();
+    for _ in 0..5 {
+        assert!(data_sent(&mut s, now, relayed).is_empty());
+    }
+    assert!(!data_sent(&mut s, now, LINK).is_empty());
 }

@@ -104,6 +104,7 @@ fn streams_of_another_owner_and_opens_from_a_server_are_refused() {
     let open = Frame::Open {
         stream: sid(0),
         service: "x".into(),
+        pin: false,
     };
     assert_eq!(
         c.handle_message(now, LINK, msg(&[open])),
@@ -131,6 +132,7 @@ fn streams_over_the_limit_are_reset_then_the_peer_is_cut_off() {
         let open = Frame::Open {
             stream: sid(i),
             service: "svc".into(),
+            pin: false,
         };
         s.handle_message(now, LINK, msg(&[open])).unwrap();
     }
@@ -139,6 +141,7 @@ fn streams_over_the_limit_are_reset_then_the_peer_is_cut_off() {
         let open = Frame::Open {
             stream: sid(i),
             service: "svc".into(),
+            pin: false,
         };
         s.handle_message(now, LINK, msg(&[open])).unwrap();
     }
@@ -163,6 +166,7 @@ fn streams_over_the_limit_are_reset_then_the_peer_is_cut_off() {
     let open = Frame::Open {
         stream: sid(4),
         service: "svc".into(),
+        pin: false,
     };
     assert_eq!(
         s.handle_message(now, LINK, msg(&[open])),
@@ -180,6 +184,7 @@ fn frames_for_finished_streams_are_dropped_silently() {
         msg(&[Frame::Open {
             stream: id,
             service: "svc".into(),
+            pin: false,
         }]),
     )
     .unwrap();
@@ -203,6 +208,7 @@ fn frames_for_finished_streams_are_dropped_silently() {
             Frame::Open {
                 stream: id,
                 service: "svc".into(),
+                pin: false,
             },
             data(id, 0, 5, true),
         ]),
@@ -225,6 +231,7 @@ fn data_before_open_is_buffered_and_delivered_after_it() {
         msg(&[Frame::Open {
             stream: id,
             service: "svc".into(),
+            pin: false,
         }]),
     )
     .unwrap();

@@ -81,6 +81,7 @@ fn a_hole_that_holds_back_half_the_window_doubles_it_up_to_the_configured_window
     let open = Frame::Open {
         stream: id,
         service: "svc".into(),
+        pin: false,
     };
     s.handle_message(now, LINK, msg(&[open])).unwrap();
     // The first 60 kB are still on a slow link; what follows arrives on a fast one, up to the
@@ -238,6 +239,7 @@ fn memory_budget_caps_the_credit_granted() {
     let open = Frame::Open {
         stream: sid(0),
         service: "svc".into(),
+        pin: false,
     };
     t.handle_message(now, LINK, msg(&[open])).unwrap();
     for i in 0..10 {
@@ -365,6 +367,7 @@ fn pending_streams_are_capped() {
         let open = Frame::Open {
             stream: sid(i),
             service: "svc".into(),
+            pin: false,
         };
         s.handle_message(now, LINK, msg(&[open])).unwrap();
     }
@@ -380,6 +383,7 @@ fn fragments_beyond_the_limit_reset_the_stream_and_free_it() {
     let open = Frame::Open {
         stream: sid(0),
         service: "svc".into(),
+        pin: false,
     };
     s.handle_message(now, LINK, msg(&[open])).unwrap();
     // One-byte segments at odd offsets: each a segment of its own, each counted.
@@ -437,6 +441,7 @@ fn one_session_holds_at_most_its_share_of_data_before_open() {
     let open = Frame::Open {
         stream: sid(0),
         service: "svc".into(),
+        pin: false,
     };
     s.handle_message(now, LINK, msg(&[open])).unwrap();
     mib(&mut s, sid(20));

@@ -1,0 +1,349 @@
+//! Sub-links: the client's side of striping a stream over every node (`docs/PROTOCOL.md`,
+//! "Routing").
+//!
+//! A client link L to node P carries P's own session and, when the handshake agreed to it, one
+//! sub-link (L, N) for every other node N: a link of N's engine whose messages travel on L as
+//! `ROUTE` sections, which P relays to N over the cluster LAN. N's engine sees the sub-link as
+//! one of its links, so confirmation, resends and credit stay end to end with the owner; P holds
+//! no stream state. This module is the [`Router`] of one client link: it adds a sub-link to each
+//! other node's engine (once that node's epoch is known), polls them for the link's writer,
+//! wraps their messages in sections, and hands the sections that arrive to their engines.
+//!
+//! A sub-link that cannot be used (the relay has no peer link to the owner, `ROUTE_DOWN` code 0,
+//! or the owner's engine timed it out) is removed, so its engine sends what it carried on its
+//! other links, and added again after [`RETRY`]. An owner that answers that it has no such
+//! session (`ROUTE_DOWN` code 1, for the epoch the client holds) lost it: its streams are reset,
+//! as when a direct link reports a new epoch.
+
+use crate::dial::{self, SharedState};
+use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+use wanmux_core::driver::link::{LinkEnd, RouteFuture, Router};
+use wanmux_core::driver::{LinkKind, SessionDriver};
+use wanmux_core::ids::{LinkId, NodeId};
+use wanmux_core::route::{self, Routed, DOWN_NO_PEER, DOWN_NO_SESSION};
+
+/// A sub-link that could not be used is added again after this long.
+pub(crate) const RETRY: Duration = Duration::from_secs(1);
+
+/// One node as the routers see it.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteNode {
+    pub(crate) id: NodeId,
+    pub(crate) driver: SessionDriver,
+    pub(crate) state: SharedState,
+}
+
+/// Every node, and the bytes relayed between each pair, shared by all routers of the client.
+#[derive(Debug, Default)]
+pub(crate) struct Routes {
+    nodes: std::sync::OnceLock<Vec<RouteNode>>,
+    /// (link node, owner) -> bytes of the owner's sections sent and received on the link node's
+    /// links.
+    relayed: Mutex<HashMap<(u16, u16), Arc<Relayed>>>,
+}
+
+/// Section bytes relayed for one (link node, owner) pair.
+#[derive(Debug, Default)]
+pub(crate) struct Relayed {
+    pub(crate) sent: AtomicU64,
+    pub(crate) received: AtomicU64,
+}
+
+impl Routes {
+    /// Sets the nodes, once, after they are all made.
+    pub(crate) fn set_nodes(&self, nodes: Vec<RouteNode>) {
+        let _ = self.nodes.set(nodes);
+    }
+
+    /// How many nodes the client has.
+    pub(crate) fn node_count(&self) -> usize {
+        self.nodes.get().map_or(0, Vec::len)
+    }
+
+    fn counter(&self, via: NodeId, owner: NodeId) -> Arc<Relayed> {
+        // Only a map lookup runs under this lock.
+        let mut m = self.relayed.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry((via.0, owner.0)).or_default().clone()
+    }
+
+    /// Section bytes (sent, received) of `owner` on the links to `via`.
+    pub(crate) fn relayed(&self, via: NodeId, owner: NodeId) -> (u64, u64) {
+        let m = self.relayed.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&(via.0, owner.0))
+            .map_or((0, 0), |r| (r.sent.load(Relaxed), r.received.load(Relaxed)))
+    }
+
+    /// Section bytes (sent, received) on the links to `via`, for every other owner together;
+    /// and (sent, received) of `owner`'s sections on other nodes' links.
+    pub(crate) fn totals(&self, node: NodeId) -> ((u64, u64), (u64, u64)) {
+        let m = self.relayed.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut carried, mut owned) = ((0, 0), (0, 0));
+        for (&(via, owner), r) in m.iter() {
+            let (s, rcv) = (r.sent.load(Relaxed), r.received.load(Relaxed));
+            if via == node.0 {
+                carried.0 += s;
+                carried.1 += rcv;
+            }
+            if owner == node.0 {
+                owned.0 += s;
+                owned.1 += rcv;
+            }
+        }
+        (carried, owned)
+    }
+}
+
+/// The router of one client link to node `via`.
+pub(crate) struct ClientRouter {
+    via: NodeId,
+    routes: Arc<Routes>,
+    subs: Mutex<Subs>,
+}
+
+struct Subs {
+    waker: Option<Arc<Notify>>,
+    list: Vec<Sub>,
+    /// Where the next poll starts, so every sub-link gets its turn.
+    next: usize,
+    scratch: BytesMut,
+    ended: bool,
+}
+
+struct Sub {
+    node: RouteNode,
+    link: Option<LinkId>,
+    retry_at: Instant,
+    counter: Arc<Relayed>,
+}
+
+impl ClientRouter {
+    pub(crate) fn new(via: NodeId, routes: Arc<Routes>) -> Self {
+        let list = routes
+            .nodes
+            .get()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .filter(|n| n.id != via)
+                    .map(|n| Sub {
+                        node: n.clone(),
+                        link: None,
+                        retry_at: Instant::now(),
+                        counter: routes.counter(via, n.id),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ClientRouter {
+            via,
+            routes,
+            subs: Mutex::new(Subs {
+                waker: None,
+                list,
+                next: 0,
+                scratch: BytesMut::with_capacity(route::MAX_SECTION),
+                ended: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Subs> {
+        // No engine's lock is held while this one is taken, and the other way round only
+        // engine calls run under it (never this lock again).
+        self.subs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds the sub-links that are missing and may be added now; whether one was added.
+    fn ensure(subs: &mut Subs, now: Instant) -> bool {
+        let Some(waker) = subs.waker.clone() else {
+            return false;
+        };
+        if subs.ended {
+            return false;
+        }
+        let mut added = false;
+        for s in subs.list.iter_mut().filter(|s| s.link.is_none()) {
+            if now < s.retry_at || dial::lock(&s.node.state).epoch.is_none() {
+                continue;
+            }
+            let (id, _kill) = s
+                .node
+                .driver
+                .add_link_with(LinkKind::Relayed, waker.clone());
+            s.link = Some(id);
+            added = true;
+        }
+        added
+    }
+}
+
+fn drop_sub(s: &mut Sub, now: Instant) {
+    if let Some(id) = s.link.take() {
+        s.node.driver.remove_link(id);
+    }
+    s.retry_at = now + RETRY;
+}
+
+impl Router for ClientRouter {
+    fn up(&self, _id: LinkId, waker: &Arc<Notify>) {
+        let mut subs = self.lock();
+        subs.waker = Some(waker.clone());
+        Self::ensure(&mut subs, Instant::now());
+    }
+
+    fn route(&self, mut msg: Bytes) -> RouteFuture<'_> {
+        let result = (|| {
+            let mut subs = self.lock();
+            let now = Instant::now();
+            loop {
+                let frame = Routed::decode(&mut msg)
+                    .map_err(|e| LinkEnd::Routed(format!("malformed routed message: {e}")))?;
+                let Some(frame) = frame else {
+                    return Ok(());
+                };
+                let (node, session, epoch) = match &frame {
+                    Routed::Section {
+                        node,
+                        session,
+                        epoch,
+                        ..
+                    }
+                    | Routed::Down {
+                        node,
+                        session,
+                        epoch,
+                        ..
+                    } => (*node, *session, *epoch),
+                };
+                let Some(s) = subs.list.iter_mut().find(|s| s.node.id.0 == node) else {
+                    return Err(LinkEnd::Routed(format!(
+                        "a section of node {node}, which is not another configured node"
+                    )));
+                };
+                let current = {
+                    let st = dial::lock(&s.node.state);
+                    st.id == session && st.epoch == Some(epoch)
+                };
+                if !current {
+                    // For a session or epoch given up since: stale, dropped.
+                    continue;
+                }
+                match frame {
+                    Routed::Section { frames, .. } => {
+                        let Some(id) = s.link else { continue };
+                        s.counter.received.fetch_add(frames.len() as u64, Relaxed);
+                        if let Err(e) = s.node.driver.handle_message(id, frames) {
+                            debug!(via = %self.via, owner = node, error = %e, "sub-link dropped: the owner broke the protocol");
+                            drop_sub(s, now);
+                        }
+                    }
+                    Routed::Down { code, .. } if code == DOWN_NO_PEER => {
+                        debug!(via = %self.via, owner = node, "sub-link down: the relay has no link to the owner");
+                        drop_sub(s, now);
+                    }
+                    Routed::Down { code, .. }
+                        if code == DOWN_NO_SESSION && s.node.driver.live_links() > 0 =>
+                    {
+                        // A direct link to the owner is up under this epoch, so the owner has
+                        // the session: the section overtook the link's key confirmation. The
+                        // sub-link waits and tries again.
+                        debug!(via = %self.via, owner = node, "sub-link refused before the owner had the session");
+                        drop_sub(s, now);
+                    }
+                    Routed::Down { code, .. } if code == DOWN_NO_SESSION => {
+                        let streams = s.node.driver.with(|e, _| e.stream_count());
+                        warn!(owner = node, via = %self.via, streams, "the node lost this session; the connections it owned are reset");
+                        drop_sub(s, now);
+                        s.node.driver.restart();
+                        let mut st = dial::lock(&s.node.state);
+                        st.epoch = None;
+                        st.epoch_since = Instant::now();
+                    }
+                    Routed::Down { .. } => {}
+                }
+            }
+        })();
+        Box::pin(std::future::ready(result))
+    }
+
+    fn poll(&self, bufs: &mut [BytesMut]) -> usize {
+        let mut subs = self.lock();
+        let subs = &mut *subs;
+        let now = Instant::now();
+        let count = subs.list.len();
+        let mut n = 0;
+        let mut idle_round = false;
+        while n < bufs.len() && count > 0 && !idle_round {
+            idle_round = true;
+            for k in 0..count {
+                if n == bufs.len() {
+                    break;
+                }
+                let i = (subs.next + k) % count;
+                let s = &mut subs.list[i];
+                let Some(id) = s.link else { continue };
+                let (session, epoch) = {
+                    let st = dial::lock(&s.node.state);
+                    (st.id, st.epoch)
+                };
+                let Some(epoch) = epoch else { continue };
+                match s
+                    .node
+                    .driver
+                    .poll_relayed(id, std::slice::from_mut(&mut subs.scratch))
+                {
+                    None => {
+                        // The owner's engine dropped it (no answer to pings).
+                        s.link = None;
+                        s.retry_at = now + RETRY;
+                    }
+                    Some(0) => {}
+                    Some(_) => {
+                        let frames = &subs.scratch;
+                        let out = &mut bufs[n];
+                        out.clear();
+                        route::encode_section_header(
+                            out,
+                            s.node.id.0,
+                            session,
+                            epoch,
+                            frames.len(),
+                        );
+                        out.put_slice(frames);
+                        s.counter.sent.fetch_add(frames.len() as u64, Relaxed);
+                        n += 1;
+                        idle_round = false;
+                    }
+                }
+            }
+            subs.next = (subs.next + 1) % count.max(1);
+        }
+        n
+    }
+
+    fn tick(&self) {
+        let mut subs = self.lock();
+        if Self::ensure(&mut subs, Instant::now()) {
+            if let Some(w) = &subs.waker {
+                w.notify_one();
+            }
+        }
+    }
+
+    fn down(&self) {
+        let mut subs = self.lock();
+        subs.ended = true;
+        let now = Instant::now();
+        for s in &mut subs.list {
+            drop_sub(s, now);
+        }
+        drop(subs);
+        let _ = &self.routes;
+    }
+}

@@ -1,0 +1,391 @@
+//! Striping over a cluster, in-process on 127.0.0.1: three nodes with peer links and one client
+//! with links to each. With `spread = "stripe"` a stream's frames go over every node's links
+//! and the non-owners relay them to the owner (and the owner's back through them); with
+//! `"pin"` they stay on the owner's links. Data is compared by hash both ways.
+
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::sync::Arc;
+use std::time::Duration;
+use wanmux_config::{
+    ClientAuth, ClientConfig, Links, Node, OwnerPolicy, PinnedNode, PortMap, ServiceName, Spread,
+};
+use wanmux_core::frame::Frame;
+use wanmux_core::ids::{NodeId, SessionId, StreamId};
+use wanmux_core::keys::generate_keypair;
+use wanmux_core::noise::{self, ClientHello, LinkReader, LinkWriter};
+use wanmux_core::route::{Routed, DOWN_NO_SESSION};
+use wanmux_relay::{Links as RelayLinks, Relay as TcpRelay, Shape};
+use wanmux_server::ServerHandle;
+use wanmux_tests::harness::{
+    app_server, eventually, transfer_on, within, AppServer, ClientResult, SERVICE,
+};
+use wanmux_tests::mesh::{node_config, node_specs};
+
+/// What the hostile tests need of a cluster: the nodes, the client's key and the node keys.
+struct Raw {
+    nodes: Vec<ServerHandle>,
+    client: wanmux_core::keys::PrivateKey,
+    keys: Vec<wanmux_core::keys::PublicKey>,
+}
+
+/// Two nodes in a mesh, for a test that speaks the client side itself.
+async fn raw_cluster() -> Raw {
+    let app = app_server().await;
+    let specs = node_specs(2);
+    let (client, client_pub) = generate_keypair();
+    let mut nodes = Vec::new();
+    for i in 0..specs.len() {
+        let config = node_config(&specs, i, client_pub, app.addr);
+        nodes.push(wanmux_server::start(config).await.expect("node starts"));
+    }
+    for node in &nodes {
+        tokio::time::timeout(
+            Duration::from_secs(15),
+            node.wait_for_peers(|up| up.len() == 1),
+        )
+        .await
+        .expect("mesh up");
+    }
+    Raw {
+        nodes,
+        client,
+        keys: specs.iter().map(|s| s.public_key).collect(),
+    }
+}
+
+/// A client link to node `i` that asks for routed messages; the node agreed.
+/// `secret` is the session's secret; the session id is its [`SessionSecret::id`].
+async fn dial_routed(raw: &Raw, i: usize, secret: [u8; 32]) -> (LinkReader, LinkWriter, u64) {
+    let tcp = tokio::net::TcpStream::connect(raw.nodes[i].local_addr())
+        .await
+        .expect("connect");
+    let auth = noise::ClientAuth::Static {
+        local: raw.client.clone(),
+        server: raw.keys[i],
+        psk: None,
+    };
+    let hello = ClientHello {
+        session: noise::SessionSecret::from_bytes(secret),
+        link_seq: 0,
+        lane: false,
+        relay: true,
+    };
+    let mut first = BytesMut::new();
+    Frame::Ping(0).encode(&mut first);
+    let (rd, wr, reply) = noise::connect(tcp, &auth, &hello, &first, Duration::from_secs(10))
+        .await
+        .expect("handshake");
+    assert!(reply.relay, "the node agrees to routed messages");
+    (rd, wr, reply.epoch)
+}
+
+/// A section for `node` holding an `OPEN` and `DATA` of a stream it owns.
+fn section(node: u16, session: [u8; 16], epoch: u64) -> BytesMut {
+    let stream = StreamId::new(NodeId(node), 0);
+    let mut frames = BytesMut::new();
+    Frame::Open {
+        stream,
+        service: SERVICE.into(),
+        pin: false,
+    }
+    .encode(&mut frames);
+    Frame::Data {
+        stream,
+        offset: 0,
+        fin: false,
+        data: bytes::Bytes::from_static(b"phantom"),
+    }
+    .encode(&mut frames);
+    let mut msg = BytesMut::new();
+    Routed::Section {
+        node,
+        session: SessionId(session),
+        epoch,
+        frames: frames.freeze(),
+    }
+    .encode(&mut msg);
+    msg
+}
+
+/// `n` running nodes in a full mesh, the application server behind them, and a client config
+/// for all of them with `spread` and `owner`.
+async fn cluster(
+    n: u16,
+    spread: Spread,
+    owner: OwnerPolicy,
+) -> (Vec<ServerHandle>, AppServer, ClientConfig) {
+    let (nodes, app, client, _) = cluster_through(n, spread, owner, None).await;
+    (nodes, app, client)
+}
+
+/// [`cluster`], with node 1's peer link to node `through` (if any) through a TCP relay that
+/// can blackhole it (node 1 dials every other node).
+async fn cluster_through(
+    n: u16,
+    spread: Spread,
+    owner: OwnerPolicy,
+    through: Option<u16>,
+) -> (Vec<ServerHandle>, AppServer, ClientConfig, Option<TcpRelay>) {
+    let app = app_server().await;
+    let specs = node_specs(n);
+    let (client_key, client_pub) = generate_keypair();
+    let mut nodes = Vec::new();
+    let mut relay = None;
+    for i in 0..specs.len() {
+        let mut config = node_config(&specs, i, client_pub, app.addr);
+        if let (0, Some(to)) = (i, through) {
+            let r = TcpRelay::start(specs[usize::from(to) - 1].cluster, Shape::default())
+                .await
+                .expect("relay starts");
+            if let Some(c) = &mut config.cluster {
+                for p in c.peers.iter_mut().filter(|p| p.id.get() == to) {
+                    p.addr = r.addr().into();
+                }
+            }
+            relay = Some(r);
+        }
+        nodes.push(wanmux_server::start(config).await.expect("node starts"));
+    }
+    for node in &nodes {
+        let want = usize::from(n) - 1;
+        tokio::time::timeout(
+            Duration::from_secs(15),
+            node.wait_for_peers(|up| up.len() == want),
+        )
+        .await
+        .expect("full mesh");
+    }
+    let pinned = specs
+        .iter()
+        .zip(&nodes)
+        .map(|(s, node)| PinnedNode {
+            node: Node {
+                id: NonZeroU16::new(s.id).expect("ids start at 1"),
+                addr: node.local_addr().into(),
+            },
+            public_key: s.public_key,
+        })
+        .collect();
+    let mut client = ClientConfig::new(
+        ClientAuth::StaticKey {
+            private_key: client_key,
+            psk: None,
+            nodes: pinned,
+        },
+        vec![PortMap {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            service: ServiceName::new(SERVICE).expect("name"),
+            spread,
+        }],
+    );
+    client.links = Links::fixed(2);
+    client.owner = owner;
+    (nodes, app, client, relay)
+}
+
+fn start_transfers(
+    addr: SocketAddr,
+    count: u64,
+    up: u64,
+    down: u64,
+) -> Vec<tokio::task::JoinHandle<std::io::Result<ClientResult>>> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(count as usize));
+    (0..count)
+        .map(|seed| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                barrier.wait().await;
+                transfer_on(tcp, up, down, seed).await
+            })
+        })
+        .collect()
+}
+
+/// Every transfer completes, and what each end sent the other received (by hash).
+async fn check_all(
+    app: &mut AppServer,
+    tasks: Vec<tokio::task::JoinHandle<std::io::Result<ClientResult>>>,
+    up: u64,
+    down: u64,
+) {
+    let mut done = std::collections::HashMap::new();
+    for (seed, t) in tasks.into_iter().enumerate() {
+        let r = t.await.expect("transfer task").expect("transfer completes");
+        assert_eq!((r.sent.bytes, r.received.bytes), (up, down), "seed {seed}");
+        done.insert(seed as u64, r);
+    }
+    while !done.is_empty() {
+        let a = tokio::time::timeout(Duration::from_secs(30), app.results.recv())
+            .await
+            .expect("app server result in time")
+            .expect("app server alive");
+        if let Some(c) = done.remove(&a.seed) {
+            assert_eq!(c.sent, a.received, "connection {}: upload", a.seed);
+            assert_eq!(a.sent, c.received, "connection {}: download", a.seed);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripe_carries_the_owners_streams_over_every_node_both_ways() {
+    within(Duration::from_secs(120), async {
+        let (nodes, mut app, config) = cluster(3, Spread::Stripe, OwnerPolicy::First).await;
+        let client = wanmux_client::start(config).await.expect("client starts");
+        client.wait_for_links(6).await;
+        let (up, down) = (4 << 20, 4 << 20);
+        let tasks = start_transfers(client.first_addr(), 4, up, down);
+        check_all(&mut app, tasks, up, down).await;
+        // Node 1 owns every stream (owner "first"); nodes 2 and 3 carried part of them both
+        // ways, as the client counts sections and as the nodes count what they relayed.
+        let total = 4 * (up + down);
+        for via in [2, 3] {
+            let (sent, received) = client.relayed(via, 1);
+            assert!(
+                sent > total / 50 && received > total / 50,
+                "node {via} relayed {sent} up and {received} down of node 1's {total}"
+            );
+            let (to, from) = nodes[usize::from(via) - 1].relayed(1);
+            assert!(
+                to > total / 50 && from > total / 50,
+                "node {via} counts {to} relayed to node 1 and {from} from it"
+            );
+        }
+        assert_eq!(nodes[0].relayed(2), (0, 0), "node 1 relayed nothing");
+        client.shutdown();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pin_keeps_every_stream_on_its_owners_links() {
+    within(Duration::from_secs(120), async {
+        let (nodes, mut app, config) = cluster(3, Spread::Pin, OwnerPolicy::First).await;
+        let client = wanmux_client::start(config).await.expect("client starts");
+        client.wait_for_links(6).await;
+        let (up, down) = (4 << 20, 4 << 20);
+        let tasks = start_transfers(client.first_addr(), 4, up, down);
+        check_all(&mut app, tasks, up, down).await;
+        // Pings, pongs and window updates may take the sub-links; stream data does not.
+        let total = 4 * (up + down);
+        for via in [2, 3] {
+            let (sent, received) = client.relayed(via, 1);
+            assert!(
+                sent + received < total / 100,
+                "node {via} relayed {sent} up and {received} down of pinned streams"
+            );
+        }
+        drop(nodes);
+        client.shutdown();
+    })
+    .await;
+}
+
+/// A section for a node that is not a peer of the node it reaches closes that client link.
+#[tokio::test]
+async fn a_section_for_a_node_that_is_not_a_peer_closes_the_link() {
+    let raw = raw_cluster().await;
+    let secret = [3; 32];
+    let (mut rd, mut wr, epoch) = dial_routed(&raw, 0, secret).await;
+    let session = noise::SessionSecret::from_bytes(secret).id();
+    wr.send(&section(9, session, epoch)).await.expect("send");
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match rd.recv().await {
+                Ok(Some(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+    })
+    .await
+    .expect("the link closes");
+    let _ = end;
+    assert!(
+        eventually(Duration::from_secs(5), || raw.nodes[0].link_count() == 0).await,
+        "the node dropped the link"
+    );
+}
+
+/// A section relayed to an owner that has no such session (node 2 never saw this client) is
+/// refused there: nothing is created at the owner, and the relay tells the client with
+/// `ROUTE_DOWN` code 1, for the session and epoch the section named.
+#[tokio::test]
+async fn a_section_for_a_session_the_owner_does_not_have_creates_nothing() {
+    let raw = raw_cluster().await;
+    let secret = [4; 32];
+    let (mut rd, mut wr, _) = dial_routed(&raw, 0, secret).await;
+    let session = noise::SessionSecret::from_bytes(secret).id();
+    wr.send(&section(2, session, 77)).await.expect("send");
+    let down = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut msg = rd.recv().await.expect("recv").expect("a message");
+            if !wanmux_core::route::is_routed(&msg) {
+                continue;
+            }
+            while let Some(f) = Routed::decode(&mut msg).expect("a routed message") {
+                if let Routed::Down { .. } = f {
+                    return f;
+                }
+            }
+        }
+    })
+    .await
+    .expect("a ROUTE_DOWN in time");
+    assert_eq!(
+        down,
+        Routed::Down {
+            node: 2,
+            session: SessionId(session),
+            epoch: 77,
+            code: DOWN_NO_SESSION,
+        }
+    );
+    assert_eq!(raw.nodes[1].session_count(), 0, "no session at the owner");
+    assert_eq!(raw.nodes[1].stream_count(), 0, "no stream at the owner");
+    // The owner still relays for this node: the peer link stayed up.
+    assert_eq!(raw.nodes[1].peers_up(), [1]);
+    assert!(raw.nodes[0].relayed(2).0 > 0, "node 1 relayed the section");
+}
+
+/// The peer link between the owner and a relay goes silent mid-transfer (both nodes live): both
+/// ends find it dead by their pings, the relay tells the client its sub-links to the owner are
+/// down, the owner drops its virtual links through the relay, and what they carried goes out on
+/// the other paths. Every byte arrives, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_link_that_dies_mid_transfer_loses_nothing() {
+    within(Duration::from_secs(120), async {
+        let (nodes, mut app, config, relay) =
+            cluster_through(3, Spread::Stripe, OwnerPolicy::First, Some(3)).await;
+        let relay = relay.expect("a relay");
+        let client = wanmux_client::start(config).await.expect("client starts");
+        client.wait_for_links(6).await;
+        let (up, down) = (24 << 20, 24 << 20);
+        let tasks = start_transfers(client.first_addr(), 4, up, down);
+        assert!(
+            eventually(Duration::from_secs(60), || {
+                let (s, r) = client.relayed(3, 1);
+                s > 2 << 20 && r > 2 << 20
+            })
+            .await,
+            "node 3 relays both ways: {:?}",
+            client.relayed(3, 1)
+        );
+        relay.blackhole(RelayLinks::One(0));
+        let at_silence = client.relayed(3, 1);
+        check_all(&mut app, tasks, up, down).await;
+        assert!(
+            at_silence.0 < 4 * up && at_silence.1 < 4 * down,
+            "the link died mid-transfer: {at_silence:?}"
+        );
+        // Node 1 found the link dead (and dials again through the relay).
+        assert!(
+            eventually(Duration::from_secs(15), || relay.accepted() >= 2).await,
+            "node 1 dialled node 3 again"
+        );
+        drop(nodes);
+        client.shutdown();
+    })
+    .await;
+}
