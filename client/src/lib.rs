@@ -160,6 +160,12 @@ impl ClientHandle {
         self.cluster.routes.relayed(NodeId(via), NodeId(owner))
     }
 
+    /// Sub-links of `owner`'s engine on the client's links to node `via` now: the links on
+    /// which `via` relays for `owner` (0 for `via == owner`).
+    pub fn sub_links(&self, via: u16, owner: u16) -> u64 {
+        self.cluster.routes.sub_links(NodeId(via), NodeId(owner))
+    }
+
     /// Streams open now, on all nodes.
     pub fn stream_count(&self) -> usize {
         self.cluster.stream_count()

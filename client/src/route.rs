@@ -53,6 +53,8 @@ pub(crate) struct Routes {
 pub(crate) struct Relayed {
     pub(crate) sent: AtomicU64,
     pub(crate) received: AtomicU64,
+    /// Sub-links of this pair in the owner's engine now.
+    pub(crate) live: AtomicU64,
 }
 
 impl Routes {
@@ -77,6 +79,12 @@ impl Routes {
         let m = self.relayed.lock().unwrap_or_else(|e| e.into_inner());
         m.get(&(via.0, owner.0))
             .map_or((0, 0), |r| (r.sent.load(Relaxed), r.received.load(Relaxed)))
+    }
+
+    /// Sub-links of `owner`'s engine on the links to `via` now.
+    pub(crate) fn sub_links(&self, via: NodeId, owner: NodeId) -> u64 {
+        let m = self.relayed.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&(via.0, owner.0)).map_or(0, |r| r.live.load(Relaxed))
     }
 
     /// Section bytes (sent, received) on the links to `via`, for every other owner together;
@@ -177,6 +185,7 @@ impl ClientRouter {
                 .driver
                 .add_link_with(LinkKind::Relayed, waker.clone());
             s.link = Some(id);
+            s.counter.live.fetch_add(1, Relaxed);
             added = true;
         }
         added
@@ -186,6 +195,7 @@ impl ClientRouter {
 fn drop_sub(s: &mut Sub, now: Instant) {
     if let Some(id) = s.link.take() {
         s.node.driver.remove_link(id);
+        s.counter.live.fetch_sub(1, Relaxed);
     }
     s.retry_at = now + RETRY;
 }
@@ -301,6 +311,7 @@ impl Router for ClientRouter {
                     None => {
                         // The owner's engine dropped it (no answer to pings).
                         s.link = None;
+                        s.counter.live.fetch_sub(1, Relaxed);
                         s.retry_at = now + RETRY;
                     }
                     Some(0) => {}
