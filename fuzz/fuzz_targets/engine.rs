@@ -13,6 +13,7 @@
 //! streams on both sides.
 //!
 //! Checked after every operation: nothing panics; the budget's send pool stays within its cap
+//! (the hostile client's session, on its client's account, within half of it)
 //! (writes follow the capacity the engine gives) and its receive pool within its cap plus what
 //! the protocol lets a peer send without a grant; what a session buffers stays within its
 //! session credit; its streams stay within their limits; every byte an application reads is the
@@ -290,7 +291,8 @@ fn check_bounds(s: &Session, budget: &Budget) {
 }
 
 fn hostile(ops: Vec<HostileOp>) {
-    let budget = Budget::new(2 * MEMORY);
+    // As on a server: the session draws on its client's account, a fair share of the pools.
+    let budget = Budget::new(2 * MEMORY).account();
     let mut s = Session::with_budget(Role::Server(NODE), config(), budget.clone());
     let t0 = Instant::now();
     let mut now = t0;
@@ -392,6 +394,17 @@ fn hostile(ops: Vec<HostileOp>) {
         let mut wakes = Vec::new();
         s.poll_wakes(now, &mut wakes);
         check_bounds(&s, &budget);
+        // A client's share of the send pool: at most what stays free, so half of it.
+        let held = budget.account_used(Pool::Send);
+        assert!(
+            held <= budget.cap() / 2,
+            "one client holds {held} of the send pool"
+        );
+        assert_eq!(
+            held,
+            budget.used(Pool::Send),
+            "the account counts what the session holds"
+        );
     }
     drop(s);
     assert_eq!(budget.used(Pool::Recv), 0, "receive budget not given back");
