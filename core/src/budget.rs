@@ -18,6 +18,16 @@
 //! per session). Written bytes are counted after the application's capacity check, so the send
 //! pool can run over by one socket read per stream that was reading at that moment.
 //!
+//! **Fair shares.** A server's peers are not one party: a client that never acknowledges what it
+//! is sent would otherwise fill the send pool with its streams' unacknowledged bytes, and every
+//! other client's replies would wait for memory that never comes back. So the sessions of one
+//! client share an *account* ([`Budget::account`]), and an account may take from a pool only
+//! while it holds no more than the pool keeps free (the dynamic threshold of shared switch
+//! buffers, Choudhury and Hahne): one client holds at most half of a pool, and `n` clients that
+//! hold all they can hold `n / (n + 1)` of it together, so the rest always has room, of which a
+//! newcomer takes half. A budget handle without an account (the client daemon's: its sessions
+//! are all its own) takes the whole pool.
+//!
 //! A session that finds a pool empty registers as waiting; the session whose release comes next
 //! reports it as an engine output ([`crate::engine::Event::BudgetReleased`]), its driver wakes
 //! every session of the daemon, and each retries ([`crate::engine::Session::retry_budget`]).
@@ -42,14 +52,25 @@ struct Inner {
     waiting: AtomicBool,
 }
 
-/// A daemon-wide memory cap; cheap to clone (all clones share it).
+/// What the sessions of one client hold of each pool.
+#[derive(Debug, Default)]
+struct Account {
+    held: [AtomicU64; 2],
+}
+
+/// A daemon-wide memory cap; cheap to clone (all clones share it, and the clones of a handle
+/// with an account share that account).
 #[derive(Clone)]
-pub struct Budget(Arc<Inner>);
+pub struct Budget {
+    inner: Arc<Inner>,
+    /// The fair share this handle draws within; none takes the whole pool.
+    account: Option<Arc<Account>>,
+}
 
 impl fmt::Debug for Budget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Budget")
-            .field("cap_per_pool", &self.0.cap)
+            .field("cap_per_pool", &self.inner.cap)
             .field("recv", &self.used(Pool::Recv))
             .field("send", &self.used(Pool::Send))
             .finish()
@@ -59,11 +80,23 @@ impl fmt::Debug for Budget {
 impl Budget {
     /// A budget of `total` bytes: `total / 2` for each pool.
     pub fn new(total: u64) -> Self {
-        Budget(Arc::new(Inner {
-            cap: total / 2,
-            used: [AtomicU64::new(0), AtomicU64::new(0)],
-            waiting: AtomicBool::new(false),
-        }))
+        Budget {
+            inner: Arc::new(Inner {
+                cap: total / 2,
+                used: [AtomicU64::new(0), AtomicU64::new(0)],
+                waiting: AtomicBool::new(false),
+            }),
+            account: None,
+        }
+    }
+
+    /// A handle on the same pools for one client's sessions: what they hold together is
+    /// limited to a fair share of each pool (see the module doc). Its clones share the account.
+    pub fn account(&self) -> Budget {
+        Budget {
+            inner: Arc::clone(&self.inner),
+            account: Some(Arc::default()),
+        }
     }
 
     /// No cap (tests, simulations).
@@ -72,7 +105,31 @@ impl Budget {
     }
 
     fn pool(&self, pool: Pool) -> &AtomicU64 {
-        &self.0.used[pool as usize]
+        &self.inner.used[pool as usize]
+    }
+
+    /// What this handle's account holds of `pool` (zero without an account).
+    pub fn account_used(&self, pool: Pool) -> u64 {
+        self.account
+            .as_ref()
+            .map_or(0, |a| a.held[pool as usize].load(Ordering::Relaxed))
+    }
+
+    /// What this handle may take of `pool` when `used` bytes of it are in use: what is free,
+    /// and with an account at most so much that the account then holds no more than stays free
+    /// (`held + x <= free - x`).
+    fn room(&self, pool: Pool, used: u64) -> u64 {
+        let free = self.inner.cap.saturating_sub(used);
+        match &self.account {
+            None => free,
+            Some(_) => free.saturating_sub(self.account_used(pool)) / 2,
+        }
+    }
+
+    fn account_add(&self, pool: Pool, n: u64) {
+        if let Some(a) = &self.account {
+            a.held[pool as usize].fetch_add(n, Ordering::AcqRel);
+        }
     }
 
     /// Bytes reserved in `pool` now.
@@ -82,12 +139,18 @@ impl Budget {
 
     /// The cap of each pool.
     pub fn cap(&self) -> u64 {
-        self.0.cap
+        self.inner.cap
     }
 
     /// Bytes `pool` can still reserve.
     pub fn available(&self, pool: Pool) -> u64 {
-        self.0.cap.saturating_sub(self.used(pool))
+        self.inner.cap.saturating_sub(self.used(pool))
+    }
+
+    /// Bytes this handle may still take of `pool`: [`Budget::available`], and with an account
+    /// no more than its fair share allows.
+    pub fn allowance(&self, pool: Pool) -> u64 {
+        self.room(pool, self.used(pool))
     }
 
     /// Reserves up to `want` bytes, at least `min` (else nothing). Returns what it reserved.
@@ -95,12 +158,15 @@ impl Budget {
         let used = self.pool(pool);
         let mut cur = used.load(Ordering::Relaxed);
         loop {
-            let got = want.min(self.0.cap.saturating_sub(cur));
+            let got = want.min(self.room(pool, cur));
             if got < min.min(want) || got == 0 {
                 return 0;
             }
             match used.compare_exchange_weak(cur, cur + got, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return got,
+                Ok(_) => {
+                    self.account_add(pool, got);
+                    return got;
+                }
                 Err(now) => cur = now,
             }
         }
@@ -109,6 +175,7 @@ impl Budget {
     /// Reserves `n` bytes whatever the cap (the protocol already allows the peer to use them).
     pub(crate) fn force(&self, pool: Pool, n: u64) {
         self.pool(pool).fetch_add(n, Ordering::AcqRel);
+        self.account_add(pool, n);
     }
 
     /// Returns `n` reserved bytes; true if a session was waiting for a release (the caller
@@ -120,12 +187,16 @@ impl Budget {
         }
         let prev = self.pool(pool).fetch_sub(n, Ordering::AcqRel);
         debug_assert!(prev >= n, "budget released more than reserved");
-        self.0.waiting.swap(false, Ordering::AcqRel)
+        if let Some(a) = &self.account {
+            let prev = a.held[pool as usize].fetch_sub(n, Ordering::AcqRel);
+            debug_assert!(prev >= n, "account released more than it held");
+        }
+        self.inner.waiting.swap(false, Ordering::AcqRel)
     }
 
     /// A session could not reserve what it needed: wake it at the next release.
     pub(crate) fn set_waiting(&self) {
-        self.0.waiting.store(true, Ordering::Release);
+        self.inner.waiting.store(true, Ordering::Release);
     }
 }
 
@@ -234,6 +305,37 @@ mod tests {
         assert_eq!(b.available(Pool::Recv), 30);
         drop(h);
         assert_eq!(b.used(Pool::Recv), 0);
+        assert_eq!(b.used(Pool::Send), 0);
+    }
+
+    #[test]
+    fn an_account_takes_at_most_what_stays_free() {
+        let b = Budget::new(2000);
+        let (one, two) = (b.account(), b.account());
+        let mut hog = Held::new(one.clone());
+        // Alone: half of the pool, however it asks.
+        assert_eq!(hog.reserve_up_to(Pool::Send, 900, 1), 500);
+        assert_eq!(hog.reserve_up_to(Pool::Send, 100, 1), 0);
+        // Forced bytes count toward its share: it may take nothing more.
+        hog.force(Pool::Send, 100);
+        assert_eq!(one.allowance(Pool::Send), 0);
+        // Another session of the same client shares the account.
+        let mut same = Held::new(one.clone());
+        assert_eq!(same.reserve_up_to(Pool::Send, 10, 1), 0);
+        // Another client still finds half of what is free.
+        let mut other = Held::new(two.clone());
+        assert_eq!(two.allowance(Pool::Send), 200);
+        assert_eq!(other.reserve_up_to(Pool::Send, 1000, 1), 200);
+        // The handle without an account takes whatever is free.
+        assert_eq!(b.allowance(Pool::Send), 200);
+        // The other pool is untouched.
+        assert_eq!(one.allowance(Pool::Recv), 500);
+        // Releases give the share back.
+        hog.release(Pool::Send, 600);
+        assert_eq!(one.account_used(Pool::Send), 0);
+        assert_eq!(one.allowance(Pool::Send), 400);
+        drop(other);
+        assert_eq!(two.account_used(Pool::Send), 0);
         assert_eq!(b.used(Pool::Send), 0);
     }
 }

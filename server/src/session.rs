@@ -25,12 +25,14 @@ pub(crate) type Key = (Option<PublicKey>, SessionId);
 /// How long an expired session's id is remembered (see `Sessions::tombstones`).
 const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 
-/// A session in the table: its driver, whose it is, and how many links it has.
+/// A session in the table: its driver, whose it is, how many links it has, and the budget
+/// account it draws on (its client's).
 #[derive(Debug)]
 struct Entry {
     driver: SessionDriver,
     client: Option<PublicKey>,
     links: Arc<AtomicU32>,
+    budget: Budget,
 }
 
 /// One link's place in its session's count (`limits.max_links_per_session`), given back on
@@ -389,9 +391,14 @@ impl Sessions {
         if key.0.is_some() && this_client >= limits.max_sessions_per_client {
             return Err("the client has limits.max_sessions_per_client sessions");
         }
+        // The sessions of one client key share an account, so that one client cannot take the
+        // memory another needs (`budget.rs`, fair shares); a PSK-only session has its own.
+        let budget = key
+            .0
+            .and_then(|k| table.values().find(|e| e.client == Some(k)))
+            .map_or_else(|| self.budget.account(), |e| e.budget.clone());
         let node = NodeId(self.config.node_id.get());
-        let session =
-            Session::with_budget(Role::Server(node), (*limits).into(), self.budget.clone());
+        let session = Session::with_budget(Role::Server(node), (*limits).into(), budget.clone());
         let (driver, opened) =
             SessionDriver::start_counted(session, &self.budget_signal, self.counters.clone());
         let span = tracing::info_span!("session", id = %key.1);
@@ -402,6 +409,7 @@ impl Sessions {
             driver: driver.clone(),
             client: key.0,
             links: Arc::new(AtomicU32::new(0)),
+            budget,
         };
         let slot = LinkSlot::take(&entry.links, limits.max_links_per_session)
             .expect("a new session has no links");

@@ -286,3 +286,99 @@ async fn sessions_in_total_are_capped() {
     })
     .await;
 }
+
+/// Issue 23, finding 5: a client that opens bulk downloads and never acknowledges a byte (no
+/// `WINDOW` at all) leaves everything the node sends it, and everything the node read for it
+/// from the service, in the node's send buffers, which a memory cap shared by all clients would
+/// let it fill. Another client's echo must keep answering, promptly, all along: the node gives
+/// each client a fair share of the pool (`limits.memory`, docs/CONFIG.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_acks_does_not_starve_another() {
+    use wanmux_core::budget::Pool;
+    use wanmux_tests::harness::{eventually, transfer, SERVICE};
+    use wanmux_tests::hostile::wire;
+    within(LIMIT, async {
+        let before = panics();
+        let (hostile_key, hostile_public) = generate_keypair();
+        let mut t = Tunnel::start_with(IK, 1, |s, _| {
+            // The smallest cap the config allows: 4 MiB per pool, a 4 MiB stream window.
+            s.limits.memory = 8 << 20;
+            s.limits.stream_window = 4 << 20;
+            if let wanmux_config::ServerAuth::StaticKey {
+                allowed_clients, ..
+            } = &mut s.auth
+            {
+                allowed_clients.insert(hostile_public);
+            }
+        })
+        .await;
+        // A well-behaved echo first, to compare against.
+        let started = std::time::Instant::now();
+        t.check_transfer(1000, 1000, 100).await;
+        let calm = started.elapsed();
+        let mut cfg = t.client_config.clone();
+        if let ClientAuth::StaticKey { private_key, .. } = &mut cfg.auth {
+            *private_key = hostile_key;
+        }
+        let mut hostile =
+            RawLink::connect(t.server.local_addr(), &noise_auth(&cfg), rand::random(), 0)
+                .await
+                .expect("the hostile client's handshake");
+        // Eight downloads of 1 GiB each, none ever acknowledged: together they ask the node to
+        // buffer eight stream windows (32 MiB), eight times its send pool.
+        for s in 0..8u64 {
+            let mut f = Vec::new();
+            wire::open(&mut f, wire::stream(s), SERVICE);
+            let mut header = [0u8; 16];
+            header[..8].copy_from_slice(&(1u64 << 30).to_be_bytes());
+            header[8..].copy_from_slice(&(1000 + s).to_be_bytes());
+            wire::data(&mut f, wire::stream(s), 0, &header);
+            hostile.send(&f).await.expect("send");
+        }
+        hostile.sync(Duration::from_secs(10)).await.expect("sync");
+        let budget = t.server.budget().clone();
+        let cap = budget.cap();
+        // The node has read from the service all it will for the hostile client (its share
+        // of the pool, or on a node without shares the whole pool).
+        assert!(
+            eventually(Duration::from_secs(20), || budget.used(Pool::Send)
+                >= cap * 2 / 5)
+            .await,
+            "the hostile client's downloads did not fill the send pool: {budget:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut slowest = Duration::ZERO;
+        for round in 0..10u64 {
+            // The hostile client keeps its link (answers the node's pings), never its windows.
+            hostile
+                .sync(Duration::from_secs(10))
+                .await
+                .expect("hostile link kept");
+            let started = std::time::Instant::now();
+            let seed = 200 + round;
+            let echo =
+                tokio::time::timeout(Duration::from_secs(5), transfer(t.addr(), 1000, 1000, seed))
+                    .await
+                    .unwrap_or_else(|_| panic!("echo {round} got no reply within 5 s: {budget:?}"))
+                    .expect("echo");
+            t.check_result(echo, seed, 1000, 1000).await;
+            slowest = slowest.max(started.elapsed());
+        }
+        let used = budget.used(Pool::Send);
+        println!(
+            "echo before the hostile client {calm:?}, slowest of 10 beside it {slowest:?}; \
+             send pool {used} of {cap} bytes"
+        );
+        assert!(
+            slowest < Duration::from_secs(2),
+            "an echo took {slowest:?} beside the hostile client"
+        );
+        // The pool holds what the cap allows, plus one socket read per worker thread.
+        assert!(
+            used <= cap + 2 * (256 << 10),
+            "send pool {used} over its cap {cap}"
+        );
+        assert_eq!(panics(), before, "something panicked");
+    })
+    .await;
+}

@@ -21,8 +21,8 @@ const STREAM_WINDOW: u64 = 4 * MIB;
 const STREAMS: u64 = 8;
 const SLOW_FOR: Duration = Duration::from_secs(2);
 /// A stream task checks its capacity, then reads its socket (at most 256 KiB), then writes to
-/// the engine; streams of one daemon doing so at once can take the send pool past its cap by
-/// that much each.
+/// the engine; streams of one daemon doing so at once (one per worker thread) can take the send
+/// pool past its cap by that much each. Kept at one read per stream, which it cannot exceed.
 const SEND_SLACK: u64 = STREAMS * 2 * 256 * 1024;
 /// Each daemon receives on half the streams; what they hold within their initial credit
 /// (2 MiB, with each segment's overhead) may take the receive pool past its cap.
@@ -72,8 +72,10 @@ async fn memory_cap_holds_with_many_slow_readers_both_ways() {
                 "{side}: receive pool {recv} > {cap} + initial credit"
             );
             assert!(send <= cap + SEND_SLACK, "{side}: send pool {send} > {cap}");
+            // A server gives one client at most half of a pool (its fair share), a client
+            // daemon its sessions the whole pool; either way the writers pushed against it.
             assert!(
-                send > cap / 2,
+                send > cap * 2 / 5,
                 "{side}: send pool peaked at {send}: the cap held nothing back"
             );
         }

@@ -76,6 +76,22 @@ async fn upstream(
         let writable = waker.writable.notified();
         tokio::pin!(writable);
         writable.as_mut().enable();
+        // Wait for the application's bytes first, then check the capacity, read and write
+        // without a wait between them: the send pool is passed by one read per stream only while
+        // streams do that at the same moment (one per worker thread), not by one per stream that
+        // checked its capacity and then waited for its application, which a client could make
+        // thousands. A reset also wakes `writable`: the application may be idle (its download
+        // done, its upload not), and it must see the reset now, not at its next write.
+        tokio::select! {
+            r = rd.readable() => if let Err(e) = r {
+                debug!(stream = %id, error = %e, "application socket error");
+                return Half::Reset;
+            },
+            () = &mut writable => match driver.with(|s, _| s.stream_send_capacity(id)) {
+                Ok(_) => continue,
+                Err(_) => return Half::Reset,
+            },
+        }
         let cap = match driver.with(|s, _| s.stream_send_capacity(id)) {
             Ok(c) => c.min(READ_MAX),
             Err(_) => return Half::Reset,
@@ -83,15 +99,6 @@ async fn upstream(
         if cap == 0 {
             writable.await;
             continue;
-        }
-        // A reset also wakes `writable`: the application may be idle (its download done, its
-        // upload not), and it must see the reset now, not at its next write.
-        tokio::select! {
-            r = rd.readable() => if let Err(e) = r {
-                debug!(stream = %id, error = %e, "application socket error");
-                return Half::Reset;
-            },
-            () = &mut writable => continue,
         }
         buf.reserve(cap);
         let n = match rd.try_read_buf(&mut (&mut buf).limit(cap)) {

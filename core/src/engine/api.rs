@@ -58,7 +58,7 @@ impl Session {
     /// Bytes the application may write now. Zero arms [`Event::StreamWritable`].
     pub fn stream_send_capacity(&mut self, id: StreamId) -> Result<usize, StreamError> {
         let window = self.cfg.stream_window;
-        let available = self.held.budget().available(Pool::Send);
+        let available = self.held.budget().allowance(Pool::Send);
         let s = self.live_stream(id)?;
         if s.send.is_finished() {
             return Err(StreamError::Finished);

@@ -68,7 +68,9 @@ use crate::keys::PublicKey;
 
 pub use crate::auth::{ClientAuth, ServerAuth};
 pub use handshake::{accept, accept_stream_with, accept_with, connect, connect_stream};
-pub use peer::{accept_peer, connect_peer, PeerAccepted, PeerHello};
+pub use peer::{
+    accept_peer, accept_peer_stream, connect_peer, connect_peer_stream, PeerAccepted, PeerHello,
+};
 pub use replay::{Identity, ReplayGuard, Replayed};
 pub use transport::{LinkReader, LinkWriter};
 

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use super::handshake::{
     decode_reply, encode_reply, initiate, respond_to, tcp_halves, Cipher, Payloads,
 };
-use super::{ClientAuth, LinkError, LinkReader, LinkWriter, ServerAuth};
+use super::{BoxRead, BoxWrite, ClientAuth, LinkError, LinkReader, LinkWriter, ServerAuth};
 use crate::keys::PublicKey;
 
 /// Version byte of both peer handshake payloads (the cluster protocol's).
@@ -115,19 +115,33 @@ pub async fn connect_peer(
     first: &[u8],
     timeout: Duration,
 ) -> Result<(LinkReader, LinkWriter, PeerHello), LinkError> {
+    let (rd, wr, peer) = tcp_halves(tcp)?;
+    let (mut reader, mut writer, reply) =
+        connect_peer_stream(rd, wr, auth, hello, first, timeout).await?;
+    reader.peer = peer;
+    writer.peer = peer;
+    Ok((reader, writer, reply))
+}
+
+/// [`connect_peer`] over any reliable, ordered byte stream given as its two halves (the fuzz
+/// targets run it over an in-memory pipe).
+pub async fn connect_peer_stream(
+    rd: BoxRead,
+    wr: BoxWrite,
+    auth: &ClientAuth,
+    hello: &PeerHello,
+    first: &[u8],
+    timeout: Duration,
+) -> Result<(LinkReader, LinkWriter, PeerHello), LinkError> {
     if first.len() > super::MAX_FIRST_PLAINTEXT {
         return Err(LinkError::Misuse(
             "first message longer than MAX_FIRST_PLAINTEXT",
         ));
     }
-    let (rd, wr, peer) = tcp_halves(tcp)?;
     let handshake = initiate::<PeerLink>(rd, wr, auth, hello, first, Cipher::preferred());
-    let (mut reader, mut writer, reply) = tokio::time::timeout(timeout, handshake)
+    tokio::time::timeout(timeout, handshake)
         .await
-        .map_err(|_| LinkError::Timeout)??;
-    reader.peer = peer;
-    writer.peer = peer;
-    Ok((reader, writer, reply))
+        .map_err(|_| LinkError::Timeout)?
 }
 
 /// Accepts a peer link on `tcp`: the accepting side of the peer handshake. `auth` holds this
@@ -146,10 +160,28 @@ pub async fn accept_peer<F>(
 where
     F: FnOnce(&PeerHello, &PublicKey) -> Result<PeerHello, LinkError>,
 {
+    let (rd, wr, peer) = tcp_halves(tcp)?;
+    let mut accepted = accept_peer_stream(rd, wr, auth, timeout, respond).await?;
+    accepted.reader.peer = peer;
+    accepted.writer.peer = peer;
+    Ok(accepted)
+}
+
+/// [`accept_peer`] over any reliable, ordered byte stream given as its two halves (the fuzz
+/// targets run it over an in-memory pipe).
+pub async fn accept_peer_stream<F>(
+    rd: BoxRead,
+    wr: BoxWrite,
+    auth: &ServerAuth,
+    timeout: Duration,
+    respond: F,
+) -> Result<PeerAccepted, LinkError>
+where
+    F: FnOnce(&PeerHello, &PublicKey) -> Result<PeerHello, LinkError>,
+{
     if auth.private_key.is_none() {
         return Err(LinkError::Misuse("peer links need the node's private key"));
     }
-    let (rd, wr, peer) = tcp_halves(tcp)?;
     let respond = |hello: &PeerHello, key: Option<&PublicKey>| match key {
         Some(key) => respond(hello, key),
         // With a private key only static-key patterns are allowed, and they carry a key.
@@ -159,18 +191,14 @@ where
     let r = tokio::time::timeout(timeout, handshake)
         .await
         .map_err(|_| LinkError::Timeout)??;
-    let mut reader = r.reader;
-    let mut writer = r.writer;
-    reader.peer = peer;
-    writer.peer = peer;
     Ok(PeerAccepted {
         hello: r.hello,
         key: r
             .key
             .ok_or(LinkError::Protocol("peer link without a static key"))?,
         first: Bytes::copy_from_slice(&r.first),
-        reader,
-        writer,
+        reader: r.reader,
+        writer: r.writer,
     })
 }
 

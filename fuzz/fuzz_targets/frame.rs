@@ -1,0 +1,37 @@
+//! The link frame decoder on any message a peer could send: it never panics, consumes exactly
+//! what the frame it returns takes, and every frame but an extension one encodes back to the
+//! bytes it was decoded from.
+#![no_main]
+
+use bytes::{Bytes, BytesMut};
+use libfuzzer_sys::fuzz_target;
+use wanmux_core::frame::{Frame, MAX_MESSAGE};
+
+fuzz_target!(|data: &[u8]| {
+    // A link message is at most this long; the link layer refuses longer ones.
+    if data.len() > MAX_MESSAGE {
+        return;
+    }
+    let mut buf = Bytes::copy_from_slice(data);
+    loop {
+        let at = data.len() - buf.len();
+        match Frame::decode(&mut buf) {
+            Ok(None) => {
+                assert!(buf.is_empty(), "Ok(None) with bytes left");
+                return;
+            }
+            Err(_) => return,
+            Ok(Some(frame)) => {
+                let used = data.len() - buf.len() - at;
+                assert!(used > 0, "{frame:?} consumed nothing");
+                if matches!(frame, Frame::Unknown(_)) {
+                    continue;
+                }
+                assert_eq!(used, frame.encoded_len(), "{frame:?}");
+                let mut out = BytesMut::new();
+                frame.encode(&mut out);
+                assert_eq!(&out[..], &data[at..at + used], "{frame:?} re-encoded");
+            }
+        }
+    }
+});
