@@ -459,7 +459,7 @@ impl SessionDriver {
         self.lock().relayed.len()
     }
 
-    /// Fills up to `bufs.len()` messages for link `id` (see [`SessionDriver::poll_link`]) for a
+    /// Fills up to `bufs.len()` messages for link `id` (as the link tasks poll theirs) for a
     /// writer that serves several sessions: `None` when the engine no longer has the link.
     /// A writer that found nothing anywhere waits for its waker.
     pub fn poll_relayed(&self, id: LinkId, bufs: &mut [bytes::BytesMut]) -> Option<usize> {
