@@ -55,14 +55,7 @@ pub const SEND_WINDOW: u64 = 16 << 20;
 /// lost packet until the retransmission is acknowledged, so under 1% loss the unacknowledged
 /// data is about twice what is in flight: while the link has lost a packet lately
 /// ([`LOSS_HOLD_RTTS`]), quinn may hold this many congestion windows plus [`NOTSENT_LOWAT`]
-/// (no more than another congestion window, as without loss) (bench/RESULTS.md, lessons: QUIC
-/// send window).
-///
-/// The unsent part is capped by the congestion window in both cases: a link whose controller
-/// runs at a few Mbit/s (beside a faster link of its path, or on a slow line) would otherwise
-/// queue 128 KiB, hundreds of milliseconds, in front of every frame the engine gives it, and the
-/// data of the faster links waits that long in the receiver's reorder buffer (bench/RESULTS.md,
-/// path matrix: 200-20-2-j2r).
+/// (bench/RESULTS.md, lessons: QUIC send window).
 const LOSSY_SEND_WINDOW_CWNDS: u64 = 3;
 
 /// A link that lost no packet lately holds one congestion window plus at most
@@ -370,11 +363,10 @@ impl LossHold {
 /// What quinn may hold unacknowledged on a link with congestion window `cwnd`, `lossy` if it
 /// lost a packet lately (see [`LOSSY_SEND_WINDOW_CWNDS`], [`LOSS_HOLD_RTTS`]).
 fn send_window(cwnd: u64, lossy: bool) -> u64 {
-    let unsent = NOTSENT_LOWAT.min(cwnd);
     let window = if lossy {
-        LOSSY_SEND_WINDOW_CWNDS * cwnd + unsent
+        LOSSY_SEND_WINDOW_CWNDS * cwnd + NOTSENT_LOWAT
     } else {
-        cwnd + unsent
+        cwnd + NOTSENT_LOWAT.min(cwnd)
     };
     window.min(SEND_WINDOW)
 }
@@ -487,20 +479,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_send_window_holds_at_most_one_congestion_window_unsent() {
+    fn the_send_window_holds_one_congestion_window_unsent_at_most_until_a_loss() {
         let k = 1024;
-        // The window in flight, plus 128 KiB or one more window if smaller, unsent.
+        // No loss lately: the window in flight, plus 128 KiB or one more window if smaller.
         assert_eq!(send_window(40 * k, false), 80 * k);
         assert_eq!(send_window(2048 * k, false), 2176 * k);
         // After a loss, room for what waits behind it too.
+        assert_eq!(send_window(40 * k, true), 248 * k);
         assert_eq!(send_window(2048 * k, true), 6272 * k);
         assert_eq!(send_window(8 << 20, true), SEND_WINDOW);
-        // A slow link (its controller at the floor of 8 packets, about 4 Mbit/s at 20 ms)
-        // queues at most one more window unsent after a loss too, not 128 KiB (300 ms at that
-        // rate) in front of every frame the engine gives it.
-        let floor = 8 * 1452;
-        assert_eq!(send_window(floor, true), 4 * floor);
-        assert_eq!(send_window(40 * k, true), 160 * k);
 
         let (t0, rtt) = (std::time::Instant::now(), Duration::from_millis(100));
         let mut hold = LossHold::default();
