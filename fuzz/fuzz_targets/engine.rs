@@ -9,8 +9,8 @@
 //!
 //! **Honest pair.** A client and a server engine over links the fuzzer controls: it decides
 //! which side sends on which link and when each message arrives (a link delivers in order while
-//! it lives), kills and adds links, lets time pass, and writes, reads, finishes and resets
-//! streams on both sides.
+//! it lives), kills and adds links (direct or relayed), lets time pass, opens streams (pinned or
+//! not), and writes, reads, finishes and resets streams on both sides.
 //!
 //! Checked after every operation: nothing panics; the budget's send pool stays within its cap
 //! (the hostile client's session, on its client's account, within half of it)
@@ -18,7 +18,8 @@
 //! the protocol lets a peer send without a grant; what a session buffers stays within its
 //! session credit; its streams stay within their limits; every byte an application reads is the
 //! byte its peer wrote at that offset (payloads are a function of stream and offset), in order;
-//! every message the engine sends decodes and fits in a link message. Between honest engines no
+//! every message the engine sends decodes and fits in a link message (on a relayed link, in a
+//! routed section, and without a pinned stream's data). Between honest engines no
 //! message is ever refused. At the end, dropping the engines gives all of the budget back.
 #![no_main]
 
@@ -34,6 +35,7 @@ use wanmux_core::engine::{
 };
 use wanmux_core::frame::{Frame, MAX_DATA, MAX_MESSAGE};
 use wanmux_core::ids::{LinkId, NodeId, StreamId};
+use wanmux_core::route::MAX_SECTION;
 
 const NODE: NodeId = NodeId(1);
 const MIB: u64 = 1 << 20;
@@ -53,7 +55,7 @@ fn config() -> Config {
 
 /// The byte a writer puts at `offset` of stream `id` in direction `up` (client to server).
 fn byte_at(up: bool, id: StreamId, offset: u64) -> u8 {
-    (offset ^ (offset >> 9) ^ id.0.wrapping_mul(0x9E37_79B9) ^ u64::from(up) * 0x55) as u8
+    (offset ^ (offset >> 9) ^ id.0.wrapping_mul(0x9E37_79B9) ^ (u64::from(up) * 0x55)) as u8
 }
 
 fn payload(up: bool, id: StreamId, offset: u64, len: usize) -> Bytes {
@@ -103,6 +105,8 @@ enum HostileFrame {
     Open {
         stream: Sid,
         known: bool,
+        /// Sent as `OPEN_PIN`: the stream's frames stay on the owner's links.
+        pin: bool,
     },
     Data {
         stream: Sid,
@@ -162,7 +166,11 @@ enum HostileOp {
 
 #[derive(Arbitrary, Debug)]
 enum PairOp {
-    AddLink,
+    /// A link both engines add; a `relayed` one (a sub-link through another node,
+    /// `add_relayed_link`) carries messages that fit a routed section and no pinned stream's data.
+    AddLink {
+        relayed: bool,
+    },
     KillLink(u8),
     /// `up`: the client sends on the link (else the server); the message is queued in flight.
     Send {
@@ -175,7 +183,10 @@ enum PairOp {
         up: bool,
     },
     Wait(u16),
-    Open,
+    /// The client opens a stream, pinned to the owner's links (`OPEN_PIN`) or not.
+    Open {
+        pin: bool,
+    },
     Write {
         up: bool,
         stream: u8,
@@ -209,6 +220,25 @@ fn check_sent(buf: &BytesMut) {
     while let Some(f) = Frame::decode(&mut b).expect("the engine sends valid frames") {
         if let Frame::Data { data, .. } = &f {
             assert!(data.len() <= MAX_DATA);
+        }
+    }
+}
+
+/// Checks a message sent on a relayed link: it fits in a routed section, and carries no data of
+/// a pinned stream.
+fn check_relayed(buf: &BytesMut, pinned: &HashSet<StreamId>) {
+    assert!(
+        buf.len() <= MAX_SECTION,
+        "message of {} bytes on a relayed link",
+        buf.len()
+    );
+    let mut b = buf.clone().freeze();
+    while let Some(f) = Frame::decode(&mut b).expect("the engine sends valid frames") {
+        if let Frame::Data { stream, .. } = &f {
+            assert!(
+                !pinned.contains(stream),
+                "a pinned stream's data on a relayed link: {f:?}"
+            );
         }
     }
 }
@@ -413,9 +443,10 @@ fn hostile(ops: Vec<HostileOp>) {
 
 fn encode_hostile(f: &HostileFrame, out: &mut BytesMut, bulk_at: &mut HashMap<u8, u64>) {
     match *f {
-        HostileFrame::Open { stream, known } => Frame::Open {
+        HostileFrame::Open { stream, known, pin } => Frame::Open {
             stream: stream.id(),
             service: if known { "app" } else { "nope" }.into(),
+            pin,
         }
         .encode(out),
         HostileFrame::Data {
@@ -523,18 +554,27 @@ fn pair(ops: Vec<PairOp>) {
     let mut sv = Side::new(Role::Server(NODE));
     let mut now = Instant::now();
     let mut links: Vec<LinkId> = Vec::new();
+    let mut relayed_links: HashSet<LinkId> = HashSet::new();
+    // The streams the client opened pinned (`OPEN_PIN`).
+    let mut pinned: HashSet<StreamId> = HashSet::new();
     let mut next_link = 0u64;
     // In flight per (link, up).
     let mut flight: HashMap<(LinkId, bool), VecDeque<Bytes>> = HashMap::new();
     let mut buf = BytesMut::new();
     for op in ops.into_iter().take(512) {
         match op {
-            PairOp::AddLink => {
+            PairOp::AddLink { relayed } => {
                 if links.len() < 6 {
                     let id = LinkId(next_link);
                     next_link += 1;
-                    c.s.add_link(now, id);
-                    sv.s.add_link(now, id);
+                    if relayed {
+                        c.s.add_relayed_link(now, id);
+                        sv.s.add_relayed_link(now, id);
+                        relayed_links.insert(id);
+                    } else {
+                        c.s.add_link(now, id);
+                        sv.s.add_link(now, id);
+                    }
                     links.push(id);
                 }
             }
@@ -553,6 +593,9 @@ fn pair(ops: Vec<PairOp>) {
                     let side = if up { &mut c } else { &mut sv };
                     if side.s.poll_transmit(now, id, &mut buf) {
                         check_sent(&buf);
+                        if relayed_links.contains(&id) {
+                            check_relayed(&buf, &pinned);
+                        }
                         flight
                             .entry((id, up))
                             .or_default()
@@ -581,9 +624,12 @@ fn pair(ops: Vec<PairOp>) {
                     }
                 }
             }
-            PairOp::Open => {
+            PairOp::Open { pin } => {
                 if c.streams.len() < MAX_STREAMS {
-                    if let Ok(id) = c.s.open_stream(now, NODE, "app") {
+                    if let Ok(id) = c.s.open_stream_spread(now, NODE, "app", pin) {
+                        if pin {
+                            pinned.insert(id);
+                        }
                         c.streams.push(id);
                     }
                 }

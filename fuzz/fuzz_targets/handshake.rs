@@ -9,8 +9,15 @@
 //! `connect_peer_stream` for peer links. A third scenario runs both of the crate's sides against
 //! each other through a pipe that corrupts bytes in flight.
 //!
+//! Client links run version 3 (`docs/PROTOCOL.md`, "Handshake"): message 1 carries the session
+//! id and a timestamp, and the key confirmation starts with the session secret that id derives
+//! from. The fuzzer's dialler holds a secret of its own and sends its id or any other, and its
+//! secret or any bytes in the key confirmation; the crate's accepting side may refuse message 1
+//! (as a replayed one), and may agree to routed messages.
+//!
 //! Checked: nothing panics; a side that completes the handshake got exactly what the fuzzer's
-//! side authenticated (its key confirmation, its hello or reply), and its link reader yields
+//! side authenticated (its key confirmation's frames after a secret that derives message 1's
+//! session id, its hello or reply), never a dialler its callback refused, and its link reader yields
 //! exactly the transport messages the fuzzer sealed, in order, and then an error or the end; two
 //! honest sides with nothing corrupted always complete. The runtime's clock is paused, so a side
 //! that waits for bytes that never come ends at its handshake timeout at once.
@@ -25,8 +32,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use wanmux_core::keys::{PrivateKey, Psk, PublicKey};
 use wanmux_core::noise::{
-    self, BoxRead, BoxWrite, ClientAuth, ClientHello, LinkReader, PeerHello, ServerAuth,
-    ServerHello,
+    self, BoxRead, BoxWrite, ClientAuth, ClientHello, LinkError, LinkReader, PeerHello,
+    ReceivedHello, ServerAuth, ServerHello, SessionSecret, SESSION_SECRET_LEN,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,9 +69,12 @@ enum KeyChoice {
 /// The plaintext of a handshake payload.
 #[derive(Arbitrary, Debug)]
 enum Payload {
-    /// What an honest side of this kind sends, with these fields.
+    /// What an honest side of this kind sends, with these fields: a client hello's session id
+    /// (`None`: the id of the dialler's secret), link seq, flags and timestamp (`value`); a peer
+    /// hello's node id and instance (`value`); a reply's node id, status (from `flags`) and epoch
+    /// or instance (`value`).
     Valid {
-        id: [u8; 16],
+        id: Option<[u8; 16]>,
         seq: u32,
         flags: u8,
         value: u64,
@@ -117,6 +127,15 @@ struct Tail {
     garbage: Vec<u8>,
 }
 
+/// The plaintext of the fuzzer's key confirmation (its first transport message).
+#[derive(Arbitrary, Debug)]
+enum Confirm {
+    /// The dialler's session secret, then these frames (what an honest client sends).
+    Secret(Vec<u8>),
+    /// Any bytes.
+    Raw(Vec<u8>),
+}
+
 #[derive(Arbitrary, Debug)]
 enum Scenario {
     /// The fuzzer dials the crate's accepting side.
@@ -131,9 +150,13 @@ enum Scenario {
         local: KeyChoice,
         remote: KeyChoice,
         psk: KeyChoice,
+        /// The dialler's session secret (client links).
+        secret: [u8; SESSION_SECRET_LEN],
         hello: Payload,
         msg1: Damage,
-        confirm: Vec<u8>,
+        /// The crate's side refuses message 1 (as a replayed one).
+        refuse: bool,
+        confirm: Confirm,
         msg3: Damage,
         tail: Tail,
     },
@@ -141,6 +164,8 @@ enum Scenario {
     Accept {
         kind: Kind,
         client: Pattern,
+        /// The crate's dialler asks for routed messages.
+        relay: bool,
         local: KeyChoice,
         psk: KeyChoice,
         reply: Payload,
@@ -153,6 +178,7 @@ enum Scenario {
     Both {
         kind: Kind,
         pattern: Pattern,
+        relay: bool,
         /// (direction, offset in that direction's byte stream, XOR).
         flips: Vec<(bool, u16, u8)>,
         messages: Vec<Vec<u8>>,
@@ -285,9 +311,19 @@ fn prologue(mode: u8) -> Vec<u8> {
     p
 }
 
+/// Message 2's status byte from a payload's `flags`: mostly 0 or "routed messages agreed"
+/// (`0x80`), sometimes any byte.
+fn status(flags: u8) -> u8 {
+    if flags & 0x40 != 0 {
+        flags
+    } else {
+        flags & 0x80
+    }
+}
+
 /// The plaintext of message 1 (`hello`) or 2 (not `hello`) of a link of `kind`, in the
-/// protocol's layout.
-fn payload(kind: Kind, hello: bool, p: &Payload) -> Vec<u8> {
+/// protocol's layout; `secret` is the dialler's session secret.
+fn payload(kind: Kind, hello: bool, p: &Payload, secret: &SessionSecret) -> Vec<u8> {
     let (id, seq, flags, value, node) = match p {
         Payload::Raw(b) => return b.clone(),
         Payload::Valid {
@@ -301,10 +337,12 @@ fn payload(kind: Kind, hello: bool, p: &Payload) -> Vec<u8> {
     let mut out = Vec::new();
     match (kind, hello) {
         (Kind::Client, true) => {
-            out.push(2);
-            out.extend_from_slice(id);
+            // version 3 | session id | link seq | flags | timestamp
+            out.push(3);
+            out.extend_from_slice(&id.unwrap_or_else(|| secret.id()));
             out.extend_from_slice(&seq.to_be_bytes());
             out.push(*flags);
+            out.extend_from_slice(&value.to_be_bytes());
         }
         (Kind::Peer, true) => {
             out.extend_from_slice(&[3, 2]);
@@ -312,9 +350,9 @@ fn payload(kind: Kind, hello: bool, p: &Payload) -> Vec<u8> {
             out.extend_from_slice(&value.to_be_bytes());
         }
         (_, false) => {
-            out.push(if matches!(kind, Kind::Client) { 2 } else { 3 });
+            out.push(3);
             out.extend_from_slice(&node.to_be_bytes());
-            out.push(0);
+            out.push(status(*flags));
             out.extend_from_slice(&value.to_be_bytes());
         }
     }
@@ -389,15 +427,18 @@ async fn check_reader(mut reader: LinkReader, expect: Vec<Vec<u8>>) {
     }
 }
 
-/// A client hello in the protocol's layout (`version 2 | session id | link seq | flags`).
-fn parse_client_hello(p: &[u8]) -> Option<ClientHello> {
-    if p.len() != 22 || p[0] != 2 {
+/// A client hello in the protocol's layout (`version 3 | session id | link seq | flags |
+/// timestamp`, 30 bytes; flag bit 0 a lane, bit 1 routed messages, the others ignored).
+fn parse_client_hello(p: &[u8]) -> Option<ReceivedHello> {
+    if p.len() != 30 || p[0] != 3 {
         return None;
     }
-    Some(ClientHello {
+    Some(ReceivedHello {
         session_id: p[1..17].try_into().ok()?,
         link_seq: u32::from_be_bytes(p[17..21].try_into().ok()?),
         lane: p[21] & 1 != 0,
+        relay: p[21] & 2 != 0,
+        timestamp: u64::from_be_bytes(p[22..30].try_into().ok()?),
     })
 }
 
@@ -412,15 +453,21 @@ fn parse_peer_hello(p: &[u8]) -> Option<PeerHello> {
     })
 }
 
-/// Message 2's payload (`version | node id | status 0 | value`): node id and value.
-fn parse_reply(kind: Kind, p: &[u8]) -> Option<(u16, u64)> {
-    let version = if matches!(kind, Kind::Client) { 2 } else { 3 };
-    if p.len() != 12 || p[0] != version || p[3] != 0 {
+/// Message 2's payload (`version 3 | node id | status | value`): node id, value, and whether
+/// the node agreed to routed messages (status `0x80`, client links only; otherwise status 0).
+fn parse_reply(kind: Kind, p: &[u8]) -> Option<(u16, u64, bool)> {
+    if p.len() != 12 || p[0] != 3 {
         return None;
     }
+    let relay = match (kind, p[3]) {
+        (_, 0) => false,
+        (Kind::Client, 0x80) => true,
+        _ => return None,
+    };
     Some((
         u16::from_be_bytes([p[1], p[2]]),
         u64::from_be_bytes(p[4..12].try_into().ok()?),
+        relay,
     ))
 }
 
@@ -434,8 +481,10 @@ async fn dial(s: Scenario) {
         local,
         remote,
         psk,
+        secret,
         hello,
         msg1,
+        refuse,
         confirm,
         msg3,
         tail,
@@ -449,9 +498,15 @@ async fn dial(s: Scenario) {
     let crate_side = async move {
         let (first, reader, got_client, got_peer, key) = match kind {
             Kind::Client => {
-                let r = noise::accept_stream_with(rd, wr, &auth, TIMEOUT, |_, _| ServerHello {
-                    node_id: 7,
-                    epoch: 9,
+                let r = noise::accept_stream_with(rd, wr, &auth, TIMEOUT, |h, _| {
+                    if refuse {
+                        return Err(LinkError::Replayed);
+                    }
+                    Ok(ServerHello {
+                        node_id: 7,
+                        epoch: 9,
+                        relay: h.relay,
+                    })
                 })
                 .await;
                 let Ok(a) = r else { return None };
@@ -471,8 +526,17 @@ async fn dial(s: Scenario) {
         };
         Some((first, reader, got_client, got_peer, key))
     };
-    let sent_hello = payload(kind, true, &hello);
+    let secret = SessionSecret::from_bytes(secret);
+    let sent_hello = payload(kind, true, &hello, &secret);
     let hello_bytes = sent_hello.clone();
+    let confirm = match confirm {
+        Confirm::Secret(frames) => {
+            let mut c = secret.as_bytes().to_vec();
+            c.extend_from_slice(&frames);
+            c
+        }
+        Confirm::Raw(c) => c,
+    };
     let fuzz_side = async move {
         let mode = mode_byte(pattern, cipher);
         let local_key = match local {
@@ -548,7 +612,6 @@ async fn dial(s: Scenario) {
         wire_mode.is_none_or(|m| m == mode),
         "accepted another mode byte"
     );
-    assert_eq!(&first[..], &confirm[..], "key confirmation changed");
     assert_eq!(pattern, server, "accepted another mode than configured");
     if pattern != Pattern::NnPsk0 {
         assert_eq!(key, Some(k.client.public_key()), "accepted another key");
@@ -557,11 +620,31 @@ async fn dial(s: Scenario) {
         !matches!(psk, KeyChoice::Wrong) || pattern == Pattern::Ik,
         "wrong PSK accepted"
     );
-    match kind {
-        Kind::Client => assert_eq!(got_client, parse_client_hello(&sent_hello), "client hello"),
-        Kind::Peer => assert_eq!(got_peer, parse_peer_hello(&sent_hello), "peer hello"),
-    }
-    assert_eq!(parse_reply(kind, &reply), Some((7, 9)), "reply");
+    let relay = match kind {
+        Kind::Client => {
+            assert!(!refuse, "accepted a dialler the callback refused");
+            let want = parse_client_hello(&sent_hello);
+            assert_eq!(got_client, want, "client hello");
+            let want = want.expect("a client hello");
+            // The key confirmation: the session secret whose id message 1 named, then frames.
+            let (proof, frames) = confirm
+                .split_first_chunk::<SESSION_SECRET_LEN>()
+                .expect("accepted a key confirmation shorter than a session secret");
+            assert_eq!(
+                SessionSecret::from_bytes(*proof).id(),
+                want.session_id,
+                "accepted a key confirmation without the session's secret"
+            );
+            assert_eq!(&first[..], frames, "key confirmation changed");
+            want.relay
+        }
+        Kind::Peer => {
+            assert_eq!(got_peer, parse_peer_hello(&sent_hello), "peer hello");
+            assert_eq!(&first[..], &confirm[..], "key confirmation changed");
+            false
+        }
+    };
+    assert_eq!(parse_reply(kind, &reply), Some((7, 9, relay)), "reply");
     check_reader(reader, expect).await;
 }
 
@@ -569,6 +652,7 @@ async fn accept(s: Scenario) {
     let Scenario::Accept {
         kind,
         client,
+        relay,
         local,
         psk,
         reply,
@@ -586,19 +670,22 @@ async fn accept(s: Scenario) {
     // The crate's side is honest: its own key and the PSK are right; the fuzzer's are chosen.
     let auth = client_auth(client, KeyChoice::Right, KeyChoice::Right);
     let ((rd, wr), mut fz) = pipe();
+    let secret = SessionSecret::from_bytes([6; SESSION_SECRET_LEN]);
+    let session = secret.clone();
     let crate_side = async move {
         match kind {
             Kind::Client => {
                 let hello = ClientHello {
-                    session_id: [6; 16],
+                    session,
                     link_seq: 1,
                     lane: false,
+                    relay,
                 };
                 let (reader, _w, reply) =
                     noise::connect_stream(rd, wr, &auth, &hello, b"first", TIMEOUT)
                         .await
                         .ok()?;
-                Some((reader, (reply.node_id, reply.epoch)))
+                Some((reader, (reply.node_id, reply.epoch, reply.relay)))
             }
             Kind::Peer => {
                 let hello = PeerHello {
@@ -609,11 +696,11 @@ async fn accept(s: Scenario) {
                     noise::connect_peer_stream(rd, wr, &auth, &hello, b"first", TIMEOUT)
                         .await
                         .ok()?;
-                Some((reader, (reply.node_id, reply.instance)))
+                Some((reader, (reply.node_id, reply.instance, false)))
             }
         }
     };
-    let sent_reply = payload(kind, false, &reply);
+    let sent_reply = payload(kind, false, &reply, &secret);
     let reply_bytes = sent_reply.clone();
     let fuzz_side = async move {
         let mut mode = [0u8; 1];
@@ -647,6 +734,28 @@ async fn accept(s: Scenario) {
         let mut hs = hs.expect("responder");
         let mut buf = vec![0u8; 65_535];
         let read = hs.read_message(&m1, &mut buf);
+        if let Ok(n) = read {
+            // The crate's hello, in the protocol's layout.
+            match kind {
+                Kind::Client => {
+                    let got = parse_client_hello(&buf[..n]).expect("the crate's client hello");
+                    assert_eq!(got.session_id, secret.id(), "session id");
+                    assert_eq!(
+                        (got.link_seq, got.lane, got.relay),
+                        (1, false, relay),
+                        "client hello"
+                    );
+                }
+                Kind::Peer => assert_eq!(
+                    parse_peer_hello(&buf[..n]),
+                    Some(PeerHello {
+                        node_id: 1,
+                        instance: 2
+                    }),
+                    "peer hello"
+                ),
+            }
+        }
         if let Some(raw) = raw {
             fz.write_all(&raw).await.ok()?;
             drop(fz);
@@ -661,7 +770,13 @@ async fn accept(s: Scenario) {
         let n = state
             .read_message(0, &m3, &mut plain)
             .expect("the crate's key confirmation decrypts");
-        assert_eq!(&plain[..n], b"first");
+        // On a client link: the session secret, then the caller's frames.
+        let mut want = Vec::new();
+        if matches!(kind, Kind::Client) {
+            want.extend_from_slice(secret.as_bytes());
+        }
+        want.extend_from_slice(b"first");
+        assert_eq!(&plain[..n], &want[..], "the crate's key confirmation");
         let expect = send_tail(&mut fz, &state, 0, &tail).await;
         drop(fz);
         Some(expect)
@@ -713,6 +828,7 @@ async fn both(s: Scenario) {
     let Scenario::Both {
         kind,
         pattern,
+        relay,
         flips,
         messages,
     } = s
@@ -747,9 +863,10 @@ async fn both(s: Scenario) {
         let (reader, mut writer) = match kind {
             Kind::Client => {
                 let hello = ClientHello {
-                    session_id: [6; 16],
+                    session: SessionSecret::from_bytes([6; SESSION_SECRET_LEN]),
                     link_seq: 1,
                     lane: true,
+                    relay,
                 };
                 let (r, w, _) = noise::connect_stream(crd, cwr, &auth_c, &hello, b"hi", TIMEOUT)
                     .await
@@ -778,12 +895,20 @@ async fn both(s: Scenario) {
     let server = async move {
         let (first, mut reader) = match kind {
             Kind::Client => {
-                let a = noise::accept_stream_with(srd, swr, &auth_s, TIMEOUT, |_, _| ServerHello {
-                    node_id: 1,
-                    epoch: 2,
+                let a = noise::accept_stream_with(srd, swr, &auth_s, TIMEOUT, |h, _| {
+                    Ok(ServerHello {
+                        node_id: 1,
+                        epoch: 2,
+                        relay: h.relay,
+                    })
                 })
                 .await
                 .ok()?;
+                // The key confirmation proved the secret behind message 1's id.
+                assert_eq!(
+                    a.hello.session_id,
+                    SessionSecret::from_bytes([6; SESSION_SECRET_LEN]).id()
+                );
                 (a.first, a.reader)
             }
             Kind::Peer => {

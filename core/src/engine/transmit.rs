@@ -226,7 +226,18 @@ impl Session {
                 self.last_small = Some(now);
                 self.small_at.insert(id, now);
                 self.small_queued = false;
-                if let Pick::Lane { twin: Some(twin) } = pick {
+                // The copy for the other lane, unless that lane is a relayed link and the stream
+                // is pinned: a relayed link takes no pinned stream's data, copies included.
+                let pinned = s.pinned;
+                let twin = match pick {
+                    Pick::Lane { twin: Some(twin) }
+                        if !(pinned && self.links.get(&twin).is_some_and(|t| t.relayed)) =>
+                    {
+                        Some(twin)
+                    }
+                    _ => None,
+                };
+                if let Some(twin) = twin {
                     if self.lane_dups.len() >= MAX_LANE_DUPS {
                         self.lane_dups.pop_front();
                     }

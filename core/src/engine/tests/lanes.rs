@@ -519,3 +519,43 @@ fn open_pin_keeps_the_servers_data_off_relayed_links() {
     }
     assert!(!data_sent(&mut s, now, LINK).is_empty());
 }
+
+/// A pinned stream's small segment is sent on the lane only: its copy for the other lane does not
+/// go there when that lane is a relayed link (found by the `engine` fuzz target: a pinned
+/// stream's `FIN` on a relayed link). A striped stream's copy still does.
+#[test]
+fn a_pinned_streams_lane_copy_stays_off_a_relayed_twin() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    // Four links, so two lanes: the lowest ids, 1 (direct) and 2 (relayed).
+    c.add_link(now, LinkId(1));
+    c.add_relayed_link(now, LinkId(2));
+    c.add_link(now, LinkId(3));
+    c.add_link(now, LinkId(4));
+    let pinned = c.open_stream_spread(now, NODE, "svc", true).unwrap();
+    let striped = c.open_stream_spread(now, NODE, "svc", false).unwrap();
+    c.stream_write(pinned, Bytes::from_static(b"ping")).unwrap();
+    c.stream_write(striped, Bytes::from_static(b"pong"))
+        .unwrap();
+    c.stream_finish(pinned).unwrap();
+    let on_lane: Vec<StreamId> = data_sent(&mut c, now, LinkId(1))
+        .into_iter()
+        .map(|(stream, _, _)| stream)
+        .collect();
+    assert!(
+        on_lane.contains(&pinned) && on_lane.contains(&striped),
+        "both small segments go out on the first lane: {on_lane:?}"
+    );
+    let on_relayed: Vec<StreamId> = data_sent(&mut c, now, LinkId(2))
+        .into_iter()
+        .map(|(stream, _, _)| stream)
+        .collect();
+    assert!(
+        !on_relayed.contains(&pinned),
+        "a pinned stream's copy on a relayed lane"
+    );
+    assert!(
+        on_relayed.contains(&striped),
+        "a striped stream's copy goes on the other lane"
+    );
+}
