@@ -18,6 +18,7 @@ use wanmux_tests::harness::{
     app_server, configs, eventually, free_port, paused_transfer, transfer_on, within, AppServer,
     Auth, ClientResult,
 };
+use wanmux_tests::mesh::wait_for_sub_links;
 use wanmux_tests::process::Daemon;
 
 /// A node process and the config file it runs.
@@ -141,21 +142,6 @@ struct MeshSpec {
 
 /// `n` node processes in one mesh, an application server behind them, and a client config (with
 /// its static key) that lists every node with `owner` and `spread`.
-/// Waits until every node's engine has a sub-link on the client's links to every other node:
-/// a sub-link refused while the owner's session is being set up waits a second, and a transfer
-/// started before then could miss a path altogether.
-async fn wait_for_sub_links(client: &wanmux_client::ClientHandle, nodes: u16) {
-    let ready = eventually(Duration::from_secs(15), || {
-        (1..=nodes).all(|via| {
-            (1..=nodes)
-                .filter(|&owner| owner != via)
-                .all(|owner| client.sub_links(via, owner) >= 1)
-        })
-    })
-    .await;
-    assert!(ready, "sub-links through every node");
-}
-
 async fn mesh_cluster(
     name: &str,
     n: u16,
@@ -450,7 +436,7 @@ async fn stripe_carries_every_long_stream_over_every_node_both_ways() {
         .await;
         let client = wanmux_client::start(config).await.expect("client starts");
         client.wait_for_links(10).await;
-        wait_for_sub_links(&client, 5).await;
+        wait_for_sub_links(&client, 5, 1).await;
         // Five long streams, opened one after the other so that each node owns one (least
         // loaded), then 195 short ones beside them.
         let (long_up, long_down) = (24 << 20, 24 << 20);
@@ -555,7 +541,7 @@ async fn a_killed_non_owner_loses_no_byte() {
             mesh_cluster("cluster-non-owner", 3, OwnerPolicy::First, Spread::Stripe).await;
         let client = wanmux_client::start(config).await.expect("client starts");
         client.wait_for_links(6).await;
-        wait_for_sub_links(&client, 3).await;
+        wait_for_sub_links(&client, 3, 1).await;
         // Node 1 owns every stream; nodes 2 and 3 relay part of each.
         let (up, down) = (16 << 20, 16 << 20);
         let tasks = start_transfers(client.first_addr(), 8, up, down);

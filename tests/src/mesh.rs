@@ -144,3 +144,18 @@ impl LogCapture {
             .find(|l| parts.iter().all(|p| l.contains(p)))
     }
 }
+
+/// Waits until the client's engine of every node has at least `per_pair` sub-links on its links to
+/// every other node of `1..=nodes`: a sub-link refused while the owner's session is being set up
+/// waits a second, and a transfer started before then could miss a path altogether.
+pub async fn wait_for_sub_links(client: &wanmux_client::ClientHandle, nodes: u16, per_pair: u64) {
+    let ready = crate::harness::eventually(Duration::from_secs(15), || {
+        (1..=nodes).all(|via| {
+            (1..=nodes)
+                .filter(|&owner| owner != via)
+                .all(|owner| client.sub_links(via, owner) >= per_pair)
+        })
+    })
+    .await;
+    assert!(ready, "sub-links through every node");
+}

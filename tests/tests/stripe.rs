@@ -21,7 +21,7 @@ use wanmux_server::ServerHandle;
 use wanmux_tests::harness::{
     app_server, eventually, transfer_on, within, AppServer, ClientResult, SERVICE,
 };
-use wanmux_tests::mesh::{node_config, node_specs};
+use wanmux_tests::mesh::{node_config, node_specs, wait_for_sub_links};
 
 /// What the hostile tests need of a cluster: the nodes, the client's key and the node keys.
 struct Raw {
@@ -185,19 +185,6 @@ async fn cluster_through(
     (nodes, app, client, relay)
 }
 
-/// Waits until node `owner`'s engine has its sub-links on every link to the other nodes of
-/// `nodes` (2 links each): a short transfer started before then could miss a path altogether
-/// (a sub-link refused while the owner's session was still being set up waits a second).
-async fn wait_for_sub_links(client: &wanmux_client::ClientHandle, nodes: u16, owner: u16) {
-    let ready = eventually(Duration::from_secs(15), || {
-        (1..=nodes)
-            .filter(|&via| via != owner)
-            .all(|via| client.sub_links(via, owner) == 2)
-    })
-    .await;
-    assert!(ready, "sub-links of node {owner} through every other node");
-}
-
 fn start_transfers(
     addr: SocketAddr,
     count: u64,
@@ -248,7 +235,7 @@ async fn stripe_carries_the_owners_streams_over_every_node_both_ways() {
         let (nodes, mut app, config) = cluster(3, Spread::Stripe, OwnerPolicy::First).await;
         let client = wanmux_client::start(config).await.expect("client starts");
         client.wait_for_links(6).await;
-        wait_for_sub_links(&client, 3, 1).await;
+        wait_for_sub_links(&client, 3, 2).await;
         let (up, down) = (4 << 20, 4 << 20);
         let tasks = start_transfers(client.first_addr(), 4, up, down);
         check_all(&mut app, tasks, up, down).await;
