@@ -603,7 +603,7 @@ async fn reload<D: Daemon>(
     running: &D::Config,
     binary: &Binary,
 ) -> Result<D::Config, String> {
-    let new = match D::load(path) {
+    let mut new = match D::load(path) {
         Ok(c) => c,
         Err(errors) => {
             let text = errors.to_string();
@@ -621,6 +621,9 @@ async fn reload<D: Daemon>(
     for w in D::warnings(&new) {
         tracing::warn!("{w}");
     }
+    // The file names no control socket: it is the same default `run` gave the running config,
+    // so the reload must not see a change there.
+    default_control_socket::<D>(path, &mut new);
     D::reload(handle, running, new)
         .await
         .map_err(|e| Chain(&e).to_string())
