@@ -2,12 +2,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use snow::params::NoiseParams;
-use snow::{HandshakeState, StatelessTransportState};
+use snow::HandshakeState;
+
+use super::cipher::{DirectionKey, TransportKeys};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use zeroize::Zeroizing;
@@ -313,13 +314,13 @@ pub(super) async fn initiate<P: Payloads>(
         .map_err(|_| LinkError::Auth("handshake message 2 did not decrypt"))?;
     let reply = P::decode_reply(&payload[..n])?;
 
-    let state = Arc::new(hs.into_stateless_transport_mode().map_err(local)?);
+    let keys = TransportKeys::split(&mut hs, mode.cipher).map_err(local)?;
     // Nonce 0 of each direction: the dialler's goes to the key confirmation, sealed right here;
     // the acceptor's first transport message is the reader's.
-    let mut writer = LinkWriter::new(wr, Arc::clone(&state), 0);
+    let mut writer = LinkWriter::new(wr, keys.send, 0);
     writer.seal(first)?;
     writer.flush().await?;
-    Ok((LinkReader::new(inb, state, 0), writer, reply))
+    Ok((LinkReader::new(inb, keys.recv, 0), writer, reply))
 }
 
 pub(super) fn client_state(mode: Mode, auth: &ClientAuth) -> Result<HandshakeState, snow::Error> {
@@ -502,15 +503,15 @@ where
     wr.write_all(&out).await?;
     wr.flush().await?;
 
-    let state = Arc::new(hs.into_stateless_transport_mode().map_err(local)?);
-    let first = read_key_confirmation(&mut inb, &state).await?;
+    let keys = TransportKeys::split(&mut hs, mode.cipher).map_err(local)?;
+    let first = read_key_confirmation(&mut inb, &keys.recv).await?;
     Ok(Responded {
         hello,
         key,
         first,
         // The dialler's nonce 0 was the key confirmation; the acceptor has sent nothing yet.
-        reader: LinkReader::new(inb, Arc::clone(&state), 1),
-        writer: LinkWriter::new(wr, state, 0),
+        reader: LinkReader::new(inb, keys.recv, 1),
+        writer: LinkWriter::new(wr, keys.send, 0),
     })
 }
 
@@ -574,20 +575,19 @@ async fn read_handshake_message(
 /// session secret on a client link: it is zeroed when dropped.
 async fn read_key_confirmation(
     inb: &mut InBuf,
-    state: &StatelessTransportState,
+    key: &DirectionKey,
 ) -> Result<Zeroizing<Vec<u8>>, LinkError> {
-    let mut msg = [0u8; MAX_HANDSHAKE_MESSAGE];
+    let mut msg = Zeroizing::new([0u8; MAX_HANDSHAKE_MESSAGE]);
     let len = read_handshake_message(inb, &mut msg).await?;
     if len < TAG_LEN {
         return Err(LinkError::Protocol(
             "transport message shorter than its tag",
         ));
     }
-    let mut plain = Zeroizing::new([0u8; MAX_HANDSHAKE_MESSAGE]);
-    let n = state
-        .read_message(0, &msg[..len], &mut plain[..])
-        .map_err(|_| LinkError::Auth("key confirmation did not decrypt"))?;
-    Ok(Zeroizing::new(plain[..n].to_vec()))
+    let n = key
+        .open(0, &mut msg[..len])
+        .ok_or(LinkError::Auth("key confirmation did not decrypt"))?;
+    Ok(Zeroizing::new(msg[..n].to_vec()))
 }
 
 /// Message 1's payload for `hello`, written at `timestamp` ([`timestamp_now`]).

@@ -7,9 +7,8 @@
 //! side, on the stream's two halves boxed as [`BoxRead`] and [`BoxWrite`]; [`connect`],
 //! [`accept`] and [`accept_with`] do the same on a [`TcpStream`] and set its socket options. All
 //! return the link as two halves, a [`LinkReader`] and a [`LinkWriter`], that can be driven from
-//! two separate tokio tasks. The halves share the transport keys through an
-//! `Arc<snow::StatelessTransportState>`; each keeps its own explicit nonce counter, so neither
-//! needs a lock.
+//! two separate tokio tasks. Each half holds its direction's key of the handshake's split and its
+//! own explicit nonce counter, so neither needs a lock.
 //!
 //! # Handshake
 //!
@@ -33,8 +32,9 @@
 //!
 //! # Data path
 //!
-//! [`LinkReader::recv`] reads the stream in large chunks and decrypts each message into an
-//! arena, handing out frozen slices of it, so a message costs no allocation of its own. A
+//! [`LinkReader::recv`] reads the stream in large chunks, copies each message into an arena and
+//! decrypts it there in place (with the handshake's split keys, `cipher`), handing out frozen
+//! slices of it, so a message costs no allocation of its own. A
 //! [`Bytes`] it returns keeps its arena block (up to [`ARENA_CHUNK`] bytes) alive: a consumer
 //! that holds messages for long should copy what it keeps. [`LinkWriter::seal`] encrypts into one
 //! output buffer, and [`LinkWriter::flush`] writes everything sealed so far in as few syscalls as
@@ -50,6 +50,7 @@
 //! A writer's output buffer is capped at [`MAX_PENDING`]; the caller flushes well before that
 //! (watch [`LinkWriter::pending`]). A connection in its handshake holds a few KiB at most.
 
+mod cipher;
 mod handshake;
 mod peer;
 pub mod replay;

@@ -4,12 +4,11 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use snow::StatelessTransportState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::cipher::DirectionKey;
 use super::{
     BoxRead, BoxWrite, LinkError, ARENA_CHUNK, MAX_PENDING, MAX_PLAINTEXT, READ_CHUNK, TAG_LEN,
 };
@@ -67,7 +66,7 @@ impl InBuf {
 /// Receive half of a link. Yields one decrypted message per [`recv`](Self::recv).
 pub struct LinkReader {
     inb: InBuf,
-    state: Arc<StatelessTransportState>,
+    key: DirectionKey,
     /// Nonce of the next message to decrypt.
     nonce: u64,
     /// Plaintexts are decrypted here and split off as frozen [`Bytes`].
@@ -80,12 +79,12 @@ pub struct LinkReader {
 }
 
 impl LinkReader {
-    pub(super) fn new(mut inb: InBuf, state: Arc<StatelessTransportState>, nonce: u64) -> Self {
+    pub(super) fn new(mut inb: InBuf, key: DirectionKey, nonce: u64) -> Self {
         // The handshake ran with small reads; the data path wants large ones.
         inb.chunk = READ_CHUNK;
         Self {
             inb,
-            state,
+            key,
             nonce,
             arena: BytesMut::with_capacity(ARENA_CHUNK),
             done: false,
@@ -142,18 +141,18 @@ impl LinkReader {
         if self.arena.capacity() < len && !self.arena.try_reclaim(ARENA_CHUNK) {
             self.arena = BytesMut::with_capacity(ARENA_CHUNK);
         }
-        // snow decrypts in place, without allocating, when the output has room for the tag too.
-        self.arena.resize(len, 0);
-        let ciphertext = &self.inb.buf[LEN_PREFIX..LEN_PREFIX + len];
-        let opened = self
-            .state
-            .read_message(self.nonce, ciphertext, &mut self.arena);
-        let Ok(n) = opened else {
+        // One copy, out of the read buffer, then the AEAD opens it where it lies. (Opening it in
+        // the read buffer itself would save the copy, but then a slice the engine keeps would
+        // pin a whole read chunk, twice an arena block.)
+        self.arena
+            .extend_from_slice(&self.inb.buf[LEN_PREFIX..LEN_PREFIX + len]);
+        let opened = self.key.open(self.nonce, &mut self.arena);
+        let Some(n) = opened else {
             self.arena.clear();
             return Err(LinkError::Protocol("transport message failed to decrypt"));
         };
         self.arena.truncate(n);
-        // snow refuses nonce u64::MAX, so a message opened with `nonce` leaves room for + 1.
+        // The counter cannot wrap: the sender stops before u64::MAX (`LinkWriter::seal`).
         self.nonce += 1;
         self.inb.buf.advance(LEN_PREFIX + len);
         Ok(self.arena.split().freeze())
@@ -180,7 +179,7 @@ impl fmt::Debug for LinkReader {
 /// [`flush`](Self::flush) writes the buffer out, so many messages share one syscall.
 pub struct LinkWriter {
     wr: BoxWrite,
-    state: Arc<StatelessTransportState>,
+    key: DirectionKey,
     /// Nonce of the next message to seal.
     nonce: u64,
     /// Sealed messages, each with its length prefix, not yet written.
@@ -192,10 +191,10 @@ pub struct LinkWriter {
 }
 
 impl LinkWriter {
-    pub(super) fn new(wr: BoxWrite, state: Arc<StatelessTransportState>, nonce: u64) -> Self {
+    pub(super) fn new(wr: BoxWrite, key: DirectionKey, nonce: u64) -> Self {
         Self {
             wr,
-            state,
+            key,
             nonce,
             out: BytesMut::with_capacity(LEN_PREFIX + MAX_PLAINTEXT + TAG_LEN),
             done: false,
@@ -223,19 +222,19 @@ impl LinkWriter {
                 "output buffer over MAX_PENDING: flush first",
             ));
         }
-        self.out.reserve(LEN_PREFIX + ct_len);
-        // `ct_len` <= MAX_PLAINTEXT + TAG_LEN = u16::MAX, checked above.
-        self.out.put_u16(ct_len as u16);
-        self.out.resize(start + LEN_PREFIX + ct_len, 0);
-        let sealed =
-            self.state
-                .write_message(self.nonce, plaintext, &mut self.out[start + LEN_PREFIX..]);
-        if sealed.is_err() {
-            // The only error left is an exhausted nonce (2^64 - 1 messages): the link is done.
-            self.out.truncate(start);
+        if self.nonce == u64::MAX {
+            // Noise reserves the last nonce: 2^64 - 1 messages and the link is done.
             self.done = true;
             return Err(LinkError::Closed);
         }
+        self.out.reserve(LEN_PREFIX + ct_len);
+        // `ct_len` <= MAX_PLAINTEXT + TAG_LEN = u16::MAX, checked above.
+        self.out.put_u16(ct_len as u16);
+        // The plaintext is copied in once and sealed where it lies; the tag's room is zeroed.
+        self.out.extend_from_slice(plaintext);
+        self.out.put_bytes(0, TAG_LEN);
+        self.key
+            .seal(self.nonce, &mut self.out[start + LEN_PREFIX..]);
         self.nonce += 1;
         Ok(())
     }
