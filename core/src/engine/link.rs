@@ -174,6 +174,10 @@ pub(crate) struct LinkState {
     created: Instant,
     /// The ping timer fired; the next transmit carries a ping.
     pub(crate) ping_due: bool,
+    /// Since when a ping has been due and not gone out. A link whose writer cannot write (a QUIC
+    /// connection to a vanished peer, its congestion window full of packets nobody acks, or a
+    /// sub-link whose carrier is in that state) never sends it: the dead timer runs from here.
+    due_since: Option<Instant>,
     pub(crate) pongs_owed: Vec<u64>,
     pub(crate) stats: LinkStats,
     /// Sequence number below which entries were already sent again on other links because
@@ -198,6 +202,7 @@ impl LinkState {
             last_ping: None,
             created: now,
             ping_due: false,
+            due_since: None,
             pongs_owed: Vec::new(),
             stats: LinkStats::default(),
             rescued: 0,
@@ -236,6 +241,7 @@ impl LinkState {
         });
         self.last_ping = Some(now);
         self.ping_due = false;
+        self.due_since = None;
     }
 
     /// A pong arrived: drop everything it confirms and take an RTT sample. Pongs that match
@@ -322,9 +328,20 @@ impl LinkState {
         self.stalled_at()
     }
 
-    /// When the outstanding ping, if any, declares the link dead.
+    /// The ping timer fired at `now`: the next transmit carries a ping.
+    pub(crate) fn ping_timer_fired(&mut self, now: Instant) {
+        self.ping_due = true;
+        self.due_since.get_or_insert(now);
+    }
+
+    /// When the outstanding ping, if any, declares the link dead; or, with none outstanding,
+    /// the ping that has been due since `due_since` without going out (the writer could not
+    /// write for that long: the link is as dead as one whose ping went unanswered).
     pub(crate) fn dead_at(&self) -> Option<Instant> {
-        self.ping.map(|p| p.sent_at + self.dead_after())
+        self.ping
+            .map(|p| p.sent_at)
+            .or(self.due_since)
+            .map(|t| t + self.dead_after())
     }
 
     /// When the ping timer fires: `PING_INTERVAL` after the last ping while frames await

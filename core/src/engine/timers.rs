@@ -22,7 +22,7 @@ impl Session {
         }
         for l in self.links.values_mut() {
             if l.next_ping_at().is_some_and(|t| t <= now) {
-                l.ping_due = true;
+                l.ping_timer_fired(now);
             }
         }
         self.expire_pending(now);

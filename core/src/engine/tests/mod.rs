@@ -59,3 +59,50 @@ pub(super) fn sent(s: &mut Session, now: Instant, link: LinkId) -> Vec<Frame> {
     }
     out
 }
+
+/// A link whose writer cannot write (a QUIC connection to a vanished peer with its congestion
+/// window full, or a sub-link whose carrier is stuck so) never sends the ping that comes due:
+/// the dead timer runs from when it came due, so the link dies as one whose ping went unanswered
+/// does (a cluster benchmark saw such links live on for QUIC's 30 s idle timeout, and a
+/// connection striped through the dead node stall as long).
+#[test]
+fn a_link_that_cannot_send_its_due_ping_dies() {
+    use super::link::{DEAD_INITIAL, KEEPALIVE};
+    let (mut s, t0) = server(16);
+    let due = t0 + KEEPALIVE;
+    s.handle_timeout(due);
+    assert!(s.poll_timeout().is_some_and(|t| t <= due + DEAD_INITIAL));
+    s.handle_timeout(due + DEAD_INITIAL - Duration::from_millis(1));
+    assert!(
+        std::iter::from_fn(|| s.poll_event()).all(|e| !matches!(e, Event::LinkTimedOut(_))),
+        "dead too early"
+    );
+    s.handle_timeout(due + DEAD_INITIAL);
+    let events: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::LinkTimedOut(l) if *l == LINK)),
+        "{events:?}"
+    );
+
+    // The same link able to write sends the ping, and the pong keeps it alive.
+    let (mut s, t0) = server(16);
+    let due = t0 + KEEPALIVE;
+    s.handle_timeout(due);
+    let token = sent(&mut s, due, LINK)
+        .into_iter()
+        .find_map(|f| match f {
+            Frame::Ping(t) => Some(t),
+            _ => None,
+        })
+        .expect("the due ping goes out");
+    s.handle_message(
+        due + Duration::from_millis(40),
+        LINK,
+        msg(&[Frame::Pong(token)]),
+    )
+    .expect("pong");
+    s.handle_timeout(due + DEAD_INITIAL * 2);
+    assert!(std::iter::from_fn(|| s.poll_event()).all(|e| !matches!(e, Event::LinkTimedOut(_))));
+}
