@@ -65,7 +65,15 @@ impl Session {
                         }
                     }
                 }
-                Sent::Window(stream) => self.mark_window_dirty(stream),
+                Sent::Window { stream, acked, max } => {
+                    if self.streams.contains_key(&stream) {
+                        self.mark_window_dirty(stream);
+                    } else {
+                        // The stream ended after this went out: the peer may still wait for
+                        // this acknowledgement of its FIN, and nothing else would send it.
+                        self.control.push_back(Frame::Window { stream, acked, max });
+                    }
+                }
                 Sent::SessionWindow => self.session_window_dirty = true,
                 Sent::Control(frame) => {
                     let keep = match &frame {
