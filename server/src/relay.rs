@@ -24,8 +24,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Notify;
 use tracing::debug;
+use wanmux_core::budget::{Budget, Pool};
 use wanmux_core::driver::link::{LinkEnd, RouteFuture, Router};
-use wanmux_core::driver::{LinkKind, SessionDriver};
+use wanmux_core::driver::{BudgetSignal, LinkKind, SessionDriver};
 use wanmux_core::ids::{LinkId, SessionId};
 use wanmux_core::keys::PublicKey;
 use wanmux_core::peer::{Handle, PeerFrame, Via};
@@ -40,6 +41,47 @@ pub(crate) const VIA_WINDOW: u64 = 1024 * 1024;
 const NO_SESSION: u16 = 1;
 /// `NO_SESSION` code: the owner refused the frames (they broke the protocol).
 const REFUSED: u16 = 2;
+
+/// A relay that finds the memory budget short for a section it relays upstream tries again
+/// this often (its client link's reader waits meanwhile: backpressure, as for a full queue).
+const MEMORY_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// A relayed message counted in the daemon's memory budget (`limits.memory`, receive pool, on
+/// the account of the client whose link it came on or goes to) for as long as it exists: in a
+/// peer link's queue until its writer sent it, in a client link's queue until its writer took
+/// it. Given back when the last handle on it is dropped.
+struct Counted {
+    bytes: Bytes,
+    budget: Budget,
+    signal: Option<BudgetSignal>,
+}
+
+impl AsRef<[u8]> for Counted {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.budget.give_back(Pool::Recv, self.bytes.len() as u64) {
+            if let Some(s) = &self.signal {
+                s.wake_all();
+            }
+        }
+    }
+}
+
+/// `bytes`, counted in `budget` if it has room for them now; else `None`.
+fn counted(bytes: Bytes, budget: &Budget, signal: Option<BudgetSignal>) -> Option<Bytes> {
+    budget.try_reserve(Pool::Recv, bytes.len() as u64).then(|| {
+        Bytes::from_owner(Counted {
+            bytes,
+            budget: budget.clone(),
+            signal,
+        })
+    })
+}
 
 /// A session as peers name it: (client key, session id).
 pub(crate) type Key = (Option<PublicKey>, SessionId);
@@ -67,6 +109,9 @@ pub(crate) struct PeerCount {
 #[derive(Debug)]
 struct ViaQueue {
     client: Option<PublicKey>,
+    /// The budget of the link's session (its client's account): what waits in this queue, and
+    /// what this link's reader queues for owners, is counted in it.
+    budget: Budget,
     state: Mutex<ViaState>,
 }
 
@@ -82,6 +127,13 @@ struct ViaState {
     /// The owners this link's sections went to: (owner, handle) -> the session and epoch named,
     /// for `VIA_DOWN` when the link ends and `ROUTE_DOWN` when a peer link does.
     owners: HashMap<u16, (Handle, SessionId, u64)>,
+    /// Owners whose virtual link through this client link was shed for want of memory, and
+    /// whose `VIA_DOWN` could not be queued then: it goes before the next `RELAY` to them.
+    via_down_owed: HashMap<u16, Handle>,
+    /// An owner refused what this link relayed (`NO_SESSION` code 2: its frames broke the
+    /// protocol): the link is closed at the next routed message it brings, and nothing more
+    /// of it is relayed.
+    refused: bool,
     ended: bool,
 }
 
@@ -100,6 +152,11 @@ impl Relay {
     fn vias(&self) -> std::sync::MutexGuard<'_, HashMap<Via, Arc<ViaQueue>>> {
         // Only map operations run under this lock.
         self.vias.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The daemon's budget signal, to wake sessions waiting for memory a queue gave back.
+    fn signal(&self) -> Option<BudgetSignal> {
+        self.sessions.upgrade().map(|s| s.budget_signal().clone())
     }
 
     fn count(&self, peer: u16) -> Arc<PeerCount> {
@@ -130,11 +187,17 @@ impl Relay {
             .collect()
     }
 
-    /// The router of a new client link of session (`client`, ...).
-    pub(crate) fn router(self: &Arc<Self>, client: Option<PublicKey>) -> Arc<dyn Router> {
+    /// The router of a new client link of session (`client`, ...), whose memory budget (the
+    /// client's account) is `budget`.
+    pub(crate) fn router(
+        self: &Arc<Self>,
+        client: Option<PublicKey>,
+        budget: Budget,
+    ) -> Arc<dyn Router> {
         let via = Via(self.next_via.fetch_add(1, Relaxed));
         let queue = Arc::new(ViaQueue {
             client,
+            budget,
             state: Mutex::new(ViaState::default()),
         });
         self.vias().insert(via, queue.clone());
@@ -202,8 +265,28 @@ impl Relay {
         if queued + len > VIA_WINDOW {
             return Err("RELAY_DOWN beyond the virtual link's credit");
         }
-        st.push(peer.id(), handle, b.freeze(), len);
-        self.count(peer.id()).down.fetch_add(len, Relaxed);
+        let signal = self.signal();
+        if st.take_down(
+            peer.id(),
+            handle,
+            b.freeze(),
+            len,
+            (&v.budget, signal),
+            key.1,
+            epoch,
+        ) {
+            self.count(peer.id()).down.fetch_add(len, Relaxed);
+        } else {
+            debug!(
+                peer = peer.id(),
+                "memory budget short: the owner's virtual link through a client link is shed"
+            );
+            let mut b = BytesMut::new();
+            PeerFrame::ViaDown { handle, via }.encode(&mut b);
+            if !matches!(peer.try_send(b.freeze()), Ok(true)) {
+                st.via_down_owed.insert(peer.id(), handle);
+            }
+        }
         Ok(())
     }
 
@@ -218,6 +301,9 @@ impl Relay {
         debug!(peer = peer.id(), code, "owner refused a sub-link");
         let mut st = v.lock();
         st.owners.remove(&peer.id());
+        if code == REFUSED {
+            st.refused = true;
+        }
         if code == NO_SESSION {
             let mut b = BytesMut::new();
             Routed::Down {
@@ -240,6 +326,56 @@ impl ViaQueue {
 }
 
 impl ViaState {
+    /// Queues section `msg` of owner `owner` (`credit` bytes of its virtual link's credit),
+    /// counted in the link's budget; or, when the budget has no room for it, sheds the owner's
+    /// virtual link ([`ViaState::shed`]) and returns false.
+    #[allow(clippy::too_many_arguments, reason = "what one section names")]
+    fn take_down(
+        &mut self,
+        owner: u16,
+        handle: Handle,
+        msg: Bytes,
+        credit: u64,
+        (budget, signal): (&Budget, Option<BudgetSignal>),
+        session: SessionId,
+        epoch: u64,
+    ) -> bool {
+        match counted(msg, budget, signal) {
+            Some(msg) => {
+                self.push(owner, handle, msg, credit);
+                true
+            }
+            None => {
+                self.shed(owner, session, epoch);
+                false
+            }
+        }
+    }
+
+    /// The memory budget cannot hold a section owner `owner` sent within its credit: its
+    /// virtual link through this client link ends, as if the peer link had died. The sections
+    /// of it still queued are dropped (a virtual link is ordered: one section missing, the
+    /// pongs of later ones would confirm what never arrived, so none of them may follow), the
+    /// client is told with `ROUTE_DOWN` (code 0: it drops the sub-link, resends what it carried
+    /// on its other links and adds it again after a second); the caller tells the owner with
+    /// `VIA_DOWN`.
+    fn shed(&mut self, owner: u16, session: SessionId, epoch: u64) {
+        self.queue
+            .retain(|(o, h, _)| *o != owner || *h == Handle(0));
+        self.queued.remove(&owner);
+        self.owed.retain(|(o, _), _| *o != owner);
+        self.owners.remove(&owner);
+        let mut b = BytesMut::new();
+        Routed::Down {
+            node: owner,
+            session,
+            epoch,
+            code: DOWN_NO_PEER,
+        }
+        .encode(&mut b);
+        self.push(owner, Handle(0), b.freeze(), 0);
+    }
+
     /// Queues a routed message from `owner`; `credit` bytes of it count against its window.
     fn push(&mut self, owner: u16, handle: Handle, msg: Bytes, credit: u64) {
         *self.queued.entry(owner).or_insert(0) += credit;
@@ -258,6 +394,17 @@ struct NodeRouter {
 }
 
 impl NodeRouter {
+    /// `msg` counted in the link's budget, once it has room (the link's reader waits
+    /// meanwhile: its sender sees a slow link, as when the peer link's queue is full).
+    async fn counted_wait(&self, msg: Bytes) -> Bytes {
+        loop {
+            if let Some(m) = counted(msg.clone(), &self.queue.budget, self.relay.signal()) {
+                return m;
+            }
+            tokio::time::sleep(MEMORY_RETRY).await;
+        }
+    }
+
     /// Returns the credit of the sections written to their owners (what a full peer queue
     /// refuses now is returned later).
     fn return_credit(&self, st: &mut ViaState) {
@@ -290,6 +437,13 @@ impl Router for NodeRouter {
                 let Some(frame) = frame else {
                     return Ok(());
                 };
+                if self.queue.lock().refused {
+                    // As a direct link whose frames break the protocol is closed.
+                    return Err(LinkEnd::Routed(
+                        "an owner refused what this link relayed: its frames broke the protocol"
+                            .into(),
+                    ));
+                }
                 let Routed::Section {
                     node,
                     session,
@@ -310,6 +464,18 @@ impl Router for NodeRouter {
                     Some(peer) => match peer.bind((self.queue.client, session)).await {
                         Err(_) => None,
                         Ok(handle) => {
+                            let owed = self.queue.lock().via_down_owed.remove(&node);
+                            if let Some(h) = owed {
+                                // Before anything new for the owner: it ends the virtual link
+                                // that was shed, so no later section pairs with it.
+                                let mut b = BytesMut::new();
+                                PeerFrame::ViaDown {
+                                    handle: h,
+                                    via: self.via,
+                                }
+                                .encode(&mut b);
+                                let _ = peer.send(b.freeze()).await;
+                            }
                             let mut b = BytesMut::with_capacity(frames.len() + 32);
                             PeerFrame::Relay {
                                 handle,
@@ -319,7 +485,8 @@ impl Router for NodeRouter {
                                 frames,
                             }
                             .encode(&mut b);
-                            peer.send(b.freeze()).await.is_ok().then_some(handle)
+                            let msg = self.counted_wait(b.freeze()).await;
+                            peer.send(msg).await.is_ok().then_some(handle)
                         }
                     },
                 };
@@ -640,5 +807,98 @@ async fn write_virtual(
         if peer.send(b.freeze()).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(owner: u16, len: usize) -> Bytes {
+        let mut b = BytesMut::new();
+        Routed::Section {
+            node: owner,
+            session: SessionId([7; 16]),
+            epoch: 3,
+            frames: Bytes::from(vec![0u8; len]),
+        }
+        .encode(&mut b);
+        b.freeze()
+    }
+
+    /// Owners flood the client links of a relay with sections, each within its virtual link's
+    /// credit, and the links' writers never take them: what the relay holds stays within its
+    /// memory budget. An owner whose section does not fit has its virtual link through that
+    /// client link shed (its queued sections dropped, `ROUTE_DOWN` for the client in their
+    /// place), and the memory comes back as the queues are emptied.
+    #[test]
+    fn a_flood_of_relayed_sections_stays_within_the_memory_budget() {
+        let budget = Budget::new(8 << 20); // 4 MiB per pool
+        let client = budget.account();
+        let mut links: Vec<ViaState> = (0..8).map(|_| ViaState::default()).collect();
+        let (mut taken, mut shed) = (0u64, 0u32);
+        for round in 0..20 {
+            for (i, st) in links.iter_mut().enumerate() {
+                for owner in [2u16, 3] {
+                    let queued = st.queued.get(&owner).copied().unwrap_or(0);
+                    let len = 60_000;
+                    if queued + len as u64 > VIA_WINDOW {
+                        continue; // the owner has no credit left: it sends nothing
+                    }
+                    let msg = section(owner, len);
+                    let sess = SessionId([7; 16]);
+                    let ok =
+                        st.take_down(owner, Handle(1), msg, len as u64, (&client, None), sess, 3);
+                    if ok {
+                        taken += len as u64;
+                    } else {
+                        shed += 1;
+                        assert!(
+                            st.queue
+                                .iter()
+                                .all(|(o, h, _)| *o != owner || *h == Handle(0)),
+                            "round {round} link {i}: sections of a shed owner still queued"
+                        );
+                        let down = st.queue.back().expect("ROUTE_DOWN queued").2.clone();
+                        let mut d = down;
+                        assert!(matches!(
+                            Routed::decode(&mut d),
+                            Ok(Some(Routed::Down {
+                                code: DOWN_NO_PEER,
+                                ..
+                            }))
+                        ));
+                    }
+                    let used = budget.used(Pool::Recv);
+                    assert!(used <= budget.cap(), "{used} held, cap {}", budget.cap());
+                }
+            }
+        }
+        assert!(taken > 2 << 20, "sections were relayed: {taken}");
+        assert!(shed > 0, "the flood met the budget");
+        // One client's account holds at most half the pool (fair shares, `budget.rs`).
+        assert!(budget.used(Pool::Recv) <= budget.cap() / 2 + 100_000);
+        drop(links);
+        assert_eq!(
+            budget.used(Pool::Recv),
+            0,
+            "the queues gave their memory back"
+        );
+    }
+
+    /// A counted message holds its bytes in the budget until its last handle is dropped, and a
+    /// message the budget has no room for is refused.
+    #[test]
+    fn counted_messages_hold_the_budget_while_they_exist() {
+        let budget = Budget::new(2 << 20);
+        let a = counted(Bytes::from(vec![1u8; 600_000]), &budget, None).expect("room");
+        assert_eq!(budget.used(Pool::Recv), 600_000);
+        let copy = a.clone();
+        assert!(counted(Bytes::from(vec![2u8; 600_000]), &budget, None).is_none());
+        drop(a);
+        assert_eq!(budget.used(Pool::Recv), 600_000, "a handle is left");
+        assert_eq!(&copy[..3], &[1, 1, 1]);
+        drop(copy);
+        assert_eq!(budget.used(Pool::Recv), 0);
     }
 }

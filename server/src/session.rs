@@ -148,6 +148,11 @@ impl Sessions {
         &self.budget
     }
 
+    /// Wakes the sessions when memory held outside them (a relay's queues) is given back.
+    pub(crate) fn budget_signal(&self) -> &BudgetSignal {
+        &self.budget_signal
+    }
+
     pub(crate) fn node_id(&self) -> u16 {
         self.config.node_id.get()
     }
@@ -354,7 +359,7 @@ impl Sessions {
             .relay
             .get()
             .filter(|_| acc.hello.relay)
-            .map(|r| r.router(acc.client_key));
+            .map(|r| r.router(acc.client_key, driver.with(|s, _| s.budget().clone())));
         let end = driver::link::run_routed(
             driver,
             acc.reader,

@@ -117,7 +117,8 @@ impl Drop for Locked<'_> {
 pub struct BudgetSignal(Arc<Notify>);
 
 impl BudgetSignal {
-    fn wake_all(&self) {
+    /// Wakes every session, so that those waiting for memory retry.
+    pub fn wake_all(&self) {
         self.0.notify_waiters();
     }
 }
