@@ -686,8 +686,9 @@ impl PeerState {
             .binds
             .get(&handle)
             .ok_or("RELAY for a handle that was never bound")?;
+        let peer_id = self.peer;
         let refuse = |code: u16| {
-            if let Some(peer) = relay.mesh.peer(self.peer) {
+            if let Some(peer) = relay.mesh.peer(peer_id) {
                 let mut b = BytesMut::new();
                 PeerFrame::NoSession {
                     handle,
@@ -719,41 +720,71 @@ impl PeerState {
         if stale {
             self.vlinks.remove(&via);
         }
-        if !self.vlinks.contains_key(&via) {
-            let peer = relay.mesh.peer(self.peer).ok_or("peer link gone")?;
-            let waker = Arc::new(Notify::new());
-            let (id, _kill) = driver.add_link_with(LinkKind::Relayed, waker.clone());
-            let credit = Arc::new(Credit {
-                bytes: Mutex::new(VIA_WINDOW),
-                more: Notify::new(),
-            });
-            let writer = tokio::spawn(write_virtual(
-                driver.clone(),
+        // Twice at most: a virtual link the engine has dropped (no answer to its pings) takes
+        // no frames, and the client's sub-link, which knows nothing of it, goes on; a new
+        // virtual link takes them instead. Refusing them would lose them: the sub-link's later
+        // pings, answered by the next virtual link, would confirm them to the client.
+        for fresh in [false, true] {
+            if !self.vlinks.contains_key(&via) {
+                self.add_vlink(relay, &driver, handle, via, epoch)?;
+            }
+            let id = self.vlinks[&via].id;
+            match driver.handle_message(id, frames.clone()) {
+                Ok(()) => break,
+                Err(wanmux_core::engine::PeerError::UnknownLink) if !fresh => {
+                    debug!(
+                        peer = self.peer,
+                        "virtual link dropped by its engine: a new one takes its frames"
+                    );
+                    self.vlinks.remove(&via);
+                }
+                Err(e) => {
+                    debug!(peer = self.peer, error = %e, "virtual link closed: the client broke the protocol");
+                    self.vlinks.remove(&via);
+                    refuse(REFUSED);
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the virtual link (this peer, `via`) to `driver`'s engine, with its writer task.
+    fn add_vlink(
+        &mut self,
+        relay: &Arc<Relay>,
+        driver: &SessionDriver,
+        handle: Handle,
+        via: Via,
+        epoch: u64,
+    ) -> Result<(), &'static str> {
+        let peer = relay.mesh.peer(self.peer).ok_or("peer link gone")?;
+        let waker = Arc::new(Notify::new());
+        let (id, _kill) = driver.add_link_with(LinkKind::Relayed, waker.clone());
+        let credit = Arc::new(Credit {
+            bytes: Mutex::new(VIA_WINDOW),
+            more: Notify::new(),
+        });
+        let writer = tokio::spawn(write_virtual(
+            driver.clone(),
+            id,
+            waker,
+            credit.clone(),
+            peer,
+            handle,
+            via,
+            epoch,
+        ));
+        self.vlinks.insert(
+            via,
+            VirtualLink {
+                driver: driver.clone(),
                 id,
-                waker,
-                credit.clone(),
-                peer,
-                handle,
-                via,
                 epoch,
-            ));
-            self.vlinks.insert(
-                via,
-                VirtualLink {
-                    driver: driver.clone(),
-                    id,
-                    epoch,
-                    credit,
-                    writer,
-                },
-            );
-        }
-        let id = self.vlinks[&via].id;
-        if let Err(e) = driver.handle_message(id, frames) {
-            debug!(peer = self.peer, error = %e, "virtual link closed: the client broke the protocol");
-            self.vlinks.remove(&via);
-            refuse(REFUSED);
-        }
+                credit,
+                writer,
+            },
+        );
         Ok(())
     }
 }
