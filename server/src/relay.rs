@@ -571,6 +571,11 @@ pub(crate) struct PeerState {
     peer: u16,
     binds: HashMap<Handle, Key>,
     vlinks: HashMap<Via, VirtualLink>,
+    /// The via credit of each client link of the peer: the relay holds the sections of this
+    /// node for that link in one queue whichever virtual link sent them, so a virtual link that
+    /// replaces another on the same link (the engine dropped the old one, or the session's epoch
+    /// changed) goes on with its credit. Ends with `VIA_DOWN`.
+    credits: HashMap<Via, Arc<Credit>>,
 }
 
 /// Handles a peer may bind on one link, at most (sessions it relays for).
@@ -580,7 +585,6 @@ struct VirtualLink {
     driver: SessionDriver,
     id: LinkId,
     epoch: u64,
-    credit: Arc<Credit>,
     writer: tokio::task::JoinHandle<()>,
 }
 
@@ -605,6 +609,7 @@ impl PeerState {
             peer,
             binds: HashMap::new(),
             vlinks: HashMap::new(),
+            credits: HashMap::new(),
         }
     }
 
@@ -646,14 +651,15 @@ impl PeerState {
                 relay.relay_down(&peer, handle, via, epoch, frames)?;
             }
             PeerFrame::ViaCredit { via, bytes, .. } => {
-                if let Some(v) = self.vlinks.get(&via) {
-                    let mut c = v.credit.bytes.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(credit) = self.credits.get(&via) {
+                    let mut c = credit.bytes.lock().unwrap_or_else(|e| e.into_inner());
                     *c = (*c + u64::from(bytes)).min(VIA_WINDOW);
-                    v.credit.more.notify_one();
+                    credit.more.notify_one();
                 }
             }
             PeerFrame::ViaDown { via, .. } => {
                 self.vlinks.remove(&via);
+                self.credits.remove(&via);
             }
             PeerFrame::NoSession {
                 handle,
@@ -761,10 +767,19 @@ impl PeerState {
         let peer = relay.mesh.peer(self.peer).ok_or("peer link gone")?;
         let waker = Arc::new(Notify::new());
         let (id, _kill) = driver.add_link_with(LinkKind::Relayed, waker.clone());
-        let credit = Arc::new(Credit {
-            bytes: Mutex::new(VIA_WINDOW),
-            more: Notify::new(),
-        });
+        if self.credits.len() >= MAX_BINDS && !self.credits.contains_key(&via) {
+            return Err("too many client links relayed");
+        }
+        let credit = self
+            .credits
+            .entry(via)
+            .or_insert_with(|| {
+                Arc::new(Credit {
+                    bytes: Mutex::new(VIA_WINDOW),
+                    more: Notify::new(),
+                })
+            })
+            .clone();
         let writer = tokio::spawn(write_virtual(
             driver.clone(),
             id,
@@ -781,7 +796,6 @@ impl PeerState {
                 driver: driver.clone(),
                 id,
                 epoch,
-                credit,
                 writer,
             },
         );
