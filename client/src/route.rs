@@ -111,6 +111,8 @@ impl Routes {
 /// The router of one client link to node `via`.
 pub(crate) struct ClientRouter {
     via: NodeId,
+    /// The link is a dedicated interactive lane (`links.lanes`): its sub-links are lanes too.
+    lane: bool,
     routes: Arc<Routes>,
     subs: Mutex<Subs>,
 }
@@ -135,7 +137,7 @@ struct Sub {
 }
 
 impl ClientRouter {
-    pub(crate) fn new(via: NodeId, routes: Arc<Routes>) -> Self {
+    pub(crate) fn new(via: NodeId, routes: Arc<Routes>, lane: bool) -> Self {
         let list = routes
             .nodes
             .get()
@@ -155,6 +157,7 @@ impl ClientRouter {
             .unwrap_or_default();
         ClientRouter {
             via,
+            lane,
             routes,
             subs: Mutex::new(Subs {
                 waker: None,
@@ -173,7 +176,7 @@ impl ClientRouter {
     }
 
     /// Adds the sub-links that are missing and may be added now; whether one was added.
-    fn ensure(subs: &mut Subs, now: Instant) -> bool {
+    fn ensure(subs: &mut Subs, now: Instant, lane: bool) -> bool {
         let Some(waker) = subs.waker.clone() else {
             return false;
         };
@@ -185,18 +188,20 @@ impl ClientRouter {
             if now < s.retry_at || dial::lock(&s.node.state).epoch.is_none() {
                 continue;
             }
-            add_sub(s, &waker);
+            add_sub(s, &waker, lane);
             added = true;
         }
         added
     }
 }
 
-fn add_sub(s: &mut Sub, waker: &Arc<Notify>) -> LinkId {
-    let (id, _kill) = s
-        .node
-        .driver
-        .add_link_with(LinkKind::Relayed, waker.clone());
+fn add_sub(s: &mut Sub, waker: &Arc<Notify>, lane: bool) -> LinkId {
+    let kind = if lane {
+        LinkKind::RelayedLane
+    } else {
+        LinkKind::Relayed
+    };
+    let (id, _kill) = s.node.driver.add_link_with(kind, waker.clone());
     s.link = Some(id);
     s.dropped_by_engine = false;
     s.counter.live.fetch_add(1, Relaxed);
@@ -216,7 +221,7 @@ impl Router for ClientRouter {
     fn up(&self, _id: LinkId, waker: &Arc<Notify>) {
         let mut subs = self.lock();
         subs.waker = Some(waker.clone());
-        Self::ensure(&mut subs, Instant::now());
+        Self::ensure(&mut subs, Instant::now(), self.lane);
     }
 
     fn route(&self, mut msg: Bytes) -> RouteFuture<'_> {
@@ -265,7 +270,7 @@ impl Router for ClientRouter {
                         // the virtual link, answered by the next sub-link, would confirm them.
                         let id = match (s.link, &waker) {
                             (Some(id), _) => id,
-                            (None, Some(w)) if s.dropped_by_engine => add_sub(s, w),
+                            (None, Some(w)) if s.dropped_by_engine => add_sub(s, w, self.lane),
                             (None, _) => continue,
                         };
                         s.counter.received.fetch_add(frames.len() as u64, Relaxed);
@@ -275,7 +280,7 @@ impl Router for ClientRouter {
                                 s.link = None;
                                 s.counter.live.fetch_sub(1, Relaxed);
                                 if let Some(w) = &waker {
-                                    let id = add_sub(s, w);
+                                    let id = add_sub(s, w, self.lane);
                                     if s.node.driver.handle_message(id, frames).is_err() {
                                         drop_sub(s, now);
                                     }
@@ -375,7 +380,7 @@ impl Router for ClientRouter {
 
     fn tick(&self) {
         let mut subs = self.lock();
-        if Self::ensure(&mut subs, Instant::now()) {
+        if Self::ensure(&mut subs, Instant::now(), self.lane) {
             if let Some(w) = &subs.waker {
                 w.notify_one();
             }

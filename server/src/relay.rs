@@ -37,6 +37,13 @@ use wanmux_core::route::{self, Routed, DOWN_NO_PEER, DOWN_NO_SESSION};
 /// this much per owner for each of its client links.
 pub(crate) const VIA_WINDOW: u64 = 1024 * 1024;
 
+/// The bit of a `via` number that marks a client link that is a dedicated interactive lane at
+/// the relay (`links.lanes`): the owner makes its virtual link through it a lane too
+/// (`Session::add_relayed_lane`), so no owner's bulk data goes on a lane link and the owners'
+/// small frames can take the lanes of the node nearest the client. A convention on the numbers
+/// the relay picks, not a field: a node that does not know it sees an ordinary via.
+pub(crate) const LANE_VIA: u32 = 1 << 31;
+
 /// `NO_SESSION` code: no session with that id and epoch.
 const NO_SESSION: u16 = 1;
 /// `NO_SESSION` code: the owner refused the frames (they broke the protocol).
@@ -189,12 +196,16 @@ impl Relay {
 
     /// The router of a new client link of session (`client`, ...), whose memory budget (the
     /// client's account) is `budget`.
+    /// `lane`: the link is a dedicated interactive lane (`links.lanes`); its number says so to
+    /// the owners ([`LANE_VIA`]), whose virtual links through it are lanes too.
     pub(crate) fn router(
         self: &Arc<Self>,
         client: Option<PublicKey>,
         budget: Budget,
+        lane: bool,
     ) -> Arc<dyn Router> {
-        let via = Via(self.next_via.fetch_add(1, Relaxed));
+        let n = self.next_via.fetch_add(1, Relaxed) & !LANE_VIA;
+        let via = Via(if lane { n | LANE_VIA } else { n });
         let queue = Arc::new(ViaQueue {
             client,
             budget,
@@ -766,7 +777,12 @@ impl PeerState {
     ) -> Result<(), &'static str> {
         let peer = relay.mesh.peer(self.peer).ok_or("peer link gone")?;
         let waker = Arc::new(Notify::new());
-        let (id, _kill) = driver.add_link_with(LinkKind::Relayed, waker.clone());
+        let kind = if via.0 & LANE_VIA != 0 {
+            LinkKind::RelayedLane
+        } else {
+            LinkKind::Relayed
+        };
+        let (id, _kill) = driver.add_link_with(kind, waker.clone());
         if self.credits.len() >= MAX_BINDS && !self.credits.contains_key(&via) {
             return Err("too many client links relayed");
         }

@@ -355,11 +355,10 @@ impl Sessions {
             let address = peer.to_string();
             labels.label_link(id, driver::LinkLabel { address, transport });
         };
-        let router = self
-            .relay
-            .get()
-            .filter(|_| acc.hello.relay)
-            .map(|r| r.router(acc.client_key, driver.with(|s, _| s.budget().clone())));
+        let router = self.relay.get().filter(|_| acc.hello.relay).map(|r| {
+            let budget = driver.with(|s, _| s.budget().clone());
+            r.router(acc.client_key, budget, acc.hello.lane)
+        });
         let end = driver::link::run_routed(
             driver,
             acc.reader,

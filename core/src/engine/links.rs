@@ -37,6 +37,17 @@ impl Session {
         }
     }
 
+    /// A relayed link ([`Session::add_relayed_link`]) over a dedicated interactive lane of
+    /// another node (a sub-link over a lane link, or a virtual link through one): a dedicated
+    /// lane of this engine too, so that no owner's bulk data goes on a lane link, and the
+    /// nearest lanes carry the interactive frames whichever node owns the stream.
+    pub fn add_relayed_lane(&mut self, now: Instant, link: LinkId) {
+        self.add_relayed_link(now, link);
+        if let Some(l) = self.links.get_mut(&link) {
+            l.lane = true;
+        }
+    }
+
     /// Whether `link` goes through a relay ([`Session::add_relayed_link`]).
     pub fn is_relayed(&self, link: LinkId) -> bool {
         self.links.get(&link).is_some_and(|l| l.relayed)

@@ -663,3 +663,67 @@ fn a_pinned_interactive_stream_gets_a_direct_lane_when_the_nearest_links_are_rel
     // d2, the nearer direct link, replaced the second relayed lane.
     assert_eq!(game_sent, vec![(d2, 0, 100)]);
 }
+
+/// A far owner's engine on the client with two dedicated lanes of its own (80 ms) and two
+/// sub-links over the near node's dedicated lanes (12 ms): the sub-links are its lanes, so the
+/// game's segments go through the near node, and no bulk data goes on any lane link.
+#[test]
+fn dedicated_lanes_over_a_nearer_node_carry_the_interactive_frames_and_no_bulk() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    let (l1, l2, b3, b4, r5, r6, rb7) = (
+        LinkId(1),
+        LinkId(2),
+        LinkId(3),
+        LinkId(4),
+        LinkId(5),
+        LinkId(6),
+        LinkId(7),
+    );
+    c.add_lane(now, l1);
+    c.add_lane(now, l2);
+    c.add_link(now, b3);
+    c.add_link(now, b4);
+    c.add_relayed_lane(now, r5);
+    c.add_relayed_lane(now, r6);
+    c.add_relayed_link(now, rb7);
+    let ms = Duration::from_millis;
+    let now = with_rtts(
+        &mut c,
+        now,
+        &[
+            (l1, ms(80)),
+            (l2, ms(80)),
+            (b3, ms(80)),
+            (b4, ms(80)),
+            (r5, ms(12)),
+            (r6, ms(12)),
+            (rb7, ms(12)),
+        ],
+    );
+    // More than three rounds take: the tail of a bulk stream (16 KiB) is interactive.
+    let bulk = c.open_stream(now, NODE, "svc").unwrap();
+    c.stream_write(bulk, Bytes::from(vec![1u8; 1_000_000]))
+        .unwrap();
+    let game = c.open_stream(now, NODE, "svc").unwrap();
+    c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
+    let mut game_on = Vec::new();
+    for _ in 0..3 {
+        for l in [l1, l2, b3, b4, r5, r6, rb7] {
+            for (stream, _, _) in data_sent(&mut c, now, l) {
+                if stream == game {
+                    game_on.push(l);
+                }
+                if stream == bulk {
+                    assert!(![l1, l2, r5, r6].contains(&l), "bulk data on lane {l}");
+                }
+            }
+        }
+    }
+    game_on.sort();
+    assert_eq!(
+        game_on,
+        vec![r5, r6],
+        "the game's segment went on both near lanes"
+    );
+}
