@@ -3,9 +3,9 @@
 //! The client runs one engine per node ([`NodeSession`]): the streams that node owns, its link
 //! pool, its epoch. All of them share one session id, the daemon's memory budget and its budget
 //! signal. A node that restarts (a new epoch) or stays unreachable for `client.session_grace_ms`
-//! resets only the streams it owned; the others go on. A stream's frames travel on its owner's
-//! links, in both directions (relaying through other nodes is designed in docs/PROTOCOL.md and
-//! not built yet).
+//! resets only the streams it owned; the others go on. A stream's frames travel on every node's
+//! links (`spread = "stripe"`: through the sub-links of `route.rs`, relayed by the other nodes to
+//! the owner) or on its owner's only (`"pin"`), in both directions.
 //!
 //! [`Cluster::choose`] picks the owner of a new stream by `cluster.owner`, among the nodes with
 //! a live link (among all nodes while none has one, so the stream waits for the first link).

@@ -172,6 +172,7 @@ impl Slot {
                         std::sync::Arc::new(crate::route::ClientRouter::new(
                             wanmux_core::ids::NodeId(self.node.id.get()),
                             self.routes.clone(),
+                            self.is_lane(),
                         )) as std::sync::Arc<dyn driver::link::Router>
                     });
                     let run = driver::link::run_routed(

@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tracing::{debug, warn};
 use wanmux_core::driver::link::{LinkEnd, RouteFuture, Router};
 use wanmux_core::driver::{LinkKind, SessionDriver};
+use wanmux_core::engine::PeerError;
 use wanmux_core::ids::{LinkId, NodeId};
 use wanmux_core::route::{self, Routed, DOWN_NO_PEER, DOWN_NO_SESSION};
 
@@ -110,6 +111,8 @@ impl Routes {
 /// The router of one client link to node `via`.
 pub(crate) struct ClientRouter {
     via: NodeId,
+    /// The link is a dedicated interactive lane (`links.lanes`): its sub-links are lanes too.
+    lane: bool,
     routes: Arc<Routes>,
     subs: Mutex<Subs>,
 }
@@ -128,10 +131,13 @@ struct Sub {
     link: Option<LinkId>,
     retry_at: Instant,
     counter: Arc<Relayed>,
+    /// The owner's engine dropped the sub-link (no answer to its pings) while the owner's
+    /// virtual link may live on: a section that comes for it makes a new one at once.
+    dropped_by_engine: bool,
 }
 
 impl ClientRouter {
-    pub(crate) fn new(via: NodeId, routes: Arc<Routes>) -> Self {
+    pub(crate) fn new(via: NodeId, routes: Arc<Routes>, lane: bool) -> Self {
         let list = routes
             .nodes
             .get()
@@ -144,12 +150,14 @@ impl ClientRouter {
                         link: None,
                         retry_at: Instant::now(),
                         counter: routes.counter(via, n.id),
+                        dropped_by_engine: false,
                     })
                     .collect()
             })
             .unwrap_or_default();
         ClientRouter {
             via,
+            lane,
             routes,
             subs: Mutex::new(Subs {
                 waker: None,
@@ -168,7 +176,7 @@ impl ClientRouter {
     }
 
     /// Adds the sub-links that are missing and may be added now; whether one was added.
-    fn ensure(subs: &mut Subs, now: Instant) -> bool {
+    fn ensure(subs: &mut Subs, now: Instant, lane: bool) -> bool {
         let Some(waker) = subs.waker.clone() else {
             return false;
         };
@@ -180,19 +188,28 @@ impl ClientRouter {
             if now < s.retry_at || dial::lock(&s.node.state).epoch.is_none() {
                 continue;
             }
-            let (id, _kill) = s
-                .node
-                .driver
-                .add_link_with(LinkKind::Relayed, waker.clone());
-            s.link = Some(id);
-            s.counter.live.fetch_add(1, Relaxed);
+            add_sub(s, &waker, lane);
             added = true;
         }
         added
     }
 }
 
+fn add_sub(s: &mut Sub, waker: &Arc<Notify>, lane: bool) -> LinkId {
+    let kind = if lane {
+        LinkKind::RelayedLane
+    } else {
+        LinkKind::Relayed
+    };
+    let (id, _kill) = s.node.driver.add_link_with(kind, waker.clone());
+    s.link = Some(id);
+    s.dropped_by_engine = false;
+    s.counter.live.fetch_add(1, Relaxed);
+    id
+}
+
 fn drop_sub(s: &mut Sub, now: Instant) {
+    s.dropped_by_engine = false;
     if let Some(id) = s.link.take() {
         s.node.driver.remove_link(id);
         s.counter.live.fetch_sub(1, Relaxed);
@@ -204,13 +221,14 @@ impl Router for ClientRouter {
     fn up(&self, _id: LinkId, waker: &Arc<Notify>) {
         let mut subs = self.lock();
         subs.waker = Some(waker.clone());
-        Self::ensure(&mut subs, Instant::now());
+        Self::ensure(&mut subs, Instant::now(), self.lane);
     }
 
     fn route(&self, mut msg: Bytes) -> RouteFuture<'_> {
         let result = (|| {
             let mut subs = self.lock();
             let now = Instant::now();
+            let waker = if subs.ended { None } else { subs.waker.clone() };
             loop {
                 let frame = Routed::decode(&mut msg)
                     .map_err(|e| LinkEnd::Routed(format!("malformed routed message: {e}")))?;
@@ -246,11 +264,32 @@ impl Router for ClientRouter {
                 }
                 match frame {
                     Routed::Section { frames, .. } => {
-                        let Some(id) = s.link else { continue };
+                        // The owner's virtual link through this link lives on after the
+                        // owner's engine here dropped the sub-link (no answer to its pings):
+                        // its sections go to a new sub-link, none is dropped, or a later ping of
+                        // the virtual link, answered by the next sub-link, would confirm them.
+                        let id = match (s.link, &waker) {
+                            (Some(id), _) => id,
+                            (None, Some(w)) if s.dropped_by_engine => add_sub(s, w, self.lane),
+                            (None, _) => continue,
+                        };
                         s.counter.received.fetch_add(frames.len() as u64, Relaxed);
-                        if let Err(e) = s.node.driver.handle_message(id, frames) {
-                            debug!(via = %self.via, owner = node, error = %e, "sub-link dropped: the owner broke the protocol");
-                            drop_sub(s, now);
+                        match s.node.driver.handle_message(id, frames.clone()) {
+                            Ok(()) => {}
+                            Err(PeerError::UnknownLink) => {
+                                s.link = None;
+                                s.counter.live.fetch_sub(1, Relaxed);
+                                if let Some(w) = &waker {
+                                    let id = add_sub(s, w, self.lane);
+                                    if s.node.driver.handle_message(id, frames).is_err() {
+                                        drop_sub(s, now);
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                debug!(via = %self.via, owner = node, error = %e, "sub-link dropped: the owner broke the protocol");
+                                drop_sub(s, now);
+                            }
                         }
                     }
                     Routed::Down { code, .. } if code == DOWN_NO_PEER => {
@@ -313,6 +352,7 @@ impl Router for ClientRouter {
                         s.link = None;
                         s.counter.live.fetch_sub(1, Relaxed);
                         s.retry_at = now + RETRY;
+                        s.dropped_by_engine = true;
                     }
                     Some(0) => {}
                     Some(_) => {
@@ -340,7 +380,7 @@ impl Router for ClientRouter {
 
     fn tick(&self) {
         let mut subs = self.lock();
-        if Self::ensure(&mut subs, Instant::now()) {
+        if Self::ensure(&mut subs, Instant::now(), self.lane) {
             if let Some(w) = &subs.waker {
                 w.notify_one();
             }

@@ -194,6 +194,20 @@ impl Budget {
         self.inner.waiting.swap(false, Ordering::AcqRel)
     }
 
+    /// Reserves exactly `n` bytes of `pool` within this handle's allowance, or nothing: for
+    /// memory a daemon holds outside any engine (a relay's queues). Give it back with
+    /// [`Budget::give_back`].
+    pub fn try_reserve(&self, pool: Pool, n: u64) -> bool {
+        n == 0 || self.reserve_up_to(pool, n, n) == n
+    }
+
+    /// Gives back `n` bytes taken by [`Budget::try_reserve`]; true if a session was waiting for
+    /// memory (the caller wakes the daemon's sessions: `BudgetSignal::wake_all`).
+    #[must_use]
+    pub fn give_back(&self, pool: Pool, n: u64) -> bool {
+        self.release(pool, n)
+    }
+
     /// A session could not reserve what it needed: wake it at the next release.
     pub(crate) fn set_waiting(&self) {
         self.inner.waiting.store(true, Ordering::Release);

@@ -24,8 +24,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Notify;
 use tracing::debug;
+use wanmux_core::budget::{Budget, Pool};
 use wanmux_core::driver::link::{LinkEnd, RouteFuture, Router};
-use wanmux_core::driver::{LinkKind, SessionDriver};
+use wanmux_core::driver::{BudgetSignal, LinkKind, SessionDriver};
 use wanmux_core::ids::{LinkId, SessionId};
 use wanmux_core::keys::PublicKey;
 use wanmux_core::peer::{Handle, PeerFrame, Via};
@@ -36,10 +37,58 @@ use wanmux_core::route::{self, Routed, DOWN_NO_PEER, DOWN_NO_SESSION};
 /// this much per owner for each of its client links.
 pub(crate) const VIA_WINDOW: u64 = 1024 * 1024;
 
+/// The bit of a `via` number that marks a client link that is a dedicated interactive lane at
+/// the relay (`links.lanes`): the owner makes its virtual link through it a lane too
+/// (`Session::add_relayed_lane`), so no owner's bulk data goes on a lane link and the owners'
+/// small frames can take the lanes of the node nearest the client. A convention on the numbers
+/// the relay picks, not a field: a node that does not know it sees an ordinary via.
+pub(crate) const LANE_VIA: u32 = 1 << 31;
+
 /// `NO_SESSION` code: no session with that id and epoch.
 const NO_SESSION: u16 = 1;
 /// `NO_SESSION` code: the owner refused the frames (they broke the protocol).
 const REFUSED: u16 = 2;
+
+/// A relay that finds the memory budget short for a section it relays upstream tries again
+/// this often (its client link's reader waits meanwhile: backpressure, as for a full queue).
+const MEMORY_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// A relayed message counted in the daemon's memory budget (`limits.memory`, receive pool, on
+/// the account of the client whose link it came on or goes to) for as long as it exists: in a
+/// peer link's queue until its writer sent it, in a client link's queue until its writer took
+/// it. Given back when the last handle on it is dropped.
+struct Counted {
+    bytes: Bytes,
+    budget: Budget,
+    signal: Option<BudgetSignal>,
+}
+
+impl AsRef<[u8]> for Counted {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.budget.give_back(Pool::Recv, self.bytes.len() as u64) {
+            if let Some(s) = &self.signal {
+                s.wake_all();
+            }
+        }
+    }
+}
+
+/// `bytes`, counted in `budget` if it has room for them now; else `None`.
+fn counted(bytes: Bytes, budget: &Budget, signal: Option<BudgetSignal>) -> Option<Bytes> {
+    budget.try_reserve(Pool::Recv, bytes.len() as u64).then(|| {
+        Bytes::from_owner(Counted {
+            bytes,
+            budget: budget.clone(),
+            signal,
+        })
+    })
+}
 
 /// A session as peers name it: (client key, session id).
 pub(crate) type Key = (Option<PublicKey>, SessionId);
@@ -67,6 +116,9 @@ pub(crate) struct PeerCount {
 #[derive(Debug)]
 struct ViaQueue {
     client: Option<PublicKey>,
+    /// The budget of the link's session (its client's account): what waits in this queue, and
+    /// what this link's reader queues for owners, is counted in it.
+    budget: Budget,
     state: Mutex<ViaState>,
 }
 
@@ -82,6 +134,13 @@ struct ViaState {
     /// The owners this link's sections went to: (owner, handle) -> the session and epoch named,
     /// for `VIA_DOWN` when the link ends and `ROUTE_DOWN` when a peer link does.
     owners: HashMap<u16, (Handle, SessionId, u64)>,
+    /// Owners whose virtual link through this client link was shed for want of memory, and
+    /// whose `VIA_DOWN` could not be queued then: it goes before the next `RELAY` to them.
+    via_down_owed: HashMap<u16, Handle>,
+    /// An owner refused what this link relayed (`NO_SESSION` code 2: its frames broke the
+    /// protocol): the link is closed at the next routed message it brings, and nothing more
+    /// of it is relayed.
+    refused: bool,
     ended: bool,
 }
 
@@ -100,6 +159,11 @@ impl Relay {
     fn vias(&self) -> std::sync::MutexGuard<'_, HashMap<Via, Arc<ViaQueue>>> {
         // Only map operations run under this lock.
         self.vias.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The daemon's budget signal, to wake sessions waiting for memory a queue gave back.
+    fn signal(&self) -> Option<BudgetSignal> {
+        self.sessions.upgrade().map(|s| s.budget_signal().clone())
     }
 
     fn count(&self, peer: u16) -> Arc<PeerCount> {
@@ -130,11 +194,21 @@ impl Relay {
             .collect()
     }
 
-    /// The router of a new client link of session (`client`, ...).
-    pub(crate) fn router(self: &Arc<Self>, client: Option<PublicKey>) -> Arc<dyn Router> {
-        let via = Via(self.next_via.fetch_add(1, Relaxed));
+    /// The router of a new client link of session (`client`, ...), whose memory budget (the
+    /// client's account) is `budget`.
+    /// `lane`: the link is a dedicated interactive lane (`links.lanes`); its number says so to
+    /// the owners ([`LANE_VIA`]), whose virtual links through it are lanes too.
+    pub(crate) fn router(
+        self: &Arc<Self>,
+        client: Option<PublicKey>,
+        budget: Budget,
+        lane: bool,
+    ) -> Arc<dyn Router> {
+        let n = self.next_via.fetch_add(1, Relaxed) & !LANE_VIA;
+        let via = Via(if lane { n | LANE_VIA } else { n });
         let queue = Arc::new(ViaQueue {
             client,
+            budget,
             state: Mutex::new(ViaState::default()),
         });
         self.vias().insert(via, queue.clone());
@@ -202,8 +276,28 @@ impl Relay {
         if queued + len > VIA_WINDOW {
             return Err("RELAY_DOWN beyond the virtual link's credit");
         }
-        st.push(peer.id(), handle, b.freeze(), len);
-        self.count(peer.id()).down.fetch_add(len, Relaxed);
+        let signal = self.signal();
+        if st.take_down(
+            peer.id(),
+            handle,
+            b.freeze(),
+            len,
+            (&v.budget, signal),
+            key.1,
+            epoch,
+        ) {
+            self.count(peer.id()).down.fetch_add(len, Relaxed);
+        } else {
+            debug!(
+                peer = peer.id(),
+                "memory budget short: the owner's virtual link through a client link is shed"
+            );
+            let mut b = BytesMut::new();
+            PeerFrame::ViaDown { handle, via }.encode(&mut b);
+            if !matches!(peer.try_send(b.freeze()), Ok(true)) {
+                st.via_down_owed.insert(peer.id(), handle);
+            }
+        }
         Ok(())
     }
 
@@ -218,6 +312,9 @@ impl Relay {
         debug!(peer = peer.id(), code, "owner refused a sub-link");
         let mut st = v.lock();
         st.owners.remove(&peer.id());
+        if code == REFUSED {
+            st.refused = true;
+        }
         if code == NO_SESSION {
             let mut b = BytesMut::new();
             Routed::Down {
@@ -240,6 +337,56 @@ impl ViaQueue {
 }
 
 impl ViaState {
+    /// Queues section `msg` of owner `owner` (`credit` bytes of its virtual link's credit),
+    /// counted in the link's budget; or, when the budget has no room for it, sheds the owner's
+    /// virtual link ([`ViaState::shed`]) and returns false.
+    #[allow(clippy::too_many_arguments, reason = "what one section names")]
+    fn take_down(
+        &mut self,
+        owner: u16,
+        handle: Handle,
+        msg: Bytes,
+        credit: u64,
+        (budget, signal): (&Budget, Option<BudgetSignal>),
+        session: SessionId,
+        epoch: u64,
+    ) -> bool {
+        match counted(msg, budget, signal) {
+            Some(msg) => {
+                self.push(owner, handle, msg, credit);
+                true
+            }
+            None => {
+                self.shed(owner, session, epoch);
+                false
+            }
+        }
+    }
+
+    /// The memory budget cannot hold a section owner `owner` sent within its credit: its
+    /// virtual link through this client link ends, as if the peer link had died. The sections
+    /// of it still queued are dropped (a virtual link is ordered: one section missing, the
+    /// pongs of later ones would confirm what never arrived, so none of them may follow), the
+    /// client is told with `ROUTE_DOWN` (code 0: it drops the sub-link, resends what it carried
+    /// on its other links and adds it again after a second); the caller tells the owner with
+    /// `VIA_DOWN`.
+    fn shed(&mut self, owner: u16, session: SessionId, epoch: u64) {
+        self.queue
+            .retain(|(o, h, _)| *o != owner || *h == Handle(0));
+        self.queued.remove(&owner);
+        self.owed.retain(|(o, _), _| *o != owner);
+        self.owners.remove(&owner);
+        let mut b = BytesMut::new();
+        Routed::Down {
+            node: owner,
+            session,
+            epoch,
+            code: DOWN_NO_PEER,
+        }
+        .encode(&mut b);
+        self.push(owner, Handle(0), b.freeze(), 0);
+    }
+
     /// Queues a routed message from `owner`; `credit` bytes of it count against its window.
     fn push(&mut self, owner: u16, handle: Handle, msg: Bytes, credit: u64) {
         *self.queued.entry(owner).or_insert(0) += credit;
@@ -258,6 +405,17 @@ struct NodeRouter {
 }
 
 impl NodeRouter {
+    /// `msg` counted in the link's budget, once it has room (the link's reader waits
+    /// meanwhile: its sender sees a slow link, as when the peer link's queue is full).
+    async fn counted_wait(&self, msg: Bytes) -> Bytes {
+        loop {
+            if let Some(m) = counted(msg.clone(), &self.queue.budget, self.relay.signal()) {
+                return m;
+            }
+            tokio::time::sleep(MEMORY_RETRY).await;
+        }
+    }
+
     /// Returns the credit of the sections written to their owners (what a full peer queue
     /// refuses now is returned later).
     fn return_credit(&self, st: &mut ViaState) {
@@ -290,6 +448,13 @@ impl Router for NodeRouter {
                 let Some(frame) = frame else {
                     return Ok(());
                 };
+                if self.queue.lock().refused {
+                    // As a direct link whose frames break the protocol is closed.
+                    return Err(LinkEnd::Routed(
+                        "an owner refused what this link relayed: its frames broke the protocol"
+                            .into(),
+                    ));
+                }
                 let Routed::Section {
                     node,
                     session,
@@ -310,6 +475,18 @@ impl Router for NodeRouter {
                     Some(peer) => match peer.bind((self.queue.client, session)).await {
                         Err(_) => None,
                         Ok(handle) => {
+                            let owed = self.queue.lock().via_down_owed.remove(&node);
+                            if let Some(h) = owed {
+                                // Before anything new for the owner: it ends the virtual link
+                                // that was shed, so no later section pairs with it.
+                                let mut b = BytesMut::new();
+                                PeerFrame::ViaDown {
+                                    handle: h,
+                                    via: self.via,
+                                }
+                                .encode(&mut b);
+                                let _ = peer.send(b.freeze()).await;
+                            }
                             let mut b = BytesMut::with_capacity(frames.len() + 32);
                             PeerFrame::Relay {
                                 handle,
@@ -319,7 +496,8 @@ impl Router for NodeRouter {
                                 frames,
                             }
                             .encode(&mut b);
-                            peer.send(b.freeze()).await.is_ok().then_some(handle)
+                            let msg = self.counted_wait(b.freeze()).await;
+                            peer.send(msg).await.is_ok().then_some(handle)
                         }
                     },
                 };
@@ -404,6 +582,11 @@ pub(crate) struct PeerState {
     peer: u16,
     binds: HashMap<Handle, Key>,
     vlinks: HashMap<Via, VirtualLink>,
+    /// The via credit of each client link of the peer: the relay holds the sections of this
+    /// node for that link in one queue whichever virtual link sent them, so a virtual link that
+    /// replaces another on the same link (the engine dropped the old one, or the session's epoch
+    /// changed) goes on with its credit. Ends with `VIA_DOWN`.
+    credits: HashMap<Via, Arc<Credit>>,
 }
 
 /// Handles a peer may bind on one link, at most (sessions it relays for).
@@ -413,7 +596,6 @@ struct VirtualLink {
     driver: SessionDriver,
     id: LinkId,
     epoch: u64,
-    credit: Arc<Credit>,
     writer: tokio::task::JoinHandle<()>,
 }
 
@@ -438,6 +620,7 @@ impl PeerState {
             peer,
             binds: HashMap::new(),
             vlinks: HashMap::new(),
+            credits: HashMap::new(),
         }
     }
 
@@ -479,14 +662,15 @@ impl PeerState {
                 relay.relay_down(&peer, handle, via, epoch, frames)?;
             }
             PeerFrame::ViaCredit { via, bytes, .. } => {
-                if let Some(v) = self.vlinks.get(&via) {
-                    let mut c = v.credit.bytes.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(credit) = self.credits.get(&via) {
+                    let mut c = credit.bytes.lock().unwrap_or_else(|e| e.into_inner());
                     *c = (*c + u64::from(bytes)).min(VIA_WINDOW);
-                    v.credit.more.notify_one();
+                    credit.more.notify_one();
                 }
             }
             PeerFrame::ViaDown { via, .. } => {
                 self.vlinks.remove(&via);
+                self.credits.remove(&via);
             }
             PeerFrame::NoSession {
                 handle,
@@ -519,8 +703,9 @@ impl PeerState {
             .binds
             .get(&handle)
             .ok_or("RELAY for a handle that was never bound")?;
+        let peer_id = self.peer;
         let refuse = |code: u16| {
-            if let Some(peer) = relay.mesh.peer(self.peer) {
+            if let Some(peer) = relay.mesh.peer(peer_id) {
                 let mut b = BytesMut::new();
                 PeerFrame::NoSession {
                     handle,
@@ -552,41 +737,84 @@ impl PeerState {
         if stale {
             self.vlinks.remove(&via);
         }
-        if !self.vlinks.contains_key(&via) {
-            let peer = relay.mesh.peer(self.peer).ok_or("peer link gone")?;
-            let waker = Arc::new(Notify::new());
-            let (id, _kill) = driver.add_link_with(LinkKind::Relayed, waker.clone());
-            let credit = Arc::new(Credit {
-                bytes: Mutex::new(VIA_WINDOW),
-                more: Notify::new(),
-            });
-            let writer = tokio::spawn(write_virtual(
-                driver.clone(),
+        // Twice at most: a virtual link the engine has dropped (no answer to its pings) takes
+        // no frames, and the client's sub-link, which knows nothing of it, goes on; a new
+        // virtual link takes them instead. Refusing them would lose them: the sub-link's later
+        // pings, answered by the next virtual link, would confirm them to the client.
+        for fresh in [false, true] {
+            if !self.vlinks.contains_key(&via) {
+                self.add_vlink(relay, &driver, handle, via, epoch)?;
+            }
+            let id = self.vlinks[&via].id;
+            match driver.handle_message(id, frames.clone()) {
+                Ok(()) => break,
+                Err(wanmux_core::engine::PeerError::UnknownLink) if !fresh => {
+                    debug!(
+                        peer = self.peer,
+                        "virtual link dropped by its engine: a new one takes its frames"
+                    );
+                    self.vlinks.remove(&via);
+                }
+                Err(e) => {
+                    debug!(peer = self.peer, error = %e, "virtual link closed: the client broke the protocol");
+                    self.vlinks.remove(&via);
+                    refuse(REFUSED);
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the virtual link (this peer, `via`) to `driver`'s engine, with its writer task.
+    fn add_vlink(
+        &mut self,
+        relay: &Arc<Relay>,
+        driver: &SessionDriver,
+        handle: Handle,
+        via: Via,
+        epoch: u64,
+    ) -> Result<(), &'static str> {
+        let peer = relay.mesh.peer(self.peer).ok_or("peer link gone")?;
+        let waker = Arc::new(Notify::new());
+        let kind = if via.0 & LANE_VIA != 0 {
+            LinkKind::RelayedLane
+        } else {
+            LinkKind::Relayed
+        };
+        let (id, _kill) = driver.add_link_with(kind, waker.clone());
+        if self.credits.len() >= MAX_BINDS && !self.credits.contains_key(&via) {
+            return Err("too many client links relayed");
+        }
+        let credit = self
+            .credits
+            .entry(via)
+            .or_insert_with(|| {
+                Arc::new(Credit {
+                    bytes: Mutex::new(VIA_WINDOW),
+                    more: Notify::new(),
+                })
+            })
+            .clone();
+        let writer = tokio::spawn(write_virtual(
+            driver.clone(),
+            id,
+            waker,
+            credit.clone(),
+            peer,
+            handle,
+            via,
+            epoch,
+        ));
+        self.vlinks.insert(
+            via,
+            VirtualLink {
+                driver: driver.clone(),
                 id,
-                waker,
-                credit.clone(),
-                peer,
-                handle,
-                via,
                 epoch,
-            ));
-            self.vlinks.insert(
-                via,
-                VirtualLink {
-                    driver: driver.clone(),
-                    id,
-                    epoch,
-                    credit,
-                    writer,
-                },
-            );
-        }
-        let id = self.vlinks[&via].id;
-        if let Err(e) = driver.handle_message(id, frames) {
-            debug!(peer = self.peer, error = %e, "virtual link closed: the client broke the protocol");
-            self.vlinks.remove(&via);
-            refuse(REFUSED);
-        }
+                writer,
+            },
+        );
         Ok(())
     }
 }
@@ -640,5 +868,98 @@ async fn write_virtual(
         if peer.send(b.freeze()).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(owner: u16, len: usize) -> Bytes {
+        let mut b = BytesMut::new();
+        Routed::Section {
+            node: owner,
+            session: SessionId([7; 16]),
+            epoch: 3,
+            frames: Bytes::from(vec![0u8; len]),
+        }
+        .encode(&mut b);
+        b.freeze()
+    }
+
+    /// Owners flood the client links of a relay with sections, each within its virtual link's
+    /// credit, and the links' writers never take them: what the relay holds stays within its
+    /// memory budget. An owner whose section does not fit has its virtual link through that
+    /// client link shed (its queued sections dropped, `ROUTE_DOWN` for the client in their
+    /// place), and the memory comes back as the queues are emptied.
+    #[test]
+    fn a_flood_of_relayed_sections_stays_within_the_memory_budget() {
+        let budget = Budget::new(8 << 20); // 4 MiB per pool
+        let client = budget.account();
+        let mut links: Vec<ViaState> = (0..8).map(|_| ViaState::default()).collect();
+        let (mut taken, mut shed) = (0u64, 0u32);
+        for round in 0..20 {
+            for (i, st) in links.iter_mut().enumerate() {
+                for owner in [2u16, 3] {
+                    let queued = st.queued.get(&owner).copied().unwrap_or(0);
+                    let len = 60_000;
+                    if queued + len as u64 > VIA_WINDOW {
+                        continue; // the owner has no credit left: it sends nothing
+                    }
+                    let msg = section(owner, len);
+                    let sess = SessionId([7; 16]);
+                    let ok =
+                        st.take_down(owner, Handle(1), msg, len as u64, (&client, None), sess, 3);
+                    if ok {
+                        taken += len as u64;
+                    } else {
+                        shed += 1;
+                        assert!(
+                            st.queue
+                                .iter()
+                                .all(|(o, h, _)| *o != owner || *h == Handle(0)),
+                            "round {round} link {i}: sections of a shed owner still queued"
+                        );
+                        let down = st.queue.back().expect("ROUTE_DOWN queued").2.clone();
+                        let mut d = down;
+                        assert!(matches!(
+                            Routed::decode(&mut d),
+                            Ok(Some(Routed::Down {
+                                code: DOWN_NO_PEER,
+                                ..
+                            }))
+                        ));
+                    }
+                    let used = budget.used(Pool::Recv);
+                    assert!(used <= budget.cap(), "{used} held, cap {}", budget.cap());
+                }
+            }
+        }
+        assert!(taken > 2 << 20, "sections were relayed: {taken}");
+        assert!(shed > 0, "the flood met the budget");
+        // One client's account holds at most half the pool (fair shares, `budget.rs`).
+        assert!(budget.used(Pool::Recv) <= budget.cap() / 2 + 100_000);
+        drop(links);
+        assert_eq!(
+            budget.used(Pool::Recv),
+            0,
+            "the queues gave their memory back"
+        );
+    }
+
+    /// A counted message holds its bytes in the budget until its last handle is dropped, and a
+    /// message the budget has no room for is refused.
+    #[test]
+    fn counted_messages_hold_the_budget_while_they_exist() {
+        let budget = Budget::new(2 << 20);
+        let a = counted(Bytes::from(vec![1u8; 600_000]), &budget, None).expect("room");
+        assert_eq!(budget.used(Pool::Recv), 600_000);
+        let copy = a.clone();
+        assert!(counted(Bytes::from(vec![2u8; 600_000]), &budget, None).is_none());
+        drop(a);
+        assert_eq!(budget.used(Pool::Recv), 600_000, "a handle is left");
+        assert_eq!(&copy[..3], &[1, 1, 1]);
+        drop(copy);
+        assert_eq!(budget.used(Pool::Recv), 0);
     }
 }

@@ -148,6 +148,11 @@ impl Sessions {
         &self.budget
     }
 
+    /// Wakes the sessions when memory held outside them (a relay's queues) is given back.
+    pub(crate) fn budget_signal(&self) -> &BudgetSignal {
+        &self.budget_signal
+    }
+
     pub(crate) fn node_id(&self) -> u16 {
         self.config.node_id.get()
     }
@@ -350,11 +355,10 @@ impl Sessions {
             let address = peer.to_string();
             labels.label_link(id, driver::LinkLabel { address, transport });
         };
-        let router = self
-            .relay
-            .get()
-            .filter(|_| acc.hello.relay)
-            .map(|r| r.router(acc.client_key));
+        let router = self.relay.get().filter(|_| acc.hello.relay).map(|r| {
+            let budget = driver.with(|s, _| s.budget().clone());
+            r.router(acc.client_key, budget, acc.hello.lane)
+        });
         let end = driver::link::run_routed(
             driver,
             acc.reader,

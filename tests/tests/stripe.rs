@@ -83,7 +83,11 @@ async fn dial_routed(raw: &Raw, i: usize, secret: [u8; 32]) -> (LinkReader, Link
 
 /// A section for `node` holding an `OPEN` and `DATA` of a stream it owns.
 fn section(node: u16, session: [u8; 16], epoch: u64) -> BytesMut {
-    let stream = StreamId::new(NodeId(node), 0);
+    section_of(node, session, epoch, StreamId::new(NodeId(node), 0))
+}
+
+/// A section for `node` holding an `OPEN` and `DATA` of `stream` (which `node` may not own).
+fn section_of(node: u16, session: [u8; 16], epoch: u64, stream: StreamId) -> BytesMut {
     let mut frames = BytesMut::new();
     Frame::Open {
         stream,
@@ -348,6 +352,44 @@ async fn a_section_for_a_session_the_owner_does_not_have_creates_nothing() {
     // The owner still relays for this node: the peer link stayed up.
     assert_eq!(raw.nodes[1].peers_up(), [1]);
     assert!(raw.nodes[0].relayed(2).0 > 0, "node 1 relayed the section");
+}
+
+/// A client whose frames, relayed to their owner, break the protocol (a stream of another
+/// owner) has the owner refuse them (`NO_SESSION` code 2), and the relay closes the client link
+/// they came on at the next routed message, as a direct link would be closed.
+#[tokio::test]
+async fn a_relayed_section_that_breaks_the_protocol_closes_the_client_link() {
+    let raw = raw_cluster().await;
+    let secret = [5; 32];
+    // A direct link to node 2 makes the session there.
+    let (_rd2, _wr2, epoch) = dial_routed(&raw, 1, secret).await;
+    assert!(
+        eventually(Duration::from_secs(10), || raw.nodes[1].session_count()
+            == 1)
+        .await,
+        "node 2 has the session"
+    );
+    let (mut rd, mut wr, _) = dial_routed(&raw, 0, secret).await;
+    let session = noise::SessionSecret::from_bytes(secret).id();
+    let not_owner = StreamId::new(NodeId(1), 0);
+    wr.send(&section_of(2, session, epoch, not_owner))
+        .await
+        .expect("send");
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            // Well-formed sections: the first one after the refusal closes the link.
+            if wr.send(&section(2, session, epoch)).await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_millis(100), rd.recv()).await {
+                Ok(Ok(Some(_))) | Err(_) => {}
+                Ok(Ok(None) | Err(_)) => return,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the relay closed the client link");
+    assert_eq!(raw.nodes[1].peers_up(), [1], "the peer link stayed up");
 }
 
 /// The peer link between the owner and a relay goes silent mid-transfer (both nodes live): both

@@ -117,7 +117,8 @@ impl Drop for Locked<'_> {
 pub struct BudgetSignal(Arc<Notify>);
 
 impl BudgetSignal {
-    fn wake_all(&self) {
+    /// Wakes every session, so that those waiting for memory retry.
+    pub fn wake_all(&self) {
         self.0.notify_waiters();
     }
 }
@@ -154,6 +155,8 @@ pub enum LinkKind {
     Lane,
     /// A sub-link or virtual link through a relay node (`Session::add_relayed_link`).
     Relayed,
+    /// A relayed link over a dedicated lane of the relay node (`Session::add_relayed_lane`).
+    RelayedLane,
 }
 
 /// Streams the peer opened (server side): the driver's owner connects them to services.
@@ -418,13 +421,18 @@ impl SessionDriver {
                 st.relayed.insert(id);
                 st.session.add_relayed_link(now, id);
             }
+            LinkKind::RelayedLane => {
+                st.relayed.insert(id);
+                st.session.add_relayed_lane(now, id);
+            }
         }
-        if kind != LinkKind::Relayed {
+        let relayed = matches!(kind, LinkKind::Relayed | LinkKind::RelayedLane);
+        if !relayed {
             self.shared.counters.link();
         }
         self.after(&mut st, now);
         drop(st);
-        if kind != LinkKind::Relayed {
+        if !relayed {
             self.shared.links_changed.notify_waiters();
         }
         (id, kill)

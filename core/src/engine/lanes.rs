@@ -6,6 +6,10 @@ use crate::frame::Frame;
 use crate::ids::LinkId;
 use std::time::{Duration, Instant};
 
+/// Links whose smallest RTT sample is within this (or a quarter of it, if more) of the
+/// smallest of all are near: interactive lanes are chosen among them.
+const NEAR: Duration = Duration::from_millis(2);
+
 /// Which stream data a link may take in one `poll_transmit`.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Pick {
@@ -159,7 +163,8 @@ impl Session {
     /// wait behind bulk data, or behind the loss repair of a busy TCP connection. With 2 or 3
     /// links one lane, with 4 or more two, and each small segment is sent on both (the
     /// receiver drops the copy that arrives second), so one lost packet costs no round trip.
-    /// The lanes are the links with the lowest ids that are not stalled (a ping overdue).
+    /// The lanes are the nearest links that are not stalled (a ping overdue): see
+    /// [`Session::nearest`].
     ///
     /// Dedicated lanes (links added by [`Session::add_lane`]) replace that choice: while one is
     /// not stalled and another link can take bulk data, the dedicated lanes are the lanes,
@@ -192,32 +197,89 @@ impl Session {
             2 | 3 => 1,
             _ => 2,
         };
-        let mut out = Lanes::default();
+        let mut ids = self.nearest(now, want, |_| true);
+        self.keep_a_direct_lane(now, &mut ids, |_| true);
+        Lanes {
+            ids,
+            dedicated: false,
+        }
+    }
+
+    /// A pinned stream's data never goes on a relayed link, and while lanes are reserved
+    /// interactive data goes on the lanes only: while a pinned interactive stream waits, one
+    /// of the lanes `ids` (if any) must be a direct link (the nearest that passes `filter`),
+    /// or the stream would wait for as long as the lanes are held.
+    fn keep_a_direct_lane(
+        &self,
+        now: Instant,
+        ids: &mut [Option<LinkId>; 2],
+        filter: impl Fn(&super::link::LinkState) -> bool,
+    ) {
+        let direct = |id: &Option<LinkId>| {
+            id.and_then(|id| self.links.get(&id))
+                .is_some_and(|l| !l.relayed)
+        };
+        if ids[0].is_none() || !self.sched.has_pinned_interactive() || ids.iter().any(direct) {
+            return;
+        }
+        if let [Some(d), _] = self.nearest(now, 1, |l| !l.relayed && filter(l)) {
+            let last = ids.iter().rposition(Option::is_some).unwrap_or(0);
+            ids[last] = Some(d);
+        }
+    }
+
+    /// The `want` (at most two) links that are not stalled and pass `filter`, nearest first:
+    /// the links whose smallest RTT sample is within [`NEAR`] (or a quarter) of the smallest of
+    /// them all, lowest ids first, then the others by their smallest sample. A link without a
+    /// sample yet is not near unless none has one. With striping, a node's engine has links
+    /// through every other node (sub-links, virtual links), each with its own end-to-end RTT,
+    /// so its interactive lanes are the links through the node nearest the client, whichever
+    /// node owns the stream (`docs/PROTOCOL.md`, "Interactive traffic across nodes"). The
+    /// smallest sample, not the smoothed RTT, so that the queue bulk data builds on a link
+    /// does not move the lanes from link to link; and ids among near links, so that links to
+    /// the same node keep the same lanes.
+    pub(super) fn nearest(
+        &self,
+        now: Instant,
+        want: usize,
+        filter: impl Fn(&super::link::LinkState) -> bool,
+    ) -> [Option<LinkId>; 2] {
+        let mut out = [None, None];
+        let want = want.min(2);
+        let usable = || {
+            self.links
+                .iter()
+                .filter(|(_, l)| filter(l) && !l.stalled(now))
+        };
+        let best = usable().filter_map(|(_, l)| l.stats.rtt.min).min();
+        let near = |l: &super::link::LinkState| match best {
+            None => true,
+            Some(b) => l.stats.rtt.min.is_some_and(|m| m <= b + (b / 4).max(NEAR)),
+        };
         let mut k = 0;
-        for (&id, l) in &self.links {
+        for (&id, _) in usable().filter(|(_, l)| near(l)) {
             if k == want {
-                break;
+                return out;
             }
-            if !l.stalled(now) {
-                out.ids[k] = Some(id);
-                k += 1;
-            }
+            out[k] = Some(id);
+            k += 1;
+        }
+        while k < want {
+            let next = usable()
+                .filter(|(id, _)| !out.contains(&Some(**id)))
+                .min_by_key(|(&id, l)| (l.stats.rtt.min.unwrap_or(Duration::MAX), id));
+            let Some((&id, _)) = next else { break };
+            out[k] = Some(id);
+            k += 1;
         }
         out
     }
 
-    /// The dedicated lanes that are not stalled (at most two), if there is one and some other
-    /// link can take the bulk data.
+    /// The dedicated lanes that are not stalled (at most two, the nearest: see
+    /// [`Session::nearest`]), if there is one and some other link can take the bulk data.
     pub(super) fn dedicated_lanes(&self, now: Instant) -> Option<[Option<LinkId>; 2]> {
-        let mut out = [None, None];
-        let lanes = self
-            .links
-            .iter()
-            .filter(|(_, l)| l.lane && !l.stalled(now))
-            .map(|(&id, _)| id);
-        for (slot, id) in out.iter_mut().zip(lanes) {
-            *slot = Some(id);
-        }
+        let mut out = self.nearest(now, 2, |l| l.lane);
+        self.keep_a_direct_lane(now, &mut out, |l| l.lane);
         let bulk_link = self.links.values().any(|l| !l.lane && !l.stalled(now));
         (out[0].is_some() && bulk_link).then_some(out)
     }

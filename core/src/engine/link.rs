@@ -30,8 +30,15 @@ pub(crate) enum Sent {
         end: u64,
         fin: bool,
     },
-    /// A `WINDOW` for a live stream: resend the stream's current window.
-    Window(StreamId),
+    /// A `WINDOW` for a live stream, with the values it carried: resend the stream's current
+    /// window, or these values once the stream is gone (its final acknowledgement, which the
+    /// peer may still wait for: a stream ends here once the peer acked our FIN and we read
+    /// theirs, possibly before the link carrying our ack of their FIN is confirmed).
+    Window {
+        stream: StreamId,
+        acked: u64,
+        max: u64,
+    },
     /// A `SESSION_WINDOW`: resend the current one.
     SessionWindow,
     /// A frame that must be resent as it was (`OPEN`, `RESET`, a final `WINDOW`).

@@ -37,6 +37,17 @@ impl Session {
         }
     }
 
+    /// A relayed link ([`Session::add_relayed_link`]) over a dedicated interactive lane of
+    /// another node (a sub-link over a lane link, or a virtual link through one): a dedicated
+    /// lane of this engine too, so that no owner's bulk data goes on a lane link, and the
+    /// nearest lanes carry the interactive frames whichever node owns the stream.
+    pub fn add_relayed_lane(&mut self, now: Instant, link: LinkId) {
+        self.add_relayed_link(now, link);
+        if let Some(l) = self.links.get_mut(&link) {
+            l.lane = true;
+        }
+    }
+
     /// Whether `link` goes through a relay ([`Session::add_relayed_link`]).
     pub fn is_relayed(&self, link: LinkId) -> bool {
         self.links.get(&link).is_some_and(|l| l.relayed)
@@ -65,7 +76,15 @@ impl Session {
                         }
                     }
                 }
-                Sent::Window(stream) => self.mark_window_dirty(stream),
+                Sent::Window { stream, acked, max } => {
+                    if self.streams.contains_key(&stream) {
+                        self.mark_window_dirty(stream);
+                    } else {
+                        // The stream ended after this went out: the peer may still wait for
+                        // this acknowledgement of its FIN, and nothing else would send it.
+                        self.control.push_back(Frame::Window { stream, acked, max });
+                    }
+                }
                 Sent::SessionWindow => self.session_window_dirty = true,
                 Sent::Control(frame) => {
                     let keep = match &frame {

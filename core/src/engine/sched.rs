@@ -87,6 +87,11 @@ impl Scheduler {
         !self.interactive.is_empty() || (!relayed && !self.pinned_interactive.is_empty())
     }
 
+    /// Whether a pinned stream waits in the interactive queue.
+    pub(crate) fn has_pinned_interactive(&self) -> bool {
+        !self.pinned_interactive.is_empty()
+    }
+
     pub(crate) fn has_bulk(&self, relayed: bool) -> bool {
         !self.bulk.is_empty() || (!relayed && !self.pinned_bulk.is_empty())
     }

@@ -88,7 +88,11 @@ impl Session {
             }
             .encode(buf);
             s.recv_acked_sent = acked;
-            l.record(Sent::Window(id));
+            l.record(Sent::Window {
+                stream: id,
+                acked,
+                max: s.recv_max,
+            });
         }
         if windows && self.session_window_dirty && buf.len() + SESSION_WINDOW_LEN <= limit {
             self.session_window_dirty = false;

@@ -559,3 +559,171 @@ fn a_pinned_streams_lane_copy_stays_off_a_relayed_twin() {
         "a striped stream's copy goes on the other lane"
     );
 }
+
+/// Gives each of `links` (idle) an RTT sample: pinged by keepalive, answered `rtt` later.
+fn with_rtts(c: &mut Session, now: Instant, links: &[(LinkId, Duration)]) -> Instant {
+    let at = now + KEEPALIVE;
+    c.handle_timeout(at);
+    let mut last = at;
+    for &(l, rtt) in links {
+        let token = sent(c, at, l)
+            .into_iter()
+            .find_map(|f| match f {
+                Frame::Ping(t) => Some(t),
+                _ => None,
+            })
+            .expect("an idle link is pinged");
+        c.handle_message(at + rtt, l, msg(&[Frame::Pong(token)]))
+            .unwrap();
+        last = last.max(at + rtt);
+    }
+    last
+}
+
+/// The engine of a far node on the client: direct links 1 and 2 (80 ms), and sub-links 3 and 4
+/// through a near node (12 ms). The interactive lanes are the sub-links: a game's small segments
+/// go through the near node, twice, and the direct links carry bulk data only.
+#[test]
+fn interactive_lanes_are_the_nearest_links_whichever_node_they_go_through() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    let (d1, d2, r3, r4) = (LinkId(1), LinkId(2), LinkId(3), LinkId(4));
+    c.add_link(now, d1);
+    c.add_link(now, d2);
+    c.add_relayed_link(now, r3);
+    c.add_relayed_link(now, r4);
+    let ms = Duration::from_millis;
+    let now = with_rtts(
+        &mut c,
+        now,
+        &[(d1, ms(80)), (d2, ms(81)), (r3, ms(12)), (r4, ms(13))],
+    );
+    let bulk = c.open_stream(now, NODE, "svc").unwrap();
+    let game = c.open_stream(now, NODE, "svc").unwrap();
+    c.stream_write(bulk, Bytes::from(vec![1u8; 300_000]))
+        .unwrap();
+    c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
+    for d in [d1, d2] {
+        let frames = sent(&mut c, now, d);
+        assert!(
+            frames.iter().all(|f| match f {
+                Frame::Data { stream, .. } => *stream == bulk,
+                f => !matches!(f, Frame::Open { .. }),
+            }),
+            "a far direct link carried interactive frames: {frames:?}"
+        );
+    }
+    for r in [r3, r4] {
+        let frames = sent(&mut c, now, r);
+        assert!(
+            frames
+                .iter()
+                .any(|f| matches!(f, Frame::Data { stream, .. } if *stream == game)),
+            "the game's segment on the near link {r}: {frames:?}"
+        );
+        assert!(
+            frames
+                .iter()
+                .all(|f| !matches!(f, Frame::Data { stream, .. } if *stream == bulk)),
+            "bulk data on a lane: {frames:?}"
+        );
+    }
+}
+
+/// A pinned interactive stream cannot use the lanes through relays: while it waits, one lane is
+/// the nearest direct link, so it is sent at once and not when the lanes are let go.
+#[test]
+fn a_pinned_interactive_stream_gets_a_direct_lane_when_the_nearest_links_are_relayed() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    let (d1, d2, r3, r4) = (LinkId(1), LinkId(2), LinkId(3), LinkId(4));
+    c.add_link(now, d1);
+    c.add_link(now, d2);
+    c.add_relayed_link(now, r3);
+    c.add_relayed_link(now, r4);
+    let ms = Duration::from_millis;
+    let now = with_rtts(
+        &mut c,
+        now,
+        &[(d1, ms(80)), (d2, ms(40)), (r3, ms(12)), (r4, ms(13))],
+    );
+    let bulk = c.open_stream(now, NODE, "svc").unwrap();
+    c.stream_write(bulk, Bytes::from(vec![1u8; 300_000]))
+        .unwrap();
+    let game = c.open_stream_spread(now, NODE, "svc", true).unwrap();
+    c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
+    let mut game_sent = Vec::new();
+    for l in [r3, r4, d1, d2] {
+        for (stream, offset, len) in data_sent(&mut c, now, l) {
+            if stream == game {
+                game_sent.push((l, offset, len));
+            }
+        }
+    }
+    // d2, the nearer direct link, replaced the second relayed lane.
+    assert_eq!(game_sent, vec![(d2, 0, 100)]);
+}
+
+/// A far owner's engine on the client with two dedicated lanes of its own (80 ms) and two
+/// sub-links over the near node's dedicated lanes (12 ms): the sub-links are its lanes, so the
+/// game's segments go through the near node, and no bulk data goes on any lane link.
+#[test]
+fn dedicated_lanes_over_a_nearer_node_carry_the_interactive_frames_and_no_bulk() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    let (l1, l2, b3, b4, r5, r6, rb7) = (
+        LinkId(1),
+        LinkId(2),
+        LinkId(3),
+        LinkId(4),
+        LinkId(5),
+        LinkId(6),
+        LinkId(7),
+    );
+    c.add_lane(now, l1);
+    c.add_lane(now, l2);
+    c.add_link(now, b3);
+    c.add_link(now, b4);
+    c.add_relayed_lane(now, r5);
+    c.add_relayed_lane(now, r6);
+    c.add_relayed_link(now, rb7);
+    let ms = Duration::from_millis;
+    let now = with_rtts(
+        &mut c,
+        now,
+        &[
+            (l1, ms(80)),
+            (l2, ms(80)),
+            (b3, ms(80)),
+            (b4, ms(80)),
+            (r5, ms(12)),
+            (r6, ms(12)),
+            (rb7, ms(12)),
+        ],
+    );
+    // More than three rounds take: the tail of a bulk stream (16 KiB) is interactive.
+    let bulk = c.open_stream(now, NODE, "svc").unwrap();
+    c.stream_write(bulk, Bytes::from(vec![1u8; 1_000_000]))
+        .unwrap();
+    let game = c.open_stream(now, NODE, "svc").unwrap();
+    c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
+    let mut game_on = Vec::new();
+    for _ in 0..3 {
+        for l in [l1, l2, b3, b4, r5, r6, rb7] {
+            for (stream, _, _) in data_sent(&mut c, now, l) {
+                if stream == game {
+                    game_on.push(l);
+                }
+                if stream == bulk {
+                    assert!(![l1, l2, r5, r6].contains(&l), "bulk data on lane {l}");
+                }
+            }
+        }
+    }
+    game_on.sort();
+    assert_eq!(
+        game_on,
+        vec![r5, r6],
+        "the game's segment went on both near lanes"
+    );
+}

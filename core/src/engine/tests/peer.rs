@@ -417,3 +417,61 @@ fn finished_streams_cost_bounded_memory_whatever_ids_the_client_picks() {
         .unwrap();
     assert_eq!(s.stream_count(), 1);
 }
+
+/// The node ends a stream once the client acked its FIN and it read the client's: the
+/// acknowledgement of the client's FIN may then still be unconfirmed on a link. If that link
+/// dies, the acknowledgement must go out again on another, or the client waits for it forever.
+#[test]
+fn the_final_ack_of_a_stream_survives_the_death_of_its_link() {
+    let (mut s, now) = server(10);
+    let other = LinkId(2);
+    s.add_link(now, other);
+    let id = sid(0);
+    let open = Frame::Open {
+        stream: id,
+        service: "svc".into(),
+        pin: false,
+    };
+    s.handle_message(now, LINK, msg(&[open, data(id, 0, 10, true)]))
+        .unwrap();
+    while let Ok(ReadChunk::Data(_)) = s.stream_read(now, id, usize::MAX) {}
+    assert_eq!(s.stream_read(now, id, usize::MAX), Ok(ReadChunk::Fin));
+    s.stream_write(id, Bytes::from_static(b"reply")).unwrap();
+    s.stream_finish(id).unwrap();
+    // One message on LINK carries the ack of the client's FIN and the node's reply with its FIN.
+    let frames = sent(&mut s, now, LINK);
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(f, Frame::Window { stream, acked: 11, .. } if *stream == id)),
+        "the FIN's ack went out: {frames:?}"
+    );
+    assert!(frames
+        .iter()
+        .any(|f| matches!(f, Frame::Data { fin: true, .. })));
+    // The client acks the node's FIN on the other link: both directions are done.
+    s.handle_message(
+        now,
+        other,
+        msg(&[Frame::Window {
+            stream: id,
+            acked: 6,
+            max: INITIAL_STREAM_CREDIT,
+        }]),
+    )
+    .unwrap();
+    assert_eq!(s.stream_count(), 0, "the stream ended at the node");
+    assert!(sent(&mut s, now, other)
+        .iter()
+        .all(|f| !matches!(f, Frame::Window { .. })));
+    // LINK dies before a pong confirmed its message: the ack goes out on the other link.
+    s.remove_link(LINK);
+    let again = sent(&mut s, now, other);
+    assert!(
+        again
+            .iter()
+            .any(|f| matches!(f, Frame::Window { stream, acked: 11, .. } if *stream == id)),
+        "the final ack was lost with its link: {again:?}"
+    );
+    assert_eq!(s.stream_count(), 0, "no stream comes back for it");
+}
