@@ -313,13 +313,24 @@ def windows(intervals: list[tuple[float, float, int]], width: float) -> list[tup
 
 def recovery(intervals, t_kill: float, target: float, horizon: float, width: float = 1.0):
     """Seconds from the kill to the end of the last `width` window (sliding by a poll period)
-    below `target` Mbit/s that starts within `horizon` seconds after it (0 if none was below), or
-    None if no such window reached the target at all."""
+    below `target` Mbit/s that starts within `horizon` seconds after it: 0 if none was below,
+    None if none reached the target, and the string ">horizon" if the last one was still below
+    (not back within the horizon)."""
     ws = [(s, m) for s, m in windows(intervals, width) if t_kill <= s <= t_kill + horizon]
     if not ws or max(m for _, m in ws) < target:
         return None
     below = [s for s, m in ws if m < target]
+    if below and below[-1] == ws[-1][0]:
+        return f">{horizon:g}"
     return 0.0 if not below else round(max(below) + width - t_kill, 2)
+
+
+def rec_cell(v) -> str:
+    if v is None:
+        return "not reached"
+    if isinstance(v, str):
+        return f"not back within {v[1:]} s"
+    return f"{v:.1f} s"
 
 
 def longest_gap(intervals, t_from: float, t_to: float) -> float:
@@ -417,7 +428,24 @@ def cluster_run(r: CRun, args, bins: Path, nk: NodeKeys, tmp: Path, n: int, spec
     finally:
         if c is not None:
             c.tunnel.stop()
-            r.log_notes = sc.log_notes(c.tunnel)
+            r.log_notes = log_notes(c.tunnel)
+
+
+def log_notes(t: Tunnel) -> list[str]:
+    """Per daemon log: how many WARN/ERROR lines, the first two, leaving out the socket buffer
+    advice every daemon gives at start (`wanmux::host`: net.core.rmem_max is the machine's)."""
+    out = []
+    for lp in t.logs:
+        try:
+            lines = lp.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        bad = [benchlib.ANSI.sub("", x).strip() for x in lines
+               if any(w in x for w in ("WARN", "ERROR", "panicked")) and "wanmux::host" not in x]
+        if bad:
+            out.append(f"{lp.name}: {len(bad)} warning/error lines, first: "
+                       + " / ".join(b[:200] for b in bad[:2]))
+    return out
 
 
 def kill_run(r: CRun, args, bins: Path, addr: str, c: Cluster | None, n: int, specs: list[str],
@@ -514,8 +542,7 @@ def kill_table(runs, contenders) -> list[str]:
             if not r.ok and not k:
                 lines.append(f"| {LABELS[c]} | {r.rep + 1} | FAILED: {r.error} | | | | | | |")
                 continue
-            rec = "not reached" if k.get("recover_s") is None else f"**{k['recover_s']:.1f} s**"
-            rel = "not reached" if k.get("recover_rel_s") is None else f"{k['recover_rel_s']:.1f} s"
+            rec, rel = rec_cell(k.get("recover_s")), rec_cell(k.get("recover_rel_s"))
             lines.append(
                 f"| {LABELS[c]} | {r.rep + 1} | {'yes' if r.ok else 'NO'}, {k.get('lost_bytes', '-')} "
                 f"| {fmt(k.get('before_mbit'), '.1f')} | {fmt(k.get('gap_s'), '.1f')} "
@@ -602,7 +629,8 @@ def cmd_cluster(args, bins, keys, tmp, command, started) -> tuple[str, dict]:
                  "Gap: the longest stretch without a byte that began within "
                  f"{args.kill_horizon:g} s after the kill. Recovery: from the kill to the end of the last "
                  f"1 s window below the target that began within {args.kill_horizon:g} s after the kill "
-                 "(0 if none was below, 'not reached' if none reached it). A run whose rate before the "
+                 "(0 if none was below, 'not reached' if none reached it, 'not back' if the last one "
+                 "was still below). A run whose rate before the "
                  "kill was below the target shows the dip only in the last column.", ""] + kill_table(runs, args.contenders) + [""]
     if "rr" in tests:
         text += ["### rr beside a bulk transfer", "",
