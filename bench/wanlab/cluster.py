@@ -516,8 +516,8 @@ def bulk_table(runs, contenders, line) -> list[str]:
 
 
 def spread_table(runs, contenders, n) -> list[str]:
-    lines = ["| contender | test | bytes relayed per node, MiB up / down (median; node 1 owns) "
-             "| resent, MiB (median) |", "|---|---|---|---|"]
+    lines = ["| contender | test | node 1's own links, MiB up | bytes relayed per node, MiB up / down "
+             "(median; node 1 owns) | resent, MiB (median) |", "|---|---|---|---|---|"]
     for c in contenders:
         if c.startswith("direct"):
             continue
@@ -532,7 +532,13 @@ def spread_table(runs, contenders, n) -> list[str]:
                 down = median([r.spread["relayed"].get(str(k), {}).get("received", 0) / 2**20 for r in ok])
                 cells.append(f"node {k}: {up:.0f} / {down:.0f}")
             resent = median([sum(s["resent"] for s in r.spread["sessions"].values()) / 2**20 for r in ok])
-            lines.append(f"| {LABELS[c]} | {test} | {'; '.join(cells)} | {fmt(resent, '.1f')} |")
+            # Node 1's session at the client sent on its own links and on the sub-links through the
+            # other nodes' links: what the others relayed is the latter.
+            own = median([(r.spread["sessions"].get("node 1", {}).get("sent", 0)
+                           - sum(v.get("sent", 0) for k, v in r.spread["relayed"].items() if k != "1"))
+                          / 2**20 for r in ok])
+            lines.append(f"| {LABELS[c]} | {test} | {fmt(own, '.0f')} | {'; '.join(cells)} "
+                         f"| {fmt(resent, '.1f')} |")
     return lines
 
 
@@ -645,7 +651,8 @@ def cmd_cluster(args, bins, keys, tmp, command, started) -> tuple[str, dict]:
                  f"1's RTT + 20 ms = {1000 * sc.rtt_s(specs[0]) + 20:.0f} ms.", ""]
         text += rr_table(runs, args.contenders) + [""]
     text += ["### Where the bytes went", "", "From `wanmux-client status --json` at the end of each "
-             "run: per node other than the owner, the section bytes it relayed for node 1 (up: client "
+             "run: what node 1's own links carried (node 1's session less what the other nodes relayed), "
+             "per node other than the owner the section bytes it relayed for node 1 (up: client "
              "to owner, down: owner to client), and the bytes the client's engines sent again after a "
              "link died.", ""] + spread_table(runs, args.contenders, n)
     n_ = sc.notes(runs)
