@@ -589,6 +589,8 @@ def cmd_cluster(args, bins, keys, tmp, command, started) -> tuple[str, dict]:
     specs = sc.lab("paths", scenario).splitlines()
     n = len(specs)
     tests = args.tests or SCENARIO_TESTS[scenario]
+    if "kill" in tests and not 2 <= (args.kill_node or n) <= n:
+        raise SystemExit(f"--kill-node: {scenario} has nodes 1-{n}, and node 1 owns the connection")
     nk = NodeKeys(keys, bins, tmp / "keys", n)
     runs: list[CRun] = []
     sc.lab_up(specs, args.seed)
