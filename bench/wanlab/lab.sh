@@ -39,6 +39,10 @@ usage: lab.sh COMMAND [ARGS]
   matrix [OPTIONS]                 the path matrix (17 paths: rates, RTTs, loss, jitter,
                                    reordering, asymmetric lines), direct bbr, kcptun and wanmux
                                    QUIC on each (scenarios.py matrix; --help for options)
+  cluster G|H [OPTIONS]            issue 20's cluster scenarios: one wanmux node per path
+                                   (5 or 3), one connection striped over all of them, pinned,
+                                   and direct TCP; a node killed mid-run in G, rr beside bulk
+                                   in H (cluster.py; --help for options)
   front K IP PORT | front K off    make server K's address a second address of server IP: its
                                    TCP and UDP PORT forward (DNAT, masquerade) to IP:PORT, so a
                                    daemon on IP is reached over path K too (a multihomed host,
@@ -305,8 +309,16 @@ scenario_paths() {
     G) echo "delay=30ms,loss=1%,rate=300mbit,queue=$q" ;;
     H) echo "delay=30ms,loss=1%,rate=300mbit,queue=$q,jitter=4ms" ;;
     I) echo "delay=30ms,loss=1%,rate=300mbit,queue=$q,jitter=4ms,reorder=25%,reorder_delay=8ms" ;;
+    # Issue 20's cluster scenarios (`lab.sh cluster G|H`), one path per node: five equal paths
+    # (cluster-G), three unequal ones (cluster-H).
+    cluster-G) for _ in 1 2 3 4 5; do echo "delay=30ms,loss=0.5%,rate=50mbit,queue=$q"; done ;;
+    cluster-H)
+        echo "delay=20ms,loss=0.5%,rate=100mbit,queue=$q"
+        echo "delay=60ms,loss=1%,rate=60mbit,queue=$q"
+        echo "delay=100ms,loss=2%,rate=40mbit,queue=$q"
+        ;;
     ceiling) echo "" ;;
-    *) die "unknown scenario $1 (A-I, ceiling)" ;;
+    *) die "unknown scenario $1 (A-I, cluster-G, cluster-H, ceiling)" ;;
     esac
 }
 
@@ -500,6 +512,7 @@ main() {
     status) cmd_status ;;
     exec) cmd_exec "$@" ;;
     run | sweep | matrix) exec python3 "$HERE/scenarios.py" "$cmd" "$@" ;;
+    cluster) exec python3 "$HERE/cluster.py" "$@" ;;
     paths) cmd_paths "$@" ;;
     front) cmd_front "$@" ;;
     iperf) cmd_iperf "$@" ;;
