@@ -44,11 +44,12 @@
 //!   second packet, or after 25 ms), reordering and jitter make a full window's acks take longer
 //!   than the window covers; each round then delivers less than the estimate, and counted as a
 //!   measure of the path such rounds spiral down to the floor with no loss and no queue. A busy
-//!   cruise round with a full window, an RTT sample that saw no queue, and a delivery below 90%
-//!   of the estimate says only that the window was short: it may raise the estimate, never
-//!   lower it, and the window widens by how much the round's mean RTT exceeded its smallest
-//!   sample (a queue raises every sample, so it never widens the window that builds it). Busy
-//!   rounds that see only a queue narrow it again.
+//!   cruise round with a full window and an RTT sample that saw no queue, whose bytes (lost ones
+//!   included) came back below 90% of the estimate while its mean RTT exceeded its smallest
+//!   sample by enough to explain that, says only that the window was short: it may raise the
+//!   estimate, never lower it, and the window widens by that excess (a queue raises every
+//!   sample, so it never widens the window that builds it), by at most a quarter of the minimum
+//!   RTT and 8 ms. Busy rounds that see only a queue narrow it again.
 //! - **Fair shares.** The links of a path tell each other their estimates (a [`PathShare`]). A
 //!   busy link below the mean of the busy links' estimates does not let a round lower its
 //!   estimate (its low delivery may be the others' queue), and a link more than 10% above it

@@ -34,6 +34,13 @@ const PROBE_GAIN: f64 = 1.15;
 /// A busy cruise round whose window was full and that saw no queue, but delivered less than this
 /// fraction of the estimate, was held back by its window (see `Pace::window_short`).
 const SHORT_FRACTION: f64 = 0.9;
+/// The extra delay a window covers (see `Pace::window_short`) is at most this fraction of the
+/// minimum RTT and at most [`EXTRA_MAX`]: what it is for (the peer's delayed acks of the last
+/// packets of a burst, reordering) takes a few milliseconds, and on a long path a round's spread
+/// also holds the queue the round built, which a wider window would only overflow (more tail
+/// drops, with up to 2 x the BDP in flight).
+const EXTRA_MAX_FRACTION: u32 = 4;
+const EXTRA_MAX: Duration = Duration::from_millis(8);
 /// A link whose estimate is more than this many times its fair share of a path other links of
 /// the session fill does not climb (see `Pace::cruise_round`).
 const FAIR_MARGIN: f64 = 1.1;
@@ -110,7 +117,10 @@ impl Pace {
             .left_startup
             .zip(self.min_rtt)
             .is_none_or(|(left, rtt)| now.saturating_duration_since(left) >= SETTLE_RTTS * rtt);
-        let short = cruise && settled && !overrun && self.window_short(sample);
+        // What the round sent and the path took, delivered or lost: a round that lost what it
+        // lacks was not held back by its window.
+        let taken = (total as f64 / elapsed) as u64;
+        let short = cruise && settled && !overrun && self.window_short(taken);
         // A link below its fair share of a path that other links of the session fill: a round
         // that delivered less than its estimate may be the others' queue, not the path, and
         // the links would not converge to equal shares (the larger one's probes squeeze the
@@ -149,15 +159,16 @@ impl Pace {
         }
     }
 
-    /// A busy cruise round delivered `sample`: if its window, not the path, held it back, widens
-    /// the delay the window covers ([`Pace::extra`]) and says so. The window held the round back
-    /// if the link kept it (nearly) full, some RTT sample saw no queue at the bottleneck, and
-    /// the round still delivered less than the estimate: the acks took longer than the minimum RTT
+    /// A busy cruise round's bytes, delivered or lost, came back at `taken` bytes per second: if
+    /// its window, not the path, held it back, widens the delay the window covers
+    /// ([`Pace::extra`]) and says so. The window held the round back if the link kept it (nearly)
+    /// full, some RTT sample saw no queue at the bottleneck, and the round's bytes, lost ones
+    /// included, still came back slower than the estimate: the acks took longer than the minimum RTT
     /// plus half the variation for reasons that are not a queue (the peer's delayed acks,
     /// reordering, delay variation). Counted as a measure of the path, such rounds spiral down
     /// to the floor: each smaller window delivers less again (bench/RESULTS.md, issue 21). A
     /// busy round that saw only a queue narrows the extra delay again.
-    fn window_short(&mut self, sample: u64) -> bool {
+    fn window_short(&mut self, taken: u64) -> bool {
         let Some(min) = self.min_rtt else {
             return false;
         };
@@ -169,7 +180,7 @@ impl Pace {
             return false;
         }
         let full = 4 * self.round.in_flight >= 3 * self.window;
-        if !full || sample as f64 >= SHORT_FRACTION * self.bw as f64 {
+        if !full || taken as f64 >= SHORT_FRACTION * self.bw as f64 {
             return false;
         }
         // What the window's bytes took on average to be acknowledged beyond the round's
@@ -177,10 +188,19 @@ impl Pace {
         // round's smallest sample, not the path's, so that a queue (this link's or another's),
         // which raises every sample, never widens the window that builds it.
         let spread = self.round.rtt.mean().saturating_sub(self.round.rtt.min());
+        // Unless the spread explains the shortfall, something else held the round back (on a
+        // long path whose delay varies, rounds deliver more or less by themselves): the round
+        // counts as usual. Otherwise the estimate would keep the largest of the variation's
+        // samples and overfill the queue.
+        let covered = min + self.envelope() / 2 + self.extra;
+        if spread.as_secs_f64() < (1.0 - SHORT_FRACTION) * covered.as_secs_f64() {
+            return false;
+        }
+        let most = (min / EXTRA_MAX_FRACTION).min(EXTRA_MAX);
         self.extra = self
             .extra
             .max(spread.saturating_sub(self.envelope() / 2))
-            .min(min);
+            .min(most);
         true
     }
 
