@@ -79,7 +79,9 @@ impl PathShare {
         if !fresh().any(|e| e.link != id) {
             return None;
         }
-        let n = fresh().count() as u64;
-        Some(fresh().map(|e| e.bw).sum::<u64>() / n)
+        // In u128: an estimate may be near u64::MAX (a round of a loopback path).
+        let n = fresh().count() as u128;
+        let sum: u128 = fresh().map(|e| u128::from(e.bw)).sum();
+        Some(u64::try_from(sum / n).unwrap_or(u64::MAX))
     }
 }

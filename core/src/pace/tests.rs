@@ -1279,3 +1279,14 @@ fn a_link_below_the_floor_probes_above_it() {
     pace.set_window();
     assert!(pace.window() > floor * 12 / 10, "{pace:?}");
 }
+
+#[test]
+fn the_fair_share_of_huge_estimates_does_not_overflow() {
+    // A round on a loopback path can estimate near u64::MAX bytes per second.
+    let share = PathShare::default();
+    let now = Instant::now();
+    share.estimate(1, u64::MAX, now);
+    share.estimate(2, u64::MAX - 1, now);
+    share.estimate(3, u64::MAX, now);
+    assert_eq!(share.fair_share(1, now), Some(u64::MAX - 1));
+}
