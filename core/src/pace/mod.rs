@@ -38,7 +38,23 @@
 //!   may start the next (a policer drops without queueing).
 //! - **Cruise**: window = 1.05 x bandwidth x min RTT, which keeps about a twentieth of the path's
 //!   RTT queued at the bottleneck. Every eighth round probes with 1.15 x, so a path that got
-//!   faster is found.
+//!   faster is found. The gains apply to at least the floor's window (8 packets), so a link
+//!   below the floor's rate still probes past it.
+//! - **A window the acks outlast.** On a short path the peer's delayed acks (quinn acks every
+//!   second packet, or after 25 ms), reordering and jitter make a full window's acks take longer
+//!   than the window covers; each round then delivers less than the estimate, and counted as a
+//!   measure of the path such rounds spiral down to the floor with no loss and no queue. A busy
+//!   cruise round with a full window and an RTT sample that saw no queue, whose bytes (lost ones
+//!   included) came back below 90% of the estimate while its mean RTT exceeded its smallest
+//!   sample by enough to explain that, says only that the window was short: it may raise the
+//!   estimate, never lower it, and the window widens by that excess (a queue raises every
+//!   sample, so it never widens the window that builds it), by at most a quarter of the minimum
+//!   RTT and 8 ms. Busy rounds that see only a queue narrow it again.
+//! - **Fair shares.** The links of a path tell each other their estimates (a [`PathShare`]). A
+//!   busy link below the mean of the busy links' estimates does not let a round lower its
+//!   estimate (its low delivery may be the others' queue), and a link more than 10% above it
+//!   does not climb: without this, the larger link's probes and climbs took the smaller one's
+//!   share round by round down to the floor.
 //! - **Delay variation** is not a queue. The RTT of a path varies by itself (queues elsewhere,
 //!   radio last miles, reordering); every queue test above compares samples with the minimum RTT
 //!   plus that variation, measured as the most the RTT fell within a round (a queue this link
@@ -174,6 +190,10 @@ pub struct Pace {
     recent: RecentAcks,
     /// How much the path's RTT varies by itself (see `rtt.rs`).
     variation: Variation,
+    /// What the acks of a full window take beyond the minimum RTT plus half the variation, for
+    /// reasons that are not a queue at the bottleneck (the peer's delayed acks, reordering):
+    /// the window covers it too (see `Pace::window_short`).
+    extra: Duration,
     /// Start-up on a path whose delay varies: since when the blocks of RTT samples have been
     /// above the floor (it leaves if they stay there for a minimum RTT).
     queue_since: Option<Instant>,
@@ -253,6 +273,7 @@ impl Pace {
             left_startup: None,
             recent: RecentAcks::default(),
             variation: Variation::default(),
+            extra: Duration::ZERO,
             queue_since: None,
         }
     }
@@ -345,12 +366,13 @@ impl Pace {
     }
 
     /// The bandwidth-delay product of the estimate, bytes, over the minimum RTT plus half the
-    /// path's variation: on a path whose delay varies by itself, a window of the minimum RTT's
-    /// BDP leaves the line idle whenever the delay is above its minimum, and every round then
-    /// delivers less than the last (bench/RESULTS.md, WAN robustness).
+    /// path's variation plus the extra delay the acks were seen to take (`extra`): on a path
+    /// whose delay varies by itself, a window of the minimum RTT's BDP leaves the line idle
+    /// whenever the delay is above its minimum, and every round then delivers less than the
+    /// last (bench/RESULTS.md, WAN robustness).
     fn bdp(&self) -> u64 {
         self.min_rtt.map_or(0, |min| {
-            let base = min + self.envelope() / 2;
+            let base = min + self.envelope() / 2 + self.extra;
             (self.bw as f64 * base.as_secs_f64()) as u64
         })
     }

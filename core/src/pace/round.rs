@@ -31,6 +31,19 @@ pub(super) const CRUISE_GAIN: f64 = 1.05;
 /// Window gain of a probing round: enough to find a faster path, small enough not to overflow a
 /// short buffer or delay interactive traffic (bench/RESULTS.md, lessons).
 const PROBE_GAIN: f64 = 1.15;
+/// A busy cruise round whose window was full and that saw no queue, but delivered less than this
+/// fraction of the estimate, was held back by its window (see `Pace::window_short`).
+const SHORT_FRACTION: f64 = 0.9;
+/// The extra delay a window covers (see `Pace::window_short`) is at most this fraction of the
+/// minimum RTT and at most [`EXTRA_MAX`]: what it is for (the peer's delayed acks of the last
+/// packets of a burst, reordering) takes a few milliseconds, and on a long path a round's spread
+/// also holds the queue the round built, which a wider window would only overflow (more tail
+/// drops, with up to 2 x the BDP in flight).
+const EXTRA_MAX_FRACTION: u32 = 4;
+const EXTRA_MAX: Duration = Duration::from_millis(8);
+/// A link whose estimate is more than this many times its fair share of a path other links of
+/// the session fill does not climb (see `Pace::cruise_round`).
+const FAIR_MARGIN: f64 = 1.1;
 /// Rounds per probing cycle (one probes).
 const CYCLE: u32 = 8;
 /// Window gains of the rounds of a climb, the next for each round whose window the path
@@ -91,12 +104,8 @@ impl Pace {
             .saturating_duration_since(self.round.start)
             .as_secs_f64();
         let sample = (self.round.acked as f64 / elapsed) as u64;
-        let filtered = self
-            .filter
-            .smooth(sample, matches!(self.phase, Phase::Cruise(_)));
-        if !self.round.app_limited || filtered > self.bw {
-            self.filter.push(filtered);
-        }
+        let cruise = matches!(self.phase, Phase::Cruise(_));
+        let filtered = self.filter.smooth(sample, cruise);
         let (acked, lost) = (self.round.acked, self.round.lost);
         let total = acked + lost;
         let overrun = lost > 10 * self.mtu && lost as f64 > LOSS_LIMIT * total as f64;
@@ -108,6 +117,24 @@ impl Pace {
             .left_startup
             .zip(self.min_rtt)
             .is_none_or(|(left, rtt)| now.saturating_duration_since(left) >= SETTLE_RTTS * rtt);
+        // What the round sent and the path took, delivered or lost: a round that lost what it
+        // lacks was not held back by its window.
+        let taken = (total as f64 / elapsed) as u64;
+        let short = cruise && settled && !overrun && self.window_short(taken);
+        // A link below its fair share of a path that other links of the session fill: a round
+        // that delivered less than its estimate may be the others' queue, not the path, and
+        // the links would not converge to equal shares (the larger one's probes squeeze the
+        // smaller one down to the floor).
+        let squeezed = cruise
+            && settled
+            && !overrun
+            && !self.round.app_limited
+            && self.fair_share(now).is_some_and(|fair| self.bw < fair);
+        // A round the window held back says only that the path delivers at least its sample,
+        // like a round the sender ran out of data in: it may raise the estimate, never lower it.
+        if !(self.round.app_limited || short || squeezed) || filtered > self.bw {
+            self.filter.push(filtered);
+        }
         let slower = overrun && self.overrun_before && settled;
         if !settled {
             // The rounds that complete start-up's last ones are what it found.
@@ -130,6 +157,51 @@ impl Pace {
             overrun,
             settled,
         }
+    }
+
+    /// A busy cruise round's bytes, delivered or lost, came back at `taken` bytes per second: if
+    /// its window, not the path, held it back, widens the delay the window covers
+    /// ([`Pace::extra`]) and says so. The window held the round back if the link kept it (nearly)
+    /// full, some RTT sample saw no queue at the bottleneck, and the round's bytes, lost ones
+    /// included, still came back slower than the estimate: the acks took longer than the minimum RTT
+    /// plus half the variation for reasons that are not a queue (the peer's delayed acks,
+    /// reordering, delay variation). Counted as a measure of the path, such rounds spiral down
+    /// to the floor: each smaller window delivers less again (bench/RESULTS.md, issue 21). A
+    /// busy round that saw only a queue narrows the extra delay again.
+    fn window_short(&mut self, taken: u64) -> bool {
+        let Some(min) = self.min_rtt else {
+            return false;
+        };
+        if self.round.app_limited {
+            return false;
+        }
+        if !self.round.rtt.had_room(self.queue_floor()) {
+            self.extra = self.extra * 3 / 4;
+            return false;
+        }
+        let full = 4 * self.round.in_flight >= 3 * self.window;
+        if !full || taken as f64 >= SHORT_FRACTION * self.bw as f64 {
+            return false;
+        }
+        // What the window's bytes took on average to be acknowledged beyond the round's
+        // smallest RTT sample (a window delivers window / mean RTT: Little's law). Against the
+        // round's smallest sample, not the path's, so that a queue (this link's or another's),
+        // which raises every sample, never widens the window that builds it.
+        let spread = self.round.rtt.mean().saturating_sub(self.round.rtt.min());
+        // Unless the spread explains the shortfall, something else held the round back (on a
+        // long path whose delay varies, rounds deliver more or less by themselves): the round
+        // counts as usual. Otherwise the estimate would keep the largest of the variation's
+        // samples and overfill the queue.
+        let covered = min + self.envelope() / 2 + self.extra;
+        if spread.as_secs_f64() < (1.0 - SHORT_FRACTION) * covered.as_secs_f64() {
+            return false;
+        }
+        let most = (min / EXTRA_MAX_FRACTION).min(EXTRA_MAX);
+        self.extra = self
+            .extra
+            .max(spread.saturating_sub(self.envelope() / 2))
+            .min(most);
+        true
     }
 
     /// Start-up, per ack: notes the ack for [`super::RecentAcks`], leaves start-up if a block of
@@ -227,6 +299,11 @@ impl Pace {
     /// Round `n` of cruise: stays, or climbs or starts up again if the path has room.
     fn cruise_round(&mut self, now: Instant, n: u32, measured: Measured) -> Phase {
         let busy = !self.round.app_limited;
+        // Above its fair share of a path that other links of the session fill, a link leaves
+        // the room it finds to them: its probes still find a path that got faster.
+        let above_fair = self
+            .fair_share(now)
+            .is_some_and(|fair| self.bw as f64 > FAIR_MARGIN * fair as f64);
         // A busy round that delivered 25% more than start-up found, with no queue at the
         // bottleneck: the path has room (another flow left, or start-up ended early). Look
         // for it at start-up speed. With a queue, the path is full and the rise is this
@@ -234,6 +311,7 @@ impl Pace {
         // path): start-up's doubling would overrun it.
         if measured.settled
             && busy
+            && !above_fair
             && measured.filtered as f64 > 1.25 * self.full_bw as f64
             && self.round.rtt.had_room(self.queue_floor())
         {
@@ -245,6 +323,7 @@ impl Pace {
         // too slowly (test `a_link_in_cruise_below_its_path_finds_it`).
         if measured.settled
             && busy
+            && !above_fair
             && !measured.overrun
             && (n == 0 || !self.climb.futile)
             && measured.sample >= self.bw
@@ -330,9 +409,20 @@ impl Pace {
             .is_some_and(|share| share.other_busy(self.id, now))
     }
 
+    /// The fair share of the busy links of this path, if another link of it is busy (see
+    /// [`super::PathShare::fair_share`]).
+    fn fair_share(&self, now: Instant) -> Option<u64> {
+        self.share
+            .as_ref()
+            .and_then(|share| share.fair_share(self.id, now))
+    }
+
     /// Tells the other links of the path that this one fills it, or learns whether another does.
     fn tell_path(&mut self, now: Instant) {
         if let Some(share) = &self.share {
+            if matches!(self.phase, Phase::Cruise(_)) && !self.round.app_limited {
+                share.estimate(self.id, self.bw, now);
+            }
             match self.phase {
                 Phase::Cruise(_)
                     if !self.round.app_limited && self.round.rtt.saw_queue(self.queue_floor()) =>
@@ -346,19 +436,21 @@ impl Pace {
     }
 
     /// The window of the round that begins, from the phase.
-    fn set_window(&mut self) {
-        let floor = MIN_PACKETS * self.mtu;
+    pub(super) fn set_window(&mut self) {
+        // The gains apply above the floor: a link whose estimate fell below the floor's rate
+        // must still probe and climb past it, or it can never find more.
+        let bdp = self.bdp().max(MIN_PACKETS * self.mtu) as f64;
         self.window = match self.phase {
             Phase::Startup => self.window,
-            Phase::Cruise(0) => ((PROBE_GAIN * self.bdp() as f64) as u64).max(floor),
-            Phase::Cruise(_) => ((CRUISE_GAIN * self.bdp() as f64) as u64).max(floor),
+            Phase::Cruise(0) => (PROBE_GAIN * bdp) as u64,
+            Phase::Cruise(_) => (CRUISE_GAIN * bdp) as u64,
             Phase::Climb(n) => {
                 // After a round short of its target, the smallest step again.
                 let step = if self.climb.missed { 0 } else { n as usize };
                 let gain = CLIMB_GAINS[step.min(CLIMB_GAINS.len() - 1)];
                 let target = (1.0 + (gain - 1.0) / 2.0) * self.bw as f64;
                 self.climb.targets = [self.climb.targets[1], target as u64];
-                ((gain * self.bdp() as f64) as u64).max(floor)
+                (gain * bdp) as u64
             }
         };
     }

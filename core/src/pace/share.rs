@@ -16,6 +16,17 @@ pub struct PathShare {
     /// The last busy cruise round of each link that had one; entries older than
     /// [`SHARE_FRESH`] are dropped.
     busy: Mutex<Vec<BusyRound>>,
+    /// The bandwidth estimate of each link at its last busy cruise round; entries older than
+    /// [`SHARE_FRESH`] are dropped.
+    estimates: Mutex<Vec<Estimate>>,
+}
+
+/// Link `link`'s bandwidth estimate was `bw` bytes per second at a busy cruise round `at`.
+#[derive(Clone, Copy, Debug)]
+struct Estimate {
+    link: u64,
+    bw: u64,
+    at: Instant,
 }
 
 /// Link `link` ended a busy cruise round that saw a queue `at`.
@@ -44,5 +55,33 @@ impl PathShare {
     pub(super) fn other_busy(&self, id: u64, now: Instant) -> bool {
         let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         busy.iter().any(|round| round.of_other(id, now))
+    }
+
+    /// Link `id`, busy in cruise at `now`, estimates its bandwidth at `bw` bytes per second.
+    pub(super) fn estimate(&self, id: u64, bw: u64, now: Instant) {
+        let mut all = self.estimates.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|e| e.link != id && now.saturating_duration_since(e.at) < SHARE_FRESH);
+        all.push(Estimate {
+            link: id,
+            bw,
+            at: now,
+        });
+    }
+
+    /// The fair share of the links of the path busy within [`SHARE_FRESH`] of `now` (the mean
+    /// of their estimates), if some link other than `id` is one of them.
+    pub(super) fn fair_share(&self, id: u64, now: Instant) -> Option<u64> {
+        let all = self.estimates.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = || {
+            all.iter()
+                .filter(move |e| now.saturating_duration_since(e.at) < SHARE_FRESH)
+        };
+        if !fresh().any(|e| e.link != id) {
+            return None;
+        }
+        // In u128: an estimate may be near u64::MAX (a round of a loopback path).
+        let n = fresh().count() as u128;
+        let sum: u128 = fresh().map(|e| u128::from(e.bw)).sum();
+        Some(u64::try_from(sum / n).unwrap_or(u64::MAX))
     }
 }
