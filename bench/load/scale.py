@@ -221,8 +221,8 @@ def main() -> None:
     args = ap.parse_args()
     benchlib.catch_signals()
     limit = common.raise_nofile()
-    if limit < 2 * args.n + 100:
-        sys.exit(f"open-file hard limit {limit} is below 2 x {args.n} + 100")
+    if limit < args.n + 100:
+        sys.exit(f"open-file hard limit {limit} is below {args.n} + 100")
     bins = common.bins_dir(args.bins)
     out = args.out or Path(tempfile.mkdtemp(prefix="wanmux-scale-"))
     meta = {"commit": benchlib.git_head(), "date": dt.datetime.now(dt.timezone.utc)
