@@ -13,7 +13,10 @@
 //! id and a timestamp, and the key confirmation starts with the session secret that id derives
 //! from. The fuzzer's dialler holds a secret of its own and sends its id or any other, and its
 //! secret or any bytes in the key confirmation; the crate's accepting side may refuse message 1
-//! (as a replayed one), and may agree to routed messages.
+//! (as a replayed one), and may agree to routed messages. Peer links run the peer protocol's
+//! version 4: message 1 carries the dialler's node id, instance and timestamp, and the crate's
+//! acceptor refuses a timestamp its replay guard took before (the fuzzer may have the guard take
+//! the one its hello carries first).
 //!
 //! Checked: nothing panics; a side that completes the handshake got exactly what the fuzzer's
 //! side authenticated (its key confirmation's frames after a secret that derives message 1's
@@ -71,8 +74,8 @@ enum KeyChoice {
 enum Payload {
     /// What an honest side of this kind sends, with these fields: a client hello's session id
     /// (`None`: the id of the dialler's secret), link seq, flags and timestamp (`value`); a peer
-    /// hello's node id and instance (`value`); a reply's node id, status (from `flags`) and epoch
-    /// or instance (`value`).
+    /// hello's node id, instance (`value`) and timestamp (`seq`); a reply's node id, status (from
+    /// `flags`) and epoch or instance (`value`).
     Valid {
         id: Option<[u8; 16]>,
         seq: u32,
@@ -345,12 +348,14 @@ fn payload(kind: Kind, hello: bool, p: &Payload, secret: &SessionSecret) -> Vec<
             out.extend_from_slice(&value.to_be_bytes());
         }
         (Kind::Peer, true) => {
-            out.extend_from_slice(&[3, 2]);
+            // version 4 | role 2 | node id | instance | timestamp
+            out.extend_from_slice(&[4, 2]);
             out.extend_from_slice(&node.to_be_bytes());
             out.extend_from_slice(&value.to_be_bytes());
+            out.extend_from_slice(&u64::from(*seq).to_be_bytes());
         }
         (_, false) => {
-            out.push(3);
+            out.push(reply_version(kind));
             out.extend_from_slice(&node.to_be_bytes());
             out.push(status(*flags));
             out.extend_from_slice(&value.to_be_bytes());
@@ -442,21 +447,30 @@ fn parse_client_hello(p: &[u8]) -> Option<ReceivedHello> {
     })
 }
 
-/// A peer hello (`version 3 | role 2 | node id | instance`).
-fn parse_peer_hello(p: &[u8]) -> Option<PeerHello> {
-    if p.len() != 12 || p[0] != 3 || p[1] != 2 {
+/// A peer hello (`version 4 | role 2 | node id | instance | timestamp`) and its timestamp.
+fn parse_peer_hello(p: &[u8]) -> Option<(PeerHello, u64)> {
+    if p.len() != 20 || p[0] != 4 || p[1] != 2 {
         return None;
     }
-    Some(PeerHello {
+    let hello = PeerHello {
         node_id: u16::from_be_bytes([p[2], p[3]]),
         instance: u64::from_be_bytes(p[4..12].try_into().ok()?),
-    })
+    };
+    Some((hello, u64::from_be_bytes(p[12..20].try_into().ok()?)))
 }
 
-/// Message 2's payload (`version 3 | node id | status | value`): node id, value, and whether
+/// The version byte of message 2: 3 on client links, 4 (the peer protocol's) on peer links.
+fn reply_version(kind: Kind) -> u8 {
+    match kind {
+        Kind::Client => 3,
+        Kind::Peer => 4,
+    }
+}
+
+/// Message 2's payload (`version | node id | status | value`): node id, value, and whether
 /// the node agreed to routed messages (status `0x80`, client links only; otherwise status 0).
 fn parse_reply(kind: Kind, p: &[u8]) -> Option<(u16, u64, bool)> {
-    if p.len() != 12 || p[0] != 3 {
+    if p.len() != 12 || p[0] != reply_version(kind) {
         return None;
     }
     let relay = match (kind, p[3]) {
@@ -495,6 +509,11 @@ async fn dial(s: Scenario) {
     let k = keys();
     let auth = server_auth(server);
     let ((rd, wr), mut fz) = pipe();
+    // The timestamp of a valid peer hello: the one a refusing guard took before.
+    let refused_ts = match &hello {
+        Payload::Valid { seq, .. } => u64::from(*seq),
+        Payload::Raw(_) => 0,
+    };
     let crate_side = async move {
         let (first, reader, got_client, got_peer, key) = match kind {
             Kind::Client => {
@@ -513,7 +532,13 @@ async fn dial(s: Scenario) {
                 (a.first, a.reader, Some(a.hello), None, a.client_key)
             }
             Kind::Peer => {
-                let r = noise::accept_peer_stream(rd, wr, &auth, TIMEOUT, |_, _| {
+                // With `refuse`, the guard took the timestamp a valid hello carries before.
+                let replays = std::sync::Mutex::new(noise::ReplayGuard::default());
+                if refuse {
+                    let who = noise::Identity::Peer(k.client.public_key());
+                    replays.lock().unwrap().take(who, refused_ts).unwrap();
+                }
+                let r = noise::accept_peer_stream(rd, wr, &auth, &replays, TIMEOUT, |_, _| {
                     Ok(PeerHello {
                         node_id: 7,
                         instance: 9,
@@ -639,7 +664,15 @@ async fn dial(s: Scenario) {
             want.relay
         }
         Kind::Peer => {
-            assert_eq!(got_peer, parse_peer_hello(&sent_hello), "peer hello");
+            let (want, ts) = parse_peer_hello(&sent_hello).expect("accepted a malformed hello");
+            assert_eq!(got_peer, Some(want), "peer hello");
+            // A refusing guard took `refused_ts`: it and everything a window or more below it
+            // are replays.
+            let floor = refused_ts.saturating_sub(noise::replay::WINDOW);
+            assert!(
+                !refuse || (ts != refused_ts && ts > floor),
+                "accepted a replayed peer hello (timestamp {ts}, taken {refused_ts})"
+            );
             assert_eq!(&first[..], &confirm[..], "key confirmation changed");
             false
         }
@@ -747,7 +780,7 @@ async fn accept(s: Scenario) {
                     );
                 }
                 Kind::Peer => assert_eq!(
-                    parse_peer_hello(&buf[..n]),
+                    parse_peer_hello(&buf[..n]).map(|(h, _)| h),
                     Some(PeerHello {
                         node_id: 1,
                         instance: 2
@@ -912,7 +945,8 @@ async fn both(s: Scenario) {
                 (a.first, a.reader)
             }
             Kind::Peer => {
-                let a = noise::accept_peer_stream(srd, swr, &auth_s, TIMEOUT, |h, _| {
+                let replays = std::sync::Mutex::new(noise::ReplayGuard::default());
+                let a = noise::accept_peer_stream(srd, swr, &auth_s, &replays, TIMEOUT, |h, _| {
                     Ok(PeerHello {
                         node_id: h.node_id.wrapping_add(1),
                         instance: 3,

@@ -304,3 +304,82 @@ pub async fn replay(server: SocketAddr, first: &[u8], limit: Duration) -> usize 
         }
     }
 }
+
+/// Version byte of the peer handshake payloads (the cluster protocol's).
+pub const PEER_VERSION: u8 = 4;
+
+/// Message 1's payload on a peer link, as `docs/PROTOCOL.md` ("Peer links") lays it out:
+/// `version | role (2) | node_id | instance | timestamp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerWireHello {
+    /// The version byte.
+    pub version: u8,
+    /// The role byte.
+    pub role: u8,
+    /// The dialler's node id.
+    pub node_id: u16,
+    /// The dialler's instance.
+    pub instance: u64,
+    /// The dialler's clock, nanoseconds since the Unix epoch.
+    pub timestamp: u64,
+}
+
+impl PeerWireHello {
+    /// The payload bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut p = vec![self.version, self.role];
+        p.extend_from_slice(&self.node_id.to_be_bytes());
+        p.extend_from_slice(&self.instance.to_be_bytes());
+        p.extend_from_slice(&self.timestamp.to_be_bytes());
+        p
+    }
+}
+
+/// Reads a recorded peer link's message 1 (`mode | len | message`, mode `IK`) as the node
+/// holding `responder_key` does.
+pub fn open_peer_hello(responder_key: &[u8; 32], first: &[u8]) -> PeerWireHello {
+    let mode = first[0];
+    assert_eq!(mode >> 4, 1, "not an IK handshake");
+    let mut hs = snow::Builder::new(params(mode))
+        .prologue(&prologue(mode))
+        .expect("prologue")
+        .local_private_key(responder_key)
+        .expect("key")
+        .build_responder()
+        .expect("responder");
+    let mut payload = [0u8; 1024];
+    let n = hs
+        .read_message(&first[3..], &mut payload)
+        .expect("the responder reads message 1");
+    let p = &payload[..n];
+    assert_eq!(p.len(), 20, "peer hello length");
+    PeerWireHello {
+        version: p[0],
+        role: p[1],
+        node_id: u16::from_be_bytes([p[2], p[3]]),
+        instance: u64::from_be_bytes(p[4..12].try_into().expect("8 bytes")),
+        timestamp: u64::from_be_bytes(p[12..20].try_into().expect("8 bytes")),
+    }
+}
+
+/// A peer link's message 1 (`mode | len | message`, `IK` with ChaCha20-Poly1305) from the
+/// holder of `local_key` to the node with `remote_key`, carrying `payload` (a peer hello's
+/// [`PeerWireHello::encode`], or any bytes).
+pub fn peer_hello_message(local_key: &[u8; 32], remote_key: &[u8; 32], payload: &[u8]) -> Vec<u8> {
+    let mode = 0x11;
+    let mut hs = snow::Builder::new(params(mode))
+        .prologue(&prologue(mode))
+        .expect("prologue")
+        .local_private_key(local_key)
+        .expect("key")
+        .remote_public_key(remote_key)
+        .expect("key")
+        .build_initiator()
+        .expect("initiator");
+    let mut msg = [0u8; 1024];
+    let n = hs.write_message(payload, &mut msg).expect("msg1");
+    let mut out = vec![mode];
+    out.extend_from_slice(&(n as u16).to_be_bytes());
+    out.extend_from_slice(&msg[..n]);
+    out
+}

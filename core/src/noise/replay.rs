@@ -1,5 +1,7 @@
 //! Replay protection for message 1 (`docs/PROTOCOL.md`, "Replay"): a node answers a client's
-//! message 1 only if its timestamp is one the node has not taken from that client before.
+//! message 1 only if its timestamp is one the node has not taken from that client before. Peer
+//! links between the nodes of a cluster use the same guard, keyed by the dialling node's static
+//! key (`docs/PROTOCOL.md`, "Peer links").
 //!
 //! Each client link's message 1 carries the client's clock (nanoseconds since the Unix epoch,
 //! strictly increasing within one client process). The node keeps, per client identity (its
@@ -46,6 +48,9 @@ pub enum Identity {
     Client(PublicKey),
     /// PSK-only mode: the session id (clients have no keys to tell them apart).
     Session([u8; 16]),
+    /// A peer node dialling this node's cluster listener: its static key
+    /// ([`super::accept_peer`]; the node keeps a guard of its own for peers).
+    Peer(PublicKey),
 }
 
 /// A message 1 the guard refused: its timestamp was taken before, or is too old.

@@ -1,7 +1,7 @@
 //! The cluster listener: peer links from the peers with a lower id, and nothing else.
 //!
 //! Refusals are logged once per connection: a key that is not a configured peer's (or a wrong
-//! PSK, garbage, a timeout) at info, as on the client listener, since anyone who reaches the port
+//! PSK, garbage, a timeout, a replayed message 1) at info, as on the client listener, since anyone who reaches the port
 //! can cause it; a configured peer whose hello does not fit its `[[peer]]` entry (another node
 //! id, or a higher id than this node's, which should be dialled rather than dial) at warn, since
 //! only the holder of a peer's key can cause that and it means the configs disagree.
@@ -53,7 +53,14 @@ pub(super) async fn accept_loop(listener: TcpListener, mesh: Arc<Mesh>) {
 /// refused.
 async fn handshake(mesh: &Mesh, tcp: TcpStream, addr: SocketAddr) -> Option<noise::PeerAccepted> {
     let respond = |hello: &PeerHello, key: &PublicKey| check_hello(mesh, hello, key, addr);
-    match noise::accept_peer(tcp, &mesh.accept_auth, mesh.handshake_timeout, respond).await {
+    let accepted = noise::accept_peer(
+        tcp,
+        &mesh.accept_auth,
+        &mesh.peer_replays,
+        mesh.handshake_timeout,
+        respond,
+    );
+    match accepted.await {
         Ok(acc) => Some(acc),
         // Logged at warn by `check_hello`, with the ids.
         Err(LinkError::Auth(reason)) if reason.starts_with(MISMATCH) => None,

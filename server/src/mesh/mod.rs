@@ -57,6 +57,9 @@ pub(crate) struct Mesh {
     accept_auth: noise::ServerAuth,
     /// The configured peers by key, for the acceptor's check of the node id a key claims.
     by_key: HashMap<PublicKey, Peer>,
+    /// The timestamps of the peers' message 1 this node took: a recorded one sent again gets
+    /// no answer (`docs/PROTOCOL.md`, "Peer links").
+    peer_replays: Mutex<noise::ReplayGuard>,
     handshake_timeout: Duration,
     /// Messages each peer link's queue holds (`cluster.relay_queue`).
     send_queue: usize,
@@ -249,6 +252,7 @@ impl Mesh {
                 .iter()
                 .map(|p| (p.public_key, p.clone()))
                 .collect(),
+            peer_replays: Mutex::new(noise::ReplayGuard::default()),
             handshake_timeout: config.handshake_timeout,
             send_queue: send_queue(cluster.relay_queue),
             links: Mutex::new(Links::default()),

@@ -1,0 +1,209 @@
+"""What the load benchmarks (scale.py, soak.py) share: an echo service, a one-node tunnel on
+loopback with TCP links, and reading a daemon's memory and open files from /proc.
+
+Python 3.11 standard library only. Run as a script it is the echo service:
+
+    python3 bench/load/common.py echo [--listen 127.0.0.1:0]
+
+which prints `listening on ADDR` and echoes every connection's bytes back until the peer
+closes (or resets) it. It raises its soft open-file limit to the hard one first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import benchlib  # noqa: E402
+from benchlib import run_cmd  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def raise_nofile() -> int:
+    """Raises this process's soft RLIMIT_NOFILE to its hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of `pid` in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def fd_count(pid: int) -> int:
+    """Open file descriptors of `pid`."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# ---------------------------------------------------------------------------------------------
+# The echo service
+
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+
+
+async def _serve(listen: str) -> None:
+    host, port = listen.rsplit(":", 1)
+    srv = await asyncio.start_server(_echo, host, int(port), backlog=4096, limit=65536)
+    addr = srv.sockets[0].getsockname()
+    print(f"listening on {addr[0]}:{addr[1]}", flush=True)
+    async with srv:
+        await srv.serve_forever()
+
+
+def start_echo(procs: benchlib.Procs, logfile: Path) -> tuple[subprocess.Popen, str]:
+    """Starts the echo service in a process of its own; returns it and its address."""
+    p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "echo"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=open(logfile, "ab"), text=True, start_new_session=True)
+    procs.track("echo service", p)
+    line = p.stdout.readline().strip()
+    if not line.startswith("listening on "):
+        raise RuntimeError(f"echo service did not start: {line!r}")
+    return p, line.removeprefix("listening on ")
+
+
+# ---------------------------------------------------------------------------------------------
+# The tunnel
+
+@dataclass
+class Tunnel:
+    server: subprocess.Popen
+    client: subprocess.Popen
+    map_addr: str
+    link_port: int
+    logs: list[Path] = field(default_factory=list)
+
+
+def start_tunnel(procs: benchlib.Procs, bins: Path, d: Path, target: str, *, links: int,
+                 limits: str = "", server_extra: str = "") -> Tunnel:
+    """Writes keys and configs into `d` and starts a one-node tunnel with `links` TCP links
+    (Noise IKpsk2) from a mapped port on 127.0.0.1 to `target`; returns once the mapped port
+    listens and every link is up."""
+    d.mkdir(parents=True, exist_ok=True)
+    srv, cli = str(bins / "wanmux-server"), str(bins / "wanmux-client")
+    server_pub = benchlib.public_key(run_cmd([srv, "keygen", "--out", str(d / "server.key")]))
+    client_pub = benchlib.public_key(run_cmd([cli, "keygen", "--out", str(d / "client.key")]))
+    run_cmd([srv, "keygen", "--psk", "--out", str(d / "wanmux.psk")])
+    link_port, map_port = free_tcp_port(), free_tcp_port()
+    benchlib.write_configs(
+        d, listen=f"127.0.0.1:{link_port}", node_addr=f'"127.0.0.1:{link_port}"', target=target,
+        map_listen=f"127.0.0.1:{map_port}", server_key="server.key", client_key="client.key",
+        server_pub=server_pub, client_pub=client_pub,
+        links=f'count = {links}\ntransport = "tcp"', psk_file="wanmux.psk",
+        server_extra=server_extra, limits=limits)
+    benchlib.check_configs("tunnel", bins, d)
+    env = benchlib.daemon_env()
+    logs = [d / "server.log", d / "client.log"]
+    ps = procs.start("wanmux-server", [srv, "run", "--config", str(d / "server.toml")], logs[0],
+                     env=env)
+    benchlib.wait_for(lambda: listening(link_port), "wanmux-server listening", [ps])
+    pc = procs.start("wanmux-client", [cli, "run", "--config", str(d / "client.toml")], logs[1],
+                     env=env)
+    benchlib.wait_for(lambda: listening(map_port), "wanmux-client listening", [ps, pc])
+    t = Tunnel(ps, pc, f"127.0.0.1:{map_port}", link_port, logs)
+    benchlib.wait_for(lambda: len(link_sockets(link_port)) >= links, "links up", [ps, pc])
+    return t
+
+
+def free_tcp_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    want = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[1] == want and f[3] == "0A":
+            return True
+    return False
+
+
+def link_sockets(link_port: int) -> list[int]:
+    """The local ports of the client's established links to the node (their dialling ends)."""
+    want = f":{link_port:04X}"
+    ports = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[2].endswith(want) and f[2].startswith("0100007F") and f[3] == "01":
+            ports.append(int(f[1].split(":")[1], 16))
+    return ports
+
+
+def kill_link(link_port: int, local_port: int) -> bool:
+    """Aborts one link's TCP connection (both ends get a reset) with `ss -K`."""
+    r = subprocess.run(["ss", "-K", "-tnH", "dst", f"127.0.0.1:{link_port}", "sport", "=",
+                        str(local_port)], capture_output=True, text=True)
+    return r.returncode == 0 and bool(r.stdout.strip())
+
+
+def bins_dir(arg: Path | None) -> Path:
+    bins = arg or benchlib.target_dir() / "release"
+    missing = benchlib.missing_bins(bins, ("wanmux-server", "wanmux-client"))
+    if missing:
+        raise SystemExit(f"missing {', '.join(map(str, missing))}: build with "
+                         "`cargo build --release -p wanmux-server -p wanmux-client` or pass --bins")
+    return bins
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("echo", help="run the echo service")
+    e.add_argument("--listen", default="127.0.0.1:0")
+    args = ap.parse_args()
+    if args.cmd == "echo":
+        raise_nofile()
+        try:
+            asyncio.run(_serve(args.listen))
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,417 @@
+#!/usr/bin/env python3
+"""Soak: a one-node tunnel on loopback under continuous churn for a long time.
+
+Worker threads open connections through the tunnel to an echo service and close them again, for
+`--minutes`: most send a random amount of random data (1 byte to `--max-size`, log-uniform),
+read it all back and compare it byte for byte; some hold an idle connection for a few seconds;
+some reset their connection (RST) at a random point. Meanwhile one of the tunnel's TCP links is
+aborted (`ss -K`, both ends get a reset) every few seconds and all of them at once every
+`--kill-all-every` seconds, so the client keeps redialling and the streams keep moving between
+links and resuming. Every `--sample` seconds the daemons' VmRSS and open file descriptors are
+recorded. At the end the load stops, the tunnel settles, and:
+
+- no connection may have received bytes that differ from what it sent (a mismatch), nor have
+  failed in any other way (an error, an early end, or a stall of `--stall` seconds) except the
+  ones it reset itself;
+- RSS must be flat after the warm-up (`--warmup` minutes): the least-squares slope of each
+  daemon's RSS over the rest of the run, and its values at the end of the warm-up and at the end;
+- the daemons' open file descriptors once the load stopped must be what they were before it.
+
+Writes `samples.json`, `soak.svg` (RSS and fds against time) and the daemons' logs to `--out`,
+and a summary on stdout. Needs root for `ss -K` (or CAP_NET_ADMIN).
+
+    python3 bench/load/soak.py --minutes 30 --out /tmp/soak
+    python3 bench/load/soak.py --plot /tmp/soak/samples.json -o bench/load/soak.svg
+
+Python 3.11 standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import random
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+from html import escape
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+import benchlib  # noqa: E402  (common put its directory on the path)
+
+log = benchlib.logger("soak")
+PROCS = benchlib.Procs(log)
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.c = {"ok": 0, "idle_ok": 0, "reset_by_us": 0, "failed": 0, "mismatch": 0,
+                  "bytes": 0, "links_killed": 0, "all_links_killed": 0}
+        self.failures: list[str] = []
+
+    def add(self, key: str, n: int = 1) -> None:
+        with self.lock:
+            self.c[key] += n
+
+    def fail(self, key: str, why: str) -> None:
+        with self.lock:
+            self.c[key] += 1
+            if len(self.failures) < 50:
+                self.failures.append(f"{time.strftime('%H:%M:%S')} {key}: {why}")
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return dict(self.c)
+
+
+def rst_close(s: socket.socket) -> None:
+    """Closes `s` with a reset (SO_LINGER 0)."""
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    s.close()
+
+
+def one_connection(addr: tuple[str, int], rng: random.Random, args, stats: Stats) -> None:
+    kind = rng.random()
+    size = int(math.exp(rng.uniform(0, math.log(args.max_size))))
+    data = rng.randbytes(size)
+    reset_at = None
+    if kind < args.reset_fraction:
+        reset_at = rng.randrange(0, size + 1)  # bytes sent before the reset
+    idle = args.reset_fraction <= kind < args.reset_fraction + args.idle_fraction
+    try:
+        s = socket.create_connection(addr, timeout=args.stall)
+    except OSError as e:
+        stats.fail("failed", f"connect: {e}")
+        return
+    s.settimeout(args.stall)
+    got = bytearray()
+    send_err: list[BaseException] = []
+    to_send = data if reset_at is None else data[:reset_at]
+
+    def sender() -> None:
+        try:
+            if idle:
+                half = len(to_send) // 2
+                s.sendall(to_send[:half])
+                time.sleep(rng.uniform(1, 8))
+                s.sendall(to_send[half:])
+            else:
+                s.sendall(to_send)
+            if reset_at is None:
+                s.shutdown(socket.SHUT_WR)
+        except OSError as e:
+            send_err.append(e)
+
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
+    try:
+        want = len(to_send)
+        while True:
+            if reset_at is not None and len(got) >= rng.randrange(0, want + 1):
+                break
+            chunk = s.recv(262144)
+            if not chunk:
+                break
+            got += chunk
+            if reset_at is not None and len(got) >= want:
+                break
+    except socket.timeout:
+        t.join(1)
+        stats.fail("failed", f"stalled {args.stall:.0f} s after {len(got)} of {size} bytes "
+                             f"(idle={idle})")
+        rst_close(s)
+        return
+    except OSError as e:
+        t.join(1)
+        if got != data[:len(got)]:
+            stats.fail("mismatch", f"{len(got)} bytes received differ from what was sent")
+        else:
+            stats.fail("failed", f"recv: {e} after {len(got)} of {size} bytes")
+        rst_close(s)
+        return
+    if reset_at is not None:
+        rst_close(s)
+        t.join(args.stall)
+        if got != data[:len(got)]:
+            stats.fail("mismatch", f"{len(got)} bytes received before the reset differ")
+        else:
+            stats.add("reset_by_us")
+            stats.add("bytes", len(got))
+        return
+    t.join(args.stall)
+    s.close()
+    if send_err:
+        stats.fail("failed", f"send: {send_err[0]}")
+    elif got != data:
+        if got == data[:len(got)]:
+            stats.fail("failed", f"early end: {len(got)} of {size} bytes")
+        else:
+            stats.fail("mismatch", f"received {len(got)} bytes that differ from the {size} sent")
+    else:
+        stats.add("idle_ok" if idle else "ok")
+        stats.add("bytes", size)
+
+
+def worker(i: int, addr, args, stats: Stats, stop: threading.Event) -> None:
+    rng = random.Random(args.seed * 1000 + i)
+    while not stop.is_set():
+        one_connection(addr, rng, args, stats)
+
+
+def killer(t: common.Tunnel, args, stats: Stats, stop: threading.Event) -> None:
+    rng = random.Random(args.seed)
+    next_all = time.monotonic() + args.kill_all_every
+    while not stop.wait(rng.uniform(args.kill_every / 2, args.kill_every * 1.5)):
+        links = common.link_sockets(t.link_port)
+        if time.monotonic() >= next_all:
+            next_all += args.kill_all_every
+            n = sum(common.kill_link(t.link_port, p) for p in links)
+            stats.add("all_links_killed")
+            stats.add("links_killed", n)
+        elif links:
+            if common.kill_link(t.link_port, rng.choice(links)):
+                stats.add("links_killed")
+
+
+def sample(t: common.Tunnel, t0: float, stats: Stats, phase: str) -> dict:
+    s = {"t": round(time.monotonic() - t0, 1), "phase": phase, "load": common.loadavg()}
+    for name, p in (("client", t.client), ("server", t.server)):
+        s[f"{name}_rss_kib"] = common.rss_kib(p.pid)
+        s[f"{name}_fds"] = common.fd_count(p.pid)
+        s[f"{name}_threads"] = common.threads(p.pid)
+    s["links"] = len(common.link_sockets(t.link_port))
+    s.update(stats.snapshot())
+    return s
+
+
+def slope_kib_per_min(xs: list[float], ys: list[float]) -> float | None:
+    if len(xs) < 3:
+        return None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return None if sxx == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx * 60
+
+
+def summarize(samples: list[dict], meta: dict) -> dict:
+    warm = meta["warmup_s"]
+    run = [s for s in samples if s["phase"] == "load" and s["t"] >= warm]
+    base = next(s for s in samples if s["phase"] == "before")
+    after = samples[-1]
+    out = {"counts": {k: after[k] for k in ("ok", "idle_ok", "reset_by_us", "failed", "mismatch",
+                                            "bytes", "links_killed", "all_links_killed")}}
+    for d in ("client", "server"):
+        xs = [s["t"] for s in run]
+        ys = [s[f"{d}_rss_kib"] for s in run]
+        out[d] = {
+            "rss_before_kib": base[f"{d}_rss_kib"],
+            "rss_end_of_warmup_kib": ys[0] if ys else None,
+            "rss_end_of_load_kib": ys[-1] if ys else None,
+            "rss_max_kib": max(ys) if ys else None,
+            "rss_after_kib": after[f"{d}_rss_kib"],
+            "rss_slope_kib_per_min": slope_kib_per_min(xs, ys),
+            "fds_before": base[f"{d}_fds"],
+            "fds_after": after[f"{d}_fds"],
+            "fds_max": max(s[f"{d}_fds"] for s in samples),
+        }
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The plot
+
+def plot(samples: list[dict], meta: dict, path: Path) -> None:
+    W, H = 820, 560
+    L, R = 80, 30
+    panels = [("RSS (MiB)", "rss_kib", 1 / 1024, 50, 270), ("open fds", "fds", 1, 330, 500)]
+    colours = {"client": "#1f77b4", "server": "#d62728"}
+    tmax = max(s["t"] for s in samples) / 60 or 1
+    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
+         f'font-family="sans-serif" font-size="12">',
+         f'<rect width="{W}" height="{H}" fill="white"/>',
+         f'<text x="{W / 2}" y="20" text-anchor="middle" font-size="14">'
+         f'{escape(meta["title"])}</text>',
+         f'<text x="{W / 2}" y="37" text-anchor="middle" fill="#555">'
+         f'{escape(meta["subtitle"])}</text>']
+
+    def x(tmin: float) -> float:
+        return L + (W - L - R) * tmin / tmax
+
+    for label, key, scale, top, bottom in panels:
+        vals = [s[f"{d}_{key}"] * scale for s in samples for d in colours]
+        vmax = max(vals) * 1.15 or 1
+        step = nice_step(vmax / 5)
+
+        def y(v: float, top=top, bottom=bottom, vmax=vmax) -> float:
+            return bottom - (bottom - top) * v / vmax
+
+        o.append(f'<rect x="{L}" y="{top}" width="{W - L - R}" height="{bottom - top}" '
+                 f'fill="none" stroke="#999"/>')
+        v = 0.0
+        while v <= vmax:
+            o.append(f'<line x1="{L}" x2="{W - R}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
+                     f'stroke="#eee"/><text x="{L - 6}" y="{y(v) + 4:.1f}" '
+                     f'text-anchor="end">{v:g}</text>')
+            v += step
+        o.append(f'<text x="18" y="{(top + bottom) / 2}" transform="rotate(-90 18 '
+                 f'{(top + bottom) / 2})" text-anchor="middle">{label}</text>')
+        # The warm-up and the settle phase, shaded.
+        wx = x(meta["warmup_s"] / 60)
+        o.append(f'<rect x="{L}" y="{top}" width="{wx - L:.1f}" height="{bottom - top}" '
+                 f'fill="#f3f3f3"/>')
+        end = [s["t"] for s in samples if s["phase"] == "load"]
+        if end:
+            ex = x(max(end) / 60)
+            o.append(f'<rect x="{ex:.1f}" y="{top}" width="{W - R - ex:.1f}" '
+                     f'height="{bottom - top}" fill="#eef6ee"/>')
+        for d, c in colours.items():
+            pts = " ".join(f"{x(s['t'] / 60):.1f},{y(s[f'{d}_{key}'] * scale):.1f}"
+                           for s in samples)
+            o.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="1.5"/>')
+        tick = nice_step(tmax / 8)
+        m = 0.0
+        while m <= tmax + 1e-9:
+            o.append(f'<text x="{x(m):.1f}" y="{bottom + 16}" text-anchor="middle">{m:g}</text>')
+            m += tick
+    o.append(f'<text x="{(L + W - R) / 2}" y="{H - 22}" text-anchor="middle">minutes '
+             f'(grey: warm-up; green: load stopped, tunnel idle)</text>')
+    lx = L + 10
+    for d, c in colours.items():
+        o.append(f'<line x1="{lx}" x2="{lx + 20}" y1="{H - 6}" y2="{H - 6}" stroke="{c}" '
+                 f'stroke-width="2"/><text x="{lx + 25}" y="{H - 2}">wanmux-{d}</text>')
+        lx += 140
+    o.append("</svg>")
+    path.write_text("\n".join(o) + "\n")
+
+
+def nice_step(raw: float) -> float:
+    if raw <= 0:
+        return 1
+    e = 10 ** math.floor(math.log10(raw))
+    for m in (1, 2, 5, 10):
+        if raw <= m * e:
+            return m * e
+    return 10 * e
+
+
+# ---------------------------------------------------------------------------------------------
+
+def run(args) -> int:
+    benchlib.catch_signals()
+    common.raise_nofile()
+    bins = common.bins_dir(args.bins)
+    out = args.out or Path(tempfile.mkdtemp(prefix="wanmux-soak-"))
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"output in {out}")
+    stats = Stats()
+    samples: list[dict] = []
+    meta = {"commit": benchlib.git_head(), "started": dt.datetime.now(dt.timezone.utc)
+            .strftime("%Y-%m-%d %H:%M UTC"), "args": {k: str(v) for k, v in vars(args).items()},
+            "warmup_s": args.warmup * 60, "bins": str(bins)}
+    rc = 0
+    try:
+        _, echo = common.start_echo(PROCS, out / "echo.log")
+        t = common.start_tunnel(PROCS, bins, out / "tunnel", echo, links=args.links)
+        host, port = t.map_addr.rsplit(":", 1)
+        addr = (host, int(port))
+        t0 = time.monotonic()
+        time.sleep(2)
+        samples.append(sample(t, t0, stats, "before"))
+        stop = threading.Event()
+        ths = [threading.Thread(target=worker, args=(i, addr, args, stats, stop), daemon=True)
+               for i in range(args.workers)]
+        ths.append(threading.Thread(target=killer, args=(t, args, stats, stop), daemon=True))
+        for th in ths:
+            th.start()
+        end = time.monotonic() + args.minutes * 60
+        while time.monotonic() < end:
+            time.sleep(args.sample)
+            why = benchlib.first_exit([("wanmux-server", t.server), ("wanmux-client", t.client)])
+            if why:
+                raise RuntimeError(why)
+            s = sample(t, t0, stats, "load")
+            samples.append(s)
+            log(f"{s['t'] / 60:5.1f} min  ok {s['ok']} idle {s['idle_ok']} reset "
+                f"{s['reset_by_us']} failed {s['failed']} mismatch {s['mismatch']}  links killed "
+                f"{s['links_killed']}  rss c/s {s['client_rss_kib'] / 1024:.1f}/"
+                f"{s['server_rss_kib'] / 1024:.1f} MiB  fds c/s {s['client_fds']}/"
+                f"{s['server_fds']}  load {s['load']}")
+        stop.set()
+        for th in ths:
+            th.join(args.stall + 15)
+        # Settle: the links are redialled, the last streams closed on both ends.
+        deadline = time.monotonic() + args.settle
+        while time.monotonic() < deadline:
+            time.sleep(min(args.sample, 5))
+            samples.append(sample(t, t0, stats, "after"))
+        meta["title"] = (f"wanmux soak: {args.minutes:g} min, {args.workers} workers, "
+                         f"{args.links} TCP links, one killed every ~{args.kill_every:g} s")
+        meta["subtitle"] = f"commit {meta['commit']}, {meta['started']}"
+        summary = summarize(samples, meta)
+        for name, lf in (("server", t.logs[0]), ("client", t.logs[1])):
+            text = lf.read_text(errors="replace")
+            summary[name]["log_lines"] = text.count("\n")
+            summary[name]["panics"] = text.count("panicked")
+            summary[name]["warn_lines"] = sum(1 for ln in text.splitlines()
+                                              if " WARN " in benchlib.ANSI.sub("", ln)
+                                              or " ERROR " in benchlib.ANSI.sub("", ln))
+        summary["failures"] = stats.failures
+        c = summary["counts"]
+        bad = c["mismatch"] or c["failed"] or any(
+            summary[d]["fds_after"] != summary[d]["fds_before"] or summary[d]["panics"]
+            for d in ("client", "server"))
+        rc = 1 if bad else 0
+        (out / "samples.json").write_text(json.dumps({"meta": meta, "summary": summary,
+                                                       "samples": samples}, indent=1))
+        plot(samples, meta, out / "soak.svg")
+        print(json.dumps(summary, indent=1))
+    except (KeyboardInterrupt, RuntimeError) as e:
+        log(f"stopped: {e}")
+        if samples:
+            (out / "samples.json").write_text(json.dumps({"meta": meta, "samples": samples}))
+        rc = 2
+    finally:
+        PROCS.stop_all()
+    return rc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=30)
+    ap.add_argument("--warmup", type=float, default=5, help="minutes (default 5)")
+    ap.add_argument("--workers", type=int, default=12)
+    ap.add_argument("--links", type=int, default=4)
+    ap.add_argument("--max-size", type=int, default=1 << 20)
+    ap.add_argument("--reset-fraction", type=float, default=0.2)
+    ap.add_argument("--idle-fraction", type=float, default=0.1)
+    ap.add_argument("--kill-every", type=float, default=3, help="seconds, on average")
+    ap.add_argument("--kill-all-every", type=float, default=120, help="seconds")
+    ap.add_argument("--stall", type=float, default=60, help="seconds")
+    ap.add_argument("--sample", type=float, default=10, help="seconds")
+    ap.add_argument("--settle", type=float, default=30, help="seconds")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--bins", type=Path)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--plot", type=Path, help="only redraw the plot of this samples.json")
+    ap.add_argument("-o", type=Path, help="with --plot: the SVG to write")
+    args = ap.parse_args()
+    if args.plot:
+        j = json.loads(args.plot.read_text())
+        plot(j["samples"], j["meta"], args.o or args.plot.with_suffix(".svg"))
+        return
+    sys.exit(run(args))
+
+
+if __name__ == "__main__":
+    main()
