@@ -64,6 +64,13 @@ pub async fn run(driver: SessionDriver, id: StreamId, tcp: TcpStream) {
     driver.unregister(id);
 }
 
+/// A read that returned less than this marks the stream as interactive or idle: the next read
+/// reserves at most this much, and the task lets its buffer go before it waits. A reservation
+/// kept across the wait cost an idle stream its touched page of a block of up to [`READ_MAX`]
+/// in each daemon (bench/RESULTS.md, "Scale and memory"); a bulk stream, whose reads fill their
+/// reservation, keeps one block from read to read.
+const SMALL_READ: usize = 16 * 1024;
+
 /// Socket -> engine.
 async fn upstream(
     driver: &SessionDriver,
@@ -72,7 +79,14 @@ async fn upstream(
     rd: OwnedReadHalf,
 ) -> Half {
     let mut buf = BytesMut::new();
+    // Bytes of the last read; a stream starts small and grows to READ_MAX in one read.
+    let mut last = 0;
     loop {
+        if last < SMALL_READ {
+            // Whatever was read is split off already: drop the rest of the block (the engine's
+            // slices keep what they need of it).
+            buf = BytesMut::new();
+        }
         let writable = waker.writable.notified();
         tokio::pin!(writable);
         writable.as_mut().enable();
@@ -100,8 +114,13 @@ async fn upstream(
             writable.await;
             continue;
         }
-        buf.reserve(cap);
-        let n = match rd.try_read_buf(&mut (&mut buf).limit(cap)) {
+        let want = if last < SMALL_READ {
+            cap.min(SMALL_READ)
+        } else {
+            cap
+        };
+        buf.reserve(want);
+        let n = match rd.try_read_buf(&mut (&mut buf).limit(want)) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
@@ -115,6 +134,7 @@ async fn upstream(
                 Err(_) => Half::Reset,
             };
         }
+        last = n;
         driver.counters().app_read(n);
         if driver
             .with(|s, _| s.stream_write(id, buf.split().freeze()))
