@@ -512,7 +512,7 @@ async fn accept_loop(
                 Some(acc) if !auth.still_allows(acc.client_key.as_ref()) => {
                     info!(%peer, "link refused: its client key was removed from allowed_clients during its handshake");
                 }
-                Some(acc) => sessions.run_link(acc, peer, transport).await,
+                Some(acc) => sessions.run_link(acc, peer, transport, &auth).await,
                 None => {}
             }
         });

@@ -339,10 +339,11 @@ impl Sessions {
         acc: Accepted,
         peer: SocketAddr,
         transport: &'static str,
+        auth: &crate::reload::SharedAuth,
     ) {
         let key = (acc.client_key, SessionId(acc.hello.session_id));
         let span = tracing::info_span!("session", id = %key.1);
-        let (driver, _slot) = match self.session(key) {
+        let (driver, _slot) = match self.session(key, auth) {
             Ok(joined) => joined,
             Err(why) => {
                 // Per link and peer-triggered: debug, not info (a client could flood the log).
@@ -375,9 +376,19 @@ impl Sessions {
 
     /// The session `key` names, started if need be, with a slot for one more link in it
     /// (given back when the slot is dropped); or why not.
-    fn session(self: &Arc<Self>, key: Key) -> Result<(SessionDriver, LinkSlot), &'static str> {
+    fn session(
+        self: &Arc<Self>,
+        key: Key,
+        auth: &crate::reload::SharedAuth,
+    ) -> Result<(SessionDriver, LinkSlot), &'static str> {
         let limits = &self.config.limits;
         let mut table = self.lock();
+        // Checked again under the table's lock: a reload replaces the list before its sweep
+        // (`close_clients`) takes this lock, so a link that authenticated under the old list
+        // either joins before the sweep (which then closes it) or sees the new list here.
+        if !auth.still_allows(key.0.as_ref()) {
+            return Err("its client key was removed from allowed_clients during its handshake");
+        }
         if let Some(e) = table.get(&key).filter(|e| !e.driver.is_closed()) {
             let slot = LinkSlot::take(&e.links, limits.max_links_per_session)
                 .ok_or("the session has limits.max_links_per_session links")?;
