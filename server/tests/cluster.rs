@@ -10,15 +10,14 @@ use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wanmux_config::{ClientAuth, ClientConfig, Node, OwnerPolicy, PinnedNode, Spread};
 use wanmux_core::keys::generate_keypair;
 use wanmux_tests::harness::{
-    app_server, configs, eventually, free_port, paused_transfer, transfer_on, within, AppServer,
-    Auth, ClientResult,
+    app_server, configs, eventually, free_port, paused_transfer, within, AppServer, Auth,
+    ClientResult,
 };
-use wanmux_tests::mesh::wait_for_sub_links;
+use wanmux_tests::mesh::{check_transfers as check, start_transfers, wait_for_sub_links};
 use wanmux_tests::process::Daemon;
 
 /// A node process and the config file it runs.
@@ -192,62 +191,6 @@ async fn mesh_cluster(
     client.owner = owner;
     client.session_grace = Duration::from_secs(2);
     (nodes, app, client)
-}
-
-/// Opens `count` connections through `addr` and moves `up`/`down` bytes on each at once.
-fn start_transfers(
-    addr: SocketAddr,
-    count: u64,
-    up: u64,
-    down: u64,
-) -> Vec<tokio::task::JoinHandle<std::io::Result<ClientResult>>> {
-    let barrier = Arc::new(tokio::sync::Barrier::new(count as usize));
-    (0..count)
-        .map(|seed| {
-            let barrier = barrier.clone();
-            tokio::spawn(async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                barrier.wait().await;
-                transfer_on(tcp, up, down, seed).await
-            })
-        })
-        .collect()
-}
-
-/// Checks every finished transfer against what the application server saw; returns how many
-/// failed (reset or cut short).
-async fn check(
-    app: &mut AppServer,
-    tasks: Vec<tokio::task::JoinHandle<std::io::Result<ClientResult>>>,
-    up: u64,
-    down: u64,
-) -> usize {
-    let mut done = std::collections::HashMap::new();
-    let mut failed = 0;
-    for (seed, t) in tasks.into_iter().enumerate() {
-        match t.await.expect("transfer task") {
-            Ok(r) if r.sent.bytes == up && r.received.bytes == down => {
-                done.insert(seed as u64, r);
-            }
-            other => {
-                eprintln!("seed {seed} failed: {other:?}");
-                failed += 1
-            }
-        }
-    }
-    while !done.is_empty() {
-        let a = tokio::time::timeout(Duration::from_secs(30), app.results.recv())
-            .await
-            .expect("app server result in time")
-            .expect("app server alive");
-        // A failed connection may still end at the application server: only the completed
-        // ones are compared.
-        if let Some(c) = done.remove(&a.seed) {
-            assert_eq!(c.sent, a.received, "connection {}: upload", a.seed);
-            assert_eq!(a.sent, c.received, "connection {}: download", a.seed);
-        }
-    }
-    failed
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

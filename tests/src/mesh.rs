@@ -159,3 +159,60 @@ pub async fn wait_for_sub_links(client: &wanmux_client::ClientHandle, nodes: u16
     .await;
     assert!(ready, "sub-links through every node");
 }
+
+/// Opens `count` connections to `addr` and, once all are open, moves `up`/`down` bytes on each
+/// (seeded by its index) at once.
+pub fn start_transfers(
+    addr: std::net::SocketAddr,
+    count: u64,
+    up: u64,
+    down: u64,
+) -> Vec<tokio::task::JoinHandle<std::io::Result<crate::harness::ClientResult>>> {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(count as usize));
+    (0..count)
+        .map(|seed| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                barrier.wait().await;
+                crate::harness::transfer_on(tcp, up, down, seed).await
+            })
+        })
+        .collect()
+}
+
+/// Checks every transfer of [`start_transfers`] that completed against what the application
+/// server saw (hashes both ways); returns how many did not complete (reset or cut short).
+pub async fn check_transfers(
+    app: &mut crate::harness::AppServer,
+    tasks: Vec<tokio::task::JoinHandle<std::io::Result<crate::harness::ClientResult>>>,
+    up: u64,
+    down: u64,
+) -> usize {
+    let mut done = std::collections::HashMap::new();
+    let mut failed = 0;
+    for (seed, t) in tasks.into_iter().enumerate() {
+        match t.await.expect("transfer task") {
+            Ok(r) if r.sent.bytes == up && r.received.bytes == down => {
+                done.insert(seed as u64, r);
+            }
+            other => {
+                eprintln!("seed {seed} failed: {other:?}");
+                failed += 1
+            }
+        }
+    }
+    while !done.is_empty() {
+        let a = tokio::time::timeout(Duration::from_secs(30), app.results.recv())
+            .await
+            .expect("app server result in time")
+            .expect("app server alive");
+        // A failed connection may still end at the application server: only the completed
+        // ones are compared.
+        if let Some(c) = done.remove(&a.seed) {
+            assert_eq!(c.sent, a.received, "connection {}: upload", a.seed);
+            assert_eq!(a.sent, c.received, "connection {}: download", a.seed);
+        }
+    }
+    failed
+}

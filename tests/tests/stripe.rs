@@ -4,9 +4,7 @@
 //! `"pin"` they stay on the owner's links. Data is compared by hash both ways.
 
 use bytes::BytesMut;
-use std::net::SocketAddr;
 use std::num::NonZeroU16;
-use std::sync::Arc;
 use std::time::Duration;
 use wanmux_config::{
     ClientAuth, ClientConfig, Links, Node, OwnerPolicy, PinnedNode, PortMap, ServiceName, Spread,
@@ -18,10 +16,10 @@ use wanmux_core::noise::{self, ClientHello, LinkReader, LinkWriter};
 use wanmux_core::route::{Routed, DOWN_NO_SESSION};
 use wanmux_relay::{Links as RelayLinks, Relay as TcpRelay, Shape};
 use wanmux_server::ServerHandle;
-use wanmux_tests::harness::{
-    app_server, eventually, transfer_on, within, AppServer, ClientResult, SERVICE,
+use wanmux_tests::harness::{app_server, eventually, within, AppServer, ClientResult, SERVICE};
+use wanmux_tests::mesh::{
+    check_transfers, node_config, node_specs, start_transfers, wait_for_sub_links,
 };
-use wanmux_tests::mesh::{node_config, node_specs, wait_for_sub_links};
 
 /// What the hostile tests need of a cluster: the nodes, the client's key and the node keys.
 struct Raw {
@@ -189,25 +187,6 @@ async fn cluster_through(
     (nodes, app, client, relay)
 }
 
-fn start_transfers(
-    addr: SocketAddr,
-    count: u64,
-    up: u64,
-    down: u64,
-) -> Vec<tokio::task::JoinHandle<std::io::Result<ClientResult>>> {
-    let barrier = Arc::new(tokio::sync::Barrier::new(count as usize));
-    (0..count)
-        .map(|seed| {
-            let barrier = barrier.clone();
-            tokio::spawn(async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                barrier.wait().await;
-                transfer_on(tcp, up, down, seed).await
-            })
-        })
-        .collect()
-}
-
 /// Every transfer completes, and what each end sent the other received (by hash).
 async fn check_all(
     app: &mut AppServer,
@@ -215,22 +194,11 @@ async fn check_all(
     up: u64,
     down: u64,
 ) {
-    let mut done = std::collections::HashMap::new();
-    for (seed, t) in tasks.into_iter().enumerate() {
-        let r = t.await.expect("transfer task").expect("transfer completes");
-        assert_eq!((r.sent.bytes, r.received.bytes), (up, down), "seed {seed}");
-        done.insert(seed as u64, r);
-    }
-    while !done.is_empty() {
-        let a = tokio::time::timeout(Duration::from_secs(30), app.results.recv())
-            .await
-            .expect("app server result in time")
-            .expect("app server alive");
-        if let Some(c) = done.remove(&a.seed) {
-            assert_eq!(c.sent, a.received, "connection {}: upload", a.seed);
-            assert_eq!(a.sent, c.received, "connection {}: download", a.seed);
-        }
-    }
+    assert_eq!(
+        check_transfers(app, tasks, up, down).await,
+        0,
+        "failed transfers"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
