@@ -508,12 +508,8 @@ async fn accept_loop(
         tokio::spawn(async move {
             let accepted = handshake(incoming, peer, &auth.current(), &sessions, &refusals).await;
             drop(slot);
-            match accepted {
-                Some(acc) if !auth.still_allows(acc.client_key.as_ref()) => {
-                    info!(%peer, "link refused: its client key was removed from allowed_clients during its handshake");
-                }
-                Some(acc) => sessions.run_link(acc, peer, transport, &auth).await,
-                None => {}
+            if let Some(acc) = accepted {
+                sessions.run_link(acc, peer, transport, &auth).await;
             }
         });
     }

@@ -18,6 +18,9 @@ use wanmux_core::keys::PublicKey;
 use wanmux_core::noise::{Accepted, Identity, LinkError, ReceivedHello, ReplayGuard, ServerHello};
 use wanmux_core::status::{SessionStatus, Status};
 
+/// Why a link that authenticated was refused where it joins: a reload removed its key meanwhile.
+const KEY_REMOVED: &str = "its client key was removed from allowed_clients during its handshake";
+
 /// A session is found by the client's static key (none in PSK mode) and its session id, so one
 /// client cannot join another's session by guessing its id.
 pub(crate) type Key = (Option<PublicKey>, SessionId);
@@ -333,7 +336,9 @@ impl Sessions {
     /// Runs an authenticated link in its session until the link dies. A link that would take
     /// its session over `limits.max_links_per_session`, or start a session over
     /// `limits.max_sessions` or `limits.max_sessions_per_client`, is closed at once.
-    /// `transport` (`"tcp"` or `"quic"`) and `peer` label the link in status.
+    /// `transport` (`"tcp"` or `"quic"`) and `peer` label the link in status. The client key is
+    /// checked against `auth` where the link joins, under the session table's lock: a reload
+    /// may have removed it while the handshake ran (see `session`).
     pub(crate) async fn run_link(
         self: &Arc<Self>,
         acc: Accepted,
@@ -345,6 +350,11 @@ impl Sessions {
         let span = tracing::info_span!("session", id = %key.1);
         let (driver, _slot) = match self.session(key, auth) {
             Ok(joined) => joined,
+            Err(KEY_REMOVED) => {
+                // Only a handshake that straddled a reload gets here: rare, and worth seeing.
+                span.in_scope(|| info!(%peer, "link refused: {KEY_REMOVED}"));
+                return;
+            }
             Err(why) => {
                 // Per link and peer-triggered: debug, not info (a client could flood the log).
                 span.in_scope(|| debug!(%peer, why, "link refused"));
@@ -387,7 +397,7 @@ impl Sessions {
         // (`close_clients`) takes this lock, so a link that authenticated under the old list
         // either joins before the sweep (which then closes it) or sees the new list here.
         if !auth.still_allows(key.0.as_ref()) {
-            return Err("its client key was removed from allowed_clients during its handshake");
+            return Err(KEY_REMOVED);
         }
         if let Some(e) = table.get(&key).filter(|e| !e.driver.is_closed()) {
             let slot = LinkSlot::take(&e.links, limits.max_links_per_session)
