@@ -418,12 +418,7 @@ def cluster_run(r: CRun, args, bins: Path, nk: NodeKeys, tmp: Path, n: int, spec
         if c is not None:
             r.spread = node_spread(c.status())
         after, r.quiet = sc.quiesce(paths)
-        w = sc.counters_delta(before, after)
-        r.wire = w
-        if r.ok and r.bytes:
-            data, ack = ("down", "up") if args.reverse else ("up", "down")
-            r.wire_data_ratio = w[data]["rx_bytes"] / r.bytes
-            r.wire_total_ratio = (w[data]["rx_bytes"] + w[ack]["rx_bytes"]) / r.bytes
+        sc.wire_ratios(r, args, sc.counters_delta(before, after))
         if c is not None:
             why = c.check_alive()
             if why:

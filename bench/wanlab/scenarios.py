@@ -459,6 +459,16 @@ def parse_bulk(r: Run, status: int, out: str, err: str) -> None:
                      for i in j.get("intervals", [])], ARGS_TIME[0])
 
 
+def wire_ratios(r: "Run", args, w) -> None:
+    """Records the emulator's byte counters of a run (`counters_delta`) and the WAN bytes per
+    application byte delivered, in the data direction and in both."""
+    r.wire = w
+    if r.ok and r.bytes:
+        data, ack = ("down", "up") if args.reverse else ("up", "down")
+        r.wire_data_ratio = w[data]["rx_bytes"] / r.bytes
+        r.wire_total_ratio = (w[data]["rx_bytes"] + w[ack]["rx_bytes"]) / r.bytes
+
+
 def one_run(r: Run, args, bins: Path, keys: Keys, tmp: Path, paths: list[int]) -> Run:
     k = r.path
     r.started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -495,12 +505,7 @@ def one_run(r: Run, args, bins: Path, keys: Keys, tmp: Path, paths: list[int]) -
         if tunnel is not None and name.startswith("wanmux"):
             r.links_after = tunnel_links(tunnel)
         after, r.quiet = quiesce(paths)
-        w = counters_delta(before, after)
-        r.wire = w
-        if r.ok and r.bytes:
-            data, ack = ("down", "up") if args.reverse else ("up", "down")
-            r.wire_data_ratio = w[data]["rx_bytes"] / r.bytes
-            r.wire_total_ratio = (w[data]["rx_bytes"] + w[ack]["rx_bytes"]) / r.bytes
+        wire_ratios(r, args, counters_delta(before, after))
         if tunnel is not None:
             why = tunnel.check_alive()
             if why:
