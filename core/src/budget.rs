@@ -242,11 +242,15 @@ impl Held {
     }
 
     pub(crate) fn reserve_up_to(&mut self, pool: Pool, want: u64, min: u64) -> u64 {
-        let got = self.budget.reserve_up_to(pool, want, min);
-        self.bytes[pool as usize] += got;
+        let mut got = self.budget.reserve_up_to(pool, want, min);
         if got < want {
+            // Flag the wait, then try again: a release between the first try and the flag
+            // saw nobody waiting and woke nobody, and no other release may follow.
             self.budget.set_waiting();
+            let min = if got == 0 { min } else { 1 };
+            got += self.budget.reserve_up_to(pool, want - got, min);
         }
+        self.bytes[pool as usize] += got;
         got
     }
 

@@ -58,26 +58,27 @@ impl Session {
     /// Bytes the application may write now. Zero arms [`Event::StreamWritable`].
     pub fn stream_send_capacity(&mut self, id: StreamId) -> Result<usize, StreamError> {
         let window = self.cfg.stream_window;
-        let available = self.held.budget().allowance(Pool::Send);
         let s = self.live_stream(id)?;
         if s.send.is_finished() {
             return Err(StreamError::Finished);
         }
-        let mut cap = window.saturating_sub(s.send.buffered());
-        let short = available < cap;
-        if short {
-            cap = if available >= MIN_BUDGET_WRITE {
-                available
-            } else {
-                0
-            };
+        let room = window.saturating_sub(s.send.buffered());
+        let budget = self.held.budget();
+        let (mut cap, mut short) = send_capacity(room, budget.allowance(Pool::Send));
+        if short && cap < window / 8 {
+            // Waiting for the budget: flag it, then look again, since a release between the
+            // first look and the flag saw nobody waiting and woke nobody (the stream would
+            // then wait for a release that may never come). The flag may now wake the
+            // sessions once for nothing, which costs one retry.
+            budget.set_waiting();
+            (cap, short) = send_capacity(room, budget.allowance(Pool::Send));
         }
         if cap < window / 8 {
+            let s = self.live_stream(id)?;
             s.write_waiting = true;
             if short && !s.budget_waiting {
                 s.budget_waiting = true;
                 self.budget_waiting.push(id);
-                self.held.budget().set_waiting();
             }
         }
         Ok(cap as usize)
@@ -204,5 +205,17 @@ impl Session {
             self.events.push_back(Event::StreamReadable(id));
             self.events.push_back(Event::StreamWritable(id));
         }
+    }
+}
+
+/// What a stream with `room` left in its window may write when the send pool allows
+/// `available`, and whether the pool is what limits it.
+fn send_capacity(room: u64, available: u64) -> (u64, bool) {
+    if available >= room {
+        (room, false)
+    } else if available >= MIN_BUDGET_WRITE {
+        (available, true)
+    } else {
+        (0, true)
     }
 }
