@@ -994,10 +994,10 @@ def main() -> int:
     common.add_argument("--wanmux-cc", default="bbr",
                         help="congestion control of wanmux's links at both ends (default bbr; "
                              "'default' leaves the daemons' default)")
-    common.add_argument("--stream-window", type=int, default=16 << 20,
-                        help="wanmux limits.stream_window, both ends (default 16 MiB)")
-    common.add_argument("--session-window", type=int, default=32 << 20,
-                        help="wanmux limits.session_window (default 32 MiB, at least the stream window)")
+    common.add_argument("--stream-window", type=int, default=64 << 20,
+                        help="wanmux limits.stream_window, both ends (default 64 MiB, the daemons' default)")
+    common.add_argument("--session-window", type=int, default=128 << 20,
+                        help="wanmux limits.session_window (default 128 MiB, at least the stream window)")
     common.add_argument("--warmup", type=float, default=0.0,
                         help="seconds of bulk transfer through each fresh tunnel before the measured "
                              "connection (default 0: cold tunnels); direct TCP rows stay cold")

@@ -258,8 +258,9 @@ fn is_dns_name(name: &str) -> bool {
 /// The worst case a peer can make one session buffer on the receive side is
 /// `min(session_window, max_streams × stream_window)` bytes of stream data, plus per-stream
 /// state for `max_streams` streams. The sending side holds every unacknowledged byte for resend,
-/// which is bounded by the *peer's* windows in the same way. With the defaults that is 32 MiB of
-/// data per session and direction, whatever the number of streams.
+/// which is bounded by the *peer's* windows in the same way. With the defaults that is 128 MiB
+/// of data per session and direction, whatever the number of streams, and never more than
+/// `memory` lets the daemon reserve.
 ///
 /// Note that the protocol lets each side send its initial credit (2 MiB per stream, 16 MiB
 /// per session, see `docs/PROTOCOL.md`) before the first window update, so a receiver must be
@@ -267,7 +268,8 @@ fn is_dns_name(name: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Receive window per stream, in bytes: how far past the bytes the application has read a
-    /// peer may send on one stream. Default 16 MiB, range 16 KiB..=1 GiB; below the protocol's
+    /// peer may send on one stream. Default 64 MiB (half of `memory` if that is less), range
+    /// 16 KiB..=1 GiB; below the protocol's
     /// initial credit (2 MiB) it acts as 2 MiB. A stream's window starts at 2 MiB and grows
     /// only as far as the stream needs (see `docs/CONFIG.md`), so this is a maximum.
     ///
@@ -280,7 +282,8 @@ pub struct Limits {
     /// stream window lets a single stream do it.
     pub stream_window: u64,
     /// Receive window of the whole session, in bytes: the sum over all streams of bytes sent
-    /// beyond what was consumed. At least `stream_window`. Default 32 MiB, at most 4 GiB.
+    /// beyond what was consumed. At least `stream_window`. Default 128 MiB (`stream_window` if
+    /// that is more), at most 4 GiB.
     ///
     /// Memory: the hard bound on buffered stream data per session and direction, so the
     /// server's worst case is about `session_window × connected clients`. DoS cost: an
@@ -323,10 +326,15 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Default `stream_window`: 16 MiB.
-    pub const DEFAULT_STREAM_WINDOW: u64 = 16 << 20;
-    /// Default `session_window`: 32 MiB.
-    pub const DEFAULT_SESSION_WINDOW: u64 = 32 << 20;
+    /// Default `stream_window`: 64 MiB (at most half of `memory`). A stream striped over
+    /// paths of unequal delay needs credit for what the slowest path (and its retransmissions)
+    /// still has in flight while the fast paths go on: in the WAN lab's cluster scenario H
+    /// (100 + 60 + 40 Mbit/s at 40, 120 and 200 ms RTT, 0.5-2% loss) one connection moved 134
+    /// Mbit/s with 16 MiB and 178 with 64 MiB (bench/RESULTS.md, cluster). Windows grow only as
+    /// far as a stream needs, so idle and slow streams do not cost more.
+    pub const DEFAULT_STREAM_WINDOW: u64 = 64 << 20;
+    /// Default `session_window`: 128 MiB (at least `stream_window`).
+    pub const DEFAULT_SESSION_WINDOW: u64 = 128 << 20;
     /// Default `max_streams`: 16,384.
     pub const DEFAULT_MAX_STREAMS: u32 = 16_384;
     /// Allowed `stream_window` values: 16 KiB..=1 GiB.
@@ -504,20 +512,28 @@ impl RawLimits {
             raw.max_links_per_session.as_ref(),
             &Limits::MAX_LINKS_RANGE,
         );
+        let memory_value = memory.flatten().unwrap_or(d.memory);
+        // Defaults that fit what is written: an unwritten stream window is at most half of
+        // the memory cap, an unwritten session window at least the stream window.
+        let stream_window_value = stream_window
+            .flatten()
+            .unwrap_or(d.stream_window.min(memory_value / 2));
+        let session_window_value = session_window
+            .flatten()
+            .unwrap_or(d.session_window.max(stream_window_value));
         let limits = Limits {
-            stream_window: stream_window.flatten().unwrap_or(d.stream_window),
-            session_window: session_window.flatten().unwrap_or(d.session_window),
+            stream_window: stream_window_value,
+            session_window: session_window_value,
             max_streams: max_streams.flatten().unwrap_or(d.max_streams),
-            memory: memory.flatten().unwrap_or(d.memory),
+            memory: memory_value,
             max_sessions,
             max_sessions_per_client,
             max_links_per_session: max_links_per_session
                 .flatten()
                 .unwrap_or(d.max_links_per_session),
         };
-        // Cross-check only values that are in range on their own. A default session window can
-        // be less than a configured stream window: point at the stream window then, since that
-        // is the value the user wrote.
+        // Cross-check only values that are in range on their own (absent ones took defaults that
+        // fit what is written, so a problem names a written key).
         if let (Some(_), Some(_)) = (stream_window, session_window) {
             if let Some(msg) = limits.window_order_problem() {
                 let written = raw.session_window.as_ref().or(raw.stream_window.as_ref());

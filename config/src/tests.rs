@@ -91,8 +91,8 @@ fn psk_server_parses_with_defaults() {
     assert_eq!(c.handshake_timeout, Duration::from_secs(10));
     assert_eq!(c.connect_timeout, Duration::from_secs(5));
     assert_eq!(c.limits, Limits::default());
-    assert_eq!(c.limits.stream_window, 16 << 20);
-    assert_eq!(c.limits.session_window, 32 << 20);
+    assert_eq!(c.limits.stream_window, 64 << 20);
+    assert_eq!(c.limits.session_window, 128 << 20);
     assert_eq!(c.limits.max_streams, 16384);
     assert_eq!(c.services.len(), 1);
     let game = c.service("game").unwrap();
@@ -640,13 +640,20 @@ fn out_of_range_values() {
         (e.key.as_str(), e.line),
         ("limits.session_window", Some(11))
     );
-    // Only stream_window written, above the default session window: reported at its line.
-    let text = format!("{}[limits]\nstream_window = 67108864\n", psk_server());
-    let e = one_error(server(&text));
-    assert_eq!(
-        (e.key.as_str(), e.line),
-        ("limits.session_window", Some(10))
-    );
+    // Only stream_window written, above the default session window: the session window's
+    // default follows it.
+    let text = format!("{}[limits]\nstream_window = 268435456\n", psk_server());
+    let c = server(&text).unwrap();
+    assert_eq!(c.limits.stream_window, 256 << 20);
+    assert_eq!(c.limits.session_window, 256 << 20);
+    // Only memory written, below twice the default stream window: the stream window's default
+    // is half of it, the session window's stays.
+    let text = format!("{}[limits]\nmemory = 67108864\n", psk_server());
+    let c = server(&text).unwrap();
+    assert_eq!(c.limits.stream_window, 32 << 20);
+    assert_eq!(c.limits.session_window, 128 << 20);
+    let text = format!("{}[limits]\nmemory = 8388608\n", psk_server());
+    assert_eq!(server(&text).unwrap().limits.stream_window, 4 << 20);
 
     for (text, key, line) in [
         (

@@ -127,8 +127,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            stream_window: 16 << 20,
-            session_window: 32 << 20,
+            stream_window: 64 << 20,
+            session_window: 128 << 20,
             max_streams: 16_384,
         }
     }
