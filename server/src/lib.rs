@@ -306,12 +306,12 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
             warn!(congestion = %cc, error = %e, "cannot set the links' congestion control; using the system default");
         }
     }
+    let refusals = Arc::new(Refusals::default());
     let mesh = match &config.cluster {
-        Some(cluster) => Some(Mesh::start(&config, cluster).await?),
+        Some(cluster) => Some(Mesh::start(&config, cluster, refusals.clone()).await?),
         None => None,
     };
     let auth = Arc::new(SharedAuth::new(&config.auth));
-    let refusals = Arc::new(Refusals::default());
     let metrics_listen = config.metrics_listen;
     let control_path = config.control_socket.clone();
     let sessions = Arc::new(Sessions::new(config));

@@ -39,11 +39,12 @@ enum Kind {
     NotWanmux,
     Quic,
     Busy,
+    PeerLink,
     Other,
 }
 
 impl Kind {
-    const ALL: [Kind; 13] = [
+    const ALL: [Kind; 14] = [
         Kind::UnknownClient,
         Kind::Replayed,
         Kind::Secret,
@@ -56,6 +57,7 @@ impl Kind {
         Kind::NotWanmux,
         Kind::Quic,
         Kind::Busy,
+        Kind::PeerLink,
         Kind::Other,
     ];
 
@@ -74,6 +76,7 @@ impl Kind {
             Kind::NotWanmux => "not_wanmux",
             Kind::Quic => "quic",
             Kind::Busy => "busy",
+            Kind::PeerLink => "peer_link",
             Kind::Other => "other",
         }
     }
@@ -114,6 +117,16 @@ impl Refusals {
     pub(crate) fn busy(&self, peer: SocketAddr, reason: &str) {
         debug!(%peer, %reason, "link refused");
         self.log(Kind::Busy, true, peer, reason);
+    }
+
+    /// Logs a connection to the cluster listener (`cluster.listen`) that was refused before it
+    /// became a peer link: not a configured peer's key, a replayed message 1, a timeout, a
+    /// scan. Authenticated peers whose hello does not match their `[[peer]]` are logged by the
+    /// mesh itself, at `warn`, with the ids.
+    pub(crate) fn peer_link(&self, peer: SocketAddr, e: &LinkError) {
+        debug!(%peer, reason = %e, "peer link refused");
+        let reason = format!("a connection to cluster.listen did not become a peer link: {e}");
+        self.log(Kind::PeerLink, false, peer, &reason);
     }
 
     /// Every refusal since start, by the `reason` label of its kind; every kind is listed.

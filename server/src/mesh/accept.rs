@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tracing::warn;
 use wanmux_core::daemon;
 use wanmux_core::keys::PublicKey;
 use wanmux_core::noise::{self, LinkError, PeerHello};
@@ -65,8 +65,8 @@ async fn handshake(mesh: &Mesh, tcp: TcpStream, addr: SocketAddr) -> Option<nois
         // Logged at warn by `check_hello`, with the ids.
         Err(LinkError::Auth(reason)) if reason.starts_with(MISMATCH) => None,
         Err(e) => {
-            // The one line a refused connection costs; no key material in it.
-            info!(%addr, reason = %e, "peer link refused");
+            // Rate-limited with the client listener's refusals; no key material in it.
+            mesh.refusals.peer_link(addr, &e);
             None
         }
     }

@@ -16,6 +16,7 @@ mod accept;
 mod dial;
 mod link;
 
+use crate::refused::Refusals;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -68,6 +69,8 @@ pub(crate) struct Mesh {
     up: watch::Sender<Vec<u16>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stopped: AtomicBool,
+    /// The node's rate-limited log and count of refused links.
+    refusals: Arc<Refusals>,
     /// Where cluster frames go (`relay`); unset in tests of the mesh alone.
     relay: std::sync::OnceLock<std::sync::Weak<Relay>>,
 }
@@ -220,6 +223,7 @@ impl Mesh {
     pub(crate) async fn start(
         config: &ServerConfig,
         cluster: &Cluster,
+        refusals: Arc<Refusals>,
     ) -> std::io::Result<Arc<Mesh>> {
         let ServerAuth::StaticKey { private_key, .. } = &config.auth else {
             // `validate` and the TOML path refuse a cluster on a PSK-only node.
@@ -259,6 +263,7 @@ impl Mesh {
             up: watch::Sender::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
             stopped: AtomicBool::new(false),
+            refusals,
             relay: std::sync::OnceLock::new(),
         });
         info!(listen = %local_addr, node = mesh.node_id, peers = cluster.peers.len(), "cluster listening");
