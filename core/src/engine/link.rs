@@ -310,9 +310,13 @@ impl LinkState {
 
     /// When the outstanding ping, if any, is late enough that the link looks stalled (a loss
     /// being repaired, a TCP retransmission timer backing off, a path going dark): two smoothed
-    /// RTTs plus four deviations plus 10 ms after it went out.
+    /// RTTs plus four deviations plus 10 ms after it went out. With no ping outstanding, the
+    /// same after a ping came due and could not go out (the writer takes no message: a QUIC
+    /// connection to a peer that died, its congestion window full of packets nobody acks). On
+    /// a healthy link a due ping goes out with the next message, within the queue's drain,
+    /// which the smoothed RTT of its pings already includes.
     fn stalled_at(&self) -> Option<Instant> {
-        let at = self.ping?.sent_at;
+        let at = self.ping.map(|p| p.sent_at).or(self.due_since)?;
         let late = match self.stats.rtt.smoothed {
             Some(srtt) => srtt * 2 + self.stats.rtt.var * 4 + Duration::from_millis(10),
             None => DEAD_MIN,

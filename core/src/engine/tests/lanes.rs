@@ -166,6 +166,55 @@ fn a_stalled_links_unconfirmed_data_goes_out_again_on_another_link() {
     assert_eq!(c.resent_bytes(), 10_000);
 }
 
+/// A link whose writer stops taking messages (a QUIC connection to a node that just died: its
+/// congestion window fills with packets nobody acks) cannot send the ping that comes due after
+/// its last pong. What it carries unconfirmed goes out again on the others as soon as that ping
+/// is as late as an unanswered one would be, not when the link is declared dead seconds later.
+#[test]
+fn a_link_that_cannot_send_its_due_ping_has_its_data_rescued_in_round_trips() {
+    let (mut c, id, t0, ping) = ten_kb_out_on_link_one_with_its_ping();
+    // More data follows on link 1 before the pong (one ping outstanding at a time).
+    c.stream_write(id, Bytes::from(vec![8u8; 10_000])).unwrap();
+    let t1 = t0 + Duration::from_millis(1);
+    assert_eq!(data_sent(&mut c, t1, LINK), vec![(id, 10_000, 10_000)]);
+    // The pong of the first ping comes back after 50 ms: RTT 50 ms, deviation 25 ms.
+    let pong_at = t0 + Duration::from_millis(50);
+    c.handle_message(pong_at, LINK, msg(&[Frame::Pong(ping)]))
+        .unwrap();
+    // The next ping comes due; link 1's writer never asks for a message again.
+    c.handle_timeout(pong_at);
+    // Stalled once the due ping is 2 RTTs + 4 deviations + 10 ms late (210 ms), not before.
+    c.handle_timeout(pong_at + Duration::from_millis(200));
+    assert_eq!(c.resent_bytes(), 0);
+    let later = pong_at + Duration::from_millis(220);
+    c.handle_timeout(later);
+    assert_eq!(c.resent_bytes(), 10_000);
+    assert!(c.links().any(|l| l == LINK), "a stalled link is kept");
+    assert_eq!(
+        data_sent(&mut c, later, LinkId(2)),
+        vec![(id, 10_000, 10_000)]
+    );
+}
+
+/// [`ten_kb_out_on_link_one`], with the token of the ping that went out with the data.
+fn ten_kb_out_on_link_one_with_its_ping() -> (Session, StreamId, Instant, u64) {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    c.add_link(now, LINK);
+    c.add_link(now, LinkId(2));
+    let id = c.open_stream(now, NODE, "svc").unwrap();
+    c.stream_write(id, Bytes::from(vec![7u8; 10_000])).unwrap();
+    let frames = sent(&mut c, now, LINK);
+    let token = frames
+        .iter()
+        .find_map(|f| match f {
+            Frame::Ping(t) => Some(*t),
+            _ => None,
+        })
+        .expect("the first message carries a ping");
+    (c, id, now, token)
+}
+
 #[test]
 fn a_small_header_that_turns_into_bulk_does_not_hold_the_lanes() {
     let (mut c, links, now) = client_with_four_links();
