@@ -387,6 +387,7 @@ class CRun(Run):
     recv_mbit: list | None = None  # the receiver's (t, Mbit/s) every poll
     spread: dict | None = None  # node_spread() at the end of the run
     load: float | None = None  # 1-minute load average when the run started (a shared machine)
+    rss_mib: dict | None = None  # peak resident memory (VmHWM) of each daemon, MiB, at the end
 
 
 def cluster_run(r: CRun, args, bins: Path, nk: NodeKeys, tmp: Path, n: int, specs: list[str]) -> None:
@@ -417,6 +418,7 @@ def cluster_run(r: CRun, args, bins: Path, nk: NodeKeys, tmp: Path, n: int, spec
             kill_run(r, args, bins, addr, c, n, specs, limit)
         if c is not None:
             r.spread = node_spread(c.status())
+            r.rss_mib = peak_rss(c.tunnel)
         after, r.quiet = sc.quiesce(paths)
         sc.wire_ratios(r, args, sc.counters_delta(before, after))
         if c is not None:
@@ -429,6 +431,21 @@ def cluster_run(r: CRun, args, bins: Path, nk: NodeKeys, tmp: Path, n: int, spec
         if c is not None:
             c.tunnel.stop()
             r.log_notes = log_notes(c.tunnel)
+
+
+def peak_rss(t: Tunnel) -> dict[str, float]:
+    """The peak resident memory (`VmHWM`, MiB) of every daemon of `t` still running: the memory
+    its windows and buffers took at the worst moment of the run."""
+    out = {}
+    for name, p in t.procs:
+        try:
+            status = Path(f"/proc/{p.pid}/status").read_text()
+        except OSError:
+            continue
+        m = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+        if m:
+            out[name] = round(int(m.group(1)) / 1024, 1)
+    return out
 
 
 def log_notes(t: Tunnel) -> list[str]:
@@ -489,14 +506,14 @@ def runs_of(runs: list[CRun], c: str, test: str) -> tuple[list[CRun], list[CRun]
 def bulk_table(runs, contenders, line) -> list[str]:
     lines = ["| contender | goodput Mbit/s, median | runs | % of the sum | slowest 1 s at the receiver, "
              "Mbit/s (per run) | stalled seconds | slowest of the sender's 1 s intervals | wire/goodput, "
-             "data dir | load avg (per run) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "data dir | peak RSS, client / node 1 / largest other node, MiB (median) | load avg (per run) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for c in contenders:
         mine, ok = runs_of(runs, c, "bulk")
         if not mine:
             continue
         if not ok:
-            lines.append(f"| {LABELS[c]} | FAILED ({mine[0].error}) | | | | | | | |")
+            lines.append(f"| {LABELS[c]} | FAILED ({mine[0].error}) | | | | | | | | |")
             continue
         m = median([r.mbit for r in ok])
         failed = f", {len(mine) - len(ok)} failed" if len(ok) < len(mine) else ""
@@ -506,8 +523,21 @@ def bulk_table(runs, contenders, line) -> list[str]:
             f"| {sum(r.recv_stalled_s or 0 for r in ok)} "
             f"| {', '.join(fmt(r.min_interval_mbit, '.1f') for r in ok)} "
             f"| {fmt(median([r.wire_data_ratio for r in ok if r.wire_data_ratio]), '.3f')} "
+            f"| {rss_cell(ok)} "
             f"| {', '.join(fmt(r.load, '.2f') for r in ok)} |")
     return lines
+
+
+def rss_cell(ok: list[CRun]) -> str:
+    """Median peak RSS of the client, of node 1 (the owner) and of the largest other node."""
+    runs = [r.rss_mib for r in ok if r.rss_mib]
+    if not runs:
+        return "-"
+    client = median([m.get("wanmux-client", 0.0) for m in runs])
+    owner = median([m.get("wanmux-server 1", 0.0) for m in runs])
+    other = median([max((v for k, v in m.items() if k.startswith("wanmux-server ")
+                         and k != "wanmux-server 1"), default=0.0) for m in runs])
+    return f"{client:.0f} / {owner:.0f} / {other:.0f}"
 
 
 def spread_table(runs, contenders, n) -> list[str]:
