@@ -18,7 +18,7 @@ use wanmux_relay::{Links as RelayLinks, Relay as TcpRelay, Shape};
 use wanmux_server::ServerHandle;
 use wanmux_tests::harness::{app_server, eventually, within, AppServer, ClientResult, SERVICE};
 use wanmux_tests::mesh::{
-    check_transfers, node_config, node_specs, start_transfers, wait_for_sub_links,
+    check_transfers, node_config, node_specs, start_transfers, wait_for_sub_links, NodeSpec,
 };
 
 /// What the hostile tests need of a cluster: the nodes, the client's key and the node keys.
@@ -131,12 +131,25 @@ async fn cluster_through(
     through: Option<u16>,
 ) -> (Vec<ServerHandle>, AppServer, ClientConfig, Option<TcpRelay>) {
     let app = app_server().await;
-    let specs = node_specs(n);
     let (client_key, client_pub) = generate_keypair();
+    let (nodes, specs, relay) = start_nodes(n, app.addr, client_pub, through).await;
+    let client = client_config(&specs, &nodes, client_key, spread, owner);
+    (nodes, app, client, relay)
+}
+
+/// `n` nodes in a full mesh (node 1's peer link to node `through` through a TCP relay),
+/// serving `service`, taking the client key `client_pub`.
+async fn start_nodes(
+    n: u16,
+    service: std::net::SocketAddr,
+    client_pub: wanmux_core::keys::PublicKey,
+    through: Option<u16>,
+) -> (Vec<ServerHandle>, Vec<NodeSpec>, Option<TcpRelay>) {
+    let specs = node_specs(n);
     let mut nodes = Vec::new();
     let mut relay = None;
     for i in 0..specs.len() {
-        let mut config = node_config(&specs, i, client_pub, app.addr);
+        let mut config = node_config(&specs, i, client_pub, service);
         if let (0, Some(to)) = (i, through) {
             let r = TcpRelay::start(specs[usize::from(to) - 1].cluster, Shape::default())
                 .await
@@ -159,9 +172,20 @@ async fn cluster_through(
         .await
         .expect("full mesh");
     }
+    (nodes, specs, relay)
+}
+
+/// A client of `nodes` (two links each) with one map of `spread` and `owner`.
+fn client_config(
+    specs: &[NodeSpec],
+    nodes: &[ServerHandle],
+    client_key: wanmux_core::keys::PrivateKey,
+    spread: Spread,
+    owner: OwnerPolicy,
+) -> ClientConfig {
     let pinned = specs
         .iter()
-        .zip(&nodes)
+        .zip(nodes)
         .map(|(s, node)| PinnedNode {
             node: Node {
                 id: NonZeroU16::new(s.id).expect("ids start at 1"),
@@ -184,7 +208,7 @@ async fn cluster_through(
     );
     client.links = Links::fixed(2);
     client.owner = owner;
-    (nodes, app, client, relay)
+    client
 }
 
 /// Every transfer completes, and what each end sent the other received (by hash).
@@ -396,6 +420,92 @@ async fn a_peer_link_that_dies_mid_transfer_loses_nothing() {
             "node 1 dialled node 3 again"
         );
         drop(nodes);
+        client.shutdown();
+    })
+    .await;
+}
+
+/// Issue 20, item 6: small frames ride the nearest node's links. Node 1 owns the stream but its
+/// own links run through a path of 40 ms RTT; node 2's are on loopback. The client sends the
+/// stream's small writes through node 2 (which relays them to node 1 over the mesh) and node 1
+/// sends its small replies back the same way, so a round trip takes a small part of the far
+/// path's RTT. (Through node 1's own links each would take at least 40 ms.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_frames_of_a_far_owners_stream_take_the_nearest_node_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const FAR: Duration = Duration::from_millis(20);
+    within(Duration::from_secs(60), async {
+        let echo = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("echo");
+        let echo_addr = echo.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    let (mut r, mut w) = tcp.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let (client_key, client_pub) = generate_keypair();
+        let (nodes, specs, _) = start_nodes(2, echo_addr, client_pub, None).await;
+        let mut config = client_config(
+            &specs,
+            &nodes,
+            client_key,
+            Spread::Stripe,
+            OwnerPolicy::First,
+        );
+        config.transport = wanmux_config::LinkTransport::Tcp;
+        let far = Shape {
+            delay: FAR,
+            ..Shape::default()
+        };
+        let relay = TcpRelay::start(nodes[0].local_addr(), far)
+            .await
+            .expect("relay starts");
+        if let ClientAuth::StaticKey { nodes: pinned, .. } = &mut config.auth {
+            pinned[0].node.addr = relay.addr().into();
+        }
+        let client = wanmux_client::start(config).await.expect("client starts");
+        client.wait_for_links(4).await;
+        wait_for_sub_links(&client, 2, 2).await;
+
+        let mut tcp = tokio::net::TcpStream::connect(client.first_addr())
+            .await
+            .expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        let mut rtts = Vec::new();
+        let mut buf = [0u8; 64];
+        for i in 0..40u8 {
+            let t = std::time::Instant::now();
+            tcp.write_all(&[i; 64]).await.expect("write");
+            tcp.read_exact(&mut buf).await.expect("read");
+            assert_eq!(buf, [i; 64], "echo {i}");
+            // The first round trips teach the engines each link's RTT.
+            if i >= 10 {
+                rtts.push(t.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        rtts.sort();
+        let median = rtts[rtts.len() / 2];
+        println!(
+            "median round trip {median:?} (the far path alone: {:?})",
+            FAR * 2
+        );
+        assert!(
+            median < FAR,
+            "median round trip {median:?}: the small frames took the far owner's own links \
+             (round trips {rtts:?})"
+        );
+        // They went through node 2 both ways.
+        let (up, down) = client.relayed(2, 1);
+        assert!(
+            up >= 30 * 64 && down >= 30 * 64,
+            "node 2 relayed {up} up, {down} down"
+        );
         client.shutdown();
     })
     .await;
