@@ -231,7 +231,8 @@ impl Session {
     /// The `want` (at most two) links that are not stalled and pass `filter`, nearest first:
     /// the links whose smallest RTT sample is within [`NEAR`] (or a quarter) of the smallest of
     /// them all, lowest ids first, then the others by their smallest sample. A link without a
-    /// sample yet is not near unless none has one. With striping, a node's engine has links
+    /// sample yet is not near unless none has one, but with two lanes wanted the second is such
+    /// a link while there is one, to measure it. With striping, a node's engine has links
     /// through every other node (sub-links, virtual links), each with its own end-to-end RTT,
     /// so its interactive lanes are the links through the node nearest the client, whichever
     /// node owns the stream (`docs/PROTOCOL.md`, "Interactive traffic across nodes"). The
@@ -256,12 +257,29 @@ impl Session {
             None => true,
             Some(b) => l.stats.rtt.min.is_some_and(|m| m <= b + (b / 4).max(NEAR)),
         };
+        // With two lanes (each small segment goes on both), the second is a link that has no
+        // sample yet while others have one: the segment's ping measures it, at no cost in
+        // latency (the first lane carries the same segment). Otherwise a link that never
+        // carried anything (a sub-link through a node nearer than the owner, when no bulk data
+        // has gone there) would never become a lane.
+        let unmeasured = best
+            .and_then(|_| usable().find(|(_, l)| l.stats.rtt.min.is_none()))
+            .map(|(&id, _)| id);
+        let want_near = if want == 2 && unmeasured.is_some() {
+            1
+        } else {
+            want
+        };
         let mut k = 0;
         for (&id, _) in usable().filter(|(_, l)| near(l)) {
-            if k == want {
-                return out;
+            if k == want_near {
+                break;
             }
             out[k] = Some(id);
+            k += 1;
+        }
+        if want_near < want {
+            out[k] = unmeasured;
             k += 1;
         }
         while k < want {

@@ -355,11 +355,9 @@ impl LinkState {
             .map(|t| t + self.dead_after())
     }
 
-    /// When the ping timer fires: at once on a new link (its first pong is its first RTT
-    /// sample, and a link without one is never an interactive lane while others have one: a
-    /// link that carried nothing yet would otherwise never be measured), then `PING_INTERVAL`
-    /// after the last ping while frames await confirmation, `KEEPALIVE` after it on an idle
-    /// link; `None` while a ping is outstanding or already due.
+    /// When the ping timer fires: `PING_INTERVAL` after the last ping while frames await
+    /// confirmation, `KEEPALIVE` after it on an idle link; `None` while a ping is outstanding
+    /// or already due.
     pub(crate) fn next_ping_at(&self) -> Option<Instant> {
         if self.ping.is_some() || self.ping_due {
             return None;
@@ -367,7 +365,8 @@ impl LinkState {
         match (self.last_ping, self.sent.is_empty()) {
             (Some(t), true) => Some(t + KEEPALIVE),
             (Some(t), false) => Some(t + PING_INTERVAL),
-            (None, _) => Some(self.created),
+            (None, true) => Some(self.created + KEEPALIVE),
+            (None, false) => Some(self.created),
         }
     }
 }
