@@ -31,6 +31,8 @@
 //! A session that finds a pool empty registers as waiting; the session whose release comes next
 //! reports it as an engine output ([`crate::engine::Event::BudgetReleased`]), its driver wakes
 //! every session of the daemon, and each retries ([`crate::engine::Session::retry_budget`]).
+//! It flags the wait first and then looks at the pool again, so a release that came between its
+//! first look and the flag (and woke nobody) is not lost.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
