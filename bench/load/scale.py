@@ -247,7 +247,8 @@ CPU_KEYS = ("gen", "echo", "client", "server")
 
 
 def cpu_line(us: dict[str, float]) -> str:
-    return " ".join(f"{k} {us[k]:.0f}" for k in CPU_KEYS) + f" (machine {us['machine_busy']:.0%} busy)"
+    busy = f" (machine {us['machine_busy']:.0%} busy)"
+    return " ".join(f"{k} {us[k]:.0f}" for k in CPU_KEYS) + busy
 
 
 def main() -> None:
