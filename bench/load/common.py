@@ -47,6 +47,14 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def cpu_secs(pid: int) -> float:
+    """User + system CPU seconds `pid` has used (all its threads), from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    f = stat[stat.rindex(")") + 2:].split()
+    # Fields 14 and 15 (utime, stime), counted from 1 with the pid and comm before `)`.
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def fd_count(pid: int) -> int:
     """Open file descriptors of `pid`."""
     return len(os.listdir(f"/proc/{pid}/fd"))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import resource
 import selectors
 import socket
 import statistics
@@ -137,6 +138,37 @@ def close_all(socks: list[socket.socket]) -> None:
         s.close()
 
 
+def self_cpu_secs() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = f[3] + f[4]  # idle, iowait
+    total = sum(f[:8])  # user nice system idle iowait irq softirq steal
+    return total - idle, total
+
+
+def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by this script ("gen") and each of `pids`, and the machine's
+    busy and total ticks ("_busy", "_total")."""
+    snap = {name: common.cpu_secs(pid) for name, pid in pids.items()}
+    snap["gen"] = self_cpu_secs()
+    snap["_busy"], snap["_total"] = machine_ticks()
+    return snap
+
+
+def cpu_per_setup(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """Microseconds of CPU per set-up of each process between two snapshots, and the share of
+    the machine's CPU time that was busy meanwhile ("machine_busy", whoever used it)."""
+    us = {k: (after[k] - before[k]) * 1e6 / max(n, 1) for k in before if not k.startswith("_")}
+    total = after["_total"] - before["_total"]
+    us["machine_busy"] = (after["_busy"] - before["_busy"]) / total if total else 0.0
+    return us
+
+
 def sockstat_kib() -> int:
     """Kernel TCP socket memory (/proc/net/sockstat `TCP: ... mem PAGES`), KiB."""
     for line in Path("/proc/net/sockstat").read_text().splitlines():
@@ -165,9 +197,12 @@ def one_round(i: int, args, bins: Path, out: Path) -> dict:
         tunnel_addr = (host, int(port))
         time.sleep(2)
         order = ["direct", "tunnel"] if i % 2 else ["tunnel", "direct"]
+        pids = {"echo": echo_p.pid, "client": t.client.pid, "server": t.server.pid}
         for what in order:
             if what == "direct":
+                cpu0 = cpu_snapshot(pids)
                 socks, secs, fails = open_many(direct_addr, args.n, args.concurrency, args.timeout)
+                r["direct_cpu_us"] = cpu_per_setup(cpu0, cpu_snapshot(pids), len(socks))
                 r["direct_secs"], r["direct_rate"] = secs, len(socks) / secs
                 r["direct_failed"] = len(fails) + echo_all(socks, args.timeout)
                 close_all(socks)
@@ -175,7 +210,9 @@ def one_round(i: int, args, bins: Path, out: Path) -> dict:
                 continue
             c0, s0 = settle_rss(t, 1)
             k0 = sockstat_kib()
+            cpu0 = cpu_snapshot(pids)
             socks, secs, fails = open_many(tunnel_addr, args.n, args.concurrency, args.timeout)
+            r["tunnel_cpu_us"] = cpu_per_setup(cpu0, cpu_snapshot(pids), len(socks))
             r["tunnel_secs"], r["tunnel_rate"] = secs, len(socks) / secs
             r["tunnel_set_up"] = len(socks)
             r["tunnel_failed_setup"] = len(fails)
@@ -204,6 +241,14 @@ def one_round(i: int, args, bins: Path, out: Path) -> dict:
         PROCS.stop(t.client)
         PROCS.stop(t.server)
         PROCS.stop(echo_p)
+
+
+CPU_KEYS = ("gen", "echo", "client", "server")
+
+
+def cpu_line(us: dict[str, float]) -> str:
+    busy = f" (machine {us['machine_busy']:.0%} busy)"
+    return " ".join(f"{k} {us[k]:.0f}" for k in CPU_KEYS) + busy
 
 
 def main() -> None:
@@ -237,7 +282,8 @@ def main() -> None:
                 f"({r['ratio']:.0%}), failed {r['tunnel_failed_setup']}+"
                 f"{r['tunnel_failed_idle_echo']} (direct {r['direct_failed']}), "
                 f"{r['both_kib_per_conn']:.2f} KiB/conn (client {r['client_kib_per_conn']:.2f}, "
-                f"server {r['server_kib_per_conn']:.2f}), load {r['load_end']}")
+                f"server {r['server_kib_per_conn']:.2f}), load {r['load_end']}; CPU us/set-up "
+                f"direct {cpu_line(r['direct_cpu_us'])}, tunnel {cpu_line(r['tunnel_cpu_us'])}")
     except (KeyboardInterrupt, RuntimeError) as e:
         log(f"stopped: {e}")
         PROCS.stop_all()
@@ -246,6 +292,9 @@ def main() -> None:
     med = {k: statistics.median(r[k] for r in rounds) for k in
            ("direct_rate", "tunnel_rate", "ratio", "client_kib_per_conn", "server_kib_per_conn",
             "both_kib_per_conn")}
+    for phase in ("direct", "tunnel"):
+        for k in CPU_KEYS + ("machine_busy",):
+            med[f"{phase}_cpu_us_{k}"] = statistics.median(r[f"{phase}_cpu_us"][k] for r in rounds)
     failed = sum(r["tunnel_failed_setup"] + r["tunnel_failed_idle_echo"] for r in rounds)
     if args.json:
         print(json.dumps({"meta": meta, "rounds": rounds, "median": med}, indent=1))
@@ -266,6 +315,13 @@ def main() -> None:
         print(f"| median | {med['direct_rate']:,.0f} | {med['tunnel_rate']:,.0f} | "
               f"{med['ratio']:.0%} | {failed} | {med['client_kib_per_conn']:.2f} | "
               f"{med['server_kib_per_conn']:.2f} | {med['both_kib_per_conn']:.2f} | | | |")
+        print("\n| CPU us per set-up (median) | load generator | echo service | wanmux-client "
+              "| wanmux-server | total | machine busy |")
+        print("|---|---|---|---|---|---|---|")
+        for phase in ("direct", "tunnel"):
+            v = [med[f"{phase}_cpu_us_{k}"] for k in CPU_KEYS]
+            print(f"| {phase} | " + " | ".join(f"{x:.0f}" for x in v) + f" | {sum(v):.0f} | "
+                  f"{med[f'{phase}_cpu_us_machine_busy']:.0%} |")
         print(f"\n{json.dumps(meta)}")
     (out / "scale.json").write_text(json.dumps({"meta": meta, "rounds": rounds, "median": med},
                                                indent=1))

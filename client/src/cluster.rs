@@ -171,6 +171,9 @@ impl Cluster {
 
     /// The node that owns a new stream from application client `peer`.
     pub(crate) fn choose(&self, peer: SocketAddr) -> &NodeSession {
+        if let [only] = &self.nodes[..] {
+            return only;
+        }
         let live: Vec<&NodeSession> = self
             .nodes
             .iter()

@@ -399,7 +399,8 @@ fn listen_map(i: usize, addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Binds `addr` (with `SO_REUSEADDR`, as `TcpListener::bind` does) and listens with
-/// [`LISTEN_BACKLOG`].
+/// [`LISTEN_BACKLOG`]. The listener has `TCP_NODELAY`, which Linux passes on to every socket it
+/// accepts: one system call per mapped port instead of one per connection.
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -407,6 +408,7 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
@@ -451,14 +453,39 @@ fn open(
     // With one node, pin and stripe are the same: the plain OPEN keeps a node that does not know
     // OPEN_PIN working.
     let pin = spread == Spread::Pin && cluster.nodes.len() > 1;
+    // Opened here, not in the stream's task: the next connection's owner is chosen by the
+    // streams each node has (`owner = "least-loaded"`).
     match node
         .driver
-        .with(|s, now| s.open_stream_spread(now, node.id, service.as_str(), pin))
+        .open_stream(|s, now| s.open_stream_spread(now, node.id, service.as_str(), pin))
     {
-        Ok(id) => {
-            debug!(%peer, stream = %id, owner = %node.id, "connection accepted");
-            tokio::spawn(driver::stream::run(node.driver.clone(), id, tcp).in_current_span());
+        Ok(opened) => {
+            debug!(%peer, stream = %opened.id(), owner = %node.id, "connection accepted");
+            // Linux copies `TCP_NODELAY` from the listener (`listen`) to the accepted socket.
+            #[cfg(not(target_os = "linux"))]
+            let _ = tcp.set_nodelay(true);
+            let run = driver::stream::run_opened(node.driver.clone(), opened, tcp);
+            tokio::spawn(run.in_current_span());
         }
         Err(e) => warn!(%peer, error = %e, "cannot open stream"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mapped port's sockets have `TCP_NODELAY` without a system call each: Linux copies it
+    /// from the listener to every socket it accepts (`open` sets it itself elsewhere).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay_from_the_listener() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
+        // The application's end is its own business.
+        assert!(!app.nodelay().unwrap());
     }
 }

@@ -505,7 +505,10 @@ async fn serve_streams(driver: SessionDriver, mut opened: OpenedStreams, session
 
 async fn connect(driver: SessionDriver, id: StreamId, target: String, timeout: Duration) {
     match tokio::time::timeout(timeout, TcpStream::connect(&target)).await {
-        Ok(Ok(tcp)) => driver::stream::run(driver, id, tcp).await,
+        Ok(Ok(tcp)) => {
+            let _ = tcp.set_nodelay(true);
+            driver::stream::run(driver, id, tcp).await
+        }
         Ok(Err(e)) => {
             debug!(stream = %id, %target, error = %e, "service connect failed");
             driver.with(|s, _| s.stream_reset(id, reset::CONNECT_FAILED));

@@ -25,7 +25,7 @@ pub use counters::{Counters, Totals};
 use crate::engine::{Event, Session};
 use crate::ids::{LinkId, StreamId};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
@@ -65,6 +65,9 @@ struct Shared {
     /// Set by [`SessionDriver::close`], [`SessionDriver::abandon`] or a panic under `state`.
     /// Outside the lock, so that a daemon can check a session without waiting for it.
     closed: AtomicBool,
+    /// [`SessionDriver::live_links`], kept outside the lock (set under it, whenever the links
+    /// change): a client asks for every connection it accepts.
+    live: AtomicUsize,
     /// Wakes the timer task: the deadline moved earlier.
     timer: Notify,
     /// Wakes whoever waits for the set of links to change.
@@ -192,6 +195,7 @@ impl SessionDriver {
                 next_link: 0,
             }),
             closed: AtomicBool::new(false),
+            live: AtomicUsize::new(0),
             timer: Notify::new(),
             links_changed: Notify::new(),
             closing: Notify::new(),
@@ -383,6 +387,33 @@ impl SessionDriver {
         w
     }
 
+    /// Opens a stream with `open` (which returns its id), registers its wakers and asks for its
+    /// send capacity, all under one lock; run it with [`stream::run_opened`].
+    pub fn open_stream<E>(
+        &self,
+        open: impl FnOnce(&mut Session, Instant) -> Result<StreamId, E>,
+    ) -> Result<stream::Opened, E> {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let r = open(&mut st.session, now);
+        let opened = r.map(|id| {
+            let waker = Arc::new(StreamWaker::default());
+            st.wakers.insert(id, waker.clone());
+            let capacity = st.session.stream_send_capacity(id).unwrap_or(0);
+            stream::Opened {
+                id,
+                waker,
+                capacity,
+            }
+        });
+        self.after(&mut st, now);
+        drop(st);
+        if opened.is_ok() {
+            self.shared.counters.stream();
+        }
+        opened
+    }
+
     pub(crate) fn unregister(&self, id: StreamId) {
         self.lock().wakers.remove(&id);
     }
@@ -430,6 +461,7 @@ impl SessionDriver {
         if !relayed {
             self.shared.counters.link();
         }
+        self.count_live(&st);
         self.after(&mut st, now);
         drop(st);
         if !relayed {
@@ -445,6 +477,7 @@ impl SessionDriver {
         st.link_kills.remove(&id);
         st.link_labels.remove(&id);
         st.relayed.remove(&id);
+        self.count_live(&st);
         // Called from a destructor, maybe while a panic unwinds: a torn engine is left alone.
         if !self.shared.state.is_poisoned() {
             let now = Instant::now();
@@ -455,11 +488,17 @@ impl SessionDriver {
         self.shared.links_changed.notify_waiters();
     }
 
-    /// Direct links currently up (links through a relay are not counted).
+    /// Direct links currently up (links through a relay are not counted). Takes no lock.
     pub fn live_links(&self) -> usize {
+        self.shared.live.load(Ordering::Acquire)
+    }
+
+    /// Sets [`SessionDriver::live_links`] from the link tables, under their lock (so the count
+    /// changes before `links_changed` wakes anyone).
+    fn count_live(&self, st: &State) {
         // Every link has a kill switch from `add_link` until `remove_link`.
-        let st = self.lock();
-        st.link_kills.len() - st.relayed.len()
+        let live = st.link_kills.len() - st.relayed.len();
+        self.shared.live.store(live, Ordering::Release);
     }
 
     /// Links through a relay currently up (sub-links on the client, virtual links on a node).

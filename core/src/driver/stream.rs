@@ -5,13 +5,16 @@
 //! tunnel slows the application instead of filling memory; no read buffer is held while the
 //! connection is idle.
 
-use super::SessionDriver;
+use super::{SessionDriver, StreamWaker};
 use crate::engine::ReadChunk;
 use crate::frame::reset;
 use crate::ids::StreamId;
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use std::io;
-use tokio::io::AsyncWriteExt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tracing::{debug, trace};
@@ -30,14 +33,64 @@ enum Half {
     Reset,
 }
 
+/// A stream opened and registered by [`SessionDriver::open_stream`], for [`run_opened`] (its
+/// wakers stay registered until it has run).
+#[derive(Debug)]
+pub struct Opened {
+    pub(super) id: StreamId,
+    pub(super) waker: Arc<StreamWaker>,
+    /// Its send capacity when it was opened.
+    pub(super) capacity: usize,
+}
+
+impl Opened {
+    /// The stream's id.
+    pub fn id(&self) -> StreamId {
+        self.id
+    }
+}
+
 /// Pumps `tcp` <-> stream `id` until both directions are done or the stream is reset. On a
-/// reset from the peer the socket is closed with an RST (`SO_LINGER` 0).
+/// reset from the peer the socket is closed with an RST (`SO_LINGER` 0). The caller sets
+/// `TCP_NODELAY` on `tcp` (an accepted socket may have it from its listener already).
 pub async fn run(driver: SessionDriver, id: StreamId, tcp: TcpStream) {
     let waker = driver.register(id);
-    let _ = tcp.set_nodelay(true);
+    pump(driver, id, waker, tcp, None).await
+}
+
+/// [`run`] for a stream [`SessionDriver::open_stream`] opened for a connection just accepted.
+/// What the application sent already is read at once, within the capacity the stream was
+/// opened with, and queued close behind the stream's `OPEN` (often in the same message):
+/// tokio would first wait for the socket's readiness from its next poll of the kernel. A
+/// connection whose server speaks first costs one read that finds nothing.
+pub async fn run_opened(driver: SessionDriver, opened: Opened, tcp: TcpStream) {
+    let want = opened.capacity.min(SMALL_READ);
+    let first = if want == 0 {
+        None
+    } else {
+        SCRATCH.with_borrow_mut(|scratch| {
+            // The socket is non-blocking (tokio's): nothing there is `WouldBlock`.
+            match std::io::Read::read(&mut &*socket2::SockRef::from(&tcp), &mut scratch[..want]) {
+                Ok(n) => Some(Ok(Bytes::copy_from_slice(&scratch[..n]))),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+    };
+    pump(driver, opened.id, opened.waker, tcp, first).await
+}
+
+/// Runs both directions of stream `id`; `first` is what [`run_opened`] read already.
+async fn pump(
+    driver: SessionDriver,
+    id: StreamId,
+    waker: Arc<StreamWaker>,
+    tcp: TcpStream,
+    first: Option<io::Result<Bytes>>,
+) {
     let (rd, mut wr) = tcp.into_split();
     let reset = {
-        let up = upstream(&driver, id, &waker, rd);
+        let up = upstream(&driver, id, &waker, rd, first);
         let down = downstream(&driver, id, &waker, &mut wr);
         tokio::pin!(up, down);
         let (mut up_done, mut down_done) = (false, false);
@@ -65,27 +118,79 @@ pub async fn run(driver: SessionDriver, id: StreamId, tcp: TcpStream) {
 }
 
 /// A read that returned less than this marks the stream as interactive or idle: the next read
-/// reserves at most this much, and the task lets its buffer go before it waits. A reservation
-/// kept across the wait cost an idle stream its touched page of a block of up to [`READ_MAX`]
-/// in each daemon (bench/RESULTS.md, "Scale and memory"); a bulk stream, whose reads fill their
-/// reservation, keeps one block from read to read.
+/// takes at most this much, into the worker thread's scratch buffer, and hands the engine a copy
+/// of exactly what came. A block reserved per read (and kept by the engine's slice until the
+/// peer acknowledged it) cost every new or idle stream a fresh allocation of this size, which
+/// grew the heap a page at a time while thousands of connections were set up, and a block kept
+/// across the wait cost an idle stream its touched page of up to [`READ_MAX`] in each daemon
+/// (bench/RESULTS.md, "Scale and memory"). A bulk stream, whose reads fill what they may take,
+/// reads straight into one block from read to read, uncopied.
 const SMALL_READ: usize = 16 * 1024;
 
-/// Socket -> engine.
+std::thread_local! {
+    /// Where small reads land before they are copied out (see [`SMALL_READ`]): one per worker
+    /// thread, used only within one poll.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; SMALL_READ].into_boxed_slice());
+}
+
+/// Socket -> engine. `first` is what [`run_opened`] read already.
 async fn upstream(
     driver: &SessionDriver,
     id: StreamId,
-    waker: &super::StreamWaker,
-    rd: OwnedReadHalf,
+    waker: &StreamWaker,
+    mut rd: OwnedReadHalf,
+    first: Option<io::Result<Bytes>>,
 ) -> Half {
     let mut buf = BytesMut::new();
     // Bytes of the last read; a stream starts small and grows to READ_MAX in one read.
     let mut last = 0;
+    let mut first = first;
+    loop {
+        let read = match first.take() {
+            Some(read) => read,
+            None => match read_next(driver, id, waker, &mut rd, &mut buf, last).await {
+                Some(read) => read,
+                None => return Half::Reset,
+            },
+        };
+        let data = match read {
+            Ok(data) => data,
+            Err(e) => {
+                debug!(stream = %id, error = %e, "application socket error");
+                return Half::Reset;
+            }
+        };
+        if data.is_empty() {
+            return match driver.with(|s, _| s.stream_finish(id)) {
+                Ok(()) => Half::Done,
+                Err(_) => Half::Reset,
+            };
+        }
+        last = data.len();
+        driver.counters().app_read(last);
+        if driver.with(|s, _| s.stream_write(id, data)).is_err() {
+            return Half::Reset;
+        }
+    }
+}
+
+/// The application's next bytes (empty at its end of the stream), read once the stream has
+/// capacity for them; `None` when the stream was reset meanwhile. `last`: bytes of the last
+/// read; `buf` is the block a bulk stream reads into.
+async fn read_next(
+    driver: &SessionDriver,
+    id: StreamId,
+    waker: &StreamWaker,
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    last: usize,
+) -> Option<io::Result<Bytes>> {
     loop {
         if last < SMALL_READ {
             // Whatever was read is split off already: drop the rest of the block (the engine's
             // slices keep what they need of it).
-            buf = BytesMut::new();
+            *buf = BytesMut::new();
         }
         let writable = waker.writable.notified();
         tokio::pin!(writable);
@@ -98,58 +203,70 @@ async fn upstream(
         // done, its upload not), and it must see the reset now, not at its next write.
         tokio::select! {
             r = rd.readable() => if let Err(e) = r {
-                debug!(stream = %id, error = %e, "application socket error");
-                return Half::Reset;
+                return Some(Err(e));
             },
             () = &mut writable => match driver.with(|s, _| s.stream_send_capacity(id)) {
                 Ok(_) => continue,
-                Err(_) => return Half::Reset,
+                Err(_) => return None,
             },
         }
         let cap = match driver.with(|s, _| s.stream_send_capacity(id)) {
             Ok(c) => c.min(READ_MAX),
-            Err(_) => return Half::Reset,
+            Err(_) => return None,
         };
         if cap == 0 {
             writable.await;
             continue;
         }
-        let want = if last < SMALL_READ {
-            cap.min(SMALL_READ)
+        // One poll of the socket: a read that returns less than it could take also tells tokio
+        // the socket is drained, so the next turn waits for the application instead of asking
+        // the socket again (one `recv` that would fail, and one capacity check, per read).
+        let read = if last < SMALL_READ {
+            read_small(rd, cap.min(SMALL_READ)).await
         } else {
-            cap
-        };
-        buf.reserve(want);
-        let n = match rd.try_read_buf(&mut (&mut buf).limit(want)) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
-                debug!(stream = %id, error = %e, "application socket error");
-                return Half::Reset;
+            buf.reserve(cap);
+            match poll_once(rd.read_buf(&mut (&mut *buf).limit(cap))).await {
+                Poll::Ready(Ok(_)) => Poll::Ready(Ok(buf.split().freeze())),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
             }
         };
-        if n == 0 {
-            return match driver.with(|s, _| s.stream_finish(id)) {
-                Ok(()) => Half::Done,
-                Err(_) => Half::Reset,
-            };
-        }
-        last = n;
-        driver.counters().app_read(n);
-        if driver
-            .with(|s, _| s.stream_write(id, buf.split().freeze()))
-            .is_err()
-        {
-            return Half::Reset;
+        match read {
+            Poll::Ready(read) => return Some(read),
+            // The readiness was stale; it is cleared now.
+            Poll::Pending => continue,
         }
     }
+}
+
+/// Polls `rd` once for at most `want` (at most [`SMALL_READ`]) bytes, read into this thread's
+/// scratch buffer: a copy of what came (empty at the end of the stream), or `Pending` with the
+/// task registered for the socket's next readiness.
+async fn read_small(rd: &mut OwnedReadHalf, want: usize) -> Poll<io::Result<Bytes>> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(SCRATCH.with_borrow_mut(|scratch| {
+            let mut rb = ReadBuf::new(&mut scratch[..want]);
+            match Pin::new(&mut *rd).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(Bytes::copy_from_slice(rb.filled()))),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        }))
+    })
+    .await
+}
+
+/// `f` polled once: its output, or `Pending` (what it registered for its wake-up stays).
+async fn poll_once<F: std::future::Future>(f: F) -> Poll<F::Output> {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await
 }
 
 /// Engine -> socket.
 async fn downstream(
     driver: &SessionDriver,
     id: StreamId,
-    waker: &super::StreamWaker,
+    waker: &StreamWaker,
     wr: &mut OwnedWriteHalf,
 ) -> Half {
     loop {
