@@ -58,8 +58,20 @@ impl Session {
         if !self.links.values().any(|l| l.writer.is_parked()) {
             return;
         }
-        let lanes = self.lanes(now);
         let session_work = self.wants_transmit();
+        if !session_work && self.lane_dups.is_empty() && self.open_dups.is_empty() {
+            // Only the links' own pongs and pings can be due: no need for the lanes (choosing
+            // them is most of this call's cost, and it runs after every engine call while a
+            // writer is parked).
+            for (&id, l) in self.links.iter_mut() {
+                if l.writer.is_parked() && (!l.pongs_owed.is_empty() || l.ping_pending()) {
+                    l.writer = l.writer.wake();
+                    out.push(id);
+                }
+            }
+            return;
+        }
+        let lanes = self.lanes(now);
         let mut best: Option<(Duration, LinkId)> = None;
         for (&id, l) in &self.links {
             if !l.writer.is_parked() {
