@@ -15,6 +15,16 @@ use wanmux_tests::harness::{
 
 const MIB: u64 = 1 << 20;
 const IK: Auth = Auth::Static { psk: false };
+/// Windows of 8 MiB per stream, so that the daemons cannot buffer the rest of a paused 32 MiB
+/// transfer each way before a fault starts: it must cross the links after the fault, and so
+/// cannot finish during it (with the default 64 MiB windows it sometimes could).
+fn small_windows(server: &mut wanmux_config::Limits, client: &mut wanmux_config::Limits) {
+    for l in [server, client] {
+        l.stream_window = 8 * MIB;
+        l.session_window = 16 * MIB;
+    }
+}
+
 /// What the links carry between two kills in the kill test.
 const BETWEEN_KILLS: u64 = 4 * MIB;
 
@@ -73,9 +83,10 @@ async fn killing_links_one_by_one_loses_nothing_256mib_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blackholing_every_link_for_5s_then_restoring_loses_nothing() {
     within(Duration::from_secs(60), async {
-        let (mut t, relay) = relayed_tunnel(IK, 4, |_, c| {
+        let (mut t, relay) = relayed_tunnel(IK, 4, |s, c| {
             // Dials into the blackhole give up after a second, not the default ten.
             c.handshake_timeout = Duration::from_secs(1);
+            small_windows(&mut s.limits, &mut c.limits);
         })
         .await;
         let (up, down, seed) = (32 * MIB, 32 * MIB, 21);
@@ -132,7 +143,8 @@ async fn blackholing_every_link_for_5s_then_restoring_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_shorter_than_the_ping_timeout_kills_no_link() {
     within(Duration::from_secs(60), async {
-        let (mut t, relay) = relayed_tunnel(IK, 4, |_, _| {}).await;
+        let (mut t, relay) =
+            relayed_tunnel(IK, 4, |s, c| small_windows(&mut s.limits, &mut c.limits)).await;
         let (up, down, seed) = (32 * MIB, 32 * MIB, 31);
         let (running, gate) = paused_transfer(t.addr(), up, down, seed, 8 * MIB).await;
         relay.stall(Links::All);
