@@ -236,7 +236,7 @@ pub async fn connect_bound_stream(
     clippy::too_many_arguments,
     reason = "the public entry points' arguments, passed on"
 )]
-pub(super) async fn connect_stream_with(
+async fn connect_stream_with(
     rd: BoxRead,
     wr: BoxWrite,
     binding: Option<&ChannelBinding>,
