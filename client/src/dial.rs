@@ -97,9 +97,19 @@ pub(crate) struct Slot {
 pub(crate) struct QuicEndpoints {
     v4: std::sync::Mutex<Option<quic::Dialer>>,
     v6: std::sync::Mutex<Option<quic::Dialer>>,
+    /// The link versions they offer.
+    offer: quic::Offer,
 }
 
 impl QuicEndpoints {
+    /// Endpoints whose links offer `offer`.
+    pub(crate) fn offering(offer: quic::Offer) -> QuicEndpoints {
+        QuicEndpoints {
+            offer,
+            ..QuicEndpoints::default()
+        }
+    }
+
     fn for_peer(&self, peer: SocketAddr) -> std::io::Result<quic::Dialer> {
         let (slot, local): (_, SocketAddr) = if peer.is_ipv4() {
             (&self.v4, (std::net::Ipv4Addr::UNSPECIFIED, 0).into())
@@ -111,7 +121,7 @@ impl QuicEndpoints {
         if let Some(ep) = &*slot {
             return Ok(ep.clone());
         }
-        let ep = quic::client_endpoint(local)?;
+        let ep = quic::client_endpoint_offering(local, self.offer)?;
         *slot = Some(ep.clone());
         Ok(ep)
     }
@@ -320,8 +330,8 @@ impl Slot {
         let ((reader, writer, server), carrier) = match self.transport {
             LinkTransport::Tcp => (self.dial_tcp(addr, &hello, first).await?, TCP),
             LinkTransport::Quic => {
-                let (rd, wr) = self.quic_carrier(addr, self.handshake_timeout).await?;
-                (self.noise_over_quic(rd, wr, &hello, first).await?, QUIC)
+                let stream = self.quic_carrier(addr, self.handshake_timeout).await?;
+                self.noise_over_quic(stream, &hello, first).await?
             }
             LinkTransport::Auto => self.dial_auto(addr, &hello, first).await?,
         };
@@ -368,7 +378,7 @@ impl Slot {
         &self,
         addr: &str,
         within: Duration,
-    ) -> Result<(noise::BoxRead, noise::BoxWrite), noise::LinkError> {
+    ) -> Result<quic::Stream, noise::LinkError> {
         let Some(endpoints) = &self.quic else {
             return Err(noise::LinkError::Protocol("no QUIC endpoint"));
         };
@@ -384,15 +394,20 @@ impl Slot {
         quic::connect(&endpoint, peer, within).await
     }
 
-    /// The Noise handshake on a QUIC link's stream.
+    /// The Noise handshake on a QUIC link's stream (bound to its TLS connection on `wanmux/2`),
+    /// and what the link runs over as status names it.
     async fn noise_over_quic(
         &self,
-        rd: noise::BoxRead,
-        wr: noise::BoxWrite,
+        stream: quic::Stream,
         hello: &ClientHello,
         first: &[u8],
-    ) -> Result<Handshaken, noise::LinkError> {
-        noise::connect_stream(rd, wr, &self.auth, hello, first, self.handshake_timeout).await
+    ) -> Result<(Handshaken, &'static str), noise::LinkError> {
+        let transport = stream.version().transport();
+        let timeout = self.handshake_timeout;
+        Ok((
+            stream.connect(&self.auth, hello, first, timeout).await?,
+            transport,
+        ))
     }
 
     /// `links.transport = "auto"`: QUIC if `addr` answers it within [`QUIC_ANSWER`], else TCP;
@@ -412,9 +427,9 @@ impl Slot {
             .quic_carrier(addr, QUIC_ANSWER.min(self.handshake_timeout))
             .await
         {
-            Ok((rd, wr)) => {
+            Ok(stream) => {
                 self.carriers.quic_answered(&node, addr);
-                Ok((self.noise_over_quic(rd, wr, hello, first).await?, QUIC))
+                self.noise_over_quic(stream, hello, first).await
             }
             // No answer, or UDP cannot be sent there: TCP may still get through.
             Err(quic_error @ (noise::LinkError::Timeout | noise::LinkError::Io(_))) => {
@@ -433,9 +448,9 @@ impl Slot {
 /// What a link's handshake gives: its halves and what the node said about itself.
 type Handshaken = (noise::LinkReader, noise::LinkWriter, noise::ServerHello);
 
-/// A link's transport, as the `link up` line names it.
+/// A TCP link's transport, as the `link up` line names it (a QUIC link's is its
+/// [`quic::Version::transport`]).
 const TCP: &str = "tcp";
-const QUIC: &str = "quic";
 
 /// A link that completed its handshake with the node.
 struct Dialed {
@@ -445,7 +460,7 @@ struct Dialed {
     epoch: u64,
     /// The session id the link was dialled for.
     session_id: SessionId,
-    /// What the link runs over: [`TCP`] or [`QUIC`].
+    /// What the link runs over: [`TCP`], `quic` or `quic+noise` ([`quic::Version::transport`]).
     carrier: &'static str,
     /// The node agreed to routed messages on this link.
     relay: bool,
@@ -455,7 +470,7 @@ struct Dialed {
 struct Up {
     reader: noise::LinkReader,
     writer: noise::LinkWriter,
-    /// What the link runs over: [`TCP`] or [`QUIC`].
+    /// What the link runs over: [`TCP`], `quic` or `quic+noise` ([`quic::Version::transport`]).
     carrier: &'static str,
     /// The node agreed to routed messages on this link.
     relay: bool,

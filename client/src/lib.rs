@@ -226,8 +226,22 @@ impl ClientHandle {
     }
 }
 
+/// What a client is started with besides its config.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Options {
+    /// The link versions its QUIC links offer (default: `wanmux/2`, then `wanmux/1`). Tests
+    /// offer `wanmux/1` only, to stand in for a client from before `wanmux/2`.
+    pub quic_offer: wanmux_core::quic::Offer,
+}
+
 /// Binds every mapped port and starts the links to every node.
 pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
+    start_with(config, Options::default()).await
+}
+
+/// [`start`] with `options`.
+pub async fn start_with(config: ClientConfig, options: Options) -> io::Result<ClientHandle> {
     // One session secret (and id) for every node's part of the session at start.
     let secret = SessionSecret::generate();
     let session_id = SessionId(secret.id());
@@ -235,8 +249,10 @@ pub async fn start(config: ClientConfig) -> io::Result<ClientHandle> {
     let signal = BudgetSignal::default();
     let span = tracing::info_span!("session", id = %session_id);
     // One UDP socket per address family for every QUIC link to every node.
-    let quic: Option<Arc<dial::QuicEndpoints>> =
-        config.transport.may_use_quic().then(Default::default);
+    let quic: Option<Arc<dial::QuicEndpoints>> = config
+        .transport
+        .may_use_quic()
+        .then(|| Arc::new(dial::QuicEndpoints::offering(options.quic_offer)));
     let mut host = Vec::new();
     // Under `auto` the TCP settings matter only once a node falls back to TCP: their warnings
     // wait until then.

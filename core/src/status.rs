@@ -152,7 +152,7 @@ pub struct LinkStatus {
     /// The other end's address (client: the node address dialled; node: the client's).
     #[serde(default)]
     pub address: Option<String>,
-    /// What the link runs over: `tcp` or `quic`.
+    /// What the link runs over: `tcp`, `quic`, or `quic+noise` (a QUIC link on ALPN `wanmux/1`).
     #[serde(default)]
     pub transport: Option<String>,
     /// Smoothed round-trip time, ms; `None` before the first sample.

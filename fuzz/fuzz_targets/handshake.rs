@@ -7,7 +7,9 @@
 //! messages, then sends transport messages and garbage. The crate's own side runs against it:
 //! `accept_stream_with` and `connect_stream` for client links, `accept_peer_stream` and
 //! `connect_peer_stream` for peer links. A third scenario runs both of the crate's sides against
-//! each other through a pipe that corrupts bytes in flight.
+//! each other through a pipe that corrupts bytes in flight, client links either as on TCP or
+//! bound to a TLS connection's exporter (QUIC on ALPN `wanmux/2`: `connect_bound_stream`,
+//! `accept_bound_stream_with`, clear messages after the key confirmation).
 //!
 //! Client links run version 3 (`docs/PROTOCOL.md`, "Handshake"): message 1 carries the session
 //! id and a timestamp, and the key confirmation starts with the session secret that id derives
@@ -182,6 +184,9 @@ enum Scenario {
         kind: Kind,
         pattern: Pattern,
         relay: bool,
+        /// Client links bound to a TLS exporter: the client's and the node's (each 32 times the
+        /// byte); different ones must fail the handshake.
+        bound: Option<(u8, u8)>,
         /// (direction, offset in that direction's byte stream, XOR).
         flips: Vec<(bool, u16, u8)>,
         messages: Vec<Vec<u8>>,
@@ -862,6 +867,7 @@ async fn both(s: Scenario) {
         kind,
         pattern,
         relay,
+        bound,
         flips,
         messages,
     } = s
@@ -871,6 +877,11 @@ async fn both(s: Scenario) {
     if matches!(kind, Kind::Peer) && pattern == Pattern::NnPsk0 {
         return;
     }
+    // Peer links run over TCP only: never bound.
+    let bound = bound.filter(|_| matches!(kind, Kind::Client));
+    let binding = |b: u8| noise::ChannelBinding::from_bytes([b; noise::CHANNEL_BINDING_LEN]);
+    let (c_bind, s_bind) = (bound.map(|b| binding(b.0)), bound.map(|b| binding(b.1)));
+    let mismatched = bound.is_some_and(|(c, s)| c != s);
     let damaged = flips.iter().any(|&(_, _, x)| x != 0);
     let split = |up: bool| -> Vec<(usize, u8)> {
         flips
@@ -901,9 +912,15 @@ async fn both(s: Scenario) {
                     lane: true,
                     relay,
                 };
-                let (r, w, _) = noise::connect_stream(crd, cwr, &auth_c, &hello, b"hi", TIMEOUT)
-                    .await
-                    .ok()?;
+                let (r, w, _) = match &c_bind {
+                    Some(b) => {
+                        noise::connect_bound_stream(crd, cwr, b, &auth_c, &hello, b"hi", TIMEOUT)
+                            .await
+                    }
+                    None => noise::connect_stream(crd, cwr, &auth_c, &hello, b"hi", TIMEOUT).await,
+                }
+                .ok()?;
+                assert_eq!(w.encrypts(), c_bind.is_none());
                 (r, w)
             }
             Kind::Peer => {
@@ -928,15 +945,23 @@ async fn both(s: Scenario) {
     let server = async move {
         let (first, mut reader) = match kind {
             Kind::Client => {
-                let a = noise::accept_stream_with(srd, swr, &auth_s, TIMEOUT, |h, _| {
+                let respond = |h: &ReceivedHello, _: Option<&PublicKey>| {
                     Ok(ServerHello {
                         node_id: 1,
                         epoch: 2,
                         relay: h.relay,
                     })
-                })
-                .await
+                };
+                let a = match &s_bind {
+                    Some(b) => {
+                        noise::accept_bound_stream_with(srd, swr, b, &auth_s, TIMEOUT, respond)
+                            .await
+                    }
+                    None => noise::accept_stream_with(srd, swr, &auth_s, TIMEOUT, respond).await,
+                }
                 .ok()?;
+                assert!(!mismatched, "a handshake bound to another exporter was taken");
+                assert_eq!(a.reader.decrypts(), s_bind.is_none());
                 // The key confirmation proved the secret behind message 1's id.
                 assert_eq!(
                     a.hello.session_id,
@@ -972,7 +997,9 @@ async fn both(s: Scenario) {
         damaging_copy(c_far_rd, s_far_wr, up),
         damaging_copy(s_far_rd, c_far_wr, down),
     );
-    if !damaged {
+    if mismatched {
+        assert!(server.is_none());
+    } else if !damaged {
         let (first, got, clean) = server.expect("two honest sides failed their handshake");
         assert_eq!(&first[..], b"hi");
         assert!(clean, "an undamaged link ended in an error");
@@ -980,6 +1007,9 @@ async fn both(s: Scenario) {
         for (g, w) in got.iter().zip(&sent) {
             assert_eq!(&g[..], &w[..]);
         }
+    } else if bound.is_some() {
+        // A clear link has no integrity of its own (TLS gives it on QUIC): damage after the
+        // handshake may change what arrives, which must only not panic or overrun.
     } else if let Some((first, got, _)) = server {
         // Whatever was damaged, what was delivered is what was sent, in order.
         assert_eq!(&first[..], b"hi");

@@ -500,15 +500,11 @@ async fn accept_loop(
             }
             Ok(slot) => slot,
         };
-        let transport = match &incoming {
-            Incoming::Tcp(_) => "tcp",
-            Incoming::Quic(_) => "quic",
-        };
         let (auth, sessions, refusals) = (auth.clone(), sessions.clone(), refusals.clone());
         tokio::spawn(async move {
             let accepted = handshake(incoming, peer, &auth.current(), &sessions, &refusals).await;
             drop(slot);
-            if let Some(acc) = accepted {
+            if let Some((acc, transport)) = accepted {
                 sessions.run_link(acc, peer, transport, &auth).await;
             }
         });
@@ -595,15 +591,16 @@ impl Drop for Slot {
     }
 }
 
-/// Runs the Noise handshake on a link that arrived (QUIC: after the QUIC handshake) and logs a
-/// refusal (see `refused`); `None` when the link was refused.
+/// Runs the Noise handshake on a link that arrived (QUIC: after the QUIC handshake, bound to its
+/// TLS connection on `wanmux/2`) and logs a refusal (see `refused`); `None` when the link was
+/// refused. With the link, what it runs over as status names it (`tcp`, `quic`, `quic+noise`).
 async fn handshake(
     incoming: Incoming,
     peer: SocketAddr,
     auth: &noise::ServerAuth,
     sessions: &Arc<Sessions>,
     refusals: &Refusals,
-) -> Option<noise::Accepted> {
+) -> Option<(noise::Accepted, &'static str)> {
     // Set once message 1 authenticated and this node answered: a client that hangs up after
     // that could not take the answer.
     let replied = std::sync::atomic::AtomicBool::new(false);
@@ -619,14 +616,15 @@ async fn handshake(
     // One timeout for the whole handshake: QUIC's, then Noise's in what is left of it.
     let timeout = sessions.handshake_timeout();
     let deadline = tokio::time::Instant::now() + timeout;
-    let accepted = match incoming {
-        Incoming::Tcp(tcp) => noise::accept_with(tcp, auth, timeout, respond).await,
+    let (accepted, transport) = match incoming {
+        Incoming::Tcp(tcp) => (noise::accept_with(tcp, auth, timeout, respond).await, "tcp"),
         Incoming::Quic(boxed) => {
             let (listener, incoming) = *boxed;
             match quic::accept(&listener, incoming, timeout).await {
-                Ok((rd, wr)) => {
+                Ok(stream) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    noise::accept_stream_with(rd, wr, auth, left, respond).await
+                    let transport = stream.version().transport();
+                    (stream.accept_with(auth, left, respond).await, transport)
                 }
                 Err(e) => {
                     refusals.quic(peer, &e);
@@ -641,8 +639,8 @@ async fn handshake(
     });
     match accepted {
         Ok(acc) => {
-            debug!(%peer, link_seq = acc.hello.link_seq, "link authenticated");
-            Some(acc)
+            debug!(%peer, link_seq = acc.hello.link_seq, transport, "link authenticated");
+            Some((acc, transport))
         }
         Err(e) => {
             let stage = if replied.load(std::sync::atomic::Ordering::Relaxed) {

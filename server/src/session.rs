@@ -336,9 +336,9 @@ impl Sessions {
     /// Runs an authenticated link in its session until the link dies. A link that would take
     /// its session over `limits.max_links_per_session`, or start a session over
     /// `limits.max_sessions` or `limits.max_sessions_per_client`, is closed at once.
-    /// `transport` (`"tcp"` or `"quic"`) and `peer` label the link in status. The client key is
-    /// checked against `auth` where the link joins, under the session table's lock: a reload
-    /// may have removed it while the handshake ran (see `session`).
+    /// `transport` (`"tcp"`, `"quic"` or `"quic+noise"`) and `peer` label the link in status.
+    /// The client key is checked against `auth` where the link joins, under the session
+    /// table's lock: a reload may have removed it while the handshake ran (see `session`).
     pub(crate) async fn run_link(
         self: &Arc<Self>,
         acc: Accepted,

@@ -42,13 +42,14 @@ pub async fn try_quic_handshake(
     server: SocketAddr,
     auth: &wanmux_core::noise::ClientAuth,
 ) -> Result<(), wanmux_core::noise::LinkError> {
-    use wanmux_core::{noise, quic};
+    use wanmux_core::quic;
     let dialer = quic::client_endpoint("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    let (rd, wr) = quic::connect(&dialer, server, HANDSHAKE_LIMIT)
+    let stream = quic::connect(&dialer, server, HANDSHAKE_LIMIT)
         .await
         .expect("the QUIC handshake completes");
-    let (_rd, _wr, _server) =
-        noise::connect_stream(rd, wr, auth, &hello(), &PING, HANDSHAKE_LIMIT).await?;
+    let (_rd, _wr, _server) = stream
+        .connect(auth, &hello(), &PING, HANDSHAKE_LIMIT)
+        .await?;
     Ok(())
 }
 

@@ -1,14 +1,17 @@
 //! QUIC links (`links.transport = "quic"`, `server.quic = true`) on loopback: transfers both
-//! ways over one and several links in every auth mode, many streams at once, a client with the
-//! wrong credentials refused, and garbage datagrams ignored. Every transfer compares hashes of
-//! what was sent and received, both directions.
+//! ways over one and several links in every auth mode (on ALPN `wanmux/2`, TLS the one
+//! encryption), many streams at once, a client that offers only `wanmux/1` beside them, a
+//! client with the wrong credentials refused, and garbage datagrams ignored. Every transfer
+//! compares hashes of what was sent and received, both directions.
 
 use std::time::Duration;
 use wanmux_config::{ClientAuth, ClientConfig, LinkTransport};
 use wanmux_core::keys::{generate_keypair, Psk};
 use wanmux_core::noise::LinkError;
+use wanmux_core::quic::Offer;
+use wanmux_core::status::Status;
 use wanmux_relay::UdpRelay;
-use wanmux_tests::harness::{eventually, panics, point_client_at, within, Auth, Tunnel};
+use wanmux_tests::harness::{eventually, panics, point_client_at, transfer, within, Auth, Tunnel};
 use wanmux_tests::hostile::{noise_auth, try_quic_handshake};
 
 const MIB: u64 = 1 << 20;
@@ -46,7 +49,67 @@ async fn transfers_with_lanes(auth: Auth, links: u16, lanes: u16) {
         }
         t.check_concurrent(16, MIB, MIB).await;
         assert_eq!(t.client.live_links(), usize::from(links));
+        // Every link on `wanmux/2`: status names it `quic` (a `wanmux/1` link: `quic+noise`).
+        assert_eq!(
+            transports(&t.client.status()),
+            vec!["quic"; usize::from(links)]
+        );
+        assert_eq!(
+            transports(&t.server.status()),
+            vec!["quic"; usize::from(links)]
+        );
         assert_eq!(panics(), before, "something panicked");
+    })
+    .await;
+}
+
+/// The transport of every link in `status`, sorted.
+fn transports(status: &Status) -> Vec<&str> {
+    let mut t: Vec<&str> = status
+        .sessions
+        .iter()
+        .flat_map(|s| &s.links)
+        .map(|l| l.transport.as_deref().unwrap_or("-"))
+        .collect();
+    t.sort_unstable();
+    t
+}
+
+/// A client from before `wanmux/2` (one that offers only `wanmux/1`) still gets its links from
+/// a node that knows `wanmux/2`, beside a current client of the same identity: its links run
+/// Noise inside TLS (`quic+noise`), the current client's run on TLS alone (`quic`), and
+/// transfers both ways through each compare equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wanmux_1_client_works_beside_a_current_one() {
+    within(LIMIT, async {
+        let before = panics();
+        let mut t = quic_tunnel(IK, 2).await;
+        let mut options = wanmux_client::Options::default();
+        options.quic_offer = Offer::V1Only;
+        let old = wanmux_client::start_with(t.client_config.clone(), options)
+            .await
+            .expect("the wanmux/1 client starts");
+        tokio::time::timeout(Duration::from_secs(10), old.wait_for_links(2))
+            .await
+            .expect("the wanmux/1 client's links come up");
+        assert_eq!(transports(&old.status()), ["quic+noise"; 2]);
+        assert_eq!(transports(&t.client.status()), ["quic"; 2]);
+        assert_eq!(
+            transports(&t.server.status()),
+            ["quic", "quic", "quic+noise", "quic+noise"]
+        );
+        let mut seed = 100;
+        for (up, down) in [(MIB, 0), (0, MIB), (8 * MIB, 8 * MIB)] {
+            seed += 1;
+            let c = transfer(old.first_addr(), up, down, seed)
+                .await
+                .expect("transfer through the wanmux/1 client");
+            t.check_result(c, seed, up, down).await;
+            seed += 1;
+            t.check_transfer(up, down, seed).await;
+        }
+        assert_eq!(panics(), before, "something panicked");
+        old.shutdown();
     })
     .await;
 }

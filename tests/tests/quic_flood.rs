@@ -12,7 +12,8 @@ use wanmux_tests::harness::{init_tracing, panics, within, Auth, Tunnel};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
-/// A QUIC client's first datagram (an Initial with a TLS ClientHello for ALPN `wanmux/1`), a
+/// A QUIC client's first datagram (an Initial with a TLS ClientHello for ALPN `wanmux/2` and
+/// `wanmux/1`), a
 /// new connection each time, written by quinn-proto without an endpoint behind it.
 struct Initials {
     endpoint: quinn_proto::Endpoint,
@@ -28,7 +29,7 @@ impl Initials {
             // The server's certificate is never seen: the flood sends only the first packet.
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
-        tls.alpn_protocols = vec![b"wanmux/1".to_vec()];
+        tls.alpn_protocols = vec![b"wanmux/2".to_vec(), b"wanmux/1".to_vec()];
         let crypto = quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC");
         Initials {
             endpoint: quinn_proto::Endpoint::new(
@@ -189,7 +190,8 @@ async fn a_quic_links_handshake_ends_within_one_timeout() {
         let started = Instant::now();
         let (mut rd, mut wr) = wanmux_core::quic::connect(&dialer, node, timeout)
             .await
-            .expect("QUIC handshake");
+            .expect("QUIC handshake")
+            .into_halves();
         tokio::time::sleep(timeout.mul_f32(0.8).saturating_sub(started.elapsed())).await;
         // The first byte of a message 1 (a mode byte): the stream appears at the node.
         wr.write_all(&[0x31]).await.expect("write");

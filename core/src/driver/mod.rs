@@ -145,7 +145,7 @@ pub struct SessionDriver {
 pub struct LinkLabel {
     /// The other end's address: the node address dialled, or the client's address.
     pub address: String,
-    /// `"tcp"` or `"quic"`.
+    /// `"tcp"`, `"quic"`, or `"quic+noise"` (a QUIC link on ALPN `wanmux/1`).
     pub transport: &'static str,
 }
 

@@ -13,10 +13,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use zeroize::Zeroizing;
 
-use super::transport::{InBuf, LinkReader, LinkWriter, LEN_PREFIX};
+use super::transport::{InBuf, LinkReader, LinkWriter, Seal, LEN_PREFIX};
 use super::{
-    configure_socket, Accepted, BoxRead, BoxWrite, ClientAuth, ClientHello, LinkError,
-    ReceivedHello, ServerAuth, ServerHello, SessionSecret, MAX_FIRST_PLAINTEXT,
+    configure_socket, Accepted, BoxRead, BoxWrite, ChannelBinding, ClientAuth, ClientHello,
+    LinkError, ReceivedHello, ServerAuth, ServerHello, SessionSecret, MAX_FIRST_PLAINTEXT,
     MAX_HANDSHAKE_MESSAGE, SESSION_SECRET_LEN, TAG_LEN,
 };
 use crate::keys::{PublicKey, KEY_LEN};
@@ -30,7 +30,8 @@ const VERSION: u8 = 3;
 const CLIENT_HELLO_LEN: usize = 1 + 16 + 4 + 1 + 8;
 /// `version | node_id | status | epoch`.
 const SERVER_HELLO_LEN: usize = 1 + 2 + 1 + 8;
-/// The prologue is this string followed by the mode byte.
+/// The prologue is this string followed by the mode byte (and, on a QUIC link bound to its TLS
+/// connection, the [`ChannelBinding`]).
 const PROLOGUE_PREFIX: &[u8; 9] = b"wanmux v1";
 /// Read chunk during the handshake: enough for the largest handshake message and its header,
 /// small enough that half-open connections cost little.
@@ -120,11 +121,16 @@ impl Mode {
             .expect("wanmux Noise protocol names are valid")
     }
 
-    /// `wanmux v1` followed by the mode byte, so a changed mode byte breaks the handshake.
-    fn prologue(self) -> [u8; 10] {
-        let mut p = [0; 10];
-        p[..9].copy_from_slice(PROLOGUE_PREFIX);
-        p[9] = self.to_byte();
+    /// `wanmux v1` followed by the mode byte, so a changed mode byte breaks the handshake, and
+    /// then the TLS exporter of a bound link (`binding`), so a handshake relayed onto another
+    /// TLS connection breaks too.
+    pub(super) fn prologue(self, binding: Option<&ChannelBinding>) -> Zeroizing<Vec<u8>> {
+        let mut p = Zeroizing::new(Vec::with_capacity(10 + super::CHANNEL_BINDING_LEN));
+        p.extend_from_slice(PROLOGUE_PREFIX);
+        p.push(self.to_byte());
+        if let Some(b) = binding {
+            p.extend_from_slice(b.as_bytes());
+        }
         p
     }
 }
@@ -169,7 +175,7 @@ pub(super) async fn connect_with(
 ) -> Result<(LinkReader, LinkWriter, ServerHello), LinkError> {
     let (rd, wr, peer) = tcp_halves(tcp)?;
     let (mut reader, mut writer, server_hello) =
-        connect_stream_with(rd, wr, auth, hello, first, timeout, cipher).await?;
+        connect_stream_with(rd, wr, None, auth, hello, first, timeout, cipher).await?;
     reader.peer = peer;
     writer.peer = peer;
     Ok((reader, writer, server_hello))
@@ -194,13 +200,46 @@ pub async fn connect_stream(
     first: &[u8],
     timeout: Duration,
 ) -> Result<(LinkReader, LinkWriter, ServerHello), LinkError> {
-    connect_stream_with(rd, wr, auth, hello, first, timeout, Cipher::preferred()).await
+    connect_stream_with(
+        rd,
+        wr,
+        None,
+        auth,
+        hello,
+        first,
+        timeout,
+        Cipher::preferred(),
+    )
+    .await
 }
 
-/// [`connect_stream`] with the cipher chosen by the caller.
+/// [`connect_stream`] on a QUIC link on ALPN `wanmux/2`: the handshake's prologue ends with
+/// `binding`, the link's TLS exporter, and after the key confirmation the link's messages go in
+/// the clear inside TLS, both ways (`docs/PROTOCOL.md`, "QUIC links with one encryption"). The
+/// node must run [`accept_bound_stream_with`] with the same binding, which only the other end
+/// of the same TLS connection has: a handshake relayed onto another connection fails.
+pub async fn connect_bound_stream(
+    rd: BoxRead,
+    wr: BoxWrite,
+    binding: &ChannelBinding,
+    auth: &ClientAuth,
+    hello: &ClientHello,
+    first: &[u8],
+    timeout: Duration,
+) -> Result<(LinkReader, LinkWriter, ServerHello), LinkError> {
+    let cipher = Cipher::preferred();
+    connect_stream_with(rd, wr, Some(binding), auth, hello, first, timeout, cipher).await
+}
+
+/// [`connect_stream`] with the cipher chosen by the caller, bound to `binding` if given.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the public entry points' arguments, passed on"
+)]
 async fn connect_stream_with(
     rd: BoxRead,
     wr: BoxWrite,
+    binding: Option<&ChannelBinding>,
     auth: &ClientAuth,
     hello: &ClientHello,
     first: &[u8],
@@ -216,21 +255,10 @@ async fn connect_stream_with(
     let mut confirm = Zeroizing::new(Vec::with_capacity(SESSION_SECRET_LEN + first.len()));
     confirm.extend_from_slice(hello.session.as_bytes());
     confirm.extend_from_slice(first);
-    let handshake = client_handshake(rd, wr, auth, hello, &confirm, cipher);
+    let handshake = initiate::<ClientLink>(rd, wr, binding, auth, hello, &confirm, cipher);
     tokio::time::timeout(timeout, handshake)
         .await
         .map_err(|_| LinkError::Timeout)?
-}
-
-async fn client_handshake(
-    rd: BoxRead,
-    wr: BoxWrite,
-    auth: &ClientAuth,
-    hello: &ClientHello,
-    first: &[u8],
-    cipher: Cipher,
-) -> Result<(LinkReader, LinkWriter, ServerHello), LinkError> {
-    initiate::<ClientLink>(rd, wr, auth, hello, first, cipher).await
 }
 
 /// The payloads of one kind of link's handshake: message 1's (the dialler's hello) and message
@@ -278,10 +306,12 @@ impl Payloads for ClientLink {
 }
 
 /// The dialling side of the handshake with `P`'s payloads: mode byte and message 1, message 2,
-/// then `first` as the key confirmation.
+/// then `first` as the key confirmation. With a `binding` the prologue ends with it and the
+/// link's halves drop their keys after the key confirmation ([`Seal::Clear`]).
 pub(super) async fn initiate<P: Payloads>(
     rd: BoxRead,
     mut wr: BoxWrite,
+    binding: Option<&ChannelBinding>,
     auth: &ClientAuth,
     hello: &P::Hello,
     first: &[u8],
@@ -293,7 +323,7 @@ pub(super) async fn initiate<P: Payloads>(
         ClientAuth::Psk(_) => Pattern::NnPsk0,
     };
     let mode = Mode { pattern, cipher };
-    let mut hs = client_state(mode, auth).map_err(local)?;
+    let mut hs = client_state(mode, auth, binding).map_err(local)?;
 
     let mut msg = [0u8; MAX_HANDSHAKE_MESSAGE];
     let n = hs
@@ -317,14 +347,25 @@ pub(super) async fn initiate<P: Payloads>(
     let keys = TransportKeys::split(&mut hs, mode.cipher).map_err(local)?;
     // Nonce 0 of each direction: the dialler's goes to the key confirmation, sealed right here;
     // the acceptor's first transport message is the reader's.
-    let mut writer = LinkWriter::new(wr, keys.send, 0);
+    let mut writer = LinkWriter::new(wr, Seal::Noise(keys.send), 0);
     writer.seal(first)?;
+    let reader = if binding.is_some() {
+        // The key confirmation was the last message Noise encrypts: TLS carries the rest.
+        writer.drop_key();
+        LinkReader::new(inb, Seal::Clear, 0)
+    } else {
+        LinkReader::new(inb, Seal::Noise(keys.recv), 0)
+    };
     writer.flush().await?;
-    Ok((LinkReader::new(inb, keys.recv, 0), writer, reply))
+    Ok((reader, writer, reply))
 }
 
-pub(super) fn client_state(mode: Mode, auth: &ClientAuth) -> Result<HandshakeState, snow::Error> {
-    let prologue = mode.prologue();
+pub(super) fn client_state(
+    mode: Mode,
+    auth: &ClientAuth,
+    binding: Option<&ChannelBinding>,
+) -> Result<HandshakeState, snow::Error> {
+    let prologue = mode.prologue(binding);
     let builder = snow::Builder::new(mode.params()).prologue(&prologue)?;
     match auth {
         ClientAuth::Static { local, server, psk } => {
@@ -402,21 +443,46 @@ pub async fn accept_stream_with<F>(
 where
     F: FnOnce(&ReceivedHello, Option<&PublicKey>) -> Result<ServerHello, LinkError>,
 {
-    tokio::time::timeout(timeout, server_handshake(rd, wr, auth, respond))
+    tokio::time::timeout(timeout, server_handshake(rd, wr, None, auth, respond))
         .await
         .map_err(|_| LinkError::Timeout)?
+}
+
+/// [`accept_stream_with`] on a QUIC link on ALPN `wanmux/2`, the node's side of
+/// [`connect_bound_stream`]: the prologue ends with `binding`, the link's TLS exporter, so a
+/// message 1 made for another TLS connection does not decrypt (refused as
+/// [`LinkError::Auth`]), and once the key confirmation decrypted, the link's messages go in
+/// the clear inside TLS, both ways.
+pub async fn accept_bound_stream_with<F>(
+    rd: BoxRead,
+    wr: BoxWrite,
+    binding: &ChannelBinding,
+    auth: &ServerAuth,
+    timeout: Duration,
+    respond: F,
+) -> Result<Accepted, LinkError>
+where
+    F: FnOnce(&ReceivedHello, Option<&PublicKey>) -> Result<ServerHello, LinkError>,
+{
+    tokio::time::timeout(
+        timeout,
+        server_handshake(rd, wr, Some(binding), auth, respond),
+    )
+    .await
+    .map_err(|_| LinkError::Timeout)?
 }
 
 async fn server_handshake<F>(
     rd: BoxRead,
     wr: BoxWrite,
+    binding: Option<&ChannelBinding>,
     auth: &ServerAuth,
     respond: F,
 ) -> Result<Accepted, LinkError>
 where
     F: FnOnce(&ReceivedHello, Option<&PublicKey>) -> Result<ServerHello, LinkError>,
 {
-    let r = respond_to::<ClientLink, _>(rd, wr, auth, respond).await?;
+    let r = respond_to::<ClientLink, _>(rd, wr, binding, auth, respond).await?;
     let first = session_frames(&r.hello, &r.first)?;
     Ok(Accepted {
         hello: r.hello,
@@ -454,10 +520,12 @@ pub(super) struct Responded<H> {
 }
 
 /// The accepting side of the handshake with `P`'s payloads. `respond` sees the authenticated
-/// message 1 and chooses message 2, or refuses the dialler, which then gets nothing.
+/// message 1 and chooses message 2, or refuses the dialler, which then gets nothing. With a
+/// `binding`, as [`initiate`].
 pub(super) async fn respond_to<P, F>(
     rd: BoxRead,
     mut wr: BoxWrite,
+    binding: Option<&ChannelBinding>,
     auth: &ServerAuth,
     respond: F,
 ) -> Result<Responded<P::Received>, LinkError>
@@ -473,7 +541,7 @@ where
         return Err(LinkError::Auth("handshake mode not allowed by this server"));
     }
     inb.buf.advance(1);
-    let mut hs = server_state(mode, auth).map_err(local)?;
+    let mut hs = server_state(mode, auth, binding).map_err(local)?;
 
     let mut msg = [0u8; MAX_HANDSHAKE_MESSAGE];
     let len = read_handshake_message(&mut inb, &mut msg).await?;
@@ -505,13 +573,25 @@ where
 
     let keys = TransportKeys::split(&mut hs, mode.cipher).map_err(local)?;
     let first = read_key_confirmation(&mut inb, &keys.recv).await?;
+    // The dialler's nonce 0 was the key confirmation; the acceptor has sent nothing yet. A bound
+    // link drops the keys here: TLS carries the rest.
+    let (reader, writer) = if binding.is_some() {
+        (
+            LinkReader::new(inb, Seal::Clear, 1),
+            LinkWriter::new(wr, Seal::Clear, 0),
+        )
+    } else {
+        (
+            LinkReader::new(inb, Seal::Noise(keys.recv), 1),
+            LinkWriter::new(wr, Seal::Noise(keys.send), 0),
+        )
+    };
     Ok(Responded {
         hello,
         key,
         first,
-        // The dialler's nonce 0 was the key confirmation; the acceptor has sent nothing yet.
-        reader: LinkReader::new(inb, keys.recv, 1),
-        writer: LinkWriter::new(wr, keys.send, 0),
+        reader,
+        writer,
     })
 }
 
@@ -526,8 +606,12 @@ fn allows(auth: &ServerAuth, pattern: Pattern) -> bool {
 
 /// The responder state for `mode`; the caller checked [`allows`] first, so the keys it needs are
 /// configured (a missing one is reported by snow as an error, never a panic).
-fn server_state(mode: Mode, auth: &ServerAuth) -> Result<HandshakeState, snow::Error> {
-    let prologue = mode.prologue();
+fn server_state(
+    mode: Mode,
+    auth: &ServerAuth,
+    binding: Option<&ChannelBinding>,
+) -> Result<HandshakeState, snow::Error> {
+    let prologue = mode.prologue(binding);
     let mut builder = snow::Builder::new(mode.params()).prologue(&prologue)?;
     if let (Pattern::Ik | Pattern::IkPsk2, Some(key)) = (mode.pattern, &auth.private_key) {
         builder = builder.local_private_key(key.as_bytes())?;

@@ -26,6 +26,17 @@
 //! included, are at most [`MAX_HANDSHAKE_MESSAGE`] bytes; a longer one is refused from its length
 //! prefix, before any of it is read. The whole handshake runs under the caller's timeout.
 //!
+//! # Links bound to their TLS connection
+//!
+//! A QUIC link on ALPN `wanmux/2` runs the same handshake with the TLS connection's exporter at
+//! the end of its prologue ([`ChannelBinding`]; [`connect_bound_stream`],
+//! [`accept_bound_stream_with`]): a handshake made on one TLS connection fails on another. Its
+//! key confirmation is still a Noise transport message; after it both ends drop the Noise keys,
+//! and the link's messages are `len: u16 | frames` in the clear inside TLS, which already
+//! encrypts them ([`LinkWriter::encrypts`] says which kind a half is). A clear message longer
+//! than [`MAX_PLAINTEXT`] is a protocol error, so a reader's memory stays as bounded as on a
+//! sealed link.
+//!
 //! Server nodes link to each other with the same handshake and other payloads: [`connect_peer`]
 //! and [`accept_peer`] (`docs/PROTOCOL.md`, "Peer links"). Both kinds share one implementation,
 //! generic over the payloads, so a client hello never passes for a peer's nor the reverse.
@@ -57,6 +68,8 @@ pub mod replay;
 mod transport;
 
 #[cfg(test)]
+mod bound_tests;
+#[cfg(test)]
 mod tests;
 
 use std::io;
@@ -68,7 +81,10 @@ use tokio::net::TcpStream;
 use crate::keys::PublicKey;
 
 pub use crate::auth::{ClientAuth, ServerAuth};
-pub use handshake::{accept, accept_stream_with, accept_with, connect, connect_stream};
+pub use handshake::{
+    accept, accept_bound_stream_with, accept_stream_with, accept_with, connect,
+    connect_bound_stream, connect_stream,
+};
 pub use peer::{
     accept_peer, accept_peer_stream, connect_peer, connect_peer_stream, PeerAccepted, PeerHello,
 };
@@ -114,6 +130,46 @@ const TAG_LEN: usize = 16;
 
 /// Length of a [`SessionSecret`].
 pub const SESSION_SECRET_LEN: usize = 32;
+
+/// Length of a [`ChannelBinding`].
+pub const CHANNEL_BINDING_LEN: usize = 32;
+
+/// What binds a link's Noise handshake to the TLS connection it runs in: 32 bytes of that
+/// connection's exporter (RFC 8446 section 7.5, label `EXPORTER-wanmux-link`, empty context;
+/// `crate::quic` derives it), appended to the handshake's prologue by [`connect_bound_stream`]
+/// and [`accept_bound_stream_with`].
+///
+/// Both ends of one TLS connection derive the same bytes, and two connections never do (the
+/// exporter comes from the connection's own key exchange), so a Noise message 1 made on one
+/// connection does not decrypt when relayed onto another: whoever terminates the client's TLS
+/// cannot pass the client's handshake on to the node through a TLS connection of its own.
+/// Zeroed when dropped, redacted in `Debug`.
+#[derive(Clone)]
+pub struct ChannelBinding([u8; CHANNEL_BINDING_LEN]);
+
+impl ChannelBinding {
+    /// Wraps the exporter's bytes.
+    pub const fn from_bytes(bytes: [u8; CHANNEL_BINDING_LEN]) -> ChannelBinding {
+        ChannelBinding(bytes)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; CHANNEL_BINDING_LEN] {
+        &self.0
+    }
+}
+
+impl Drop for ChannelBinding {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl std::fmt::Debug for ChannelBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChannelBinding(<redacted>)")
+    }
+}
 
 /// The secret that binds a session to its client (`docs/PROTOCOL.md`, "Key confirmation"): the
 /// client draws it once per session, derives the session id from it ([`SessionSecret::id`]),

@@ -164,7 +164,7 @@ pub async fn connect_peer_stream(
             "first message longer than MAX_FIRST_PLAINTEXT",
         ));
     }
-    let handshake = initiate::<PeerLink>(rd, wr, auth, hello, first, Cipher::preferred());
+    let handshake = initiate::<PeerLink>(rd, wr, None, auth, hello, first, Cipher::preferred());
     tokio::time::timeout(timeout, handshake)
         .await
         .map_err(|_| LinkError::Timeout)?
@@ -226,7 +226,7 @@ where
             .map_err(|_| LinkError::Replayed)?;
         respond(&received.hello, key)
     };
-    let handshake = respond_to::<PeerLink, _>(rd, wr, auth, respond);
+    let handshake = respond_to::<PeerLink, _>(rd, wr, None, auth, respond);
     let r = tokio::time::timeout(timeout, handshake)
         .await
         .map_err(|_| LinkError::Timeout)??;

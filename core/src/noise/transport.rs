@@ -1,5 +1,6 @@
 //! The two halves of an established link: length-prefixed Noise transport messages with one
-//! explicit nonce counter per direction.
+//! explicit nonce counter per direction, or, on a QUIC link whose handshake was bound to its TLS
+//! connection (ALPN `wanmux/2`), length-prefixed messages in the clear inside TLS ([`Seal`]).
 
 use std::fmt;
 use std::io;
@@ -15,6 +16,22 @@ use super::{
 
 /// Length of the `len: u16` prefix of every message.
 pub(super) const LEN_PREFIX: usize = 2;
+
+/// What protects one direction of a link's messages once its handshake is done.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per link half; a box would cost a pointer chase per message"
+)]
+pub(super) enum Seal {
+    /// Noise transport messages: `len | ciphertext`, sealed with the handshake's key for this
+    /// direction (TCP links, and QUIC links on `wanmux/1`).
+    Noise(DirectionKey),
+    /// `len | frames` in the clear: a QUIC link on `wanmux/2`, whose TLS encrypts every byte
+    /// and whose Noise handshake was bound to that TLS connection
+    /// (`docs/PROTOCOL.md`, "QUIC links with one encryption"). The Noise keys were dropped
+    /// after the key confirmation.
+    Clear,
+}
 
 /// A stream's read half with its receive buffer. The handshake reads through it with a small
 /// chunk size and hands it, with whatever bytes arrived early, to the [`LinkReader`].
@@ -66,8 +83,8 @@ impl InBuf {
 /// Receive half of a link. Yields one decrypted message per [`recv`](Self::recv).
 pub struct LinkReader {
     inb: InBuf,
-    key: DirectionKey,
-    /// Nonce of the next message to decrypt.
+    seal: Seal,
+    /// Nonce of the next message to decrypt (in the clear: the count of messages received).
     nonce: u64,
     /// Plaintexts are decrypted here and split off as frozen [`Bytes`].
     arena: BytesMut,
@@ -79,12 +96,12 @@ pub struct LinkReader {
 }
 
 impl LinkReader {
-    pub(super) fn new(mut inb: InBuf, key: DirectionKey, nonce: u64) -> Self {
+    pub(super) fn new(mut inb: InBuf, seal: Seal, nonce: u64) -> Self {
         // The handshake ran with small reads; the data path wants large ones.
         inb.chunk = READ_CHUNK;
         Self {
             inb,
-            key,
+            seal,
             nonce,
             arena: BytesMut::with_capacity(ARENA_CHUNK),
             done: false,
@@ -92,12 +109,13 @@ impl LinkReader {
         }
     }
 
-    /// Receives and decrypts the next message.
+    /// Receives and decrypts the next message (on a clear link: receives it).
     ///
     /// Returns `Ok(None)` when the peer closed its sending direction cleanly at a message boundary.
-    /// EOF inside a message is [`LinkError::Closed`], a length below the tag size or a message
-    /// that fails to decrypt is [`LinkError::Protocol`]. After `Ok(None)` or an error, every
-    /// later call returns [`LinkError::Closed`].
+    /// EOF inside a message is [`LinkError::Closed`]; a length below the tag size or a message
+    /// that fails to decrypt (a clear link: a length over [`MAX_PLAINTEXT`]) is
+    /// [`LinkError::Protocol`]. After `Ok(None)` or an error, every later call returns
+    /// [`LinkError::Closed`].
     ///
     /// Cancel safe: bytes read before the future is dropped stay buffered for the next call.
     pub async fn recv(&mut self) -> Result<Option<Bytes>, LinkError> {
@@ -115,10 +133,20 @@ impl LinkReader {
         loop {
             if self.inb.buf.len() >= LEN_PREFIX {
                 let len = self.inb.peek_len();
-                if len < TAG_LEN {
-                    return Err(LinkError::Protocol(
-                        "transport message shorter than its tag",
-                    ));
+                match self.seal {
+                    Seal::Noise(_) if len < TAG_LEN => {
+                        return Err(LinkError::Protocol(
+                            "transport message shorter than its tag",
+                        ))
+                    }
+                    // The same bound as a sealed message's plaintext: one message holds at most
+                    // what one Noise message could.
+                    Seal::Clear if len > MAX_PLAINTEXT => {
+                        return Err(LinkError::Protocol(
+                            "clear message longer than 65,519 bytes",
+                        ))
+                    }
+                    _ => {}
                 }
                 if self.inb.buf.len() >= LEN_PREFIX + len {
                     return self.open(len).map(Some);
@@ -134,7 +162,8 @@ impl LinkReader {
         }
     }
 
-    /// Decrypts the complete message of `len` ciphertext bytes at the front of the buffer.
+    /// Decrypts the complete message of `len` ciphertext bytes at the front of the buffer (on a
+    /// clear link: takes its `len` bytes).
     fn open(&mut self, len: usize) -> Result<Bytes, LinkError> {
         // The arena is empty here (every plaintext is split off). Reuse its block if every slice
         // handed out from it is gone, else start a new block.
@@ -146,12 +175,13 @@ impl LinkReader {
         // pin a whole read chunk, twice an arena block.)
         self.arena
             .extend_from_slice(&self.inb.buf[LEN_PREFIX..LEN_PREFIX + len]);
-        let opened = self.key.open(self.nonce, &mut self.arena);
-        let Some(n) = opened else {
-            self.arena.clear();
-            return Err(LinkError::Protocol("transport message failed to decrypt"));
-        };
-        self.arena.truncate(n);
+        if let Seal::Noise(key) = &self.seal {
+            let Some(n) = key.open(self.nonce, &mut self.arena) else {
+                self.arena.clear();
+                return Err(LinkError::Protocol("transport message failed to decrypt"));
+            };
+            self.arena.truncate(n);
+        }
         // The counter cannot wrap: the sender stops before u64::MAX (`LinkWriter::seal`).
         self.nonce += 1;
         self.inb.buf.advance(LEN_PREFIX + len);
@@ -163,6 +193,12 @@ impl LinkReader {
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer
     }
+
+    /// Whether this half decrypts Noise transport messages: `false` on a QUIC link on
+    /// `wanmux/2`, whose messages arrive in the clear inside TLS.
+    pub fn decrypts(&self) -> bool {
+        matches!(self.seal, Seal::Noise(_))
+    }
 }
 
 impl fmt::Debug for LinkReader {
@@ -170,6 +206,7 @@ impl fmt::Debug for LinkReader {
         f.debug_struct("LinkReader")
             .field("peer", &self.peer)
             .field("messages", &self.nonce)
+            .field("encrypted", &self.decrypts())
             .field("buffered", &self.inb.buf.len())
             .finish_non_exhaustive()
     }
@@ -179,8 +216,8 @@ impl fmt::Debug for LinkReader {
 /// [`flush`](Self::flush) writes the buffer out, so many messages share one syscall.
 pub struct LinkWriter {
     wr: BoxWrite,
-    key: DirectionKey,
-    /// Nonce of the next message to seal.
+    seal: Seal,
+    /// Nonce of the next message to seal (in the clear: the count of messages sent).
     nonce: u64,
     /// Sealed messages, each with its length prefix, not yet written.
     out: BytesMut,
@@ -191,10 +228,10 @@ pub struct LinkWriter {
 }
 
 impl LinkWriter {
-    pub(super) fn new(wr: BoxWrite, key: DirectionKey, nonce: u64) -> Self {
+    pub(super) fn new(wr: BoxWrite, seal: Seal, nonce: u64) -> Self {
         Self {
             wr,
-            key,
+            seal,
             nonce,
             out: BytesMut::with_capacity(LEN_PREFIX + MAX_PLAINTEXT + TAG_LEN),
             done: false,
@@ -202,8 +239,8 @@ impl LinkWriter {
         }
     }
 
-    /// Encrypts `plaintext` as one transport message and appends it to the output buffer. Nothing
-    /// is written until [`flush`](Self::flush).
+    /// Encrypts `plaintext` as one transport message and appends it to the output buffer (on a
+    /// clear link: appends `len | plaintext`). Nothing is written until [`flush`](Self::flush).
     ///
     /// A plaintext over [`MAX_PLAINTEXT`], or one that would take the output buffer over
     /// [`MAX_PENDING`], is [`LinkError::Misuse`] and seals nothing. After a failed flush or a
@@ -215,6 +252,10 @@ impl LinkWriter {
         if plaintext.len() > MAX_PLAINTEXT {
             return Err(LinkError::Misuse("plaintext longer than MAX_PLAINTEXT"));
         }
+        let key = match &self.seal {
+            Seal::Noise(key) => key,
+            Seal::Clear => return self.put_clear(plaintext),
+        };
         let ct_len = plaintext.len() + TAG_LEN;
         let start = self.out.len();
         if start + LEN_PREFIX + ct_len > MAX_PENDING {
@@ -233,10 +274,36 @@ impl LinkWriter {
         // The plaintext is copied in once and sealed where it lies; the tag's room is zeroed.
         self.out.extend_from_slice(plaintext);
         self.out.put_bytes(0, TAG_LEN);
-        self.key
-            .seal(self.nonce, &mut self.out[start + LEN_PREFIX..]);
+        key.seal(self.nonce, &mut self.out[start + LEN_PREFIX..]);
         self.nonce += 1;
         Ok(())
+    }
+
+    /// [`seal`](Self::seal) on a clear link: `len | plaintext`, the caller checked the length.
+    fn put_clear(&mut self, plaintext: &[u8]) -> Result<(), LinkError> {
+        if self.out.len() + LEN_PREFIX + plaintext.len() > MAX_PENDING {
+            return Err(LinkError::Misuse(
+                "output buffer over MAX_PENDING: flush first",
+            ));
+        }
+        self.out.reserve(LEN_PREFIX + plaintext.len());
+        // At most MAX_PLAINTEXT, checked by `seal`.
+        self.out.put_u16(plaintext.len() as u16);
+        self.out.extend_from_slice(plaintext);
+        self.nonce = self.nonce.saturating_add(1);
+        Ok(())
+    }
+
+    /// Drops this half's Noise key: what it sends from now on goes in the clear. Called once the
+    /// key confirmation is sealed, on a link bound to its TLS connection.
+    pub(super) fn drop_key(&mut self) {
+        self.seal = Seal::Clear;
+    }
+
+    /// Whether this half encrypts what it sends as Noise transport messages: `false` on a QUIC
+    /// link on `wanmux/2`, whose TLS is the one encryption.
+    pub fn encrypts(&self) -> bool {
+        matches!(self.seal, Seal::Noise(_))
     }
 
     /// Writes every sealed message to the stream.
@@ -307,6 +374,7 @@ impl fmt::Debug for LinkWriter {
         f.debug_struct("LinkWriter")
             .field("peer", &self.peer)
             .field("messages", &self.nonce)
+            .field("encrypted", &self.encrypts())
             .field("pending", &self.out.len())
             .finish_non_exhaustive()
     }
