@@ -4,23 +4,23 @@ use super::*;
 
 /// The data frames `s` sends on `link` in one message: (stream, offset, len).
 fn data_sent(s: &mut Session, now: Instant, link: LinkId) -> Vec<(StreamId, u64, usize)> {
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    if s.poll_transmit(now, link, &mut buf) {
-        let mut b = buf.freeze();
-        while let Some(f) = Frame::decode(&mut b).expect("own frames decode") {
-            if let Frame::Data {
+    data_of(&sent(s, now, link))
+}
+
+/// The data frames among `frames`: (stream, offset, len).
+fn data_of(frames: &[Frame]) -> Vec<(StreamId, u64, usize)> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Data {
                 stream,
                 offset,
                 data,
                 ..
-            } = f
-            {
-                out.push((stream, offset, data.len()));
-            }
-        }
-    }
-    out
+            } => Some((*stream, *offset, data.len())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A client with links 1 to 4, enough for two interactive lanes.
@@ -132,14 +132,7 @@ fn small_interactive_frames_get_lanes_free_of_bulk_and_go_twice() {
 
 /// A client with two links that has sent 10,000 bytes of one stream on `LINK`, unconfirmed.
 fn ten_kb_out_on_link_one() -> (Session, StreamId, Instant) {
-    let now = Instant::now();
-    let mut c = Session::new(Role::Client, Config::default());
-    c.add_link(now, LINK);
-    c.add_link(now, LinkId(2));
-    let id = c.open_stream(now, NODE, "svc").unwrap();
-    c.stream_write(id, Bytes::from(vec![7u8; 10_000])).unwrap();
-    assert_eq!(data_sent(&mut c, now, LINK), vec![(id, 0, 10_000)]);
-    assert_eq!(c.resent_bytes(), 0);
+    let (c, id, now, _) = ten_kb_out_on_link_one_with_its_ping();
     (c, id, now)
 }
 
@@ -205,6 +198,8 @@ fn ten_kb_out_on_link_one_with_its_ping() -> (Session, StreamId, Instant, u64) {
     let id = c.open_stream(now, NODE, "svc").unwrap();
     c.stream_write(id, Bytes::from(vec![7u8; 10_000])).unwrap();
     let frames = sent(&mut c, now, LINK);
+    assert_eq!(data_of(&frames), vec![(id, 0, 10_000)]);
+    assert_eq!(c.resent_bytes(), 0);
     let token = frames
         .iter()
         .find_map(|f| match f {
@@ -259,19 +254,7 @@ fn dedicated_lanes_never_carry_bulk_data_while_another_link_can() {
                 .any(|f| matches!(f, Frame::Open { stream, .. } if *stream == game)),
             "{frames:?}"
         );
-        let data: Vec<_> = frames
-            .iter()
-            .filter_map(|f| match f {
-                Frame::Data {
-                    stream,
-                    offset,
-                    data,
-                    ..
-                } => Some((*stream, *offset, data.len())),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(data, vec![(game, 0, 100)]);
+        assert_eq!(data_of(&frames), vec![(game, 0, 100)]);
     }
     // Without a bulk link the lanes are ordinary links again (one of the two is an on-demand
     // lane while the game is active), rather than leave the bulk data nowhere to go.
