@@ -50,7 +50,7 @@ def dumped(out: Path, name: str) -> int:
     total = 0
     for f in out.glob(f"{name}.*"):
         text = f.read_text(errors="replace")
-        if "Trigger: Client Request: setup" not in text and "dump setup" not in text:
+        if "Trigger: dump setup" not in text:
             continue
         m = re.search(r"^(?:totals|summary): (\d+)", text, re.M)
         total += int(m.group(1)) if m else 0

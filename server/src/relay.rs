@@ -226,15 +226,7 @@ impl Relay {
         for v in vias {
             let mut st = v.lock();
             if let Some((_, session, epoch)) = st.owners.remove(&peer) {
-                let mut b = BytesMut::new();
-                Routed::Down {
-                    node: peer,
-                    session,
-                    epoch,
-                    code: DOWN_NO_PEER,
-                }
-                .encode(&mut b);
-                st.push(peer, Handle(0), b.freeze(), 0);
+                st.push_down(peer, session, epoch);
             }
             st.owed.retain(|(owner, _), _| *owner != peer);
         }
@@ -376,6 +368,12 @@ impl ViaState {
         self.queued.remove(&owner);
         self.owed.retain(|(o, _), _| *o != owner);
         self.owners.remove(&owner);
+        self.push_down(owner, session, epoch);
+    }
+
+    /// Queues `ROUTE_DOWN(owner, code 0)` for the client: this node has no way to `owner` for
+    /// the session `session` under `epoch` (its peer link ended, or the virtual link was shed).
+    fn push_down(&mut self, owner: u16, session: SessionId, epoch: u64) {
         let mut b = BytesMut::new();
         Routed::Down {
             node: owner,

@@ -17,7 +17,9 @@ use wanmux_tests::harness::{
     app_server, configs, eventually, free_port, paused_transfer, within, AppServer, Auth,
     ClientResult,
 };
-use wanmux_tests::mesh::{check_transfers as check, start_transfers, wait_for_sub_links};
+use wanmux_tests::mesh::{
+    check_transfers as check, compare_at_app, start_transfers, wait_for_sub_links,
+};
 use wanmux_tests::process::Daemon;
 
 /// A node process and the config file it runs.
@@ -336,16 +338,7 @@ async fn check_each(app: &mut AppServer, tasks: Vec<Transfer>) {
         assert_eq!((r.sent.bytes, r.received.bytes), (up, down), "seed {seed}");
         done.insert(seed, r);
     }
-    while !done.is_empty() {
-        let a = tokio::time::timeout(Duration::from_secs(30), app.results.recv())
-            .await
-            .expect("app server result in time")
-            .expect("app server alive");
-        if let Some(c) = done.remove(&a.seed) {
-            assert_eq!(c.sent, a.received, "connection {}: upload", a.seed);
-            assert_eq!(a.sent, c.received, "connection {}: download", a.seed);
-        }
-    }
+    compare_at_app(app, done).await;
 }
 
 /// Whether every node carried at least `min` bytes of every other node's streams in both

@@ -202,17 +202,26 @@ pub async fn check_transfers(
             }
         }
     }
+    // A failed connection may still end at the application server: only the completed ones
+    // are compared.
+    compare_at_app(app, done).await;
+    failed
+}
+
+/// Compares each completed client transfer in `done` (by seed) with what the application
+/// server saw of the same connection, hashes both ways, until every one was compared.
+pub async fn compare_at_app(
+    app: &mut crate::harness::AppServer,
+    mut done: std::collections::HashMap<u64, crate::harness::ClientResult>,
+) {
     while !done.is_empty() {
         let a = tokio::time::timeout(Duration::from_secs(30), app.results.recv())
             .await
             .expect("app server result in time")
             .expect("app server alive");
-        // A failed connection may still end at the application server: only the completed
-        // ones are compared.
         if let Some(c) = done.remove(&a.seed) {
             assert_eq!(c.sent, a.received, "connection {}: upload", a.seed);
             assert_eq!(a.sent, c.received, "connection {}: download", a.seed);
         }
     }
-    failed
 }

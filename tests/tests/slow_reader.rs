@@ -57,14 +57,7 @@ async fn slow_readers_bound_buffering_in_both_directions() {
         let (down_near, down_far) = pair(&t, "raw", &raw, b'D').await;
         // The warm-up's stream ends on both sides once its last acknowledgements are through,
         // which a loaded machine may take a moment for.
-        assert!(
-            eventually(Duration::from_secs(5), || t.client.stream_count() == 2
-                && t.server.stream_count() == 2)
-            .await,
-            "streams: client {}, server {} (want 2 each)",
-            t.client.stream_count(),
-            t.server.stream_count()
-        );
+        two_streams_open(&t).await;
 
         let peak = Arc::new(AtomicU64::new(before));
         let sampler = {
@@ -105,16 +98,7 @@ async fn slow_readers_bound_buffering_in_both_directions() {
         let (up_sent, up_written) = up_w.await.unwrap();
         let (down_sent, down_written) = down_w.await.unwrap();
         // Both streams are still open: nothing was reset or given up under pressure.
-        // The warm-up's stream ends on both sides once its last acknowledgements are through,
-        // which a loaded machine may take a moment for.
-        assert!(
-            eventually(Duration::from_secs(5), || t.client.stream_count() == 2
-                && t.server.stream_count() == 2)
-            .await,
-            "streams: client {}, server {} (want 2 each)",
-            t.client.stream_count(),
-            t.server.stream_count()
-        );
+        two_streams_open(&t).await;
         let (up_got, up_slow) = up_r.await.unwrap();
         let (down_got, down_slow) = down_r.await.unwrap();
         sampler.abort();
@@ -154,4 +138,16 @@ async fn slow_readers_bound_buffering_in_both_directions() {
         );
     })
     .await;
+}
+
+/// Exactly the test's two streams are open at both ends (within 5 s).
+async fn two_streams_open(t: &Tunnel) {
+    assert!(
+        eventually(Duration::from_secs(5), || t.client.stream_count() == 2
+            && t.server.stream_count() == 2)
+        .await,
+        "streams: client {}, server {} (want 2 each)",
+        t.client.stream_count(),
+        t.server.stream_count()
+    );
 }

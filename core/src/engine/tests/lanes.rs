@@ -612,24 +612,31 @@ fn with_rtts(c: &mut Session, now: Instant, links: &[(LinkId, Duration)]) -> Ins
     last
 }
 
+/// A client engine with direct links 1 and 2 and sub-links 3 and 4 (through another node),
+/// each measured at the RTT in `rtt_ms` (in that order); the instant after the measurements.
+fn direct_and_relayed(rtt_ms: [u64; 4]) -> (Session, [LinkId; 4], Instant) {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    let ids = [LinkId(1), LinkId(2), LinkId(3), LinkId(4)];
+    c.add_link(now, ids[0]);
+    c.add_link(now, ids[1]);
+    c.add_relayed_link(now, ids[2]);
+    c.add_relayed_link(now, ids[3]);
+    let rtts: Vec<_> = ids
+        .iter()
+        .zip(rtt_ms)
+        .map(|(&l, ms)| (l, Duration::from_millis(ms)))
+        .collect();
+    let now = with_rtts(&mut c, now, &rtts);
+    (c, ids, now)
+}
+
 /// The engine of a far node on the client: direct links 1 and 2 (80 ms), and sub-links 3 and 4
 /// through a near node (12 ms). The interactive lanes are the sub-links: a game's small segments
 /// go through the near node, twice, and the direct links carry bulk data only.
 #[test]
 fn interactive_lanes_are_the_nearest_links_whichever_node_they_go_through() {
-    let now = Instant::now();
-    let mut c = Session::new(Role::Client, Config::default());
-    let (d1, d2, r3, r4) = (LinkId(1), LinkId(2), LinkId(3), LinkId(4));
-    c.add_link(now, d1);
-    c.add_link(now, d2);
-    c.add_relayed_link(now, r3);
-    c.add_relayed_link(now, r4);
-    let ms = Duration::from_millis;
-    let now = with_rtts(
-        &mut c,
-        now,
-        &[(d1, ms(80)), (d2, ms(81)), (r3, ms(12)), (r4, ms(13))],
-    );
+    let (mut c, [d1, d2, r3, r4], now) = direct_and_relayed([80, 81, 12, 13]);
     let bulk = c.open_stream(now, NODE, "svc").unwrap();
     let game = c.open_stream(now, NODE, "svc").unwrap();
     c.stream_write(bulk, Bytes::from(vec![1u8; 300_000]))
@@ -666,19 +673,7 @@ fn interactive_lanes_are_the_nearest_links_whichever_node_they_go_through() {
 /// the nearest direct link, so it is sent at once and not when the lanes are let go.
 #[test]
 fn a_pinned_interactive_stream_gets_a_direct_lane_when_the_nearest_links_are_relayed() {
-    let now = Instant::now();
-    let mut c = Session::new(Role::Client, Config::default());
-    let (d1, d2, r3, r4) = (LinkId(1), LinkId(2), LinkId(3), LinkId(4));
-    c.add_link(now, d1);
-    c.add_link(now, d2);
-    c.add_relayed_link(now, r3);
-    c.add_relayed_link(now, r4);
-    let ms = Duration::from_millis;
-    let now = with_rtts(
-        &mut c,
-        now,
-        &[(d1, ms(80)), (d2, ms(40)), (r3, ms(12)), (r4, ms(13))],
-    );
+    let (mut c, [d1, d2, r3, r4], now) = direct_and_relayed([80, 40, 12, 13]);
     let bulk = c.open_stream(now, NODE, "svc").unwrap();
     c.stream_write(bulk, Bytes::from(vec![1u8; 300_000]))
         .unwrap();
