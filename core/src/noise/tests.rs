@@ -691,29 +691,8 @@ async fn malformed_transport_framing_is_an_error() {
 
 #[tokio::test]
 async fn api_misuse_is_reported_and_harmless() {
-    let (_reader, mut writer, mut accepted) = link(Pattern::NnPsk0, Cipher::AesGcm).await;
-    let big = vec![0; MAX_PLAINTEXT + 1];
-    assert!(matches!(writer.seal(&big), Err(LinkError::Misuse(_))));
-    assert_eq!(writer.pending(), 0);
-    while writer.pending() + 2 + MAX_PLAINTEXT + 16 <= MAX_PENDING {
-        writer.seal(&big[..MAX_PLAINTEXT]).unwrap();
-    }
-    assert!(matches!(
-        writer.seal(&big[..MAX_PLAINTEXT]),
-        Err(LinkError::Misuse(_))
-    ));
-    let sealed = writer.pending() / (2 + MAX_PLAINTEXT + 16);
-    let reader = tokio::spawn(async move {
-        for _ in 0..sealed {
-            assert_eq!(
-                accepted.reader.recv().await.unwrap().unwrap().len(),
-                MAX_PLAINTEXT
-            );
-        }
-        accepted.reader.recv().await.unwrap().unwrap()
-    });
-    writer.send(b"still fine").await.unwrap();
-    assert_eq!(&reader.await.unwrap()[..], b"still fine");
+    let (_reader, mut writer, accepted) = link(Pattern::NnPsk0, Cipher::AesGcm).await;
+    misuse_is_reported_and_harmless(&mut writer, accepted, 16).await;
 
     let creds = creds(Pattern::NnPsk0);
     let (c, _s) = tcp_pair().await;
@@ -893,4 +872,36 @@ async fn a_message_1_the_server_refuses_gets_no_answer() {
         assert!(matches!(server, Err(LinkError::Replayed)));
         assert_refused(client);
     }
+}
+
+/// Sealing more than a message holds, or more than the writer may keep pending, is refused and
+/// changes nothing: what was sealed before arrives, and the link goes on. `overhead` is what a
+/// message costs beyond its length prefix and plaintext (the AEAD tag, or 0 in the clear).
+pub(super) async fn misuse_is_reported_and_harmless(
+    writer: &mut LinkWriter,
+    mut accepted: Accepted,
+    overhead: usize,
+) {
+    let big = vec![0; MAX_PLAINTEXT + 1];
+    assert!(matches!(writer.seal(&big), Err(LinkError::Misuse(_))));
+    assert_eq!(writer.pending(), 0);
+    while writer.pending() + 2 + MAX_PLAINTEXT + overhead <= MAX_PENDING {
+        writer.seal(&big[..MAX_PLAINTEXT]).unwrap();
+    }
+    assert!(matches!(
+        writer.seal(&big[..MAX_PLAINTEXT]),
+        Err(LinkError::Misuse(_))
+    ));
+    let sealed = writer.pending() / (2 + MAX_PLAINTEXT + overhead);
+    let reader = tokio::spawn(async move {
+        for _ in 0..sealed {
+            assert_eq!(
+                accepted.reader.recv().await.unwrap().unwrap().len(),
+                MAX_PLAINTEXT
+            );
+        }
+        accepted.reader.recv().await.unwrap().unwrap()
+    });
+    writer.send(b"still fine").await.unwrap();
+    assert_eq!(&reader.await.unwrap()[..], b"still fine");
 }
