@@ -11,7 +11,10 @@
 //!
 //! A sub-link that cannot be used (the relay has no peer link to the owner, `ROUTE_DOWN` code 0,
 //! or the owner's engine timed it out) is removed, so its engine sends what it carried on its
-//! other links, and added again after [`RETRY`]. An owner that answers that it has no such
+//! other links, and added again after [`RETRY`] once the link it rides has answered a ping sent
+//! after the removal: the sub-link may have died with its carrier (a node killed, its QUIC
+//! connection silent), which its own idle engine pings only every 10 s, and a sub-link added
+//! again onto a dead carrier would swallow its owner's frames until it stalled in turn. An owner that answers that it has no such
 //! session (`ROUTE_DOWN` code 1, for the epoch the client holds) lost it: its streams are reset,
 //! as when a direct link reports a new epoch.
 
@@ -111,6 +114,8 @@ impl Routes {
 /// The router of one client link to node `via`.
 pub(crate) struct ClientRouter {
     via: NodeId,
+    /// The engine of node `via`, which has the link this router rides.
+    carrier: Option<SessionDriver>,
     /// The link is a dedicated interactive lane (`links.lanes`): its sub-links are lanes too.
     lane: bool,
     routes: Arc<Routes>,
@@ -124,6 +129,8 @@ struct Subs {
     next: usize,
     scratch: BytesMut,
     ended: bool,
+    /// The link this router rides, in `carrier`'s engine; `None` before it is up.
+    link: Option<LinkId>,
 }
 
 struct Sub {
@@ -134,6 +141,9 @@ struct Sub {
     /// The owner's engine dropped the sub-link (no answer to its pings) while the owner's
     /// virtual link may live on: a section that comes for it makes a new one at once.
     dropped_by_engine: bool,
+    /// When the sub-link was last removed: it is added again only once the carrier link has
+    /// answered a ping sent after that.
+    dropped_at: Option<Instant>,
 }
 
 impl ClientRouter {
@@ -151,12 +161,19 @@ impl ClientRouter {
                         retry_at: Instant::now(),
                         counter: routes.counter(via, n.id),
                         dropped_by_engine: false,
+                        dropped_at: None,
                     })
                     .collect()
             })
             .unwrap_or_default();
+        let carrier = routes
+            .nodes
+            .get()
+            .and_then(|nodes| nodes.iter().find(|n| n.id == via))
+            .map(|n| n.driver.clone());
         ClientRouter {
             via,
+            carrier,
             lane,
             routes,
             subs: Mutex::new(Subs {
@@ -165,6 +182,7 @@ impl ClientRouter {
                 next: 0,
                 scratch: BytesMut::with_capacity(route::MAX_SECTION),
                 ended: false,
+                link: None,
             }),
         }
     }
@@ -176,7 +194,7 @@ impl ClientRouter {
     }
 
     /// Adds the sub-links that are missing and may be added now; whether one was added.
-    fn ensure(subs: &mut Subs, now: Instant, lane: bool) -> bool {
+    fn ensure(&self, subs: &mut Subs, now: Instant) -> bool {
         let Some(waker) = subs.waker.clone() else {
             return false;
         };
@@ -188,10 +206,33 @@ impl ClientRouter {
             if now < s.retry_at || dial::lock(&s.node.state).epoch.is_none() {
                 continue;
             }
-            add_sub(s, &waker, lane);
+            if let Some(at) = s.dropped_at {
+                if !self.carrier_answered_since(subs.link, at) {
+                    continue;
+                }
+            }
+            add_sub(s, &waker, self.lane);
             added = true;
         }
         added
+    }
+
+    /// A sub-link on this link was removed: ping the link itself now (see the module's doc).
+    fn suspect_carrier(&self, link: Option<LinkId>) {
+        if let (Some(d), Some(id)) = (&self.carrier, link) {
+            d.with(|e, now| e.probe_link(now, id));
+        }
+    }
+
+    /// Whether the carrier link answered a ping at or after `since`.
+    fn carrier_answered_since(&self, link: Option<LinkId>, since: Instant) -> bool {
+        match (&self.carrier, link) {
+            (Some(d), Some(id)) => d
+                .with(|e, _| e.link_answered_since(id, since))
+                .unwrap_or(false),
+            // Not a configured node's router (tests without nodes): nothing to wait for.
+            _ => true,
+        }
     }
 }
 
@@ -208,20 +249,28 @@ fn add_sub(s: &mut Sub, waker: &Arc<Notify>, lane: bool) -> LinkId {
     id
 }
 
-fn drop_sub(s: &mut Sub, now: Instant) {
-    s.dropped_by_engine = false;
-    if let Some(id) = s.link.take() {
-        s.node.driver.remove_link(id);
-        s.counter.live.fetch_sub(1, Relaxed);
+impl ClientRouter {
+    /// Removes sub-link `s` from its engine (which sends what it carried on its other links)
+    /// and pings the carrier `link` (see the module's doc); `s` comes back after [`RETRY`] once
+    /// the carrier answered.
+    fn drop_sub(&self, s: &mut Sub, now: Instant, link: Option<LinkId>) {
+        s.dropped_by_engine = false;
+        s.dropped_at = Some(now);
+        if let Some(id) = s.link.take() {
+            s.node.driver.remove_link(id);
+            s.counter.live.fetch_sub(1, Relaxed);
+        }
+        s.retry_at = now + RETRY;
+        self.suspect_carrier(link);
     }
-    s.retry_at = now + RETRY;
 }
 
 impl Router for ClientRouter {
-    fn up(&self, _id: LinkId, waker: &Arc<Notify>) {
+    fn up(&self, id: LinkId, waker: &Arc<Notify>) {
         let mut subs = self.lock();
         subs.waker = Some(waker.clone());
-        Self::ensure(&mut subs, Instant::now(), self.lane);
+        subs.link = Some(id);
+        self.ensure(&mut subs, Instant::now());
     }
 
     fn route(&self, mut msg: Bytes) -> RouteFuture<'_> {
@@ -229,6 +278,7 @@ impl Router for ClientRouter {
             let mut subs = self.lock();
             let now = Instant::now();
             let waker = if subs.ended { None } else { subs.waker.clone() };
+            let carrier = subs.link;
             loop {
                 let frame = Routed::decode(&mut msg)
                     .map_err(|e| LinkEnd::Routed(format!("malformed routed message: {e}")))?;
@@ -282,19 +332,19 @@ impl Router for ClientRouter {
                                 if let Some(w) = &waker {
                                     let id = add_sub(s, w, self.lane);
                                     if s.node.driver.handle_message(id, frames).is_err() {
-                                        drop_sub(s, now);
+                                        self.drop_sub(s, now, carrier);
                                     }
                                 }
                             }
                             Err(e) => {
                                 debug!(via = %self.via, owner = node, error = %e, "sub-link dropped: the owner broke the protocol");
-                                drop_sub(s, now);
+                                self.drop_sub(s, now, carrier);
                             }
                         }
                     }
                     Routed::Down { code, .. } if code == DOWN_NO_PEER => {
                         debug!(via = %self.via, owner = node, "sub-link down: the relay has no link to the owner");
-                        drop_sub(s, now);
+                        self.drop_sub(s, now, carrier);
                     }
                     Routed::Down { code, .. }
                         if code == DOWN_NO_SESSION && s.node.driver.live_links() > 0 =>
@@ -303,12 +353,12 @@ impl Router for ClientRouter {
                         // the session: the section overtook the link's key confirmation. The
                         // sub-link waits and tries again.
                         debug!(via = %self.via, owner = node, "sub-link refused before the owner had the session");
-                        drop_sub(s, now);
+                        self.drop_sub(s, now, carrier);
                     }
                     Routed::Down { code, .. } if code == DOWN_NO_SESSION => {
                         let streams = s.node.driver.with(|e, _| e.stream_count());
                         warn!(owner = node, via = %self.via, streams, "the node lost this session; the connections it owned are reset");
-                        drop_sub(s, now);
+                        self.drop_sub(s, now, carrier);
                         s.node.driver.restart();
                         let mut st = dial::lock(&s.node.state);
                         st.epoch = None;
@@ -325,6 +375,7 @@ impl Router for ClientRouter {
         let mut subs = self.lock();
         let subs = &mut *subs;
         let now = Instant::now();
+        let carrier = subs.link;
         let count = subs.list.len();
         let mut n = 0;
         let mut idle_round = false;
@@ -349,10 +400,13 @@ impl Router for ClientRouter {
                 {
                     None => {
                         // The owner's engine dropped it (no answer to pings).
+                        s.node.driver.remove_link(id);
                         s.link = None;
                         s.counter.live.fetch_sub(1, Relaxed);
                         s.retry_at = now + RETRY;
                         s.dropped_by_engine = true;
+                        s.dropped_at = Some(now);
+                        self.suspect_carrier(carrier);
                     }
                     Some(0) => {}
                     Some(_) => {
@@ -380,7 +434,7 @@ impl Router for ClientRouter {
 
     fn tick(&self) {
         let mut subs = self.lock();
-        if Self::ensure(&mut subs, Instant::now(), self.lane) {
+        if self.ensure(&mut subs, Instant::now()) {
             if let Some(w) = &subs.waker {
                 w.notify_one();
             }
@@ -392,7 +446,8 @@ impl Router for ClientRouter {
         subs.ended = true;
         let now = Instant::now();
         for s in &mut subs.list {
-            drop_sub(s, now);
+            // The link is gone: nothing to ping.
+            self.drop_sub(s, now, None);
         }
         drop(subs);
         let _ = &self.routes;

@@ -510,3 +510,73 @@ async fn small_frames_of_a_far_owners_stream_take_the_nearest_node_both_ways() {
     })
     .await;
 }
+
+/// A node that goes silent (its client links blackholed, as when it is killed and its QUIC
+/// connections just stop) while it relays a transfer: the owner's engine on the client drops
+/// its sub-links through it, and must not add them again onto the silent links, which its own
+/// idle engine would ping only at the next keepalive (10 s): every frame put on them would be
+/// lost until they stalled in turn. The carrier links are pinged when their sub-links die, so
+/// they are found dead within seconds. Nothing is lost; once the node answers again, its links
+/// and sub-links come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_links_are_not_added_again_onto_the_links_of_a_silent_node() {
+    within(Duration::from_secs(120), async {
+        let (nodes, mut app, mut config) = cluster(2, Spread::Stripe, OwnerPolicy::First).await;
+        config.transport = wanmux_config::LinkTransport::Tcp;
+        let relay = TcpRelay::start(nodes[1].local_addr(), Shape::default())
+            .await
+            .expect("relay starts");
+        if let ClientAuth::StaticKey { nodes: pinned, .. } = &mut config.auth {
+            pinned[1].node.addr = relay.addr().into();
+        }
+        let client = wanmux_client::start(config).await.expect("client starts");
+        client.wait_for_links(4).await;
+        wait_for_sub_links(&client, 2, 2).await;
+        let (up, down) = (48 << 20, 48 << 20);
+        let tasks = start_transfers(client.first_addr(), 4, up, down);
+        assert!(
+            eventually(Duration::from_secs(60), || client.relayed(2, 1).0 > 2 << 20).await,
+            "node 2 relays: {:?}",
+            client.relayed(2, 1)
+        );
+        relay.blackhole(RelayLinks::All);
+        let silent = std::time::Instant::now();
+        let (mut dropped, mut added_again, mut links_gone) = (None, None, None);
+        while silent.elapsed() < Duration::from_secs(16) && links_gone.is_none() {
+            let subs = client.sub_links(2, 1);
+            if subs == 0 && dropped.is_none() {
+                dropped = Some(silent.elapsed());
+            }
+            if subs > 0 && dropped.is_some() && added_again.is_none() {
+                added_again = Some(silent.elapsed());
+            }
+            if client.nodes()[1].links == 0 {
+                links_gone = Some(silent.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        println!("sub-links dropped {dropped:?}, added again {added_again:?}, links to node 2 gone {links_gone:?}");
+        assert!(dropped.is_some(), "the sub-links through the silent node died");
+        assert_eq!(
+            added_again, None,
+            "sub-links were added again onto the silent node's links"
+        );
+        let gone = links_gone.expect("the silent node's links are found dead");
+        // Their idle engine has no RTT sample for them (its first keepalive is 10 s after the
+        // link came up), so a ping unanswered for 5 s declares them dead: 5 s after the
+        // sub-links (which die 2-5 s into the silence), rather than 5 s after that keepalive.
+        assert!(
+            gone < Duration::from_secs(12),
+            "the silent node's links lived {gone:?}"
+        );
+        relay.restore(RelayLinks::All);
+        check_all(&mut app, tasks, up, down).await;
+        assert!(
+            eventually(Duration::from_secs(30), || client.sub_links(2, 1) >= 1).await,
+            "node 2 relays again once it answers"
+        );
+        drop(nodes);
+        client.shutdown();
+    })
+    .await;
+}

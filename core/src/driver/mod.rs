@@ -274,8 +274,12 @@ impl SessionDriver {
                 Event::MoreLinksWanted => self.shared.more_links.notify_one(),
                 Event::BudgetReleased => self.shared.budget.wake_all(),
                 Event::LinkTimedOut(id) | Event::LinkClosedByPeer(id) => {
-                    // The engine no longer has the link, and its task ends.
-                    st.link_wakers.remove(&id);
+                    // The engine no longer has the link, and its task ends. Its writer is woken
+                    // too: a sub-link's writer is its carrier link's, which learns of the
+                    // death only when it polls the sub-link (and then pings the carrier).
+                    if let Some(w) = st.link_wakers.remove(&id) {
+                        w.notify_one();
+                    }
                     if let Some(k) = st.link_kills.get(&id) {
                         k.notify_one();
                     }

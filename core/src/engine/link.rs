@@ -339,6 +339,20 @@ impl LinkState {
         self.stalled_at()
     }
 
+    /// Someone suspects the link (a sub-link through it died): unless a ping is outstanding or
+    /// due already, one goes out with the next message, so a live link answers within a round
+    /// trip and a dead one meets its dead timer from `now` rather than at its next keepalive.
+    pub(crate) fn probe(&mut self, now: Instant) {
+        if self.ping.is_none() && !self.ping_due {
+            self.ping_timer_fired(now);
+        }
+    }
+
+    /// When the last pong arrived; `None` before the first.
+    pub(crate) fn last_pong(&self) -> Option<Instant> {
+        self.last_pong
+    }
+
     /// The ping timer fired at `now`: the next transmit carries a ping.
     pub(crate) fn ping_timer_fired(&mut self, now: Instant) {
         self.ping_due = true;

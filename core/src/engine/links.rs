@@ -48,6 +48,24 @@ impl Session {
         }
     }
 
+    /// Pings `link` with its next message unless a ping is outstanding or due already: the
+    /// caller suspects it (a client whose sub-link through this link died). A live link
+    /// answers within a round trip ([`Session::link_answered_since`]); a dead one is declared
+    /// dead by its ping timer from now, not at its next keepalive (an idle link is pinged only
+    /// every 10 s).
+    pub fn probe_link(&mut self, now: Instant, link: LinkId) {
+        if let Some(l) = self.links.get_mut(&link) {
+            l.probe(now);
+        }
+    }
+
+    /// Whether `link` received a `PONG` at or after `since`, so it carried frames both ways
+    /// since then; `None` if the engine does not have the link.
+    pub fn link_answered_since(&self, link: LinkId, since: Instant) -> Option<bool> {
+        let l = self.links.get(&link)?;
+        Some(l.last_pong().is_some_and(|t| t >= since))
+    }
+
     /// Whether `link` goes through a relay ([`Session::add_relayed_link`]).
     pub fn is_relayed(&self, link: LinkId) -> bool {
         self.links.get(&link).is_some_and(|l| l.relayed)

@@ -106,3 +106,54 @@ fn a_link_that_cannot_send_its_due_ping_dies() {
     s.handle_timeout(due + DEAD_INITIAL * 2);
     assert!(std::iter::from_fn(|| s.poll_event()).all(|e| !matches!(e, Event::LinkTimedOut(_))));
 }
+
+/// A probed idle link sends a ping with its next message instead of at its keepalive 10 s
+/// later: answered, it counts as answered since the probe; unanswered, it is dead within the
+/// dead timer of the probe (a client probes the link its dead sub-link rode).
+#[test]
+fn a_probed_link_pings_at_once_and_is_answered_or_dead_within_the_dead_timer() {
+    use super::link::DEAD_INITIAL;
+    let (mut s, t0) = server(16);
+    let at = t0 + Duration::from_millis(100);
+    assert_eq!(s.link_answered_since(LINK, at), Some(false));
+    assert!(
+        !sent(&mut s, at, LINK)
+            .iter()
+            .any(|f| matches!(f, Frame::Ping(_))),
+        "an idle link has nothing to send before its keepalive"
+    );
+    s.probe_link(at, LINK);
+    let token = sent(&mut s, at, LINK)
+        .into_iter()
+        .find_map(|f| match f {
+            Frame::Ping(t) => Some(t),
+            _ => None,
+        })
+        .expect("the probe's ping goes out at once");
+    s.handle_message(
+        at + Duration::from_millis(30),
+        LINK,
+        msg(&[Frame::Pong(token)]),
+    )
+    .expect("pong");
+    assert_eq!(s.link_answered_since(LINK, at), Some(true));
+    assert_eq!(
+        s.link_answered_since(LINK, at + Duration::from_millis(31)),
+        Some(false)
+    );
+
+    // Unanswered: dead at the probe's dead timer, long before keepalive + dead timer.
+    let (mut s, t0) = server(16);
+    let at = t0 + Duration::from_millis(100);
+    s.probe_link(at, LINK);
+    assert!(sent(&mut s, at, LINK)
+        .iter()
+        .any(|f| matches!(f, Frame::Ping(_))));
+    s.handle_timeout(at + DEAD_INITIAL);
+    assert!(
+        std::iter::from_fn(|| s.poll_event())
+            .any(|e| matches!(e, Event::LinkTimedOut(l) if l == LINK)),
+        "the probed link died"
+    );
+    assert_eq!(s.link_answered_since(LINK, at), None);
+}
