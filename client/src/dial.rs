@@ -179,11 +179,9 @@ impl Slot {
                         driver.label_link(id, driver::LinkLabel { address, transport });
                     };
                     let router = relay.then(|| {
-                        std::sync::Arc::new(crate::route::ClientRouter::new(
-                            wanmux_core::ids::NodeId(self.node.id.get()),
-                            self.routes.clone(),
-                            self.is_lane(),
-                        )) as std::sync::Arc<dyn driver::link::Router>
+                        self.routes
+                            .router(wanmux_core::ids::NodeId(self.node.id.get()), self.is_lane())
+                            as std::sync::Arc<dyn driver::link::Router>
                     });
                     let run = driver::link::run_routed(
                         self.driver.clone(),

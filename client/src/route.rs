@@ -22,7 +22,7 @@ use crate::dial::{self, SharedState};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
@@ -30,7 +30,7 @@ use wanmux_core::driver::link::{LinkEnd, RouteFuture, Router};
 use wanmux_core::driver::{LinkKind, SessionDriver};
 use wanmux_core::engine::PeerError;
 use wanmux_core::ids::{LinkId, NodeId};
-use wanmux_core::route::{self, Routed, DOWN_NO_PEER, DOWN_NO_SESSION};
+use wanmux_core::route::{self, Routed, DOWN_NO_PEER, DOWN_NO_SESSION, DOWN_RELAY_LOST};
 
 /// A sub-link that could not be used is added again after this long.
 pub(crate) const RETRY: Duration = Duration::from_secs(1);
@@ -50,6 +50,8 @@ pub(crate) struct Routes {
     /// (link node, owner) -> bytes of the owner's sections sent and received on the link node's
     /// links.
     relayed: Mutex<HashMap<(u16, u16), Arc<Relayed>>>,
+    /// The routers of the client links, to reach every link to one node.
+    routers: Mutex<Vec<Weak<ClientRouter>>>,
 }
 
 /// Section bytes relayed for one (link node, owner) pair.
@@ -65,6 +67,31 @@ impl Routes {
     /// Sets the nodes, once, after they are all made.
     pub(crate) fn set_nodes(&self, nodes: Vec<RouteNode>) {
         let _ = self.nodes.set(nodes);
+    }
+
+    /// The router of a new client link to node `via` (a dedicated lane if `lane`).
+    pub(crate) fn router(self: &Arc<Self>, via: NodeId, lane: bool) -> Arc<ClientRouter> {
+        let r = Arc::new(ClientRouter::new(via, self.clone(), lane));
+        let mut list = self.routers.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(&r));
+        r
+    }
+
+    /// Node `owner` lost its peer link to node `relay` (`ROUTE_DOWN` code 3 on one of
+    /// `owner`'s links): the sub-links of `owner`'s engine on the links to `relay` are dead.
+    fn relay_lost(&self, relay: NodeId, owner: NodeId) {
+        let routers: Vec<Arc<ClientRouter>> = self
+            .routers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|r| r.via == relay)
+            .collect();
+        for r in routers {
+            r.owner_unreachable(owner);
+        }
     }
 
     /// How many nodes the client has.
@@ -111,11 +138,20 @@ impl Routes {
     }
 }
 
+impl std::fmt::Debug for ClientRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientRouter")
+            .field("via", &self.via)
+            .field("lane", &self.lane)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The router of one client link to node `via`.
 pub(crate) struct ClientRouter {
     via: NodeId,
-    /// The engine of node `via`, which has the link this router rides.
-    carrier: Option<SessionDriver>,
+    /// Node `via` (its engine has the link this router rides).
+    own: Option<RouteNode>,
     /// The link is a dedicated interactive lane (`links.lanes`): its sub-links are lanes too.
     lane: bool,
     routes: Arc<Routes>,
@@ -147,7 +183,7 @@ struct Sub {
 }
 
 impl ClientRouter {
-    pub(crate) fn new(via: NodeId, routes: Arc<Routes>, lane: bool) -> Self {
+    fn new(via: NodeId, routes: Arc<Routes>, lane: bool) -> Self {
         let list = routes
             .nodes
             .get()
@@ -166,14 +202,14 @@ impl ClientRouter {
                     .collect()
             })
             .unwrap_or_default();
-        let carrier = routes
+        let own = routes
             .nodes
             .get()
             .and_then(|nodes| nodes.iter().find(|n| n.id == via))
-            .map(|n| n.driver.clone());
+            .cloned();
         ClientRouter {
             via,
-            carrier,
+            own,
             lane,
             routes,
             subs: Mutex::new(Subs {
@@ -219,15 +255,34 @@ impl ClientRouter {
 
     /// A sub-link on this link was removed: ping the link itself now (see the module's doc).
     fn suspect_carrier(&self, link: Option<LinkId>) {
-        if let (Some(d), Some(id)) = (&self.carrier, link) {
-            d.with(|e, now| e.probe_link(now, id));
+        if let (Some(own), Some(id)) = (&self.own, link) {
+            own.driver.with(|e, now| e.probe_link(now, id));
         }
+    }
+
+    /// Node `owner` lost its peer link to this router's node: its sub-link here is dead.
+    fn owner_unreachable(&self, owner: NodeId) {
+        let mut subs = self.lock();
+        let carrier = subs.link;
+        if let Some(s) = subs.list.iter_mut().find(|s| s.node.id == owner) {
+            debug!(via = %self.via, owner = %owner, "sub-link down: the owner lost its peer link to this node");
+            self.drop_sub(s, Instant::now(), carrier);
+        }
+    }
+
+    /// Whether `session` under `epoch` is the client's session with this router's node now.
+    fn own_session_is(&self, session: wanmux_core::ids::SessionId, epoch: u64) -> bool {
+        self.own.as_ref().is_some_and(|own| {
+            let st = dial::lock(&own.state);
+            st.id == session && st.epoch == Some(epoch)
+        })
     }
 
     /// Whether the carrier link answered a ping at or after `since`.
     fn carrier_answered_since(&self, link: Option<LinkId>, since: Instant) -> bool {
-        match (&self.carrier, link) {
-            (Some(d), Some(id)) => d
+        match (&self.own, link) {
+            (Some(own), Some(id)) => own
+                .driver
                 .with(|e, _| e.link_answered_since(id, since))
                 .unwrap_or(false),
             // Not a configured node's router (tests without nodes): nothing to wait for.
@@ -274,6 +329,9 @@ impl Router for ClientRouter {
     }
 
     fn route(&self, mut msg: Bytes) -> RouteFuture<'_> {
+        // Owners of this link's node's peer links that ended: acted on once this router's lock
+        // is let go (it takes other routers' locks).
+        let mut lost: Vec<u16> = Vec::new();
         let result = (|| {
             let mut subs = self.lock();
             let now = Instant::now();
@@ -285,6 +343,20 @@ impl Router for ClientRouter {
                 let Some(frame) = frame else {
                     return Ok(());
                 };
+                if let Routed::Down {
+                    node,
+                    session,
+                    epoch,
+                    code: DOWN_RELAY_LOST,
+                } = frame
+                {
+                    // From this link's node, about its own session: its peer link to `node`
+                    // ended. For a session or epoch given up since: stale, ignored.
+                    if self.own_session_is(session, epoch) && !lost.contains(&node) {
+                        lost.push(node);
+                    }
+                    continue;
+                }
                 let (node, session, epoch) = match &frame {
                     Routed::Section {
                         node,
@@ -368,6 +440,9 @@ impl Router for ClientRouter {
                 }
             }
         })();
+        for relay in lost {
+            self.routes.relay_lost(NodeId(relay), self.via);
+        }
         Box::pin(std::future::ready(result))
     }
 
@@ -449,7 +524,5 @@ impl Router for ClientRouter {
             // The link is gone: nothing to ping.
             self.drop_sub(s, now, None);
         }
-        drop(subs);
-        let _ = &self.routes;
     }
 }

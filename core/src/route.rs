@@ -30,6 +30,10 @@ pub const MAX_SECTION: usize = MAX_MESSAGE - ROUTE_HEADER;
 pub const DOWN_NO_PEER: u16 = 0;
 /// `ROUTE_DOWN` code: the owner has no session with that id and epoch.
 pub const DOWN_NO_SESSION: u16 = 1;
+/// `ROUTE_DOWN` code, from a node on its own client link: its peer link to `node` (a relay of
+/// its streams) ended, so the sub-links of its engine through `node` are dead. `session` and
+/// `epoch` are the sender's own (the session the link belongs to), not `node`'s.
+pub const DOWN_RELAY_LOST: u16 = 3;
 
 /// One frame of a routed message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +57,7 @@ pub enum Routed {
         session: SessionId,
         /// The epoch the refused section named.
         epoch: u64,
-        /// [`DOWN_NO_PEER`] or [`DOWN_NO_SESSION`] (others are ignored).
+        /// [`DOWN_NO_PEER`], [`DOWN_NO_SESSION`] or [`DOWN_RELAY_LOST`] (others are ignored).
         code: u16,
     },
 }

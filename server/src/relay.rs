@@ -30,7 +30,7 @@ use wanmux_core::driver::{BudgetSignal, LinkKind, SessionDriver};
 use wanmux_core::ids::{LinkId, SessionId};
 use wanmux_core::keys::PublicKey;
 use wanmux_core::peer::{Handle, PeerFrame, Via};
-use wanmux_core::route::{self, Routed, DOWN_NO_PEER, DOWN_NO_SESSION};
+use wanmux_core::route::{self, Routed, DOWN_NO_PEER, DOWN_NO_SESSION, DOWN_RELAY_LOST};
 
 /// Credit of a virtual link when it is made (protocol constant): section bytes the owner may
 /// send through one client link of a relay before the relay returns any. A relay holds at most
@@ -116,6 +116,8 @@ pub(crate) struct PeerCount {
 #[derive(Debug)]
 struct ViaQueue {
     client: Option<PublicKey>,
+    /// The session the link belongs to.
+    session: SessionId,
     /// The budget of the link's session (its client's account): what waits in this queue, and
     /// what this link's reader queues for owners, is counted in it.
     budget: Budget,
@@ -201,6 +203,7 @@ impl Relay {
     pub(crate) fn router(
         self: &Arc<Self>,
         client: Option<PublicKey>,
+        session: SessionId,
         budget: Budget,
         lane: bool,
     ) -> Arc<dyn Router> {
@@ -208,6 +211,7 @@ impl Relay {
         let via = Via(if lane { n | LANE_VIA } else { n });
         let queue = Arc::new(ViaQueue {
             client,
+            session,
             budget,
             state: Mutex::new(ViaState::default()),
         });
@@ -229,6 +233,33 @@ impl Relay {
                 st.push_down(peer, session, epoch);
             }
             st.owed.retain(|(owner, _), _| *owner != peer);
+        }
+    }
+
+    /// This node's peer link to `peer` ended while `peer` relayed for session `key`, whose epoch
+    /// here is `epoch`: the client learns on this node's own links of the session
+    /// (`ROUTE_DOWN` code 3) that the sub-links of this node's streams through `peer` are dead,
+    /// within one trip from here rather than when their pings go unanswered.
+    fn relay_lost(&self, peer: u16, key: Key, epoch: u64) {
+        let vias: Vec<Arc<ViaQueue>> = self
+            .vias()
+            .values()
+            .filter(|v| v.client == key.0 && v.session == key.1)
+            .cloned()
+            .collect();
+        for v in vias {
+            let mut b = BytesMut::new();
+            Routed::Down {
+                node: peer,
+                session: key.1,
+                epoch,
+                code: DOWN_RELAY_LOST,
+            }
+            .encode(&mut b);
+            let mut st = v.lock();
+            if !st.ended {
+                st.push(peer, Handle(0), b.freeze(), 0);
+            }
         }
     }
 
@@ -593,6 +624,8 @@ const MAX_BINDS: usize = 65_536;
 struct VirtualLink {
     driver: SessionDriver,
     id: LinkId,
+    /// The session (as the peer bound it) and this node's epoch of it.
+    key: Key,
     epoch: u64,
     writer: tokio::task::JoinHandle<()>,
 }
@@ -608,6 +641,22 @@ impl Drop for VirtualLink {
     fn drop(&mut self) {
         self.writer.abort();
         self.driver.remove_link(self.id);
+    }
+}
+
+impl Drop for PeerState {
+    /// The peer link ended (or was replaced): its virtual links end with it, and the client of
+    /// each session that had one learns it on this node's own links.
+    fn drop(&mut self) {
+        let Some(relay) = &self.relay else {
+            return;
+        };
+        let mut told = std::collections::HashSet::new();
+        for v in self.vlinks.values() {
+            if told.insert((v.key, v.epoch)) {
+                relay.relay_lost(self.peer, v.key, v.epoch);
+            }
+        }
     }
 }
 
@@ -741,7 +790,7 @@ impl PeerState {
         // pings, answered by the next virtual link, would confirm them to the client.
         for fresh in [false, true] {
             if !self.vlinks.contains_key(&via) {
-                self.add_vlink(relay, &driver, handle, via, epoch)?;
+                self.add_vlink(relay, &driver, (handle, key), via, epoch)?;
             }
             let id = self.vlinks[&via].id;
             match driver.handle_message(id, frames.clone()) {
@@ -769,7 +818,7 @@ impl PeerState {
         &mut self,
         relay: &Arc<Relay>,
         driver: &SessionDriver,
-        handle: Handle,
+        (handle, key): (Handle, Key),
         via: Via,
         epoch: u64,
     ) -> Result<(), &'static str> {
@@ -809,6 +858,7 @@ impl PeerState {
             VirtualLink {
                 driver: driver.clone(),
                 id,
+                key,
                 epoch,
                 writer,
             },

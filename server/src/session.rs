@@ -368,7 +368,7 @@ impl Sessions {
         };
         let router = self.relay.get().filter(|_| acc.hello.relay).map(|r| {
             let budget = driver.with(|s, _| s.budget().clone());
-            r.router(acc.client_key, budget, acc.hello.lane)
+            r.router(acc.client_key, key.1, budget, acc.hello.lane)
         });
         let end = driver::link::run_routed(
             driver,

@@ -580,3 +580,59 @@ async fn sub_links_are_not_added_again_onto_the_links_of_a_silent_node() {
     })
     .await;
 }
+
+/// A relay killed mid-transfer: its client links go silent and its peer link to the owner
+/// ends at once (the kernel resets the killed process's connections). The owner tells the
+/// client on its own links (`ROUTE_DOWN` code 3), so the client drops its sub-links through the
+/// dead node at once, rather than when their pings go unanswered (at least 2 s), and what they
+/// carried goes out on the owner's links. Nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_tells_the_client_at_once_when_a_relay_s_peer_link_ends() {
+    within(Duration::from_secs(120), async {
+        let (nodes, mut app, mut config, peer_relay) =
+            cluster_through(2, Spread::Stripe, OwnerPolicy::First, Some(2)).await;
+        let peer_relay = peer_relay.expect("a relay on the peer link");
+        config.transport = wanmux_config::LinkTransport::Tcp;
+        let client_relay = TcpRelay::start(nodes[1].local_addr(), Shape::default())
+            .await
+            .expect("relay starts");
+        if let ClientAuth::StaticKey { nodes: pinned, .. } = &mut config.auth {
+            pinned[1].node.addr = client_relay.addr().into();
+        }
+        let client = wanmux_client::start(config).await.expect("client starts");
+        client.wait_for_links(4).await;
+        wait_for_sub_links(&client, 2, 2).await;
+        let (up, down) = (48 << 20, 48 << 20);
+        let tasks = start_transfers(client.first_addr(), 4, up, down);
+        assert!(
+            eventually(Duration::from_secs(60), || {
+                let (s, r) = client.relayed(2, 1);
+                s > 2 << 20 && r > 2 << 20
+            })
+            .await,
+            "node 2 relays both ways: {:?}",
+            client.relayed(2, 1)
+        );
+        client_relay.blackhole(RelayLinks::All);
+        assert!(
+            peer_relay.reset(RelayLinks::All) >= 1,
+            "a peer link to reset"
+        );
+        let killed = std::time::Instant::now();
+        let dropped = eventually(Duration::from_secs(10), || client.sub_links(2, 1) == 0).await;
+        let after = killed.elapsed();
+        println!("sub-links through node 2 dropped after {after:?}");
+        assert!(dropped, "the sub-links through the dead relay are dropped");
+        // By their pings it takes at least 2 s (a ping unanswered that long declares a link
+        // dead); by the owner's word one trip from the owner (0.2-0.5 s in a debug build under
+        // this transfer's load).
+        assert!(
+            after < Duration::from_millis(1500),
+            "the sub-links were dropped after {after:?}: by their pings, not by the owner's word"
+        );
+        check_all(&mut app, tasks, up, down).await;
+        drop(nodes);
+        client.shutdown();
+    })
+    .await;
+}
