@@ -128,6 +128,15 @@ impl ServerHandle {
         self.sessions.relay().map_or((0, 0), |r| r.relayed(id))
     }
 
+    /// Sessions this node has bound (`BIND`) on its live peer link to `id` and not given up
+    /// (`UNBIND`): those with a client link here that relayed to `id`. 0 without a link.
+    pub fn sessions_bound(&self, id: u16) -> usize {
+        self.mesh
+            .as_ref()
+            .and_then(|m| m.peer(id))
+            .map_or(0, |p| p.bound_count())
+    }
+
     fn stop_accepting(&self) {
         self.accept.abort();
         if let Some(mesh) = &self.mesh {

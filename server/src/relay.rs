@@ -272,8 +272,12 @@ impl Relay {
         epoch: u64,
         frames: Bytes,
     ) -> Result<(), &'static str> {
-        let Some(key) = peer.bound(handle) else {
-            return Err("RELAY_DOWN for a handle this node did not bind");
+        let key = match peer.bound(handle) {
+            Ok(Some(key)) => key,
+            // Unbound since: the session's client links here are gone, and the owner learns
+            // it from their VIA_DOWN.
+            Ok(None) => return Ok(()),
+            Err(()) => return Err("RELAY_DOWN for a handle this node did not bind"),
         };
         let Some(v) = self.vias().get(&via).cloned() else {
             // The client link is gone; VIA_DOWN is on its way.
@@ -326,7 +330,7 @@ impl Relay {
 
     /// `NO_SESSION` from `peer`: it refused what client link `via` sent it.
     fn no_session(&self, peer: &PeerHandle, handle: Handle, via: Via, epoch: u64, code: u16) {
-        let Some(key) = peer.bound(handle) else {
+        let Ok(Some(key)) = peer.bound(handle) else {
             return;
         };
         let Some(v) = self.vias().get(&via).cloned() else {
@@ -503,7 +507,8 @@ impl Router for NodeRouter {
                     None => None,
                     Some(peer) => match peer.bind((self.queue.client, session)).await {
                         Err(_) => None,
-                        Ok(handle) => {
+                        Ok(bound) => {
+                            let handle = bound.handle();
                             let owed = self.queue.lock().via_down_owed.remove(&node);
                             if let Some(h) = owed {
                                 // Before anything new for the owner: it ends the virtual link
@@ -526,7 +531,9 @@ impl Router for NodeRouter {
                             }
                             .encode(&mut b);
                             let msg = self.counted_wait(b.freeze()).await;
-                            peer.send(msg).await.is_ok().then_some(handle)
+                            let sent = peer.send(msg).await.is_ok().then_some(handle);
+                            drop(bound);
+                            sent
                         }
                     },
                 };
@@ -584,7 +591,13 @@ impl Router for NodeRouter {
     }
 
     fn down(&self) {
-        self.relay.vias().remove(&self.via);
+        let last = {
+            let mut vias = self.relay.vias();
+            vias.remove(&self.via);
+            !vias
+                .values()
+                .any(|v| v.client == self.queue.client && v.session == self.queue.session)
+        };
         let mut st = self.queue.lock();
         st.ended = true;
         st.queue.clear();
@@ -599,6 +612,17 @@ impl Router for NodeRouter {
                 // A full queue loses it; the owner's engine then finds the virtual link dead
                 // by its pings, as for any silent link.
                 let _ = peer.try_send(b.freeze());
+            }
+        }
+        drop(st);
+        if last {
+            // The session has no client link here any more: its handles on the peer links
+            // are given up (`UNBIND`), after the VIA_DOWNs above.
+            let key = (self.queue.client, self.queue.session);
+            for id in self.relay.mesh.peers_up() {
+                if let Some(peer) = self.relay.mesh.peer(id) {
+                    peer.unbind(key);
+                }
             }
         }
     }
@@ -624,6 +648,8 @@ const MAX_BINDS: usize = 65_536;
 struct VirtualLink {
     driver: SessionDriver,
     id: LinkId,
+    /// The relay's handle of the session, which its `RELAY_DOWN`s name.
+    handle: Handle,
     /// The session (as the peer bound it) and this node's epoch of it.
     key: Key,
     epoch: u64,
@@ -777,10 +803,12 @@ impl PeerState {
                 return Ok(());
             }
         };
-        let stale = self
-            .vlinks
-            .get(&via)
-            .is_some_and(|v| v.epoch != epoch || !v.driver.same(&driver) || v.writer.is_finished());
+        let stale = self.vlinks.get(&via).is_some_and(|v| {
+            v.epoch != epoch
+                || v.handle != handle
+                || !v.driver.same(&driver)
+                || v.writer.is_finished()
+        });
         if stale {
             self.vlinks.remove(&via);
         }
@@ -858,6 +886,7 @@ impl PeerState {
             VirtualLink {
                 driver: driver.clone(),
                 id,
+                handle,
                 key,
                 epoch,
                 writer,

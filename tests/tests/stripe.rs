@@ -636,3 +636,39 @@ async fn the_owner_tells_the_client_at_once_when_a_relay_s_peer_link_ends() {
     })
     .await;
 }
+
+/// A relay gives up a session's handle on a peer link (`UNBIND`) once the session has no
+/// client link at the relay any more, so a long-lived peer link does not fill with the
+/// bindings of sessions long gone (the owner takes at most 65,536 and then closes the link).
+/// The next session binds anew and relays as before, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_unbinds_a_session_whose_client_links_are_gone() {
+    within(Duration::from_secs(120), async {
+        let (nodes, mut app, config) = cluster(2, Spread::Stripe, OwnerPolicy::First).await;
+        let (up, down) = (4 << 20, 4 << 20);
+        for round in 0..2 {
+            let client = wanmux_client::start(config.clone())
+                .await
+                .expect("client starts");
+            client.wait_for_links(4).await;
+            wait_for_sub_links(&client, 2, 2).await;
+            let tasks = start_transfers(client.first_addr(), 2, up, down);
+            check_all(&mut app, tasks, up, down).await;
+            let (s, r) = client.relayed(2, 1);
+            assert!(
+                s > 0 && r > 0,
+                "round {round}: node 2 relayed {s} up, {r} down"
+            );
+            assert_eq!(nodes[1].sessions_bound(1), 1, "round {round}: bound");
+            client.shutdown();
+            assert!(
+                eventually(Duration::from_secs(10), || nodes[1].sessions_bound(1) == 0).await,
+                "round {round}: node 2 still binds {} sessions on its link to node 1",
+                nodes[1].sessions_bound(1)
+            );
+        }
+        assert_eq!(nodes[1].peers_up(), vec![1], "the peer link stays up");
+        drop(nodes);
+    })
+    .await;
+}

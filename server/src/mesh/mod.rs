@@ -117,7 +117,36 @@ pub(crate) struct PeerHandle {
 struct Binds {
     by_key: HashMap<Key, Handle>,
     by_handle: HashMap<Handle, Key>,
+    /// Callers holding a [`Bound`] of the handle: a `RELAY` with it may still be on its way to
+    /// the link's queue, so the handle is not unbound yet.
+    users: HashMap<Handle, u32>,
     next: u32,
+}
+
+/// A handle in use by a caller of [`PeerHandle::bind`] until it has queued what uses it.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    binds: Arc<Mutex<Binds>>,
+    handle: Handle,
+}
+
+impl Bound {
+    /// The session's handle on the link.
+    pub(crate) fn handle(&self) -> Handle {
+        self.handle
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        let mut b = self.binds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = b.users.get_mut(&self.handle) {
+            *n -= 1;
+            if *n == 0 {
+                b.users.remove(&self.handle);
+            }
+        }
+    }
 }
 
 /// Why a message was not queued on a peer link.
@@ -138,12 +167,19 @@ pub(crate) enum SendError {
 impl PeerHandle {
     /// The handle of session `key` on this link; the first time, its `BIND` is queued before
     /// this returns (and before any other caller learns the handle), so every `RELAY` that uses
-    /// it follows the `BIND` on the link.
-    pub(crate) async fn bind(&self, key: Key) -> Result<Handle, SendError> {
-        let known = |binds: &Mutex<Binds>| {
+    /// it follows the `BIND` on the link. The handle is not unbound
+    /// ([`PeerHandle::unbind`]) while the returned [`Bound`] lives: drop it once what uses the
+    /// handle is queued, so the `UNBIND` follows it on the link.
+    pub(crate) async fn bind(&self, key: Key) -> Result<Bound, SendError> {
+        let known = |binds: &Arc<Mutex<Binds>>| {
             // Only map operations run under this lock.
-            let b = binds.lock().unwrap_or_else(|e| e.into_inner());
-            b.by_key.get(&key).copied()
+            let mut b = binds.lock().unwrap_or_else(|e| e.into_inner());
+            let h = b.by_key.get(&key).copied()?;
+            *b.users.entry(h).or_insert(0) += 1;
+            Some(Bound {
+                binds: binds.clone(),
+                handle: h,
+            })
         };
         if let Some(h) = known(&self.binds) {
             return Ok(h);
@@ -168,13 +204,57 @@ impl PeerHandle {
         let mut b = self.binds.lock().unwrap_or_else(|e| e.into_inner());
         b.by_key.insert(key, handle);
         b.by_handle.insert(handle, key);
-        Ok(handle)
+        b.users.insert(handle, 1);
+        Ok(Bound {
+            binds: self.binds.clone(),
+            handle,
+        })
     }
 
-    /// The session this node bound as `handle` on this link.
-    pub(crate) fn bound(&self, handle: Handle) -> Option<Key> {
+    /// Session `key` ended at this node: its handle on this link is given up with `UNBIND`,
+    /// unless a caller still holds it (a `RELAY` with it on its way to the queue) or the queue
+    /// is full; then it stays bound (a later session end, or the link's end, frees it; the
+    /// peer takes at most 65,536). Whether it was unbound.
+    pub(crate) fn unbind(&self, key: Key) -> bool {
+        let mut b = self.binds.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(&handle) = b.by_key.get(&key) else {
+            return false;
+        };
+        if b.users.contains_key(&handle) {
+            return false;
+        }
+        let mut msg = bytes::BytesMut::new();
+        PeerFrame::Unbind { handle }.encode(&mut msg);
+        // Under the lock: no caller can take the handle between the check and the queueing,
+        // so nothing that uses it follows the UNBIND.
+        if !matches!(self.try_send(msg.freeze()), Ok(true)) {
+            return false;
+        }
+        b.by_key.remove(&key);
+        b.by_handle.remove(&handle);
+        true
+    }
+
+    /// Sessions bound on this link now (this node's direction).
+    pub(crate) fn bound_count(&self) -> usize {
+        self.binds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_key
+            .len()
+    }
+
+    /// The session this node bound as `handle` on this link: `Ok(None)` for a handle it bound
+    /// and has unbound since (the peer may still use it until it reads the `UNBIND`), `Err` for
+    /// one it never gave out.
+    pub(crate) fn bound(&self, handle: Handle) -> Result<Option<Key>, ()> {
         let b = self.binds.lock().unwrap_or_else(|e| e.into_inner());
-        b.by_handle.get(&handle).copied()
+        match b.by_handle.get(&handle) {
+            Some(key) => Ok(Some(*key)),
+            // Handles are given out in order from 1.
+            None if handle.0 != 0 && handle.0 <= b.next => Ok(None),
+            None => Err(()),
+        }
     }
 
     /// The peer's node id.
@@ -432,6 +512,55 @@ mod tests {
     use wanmux_config::Service;
     use wanmux_core::keys::generate_keypair;
     use wanmux_core::peer::PeerFrame;
+
+    /// `UNBIND` is queued only once nobody holds the handle, after what they queued with it,
+    /// and a handle given back reads as unbound, not as never given out.
+    #[tokio::test]
+    async fn unbind_waits_for_the_handles_users_and_follows_their_messages() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let peer = PeerHandle {
+            id: 2,
+            addr: "127.0.0.1:9".parse().unwrap(),
+            instance: 1,
+            tx,
+            binds: Arc::default(),
+            binding: Arc::default(),
+        };
+        let key: Key = (
+            Some(generate_keypair().1),
+            wanmux_core::ids::SessionId([7; 16]),
+        );
+        let frame = |rx: &mut mpsc::Receiver<Bytes>| {
+            let mut b = rx.try_recv().expect("a message");
+            PeerFrame::decode(&mut b)
+                .expect("decodes")
+                .expect("a frame")
+        };
+        let bound = peer.bind(key).await.expect("bind");
+        let h = bound.handle();
+        assert_eq!(h, Handle(1));
+        assert!(matches!(frame(&mut rx), PeerFrame::Bind { handle, .. } if handle == h));
+        // A second user of the same session.
+        let again = peer.bind(key).await.expect("bind");
+        assert_eq!(again.handle(), h);
+        drop(bound);
+        assert!(!peer.unbind(key), "a user still holds the handle");
+        peer.send(Bytes::from_static(&[0x01, 0, 0, 0, 0, 0, 0, 0, 9]))
+            .await
+            .expect("queued");
+        drop(again);
+        assert!(peer.unbind(key));
+        assert!(matches!(frame(&mut rx), PeerFrame::Ping(9)));
+        assert!(matches!(frame(&mut rx), PeerFrame::Unbind { handle } if handle == h));
+        assert_eq!(peer.bound_count(), 0);
+        assert_eq!(peer.bound(h), Ok(None));
+        assert_eq!(peer.bound(Handle(2)), Err(()));
+        assert_eq!(peer.bound(Handle(0)), Err(()));
+        assert!(!peer.unbind(key), "nothing left to unbind");
+        // The session's next link binds a new handle.
+        let next = peer.bind(key).await.expect("bind");
+        assert_eq!(next.handle(), Handle(2));
+    }
 
     fn config(id: u16, key: PrivateKey, peer: (u16, SocketAddr, PublicKey)) -> ServerConfig {
         let mut c = ServerConfig::new(
