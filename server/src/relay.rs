@@ -299,10 +299,6 @@ impl Relay {
         if st.ended {
             return Ok(());
         }
-        let queued = st.queued.get(&peer.id()).copied().unwrap_or(0);
-        if queued + len > VIA_WINDOW {
-            return Err("RELAY_DOWN beyond the virtual link's credit");
-        }
         let signal = self.signal();
         if st.take_down(
             peer.id(),
@@ -317,7 +313,7 @@ impl Relay {
         } else {
             debug!(
                 peer = peer.id(),
-                "memory budget short: the owner's virtual link through a client link is shed"
+                "memory budget short or credit exceeded: the owner's virtual link through a client link is shed"
             );
             let mut b = BytesMut::new();
             PeerFrame::ViaDown { handle, via }.encode(&mut b);
@@ -365,8 +361,14 @@ impl ViaQueue {
 
 impl ViaState {
     /// Queues section `msg` of owner `owner` (`credit` bytes of its virtual link's credit),
-    /// counted in the link's budget; or, when the budget has no room for it, sheds the owner's
-    /// virtual link ([`ViaState::shed`]) and returns false.
+    /// counted in the link's budget; or, when the budget has no room for it or it goes beyond
+    /// the credit, sheds the owner's virtual link ([`ViaState::shed`]) and returns false.
+    ///
+    /// Beyond the credit, the owner and this queue disagree, which a shed can cause: the
+    /// owner's sections still on their way when its virtual link was shed are queued here
+    /// again, and the credit they return goes to its next virtual link through this client
+    /// link. Shedding again (rather than closing the peer link, and every session on it) keeps
+    /// what this queue holds within the credit all the same.
     #[allow(clippy::too_many_arguments, reason = "what one section names")]
     fn take_down(
         &mut self,
@@ -378,6 +380,11 @@ impl ViaState {
         session: SessionId,
         epoch: u64,
     ) -> bool {
+        let queued = self.queued.get(&owner).copied().unwrap_or(0);
+        if queued + credit > VIA_WINDOW {
+            self.shed(owner, session, epoch);
+            return false;
+        }
         match counted(msg, budget, signal) {
             Some(msg) => {
                 self.push(owner, handle, msg, credit);
@@ -1022,6 +1029,65 @@ mod tests {
             0,
             "the queues gave their memory back"
         );
+    }
+
+    /// An owner that sends beyond its via credit (after a shed its credit and the relay's queue
+    /// can disagree) has its virtual link through the client link shed again: its sections
+    /// dropped, `ROUTE_DOWN` for the client in their place, the queue never beyond the credit.
+    #[test]
+    fn a_section_beyond_the_via_credit_sheds_the_virtual_link() {
+        let budget = Budget::new(64 << 20);
+        let client = budget.account();
+        let mut st = ViaState::default();
+        let sess = SessionId([7; 16]);
+        let len = 60_000u64;
+        let mut sent = 0;
+        while sent + len <= VIA_WINDOW {
+            assert!(st.take_down(
+                2,
+                Handle(1),
+                section(2, 60_000),
+                len,
+                (&client, None),
+                sess,
+                3
+            ));
+            sent += len;
+        }
+        assert!(!st.take_down(
+            2,
+            Handle(1),
+            section(2, 60_000),
+            len,
+            (&client, None),
+            sess,
+            3
+        ));
+        assert_eq!(
+            st.queued.get(&2).copied().unwrap_or(0),
+            0,
+            "the owner's queue was emptied"
+        );
+        assert_eq!(st.queue.len(), 1, "only the ROUTE_DOWN is left");
+        let mut d = st.queue[0].2.clone();
+        assert!(matches!(
+            Routed::decode(&mut d),
+            Ok(Some(Routed::Down {
+                node: 2,
+                code: DOWN_NO_PEER,
+                ..
+            }))
+        ));
+        // The owner's next virtual link starts from an empty queue.
+        assert!(st.take_down(
+            2,
+            Handle(1),
+            section(2, 60_000),
+            len,
+            (&client, None),
+            sess,
+            3
+        ));
     }
 
     /// A counted message holds its bytes in the budget until its last handle is dropped, and a
