@@ -19,17 +19,31 @@ use std::collections::BTreeSet;
 use std::io;
 use std::sync::{Arc, RwLock};
 use tracing::{info, warn};
-use wanmux_config::{ServerAuth, ServerConfig};
+use wanmux_config::{ServerAuth, ServerConfig, ServerTls};
 use wanmux_core::keys::PublicKey;
 use wanmux_core::noise;
 
-/// The authentication new links are checked with; a reload replaces it.
+/// The authentication new links are checked with; a reload replaces it. With it, PKI mode's
+/// allow-list: `None` without `[tls]`, else the client certificates taken by identity (empty:
+/// every one the CA issued).
 #[derive(Debug)]
-pub(crate) struct SharedAuth(RwLock<Arc<noise::ServerAuth>>);
+pub(crate) struct SharedAuth(
+    RwLock<Arc<noise::ServerAuth>>,
+    RwLock<Option<Arc<BTreeSet<PublicKey>>>>,
+);
 
 impl SharedAuth {
-    pub(crate) fn new(auth: &ServerAuth) -> Self {
-        SharedAuth(RwLock::new(Arc::new(auth.into())))
+    pub(crate) fn new(auth: &ServerAuth, tls: Option<&ServerTls>) -> Self {
+        SharedAuth(
+            RwLock::new(Arc::new(auth.into())),
+            RwLock::new(tls.map(|t| Arc::new(t.allowed_certs.clone()))),
+        )
+    }
+
+    /// Whether a client certificate (that TLS verified) with identity `id` may connect.
+    pub(crate) fn allows_cert(&self, id: &PublicKey) -> bool {
+        let certs = self.1.read().expect("auth lock poisoned").clone();
+        certs.is_some_and(|c| c.is_empty() || c.contains(id))
     }
 
     /// What a link arriving now is checked with.
@@ -42,9 +56,12 @@ impl SharedAuth {
         *self.0.write().expect("auth lock poisoned") = Arc::new(auth.into());
     }
 
-    /// Whether a link that authenticated as `key` may still join a session: a reload may have
-    /// removed its key while its handshake ran.
-    pub(crate) fn still_allows(&self, key: Option<&PublicKey>) -> bool {
+    /// Whether a link that authenticated as `key` (a certificate's identity if `pki`) may still
+    /// join a session: a reload may have removed its key while its handshake ran.
+    pub(crate) fn still_allows(&self, key: Option<&PublicKey>, pki: bool) -> bool {
+        if pki {
+            return key.is_some_and(|k| self.allows_cert(k));
+        }
         let auth = self.current();
         match key {
             Some(key) => auth.allowed_clients.contains(key),
@@ -83,7 +100,7 @@ impl ServerHandle {
             };
             info!(services = ?names(&new), "services changed: new streams use the new list");
             self.sessions.set_services(new.services.clone());
-            now.services = new.services;
+            now.services = new.services.clone();
         }
 
         if let (
@@ -106,13 +123,41 @@ impl ServerHandle {
                 let removed: BTreeSet<_> = old.difference(fresh).collect();
                 *in_force = fresh.clone();
                 self.auth.replace(&now.auth);
-                let closed = self.sessions.close_clients(|key| fresh.contains(key));
+                let closed = self
+                    .sessions
+                    .close_clients(|key, pki| pki || fresh.contains(key));
                 info!(
                     added = ?added,
                     removed = ?removed,
                     sessions_closed = closed,
                     "allowed_clients changed: new links are checked against the new list; the \
                      sessions of removed keys are closed"
+                );
+            }
+        }
+        let certs = |c: &ServerConfig| c.tls.as_ref().map(|t| t.allowed_certs.clone());
+        if let (Some(old), Some(fresh), Some(in_force)) =
+            (certs(running), certs(&new), now.tls.as_mut())
+        {
+            if old != fresh {
+                let text = |s: &BTreeSet<PublicKey>| -> Vec<String> {
+                    s.iter()
+                        .map(|k| wanmux_core::tls::spki_text(k.as_bytes()))
+                        .collect()
+                };
+                let added = text(&fresh.difference(&old).copied().collect());
+                let removed = text(&old.difference(&fresh).copied().collect());
+                in_force.allowed_certs = fresh.clone();
+                *self.auth.1.write().expect("auth lock poisoned") = Some(Arc::new(fresh.clone()));
+                let closed = self
+                    .sessions
+                    .close_clients(|key, pki| !pki || fresh.is_empty() || fresh.contains(key));
+                info!(
+                    added = ?added,
+                    removed = ?removed,
+                    sessions_closed = closed,
+                    "allowed_clients (sha256: entries) changed: new links are checked against \
+                     the new list; the sessions of removed certificates are closed"
                 );
             }
         }
@@ -130,6 +175,8 @@ fn kept_settings(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static str
         }
     };
     check(running.listen != new.listen, "server.listen");
+    let files = |c: &ServerConfig| c.tls.as_ref().map(|t| t.files.paths.clone());
+    check(files(running) != files(new), "[tls]");
     check(running.quic != new.quic, "server.quic");
     check(running.node_id != new.node_id, "server.node_id");
     match (&running.auth, &new.auth) {
@@ -151,6 +198,7 @@ fn kept_settings(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static str
         (ServerAuth::PskOnly { psk: p1 }, ServerAuth::PskOnly { psk: p2 }) => {
             check(p1 != p2, "server.psk")
         }
+        (ServerAuth::PkiOnly, ServerAuth::PkiOnly) => {}
         _ => check(
             true,
             "the authentication mode (server.private_key, server.allowed_clients)",
