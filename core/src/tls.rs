@@ -28,6 +28,10 @@ pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 /// [`spki_hash`].
 pub const SPKI_PREFIX: &str = "sha256:";
 
+/// What [`CertFiles::check`]'s warning says of a chain that does not verify against the CA file
+/// (a warning only: the other ends may trust another CA).
+const NOT_FROM_CA: &str = "does not lead to the CA";
+
 /// What a certificate is for, which decides the extended key usage it must carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Usage {
@@ -192,6 +196,11 @@ impl CertFiles {
                     );
                 }
             }
+            Err(rustls::Error::InconsistentKeys(_)) => push(
+                Which::Key,
+                true,
+                "this key is not the key of cert_file's certificate".into(),
+            ),
             Err(e) => push(Which::Key, true, format!("cannot use this key: {e}")),
         }
         let anchors: Vec<_> = self
@@ -278,8 +287,8 @@ impl CertFiles {
                 Which::Cert,
                 false,
                 format!(
-                    "this chain does not lead to the CA in {ca}: fine only if the other ends \
-                     trust another CA that issued it"
+                    "this chain {NOT_FROM_CA} in {ca}: fine only if the other ends trust \
+                     another CA that issued it"
                 ),
             ),
             Err(e) => push(
@@ -560,5 +569,171 @@ pub mod issue {
             };
             params.signed_by(&self.cert, &self.key)?.pem()
         }
+    }
+
+    /// `tls ca --out DIR`: a new CA in `dir` (created if need be): `ca.pem`, its certificate
+    /// (for `ca_file` and `client_ca_file`), and `ca.key`, its key (mode 0600). Refuses to
+    /// overwrite either. Returns what to print.
+    pub fn make_ca(dir: &std::path::Path) -> std::io::Result<String> {
+        let ca = Ca::generate(SystemTime::now() + CA_VALIDITY).map_err(std::io::Error::other)?;
+        std::fs::create_dir_all(dir)?;
+        let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
+        write_new(&cert, &ca.cert_pem())?;
+        crate::keys::write_secret_file(&key, ca.key_pem().trim_end())?;
+        Ok(format!(
+            "CA certificate: {} (ca_file on clients, client_ca_file on nodes)\nCA key: {} \
+             (keep it off the nodes and clients; `tls issue --ca` reads it)\n",
+            cert.display(),
+            key.display()
+        ))
+    }
+
+    /// `tls issue --ca CA_DIR --name NAME --out DIR [--client]`: a certificate of the CA in
+    /// `ca_dir` (as [`make_ca`] wrote it) for `name`, valid `days` days from today:
+    /// `DIR/NAME.pem` and `DIR/NAME.key` (mode 0600). The result is checked against
+    /// `ca_dir/ca.pem` before it is written (with the checks of `check`). Returns what to print:
+    /// for a client, the `sha256:` identity that `allowed_clients` may list.
+    pub fn issue_files(
+        ca_dir: &std::path::Path,
+        name: &str,
+        out: &std::path::Path,
+        usage: Usage,
+        days: u32,
+    ) -> std::io::Result<String> {
+        use std::io::{Error, ErrorKind};
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("--name {name:?}: a DNS name, an IP address or a plain client name"),
+            ));
+        }
+        if usage == Usage::Node {
+            super::check_server_name(name).map_err(|m| Error::new(ErrorKind::InvalidInput, m))?;
+        }
+        let read = |f: &str| {
+            let path = ca_dir.join(f);
+            std::fs::read_to_string(&path)
+                .map_err(|e| Error::new(e.kind(), format!("{}: {e}", path.display())))
+        };
+        let (ca_pem, key_pem) = (read("ca.pem")?, read("ca.key")?);
+        let ca = Ca::from_key_pem(&key_pem).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidData,
+                format!("{}: {e}", ca_dir.join("ca.key").display()),
+            )
+        })?;
+        let now = SystemTime::now();
+        let issued = ca
+            .issue(name, usage, now, now + Duration::from_secs(86_400) * days)
+            .map_err(Error::other)?;
+        let files = super::CertFiles::from_pem(&issued.cert_pem, &issued.key_pem, &ca_pem, &[])
+            .map_err(|e| Error::new(ErrorKind::InvalidData, format!("{e:?}")))?;
+        let bad = |p: &super::Problem| p.error || p.message.contains(super::NOT_FROM_CA);
+        if let Some(p) = files.check(usage, now).into_iter().find(bad) {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                format!(
+                    "the new certificate does not check out against {} ({}): is ca.pem the \
+                     certificate of ca.key, made by `tls ca`?",
+                    ca_dir.join("ca.pem").display(),
+                    p.message
+                ),
+            ));
+        }
+        std::fs::create_dir_all(out)?;
+        let (cert, key) = (
+            out.join(format!("{name}.pem")),
+            out.join(format!("{name}.key")),
+        );
+        write_new(&cert, &issued.cert_pem)?;
+        crate::keys::write_secret_file(&key, issued.key_pem.trim_end())?;
+        let mut text = format!(
+            "certificate: {} (cert_file)\nkey: {} (key_file)\nvalid for {} days from today\n",
+            cert.display(),
+            key.display(),
+            days
+        );
+        if usage == Usage::Client {
+            text.push_str(&format!(
+                "identity: \"{}\" (for the nodes' allowed_clients, to take only named clients)\n",
+                super::spki_text(&issued.spki)
+            ));
+        }
+        Ok(text)
+    }
+
+    /// Writes `text` to the new file `path` (never over an existing one).
+    fn write_new(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    }
+}
+
+#[cfg(all(test, feature = "io"))]
+mod tests {
+    use super::issue::{issue_files, make_ca};
+    use super::*;
+
+    #[test]
+    fn tls_ca_and_tls_issue_make_files_that_check_out_and_never_overwrite() {
+        let dir = std::env::temp_dir().join(format!("wanmux-tls-tools-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (ca, out) = (dir.join("ca"), dir.join("out"));
+        make_ca(&ca).expect("tls ca");
+        assert!(make_ca(&ca).is_err(), "a second CA over the first");
+        let said = issue_files(&ca, "laptop", &out, Usage::Client, 60).expect("tls issue");
+        issue_files(&ca, "node.example", &out, Usage::Node, 60).expect("tls issue");
+        assert!(
+            issue_files(&ca, "laptop", &out, Usage::Client, 60).is_err(),
+            "overwrite"
+        );
+        assert!(
+            issue_files(&ca, "../x", &out, Usage::Client, 60).is_err(),
+            "a path"
+        );
+        assert!(
+            issue_files(&ca, "no name", &out, Usage::Node, 60).is_err(),
+            "a node name"
+        );
+
+        let files = |name: &str| {
+            CertFiles::read(CertPaths {
+                cert: out.join(format!("{name}.pem")),
+                key: out.join(format!("{name}.key")),
+                ca: ca.join("ca.pem"),
+                crls: Vec::new(),
+            })
+            .expect("readable")
+        };
+        let client = files("laptop");
+        assert!(client.check(Usage::Client, SystemTime::now()).is_empty());
+        assert!(files("node.example")
+            .check(Usage::Node, SystemTime::now())
+            .is_empty());
+        let id = spki_hash(&client.chain[0]).expect("an identity");
+        assert!(said.contains(&spki_text(&id)), "{said}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            for key in [ca.join("ca.key"), out.join("laptop.key")] {
+                let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+                assert_eq!(mode & 0o077, 0, "{}", key.display());
+            }
+        }
+
+        // A ca.pem of another CA than ca.key: refused before anything is written.
+        let other = dir.join("other");
+        make_ca(&other).expect("another CA");
+        std::fs::copy(other.join("ca.pem"), ca.join("ca.pem")).expect("copy");
+        let e = issue_files(&ca, "laptop-2", &out, Usage::Client, 60).expect_err("mismatch");
+        assert!(e.to_string().contains("ca.pem"), "{e}");
+        assert!(!out.join("laptop-2.pem").exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
