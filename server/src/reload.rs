@@ -6,7 +6,11 @@
 //!   links and streams) of a client key no longer listed are closed;
 //! - `[[service]]`: streams opened from now on find their service in the new list; streams
 //!   already connected keep their service connection;
-//! - `drain_timeout_ms`: the next drain waits the new time.
+//! - `drain_timeout_ms`: the next drain waits the new time;
+//! - `[tls]`'s files (read again: a renewed chain or key, another client CA, new revocation
+//!   lists) and the `sha256:` entries of `allowed_clients`: new QUIC links get them; the
+//!   sessions of certificates no longer listed are closed (a revoked certificate's links that
+//!   are up stay until they end: remove its identity from `allowed_clients` to close them).
 //!
 //! Kept until a restart, named in one `warn` line: the listen address, `quic`, the node id, the
 //! node's private key, the PSK and the authentication mode (clients pin the key and hold the
@@ -87,6 +91,14 @@ impl ServerHandle {
                 kept.join(", ")
             );
         }
+        // First what can fail, so that a failed reload changed nothing.
+        let tls_changed = match (&running.tls, &new.tls) {
+            (Some(old), Some(fresh)) => !same_files(&old.files, &fresh.files),
+            _ => false,
+        };
+        if let (true, Some(fresh), Some((listener, _))) = (tls_changed, &new.tls, &self.quic) {
+            listener.set_pki(Some(&fresh.files))?;
+        }
         let mut now = running.clone();
         now.drain_timeout = new.drain_timeout;
         now.warnings = new.warnings.clone();
@@ -135,6 +147,15 @@ impl ServerHandle {
                 );
             }
         }
+        if let (true, Some(fresh), Some(in_force)) =
+            (tls_changed, new.tls.as_ref(), now.tls.as_mut())
+        {
+            in_force.files = fresh.files.clone();
+            info!(
+                "[tls] files changed (certificate chain, key, client CA or revocation lists): \
+                 new QUIC links get them; links already up keep theirs"
+            );
+        }
         let certs = |c: &ServerConfig| c.tls.as_ref().map(|t| t.allowed_certs.clone());
         if let (Some(old), Some(fresh), Some(in_force)) =
             (certs(running), certs(&new), now.tls.as_mut())
@@ -165,6 +186,14 @@ impl ServerHandle {
     }
 }
 
+/// Whether two reads of `[tls]` hold the same certificates, key and revocation lists.
+fn same_files(a: &wanmux_core::tls::CertFiles, b: &wanmux_core::tls::CertFiles) -> bool {
+    a.chain == b.chain
+        && a.roots == b.roots
+        && a.crls == b.crls
+        && a.key.secret_der() == b.key.secret_der()
+}
+
 /// The settings that differ between `running` and `new` and cannot change at runtime, by
 /// their config keys.
 fn kept_settings(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
@@ -175,8 +204,12 @@ fn kept_settings(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static str
         }
     };
     check(running.listen != new.listen, "server.listen");
-    let files = |c: &ServerConfig| c.tls.as_ref().map(|t| t.files.paths.clone());
-    check(files(running) != files(new), "[tls]");
+    // Files of a [tls] that stays are read again (`reload`); adding or removing it changes
+    // the mode.
+    check(
+        running.tls.is_some() != new.tls.is_some(),
+        "[tls] (PKI mode)",
+    );
     check(running.quic != new.quic, "server.quic");
     check(running.node_id != new.node_id, "server.node_id");
     match (&running.auth, &new.auth) {

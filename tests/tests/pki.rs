@@ -232,3 +232,82 @@ async fn the_client_refuses_a_node_of_another_ca_or_name() {
     })
     .await;
 }
+
+/// A reload reads `[tls]` again: a revocation list added to it refuses the revoked client's new
+/// links (counted as `client_cert_revoked`) while another client of the CA keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_takes_a_new_revocation_list() {
+    use wanmux_core::tls::Usage;
+    within(LIMIT, async {
+        let day = Duration::from_secs(86_400);
+        let now = std::time::SystemTime::now();
+        let ca = Ca::generate(now + 365 * day).expect("a CA");
+        let pem = |i: &wanmux_core::tls::issue::Issued, crls: &[String]| {
+            CertFiles::from_pem(&i.cert_pem, &i.key_pem, &ca.cert_pem(), crls).expect("PEM")
+        };
+        let issue = |name: &str, usage| {
+            ca.issue(name, usage, now - day, now + 30 * day)
+                .expect("a certificate")
+        };
+        let (node, a, b) = (
+            issue("127.0.0.1", Usage::Node),
+            issue("a", Usage::Client),
+            issue("b", Usage::Client),
+        );
+        let mut running = None;
+        let mut t = Tunnel::start_with(Auth::Pki, 1, |server, client| {
+            server.tls = Some(ServerTls {
+                files: pem(&node, &[]),
+                allowed_certs: Default::default(),
+            });
+            if let ClientAuth::Pki { files, .. } = &mut client.auth {
+                *files = pem(&a, &[]);
+            }
+            running = Some(server.clone());
+        })
+        .await;
+        let running = running.expect("the node's config");
+        let mut client_b = t.client_config.clone();
+        if let ClientAuth::Pki { files, .. } = &mut client_b.auth {
+            *files = pem(&b, &[]);
+        }
+        // Before: b is taken.
+        let before = wanmux_client::start(client_b.clone())
+            .await
+            .expect("b starts");
+        tokio::time::timeout(Duration::from_secs(10), before.wait_for_links(1))
+            .await
+            .expect("b's link comes up");
+        before.shutdown();
+
+        let crl = ca.revocation_list(&[b.serial], 7 * day).expect("a CRL");
+        let mut new = running.clone();
+        new.tls.as_mut().expect("[tls]").files = pem(&node, &[crl]);
+        t.server
+            .reload(&running, new)
+            .await
+            .expect("the reload applies");
+        refused_after(&t, client_b, "client_cert_revoked").await;
+        t.check_transfer(MIB, MIB, 9).await;
+    })
+    .await;
+}
+
+/// As `refused`, for a node that may still hold sessions of earlier clients.
+async fn refused_after(t: &Tunnel, bad: ClientConfig, node_reason: &str) {
+    let node_before = failures(&t.server.status(), node_reason);
+    let client = wanmux_client::start(bad).await.expect("client starts");
+    let counted = eventually(Duration::from_secs(10), || {
+        failures(&t.server.status(), node_reason) > node_before
+            && failures(&client.status(), "tls") > 0
+    })
+    .await;
+    assert!(
+        counted,
+        "refusal not counted: node {:?}, client {:?}",
+        t.server.status().handshake_failures,
+        client.status().handshake_failures
+    );
+    assert_eq!(client.live_links(), 0, "a refused client has a link");
+    client.shutdown();
+}

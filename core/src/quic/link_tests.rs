@@ -330,7 +330,7 @@ fn node_presenting(signer: Option<&rcgen::KeyPair>) -> Listener {
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Presents(Arc::new(certified))));
     tls.alpn_protocols = Offer::Current.alpn();
-    listener(loopback(), tls).expect("node endpoint")
+    listener(loopback(), tls, Offer::Current).expect("node endpoint")
 }
 
 /// The client's verifier checks the TLS handshake signature against the certificate: a node

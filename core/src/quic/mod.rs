@@ -257,8 +257,10 @@ impl Paths {
 #[derive(Clone, Debug)]
 pub struct Listener {
     endpoint: Endpoint,
-    config: quinn::ServerConfig,
+    /// Replaced by [`Listener::set_pki`].
+    config: Arc<std::sync::RwLock<quinn::ServerConfig>>,
     paths: Arc<Paths>,
+    offer: Offer,
 }
 
 impl Listener {
@@ -298,6 +300,11 @@ pub fn server_endpoint_with(
     offer: Offer,
     pki: Option<&CertFiles>,
 ) -> io::Result<Listener> {
+    listener(addr, server_tls(offer, pki)?, offer)
+}
+
+/// The node's TLS configuration: see [`server_endpoint_with`].
+fn server_tls(offer: Offer, pki: Option<&CertFiles>) -> io::Result<rustls::ServerConfig> {
     let other = |e: &dyn std::fmt::Display| io::Error::other(e.to_string());
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -329,13 +336,24 @@ pub fn server_endpoint_with(
     };
     tls.alpn_protocols = offer.alpn();
     tls.max_early_data_size = 0;
-    listener(addr, tls)
+    Ok(tls)
 }
 
-/// A node's endpoint on `addr` with the TLS configuration `tls`.
-fn listener(addr: SocketAddr, tls: rustls::ServerConfig) -> io::Result<Listener> {
-    let other = |e: &dyn std::fmt::Display| io::Error::other(e.to_string());
-    let crypto = QuicServerConfig::try_from(tls).map_err(|e| other(&e))?;
+impl Listener {
+    /// Replaces PKI mode's certificates (a reload: new revocation lists, a renewed chain, a
+    /// new client CA): connections that arrive from now on get them; links already up keep
+    /// theirs.
+    pub fn set_pki(&self, pki: Option<&CertFiles>) -> io::Result<()> {
+        let config = server_config(server_tls(self.offer, pki)?)?;
+        self.endpoint.set_server_config(Some(config.clone()));
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+        Ok(())
+    }
+}
+
+/// The endpoint's server configuration around `tls`.
+fn server_config(tls: rustls::ServerConfig) -> io::Result<quinn::ServerConfig> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| io::Error::other(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     // The endpoint's default; `accept` gives each link its path's transport instead.
     config.transport_config(transport(true, PaceConfig::default()));
@@ -346,6 +364,12 @@ fn listener(addr: SocketAddr, tls: rustls::ServerConfig) -> io::Result<Listener>
         .max_incoming(MAX_INCOMING)
         .incoming_buffer_size(INCOMING_BUFFER)
         .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
+    Ok(config)
+}
+
+/// A node's endpoint on `addr` with the TLS configuration `tls`.
+fn listener(addr: SocketAddr, tls: rustls::ServerConfig, offer: Offer) -> io::Result<Listener> {
+    let config = server_config(tls)?;
     let endpoint = Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(config.clone()),
@@ -354,8 +378,9 @@ fn listener(addr: SocketAddr, tls: rustls::ServerConfig) -> io::Result<Listener>
     )?;
     Ok(Listener {
         endpoint,
-        config,
+        config: Arc::new(std::sync::RwLock::new(config)),
         paths: Arc::default(),
+        offer,
     })
 }
 
@@ -524,7 +549,12 @@ pub async fn accept(
     incoming: quinn::Incoming,
     timeout: Duration,
 ) -> Result<Stream, LinkError> {
-    let mut config = listener.config.clone();
+    // Only a clone runs under this lock.
+    let mut config = listener
+        .config
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     config.transport_config(
         listener
             .paths
