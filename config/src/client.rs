@@ -495,6 +495,20 @@ impl ClientConfig {
     /// keys but no lines.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errs = Collector::new("");
+        if let ClientAuth::Pki { nodes, .. } = &self.auth {
+            if self.transport != LinkTransport::Quic {
+                errs.push(
+                    "links.transport",
+                    None,
+                    "PKI mode runs on QUIC links only: set it to quic",
+                );
+            }
+            for (i, n) in nodes.iter().enumerate() {
+                if let Err(m) = rustls_name(&n.tls_name) {
+                    errs.push(format!("node[{i}].tls_name"), None, m);
+                }
+            }
+        }
         if self.nodes().next().is_none() {
             errs.push("node", None, "at least one [[node]] is required");
         }
@@ -936,12 +950,19 @@ fn convert_auth(
                 None
             }
             (Some(v), false) => {
+                let mode = if pki_mode {
+                    "PKI mode"
+                } else {
+                    "PSK-only mode"
+                };
                 errs.push(
                     &pk_key,
                     Some(v.span()),
-                    "the client has no private key (PSK-only or PKI mode), where a server key \
-                     cannot be checked: set client.private_key or client.private_key_file for \
-                     static-key mode, or remove this key",
+                    format!(
+                        "the client has no private key ({mode}), where a server key cannot be \
+                         checked: set client.private_key or client.private_key_file for \
+                         static-key mode, or remove this key"
+                    ),
                 );
                 None
             }

@@ -258,6 +258,16 @@ impl ServerConfig {
                 );
             }
         }
+        if matches!(self.auth, ServerAuth::PkiOnly) && self.tls.is_none() {
+            errs.push("tls", None, "PKI-only mode needs [tls]");
+        }
+        if self.tls.is_some() && !self.quic {
+            errs.push(
+                "server.quic",
+                None,
+                "[tls] (PKI mode) runs on QUIC links: set server.quic = true or remove [tls]",
+            );
+        }
         if let Some(m) = common::timeout_problem(self.handshake_timeout) {
             errs.push("server.handshake_timeout_ms", None, m);
         }

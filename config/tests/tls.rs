@@ -264,3 +264,54 @@ fn tls_keys_in_the_wrong_place_are_errors() {
         "{errs:?}"
     );
 }
+
+/// A config built in code: `validate` applies the same rules (QUIC links only, a name a
+/// certificate can carry, `[tls]` for a PKI-only node).
+#[test]
+fn validate_applies_the_pki_rules_to_code_built_configs() {
+    use wanmux_config::{CertFiles, LinkTransport, NamedNode, Node, PortMap, ServiceName};
+    let ca = ca();
+    let me = issue(&ca, "laptop", Usage::Client, 365);
+    let files = CertFiles::from_pem(&me.cert_pem, &me.key_pem, &ca.cert_pem(), &[]).expect("PEM");
+    let node = Node {
+        id: 1.try_into().unwrap(),
+        addr: "127.0.0.1:4480"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    };
+    let auth = |name: &str| ClientAuth::Pki {
+        files: files.clone(),
+        nodes: vec![NamedNode {
+            node: node.clone(),
+            tls_name: name.into(),
+        }],
+    };
+    let map = vec![PortMap {
+        listen: "127.0.0.1:9000".parse().unwrap(),
+        service: ServiceName::new("web").unwrap(),
+        spread: Default::default(),
+    }];
+    let mut c = ClientConfig::new(auth("127.0.0.1"), map);
+    c.transport = LinkTransport::Quic;
+    c.validate().unwrap_or_else(|e| panic!("{e}"));
+    c.transport = LinkTransport::Tcp;
+    let errs = c.validate().expect_err("TCP links in PKI mode");
+    assert_eq!(errs.errors[0].key, "links.transport");
+    c.transport = LinkTransport::Quic;
+    c.auth = auth("not a name");
+    let errs = c.validate().expect_err("a bad name");
+    assert_eq!(errs.errors[0].key, "node[0].tls_name");
+
+    let s = ServerConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        1.try_into().unwrap(),
+        ServerAuth::PkiOnly,
+        vec![wanmux_config::Service {
+            name: ServiceName::new("web").unwrap(),
+            target: "127.0.0.1:80".parse().unwrap(),
+        }],
+    );
+    let errs = s.validate().expect_err("PKI-only without [tls]");
+    assert_eq!(errs.errors[0].key, "tls");
+}
