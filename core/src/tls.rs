@@ -167,11 +167,12 @@ impl CertFiles {
         })
     }
 
-    /// Checks the files as `usage`'s end at time `now`: the key matches the certificate, the
-    /// chain leads to the CA of `roots` (when `own_ca` says the CA that issued this end's
-    /// certificate is the one in `roots`: a client's `ca_file`, which vouches for the nodes,
-    /// normally is the CA of the clients too; a node's `client_ca_file` normally too), and the
-    /// certificate is valid now (an error) and still in [`EXPIRY_WARNING`] (a warning).
+    /// Checks the files as `usage`'s end at time `now`: the key matches the certificate (an
+    /// error); the chain verifies against the CA of `roots` (an error when it does not verify,
+    /// expired or not yet valid included; only a warning when it leads to another CA, since a
+    /// client's `ca_file` vouches for the nodes and need not have issued the client's own
+    /// certificate); and a certificate of the chain that expires within [`EXPIRY_WARNING`] is
+    /// a warning, with the date.
     pub fn check(&self, usage: Usage, now: SystemTime) -> Vec<Problem> {
         let mut problems = Vec::new();
         let mut push = |which, error, message: String| {
