@@ -311,3 +311,77 @@ async fn refused_after(t: &Tunnel, bad: ClientConfig, node_reason: &str) {
     assert_eq!(client.live_links(), 0, "a refused client has a link");
     client.shutdown();
 }
+
+/// A reload that drops a certificate's identity from `allowed_clients` closes that client's
+/// session and refuses its new links; a key-mode client of the same node keeps its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_without_a_certificates_identity_closes_its_session_only() {
+    within(LIMIT, async {
+        let day = Duration::from_secs(86_400);
+        let ca = Ca::generate(std::time::SystemTime::now() + 365 * day).expect("a CA");
+        let (node_files, a) = pki_files_from(&ca, "a");
+        let a_id = identity(&a);
+        let mut running = None;
+        let mut t = Tunnel::start_with(Auth::Static { psk: false }, 1, |server, client| {
+            server.tls = Some(ServerTls {
+                files: node_files,
+                allowed_certs: [a_id].into(),
+            });
+            client.transport = LinkTransport::Quic;
+            running = Some(server.clone());
+        })
+        .await;
+        let running = running.expect("the node's config");
+        let mut pki = t.client_config.clone();
+        let nodes = t.client_config.auth.nodes().cloned().collect::<Vec<_>>();
+        pki.auth = ClientAuth::Pki {
+            files: a,
+            nodes: nodes
+                .into_iter()
+                .map(|node| wanmux_config::NamedNode {
+                    node,
+                    tls_name: "127.0.0.1".into(),
+                })
+                .collect(),
+        };
+        let client_a = wanmux_client::start(pki.clone()).await.expect("a starts");
+        tokio::time::timeout(Duration::from_secs(10), client_a.wait_for_links(1))
+            .await
+            .expect("a's link comes up");
+        assert_eq!(t.server.session_count(), 2);
+        let link_ids = |st: &Status| -> Vec<u64> {
+            st.sessions
+                .iter()
+                .flat_map(|s| &s.links)
+                .map(|l| l.id)
+                .collect()
+        };
+        let key_links = link_ids(&t.client.status());
+
+        let mut new = running.clone();
+        new.tls.as_mut().expect("[tls]").allowed_certs = [PublicKey::from_bytes([9; 32])].into();
+        t.server
+            .reload(&running, new)
+            .await
+            .expect("the reload applies");
+        assert!(
+            eventually(Duration::from_secs(10), || t.server.session_count() == 1).await,
+            "a's session was not closed"
+        );
+        let before = failures(&t.server.status(), "unknown_client");
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                failures(&t.server.status(), "unknown_client") > before
+            })
+            .await,
+            "a's new links are not refused: {:?}",
+            t.server.status().handshake_failures
+        );
+        assert_eq!(client_a.live_links(), 0);
+        client_a.shutdown();
+        // The key-mode client was not touched: the same link throughout.
+        t.check_transfer(MIB, MIB, 11).await;
+        assert_eq!(link_ids(&t.client.status()), key_links);
+    })
+    .await;
+}
