@@ -38,6 +38,19 @@
 //! relied on at all: Noise encrypts every message end to end, as on TCP. (A man in the middle
 //! who makes both sides settle on `wanmux/1` gets the links of today, which Noise protects.)
 //!
+//! # PKI mode
+//!
+//! With certificates of an operator CA ([`CertFiles`]; `docs/PROTOCOL.md`, "PKI mode") TLS is
+//! the authentication as well: the client checks the node's chain and name with rustls'
+//! `WebPkiServerVerifier` ([`client_endpoint_with`], [`connect_named`]) and presents its own
+//! certificate, which the node checks with `WebPkiClientVerifier` against its client CA and
+//! revocation lists ([`server_endpoint_with`], [`Listener::set_pki`]). Such a node still takes
+//! key-mode clients (a certificate is asked for, not required): [`Stream::client_cert`] says
+//! which kind a link is, and [`Stream::accept_with`] runs the PKI hello
+//! ([`noise::accept_pki_stream`]) or the bound Noise handshake accordingly. A certificate
+//! refused at either end closes the connection with a TLS alert, reported as
+//! [`LinkError::Tls`] with rustls' reason.
+//!
 //! One [`Endpoint`] (one UDP socket) serves all QUIC links of a daemon: the client dials from
 //! one ([`Dialer`]), the node accepts on one bound to its listen address ([`Listener`]). The
 //! links to or from one peer address share their congestion controllers' [`PathShare`].
