@@ -99,6 +99,8 @@ pub(crate) struct QuicEndpoints {
     v6: std::sync::Mutex<Option<quic::Dialer>>,
     /// The link versions they offer.
     offer: quic::Offer,
+    /// PKI mode's certificates (`[tls]`).
+    tls: Option<wanmux_core::tls::CertFiles>,
 }
 
 impl QuicEndpoints {
@@ -108,6 +110,12 @@ impl QuicEndpoints {
             offer,
             ..QuicEndpoints::default()
         }
+    }
+
+    /// Endpoints in PKI mode with `tls`'s certificates, if given.
+    pub(crate) fn with_tls(mut self, tls: Option<&wanmux_core::tls::CertFiles>) -> QuicEndpoints {
+        self.tls = tls.cloned();
+        self
     }
 
     fn for_peer(&self, peer: SocketAddr) -> std::io::Result<quic::Dialer> {
@@ -121,7 +129,7 @@ impl QuicEndpoints {
         if let Some(ep) = &*slot {
             return Ok(ep.clone());
         }
-        let ep = quic::client_endpoint_offering(local, self.offer)?;
+        let ep = quic::client_endpoint_with(local, self.offer, self.tls.as_ref())?;
         *slot = Some(ep.clone());
         Ok(ep)
     }
@@ -389,7 +397,13 @@ impl Slot {
                 "the node's host name has no address",
             )))?;
         let endpoint = endpoints.for_peer(peer)?;
-        quic::connect(&endpoint, peer, within).await
+        match &self.auth {
+            // PKI mode: the node's certificate must carry this name.
+            ClientAuth::Pki { server_name } => {
+                quic::connect_named(&endpoint, peer, server_name, within).await
+            }
+            _ => quic::connect(&endpoint, peer, within).await,
+        }
     }
 
     /// The Noise handshake on a QUIC link's stream (bound to its TLS connection on `wanmux/2`),

@@ -249,10 +249,9 @@ pub async fn start_with(config: ClientConfig, options: Options) -> io::Result<Cl
     let signal = BudgetSignal::default();
     let span = tracing::info_span!("session", id = %session_id);
     // One UDP socket per address family for every QUIC link to every node.
-    let quic: Option<Arc<dial::QuicEndpoints>> = config
-        .transport
-        .may_use_quic()
-        .then(|| Arc::new(dial::QuicEndpoints::offering(options.quic_offer)));
+    let quic: Option<Arc<dial::QuicEndpoints>> = config.transport.may_use_quic().then(|| {
+        Arc::new(dial::QuicEndpoints::offering(options.quic_offer).with_tls(config.auth.tls()))
+    });
     let mut host = Vec::new();
     // Under `auto` the TCP settings matter only once a node falls back to TCP: their warnings
     // wait until then.

@@ -16,10 +16,11 @@ pub(crate) const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// The `reason` labels of failed dials (`wanmux_handshake_failures_total` on the client), in
 /// the order of [`Dials::counts`].
-const REASONS: [&str; 7] = [
+const REASONS: [&str; 8] = [
     "refused_by_node",
     "connection_refused",
     "auth",
+    "tls",
     "node_id_mismatch",
     "timeout",
     "io",
@@ -123,6 +124,7 @@ fn reason(e: &LinkError) -> &'static str {
         LinkError::Io(io) if io.kind() == ErrorKind::ConnectionReset => "refused_by_node",
         LinkError::Io(io) if io.kind() == ErrorKind::ConnectionRefused => "connection_refused",
         LinkError::Auth(_) => "auth",
+        LinkError::Tls(_) => "tls",
         LinkError::Protocol("node id mismatch") => "node_id_mismatch",
         LinkError::Timeout => "timeout",
         LinkError::Io(_) => "io",
@@ -150,6 +152,12 @@ fn explain(e: &LinkError, node: &dyn std::fmt::Display, addr: &str, quic: bool) 
         LinkError::Auth(_) => "the node's handshake reply did not decrypt: the PSK differs from \
                                the node's, or node.public_key is not this node's key"
             .to_owned(),
+        LinkError::Tls(why) => format!(
+            "TLS refused the link ({why}): in PKI mode the node's certificate must be issued by \
+             the CA of tls.ca_file, be valid now and carry node.tls_name (default: the host of \
+             node.addr), and the node must take this client's certificate (tls.cert_file, \
+             issued by the CA of its tls.client_ca_file, not revoked)"
+        ),
         LinkError::Protocol("node id mismatch") => format!(
             "the node at {addr} reports another node id than node.id = {node} here: node.id must \
              equal the node's server.node_id"

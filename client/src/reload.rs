@@ -191,6 +191,24 @@ fn kept_settings(running: &ClientConfig, new: &ClientConfig) -> Vec<&'static str
         (ClientAuth::PskOnly { psk: p1, .. }, ClientAuth::PskOnly { psk: p2, .. }) => {
             check(p1 != p2, "client.psk")
         }
+        (
+            ClientAuth::Pki {
+                files: f1,
+                nodes: n1,
+            },
+            ClientAuth::Pki {
+                files: f2,
+                nodes: n2,
+            },
+        ) => {
+            check(f1.paths != f2.paths, "[tls]");
+            check(
+                !n1.iter()
+                    .map(|n| &n.tls_name)
+                    .eq(n2.iter().map(|n| &n.tls_name)),
+                "node.tls_name",
+            );
+        }
         _ => check(
             true,
             "the authentication mode (client.private_key, node.public_key)",

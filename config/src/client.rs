@@ -134,6 +134,23 @@ pub enum ClientAuth {
         /// The nodes.
         nodes: Vec<Node>,
     },
+    /// PKI mode (`[tls]`; QUIC links only): the nodes' certificates are verified against the
+    /// CA and each node's name, and the client presents its own certificate. No Noise.
+    Pki {
+        /// The client's chain and key, and the CA of the nodes' certificates, read and checked.
+        files: wanmux_core::tls::CertFiles,
+        /// The nodes, each with the name its certificate must carry.
+        nodes: Vec<NamedNode>,
+    },
+}
+
+/// A node with the name its certificate must carry (PKI mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedNode {
+    /// The node.
+    pub node: Node,
+    /// `node[i].tls_name`, default the host of its first address.
+    pub tls_name: String,
 }
 
 /// A server node to dial.
@@ -211,6 +228,11 @@ pub enum NodeHandshake<'a> {
     PskOnly {
         /// The PSK.
         psk: &'a Psk,
+    },
+    /// PKI mode: TLS with certificates (the certificates are the client's QUIC endpoint's).
+    Pki {
+        /// The name the node's certificate must carry.
+        server_name: &'a str,
     },
 }
 
@@ -356,6 +378,9 @@ impl From<NodeHandshake<'_>> for wanmux_core::auth::ClientAuth {
                 psk: psk.cloned(),
             },
             NodeHandshake::PskOnly { psk } => Self::Psk(psk.clone()),
+            NodeHandshake::Pki { server_name } => Self::Pki {
+                server_name: server_name.to_owned(),
+            },
         }
     }
 }
@@ -366,6 +391,15 @@ impl ClientAuth {
         match self {
             ClientAuth::StaticKey { nodes, .. } => Box::new(nodes.iter().map(|p| &p.node)),
             ClientAuth::PskOnly { nodes, .. } => Box::new(nodes.iter()),
+            ClientAuth::Pki { nodes, .. } => Box::new(nodes.iter().map(|n| &n.node)),
+        }
+    }
+
+    /// PKI mode's certificate files (`[tls]`), if the client runs in it.
+    pub fn tls(&self) -> Option<&wanmux_core::tls::CertFiles> {
+        match self {
+            ClientAuth::Pki { files, .. } => Some(files),
+            _ => None,
         }
     }
 
@@ -389,6 +423,12 @@ impl ClientAuth {
                     .iter()
                     .map(move |n| (n, NodeHandshake::PskOnly { psk })),
             ),
+            ClientAuth::Pki { nodes, .. } => Box::new(nodes.iter().map(|n| {
+                let hs = NodeHandshake::Pki {
+                    server_name: &n.tls_name,
+                };
+                (&n.node, hs)
+            })),
         }
     }
 }
@@ -455,6 +495,20 @@ impl ClientConfig {
     /// keys but no lines.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errs = Collector::new("");
+        if let ClientAuth::Pki { nodes, .. } = &self.auth {
+            if self.transport != LinkTransport::Quic {
+                errs.push(
+                    "links.transport",
+                    None,
+                    "PKI mode runs on QUIC links only: set it to quic",
+                );
+            }
+            for (i, n) in nodes.iter().enumerate() {
+                if let Err(m) = rustls_name(&n.tls_name) {
+                    errs.push(format!("node[{i}].tls_name"), None, m);
+                }
+            }
+        }
         if self.nodes().next().is_none() {
             errs.push("node", None, "at least one [[node]] is required");
         }
@@ -579,6 +633,7 @@ struct RawClientFile {
     cluster: Option<Spanned<RawCluster>>,
     metrics: Option<Spanned<RawMetrics>>,
     control: Option<Spanned<RawControl>>,
+    tls: Option<Spanned<crate::tls::RawClientTls>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -606,6 +661,7 @@ struct RawNode {
     id: Option<Spanned<i64>>,
     addr: Option<Spanned<RawAddrs>>,
     public_key: Option<Spanned<String>>,
+    tls_name: Option<Spanned<String>>,
 }
 
 /// `node.addr` as written: one host:port string, or an array of them. A value of another type,
@@ -701,24 +757,46 @@ impl RawClientFile {
             client.drain_timeout_ms.as_ref(),
             ClientConfig::DEFAULT_DRAIN_TIMEOUT,
         );
+        let tls = self.tls.as_ref().map(|t| {
+            (
+                t.span(),
+                crate::tls::RawClientTls::convert(t, errs, base_dir),
+            )
+        });
         let auth = convert_auth(
             client,
             client_span,
             self.node.as_deref().unwrap_or_default(),
             errs,
             base_dir,
+            tls.as_ref()
+                .map(|(span, files)| (span.clone(), files.clone())),
         );
         let links = convert_links(self.links.as_ref(), errs);
         let congestion = self.links.as_ref().and_then(|l| {
             common::congestion(errs, "links.congestion", l.get_ref().congestion.as_ref())
         });
-        let transport = convert_transport(
-            errs,
-            "links.transport",
-            self.links
-                .as_ref()
-                .and_then(|l| l.get_ref().transport.as_ref()),
-        );
+        let raw_transport = self
+            .links
+            .as_ref()
+            .and_then(|l| l.get_ref().transport.as_ref());
+        let mut transport = convert_transport(errs, "links.transport", raw_transport);
+        if let Some((span, _)) = &tls {
+            // PKI mode has no Noise handshake, so no TCP links: QUIC, unless set otherwise.
+            match (transport, raw_transport) {
+                (Some(LinkTransport::Auto), None) => transport = Some(LinkTransport::Quic),
+                (Some(LinkTransport::Quic), _) | (None, _) => {}
+                (Some(_), v) => {
+                    errs.push(
+                        "links.transport",
+                        v.map(|v| v.span()).or(Some(span.clone())),
+                        "[tls] (PKI mode) runs on QUIC links only: set links.transport = \"quic\" \
+                         (its default with [tls]) or remove [tls]",
+                    );
+                    transport = None;
+                }
+            }
+        }
         let lanes = convert_lanes(
             errs,
             self.links.as_ref().and_then(|l| l.get_ref().lanes.as_ref()),
@@ -763,6 +841,7 @@ fn convert_auth(
     raw_nodes: &[Spanned<RawNode>],
     errs: &mut Collector<'_>,
     base_dir: &Path,
+    tls: Option<(std::ops::Range<usize>, Option<wanmux_core::tls::CertFiles>)>,
 ) -> Option<ClientAuth> {
     let private_key: Loaded<PrivateKey> = KeySource {
         prefix: "client",
@@ -779,12 +858,36 @@ fn convert_auth(
     }
     .load(errs, base_dir);
     let static_mode = private_key.is_present();
-    if !static_mode && !psk.is_present() {
+    let pki_mode = tls.is_some();
+    if pki_mode && (static_mode || psk.is_present()) {
+        let (key, span) = if static_mode {
+            (
+                "client.private_key",
+                client
+                    .private_key
+                    .as_ref()
+                    .or(client.private_key_file.as_ref()),
+            )
+        } else {
+            (
+                "client.psk",
+                client.psk.as_ref().or(client.psk_file.as_ref()),
+            )
+        };
+        errs.push(
+            key,
+            span.map(|v| v.span()).or(client_span.clone()),
+            "[tls] (PKI mode) replaces the Noise keys on this client's links: remove this key, \
+             or remove [tls] for key mode",
+        );
+    }
+    if !static_mode && !psk.is_present() && !pki_mode {
         errs.push(
             "client.psk",
             client_span,
             "missing: without a private key the client runs in PSK-only mode, which needs psk \
-             or psk_file (or set private_key or private_key_file for static-key mode)",
+             or psk_file (or set private_key or private_key_file for static-key mode, or add \
+             [tls] for PKI mode)",
         );
     }
 
@@ -812,6 +915,27 @@ fn convert_auth(
             "host:port, or an array of them",
         )
         .and_then(|v| convert_addrs(errs, i, v, &mut listed));
+        let tls_name = match (&n.tls_name, pki_mode) {
+            (Some(v), true) => match rustls_name(v.get_ref()) {
+                Ok(()) => Some(v.get_ref().clone()),
+                Err(m) => {
+                    errs.push(format!("node[{i}].tls_name"), Some(v.span()), m);
+                    ok = false;
+                    None
+                }
+            },
+            (Some(v), false) => {
+                errs.push(
+                    format!("node[{i}].tls_name"),
+                    Some(v.span()),
+                    "tls_name is the name a node's certificate carries in PKI mode: add [tls], \
+                     or remove this key",
+                );
+                ok = false;
+                None
+            }
+            (None, _) => None,
+        };
         let public_key = match (&n.public_key, static_mode) {
             (Some(v), true) => PublicKey::from_base64(v.get_ref())
                 .map_err(|e| errs.push(&pk_key, Some(v.span()), key_error_message(&e)))
@@ -826,12 +950,19 @@ fn convert_auth(
                 None
             }
             (Some(v), false) => {
+                let mode = if pki_mode {
+                    "PKI mode"
+                } else {
+                    "PSK-only mode"
+                };
                 errs.push(
                     &pk_key,
                     Some(v.span()),
-                    "the client has no private key (PSK-only mode), where a server key cannot \
-                     be checked: set client.private_key or client.private_key_file for \
-                     static-key mode, or remove this key",
+                    format!(
+                        "the client has no private key ({mode}), where a server key cannot be \
+                         checked: set client.private_key or client.private_key_file for \
+                         static-key mode, or remove this key"
+                    ),
                 );
                 None
             }
@@ -841,7 +972,13 @@ fn convert_auth(
             ids.push((i, id));
         }
         match (id, addr) {
-            (Some(id), Some(addr)) => nodes.push((Node { id, addr }, public_key)),
+            (Some(id), Some(addr)) => {
+                let tls_name = tls_name.unwrap_or_else(|| match addr[0].host() {
+                    crate::Host::Ip(ip) => ip.to_string(),
+                    crate::Host::Name(name) => name.clone(),
+                });
+                nodes.push((Node { id, addr }, public_key, tls_name))
+            }
             _ => ok = false,
         }
     }
@@ -867,6 +1004,17 @@ fn convert_auth(
         return None;
     }
 
+    if let Some((_, files)) = tls {
+        let nodes = nodes
+            .into_iter()
+            .map(|(node, _, tls_name)| NamedNode { node, tls_name })
+            .collect();
+        return Some(ClientAuth::Pki {
+            files: files?,
+            nodes,
+        });
+    }
+    let nodes: Vec<_> = nodes.into_iter().map(|(n, k, _)| (n, k)).collect();
     match (private_key, psk) {
         (Loaded::Ok(private_key), Loaded::Ok(psk)) => {
             pin(nodes).map(|nodes| ClientAuth::StaticKey {
@@ -889,6 +1037,11 @@ fn convert_auth(
         }
         _ => None,
     }
+}
+
+/// Whether `name` is a name (or IP address) a certificate can be checked against.
+fn rustls_name(name: &str) -> Result<(), String> {
+    wanmux_core::tls::check_server_name(name)
 }
 
 /// One address of a node as written, for the duplicate check.

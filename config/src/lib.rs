@@ -30,15 +30,17 @@ mod error;
 mod locate;
 mod secret;
 mod server;
+mod tls;
 
 pub use client::{
-    ClientAuth, ClientConfig, LinkTransport, Links, Node, NodeAddrs, NodeHandshake, OwnerPolicy,
-    PinnedNode, PortMap, Spread,
+    ClientAuth, ClientConfig, LinkTransport, Links, NamedNode, Node, NodeAddrs, NodeHandshake,
+    OwnerPolicy, PinnedNode, PortMap, Spread,
 };
 pub use common::{Host, HostPort, HostPortError, Limits, ServiceName, ServiceNameError};
 pub use error::{ConfigError, ConfigErrors};
-pub use server::{Cluster, Peer, ServerAuth, ServerConfig, Service};
+pub use server::{Cluster, Peer, ServerAuth, ServerConfig, ServerTls, Service};
 pub use wanmux_core::keys::{KeyError, PrivateKey, Psk, PublicKey};
+pub use wanmux_core::tls::{CertFiles, CertPaths};
 
 #[cfg(test)]
 mod tests;

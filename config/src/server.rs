@@ -63,6 +63,20 @@ pub struct ServerConfig {
     /// The node's peers and its listener for peer links (`[cluster]` and `[[peer]]`); `None`
     /// for a node on its own, which then behaves exactly as without cluster support.
     pub cluster: Option<Cluster>,
+    /// PKI mode on QUIC links (`[tls]`): the node's certificate chain and the clients' CA;
+    /// `None` without `[tls]`. Key-mode clients are served beside PKI-mode ones.
+    pub tls: Option<ServerTls>,
+}
+
+/// A node's PKI mode (`[tls]`, and the `sha256:` entries of `server.allowed_clients`).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The node's chain and key, the clients' CA and the revocation lists, read and checked.
+    pub files: wanmux_core::tls::CertFiles,
+    /// The client certificates taken, by the SHA-256 of their SubjectPublicKeyInfo (the
+    /// `sha256:` entries of `server.allowed_clients`); empty: every certificate the CA issued
+    /// that is not revoked.
+    pub allowed_certs: BTreeSet<PublicKey>,
 }
 
 /// `[cluster]` with its `[[peer]]` list: the other nodes of the cluster, which this node keeps
@@ -124,6 +138,9 @@ pub enum ServerAuth {
         /// The pre-shared key.
         psk: Psk,
     },
+    /// PKI mode only (`[tls]` with no private key, PSK or client key): every client presents a
+    /// certificate on a QUIC link; no Noise handshake is taken, so no TCP link either.
+    PkiOnly,
 }
 
 /// What the node's Noise handshake accepts.
@@ -143,6 +160,11 @@ impl From<&ServerAuth> for wanmux_core::auth::ServerAuth {
                 private_key: None,
                 allowed_clients: Default::default(),
                 psk: Some(psk.clone()),
+            },
+            ServerAuth::PkiOnly => Self {
+                private_key: None,
+                allowed_clients: Default::default(),
+                psk: None,
             },
         }
     }
@@ -191,6 +213,7 @@ impl ServerConfig {
             metrics_listen: None,
             control_socket: None,
             cluster: None,
+            tls: None,
         }
     }
 
@@ -234,6 +257,16 @@ impl ServerConfig {
                     "static-key mode needs at least one client key",
                 );
             }
+        }
+        if matches!(self.auth, ServerAuth::PkiOnly) && self.tls.is_none() {
+            errs.push("tls", None, "PKI-only mode needs [tls]");
+        }
+        if self.tls.is_some() && !self.quic {
+            errs.push(
+                "server.quic",
+                None,
+                "[tls] (PKI mode) runs on QUIC links: set server.quic = true or remove [tls]",
+            );
         }
         if let Some(m) = common::timeout_problem(self.handshake_timeout) {
             errs.push("server.handshake_timeout_ms", None, m);
@@ -312,7 +345,7 @@ fn check_cluster(
             allowed_clients,
             ..
         } => (Some(private_key.public_key()), Some(allowed_clients)),
-        ServerAuth::PskOnly { .. } => {
+        ServerAuth::PskOnly { .. } | ServerAuth::PkiOnly => {
             errs.push(
                 "cluster",
                 spans.table.clone(),
@@ -433,6 +466,7 @@ struct RawServerFile {
     control: Option<Spanned<RawControl>>,
     cluster: Option<Spanned<RawCluster>>,
     peer: Option<Vec<Spanned<RawPeer>>>,
+    tls: Option<Spanned<crate::tls::RawNodeTls>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -538,7 +572,26 @@ impl RawServerFile {
         let congestion = common::congestion(errs, "server.congestion", s.congestion.as_ref());
         // A value that is not a boolean is a type error, reported by the parser with key and line.
         let quic = s.quic.as_ref().is_none_or(|v| *v.get_ref());
-        let auth = s.convert_auth(errs, base_dir, &table);
+        let tls_files = self
+            .tls
+            .as_ref()
+            .map(|t| crate::tls::RawNodeTls::convert(t, errs, base_dir));
+        if let (Some(t), false) = (&self.tls, quic) {
+            errs.push(
+                "server.quic",
+                s.quic.as_ref().map(|v| v.span()).or(Some(t.span())),
+                "[tls] (PKI mode) runs on QUIC links: set server.quic = true or remove [tls]",
+            );
+        }
+        let (auth, allowed_certs) = s.convert_auth(errs, base_dir, &table, self.tls.is_some());
+        let tls = match tls_files {
+            None => Some(None),
+            Some(None) => None,
+            Some(Some(files)) => Some(Some(ServerTls {
+                files,
+                allowed_certs: allowed_certs.clone()?,
+            })),
+        };
 
         let metrics_listen = RawMetrics::convert(self.metrics.as_ref(), errs);
         let control_socket = RawControl::convert(self.control.as_ref(), errs, base_dir);
@@ -558,6 +611,7 @@ impl RawServerFile {
             metrics_listen,
             control_socket,
             cluster: None,
+            tls: tls?,
         };
         if let Some((cluster, spans)) = cluster? {
             check_cluster(errs, &config, &cluster, &spans);
@@ -667,13 +721,78 @@ fn convert_cluster(
 }
 
 impl RawServer {
-    /// Loads the keys and applies the mode rules: allowed clients mean static-key mode (private
-    /// key required, PSK optional); no allowed clients mean PSK-only mode (PSK required).
+    /// Loads the keys and applies the mode rules: allowed client keys mean static-key mode
+    /// (private key required, PSK optional); none mean PSK-only mode (PSK required), or with
+    /// `tls` (a `[tls]` table) and neither key nor PSK, PKI mode only. Returns the mode and the
+    /// `sha256:` entries (client certificates, which need `[tls]`).
     fn convert_auth(
         &self,
         errs: &mut Collector<'_>,
         base_dir: &Path,
         table: &std::ops::Range<usize>,
+        tls: bool,
+    ) -> (Option<ServerAuth>, Option<BTreeSet<PublicKey>>) {
+        let certs = self.convert_certs(errs, tls);
+        (self.convert_keys(errs, base_dir, table, tls), certs)
+    }
+
+    /// The `sha256:` entries of `allowed_clients`.
+    fn convert_certs(&self, errs: &mut Collector<'_>, tls: bool) -> Option<BTreeSet<PublicKey>> {
+        let raw = self
+            .allowed_clients
+            .as_ref()
+            .map_or(&[][..], |v| v.get_ref().as_slice());
+        let mut ok = true;
+        let mut certs = BTreeSet::new();
+        let mut parsed = Vec::new();
+        for (i, c) in raw.iter().enumerate() {
+            let Some(text) = c.get_ref().strip_prefix(wanmux_core::tls::SPKI_PREFIX) else {
+                continue;
+            };
+            let key = format!("server.allowed_clients[{i}]");
+            if !tls {
+                errs.push(
+                    &key,
+                    Some(c.span()),
+                    "a sha256: entry names a client certificate (PKI mode): it needs [tls] with                      client_ca_file",
+                );
+                ok = false;
+            }
+            match PublicKey::from_base64(text) {
+                Ok(k) => {
+                    parsed.push((i, k));
+                    certs.insert(k);
+                }
+                Err(e) => {
+                    errs.push(
+                        &key,
+                        Some(c.span()),
+                        format!(
+                            "{e} (expected sha256: and the base64 of the 32-byte SHA-256 of a                              certificate's public key, as `wanmux-server tls issue` prints it)"
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        common::duplicates(parsed, |i, first| {
+            errs.push(
+                format!("server.allowed_clients[{i}]"),
+                Some(raw[i].span()),
+                format!("duplicate client certificate (also allowed_clients[{first}])"),
+            );
+            ok = false;
+        });
+        ok.then_some(certs)
+    }
+
+    /// The Noise modes' keys: see [`RawServer::convert_auth`].
+    fn convert_keys(
+        &self,
+        errs: &mut Collector<'_>,
+        base_dir: &Path,
+        table: &std::ops::Range<usize>,
+        tls: bool,
     ) -> Option<ServerAuth> {
         let private_key: Loaded<PrivateKey> = KeySource {
             prefix: "server",
@@ -697,7 +816,12 @@ impl RawServer {
         let mut clients_ok = true;
         let mut clients = BTreeSet::new();
         let mut parsed = Vec::new();
+        let mut keys = 0;
         for (i, c) in raw_clients.iter().enumerate() {
+            if c.get_ref().starts_with(wanmux_core::tls::SPKI_PREFIX) {
+                continue;
+            }
+            keys += 1;
             match PublicKey::from_base64(c.get_ref()) {
                 Ok(k) => {
                     parsed.push((i, k));
@@ -722,7 +846,10 @@ impl RawServer {
             clients_ok = false;
         });
 
-        if raw_clients.is_empty() {
+        if keys == 0 && tls && !private_key.is_present() && !psk.is_present() {
+            return Some(ServerAuth::PkiOnly);
+        }
+        if keys == 0 {
             // PSK-only mode.
             if private_key.is_present() {
                 let (key, span) = match (&self.private_key, &self.private_key_file) {
@@ -743,7 +870,7 @@ impl RawServer {
                     Some(table.clone()),
                     "missing: with no allowed_clients the server runs in PSK-only mode, which \
                      needs psk or psk_file (or list allowed_clients and set a private key for \
-                     static-key mode)",
+                     static-key mode, or add [tls] for PKI mode)",
                 );
             }
             match psk {

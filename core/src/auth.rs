@@ -22,6 +22,13 @@ pub enum ClientAuth {
     },
     /// PSK-only mode: `NNpsk0`, no static keys.
     Psk(Psk),
+    /// PKI mode (QUIC links only): no Noise; TLS verifies the node's certificate against the
+    /// client's CA and this name, and the node the client's certificate. The certificates are
+    /// the QUIC endpoint's (`quic::client_endpoint_with`).
+    Pki {
+        /// The name the node's certificate must carry (`[[node]] tls_name`).
+        server_name: String,
+    },
 }
 
 /// What a server accepts.

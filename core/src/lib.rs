@@ -31,5 +31,7 @@ mod range_set;
 pub mod route;
 #[cfg(feature = "daemon")]
 pub mod status;
+#[cfg(feature = "tls")]
+pub mod tls;
 #[cfg(feature = "io")]
 pub mod tune;

@@ -273,7 +273,8 @@ async fn bind_links(config: &ServerConfig) -> io::Result<(TcpListener, Option<qu
             return Ok((listener, None));
         }
         let local_addr = listener.local_addr()?;
-        match quic::server_endpoint(local_addr) {
+        let pki = config.tls.as_ref().map(|t| &t.files);
+        match quic::server_endpoint_with(local_addr, quic::Offer::Current, pki) {
             Ok(ep) => return Ok((listener, Some(ep))),
             Err(e)
                 if e.kind() == io::ErrorKind::AddrInUse
@@ -320,7 +321,7 @@ pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
         Some(cluster) => Some(Mesh::start(&config, cluster, refusals.clone()).await?),
         None => None,
     };
-    let auth = Arc::new(SharedAuth::new(&config.auth));
+    let auth = Arc::new(SharedAuth::new(&config.auth, config.tls.as_ref()));
     let metrics_listen = config.metrics_listen;
     let control_path = config.control_socket.clone();
     let sessions = Arc::new(Sessions::new(config));
@@ -511,7 +512,7 @@ async fn accept_loop(
         };
         let (auth, sessions, refusals) = (auth.clone(), sessions.clone(), refusals.clone());
         tokio::spawn(async move {
-            let accepted = handshake(incoming, peer, &auth.current(), &sessions, &refusals).await;
+            let accepted = handshake(incoming, peer, &auth, &sessions, &refusals).await;
             drop(slot);
             if let Some((acc, transport)) = accepted {
                 sessions.run_link(acc, peer, transport, &auth).await;
@@ -606,15 +607,26 @@ impl Drop for Slot {
 async fn handshake(
     incoming: Incoming,
     peer: SocketAddr,
-    auth: &noise::ServerAuth,
+    shared: &SharedAuth,
     sessions: &Arc<Sessions>,
     refusals: &Refusals,
 ) -> Option<(noise::Accepted, &'static str)> {
+    let auth = &*shared.current();
     // Set once message 1 authenticated and this node answered: a client that hangs up after
     // that could not take the answer.
     let replied = std::sync::atomic::AtomicBool::new(false);
+    // Set for a client that presented a certificate TLS verified (PKI mode): its key is the
+    // certificate's identity, checked against the `sha256:` entries; TLS 1.3 without early
+    // data cannot be replayed, so there is no timestamp.
+    let pki = std::sync::atomic::AtomicBool::new(false);
     let respond = |hello: &noise::ReceivedHello, key: Option<&wanmux_core::keys::PublicKey>| {
-        sessions.check_replay(hello, key)?;
+        if pki.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(k) = key.filter(|k| !shared.allows_cert(k)) {
+                return Err(noise::LinkError::UnknownCert(*k.as_bytes()));
+            }
+        } else {
+            sessions.check_replay(hello, key)?;
+        }
         replied.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut reply =
             sessions.server_hello((key.copied(), wanmux_core::ids::SessionId(hello.session_id)));
@@ -632,7 +644,11 @@ async fn handshake(
             match quic::accept(&listener, incoming, timeout).await {
                 Ok(stream) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    // A PKI link is `quic` too: TLS is its one encryption.
                     let transport = stream.version().transport();
+                    if stream.client_cert().is_some() {
+                        pki.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     (stream.accept_with(auth, left, respond).await, transport)
                 }
                 Err(e) => {

@@ -13,6 +13,7 @@ impl Daemon for Server {
     const ABOUT: &'static str =
         "wanmux server node: accepts client links and connects streams to named services";
     const RUNS: &'static str = "the node";
+    const TLS_TOOLS: bool = true;
     type Config = ServerConfig;
     type ConfigErrors = ConfigErrors;
     type Handle = ServerHandle;

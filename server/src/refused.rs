@@ -38,13 +38,16 @@ enum Kind {
     Timeout,
     NotWanmux,
     Quic,
+    CertExpired,
+    CertRevoked,
+    CertInvalid,
     Busy,
     PeerLink,
     Other,
 }
 
 impl Kind {
-    const ALL: [Kind; 14] = [
+    const ALL: [Kind; 17] = [
         Kind::UnknownClient,
         Kind::Replayed,
         Kind::Secret,
@@ -56,6 +59,9 @@ impl Kind {
         Kind::Timeout,
         Kind::NotWanmux,
         Kind::Quic,
+        Kind::CertExpired,
+        Kind::CertRevoked,
+        Kind::CertInvalid,
         Kind::Busy,
         Kind::PeerLink,
         Kind::Other,
@@ -75,6 +81,9 @@ impl Kind {
             Kind::Timeout => "timeout",
             Kind::NotWanmux => "not_wanmux",
             Kind::Quic => "quic",
+            Kind::CertExpired => "client_cert_expired",
+            Kind::CertRevoked => "client_cert_revoked",
+            Kind::CertInvalid => "client_cert_invalid",
             Kind::Busy => "busy",
             Kind::PeerLink => "peer_link",
             Kind::Other => "other",
@@ -105,9 +114,27 @@ impl Refusals {
         self.log(kind, loud, peer, &reason);
     }
 
-    /// Logs a QUIC connection that failed before its Noise handshake.
+    /// Logs a QUIC connection that failed before its Noise handshake (or PKI hello): a client
+    /// certificate that did not verify (PKI mode; at `warn`, by reason: expired, revoked, or
+    /// another failure such as another CA), or another QUIC failure.
     pub(crate) fn quic(&self, peer: SocketAddr, e: &LinkError) {
         debug!(%peer, reason = %e, "QUIC link refused");
+        if let LinkError::Tls(why) = e {
+            let lower = why.to_lowercase();
+            let kind = if lower.contains("expired") {
+                Kind::CertExpired
+            } else if lower.contains("revoked") {
+                Kind::CertRevoked
+            } else {
+                Kind::CertInvalid
+            };
+            let reason = format!(
+                "the client's certificate was refused ({why}): it must be issued by the CA of \
+                 tls.client_ca_file, valid now and not revoked (tls.crl_files)"
+            );
+            self.log(kind, true, peer, &reason);
+            return;
+        }
         let reason = format!("the QUIC handshake failed: {e}");
         self.log(Kind::Quic, false, peer, &reason);
     }
@@ -184,6 +211,15 @@ fn explain(e: &LinkError, stage: Stage, auth: &ServerAuth) -> (Kind, bool, Strin
         _ => false,
     };
     match e {
+        LinkError::UnknownCert(id) => (
+            Kind::UnknownClient,
+            true,
+            format!(
+                "the client's certificate verified, but its identity {} is not among the \
+                 sha256: entries of server.allowed_clients: add it to let this client in",
+                wanmux_core::tls::spki_text(id)
+            ),
+        ),
         LinkError::UnknownClient(key) => (
             Kind::UnknownClient,
             true,

@@ -6,7 +6,11 @@
 //!   links and streams) of a client key no longer listed are closed;
 //! - `[[service]]`: streams opened from now on find their service in the new list; streams
 //!   already connected keep their service connection;
-//! - `drain_timeout_ms`: the next drain waits the new time.
+//! - `drain_timeout_ms`: the next drain waits the new time;
+//! - `[tls]`'s files (read again: a renewed chain or key, another client CA, new revocation
+//!   lists) and the `sha256:` entries of `allowed_clients`: new QUIC links get them; the
+//!   sessions of certificates no longer listed are closed (a revoked certificate's links that
+//!   are up stay until they end: remove its identity from `allowed_clients` to close them).
 //!
 //! Kept until a restart, named in one `warn` line: the listen address, `quic`, the node id, the
 //! node's private key, the PSK and the authentication mode (clients pin the key and hold the
@@ -19,17 +23,31 @@ use std::collections::BTreeSet;
 use std::io;
 use std::sync::{Arc, RwLock};
 use tracing::{info, warn};
-use wanmux_config::{ServerAuth, ServerConfig};
+use wanmux_config::{ServerAuth, ServerConfig, ServerTls};
 use wanmux_core::keys::PublicKey;
 use wanmux_core::noise;
 
-/// The authentication new links are checked with; a reload replaces it.
+/// The authentication new links are checked with; a reload replaces it. With it, PKI mode's
+/// allow-list: `None` without `[tls]`, else the client certificates taken by identity (empty:
+/// every one the CA issued).
 #[derive(Debug)]
-pub(crate) struct SharedAuth(RwLock<Arc<noise::ServerAuth>>);
+pub(crate) struct SharedAuth(
+    RwLock<Arc<noise::ServerAuth>>,
+    RwLock<Option<Arc<BTreeSet<PublicKey>>>>,
+);
 
 impl SharedAuth {
-    pub(crate) fn new(auth: &ServerAuth) -> Self {
-        SharedAuth(RwLock::new(Arc::new(auth.into())))
+    pub(crate) fn new(auth: &ServerAuth, tls: Option<&ServerTls>) -> Self {
+        SharedAuth(
+            RwLock::new(Arc::new(auth.into())),
+            RwLock::new(tls.map(|t| Arc::new(t.allowed_certs.clone()))),
+        )
+    }
+
+    /// Whether a client certificate (that TLS verified) with identity `id` may connect.
+    pub(crate) fn allows_cert(&self, id: &PublicKey) -> bool {
+        let certs = self.1.read().expect("auth lock poisoned").clone();
+        certs.is_some_and(|c| c.is_empty() || c.contains(id))
     }
 
     /// What a link arriving now is checked with.
@@ -42,9 +60,12 @@ impl SharedAuth {
         *self.0.write().expect("auth lock poisoned") = Arc::new(auth.into());
     }
 
-    /// Whether a link that authenticated as `key` may still join a session: a reload may have
-    /// removed its key while its handshake ran.
-    pub(crate) fn still_allows(&self, key: Option<&PublicKey>) -> bool {
+    /// Whether a link that authenticated as `key` (a certificate's identity if `pki`) may still
+    /// join a session: a reload may have removed its key while its handshake ran.
+    pub(crate) fn still_allows(&self, key: Option<&PublicKey>, pki: bool) -> bool {
+        if pki {
+            return key.is_some_and(|k| self.allows_cert(k));
+        }
         let auth = self.current();
         match key {
             Some(key) => auth.allowed_clients.contains(key),
@@ -70,6 +91,14 @@ impl ServerHandle {
                 kept.join(", ")
             );
         }
+        // First what can fail, so that a failed reload changed nothing.
+        let tls_changed = match (&running.tls, &new.tls) {
+            (Some(old), Some(fresh)) => !same_files(&old.files, &fresh.files),
+            _ => false,
+        };
+        if let (true, Some(fresh), Some((listener, _))) = (tls_changed, &new.tls, &self.quic) {
+            listener.set_pki(Some(&fresh.files))?;
+        }
         let mut now = running.clone();
         now.drain_timeout = new.drain_timeout;
         now.warnings = new.warnings.clone();
@@ -83,7 +112,7 @@ impl ServerHandle {
             };
             info!(services = ?names(&new), "services changed: new streams use the new list");
             self.sessions.set_services(new.services.clone());
-            now.services = new.services;
+            now.services = new.services.clone();
         }
 
         if let (
@@ -106,7 +135,9 @@ impl ServerHandle {
                 let removed: BTreeSet<_> = old.difference(fresh).collect();
                 *in_force = fresh.clone();
                 self.auth.replace(&now.auth);
-                let closed = self.sessions.close_clients(|key| fresh.contains(key));
+                let closed = self
+                    .sessions
+                    .close_clients(|key, pki| pki || fresh.contains(key));
                 info!(
                     added = ?added,
                     removed = ?removed,
@@ -116,8 +147,51 @@ impl ServerHandle {
                 );
             }
         }
+        if let (true, Some(fresh), Some(in_force)) =
+            (tls_changed, new.tls.as_ref(), now.tls.as_mut())
+        {
+            in_force.files = fresh.files.clone();
+            info!(
+                "[tls] files changed (certificate chain, key, client CA or revocation lists): \
+                 new QUIC links get them; links already up keep theirs"
+            );
+        }
+        let certs = |c: &ServerConfig| c.tls.as_ref().map(|t| t.allowed_certs.clone());
+        if let (Some(old), Some(fresh), Some(in_force)) =
+            (certs(running), certs(&new), now.tls.as_mut())
+        {
+            if old != fresh {
+                let text = |s: &BTreeSet<PublicKey>| -> Vec<String> {
+                    s.iter()
+                        .map(|k| wanmux_core::tls::spki_text(k.as_bytes()))
+                        .collect()
+                };
+                let added = text(&fresh.difference(&old).copied().collect());
+                let removed = text(&old.difference(&fresh).copied().collect());
+                in_force.allowed_certs = fresh.clone();
+                *self.auth.1.write().expect("auth lock poisoned") = Some(Arc::new(fresh.clone()));
+                let closed = self
+                    .sessions
+                    .close_clients(|key, pki| !pki || fresh.is_empty() || fresh.contains(key));
+                info!(
+                    added = ?added,
+                    removed = ?removed,
+                    sessions_closed = closed,
+                    "allowed_clients (sha256: entries) changed: new links are checked against \
+                     the new list; the sessions of removed certificates are closed"
+                );
+            }
+        }
         Ok(now)
     }
+}
+
+/// Whether two reads of `[tls]` hold the same certificates, key and revocation lists.
+fn same_files(a: &wanmux_core::tls::CertFiles, b: &wanmux_core::tls::CertFiles) -> bool {
+    a.chain == b.chain
+        && a.roots == b.roots
+        && a.crls == b.crls
+        && a.key.secret_der() == b.key.secret_der()
 }
 
 /// The settings that differ between `running` and `new` and cannot change at runtime, by
@@ -130,6 +204,12 @@ fn kept_settings(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static str
         }
     };
     check(running.listen != new.listen, "server.listen");
+    // Files of a [tls] that stays are read again (`reload`); adding or removing it changes
+    // the mode.
+    check(
+        running.tls.is_some() != new.tls.is_some(),
+        "[tls] (PKI mode)",
+    );
     check(running.quic != new.quic, "server.quic");
     check(running.node_id != new.node_id, "server.node_id");
     match (&running.auth, &new.auth) {
@@ -151,6 +231,7 @@ fn kept_settings(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static str
         (ServerAuth::PskOnly { psk: p1 }, ServerAuth::PskOnly { psk: p2 }) => {
             check(p1 != p2, "server.psk")
         }
+        (ServerAuth::PkiOnly, ServerAuth::PkiOnly) => {}
         _ => check(
             true,
             "the authentication mode (server.private_key, server.allowed_clients)",

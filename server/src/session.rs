@@ -34,6 +34,8 @@ const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 struct Entry {
     driver: SessionDriver,
     client: Option<PublicKey>,
+    /// `client` is a certificate's identity (PKI mode).
+    pki: bool,
     links: Arc<AtomicU32>,
     budget: Budget,
 }
@@ -116,13 +118,17 @@ impl Sessions {
         if let Some(relay) = self.relay.get() {
             st.relayed = relay.relayed_all();
         }
-        let sessions: Vec<(Key, SessionDriver)> = self
+        let sessions: Vec<(Key, SessionDriver, bool)> = self
             .lock()
             .iter()
-            .map(|(k, e)| (*k, e.driver.clone()))
+            .map(|(k, e)| (*k, e.driver.clone(), e.pki))
             .collect();
-        for ((client, id), driver) in sessions {
-            let peer = client.map_or_else(|| "psk".to_owned(), |k| k.to_base64());
+        for ((client, id), driver, pki) in sessions {
+            let peer = match client {
+                None => "psk".to_owned(),
+                Some(k) if pki => wanmux_core::tls::spki_text(k.as_bytes()),
+                Some(k) => k.to_base64(),
+            };
             st.sessions
                 .push(SessionStatus::of(&driver, id.to_string(), peer));
         }
@@ -245,14 +251,15 @@ impl Sessions {
             .map(|s| s.target.to_string())
     }
 
-    /// Closes the sessions (their streams and links) of every client key `allowed` refuses:
-    /// a reload removed it from `allowed_clients`. Returns how many were closed.
-    pub(crate) fn close_clients(&self, allowed: impl Fn(&PublicKey) -> bool) -> usize {
+    /// Closes the sessions (their streams and links) of every client key `allowed` refuses
+    /// (told whether it is a certificate's identity): a reload removed it from
+    /// `allowed_clients`. Returns how many were closed.
+    pub(crate) fn close_clients(&self, allowed: impl Fn(&PublicKey, bool) -> bool) -> usize {
         let mut table = self.lock();
         let gone: Vec<Key> = table
-            .keys()
-            .filter(|(key, _)| key.as_ref().is_some_and(|k| !allowed(k)))
-            .copied()
+            .iter()
+            .filter(|((key, _), e)| key.as_ref().is_some_and(|k| !allowed(k, e.pki)))
+            .map(|(k, _)| *k)
             .collect();
         let drivers: Vec<SessionDriver> = gone
             .iter()
@@ -348,7 +355,7 @@ impl Sessions {
     ) {
         let key = (acc.client_key, SessionId(acc.hello.session_id));
         let span = tracing::info_span!("session", id = %key.1);
-        let (driver, _slot) = match self.session(key, auth) {
+        let (driver, _slot) = match self.session(key, acc.pki, auth) {
             Ok(joined) => joined,
             Err(KEY_REMOVED) => {
                 // Only a handshake that straddled a reload gets here: rare, and worth seeing.
@@ -389,6 +396,7 @@ impl Sessions {
     fn session(
         self: &Arc<Self>,
         key: Key,
+        pki: bool,
         auth: &crate::reload::SharedAuth,
     ) -> Result<(SessionDriver, LinkSlot), &'static str> {
         let limits = &self.config.limits;
@@ -396,7 +404,7 @@ impl Sessions {
         // Checked again under the table's lock: a reload replaces the list before its sweep
         // (`close_clients`) takes this lock, so a link that authenticated under the old list
         // either joins before the sweep (which then closes it) or sees the new list here.
-        if !auth.still_allows(key.0.as_ref()) {
+        if !auth.still_allows(key.0.as_ref(), pki) {
             return Err(KEY_REMOVED);
         }
         if let Some(e) = table.get(&key).filter(|e| !e.driver.is_closed()) {
@@ -433,6 +441,7 @@ impl Sessions {
         let entry = Entry {
             driver: driver.clone(),
             client: key.0,
+            pki,
             links: Arc::new(AtomicU32::new(0)),
             budget,
         };

@@ -111,7 +111,7 @@ async fn cluster(
     let (_, mut client) = configs(Auth::Psk, app.addr, 2);
     let psk = match &client.auth {
         ClientAuth::PskOnly { psk, .. } => psk.to_base64(),
-        ClientAuth::StaticKey { .. } => unreachable!("PSK-only configs"),
+        ClientAuth::StaticKey { .. } | ClientAuth::Pki { .. } => unreachable!("PSK-only configs"),
     };
     let mut nodes = Vec::new();
     let mut listed = Vec::new();
@@ -125,7 +125,7 @@ async fn cluster(
     }
     match &mut client.auth {
         ClientAuth::PskOnly { nodes, .. } => *nodes = listed,
-        ClientAuth::StaticKey { .. } => unreachable!("PSK-only configs"),
+        ClientAuth::StaticKey { .. } | ClientAuth::Pki { .. } => unreachable!("PSK-only configs"),
     }
     client.owner = owner;
     client.session_grace = Duration::from_secs(2);
@@ -156,7 +156,7 @@ async fn mesh_cluster(
     let (_, mut client) = configs(Auth::Static { psk: false }, app.addr, 2);
     let client_key = match &client.auth {
         ClientAuth::StaticKey { private_key, .. } => private_key.public_key().to_base64(),
-        ClientAuth::PskOnly { .. } => unreachable!("static-key configs"),
+        ClientAuth::PskOnly { .. } | ClientAuth::Pki { .. } => unreachable!("static-key configs"),
     };
     let specs: Vec<MeshSpec> = (1..=n)
         .map(|id| {
@@ -185,7 +185,7 @@ async fn mesh_cluster(
         .collect();
     match &mut client.auth {
         ClientAuth::StaticKey { nodes, .. } => *nodes = listed,
-        ClientAuth::PskOnly { .. } => unreachable!("static-key configs"),
+        ClientAuth::PskOnly { .. } | ClientAuth::Pki { .. } => unreachable!("static-key configs"),
     }
     for m in &mut client.maps {
         m.spread = spread;

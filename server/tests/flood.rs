@@ -28,7 +28,9 @@ async fn stalled_connections_from_one_address_leave_room_for_clients_and_streams
         let (_, mut client_config) = configs(Auth::Psk, app.addr, 2);
         let psk = match &client_config.auth {
             ClientAuth::PskOnly { psk, .. } => psk.to_base64(),
-            ClientAuth::StaticKey { .. } => unreachable!("PSK-only configs"),
+            ClientAuth::StaticKey { .. } | ClientAuth::Pki { .. } => {
+                unreachable!("PSK-only configs")
+            }
         };
         let addr = free_port();
         let config = dir.join("node.toml");

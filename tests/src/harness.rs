@@ -198,6 +198,42 @@ pub enum Auth {
     },
     /// PSK only (NNpsk0).
     Psk,
+    /// PKI mode (QUIC links only): certificates of a CA made for the test, the node's for
+    /// `127.0.0.1` (the host of the client's `node.addr`), the client's for [`PKI_CLIENT`].
+    Pki,
+}
+
+/// The name on the client certificate of an [`Auth::Pki`] tunnel.
+pub const PKI_CLIENT: &str = "client-1";
+
+/// A CA, a node certificate for `127.0.0.1` and a client certificate for [`PKI_CLIENT`]: the
+/// node's `[tls]` files and the client's.
+pub fn pki_files() -> (wanmux_core::tls::CertFiles, wanmux_core::tls::CertFiles) {
+    let day = Duration::from_secs(86_400);
+    let ca = wanmux_core::tls::issue::Ca::generate(std::time::SystemTime::now() + 365 * day)
+        .expect("a CA");
+    pki_files_from(&ca, PKI_CLIENT)
+}
+
+/// As [`pki_files`] with certificates of `ca`, the client's for `client`.
+pub fn pki_files_from(
+    ca: &wanmux_core::tls::issue::Ca,
+    client: &str,
+) -> (wanmux_core::tls::CertFiles, wanmux_core::tls::CertFiles) {
+    use std::time::SystemTime;
+    use wanmux_core::tls::{CertFiles, Usage};
+    let day = Duration::from_secs(86_400);
+    let now = SystemTime::now();
+    let node = ca
+        .issue("127.0.0.1", Usage::Node, now - day, now + 30 * day)
+        .expect("the node's certificate");
+    let client = ca
+        .issue(client, Usage::Client, now - day, now + 30 * day)
+        .expect("the client's certificate");
+    let files = |c: &wanmux_core::tls::issue::Issued| {
+        CertFiles::from_pem(&c.cert_pem, &c.key_pem, &ca.cert_pem(), &[]).expect("PEM")
+    };
+    (files(&node), files(&client))
 }
 
 /// Server and client configs for a tunnel to `target` over `links` links. The links are TCP
@@ -207,7 +243,28 @@ pub enum Auth {
 pub fn configs(auth: Auth, target: SocketAddr, links: u16) -> (ServerConfig, ClientConfig) {
     let node = NonZeroU16::new(1).expect("non-zero");
     let service = ServiceName::new(SERVICE).expect("valid name");
+    let mut server_tls = None;
     let (server_auth, client_auth) = match auth {
+        Auth::Pki => {
+            let (node_files, client_files) = pki_files();
+            server_tls = Some(wanmux_config::ServerTls {
+                files: node_files,
+                allowed_certs: Default::default(),
+            });
+            (
+                ServerAuth::PkiOnly,
+                ClientAuth::Pki {
+                    files: client_files,
+                    nodes: vec![wanmux_config::NamedNode {
+                        node: Node {
+                            id: node,
+                            addr: SocketAddr::from(([127, 0, 0, 1], 1)).into(),
+                        },
+                        tls_name: "127.0.0.1".into(),
+                    }],
+                },
+            )
+        }
         Auth::Static { psk } => {
             let (server_priv, server_pub) = generate_keypair();
             let (client_priv, client_pub) = generate_keypair();
@@ -263,7 +320,13 @@ pub fn configs(auth: Auth, target: SocketAddr, links: u16) -> (ServerConfig, Cli
         }],
     );
     client.links = Links::fixed(links);
-    client.transport = LinkTransport::Tcp;
+    // PKI mode has no Noise handshake: QUIC links only.
+    client.transport = match auth {
+        Auth::Pki => LinkTransport::Quic,
+        _ => LinkTransport::Tcp,
+    };
+    let mut server = server;
+    server.tls = server_tls;
     (server, client)
 }
 
@@ -281,6 +344,7 @@ pub fn point_client_at_all(client: &mut ClientConfig, addrs: &[SocketAddr]) {
             nodes.iter_mut().for_each(|n| n.node.addr = addr.clone())
         }
         ClientAuth::PskOnly { nodes, .. } => nodes.iter_mut().for_each(|n| n.addr = addr.clone()),
+        ClientAuth::Pki { nodes, .. } => nodes.iter_mut().for_each(|n| n.node.addr = addr.clone()),
     }
 }
 

@@ -16,6 +16,9 @@
 //! - `status [--config FILE | --socket PATH] [--json] [--watch]` asks a running daemon on its
 //!   control socket (`crate::control`) and prints its links, sessions and traffic.
 //! - `keygen [--psk] [--out FILE]` prints a new key pair or PSK (see [`keys::keygen`]).
+//! - `tls ca --out DIR` and `tls issue --ca DIR --name NAME --out DIR [--client]` make PKI
+//!   mode's certificates (`crate::tls::issue`); only a daemon with [`Daemon::TLS_TOOLS`] (the
+//!   node) lists them.
 //!
 //! Usage errors are clap's: a message and exit 2.
 //!
@@ -52,6 +55,9 @@ pub trait Daemon {
     const ABOUT: &'static str;
     /// What `run` runs, as its help says it: "the client", "the node".
     const RUNS: &'static str;
+    /// Whether the `tls` subcommands (an operator CA and its certificates) are this daemon's:
+    /// the node's. Elsewhere they are hidden and refused.
+    const TLS_TOOLS: bool = false;
 
     /// The validated config. The skeleton keeps the running one, to compare a reloaded file
     /// with it.
@@ -208,6 +214,10 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Make PKI mode's certificates: an operator CA, and node or client certificates it
+    /// issues (Ed25519 keys).
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Make a key pair (or with --psk a pre-shared key).
     Keygen {
         /// Write the private key (or PSK) to this new file, mode 0600, and print only the
@@ -217,6 +227,39 @@ enum Command {
         /// Make a pre-shared key instead of a key pair.
         #[arg(long)]
         psk: bool,
+    },
+}
+
+/// `tls`: PKI mode's certificates.
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Make an operator CA: DIR/ca.pem (ca_file on clients, client_ca_file on nodes) and
+    /// DIR/ca.key (mode 0600; keep it off the nodes and clients). Never overwrites a file.
+    Ca {
+        /// The directory to write to (created if need be).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Issue a certificate of the CA made by `tls ca`: DIR/NAME.pem and DIR/NAME.key (mode
+    /// 0600). For a node, NAME is the name clients dial it by (node.tls_name, default the host
+    /// of node.addr: a DNS name or an IP address); with --client, any name, and the client's
+    /// sha256: identity is printed for the nodes' allowed_clients.
+    Issue {
+        /// The CA's directory (ca.pem and ca.key).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The node's DNS name or IP address, or the client's name.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// The directory to write to (created if need be).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// A client's certificate (TLS client authentication) instead of a node's.
+        #[arg(long)]
+        client: bool,
+        /// Days the certificate is valid from today.
+        #[arg(long, value_name = "DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
     },
 }
 
@@ -249,6 +292,36 @@ pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Tls(_) if !D::TLS_TOOLS => {
+            eprintln!("tls: the certificates are made with wanmux-server tls");
+            ExitCode::FAILURE
+        }
+        Command::Tls(tls) => {
+            use crate::tls::{issue, Usage};
+            let done = match tls {
+                TlsCommand::Ca { out } => issue::make_ca(&out),
+                TlsCommand::Issue {
+                    ca,
+                    name,
+                    out,
+                    client,
+                    days,
+                } => {
+                    let usage = if client { Usage::Client } else { Usage::Node };
+                    issue::issue_files(&ca, &name, &out, usage, days)
+                }
+            };
+            match done {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tls: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Keygen { out, psk } => match keys::keygen(out.as_deref(), psk) {
             Ok(text) => {
                 print!("{text}");
@@ -477,6 +550,7 @@ fn command<D: Daemon>(version: &'static str) -> clap::Command {
         .version(version)
         .about(D::ABOUT)
         .mut_subcommand("run", |c| c.about(run))
+        .mut_subcommand("tls", |c| c.hide(!D::TLS_TOOLS))
 }
 
 fn init_logging(format: LogFormat) {

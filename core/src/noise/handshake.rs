@@ -321,6 +321,11 @@ pub(super) async fn initiate<P: Payloads>(
         ClientAuth::Static { psk: None, .. } => Pattern::Ik,
         ClientAuth::Static { psk: Some(_), .. } => Pattern::IkPsk2,
         ClientAuth::Psk(_) => Pattern::NnPsk0,
+        ClientAuth::Pki { .. } => {
+            return Err(LinkError::Misuse(
+                "PKI mode has no Noise handshake: it runs on QUIC links only",
+            ))
+        }
     };
     let mode = Mode { pattern, cipher };
     let mut hs = client_state(mode, auth, binding).map_err(local)?;
@@ -378,6 +383,10 @@ pub(super) fn client_state(
             }
         }
         ClientAuth::Psk(psk) => builder.psk(0, psk.as_bytes())?.build_initiator(),
+        // `initiate` refuses PKI mode before it gets here.
+        ClientAuth::Pki { .. } => Err(snow::Error::Init(
+            snow::error::InitStage::ValidateKeyLengths,
+        )),
     }
 }
 
@@ -487,6 +496,7 @@ where
     Ok(Accepted {
         hello: r.hello,
         client_key: r.key,
+        pki: false,
         first,
         reader: r.reader,
         writer: r.writer,

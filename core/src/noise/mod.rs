@@ -64,6 +64,7 @@
 mod cipher;
 mod handshake;
 mod peer;
+mod pki;
 pub mod replay;
 mod transport;
 
@@ -88,6 +89,7 @@ pub use handshake::{
 pub use peer::{
     accept_peer, accept_peer_stream, connect_peer, connect_peer_stream, PeerAccepted, PeerHello,
 };
+pub use pki::{accept_pki_stream, connect_pki_stream, PKI_MODE};
 pub use replay::{Identity, ReplayGuard, Replayed};
 pub use transport::{LinkReader, LinkWriter};
 
@@ -285,7 +287,13 @@ pub struct Accepted {
     /// The client's message 1 payload. The key confirmation proved the session's secret.
     pub hello: ReceivedHello,
     /// The client's static key in static-key mode (it is on the allow-list); `None` in PSK mode.
+    /// In PKI mode, the identity of the client's certificate (the SHA-256 of its
+    /// SubjectPublicKeyInfo) in the same 32 bytes: sessions, limits and fair shares treat it
+    /// as a key. Neither kind can be made to equal the other (that takes a SHA-256 preimage,
+    /// or an X25519 key pair for given public bytes), and [`Accepted::pki`] tells them apart.
     pub client_key: Option<PublicKey>,
+    /// The link runs in PKI mode: `client_key` is a certificate's identity.
+    pub pki: bool,
     /// The frames of the client's key-confirmation message (its first transport message),
     /// after the session secret.
     pub first: Bytes,
@@ -318,6 +326,15 @@ pub enum LinkError {
     /// the server's log names it so that an operator can add it.
     #[error("peer failed authentication: client key {0} is not on the allow-list")]
     UnknownClient(PublicKey),
+    /// PKI mode: the client's certificate verified, but its identity (the SHA-256 of its
+    /// SubjectPublicKeyInfo) is not among the `sha256:` entries of the node's allow-list.
+    #[error("peer failed authentication: client certificate {} is not on the allow-list", crate::tls::spki_text(.0))]
+    UnknownCert([u8; 32]),
+    /// The QUIC connection's TLS handshake failed: a certificate that did not verify at either
+    /// end (another CA, expired, revoked, the wrong name), or a TLS alert from the peer. The
+    /// reason is rustls' (or the alert's) and carries no key material.
+    #[error("TLS refused: {0}")]
+    Tls(String),
     /// The peer sent malformed bytes, or a transport message that did not decrypt.
     #[error("protocol violation by peer: {0}")]
     Protocol(&'static str),

@@ -38,6 +38,19 @@
 //! relied on at all: Noise encrypts every message end to end, as on TCP. (A man in the middle
 //! who makes both sides settle on `wanmux/1` gets the links of today, which Noise protects.)
 //!
+//! # PKI mode
+//!
+//! With certificates of an operator CA ([`CertFiles`]; `docs/PROTOCOL.md`, "PKI mode") TLS is
+//! the authentication as well: the client checks the node's chain and name with rustls'
+//! `WebPkiServerVerifier` ([`client_endpoint_with`], [`connect_named`]) and presents its own
+//! certificate, which the node checks with `WebPkiClientVerifier` against its client CA and
+//! revocation lists ([`server_endpoint_with`], [`Listener::set_pki`]). Such a node still takes
+//! key-mode clients (a certificate is asked for, not required): [`Stream::client_cert`] says
+//! which kind a link is, and [`Stream::accept_with`] runs the PKI hello
+//! ([`noise::accept_pki_stream`]) or the bound Noise handshake accordingly. A certificate
+//! refused at either end closes the connection with a TLS alert, reported as
+//! [`LinkError::Tls`] with rustls' reason.
+//!
 //! One [`Endpoint`] (one UDP socket) serves all QUIC links of a daemon: the client dials from
 //! one ([`Dialer`]), the node accepts on one bound to its listen address ([`Listener`]). The
 //! links to or from one peer address share their congestion controllers' [`PathShare`].
@@ -62,6 +75,7 @@ use crate::noise::{
     LinkReader, LinkWriter, ReceivedHello, ServerAuth, ServerHello, CHANNEL_BINDING_LEN,
 };
 use crate::pace::PathShare;
+use crate::tls::CertFiles;
 use pace::PaceConfig;
 
 /// The ALPN protocol name of QUIC links with Noise transport messages inside TLS.
@@ -256,8 +270,10 @@ impl Paths {
 #[derive(Clone, Debug)]
 pub struct Listener {
     endpoint: Endpoint,
-    config: quinn::ServerConfig,
+    /// Replaced by [`Listener::set_pki`].
+    config: Arc<std::sync::RwLock<quinn::ServerConfig>>,
     paths: Arc<Paths>,
+    offer: Offer,
 }
 
 impl Listener {
@@ -283,26 +299,74 @@ pub fn server_endpoint(addr: SocketAddr) -> io::Result<Listener> {
 
 /// [`server_endpoint`] taking the versions of `offer`.
 pub fn server_endpoint_offering(addr: SocketAddr, offer: Offer) -> io::Result<Listener> {
-    let other = |e: &dyn std::fmt::Display| io::Error::other(e.to_string());
-    let cert =
-        rcgen::generate_simple_self_signed(vec![SERVER_NAME.into()]).map_err(|e| other(&e))?;
-    let der = CertificateDer::from(cert.cert.der().to_vec());
-    let key = PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| other(&e))?
-        .with_no_client_auth()
-        .with_single_cert(vec![der], key.into())
-        .map_err(|e| other(&e))?;
-    tls.alpn_protocols = offer.alpn();
-    tls.max_early_data_size = 0;
-    listener(addr, tls)
+    server_endpoint_with(addr, offer, None)
 }
 
-/// A node's endpoint on `addr` with the TLS configuration `tls`.
-fn listener(addr: SocketAddr, tls: rustls::ServerConfig) -> io::Result<Listener> {
+/// [`server_endpoint_offering`] in PKI mode too when `pki` is given (the node's `[tls]`): the
+/// node presents `pki`'s chain instead of a self-signed certificate, and asks every client for
+/// a certificate, which rustls' `WebPkiClientVerifier` checks against `pki`'s roots and
+/// revocation lists. A client that presents none is a key-mode client (the Noise handshake
+/// inside authenticates it, as without `pki`); one whose certificate does not verify gets a
+/// TLS alert and no connection.
+pub fn server_endpoint_with(
+    addr: SocketAddr,
+    offer: Offer,
+    pki: Option<&CertFiles>,
+) -> io::Result<Listener> {
+    listener(addr, server_tls(offer, pki)?, offer)
+}
+
+/// The node's TLS configuration: see [`server_endpoint_with`].
+fn server_tls(offer: Offer, pki: Option<&CertFiles>) -> io::Result<rustls::ServerConfig> {
     let other = |e: &dyn std::fmt::Display| io::Error::other(e.to_string());
-    let crypto = QuicServerConfig::try_from(tls).map_err(|e| other(&e))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| other(&e))?;
+    let mut tls = match pki {
+        None => {
+            let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.into()])
+                .map_err(|e| other(&e))?;
+            let der = CertificateDer::from(cert.cert.der().to_vec());
+            let key = PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
+            builder
+                .with_no_client_auth()
+                .with_single_cert(vec![der], key.into())
+                .map_err(|e| other(&e))?
+        }
+        Some(pki) => {
+            let roots = pki.root_store().map_err(|e| other(&e))?;
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+                    .with_crls(pki.crls.iter().cloned())
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| other(&e))?;
+            builder
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(pki.chain.clone(), pki.key.clone_key())
+                .map_err(|e| other(&e))?
+        }
+    };
+    tls.alpn_protocols = offer.alpn();
+    tls.max_early_data_size = 0;
+    Ok(tls)
+}
+
+impl Listener {
+    /// Replaces PKI mode's certificates (a reload: new revocation lists, a renewed chain, a
+    /// new client CA): connections that arrive from now on get them; links already up keep
+    /// theirs.
+    pub fn set_pki(&self, pki: Option<&CertFiles>) -> io::Result<()> {
+        let config = server_config(server_tls(self.offer, pki)?)?;
+        self.endpoint.set_server_config(Some(config.clone()));
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+        Ok(())
+    }
+}
+
+/// The endpoint's server configuration around `tls`.
+fn server_config(tls: rustls::ServerConfig) -> io::Result<quinn::ServerConfig> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| io::Error::other(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     // The endpoint's default; `accept` gives each link its path's transport instead.
     config.transport_config(transport(true, PaceConfig::default()));
@@ -313,6 +377,12 @@ fn listener(addr: SocketAddr, tls: rustls::ServerConfig) -> io::Result<Listener>
         .max_incoming(MAX_INCOMING)
         .incoming_buffer_size(INCOMING_BUFFER)
         .incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
+    Ok(config)
+}
+
+/// A node's endpoint on `addr` with the TLS configuration `tls`.
+fn listener(addr: SocketAddr, tls: rustls::ServerConfig, offer: Offer) -> io::Result<Listener> {
+    let config = server_config(tls)?;
     let endpoint = Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(config.clone()),
@@ -321,8 +391,9 @@ fn listener(addr: SocketAddr, tls: rustls::ServerConfig) -> io::Result<Listener>
     )?;
     Ok(Listener {
         endpoint,
-        config,
+        config: Arc::new(std::sync::RwLock::new(config)),
         paths: Arc::default(),
+        offer,
     })
 }
 
@@ -334,17 +405,47 @@ pub fn client_endpoint(local: SocketAddr) -> io::Result<Dialer> {
 
 /// [`client_endpoint`] offering the versions of `offer`.
 pub fn client_endpoint_offering(local: SocketAddr, offer: Offer) -> io::Result<Dialer> {
+    client_endpoint_with(local, offer, None)
+}
+
+/// [`client_endpoint_offering`], in PKI mode when `pki` is given (the client's `[tls]`): the
+/// node's certificate is checked by rustls' `WebPkiServerVerifier` against `pki`'s roots and the
+/// name each link is dialled with ([`connect_named`]), the client presents `pki`'s chain, and
+/// only `wanmux/2` is offered (PKI mode's hello needs it). Without `pki`, the node is proved by
+/// the Noise handshake inside ([`ChannelBoundVerifier`]).
+pub fn client_endpoint_with(
+    local: SocketAddr,
+    offer: Offer,
+    pki: Option<&CertFiles>,
+) -> io::Result<Dialer> {
     let other = |e: &dyn std::fmt::Display| io::Error::other(e.to_string());
     let provider = provider();
-    // rustls calls every custom verifier "dangerous"; this one is sound because of the channel
-    // binding (see the module docs and `ChannelBoundVerifier`).
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| other(&e))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ChannelBoundVerifier(provider)))
-        .with_no_client_auth();
-    tls.alpn_protocols = offer.alpn();
+        .map_err(|e| other(&e))?;
+    let mut tls = match pki {
+        // rustls calls every custom verifier "dangerous"; this one is sound because of the
+        // channel binding (see the module docs and `ChannelBoundVerifier`).
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ChannelBoundVerifier(provider)))
+            .with_no_client_auth(),
+        Some(pki) => {
+            let roots = pki.root_store().map_err(|e| other(&e))?;
+            let verifier =
+                rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+                    .build()
+                    .map_err(|e| other(&e))?;
+            builder
+                .with_webpki_verifier(verifier)
+                .with_client_auth_cert(pki.chain.clone(), pki.key.clone_key())
+                .map_err(|e| other(&e))?
+        }
+    };
+    tls.alpn_protocols = match pki {
+        None => offer.alpn(),
+        Some(_) => vec![ALPN_V2.to_vec()],
+    };
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| other(&e))?;
     let config = quinn::ClientConfig::new(Arc::new(crypto));
     let endpoint = Endpoint::new(
@@ -360,9 +461,53 @@ pub fn client_endpoint_offering(local: SocketAddr, offer: Offer) -> io::Result<D
     })
 }
 
+/// How the node refused a PKI link whose read or write failed with `e`, if it did: a TLS
+/// alert ([`LinkError::Tls`]), or by closing the connection ([`LinkError::Closed`]).
+fn tls_refusal(e: &LinkError) -> Option<LinkError> {
+    let LinkError::Io(io) = e else {
+        return None;
+    };
+    let inner = io.get_ref()?;
+    let lost = if let Some(quinn::ReadError::ConnectionLost(c)) = inner.downcast_ref() {
+        c
+    } else if let Some(quinn::WriteError::ConnectionLost(c)) = inner.downcast_ref() {
+        c
+    } else {
+        return None;
+    };
+    match lost {
+        // The node closed the connection: it refused this client after the hello (a
+        // certificate not on its allow-list, say), as a node refuses a TCP link by closing it.
+        quinn::ConnectionError::ApplicationClosed(_) => Some(LinkError::Closed),
+        lost => match connection_error(lost.clone()) {
+            tls @ LinkError::Tls(_) => Some(tls),
+            _ => None,
+        },
+    }
+}
+
+/// The TLS alert in a QUIC crypto error code (`0x100 + alert`), if it is one.
+fn tls_alert(code: quinn::TransportErrorCode) -> Option<rustls::AlertDescription> {
+    let code = u64::from(code);
+    (0x100..0x200)
+        .contains(&code)
+        .then(|| rustls::AlertDescription::from((code - 0x100) as u8))
+}
+
 fn connection_error(e: quinn::ConnectionError) -> LinkError {
     match e {
         quinn::ConnectionError::TimedOut => LinkError::Timeout,
+        // This end's TLS refused the peer (its certificate did not verify): rustls' reason.
+        quinn::ConnectionError::TransportError(t) if tls_alert(t.code).is_some() => {
+            LinkError::Tls(t.reason)
+        }
+        // The peer's TLS refused this end, with an alert.
+        quinn::ConnectionError::ConnectionClosed(c) if tls_alert(c.error_code).is_some() => {
+            let alert = tls_alert(c.error_code).map_or_else(String::new, |a| format!("{a:?}"));
+            LinkError::Tls(format!(
+                "the peer refused this end with the TLS alert {alert}"
+            ))
+        }
         quinn::ConnectionError::TransportError(_) => LinkError::Protocol("QUIC transport error"),
         quinn::ConnectionError::VersionMismatch => LinkError::Protocol("QUIC version mismatch"),
         _ => LinkError::Closed,
@@ -376,11 +521,22 @@ pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<Stream, LinkError> {
+    connect_named(dialer, addr, SERVER_NAME, timeout).await
+}
+
+/// [`connect`] asking for `server_name`: the name a PKI-mode node's certificate must carry
+/// (`[[node]] tls_name`); key mode does not check it.
+pub async fn connect_named(
+    dialer: &Dialer,
+    addr: SocketAddr,
+    server_name: &str,
+    timeout: Duration,
+) -> Result<Stream, LinkError> {
     let mut config = dialer.config.clone();
     config.transport_config(dialer.paths.transport(addr.ip(), false));
     let connecting = dialer
         .endpoint
-        .connect_with(config, addr, SERVER_NAME)
+        .connect_with(config, addr, server_name)
         .map_err(|e| LinkError::Io(io::Error::other(e.to_string())))?;
     let conn = tokio::time::timeout(timeout, connecting)
         .await
@@ -394,6 +550,7 @@ pub async fn connect(
         wr: Box::new(Sender::new(send, conn)),
         version,
         binding,
+        client_cert: None,
     })
 }
 
@@ -405,7 +562,12 @@ pub async fn accept(
     incoming: quinn::Incoming,
     timeout: Duration,
 ) -> Result<Stream, LinkError> {
-    let mut config = listener.config.clone();
+    // Only a clone runs under this lock.
+    let mut config = listener
+        .config
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     config.transport_config(
         listener
             .paths
@@ -418,12 +580,14 @@ pub async fn accept(
             .await
             .map_err(connection_error)?;
         let (version, binding) = negotiated(&conn)?;
+        let client_cert = client_certificate(&conn)?;
         let (send, recv) = conn.accept_bi().await.map_err(connection_error)?;
         Ok::<_, LinkError>(Stream {
             rd: Box::new(recv),
             wr: Box::new(Sender::new(send, conn)),
             version,
             binding,
+            client_cert,
         })
     };
     tokio::time::timeout(timeout, stream)
@@ -443,6 +607,24 @@ fn negotiated(conn: &quinn::Connection) -> Result<(Version, Option<ChannelBindin
         // Both ends list ALPN names, so QUIC's TLS refuses a connection without a common one.
         _ => Err(LinkError::Protocol("QUIC link without a wanmux ALPN")),
     }
+}
+
+/// The identity of the certificate the client presented, which TLS verified (PKI mode): the
+/// SHA-256 of its SubjectPublicKeyInfo. `None` for a client without one (key mode).
+fn client_certificate(conn: &quinn::Connection) -> Result<Option<PublicKey>, LinkError> {
+    let Some(identity) = conn.peer_identity() else {
+        return Ok(None);
+    };
+    let chain = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| LinkError::Protocol("QUIC peer identity is not a certificate chain"))?;
+    let Some(leaf) = chain.first() else {
+        return Ok(None);
+    };
+    // rustls verified it, so it parses.
+    let hash = crate::tls::spki_hash(leaf)
+        .ok_or(LinkError::Protocol("client certificate does not parse"))?;
+    Ok(Some(PublicKey::from_bytes(hash)))
 }
 
 /// 32 bytes of `conn`'s TLS exporter under [`EXPORTER_LABEL`], empty context.
@@ -466,6 +648,8 @@ pub struct Stream {
     version: Version,
     /// Set on `wanmux/2`.
     binding: Option<ChannelBinding>,
+    /// At a node: the identity of the certificate the client presented (PKI mode).
+    client_cert: Option<PublicKey>,
 }
 
 impl Stream {
@@ -474,9 +658,18 @@ impl Stream {
         self.version
     }
 
+    /// At a node: the identity of the certificate the client presented, which TLS verified
+    /// (the SHA-256 of its SubjectPublicKeyInfo, in a [`PublicKey`]'s 32 bytes); `None` for a
+    /// key-mode client. With one, [`Stream::accept_with`] runs PKI mode's hello.
+    pub fn client_cert(&self) -> Option<&PublicKey> {
+        self.client_cert.as_ref()
+    }
+
     /// Runs the client side of the link's handshake and sends `first` in the key confirmation:
     /// [`noise::connect_bound_stream`] on `wanmux/2`, [`noise::connect_stream`] on `wanmux/1`
-    /// (see them for the errors).
+    /// (see them for the errors); in PKI mode ([`ClientAuth::Pki`]) the clear hello,
+    /// [`noise::connect_pki_stream`]. A node that refused this client's certificate closes the
+    /// connection with a TLS alert: [`LinkError::Tls`].
     pub async fn connect(
         self,
         auth: &ClientAuth,
@@ -484,6 +677,16 @@ impl Stream {
         first: &[u8],
         timeout: Duration,
     ) -> Result<(LinkReader, LinkWriter, ServerHello), LinkError> {
+        if let ClientAuth::Pki { .. } = auth {
+            if self.version != Version::V2 {
+                return Err(LinkError::Protocol("PKI mode needs wanmux/2"));
+            }
+            return noise::connect_pki_stream(self.rd, self.wr, hello, first, timeout)
+                .await
+                // The node checks the client's certificate after the client's TLS handshake
+                // completed: its refusal (a TLS alert) arrives as the connection's loss.
+                .map_err(|e| tls_refusal(&e).unwrap_or(e));
+        }
         match &self.binding {
             Some(binding) => {
                 noise::connect_bound_stream(self.rd, self.wr, binding, auth, hello, first, timeout)
@@ -495,7 +698,9 @@ impl Stream {
 
     /// Runs the node side of the link's handshake: [`noise::accept_bound_stream_with`] on
     /// `wanmux/2`, [`noise::accept_stream_with`] on `wanmux/1` (see them for `respond` and the
-    /// errors).
+    /// errors); for a client that presented a certificate ([`Stream::client_cert`]), PKI mode's
+    /// hello ([`noise::accept_pki_stream`]), whose `respond` gets the certificate's identity
+    /// as the key.
     pub async fn accept_with<F>(
         self,
         auth: &ServerAuth,
@@ -505,6 +710,12 @@ impl Stream {
     where
         F: FnOnce(&ReceivedHello, Option<&PublicKey>) -> Result<ServerHello, LinkError>,
     {
+        if let Some(client) = self.client_cert {
+            if self.version != Version::V2 {
+                return Err(LinkError::Protocol("PKI mode needs wanmux/2"));
+            }
+            return noise::accept_pki_stream(self.rd, self.wr, client, timeout, respond).await;
+        }
         match &self.binding {
             Some(binding) => {
                 noise::accept_bound_stream_with(self.rd, self.wr, binding, auth, timeout, respond)
@@ -712,6 +923,8 @@ impl ServerCertVerifier for ChannelBoundVerifier {
 
 #[cfg(test)]
 mod link_tests;
+#[cfg(test)]
+mod pki_tests;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,387 @@
+//! PKI mode on the daemons' QUIC links (`[tls]`, `docs/PROTOCOL.md`, "PKI mode"): transfers both
+//! ways over one and several links, a key-mode client and a PKI client on one node at once, and
+//! the refusals: a client certificate from another CA, one whose identity the node's
+//! `allowed_clients` does not list, a node certificate of another CA or for another name. Every
+//! refusal is counted by reason at the node and at the client, and leaves no link. Transfers
+//! compare hashes of what was sent and received, both directions.
+
+use std::time::Duration;
+use wanmux_config::{ClientAuth, ClientConfig, LinkTransport, ServerConfig, ServerTls};
+use wanmux_core::keys::PublicKey;
+use wanmux_core::status::Status;
+use wanmux_core::tls::issue::Ca;
+use wanmux_core::tls::{spki_hash, spki_text, CertFiles};
+use wanmux_tests::harness::{
+    eventually, panics, pki_files, pki_files_from, transfer, within, Auth, Tunnel,
+};
+
+const MIB: u64 = 1 << 20;
+const LIMIT: Duration = Duration::from_secs(90);
+
+fn transports(status: &Status) -> Vec<&str> {
+    let mut t: Vec<&str> = status
+        .sessions
+        .iter()
+        .flat_map(|s| &s.links)
+        .map(|l| l.transport.as_deref().unwrap_or("-"))
+        .collect();
+    t.sort_unstable();
+    t
+}
+
+fn identity(files: &CertFiles) -> PublicKey {
+    PublicKey::from_bytes(spki_hash(&files.chain[0]).expect("a certificate"))
+}
+
+fn pki_client_files(c: &ClientConfig) -> &CertFiles {
+    c.auth.tls().expect("a PKI client")
+}
+
+async fn pki_transfers(links: u16) {
+    within(LIMIT, async {
+        let before = panics();
+        let mut t = Tunnel::start(Auth::Pki, links).await;
+        let mut seed = 0;
+        for size in [0, 1, MIB, 32 * MIB] {
+            for (up, down) in [(size, 0), (0, size), (size, size)] {
+                seed += 1;
+                t.check_transfer(up, down, seed).await;
+            }
+        }
+        t.check_concurrent(16, MIB, MIB).await;
+        assert_eq!(t.client.live_links(), usize::from(links));
+        let n = usize::from(links);
+        assert_eq!(transports(&t.client.status()), vec!["quic"; n]);
+        assert_eq!(transports(&t.server.status()), vec!["quic"; n]);
+        // The session is the certificate's: status names its identity as allowed_clients does.
+        let id = identity(pki_client_files(&t.client_config));
+        let status = t.server.status();
+        assert_eq!(status.sessions.len(), 1);
+        assert_eq!(status.sessions[0].peer, spki_text(id.as_bytes()));
+        assert_eq!(panics(), before, "something panicked");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pki_1_link() {
+    pki_transfers(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pki_4_links() {
+    pki_transfers(4).await;
+}
+
+/// A node with static keys and `[tls]` serves a key-mode client and a PKI client at once, each
+/// in its own session; both move data both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_mode_client_and_a_pki_client_on_one_node() {
+    within(LIMIT, async {
+        let before = panics();
+        let (node_files, client_files) = pki_files();
+        let mut t = Tunnel::start_with(Auth::Static { psk: false }, 2, |server, client| {
+            server.tls = Some(ServerTls {
+                files: node_files,
+                allowed_certs: Default::default(),
+            });
+            client.transport = LinkTransport::Quic;
+        })
+        .await;
+        let mut pki = t.client_config.clone();
+        let nodes = t.client_config.auth.nodes().cloned().collect::<Vec<_>>();
+        pki.auth = ClientAuth::Pki {
+            files: client_files,
+            nodes: nodes
+                .into_iter()
+                .map(|node| wanmux_config::NamedNode {
+                    node,
+                    tls_name: "127.0.0.1".into(),
+                })
+                .collect(),
+        };
+        let pki_client = wanmux_client::start(pki)
+            .await
+            .expect("the PKI client starts");
+        tokio::time::timeout(Duration::from_secs(10), pki_client.wait_for_links(2))
+            .await
+            .expect("the PKI client's links come up");
+        assert_eq!(t.server.session_count(), 2, "a session each");
+        let mut seed = 200;
+        for (up, down) in [(MIB, 0), (0, MIB), (8 * MIB, 8 * MIB)] {
+            seed += 1;
+            let c = transfer(pki_client.first_addr(), up, down, seed)
+                .await
+                .expect("transfer through the PKI client");
+            t.check_result(c, seed, up, down).await;
+            seed += 1;
+            t.check_transfer(up, down, seed).await;
+        }
+        assert_eq!(transports(&t.server.status()), vec!["quic"; 4]);
+        assert_eq!(panics(), before, "something panicked");
+        pki_client.shutdown();
+    })
+    .await;
+}
+
+/// The count of refusals (or failed dials) with `reason` in `status`.
+fn failures(status: &Status, reason: &str) -> u64 {
+    status.handshake_failures.get(reason).copied().unwrap_or(0)
+}
+
+/// Starts `bad` against `t`'s node and checks that it gets no link while the node counts a
+/// refusal as `node_reason` and the client a failed dial as `client_reason`.
+async fn refused(t: &Tunnel, bad: ClientConfig, node_reason: &str, client_reason: &str) {
+    let node_before = failures(&t.server.status(), node_reason);
+    let client = wanmux_client::start(bad).await.expect("client starts");
+    let counted = eventually(Duration::from_secs(10), || {
+        failures(&t.server.status(), node_reason) > node_before
+            && failures(&client.status(), client_reason) > 0
+    })
+    .await;
+    assert!(
+        counted,
+        "refusal not counted: node {:?}, client {:?}",
+        t.server.status().handshake_failures,
+        client.status().handshake_failures
+    );
+    assert_eq!(client.live_links(), 0, "a refused client has a link");
+    assert_eq!(
+        t.server.session_count(),
+        1,
+        "a session for a refused client"
+    );
+    client.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_refuses_a_client_certificate_of_another_ca_or_not_on_the_list() {
+    within(LIMIT, async {
+        let mut t = Tunnel::start(Auth::Pki, 1).await;
+        // A client certificate of another CA (that client trusts this node's CA, so only the
+        // node refuses): TLS refuses it at the node with an alert the client logs.
+        let (_, foreign) = pki_files();
+        let ours = pki_client_files(&t.client_config).clone();
+        let mut bad = t.client_config.clone();
+        if let ClientAuth::Pki { files, .. } = &mut bad.auth {
+            *files = CertFiles {
+                roots: ours.roots.clone(),
+                ..foreign
+            };
+        }
+        refused(&t, bad, "client_cert_invalid", "tls").await;
+        t.check_transfer(1000, 1000, 1).await;
+        assert_eq!(t.app.accepted(), 1);
+    })
+    .await;
+
+    // A node that lists client certificates by identity refuses one of its CA not listed.
+    within(LIMIT, async {
+        let day = Duration::from_secs(86_400);
+        let ca = Ca::generate(std::time::SystemTime::now() + 365 * day).expect("a CA");
+        let (node_files, listed) = pki_files_from(&ca, "listed");
+        let (_, unlisted) = pki_files_from(&ca, "unlisted");
+        let listed_id = identity(&listed);
+        let mut t = Tunnel::start_with(Auth::Pki, 1, |server: &mut ServerConfig, client| {
+            server.tls = Some(ServerTls {
+                files: node_files,
+                allowed_certs: [listed_id, PublicKey::from_bytes([7; 32])].into(),
+            });
+            if let ClientAuth::Pki { files, .. } = &mut client.auth {
+                *files = listed;
+            }
+        })
+        .await;
+        let mut other = t.client_config.clone();
+        if let ClientAuth::Pki { files, .. } = &mut other.auth {
+            *files = unlisted;
+        }
+        refused(&t, other, "unknown_client", "refused_by_node").await;
+        t.check_transfer(1000, 1000, 2).await;
+    })
+    .await;
+}
+
+/// The client refuses a node whose certificate is of another CA than its `ca_file`, or names
+/// another host than `node.tls_name`; the node counts nothing of its own (its TLS saw the
+/// client's alert) but the client says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_refuses_a_node_of_another_ca_or_name() {
+    within(LIMIT, async {
+        let t = Tunnel::start(Auth::Pki, 1).await;
+        let (_, foreign) = pki_files();
+        let mut other_ca = t.client_config.clone();
+        if let ClientAuth::Pki { files, .. } = &mut other_ca.auth {
+            files.roots = foreign.roots;
+        }
+        let mut other_name = t.client_config.clone();
+        if let ClientAuth::Pki { nodes, .. } = &mut other_name.auth {
+            nodes[0].tls_name = "node.example".into();
+        }
+        for bad in [other_ca, other_name] {
+            let client = wanmux_client::start(bad).await.expect("client starts");
+            let counted = eventually(Duration::from_secs(10), || {
+                failures(&client.status(), "tls") > 0
+            })
+            .await;
+            assert!(counted, "{:?}", client.status().handshake_failures);
+            assert_eq!(client.live_links(), 0);
+            assert_eq!(t.server.session_count(), 1);
+            client.shutdown();
+        }
+    })
+    .await;
+}
+
+/// A reload reads `[tls]` again: a revocation list added to it refuses the revoked client's new
+/// links (counted as `client_cert_revoked`) while another client of the CA keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_takes_a_new_revocation_list() {
+    use wanmux_core::tls::Usage;
+    within(LIMIT, async {
+        let day = Duration::from_secs(86_400);
+        let now = std::time::SystemTime::now();
+        let ca = Ca::generate(now + 365 * day).expect("a CA");
+        let pem = |i: &wanmux_core::tls::issue::Issued, crls: &[String]| {
+            CertFiles::from_pem(&i.cert_pem, &i.key_pem, &ca.cert_pem(), crls).expect("PEM")
+        };
+        let issue = |name: &str, usage| {
+            ca.issue(name, usage, now - day, now + 30 * day)
+                .expect("a certificate")
+        };
+        let (node, a, b) = (
+            issue("127.0.0.1", Usage::Node),
+            issue("a", Usage::Client),
+            issue("b", Usage::Client),
+        );
+        let mut running = None;
+        let mut t = Tunnel::start_with(Auth::Pki, 1, |server, client| {
+            server.tls = Some(ServerTls {
+                files: pem(&node, &[]),
+                allowed_certs: Default::default(),
+            });
+            if let ClientAuth::Pki { files, .. } = &mut client.auth {
+                *files = pem(&a, &[]);
+            }
+            running = Some(server.clone());
+        })
+        .await;
+        let running = running.expect("the node's config");
+        let mut client_b = t.client_config.clone();
+        if let ClientAuth::Pki { files, .. } = &mut client_b.auth {
+            *files = pem(&b, &[]);
+        }
+        // Before: b is taken.
+        let before = wanmux_client::start(client_b.clone())
+            .await
+            .expect("b starts");
+        tokio::time::timeout(Duration::from_secs(10), before.wait_for_links(1))
+            .await
+            .expect("b's link comes up");
+        before.shutdown();
+
+        let crl = ca.revocation_list(&[b.serial], 7 * day).expect("a CRL");
+        let mut new = running.clone();
+        new.tls.as_mut().expect("[tls]").files = pem(&node, &[crl]);
+        t.server
+            .reload(&running, new)
+            .await
+            .expect("the reload applies");
+        refused_after(&t, client_b, "client_cert_revoked").await;
+        t.check_transfer(MIB, MIB, 9).await;
+    })
+    .await;
+}
+
+/// As `refused`, for a node that may still hold sessions of earlier clients.
+async fn refused_after(t: &Tunnel, bad: ClientConfig, node_reason: &str) {
+    let node_before = failures(&t.server.status(), node_reason);
+    let client = wanmux_client::start(bad).await.expect("client starts");
+    let counted = eventually(Duration::from_secs(10), || {
+        failures(&t.server.status(), node_reason) > node_before
+            && failures(&client.status(), "tls") > 0
+    })
+    .await;
+    assert!(
+        counted,
+        "refusal not counted: node {:?}, client {:?}",
+        t.server.status().handshake_failures,
+        client.status().handshake_failures
+    );
+    assert_eq!(client.live_links(), 0, "a refused client has a link");
+    client.shutdown();
+}
+
+/// A reload that drops a certificate's identity from `allowed_clients` closes that client's
+/// session and refuses its new links; a key-mode client of the same node keeps its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_without_a_certificates_identity_closes_its_session_only() {
+    within(LIMIT, async {
+        let day = Duration::from_secs(86_400);
+        let ca = Ca::generate(std::time::SystemTime::now() + 365 * day).expect("a CA");
+        let (node_files, a) = pki_files_from(&ca, "a");
+        let a_id = identity(&a);
+        let mut running = None;
+        let mut t = Tunnel::start_with(Auth::Static { psk: false }, 1, |server, client| {
+            server.tls = Some(ServerTls {
+                files: node_files,
+                allowed_certs: [a_id].into(),
+            });
+            client.transport = LinkTransport::Quic;
+            running = Some(server.clone());
+        })
+        .await;
+        let running = running.expect("the node's config");
+        let mut pki = t.client_config.clone();
+        let nodes = t.client_config.auth.nodes().cloned().collect::<Vec<_>>();
+        pki.auth = ClientAuth::Pki {
+            files: a,
+            nodes: nodes
+                .into_iter()
+                .map(|node| wanmux_config::NamedNode {
+                    node,
+                    tls_name: "127.0.0.1".into(),
+                })
+                .collect(),
+        };
+        let client_a = wanmux_client::start(pki.clone()).await.expect("a starts");
+        tokio::time::timeout(Duration::from_secs(10), client_a.wait_for_links(1))
+            .await
+            .expect("a's link comes up");
+        assert_eq!(t.server.session_count(), 2);
+        let link_ids = |st: &Status| -> Vec<u64> {
+            st.sessions
+                .iter()
+                .flat_map(|s| &s.links)
+                .map(|l| l.id)
+                .collect()
+        };
+        let key_links = link_ids(&t.client.status());
+
+        let mut new = running.clone();
+        new.tls.as_mut().expect("[tls]").allowed_certs = [PublicKey::from_bytes([9; 32])].into();
+        t.server
+            .reload(&running, new)
+            .await
+            .expect("the reload applies");
+        assert!(
+            eventually(Duration::from_secs(10), || t.server.session_count() == 1).await,
+            "a's session was not closed"
+        );
+        let before = failures(&t.server.status(), "unknown_client");
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                failures(&t.server.status(), "unknown_client") > before
+            })
+            .await,
+            "a's new links are not refused: {:?}",
+            t.server.status().handshake_failures
+        );
+        assert_eq!(client_a.live_links(), 0);
+        client_a.shutdown();
+        // The key-mode client was not touched: the same link throughout.
+        t.check_transfer(MIB, MIB, 11).await;
+        assert_eq!(link_ids(&t.client.status()), key_links);
+    })
+    .await;
+}
