@@ -9,7 +9,9 @@
 //! `connect_peer_stream` for peer links. A third scenario runs both of the crate's sides against
 //! each other through a pipe that corrupts bytes in flight, client links either as on TCP or
 //! bound to a TLS connection's exporter (QUIC on ALPN `wanmux/2`: `connect_bound_stream`,
-//! `accept_bound_stream_with`, clear messages after the key confirmation).
+//! `accept_bound_stream_with`, clear messages after the key confirmation). A fourth runs PKI
+//! mode's clear hello and reply (`accept_pki_stream`, `connect_pki_stream`) against the
+//! fuzzer's bytes: a node takes a hello only if its secret derives the id it names.
 //!
 //! Client links run version 3 (`docs/PROTOCOL.md`, "Handshake"): message 1 carries the session
 //! id and a timestamp, and the key confirmation starts with the session secret that id derives
@@ -190,6 +192,25 @@ enum Scenario {
         /// (direction, offset in that direction's byte stream, XOR).
         flips: Vec<(bool, u16, u8)>,
         messages: Vec<Vec<u8>>,
+    },
+    /// PKI mode (QUIC links whose certificates TLS verified): the clear hello and its reply.
+    /// The fuzzer plays the client to the crate's node side (a valid hello with any damage, or
+    /// any bytes), then the node to the crate's client side (any reply bytes), each followed by
+    /// `len | frames` messages.
+    Pki {
+        secret: [u8; SESSION_SECRET_LEN],
+        /// The id the hello names: the secret's own, or any other.
+        id: Option<[u8; 16]>,
+        /// Bytes 22 (flags) and 1 (version) of the hello as sent, if set.
+        flags: Option<u8>,
+        version: Option<u8>,
+        /// Raw bytes in place of the hello.
+        raw: Option<Vec<u8>>,
+        /// The crate's node refuses the hello.
+        refuse: bool,
+        /// What the fuzzer's node answers the crate's client.
+        reply: Vec<u8>,
+        tail: Vec<u8>,
     },
 }
 
@@ -960,7 +981,10 @@ async fn both(s: Scenario) {
                     None => noise::accept_stream_with(srd, swr, &auth_s, TIMEOUT, respond).await,
                 }
                 .ok()?;
-                assert!(!mismatched, "a handshake bound to another exporter was taken");
+                assert!(
+                    !mismatched,
+                    "a handshake bound to another exporter was taken"
+                );
                 assert_eq!(a.reader.decrypts(), s_bind.is_none());
                 // The key confirmation proved the secret behind message 1's id.
                 assert_eq!(
@@ -1020,6 +1044,114 @@ async fn both(s: Scenario) {
     }
 }
 
+/// PKI mode's hello both ways (see [`Scenario::Pki`]). Checked: nothing panics; the crate's node
+/// takes a hello only if its secret derives the id it names, and hands on exactly the hello's
+/// fields; the crate's client takes a reply only as it decodes.
+async fn pki(s: Scenario) {
+    let Scenario::Pki {
+        secret,
+        id,
+        flags,
+        version,
+        raw,
+        refuse,
+        reply,
+        tail,
+    } = s
+    else {
+        unreachable!()
+    };
+    let secret_bytes = secret;
+    let secret = SessionSecret::from_bytes(secret);
+    let named = id.unwrap_or(secret.id());
+    let sent = match &raw {
+        Some(raw) => raw.clone(),
+        None => {
+            let mut h = vec![noise::PKI_MODE, version.unwrap_or(4)];
+            h.extend_from_slice(&named);
+            h.extend_from_slice(&7u32.to_be_bytes());
+            h.push(flags.unwrap_or(2));
+            h.extend_from_slice(secret.as_bytes());
+            h
+        }
+    };
+    // The crate's node.
+    let ((rd, wr), mut fz) = pipe();
+    let client = PublicKey::from_bytes([5; 32]);
+    let node = noise::accept_pki_stream(rd, wr, client, TIMEOUT, |h, c| {
+        assert_eq!(c, Some(&client));
+        if refuse {
+            return Err(LinkError::Replayed);
+        }
+        Ok(ServerHello {
+            node_id: 7,
+            epoch: 9,
+            relay: h.relay,
+        })
+    });
+    let mut wire = sent.clone();
+    wire.extend_from_slice(&tail);
+    // Only writes: the pipe holds the node's reply, and nothing waits for the node to close.
+    let fuzzer = async move {
+        let _ = fz.write_all(&wire).await;
+        let _ = fz.shutdown().await;
+        fz
+    };
+    let (accepted, _fz) = tokio::join!(node, fuzzer);
+    if let Ok(a) = accepted {
+        assert!(raw.is_some() || !refuse, "a refused hello was taken");
+        assert!(sent.len() >= 55 && sent[0] == noise::PKI_MODE && sent[1] == 4);
+        assert_eq!(a.hello.session_id[..], sent[2..18]);
+        assert_eq!(
+            SessionSecret::from_bytes(sent[23..55].try_into().unwrap()).id(),
+            a.hello.session_id,
+            "a hello whose secret does not derive its id was taken"
+        );
+        assert_eq!(
+            a.hello.link_seq,
+            u32::from_be_bytes(sent[18..22].try_into().unwrap())
+        );
+        assert_eq!(a.hello.lane, sent[22] & 1 != 0);
+        assert_eq!(a.hello.relay, sent[22] & 2 != 0);
+        let mut reader = a.reader;
+        while let Ok(Some(m)) = reader.recv().await {
+            assert!(m.len() <= 65_519);
+        }
+    }
+
+    // The crate's client.
+    let ((rd, wr), mut fz) = pipe();
+    let hello = ClientHello {
+        session: secret,
+        link_seq: 1,
+        lane: false,
+        relay: true,
+    };
+    let dial = noise::connect_pki_stream(rd, wr, &hello, b"hi", TIMEOUT);
+    let answer = reply.clone();
+    let fuzzer = async move {
+        let _ = fz.write_all(&answer).await;
+        let _ = fz.shutdown().await;
+        fz
+    };
+    let (dialled, mut fz) = tokio::join!(dial, fuzzer);
+    if let Ok((mut reader, _, got)) = dialled {
+        assert_eq!(u16::from_be_bytes([reply[1], reply[2]]), got.node_id);
+        assert_eq!(
+            u64::from_be_bytes(reply[4..12].try_into().unwrap()),
+            got.epoch
+        );
+        while let Ok(Some(m)) = reader.recv().await {
+            assert!(m.len() <= 65_519);
+        }
+    }
+    // Every end of the crate's client is dropped: what it sent reads to the end.
+    let mut hello_out = Vec::new();
+    let _ = fz.read_to_end(&mut hello_out).await;
+    assert!(hello_out.len() >= 55 && hello_out[0] == noise::PKI_MODE);
+    assert_eq!(hello_out[23..55], secret_bytes[..]);
+}
+
 fuzz_target!(|s: Scenario| {
     if std::env::var_os("FUZZ_DEBUG").is_some() {
         eprintln!("{s:#?}");
@@ -1029,6 +1161,7 @@ fuzz_target!(|s: Scenario| {
             s @ Scenario::Dial { .. } => dial(s).await,
             s @ Scenario::Accept { .. } => accept(s).await,
             s @ Scenario::Both { .. } => both(s).await,
+            s @ Scenario::Pki { .. } => pki(s).await,
         }
     });
 });
