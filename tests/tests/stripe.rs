@@ -672,3 +672,71 @@ async fn a_relay_unbinds_a_session_whose_client_links_are_gone() {
     })
     .await;
 }
+
+/// A PKI-mode client (QUIC links authenticated by certificates from the operator's CA, its
+/// identity the hash of its certificate's key) stripes over a cluster like a key-mode one: the
+/// nodes keep static keys for their peer links, take the client by its certificate, and the
+/// relay binds its session by that identity. Hashes compared both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pki_client_stripes_over_the_cluster_both_ways() {
+    within(Duration::from_secs(120), async {
+        let mut app = app_server().await;
+        let (node_files, client_files) = wanmux_tests::harness::pki_files();
+        let specs = node_specs(2);
+        let mut nodes = Vec::new();
+        for i in 0..specs.len() {
+            // Key-mode clients are allowed too (a key no client has): the node serves both.
+            let mut config = node_config(&specs, i, generate_keypair().1, app.addr);
+            config.tls = Some(wanmux_config::ServerTls {
+                files: node_files.clone(),
+                allowed_certs: Default::default(),
+            });
+            nodes.push(wanmux_server::start(config).await.expect("node starts"));
+        }
+        for node in &nodes {
+            tokio::time::timeout(
+                Duration::from_secs(15),
+                node.wait_for_peers(|up| up.len() == 1),
+            )
+            .await
+            .expect("full mesh");
+        }
+        let named = specs
+            .iter()
+            .zip(&nodes)
+            .map(|(s, node)| wanmux_config::NamedNode {
+                node: Node {
+                    id: NonZeroU16::new(s.id).expect("ids start at 1"),
+                    addr: node.local_addr().into(),
+                },
+                tls_name: "127.0.0.1".into(),
+            })
+            .collect();
+        let mut config = ClientConfig::new(
+            ClientAuth::Pki {
+                files: client_files,
+                nodes: named,
+            },
+            vec![PortMap {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                service: ServiceName::new(SERVICE).expect("name"),
+                spread: Spread::Stripe,
+            }],
+        );
+        config.links = Links::fixed(2);
+        config.owner = OwnerPolicy::First;
+        config.transport = wanmux_config::LinkTransport::Quic;
+        let client = wanmux_client::start(config).await.expect("client starts");
+        client.wait_for_links(4).await;
+        wait_for_sub_links(&client, 2, 2).await;
+        let (up, down) = (8 << 20, 8 << 20);
+        let tasks = start_transfers(client.first_addr(), 4, up, down);
+        check_all(&mut app, tasks, up, down).await;
+        let (s, r) = client.relayed(2, 1);
+        assert!(s > 0 && r > 0, "node 2 relayed {s} up, {r} down");
+        assert!(nodes[1].relayed(1).0 > 0 && nodes[1].relayed(1).1 > 0);
+        drop(nodes);
+        client.shutdown();
+    })
+    .await;
+}
