@@ -510,9 +510,10 @@ def run(args) -> int:
         while time.monotonic() < deadline:
             time.sleep(min(args.sample, 5))
             samples.append(sample(t, t0, stats, "after"))
+        every = (f"one killed every ~{args.kill_every:g} s" if args.transport == "tcp" else
+                 f"one killed ~{args.kill_every:g} s after the last was found dead")
         meta["title"] = (f"wanmux soak: {args.minutes:g} min, {args.workers} workers, "
-                         f"{args.links} {args.transport.upper()} links, one killed every "
-                         f"~{args.kill_every:g} s")
+                         f"{args.links} {args.transport.upper()} links, {every}")
         meta["subtitle"] = f"commit {meta['commit']}, {meta['started']}"
         summary = summarize(samples, meta)
         if stats.dead_after:
