@@ -145,9 +145,11 @@ struct ViaState {
     /// whose `VIA_DOWN` could not be queued then: it goes before the next `RELAY` to them.
     via_down_owed: HashMap<u16, Handle>,
     /// An owner refused what this link relayed (`NO_SESSION` code 2: its frames broke the
-    /// protocol), or its client left more than [`MAX_DOWNS`] answers unread: the link is
-    /// closed at the next routed message it brings, and nothing more of it is relayed.
+    /// protocol): the link is closed at the next routed message it brings, and nothing more
+    /// of it is relayed.
     refused: bool,
+    /// Its client left more than [`MAX_DOWNS`] answers unread: closed likewise.
+    unread: bool,
     /// `ROUTE_DOWN` answers in `queue`.
     downs: usize,
     ended: bool,
@@ -406,7 +408,7 @@ impl ViaState {
             return;
         }
         if self.downs >= MAX_DOWNS {
-            self.refused = true;
+            self.unread = true;
             return;
         }
         self.downs += 1;
@@ -474,12 +476,22 @@ impl Router for NodeRouter {
                 let Some(frame) = frame else {
                     return Ok(());
                 };
-                if self.queue.lock().refused {
+                let (refused, unread) = {
+                    let st = self.queue.lock();
+                    (st.refused, st.unread)
+                };
+                if refused {
                     // As a direct link whose frames break the protocol is closed.
                     return Err(LinkEnd::Routed(
                         "an owner refused what this link relayed: its frames broke the protocol"
                             .into(),
                     ));
+                }
+                if unread {
+                    return Err(LinkEnd::Routed(format!(
+                        "more than {MAX_DOWNS} ROUTE_DOWN answers left unread: the client \
+                         does not read what its sections are answered with"
+                    )));
                 }
                 let Routed::Section {
                     node,
@@ -1004,13 +1016,13 @@ mod tests {
         st.push(2, Handle(1), section(2, 100), 100);
         st.push_answer(2, down(5));
         assert_eq!((st.queue.len(), st.downs), (3, 2));
-        assert!(!st.refused);
+        assert!(!st.unread);
         for epoch in 0..10_000 {
             st.push_answer(2, down(100 + epoch));
         }
         assert_eq!(st.downs, MAX_DOWNS);
         assert_eq!(st.queue.len(), MAX_DOWNS + 1);
-        assert!(st.refused, "a link whose answers pile up is refused");
+        assert!(st.unread, "a link whose answers pile up is refused");
     }
 
     /// A counted message holds its bytes in the budget until its last handle is dropped, and a
