@@ -1,5 +1,5 @@
 """What the load benchmarks (scale.py, soak.py) share: an echo service, a one-node tunnel on
-loopback with TCP links, and reading a daemon's memory and open files from /proc.
+loopback with TCP (or QUIC) links, and reading a daemon's memory and open files from /proc.
 
 Python 3.11 standard library only. Run as a script it is the echo service:
 
@@ -123,13 +123,30 @@ class Tunnel:
     map_addr: str
     link_port: int
     logs: list[Path] = field(default_factory=list)
+    transport: str = "tcp"
+
+
+def links_up(t: Tunnel) -> int:
+    """The client's links that are up: its established TCP connections to the node, or for QUIC
+    links (which share one UDP socket) the "link up" lines of its log less its "link ended"
+    lines."""
+    if t.transport == "tcp":
+        return len(link_sockets(t.link_port))
+    up = ended = 0
+    with open(t.logs[1], errors="replace") as f:
+        for line in f:
+            if "link up" in line:
+                up += 1
+            elif "link ended" in line:
+                ended += 1
+    return up - ended
 
 
 def start_tunnel(procs: benchlib.Procs, bins: Path, d: Path, target: str, *, links: int,
-                 limits: str = "", server_extra: str = "") -> Tunnel:
-    """Writes keys and configs into `d` and starts a one-node tunnel with `links` TCP links
-    (Noise IKpsk2) from a mapped port on 127.0.0.1 to `target`; returns once the mapped port
-    listens and every link is up."""
+                 limits: str = "", server_extra: str = "", transport: str = "tcp") -> Tunnel:
+    """Writes keys and configs into `d` and starts a one-node tunnel with `links` links over
+    `transport` ("tcp" or "quic"; Noise IKpsk2) from a mapped port on 127.0.0.1 to `target`;
+    returns once the mapped port listens and every link is up."""
     d.mkdir(parents=True, exist_ok=True)
     srv, cli = str(bins / "wanmux-server"), str(bins / "wanmux-client")
     server_pub = benchlib.public_key(run_cmd([srv, "keygen", "--out", str(d / "server.key")]))
@@ -140,7 +157,7 @@ def start_tunnel(procs: benchlib.Procs, bins: Path, d: Path, target: str, *, lin
         d, listen=f"127.0.0.1:{link_port}", node_addr=f'"127.0.0.1:{link_port}"', target=target,
         map_listen=f"127.0.0.1:{map_port}", server_key="server.key", client_key="client.key",
         server_pub=server_pub, client_pub=client_pub,
-        links=f'count = {links}\ntransport = "tcp"', psk_file="wanmux.psk",
+        links=f'count = {links}\ntransport = "{transport}"', psk_file="wanmux.psk",
         server_extra=server_extra, limits=limits)
     benchlib.check_configs("tunnel", bins, d)
     env = benchlib.daemon_env()
@@ -151,8 +168,8 @@ def start_tunnel(procs: benchlib.Procs, bins: Path, d: Path, target: str, *, lin
     pc = procs.start("wanmux-client", [cli, "run", "--config", str(d / "client.toml")], logs[1],
                      env=env)
     benchlib.wait_for(lambda: listening(map_port), "wanmux-client listening", [ps, pc])
-    t = Tunnel(ps, pc, f"127.0.0.1:{map_port}", link_port, logs)
-    benchlib.wait_for(lambda: len(link_sockets(link_port)) >= links, "links up", [ps, pc])
+    t = Tunnel(ps, pc, f"127.0.0.1:{map_port}", link_port, logs, transport)
+    benchlib.wait_for(lambda: links_up(t) >= links, "links up", [ps, pc])
     return t
 
 

@@ -29,6 +29,7 @@ Python 3.11 standard library only.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime as dt
 import json
 import math
@@ -36,6 +37,7 @@ import os
 import random
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -55,8 +57,10 @@ class Stats:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.c = {"ok": 0, "idle_ok": 0, "reset_by_us": 0, "failed": 0, "mismatch": 0,
-                  "bytes": 0, "links_killed": 0, "all_links_killed": 0}
+                  "bytes": 0, "links_killed": 0, "all_links_killed": 0, "kill_timeout": 0}
         self.failures: list[str] = []
+        # QUIC: seconds from a kill's drop rule until both ends had declared its links dead.
+        self.dead_after: list[float] = []
 
     def add(self, key: str, n: int = 1) -> None:
         with self.lock:
@@ -173,16 +177,165 @@ def worker(i: int, addr, args, stats: Stats, stop: threading.Event) -> None:
 def killer(t: common.Tunnel, args, stats: Stats, stop: threading.Event) -> None:
     rng = random.Random(args.seed)
     next_all = time.monotonic() + args.kill_all_every
-    while not stop.wait(rng.uniform(args.kill_every / 2, args.kill_every * 1.5)):
-        links = common.link_sockets(t.link_port)
-        if time.monotonic() >= next_all:
-            next_all += args.kill_all_every
-            n = sum(common.kill_link(t.link_port, p) for p in links)
-            stats.add("all_links_killed")
-            stats.add("links_killed", n)
-        elif links:
-            if common.kill_link(t.link_port, rng.choice(links)):
-                stats.add("links_killed")
+    quic = QuicKiller(t, args, stats) if t.transport == "quic" else None
+    try:
+        while not stop.wait(rng.uniform(args.kill_every / 2, args.kill_every * 1.5)):
+            kill_all = time.monotonic() >= next_all
+            if kill_all:
+                next_all += args.kill_all_every
+            if quic:
+                quic.kill(rng, kill_all, stop)
+                continue
+            links = common.link_sockets(t.link_port)
+            if kill_all:
+                n = sum(common.kill_link(t.link_port, p) for p in links)
+                stats.add("all_links_killed")
+                stats.add("links_killed", n)
+            elif links:
+                if common.kill_link(t.link_port, rng.choice(links)):
+                    stats.add("links_killed")
+    finally:
+        if quic:
+            quic.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Killing QUIC links
+
+class LinkLog:
+    """Counts the "link ended" lines of a daemon's log as it grows, and their end reasons."""
+
+    def __init__(self, path: Path) -> None:
+        self.f = open(path, errors="replace")
+        self.ended = 0
+        self.reasons: dict[str, int] = {}
+
+    def poll(self) -> int:
+        for line in self.f.readlines():
+            if "link ended" not in line:
+                continue
+            self.ended += 1
+            why = benchlib.ANSI.sub("", line).split("end=", 1)[-1].split(" stats=")[0].strip()
+            self.reasons[why] = self.reasons.get(why, 0) + 1
+        return self.ended
+
+
+# struct sock_filter: the classic BPF program of `udp dst port PORT` over IPv4 on an Ethernet
+# (or loopback) frame, as `tcpdump -dd` prints it; the port is filled in.
+def _udp_dport_filter(port: int) -> bytes:
+    prog = [
+        (0x28, 0, 0, 12),        # ldh [12]               ethertype
+        (0x15, 0, 8, 0x0800),    # jeq IPv4, else drop
+        (0x30, 0, 0, 23),        # ldb [23]               IP protocol
+        (0x15, 0, 6, 17),        # jeq UDP, else drop
+        (0x28, 0, 0, 20),        # ldh [20]               flags and fragment offset
+        (0x45, 4, 0, 0x1FFF),    # jset fragment: drop
+        (0xB1, 0, 0, 14),        # ldxb 4*([14]&0xf)      IP header length
+        (0x48, 0, 0, 16),        # ldh [x+16]             UDP destination port
+        (0x15, 0, 1, port),      # jeq PORT, else drop
+        (0x06, 0, 0, 0x40000),   # ret: take the packet
+        (0x06, 0, 0, 0),         # ret 0: drop
+    ]
+    return b"".join(struct.pack("HBBI", *ins) for ins in prog)
+
+
+class QuicKiller:
+    """Kills QUIC links with nftables: a QUIC link has no connection the kernel could abort
+    (`ss -K`), and the client's links all share one UDP socket, so one link's packets are told
+    apart by their destination connection id (the 8 bytes after a short header's first byte,
+    chosen by the node's quinn endpoint). To kill one link, the killer watches the UDP packets
+    to the node for `--sniff` seconds, picks one of the connection ids they carried, and drops
+    the client's packets with it at the node's input until both daemons logged a link's end;
+    to kill all, it drops every UDP packet to the node's port until every link ended at both
+    ends. Then the rule goes and the client's redials (new connections, new ids) get through."""
+
+    TABLE = f"wanmux_soak_{os.getpid()}"
+
+    def __init__(self, t: common.Tunnel, args, stats: Stats) -> None:
+        self.t, self.args, self.stats = t, args, stats
+        self.logs = [LinkLog(t.logs[0]), LinkLog(t.logs[1])]  # server, client
+        self.nft(f"add table inet {self.TABLE}")
+        self.nft(f"add chain inet {self.TABLE} input "
+                 "{ type filter hook input priority -10 ; policy accept ; }")
+
+    @staticmethod
+    def nft(cmd: str) -> str:
+        r = subprocess.run(["nft", "-a", "-e"] + cmd.split(), capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"nft {cmd}: {r.stderr.strip()}")
+        return r.stdout
+
+    def close(self) -> None:
+        subprocess.run(["nft", "delete", "table", "inet", self.TABLE], capture_output=True)
+
+    def connection_ids(self) -> dict[bytes, int]:
+        """The destination connection ids of the short-header QUIC packets the client sent to
+        the node in `--sniff` seconds, with their packet counts."""
+        ids: dict[bytes, int] = {}
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)) as s:
+            code = _udp_dport_filter(self.t.link_port)
+            buf = ctypes.create_string_buffer(code)
+            fprog = struct.pack("HL", len(code) // 8, ctypes.addressof(buf))
+            s.setsockopt(socket.SOL_SOCKET, 26, fprog)  # SO_ATTACH_FILTER
+            s.bind(("lo", 0))
+            s.settimeout(0.1)
+            end = time.monotonic() + self.args.sniff
+            while time.monotonic() < end:
+                try:
+                    pkt = s.recv(64)
+                except socket.timeout:
+                    continue
+                if len(pkt) < 14 + 20 + 8 + 9 or pkt[12:14] != b"\x08\x00":
+                    continue
+                ihl = (pkt[14] & 0x0F) * 4
+                udp = 14 + ihl
+                if int.from_bytes(pkt[udp + 2:udp + 4], "big") != self.t.link_port:
+                    continue
+                q = pkt[udp + 8:udp + 8 + 9]
+                if len(q) == 9 and q[0] & 0xC0 == 0x40:  # short header, fixed bit
+                    ids[q[1:9]] = ids.get(q[1:9], 0) + 1
+        return ids
+
+    def ended(self) -> tuple[int, int]:
+        return self.logs[0].poll(), self.logs[1].poll()
+
+    def kill(self, rng: random.Random, kill_all: bool, stop: threading.Event) -> None:
+        port = self.t.link_port
+        if kill_all:
+            n = common.links_up(self.t)
+            rule = f"udp dport {port} drop"
+        else:
+            ids = self.connection_ids()
+            if not ids:
+                return
+            n = 1
+            cid = rng.choice(sorted(ids))
+            rule = f"udp dport {port} @th,72,64 0x{cid.hex()} drop"
+        if n <= 0:
+            return
+        before = self.ended()
+        out = self.nft(f"add rule inet {self.TABLE} input {rule}")
+        handle = out.rsplit("# handle", 1)[1].split()[0]
+        t0 = time.monotonic()
+        try:
+            while True:
+                now = self.ended()
+                if all(a - b >= n for a, b in zip(now, before)):
+                    break
+                if time.monotonic() - t0 > self.args.kill_timeout:
+                    self.stats.fail("kill_timeout", f"{n} link(s) not declared dead at both ends "
+                                    f"{self.args.kill_timeout:.0f} s after `{rule}` (ends "
+                                    f"logged: server {now[0] - before[0]}, client "
+                                    f"{now[1] - before[1]})")
+                    return
+                time.sleep(0.05)
+        finally:
+            self.nft(f"delete rule inet {self.TABLE} input handle {handle}")
+        with self.stats.lock:
+            self.stats.dead_after.append(time.monotonic() - t0)
+        self.stats.add("links_killed", n)
+        if kill_all:
+            self.stats.add("all_links_killed")
 
 
 def sample(t: common.Tunnel, t0: float, stats: Stats, phase: str) -> dict:
@@ -191,7 +344,7 @@ def sample(t: common.Tunnel, t0: float, stats: Stats, phase: str) -> dict:
         s[f"{name}_rss_kib"] = common.rss_kib(p.pid)
         s[f"{name}_fds"] = common.fd_count(p.pid)
         s[f"{name}_threads"] = common.threads(p.pid)
-    s["links"] = len(common.link_sockets(t.link_port))
+    s["links"] = common.links_up(t)
     s.update(stats.snapshot())
     return s
 
@@ -209,8 +362,9 @@ def summarize(samples: list[dict], meta: dict) -> dict:
     run = [s for s in samples if s["phase"] == "load" and s["t"] >= warm]
     base = next(s for s in samples if s["phase"] == "before")
     after = samples[-1]
-    out = {"counts": {k: after[k] for k in ("ok", "idle_ok", "reset_by_us", "failed", "mismatch",
-                                            "bytes", "links_killed", "all_links_killed")}}
+    out = {"counts": {k: after.get(k, 0) for k in (
+        "ok", "idle_ok", "reset_by_us", "failed", "mismatch", "bytes", "links_killed",
+        "all_links_killed", "kill_timeout")}}
     for d in ("client", "server"):
         xs = [s["t"] for s in run]
         ys = [s[f"{d}_rss_kib"] for s in run]
@@ -322,7 +476,8 @@ def run(args) -> int:
     rc = 0
     try:
         _, echo = common.start_echo(PROCS, out / "echo.log")
-        t = common.start_tunnel(PROCS, bins, out / "tunnel", echo, links=args.links)
+        t = common.start_tunnel(PROCS, bins, out / "tunnel", echo, links=args.links,
+                                transport=args.transport)
         host, port = t.map_addr.rsplit(":", 1)
         addr = (host, int(port))
         t0 = time.monotonic()
@@ -344,7 +499,7 @@ def run(args) -> int:
             samples.append(s)
             log(f"{s['t'] / 60:5.1f} min  ok {s['ok']} idle {s['idle_ok']} reset "
                 f"{s['reset_by_us']} failed {s['failed']} mismatch {s['mismatch']}  links killed "
-                f"{s['links_killed']}  rss c/s {s['client_rss_kib'] / 1024:.1f}/"
+                f"{s['links_killed']} (up {s['links']})  rss c/s {s['client_rss_kib'] / 1024:.1f}/"
                 f"{s['server_rss_kib'] / 1024:.1f} MiB  fds c/s {s['client_fds']}/"
                 f"{s['server_fds']}  load {s['load']}")
         stop.set()
@@ -355,12 +510,21 @@ def run(args) -> int:
         while time.monotonic() < deadline:
             time.sleep(min(args.sample, 5))
             samples.append(sample(t, t0, stats, "after"))
+        every = (f"one killed every ~{args.kill_every:g} s" if args.transport == "tcp" else
+                 f"one killed ~{args.kill_every:g} s after the last was found dead")
         meta["title"] = (f"wanmux soak: {args.minutes:g} min, {args.workers} workers, "
-                         f"{args.links} TCP links, one killed every ~{args.kill_every:g} s")
+                         f"{args.links} {args.transport.upper()} links, {every}")
         meta["subtitle"] = f"commit {meta['commit']}, {meta['started']}"
         summary = summarize(samples, meta)
+        if stats.dead_after:
+            d = sorted(stats.dead_after)
+            summary["kills_declared_dead_after_s"] = {
+                "n": len(d), "median": round(d[len(d) // 2], 2), "max": round(d[-1], 2)}
         for name, lf in (("server", t.logs[0]), ("client", t.logs[1])):
             text = lf.read_text(errors="replace")
+            ends = LinkLog(lf)
+            ends.poll()
+            summary[name]["link_ends"] = ends.reasons
             summary[name]["log_lines"] = text.count("\n")
             summary[name]["panics"] = text.count("panicked")
             summary[name]["warn_lines"] = sum(1 for ln in text.splitlines()
@@ -368,7 +532,7 @@ def run(args) -> int:
                                               or " ERROR " in benchlib.ANSI.sub("", ln))
         summary["failures"] = stats.failures
         c = summary["counts"]
-        bad = c["mismatch"] or c["failed"] or any(
+        bad = c["mismatch"] or c["failed"] or c["kill_timeout"] or any(
             summary[d]["fds_after"] != summary[d]["fds_before"] or summary[d]["panics"]
             for d in ("client", "server"))
         rc = 1 if bad else 0
@@ -383,6 +547,9 @@ def run(args) -> int:
         rc = 2
     finally:
         PROCS.stop_all()
+        if args.transport == "quic":  # the killer's rules, should it have been cut short
+            subprocess.run(["nft", "delete", "table", "inet", QuicKiller.TABLE],
+                           capture_output=True)
     return rc
 
 
@@ -392,6 +559,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=5, help="minutes (default 5)")
     ap.add_argument("--workers", type=int, default=12)
     ap.add_argument("--links", type=int, default=4)
+    ap.add_argument("--transport", choices=("tcp", "quic"), default="tcp",
+                    help="the links' transport (quic: killed with nftables, see QuicKiller)")
+    ap.add_argument("--sniff", type=float, default=0.5,
+                    help="quic: seconds to watch the links' packets before killing one")
+    ap.add_argument("--kill-timeout", type=float, default=60,
+                    help="quic: seconds a killed link may take to be declared dead at both ends")
     ap.add_argument("--max-size", type=int, default=1 << 20)
     ap.add_argument("--reset-fraction", type=float, default=0.2)
     ap.add_argument("--idle-fraction", type=float, default=0.1)

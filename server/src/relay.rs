@@ -49,6 +49,13 @@ const NO_SESSION: u16 = 1;
 /// `NO_SESSION` code: the owner refused the frames (they broke the protocol).
 const REFUSED: u16 = 2;
 
+/// `ROUTE_DOWN` answers one client link may have queued at once, distinct ones (an answer
+/// identical to one still queued is not queued again). A client that reads its link never
+/// has more than a few (one per owner and epoch); past this many, the link brought sections
+/// it does not read the answers to (each refused section is answered, a flood of them would
+/// queue without bound): its next routed message closes it, and nothing more of it is relayed.
+const MAX_DOWNS: usize = 64;
+
 /// A relay that finds the memory budget short for a section it relays upstream tries again
 /// this often (its client link's reader waits meanwhile: backpressure, as for a full queue).
 const MEMORY_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
@@ -143,6 +150,10 @@ struct ViaState {
     /// protocol): the link is closed at the next routed message it brings, and nothing more
     /// of it is relayed.
     refused: bool,
+    /// Its client left more than [`MAX_DOWNS`] answers unread: closed likewise.
+    unread: bool,
+    /// `ROUTE_DOWN` answers in `queue`.
+    downs: usize,
     ended: bool,
 }
 
@@ -258,7 +269,7 @@ impl Relay {
             .encode(&mut b);
             let mut st = v.lock();
             if !st.ended {
-                st.push(peer, Handle(0), b.freeze(), 0);
+                st.push_answer(peer, b.freeze());
             }
         }
     }
@@ -347,7 +358,7 @@ impl Relay {
                 code: DOWN_NO_SESSION,
             }
             .encode(&mut b);
-            st.push(peer.id(), Handle(0), b.freeze(), 0);
+            st.push_answer(peer.id(), b.freeze());
         }
     }
 }
@@ -424,7 +435,26 @@ impl ViaState {
             code: DOWN_NO_PEER,
         }
         .encode(&mut b);
-        self.push(owner, Handle(0), b.freeze(), 0);
+        self.push_answer(owner, b.freeze());
+    }
+
+    /// Queues `ROUTE_DOWN` message `msg` about `owner` for the client, unless the last message
+    /// about `owner` still queued is the same answer (it says it all: the client acts on it
+    /// before anything it sends later is answered). Past [`MAX_DOWNS`] answers queued, the
+    /// client is not reading them: the answer is dropped and the link refused (closed at its
+    /// next routed message), so a flood of sections it never reads the answers to costs the
+    /// relay a bounded queue.
+    fn push_answer(&mut self, owner: u16, msg: Bytes) {
+        let last = self.queue.iter().rev().find(|(o, _, _)| *o == owner);
+        if last.is_some_and(|(_, h, m)| *h == Handle(0) && *m == msg) {
+            return;
+        }
+        if self.downs >= MAX_DOWNS {
+            self.unread = true;
+            return;
+        }
+        self.downs += 1;
+        self.push(owner, Handle(0), msg, 0);
     }
 
     /// Queues a routed message from `owner`; `credit` bytes of it count against its window.
@@ -488,12 +518,22 @@ impl Router for NodeRouter {
                 let Some(frame) = frame else {
                     return Ok(());
                 };
-                if self.queue.lock().refused {
+                let (refused, unread) = {
+                    let st = self.queue.lock();
+                    (st.refused, st.unread)
+                };
+                if refused {
                     // As a direct link whose frames break the protocol is closed.
                     return Err(LinkEnd::Routed(
                         "an owner refused what this link relayed: its frames broke the protocol"
                             .into(),
                     ));
+                }
+                if unread {
+                    return Err(LinkEnd::Routed(format!(
+                        "more than {MAX_DOWNS} ROUTE_DOWN answers left unread: the client \
+                         does not read what its sections are answered with"
+                    )));
                 }
                 let Routed::Section {
                     node,
@@ -561,7 +601,7 @@ impl Router for NodeRouter {
                             code: DOWN_NO_PEER,
                         }
                         .encode(&mut b);
-                        st.push(node, Handle(0), b.freeze(), 0);
+                        st.push_answer(node, b.freeze());
                     }
                 }
             }
@@ -581,6 +621,8 @@ impl Router for NodeRouter {
                     *q = q.saturating_sub(credit);
                 }
                 *st.owed.entry((owner, handle)).or_insert(0) += credit;
+            } else {
+                st.downs = st.downs.saturating_sub(1);
             }
             bufs[n].clear();
             bufs[n].extend_from_slice(&msg);
@@ -1004,7 +1046,10 @@ mod tests {
                                 .all(|(o, h, _)| *o != owner || *h == Handle(0)),
                             "round {round} link {i}: sections of a shed owner still queued"
                         );
-                        let down = st.queue.back().expect("ROUTE_DOWN queued").2.clone();
+                        // The last of the owner's messages tells the client (an earlier shed's
+                        // answer, if still queued, is the same one).
+                        let last = st.queue.iter().rev().find(|(o, _, _)| *o == owner);
+                        let down = last.expect("ROUTE_DOWN queued").2.clone();
                         let mut d = down;
                         assert!(matches!(
                             Routed::decode(&mut d),
@@ -1088,6 +1133,41 @@ mod tests {
             sess,
             3
         ));
+    }
+
+    /// Answers (`ROUTE_DOWN`) to sections a client never reads them for stay few: one identical
+    /// to the last about its owner still queued is not queued again, and past [`MAX_DOWNS`]
+    /// distinct ones the link is refused instead (its next routed message closes it). Taking
+    /// them off the queue makes room again.
+    #[test]
+    fn answers_a_client_does_not_read_stay_bounded() {
+        let mut st = ViaState::default();
+        let down = |epoch: u64| {
+            let mut b = BytesMut::new();
+            Routed::Down {
+                node: 2,
+                session: SessionId([7; 16]),
+                epoch,
+                code: DOWN_NO_SESSION,
+            }
+            .encode(&mut b);
+            b.freeze()
+        };
+        for _ in 0..10_000 {
+            st.push_answer(2, down(5));
+        }
+        assert_eq!(st.queue.len(), 1, "identical answers queued once");
+        // A section of the owner after it: the same answer again is news.
+        st.push(2, Handle(1), section(2, 100), 100);
+        st.push_answer(2, down(5));
+        assert_eq!((st.queue.len(), st.downs), (3, 2));
+        assert!(!st.unread);
+        for epoch in 0..10_000 {
+            st.push_answer(2, down(100 + epoch));
+        }
+        assert_eq!(st.downs, MAX_DOWNS);
+        assert_eq!(st.queue.len(), MAX_DOWNS + 1);
+        assert!(st.unread, "a link whose answers pile up is refused");
     }
 
     /// A counted message holds its bytes in the budget until its last handle is dropped, and a

@@ -272,6 +272,33 @@ pub mod wire {
         out.extend_from_slice(bytes);
     }
 
+    /// `WINDOW(stream, acked, max)`.
+    pub fn window(out: &mut Vec<u8>, stream: u64, acked: u64, max: u64) {
+        out.push(0x14);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(&acked.to_be_bytes());
+        out.extend_from_slice(&max.to_be_bytes());
+    }
+
+    /// `SESSION_WINDOW(max)`.
+    pub fn session_window(out: &mut Vec<u8>, max: u64) {
+        out.push(0x15);
+        out.extend_from_slice(&max.to_be_bytes());
+    }
+
+    /// A `ROUTE` section for owner `node`: the client's `session` id and the owner's `epoch`,
+    /// then `frames` (at most 65,490 bytes), on a link that agreed to routed messages. A
+    /// routed message holds only sections, so it goes out as a message of its own
+    /// ([`super::RawLink::send_routed`]).
+    pub fn route(out: &mut Vec<u8>, node: u16, session: [u8; 16], epoch: u64, frames: &[u8]) {
+        out.push(0x07);
+        out.extend_from_slice(&node.to_be_bytes());
+        out.extend_from_slice(&session);
+        out.extend_from_slice(&epoch.to_be_bytes());
+        out.extend_from_slice(&(frames.len() as u16).to_be_bytes());
+        out.extend_from_slice(frames);
+    }
+
     /// `RESET(stream, code, final_size)`.
     pub fn reset(out: &mut Vec<u8>, stream: u64, code: u16, final_size: u64) {
         out.push(0x13);
@@ -323,6 +350,28 @@ pub struct RawLink {
     pongs: tokio::sync::mpsc::UnboundedReceiver<u64>,
     reader: tokio::task::JoinHandle<()>,
     next_token: u64,
+    /// The node's epoch of the session, from its message 2.
+    pub epoch: u64,
+    /// The node agreed to routed messages on this link.
+    pub routed: bool,
+}
+
+/// How [`RawLink::dial`] makes a link.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Dial {
+    /// The link's `link_seq`.
+    pub link_seq: u32,
+    /// Ask for routed messages (`ROUTE` sections for other owners).
+    pub routed: bool,
+    /// Never read what the node sends (no pongs either: the node's pings go unanswered, and
+    /// its writes back up into the socket's buffers and its own queues).
+    pub unread: bool,
+    /// Read slowly: one message, then this pause (pings are still answered, late). The node's
+    /// queues for the link fill as if the client's path were slow.
+    pub pace: Option<Duration>,
+    /// `SO_RCVBUF` of the link's socket, if set: a small one makes an unread link's kernel
+    /// buffers fill after a few kilobytes, so the node's own queues take the rest.
+    pub recv_buffer: Option<u32>,
 }
 
 impl Drop for RawLink {
@@ -409,19 +458,53 @@ impl RawLink {
         session: [u8; 32],
         link_seq: u32,
     ) -> Result<RawLink, wanmux_core::noise::LinkError> {
-        let tcp = TcpStream::connect(server).await?;
+        let dial = Dial {
+            link_seq,
+            ..Dial::default()
+        };
+        RawLink::dial(server, auth, session, dial).await
+    }
+
+    /// [`RawLink::connect`], made as `dial` says.
+    pub async fn dial(
+        server: SocketAddr,
+        auth: &wanmux_core::noise::ClientAuth,
+        session: [u8; 32],
+        dial: Dial,
+    ) -> Result<RawLink, wanmux_core::noise::LinkError> {
+        let socket = match server {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        if let Some(size) = dial.recv_buffer {
+            socket.set_recv_buffer_size(size)?;
+        }
+        let tcp = socket.connect(server).await?;
         let hello = wanmux_core::noise::ClientHello {
             session: wanmux_core::noise::SessionSecret::from_bytes(session),
-            link_seq,
+            link_seq: dial.link_seq,
             lane: false,
-            relay: false,
+            relay: dial.routed,
         };
-        let (mut rd, writer, _) =
+        let (mut rd, writer, reply) =
             wanmux_core::noise::connect(tcp, auth, &hello, &PING, HANDSHAKE_LIMIT).await?;
         let (ping_tx, pings) = tokio::sync::mpsc::unbounded_channel();
         let (pong_tx, pongs) = tokio::sync::mpsc::unbounded_channel();
+        let (unread, pace) = (dial.unread, dial.pace);
         let reader = tokio::spawn(async move {
+            if unread {
+                // Holds the reading half (and the senders) without reading.
+                let _held = (rd, ping_tx, pong_tx);
+                return std::future::pending().await;
+            }
             while let Ok(Some(msg)) = rd.recv().await {
+                if let Some(pace) = pace {
+                    tokio::time::sleep(pace).await;
+                }
+                if matches!(msg.first(), Some(0x07 | 0x08)) {
+                    // A routed message (other owners' sections, or ROUTE_DOWN): skipped.
+                    continue;
+                }
                 let Some((pi, po)) = wire::pings_and_pongs(&msg) else {
                     return;
                 };
@@ -440,7 +523,20 @@ impl RawLink {
             pongs,
             reader,
             next_token: 1 << 32,
+            epoch: reply.epoch,
+            routed: reply.relay,
         })
+    }
+
+    /// Writes one routed message (`wire::route` sections only) after everything added so far,
+    /// and every megabyte, flushes.
+    pub async fn send_routed(&mut self, msg: &[u8]) -> Result<(), wanmux_core::noise::LinkError> {
+        self.seal()?;
+        self.writer.seal(msg)?;
+        if self.writer.pending() > 256 << 10 {
+            self.writer.flush().await?;
+        }
+        Ok(())
     }
 
     /// Adds one encoded frame; full messages are sealed and, every megabyte, written.

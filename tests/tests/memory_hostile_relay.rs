@@ -1,0 +1,493 @@
+//! A relay's and an owner's memory under a hostile authenticated client (issue 20, "Hostile
+//! input": the relay queue and the owner's memory stay under `limits.memory`), on real sockets:
+//! two nodes with a peer link, `limits.memory` 8 MiB on the relay (node 1), a well-behaved
+//! client striping over both, and a hostile client of another key, written against the wire
+//! protocol (`wanmux_tests::hostile::wire`), with links to the relay that agreed to routed
+//! messages and that it reads slowly or not at all, for streams of node 2 (the owner).
+//!
+//! `a_relay_and_an_owner_stay_within_their_caps_under_a_hostile_client` (both nodes at 8 MiB;
+//! the hostile client reads slowly, its pings still answered):
+//!
+//! 1. sections the owner refuses (another epoch), as fast as the relay takes them: each is
+//!    answered with `ROUTE_DOWN` on a link that does not read the answers. Finding: the relay
+//!    queued every answer, without bound and outside the memory budget (here 6-12 MiB more in
+//!    10 s, until the relay's pings, stuck behind the answers, timed out and closed the link);
+//!    now an answer identical to the last one queued is not queued again, and the link stays;
+//! 2. refused sections of ever new epochs, so that no two answers are alike: the relay closes
+//!    a link that leaves more than 64 answers unread;
+//! 3. a stream's data through the relay beyond the credit the owner granted: the owner refuses
+//!    it and the relay closes the link.
+//!
+//! `a_relay_sheds_what_it_cannot_hold_for_client_links_that_are_not_read`: the owner (64 MiB)
+//! sends its streams' data through 16 client links of the relay that are never read, each
+//! within its 1 MiB of via credit; the relay holds no more than its receive pool.
+//!
+//! Both nodes' memory pools stay within their caps throughout, the process's memory within a
+//! node's cap of where it was, and the well-behaved client's transfers still complete with
+//! matching hashes. Alone in its test binary because it reads the process's resident memory
+//! (both nodes, the clients and the application server are this process).
+
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::time::{Duration, Instant};
+use wanmux_config::{ClientAuth, ClientConfig, Links, Node, PinnedNode, PortMap, ServiceName};
+use wanmux_core::budget::Pool;
+use wanmux_core::keys::generate_keypair;
+use wanmux_core::noise::{ClientAuth as NoiseAuth, SessionSecret};
+use wanmux_server::ServerHandle;
+use wanmux_tests::harness::{app_server, panics, rss_kib, within, SERVICE};
+use wanmux_tests::hostile::{alone, wire, Dial, RawLink};
+use wanmux_tests::mesh::{check_transfers, node_config, node_specs, start_transfers};
+
+/// `limits.memory` of both nodes: the smallest the config allows (4 MiB per pool).
+const MEMORY: u64 = 8 << 20;
+/// The hostile client's links to node 1 (the relay) in part 1, each asking for routed
+/// messages. Each link costs both ends buffers of their own (about 0.6 MiB in all here, outside
+/// `limits.memory`), so few links keep that small beside the slack.
+const LINKS: u32 = 4;
+/// Growth of the process allowed: one node's cap; with the fix it grew 3.5 MiB (the links'
+/// buffers).
+const SLACK_KIB: u64 = 8 * 1024;
+
+/// The owner: node 2 owns the streams; node 1 relays.
+const OWNER: u16 = 2;
+/// The owner's `limits.memory` in the shedding test: its send pool (32 MiB) holds more than
+/// the relay's receive pool (4 MiB), so that it can send the relay more than it may hold.
+const OWNER_MEMORY: u64 = 64 << 20;
+/// Client links of the relay whose owner's sections are never read, in the shedding test.
+const SHED_LINKS: u32 = 16;
+
+/// The largest routed message the hostile client writes (one Noise message).
+const MESSAGE: usize = 65_000;
+/// A link that leaves answers unread is closed within this long.
+const CLOSED_WITHIN: Duration = Duration::from_secs(60);
+/// How long the hostile client floods.
+const FLOOD: Duration = Duration::from_secs(8);
+/// The pause of the hostile client's reader after each message it reads.
+const PACE: Duration = Duration::from_millis(1);
+
+#[test]
+fn a_relay_and_an_owner_stay_within_their_caps_under_a_hostile_client() {
+    alone(within(Duration::from_secs(300), async {
+        let before_panics = panics();
+        let Cluster {
+            mut app,
+            specs,
+            nodes,
+            client,
+            hostile_key,
+        } = Cluster::start(MEMORY).await;
+        let (up, down) = (2 << 20, 2 << 20);
+        let before = rss_kib();
+
+        let auth = |i: usize| NoiseAuth::Static {
+            local: hostile_key.clone(),
+            server: specs[i].public_key,
+            psk: None,
+        };
+        let secret: [u8; 32] = rand::random();
+        let session = SessionSecret::from_bytes(secret).id();
+        // A direct link to the owner makes the session there (and tells its epoch).
+        let direct = RawLink::connect(nodes[1].local_addr(), &auth(1), secret, 0)
+            .await
+            .expect("the hostile client's handshake with the owner");
+        let epoch = direct.epoch;
+        let dial = |seq| Dial {
+            link_seq: seq,
+            routed: true,
+            // Reads slowly, so the relay keeps the links (their pings are answered) while what
+            // it queues for them grows.
+            pace: Some(PACE),
+            recv_buffer: Some(4096),
+            ..Dial::default()
+        };
+        let mut links = Vec::new();
+        for seq in 1..=LINKS {
+            let link = RawLink::dial(nodes[0].local_addr(), &auth(0), secret, dial(seq))
+                .await
+                .expect("the hostile client's handshake with the relay");
+            assert!(link.routed, "the relay agrees to routed messages");
+            links.push(link);
+        }
+        let peak = Peak::new(before);
+
+        // 1. Sections the owner refuses (another epoch of the session), as fast as the relay
+        // takes them: each is answered (NO_SESSION from the owner, then ROUTE_DOWN from the
+        // relay) on a link that reads slowly.
+        let refused = |epochs: &mut dyn FnMut() -> u64| {
+            let mut msg = Vec::with_capacity(MESSAGE);
+            while msg.len() + 29 <= MESSAGE {
+                wire::route(&mut msg, OWNER, session, epochs(), &[]);
+            }
+            msg
+        };
+        let msg = refused(&mut || epoch.wrapping_add(1));
+        let sections = (MESSAGE / 29) as u64;
+        let started = Instant::now();
+        let mut sent = 0u64;
+        let mut round = 0;
+        while started.elapsed() < FLOOD {
+            for link in &mut links {
+                link.send_routed(&msg).await.expect("send");
+                sent += sections;
+            }
+            peak.sample(&nodes, &format!("refused sections, round {round}"));
+            round += 1;
+        }
+        for link in &mut links {
+            link.flush().await.expect("flush");
+        }
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            peak.sample(&nodes, "refused sections, after");
+        }
+        println!(
+            "{sent} refused sections sent in {:.1?}; VmRSS before {before} KiB, peak {} KiB ({})",
+            started.elapsed(),
+            peak.max(),
+            peak.when()
+        );
+        assert!(
+            peak.max() <= before + SLACK_KIB,
+            "memory grew from {before} KiB to {} KiB ({})",
+            peak.max(),
+            peak.when()
+        );
+        // The links are still up: refused sections are no protocol error.
+        for link in &mut links {
+            link.sync(Duration::from_secs(30))
+                .await
+                .expect("a link of refused sections stays");
+        }
+
+        // 2. Refused sections of ever new epochs, so no answer is like the one before: past a
+        // few dozen answers unread the relay closes the link.
+        let mut next = epoch.wrapping_add(2);
+        let msg = refused(&mut || {
+            next = next.wrapping_add(1);
+            next
+        });
+        let mut flooders = Vec::new();
+        for seq in 0..4 {
+            let link = RawLink::dial(nodes[0].local_addr(), &auth(0), secret, dial(100 + seq))
+                .await
+                .expect("the hostile client's handshake with the relay");
+            flooders.push(link);
+        }
+        // The kernel's socket buffers take the first answers (up to megabytes), so each link
+        // floods until it is closed.
+        let started = Instant::now();
+        let mut open: Vec<usize> = (0..flooders.len()).collect();
+        while !open.is_empty() && started.elapsed() < CLOSED_WITHIN {
+            let mut still = Vec::new();
+            for i in open {
+                if flooders[i].send_routed(&msg).await.is_ok() {
+                    still.push(i);
+                }
+            }
+            open = still;
+            peak.sample(&nodes, "sections of new epochs");
+        }
+        assert!(
+            open.is_empty(),
+            "links {open:?} of unread answers still open after {CLOSED_WITHIN:?}"
+        );
+        assert!(
+            peak.max() <= before + SLACK_KIB,
+            "memory grew from {before} KiB to {} KiB ({})",
+            peak.max(),
+            peak.when()
+        );
+
+        // 3. A stream of the owner's, through the relay: its initial credit (2 MiB) of data,
+        // then data far beyond the credit the owner granted. The owner refuses the section
+        // (NO_SESSION code 2), and the relay closes the link at its next routed message.
+        let mut link = RawLink::dial(
+            nodes[0].local_addr(),
+            &auth(0),
+            secret,
+            Dial {
+                link_seq: 200,
+                routed: true,
+                ..Dial::default()
+            },
+        )
+        .await
+        .expect("the hostile client's handshake with the relay");
+        let stream = u64::from(OWNER) << 48;
+        let (mut frames, mut msg) = (Vec::new(), Vec::new());
+        wire::open(&mut frames, stream, SERVICE);
+        wire::route(&mut msg, OWNER, session, epoch, &frames);
+        link.send_routed(&msg).await.expect("send");
+        let chunk = vec![0x5a; 60_000];
+        let mut offset = 0;
+        while offset < 2 << 20 {
+            let len = chunk.len().min((2 << 20) - offset as usize);
+            frames.clear();
+            msg.clear();
+            wire::data(&mut frames, stream, offset, &chunk[..len]);
+            wire::route(&mut msg, OWNER, session, epoch, &frames);
+            link.send_routed(&msg).await.expect("send");
+            offset += len as u64;
+        }
+        link.sync(Duration::from_secs(30))
+            .await
+            .expect("data within the credit is no protocol error");
+        frames.clear();
+        msg.clear();
+        wire::data(&mut frames, stream, 1 << 40, &chunk);
+        wire::route(&mut msg, OWNER, session, epoch, &frames);
+        link.send_routed(&msg).await.expect("send");
+        link.flush().await.expect("flush");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        peak.sample(&nodes, "data beyond the credit");
+        // The next routed message closes the link (or finds it closed).
+        let _ = link.send_routed(&msg).await;
+        let _ = link.flush().await;
+        assert!(
+            link.sync(Duration::from_secs(10)).await.is_err(),
+            "a link that relayed data beyond the owner's credit was closed"
+        );
+        assert!(
+            peak.max() <= before + SLACK_KIB,
+            "memory grew from {before} KiB to {} KiB ({})",
+            peak.max(),
+            peak.when()
+        );
+
+        // The well-behaved client's transfers still go through both nodes, checked by hash.
+        let tasks = start_transfers(client.first_addr(), 4, up, down);
+        assert_eq!(check_transfers(&mut app, tasks, up, down).await, 0);
+        drop(links);
+        drop(flooders);
+        drop(direct);
+        assert_eq!(panics(), before_panics, "something panicked");
+        client.shutdown();
+    }));
+}
+
+/// The owner's sections for client links of the relay that are never read: the owner (with a
+/// larger memory cap, so that it can send more than the relay may hold) streams eight
+/// downloads to the hostile client through 16 client links of the relay and no other, each
+/// within its virtual link's credit (1 MiB), 16 MiB in all, while the relay's receive pool is
+/// 4 MiB. The relay sheds the owner's virtual links through the links that its memory cannot
+/// hold ("Relay queues and credit"): its pools stay within their caps.
+#[test]
+fn a_relay_sheds_what_it_cannot_hold_for_client_links_that_are_not_read() {
+    alone(within(Duration::from_secs(300), async {
+        let before_panics = panics();
+        let mut c = Cluster::start(OWNER_MEMORY).await;
+        let (up, down) = (2 << 20, 2 << 20);
+        let relayed_before = c.nodes[0].relayed(2).1;
+        let secret: [u8; 32] = rand::random();
+        let session = SessionSecret::from_bytes(secret).id();
+        // A direct link makes the session at the owner, and goes: the owner keeps the session
+        // for its grace period (30 s), and its only links are then the virtual ones.
+        let direct = RawLink::connect(c.nodes[1].local_addr(), &c.auth(1), secret, 0)
+            .await
+            .expect("the hostile client's handshake with the owner");
+        let epoch = direct.epoch;
+        drop(direct);
+        let mut links = Vec::new();
+        for seq in 1..=SHED_LINKS {
+            let dial = Dial {
+                link_seq: seq,
+                routed: true,
+                unread: true,
+                recv_buffer: Some(4096),
+                ..Dial::default()
+            };
+            let link = RawLink::dial(c.nodes[0].local_addr(), &c.auth(0), secret, dial)
+                .await
+                .expect("the hostile client's handshake with the relay");
+            links.push(link);
+        }
+        // Each link relays a PING to the owner (which makes the owner's virtual link through
+        // it); the first also opens eight streams, each asking the service for 1 GiB.
+        for (i, link) in links.iter_mut().enumerate() {
+            let mut frames = Vec::new();
+            wire::ping(&mut frames, i as u64);
+            if i == 0 {
+                for k in 0..8u64 {
+                    let stream = u64::from(OWNER) << 48 | k;
+                    wire::open(&mut frames, stream, SERVICE);
+                    let mut header = [0u8; 16];
+                    header[..8].copy_from_slice(&(1u64 << 30).to_be_bytes());
+                    header[8..].copy_from_slice(&(7000 + k).to_be_bytes());
+                    wire::data(&mut frames, stream, 0, &header);
+                }
+            }
+            let mut msg = Vec::new();
+            wire::route(&mut msg, OWNER, session, epoch, &frames);
+            link.send_routed(&msg).await.expect("send");
+            link.flush().await.expect("flush");
+        }
+        let peak = Peak::new(rss_kib());
+        let (mut relay_max, started) = (0, Instant::now());
+        while started.elapsed() < Duration::from_secs(5) {
+            peak.sample(&c.nodes, "owner's sections for unread links");
+            relay_max = relay_max.max(c.nodes[0].budget().used(Pool::Recv));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let relayed = c.nodes[0].relayed(2).1 - relayed_before;
+        println!(
+            "the relay took {relayed} bytes of the owner's sections for unread links; its \
+             receive pool held at most {relay_max} of {}",
+            c.nodes[0].budget().cap()
+        );
+        // The flood reached the relay: more than its share of the pool came, in 16 links of
+        // 1 MiB credit each.
+        assert!(
+            relayed > c.nodes[0].budget().cap() / 2,
+            "the owner sent only {relayed} bytes through the relay"
+        );
+        // The well-behaved client's transfers still go through both nodes, checked by hash.
+        let tasks = start_transfers(c.client.first_addr(), 4, up, down);
+        assert_eq!(check_transfers(&mut c.app, tasks, up, down).await, 0);
+        peak.sample(&c.nodes, "after");
+        drop(links);
+        assert_eq!(panics(), before_panics, "something panicked");
+        c.client.shutdown();
+    }));
+}
+
+/// Two nodes at `limits.memory` 8 MiB (node 2's `owner_memory`), the application server
+/// behind them, a well-behaved client striping over both that has moved a checked transfer,
+/// and the key of a hostile client both nodes take.
+struct Cluster {
+    app: wanmux_tests::harness::AppServer,
+    specs: Vec<wanmux_tests::mesh::NodeSpec>,
+    nodes: Vec<ServerHandle>,
+    client: wanmux_client::ClientHandle,
+    hostile_key: wanmux_core::keys::PrivateKey,
+}
+
+impl Cluster {
+    async fn start(owner_memory: u64) -> Cluster {
+        let mut app = app_server().await;
+        let specs = node_specs(2);
+        let (client_key, client_pub) = generate_keypair();
+        let (hostile_key, hostile_pub) = generate_keypair();
+        let mut nodes: Vec<ServerHandle> = Vec::new();
+        for i in 0..specs.len() {
+            let mut config = node_config(&specs, i, client_pub, app.addr);
+            config.limits.memory = if i == 1 { owner_memory } else { MEMORY };
+            config.limits.stream_window = config.limits.memory / 2;
+            if let wanmux_config::ServerAuth::StaticKey {
+                allowed_clients, ..
+            } = &mut config.auth
+            {
+                allowed_clients.insert(hostile_pub);
+            }
+            nodes.push(wanmux_server::start(config).await.expect("node starts"));
+        }
+        for node in &nodes {
+            tokio::time::timeout(
+                Duration::from_secs(15),
+                node.wait_for_peers(|up| up.len() == 1),
+            )
+            .await
+            .expect("mesh up");
+        }
+        let client_config = well_behaved(&specs, &nodes, client_key);
+        let client = wanmux_client::start(client_config)
+            .await
+            .expect("client starts");
+        client.wait_for_links(4).await;
+        // Warm: a striped transfer both ways through both nodes, checked by hash.
+        let (up, down) = (2 << 20, 2 << 20);
+        let tasks = start_transfers(client.first_addr(), 4, up, down);
+        assert_eq!(check_transfers(&mut app, tasks, up, down).await, 0);
+        Cluster {
+            app,
+            specs,
+            nodes,
+            client,
+            hostile_key,
+        }
+    }
+
+    /// The hostile client's credentials for node `i`.
+    fn auth(&self, i: usize) -> NoiseAuth {
+        NoiseAuth::Static {
+            local: self.hostile_key.clone(),
+            server: self.specs[i].public_key,
+            psk: None,
+        }
+    }
+}
+
+/// The process's resident memory and both nodes' receive pools, at their highest so far.
+struct Peak {
+    max: std::sync::Mutex<(u64, String)>,
+}
+
+impl Peak {
+    fn new(before: u64) -> Peak {
+        Peak {
+            max: std::sync::Mutex::new((before, "before".into())),
+        }
+    }
+
+    /// Reads VmRSS and checks both nodes' budgets.
+    fn sample(&self, nodes: &[ServerHandle], when: &str) {
+        for (i, n) in nodes.iter().enumerate() {
+            let b = n.budget();
+            for pool in [Pool::Recv, Pool::Send] {
+                assert!(
+                    b.used(pool) <= b.cap(),
+                    "node {}: {pool:?} pool {} of {} ({when})",
+                    i + 1,
+                    b.used(pool),
+                    b.cap()
+                );
+            }
+        }
+        let rss = rss_kib();
+        let mut m = self.max.lock().expect("peak");
+        if rss > m.0 {
+            *m = (rss, when.into());
+        }
+    }
+
+    fn max(&self) -> u64 {
+        self.max.lock().expect("peak").0
+    }
+
+    fn when(&self) -> String {
+        self.max.lock().expect("peak").1.clone()
+    }
+}
+
+/// A client of both nodes (two links each), striping its one map over them.
+fn well_behaved(
+    specs: &[wanmux_tests::mesh::NodeSpec],
+    nodes: &[ServerHandle],
+    key: wanmux_core::keys::PrivateKey,
+) -> ClientConfig {
+    let pinned = specs
+        .iter()
+        .zip(nodes)
+        .map(|(s, node)| PinnedNode {
+            node: Node {
+                id: NonZeroU16::new(s.id).expect("ids start at 1"),
+                addr: node.local_addr().into(),
+            },
+            public_key: s.public_key,
+        })
+        .collect();
+    let mut client = ClientConfig::new(
+        ClientAuth::StaticKey {
+            private_key: key,
+            psk: None,
+            nodes: pinned,
+        },
+        vec![PortMap {
+            listen: "127.0.0.1:0".parse::<SocketAddr>().expect("addr"),
+            service: ServiceName::new(SERVICE).expect("name"),
+            spread: wanmux_config::Spread::Stripe,
+        }],
+    );
+    client.links = Links::fixed(2);
+    client
+}
