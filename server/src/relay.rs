@@ -143,6 +143,10 @@ struct ViaState {
     /// The owners this link's sections went to: (owner, handle) -> the session and epoch named,
     /// for `VIA_DOWN` when the link ends and `ROUTE_DOWN` when a peer link does.
     owners: HashMap<u16, (Handle, SessionId, u64)>,
+    /// The (owner, session) pairs this link's sections were relayed under: their bindings on
+    /// the peer links are given up (`UNBIND`) when the last link that used them ends. At most
+    /// [`crate::mesh::MAX_BINDS_PER_CLIENT`] per owner, as the bindings are.
+    bound: std::collections::HashSet<(u16, SessionId)>,
     /// Owners whose virtual link through this client link was shed for want of memory, and
     /// whose `VIA_DOWN` could not be queued then: it goes before the next `RELAY` to them.
     via_down_owed: HashMap<u16, Handle>,
@@ -588,6 +592,7 @@ impl Router for NodeRouter {
                 match sent {
                     Some(handle) => {
                         st.owners.insert(node, (handle, session, epoch));
+                        st.bound.insert((node, session));
                         self.relay.count(node).up.fetch_add(len, Relaxed);
                     }
                     None => {
@@ -640,16 +645,18 @@ impl Router for NodeRouter {
     }
 
     fn down(&self) {
-        let last = {
+        let others: Vec<Arc<ViaQueue>> = {
             let mut vias = self.relay.vias();
             vias.remove(&self.via);
-            !vias
-                .values()
-                .any(|v| v.client == self.queue.client && v.session == self.queue.session)
+            vias.values()
+                .filter(|v| v.client == self.queue.client)
+                .cloned()
+                .collect()
         };
         let mut st = self.queue.lock();
         st.ended = true;
         st.queue.clear();
+        let bound = std::mem::take(&mut st.bound);
         for (owner, (handle, _, _)) in st.owners.drain() {
             if let Some(peer) = self.relay.mesh.peer(owner) {
                 let mut b = BytesMut::new();
@@ -664,13 +671,15 @@ impl Router for NodeRouter {
             }
         }
         drop(st);
-        if last {
-            // The session has no client link here any more: its handles on the peer links
-            // are given up (`UNBIND`), after the VIA_DOWNs above.
-            let key = (self.queue.client, self.queue.session);
-            for id in self.relay.mesh.peers_up() {
-                if let Some(peer) = self.relay.mesh.peer(id) {
-                    peer.unbind(key);
+        // The sessions no other link of the client here relays under any more: their handles
+        // on the peer links are given up (`UNBIND`), after the VIA_DOWNs above.
+        for (owner, session) in bound {
+            let used = others
+                .iter()
+                .any(|v| v.lock().bound.contains(&(owner, session)));
+            if !used {
+                if let Some(peer) = self.relay.mesh.peer(owner) {
+                    peer.unbind((self.queue.client, session));
                 }
             }
         }

@@ -120,6 +120,8 @@ struct Binds {
     /// Callers holding a [`Bound`] of the handle: a `RELAY` with it may still be on its way to
     /// the link's queue, so the handle is not unbound yet.
     users: HashMap<Handle, u32>,
+    /// Sessions bound per client key.
+    per_client: HashMap<Option<PublicKey>, usize>,
     next: u32,
 }
 
@@ -158,7 +160,16 @@ pub(crate) enum SendError {
     /// The message is longer than one link message may be ([`MAX_MESSAGE`]): a local bug.
     #[error("message of {0} bytes is longer than a link message")]
     TooLong(usize),
+    /// The client has [`MAX_BINDS_PER_CLIENT`] sessions bound on this link already.
+    #[error("the client has {MAX_BINDS_PER_CLIENT} sessions bound on this peer link already")]
+    TooManyBinds,
 }
+
+/// Sessions one client may have bound on one peer link at once (this node's direction). A
+/// client has one session per node at a time, and an old one for a while after it starts over;
+/// without a cap, one client naming ever new session ids in its sections would make the relay
+/// bind them all, and the owner closes a peer link past 65,536 bindings, for every client.
+pub(crate) const MAX_BINDS_PER_CLIENT: usize = 64;
 
 #[allow(
     dead_code,
@@ -190,6 +201,9 @@ impl PeerHandle {
         }
         let handle = {
             let mut b = self.binds.lock().unwrap_or_else(|e| e.into_inner());
+            if b.per_client.get(&key.0).copied().unwrap_or(0) >= MAX_BINDS_PER_CLIENT {
+                return Err(SendError::TooManyBinds);
+            }
             b.next = b.next.wrapping_add(1);
             Handle(b.next)
         };
@@ -205,6 +219,7 @@ impl PeerHandle {
         b.by_key.insert(key, handle);
         b.by_handle.insert(handle, key);
         b.users.insert(handle, 1);
+        *b.per_client.entry(key.0).or_insert(0) += 1;
         Ok(Bound {
             binds: self.binds.clone(),
             handle,
@@ -232,6 +247,12 @@ impl PeerHandle {
         }
         b.by_key.remove(&key);
         b.by_handle.remove(&handle);
+        if let Some(n) = b.per_client.get_mut(&key.0) {
+            *n -= 1;
+            if *n == 0 {
+                b.per_client.remove(&key.0);
+            }
+        }
         true
     }
 
