@@ -511,6 +511,38 @@ async fn small_frames_of_a_far_owners_stream_take_the_nearest_node_both_ways() {
     .await;
 }
 
+/// Starts a client of `config` (TCP links, two per node) whose links to node 2 go through a
+/// relay that can blackhole them; its links and sub-links are up when this returns.
+async fn client_with_node_2_through_a_relay(
+    nodes: &[ServerHandle],
+    mut config: ClientConfig,
+) -> (wanmux_client::ClientHandle, TcpRelay) {
+    config.transport = wanmux_config::LinkTransport::Tcp;
+    let relay = TcpRelay::start(nodes[1].local_addr(), Shape::default())
+        .await
+        .expect("relay starts");
+    if let ClientAuth::StaticKey { nodes: pinned, .. } = &mut config.auth {
+        pinned[1].node.addr = relay.addr().into();
+    }
+    let client = wanmux_client::start(config).await.expect("client starts");
+    client.wait_for_links(4).await;
+    wait_for_sub_links(&client, 2, 2).await;
+    (client, relay)
+}
+
+/// Waits until node 2 relayed 2 MiB of node 1's sections up and `down` bytes down.
+async fn wait_for_relaying(client: &wanmux_client::ClientHandle, down: u64) {
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let (s, r) = client.relayed(2, 1);
+            s > 2 << 20 && r >= down
+        })
+        .await,
+        "node 2 relays: {:?}",
+        client.relayed(2, 1)
+    );
+}
+
 /// A node that goes silent (its client links blackholed, as when it is killed and its QUIC
 /// connections just stop) while it relays a transfer: the owner's engine on the client drops
 /// its sub-links through it, and must not add them again onto the silent links, which its own
@@ -521,24 +553,11 @@ async fn small_frames_of_a_far_owners_stream_take_the_nearest_node_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sub_links_are_not_added_again_onto_the_links_of_a_silent_node() {
     within(Duration::from_secs(120), async {
-        let (nodes, mut app, mut config) = cluster(2, Spread::Stripe, OwnerPolicy::First).await;
-        config.transport = wanmux_config::LinkTransport::Tcp;
-        let relay = TcpRelay::start(nodes[1].local_addr(), Shape::default())
-            .await
-            .expect("relay starts");
-        if let ClientAuth::StaticKey { nodes: pinned, .. } = &mut config.auth {
-            pinned[1].node.addr = relay.addr().into();
-        }
-        let client = wanmux_client::start(config).await.expect("client starts");
-        client.wait_for_links(4).await;
-        wait_for_sub_links(&client, 2, 2).await;
+        let (nodes, mut app, config) = cluster(2, Spread::Stripe, OwnerPolicy::First).await;
+        let (client, relay) = client_with_node_2_through_a_relay(&nodes, config).await;
         let (up, down) = (48 << 20, 48 << 20);
         let tasks = start_transfers(client.first_addr(), 4, up, down);
-        assert!(
-            eventually(Duration::from_secs(60), || client.relayed(2, 1).0 > 2 << 20).await,
-            "node 2 relays: {:?}",
-            client.relayed(2, 1)
-        );
+        wait_for_relaying(&client, 0).await;
         relay.blackhole(RelayLinks::All);
         let silent = std::time::Instant::now();
         let (mut dropped, mut added_again, mut links_gone) = (None, None, None);
@@ -589,30 +608,13 @@ async fn sub_links_are_not_added_again_onto_the_links_of_a_silent_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owner_tells_the_client_at_once_when_a_relay_s_peer_link_ends() {
     within(Duration::from_secs(120), async {
-        let (nodes, mut app, mut config, peer_relay) =
+        let (nodes, mut app, config, peer_relay) =
             cluster_through(2, Spread::Stripe, OwnerPolicy::First, Some(2)).await;
         let peer_relay = peer_relay.expect("a relay on the peer link");
-        config.transport = wanmux_config::LinkTransport::Tcp;
-        let client_relay = TcpRelay::start(nodes[1].local_addr(), Shape::default())
-            .await
-            .expect("relay starts");
-        if let ClientAuth::StaticKey { nodes: pinned, .. } = &mut config.auth {
-            pinned[1].node.addr = client_relay.addr().into();
-        }
-        let client = wanmux_client::start(config).await.expect("client starts");
-        client.wait_for_links(4).await;
-        wait_for_sub_links(&client, 2, 2).await;
+        let (client, client_relay) = client_with_node_2_through_a_relay(&nodes, config).await;
         let (up, down) = (48 << 20, 48 << 20);
         let tasks = start_transfers(client.first_addr(), 4, up, down);
-        assert!(
-            eventually(Duration::from_secs(60), || {
-                let (s, r) = client.relayed(2, 1);
-                s > 2 << 20 && r > 2 << 20
-            })
-            .await,
-            "node 2 relays both ways: {:?}",
-            client.relayed(2, 1)
-        );
+        wait_for_relaying(&client, 2 << 20).await;
         client_relay.blackhole(RelayLinks::All);
         assert!(
             peer_relay.reset(RelayLinks::All) >= 1,
