@@ -6,7 +6,7 @@
 //! `ROUTE` sections, which P relays to N over the cluster LAN. N's engine sees the sub-link as
 //! one of its links, so confirmation, resends and credit stay end to end with the owner; P holds
 //! no stream state. This module is the [`Router`] of one client link: it adds a sub-link to each
-//! other node's engine (once that node's epoch is known), polls them for the link's writer,
+//! other node's engine (once that node's epoch is known; pinged at once), polls them for the link's writer,
 //! wraps their messages in sections, and hands the sections that arrive to their engines.
 //!
 //! A sub-link that cannot be used (the relay has no peer link to the owner, `ROUTE_DOWN` code 0,
@@ -298,6 +298,9 @@ fn add_sub(s: &mut Sub, waker: &Arc<Notify>, lane: bool) -> LinkId {
         LinkKind::Relayed
     };
     let (id, _kill) = s.node.driver.add_link_with(kind, waker.clone());
+    // Pinged at once: whether the relay reaches the owner is known within a round trip (and
+    // the path has a round-trip time for the scheduler), not when data first goes on it.
+    s.node.driver.with(|e, now| e.probe_link(now, id));
     s.link = Some(id);
     s.dropped_by_engine = false;
     s.counter.live.fetch_add(1, Relaxed);

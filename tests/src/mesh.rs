@@ -146,14 +146,16 @@ impl LogCapture {
 }
 
 /// Waits until the client's engine of every node has at least `per_pair` sub-links on its links to
-/// every other node of `1..=nodes`: a sub-link refused while the owner's session is being set up
-/// waits a second, and a transfer started before then could miss a path altogether.
+/// every other node of `1..=nodes`, and each pair's sub-links carried an answer back (a new
+/// sub-link is pinged at once): a sub-link refused while the owner's session is being set up, or
+/// while its relay's peer link to the owner is still being dialled, waits a second, and a
+/// transfer started before then could miss a path altogether.
 pub async fn wait_for_sub_links(client: &wanmux_client::ClientHandle, nodes: u16, per_pair: u64) {
     let ready = crate::harness::eventually(Duration::from_secs(15), || {
         (1..=nodes).all(|via| {
-            (1..=nodes)
-                .filter(|&owner| owner != via)
-                .all(|owner| client.sub_links(via, owner) >= per_pair)
+            (1..=nodes).filter(|&owner| owner != via).all(|owner| {
+                client.sub_links(via, owner) >= per_pair && client.relayed(via, owner).1 > 0
+            })
         })
     })
     .await;

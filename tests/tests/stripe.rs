@@ -250,7 +250,13 @@ async fn stripe_carries_the_owners_streams_over_every_node_both_ways() {
                 "node {via} counts {to} relayed to node 1 and {from} from it"
             );
         }
-        assert_eq!(nodes[0].relayed(2), (0, 0), "node 1 relayed nothing");
+        // Node 1 relayed no stream data for node 2: only the first ping of each of node 2's
+        // sub-links through it and its answer (a sub-link is pinged when it is added).
+        let (to, from) = nodes[0].relayed(2);
+        assert!(
+            to < 1024 && from < 1024,
+            "node 1 relayed {to} to node 2 and {from} from it: more than pings"
+        );
         client.shutdown();
     })
     .await;
