@@ -50,9 +50,10 @@ impl Session {
     /// that would find session-level work (see [`Session::has_work_for`]), the one with the
     /// lowest smoothed RTT, so small interactive frames take the quickest path when links are
     /// idle (a busy writer polls again when its write completes, and each later call wakes one
-    /// more while work remains); and every writer whose link has work of its own (pongs, a due
-    /// ping, a lane's interactive frames and duplicates). Waking every writer for every frame
-    /// would cost a context switch per link per frame and add latency.
+    /// more while work remains, unless a direct link's writer woken for it has not polled yet);
+    /// and every writer whose link has work of its own (pongs, a due ping, the duplicates the
+    /// other lane left). Waking every writer for every frame would cost a context switch per
+    /// link per frame and add latency.
     pub fn poll_wakes(&mut self, now: Instant, out: &mut Vec<LinkId>) {
         let first = out.len();
         if !self.links.values().any(|l| l.writer.is_parked()) {
@@ -73,19 +74,31 @@ impl Session {
         }
         let lanes = self.lanes(now);
         let mut best: Option<(Duration, LinkId)> = None;
+        // A writer woken for session work that has not polled yet takes it when it does (and
+        // wakes the next one then if work remains): another engine call in between (a stream
+        // task's, a reader's, the timer's) wakes no second writer for the same work. Each extra
+        // wake-up is a context switch, often on the other core, for a poll that finds nothing.
+        // Direct links only: a parked direct writer awaits its wake-up and nothing else, while
+        // a relayed link's writer is its carrier's, which may be busy writing for a while.
+        let mut pending = false;
         for (&id, l) in &self.links {
             if !l.writer.is_parked() {
+                if session_work && !l.relayed && l.writer.is_woken() {
+                    let pick = self.pick_for(id, lanes);
+                    pending |= self.work_for(id, pick, lanes);
+                }
                 continue;
             }
             let pick = self.pick_for(id, lanes);
+            // A lane's interactive frames are session work like any other (one lane is woken
+            // for them, the nearest); the copies the other lane left are this lane's own.
             let own = !l.pongs_owed.is_empty()
                 || l.ping_pending()
                 || match pick {
-                    Pick::Lane { .. } => {
-                        self.sched.has_interactive(l.relayed) || self.has_dups_for(id)
-                    }
-                    Pick::Spare => self.has_dups_for(id),
-                    Pick::Any | Pick::Bulk => false,
+                    Pick::Lane { .. } | Pick::Spare => self.has_dups_for(id),
+                    // The lanes may have ended since (the OPEN was what held them).
+                    Pick::Any => self.open_dups.iter().any(|d| d.lane == id),
+                    Pick::Bulk => false,
                 };
             if own {
                 out.push(id);
@@ -97,7 +110,7 @@ impl Session {
                 }
             }
         }
-        if let Some((_, id)) = best {
+        if let Some((_, id)) = best.filter(|_| !pending) {
             if !out[first..].contains(&id) {
                 out.push(id);
             }
@@ -174,7 +187,8 @@ impl Session {
     /// behind a bulk link's queue either), so that a game's packets do not
     /// wait behind bulk data, or behind the loss repair of a busy TCP connection. With 2 or 3
     /// links one lane, with 4 or more two, and each small segment is sent on both (the
-    /// receiver drops the copy that arrives second), so one lost packet costs no round trip.
+    /// receiver drops the copy that arrives second), so one lost packet costs no round trip
+    /// (not from a lane whose path is shorter than `COPY_MIN_RTT`).
     /// The lanes are the nearest links that are not stalled (a ping overdue): see
     /// [`Session::nearest`].
     ///

@@ -124,6 +124,11 @@ impl Writer {
         matches!(self, Writer::Parked { .. })
     }
 
+    /// Woken (or new) and not yet polled.
+    pub(crate) fn is_woken(self) -> bool {
+        matches!(self, Writer::Woken { .. })
+    }
+
     /// A poll found data to send.
     pub(crate) fn sent(self, now: Instant) -> Self {
         match self {

@@ -91,6 +91,11 @@ const SMALL_SEGMENT: usize = 2048;
 const LANE_HOLD: Duration = Duration::from_secs(2);
 /// Duplicates waiting for the second lane, at most.
 const MAX_LANE_DUPS: usize = 1024;
+/// A lane whose smoothed RTT is below this sends no copies of its small segments: on a path
+/// this short (loopback, one LAN or data centre) loss is rare and its repair quick, while a
+/// copy costs both ends a write, a read and a wake-up per small segment (with 4 links, a third
+/// of a round trip's CPU on loopback: bench/RESULTS.md, loopback).
+const COPY_MIN_RTT: Duration = Duration::from_millis(1);
 /// A stream's reorder buffer may hold one segment per this many bytes of its window (at least
 /// 1,024), and a session's streams together one per this many bytes of the session window (at
 /// least 1,024). At [`reorder::SEGMENT_COST`] per segment that is 6% of the window, which the

@@ -5,7 +5,7 @@ use super::lanes::{carries_windows, Pick};
 use super::link::{LinkState, Sent};
 use super::sched::QUANTUM;
 use super::stream::Queued;
-use super::{LaneDup, OpenDup, Session, MAX_LANE_DUPS, MIN_TAIL, SMALL_SEGMENT};
+use super::{LaneDup, OpenDup, Session, COPY_MIN_RTT, MAX_LANE_DUPS, MIN_TAIL, SMALL_SEGMENT};
 use crate::frame::{self, Frame, DATA_HEADER, PING_LEN, SESSION_WINDOW_LEN, WINDOW_LEN};
 use crate::ids::LinkId;
 use bytes::BytesMut;
@@ -54,7 +54,8 @@ impl Session {
             let open = matches!(f, Frame::Open { .. });
             self.opens_queued -= usize::from(open);
             f.encode(buf);
-            if let (true, Pick::Lane { twin: Some(twin) }) = (open, pick) {
+            let short = l.stats.rtt.smoothed.is_some_and(|r| r < COPY_MIN_RTT);
+            if let (true, false, Pick::Lane { twin: Some(twin) }) = (open, short, pick) {
                 if self.open_dups.len() >= MAX_LANE_DUPS {
                     self.open_dups.pop_front();
                 }
@@ -231,16 +232,15 @@ impl Session {
                 self.small_at.insert(id, now);
                 self.small_queued = false;
                 // The copy for the other lane, unless that lane is a relayed link and the stream
-                // is pinned: a relayed link takes no pinned stream's data, copies included.
+                // is pinned (a relayed link takes no pinned stream's data, copies included), or
+                // this lane's path is short (`COPY_MIN_RTT`).
                 let pinned = s.pinned;
+                let short = l.stats.rtt.smoothed.is_some_and(|r| r < COPY_MIN_RTT);
                 let twin = match pick {
-                    Pick::Lane { twin: Some(twin) }
-                        if !(pinned && self.links.get(&twin).is_some_and(|t| t.relayed)) =>
-                    {
-                        Some(twin)
-                    }
+                    Pick::Lane { twin: Some(twin) } if !short => Some(twin),
                     _ => None,
-                };
+                }
+                .filter(|twin| !(pinned && self.links.get(twin).is_some_and(|t| t.relayed)));
                 if let Some(twin) = twin {
                     if self.lane_dups.len() >= MAX_LANE_DUPS {
                         self.lane_dups.pop_front();

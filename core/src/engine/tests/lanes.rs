@@ -377,11 +377,18 @@ fn the_engine_wakes_one_parked_writer_for_session_work_and_every_one_with_work_o
     let id = c.open_stream(now, NODE, "svc").unwrap();
     c.poll_wakes(now, &mut woken);
     assert_eq!(woken, [links[0]]);
-    // Woken once: the next call does not wake it again, it picks another parked writer.
+    // Woken and not polled yet: another engine call before it polls wakes no other writer for
+    // the same work.
     woken.clear();
     c.poll_wakes(now, &mut woken);
-    assert_eq!(woken, [links[1]], "the second lane may carry the OPEN too");
+    assert!(woken.is_empty(), "{woken:?}");
     assert!(sent(&mut c, now, links[0])
+        .iter()
+        .any(|f| matches!(f, Frame::Open { stream, .. } if *stream == id)));
+    // Link 1 sent the OPEN; the copy it left for the other lane is link 2's own work.
+    c.poll_wakes(now, &mut woken);
+    assert_eq!(woken, [links[1]], "the second lane sends the OPEN's copy");
+    assert!(sent(&mut c, now, links[1])
         .iter()
         .any(|f| matches!(f, Frame::Open { stream, .. } if *stream == id)));
     // A ping from the peer on link 4 owes a pong: its own writer is woken for it.
@@ -753,4 +760,31 @@ fn dedicated_lanes_over_a_nearer_node_carry_the_interactive_frames_and_no_bulk()
         vec![r5, r6],
         "the game's segment went on both near lanes"
     );
+}
+
+#[test]
+fn a_small_segment_goes_once_on_a_path_under_a_millisecond_and_twice_on_a_longer_one() {
+    for (rtt, copies) in [
+        (Duration::from_micros(200), 1),
+        (Duration::from_millis(20), 2),
+    ] {
+        let (mut c, links, now) = client_with_four_links();
+        let now = with_rtts(
+            &mut c,
+            now,
+            &links.iter().map(|&l| (l, rtt)).collect::<Vec<_>>(),
+        );
+        let game = c.open_stream(now, NODE, "svc").unwrap();
+        c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
+        let carried: usize = links
+            .iter()
+            .map(|&l| {
+                data_sent(&mut c, now, l)
+                    .iter()
+                    .filter(|d| **d == (game, 0, 100))
+                    .count()
+            })
+            .sum();
+        assert_eq!(carried, copies, "RTT {rtt:?}");
+    }
 }
