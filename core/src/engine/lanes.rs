@@ -51,8 +51,9 @@ impl Session {
     /// lowest smoothed RTT, so small interactive frames take the quickest path when links are
     /// idle (a busy writer polls again when its write completes, and each later call wakes one
     /// more while work remains, unless a direct link's writer woken for it has not polled yet);
-    /// and every writer whose link has work of its own (pongs, a due ping, the duplicates the
-    /// other lane left). Waking every writer for every frame would cost a context switch per
+    /// and every writer whose link has work of its own (pongs, a due ping, a lane's interactive
+    /// frames: each lane is woken for them, whichever is nearer, since a lane may be one still
+    /// waiting for its first RTT sample; the duplicates the other lane left). Waking every writer for every frame would cost a context switch per
     /// link per frame and add latency.
     pub fn poll_wakes(&mut self, now: Instant, out: &mut Vec<LinkId>) {
         let first = out.len();
@@ -90,12 +91,13 @@ impl Session {
                 continue;
             }
             let pick = self.pick_for(id, lanes);
-            // A lane's interactive frames are session work like any other (one lane is woken
-            // for them, the nearest); the copies the other lane left are this lane's own.
             let own = !l.pongs_owed.is_empty()
                 || l.ping_pending()
                 || match pick {
-                    Pick::Lane { .. } | Pick::Spare => self.has_dups_for(id),
+                    Pick::Lane { .. } => {
+                        self.sched.has_interactive(l.relayed) || self.has_dups_for(id)
+                    }
+                    Pick::Spare => self.has_dups_for(id),
                     // The lanes may have ended since (the OPEN was what held them).
                     Pick::Any => self.open_dups.iter().any(|d| d.lane == id),
                     Pick::Bulk => false,
