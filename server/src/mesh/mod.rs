@@ -122,13 +122,44 @@ struct Binds {
     users: HashMap<Handle, u32>,
     /// Sessions bound per client key.
     per_client: HashMap<Option<PublicKey>, usize>,
+    /// Handles whose session ended here while a caller still held them (or while the queue
+    /// was full): unbound when their last [`Bound`] is dropped, unless bound again meanwhile.
+    unbind_when_free: std::collections::HashSet<Handle>,
     next: u32,
+}
+
+impl Binds {
+    /// Queues `UNBIND` for `handle` and forgets it; false (nothing changed) when the queue is
+    /// full. The caller holds the lock, so no caller takes the handle between the check of its
+    /// users and the queueing, and nothing that uses it follows the `UNBIND`.
+    fn unbind_now(&mut self, tx: &mpsc::Sender<Bytes>, handle: Handle) -> bool {
+        let Some(&key) = self.by_handle.get(&handle) else {
+            return false;
+        };
+        let mut msg = bytes::BytesMut::new();
+        PeerFrame::Unbind { handle }.encode(&mut msg);
+        if tx.try_send(msg.freeze()).is_err() {
+            return false;
+        }
+        self.by_key.remove(&key);
+        self.by_handle.remove(&handle);
+        self.unbind_when_free.remove(&handle);
+        if let Some(n) = self.per_client.get_mut(&key.0) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_client.remove(&key.0);
+            }
+        }
+        true
+    }
 }
 
 /// A handle in use by a caller of [`PeerHandle::bind`] until it has queued what uses it.
 #[derive(Debug)]
 pub(crate) struct Bound {
     binds: Arc<Mutex<Binds>>,
+    /// The link's queue, for an `UNBIND` that waited for this caller.
+    tx: mpsc::Sender<Bytes>,
     handle: Handle,
 }
 
@@ -146,6 +177,10 @@ impl Drop for Bound {
             *n -= 1;
             if *n == 0 {
                 b.users.remove(&self.handle);
+                if b.unbind_when_free.contains(&self.handle) {
+                    // A full queue leaves it bound, as `PeerHandle::unbind` does.
+                    b.unbind_now(&self.tx, self.handle);
+                }
             }
         }
     }
@@ -187,8 +222,11 @@ impl PeerHandle {
             let mut b = binds.lock().unwrap_or_else(|e| e.into_inner());
             let h = b.by_key.get(&key).copied()?;
             *b.users.entry(h).or_insert(0) += 1;
+            // In use again: an UNBIND that waited for its users is off.
+            b.unbind_when_free.remove(&h);
             Some(Bound {
                 binds: binds.clone(),
+                tx: self.tx.clone(),
                 handle: h,
             })
         };
@@ -222,38 +260,26 @@ impl PeerHandle {
         *b.per_client.entry(key.0).or_insert(0) += 1;
         Ok(Bound {
             binds: self.binds.clone(),
+            tx: self.tx.clone(),
             handle,
         })
     }
 
-    /// Session `key` ended at this node: its handle on this link is given up with `UNBIND`,
-    /// unless a caller still holds it (a `RELAY` with it on its way to the queue) or the queue
-    /// is full; then it stays bound (a later session end, or the link's end, frees it; the
-    /// peer takes at most 65,536). Whether it was unbound.
+    /// Session `key` ended at this node: its handle on this link is given up with `UNBIND`.
+    /// While a caller still holds it (a `RELAY` with it on its way to the queue) the `UNBIND`
+    /// waits for the last one to drop its [`Bound`], unless the handle is bound again first; a
+    /// full queue leaves it bound (a later session end, or the link's end, frees it; the peer
+    /// takes at most 65,536). Whether it was unbound now.
     pub(crate) fn unbind(&self, key: Key) -> bool {
         let mut b = self.binds.lock().unwrap_or_else(|e| e.into_inner());
         let Some(&handle) = b.by_key.get(&key) else {
             return false;
         };
         if b.users.contains_key(&handle) {
+            b.unbind_when_free.insert(handle);
             return false;
         }
-        let mut msg = bytes::BytesMut::new();
-        PeerFrame::Unbind { handle }.encode(&mut msg);
-        // Under the lock: no caller can take the handle between the check and the queueing,
-        // so nothing that uses it follows the UNBIND.
-        if !matches!(self.try_send(msg.freeze()), Ok(true)) {
-            return false;
-        }
-        b.by_key.remove(&key);
-        b.by_handle.remove(&handle);
-        if let Some(n) = b.per_client.get_mut(&key.0) {
-            *n -= 1;
-            if *n == 0 {
-                b.per_client.remove(&key.0);
-            }
-        }
-        true
+        b.unbind_now(&self.tx, handle)
     }
 
     /// Sessions bound on this link now (this node's direction).
@@ -569,8 +595,9 @@ mod tests {
         peer.send(Bytes::from_static(&[0x01, 0, 0, 0, 0, 0, 0, 0, 9]))
             .await
             .expect("queued");
+        assert_eq!(peer.bound_count(), 1, "bound while a user holds it");
+        // The last user queued what it had; dropping it queues the UNBIND that waited.
         drop(again);
-        assert!(peer.unbind(key));
         assert!(matches!(frame(&mut rx), PeerFrame::Ping(9)));
         assert!(matches!(frame(&mut rx), PeerFrame::Unbind { handle } if handle == h));
         assert_eq!(peer.bound_count(), 0);
@@ -581,6 +608,20 @@ mod tests {
         // The session's next link binds a new handle.
         let next = peer.bind(key).await.expect("bind");
         assert_eq!(next.handle(), Handle(2));
+        assert!(matches!(frame(&mut rx), PeerFrame::Bind { handle, .. } if handle == Handle(2)));
+        // An UNBIND waiting for its users is off once the session binds the handle again.
+        assert!(!peer.unbind(key));
+        let reused = peer.bind(key).await.expect("bind");
+        assert_eq!(reused.handle(), Handle(2));
+        drop(next);
+        drop(reused);
+        assert!(
+            rx.try_recv().is_err(),
+            "no UNBIND: the session uses it again"
+        );
+        assert_eq!(peer.bound_count(), 1);
+        assert!(peer.unbind(key));
+        assert!(matches!(frame(&mut rx), PeerFrame::Unbind { handle } if handle == Handle(2)));
     }
 
     fn config(id: u16, key: PrivateKey, peer: (u16, SocketAddr, PublicKey)) -> ServerConfig {
