@@ -158,6 +158,21 @@ class Contender:
     def check_alive(self) -> str | None:
         return benchlib.first_exit(self.tunnel)
 
+    def context_switches(self) -> int | None:
+        """Context switches so far of every thread of the tunnel processes (voluntary and not)."""
+        if not self.tunnel:
+            return None
+        total = 0
+        for _, p in self.tunnel:
+            for task in Path(f"/proc/{p.pid}/task").iterdir():
+                try:
+                    for line in (task / "status").read_text().splitlines():
+                        if "ctxt_switches:" in line:
+                            total += int(line.split()[1])
+                except (OSError, ValueError):
+                    continue  # a thread that ended meanwhile
+        return total
+
 
 def start_wanmux(name: str, links: int, bins: Path, bench_addr: str, tmp: Path) -> Contender:
     d = tmp / name
@@ -270,6 +285,8 @@ class Sample:
     wall_s: float | None = None
     bench_cpu_s: float | None = None  # the bench client's own CPU (rusage)
     foreign_cores: float | None = None  # average cores used by processes not ours
+    rr_cpu_us: float | None = None  # rr: tunnel CPU (both ends) per round trip
+    rr_switches: float | None = None  # rr: tunnel context switches (both ends) per round trip
 
 
 def run_bench(bench: Path, c: Contender, test: str, rep: int, args, ours_cpu) -> Sample:
@@ -286,7 +303,14 @@ def run_bench(bench: Path, c: Contender, test: str, rep: int, args, ours_cpu) ->
         except OSError:  # a tunnel process is gone; the next check_alive() reports it
             return None
 
+    def switches() -> int | None:
+        try:
+            return c.context_switches()
+        except OSError:
+            return None
+
     cpu0 = tunnel_cpu()
+    sw0 = switches()
     ours0 = ours_cpu()
     busy0 = system_busy_seconds()
     t0 = time.monotonic()
@@ -299,6 +323,7 @@ def run_bench(bench: Path, c: Contender, test: str, rep: int, args, ours_cpu) ->
     busy = system_busy_seconds() - busy0
     PROCS.forget(p)
     cpu1 = tunnel_cpu()
+    sw1 = switches()
     by_proc = ({k: cpu1[k] - cpu0[k] for k in cpu1}
                if cpu0 is not None and cpu1 is not None else None)
     cpu = sum(by_proc.values()) if by_proc is not None else None
@@ -315,6 +340,10 @@ def run_bench(bench: Path, c: Contender, test: str, rep: int, args, ours_cpu) ->
     s.ok = True
     if test == "rr":
         s.p50_us, s.p99_us = j["p50_us"], j["p99_us"]
+        if cpu is not None:
+            s.rr_cpu_us = cpu * 1e6 / args.rr_count
+        if sw0 is not None and sw1 is not None:
+            s.rr_switches = (sw1 - sw0) / args.rr_count
     else:
         s.gbps = j["bits_per_second"] / 1e9
         s.bytes = j["received_bytes"]
@@ -366,6 +395,8 @@ def summarize(contenders: list[str], samples: list[Sample], skipped: dict[str, s
         r["p50"] = median([s.p50_us for s in rr])
         r["p99"] = median([s.p99_us for s in rr])
         r["rr_n"] = len(rr)
+        r["rr_cpu"] = median([s.rr_cpu_us for s in rr if s.rr_cpu_us is not None])
+        r["rr_switches"] = median([s.rr_switches for s in rr if s.rr_switches is not None])
         r["rr_tried"] = any(s.test == "rr" for s in mine)
         r["fail"] = [f"{s.test} rep {s.rep + 1}: {s.error}" for s in mine if not s.ok]
         rows[name] = r
@@ -376,12 +407,13 @@ def markdown_table(contenders: list[str], rows, skipped: dict[str, str], dead: d
     d = rows.get("direct")
     lines = [
         "| contender | 1 stream Gbit/s (x direct) | 8 streams Gbit/s (x direct) "
-        "| rr p50 / p99 us (added vs direct) | CPU s/GB both ends, 1 / 8 streams |",
-        "|---|---|---|---|---|",
+        "| rr p50 / p99 us (added vs direct) | rr: tunnel CPU us / context switches per round trip "
+        "| CPU s/GB both ends, 1 / 8 streams |",
+        "|---|---|---|---|---|---|",
     ]
     for name in contenders:
         if name in skipped:
-            lines.append(f"| {LABELS[name]} | {skipped[name]} | | | |")
+            lines.append(f"| {LABELS[name]} | {skipped[name]} | | | | |")
             continue
         r = rows[name]
 
@@ -399,8 +431,10 @@ def markdown_table(contenders: list[str], rows, skipped: dict[str, str], dead: d
             if name != "direct" and d and d["p50"] is not None:
                 lat += f" ({r['p50'] - d['p50']:+.0f} / {r['p99'] - d['p99']:+.0f})"
         cpu = "-" if name == "direct" else f"{fmt(r['p1_cpu'], '.2f')} / {fmt(r['p8_cpu'], '.2f')}"
+        rr_cost = ("-" if name == "direct"
+                   else f"{fmt(r['rr_cpu'], '.0f')} / {fmt(r['rr_switches'], '.1f')}")
         label = LABELS[name] + (" **(died: " + dead[name] + ")**" if name in dead else "")
-        lines.append(f"| {label} | {thr('p1')} | {thr('p8')} | {lat} | {cpu} |")
+        lines.append(f"| {label} | {thr('p1')} | {thr('p8')} | {lat} | {rr_cost} | {cpu} |")
     return "\n".join(lines)
 
 
@@ -692,7 +726,10 @@ def main() -> int:
         "",
         "Gbit/s: payload received and verified / receiver's time. CPU s/GB: utime+stime of both tunnel "
         "processes (from /proc/PID/stat) during the run, per 10^9 payload bytes. rr: one connection, "
-        "64-byte request and echo; added = contender minus direct TCP (medians).",
+        "64-byte request and echo; added = contender minus direct TCP (medians). rr tunnel CPU and "
+        "context switches: of every tunnel process and thread during the rr run (/proc/PID/stat, "
+        "/proc/PID/task/*/status), per round trip; they count work, not waiting, so they move less "
+        "with the machine's load than the latencies do.",
     ]
     fails = [f"- {n}: {f}" for n in rows for f in rows[n]["fail"]]
     if fails:
