@@ -293,6 +293,85 @@ async fn a_reload_takes_a_new_revocation_list() {
     .await;
 }
 
+/// `tls revoke` as an operator runs it, on the files `tls ca` and `tls issue` wrote: the node
+/// lists the CA's revocation list (which revokes `c` already) in `crl_files`; `b` is revoked
+/// with `tls revoke` and the node reloads (reads its `[tls]` paths again, as SIGHUP does). `b`'s
+/// new links are refused as `client_cert_revoked`, `c` stays revoked, and `a` moves data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_revoke_and_a_reload_refuse_the_revoked_client_only() {
+    use wanmux_core::tls::issue::{issue_files, make_ca, revoke_files};
+    use wanmux_core::tls::{CertPaths, Usage};
+    within(LIMIT, async {
+        let dir = std::env::temp_dir().join(format!("wanmux-pki-revoke-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (ca, out, crl) = (dir.join("ca"), dir.join("out"), dir.join("clients.crl"));
+        make_ca(&ca).expect("tls ca");
+        issue_files(&ca, "127.0.0.1", &out, Usage::Node, 30).expect("tls issue");
+        for name in ["a", "b", "c"] {
+            issue_files(&ca, name, &out, Usage::Client, 30).expect("tls issue --client");
+        }
+        let paths = |name: &str, crls: Vec<std::path::PathBuf>| CertPaths {
+            cert: out.join(format!("{name}.pem")),
+            key: out.join(format!("{name}.key")),
+            ca: ca.join("ca.pem"),
+            crls,
+        };
+        let read = |p: CertPaths| CertFiles::read(p).expect("the files read");
+        revoke_files(&ca, &crl, Some(&out.join("c.pem")), 30).expect("tls revoke c");
+        let node = paths("127.0.0.1", vec![crl.clone()]);
+
+        let mut running = None;
+        let mut t = Tunnel::start_with(Auth::Pki, 1, |server, client| {
+            server.tls = Some(ServerTls {
+                files: read(node.clone()),
+                allowed_certs: Default::default(),
+            });
+            if let ClientAuth::Pki { files, .. } = &mut client.auth {
+                *files = read(paths("a", vec![]));
+            }
+            running = Some(server.clone());
+        })
+        .await;
+        let running = running.expect("the node's config");
+        let client = |name: &str| {
+            let mut c = t.client_config.clone();
+            if let ClientAuth::Pki { files, .. } = &mut c.auth {
+                *files = read(paths(name, vec![]));
+            }
+            c
+        };
+        let (client_b, client_c) = (client("b"), client("c"));
+        // Before: b is taken, c is not.
+        let before = wanmux_client::start(client_b.clone())
+            .await
+            .expect("b starts");
+        tokio::time::timeout(Duration::from_secs(10), before.wait_for_links(1))
+            .await
+            .expect("b's link comes up");
+        before.shutdown();
+        refused_after(&t, client_c.clone(), "client_cert_revoked").await;
+
+        let said = revoke_files(&ca, &crl, Some(&out.join("b.pem")), 30).expect("tls revoke b");
+        assert!(said.contains("2 certificates revoked"), "{said}");
+        let mut new = running.clone();
+        new.tls.as_mut().expect("[tls]").files = read(node.clone());
+        t.server
+            .reload(&running, new)
+            .await
+            .expect("the reload applies");
+        refused_after(&t, client_b, "client_cert_revoked").await;
+        refused_after(&t, client_c, "client_cert_revoked").await;
+        for (seed, (up, down)) in [(MIB, 0), (0, MIB), (4 * MIB, 4 * MIB)]
+            .into_iter()
+            .enumerate()
+        {
+            t.check_transfer(up, down, 30 + seed as u64).await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
 /// As `refused`, for a node that may still hold sessions of earlier clients.
 async fn refused_after(t: &Tunnel, bad: ClientConfig, node_reason: &str) {
     let node_before = failures(&t.server.status(), node_reason);
