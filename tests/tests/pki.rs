@@ -124,6 +124,39 @@ async fn a_key_mode_client_and_a_pki_client_on_one_node() {
     .await;
 }
 
+/// `examples/server-pki.toml` and `examples/client-pki.toml` are a working pair: with their
+/// `[tls]`, `allowed_clients` and `node.tls_name` as written (only the addresses and services
+/// are the test's), the client's links come up and carry data both ways, under the identity
+/// the server example lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pki_examples_are_a_working_pair() {
+    within(LIMIT, async {
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let node = ServerConfig::load(examples.join("server-pki.toml")).expect("server-pki.toml");
+        let laptop = ClientConfig::load(examples.join("client-pki.toml")).expect("client-pki.toml");
+        let listed = node.tls.as_ref().expect("[tls]").allowed_certs.clone();
+        assert_eq!(listed.len(), 1, "the example lists laptop-7");
+        let mut t = Tunnel::start_with(Auth::Pki, 2, |server, client| {
+            server.auth = node.auth.clone();
+            server.tls = node.tls.clone();
+            client.auth = laptop.auth.clone();
+        })
+        .await;
+        for (seed, (up, down)) in [(MIB, 0), (0, MIB), (4 * MIB, 4 * MIB)]
+            .into_iter()
+            .enumerate()
+        {
+            t.check_transfer(up, down, 40 + seed as u64).await;
+        }
+        let status = t.server.status();
+        let id = listed.iter().next().expect("one identity");
+        assert_eq!(status.sessions.len(), 1);
+        assert_eq!(status.sessions[0].peer, spki_text(id.as_bytes()));
+        assert_eq!(transports(&status), vec!["quic"; 2]);
+    })
+    .await;
+}
+
 /// The count of refusals (or failed dials) with `reason` in `status`.
 fn failures(status: &Status, reason: &str) -> u64 {
     status.handshake_failures.get(reason).copied().unwrap_or(0)
