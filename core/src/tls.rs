@@ -657,6 +657,31 @@ pub mod issue {
             not_after: SystemTime,
         ) -> Result<Issued, Error> {
             let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+            self.issue_for(&key, name, usage, not_before, not_after)
+        }
+
+        /// [`Ca::issue`] for the existing key of `key_pem` (a renewal: the certificate keeps
+        /// the identity of the one it replaces, see [`super::spki_hash`]).
+        pub fn renew(
+            &self,
+            key_pem: &str,
+            name: &str,
+            usage: Usage,
+            not_before: SystemTime,
+            not_after: SystemTime,
+        ) -> Result<Issued, Error> {
+            let key = KeyPair::from_pem(key_pem)?;
+            self.issue_for(&key, name, usage, not_before, not_after)
+        }
+
+        fn issue_for(
+            &self,
+            key: &KeyPair,
+            name: &str,
+            usage: Usage,
+            not_before: SystemTime,
+            not_after: SystemTime,
+        ) -> Result<Issued, Error> {
             let mut params = CertificateParams::new(vec![name.to_owned()])?;
             params.distinguished_name.push(DnType::CommonName, name);
             params.extended_key_usages = vec![match usage {
@@ -669,7 +694,7 @@ pub mod issue {
             params.serial_number = Some(SerialNumber::from(serial));
             params.not_before = day!(not_before);
             params.not_after = day!(not_after);
-            let cert = params.signed_by(&key, &self.cert, &self.key)?;
+            let cert = params.signed_by(key, &self.cert, &self.key)?;
             let spki = spki_hash(cert.der()).ok_or(Error::CouldNotParseCertificate)?;
             Ok(Issued {
                 cert_pem: cert.pem(),
@@ -732,6 +757,31 @@ pub mod issue {
         usage: Usage,
         days: u32,
     ) -> std::io::Result<String> {
+        issue_into(ca_dir, name, out, usage, days, None)
+    }
+
+    /// `tls issue ... --key KEY`: as [`issue_files`] for the existing private key in the PEM
+    /// file `key` (a renewal that keeps the identity, so the nodes' `allowed_clients` and a
+    /// running client's session stay as they are): writes `DIR/NAME.pem` only.
+    pub fn renew_files(
+        ca_dir: &std::path::Path,
+        name: &str,
+        key: &std::path::Path,
+        out: &std::path::Path,
+        usage: Usage,
+        days: u32,
+    ) -> std::io::Result<String> {
+        issue_into(ca_dir, name, out, usage, days, Some(key))
+    }
+
+    fn issue_into(
+        ca_dir: &std::path::Path,
+        name: &str,
+        out: &std::path::Path,
+        usage: Usage,
+        days: u32,
+        old_key: Option<&std::path::Path>,
+    ) -> std::io::Result<String> {
         use std::io::{Error, ErrorKind};
         if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
             return Err(Error::new(
@@ -755,9 +805,20 @@ pub mod issue {
             )
         })?;
         let now = SystemTime::now();
-        let issued = ca
-            .issue(name, usage, now, now + Duration::from_secs(86_400) * days)
-            .map_err(Error::other)?;
+        let until = now + Duration::from_secs(86_400) * days;
+        let issued = match old_key {
+            None => ca.issue(name, usage, now, until).map_err(Error::other),
+            Some(path) => {
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+                ca.renew(&pem, name, usage, now, until).map_err(|e| {
+                    Error::new(
+                        ErrorKind::InvalidData,
+                        format!("{}: not a private key to renew with ({e})", path.display()),
+                    )
+                })
+            }
+        }?;
         let files = super::CertFiles::from_pem(&issued.cert_pem, &issued.key_pem, &ca_pem, &[])
             .map_err(|e| Error::new(ErrorKind::InvalidData, format!("{e:?}")))?;
         let bad = |p: &super::Problem| p.error || p.message.contains(super::NOT_FROM_CA);
@@ -778,11 +839,16 @@ pub mod issue {
             out.join(format!("{name}.key")),
         );
         write_new(&cert, &issued.cert_pem)?;
-        crate::keys::write_secret_file(&key, issued.key_pem.trim_end())?;
+        let key = match old_key {
+            None => {
+                crate::keys::write_secret_file(&key, issued.key_pem.trim_end())?;
+                key.display().to_string()
+            }
+            Some(old) => format!("{} (the same key, not copied)", old.display()),
+        };
         let mut text = format!(
-            "certificate: {} (cert_file)\nkey: {} (key_file)\nvalid for {} days from today\n",
+            "certificate: {} (cert_file)\nkey: {key} (key_file)\nvalid for {} days from today\n",
             cert.display(),
-            key.display(),
             days
         );
         if usage == Usage::Client {
@@ -1130,6 +1196,44 @@ mod tests {
         let e = issue_files(&ca, "laptop-2", &out, Usage::Client, 60).expect_err("mismatch");
         assert!(e.to_string().contains("ca.pem"), "{e}");
         assert!(!out.join("laptop-2.pem").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tls_issue_with_a_key_renews_under_the_same_identity() {
+        use super::issue::renew_files;
+        let dir = std::env::temp_dir().join(format!("wanmux-tls-renew-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (ca, out, renewed) = (dir.join("ca"), dir.join("out"), dir.join("renewed"));
+        make_ca(&ca).expect("tls ca");
+        let first = issue_files(&ca, "a", &out, Usage::Client, 60).expect("tls issue");
+        let key = out.join("a.key");
+        let said = renew_files(&ca, "a", &key, &renewed, Usage::Client, 90).expect("renew");
+        let id = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with("identity: "))
+                .map(str::to_owned)
+        };
+        assert!(id(&first).is_some());
+        assert_eq!(id(&said), id(&first), "{said}");
+        assert!(!renewed.join("a.key").exists(), "the key is not copied");
+        let files = CertFiles::read(CertPaths {
+            cert: renewed.join("a.pem"),
+            key: key.clone(),
+            ca: ca.join("ca.pem"),
+            crls: Vec::new(),
+        })
+        .expect("readable");
+        assert!(files.check(Usage::Client, SystemTime::now()).is_empty());
+        assert_ne!(
+            std::fs::read(renewed.join("a.pem")).unwrap(),
+            std::fs::read(out.join("a.pem")).unwrap()
+        );
+        // Not a key: an error naming the file, nothing written.
+        let e = renew_files(&ca, "b", &out.join("a.pem"), &renewed, Usage::Client, 90)
+            .expect_err("a certificate is no key");
+        assert!(e.to_string().contains("a.pem"), "{e}");
+        assert!(!renewed.join("b.pem").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -124,6 +124,128 @@ async fn a_key_mode_client_and_a_pki_client_on_one_node() {
     .await;
 }
 
+/// A client certificate renewed in place (the same `[tls]` paths; `tls issue --key` certifies
+/// the same key, so the identity stays) is taken by a client reload for its next links: the old
+/// certificate is then revoked and the node restarted with the list, so the client's links
+/// come back only if they present the renewed one; they do, under the same identity, and no
+/// link is refused as revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reload_takes_a_renewed_certificate_for_its_next_links() {
+    use wanmux_core::tls::issue::{issue_files, make_ca, renew_files, revoke_files};
+    use wanmux_core::tls::{CertPaths, Usage};
+    within(LIMIT, async {
+        let dir = std::env::temp_dir().join(format!("wanmux-pki-renew-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (ca, out, crl) = (dir.join("ca"), dir.join("out"), dir.join("clients.crl"));
+        make_ca(&ca).expect("tls ca");
+        issue_files(&ca, "127.0.0.1", &out, Usage::Node, 30).expect("tls issue");
+        issue_files(&ca, "a", &out, Usage::Client, 30).expect("tls issue --client");
+        std::fs::copy(out.join("a.pem"), dir.join("a-old.pem")).expect("keep the old one");
+        revoke_files(&ca, &crl, None, 30).expect("an empty list");
+        let paths = |name: &str, crls: Vec<std::path::PathBuf>| CertPaths {
+            cert: out.join(format!("{name}.pem")),
+            key: out.join(format!("{name}.key")),
+            ca: ca.join("ca.pem"),
+            crls,
+        };
+        let read = |p: CertPaths| CertFiles::read(p).expect("the files read");
+        let node = paths("127.0.0.1", vec![crl.clone()]);
+        let mut node_config = None;
+        let t = Tunnel::start_with(Auth::Pki, 1, |server, client| {
+            server.tls = Some(ServerTls {
+                files: read(node.clone()),
+                allowed_certs: Default::default(),
+            });
+            if let ClientAuth::Pki { files, .. } = &mut client.auth {
+                *files = read(paths("a", vec![]));
+            }
+            node_config = Some(server.clone());
+        })
+        .await;
+        let mut node_config = node_config.expect("the node's config");
+        let peer = t.server.status().sessions[0].peer.clone();
+        let Tunnel {
+            app,
+            server,
+            mut client,
+            client_config: running,
+        } = t;
+
+        // Renewed on the CA machine, put in place over the old certificate (a rename, as an
+        // operator's copy would do), and the old one revoked.
+        let renewed = dir.join("renewed");
+        let said = renew_files(&ca, "a", &out.join("a.key"), &renewed, Usage::Client, 30)
+            .expect("tls issue --key");
+        assert!(
+            said.contains(&peer),
+            "the renewal keeps the identity: {said}"
+        );
+        std::fs::rename(renewed.join("a.pem"), out.join("a.pem")).expect("in place");
+        revoke_files(&ca, &crl, Some(&dir.join("a-old.pem")), 30).expect("revoke the old one");
+
+        // The client reloads: the same paths, read again.
+        let mut new = running.clone();
+        if let ClientAuth::Pki { files, .. } = &mut new.auth {
+            *files = read(paths("a", vec![]));
+        }
+        assert_ne!(
+            pki_client_files(&new).chain,
+            pki_client_files(&running).chain,
+            "the file holds the renewed certificate"
+        );
+        let in_force = client
+            .reload(&running, new.clone())
+            .await
+            .expect("the reload applies");
+        assert_eq!(
+            pki_client_files(&in_force).chain,
+            pki_client_files(&new).chain
+        );
+
+        // The node restarts on the same address, with the list that revokes the old one.
+        let addr = server.local_addr();
+        server.abort();
+        node_config.listen = addr;
+        node_config.tls.as_mut().expect("[tls]").files = read(node.clone());
+        let mut tries = 0;
+        let server = loop {
+            match wanmux_server::start(node_config.clone()).await {
+                Ok(s) => break s,
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("the node restarts: {e}"),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), client.wait_for_links(1))
+            .await
+            .expect("the client's link comes back with the renewed certificate");
+        let mut t = Tunnel {
+            app,
+            server,
+            client,
+            client_config: in_force,
+        };
+        for (seed, (up, down)) in [(MIB, 0), (0, MIB), (4 * MIB, 4 * MIB)]
+            .into_iter()
+            .enumerate()
+        {
+            t.check_transfer(up, down, 50 + seed as u64).await;
+        }
+        let status = t.server.status();
+        assert_eq!(status.sessions.len(), 1);
+        assert_eq!(status.sessions[0].peer, peer, "the same identity");
+        assert_eq!(
+            failures(&status, "client_cert_revoked"),
+            0,
+            "the old one was presented"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
 /// `examples/server-pki.toml` and `examples/client-pki.toml` are a working pair: with their
 /// `[tls]`, `allowed_clients` and `node.tls_name` as written (only the addresses and services
 /// are the test's), the client's links come up and carry data both ways, under the identity

@@ -261,6 +261,12 @@ enum TlsCommand {
         /// Days the certificate is valid from today.
         #[arg(long, value_name = "DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
         days: u32,
+        /// Renew: certify this existing private key (PEM) instead of making a new one, and
+        /// write DIR/NAME.pem only. The certificate keeps the identity (sha256:) of the one it
+        /// replaces, so allowed_clients stays, and a client that reloads (SIGHUP) takes it
+        /// without a restart.
+        #[arg(long, value_name = "KEY")]
+        key: Option<PathBuf>,
     },
     /// Revoke a client certificate of the CA made by `tls ca`: add it to the CA's revocation
     /// list FILE (PEM, for the nodes' crl_files), or make the list. The list is read back from
@@ -328,9 +334,13 @@ pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
                     out,
                     client,
                     days,
+                    key,
                 } => {
                     let usage = if client { Usage::Client } else { Usage::Node };
-                    issue::issue_files(&ca, &name, &out, usage, days)
+                    match key {
+                        None => issue::issue_files(&ca, &name, &out, usage, days),
+                        Some(key) => issue::renew_files(&ca, &name, &key, &out, usage, days),
+                    }
                 }
                 TlsCommand::Revoke {
                     ca,
