@@ -99,8 +99,9 @@ pub(crate) struct QuicEndpoints {
     v6: std::sync::Mutex<Option<quic::Dialer>>,
     /// The link versions they offer.
     offer: quic::Offer,
-    /// PKI mode's certificates (`[tls]`).
-    tls: Option<wanmux_core::tls::CertFiles>,
+    /// PKI mode's certificates (`[tls]`), for endpoints made from now on; a reload replaces
+    /// them ([`QuicEndpoints::set_tls`]).
+    tls: std::sync::Mutex<Option<wanmux_core::tls::CertFiles>>,
 }
 
 impl QuicEndpoints {
@@ -113,9 +114,28 @@ impl QuicEndpoints {
     }
 
     /// Endpoints in PKI mode with `tls`'s certificates, if given.
-    pub(crate) fn with_tls(mut self, tls: Option<&wanmux_core::tls::CertFiles>) -> QuicEndpoints {
-        self.tls = tls.cloned();
+    pub(crate) fn with_tls(self, tls: Option<&wanmux_core::tls::CertFiles>) -> QuicEndpoints {
+        *self.tls.lock().expect("QUIC tls lock poisoned") = tls.cloned();
         self
+    }
+
+    /// PKI mode's certificates read again (a reload): the links dialled from now on present
+    /// and check these; links already up keep theirs. `Err` (nothing changed) when rustls will
+    /// not take them.
+    pub(crate) fn set_tls(&self, tls: &wanmux_core::tls::CertFiles) -> std::io::Result<()> {
+        // Taken for every endpoint, so that no endpoint gets one and another fails: the two
+        // configurations are made of the same files.
+        quic::client_endpoint_check(self.offer, tls)?;
+        // The files first, then the endpoints made so far: an endpoint made in between (under
+        // its slot's lock, reading the files) has either the new files or is updated below.
+        *self.tls.lock().expect("QUIC tls lock poisoned") = Some(tls.clone());
+        for slot in [&self.v4, &self.v6] {
+            // Only a configuration swap runs under this lock.
+            if let Some(ep) = &*slot.lock().expect("QUIC endpoint lock poisoned") {
+                ep.set_pki(tls)?;
+            }
+        }
+        Ok(())
     }
 
     fn for_peer(&self, peer: SocketAddr) -> std::io::Result<quic::Dialer> {
@@ -129,7 +149,8 @@ impl QuicEndpoints {
         if let Some(ep) = &*slot {
             return Ok(ep.clone());
         }
-        let ep = quic::client_endpoint_with(local, self.offer, self.tls.as_ref())?;
+        let tls = self.tls.lock().expect("QUIC tls lock poisoned").clone();
+        let ep = quic::client_endpoint_with(local, self.offer, tls.as_ref())?;
         *slot = Some(ep.clone());
         Ok(ep)
     }

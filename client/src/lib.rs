@@ -65,6 +65,9 @@ pub struct ClientHandle {
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
     /// The control socket (`control.socket`); its file goes with it.
     control: Option<ControlSocket>,
+    /// The QUIC endpoints every link dials from, when links may run over QUIC: a reload gives
+    /// them PKI mode's files read again.
+    quic: Option<Arc<dial::QuicEndpoints>>,
     /// What `status`, the control socket and the metrics endpoint report.
     report: Arc<Report>,
 }
@@ -396,6 +399,7 @@ pub async fn start_with(config: ClientConfig, options: Options) -> io::Result<Cl
         no_link_hold: config.no_link_hold,
         metrics,
         control,
+        quic,
         report,
     })
 }

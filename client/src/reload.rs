@@ -1,5 +1,5 @@
-//! Reloading the client's config (SIGHUP): port maps change at runtime, the rest needs a
-//! restart.
+//! Reloading the client's config (SIGHUP): port maps and PKI mode's files change at runtime,
+//! the rest needs a restart.
 //!
 //! A map is known by its `listen` address (a map on port 0, which has none to be known by, by
 //! its address and service). A map added to the file starts listening; a map gone
@@ -11,9 +11,15 @@
 //! `127.0.0.1:7000`, therefore takes two reloads: remove, then add.) `drain_timeout_ms`
 //! applies to the next drain.
 //!
+//! PKI mode's files (`[tls]`) are read again with the config: when their paths stay and they
+//! hold a renewed certificate or key for the same key pair, or another CA file, the links
+//! dialled from then on present and check those (links up keep theirs). A file that no longer
+//! reads refuses the reload, as any invalid file does, with its key and line.
+//!
 //! Kept until a restart, named in one `warn` line: the nodes, the keys and PSK, `[links]`,
-//! `[limits]`, the handshake and grace timeouts, `no_link_hold_ms`, `[cluster]`, `[metrics]` and
-//! `[control]`: the links, the session and
+//! `[limits]`, the handshake and grace timeouts, `no_link_hold_ms`, `[cluster]`, `[metrics]`,
+//! `[control]`, `[tls]`'s paths, `node.tls_name`, and a certificate with another key pair (the
+//! node keys the session by it): the links, the session and
 //! the accept loops run with them.
 
 use crate::{accept_loop, listen_map, ClientHandle};
@@ -24,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn, Instrument};
 use wanmux_config::{ClientAuth, ClientConfig, ServiceName};
+use wanmux_core::tls::CertFiles;
 
 /// A mapped port: its socket and its accept loop.
 #[derive(Debug)]
@@ -75,6 +82,17 @@ impl ClientHandle {
             }
             let socket = listen_map(i, map.listen)?;
             bound.push((i, Arc::new(socket)));
+        }
+
+        // PKI mode's files read again from the same paths (a renewed certificate or key, a new
+        // CA file): the links dialled from now on use them. Last of what can fail.
+        let renewed = renewed_tls(running, &new);
+        if let (Some(files), Some(quic)) = (renewed, &self.quic) {
+            quic.set_tls(files)?;
+            info!(
+                "[tls] files read again (a renewed certificate, key or CA file): new links use \
+                 them, links up keep theirs"
+            );
         }
 
         let kept = kept_settings(running, &new);
@@ -146,11 +164,45 @@ impl ClientHandle {
         }
 
         let mut now = running.clone();
+        if let (
+            Some(files),
+            ClientAuth::Pki {
+                files: in_force, ..
+            },
+        ) = (renewed, &mut now.auth)
+        {
+            *in_force = files.clone();
+        }
         now.maps = new.maps;
         now.drain_timeout = new.drain_timeout;
         now.warnings = new.warnings;
         Ok(now)
     }
+}
+
+/// `new`'s PKI files when a reload applies them: the same paths as `running`'s, other
+/// contents, and the same identity (the key of the certificate), since the node keys the
+/// session by it.
+fn renewed_tls<'a>(running: &ClientConfig, new: &'a ClientConfig) -> Option<&'a CertFiles> {
+    match (&running.auth, &new.auth) {
+        (ClientAuth::Pki { files: f1, .. }, ClientAuth::Pki { files: f2, .. })
+            if f1.paths == f2.paths && identity(f1) == identity(f2) && !same_files(f1, f2) =>
+        {
+            Some(f2)
+        }
+        _ => None,
+    }
+}
+
+/// A client certificate's identity at the nodes (`None` if it does not parse, which a loaded
+/// config rules out).
+fn identity(files: &CertFiles) -> Option<[u8; wanmux_core::tls::SPKI_HASH_LEN]> {
+    files.chain.first().and_then(wanmux_core::tls::spki_hash)
+}
+
+/// Whether two reads of `[tls]` hold the same certificates, key and CA.
+fn same_files(a: &CertFiles, b: &CertFiles) -> bool {
+    a.chain == b.chain && a.key.secret_der() == b.key.secret_der() && a.roots == b.roots
 }
 
 /// The settings that differ between `running` and `new` and cannot change at runtime, by
@@ -201,7 +253,12 @@ fn kept_settings(running: &ClientConfig, new: &ClientConfig) -> Vec<&'static str
                 nodes: n2,
             },
         ) => {
-            check(f1.paths != f2.paths, "[tls]");
+            check(f1.paths != f2.paths, "[tls] (its paths)");
+            check(
+                f1.paths == f2.paths && identity(f1) != identity(f2),
+                "[tls] (a certificate with another key: the node keys the session by the key, \
+                 so a new key takes a restart; renew with `tls issue --key`)",
+            );
             check(
                 !n1.iter()
                     .map(|n| &n.tls_name)

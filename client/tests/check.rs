@@ -49,7 +49,7 @@ fn check_prints_the_error_with_its_line_and_key() {
 
 #[test]
 fn check_accepts_the_examples() {
-    for name in ["client.toml", "client-psk.toml"] {
+    for name in ["client.toml", "client-psk.toml", "client-pki.toml"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../examples")
             .join(name);

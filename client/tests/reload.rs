@@ -171,3 +171,104 @@ fn sighup_adds_and_removes_maps_and_refuses_a_broken_file() {
     };
     assert!(status.success(), "{status}");
 }
+
+/// Starts `wanmux-client run` on `path` with its log lines read into a [`Client`].
+fn run(path: &Path) -> Client {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wanmux-client"))
+        .args(["run", "--config"])
+        .arg(path)
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start wanmux-client");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    Client {
+        child,
+        lines,
+        seen: Vec::new(),
+    }
+}
+
+/// A PKI client's SIGHUP reads its `[tls]` files again: a certificate renewed for the same key
+/// is taken for new links; a file that no longer reads refuses the reload with its key and line
+/// (the running files stay); a certificate with another key waits for a restart, named in the
+/// reload's warning. (That new links present the renewed certificate is in
+/// `tests/tests/pki.rs`.)
+#[test]
+fn sighup_rereads_a_pki_clients_files() {
+    use wanmux_core::tls::issue::{issue_files, make_ca, renew_files};
+    use wanmux_core::tls::Usage;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reload-pki-client");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (ca, out) = (dir.join("ca"), dir.join("out"));
+    make_ca(&ca).expect("tls ca");
+    issue_files(&ca, "laptop", &out, Usage::Client, 30).expect("tls issue --client");
+    // A node address nothing answers on: the client runs without a link.
+    let node = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port");
+    let path = dir.join("client.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[client]\nhandshake_timeout_ms = 500\n[tls]\nca_file = \"ca/ca.pem\"\n\
+             cert_file = \"out/laptop.pem\"\n\
+             key_file = \"out/laptop.key\"\n\
+             [[node]]\nid = 1\naddr = \"{node}\"\n\
+             [[map]]\nlisten = \"127.0.0.1:0\"\nservice = \"a\"\n"
+        ),
+    )
+    .expect("write");
+    let mut client = run(&path);
+    client.wait_log(&["mapping", "service=a"]);
+
+    // Renewed for the same key, in place: taken.
+    renew_files(
+        &ca,
+        "laptop",
+        &out.join("laptop.key"),
+        &dir.join("renewed"),
+        Usage::Client,
+        30,
+    )
+    .expect("tls issue --key");
+    std::fs::rename(dir.join("renewed/laptop.pem"), out.join("laptop.pem")).expect("in place");
+    client.hup();
+    client.wait_log(&["[tls] files read again"]);
+    client.wait_log(&["reload done"]);
+
+    // Not a certificate any more: refused, with the key and line.
+    let renewed = std::fs::read(out.join("laptop.pem")).expect("the renewed one");
+    std::fs::write(out.join("laptop.pem"), "not a certificate\n").expect("write");
+    client.hup();
+    let logged = client.wait_log(&["ERROR", "tls.cert_file"]);
+    assert!(logged.contains("client.toml:5:"), "{logged}");
+    client.wait_log(&["reload refused", "the running config stays"]);
+
+    // Another key: the reload goes on and names what waits for a restart.
+    std::fs::write(out.join("laptop.pem"), renewed).expect("write");
+    let other = dir.join("other");
+    issue_files(&ca, "laptop", &other, Usage::Client, 30).expect("a new key");
+    for f in ["laptop.pem", "laptop.key"] {
+        std::fs::rename(other.join(f), out.join(f)).expect("in place");
+    }
+    client.hup();
+    let kept = client.wait_log(&["keeps until a restart"]);
+    assert!(kept.contains("another key"), "{kept}");
+    client.wait_log(&["reload done"]);
+    let taken = client
+        .seen
+        .iter()
+        .filter(|l| l.contains("files read again"))
+        .count();
+    assert_eq!(taken, 1, "a certificate of another key was taken");
+}

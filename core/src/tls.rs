@@ -17,12 +17,20 @@ use std::time::{Duration, SystemTime};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 
+pub mod crl;
+
+use crl::Crl;
+
 /// Length of a client certificate's identity, [`spki_hash`].
 pub const SPKI_HASH_LEN: usize = 32;
 
 /// A certificate that expires within this long is worth a warning (`check`, and the daemons at
 /// start).
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A revocation list whose next update comes within this long is worth a warning (`check`):
+/// `tls revoke` makes them valid for 30 days by default, and re-signs one on demand.
+pub const CRL_UPDATE_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How `allowed_clients` writes a client certificate's identity: `sha256:` and the base64 of
 /// [`spki_hash`].
@@ -53,6 +61,9 @@ pub struct CertFiles {
     pub roots: Vec<CertificateDer<'static>>,
     /// Certificate revocation lists (nodes only: of client certificates).
     pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// For each of `crls`, the file of `paths.crls` it came from (by index), so that a problem
+    /// names its `crl_files` entry.
+    pub crl_sources: Vec<usize>,
     /// Where they were read from, for reloads and messages.
     pub paths: CertPaths,
 }
@@ -64,6 +75,7 @@ impl Clone for CertFiles {
             key: self.key.clone_key(),
             roots: self.roots.clone(),
             crls: self.crls.clone(),
+            crl_sources: self.crl_sources.clone(),
             paths: self.paths.clone(),
         }
     }
@@ -124,10 +136,13 @@ impl CertFiles {
             .map_err(|e| err(Which::Key, pem_message(&paths.key, "a private key", &e)))
             .ok();
         let roots = read_certs(&paths.ca).map_err(|m| err(Which::Ca, m)).ok();
-        let mut crls = Vec::new();
+        let (mut crls, mut crl_sources) = (Vec::new(), Vec::new());
         for (i, path) in paths.crls.iter().enumerate() {
             match read_crls(path) {
-                Ok(mut c) => crls.append(&mut c),
+                Ok(c) => {
+                    crl_sources.extend(std::iter::repeat_n(i, c.len()));
+                    crls.extend(c);
+                }
                 Err(m) => err(Which::Crl(i), m),
             }
         }
@@ -137,6 +152,7 @@ impl CertFiles {
                 key,
                 roots,
                 crls,
+                crl_sources,
                 paths,
             }),
             _ => Err(problems),
@@ -158,6 +174,7 @@ impl CertFiles {
                 .iter()
                 .map(|c| CertificateRevocationListDer::from_pem_slice(c.as_bytes()))
                 .collect::<Result<_, _>>()?,
+            crl_sources: (0..crls.len()).collect(),
             paths: CertPaths {
                 cert: PathBuf::new(),
                 key: PathBuf::new(),
@@ -172,8 +189,122 @@ impl CertFiles {
     /// expired or not yet valid included; only a warning when it leads to another CA, since a
     /// client's `ca_file` vouches for the nodes and need not have issued the client's own
     /// certificate); and a certificate of the chain that expires within [`EXPIRY_WARNING`] is
-    /// a warning, with the date.
+    /// a warning, with the date. The revocation lists are checked too (see
+    /// [`CertFiles::check_crls`]).
     pub fn check(&self, usage: Usage, now: SystemTime) -> Vec<Problem> {
+        let mut problems = self.check_chain(usage, now);
+        problems.extend(self.check_crls(now));
+        problems
+    }
+
+    /// The revocation lists at time `now`: each must be of a CA of `roots` and carry its
+    /// signature (an error when it names that CA and its signature does not verify: the node
+    /// would refuse that CA's every client); one of no CA there revokes nothing (a warning); and
+    /// with any list at all, each CA of `roots` needs one of its own, since the node refuses a
+    /// certificate whose revocation status no list gives (an error). A list past its next
+    /// update, or within [`CRL_UPDATE_WARNING`] of it, is a warning: the node still applies it.
+    pub fn check_crls(&self, now: SystemTime) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut push = |which, error, message: String| {
+            problems.push(Problem {
+                which,
+                error,
+                message,
+            })
+        };
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let day = |secs: u64| date(UnixTime::since_unix_epoch(Duration::from_secs(secs)));
+        let mut covered = vec![false; self.roots.len()];
+        for (der, &file) in self.crls.iter().zip(&self.crl_sources) {
+            let which = Which::Crl(file);
+            let crl = match Crl::parse(der.as_ref()) {
+                Ok(c) => c,
+                Err(m) => {
+                    push(which, true, m);
+                    continue;
+                }
+            };
+            let named: Vec<usize> = (0..self.roots.len())
+                .filter(|&i| crl.issued_by(&self.roots[i]))
+                .collect();
+            if named.is_empty() {
+                push(
+                    which,
+                    false,
+                    "a revocation list in this file is not of a CA in client_ca_file: it revokes \
+                     nothing here"
+                        .into(),
+                );
+                continue;
+            }
+            let mut signed = false;
+            for i in named {
+                if crl.signed_by(&self.roots[i]) {
+                    covered[i] = true;
+                    signed = true;
+                }
+            }
+            if !signed {
+                push(
+                    which,
+                    true,
+                    "a revocation list in this file names a CA of client_ca_file as its issuer, \
+                     but that CA's key did not sign it: the node would refuse every client \
+                     certificate of that CA"
+                        .into(),
+                );
+                continue;
+            }
+            let renew = "re-sign it: wanmux-server tls revoke --ca CA_DIR --crl FILE";
+            let within = CRL_UPDATE_WARNING.as_secs();
+            if now >= crl.next_update {
+                push(
+                    which,
+                    false,
+                    format!(
+                        "a revocation list in this file was due to be replaced on {} (its next \
+                         update): the node still applies it, but other tools take it as stale; \
+                         {renew}",
+                        day(crl.next_update)
+                    ),
+                );
+            } else if now.saturating_add(within) >= crl.next_update {
+                push(
+                    which,
+                    false,
+                    format!(
+                        "a revocation list in this file is due to be replaced on {} (its next \
+                         update, within {} days); {renew}",
+                        day(crl.next_update),
+                        within / 86_400
+                    ),
+                );
+            }
+        }
+        if !self.crls.is_empty() {
+            for (i, _) in covered.iter().enumerate().filter(|(_, c)| !**c) {
+                push(
+                    Which::Ca,
+                    true,
+                    format!(
+                        "no revocation list in crl_files is of the CA of this file's certificate \
+                         {}: with crl_files set, the node refuses every client certificate whose \
+                         revocation status no list gives, so every client of that CA; add its \
+                         list (wanmux-server tls revoke --ca CA_DIR --crl FILE makes an empty \
+                         one)",
+                        i + 1
+                    ),
+                );
+            }
+        }
+        problems
+    }
+
+    /// [`CertFiles::check`] of the key and chain.
+    fn check_chain(&self, usage: Usage, now: SystemTime) -> Vec<Problem> {
         let mut problems = Vec::new();
         let mut push = |which, error, message: String| {
             problems.push(Problem {
@@ -526,6 +657,31 @@ pub mod issue {
             not_after: SystemTime,
         ) -> Result<Issued, Error> {
             let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+            self.issue_for(&key, name, usage, not_before, not_after)
+        }
+
+        /// [`Ca::issue`] for the existing key of `key_pem` (a renewal: the certificate keeps
+        /// the identity of the one it replaces, see [`super::spki_hash`]).
+        pub fn renew(
+            &self,
+            key_pem: &str,
+            name: &str,
+            usage: Usage,
+            not_before: SystemTime,
+            not_after: SystemTime,
+        ) -> Result<Issued, Error> {
+            let key = KeyPair::from_pem(key_pem)?;
+            self.issue_for(&key, name, usage, not_before, not_after)
+        }
+
+        fn issue_for(
+            &self,
+            key: &KeyPair,
+            name: &str,
+            usage: Usage,
+            not_before: SystemTime,
+            not_after: SystemTime,
+        ) -> Result<Issued, Error> {
             let mut params = CertificateParams::new(vec![name.to_owned()])?;
             params.distinguished_name.push(DnType::CommonName, name);
             params.extended_key_usages = vec![match usage {
@@ -538,7 +694,7 @@ pub mod issue {
             params.serial_number = Some(SerialNumber::from(serial));
             params.not_before = day!(not_before);
             params.not_after = day!(not_after);
-            let cert = params.signed_by(&key, &self.cert, &self.key)?;
+            let cert = params.signed_by(key, &self.cert, &self.key)?;
             let spki = spki_hash(cert.der()).ok_or(Error::CouldNotParseCertificate)?;
             Ok(Issued {
                 cert_pem: cert.pem(),
@@ -601,6 +757,31 @@ pub mod issue {
         usage: Usage,
         days: u32,
     ) -> std::io::Result<String> {
+        issue_into(ca_dir, name, out, usage, days, None)
+    }
+
+    /// `tls issue ... --key KEY`: as [`issue_files`] for the existing private key in the PEM
+    /// file `key` (a renewal that keeps the identity, so the nodes' `allowed_clients` and a
+    /// running client's session stay as they are): writes `DIR/NAME.pem` only.
+    pub fn renew_files(
+        ca_dir: &std::path::Path,
+        name: &str,
+        key: &std::path::Path,
+        out: &std::path::Path,
+        usage: Usage,
+        days: u32,
+    ) -> std::io::Result<String> {
+        issue_into(ca_dir, name, out, usage, days, Some(key))
+    }
+
+    fn issue_into(
+        ca_dir: &std::path::Path,
+        name: &str,
+        out: &std::path::Path,
+        usage: Usage,
+        days: u32,
+        old_key: Option<&std::path::Path>,
+    ) -> std::io::Result<String> {
         use std::io::{Error, ErrorKind};
         if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
             return Err(Error::new(
@@ -624,9 +805,20 @@ pub mod issue {
             )
         })?;
         let now = SystemTime::now();
-        let issued = ca
-            .issue(name, usage, now, now + Duration::from_secs(86_400) * days)
-            .map_err(Error::other)?;
+        let until = now + Duration::from_secs(86_400) * days;
+        let issued = match old_key {
+            None => ca.issue(name, usage, now, until).map_err(Error::other),
+            Some(path) => {
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+                ca.renew(&pem, name, usage, now, until).map_err(|e| {
+                    Error::new(
+                        ErrorKind::InvalidData,
+                        format!("{}: not a private key to renew with ({e})", path.display()),
+                    )
+                })
+            }
+        }?;
         let files = super::CertFiles::from_pem(&issued.cert_pem, &issued.key_pem, &ca_pem, &[])
             .map_err(|e| Error::new(ErrorKind::InvalidData, format!("{e:?}")))?;
         let bad = |p: &super::Problem| p.error || p.message.contains(super::NOT_FROM_CA);
@@ -647,11 +839,16 @@ pub mod issue {
             out.join(format!("{name}.key")),
         );
         write_new(&cert, &issued.cert_pem)?;
-        crate::keys::write_secret_file(&key, issued.key_pem.trim_end())?;
+        let key = match old_key {
+            None => {
+                crate::keys::write_secret_file(&key, issued.key_pem.trim_end())?;
+                key.display().to_string()
+            }
+            Some(old) => format!("{} (the same key, not copied)", old.display()),
+        };
         let mut text = format!(
-            "certificate: {} (cert_file)\nkey: {} (key_file)\nvalid for {} days from today\n",
+            "certificate: {} (cert_file)\nkey: {key} (key_file)\nvalid for {} days from today\n",
             cert.display(),
-            key.display(),
             days
         );
         if usage == Usage::Client {
@@ -661,6 +858,270 @@ pub mod issue {
             ));
         }
         Ok(text)
+    }
+
+    /// How long `tls revoke` makes a revocation list valid by default (its next update).
+    pub const CRL_VALIDITY_DAYS: u32 = 30;
+
+    /// `tls revoke --ca CA_DIR --crl FILE [--cert CERT] [--next-update DAYS]`: adds the
+    /// certificate of the PEM file `cert` (one the CA in `ca_dir` issued, as [`make_ca`] wrote
+    /// it) to the revocation list `crl` of that CA, or makes the list if there is none; without
+    /// `cert`, signs the list again as it is (a new next update). The list is read back from
+    /// `crl` itself, which keeps no state beside it: its signature must verify against
+    /// `ca_dir/ca.pem`, and every serial it revoked stays (with its date and reason). The new
+    /// list has the next CRL number, is valid `days` days (next update), and replaces `crl` at
+    /// once (a temporary file renamed over it; mode 0644). Returns what to print.
+    pub fn revoke_files(
+        ca_dir: &std::path::Path,
+        crl_path: &std::path::Path,
+        cert: Option<&std::path::Path>,
+        days: u32,
+    ) -> std::io::Result<String> {
+        use super::crl::{next_number, number_text, same_serial, Crl, Revoked};
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
+        use std::io::{Error, ErrorKind};
+        use std::path::Path;
+        let bad = |path: &Path, m: &dyn std::fmt::Display| {
+            Error::new(ErrorKind::InvalidData, format!("{}: {m}", path.display()))
+        };
+        let read = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map_err(|e| Error::new(e.kind(), format!("{}: {e}", path.display())))
+        };
+        let (ca_pem, ca_key) = (ca_dir.join("ca.pem"), ca_dir.join("ca.key"));
+        let ca_der = CertificateDer::from_pem_slice(read(&ca_pem)?.as_bytes())
+            .map_err(|e| bad(&ca_pem, &format!("holds no PEM certificate ({e:?})")))?;
+        let ca = Ca::from_key_pem(&read(&ca_key)?).map_err(|e| bad(&ca_key, &e))?;
+
+        let target = match cert {
+            None => None,
+            Some(path) => {
+                let der = CertificateDer::from_pem_slice(read(path)?.as_bytes())
+                    .map_err(|e| bad(path, &format!("holds no PEM certificate ({e:?})")))?;
+                let serial = client_of(&der, &ca_der)
+                    .map_err(|m| bad(path, &format!("{m} (the CA: {})", ca_pem.display())))?;
+                let spki = super::spki_hash(&der).ok_or_else(|| bad(path, &"does not parse"))?;
+                Some((serial, spki))
+            }
+        };
+
+        let (mut revoked, number) = match std::fs::read_to_string(crl_path) {
+            Ok(text) => {
+                let der = CertificateRevocationListDer::from_pem_slice(text.as_bytes())
+                    .map_err(|e| bad(crl_path, &format!("holds no PEM X509 CRL ({e:?})")))?;
+                let old = Crl::parse(der.as_ref()).map_err(|m| bad(crl_path, &m))?;
+                if !old.signed_by(&ca_der) {
+                    return Err(bad(
+                        crl_path,
+                        &format!(
+                            "is not a revocation list of the CA in {} (another CA named it or \
+                             signed it): left as it is",
+                            ca_pem.display()
+                        ),
+                    ));
+                }
+                (old.revoked, old.number.unwrap_or_default())
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => (Vec::new(), Vec::new()),
+            Err(e) => return Err(Error::new(e.kind(), format!("{}: {e}", crl_path.display()))),
+        };
+
+        let now = SystemTime::now();
+        let secs = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs()
+        };
+        let mut said = String::new();
+        if let Some((serial, spki)) = &target {
+            let what = format!(
+                "serial {}, identity \"{}\"",
+                number_text(serial),
+                super::spki_text(spki)
+            );
+            if revoked.iter().any(|r| same_serial(&r.serial, serial)) {
+                said.push_str(&format!("already revoked: {what}\n"));
+            } else {
+                revoked.push(Revoked {
+                    serial: serial.clone(),
+                    at: secs(now),
+                    reason: None,
+                    invalid_since: None,
+                });
+                said.push_str(&format!("revoked: {what}\n"));
+            }
+        }
+        let number = next_number(&number)
+            .ok_or_else(|| bad(crl_path, &"its CRL number is at its maximum (20 octets)"))?;
+        let date = |s: u64| {
+            time::OffsetDateTime::from_unix_timestamp(i64::try_from(s).unwrap_or(i64::MAX))
+                .map_err(|e| bad(crl_path, &format!("a date out of range: {e}")))
+        };
+        let next_update = now + Duration::from_secs(86_400) * days;
+        let params = CertificateRevocationListParams {
+            this_update: date(secs(now))?,
+            next_update: date(secs(next_update))?,
+            crl_number: SerialNumber::from_slice(&number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|r| {
+                    Ok(RevokedCertParams {
+                        serial_number: SerialNumber::from_slice(&r.serial),
+                        revocation_time: date(r.at)?,
+                        reason_code: r.reason.and_then(reason),
+                        invalidity_date: r.invalid_since.map(date).transpose()?,
+                    })
+                })
+                .collect::<std::io::Result<_>>()?,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let pem = params
+            .signed_by(&ca.cert, &ca.key)
+            .and_then(|c| c.pem())
+            .map_err(Error::other)?;
+        // What the nodes will check, checked before it replaces anything.
+        let made = CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| Error::other(format!("{e:?}")))
+            .and_then(|der| Crl::parse(der.as_ref()).map_err(Error::other))?;
+        if !made.signed_by(&ca_der) {
+            return Err(bad(
+                &ca_pem,
+                &"is not the certificate of ca.key: is this the directory `tls ca` made?",
+            ));
+        }
+        write_atomic(crl_path, &pem)?;
+        said.push_str(&format!(
+            "revocation list: {} (crl_files on the nodes), CRL number {}, {} certificate{} \
+             revoked, next update {} (run this again before then, with or without --cert)\n\
+             reload the nodes that list it (SIGHUP) to refuse the new links of a revoked \
+             certificate; links already up stay until they end (remove the identity from \
+             allowed_clients to close them at once)\n",
+            crl_path.display(),
+            number_text(&number),
+            revoked.len(),
+            if revoked.len() == 1 { "" } else { "s" },
+            super::date(rustls::pki_types::UnixTime::since_unix_epoch(
+                next_update
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+            )),
+        ));
+        Ok(said)
+    }
+
+    /// The serial of `cert` (DER contents of the INTEGER) when it is a client certificate that
+    /// the CA of `ca` issued, or why not. Its dates do not matter: an expired certificate may be
+    /// revoked too.
+    fn client_of(
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        ca: &rustls::pki_types::CertificateDer<'_>,
+    ) -> Result<Vec<u8>, String> {
+        use rustls::pki_types::UnixTime;
+        let leaf = webpki::EndEntityCert::try_from(cert).map_err(|e| format!("{e}"))?;
+        let anchor = webpki::anchor_from_trusted_cert(ca)
+            .map_err(|e| format!("the CA certificate does not parse: {e}"))?;
+        let at = |t: UnixTime| {
+            leaf.verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                std::slice::from_ref(&anchor),
+                &[],
+                t,
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .map(|_| ())
+        };
+        let now = UnixTime::now();
+        let verified = match at(now) {
+            Err(webpki::Error::CertExpired { not_after, .. }) => at(UnixTime::since_unix_epoch(
+                Duration::from_secs(not_after.as_secs().saturating_sub(1)),
+            )),
+            Err(webpki::Error::CertNotValidYet { not_before, .. }) => at(not_before),
+            other => other,
+        };
+        match verified {
+            Ok(()) => Ok(leaf.serial().to_vec()),
+            Err(webpki::Error::UnknownIssuer) => {
+                Err("the CA did not issue this certificate".into())
+            }
+            Err(webpki::Error::RequiredEkuNotFoundContext(_)) => Err(
+                "not a client's certificate: only nodes check revocation lists, of client \
+                 certificates"
+                    .into(),
+            ),
+            Err(e) => Err(format!(
+                "this certificate does not verify against the CA: {e}"
+            )),
+        }
+    }
+
+    /// rcgen's revocation reason of code `c` (RFC 5280 §5.3.1).
+    fn reason(c: u8) -> Option<rcgen::RevocationReason> {
+        use rcgen::RevocationReason as R;
+        Some(match c {
+            0 => R::Unspecified,
+            1 => R::KeyCompromise,
+            2 => R::CaCompromise,
+            3 => R::AffiliationChanged,
+            4 => R::Superseded,
+            5 => R::CessationOfOperation,
+            6 => R::CertificateHold,
+            8 => R::RemoveFromCrl,
+            9 => R::PrivilegeWithdrawn,
+            10 => R::AaCompromise,
+            _ => return None,
+        })
+    }
+
+    /// Replaces `path` with `text` at once: a temporary file beside it, mode 0644, synced, then
+    /// renamed over it, so a node that reloads meanwhile reads the old list or the new one.
+    fn write_atomic(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let named = |e: std::io::Error, p: &std::path::Path| {
+            std::io::Error::new(e.kind(), format!("{}: {e}", p.display()))
+        };
+        let name = path.file_name().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{}: not a file name", path.display()),
+            )
+        })?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&tmp);
+        let written = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            }
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(named(e, path));
+        }
+        // The rename itself, on disk.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
     }
 
     /// Writes `text` to the new file `path` (never over an existing one).
@@ -736,5 +1197,228 @@ mod tests {
         assert!(e.to_string().contains("ca.pem"), "{e}");
         assert!(!out.join("laptop-2.pem").exists());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tls_issue_with_a_key_renews_under_the_same_identity() {
+        use super::issue::renew_files;
+        let dir = std::env::temp_dir().join(format!("wanmux-tls-renew-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (ca, out, renewed) = (dir.join("ca"), dir.join("out"), dir.join("renewed"));
+        make_ca(&ca).expect("tls ca");
+        let first = issue_files(&ca, "a", &out, Usage::Client, 60).expect("tls issue");
+        let key = out.join("a.key");
+        let said = renew_files(&ca, "a", &key, &renewed, Usage::Client, 90).expect("renew");
+        let id = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with("identity: "))
+                .map(str::to_owned)
+        };
+        assert!(id(&first).is_some());
+        assert_eq!(id(&said), id(&first), "{said}");
+        assert!(!renewed.join("a.key").exists(), "the key is not copied");
+        let files = CertFiles::read(CertPaths {
+            cert: renewed.join("a.pem"),
+            key: key.clone(),
+            ca: ca.join("ca.pem"),
+            crls: Vec::new(),
+        })
+        .expect("readable");
+        assert!(files.check(Usage::Client, SystemTime::now()).is_empty());
+        assert_ne!(
+            std::fs::read(renewed.join("a.pem")).unwrap(),
+            std::fs::read(out.join("a.pem")).unwrap()
+        );
+        // Not a key: an error naming the file, nothing written.
+        let e = renew_files(&ca, "b", &out.join("a.pem"), &renewed, Usage::Client, 90)
+            .expect_err("a certificate is no key");
+        assert!(e.to_string().contains("a.pem"), "{e}");
+        assert!(!renewed.join("b.pem").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn crl_of(path: &Path) -> crl::Crl {
+        let der = CertificateRevocationListDer::from_pem_file(path).expect("a PEM CRL");
+        crl::Crl::parse(der.as_ref()).expect("a CRL")
+    }
+
+    fn serial_of(path: &Path) -> Vec<u8> {
+        let der = CertificateDer::from_pem_file(path).expect("a PEM certificate");
+        let leaf = webpki::EndEntityCert::try_from(&der).expect("parses");
+        leaf.serial().to_vec()
+    }
+
+    #[test]
+    fn tls_revoke_keeps_what_the_list_revoked_and_counts_up() {
+        use super::issue::revoke_files;
+        let dir = std::env::temp_dir().join(format!("wanmux-tls-revoke-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (ca, out, crl) = (dir.join("ca"), dir.join("out"), dir.join("crl/clients.crl"));
+        make_ca(&ca).expect("tls ca");
+        for name in ["a", "b"] {
+            issue_files(&ca, name, &out, Usage::Client, 60).expect("tls issue --client");
+        }
+        issue_files(&ca, "node.example", &out, Usage::Node, 60).expect("tls issue");
+        let (a, b) = (out.join("a.pem"), out.join("b.pem"));
+
+        // No directory for the list yet: an error, and nothing written.
+        assert!(revoke_files(&ca, &crl, Some(&a), 30).is_err());
+        std::fs::create_dir_all(crl.parent().unwrap()).unwrap();
+        let said = revoke_files(&ca, &crl, Some(&a), 30).expect("revoke a");
+        assert!(said.starts_with("revoked: serial"), "{said}");
+        let one = crl_of(&crl);
+        assert_eq!(one.number.as_deref(), Some(&[1][..]));
+        assert!(one.revokes(&serial_of(&a)) && !one.revokes(&serial_of(&b)));
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(one.next_update.abs_diff(now + 30 * 86_400) < 60);
+
+        revoke_files(&ca, &crl, Some(&b), 10).expect("revoke b");
+        let two = crl_of(&crl);
+        assert_eq!(two.number.as_deref(), Some(&[2][..]));
+        assert!(two.revokes(&serial_of(&a)) && two.revokes(&serial_of(&b)));
+        assert_eq!(
+            two.revoked[0], one.revoked[0],
+            "a's entry is kept as it was"
+        );
+        assert!(two.next_update.abs_diff(now + 10 * 86_400) < 60);
+
+        let said = revoke_files(&ca, &crl, Some(&a), 30).expect("a again");
+        assert!(said.starts_with("already revoked"), "{said}");
+        let said = revoke_files(&ca, &crl, None, 30).expect("signed again");
+        assert!(said.contains("2 certificates revoked"), "{said}");
+        let four = crl_of(&crl);
+        assert_eq!(four.number.as_deref(), Some(&[4][..]));
+        assert_eq!(four.revoked, two.revoked);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&crl).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644);
+        }
+        let left: Vec<_> = std::fs::read_dir(crl.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("clients.crl")]);
+
+        // The node's files with the list check out; a client of the CA it revoked fails to
+        // verify as the node verifies it (rustls with the list).
+        let files = CertFiles::read(CertPaths {
+            cert: out.join("node.example.pem"),
+            key: out.join("node.example.key"),
+            ca: ca.join("ca.pem"),
+            crls: vec![crl.clone()],
+        })
+        .expect("readable");
+        assert!(files.check(Usage::Node, SystemTime::now()).is_empty());
+
+        // Refused, leaving the list as it was: a node certificate, a certificate or a list of
+        // another CA, a ca.pem that is not ca.key's.
+        let before = std::fs::read(&crl).unwrap();
+        let e = revoke_files(&ca, &crl, Some(&out.join("node.example.pem")), 30).unwrap_err();
+        assert!(e.to_string().contains("not a client's certificate"), "{e}");
+        let other = dir.join("other");
+        make_ca(&other).expect("another CA");
+        issue_files(&other, "c", &out, Usage::Client, 60).expect("c");
+        let e = revoke_files(&ca, &crl, Some(&out.join("c.pem")), 30).unwrap_err();
+        assert!(e.to_string().contains("did not issue"), "{e}");
+        let e = revoke_files(&other, &crl, None, 30).unwrap_err();
+        assert!(
+            e.to_string().contains("not a revocation list of the CA"),
+            "{e}"
+        );
+        std::fs::copy(other.join("ca.pem"), ca.join("ca.pem")).unwrap();
+        let fresh = dir.join("crl/fresh.crl");
+        let e = revoke_files(&ca, &fresh, None, 30).unwrap_err();
+        assert!(e.to_string().contains("ca.pem"), "{e}");
+        assert!(!fresh.exists());
+        assert_eq!(std::fs::read(&crl).unwrap(), before);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// PEM of a DER revocation list.
+    fn crl_pem(der: &[u8]) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN X509 CRL-----\n{}\n-----END X509 CRL-----\n",
+            lines.join("\n")
+        )
+    }
+
+    #[test]
+    fn check_says_when_a_list_is_due_stale_of_another_ca_or_not_signed() {
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        let ca = issue::Ca::generate(now + 365 * day).expect("a CA");
+        let other = issue::Ca::generate(now + 365 * day).expect("another CA");
+        let node = ca
+            .issue("node.example", Usage::Node, now - day, now + 300 * day)
+            .expect("a node certificate");
+        let client = ca
+            .issue("a", Usage::Client, now - day, now + 300 * day)
+            .expect("a client certificate");
+        let check = |crls: &[String]| {
+            let files = CertFiles::from_pem(&node.cert_pem, &node.key_pem, &ca.cert_pem(), crls)
+                .expect("PEM");
+            files.check(Usage::Node, now)
+        };
+        let fine = ca.revocation_list(&[client.serial], 30 * day).unwrap();
+        assert_eq!(check(std::slice::from_ref(&fine)), vec![]);
+        let parsed = crl_of_pem(&fine);
+        assert!(parsed.revokes(&client.serial.to_be_bytes()));
+
+        // Due within a week: a warning naming the list, with the date.
+        let due = ca.revocation_list(&[], 3 * day).unwrap();
+        let p = check(&[fine.clone(), due]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].which == Which::Crl(1) && !p[0].error && p[0].message.contains("due to be"),
+            "{p:?}"
+        );
+        // Past it: a warning too (the node still applies it).
+        let p = ca.revocation_list(&[], 3 * day).unwrap();
+        let files =
+            CertFiles::from_pem(&node.cert_pem, &node.key_pem, &ca.cert_pem(), &[p]).expect("PEM");
+        let p = files.check(Usage::Node, now + 5 * day);
+        assert!(
+            p.len() == 1 && !p[0].error && p[0].message.contains("was due"),
+            "{p:?}"
+        );
+
+        // Of another CA only: it revokes nothing, and the node's CA has no list (an error:
+        // the node would refuse all its clients).
+        let p = check(&[other.revocation_list(&[], 30 * day).unwrap()]);
+        assert!(
+            p.iter().any(|p| p.which == Which::Crl(0) && !p.error),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|p| p.which == Which::Ca && p.error), "{p:?}");
+
+        // The CA's name but not its signature: an error.
+        let mut der = CertificateRevocationListDer::from_pem_slice(fine.as_bytes())
+            .unwrap()
+            .to_vec();
+        let last = der.len() - 1;
+        der[last] ^= 1;
+        let p = check(&[crl_pem(&der)]);
+        assert!(
+            p.iter()
+                .any(|p| p.which == Which::Crl(0) && p.error && p.message.contains("did not sign")),
+            "{p:?}"
+        );
+    }
+
+    fn crl_of_pem(pem: &str) -> crl::Crl {
+        let der = CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).expect("PEM");
+        crl::Crl::parse(der.as_ref()).expect("a CRL")
     }
 }

@@ -60,6 +60,7 @@ fn check_accepts_the_examples() {
     for name in [
         "server.toml",
         "server-psk.toml",
+        "server-pki.toml",
         "server-cluster-1.toml",
         "server-cluster-2.toml",
         "server-cluster-3.toml",

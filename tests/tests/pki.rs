@@ -124,6 +124,161 @@ async fn a_key_mode_client_and_a_pki_client_on_one_node() {
     .await;
 }
 
+/// A client certificate renewed in place (the same `[tls]` paths; `tls issue --key` certifies
+/// the same key, so the identity stays) is taken by a client reload for its next links: the old
+/// certificate is then revoked and the node restarted with the list, so the client's links
+/// come back only if they present the renewed one; they do, under the same identity, and no
+/// link is refused as revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reload_takes_a_renewed_certificate_for_its_next_links() {
+    use wanmux_core::tls::issue::{issue_files, make_ca, renew_files, revoke_files};
+    use wanmux_core::tls::{CertPaths, Usage};
+    within(LIMIT, async {
+        let dir = std::env::temp_dir().join(format!("wanmux-pki-renew-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (ca, out, crl) = (dir.join("ca"), dir.join("out"), dir.join("clients.crl"));
+        make_ca(&ca).expect("tls ca");
+        issue_files(&ca, "127.0.0.1", &out, Usage::Node, 30).expect("tls issue");
+        issue_files(&ca, "a", &out, Usage::Client, 30).expect("tls issue --client");
+        std::fs::copy(out.join("a.pem"), dir.join("a-old.pem")).expect("keep the old one");
+        revoke_files(&ca, &crl, None, 30).expect("an empty list");
+        let paths = |name: &str, crls: Vec<std::path::PathBuf>| CertPaths {
+            cert: out.join(format!("{name}.pem")),
+            key: out.join(format!("{name}.key")),
+            ca: ca.join("ca.pem"),
+            crls,
+        };
+        let read = |p: CertPaths| CertFiles::read(p).expect("the files read");
+        let node = paths("127.0.0.1", vec![crl.clone()]);
+        let mut node_config = None;
+        let t = Tunnel::start_with(Auth::Pki, 1, |server, client| {
+            server.tls = Some(ServerTls {
+                files: read(node.clone()),
+                allowed_certs: Default::default(),
+            });
+            if let ClientAuth::Pki { files, .. } = &mut client.auth {
+                *files = read(paths("a", vec![]));
+            }
+            node_config = Some(server.clone());
+        })
+        .await;
+        let mut node_config = node_config.expect("the node's config");
+        let peer = t.server.status().sessions[0].peer.clone();
+        let Tunnel {
+            app,
+            server,
+            mut client,
+            client_config: running,
+        } = t;
+
+        // Renewed on the CA machine, put in place over the old certificate (a rename, as an
+        // operator's copy would do), and the old one revoked.
+        let renewed = dir.join("renewed");
+        let said = renew_files(&ca, "a", &out.join("a.key"), &renewed, Usage::Client, 30)
+            .expect("tls issue --key");
+        assert!(
+            said.contains(&peer),
+            "the renewal keeps the identity: {said}"
+        );
+        std::fs::rename(renewed.join("a.pem"), out.join("a.pem")).expect("in place");
+        revoke_files(&ca, &crl, Some(&dir.join("a-old.pem")), 30).expect("revoke the old one");
+
+        // The client reloads: the same paths, read again.
+        let mut new = running.clone();
+        if let ClientAuth::Pki { files, .. } = &mut new.auth {
+            *files = read(paths("a", vec![]));
+        }
+        assert_ne!(
+            pki_client_files(&new).chain,
+            pki_client_files(&running).chain,
+            "the file holds the renewed certificate"
+        );
+        let in_force = client
+            .reload(&running, new.clone())
+            .await
+            .expect("the reload applies");
+        assert_eq!(
+            pki_client_files(&in_force).chain,
+            pki_client_files(&new).chain
+        );
+
+        // The node restarts on the same address, with the list that revokes the old one.
+        let addr = server.local_addr();
+        server.abort();
+        node_config.listen = addr;
+        node_config.tls.as_mut().expect("[tls]").files = read(node.clone());
+        let mut tries = 0;
+        let server = loop {
+            match wanmux_server::start(node_config.clone()).await {
+                Ok(s) => break s,
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("the node restarts: {e}"),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), client.wait_for_links(1))
+            .await
+            .expect("the client's link comes back with the renewed certificate");
+        let mut t = Tunnel {
+            app,
+            server,
+            client,
+            client_config: in_force,
+        };
+        for (seed, (up, down)) in [(MIB, 0), (0, MIB), (4 * MIB, 4 * MIB)]
+            .into_iter()
+            .enumerate()
+        {
+            t.check_transfer(up, down, 50 + seed as u64).await;
+        }
+        let status = t.server.status();
+        assert_eq!(status.sessions.len(), 1);
+        assert_eq!(status.sessions[0].peer, peer, "the same identity");
+        assert_eq!(
+            failures(&status, "client_cert_revoked"),
+            0,
+            "the old one was presented"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+/// `examples/server-pki.toml` and `examples/client-pki.toml` are a working pair: with their
+/// `[tls]`, `allowed_clients` and `node.tls_name` as written (only the addresses and services
+/// are the test's), the client's links come up and carry data both ways, under the identity
+/// the server example lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pki_examples_are_a_working_pair() {
+    within(LIMIT, async {
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let node = ServerConfig::load(examples.join("server-pki.toml")).expect("server-pki.toml");
+        let laptop = ClientConfig::load(examples.join("client-pki.toml")).expect("client-pki.toml");
+        let listed = node.tls.as_ref().expect("[tls]").allowed_certs.clone();
+        assert_eq!(listed.len(), 1, "the example lists laptop-7");
+        let mut t = Tunnel::start_with(Auth::Pki, 2, |server, client| {
+            server.auth = node.auth.clone();
+            server.tls = node.tls.clone();
+            client.auth = laptop.auth.clone();
+        })
+        .await;
+        for (seed, (up, down)) in [(MIB, 0), (0, MIB), (4 * MIB, 4 * MIB)]
+            .into_iter()
+            .enumerate()
+        {
+            t.check_transfer(up, down, 40 + seed as u64).await;
+        }
+        let status = t.server.status();
+        let id = listed.iter().next().expect("one identity");
+        assert_eq!(status.sessions.len(), 1);
+        assert_eq!(status.sessions[0].peer, spki_text(id.as_bytes()));
+        assert_eq!(transports(&status), vec!["quic"; 2]);
+    })
+    .await;
+}
+
 /// The count of refusals (or failed dials) with `reason` in `status`.
 fn failures(status: &Status, reason: &str) -> u64 {
     status.handshake_failures.get(reason).copied().unwrap_or(0)
@@ -289,6 +444,85 @@ async fn a_reload_takes_a_new_revocation_list() {
             .expect("the reload applies");
         refused_after(&t, client_b, "client_cert_revoked").await;
         t.check_transfer(MIB, MIB, 9).await;
+    })
+    .await;
+}
+
+/// `tls revoke` as an operator runs it, on the files `tls ca` and `tls issue` wrote: the node
+/// lists the CA's revocation list (which revokes `c` already) in `crl_files`; `b` is revoked
+/// with `tls revoke` and the node reloads (reads its `[tls]` paths again, as SIGHUP does). `b`'s
+/// new links are refused as `client_cert_revoked`, `c` stays revoked, and `a` moves data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_revoke_and_a_reload_refuse_the_revoked_client_only() {
+    use wanmux_core::tls::issue::{issue_files, make_ca, revoke_files};
+    use wanmux_core::tls::{CertPaths, Usage};
+    within(LIMIT, async {
+        let dir = std::env::temp_dir().join(format!("wanmux-pki-revoke-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (ca, out, crl) = (dir.join("ca"), dir.join("out"), dir.join("clients.crl"));
+        make_ca(&ca).expect("tls ca");
+        issue_files(&ca, "127.0.0.1", &out, Usage::Node, 30).expect("tls issue");
+        for name in ["a", "b", "c"] {
+            issue_files(&ca, name, &out, Usage::Client, 30).expect("tls issue --client");
+        }
+        let paths = |name: &str, crls: Vec<std::path::PathBuf>| CertPaths {
+            cert: out.join(format!("{name}.pem")),
+            key: out.join(format!("{name}.key")),
+            ca: ca.join("ca.pem"),
+            crls,
+        };
+        let read = |p: CertPaths| CertFiles::read(p).expect("the files read");
+        revoke_files(&ca, &crl, Some(&out.join("c.pem")), 30).expect("tls revoke c");
+        let node = paths("127.0.0.1", vec![crl.clone()]);
+
+        let mut running = None;
+        let mut t = Tunnel::start_with(Auth::Pki, 1, |server, client| {
+            server.tls = Some(ServerTls {
+                files: read(node.clone()),
+                allowed_certs: Default::default(),
+            });
+            if let ClientAuth::Pki { files, .. } = &mut client.auth {
+                *files = read(paths("a", vec![]));
+            }
+            running = Some(server.clone());
+        })
+        .await;
+        let running = running.expect("the node's config");
+        let client = |name: &str| {
+            let mut c = t.client_config.clone();
+            if let ClientAuth::Pki { files, .. } = &mut c.auth {
+                *files = read(paths(name, vec![]));
+            }
+            c
+        };
+        let (client_b, client_c) = (client("b"), client("c"));
+        // Before: b is taken, c is not.
+        let before = wanmux_client::start(client_b.clone())
+            .await
+            .expect("b starts");
+        tokio::time::timeout(Duration::from_secs(10), before.wait_for_links(1))
+            .await
+            .expect("b's link comes up");
+        before.shutdown();
+        refused_after(&t, client_c.clone(), "client_cert_revoked").await;
+
+        let said = revoke_files(&ca, &crl, Some(&out.join("b.pem")), 30).expect("tls revoke b");
+        assert!(said.contains("2 certificates revoked"), "{said}");
+        let mut new = running.clone();
+        new.tls.as_mut().expect("[tls]").files = read(node.clone());
+        t.server
+            .reload(&running, new)
+            .await
+            .expect("the reload applies");
+        refused_after(&t, client_b, "client_cert_revoked").await;
+        refused_after(&t, client_c, "client_cert_revoked").await;
+        for (seed, (up, down)) in [(MIB, 0), (0, MIB), (4 * MIB, 4 * MIB)]
+            .into_iter()
+            .enumerate()
+        {
+            t.check_transfer(up, down, 30 + seed as u64).await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     })
     .await;
 }

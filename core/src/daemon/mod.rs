@@ -17,8 +17,9 @@
 //!   control socket (`crate::control`) and prints its links, sessions and traffic.
 //! - `keygen [--psk] [--out FILE]` prints a new key pair or PSK (see [`keys::keygen`]).
 //! - `tls ca --out DIR` and `tls issue --ca DIR --name NAME --out DIR [--client]` make PKI
-//!   mode's certificates (`crate::tls::issue`); only a daemon with [`Daemon::TLS_TOOLS`] (the
-//!   node) lists them.
+//!   mode's certificates, and `tls revoke --ca DIR --crl FILE [--cert CERT]` its revocation
+//!   lists (`crate::tls::issue`); only a daemon with [`Daemon::TLS_TOOLS`] (the node) lists
+//!   them.
 //!
 //! Usage errors are clap's: a message and exit 2.
 //!
@@ -214,8 +215,8 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
-    /// Make PKI mode's certificates: an operator CA, and node or client certificates it
-    /// issues (Ed25519 keys).
+    /// Make PKI mode's certificates: an operator CA, node or client certificates it issues
+    /// (Ed25519 keys), and its revocation list.
     #[command(subcommand)]
     Tls(TlsCommand),
     /// Make a key pair (or with --psk a pre-shared key).
@@ -260,6 +261,33 @@ enum TlsCommand {
         /// Days the certificate is valid from today.
         #[arg(long, value_name = "DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
         days: u32,
+        /// Renew: certify this existing private key (PEM) instead of making a new one, and
+        /// write DIR/NAME.pem only. The certificate keeps the identity (sha256:) of the one it
+        /// replaces, so allowed_clients stays, and a client that reloads (SIGHUP) takes it
+        /// without a restart.
+        #[arg(long, value_name = "KEY")]
+        key: Option<PathBuf>,
+    },
+    /// Revoke a client certificate of the CA made by `tls ca`: add it to the CA's revocation
+    /// list FILE (PEM, for the nodes' crl_files), or make the list. The list is read back from
+    /// FILE (it must be this CA's) and keeps what it revoked; it gets the next CRL number and a
+    /// new next update, and replaces FILE at once (mode 0644). Without --cert, signs the list
+    /// again as it is (before its next update comes). Then reload the nodes (SIGHUP): new
+    /// links of a revoked certificate are refused, links already up stay.
+    Revoke {
+        /// The CA's directory (ca.pem and ca.key).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The revocation list to update or make.
+        #[arg(long, value_name = "FILE")]
+        crl: PathBuf,
+        /// The client certificate to revoke (PEM, as `tls issue --client` wrote it).
+        #[arg(long, value_name = "CERT")]
+        cert: Option<PathBuf>,
+        /// Days until the list's next update: `check` warns a week before, and other tools
+        /// take a list past it as stale.
+        #[arg(long, value_name = "DAYS", default_value_t = crate::tls::issue::CRL_VALIDITY_DAYS, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        next_update: u32,
     },
 }
 
@@ -306,10 +334,20 @@ pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
                     out,
                     client,
                     days,
+                    key,
                 } => {
                     let usage = if client { Usage::Client } else { Usage::Node };
-                    issue::issue_files(&ca, &name, &out, usage, days)
+                    match key {
+                        None => issue::issue_files(&ca, &name, &out, usage, days),
+                        Some(key) => issue::renew_files(&ca, &name, &key, &out, usage, days),
+                    }
                 }
+                TlsCommand::Revoke {
+                    ca,
+                    crl,
+                    cert,
+                    next_update,
+                } => issue::revoke_files(&ca, &crl, cert.as_deref(), next_update),
             };
             match done {
                 Ok(text) => {

@@ -288,8 +288,10 @@ impl Listener {
 #[derive(Clone, Debug)]
 pub struct Dialer {
     endpoint: Endpoint,
-    config: quinn::ClientConfig,
+    /// Replaced by [`Dialer::set_pki`].
+    config: Arc<std::sync::RwLock<quinn::ClientConfig>>,
     paths: Arc<Paths>,
+    offer: Offer,
 }
 
 /// An endpoint that accepts QUIC links on `addr` (UDP), with a certificate generated now.
@@ -418,6 +420,41 @@ pub fn client_endpoint_with(
     offer: Offer,
     pki: Option<&CertFiles>,
 ) -> io::Result<Dialer> {
+    let config = client_config(offer, pki)?;
+    let endpoint = Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket(local)?,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    Ok(Dialer {
+        endpoint,
+        config: Arc::new(std::sync::RwLock::new(config)),
+        paths: Arc::default(),
+        offer,
+    })
+}
+
+impl Dialer {
+    /// Replaces PKI mode's certificates (a reload that read `[tls]` again: a renewed client
+    /// certificate or key, another CA file): links dialled from now on present and check them;
+    /// links already up keep theirs. Every clone of this dialer sees the change. `Err` (and
+    /// nothing changed) when rustls will not take them.
+    pub fn set_pki(&self, pki: &CertFiles) -> io::Result<()> {
+        let config = client_config(self.offer, Some(pki))?;
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+        Ok(())
+    }
+}
+
+/// Whether [`Dialer::set_pki`] would take `pki` (rustls takes the chain, key and CA), without
+/// changing anything.
+pub fn client_endpoint_check(offer: Offer, pki: &CertFiles) -> io::Result<()> {
+    client_config(offer, Some(pki)).map(|_| ())
+}
+
+/// The configuration each link a client dials gets: see [`client_endpoint_with`].
+fn client_config(offer: Offer, pki: Option<&CertFiles>) -> io::Result<quinn::ClientConfig> {
     let other = |e: &dyn std::fmt::Display| io::Error::other(e.to_string());
     let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -447,18 +484,7 @@ pub fn client_endpoint_with(
         Some(_) => vec![ALPN_V2.to_vec()],
     };
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| other(&e))?;
-    let config = quinn::ClientConfig::new(Arc::new(crypto));
-    let endpoint = Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket(local)?,
-        Arc::new(quinn::TokioRuntime),
-    )?;
-    Ok(Dialer {
-        endpoint,
-        config,
-        paths: Arc::default(),
-    })
+    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
 }
 
 /// How the node refused a PKI link whose read or write failed with `e`, if it did: a TLS
@@ -532,7 +558,11 @@ pub async fn connect_named(
     server_name: &str,
     timeout: Duration,
 ) -> Result<Stream, LinkError> {
-    let mut config = dialer.config.clone();
+    let mut config = dialer
+        .config
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     config.transport_config(dialer.paths.transport(addr.ip(), false));
     let connecting = dialer
         .endpoint

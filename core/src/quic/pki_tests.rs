@@ -311,6 +311,20 @@ async fn the_node_refuses_a_client_certificate_of_another_ca_expired_or_revoked(
     );
     dialled.expect("a client the CRL does not name");
     accepted.expect("taken by the node");
+
+    // With a list of another CA only, no list gives a client's status, and rustls refuses it
+    // (what `check` calls an error: a CA of client_ca_file without its own list).
+    let other_list = other
+        .revocation_list(&[], 7 * DAY)
+        .expect("another CA's CRL");
+    refused(
+        &node(&node_cert, &ca, &[other_list]),
+        &client(&cert(&ca, "laptop-4", Usage::Client, -1, 30), &ca),
+        NAME,
+        false,
+        "unknownrevocationstatus",
+    )
+    .await;
 }
 
 /// The clear hello is checked like the key confirmation: a secret that does not derive the
