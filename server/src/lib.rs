@@ -19,6 +19,10 @@ mod relay;
 mod reload;
 mod session;
 
+/// `ROUTE_DOWN` answers a relay keeps queued for one client link that does not read them; past
+/// that many it closes the link (`relay.rs`).
+pub const MAX_UNREAD_ANSWERS: usize = relay::MAX_DOWNS;
+
 use mesh::Mesh;
 use refused::{Refusals, Stage};
 use reload::SharedAuth;
@@ -126,6 +130,13 @@ impl ServerHandle {
     /// it (onto its client links, downstream) since start; (0, 0) without `[cluster]`.
     pub fn relayed(&self, id: u16) -> (u64, u64) {
         self.sessions.relay().map_or((0, 0), |r| r.relayed(id))
+    }
+
+    /// The most `ROUTE_DOWN` answers queued for any one client link of this relay now, and the
+    /// most routed messages of any kind; (0, 0) without `[cluster]`. Answers are at most
+    /// [`MAX_UNREAD_ANSWERS`]: past that many the link is closed.
+    pub fn relay_queued_most(&self) -> (usize, usize) {
+        self.sessions.relay().map_or((0, 0), |r| r.queued_most())
     }
 
     /// Sessions this node has bound (`BIND`) on its live peer link to `id` and not given up
@@ -515,7 +526,9 @@ async fn accept_loop(
             let accepted = handshake(incoming, peer, &auth, &sessions, &refusals).await;
             drop(slot);
             if let Some((acc, transport)) = accepted {
-                sessions.run_link(acc, peer, transport, &auth).await;
+                sessions
+                    .run_link(acc, peer, transport, &auth, &refusals)
+                    .await;
             }
         });
     }

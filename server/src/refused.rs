@@ -42,12 +42,13 @@ enum Kind {
     CertRevoked,
     CertInvalid,
     Busy,
+    Memory,
     PeerLink,
     Other,
 }
 
 impl Kind {
-    const ALL: [Kind; 17] = [
+    const ALL: [Kind; 18] = [
         Kind::UnknownClient,
         Kind::Replayed,
         Kind::Secret,
@@ -63,6 +64,7 @@ impl Kind {
         Kind::CertRevoked,
         Kind::CertInvalid,
         Kind::Busy,
+        Kind::Memory,
         Kind::PeerLink,
         Kind::Other,
     ];
@@ -85,6 +87,7 @@ impl Kind {
             Kind::CertRevoked => "client_cert_revoked",
             Kind::CertInvalid => "client_cert_invalid",
             Kind::Busy => "busy",
+            Kind::Memory => "memory",
             Kind::PeerLink => "peer_link",
             Kind::Other => "other",
         }
@@ -144,6 +147,23 @@ impl Refusals {
     pub(crate) fn busy(&self, peer: SocketAddr, reason: &str) {
         debug!(%peer, %reason, "link refused");
         self.log(Kind::Busy, true, peer, reason);
+    }
+
+    /// Logs an authenticated link refused where it would join its session because its
+    /// client's share of the node's memory cap (`limits.memory`, `total` bytes) cannot cover
+    /// the link's buffers (`session::LinkCharge`).
+    pub(crate) fn memory(&self, peer: SocketAddr, total: u64) {
+        debug!(%peer, "link refused: memory");
+        let reason = format!(
+            "the client's share of limits.memory ({} MiB in all) cannot cover one more link \
+             (each holds up to {} KiB of buffers): the client opens more links than the node's \
+             memory allows it (lower its links.max, or raise limits.memory)",
+            total >> 20,
+            (wanmux_core::driver::link::LINK_RECV_MEMORY
+                + wanmux_core::driver::link::LINK_SEND_MEMORY)
+                >> 10
+        );
+        self.log(Kind::Memory, true, peer, &reason);
     }
 
     /// Logs a connection to the cluster listener (`cluster.listen`) that was refused before it

@@ -54,7 +54,7 @@ const REFUSED: u16 = 2;
 /// has more than a few (one per owner and epoch); past this many, the link brought sections
 /// it does not read the answers to (each refused section is answered, a flood of them would
 /// queue without bound): its next routed message closes it, and nothing more of it is relayed.
-const MAX_DOWNS: usize = 64;
+pub(crate) const MAX_DOWNS: usize = 64;
 
 /// A relay that finds the memory budget short for a section it relays upstream tries again
 /// this often (its client link's reader waits meanwhile: backpressure, as for a full queue).
@@ -193,6 +193,17 @@ impl Relay {
         let c = self.counted.lock().unwrap_or_else(|e| e.into_inner());
         c.get(&peer)
             .map_or((0, 0), |c| (c.up.load(Relaxed), c.down.load(Relaxed)))
+    }
+
+    /// The most `ROUTE_DOWN` answers queued for any one client link now, and the most routed
+    /// messages of any kind (at most [`MAX_DOWNS`] answers, and per owner what
+    /// [`VIA_WINDOW`] allows).
+    pub(crate) fn queued_most(&self) -> (usize, usize) {
+        let queues: Vec<Arc<ViaQueue>> = self.vias().values().cloned().collect();
+        queues.iter().fold((0, 0), |(downs, all), q| {
+            let st = q.lock();
+            (downs.max(st.downs), all.max(st.queue.len()))
+        })
     }
 
     /// Section bytes relayed with each peer, for the node's status.

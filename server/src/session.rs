@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, Instrument};
 use wanmux_config::{ServerConfig, Service};
 use wanmux_core::budget::{Budget, Pool};
+use wanmux_core::driver::link::{LINK_RECV_MEMORY, LINK_SEND_MEMORY};
 use wanmux_core::driver::{self, BudgetSignal, Counters, OpenedStreams, SessionDriver};
 use wanmux_core::engine::{Role, Session};
 use wanmux_core::frame::reset;
@@ -40,6 +41,10 @@ struct Entry {
     budget: Budget,
 }
 
+/// Why a link was refused where it joins: its client's share of `limits.memory` cannot cover
+/// the link's buffers (see [`LinkCharge`]).
+pub(crate) const NO_MEMORY: &str = "its client's share of limits.memory cannot cover one more link";
+
 /// One link's place in its session's count (`limits.max_links_per_session`), given back on
 /// drop.
 #[derive(Debug)]
@@ -61,6 +66,73 @@ impl Drop for LinkSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// What one client link's buffers may hold ([`LINK_RECV_MEMORY`] and [`LINK_SEND_MEMORY`]),
+/// reserved in `limits.memory` from its client's account while the link lives, so that the
+/// links a client opens are within its fair share of the budget like its streams' bytes.
+///
+/// A link is admitted only if its client's allowance in each pool covers its charge twice: what
+/// is left after it is at least one more link's worth for the client's streams, so a client's
+/// own links never take all of what its streams need to move (it could not download a byte
+/// otherwise) and its links hold at most half of its share.
+#[derive(Debug)]
+pub(crate) struct LinkCharge {
+    budget: Budget,
+    signal: BudgetSignal,
+}
+
+impl LinkCharge {
+    /// The charge of one link in `pool`.
+    pub(crate) fn cost(pool: Pool) -> u64 {
+        match pool {
+            Pool::Recv => LINK_RECV_MEMORY,
+            Pool::Send => LINK_SEND_MEMORY,
+        }
+    }
+
+    /// Reserves one link's charge from `budget` (a client's account), or `None`.
+    fn take(budget: &Budget, signal: &BudgetSignal) -> Option<LinkCharge> {
+        let pools = [Pool::Recv, Pool::Send];
+        if pools
+            .iter()
+            .any(|&p| budget.allowance(p) < 2 * Self::cost(p))
+        {
+            return None;
+        }
+        if !budget.try_reserve(Pool::Recv, Self::cost(Pool::Recv)) {
+            return None;
+        }
+        if !budget.try_reserve(Pool::Send, Self::cost(Pool::Send)) {
+            if budget.give_back(Pool::Recv, Self::cost(Pool::Recv)) {
+                signal.wake_all();
+            }
+            return None;
+        }
+        Some(LinkCharge {
+            budget: budget.clone(),
+            signal: signal.clone(),
+        })
+    }
+}
+
+impl Drop for LinkCharge {
+    fn drop(&mut self) {
+        let mut wake = false;
+        for pool in [Pool::Recv, Pool::Send] {
+            wake |= self.budget.give_back(pool, Self::cost(pool));
+        }
+        if wake {
+            self.signal.wake_all();
+        }
+    }
+}
+
+/// What an admitted link holds while it runs: its place under the link cap and its charge.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    _slot: LinkSlot,
+    _charge: LinkCharge,
 }
 
 #[derive(Debug)]
@@ -352,14 +424,20 @@ impl Sessions {
         peer: SocketAddr,
         transport: &'static str,
         auth: &crate::reload::SharedAuth,
+        refusals: &crate::refused::Refusals,
     ) {
         let key = (acc.client_key, SessionId(acc.hello.session_id));
         let span = tracing::info_span!("session", id = %key.1);
-        let (driver, _slot) = match self.session(key, acc.pki, auth) {
+        let (driver, _admitted) = match self.session(key, acc.pki, auth) {
             Ok(joined) => joined,
             Err(KEY_REMOVED) => {
                 // Only a handshake that straddled a reload gets here: rare, and worth seeing.
                 span.in_scope(|| info!(%peer, "link refused: {KEY_REMOVED}"));
+                return;
+            }
+            Err(NO_MEMORY) => {
+                // Counted, and logged at most once a minute with the count.
+                span.in_scope(|| refusals.memory(peer, self.budget.cap().saturating_mul(2)));
                 return;
             }
             Err(why) => {
@@ -391,14 +469,15 @@ impl Sessions {
         span.in_scope(|| debug!(%peer, %end, "link closed"));
     }
 
-    /// The session `key` names, started if need be, with a slot for one more link in it
-    /// (given back when the slot is dropped); or why not.
+    /// The session `key` names, started if need be, with a slot for one more link in it and
+    /// the link's memory charged to its client's account (both given back when dropped); or
+    /// why not.
     fn session(
         self: &Arc<Self>,
         key: Key,
         pki: bool,
         auth: &crate::reload::SharedAuth,
-    ) -> Result<(SessionDriver, LinkSlot), &'static str> {
+    ) -> Result<(SessionDriver, Admitted), &'static str> {
         let limits = &self.config.limits;
         let mut table = self.lock();
         // Checked again under the table's lock: a reload replaces the list before its sweep
@@ -410,7 +489,12 @@ impl Sessions {
         if let Some(e) = table.get(&key).filter(|e| !e.driver.is_closed()) {
             let slot = LinkSlot::take(&e.links, limits.max_links_per_session)
                 .ok_or("the session has limits.max_links_per_session links")?;
-            return Ok((e.driver.clone(), slot));
+            let charge = LinkCharge::take(&e.budget, &self.budget_signal).ok_or(NO_MEMORY)?;
+            let admitted = Admitted {
+                _slot: slot,
+                _charge: charge,
+            };
+            return Ok((e.driver.clone(), admitted));
         }
         // Closed sessions still in the table are on their way out and are replaced here.
         let open = table.values().filter(|e| !e.driver.is_closed());
@@ -430,6 +514,8 @@ impl Sessions {
             .0
             .and_then(|k| table.values().find(|e| e.client == Some(k)))
             .map_or_else(|| self.budget.account(), |e| e.budget.clone());
+        // Its first link must fit too, or the session would hold a place with no link.
+        let charge = LinkCharge::take(&budget, &self.budget_signal).ok_or(NO_MEMORY)?;
         let node = NodeId(self.config.node_id.get());
         let session = Session::with_budget(Role::Server(node), (*limits).into(), budget.clone());
         let (driver, opened) =
@@ -448,7 +534,11 @@ impl Sessions {
         let slot = LinkSlot::take(&entry.links, limits.max_links_per_session)
             .expect("a new session has no links");
         table.insert(key, entry);
-        Ok((driver, slot))
+        let admitted = Admitted {
+            _slot: slot,
+            _charge: charge,
+        };
+        Ok((driver, admitted))
     }
 
     /// Ends the session once it has had no link for the grace period.

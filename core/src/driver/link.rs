@@ -4,7 +4,7 @@ use super::SessionDriver;
 use crate::engine::LinkStats;
 use crate::frame::MAX_MESSAGE;
 use crate::ids::LinkId;
-use crate::noise::{LinkError, LinkReader, LinkWriter};
+use crate::noise::{LinkError, LinkReader, LinkWriter, ARENA_CHUNK, READ_CHUNK};
 use bytes::{Bytes, BytesMut};
 use std::fmt;
 use std::sync::Arc;
@@ -13,6 +13,27 @@ use tracing::{debug, info, Instrument};
 
 /// Messages a writer takes from the engine per lock, then encrypts and writes in one syscall.
 const BATCH: usize = 4;
+/// A writer that found nothing to send for this long gives its buffers back (an idle link
+/// holds next to nothing); the next message allocates them again.
+const IDLE_FREE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What one link's tasks, its engine state and its socket halves' bookkeeping hold besides the
+/// buffers counted below (two tokio tasks, the link's entry in its session, the cipher state).
+const LINK_STATE: u64 = 16 * 1024;
+
+/// The most one established link holds in this process for what it receives: its reader's
+/// read buffer ([`READ_CHUNK`], the partial message included) and one decryption block
+/// ([`ARENA_CHUNK`]; older blocks still referenced are their consumers' memory), plus
+/// [`LINK_STATE`]. A server charges it to the receive pool of its `limits.memory` for every
+/// client link it admits (`docs/CONFIG.md`, Limits). Kernel socket buffers and, on a QUIC link,
+/// quinn's windows come on top (`docs/CONFIG.md`, "Memory cost of QUIC links").
+pub const LINK_RECV_MEMORY: u64 = (READ_CHUNK + ARENA_CHUNK) as u64 + LINK_STATE;
+
+/// The most one established link holds in this process for what it sends: its writer's batch of
+/// plaintexts ([`BATCH`] messages of up to [`MAX_MESSAGE`]) and the same batch sealed, each with
+/// its length prefix and tag, waiting for the socket, plus [`LINK_STATE`]. Charged to the send
+/// pool as [`LINK_RECV_MEMORY`] is to the receive pool.
+pub const LINK_SEND_MEMORY: u64 = (BATCH * (2 * MAX_MESSAGE + 18)) as u64 + LINK_STATE;
 /// How often a link task copies its numbers from the engine (kept for the log line when the
 /// link ends, since the engine forgets a link it declared dead).
 const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -254,9 +275,8 @@ async fn write_loop(
     mut writer: LinkWriter,
     router: Option<Arc<dyn Router>>,
 ) -> LinkEnd {
-    let mut bufs: Vec<BytesMut> = (0..BATCH)
-        .map(|_| BytesMut::with_capacity(MAX_MESSAGE))
-        .collect();
+    // Each grows to the largest message it carried (at most MAX_MESSAGE); freed when idle.
+    let mut bufs: Vec<BytesMut> = (0..BATCH).map(|_| BytesMut::new()).collect();
     let mut routed_first = false;
     loop {
         // With a router, its messages and the session's own take turns going first, so
@@ -282,8 +302,16 @@ async fn write_loop(
         }
         tracing::trace!(messages = n, "transmit");
         if n == 0 {
-            // poll_link parked this writer; a permit from a wake-up in between is kept.
-            waker.notified().await;
+            // poll_link parked this writer; a permit from a wake-up in between is kept (and a
+            // wake-up that comes as the timeout drops the wait is passed on as a permit).
+            if tokio::time::timeout(IDLE_FREE, waker.notified())
+                .await
+                .is_err()
+            {
+                bufs.iter_mut().for_each(|b| *b = BytesMut::new());
+                writer.free_buffer();
+                waker.notified().await;
+            }
             continue;
         }
         for b in &bufs[..n] {

@@ -53,13 +53,17 @@ impl InBuf {
 
     /// Reads once, appending to the buffer. Returns `false` at EOF.
     ///
-    /// The buffer never grows past one chunk plus what it held: callers read only while the
-    /// buffer lacks one complete message, which is at most 64 KiB. `reserve` moves that partial
-    /// message to the front of the allocation once enough has been consumed before it, so a
-    /// steady stream reuses one allocation.
+    /// The buffer never grows past one chunk: callers read only while the buffer lacks one
+    /// complete message, which is at most 64 KiB, a quarter of a data-path chunk, so reserving
+    /// up to the chunk leaves room for a large read. `reserve` moves that partial message to the
+    /// front of the allocation once enough has been consumed before it, so a steady stream
+    /// reuses one allocation. (A handshake's chunk is smaller than a message; its reads grow the
+    /// buffer to the message, within [`super::MAX_HANDSHAKE_MESSAGE`].)
     async fn read_more(&mut self) -> io::Result<bool> {
-        if self.buf.capacity() - self.buf.len() < self.chunk / 4 {
-            self.buf.reserve(self.chunk);
+        let len = self.buf.len();
+        if self.buf.capacity() - len < self.chunk / 4 {
+            self.buf
+                .reserve(self.chunk.saturating_sub(len).max(self.chunk / 4));
         }
         Ok(self.rd.read_buf(&mut self.buf).await? != 0)
     }
@@ -103,7 +107,8 @@ impl LinkReader {
             inb,
             seal,
             nonce,
-            arena: BytesMut::with_capacity(ARENA_CHUNK),
+            // Allocated by the first message: an idle link holds no block.
+            arena: BytesMut::new(),
             done: false,
             peer: None,
         }
@@ -233,7 +238,8 @@ impl LinkWriter {
             wr,
             seal,
             nonce,
-            out: BytesMut::with_capacity(LEN_PREFIX + MAX_PLAINTEXT + TAG_LEN),
+            // Grows with the first messages sealed: an idle link holds nothing here.
+            out: BytesMut::new(),
             done: false,
             peer: None,
         }
@@ -292,6 +298,14 @@ impl LinkWriter {
         self.out.extend_from_slice(plaintext);
         self.nonce = self.nonce.saturating_add(1);
         Ok(())
+    }
+
+    /// Gives back the output buffer's memory when nothing waits in it (an idle link); the next
+    /// message sealed allocates it again.
+    pub fn free_buffer(&mut self) {
+        if self.out.is_empty() {
+            self.out = BytesMut::new();
+        }
     }
 
     /// Drops this half's Noise key: what it sends from now on goes in the clear. Called once the
