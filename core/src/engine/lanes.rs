@@ -51,10 +51,10 @@ impl Session {
     /// lowest smoothed RTT, so small interactive frames take the quickest path when links are
     /// idle (a busy writer polls again when its write completes, and each later call wakes one
     /// more while work remains, unless a direct link's writer woken for it has not polled yet);
-    /// and every writer whose link has work of its own (pongs, a due ping, a lane's interactive
-    /// frames: each lane is woken for them, whichever is nearer, since a lane may be one still
-    /// waiting for its first RTT sample; the duplicates the other lane left). Waking every writer for every frame would cost a context switch per
-    /// link per frame and add latency.
+    /// and every writer whose link has work of its own (pongs, a due ping, the duplicates the
+    /// other lane left; a lane's interactive frames while a lane has no RTT sample yet, since
+    /// "nearest" then means nothing). Waking every writer for every frame would cost a context
+    /// switch per link per frame and add latency.
     pub fn poll_wakes(&mut self, now: Instant, out: &mut Vec<LinkId>) {
         let first = out.len();
         if !self.links.values().any(|l| l.writer.is_parked()) {
@@ -82,11 +82,26 @@ impl Session {
         // Direct links only: a parked direct writer awaits its wake-up and nothing else, while
         // a relayed link's writer is its carrier's, which may be busy writing for a while.
         let mut pending = false;
+        // A lane's interactive frames are session work like any other (the nearest parked lane
+        // is woken for them) once every lane has an RTT sample; until then "nearest" means
+        // nothing (a lane may be one still waiting for its first sample, the nearer one), so
+        // each lane is woken for them.
+        let lanes_timed = lanes.ids.iter().flatten().all(|id| {
+            self.links
+                .get(id)
+                .is_some_and(|l| l.stats.rtt.smoothed.is_some())
+        });
+        // The nearest parked lane with interactive frames to send, when every lane is timed,
+        // unless a lane woken for them has not polled yet.
+        let mut lane: Option<(Duration, LinkId)> = None;
+        let mut lane_pending = false;
         for (&id, l) in &self.links {
             if !l.writer.is_parked() {
                 if session_work && !l.relayed && l.writer.is_woken() {
                     let pick = self.pick_for(id, lanes);
                     pending |= self.work_for(id, pick, lanes);
+                    lane_pending |=
+                        matches!(pick, Pick::Lane { .. }) && self.sched.has_interactive(l.relayed);
                 }
                 continue;
             }
@@ -95,7 +110,8 @@ impl Session {
                 || l.ping_pending()
                 || match pick {
                     Pick::Lane { .. } => {
-                        self.sched.has_interactive(l.relayed) || self.has_dups_for(id)
+                        (!lanes_timed && self.sched.has_interactive(l.relayed))
+                            || self.has_dups_for(id)
                     }
                     Pick::Spare => self.has_dups_for(id),
                     // The lanes may have ended since (the OPEN was what held them).
@@ -105,6 +121,15 @@ impl Session {
             if own {
                 out.push(id);
             }
+            if lanes_timed
+                && matches!(pick, Pick::Lane { .. })
+                && self.sched.has_interactive(l.relayed)
+            {
+                let rtt = l.stats.rtt.smoothed.unwrap_or(Duration::MAX);
+                if lane.is_none_or(|(b, _)| rtt < b) {
+                    lane = Some((rtt, id));
+                }
+            }
             if session_work && self.work_for(id, pick, lanes) {
                 let rtt = l.stats.rtt.smoothed.unwrap_or(Duration::MAX);
                 if best.is_none_or(|(b, _)| rtt < b) {
@@ -112,7 +137,8 @@ impl Session {
                 }
             }
         }
-        if let Some((_, id)) = best.filter(|_| !pending) {
+        let woken = [best.filter(|_| !pending), lane.filter(|_| !lane_pending)];
+        for (_, id) in woken.into_iter().flatten() {
             if !out[first..].contains(&id) {
                 out.push(id);
             }

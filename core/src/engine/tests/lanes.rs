@@ -788,3 +788,54 @@ fn a_small_segment_goes_once_on_a_path_under_a_millisecond_and_twice_on_a_longer
         assert_eq!(carried, copies, "RTT {rtt:?}");
     }
 }
+
+#[test]
+fn a_small_frame_wakes_the_nearest_lane_alone_once_every_lane_is_timed() {
+    // Links 1-4 at 300, 200, 400 and 500 us (the lanes are links 1 and 2, copies are not sent
+    // under 1 ms), and then the same with link 2 not measured yet (still a lane: the second
+    // lane is a link without a sample, so that it gets one).
+    for unmeasured in [false, true] {
+        let (mut c, links, now) = client_with_four_links();
+        let rtts: Vec<(LinkId, Duration)> = links
+            .iter()
+            .zip([300, 200, 400, 500])
+            .filter(|(&l, _)| !(unmeasured && l == links[1]))
+            .map(|(&l, us)| (l, Duration::from_micros(us)))
+            .collect();
+        let now = with_rtts(&mut c, now, &rtts);
+        let game = c.open_stream(now, NODE, "svc").unwrap();
+        c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
+        let settle = |c: &mut Session| {
+            for &l in &links {
+                while !sent(c, now, l).is_empty() {}
+                c.park_writer(now, l);
+            }
+        };
+        settle(&mut c);
+        let mut woken = Vec::new();
+        c.poll_wakes(now, &mut woken);
+        assert!(woken.is_empty(), "{woken:?}");
+        c.stream_write(game, Bytes::from(vec![3u8; 100])).unwrap();
+        c.poll_wakes(now, &mut woken);
+        woken.sort();
+        if unmeasured {
+            assert_eq!(woken, [links[0], links[1]], "both lanes, one unmeasured");
+        } else {
+            assert_eq!(woken, [links[1]], "the nearest lane alone");
+            // Woken, not polled yet: no second wake-up for the same frame.
+            woken.clear();
+            c.poll_wakes(now, &mut woken);
+            assert!(woken.is_empty(), "{woken:?}");
+        }
+        let carried: usize = links
+            .iter()
+            .map(|&l| {
+                data_sent(&mut c, now, l)
+                    .iter()
+                    .filter(|d| d.0 == game)
+                    .count()
+            })
+            .sum();
+        assert!(carried >= 1, "the frame went out");
+    }
+}
