@@ -24,16 +24,17 @@ const LINK_STATE: u64 = 16 * 1024;
 /// The most one established link holds in this process for what it receives: its reader's
 /// read buffer ([`READ_CHUNK`], the partial message included) and one decryption block
 /// ([`ARENA_CHUNK`]; older blocks still referenced are their consumers' memory), plus
-/// [`LINK_STATE`]. A server charges it to the receive pool of its `limits.memory` for every
+/// `LINK_STATE` (16 KiB: tasks, engine entry, cipher state). A server charges it to the receive pool of its `limits.memory` for every
 /// client link it admits (`docs/CONFIG.md`, Limits). Kernel socket buffers and, on a QUIC link,
 /// quinn's windows come on top (`docs/CONFIG.md`, "Memory cost of QUIC links").
 pub const LINK_RECV_MEMORY: u64 = (READ_CHUNK + ARENA_CHUNK) as u64 + LINK_STATE;
 
 /// The most one established link holds in this process for what it sends: its writer's batch of
-/// plaintexts ([`BATCH`] messages of up to [`MAX_MESSAGE`]) and the same batch sealed, each with
-/// its length prefix and tag, waiting for the socket, plus [`LINK_STATE`]. Charged to the send
+/// plaintexts (`BATCH`, 4, messages of up to [`MAX_MESSAGE`]) and the same batch sealed, each with
+/// its length prefix and tag, waiting for the socket, plus `LINK_STATE`. Charged to the send
 /// pool as [`LINK_RECV_MEMORY`] is to the receive pool.
 pub const LINK_SEND_MEMORY: u64 = (BATCH * (2 * MAX_MESSAGE + 18)) as u64 + LINK_STATE;
+
 /// How often a link task copies its numbers from the engine (kept for the log line when the
 /// link ends, since the engine forgets a link it declared dead).
 const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
