@@ -89,7 +89,7 @@ impl Session {
         let lanes_timed = lanes.ids.iter().flatten().all(|id| {
             self.links
                 .get(id)
-                .is_some_and(|l| l.stats.rtt.smoothed.is_some())
+                .is_some_and(|l| l.stats.rtt.min.is_some())
         });
         // The nearest parked lane with interactive frames to send, when every lane is timed,
         // unless a lane woken for them has not polled yet.
@@ -125,7 +125,9 @@ impl Session {
                 && matches!(pick, Pick::Lane { .. })
                 && self.sched.has_interactive(l.relayed)
             {
-                let rtt = l.stats.rtt.smoothed.unwrap_or(Duration::MAX);
+                // The smallest sample, as the lanes were chosen by (`nearest`): a smoothed RTT
+                // can still carry a first sample taken while the path was being set up.
+                let rtt = l.stats.rtt.min.unwrap_or(Duration::MAX);
                 if lane.is_none_or(|(b, _)| rtt < b) {
                     lane = Some((rtt, id));
                 }
