@@ -89,28 +89,7 @@ fn sighup_adds_and_removes_maps_and_refuses_a_broken_file() {
         .to_string();
     let path = dir.join("client.toml");
     std::fs::write(&path, config(&node, &[("127.0.0.1:0", "a")])).expect("write");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wanmux-client"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start wanmux-client");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut client = Client {
-        child,
-        lines,
-        seen: Vec::new(),
-    };
+    let mut client = run(&path);
     let a = listen_addr(&client.wait_log(&["mapping", "service=a"]));
     TcpStream::connect(&a).expect("map a accepts");
 

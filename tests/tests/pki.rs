@@ -132,7 +132,7 @@ async fn a_key_mode_client_and_a_pki_client_on_one_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_reload_takes_a_renewed_certificate_for_its_next_links() {
     use wanmux_core::tls::issue::{issue_files, make_ca, renew_files, revoke_files};
-    use wanmux_core::tls::{CertPaths, Usage};
+    use wanmux_core::tls::Usage;
     within(LIMIT, async {
         let dir = std::env::temp_dir().join(format!("wanmux-pki-renew-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -142,22 +142,14 @@ async fn a_client_reload_takes_a_renewed_certificate_for_its_next_links() {
         issue_files(&ca, "a", &out, Usage::Client, 30).expect("tls issue --client");
         std::fs::copy(out.join("a.pem"), dir.join("a-old.pem")).expect("keep the old one");
         revoke_files(&ca, &crl, None, 30).expect("an empty list");
-        let paths = |name: &str, crls: Vec<std::path::PathBuf>| CertPaths {
-            cert: out.join(format!("{name}.pem")),
-            key: out.join(format!("{name}.key")),
-            ca: ca.join("ca.pem"),
-            crls,
-        };
-        let read = |p: CertPaths| CertFiles::read(p).expect("the files read");
-        let node = paths("127.0.0.1", vec![crl.clone()]);
         let mut node_config = None;
         let t = Tunnel::start_with(Auth::Pki, 1, |server, client| {
             server.tls = Some(ServerTls {
-                files: read(node.clone()),
+                files: issued(&ca, &out, "127.0.0.1", std::slice::from_ref(&crl)),
                 allowed_certs: Default::default(),
             });
             if let ClientAuth::Pki { files, .. } = &mut client.auth {
-                *files = read(paths("a", vec![]));
+                *files = issued(&ca, &out, "a", &[]);
             }
             node_config = Some(server.clone());
         })
@@ -186,7 +178,7 @@ async fn a_client_reload_takes_a_renewed_certificate_for_its_next_links() {
         // The client reloads: the same paths, read again.
         let mut new = running.clone();
         if let ClientAuth::Pki { files, .. } = &mut new.auth {
-            *files = read(paths("a", vec![]));
+            *files = issued(&ca, &out, "a", &[]);
         }
         assert_ne!(
             pki_client_files(&new).chain,
@@ -206,7 +198,8 @@ async fn a_client_reload_takes_a_renewed_certificate_for_its_next_links() {
         let addr = server.local_addr();
         server.abort();
         node_config.listen = addr;
-        node_config.tls.as_mut().expect("[tls]").files = read(node.clone());
+        node_config.tls.as_mut().expect("[tls]").files =
+            issued(&ca, &out, "127.0.0.1", std::slice::from_ref(&crl));
         let mut tries = 0;
         let server = loop {
             match wanmux_server::start(node_config.clone()).await {
@@ -280,6 +273,22 @@ async fn the_pki_examples_are_a_working_pair() {
 }
 
 /// The count of refusals (or failed dials) with `reason` in `status`.
+/// The files `tls issue` wrote for `name` under `out` (CA of `ca`), with the lists `crls`, read.
+fn issued(
+    ca: &std::path::Path,
+    out: &std::path::Path,
+    name: &str,
+    crls: &[std::path::PathBuf],
+) -> CertFiles {
+    CertFiles::read(wanmux_core::tls::CertPaths {
+        cert: out.join(format!("{name}.pem")),
+        key: out.join(format!("{name}.key")),
+        ca: ca.join("ca.pem"),
+        crls: crls.to_vec(),
+    })
+    .expect("the files read")
+}
+
 fn failures(status: &Status, reason: &str) -> u64 {
     status.handshake_failures.get(reason).copied().unwrap_or(0)
 }
@@ -455,7 +464,7 @@ async fn a_reload_takes_a_new_revocation_list() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_revoke_and_a_reload_refuse_the_revoked_client_only() {
     use wanmux_core::tls::issue::{issue_files, make_ca, revoke_files};
-    use wanmux_core::tls::{CertPaths, Usage};
+    use wanmux_core::tls::Usage;
     within(LIMIT, async {
         let dir = std::env::temp_dir().join(format!("wanmux-pki-revoke-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -465,24 +474,16 @@ async fn tls_revoke_and_a_reload_refuse_the_revoked_client_only() {
         for name in ["a", "b", "c"] {
             issue_files(&ca, name, &out, Usage::Client, 30).expect("tls issue --client");
         }
-        let paths = |name: &str, crls: Vec<std::path::PathBuf>| CertPaths {
-            cert: out.join(format!("{name}.pem")),
-            key: out.join(format!("{name}.key")),
-            ca: ca.join("ca.pem"),
-            crls,
-        };
-        let read = |p: CertPaths| CertFiles::read(p).expect("the files read");
         revoke_files(&ca, &crl, Some(&out.join("c.pem")), 30).expect("tls revoke c");
-        let node = paths("127.0.0.1", vec![crl.clone()]);
 
         let mut running = None;
         let mut t = Tunnel::start_with(Auth::Pki, 1, |server, client| {
             server.tls = Some(ServerTls {
-                files: read(node.clone()),
+                files: issued(&ca, &out, "127.0.0.1", std::slice::from_ref(&crl)),
                 allowed_certs: Default::default(),
             });
             if let ClientAuth::Pki { files, .. } = &mut client.auth {
-                *files = read(paths("a", vec![]));
+                *files = issued(&ca, &out, "a", &[]);
             }
             running = Some(server.clone());
         })
@@ -491,7 +492,7 @@ async fn tls_revoke_and_a_reload_refuse_the_revoked_client_only() {
         let client = |name: &str| {
             let mut c = t.client_config.clone();
             if let ClientAuth::Pki { files, .. } = &mut c.auth {
-                *files = read(paths(name, vec![]));
+                *files = issued(&ca, &out, name, &[]);
             }
             c
         };
@@ -509,7 +510,8 @@ async fn tls_revoke_and_a_reload_refuse_the_revoked_client_only() {
         let said = revoke_files(&ca, &crl, Some(&out.join("b.pem")), 30).expect("tls revoke b");
         assert!(said.contains("2 certificates revoked"), "{said}");
         let mut new = running.clone();
-        new.tls.as_mut().expect("[tls]").files = read(node.clone());
+        new.tls.as_mut().expect("[tls]").files =
+            issued(&ca, &out, "127.0.0.1", std::slice::from_ref(&crl));
         t.server
             .reload(&running, new)
             .await

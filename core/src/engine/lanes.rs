@@ -95,24 +95,25 @@ impl Session {
         // unless a lane woken for them has not polled yet.
         let mut lane: Option<(Duration, LinkId)> = None;
         let mut lane_pending = false;
+        // Whether a link with this pick is a lane with interactive frames to send.
+        let lane_frames = |pick: Pick, relayed: bool| {
+            matches!(pick, Pick::Lane { .. }) && self.sched.has_interactive(relayed)
+        };
         for (&id, l) in &self.links {
             if !l.writer.is_parked() {
                 if session_work && !l.relayed && l.writer.is_woken() {
                     let pick = self.pick_for(id, lanes);
                     pending |= self.work_for(id, pick, lanes);
-                    lane_pending |=
-                        matches!(pick, Pick::Lane { .. }) && self.sched.has_interactive(l.relayed);
+                    lane_pending |= lane_frames(pick, l.relayed);
                 }
                 continue;
             }
             let pick = self.pick_for(id, lanes);
+            let frames = lane_frames(pick, l.relayed);
             let own = !l.pongs_owed.is_empty()
                 || l.ping_pending()
                 || match pick {
-                    Pick::Lane { .. } => {
-                        (!lanes_timed && self.sched.has_interactive(l.relayed))
-                            || self.has_dups_for(id)
-                    }
+                    Pick::Lane { .. } => (frames && !lanes_timed) || self.has_dups_for(id),
                     Pick::Spare => self.has_dups_for(id),
                     // The lanes may have ended since (the OPEN was what held them).
                     Pick::Any => self.open_dups.iter().any(|d| d.lane == id),
@@ -121,10 +122,7 @@ impl Session {
             if own {
                 out.push(id);
             }
-            if lanes_timed
-                && matches!(pick, Pick::Lane { .. })
-                && self.sched.has_interactive(l.relayed)
-            {
+            if frames && lanes_timed {
                 // The smallest sample, as the lanes were chosen by (`nearest`): a smoothed RTT
                 // can still carry a first sample taken while the path was being set up.
                 let rtt = l.stats.rtt.min.unwrap_or(Duration::MAX);
