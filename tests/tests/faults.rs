@@ -97,9 +97,16 @@ async fn blackholing_every_link_for_5s_then_restoring_loses_nothing() {
         relay.blackhole(Links::All);
         let blackholed = Instant::now();
         gate.open();
-        let dead = eventually(Duration::from_secs(5), || t.client.live_links() == 0).await;
+        // A link carrying data is dead within its dead timer (2 s here); an idle one is probed
+        // when the first dies and dead one timer later. The bound leaves room for a loaded
+        // machine's slow timers.
+        let dead = eventually(Duration::from_secs(10), || t.client.live_links() == 0).await;
         let detected = blackholed.elapsed();
-        assert!(dead, "links still up after 5 s in a blackhole");
+        assert!(
+            dead,
+            "{} links still up after 10 s in a blackhole",
+            t.client.live_links()
+        );
         assert!(
             detected >= Duration::from_secs(2),
             "links declared dead after {detected:?}, before the 2 s minimum"

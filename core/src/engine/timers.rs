@@ -1,5 +1,5 @@
-//! Timers: delayed acks, keepalive pings, dead links, and the rescue of what a stalled link
-//! carries.
+//! Timers: delayed acks, keepalive pings, dead links (and the probe of their siblings), and the
+//! rescue of what a stalled link carries.
 
 use super::link::Sent;
 use super::stream::Phase;
@@ -33,9 +33,18 @@ impl Session {
             .filter(|(_, l)| l.dead_at().is_some_and(|t| t <= now))
             .map(|(&id, _)| id)
             .collect();
+        if dead.is_empty() {
+            return;
+        }
         for id in dead {
             self.remove_link(id);
             self.events.push_back(Event::LinkTimedOut(id));
+        }
+        // The other links most likely share the dead one's path: each pings with its next
+        // message, so an idle one that died too is found within its dead timer, not at its
+        // keepalive 10 s later, and a live one answers within a round trip.
+        for l in self.links.values_mut() {
+            l.probe(now);
         }
     }
 

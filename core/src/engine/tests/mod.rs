@@ -157,3 +157,41 @@ fn a_probed_link_pings_at_once_and_is_answered_or_dead_within_the_dead_timer() {
     );
     assert_eq!(s.link_answered_since(LINK, at), None);
 }
+
+/// A link that times out makes every other link of the session ping with its next message: an
+/// idle sibling on the same dead path is found within its own dead timer instead of at its
+/// keepalive 10 s later (a blackhole test saw one idle link outlive the others by seconds).
+#[test]
+fn a_dead_link_makes_its_idle_siblings_ping_at_once() {
+    use super::link::DEAD_INITIAL;
+    const OTHER: LinkId = LinkId(2);
+    let (mut s, t0) = server(16);
+    s.add_link(t0, OTHER);
+    let at = t0 + Duration::from_millis(100);
+    s.probe_link(at, LINK);
+    assert!(sent(&mut s, at, LINK)
+        .iter()
+        .any(|f| matches!(f, Frame::Ping(_))));
+    assert!(
+        !sent(&mut s, at, OTHER)
+            .iter()
+            .any(|f| matches!(f, Frame::Ping(_))),
+        "an idle link has nothing to send before its keepalive"
+    );
+    let died = at + DEAD_INITIAL;
+    s.handle_timeout(died);
+    assert!(std::iter::from_fn(|| s.poll_event())
+        .any(|e| matches!(e, Event::LinkTimedOut(l) if l == LINK)));
+    assert!(
+        sent(&mut s, died, OTHER)
+            .iter()
+            .any(|f| matches!(f, Frame::Ping(_))),
+        "the sibling pings at once"
+    );
+    s.handle_timeout(died + DEAD_INITIAL);
+    assert!(
+        std::iter::from_fn(|| s.poll_event())
+            .any(|e| matches!(e, Event::LinkTimedOut(l) if l == OTHER)),
+        "the unanswered sibling is dead one dead timer later"
+    );
+}
