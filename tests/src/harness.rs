@@ -716,13 +716,36 @@ pub async fn begin<F: Future>(fut: F) -> std::pin::Pin<Box<F>> {
     fut
 }
 
-/// A port on `127.0.0.1` the kernel just gave out and that is free again: the address a daemon
-/// started later will bind (a node's cluster listener, whose address its peers must know first).
-/// The port is taken from the kernel (never a fixed number) and released for the node to
-/// bind; the kernel hands ports out in turn, so another socket taking it in between is unlikely.
+/// A port on `127.0.0.1` that is free for TCP and UDP now: the address a daemon started later
+/// will bind (a node's cluster listener, whose address its peers must know first). Drawn at
+/// random below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), never a fixed
+/// number: a port the kernel gave out and took back could be handed out again in between, to
+/// the `127.0.0.1:0` listener or the outgoing connection of another test running at the same
+/// time (a CI run saw a node fail to start so); below the range only an explicit bind takes it.
 pub fn free_port() -> SocketAddr {
-    // Free for UDP too: a node listens for QUIC links on its TCP port (`server.quic`, on by
-    // default), and its start fails when that UDP port is taken.
+    use rand::Rng;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // The range starts well above 10000 on any usual system; if not, fall back to the kernel.
+    if low <= 12000 {
+        return kernel_port();
+    }
+    let mut rng = rand::rng();
+    loop {
+        let port = rng.random_range(10000..low);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // Free for UDP too: a node listens for QUIC links on its TCP port (`server.quic`, on
+        // by default), and its start fails when that UDP port is taken.
+        if std::net::TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+}
+
+/// A port the kernel gives out on `127.0.0.1`, free for TCP and UDP, released again.
+fn kernel_port() -> SocketAddr {
     loop {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = l.local_addr().expect("local addr");

@@ -5,7 +5,7 @@
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -349,6 +349,8 @@ pub struct RawLink {
     pings: tokio::sync::mpsc::UnboundedReceiver<u64>,
     pongs: tokio::sync::mpsc::UnboundedReceiver<u64>,
     reader: tokio::task::JoinHandle<()>,
+    /// Whether the reader still pauses after each message ([`Dial::pace`]).
+    pacing: Arc<AtomicBool>,
     next_token: u64,
     /// The node's epoch of the session, from its message 2.
     pub epoch: u64,
@@ -491,6 +493,8 @@ impl RawLink {
         let (ping_tx, pings) = tokio::sync::mpsc::unbounded_channel();
         let (pong_tx, pongs) = tokio::sync::mpsc::unbounded_channel();
         let (unread, pace) = (dial.unread, dial.pace);
+        let pacing = Arc::new(AtomicBool::new(pace.is_some()));
+        let paced = pacing.clone();
         let reader = tokio::spawn(async move {
             if unread {
                 // Holds the reading half (and the senders) without reading.
@@ -498,7 +502,7 @@ impl RawLink {
                 return std::future::pending().await;
             }
             while let Ok(Some(msg)) = rd.recv().await {
-                if let Some(pace) = pace {
+                if let Some(pace) = pace.filter(|_| paced.load(Ordering::Relaxed)) {
                     tokio::time::sleep(pace).await;
                 }
                 if matches!(msg.first(), Some(0x07 | 0x08)) {
@@ -522,6 +526,7 @@ impl RawLink {
             pings,
             pongs,
             reader,
+            pacing,
             next_token: 1 << 32,
             epoch: reply.epoch,
             routed: reply.relay,
@@ -562,6 +567,13 @@ impl RawLink {
             self.msg.clear();
         }
         Ok(())
+    }
+
+    /// The reader stops pausing after each message ([`Dial::pace`]) and reads what the node
+    /// queued as fast as it comes: the node's next ping, behind it, is answered within the
+    /// node's dead timer however long the paced reading let the queue grow.
+    pub fn stop_pacing(&self) {
+        self.pacing.store(false, Ordering::Relaxed);
     }
 
     /// Writes everything added so far.

@@ -507,7 +507,9 @@ async fn small_frames_of_a_far_owners_stream_take_the_nearest_node_both_ways() {
         assert!(
             median < FAR,
             "median round trip {median:?}: the small frames took the far owner's own links \
-             (round trips {rtts:?})"
+             (round trips {rtts:?})\nclient's links: {}\nnode 1's links: {}",
+            link_table(&client.status()),
+            link_table(&nodes[0].status())
         );
         // They went through node 2 both ways.
         let (up, down) = client.relayed(2, 1);
@@ -518,6 +520,20 @@ async fn small_frames_of_a_far_owners_stream_take_the_nearest_node_both_ways() {
         client.shutdown();
     })
     .await;
+}
+
+/// Each session's links of `status`, one line each: id, address, RTT, bytes sent and received.
+fn link_table(status: &wanmux_core::status::Status) -> String {
+    let mut out = String::new();
+    for s in &status.sessions {
+        for l in &s.links {
+            out += &format!(
+                "\n  session {} link {} {:?} rtt {:?} ms, sent {}, received {}",
+                s.id, l.id, l.address, l.rtt_ms, l.sent_bytes, l.received_bytes
+            );
+        }
+    }
+    out
 }
 
 /// Starts a client of `config` (TCP links, two per node) whose links to node 2 go through a
