@@ -437,9 +437,6 @@ async fn a_peer_link_that_dies_mid_transfer_loses_nothing() {
 /// sends its small replies back the same way, so a round trip takes a small part of the far
 /// path's RTT. (Through node 1's own links each would take at least 40 ms.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky: in about 1 run in 6-10 (more under CPU load, and with the engine of b586cf7 \
-            as well) one direction of the small frames takes the far owner's own links for the \
-            whole run (round trips 20.5-22 ms); run it with --ignored while that is found"]
 async fn small_frames_of_a_far_owners_stream_take_the_nearest_node_both_ways() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const FAR: Duration = Duration::from_millis(20);

@@ -238,6 +238,12 @@ impl LinkState {
                     && self.last_ping.is_none_or(|t| now >= t + PING_INTERVAL)))
     }
 
+    /// Whether a ping sent now would give this link its first RTT sample: it has none and no
+    /// ping is outstanding.
+    pub(crate) fn wants_first_sample(&self) -> bool {
+        self.ping.is_none() && self.stats.rtt.min.is_none()
+    }
+
     /// Whether this link has a ping of its own to send now.
     pub(crate) fn ping_pending(&self) -> bool {
         self.ping_due && self.ping.is_none()

@@ -43,8 +43,12 @@ impl Session {
         // While lanes are reserved, control frames go on them only; window updates stay off
         // dedicated lanes (see `carries_windows`).
         let control = matches!(pick, Pick::Any | Pick::Lane { .. });
+        // Whether this message carries the other lane's copies, which are not recorded here.
+        let mut copies = false;
         if control || matches!(pick, Pick::Spare) {
+            let before = buf.len();
             self.fill_open_dups(link, buf, limit);
+            copies |= buf.len() > before;
         }
         while let Some(f) = self.control.front().filter(|_| control) {
             if buf.len() + f.encoded_len() > limit {
@@ -104,7 +108,9 @@ impl Session {
             l.record(Sent::SessionWindow);
         }
         if matches!(pick, Pick::Lane { .. } | Pick::Spare) {
+            let before = buf.len();
             self.fill_dups(link, buf, limit);
+            copies |= buf.len() > before;
         }
         self.fill_data(now, &mut l, buf, limit, pick);
         // Drop entries the peer has acked end to end, then ask for confirmation of the rest.
@@ -117,7 +123,10 @@ impl Session {
             }),
             _ => false,
         });
-        if l.wants_ping(now) {
+        // A lane that sends only copies has nothing unconfirmed and would not be pinged: the
+        // lane chosen to be measured (`nearest`) would stay unmeasured, and stay the second
+        // lane, while a nearer link waits for its turn to be measured.
+        if l.wants_ping(now) || (copies && l.wants_first_sample()) {
             let token = self.next_ping;
             self.next_ping += 1;
             Frame::Ping(token).encode(buf);

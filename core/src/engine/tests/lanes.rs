@@ -839,3 +839,58 @@ fn a_small_frame_wakes_the_nearest_lane_alone_once_every_lane_is_timed() {
         assert!(carried >= 1, "the frame went out");
     }
 }
+
+/// A far node's engine where only one direct link (2) has an RTT sample: the other direct
+/// link (1) is the lane chosen to be measured, and carries only the copies of the small
+/// segments that link 2 sends. Its copies take a ping along, so it is measured, the sub-links
+/// (3 and 4, through a near node) are measured in their turn, and within a few segments the
+/// segments go through the near node. (Without the ping, link 1 stayed unmeasured and the
+/// lanes stayed the far direct links: a cluster test saw one direction of an echo take the
+/// far owner's links for a whole run.)
+#[test]
+fn a_lane_that_sends_only_copies_is_measured_so_the_nearest_links_become_the_lanes() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    let [d1, d2, r3, r4] = [LinkId(1), LinkId(2), LinkId(3), LinkId(4)];
+    c.add_link(now, d1);
+    c.add_link(now, d2);
+    c.add_relayed_link(now, r3);
+    c.add_relayed_link(now, r4);
+    let ms = Duration::from_millis;
+    let rtt = |l: LinkId| if l == r3 || l == r4 { ms(1) } else { ms(40) };
+    // Link 2 alone measured (probed, answered); the others have pinged nothing yet.
+    c.probe_link(now, d2);
+    let token = sent(&mut c, now, d2)
+        .into_iter()
+        .find_map(|f| match f {
+            Frame::Ping(t) => Some(t),
+            _ => None,
+        })
+        .expect("the probe's ping");
+    let mut t = now + rtt(d2);
+    c.handle_message(t, d2, msg(&[Frame::Pong(token)])).unwrap();
+    let game = c.open_stream(t, NODE, "svc").unwrap();
+    let mut on = Vec::new();
+    for _ in 0..8 {
+        c.stream_write(game, Bytes::from(vec![2u8; 100])).unwrap();
+        on.clear();
+        let mut pongs = Vec::new();
+        // Link 2, the measured lane, sends first: link 1 gets the copies.
+        for l in [d2, d1, r3, r4] {
+            for f in sent(&mut c, t, l) {
+                match f {
+                    Frame::Data { stream, .. } if stream == game => on.push(l),
+                    Frame::Ping(token) => pongs.push((t + rtt(l), l, token)),
+                    _ => {}
+                }
+            }
+        }
+        pongs.sort();
+        for (at, l, token) in pongs {
+            c.handle_message(at, l, msg(&[Frame::Pong(token)])).unwrap();
+        }
+        t += ms(100);
+    }
+    on.sort();
+    assert_eq!(on, vec![r3, r4], "the last segment went on {on:?}");
+}
