@@ -13,7 +13,8 @@ the client namespace that lists every node, and measures through it, interleaved
   its own links and what it relayed for the owner);
 - `kill` (cluster-G): the same with 0.1 s intervals, and node 5 (not the owner) SIGKILLed a third
   of the way in: the data must verify (no byte lost), and the report gives the time until the
-  rate is back to 90% of the remaining paths' sum;
+  rate is back to 90% of the remaining paths' sum (the first 1 s window at or above it), and
+  the end of the last 1 s window below it;
 - `rr` (cluster-H): rr latency on a second connection beside a bulk one (as `run`'s rr test).
 
 Contenders: the cluster with `spread = "stripe"` and with `"pin"` (the same nodes, links and
@@ -325,6 +326,18 @@ def recovery(intervals, t_kill: float, target: float, horizon: float, width: flo
     return 0.0 if not below else round(max(below) + width - t_kill, 2)
 
 
+def first_back(intervals, t_kill: float, target: float, horizon: float, width: float = 1.0):
+    """Seconds from the kill to the start of the first `width` window (sliding by a poll period)
+    at or above `target` Mbit/s, starting within `horizon` seconds after it: when the rate is
+    back (the issue's "time until throughput is back"). None if no such window. Unlike
+    `recovery`, a later dip (the receiver's 1 s windows spread about +-10% in steady state) does
+    not move it; the lowest window after the kill is reported beside it."""
+    for s, m in windows(intervals, width):
+        if t_kill <= s <= t_kill + horizon and m >= target:
+            return round(s - t_kill, 2)
+    return None
+
+
 def rec_cell(v) -> str:
     if v is None:
         return "not reached"
@@ -367,6 +380,7 @@ def analyse_kill(r: Run, report: dict, iv, t_kill: float, line_left: float, args
         "gap_s": longest_gap(iv, t_kill, t_kill + args.kill_horizon),
         "target_mbit": 0.9 * line_left,
         "recover_s": recovery(iv, t_kill, 0.9 * line_left, args.kill_horizon),
+        "back_s": first_back(iv, t_kill, 0.9 * line_left, args.kill_horizon),
         "receiver": [(s, round(b * 8 / max(e - s, 1e-9) / 1e6, 1)) for s, e, b in iv],
     }
     if pre:
@@ -374,6 +388,7 @@ def analyse_kill(r: Run, report: dict, iv, t_kill: float, line_left: float, args
         keep = pre * (r.n_nodes - 1) / r.n_nodes
         r.kill["target_rel_mbit"] = 0.9 * keep
         r.kill["recover_rel_s"] = recovery(iv, t_kill, 0.9 * keep, args.kill_horizon)
+        r.kill["back_rel_s"] = first_back(iv, t_kill, 0.9 * keep, args.kill_horizon)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -569,22 +584,26 @@ def spread_table(runs, contenders, n) -> list[str]:
 
 def kill_table(runs, contenders) -> list[str]:
     lines = ["| contender | run | verified, bytes lost | Mbit/s in the 3 s before | longest gap after, s "
-             "| lowest 1 s after, Mbit/s | mean Mbit/s from 1 s after | recovery to 90% of the remaining sum | recovery to 90% of "
-             "4/5 of the rate before | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| lowest 1 s after, Mbit/s | mean Mbit/s from 1 s after | back to 90% of the remaining sum "
+             "| back to 90% of 4/5 of the rate before | last 1 s below 90% of the remaining sum "
+             "| last 1 s below 90% of 4/5 of the rate before | load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in contenders:
         mine, _ = runs_of(runs, c, "kill")
         for r in mine:
             k = r.kill or {}
             if not r.ok and not k:
-                lines.append(f"| {LABELS[c]} | {r.rep + 1} | FAILED: {r.error} | | | | | | | |")
+                lines.append(f"| {LABELS[c]} | {r.rep + 1} | FAILED: {r.error} | | | | | | | | | |")
                 continue
             rec, rel = rec_cell(k.get("recover_s")), rec_cell(k.get("recover_rel_s"))
+            back = rec_cell(k.get("back_s")) if "back_s" in k else "-"
+            back_rel = rec_cell(k.get("back_rel_s")) if "back_rel_s" in k else "-"
             lines.append(
                 f"| {LABELS[c]} | {r.rep + 1} | {'yes' if r.ok else 'NO'}, {k.get('lost_bytes', '-')} "
                 f"| {fmt(k.get('before_mbit'), '.1f')} | {fmt(k.get('gap_s'), '.1f')} "
                 f"| {fmt(k.get('min_after_mbit'), '.1f')} | {fmt(k.get('mean_after_mbit'), '.1f')} "
-                f"| {rec} (target {k.get('target_mbit', 0):.0f}) | {rel} "
-                f"(target {fmt(k.get('target_rel_mbit'), '.0f')}) | {fmt(r.load, '.2f')} |")
+                f"| {back} (target {k.get('target_mbit', 0):.0f}) | {back_rel} "
+                f"(target {fmt(k.get('target_rel_mbit'), '.0f')}) | {rec} | {rel} | {fmt(r.load, '.2f')} |")
     return lines
 
 
@@ -701,7 +720,8 @@ def describe(r: CRun) -> str:
     if r.test == "kill" and r.kill:
         k = r.kill
         return (f"{r.mbit:.1f} Mbit/s, lost {k['lost_bytes']} B, before {fmt(k['before_mbit'], '.1f')}, "
-                f"gap {k['gap_s']} s, lowest 1 s after {fmt(k['min_after_mbit'], '.1f')}, recovery {k['recover_s']} s "
+                f"gap {k['gap_s']} s, lowest 1 s after {fmt(k['min_after_mbit'], '.1f')}, back after {k.get('back_s')} s "
+                f"(rel {k.get('back_rel_s')} s), last below at {k['recover_s']} s "
                 f"(rel {k.get('recover_rel_s')} s){load}")
     return (f"{r.mbit:.1f} Mbit/s, slowest 1 s at the receiver {fmt(r.recv_slowest_mbit, '.1f')} "
             f"(sender's intervals {fmt(r.min_interval_mbit, '.1f')}), stalled s {r.recv_stalled_s}{load}")
