@@ -366,6 +366,9 @@ def analyse_kill(r: Run, report: dict, iv, t_kill: float, line_left: float, args
     span = sum(e - s for s, e, b in iv if t_kill - 3 <= s and e <= t_kill)
     pre = sum(before) * 8 / span / 1e6 if span > 0 else None
     after = [m for s, m in windows(iv, 1.0) if t_kill <= s <= t_kill + args.kill_horizon]
+    # The steady state's own spread, for comparison: the 1 s windows of the 3 s before the kill
+    # (the connection is a third of the way in, past its start).
+    before_windows = [m for s, m in windows(iv, 1.0) if t_kill - 3 <= s <= t_kill - 1]
     # The mean rate from 1 s after the kill to the end of the horizon: what the remaining paths
     # carried once the dead node's share was resent (robust to the poll's jitter).
     late = [(s, e, b) for s, e, b in iv if t_kill + 1 <= s and e <= t_kill + 1 + args.kill_horizon]
@@ -376,6 +379,7 @@ def analyse_kill(r: Run, report: dict, iv, t_kill: float, line_left: float, args
         "lost_bytes": (report.get("sent_bytes") or 0) - (report.get("received_bytes") or 0),
         "before_mbit": pre,
         "min_after_mbit": min(after, default=None),
+        "min_before_mbit": min(before_windows, default=None),
         "mean_after_mbit": sum(b for _, _, b in late) * 8 / late_span / 1e6 if late_span > 0 else None,
         "gap_s": longest_gap(iv, t_kill, t_kill + args.kill_horizon),
         "target_mbit": 0.9 * line_left,
@@ -583,24 +587,25 @@ def spread_table(runs, contenders, n) -> list[str]:
 
 
 def kill_table(runs, contenders) -> list[str]:
-    lines = ["| contender | run | verified, bytes lost | Mbit/s in the 3 s before | longest gap after, s "
-             "| lowest 1 s after, Mbit/s | mean Mbit/s from 1 s after | back to 90% of the remaining sum "
+    lines = ["| contender | run | verified, bytes lost | Mbit/s in the 3 s before | lowest 1 s in the 3 s before, Mbit/s "
+             "| longest gap after, s | lowest 1 s after, Mbit/s | mean Mbit/s from 1 s after | back to 90% of the remaining sum "
              "| back to 90% of 4/5 of the rate before | last 1 s below 90% of the remaining sum "
              "| last 1 s below 90% of 4/5 of the rate before | load avg |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in contenders:
         mine, _ = runs_of(runs, c, "kill")
         for r in mine:
             k = r.kill or {}
             if not r.ok and not k:
-                lines.append(f"| {LABELS[c]} | {r.rep + 1} | FAILED: {r.error} | | | | | | | | | |")
+                lines.append(f"| {LABELS[c]} | {r.rep + 1} | FAILED: {r.error} | | | | | | | | | | |")
                 continue
             rec, rel = rec_cell(k.get("recover_s")), rec_cell(k.get("recover_rel_s"))
             back = rec_cell(k.get("back_s")) if "back_s" in k else "-"
             back_rel = rec_cell(k.get("back_rel_s")) if "back_rel_s" in k else "-"
             lines.append(
                 f"| {LABELS[c]} | {r.rep + 1} | {'yes' if r.ok else 'NO'}, {k.get('lost_bytes', '-')} "
-                f"| {fmt(k.get('before_mbit'), '.1f')} | {fmt(k.get('gap_s'), '.1f')} "
+                f"| {fmt(k.get('before_mbit'), '.1f')} | {fmt(k.get('min_before_mbit'), '.1f')} "
+                f"| {fmt(k.get('gap_s'), '.1f')} "
                 f"| {fmt(k.get('min_after_mbit'), '.1f')} | {fmt(k.get('mean_after_mbit'), '.1f')} "
                 f"| {back} (target {k.get('target_mbit', 0):.0f}) | {back_rel} "
                 f"(target {fmt(k.get('target_rel_mbit'), '.0f')}) | {rec} | {rel} | {fmt(r.load, '.2f')} |")
@@ -684,11 +689,15 @@ def cmd_cluster(args, bins, keys, tmp, command, started) -> tuple[str, dict]:
                  if args.reverse else "the bench server's, node 1's namespace") + ") polled every "
                  "0.1 s (`ss -ti`, `bytes_received`), rates in 1 s windows sliding by a poll. "
                  "Gap: the longest stretch without a byte that began within "
-                 f"{args.kill_horizon:g} s after the kill. Recovery: from the kill to the end of the last "
-                 f"1 s window below the target that began within {args.kill_horizon:g} s after the kill "
+                 f"{args.kill_horizon:g} s after the kill. Back: from the kill to the start of the first "
+                 f"1 s window at or above the target that began within {args.kill_horizon:g} s after it. "
+                 "Last below: from the kill to the end of the last 1 s window below the target that "
+                 f"began within {args.kill_horizon:g} s after the kill "
                  "(0 if none was below, 'not reached' if none reached it, 'not back' if the last one "
-                 "was still below). A run whose rate before the "
-                 "kill was below the target shows the dip only in the last column.", ""] + kill_table(runs, args.contenders) + [""]
+                 "was still below); any later dip of the steady state moves it, so the lowest 1 s "
+                 "window of the 3 s before the kill is given for comparison. A run "
+                 "whose rate before the kill was below the target shows the dip only in the columns "
+                 "against the rate before.", ""] + kill_table(runs, args.contenders) + [""]
     if "rr" in tests:
         text += ["### rr beside a bulk transfer", "",
                  f"As `run`'s rr test: `wanmux-bench rr` (64 B each way) on a second connection through "
