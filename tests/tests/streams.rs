@@ -56,7 +56,14 @@ async fn try_once(addr: std::net::SocketAddr, data: &[u8]) -> ReadEnd {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return ReadEnd::Reset,
         Err(e) => return ReadEnd::Error(e.kind()),
     };
-    let _ = tcp.write_all(data).await;
+    // A reset that came before the write is reported by the write, and only once: Linux hands
+    // the pending error to the first call that looks (the write here), and the read after it
+    // finds the socket closed and returns 0, which would look like a clean EOF.
+    if let Err(e) = tcp.write_all(data).await {
+        if e.kind() == std::io::ErrorKind::ConnectionReset {
+            return ReadEnd::Reset;
+        }
+    }
     drain_end(&mut tcp, PROMPT).await
 }
 
