@@ -24,9 +24,10 @@ const LINK_STATE: u64 = 16 * 1024;
 /// The most one established link holds in this process for what it receives: its reader's
 /// read buffer ([`READ_CHUNK`], the partial message included) and one decryption block
 /// ([`ARENA_CHUNK`]; older blocks still referenced are their consumers' memory), plus
-/// `LINK_STATE` (16 KiB: tasks, engine entry, cipher state). A server charges it to the receive pool of its `limits.memory` for every
-/// client link it admits (`docs/CONFIG.md`, Limits). Kernel socket buffers and, on a QUIC link,
-/// quinn's windows come on top (`docs/CONFIG.md`, "Memory cost of QUIC links").
+/// `LINK_STATE` (16 KiB: tasks, engine entry, cipher state). A server charges it to the receive
+/// pool of its `limits.memory` for every client link it admits (`docs/CONFIG.md`, Limits).
+/// Kernel socket buffers and, on a QUIC link, quinn's windows come on top (`docs/CONFIG.md`,
+/// "Memory cost of QUIC links").
 pub const LINK_RECV_MEMORY: u64 = (READ_CHUNK + ARENA_CHUNK) as u64 + LINK_STATE;
 
 /// The most one established link holds in this process for what it sends: its writer's batch of

@@ -605,13 +605,7 @@ fn with_rtts(c: &mut Session, now: Instant, links: &[(LinkId, Duration)]) -> Ins
     c.handle_timeout(at);
     let mut last = at;
     for &(l, rtt) in links {
-        let token = sent(c, at, l)
-            .into_iter()
-            .find_map(|f| match f {
-                Frame::Ping(t) => Some(t),
-                _ => None,
-            })
-            .expect("an idle link is pinged");
+        let token = sent_ping(c, at, l).expect("an idle link is pinged");
         c.handle_message(at + rtt, l, msg(&[Frame::Pong(token)]))
             .unwrap();
         last = last.max(at + rtt);
@@ -860,13 +854,7 @@ fn a_lane_that_sends_only_copies_is_measured_so_the_nearest_links_become_the_lan
     let rtt = |l: LinkId| if l == r3 || l == r4 { ms(1) } else { ms(40) };
     // Link 2 alone measured (probed, answered); the others have pinged nothing yet.
     c.probe_link(now, d2);
-    let token = sent(&mut c, now, d2)
-        .into_iter()
-        .find_map(|f| match f {
-            Frame::Ping(t) => Some(t),
-            _ => None,
-        })
-        .expect("the probe's ping");
+    let token = sent_ping(&mut c, now, d2).expect("the probe's ping");
     let mut t = now + rtt(d2);
     c.handle_message(t, d2, msg(&[Frame::Pong(token)])).unwrap();
     let game = c.open_stream(t, NODE, "svc").unwrap();

@@ -60,6 +60,14 @@ pub(super) fn sent(s: &mut Session, now: Instant, link: LinkId) -> Vec<Frame> {
     out
 }
 
+/// The token of the `PING` in the message `link` would send now, if it carries one.
+pub(super) fn sent_ping(s: &mut Session, now: Instant, link: LinkId) -> Option<u64> {
+    sent(s, now, link).into_iter().find_map(|f| match f {
+        Frame::Ping(t) => Some(t),
+        _ => None,
+    })
+}
+
 /// A link whose writer cannot write (a QUIC connection to a vanished peer with its congestion
 /// window full, or a sub-link whose carrier is stuck so) never sends the ping that comes due:
 /// the dead timer runs from when it came due, so the link dies as one whose ping went unanswered
@@ -90,13 +98,7 @@ fn a_link_that_cannot_send_its_due_ping_dies() {
     let (mut s, t0) = server(16);
     let due = t0 + KEEPALIVE;
     s.handle_timeout(due);
-    let token = sent(&mut s, due, LINK)
-        .into_iter()
-        .find_map(|f| match f {
-            Frame::Ping(t) => Some(t),
-            _ => None,
-        })
-        .expect("the due ping goes out");
+    let token = sent_ping(&mut s, due, LINK).expect("the due ping goes out");
     s.handle_message(
         due + Duration::from_millis(40),
         LINK,
@@ -117,19 +119,11 @@ fn a_probed_link_pings_at_once_and_is_answered_or_dead_within_the_dead_timer() {
     let at = t0 + Duration::from_millis(100);
     assert_eq!(s.link_answered_since(LINK, at), Some(false));
     assert!(
-        !sent(&mut s, at, LINK)
-            .iter()
-            .any(|f| matches!(f, Frame::Ping(_))),
+        sent_ping(&mut s, at, LINK).is_none(),
         "an idle link has nothing to send before its keepalive"
     );
     s.probe_link(at, LINK);
-    let token = sent(&mut s, at, LINK)
-        .into_iter()
-        .find_map(|f| match f {
-            Frame::Ping(t) => Some(t),
-            _ => None,
-        })
-        .expect("the probe's ping goes out at once");
+    let token = sent_ping(&mut s, at, LINK).expect("the probe's ping goes out at once");
     s.handle_message(
         at + Duration::from_millis(30),
         LINK,
@@ -146,9 +140,7 @@ fn a_probed_link_pings_at_once_and_is_answered_or_dead_within_the_dead_timer() {
     let (mut s, t0) = server(16);
     let at = t0 + Duration::from_millis(100);
     s.probe_link(at, LINK);
-    assert!(sent(&mut s, at, LINK)
-        .iter()
-        .any(|f| matches!(f, Frame::Ping(_))));
+    assert!(sent_ping(&mut s, at, LINK).is_some());
     s.handle_timeout(at + DEAD_INITIAL);
     assert!(
         std::iter::from_fn(|| s.poll_event())
@@ -169,13 +161,9 @@ fn a_dead_link_makes_its_idle_siblings_ping_at_once() {
     s.add_link(t0, OTHER);
     let at = t0 + Duration::from_millis(100);
     s.probe_link(at, LINK);
-    assert!(sent(&mut s, at, LINK)
-        .iter()
-        .any(|f| matches!(f, Frame::Ping(_))));
+    assert!(sent_ping(&mut s, at, LINK).is_some());
     assert!(
-        !sent(&mut s, at, OTHER)
-            .iter()
-            .any(|f| matches!(f, Frame::Ping(_))),
+        sent_ping(&mut s, at, OTHER).is_none(),
         "an idle link has nothing to send before its keepalive"
     );
     let died = at + DEAD_INITIAL;
@@ -183,9 +171,7 @@ fn a_dead_link_makes_its_idle_siblings_ping_at_once() {
     assert!(std::iter::from_fn(|| s.poll_event())
         .any(|e| matches!(e, Event::LinkTimedOut(l) if l == LINK)));
     assert!(
-        sent(&mut s, died, OTHER)
-            .iter()
-            .any(|f| matches!(f, Frame::Ping(_))),
+        sent_ping(&mut s, died, OTHER).is_some(),
         "the sibling pings at once"
     );
     s.handle_timeout(died + DEAD_INITIAL);
