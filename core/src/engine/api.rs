@@ -2,7 +2,9 @@
 
 use super::reorder::Reorder;
 use super::stream::Phase;
-use super::{Event, OpenError, ReadChunk, Role, Session, StreamError, MIN_BUDGET_WRITE};
+use super::{
+    Event, OpenError, ReadChunk, Role, Session, StreamError, MIN_BUDGET_WRITE, UNSENT_MAX,
+};
 use crate::budget::Pool;
 use crate::frame::{Frame, MAX_SERVICE_NAME};
 use crate::ids::{NodeId, StreamId};
@@ -62,10 +64,14 @@ impl Session {
         if s.send.is_finished() {
             return Err(StreamError::Finished);
         }
-        let room = window.saturating_sub(s.send.buffered());
+        let room = window
+            .saturating_sub(s.send.buffered())
+            .min(UNSENT_MAX.saturating_sub(s.send.unsent()));
+        // Below this the stream waits for `StreamWritable` (`SendBuf::room_regained`).
+        let mark = (window / 8).min(UNSENT_MAX / 2);
         let budget = self.held.budget();
         let (mut cap, mut short) = send_capacity(room, budget.allowance(Pool::Send));
-        if short && cap < window / 8 {
+        if short && cap < mark {
             // Waiting for the budget: flag it, then look again, since a release between the
             // first look and the flag saw nobody waiting and woke nobody (the stream would
             // then wait for a release that may never come). The flag may now wake the
@@ -73,7 +79,7 @@ impl Session {
             budget.set_waiting();
             (cap, short) = send_capacity(room, budget.allowance(Pool::Send));
         }
-        if cap < window / 8 {
+        if cap < mark {
             let s = self.live_stream(id)?;
             s.write_waiting = true;
             if short && !s.budget_waiting {

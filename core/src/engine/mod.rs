@@ -84,6 +84,15 @@ const ACK_DELAY: Duration = Duration::from_millis(5);
 const MIN_TAIL: usize = 256;
 /// Smallest send capacity worth offering an application when the memory budget is short.
 const MIN_BUDGET_WRITE: u64 = 16 * 1024;
+/// Most bytes a stream holds that no link has taken yet (written, never sent). The stream window
+/// bounds what is unacknowledged; this bounds what merely waits for a link, so a stream whose
+/// links are slower than its application (every bulk stream) stops reading the socket there and
+/// the application's bytes wait in its socket buffer, as they would behind a TCP sender. Without
+/// it every bulk stream held its whole window unsent (64 MiB each: 8 loopback streams took the
+/// client to 649 MiB; docs/ARCHITECTURE.md, "Streams and windows"). A stream that waits for room
+/// is woken when half of it is free again: 2 MiB is 32 ms of a 500 Mbit/s path, far more than
+/// one wake-up and read take to refill it.
+pub(crate) const UNSENT_MAX: u64 = 4 << 20;
 /// Interactive segments at most this long are latency-sensitive traffic (a game's packets, a
 /// request): they switch the interactive lanes on and are sent on both lanes.
 const SMALL_SEGMENT: usize = 2048;

@@ -322,7 +322,7 @@ impl Session {
         s.send.ack(id, acked)?;
         self.held.release(Pool::Send, before - s.send.buffered());
         s.send.set_max(max);
-        if s.write_waiting && !s.send.is_finished() && window - s.send.buffered() >= window / 8 {
+        if s.write_waiting && s.send.room_regained(window) {
             s.write_waiting = false;
             self.events.push_back(Event::StreamWritable(id));
         }

@@ -1,7 +1,7 @@
 //! Per-stream send buffer: the bytes the application wrote, kept until the peer acks them so
 //! that any of them can be resent if the link it went out on dies.
 
-use super::PeerError;
+use super::{PeerError, UNSENT_MAX};
 use crate::ids::StreamId;
 use crate::range_set::RangeSet;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -75,6 +75,22 @@ impl SendBuf {
 
     pub(crate) fn fin_acked(&self) -> bool {
         self.fin_acked
+    }
+
+    /// Bytes written and never sent.
+    pub(crate) fn unsent(&self) -> u64 {
+        self.written - self.next
+    }
+
+    /// Whether a stream that waits for send capacity has enough again, with stream window
+    /// `window`: an eighth of its window free and at most half of [`UNSENT_MAX`] unsent (the
+    /// capacity [`Session::stream_send_capacity`] reports is then at least its waiting mark).
+    ///
+    /// [`Session::stream_send_capacity`]: super::Session::stream_send_capacity
+    pub(crate) fn room_regained(&self, window: u64) -> bool {
+        !self.fin
+            && window.saturating_sub(self.buffered()) >= window / 8
+            && self.unsent() <= UNSENT_MAX / 2
     }
 
     /// Bytes written but not yet sent, plus bytes waiting to be resent.

@@ -5,7 +5,9 @@ use super::lanes::{carries_windows, Pick};
 use super::link::{LinkState, Sent};
 use super::sched::QUANTUM;
 use super::stream::Queued;
-use super::{LaneDup, OpenDup, Session, COPY_MIN_RTT, MAX_LANE_DUPS, MIN_TAIL, SMALL_SEGMENT};
+use super::{
+    Event, LaneDup, OpenDup, Session, COPY_MIN_RTT, MAX_LANE_DUPS, MIN_TAIL, SMALL_SEGMENT,
+};
 use crate::frame::{self, Frame, DATA_HEADER, PING_LEN, SESSION_WINDOW_LEN, WINDOW_LEN};
 use crate::ids::LinkId;
 use bytes::BytesMut;
@@ -207,6 +209,7 @@ impl Session {
         limit: usize,
         pick: Pick,
     ) {
+        let window = self.cfg.stream_window;
         while buf.len() + DATA_HEADER + MIN_TAIL <= limit {
             let next = match pick {
                 Pick::Any => self.sched.pop(l.relayed),
@@ -236,6 +239,10 @@ impl Session {
             frame::encode_data_header(buf, id, seg.offset, seg.len, seg.fin);
             s.send.copy_out(seg.offset, seg.len, buf);
             s.send.mark_sent(seg);
+            if seg.new_bytes > 0 && s.write_waiting && s.send.room_regained(window) {
+                s.write_waiting = false;
+                self.events.push_back(Event::StreamWritable(id));
+            }
             if interactive && seg.len <= SMALL_SEGMENT {
                 self.last_small = Some(now);
                 self.small_at.insert(id, now);

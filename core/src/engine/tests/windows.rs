@@ -448,3 +448,59 @@ fn one_session_holds_at_most_its_share_of_data_before_open() {
     assert_eq!(s.pending, 7);
     assert!(s.streams.get(&sid(20)).is_some_and(|st| !st.is_reset()));
 }
+
+#[test]
+fn a_stream_holds_at_most_unsent_max_no_link_took_and_is_woken_when_the_links_took_half() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    c.add_link(now, LINK);
+    let a = c.open_stream(now, NODE, "svc").unwrap();
+    let most = UNSENT_MAX as usize;
+    assert!(Config::default().stream_window > UNSENT_MAX);
+    assert_eq!(
+        c.stream_send_capacity(a),
+        Ok(most),
+        "bounded by what waits for a link, not by the window"
+    );
+    c.stream_write(a, Bytes::from(vec![1u8; most])).unwrap();
+    assert_eq!(c.stream_send_capacity(a), Ok(0));
+    c.handle_message(
+        now,
+        LINK,
+        msg(&[Frame::Window {
+            stream: a,
+            acked: 0,
+            max: 64 << 20,
+        }]),
+    )
+    .unwrap();
+    // The link takes one message at a time: the writer is woken with the message that leaves
+    // at most half of UNSENT_MAX unsent, not before.
+    let (mut taken, mut buf) = (0usize, BytesMut::new());
+    let mut woken_after = None;
+    while c.poll_transmit(now, LINK, &mut buf) {
+        let mut b = buf.split().freeze();
+        while let Some(f) = Frame::decode(&mut b).expect("own frames decode") {
+            if let Frame::Data { stream, data, .. } = f {
+                assert_eq!(stream, a);
+                taken += data.len();
+            }
+        }
+        while let Some(ev) = c.poll_event() {
+            if ev == Event::StreamWritable(a) {
+                assert!(woken_after.is_none(), "woken twice");
+                woken_after = Some(taken);
+            }
+        }
+        if woken_after.is_some() {
+            break;
+        }
+    }
+    let woken_after = woken_after.expect("the writer was not woken");
+    assert!(woken_after >= most / 2, "woken after {woken_after}");
+    assert!(
+        woken_after < most / 2 + crate::frame::MAX_MESSAGE,
+        "woken late: {woken_after}"
+    );
+    assert_eq!(c.stream_send_capacity(a), Ok(woken_after));
+}
