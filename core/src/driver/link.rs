@@ -30,11 +30,11 @@ const LINK_STATE: u64 = 16 * 1024;
 /// "Memory cost of QUIC links").
 pub const LINK_RECV_MEMORY: u64 = (READ_CHUNK + ARENA_CHUNK) as u64 + LINK_STATE;
 
-/// The most one established link holds in this process for what it sends: its writer's batch of
-/// plaintexts (`BATCH`, 4, messages of up to [`MAX_MESSAGE`]) and the same batch sealed, each with
-/// its length prefix and tag, waiting for the socket, plus `LINK_STATE`. Charged to the send
-/// pool as [`LINK_RECV_MEMORY`] is to the receive pool.
-pub const LINK_SEND_MEMORY: u64 = (BATCH * (2 * MAX_MESSAGE + 18)) as u64 + LINK_STATE;
+/// The most one established link holds in this process for what it sends: its writer's batch
+/// (`BATCH`, 4, messages of up to [`MAX_MESSAGE`], each built in the output buffer where it is
+/// sealed, with its length prefix and tag) waiting for the socket, plus `LINK_STATE`. Charged
+/// to the send pool as [`LINK_RECV_MEMORY`] is to the receive pool.
+pub const LINK_SEND_MEMORY: u64 = (BATCH * (MAX_MESSAGE + 18)) as u64 + LINK_STATE;
 
 /// How often a link task copies its numbers from the engine (kept for the log line when the
 /// link ends, since the engine forgets a link it declared dead).
@@ -277,52 +277,67 @@ async fn write_loop(
     mut writer: LinkWriter,
     router: Option<Arc<dyn Router>>,
 ) -> LinkEnd {
-    // Each grows to the largest message it carried (at most MAX_MESSAGE); freed when idle.
-    let mut bufs: Vec<BytesMut> = (0..BATCH).map(|_| BytesMut::new()).collect();
     let mut routed_first = false;
     loop {
         // With a router, its messages and the session's own take turns going first, so
-        // neither starves the other on a busy link.
+        // neither starves the other on a busy link. Every message is built in the writer's
+        // output buffer and sealed there by the flush.
         routed_first = !routed_first;
         let mut n = 0;
         if let (true, Some(r)) = (routed_first, &router) {
-            n = r.poll(&mut bufs[..BATCH / 2]);
-            driver
-                .counters()
-                .link_sent(bufs[..n].iter().map(BytesMut::len).sum());
+            match poll_routed(r.as_ref(), &driver, &mut writer, BATCH / 2) {
+                Ok(m) => n = m,
+                Err(e) => return LinkEnd::Link(e),
+            }
         }
-        let Some(own) = driver.poll_link(id, &mut bufs[n..]) else {
-            return LinkEnd::TimedOut;
-        };
-        n += own;
+        match driver.poll_link_into(id, &mut writer, BATCH - n) {
+            None => return LinkEnd::TimedOut,
+            Some(Err(e)) => return LinkEnd::Link(e),
+            Some(Ok(own)) => n += own,
+        }
         if let (false, Some(r)) = (routed_first, &router) {
-            let m = r.poll(&mut bufs[n..]);
-            driver
-                .counters()
-                .link_sent(bufs[n..n + m].iter().map(BytesMut::len).sum());
-            n += m;
+            match poll_routed(r.as_ref(), &driver, &mut writer, BATCH - n) {
+                Ok(m) => n += m,
+                Err(e) => return LinkEnd::Link(e),
+            }
         }
         tracing::trace!(messages = n, "transmit");
         if n == 0 {
-            // poll_link parked this writer; a permit from a wake-up in between is kept (and a
-            // wake-up that comes as the timeout drops the wait is passed on as a permit).
+            // poll_link_into parked this writer; a permit from a wake-up in between is kept
+            // (and a wake-up that comes as the timeout drops the wait is passed on as a permit).
             if tokio::time::timeout(IDLE_FREE, waker.notified())
                 .await
                 .is_err()
             {
-                bufs.iter_mut().for_each(|b| *b = BytesMut::new());
                 writer.free_buffer();
                 waker.notified().await;
             }
             continue;
         }
-        for b in &bufs[..n] {
-            if let Err(e) = writer.seal(b) {
-                return LinkEnd::Link(e);
-            }
-        }
         if let Err(e) = writer.flush().await {
             return LinkEnd::Link(e);
         }
     }
+}
+
+/// Up to `max` routed messages from `router`, each built in `writer`'s output buffer.
+fn poll_routed(
+    router: &dyn Router,
+    driver: &SessionDriver,
+    writer: &mut LinkWriter,
+    max: usize,
+) -> Result<usize, LinkError> {
+    let mut n = 0;
+    while n < max {
+        let mut body = writer.begin()?;
+        let got = router.poll(std::slice::from_mut(&mut body));
+        let len = body.len();
+        writer.commit(body)?;
+        if got == 0 {
+            break;
+        }
+        driver.counters().link_sent(len);
+        n += 1;
+    }
+    Ok(n)
 }

@@ -320,6 +320,50 @@ impl SessionDriver {
         Some(n)
     }
 
+    /// [`SessionDriver::poll_link`] straight into `writer`'s output buffer: up to `max`
+    /// messages, each built where it will be sealed and sent ([`LinkWriter::begin`]), so no
+    /// plaintext is copied; sealing waits for the writer's flush, outside the lock. `None`:
+    /// the engine dropped the link; `Some(Err)`: the writer cannot take a message.
+    ///
+    /// [`LinkWriter::begin`]: crate::noise::LinkWriter::begin
+    pub(crate) fn poll_link_into(
+        &self,
+        id: LinkId,
+        writer: &mut crate::noise::LinkWriter,
+        max: usize,
+    ) -> Option<Result<usize, crate::noise::LinkError>> {
+        let mut st = self.lock();
+        st.session.link_stats(id)?;
+        let now = Instant::now();
+        let mut n = 0;
+        let mut result = Ok(());
+        while n < max {
+            let mut body = match writer.begin() {
+                Ok(body) => body,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            let sent = st.session.poll_transmit(now, id, &mut body);
+            let len = body.len();
+            if let Err(e) = writer.commit(body) {
+                result = Err(e);
+                break;
+            }
+            if !sent {
+                break;
+            }
+            self.shared.counters.link_sent(len);
+            n += 1;
+        }
+        if n == 0 && result.is_ok() {
+            st.session.park_writer(now, id);
+        }
+        self.after(&mut st, now);
+        Some(result.map(|()| n))
+    }
+
     /// Completes when the server asks for another link (client side).
     pub async fn more_links_wanted(&self) {
         self.shared.more_links.notified().await;

@@ -156,7 +156,9 @@ pub(super) fn random_messages(seed: u64, count: usize) -> Arc<Vec<Vec<u8>>> {
     Arc::new(msgs)
 }
 
-/// Seals `msgs` in random batches, flushing after each, then shuts down.
+/// Seals `msgs` in random batches, flushing after each, then shuts down. Each message is
+/// either sealed from a slice (`seal`) or built in the output buffer (`begin`, `commit`),
+/// mixed at random, with empty messages built and dropped among them.
 async fn write_all(mut writer: LinkWriter, msgs: Arc<Vec<Vec<u8>>>, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut it = msgs.iter().peekable();
@@ -165,7 +167,22 @@ async fn write_all(mut writer: LinkWriter, msgs: Arc<Vec<Vec<u8>>>, seed: u64) {
         // A clear link (`wanmux/2`) sends no tag.
         let tag = if writer.encrypts() { 16 } else { 0 };
         for m in it.by_ref().take(rng.random_range(1..=8)) {
-            writer.seal(m).unwrap();
+            // (An empty message can only be sealed: `commit` drops one.)
+            match rng.random_range(0..3) {
+                0 => writer.seal(m).unwrap(),
+                1 if m.is_empty() => writer.seal(m).unwrap(),
+                1 => {
+                    let mut body = writer.begin().unwrap();
+                    body.extend_from_slice(m);
+                    writer.commit(body).unwrap();
+                }
+                _ => {
+                    let body = writer.begin().unwrap();
+                    writer.commit(body).unwrap();
+                    assert_eq!(writer.pending(), expected, "an empty message is dropped");
+                    writer.seal(m).unwrap();
+                }
+            }
             expected += 2 + m.len() + tag;
         }
         assert_eq!(writer.pending(), expected);
@@ -885,6 +902,10 @@ pub(super) async fn misuse_is_reported_and_harmless(
     let big = vec![0; MAX_PLAINTEXT + 1];
     assert!(matches!(writer.seal(&big), Err(LinkError::Misuse(_))));
     assert_eq!(writer.pending(), 0);
+    let mut body = writer.begin().unwrap();
+    body.extend_from_slice(&big);
+    assert!(matches!(writer.commit(body), Err(LinkError::Misuse(_))));
+    assert_eq!(writer.pending(), 0);
     while writer.pending() + 2 + MAX_PLAINTEXT + overhead <= MAX_PENDING {
         writer.seal(&big[..MAX_PLAINTEXT]).unwrap();
     }
@@ -892,6 +913,7 @@ pub(super) async fn misuse_is_reported_and_harmless(
         writer.seal(&big[..MAX_PLAINTEXT]),
         Err(LinkError::Misuse(_))
     ));
+    assert!(matches!(writer.begin(), Err(LinkError::Misuse(_))));
     let sealed = writer.pending() / (2 + MAX_PLAINTEXT + overhead);
     let reader = tokio::spawn(async move {
         for _ in 0..sealed {
@@ -904,4 +926,18 @@ pub(super) async fn misuse_is_reported_and_harmless(
     });
     writer.send(b"still fine").await.unwrap();
     assert_eq!(&reader.await.unwrap()[..], b"still fine");
+}
+
+#[tokio::test]
+async fn a_message_built_in_place_and_not_flushed_is_sealed_by_the_shutdown() {
+    for cipher in CIPHERS {
+        let (_reader, mut writer, mut accepted) = link(Pattern::Ik, cipher).await;
+        let mut body = writer.begin().unwrap();
+        body.extend_from_slice(b"the last words");
+        writer.commit(body).unwrap();
+        writer.shutdown().await;
+        let got = accepted.reader.recv().await.unwrap().unwrap();
+        assert_eq!(&got[..], b"the last words");
+        assert!(accepted.reader.recv().await.unwrap().is_none());
+    }
 }

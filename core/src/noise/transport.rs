@@ -224,8 +224,12 @@ pub struct LinkWriter {
     seal: Seal,
     /// Nonce of the next message to seal (in the clear: the count of messages sent).
     nonce: u64,
-    /// Sealed messages, each with its length prefix, not yet written.
+    /// Messages, each with its length prefix, not yet written: sealed, except those listed in
+    /// `unsealed`.
     out: BytesMut,
+    /// Where in `out` the messages [`commit`](Self::commit)ted but not yet sealed begin (after
+    /// their prefix), oldest first; sealed before anything else is sealed or written.
+    unsealed: Vec<usize>,
     /// Set after a failed write or a shutdown: the peer may have seen part of a message.
     done: bool,
     /// As [`LinkReader`]'s.
@@ -240,9 +244,98 @@ impl LinkWriter {
             nonce,
             // Grows with the first messages sealed: an idle link holds nothing here.
             out: BytesMut::new(),
+            unsealed: Vec::new(),
             done: false,
             peer: None,
         }
+    }
+
+    /// Starts a message built where it will be sent: appends its length prefix to the output
+    /// buffer and returns the empty buffer its plaintext goes in, the rest of the same
+    /// allocation, with room for a plaintext of [`MAX_PLAINTEXT`] bytes and its tag. Hand it
+    /// back to [`commit`](Self::commit) before anything else is done with this writer. The
+    /// plaintext is then sealed where it lies by the next [`flush`](Self::flush) (or
+    /// [`seal`](Self::seal)): [`seal`](Self::seal) without copying the plaintext.
+    ///
+    /// [`LinkError::Closed`] after a failed flush or a shutdown; [`LinkError::Misuse`] when the
+    /// output buffer has no room for a whole message under [`MAX_PENDING`].
+    pub fn begin(&mut self) -> Result<BytesMut, LinkError> {
+        if self.done {
+            return Err(LinkError::Closed);
+        }
+        let room = LEN_PREFIX + MAX_PLAINTEXT + TAG_LEN;
+        if self.out.len() + room > MAX_PENDING {
+            return Err(LinkError::Misuse(
+                "output buffer over MAX_PENDING: flush first",
+            ));
+        }
+        self.out.reserve(room);
+        self.out.put_u16(0);
+        Ok(self.out.split_off(self.out.len()))
+    }
+
+    /// Takes back the buffer [`begin`](Self::begin) returned, holding the message's plaintext.
+    /// An empty one is dropped with its prefix; one over [`MAX_PLAINTEXT`] is dropped too and
+    /// is [`LinkError::Misuse`].
+    pub fn commit(&mut self, mut body: BytesMut) -> Result<(), LinkError> {
+        let start = self.out.len();
+        let len = body.len();
+        if len == 0 || len > MAX_PLAINTEXT {
+            self.out.truncate(start - LEN_PREFIX);
+            return if len == 0 {
+                Ok(())
+            } else {
+                Err(LinkError::Misuse("plaintext longer than MAX_PLAINTEXT"))
+            };
+        }
+        let wire = match self.seal {
+            Seal::Noise(_) => {
+                // The tag's room, zeroed, within the room `begin` reserved.
+                body.put_bytes(0, TAG_LEN);
+                self.unsealed.push(start);
+                len + TAG_LEN
+            }
+            Seal::Clear => {
+                self.nonce = self.nonce.saturating_add(1);
+                len
+            }
+        };
+        // At most MAX_PLAINTEXT + TAG_LEN = u16::MAX, checked above.
+        self.out[start - LEN_PREFIX..start].copy_from_slice(&(wire as u16).to_be_bytes());
+        // The body is the rest of `out`'s allocation unless it outgrew it: then this copies.
+        self.out.unsplit(body);
+        Ok(())
+    }
+
+    /// Seals, in order, the messages committed since the last call, where they lie.
+    fn seal_committed(&mut self) -> Result<(), LinkError> {
+        if self.unsealed.is_empty() {
+            return Ok(());
+        }
+        let Self {
+            seal,
+            nonce,
+            out,
+            unsealed,
+            done,
+            ..
+        } = self;
+        let Seal::Noise(key) = seal else {
+            // Only a Noise link lists messages to seal, and its key is dropped only during
+            // its handshake, before any is committed.
+            unsealed.clear();
+            return Ok(());
+        };
+        for start in unsealed.drain(..) {
+            if *nonce == u64::MAX {
+                *done = true;
+                return Err(LinkError::Closed);
+            }
+            let wire = usize::from(u16::from_be_bytes([out[start - 2], out[start - 1]]));
+            key.seal(*nonce, &mut out[start..start + wire]);
+            *nonce += 1;
+        }
+        Ok(())
     }
 
     /// Encrypts `plaintext` as one transport message and appends it to the output buffer (on a
@@ -258,6 +351,8 @@ impl LinkWriter {
         if plaintext.len() > MAX_PLAINTEXT {
             return Err(LinkError::Misuse("plaintext longer than MAX_PLAINTEXT"));
         }
+        // Nonces follow the order of the messages in the buffer.
+        self.seal_committed()?;
         let key = match &self.seal {
             Seal::Noise(key) => key,
             Seal::Clear => return self.put_clear(plaintext),
@@ -303,7 +398,7 @@ impl LinkWriter {
     /// Gives back the output buffer's memory when nothing waits in it (an idle link); the next
     /// message sealed allocates it again.
     pub fn free_buffer(&mut self) {
-        if self.out.is_empty() {
+        if self.out.is_empty() && self.unsealed.is_empty() {
             self.out = BytesMut::new();
         }
     }
@@ -311,6 +406,7 @@ impl LinkWriter {
     /// Drops this half's Noise key: what it sends from now on goes in the clear. Called once the
     /// key confirmation is sealed, on a link bound to its TLS connection.
     pub(super) fn drop_key(&mut self) {
+        debug_assert!(self.unsealed.is_empty());
         self.seal = Seal::Clear;
     }
 
@@ -329,6 +425,7 @@ impl LinkWriter {
         if self.done {
             return Err(LinkError::Closed);
         }
+        self.seal_committed()?;
         // `AsyncWrite` lets a stream buffer what it accepted until `flush`. TCP and QUIC streams
         // do not (their `poll_flush` returns at once), so this costs no syscall.
         let written = match self.wr.write_all_buf(&mut self.out).await {
@@ -359,7 +456,10 @@ impl LinkWriter {
     pub async fn shutdown(&mut self) {
         if !self.done {
             // Best effort by contract: a failure here leaves nothing for the caller to do.
-            let _ = self.wr.write_all_buf(&mut self.out).await;
+            // Never a plaintext out: what cannot be sealed is not written.
+            if self.seal_committed().is_ok() {
+                let _ = self.wr.write_all_buf(&mut self.out).await;
+            }
             self.done = true;
         }
         let _ = self.wr.shutdown().await;
