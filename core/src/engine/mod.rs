@@ -89,7 +89,7 @@ const MIN_BUDGET_WRITE: u64 = 16 * 1024;
 /// links are slower than its application (every bulk stream) stops reading the socket there and
 /// the application's bytes wait in its socket buffer, as they would behind a TCP sender. Without
 /// it every bulk stream held its whole window unsent (64 MiB each: 8 loopback streams took the
-/// client to 649 MiB; docs/ARCHITECTURE.md, "Streams and windows"). A stream that waits for room
+/// client to 634 MiB; docs/ARCHITECTURE.md, "Streams and windows"). A stream that waits for room
 /// is woken when half of it is free again: 2 MiB is 32 ms of a 500 Mbit/s path, far more than
 /// one wake-up and read take to refill it.
 pub(crate) const UNSENT_MAX: u64 = 4 << 20;
