@@ -72,7 +72,8 @@ impl Tampering {
 /// Byte counts of one direction, all links.
 #[derive(Debug, Default)]
 pub(crate) struct DirCounters {
-    /// Written to the far side.
+    /// Written to the far side (a shaped relay counts a chunk as its write starts, so the far
+    /// side never has more than this).
     pub(crate) forwarded: AtomicU64,
     /// Read and not yet written (inside the emulated path of a shaped relay).
     pub(crate) in_path: AtomicU64,

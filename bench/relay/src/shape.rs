@@ -145,8 +145,12 @@ where
             match now {
                 Mode::Reset => return Err(aborted()),
                 Mode::Forward => {
-                    to.write_all(&chunk).await?;
+                    // Counted before the write, so that a reader of the counter never finds
+                    // fewer bytes than the far end has received (after a write, this task may
+                    // run again only after the receiver has read them and the counter is read:
+                    // a failure of `bench/tests/recovery.rs` on a loaded machine).
                     counters.all.forwarded.fetch_add(n, Ordering::Relaxed);
+                    to.write_all(&chunk).await?;
                 }
                 Mode::Blackhole | Mode::Stall => {
                     counters.all.swallowed.fetch_add(n, Ordering::Relaxed);
