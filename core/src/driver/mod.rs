@@ -305,19 +305,15 @@ impl SessionDriver {
     /// parked (under the same lock, so no wake-up is lost) until [`SessionDriver`] wakes it.
     /// `None`: the engine dropped the link (ping timeout, peer's `CLOSE`); the writer ends.
     pub(crate) fn poll_link(&self, id: LinkId, bufs: &mut [bytes::BytesMut]) -> Option<usize> {
-        let mut st = self.lock();
-        st.session.link_stats(id)?;
-        let now = Instant::now();
-        let mut n = 0;
-        while n < bufs.len() && st.session.poll_transmit(now, id, &mut bufs[n]) {
-            self.shared.counters.link_sent(bufs[n].len());
-            n += 1;
-        }
-        if n == 0 {
-            st.session.park_writer(now, id);
-        }
-        self.after(&mut st, now);
-        Some(n)
+        let max = bufs.len();
+        let mut bufs = bufs.iter_mut();
+        let polled = self.poll_messages(id, max, |session, now| {
+            let buf = bufs.next().expect("at most `max` messages");
+            Ok::<_, std::convert::Infallible>(
+                session.poll_transmit(now, id, buf).then_some(buf.len()),
+            )
+        });
+        polled.map(|r| r.unwrap_or_else(|never| match never {}))
     }
 
     /// [`SessionDriver::poll_link`] straight into `writer`'s output buffer: up to `max`
@@ -332,30 +328,41 @@ impl SessionDriver {
         writer: &mut crate::noise::LinkWriter,
         max: usize,
     ) -> Option<Result<usize, crate::noise::LinkError>> {
+        self.poll_messages(id, max, |session, now| {
+            let mut body = writer.begin()?;
+            let sent = session.poll_transmit(now, id, &mut body);
+            let len = body.len();
+            writer.commit(body)?;
+            Ok(sent.then_some(len))
+        })
+    }
+
+    /// Up to `max` messages for link `id`, under one lock: `fill` makes the next one and says
+    /// how long it is, or that there is none. With none at all the writer is parked (see
+    /// [`SessionDriver::poll_link`]); an error stops the batch.
+    fn poll_messages<E>(
+        &self,
+        id: LinkId,
+        max: usize,
+        mut fill: impl FnMut(&mut Session, Instant) -> Result<Option<usize>, E>,
+    ) -> Option<Result<usize, E>> {
         let mut st = self.lock();
         st.session.link_stats(id)?;
         let now = Instant::now();
         let mut n = 0;
         let mut result = Ok(());
         while n < max {
-            let mut body = match writer.begin() {
-                Ok(body) => body,
+            match fill(&mut st.session, now) {
+                Ok(Some(len)) => {
+                    self.shared.counters.link_sent(len);
+                    n += 1;
+                }
+                Ok(None) => break,
                 Err(e) => {
                     result = Err(e);
                     break;
                 }
-            };
-            let sent = st.session.poll_transmit(now, id, &mut body);
-            let len = body.len();
-            if let Err(e) = writer.commit(body) {
-                result = Err(e);
-                break;
             }
-            if !sent {
-                break;
-            }
-            self.shared.counters.link_sent(len);
-            n += 1;
         }
         if n == 0 && result.is_ok() {
             st.session.park_writer(now, id);
