@@ -23,7 +23,14 @@
 //!   not the round's average, and the window drops to one BDP for the rest of the round, so the
 //!   overshoot drains. While another link of the same path (a [`PathShare`]) reported a busy
 //!   cruise round with a queue in the last 2 s, start-up grows by a quarter per round instead:
-//!   that link already fills the path.
+//!   that link already fills the path. Links of a path that start together (a session's links,
+//!   dialled at once) fill it together: the delay test needs the path's window, not each
+//!   link's, to reach its minimum (a link's window times the path's links); four links that
+//!   each waited for their own 128 packets overran a 50 ms queue on a 20 ms path by 200
+//!   packets in their first 100 ms. Below its own minimum a link confirms the queue for a
+//!   minimum RTT before it leaves, as on a path whose delay varies: that early, the path's
+//!   variation is not measured yet, and a jittered path would end start-up at a fifth of its
+//!   rate.
 //! - **Room**: a busy cruise round that delivers 25% more than start-up found, with one RTT
 //!   sample that saw no queue, may have found room (another flow left, or start-up ended early).
 //!   Alone on its path, the link goes back to start-up. Beside another link of its path that
@@ -281,6 +288,9 @@ impl Pace {
     /// A controller at start-up for link `id` of a path whose links share `share`. `id` names
     /// the link to the other links of the path and in traces.
     pub fn on_path(now: Instant, mtu: u16, id: u64, share: Option<Arc<PathShare>>) -> Self {
+        if let Some(share) = &share {
+            share.member(id, now);
+        }
         Self {
             id,
             share,

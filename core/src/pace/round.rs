@@ -13,8 +13,9 @@ const STARTUP_CAP: f64 = 4.5;
 /// Start-up's window growth per acknowledged byte on a path another link fills: doubling into
 /// its queue overruns it (bench/RESULTS.md, lessons).
 const GENTLE_GROWTH: f64 = 0.25;
-/// The delay test of start-up needs a window of this many packets: below it the peer's delayed
-/// acks (up to 25 ms) inflate RTT samples more than any queue.
+/// The delay test of start-up needs a window of this many packets, over the links of the path
+/// ([`super::PathShare::links`]): below it the peer's delayed acks (up to 25 ms) inflate RTT
+/// samples more than any queue.
 const QUEUE_DELAY_MIN_PACKETS: u64 = 128;
 /// A path whose RTT varies by itself by at least this much (see `rtt.rs`) may show start-up a
 /// queue that is not there: start-up then confirms its delay test for a minimum RTT.
@@ -214,18 +215,23 @@ impl Pace {
         min_rtt: Duration,
     ) {
         self.recent.note(now, bytes, min_rtt);
+        // The links of a path that start together fill it together: what one link's window
+        // must reach for its delay test is the path's (see `QUEUE_DELAY_MIN_PACKETS`).
+        let links = self.share.as_ref().map_or(1, |share| share.links(now));
         if let Some(block_min) = self.block.add(rtt) {
             let floor = min_rtt + self.envelope();
-            if self.window >= QUEUE_DELAY_MIN_PACKETS * self.mtu
+            if self.window * links >= QUEUE_DELAY_MIN_PACKETS * self.mtu
                 && super::rtt::block_queued(block_min, floor)
             {
                 // On a path whose delay visibly varies by itself, a block above the floor may be a
                 // peak of that variation: start-up grows gently and leaves only if the blocks
                 // stay above it for a minimum RTT (as HyStart++'s conservative slow start does,
-                // RFC 9406).
+                // RFC 9406). So too below the test's own minimum, where only the path's links
+                // together reach it: early on, a path's variation is not measured yet.
                 let varies = self.envelope() >= VARIES;
+                let shared = self.window < QUEUE_DELAY_MIN_PACKETS * self.mtu;
                 let since = *self.queue_since.get_or_insert(now);
-                if !varies || now.saturating_duration_since(since) >= min_rtt {
+                if !(varies || shared) || now.saturating_duration_since(since) >= min_rtt {
                     self.leave_startup_on_queue(now);
                     return;
                 }
@@ -420,6 +426,7 @@ impl Pace {
     /// Tells the other links of the path that this one fills it, or learns whether another does.
     fn tell_path(&mut self, now: Instant) {
         if let Some(share) = &self.share {
+            share.member(self.id, now);
             if matches!(self.phase, Phase::Cruise(_)) && !self.round.app_limited {
                 share.estimate(self.id, self.bw, now);
             }

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 /// (a probe, which queues, comes every eighth round).
 const SHARE_FRESH: Duration = Duration::from_secs(2);
 
-/// What the links of one path (to one peer address) tell each other: which of them recently
-/// filled it (a busy cruise round that saw a queue). A link that starts beside one that fills the
-/// path grows by a quarter per round, not by doubling, which would overrun the queue and delay
-/// the other link's traffic (bench/RESULTS.md, lessons).
+/// What the links of one path (to one peer address) tell each other: how many there are, which
+/// of them recently filled it (a busy cruise round that saw a queue) and at what rate. A link
+/// that starts beside one that fills the path grows by a quarter per round, not by doubling,
+/// which would overrun the queue and delay the other link's traffic (bench/RESULTS.md,
+/// lessons).
 #[derive(Debug, Default)]
 pub struct PathShare {
     /// The last busy cruise round of each link that had one; entries older than
@@ -19,6 +20,9 @@ pub struct PathShare {
     /// The bandwidth estimate of each link at its last busy cruise round; entries older than
     /// [`SHARE_FRESH`] are dropped.
     estimates: Mutex<Vec<Estimate>>,
+    /// Each link's start or last round (a [`BusyRound`] whether busy or not); entries older
+    /// than [`SHARE_FRESH`] are dropped.
+    members: Mutex<Vec<BusyRound>>,
 }
 
 /// Link `link`'s bandwidth estimate was `bw` bytes per second at a busy cruise round `at`.
@@ -55,6 +59,24 @@ impl PathShare {
     pub(super) fn other_busy(&self, id: u64, now: Instant) -> bool {
         let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         busy.iter().any(|round| round.of_other(id, now))
+    }
+
+    /// Link `id` started, or ended a round, at `now`.
+    pub(super) fn member(&self, id: u64, now: Instant) {
+        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        members.retain(|m| m.of_other(id, now));
+        members.push(BusyRound { link: id, at: now });
+    }
+
+    /// The links of the path that started or ended a round within [`SHARE_FRESH`] of `now`
+    /// (at least 1).
+    pub(super) fn links(&self, now: Instant) -> u64 {
+        let members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = members
+            .iter()
+            .filter(|m| now.saturating_duration_since(m.at) < SHARE_FRESH)
+            .count();
+        (fresh as u64).max(1)
     }
 
     /// Link `id`, busy in cruise at `now`, estimates its bandwidth at `bw` bytes per second.
