@@ -103,7 +103,7 @@ impl Session {
             if !l.writer.is_parked() {
                 if session_work && !l.relayed && l.writer.is_woken() {
                     let pick = self.pick_for(id, lanes);
-                    pending |= self.work_for(id, pick, lanes);
+                    pending |= self.work_for(now, id, pick, lanes);
                     lane_pending |= lane_frames(pick, l.relayed);
                 }
                 continue;
@@ -130,7 +130,7 @@ impl Session {
                     lane = Some((rtt, id));
                 }
             }
-            if session_work && self.work_for(id, pick, lanes) {
+            if session_work && self.work_for(now, id, pick, lanes) {
                 let rtt = l.stats.rtt.smoothed.unwrap_or(Duration::MAX);
                 if best.is_none_or(|(b, _)| rtt < b) {
                     best = Some((rtt, id));
@@ -150,21 +150,35 @@ impl Session {
         }
     }
 
+    /// Whether `link` looks stalled (see [`super::link::LinkState::stalled`]) while another link does not:
+    /// window updates then go on another. A dead link looks alive until its dead timer ends
+    /// it, seconds later; until then, acknowledgements and credit sent on it are lost, and the
+    /// peer's sender waits for them.
+    pub(super) fn stalled_beside_another(&self, now: Instant, link: LinkId) -> bool {
+        self.links.get(&link).is_some_and(|l| l.stalled(now))
+            && self
+                .links
+                .iter()
+                .any(|(&id, l)| id != link && !l.stalled(now))
+    }
+
     /// Whether `link` would find something to send now: control frames go on any link, or
     /// only on a lane while lanes are reserved (a stream's `OPEN` must not wait behind bulk
-    /// data); window updates on any link but the dedicated lanes (they would hold up the game's packets behind a lost one);
+    /// data); window updates on any link but the dedicated lanes (they would hold up the
+    /// game's packets behind a lost one) and a link that looks stalled beside one that does not;
     /// interactive data only on a lane and bulk data only elsewhere.
     pub fn has_work_for(&self, now: Instant, link: LinkId) -> bool {
         let lanes = self.lanes(now);
-        self.work_for(link, self.pick_for(link, lanes), lanes)
+        self.work_for(now, link, self.pick_for(link, lanes), lanes)
     }
 
     /// [`Session::has_work_for`] with the lanes and the link's pick already known.
-    fn work_for(&self, link: LinkId, pick: Pick, lanes: Lanes) -> bool {
+    fn work_for(&self, now: Instant, link: LinkId, pick: Pick, lanes: Lanes) -> bool {
         let control = matches!(pick, Pick::Any | Pick::Lane { .. });
         if (control && !self.control.is_empty())
             || ((!self.dirty_windows.is_empty() || self.session_window_dirty)
-                && carries_windows(pick, lanes))
+                && carries_windows(pick, lanes)
+                && !self.stalled_beside_another(now, link))
         {
             return true;
         }

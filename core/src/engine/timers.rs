@@ -70,8 +70,9 @@ impl Session {
     /// Sends again, on the other links, the data a stalled link carries unconfirmed: a TCP
     /// connection repairing a loss (or backing off its retransmission timer) holds back
     /// everything behind the lost packet, and the stream's receiver waits for it in order. The
-    /// receiver drops whichever copy arrives second. The link stays: it may recover, and if it
-    /// dies its records are requeued as usual.
+    /// receiver drops whichever copy arrives second. The window updates it carried go out again
+    /// too, with the current values. The link stays: it may recover, and if it dies its records
+    /// are requeued as usual.
     pub(super) fn rescue_stalled(&mut self, now: Instant) {
         let stalled: Vec<LinkId> = self
             .links
@@ -89,20 +90,29 @@ impl Session {
             };
             let from = usize::try_from(l.rescued.saturating_sub(l.base)).unwrap_or(usize::MAX);
             l.rescued = l.base + l.sent.len() as u64;
-            let data: Vec<(StreamId, u64, u64, bool)> = l
-                .sent
-                .iter()
-                .skip(from)
-                .filter_map(|s| match *s {
+            let mut data: Vec<(StreamId, u64, u64, bool)> = Vec::new();
+            // Window updates too (a fresh one carries the same or more): while a dead link
+            // looks alive, the peer's sender would otherwise wait for credit and
+            // acknowledgements that went into it.
+            let mut windows: Vec<StreamId> = Vec::new();
+            let mut session_window = false;
+            for sent in l.sent.iter().skip(from) {
+                match *sent {
                     Sent::Data {
                         stream,
                         start,
                         end,
                         fin,
-                    } => Some((stream, start, end, fin)),
-                    _ => None,
-                })
-                .collect();
+                    } => data.push((stream, start, end, fin)),
+                    Sent::Window { stream, .. } => windows.push(stream),
+                    Sent::SessionWindow => session_window = true,
+                    Sent::Control(_) => {}
+                }
+            }
+            for stream in windows {
+                self.mark_window_dirty(stream);
+            }
+            self.session_window_dirty |= session_window;
             let before = self.resent;
             let entries = data.len();
             for (stream, start, end, fin) in data {

@@ -34,7 +34,8 @@ impl Session {
         let lanes = self.lanes(now);
         let pick = self.pick_for(link, lanes);
         let windows = (!self.dirty_windows.is_empty() || self.session_window_dirty)
-            && carries_windows(pick, lanes);
+            && carries_windows(pick, lanes)
+            && !self.stalled_beside_another(now, link);
         let Some(mut l) = self.links.remove(&link) else {
             return false;
         };

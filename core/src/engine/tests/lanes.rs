@@ -159,6 +159,64 @@ fn a_stalled_links_unconfirmed_data_goes_out_again_on_another_link() {
     assert_eq!(c.resent_bytes(), 10_000);
 }
 
+/// The `WINDOW` frames among `frames`: (stream, acked, max).
+fn windows_of(frames: &[Frame]) -> Vec<(StreamId, u64, u64)> {
+    frames
+        .iter()
+        .filter_map(|f| match *f {
+            Frame::Window { stream, acked, max } => Some((stream, acked, max)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The receiving side of a download through a node that was just killed: its link to that node
+/// looks alive until the dead timer ends it, seconds later. Window updates (the stream's
+/// acknowledgements and credit) sent on it are lost meanwhile, and the sender waits for credit.
+/// Once the link looks stalled they go out again on another link, and later ones avoid it.
+#[test]
+fn a_stalled_links_window_updates_go_out_again_on_another_link_and_later_ones_avoid_it() {
+    let (mut s, now) = server(16);
+    let two = LinkId(2);
+    s.add_link(now, two);
+    let id = sid(0);
+    // 600 KB arrive on link 1 and are read: a quarter of the window, so a grant is due.
+    for k in 0..10u64 {
+        s.handle_message(now, LINK, msg(&[data(id, k * 60_000, 60_000, false)]))
+            .unwrap();
+    }
+    while let Ok(ReadChunk::Data(_)) = s.stream_read(now, id, usize::MAX) {}
+    let frames = sent(&mut s, now, LINK);
+    let first = windows_of(&frames);
+    assert_eq!(first.len(), 1, "{frames:?}");
+    assert!(
+        frames.iter().any(|f| matches!(f, Frame::Ping(_))),
+        "{frames:?}"
+    );
+    assert!(
+        sent(&mut s, now, two).is_empty(),
+        "nothing else to send yet"
+    );
+    // Link 1's ping goes unanswered past the stall threshold (2 s before any RTT sample);
+    // link 2 has no ping outstanding.
+    let later = now + Duration::from_millis(2100);
+    s.handle_timeout(later);
+    assert!(s.links().any(|l| l == LINK), "a stalled link is kept");
+    assert_eq!(windows_of(&sent(&mut s, later, two)), first);
+    // A later update skips link 1 while link 2 is not stalled, and only link 2 is woken for it.
+    for k in 10..20u64 {
+        s.handle_message(later, two, msg(&[data(id, k * 60_000, 60_000, false)]))
+            .unwrap();
+    }
+    while let Ok(ReadChunk::Data(_)) = s.stream_read(later, id, usize::MAX) {}
+    assert!(!s.has_work_for(later, LINK));
+    assert!(s.has_work_for(later, two));
+    assert!(windows_of(&sent(&mut s, later, LINK)).is_empty());
+    let update = windows_of(&sent(&mut s, later, two));
+    assert_eq!(update.len(), 1);
+    assert_eq!(update[0].1, 1_200_000, "{update:?}");
+}
+
 /// A link whose writer stops taking messages (a QUIC connection to a node that just died: its
 /// congestion window fills with packets nobody acks) cannot send the ping that comes due after
 /// its last pong. What it carries unconfirmed goes out again on the others as soon as that ping
