@@ -163,8 +163,9 @@ fn explain(e: &LinkError, node: &dyn std::fmt::Display, addr: &str, quic: bool) 
              equal the node's server.node_id"
         ),
         LinkError::Timeout if quic => format!(
-            "no handshake within client.handshake_timeout_ms: links.transport = \"quic\" needs \
-             server.quic = true on the node, and UDP to {addr} must not be blocked"
+            "no handshake within client.handshake_timeout_ms: nothing answers QUIC at {addr} \
+             (the node is down or unreachable, UDP to it is blocked, or it runs with \
+             server.quic = false, which links.transport = \"quic\" cannot use)"
         ),
         LinkError::Timeout => format!(
             "no handshake within client.handshake_timeout_ms: {addr} does not answer (a firewall \
