@@ -32,7 +32,7 @@ pub(super) enum Pick {
 /// they are the dedicated ones (else lanes reserved on demand among all links).
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Lanes {
-    ids: [Option<LinkId>; 2],
+    pub(super) ids: [Option<LinkId>; 2],
     dedicated: bool,
 }
 

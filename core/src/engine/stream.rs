@@ -386,8 +386,9 @@ impl Session {
 
     /// `id` no longer holds the lanes (it turned bulk or ended).
     pub(super) fn forget_small(&mut self, id: StreamId) {
-        if self.small_at.remove(&id).is_some() {
-            self.last_small = self.small_at.values().max().copied();
+        if let Some(at) = self.small_at.remove(&id) {
+            self.small_order.remove(&(at, id));
+            self.last_small = self.small_order.last().map(|&(at, _)| at);
         }
     }
 

@@ -246,7 +246,10 @@ impl Session {
             }
             if interactive && seg.len <= SMALL_SEGMENT {
                 self.last_small = Some(now);
-                self.small_at.insert(id, now);
+                if let Some(before) = self.small_at.insert(id, now) {
+                    self.small_order.remove(&(before, id));
+                }
+                self.small_order.insert((now, id));
                 self.small_queued = false;
                 // The copy for the other lane, unless that lane is a relayed link and the stream
                 // is pinned (a relayed link takes no pinned stream's data, copies included), or

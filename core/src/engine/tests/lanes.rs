@@ -268,6 +268,36 @@ fn ten_kb_out_on_link_one_with_its_ping() -> (Session, StreamId, Instant, u64) {
     (c, id, now, token)
 }
 
+/// Lanes are held for `LANE_HOLD` after the latest small segment of the streams that still
+/// send small ones: when the latest of them turns bulk, the one before it holds them.
+#[test]
+fn the_lanes_are_held_by_the_latest_small_segment_of_a_stream_still_interactive() {
+    let (mut c, links, t0) = client_with_four_links();
+    let ms = Duration::from_millis;
+    let small = |c: &mut Session, at: Instant, byte: u8| {
+        let id = c.open_stream(at, NODE, "svc").unwrap();
+        c.stream_write(id, Bytes::from(vec![byte; 16])).unwrap();
+        let lane = c.lanes(at).ids[0].expect("lanes are held");
+        assert_eq!(data_sent(c, at, lane), vec![(id, 0, 16)]);
+        id
+    };
+    let a = small(&mut c, t0, 1);
+    let b = small(&mut c, t0 + ms(500), 2);
+    let d = small(&mut c, t0 + ms(1000), 3);
+    // The latest turns bulk: B's segment, 500 ms older, holds the lanes (not A's, the oldest).
+    let t1 = t0 + ms(1000);
+    c.stream_write(d, Bytes::from(vec![4u8; 200_000])).unwrap();
+    let _ = data_sent(&mut c, t1, links[2]);
+    assert!(c.lanes(t0 + LANE_HOLD + ms(100)).ids[0].is_some());
+    assert!(c.lanes(t0 + ms(500) + LANE_HOLD + ms(100)).ids[0].is_none());
+    // Both others turn bulk too: nothing holds them.
+    for id in [a, b] {
+        c.stream_write(id, Bytes::from(vec![5u8; 200_000])).unwrap();
+    }
+    let _ = data_sent(&mut c, t1, links[3]);
+    assert!(c.lanes(t1).ids[0].is_none());
+}
+
 #[test]
 fn a_small_header_that_turns_into_bulk_does_not_hold_the_lanes() {
     let (mut c, links, now) = client_with_four_links();
