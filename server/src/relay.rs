@@ -11,9 +11,9 @@
 //!
 //! **As an owner** (node N): the first `RELAY` from peer P for client link `via` of a session N
 //! has, under the epoch N has for it, adds a virtual link (P, via) to that session's engine;
-//! its messages go to P as `RELAY_DOWN` while the link has credit ([`VIA_SEND`] of the
-//! [`VIA_WINDOW`] P accepts at first, returned by `VIA_CREDIT`). A `RELAY` for a session or
-//! epoch N does not have is answered with `NO_SESSION` and creates nothing. `VIA_DOWN`, or the peer link's end, removes the virtual
+//! its messages go to P as `RELAY_DOWN` while the link has credit ([`VIA_WINDOW`] at first,
+//! returned by `VIA_CREDIT`). A `RELAY` for a session or epoch N does not have is answered with
+//! `NO_SESSION` and creates nothing. `VIA_DOWN`, or the peer link's end, removes the virtual
 //! link: its engine sends what it carried unconfirmed on its other links.
 
 use crate::mesh::{Mesh, PeerHandle};
@@ -36,15 +36,6 @@ use wanmux_core::route::{self, Routed, DOWN_NO_PEER, DOWN_NO_SESSION, DOWN_RELAY
 /// send through one client link of a relay before the relay returns any. A relay holds at most
 /// this much per owner for each of its client links.
 pub(crate) const VIA_WINDOW: u64 = 1024 * 1024;
-
-/// What an owner lets wait at a relay for one client link: a quarter of [`VIA_WINDOW`], which a
-/// relay must accept. The relay forwards at that link's share of its path (25 Mbit/s in the lab's
-/// cluster G), so 1 MiB waited about 0.3 s there, behind the relay's own QUIC queue, while the
-/// owner's own links delivered the same stream's next bytes at once: the client's reassembly
-/// held up to 50 MB in order behind the relays and a download stalled for up to a second. With
-/// a quarter, traced downloads ran with 3 MB held and no stalled second (bench/RESULTS.md,
-/// cluster). Still four sections, so the relay always has the next one to forward.
-pub(crate) const VIA_SEND: u64 = VIA_WINDOW / 4;
 
 /// The bit of a `via` number that marks a client link that is a dedicated interactive lane at
 /// the relay (`links.lanes`): the owner makes its virtual link through it a lane too
@@ -815,7 +806,7 @@ impl PeerState {
             PeerFrame::ViaCredit { via, bytes, .. } => {
                 if let Some(credit) = self.credits.get(&via) {
                     let mut c = credit.bytes.lock().unwrap_or_else(|e| e.into_inner());
-                    *c = (*c + u64::from(bytes)).min(VIA_SEND);
+                    *c = (*c + u64::from(bytes)).min(VIA_WINDOW);
                     credit.more.notify_one();
                 }
             }
@@ -944,7 +935,7 @@ impl PeerState {
             .entry(via)
             .or_insert_with(|| {
                 Arc::new(Credit {
-                    bytes: Mutex::new(VIA_SEND),
+                    bytes: Mutex::new(VIA_WINDOW),
                     more: Notify::new(),
                 })
             })

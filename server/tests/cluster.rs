@@ -478,15 +478,13 @@ async fn a_killed_non_owner_loses_no_byte() {
         let client = wanmux_client::start(config).await.expect("client starts");
         client.wait_for_links(6).await;
         wait_for_sub_links(&client, 3, 1).await;
-        // Node 1 owns every stream; nodes 2 and 3 relay part of each. Downstream the owner's own
-        // links take most (on loopback the relay's hop is the slower path, and an owner lets
-        // only `VIA_SEND` wait at a relay): 3 MB of 128 MiB in one run.
+        // Node 1 owns every stream; nodes 2 and 3 relay part of each.
         let (up, down) = (16 << 20, 16 << 20);
         let tasks = start_transfers(client.first_addr(), 8, up, down);
         assert!(
             eventually(Duration::from_secs(60), || {
                 let (s, r) = client.relayed(3, 1);
-                s > 4 << 20 && r > 1 << 20
+                s > 4 << 20 && r > 4 << 20
             })
             .await,
             "node 3 relays both ways: {:?}",
