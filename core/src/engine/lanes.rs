@@ -150,8 +150,8 @@ impl Session {
         }
     }
 
-    /// Whether `link` looks stalled (see [`super::link::LinkState::stalled`]) while another link does not:
-    /// window updates then go on another. A dead link looks alive until its dead timer ends
+    /// Whether `link` looks stalled (see [`super::link::LinkState::stalled`]) while another
+    /// link does not: window updates then go on another. A dead link looks alive until its dead timer ends
     /// it, seconds later; until then, acknowledgements and credit sent on it are lost, and the
     /// peer's sender waits for them.
     pub(super) fn stalled_beside_another(&self, now: Instant, link: LinkId) -> bool {

@@ -215,21 +215,25 @@ impl Pace {
         min_rtt: Duration,
     ) {
         self.recent.note(now, bytes, min_rtt);
-        // The links of a path that start together fill it together: what one link's window
-        // must reach for its delay test is the path's (see `QUEUE_DELAY_MIN_PACKETS`).
-        let links = self.share.as_ref().map_or(1, |share| share.links(now));
         if let Some(block_min) = self.block.add(rtt) {
             let floor = min_rtt + self.envelope();
-            if self.window * links >= QUEUE_DELAY_MIN_PACKETS * self.mtu
-                && super::rtt::block_queued(block_min, floor)
-            {
+            // The links of a path that start together fill it together: what one link's window
+            // must reach for its delay test is the path's (see `QUEUE_DELAY_MIN_PACKETS`). The
+            // path is asked (a lock) only when this link's window is short of it alone.
+            let minimum = QUEUE_DELAY_MIN_PACKETS * self.mtu;
+            let shared = self.window < minimum;
+            let reached = !shared
+                || self
+                    .share
+                    .as_ref()
+                    .is_some_and(|share| self.window * share.links(now) >= minimum);
+            if reached && super::rtt::block_queued(block_min, floor) {
                 // On a path whose delay visibly varies by itself, a block above the floor may be a
                 // peak of that variation: start-up grows gently and leaves only if the blocks
                 // stay above it for a minimum RTT (as HyStart++'s conservative slow start does,
                 // RFC 9406). So too below the test's own minimum, where only the path's links
                 // together reach it: early on, a path's variation is not measured yet.
                 let varies = self.envelope() >= VARIES;
-                let shared = self.window < QUEUE_DELAY_MIN_PACKETS * self.mtu;
                 let since = *self.queue_since.get_or_insert(now);
                 if !(varies || shared) || now.saturating_duration_since(since) >= min_rtt {
                     self.leave_startup_on_queue(now);

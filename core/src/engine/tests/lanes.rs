@@ -159,17 +159,6 @@ fn a_stalled_links_unconfirmed_data_goes_out_again_on_another_link() {
     assert_eq!(c.resent_bytes(), 10_000);
 }
 
-/// The `WINDOW` frames among `frames`: (stream, acked, max).
-fn windows_of(frames: &[Frame]) -> Vec<(StreamId, u64, u64)> {
-    frames
-        .iter()
-        .filter_map(|f| match *f {
-            Frame::Window { stream, acked, max } => Some((stream, acked, max)),
-            _ => None,
-        })
-        .collect()
-}
-
 /// The receiving side of a download through a node that was just killed: its link to that node
 /// looks alive until the dead timer ends it, seconds later. Window updates (the stream's
 /// acknowledgements and credit) sent on it are lost meanwhile, and the sender waits for credit.

@@ -60,6 +60,17 @@ pub(super) fn sent(s: &mut Session, now: Instant, link: LinkId) -> Vec<Frame> {
     out
 }
 
+/// The `WINDOW` frames among `frames`: (stream, acked, max).
+pub(super) fn windows_of(frames: &[Frame]) -> Vec<(StreamId, u64, u64)> {
+    frames
+        .iter()
+        .filter_map(|f| match *f {
+            Frame::Window { stream, acked, max } => Some((stream, acked, max)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The token of the `PING` in the message `link` would send now, if it carries one.
 pub(super) fn sent_ping(s: &mut Session, now: Instant, link: LinkId) -> Option<u64> {
     sent(s, now, link).into_iter().find_map(|f| match f {

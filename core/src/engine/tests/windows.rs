@@ -5,16 +5,13 @@ use super::*;
 /// The `WINDOW` frames `s` sends on `LINK` now: (stream, acked, max).
 fn windows_sent(s: &mut Session, now: Instant) -> Vec<(StreamId, u64, u64)> {
     let mut out = Vec::new();
-    let mut buf = BytesMut::new();
-    while s.poll_transmit(now, LINK, &mut buf) {
-        let mut b = buf.split().freeze();
-        while let Some(f) = Frame::decode(&mut b).expect("own frames decode") {
-            if let Frame::Window { stream, acked, max } = f {
-                out.push((stream, acked, max));
-            }
+    loop {
+        let frames = sent(s, now, LINK);
+        if frames.is_empty() {
+            return out;
         }
+        out.extend(windows_of(&frames));
     }
-    out
 }
 
 /// A peer that always sends up to its credit and an application that reads at once: returns
