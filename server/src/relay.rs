@@ -11,9 +11,9 @@
 //!
 //! **As an owner** (node N): the first `RELAY` from peer P for client link `via` of a session N
 //! has, under the epoch N has for it, adds a virtual link (P, via) to that session's engine;
-//! its messages go to P as `RELAY_DOWN` while the link has credit ([`VIA_WINDOW`] at first,
-//! returned by `VIA_CREDIT`). A `RELAY` for a session or epoch N does not have is answered with
-//! `NO_SESSION` and creates nothing. `VIA_DOWN`, or the peer link's end, removes the virtual
+//! its messages go to P as `RELAY_DOWN` while the link has credit ([`VIA_SEND`] of the
+//! [`VIA_WINDOW`] P accepts at first, returned by `VIA_CREDIT`). A `RELAY` for a session or
+//! epoch N does not have is answered with `NO_SESSION` and creates nothing. `VIA_DOWN`, or the peer link's end, removes the virtual
 //! link: its engine sends what it carried unconfirmed on its other links.
 
 use crate::mesh::{Mesh, PeerHandle};
@@ -36,6 +36,15 @@ use wanmux_core::route::{self, Routed, DOWN_NO_PEER, DOWN_NO_SESSION, DOWN_RELAY
 /// send through one client link of a relay before the relay returns any. A relay holds at most
 /// this much per owner for each of its client links.
 pub(crate) const VIA_WINDOW: u64 = 1024 * 1024;
+
+/// What an owner lets wait at a relay for one client link: a quarter of [`VIA_WINDOW`], which a
+/// relay must accept. The relay forwards at that link's share of its path (25 Mbit/s in the lab's
+/// cluster G), so 1 MiB waited about 0.3 s there, behind the relay's own QUIC queue, while the
+/// owner's own links delivered the same stream's next bytes at once: the client's reassembly
+/// held up to 50 MB in order behind the relays and a download stalled for up to a second. With
+/// a quarter, traced downloads ran with 3 MB held and no stalled second (bench/RESULTS.md,
+/// cluster). Still four sections, so the relay always has the next one to forward.
+pub(crate) const VIA_SEND: u64 = VIA_WINDOW / 4;
 
 /// The bit of a `via` number that marks a client link that is a dedicated interactive lane at
 /// the relay (`links.lanes`): the owner makes its virtual link through it a lane too
@@ -138,8 +147,6 @@ struct ViaState {
     queue: VecDeque<(u16, Handle, Bytes)>,
     /// Bytes queued per owner, at most [`VIA_WINDOW`].
     queued: HashMap<u16, u64>,
-    /// Credit taken off the queue and not yet returned, per (owner, handle).
-    owed: HashMap<(u16, Handle), u64>,
     /// The owners this link's sections went to: (owner, handle) -> the session and epoch named,
     /// for `VIA_DOWN` when the link ends and `ROUTE_DOWN` when a peer link does.
     owners: HashMap<u16, (Handle, SessionId, u64)>,
@@ -258,7 +265,6 @@ impl Relay {
             if let Some((_, session, epoch)) = st.owners.remove(&peer) {
                 st.push_down(peer, session, epoch);
             }
-            st.owed.retain(|(owner, _), _| *owner != peer);
         }
     }
 
@@ -434,7 +440,6 @@ impl ViaState {
         self.queue
             .retain(|(o, h, _)| *o != owner || *h == Handle(0));
         self.queued.remove(&owner);
-        self.owed.retain(|(o, _), _| *o != owner);
         self.owners.remove(&owner);
         self.push_down(owner, session, epoch);
     }
@@ -499,24 +504,6 @@ impl NodeRouter {
             }
             tokio::time::sleep(MEMORY_RETRY).await;
         }
-    }
-
-    /// Returns the credit of the sections written to their owners (what a full peer queue
-    /// refuses now is returned later).
-    fn return_credit(&self, st: &mut ViaState) {
-        st.owed.retain(|&(owner, handle), bytes| {
-            let Some(peer) = self.relay.mesh.peer(owner) else {
-                return false;
-            };
-            let mut b = BytesMut::new();
-            PeerFrame::ViaCredit {
-                handle,
-                via: self.via,
-                bytes: (*bytes).min(u64::from(u32::MAX)) as u32,
-            }
-            .encode(&mut b);
-            !matches!(peer.try_send(b.freeze()), Ok(true) | Err(_))
-        });
     }
 }
 
@@ -636,7 +623,10 @@ impl Router for NodeRouter {
                 if let Some(q) = st.queued.get_mut(&owner) {
                     *q = q.saturating_sub(credit);
                 }
-                *st.owed.entry((owner, handle)).or_insert(0) += credit;
+                // Returned at once, ahead of what waits on the peer link (`Credits`).
+                if let Some(peer) = self.relay.mesh.peer(owner) {
+                    peer.give_credit(handle, self.via, credit);
+                }
             } else {
                 st.downs = st.downs.saturating_sub(1);
             }
@@ -644,15 +634,7 @@ impl Router for NodeRouter {
             bufs[n].extend_from_slice(&msg);
             n += 1;
         }
-        if n > 0 {
-            self.return_credit(&mut st);
-        }
         n
-    }
-
-    fn tick(&self) {
-        let mut st = self.queue.lock();
-        self.return_credit(&mut st);
     }
 
     fn down(&self) {
@@ -806,7 +788,7 @@ impl PeerState {
             PeerFrame::ViaCredit { via, bytes, .. } => {
                 if let Some(credit) = self.credits.get(&via) {
                     let mut c = credit.bytes.lock().unwrap_or_else(|e| e.into_inner());
-                    *c = (*c + u64::from(bytes)).min(VIA_WINDOW);
+                    *c = (*c + u64::from(bytes)).min(VIA_SEND);
                     credit.more.notify_one();
                 }
             }
@@ -935,7 +917,7 @@ impl PeerState {
             .entry(via)
             .or_insert_with(|| {
                 Arc::new(Credit {
-                    bytes: Mutex::new(VIA_WINDOW),
+                    bytes: Mutex::new(VIA_SEND),
                     more: Notify::new(),
                 })
             })

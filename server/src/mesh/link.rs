@@ -7,7 +7,7 @@
 //! at most `PING_EVERY + PONG_TIMEOUT` (plus one tick, 5 s in all) after its last pong; a peer
 //! that closes or resets its socket, at once.
 
-use super::Mesh;
+use super::{Credits, Mesh};
 use crate::relay::PeerState;
 use bytes::{Bytes, BytesMut};
 use std::fmt;
@@ -72,7 +72,13 @@ pub(super) async fn run(
     writer: LinkWriter,
     first: Option<Bytes>,
 ) -> PeerEnd {
-    let Some((generation, kill, data)) = mesh.register(peer, addr, instance) else {
+    let Some(super::Registered {
+        generation,
+        kill,
+        data,
+        credits,
+    }) = mesh.register(peer, addr, instance)
+    else {
         return PeerEnd::Replaced;
     };
     let span = tracing::info_span!("peer", id = peer, %addr);
@@ -87,7 +93,7 @@ pub(super) async fn run(
             }
         }
         let mut w = AbortOnDrop(tokio::spawn(
-            write_loop(writer, control_rx, data).in_current_span(),
+            write_loop(writer, control_rx, data, credits).in_current_span(),
         ));
         let mut tick = tokio::time::interval(PING_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -201,11 +207,13 @@ fn handle_message(
     }
 }
 
-/// Seals the link's own frames first, then queued messages, and flushes each batch.
+/// Seals the link's own frames first, then the credit owed ([`Credits`]), then queued messages,
+/// and flushes each batch.
 async fn write_loop(
     mut writer: LinkWriter,
     mut control: mpsc::Receiver<PeerFrame>,
     mut data: mpsc::Receiver<Bytes>,
+    credits: Arc<Credits>,
 ) -> PeerEnd {
     let mut own = BytesMut::with_capacity(MAX_MESSAGE);
     let mut data_open = true;
@@ -227,9 +235,14 @@ async fn write_loop(
                     return PeerEnd::Link(e);
                 }
             }
+            () = credits.wait() => {
+                if let Err(e) = seal_credits(&mut writer, &mut own, &credits) {
+                    return PeerEnd::Link(e);
+                }
+            }
             msg = data.recv(), if data_open => match msg {
                 Some(msg) => {
-                    if let Err(e) = seal_batch(&mut writer, msg, &mut data) {
+                    if let Err(e) = seal_batch(&mut writer, msg, &mut data, &mut own, &credits) {
                         return PeerEnd::Link(e);
                     }
                 }
@@ -246,20 +259,46 @@ async fn write_loop(
     }
 }
 
-/// Seals `first` and up to [`BATCH`] - 1 more queued messages.
+/// Seals `first` and up to [`BATCH`] - 1 more queued messages, each after the credit owed
+/// when it is sealed: credit given before a message was queued never follows it on the link
+/// (a `VIA_DOWN` queued after it ends what the credit was for).
 fn seal_batch(
     writer: &mut LinkWriter,
     first: Bytes,
     data: &mut mpsc::Receiver<Bytes>,
+    own: &mut BytesMut,
+    credits: &Credits,
 ) -> Result<(), LinkError> {
+    seal_credits(writer, own, credits)?;
     writer.seal(&first)?;
     for _ in 1..BATCH {
         match data.try_recv() {
-            Ok(msg) => writer.seal(&msg)?,
+            Ok(msg) => {
+                seal_credits(writer, own, credits)?;
+                writer.seal(&msg)?;
+            }
             Err(_) => break,
         }
     }
     Ok(())
+}
+
+/// Seals what credit is owed, in as many messages as it takes.
+fn seal_credits(
+    writer: &mut LinkWriter,
+    own: &mut BytesMut,
+    credits: &Credits,
+) -> Result<(), LinkError> {
+    loop {
+        own.clear();
+        let more = credits.take(own);
+        if !own.is_empty() {
+            writer.seal(own)?;
+        }
+        if !more {
+            return Ok(());
+        }
+    }
 }
 
 /// Aborts the writer task when the link's task ends or is itself aborted.

@@ -13,8 +13,11 @@
 //! [`link::dispatch_cluster_frame`] (this version relays nothing, so it closes the link).
 
 mod accept;
+mod credit;
 mod dial;
 mod link;
+
+pub(crate) use credit::Credits;
 
 use crate::refused::Refusals;
 use bytes::Bytes;
@@ -34,6 +37,18 @@ use wanmux_core::noise;
 use wanmux_core::peer::{Handle, PeerFrame};
 
 use crate::relay::{Key, Relay};
+
+/// What a link's task gets when its link is registered.
+struct Registered {
+    /// Tells this link from a newer one to the same peer, at unregistering.
+    generation: u64,
+    /// Notified when a newer link replaces this one, or the mesh stops.
+    kill: Arc<Notify>,
+    /// The messages queued for the link ([`PeerHandle::send`]).
+    data: mpsc::Receiver<Bytes>,
+    /// The credit owed on it ([`PeerHandle::give_credit`]).
+    credits: Arc<Credits>,
+}
 
 /// Messages a [`PeerHandle`] may queue for its link before [`PeerHandle::send`] waits:
 /// `cluster.relay_queue` bytes in messages of up to 64 KiB (64 by default, 4 MiB).
@@ -106,6 +121,8 @@ pub(crate) struct PeerHandle {
     addr: SocketAddr,
     instance: u64,
     tx: mpsc::Sender<Bytes>,
+    /// `VIA_CREDIT` owed on this link, sealed ahead of `tx`'s queue.
+    credits: Arc<Credits>,
     /// The sessions this node bound on this link (its direction), by handle.
     binds: Arc<Mutex<Binds>>,
     /// Held while a `BIND` is queued, so that no `RELAY` with its handle goes ahead of it.
@@ -332,6 +349,12 @@ impl PeerHandle {
             .map_err(|_| SendError::Gone(self.id))
     }
 
+    /// Owes the owner of virtual link (`handle`, `via`) `bytes` of credit: sent as `VIA_CREDIT`
+    /// ahead of the queued messages, added up with any still unsent ([`Credits`]).
+    pub(crate) fn give_credit(&self, handle: Handle, via: wanmux_core::peer::Via, bytes: u64) {
+        self.credits.give(handle, via, bytes);
+    }
+
     /// As [`send`](Self::send) without waiting: `Ok(false)` when the queue is full.
     pub(crate) fn try_send(&self, message: Bytes) -> Result<bool, SendError> {
         if message.len() > MAX_MESSAGE {
@@ -483,13 +506,9 @@ impl Mesh {
     /// Records a link that completed its handshake: it replaces an older link to the same peer
     /// (which the peer gave up on, or it would not have dialled again). `None` once the mesh
     /// stopped. Logs the link up, and the peer's restart when its instance changed.
-    fn register(
-        &self,
-        id: u16,
-        addr: SocketAddr,
-        instance: u64,
-    ) -> Option<(u64, Arc<Notify>, mpsc::Receiver<Bytes>)> {
+    fn register(&self, id: u16, addr: SocketAddr, instance: u64) -> Option<Registered> {
         let (tx, rx) = mpsc::channel(self.send_queue);
+        let credits = Arc::new(Credits::default());
         let kill = Arc::new(Notify::new());
         let mut links = self.lock();
         if self.stopped.load(Ordering::SeqCst) {
@@ -510,6 +529,7 @@ impl Mesh {
                 addr,
                 instance,
                 tx,
+                credits: credits.clone(),
                 binds: Arc::default(),
                 binding: Arc::default(),
             },
@@ -522,7 +542,12 @@ impl Mesh {
         drop(links);
         info!(peer = id, %addr, "peer link up");
         self.publish();
-        Some((generation, kill, rx))
+        Some(Registered {
+            generation,
+            kill,
+            data: rx,
+            credits,
+        })
     }
 
     /// Forgets a link that ended, unless a newer one replaced it already.
@@ -570,6 +595,7 @@ mod tests {
             addr: "127.0.0.1:9".parse().unwrap(),
             instance: 1,
             tx,
+            credits: Arc::default(),
             binds: Arc::default(),
             binding: Arc::default(),
         };
