@@ -5,6 +5,12 @@
 //! with fresh static keys and a fresh PSK (Noise `IKpsk2`) and `links` links. Then it runs a
 //! throughput test each way and a request/response latency test through the tunnel, and one of
 //! each directly for comparison.
+//!
+//! With `nodes` above 1 the server side is a cluster: that many nodes, each with its own key,
+//! `[cluster]` listener and every other node as `[[peer]]`, all mapping `bench` to the same
+//! service; the client keeps `links` links to each and stripes every connection over all of
+//! them (`spread = "stripe"`, the default), and the report says how much each node relayed to
+//! the connection's owner.
 
 use crate::{run_bulk, run_rr, serve, BulkOptions, BulkReport, Limit, RrOptions, RrReport};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -12,8 +18,8 @@ use std::num::NonZeroU16;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use wanmux_config::{
-    ClientAuth, ClientConfig, LinkTransport, Links, Node, PinnedNode, PortMap, ServerAuth,
-    ServerConfig, Service, ServiceName,
+    ClientAuth, ClientConfig, Cluster, LinkTransport, Links, Node, Peer, PinnedNode, PortMap,
+    ServerAuth, ServerConfig, Service, ServiceName,
 };
 use wanmux_core::keys::{generate_keypair, PrivateKey, Psk, PublicKey};
 
@@ -22,8 +28,10 @@ use wanmux_core::keys::{generate_keypair, PrivateKey, Psk, PublicKey};
 pub struct DemoOptions {
     /// Seconds per throughput test.
     pub seconds: f64,
-    /// Links between client and server.
+    /// Links between client and server (per node).
     pub links: u16,
+    /// Server nodes (1: no cluster).
+    pub nodes: u16,
     /// Parallel streams in the throughput tests.
     pub streams: usize,
     /// Round trips in the latency test.
@@ -35,6 +43,7 @@ impl Default for DemoOptions {
         DemoOptions {
             seconds: 3.0,
             links: 4,
+            nodes: 1,
             streams: 1,
             round_trips: 5_000,
         }
@@ -44,8 +53,13 @@ impl Default for DemoOptions {
 /// Results of a demo run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DemoReport {
-    /// Links that were up.
+    /// Links that were up, to all nodes together.
     pub links: usize,
+    /// Server nodes.
+    pub nodes: u16,
+    /// Per node of a cluster, the section bytes it relayed between the client and the owners
+    /// of the connections: (node, client to owner, owner to client). Empty with one node.
+    pub relayed: Vec<(u16, u64, u64)>,
     /// Upload through the tunnel.
     pub tunnel_upload: BulkReport,
     /// Download through the tunnel.
@@ -65,21 +79,46 @@ pub async fn run_demo(opts: &DemoOptions, mut say: impl FnMut(&str)) -> anyhow::
     tokio::spawn(serve(service_listener));
 
     let keys = TunnelKeys::generate();
-    let server = wanmux_server::start(keys.server_config(service_addr)).await?;
-    let client_cfg = keys.client_config(server.local_addr(), opts.links);
+    let mut servers = Vec::new();
+    let client_cfg = if opts.nodes <= 1 {
+        let server = wanmux_server::start(keys.server_config(service_addr)).await?;
+        let cfg = keys.client_config(server.local_addr(), opts.links);
+        servers.push(server);
+        cfg
+    } else {
+        let cluster = DemoCluster::new(&keys, opts.nodes)?;
+        // The highest id first: of two nodes the lower id dials, so each node finds the ones
+        // it dials listening already (no refused dial and retry in the log).
+        for i in (0..cluster.nodes.len()).rev() {
+            let config = cluster.server_config(&keys, i, service_addr);
+            servers.push(wanmux_server::start(config).await?);
+        }
+        servers.reverse();
+        let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.local_addr()).collect();
+        cluster.client_config(&keys, &addrs, opts.links)
+    };
     let client = wanmux_client::start(client_cfg).await?;
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        client.wait_for_links(usize::from(opts.links)),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("the tunnel's links did not come up within 10 s"))?;
+    let want = usize::from(opts.links) * usize::from(opts.nodes.max(1));
+    tokio::time::timeout(Duration::from_secs(10), client.wait_for_links(want))
+        .await
+        .map_err(|_| anyhow::anyhow!("the tunnel's links did not come up within 10 s"))?;
     let tunnel = client.first_addr().to_string();
-    say(&format!(
-        "service {service_addr}  <-  wanmux-server {}  <=={} links (Noise IKpsk2)==  wanmux-client {tunnel}",
-        server.local_addr(),
-        client.live_links()
-    ));
+    if servers.len() == 1 {
+        say(&format!(
+            "service {service_addr}  <-  wanmux-server {}  <=={} links (Noise IKpsk2)==  wanmux-client {tunnel}",
+            servers[0].local_addr(),
+            client.live_links()
+        ));
+    } else {
+        let nodes: Vec<String> = servers.iter().map(|s| s.local_addr().to_string()).collect();
+        say(&format!(
+            "service {service_addr}  <-  {} wanmux-server nodes {} (peer links between them)  \
+             <=={} links (Noise IKpsk2)==  wanmux-client {tunnel}, every connection striped over every node",
+            servers.len(),
+            nodes.join(", "),
+            client.live_links()
+        ));
+    }
 
     let bulk = |connect: &str, reverse: bool| {
         let mut o = BulkOptions::new(connect);
@@ -104,10 +143,19 @@ pub async fn run_demo(opts: &DemoOptions, mut say: impl FnMut(&str)) -> anyhow::
     let tunnel_rr = run_rr(&rr(&tunnel)).await?;
     let direct_rr = run_rr(&rr(&direct)).await?;
     let links = client.live_links();
+    let relayed = if servers.len() > 1 {
+        relayed_per_node(&client, opts.nodes)
+    } else {
+        Vec::new()
+    };
     client.shutdown();
-    server.shutdown();
+    for s in servers {
+        s.shutdown();
+    }
     Ok(DemoReport {
         links,
+        nodes: opts.nodes.max(1),
+        relayed,
         tunnel_upload,
         tunnel_download,
         direct_upload,
@@ -184,6 +232,106 @@ impl TunnelKeys {
     }
 }
 
+/// Per node, the section bytes it relayed for every other node (the owners): (node, up, down).
+fn relayed_per_node(client: &wanmux_client::ClientHandle, nodes: u16) -> Vec<(u16, u64, u64)> {
+    (1..=nodes)
+        .map(|via| {
+            let (up, down) = (1..=nodes)
+                .filter(|&owner| owner != via)
+                .map(|owner| client.relayed(via, owner))
+                .fold((0, 0), |(u, d), (s, r)| (u + s, d + r));
+            (via, up, down)
+        })
+        .collect()
+}
+
+/// The nodes of an in-process cluster: node 1 has the tunnel's server key, the others fresh
+/// ones; each has a `[cluster]` listener on `127.0.0.1`, at a port the kernel gave out when the
+/// demo started (the nodes must know each other's before any starts).
+struct DemoCluster {
+    nodes: Vec<(PrivateKey, PublicKey, SocketAddr)>,
+}
+
+impl DemoCluster {
+    fn new(keys: &TunnelKeys, n: u16) -> anyhow::Result<DemoCluster> {
+        // All bound at once, so the ports differ; released just before the nodes bind them.
+        let listeners = (0..n)
+            .map(|_| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let mut nodes = Vec::new();
+        for (i, l) in listeners.iter().enumerate() {
+            let (private, public) = if i == 0 {
+                (keys.server_key.clone(), keys.server_pub)
+            } else {
+                generate_keypair()
+            };
+            nodes.push((private, public, l.local_addr()?));
+        }
+        Ok(DemoCluster { nodes })
+    }
+
+    /// Node `i + 1`: the tunnel's server config with its own key and every other node as a peer.
+    fn server_config(&self, keys: &TunnelKeys, i: usize, service: SocketAddr) -> ServerConfig {
+        let (private, _, listen) = &self.nodes[i];
+        let mut cfg = keys.server_config(service);
+        cfg.node_id = node_id(i);
+        cfg.auth = ServerAuth::StaticKey {
+            private_key: private.clone(),
+            allowed_clients: [keys.client_pub].into(),
+            psk: Some(keys.psk.clone()),
+        };
+        cfg.cluster = Some(Cluster {
+            listen: *listen,
+            relay_queue: Cluster::DEFAULT_RELAY_QUEUE,
+            psk: Some(keys.psk.clone()),
+            peers: self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(j, (_, public, addr))| Peer {
+                    id: node_id(j),
+                    addr: (*addr).into(),
+                    public_key: *public,
+                })
+                .collect(),
+        });
+        cfg
+    }
+
+    /// A client that keeps `links` links to each node (`addrs[i]`: node `i + 1`'s client
+    /// listener).
+    fn client_config(&self, keys: &TunnelKeys, addrs: &[SocketAddr], links: u16) -> ClientConfig {
+        let mut cfg = keys.client_config(addrs[0], links);
+        cfg.auth = ClientAuth::StaticKey {
+            private_key: keys.client_key.clone(),
+            psk: Some(keys.psk.clone()),
+            nodes: self
+                .nodes
+                .iter()
+                .zip(addrs)
+                .enumerate()
+                .map(|(i, ((_, public, _), addr))| PinnedNode {
+                    node: Node {
+                        id: node_id(i),
+                        addr: (*addr).into(),
+                    },
+                    public_key: *public,
+                })
+                .collect(),
+        };
+        cfg
+    }
+}
+
+/// The node id of the `i`th node (from 0).
+fn node_id(i: usize) -> NonZeroU16 {
+    u16::try_from(i + 1)
+        .ok()
+        .and_then(NonZeroU16::new)
+        .unwrap_or(NonZeroU16::MAX)
+}
+
 fn bench_service() -> ServiceName {
     // A constant, valid service name.
     ServiceName::new("bench").expect("\"bench\" is a valid service name")
@@ -192,10 +340,16 @@ fn bench_service() -> ServiceName {
 impl std::fmt::Display for DemoReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let gbit = |r: &BulkReport| r.bits_per_second / 1e9;
+        let through = if self.nodes > 1 {
+            format!("{} nodes", self.nodes)
+        } else {
+            format!("{} links", self.links)
+        };
         writeln!(
             f,
-            "                      through wanmux ({} links)      direct",
-            self.links
+            "                      through wanmux ({through}){:pad$}direct",
+            "",
+            pad = 13usize.saturating_sub(through.len()).max(1)
         )?;
         writeln!(
             f,
@@ -218,6 +372,14 @@ impl std::fmt::Display for DemoReport {
             "round trip p99        {:>10.0} us                {:>8.0} us",
             self.tunnel_rr.p99_us, self.direct_rr.p99_us
         )?;
+        for (node, up, down) in &self.relayed {
+            writeln!(
+                f,
+                "relayed by node {node:<5} {:>10.1} MiB up, {:.1} MiB down",
+                *up as f64 / 1048576.0,
+                *down as f64 / 1048576.0
+            )?;
+        }
         let all = [
             &self.tunnel_upload,
             &self.tunnel_download,
@@ -242,6 +404,7 @@ mod tests {
         let opts = DemoOptions {
             seconds: 0.3,
             links: 2,
+            nodes: 1,
             streams: 2,
             round_trips: 200,
         };
@@ -254,6 +417,7 @@ mod tests {
         .expect("demo finishes")
         .expect("demo succeeds");
         assert_eq!(report.links, 2);
+        assert!(report.relayed.is_empty());
         assert!(report.tunnel_upload.verified && report.tunnel_download.verified);
         assert!(
             report.tunnel_upload.received_bytes > 0 && report.tunnel_download.received_bytes > 0
@@ -261,5 +425,31 @@ mod tests {
         assert_eq!(report.tunnel_rr.count, 200);
         assert!(report.to_string().contains("every byte verified: yes"));
         assert!(lines[0].contains("links"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_demo_of_a_cluster_relays_through_the_nodes_both_ways() {
+        let opts = DemoOptions {
+            seconds: 0.5,
+            links: 2,
+            nodes: 3,
+            streams: 2,
+            round_trips: 200,
+        };
+        let report = tokio::time::timeout(Duration::from_secs(60), run_demo(&opts, |_| {}))
+            .await
+            .expect("demo finishes")
+            .expect("demo succeeds");
+        assert_eq!((report.nodes, report.links), (3, 6));
+        assert!(report.tunnel_upload.verified && report.tunnel_download.verified);
+        // A node that owns every connection relays nothing; every other one relays both ways.
+        let both = report
+            .relayed
+            .iter()
+            .filter(|&&(_, up, down)| up > 0 && down > 0)
+            .count();
+        assert!(both >= 2, "relayed: {:?}", report.relayed);
+        let text = report.to_string();
+        assert!(text.contains("(3 nodes)") && text.contains("relayed by node 3"));
     }
 }

@@ -140,9 +140,13 @@ struct DemoArgs {
     /// Seconds per throughput test.
     #[arg(short = 't', long = "time", value_name = "SECS", default_value_t = 3.0)]
     time: f64,
-    /// Links between the client and the server.
+    /// Links between the client and the server (per node).
     #[arg(long, value_name = "N", default_value_t = 4)]
     links: u16,
+    /// Server nodes: above 1, a cluster whose nodes relay to each connection's owner, every
+    /// connection striped over all of them.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    nodes: u16,
     /// Parallel streams in the throughput tests.
     #[arg(
         short = 'P',
@@ -259,9 +263,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     if args.links == 0 || args.parallel == 0 {
         anyhow::bail!("--links and --parallel must be at least 1");
     }
+    if !(1..=16).contains(&args.nodes) {
+        anyhow::bail!("--nodes must be 1 to 16");
+    }
     let opts = wanmux_bench::DemoOptions {
         seconds: args.time,
         links: args.links,
+        nodes: args.nodes,
         streams: args.parallel,
         ..Default::default()
     };
