@@ -90,9 +90,21 @@ def start_layout(name: str, args, bins: Path, bench_addr: str, tmp: Path, keys: 
     d = tmp / f"{name}-{time.monotonic_ns()}"
     d.mkdir()
     srv, cli = str(bins / "wanmux-server"), str(bins / "wanmux-client")
-    ports = [free_port_both() for _ in range(n)]
-    peer_ports = [lb.free_tcp_port() for _ in range(n)]
-    map_port = lb.free_tcp_port()
+    # Every port distinct: the kernel can hand out a port it gave a moment ago, and two
+    # listeners on one port fail a node's start.
+    taken: set[int] = set()
+
+    def fresh(pick) -> int:
+        for _ in range(100):
+            p = pick()
+            if p not in taken:
+                taken.add(p)
+                return p
+        raise RuntimeError("no free port")
+
+    ports = [fresh(free_port_both) for _ in range(n)]
+    peer_ports = [fresh(lb.free_tcp_port) for _ in range(n)]
+    map_port = fresh(lb.free_tcp_port)
     limits = f"[limits]\nstream_window = {args.stream_window}\nsession_window = {2 * args.stream_window}\n"
     for k in range(1, n + 1):
         cluster = ""
