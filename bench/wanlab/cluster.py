@@ -407,6 +407,7 @@ class CRun(Run):
     spread: dict | None = None  # node_spread() at the end of the run
     load: float | None = None  # 1-minute load average when the run started (a shared machine)
     rss_mib: dict | None = None  # peak resident memory (VmHWM) of each daemon, MiB, at the end
+    down: dict | None = None  # bidir: the download's {"mbit", "bytes", "ok", "error"}; the upload is the run's own
 
 
 def cluster_run(r: CRun, args, bins: Path, nk: NodeKeys, tmp: Path, n: int, specs: list[str]) -> None:
@@ -433,6 +434,8 @@ def cluster_run(r: CRun, args, bins: Path, nk: NodeKeys, tmp: Path, n: int, spec
             r.recv_mbit = [(s, round(b * 8 / max(e - s, 1e-9) / 1e6, 1)) for s, e, b in iv]
         elif r.test == "rr":
             sc.run_rr(r, args, bins, addr, limit)
+        elif r.test == "bidir":
+            bidir_run(r, args, bins, addr, limit)
         else:  # kill
             kill_run(r, args, bins, addr, c, n, specs, limit)
         if c is not None:
@@ -450,6 +453,22 @@ def cluster_run(r: CRun, args, bins: Path, nk: NodeKeys, tmp: Path, n: int, spec
         if c is not None:
             c.tunnel.stop()
             r.log_notes = log_notes(c.tunnel)
+
+
+def bidir_run(r: CRun, args, bins: Path, addr: str, limit: float) -> None:
+    """An upload and a download through the tunnel at once, one bench connection each (both owned
+    by node 1): the relays forward the client's sections to the owner and the owner's back over
+    the same peer links. The upload's figures are the run's own, the download's go in `r.down`."""
+    up_args = argparse.Namespace(**{**vars(args), "reverse": False})
+    down_args = argparse.Namespace(**{**vars(args), "reverse": True})
+    p_up = sc.start_bulk(r, up_args, bins, addr, args.time)
+    p_down = sc.start_bulk(r, down_args, bins, addr, args.time)
+    rd = CRun(r.scenario, r.contender, r.path, r.rep, r.test, r.spec, reverse=True, n_nodes=r.n_nodes)
+    sc.finish_bulk(r, p_up, limit)
+    sc.finish_bulk(rd, p_down, limit)
+    r.down = {"mbit": rd.mbit, "bytes": rd.bytes, "ok": rd.ok, "error": rd.error}
+    if r.ok and not rd.ok:
+        r.ok, r.error = False, f"download: {rd.error}"
 
 
 def peak_rss(t: Tunnel) -> dict[str, float]:
@@ -565,7 +584,7 @@ def spread_table(runs, contenders, n) -> list[str]:
     for c in contenders:
         if c.startswith("direct"):
             continue
-        for test in ("bulk", "kill", "rr"):
+        for test in ("bulk", "bidir", "kill", "rr"):
             _, ok = runs_of(runs, c, test)
             ok = [r for r in ok if r.spread]
             if not ok:
@@ -583,6 +602,28 @@ def spread_table(runs, contenders, n) -> list[str]:
                           / 2**20 for r in ok])
             lines.append(f"| {LABELS[c]} | {test} | {fmt(own, '.0f')} | {'; '.join(cells)} "
                          f"| {fmt(resent, '.1f')} |")
+    return lines
+
+
+def bidir_table(runs, contenders, line) -> list[str]:
+    lines = ["| contender | upload Mbit/s, median (runs) | download Mbit/s, median (runs) | % of the sum, "
+             "up / down | verified | load avg (per run) |", "|---|---|---|---|---|---|"]
+    for c in contenders:
+        mine, ok = runs_of(runs, c, "bidir")
+        if not mine:
+            continue
+        if not ok:
+            lines.append(f"| {LABELS[c]} | FAILED ({mine[0].error}) | | | | |")
+            continue
+        up = median([r.mbit for r in ok])
+        down = median([r.down["mbit"] for r in ok])
+        failed = f"; {len(mine) - len(ok)} failed" if len(ok) < len(mine) else ""
+        downs = ", ".join(f"{r.down['mbit']:.1f}" for r in ok)
+        lines.append(
+            f"| {LABELS[c]} | **{up:.1f}** ({', '.join(f'{r.mbit:.1f}' for r in ok)}) "
+            f"| **{down:.1f}** ({downs}) "
+            f"| {100 * up / line:.0f}% / {100 * down / line:.0f}% | {len(ok)} of {len(mine)} both ways{failed} "
+            f"| {', '.join(fmt(r.load, '.2f') for r in ok)} |")
     return lines
 
 
@@ -645,8 +686,10 @@ def cmd_cluster(args, bins, keys, tmp, command, started) -> tuple[str, dict]:
     sc.lab_up(specs, args.seed)
     sc.start_bench_servers(bins, n, tmp)
     line = sum(sc.rate_mbit(s) or 0 for s in specs)
+    # Neither a kill nor two transfers at once is run for direct TCP (an iperf3 server takes
+    # one test at a time).
     items = [(t, c) for t in tests for c in args.contenders
-             if not (t == "kill" and c.startswith("direct"))]
+             if not (t in ("kill", "bidir") and c.startswith("direct"))]
     total = len(items) * args.repeat
     i = 0
     try:
@@ -655,7 +698,7 @@ def cmd_cluster(args, bins, keys, tmp, command, started) -> tuple[str, dict]:
             order = args.contenders[s:] + args.contenders[:s]
             for t in tests:
                 for c in order:
-                    if t == "kill" and c.startswith("direct"):
+                    if t in ("kill", "bidir") and c.startswith("direct"):
                         continue
                     i += 1
                     k = 1 if c.startswith("direct") else ALL_PATHS
@@ -682,6 +725,13 @@ def cmd_cluster(args, bins, keys, tmp, command, started) -> tuple[str, dict]:
              "is the contender's. Direct TCP: `iperf3 -C bbr` over path 1 alone.", ""]
     if "bulk" in tests:
         text += ["### One connection, bulk", ""] + bulk_table(runs, args.contenders, line) + [""]
+    if "bidir" in tests:
+        text += ["### An upload and a download at once", "",
+                 f"Two bench connections through the tunnel for {args.time:g} s, one each way "
+                 "(`wanmux-bench client -P 1` and `-R`), both owned by node 1: the relays forward "
+                 "the client's sections to the owner and the owner's back over the same peer "
+                 "links. Each direction's rate against the paths' sum.", ""]
+        text += bidir_table(runs, args.contenders, line) + [""]
     if "kill" in tests:
         text += [f"### Node {args.kill_node or n} (not the owner) SIGKILLed {args.time / 3:.1f} s into a "
                  f"{args.time:g} s bulk connection", "",
@@ -723,6 +773,8 @@ def describe(r: CRun) -> str:
     if not r.ok:
         return f"FAILED: {r.error}"
     load = f", load {r.load or 0:.2f}"
+    if r.test == "bidir" and r.down:
+        return f"up {r.mbit:.1f} Mbit/s, down {r.down['mbit']:.1f} Mbit/s, both verified{load}"
     if r.test == "rr":
         return (f"rr p50 {r.rr_p50_ms:.1f} ms p99 {r.rr_p99_ms:.1f} ms ({r.rr_count} rt), bulk "
                 f"{r.mbit:.1f} Mbit/s{load}")
@@ -745,7 +797,7 @@ def main() -> int:
     ap.add_argument("--contenders", default=",".join(CONTENDERS),
                     help=f"comma-separated subset of {','.join(CONTENDERS)}")
     ap.add_argument("--tests", default="",
-                    help="comma-separated subset of bulk,kill,rr (default: G bulk,kill; H bulk,rr)")
+                    help="comma-separated subset of bulk,bidir,kill,rr (default: G bulk,kill; H bulk,rr)")
     ap.add_argument("--links", type=int, default=2, help="[links] count per node (default 2)")
     ap.add_argument("--transport", default="quic", choices=["quic", "tcp", "auto"],
                     help="[links] transport (default quic, what the default auto picks here)")
@@ -767,7 +819,7 @@ def main() -> int:
     args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     args.tests = [t.strip() for t in args.tests.split(",") if t.strip()]
     if [c for c in args.contenders if c not in CONTENDERS] or \
-            [t for t in args.tests if t not in ("bulk", "kill", "rr")]:
+            [t for t in args.tests if t not in ("bulk", "bidir", "kill", "rr")]:
         ap.error("unknown contender or test")
     if args.kill_node == 1:
         ap.error("node 1 owns the connection: --kill-node must be another")
