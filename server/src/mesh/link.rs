@@ -236,13 +236,14 @@ async fn write_loop(
                 }
             }
             () = credits.wait() => {
-                if let Err(e) = seal_credits(&mut writer, &mut own, &credits) {
+                if let Err(e) = seal_credits(&mut |m| writer.seal(m), &mut own, &credits) {
                     return PeerEnd::Link(e);
                 }
             }
             msg = data.recv(), if data_open => match msg {
                 Some(msg) => {
-                    if let Err(e) = seal_batch(&mut writer, msg, &mut data, &mut own, &credits) {
+                    let mut seal = |m: &[u8]| writer.seal(m);
+                    if let Err(e) = seal_batch(&mut seal, msg, &mut data, &mut own, &credits) {
                         return PeerEnd::Link(e);
                     }
                 }
@@ -261,21 +262,21 @@ async fn write_loop(
 
 /// Seals `first` and up to [`BATCH`] - 1 more queued messages, each after the credit owed
 /// when it is sealed: credit given before a message was queued never follows it on the link
-/// (a `VIA_DOWN` queued after it ends what the credit was for).
+/// (a `VIA_DOWN` queued after it ends what the credit was for). `seal` is the link writer's.
 fn seal_batch(
-    writer: &mut LinkWriter,
+    seal: &mut impl FnMut(&[u8]) -> Result<(), LinkError>,
     first: Bytes,
     data: &mut mpsc::Receiver<Bytes>,
     own: &mut BytesMut,
     credits: &Credits,
 ) -> Result<(), LinkError> {
-    seal_credits(writer, own, credits)?;
-    writer.seal(&first)?;
+    seal_credits(seal, own, credits)?;
+    seal(&first)?;
     for _ in 1..BATCH {
         match data.try_recv() {
             Ok(msg) => {
-                seal_credits(writer, own, credits)?;
-                writer.seal(&msg)?;
+                seal_credits(seal, own, credits)?;
+                seal(&msg)?;
             }
             Err(_) => break,
         }
@@ -285,7 +286,7 @@ fn seal_batch(
 
 /// Seals what credit is owed, in as many messages as it takes.
 fn seal_credits(
-    writer: &mut LinkWriter,
+    seal: &mut impl FnMut(&[u8]) -> Result<(), LinkError>,
     own: &mut BytesMut,
     credits: &Credits,
 ) -> Result<(), LinkError> {
@@ -293,7 +294,7 @@ fn seal_credits(
         own.clear();
         let more = credits.take(own);
         if !own.is_empty() {
-            writer.seal(own)?;
+            seal(own)?;
         }
         if !more {
             return Ok(());
@@ -365,6 +366,57 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap(), PeerFrame::Pong(0));
         assert_eq!(rx.try_recv().unwrap(), PeerFrame::Pong(1));
         assert!(rx.try_recv().is_err());
+    }
+
+    /// Credit owed goes before the next queued message, and credit given after a message was
+    /// sealed follows it: the writer never holds credit behind data.
+    #[test]
+    fn credit_is_sealed_ahead_of_queued_messages() {
+        use wanmux_core::peer::{Handle, Via};
+        let (tx, mut rx) = mpsc::channel(4);
+        for m in [b"one".as_slice(), b"two", b"three"] {
+            tx.try_send(Bytes::from_static(m)).unwrap();
+        }
+        let credits = Credits::default();
+        credits.give(Handle(1), Via(9), 1000);
+        let mut sealed: Vec<Vec<u8>> = Vec::new();
+        let mut own = BytesMut::new();
+        let first = rx.try_recv().unwrap();
+        seal_batch(
+            &mut |m: &[u8]| {
+                sealed.push(m.to_vec());
+                if m == b"two" {
+                    // Given while "two" is sealed: it goes before "three", not after it.
+                    credits.give(Handle(1), Via(9), 500);
+                }
+                Ok(())
+            },
+            first,
+            &mut rx,
+            &mut own,
+            &credits,
+        )
+        .unwrap();
+        let credit = |bytes| {
+            let mut b = BytesMut::new();
+            PeerFrame::ViaCredit {
+                handle: Handle(1),
+                via: Via(9),
+                bytes,
+            }
+            .encode(&mut b);
+            b.to_vec()
+        };
+        assert_eq!(
+            sealed,
+            vec![
+                credit(1000),
+                b"one".to_vec(),
+                b"two".to_vec(),
+                credit(500),
+                b"three".to_vec()
+            ]
+        );
     }
 
     #[test]
