@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use crate::error::{BenchError, Side, VerifyFailure};
 use crate::pattern::{Pattern, PERIOD};
 use crate::proto::{Header, Mode, Status, Verdict, WireLimit, MAX_RECORD};
-use crate::report::{BulkReport, IntervalReport, StreamReport};
+use crate::report::{BidirReport, BulkReport, IntervalReport, StreamReport};
 use crate::stream::{self, micros, Counters, Fail, Receiver, RxError, SendLimit};
 
 /// How long a failing client still waits for the server's verdict after its own send failed.
@@ -108,6 +108,29 @@ where
     F: FnMut(&IntervalReport),
 {
     run_bulk_counting(opts, Arc::new(AtomicU64::new(0)), on_interval).await
+}
+
+/// Runs an upload and a download at once, each over `opts.streams` connections of its own (as
+/// iperf3's `--bidir`); `opts.reverse` is not used. `on_interval` gets each direction's
+/// intervals, with `true` for the download's. The first stream that fails, in either direction,
+/// ends the run with its error.
+pub async fn run_bulk_bidir<F>(
+    opts: &BulkOptions,
+    on_interval: F,
+) -> Result<BidirReport, BenchError>
+where
+    F: FnMut(bool, &IntervalReport),
+{
+    let on = std::cell::RefCell::new(on_interval);
+    let (mut up, mut down) = (opts.clone(), opts.clone());
+    up.reverse = false;
+    down.reverse = true;
+    // Both run in this task, and neither holds the callback across an await.
+    let (upload, download) = tokio::try_join!(
+        run_bulk_with_progress(&up, |i| (on.borrow_mut())(false, i)),
+        run_bulk_with_progress(&down, |i| (on.borrow_mut())(true, i)),
+    )?;
+    Ok(BidirReport { upload, download })
 }
 
 /// [`run_bulk_with_progress`], adding the bytes the client moves (writes for an upload,

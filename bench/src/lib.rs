@@ -6,6 +6,7 @@
 //! - **upload** ([`run_bulk`] with `reverse = false`): the client sends records for a duration
 //!   or a byte count, the server verifies every byte and answers with a verdict.
 //! - **download** ([`run_bulk`] with `reverse = true`): the server sends, the client verifies.
+//!   [`run_bulk_bidir`] runs both at once, each on connections of its own.
 //! - **rr** ([`run_rr`]): small request/response round trips over one connection, each echo
 //!   checked, latency percentiles reported.
 //!
@@ -34,7 +35,7 @@ mod rr;
 mod server;
 mod stream;
 
-pub use bulk::{run_bulk, run_bulk_with_progress, BulkOptions, Limit};
+pub use bulk::{run_bulk, run_bulk_bidir, run_bulk_with_progress, BulkOptions, Limit};
 pub use demo::{run_demo, DemoOptions, DemoReport};
 pub use error::{BenchError, Side, VerifyFailure};
 pub use pattern::PERIOD;
@@ -43,6 +44,6 @@ pub use recovery::{
     run_recovery, ChurnReport, Direction, DirectionReport, DirectionSummary, OneKillReport,
     PhaseReport, RecoveryError, RecoveryOptions, RecoveryReport, Sample, Spread,
 };
-pub use report::{BulkReport, IntervalReport, RrReport, SlowTrip, StreamReport};
+pub use report::{BidirReport, BulkReport, IntervalReport, RrReport, SlowTrip, StreamReport};
 pub use rr::{run_rr, RrOptions, MAX_RR_COUNT};
 pub use server::serve;

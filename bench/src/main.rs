@@ -121,6 +121,9 @@ struct ClientArgs {
     /// Reverse: the server sends, the client receives.
     #[arg(short = 'R', long)]
     reverse: bool,
+    /// Both ways at once: an upload and a download, each on `-P` connections of its own.
+    #[arg(long, conflicts_with = "reverse")]
+    bidir: bool,
     /// Print only one JSON object with the results.
     #[arg(long)]
     json: bool,
@@ -305,6 +308,9 @@ async fn client(args: ClientArgs) -> anyhow::Result<()> {
     opts.interval = seconds("--interval", args.interval, false)?;
     opts.idle_timeout = seconds("--timeout", args.timeout, false)?;
     opts.validate()?;
+    if args.bidir {
+        return client_bidir(&opts, args.json).await;
+    }
     if args.json {
         let report = wanmux_bench::run_bulk(&opts).await?;
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -326,6 +332,25 @@ async fn client(args: ClientArgs) -> anyhow::Result<()> {
         let report = wanmux_bench::run_bulk_with_progress(&opts, |i| println!("{i}")).await?;
         println!("{report}");
     }
+    Ok(())
+}
+
+/// `client --bidir`: progress lines marked `up` and `down`, then both reports.
+async fn client_bidir(opts: &BulkOptions, json: bool) -> anyhow::Result<()> {
+    if json {
+        let report = wanmux_bench::run_bulk_bidir(opts, |_, _| {}).await?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "upload to and download from {}, {} stream(s) each way",
+        opts.connect, opts.streams
+    );
+    let report = wanmux_bench::run_bulk_bidir(opts, |down, i| {
+        println!("{} {i}", if down { "down" } else { "up  " })
+    })
+    .await?;
+    println!("{report}");
     Ok(())
 }
 

@@ -65,6 +65,22 @@ pub struct BulkReport {
     pub intervals: Vec<IntervalReport>,
 }
 
+/// Result of an upload and a download run at once ([`crate::run_bulk_bidir`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BidirReport {
+    /// The client's sending half.
+    pub upload: BulkReport,
+    /// The server's sending half.
+    pub download: BulkReport,
+}
+
+impl fmt::Display for BidirReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.upload)?;
+        write!(f, "{}", self.download)
+    }
+}
+
 /// Result of a request/response run. Latencies are in microseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RrReport {

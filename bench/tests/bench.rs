@@ -6,8 +6,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wanmux_bench::{
-    run_bulk, run_bulk_with_progress, run_rr, BenchError, BulkOptions, Limit, RrOptions, Side,
-    VerifyFailure,
+    run_bulk, run_bulk_bidir, run_bulk_with_progress, run_rr, BenchError, BulkOptions, Limit,
+    RrOptions, Side, VerifyFailure,
 };
 use wanmux_relay::{Dir, Relay, Shape};
 
@@ -76,6 +76,43 @@ async fn bulk_byte_counts_both_directions() {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bidir_moves_and_verifies_both_ways_at_once() {
+    let addr = server().await;
+    let bytes = 2 * 1024 * 1024 + 7;
+    let mut seen = [0u64; 2];
+    let r = run_bulk_bidir(&bulk(addr, Limit::Bytes(bytes), 2, true), |down, i| {
+        seen[usize::from(down)] += i.bytes
+    })
+    .await
+    .expect("both directions verify");
+    for (half, reverse) in [(&r.upload, false), (&r.download, true)] {
+        assert_eq!(
+            (half.sent_bytes, half.received_bytes),
+            (bytes, bytes),
+            "{reverse}"
+        );
+        assert_eq!(
+            (half.reverse, half.streams, half.verified),
+            (reverse, 2, true)
+        );
+    }
+    assert_eq!(
+        seen,
+        [bytes, bytes],
+        "each direction's intervals add up to its bytes"
+    );
+    let text = r.to_string();
+    assert!(
+        text.contains("upload (client -> server), 2 streams"),
+        "{text}"
+    );
+    assert!(
+        text.contains("download (server -> client), 2 streams"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,6 +96,38 @@ fn client_json_and_text() {
         "{out}"
     );
 
+    let (code, out, err) = run(&[
+        "client",
+        "--connect",
+        &server.addr,
+        "--bytes",
+        "1M",
+        "--bidir",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    for (half, reverse) in [("upload", false), ("download", true)] {
+        assert_eq!(v[half]["received_bytes"], 1 << 20, "{out}");
+        assert_eq!(v[half]["reverse"], reverse, "{out}");
+        assert_eq!(v[half]["verified"], true, "{out}");
+    }
+    let (code, out, err) = run(&[
+        "client",
+        "--connect",
+        &server.addr,
+        "-t",
+        "0.6",
+        "--bidir",
+        "-i",
+        "0.5",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l.starts_with("up ")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("down ")), "{out}");
+    let (code, _, err) = run(&["client", "--connect", &server.addr, "--bidir", "-R"]);
+    assert_eq!(code, 2, "--bidir with -R is a usage error: {err}");
+
     let (code, out, err) = run(&["rr", "--connect", &server.addr, "-n", "100", "--json"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
