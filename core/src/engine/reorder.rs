@@ -27,6 +27,21 @@ const COPIED_MAX: usize = 16 * 1024;
 /// bytes each.
 pub(crate) const SEGMENT_COST: u64 = 128;
 
+/// Appends `data` to a copied segment (the callers keep it within [`COPIED_MAX`]), its buffer
+/// growing by doubling but never past `COPIED_MAX`: `BytesMut`'s own doubling left a run of
+/// 1,400-byte frames copied 15,400 bytes into a 22,400-byte buffer, a receive charge (and
+/// memory) half as much again as the bytes held.
+fn append(buf: &mut BytesMut, data: &[u8]) {
+    let need = buf.len() + data.len();
+    if need > buf.capacity() {
+        let cap = (buf.capacity() * 2).clamp(need, COPIED_MAX.max(need));
+        let mut grown = BytesMut::with_capacity(cap);
+        grown.extend_from_slice(buf);
+        *buf = grown;
+    }
+    buf.extend_from_slice(data);
+}
+
 /// A held segment: a slice of the message it arrived in, or a copy (see the module doc).
 #[derive(Debug)]
 enum Seg {
@@ -147,7 +162,7 @@ impl Reorder {
         if let Some((&s, Seg::Copied(prev))) = self.pending.range_mut(..offset).next_back() {
             if s + prev.len() as u64 == offset && prev.len() + len <= COPIED_MAX {
                 let before = prev.capacity();
-                prev.extend_from_slice(&seg);
+                append(prev, &seg);
                 self.alloc = self.alloc - before + prev.capacity();
                 return;
             }
@@ -172,7 +187,7 @@ impl Reorder {
             if let (Seg::Copied(small), Some(Seg::Copied(back))) = (&seg, self.ready.back_mut()) {
                 if len < COPY_BELOW && back.len() + len <= COPIED_MAX {
                     let before = back.capacity();
-                    back.extend_from_slice(small);
+                    append(back, small);
                     self.alloc = self.alloc - before + back.capacity() - seg.alloc();
                     continue;
                 }
@@ -279,6 +294,38 @@ mod tests {
             (10_000 + SEGMENT_COST..=20_000 + SEGMENT_COST).contains(&cost),
             "cost {cost}"
         );
+    }
+
+    /// Frames of a typical packet's size in order are copied into buffers of at most
+    /// `COPIED_MAX`, so what the stream holds costs its bytes and at most an eighth more (before:
+    /// 1.45 times them, the buffers' doubling past 16 KiB).
+    #[test]
+    fn small_frames_in_order_cost_about_their_bytes() {
+        let mut r = Reorder::default();
+        let frames = 1000u64;
+        for i in 0..frames {
+            r.insert(i * 1400, Bytes::from(vec![i as u8; 1400]));
+        }
+        let bytes = frames * 1400;
+        assert_eq!(r.buffered() as u64, bytes);
+        let most = bytes + bytes / 8 + r.segments() as u64 * SEGMENT_COST;
+        assert!(r.cost() <= most, "cost {} for {bytes} bytes", r.cost());
+        // The same beyond a hole (the pending segments).
+        let mut r = Reorder::default();
+        for i in 1..=frames {
+            r.insert(i * 1400, Bytes::from(vec![i as u8; 1400]));
+        }
+        assert!(
+            r.cost() <= most,
+            "cost {} for {bytes} bytes beyond a hole",
+            r.cost()
+        );
+        r.insert(0, Bytes::from(vec![0; 1400]));
+        let mut n = 0;
+        while let Some(c) = r.read(4096) {
+            n += c.len() as u64;
+        }
+        assert_eq!((n, r.cost()), (bytes + 1400, 0));
     }
 
     #[test]
