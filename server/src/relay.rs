@@ -7,7 +7,8 @@
 //! first time on that link. P keeps no stream state. The peer link's send queue is bounded, so a
 //! reader of L waits while it is full: backpressure onto the client links that feed it. What N
 //! sends back for L (`RELAY_DOWN`) waits in L's queue until L's writer takes it, as one
-//! `ROUTE(N)` section between L's own messages; P then returns the bytes as `VIA_CREDIT`.
+//! `ROUTE(N)` section between L's own messages; P then returns the bytes as `VIA_CREDIT`, which
+//! goes ahead of what waits on the peer link ([`crate::mesh::Credits`]).
 //!
 //! **As an owner** (node N): the first `RELAY` from peer P for client link `via` of a session N
 //! has, under the epoch N has for it, adds a virtual link (P, via) to that session's engine;

@@ -8,9 +8,10 @@
 //! with a new one is known to have restarted.
 //!
 //! What other parts of the server use: [`Mesh::peer`] gives the [`PeerHandle`] of a live link, to
-//! send messages of peer frames on; what arrives on a link is decoded and dispatched in
-//! [`link`], where `PING`, `PONG` and `CLOSE` are handled and every cluster frame goes to
-//! [`link::dispatch_cluster_frame`] (this version relays nothing, so it closes the link).
+//! send messages of peer frames on (and [`PeerHandle::give_credit`] the relay's `VIA_CREDIT`,
+//! which goes ahead of them: [`Credits`]); what arrives on a link is decoded and dispatched in
+//! [`link`], where `PING`, `PONG` and `CLOSE` are handled and every cluster frame goes to the
+//! relay's [`crate::relay::PeerState`] of the link.
 
 mod accept;
 mod credit;
