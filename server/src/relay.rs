@@ -508,6 +508,16 @@ impl NodeRouter {
     }
 }
 
+impl NodeRouter {
+    /// Returns `bytes` of credit to `owner` for virtual link (`handle`, this link) at once,
+    /// ahead of what waits on the peer link ([`crate::mesh::Credits`]).
+    fn return_credit(&self, (owner, handle, bytes): (u16, Handle, u64)) {
+        if let Some(peer) = self.relay.mesh.peer(owner) {
+            peer.give_credit(handle, self.via, bytes);
+        }
+    }
+}
+
 impl Router for NodeRouter {
     fn up(&self, _id: LinkId, waker: &Arc<Notify>) {
         self.queue.lock().waker = Some(waker.clone());
@@ -615,6 +625,9 @@ impl Router for NodeRouter {
     fn poll(&self, bufs: &mut [BytesMut]) -> usize {
         let mut st = self.queue.lock();
         let mut n = 0;
+        // The credit of a run of messages from one (owner, handle), returned once per run: the
+        // peer link is looked up once, not per message.
+        let mut run: Option<(u16, Handle, u64)> = None;
         while n < bufs.len() {
             let Some((owner, handle, msg)) = st.queue.pop_front() else {
                 break;
@@ -624,9 +637,13 @@ impl Router for NodeRouter {
                 if let Some(q) = st.queued.get_mut(&owner) {
                     *q = q.saturating_sub(credit);
                 }
-                // Returned at once, ahead of what waits on the peer link (`Credits`).
-                if let Some(peer) = self.relay.mesh.peer(owner) {
-                    peer.give_credit(handle, self.via, credit);
+                match &mut run {
+                    Some((o, h, bytes)) if *o == owner && *h == handle => *bytes += credit,
+                    _ => {
+                        if let Some(done) = run.replace((owner, handle, credit)) {
+                            self.return_credit(done);
+                        }
+                    }
                 }
             } else {
                 st.downs = st.downs.saturating_sub(1);
@@ -634,6 +651,9 @@ impl Router for NodeRouter {
             bufs[n].clear();
             bufs[n].extend_from_slice(&msg);
             n += 1;
+        }
+        if let Some(done) = run {
+            self.return_credit(done);
         }
         n
     }

@@ -298,7 +298,7 @@ mod tests {
 
     /// Frames of a typical packet's size in order are copied into buffers of at most
     /// `COPIED_MAX`, so what the stream holds costs its bytes and at most an eighth more (before:
-    /// 1.45 times them, the buffers' doubling past 16 KiB).
+    /// 1.46 times them, the buffers' doubling past 16 KiB).
     #[test]
     fn small_frames_in_order_cost_about_their_bytes() {
         let mut r = Reorder::default();

@@ -44,34 +44,27 @@ impl Credits {
     /// Appends `VIA_CREDIT` frames for what is owed to `out`, as long as `out` stays within one
     /// message, and forgets what it appended. True when more is owed than fitted.
     pub(crate) fn take(&self, out: &mut bytes::BytesMut) -> bool {
+        let len = PeerFrame::ViaCredit {
+            handle: Handle(0),
+            via: Via(0),
+            bytes: 0,
+        }
+        .encoded_len();
         let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
-        let keys: Vec<(Handle, Via)> = owed.keys().copied().collect();
-        for key in keys {
-            let len = PeerFrame::ViaCredit {
-                handle: key.0,
-                via: key.1,
-                bytes: 0,
-            }
-            .encoded_len();
-            let Some(bytes) = owed.get_mut(&key) else {
-                continue;
-            };
-            while *bytes > 0 {
-                if out.len() + len > MAX_MESSAGE {
-                    return true;
-                }
+        owed.retain(|&(handle, via), bytes| {
+            while *bytes > 0 && out.len() + len <= MAX_MESSAGE {
                 let now = (*bytes).min(u64::from(u32::MAX));
                 PeerFrame::ViaCredit {
-                    handle: key.0,
-                    via: key.1,
+                    handle,
+                    via,
                     bytes: now as u32,
                 }
                 .encode(out);
                 *bytes -= now;
             }
-            owed.remove(&key);
-        }
-        false
+            *bytes > 0
+        });
+        !owed.is_empty()
     }
 }
 
