@@ -180,12 +180,12 @@ def public_key(keygen_output: str) -> str:
 def write_configs(d: Path, *, listen: str, node_addr: str, target: str, map_listen: str,
                   server_key: str, client_key: str, server_pub: str, client_pub: str,
                   links: str, psk_file: str | None = None, server_extra: str = "",
-                  limits: str = "") -> None:
+                  limits: str = "", client_extra: str = "") -> None:
     """Writes `d`/server.toml and `d`/client.toml for a static-key tunnel (Noise IK, or IKpsk2
     with `psk_file`) from the client's `map_listen` to the service "bench" at `target`.
     `node_addr` is TOML (one quoted address, or an array of them); `links` is the body of the
-    client's [links], `server_extra` more lines of [server], `limits` a [limits] section for
-    both ends."""
+    client's [links], `server_extra` and `client_extra` more lines of [server] and [client],
+    `limits` a [limits] section for both ends."""
     psk = f'psk_file = "{psk_file}"\n' if psk_file else ""
     (d / "server.toml").write_text(f"""\
 [server]
@@ -202,7 +202,7 @@ target = "{target}"
     (d / "client.toml").write_text(f"""\
 [client]
 private_key_file = "{client_key}"
-{psk}
+{psk}{client_extra}
 [[node]]
 id = 1
 addr = {node_addr}

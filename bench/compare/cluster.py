@@ -106,6 +106,7 @@ def start_layout(name: str, args, bins: Path, bench_addr: str, tmp: Path, keys: 
     peer_ports = [fresh(lb.free_tcp_port) for _ in range(n)]
     map_port = fresh(lb.free_tcp_port)
     limits = f"[limits]\nstream_window = {args.stream_window}\nsession_window = {2 * args.stream_window}\n"
+    threads = f"threads = {args.threads}\n" if args.threads else ""
     for k in range(1, n + 1):
         cluster = ""
         if n > 1:
@@ -119,7 +120,7 @@ node_id = {k}
 private_key_file = "{keys[k - 1][0]}"
 allowed_clients = ["{client_key[1]}"]
 quic = true
-
+{threads}
 {limits}
 {cluster}[[service]]
 name = "bench"
@@ -130,7 +131,7 @@ target = "{bench_addr}"
     (d / "client.toml").write_text(f"""\
 [client]
 private_key_file = "{client_key[0]}"
-
+{threads}
 [control]
 socket = "{d / 'client.sock'}"
 
@@ -237,6 +238,9 @@ def main() -> int:
                     help="[cluster] owner (default least_loaded, the product default: one connection "
                          "goes to node 1, 8 spread over the nodes)")
     ap.add_argument("--stream-window", type=int, default=16 << 20)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="server.threads and client.threads of every daemon (default: unset, one "
+                         "worker per CPU)")
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds of 2-stream traffic per fresh layout")
     ap.add_argument("--bin-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)

@@ -174,7 +174,8 @@ class Contender:
         return total
 
 
-def start_wanmux(name: str, links: int, bins: Path, bench_addr: str, tmp: Path) -> Contender:
+def start_wanmux(name: str, links: int, bins: Path, bench_addr: str, tmp: Path,
+                 threads: int | None = None, cpus: str | None = None) -> Contender:
     d = tmp / name
     d.mkdir()
     srv, cli = str(bins / "wanmux-server"), str(bins / "wanmux-client")
@@ -182,6 +183,9 @@ def start_wanmux(name: str, links: int, bins: Path, bench_addr: str, tmp: Path) 
     client_pub = run_cmd([cli, "keygen", "--out", str(d / "client.key")])
     run_cmd([srv, "keygen", "--psk", "--out", str(d / "wanmux.psk")])
     pub = benchlib.public_key
+    extra = f"threads = {threads}\n" if threads else ""
+    # Both daemons on the CPUs `cpus` names (taskset's list); tokio then counts only those.
+    pin = ["taskset", "-c", cpus] if cpus else []
 
     link_port, map_port = free_tcp_port(), free_tcp_port()
     benchlib.write_configs(d, listen=f"127.0.0.1:{link_port}", node_addr=f'"127.0.0.1:{link_port}"',
@@ -189,15 +193,18 @@ def start_wanmux(name: str, links: int, bins: Path, bench_addr: str, tmp: Path) 
                            server_key="server.key", client_key="client.key",
                            server_pub=pub(server_pub), client_pub=pub(client_pub),
                            # TCP links, named: the client's default ("auto") runs QUIC.
-                           links=f'count = {links}\ntransport = "tcp"', psk_file="wanmux.psk")
+                           links=f'count = {links}\ntransport = "tcp"', psk_file="wanmux.psk",
+                           server_extra=extra, client_extra=extra)
     benchlib.check_configs(name, bins, d)
     c = Contender(name, addr=f"127.0.0.1:{map_port}")
     env = benchlib.daemon_env()
     c.logs = [d / "server.log", d / "client.log"]
-    ps = PROCS.start(f"{name} server", [srv, "run", "--config", str(d / "server.toml")], c.logs[0], env=env)
+    ps = PROCS.start(f"{name} server", [*pin, srv, "run", "--config", str(d / "server.toml")], c.logs[0],
+                    env=env)
     c.tunnel.append(("wanmux-server", ps))
     wait_port(link_port, ps, f"{name} server")
-    pc = PROCS.start(f"{name} client", [cli, "run", "--config", str(d / "client.toml")], c.logs[1], env=env)
+    pc = PROCS.start(f"{name} client", [*pin, cli, "run", "--config", str(d / "client.toml")], c.logs[1],
+                    env=env)
     c.tunnel.append(("wanmux-client", pc))
     wait_port(map_port, pc, f"{name} client")
     return c
@@ -551,6 +558,11 @@ def main() -> int:
                     help="markdown report path (default bench/compare/out/loopback-<UTC time>.md; "
                          "raw samples go next to it as .json)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep configs and logs (temp dir)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="server.threads and client.threads of the wanmux daemons (default: unset, "
+                         "one worker per CPU)")
+    ap.add_argument("--daemon-cpus", default=None,
+                    help="run both wanmux daemons under `taskset -c LIST` (e.g. 0: one core)")
     args = ap.parse_args()
 
     want = [c.strip() for c in args.contenders.split(",") if c.strip()]
@@ -614,7 +626,8 @@ def main() -> int:
                 if name == "direct":
                     contenders[name] = Contender("direct", addr=bench_addr)
                 elif name.startswith("wanmux-"):
-                    contenders[name] = start_wanmux(name, int(name.split("-")[1]), bins, bench_addr, tmp)
+                    contenders[name] = start_wanmux(name, int(name.split("-")[1]), bins, bench_addr, tmp,
+                                                    args.threads, args.daemon_cpus)
                 elif name == "stunnel":
                     contenders[name] = start_stunnel(bench_addr, tmp)
                 elif name == "kcptun":

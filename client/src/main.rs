@@ -25,6 +25,10 @@ impl Daemon for Client {
         config.drain_timeout
     }
 
+    fn threads(config: &ClientConfig) -> Option<std::num::NonZeroUsize> {
+        config.threads
+    }
+
     fn warnings(config: &ClientConfig) -> &[String] {
         &config.warnings
     }

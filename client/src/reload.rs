@@ -218,6 +218,7 @@ fn kept_settings(running: &ClientConfig, new: &ClientConfig) -> Vec<&'static str
         !running.nodes().eq(new.nodes()),
         "[[node]] (ids and addresses)",
     );
+    check(running.threads != new.threads, "client.threads");
     match (&running.auth, &new.auth) {
         (
             ClientAuth::StaticKey {

@@ -151,6 +151,39 @@ fn sighup_adds_and_removes_maps_and_refuses_a_broken_file() {
     assert!(status.success(), "{status}");
 }
 
+/// `client.threads` sets the runtime's worker threads, which a reload cannot change: the
+/// change is named as waiting for a restart, and the maps keep working.
+#[test]
+fn threads_are_set_at_start_and_kept_by_a_reload() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reload-client-threads");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let node = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
+    let path = dir.join("client.toml");
+    let with_threads = |n: u32| {
+        config(&node, &[("127.0.0.1:0", "a")]).replacen(
+            "[client]\n",
+            &format!("[client]\nthreads = {n}\n"),
+            1,
+        )
+    };
+    std::fs::write(&path, with_threads(1)).expect("write");
+    let mut client = run(&path);
+    let started = client.wait_log(&["runtime started"]);
+    assert!(started.contains("threads=1"), "{started}");
+    let a = listen_addr(&client.wait_log(&["mapping", "service=a"]));
+
+    std::fs::write(&path, with_threads(3)).expect("write");
+    client.hup();
+    let kept = client.wait_log(&["keeps until a restart"]);
+    assert!(kept.contains("client.threads"), "{kept}");
+    client.wait_log(&["reload done"]);
+    TcpStream::connect(&a).expect("map a still accepts");
+}
+
 /// Starts `wanmux-client run` on `path` with its log lines read into a [`Client`].
 fn run(path: &Path) -> Client {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wanmux-client"))

@@ -35,6 +35,9 @@ pub struct ClientConfig {
     /// for one, then is refused with a reset (`client.no_link_hold_ms`, 0..=60000, default
     /// 3 s; 0 refuses at once).
     pub no_link_hold: Duration,
+    /// Worker threads of the daemon's runtime (`client.threads`); `None` (the default): one per
+    /// CPU the process may use. Fixed at start: a reload keeps the running value.
+    pub threads: Option<std::num::NonZeroUsize>,
     /// What loading found worth a warning but not an error (a key file others may read), each
     /// as one `FILE:LINE: KEY: MESSAGE` line: `check` prints them, `run` logs them.
     pub warnings: Vec<String>,
@@ -452,6 +455,7 @@ impl ClientConfig {
             session_grace: Self::DEFAULT_SESSION_GRACE,
             drain_timeout: Self::DEFAULT_DRAIN_TIMEOUT,
             no_link_hold: Self::DEFAULT_NO_LINK_HOLD,
+            threads: None,
             warnings: Vec::new(),
             links: Links::default(),
             limits: Limits::default(),
@@ -578,6 +582,9 @@ impl ClientConfig {
         if let Some(m) = common::timeout_problem(self.drain_timeout) {
             errs.push("client.drain_timeout_ms", None, m);
         }
+        if let Some(m) = common::threads_problem(self.threads) {
+            errs.push("client.threads", None, m);
+        }
         for (field, m) in self.limits.problems() {
             errs.push(format!("limits.{field}"), None, m);
         }
@@ -653,6 +660,7 @@ struct RawClient {
     session_grace_ms: Option<Spanned<i64>>,
     drain_timeout_ms: Option<Spanned<i64>>,
     no_link_hold_ms: Option<Spanned<i64>>,
+    threads: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -757,6 +765,7 @@ impl RawClientFile {
             client.drain_timeout_ms.as_ref(),
             ClientConfig::DEFAULT_DRAIN_TIMEOUT,
         );
+        let threads = common::threads(errs, "client.threads", client.threads.as_ref());
         let tls = self.tls.as_ref().map(|t| {
             (
                 t.span(),
@@ -819,6 +828,7 @@ impl RawClientFile {
             session_grace,
             drain_timeout,
             no_link_hold,
+            threads,
             links: links?,
             limits,
             congestion,

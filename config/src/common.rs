@@ -586,6 +586,26 @@ fn out_of_range<T: PartialOrd + fmt::Display>(v: T, r: &RangeInclusive<T>) -> Op
 // Helpers for the Raw layers
 // ---------------------------------------------------------------------------------------------
 
+/// Allowed `threads` values (`server.threads`, `client.threads`).
+pub(crate) const THREADS_RANGE: RangeInclusive<usize> = 1..=1024;
+
+/// Converts an optional `threads` (worker threads of the daemon's runtime), recording an
+/// out-of-range value.
+pub(crate) fn threads(
+    errs: &mut Collector<'_>,
+    key: &str,
+    v: Option<&Spanned<i64>>,
+) -> Option<std::num::NonZeroUsize> {
+    int_in(errs, key, v, &THREADS_RANGE)
+        .flatten()
+        .and_then(std::num::NonZeroUsize::new)
+}
+
+/// Why a `threads` built in code is not one.
+pub(crate) fn threads_problem(threads: Option<std::num::NonZeroUsize>) -> Option<String> {
+    threads.and_then(|t| out_of_range(t.get(), &THREADS_RANGE))
+}
+
 /// Allowed `handshake_timeout_ms` and `connect_timeout_ms` values: 100 ms..=10 min.
 pub(crate) const TIMEOUT_MS_RANGE: RangeInclusive<i64> = 100..=600_000;
 

@@ -52,6 +52,9 @@ pub struct ServerConfig {
     /// (`server.quic`, default true: it costs one UDP socket, and QUIC is the clients' default
     /// transport). TCP links are accepted either way.
     pub quic: bool,
+    /// Worker threads of the daemon's runtime (`server.threads`); `None` (the default): one per
+    /// CPU the process may use. Fixed at start: a reload keeps the running value.
+    pub threads: Option<std::num::NonZeroUsize>,
     /// The services clients may open, by name (`[[service]]`). Non-empty, names unique. The
     /// server connects to nothing else.
     pub services: Vec<Service>,
@@ -209,6 +212,7 @@ impl ServerConfig {
             limits: Limits::default(),
             congestion: None,
             quic: true,
+            threads: None,
             services,
             metrics_listen: None,
             control_socket: None,
@@ -286,6 +290,9 @@ impl ServerConfig {
         }
         if let Some(m) = common::timeout_problem(self.connect_timeout) {
             errs.push("server.connect_timeout_ms", None, m);
+        }
+        if let Some(m) = common::threads_problem(self.threads) {
+            errs.push("server.threads", None, m);
         }
         for (field, m) in self.limits.problems() {
             errs.push(format!("limits.{field}"), None, m);
@@ -502,6 +509,7 @@ struct RawServer {
     congestion: Option<Spanned<String>>,
     quic: Option<Spanned<bool>>,
     connect_timeout_ms: Option<Spanned<i64>>,
+    threads: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -572,6 +580,7 @@ impl RawServerFile {
         let congestion = common::congestion(errs, "server.congestion", s.congestion.as_ref());
         // A value that is not a boolean is a type error, reported by the parser with key and line.
         let quic = s.quic.as_ref().is_none_or(|v| *v.get_ref());
+        let threads = common::threads(errs, "server.threads", s.threads.as_ref());
         let tls_files = self
             .tls
             .as_ref()
@@ -607,6 +616,7 @@ impl RawServerFile {
             limits,
             congestion,
             quic,
+            threads,
             services: services?,
             metrics_listen,
             control_socket,

@@ -106,6 +106,32 @@ fn psk_server_parses_with_defaults() {
 }
 
 #[test]
+fn threads_are_the_runtimes_workers() {
+    // Unset: tokio's default (one per CPU).
+    assert_eq!(server(&psk_server()).unwrap().threads, None);
+    assert_eq!(client(&static_client()).unwrap().threads, None);
+    let set = |text: &str, n: &str| text.replacen("]\n", &format!("]\nthreads = {n}\n"), 1);
+    let c = server(&set(&psk_server(), "1")).unwrap();
+    assert_eq!(c.threads.map(|t| t.get()), Some(1));
+    c.validate().unwrap();
+    let c = client(&set(&static_client(), "1024")).unwrap();
+    assert_eq!(c.threads.map(|t| t.get()), Some(1024));
+    c.validate().unwrap();
+    for n in ["0", "1025", "-1"] {
+        let e = one_error(server(&set(&psk_server(), n)));
+        assert_eq!((e.key.as_str(), e.line), ("server.threads", Some(2)), "{n}");
+        assert!(e.message.contains("out of range 1..=1024"), "{}", e.message);
+        let e = one_error(client(&set(&static_client(), n)));
+        assert_eq!((e.key.as_str(), e.line), ("client.threads", Some(2)), "{n}");
+    }
+    // Built in code: validate names the key.
+    let mut c = server(&psk_server()).unwrap();
+    c.threads = std::num::NonZeroUsize::new(4096);
+    let e = one_error(c.validate());
+    assert_eq!(e.key, "server.threads");
+}
+
+#[test]
 fn limits_become_the_engine_config() {
     use wanmux_core::engine;
     assert_eq!(

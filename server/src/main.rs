@@ -26,6 +26,10 @@ impl Daemon for Server {
         config.drain_timeout
     }
 
+    fn threads(config: &ServerConfig) -> Option<std::num::NonZeroUsize> {
+        config.threads
+    }
+
     fn warnings(config: &ServerConfig) -> &[String] {
         &config.warnings
     }

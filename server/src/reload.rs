@@ -212,6 +212,7 @@ fn kept_settings(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static str
     );
     check(running.quic != new.quic, "server.quic");
     check(running.node_id != new.node_id, "server.node_id");
+    check(running.threads != new.threads, "server.threads");
     match (&running.auth, &new.auth) {
         (
             ServerAuth::StaticKey {

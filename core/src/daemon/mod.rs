@@ -74,6 +74,10 @@ pub trait Daemon {
     /// How long a drain waits for open streams.
     fn drain_timeout(config: &Self::Config) -> Duration;
 
+    /// Worker threads of the runtime `run` builds (`server.threads`, `client.threads`); `None`:
+    /// tokio's default, one per CPU the process may use (or `TOKIO_WORKER_THREADS`).
+    fn threads(config: &Self::Config) -> Option<std::num::NonZeroUsize>;
+
     /// What loading found worth a warning, one line each: `check` prints them on stderr and
     /// `run` logs them at start.
     fn warnings(config: &Self::Config) -> &[String];
@@ -418,7 +422,9 @@ pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
                 tracing::warn!("{w}");
             }
             default_control_socket::<D>(&path, &mut config);
-            match run::<D>(&path, config, binary) {
+            match runtime(D::threads(&config))
+                .and_then(|rt| rt.block_on(run::<D>(&path, config, binary)))
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{}: {}", D::NAME, Chain(&e));
@@ -605,8 +611,21 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-#[tokio::main]
+/// The runtime the daemon runs on: multi-threaded, with `threads` workers if the config sets
+/// them.
+fn runtime(threads: Option<std::num::NonZeroUsize>) -> io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        b.worker_threads(n.get());
+    }
+    b.enable_all().build()
+}
+
 async fn run<D: Daemon>(path: &Path, config: D::Config, binary: &Binary) -> io::Result<()> {
+    tracing::info!(
+        threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        "runtime started"
+    );
     let notifier = match Notifier::from_env() {
         Ok(n) => n,
         Err(e) => {
