@@ -184,6 +184,36 @@ fn threads_are_set_at_start_and_kept_by_a_reload() {
     TcpStream::connect(&a).expect("map a still accepts");
 }
 
+/// Unset `client.threads` leaves the count to `TOKIO_WORKER_THREADS`: a value that is not one
+/// stops the start with an error naming it (tokio itself would panic), and a good one is used.
+#[test]
+fn a_bad_worker_threads_variable_is_an_error_not_a_panic() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("client-threads-env");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let node = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
+    let path = dir.join("client.toml");
+    std::fs::write(&path, config(&node, &[("127.0.0.1:0", "a")])).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_wanmux-client"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("TOKIO_WORKER_THREADS", "0")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run wanmux-client");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("TOKIO_WORKER_THREADS=\"0\" is not a number of threads"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// Starts `wanmux-client run` on `path` with its log lines read into a [`Client`].
 fn run(path: &Path) -> Client {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wanmux-client"))

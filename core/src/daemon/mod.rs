@@ -612,10 +612,23 @@ fn init_logging(format: LogFormat) {
 }
 
 /// The runtime the daemon runs on: multi-threaded, with `threads` workers if the config sets
-/// them.
+/// them, else as `TOKIO_WORKER_THREADS` says (checked here: tokio would panic on a bad value),
+/// else one per CPU.
 fn runtime(threads: Option<std::num::NonZeroUsize>) -> io::Result<tokio::runtime::Runtime> {
+    const ENV: &str = "TOKIO_WORKER_THREADS";
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
+        b.worker_threads(n.get());
+    } else if let Some(v) = std::env::var_os(ENV) {
+        let n = v
+            .to_str()
+            .and_then(|v| v.parse::<std::num::NonZeroUsize>().ok());
+        let n = n.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{ENV}={v:?} is not a number of threads (1 or more)"),
+            )
+        })?;
         b.worker_threads(n.get());
     }
     b.enable_all().build()
