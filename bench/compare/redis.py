@@ -77,6 +77,8 @@ def main() -> int:
                     help="directory with wanmux-server and wanmux-client "
                          "(default: $CARGO_TARGET_DIR/release, else <repo>/target/release)")
     ap.add_argument("--no-install", action="store_true", help="never run apt-get")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="server.threads and client.threads of the wanmux daemons (default: unset)")
     ap.add_argument("--out", type=Path, default=None,
                     help="markdown report (default bench/compare/out/redis-<UTC time>.md)")
     args = ap.parse_args()
@@ -110,7 +112,8 @@ def main() -> int:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         contenders = {"direct": loopback.Contender("direct", addr=target)}
         for name in want[1:]:
-            contenders[name] = loopback.start_wanmux(name, int(name.split("-")[1]), bins, target, tmp)
+            contenders[name] = loopback.start_wanmux(name, int(name.split("-")[1]), bins, target, tmp,
+                                                         args.threads)
         for c in contenders.values():  # warm-up: first connections, buffers, page faults
             run_get(c.addr, 50, 20000)
         for rep in range(args.reps):
