@@ -118,6 +118,15 @@ pub const REORDER_PACKETS: u32 = u32::MAX;
 pub const REORDER_TIME: f32 = 1.25;
 /// Shortest round: a sample spans several packets even on a loopback path.
 const MIN_ROUND: Duration = Duration::from_millis(5);
+/// The least time of the rate a window holds. A host wakes its senders about a millisecond
+/// apart at best (tokio's and quinn's timers), so on a path of tens of microseconds (loopback,
+/// a LAN) a window of one bandwidth-delay product, a few packets, leaves the link clocked by
+/// each ack in sends of 2-3 datagrams, a wake-up and a system call each: 6.5 CPU s/GB and
+/// 1.75 Gbit/s on the loopback, against 3.3 and 3.8 with this floor (bench/RESULTS.md, "QUIC
+/// links on the loopback"). Linux's bbr keeps about a millisecond of its rate in its window
+/// for the same reason (its TSO "quantization budget"). Paths of 1 ms RTT or more are not
+/// affected.
+pub const MIN_WINDOW_TIME: Duration = Duration::from_millis(1);
 
 /// Where the controller is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -379,10 +388,10 @@ impl Pace {
     /// path's variation plus the extra delay the acks were seen to take (`extra`): on a path
     /// whose delay varies by itself, a window of the minimum RTT's BDP leaves the line idle
     /// whenever the delay is above its minimum, and every round then delivers less than the
-    /// last (bench/RESULTS.md, WAN robustness).
+    /// last (bench/RESULTS.md, WAN robustness). At least [`MIN_WINDOW_TIME`] of the rate.
     fn bdp(&self) -> u64 {
         self.min_rtt.map_or(0, |min| {
-            let base = min + self.envelope() / 2 + self.extra;
+            let base = (min + self.envelope() / 2 + self.extra).max(MIN_WINDOW_TIME);
             (self.bw as f64 * base.as_secs_f64()) as u64
         })
     }

@@ -926,6 +926,42 @@ fn a_link_in_cruise_far_below_its_path_goes_back_to_start_up() {
 }
 
 #[test]
+fn a_window_holds_at_least_a_millisecond_of_the_rate() {
+    // A loopback-like path: 100 us at 100 MB/s is a bandwidth-delay product of 7 packets.
+    let short = Path {
+        rate: 100e6,
+        rtt: Duration::from_micros(100),
+        queue: 1_000_000,
+        loss: 0.0,
+        ..b_path()
+    };
+    let start = Instant::now();
+    for phase in [Phase::Cruise(0), Phase::Cruise(1), Phase::Climb(0)] {
+        let mut pace = cruising_at(&short, start, 1.0);
+        pace.phase = phase;
+        pace.set_window();
+        let floor = short.rate * MIN_WINDOW_TIME.as_secs_f64();
+        assert!(pace.window() as f64 >= 0.99 * floor, "{phase:?}: {pace:?}");
+    }
+    // And it still fills such a path, with at most a few milliseconds queued.
+    let mut pace = Pace::new(start, MTU);
+    let out = run(&mut pace, &short, start, 1.0, 5);
+    assert!(out.delivered as f64 > 0.9 * short.rate, "{out:?}");
+    assert!(out.max_queue < Duration::from_millis(5), "{out:?}");
+    // A long path's window is its bandwidth-delay product, as without the floor.
+    let long = b_path();
+    let mut pace = cruising_at(&long, start, 1.0);
+    pace.set_window();
+    let bdp = long.rate * long.rtt.as_secs_f64();
+    let expected = CRUISE_GAIN * bdp;
+    assert!(
+        (pace.window() as f64 - expected).abs() < 0.001 * expected,
+        "{} against {expected}",
+        pace.window()
+    );
+}
+
+#[test]
 fn a_link_in_cruise_below_its_path_finds_it() {
     // Start-up can end below the path's rate (a loss held its last round back), and probes
     // alone take seconds to find the rest. Here the estimate starts at 60% of scenario B's path.
