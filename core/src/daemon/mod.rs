@@ -635,7 +635,9 @@ fn runtime(threads: Option<std::num::NonZeroUsize>) -> io::Result<tokio::runtime
 }
 
 async fn run<D: Daemon>(path: &Path, config: D::Config, binary: &Binary) -> io::Result<()> {
+    // What the host gives the daemon, beside the other host checks (socket buffers, bbr).
     tracing::info!(
+        target: "wanmux::host",
         threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "runtime started"
     );
