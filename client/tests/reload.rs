@@ -23,6 +23,19 @@ fn config(node: &str, maps: &[(&str, &str)]) -> String {
     text
 }
 
+/// A fresh directory `name` under the test's temp dir, the path of its `client.toml` (not yet
+/// written), and a node address nothing listens on: the maps work without a link.
+fn fresh(name: &str) -> (std::path::PathBuf, String) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let node = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
+    (dir.join("client.toml"), node)
+}
+
 struct Client {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -79,15 +92,7 @@ fn listen_addr(line: &str) -> String {
 
 #[test]
 fn sighup_adds_and_removes_maps_and_refuses_a_broken_file() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reload-client");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    // A node address nothing listens on: the maps work without a link.
-    let node = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .to_string();
-    let path = dir.join("client.toml");
+    let (path, node) = fresh("reload-client");
     std::fs::write(&path, config(&node, &[("127.0.0.1:0", "a")])).expect("write");
     let mut client = run(&path);
     let a = listen_addr(&client.wait_log(&["mapping", "service=a"]));
@@ -155,14 +160,7 @@ fn sighup_adds_and_removes_maps_and_refuses_a_broken_file() {
 /// change is named as waiting for a restart, and the maps keep working.
 #[test]
 fn threads_are_set_at_start_and_kept_by_a_reload() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reload-client-threads");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let node = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .to_string();
-    let path = dir.join("client.toml");
+    let (path, node) = fresh("reload-client-threads");
     let with_threads = |n: u32| {
         config(&node, &[("127.0.0.1:0", "a")]).replacen(
             "[client]\n",
@@ -188,14 +186,7 @@ fn threads_are_set_at_start_and_kept_by_a_reload() {
 /// stops the start with an error naming it (tokio itself would panic), and a good one is used.
 #[test]
 fn a_bad_worker_threads_variable_is_an_error_not_a_panic() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("client-threads-env");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let node = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .to_string();
-    let path = dir.join("client.toml");
+    let (path, node) = fresh("client-threads-env");
     std::fs::write(&path, config(&node, &[("127.0.0.1:0", "a")])).expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_wanmux-client"))
         .args(["run", "--config"])
