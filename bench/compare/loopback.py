@@ -36,11 +36,12 @@ from benchlib import EXIT_VERIFY, REPO, fmt, median, run_cmd, try_cmd  # noqa: E
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-ALL_CONTENDERS = ["direct", "wanmux-1", "wanmux-4", "stunnel", "kcptun"]
+ALL_CONTENDERS = ["direct", "wanmux-1", "wanmux-4", "wanmux-4q", "stunnel", "kcptun"]
 LABELS = {
     "direct": "direct TCP",
     "wanmux-1": "wanmux, 1 link (Noise IKpsk2)",
     "wanmux-4": "wanmux, 4 links (Noise IKpsk2)",
+    "wanmux-4q": "wanmux, 4 QUIC links (TLS, Noise IKpsk2 bound to it)",
     "stunnel": "stunnel4 (TLS 1.3, 1 TLS conn per conn)",
     "kcptun": "kcptun `-crypt aes -mode fast3`",
 }
@@ -175,7 +176,8 @@ class Contender:
 
 
 def start_wanmux(name: str, links: int, bins: Path, bench_addr: str, tmp: Path,
-                 threads: int | None = None, cpus: str | None = None) -> Contender:
+                 threads: int | None = None, cpus: str | None = None,
+                 transport: str = "tcp") -> Contender:
     d = tmp / name
     d.mkdir()
     srv, cli = str(bins / "wanmux-server"), str(bins / "wanmux-client")
@@ -192,8 +194,8 @@ def start_wanmux(name: str, links: int, bins: Path, bench_addr: str, tmp: Path,
                            target=bench_addr, map_listen=f"127.0.0.1:{map_port}",
                            server_key="server.key", client_key="client.key",
                            server_pub=pub(server_pub), client_pub=pub(client_pub),
-                           # TCP links, named: the client's default ("auto") runs QUIC.
-                           links=f'count = {links}\ntransport = "tcp"', psk_file="wanmux.psk",
+                           # The transport named: the client's default ("auto") runs QUIC where the node answers it.
+                           links=f'count = {links}\ntransport = "{transport}"', psk_file="wanmux.psk",
                            server_extra=extra, client_extra=extra)
     benchlib.check_configs(name, bins, d)
     c = Contender(name, addr=f"127.0.0.1:{map_port}")
@@ -626,8 +628,11 @@ def main() -> int:
                 if name == "direct":
                     contenders[name] = Contender("direct", addr=bench_addr)
                 elif name.startswith("wanmux-"):
-                    contenders[name] = start_wanmux(name, int(name.split("-")[1]), bins, bench_addr, tmp,
-                                                    args.threads, args.daemon_cpus)
+                    count = name.split("-")[1]
+                    quic = count.endswith("q")
+                    contenders[name] = start_wanmux(name, int(count.rstrip("q")), bins, bench_addr, tmp,
+                                                    args.threads, args.daemon_cpus,
+                                                    "quic" if quic else "tcp")
                 elif name == "stunnel":
                     contenders[name] = start_stunnel(bench_addr, tmp)
                 elif name == "kcptun":
