@@ -143,10 +143,12 @@ def links_up(t: Tunnel) -> int:
 
 
 def start_tunnel(procs: benchlib.Procs, bins: Path, d: Path, target: str, *, links: int,
-                 limits: str = "", server_extra: str = "", transport: str = "tcp") -> Tunnel:
+                 limits: str = "", server_extra: str = "", transport: str = "tcp",
+                 threads: int | None = None) -> Tunnel:
     """Writes keys and configs into `d` and starts a one-node tunnel with `links` links over
     `transport` ("tcp" or "quic"; Noise IKpsk2) from a mapped port on 127.0.0.1 to `target`;
-    returns once the mapped port listens and every link is up."""
+    returns once the mapped port listens and every link is up. `threads` sets both daemons'
+    `threads` (unset: one worker per CPU)."""
     d.mkdir(parents=True, exist_ok=True)
     srv, cli = str(bins / "wanmux-server"), str(bins / "wanmux-client")
     server_pub = benchlib.public_key(run_cmd([srv, "keygen", "--out", str(d / "server.key")]))
@@ -158,7 +160,8 @@ def start_tunnel(procs: benchlib.Procs, bins: Path, d: Path, target: str, *, lin
         map_listen=f"127.0.0.1:{map_port}", server_key="server.key", client_key="client.key",
         server_pub=server_pub, client_pub=client_pub,
         links=f'count = {links}\ntransport = "{transport}"', psk_file="wanmux.psk",
-        server_extra=server_extra, limits=limits)
+        server_extra=server_extra + (f"\nthreads = {threads}\n" if threads else ""),
+        client_extra=f"threads = {threads}\n" if threads else "", limits=limits)
     benchlib.check_configs("tunnel", bins, d)
     env = benchlib.daemon_env()
     logs = [d / "server.log", d / "client.log"]

@@ -188,7 +188,7 @@ def one_round(i: int, args, bins: Path, out: Path) -> dict:
     d.mkdir(parents=True, exist_ok=True)
     echo_p, echo = common.start_echo(PROCS, d / "echo.log")
     t = common.start_tunnel(PROCS, bins, d / "tunnel", echo, links=args.links,
-                            limits=args.limits)
+                            limits=args.limits, threads=args.threads)
     r: dict = {"round": i, "load_start": common.loadavg()}
     try:
         host, port = echo.rsplit(":", 1)
@@ -257,6 +257,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=64, help="set-ups in flight at once")
     ap.add_argument("--links", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="server.threads and client.threads of both daemons (default: unset, one "
+                         "worker per CPU)")
     ap.add_argument("--limits", default="", help="a [limits] section for both daemons")
     ap.add_argument("--hold", type=float, default=5, help="seconds to settle before reading RSS")
     ap.add_argument("--timeout", type=float, default=30, help="per set-up, seconds")
