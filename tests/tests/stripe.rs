@@ -402,6 +402,9 @@ async fn a_peer_link_that_dies_mid_transfer_loses_nothing() {
         let relay = relay.expect("a relay");
         let client = wanmux_client::start(config).await.expect("client starts");
         client.wait_for_links(6).await;
+        // The sub-links through node 3 before the data: a transfer that finished before they
+        // were up had nothing for node 3 to relay.
+        wait_for_sub_links(&client, 3, 2).await;
         let (up, down) = (24 << 20, 24 << 20);
         let tasks = start_transfers(client.first_addr(), 4, up, down);
         assert!(
