@@ -506,9 +506,7 @@ impl NodeRouter {
             tokio::time::sleep(MEMORY_RETRY).await;
         }
     }
-}
 
-impl NodeRouter {
     /// Returns `bytes` of credit to `owner` for virtual link (`handle`, this link) at once,
     /// ahead of what waits on the peer link ([`crate::mesh::Credits`]).
     fn return_credit(&self, (owner, handle, bytes): (u16, Handle, u64)) {
