@@ -1,5 +1,11 @@
 //! `wanmux-client`: run a client, check its config, or make keys.
 
+/// jemalloc keeps freed pages for reuse a while; the C library's malloc hands them back at once
+/// and faults them in again for the next block (see this crate's `Cargo.toml`).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::path::Path;
 use std::time::Duration;
 use wanmux_client::ClientHandle;
