@@ -4,7 +4,7 @@ use super::SessionDriver;
 use crate::engine::LinkStats;
 use crate::frame::MAX_MESSAGE;
 use crate::ids::LinkId;
-use crate::noise::{LinkError, LinkReader, LinkWriter, ARENA_CHUNK, READ_CHUNK};
+use crate::noise::{LinkError, LinkReader, LinkWriter, READ_CHUNK};
 use bytes::{Bytes, BytesMut};
 use std::fmt;
 use std::sync::Arc;
@@ -22,13 +22,13 @@ const IDLE_FREE: std::time::Duration = std::time::Duration::from_secs(1);
 const LINK_STATE: u64 = 16 * 1024;
 
 /// The most one established link holds in this process for what it receives: its reader's
-/// read buffer ([`READ_CHUNK`], the partial message included) and one decryption block
-/// ([`ARENA_CHUNK`]; older blocks still referenced are their consumers' memory), plus
+/// read block ([`READ_CHUNK`], the partial message included; messages are decrypted where they
+/// were read, and older blocks still referenced are their consumers' memory), plus
 /// `LINK_STATE` (16 KiB: tasks, engine entry, cipher state). A server charges it to the receive
 /// pool of its `limits.memory` for every client link it admits (`docs/CONFIG.md`, Limits).
 /// Kernel socket buffers and, on a QUIC link, quinn's windows come on top (`docs/CONFIG.md`,
 /// "Memory cost of QUIC links").
-pub const LINK_RECV_MEMORY: u64 = (READ_CHUNK + ARENA_CHUNK) as u64 + LINK_STATE;
+pub const LINK_RECV_MEMORY: u64 = READ_CHUNK as u64 + LINK_STATE;
 
 /// The most one established link holds in this process for what it sends: its writer's batch
 /// (`BATCH`, 4, messages of up to [`MAX_MESSAGE`], each built in the output buffer where it is

@@ -5,9 +5,9 @@
 //! about 4% of both daemons' CPU at 8 streams on loopback (`perf record` of both daemons). So
 //! the handshake takes the Noise split's two keys from snow (`dangerously_get_raw_split`, the
 //! `risky-raw-split` feature) and this module applies the same AEADs with ring directly, in
-//! place: the reader copies a message into its arena and opens it there, the writer copies the
-//! plaintext into its output and seals it there. Each byte is still copied once, as snow did;
-//! only the zeroing is gone.
+//! place: the reader opens a message where it lies in its read buffer, the writer copies the
+//! plaintext into its output and seals it there. The writer's copy stays (the send buffer keeps
+//! the plaintext for a resend); the reader's is gone, and so is the zeroing.
 //!
 //! What is on the wire does not change, and must not: Noise's transport encryption is the
 //! cipher's AEAD with the split key, empty associated data, and a 96-bit nonce of four zero

@@ -43,10 +43,10 @@
 //!
 //! # Data path
 //!
-//! [`LinkReader::recv`] reads the stream in large chunks, copies each message into an arena and
-//! decrypts it there in place (with the handshake's split keys, `cipher`), handing out frozen
-//! slices of it, so a message costs no allocation of its own. A
-//! [`Bytes`] it returns keeps its arena block (up to [`ARENA_CHUNK`] bytes) alive: a consumer
+//! [`LinkReader::recv`] reads the stream in large chunks and decrypts each message where it
+//! lies in the read buffer (with the handshake's split keys, `cipher`), handing it out as a
+//! frozen slice of that buffer, so a message costs no copy and no allocation of its own. A
+//! [`Bytes`] it returns keeps its read block (up to [`READ_CHUNK`] bytes) alive: a consumer
 //! that holds messages for long should copy what it keeps. [`LinkWriter::seal`] encrypts into one
 //! output buffer, and [`LinkWriter::flush`] writes everything sealed so far in as few syscalls as
 //! the kernel allows. A writer seals as many messages as it has before flushing: that is how
@@ -57,7 +57,8 @@
 //!
 //! # Memory bounds
 //!
-//! A reader buffers at most one read chunk plus one partial message ([`READ_CHUNK`] + 64 KiB).
+//! A reader holds one read block of [`READ_CHUNK`] bytes, its partial message included; the
+//! blocks that slices it handed out still pin are their holders' memory.
 //! A writer's output buffer is capped at [`MAX_PENDING`]; the caller flushes well before that
 //! (watch [`LinkWriter::pending`]). A connection in its handshake holds a few KiB at most.
 
@@ -113,11 +114,9 @@ pub const MAX_HANDSHAKE_MESSAGE: usize = 1_024;
 /// and on a client link it holds the session secret as well.
 pub const MAX_FIRST_PLAINTEXT: usize = MAX_HANDSHAKE_MESSAGE - TAG_LEN - SESSION_SECRET_LEN;
 
-/// How much a [`LinkReader`] asks the kernel for per read.
-pub const READ_CHUNK: usize = 256 * 1024;
-
-/// Size of one decryption arena block of a [`LinkReader`].
-pub const ARENA_CHUNK: usize = 128 * 1024;
+/// How much a [`LinkReader`] asks the kernel for per read, and the size of its read blocks:
+/// messages are decrypted and handed out where they were read, so a slice held pins one block.
+pub const READ_CHUNK: usize = 128 * 1024;
 
 /// Cap on the bytes a [`LinkWriter`] holds sealed but not yet flushed. Sealing past it is API
 /// misuse: flush first.

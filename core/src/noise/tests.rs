@@ -252,6 +252,38 @@ async fn many_random_messages_round_trip_exactly() {
     }
 }
 
+/// Messages are decrypted where they were read and handed out as slices of the read block: a
+/// consumer that holds every one of them to the end still reads each intact (a block is
+/// reused only once no slice of it is held), and the reader's own buffer stays within one
+/// read chunk however many blocks the held slices pin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_messages_stay_intact_and_the_reader_keeps_one_block() {
+    for cipher in CIPHERS {
+        let (_reader, writer, mut accepted) = link(Pattern::Ik, cipher).await;
+        let msgs = random_messages(200, 400);
+        let sender = tokio::spawn(write_all(writer, msgs.clone(), 3));
+        let mut held = Vec::new();
+        while let Some(m) = accepted.reader.recv().await.unwrap() {
+            assert!(
+                accepted.reader.buffer_capacity() <= READ_CHUNK,
+                "the reader's buffer grew to {} bytes",
+                accepted.reader.buffer_capacity()
+            );
+            held.push(m);
+        }
+        sender.await.unwrap();
+        assert_eq!(held.len(), msgs.len());
+        for (n, (got, sent)) in held.iter().zip(msgs.iter()).enumerate() {
+            assert!(got[..] == sent[..], "held message {n} differs ({cipher:?})");
+        }
+        let total: usize = msgs.iter().map(Vec::len).sum();
+        assert!(
+            total > 4 * READ_CHUNK,
+            "the messages span several read blocks"
+        );
+    }
+}
+
 #[tokio::test]
 async fn links_run_over_any_byte_stream() {
     // An in-memory pipe, smaller than one message, so both directions see partial reads and

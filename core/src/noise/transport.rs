@@ -10,9 +10,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::cipher::DirectionKey;
-use super::{
-    BoxRead, BoxWrite, LinkError, ARENA_CHUNK, MAX_PENDING, MAX_PLAINTEXT, READ_CHUNK, TAG_LEN,
-};
+use super::{BoxRead, BoxWrite, LinkError, MAX_PENDING, MAX_PLAINTEXT, READ_CHUNK, TAG_LEN};
 
 /// Length of the `len: u16` prefix of every message.
 pub(super) const LEN_PREFIX: usize = 2;
@@ -54,11 +52,14 @@ impl InBuf {
     /// Reads once, appending to the buffer. Returns `false` at EOF.
     ///
     /// The buffer never grows past one chunk: callers read only while the buffer lacks one
-    /// complete message, which is at most 64 KiB, a quarter of a data-path chunk, so reserving
-    /// up to the chunk leaves room for a large read. `reserve` moves that partial message to the
-    /// front of the allocation once enough has been consumed before it, so a steady stream
-    /// reuses one allocation. (A handshake's chunk is smaller than a message; its reads grow the
-    /// buffer to the message, within [`super::MAX_HANDSHAKE_MESSAGE`].)
+    /// complete message, which is at most 64 KiB, half a data-path chunk, so reserving up to the
+    /// chunk leaves room for a large read. When the room left is short, `reserve` moves that
+    /// partial message to the front of the block if no slice split off the block is still
+    /// held ([`LinkReader`] hands its messages out as such slices), so a steady stream whose
+    /// messages are consumed as they come reuses one block; else it moves the partial message
+    /// to a new block and the old one lives as long as its slices. (A handshake's chunk is
+    /// smaller than a message; its reads grow the buffer to the message, within
+    /// [`super::MAX_HANDSHAKE_MESSAGE`].)
     async fn read_more(&mut self) -> io::Result<bool> {
         let len = self.buf.len();
         if self.buf.capacity() - len < self.chunk / 4 {
@@ -90,8 +91,6 @@ pub struct LinkReader {
     seal: Seal,
     /// Nonce of the next message to decrypt (in the clear: the count of messages received).
     nonce: u64,
-    /// Plaintexts are decrypted here and split off as frozen [`Bytes`].
-    arena: BytesMut,
     /// Set after an error or EOF: the stream position is lost, so every later call fails.
     done: bool,
     /// The peer's address when the link runs over TCP, for [`peer_addr`](Self::peer_addr) and
@@ -107,8 +106,6 @@ impl LinkReader {
             inb,
             seal,
             nonce,
-            // Allocated by the first message: an idle link holds no block.
-            arena: BytesMut::new(),
             done: false,
             peer: None,
         }
@@ -167,30 +164,31 @@ impl LinkReader {
         }
     }
 
-    /// Decrypts the complete message of `len` ciphertext bytes at the front of the buffer (on a
-    /// clear link: takes its `len` bytes).
+    /// Decrypts the complete message of `len` ciphertext bytes at the front of the buffer where
+    /// it lies and splits it off (on a clear link: splits its `len` bytes off).
+    ///
+    /// The slice handed out shares the read buffer's block ([`READ_CHUNK`] bytes): once a block
+    /// has slices held, the next read that needs room moves to a new block, and a block whose
+    /// slices are all gone is reused ([`InBuf::read_more`]). So a message costs no copy and no
+    /// allocation of its own, and a held slice pins at most one read chunk.
     fn open(&mut self, len: usize) -> Result<Bytes, LinkError> {
-        // The arena is empty here (every plaintext is split off). Reuse its block if every slice
-        // handed out from it is gone, else start a new block.
-        if self.arena.capacity() < len && !self.arena.try_reclaim(ARENA_CHUNK) {
-            self.arena = BytesMut::with_capacity(ARENA_CHUNK);
-        }
-        // One copy, out of the read buffer, then the AEAD opens it where it lies. (Opening it in
-        // the read buffer itself would save the copy, but then a slice the engine keeps would
-        // pin a whole read chunk, twice an arena block.)
-        self.arena
-            .extend_from_slice(&self.inb.buf[LEN_PREFIX..LEN_PREFIX + len]);
+        let mut msg = self.inb.buf.split_to(LEN_PREFIX + len);
+        msg.advance(LEN_PREFIX);
         if let Seal::Noise(key) = &self.seal {
-            let Some(n) = key.open(self.nonce, &mut self.arena) else {
-                self.arena.clear();
+            let Some(n) = key.open(self.nonce, &mut msg) else {
                 return Err(LinkError::Protocol("transport message failed to decrypt"));
             };
-            self.arena.truncate(n);
+            msg.truncate(n);
         }
         // The counter cannot wrap: the sender stops before u64::MAX (`LinkWriter::seal`).
         self.nonce += 1;
-        self.inb.buf.advance(LEN_PREFIX + len);
-        Ok(self.arena.split().freeze())
+        Ok(msg.freeze())
+    }
+
+    /// What the read buffer holds room for now, from its unread bytes on (tests).
+    #[cfg(test)]
+    pub(super) fn buffer_capacity(&self) -> usize {
+        self.inb.buf.capacity()
     }
 
     /// Address of the peer, as it was when the link was set up over TCP; `None` for a link set
