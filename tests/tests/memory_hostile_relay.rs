@@ -66,7 +66,7 @@ const OWNER_MEMORY: u64 = 64 << 20;
 const SHED_LINKS: u32 = 12;
 /// The relay's `limits.memory` in the shedding test: a receive pool of 12 MiB, so that the
 /// hostile client's share of it (half, less its links' charges: about 4.3 MiB) is well below
-/// what the owner sends through its links (6.1-6.3 MB in 5 s).
+/// what the owner sends through its links (6.0-6.4 MB in 5 s).
 const SHED_RELAY_MEMORY: u64 = 24 << 20;
 
 /// The largest routed message the hostile client writes (one Noise message).
@@ -346,7 +346,7 @@ fn a_relay_sheds_what_it_cannot_hold_for_client_links_that_are_not_read() {
         // in its links of 1 MiB credit each. That share is at most half the pool (what the pool
         // keeps free), and the charges of its links (`LINK_RECV_MEMORY` each) take part of it,
         // so its sections may hold less than the difference. (The owner sends for about 5 s,
-        // until its virtual links' pings, never answered, time them out: 6.1-6.3 MB came here.)
+        // until its virtual links' pings, never answered, time them out: 6.0-6.4 MB came here.)
         let share = c.nodes[0].budget().cap() / 2 - u64::from(SHED_LINKS) * LINK_RECV_MEMORY;
         assert!(
             relayed > share,

@@ -281,6 +281,24 @@ async fn held_messages_stay_intact_and_the_reader_keeps_one_block() {
             total > 4 * READ_CHUNK,
             "the messages span several read blocks"
         );
+        // Consumed as they come, the reader reuses its block, still within one chunk: a
+        // partial message longer than what was consumed before it moves to a new block
+        // rather than doubling the old one.
+        let (_reader, writer, mut accepted) = link(Pattern::Ik, cipher).await;
+        let msgs = random_messages(201, 1_500);
+        let sender = tokio::spawn(write_all(writer, msgs.clone(), 4));
+        let mut n = 0;
+        while let Some(m) = accepted.reader.recv().await.unwrap() {
+            assert!(m[..] == msgs[n][..], "message {n} differs ({cipher:?})");
+            assert!(
+                accepted.reader.buffer_capacity() <= READ_CHUNK,
+                "the reader's buffer grew to {} bytes",
+                accepted.reader.buffer_capacity()
+            );
+            n += 1;
+        }
+        sender.await.unwrap();
+        assert_eq!(n, msgs.len());
     }
 }
 

@@ -52,19 +52,24 @@ impl InBuf {
     /// Reads once, appending to the buffer. Returns `false` at EOF.
     ///
     /// The buffer never grows past one chunk: callers read only while the buffer lacks one
-    /// complete message, which is at most 64 KiB, half a data-path chunk, so reserving up to the
-    /// chunk leaves room for a large read. When the room left is short, `reserve` moves that
-    /// partial message to the front of the block if no slice split off the block is still
-    /// held ([`LinkReader`] hands its messages out as such slices), so a steady stream whose
-    /// messages are consumed as they come reuses one block; else it moves the partial message
-    /// to a new block and the old one lives as long as its slices. (A handshake's chunk is
-    /// smaller than a message; its reads grow the buffer to the message, within
-    /// [`super::MAX_HANDSHAKE_MESSAGE`].)
+    /// complete message, which is at most 64 KiB, half a data-path chunk, so a block of one
+    /// chunk leaves room for a large read. When the room left is short, `try_reclaim` moves that
+    /// partial message to the front of the block if no slice split off the block is still held
+    /// ([`LinkReader`] hands its messages out as such slices) and the bytes consumed before it
+    /// are at least as many as its own, so a steady stream whose messages are consumed as they
+    /// come reuses one block; else the partial message moves to a new block of one chunk and
+    /// the old one lives as long as its slices. (`reserve` would double a block it cannot reuse
+    /// that way instead.) A handshake's chunk is smaller than a message; its reads grow the
+    /// buffer to the message, within [`super::MAX_HANDSHAKE_MESSAGE`].
     async fn read_more(&mut self) -> io::Result<bool> {
         let len = self.buf.len();
         if self.buf.capacity() - len < self.chunk / 4 {
-            self.buf
-                .reserve(self.chunk.saturating_sub(len).max(self.chunk / 4));
+            let room = self.chunk.saturating_sub(len).max(self.chunk / 4);
+            if !self.buf.try_reclaim(room) {
+                let mut block = BytesMut::with_capacity(len + room);
+                block.extend_from_slice(&self.buf);
+                self.buf = block;
+            }
         }
         Ok(self.rd.read_buf(&mut self.buf).await? != 0)
     }
