@@ -364,6 +364,11 @@ impl Session {
     /// The dedicated lanes that are not stalled (at most two, the nearest: see
     /// [`Session::nearest`]), if there is one and some other link can take the bulk data.
     pub(super) fn dedicated_lanes(&self, now: Instant) -> Option<[Option<LinkId>; 2]> {
+        // Without dedicated lanes (`links.lanes = 0`, the default) this runs after every
+        // engine call while a writer is parked: skip the search for the nearest.
+        if !self.links.values().any(|l| l.lane) {
+            return None;
+        }
         let mut out = self.nearest(now, 2, |l| l.lane);
         self.keep_a_direct_lane(now, &mut out, |l| l.lane);
         let bulk_link = self.links.values().any(|l| !l.lane && !l.stalled(now));
