@@ -11,8 +11,12 @@ use std::collections::VecDeque;
 /// A stream whose backlog is at most this many bytes is interactive.
 pub(crate) const INTERACTIVE_BACKLOG: u64 = 16 * 1024;
 
-/// Bytes a stream may send per turn while other streams wait.
-pub(crate) const QUANTUM: usize = 16 * 1024;
+/// Bytes a stream may send per turn while other streams wait: about a whole message, so that a
+/// bulk stream's bytes arrive in large pieces, each written to its application in one call and
+/// waking it once (with 16 KiB, eight uploads through 4 links cost both daemons 1.63-1.68 CPU
+/// s/GB on loopback against 1.55-1.56: `bench/RESULTS.md`, "Many streams"). Interactive streams
+/// are served first whatever it is.
+pub(crate) const QUANTUM: usize = 64 * 1024;
 
 /// The stream queues. Streams pinned to their owner's links (`spread = "pin"`) wait in queues of
 /// their own, which a relayed link (a sub-link or virtual link, see `Session::add_relayed_link`)
