@@ -265,9 +265,9 @@ async fn poll_once<F: std::future::Future>(f: F) -> Poll<F::Output> {
 }
 
 /// Engine -> socket. Each write takes every chunk the stream has ready, up to [`WRITE_MAX`]
-/// bytes in at most [`WRITE_CHUNKS`] chunks, in one system call: with several streams a message
-/// carries a chunk of each (`QUANTUM`, 16 KiB), and a call per chunk would cost a wake-up of
-/// the application per chunk too.
+/// bytes in at most [`WRITE_CHUNKS`] chunks, in one system call: a stream's bytes come in a
+/// chunk per frame, and a call per chunk would cost a wake-up of the application per chunk too
+/// (`bench/RESULTS.md`, "Many streams"). A stream that waits for more holds no chunk list.
 async fn downstream(
     driver: &SessionDriver,
     id: StreamId,
@@ -307,7 +307,10 @@ async fn downstream(
                 let _ = wr.shutdown().await;
                 return Half::Done;
             }
-            Ok(Some(ReadChunk::Blocked)) => readable.await,
+            Ok(Some(ReadChunk::Blocked)) => {
+                chunks = Vec::new();
+                readable.await;
+            }
             Ok(Some(ReadChunk::Data(_)) | None) => {}
             Err(_) => return Half::Reset,
         }
