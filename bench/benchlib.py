@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -215,6 +216,30 @@ public_key = "{server_pub}"
 listen = "{map_listen}"
 service = "bench"
 """)
+
+
+def ensure_installed(binaries: list[str], packages: list[str], no_install: bool,
+                     log: Log) -> str | None:
+    """None when every one of `binaries` is on PATH, installing Debian's `packages` first if one
+    is missing and that is allowed (root, apt-get, not `no_install`); else what is missing."""
+    missing = [b for b in binaries if shutil.which(b) is None]
+    if missing and not no_install and os.geteuid() == 0 and shutil.which("apt-get"):
+        log(f"installing {' '.join(packages)} (apt-get)")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update"], env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", *packages], env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        missing = [b for b in binaries if shutil.which(b) is None]
+    return f"{', '.join(missing)} not found" if missing else None
+
+
+def save_report(text: str, out: Path, log: Log) -> None:
+    """Writes the markdown report `text` to `out` (making its directory) and prints it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+    log(f"wrote {out}")
 
 
 def daemon_env() -> dict[str, str]:

@@ -148,6 +148,8 @@ def ensure_packages(want: list[str], no_install: bool) -> dict[str, str]:
 class Contender:
     name: str
     addr: str = ""
+    # The addresses of the other services a tunnel maps (`start_wanmux`'s `services`), by name.
+    maps: dict[str, str] = field(default_factory=dict)
     tunnel: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
     dead: str | None = None  # why it stopped being measured
@@ -177,7 +179,10 @@ class Contender:
 
 def start_wanmux(name: str, links: int, bins: Path, bench_addr: str, tmp: Path,
                  threads: int | None = None, cpus: str | None = None,
-                 transport: str = "tcp") -> Contender:
+                 transport: str = "tcp", lanes: int = 0,
+                 services: dict[str, str] | None = None) -> Contender:
+    """A one-node tunnel from a mapped port to the service "bench" at `bench_addr`, and to each of
+    `services` (name: target address) from a port of its own (`Contender.maps`)."""
     d = tmp / name
     d.mkdir()
     srv, cli = str(bins / "wanmux-server"), str(bins / "wanmux-client")
@@ -190,15 +195,23 @@ def start_wanmux(name: str, links: int, bins: Path, bench_addr: str, tmp: Path,
     pin = ["taskset", "-c", cpus] if cpus else []
 
     link_port, map_port = free_tcp_port(), free_tcp_port()
+    ports = {svc: free_tcp_port() for svc in services or {}}
+    maps = {svc: f"127.0.0.1:{port}" for svc, port in ports.items()}
+    server_extra = extra + "".join(f'\n[[service]]\nname = "{svc}"\ntarget = "{target}"\n'
+                                   for svc, target in (services or {}).items())
+    client_extra = extra + "".join(f'\n[[map]]\nlisten = "{addr}"\nservice = "{svc}"\n'
+                                   for svc, addr in maps.items())
+    lanes_line = f"\nlanes = {lanes}" if lanes else ""
     benchlib.write_configs(d, listen=f"127.0.0.1:{link_port}", node_addr=f'"127.0.0.1:{link_port}"',
                            target=bench_addr, map_listen=f"127.0.0.1:{map_port}",
                            server_key="server.key", client_key="client.key",
                            server_pub=pub(server_pub), client_pub=pub(client_pub),
                            # The transport named: the client's default ("auto") runs QUIC where the node answers it.
-                           links=f'count = {links}\ntransport = "{transport}"', psk_file="wanmux.psk",
-                           server_extra=extra, client_extra=extra)
+                           links=f'count = {links}\ntransport = "{transport}"{lanes_line}',
+                           psk_file="wanmux.psk", server_extra=server_extra,
+                           client_extra=client_extra)
     benchlib.check_configs(name, bins, d)
-    c = Contender(name, addr=f"127.0.0.1:{map_port}")
+    c = Contender(name, addr=f"127.0.0.1:{map_port}", maps=maps)
     env = benchlib.daemon_env()
     c.logs = [d / "server.log", d / "client.log"]
     ps = PROCS.start(f"{name} server", [*pin, srv, "run", "--config", str(d / "server.toml")], c.logs[0],
@@ -208,8 +221,22 @@ def start_wanmux(name: str, links: int, bins: Path, bench_addr: str, tmp: Path,
     pc = PROCS.start(f"{name} client", [*pin, cli, "run", "--config", str(d / "client.toml")], c.logs[1],
                     env=env)
     c.tunnel.append(("wanmux-client", pc))
-    wait_port(map_port, pc, f"{name} client")
+    for port in (map_port, *ports.values()):
+        wait_port(port, pc, f"{name} client")
     return c
+
+
+def start_bench_server(bench: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
+    """Starts `wanmux-bench server` on a free port of 127.0.0.1; returns it and its address."""
+    srv_log = tmp / "bench-server.log"
+    bs = PROCS.start("wanmux-bench server", [str(bench), "server", "--listen", "127.0.0.1:0"], srv_log)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and bs.poll() is None:
+        for line in srv_log.read_text(errors="replace").splitlines():
+            if line.startswith("listening on "):
+                return bs, line.split()[-1]
+        time.sleep(0.05)
+    raise RuntimeError(f"wanmux-bench server did not print its address: {srv_log.read_text()}")
 
 
 def start_stunnel(bench_addr: str, tmp: Path) -> Contender:
@@ -606,19 +633,7 @@ def main() -> int:
     order: list[str] = []
     try:
         # The bench server that every contender forwards to.
-        srv_log = tmp / "bench-server.log"
-        bs = PROCS.start("wanmux-bench server", [str(bench), "server", "--listen", "127.0.0.1:0"], srv_log)
-        deadline = time.monotonic() + 10
-        bench_addr = None
-        while time.monotonic() < deadline and bench_addr is None:
-            for line in srv_log.read_text(errors="replace").splitlines():
-                if line.startswith("listening on "):
-                    bench_addr = line.split()[-1]
-            if bs.poll() is not None:
-                break
-            time.sleep(0.05)
-        if bench_addr is None:
-            raise RuntimeError(f"wanmux-bench server did not print its address: {srv_log.read_text()}")
+        bs, bench_addr = start_bench_server(bench, tmp)
         log(f"bench server on {bench_addr}; tmp {tmp}")
 
         for name in want:

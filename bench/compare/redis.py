@@ -39,20 +39,6 @@ CONTENDERS = ["direct", "wanmux-1", "wanmux-4"]
 log = benchlib.logger("redis")
 
 
-def ensure_redis(no_install: bool) -> str | None:
-    """None when redis-server and redis-benchmark are there (installing them if allowed), else why not."""
-    missing = [b for b in ("redis-server", "redis-benchmark") if shutil.which(b) is None]
-    if missing and not no_install and os.geteuid() == 0 and shutil.which("apt-get"):
-        log("installing redis-server redis-tools (apt-get)")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update"], env=env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "redis-server", "redis-tools"], env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        missing = [b for b in ("redis-server", "redis-benchmark") if shutil.which(b) is None]
-    return f"{', '.join(missing)} not found" if missing else None
-
-
 def run_get(addr: str, clients: int, requests: int) -> dict[str, float]:
     """One redis-benchmark GET run; its CSV line as numbers (rps, p50_latency_ms, ...)."""
     host, port = addr.rsplit(":", 1)
@@ -91,7 +77,8 @@ def main() -> int:
     for b in benchlib.missing_bins(bins, ("wanmux-server", "wanmux-client")):
         log(f"{b} missing: cargo build --release -p wanmux-server -p wanmux-client, or --bin-dir")
         return 2
-    why = ensure_redis(args.no_install)
+    why = benchlib.ensure_installed(["redis-server", "redis-benchmark"],
+                                    ["redis-server", "redis-tools"], args.no_install, log)
     if why:
         log(f"cannot run: {why}")
         return 2
@@ -173,11 +160,8 @@ def main() -> int:
         *lines,
         "",
     ])
-    out = args.out or HERE / "out" / f"redis-{started:%Y%m%dT%H%M%SZ}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
-    print(report)
-    log(f"wrote {out}")
+    benchlib.save_report(report, args.out or HERE / "out" / f"redis-{started:%Y%m%dT%H%M%SZ}.md",
+                         log)
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shlex
 import shutil
 import statistics
@@ -36,73 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import benchlib  # noqa: E402
 import loopback  # noqa: E402
-from benchlib import fmt, run_cmd  # noqa: E402
+from benchlib import fmt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 log = benchlib.logger("rr_bulk")
 PROCS = loopback.PROCS
-
-
-def ensure_iperf3(no_install: bool) -> str | None:
-    """Why iperf3 cannot run, if it cannot (installs Debian's package if it may)."""
-    if shutil.which("iperf3") is None and not no_install and os.geteuid() == 0 \
-            and shutil.which("apt-get"):
-        log("installing iperf3 (apt-get)")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update"], env=env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "iperf3"], env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return None if shutil.which("iperf3") else "`iperf3` not found (Debian package iperf3)"
-
-
-def start_bench_server(bench: Path, tmp: Path) -> str:
-    """Starts `wanmux-bench server` on a free port; returns its address."""
-    srv_log = tmp / "bench-server.log"
-    bs = PROCS.start("wanmux-bench server", [str(bench), "server", "--listen", "127.0.0.1:0"],
-                     srv_log)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and bs.poll() is None:
-        for line in srv_log.read_text(errors="replace").splitlines():
-            if line.startswith("listening on "):
-                return line.split()[-1]
-        time.sleep(0.05)
-    raise RuntimeError(f"wanmux-bench server did not print its address: {srv_log.read_text()}")
-
-
-def start_tunnel(bins: Path, tmp: Path, bench_addr: str, iperf_addr: str, links: int,
-                 transport: str, lanes: int, threads: int | None) -> tuple[str, str]:
-    """One node and one client mapping the services "bench" and "iperf"; returns the two mapped
-    addresses."""
-    d = tmp / "tunnel"
-    d.mkdir()
-    srv, cli = str(bins / "wanmux-server"), str(bins / "wanmux-client")
-    pub = benchlib.public_key
-    server_pub = pub(run_cmd([srv, "keygen", "--out", str(d / "server.key")]))
-    client_pub = pub(run_cmd([cli, "keygen", "--out", str(d / "client.key")]))
-    run_cmd([srv, "keygen", "--psk", "--out", str(d / "wanmux.psk")])
-    link_port = loopback.free_tcp_port()
-    bench_map, iperf_map = loopback.free_tcp_port(), loopback.free_tcp_port()
-    threads_line = f"threads = {threads}\n" if threads else ""
-    lanes_line = f"lanes = {lanes}\n" if lanes else ""
-    benchlib.write_configs(
-        d, listen=f"127.0.0.1:{link_port}", node_addr=f'"127.0.0.1:{link_port}"',
-        target=bench_addr, map_listen=f"127.0.0.1:{bench_map}", server_key="server.key",
-        client_key="client.key", server_pub=server_pub, client_pub=client_pub,
-        links=f'count = {links}\ntransport = "{transport}"\n{lanes_line}', psk_file="wanmux.psk",
-        server_extra=f'{threads_line}\n[[service]]\nname = "iperf"\ntarget = "{iperf_addr}"\n',
-        client_extra=f'{threads_line}\n[[map]]\nlisten = "127.0.0.1:{iperf_map}"\n'
-                     f'service = "iperf"\n')
-    benchlib.check_configs("tunnel", bins, d)
-    env = benchlib.daemon_env()
-    ps = PROCS.start("wanmux-server", [srv, "run", "--config", str(d / "server.toml")],
-                     d / "server.log", env=env)
-    loopback.wait_port(link_port, ps, "wanmux-server")
-    pc = PROCS.start("wanmux-client", [cli, "run", "--config", str(d / "client.toml")],
-                     d / "client.log", env=env)
-    loopback.wait_port(bench_map, pc, "wanmux-client")
-    loopback.wait_port(iperf_map, pc, "wanmux-client")
-    return f"127.0.0.1:{bench_map}", f"127.0.0.1:{iperf_map}"
 
 
 def measure(bench: Path, rr_addr: str, iperf_addr: str, rate: str, secs: float,
@@ -166,7 +103,7 @@ def main() -> int:
         log(f"{b} missing: cargo build --release -p wanmux-server -p wanmux-client "
             f"-p wanmux-bench, or --bin-dir")
         return 2
-    why = ensure_iperf3(args.no_install)
+    why = benchlib.ensure_installed(["iperf3"], ["iperf3"], args.no_install, log)
     if why:
         log(f"cannot run: {why}")
         return 2
@@ -177,15 +114,17 @@ def main() -> int:
     # {(path, rate): [measure()]}
     samples: dict[tuple[str, str], list[dict[str, float]]] = {}
     try:
-        bench_addr = start_bench_server(bench, tmp)
+        _, bench_addr = loopback.start_bench_server(bench, tmp)
         iperf_port = loopback.free_tcp_port()
         iperf = PROCS.start("iperf3 server", ["iperf3", "-s", "-B", "127.0.0.1", "-p",
                                               str(iperf_port)], tmp / "iperf3.log")
         loopback.wait_port(iperf_port, iperf, "iperf3 server")
         iperf_addr = f"127.0.0.1:{iperf_port}"
-        rr_map, iperf_map = start_tunnel(bins, tmp, bench_addr, iperf_addr, args.links,
-                                         args.transport, args.lanes, args.threads)
-        paths = {"tunnel": (rr_map, iperf_map), "direct": (bench_addr, iperf_addr)}
+        tunnel = loopback.start_wanmux("tunnel", args.links, bins, bench_addr, tmp, args.threads,
+                                       transport=args.transport, lanes=args.lanes,
+                                       services={"iperf": iperf_addr})
+        paths = {"tunnel": (tunnel.addr, tunnel.maps["iperf"]),
+                 "direct": (bench_addr, iperf_addr)}
         for rep in range(args.reps):
             for rate in rates:
                 for path, (rr_addr, up_addr) in paths.items():
@@ -225,11 +164,8 @@ def main() -> int:
         *lines,
         "",
     ])
-    out = args.out or HERE / "out" / f"rr_bulk-{started:%Y%m%dT%H%M%SZ}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
-    print(report)
-    log(f"wrote {out}")
+    benchlib.save_report(report, args.out or HERE / "out" / f"rr_bulk-{started:%Y%m%dT%H%M%SZ}.md",
+                         log)
     return 0
 
 
