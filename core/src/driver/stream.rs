@@ -279,8 +279,8 @@ async fn downstream(
         let readable = waker.readable.notified();
         tokio::pin!(readable);
         readable.as_mut().enable();
+        let mut taken = 0;
         let next = driver.with(|s, now| {
-            let mut taken = 0;
             while chunks.len() < WRITE_CHUNKS && taken < WRITE_MAX {
                 match s.stream_read(now, id, WRITE_MAX - taken) {
                     Ok(ReadChunk::Data(b)) => {
@@ -292,13 +292,12 @@ async fn downstream(
             }
             Ok(None)
         });
-        if !chunks.is_empty() {
-            let len = chunks.iter().map(Bytes::len).sum();
+        if taken > 0 {
             if let Err(e) = write_chunks(wr, &mut chunks).await {
                 debug!(stream = %id, error = %e, "application socket error");
                 return Half::Reset;
             }
-            driver.counters().app_written(len);
+            driver.counters().app_written(taken);
         }
         // What ended the turn, once what it took is written: the end of the stream was
         // consumed by the read that returned it, so it is acted on now, not asked for again.
