@@ -1246,8 +1246,8 @@ fn short_path(mbit: f64, loss: f64, reorder: bool) -> Path {
 }
 
 /// `links` links of one path (sharing its `PathShare`, as in the daemons) start together and
-/// send for `secs`; each link's goodput over the last `last` seconds, bytes per second.
-fn links_goodput(path: &Path, links: usize, secs: f64, last: f64, seed: u64) -> Vec<f64> {
+/// send for `secs`; each link's outcome over the last `last` seconds.
+fn links_run(path: &Path, links: usize, secs: f64, last: f64, seed: u64) -> Vec<Outcome> {
     let share = Arc::new(PathShare::default());
     let start = Instant::now();
     let mut paces: Vec<Pace> = (0..links)
@@ -1256,7 +1256,12 @@ fn links_goodput(path: &Path, links: usize, secs: f64, last: f64, seed: u64) -> 
     let mut refs: Vec<&mut Pace> = paces.iter_mut().collect();
     run_shared(&mut refs, path, start, secs - last, seed);
     let later = start + Duration::from_secs_f64(secs - last);
-    let outs = run_shared(&mut refs, path, later, last, seed + 1000);
+    run_shared(&mut refs, path, later, last, seed + 1000)
+}
+
+/// [`links_run`]'s links' goodput over the last `last` seconds, bytes per second.
+fn links_goodput(path: &Path, links: usize, secs: f64, last: f64, seed: u64) -> Vec<f64> {
+    let outs = links_run(path, links, secs, last, seed);
     outs.iter().map(|o| o.delivered as f64 / last).collect()
 }
 
@@ -1321,15 +1326,7 @@ fn four_links_of_a_path_keep_a_short_queue_in_cruise() {
     // there (lessons: four links' estimates above their path).
     let path = b_path();
     for seed in [1, 2] {
-        let share = Arc::new(PathShare::default());
-        let start = Instant::now();
-        let mut paces: Vec<Pace> = (1..=4)
-            .map(|id| Pace::on_path(start, MTU, id, Some(share.clone())))
-            .collect();
-        let mut refs: Vec<&mut Pace> = paces.iter_mut().collect();
-        run_shared(&mut refs, &path, start, 4.0, seed);
-        let later = start + Duration::from_secs(4);
-        let outs = run_shared(&mut refs, &path, later, 8.0, seed + 1000);
+        let outs = links_run(&path, 4, 12.0, 8.0, seed);
         let rate = outs.iter().map(|o| o.delivered).sum::<u64>() as f64 / 8.0;
         let packets: u64 = outs.iter().map(|o| o.queue_packets).sum();
         let mean = outs.iter().map(|o| o.queue_sum).sum::<Duration>() / packets as u32;
