@@ -366,3 +366,72 @@ async fn a_tls_signature_by_another_key_than_the_certificates_is_refused() {
         }
     }
 }
+
+/// A lane stream beside a link (`docs/PROTOCOL.md`, "Lane streams"): on a node that takes one,
+/// the client opens the connection's second stream after the link's handshake, the node
+/// accepts it, its own handshake completes and it carries messages both ways, as the link
+/// beside it still does; a node standing in for an older release (`wanmux/1` only) allows no
+/// second stream, and the client learns so without waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_stream_runs_beside_its_link_on_a_node_that_takes_one() {
+    for (offer, takes_lane) in [(Offer::Current, true), (Offer::V1Only, false)] {
+        let listener = server_endpoint_offering(loopback(), offer).expect("node endpoint");
+        let dialer = client_endpoint(loopback()).expect("client endpoint");
+        let (c_auth, s_auth) = creds(Mode::Ik);
+        let node = async {
+            let incoming = listener.endpoint().accept().await.expect("a connection");
+            let stream = accept(&listener, incoming, LONG).await.expect("its stream");
+            let sibling = stream.sibling();
+            let link = stream
+                .accept_with(&s_auth, LONG, reply)
+                .await
+                .expect("link");
+            if !takes_lane {
+                return (link, None);
+            }
+            let lane = sibling.accept().await.expect("the lane stream");
+            let lane = lane.accept_with(&s_auth, LONG, reply).await.expect("lane");
+            assert!(lane.hello.lane, "the lane's message 1 says it is one");
+            (link, Some(lane))
+        };
+        let client = async {
+            let stream = connect(&dialer, node_addr(&listener), LONG)
+                .await
+                .expect("QUIC");
+            let sibling = stream.sibling();
+            let link = stream
+                .connect(&c_auth, &hello(), FIRST, LONG)
+                .await
+                .expect("link");
+            let Some(lane) = sibling.open().await.expect("open") else {
+                return (link, None);
+            };
+            let lane_hello = ClientHello {
+                lane: true,
+                ..hello()
+            };
+            let lane = lane
+                .connect(&c_auth, &lane_hello, FIRST, LONG)
+                .await
+                .expect("lane");
+            (link, Some(lane))
+        };
+        let ((link, lane), (node_link, node_lane)) = tokio::join!(client, node);
+        assert_eq!(lane.is_some(), takes_lane, "{offer:?}");
+        // Either stream's writers, dropped, close the connection: kept to the end.
+        let mut writers = Vec::new();
+        if let (Some((reader, writer, _)), Some(node_lane)) = (lane, node_lane) {
+            let (a, b) = tokio::join!(
+                carry(writer, node_lane.reader, 10),
+                carry(node_lane.writer, reader, 11)
+            );
+            writers.extend([a, b]);
+        }
+        let (reader, writer, _) = link;
+        let _ = tokio::join!(
+            carry(writer, node_link.reader, 12),
+            carry(node_link.writer, reader, 13)
+        );
+        drop(writers);
+    }
+}

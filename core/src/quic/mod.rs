@@ -126,7 +126,7 @@ pub enum Offer {
     #[default]
     Current,
     /// `wanmux/1` only: what a release before `wanmux/2` did. Tests stand in for an old client
-    /// or node with it.
+    /// or node with it; such a node, like those releases, also takes no lane stream.
     V1Only,
 }
 
@@ -137,6 +137,14 @@ impl Offer {
         match self {
             Offer::Current => vec![ALPN_V2.to_vec(), ALPN_V1.to_vec()],
             Offer::V1Only => vec![ALPN_V1.to_vec()],
+        }
+    }
+
+    /// Bidirectional streams a node taking these versions lets a client open per connection.
+    fn streams(self) -> u32 {
+        match self {
+            Offer::Current => LINK_STREAMS,
+            Offer::V1Only => 1,
         }
     }
 }
@@ -193,13 +201,21 @@ const INCOMING_BUFFER: u64 = 64 * 1024;
 /// Bytes of packets quinn keeps for the whole queue.
 const INCOMING_BUFFER_TOTAL: u64 = 4 << 20;
 
+/// Bidirectional streams a node lets a client open on one connection: the link's, and a lane
+/// stream (`docs/PROTOCOL.md`, "Lane streams"; a node of an older release allows one).
+const LINK_STREAMS: u32 = 2;
+
+/// quinn's priority of a lane stream's data: sent before the bulk stream's (priority 0) in every
+/// packet of the connection.
+const LANE_PRIORITY: i32 = 1;
+
 /// A link with no packet for this long is dead to QUIC; the engine's pings notice much sooner.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The transport settings of one side; `accepts_stream` is the node's: it lets the client open
-/// the link's one bidirectional stream. The client lets the node open none. `pace` is the
-/// congestion controller of the link's path.
-fn transport(accepts_stream: bool, pace: PaceConfig) -> Arc<TransportConfig> {
+/// The transport settings of one side; `streams`, the bidirectional streams it lets the peer
+/// open: a node's [`Offer::streams`] (the link's, and a lane stream), a client's none. `pace`
+/// is the congestion controller of the link's path.
+fn transport(streams: u32, pace: PaceConfig) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.congestion_controller_factory(Arc::new(pace));
     // Reordering is not loss: losses are found by time alone (see `REORDER_PACKETS`).
@@ -208,8 +224,8 @@ fn transport(accepts_stream: bool, pace: PaceConfig) -> Arc<TransportConfig> {
     t.stream_receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     t.send_window(SEND_WINDOW);
-    // One bidirectional stream per connection, opened by the client; nothing else.
-    t.max_concurrent_bidi_streams(VarInt::from_u32(u32::from(accepts_stream)));
+    // The link's bidirectional stream and its lane stream, opened by the client; nothing else.
+    t.max_concurrent_bidi_streams(VarInt::from_u32(streams));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.datagram_receive_buffer_size(None);
     t.max_idle_timeout(Some(
@@ -245,8 +261,8 @@ struct Paths(Mutex<HashMap<IpAddr, Weak<PathShare>>>);
 
 impl Paths {
     /// The transport settings of a link to or from `peer`.
-    fn transport(&self, peer: IpAddr, accepts_stream: bool) -> Arc<TransportConfig> {
-        transport(accepts_stream, PaceConfig::shared(self.share(peer)))
+    fn transport(&self, peer: IpAddr, streams: u32) -> Arc<TransportConfig> {
+        transport(streams, PaceConfig::shared(self.share(peer)))
     }
 
     /// The state shared by the links to or from `peer`.
@@ -359,7 +375,7 @@ impl Listener {
     /// new client CA): connections that arrive from now on get them; links already up keep
     /// theirs.
     pub fn set_pki(&self, pki: Option<&CertFiles>) -> io::Result<()> {
-        let config = server_config(server_tls(self.offer, pki)?)?;
+        let config = server_config(server_tls(self.offer, pki)?, self.offer)?;
         self.endpoint.set_server_config(Some(config.clone()));
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
         Ok(())
@@ -367,11 +383,11 @@ impl Listener {
 }
 
 /// The endpoint's server configuration around `tls`.
-fn server_config(tls: rustls::ServerConfig) -> io::Result<quinn::ServerConfig> {
+fn server_config(tls: rustls::ServerConfig, offer: Offer) -> io::Result<quinn::ServerConfig> {
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| io::Error::other(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     // The endpoint's default; `accept` gives each link its path's transport instead.
-    config.transport_config(transport(true, PaceConfig::default()));
+    config.transport_config(transport(offer.streams(), PaceConfig::default()));
     // Connections that arrived and wait for the node to take, retry or refuse them: the node's
     // accept loop does so at once, so a short queue suffices (quinn's default holds 65,536, and
     // 100 MiB of their packets).
@@ -384,7 +400,7 @@ fn server_config(tls: rustls::ServerConfig) -> io::Result<quinn::ServerConfig> {
 
 /// A node's endpoint on `addr` with the TLS configuration `tls`.
 fn listener(addr: SocketAddr, tls: rustls::ServerConfig, offer: Offer) -> io::Result<Listener> {
-    let config = server_config(tls)?;
+    let config = server_config(tls, offer)?;
     let endpoint = Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(config.clone()),
@@ -487,6 +503,58 @@ fn client_config(offer: Offer, pki: Option<&CertFiles>) -> io::Result<quinn::Cli
     Ok(quinn::ClientConfig::new(Arc::new(crypto)))
 }
 
+/// The connection of a QUIC link, for the lane stream beside the link's own
+/// (`docs/PROTOCOL.md`, "Lane streams"): the same TLS connection, so the same version, channel
+/// binding and client certificate.
+#[derive(Clone)]
+pub struct Sibling {
+    conn: quinn::Connection,
+    version: Version,
+    binding: Option<ChannelBinding>,
+    client_cert: Option<PublicKey>,
+}
+
+impl Sibling {
+    /// Client: opens the lane stream, for its handshake ([`Stream::connect`]); `None` when the
+    /// node's transport parameters allow no second stream (a node of an older release). Opening
+    /// sends nothing: the stream appears at the node with its message 1.
+    pub async fn open(&self) -> Result<Option<Stream>, LinkError> {
+        // The node's stream limit is known once the QUIC handshake completed, so one poll says
+        // whether it allows another stream.
+        let mut open = std::pin::pin!(self.conn.open_bi());
+        let polled = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(open.as_mut(), cx))
+        })
+        .await;
+        match polled {
+            std::task::Poll::Pending => Ok(None),
+            std::task::Poll::Ready(opened) => {
+                let (send, recv) = opened.map_err(connection_error)?;
+                Ok(Some(self.stream(send, recv)))
+            }
+        }
+    }
+
+    /// Node: waits for the client's lane stream (for as long as the connection lives), for its
+    /// handshake ([`Stream::accept_with`]).
+    pub async fn accept(&self) -> Result<Stream, LinkError> {
+        let (send, recv) = self.conn.accept_bi().await.map_err(connection_error)?;
+        Ok(self.stream(send, recv))
+    }
+
+    fn stream(&self, send: quinn::SendStream, recv: quinn::RecvStream) -> Stream {
+        Stream::new(
+            self.conn.clone(),
+            send,
+            recv,
+            self.version,
+            self.binding.clone(),
+            self.client_cert,
+            true,
+        )
+    }
+}
+
 /// How the node refused a PKI link whose read or write failed with `e`, if it did: a TLS
 /// alert ([`LinkError::Tls`]), or by closing the connection ([`LinkError::Closed`]).
 fn tls_refusal(e: &LinkError) -> Option<LinkError> {
@@ -563,7 +631,7 @@ pub async fn connect_named(
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    config.transport_config(dialer.paths.transport(addr.ip(), false));
+    config.transport_config(dialer.paths.transport(addr.ip(), 0));
     let connecting = dialer
         .endpoint
         .connect_with(config, addr, server_name)
@@ -575,13 +643,7 @@ pub async fn connect_named(
     let (version, binding) = negotiated(&conn)?;
     // Opening sends nothing: the stream appears at the node with the Noise message 1.
     let (send, recv) = conn.open_bi().await.map_err(connection_error)?;
-    Ok(Stream {
-        rd: Box::new(recv),
-        wr: Box::new(Sender::new(send, conn)),
-        version,
-        binding,
-        client_cert: None,
-    })
+    Ok(Stream::new(conn, send, recv, version, binding, None, false))
 }
 
 /// Completes an incoming QUIC link and waits for its stream (within `timeout`); the caller runs
@@ -601,7 +663,7 @@ pub async fn accept(
     config.transport_config(
         listener
             .paths
-            .transport(incoming.remote_address().ip(), true),
+            .transport(incoming.remote_address().ip(), listener.offer.streams()),
     );
     let stream = async {
         let conn = incoming
@@ -612,13 +674,15 @@ pub async fn accept(
         let (version, binding) = negotiated(&conn)?;
         let client_cert = client_certificate(&conn)?;
         let (send, recv) = conn.accept_bi().await.map_err(connection_error)?;
-        Ok::<_, LinkError>(Stream {
-            rd: Box::new(recv),
-            wr: Box::new(Sender::new(send, conn)),
+        Ok::<_, LinkError>(Stream::new(
+            conn,
+            send,
+            recv,
             version,
             binding,
             client_cert,
-        })
+            false,
+        ))
     };
     tokio::time::timeout(timeout, stream)
         .await
@@ -675,6 +739,8 @@ fn channel_binding(conn: &quinn::Connection) -> Result<ChannelBinding, LinkError
 pub struct Stream {
     rd: BoxRead,
     wr: BoxWrite,
+    /// The connection, for its lane stream ([`Stream::sibling`]).
+    conn: quinn::Connection,
     version: Version,
     /// Set on `wanmux/2`.
     binding: Option<ChannelBinding>,
@@ -683,6 +749,42 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// A link's stream of `conn`; `lane`: a lane stream, whose data goes first and whose writes
+    /// leave the connection's send window to the link's stream.
+    fn new(
+        conn: quinn::Connection,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        version: Version,
+        binding: Option<ChannelBinding>,
+        client_cert: Option<PublicKey>,
+        lane: bool,
+    ) -> Stream {
+        if lane {
+            // Only fails on a stream already closed, which the link's handshake then finds.
+            let _ = send.set_priority(LANE_PRIORITY);
+        }
+        Stream {
+            rd: Box::new(recv),
+            wr: Box::new(Sender::new(send, conn.clone(), !lane)),
+            conn,
+            version,
+            binding,
+            client_cert,
+        }
+    }
+
+    /// The stream's connection, for a lane stream beside it (`docs/PROTOCOL.md`, "Lane
+    /// streams"): take it before the handshake, which consumes the stream.
+    pub fn sibling(&self) -> Sibling {
+        Sibling {
+            conn: self.conn.clone(),
+            version: self.version,
+            binding: self.binding.clone(),
+            client_cert: self.client_cert,
+        }
+    }
+
     /// The link's version.
     pub fn version(&self) -> Version {
         self.version
@@ -781,6 +883,8 @@ impl std::fmt::Debug for Stream {
 struct Sender {
     send: quinn::SendStream,
     conn: quinn::Connection,
+    /// The link's stream sizes the connection's send window; a lane stream leaves it alone.
+    sizes_window: bool,
     resized: Option<std::time::Instant>,
     loss: LossHold,
     /// Re-armed when quinn refuses a write (`armed`): when it fires, the window is re-read.
@@ -790,10 +894,11 @@ struct Sender {
 }
 
 impl Sender {
-    fn new(send: quinn::SendStream, conn: quinn::Connection) -> Self {
+    fn new(send: quinn::SendStream, conn: quinn::Connection, sizes_window: bool) -> Self {
         Self {
             send,
             conn,
+            sizes_window,
             resized: None,
             loss: LossHold::default(),
             recheck: Box::pin(tokio::time::sleep(RESIZE_EVERY)),
@@ -802,6 +907,9 @@ impl Sender {
     }
 
     fn resize(&mut self) {
+        if !self.sizes_window {
+            return;
+        }
         let now = std::time::Instant::now();
         if self.resized.is_some_and(|t| now - t < RESIZE_EVERY) {
             return;
