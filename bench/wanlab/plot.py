@@ -31,7 +31,7 @@ SERIES = [
     ("wanmux-32", "wanmux, 32 links", "#d62728"),
     ("wanmux-elastic", "wanmux, elastic 1-32", "#9467bd"),
     ("wanmux-quic-1", "wanmux, 1 QUIC link", "#e377c2"),
-    ("wanmux-quic-4l", "wanmux, 4 QUIC links (2 lanes)", "#17becf"),
+    ("wanmux-quic-4l", "wanmux, 4 QUIC links + 2 lane streams", "#17becf"),
 ]
 KCPTUN = ("kcptun", "kcptun-2048")
 

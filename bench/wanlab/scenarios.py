@@ -69,7 +69,7 @@ LABELS = {
     "wanmux-quic-1": "wanmux QUIC, 1 link",
     "wanmux-quic-2": "wanmux QUIC, 2 links",
     "wanmux-quic-4": "wanmux QUIC, 4 links",
-    "wanmux-quic-4l": "wanmux QUIC, 4 links, 2 of them lanes",
+    "wanmux-quic-4l": "wanmux QUIC, 4 links with 2 lanes (lane streams beside 2 of them)",
     "wanmux-8l": "wanmux, 8 links, 2 of them lanes",
 }
 ARGS_TIME = [20.0]  # --time, for count_stalls

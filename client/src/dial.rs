@@ -83,8 +83,14 @@ pub(crate) struct Slot {
     pub(crate) quic: Option<std::sync::Arc<QuicEndpoints>>,
     /// Under `auto`, which node addresses fell back to TCP.
     pub(crate) carriers: std::sync::Arc<Carriers>,
-    /// Dedicated lanes per node (`links.lanes`): the links with a lower `index` are lanes.
+    /// Dedicated lanes per node (`links.lanes`): the links with a lower `index` are lanes. On
+    /// QUIC such a slot's connection carries an ordinary link and a lane stream beside it
+    /// (`docs/PROTOCOL.md`, "Lane streams"); on TCP, or to a node that takes no lane stream, its
+    /// link is the lane.
     pub(crate) lanes: u16,
+    /// The node takes lane streams: set until one of its QUIC links said otherwise (a node of
+    /// an older release). Shared by the node's slots.
+    pub(crate) lane_streams: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Told of every link up and failed dial: readiness, and the rate-limited `warn` log.
     pub(crate) dials: std::sync::Arc<crate::ready::Dials>,
     /// Every node of the client, for the sub-links a link carries (`route`).
@@ -197,6 +203,7 @@ impl Slot {
                     writer,
                     carrier,
                     relay,
+                    lane,
                 }) => {
                     self.dials.link_up();
                     let up = Instant::now();
@@ -207,20 +214,20 @@ impl Slot {
                         let transport = carrier;
                         driver.label_link(id, driver::LinkLabel { address, transport });
                     };
-                    let router = relay.then(|| {
-                        self.routes
-                            .router(wanmux_core::ids::NodeId(self.node.id.get()), self.is_lane())
-                            as std::sync::Arc<dyn driver::link::Router>
-                    });
-                    let run = driver::link::run_routed(
+                    // With a lane stream beside it, the connection's own link is an ordinary one.
+                    let link_is_lane = self.is_lane() && lane.is_none();
+                    let router = relay.then(|| self.router(link_is_lane));
+                    let link = driver::link::run_routed(
                         self.driver.clone(),
                         reader,
                         writer,
                         None,
-                        self.is_lane(),
+                        link_is_lane,
                         set,
                         router,
                     );
+                    let lane = lane.map(|l| self.run_lane_stream(l, addr, carrier));
+                    let run = both(link, lane);
                     let end = if pick.at_home() {
                         Some(run.await)
                     } else {
@@ -282,6 +289,7 @@ impl Slot {
                     writer: d.writer,
                     carrier: d.carrier,
                     relay: d.relay,
+                    lane: d.lane,
                 })
             }
             Err(e) => {
@@ -354,8 +362,8 @@ impl Slot {
             // Sections for other owners only make sense with other nodes to route to.
             relay: self.routes.node_count() > 1,
         };
-        let ((reader, writer, server), carrier) = match self.transport {
-            LinkTransport::Tcp => (self.dial_tcp(addr, &hello, first).await?, TCP),
+        let ((reader, writer, server), carrier, lane) = match self.transport {
+            LinkTransport::Tcp => (self.dial_tcp(addr, &hello, first).await?, TCP, None),
             LinkTransport::Quic => {
                 let stream = self.quic_carrier(addr, self.handshake_timeout).await?;
                 self.noise_over_quic(stream, &hello, first).await?
@@ -368,6 +376,20 @@ impl Slot {
             debug!(expected = %self.node.id, got = server.node_id, "node id mismatch");
             return Err(noise::LinkError::Protocol("node id mismatch"));
         }
+        let lane = match lane {
+            None => None,
+            // The same connection, so the same node instance: anything else is a broken node.
+            Some((_, _, s)) if s.node_id != server.node_id || s.epoch != server.epoch => {
+                return Err(noise::LinkError::Protocol(
+                    "the lane stream's node or epoch differs from its link's",
+                ));
+            }
+            Some((reader, writer, s)) => Some(LaneStream {
+                reader,
+                writer,
+                relay: s.relay && self.routes.node_count() > 1,
+            }),
+        };
         Ok(Dialed {
             reader,
             writer,
@@ -375,7 +397,56 @@ impl Slot {
             session_id,
             carrier,
             relay: server.relay && self.routes.node_count() > 1,
+            lane,
         })
+    }
+
+    /// The router of a link of this slot that carries routed messages; `lane`: the link is a
+    /// dedicated lane.
+    fn router(&self, lane: bool) -> std::sync::Arc<dyn driver::link::Router> {
+        self.routes
+            .router(wanmux_core::ids::NodeId(self.node.id.get()), lane)
+    }
+
+    /// Runs the lane stream beside this slot's link (`docs/PROTOCOL.md`, "Lane streams") until
+    /// it ends.
+    fn run_lane_stream(
+        &self,
+        lane: LaneStream,
+        addr: &str,
+        transport: &'static str,
+    ) -> impl std::future::Future<Output = LinkEnd> + use<> {
+        let (driver, address) = (self.driver.clone(), addr.to_string());
+        let label = move |id: wanmux_core::ids::LinkId| {
+            driver.label_link(id, driver::LinkLabel { address, transport });
+        };
+        let router = lane.relay.then(|| self.router(true));
+        driver::link::run_routed(
+            self.driver.clone(),
+            lane.reader,
+            lane.writer,
+            None,
+            true,
+            label,
+            router,
+        )
+    }
+}
+
+/// A link and the lane stream beside it, if any, until either ends: the one that ends first
+/// ends the other too (they share the QUIC connection, which the first one's end closes).
+async fn both(
+    link: impl std::future::Future<Output = LinkEnd>,
+    lane: Option<impl std::future::Future<Output = LinkEnd>>,
+) -> LinkEnd {
+    match lane {
+        None => link.await,
+        Some(lane) => {
+            tokio::select! {
+                end = link => end,
+                end = lane => end,
+            }
+        }
     }
 }
 
@@ -428,19 +499,43 @@ impl Slot {
     }
 
     /// The Noise handshake on a QUIC link's stream (bound to its TLS connection on `wanmux/2`),
-    /// and what the link runs over as status names it.
+    /// and what the link runs over as status names it. For a lane (`hello.lane`), the link is
+    /// an ordinary one and the lane a second stream beside it, with a handshake of its own
+    /// (`docs/PROTOCOL.md`, "Lane streams"), unless the node takes no lane stream: then this
+    /// dial fails, and the next one makes the link itself the lane, as on TCP.
     async fn noise_over_quic(
         &self,
         stream: quic::Stream,
         hello: &ClientHello,
         first: &[u8],
-    ) -> Result<(Handshaken, &'static str), noise::LinkError> {
+    ) -> Result<Carried, noise::LinkError> {
         let transport = stream.version().transport();
         let timeout = self.handshake_timeout;
-        Ok((
-            stream.connect(&self.auth, hello, first, timeout).await?,
-            transport,
-        ))
+        if !(hello.lane && self.lane_streams.load(Relaxed)) {
+            let link = stream.connect(&self.auth, hello, first, timeout).await?;
+            return Ok((link, transport, None));
+        }
+        let sibling = stream.sibling();
+        let ordinary = ClientHello {
+            lane: false,
+            ..hello.clone()
+        };
+        let link = stream
+            .connect(&self.auth, &ordinary, first, timeout)
+            .await?;
+        let Some(lane) = sibling.open().await? else {
+            self.lane_streams.store(false, Relaxed);
+            info!(
+                node = %self.node.id,
+                "the node takes no lane stream (an older release): its dedicated lanes are QUIC \
+                 connections of their own"
+            );
+            return Err(noise::LinkError::Protocol(
+                "the node takes no lane stream; the lane is dialled again as a link of its own",
+            ));
+        };
+        let lane = lane.connect(&self.auth, hello, first, timeout).await?;
+        Ok((link, transport, Some(lane)))
     }
 
     /// `links.transport = "auto"`: QUIC if `addr` answers it within [`QUIC_ANSWER`], else TCP;
@@ -450,10 +545,10 @@ impl Slot {
         addr: &str,
         hello: &ClientHello,
         first: &[u8],
-    ) -> Result<(Handshaken, &'static str), noise::LinkError> {
+    ) -> Result<Carried, noise::LinkError> {
         let node = self.node.id;
         let probe = match self.carriers.plan(addr, Instant::now()) {
-            Plan::Tcp => return Ok((self.dial_tcp(addr, hello, first).await?, TCP)),
+            Plan::Tcp => return Ok((self.dial_tcp(addr, hello, first).await?, TCP, None)),
             Plan::QuicFirst { probe } => probe,
         };
         match self
@@ -470,7 +565,7 @@ impl Slot {
                 let tcp = self.dial_tcp(addr, hello, first).await?;
                 self.carriers
                     .fall_back(&node, addr, &quic_error.to_string());
-                Ok((tcp, TCP))
+                Ok((tcp, TCP, None))
             }
             // QUIC answered and then failed: that is the node's answer, not a blocked path.
             Err(e) => Err(e),
@@ -480,6 +575,17 @@ impl Slot {
 
 /// What a link's handshake gives: its halves and what the node said about itself.
 type Handshaken = (noise::LinkReader, noise::LinkWriter, noise::ServerHello);
+
+/// A dial's link, what it runs over, and the lane stream's link beside it, if any.
+type Carried = (Handshaken, &'static str, Option<Handshaken>);
+
+/// The link of a lane stream, beside a slot's link on the same QUIC connection.
+struct LaneStream {
+    reader: noise::LinkReader,
+    writer: noise::LinkWriter,
+    /// The node agreed to routed messages on it.
+    relay: bool,
+}
 
 /// A TCP link's transport, as the `link up` line names it (a QUIC link's is its
 /// [`quic::Version::transport`]).
@@ -497,6 +603,8 @@ struct Dialed {
     carrier: &'static str,
     /// The node agreed to routed messages on this link.
     relay: bool,
+    /// The lane stream beside it.
+    lane: Option<LaneStream>,
 }
 
 /// A link up and ready to join the session: [`Dialed`] less what joining checked.
@@ -507,6 +615,8 @@ struct Up {
     carrier: &'static str,
     /// The node agreed to routed messages on this link.
     relay: bool,
+    /// The lane stream beside it.
+    lane: Option<LaneStream>,
 }
 
 /// Full jitter: a time drawn uniformly from `[d/2, d]`.

@@ -165,6 +165,10 @@ pub struct LinkStatus {
     pub received_bytes: u64,
     /// Entries sent and not yet confirmed by a pong.
     pub unconfirmed: usize,
+    /// A dedicated interactive lane (`links.lanes`): a link of its own, or on QUIC a lane
+    /// stream beside another link on one connection.
+    #[serde(default)]
+    pub lane: bool,
 }
 
 impl SessionStatus {
@@ -206,6 +210,7 @@ impl LinkStatus {
             sent_bytes: s.bytes_sent,
             received_bytes: s.bytes_received,
             unconfirmed: s.unconfirmed,
+            lane: s.lane,
         }
     }
 }
@@ -316,7 +321,7 @@ impl Status {
             if !s.links.is_empty() {
                 let _ = writeln!(
                     out,
-                    "  {:>6} {:<4} {:<22} {:>9} {:>14} {:>12} {:>12} {:>11}",
+                    "  {:>6} {:<9} {:<22} {:>9} {:>14} {:>12} {:>12} {:>11}",
                     "link",
                     "via",
                     "address",
@@ -329,11 +334,16 @@ impl Status {
             }
             for l in &s.links {
                 let rtt = l.rtt_ms.map_or("-".to_owned(), |r| format!("{r:.1}"));
+                let via = format!(
+                    "{}{}",
+                    l.transport.as_deref().unwrap_or("-"),
+                    if l.lane { " lane" } else { "" }
+                );
                 let _ = writeln!(
                     out,
-                    "  {:>6} {:<4} {:<22} {:>9} {:>14.1} {:>12.1} {:>12.1} {:>11}",
+                    "  {:>6} {:<9} {:<22} {:>9} {:>14.1} {:>12.1} {:>12.1} {:>11}",
                     l.id,
-                    l.transport.as_deref().unwrap_or("-"),
+                    via,
                     l.address.as_deref().unwrap_or("-"),
                     rtt,
                     l.delivery_rate_bytes_per_second as f64 * 8e-6,

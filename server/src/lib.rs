@@ -269,7 +269,10 @@ fn context(e: io::Error, what: std::fmt::Arguments<'_>) -> io::Error {
 /// Binds `server.listen` for TCP links and, with `server.quic`, the same address and port for
 /// QUIC. With port 0 the QUIC socket takes the port the TCP listener got; when that UDP port is
 /// taken, both are bound again on another port (a few tries).
-async fn bind_links(config: &ServerConfig) -> io::Result<(TcpListener, Option<quic::Listener>)> {
+async fn bind_links(
+    config: &ServerConfig,
+    offer: quic::Offer,
+) -> io::Result<(TcpListener, Option<quic::Listener>)> {
     const TRIES: usize = 8;
     let mut tries = 0;
     loop {
@@ -285,7 +288,7 @@ async fn bind_links(config: &ServerConfig) -> io::Result<(TcpListener, Option<qu
         }
         let local_addr = listener.local_addr()?;
         let pki = config.tls.as_ref().map(|t| &t.files);
-        match quic::server_endpoint_with(local_addr, quic::Offer::Current, pki) {
+        match quic::server_endpoint_with(local_addr, offer, pki) {
             Ok(ep) => return Ok((listener, Some(ep))),
             Err(e)
                 if e.kind() == io::ErrorKind::AddrInUse
@@ -307,9 +310,23 @@ async fn bind_links(config: &ServerConfig) -> io::Result<(TcpListener, Option<qu
     }
 }
 
+/// How a node runs besides its config: what tests change to stand in for an older release.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The link versions its QUIC endpoint takes (default: `wanmux/2` and `wanmux/1`). Tests
+    /// take `wanmux/1` only, to stand in for a node from before `wanmux/2` (which also takes no
+    /// lane stream).
+    pub quic_offer: quic::Offer,
+}
+
 /// Binds the listen address and starts serving.
 pub async fn start(config: ServerConfig) -> io::Result<ServerHandle> {
-    let (listener, quic) = bind_links(&config).await?;
+    start_with(config, Options::default()).await
+}
+
+/// [`start`] with `options`.
+pub async fn start_with(config: ServerConfig, options: Options) -> io::Result<ServerHandle> {
+    let (listener, quic) = bind_links(&config, options.quic_offer).await?;
     let local_addr = listener.local_addr()?;
     let mut host = Vec::new();
     let congestion = tune::congestion(config.congestion.as_deref(), &mut host);
@@ -426,6 +443,9 @@ enum Listener {
 enum Incoming {
     Tcp(TcpStream),
     Quic(Box<(quic::Listener, quinn::Incoming)>),
+    /// The lane stream of a QUIC link's connection (`docs/PROTOCOL.md`, "Lane streams"): it
+    /// arrives on a connection already up, never from the listener.
+    LaneStream(Box<quic::Stream>),
 }
 
 impl Incoming {
@@ -439,6 +459,8 @@ impl Incoming {
             }
             Incoming::Quic(boxed) if boxed.1.remote_address_validated() => boxed.1.refuse(),
             Incoming::Quic(boxed) => boxed.1.ignore(),
+            // Dropped, it closes its connection.
+            Incoming::LaneStream(_) => {}
         }
     }
 
@@ -446,7 +468,7 @@ impl Incoming {
     /// did), for QUIC after a Retry round trip.
     fn validated(&self) -> bool {
         match self {
-            Incoming::Tcp(_) => true,
+            Incoming::Tcp(_) | Incoming::LaneStream(_) => true,
             Incoming::Quic(boxed) => boxed.1.remote_address_validated(),
         }
     }
@@ -522,16 +544,87 @@ async fn accept_loop(
             Ok(slot) => slot,
         };
         let (auth, sessions, refusals) = (auth.clone(), sessions.clone(), refusals.clone());
+        let slots = slots.clone();
         tokio::spawn(async move {
             let accepted = handshake(incoming, peer, &auth, &sessions, &refusals).await;
             drop(slot);
-            if let Some((acc, transport)) = accepted {
-                sessions
-                    .run_link(acc, peer, transport, &auth, &refusals)
-                    .await;
-            }
+            let Some((acc, transport, sibling)) = accepted else {
+                return;
+            };
+            // A QUIC link that is not itself a lane may get a lane stream beside it.
+            let lane = sibling.filter(|_| !acc.hello.lane).map(|sibling| {
+                let of = LaneOf {
+                    session_id: acc.hello.session_id,
+                    client_key: acc.client_key,
+                };
+                let (auth, sessions, refusals) = (auth.clone(), sessions.clone(), refusals.clone());
+                AbortOnDrop(tokio::spawn(async move {
+                    lane_stream(sibling, of, peer, &auth, &sessions, &refusals, &slots).await;
+                }))
+            });
+            sessions
+                .run_link(acc, peer, transport, &auth, &refusals)
+                .await;
+            drop(lane);
         });
     }
+}
+
+/// Aborts a task when dropped: the lane stream's, once its connection's link ended.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The link a lane stream must belong to: the one on its connection's first stream.
+#[derive(Debug, Clone, Copy)]
+struct LaneOf {
+    session_id: [u8; 16],
+    client_key: Option<wanmux_core::keys::PublicKey>,
+}
+
+/// Waits for the lane stream of a QUIC link's connection (`docs/PROTOCOL.md`, "Lane streams"),
+/// then runs its handshake in a slot of its own, as any link's, and the link it brings: only a
+/// lane of the same session and client as the connection's first link (`of`), or the stream,
+/// and the connection with it, is closed.
+async fn lane_stream(
+    sibling: quic::Sibling,
+    of: LaneOf,
+    peer: SocketAddr,
+    auth: &Arc<SharedAuth>,
+    sessions: &Arc<Sessions>,
+    refusals: &Arc<Refusals>,
+    slots: &Arc<Slots>,
+) {
+    // Fails only when the connection ends.
+    let Ok(stream) = sibling.accept().await else {
+        return;
+    };
+    let slot = match slots.take(peer.ip(), true) {
+        Ok(slot) => slot,
+        Err(why) => {
+            refusals.busy(peer, why);
+            return;
+        }
+    };
+    let incoming = Incoming::LaneStream(Box::new(stream));
+    let accepted = handshake(incoming, peer, auth, sessions, refusals).await;
+    drop(slot);
+    let Some((acc, transport, _)) = accepted else {
+        return;
+    };
+    // Keys compare in constant time.
+    if !acc.hello.lane || acc.hello.session_id != of.session_id || acc.client_key != of.client_key {
+        // Only a client that authenticated twice on one connection gets here: a broken one.
+        debug!(%peer, "lane stream refused: not a lane of its connection's session and client");
+        return;
+    }
+    sessions
+        .run_link(acc, peer, transport, auth, refusals)
+        .await;
 }
 
 /// The handshakes in progress: from validated addresses in all and per address, and from
@@ -623,7 +716,7 @@ async fn handshake(
     shared: &SharedAuth,
     sessions: &Arc<Sessions>,
     refusals: &Refusals,
-) -> Option<(noise::Accepted, &'static str)> {
+) -> Option<(noise::Accepted, &'static str, Option<quic::Sibling>)> {
     let auth = &*shared.current();
     // Set once message 1 authenticated and this node answered: a client that hangs up after
     // that could not take the answer.
@@ -650,25 +743,43 @@ async fn handshake(
     // One timeout for the whole handshake: QUIC's, then Noise's in what is left of it.
     let timeout = sessions.handshake_timeout();
     let deadline = tokio::time::Instant::now() + timeout;
-    let (accepted, transport) = match incoming {
-        Incoming::Tcp(tcp) => (noise::accept_with(tcp, auth, timeout, respond).await, "tcp"),
+    // The handshake on a QUIC link's stream, in what is left of the timeout; with the
+    // connection, for a lane stream beside it.
+    let on_stream = |stream: quic::Stream, left| {
+        // A PKI link is `quic` too: TLS is its one encryption.
+        let transport = stream.version().transport();
+        if stream.client_cert().is_some() {
+            pki.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let sibling = stream.sibling();
+        async move {
+            let accepted = stream.accept_with(auth, left, respond).await;
+            (accepted, transport, Some(sibling))
+        }
+    };
+    let (accepted, transport, sibling) = match incoming {
+        Incoming::Tcp(tcp) => (
+            noise::accept_with(tcp, auth, timeout, respond).await,
+            "tcp",
+            None,
+        ),
         Incoming::Quic(boxed) => {
             let (listener, incoming) = *boxed;
             match quic::accept(&listener, incoming, timeout).await {
                 Ok(stream) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    // A PKI link is `quic` too: TLS is its one encryption.
-                    let transport = stream.version().transport();
-                    if stream.client_cert().is_some() {
-                        pki.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    (stream.accept_with(auth, left, respond).await, transport)
+                    on_stream(stream, left).await
                 }
                 Err(e) => {
                     refusals.quic(peer, &e);
                     return None;
                 }
             }
+        }
+        // No lane stream beside a lane stream.
+        Incoming::LaneStream(stream) => {
+            let (accepted, transport, _) = on_stream(*stream, timeout).await;
+            (accepted, transport, None)
         }
     };
     let accepted = accepted.and_then(|acc| match acc.client_key {
@@ -678,7 +789,7 @@ async fn handshake(
     match accepted {
         Ok(acc) => {
             debug!(%peer, link_seq = acc.hello.link_seq, transport, "link authenticated");
-            Some((acc, transport))
+            Some((acc, transport, sibling))
         }
         Err(e) => {
             let stage = if replied.load(std::sync::atomic::Ordering::Relaxed) {

@@ -398,6 +398,20 @@ impl Tunnel {
             .0
     }
 
+    /// As [`Tunnel::start_with`], the node started with `options` (standing in for a node of an
+    /// older release, say).
+    pub async fn start_with_node_options(
+        auth: Auth,
+        links: u16,
+        options: wanmux_server::Options,
+        tweak: impl FnOnce(&mut ServerConfig, &mut ClientConfig),
+    ) -> Tunnel {
+        let front = async |server| ((), vec![server]);
+        Self::start_fronted_with(auth, links, options, tweak, front)
+            .await
+            .0
+    }
+
     /// As [`Tunnel::start_with`], with something in front of the server node: `front` gets the
     /// node's address once it listens and returns what it started (relays, say) and the
     /// addresses the client's node gets in its `addr` (several for a multihomed node).
@@ -407,11 +421,22 @@ impl Tunnel {
         tweak: impl FnOnce(&mut ServerConfig, &mut ClientConfig),
         front: impl AsyncFnOnce(SocketAddr) -> (R, Vec<SocketAddr>),
     ) -> (Tunnel, R) {
+        Self::start_fronted_with(auth, links, Default::default(), tweak, front).await
+    }
+
+    /// [`Tunnel::start_fronted`], the node started with `options`.
+    async fn start_fronted_with<R>(
+        auth: Auth,
+        links: u16,
+        options: wanmux_server::Options,
+        tweak: impl FnOnce(&mut ServerConfig, &mut ClientConfig),
+        front: impl AsyncFnOnce(SocketAddr) -> (R, Vec<SocketAddr>),
+    ) -> (Tunnel, R) {
         init_tracing();
         let app = app_server().await;
         let (mut server_cfg, mut client_cfg) = configs(auth, app.addr, links);
         tweak(&mut server_cfg, &mut client_cfg);
-        let server = wanmux_server::start(server_cfg)
+        let server = wanmux_server::start_with(server_cfg, options)
             .await
             .expect("server starts");
         let (fronts, addrs) = front(server.local_addr()).await;

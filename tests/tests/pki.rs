@@ -37,10 +37,12 @@ fn pki_client_files(c: &ClientConfig) -> &CertFiles {
     c.auth.tls().expect("a PKI client")
 }
 
-async fn pki_transfers(links: u16) {
+/// Transfers through `links` QUIC links, `lanes` of them with a lane stream beside them (each
+/// a link of its own, with PKI mode's hello; `docs/PROTOCOL.md`, "Lane streams").
+async fn pki_transfers(links: u16, lanes: u16) {
     within(LIMIT, async {
         let before = panics();
-        let mut t = Tunnel::start(Auth::Pki, links).await;
+        let mut t = Tunnel::start_with(Auth::Pki, links, |_, client| client.lanes = lanes).await;
         let mut seed = 0;
         for size in [0, 1, MIB, 32 * MIB] {
             for (up, down) in [(size, 0), (0, size), (size, size)] {
@@ -49,10 +51,17 @@ async fn pki_transfers(links: u16) {
             }
         }
         t.check_concurrent(16, MIB, MIB).await;
-        assert_eq!(t.client.live_links(), usize::from(links));
-        let n = usize::from(links);
-        assert_eq!(transports(&t.client.status()), vec!["quic"; n]);
-        assert_eq!(transports(&t.server.status()), vec!["quic"; n]);
+        let n = usize::from(links + lanes);
+        assert_eq!(t.client.live_links(), n);
+        for status in [t.client.status(), t.server.status()] {
+            assert_eq!(transports(&status), vec!["quic"; n]);
+            let lane_links = status
+                .sessions
+                .iter()
+                .flat_map(|s| &s.links)
+                .filter(|l| l.lane);
+            assert_eq!(lane_links.count(), usize::from(lanes));
+        }
         // The session is the certificate's: status names its identity as allowed_clients does.
         let id = identity(pki_client_files(&t.client_config));
         let status = t.server.status();
@@ -65,12 +74,12 @@ async fn pki_transfers(links: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pki_1_link() {
-    pki_transfers(1).await;
+    pki_transfers(1, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pki_4_links() {
-    pki_transfers(4).await;
+async fn pki_4_links_2_with_lane_streams() {
+    pki_transfers(4, 2).await;
 }
 
 /// A node with static keys and `[tls]` serves a key-mode client and a PKI client at once, each

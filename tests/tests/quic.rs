@@ -17,6 +17,8 @@ use wanmux_tests::hostile::{noise_auth, try_quic_handshake};
 const MIB: u64 = 1 << 20;
 const LIMIT: Duration = Duration::from_secs(90);
 const IK: Auth = Auth::Static { psk: false };
+/// A node closes a refused lane stream's connection within this (on loopback, at once).
+const REFUSED_WITHIN: Duration = Duration::from_secs(1);
 
 async fn quic_tunnel(auth: Auth, links: u16) -> Tunnel {
     quic_tunnel_with_lanes(auth, links, 0).await
@@ -48,19 +50,28 @@ async fn transfers_with_lanes(auth: Auth, links: u16, lanes: u16) {
             }
         }
         t.check_concurrent(16, MIB, MIB).await;
-        assert_eq!(t.client.live_links(), usize::from(links));
+        // Each lane is a lane stream beside one of the `links` connections' links, and a link
+        // of its own in the session (`docs/PROTOCOL.md`, "Lane streams").
+        let all = usize::from(links + lanes);
+        assert_eq!(t.client.live_links(), all);
         // Every link on `wanmux/2`: status names it `quic` (a `wanmux/1` link: `quic+noise`).
-        assert_eq!(
-            transports(&t.client.status()),
-            vec!["quic"; usize::from(links)]
-        );
-        assert_eq!(
-            transports(&t.server.status()),
-            vec!["quic"; usize::from(links)]
-        );
+        for status in [t.client.status(), t.server.status()] {
+            assert_eq!(transports(&status), vec!["quic"; all]);
+            assert_eq!(lane_count(&status), usize::from(lanes), "{status:?}");
+        }
         assert_eq!(panics(), before, "something panicked");
     })
     .await;
+}
+
+/// How many links of `status` are dedicated lanes.
+fn lane_count(status: &Status) -> usize {
+    status
+        .sessions
+        .iter()
+        .flat_map(|s| &s.links)
+        .filter(|l| l.lane)
+        .count()
 }
 
 /// The transport of every link in `status`, sorted.
@@ -124,11 +135,129 @@ async fn quic_ikpsk2_4_links() {
     transfers(Auth::Static { psk: true }, 4).await;
 }
 
-/// Two of the four links are dedicated lanes (flagged in the handshake): every transfer still
-/// completes both ways. That the lanes carry no bulk data is the engine tests' to show.
+/// Two dedicated lanes beside four links: on QUIC each lane is a second stream of one of the
+/// four connections, flagged as a lane in its own handshake, so both ends see six links, two of
+/// them lanes, and every transfer still completes both ways. That the lanes carry no bulk data
+/// is the engine tests' to show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_ik_4_links_2_dedicated_lanes() {
     transfers_with_lanes(IK, 4, 2).await;
+}
+
+/// A node of an older release (standing in: one that takes `wanmux/1` only, and so allows one
+/// stream per connection): a client with 2 lanes of 4 QUIC links learns on its lanes' first
+/// dials that the node takes no lane stream and dials them again as connections of their own,
+/// as before lane streams; four links, two of them lanes, and every transfer completes both
+/// ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_to_a_node_without_lane_streams_are_connections_of_their_own() {
+    within(LIMIT, async {
+        let before = panics();
+        let options = wanmux_server::Options {
+            quic_offer: Offer::V1Only,
+        };
+        let mut t = Tunnel::start_with_node_options(IK, 4, options, |server, client| {
+            server.quic = true;
+            client.transport = LinkTransport::Quic;
+            client.lanes = 2;
+        })
+        .await;
+        let settled = eventually(Duration::from_secs(10), || {
+            let status = t.client.status();
+            lane_count(&status) == 2 && transports(&status).len() == 4
+        })
+        .await;
+        assert!(settled, "{:?}", t.client.status());
+        for status in [t.client.status(), t.server.status()] {
+            assert_eq!(transports(&status), ["quic+noise"; 4]);
+            assert_eq!(lane_count(&status), 2, "{status:?}");
+        }
+        let mut seed = 200;
+        for (up, down) in [(MIB, 0), (0, MIB), (8 * MIB, 8 * MIB)] {
+            seed += 1;
+            t.check_transfer(up, down, seed).await;
+        }
+        assert_eq!(panics(), before, "something panicked");
+    })
+    .await;
+}
+
+/// The node takes a connection's second stream only as a lane of the session and client of
+/// the connection's first link (`docs/PROTOCOL.md`, "Lane streams"): written against the wire
+/// with the client's own credentials, a lane of the same session joins it (the node's status
+/// shows the session with two links, one a lane); a second stream that is not a lane, or is a
+/// lane of another session, completes its handshake and is then closed with the connection, so
+/// the first link ends too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stream_joins_only_as_a_lane_of_its_connections_session() {
+    use wanmux_core::noise::{ClientHello, SessionSecret};
+    use wanmux_core::quic;
+    within(LIMIT, async {
+        let before = panics();
+        let t = quic_tunnel(IK, 1).await;
+        let node = t.server.quic_addr().expect("QUIC endpoint");
+        let auth = noise_auth(&t.client_config);
+        let mut ping = bytes::BytesMut::new();
+        wanmux_core::frame::Frame::Ping(0).encode(&mut ping);
+        let dialer = quic::client_endpoint("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        // 0: a lane of the first link's session; 1: not a lane; 2: a lane of another session.
+        for case in 0..3 {
+            let session = SessionSecret::generate();
+            let first = ClientHello {
+                session: session.clone(),
+                link_seq: 0,
+                lane: false,
+                relay: false,
+            };
+            let second = ClientHello {
+                session: if case == 2 {
+                    SessionSecret::generate()
+                } else {
+                    session.clone()
+                },
+                link_seq: 1,
+                lane: case != 1,
+                relay: false,
+            };
+            let stream = quic::connect(&dialer, node, LIMIT).await.expect("QUIC");
+            let sibling = stream.sibling();
+            let (mut reader, _writer, _) = stream
+                .connect(&auth, &first, &ping, LIMIT)
+                .await
+                .expect("the first link's handshake");
+            let lane = sibling
+                .open()
+                .await
+                .expect("a second stream")
+                .expect("the node takes a lane stream");
+            let (_lane_reader, _lane_writer, _) = lane
+                .connect(&auth, &second, &ping, LIMIT)
+                .await
+                .expect("the node answers the second stream's handshake");
+            let id = wanmux_core::ids::SessionId(session.id()).to_string();
+            if case == 0 {
+                let joined = eventually(Duration::from_secs(5), || {
+                    t.server.status().sessions.iter().any(|s| {
+                        s.id == id
+                            && s.links.len() == 2
+                            && s.links.iter().filter(|l| l.lane).count() == 1
+                    })
+                })
+                .await;
+                assert!(joined, "the lane did not join: {:?}", t.server.status());
+                continue;
+            }
+            // The node's pong and pings come first; then the connection closes, at once (a link
+            // that answers no ping is declared dead only after 2 s).
+            let ended = tokio::time::timeout(REFUSED_WITHIN, async {
+                while let Ok(Some(_)) = reader.recv().await {}
+            })
+            .await;
+            assert!(ended.is_ok(), "case {case}: the first link lives on");
+        }
+        assert_eq!(panics(), before, "something panicked");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,6 +93,8 @@ pub struct LinkStats {
     /// time between them, smoothed (1/4 weight per sample). On a busy link this is what the
     /// link moves end to end; on an idle one it falls toward zero.
     pub delivery_rate: u64,
+    /// The link is a dedicated interactive lane (`links.lanes`).
+    pub lane: bool,
 }
 
 /// A ping awaiting its pong.

@@ -142,6 +142,7 @@ impl Session {
         self.links.get(&link).map(|l| {
             let mut s = l.stats;
             s.unconfirmed = l.sent.len();
+            s.lane = l.lane;
             s
         })
     }
