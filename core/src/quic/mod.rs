@@ -205,6 +205,10 @@ const INCOMING_BUFFER_TOTAL: u64 = 4 << 20;
 /// stream (`docs/PROTOCOL.md`, "Lane streams"; a node of an older release allows one).
 const LINK_STREAMS: u32 = 2;
 
+/// What a lane stream's write adds to a full send window (see `Sender::poll_write`): several
+/// of its messages.
+const LANE_ROOM: u64 = 64 * 1024;
+
 /// quinn's priority of a lane stream's data: sent before the bulk stream's (priority 0) in every
 /// packet of the connection.
 const LANE_PRIORITY: i32 = 1;
@@ -967,6 +971,19 @@ impl tokio::io::AsyncWrite for Sender {
             if write.is_ready() {
                 this.armed = false;
                 return write;
+            }
+            if !this.sizes_window && !this.armed {
+                // A lane stream's write found the connection's send window full of the bulk
+                // stream's bytes: widen it by room for the lane's and write at once, rather than
+                // wait for acks the bulk writer may take first (its next resize narrows it).
+                let cwnd = this.conn.stats().path.cwnd;
+                this.conn
+                    .set_send_window(send_window(cwnd, true) + LANE_ROOM);
+                let write =
+                    tokio::io::AsyncWrite::poll_write(std::pin::Pin::new(&mut this.send), cx, buf);
+                if write.is_ready() {
+                    return write;
+                }
             }
             // Blocked: quinn wakes us when it frees buffer; the timer when the window may have
             // grown. A fired timer re-reads the window and tries again.
