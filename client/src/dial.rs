@@ -83,11 +83,14 @@ pub(crate) struct Slot {
     pub(crate) quic: Option<std::sync::Arc<QuicEndpoints>>,
     /// Under `auto`, which node addresses fell back to TCP.
     pub(crate) carriers: std::sync::Arc<Carriers>,
-    /// Dedicated lanes per node (`links.lanes`): the links with a lower `index` are lanes. On
+    /// Dedicated lanes per node (`links.lanes`): the slots with a lower `index` have them. On
     /// QUIC such a slot's connection carries an ordinary link and a lane stream beside it
     /// (`docs/PROTOCOL.md`, "Lane streams"); on TCP, or to a node that takes no lane stream, its
-    /// link is the lane.
+    /// link is the lane, if `lanes_set`.
     pub(crate) lanes: u16,
+    /// `links.lanes` was set: where there is no lane stream, a lane slot's link is a lane of its
+    /// own. Unset (the default lanes), it is an ordinary link there.
+    pub(crate) lanes_set: bool,
     /// The node takes lane streams: set until one of its QUIC links said otherwise (a node of
     /// an older release). Shared by the node's slots.
     pub(crate) lane_streams: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -214,8 +217,9 @@ impl Slot {
                         let transport = carrier;
                         driver.label_link(id, driver::LinkLabel { address, transport });
                     };
-                    // With a lane stream beside it, the connection's own link is an ordinary one.
-                    let link_is_lane = self.is_lane() && lane.is_none();
+                    // With a lane stream beside it, the connection's own link is an ordinary one,
+                    // as it is where there is none unless lanes were set (`dial`).
+                    let link_is_lane = self.is_lane() && lane.is_none() && self.lanes_set;
                     let router = relay.then(|| self.router(link_is_lane));
                     let link = driver::link::run_routed(
                         self.driver.clone(),
@@ -355,6 +359,8 @@ impl Slot {
             let state = lock(&self.state);
             (state.id, state.secret.clone())
         };
+        // The lane this slot wants: a lane stream on QUIC; where there is none, `dial_tcp` and
+        // `noise_over_quic` make the link itself the lane only if lanes were set.
         let hello = ClientHello {
             session,
             link_seq: self.link_seq,
@@ -459,6 +465,10 @@ impl Slot {
         first: &[u8],
     ) -> Result<Handshaken, noise::LinkError> {
         let timeout = self.handshake_timeout;
+        let hello = &ClientHello {
+            lane: hello.lane && self.lanes_set,
+            ..hello.clone()
+        };
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| noise::LinkError::Timeout)??;
@@ -512,7 +522,11 @@ impl Slot {
         let transport = stream.version().transport();
         let timeout = self.handshake_timeout;
         if !(hello.lane && self.lane_streams.load(Relaxed)) {
-            let link = stream.connect(&self.auth, hello, first, timeout).await?;
+            let own = ClientHello {
+                lane: hello.lane && self.lanes_set,
+                ..hello.clone()
+            };
+            let link = stream.connect(&self.auth, &own, first, timeout).await?;
             return Ok((link, transport, None));
         }
         let sibling = stream.sibling();
@@ -525,6 +539,15 @@ impl Slot {
             .await?;
         let Some(lane) = sibling.open().await? else {
             self.lane_streams.store(false, Relaxed);
+            if !self.lanes_set {
+                // The default lanes: none of their own; this link is what the slot gets.
+                info!(
+                    node = %self.node.id,
+                    "the node takes no lane stream (an older release): lanes are reserved on \
+                     demand (set links.lanes for lanes that are links of their own)"
+                );
+                return Ok((link, transport, None));
+            }
             info!(
                 node = %self.node.id,
                 "the node takes no lane stream (an older release): its dedicated lanes are QUIC \

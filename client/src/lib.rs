@@ -303,6 +303,7 @@ pub async fn start_with(config: ClientConfig, options: Options) -> io::Result<Cl
             quic: quic.clone(),
             carriers: carriers.clone(),
             lanes: config.lanes,
+            lanes_set: config.lanes_set,
             lane_streams: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             dials: dials.clone(),
             routes: routes.clone(),

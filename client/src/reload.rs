@@ -276,6 +276,7 @@ fn kept_settings(running: &ClientConfig, new: &ClientConfig) -> Vec<&'static str
         running.links != new.links
             || running.transport != new.transport
             || running.lanes != new.lanes
+            || running.lanes_set != new.lanes_set
             || running.congestion != new.congestion,
         "[links]",
     );

@@ -54,11 +54,16 @@ pub struct ClientConfig {
     /// What each link runs over (`links.transport`, default [`LinkTransport::Auto`]: QUIC, or
     /// TCP to a node that does not answer QUIC).
     pub transport: LinkTransport,
-    /// Dedicated interactive lanes per node (`links.lanes`, 0..=2, default 0): the first this
-    /// many links of each node carry only interactive data and control frames, never bulk, in
-    /// both directions. With 0, lanes are reserved among the links only while interactive data
-    /// flows. Fewer than `links.min`.
+    /// Dedicated interactive lanes per node (`links.lanes`, 0..=2, default 2): links that carry
+    /// only interactive data and control frames, never bulk, in both directions. On QUIC each
+    /// is a lane stream beside one of the first this many connections' links; on TCP, and to a
+    /// node that takes no lane stream, the first this many links are the lanes, but only when
+    /// set ([`ClientConfig::lanes_set`]). With 0, lanes are reserved among the links only while
+    /// interactive data flows. When set, fewer than `links.min`.
     pub lanes: u16,
+    /// Whether `links.lanes` was set. Unset, the default lanes are lane streams on QUIC links
+    /// and there are none of their own on TCP links (they would take links from bulk data).
+    pub lanes_set: bool,
     /// Local ports and the service each one is forwarded to (`[[map]]`). Non-empty, listen
     /// addresses unique.
     pub maps: Vec<PortMap>,
@@ -445,6 +450,9 @@ impl ClientConfig {
     pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     /// Default `handshake_timeout`: 10 s.
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default `lanes`: 2, as lane streams on QUIC links (none on TCP links, see
+    /// [`ClientConfig::lanes_set`]).
+    pub const DEFAULT_LANES: u16 = 2;
 
     /// A config with the default timeout, link count and limits. Check it with
     /// [`validate`](Self::validate) if its parts did not come from a trusted place.
@@ -461,7 +469,8 @@ impl ClientConfig {
             limits: Limits::default(),
             congestion: None,
             transport: LinkTransport::default(),
-            lanes: 0,
+            lanes: Self::DEFAULT_LANES,
+            lanes_set: false,
             maps,
             owner: OwnerPolicy::default(),
             metrics_listen: None,
@@ -560,7 +569,13 @@ impl ClientConfig {
             );
             errs.push("links.max", None, msg);
         }
-        if let Some(m) = lanes_problem(i64::from(self.lanes), self.links.min) {
+        let min = if self.lanes_set {
+            self.links.min
+        } else {
+            // The default's lanes are lane streams, beside links rather than instead of them.
+            u16::MAX
+        };
+        if let Some(m) = lanes_problem(i64::from(self.lanes), min) {
             errs.push("links.lanes", None, m);
         }
         if let Some(m) = common::timeout_problem(self.handshake_timeout) {
@@ -833,7 +848,8 @@ impl RawClientFile {
             limits,
             congestion,
             transport: transport?,
-            lanes: lanes?,
+            lanes: lanes?.unwrap_or(ClientConfig::DEFAULT_LANES),
+            lanes_set: lanes?.is_some(),
             maps: maps?,
             owner: owner?,
             metrics_listen,
@@ -1196,21 +1212,21 @@ fn lanes_problem(lanes: i64, min: u16) -> Option<String> {
     }
 }
 
-/// Converts `links.lanes` (absent: 0), recording a value out of range or one that leaves no
-/// bulk link (`min`: links.min, when it converted).
+/// Converts `links.lanes` (absent: `Some(None)`, the default), recording a value out of range
+/// or one that leaves no bulk link (`min`: links.min, when it converted).
 fn convert_lanes(
     errs: &mut Collector<'_>,
     v: Option<&Spanned<i64>>,
     min: Option<u16>,
-) -> Option<u16> {
+) -> Option<Option<u16>> {
     let Some(v) = v else {
-        return Some(0);
+        return Some(None);
     };
     if let Some(m) = lanes_problem(*v.get_ref(), min.unwrap_or(u16::MAX)) {
         errs.push("links.lanes", Some(v.span()), m);
         return None;
     }
-    u16::try_from(*v.get_ref()).ok()
+    u16::try_from(*v.get_ref()).ok().map(Some)
 }
 
 /// Converts an optional link transport name (absent: auto), recording an unknown one.

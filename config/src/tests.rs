@@ -1262,11 +1262,23 @@ fn link_transport() {
 
 #[test]
 fn client_dedicated_lanes() {
-    assert_eq!(client(&static_client()).unwrap().lanes, 0);
-    for (links, lanes) in [("count = 4", 2), ("count = 2", 1), ("min = 3\nmax = 8", 2)] {
+    // Unset: 2, as lane streams on QUIC links only, so they take no link and fit any count.
+    let c = client(&static_client()).unwrap();
+    assert_eq!((c.lanes, c.lanes_set), (2, false));
+    for links in ["count = 1", "count = 2", "min = 1\nmax = 8"] {
+        let c = client(&format!("{}[links]\n{links}\n", static_client())).unwrap();
+        assert_eq!((c.lanes, c.lanes_set), (2, false), "{links}");
+        c.validate().unwrap();
+    }
+    for (links, lanes) in [
+        ("count = 4", 2),
+        ("count = 2", 1),
+        ("min = 3\nmax = 8", 2),
+        ("", 0),
+    ] {
         let text = format!("{}[links]\n{links}\nlanes = {lanes}\n", static_client());
         let c = client(&text).unwrap();
-        assert_eq!(c.lanes, lanes);
+        assert_eq!((c.lanes, c.lanes_set), (lanes, true));
         c.validate().unwrap();
     }
     // Out of range, and too many for links.min (which defaults to 4): line 13, after [links].
@@ -1289,6 +1301,11 @@ fn client_dedicated_lanes() {
     // A config built in code is checked the same way.
     let mut c = client(&static_client()).unwrap();
     c.lanes = 4;
+    let errs = c.validate().unwrap_err();
+    assert_eq!(keys_lines(&errs), [("links.lanes", None)]);
+    let mut c = client(&static_client()).unwrap();
+    (c.lanes, c.lanes_set) = (2, true);
+    c.links.min = 2;
     let errs = c.validate().unwrap_err();
     assert_eq!(keys_lines(&errs), [("links.lanes", None)]);
 }

@@ -39,22 +39,37 @@ async fn auto_tunnel<R>(
     assert_eq!(t.client_config.transport, LinkTransport::Auto);
     t.check_transfer(2 << 20, 3 << 20, 1).await;
     t.check_concurrent(8, 256 << 10, 256 << 10).await;
-    assert_eq!(t.client.live_links(), usize::from(LINKS));
+    let status = t.client.status();
+    let links: Vec<_> = status.sessions.iter().flat_map(|s| &s.links).collect();
+    let lanes = links.iter().filter(|l| l.lane).count();
+    let quic = links.iter().all(|l| l.transport.as_deref() == Some("quic"));
+    assert_eq!(lanes, if quic { DEFAULT_LANES } else { 0 }, "{status:?}");
+    assert_eq!(t.client.live_links(), usize::from(LINKS) + lanes);
     (t, r)
 }
+
+/// The default `links.lanes`: lane streams beside 2 of the QUIC links, none on TCP links.
+const DEFAULT_LANES: usize = 2;
 
 /// Every link in `t`'s status, on both ends, runs over `transport`; the client's go to `addr`.
 fn links_run_over(t: &Tunnel, transport: &str, addr: &str) {
     let client = t.client.status();
     let server = t.server.status();
+    let lanes = if transport == "quic" {
+        DEFAULT_LANES
+    } else {
+        0
+    };
     let links: Vec<_> = client.sessions.iter().flat_map(|s| &s.links).collect();
-    assert_eq!(links.len(), usize::from(LINKS));
+    assert_eq!(links.len(), usize::from(LINKS) + lanes);
+    assert_eq!(links.iter().filter(|l| l.lane).count(), lanes);
     for l in links {
         assert_eq!(l.transport.as_deref(), Some(transport), "{l:?}");
         assert_eq!(l.address.as_deref(), Some(addr), "{l:?}");
     }
     let links: Vec<_> = server.sessions.iter().flat_map(|s| &s.links).collect();
-    assert_eq!(links.len(), usize::from(LINKS));
+    assert_eq!(links.len(), usize::from(LINKS) + lanes);
+    assert_eq!(links.iter().filter(|l| l.lane).count(), lanes);
     for l in links {
         assert_eq!(l.transport.as_deref(), Some(transport), "{l:?}");
         assert!(l

@@ -126,7 +126,8 @@ async fn a_key_mode_client_and_a_pki_client_on_one_node() {
             seed += 1;
             t.check_transfer(up, down, seed).await;
         }
-        assert_eq!(transports(&t.server.status()), vec!["quic"; 4]);
+        // Each client's 2 links and the 2 lane streams beside them (the default `links.lanes`).
+        assert_eq!(transports(&t.server.status()), vec!["quic"; 8]);
         assert_eq!(panics(), before, "something panicked");
         pki_client.shutdown();
     })
@@ -276,7 +277,8 @@ async fn the_pki_examples_are_a_working_pair() {
         let id = listed.iter().next().expect("one identity");
         assert_eq!(status.sessions.len(), 1);
         assert_eq!(status.sessions[0].peer, spki_text(id.as_bytes()));
-        assert_eq!(transports(&status), vec!["quic"; 2]);
+        // The example's 2 links and the 2 lane streams beside them (the default `links.lanes`).
+        assert_eq!(transports(&status), vec!["quic"; 4]);
     })
     .await;
 }

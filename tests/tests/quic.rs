@@ -145,37 +145,40 @@ async fn quic_ik_4_links_2_dedicated_lanes() {
 }
 
 /// A node of an older release (standing in: one that takes `wanmux/1` only, and so allows one
-/// stream per connection): a client with 2 lanes of 4 QUIC links learns on its lanes' first
-/// dials that the node takes no lane stream and dials them again as connections of their own,
-/// as before lane streams; four links, two of them lanes, and every transfer completes both
-/// ways.
+/// stream per connection): a client with `links.lanes = 2` and 4 QUIC links learns on its
+/// lanes' first dials that the node takes no lane stream and dials them again as connections of
+/// their own, as before lane streams (four links, two of them lanes); a client with the default
+/// lanes keeps the links it dialled and reserves lanes on demand (four links, none a lane).
+/// Every transfer completes both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lanes_to_a_node_without_lane_streams_are_connections_of_their_own() {
+async fn lanes_to_a_node_without_lane_streams_are_connections_of_their_own_if_set() {
     within(LIMIT, async {
         let before = panics();
-        let options = wanmux_server::Options {
-            quic_offer: Offer::V1Only,
-        };
-        let mut t = Tunnel::start_with_node_options(IK, 4, options, |server, client| {
-            server.quic = true;
-            client.transport = LinkTransport::Quic;
-            client.lanes = 2;
-        })
-        .await;
-        let settled = eventually(Duration::from_secs(10), || {
-            let status = t.client.status();
-            lane_count(&status) == 2 && transports(&status).len() == 4
-        })
-        .await;
-        assert!(settled, "{:?}", t.client.status());
-        for status in [t.client.status(), t.server.status()] {
-            assert_eq!(transports(&status), ["quic+noise"; 4]);
-            assert_eq!(lane_count(&status), 2, "{status:?}");
-        }
-        let mut seed = 200;
-        for (up, down) in [(MIB, 0), (0, MIB), (8 * MIB, 8 * MIB)] {
-            seed += 1;
-            t.check_transfer(up, down, seed).await;
+        for (set, lanes) in [(true, 2), (false, 0)] {
+            let options = wanmux_server::Options {
+                quic_offer: Offer::V1Only,
+            };
+            let mut t = Tunnel::start_with_node_options(IK, 4, options, |server, client| {
+                server.quic = true;
+                client.transport = LinkTransport::Quic;
+                (client.lanes, client.lanes_set) = (2, set);
+            })
+            .await;
+            let settled = eventually(Duration::from_secs(10), || {
+                let status = t.client.status();
+                lane_count(&status) == lanes && transports(&status).len() == 4
+            })
+            .await;
+            assert!(settled, "{:?}", t.client.status());
+            for status in [t.client.status(), t.server.status()] {
+                assert_eq!(transports(&status), ["quic+noise"; 4]);
+                assert_eq!(lane_count(&status), lanes, "{status:?}");
+            }
+            let mut seed = 200;
+            for (up, down) in [(MIB, 0), (0, MIB), (8 * MIB, 8 * MIB)] {
+                seed += 1;
+                t.check_transfer(up, down, seed).await;
+            }
         }
         assert_eq!(panics(), before, "something panicked");
     })
