@@ -465,10 +465,7 @@ impl Slot {
         first: &[u8],
     ) -> Result<Handshaken, noise::LinkError> {
         let timeout = self.handshake_timeout;
-        let hello = &ClientHello {
-            lane: hello.lane && self.lanes_set,
-            ..hello.clone()
-        };
+        let hello = &self.without_lane_stream(hello);
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| noise::LinkError::Timeout)??;
@@ -508,11 +505,21 @@ impl Slot {
         }
     }
 
+    /// `hello` for a link with no lane stream beside it (TCP, or a node that takes none): the
+    /// link itself is the slot's lane only if lanes were set.
+    fn without_lane_stream(&self, hello: &ClientHello) -> ClientHello {
+        ClientHello {
+            lane: hello.lane && self.lanes_set,
+            ..hello.clone()
+        }
+    }
+
     /// The Noise handshake on a QUIC link's stream (bound to its TLS connection on `wanmux/2`),
     /// and what the link runs over as status names it. For a lane (`hello.lane`), the link is
     /// an ordinary one and the lane a second stream beside it, with a handshake of its own
-    /// (`docs/PROTOCOL.md`, "Lane streams"), unless the node takes no lane stream: then this
-    /// dial fails, and the next one makes the link itself the lane, as on TCP.
+    /// (`docs/PROTOCOL.md`, "Lane streams"), unless the node takes no lane stream: then, with
+    /// lanes set, this dial fails and the next one makes the link itself the lane, as on TCP;
+    /// with the default lanes the link is kept and lanes are reserved on demand.
     async fn noise_over_quic(
         &self,
         stream: quic::Stream,
@@ -522,10 +529,7 @@ impl Slot {
         let transport = stream.version().transport();
         let timeout = self.handshake_timeout;
         if !(hello.lane && self.lane_streams.load(Relaxed)) {
-            let own = ClientHello {
-                lane: hello.lane && self.lanes_set,
-                ..hello.clone()
-            };
+            let own = self.without_lane_stream(hello);
             let link = stream.connect(&self.auth, &own, first, timeout).await?;
             return Ok((link, transport, None));
         }
