@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 use wanmux_config::ServerConfig;
 use wanmux_core::control::{self, ControlSocket};
 use wanmux_core::status::{Reloads, Status};
-use wanmux_core::{daemon, metrics, noise, quic, tune};
+use wanmux_core::{daemon, driver, metrics, noise, quic, tune};
 
 /// Handshakes in progress at once; connections beyond wait in the kernel's accept queue, so a
 /// flood of half-open connections costs bounded memory.
@@ -558,7 +558,7 @@ async fn accept_loop(
                     client_key: acc.client_key,
                 };
                 let (auth, sessions, refusals) = (auth.clone(), sessions.clone(), refusals.clone());
-                AbortOnDrop(tokio::spawn(async move {
+                driver::AbortOnDrop(tokio::spawn(async move {
                     lane_stream(sibling, of, peer, &auth, &sessions, &refusals, &slots).await;
                 }))
             });
@@ -567,15 +567,6 @@ async fn accept_loop(
                 .await;
             drop(lane);
         });
-    }
-}
-
-/// Aborts a task when dropped: the lane stream's, once its connection's link ended.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -1,6 +1,6 @@
 //! Link tasks: one reader and one writer per Noise link, feeding one session.
 
-use super::SessionDriver;
+use super::{AbortOnDrop, SessionDriver};
 use crate::engine::LinkStats;
 use crate::frame::MAX_MESSAGE;
 use crate::ids::LinkId;
@@ -231,15 +231,6 @@ struct RouterDown(Arc<dyn Router>);
 impl Drop for RouterDown {
     fn drop(&mut self) {
         self.0.down();
-    }
-}
-
-/// Aborts the writer task when the link's task ends or is itself aborted.
-struct AbortOnDrop(tokio::task::JoinHandle<LinkEnd>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

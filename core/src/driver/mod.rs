@@ -30,6 +30,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
 
+/// A spawned task, aborted when this is dropped: a helper task that must not outlive the task
+/// that holds it (a link's writer, a lane stream's acceptor).
+#[derive(Debug)]
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Wakers of one stream's task.
 #[derive(Debug, Default)]
 pub(crate) struct StreamWaker {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
+use wanmux_core::driver::AbortOnDrop;
 use wanmux_core::frame::MAX_MESSAGE;
 use wanmux_core::noise::{LinkError, LinkReader, LinkWriter};
 use wanmux_core::peer::{PeerFrame, PeerFrameError};
@@ -299,15 +300,6 @@ fn seal_credits(
         if !more {
             return Ok(());
         }
-    }
-}
-
-/// Aborts the writer task when the link's task ends or is itself aborted.
-struct AbortOnDrop(tokio::task::JoinHandle<PeerEnd>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
