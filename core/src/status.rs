@@ -112,6 +112,12 @@ pub struct TotalsView {
     pub streams_opened: u64,
     /// Links that joined a session.
     pub links_opened: u64,
+    /// Nanoseconds the sessions' locks were held (the engine's serial work).
+    #[serde(default)]
+    pub session_lock_held_ns: u64,
+    /// Nanoseconds tasks waited for a session's lock.
+    #[serde(default)]
+    pub session_lock_waited_ns: u64,
 }
 
 impl From<Totals> for TotalsView {
@@ -123,6 +129,8 @@ impl From<Totals> for TotalsView {
             link_received_bytes: t.link_received,
             streams_opened: t.streams,
             links_opened: t.links,
+            session_lock_held_ns: t.lock_held_ns,
+            session_lock_waited_ns: t.lock_waited_ns,
         }
     }
 }
@@ -426,6 +434,23 @@ impl Status {
                 .with_label_values::<&str>(&[])
                 .inc_by(v);
         }
+        for (name, help, ns) in [
+            (
+                "wanmux_session_lock_held_seconds_total",
+                "Time the sessions' locks were held since start (the engine's serial work; per \
+                 second of wall time, the share of one CPU it takes).",
+                t.session_lock_held_ns,
+            ),
+            (
+                "wanmux_session_lock_waited_seconds_total",
+                "Time tasks waited for a session's lock held by another task since start.",
+                t.session_lock_waited_ns,
+            ),
+        ] {
+            f.seconds_counter(name, help)
+                .with_label_values::<&str>(&[])
+                .inc_by(ns as f64 / 1e9);
+        }
         let failures = f.counter(
             "wanmux_handshake_failures_total",
             "Link handshakes that failed since start, by reason (client: its dials; node: the \
@@ -568,6 +593,16 @@ impl Families {
             .register(Box::new(g.clone()))
             .expect("each family registered once");
         g
+    }
+
+    /// A counter of seconds (a float), with no labels.
+    fn seconds_counter(&self, name: &str, help: &str) -> prometheus::CounterVec {
+        let c = prometheus::CounterVec::new(prometheus::Opts::new(name, help), &[])
+            .expect("valid metric names");
+        self.registry
+            .register(Box::new(c.clone()))
+            .expect("each family registered once");
+        c
     }
 
     fn counter(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::IntCounterVec {

@@ -156,6 +156,10 @@ async fn metrics_are_well_formed_and_count_what_the_application_moved() {
             assert_eq!(m["wanmux_streams_opened_total"], 1.0);
             assert_eq!(m["wanmux_links_opened_total"], 2.0);
             assert_eq!(m["wanmux_sessions"], 1.0);
+            // Moving 8 MiB took the session's lock for some time, and less than the test ran.
+            let held = m["wanmux_session_lock_held_seconds_total"];
+            assert!(held > 0.0 && held < 60.0, "{body}");
+            assert!(m["wanmux_session_lock_waited_seconds_total"] >= 0.0);
             let links: Vec<&String> = m
                 .keys()
                 .filter(|k| k.starts_with("wanmux_link_sent_bytes_total{"))

@@ -1,7 +1,9 @@
 //! Traffic counters of a driver: what the application sockets and the links moved, counted as
-//! it happens, so totals survive the links and streams they came from (for metrics and status).
+//! it happens, so totals survive the links and streams they came from (for metrics and status);
+//! and how long the sessions' locks were held and waited for.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 /// Running totals, shared by the tasks of one or more sessions (a daemon may give every
 /// session the same counters).
@@ -13,6 +15,8 @@ pub struct Counters {
     link_received: AtomicU64,
     streams: AtomicU64,
     links: AtomicU64,
+    lock_held_ns: AtomicU64,
+    lock_waited_ns: AtomicU64,
 }
 
 /// A copy of [`Counters`] at one moment.
@@ -30,6 +34,12 @@ pub struct Totals {
     pub streams: u64,
     /// Links that joined a session.
     pub links: u64,
+    /// Nanoseconds the sessions' locks were held: the engine's work, which one session does on
+    /// one thread at a time. Against the wall-clock time, the share of one CPU a session's
+    /// serial part takes (summed over the daemon's sessions).
+    pub lock_held_ns: u64,
+    /// Nanoseconds tasks waited for a session's lock that another task held.
+    pub lock_waited_ns: u64,
 }
 
 impl Counters {
@@ -57,6 +67,14 @@ impl Counters {
         self.links.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn lock_held(&self, d: Duration) {
+        self.lock_held_ns.fetch_add(nanos(d), Relaxed);
+    }
+
+    pub(crate) fn lock_waited(&self, d: Duration) {
+        self.lock_waited_ns.fetch_add(nanos(d), Relaxed);
+    }
+
     /// The totals now.
     pub fn totals(&self) -> Totals {
         Totals {
@@ -66,8 +84,14 @@ impl Counters {
             link_received: self.link_received.load(Relaxed),
             streams: self.streams.load(Relaxed),
             links: self.links.load(Relaxed),
+            lock_held_ns: self.lock_held_ns.load(Relaxed),
+            lock_waited_ns: self.lock_waited_ns.load(Relaxed),
         }
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl std::ops::Add for Totals {
@@ -81,6 +105,8 @@ impl std::ops::Add for Totals {
             link_received: self.link_received + o.link_received,
             streams: self.streams + o.streams,
             links: self.links + o.links,
+            lock_held_ns: self.lock_held_ns + o.lock_held_ns,
+            lock_waited_ns: self.lock_waited_ns + o.lock_waited_ns,
         }
     }
 }

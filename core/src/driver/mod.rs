@@ -26,7 +26,7 @@ use crate::engine::{Event, Session};
 use crate::ids::{LinkId, StreamId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
 
@@ -95,10 +95,13 @@ struct Shared {
 }
 
 /// The session's state, locked. A panic while it is held closes the session: its tasks end
-/// and the daemon drops it; the daemon's other sessions go on.
+/// and the daemon drops it; the daemon's other sessions go on. How long it was held is counted
+/// ([`Totals::lock_held_ns`]).
 struct Locked<'a> {
     guard: MutexGuard<'a, State>,
     shared: &'a Shared,
+    /// When the lock was taken: also the engine's `now` for the call it is taken for.
+    since: Instant,
 }
 
 impl std::ops::Deref for Locked<'_> {
@@ -116,6 +119,7 @@ impl std::ops::DerefMut for Locked<'_> {
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
+        self.shared.counters.lock_held(self.since.elapsed());
         if std::thread::panicking() && !self.shared.closed.swap(true, Ordering::AcqRel) {
             tracing::error!("a panic in this session's code: the session is closed");
             self.shared.closing.notify_waiters();
@@ -227,16 +231,29 @@ impl SessionDriver {
     }
 
     fn lock(&self) -> Locked<'_> {
-        let guard = self.shared.state.lock().unwrap_or_else(|poisoned| {
-            // A panic under this lock (a bug in the engine or here) may have left the state
-            // torn; `Locked` closed the session as it unwound. Panicking here instead would
-            // reach every later user, destructors among them, and a panic in a destructor
-            // while the first one unwinds aborts the whole daemon.
-            poisoned.into_inner()
-        });
+        // A panic under this lock (a bug in the engine or here) may have left the state torn;
+        // `Locked` closed the session as it unwound. Panicking on the poisoned lock instead
+        // would reach every later user, destructors among them, and a panic in a destructor
+        // while the first one unwinds aborts the whole daemon.
+        let guard = match self.shared.state.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                // Contended: the wait is counted (the uncontended path reads no clock for it).
+                let asked = Instant::now();
+                let guard = self
+                    .shared
+                    .state
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                self.shared.counters.lock_waited(asked.elapsed());
+                guard
+            }
+        };
         Locked {
             guard,
             shared: &self.shared,
+            since: Instant::now(),
         }
     }
 
@@ -258,7 +275,7 @@ impl SessionDriver {
     /// the timer as needed.
     pub fn with<R>(&self, f: impl FnOnce(&mut Session, Instant) -> R) -> R {
         let mut st = self.lock();
-        let now = Instant::now();
+        let now = st.since;
         let r = f(&mut st.session, now);
         self.after(&mut st, now);
         r
@@ -359,7 +376,7 @@ impl SessionDriver {
     ) -> Option<Result<usize, E>> {
         let mut st = self.lock();
         st.session.link_stats(id)?;
-        let now = Instant::now();
+        let now = st.since;
         let mut n = 0;
         let mut result = Ok(());
         while n < max {
@@ -408,7 +425,7 @@ impl SessionDriver {
                         _ = tokio::time::sleep_until(d.into()) => {
                             let mut st = self.lock();
                             st.armed = None;
-                            let now = Instant::now();
+                            let now = st.since;
                             st.session.handle_timeout(now);
                             self.after(&mut st, now);
                         }
@@ -433,7 +450,7 @@ impl SessionDriver {
                     return;
                 }
                 if st.session.budget_blocked() {
-                    let now = Instant::now();
+                    let now = st.since;
                     st.session.retry_budget(now);
                     self.after(&mut st, now);
                 }
@@ -460,7 +477,7 @@ impl SessionDriver {
         open: impl FnOnce(&mut Session, Instant) -> Result<StreamId, E>,
     ) -> Result<stream::Opened, E> {
         let mut st = self.lock();
-        let now = Instant::now();
+        let now = st.since;
         let r = open(&mut st.session, now);
         let opened = r.map(|id| {
             let waker = Arc::new(StreamWaker::default());
@@ -505,7 +522,7 @@ impl SessionDriver {
     /// when the engine declares the link dead. Remove it with [`SessionDriver::remove_link`].
     pub fn add_link_with(&self, kind: LinkKind, waker: Arc<Notify>) -> (LinkId, Arc<Notify>) {
         let mut st = self.lock();
-        let now = Instant::now();
+        let now = st.since;
         st.next_link += 1;
         let id = LinkId(st.next_link);
         st.link_wakers.insert(id, waker);
@@ -546,7 +563,7 @@ impl SessionDriver {
         self.count_live(&st);
         // Called from a destructor, maybe while a panic unwinds: a torn engine is left alone.
         if !self.shared.state.is_poisoned() {
-            let now = Instant::now();
+            let now = st.since;
             st.session.remove_link(id);
             self.after(&mut st, now);
         }
@@ -600,7 +617,8 @@ impl SessionDriver {
     pub fn close(&self, code: u16) {
         let mut st = self.lock();
         st.session.reset_all(code);
-        self.after(&mut st, Instant::now());
+        let now = st.since;
+        self.after(&mut st, now);
         drop(st);
         self.abandon();
     }
@@ -630,7 +648,8 @@ impl SessionDriver {
     pub fn restart(&self) {
         let mut st = self.lock();
         st.session.restart();
-        self.after(&mut st, Instant::now());
+        let now = st.since;
+        self.after(&mut st, now);
     }
 
     /// Whether two handles drive the same session.
