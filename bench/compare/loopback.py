@@ -153,6 +153,21 @@ class Contender:
     tunnel: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
     dead: str | None = None  # why it stopped being measured
+    # wanmux: each daemon's `status --json` command, by process name (the session-lock totals).
+    status: list[tuple[str, list[str]]] = field(default_factory=list)
+
+    def lock_seconds(self) -> dict[str, tuple[float, float]] | None:
+        """wanmux: seconds each daemon's session locks were held and waited for so far."""
+        if not self.status:
+            return None
+        out = {}
+        for name, argv in self.status:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            t = json.loads(r.stdout)["totals"]
+            if "session_lock_held_ns" not in t:
+                return None  # a build from before the counters
+            out[name] = (t["session_lock_held_ns"] / 1e9, t["session_lock_waited_ns"] / 1e9)
+        return out
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU seconds so far of each tunnel process, by name."""
@@ -212,6 +227,8 @@ def start_wanmux(name: str, links: int, bins: Path, bench_addr: str, tmp: Path,
                            client_extra=client_extra)
     benchlib.check_configs(name, bins, d)
     c = Contender(name, addr=f"127.0.0.1:{map_port}", maps=maps)
+    c.status = [(f"wanmux-{which}", [exe, "status", "--json", "--config", str(d / f"{which}.toml")])
+                for which, exe in (("server", srv), ("client", cli))]
     env = benchlib.daemon_env()
     c.logs = [d / "server.log", d / "client.log"]
     ps = PROCS.start(f"{name} server", [*pin, srv, "run", "--config", str(d / "server.toml")], c.logs[0],
@@ -323,6 +340,8 @@ class Sample:
     foreign_cores: float | None = None  # average cores used by processes not ours
     rr_cpu_us: float | None = None  # rr: tunnel CPU (both ends) per round trip
     rr_switches: float | None = None  # rr: tunnel context switches (both ends) per round trip
+    # wanmux, throughput: session-lock seconds held and waited per GB, by daemon.
+    lock_s_per_gb: dict[str, tuple[float, float]] | None = None
 
 
 def run_bench(bench: Path, c: Contender, test: str, rep: int, args, ours_cpu) -> Sample:
@@ -345,6 +364,13 @@ def run_bench(bench: Path, c: Contender, test: str, rep: int, args, ours_cpu) ->
         except OSError:
             return None
 
+    def locks() -> dict[str, tuple[float, float]] | None:
+        try:
+            return c.lock_seconds()
+        except (OSError, ValueError, KeyError, subprocess.SubprocessError):
+            return None
+
+    lock0 = locks() if test != "rr" else None
     cpu0 = tunnel_cpu()
     sw0 = switches()
     ours0 = ours_cpu()
@@ -360,6 +386,7 @@ def run_bench(bench: Path, c: Contender, test: str, rep: int, args, ours_cpu) ->
     PROCS.forget(p)
     cpu1 = tunnel_cpu()
     sw1 = switches()
+    lock1 = locks() if lock0 is not None else None
     by_proc = ({k: cpu1[k] - cpu0[k] for k in cpu1}
                if cpu0 is not None and cpu1 is not None else None)
     cpu = sum(by_proc.values()) if by_proc is not None else None
@@ -383,6 +410,10 @@ def run_bench(bench: Path, c: Contender, test: str, rep: int, args, ours_cpu) ->
     else:
         s.gbps = j["bits_per_second"] / 1e9
         s.bytes = j["received_bytes"]
+        if lock0 is not None and lock1 is not None and s.bytes:
+            gb = s.bytes / 1e9
+            s.lock_s_per_gb = {k: ((lock1[k][0] - lock0[k][0]) / gb, (lock1[k][1] - lock0[k][1]) / gb)
+                               for k in lock1}
         if cpu is not None and s.bytes:
             s.cpu_s_per_gb = cpu / (s.bytes / 1e9)
             s.cpu_s_per_gb_by_proc = {k: v / (s.bytes / 1e9) for k, v in by_proc.items()}
@@ -427,6 +458,9 @@ def summarize(contenders: list[str], samples: list[Sample], skipped: dict[str, s
             r[test + "_cpu"] = median([s.cpu_s_per_gb for s in ok if s.cpu_s_per_gb is not None])
             procs = [s.cpu_s_per_gb_by_proc for s in ok if s.cpu_s_per_gb_by_proc]
             r[test + "_cpu_by_proc"] = {k: median([pp[k] for pp in procs]) for k in (procs[0] if procs else {})}
+            lk = [s.lock_s_per_gb for s in ok if s.lock_s_per_gb]
+            r[test + "_lock"] = {k: (median([x[k][0] for x in lk]), median([x[k][1] for x in lk]))
+                                 for k in (lk[0] if lk else {})}
         rr = [s for s in mine if s.test == "rr" and s.ok]
         r["p50"] = median([s.p50_us for s in rr])
         r["p99"] = median([s.p99_us for s in rr])
@@ -472,6 +506,26 @@ def markdown_table(contenders: list[str], rows, skipped: dict[str, str], dead: d
         label = LABELS[name] + (" **(died: " + dead[name] + ")**" if name in dead else "")
         lines.append(f"| {label} | {thr('p1')} | {thr('p8')} | {lat} | {rr_cost} | {cpu} |")
     return "\n".join(lines)
+
+
+def lock_table(contenders: list[str], rows) -> str:
+    """wanmux's session locks during the throughput runs, per GB, by daemon (empty if none)."""
+    lines = []
+    for name in contenders:
+        r = rows.get(name)
+        if not r or not (r.get("p1_lock") or r.get("p8_lock")):
+            continue
+        cells = []
+        for test in ("p1", "p8"):
+            lk = r.get(test + "_lock") or {}
+            cells.append(", ".join(f"{k.removeprefix('wanmux-')} {h:.3f} / {w:.3f}"
+                                   for k, (h, w) in sorted(lk.items())) or "-")
+        lines.append(f"| {LABELS[name]} | {cells[0]} | {cells[1]} |")
+    if not lines:
+        return ""
+    return "\n".join([
+        "| contender | session lock held / waited, s per GB: 1 stream | 8 streams |",
+        "|---|---|---|", *lines])
 
 
 def machine_info() -> dict:
@@ -739,6 +793,7 @@ def main() -> int:
     vers = versions(bins)
     foreign = [s.foreign_cores for s in samples if s.foreign_cores is not None]
     table = markdown_table(all_names, rows, skipped, dead)
+    locked = lock_table(all_names, rows)
 
     report = [
         f"Command: `{command}`",
@@ -757,6 +812,10 @@ def main() -> int:
         "",
         table,
         "",
+        *([locked, "", "Session lock: time each wanmux daemon's session locks were held and "
+           "waited for during the throughput runs (`status --json`, "
+           "`session_lock_held_ns` / `session_lock_waited_ns`), per 10^9 payload bytes; medians.",
+           ""] if locked else []),
         "Gbit/s: payload received and verified / receiver's time. CPU s/GB: utime+stime of both tunnel "
         "processes (from /proc/PID/stat) during the run, per 10^9 payload bytes. rr: one connection, "
         "64-byte request and echo; added = contender minus direct TCP (medians). rr tunnel CPU and "

@@ -1,7 +1,7 @@
 //! Link tasks: one reader and one writer per Noise link, feeding one session.
 
 use super::{AbortOnDrop, SessionDriver};
-use crate::engine::LinkStats;
+use crate::engine::{Gathered, LinkStats};
 use crate::frame::MAX_MESSAGE;
 use crate::ids::LinkId;
 use crate::noise::{LinkError, LinkReader, LinkWriter, READ_CHUNK};
@@ -31,10 +31,14 @@ const LINK_STATE: u64 = 16 * 1024;
 pub const LINK_RECV_MEMORY: u64 = READ_CHUNK as u64 + LINK_STATE;
 
 /// The most one established link holds in this process for what it sends: its writer's batch
-/// (`BATCH`, 4, messages of up to [`MAX_MESSAGE`], each built in the output buffer where it is
-/// sealed, with its length prefix and tag) waiting for the socket, plus `LINK_STATE`. Charged
-/// to the send pool as [`LINK_RECV_MEMORY`] is to the receive pool.
-pub const LINK_SEND_MEMORY: u64 = (BATCH * (MAX_MESSAGE + 18)) as u64 + LINK_STATE;
+/// (`BATCH`, 4, messages of up to [`MAX_MESSAGE`], each copied into the output buffer where it
+/// is sealed, with its length prefix and tag) waiting for the socket; the frames of the batch's
+/// messages as they were gathered under the session's lock, of which one message's may still be
+/// held beside its copy and each keeps at most [`Gathered::KEPT_FRAMES`] of room afterwards
+/// (the payload is referenced, not held: it is the streams'); plus `LINK_STATE`. Charged to the
+/// send pool as [`LINK_RECV_MEMORY`] is to the receive pool.
+pub const LINK_SEND_MEMORY: u64 =
+    (BATCH * (MAX_MESSAGE + 18) + MAX_MESSAGE + BATCH * Gathered::KEPT_FRAMES) as u64 + LINK_STATE;
 
 /// How often a link task copies its numbers from the engine (kept for the log line when the
 /// link ends, since the engine forgets a link it declared dead).
@@ -269,6 +273,8 @@ async fn write_loop(
     router: Option<Arc<dyn Router>>,
 ) -> LinkEnd {
     let mut routed_first = false;
+    // Where the session's messages are gathered under its lock (`poll_link_into`).
+    let mut gathered: [Gathered; BATCH] = Default::default();
     loop {
         // With a router, its messages and the session's own take turns going first, so
         // neither starves the other on a busy link. Every message is built in the writer's
@@ -281,7 +287,7 @@ async fn write_loop(
                 Err(e) => return LinkEnd::Link(e),
             }
         }
-        match driver.poll_link_into(id, &mut writer, BATCH - n) {
+        match driver.poll_link_into(id, &mut writer, &mut gathered[..BATCH - n]) {
             None => return LinkEnd::TimedOut,
             Some(Err(e)) => return LinkEnd::Link(e),
             Some(Ok(own)) => n += own,
@@ -301,6 +307,7 @@ async fn write_loop(
                 .is_err()
             {
                 writer.free_buffer();
+                gathered = Default::default();
                 waker.notified().await;
             }
             continue;

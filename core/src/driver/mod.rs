@@ -22,7 +22,7 @@ pub mod stream;
 
 pub use counters::{Counters, Totals};
 
-use crate::engine::{Event, Session};
+use crate::engine::{Event, Gathered, MessageBuf, Session};
 use crate::ids::{LinkId, StreamId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -344,25 +344,41 @@ impl SessionDriver {
         polled.map(|r| r.unwrap_or_else(|never| match never {}))
     }
 
-    /// [`SessionDriver::poll_link`] straight into `writer`'s output buffer: up to `max`
-    /// messages, each built where it will be sealed and sent ([`LinkWriter::begin`]), so no
-    /// plaintext is copied; sealing waits for the writer's flush, outside the lock. `None`:
-    /// the engine dropped the link; `Some(Err)`: the writer cannot take a message.
+    /// [`SessionDriver::poll_link`] into `writer`: up to `gathered.len()` messages are gathered
+    /// under the lock (their frames encoded, their stream data referenced: [`Gathered`]), then, with the lock released, each is copied into
+    /// the writer's output buffer, where the flush seals it ([`LinkWriter::begin`]). The copy of
+    /// the payload, the only work per byte in building a message, is thus not serialised with
+    /// the session's other tasks. `None`: the engine dropped the link; `Some(Err)`: the writer
+    /// cannot take a message (its link is ending: the messages gathered are lost with it, and
+    /// the engine sends their data again on other links).
     ///
     /// [`LinkWriter::begin`]: crate::noise::LinkWriter::begin
     pub(crate) fn poll_link_into(
         &self,
         id: LinkId,
         writer: &mut crate::noise::LinkWriter,
-        max: usize,
+        gathered: &mut [Gathered],
     ) -> Option<Result<usize, crate::noise::LinkError>> {
-        self.poll_messages(id, max, |session, now| {
-            let mut body = writer.begin()?;
-            let sent = session.poll_transmit(now, id, &mut body);
-            let len = body.len();
-            writer.commit(body)?;
-            Ok(sent.then_some(len))
-        })
+        let max = gathered.len();
+        let mut next = gathered.iter_mut();
+        let n = self.poll_messages(id, max, |session, now| {
+            let g = next.next().expect("at most `max` messages");
+            let sent = session.poll_transmit(now, id, g);
+            Ok::<_, std::convert::Infallible>(sent.then_some(g.len()))
+        })?;
+        let n = n.unwrap_or_else(|never| match never {});
+        let mut failed = None;
+        for g in &mut gathered[..n] {
+            if failed.is_none() {
+                let copied = writer.begin().and_then(|mut body| {
+                    g.copy_to(&mut body);
+                    writer.commit(body)
+                });
+                failed = copied.err();
+            }
+            g.release();
+        }
+        Some(failed.map_or(Ok(n), Err))
     }
 
     /// Up to `max` messages for link `id`, under one lock: `fill` makes the next one and says

@@ -37,6 +37,7 @@ mod error;
 mod lanes;
 mod link;
 mod links;
+mod message;
 mod recv;
 mod reorder;
 mod sched;
@@ -48,6 +49,7 @@ mod transmit;
 pub use elastic::{LinkPlan, PoolView, GROW_AFTER, RETIRE_AFTER};
 pub use error::{OpenError, PeerError, StreamError};
 pub use link::{LinkActivity, LinkStats, Rtt};
+pub use message::{Gathered, MessageBuf};
 
 use crate::budget::{Budget, Held, Pool};
 use crate::frame::Frame;

@@ -1,10 +1,11 @@
 //! Per-stream send buffer: the bytes the application wrote, kept until the peer acks them so
 //! that any of them can be resent if the link it went out on dies.
 
+use super::message::MessageBuf;
 use super::{PeerError, UNSENT_MAX};
 use crate::ids::StreamId;
 use crate::range_set::RangeSet;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use std::collections::VecDeque;
 
 /// The next piece a stream wants to send.
@@ -205,7 +206,7 @@ impl SendBuf {
     }
 
     /// Appends the bytes `[offset, offset + len)`, which must be held.
-    pub(crate) fn copy_out(&self, offset: u64, len: usize, out: &mut BytesMut) {
+    pub(crate) fn copy_out(&self, offset: u64, len: usize, out: &mut impl MessageBuf) {
         debug_assert!(offset >= self.acked && offset + len as u64 <= self.written);
         let mut skip = (offset - self.acked) as usize;
         let mut left = len;
@@ -218,7 +219,7 @@ impl SendBuf {
                 continue;
             }
             let take = (chunk.len() - skip).min(left);
-            out.put_slice(&chunk[skip..skip + take]);
+            out.payload(chunk, skip, skip + take);
             skip = 0;
             left -= take;
         }

@@ -3,6 +3,7 @@
 
 use super::lanes::{carries_windows, Pick};
 use super::link::{LinkState, Sent};
+use super::message::MessageBuf;
 use super::sched::QUANTUM;
 use super::stream::Queued;
 use super::{
@@ -10,7 +11,6 @@ use super::{
 };
 use crate::frame::{self, Frame, DATA_HEADER, PING_LEN, SESSION_WINDOW_LEN, WINDOW_LEN};
 use crate::ids::LinkId;
-use bytes::BytesMut;
 use std::time::Instant;
 
 /// An empty control queue keeps room for this many frames at most.
@@ -29,7 +29,7 @@ impl Session {
     /// Fills `buf` (cleared first) with the plaintext of one message for `link`: that link's
     /// pongs, control frames, window updates, then stream data chosen by the scheduler, then a
     /// ping if one is due. Returns `false` when there is nothing to send.
-    pub fn poll_transmit(&mut self, now: Instant, link: LinkId, buf: &mut BytesMut) -> bool {
+    pub fn poll_transmit(&mut self, now: Instant, link: LinkId, buf: &mut impl MessageBuf) -> bool {
         buf.clear();
         let lanes = self.lanes(now);
         let pick = self.pick_for(link, lanes);
@@ -41,7 +41,7 @@ impl Session {
         };
         let limit = l.max_message - PING_LEN; // room for the trailing ping
         for token in l.pongs_owed.drain(..) {
-            Frame::Pong(token).encode(buf);
+            Frame::Pong(token).encode(buf.frames());
         }
         // While lanes are reserved, control frames go on them only; window updates stay off
         // dedicated lanes (see `carries_windows`).
@@ -60,7 +60,7 @@ impl Session {
             let f = self.control.pop_front().expect("front exists");
             let open = matches!(f, Frame::Open { .. });
             self.opens_queued -= usize::from(open);
-            f.encode(buf);
+            f.encode(buf.frames());
             let short = l.stats.rtt.smoothed.is_some_and(|r| r < COPY_MIN_RTT);
             if let (true, false, Pick::Lane { twin: Some(twin) }) = (open, short, pick) {
                 if self.open_dups.len() >= MAX_LANE_DUPS {
@@ -94,7 +94,7 @@ impl Session {
                 acked,
                 max: s.recv_max,
             }
-            .encode(buf);
+            .encode(buf.frames());
             s.recv_acked_sent = acked;
             l.record(Sent::Window {
                 stream: id,
@@ -107,7 +107,7 @@ impl Session {
             Frame::SessionWindow {
                 max: self.recv_session_max,
             }
-            .encode(buf);
+            .encode(buf.frames());
             l.record(Sent::SessionWindow);
         }
         if matches!(pick, Pick::Lane { .. } | Pick::Spare) {
@@ -132,7 +132,7 @@ impl Session {
         if l.wants_ping(now) || (copies && l.wants_first_sample()) {
             let token = self.next_ping;
             self.next_ping += 1;
-            Frame::Ping(token).encode(buf);
+            Frame::Ping(token).encode(buf.frames());
             l.ping_sent(now, token, l.stats.bytes_sent + buf.len() as u64);
         }
         l.stats.bytes_sent += buf.len() as u64;
@@ -148,7 +148,7 @@ impl Session {
     }
 
     /// Sends again, on `link`, the `OPEN` frames the other lane sent, for streams still open.
-    pub(super) fn fill_open_dups(&mut self, link: LinkId, buf: &mut BytesMut, limit: usize) {
+    pub(super) fn fill_open_dups(&mut self, link: LinkId, buf: &mut impl MessageBuf, limit: usize) {
         let mut i = 0;
         while i < self.open_dups.len() {
             if self.open_dups[i].lane != link {
@@ -162,13 +162,13 @@ impl Session {
             let live = matches!(&f, Frame::Open { stream, .. }
                 if self.streams.get(stream).is_some_and(|s| !s.is_reset()));
             if live {
-                f.encode(buf);
+                f.encode(buf.frames());
             }
         }
     }
 
     /// Sends again, on `link`, the small segments the other lane sent that are not acked yet.
-    pub(super) fn fill_dups(&mut self, link: LinkId, buf: &mut BytesMut, limit: usize) {
+    pub(super) fn fill_dups(&mut self, link: LinkId, buf: &mut impl MessageBuf, limit: usize) {
         let mut i = 0;
         while i < self.lane_dups.len() {
             let LaneDup {
@@ -197,7 +197,7 @@ impl Session {
             if s.is_reset() || !unacked {
                 continue;
             }
-            frame::encode_data_header(buf, id, offset, len, fin);
+            frame::encode_data_header(buf.frames(), id, offset, len, fin);
             s.send.copy_out(offset, len, buf);
         }
     }
@@ -206,7 +206,7 @@ impl Session {
         &mut self,
         now: Instant,
         l: &mut LinkState,
-        buf: &mut BytesMut,
+        buf: &mut impl MessageBuf,
         limit: usize,
         pick: Pick,
     ) {
@@ -237,7 +237,7 @@ impl Session {
                 self.schedule(id);
                 continue;
             };
-            frame::encode_data_header(buf, id, seg.offset, seg.len, seg.fin);
+            frame::encode_data_header(buf.frames(), id, seg.offset, seg.len, seg.fin);
             s.send.copy_out(seg.offset, seg.len, buf);
             s.send.mark_sent(seg);
             if seg.new_bytes > 0 && s.write_waiting && s.send.room_regained(window) {
