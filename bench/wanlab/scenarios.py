@@ -927,7 +927,7 @@ MATRIX = [
     ("500-100-0.5-asym", "delay=50ms,up.rate=500mbit,down.rate=50mbit,loss=0.5%"),
     ("500-250-2-j10", "delay=125ms,rate=500mbit,loss=2%,jitter=10ms"),
 ]
-MATRIX_CONTENDERS = ["direct-bbr", "kcptun-2048", "wanmux-quic-4l"]
+MATRIX_CONTENDERS = ["direct-bbr", "kcptun-2048", "wanmux-quic-4"]
 
 
 def cmd_matrix(args, bins, keys, tmp, command, started) -> tuple[str, dict]:
