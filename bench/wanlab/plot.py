@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Goodput against loss rate, as an SVG, from the JSON of `lab.sh sweep` (scenarios.py sweep).
+"""Goodput against loss rate, as an SVG, from the JSON of `lab.sh sweep` (scenarios.py sweep);
+and the path matrix from the JSON of `lab.sh matrix` (drawn by `matrix_svg.py`).
 
     bench/wanlab/plot.py bench/wanlab/out/sweep-YYYYMMDDTHHMMSSZ.json -o bench/wanlab/goodput-vs-loss.svg
+    bench/wanlab/plot.py bench/wanlab/out/matrix-YYYYMMDDTHHMMSSZ.json -o bench/wanlab/matrix.svg
 
 Top panel: median goodput of one application connection at each loss rate for direct TCP (cubic,
 bbr), the better of the two kcptun rows at each point, and every wanmux row of the sweep (TCP
@@ -21,6 +23,9 @@ import statistics
 import sys
 from html import escape
 from pathlib import Path
+
+import matrix_svg  # next to this script
+import svgdoc
 
 SERIES = [
     # (key, label, colour); "kcptun-best" is chosen per loss rate from the two kcptun rows.
@@ -98,16 +103,10 @@ def render(data: dict, title: str | None) -> str:
     def y2(v: float) -> float:
         return BOTTOM2 - (BOTTOM2 - TOP2) * (v - 1) / (rmax - 1)
 
-    o: list[str] = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
-        f'viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">',
-        f'<rect width="{W}" height="{H}" fill="white"/>',
-    ]
     t = title or "Goodput of one TCP connection against random loss"
-    o.append(f'<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{escape(t)}</text>')
     sub = (f"path {data['base']} + loss; median of {data.get('repeat', '?')} run(s) of "
            f"{data.get('time', '?'):g} s; wanmux links: TCP {data.get('wanmux_cc', '?')}, QUIC pace")
-    o.append(f'<text x="{LEFT}" y="40" fill="#555">{escape(sub)}</text>')
+    o = svgdoc.head(W, H, 12, t, sub, LEFT, 22)
 
     # Goodput panel: grid, axes, line rate.
     for i in range(6):
@@ -197,22 +196,31 @@ def render(data: dict, title: str | None) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description="Goodput against loss rate (SVG) from a sweep JSON.")
-    ap.add_argument("json", type=Path, help="the .json written by `lab.sh sweep`")
+    ap = argparse.ArgumentParser(
+        description="Goodput against loss rate, or the path matrix (SVG), from a sweep's or a "
+                    "matrix's JSON.")
+    ap.add_argument("json", type=Path, help="the .json written by `lab.sh sweep` or `lab.sh matrix`")
     ap.add_argument("-o", "--out", type=Path, default=None,
                     help="SVG to write (default: next to the JSON, .svg)")
     ap.add_argument("--title", default=None)
     args = ap.parse_args()
     data = json.loads(args.json.read_text())
+    out = args.out or args.json.with_suffix(".svg")
+    if data.get("mode") == "matrix":
+        missing = [p for p, spec in data["paths"].items() if matrix_svg.line_rate(spec) is None]
+        if missing:
+            ap.error(f"no line rate in the spec of {', '.join(missing)}")
+        out.write_text(matrix_svg.render(data, args.title))
+        print(f"wrote {out}", file=sys.stderr)
+        return 0
     if data.get("mode") != "sweep":
-        ap.error(f"{args.json} is not a sweep (mode {data.get('mode')!r})")
+        ap.error(f"{args.json} is neither a sweep nor a matrix (mode {data.get('mode')!r})")
     # A contender without a series would silently be left out of the plot (a sweep whose only
     # wanmux row had no series once gave a plot with no wanmux line at all).
     drawn = {key for key, _, _ in SERIES} | set(KCPTUN)
     missing = sorted({r["contender"] for r in data["runs"]} - drawn)
     if missing:
         ap.error(f"no series for {', '.join(missing)}: add them to SERIES in {Path(__file__).name}")
-    out = args.out or args.json.with_suffix(".svg")
     out.write_text(render(data, args.title))
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -1,7 +1,7 @@
-#!/usr/bin/env python3
-"""The path matrix as an SVG, from the JSON of `lab.sh matrix` (scenarios.py matrix).
+"""The path matrix as an SVG, from the JSON of `lab.sh matrix` (scenarios.py matrix); drawn by
+`plot.py`:
 
-    bench/wanlab/plot_matrix.py bench/wanlab/out/matrix-YYYYMMDDTHHMMSSZ.json -o bench/wanlab/matrix.svg
+    bench/wanlab/plot.py bench/wanlab/out/matrix-YYYYMMDDTHHMMSSZ.json -o bench/wanlab/matrix.svg
 
 One group of bars per path: each contender's median goodput of one application connection, as a
 share of the path's line rate in the data direction (client -> server), with every run drawn as
@@ -12,13 +12,12 @@ Python 3 standard library only; the SVG is written by hand.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import statistics
-import sys
 from html import escape
-from pathlib import Path
+
+import svgdoc
 
 # Known contenders: label and colour (others are drawn in grey under their own name).
 STYLE = {
@@ -55,16 +54,10 @@ def render(data: dict, title: str | None) -> str:
     def x(share: float) -> float:
         return LEFT + pw * min(share, 1.05) / 1.05
 
-    o = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" '
-        f'viewBox="0 0 {W} {height}" font-family="sans-serif" font-size="11">',
-        f'<rect width="{W}" height="{height}" fill="white"/>',
-    ]
     t = title or "Goodput of one connection on each path of the matrix, share of the line rate"
-    o.append(f'<text x="10" y="20" font-size="15" font-weight="bold">{escape(t)}</text>')
     sub = (f"median of {data.get('repeat', '?')} run(s) of {data.get('time', '?'):g} s per "
            "contender and path (dots: the runs); the number: median Mbit/s")
-    o.append(f'<text x="10" y="38" fill="#555">{escape(sub)}</text>')
+    o = svgdoc.head(W, height, 11, t, sub, 10, 20)
     # Legend.
     lx = 10
     for c in order:
@@ -110,26 +103,3 @@ def render(data: dict, title: str | None) -> str:
     o.append(f'<text x="10" y="{height - 10}" font-size="10" fill="#555">{escape(foot)}</text>')
     o.append("</svg>")
     return "\n".join(o) + "\n"
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description="The path matrix (SVG) from a matrix JSON.")
-    ap.add_argument("json", type=Path, help="the .json written by `lab.sh matrix`")
-    ap.add_argument("-o", "--out", type=Path, default=None,
-                    help="SVG to write (default: next to the JSON, .svg)")
-    ap.add_argument("--title", default=None)
-    args = ap.parse_args()
-    data = json.loads(args.json.read_text())
-    if data.get("mode") != "matrix":
-        ap.error(f"{args.json} is not a matrix (mode {data.get('mode')!r})")
-    missing = [p for p, spec in data["paths"].items() if line_rate(spec) is None]
-    if missing:
-        ap.error(f"no line rate in the spec of {', '.join(missing)}")
-    out = args.out or args.json.with_suffix(".svg")
-    out.write_text(render(data, args.title))
-    print(f"wrote {out}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
