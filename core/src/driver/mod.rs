@@ -345,10 +345,10 @@ impl SessionDriver {
     }
 
     /// [`SessionDriver::poll_link`] into `writer`: up to `gathered.len()` messages are gathered
-    /// under the lock (their frames encoded, their stream data referenced: [`Gathered`]), then, with the lock released, each is copied into
-    /// the writer's output buffer, where the flush seals it ([`LinkWriter::begin`]). The copy of
-    /// the payload, the only work per byte in building a message, is thus not serialised with
-    /// the session's other tasks. `None`: the engine dropped the link; `Some(Err)`: the writer
+    /// under the lock (their frames encoded, their stream data referenced: [`Gathered`]); then,
+    /// with the lock released, each is copied into the writer's output buffer, where the flush
+    /// seals it ([`LinkWriter::begin`]). The copy of the payload, the only work per byte in
+    /// building a message, is thus not serialised with the session's other tasks. `None`: the engine dropped the link; `Some(Err)`: the writer
     /// cannot take a message (its link is ending: the messages gathered are lost with it, and
     /// the engine sends their data again on other links).
     ///

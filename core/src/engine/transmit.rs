@@ -28,7 +28,9 @@ impl Session {
 
     /// Fills `buf` (cleared first) with the plaintext of one message for `link`: that link's
     /// pongs, control frames, window updates, then stream data chosen by the scheduler, then a
-    /// ping if one is due. Returns `false` when there is nothing to send.
+    /// ping if one is due. Returns `false` when there is nothing to send. `buf` is one buffer
+    /// (a `BytesMut`, stream data copied in) or a [`Gathered`](super::Gathered) message (stream
+    /// data referenced, for the caller to copy once it has let go of the session).
     pub fn poll_transmit(&mut self, now: Instant, link: LinkId, buf: &mut impl MessageBuf) -> bool {
         buf.clear();
         let lanes = self.lanes(now);
