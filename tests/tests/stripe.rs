@@ -236,17 +236,21 @@ async fn stripe_carries_the_owners_streams_over_every_node_both_ways() {
         let tasks = start_transfers(client.first_addr(), 4, up, down);
         check_all(&mut app, tasks, up, down).await;
         // Node 1 owns every stream (owner "first"); nodes 2 and 3 carried part of them both
-        // ways, as the client counts sections and as the nodes count what they relayed.
+        // ways, as the client counts sections and as the nodes count what they relayed. How
+        // large a part depends on which writers ask first, which load on the machine moves: a
+        // relay's share of the upload read 1.4-2% in runs beside the other tests. A relay that
+        // carried nothing counts a few hundred bytes (its sub-links' first pings).
         let total = 4 * (up + down);
+        let part = total / 200;
         for via in [2, 3] {
             let (sent, received) = client.relayed(via, 1);
             assert!(
-                sent > total / 50 && received > total / 50,
+                sent > part && received > part,
                 "node {via} relayed {sent} up and {received} down of node 1's {total}"
             );
             let (to, from) = nodes[usize::from(via) - 1].relayed(1);
             assert!(
-                to > total / 50 && from > total / 50,
+                to > part && from > part,
                 "node {via} counts {to} relayed to node 1 and {from} from it"
             );
         }
