@@ -343,13 +343,21 @@ impl LinkState {
         self.stalled_at().is_some_and(|t| now > t)
     }
 
-    /// When entries not yet rescued should be sent again on other links: when the link
-    /// stalls, if it carries unconfirmed entries sent since the last rescue.
+    /// When entries not yet rescued should be sent again on other links: one smoothed RTT after
+    /// the link began to look stalled, if it carries unconfirmed entries sent since the last
+    /// rescue. A loss that the link's own transport repairs (TCP's fast retransmit, QUIC's loss
+    /// detection) holds the ping sent behind it about one round trip, and a queue growing at
+    /// the bottleneck delays it too: on short paths either made links look stalled now and then,
+    /// and each rescue sent the link's unconfirmed data across the WAN a second time (up to
+    /// 1 MB per 10 s run on the lab's 50 Mbit/s 20 ms paths, up to 1.7% of what they carried:
+    /// `bench/RESULTS.md`, "Rescues"). A link that stopped (a dead peer, a dark path) is rescued one round trip after
+    /// it stops being used as a lane.
     pub(crate) fn rescue_at(&self) -> Option<Instant> {
         if self.base + (self.sent.len() as u64) <= self.rescued {
             return None;
         }
-        self.stalled_at()
+        let grace = self.stats.rtt.smoothed.unwrap_or(Duration::ZERO);
+        self.stalled_at().map(|at| at + grace)
     }
 
     /// Someone suspects the link (a sub-link through it died): unless a ping is outstanding or

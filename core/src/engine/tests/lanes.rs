@@ -223,10 +223,11 @@ fn a_link_that_cannot_send_its_due_ping_has_its_data_rescued_in_round_trips() {
         .unwrap();
     // The next ping comes due; link 1's writer never asks for a message again.
     c.handle_timeout(pong_at);
-    // Stalled once the due ping is 2 RTTs + 4 deviations + 10 ms late (210 ms), not before.
-    c.handle_timeout(pong_at + Duration::from_millis(200));
+    // Stalled once the due ping is 2 RTTs + 4 deviations + 10 ms late (210 ms), and rescued
+    // one RTT later (260 ms), not before: a loss the transport repairs delays a ping that much.
+    c.handle_timeout(pong_at + Duration::from_millis(250));
     assert_eq!(c.resent_bytes(), 0);
-    let later = pong_at + Duration::from_millis(220);
+    let later = pong_at + Duration::from_millis(270);
     c.handle_timeout(later);
     assert_eq!(c.resent_bytes(), 10_000);
     assert!(c.links().any(|l| l == LINK), "a stalled link is kept");
