@@ -83,14 +83,14 @@ def render(data: dict, title: str | None) -> str:
             ok = [r["mbit"] for r in mine if r.get("ok")]
             if not rate or not mine:
                 continue
-            _, colour = STYLE.get(c, (c, "#999"))
+            label, colour = STYLE.get(c, (c, "#999"))
             by = gy + j * BAR
             if not ok:
                 o.append(f'<text x="{LEFT + 4}" y="{by + BAR - 1}" font-size="9" fill="#c00">'
                          'no run finished</text>')
                 continue
             med = statistics.median(ok)
-            tip = f"{name}, {STYLE.get(c, (c,))[0]}: {med:.1f} Mbit/s ({med / rate:.0%} of {rate:g})"
+            tip = f"{name}, {label}: {med:.1f} Mbit/s ({med / rate:.0%} of {rate:g})"
             o.append(f'<rect x="{LEFT}" y="{by}" width="{x(med / rate) - LEFT:.1f}" '
                      f'height="{BAR - 1}" fill="{colour}"><title>{escape(tip)}</title></rect>')
             for v in ok:

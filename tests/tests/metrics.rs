@@ -159,7 +159,10 @@ async fn metrics_are_well_formed_and_count_what_the_application_moved() {
             // Moving 8 MiB took the session's lock for some time, and less than the test ran.
             let held = m["wanmux_session_lock_held_seconds_total"];
             assert!(held > 0.0 && held < 60.0, "{body}");
-            assert!(m["wanmux_session_lock_waited_seconds_total"] >= 0.0);
+            assert!(
+                m.contains_key("wanmux_session_lock_waited_seconds_total"),
+                "{body}"
+            );
             let links: Vec<&String> = m
                 .keys()
                 .filter(|k| k.starts_with("wanmux_link_sent_bytes_total{"))

@@ -350,8 +350,8 @@ impl LinkState {
     /// the bottleneck delays it too: on short paths either made links look stalled now and then,
     /// and each rescue sent the link's unconfirmed data across the WAN a second time (up to
     /// 1 MB per 10 s run on the lab's 50 Mbit/s 20 ms paths, up to 1.7% of what they carried:
-    /// `bench/RESULTS.md`, "Rescues"). A link that stopped (a dead peer, a dark path) is rescued one round trip after
-    /// it stops being used as a lane.
+    /// `bench/RESULTS.md`, "Rescues"). A link that stopped (a dead peer, a dark path) is
+    /// rescued one round trip after it stops being used as a lane.
     pub(crate) fn rescue_at(&self) -> Option<Instant> {
         if self.base + (self.sent.len() as u64) <= self.rescued {
             return None;
