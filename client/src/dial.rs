@@ -100,8 +100,8 @@ pub(crate) struct Slot {
     pub(crate) routes: std::sync::Arc<crate::route::Routes>,
 }
 
-/// The client's QUIC endpoints (one UDP socket per address family), made on first use and
-/// shared by every link.
+/// The client's QUIC dialers (one per address family), made on first use and shared by every
+/// link; each link dials from a UDP socket of its own (`quic::connect_named`).
 #[derive(Debug, Default)]
 pub(crate) struct QuicEndpoints {
     v4: std::sync::Mutex<Option<quic::Dialer>>,

@@ -51,10 +51,12 @@
 //! refused at either end closes the connection with a TLS alert, reported as
 //! [`LinkError::Tls`] with rustls' reason.
 //!
-//! One [`Endpoint`] (one UDP socket) serves all QUIC links of a daemon: the client dials from
-//! one ([`Dialer`]), the node accepts on one bound to its listen address ([`Listener`]). The
-//! links to or from one peer address share their congestion controllers' [`PathShare`].
+//! A node accepts every QUIC link on one [`Endpoint`] (one UDP socket) bound to its listen
+//! address ([`Listener`]); a client dials each link from an endpoint of its own ([`Dialer`],
+//! [`connect_named`]), so that the node's packets need no connection ID ([`cid`]). The links to
+//! or from one peer address share their congestion controllers' [`PathShare`].
 
+pub mod cid;
 pub mod pace;
 
 use std::collections::HashMap;
@@ -303,11 +305,14 @@ impl Listener {
     }
 }
 
-/// The client's QUIC endpoint for one address family, with the configuration each dialled link
-/// gets (see [`Listener`]).
+/// What the client dials QUIC links with, for one address family: each link gets an endpoint
+/// (a UDP socket on an ephemeral port of `local`) of its own, made by [`connect_named`], and the
+/// configuration and path state every link shares (see [`Listener`]).
 #[derive(Clone, Debug)]
 pub struct Dialer {
-    endpoint: Endpoint,
+    /// The address each link's socket binds (an unspecified address of the nodes' family,
+    /// normally), port 0.
+    local: SocketAddr,
     /// Replaced by [`Dialer::set_pki`].
     config: Arc<std::sync::RwLock<quinn::ClientConfig>>,
     paths: Arc<Paths>,
@@ -406,7 +411,7 @@ fn server_config(tls: rustls::ServerConfig, offer: Offer) -> io::Result<quinn::S
 fn listener(addr: SocketAddr, tls: rustls::ServerConfig, offer: Offer) -> io::Result<Listener> {
     let config = server_config(tls, offer)?;
     let endpoint = Endpoint::new(
-        quinn::EndpointConfig::default(),
+        cid::node_config(),
         Some(config.clone()),
         socket(addr)?,
         Arc::new(quinn::TokioRuntime),
@@ -419,8 +424,9 @@ fn listener(addr: SocketAddr, tls: rustls::ServerConfig, offer: Offer) -> io::Re
     })
 }
 
-/// An endpoint for dialling QUIC links, bound to an ephemeral port of `local` (an unspecified
-/// address of the nodes' family, normally).
+/// A dialer of QUIC links from ephemeral ports of `local` (an unspecified address of the nodes'
+/// family, normally); the address is bound once here, to fail now when the family is not
+/// usable.
 pub fn client_endpoint(local: SocketAddr) -> io::Result<Dialer> {
     client_endpoint_offering(local, Offer::Current)
 }
@@ -441,14 +447,9 @@ pub fn client_endpoint_with(
     pki: Option<&CertFiles>,
 ) -> io::Result<Dialer> {
     let config = client_config(offer, pki)?;
-    let endpoint = Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket(local)?,
-        Arc::new(quinn::TokioRuntime),
-    )?;
+    drop(socket(local)?);
     Ok(Dialer {
-        endpoint,
+        local,
         config: Arc::new(std::sync::RwLock::new(config)),
         paths: Arc::default(),
         offer,
@@ -636,8 +637,15 @@ pub async fn connect_named(
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     config.transport_config(dialer.paths.transport(addr.ip(), 0));
-    let connecting = dialer
-        .endpoint
+    // The link's own endpoint: it lives while the connection does (quinn's driver holds it).
+    let endpoint = Endpoint::new(
+        cid::client_config(),
+        None,
+        socket(dialer.local).map_err(LinkError::Io)?,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(LinkError::Io)?;
+    let connecting = endpoint
         .connect_with(config, addr, server_name)
         .map_err(|e| LinkError::Io(io::Error::other(e.to_string())))?;
     let conn = tokio::time::timeout(timeout, connecting)
