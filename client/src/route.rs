@@ -19,7 +19,7 @@
 //! as when a direct link reports a new epoch.
 
 use crate::dial::{self, SharedState};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 use tracing::{debug, warn};
 use wanmux_core::driver::link::{LinkEnd, RouteFuture, Router};
 use wanmux_core::driver::{LinkKind, SessionDriver};
-use wanmux_core::engine::PeerError;
+use wanmux_core::engine::{Gathered, MessageBuf, PeerError};
 use wanmux_core::ids::{LinkId, NodeId};
 use wanmux_core::route::{self, Routed, DOWN_NO_PEER, DOWN_NO_SESSION, DOWN_RELAY_LOST};
 
@@ -163,7 +163,8 @@ struct Subs {
     list: Vec<Sub>,
     /// Where the next poll starts, so every sub-link gets its turn.
     next: usize,
-    scratch: BytesMut,
+    /// The sub-link message being relayed: gathered under its session's lock, copied after.
+    gathered: Gathered,
     ended: bool,
     /// The link this router rides, in `carrier`'s engine; `None` before it is up.
     link: Option<LinkId>,
@@ -216,7 +217,7 @@ impl ClientRouter {
                 waker: None,
                 list,
                 next: 0,
-                scratch: BytesMut::with_capacity(route::MAX_SECTION),
+                gathered: Gathered::default(),
                 ended: false,
                 link: None,
             }),
@@ -474,7 +475,7 @@ impl Router for ClientRouter {
                 match s
                     .node
                     .driver
-                    .poll_relayed(id, std::slice::from_mut(&mut subs.scratch))
+                    .poll_relayed(id, std::slice::from_mut(&mut subs.gathered))
                 {
                     None => {
                         // The owner's engine dropped it (no answer to pings).
@@ -488,18 +489,13 @@ impl Router for ClientRouter {
                     }
                     Some(0) => {}
                     Some(_) => {
-                        let frames = &subs.scratch;
+                        let msg = &mut subs.gathered;
                         let out = &mut bufs[n];
                         out.clear();
-                        route::encode_section_header(
-                            out,
-                            s.node.id.0,
-                            session,
-                            epoch,
-                            frames.len(),
-                        );
-                        out.put_slice(frames);
-                        s.counter.sent.fetch_add(frames.len() as u64, Relaxed);
+                        route::encode_section_header(out, s.node.id.0, session, epoch, msg.len());
+                        msg.copy_to(out);
+                        s.counter.sent.fetch_add(msg.len() as u64, Relaxed);
+                        msg.release();
                         n += 1;
                         idle_round = false;
                     }

@@ -264,12 +264,7 @@ impl PeerFrame {
                 down,
                 frames,
             } => {
-                debug_assert!(frames.len() <= MAX_RELAY);
-                out.put_u8(if *down { RELAY_DOWN } else { RELAY });
-                out.put_u32(handle.0);
-                out.put_u32(via.0);
-                out.put_u64(*epoch);
-                out.put_u16(frames.len() as u16);
+                encode_relay_header(out, *handle, *via, *epoch, *down, frames.len());
                 out.put_slice(frames);
             }
             PeerFrame::ViaUp { handle, via } | PeerFrame::ViaDown { handle, via } => {
@@ -319,6 +314,25 @@ impl PeerFrame {
             PeerFrame::Unknown(_) => "extension",
         }
     }
+}
+
+/// Appends the header of a `RELAY` (or, `down`, a `RELAY_DOWN`) frame carrying `len` bytes of
+/// frames; the caller appends the frames. `len` over [`MAX_RELAY`] is a local bug, as in
+/// [`PeerFrame::encode`].
+pub fn encode_relay_header(
+    out: &mut impl BufMut,
+    handle: Handle,
+    via: Via,
+    epoch: u64,
+    down: bool,
+    len: usize,
+) {
+    debug_assert!(len <= MAX_RELAY);
+    out.put_u8(if down { RELAY_DOWN } else { RELAY });
+    out.put_u32(handle.0);
+    out.put_u32(via.0);
+    out.put_u64(epoch);
+    out.put_u16(len as u16);
 }
 
 fn take_u32(buf: &mut Bytes, what: &'static str) -> Result<u32, PeerFrameError> {

@@ -28,9 +28,10 @@ use tracing::debug;
 use wanmux_core::budget::{Budget, Pool};
 use wanmux_core::driver::link::{LinkEnd, RouteFuture, Router};
 use wanmux_core::driver::{BudgetSignal, LinkKind, SessionDriver};
+use wanmux_core::engine::{Gathered, MessageBuf};
 use wanmux_core::ids::{LinkId, SessionId};
 use wanmux_core::keys::PublicKey;
-use wanmux_core::peer::{Handle, PeerFrame, Via};
+use wanmux_core::peer::{self, Handle, PeerFrame, Via};
 use wanmux_core::route::{self, Routed, DOWN_NO_PEER, DOWN_NO_SESSION, DOWN_RELAY_LOST};
 
 /// Credit of a virtual link when it is made (protocol constant): section bytes the owner may
@@ -979,7 +980,8 @@ async fn write_virtual(
     via: Via,
     epoch: u64,
 ) {
-    let mut buf = BytesMut::with_capacity(route::MAX_SECTION);
+    // Gathered under the session's lock, copied into the peer frame after.
+    let mut msg = Gathered::default();
     loop {
         // A message needs room for a whole section: a virtual link short of credit is a slow
         // link, and its engine's other links take the data meanwhile.
@@ -991,27 +993,22 @@ async fn write_virtual(
             }
             more.await;
         }
-        let Some(n) = driver.poll_relayed(id, std::slice::from_mut(&mut buf)) else {
+        let Some(n) = driver.poll_relayed(id, std::slice::from_mut(&mut msg)) else {
             return;
         };
         if n == 0 {
             waker.notified().await;
             continue;
         }
-        let len = buf.len() as u64;
+        let len = msg.len();
         {
             let mut c = credit.bytes.lock().unwrap_or_else(|e| e.into_inner());
-            *c = c.saturating_sub(len);
+            *c = c.saturating_sub(len as u64);
         }
-        let mut b = BytesMut::with_capacity(buf.len() + 32);
-        PeerFrame::Relay {
-            handle,
-            via,
-            epoch,
-            down: true,
-            frames: buf.split().freeze(),
-        }
-        .encode(&mut b);
+        let mut b = BytesMut::with_capacity(peer::RELAY_HEADER + len);
+        peer::encode_relay_header(&mut b, handle, via, epoch, true, len);
+        msg.copy_to(&mut b);
+        msg.release();
         if peer.send(b.freeze()).await.is_err() {
             return;
         }

@@ -329,26 +329,32 @@ impl SessionDriver {
         }
     }
 
-    /// Fills up to `bufs.len()` messages for link `id`. When there is nothing, the writer is
+    /// Gathers up to `gathered.len()` messages for link `id` under the lock: their frames
+    /// encoded, their stream data referenced ([`Gathered`]). When there is none, the writer is
     /// parked (under the same lock, so no wake-up is lost) until [`SessionDriver`] wakes it.
     /// `None`: the engine dropped the link (ping timeout, peer's `CLOSE`); the writer ends.
-    pub(crate) fn poll_link(&self, id: LinkId, bufs: &mut [bytes::BytesMut]) -> Option<usize> {
-        let max = bufs.len();
-        let mut bufs = bufs.iter_mut();
-        let polled = self.poll_messages(id, max, |session, now| {
-            let buf = bufs.next().expect("at most `max` messages");
-            Ok::<_, std::convert::Infallible>(
-                session.poll_transmit(now, id, buf).then_some(buf.len()),
-            )
-        });
-        polled.map(|r| r.unwrap_or_else(|never| match never {}))
+    /// The caller copies each message where it goes ([`Gathered::copy_to`]) with the lock
+    /// released, the only work per byte in building a message, and then lets go of it
+    /// ([`Gathered::release`]).
+    fn poll_gathered(&self, id: LinkId, gathered: &mut [Gathered]) -> Option<usize> {
+        let mut st = self.lock();
+        st.session.link_stats(id)?;
+        let now = st.since;
+        let mut n = 0;
+        while n < gathered.len() && st.session.poll_transmit(now, id, &mut gathered[n]) {
+            self.shared.counters.link_sent(gathered[n].len());
+            n += 1;
+        }
+        if n == 0 {
+            st.session.park_writer(now, id);
+        }
+        self.after(&mut st, now);
+        Some(n)
     }
 
-    /// [`SessionDriver::poll_link`] into `writer`: up to `gathered.len()` messages are gathered
-    /// under the lock (their frames encoded, their stream data referenced: [`Gathered`]); then,
-    /// with the lock released, each is copied into the writer's output buffer, where the flush
-    /// seals it ([`LinkWriter::begin`]). The copy of the payload, the only work per byte in
-    /// building a message, is thus not serialised with the session's other tasks. `None`: the engine dropped the link; `Some(Err)`: the writer
+    /// [`SessionDriver::poll_gathered`] into `writer`: each message gathered is copied, with
+    /// the lock released, into the writer's output buffer, where the flush seals it
+    /// ([`LinkWriter::begin`]). `None`: the engine dropped the link; `Some(Err)`: the writer
     /// cannot take a message (its link is ending: the messages gathered are lost with it, and
     /// the engine sends their data again on other links).
     ///
@@ -359,14 +365,7 @@ impl SessionDriver {
         writer: &mut crate::noise::LinkWriter,
         gathered: &mut [Gathered],
     ) -> Option<Result<usize, crate::noise::LinkError>> {
-        let max = gathered.len();
-        let mut next = gathered.iter_mut();
-        let n = self.poll_messages(id, max, |session, now| {
-            let g = next.next().expect("at most `max` messages");
-            let sent = session.poll_transmit(now, id, g);
-            Ok::<_, std::convert::Infallible>(sent.then_some(g.len()))
-        })?;
-        let n = n.unwrap_or_else(|never| match never {});
+        let n = self.poll_gathered(id, gathered)?;
         let mut failed = None;
         for g in &mut gathered[..n] {
             if failed.is_none() {
@@ -379,40 +378,6 @@ impl SessionDriver {
             g.release();
         }
         Some(failed.map_or(Ok(n), Err))
-    }
-
-    /// Up to `max` messages for link `id`, under one lock: `fill` makes the next one and says
-    /// how long it is, or that there is none. With none at all the writer is parked (see
-    /// [`SessionDriver::poll_link`]); an error stops the batch.
-    fn poll_messages<E>(
-        &self,
-        id: LinkId,
-        max: usize,
-        mut fill: impl FnMut(&mut Session, Instant) -> Result<Option<usize>, E>,
-    ) -> Option<Result<usize, E>> {
-        let mut st = self.lock();
-        st.session.link_stats(id)?;
-        let now = st.since;
-        let mut n = 0;
-        let mut result = Ok(());
-        while n < max {
-            match fill(&mut st.session, now) {
-                Ok(Some(len)) => {
-                    self.shared.counters.link_sent(len);
-                    n += 1;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        if n == 0 && result.is_ok() {
-            st.session.park_writer(now, id);
-        }
-        self.after(&mut st, now);
-        Some(result.map(|()| n))
     }
 
     /// Completes when the server asks for another link (client side).
@@ -605,11 +570,12 @@ impl SessionDriver {
         self.lock().relayed.len()
     }
 
-    /// Fills up to `bufs.len()` messages for link `id` (as the link tasks poll theirs) for a
-    /// writer that serves several sessions: `None` when the engine no longer has the link.
-    /// A writer that found nothing anywhere waits for its waker.
-    pub fn poll_relayed(&self, id: LinkId, bufs: &mut [bytes::BytesMut]) -> Option<usize> {
-        self.poll_link(id, bufs)
+    /// Gathers up to `gathered.len()` messages for link `id` (as the link tasks poll theirs) for
+    /// a writer that serves several sessions, which wraps each in its own header and copies it
+    /// after ([`Gathered::copy_to`], then [`Gathered::release`]): `None` when the engine no
+    /// longer has the link. A writer that found nothing anywhere waits for its waker.
+    pub fn poll_relayed(&self, id: LinkId, gathered: &mut [Gathered]) -> Option<usize> {
+        self.poll_gathered(id, gathered)
     }
 
     /// Feeds one message of link `id` to the engine; `Err` is the peer's fault.
