@@ -111,4 +111,77 @@ mod tests {
         assert!(passed < 200, "{passed} of 10,000 foreign IDs passed");
         assert!(ids.validate(&ConnectionId::new(&[1, 2, 3])).is_err());
     }
+
+    /// A client link lives on when its address changes under it (a NAT moved it to another
+    /// port): the node finds the connection by its own ID in the client's packets, and the
+    /// client's endpoint, which has none, by the node's address. Bytes cross both ways after.
+    #[tokio::test]
+    async fn a_link_lives_on_when_the_client_moves_to_another_port() {
+        let moved = tokio::time::timeout(std::time::Duration::from_secs(20), move_client());
+        moved.await.expect("the link stalled after the move");
+    }
+
+    async fn move_client() {
+        use std::sync::Arc;
+        let quic = |e: &dyn std::fmt::Display| e.to_string();
+        let node = super::super::server_endpoint("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = node.endpoint().local_addr().unwrap();
+        let (moved_tx, moved_rx) = tokio::sync::oneshot::channel();
+        let accept = tokio::spawn(async move {
+            let conn = node
+                .endpoint()
+                .accept()
+                .await
+                .unwrap()
+                .await
+                .map_err(|e| quic(&e))?;
+            let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| quic(&e))?;
+            let mut buf = [0u8; 5];
+            recv.read_exact(&mut buf).await.map_err(|e| quic(&e))?;
+            assert_eq!(&buf, b"hello");
+            let before = conn.remote_address();
+            send.write_all(b"one").await.map_err(|e| quic(&e))?;
+            let moved: std::net::SocketAddr = moved_rx.await.unwrap();
+            recv.read_exact(&mut buf).await.map_err(|e| quic(&e))?;
+            assert_eq!(&buf, b"again");
+            send.write_all(b"two").await.map_err(|e| quic(&e))?;
+            // The node answers on the new address once it validated it.
+            for _ in 0..100 {
+                if conn.remote_address() == moved {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            let after = conn.remote_address();
+            recv.read_to_end(64).await.map_err(|e| quic(&e))?;
+            Ok::<_, String>((before, after, moved))
+        });
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client =
+            quinn::Endpoint::new(client_config(), None, socket, Arc::new(quinn::TokioRuntime))
+                .unwrap();
+        let config = super::super::client_config(super::super::Offer::Current, None).unwrap();
+        let conn = client
+            .connect_with(config, addr, super::super::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 3];
+        recv.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"one");
+        // The move: another socket, another port, as a NAT's new mapping would look.
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let moved = other.local_addr().unwrap();
+        client.rebind(other).unwrap();
+        moved_tx.send(moved).unwrap();
+        send.write_all(b"again").await.unwrap();
+        recv.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"two");
+        send.finish().unwrap();
+        let (before, after, moved) = accept.await.unwrap().unwrap();
+        assert_ne!(before, moved);
+        assert_eq!(after, moved, "the node sends to the client's new address");
+    }
 }
