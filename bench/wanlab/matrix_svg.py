@@ -4,8 +4,9 @@
     bench/wanlab/plot.py bench/wanlab/out/matrix-YYYYMMDDTHHMMSSZ.json -o bench/wanlab/matrix.svg
 
 One group of bars per path: each contender's median goodput of one application connection, as a
-share of the path's line rate in the data direction (client -> server), with every run drawn as
-a small dot and the median in Mbit/s at the bar's end. Paths in the matrix's order.
+share of the path's line rate in the data direction (client -> server, or server -> client for
+a matrix run with `--reverse`), with every run drawn as a small dot and the median in Mbit/s at
+the bar's end. Paths in the matrix's order.
 
 Python 3 standard library only; the SVG is written by hand.
 """
@@ -33,9 +34,10 @@ LEFT, RIGHT, TOP = 130, 90, 70
 W = 820
 
 
-def line_rate(spec: str) -> float | None:
-    """The data direction's (client -> server: `up`) rate in Mbit/s from a path spec."""
-    for key in ("up.rate", "rate"):
+def line_rate(spec: str, reverse: bool = False) -> float | None:
+    """The data direction's rate in Mbit/s from a path spec: client -> server (`up`), or
+    server -> client (`down`) when `reverse`."""
+    for key in ("down.rate" if reverse else "up.rate", "rate"):
         m = re.search(rf"(?:^|,){re.escape(key)}=([\d.]+)(k|m|g)bit", spec)
         if m:
             return float(m.group(1)) * {"k": 1e-3, "m": 1.0, "g": 1e3}[m.group(2)]
@@ -45,6 +47,7 @@ def line_rate(spec: str) -> float | None:
 def render(data: dict, title: str | None) -> str:
     paths = list(data["paths"])
     runs = [r for r in data["runs"] if r.get("test") == "bulk"]
+    reverse = any(r.get("reverse") for r in runs)
     order = [c for c in STYLE if any(r["contender"] == c for r in runs)]
     order += sorted({r["contender"] for r in runs} - set(order))
     group = len(order) * BAR + GAP
@@ -54,7 +57,8 @@ def render(data: dict, title: str | None) -> str:
     def x(share: float) -> float:
         return LEFT + pw * min(share, 1.05) / 1.05
 
-    t = title or "Goodput of one connection on each path of the matrix, share of the line rate"
+    way = "server -> client" if reverse else "client -> server"
+    t = title or f"Goodput of one connection ({way}) on each path of the matrix, share of the line rate"
     sub = (f"median of {data.get('repeat', '?')} run(s) of {data.get('time', '?'):g} s per "
            "contender and path (dots: the runs); the number: median Mbit/s")
     o = svgdoc.head(W, height, 11, t, sub, 10, 20)
@@ -74,7 +78,7 @@ def render(data: dict, title: str | None) -> str:
     o.append(f'<text x="{LEFT + pw / 2:.0f}" y="{bottom + 32}" text-anchor="middle">'
              'goodput / line rate in the data direction (dashed: the line rate)</text>')
     for i, name in enumerate(paths):
-        rate = line_rate(data["paths"][name])
+        rate = line_rate(data["paths"][name], reverse)
         gy = TOP + i * group
         o.append(f'<text x="{LEFT - 6}" y="{gy + len(order) * BAR / 2 + 4:.1f}" '
                  f'text-anchor="end">{escape(name)}</text>')
