@@ -41,7 +41,7 @@ pub fn client_config() -> quinn::EndpointConfig {
     config
 }
 
-/// A node's IDs: [`NONCE_LEN`] random bytes and a one-byte tag keyed by this endpoint.
+/// A node's IDs: 3 random bytes and a one-byte tag keyed by this endpoint.
 #[derive(Debug)]
 pub struct NodeCids {
     key: RandomState,
