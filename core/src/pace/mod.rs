@@ -65,7 +65,11 @@
 //! - **Delay variation** is not a queue. The RTT of a path varies by itself (queues elsewhere,
 //!   radio last miles, reordering); every queue test above compares samples with the minimum RTT
 //!   plus that variation, measured as the most the RTT fell within a round (a queue this link
-//!   builds only makes it rise), and the window covers the minimum RTT plus half of it. On a
+//!   builds only makes it rise), and the window covers the minimum RTT plus half of it. Beside
+//!   other links of its path, a round's fall counts only once no other link drained its share
+//!   of the queue in a round that overlapped it (the round after a probe, a round that ran out
+//!   of data or lost heavily, start-up's overshoot): taken for variation, the others' drains
+//!   made four links on a path of none cover 25-50 ms of it and hold its queue at the tail. On a
 //!   path that varies by 2 ms or more, start-up's queue test must hold for a minimum RTT before
 //!   start-up ends (it grows by a quarter per round meanwhile), as in HyStart++'s conservative
 //!   slow start: a peak of the variation does not end it. See `rtt.rs`.
@@ -167,6 +171,11 @@ pub struct RoundEnd {
     pub window: u64,
     /// The most bytes in flight after a batch of acks in the round.
     pub in_flight: u64,
+    /// How much the path's delay varies by itself, as measured after the round (see `rtt.rs`).
+    pub variation: Duration,
+    /// The delay the window covers beyond the minimum RTT and half the variation (see
+    /// `Pace::window_short`).
+    pub extra: Duration,
 }
 
 /// The controller's state. See the module docs.
@@ -215,6 +224,14 @@ pub struct Pace {
     /// Start-up on a path whose delay varies: since when the blocks of RTT samples have been
     /// above the floor (it leaves if they stay there for a minimum RTT).
     queue_since: Option<Instant>,
+    /// Other links share the path (as of the last round's end): what the RTT fell by in a round
+    /// counts as the path's variation only once the round is known to have overlapped no other
+    /// link's drain (see `Pace::learn_variation`).
+    siblings: bool,
+    /// The last round's fall, waiting for that check, and the round's span.
+    pending_fall: Option<(Duration, Instant, Instant)>,
+    /// The window of the last round that ended.
+    last_window: u64,
 }
 
 /// What the current round has seen so far.
@@ -293,6 +310,9 @@ impl Pace {
             variation: Variation::default(),
             extra: Duration::ZERO,
             queue_since: None,
+            siblings: false,
+            pending_fall: None,
+            last_window: INITIAL_PACKETS * mtu,
         }
     }
 
@@ -402,7 +422,15 @@ impl Pace {
     /// samples so far.
     fn envelope(&self) -> Duration {
         self.min_rtt.map_or(Duration::ZERO, |min| {
-            self.variation.envelope(self.round.rtt.fall(), min)
+            // Beside other links, a fall within this round may be another link's drain: it
+            // counts once the round is known to be clear of one (start-up excepted, whose
+            // delay test must see a jittered path's variation from the first rounds on).
+            let now = if self.siblings && self.phase != Phase::Startup {
+                Duration::ZERO
+            } else {
+                self.round.rtt.fall()
+            };
+            self.variation.envelope(now, min)
         })
     }
 

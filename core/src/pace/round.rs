@@ -89,11 +89,16 @@ impl Pace {
             mean_rtt: self.round.rtt.mean(),
             window: self.window,
             in_flight: self.round.in_flight,
+            variation: Duration::ZERO,
+            extra: self.extra,
         };
         self.tell_path(now);
         self.round = Round::new(now);
         self.set_window();
-        end
+        RoundEnd {
+            variation: self.envelope(),
+            ..end
+        }
     }
 
     /// The round's delivery sample, into the bandwidth filter; its losses; the new estimate.
@@ -146,17 +151,62 @@ impl Pace {
             self.filter.cap(sample.max(1));
         }
         self.bw = self.filter.max();
-        // A round that may drain a queue of the link's own (a probe's, the next round, a climb's,
-        // or start-up's overshoot) says nothing of how the path's delay varies by itself.
-        let own_drain = matches!(self.phase, Phase::Cruise(0 | 1) | Phase::Climb(_));
-        if settled && !own_drain {
-            self.variation.push(self.round.rtt.fall());
-        }
+        self.learn_variation(now, settled, overrun);
         Measured {
             sample,
             filtered,
             overrun,
             settled,
+        }
+    }
+
+    /// Takes what the RTT fell by in the round that ends at `now` as a measure of how the path's
+    /// delay varies by itself, unless the round may have drained a queue of the link's own (a
+    /// probe's, in the round after it, a climb's, start-up's overshoot) or, beside other links
+    /// of the path, one of theirs. Tells the others when this round was such a drain: the round
+    /// after a probe, start-up's last, one that ran out of data or lost more than random loss
+    /// explains (its lost packets left the queue). Taken for variation, the others' drains made
+    /// four links on a path of none measure 25-50 ms of it, cover it with their windows and
+    /// hold the bottleneck's queue at its tail drops (bench/RESULTS.md, issue 21).
+    fn learn_variation(&mut self, now: Instant, settled: bool, overrun: bool) {
+        let drained = !settled
+            || overrun
+            || self.round.app_limited
+            || self.phase == Phase::Cruise(1)
+            || (self.phase == Phase::Startup && self.window < self.last_window);
+        let own_drain = !settled || matches!(self.phase, Phase::Cruise(0 | 1) | Phase::Climb(_));
+        self.last_window = self.window;
+        let fall = self.round.rtt.fall();
+        let Some(share) = self.share.clone() else {
+            if !own_drain {
+                self.variation.push(fall);
+            }
+            return;
+        };
+        if drained {
+            share.drained(self.id, self.round.start, now);
+        }
+        // The other links' rounds overlap the end of this one: its fall is checked against
+        // their drains when the next round ends.
+        if let Some((fall, from, to)) = self.pending_fall.take() {
+            if share.quiet(self.id, from, to) {
+                self.variation.push(fall);
+            }
+        }
+        self.siblings = share.links(now) > 1;
+        // Start-up takes every round's fall at once, as alone: its delay test must know a
+        // jittered path's variation before the links leave it together.
+        if self.phase == Phase::Startup {
+            self.variation.push(fall);
+            return;
+        }
+        if own_drain {
+            return;
+        }
+        if self.siblings {
+            self.pending_fall = Some((fall, self.round.start, now));
+        } else {
+            self.variation.push(fall);
         }
     }
 

@@ -9,7 +9,9 @@
 //! packet, which inflate single samples, count for nothing), against the largest such block
 //! minimum earlier in the round. A queue this link builds only raises the RTT while the window
 //! holds (start-up, a steady cruise round); a delay that varies by itself also falls. Rounds
-//! that drain a queue of this link's own (after a probe, a climb or start-up) are not measured.
+//! that drain a queue of this link's own (after a probe, a climb or start-up) are not measured,
+//! nor, in cruise, rounds that overlapped another link's drain on the same path (see
+//! `PathShare::drained`): its queue leaving makes this link's samples fall too.
 
 use std::time::Duration;
 

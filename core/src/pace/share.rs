@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 /// (a probe, which queues, comes every eighth round).
 const SHARE_FRESH: Duration = Duration::from_secs(2);
 
+/// The most drains remembered (the oldest go first): enough for every link of a path to
+/// overlap another's last few rounds, on a loopback path too, where a round takes 5 ms.
+const DRAINS_MAX: usize = 64;
+
 /// What the links of one path (to one peer address) tell each other: how many there are, which
 /// of them recently filled it (a busy cruise round that saw a queue) and at what rate. A link
 /// that starts beside one that fills the path grows by a quarter per round, not by doubling,
@@ -23,6 +27,18 @@ pub struct PathShare {
     /// Each link's start or last round (a [`BusyRound`] whether busy or not); entries older
     /// than [`SHARE_FRESH`] are dropped.
     members: Mutex<Vec<BusyRound>>,
+    /// The rounds in which a link drained what it kept queued (see [`PathShare::drained`]);
+    /// entries that ended more than [`SHARE_FRESH`] ago are dropped, and at most
+    /// [`DRAINS_MAX`] kept.
+    drains: Mutex<Vec<Drain>>,
+}
+
+/// Link `link` drained what it kept queued in its round from `from` to `to`.
+#[derive(Clone, Copy, Debug)]
+struct Drain {
+    link: u64,
+    from: Instant,
+    to: Instant,
 }
 
 /// Link `link`'s bandwidth estimate was `bw` bytes per second at a busy cruise round `at`.
@@ -77,6 +93,29 @@ impl PathShare {
             .filter(|m| now.saturating_duration_since(m.at) < SHARE_FRESH)
             .count();
         (fresh as u64).max(1)
+    }
+
+    /// Link `id` held fewer bytes in flight in its round from `from` to `to` than before it (its
+    /// window fell after a probe or start-up, it ran out of data, or its lost packets left the
+    /// queue): the queue it kept at the bottleneck drained, and the other links' RTT samples
+    /// fell with it.
+    pub(super) fn drained(&self, id: u64, from: Instant, to: Instant) {
+        let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+        drains.retain(|d| to.saturating_duration_since(d.to) < SHARE_FRESH);
+        if drains.len() >= DRAINS_MAX {
+            drains.remove(0);
+        }
+        drains.push(Drain { link: id, from, to });
+    }
+
+    /// No link other than `id` drained its share of the queue (see [`PathShare::drained`]) in a
+    /// round that overlapped `from` to `to`: what the RTT fell by in that time is the path's own
+    /// variation, not another link's drain.
+    pub(super) fn quiet(&self, id: u64, from: Instant, to: Instant) -> bool {
+        let drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+        !drains
+            .iter()
+            .any(|d| d.link != id && d.from < to && d.to > from)
     }
 
     /// Link `id`, busy in cruise at `now`, estimates its bandwidth at `bw` bytes per second.

@@ -1435,3 +1435,94 @@ fn links_that_start_together_on_a_jittered_path_are_not_stopped_by_its_variation
         );
     }
 }
+
+/// A busy round like [`round_at`] whose RTT samples are `high` for the first half of its acks
+/// and the minimum, `min`, for the rest: the RTT fell by `high - min` within it.
+fn falling_round(
+    pace: &mut Pace,
+    now: Instant,
+    min: Duration,
+    high: Duration,
+    acked: u64,
+) -> Instant {
+    let packets = acked / u64::from(MTU);
+    let at = |k: u64| now + min.mul_f64(k as f64 / packets as f64);
+    for k in 1..=packets {
+        let rtt = if k <= packets / 2 { high } else { min };
+        pace.on_ack(at(k), at(k) - rtt, u64::from(MTU), false, min);
+        pace.on_in_flight(pace.window());
+    }
+    at(packets)
+}
+
+#[test]
+fn a_fall_of_the_rtt_while_another_link_drained_is_not_the_paths_variation() {
+    // Scenario C's path (100 Mbit/s, 200 ms), two links. A round of link 2 whose RTT falls by
+    // 30 ms is the path's variation, unless link 1 drained what it kept queued (its window fell,
+    // or it ran out of data) in a round that overlapped it: then the fall was link 1's queue
+    // leaving. Four links in the lab measured 25-50 ms of variation on a path of none that way.
+    let min = Duration::from_millis(200);
+    let path = Path {
+        rate: 12.5e6,
+        rtt: min,
+        queue: 625_000,
+        loss: 0.0,
+        jitter: Duration::ZERO,
+        reorder: 0.0,
+        reorder_delay: Duration::ZERO,
+        detect: None,
+        quinn: false,
+    };
+    let bdp = 2_500_000;
+    for other_drained in [false, true] {
+        let start = Instant::now();
+        let cruising = cruising_at(&path, start, 0.5);
+        let (mut pace, share) = on_shared_path(start);
+        pace = Pace {
+            id: pace.id,
+            share: pace.share,
+            phase: Phase::Cruise(2),
+            ..cruising
+        };
+        share.member(1, start);
+        let mut now = round_at(&mut pace, start, min, min, bdp / 2);
+        share.member(1, now);
+        let from = now;
+        now = falling_round(
+            &mut pace,
+            now,
+            min,
+            min + Duration::from_millis(30),
+            bdp / 2,
+        );
+        if other_drained {
+            share.drained(1, from + min / 2, now + min / 2);
+        }
+        // Link 2 learns which it was once link 1's overlapping rounds have ended.
+        assert!(pace.envelope() < Duration::from_millis(1), "{pace:?}");
+        share.member(1, now);
+        round_at(&mut pace, now, min, min, bdp / 2);
+        let variation = pace.envelope();
+        if other_drained {
+            assert!(variation < Duration::from_millis(1), "{variation:?}");
+        } else {
+            assert!(variation >= Duration::from_millis(25), "{variation:?}");
+        }
+    }
+}
+
+#[test]
+fn a_path_remembers_a_bounded_number_of_drains() {
+    // A loopback path's rounds take 5 ms: its links' drains are many, the memory of them is not.
+    let share = PathShare::default();
+    let start = Instant::now();
+    for k in 0..10_000u32 {
+        let at = start + Duration::from_micros(100) * k;
+        share.drained(u64::from(k % 4), at, at + Duration::from_micros(100));
+    }
+    let end = start + Duration::from_secs(1);
+    // The latest are remembered; the first, a second old (within what the share keeps by
+    // age), were dropped for the count.
+    assert!(!share.quiet(9, end - Duration::from_millis(1), end));
+    assert!(share.quiet(9, start, start + Duration::from_micros(50)));
+}
