@@ -10,9 +10,10 @@ server's for `--reverse`), in seconds from the first busy round: the link, the p
 led to, its delivery sample and the estimate after it (Mbit/s), bytes acknowledged and lost,
 the link's window and **the sum of the latest windows of all links** (what the links keep in
 flight together, against the path's bandwidth-delay product), the round's RTT range and mean,
-and the delay variation the link measured and the extra delay its window covers (ms; logs of
-builds before fcb0b55 have neither). At the end, per link, the median of those two after
-`--from` seconds.
+the delay variation the link measured and the extra delay its window covers (ms; logs of
+builds before fcb0b55 have neither), and the fewest and most bytes in flight after a batch of
+acks in the round (older logs lack it). At the end, per link, the median variation and extra
+delay after `--from` seconds.
 
 Python 3 standard library only.
 """
@@ -30,6 +31,7 @@ ROUND = re.compile(
     r"sample_mbps=(?P<sample>\S+) bw_mbps=(?P<bw>\S+) acked=(?P<acked>\d+) lost=(?P<lost>\d+) "
     r"app_limited=(?P<app>\S+) round_min_rtt_ms=(?P<rmin>\S+) round_max_rtt_ms=(?P<rmax>\S+) "
     r"window=(?P<window>\d+) mean_rtt_ms=(?P<mean>\S+) in_flight=(?P<inflight>\d+)"
+    r"(?: in_flight_min=(?P<inmin>\d+))?"
     r"(?: variation_ms=(?P<var>\S+) extra_ms=(?P<extra>\S+))?"
 )
 
@@ -59,6 +61,8 @@ def main() -> int:
             extra = float(m["extra"]) if m["extra"] else None
             t = ts - t0
             tail = "" if var is None else f" var {var:5.1f} extra {extra:4.1f}"
+            if m["inmin"]:
+                tail += f" in flight {int(m['inmin']) // 1000}-{int(m['inflight']) // 1000}k"
             print(f"{t:6.2f} L{link} {m['phase']:10s} sample {float(m['sample']):7.1f} "
                   f"bw {float(m['bw']):7.1f} acked {int(m['acked']) // 1000:6d}k "
                   f"lost {int(m['lost']) // 1000:5d}k window {int(m['window']) // 1000:6d}k "

@@ -171,6 +171,9 @@ pub struct RoundEnd {
     pub window: u64,
     /// The most bytes in flight after a batch of acks in the round.
     pub in_flight: u64,
+    /// The fewest bytes in flight after a batch of acks in the round (0 if it had none): a
+    /// sender that ran short of data mid-round shows here, not in [`RoundEnd::in_flight`].
+    pub in_flight_min: u64,
     /// How much the path's delay varies by itself, as measured after the round (see `rtt.rs`).
     pub variation: Duration,
     /// The delay the window covers beyond the minimum RTT and half the variation (see
@@ -248,8 +251,9 @@ struct Round {
     /// without (a link the engine gave little data) says nothing about the pipe, whatever
     /// quinn's `app_limited` says: quinn counts a sender as busy whenever it sent something.
     full: bool,
-    /// The most bytes in flight after a batch of acks this round (for traces).
+    /// The most and the fewest bytes in flight after a batch of acks this round (for traces).
     in_flight: u64,
+    in_flight_min: u64,
     /// The round's RTT samples.
     rtt: RoundRtt,
 }
@@ -263,6 +267,7 @@ impl Round {
             app_limited: true,
             full: false,
             in_flight: 0,
+            in_flight_min: u64::MAX,
             rtt: RoundRtt::EMPTY,
         }
     }
@@ -387,6 +392,7 @@ impl Pace {
         self.full_now = 2 * in_flight >= self.window;
         self.round.full |= self.full_now;
         self.round.in_flight = self.round.in_flight.max(in_flight);
+        self.round.in_flight_min = self.round.in_flight_min.min(in_flight);
     }
 
     /// `bytes` were declared lost; `persistent` is QUIC's persistent congestion (RFC 9002).

@@ -89,6 +89,10 @@ impl Pace {
             mean_rtt: self.round.rtt.mean(),
             window: self.window,
             in_flight: self.round.in_flight,
+            in_flight_min: match self.round.in_flight_min {
+                u64::MAX => 0,
+                fewest => fewest,
+            },
             variation: Duration::ZERO,
             extra: self.extra,
         };

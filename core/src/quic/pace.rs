@@ -104,6 +104,7 @@ fn trace_round(link: u64, round: &RoundEnd) {
         window = round.window,
         mean_rtt_ms = round.mean_rtt.as_secs_f64() * 1e3,
         in_flight = round.in_flight,
+        in_flight_min = round.in_flight_min,
         variation_ms = round.variation.as_secs_f64() * 1e3,
         extra_ms = round.extra.as_secs_f64() * 1e3,
         "pace round"
