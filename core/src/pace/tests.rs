@@ -633,12 +633,26 @@ fn round_at(
     min_rtt: Duration,
     acked: u64,
 ) -> Instant {
+    round_with(pace, now, rtt, min_rtt, acked, |_| rtt)
+}
+
+/// One busy round of `rtt` like [`round_at`], the RTT sample of the ack of packet `k` (counted
+/// from 1 of `acked / MTU`) given by `sample(k)`; the last ack, one RTT on, ends the round, so
+/// its sample must be `rtt`.
+fn round_with(
+    pace: &mut Pace,
+    now: Instant,
+    rtt: Duration,
+    min_rtt: Duration,
+    acked: u64,
+    sample: impl Fn(u64) -> Duration,
+) -> Instant {
     let packets = acked / u64::from(MTU);
     // The last ack is exactly one RTT on, for the packet sent as the round began: it ends
     // the round.
     let at = |k: u64| now + rtt.mul_f64(k as f64 / packets as f64);
     for k in 1..=packets {
-        pace.on_ack(at(k), at(k) - rtt, u64::from(MTU), false, min_rtt);
+        pace.on_ack(at(k), at(k) - sample(k), u64::from(MTU), false, min_rtt);
         // The sender keeps its window full.
         pace.on_in_flight(pace.window());
     }
@@ -1445,14 +1459,14 @@ fn falling_round(
     high: Duration,
     acked: u64,
 ) -> Instant {
-    let packets = acked / u64::from(MTU);
-    let at = |k: u64| now + min.mul_f64(k as f64 / packets as f64);
-    for k in 1..=packets {
-        let rtt = if k <= packets / 2 { high } else { min };
-        pace.on_ack(at(k), at(k) - rtt, u64::from(MTU), false, min);
-        pace.on_in_flight(pace.window());
-    }
-    at(packets)
+    let half = acked / u64::from(MTU) / 2;
+    round_with(pace, now, min, min, acked, |k| {
+        if k <= half {
+            high
+        } else {
+            min
+        }
+    })
 }
 
 #[test]
