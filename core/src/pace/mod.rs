@@ -233,8 +233,6 @@ pub struct Pace {
     siblings: bool,
     /// The last round's fall, waiting for that check, and the round's span.
     pending_fall: Option<(Duration, Instant, Instant)>,
-    /// The window of the last round that ended.
-    last_window: u64,
 }
 
 /// What the current round has seen so far.
@@ -317,7 +315,6 @@ impl Pace {
             queue_since: None,
             siblings: false,
             pending_fall: None,
-            last_window: INITIAL_PACKETS * mtu,
         }
     }
 

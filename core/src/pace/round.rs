@@ -168,18 +168,16 @@ impl Pace {
     /// delay varies by itself, unless the round may have drained a queue of the link's own (a
     /// probe's, in the round after it, a climb's, start-up's overshoot) or, beside other links
     /// of the path, one of theirs. Tells the others when this round was such a drain: the round
-    /// after a probe, start-up's last, one that ran out of data or lost more than random loss
-    /// explains (its lost packets left the queue). Taken for variation, the others' drains made
-    /// four links on a path of none measure 25-50 ms of it, cover it with their windows and
-    /// hold the bottleneck's queue at its tail drops (bench/RESULTS.md, issue 21).
+    /// after a probe, one within 3 RTTs of leaving start-up or a climb, one that ran out of data
+    /// or lost more than random loss explains (its lost packets left the queue). Start-up's
+    /// window never falls while it lasts, so its own rounds need no test. Taken for variation,
+    /// the others' drains made four links on a path of none measure 25-50 ms of it, cover it
+    /// with their windows and hold the bottleneck's queue at its tail drops (bench/RESULTS.md,
+    /// issue 21).
     fn learn_variation(&mut self, now: Instant, settled: bool, overrun: bool) {
-        let drained = !settled
-            || overrun
-            || self.round.app_limited
-            || self.phase == Phase::Cruise(1)
-            || (self.phase == Phase::Startup && self.window < self.last_window);
+        let drained =
+            !settled || overrun || self.round.app_limited || self.phase == Phase::Cruise(1);
         let own_drain = !settled || matches!(self.phase, Phase::Cruise(0 | 1) | Phase::Climb(_));
-        self.last_window = self.window;
         let fall = self.round.rtt.fall();
         let Some(share) = self.share.clone() else {
             if !own_drain {
