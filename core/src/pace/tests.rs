@@ -1540,3 +1540,88 @@ fn a_path_remembers_a_bounded_number_of_drains() {
     assert!(!share.quiet(9, end - Duration::from_millis(1), end));
     assert!(share.quiet(9, start, start + Duration::from_micros(50)));
 }
+
+#[test]
+fn links_whose_shares_move_against_each_other_hold_the_paths_rate_together() {
+    // B's path: 25 MB/s, 100 ms. Two links share it; each round one delivers 60% and the other
+    // 40%, trading places every two rounds, so together they always deliver the path's rate.
+    // Each link's estimate is the largest of its last rounds, 60%: the estimates sum to 120%,
+    // and windows sized from them kept a fifth of the RTT queued at the bottleneck. Sized from
+    // what the path delivered, the windows together hold its bandwidth-delay product plus the
+    // cruise gain's twentieth.
+    let rate = 25e6;
+    let min_rtt = Duration::from_millis(100);
+    // The rounds' RTT shows the queue the windows keep.
+    let rtt = Duration::from_millis(110);
+    let start = Instant::now();
+    let share = Arc::new(PathShare::default());
+    let mut paces: Vec<Pace> = (1..=2)
+        .map(|id| {
+            let mut pace = Pace::new(start, MTU);
+            (pace.id, pace.share) = (id, Some(share.clone()));
+            pace.phase = Phase::Cruise(1);
+            pace.min_rtt = Some(min_rtt);
+            let half = (0.5 * rate) as u64;
+            pace.filter = BwFilter::filled(half);
+            (pace.bw, pace.full_bw) = (half, half);
+            pace.window = (CRUISE_GAIN * pace.bdp() as f64) as u64;
+            pace
+        })
+        .collect();
+    let mut now = start;
+    let mut windows = Vec::new();
+    for round in 0..4 * BW_ROUNDS {
+        let high = (round / 2) % 2 == 0;
+        let mut end = now;
+        for (i, pace) in paces.iter_mut().enumerate() {
+            let share = if high == (i == 0) { 0.6 } else { 0.4 };
+            let acked = (share * rate * rtt.as_secs_f64()) as u64;
+            end = round_at(pace, now, rtt, min_rtt, acked);
+        }
+        now = end;
+        if round >= 3 * BW_ROUNDS && paces.iter().all(|p| p.phase != Phase::Cruise(0)) {
+            windows.push(paces.iter().map(|p| p.window).sum::<u64>());
+        }
+    }
+    let bdp = rate * min_rtt.as_secs_f64();
+    let estimates: u64 = paces.iter().map(|p| p.bandwidth()).sum();
+    assert!(estimates as f64 > 1.15 * rate, "{paces:?}");
+    assert!(!windows.is_empty());
+    for w in windows {
+        assert!(w as f64 <= 1.08 * bdp, "{w} against {bdp}: {paces:?}");
+        assert!(w as f64 >= 1.0 * bdp, "{w} against {bdp}: {paces:?}");
+    }
+}
+
+#[test]
+fn the_paths_rate_scales_a_window_only_beside_links_that_all_have_estimates() {
+    use super::share::SCALE_MIN;
+    let share = PathShare::default();
+    let start = Instant::now();
+    let round = Duration::from_millis(100);
+    // Two links, each round delivering 40 (link 1) and 60 (link 2) together: 100.
+    let mut now = start;
+    let mut path = None;
+    for k in 0..BW_ROUNDS {
+        share.member(1, now);
+        share.member(2, now);
+        assert_eq!(path, None, "before {BW_ROUNDS} rounds of each, round {k}");
+        share.delivered(1, now, now + round, 40);
+        path = share.delivered(2, now, now + round, 60);
+        now += round;
+    }
+    assert_eq!(path, Some(100));
+    // Until both have an estimate, no scale.
+    share.estimate(1, 60, now);
+    assert_eq!(share.scale(1, now, 100), 1.0);
+    share.estimate(2, 60, now);
+    assert!((share.scale(1, now, 100) - 100.0 / 120.0).abs() < 1e-9);
+    // Never below the floor; never above 1.
+    assert_eq!(share.scale(1, now, 10), SCALE_MIN);
+    assert_eq!(share.scale(1, now, 1000), 1.0);
+    // Alone (the other link's last round long gone), no scale.
+    let later = now + Duration::from_secs(3);
+    share.member(1, later);
+    share.estimate(1, 60, later);
+    assert_eq!(share.scale(1, later, 30), 1.0);
+}
