@@ -12,8 +12,7 @@ the link's window and **the sum of the latest windows of all links** (what the l
 flight together, against the path's bandwidth-delay product), the round's RTT range and mean,
 the delay variation the link measured and the extra delay its window covers (ms; logs of
 builds before fcb0b55 have neither), and the fewest and most bytes in flight after a batch of
-acks in the round (older logs lack it), and what the cruise window is scaled by so that the
-links together hold what the path delivered (logs of builds before this field lack it). At the end, per link, the median variation and extra
+acks in the round (older logs lack it). At the end, per link, the median variation and extra
 delay after `--from` seconds.
 
 Python 3 standard library only.
@@ -34,7 +33,6 @@ ROUND = re.compile(
     r"window=(?P<window>\d+) mean_rtt_ms=(?P<mean>\S+) in_flight=(?P<inflight>\d+)"
     r"(?: in_flight_min=(?P<inmin>\d+))?"
     r"(?: variation_ms=(?P<var>\S+) extra_ms=(?P<extra>\S+))?"
-    r"(?: scale=(?P<scale>\S+))?"
 )
 
 
@@ -65,8 +63,6 @@ def main() -> int:
             tail = "" if var is None else f" var {var:5.1f} extra {extra:4.1f}"
             if m["inmin"]:
                 tail += f" in flight {int(m['inmin']) // 1000}-{int(m['inflight']) // 1000}k"
-            if m["scale"]:
-                tail += f" scale {float(m['scale']):.3f}"
             print(f"{t:6.2f} L{link} {m['phase']:10s} sample {float(m['sample']):7.1f} "
                   f"bw {float(m['bw']):7.1f} acked {int(m['acked']) // 1000:6d}k "
                   f"lost {int(m['lost']) // 1000:5d}k window {int(m['window']) // 1000:6d}k "

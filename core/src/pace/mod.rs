@@ -62,14 +62,6 @@
 //!   estimate (its low delivery may be the others' queue), and a link more than 10% above it
 //!   does not climb: without this, the larger link's probes and climbs took the smaller one's
 //!   share round by round down to the floor.
-//! - **The path's rate.** A link's estimate is the peak of its own share of the path, and the
-//!   shares of a path's links move against each other from round to round (one probes, another
-//!   loses a packet): the estimates add up to more than the path ever delivered at once (four
-//!   links on B's 200 Mbit/s path estimated 213 together and kept a fifth of the RTT queued). Each
-//!   busy cruise round's sample goes to the [`PathShare`]; with the latest rounds of the other
-//!   links that overlapped it, it is what the path delivered then. Once each link has told
-//!   [`BW_ROUNDS`] rounds, the largest such sum over the sum of the links' estimates (0.8 to 1)
-//!   scales every link's cruise window, probes included; start-up and climbs are not scaled.
 //! - **Delay variation** is not a queue. The RTT of a path varies by itself (queues elsewhere,
 //!   radio last miles, reordering); every queue test above compares samples with the minimum RTT
 //!   plus that variation, measured as the most the RTT fell within a round (a queue this link
@@ -187,9 +179,6 @@ pub struct RoundEnd {
     /// The delay the window covers beyond the minimum RTT and half the variation (see
     /// `Pace::window_short`).
     pub extra: Duration,
-    /// What the cruise window is scaled by so that the path's links together hold the path's
-    /// rate (see `PathShare::scale`).
-    pub scale: f64,
 }
 
 /// The controller's state. See the module docs.
@@ -244,10 +233,6 @@ pub struct Pace {
     siblings: bool,
     /// The last round's fall, waiting for that check, and the round's span.
     pending_fall: Option<(Duration, Instant, Instant)>,
-    /// Beside other links of the path, what cruise's windows are scaled by so that the links'
-    /// windows together hold what the path delivered, not the sum of their estimates (see
-    /// [`PathShare::scale`]); 1 alone.
-    path_scale: f64,
 }
 
 /// What the current round has seen so far.
@@ -330,7 +315,6 @@ impl Pace {
             queue_since: None,
             siblings: false,
             pending_fall: None,
-            path_scale: 1.0,
         }
     }
 

@@ -72,7 +72,6 @@ impl Pace {
     /// The round ended at `now`: decides the next phase and window, and starts the next round.
     pub(super) fn end_round(&mut self, now: Instant) -> RoundEnd {
         let measured = self.measure_round(now);
-        let cruised = matches!(self.phase, Phase::Cruise(_));
         self.phase = match self.phase {
             Phase::Startup => self.startup_round(now, measured),
             Phase::Cruise(n) => self.cruise_round(now, n, measured),
@@ -96,14 +95,12 @@ impl Pace {
             },
             variation: Duration::ZERO,
             extra: self.extra,
-            scale: 1.0,
         };
-        self.tell_path(now, measured.filtered, cruised);
+        self.tell_path(now);
         self.round = Round::new(now);
         self.set_window();
         RoundEnd {
             variation: self.envelope(),
-            scale: self.path_scale,
             ..end
         }
     }
@@ -482,18 +479,12 @@ impl Pace {
             .and_then(|share| share.fair_share(self.id, now))
     }
 
-    /// Tells the other links of the path that this one fills it, or learns whether another does;
-    /// after a busy cruise round (`cruised`), tells them what it delivered (`filtered`, its
-    /// sample as the bandwidth filter took it) and learns what the path delivered.
-    fn tell_path(&mut self, now: Instant, filtered: u64, cruised: bool) {
+    /// Tells the other links of the path that this one fills it, or learns whether another does.
+    fn tell_path(&mut self, now: Instant) {
         if let Some(share) = &self.share {
             share.member(self.id, now);
             if matches!(self.phase, Phase::Cruise(_)) && !self.round.app_limited {
                 share.estimate(self.id, self.bw, now);
-            }
-            if cruised && !self.round.app_limited {
-                let path = share.delivered(self.id, self.round.start, now, filtered);
-                self.path_scale = path.map_or(1.0, |path| share.scale(self.id, now, path));
             }
             match self.phase {
                 Phase::Cruise(_)
@@ -511,14 +502,11 @@ impl Pace {
     pub(super) fn set_window(&mut self) {
         // The gains apply above the floor: a link whose estimate fell below the floor's rate
         // must still probe and climb past it, or it can never find more.
-        let floor = MIN_PACKETS * self.mtu;
-        let bdp = self.bdp().max(floor) as f64;
-        // Cruise holds the link's part of what the path delivers (see `PathShare::scale`).
-        let cruise = (self.path_scale * self.bdp() as f64).max(floor as f64);
+        let bdp = self.bdp().max(MIN_PACKETS * self.mtu) as f64;
         self.window = match self.phase {
             Phase::Startup => self.window,
-            Phase::Cruise(0) => (PROBE_GAIN * cruise) as u64,
-            Phase::Cruise(_) => (CRUISE_GAIN * cruise) as u64,
+            Phase::Cruise(0) => (PROBE_GAIN * bdp) as u64,
+            Phase::Cruise(_) => (CRUISE_GAIN * bdp) as u64,
             Phase::Climb(n) => {
                 // After a round short of its target, the smallest step again.
                 let step = if self.climb.missed { 0 } else { n as usize };

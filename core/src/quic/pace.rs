@@ -107,7 +107,6 @@ fn trace_round(link: u64, round: &RoundEnd) {
         in_flight_min = round.in_flight_min,
         variation_ms = round.variation.as_secs_f64() * 1e3,
         extra_ms = round.extra.as_secs_f64() * 1e3,
-        scale = round.scale,
         "pace round"
     );
 }
