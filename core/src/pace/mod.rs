@@ -30,13 +30,7 @@
 //!   packets in their first 100 ms. Below its own minimum a link confirms the queue for a
 //!   minimum RTT before it leaves, as on a path whose delay varies: that early, the path's
 //!   variation is not measured yet, and a jittered path would end start-up at a fifth of its
-//!   rate. When one link leaves start-up on the queue (or on a round that lost heavily), the
-//!   path's other links still in start-up that have had a busy round leave with it, at their
-//!   next ack, down to one BDP of what they measured: each holds its part of the overshoot,
-//!   and one whose rounds ran short of data meanwhile would otherwise go on doubling into the
-//!   queue the others just drained. On a path whose delay varies by 2 ms or more, a delay
-//!   exit stays the link's own (the queue it confirmed may be a lasting peak of the
-//!   variation).
+//!   rate.
 //! - **Room**: a busy cruise round that delivers 25% more than start-up found, with one RTT
 //!   sample that saw no queue, may have found room (another flow left, or start-up ended early).
 //!   Alone on its path, the link goes back to start-up. Beside another link of its path that
@@ -230,9 +224,6 @@ pub struct Pace {
     /// reasons that are not a queue at the bottleneck (the peer's delayed acks, reordering):
     /// the window covers it too (see `Pace::window_short`).
     extra: Duration,
-    /// When the current (or last) start-up began: another link's exit from start-up after it
-    /// ends this one's too (see `Pace::startup_ack`).
-    startup_since: Instant,
     /// Start-up on a path whose delay varies: since when the blocks of RTT samples have been
     /// above the floor (it leaves if they stay there for a minimum RTT).
     queue_since: Option<Instant>,
@@ -321,7 +312,6 @@ impl Pace {
             recent: RecentAcks::default(),
             variation: Variation::default(),
             extra: Duration::ZERO,
-            startup_since: now,
             queue_since: None,
             siblings: false,
             pending_fall: None,

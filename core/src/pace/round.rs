@@ -267,16 +267,6 @@ impl Pace {
         min_rtt: Duration,
     ) {
         self.recent.note(now, bytes, min_rtt);
-        // Another link of the path left start-up on its full queue since this one's start-up
-        // began: the links filled it together, and this one's window holds its part of the
-        // overshoot. Waiting for its own test (a round later on a long path, or many rounds if
-        // its rounds ran short of data meanwhile) let it double into the queue the others had
-        // just drained (bench/RESULTS.md, lessons). A link that never had a busy round (an
-        // idle or interactive one) has measured nothing to leave with and keeps its start-up.
-        if self.full_bw > 0 && self.siblings_left_startup(now) {
-            self.leave_startup_on_queue(now);
-            return;
-        }
         if let Some(block_min) = self.block.add(rtt) {
             let floor = min_rtt + self.envelope();
             // The links of a path that start together fill it together: what one link's window
@@ -321,7 +311,6 @@ impl Pace {
     /// Start-up ends in the middle of a round: the round's delivery so far counts as a sample,
     /// since it is the best measure of the pipe the window just filled.
     fn leave_startup_on_queue(&mut self, now: Instant) {
-        let varies = self.envelope() >= VARIES;
         let elapsed = now.saturating_duration_since(self.round.start);
         if let Some(min) = self.min_rtt {
             let recent = self.recent.rate(now, min).unwrap_or(0);
@@ -339,11 +328,6 @@ impl Pace {
         self.phase = Phase::Cruise(1);
         self.queue_since = None;
         self.left_startup = Some(now);
-        // On a path whose delay varies by itself, the queue this link saw may be a lasting peak
-        // of the variation: the path's other links keep their own tests.
-        if !varies {
-            self.tell_path_left_startup(now);
-        }
         // What start-up found: a cruise round leaves cruise only 25% above it.
         self.full_bw = self.full_bw.max(self.bw);
         // Drain: the overshoot is still in flight; a window of one BDP lets the queue empty.
@@ -367,9 +351,6 @@ impl Pace {
             // The first cruise round after start-up is not a probe.
             self.queue_since = None;
             self.left_startup = Some(now);
-            if measured.overrun {
-                self.tell_path_left_startup(now);
-            }
             self.full_bw = self.full_bw.max(self.bw);
             Phase::Cruise(1)
         } else {
@@ -429,7 +410,7 @@ impl Pace {
         if self.path_busy(now) {
             self.start_climb()
         } else {
-            self.restart_start_up(now)
+            self.restart_start_up()
         }
     }
 
@@ -450,7 +431,7 @@ impl Pace {
             // The climb doubled the estimate and no queue showed: the link is far below
             // its path's rate, and start-up finds that in a few rounds where climbing
             // takes many (test `a_link_in_cruise_far_below_its_path_goes_back_to_start_up`).
-            self.restart_start_up(now)
+            self.restart_start_up()
         } else {
             Phase::Climb(n + 1)
         }
@@ -473,10 +454,9 @@ impl Pace {
     }
 
     /// Back to start-up, which finds the path's rate from the current estimate.
-    fn restart_start_up(&mut self, now: Instant) -> Phase {
+    fn restart_start_up(&mut self) -> Phase {
         // The acks noted in the last start-up are history (however it ended).
         self.recent.forget();
-        self.startup_since = now;
         self.queue_since = None;
         self.full_bw = self.bw;
         self.flat_rounds = 0;
@@ -489,21 +469,6 @@ impl Pace {
         self.share
             .as_ref()
             .is_some_and(|share| share.other_busy(self.id, now))
-    }
-
-    /// Tells the other links of the path that this one left start-up on a full queue (see
-    /// [`super::PathShare::left_startup`]).
-    fn tell_path_left_startup(&self, now: Instant) {
-        if let Some(share) = &self.share {
-            share.left_startup(self.id, now);
-        }
-    }
-
-    /// Another link of this path left start-up on a full queue since this one's start-up began.
-    fn siblings_left_startup(&self, now: Instant) -> bool {
-        self.share
-            .as_ref()
-            .is_some_and(|share| share.other_left_startup(self.id, self.startup_since, now))
     }
 
     /// The fair share of the busy links of this path, if another link of it is busy (see

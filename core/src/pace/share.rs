@@ -27,9 +27,6 @@ pub struct PathShare {
     /// Each link's start or last round (a [`BusyRound`] whether busy or not); entries older
     /// than [`SHARE_FRESH`] are dropped.
     members: Mutex<Vec<BusyRound>>,
-    /// When each link last left start-up on a queue or an overrun (see
-    /// [`PathShare::left_startup`]); entries older than [`SHARE_FRESH`] are dropped.
-    exits: Mutex<Vec<BusyRound>>,
     /// The rounds in which a link drained what it kept queued (see [`PathShare::drained`]);
     /// entries that ended more than [`SHARE_FRESH`] ago are dropped, and at most
     /// [`DRAINS_MAX`] kept.
@@ -96,24 +93,6 @@ impl PathShare {
             .filter(|m| now.saturating_duration_since(m.at) < SHARE_FRESH)
             .count();
         (fresh as u64).max(1)
-    }
-
-    /// Link `id` left start-up at `now` because the path's queue was full (its delay test, or
-    /// a round that lost heavily): the links of the path that are still in start-up have
-    /// filled it with it.
-    pub(super) fn left_startup(&self, id: u64, now: Instant) {
-        let mut exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
-        exits.retain(|exit| exit.of_other(id, now));
-        exits.push(BusyRound { link: id, at: now });
-    }
-
-    /// Some link other than `id` left start-up on a full queue (see
-    /// [`PathShare::left_startup`]) at or after `since`, within [`SHARE_FRESH`] of `now`.
-    pub(super) fn other_left_startup(&self, id: u64, since: Instant, now: Instant) -> bool {
-        let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
-        exits
-            .iter()
-            .any(|exit| exit.of_other(id, now) && exit.at >= since)
     }
 
     /// Link `id` held fewer bytes in flight in its round from `from` to `to` than before it (its
