@@ -47,6 +47,9 @@ const EXTRA_MAX: Duration = Duration::from_millis(8);
 const FAIR_MARGIN: f64 = 1.1;
 /// Rounds per probing cycle (one probes).
 const CYCLE: u32 = 8;
+/// A round in which the bytes in flight fell this fraction of the window below it drained the
+/// queue by that much (see `Pace::learn_variation`).
+const DIP_FRACTION: f64 = 0.125;
 /// Window gains of the rounds of a climb, the next for each round whose window the path
 /// delivered. A round's delivery shows the window of the round before: the window counts as
 /// delivered if the rate came at least halfway from the bandwidth estimate to the window's rate,
@@ -169,15 +172,27 @@ impl Pace {
     /// probe's, in the round after it, a climb's, start-up's overshoot) or, beside other links
     /// of the path, one of theirs. Tells the others when this round was such a drain: the round
     /// after a probe, one within 3 RTTs of leaving start-up or a climb, one that ran out of data
-    /// or lost more than random loss explains (its lost packets left the queue). Start-up's
-    /// window never falls while it lasts, so its own rounds need no test. Taken for variation,
-    /// the others' drains made four links on a path of none measure 25-50 ms of it, cover it
-    /// with their windows and hold the bottleneck's queue at its tail drops (bench/RESULTS.md,
-    /// issue 21).
+    /// (for the whole round, or long enough to hold an eighth of its window less in flight:
+    /// [`DIP_FRACTION`]) or lost more than random loss explains (its lost packets left the
+    /// queue). Start-up's window never falls while it lasts, so its own rounds need no test.
+    /// Taken for variation, the others' drains made four links on a path of none measure 25-50
+    /// ms of it, cover it with their windows and hold the bottleneck's queue at its tail drops
+    /// (bench/RESULTS.md, issue 21).
     fn learn_variation(&mut self, now: Instant, settled: bool, overrun: bool) {
-        let drained =
-            !settled || overrun || self.round.app_limited || self.phase == Phase::Cruise(1);
-        let own_drain = !settled || matches!(self.phase, Phase::Cruise(0 | 1) | Phase::Climb(_));
+        // A link short of data for part of a round (the stream's credit, the scheduler) sends
+        // less than its window while the others keep theirs: the queue drains by what it
+        // lacked. On scenario B's path (no jitter) such dips of 40-60% of a window every second
+        // or two let the four links measure 9-13 ms of variation and keep that much more queued.
+        let dipped = self.phase != Phase::Startup
+            && self.round.in_flight_min != u64::MAX
+            && (self.round.in_flight_min as f64) < (1.0 - DIP_FRACTION) * self.window as f64;
+        let drained = !settled
+            || overrun
+            || dipped
+            || self.round.app_limited
+            || self.phase == Phase::Cruise(1);
+        let own_drain =
+            !settled || dipped || matches!(self.phase, Phase::Cruise(0 | 1) | Phase::Climb(_));
         let fall = self.round.rtt.fall();
         let Some(share) = self.share.clone() else {
             if !own_drain {

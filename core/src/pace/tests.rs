@@ -1540,3 +1540,41 @@ fn a_path_remembers_a_bounded_number_of_drains() {
     assert!(!share.quiet(9, end - Duration::from_millis(1), end));
     assert!(share.quiet(9, start, start + Duration::from_micros(50)));
 }
+
+#[test]
+fn a_round_that_ran_short_of_data_for_a_while_drained_the_queue() {
+    // Scenario B's path, the link in cruise beside another. In one round the link holds its
+    // window in flight throughout; in the other it runs short of data for a tenth of it (the
+    // stream's credit, the scheduler) and holds half its window: the queue drained by the
+    // other half, so the other links must not take the RTT's fall in that time for the path's
+    // variation. In the lab, dips like that every second or two let four links measure 9-13
+    // ms of variation on a path of none.
+    let path = b_path();
+    let min = path.rtt;
+    for dip in [false, true] {
+        let start = Instant::now();
+        let cruising = cruising_at(&path, start, 0.25);
+        let (mut pace, share) = on_shared_path(start);
+        pace = Pace {
+            id: pace.id,
+            share: pace.share,
+            phase: Phase::Cruise(3),
+            ..cruising
+        };
+        let window = pace.window();
+        let packets = window / u64::from(MTU);
+        let at = |k: u64| start + min.mul_f64(k as f64 / packets as f64);
+        let mut end = None;
+        for k in 1..=packets {
+            end = end.or(pace.on_ack(at(k), at(k) - min, u64::from(MTU), false, min));
+            let short = dip && (packets / 2..packets / 2 + packets / 10).contains(&k);
+            pace.on_in_flight(if short { window / 2 } else { window });
+        }
+        assert!(end.is_some_and(|e| !e.app_limited), "{end:?}");
+        assert_eq!(
+            share.quiet(1, start, at(packets)),
+            !dip,
+            "dip {dip}: {end:?}"
+        );
+    }
+}
