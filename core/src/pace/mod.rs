@@ -68,7 +68,7 @@
 //!   builds only makes it rise), and the window covers the minimum RTT plus half of it. Beside
 //!   other links of its path, a round's fall counts only once no other link drained its share
 //!   of the queue in a round that overlapped it (the round after a probe, a round that ran out
-//!   of data, for all of it or long enough to hold an eighth of its window less in flight, a
+//!   of data, for all of it or long enough to hold a quarter of its window less in flight, a
 //!   round that lost heavily, start-up's overshoot): taken for variation, the others' drains
 //!   made four links on a path of none cover 25-50 ms of it and hold its queue at the tail. On a
 //!   path that varies by 2 ms or more, start-up's queue test must hold for a minimum RTT before
