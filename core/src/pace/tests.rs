@@ -677,6 +677,24 @@ fn through_start_up(pace: &mut Pace, start: Instant, rtt: Duration, bdp: u64) ->
     now
 }
 
+/// [`cruising_at`] in `phase`, as link 2 of a path whose other links report to the returned
+/// share ([`on_shared_path`]).
+fn cruising_on_shared_path(
+    path: &Path,
+    start: Instant,
+    fraction: f64,
+    phase: Phase,
+) -> (Pace, Arc<PathShare>) {
+    let (pace, share) = on_shared_path(start);
+    let pace = Pace {
+        id: pace.id,
+        share: pace.share,
+        phase,
+        ..cruising_at(path, start, fraction)
+    };
+    (pace, share)
+}
+
 /// A link in cruise on `path` whose estimate is `fraction` of the path's rate.
 fn cruising_at(path: &Path, start: Instant, fraction: f64) -> Pace {
     let mut pace = Pace::new(start, MTU);
@@ -1490,14 +1508,7 @@ fn a_fall_of_the_rtt_while_another_link_drained_is_not_the_paths_variation() {
     let bdp = 2_500_000;
     for other_drained in [false, true] {
         let start = Instant::now();
-        let cruising = cruising_at(&path, start, 0.5);
-        let (mut pace, share) = on_shared_path(start);
-        pace = Pace {
-            id: pace.id,
-            share: pace.share,
-            phase: Phase::Cruise(2),
-            ..cruising
-        };
+        let (mut pace, share) = cruising_on_shared_path(&path, start, 0.5, Phase::Cruise(2));
         share.member(1, start);
         let mut now = round_at(&mut pace, start, min, min, bdp / 2);
         share.member(1, now);
@@ -1554,14 +1565,7 @@ fn a_round_that_ran_short_of_data_for_a_while_drained_the_queue() {
     let min = path.rtt;
     for (dip, held) in [(false, 1.0), (false, 0.8), (true, 0.5)] {
         let start = Instant::now();
-        let cruising = cruising_at(&path, start, 0.25);
-        let (mut pace, share) = on_shared_path(start);
-        pace = Pace {
-            id: pace.id,
-            share: pace.share,
-            phase: Phase::Cruise(3),
-            ..cruising
-        };
+        let (mut pace, share) = cruising_on_shared_path(&path, start, 0.25, Phase::Cruise(3));
         let window = pace.window();
         let packets = window / u64::from(MTU);
         let at = |k: u64| start + min.mul_f64(k as f64 / packets as f64);
