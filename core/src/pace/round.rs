@@ -181,10 +181,11 @@ impl Pace {
     /// ms of it, cover it with their windows and hold the bottleneck's queue at its tail drops
     /// (bench/RESULTS.md, issue 21).
     fn learn_variation(&mut self, now: Instant, settled: bool, overrun: bool) {
-        // A link short of data for part of a round (the stream's credit, the scheduler) sends
-        // less than its window while the others keep theirs: the queue drains by what it
-        // lacked. On scenario B's path (no jitter) such dips of 40-60% of a window every second
-        // or two let the four links measure 9-13 ms of variation and keep that much more queued.
+        // A link short of data for part of a round (its stream's unsent bytes ran out before
+        // the reader refilled them, among other causes) sends less than its window while the
+        // others keep theirs: the queue drains by what it lacked. On scenario B's path (no
+        // jitter) such dips of 37-62% of a window every second or two let the four links
+        // measure 9-13 ms of variation and keep that much more queued.
         let dipped = self.phase != Phase::Startup
             && self.round.in_flight_min != u64::MAX
             && (self.round.in_flight_min as f64) < (1.0 - DIP_FRACTION) * self.window as f64;

@@ -1555,8 +1555,8 @@ fn a_path_remembers_a_bounded_number_of_drains() {
 #[test]
 fn a_round_that_ran_short_of_data_for_a_while_drained_the_queue() {
     // Scenario B's path, the link in cruise beside another. In one round the link holds its
-    // window in flight throughout; in the other it runs short of data for a tenth of it (the
-    // stream's credit, the scheduler) and holds half its window: the queue drained by the
+    // window in flight throughout; in the other it runs short of data for a tenth of it (its
+    // stream's unsent bytes ran out) and holds half its window: the queue drained by the
     // other half, so the other links must not take the RTT's fall in that time for the path's
     // variation. In the lab, dips like that every second or two let four links measure 9-13
     // ms of variation on a path of none. A dip to 80% of the window is not counted (see
