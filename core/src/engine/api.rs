@@ -3,7 +3,7 @@
 use super::reorder::Reorder;
 use super::stream::Phase;
 use super::{
-    Event, OpenError, ReadChunk, Role, Session, StreamError, MIN_BUDGET_WRITE, UNSENT_MAX,
+    unsent_bound, Event, OpenError, ReadChunk, Role, Session, StreamError, MIN_BUDGET_WRITE,
 };
 use crate::budget::Pool;
 use crate::frame::{Frame, MAX_SERVICE_NAME};
@@ -60,15 +60,16 @@ impl Session {
     /// Bytes the application may write now. Zero arms [`Event::StreamWritable`].
     pub fn stream_send_capacity(&mut self, id: StreamId) -> Result<usize, StreamError> {
         let window = self.cfg.stream_window;
+        let bound = unsent_bound(self.unsent_target, self.sched.bulk_streams());
         let s = self.live_stream(id)?;
         if s.send.is_finished() {
             return Err(StreamError::Finished);
         }
         let room = window
             .saturating_sub(s.send.buffered())
-            .min(UNSENT_MAX.saturating_sub(s.send.unsent()));
+            .min(bound.saturating_sub(s.send.unsent()));
         // Below this the stream waits for `StreamWritable` (`SendBuf::room_regained`).
-        let mark = (window / 8).min(UNSENT_MAX / 2);
+        let mark = (window / 8).min(bound / 2);
         let budget = self.held.budget();
         let (mut cap, mut short) = send_capacity(room, budget.allowance(Pool::Send));
         if short && cap < mark {

@@ -2,7 +2,7 @@
 //! again on the others), and their numbers.
 
 use super::link::{LinkActivity, LinkState, LinkStats, Sent};
-use super::Session;
+use super::{Session, UNSENT_BDPS};
 use crate::frame::Frame;
 use crate::ids::LinkId;
 use std::time::{Duration, Instant};
@@ -77,6 +77,7 @@ impl Session {
         let Some(state) = self.links.remove(&link) else {
             return;
         };
+        self.size_unsent_target();
         self.lane_dups.retain(|d| d.lane != link);
         self.open_dups.retain(|d| d.lane != link);
         for sent in state.sent {
@@ -154,5 +155,18 @@ impl Session {
             .values()
             .filter_map(|l| l.stats.rtt.smoothed)
             .max()
+    }
+
+    /// Sizes what the bulk streams together may hold unsent from the links' bandwidth-delay
+    /// products: each link's delivery rate times its smallest RTT, summed, times
+    /// [`UNSENT_BDPS`]; each stream's share is [`super::unsent_bound`]. Called when a pong
+    /// brings a new sample and when a link goes.
+    pub(super) fn size_unsent_target(&mut self) {
+        let bdp: f64 = self
+            .links
+            .values()
+            .filter_map(|l| Some(l.stats.delivery_rate as f64 * l.stats.rtt.min?.as_secs_f64()))
+            .sum();
+        self.unsent_target = (bdp * UNSENT_BDPS as f64) as u64;
     }
 }

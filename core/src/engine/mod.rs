@@ -86,15 +86,33 @@ const ACK_DELAY: Duration = Duration::from_millis(5);
 const MIN_TAIL: usize = 256;
 /// Smallest send capacity worth offering an application when the memory budget is short.
 const MIN_BUDGET_WRITE: u64 = 16 * 1024;
-/// Most bytes a stream holds that no link has taken yet (written, never sent). The stream window
-/// bounds what is unacknowledged; this bounds what merely waits for a link, so a stream whose
-/// links are slower than its application (every bulk stream) stops reading the socket there and
-/// the application's bytes wait in its socket buffer, as they would behind a TCP sender. Without
-/// it every bulk stream held its whole window unsent (64 MiB each: 8 loopback streams took the
-/// client to 634 MiB; docs/ARCHITECTURE.md, "Streams and windows"). A stream that waits for room
-/// is woken when half of it is free again: 2 MiB is 32 ms of a 500 Mbit/s path, far more than
-/// one wake-up and read take to refill it.
-pub(crate) const UNSENT_MAX: u64 = 4 << 20;
+/// Fewest bytes a stream may hold that no link has taken yet (written, never sent); see
+/// [`unsent_bound`]. The stream window bounds what is unacknowledged; this bound what
+/// merely waits for a link, so a stream whose links are slower than its application (every bulk
+/// stream) stops reading the socket there and the application's bytes wait in its socket
+/// buffer, as they would behind a TCP sender. Without it every bulk stream held its whole window
+/// unsent (64 MiB each: 8 loopback streams took the client to 634 MiB; docs/ARCHITECTURE.md,
+/// "Streams and windows"). A stream that waits for room is woken when half of it is free again.
+pub(crate) const UNSENT_MIN: u64 = 4 << 20;
+/// Most bytes a stream may hold unsent, however fast and long its links.
+pub(crate) const UNSENT_MAX: u64 = 16 << 20;
+/// The bulk streams together may hold this many bandwidth-delay products unsent (each link's
+/// delivery rate times its smallest RTT, summed). A link's congestion window is about its share
+/// of the product plus the queue it keeps, and a QUIC link that lost a packet takes up to two
+/// more windows at once (its send window grows to three); the reader must refill half of what
+/// is left before the other links run dry. With a fixed 4 MiB (32 ms of a 500 Mbit/s path before
+/// the reader was woken) the links of a 500 Mbit/s, 60 ms path ran short of data in half their
+/// rounds on a busy 2-core machine (bench/RESULTS.md, lessons: a link short of data drains the
+/// queue too). The smallest RTT, not the smoothed one: on the loopback the smoothed RTT under
+/// load is the daemons' own queues, and with it 8 bulk streams held half as much again.
+const UNSENT_BDPS: u64 = 4;
+/// What each of `bulk` bulk streams may hold unsent while they may hold `target` together
+/// ([`Session::size_unsent_target`]): an equal share, from [`UNSENT_MIN`] to [`UNSENT_MAX`].
+/// Shared, so that many streams on a fast short path (8 on the loopback) hold no more than with a
+/// fixed [`UNSENT_MIN`], while one stream on a long fast path holds what its links need.
+fn unsent_bound(target: u64, bulk: usize) -> u64 {
+    (target / bulk.max(1) as u64).clamp(UNSENT_MIN, UNSENT_MAX)
+}
 /// Interactive segments at most this long are latency-sensitive traffic (a game's packets, a
 /// request): they switch the interactive lanes on and are sent on both lanes.
 const SMALL_SEGMENT: usize = 2048;
@@ -256,6 +274,8 @@ pub struct Session {
     recv_session_used: u64,
     recv_session_consumed: u64,
     next_ping: u64,
+    /// What the bulk streams together may hold unsent: [`Session::size_unsent_target`].
+    unsent_target: u64,
     /// Stream bytes queued again because the link they went out on died unconfirmed.
     resent: u64,
     /// When the last small interactive segment went out: lanes are reserved until
@@ -335,6 +355,7 @@ impl Session {
             recv_session_used: 0,
             recv_session_consumed: 0,
             next_ping: 0,
+            unsent_target: 0,
             resent: 0,
             last_small: None,
             small_at: HashMap::new(),

@@ -2,7 +2,9 @@
 //! checks that bound what a peer can make this end hold.
 
 use super::stream::{Phase, Stream};
-use super::{Event, PeerError, Role, Session, ACK_DELAY, MAX_PENDING_STREAMS, PENDING_LIFETIME};
+use super::{
+    unsent_bound, Event, PeerError, Role, Session, ACK_DELAY, MAX_PENDING_STREAMS, PENDING_LIFETIME,
+};
 use crate::budget::Pool;
 use crate::frame::{self, Frame};
 use crate::ids::{LinkId, StreamId};
@@ -56,6 +58,7 @@ impl Session {
             Frame::Pong(token) => {
                 if let Some(l) = self.links.get_mut(&link) {
                     l.pong(now, token);
+                    self.size_unsent_target();
                 }
             }
             Frame::Close(_) => {
@@ -312,6 +315,7 @@ impl Session {
         max: u64,
     ) -> Result<(), PeerError> {
         let window = self.cfg.stream_window;
+        let bound = unsent_bound(self.unsent_target, self.sched.bulk_streams());
         let Some(s) = self.streams.get_mut(&id) else {
             return Ok(());
         };
@@ -322,7 +326,7 @@ impl Session {
         s.send.ack(id, acked)?;
         self.held.release(Pool::Send, before - s.send.buffered());
         s.send.set_max(max);
-        if s.write_waiting && s.send.room_regained(window) {
+        if s.write_waiting && s.send.room_regained(window, bound) {
             s.write_waiting = false;
             self.events.push_back(Event::StreamWritable(id));
         }

@@ -96,6 +96,11 @@ impl Scheduler {
         !self.pinned_interactive.is_empty()
     }
 
+    /// Streams waiting in the bulk queues.
+    pub(crate) fn bulk_streams(&self) -> usize {
+        self.bulk.len() + self.pinned_bulk.len()
+    }
+
     pub(crate) fn has_bulk(&self, relayed: bool) -> bool {
         !self.bulk.is_empty() || (!relayed && !self.pinned_bulk.is_empty())
     }

@@ -2,7 +2,7 @@
 //! that any of them can be resent if the link it went out on dies.
 
 use super::message::MessageBuf;
-use super::{PeerError, UNSENT_MAX};
+use super::PeerError;
 use crate::ids::StreamId;
 use crate::range_set::RangeSet;
 use bytes::Bytes;
@@ -84,14 +84,15 @@ impl SendBuf {
     }
 
     /// Whether a stream that waits for send capacity has enough again, with stream window
-    /// `window`: an eighth of its window free and at most half of [`UNSENT_MAX`] unsent (the
-    /// capacity [`Session::stream_send_capacity`] reports is then at least its waiting mark).
+    /// `window` and unsent bound `unsent_bound`: an eighth of its window free and at most half
+    /// of the bound unsent (the capacity [`Session::stream_send_capacity`] reports is then at
+    /// least its waiting mark).
     ///
     /// [`Session::stream_send_capacity`]: super::Session::stream_send_capacity
-    pub(crate) fn room_regained(&self, window: u64) -> bool {
+    pub(crate) fn room_regained(&self, window: u64, unsent_bound: u64) -> bool {
         !self.fin
             && window.saturating_sub(self.buffered()) >= window / 8
-            && self.unsent() <= UNSENT_MAX / 2
+            && self.unsent() <= unsent_bound / 2
     }
 
     /// Bytes written but not yet sent, plus bytes waiting to be resent.

@@ -7,7 +7,8 @@ use super::message::MessageBuf;
 use super::sched::QUANTUM;
 use super::stream::Queued;
 use super::{
-    Event, LaneDup, OpenDup, Session, COPY_MIN_RTT, MAX_LANE_DUPS, MIN_TAIL, SMALL_SEGMENT,
+    unsent_bound, Event, LaneDup, OpenDup, Session, COPY_MIN_RTT, MAX_LANE_DUPS, MIN_TAIL,
+    SMALL_SEGMENT,
 };
 use crate::frame::{self, Frame, DATA_HEADER, PING_LEN, SESSION_WINDOW_LEN, WINDOW_LEN};
 use crate::ids::LinkId;
@@ -242,7 +243,11 @@ impl Session {
             frame::encode_data_header(buf.frames(), id, seg.offset, seg.len, seg.fin);
             s.send.copy_out(seg.offset, seg.len, buf);
             s.send.mark_sent(seg);
-            if seg.new_bytes > 0 && s.write_waiting && s.send.room_regained(window) {
+            // Out of the queue while it is served: counted among the bulk streams unless it is
+            // interactive.
+            let bulk = self.sched.bulk_streams() + usize::from(!interactive);
+            let bound = unsent_bound(self.unsent_target, bulk);
+            if seg.new_bytes > 0 && s.write_waiting && s.send.room_regained(window, bound) {
                 s.write_waiting = false;
                 self.events.push_back(Event::StreamWritable(id));
             }

@@ -447,12 +447,12 @@ fn one_session_holds_at_most_its_share_of_data_before_open() {
 }
 
 #[test]
-fn a_stream_holds_at_most_unsent_max_no_link_took_and_is_woken_when_the_links_took_half() {
+fn a_stream_holds_at_most_its_unsent_bound_and_is_woken_when_the_links_took_half() {
     let now = Instant::now();
     let mut c = Session::new(Role::Client, Config::default());
     c.add_link(now, LINK);
     let a = c.open_stream(now, NODE, "svc").unwrap();
-    let most = UNSENT_MAX as usize;
+    let most = UNSENT_MIN as usize;
     assert!(Config::default().stream_window > UNSENT_MAX);
     assert_eq!(
         c.stream_send_capacity(a),
@@ -472,7 +472,7 @@ fn a_stream_holds_at_most_unsent_max_no_link_took_and_is_woken_when_the_links_to
     )
     .unwrap();
     // The link takes one message at a time: the writer is woken with the message that leaves
-    // at most half of UNSENT_MAX unsent, not before.
+    // at most half of the bound unsent, not before (no pong yet: the bound is UNSENT_MIN).
     let (mut taken, mut buf) = (0usize, BytesMut::new());
     let mut woken_after = None;
     while c.poll_transmit(now, LINK, &mut buf) {
@@ -500,4 +500,76 @@ fn a_stream_holds_at_most_unsent_max_no_link_took_and_is_woken_when_the_links_to
         "woken late: {woken_after}"
     );
     assert_eq!(c.stream_send_capacity(a), Ok(woken_after));
+}
+
+/// Sends every message `LINK` has now; the token of the first `PING` among them.
+fn send_all(c: &mut Session, now: Instant) -> Option<u64> {
+    let mut token = None;
+    loop {
+        let frames = sent(c, now, LINK);
+        if frames.is_empty() {
+            return token;
+        }
+        for f in frames {
+            if let Frame::Ping(t) = f {
+                token = token.or(Some(t));
+            }
+        }
+    }
+}
+
+/// The unsent bound follows the links' bandwidth-delay product (delivery rate times smallest RTT,
+/// four times), from UNSENT_MIN to UNSENT_MAX, is shared by the bulk streams, and falls back when
+/// the links go.
+#[test]
+fn the_unsent_bound_follows_what_the_links_hold() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut c = Session::new(Role::Client, Config::default());
+    c.add_link(t0, LINK);
+    let a = c.open_stream(t0, NODE, "svc").unwrap();
+    let credit = Frame::Window {
+        stream: a,
+        acked: 0,
+        max: 64 << 20,
+    };
+    let session = Frame::SessionWindow { max: 256 << 20 };
+    c.handle_message(t0, LINK, msg(&[credit, session])).unwrap();
+    assert_eq!(c.stream_send_capacity(a), Ok(UNSENT_MIN as usize));
+
+    // Round trips of 100 ms, each carrying `n` bytes: a pong confirms what went before its ping
+    // (in the round's first message), so the second pong measures the first round's bytes over
+    // the 100 ms since the first.
+    let round = |c: &mut Session, at: Instant, n: usize| {
+        c.stream_write(a, Bytes::from(vec![0u8; n])).unwrap();
+        let token = send_all(c, at).expect("a ping rides with the data");
+        c.handle_message(at + ms(100), LINK, msg(&[Frame::Pong(token)]))
+            .unwrap();
+    };
+    let bdp = 3u64 << 20;
+    round(&mut c, t0, bdp as usize);
+    round(&mut c, t0 + ms(100), 1);
+    let bound = c.stream_send_capacity(a).unwrap() as u64;
+    let slack = 2 * crate::frame::MAX_MESSAGE as u64;
+    assert!(
+        bound.abs_diff(4 * bdp) < 4 * slack,
+        "bound {bound}, not four times the link's bandwidth-delay product ({bdp})"
+    );
+
+    // Ten times more (the rate is smoothed, a quarter per sample): capped.
+    round(&mut c, t0 + ms(200), 10 * bdp as usize);
+    round(&mut c, t0 + ms(300), 1);
+    assert_eq!(c.stream_send_capacity(a), Ok(UNSENT_MAX as usize));
+
+    // Bulk streams share it: with 15 others waiting to send, each may hold a 15th of what the
+    // links want (4 x 9.75 MiB: the rate is smoothed), less than UNSENT_MIN.
+    for _ in 0..15 {
+        let b = c.open_stream(t0, NODE, "svc").unwrap();
+        c.stream_write(b, Bytes::from(vec![0u8; 1 << 20])).unwrap();
+    }
+    assert_eq!(c.sched.bulk_streams(), 15);
+    assert_eq!(c.stream_send_capacity(a), Ok(UNSENT_MIN as usize));
+
+    c.remove_link(LINK);
+    assert_eq!(c.stream_send_capacity(a), Ok(UNSENT_MIN as usize));
 }
