@@ -87,7 +87,7 @@ const MIN_TAIL: usize = 256;
 /// Smallest send capacity worth offering an application when the memory budget is short.
 const MIN_BUDGET_WRITE: u64 = 16 * 1024;
 /// Fewest bytes a stream may hold that no link has taken yet (written, never sent); see
-/// [`unsent_bound`]. The stream window bounds what is unacknowledged; this bound what
+/// [`unsent_bound`]. The stream window bounds what is unacknowledged; this bounds what
 /// merely waits for a link, so a stream whose links are slower than its application (every bulk
 /// stream) stops reading the socket there and the application's bytes wait in its socket
 /// buffer, as they would behind a TCP sender. Without it every bulk stream held its whole window
