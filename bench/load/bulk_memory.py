@@ -77,9 +77,7 @@ def one_run(bins: Path, d: Path, args) -> dict:
         down = bulk(bench, t.map_addr, args, reverse=True)
         r = {"up": up, "down": down, "client": peak_mib(t.client.pid),
              "server": peak_mib(t.server.pid)}
-        for name, p in (("wanmux-server", t.server), ("wanmux-client", t.client)):
-            if p.poll() is not None:
-                raise RuntimeError(f"{name} exited with status {p.returncode}")
+        common.check_alive(t)
         return r
     finally:
         PROCS.stop(t.client)

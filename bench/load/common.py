@@ -176,6 +176,13 @@ def start_tunnel(procs: benchlib.Procs, bins: Path, d: Path, target: str, *, lin
     return t
 
 
+def check_alive(t: Tunnel) -> None:
+    """Raises RuntimeError if either daemon of `t` has exited."""
+    for name, p in (("wanmux-server", t.server), ("wanmux-client", t.client)):
+        if p.poll() is not None:
+            raise RuntimeError(f"{name} exited with status {p.returncode}")
+
+
 def free_tcp_port() -> int:
     import socket
     with socket.socket() as s:

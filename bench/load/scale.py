@@ -233,9 +233,7 @@ def one_round(i: int, args, bins: Path, out: Path) -> dict:
             r["both_kib_per_conn"] = (c1 - c0 + s1 - s0) / n
         r["ratio"] = r["tunnel_rate"] / r["direct_rate"]
         r["load_end"] = common.loadavg()
-        for name, p in (("wanmux-server", t.server), ("wanmux-client", t.client)):
-            if p.poll() is not None:
-                raise RuntimeError(f"{name} exited with status {p.returncode}")
+        common.check_alive(t)
         return r
     finally:
         PROCS.stop(t.client)
