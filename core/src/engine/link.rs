@@ -265,8 +265,8 @@ impl LinkState {
     }
 
     /// A pong arrived: drop everything it confirms and take an RTT sample. Pongs that match
-    /// no outstanding ping (late or forged) are ignored.
-    pub(crate) fn pong(&mut self, now: Instant, token: u64) {
+    /// no outstanding ping (late or forged) are ignored: returns whether it matched.
+    pub(crate) fn pong(&mut self, now: Instant, token: u64) -> bool {
         let Some(OutstandingPing {
             token: t,
             sent_at: at,
@@ -274,10 +274,10 @@ impl LinkState {
             bytes,
         }) = self.ping
         else {
-            return;
+            return false;
         };
         if t != token {
-            return;
+            return false;
         }
         self.ping = None;
         self.stats.rtt.sample(now.saturating_duration_since(at));
@@ -297,6 +297,7 @@ impl LinkState {
         while self.base < upto && self.sent.pop_front().is_some() {
             self.base += 1;
         }
+        true
     }
 
     /// Drops confirmed-by-ack entries at the front so the queue does not grow while a
@@ -416,7 +417,7 @@ mod tests {
         let ms = Duration::from_millis;
         let mut l = LinkState::new(t0);
         l.ping_sent(t0, 1, 1_000);
-        l.pong(t0 + ms(40), 1);
+        assert!(l.pong(t0 + ms(40), 1));
         assert_eq!(l.stats.rtt.smoothed, Some(ms(40)));
         assert_eq!(l.stats.delivery_rate, 0, "one pong is no interval yet");
         // 100 kB confirmed 100 ms after the previous pong: 1 MB/s.
@@ -424,8 +425,8 @@ mod tests {
         l.pong(t0 + ms(140), 2);
         assert_eq!(l.stats.delivered, 101_000);
         assert_eq!(l.stats.delivery_rate, 1_000_000);
-        // A forged or late pong changes nothing.
-        l.pong(t0 + ms(150), 2);
+        // A forged or late pong changes nothing, and says so.
+        assert!(!l.pong(t0 + ms(150), 2));
         assert_eq!(l.stats.delivered, 101_000);
         // Then 50 kB in 100 ms (500 kB/s): smoothed with a quarter weight.
         l.ping_sent(t0 + ms(200), 3, 151_000);

@@ -56,8 +56,13 @@ impl Session {
                 }
             }
             Frame::Pong(token) => {
-                if let Some(l) = self.links.get_mut(&link) {
-                    l.pong(now, token);
+                // Only a pong that matched its ping brings new samples: a peer's stray pongs
+                // cost no walk over the links.
+                if self
+                    .links
+                    .get_mut(&link)
+                    .is_some_and(|l| l.pong(now, token))
+                {
                     self.size_unsent_target();
                 }
             }
