@@ -104,7 +104,7 @@ pub(crate) const UNSENT_MAX: u64 = 16 << 20;
 /// the reader was woken) the links of a 500 Mbit/s, 60 ms path ran short of data in half their
 /// rounds on a busy 2-core machine (bench/RESULTS.md, lessons: a link short of data drains the
 /// queue too). The smallest RTT, not the smoothed one: on the loopback the smoothed RTT under
-/// load is the daemons' own queues, and with it 8 bulk streams held half as much again.
+/// load is the daemons' own queues, and with it 8 bulk streams held a quarter to a half more.
 const UNSENT_BDPS: u64 = 4;
 /// What each of `bulk` bulk streams may hold unsent while they may hold `target` together
 /// ([`Session::size_unsent_target`]): an equal share, from [`UNSENT_MIN`] to [`UNSENT_MAX`].

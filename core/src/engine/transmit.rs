@@ -244,10 +244,17 @@ impl Session {
             s.send.copy_out(seg.offset, seg.len, buf);
             s.send.mark_sent(seg);
             // Out of the queue while it is served: counted among the bulk streams unless it is
-            // interactive.
-            let bulk = self.sched.bulk_streams() + usize::from(!interactive);
-            let bound = unsent_bound(self.unsent_target, bulk);
-            if seg.new_bytes > 0 && s.write_waiting && s.send.room_regained(window, bound) {
+            // interactive. The bound is worked out only for a stream that waits.
+            if seg.new_bytes > 0
+                && s.write_waiting
+                && s.send.room_regained(
+                    window,
+                    unsent_bound(
+                        self.unsent_target,
+                        self.sched.bulk_streams() + usize::from(!interactive),
+                    ),
+                )
+            {
                 s.write_waiting = false;
                 self.events.push_back(Event::StreamWritable(id));
             }

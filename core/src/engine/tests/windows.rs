@@ -561,15 +561,19 @@ fn the_unsent_bound_follows_what_the_links_hold() {
     round(&mut c, t0 + ms(300), 1);
     assert_eq!(c.stream_send_capacity(a), Ok(UNSENT_MAX as usize));
 
-    // Bulk streams share it: with 15 others waiting to send, each may hold a 15th of what the
-    // links want (4 x 9.75 MiB: the rate is smoothed), less than UNSENT_MIN.
-    for _ in 0..15 {
+    // Bulk streams share it: with 3 others waiting to send, each may hold a third of what the
+    // links want (4 x 9.75 MiB: the rate is smoothed); a 15th would be less than UNSENT_MIN.
+    for _ in 0..3 {
         let b = c.open_stream(t0, NODE, "svc").unwrap();
         c.stream_write(b, Bytes::from(vec![0u8; 1 << 20])).unwrap();
     }
-    assert_eq!(c.sched.bulk_streams(), 15);
-    assert_eq!(c.stream_send_capacity(a), Ok(UNSENT_MIN as usize));
+    assert_eq!(c.sched.bulk_streams(), 3);
+    let third = c.unsent_target / 3;
+    assert!(third > UNSENT_MIN && third < UNSENT_MAX, "{third}");
+    assert_eq!(c.stream_send_capacity(a), Ok(third as usize));
+    assert_eq!(unsent_bound(c.unsent_target, 15), UNSENT_MIN);
 
+    // The link goes, and with it what it held.
     c.remove_link(LINK);
     assert_eq!(c.stream_send_capacity(a), Ok(UNSENT_MIN as usize));
 }
