@@ -239,8 +239,8 @@ def main() -> int:
                          "goes to node 1, 8 spread over the nodes)")
     ap.add_argument("--stream-window", type=int, default=16 << 20)
     ap.add_argument("--threads", type=int, default=None,
-                    help="server.threads and client.threads of every daemon (default: unset, one "
-                         "worker per CPU)")
+                    help="server.threads and client.threads of every daemon (default: unset, the "
+                         "daemons' default: one worker per CPU, one on 1-2 CPUs)")
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds of 2-stream traffic per fresh layout")
     ap.add_argument("--bin-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None)

@@ -643,7 +643,7 @@ def main() -> int:
     ap.add_argument("--keep-tmp", action="store_true", help="keep configs and logs (temp dir)")
     ap.add_argument("--threads", type=int, default=None,
                     help="server.threads and client.threads of the wanmux daemons (default: unset, "
-                         "one worker per CPU)")
+                         "the daemons' default: one worker per CPU, one on 1-2 CPUs)")
     ap.add_argument("--daemon-cpus", default=None,
                     help="run both wanmux daemons under `taskset -c LIST` (e.g. 0: one core)")
     args = ap.parse_args()

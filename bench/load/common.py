@@ -148,7 +148,7 @@ def start_tunnel(procs: benchlib.Procs, bins: Path, d: Path, target: str, *, lin
     """Writes keys and configs into `d` and starts a one-node tunnel with `links` links over
     `transport` ("tcp" or "quic"; Noise IKpsk2) from a mapped port on 127.0.0.1 to `target`;
     returns once the mapped port listens and every link is up. `threads` sets both daemons'
-    `threads` (unset: one worker per CPU)."""
+    `threads` (unset: the daemons' default, one worker per CPU or one on 1-2 CPUs)."""
     d.mkdir(parents=True, exist_ok=True)
     srv, cli = str(bins / "wanmux-server"), str(bins / "wanmux-client")
     server_pub = benchlib.public_key(run_cmd([srv, "keygen", "--out", str(d / "server.key")]))

@@ -256,8 +256,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64, help="set-ups in flight at once")
     ap.add_argument("--links", type=int, default=4)
     ap.add_argument("--threads", type=int, default=None,
-                    help="server.threads and client.threads of both daemons (default: unset, one "
-                         "worker per CPU)")
+                    help="server.threads and client.threads of both daemons (default: unset, the "
+                         "daemons' default: one worker per CPU, one on 1-2 CPUs)")
     ap.add_argument("--limits", default="", help="a [limits] section for both daemons")
     ap.add_argument("--hold", type=float, default=5, help="seconds to settle before reading RSS")
     ap.add_argument("--timeout", type=float, default=30, help="per set-up, seconds")

@@ -161,20 +161,22 @@ fn sighup_adds_and_removes_maps_and_refuses_a_broken_file() {
 #[test]
 fn threads_are_set_at_start_and_kept_by_a_reload() {
     let (path, node) = fresh("reload-client-threads");
-    let with_threads = |n: u32| {
+    let with_threads = |n: usize| {
         config(&node, &[("127.0.0.1:0", "a")]).replacen(
             "[client]\n",
             &format!("[client]\nthreads = {n}\n"),
             1,
         )
     };
-    std::fs::write(&path, with_threads(1)).expect("write");
+    // More than the CPUs: never the default (at most one per CPU).
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get()) + 1;
+    std::fs::write(&path, with_threads(n)).expect("write");
     let mut client = run(&path);
     let started = client.wait_log(&["runtime started"]);
-    assert!(started.contains("threads=1"), "{started}");
+    assert!(started.contains(&format!("threads={n} ")), "{started}");
     let a = listen_addr(&client.wait_log(&["mapping", "service=a"]));
 
-    std::fs::write(&path, with_threads(3)).expect("write");
+    std::fs::write(&path, with_threads(1)).expect("write");
     client.hup();
     let kept = client.wait_log(&["keeps until a restart"]);
     assert!(kept.contains("client.threads"), "{kept}");

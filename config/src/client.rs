@@ -36,7 +36,8 @@ pub struct ClientConfig {
     /// 3 s; 0 refuses at once).
     pub no_link_hold: Duration,
     /// Worker threads of the daemon's runtime (`client.threads`); `None` (the default): one per
-    /// CPU the process may use. Fixed at start: a reload keeps the running value.
+    /// CPU the process may use, or one on one or two CPUs. Fixed at start: a reload keeps the
+    /// running value.
     pub threads: Option<std::num::NonZeroUsize>,
     /// What loading found worth a warning but not an error (a key file others may read), each
     /// as one `FILE:LINE: KEY: MESSAGE` line: `check` prints them, `run` logs them.

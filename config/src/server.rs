@@ -53,7 +53,8 @@ pub struct ServerConfig {
     /// transport). TCP links are accepted either way.
     pub quic: bool,
     /// Worker threads of the daemon's runtime (`server.threads`); `None` (the default): one per
-    /// CPU the process may use. Fixed at start: a reload keeps the running value.
+    /// CPU the process may use, or one on one or two CPUs. Fixed at start: a reload keeps the
+    /// running value.
     pub threads: Option<std::num::NonZeroUsize>,
     /// The services clients may open, by name (`[[service]]`). Non-empty, names unique. The
     /// server connects to nothing else.

@@ -107,7 +107,7 @@ fn psk_server_parses_with_defaults() {
 
 #[test]
 fn threads_are_the_runtimes_workers() {
-    // Unset: tokio's default (one per CPU).
+    // Unset: the daemon's default (one per CPU, one on one or two CPUs).
     assert_eq!(server(&psk_server()).unwrap().threads, None);
     assert_eq!(client(&static_client()).unwrap().threads, None);
     let set = |text: &str, n: &str| text.replacen("]\n", &format!("]\nthreads = {n}\n"), 1);

@@ -613,7 +613,7 @@ fn init_logging(format: LogFormat) {
 
 /// The runtime the daemon runs on: multi-threaded, with `threads` workers if the config sets
 /// them, else as `TOKIO_WORKER_THREADS` says (checked here: tokio would panic on a bad value),
-/// else one per CPU.
+/// else [`default_workers`] for the CPUs the process may use.
 fn runtime(threads: Option<std::num::NonZeroUsize>) -> io::Result<tokio::runtime::Runtime> {
     const ENV: &str = "TOKIO_WORKER_THREADS";
     let mut b = tokio::runtime::Builder::new_multi_thread();
@@ -630,8 +630,25 @@ fn runtime(threads: Option<std::num::NonZeroUsize>) -> io::Result<tokio::runtime
             )
         })?;
         b.worker_threads(n.get());
+    } else {
+        // Affinity and cgroup quota count; 1 if the host does not say.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        b.worker_threads(default_workers(cpus));
     }
     b.enable_all().build()
+}
+
+/// Workers when neither the config nor the environment says: one per CPU, except on a machine
+/// of one or two CPUs, where one. There the kernel's network stack, the applications and the
+/// other end share the CPUs with the daemon, and two workers of one daemon mostly wake each
+/// other across them: on a 2-CPU VM one worker costs less CPU per byte, adds half the round
+/// trip and moves the WAN lab's paths as fast or faster (`bench/RESULTS.md`, "Worker threads").
+fn default_workers(cpus: usize) -> usize {
+    if cpus <= 2 {
+        1
+    } else {
+        cpus
+    }
 }
 
 async fn run<D: Daemon>(path: &Path, config: D::Config, binary: &Binary) -> io::Result<()> {
@@ -639,6 +656,7 @@ async fn run<D: Daemon>(path: &Path, config: D::Config, binary: &Binary) -> io::
     tracing::info!(
         target: "wanmux::host",
         threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        cpus = std::thread::available_parallelism().map_or(1, |n| n.get()),
         "runtime started"
     );
     let notifier = match Notifier::from_env() {
@@ -816,8 +834,14 @@ impl fmt::Display for Chain<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::bind_hint;
+    use super::{bind_hint, default_workers};
     use std::io;
+
+    #[test]
+    fn one_worker_on_one_or_two_cpus_else_one_per_cpu() {
+        let got: Vec<usize> = (1..=5).map(default_workers).collect();
+        assert_eq!(got, [1, 1, 3, 4, 5]);
+    }
 
     #[test]
     fn a_refused_low_port_says_which_capability_it_needs() {
