@@ -631,18 +631,22 @@ fn runtime(threads: Option<std::num::NonZeroUsize>) -> io::Result<tokio::runtime
         })?;
         b.worker_threads(n.get());
     } else {
-        // Affinity and cgroup quota count; 1 if the host does not say.
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        b.worker_threads(default_workers(cpus));
+        b.worker_threads(default_workers(cpus()));
     }
     b.enable_all().build()
+}
+
+/// The CPUs the process may use (its affinity and cgroup quota count); 1 if the host does not say.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Workers when neither the config nor the environment says: one per CPU, except on a machine
 /// of one or two CPUs, where one. There the kernel's network stack, the applications and the
 /// other end share the CPUs with the daemon, and two workers of one daemon mostly wake each
 /// other across them: on a 2-CPU VM one worker costs less CPU per byte, adds half the round
-/// trip and moves the WAN lab's paths as fast or faster (`bench/RESULTS.md`, "Worker threads").
+/// trip and moves the WAN lab's paths as fast or faster (`bench/RESULTS.md`, "One worker by
+/// default on one or two CPUs").
 fn default_workers(cpus: usize) -> usize {
     if cpus <= 2 {
         1
@@ -656,7 +660,7 @@ async fn run<D: Daemon>(path: &Path, config: D::Config, binary: &Binary) -> io::
     tracing::info!(
         target: "wanmux::host",
         threads = tokio::runtime::Handle::current().metrics().num_workers(),
-        cpus = std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpus = cpus(),
         "runtime started"
     );
     let notifier = match Notifier::from_env() {
