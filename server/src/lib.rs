@@ -346,22 +346,23 @@ pub async fn start_with(config: ServerConfig, options: Options) -> io::Result<Se
     }
     let refusals = Arc::new(Refusals::default());
     let mesh = match &config.cluster {
-        Some(cluster) => Some(Mesh::start(&config, cluster, refusals.clone()).await?),
+        Some(cluster) => Some(Mesh::bind(&config, cluster, refusals.clone()).await?),
         None => None,
     };
     let auth = Arc::new(SharedAuth::new(&config.auth, config.tls.as_ref()));
     let metrics_listen = config.metrics_listen;
     let control_path = config.control_socket.clone();
     let sessions = Arc::new(Sessions::new(config));
-    if let Some(mesh) = &mesh {
+    let mesh = mesh.map(|(mesh, listener)| {
         let relay = Arc::new(relay::Relay::new(
             sessions.node_id(),
             mesh.clone(),
             Arc::downgrade(&sessions),
         ));
-        mesh.set_relay(Arc::downgrade(&relay));
+        mesh.start(listener, Arc::downgrade(&relay));
         sessions.set_relay(relay);
-    }
+        mesh
+    });
     let report = Arc::new(Report {
         sessions: sessions.clone(),
         refusals: refusals.clone(),

@@ -508,3 +508,64 @@ async fn a_killed_non_owner_loses_no_byte() {
     })
     .await;
 }
+
+/// A node restarted while its peer runs dials it at once, and the link it gets carries the
+/// peer's relayed frames: no peer link is closed. The mesh starts accepting and dialling only
+/// once the relay is set; in the WAN lab a peer link that came up in the milliseconds between
+/// the two (before that order) refused the first frame its peer relayed ("relay not supported
+/// by this node") and was dialled again. On loopback the start is too quick for that window to
+/// be hit reliably, so this test guards the restart as a whole, not the window alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_takes_cluster_frames_on_its_first_peer_links() {
+    within(Duration::from_secs(120), async {
+        let (mut nodes, mut app, config) = mesh_cluster(
+            "cluster-restart-relay",
+            2,
+            OwnerPolicy::First,
+            Spread::Stripe,
+        )
+        .await;
+        // Node 1 again, its peer up: it dials node 2 as soon as it starts. Its warnings are read.
+        nodes[0].kill();
+        let mut node1 = Daemon::spawn(
+            Command::new(env!("CARGO_BIN_EXE_wanmux-server"))
+                .args(["run", "--config"])
+                .arg(&nodes[0].config)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        );
+        let stderr = node1.take_stderr().expect("piped stderr");
+        let warnings = std::thread::spawn(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<String>>()
+        });
+        let client = wanmux_client::start(config).await.expect("client starts");
+        client.wait_for_links(4).await;
+        wait_for_sub_links(&client, 2, 1).await;
+        // Node 1 owns the streams; node 2 relays part of each to it over the peer link.
+        let (up, down) = (4 << 20, 4 << 20);
+        let tasks = start_transfers(client.first_addr(), 4, up, down);
+        assert_eq!(
+            check(&mut app, tasks, up, down).await,
+            0,
+            "transfers intact"
+        );
+        let (s, r) = client.relayed(2, 1);
+        assert!(s > 0 && r > 0, "node 2 relayed both ways: {s} {r}");
+        client.shutdown();
+        node1.terminate();
+        node1.wait();
+        let warnings = warnings.join().expect("stderr reader");
+        let broke: Vec<_> = warnings
+            .iter()
+            .filter(|l| l.contains("broke the protocol"))
+            .collect();
+        assert!(broke.is_empty(), "node 1 closed peer links: {broke:#?}");
+    })
+    .await;
+}

@@ -87,7 +87,7 @@ pub(crate) struct Mesh {
     stopped: AtomicBool,
     /// The node's rate-limited log and count of refused links.
     refusals: Arc<Refusals>,
-    /// Where cluster frames go (`relay`); unset in tests of the mesh alone.
+    /// Where cluster frames go (`relay`), set by [`Mesh::start`].
     relay: std::sync::OnceLock<std::sync::Weak<Relay>>,
 }
 
@@ -370,12 +370,13 @@ impl PeerHandle {
 }
 
 impl Mesh {
-    /// Binds `cluster.listen` and starts accepting and dialling. `config.cluster` is `Some`.
-    pub(crate) async fn start(
+    /// Binds `cluster.listen` and builds the mesh; nothing is accepted or dialled before
+    /// [`Mesh::start`]. `config.cluster` is `Some`.
+    pub(crate) async fn bind(
         config: &ServerConfig,
         cluster: &Cluster,
         refusals: Arc<Refusals>,
-    ) -> std::io::Result<Arc<Mesh>> {
+    ) -> std::io::Result<(Arc<Mesh>, TcpListener)> {
         let ServerAuth::StaticKey { private_key, .. } = &config.auth else {
             // `validate` and the TOML path refuse a cluster on a PSK-only node.
             return Err(std::io::Error::new(
@@ -418,12 +419,28 @@ impl Mesh {
             relay: std::sync::OnceLock::new(),
         });
         info!(listen = %local_addr, node = mesh.node_id, peers = cluster.peers.len(), "cluster listening");
-        let mut tasks = vec![tokio::spawn(accept::accept_loop(listener, mesh.clone()))];
-        for peer in cluster.peers.iter().filter(|p| p.id.get() > mesh.node_id) {
-            tasks.push(tokio::spawn(dial::dial_loop(mesh.clone(), peer.clone())));
+        Ok((mesh, listener))
+    }
+
+    /// Sets the relay that cluster frames go to (made after the mesh, with the sessions), then
+    /// starts accepting peer links on `listener` (from [`Mesh::bind`]) and dialling the peers
+    /// with higher ids. In that order: a peer link takes the relay when it comes up, and one
+    /// that came up before the relay was set refused every cluster frame its peer sent ("relay
+    /// not supported by this node") until it was closed and dialled again.
+    pub(crate) fn start(self: &Arc<Self>, listener: TcpListener, relay: std::sync::Weak<Relay>) {
+        let _ = self.relay.set(relay);
+        let mut dial: Vec<_> = self
+            .by_key
+            .values()
+            .filter(|p| p.id.get() > self.node_id)
+            .cloned()
+            .collect();
+        dial.sort_by_key(|p| p.id);
+        let mut tasks = vec![tokio::spawn(accept::accept_loop(listener, self.clone()))];
+        for peer in dial {
+            tasks.push(tokio::spawn(dial::dial_loop(self.clone(), peer)));
         }
-        *mesh.tasks.lock().expect("mesh task lock poisoned") = tasks;
-        Ok(mesh)
+        *self.tasks.lock().expect("mesh task lock poisoned") = tasks;
     }
 
     /// The address peer links are accepted on.
@@ -463,11 +480,6 @@ impl Mesh {
     /// Whether `node` is a configured peer.
     pub(crate) fn is_peer(&self, node: u16) -> bool {
         self.by_key.values().any(|p| p.id.get() == node)
-    }
-
-    /// Sets the relay that cluster frames go to (made after the mesh, with the sessions).
-    pub(crate) fn set_relay(&self, relay: std::sync::Weak<Relay>) {
-        let _ = self.relay.set(relay);
     }
 
     /// The relay, while the node runs.
