@@ -86,6 +86,11 @@ impl NodeProcess {
 }
 
 fn start(config: &Path) -> Daemon {
+    start_logging_to(config, Stdio::inherit())
+}
+
+/// A node process logging its warnings to `stderr`.
+fn start_logging_to(config: &Path, stderr: Stdio) -> Daemon {
     Daemon::spawn(
         Command::new(env!("CARGO_BIN_EXE_wanmux-server"))
             .args(["run", "--config"])
@@ -93,7 +98,7 @@ fn start(config: &Path) -> Daemon {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit()),
+            .stderr(stderr),
     )
 }
 
@@ -527,15 +532,7 @@ async fn a_restarted_node_takes_cluster_frames_on_its_first_peer_links() {
         .await;
         // Node 1 again, its peer up: it dials node 2 as soon as it starts. Its warnings are read.
         nodes[0].kill();
-        let mut node1 = Daemon::spawn(
-            Command::new(env!("CARGO_BIN_EXE_wanmux-server"))
-                .args(["run", "--config"])
-                .arg(&nodes[0].config)
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped()),
-        );
+        let mut node1 = start_logging_to(&nodes[0].config, Stdio::piped());
         let stderr = node1.take_stderr().expect("piped stderr");
         let warnings = std::thread::spawn(move || {
             use std::io::BufRead;
