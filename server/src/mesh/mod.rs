@@ -739,4 +739,31 @@ mod tests {
         let again = mesh.peer(2).expect("a live link to node 2 again");
         assert!(again.try_send(Bytes::new()).is_ok());
     }
+
+    /// A bound mesh neither dials nor accepts until it starts with its relay, so every peer link
+    /// has the relay from its first frame (a link up before the relay refused what its peer
+    /// relayed, "relay not supported by this node").
+    #[tokio::test]
+    async fn no_peer_link_comes_up_before_the_mesh_has_its_relay() {
+        let (key1, pub1) = generate_keypair();
+        let (key2, pub2) = generate_keypair();
+        let unused = "127.0.0.1:9".parse().unwrap();
+        let two = crate::start(config(2, key2, (1, unused, pub1)))
+            .await
+            .unwrap();
+        let config = config(1, key1, (2, two.cluster_addr().unwrap(), pub2));
+        let cluster = config.cluster.clone().unwrap();
+        let (mesh, listener) = Mesh::bind(&config, &cluster, Arc::default()).await.unwrap();
+        // Node 2 is up and node 1 would dial it at once (the lower id dials).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(two.peers_up(), Vec::<u16>::new(), "a bound mesh dialled");
+        assert!(mesh.relay().is_none() && mesh.peers_up().is_empty());
+
+        let sessions = Arc::new(crate::session::Sessions::new(config.clone()));
+        let relay = Arc::new(Relay::new(1, mesh.clone(), Arc::downgrade(&sessions)));
+        mesh.start(listener, Arc::downgrade(&relay));
+        mesh.wait_for_peers(|up| up == [2]).await;
+        assert!(mesh.relay().is_some());
+        mesh.stop();
+    }
 }
