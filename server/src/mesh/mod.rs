@@ -691,10 +691,8 @@ mod tests {
         c
     }
 
-    /// A message sent through a `PeerHandle` reaches the peer: a `CLOSE` makes it end the link,
-    /// after which the handle reports the link gone.
-    #[tokio::test]
-    async fn a_peer_handle_sends_to_its_peer() {
+    /// Node 2 running, and the config of node 1, its peer.
+    async fn node_two_and_one() -> (crate::ServerHandle, ServerConfig) {
         let (key1, pub1) = generate_keypair();
         let (key2, pub2) = generate_keypair();
         // Node 2 never dials node 1 (the lower id dials), so the address it has for it is unused.
@@ -702,8 +700,17 @@ mod tests {
         let two = crate::start(config(2, key2, (1, unused, pub1)))
             .await
             .unwrap();
+        let one = config(1, key1, (2, two.cluster_addr().unwrap(), pub2));
+        (two, one)
+    }
+
+    /// A message sent through a `PeerHandle` reaches the peer: a `CLOSE` makes it end the link,
+    /// after which the handle reports the link gone.
+    #[tokio::test]
+    async fn a_peer_handle_sends_to_its_peer() {
+        let (two, one) = node_two_and_one().await;
         let at = two.cluster_addr().unwrap();
-        let one = crate::start(config(1, key1, (2, at, pub2))).await.unwrap();
+        let one = crate::start(one).await.unwrap();
         one.wait_for_peers(|up| up == [2]).await;
         two.wait_for_peers(|up| up == [1]).await;
 
@@ -745,13 +752,7 @@ mod tests {
     /// relayed, "relay not supported by this node").
     #[tokio::test]
     async fn no_peer_link_comes_up_before_the_mesh_has_its_relay() {
-        let (key1, pub1) = generate_keypair();
-        let (key2, pub2) = generate_keypair();
-        let unused = "127.0.0.1:9".parse().unwrap();
-        let two = crate::start(config(2, key2, (1, unused, pub1)))
-            .await
-            .unwrap();
-        let config = config(1, key1, (2, two.cluster_addr().unwrap(), pub2));
+        let (two, config) = node_two_and_one().await;
         let cluster = config.cluster.clone().unwrap();
         let (mesh, listener) = Mesh::bind(&config, &cluster, Arc::default()).await.unwrap();
         // Node 2 is up and node 1 would dial it at once (the lower id dials).
