@@ -81,10 +81,10 @@ impl NodeSession {
     pub(crate) fn status(&self, routes: &Routes) -> NodeStatus {
         let links = self.driver.live_links();
         let (carried, owned) = routes.totals(self.id);
-        self.driver.with(|s, _| {
+        self.driver.with(|s, now| {
             let (mut sent, mut received) = (0, 0);
             let direct = s.links().filter(|&l| !s.is_relayed(l));
-            for l in direct.filter_map(|l| s.link_stats(l)) {
+            for l in direct.filter_map(|l| s.link_stats(l, now)) {
                 sent += l.bytes_sent;
                 received += l.bytes_received;
             }

@@ -183,11 +183,11 @@ impl SessionStatus {
     /// The state of the session `driver` runs; `peer` names the other end.
     pub fn of(driver: &SessionDriver, id: String, peer: String) -> SessionStatus {
         let mut labels = driver.link_labels();
-        driver.with(|s, _| {
+        driver.with(|s, now| {
             let links = s
                 .links()
                 .filter_map(|l| {
-                    let mut link = LinkStatus::new(l.0, &s.link_stats(l)?);
+                    let mut link = LinkStatus::new(l.0, &s.link_stats(l, now)?);
                     if let Some(label) = labels.remove(&l) {
                         link.address = Some(label.address);
                         link.transport = Some(label.transport.to_owned());

@@ -203,6 +203,44 @@ async fn metrics_are_well_formed_and_count_what_the_application_moved() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_links_delivery_rate_is_zero() {
+    // After a transfer the node's links went on reporting its rate for a minute (the rate is
+    // measured by pongs, and an idle link's come every 10 s).
+    within(Duration::from_secs(60), async {
+        let local = Some("127.0.0.1:0".parse().unwrap());
+        let mut t = Tunnel::start_with(Auth::Static { psk: false }, 2, |server, client| {
+            server.metrics_listen = local;
+            client.metrics_listen = local;
+        })
+        .await;
+        t.check_transfer(4 << 20, 8 << 20, 1).await;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        for (st, addr) in [
+            (t.client.status(), t.client.metrics_addr().unwrap()),
+            (t.server.status(), t.server.metrics_addr().unwrap()),
+        ] {
+            let rates: Vec<u64> = st.sessions[0]
+                .links
+                .iter()
+                .map(|l| l.delivery_rate_bytes_per_second)
+                .collect();
+            assert_eq!(rates, [0, 0], "{}: {}", st.daemon, st.to_text());
+            let (_, body) = get(addr, "/metrics").await;
+            let m = parse(&body);
+            let gauges: Vec<f64> = m
+                .iter()
+                .filter(|(k, _)| k.starts_with("wanmux_link_delivery_rate_bytes_per_second{"))
+                .map(|(_, &v)| v)
+                .collect();
+            assert_eq!(gauges, [0.0, 0.0], "{body}");
+        }
+        t.client.shutdown();
+        t.server.shutdown();
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_scraper_that_never_finishes_its_request_costs_one_slot_for_a_while() {
     within(Duration::from_secs(30), async {

@@ -174,7 +174,7 @@ pub async fn run_routed(
                     if let Some(r) = &router {
                         r.tick();
                     }
-                    if let Some(s) = driver.with(|s, _| s.link_stats(id)) {
+                    if let Some(s) = driver.with(|s, now| s.link_stats(id, now)) {
                         last = Some(s);
                         ticks = ticks.wrapping_add(1);
                         if ticks % STATS_LOG_EVERY == 0 {
@@ -187,7 +187,7 @@ pub async fn run_routed(
     }
     .instrument(span.clone())
     .await;
-    let stats = driver.with(|s, _| s.link_stats(id)).or(last);
+    let stats = driver.with(|s, now| s.link_stats(id, now)).or(last);
     span.in_scope(|| match stats {
         Some(s) => info!(%end, stats = %Stats(&s), "link ended"),
         None => info!(%end, "link ended"),

@@ -338,8 +338,8 @@ impl SessionDriver {
     /// ([`Gathered::release`]).
     fn poll_gathered(&self, id: LinkId, gathered: &mut [Gathered]) -> Option<usize> {
         let mut st = self.lock();
-        st.session.link_stats(id)?;
         let now = st.since;
+        st.session.link_stats(id, now)?;
         let mut n = 0;
         while n < gathered.len() && st.session.poll_transmit(now, id, &mut gathered[n]) {
             self.shared.counters.link_sent(gathered[n].len());

@@ -15,6 +15,12 @@ pub(crate) const KEEPALIVE: Duration = Duration::from_secs(10);
 /// A link with unconfirmed frames is pinged at most this often (and at most one ping is
 /// outstanding), so a busy link on a short path does not answer every message with a pong.
 pub(crate) const PING_INTERVAL: Duration = Duration::from_millis(5);
+/// A link's delivery rate counts as current while its last pong is at most this old (or twice
+/// its smoothed RTT, if longer): a busy link's pongs come every round trip, an idle link's
+/// every [`KEEPALIVE`]. An interval between pongs longer than that is a sample of its own, not
+/// a quarter of the smoothed rate: an idle link reported the rate of its last busy second for
+/// a minute after it went quiet.
+const RATE_FRESH: Duration = Duration::from_secs(1);
 /// A ping unanswered for this long (at least) declares its link dead.
 pub(crate) const DEAD_MIN: Duration = Duration::from_secs(2);
 /// Before the first RTT sample, a ping unanswered for this long declares its link dead.
@@ -90,8 +96,10 @@ pub struct LinkStats {
     /// Plaintext bytes the peer confirmed (by pong) it processed.
     pub delivered: u64,
     /// Delivery rate, bytes per second: bytes confirmed between successive pongs over the
-    /// time between them, smoothed (1/4 weight per sample). On a busy link this is what the
-    /// link moves end to end; on an idle one it falls toward zero.
+    /// time between them, smoothed (1/4 weight per sample; a sample over more than
+    /// [`RATE_FRESH`] replaces it). On a busy link this is what the link moves end to end;
+    /// an idle link's keepalive pong brings it to zero, and [`super::Session::link_stats`]
+    /// reports zero as soon as no pong came for [`RATE_FRESH`].
     pub delivery_rate: u64,
     /// The link is a dedicated interactive lane (`links.lanes`).
     pub lane: bool,
@@ -285,7 +293,8 @@ impl LinkState {
             let secs = now.saturating_duration_since(prev).as_secs_f64();
             if secs > 0.0 {
                 let sample = (bytes.saturating_sub(self.stats.delivered) as f64 / secs) as u64;
-                self.stats.delivery_rate = if self.stats.delivery_rate == 0 {
+                let long = now.saturating_duration_since(prev) > self.rate_fresh();
+                self.stats.delivery_rate = if self.stats.delivery_rate == 0 || long {
                     sample
                 } else {
                     (self.stats.delivery_rate * 3 + sample) / 4
@@ -370,6 +379,27 @@ impl LinkState {
         }
     }
 
+    /// How long a delivery rate stays current after the pong that measured it (see
+    /// [`RATE_FRESH`]).
+    fn rate_fresh(&self) -> Duration {
+        self.stats
+            .rtt
+            .smoothed
+            .map_or(RATE_FRESH, |srtt| RATE_FRESH.max(2 * srtt))
+    }
+
+    /// The delivery rate at `now`: the smoothed rate of the last pongs, or zero once no pong
+    /// has come for [`RATE_FRESH`] (a link that confirmed nothing for that long delivers
+    /// nothing).
+    pub(crate) fn delivery_rate_at(&self, now: Instant) -> u64 {
+        match self.last_pong {
+            Some(at) if now.saturating_duration_since(at) <= self.rate_fresh() => {
+                self.stats.delivery_rate
+            }
+            _ => 0,
+        }
+    }
+
     /// When the last pong arrived; `None` before the first.
     pub(crate) fn last_pong(&self) -> Option<Instant> {
         self.last_pong
@@ -432,5 +462,49 @@ mod tests {
         l.ping_sent(t0 + ms(200), 3, 151_000);
         l.pong(t0 + ms(240), 3);
         assert_eq!(l.stats.delivery_rate, 875_000);
+        assert_eq!(l.delivery_rate_at(t0 + ms(1_240)), 875_000);
+    }
+
+    #[test]
+    fn an_idle_link_reports_no_delivery_rate() {
+        // A transfer ends: the node's links kept reporting its rate, and a keepalive pong 10 s
+        // later took off only a quarter of it.
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut l = LinkState::new(t0);
+        l.ping_sent(t0, 1, 0);
+        l.pong(t0 + ms(40), 1);
+        l.ping_sent(t0 + ms(100), 2, 100_000);
+        l.pong(t0 + ms(140), 2);
+        assert_eq!(l.delivery_rate_at(t0 + ms(140)), 1_000_000);
+        assert_eq!(
+            l.delivery_rate_at(t0 + ms(1_140)),
+            1_000_000,
+            "1 s is still current"
+        );
+        assert_eq!(
+            l.delivery_rate_at(t0 + ms(1_141)),
+            0,
+            "no pong for longer than 1 s"
+        );
+        // The keepalive: nothing more confirmed in 10 s.
+        l.ping_sent(t0 + ms(10_100), 3, 100_000);
+        l.pong(t0 + ms(10_140), 3);
+        assert_eq!(l.stats.delivery_rate, 0);
+        assert_eq!(l.delivery_rate_at(t0 + ms(10_140)), 0);
+    }
+
+    #[test]
+    fn a_long_round_trip_keeps_its_delivery_rate_current_for_two_of_them() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut l = LinkState::new(t0);
+        l.ping_sent(t0, 1, 0);
+        l.pong(t0 + ms(700), 1);
+        l.ping_sent(t0 + ms(700), 2, 700_000);
+        l.pong(t0 + ms(1_400), 2);
+        assert_eq!(l.stats.delivery_rate, 1_000_000);
+        assert_eq!(l.delivery_rate_at(t0 + ms(2_700)), 1_000_000);
+        assert_eq!(l.delivery_rate_at(t0 + ms(2_900)), 0);
     }
 }

@@ -138,10 +138,11 @@ impl Session {
         self.links.get(&link).map(|l| l.writer.activity())
     }
 
-    /// Numbers for one link.
-    pub fn link_stats(&self, link: LinkId) -> Option<LinkStats> {
+    /// Numbers for one link at `now` (its delivery rate is zero if no pong came lately).
+    pub fn link_stats(&self, link: LinkId, now: Instant) -> Option<LinkStats> {
         self.links.get(&link).map(|l| {
             let mut s = l.stats;
+            s.delivery_rate = l.delivery_rate_at(now);
             s.unconfirmed = l.sent.len();
             s.lane = l.lane;
             s

@@ -326,11 +326,11 @@ fn pongs_confirm_what_a_link_carried() {
         }
     }
     let token = token.expect("a ping rides along with unconfirmed frames");
-    assert!(c.link_stats(LINK).unwrap().unconfirmed > 0);
+    assert!(c.link_stats(LINK, now).unwrap().unconfirmed > 0);
     let later = now + Duration::from_millis(30);
     c.handle_message(later, LINK, msg(&[Frame::Pong(token)]))
         .unwrap();
-    let stats = c.link_stats(LINK).unwrap();
+    let stats = c.link_stats(LINK, later).unwrap();
     assert_eq!(stats.unconfirmed, 0);
     assert_eq!(stats.rtt.smoothed, Some(Duration::from_millis(30)));
 }
@@ -354,7 +354,7 @@ fn restart_forgets_streams_and_credit_but_keeps_links() {
     assert_eq!(c.stream_count(), 0);
     assert_eq!(c.send_session_used, 0);
     assert_eq!(c.links().collect::<Vec<_>>(), vec![LINK]);
-    assert_eq!(c.link_stats(LINK).unwrap().unconfirmed, 0);
+    assert_eq!(c.link_stats(LINK, now).unwrap().unconfirmed, 0);
     // New streams get fresh ids and work as before.
     let b = c.open_stream(now, NODE, "svc").unwrap();
     assert_ne!(a, b);
