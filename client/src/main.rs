@@ -71,6 +71,10 @@ impl Daemon for Client {
         &mut config.control_socket
     }
 
+    fn control_socket_in(path: &std::path::Path) -> Option<std::path::PathBuf> {
+        wanmux_config::control_socket_in(path)
+    }
+
     async fn drain(client: ClientHandle, timeout: Duration) {
         client.drain(timeout).await
     }

@@ -739,6 +739,24 @@ impl RawControl {
     }
 }
 
+/// The control socket a config file names (`[control] socket`, resolved as loading resolves
+/// it), read from any file that is TOML, whether the rest of it loads or not: `status --config
+/// FILE` must still find the daemon that refused a reload of FILE (it runs on the last config
+/// that loaded). `None` if the file cannot be read, is not TOML, or names no socket.
+pub fn control_socket_in(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    #[derive(Deserialize)]
+    struct Loose {
+        control: Option<LooseControl>,
+    }
+    #[derive(Deserialize)]
+    struct LooseControl {
+        socket: Option<String>,
+    }
+    let (text, base_dir, _) = crate::server::read_config(path).ok()?;
+    let socket = toml::from_str::<Loose>(&text).ok()?.control?.socket?;
+    (!socket.is_empty()).then(|| crate::secret::resolve(&base_dir, &socket))
+}
+
 /// Parses a socket address (`IP:PORT`, IPv6 in brackets; no host names).
 pub(crate) fn socket_addr(
     errs: &mut Collector<'_>,

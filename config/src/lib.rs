@@ -36,7 +36,9 @@ pub use client::{
     ClientAuth, ClientConfig, LinkTransport, Links, NamedNode, Node, NodeAddrs, NodeHandshake,
     OwnerPolicy, PinnedNode, PortMap, Spread,
 };
-pub use common::{Host, HostPort, HostPortError, Limits, ServiceName, ServiceNameError};
+pub use common::{
+    control_socket_in, Host, HostPort, HostPortError, Limits, ServiceName, ServiceNameError,
+};
 pub use error::{ConfigError, ConfigErrors};
 pub use server::{Cluster, Peer, ServerAuth, ServerConfig, ServerTls, Service};
 pub use wanmux_core::keys::{KeyError, PrivateKey, Psk, PublicKey};

@@ -1785,3 +1785,21 @@ fn code_built_cluster_validates() {
     let keys: Vec<_> = errs.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["cluster.listen", "peer"]);
 }
+
+#[test]
+fn the_control_socket_is_read_from_a_file_that_does_not_load() {
+    let dir = temp_dir();
+    let file = dir.join("broken.toml");
+    std::fs::write(
+        &file,
+        "[control]\nsocket = \"run/node.sock\"\n[server]\nlisten = 1\n",
+    )
+    .unwrap();
+    assert!(ServerConfig::load(&file).is_err());
+    assert_eq!(control_socket_in(&file), Some(dir.join("run/node.sock")));
+    std::fs::write(&file, "[server]\nlisten = 1\n").unwrap();
+    assert_eq!(control_socket_in(&file), None, "no [control]");
+    std::fs::write(&file, "[control\nsocket = \"x\"\n").unwrap();
+    assert_eq!(control_socket_in(&file), None, "not TOML");
+    assert_eq!(control_socket_in(&dir.join("missing.toml")), None);
+}

@@ -73,6 +73,10 @@ impl Daemon for Server {
         &mut config.control_socket
     }
 
+    fn control_socket_in(path: &std::path::Path) -> Option<std::path::PathBuf> {
+        wanmux_config::control_socket_in(path)
+    }
+
     async fn drain(server: ServerHandle, timeout: Duration) {
         server.drain(timeout).await
     }

@@ -180,7 +180,7 @@ fn reloads_are_counted() {
     hangup();
     reloads(serde_json::json!({"applied": 1, "refused": 0, "last_refused": false}));
     // A file that does not load: refused, the node runs on.
-    std::fs::write(&config, "[server]\nlisten = 1\n").expect("write config");
+    std::fs::write(&config, format!("{control}[server]\nlisten = 1\n")).expect("write config");
     hangup();
     reloads(serde_json::json!({"applied": 1, "refused": 1, "last_refused": true}));
     let out = server(&["status", "--socket", sock.to_str().unwrap()]);
@@ -188,6 +188,18 @@ fn reloads_are_counted() {
     assert!(
         text.contains("reloads: 1 applied, 1 refused (the last one"),
         "{text}"
+    );
+    // `status --config` still finds it by the file's `control.socket`, and says why it asks.
+    let out = server(&["status", "--config", config.to_str().unwrap()]);
+    let (text, errors) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{errors}");
+    assert!(text.contains("1 refused"), "{text}");
+    assert!(
+        errors.contains("server.listen") && errors.contains("does not load; asking the daemon at"),
+        "{errors}"
     );
     drop(node);
 }

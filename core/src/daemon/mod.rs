@@ -115,6 +115,10 @@ pub trait Daemon {
     /// config file when it has none, and `status` reads it.
     fn control_socket(config: &mut Self::Config) -> &mut Option<PathBuf>;
 
+    /// The control socket that the config file at `path` names, read even when the file does
+    /// not load: `status --config FILE` after a refused reload.
+    fn control_socket_in(path: &Path) -> Option<PathBuf>;
+
     /// Stops gracefully: lets open streams finish for up to `timeout`, then shuts down.
     fn drain(handle: Self::Handle, timeout: Duration) -> impl Future<Output = ()>;
 }
@@ -476,8 +480,20 @@ fn status<D: Daemon>(
                     .unwrap_or_else(|| crate::control::default_socket(D::NAME, &file)),
             },
             Err(errors) => {
+                // A daemon whose reload of this file was refused runs on: ask it anyway.
                 eprintln!("{errors}");
-                return ExitCode::FAILURE;
+                let running = D::control_socket_in(&file)
+                    .or_else(|| crate::control::find_default(D::NAME, &file));
+                let Some(socket) = running else {
+                    return ExitCode::FAILURE;
+                };
+                eprintln!(
+                    "status: {} does not load; asking the daemon at {}, which runs on the last \
+                     config that loaded",
+                    file.display(),
+                    socket.display()
+                );
+                socket
             }
         },
         (None, None) => {
