@@ -199,6 +199,85 @@ async fn each_refusal_is_a_warn_line_naming_what_to_fix() {
         case.warned(CLIENT, &["nothing answers QUIC", "server.quic = false"])
             .await;
         case.stop();
+
+        each_refusal_over_quic_is_a_warn_line_too(&logs).await;
     })
     .await;
+}
+
+/// The same mistakes over QUIC links, the default transport: the Noise handshake runs on the
+/// connection's first stream, and an end that refuses the other closes the connection rather
+/// than a TCP socket (quinn's "connection lost" once said nothing more on either side). Run
+/// after the TCP cases, in the same test: the captured log is the process's.
+async fn each_refusal_over_quic_is_a_warn_line_too(logs: &Logs) {
+    let quic = |client: &mut ClientConfig| client.transport = LinkTransport::Quic;
+    let mut client_key = None;
+    let case = Case::start(logs, Auth::Static { psk: false }, 1, |server, client| {
+        quic(client);
+        if let ServerAuth::StaticKey {
+            allowed_clients, ..
+        } = &mut server.auth
+        {
+            *allowed_clients = [generate_keypair().1].into();
+        }
+        if let ClientAuth::StaticKey { private_key, .. } = &client.auth {
+            client_key = Some(private_key.public_key());
+        }
+    })
+    .await;
+    let key = client_key.expect("static-key client").to_string();
+    case.warned(SERVER, &[&key, "is not in server.allowed_clients"])
+        .await;
+    case.warned(CLIENT, &["it refused this client", "allowed_clients"])
+        .await;
+    case.stop();
+
+    let case = Case::start(logs, Auth::Static { psk: true }, 1, |_, client| {
+        quic(client);
+        if let ClientAuth::StaticKey { psk, .. } = &mut client.auth {
+            *psk = Some(Psk::generate());
+        }
+    })
+    .await;
+    case.warned(SERVER, &["could not decrypt", "PSK differs"])
+        .await;
+    case.warned(CLIENT, &["did not decrypt", "PSK differs"])
+        .await;
+    case.stop();
+
+    let case = Case::start(logs, Auth::Psk, 1, |_, client| {
+        quic(client);
+        if let ClientAuth::PskOnly { psk, .. } = &mut client.auth {
+            *psk = Psk::generate();
+        }
+    })
+    .await;
+    case.warned(SERVER, &["PSK differs from this node's server.psk"])
+        .await;
+    case.warned(CLIENT, &["the PSK differs"]).await;
+    case.stop();
+
+    let case = Case::start(logs, Auth::Static { psk: false }, 1, |_, client| {
+        quic(client);
+        if let ClientAuth::StaticKey { nodes, .. } = &mut client.auth {
+            nodes[0].public_key = generate_keypair().1;
+        }
+    })
+    .await;
+    case.warned(SERVER, &["node.public_key is not this node's public key"])
+        .await;
+    case.warned(CLIENT, &["it refused this client"]).await;
+    case.stop();
+
+    let case = Case::start(logs, Auth::Static { psk: true }, 1, |_, client| {
+        quic(client);
+        if let ClientAuth::StaticKey { psk, .. } = &mut client.auth {
+            *psk = None;
+        }
+    })
+    .await;
+    case.warned(SERVER, &["another handshake", "with a PSK"])
+        .await;
+    case.warned(CLIENT, &["it refused this client"]).await;
+    case.stop();
 }

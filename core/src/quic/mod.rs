@@ -560,21 +560,40 @@ impl Sibling {
     }
 }
 
-/// How the node refused a PKI link whose read or write failed with `e`, if it did: a TLS
-/// alert ([`LinkError::Tls`]), or by closing the connection ([`LinkError::Closed`]).
-fn tls_refusal(e: &LinkError) -> Option<LinkError> {
+/// Why the connection was lost, if a read or write of its stream failed with `e` for that.
+fn lost_connection(e: &LinkError) -> Option<&quinn::ConnectionError> {
     let LinkError::Io(io) = e else {
         return None;
     };
     let inner = io.get_ref()?;
-    let lost = if let Some(quinn::ReadError::ConnectionLost(c)) = inner.downcast_ref() {
-        c
+    if let Some(quinn::ReadError::ConnectionLost(c)) = inner.downcast_ref() {
+        Some(c)
     } else if let Some(quinn::WriteError::ConnectionLost(c)) = inner.downcast_ref() {
-        c
+        Some(c)
     } else {
-        return None;
-    };
-    match lost {
+        None
+    }
+}
+
+/// A handshake's error `e` as a TCP link would give it: [`LinkError::Closed`] when the peer
+/// closed the connection (or reset it statelessly), as a peer that refuses a TCP link closes
+/// its socket. quinn reports that as an I/O error, "connection lost", which said nothing of
+/// why a refused link was refused.
+fn closed_by_peer(e: LinkError) -> LinkError {
+    match lost_connection(&e) {
+        Some(
+            quinn::ConnectionError::ApplicationClosed(_)
+            | quinn::ConnectionError::ConnectionClosed(_)
+            | quinn::ConnectionError::Reset,
+        ) => LinkError::Closed,
+        _ => e,
+    }
+}
+
+/// How the node refused a PKI link whose read or write failed with `e`, if it did: a TLS
+/// alert ([`LinkError::Tls`]), or by closing the connection ([`LinkError::Closed`]).
+fn tls_refusal(e: &LinkError) -> Option<LinkError> {
+    match lost_connection(e)? {
         // The node closed the connection: it refused this client after the hello (a
         // certificate not on its allow-list, say), as a node refuses a TCP link by closing it.
         quinn::ConnectionError::ApplicationClosed(_) => Some(LinkError::Closed),
@@ -838,6 +857,7 @@ impl Stream {
             }
             None => noise::connect_stream(self.rd, self.wr, auth, hello, first, timeout).await,
         }
+        .map_err(closed_by_peer)
     }
 
     /// Runs the node side of the link's handshake: [`noise::accept_bound_stream_with`] on
@@ -858,7 +878,9 @@ impl Stream {
             if self.version != Version::V2 {
                 return Err(LinkError::Protocol("PKI mode needs wanmux/2"));
             }
-            return noise::accept_pki_stream(self.rd, self.wr, client, timeout, respond).await;
+            return noise::accept_pki_stream(self.rd, self.wr, client, timeout, respond)
+                .await
+                .map_err(closed_by_peer);
         }
         match &self.binding {
             Some(binding) => {
@@ -867,6 +889,7 @@ impl Stream {
             }
             None => noise::accept_stream_with(self.rd, self.wr, auth, timeout, respond).await,
         }
+        .map_err(closed_by_peer)
     }
 
     /// The stream's raw halves, for tests that play a hostile peer.
