@@ -126,68 +126,8 @@ async fn each_refusal_is_a_warn_line_naming_what_to_fix() {
         );
         case.stop();
 
-        // PSK-only, another PSK: the node cannot read message 1.
-        let case = Case::start(&logs, Auth::Psk, 1, |_, client| {
-            if let ClientAuth::PskOnly { psk, .. } = &mut client.auth {
-                *psk = Psk::generate();
-            }
-        })
-        .await;
-        case.warned(SERVER, &["PSK differs from this node's server.psk"])
-            .await;
-        case.warned(CLIENT, &["the PSK differs"]).await;
-        case.stop();
-
-        // Static keys with a PSK, another PSK: the client cannot read message 2.
-        let case = Case::start(&logs, Auth::Static { psk: true }, 1, |_, client| {
-            if let ClientAuth::StaticKey { psk, .. } = &mut client.auth {
-                *psk = Some(Psk::generate());
-            }
-        })
-        .await;
-        case.warned(SERVER, &["could not decrypt", "PSK differs"])
-            .await;
-        case.warned(CLIENT, &["did not decrypt", "PSK differs"])
-            .await;
-        case.stop();
-
-        // The client pinned another key for the node.
-        let case = Case::start(&logs, Auth::Static { psk: false }, 1, |_, client| {
-            if let ClientAuth::StaticKey { nodes, .. } = &mut client.auth {
-                nodes[0].public_key = generate_keypair().1;
-            }
-        })
-        .await;
-        case.warned(SERVER, &["node.public_key is not this node's public key"])
-            .await;
-        case.warned(CLIENT, &["it refused this client"]).await;
-        case.stop();
-
-        // A PSK on the node only: the client's handshake is another mode.
-        let case = Case::start(&logs, Auth::Static { psk: true }, 1, |_, client| {
-            if let ClientAuth::StaticKey { psk, .. } = &mut client.auth {
-                *psk = None;
-            }
-        })
-        .await;
-        case.warned(SERVER, &["another handshake", "with a PSK"])
-            .await;
-        case.warned(CLIENT, &["it refused this client"]).await;
-        case.stop();
-
-        // Another node id: only the client can tell.
-        let case = Case::start(&logs, Auth::Psk, 1, |_, client| {
-            if let ClientAuth::PskOnly { nodes, .. } = &mut client.auth {
-                nodes[0].id = NonZeroU16::new(2).unwrap();
-            }
-        })
-        .await;
-        case.warned(
-            CLIENT,
-            &["reports another node id than node.id = 2", "server.node_id"],
-        )
-        .await;
-        case.stop();
+        key_mistakes(&logs, LinkTransport::Tcp).await;
+        key_mistakes(&logs, LinkTransport::Quic).await;
 
         // QUIC links to a node without QUIC: no answer at all.
         let case = Case::start(&logs, Auth::Psk, 1, |server, client| {
@@ -199,21 +139,20 @@ async fn each_refusal_is_a_warn_line_naming_what_to_fix() {
         case.warned(CLIENT, &["nothing answers QUIC", "server.quic = false"])
             .await;
         case.stop();
-
-        each_refusal_over_quic_is_a_warn_line_too(&logs).await;
     })
     .await;
 }
 
-/// The same mistakes over QUIC links, the default transport: the Noise handshake runs on the
-/// connection's first stream, and an end that refuses the other closes the connection rather
-/// than a TCP socket (quinn's "connection lost" once said nothing more on either side). Run
-/// after the TCP cases, in the same test: the captured log is the process's.
-async fn each_refusal_over_quic_is_a_warn_line_too(logs: &Logs) {
-    let quic = |client: &mut ClientConfig| client.transport = LinkTransport::Quic;
+/// The mistakes in keys, PSKs and ids, each refused with a `warn` line on the side that can see
+/// it, over `transport`: on QUIC links (the default) the handshake runs on the connection's
+/// first stream, and an end that refuses the other closes the connection rather than a TCP
+/// socket (quinn's "connection lost" once said nothing more on either side). Run one transport
+/// after the other in one test: the captured log is the process's.
+async fn key_mistakes(logs: &Logs, transport: LinkTransport) {
+    // A client key the node does not list.
     let mut client_key = None;
     let case = Case::start(logs, Auth::Static { psk: false }, 1, |server, client| {
-        quic(client);
+        client.transport = transport;
         if let ServerAuth::StaticKey {
             allowed_clients, ..
         } = &mut server.auth
@@ -232,8 +171,22 @@ async fn each_refusal_over_quic_is_a_warn_line_too(logs: &Logs) {
         .await;
     case.stop();
 
+    // PSK-only, another PSK: the node cannot read message 1.
+    let case = Case::start(logs, Auth::Psk, 1, |_, client| {
+        client.transport = transport;
+        if let ClientAuth::PskOnly { psk, .. } = &mut client.auth {
+            *psk = Psk::generate();
+        }
+    })
+    .await;
+    case.warned(SERVER, &["PSK differs from this node's server.psk"])
+        .await;
+    case.warned(CLIENT, &["the PSK differs"]).await;
+    case.stop();
+
+    // Static keys with a PSK, another PSK: the client cannot read message 2.
     let case = Case::start(logs, Auth::Static { psk: true }, 1, |_, client| {
-        quic(client);
+        client.transport = transport;
         if let ClientAuth::StaticKey { psk, .. } = &mut client.auth {
             *psk = Some(Psk::generate());
         }
@@ -245,20 +198,9 @@ async fn each_refusal_over_quic_is_a_warn_line_too(logs: &Logs) {
         .await;
     case.stop();
 
-    let case = Case::start(logs, Auth::Psk, 1, |_, client| {
-        quic(client);
-        if let ClientAuth::PskOnly { psk, .. } = &mut client.auth {
-            *psk = Psk::generate();
-        }
-    })
-    .await;
-    case.warned(SERVER, &["PSK differs from this node's server.psk"])
-        .await;
-    case.warned(CLIENT, &["the PSK differs"]).await;
-    case.stop();
-
+    // The client pinned another key for the node.
     let case = Case::start(logs, Auth::Static { psk: false }, 1, |_, client| {
-        quic(client);
+        client.transport = transport;
         if let ClientAuth::StaticKey { nodes, .. } = &mut client.auth {
             nodes[0].public_key = generate_keypair().1;
         }
@@ -269,8 +211,9 @@ async fn each_refusal_over_quic_is_a_warn_line_too(logs: &Logs) {
     case.warned(CLIENT, &["it refused this client"]).await;
     case.stop();
 
+    // A PSK on the node only: the client's handshake is another mode.
     let case = Case::start(logs, Auth::Static { psk: true }, 1, |_, client| {
-        quic(client);
+        client.transport = transport;
         if let ClientAuth::StaticKey { psk, .. } = &mut client.auth {
             *psk = None;
         }
@@ -279,5 +222,20 @@ async fn each_refusal_over_quic_is_a_warn_line_too(logs: &Logs) {
     case.warned(SERVER, &["another handshake", "with a PSK"])
         .await;
     case.warned(CLIENT, &["it refused this client"]).await;
+    case.stop();
+
+    // Another node id: only the client can tell.
+    let case = Case::start(logs, Auth::Psk, 1, |_, client| {
+        client.transport = transport;
+        if let ClientAuth::PskOnly { nodes, .. } = &mut client.auth {
+            nodes[0].id = NonZeroU16::new(2).unwrap();
+        }
+    })
+    .await;
+    case.warned(
+        CLIENT,
+        &["reports another node id than node.id = 2", "server.node_id"],
+    )
+    .await;
     case.stop();
 }
