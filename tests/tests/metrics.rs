@@ -116,15 +116,20 @@ fn promtool(text: &str) {
     );
 }
 
+/// A tunnel of two links whose daemons both serve metrics on a loopback port.
+async fn with_metrics() -> Tunnel {
+    let local = Some("127.0.0.1:0".parse().unwrap());
+    Tunnel::start_with(Auth::Static { psk: false }, 2, |server, client| {
+        server.metrics_listen = local;
+        client.metrics_listen = local;
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_well_formed_and_count_what_the_application_moved() {
     within(Duration::from_secs(60), async {
-        let local = Some("127.0.0.1:0".parse().unwrap());
-        let mut t = Tunnel::start_with(Auth::Static { psk: false }, 2, |server, client| {
-            server.metrics_listen = local;
-            client.metrics_listen = local;
-        })
-        .await;
+        let mut t = with_metrics().await;
         let (client_at, server_at) = (
             t.client.metrics_addr().expect("client metrics"),
             t.server.metrics_addr().expect("server metrics"),
@@ -208,12 +213,7 @@ async fn an_idle_links_delivery_rate_is_zero() {
     // After a transfer the node's links went on reporting its rate for a minute (the rate is
     // measured by pongs, and an idle link's come every 10 s).
     within(Duration::from_secs(60), async {
-        let local = Some("127.0.0.1:0".parse().unwrap());
-        let mut t = Tunnel::start_with(Auth::Static { psk: false }, 2, |server, client| {
-            server.metrics_listen = local;
-            client.metrics_listen = local;
-        })
-        .await;
+        let mut t = with_metrics().await;
         t.check_transfer(4 << 20, 8 << 20, 1).await;
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         for (st, addr) in [

@@ -83,24 +83,7 @@ async fn each_refusal_is_a_warn_line_naming_what_to_fix() {
     within(Duration::from_secs(120), async {
         // A client key the node does not list: the node names the key. Four links dial at
         // once and redial: one line per side.
-        let mut client_key = None;
-        let case = Case::start(&logs, Auth::Static { psk: false }, 4, |server, client| {
-            if let ServerAuth::StaticKey {
-                allowed_clients, ..
-            } = &mut server.auth
-            {
-                *allowed_clients = [generate_keypair().1].into();
-            }
-            if let ClientAuth::StaticKey { private_key, .. } = &client.auth {
-                client_key = Some(private_key.public_key());
-            }
-        })
-        .await;
-        let key = client_key.expect("static-key client").to_string();
-        case.warned(SERVER, &[&key, "is not in server.allowed_clients"])
-            .await;
-        case.warned(CLIENT, &["it refused this client", "allowed_clients"])
-            .await;
+        let case = unknown_client(&logs, LinkTransport::Tcp, 4).await;
         // Let the slots redial a few times, then count.
         let redialled = logs
             .wait_for(case.mark, &["DEBUG", CLIENT, "dial failed"], WAIT)
@@ -143,33 +126,43 @@ async fn each_refusal_is_a_warn_line_naming_what_to_fix() {
     .await;
 }
 
-/// The mistakes in keys, PSKs and ids, each refused with a `warn` line on the side that can see
-/// it, over `transport`: on QUIC links (the default) the handshake runs on the connection's
-/// first stream, and an end that refuses the other closes the connection rather than a TCP
-/// socket (quinn's "connection lost" once said nothing more on either side). Run one transport
-/// after the other in one test: the captured log is the process's.
-async fn key_mistakes(logs: &Logs, transport: LinkTransport) {
-    // A client key the node does not list.
+/// A client with `links` links over `transport` whose key the node does not list: the node
+/// names the key, the client the setting; returns the case once both said so.
+async fn unknown_client(logs: &Logs, transport: LinkTransport, links: u16) -> Case {
     let mut client_key = None;
-    let case = Case::start(logs, Auth::Static { psk: false }, 1, |server, client| {
-        client.transport = transport;
-        if let ServerAuth::StaticKey {
-            allowed_clients, ..
-        } = &mut server.auth
-        {
-            *allowed_clients = [generate_keypair().1].into();
-        }
-        if let ClientAuth::StaticKey { private_key, .. } = &client.auth {
-            client_key = Some(private_key.public_key());
-        }
-    })
+    let case = Case::start(
+        logs,
+        Auth::Static { psk: false },
+        links,
+        |server, client| {
+            client.transport = transport;
+            if let ServerAuth::StaticKey {
+                allowed_clients, ..
+            } = &mut server.auth
+            {
+                *allowed_clients = [generate_keypair().1].into();
+            }
+            if let ClientAuth::StaticKey { private_key, .. } = &client.auth {
+                client_key = Some(private_key.public_key());
+            }
+        },
+    )
     .await;
     let key = client_key.expect("static-key client").to_string();
     case.warned(SERVER, &[&key, "is not in server.allowed_clients"])
         .await;
     case.warned(CLIENT, &["it refused this client", "allowed_clients"])
         .await;
-    case.stop();
+    case
+}
+
+/// The mistakes in keys, PSKs and ids, each refused with a `warn` line on the side that can see
+/// it, over `transport`: on QUIC links (the default) the handshake runs on the connection's
+/// first stream, and an end that refuses the other closes the connection rather than a TCP
+/// socket (quinn's "connection lost" once said nothing more on either side). Run one transport
+/// after the other in one test: the captured log is the process's.
+async fn key_mistakes(logs: &Logs, transport: LinkTransport) {
+    unknown_client(logs, transport, 1).await.stop();
 
     // PSK-only, another PSK: the node cannot read message 1.
     let case = Case::start(logs, Auth::Psk, 1, |_, client| {

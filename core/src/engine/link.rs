@@ -96,10 +96,10 @@ pub struct LinkStats {
     /// Plaintext bytes the peer confirmed (by pong) it processed.
     pub delivered: u64,
     /// Delivery rate, bytes per second: bytes confirmed between successive pongs over the
-    /// time between them, smoothed (1/4 weight per sample; a sample over more than
-    /// [`RATE_FRESH`] replaces it). On a busy link this is what the link moves end to end;
+    /// time between them, smoothed (1/4 weight per sample; a sample over more than 1 s, or
+    /// two smoothed RTTs, replaces it). On a busy link this is what the link moves end to end;
     /// an idle link's keepalive pong brings it to zero, and [`super::Session::link_stats`]
-    /// reports zero as soon as no pong came for [`RATE_FRESH`].
+    /// reports zero as soon as no pong came for that long.
     pub delivery_rate: u64,
     /// The link is a dedicated interactive lane (`links.lanes`).
     pub lane: bool,
