@@ -10,6 +10,7 @@
 //! links spread again when an address comes back. With one address all of this is a no-op.
 
 use crate::carrier::{Carriers, Plan, QUIC_ANSWER};
+use crate::race;
 use bytes::BytesMut;
 use rand::Rng;
 use std::net::SocketAddr;
@@ -487,22 +488,32 @@ impl Slot {
         let Some(endpoints) = &self.quic else {
             return Err(noise::LinkError::Protocol("no QUIC endpoint"));
         };
-        let peer = tokio::time::timeout(self.handshake_timeout, tokio::net::lookup_host(addr))
+        let peers = tokio::time::timeout(self.handshake_timeout, tokio::net::lookup_host(addr))
             .await
-            .map_err(|_| noise::LinkError::Timeout)??
-            .next()
-            .ok_or(noise::LinkError::Io(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "the node's host name has no address",
-            )))?;
-        let endpoint = endpoints.for_peer(peer)?;
-        match &self.auth {
-            // PKI mode: the node's certificate must carry this name.
-            ClientAuth::Pki { server_name } => {
-                quic::connect_named(&endpoint, peer, server_name, within).await
-            }
-            _ => quic::connect(&endpoint, peer, within).await,
-        }
+            .map_err(|_| noise::LinkError::Timeout)??;
+        // Every address of the name, in the resolver's order, each a moment after the last:
+        // QUIC to an address where nothing listens gets no answer (see `race`).
+        let attempts = peers
+            .map(
+                |peer| -> race::Attempt<'_, quic::Stream, noise::LinkError> {
+                    Box::pin(async move {
+                        let endpoint = endpoints.for_peer(peer)?;
+                        match &self.auth {
+                            // PKI mode: the node's certificate must carry this name.
+                            ClientAuth::Pki { server_name } => {
+                                quic::connect_named(&endpoint, peer, server_name, within).await
+                            }
+                            _ => quic::connect(&endpoint, peer, within).await,
+                        }
+                    })
+                },
+            )
+            .collect();
+        let none = noise::LinkError::Io(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the node's host name has no address",
+        ));
+        race::first_success(attempts, race::NEXT_ADDRESS_AFTER, none).await
     }
 
     /// `hello` for a link with no lane stream beside it (TCP, or a node that takes none): the

@@ -16,6 +16,7 @@ mod carrier;
 mod cluster;
 mod dial;
 mod pool;
+mod race;
 mod ready;
 mod reload;
 mod route;
