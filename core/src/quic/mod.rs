@@ -575,32 +575,16 @@ fn lost_connection(e: &LinkError) -> Option<&quinn::ConnectionError> {
     }
 }
 
-/// A handshake's error `e` as a TCP link would give it: [`LinkError::Closed`] when the peer
-/// closed the connection (or reset it statelessly), as a peer that refuses a TCP link closes
-/// its socket. quinn reports that as an I/O error, "connection lost", which said nothing of
-/// why a refused link was refused.
-fn closed_by_peer(e: LinkError) -> LinkError {
+/// A handshake's error `e` as it reads on a TCP link: when the stream's read or write failed
+/// because the connection was lost, why it was ([`connection_error`]). A peer that closes the
+/// connection refuses the link as a peer that closes a TCP socket does ([`LinkError::Closed`]);
+/// a node that refused a client's certificate sent a TLS alert ([`LinkError::Tls`]). quinn
+/// reports all of them as the I/O error "connection lost", which said nothing of why a refused
+/// link was refused.
+fn why_lost(e: LinkError) -> LinkError {
     match lost_connection(&e) {
-        Some(
-            quinn::ConnectionError::ApplicationClosed(_)
-            | quinn::ConnectionError::ConnectionClosed(_)
-            | quinn::ConnectionError::Reset,
-        ) => LinkError::Closed,
-        _ => e,
-    }
-}
-
-/// How the node refused a PKI link whose read or write failed with `e`, if it did: a TLS
-/// alert ([`LinkError::Tls`]), or by closing the connection ([`LinkError::Closed`]).
-fn tls_refusal(e: &LinkError) -> Option<LinkError> {
-    match lost_connection(e)? {
-        // The node closed the connection: it refused this client after the hello (a
-        // certificate not on its allow-list, say), as a node refuses a TCP link by closing it.
-        quinn::ConnectionError::ApplicationClosed(_) => Some(LinkError::Closed),
-        lost => match connection_error(lost.clone()) {
-            tls @ LinkError::Tls(_) => Some(tls),
-            _ => None,
-        },
+        Some(lost) => connection_error(lost.clone()),
+        None => e,
     }
 }
 
@@ -848,7 +832,7 @@ impl Stream {
                 .await
                 // The node checks the client's certificate after the client's TLS handshake
                 // completed: its refusal (a TLS alert) arrives as the connection's loss.
-                .map_err(|e| tls_refusal(&e).unwrap_or(e));
+                .map_err(why_lost);
         }
         match &self.binding {
             Some(binding) => {
@@ -857,7 +841,7 @@ impl Stream {
             }
             None => noise::connect_stream(self.rd, self.wr, auth, hello, first, timeout).await,
         }
-        .map_err(closed_by_peer)
+        .map_err(why_lost)
     }
 
     /// Runs the node side of the link's handshake: [`noise::accept_bound_stream_with`] on
@@ -880,7 +864,7 @@ impl Stream {
             }
             return noise::accept_pki_stream(self.rd, self.wr, client, timeout, respond)
                 .await
-                .map_err(closed_by_peer);
+                .map_err(why_lost);
         }
         match &self.binding {
             Some(binding) => {
@@ -889,7 +873,7 @@ impl Stream {
             }
             None => noise::accept_stream_with(self.rd, self.wr, auth, timeout, respond).await,
         }
-        .map_err(closed_by_peer)
+        .map_err(why_lost)
     }
 
     /// The stream's raw halves, for tests that play a hostile peer.
