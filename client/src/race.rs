@@ -138,8 +138,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_slow_first_answer_still_wins_over_a_later_slower_one() {
-        // Both run once the second started; the first to answer wins, whichever it is.
+    async fn the_first_still_runs_once_the_next_started() {
+        // The second starts at 50 ms and would answer at 110; the first answers at 70.
         let got = first_success(vec![after(70, Ok(1)), after(60, Ok(2))], AFTER, "none").await;
         assert_eq!(got, Ok(1));
     }
