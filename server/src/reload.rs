@@ -9,8 +9,10 @@
 //! - `drain_timeout_ms`: the next drain waits the new time;
 //! - `[tls]`'s files (read again: a renewed chain or key, another client CA, new revocation
 //!   lists) and the `sha256:` entries of `allowed_clients`: new QUIC links get them; the
-//!   sessions of certificates no longer listed are closed (a revoked certificate's links that
-//!   are up stay until they end: remove its identity from `allowed_clients` to close them).
+//!   sessions of certificates no longer listed are closed; another client CA or other
+//!   revocation lists close the certificate clients' links, which dial again and are checked
+//!   under them (their sessions go on; a revoked certificate's links are refused, and its
+//!   session ends after its grace).
 //!
 //! Kept until a restart, named in one `warn` line: the listen address, `quic`, the node id, the
 //! node's private key, the PSK and the authentication mode (clients pin the key and hold the
@@ -150,11 +152,26 @@ impl ServerHandle {
         if let (true, Some(fresh), Some(in_force)) =
             (tls_changed, new.tls.as_ref(), now.tls.as_mut())
         {
+            // What the clients' certificates are checked against: the links already up passed
+            // the old checks, so they are checked again (a revoked certificate's links close).
+            let recheck = running.tls.as_ref().is_none_or(|old| {
+                old.files.roots != fresh.files.roots || old.files.crls != fresh.files.crls
+            });
             in_force.files = fresh.files.clone();
-            info!(
-                "[tls] files changed (certificate chain, key, client CA or revocation lists): \
-                 new QUIC links get them; links already up keep theirs"
-            );
+            if recheck {
+                let sessions = self.sessions.retire_pki_links();
+                info!(
+                    sessions,
+                    "[tls] client CA or revocation lists changed: new QUIC links are checked \
+                     against them, and the certificate clients' links up now close and dial \
+                     again (their sessions and streams go on; a revoked client's are refused)"
+                );
+            } else {
+                info!(
+                    "[tls] files changed (certificate chain or key): new QUIC links get them; \
+                     links already up keep theirs"
+                );
+            }
         }
         let certs = |c: &ServerConfig| c.tls.as_ref().map(|t| t.allowed_certs.clone());
         if let (Some(old), Some(fresh), Some(in_force)) =

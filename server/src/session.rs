@@ -349,6 +349,18 @@ impl Sessions {
         drivers.len()
     }
 
+    /// Closes the links of every certificate client's session (PKI mode), keeping the sessions:
+    /// each client dials again and its new links are checked against what the node now trusts
+    /// (a revoked certificate's are refused). Returns how many sessions.
+    pub(crate) fn retire_pki_links(&self) -> usize {
+        let table = self.lock();
+        let pki: Vec<&Entry> = table.values().filter(|e| e.pki).collect();
+        for e in &pki {
+            e.driver.retire_links();
+        }
+        pki.len()
+    }
+
     pub(crate) fn abandon_all(&self) {
         for (_, e) in self.lock().drain() {
             e.driver.abandon();

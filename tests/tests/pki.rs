@@ -409,7 +409,8 @@ async fn the_client_refuses_a_node_of_another_ca_or_name() {
 }
 
 /// A reload reads `[tls]` again: a revocation list added to it refuses the revoked client's new
-/// links (counted as `client_cert_revoked`) while another client of the CA keeps working.
+/// links (counted as `client_cert_revoked`), closes its link that was up (every certificate
+/// client's links dial again under the new list), and another client of the CA keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_takes_a_new_revocation_list() {
     use wanmux_core::tls::Usage;
@@ -446,14 +447,13 @@ async fn a_reload_takes_a_new_revocation_list() {
         if let ClientAuth::Pki { files, .. } = &mut client_b.auth {
             *files = pem(&b, &[]);
         }
-        // Before: b is taken.
+        // Before: b is taken, and its link stays up into the reload.
         let before = wanmux_client::start(client_b.clone())
             .await
             .expect("b starts");
         tokio::time::timeout(Duration::from_secs(10), before.wait_for_links(1))
             .await
             .expect("b's link comes up");
-        before.shutdown();
 
         let crl = ca.revocation_list(&[b.serial], 7 * day).expect("a CRL");
         let mut new = running.clone();
@@ -462,7 +462,20 @@ async fn a_reload_takes_a_new_revocation_list() {
             .reload(&running, new)
             .await
             .expect("the reload applies");
+        // b's link closes, and it dials again in vain.
+        let gone = eventually(Duration::from_secs(10), || {
+            before.live_links() == 0 && failures(&before.status(), "tls") > 0
+        })
+        .await;
+        assert!(
+            gone,
+            "b after the reload: {} links, {:?}",
+            before.live_links(),
+            before.status().handshake_failures
+        );
+        before.shutdown();
         refused_after(&t, client_b, "client_cert_revoked").await;
+        // a's links dialled again under the new list: its tunnel works.
         t.check_transfer(MIB, MIB, 9).await;
     })
     .await;

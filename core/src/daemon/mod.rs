@@ -280,8 +280,9 @@ enum TlsCommand {
     /// list FILE (PEM, for the nodes' crl_files), or make the list. The list is read back from
     /// FILE (it must be this CA's) and keeps what it revoked; it gets the next CRL number and a
     /// new next update, and replaces FILE at once (mode 0644). Without --cert, signs the list
-    /// again as it is (before its next update comes). Then reload the nodes (SIGHUP): new
-    /// links of a revoked certificate are refused, links already up stay.
+    /// again as it is (before its next update comes). Then reload the nodes (SIGHUP): the
+    /// certificate clients' links dial again under the new list, and a revoked certificate's
+    /// are refused.
     Revoke {
         /// The CA's directory (ca.pem and ca.key).
         #[arg(long, value_name = "DIR")]

@@ -61,6 +61,9 @@ pub enum LinkEnd {
     TimedOut,
     /// The peer broke the rules of routed messages, or a relay refused what came on the link.
     Routed(String),
+    /// Closed here to be authenticated again: a reload changed what links are checked against
+    /// (see [`SessionDriver::retire_links`]).
+    Retired,
 }
 
 /// What a client link carries besides its own session's messages: routed messages (the
@@ -96,6 +99,7 @@ impl fmt::Display for LinkEnd {
             LinkEnd::SessionClosed => f.write_str("session closed"),
             LinkEnd::TimedOut => f.write_str("no answer to pings"),
             LinkEnd::Routed(e) => write!(f, "routing: {e}"),
+            LinkEnd::Retired => f.write_str("closed to be authenticated again after a reload"),
         }
     }
 }
@@ -169,7 +173,13 @@ pub async fn run_routed(
                 end = &mut read => return end,
                 end = &mut w.0 => return end.unwrap_or(LinkEnd::Closed),
                 () = driver.closed() => return LinkEnd::SessionClosed,
-                () = kill.notified() => return LinkEnd::TimedOut,
+                () = kill.notified() => {
+                    return if driver.is_retired(id) {
+                        LinkEnd::Retired
+                    } else {
+                        LinkEnd::TimedOut
+                    };
+                }
                 _ = tick.tick() => {
                     if let Some(r) = &router {
                         r.tick();

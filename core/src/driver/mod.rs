@@ -61,6 +61,8 @@ struct State {
     /// The links among them that go through a relay (sub-links, virtual links): not counted
     /// by [`SessionDriver::live_links`].
     relayed: std::collections::HashSet<LinkId>,
+    /// Links closed by [`SessionDriver::retire_links`], until their tasks remove them.
+    retired: std::collections::HashSet<LinkId>,
     /// Scratch for [`Session::poll_wakes`].
     wakes: Vec<LinkId>,
     /// The daemon's, woken when this session's engine is dropped with it.
@@ -204,6 +206,7 @@ impl SessionDriver {
                 link_kills: HashMap::new(),
                 link_labels: HashMap::new(),
                 relayed: std::collections::HashSet::new(),
+                retired: std::collections::HashSet::new(),
                 wakes: Vec::new(),
                 budget_signal: budget.clone(),
                 armed: None,
@@ -541,6 +544,7 @@ impl SessionDriver {
         st.link_kills.remove(&id);
         st.link_labels.remove(&id);
         st.relayed.remove(&id);
+        st.retired.remove(&id);
         self.count_live(&st);
         // Called from a destructor, maybe while a panic unwinds: a torn engine is left alone.
         if !self.shared.state.is_poisoned() {
@@ -550,6 +554,26 @@ impl SessionDriver {
         }
         drop(st);
         self.shared.links_changed.notify_waiters();
+    }
+
+    /// Closes every direct link of the session now, as if each had stopped answering, but says
+    /// why ([`LinkEnd::Retired`](link::LinkEnd::Retired)): their peer dials again and the session
+    /// and its streams go on over the new links. A node whose reload changed what its links are
+    /// authenticated against (a client CA, a revocation list) checks every link again this way.
+    pub fn retire_links(&self) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        for (id, kill) in &st.link_kills {
+            if !st.relayed.contains(id) {
+                st.retired.insert(*id);
+                kill.notify_one();
+            }
+        }
+    }
+
+    /// Whether `id` was closed by [`SessionDriver::retire_links`].
+    pub fn is_retired(&self, id: LinkId) -> bool {
+        self.lock().retired.contains(&id)
     }
 
     /// Direct links currently up (links through a relay are not counted). Takes no lock.
