@@ -353,12 +353,17 @@ impl Sessions {
     /// each client dials again and its new links are checked against what the node now trusts
     /// (a revoked certificate's are refused). Returns how many sessions.
     pub(crate) fn retire_pki_links(&self) -> usize {
-        let table = self.lock();
-        let pki: Vec<&Entry> = table.values().filter(|e| e.pki).collect();
-        for e in &pki {
-            e.driver.retire_links();
+        // The drivers' own locks are taken with the table's released, as everywhere here.
+        let drivers: Vec<SessionDriver> = self
+            .lock()
+            .values()
+            .filter(|e| e.pki)
+            .map(|e| e.driver.clone())
+            .collect();
+        for d in &drivers {
+            d.retire_links();
         }
-        pki.len()
+        drivers.len()
     }
 
     pub(crate) fn abandon_all(&self) {
