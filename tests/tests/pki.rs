@@ -12,7 +12,7 @@ use wanmux_core::status::Status;
 use wanmux_core::tls::issue::Ca;
 use wanmux_core::tls::{spki_hash, spki_text, CertFiles};
 use wanmux_tests::harness::{
-    eventually, panics, pki_files, pki_files_from, transfer, within, Auth, Tunnel,
+    eventually, panics, paused_transfer, pki_files, pki_files_from, transfer, within, Auth, Tunnel,
 };
 
 const MIB: u64 = 1 << 20;
@@ -410,7 +410,8 @@ async fn the_client_refuses_a_node_of_another_ca_or_name() {
 
 /// A reload reads `[tls]` again: a revocation list added to it refuses the revoked client's new
 /// links (counted as `client_cert_revoked`), closes its link that was up (every certificate
-/// client's links dial again under the new list), and another client of the CA keeps working.
+/// client's links dial again under the new list), and another client of the CA keeps working:
+/// a transfer of its, paused across the reload, completes with both hashes matching.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_takes_a_new_revocation_list() {
     use wanmux_core::tls::Usage;
@@ -455,6 +456,19 @@ async fn a_reload_takes_a_new_revocation_list() {
             .await
             .expect("b's link comes up");
 
+        // a's connection, open and half done across the reload.
+        let (up, down, seed) = (4 * MIB, 4 * MIB, 31);
+        let (running_a, gate) = paused_transfer(t.addr(), up, down, seed, MIB).await;
+        let link_ids = |s: &Status| -> Vec<u64> {
+            s.sessions
+                .iter()
+                .flat_map(|s| &s.links)
+                .map(|l| l.id)
+                .collect()
+        };
+        let a_links = link_ids(&t.client.status());
+        assert!(!a_links.is_empty());
+
         let crl = ca.revocation_list(&[b.serial], 7 * day).expect("a CRL");
         let mut new = running.clone();
         new.tls.as_mut().expect("[tls]").files = pem(&node, &[crl]);
@@ -474,8 +488,26 @@ async fn a_reload_takes_a_new_revocation_list() {
             before.status().handshake_failures
         );
         before.shutdown();
+        // a's links up before the reload were closed too, and others came up in their place.
+        let redialled = eventually(Duration::from_secs(10), || {
+            let now = link_ids(&t.client.status());
+            now.len() == a_links.len() && now.iter().all(|id| !a_links.contains(id))
+        })
+        .await;
+        assert!(
+            redialled,
+            "a's links {a_links:?}, now {:?}",
+            link_ids(&t.client.status())
+        );
         refused_after(&t, client_b, "client_cert_revoked").await;
-        // a's links dialled again under the new list: its tunnel works.
+        // a's links dialled again under the new list and its session went on: the connection
+        // open across the reload completes, and a new one works.
+        gate.open();
+        let c = running_a
+            .await
+            .expect("a's transfer task")
+            .expect("a's transfer");
+        t.check_result(c, seed, up, down).await;
         t.check_transfer(MIB, MIB, 9).await;
     })
     .await;
