@@ -29,6 +29,16 @@ fn transports(status: &Status) -> Vec<&str> {
     t
 }
 
+/// The ids of every link of `status`'s sessions.
+fn link_ids(status: &Status) -> Vec<u64> {
+    status
+        .sessions
+        .iter()
+        .flat_map(|s| &s.links)
+        .map(|l| l.id)
+        .collect()
+}
+
 fn identity(files: &CertFiles) -> PublicKey {
     PublicKey::from_bytes(spki_hash(&files.chain[0]).expect("a certificate"))
 }
@@ -459,13 +469,6 @@ async fn a_reload_takes_a_new_revocation_list() {
         // a's connection, open and half done across the reload.
         let (up, down, seed) = (4 * MIB, 4 * MIB, 31);
         let (running_a, gate) = paused_transfer(t.addr(), up, down, seed, MIB).await;
-        let link_ids = |s: &Status| -> Vec<u64> {
-            s.sessions
-                .iter()
-                .flat_map(|s| &s.links)
-                .map(|l| l.id)
-                .collect()
-        };
         let a_links = link_ids(&t.client.status());
         assert!(!a_links.is_empty());
 
@@ -641,13 +644,6 @@ async fn a_reload_without_a_certificates_identity_closes_its_session_only() {
             .await
             .expect("a's link comes up");
         assert_eq!(t.server.session_count(), 2);
-        let link_ids = |st: &Status| -> Vec<u64> {
-            st.sessions
-                .iter()
-                .flat_map(|s| &s.links)
-                .map(|l| l.id)
-                .collect()
-        };
         let key_links = link_ids(&t.client.status());
 
         let mut new = running.clone();

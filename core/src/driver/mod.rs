@@ -341,8 +341,10 @@ impl SessionDriver {
     /// ([`Gathered::release`]).
     fn poll_gathered(&self, id: LinkId, gathered: &mut [Gathered]) -> Option<usize> {
         let mut st = self.lock();
+        if !st.session.has_link(id) {
+            return None;
+        }
         let now = st.since;
-        st.session.link_stats(id, now)?;
         let mut n = 0;
         while n < gathered.len() && st.session.poll_transmit(now, id, &mut gathered[n]) {
             self.shared.counters.link_sent(gathered[n].len());

@@ -132,6 +132,11 @@ impl Session {
         self.links.keys().copied()
     }
 
+    /// Whether the engine knows `link` (it has not declared it dead).
+    pub fn has_link(&self, link: LinkId) -> bool {
+        self.links.contains_key(&link)
+    }
+
     /// Whether `link`'s writer is busy (found data the last time it looked) and since when. A
     /// link busy for a while has a full socket: every byte it can take is being sent.
     pub fn link_activity(&self, link: LinkId) -> Option<LinkActivity> {
