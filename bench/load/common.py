@@ -1,5 +1,6 @@
 """What the load benchmarks (scale.py, soak.py) share: an echo service, a one-node tunnel on
-loopback with TCP (or QUIC) links, and reading a daemon's memory and open files from /proc.
+loopback with TCP (or QUIC) links, a cluster of nodes on loopback, and reading a daemon's memory
+and open files from /proc.
 
 Python 3.11 standard library only. Run as a script it is the echo service:
 
@@ -173,6 +174,110 @@ def start_tunnel(procs: benchlib.Procs, bins: Path, d: Path, target: str, *, lin
     benchlib.wait_for(lambda: listening(map_port), "wanmux-client listening", [ps, pc])
     t = Tunnel(ps, pc, f"127.0.0.1:{map_port}", link_port, logs, transport)
     benchlib.wait_for(lambda: links_up(t) >= links, "links up", [ps, pc])
+    return t
+
+
+@dataclass
+class ClusterTunnel:
+    """A client and `len(nodes)` server nodes of one cluster, every node listing every other as
+    a `[[peer]]`: the client's links to node K go to `link_ports[K-1]`, the peer links between
+    nodes to their `peer_ports`. `logs` holds the nodes' logs, then the client's."""
+    nodes: list[subprocess.Popen]
+    client: subprocess.Popen
+    map_addr: str
+    link_ports: list[int]
+    peer_ports: list[int]
+    logs: list[Path] = field(default_factory=list)
+    transport: str = "tcp"
+
+
+def cluster_links_up(t: ClusterTunnel) -> int:
+    """The client's links that are up, to every node (TCP links only)."""
+    return sum(len(link_sockets(p)) for p in t.link_ports)
+
+
+def peer_sockets(t: ClusterTunnel) -> list[tuple[int, int]]:
+    """The peer links between the nodes, as (peer port dialled, local port of the dialling
+    end): the connections to a node's `[cluster] listen` from the other nodes."""
+    return [(p, lp) for p in t.peer_ports for lp in link_sockets(p)]
+
+
+def start_cluster(procs: benchlib.Procs, bins: Path, d: Path, target: str, *, nodes: int,
+                  links: int, spread: str = "stripe") -> ClusterTunnel:
+    """Writes keys and configs into `d` and starts a cluster of `nodes` server nodes on
+    127.0.0.1 (TCP links; Noise IKpsk2 to the client, every node a peer of every other) and a
+    client listing them all, mapping a port on 127.0.0.1 to `target` with `spread`; returns
+    once the mapped port listens, every node has a peer link to every other and the client
+    has `links` links to each node."""
+    d.mkdir(parents=True, exist_ok=True)
+    srv, cli = str(bins / "wanmux-server"), str(bins / "wanmux-client")
+    client_pub = benchlib.public_key(run_cmd([cli, "keygen", "--out", str(d / "client.key")]))
+    run_cmd([srv, "keygen", "--psk", "--out", str(d / "wanmux.psk")])
+    pubs = [benchlib.public_key(run_cmd([srv, "keygen", "--out", str(d / f"node{k}.key")]))
+            for k in range(1, nodes + 1)]
+    link_ports = [free_tcp_port() for _ in range(nodes)]
+    peer_ports = [free_tcp_port() for _ in range(nodes)]
+    map_port = free_tcp_port()
+    for k in range(1, nodes + 1):
+        peers = "".join(f'[[peer]]\nid = {j}\naddr = "127.0.0.1:{peer_ports[j - 1]}"\n'
+                        f'public_key = "{pubs[j - 1]}"\n\n'
+                        for j in range(1, nodes + 1) if j != k)
+        (d / f"node{k}.toml").write_text(f"""\
+[server]
+listen = "127.0.0.1:{link_ports[k - 1]}"
+node_id = {k}
+private_key_file = "node{k}.key"
+psk_file = "wanmux.psk"
+allowed_clients = ["{client_pub}"]
+
+[cluster]
+listen = "127.0.0.1:{peer_ports[k - 1]}"
+
+{peers}[[service]]
+name = "bench"
+target = "{target}"
+""")
+    node_list = "".join(f'[[node]]\nid = {k}\naddr = "127.0.0.1:{link_ports[k - 1]}"\n'
+                        f'public_key = "{pubs[k - 1]}"\n\n' for k in range(1, nodes + 1))
+    (d / "client.toml").write_text(f"""\
+[client]
+private_key_file = "client.key"
+psk_file = "wanmux.psk"
+
+{node_list}[links]
+count = {links}
+transport = "tcp"
+
+[[map]]
+listen = "127.0.0.1:{map_port}"
+service = "bench"
+spread = "{spread}"
+""")
+    for k in range(1, nodes + 1):
+        r = subprocess.run([srv, "check", "--config", str(d / f"node{k}.toml")],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"node{k}.toml: {r.stdout}{r.stderr}")
+    r = subprocess.run([cli, "check", "--config", str(d / "client.toml")], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"client.toml: {r.stdout}{r.stderr}")
+    env = benchlib.daemon_env()
+    logs = [d / f"node{k}.log" for k in range(1, nodes + 1)] + [d / "client.log"]
+    ps = [procs.start(f"wanmux-server node {k}",
+                      [srv, "run", "--config", str(d / f"node{k}.toml")], logs[k - 1], env=env)
+          for k in range(1, nodes + 1)]
+    for p in link_ports + peer_ports:
+        benchlib.wait_for(lambda p=p: listening(p), f"node listening on {p}", ps)
+    pc = procs.start("wanmux-client", [cli, "run", "--config", str(d / "client.toml")], logs[-1],
+                     env=env)
+    benchlib.wait_for(lambda: listening(map_port), "wanmux-client listening", ps + [pc])
+    t = ClusterTunnel(ps, pc, f"127.0.0.1:{map_port}", link_ports, peer_ports, logs)
+    # Each pair of nodes has one peer link (or two for a while, when both dialled).
+    benchlib.wait_for(lambda: len(peer_sockets(t)) >= nodes * (nodes - 1) // 2,
+                      "peer links up", ps + [pc])
+    benchlib.wait_for(lambda: all(len(link_sockets(p)) >= links for p in link_ports),
+                      "links up", ps + [pc])
     return t
 
 

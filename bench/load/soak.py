@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Soak: a one-node tunnel on loopback under continuous churn for a long time.
+"""Soak: a one-node tunnel, or a cluster of nodes, on loopback under continuous churn for a long
+time.
 
 Worker threads open connections through the tunnel to an echo service and close them again, for
 `--minutes`: most send a random amount of random data (1 byte to `--max-size`, log-uniform),
@@ -7,7 +8,11 @@ read it all back and compare it byte for byte; some hold an idle connection for 
 some reset their connection (RST) at a random point. Meanwhile one of the tunnel's TCP links is
 aborted (`ss -K`, both ends get a reset) every few seconds and all of them at once every
 `--kill-all-every` seconds, so the client keeps redialling and the streams keep moving between
-links and resuming. Every `--sample` seconds the daemons' VmRSS and open file descriptors are
+links and resuming. With `--nodes N` (2 or more) the tunnel is a cluster of N nodes on 127.0.0.1,
+every node a peer of every other, the map striping every connection over all of them
+(`spread = "stripe"`): the killer then picks among the client's links to every node and the
+peer links between the nodes (which carry the relayed frames of the connections each node
+does not own), and kills all of both at once every `--kill-all-every` seconds. Every `--sample` seconds the daemons' VmRSS and open file descriptors are
 recorded. At the end the load stops, the tunnel settles, and:
 
 - no connection may have received bytes that differ from what it sent (a mismatch), nor have
@@ -21,6 +26,7 @@ Writes `samples.json`, `soak.svg` (RSS and fds against time) and the daemons' lo
 and a summary on stdout. Needs root for `ss -K` (or CAP_NET_ADMIN).
 
     python3 bench/load/soak.py --minutes 30 --out /tmp/soak
+    python3 bench/load/soak.py --nodes 3 --minutes 30 --out /tmp/soak-cluster
     python3 bench/load/soak.py --plot /tmp/soak/samples.json -o bench/load/soak.svg
 
 Python 3.11 standard library only.
@@ -57,7 +63,8 @@ class Stats:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.c = {"ok": 0, "idle_ok": 0, "reset_by_us": 0, "failed": 0, "mismatch": 0,
-                  "bytes": 0, "links_killed": 0, "all_links_killed": 0, "kill_timeout": 0}
+                  "bytes": 0, "links_killed": 0, "peer_links_killed": 0,
+                  "all_links_killed": 0, "kill_timeout": 0}
         self.failures: list[str] = []
         # QUIC: seconds from a kill's drop rule until both ends had declared its links dead.
         self.dead_after: list[float] = []
@@ -174,7 +181,44 @@ def worker(i: int, addr, args, stats: Stats, stop: threading.Event) -> None:
         one_connection(addr, rng, args, stats)
 
 
-def killer(t: common.Tunnel, args, stats: Stats, stop: threading.Event) -> None:
+def daemons(t) -> list[tuple[str, "subprocess.Popen"]]:
+    """The tunnel's daemons by name: the client, then the server (or node1 .. nodeN)."""
+    if isinstance(t, common.ClusterTunnel):
+        return [("client", t.client)] + [(f"node{k}", p) for k, p in enumerate(t.nodes, 1)]
+    return [("client", t.client), ("server", t.server)]
+
+
+def daemon_logs(t) -> list[tuple[str, Path]]:
+    """Each daemon's log by name (`t.logs` holds the server's or the nodes' first)."""
+    names = [n for n, _ in daemons(t)]
+    return list(zip(names[1:] + names[:1], t.logs))
+
+
+def links_up(t) -> int:
+    if isinstance(t, common.ClusterTunnel):
+        return common.cluster_links_up(t)
+    return common.links_up(t)
+
+
+def kill_in_cluster(t: common.ClusterTunnel, rng: random.Random, kill_all: bool,
+                    stats: Stats) -> None:
+    """Kills one of the client's links to any node or one peer link between two nodes, chosen
+    alike; or, with `kill_all`, every one of both."""
+    links = [(p, lp) for p in t.link_ports for lp in common.link_sockets(p)]
+    peers = common.peer_sockets(t)
+    if kill_all:
+        stats.add("links_killed", sum(common.kill_link(p, lp) for p, lp in links))
+        stats.add("peer_links_killed", sum(common.kill_link(p, lp) for p, lp in peers))
+        stats.add("all_links_killed")
+        return
+    every = [("links_killed", c) for c in links] + [("peer_links_killed", c) for c in peers]
+    if every:
+        key, (p, lp) = rng.choice(every)
+        if common.kill_link(p, lp):
+            stats.add(key)
+
+
+def killer(t, args, stats: Stats, stop: threading.Event) -> None:
     rng = random.Random(args.seed)
     next_all = time.monotonic() + args.kill_all_every
     quic = QuicKiller(t, args, stats) if t.transport == "quic" else None
@@ -183,6 +227,9 @@ def killer(t: common.Tunnel, args, stats: Stats, stop: threading.Event) -> None:
             kill_all = time.monotonic() >= next_all
             if kill_all:
                 next_all += args.kill_all_every
+            if isinstance(t, common.ClusterTunnel):
+                kill_in_cluster(t, rng, kill_all, stats)
+                continue
             if quic:
                 quic.kill(rng, kill_all, stop)
                 continue
@@ -239,11 +286,15 @@ def _udp_dport_filter(port: int) -> bytes:
     return b"".join(struct.pack("HBBI", *ins) for ins in prog)
 
 
+# The length of the connection ids a node gives its QUIC connections (`NODE_CID_LEN` in
+# core/src/quic/cid.rs): the bytes after a short header's first byte in the client's packets.
+NODE_CID_LEN = 4
+
+
 class QuicKiller:
     """Kills QUIC links with nftables: a QUIC link has no connection the kernel could abort
-    (`ss -K`), and the client's links all share one UDP socket, so one link's packets are told
-    apart by their destination connection id (the 8 bytes after a short header's first byte,
-    chosen by the node's quinn endpoint). To kill one link, the killer watches the UDP packets
+    (`ss -K`), so one link's packets are told apart by their destination connection id (the
+    `NODE_CID_LEN` bytes after a short header's first byte, chosen by the node). To kill one link, the killer watches the UDP packets
     to the node for `--sniff` seconds, picks one of the connection ids they carried, and drops
     the client's packets with it at the node's input until both daemons logged a link's end;
     to kill all, it drops every UDP packet to the node's port until every link ended at both
@@ -291,9 +342,9 @@ class QuicKiller:
                 udp = 14 + ihl
                 if int.from_bytes(pkt[udp + 2:udp + 4], "big") != self.t.link_port:
                     continue
-                q = pkt[udp + 8:udp + 8 + 9]
-                if len(q) == 9 and q[0] & 0xC0 == 0x40:  # short header, fixed bit
-                    ids[q[1:9]] = ids.get(q[1:9], 0) + 1
+                q = pkt[udp + 8:udp + 9 + NODE_CID_LEN]
+                if len(q) == 1 + NODE_CID_LEN and q[0] & 0xC0 == 0x40:  # short header, fixed bit
+                    ids[q[1:]] = ids.get(q[1:], 0) + 1
         return ids
 
     def ended(self) -> tuple[int, int]:
@@ -310,7 +361,7 @@ class QuicKiller:
                 return
             n = 1
             cid = rng.choice(sorted(ids))
-            rule = f"udp dport {port} @th,72,64 0x{cid.hex()} drop"
+            rule = f"udp dport {port} @th,72,{8 * NODE_CID_LEN} 0x{cid.hex()} drop"
         if n <= 0:
             return
         before = self.ended()
@@ -338,13 +389,13 @@ class QuicKiller:
             self.stats.add("all_links_killed")
 
 
-def sample(t: common.Tunnel, t0: float, stats: Stats, phase: str) -> dict:
+def sample(t, t0: float, stats: Stats, phase: str) -> dict:
     s = {"t": round(time.monotonic() - t0, 1), "phase": phase, "load": common.loadavg()}
-    for name, p in (("client", t.client), ("server", t.server)):
+    for name, p in daemons(t):
         s[f"{name}_rss_kib"] = common.rss_kib(p.pid)
         s[f"{name}_fds"] = common.fd_count(p.pid)
         s[f"{name}_threads"] = common.threads(p.pid)
-    s["links"] = common.links_up(t)
+    s["links"] = links_up(t)
     s.update(stats.snapshot())
     return s
 
@@ -357,15 +408,15 @@ def slope_kib_per_min(xs: list[float], ys: list[float]) -> float | None:
     return None if sxx == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx * 60
 
 
-def summarize(samples: list[dict], meta: dict) -> dict:
+def summarize(samples: list[dict], meta: dict, names: list[str]) -> dict:
     warm = meta["warmup_s"]
     run = [s for s in samples if s["phase"] == "load" and s["t"] >= warm]
     base = next(s for s in samples if s["phase"] == "before")
     after = samples[-1]
     out = {"counts": {k: after.get(k, 0) for k in (
         "ok", "idle_ok", "reset_by_us", "failed", "mismatch", "bytes", "links_killed",
-        "all_links_killed", "kill_timeout")}}
-    for d in ("client", "server"):
+        "peer_links_killed", "all_links_killed", "kill_timeout")}}
+    for d in names:
         xs = [s["t"] for s in run]
         ys = [s[f"{d}_rss_kib"] for s in run]
         out[d] = {
@@ -389,7 +440,9 @@ def plot(samples: list[dict], meta: dict, path: Path) -> None:
     W, H = 820, 560
     L, R = 80, 30
     panels = [("RSS (MiB)", "rss_kib", 1 / 1024, 50, 270), ("open fds", "fds", 1, 330, 500)]
-    colours = {"client": "#1f77b4", "server": "#d62728"}
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    names = meta.get("daemons", ["client", "server"])
+    colours = {d: palette[i % len(palette)] for i, d in enumerate(names)}
     tmax = max(s["t"] for s in samples) / 60 or 1
     o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
          f'font-family="sans-serif" font-size="12">',
@@ -476,8 +529,14 @@ def run(args) -> int:
     rc = 0
     try:
         _, echo = common.start_echo(PROCS, out / "echo.log")
-        t = common.start_tunnel(PROCS, bins, out / "tunnel", echo, links=args.links,
-                                transport=args.transport)
+        if args.nodes > 1:
+            t = common.start_cluster(PROCS, bins, out / "tunnel", echo, nodes=args.nodes,
+                                     links=args.links)
+        else:
+            t = common.start_tunnel(PROCS, bins, out / "tunnel", echo, links=args.links,
+                                    transport=args.transport)
+        names = [n for n, _ in daemons(t)]
+        meta["daemons"] = names
         host, port = t.map_addr.rsplit(":", 1)
         addr = (host, int(port))
         t0 = time.monotonic()
@@ -492,16 +551,18 @@ def run(args) -> int:
         end = time.monotonic() + args.minutes * 60
         while time.monotonic() < end:
             time.sleep(args.sample)
-            why = benchlib.first_exit([("wanmux-server", t.server), ("wanmux-client", t.client)])
+            why = benchlib.first_exit([(f"wanmux {n}", p) for n, p in daemons(t)])
             if why:
                 raise RuntimeError(why)
             s = sample(t, t0, stats, "load")
             samples.append(s)
+            rss = "/".join(f"{s[f'{n}_rss_kib'] / 1024:.1f}" for n in names)
+            fds = "/".join(str(s[f"{n}_fds"]) for n in names)
+            peer = (f" peer links killed {s['peer_links_killed']}" if args.nodes > 1 else "")
             log(f"{s['t'] / 60:5.1f} min  ok {s['ok']} idle {s['idle_ok']} reset "
                 f"{s['reset_by_us']} failed {s['failed']} mismatch {s['mismatch']}  links killed "
-                f"{s['links_killed']} (up {s['links']})  rss c/s {s['client_rss_kib'] / 1024:.1f}/"
-                f"{s['server_rss_kib'] / 1024:.1f} MiB  fds c/s {s['client_fds']}/"
-                f"{s['server_fds']}  load {s['load']}")
+                f"{s['links_killed']} (up {s['links']}){peer}  rss {'/'.join(names)} {rss} MiB  "
+                f"fds {fds}  load {s['load']}")
         stop.set()
         for th in ths:
             th.join(args.stall + 15)
@@ -512,15 +573,17 @@ def run(args) -> int:
             samples.append(sample(t, t0, stats, "after"))
         every = (f"one killed every ~{args.kill_every:g} s" if args.transport == "tcp" else
                  f"one killed ~{args.kill_every:g} s after the last was found dead")
+        nodes = f"{args.nodes} nodes, {args.links} TCP links to each, peer links" if (
+            args.nodes > 1) else f"{args.links} {args.transport.upper()} links"
         meta["title"] = (f"wanmux soak: {args.minutes:g} min, {args.workers} workers, "
-                         f"{args.links} {args.transport.upper()} links, {every}")
+                         f"{nodes}, {every}")
         meta["subtitle"] = f"commit {meta['commit']}, {meta['started']}"
-        summary = summarize(samples, meta)
+        summary = summarize(samples, meta, names)
         if stats.dead_after:
             d = sorted(stats.dead_after)
             summary["kills_declared_dead_after_s"] = {
                 "n": len(d), "median": round(d[len(d) // 2], 2), "max": round(d[-1], 2)}
-        for name, lf in (("server", t.logs[0]), ("client", t.logs[1])):
+        for name, lf in daemon_logs(t):
             text = lf.read_text(errors="replace")
             ends = LinkLog(lf)
             ends.poll()
@@ -534,7 +597,7 @@ def run(args) -> int:
         c = summary["counts"]
         bad = c["mismatch"] or c["failed"] or c["kill_timeout"] or any(
             summary[d]["fds_after"] != summary[d]["fds_before"] or summary[d]["panics"]
-            for d in ("client", "server"))
+            for d in names)
         rc = 1 if bad else 0
         (out / "samples.json").write_text(json.dumps({"meta": meta, "summary": summary,
                                                        "samples": samples}, indent=1))
@@ -558,7 +621,9 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--warmup", type=float, default=5, help="minutes (default 5)")
     ap.add_argument("--workers", type=int, default=12)
-    ap.add_argument("--links", type=int, default=4)
+    ap.add_argument("--links", type=int, default=4, help="per node")
+    ap.add_argument("--nodes", type=int, default=1,
+                    help="server nodes; 2 or more: a cluster striping every connection, TCP links")
     ap.add_argument("--transport", choices=("tcp", "quic"), default="tcp",
                     help="the links' transport (quic: killed with nftables, see QuicKiller)")
     ap.add_argument("--sniff", type=float, default=0.5,
@@ -579,6 +644,8 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, help="only redraw the plot of this samples.json")
     ap.add_argument("-o", type=Path, help="with --plot: the SVG to write")
     args = ap.parse_args()
+    if args.nodes > 1 and args.transport != "tcp":
+        ap.error("--nodes: a cluster soak runs TCP links (the killer aborts them with `ss -K`)")
     if args.plot:
         j = json.loads(args.plot.read_text())
         plot(j["samples"], j["meta"], args.o or args.plot.with_suffix(".svg"))
