@@ -189,6 +189,23 @@ class ClusterTunnel:
     peer_ports: list[int]
     logs: list[Path] = field(default_factory=list)
     transport: str = "tcp"
+    # What `restart_node` needs: the configs' directory, the binaries, the process list.
+    d: Path | None = None
+    bins: Path | None = None
+    procs: benchlib.Procs | None = None
+
+
+def restart_node(t: ClusterTunnel, k: int) -> None:
+    """Starts node `k` (1-based) again from its config, its log appended to, once it ended;
+    returns when it listens for client links again."""
+    srv = str(t.bins / "wanmux-server")
+    old = t.nodes[k - 1]
+    t.procs.forget(old)
+    t.nodes[k - 1] = t.procs.start(f"wanmux-server node {k}",
+                                   [srv, "run", "--config", str(t.d / f"node{k}.toml")],
+                                   t.logs[k - 1], env=benchlib.daemon_env())
+    benchlib.wait_for(lambda: listening(t.link_ports[k - 1]), f"node {k} listening again",
+                      [t.nodes[k - 1]])
 
 
 def cluster_links_up(t: ClusterTunnel) -> int:
@@ -203,10 +220,12 @@ def peer_sockets(t: ClusterTunnel) -> list[tuple[int, int]]:
 
 
 def start_cluster(procs: benchlib.Procs, bins: Path, d: Path, target: str, *, nodes: int,
-                  links: int, spread: str = "stripe") -> ClusterTunnel:
+                  links: int, spread: str = "stripe",
+                  owner: str = "least_loaded") -> ClusterTunnel:
     """Writes keys and configs into `d` and starts a cluster of `nodes` server nodes on
     127.0.0.1 (TCP links; Noise IKpsk2 to the client, every node a peer of every other) and a
-    client listing them all, mapping a port on 127.0.0.1 to `target` with `spread`; returns
+    client listing them all (`cluster.owner = owner`), mapping a port on 127.0.0.1 to `target`
+    with `spread`; returns
     once the mapped port listens, every node has a peer link to every other and the client
     has `links` links to each node."""
     d.mkdir(parents=True, exist_ok=True)
@@ -244,6 +263,9 @@ target = "{target}"
 private_key_file = "client.key"
 psk_file = "wanmux.psk"
 
+[cluster]
+owner = "{owner}"
+
 {node_list}[links]
 count = {links}
 transport = "tcp"
@@ -272,7 +294,8 @@ spread = "{spread}"
     pc = procs.start("wanmux-client", [cli, "run", "--config", str(d / "client.toml")], logs[-1],
                      env=env)
     benchlib.wait_for(lambda: listening(map_port), "wanmux-client listening", ps + [pc])
-    t = ClusterTunnel(ps, pc, f"127.0.0.1:{map_port}", link_ports, peer_ports, logs)
+    t = ClusterTunnel(ps, pc, f"127.0.0.1:{map_port}", link_ports, peer_ports, logs, d=d,
+                      bins=bins, procs=procs)
     # Each pair of nodes has one peer link (or two for a while, when both dialled).
     benchlib.wait_for(lambda: len(peer_sockets(t)) >= nodes * (nodes - 1) // 2,
                       "peer links up", ps + [pc])

@@ -57,6 +57,8 @@ import benchlib  # noqa: E402  (common put its directory on the path)
 
 log = benchlib.logger("soak")
 PROCS = benchlib.Procs(log)
+# The names of the nodes the node killer has down: not sampled, and their exit is no failure.
+DOWN: set[str] = set()
 
 
 class Stats:
@@ -64,7 +66,7 @@ class Stats:
         self.lock = threading.Lock()
         self.c = {"ok": 0, "idle_ok": 0, "reset_by_us": 0, "failed": 0, "mismatch": 0,
                   "bytes": 0, "links_killed": 0, "peer_links_killed": 0,
-                  "all_links_killed": 0, "kill_timeout": 0}
+                  "all_links_killed": 0, "kill_timeout": 0, "nodes_killed": 0}
         self.failures: list[str] = []
         # QUIC: seconds from a kill's drop rule until both ends had declared its links dead.
         self.dead_after: list[float] = []
@@ -216,6 +218,23 @@ def kill_in_cluster(t: common.ClusterTunnel, rng: random.Random, kill_all: bool,
         key, (p, lp) = rng.choice(every)
         if common.kill_link(p, lp):
             stats.add(key)
+
+
+def node_killer(t: common.ClusterTunnel, args, stats: Stats, stop: threading.Event) -> None:
+    """Every `--node-kill-every` seconds (on average) kills a node other than node 1, the owner
+    of every connection (`cluster.owner = "first"`), with SIGKILL, and starts it again
+    `--node-down` seconds later: what the connections striped through it carried goes out again
+    on the other nodes' links, and none may fail."""
+    rng = random.Random(args.seed + 1)
+    while not stop.wait(rng.uniform(args.node_kill_every / 2, args.node_kill_every * 1.5)):
+        k = rng.randrange(2, len(t.nodes) + 1)
+        DOWN.add(f"node{k}")
+        t.nodes[k - 1].kill()
+        t.nodes[k - 1].wait()
+        stats.add("nodes_killed")
+        stop.wait(args.node_down)
+        common.restart_node(t, k)
+        DOWN.discard(f"node{k}")
 
 
 def killer(t, args, stats: Stats, stop: threading.Event) -> None:
@@ -392,6 +411,9 @@ class QuicKiller:
 def sample(t, t0: float, stats: Stats, phase: str) -> dict:
     s = {"t": round(time.monotonic() - t0, 1), "phase": phase, "load": common.loadavg()}
     for name, p in daemons(t):
+        if name in DOWN:
+            s[f"{name}_rss_kib"] = s[f"{name}_fds"] = s[f"{name}_threads"] = None
+            continue
         s[f"{name}_rss_kib"] = common.rss_kib(p.pid)
         s[f"{name}_fds"] = common.fd_count(p.pid)
         s[f"{name}_threads"] = common.threads(p.pid)
@@ -415,10 +437,11 @@ def summarize(samples: list[dict], meta: dict, names: list[str]) -> dict:
     after = samples[-1]
     out = {"counts": {k: after.get(k, 0) for k in (
         "ok", "idle_ok", "reset_by_us", "failed", "mismatch", "bytes", "links_killed",
-        "peer_links_killed", "all_links_killed", "kill_timeout")}}
+        "peer_links_killed", "all_links_killed", "kill_timeout", "nodes_killed")}}
     for d in names:
-        xs = [s["t"] for s in run]
-        ys = [s[f"{d}_rss_kib"] for s in run]
+        up = [s for s in run if s[f"{d}_rss_kib"] is not None]  # a killed node's, not while down
+        xs = [s["t"] for s in up]
+        ys = [s[f"{d}_rss_kib"] for s in up]
         out[d] = {
             "rss_before_kib": base[f"{d}_rss_kib"],
             "rss_end_of_warmup_kib": ys[0] if ys else None,
@@ -428,7 +451,7 @@ def summarize(samples: list[dict], meta: dict, names: list[str]) -> dict:
             "rss_slope_kib_per_min": slope_kib_per_min(xs, ys),
             "fds_before": base[f"{d}_fds"],
             "fds_after": after[f"{d}_fds"],
-            "fds_max": max(s[f"{d}_fds"] for s in samples),
+            "fds_max": max(s[f"{d}_fds"] for s in samples if s[f"{d}_fds"] is not None),
         }
     return out
 
@@ -456,7 +479,8 @@ def plot(samples: list[dict], meta: dict, path: Path) -> None:
         return L + (W - L - R) * tmin / tmax
 
     for label, key, scale, top, bottom in panels:
-        vals = [s[f"{d}_{key}"] * scale for s in samples for d in colours]
+        vals = [s[f"{d}_{key}"] * scale for s in samples for d in colours
+                if s.get(f"{d}_{key}") is not None]
         vmax = max(vals) * 1.15 or 1
         step = nice_step(vmax / 5)
 
@@ -484,7 +508,7 @@ def plot(samples: list[dict], meta: dict, path: Path) -> None:
                      f'height="{bottom - top}" fill="#eef6ee"/>')
         for d, c in colours.items():
             pts = " ".join(f"{x(s['t'] / 60):.1f},{y(s[f'{d}_{key}'] * scale):.1f}"
-                           for s in samples)
+                           for s in samples if s.get(f"{d}_{key}") is not None)
             o.append(f'<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="1.5"/>')
         tick = nice_step(tmax / 8)
         m = 0.0
@@ -527,11 +551,14 @@ def run(args) -> int:
             .strftime("%Y-%m-%d %H:%M UTC"), "args": {k: str(v) for k, v in vars(args).items()},
             "warmup_s": args.warmup * 60, "bins": str(bins)}
     rc = 0
+    stop = threading.Event()
+    ths: list[threading.Thread] = []
     try:
         _, echo = common.start_echo(PROCS, out / "echo.log")
         if args.nodes > 1:
             t = common.start_cluster(PROCS, bins, out / "tunnel", echo, nodes=args.nodes,
-                                     links=args.links)
+                                     links=args.links,
+                                     owner="first" if args.node_kill_every else "least_loaded")
         else:
             t = common.start_tunnel(PROCS, bins, out / "tunnel", echo, links=args.links,
                                     transport=args.transport)
@@ -542,23 +569,29 @@ def run(args) -> int:
         t0 = time.monotonic()
         time.sleep(2)
         samples.append(sample(t, t0, stats, "before"))
-        stop = threading.Event()
         ths = [threading.Thread(target=worker, args=(i, addr, args, stats, stop), daemon=True)
                for i in range(args.workers)]
         ths.append(threading.Thread(target=killer, args=(t, args, stats, stop), daemon=True))
+        if args.node_kill_every:
+            ths.append(threading.Thread(target=node_killer, args=(t, args, stats, stop),
+                                        daemon=True, name="node killer"))
         for th in ths:
             th.start()
         end = time.monotonic() + args.minutes * 60
         while time.monotonic() < end:
             time.sleep(args.sample)
-            why = benchlib.first_exit([(f"wanmux {n}", p) for n, p in daemons(t)])
+            why = benchlib.first_exit([(f"wanmux {n}", p) for n, p in daemons(t)
+                                       if n not in DOWN])
             if why:
                 raise RuntimeError(why)
             s = sample(t, t0, stats, "load")
             samples.append(s)
-            rss = "/".join(f"{s[f'{n}_rss_kib'] / 1024:.1f}" for n in names)
-            fds = "/".join(str(s[f"{n}_fds"]) for n in names)
-            peer = (f" peer links killed {s['peer_links_killed']}" if args.nodes > 1 else "")
+            rss = "/".join("down" if s[f"{n}_rss_kib"] is None else
+                           f"{s[f'{n}_rss_kib'] / 1024:.1f}" for n in names)
+            fds = "/".join("down" if s[f"{n}_fds"] is None else str(s[f"{n}_fds"])
+                           for n in names)
+            peer = (f" peer links killed {s['peer_links_killed']} nodes killed "
+                    f"{s['nodes_killed']}" if args.nodes > 1 else "")
             log(f"{s['t'] / 60:5.1f} min  ok {s['ok']} idle {s['idle_ok']} reset "
                 f"{s['reset_by_us']} failed {s['failed']} mismatch {s['mismatch']}  links killed "
                 f"{s['links_killed']} (up {s['links']}){peer}  rss {'/'.join(names)} {rss} MiB  "
@@ -609,6 +642,10 @@ def run(args) -> int:
             (out / "samples.json").write_text(json.dumps({"meta": meta, "samples": samples}))
         rc = 2
     finally:
+        stop.set()  # cut short: the node killer must not start a node after the others stopped
+        for th in ths:
+            if th.name == "node killer":
+                th.join(35)
         PROCS.stop_all()
         if args.transport == "quic":  # the killer's rules, should it have been cut short
             subprocess.run(["nft", "delete", "table", "inet", QuicKiller.TABLE],
@@ -624,6 +661,11 @@ def main() -> None:
     ap.add_argument("--links", type=int, default=4, help="per node")
     ap.add_argument("--nodes", type=int, default=1,
                     help="server nodes; 2 or more: a cluster striping every connection, TCP links")
+    ap.add_argument("--node-kill-every", type=float, default=0,
+                    help="cluster: seconds (on average) between SIGKILLs of a node other than "
+                    "node 1, which then owns every connection (default 0: never)")
+    ap.add_argument("--node-down", type=float, default=3,
+                    help="cluster: seconds a killed node stays down (default 3)")
     ap.add_argument("--transport", choices=("tcp", "quic"), default="tcp",
                     help="the links' transport (quic: killed with nftables, see QuicKiller)")
     ap.add_argument("--sniff", type=float, default=0.5,
@@ -646,6 +688,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.nodes > 1 and args.transport != "tcp":
         ap.error("--nodes: a cluster soak runs TCP links (the killer aborts them with `ss -K`)")
+    if args.node_kill_every and args.nodes < 2:
+        ap.error("--node-kill-every needs --nodes 2 or more")
     if args.plot:
         j = json.loads(args.plot.read_text())
         plot(j["samples"], j["meta"], args.o or args.plot.with_suffix(".svg"))
