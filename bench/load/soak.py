@@ -8,12 +8,14 @@ read it all back and compare it byte for byte; some hold an idle connection for 
 some reset their connection (RST) at a random point. Meanwhile one of the tunnel's TCP links is
 aborted (`ss -K`, both ends get a reset) every few seconds and all of them at once every
 `--kill-all-every` seconds, so the client keeps redialling and the streams keep moving between
-links and resuming. With `--nodes N` (2 or more) the tunnel is a cluster of N nodes on 127.0.0.1,
-every node a peer of every other, the map striping every connection over all of them
+links and resuming. With `--nodes N` (2 or more) the tunnel is a cluster of N nodes on
+127.0.0.1, every node a peer of every other, the map striping every connection over all of them
 (`spread = "stripe"`): the killer then picks among the client's links to every node and the
-peer links between the nodes (which carry the relayed frames of the connections each node
-does not own), and kills all of both at once every `--kill-all-every` seconds. Every `--sample` seconds the daemons' VmRSS and open file descriptors are
-recorded. At the end the load stops, the tunnel settles, and:
+peer links between the nodes (which carry the relayed frames of the connections each node does
+not own), and kills all of both at once every `--kill-all-every` seconds; `--node-kill-every`
+also kills whole nodes (never node 1, which then owns every connection) and starts them again.
+Every `--sample` seconds the daemons' VmRSS and open file descriptors are recorded. At the end
+the load stops, the tunnel settles, and:
 
 - no connection may have received bytes that differ from what it sent (a mismatch), nor have
   failed in any other way (an error, an early end, or a stall of `--stall` seconds) except the
@@ -313,11 +315,12 @@ NODE_CID_LEN = 4
 class QuicKiller:
     """Kills QUIC links with nftables: a QUIC link has no connection the kernel could abort
     (`ss -K`), so one link's packets are told apart by their destination connection id (the
-    `NODE_CID_LEN` bytes after a short header's first byte, chosen by the node). To kill one link, the killer watches the UDP packets
-    to the node for `--sniff` seconds, picks one of the connection ids they carried, and drops
-    the client's packets with it at the node's input until both daemons logged a link's end;
-    to kill all, it drops every UDP packet to the node's port until every link ended at both
-    ends. Then the rule goes and the client's redials (new connections, new ids) get through."""
+    `NODE_CID_LEN` bytes after a short header's first byte, chosen by the node). To kill one
+    link, the killer watches the UDP packets to the node for `--sniff` seconds, picks one of
+    the connection ids they carried, and drops the client's packets with it at the node's
+    input until both daemons logged a link's end; to kill all, it drops every UDP packet to
+    the node's port until every link ended at both ends. Then the rule goes and the client's
+    redials (new connections, new ids) get through."""
 
     TABLE = f"wanmux_soak_{os.getpid()}"
 
