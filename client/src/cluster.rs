@@ -262,32 +262,52 @@ fn rendezvous(ip: IpAddr, nodes: &[NodeId]) -> usize {
         .unwrap_or(0)
 }
 
-/// With no link to its node for `grace` (below the node's own grace), a node's part of the
-/// session is given up: reset the connections it owned rather than leave them hanging, and start
-/// afresh with it under a new session id. The other nodes' streams are untouched.
+/// With no link of its own to its node for `grace` (below the node's own grace), a node's part
+/// of the session is given up: reset the connections it owned rather than leave them hanging,
+/// and start afresh with it under a new session id. The other nodes' streams are untouched.
+///
+/// The grace runs from the end of the node's last direct link, whatever links through a relay
+/// (sub-links, `route.rs`) do meanwhile: the node itself keeps a session only while it has a
+/// direct link (docs/PROTOCOL.md), and a node that died for good leaves sub-links that come and
+/// go (each added again once its carrier answers, dropped when the relay reports it has no peer
+/// link to the node), which must not start the grace again.
 pub(crate) async fn watch_links(
     node: NodeId,
     driver: SessionDriver,
     state: SharedState,
     grace: Duration,
 ) {
+    // When the node's last direct link ended (as first seen here).
+    let mut alone_since: Option<Instant> = None;
+    // The part was given up and the node has had no direct link since: nothing more to do.
+    let mut given_up = false;
     loop {
         let changed = driver.links_changed();
         if driver.live_links() > 0 {
+            (alone_since, given_up) = (None, false);
             changed.await;
             continue;
         }
-        if tokio::time::timeout(grace, changed).await.is_err() && driver.live_links() == 0 {
-            let streams = driver.with(|s, _| s.stream_count());
-            warn!(
-                %node,
-                streams,
-                "no link to the node for {} s; the connections it owned are reset",
-                grace.as_secs_f64()
-            );
-            driver.restart();
-            *dial::lock(&state) = dial::SessionState::new(SessionSecret::generate());
+        if given_up {
+            changed.await;
+            continue;
         }
+        let deadline = *alone_since.get_or_insert_with(Instant::now) + grace;
+        if Instant::now() < deadline {
+            // A link that comes or goes, or the deadline: look again.
+            let _ = tokio::time::timeout_at(deadline.into(), changed).await;
+            continue;
+        }
+        let streams = driver.with(|s, _| s.stream_count());
+        warn!(
+            %node,
+            streams,
+            "no link to the node for {} s; the connections it owned are reset",
+            grace.as_secs_f64()
+        );
+        driver.restart();
+        *dial::lock(&state) = dial::SessionState::new(SessionSecret::generate());
+        (alone_since, given_up) = (None, true);
     }
 }
 

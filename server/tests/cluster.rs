@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use wanmux_config::{ClientAuth, ClientConfig, Node, OwnerPolicy, PinnedNode, Spread};
 use wanmux_core::keys::generate_keypair;
 use wanmux_tests::harness::{
-    app_server, configs, eventually, free_port, paused_transfer, within, AppServer, Auth,
+    app_server, configs, eventually, free_port, paused_transfer, transfer, within, AppServer, Auth,
     ClientResult,
 };
 use wanmux_tests::mesh::{
@@ -321,6 +321,62 @@ async fn a_killed_owner_resets_only_its_streams_and_carries_again_once_back() {
             "node 2 carries traffic again: {:?}",
             client.nodes()
         );
+        client.shutdown();
+        drop(nodes);
+    })
+    .await;
+}
+
+/// An owner killed for good in a mesh: the client's links to it die, and the sub-links through
+/// the other nodes to it come and go (each added again once its carrier answers, then dropped
+/// when the relay reports it has no peer link to the owner). That churn is no sign of life: the
+/// owner's streams are reset within the grace, as with no mesh, and the others' go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_of_a_mesh_resets_its_streams_within_the_grace() {
+    within(Duration::from_secs(120), async {
+        let (mut nodes, mut app, config) =
+            mesh_cluster("cluster-mesh-owner", 3, OwnerPolicy::First, Spread::Stripe).await;
+        let grace = config.session_grace;
+        let client = wanmux_client::start(config).await.expect("client starts");
+        client.wait_for_links(6).await;
+        wait_for_sub_links(&client, 3, 1).await;
+        // Node 1 owns every stream; each is paused part way in both directions.
+        let (up, down) = (1 << 20, 4 << 20);
+        let mut tasks = Vec::new();
+        let mut gates = Vec::new();
+        for seed in 0..4 {
+            let (task, gate) =
+                paused_transfer(client.first_addr(), up, down, seed, 256 * 1024).await;
+            tasks.push(task);
+            gates.push(gate);
+        }
+        assert_eq!(client.nodes()[0].streams, 4, "node 1 owns every stream");
+        nodes[0].kill();
+        let killed = Instant::now();
+        assert!(
+            eventually(grace + Duration::from_secs(8), || client.nodes()[0].streams
+                == 0)
+            .await,
+            "node 1's streams still open {:?} after it died: {:?}",
+            killed.elapsed(),
+            client.nodes()
+        );
+        gates.iter().for_each(|g| g.open());
+        assert_eq!(
+            check(&mut app, tasks, up, down).await,
+            4,
+            "every transfer of the dead owner failed"
+        );
+        // New connections go to the nodes still up, striped over their links. (Seeds of their
+        // own: the application server may yet report some of the dead owner's connections.)
+        let mut done = std::collections::HashMap::new();
+        for seed in 100..104 {
+            let r = transfer(client.first_addr(), 64 * 1024, 64 * 1024, seed)
+                .await
+                .expect("a new connection completes");
+            done.insert(seed, r);
+        }
+        compare_at_app(&mut app, done).await;
         client.shutdown();
         drop(nodes);
     })
