@@ -58,6 +58,23 @@ impl RangeSet {
         self.map.insert(start, end);
     }
 
+    /// Removes `x`, splitting its range if it is inside one.
+    pub(crate) fn remove(&mut self, x: u64) {
+        let Some((&s, &e)) = self.map.range(..=x).next_back() else {
+            return;
+        };
+        if x >= e {
+            return;
+        }
+        self.map.remove(&s);
+        if s < x {
+            self.map.insert(s, x);
+        }
+        if x + 1 < e {
+            self.map.insert(x + 1, e);
+        }
+    }
+
     /// Removes every value below `x`.
     pub(crate) fn remove_below(&mut self, x: u64) {
         while let Some((&s, &e)) = self.map.first_key_value() {
@@ -118,6 +135,10 @@ mod tests {
                 0 => {
                     rs.remove_below(a);
                     model.retain(|&x| x >= a);
+                }
+                2 => {
+                    rs.remove(a);
+                    model.remove(&a);
                 }
                 1 => {
                     if let Some(r) = rs.pop_front(3) {

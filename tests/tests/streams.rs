@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use wanmux_tests::harness::{
-    add_map, add_service, drain_end, read_hashed, reset, within, write_seeded, Auth, ReadEnd,
-    Tunnel,
+    add_map, add_service, drain_end, eventually, read_end, read_hashed, reset, within,
+    write_seeded, Auth, ReadEnd, Tunnel,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -296,6 +296,80 @@ async fn unknown_service_is_refused() {
         );
         t.check_transfer(1000, 1000, 1).await;
         assert_eq!(t.app.accepted(), 1);
+    })
+    .await;
+}
+
+/// A client that opens more connections at once than the node's `limits.max_streams`: the
+/// node refuses the extra ones (`RESET` code 3), which the application sees as resets, and the
+/// session goes on: no link is closed for it, and once the first ones end new connections
+/// work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_the_stream_limit_is_refused_and_the_session_goes_on() {
+    within(LIMIT, async {
+        const MAX: usize = 2;
+        let raw = TcpListener::bind("127.0.0.1:0").await.expect("bind raw");
+        let target = raw.local_addr().expect("addr");
+        let mut t = Tunnel::start_with(IK, 2, |s, c| {
+            s.limits.max_streams = MAX as u32;
+            add_service(s, "raw", target);
+            add_map(c, "raw");
+        })
+        .await;
+        // Both links joined at the node too (its count can lag the client's).
+        assert!(eventually(PROMPT, || t.server.status().totals.links_opened == 2).await);
+        let links_before = t.server.status().totals.links_opened;
+        for round in 0..3 {
+            // 10 connections at once, each with a first write: 2 get through. A refusal may
+            // come back before the connect or the write returns.
+            let mut conns = Vec::new();
+            let mut refused = 0;
+            for _ in 0..10 {
+                let written = match TcpStream::connect(t.addr_of("raw")).await {
+                    Ok(mut tcp) => tcp.write_all(b"hi").await.map(|()| tcp),
+                    Err(e) => Err(e),
+                };
+                match written {
+                    Ok(tcp) => conns.push(tcp),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => refused += 1,
+                    Err(e) => panic!("round {round}: {e}"),
+                }
+            }
+            let mut served = Vec::new();
+            for _ in 0..MAX {
+                let (app, _) = tokio::time::timeout(PROMPT, raw.accept())
+                    .await
+                    .expect("the node connects the streams within its limit")
+                    .expect("accept");
+                served.push(app);
+            }
+            let mut open = Vec::new();
+            for mut tcp in conns {
+                match read_end(&mut tcp, Duration::from_millis(500)).await {
+                    ReadEnd::Reset => refused += 1,
+                    ReadEnd::Hang => open.push(tcp),
+                    end => panic!("round {round}: a connection ended with {end:?}"),
+                }
+            }
+            assert_eq!(
+                (refused, open.len()),
+                (10 - MAX, MAX),
+                "round {round}: the streams over the limit are refused, the others stay open"
+            );
+            drop(open);
+            drop(served);
+            // The streams end at the node once both sides closed.
+            assert!(
+                eventually(PROMPT * 5, || t.server.status().sessions[0].streams == 0).await,
+                "round {round}: streams left at the node"
+            );
+        }
+        t.check_transfer(64 * KIB, 64 * KIB, 1).await;
+        assert_eq!(
+            t.server.status().totals.links_opened,
+            links_before,
+            "no link was closed for the refusals"
+        );
     })
     .await;
 }

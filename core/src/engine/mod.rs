@@ -245,6 +245,11 @@ pub struct Session {
     finished: RangeSet,
     /// At most this many ranges in `finished`: `2 × max_streams +` [`MAX_FINISHED_RANGES`].
     max_finished_ranges: usize,
+    /// Server: counters of streams refused over the stream limit whose `RESET` from the client
+    /// has not come yet (it gives the bytes sent, counted then against the session's credit).
+    /// At most `max_finished_ranges` ranges; a client numbers its streams in order, so a burst
+    /// of refused streams is one range.
+    refused: RangeSet,
     /// Server: streams in [`stream::Phase::Pending`] (data arrived, `OPEN` not yet).
     pending: usize,
     /// Server: what those streams hold of the budget's receive pool, at most [`PENDING_MEMORY`].
@@ -331,6 +336,7 @@ impl Session {
                 .max_streams
                 .saturating_mul(2)
                 .saturating_add(MAX_FINISHED_RANGES),
+            refused: RangeSet::default(),
             pending: 0,
             pending_charged: 0,
             pending_expiry: VecDeque::new(),

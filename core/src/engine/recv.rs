@@ -3,7 +3,8 @@
 
 use super::stream::{Phase, Stream};
 use super::{
-    unsent_bound, Event, PeerError, Role, Session, ACK_DELAY, MAX_PENDING_STREAMS, PENDING_LIFETIME,
+    unsent_bound, Event, PeerError, Role, Session, ACK_DELAY, INITIAL_STREAM_CREDIT,
+    MAX_PENDING_STREAMS, PENDING_LIFETIME,
 };
 use crate::budget::Pool;
 use crate::frame::{self, Frame};
@@ -127,25 +128,25 @@ impl Session {
         if id.owner() != node {
             return Err(PeerError::NotOwner(id));
         }
-        if self.finished.contains(id.counter()) {
+        let counter = id.counter();
+        if self.finished.contains(counter) || self.refused.contains(counter) {
             return Ok(None);
         }
         let live = self.streams.len();
         let pending_full = phase == Phase::Pending && self.pending >= MAX_PENDING_STREAMS;
         if live >= self.cfg.max_streams || pending_full {
-            // Refuse with a RESET and keep a tombstone until the client's RESET says how many
-            // bytes it sent; a client far over the limit is cut off.
-            if live >= self.cfg.max_streams.saturating_mul(2) {
+            // Refused with a RESET; its id is kept until the client's RESET says how many bytes
+            // it sent. A client that spaces its ids to make that set large is cut off.
+            self.refused.insert(counter..counter + 1);
+            if self.refused.ranges() > self.max_finished_ranges {
                 return Err(PeerError::TooManyStreams);
             }
-            let s = Stream::new(now, Phase::Reset);
             self.control.push_back(Frame::Reset {
                 stream: id,
                 code: frame::reset::TOO_MANY_STREAMS,
                 final_size: 0,
             });
-            self.streams.insert(id, s);
-            return Ok(self.streams.get_mut(&id));
+            return Ok(None);
         }
         if phase == Phase::Pending {
             self.pending += 1;
@@ -206,6 +207,15 @@ impl Session {
         let end = offset
             .checked_add(data.len() as u64)
             .ok_or(PeerError::Overflow(id))?;
+        if self.is_refused(id) {
+            // Dropped: the client's RESET counts its bytes. It has no more credit than a new
+            // stream's.
+            return if end > INITIAL_STREAM_CREDIT {
+                Err(PeerError::CreditExceeded(id))
+            } else {
+                Ok(())
+            };
+        }
         let Some(s) = self.peer_stream(now, id, Phase::Pending)? else {
             return Ok(());
         };
@@ -277,8 +287,17 @@ impl Session {
         code: u16,
         final_size: u64,
     ) -> Result<(), PeerError> {
+        if self.is_refused(id) {
+            return self.on_refused_reset(id, final_size);
+        }
         let Some(s) = self.peer_stream(now, id, Phase::Pending)? else {
-            return Ok(());
+            // Stale; or a stream reset before anything else of it came, and refused just now
+            // over the limit: its RESET is here already.
+            return if self.is_refused(id) {
+                self.on_refused_reset(id, final_size)
+            } else {
+                Ok(())
+            };
         };
         if final_size > s.recv_max {
             return Err(PeerError::CreditExceeded(id));
@@ -309,6 +328,29 @@ impl Session {
         self.remove_stream(id);
         self.events.push_back(Event::StreamReadable(id));
         self.events.push_back(Event::StreamWritable(id));
+        self.maybe_grant_session();
+        Ok(())
+    }
+
+    /// Server: whether `id` is a stream refused over the limit whose client has not reset it.
+    fn is_refused(&self, id: StreamId) -> bool {
+        matches!(self.role, Role::Server(node) if id.owner() == node)
+            && self.refused.contains(id.counter())
+    }
+
+    /// The client's `RESET` of a stream refused over the limit: the bytes it sent on it count
+    /// against the session's credit, consumed at once, and the stream is finished.
+    fn on_refused_reset(&mut self, id: StreamId, final_size: u64) -> Result<(), PeerError> {
+        if final_size > INITIAL_STREAM_CREDIT {
+            return Err(PeerError::CreditExceeded(id));
+        }
+        self.recv_session_used += final_size;
+        if self.recv_session_used > self.recv_session_max {
+            return Err(PeerError::SessionCreditExceeded);
+        }
+        self.recv_session_consumed += final_size;
+        self.refused.remove(id.counter());
+        self.finish_counter(id.counter());
         self.maybe_grant_session();
         Ok(())
     }

@@ -125,53 +125,121 @@ fn garbage_and_unknown_links_are_errors() {
     );
 }
 
+fn open(i: u64) -> Frame {
+    Frame::Open {
+        stream: sid(i),
+        service: "svc".into(),
+        pin: false,
+    }
+}
+
+/// The codes of the `RESET`s the session sends on `LINK`, every message it has for it.
+fn resets_sent(s: &mut Session, now: Instant) -> Vec<(StreamId, u16)> {
+    let mut out = Vec::new();
+    loop {
+        let frames = sent(s, now, LINK);
+        if frames.is_empty() {
+            return out;
+        }
+        out.extend(frames.into_iter().filter_map(|f| match f {
+            Frame::Reset { stream, code, .. } => Some((stream, code)),
+            _ => None,
+        }));
+    }
+}
+
 #[test]
-fn streams_over_the_limit_are_reset_then_the_peer_is_cut_off() {
+fn a_burst_over_the_stream_limit_is_refused_and_the_session_goes_on() {
     let (mut s, now) = server(2);
     for i in 0..2 {
-        let open = Frame::Open {
-            stream: sid(i),
-            service: "svc".into(),
-            pin: false,
-        };
-        s.handle_message(now, LINK, msg(&[open])).unwrap();
+        s.handle_message(now, LINK, msg(&[open(i)])).unwrap();
     }
-    // The third and fourth are refused with a RESET, kept as tombstones.
-    for i in 2..4 {
-        let open = Frame::Open {
-            stream: sid(i),
-            service: "svc".into(),
-            pin: false,
-        };
-        s.handle_message(now, LINK, msg(&[open])).unwrap();
+    // A burst far over the limit, each with its first bytes: every one refused, none kept.
+    for i in 2..1002 {
+        s.handle_message(now, LINK, msg(&[open(i), data(sid(i), 0, 1000, false)]))
+            .unwrap();
     }
     let opened: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
     assert_eq!(
         opened.len(),
         2,
-        "only streams under the limit are opened: {opened:?}"
+        "only streams under the limit open: {opened:?}"
     );
-    let mut buf = BytesMut::new();
-    assert!(s.poll_transmit(now, LINK, &mut buf));
-    let mut b = buf.split().freeze();
-    let mut resets = 0;
-    while let Some(f) = Frame::decode(&mut b).unwrap() {
-        if let Frame::Reset { code, .. } = f {
-            assert_eq!(code, reset::TOO_MANY_STREAMS);
-            resets += 1;
+    assert_eq!(s.stream_count(), 2);
+    let resets = resets_sent(&mut s, now);
+    assert_eq!(resets.len(), 1000);
+    assert!(resets.iter().all(|&(_, c)| c == reset::TOO_MANY_STREAMS));
+    // A refused stream has no more credit than a new one.
+    assert_eq!(
+        s.handle_message(
+            now,
+            LINK,
+            msg(&[data(sid(2), INITIAL_STREAM_CREDIT, 1, false)])
+        ),
+        Err(PeerError::CreditExceeded(sid(2)))
+    );
+    let (mut s, now) = server(2);
+    for i in 0..1002 {
+        s.handle_message(now, LINK, msg(&[open(i), data(sid(i), 0, 1000, false)]))
+            .unwrap();
+    }
+    // The client answers each refusal with its RESET: the bytes it sent (more than arrived
+    // here) count against the session's credit, which is granted again as they are consumed
+    // at once (10 MB in all: past half the session window, 16 MiB).
+    for i in 2..1002 {
+        let reset = Frame::Reset {
+            stream: sid(i),
+            code: reset::TOO_MANY_STREAMS,
+            final_size: 10_000,
+        };
+        s.handle_message(now, LINK, msg(&[reset])).unwrap();
+    }
+    let granted = std::iter::from_fn(|| {
+        let f = sent(&mut s, now, LINK);
+        (!f.is_empty()).then_some(f)
+    })
+    .flatten()
+    .any(|f| matches!(f, Frame::SessionWindow { .. }));
+    assert!(
+        granted,
+        "the refused streams' bytes were consumed and granted again"
+    );
+    // Frames for them now are stale; once a stream ends, a new one opens.
+    s.handle_message(now, LINK, msg(&[data(sid(5), 1000, 10, false)]))
+        .unwrap();
+    let end = Frame::Reset {
+        stream: sid(0),
+        code: reset::APP,
+        final_size: 1000,
+    };
+    s.handle_message(now, LINK, msg(&[end])).unwrap();
+    while s.poll_event().is_some() {}
+    s.handle_message(now, LINK, msg(&[open(1002)])).unwrap();
+    let opened: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
+    assert!(
+        opened
+            .iter()
+            .any(|e| matches!(e, Event::StreamOpened { stream, .. } if *stream == sid(1002))),
+        "{opened:?}"
+    );
+}
+
+#[test]
+fn refused_streams_with_spaced_ids_cut_the_peer_off() {
+    let (mut s, now) = server(2);
+    for i in 0..2 {
+        s.handle_message(now, LINK, msg(&[open(i)])).unwrap();
+    }
+    // Every other id: one range each, past 2 x max_streams + 1,024 of them.
+    let mut result = Ok(());
+    for i in 0..2000 {
+        result = s.handle_message(now, LINK, msg(&[open(10 + 2 * i)]));
+        if result.is_err() {
+            assert!(i > 1000, "cut off after {i}");
+            break;
         }
     }
-    assert_eq!(resets, 2);
-    // Twice the limit in live streams and tombstones: the peer is misbehaving.
-    let open = Frame::Open {
-        stream: sid(4),
-        service: "svc".into(),
-        pin: false,
-    };
-    assert_eq!(
-        s.handle_message(now, LINK, msg(&[open])),
-        Err(PeerError::TooManyStreams)
-    );
+    assert_eq!(result, Err(PeerError::TooManyStreams));
 }
 
 #[test]
