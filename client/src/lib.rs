@@ -215,9 +215,14 @@ impl ClientHandle {
 
     /// Graceful stop: closes the mapped ports at once, lets open connections finish for up to
     /// `timeout`, then shuts down (resetting what is left).
-    pub async fn drain(self, timeout: std::time::Duration) {
-        for l in &self.listeners {
+    pub async fn drain(mut self, timeout: std::time::Duration) {
+        // Close the mapped ports: the accept loops end, and with them the last references to
+        // the sockets (a socket left open would take connections into its backlog that no one
+        // accepts until the drain ends).
+        for l in std::mem::take(&mut self.listeners) {
             l.task.abort();
+            let _ = l.task.await;
+            drop(l.socket);
         }
         let open = || self.cluster.stream_count();
         if let Err(left) = daemon::wait_drained(timeout, open).await {

@@ -22,10 +22,13 @@ async fn client_drain_finishes_open_transfers_and_closes_its_ports() {
     within(LIMIT, async {
         let t = Tunnel::start(Auth::Psk, 2).await;
         let addr = t.addr();
+        // A connection that only ends when the test says so holds the drain open while the
+        // port is checked (the transfer alone can finish on loopback before that).
+        let mut held = idle_connection(&t).await;
         let running = tokio::spawn(transfer(addr, 32 << 20, 32 << 20, 5));
         // Drain once the transfer's stream is open.
         assert!(
-            eventually(Duration::from_secs(5), || t.client.stream_count() > 0).await,
+            eventually(Duration::from_secs(5), || t.client.stream_count() > 1).await,
             "the transfer opened no stream"
         );
         let Tunnel {
@@ -46,7 +49,16 @@ async fn client_drain_finishes_open_transfers_and_closes_its_ports() {
             "a draining client still accepts"
         );
         let c = running.await.unwrap().expect("the open transfer finishes");
-        let a = app.results.recv().await.unwrap();
+        held.shutdown().await.unwrap();
+        let end = drain_end(&mut held, Duration::from_secs(10)).await;
+        assert!(matches!(end, ReadEnd::Eof), "held connection: {end:?}");
+        let mut results = [
+            app.results.recv().await.unwrap(),
+            app.results.recv().await.unwrap(),
+        ];
+        results.sort_by_key(|r| r.seed);
+        let a = &results[1];
+        assert_eq!(a.seed, 5);
         assert_eq!(c.sent, a.received);
         assert_eq!(a.sent, c.received);
         drain.await.unwrap();
