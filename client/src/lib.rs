@@ -215,7 +215,16 @@ impl ClientHandle {
 
     /// Graceful stop: closes the mapped ports at once, lets open connections finish for up to
     /// `timeout`, then shuts down (resetting what is left).
-    pub async fn drain(mut self, timeout: std::time::Duration) {
+    pub async fn drain(self, timeout: std::time::Duration) {
+        self.drain_until(timeout, std::future::pending()).await;
+    }
+
+    /// [`ClientHandle::drain`], cut short when `stop` completes (a second signal).
+    pub async fn drain_until(
+        mut self,
+        timeout: std::time::Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
         // Close the mapped ports: the accept loops end, and with them the last references to
         // the sockets (a socket left open would take connections into its backlog that no one
         // accepts until the drain ends).
@@ -225,12 +234,17 @@ impl ClientHandle {
             drop(l.socket);
         }
         let open = || self.cluster.stream_count();
-        if let Err(left) = daemon::wait_drained(timeout, open).await {
-            warn!(
-                streams = left,
-                "drain timeout: resetting the streams still open"
-            );
+        if let Err(left) = daemon::wait_drained(timeout, stop, open).await {
+            warn!(streams = left.streams, "{}", left.message());
         }
+        // The nodes learn of the resets at once, and the applications see an RST.
+        let drivers: Vec<_> = self
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| n.driver.clone())
+            .collect();
+        wanmux_core::driver::close_flushed(&drivers, reset::SHUTDOWN, daemon::CLOSE_FLUSH).await;
         self.shutdown();
     }
 }

@@ -75,8 +75,12 @@ impl Daemon for Client {
         wanmux_config::control_socket_in(path)
     }
 
-    async fn drain(client: ClientHandle, timeout: Duration) {
-        client.drain(timeout).await
+    async fn drain(
+        client: ClientHandle,
+        timeout: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        client.drain_until(timeout, stop).await
     }
 }
 

@@ -223,14 +223,30 @@ impl ServerHandle {
     /// Graceful stop: refuses new streams (reset with code 4), lets open streams of sessions
     /// that have a link finish for up to `timeout` while links keep working, then shuts down.
     pub async fn drain(self, timeout: std::time::Duration) {
+        self.drain_until(timeout, std::future::pending()).await;
+    }
+
+    /// [`ServerHandle::drain`], cut short when `stop` completes (a second signal).
+    pub async fn drain_until(
+        self,
+        timeout: std::time::Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
         self.sessions.start_draining();
         let open = || self.sessions.finishable_stream_count();
-        if let Err(left) = daemon::wait_drained(timeout, open).await {
-            warn!(
-                streams = left,
-                "drain timeout: resetting the streams still open"
-            );
+        if let Err(left) = daemon::wait_drained(timeout, stop, open).await {
+            warn!(streams = left.streams, "{}", left.message());
         }
+        self.stop_accepting();
+        self.stop_metrics();
+        // The clients learn of the resets at once, and the services see an RST.
+        let drivers = self.sessions.take_all();
+        wanmux_core::driver::close_flushed(
+            &drivers,
+            wanmux_core::frame::reset::SHUTDOWN,
+            daemon::CLOSE_FLUSH,
+        )
+        .await;
         self.shutdown();
     }
 

@@ -77,8 +77,12 @@ impl Daemon for Server {
         wanmux_config::control_socket_in(path)
     }
 
-    async fn drain(server: ServerHandle, timeout: Duration) {
-        server.drain(timeout).await
+    async fn drain(
+        server: ServerHandle,
+        timeout: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        server.drain_until(timeout, stop).await
     }
 }
 

@@ -252,6 +252,12 @@ impl Sessions {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Takes every session out of the table (new links start new ones), for the caller to
+    /// close.
+    pub(crate) fn take_all(&self) -> Vec<SessionDriver> {
+        self.lock().drain().map(|(_, e)| e.driver).collect()
+    }
+
     pub(crate) fn close_all(&self) {
         for (_, e) in self.lock().drain() {
             e.driver.close(reset::SHUTDOWN);

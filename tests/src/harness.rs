@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use wanmux_client::ClientHandle;
 use wanmux_config::{
@@ -813,6 +813,25 @@ pub enum ReadEnd {
     Data(usize),
     /// Nothing happened within the limit.
     Hang,
+}
+
+/// A connection through `t` to its `raw` service and the application side of it (accepted
+/// from `raw`, which the test drives itself), with a few bytes exchanged both ways so both ends
+/// are known to be connected.
+pub async fn raw_pair(t: &Tunnel, raw: &TcpListener) -> (TcpStream, TcpStream) {
+    let mut client = TcpStream::connect(t.addr_of("raw")).await.expect("connect");
+    client.write_all(b"hello").await.expect("write");
+    let (mut app, _) = tokio::time::timeout(Duration::from_secs(10), raw.accept())
+        .await
+        .expect("the node connects the service")
+        .expect("accept");
+    let mut buf = [0u8; 5];
+    app.read_exact(&mut buf).await.expect("app reads");
+    assert_eq!(&buf, b"hello");
+    app.write_all(b"world").await.expect("app writes");
+    client.read_exact(&mut buf).await.expect("client reads");
+    assert_eq!(&buf, b"world");
+    (client, app)
 }
 
 /// Reads once from `tcp` with a time limit and says how the read ended.

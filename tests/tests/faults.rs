@@ -5,12 +5,12 @@
 
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use wanmux_relay::{Dir, Links, Relay};
 use wanmux_tests::fault::{relayed_tunnel, wait_quiet};
 use wanmux_tests::harness::{
-    add_map, add_service, drain_end, eventually, holds_until, paused_transfer, transfer, within,
-    Auth, ReadEnd, Tunnel,
+    add_map, add_service, drain_end, eventually, holds_until, paused_transfer, raw_pair, transfer,
+    within, Auth, ReadEnd,
 };
 
 const MIB: u64 = 1 << 20;
@@ -449,21 +449,6 @@ where
             panic!("the test did not finish within {limit:?}: the runtime is stuck")
         }
     }
-}
-
-/// A connection through the tunnel to the `raw` service and the application server's end of
-/// it, with a few bytes exchanged both ways.
-async fn raw_pair(t: &Tunnel, raw: &TcpListener) -> (TcpStream, TcpStream) {
-    let mut near = TcpStream::connect(t.addr_of("raw")).await.unwrap();
-    near.write_all(b"hello").await.unwrap();
-    let (mut far, _) = raw.accept().await.unwrap();
-    let mut buf = [0u8; 5];
-    far.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"hello");
-    far.write_all(b"world").await.unwrap();
-    near.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"world");
-    (near, far)
 }
 
 /// Bytes the relay's blackhole swallowed, both directions.

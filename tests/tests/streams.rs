@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use wanmux_tests::harness::{
-    add_map, add_service, drain_end, eventually, read_end, read_hashed, reset, within,
+    add_map, add_service, drain_end, eventually, raw_pair, read_end, read_hashed, reset, within,
     write_seeded, Auth, ReadEnd, Tunnel,
 };
 
@@ -28,24 +28,6 @@ async fn tunnel_with_raw(links: u16) -> (Tunnel, TcpListener) {
     })
     .await;
     (t, raw)
-}
-
-/// A connection through the tunnel to `raw` and the application side of it, with a few bytes
-/// exchanged both ways so both ends are known to be connected.
-async fn raw_pair(t: &Tunnel, raw: &TcpListener) -> (TcpStream, TcpStream) {
-    let mut client = TcpStream::connect(t.addr_of("raw")).await.expect("connect");
-    client.write_all(b"hello").await.expect("write");
-    let (mut app, _) = tokio::time::timeout(PROMPT, raw.accept())
-        .await
-        .expect("server connects the service")
-        .expect("accept");
-    let mut buf = [0u8; 5];
-    app.read_exact(&mut buf).await.expect("app reads");
-    assert_eq!(&buf, b"hello");
-    app.write_all(b"world").await.expect("app writes");
-    client.read_exact(&mut buf).await.expect("client reads");
-    assert_eq!(&buf, b"world");
-    (client, app)
 }
 
 /// Connects to `addr`, writes `data` and reads until the connection ends. The client daemon

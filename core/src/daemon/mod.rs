@@ -6,7 +6,8 @@
 //!
 //! - `run --config FILE` loads the config (errors on stderr, exit 1), sets up logging (stderr,
 //!   level from `RUST_LOG`, default `info`), starts the daemon and waits for SIGINT or SIGTERM.
-//!   Then it drains for the config's drain timeout; a second signal stops at once. Exit 0, or 1
+//!   Then it drains for the config's drain timeout; a second signal ends the drain at once (what
+//!   is open is reset, and both ends are told: [`crate::driver::close_flushed`]). Exit 0, or 1
 //!   with `NAME: error` on stderr when the daemon cannot start. SIGHUP reloads the config file
 //!   ([`Daemon::reload`]): a file that does not load is refused with every error logged, in the
 //!   words `check` prints, and the running config stays. Under systemd (`Type=notify`) it speaks
@@ -119,8 +120,14 @@ pub trait Daemon {
     /// not load: `status --config FILE` after a refused reload.
     fn control_socket_in(path: &Path) -> Option<PathBuf>;
 
-    /// Stops gracefully: lets open streams finish for up to `timeout`, then shuts down.
-    fn drain(handle: Self::Handle, timeout: Duration) -> impl Future<Output = ()>;
+    /// Stops gracefully: lets open streams finish for up to `timeout`, or until `stop`
+    /// completes (a second signal), then resets what is left, telling the peer and the
+    /// applications, and shuts down.
+    fn drain(
+        handle: Self::Handle,
+        timeout: Duration,
+        stop: impl Future<Output = ()>,
+    ) -> impl Future<Output = ()>;
 }
 
 /// What [`main`] needs from the binary's own crate: its version, and the log events of `run`.
@@ -577,15 +584,58 @@ pub fn bind_hint(addr: SocketAddr, e: &io::Error) -> &'static str {
     }
 }
 
-/// Waits until `open` counts no stream, counting every [`DRAIN_POLL`]. `Err` holds the count
-/// when `timeout` passed first: the streams the drain leaves to be reset.
-pub async fn wait_drained(timeout: Duration, mut open: impl FnMut() -> usize) -> Result<(), usize> {
+/// How long a daemon that stops gives its links to send the `RESET`s of the streams it resets,
+/// and its stream tasks to close their sockets ([`crate::driver::close_flushed`]).
+pub const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+
+/// What a drain left open when it ended early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Left {
+    /// The streams the drain leaves to be reset.
+    pub streams: usize,
+    /// It was told to stop (a second signal), not timed out.
+    pub stopped: bool,
+}
+
+impl Left {
+    /// The log line's message for it.
+    pub fn message(&self) -> &'static str {
+        if self.stopped {
+            "stopping now: resetting the streams still open"
+        } else {
+            "drain timeout: resetting the streams still open"
+        }
+    }
+}
+
+/// Waits until `open` counts no stream, counting every [`DRAIN_POLL`]. `Err` says what is left
+/// when `timeout` passed first, or `stop` completed.
+pub async fn wait_drained(
+    timeout: Duration,
+    stop: impl Future<Output = ()>,
+    mut open: impl FnMut() -> usize,
+) -> Result<(), Left> {
     let deadline = tokio::time::Instant::now() + timeout;
+    tokio::pin!(stop);
     loop {
         match open() {
             0 => return Ok(()),
-            left if tokio::time::Instant::now() >= deadline => return Err(left),
-            _ => tokio::time::sleep(DRAIN_POLL).await,
+            streams if tokio::time::Instant::now() >= deadline => {
+                return Err(Left {
+                    streams,
+                    stopped: false,
+                })
+            }
+            _ => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(DRAIN_POLL) => {}
+            () = &mut stop => {
+                return Err(Left {
+                    streams: open(),
+                    stopped: true,
+                })
+            }
         }
     }
 }
@@ -758,17 +808,22 @@ async fn run<D: Daemon>(path: &Path, config: D::Config, binary: &Binary) -> io::
         "STOPPING=1\nSTATUS=draining for up to {timeout:?}"
     ));
     (binary.draining)(timeout);
-    let drain = D::drain(handle, timeout);
+    // A second signal cuts the drain short: what is open is reset, and the peer and the
+    // applications are told (an exit that left it to the kernel would end the connections
+    // with a FIN, and cut-off transfers would look complete).
+    let second = async {
+        if signals.stop().await.is_ok() {
+            (binary.second_signal)();
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let drain = D::drain(handle, timeout, second);
     tokio::pin!(drain);
     loop {
         tokio::select! {
             () = &mut drain => {
                 (binary.stopped)();
-                break;
-            }
-            r = signals.stop() => {
-                r?;
-                (binary.second_signal)();
                 break;
             }
             // A drain takes up to its timeout; the manager may still hold the watchdog to it.

@@ -631,6 +631,27 @@ impl SessionDriver {
         self.abandon();
     }
 
+    /// Resets every stream and wakes the link writers to send the `RESET`s, leaving the links
+    /// up: the first step of [`close_flushed`].
+    pub fn reset_all(&self, code: u16) {
+        let mut st = self.lock();
+        st.session.reset_all(code);
+        let now = st.since;
+        self.after(&mut st, now);
+    }
+
+    /// Whether the links have taken everything the engine had to send, or there is no link to
+    /// take it.
+    pub fn flushed(&self) -> bool {
+        let st = self.lock();
+        st.link_kills.is_empty() || !st.session.wants_transmit()
+    }
+
+    /// Stream tasks still running: each ends once it closed its application socket.
+    pub fn stream_tasks(&self) -> usize {
+        self.lock().wakers.len()
+    }
+
     /// Closes every link and stops the timer without telling the peer anything about the
     /// streams, as a crash would: the peer finds out when it reconnects and sees a new epoch.
     pub fn abandon(&self) {
@@ -668,6 +689,42 @@ impl SessionDriver {
     /// Whether [`SessionDriver::close`] was called.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
+    }
+}
+
+/// How often [`close_flushed`] looks whether its steps are done.
+const CLOSE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Closes `drivers` so that the peer and the applications know at once, within `limit` in all:
+/// resets every stream, lets the links send the `RESET`s, then closes the links, and waits for
+/// the stream tasks to close their sockets with an RST. A daemon that stops without this lets
+/// its runtime drop the stream tasks, whose sockets then end with a FIN, and the peer learns of
+/// nothing until its links are gone for its grace: cut-off transfers would look complete.
+pub async fn close_flushed(drivers: &[SessionDriver], code: u16, limit: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    for d in drivers {
+        d.reset_all(code);
+    }
+    wait_all(drivers, deadline, SessionDriver::flushed).await;
+    // The writers took the last messages: a moment for their writes to reach the sockets.
+    tokio::time::sleep(
+        CLOSE_POLL.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+    )
+    .await;
+    for d in drivers {
+        d.abandon();
+    }
+    wait_all(drivers, deadline, |d| d.stream_tasks() == 0).await;
+}
+
+/// Waits until `done` holds for every one of `drivers`, or `deadline`.
+async fn wait_all(
+    drivers: &[SessionDriver],
+    deadline: tokio::time::Instant,
+    done: impl Fn(&SessionDriver) -> bool,
+) {
+    while tokio::time::Instant::now() < deadline && !drivers.iter().all(&done) {
+        tokio::time::sleep(CLOSE_POLL).await;
     }
 }
 
