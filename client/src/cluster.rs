@@ -22,6 +22,7 @@ use wanmux_config::OwnerPolicy;
 use wanmux_core::budget::Pool;
 use wanmux_core::driver::{SessionDriver, Totals};
 use wanmux_core::ids::NodeId;
+use wanmux_core::lograte::Tally;
 use wanmux_core::noise::SessionSecret;
 use wanmux_core::status::{SessionStatus, Status};
 
@@ -116,8 +117,8 @@ pub(crate) struct Cluster {
     policy: OwnerPolicy,
     /// Every node again, for the links' routers, and what was relayed.
     pub(crate) routes: Arc<Routes>,
-    /// Connections refused for want of a link: (since when counted, how many).
-    refused: std::sync::Mutex<(Instant, u64)>,
+    /// Connections refused for want of a link, logged as counts.
+    refused: Tally<SocketAddr>,
 }
 
 /// Refusals are logged at most this often, as a count.
@@ -125,14 +126,17 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Cluster {
     pub(crate) fn new(nodes: Vec<NodeSession>, policy: OwnerPolicy, routes: Arc<Routes>) -> Self {
-        let long_ago = Instant::now()
-            .checked_sub(REFUSAL_LOG_EVERY)
-            .unwrap_or_else(Instant::now);
         Cluster {
             nodes,
             policy,
             routes,
-            refused: std::sync::Mutex::new((long_ago, 0)),
+            refused: Tally::new(REFUSAL_LOG_EVERY, |n, last| {
+                warn!(
+                    refused = n,
+                    %last,
+                    "no link to any node: application connections refused (client.no_link_hold_ms)"
+                );
+            }),
         }
     }
 
@@ -152,21 +156,12 @@ impl Cluster {
     }
 
     /// Refuses an application connection with a reset (`SO_LINGER` 0): no node is reachable.
-    /// Logged as a count at most every [`REFUSAL_LOG_EVERY`].
+    /// Logged as a count at most every [`REFUSAL_LOG_EVERY`], none left out.
     pub(crate) fn refuse(&self, tcp: tokio::net::TcpStream, peer: SocketAddr) {
         let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
         drop(tcp);
         tracing::debug!(%peer, "connection refused: no link to any node");
-        // Only a count and a time change under this lock.
-        let mut r = self.refused.lock().unwrap_or_else(|e| e.into_inner());
-        r.1 += 1;
-        if r.0.elapsed() >= REFUSAL_LOG_EVERY {
-            warn!(
-                refused = r.1,
-                "no link to any node: application connections refused (client.no_link_hold_ms)"
-            );
-            *r = (Instant::now(), 0);
-        }
+        self.refused.hit(peer);
     }
 
     /// The node that owns a new stream from application client `peer`.

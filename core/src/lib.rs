@@ -19,6 +19,8 @@ pub mod engine;
 pub mod frame;
 pub mod ids;
 pub mod keys;
+#[cfg(feature = "io")]
+pub mod lograte;
 #[cfg(feature = "daemon")]
 pub mod metrics;
 #[cfg(feature = "io")]

@@ -34,6 +34,10 @@ pub struct Status {
     /// the links it refused. Every reason the daemon knows is listed, failed or not.
     #[serde(default)]
     pub handshake_failures: BTreeMap<String, u64>,
+    /// Node: streams it refused since start, by reason (`unknown_service`,
+    /// `service_connect_failed`, `service_connect_timeout`, `draining`). Empty on the client.
+    #[serde(default)]
+    pub stream_refusals: BTreeMap<String, u64>,
     /// Config reloads (SIGHUP) since start.
     #[serde(default)]
     pub reloads: ReloadsView,
@@ -235,6 +239,7 @@ impl Status {
             totals: TotalsView::default(),
             sessions: Vec::new(),
             handshake_failures: BTreeMap::new(),
+            stream_refusals: BTreeMap::new(),
             reloads: ReloadsView::default(),
             relayed: Vec::new(),
         }
@@ -291,6 +296,15 @@ impl Status {
             .collect();
         if !failed.is_empty() {
             let _ = writeln!(out, "failed handshakes: {}", failed.join(", "));
+        }
+        let refused: Vec<String> = self
+            .stream_refusals
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        if !refused.is_empty() {
+            let _ = writeln!(out, "streams refused: {}", refused.join(", "));
         }
         let r = self.reloads;
         if r.applied + r.refused > 0 {
@@ -459,6 +473,17 @@ impl Status {
         );
         for (reason, n) in &self.handshake_failures {
             failures.with_label_values(&[reason.as_str()]).inc_by(*n);
+        }
+        if !self.stream_refusals.is_empty() {
+            let refused = f.counter(
+                "wanmux_stream_refusals_total",
+                "Node: streams it refused since start, by reason (unknown_service, \
+                 service_connect_failed, service_connect_timeout, draining).",
+                &["reason"],
+            );
+            for (reason, n) in &self.stream_refusals {
+                refused.with_label_values(&[reason.as_str()]).inc_by(*n);
+            }
         }
         let reloads = f.counter(
             "wanmux_reloads_total",

@@ -18,6 +18,7 @@ mod refused;
 mod relay;
 mod reload;
 mod session;
+mod stream_refusals;
 
 /// `ROUTE_DOWN` answers a relay keeps queued for one client link that does not read them; past
 /// that many it closes the link (`relay.rs`).

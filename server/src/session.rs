@@ -162,6 +162,8 @@ pub(crate) struct Sessions {
     counters: Arc<Counters>,
     /// Striping over the cluster (`[cluster]`), set once at start.
     relay: std::sync::OnceLock<Arc<crate::relay::Relay>>,
+    /// Streams refused for their service (unknown, unreachable) or by the drain.
+    stream_refusals: crate::stream_refusals::StreamRefusals,
 }
 
 impl Sessions {
@@ -178,6 +180,7 @@ impl Sessions {
             draining: AtomicBool::new(false),
             counters: Arc::default(),
             relay: std::sync::OnceLock::new(),
+            stream_refusals: Default::default(),
         }
     }
 
@@ -187,6 +190,7 @@ impl Sessions {
         st.memory_used_bytes = self.budget.used(Pool::Recv) + self.budget.used(Pool::Send);
         st.memory_limit_bytes = self.budget.cap().saturating_mul(2);
         st.totals = self.counters.totals().into();
+        st.stream_refusals = self.stream_refusals.counts();
         if let Some(relay) = self.relay.get() {
             st.relayed = relay.relayed_all();
         }
@@ -612,32 +616,41 @@ async fn serve_streams(driver: SessionDriver, mut opened: OpenedStreams, session
     while let Some((id, name)) = opened.recv().await {
         if sessions.draining.load(Ordering::Relaxed) {
             debug!(stream = %id, "draining: stream refused");
+            sessions.stream_refusals.draining();
             driver.with(|s, _| s.stream_reset(id, reset::SHUTDOWN));
             continue;
         }
         let Some(target) = sessions.service_target(&name) else {
             debug!(stream = %id, service = %name, "unknown service");
+            sessions.stream_refusals.unknown_service(&name);
             driver.with(|s, _| s.stream_reset(id, reset::UNKNOWN_SERVICE));
             continue;
         };
         let timeout = config.connect_timeout;
-        tokio::spawn(connect(driver.clone(), id, target, timeout).in_current_span());
+        let connecting = connect(driver.clone(), id, name, target, timeout, sessions.clone());
+        tokio::spawn(connecting.in_current_span());
     }
 }
 
-async fn connect(driver: SessionDriver, id: StreamId, target: String, timeout: Duration) {
-    match tokio::time::timeout(timeout, TcpStream::connect(&target)).await {
+async fn connect(
+    driver: SessionDriver,
+    id: StreamId,
+    service: String,
+    target: String,
+    timeout: Duration,
+    sessions: Arc<Sessions>,
+) {
+    let error = match tokio::time::timeout(timeout, TcpStream::connect(&target)).await {
         Ok(Ok(tcp)) => {
             let _ = tcp.set_nodelay(true);
-            driver::stream::run(driver, id, tcp).await
+            return driver::stream::run(driver, id, tcp).await;
         }
-        Ok(Err(e)) => {
-            debug!(stream = %id, %target, error = %e, "service connect failed");
-            driver.with(|s, _| s.stream_reset(id, reset::CONNECT_FAILED));
-        }
-        Err(_) => {
-            debug!(stream = %id, %target, "service connect timed out");
-            driver.with(|s, _| s.stream_reset(id, reset::CONNECT_FAILED));
-        }
-    }
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => None,
+    };
+    debug!(stream = %id, %target, ?error, "service connect failed");
+    sessions
+        .stream_refusals
+        .connect_failed(&service, &target, error);
+    driver.with(|s, _| s.stream_reset(id, reset::CONNECT_FAILED));
 }

@@ -8,6 +8,7 @@ use wanmux_tests::harness::{
     add_map, add_service, drain_end, eventually, raw_pair, read_end, read_hashed, reset, within,
     write_seeded, Auth, ReadEnd, Tunnel,
 };
+use wanmux_tests::mesh::LogCapture;
 
 const LIMIT: Duration = Duration::from_secs(60);
 /// How soon a reset or a refusal must reach the other side. Loopback takes microseconds; this
@@ -352,6 +353,49 @@ async fn a_burst_over_the_stream_limit_is_refused_and_the_session_goes_on() {
             links_before,
             "no link was closed for the refusals"
         );
+    })
+    .await;
+}
+
+/// Streams the node cannot connect are visible at the default log level and in `status`: a
+/// `warn` line at once for the first (naming the service, or the name a client asked for), the
+/// rest counted (`core::lograte`), and a count per reason.
+#[tokio::test]
+async fn service_failures_are_logged_and_counted() {
+    let logs = LogCapture::start();
+    within(LIMIT, async {
+        let hold = TcpSocket::new_v4().expect("socket");
+        hold.bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let closed = hold.local_addr().expect("addr");
+        let t = Tunnel::start_with(IK, 2, |s, c| {
+            add_service(s, "closed", closed);
+            add_map(c, "closed");
+            add_map(c, "nosuch");
+        })
+        .await;
+        for _ in 0..3 {
+            assert_eq!(try_once(t.addr_of("closed"), b"x").await, ReadEnd::Reset);
+            assert_eq!(try_once(t.addr_of("nosuch"), b"x").await, ReadEnd::Reset);
+        }
+        let refusals = t.server.status().stream_refusals;
+        assert_eq!(refusals["service_connect_failed"], 3, "{refusals:?}");
+        assert_eq!(refusals["unknown_service"], 3, "{refusals:?}");
+        let line = logs
+            .wait_for(&["WARN", "cannot connect to the service"], PROMPT)
+            .await;
+        assert!(
+            line.contains("service=closed") && line.contains(&closed.to_string()),
+            "{line}"
+        );
+        let line = logs
+            .wait_for(&["WARN", "does not have", "last=nosuch"], PROMPT)
+            .await;
+        assert!(line.contains("streams=1"), "{line}");
+        // One line each so far: the other two of each are counted for the next.
+        let warned = |part: &str| logs.lines().iter().filter(|l| l.contains(part)).count();
+        assert_eq!(warned("cannot connect to the service"), 1);
+        assert_eq!(warned("does not have"), 1);
     })
     .await;
 }
