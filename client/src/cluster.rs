@@ -174,7 +174,16 @@ impl Cluster {
             .iter()
             .filter(|n| n.driver.live_links() > 0)
             .collect();
-        let candidates = if live.is_empty() {
+        // A node that said it is stopping refuses new streams: the others take them, while
+        // there are others.
+        let staying: Vec<&NodeSession> = live
+            .iter()
+            .copied()
+            .filter(|n| !n.driver.peer_draining())
+            .collect();
+        let candidates = if !staying.is_empty() {
+            staying
+        } else if live.is_empty() {
             self.nodes.iter().collect()
         } else {
             live

@@ -164,6 +164,14 @@ impl ClientHandle {
         self.cluster.routes.relayed(NodeId(via), NodeId(owner))
     }
 
+    /// Whether node `id` said it is stopping (`DRAINING`): new connections go to the others.
+    pub fn peer_draining(&self, id: u16) -> bool {
+        self.cluster
+            .nodes
+            .iter()
+            .any(|n| n.id == NodeId(id) && n.driver.peer_draining())
+    }
+
     /// Sub-links of `owner`'s engine on the client's links to node `via` now: the links on
     /// which `via` relays for `owner` (0 for `via == owner`).
     pub fn sub_links(&self, via: u16, owner: u16) -> u64 {

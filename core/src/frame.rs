@@ -34,6 +34,7 @@ const PING: u8 = 0x01;
 const PONG: u8 = 0x02;
 const CLOSE: u8 = 0x03;
 const MORE_LINKS: u8 = 0x04;
+const DRAINING: u8 = 0x05;
 const OPEN: u8 = 0x10;
 const DATA: u8 = 0x11;
 const DATA_FIN: u8 = 0x12;
@@ -55,6 +56,9 @@ pub enum Frame {
     /// Server to client: every link is busy and data is waiting; open another link if the
     /// client's `links.max` allows.
     MoreLinks,
+    /// Server to client: the node is stopping and refuses new streams; open them on other
+    /// nodes. Once per session; a client that does not know it ignores it.
+    Draining,
     /// Opens a stream to a named service (client to server).
     Open {
         /// The new stream.
@@ -150,6 +154,7 @@ impl Frame {
             PONG => Frame::Pong(take_u64(buf, "PONG")?),
             CLOSE => Frame::Close(take_u16(buf, "CLOSE")?),
             MORE_LINKS => Frame::MoreLinks,
+            DRAINING => Frame::Draining,
             OPEN | OPEN_PIN => {
                 let stream = StreamId(take_u64(buf, "OPEN")?);
                 let len = usize::from(take_u8(buf, "OPEN")?);
@@ -210,7 +215,7 @@ impl Frame {
         match self {
             Frame::Ping(_) | Frame::Pong(_) => PING_LEN,
             Frame::Close(_) => 3,
-            Frame::MoreLinks => 1,
+            Frame::MoreLinks | Frame::Draining => 1,
             Frame::Open { service, .. } => 10 + service.len(),
             Frame::Data { data, .. } => DATA_HEADER + data.len(),
             Frame::Reset { .. } => 19,
@@ -233,6 +238,7 @@ impl Frame {
                 out.put_u64(*t);
             }
             Frame::MoreLinks => out.put_u8(MORE_LINKS),
+            Frame::Draining => out.put_u8(DRAINING),
             Frame::Close(code) => {
                 out.put_u8(CLOSE);
                 out.put_u16(*code);
@@ -338,6 +344,7 @@ mod tests {
             Frame::Pong(u64::MAX),
             Frame::Close(9),
             Frame::MoreLinks,
+            Frame::Draining,
             Frame::Open {
                 stream: s,
                 service: "game".into(),

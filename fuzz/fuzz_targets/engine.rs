@@ -136,6 +136,7 @@ enum HostileFrame {
     Pong(u64),
     Close(u16),
     MoreLinks,
+    Draining,
     Raw(Vec<u8>),
 }
 
@@ -504,6 +505,7 @@ fn encode_hostile(f: &HostileFrame, out: &mut BytesMut, bulk_at: &mut HashMap<u8
         HostileFrame::Pong(t) => Frame::Pong(t).encode(out),
         HostileFrame::Close(c) => Frame::Close(c).encode(out),
         HostileFrame::MoreLinks => Frame::MoreLinks.encode(out),
+        HostileFrame::Draining => Frame::Draining.encode(out),
         HostileFrame::Raw(ref b) => out.extend_from_slice(&b[..b.len().min(1024)]),
     }
 }

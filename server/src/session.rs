@@ -271,6 +271,12 @@ impl Sessions {
     /// Refuses new streams from now on.
     pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        // Every client is told (`DRAINING`): a client of a cluster opens its new streams on
+        // the other nodes instead of having them refused here.
+        let drivers: Vec<SessionDriver> = self.lock().values().map(|e| e.driver.clone()).collect();
+        for d in drivers {
+            d.with(|s, _| s.start_draining());
+        }
     }
 
     /// Streams open in all sessions.
@@ -547,6 +553,9 @@ impl Sessions {
         let session = Session::with_budget(Role::Server(node), (*limits).into(), budget.clone());
         let (driver, opened) =
             SessionDriver::start_counted(session, &self.budget_signal, self.counters.clone());
+        if self.draining.load(Ordering::Relaxed) {
+            driver.with(|s, _| s.start_draining());
+        }
         let span = tracing::info_span!("session", id = %key.1);
         span.in_scope(|| info!(client = ?key.0, "session started"));
         tokio::spawn(serve_streams(driver.clone(), opened, self.clone()).instrument(span.clone()));

@@ -773,3 +773,54 @@ async fn a_pki_client_stripes_over_the_cluster_both_ways() {
     })
     .await;
 }
+
+/// A node that starts draining tells its clients (`DRAINING`): new connections go to the other
+/// nodes instead of being refused there, while its own connections finish. Without it the
+/// client, with `owner = "first"`, kept giving the draining node every new connection and each
+/// was reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_go_around_a_draining_node() {
+    within(Duration::from_secs(120), async {
+        let (mut nodes, mut app, config) = cluster(2, Spread::Stripe, OwnerPolicy::First).await;
+        let client = wanmux_client::start(config).await.expect("client starts");
+        client.wait_for_links(4).await;
+        wait_for_sub_links(&client, 2, 1).await;
+        // Node 1 owns this one, which holds its drain open: it asks for nothing back and never
+        // finishes its upload.
+        let mut held = tokio::net::TcpStream::connect(client.first_addr())
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut held, &[0u8; 16])
+            .await
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(5), || client.nodes()[0].streams == 1).await,
+            "node 1 owns the first connection: {:?}",
+            client.nodes()
+        );
+        let node1 = nodes.remove(0);
+        assert!(
+            eventually(Duration::from_secs(5), || node1.stream_count() == 1).await,
+            "node 1 has the stream"
+        );
+        let drain = tokio::spawn(node1.drain(Duration::from_secs(60)));
+        assert!(
+            eventually(Duration::from_secs(5), || client.peer_draining(1)).await,
+            "the client heard that node 1 drains"
+        );
+        let (up, down) = (256 * 1024, 256 * 1024);
+        let tasks = start_transfers(client.first_addr(), 4, up, down);
+        check_all(&mut app, tasks, up, down).await;
+        assert_eq!(
+            client.nodes()[0].streams,
+            1,
+            "no new stream went to the draining node: {:?}",
+            client.nodes()
+        );
+        drop(held);
+        drain.await.unwrap();
+        client.shutdown();
+        drop(nodes);
+    })
+    .await;
+}

@@ -89,6 +89,8 @@ struct Shared {
     closing: Notify,
     /// Wakes the client's link pool: the server wants another link.
     more_links: Notify,
+    /// The peer (a node) said it is stopping: `DRAINING`. Cleared by a restart.
+    peer_draining: AtomicBool,
     opened: mpsc::UnboundedSender<(StreamId, String)>,
     /// The daemon's: wakes the budget task of every session.
     budget: BudgetSignal,
@@ -218,6 +220,7 @@ impl SessionDriver {
             links_changed: Notify::new(),
             closing: Notify::new(),
             more_links: Notify::new(),
+            peer_draining: AtomicBool::new(false),
             opened: tx,
             budget: budget.clone(),
             counters,
@@ -303,6 +306,7 @@ impl SessionDriver {
                     }
                 }
                 Event::MoreLinksWanted => self.shared.more_links.notify_one(),
+                Event::PeerDraining => self.shared.peer_draining.store(true, Ordering::Release),
                 Event::BudgetReleased => self.shared.budget.wake_all(),
                 Event::LinkTimedOut(id) | Event::LinkClosedByPeer(id) => {
                     // The engine no longer has the link, and its task ends. Its writer is woken
@@ -647,6 +651,12 @@ impl SessionDriver {
         st.link_kills.is_empty() || !st.session.wants_transmit()
     }
 
+    /// Client: the node said it is stopping (`DRAINING`) and refuses new streams; a restart
+    /// of the session (the node came back under a new epoch) clears it.
+    pub fn peer_draining(&self) -> bool {
+        self.shared.peer_draining.load(Ordering::Acquire)
+    }
+
     /// Stream tasks still running: each ends once it closed its application socket.
     pub fn stream_tasks(&self) -> usize {
         self.lock().wakers.len()
@@ -675,6 +685,7 @@ impl SessionDriver {
 
     /// Resets every stream and starts the session afresh on the same links: the peer lost it.
     pub fn restart(&self) {
+        self.shared.peer_draining.store(false, Ordering::Release);
         let mut st = self.lock();
         st.session.restart();
         let now = st.since;

@@ -204,6 +204,16 @@ impl Session {
         })
     }
 
+    /// Server: the node is stopping; tells the client once (`DRAINING`, a control frame, sent
+    /// again on another link if the one it went on dies), so that it opens new streams on the
+    /// cluster's other nodes.
+    pub fn start_draining(&mut self) {
+        if matches!(self.role, Role::Server(_)) && !self.draining {
+            self.draining = true;
+            self.control.push_back(Frame::Draining);
+        }
+    }
+
     /// Resets every stream (the session is going away).
     pub fn reset_all(&mut self, code: u16) {
         let ids: Vec<StreamId> = self.streams.keys().copied().collect();

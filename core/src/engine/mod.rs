@@ -212,6 +212,8 @@ pub enum Event {
     /// (client side): the link pool should plan now ([`Session::plan_links`]), which opens one
     /// if its `links.max` allows.
     MoreLinksWanted,
+    /// The node is stopping (client side): it refuses new streams, which go to other nodes.
+    PeerDraining,
     /// This session gave memory back to the daemon's budget while another session (or this
     /// one) waited for it: wake every session of the daemon that shares the budget, and each
     /// calls [`Session::retry_budget`].
@@ -312,6 +314,8 @@ pub struct Session {
     more_links_asked: bool,
     /// Server: when the links were last checked for saturation (see `elastic`).
     saturation_checked: Option<Instant>,
+    /// Server: the node is stopping and told the client so ([`Session::start_draining`]).
+    draining: bool,
 }
 
 impl Session {
@@ -373,6 +377,7 @@ impl Session {
             budget_waiting: Vec::new(),
             more_links_asked: false,
             saturation_checked: None,
+            draining: false,
         }
     }
 

@@ -71,6 +71,11 @@ impl Session {
                 self.remove_link(link);
                 self.events.push_back(Event::LinkClosedByPeer(link));
             }
+            Frame::Draining => {
+                if self.role == Role::Client {
+                    self.events.push_back(Event::PeerDraining);
+                }
+            }
             Frame::MoreLinks => {
                 if self.role == Role::Client {
                     self.more_links_asked = true;
