@@ -24,13 +24,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Notify;
-use tracing::debug;
+use tracing::{debug, warn};
 use wanmux_core::budget::{Budget, Pool};
 use wanmux_core::driver::link::{LinkEnd, RouteFuture, Router};
 use wanmux_core::driver::{BudgetSignal, LinkKind, SessionDriver};
 use wanmux_core::engine::{Gathered, MessageBuf};
 use wanmux_core::ids::{LinkId, SessionId};
 use wanmux_core::keys::PublicKey;
+use wanmux_core::lograte::Tally;
 use wanmux_core::peer::{self, Handle, PeerFrame, Via};
 use wanmux_core::route::{self, Routed, DOWN_NO_PEER, DOWN_NO_SESSION, DOWN_RELAY_LOST};
 
@@ -121,6 +122,9 @@ pub(crate) struct Relay {
     vias: Mutex<HashMap<Via, Arc<ViaQueue>>>,
     /// Per peer: section bytes relayed to it (upstream) and from it (downstream).
     counted: Mutex<HashMap<u16, Arc<PeerCount>>>,
+    /// Client links closed for sections for a node that is not a peer: a config mistake,
+    /// logged as counts.
+    not_peer: Tally<u16>,
 }
 
 /// Section bytes relayed for one peer.
@@ -179,6 +183,15 @@ impl Relay {
             next_via: AtomicU32::new(1),
             vias: Mutex::new(HashMap::new()),
             counted: Mutex::new(HashMap::new()),
+            not_peer: Tally::new(std::time::Duration::from_secs(60), |n, node| {
+                warn!(
+                    links = n,
+                    node = *node,
+                    "a client stripes over node {node}, which is not a [[peer]] of this node: \
+                     its links here are closed (every node of a cluster must list every other \
+                     node its clients list as a [[peer]])"
+                );
+            }),
         }
     }
 
@@ -557,6 +570,9 @@ impl Router for NodeRouter {
                     return Err(LinkEnd::Routed("ROUTE_DOWN from a client".into()));
                 };
                 if node == self.relay.node_id || !self.relay.mesh.is_peer(node) {
+                    if node != self.relay.node_id {
+                        self.relay.not_peer.hit(node);
+                    }
                     return Err(LinkEnd::Routed(format!(
                         "a section for node {node}, which is not a peer of this node"
                     )));

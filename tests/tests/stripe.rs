@@ -18,7 +18,8 @@ use wanmux_relay::{Links as RelayLinks, Relay as TcpRelay, Shape};
 use wanmux_server::ServerHandle;
 use wanmux_tests::harness::{app_server, eventually, within, AppServer, ClientResult, SERVICE};
 use wanmux_tests::mesh::{
-    check_transfers, node_config, node_specs, start_transfers, wait_for_sub_links, NodeSpec,
+    check_transfers, node_config, node_specs, start_transfers, wait_for_sub_links, LogCapture,
+    NodeSpec,
 };
 
 /// What the hostile tests need of a cluster: the nodes, the client's key and the node keys.
@@ -293,6 +294,7 @@ async fn pin_keeps_every_stream_on_its_owners_links() {
 /// A section for a node that is not a peer of the node it reaches closes that client link.
 #[tokio::test]
 async fn a_section_for_a_node_that_is_not_a_peer_closes_the_link() {
+    let logs = LogCapture::start();
     let raw = raw_cluster().await;
     let secret = [3; 32];
     let (mut rd, mut wr, epoch) = dial_routed(&raw, 0, secret).await;
@@ -313,6 +315,12 @@ async fn a_section_for_a_node_that_is_not_a_peer_closes_the_link() {
         eventually(Duration::from_secs(5), || raw.nodes[0].link_count() == 0).await,
         "the node dropped the link"
     );
+    // The config mistake it likely is, said at `warn`.
+    logs.wait_for(
+        &["WARN", "node 9, which is not a [[peer]]"],
+        Duration::from_secs(5),
+    )
+    .await;
 }
 
 /// A section relayed to an owner that has no such session (node 2 never saw this client) is
