@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 use wanmux_config::{LinkTransport, Node};
 use wanmux_core::driver::link::LinkEnd;
 use wanmux_core::driver::{self, SessionDriver};
@@ -232,7 +232,9 @@ impl Slot {
                         router,
                     );
                     let lane = lane.map(|l| self.run_lane_stream(l, addr, carrier));
-                    let run = both(link, lane);
+                    // The link's lines (its end above all) say which node and address it was.
+                    let span = tracing::info_span!("node", id = %self.node.id, %addr);
+                    let run = both(link, lane).instrument(span);
                     let end = if pick.at_home() {
                         Some(run.await)
                     } else {
