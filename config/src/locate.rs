@@ -21,21 +21,63 @@ pub(crate) fn toml_error(text: &str, err: &toml::de::Error) -> ConfigError {
     ConfigError {
         key,
         line: span.map(|s| line_of(text, s.start)),
-        message: redact_key_like(err.message()),
+        message: plain_words(&redact_key_like(err.message())),
     }
+}
+
+/// The parser's words for a type, in the config's: `expected i64` is `expected an integer`.
+/// A number beyond TOML's integers says what the largest is.
+fn plain_words(message: &str) -> String {
+    let mut m = message.to_owned();
+    for ty in ["i64", "u64", "i32", "u32", "u16", "u8", "usize"] {
+        m = m.replace(&format!("expected {ty}"), "expected an integer");
+    }
+    if m.starts_with("number too large") {
+        m = format!("{m} (TOML integers are at most 9223372036854775807)");
+    }
+    m
 }
 
 /// The dotted key path (`service[1].name`) at byte `offset`, or "" when it cannot be found
 /// (a syntax error, or a value kind the tree does not model such as a datetime).
 fn key_at(text: &str, offset: usize) -> String {
     let Ok(tree) = toml::from_str::<Tree>(text) else {
-        return String::new();
+        // The value does not parse at all (an integer beyond TOML's): read the key off its line.
+        return key_of_line(text, offset);
     };
     let mut path = String::new();
     if let Tree::Table(entries) = tree {
         find_in_table(&entries, offset, &mut path);
     }
     path
+}
+
+/// The dotted key of the `key = value` line at byte `offset`, under the table header above it
+/// (`[server]`, or `[[service]]` counted: `service[1]`); "" when the line has no `=`.
+fn key_of_line(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    let Some((key, _)) = line.split_once('=') else {
+        return String::new();
+    };
+    let key = key.trim().trim_matches('"');
+    let mut table = String::new();
+    let mut counts = std::collections::HashMap::<&str, usize>::new();
+    for l in text[..start].lines().map(str::trim) {
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+            let n = counts.entry(name.trim()).or_insert(0);
+            table = format!("{}[{n}]", name.trim());
+            *n += 1;
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            table = name.trim().to_owned();
+        }
+    }
+    if table.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{table}.{key}")
+    }
 }
 
 fn contains(span: &Range<usize>, offset: usize) -> bool {

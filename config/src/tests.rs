@@ -331,6 +331,23 @@ fn type_and_syntax_errors_have_lines() {
     let e = one_error(server(&text));
     assert_eq!((e.key.as_str(), e.line), ("server.node_id", Some(3)));
     assert!(e.message.contains("invalid type"), "{}", e.message);
+    assert!(e.message.ends_with("expected an integer"), "{}", e.message);
+
+    // An integer beyond TOML's: the parser gives up on the whole file, the key is still named.
+    let text = psk_server().replace("node_id = 1", "node_id = 99999999999999999999");
+    let e = one_error(server(&text));
+    assert_eq!((e.key.as_str(), e.line), ("server.node_id", Some(3)));
+    assert!(
+        e.message.contains("at most 9223372036854775807"),
+        "{}",
+        e.message
+    );
+    let text = format!(
+        "{}[[service]]\nname = \"b\"\ntarget = 99999999999999999999\n",
+        psk_server()
+    );
+    let e = one_error(server(&text));
+    assert_eq!(e.key, "service[1].target", "{e:?}");
 
     let text = format!("{}[limits]\nstream_window = 1.5\n", psk_server());
     let e = one_error(server(&text));
