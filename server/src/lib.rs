@@ -248,6 +248,13 @@ impl ServerHandle {
             daemon::CLOSE_FLUSH,
         )
         .await;
+        // QUIC links close with a CONNECTION_CLOSE that the clients see at once: without it a
+        // client finds an idle link to a stopped node dead only at its next keepalive (10 s).
+        if let Some((ep, _)) = &self.quic {
+            ep.endpoint().close(0u32.into(), b"node stopping");
+            let idle = ep.endpoint().wait_idle();
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(300), idle).await;
+        }
         self.shutdown();
     }
 

@@ -9,54 +9,79 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use wanmux_config::ClientAuth;
+use wanmux_config::{ClientAuth, LinkTransport};
 use wanmux_tests::harness::{
     configs, eventually, free_port, is_listening, point_client_at, read_end, within, Auth, ReadEnd,
     SERVICE,
 };
 use wanmux_tests::process::Daemon;
 
+/// A node process serving `service` (PSK-only mode, control socket in `dir`) and an in-process
+/// client of it over `transport`, with its links up.
+async fn node_and_client(
+    name: &str,
+    service: std::net::SocketAddr,
+    transport: LinkTransport,
+) -> (Daemon, wanmux_client::ClientHandle) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (_, mut client) = configs(Auth::Psk, service, 2);
+    let ClientAuth::PskOnly { psk, .. } = &client.auth else {
+        unreachable!("PSK-only configs")
+    };
+    let addr = free_port();
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{addr}\"\nnode_id = 1\npsk = \"{}\"\n\n\
+             [[service]]\nname = \"{SERVICE}\"\ntarget = \"{service}\"\n\n\
+             [control]\nsocket = \"node.sock\"\n",
+            psk.to_base64(),
+        ),
+    )
+    .expect("write node config");
+    let node = Daemon::spawn(
+        Command::new(env!("CARGO_BIN_EXE_wanmux-server"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null()),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || is_listening(addr)).await,
+        "the node listens"
+    );
+    point_client_at(&mut client, addr);
+    client.transport = transport;
+    let client = wanmux_client::start(client).await.expect("client starts");
+    client.wait_for_links(2).await;
+    (node, client)
+}
+
+/// Sends `signal` (`-INT`, `-TERM`) to `node`.
+fn signal(node: &Daemon, signal: &str) {
+    let sent = Command::new("kill")
+        .args([signal, &node.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_resets_the_open_connections_at_both_ends_at_once() {
     within(Duration::from_secs(60), async {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("stop-twice");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
         let service = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind service");
-        let (_, mut client) = configs(Auth::Psk, service.local_addr().unwrap(), 2);
-        let ClientAuth::PskOnly { psk, .. } = &client.auth else {
-            unreachable!("PSK-only configs")
-        };
-        let addr = free_port();
-        let config = dir.join("node.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"{addr}\"\nnode_id = 1\npsk = \"{}\"\n\n\
-                 [[service]]\nname = \"{SERVICE}\"\ntarget = \"{}\"\n\n\
-                 [control]\nsocket = \"node.sock\"\n",
-                psk.to_base64(),
-                service.local_addr().unwrap()
-            ),
+        let (node, client) = node_and_client(
+            "stop-twice",
+            service.local_addr().unwrap(),
+            LinkTransport::Tcp,
         )
-        .expect("write node config");
-        let node = Daemon::spawn(
-            Command::new(env!("CARGO_BIN_EXE_wanmux-server"))
-                .args(["run", "--config"])
-                .arg(&config)
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null()),
-        );
-        assert!(
-            eventually(Duration::from_secs(10), || is_listening(addr)).await,
-            "the node listens"
-        );
-        point_client_at(&mut client, addr);
-        let client = wanmux_client::start(client).await.expect("client starts");
-        client.wait_for_links(2).await;
+        .await;
 
         // One connection, both ends seen connected.
         let mut app = TcpStream::connect(client.first_addr()).await.unwrap();
@@ -68,11 +93,7 @@ async fn a_second_signal_resets_the_open_connections_at_both_ends_at_once() {
         app.read_exact(&mut buf).await.unwrap();
 
         for _ in 0..2 {
-            let sent = Command::new("kill")
-                .args(["-INT", &node.id().to_string()])
-                .status()
-                .expect("run kill");
-            assert!(sent.success());
+            signal(&node, "-INT");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let stopped = Instant::now();
@@ -88,6 +109,31 @@ async fn a_second_signal_resets_the_open_connections_at_both_ends_at_once() {
         assert!(stopped.elapsed() < Duration::from_secs(5));
         client.shutdown();
         drop(node);
+    })
+    .await;
+}
+
+/// A node that stops closes its QUIC links with a CONNECTION_CLOSE: the client sees its idle
+/// links end at once, not at their next keepalive (10 s) and its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_s_quic_links_end_at_once() {
+    within(Duration::from_secs(60), async {
+        let service = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind service");
+        let (mut node, client) = node_and_client(
+            "stop-quic",
+            service.local_addr().unwrap(),
+            LinkTransport::Quic,
+        )
+        .await;
+        signal(&node, "-TERM");
+        assert!(node.wait().success(), "the node stops");
+        assert!(
+            eventually(Duration::from_secs(3), || client.live_links() == 0).await,
+            "the client's QUIC links to the stopped node are still up"
+        );
+        client.shutdown();
     })
     .await;
 }
