@@ -181,17 +181,33 @@ pub struct LinkStatus {
     /// stream beside another link on one connection.
     #[serde(default)]
     pub lane: bool,
+    /// Through another node of a cluster, not a connection of its own: on the client, a
+    /// sub-link to this session's node over a link to another node; on a node, a virtual link
+    /// to the client through a peer. Not counted as a link up.
+    #[serde(default)]
+    pub relayed: bool,
 }
 
 impl SessionStatus {
+    /// Its links up: connections of its own, not the paths through other nodes.
+    pub fn links_up(&self) -> usize {
+        self.links.iter().filter(|l| !l.relayed).count()
+    }
+
+    /// Its paths through other nodes of the cluster.
+    pub fn relayed_links(&self) -> usize {
+        self.links.len() - self.links_up()
+    }
+
     /// The state of the session `driver` runs; `peer` names the other end.
     pub fn of(driver: &SessionDriver, id: String, peer: String) -> SessionStatus {
-        let mut labels = driver.link_labels();
+        let (mut labels, relayed) = driver.link_labels();
         driver.with(|s, now| {
             let links = s
                 .links()
                 .filter_map(|l| {
                     let mut link = LinkStatus::new(l.0, &s.link_stats(l, now)?);
+                    link.relayed = relayed.contains(&l);
                     if let Some(label) = labels.remove(&l) {
                         link.address = Some(label.address);
                         link.transport = Some(label.transport.to_owned());
@@ -223,6 +239,7 @@ impl LinkStatus {
             received_bytes: s.bytes_received,
             unconfirmed: s.unconfirmed,
             lane: s.lane,
+            relayed: false,
         }
     }
 }
@@ -247,7 +264,7 @@ impl Status {
 
     /// Links up, all sessions.
     pub fn links_up(&self) -> usize {
-        self.sessions.iter().map(|s| s.links.len()).sum()
+        self.sessions.iter().map(SessionStatus::links_up).sum()
     }
 
     /// Open streams, all sessions.
@@ -332,11 +349,15 @@ impl Status {
         for s in &self.sessions {
             let _ = writeln!(
                 out,
-                "\nsession {} ({}): {} streams, {} links, resent {:.1} MiB, {:.1} MiB waiting to be read",
+                "\nsession {} ({}): {} streams, {} links{}, resent {:.1} MiB, {:.1} MiB waiting to be read",
                 s.id,
                 s.peer,
                 s.streams,
-                s.links.len(),
+                s.links_up(),
+                match s.relayed_links() {
+                    0 => String::new(),
+                    n => format!(" and {n} through other nodes"),
+                },
                 mib(s.resent_bytes),
                 mib(s.receive_buffered_bytes),
             );
@@ -356,11 +377,15 @@ impl Status {
             }
             for l in &s.links {
                 let rtt = l.rtt_ms.map_or("-".to_owned(), |r| format!("{r:.1}"));
-                let via = format!(
-                    "{}{}",
-                    l.transport.as_deref().unwrap_or("-"),
-                    if l.lane { " lane" } else { "" }
-                );
+                let via = if l.relayed {
+                    "relay".to_owned()
+                } else {
+                    format!(
+                        "{}{}",
+                        l.transport.as_deref().unwrap_or("-"),
+                        if l.lane { " lane" } else { "" }
+                    )
+                };
                 let _ = writeln!(
                     out,
                     "  {:>6} {:<9} {:<22} {:>9} {:>14.1} {:>12.1} {:>12.1} {:>11}",
@@ -511,7 +536,11 @@ impl Status {
             "Open streams, per session.",
             &by_session,
         );
-        let up = f.gauge("wanmux_links_up", "Links up, per session.", &by_session);
+        let up = f.gauge(
+            "wanmux_links_up",
+            "Links up, per session (connections of its own: not the paths through other nodes).",
+            &by_session,
+        );
         let buffered = f.gauge(
             "wanmux_receive_buffered_bytes",
             "Bytes waiting for the application to read them, per session.",
@@ -576,7 +605,7 @@ impl Status {
         for s in &self.sessions {
             let labels = [s.id.as_str(), s.peer.as_str()];
             open.with_label_values(&labels).set(s.streams as f64);
-            up.with_label_values(&labels).set(s.links.len() as f64);
+            up.with_label_values(&labels).set(s.links_up() as f64);
             buffered
                 .with_label_values(&labels)
                 .set(s.receive_buffered_bytes as f64);

@@ -233,6 +233,27 @@ async fn stripe_carries_the_owners_streams_over_every_node_both_ways() {
         let client = wanmux_client::start(config).await.expect("client starts");
         client.wait_for_links(6).await;
         wait_for_sub_links(&client, 3, 2).await;
+        // `status` counts the links, the connections of their own (each with its address),
+        // apart from the paths through the other nodes (the sub-links of the other two nodes'
+        // engines on each node's links).
+        let st = client.status();
+        for s in &st.sessions {
+            let own = s.links.iter().filter(|l| l.address.is_some()).count();
+            assert!(own >= 2, "{}", st.to_text());
+            assert_eq!(s.links_up(), own, "{}", st.to_text());
+            assert!(s.relayed_links() >= 4, "{}", st.to_text());
+        }
+        let own: usize = st.sessions.iter().map(|s| s.links_up()).sum();
+        assert!(
+            st.to_text().contains(&format!("3 sessions, {own} links,")),
+            "{}",
+            st.to_text()
+        );
+        assert!(
+            st.to_text().contains(" through other nodes"),
+            "{}",
+            st.to_text()
+        );
         let (up, down) = (4 << 20, 4 << 20);
         let tasks = start_transfers(client.first_addr(), 4, up, down);
         check_all(&mut app, tasks, up, down).await;
