@@ -226,6 +226,7 @@ impl Cluster {
                         node: n.id.0,
                         sent_bytes: sent,
                         received_bytes: received,
+                        peer_link_up: None,
                     }
                 })
                 .collect();

@@ -99,6 +99,9 @@ pub struct RelayedStatus {
     pub sent_bytes: u64,
     /// Downstream: owner to client.
     pub received_bytes: u64,
+    /// Node: whether its peer link to that node is up now (`None` on the client).
+    #[serde(default)]
+    pub peer_link_up: Option<bool>,
 }
 
 /// [`Totals`] as it is rendered.
@@ -340,10 +343,15 @@ impl Status {
         for r in &self.relayed {
             let _ = writeln!(
                 out,
-                "relayed with node {}: {:.1} MiB upstream, {:.1} MiB downstream",
+                "relayed with node {}: {:.1} MiB upstream, {:.1} MiB downstream{}",
                 r.node,
                 mib(r.sent_bytes),
                 mib(r.received_bytes),
+                match r.peer_link_up {
+                    Some(true) => "; peer link up",
+                    Some(false) => "; peer link DOWN",
+                    None => "",
+                },
             );
         }
         for s in &self.sessions {
@@ -593,8 +601,18 @@ impl Status {
             "Section bytes relayed downstream (owner to client), per node, as the upstream ones.",
             &["node"],
         );
+        let peer_up = f.gauge(
+            "wanmux_peer_link_up",
+            "Node: 1 while its peer link to that node of the cluster is up, else 0.",
+            &["node"],
+        );
         for r in &self.relayed {
             let node = r.node.to_string();
+            if let Some(up) = r.peer_link_up {
+                peer_up
+                    .with_label_values(&[node.as_str()])
+                    .set(f64::from(u8::from(up)));
+            }
             relayed_up
                 .with_label_values(&[node.as_str()])
                 .inc_by(r.sent_bytes);

@@ -231,6 +231,7 @@ impl Relay {
     /// Section bytes relayed with each peer, for the node's status.
     pub(crate) fn relayed_all(&self) -> Vec<wanmux_core::status::RelayedStatus> {
         let peers: Vec<u16> = self.mesh.peer_ids();
+        let up = self.mesh.peers_up();
         peers
             .into_iter()
             .map(|node| {
@@ -239,6 +240,7 @@ impl Relay {
                     node,
                     sent_bytes: sent,
                     received_bytes: received,
+                    peer_link_up: Some(up.contains(&node)),
                 }
             })
             .collect()

@@ -167,6 +167,25 @@ async fn a_restarted_node_is_down_then_up_with_a_new_instance() {
     cluster.nodes[1].take().expect("running").abort();
     cluster.wait_up(0, &[3]).await;
     cluster.wait_up(2, &[1]).await;
+    // Node 1's status and metrics say so.
+    let peer_up = |node: &ServerHandle| -> Vec<(u16, Option<bool>)> {
+        node.status()
+            .relayed
+            .iter()
+            .map(|r| (r.node, r.peer_link_up))
+            .collect()
+    };
+    assert_eq!(
+        peer_up(cluster.node(0)),
+        [(2, Some(false)), (3, Some(true))]
+    );
+    let st = cluster.node(0).status();
+    assert!(st
+        .to_text()
+        .contains("node 2: 0.0 MiB upstream, 0.0 MiB downstream; peer link DOWN"));
+    assert!(st
+        .to_prometheus()
+        .contains("wanmux_peer_link_up{node=\"2\"} 0"));
 
     // Back on the same cluster address, as a new process would be.
     let again = wanmux_server::start(cluster.configs[1].clone())
@@ -176,6 +195,7 @@ async fn a_restarted_node_is_down_then_up_with_a_new_instance() {
     assert_ne!(new, old);
     cluster.nodes[1] = Some(again);
     cluster.wait_full_mesh().await;
+    assert_eq!(peer_up(cluster.node(0)), [(2, Some(true)), (3, Some(true))]);
     assert_eq!(cluster.node(0).peer_instance(2), Some(new));
     assert_eq!(cluster.node(2).peer_instance(2), Some(new));
     // Node 1 and node 3 each logged it.
