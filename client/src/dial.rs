@@ -343,7 +343,14 @@ impl Slot {
             Some(e) if e == epoch => true,
             Some(_) if dial_started < state.epoch_since => false,
             Some(_) => {
-                warn!(node = %self.node.id, "the server lost this session; open connections are reset");
+                // A warning when it cost connections; a node that restarted while it carried
+                // none is news, not trouble.
+                let streams = self.driver.with(|s, _| s.stream_count());
+                if streams > 0 {
+                    warn!(node = %self.node.id, streams, "the node lost this session (it restarted): the connections it owned are reset");
+                } else {
+                    info!(node = %self.node.id, "the node lost this session (it restarted); it had no connections of this client");
+                }
                 self.driver.restart();
                 state.epoch = Some(epoch);
                 state.epoch_since = Instant::now();
