@@ -359,7 +359,7 @@ async fn a_burst_over_the_stream_limit_is_refused_and_the_session_goes_on() {
 
 /// Streams the node cannot connect are visible at the default log level and in `status`: a
 /// `warn` line at once for the first (naming the service, or the name a client asked for), the
-/// rest counted (`core::lograte`), and a count per reason.
+/// rest counted (`core::lograte`), and a count per reason; the client warns too.
 #[tokio::test]
 async fn service_failures_are_logged_and_counted() {
     let logs = LogCapture::start();
@@ -394,8 +394,24 @@ async fn service_failures_are_logged_and_counted() {
         assert!(line.contains("streams=1"), "{line}");
         // One line each so far: the other two of each are counted for the next.
         let warned = |part: &str| logs.lines().iter().filter(|l| l.contains(part)).count();
-        assert_eq!(warned("cannot connect to the service"), 1);
+        assert_eq!(
+            warned("cannot connect to the service: its streams are reset"),
+            1
+        );
         assert_eq!(warned("does not have"), 1);
+        // The client says it too, for its own operator, naming the node.
+        let line = logs
+            .wait_for(&["WARN", "the node has no such service", "node=1"], PROMPT)
+            .await;
+        assert!(line.contains("connections=1"), "{line}");
+        logs.wait_for(
+            &[
+                "WARN",
+                "the node cannot connect to the service: connections reset",
+            ],
+            PROMPT,
+        )
+        .await;
     })
     .await;
 }

@@ -91,6 +91,8 @@ struct Shared {
     more_links: Notify,
     /// The peer (a node) said it is stopping: `DRAINING`. Cleared by a restart.
     peer_draining: AtomicBool,
+    /// Client: the streams the node refused, logged as counts ([`Refusals`]).
+    refusals: Refusals,
     opened: mpsc::UnboundedSender<(StreamId, String)>,
     /// The daemon's: wakes the budget task of every session.
     budget: BudgetSignal,
@@ -221,6 +223,7 @@ impl SessionDriver {
             closing: Notify::new(),
             more_links: Notify::new(),
             peer_draining: AtomicBool::new(false),
+            refusals: Refusals::default(),
             opened: tx,
             budget: budget.clone(),
             counters,
@@ -313,6 +316,7 @@ impl SessionDriver {
                 }
                 Event::MoreLinksWanted => self.shared.more_links.notify_one(),
                 Event::PeerDraining => self.shared.peer_draining.store(true, Ordering::Release),
+                Event::StreamRefused { stream, code } => self.shared.refusals.hit(code, stream),
                 Event::BudgetReleased => self.shared.budget.wake_all(),
                 Event::LinkTimedOut(id) | Event::LinkClosedByPeer(id) => {
                     // The engine no longer has the link, and its task ends. Its writer is woken
@@ -633,11 +637,7 @@ impl SessionDriver {
     /// Resets every stream, closes every link and stops the timer: the session is over.
     /// Stream tasks see their streams reset and close their sockets.
     pub fn close(&self, code: u16) {
-        let mut st = self.lock();
-        st.session.reset_all(code);
-        let now = st.since;
-        self.after(&mut st, now);
-        drop(st);
+        self.reset_all(code);
         self.abandon();
     }
 
@@ -706,6 +706,58 @@ impl SessionDriver {
     /// Whether [`SessionDriver::close`] was called.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
+    }
+}
+
+/// The client's view of the streams a node refused, one `warn` line per reason at most every
+/// 10 s with the count (`lograte`): the node's operator sees its own lines, this is for the
+/// client's, whose map may name a service the node does not have.
+#[derive(Debug)]
+struct Refusals {
+    unknown: crate::lograte::Tally<StreamId>,
+    unreachable: crate::lograte::Tally<StreamId>,
+    full: crate::lograte::Tally<StreamId>,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+        Refusals {
+            unknown: crate::lograte::Tally::new(EVERY, |n, s| {
+                tracing::warn!(
+                    node = s.owner().0,
+                    connections = n,
+                    "the node has no such service: connections reset (a map's `service` names \
+                     none of the node's [[service]])"
+                );
+            }),
+            unreachable: crate::lograte::Tally::new(EVERY, |n, s| {
+                tracing::warn!(
+                    node = s.owner().0,
+                    connections = n,
+                    "the node cannot connect to the service: connections reset (its log says why)"
+                );
+            }),
+            full: crate::lograte::Tally::new(EVERY, |n, s| {
+                tracing::warn!(
+                    node = s.owner().0,
+                    connections = n,
+                    "the node is at its stream limit (its limits.max_streams): connections reset"
+                );
+            }),
+        }
+    }
+}
+
+impl Refusals {
+    fn hit(&self, code: u16, stream: StreamId) {
+        use crate::frame::reset;
+        match code {
+            reset::UNKNOWN_SERVICE => self.unknown.hit(stream),
+            reset::CONNECT_FAILED => self.unreachable.hit(stream),
+            reset::TOO_MANY_STREAMS => self.full.hit(stream),
+            _ => {}
+        }
     }
 }
 

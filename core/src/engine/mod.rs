@@ -214,6 +214,14 @@ pub enum Event {
     MoreLinksWanted,
     /// The node is stopping (client side): it refuses new streams, which go to other nodes.
     PeerDraining,
+    /// Client: the node refused a stream: it has no such service (`reset::UNKNOWN_SERVICE`),
+    /// cannot connect to it (`CONNECT_FAILED`) or is at its stream limit (`TOO_MANY_STREAMS`).
+    StreamRefused {
+        /// The stream.
+        stream: StreamId,
+        /// The `RESET` code.
+        code: u16,
+    },
     /// This session gave memory back to the daemon's budget while another session (or this
     /// one) waited for it: wake every session of the daemon that shares the budget, and each
     /// calls [`Session::retry_budget`].

@@ -329,6 +329,15 @@ impl Session {
         self.recv_session_consumed += discarded;
         if let Some(reply) = reply {
             self.control.push_back(reply);
+            let refused = [
+                frame::reset::UNKNOWN_SERVICE,
+                frame::reset::CONNECT_FAILED,
+                frame::reset::TOO_MANY_STREAMS,
+            ];
+            if self.role == Role::Client && refused.contains(&code) {
+                self.events
+                    .push_back(Event::StreamRefused { stream: id, code });
+            }
         }
         self.remove_stream(id);
         self.events.push_back(Event::StreamReadable(id));
