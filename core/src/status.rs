@@ -191,6 +191,18 @@ pub struct LinkStatus {
     pub relayed: bool,
 }
 
+/// `what: reason n, reason n` for the reasons counted at least once; nothing when none was.
+fn counts_line(out: &mut String, what: &str, counts: &BTreeMap<String, u64>) {
+    let counted: Vec<String> = counts
+        .iter()
+        .filter(|(_, &n)| n > 0)
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    if !counted.is_empty() {
+        let _ = writeln!(out, "{what}: {}", counted.join(", "));
+    }
+}
+
 impl SessionStatus {
     /// Its links up: connections of its own, not the paths through other nodes.
     pub fn links_up(&self) -> usize {
@@ -308,24 +320,8 @@ impl Status {
             t.streams_opened,
             t.links_opened,
         );
-        let failed: Vec<String> = self
-            .handshake_failures
-            .iter()
-            .filter(|(_, &n)| n > 0)
-            .map(|(reason, n)| format!("{reason} {n}"))
-            .collect();
-        if !failed.is_empty() {
-            let _ = writeln!(out, "failed handshakes: {}", failed.join(", "));
-        }
-        let refused: Vec<String> = self
-            .stream_refusals
-            .iter()
-            .filter(|(_, &n)| n > 0)
-            .map(|(reason, n)| format!("{reason} {n}"))
-            .collect();
-        if !refused.is_empty() {
-            let _ = writeln!(out, "streams refused: {}", refused.join(", "));
-        }
+        counts_line(&mut out, "failed handshakes", &self.handshake_failures);
+        counts_line(&mut out, "streams refused", &self.stream_refusals);
         let r = self.reloads;
         if r.applied + r.refused > 0 {
             let _ = writeln!(

@@ -17,6 +17,23 @@ async fn idle_connection(t: &Tunnel) -> TcpStream {
     tcp
 }
 
+/// Ends the connection of [`idle_connection`] (its upload ends, nothing comes back) and
+/// returns the application server's results of it and of the one other connection, by seed.
+async fn end_held(
+    mut held: TcpStream,
+    app: &mut wanmux_tests::harness::AppServer,
+) -> [wanmux_tests::harness::AppResult; 2] {
+    held.shutdown().await.unwrap();
+    let end = drain_end(&mut held, Duration::from_secs(10)).await;
+    assert!(matches!(end, ReadEnd::Eof), "held connection: {end:?}");
+    let mut results = [
+        app.results.recv().await.unwrap(),
+        app.results.recv().await.unwrap(),
+    ];
+    results.sort_by_key(|r| r.seed);
+    results
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_drain_finishes_open_transfers_and_closes_its_ports() {
     within(LIMIT, async {
@@ -24,7 +41,7 @@ async fn client_drain_finishes_open_transfers_and_closes_its_ports() {
         let addr = t.addr();
         // A connection that only ends when the test says so holds the drain open while the
         // port is checked (the transfer alone can finish on loopback before that).
-        let mut held = idle_connection(&t).await;
+        let held = idle_connection(&t).await;
         let running = tokio::spawn(transfer(addr, 32 << 20, 32 << 20, 5));
         // Drain once the transfer's stream is open.
         assert!(
@@ -49,14 +66,7 @@ async fn client_drain_finishes_open_transfers_and_closes_its_ports() {
             "a draining client still accepts"
         );
         let c = running.await.unwrap().expect("the open transfer finishes");
-        held.shutdown().await.unwrap();
-        let end = drain_end(&mut held, Duration::from_secs(10)).await;
-        assert!(matches!(end, ReadEnd::Eof), "held connection: {end:?}");
-        let mut results = [
-            app.results.recv().await.unwrap(),
-            app.results.recv().await.unwrap(),
-        ];
-        results.sort_by_key(|r| r.seed);
+        let results = end_held(held, &mut app).await;
         let a = &results[1];
         assert_eq!(a.seed, 5);
         assert_eq!(c.sent, a.received);
@@ -79,7 +89,7 @@ async fn server_drain_refuses_new_streams_and_finishes_open_ones() {
         // An open connection that only ends when the test says so: it holds the drain open
         // until the refusal below has been seen (the bulk transfer alone can finish on
         // loopback before the new connection arrives, and a stopped server refuses nothing).
-        let mut held = idle_connection(&t).await;
+        let held = idle_connection(&t).await;
         let running = tokio::spawn(transfer(addr, 16 << 20, 16 << 20, 6));
         assert!(
             eventually(Duration::from_secs(5), || t.server.stream_count() >= 2).await,
@@ -113,15 +123,7 @@ async fn server_drain_refuses_new_streams_and_finishes_open_ones() {
             "new stream while draining: {end:?}"
         );
         let c = running.await.unwrap().expect("the open transfer finishes");
-        // The held connection finishes too: its upload ends, nothing comes back.
-        held.shutdown().await.unwrap();
-        let end = drain_end(&mut held, Duration::from_secs(10)).await;
-        assert!(matches!(end, ReadEnd::Eof), "held connection: {end:?}");
-        let mut results = [
-            app.results.recv().await.unwrap(),
-            app.results.recv().await.unwrap(),
-        ];
-        results.sort_by_key(|r| r.seed);
+        let results = end_held(held, &mut app).await;
         assert_eq!((results[0].seed, results[1].seed), (0, 6));
         assert_eq!((results[0].sent.bytes, results[0].received.bytes), (0, 0));
         assert_eq!(c.sent, results[1].received);
