@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use wanmux_core::driver::link::{LinkEnd, RouteFuture, Router};
 use wanmux_core::driver::{LinkKind, SessionDriver};
 use wanmux_core::engine::{Gathered, MessageBuf, PeerError};
@@ -433,7 +433,13 @@ impl Router for ClientRouter {
                     }
                     Routed::Down { code, .. } if code == DOWN_NO_SESSION => {
                         let streams = s.node.driver.with(|e, _| e.stream_count());
-                        warn!(owner = node, via = %self.via, streams, "the node lost this session; the connections it owned are reset");
+                        // A warning when it cost connections; a node that restarted while it
+                        // carried none is news, not trouble.
+                        if streams > 0 {
+                            warn!(owner = node, via = %self.via, streams, "the node lost this session (it restarted): the connections it owned are reset");
+                        } else {
+                            info!(owner = node, via = %self.via, "the node lost this session (it restarted); it had no connections of this client");
+                        }
                         self.drop_sub(s, now, carrier);
                         s.node.driver.restart();
                         let mut st = dial::lock(&s.node.state);
