@@ -263,8 +263,9 @@ impl Sessions {
     }
 
     pub(crate) fn close_all(&self) {
-        for (_, e) in self.lock().drain() {
-            e.driver.close(reset::SHUTDOWN);
+        // The drivers' own locks are taken with the table's released, as everywhere here.
+        for d in self.take_all() {
+            d.close(reset::SHUTDOWN);
         }
     }
 
@@ -621,7 +622,6 @@ impl Sessions {
 
 /// Connects each stream the client opens to its named service.
 async fn serve_streams(driver: SessionDriver, mut opened: OpenedStreams, sessions: Arc<Sessions>) {
-    let config = &sessions.config;
     while let Some((id, name)) = opened.recv().await {
         if sessions.draining.load(Ordering::Relaxed) {
             debug!(stream = %id, "draining: stream refused");
@@ -635,8 +635,7 @@ async fn serve_streams(driver: SessionDriver, mut opened: OpenedStreams, session
             driver.with(|s, _| s.stream_reset(id, reset::UNKNOWN_SERVICE));
             continue;
         };
-        let timeout = config.connect_timeout;
-        let connecting = connect(driver.clone(), id, name, target, timeout, sessions.clone());
+        let connecting = connect(driver.clone(), id, name, target, sessions.clone());
         tokio::spawn(connecting.in_current_span());
     }
 }
@@ -646,9 +645,9 @@ async fn connect(
     id: StreamId,
     service: String,
     target: String,
-    timeout: Duration,
     sessions: Arc<Sessions>,
 ) {
+    let timeout = sessions.config.connect_timeout;
     let error = match tokio::time::timeout(timeout, TcpStream::connect(&target)).await {
         Ok(Ok(tcp)) => {
             let _ = tcp.set_nodelay(true);

@@ -348,7 +348,9 @@ impl Session {
 
     /// Server: whether `id` is a stream refused over the limit whose client has not reset it.
     fn is_refused(&self, id: StreamId) -> bool {
-        matches!(self.role, Role::Server(node) if id.owner() == node)
+        // On every DATA frame: nothing to look up while no stream is refused.
+        !self.refused.is_empty()
+            && matches!(self.role, Role::Server(node) if id.owner() == node)
             && self.refused.contains(id.counter())
     }
 
