@@ -14,6 +14,7 @@ use wanmux_tests::harness::{
     configs, eventually, free_port, is_listening, point_client_at, read_end, within, Auth, ReadEnd,
     SERVICE,
 };
+use wanmux_tests::mesh::LogCapture;
 use wanmux_tests::process::Daemon;
 
 /// A node process serving `service` (PSK-only mode, control socket in `dir`) and an in-process
@@ -72,16 +73,22 @@ fn signal(node: &Daemon, signal: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_resets_the_open_connections_at_both_ends_at_once() {
+    second_signal("stop-twice", LinkTransport::Tcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_resets_the_open_connections_at_both_ends_at_once_over_quic() {
+    second_signal("stop-twice-quic", LinkTransport::Quic).await;
+}
+
+/// Two signals to a node with one connection open over `transport`: both ends are reset at
+/// once.
+async fn second_signal(name: &str, transport: LinkTransport) {
     within(Duration::from_secs(60), async {
         let service = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind service");
-        let (node, client) = node_and_client(
-            "stop-twice",
-            service.local_addr().unwrap(),
-            LinkTransport::Tcp,
-        )
-        .await;
+        let (node, client) = node_and_client(name, service.local_addr().unwrap(), transport).await;
 
         // One connection, both ends seen connected.
         let mut app = TcpStream::connect(client.first_addr()).await.unwrap();
@@ -114,9 +121,11 @@ async fn a_second_signal_resets_the_open_connections_at_both_ends_at_once() {
 }
 
 /// A node that stops closes its QUIC links with a CONNECTION_CLOSE: the client sees its idle
-/// links end at once, not at their next keepalive (10 s) and its timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// links end at once, not at their next keepalive (10 s) and its timeout, and its log says that
+/// the node drained and closed them (quinn's own error says "connection lost").
+#[tokio::test]
 async fn a_stopped_node_s_quic_links_end_at_once() {
+    let log = LogCapture::start();
     within(Duration::from_secs(60), async {
         let service = TcpListener::bind("127.0.0.1:0")
             .await
@@ -128,10 +137,24 @@ async fn a_stopped_node_s_quic_links_end_at_once() {
         )
         .await;
         signal(&node, "-TERM");
-        assert!(node.wait().success(), "the node stops");
+        // Waited for off this thread: the client runs on it.
+        let stopped = tokio::task::spawn_blocking(move || node.wait());
+        assert!(stopped.await.unwrap().success(), "the node stops");
         assert!(
             eventually(Duration::from_secs(3), || client.live_links() == 0).await,
             "the client's QUIC links to the stopped node are still up"
+        );
+        log.wait_for(&["the peer is draining"], Duration::from_secs(1))
+            .await;
+        log.wait_for(
+            &["link ended", "end=closed by peer"],
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(
+            log.find(&["connection lost"]).is_none(),
+            "{:#?}",
+            log.lines()
         );
         client.shutdown();
     })

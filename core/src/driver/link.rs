@@ -51,6 +51,8 @@ const STATS_LOG_EVERY: u32 = 10;
 pub enum LinkEnd {
     /// The peer closed the connection.
     Closed,
+    /// The peer closed the connection with a reason (a QUIC close's; printable, bounded).
+    ClosedSaying(String),
     /// A socket or crypto error.
     Link(LinkError),
     /// The peer broke the protocol.
@@ -94,6 +96,7 @@ impl fmt::Display for LinkEnd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LinkEnd::Closed => f.write_str("closed by peer"),
+            LinkEnd::ClosedSaying(why) => write!(f, "closed by peer: {why}"),
             LinkEnd::Link(e) => write!(f, "{e}"),
             LinkEnd::Peer(e) => write!(f, "protocol error: {e}"),
             LinkEnd::SessionClosed => f.write_str("session closed"),
@@ -270,9 +273,15 @@ async fn read_loop(
                 }
             }
             Ok(None) => return LinkEnd::Closed,
-            Err(e) => return LinkEnd::Link(e),
+            Err(e) => return failed(e),
         }
     }
+}
+
+/// Why a link whose read or write failed with `e` ended (a QUIC link's end as the peer's close
+/// or a timeout where it was one, [`crate::quic::link_end`]).
+fn failed(e: LinkError) -> LinkEnd {
+    crate::quic::link_end(&e).unwrap_or(LinkEnd::Link(e))
 }
 
 async fn write_loop(
@@ -294,18 +303,18 @@ async fn write_loop(
         if let (true, Some(r)) = (routed_first, &router) {
             match poll_routed(r.as_ref(), &driver, &mut writer, BATCH / 2) {
                 Ok(m) => n = m,
-                Err(e) => return LinkEnd::Link(e),
+                Err(e) => return failed(e),
             }
         }
         match driver.poll_link_into(id, &mut writer, &mut gathered[..BATCH - n]) {
             None => return LinkEnd::TimedOut,
-            Some(Err(e)) => return LinkEnd::Link(e),
+            Some(Err(e)) => return failed(e),
             Some(Ok(own)) => n += own,
         }
         if let (false, Some(r)) = (routed_first, &router) {
             match poll_routed(r.as_ref(), &driver, &mut writer, BATCH - n) {
                 Ok(m) => n += m,
-                Err(e) => return LinkEnd::Link(e),
+                Err(e) => return failed(e),
             }
         }
         tracing::trace!(messages = n, "transmit");
@@ -323,7 +332,7 @@ async fn write_loop(
             continue;
         }
         if let Err(e) = writer.flush().await {
-            return LinkEnd::Link(e);
+            return failed(e);
         }
     }
 }

@@ -315,7 +315,13 @@ impl SessionDriver {
                     }
                 }
                 Event::MoreLinksWanted => self.shared.more_links.notify_one(),
-                Event::PeerDraining => self.shared.peer_draining.store(true, Ordering::Release),
+                Event::PeerDraining => {
+                    if !self.shared.peer_draining.swap(true, Ordering::AcqRel) {
+                        tracing::info!(
+                            "the peer is draining: it finishes its connections and stops"
+                        );
+                    }
+                }
                 Event::StreamRefused { stream, code } => self.shared.refusals.hit(code, stream),
                 Event::BudgetReleased => self.shared.budget.wake_all(),
                 Event::LinkTimedOut(id) | Event::LinkClosedByPeer(id) => {

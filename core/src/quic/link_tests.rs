@@ -435,3 +435,48 @@ async fn a_lane_stream_runs_beside_its_link_on_a_node_that_takes_one() {
         drop(writers);
     }
 }
+
+/// A node that closes its endpoint (as a stopping node does) ends the client's link as closed
+/// by the peer, with the reason it gave, on the client's read and write alike; quinn's own
+/// error says only "connection lost".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_closing_its_endpoint_ends_the_link_as_closed_by_the_peer() {
+    let listener = server_endpoint(loopback()).expect("node endpoint");
+    let dialer = client_endpoint(loopback()).expect("client endpoint");
+    let (c_auth, s_auth) = creds(Mode::IkPsk2);
+    let (dialled, accepted) = tokio::join!(
+        dial(&dialer, node_addr(&listener), &c_auth),
+        accept_next(&listener, &s_auth)
+    );
+    let (_, mut reader, mut writer, _) = dialled.expect("the client's handshake");
+    let _accepted = accepted.expect("the node's handshake");
+    listener
+        .endpoint()
+        .close(VarInt::from_u32(0), b"node stopping\n\x07");
+    let read = tokio::time::timeout(LONG, reader.recv())
+        .await
+        .expect("the read ends")
+        .expect_err("the link is closed");
+    let end = crate::quic::link_end(&read).expect("a QUIC end");
+    assert!(
+        matches!(&end, LinkEnd::ClosedSaying(why) if why == "node stopping\\n\\u{7}"),
+        "{end}"
+    );
+    assert_eq!(end.to_string(), "closed by peer: node stopping\\n\\u{7}");
+    writer.seal(b"after the close").expect("seal");
+    let write = writer.flush().await.expect_err("the write fails");
+    assert!(
+        matches!(link_end(&write), Some(LinkEnd::ClosedSaying(_))),
+        "{write}"
+    );
+    // Another error than a lost connection is left as it is.
+    assert!(link_end(&LinkError::Closed).is_none());
+}
+
+/// A peer's close reason is cut to a bounded length of printable characters.
+#[test]
+fn a_close_reason_is_printable_and_bounded() {
+    let long = vec![b'x'; 10_000];
+    assert_eq!(printable(&long).len(), REASON_MAX);
+    assert_eq!(printable(b"a\xffb\x1b"), "a\u{fffd}b\\u{1b}");
+}

@@ -71,6 +71,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
+use crate::driver::link::LinkEnd;
 use crate::keys::PublicKey;
 use crate::noise::{
     self, Accepted, BoxRead, BoxWrite, ChannelBinding, ClientAuth, ClientHello, LinkError,
@@ -586,6 +587,44 @@ fn why_lost(e: LinkError) -> LinkError {
         Some(lost) => connection_error(lost.clone()),
         None => e,
     }
+}
+
+/// How a live QUIC link ended, when a read or write of its stream failed with `e` because the
+/// connection was lost: quinn reports every end as the I/O error "connection lost", which read
+/// the same for a node that stopped and a path that died. A peer's close reads as a TCP link's
+/// does, with the reason it gave ([`LinkEnd::ClosedSaying`]); quinn's idle timeout as no answer
+/// ([`LinkEnd::TimedOut`]); `None` for any other error.
+pub(crate) fn link_end(e: &LinkError) -> Option<LinkEnd> {
+    let reason = match lost_connection(e)? {
+        quinn::ConnectionError::ApplicationClosed(c) => &c.reason,
+        quinn::ConnectionError::ConnectionClosed(c) if tls_alert(c.error_code).is_none() => {
+            &c.reason
+        }
+        quinn::ConnectionError::TimedOut => return Some(LinkEnd::TimedOut),
+        _ => return None,
+    };
+    Some(if reason.is_empty() {
+        LinkEnd::Closed
+    } else {
+        LinkEnd::ClosedSaying(printable(reason))
+    })
+}
+
+/// The most characters of a peer's close reason a link's end repeats.
+pub(crate) const REASON_MAX: usize = 64;
+
+/// A peer's close reason as a log line may show it: its bytes as UTF-8 (lossy), control
+/// characters escaped, cut at [`REASON_MAX`] characters.
+fn printable(reason: &[u8]) -> String {
+    let mut out = String::new();
+    for c in String::from_utf8_lossy(reason).chars().take(REASON_MAX) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The TLS alert in a QUIC crypto error code (`0x100 + alert`), if it is one.
