@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn, Instrument};
 use wanmux_config::{LinkTransport, Node};
-use wanmux_core::driver::link::LinkEnd;
+use wanmux_core::driver::link::{LinkEnd, CLOSE_LINGER};
 use wanmux_core::driver::{self, SessionDriver};
 use wanmux_core::frame::Frame;
 use wanmux_core::ids::SessionId;
@@ -450,20 +450,29 @@ impl Slot {
 }
 
 /// A link and the lane stream beside it, if any, until either ends: the one that ends first
-/// ends the other too (they share the QUIC connection, which the first one's end closes).
+/// ends the other too (they share the QUIC connection, which the first one's end closes). When
+/// the node ended the first in order (it finished the stream: [`LinkEnd::Closed`]), the other
+/// gets up to [`CLOSE_LINGER`] to read what the node sent on it before its own end.
 async fn both(
     link: impl std::future::Future<Output = LinkEnd>,
     lane: Option<impl std::future::Future<Output = LinkEnd>>,
 ) -> LinkEnd {
-    match lane {
-        None => link.await,
-        Some(lane) => {
-            tokio::select! {
-                end = link => end,
-                end = lane => end,
-            }
+    let Some(lane) = lane else {
+        return link.await;
+    };
+    tokio::pin!(link, lane);
+    let (end, link_ended) = tokio::select! {
+        end = &mut link => (end, true),
+        end = &mut lane => (end, false),
+    };
+    if matches!(end, LinkEnd::Closed) {
+        if link_ended {
+            let _ = tokio::time::timeout(CLOSE_LINGER, lane).await;
+        } else {
+            let _ = tokio::time::timeout(CLOSE_LINGER, link).await;
         }
     }
+    end
 }
 
 impl Slot {

@@ -623,6 +623,7 @@ async fn lane_stream(
         Ok(slot) => slot,
         Err(why) => {
             refusals.busy(peer, why);
+            sibling.close();
             return;
         }
     };
@@ -630,12 +631,14 @@ async fn lane_stream(
     let accepted = handshake(incoming, peer, auth, sessions, refusals).await;
     drop(slot);
     let Some((acc, transport, _)) = accepted else {
+        sibling.close();
         return;
     };
     // Keys compare in constant time.
     if !acc.hello.lane || acc.hello.session_id != of.session_id || acc.client_key != of.client_key {
         // Only a client that authenticated twice on one connection gets here: a broken one.
         debug!(%peer, "lane stream refused: not a lane of its connection's session and client");
+        sibling.close();
         return;
     }
     sessions

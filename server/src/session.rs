@@ -384,8 +384,9 @@ impl Sessions {
     }
 
     pub(crate) fn abandon_all(&self) {
-        for (_, e) in self.lock().drain() {
-            e.driver.abandon();
+        // Out of the table first: no driver's lock under the table's.
+        for d in self.take_all() {
+            d.abandon();
         }
     }
 

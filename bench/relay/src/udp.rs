@@ -5,6 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 pub struct UdpRelay {
     addr: SocketAddr,
     forwarded: Arc<AtomicU64>,
+    blackout: Arc<Mutex<Option<Instant>>>,
     node_ids: Arc<Mutex<HashSet<Vec<u8>>>>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -37,10 +39,12 @@ impl UdpRelay {
         let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let addr = sock.local_addr()?;
         let forwarded = Arc::new(AtomicU64::new(0));
+        let blackout = Arc::new(Mutex::new(None));
         let node_ids = Arc::new(Mutex::new(HashSet::new()));
         let tasks = Arc::new(Mutex::new(Vec::new()));
         let main = tokio::spawn({
             let (forwarded, node_ids, tasks) = (forwarded.clone(), node_ids.clone(), tasks.clone());
+            let blackout = blackout.clone();
             async move {
                 let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
                 let mut buf = vec![0u8; 65536];
@@ -60,6 +64,7 @@ impl UdpRelay {
                                 from,
                                 forwarded.clone(),
                                 node_ids.clone(),
+                                blackout.clone(),
                             ));
                             lock(&tasks).push(back);
                             upstreams.insert(from, up.clone());
@@ -76,6 +81,7 @@ impl UdpRelay {
         Ok(UdpRelay {
             addr,
             forwarded,
+            blackout,
             node_ids,
             tasks,
         })
@@ -90,6 +96,12 @@ impl UdpRelay {
     /// began, its handshake).
     pub fn connections(&self) -> usize {
         lock(&self.node_ids).len()
+    }
+
+    /// Drops every datagram from the node to its clients for the next `span`: the first sending
+    /// of what the node sends meanwhile is lost, as on a path that loses a burst.
+    pub fn drop_from_node_for(&self, span: Duration) {
+        *lock(&self.blackout) = Some(Instant::now() + span);
     }
 
     /// Bytes forwarded so far, both directions.
@@ -111,6 +123,7 @@ async fn forward_back(
     to: SocketAddr,
     forwarded: Arc<AtomicU64>,
     node_ids: Arc<Mutex<HashSet<Vec<u8>>>>,
+    blackout: Arc<Mutex<Option<Instant>>>,
 ) {
     let mut buf = vec![0u8; 65536];
     loop {
@@ -118,6 +131,9 @@ async fn forward_back(
         let Ok(n) = up.recv(&mut buf).await else {
             continue;
         };
+        if lock(&blackout).is_some_and(|until| Instant::now() < until) {
+            continue;
+        }
         if let Some(id) = long_header_source_id(&buf[..n]) {
             lock(&node_ids).insert(id.to_vec());
         }

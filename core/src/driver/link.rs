@@ -43,6 +43,10 @@ pub const LINK_SEND_MEMORY: u64 =
 /// How often a link task copies its numbers from the engine (kept for the log line when the
 /// link ends, since the engine forgets a link it declared dead).
 const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a link of a session closed here in order may take to see what its writer sent
+/// acknowledged before it closes (QUIC: [`LinkWriter::shutdown`] waits for the peer's acks; a
+/// path that died takes all of it).
+pub const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Every this many copies, the numbers are logged at debug level.
 const STATS_LOG_EVERY: u32 = 10;
 
@@ -175,7 +179,15 @@ pub async fn run_routed(
             tokio::select! {
                 end = &mut read => return end,
                 end = &mut w.0 => return end.unwrap_or(LinkEnd::Closed),
-                () = driver.closed() => return LinkEnd::SessionClosed,
+                () = driver.closed() => {
+                    // An orderly end (a drain's end, a stop): the writer puts out what it took
+                    // (the streams' `RESET`s) and shuts its half, which on QUIC waits for the
+                    // peer's acks: a connection's close discards what it has not delivered.
+                    if driver.closed_in_order() {
+                        let _ = tokio::time::timeout(CLOSE_LINGER, &mut w.0).await;
+                    }
+                    return LinkEnd::SessionClosed;
+                }
                 () = kill.notified() => {
                     return if driver.is_retired(id) {
                         LinkEnd::Retired
@@ -295,6 +307,10 @@ async fn write_loop(
     // Where the session's messages are gathered under its lock (`poll_link_into`).
     let mut gathered: [Gathered; BATCH] = Default::default();
     loop {
+        if driver.closed_in_order() {
+            writer.shutdown().await;
+            return LinkEnd::SessionClosed;
+        }
         // With a router, its messages and the session's own take turns going first, so
         // neither starves the other on a busy link. Every message is built in the writer's
         // output buffer and sealed there by the flush.
@@ -321,6 +337,7 @@ async fn write_loop(
         if n == 0 {
             // poll_link_into parked this writer; a permit from a wake-up in between is kept
             // (and a wake-up that comes as the timeout drops the wait is passed on as a permit).
+            // An orderly close wakes it too, to shut its half.
             if tokio::time::timeout(IDLE_FREE, waker.notified())
                 .await
                 .is_err()

@@ -87,6 +87,9 @@ struct Shared {
     links_changed: Notify,
     /// Wakes the link tasks when the session is closed.
     closing: Notify,
+    /// The session was closed in order ([`SessionDriver::close`], [`close_flushed`]), not
+    /// abandoned: its links put out what their writers took before they close.
+    orderly: AtomicBool,
     /// Wakes the client's link pool: the server wants another link.
     more_links: Notify,
     /// The peer (a node) said it is stopping: `DRAINING`. Cleared by a restart.
@@ -223,6 +226,7 @@ impl SessionDriver {
             closing: Notify::new(),
             more_links: Notify::new(),
             peer_draining: AtomicBool::new(false),
+            orderly: AtomicBool::new(false),
             refusals: Refusals::default(),
             opened: tx,
             budget: budget.clone(),
@@ -644,7 +648,24 @@ impl SessionDriver {
     /// Stream tasks see their streams reset and close their sockets.
     pub fn close(&self, code: u16) {
         self.reset_all(code);
+        self.end();
+    }
+
+    /// Closes every link and stops the timer, each link's writer first putting out what it
+    /// took and shutting its half (on QUIC: until the peer acknowledged it, at most
+    /// [`link::CLOSE_LINGER`]).
+    fn end(&self) {
+        self.shared.orderly.store(true, Ordering::Release);
         self.abandon();
+        // The parked link writers wake to shut their halves.
+        for w in self.lock().link_wakers.values() {
+            w.notify_one();
+        }
+    }
+
+    /// Whether the session was closed in order ([`SessionDriver::close`], [`close_flushed`]).
+    pub(crate) fn closed_in_order(&self) -> bool {
+        self.shared.orderly.load(Ordering::Acquire)
     }
 
     /// Resets every stream and wakes the link writers to send the `RESET`s, leaving the links
@@ -787,9 +808,13 @@ pub async fn close_flushed(drivers: &[SessionDriver], code: u16, limit: std::tim
     )
     .await;
     for d in drivers {
-        d.abandon();
+        d.end();
     }
-    wait_all(drivers, deadline, |d| d.stream_tasks() == 0).await;
+    // Stream tasks close their sockets; links see what they sent acknowledged and close.
+    wait_all(drivers, deadline, |d| {
+        d.stream_tasks() == 0 && d.live_links() == 0
+    })
+    .await;
 }
 
 /// Waits until `done` holds for every one of `drivers`, or `deadline`.

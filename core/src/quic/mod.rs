@@ -515,6 +515,9 @@ fn client_config(offer: Offer, pki: Option<&CertFiles>) -> io::Result<quinn::Cli
 #[derive(Clone)]
 pub struct Sibling {
     conn: quinn::Connection,
+    /// The link's [`Closer`], which the lane stream shares: not held here, so that a node
+    /// waiting for a lane stream does not keep the connection open after its link ended.
+    closer: Weak<Closer>,
     version: Version,
     binding: Option<ChannelBinding>,
     client_cert: Option<PublicKey>,
@@ -548,7 +551,18 @@ impl Sibling {
         Ok(self.stream(send, recv))
     }
 
+    /// Closes the connection, the link on its first stream with it: its second stream was
+    /// no lane of the link's session, or could not become one.
+    pub fn close(&self) {
+        self.conn.close(VarInt::from_u32(0), b"lane stream refused");
+    }
+
     fn stream(&self, send: quinn::SendStream, recv: quinn::RecvStream) -> Stream {
+        // A link that already ended closed the connection: the lane's own closer is moot.
+        let closer = self
+            .closer
+            .upgrade()
+            .unwrap_or_else(|| Arc::new(Closer(self.conn.clone())));
         Stream::new(
             self.conn.clone(),
             send,
@@ -556,7 +570,7 @@ impl Sibling {
             self.version,
             self.binding.clone(),
             self.client_cert,
-            true,
+            Some(closer),
         )
     }
 }
@@ -697,7 +711,7 @@ pub async fn connect_named(
     let (version, binding) = negotiated(&conn)?;
     // Opening sends nothing: the stream appears at the node with the Noise message 1.
     let (send, recv) = conn.open_bi().await.map_err(connection_error)?;
-    Ok(Stream::new(conn, send, recv, version, binding, None, false))
+    Ok(Stream::new(conn, send, recv, version, binding, None, None))
 }
 
 /// Completes an incoming QUIC link and waits for its stream (within `timeout`); the caller runs
@@ -735,7 +749,7 @@ pub async fn accept(
             version,
             binding,
             client_cert,
-            false,
+            None,
         ))
     };
     tokio::time::timeout(timeout, stream)
@@ -795,6 +809,8 @@ pub struct Stream {
     wr: BoxWrite,
     /// The connection, for its lane stream ([`Stream::sibling`]).
     conn: quinn::Connection,
+    /// What the writer holds to close the connection, for the lane stream to share.
+    closer: Weak<Closer>,
     version: Version,
     /// Set on `wanmux/2`.
     binding: Option<ChannelBinding>,
@@ -803,8 +819,8 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// A link's stream of `conn`; `lane`: a lane stream, whose data goes first and whose writes
-    /// leave the connection's send window to the link's stream.
+    /// A link's stream of `conn`. `lane`: a lane stream, whose data goes first and whose writes
+    /// leave the connection's send window to the link's stream, with the link's [`Closer`].
     fn new(
         conn: quinn::Connection,
         send: quinn::SendStream,
@@ -812,15 +828,18 @@ impl Stream {
         version: Version,
         binding: Option<ChannelBinding>,
         client_cert: Option<PublicKey>,
-        lane: bool,
+        lane: Option<Arc<Closer>>,
     ) -> Stream {
-        if lane {
+        if lane.is_some() {
             // Only fails on a stream already closed, which the link's handshake then finds.
             let _ = send.set_priority(LANE_PRIORITY);
         }
+        let sizes_window = lane.is_none();
+        let closer = lane.unwrap_or_else(|| Arc::new(Closer(conn.clone())));
         Stream {
             rd: Box::new(recv),
-            wr: Box::new(Sender::new(send, conn.clone(), !lane)),
+            closer: Arc::downgrade(&closer),
+            wr: Box::new(Sender::new(send, conn.clone(), sizes_window, closer)),
             conn,
             version,
             binding,
@@ -833,6 +852,7 @@ impl Stream {
     pub fn sibling(&self) -> Sibling {
         Sibling {
             conn: self.conn.clone(),
+            closer: self.closer.clone(),
             version: self.version,
             binding: self.binding.clone(),
             client_cert: self.client_cert,
@@ -949,10 +969,19 @@ struct Sender {
     /// One timer for the link's life, reset rather than allocated for every refusal.
     recheck: std::pin::Pin<Box<tokio::time::Sleep>>,
     armed: bool,
+    /// After a shutdown finished the stream: completes once the peer acknowledged all of it.
+    acked: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>>,
+    /// Closes the connection once neither the link's nor its lane's writer holds it.
+    _closer: Arc<Closer>,
 }
 
 impl Sender {
-    fn new(send: quinn::SendStream, conn: quinn::Connection, sizes_window: bool) -> Self {
+    fn new(
+        send: quinn::SendStream,
+        conn: quinn::Connection,
+        sizes_window: bool,
+        closer: Arc<Closer>,
+    ) -> Self {
         Self {
             send,
             conn,
@@ -961,6 +990,8 @@ impl Sender {
             loss: LossHold::default(),
             recheck: Box::pin(tokio::time::sleep(RESIZE_EVERY)),
             armed: false,
+            acked: None,
+            _closer: closer,
         }
     }
 
@@ -1060,18 +1091,41 @@ impl tokio::io::AsyncWrite for Sender {
         tokio::io::AsyncWrite::poll_flush(std::pin::Pin::new(&mut self.send), cx)
     }
 
+    /// Finishes the stream and completes once the peer acknowledged every byte of it (or
+    /// stopped it, or the connection ended). A QUIC connection's close discards what quinn has
+    /// not yet sent or resent, so a link that closes after this loses nothing it wrote; a TCP
+    /// socket's close needs no such wait (the kernel sends what it holds).
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<()>> {
-        tokio::io::AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut self.send), cx)
+        let this = &mut *self;
+        if this.acked.is_none() {
+            std::task::ready!(tokio::io::AsyncWrite::poll_shutdown(
+                std::pin::Pin::new(&mut this.send),
+                cx
+            ))?;
+            let stopped = this.send.stopped();
+            this.acked = Some(Box::pin(async move {
+                let _ = stopped.await;
+            }));
+        }
+        match &mut this.acked {
+            Some(acked) => acked.as_mut().poll(cx).map(Ok),
+            None => std::task::Poll::Ready(Ok(())),
+        }
     }
 }
 
-impl Drop for Sender {
+/// Closes a link's connection when dropped: the link is over (its writer and its lane stream's
+/// are gone), and the connection must not wait for its idle timeout. A lane stream's end alone
+/// leaves the link's stream its connection, so that what the node sent on the one is read after
+/// the other ended.
+struct Closer(quinn::Connection);
+
+impl Drop for Closer {
     fn drop(&mut self) {
-        // The link is over: do not leave the connection to its idle timeout.
-        self.conn.close(VarInt::from_u32(0), b"link closed");
+        self.0.close(VarInt::from_u32(0), b"link closed");
     }
 }
 
