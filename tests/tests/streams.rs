@@ -415,3 +415,43 @@ async fn service_failures_are_logged_and_counted() {
     })
     .await;
 }
+
+/// An application that sent its request and its FIN, then went away (a reset) after the reply
+/// and its FIN had reached the client daemon, unread: by then the node has finished the stream
+/// (its FIN acked, the client's read) and forgotten it. The client resets the stream; the node
+/// takes that `RESET` for a stale one and answers nothing, and the client must not wait for an
+/// answer. A trial saw such streams pile up on a client (7 of 1,000 requests whose application
+/// closed without reading the reply) and every drain wait its whole timeout for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_application_left_after_the_reply_came_ends_at_both_ends() {
+    within(LIMIT, async {
+        let (t, raw) = tunnel_with_raw(4).await;
+        let mut app = TcpStream::connect(t.addr_of("raw")).await.expect("connect");
+        let (mut svc, _) = raw.accept().await.expect("the node connects");
+        app.write_all(b"request").await.expect("write");
+        app.shutdown().await.expect("FIN");
+        let mut request = Vec::new();
+        svc.read_to_end(&mut request)
+            .await
+            .expect("read the request");
+        // More than the sockets between the client daemon and the application hold, so that
+        // the daemon is still writing it when the application goes.
+        svc.write_all(&vec![0x5A; 8 * MIB as usize])
+            .await
+            .expect("reply");
+        drop(svc);
+        assert!(
+            eventually(PROMPT, || t.server.stream_count() == 0).await,
+            "the node finished the stream"
+        );
+        assert_eq!(
+            t.client.stream_count(),
+            1,
+            "the client still writes the reply"
+        );
+        reset(app);
+        let ended = eventually(PROMPT, || t.client.stream_count() == 0).await;
+        assert!(ended, "the client's stream is left open");
+    })
+    .await;
+}

@@ -120,7 +120,11 @@ impl Session {
         Ok(())
     }
 
-    /// Aborts both directions of a stream and tells the peer.
+    /// Aborts both directions of a stream and tells the peer. The stream then waits for the
+    /// peer's `RESET`, which says how much the peer sent; unless everything the peer will ever
+    /// send on it is here already (its FIN and every byte before it): then the peer may have
+    /// forgotten the stream (it does once its FIN is acked and ours read) and would take the
+    /// `RESET` for a stale one and not answer, so the stream ends now.
     pub fn stream_reset(&mut self, id: StreamId, code: u16) {
         // The map itself, not `live_stream`, so that `self.held` stays usable beside `s`.
         let Some(s) = self.streams.get_mut(&id).filter(|s| !s.is_reset()) else {
@@ -132,6 +136,7 @@ impl Session {
             self.pending_charged -= s.charged;
         }
         s.phase = Phase::Reset;
+        let complete = s.recv_complete();
         let discarded = s.recv_highest - s.recv.read_offset();
         s.send.clear();
         s.recv = Reorder::default();
@@ -145,6 +150,9 @@ impl Session {
         // Gives back its receive memory: a reset stream holds none.
         self.account_recv(id);
         self.maybe_grant_session();
+        if complete {
+            self.remove_stream(id);
+        }
     }
 
     /// Resets a stream on the engine's own account (out of memory, no `OPEN` in time), as

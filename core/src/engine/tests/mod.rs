@@ -192,3 +192,69 @@ fn a_dead_link_makes_its_idle_siblings_ping_at_once() {
         "the unanswered sibling is dead one dead timer later"
     );
 }
+
+/// Carries the messages `a` and `b` send each other on `LINK` until neither has anything to
+/// send, `ACK_DELAY` apart (so delayed acks go too).
+fn exchange(a: &mut Session, b: &mut Session, mut now: Instant) -> Instant {
+    for _ in 0..100 {
+        let quiet = !carry(a, b, now) & !carry(b, a, now);
+        now += ACK_DELAY * 2;
+        a.handle_timeout(now);
+        b.handle_timeout(now);
+        if quiet {
+            return now;
+        }
+    }
+    panic!("the two ends kept talking");
+}
+
+/// Carries what `from` would send on `LINK` now to `to`; whether there was anything.
+fn carry(from: &mut Session, to: &mut Session, now: Instant) -> bool {
+    let mut buf = BytesMut::new();
+    let mut any = false;
+    while from.poll_transmit(now, LINK, &mut buf) {
+        any = true;
+        to.handle_message(now, LINK, buf.split().freeze())
+            .expect("own frames are valid");
+    }
+    any
+}
+
+/// An application that sent its data and FIN, then went away without reading the reply (its
+/// socket reset when the reply came): the client resets a stream both of whose directions have
+/// ended, which the node may have forgotten already (it had everything and its FIN was acked).
+/// The node takes a `RESET` for a forgotten stream as stale and does not answer it; the client's
+/// stream must end anyway, not wait for that answer for ever (a trial saw such streams pile up,
+/// and every drain wait its whole timeout for them).
+#[test]
+fn a_stream_reset_after_both_fins_ends_at_both_ends() {
+    let (mut node, t0) = server(16);
+    let mut client = Session::new(Role::Client, Config::default());
+    client.add_link(t0, LINK);
+    let id = client.open_stream(t0, NODE, "echo").expect("open");
+    client
+        .stream_write(id, Bytes::from(vec![7u8; 1000]))
+        .expect("write");
+    client.stream_finish(id).expect("finish");
+    let now = exchange(&mut client, &mut node, t0);
+    // The node reads it all and answers with data and its FIN.
+    while let Ok(ReadChunk::Data(_)) = node.stream_read(now, id, usize::MAX) {}
+    assert!(matches!(
+        node.stream_read(now, id, usize::MAX),
+        Ok(ReadChunk::Fin)
+    ));
+    node.stream_write(id, Bytes::from(vec![8u8; 1000]))
+        .expect("node writes");
+    node.stream_finish(id).expect("node finishes");
+    let now = exchange(&mut client, &mut node, now);
+    assert_eq!(node.stream_count(), 0, "the node forgot the stream");
+    // The client's application never reads the reply: its task resets the stream.
+    client.stream_reset(id, reset::APP);
+    let now = exchange(&mut client, &mut node, now);
+    assert_eq!(client.stream_count(), 0, "the client's stream ended too");
+    assert_eq!(node.stream_count(), 0);
+    // Its unread bytes were given back to the session window: a new stream moves as much.
+    let id2 = client.open_stream(now, NODE, "echo").expect("open");
+    let room = client.stream_send_capacity(id2).expect("capacity");
+    assert!(room > 0);
+}
