@@ -35,7 +35,8 @@ pub struct Status {
     #[serde(default)]
     pub handshake_failures: BTreeMap<String, u64>,
     /// Node: streams it refused since start, by reason (`unknown_service`,
-    /// `service_connect_failed`, `service_connect_timeout`, `draining`). Empty on the client.
+    /// `service_connect_failed`, `service_connect_timeout`, `draining`, `stream_limit`, `memory`,
+    /// `no_open`). Empty on the client.
     #[serde(default)]
     pub stream_refusals: BTreeMap<String, u64>,
     /// Config reloads (SIGHUP) since start.
@@ -507,7 +508,8 @@ impl Status {
             let refused = f.counter(
                 "wanmux_stream_refusals_total",
                 "Node: streams it refused since start, by reason (unknown_service, \
-                 service_connect_failed, service_connect_timeout, draining).",
+                 service_connect_failed, service_connect_timeout, draining, stream_limit, \
+                 memory, no_open).",
                 &["reason"],
             );
             for (reason, n) in &self.stream_refusals {

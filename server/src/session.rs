@@ -162,7 +162,8 @@ pub(crate) struct Sessions {
     counters: Arc<Counters>,
     /// Striping over the cluster (`[cluster]`), set once at start.
     relay: std::sync::OnceLock<Arc<crate::relay::Relay>>,
-    /// Streams refused for their service (unknown, unreachable) or by the drain.
+    /// Streams refused for their service (unknown, unreachable), by the drain, or by the
+    /// engine (the stream limit, memory, no `OPEN`).
     stream_refusals: crate::stream_refusals::StreamRefusals,
 }
 
@@ -555,6 +556,13 @@ impl Sessions {
         let session = Session::with_budget(Role::Server(node), (*limits).into(), budget.clone());
         let (driver, opened) =
             SessionDriver::start_counted(session, &self.budget_signal, self.counters.clone());
+        // Weak: the table holds the driver, which must not hold the table.
+        let (sessions, id) = (Arc::downgrade(self), key.1.to_string());
+        driver.on_refused(move |code| {
+            if let Some(s) = sessions.upgrade() {
+                s.stream_refusals.engine(code, &id);
+            }
+        });
         if self.draining.load(Ordering::Relaxed) {
             driver.with(|s, _| s.start_draining());
         }

@@ -1,4 +1,5 @@
-//! Streams the node could not connect to a service: counted for `status` and the metrics
+//! Streams the node refused (no such service, the service unreachable, a drain, the stream
+//! limit, memory, no `OPEN`): counted for `status` and the metrics
 //! (`wanmux_stream_refusals_total`), and logged at `warn` at most once per 10 s per kind and
 //! service, with counts (`core::lograte`). An operator with a typo in a service name, or a
 //! service that is down, sees it in the log at the default level; a client that asks for
@@ -25,15 +26,24 @@ pub(crate) enum Why {
     ConnectTimeout,
     /// The node drains: it takes no new stream.
     Draining,
+    /// The session had `limits.max_streams` streams.
+    StreamLimit,
+    /// The stream's data did not fit in `limits.memory`, or came in too many pieces.
+    Memory,
+    /// The stream's data came, its `OPEN` did not.
+    NoOpen,
 }
 
 impl Why {
     /// Every reason, in declaration order: `why as usize` is its place here.
-    const ALL: [Why; 4] = [
+    const ALL: [Why; 7] = [
         Why::UnknownService,
         Why::ConnectFailed,
         Why::ConnectTimeout,
         Why::Draining,
+        Why::StreamLimit,
+        Why::Memory,
+        Why::NoOpen,
     ];
 
     /// Its label in `status` and the metrics.
@@ -43,6 +53,9 @@ impl Why {
             Why::ConnectFailed => "service_connect_failed",
             Why::ConnectTimeout => "service_connect_timeout",
             Why::Draining => "draining",
+            Why::StreamLimit => "stream_limit",
+            Why::Memory => "memory",
+            Why::NoOpen => "no_open",
         }
     }
 }
@@ -58,8 +71,12 @@ struct Connect {
 /// The node's refused streams.
 #[derive(Debug)]
 pub(crate) struct StreamRefusals {
-    counts: [AtomicU64; 4],
+    counts: [AtomicU64; Why::ALL.len()],
     unknown: Tally<String>,
+    /// The engine's own refusals, by reason; the detail is the session's id.
+    limit: Tally<String>,
+    memory: Tally<String>,
+    no_open: Tally<String>,
     /// One tally per service that failed (services are the node's own: a bounded set).
     connect: Mutex<HashMap<String, Tally<Connect>>>,
 }
@@ -77,6 +94,31 @@ impl Default for StreamRefusals {
                 );
             }),
             connect: Mutex::new(HashMap::new()),
+            limit: Tally::new(LOG_EVERY, |n, session| {
+                warn!(
+                    streams = n,
+                    last_session = %session,
+                    "a client had limits.max_streams streams open at once (a stream counts \
+                     until both ends have finished it, about a round trip after its connections \
+                     closed): new streams refused"
+                );
+            }),
+            memory: Tally::new(LOG_EVERY, |n, session| {
+                warn!(
+                    streams = n,
+                    last_session = %session,
+                    "a stream's data did not fit in limits.memory, or came in too many pieces: \
+                     streams refused"
+                );
+            }),
+            no_open: Tally::new(LOG_EVERY, |n, session| {
+                warn!(
+                    streams = n,
+                    last_session = %session,
+                    "a stream's data came without its OPEN (a broken or hostile client): \
+                     streams refused"
+                );
+            }),
         }
     }
 }
@@ -116,6 +158,20 @@ impl StreamRefusals {
                 })
             })
             .hit(details);
+    }
+
+    /// A stream of session `session` the engine refused on its own account, with `RESET`
+    /// code `code` ([`wanmux_core::engine::Event::Refused`]).
+    pub(crate) fn engine(&self, code: u16, session: &str) {
+        use wanmux_core::frame::reset;
+        let (why, tally) = match code {
+            reset::TOO_MANY_STREAMS => (Why::StreamLimit, &self.limit),
+            reset::NO_MEMORY => (Why::Memory, &self.memory),
+            reset::NO_OPEN => (Why::NoOpen, &self.no_open),
+            _ => return,
+        };
+        self.count(why);
+        tally.hit(session.to_owned());
     }
 
     /// A stream refused by a draining node (not logged: the drain is).

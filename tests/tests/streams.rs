@@ -353,6 +353,13 @@ async fn a_burst_over_the_stream_limit_is_refused_and_the_session_goes_on() {
             links_before,
             "no link was closed for the refusals"
         );
+        // The node counts them (and logs them, rate-limited) as its operator's to see.
+        assert_eq!(
+            t.server.status().stream_refusals.get("stream_limit"),
+            Some(&(3 * (10 - MAX as u64))),
+            "{:?}",
+            t.server.status().stream_refusals
+        );
     })
     .await;
 }

@@ -72,6 +72,15 @@ struct State {
     next_link: u64,
 }
 
+/// What [`SessionDriver::on_refused`] keeps.
+struct RefusedHook(Box<dyn Fn(u16) + Send + Sync>);
+
+impl std::fmt::Debug for RefusedHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefusedHook")
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
@@ -96,6 +105,9 @@ struct Shared {
     peer_draining: AtomicBool,
     /// Client: the streams the node refused, logged as counts ([`Refusals`]).
     refusals: Refusals,
+    /// Server: told the code of each stream the engine refused on its own account
+    /// ([`Event::Refused`]; [`SessionDriver::on_refused`]).
+    refused_hook: std::sync::OnceLock<RefusedHook>,
     opened: mpsc::UnboundedSender<(StreamId, String)>,
     /// The daemon's: wakes the budget task of every session.
     budget: BudgetSignal,
@@ -227,6 +239,7 @@ impl SessionDriver {
             more_links: Notify::new(),
             peer_draining: AtomicBool::new(false),
             orderly: AtomicBool::new(false),
+            refused_hook: std::sync::OnceLock::new(),
             refusals: Refusals::default(),
             opened: tx,
             budget: budget.clone(),
@@ -327,6 +340,11 @@ impl SessionDriver {
                     }
                 }
                 Event::StreamRefused { stream, code } => self.shared.refusals.hit(code, stream),
+                Event::Refused { code } => {
+                    if let Some(hook) = self.shared.refused_hook.get() {
+                        (hook.0)(code);
+                    }
+                }
                 Event::BudgetReleased => self.shared.budget.wake_all(),
                 Event::LinkTimedOut(id) | Event::LinkClosedByPeer(id) => {
                     // The engine no longer has the link, and its task ends. Its writer is woken
@@ -661,6 +679,13 @@ impl SessionDriver {
         for w in self.lock().link_wakers.values() {
             w.notify_one();
         }
+    }
+
+    /// Server: `hook` is told the `RESET` code of every stream the engine refuses on its own
+    /// account (the stream limit, memory, no `OPEN`), under the session's lock: it counts and
+    /// logs, nothing more. Set once, before the first link joins; later calls are ignored.
+    pub fn on_refused(&self, hook: impl Fn(u16) + Send + Sync + 'static) {
+        let _ = self.shared.refused_hook.set(RefusedHook(Box::new(hook)));
     }
 
     /// Whether the session was closed in order ([`SessionDriver::close`], [`close_flushed`]).

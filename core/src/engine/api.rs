@@ -159,6 +159,9 @@ impl Session {
     /// [`Session::stream_reset`] does, and tells its task, if it has one.
     pub(super) fn refuse_stream(&mut self, id: StreamId, code: u16) {
         self.stream_reset(id, code);
+        if matches!(self.role, Role::Server(_)) {
+            self.events.push_back(Event::Refused { code });
+        }
         self.events.push_back(Event::StreamReadable(id));
         self.events.push_back(Event::StreamWritable(id));
     }

@@ -222,6 +222,13 @@ pub enum Event {
         /// The `RESET` code.
         code: u16,
     },
+    /// Server: this end refused a stream of the client's on its own account: over the stream
+    /// limit (`reset::TOO_MANY_STREAMS`), over its memory (`NO_MEMORY`), or its data came
+    /// without an `OPEN` (`NO_OPEN`).
+    Refused {
+        /// The `RESET` code.
+        code: u16,
+    },
     /// This session gave memory back to the daemon's budget while another session (or this
     /// one) waited for it: wake every session of the daemon that shares the budget, and each
     /// calls [`Session::retry_budget`].

@@ -151,6 +151,9 @@ impl Session {
                 code: frame::reset::TOO_MANY_STREAMS,
                 final_size: 0,
             });
+            self.events.push_back(Event::Refused {
+                code: frame::reset::TOO_MANY_STREAMS,
+            });
             return Ok(None);
         }
         if phase == Phase::Pending {
