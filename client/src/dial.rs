@@ -21,7 +21,7 @@ use tracing::{debug, info, warn, Instrument};
 use wanmux_config::{LinkTransport, Node};
 use wanmux_core::driver::link::{LinkEnd, CLOSE_LINGER};
 use wanmux_core::driver::{self, SessionDriver};
-use wanmux_core::frame::Frame;
+use wanmux_core::frame::{close, Frame};
 use wanmux_core::ids::SessionId;
 use wanmux_core::noise::{self, ClientAuth, ClientHello, SessionSecret};
 use wanmux_core::quic;
@@ -194,12 +194,20 @@ impl Slot {
         // A link to the home address that a probe brought up, to run next.
         let mut probed = None;
         loop {
+            if self.driver.is_ending() {
+                // The session is over (the client stops): a new link would start it afresh.
+                return;
+            }
             let started = Instant::now();
             let addr = &addrs[pick.at];
             let dialed = match probed.take() {
                 Some(d) => Some(d),
                 None => self.connect(addr, &first).await,
             };
+            if self.driver.is_ending() {
+                // The client stopped while this link was on its way.
+                return;
+            }
             match dialed {
                 None => pick.failed(),
                 Some(Up {
@@ -262,6 +270,14 @@ impl Slot {
                     self.link.store(0, Relaxed);
                     // The link task logged the end at info level, with the link's numbers.
                     debug!(node = %self.node.id, %addr, %end, "link down");
+                    if let Some(why) = match end {
+                        LinkEnd::PeerClosed(code) => close::refusal(code),
+                        _ => None,
+                    } {
+                        // The node refused the link its session (a limit of its own): a failed
+                        // dial (it backs off below), and the warn line says which limit.
+                        self.dials.session_refused(self.node.id, addr, why);
+                    }
                     if up.elapsed() >= STABLE && !matches!(end, LinkEnd::TimedOut) {
                         pick.worked();
                     } else {

@@ -245,13 +245,17 @@ impl ClientHandle {
         if let Err(left) = daemon::wait_drained(timeout, stop, open).await {
             warn!(streams = left.streams, "{}", left.message());
         }
-        // The nodes learn of the resets at once, and the applications see an RST.
+        // The nodes learn of the resets at once, and the applications see an RST; and that the
+        // sessions are over, so that they end them now, not after their grace.
         let drivers: Vec<_> = self
             .cluster
             .nodes
             .iter()
             .map(|n| n.driver.clone())
             .collect();
+        for d in &drivers {
+            d.end_session();
+        }
         wanmux_core::driver::close_flushed(&drivers, reset::SHUTDOWN, daemon::CLOSE_FLUSH).await;
         self.shutdown();
     }

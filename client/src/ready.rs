@@ -16,8 +16,9 @@ pub(crate) const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// The `reason` labels of failed dials (`wanmux_handshake_failures_total` on the client), in
 /// the order of [`Dials::counts`].
-const REASONS: [&str; 8] = [
+const REASONS: [&str; 9] = [
     "refused_by_node",
+    "session_refused",
     "connection_refused",
     "auth",
     "tls",
@@ -77,7 +78,26 @@ impl Dials {
         quic: bool,
     ) {
         debug!(%node, %addr, error = %e, "dial failed");
-        if let Some(i) = REASONS.iter().position(|r| *r == reason(e)) {
+        self.report(reason(e), &node, addr, || explain(e, &node, addr, quic));
+    }
+
+    /// A link to `node` at `addr` came up, and the node refused it its session: `why` (a
+    /// limit of the node's, `CLOSE` with a code). Counted and logged as a failed dial.
+    pub(crate) fn session_refused(&self, node: impl std::fmt::Display, addr: &str, why: &str) {
+        debug!(%node, %addr, why, "link refused its session");
+        self.report("session_refused", &node, addr, || why.to_owned());
+    }
+
+    /// Counts a failed dial under `label` and logs it at warn, with `reason()`, when no warn
+    /// line was written within [`WARN_EVERY`].
+    fn report(
+        &self,
+        label: &str,
+        node: &dyn std::fmt::Display,
+        addr: &str,
+        reason: impl FnOnce() -> String,
+    ) {
+        if let Some(i) = REASONS.iter().position(|r| *r == label) {
             self.counts[i].fetch_add(1, Relaxed);
         }
         let now = Instant::now();
@@ -93,7 +113,7 @@ impl Dials {
             }
         };
         if let Some(earlier) = earlier {
-            let reason = explain(e, &node, addr, quic);
+            let reason = reason();
             if earlier > 0 {
                 warn!(%node, %addr, %reason, failed_dials_since_last_report = earlier, "cannot open a link to the node");
             } else {

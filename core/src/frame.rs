@@ -108,6 +108,46 @@ pub enum Frame {
     Unknown(u8),
 }
 
+/// Codes carried by `Frame::Close` on a session's link. A peer that does not know a code takes
+/// the frame as the link closing (code 0).
+pub mod close {
+    /// The link closes; the session goes on.
+    pub const LINK: u16 = 0;
+    /// Node to client, the only message on a link that authenticated: the node refuses the
+    /// link its session, which has `limits.max_links_per_session` links.
+    pub const MAX_LINKS: u16 = 1;
+    /// The same: the node has `limits.max_sessions` sessions.
+    pub const MAX_SESSIONS: u16 = 2;
+    /// The same: the node has `limits.max_sessions_per_client` sessions of this client.
+    pub const MAX_CLIENT_SESSIONS: u16 = 3;
+    /// The same: the client's share of `limits.memory` cannot cover another link.
+    pub const NO_MEMORY: u16 = 4;
+    /// Client to node: the client stops; the session is over, and the node ends it at once
+    /// instead of keeping it for `server.session_grace_ms`.
+    pub const SESSION_OVER: u16 = 0x10;
+
+    /// What a client's log says of a node's refusal `code`, if it is one.
+    pub fn refusal(code: u16) -> Option<&'static str> {
+        Some(match code {
+            MAX_LINKS => {
+                "the node refused the link: the session has limits.max_links_per_session links \
+                 there (lower links.count, or raise the node's limit)"
+            }
+            MAX_SESSIONS => "the node refused the session: it has limits.max_sessions sessions",
+            MAX_CLIENT_SESSIONS => {
+                "the node refused the session: it has limits.max_sessions_per_client sessions of \
+                 this client (a client that restarted often leaves its old sessions there for the \
+                 node's server.session_grace_ms, unless it stopped in order)"
+            }
+            NO_MEMORY => {
+                "the node refused the link: this client's share of its limits.memory cannot \
+                 cover another link"
+            }
+            _ => return None,
+        })
+    }
+}
+
 /// Reset codes carried by `Frame::Reset`.
 pub mod reset {
     /// The application reset its connection.

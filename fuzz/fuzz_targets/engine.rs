@@ -542,7 +542,9 @@ impl Side {
             match e {
                 Event::StreamOpened { stream, .. } => self.streams.push(stream),
                 Event::BudgetReleased => self.s.retry_budget(now),
-                Event::LinkClosedByPeer(l) | Event::LinkTimedOut(l) => links.retain(|&x| x != l),
+                Event::LinkClosedByPeer { link: l, .. } | Event::LinkTimedOut(l) => {
+                    links.retain(|&x| x != l)
+                }
                 _ => {}
             }
         }

@@ -43,12 +43,13 @@ enum Kind {
     CertInvalid,
     Busy,
     Memory,
+    SessionLimit,
     PeerLink,
     Other,
 }
 
 impl Kind {
-    const ALL: [Kind; 18] = [
+    const ALL: [Kind; 19] = [
         Kind::UnknownClient,
         Kind::Replayed,
         Kind::Secret,
@@ -65,6 +66,7 @@ impl Kind {
         Kind::CertInvalid,
         Kind::Busy,
         Kind::Memory,
+        Kind::SessionLimit,
         Kind::PeerLink,
         Kind::Other,
     ];
@@ -88,6 +90,7 @@ impl Kind {
             Kind::CertInvalid => "client_cert_invalid",
             Kind::Busy => "busy",
             Kind::Memory => "memory",
+            Kind::SessionLimit => "session_limit",
             Kind::PeerLink => "peer_link",
             Kind::Other => "other",
         }
@@ -164,6 +167,15 @@ impl Refusals {
                 >> 10
         );
         self.log(Kind::Memory, true, peer, &reason);
+    }
+
+    /// Logs an authenticated link refused where it would join or start its session because of
+    /// a limit (`why`: `limits.max_links_per_session`, `max_sessions`,
+    /// `max_sessions_per_client`).
+    pub(crate) fn session_limit(&self, peer: SocketAddr, why: &str) {
+        debug!(%peer, why, "link refused");
+        let reason = format!("{why}: the client is told (its log says why)");
+        self.log(Kind::SessionLimit, true, peer, &reason);
     }
 
     /// Logs a connection to the cluster listener (`cluster.listen`) that was refused before it

@@ -13,7 +13,7 @@ use wanmux_core::budget::{Budget, Pool};
 use wanmux_core::driver::link::{LINK_RECV_MEMORY, LINK_SEND_MEMORY};
 use wanmux_core::driver::{self, BudgetSignal, Counters, OpenedStreams, SessionDriver};
 use wanmux_core::engine::{Role, Session};
-use wanmux_core::frame::reset;
+use wanmux_core::frame::{close, reset, Frame};
 use wanmux_core::ids::{NodeId, SessionId, StreamId};
 use wanmux_core::keys::PublicKey;
 use wanmux_core::noise::{Accepted, Identity, LinkError, ReceivedHello, ReplayGuard, ServerHello};
@@ -44,6 +44,17 @@ struct Entry {
 /// Why a link was refused where it joins: its client's share of `limits.memory` cannot cover
 /// the link's buffers (see [`LinkCharge`]).
 pub(crate) const NO_MEMORY: &str = "its client's share of limits.memory cannot cover one more link";
+/// Why a link cannot join its session: its client ended the session (it stopped) as the link
+/// was on its way.
+const SESSION_OVER: &str = "its client ended the session";
+/// Why a link cannot join its session: the session has as many links as it may.
+const MAX_LINKS: &str = "its session has limits.max_links_per_session links";
+/// Why a link cannot start a session: the node has as many as it may.
+const MAX_SESSIONS: &str = "the node has limits.max_sessions sessions";
+/// Why a link cannot start a session: its client has as many here as it may.
+const MAX_CLIENT_SESSIONS: &str = "its client has limits.max_sessions_per_client sessions on this \
+     node (a client that restarts leaves its old sessions for server.session_grace_ms, unless it \
+     stopped in order)";
 
 /// One link's place in its session's count (`limits.max_links_per_session`), given back on
 /// drop.
@@ -149,7 +160,10 @@ pub(crate) struct Sessions {
     /// Sessions that expired recently, by key: how many times, so a session started again
     /// under the same id gets another epoch and its client knows the old one is gone. Kept
     /// `TOMBSTONE_TTL`, far longer than a client can take to notice and give the id up.
-    tombstones: Mutex<HashMap<Key, (u64, std::time::Instant)>>,
+    /// A session its client ended (`CLOSE` with `SESSION_OVER`) is marked: a link of it that
+    /// was still on its way (its handshake under way as the client stopped) is refused, not
+    /// made a new session that would wait out its grace with no link.
+    tombstones: Mutex<HashMap<Key, Tombstone>>,
     /// The message-1 timestamps this node took, per client (`docs/PROTOCOL.md`, "Replay").
     replays: Mutex<ReplayGuard>,
     /// Set by a graceful stop: new streams are refused.
@@ -359,7 +373,7 @@ impl Sessions {
         // A client allowed again later starts a new session, under another epoch, so it
         // resets what it still holds of this one.
         for key in gone {
-            self.bury(key);
+            self.bury(key, false);
         }
         for d in &drivers {
             d.close(reset::SHUTDOWN);
@@ -395,16 +409,42 @@ impl Sessions {
     fn generation(&self, key: Key) -> u64 {
         // Only map operations run under this lock.
         let t = self.tombstones.lock().unwrap_or_else(|e| e.into_inner());
-        t.get(&key).map_or(0, |&(g, _)| g)
+        t.get(&key).map_or(0, |t| t.generation)
     }
 
-    /// Records that the session under `key` expired, forgetting old records.
-    fn bury(&self, key: Key) {
+    /// Whether the client of the session under `key` ended it (recently).
+    fn is_over(&self, key: Key) -> bool {
+        let t = self.tombstones.lock().unwrap_or_else(|e| e.into_inner());
+        t.get(&key).is_some_and(|t| t.over)
+    }
+
+    /// Takes the session under `key` out of the table (if it is `driver`'s) and closes it;
+    /// `over`: its client ended it.
+    fn end(&self, key: Key, driver: &SessionDriver, over: bool) {
+        let mut table = self.lock();
+        if table.get(&key).is_some_and(|e| e.driver.same(driver)) {
+            table.remove(&key);
+            self.bury(key, over);
+        }
+        drop(table);
+        driver.close(reset::SHUTDOWN);
+    }
+
+    /// Records that the session under `key` expired (or, `over`, that its client ended it),
+    /// forgetting old records.
+    fn bury(&self, key: Key, over: bool) {
         let now = std::time::Instant::now();
         let mut t = self.tombstones.lock().unwrap_or_else(|e| e.into_inner());
-        t.retain(|_, (_, at)| now.duration_since(*at) < TOMBSTONE_TTL);
-        let g = t.get(&key).map_or(0, |&(g, _)| g);
-        t.insert(key, (g + 1, now));
+        t.retain(|_, t| now.duration_since(t.at) < TOMBSTONE_TTL);
+        let generation = t.get(&key).map_or(0, |t| t.generation) + 1;
+        t.insert(
+            key,
+            Tombstone {
+                generation,
+                at: now,
+                over,
+            },
+        );
     }
 
     /// Refuses a message 1 that authenticated as `key` whose timestamp this node took from
@@ -466,19 +506,33 @@ impl Sessions {
         let span = tracing::info_span!("session", id = %key.1);
         let (driver, _admitted) = match self.session(key, acc.pki, auth) {
             Ok(joined) => joined,
+            Err(SESSION_OVER) => {
+                span.in_scope(|| debug!(%peer, "link refused: {SESSION_OVER}"));
+                return;
+            }
             Err(KEY_REMOVED) => {
                 // Only a handshake that straddled a reload gets here: rare, and worth seeing.
                 span.in_scope(|| info!(%peer, "link refused: {KEY_REMOVED}"));
                 return;
             }
-            Err(NO_MEMORY) => {
-                // Counted, and logged at most once a minute with the count.
-                span.in_scope(|| refusals.memory(peer, self.budget.cap().saturating_mul(2)));
-                return;
-            }
             Err(why) => {
-                // Per link and peer-triggered: debug, not info (a client could flood the log).
-                span.in_scope(|| debug!(%peer, why, "link refused"));
+                // Counted, and logged at most once a minute per kind with the count; the client
+                // is told why (`CLOSE` with a code), so that its log says it too.
+                let code = match why {
+                    NO_MEMORY => {
+                        let total = self.budget.cap().saturating_mul(2);
+                        span.in_scope(|| refusals.memory(peer, total));
+                        close::NO_MEMORY
+                    }
+                    MAX_LINKS => close::MAX_LINKS,
+                    MAX_SESSIONS => close::MAX_SESSIONS,
+                    MAX_CLIENT_SESSIONS => close::MAX_CLIENT_SESSIONS,
+                    _ => close::LINK,
+                };
+                if code != close::NO_MEMORY {
+                    span.in_scope(|| refusals.session_limit(peer, why));
+                }
+                refuse(acc.writer, code).await;
                 return;
             }
         };
@@ -522,9 +576,11 @@ impl Sessions {
         if !auth.still_allows(key.0.as_ref(), pki) {
             return Err(KEY_REMOVED);
         }
+        if self.is_over(key) {
+            return Err(SESSION_OVER);
+        }
         if let Some(e) = table.get(&key).filter(|e| !e.driver.is_closed()) {
-            let slot = LinkSlot::take(&e.links, limits.max_links_per_session)
-                .ok_or("the session has limits.max_links_per_session links")?;
+            let slot = LinkSlot::take(&e.links, limits.max_links_per_session).ok_or(MAX_LINKS)?;
             let charge = LinkCharge::take(&e.budget, &self.budget_signal).ok_or(NO_MEMORY)?;
             let admitted = Admitted {
                 _slot: slot,
@@ -538,11 +594,11 @@ impl Sessions {
             (t + 1, c + u32::from(e.client == key.0))
         });
         if total >= limits.max_sessions {
-            return Err("the node has limits.max_sessions sessions");
+            return Err(MAX_SESSIONS);
         }
         // PSK-only clients have no key to tell them apart: only `max_sessions` holds them.
         if key.0.is_some() && this_client >= limits.max_sessions_per_client {
-            return Err("the client has limits.max_sessions_per_client sessions");
+            return Err(MAX_CLIENT_SESSIONS);
         }
         // The sessions of one client key share an account, so that one client cannot take the
         // memory another needs (`budget.rs`, fair shares); a PSK-only session has its own.
@@ -591,6 +647,12 @@ impl Sessions {
     async fn watch(self: Arc<Self>, key: Key, driver: SessionDriver) {
         loop {
             let changed = driver.links_changed();
+            if driver.peer_ended() && !driver.is_closed() {
+                // The client stopped in order: no grace to keep the session for.
+                self.end(key, &driver, true);
+                info!("session over: its client stopped");
+                return;
+            }
             if driver.is_closed() {
                 // Closed by a shutdown, or by a panic in its code (see `SessionDriver`): out of
                 // the table either way, so it holds no memory and no place under the caps.
@@ -613,13 +675,7 @@ impl Sessions {
             if driver.live_links() > 0 {
                 continue;
             }
-            let mut table = self.lock();
-            if table.get(&key).is_some_and(|e| e.driver.same(&driver)) {
-                table.remove(&key);
-                self.bury(key);
-            }
-            drop(table);
-            driver.close(reset::SHUTDOWN);
+            self.end(key, &driver, false);
             info!(
                 "session expired: no link for {:?}",
                 self.config.session_grace
@@ -627,6 +683,29 @@ impl Sessions {
             return;
         }
     }
+}
+
+/// What the node remembers of a session that ended.
+#[derive(Debug, Clone, Copy)]
+struct Tombstone {
+    /// How many times a session under its key ended recently.
+    generation: u64,
+    at: std::time::Instant,
+    /// The last one was ended by its client.
+    over: bool,
+}
+
+/// Sends `CLOSE` with `code` as the only message of an authenticated link that cannot join its
+/// session, and closes it once the client has it (at most `link::CLOSE_LINGER`).
+async fn refuse(mut writer: wanmux_core::noise::LinkWriter, code: u16) {
+    let mut msg = bytes::BytesMut::new();
+    Frame::Close(code).encode(&mut msg);
+    let _ = tokio::time::timeout(wanmux_core::driver::link::CLOSE_LINGER, async {
+        if writer.seal(&msg).is_ok() && writer.flush().await.is_ok() {
+            writer.shutdown().await;
+        }
+    })
+    .await;
 }
 
 /// Connects each stream the client opens to its named service.

@@ -5,8 +5,11 @@
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use wanmux_config::LinkTransport;
+use wanmux_core::status::Status;
 use wanmux_tests::harness::{
-    app_server, configs, drain_end, init_tracing, point_client_at, transfer, Auth, ReadEnd,
+    app_server, configs, drain_end, eventually, init_tracing, point_client_at, transfer, Auth,
+    ReadEnd,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,4 +80,68 @@ async fn server_restart_resets_old_connections_and_serves_new_ones() {
     })
     .await
     .expect("test timed out");
+}
+
+/// A client that stops in order (its drain) tells the node its session is over (`CLOSE` with
+/// `SESSION_OVER`): the node ends it at once, not after `server.session_grace_ms`. A client
+/// the node refuses a session (here: `limits.max_sessions_per_client = 1`, taken) is told why
+/// (`CLOSE` with the limit's code), and both ends count it. A trial locked a client out of its
+/// node for 25 s by restarting it ten times: each old session stayed for the grace, the
+/// refusals were logged nowhere, and the client read "connection lost".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_in_order_ends_its_session_and_a_refused_one_is_told_why() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let app = app_server().await;
+        let (mut server_cfg, mut client_cfg) = configs(Auth::Static { psk: false }, app.addr, 2);
+        server_cfg.limits.max_sessions_per_client = 1;
+        let server = wanmux_server::start(server_cfg)
+            .await
+            .expect("server starts");
+        point_client_at(&mut client_cfg, server.local_addr());
+        for transport in [LinkTransport::Tcp, LinkTransport::Quic] {
+            client_cfg.transport = transport;
+            let first = wanmux_client::start(client_cfg.clone())
+                .await
+                .expect("client starts");
+            first.wait_for_links(2).await;
+            assert_eq!(server.session_count(), 1);
+            // Another instance of the same client (another session): refused, and told why.
+            let second = wanmux_client::start(client_cfg.clone())
+                .await
+                .expect("client starts");
+            let refused = |st: &Status, reason| st.handshake_failures.get(reason).copied();
+            assert!(
+                eventually(Duration::from_secs(10), || {
+                    refused(&second.status(), "session_refused").unwrap_or(0) > 0
+                })
+                .await,
+                "{transport:?}: the second client was told: {:?}",
+                second.status().handshake_failures
+            );
+            assert!(refused(&server.status(), "session_limit").unwrap_or(0) > 0);
+            assert_eq!(server.session_count(), 1, "the node holds the first's only");
+            // The first stops in order: the node ends its session at once (the grace is 30 s),
+            // and the second gets its own.
+            let first_id = server.status().sessions[0].id.clone();
+            first.drain(Duration::from_secs(1)).await;
+            assert!(
+                eventually(Duration::from_secs(3), || {
+                    server.status().sessions.iter().all(|s| s.id != first_id)
+                })
+                .await,
+                "{transport:?}: the first client's session is still there"
+            );
+            assert!(
+                eventually(Duration::from_secs(15), || second.live_links() >= 2).await,
+                "{transport:?}: the second client's links did not come up"
+            );
+            second.drain(Duration::from_secs(1)).await;
+            assert!(
+                eventually(Duration::from_secs(3), || server.session_count() == 0).await,
+                "{transport:?}: the node kept a stopped client's session"
+            );
+        }
+    })
+    .await
+    .expect("within the time limit");
 }

@@ -70,6 +70,9 @@ pub enum LinkEnd {
     /// Closed here to be authenticated again: a reload changed what links are checked against
     /// (see [`SessionDriver::retire_links`]).
     Retired,
+    /// The peer sent `CLOSE` with this code ([`crate::frame::close`]): a node that refused the
+    /// link its session, a client that stopped.
+    PeerClosed(u16),
 }
 
 /// What a client link carries besides its own session's messages: routed messages (the
@@ -107,6 +110,13 @@ impl fmt::Display for LinkEnd {
             LinkEnd::TimedOut => f.write_str("no answer to pings"),
             LinkEnd::Routed(e) => write!(f, "routing: {e}"),
             LinkEnd::Retired => f.write_str("closed to be authenticated again after a reload"),
+            LinkEnd::PeerClosed(code) => match crate::frame::close::refusal(*code) {
+                Some(why) => write!(f, "closed by peer: {why}"),
+                None if *code == crate::frame::close::SESSION_OVER => {
+                    f.write_str("closed by peer: the client stopped")
+                }
+                None => write!(f, "closed by peer (code {code})"),
+            },
         }
     }
 }
@@ -188,13 +198,7 @@ pub async fn run_routed(
                     }
                     return LinkEnd::SessionClosed;
                 }
-                () = kill.notified() => {
-                    return if driver.is_retired(id) {
-                        LinkEnd::Retired
-                    } else {
-                        LinkEnd::TimedOut
-                    };
-                }
+                () = kill.notified() => return driver.end_of(id),
                 _ = tick.tick() => {
                     if let Some(r) = &router {
                         r.tick();
@@ -212,6 +216,14 @@ pub async fn run_routed(
     }
     .instrument(span.clone())
     .await;
+    // A peer's `CLOSE` with a reason and the end of the stream behind it come together: the
+    // reason is the end, whichever the link saw first.
+    let end = match (end, driver.peer_close(id)) {
+        (LinkEnd::Closed | LinkEnd::Link(_) | LinkEnd::TimedOut, Some(code)) => {
+            LinkEnd::PeerClosed(code)
+        }
+        (end, _) => end,
+    };
     let stats = driver.with(|s, now| s.link_stats(id, now)).or(last);
     span.in_scope(|| match stats {
         Some(s) => info!(%end, stats = %Stats(&s), "link ended"),
@@ -307,10 +319,9 @@ async fn write_loop(
     // Where the session's messages are gathered under its lock (`poll_link_into`).
     let mut gathered: [Gathered; BATCH] = Default::default();
     loop {
-        if driver.closed_in_order() {
-            writer.shutdown().await;
-            return LinkEnd::SessionClosed;
-        }
+        // Closed in order: what the session still has to send (its `RESET`s, a `CLOSE`) goes
+        // out first, then the writer shuts its half.
+        let closing = driver.closed_in_order();
         // With a router, its messages and the session's own take turns going first, so
         // neither starves the other on a busy link. Every message is built in the writer's
         // output buffer and sealed there by the flush.
@@ -334,6 +345,10 @@ async fn write_loop(
             }
         }
         tracing::trace!(messages = n, "transmit");
+        if n == 0 && closing {
+            writer.shutdown().await;
+            return LinkEnd::SessionClosed;
+        }
         if n == 0 {
             // poll_link_into parked this writer; a permit from a wake-up in between is kept
             // (and a wake-up that comes as the timeout drops the wait is passed on as a permit).

@@ -63,6 +63,9 @@ struct State {
     relayed: std::collections::HashSet<LinkId>,
     /// Links closed by [`SessionDriver::retire_links`], until their tasks remove them.
     retired: std::collections::HashSet<LinkId>,
+    /// Links the peer closed with a `CLOSE` code other than `close::LINK`, until their tasks
+    /// remove them: why, for the link's end ([`SessionDriver::end_of`]).
+    peer_closed: HashMap<LinkId, u16>,
     /// Scratch for [`Session::poll_wakes`].
     wakes: Vec<LinkId>,
     /// The daemon's, woken when this session's engine is dropped with it.
@@ -103,6 +106,10 @@ struct Shared {
     more_links: Notify,
     /// The peer (a node) said it is stopping: `DRAINING`. Cleared by a restart.
     peer_draining: AtomicBool,
+    /// Server: the client said the session is over ([`SessionDriver::peer_ended`]).
+    peer_ended: AtomicBool,
+    /// Client: this end said the session is over ([`SessionDriver::end_session`]).
+    ending: AtomicBool,
     /// Client: the streams the node refused, logged as counts ([`Refusals`]).
     refusals: Refusals,
     /// Server: told the code of each stream the engine refused on its own account
@@ -226,6 +233,7 @@ impl SessionDriver {
                 link_labels: HashMap::new(),
                 relayed: std::collections::HashSet::new(),
                 retired: std::collections::HashSet::new(),
+                peer_closed: HashMap::new(),
                 wakes: Vec::new(),
                 budget_signal: budget.clone(),
                 armed: None,
@@ -238,6 +246,8 @@ impl SessionDriver {
             closing: Notify::new(),
             more_links: Notify::new(),
             peer_draining: AtomicBool::new(false),
+            peer_ended: AtomicBool::new(false),
+            ending: AtomicBool::new(false),
             orderly: AtomicBool::new(false),
             refused_hook: std::sync::OnceLock::new(),
             refusals: Refusals::default(),
@@ -346,7 +356,16 @@ impl SessionDriver {
                     }
                 }
                 Event::BudgetReleased => self.shared.budget.wake_all(),
-                Event::LinkTimedOut(id) | Event::LinkClosedByPeer(id) => {
+                Event::SessionOver => {
+                    self.shared.peer_ended.store(true, Ordering::Release);
+                    self.shared.links_changed.notify_waiters();
+                }
+                Event::LinkTimedOut(id) | Event::LinkClosedByPeer { link: id, .. } => {
+                    if let Event::LinkClosedByPeer { code, .. } = ev {
+                        if code != crate::frame::close::LINK && st.link_kills.contains_key(&id) {
+                            st.peer_closed.insert(id, code);
+                        }
+                    }
                     // The engine no longer has the link, and its task ends. Its writer is woken
                     // too: a sub-link's writer is its carrier link's, which learns of the
                     // death only when it polls the sub-link (and then pings the carrier).
@@ -589,6 +608,7 @@ impl SessionDriver {
         st.link_labels.remove(&id);
         st.relayed.remove(&id);
         st.retired.remove(&id);
+        st.peer_closed.remove(&id);
         self.count_live(&st);
         // Called from a destructor, maybe while a panic unwinds: a torn engine is left alone.
         if !self.shared.state.is_poisoned() {
@@ -618,6 +638,42 @@ impl SessionDriver {
     /// Whether `id` was closed by [`SessionDriver::retire_links`].
     pub fn is_retired(&self, id: LinkId) -> bool {
         self.lock().retired.contains(&id)
+    }
+
+    /// Why link `id` was killed: retired by a reload, closed by the peer with a code, or (the
+    /// rest) found dead by the engine.
+    pub(crate) fn end_of(&self, id: LinkId) -> link::LinkEnd {
+        let st = self.lock();
+        if st.retired.contains(&id) {
+            link::LinkEnd::Retired
+        } else if let Some(&code) = st.peer_closed.get(&id) {
+            link::LinkEnd::PeerClosed(code)
+        } else {
+            link::LinkEnd::TimedOut
+        }
+    }
+
+    /// Client: the client stops in order; the node is told the session is over
+    /// ([`Session::end_session`]) and ends it at once. No link is dialled for it from now on
+    /// ([`SessionDriver::is_ending`]): the node would start the session afresh.
+    pub fn end_session(&self) {
+        self.shared.ending.store(true, Ordering::Release);
+        self.with(|s, _| s.end_session());
+    }
+
+    /// Whether the session is over here: closed, or ending ([`SessionDriver::end_session`]).
+    pub fn is_ending(&self) -> bool {
+        self.shared.ending.load(Ordering::Acquire) || self.is_closed()
+    }
+
+    /// The code of the `CLOSE` with a reason the peer sent on link `id`, if it sent one.
+    pub(crate) fn peer_close(&self, id: LinkId) -> Option<u16> {
+        self.lock().peer_closed.get(&id).copied()
+    }
+
+    /// Server: the client said the session is over (it stopped in order): end it now.
+    pub fn peer_ended(&self) -> bool {
+        self.shared.peer_ended.load(Ordering::Acquire)
     }
 
     /// Direct links currently up (links through a relay are not counted). Takes no lock.

@@ -225,6 +225,16 @@ impl Session {
         }
     }
 
+    /// Client: the client stops in order; tells the node the session is over (`CLOSE` code
+    /// [`crate::frame::close::SESSION_OVER`] on one link), so that it ends it at once instead of
+    /// keeping it for its grace.
+    pub fn end_session(&mut self) {
+        if self.role == Role::Client {
+            self.control
+                .push_back(Frame::Close(crate::frame::close::SESSION_OVER));
+        }
+    }
+
     /// Resets every stream (the session is going away).
     pub fn reset_all(&mut self, code: u16) {
         let ids: Vec<StreamId> = self.streams.keys().copied().collect();

@@ -235,7 +235,15 @@ pub enum Event {
     BudgetReleased,
     /// The peer sent `CLOSE` on a link: the engine has removed it and queued what it carried
     /// for the other links. Close its socket.
-    LinkClosedByPeer(LinkId),
+    LinkClosedByPeer {
+        /// The link.
+        link: LinkId,
+        /// The `CLOSE` code ([`crate::frame::close`]).
+        code: u16,
+    },
+    /// Server: the client said the session is over (`CLOSE` code
+    /// [`crate::frame::close::SESSION_OVER`]): it stopped in order.
+    SessionOver,
     /// A link's ping went unanswered for too long (a blackholed path, a dead middlebox): the
     /// engine has removed it and queued what it carried for the other links. Close its socket.
     LinkTimedOut(LinkId),

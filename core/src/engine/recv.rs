@@ -67,9 +67,13 @@ impl Session {
                     self.size_unsent_target();
                 }
             }
-            Frame::Close(_) => {
+            Frame::Close(code) => {
                 self.remove_link(link);
-                self.events.push_back(Event::LinkClosedByPeer(link));
+                self.events
+                    .push_back(Event::LinkClosedByPeer { link, code });
+                if code == frame::close::SESSION_OVER && matches!(self.role, Role::Server(_)) {
+                    self.events.push_back(Event::SessionOver);
+                }
             }
             Frame::Draining => {
                 if self.role == Role::Client {

@@ -159,11 +159,19 @@ fn a_burst_over_the_stream_limit_is_refused_and_the_session_goes_on() {
         s.handle_message(now, LINK, msg(&[open(i), data(sid(i), 0, 1000, false)]))
             .unwrap();
     }
-    let opened: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
+    let events: Vec<Event> = std::iter::from_fn(|| s.poll_event()).collect();
+    let opened = events
+        .iter()
+        .filter(|e| matches!(e, Event::StreamOpened { .. }))
+        .count();
+    assert_eq!(opened, 2, "only streams under the limit open: {events:?}");
+    let refused = Event::Refused {
+        code: reset::TOO_MANY_STREAMS,
+    };
     assert_eq!(
-        opened.len(),
-        2,
-        "only streams under the limit open: {opened:?}"
+        events.iter().filter(|e| **e == refused).count(),
+        1000,
+        "the node is told of each refusal (it counts and logs them)"
     );
     assert_eq!(s.stream_count(), 2);
     let resets = resets_sent(&mut s, now);
