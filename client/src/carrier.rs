@@ -3,8 +3,10 @@
 //!
 //! A dial to an address in QUIC mode gives the QUIC handshake [`QUIC_ANSWER`] to answer. With
 //! no answer (UDP blocked on the way, or a node with `server.quic = false`, whose UDP port
-//! nobody reads) the same dial tries TCP; when that link comes up, the address falls back: its
-//! links run over TCP, and one `warn` line says why. A QUIC handshake that is answered and then
+//! nobody reads) the same dial tries TCP; when that link comes up, QUIC is asked once more (the
+//! node may only now be up: a restart, a client started first), and only when that is not
+//! answered either does the address fall back: its links run over TCP, and one `warn` line says
+//! why. When it is answered, the link runs over QUIC and the TCP one is dropped. A QUIC handshake that is answered and then
 //! fails (authentication, a refusal) is the node's answer, never a reason to fall back; and when
 //! TCP fails too, the node is down or unreachable and nothing changes. An address that fell back
 //! is probed with QUIC again by the first dial after [`REPROBE`]; when QUIC answers, its new

@@ -635,9 +635,27 @@ impl Slot {
             Err(quic_error @ (noise::LinkError::Timeout | noise::LinkError::Io(_))) => {
                 debug!(%node, %addr, error = %quic_error, probe, "no QUIC answer; dialling TCP");
                 let tcp = self.dial_tcp(addr, hello, first).await?;
-                self.carriers
-                    .fall_back(&node, addr, &quic_error.to_string());
-                Ok((tcp, TCP, None))
+                // TCP works now; QUIC did not a moment ago, which may have been the node not
+                // being up yet (a restart, a client started first). Only QUIC unanswered now,
+                // with the node up, says that UDP does not get through.
+                match self
+                    .quic_carrier(addr, QUIC_ANSWER.min(self.handshake_timeout))
+                    .await
+                {
+                    Ok(stream) => {
+                        debug!(%node, %addr, "QUIC answers now: the node was not up before");
+                        self.carriers.quic_answered(&node, addr);
+                        drop(tcp);
+                        self.noise_over_quic(stream, hello, first).await
+                    }
+                    Err(noise::LinkError::Timeout | noise::LinkError::Io(_)) => {
+                        self.carriers
+                            .fall_back(&node, addr, &quic_error.to_string());
+                        Ok((tcp, TCP, None))
+                    }
+                    // QUIC answered and then failed: the node's answer, not a blocked path.
+                    Err(_) => Ok((tcp, TCP, None)),
+                }
             }
             // QUIC answered and then failed: that is the node's answer, not a blocked path.
             Err(e) => Err(e),

@@ -219,3 +219,48 @@ async fn a_node_that_answers_quic_gets_quic_links() {
     })
     .await;
 }
+
+/// A node whose QUIC does not answer the client's first dial (here: its answers are lost for
+/// the first 3.5 s; in life, a node that comes up during that dial, after a restart or after
+/// the client) while TCP then works: QUIC is asked once more before the address falls back, and
+/// answers, so the links are QUIC and nothing warns of blocked UDP. A trial saw a node restart
+/// leave a client on TCP links for 10 minutes, with a warning that sent its operator to the
+/// firewall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_that_answers_late_is_no_reason_to_fall_back() {
+    let logs = logs::capture("info");
+    within(LIMIT, async {
+        let mark = logs.mark();
+        let (t, (tcp, quic)) = auto_tunnel(true, async |server| {
+            for _ in 0..16 {
+                let tcp = Relay::start(server, Shape::default()).await.expect("relay");
+                // The relay's TCP port may be taken for UDP; then take another.
+                let Ok(quic) = UdpRelay::start_on(tcp.addr(), server).await else {
+                    continue;
+                };
+                quic.drop_from_node_for(Duration::from_millis(3500));
+                let addr = tcp.addr();
+                return ((tcp, quic), vec![addr]);
+            }
+            panic!("no port free for both TCP and UDP");
+        })
+        .await;
+        let addr = tcp.addr().to_string();
+        assert!(quic.connections() > 0);
+        assert!(
+            t.client.tcp_fallbacks().is_empty(),
+            "{:?}",
+            t.client.tcp_fallbacks()
+        );
+        links_run_over(&t, "quic", &addr);
+        assert!(
+            logs.since(mark)
+                .iter()
+                .all(|l| !(l.contains("instead of QUIC") && l.contains(&addr))),
+            "no fallback line"
+        );
+        t.client.shutdown();
+        t.server.shutdown();
+    })
+    .await;
+}

@@ -36,7 +36,12 @@ impl Drop for UdpRelay {
 impl UdpRelay {
     /// Starts a relay on `127.0.0.1:0` that forwards every datagram to `target`.
     pub async fn start(target: SocketAddr) -> io::Result<UdpRelay> {
-        let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        UdpRelay::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), target).await
+    }
+
+    /// [`UdpRelay::start`] on `bind` (the port of a TCP relay to the same node, say).
+    pub async fn start_on(bind: SocketAddr, target: SocketAddr) -> io::Result<UdpRelay> {
+        let sock = Arc::new(UdpSocket::bind(bind).await?);
         let addr = sock.local_addr()?;
         let forwarded = Arc::new(AtomicU64::new(0));
         let blackout = Arc::new(Mutex::new(None));
