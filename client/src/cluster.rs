@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
-use tracing::warn;
+use tracing::{info, warn};
 use wanmux_config::OwnerPolicy;
 use wanmux_core::budget::Pool;
 use wanmux_core::driver::{SessionDriver, Totals};
@@ -304,14 +304,30 @@ pub(crate) async fn watch_links(
             continue;
         }
         let streams = driver.with(|s, _| s.stream_count());
-        warn!(
-            %node,
-            streams,
-            "no link to the node for {} s; the connections it owned are reset",
-            grace.as_secs_f64()
-        );
+        let fresh = dial::SessionState::new(SessionSecret::generate());
+        let (old, new) = (dial::lock(&state).id, fresh.id);
+        if streams > 0 {
+            warn!(
+                node = node.0,
+                streams,
+                %old,
+                %new,
+                "no link to the node for {} s; the connections it owned are reset, and its part \
+                 of the session starts afresh under a new id",
+                grace.as_secs_f64()
+            );
+        } else {
+            info!(
+                node = node.0,
+                %old,
+                %new,
+                "no link to the node for {} s; its part of the session starts afresh under a new \
+                 id",
+                grace.as_secs_f64()
+            );
+        }
         driver.restart();
-        *dial::lock(&state) = dial::SessionState::new(SessionSecret::generate());
+        *dial::lock(&state) = fresh;
         (alone_since, given_up) = (None, true);
     }
 }

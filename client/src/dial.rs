@@ -241,7 +241,10 @@ impl Slot {
                     );
                     let lane = lane.map(|l| self.run_lane_stream(l, addr, carrier));
                     // The link's lines (its end above all) say which node and address it was.
-                    let span = tracing::info_span!("node", id = %self.node.id, %addr);
+                    // With the session id this node knows, which changes when the node's part
+                    // of the session starts afresh (`cluster::watch_links`).
+                    let session = lock(&self.state).id;
+                    let span = tracing::info_span!("node", id = %self.node.id, %addr, %session);
                     let run = both(link, lane).instrument(span);
                     let end = if pick.at_home() {
                         Some(run.await)
