@@ -64,3 +64,39 @@ fn every_log_line_is_a_json_object() {
     assert!(rest >= 2, "the drain's lines are missing");
     assert!(child.wait().success());
 }
+
+/// A `RUST_LOG` that does not parse is a `warn` line naming it, not a quiet `info` default
+/// (a trial set `wanmux_server=verbose` and saw nothing change).
+#[test]
+fn a_rust_log_that_does_not_parse_is_said() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bad-rust-log");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("server.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\nnode_id = 1\n\
+         psk = \"URYnETZVguZE3vaKV8RKJV1GxdNtUebJAabte/+Erp0=\"\n\
+         [[service]]\nname = \"echo\"\ntarget = \"127.0.0.1:9\"\n",
+    )
+    .expect("write config");
+    let mut child = Daemon::spawn(
+        Command::new(env!("CARGO_BIN_EXE_wanmux-server"))
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "wanmux_server=verbose")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let lines = BufReader::new(child.take_stderr().expect("stderr")).lines();
+    let said = lines
+        .map(|l| l.expect("utf-8"))
+        .take_while(|l| !l.contains("wanmux-server listening"))
+        .find(|l| l.contains("RUST_LOG does not parse"))
+        .expect("a line about RUST_LOG before the listening line");
+    assert!(said.contains("wanmux_server=verbose"), "{said}");
+    assert!(said.contains("\"WARN\""), "{said}");
+    child.terminate();
+}

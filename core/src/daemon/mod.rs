@@ -665,8 +665,12 @@ fn command<D: Daemon>(version: &'static str) -> clap::Command {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // A RUST_LOG that does not parse is said at once, not quietly taken for the default.
+    let set = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let (filter, invalid) = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(filter) => (filter, None),
+        Err(e) => ("info".into(), set.map(|v| (v, e))),
+    };
     // Logs go to stderr (stdout stays free for command output), coloured only on a terminal.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt()
@@ -675,6 +679,9 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => fmt.with_ansi(ansi).init(),
         LogFormat::Json => fmt.json().init(),
+    }
+    if let Some((value, e)) = invalid {
+        tracing::warn!(RUST_LOG = %value, error = %e, "RUST_LOG does not parse: logging at info");
     }
 }
 
