@@ -25,7 +25,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::sync::{Arc, RwLock};
 use tracing::{info, warn};
-use wanmux_config::{ServerAuth, ServerConfig, ServerTls};
+use wanmux_config::{ServerAuth, ServerConfig, ServerTls, Service};
 use wanmux_core::keys::PublicKey;
 use wanmux_core::noise;
 
@@ -106,13 +106,9 @@ impl ServerHandle {
         now.warnings = new.warnings.clone();
 
         if running.services != new.services {
-            let names = |c: &ServerConfig| -> Vec<String> {
-                c.services
-                    .iter()
-                    .map(|s| s.name.as_str().to_owned())
-                    .collect()
-            };
-            info!(services = ?names(&new), "services changed: new streams use the new list");
+            for change in service_changes(&running.services, &new.services) {
+                info!("{change}: new streams use it (open ones keep their connection)");
+            }
             self.sessions.set_services(new.services.clone());
             now.services = new.services.clone();
         }
@@ -286,11 +282,66 @@ fn kept_settings(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static str
     kept
 }
 
+/// What a reload changes in the services, one line each: added, removed, or with another
+/// target (old and new named).
+fn service_changes(old: &[Service], new: &[Service]) -> Vec<String> {
+    let find = |list: &[Service], name: &str| -> Option<String> {
+        list.iter()
+            .find(|s| s.name.as_str() == name)
+            .map(|s| s.target.to_string())
+    };
+    let mut out = Vec::new();
+    for s in new {
+        let name = s.name.as_str();
+        match find(old, name) {
+            None => out.push(format!("service {name} added, target {}", s.target)),
+            Some(was) if was != s.target.to_string() => out.push(format!(
+                "service {name} target changed from {was} to {}",
+                s.target
+            )),
+            Some(_) => {}
+        }
+    }
+    for s in old {
+        if find(new, s.name.as_str()).is_none() {
+            out.push(format!("service {} removed", s.name.as_str()));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::kept_settings;
-    use wanmux_config::{ServerAuth, ServerConfig};
+    use super::{kept_settings, service_changes};
+    use wanmux_config::{ServerAuth, ServerConfig, Service};
     use wanmux_core::keys::Psk;
+
+    #[test]
+    fn each_service_change_is_a_line_naming_old_and_new() {
+        let svc = |name: &str, target: &str| Service {
+            name: wanmux_config::ServiceName::new(name).unwrap(),
+            target: target.parse::<std::net::SocketAddr>().unwrap().into(),
+        };
+        let old = [
+            svc("a", "127.0.0.1:1"),
+            svc("b", "127.0.0.1:2"),
+            svc("c", "127.0.0.1:3"),
+        ];
+        let new = [
+            svc("a", "127.0.0.1:1"),
+            svc("b", "127.0.0.1:9"),
+            svc("d", "127.0.0.1:4"),
+        ];
+        assert_eq!(
+            service_changes(&old, &new),
+            [
+                "service b target changed from 127.0.0.1:2 to 127.0.0.1:9",
+                "service d added, target 127.0.0.1:4",
+                "service c removed",
+            ]
+        );
+        assert!(service_changes(&old, &old).is_empty());
+    }
 
     #[test]
     fn names_what_a_reload_cannot_change() {

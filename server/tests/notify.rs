@@ -177,7 +177,7 @@ fn notifies_ready_status_watchdog_and_reloads_in_order() {
     );
     let ready = manager.until("READY=1", &mut skipped);
     assert!(!ready.contains("refused"), "{ready:?}");
-    daemon.wait_log("services changed");
+    daemon.wait_log("service web added");
     daemon.wait_log("reload done");
     manager.until("WATCHDOG=1", &mut skipped);
 
