@@ -18,9 +18,9 @@ use tracing::debug;
 /// Longest request head read.
 pub const MAX_REQUEST: usize = 8 * 1024;
 /// Time a scraper has to send its request head.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Scrapes served at once; more wait in the accept queue.
-pub const MAX_CONNECTIONS: usize = 16;
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// The Prometheus text format's content type.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -56,8 +56,9 @@ async fn answer(mut tcp: TcpStream, status: &StatusSource) -> std::io::Result<()
         .map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::TimedOut, "request head timed out")
         })??;
-    let (code, kind, body) = match route(&head) {
-        Route::Metrics => ("200 OK", CONTENT_TYPE, status().to_prometheus()),
+    let route = route(&head);
+    let (code, kind, body) = match route {
+        Route::Metrics | Route::MetricsHead => ("200 OK", CONTENT_TYPE, status().to_prometheus()),
         Route::NotFound => (
             "404 Not Found",
             "text/plain; charset=utf-8",
@@ -66,11 +67,17 @@ async fn answer(mut tcp: TcpStream, status: &StatusSource) -> std::io::Result<()
         Route::BadMethod => (
             "405 Method Not Allowed",
             "text/plain; charset=utf-8",
-            "only GET is served here\n".to_owned(),
+            "only GET and HEAD are served here\n".to_owned(),
         ),
     };
+    // HEAD: the same head, no body (RFC 9110, 9.3.2).
+    let shown = if route == Route::MetricsHead {
+        ""
+    } else {
+        &body
+    };
     let reply = format!(
-        "HTTP/1.1 {code}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {code}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{shown}",
         body.len()
     );
     tcp.write_all(reply.as_bytes()).await?;
@@ -102,6 +109,8 @@ async fn read_head(tcp: &mut TcpStream) -> std::io::Result<String> {
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
     Metrics,
+    /// `HEAD /metrics`: a monitor's liveness check.
+    MetricsHead,
     NotFound,
     BadMethod,
 }
@@ -111,12 +120,16 @@ fn route(head: &str) -> Route {
     let line = head.lines().next().unwrap_or_default();
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next(), parts.next().unwrap_or_default());
-    if method != Some("GET") {
+    if !matches!(method, Some("GET" | "HEAD")) {
         return Route::BadMethod;
     }
     let path = target.split('?').next().unwrap_or_default();
     if path == "/metrics" {
-        Route::Metrics
+        if method == Some("HEAD") {
+            Route::MetricsHead
+        } else {
+            Route::Metrics
+        }
     } else {
         Route::NotFound
     }
@@ -132,6 +145,7 @@ mod tests {
         assert_eq!(route("GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Route::Metrics);
         assert_eq!(route("GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert_eq!(route("POST /metrics HTTP/1.1\r\n\r\n"), Route::BadMethod);
+        assert_eq!(route("HEAD /metrics HTTP/1.1\r\n\r\n"), Route::MetricsHead);
         assert_eq!(route(""), Route::BadMethod);
     }
 }

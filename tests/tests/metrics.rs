@@ -193,6 +193,29 @@ async fn metrics_are_well_formed_and_count_what_the_application_moved() {
         }
         let (status, _) = get(client_at, "/").await;
         assert_eq!(status, "HTTP/1.1 404 Not Found");
+        // A monitor's HEAD gets the head alone; idle connections (a scraper's, a scan's) do
+        // not hold up a scrape: a trial's 20 delayed one by the 5 s an idle one was waited for.
+        let mut head = TcpStream::connect(client_at).await.unwrap();
+        head.write_all(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        head.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+        assert!(reply.ends_with("\r\n\r\n"), "no body: {reply}");
+        let mut idle = Vec::new();
+        for _ in 0..20 {
+            idle.push(TcpStream::connect(client_at).await.unwrap());
+        }
+        let asked = std::time::Instant::now();
+        let (status, _) = get(client_at, "/metrics").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(
+            asked.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            asked.elapsed()
+        );
+        drop(idle);
 
         // The same numbers as a status: the client's session for node 1 with its two links.
         let st = t.client.status();
