@@ -96,6 +96,7 @@ impl ClientHandle {
         }
 
         let kept = kept_settings(running, &new);
+        self.reloads().set_pending_restart(&kept);
         if !kept.is_empty() {
             warn!(
                 "reload keeps until a restart: {} (changed in the file, still running as before)",

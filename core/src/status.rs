@@ -56,6 +56,8 @@ pub struct Reloads {
     applied: AtomicU64,
     refused: AtomicU64,
     last_refused: AtomicBool,
+    /// Settings the file changed that the running daemon keeps until a restart.
+    pending_restart: std::sync::Mutex<Vec<String>>,
 }
 
 impl Reloads {
@@ -70,18 +72,33 @@ impl Reloads {
         self.last_refused.store(!applied, Relaxed);
     }
 
+    /// After an applied reload: the settings the file now changes that the running daemon
+    /// keeps until a restart (none: everything in the file runs).
+    pub fn set_pending_restart(&self, settings: &[&str]) {
+        let mut pending = self
+            .pending_restart
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *pending = settings.iter().map(|s| (*s).to_owned()).collect();
+    }
+
     /// The counts now.
     pub fn view(&self) -> ReloadsView {
         ReloadsView {
             applied: self.applied.load(Relaxed),
             refused: self.refused.load(Relaxed),
             last_refused: self.last_refused.load(Relaxed),
+            pending_restart: self
+                .pending_restart
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }
 
 /// [`Reloads`] as it is rendered.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ReloadsView {
     /// Reloads applied.
     pub applied: u64,
@@ -89,6 +106,10 @@ pub struct ReloadsView {
     pub refused: u64,
     /// The last reload was refused: the daemon runs an older config than its file.
     pub last_refused: bool,
+    /// Settings the file changed, as of the last applied reload, that the running daemon
+    /// keeps until a restart (`client.private_key`, `[links]`, ...).
+    #[serde(default)]
+    pub pending_restart: Vec<String>,
 }
 
 /// Section bytes relayed through (client) or with (node) one node.
@@ -323,7 +344,7 @@ impl Status {
         );
         counts_line(&mut out, "failed handshakes", &self.handshake_failures);
         counts_line(&mut out, "streams refused", &self.stream_refusals);
-        let r = self.reloads;
+        let r = &self.reloads;
         if r.applied + r.refused > 0 {
             let _ = writeln!(
                 out,
@@ -335,6 +356,13 @@ impl Status {
                 } else {
                     ""
                 }
+            );
+        }
+        if !r.pending_restart.is_empty() {
+            let _ = writeln!(
+                out,
+                "waiting for a restart: {} (changed in the file, running as before)",
+                r.pending_restart.join(", ")
             );
         }
         for r in &self.relayed {
@@ -522,7 +550,7 @@ impl Status {
              running config kept.",
             &["result"],
         );
-        let r = self.reloads;
+        let r = &self.reloads;
         reloads.with_label_values(&["applied"]).inc_by(r.applied);
         reloads.with_label_values(&["refused"]).inc_by(r.refused);
         f.gauge(
@@ -533,6 +561,14 @@ impl Status {
         )
         .with_label_values::<&str>(&[])
         .set(if r.last_refused { 0.0 } else { 1.0 });
+        f.gauge(
+            "wanmux_config_restart_pending",
+            "Settings the config file changed that the running daemon keeps until a restart \
+             (as of the last applied reload; `status` names them).",
+            &[],
+        )
+        .with_label_values::<&str>(&[])
+        .set(r.pending_restart.len() as f64);
         f.gauge("wanmux_sessions", "Sessions held.", &[])
             .with_label_values::<&str>(&[])
             .set(self.sessions.len() as f64);

@@ -87,6 +87,7 @@ impl ServerHandle {
         new: ServerConfig,
     ) -> io::Result<ServerConfig> {
         let kept = kept_settings(running, &new);
+        self.reloads().set_pending_restart(&kept);
         if !kept.is_empty() {
             warn!(
                 "reload keeps until a restart: {} (changed in the file, still running as before)",

@@ -139,7 +139,7 @@ fn reloads_are_counted() {
     let v = status_json(&config);
     assert_eq!(
         v["reloads"],
-        serde_json::json!({"applied": 0, "refused": 0, "last_refused": false})
+        serde_json::json!({"applied": 0, "refused": 0, "last_refused": false, "pending_restart": []})
     );
     let hangup = || {
         let sent = Command::new("kill")
@@ -178,15 +178,34 @@ fn reloads_are_counted() {
         &format!("{control}[[service]]\nname = \"web\"\ntarget = \"127.0.0.1:9\"\n"),
     );
     hangup();
-    reloads(serde_json::json!({"applied": 1, "refused": 0, "last_refused": false}));
-    // A file that does not load: refused, the node runs on.
-    std::fs::write(&config, format!("{control}[server]\nlisten = 1\n")).expect("write config");
+    reloads(
+        serde_json::json!({"applied": 1, "refused": 0, "last_refused": false, "pending_restart": []}),
+    );
+    // A setting only a restart changes: applied, and said to wait for the restart.
+    let with_threads = std::fs::read_to_string(&config)
+        .expect("read config")
+        .replace("node_id = 7", "node_id = 7\nthreads = 1");
+    std::fs::write(&config, with_threads).expect("write config");
     hangup();
-    reloads(serde_json::json!({"applied": 1, "refused": 1, "last_refused": true}));
+    reloads(
+        serde_json::json!({"applied": 2, "refused": 0, "last_refused": false, "pending_restart": ["server.threads"]}),
+    );
     let out = server(&["status", "--socket", sock.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("reloads: 1 applied, 1 refused (the last one"),
+        text.contains("waiting for a restart: server.threads"),
+        "{text}"
+    );
+    // A file that does not load: refused, the node runs on.
+    std::fs::write(&config, format!("{control}[server]\nlisten = 1\n")).expect("write config");
+    hangup();
+    reloads(
+        serde_json::json!({"applied": 2, "refused": 1, "last_refused": true, "pending_restart": ["server.threads"]}),
+    );
+    let out = server(&["status", "--socket", sock.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("reloads: 2 applied, 1 refused (the last one"),
         "{text}"
     );
     // `status --config` still finds it by the file's `control.socket`, and says why it asks.
