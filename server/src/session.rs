@@ -28,6 +28,8 @@ pub(crate) type Key = (Option<PublicKey>, SessionId);
 
 /// How long an expired session's id is remembered (see `Sessions::tombstones`).
 const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+/// The most sessions remembered as ended (`Sessions::tombstones`): about 100 bytes each.
+const MAX_TOMBSTONES: usize = 16_384;
 
 /// A session in the table: its driver, whose it is, how many links it has, and the budget
 /// account it draws on (its client's).
@@ -436,6 +438,13 @@ impl Sessions {
         let now = std::time::Instant::now();
         let mut t = self.tombstones.lock().unwrap_or_else(|e| e.into_inner());
         t.retain(|_, t| now.duration_since(t.at) < TOMBSTONE_TTL);
+        // A client may end sessions as fast as it can start them (`SESSION_OVER`): the oldest
+        // record goes first past the bound.
+        if t.len() >= MAX_TOMBSTONES && !t.contains_key(&key) {
+            if let Some(oldest) = t.iter().min_by_key(|(_, t)| t.at).map(|(k, _)| *k) {
+                t.remove(&oldest);
+            }
+        }
         let generation = t.get(&key).map_or(0, |t| t.generation) + 1;
         t.insert(
             key,
