@@ -759,3 +759,37 @@ async fn connect(
         .connect_failed(&service, &target, error);
     driver.with(|s, _| s.stream_reset(id, reset::CONNECT_FAILED));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client that ends sessions as fast as it starts them leaves a bounded record: the
+    /// oldest ends are forgotten first, the newest kept (with their marks).
+    #[test]
+    fn the_ended_sessions_remembered_are_bounded() {
+        let config = ServerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            1.try_into().unwrap(),
+            wanmux_config::ServerAuth::PskOnly {
+                psk: wanmux_core::keys::Psk::generate(),
+            },
+            Vec::new(),
+        );
+        let sessions = Sessions::new(config);
+        let key = |i: u64| -> Key {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&i.to_be_bytes());
+            (None, SessionId(id))
+        };
+        let n = MAX_TOMBSTONES as u64 + 100;
+        for i in 0..n {
+            sessions.bury(key(i), true);
+        }
+        let t = sessions.tombstones.lock().unwrap();
+        assert_eq!(t.len(), MAX_TOMBSTONES);
+        drop(t);
+        assert!(sessions.is_over(key(n - 1)), "the newest is kept");
+        assert_eq!(sessions.generation(key(n - 1)), 1);
+    }
+}
