@@ -519,7 +519,8 @@ fn status<D: Daemon>(
                 }
                 many => {
                     eprintln!(
-                        "status: several {} are running; name one with --config FILE:",
+                        "status: several {} are running; name one with --config FILE, or \
+                         with --socket and one of these sockets:",
                         D::NAME
                     );
                     for p in many {
