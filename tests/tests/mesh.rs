@@ -223,17 +223,26 @@ async fn a_silent_peer_link_times_out_and_is_dialled_again() {
 
     let silenced = std::time::Instant::now();
     relay.blackhole(Links::One(0));
-    // Both ends find it dead by their pings (the sockets stay open), within the documented
-    // bound of 5 s.
+    // Node 1 finds it dead by its pings (the sockets stay open), within the documented bound
+    // of 5 s.
     cluster.wait_up(0, &[]).await;
-    cluster.wait_up(1, &[]).await;
     assert!(
         silenced.elapsed() < Duration::from_secs(6),
         "{:?}",
         silenced.elapsed()
     );
-    logs.wait_for(&["peer link down", "no answer to pings"], LIMIT)
-        .await;
+    logs.wait_for(
+        &["peer{id=2", "peer link down", "no answer to pings"],
+        LIMIT,
+    )
+    .await;
+    // Node 2 too, or, where node 1's next link reached it first (its pings' phase differs by
+    // up to a second), by that link taking its place.
+    let node2 = logs.wait_for(&["peer{id=1", "peer link down"], LIMIT).await;
+    assert!(
+        node2.contains("no answer to pings") || node2.contains("closed here"),
+        "{node2}"
+    );
     // Node 1 dials again; the relay's next link forwards.
     cluster.wait_full_mesh().await;
     assert!(relay.accepted() >= 2);
