@@ -9,28 +9,7 @@ use wanmux_tests::process::Daemon;
 
 #[test]
 fn every_log_line_is_a_json_object() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("json-logs");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let config = dir.join("server.toml");
-    std::fs::write(
-        &config,
-        "[server]\nlisten = \"127.0.0.1:0\"\nnode_id = 1\n\
-         psk = \"URYnETZVguZE3vaKV8RKJV1GxdNtUebJAabte/+Erp0=\"\n\
-         [[service]]\nname = \"echo\"\ntarget = \"127.0.0.1:9\"\n",
-    )
-    .expect("write config");
-    // Killed if the test fails before the daemon's own exit.
-    let mut child = Daemon::spawn(
-        Command::new(env!("CARGO_BIN_EXE_wanmux-server"))
-            .args(["run", "--log-format", "json", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
-    );
+    let mut child = node_logging_json("json-logs", "info");
     let mut lines = BufReader::new(child.take_stderr().expect("stderr")).lines();
     // The host checks (socket buffers, congestion control) may warn first, depending on the
     // machine; the first line of the daemon's own is its listening line.
@@ -69,7 +48,22 @@ fn every_log_line_is_a_json_object() {
 /// (a trial set `wanmux_server=verbose` and saw nothing change).
 #[test]
 fn a_rust_log_that_does_not_parse_is_said() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bad-rust-log");
+    let mut child = node_logging_json("bad-rust-log", "wanmux_server=verbose");
+    let lines = BufReader::new(child.take_stderr().expect("stderr")).lines();
+    let said = lines
+        .map(|l| l.expect("utf-8"))
+        .take_while(|l| !l.contains("wanmux-server listening"))
+        .find(|l| l.contains("RUST_LOG does not parse"))
+        .expect("a line about RUST_LOG before the listening line");
+    assert!(said.contains("wanmux_server=verbose"), "{said}");
+    assert!(said.contains("\"WARN\""), "{said}");
+    child.terminate();
+}
+
+/// A node process (config in a temp dir `name`) logging JSON to a piped stderr with
+/// `RUST_LOG=rust_log`; killed when dropped if the test fails first.
+fn node_logging_json(name: &str, rust_log: &str) -> Daemon {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("server.toml");
@@ -80,23 +74,14 @@ fn a_rust_log_that_does_not_parse_is_said() {
          [[service]]\nname = \"echo\"\ntarget = \"127.0.0.1:9\"\n",
     )
     .expect("write config");
-    let mut child = Daemon::spawn(
+    Daemon::spawn(
         Command::new(env!("CARGO_BIN_EXE_wanmux-server"))
             .args(["run", "--log-format", "json", "--config"])
             .arg(&config)
-            .env("RUST_LOG", "wanmux_server=verbose")
+            .env("RUST_LOG", rust_log)
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),
-    );
-    let lines = BufReader::new(child.take_stderr().expect("stderr")).lines();
-    let said = lines
-        .map(|l| l.expect("utf-8"))
-        .take_while(|l| !l.contains("wanmux-server listening"))
-        .find(|l| l.contains("RUST_LOG does not parse"))
-        .expect("a line about RUST_LOG before the listening line");
-    assert!(said.contains("wanmux_server=verbose"), "{said}");
-    assert!(said.contains("\"WARN\""), "{said}");
-    child.terminate();
+    )
 }

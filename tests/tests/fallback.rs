@@ -84,6 +84,16 @@ fn links_run_over(t: &Tunnel, transport: &str, addr: &str) {
         .contains(&format!(" {transport} ")));
 }
 
+/// No line about a fallback of `addr` after `mark`.
+fn no_fallback_warning(logs: &Logs, mark: usize, addr: &str) {
+    assert!(
+        logs.since(mark)
+            .iter()
+            .all(|l| !(l.contains("instead of QUIC") && l.contains(addr))),
+        "no fallback line"
+    );
+}
+
 /// The one `warn` line about the fallback of `addr`, after `mark`, with `parts`. (The tests of
 /// this file run at once and log to the same place; their addresses differ.)
 fn fallback_warning(logs: &Logs, mark: usize, addr: &str, parts: &[&str]) -> String {
@@ -208,12 +218,7 @@ async fn a_node_that_answers_quic_gets_quic_links() {
         assert_eq!(relay.connections(), usize::from(LINKS));
         assert!(t.client.tcp_fallbacks().is_empty());
         links_run_over(&t, "quic", &addr);
-        assert!(
-            logs.since(mark)
-                .iter()
-                .all(|l| !(l.contains("instead of QUIC") && l.contains(&addr))),
-            "no fallback line"
-        );
+        no_fallback_warning(&logs, mark, &addr);
         t.client.shutdown();
         t.server.shutdown();
     })
@@ -253,12 +258,7 @@ async fn quic_that_answers_late_is_no_reason_to_fall_back() {
             t.client.tcp_fallbacks()
         );
         links_run_over(&t, "quic", &addr);
-        assert!(
-            logs.since(mark)
-                .iter()
-                .all(|l| !(l.contains("instead of QUIC") && l.contains(&addr))),
-            "no fallback line"
-        );
+        no_fallback_warning(&logs, mark, &addr);
         t.client.shutdown();
         t.server.shutdown();
     })
