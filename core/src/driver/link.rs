@@ -198,7 +198,15 @@ pub async fn run_routed(
                     }
                     return LinkEnd::SessionClosed;
                 }
-                () = kill.notified() => return driver.end_of(id),
+                // Retired, or found dead by the engine (or closed by the peer with a reason:
+                // below).
+                () = kill.notified() => {
+                    return if driver.is_retired(id) {
+                        LinkEnd::Retired
+                    } else {
+                        LinkEnd::TimedOut
+                    };
+                }
                 _ = tick.tick() => {
                     if let Some(r) = &router {
                         r.tick();

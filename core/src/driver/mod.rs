@@ -64,7 +64,7 @@ struct State {
     /// Links closed by [`SessionDriver::retire_links`], until their tasks remove them.
     retired: std::collections::HashSet<LinkId>,
     /// Links the peer closed with a `CLOSE` code other than `close::LINK`, until their tasks
-    /// remove them: why, for the link's end ([`SessionDriver::end_of`]).
+    /// remove them: why, for the link's end ([`SessionDriver::peer_close`]).
     peer_closed: HashMap<LinkId, u16>,
     /// Scratch for [`Session::poll_wakes`].
     wakes: Vec<LinkId>,
@@ -638,19 +638,6 @@ impl SessionDriver {
     /// Whether `id` was closed by [`SessionDriver::retire_links`].
     pub fn is_retired(&self, id: LinkId) -> bool {
         self.lock().retired.contains(&id)
-    }
-
-    /// Why link `id` was killed: retired by a reload, closed by the peer with a code, or (the
-    /// rest) found dead by the engine.
-    pub(crate) fn end_of(&self, id: LinkId) -> link::LinkEnd {
-        let st = self.lock();
-        if st.retired.contains(&id) {
-            link::LinkEnd::Retired
-        } else if let Some(&code) = st.peer_closed.get(&id) {
-            link::LinkEnd::PeerClosed(code)
-        } else {
-            link::LinkEnd::TimedOut
-        }
     }
 
     /// Client: the client stops in order; the node is told the session is over

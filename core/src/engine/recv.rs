@@ -299,12 +299,9 @@ impl Session {
         code: u16,
         final_size: u64,
     ) -> Result<(), PeerError> {
-        if self.is_refused(id) {
-            return self.on_refused_reset(id, final_size);
-        }
         let Some(s) = self.peer_stream(now, id, Phase::Pending)? else {
-            // Stale; or a stream reset before anything else of it came, and refused just now
-            // over the limit: its RESET is here already.
+            // Stale; or a stream refused over the limit (maybe just now, reset before anything
+            // else of it came): its client's RESET is here.
             return if self.is_refused(id) {
                 self.on_refused_reset(id, final_size)
             } else {
