@@ -9,10 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use wanmux_config::ClientAuth;
-use wanmux_tests::harness::{
-    app_server, configs, free_port, point_client_at, transfer, within, Auth,
-};
+use wanmux_tests::harness::{app_server, point_client_at, psk_node_file, transfer, within};
 use wanmux_tests::process::Daemon;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,30 +19,9 @@ async fn stalled_connections_from_one_address_leave_room_for_clients_and_streams
     }
     within(Duration::from_secs(60), async {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("flood");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
         let mut app = app_server().await;
-        let (_, mut client_config) = configs(Auth::Psk, app.addr, 2);
-        let psk = match &client_config.auth {
-            ClientAuth::PskOnly { psk, .. } => psk.to_base64(),
-            ClientAuth::StaticKey { .. } | ClientAuth::Pki { .. } => {
-                unreachable!("PSK-only configs")
-            }
-        };
-        let addr = free_port();
-        let config = dir.join("node.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"{addr}\"\nnode_id = 1\npsk = \"{psk}\"\n\
-                 handshake_timeout_ms = 20000\n\
-                 [[service]]\nname = \"{}\"\ntarget = \"{}\"\n\
-                 [control]\nsocket = \"node.sock\"\n",
-                wanmux_tests::harness::SERVICE,
-                app.addr
-            ),
-        )
-        .unwrap();
+        let (config, addr, mut client_config) =
+            psk_node_file(&dir, app.addr, "handshake_timeout_ms = 20000", 2);
         let _node = Daemon::spawn(
             Command::new("prlimit")
                 .args(["--nofile=128:128", "--"])

@@ -9,11 +9,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use wanmux_config::{ClientAuth, LinkTransport};
+use wanmux_config::LinkTransport;
 use wanmux_relay::UdpRelay;
 use wanmux_tests::harness::{
-    configs, eventually, free_port, is_listening, point_client_at, read_end, within, Auth, ReadEnd,
-    SERVICE,
+    eventually, is_listening, point_client_at, psk_node_file, read_end, within, ReadEnd,
 };
 use wanmux_tests::process::Daemon;
 
@@ -36,24 +35,7 @@ async fn node_and_client_via(
     relayed: bool,
 ) -> (Daemon, wanmux_client::ClientHandle, Option<UdpRelay>) {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let (_, mut client) = configs(Auth::Psk, service, 2);
-    let ClientAuth::PskOnly { psk, .. } = &client.auth else {
-        unreachable!("PSK-only configs")
-    };
-    let addr = free_port();
-    let config = dir.join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"{addr}\"\nnode_id = 1\npsk = \"{}\"\n\n\
-             [[service]]\nname = \"{SERVICE}\"\ntarget = \"{service}\"\n\n\
-             [control]\nsocket = \"node.sock\"\n",
-            psk.to_base64(),
-        ),
-    )
-    .expect("write node config");
+    let (config, addr, mut client) = psk_node_file(&dir, service, "", 2);
     let node = Daemon::spawn(
         Command::new(env!("CARGO_BIN_EXE_wanmux-server"))
             .args(["run", "--config"])

@@ -893,3 +893,34 @@ pub fn panics() -> usize {
     });
     COUNT.load(Ordering::SeqCst)
 }
+
+/// A node config file `node.toml` in a fresh directory `dir` for a node process in PSK-only
+/// mode on a free port, serving [`SERVICE`] at `service`, with its control socket beside it
+/// and `extra` lines in `[server]`; and a client config of the same PSK (links: `links`), not
+/// yet pointed at the node. Returns the file, the node's address and the client config.
+pub fn psk_node_file(
+    dir: &std::path::Path,
+    service: SocketAddr,
+    extra: &str,
+    links: u16,
+) -> (std::path::PathBuf, SocketAddr, ClientConfig) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("temp dir");
+    let (_, client) = configs(Auth::Psk, service, links);
+    let ClientAuth::PskOnly { psk, .. } = &client.auth else {
+        unreachable!("PSK-only configs")
+    };
+    let addr = free_port();
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{addr}\"\nnode_id = 1\npsk = \"{}\"\n{extra}\n\
+             [[service]]\nname = \"{SERVICE}\"\ntarget = \"{service}\"\n\n\
+             [control]\nsocket = \"node.sock\"\n",
+            psk.to_base64(),
+        ),
+    )
+    .expect("write node config");
+    (config, addr, client)
+}
