@@ -587,12 +587,33 @@ async fn accept_loop(
                     lane_stream(sibling, of, peer, &auth, &sessions, &refusals, &slots).await;
                 }))
             });
-            sessions
+            let end = sessions
                 .run_link(acc, peer, transport, &auth, &refusals)
                 .await;
-            drop(lane);
+            // A link that ended in order (the client finished it, or this node's session
+            // closed) leaves its lane stream up to `CLOSE_LINGER` to read and send what is left
+            // on it: the client's last messages (its `SESSION_OVER`) may come on the lane after
+            // the link's end, and dropping the lane's writer would close the connection under
+            // what it had not yet delivered. Any other end closes the connection at once.
+            if let (Some(mut lane), Some(end)) = (lane, end) {
+                if ended_in_order(&end) {
+                    let _ = tokio::time::timeout(driver::link::CLOSE_LINGER, &mut lane.0).await;
+                }
+            }
         });
     }
+}
+
+/// Whether a link's end was an orderly one, after which its lane stream gets a moment to finish.
+fn ended_in_order(end: &driver::link::LinkEnd) -> bool {
+    use driver::link::LinkEnd;
+    matches!(
+        end,
+        LinkEnd::Closed
+            | LinkEnd::ClosedSaying(_)
+            | LinkEnd::PeerClosed(_)
+            | LinkEnd::SessionClosed
+    )
 }
 
 /// The link a lane stream must belong to: the one on its connection's first stream.

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, Instrument};
 use wanmux_config::{ServerConfig, Service};
 use wanmux_core::budget::{Budget, Pool};
-use wanmux_core::driver::link::{LINK_RECV_MEMORY, LINK_SEND_MEMORY};
+use wanmux_core::driver::link::{LinkEnd, LINK_RECV_MEMORY, LINK_SEND_MEMORY};
 use wanmux_core::driver::{self, BudgetSignal, Counters, OpenedStreams, SessionDriver};
 use wanmux_core::engine::{Role, Session};
 use wanmux_core::frame::{close, reset, Frame};
@@ -503,6 +503,7 @@ impl Sessions {
     /// `transport` (`"tcp"`, `"quic"` or `"quic+noise"`) and `peer` label the link in status.
     /// The client key is checked against `auth` where the link joins, under the session
     /// table's lock: a reload may have removed it while the handshake ran (see `session`).
+    /// The link's end, or `None` when it was refused.
     pub(crate) async fn run_link(
         self: &Arc<Self>,
         acc: Accepted,
@@ -510,19 +511,19 @@ impl Sessions {
         transport: &'static str,
         auth: &crate::reload::SharedAuth,
         refusals: &crate::refused::Refusals,
-    ) {
+    ) -> Option<LinkEnd> {
         let key = (acc.client_key, SessionId(acc.hello.session_id));
         let span = tracing::info_span!("session", id = %key.1);
         let (driver, _admitted) = match self.session(key, acc.pki, auth) {
             Ok(joined) => joined,
             Err(SESSION_OVER) => {
                 span.in_scope(|| debug!(%peer, "link refused: {SESSION_OVER}"));
-                return;
+                return None;
             }
             Err(KEY_REMOVED) => {
                 // Only a handshake that straddled a reload gets here: rare, and worth seeing.
                 span.in_scope(|| info!(%peer, "link refused: {KEY_REMOVED}"));
-                return;
+                return None;
             }
             Err(why) => {
                 // Counted, and logged at most once a minute per kind with the count; the client
@@ -542,7 +543,7 @@ impl Sessions {
                     span.in_scope(|| refusals.session_limit(peer, why));
                 }
                 refuse(acc.writer, code).await;
-                return;
+                return None;
             }
         };
         let labels = driver.clone();
@@ -566,6 +567,7 @@ impl Sessions {
         .instrument(span.clone())
         .await;
         span.in_scope(|| debug!(%peer, %end, "link closed"));
+        Some(end)
     }
 
     /// The session `key` names, started if need be, with a slot for one more link in it and
