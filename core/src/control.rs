@@ -1,9 +1,12 @@
 //! The control socket (`control.socket`): a Unix stream socket, mode 0600, on which a running
 //! daemon answers `status` with its [`Status`] as JSON. `wanmux-client status` and
-//! `wanmux-server status` are its clients ([`query`]).
+//! `wanmux-server status` are its clients ([`query`]). It also answers `log` (the log filter in
+//! force), `log set FILTER` and `log reset` (change it; `crate::daemon::logs`), as
+//! `{"log": FILTER}`; `wanmux-client log` and `wanmux-server log` are their clients
+//! ([`log_filter`]).
 //!
 //! One request per connection: a line naming the command, then the daemon writes the answer
-//! and closes. Only the daemon's user (and root) can connect: the file's mode is set to 0600
+//! (one JSON object; `{"error": WHY}` for a command it does not take) and closes. Only the daemon's user (and root) can connect: the file's mode is set to 0600
 //! as soon as it is bound (connecting needs write permission, which the usual umask of 022
 //! already withholds from others in between).
 
@@ -100,13 +103,22 @@ async fn answer(conn: UnixStream, status: &StatusSource) -> io::Result<()> {
     tokio::time::timeout(TIMEOUT, rd.read_line(&mut line))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no command"))??;
-    let reply = match line.trim() {
-        "status" => status().to_json(),
-        other => format!(
-            "{{\"error\": {}}}",
-            serde_json::to_string(&format!("unknown command {other:?}"))
-                .expect("a string serializes")
-        ),
+    let command = line.trim();
+    let reply = match command.split_once(' ').map(|(c, rest)| (c, rest.trim())) {
+        None if command == "status" => {
+            let mut st = status();
+            st.log_filter = crate::daemon::logs::current();
+            st.to_json()
+        }
+        None if command == "log" => {
+            log_answer(crate::daemon::logs::current().ok_or_else(|| NO_LOG.to_string()))
+        }
+        Some(("log", "reset")) => log_answer(crate::daemon::logs::reset()),
+        Some(("log", rest)) => match rest.split_once(' ') {
+            Some(("set", filter)) => log_answer(crate::daemon::logs::set(filter)),
+            _ => error_answer(&format!("unknown command {command:?}")),
+        },
+        _ => error_answer(&format!("unknown command {command:?}")),
     };
     tokio::time::timeout(TIMEOUT, async {
         wr.write_all(reply.as_bytes()).await?;
@@ -117,19 +129,88 @@ async fn answer(conn: UnixStream, status: &StatusSource) -> io::Result<()> {
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "answer not read"))?
 }
 
-/// Asks the daemon at `path` for its status.
-pub async fn query(path: &Path) -> io::Result<Status> {
+/// Why a daemon has no log filter to show: it was not started by `run`.
+const NO_LOG: &str = "this daemon's log was not set up by `run`";
+
+/// The answer to a `log` command: `{"log": FILTER}` or `{"error": WHY}`.
+fn log_answer(filter: Result<String, String>) -> String {
+    match filter {
+        Ok(f) => serde_json::json!({ "log": f }).to_string(),
+        Err(why) => error_answer(&why),
+    }
+}
+
+fn error_answer(why: &str) -> String {
+    serde_json::json!({ "error": why }).to_string()
+}
+
+/// What `log` asks of the daemon's log filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogChange {
+    /// Only show it.
+    Show,
+    /// Put this filter in force (`RUST_LOG`'s syntax).
+    Set(String),
+    /// Go back to the filter the daemon started with.
+    Reset,
+}
+
+/// Asks the daemon at `path` for its log filter, changed as `change` says first; the filter in
+/// force after it, or the daemon's reason for refusing the change (`InvalidInput`).
+pub async fn log_filter(path: &Path, change: &LogChange) -> io::Result<String> {
+    let command = match change {
+        LogChange::Show => "log".to_string(),
+        LogChange::Set(filter) if filter.contains(['\n', '\r']) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a log filter is one line",
+            ));
+        }
+        LogChange::Set(filter) => format!("log set {filter}"),
+        LogChange::Reset => "log reset".to_string(),
+    };
+    if command.len() >= MAX_LINE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the filter is too long (at most {} characters)",
+                MAX_LINE - 10
+            ),
+        ));
+    }
+    let text = ask(path, &command).await?;
+    let answer: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("not a log answer: {e}"))
+    })?;
+    if let Some(filter) = answer.get("log").and_then(|v| v.as_str()) {
+        return Ok(filter.to_string());
+    }
+    let why = answer
+        .get("error")
+        .and_then(|v| v.as_str())
+        .unwrap_or("the daemon's answer names no filter");
+    Err(io::Error::new(io::ErrorKind::InvalidInput, why.to_string()))
+}
+
+/// Sends `command` to the daemon at `path` and reads its whole answer.
+async fn ask(path: &Path, command: &str) -> io::Result<String> {
     let conn = tokio::time::timeout(TIMEOUT, UnixStream::connect(path))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     let (rd, mut wr) = conn.into_split();
-    wr.write_all(b"status\n").await?;
+    wr.write_all(format!("{command}\n").as_bytes()).await?;
     let mut text = String::new();
     tokio::time::timeout(TIMEOUT, async {
         rd.take(64 << 20).read_to_string(&mut text).await
     })
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))??;
+    Ok(text)
+}
+
+/// Asks the daemon at `path` for its status.
+pub async fn query(path: &Path) -> io::Result<Status> {
+    let text = ask(path, "status").await?;
     serde_json::from_str(&text).map_err(|e| {
         io::Error::new(
             io::ErrorKind::InvalidData,

@@ -47,6 +47,10 @@ pub struct Status {
     /// it relayed to that peer (sent) and from it (received). Empty without a cluster.
     #[serde(default)]
     pub relayed: Vec<RelayedStatus>,
+    /// The log filter in force (`RUST_LOG`'s syntax), when the daemon runs under `run`: what
+    /// it started with, or what `log set` put in force since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_filter: Option<String>,
 }
 
 /// The count of config reloads, kept by a running daemon and recorded by the daemon skeleton
@@ -296,6 +300,7 @@ impl Status {
             stream_refusals: BTreeMap::new(),
             reloads: ReloadsView::default(),
             relayed: Vec::new(),
+            log_filter: None,
         }
     }
 
@@ -357,6 +362,9 @@ impl Status {
                     ""
                 }
             );
+        }
+        if let Some(filter) = &self.log_filter {
+            let _ = writeln!(out, "log: {filter}");
         }
         if !r.pending_restart.is_empty() {
             let _ = writeln!(

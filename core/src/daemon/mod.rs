@@ -16,6 +16,8 @@
 //! - `check --config FILE` prints `ok`, or every error (exit 1).
 //! - `status [--config FILE | --socket PATH] [--json] [--watch]` asks a running daemon on its
 //!   control socket (`crate::control`) and prints its links, sessions and traffic.
+//! - `log [FILTER | --reset] [--config FILE | --socket PATH]` shows or changes a running
+//!   daemon's log filter ([`logs`]), found as `status` finds it.
 //! - `keygen [--psk] [--out FILE]` prints a new key pair or PSK (see [`keys::keygen`]).
 //! - `tls ca --out DIR` and `tls issue --ca DIR --name NAME --out DIR [--client]` make PKI
 //!   mode's certificates, and `tls revoke --ca DIR --crl FILE [--cert CERT]` its revocation
@@ -41,6 +43,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::keys;
 
 mod docs;
+pub mod logs;
 pub mod notify;
 
 use notify::Notifier;
@@ -230,6 +233,24 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Show or change a running daemon's log filter, without a restart: `log debug` to see
+    /// more, `log --reset` for the filter it started with (`RUST_LOG`, or info).
+    Log {
+        /// The filter to put in force, in `RUST_LOG`'s syntax (`debug`,
+        /// `info,wanmux_core::driver=trace`). Without it (and without --reset), the filter in
+        /// force is printed.
+        #[arg(value_name = "FILTER", conflicts_with = "reset")]
+        filter: Option<String>,
+        /// Go back to the filter the daemon started with.
+        #[arg(long)]
+        reset: bool,
+        /// The config file the daemon runs (as for `status`).
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The control socket itself.
+        #[arg(long, value_name = "PATH", conflicts_with = "config")]
+        socket: Option<PathBuf>,
+    },
     /// Make PKI mode's certificates: an operator CA, node or client certificates it issues
     /// (Ed25519 keys), and its revocation list.
     #[command(subcommand)]
@@ -417,6 +438,19 @@ pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
             json,
             watch,
         } => status::<D>(config, socket, json, watch),
+        Command::Log {
+            filter,
+            reset,
+            config,
+            socket,
+        } => {
+            let change = match (filter, reset) {
+                (Some(f), _) => crate::control::LogChange::Set(f),
+                (None, true) => crate::control::LogChange::Reset,
+                (None, false) => crate::control::LogChange::Show,
+            };
+            log::<D>(config, socket, &change)
+        }
 
         Command::Run {
             config: path,
@@ -429,7 +463,7 @@ pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            init_logging(log_format);
+            logs::init(log_format);
             for w in D::warnings(&config) {
                 tracing::warn!("{w}");
             }
@@ -479,57 +513,8 @@ fn status<D: Daemon>(
     json: bool,
     watch: bool,
 ) -> ExitCode {
-    let path = match (socket, config) {
-        (Some(socket), _) => socket,
-        (None, Some(file)) => match D::load(&file) {
-            Ok(mut c) => match D::control_socket(&mut c).clone() {
-                Some(set) => set,
-                None => crate::control::find_default(D::NAME, &file)
-                    .unwrap_or_else(|| crate::control::default_socket(D::NAME, &file)),
-            },
-            Err(errors) => {
-                // A daemon whose reload of this file was refused runs on: ask it anyway.
-                eprintln!("{errors}");
-                let running = D::control_socket_in(&file)
-                    .or_else(|| crate::control::find_default(D::NAME, &file));
-                let Some(socket) = running else {
-                    return ExitCode::FAILURE;
-                };
-                eprintln!(
-                    "status: {} does not load; asking the daemon at {}, which runs on the last \
-                     config that loaded",
-                    file.display(),
-                    socket.display()
-                );
-                socket
-            }
-        },
-        (None, None) => {
-            let found = crate::control::default_sockets(D::NAME);
-            match found.as_slice() {
-                [one] => one.clone(),
-                [] => {
-                    eprintln!(
-                        "status: no running {} with a default socket in {}; name its config \
-                         with --config FILE (or the socket with --socket PATH)",
-                        D::NAME,
-                        crate::control::RUN_DIR
-                    );
-                    return ExitCode::FAILURE;
-                }
-                many => {
-                    eprintln!(
-                        "status: several {} are running; name one with --config FILE, or \
-                         with --socket and one of these sockets:",
-                        D::NAME
-                    );
-                    for p in many {
-                        eprintln!("  {}", p.display());
-                    }
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
+    let Some(path) = control_path::<D>("status", config, socket) else {
+        return ExitCode::FAILURE;
     };
     let format = if json {
         crate::control::Format::Json
@@ -554,6 +539,99 @@ fn status<D: Daemon>(
             ExitCode::FAILURE
         }
     }
+}
+
+/// `log`: shows or changes the log filter of the daemon found as `status` finds it.
+fn log<D: Daemon>(
+    config: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    change: &crate::control::LogChange,
+) -> ExitCode {
+    let Some(path) = control_path::<D>("log", config, socket) else {
+        return ExitCode::FAILURE;
+    };
+    let asked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .and_then(|rt| rt.block_on(crate::control::log_filter(&path, change)));
+    match asked {
+        Ok(filter) => {
+            println!("{filter}");
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+            eprintln!("log: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!(
+                "log: no answer on the control socket {}: {e} (is the daemon running, with this \
+                 config, and are you its user or root?)",
+                path.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The control socket `command` (`status`, `log`) asks: `socket`, or the one of the daemon
+/// running `config`, or the one daemon of this kind with a default socket. `None` after saying
+/// on stderr why there is none.
+fn control_path<D: Daemon>(
+    command: &str,
+    config: Option<PathBuf>,
+    socket: Option<PathBuf>,
+) -> Option<PathBuf> {
+    Some(match (socket, config) {
+        (Some(socket), _) => socket,
+        (None, Some(file)) => match D::load(&file) {
+            Ok(mut c) => match D::control_socket(&mut c).clone() {
+                Some(set) => set,
+                None => crate::control::find_default(D::NAME, &file)
+                    .unwrap_or_else(|| crate::control::default_socket(D::NAME, &file)),
+            },
+            Err(errors) => {
+                // A daemon whose reload of this file was refused runs on: ask it anyway.
+                eprintln!("{errors}");
+                let running = D::control_socket_in(&file)
+                    .or_else(|| crate::control::find_default(D::NAME, &file));
+                let socket = running?;
+                eprintln!(
+                    "{command}: {} does not load; asking the daemon at {}, which runs on the last \
+                     config that loaded",
+                    file.display(),
+                    socket.display()
+                );
+                socket
+            }
+        },
+        (None, None) => {
+            let found = crate::control::default_sockets(D::NAME);
+            match found.as_slice() {
+                [one] => one.clone(),
+                [] => {
+                    eprintln!(
+                        "{command}: no running {} with a default socket in {}; name its config \
+                         with --config FILE (or the socket with --socket PATH)",
+                        D::NAME,
+                        crate::control::RUN_DIR
+                    );
+                    return None;
+                }
+                many => {
+                    eprintln!(
+                        "{command}: several {} are running; name one with --config FILE, or \
+                         with --socket and one of these sockets:",
+                        D::NAME
+                    );
+                    for p in many {
+                        eprintln!("  {}", p.display());
+                    }
+                    return None;
+                }
+            }
+        }
+    })
 }
 
 /// The accept loop's next connection. A failed accept is handed to `failed` (to log it) and
@@ -653,7 +731,7 @@ fn command<D: Daemon>(version: &'static str) -> clap::Command {
     let run = format!(
         "Run {} until SIGINT or SIGTERM (then drain; a second signal stops at once); SIGHUP \
          reloads the config file. Log level \
-         from RUST_LOG (default: info)",
+         from RUST_LOG (default: info); `log FILTER` changes it while the daemon runs",
         D::RUNS
     );
     Cli::command()
@@ -663,27 +741,6 @@ fn command<D: Daemon>(version: &'static str) -> clap::Command {
         .about(D::ABOUT)
         .mut_subcommand("run", |c| c.about(run))
         .mut_subcommand("tls", |c| c.hide(!D::TLS_TOOLS))
-}
-
-fn init_logging(format: LogFormat) {
-    // A RUST_LOG that does not parse is said at once, not quietly taken for the default.
-    let set = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
-    let (filter, invalid) = match tracing_subscriber::EnvFilter::try_from_default_env() {
-        Ok(filter) => (filter, None),
-        Err(e) => ("info".into(), set.map(|v| (v, e))),
-    };
-    // Logs go to stderr (stdout stays free for command output), coloured only on a terminal.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => fmt.with_ansi(ansi).init(),
-        LogFormat::Json => fmt.json().init(),
-    }
-    if let Some((value, e)) = invalid {
-        tracing::warn!(RUST_LOG = %value, error = %e, "RUST_LOG does not parse: logging at info");
-    }
 }
 
 /// The runtime the daemon runs on: multi-threaded, with `threads` workers if the config sets
