@@ -235,7 +235,21 @@ impl ServerHandle {
     ) {
         self.sessions.start_draining();
         let open = || self.sessions.finishable_stream_count();
-        if let Err(left) = daemon::wait_drained(timeout, stop, open).await {
+        // What a client opened before it heard of the drain still arrives for about a round
+        // trip, and is served (`Session::opened_before_drain_heard`): the drain lasts that long
+        // even with no stream open, unless a second signal or its timeout comes first.
+        let grace = self.sessions.drain_grace().min(timeout);
+        tokio::pin!(stop);
+        let drained = tokio::select! {
+            () = tokio::time::sleep(grace) => {
+                daemon::wait_drained(timeout - grace, &mut stop, open).await
+            }
+            () = &mut stop => match open() {
+                0 => Ok(()),
+                streams => Err(daemon::Left { streams, stopped: true }),
+            },
+        };
+        if let Err(left) = drained {
             warn!(streams = left.streams, "{}", left.message());
         }
         self.stop_accepting();

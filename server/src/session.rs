@@ -293,7 +293,7 @@ impl Sessions {
         // the other nodes instead of having them refused here.
         let drivers: Vec<SessionDriver> = self.lock().values().map(|e| e.driver.clone()).collect();
         for d in drivers {
-            d.with(|s, _| s.start_draining());
+            d.with(|s, now| s.start_draining(now));
         }
     }
 
@@ -334,6 +334,20 @@ impl Sessions {
             .filter(|d| d.live_links() > 0)
             .map(|d| d.with(|s, _| s.stream_count()))
             .sum()
+    }
+
+    /// How long a drain that starts now still serves new streams: the longest
+    /// [`Session::drain_grace`] of the sessions with a link (zero without one).
+    ///
+    /// [`Session::drain_grace`]: wanmux_core::engine::Session::drain_grace
+    pub(crate) fn drain_grace(&self) -> Duration {
+        let drivers: Vec<SessionDriver> = self.lock().values().map(|e| e.driver.clone()).collect();
+        drivers
+            .iter()
+            .filter(|d| d.live_links() > 0)
+            .map(|d| d.with(|s, _| s.drain_grace()))
+            .max()
+            .unwrap_or_default()
     }
 
     /// Links up, over all sessions.
@@ -631,7 +645,7 @@ impl Sessions {
             }
         });
         if self.draining.load(Ordering::Relaxed) {
-            driver.with(|s, _| s.start_draining());
+            driver.with(|s, now| s.start_draining(now));
         }
         let span = tracing::info_span!("session", id = %key.1);
         span.in_scope(|| info!(client = ?key.0, "session started"));
@@ -722,7 +736,11 @@ async fn refuse(mut writer: wanmux_core::noise::LinkWriter, code: u16) {
 /// Connects each stream the client opens to its named service.
 async fn serve_streams(driver: SessionDriver, mut opened: OpenedStreams, sessions: Arc<Sessions>) {
     while let Some((id, name)) = opened.recv().await {
-        if sessions.draining.load(Ordering::Relaxed) {
+        // A stream the client opened before it heard the drain is served (see
+        // `opened_before_drain_heard`); one opened after, on a node it knows drains, is not.
+        if sessions.draining.load(Ordering::Relaxed)
+            && !driver.with(|s, now| s.opened_before_drain_heard(now))
+        {
             debug!(stream = %id, "draining: stream refused");
             sessions.stream_refusals.draining();
             driver.with(|s, _| s.stream_reset(id, reset::SHUTDOWN));

@@ -102,8 +102,15 @@ async fn server_drain_refuses_new_streams_and_finishes_open_ones() {
             client,
             ..
         } = t;
-        // The drain refuses new streams from its first step on.
         let drain = tokio::spawn(begin(server.drain(Duration::from_secs(30))).await);
+        // The drain refuses new streams once the client has had time to hear of it (what
+        // arrives within about a round trip was opened before, and is served: stripe.rs,
+        // `connections_opened_before_the_client_heard_of_a_drain_are_served`).
+        assert!(
+            eventually(Duration::from_secs(5), || client.peer_draining(1)).await,
+            "the client heard of the drain"
+        );
+        tokio::time::sleep(wanmux_core::engine::MAX_DRAIN_GRACE).await;
         // A new connection is refused by the draining server: closed without any data.
         // The refusal can reset the connection before the test's connect or write completes:
         // then that call reports it (and a read after it would wait for nothing).

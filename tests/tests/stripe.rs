@@ -803,6 +803,106 @@ async fn a_pki_client_stripes_over_the_cluster_both_ways() {
     .await;
 }
 
+/// A node that starts draining serves the connections a client opened before it heard so: the
+/// `DRAINING` frame takes a one-way trip to reach the client, and what the client opened on the
+/// node meanwhile arrives after the drain began. Node 1's links here run through a path of
+/// 40 ms each way; a connection is opened every 5 ms across the drain's start, and every one
+/// gets its echo. Before, the one opened as the drain began was reset, in every run (the client
+/// heard `DRAINING` on node 2's links a moment later, so only one fell in the window here; on a
+/// path where every node is far, a round trip's worth of new connections would); and a drain
+/// with no stream open ended at once, under the streams on their way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_opened_before_the_client_heard_of_a_drain_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const FAR: Duration = Duration::from_millis(40);
+    within(Duration::from_secs(60), async {
+        let echo = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("echo");
+        let echo_addr = echo.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    let (mut r, mut w) = tcp.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let (client_key, client_pub) = generate_keypair();
+        let (mut nodes, specs, _) = start_nodes(2, echo_addr, client_pub, None).await;
+        let mut config = client_config(
+            &specs,
+            &nodes,
+            client_key,
+            Spread::Stripe,
+            OwnerPolicy::First,
+        );
+        config.transport = wanmux_config::LinkTransport::Tcp;
+        let far = Shape {
+            delay: FAR,
+            ..Shape::default()
+        };
+        let relay = TcpRelay::start(nodes[0].local_addr(), far)
+            .await
+            .expect("relay starts");
+        if let ClientAuth::StaticKey { nodes: pinned, .. } = &mut config.auth {
+            pinned[0].node.addr = relay.addr().into();
+        }
+        let client = wanmux_client::start(config).await.expect("client starts");
+        client.wait_for_links(4).await;
+        wait_for_sub_links(&client, 2, 2).await;
+        let addr = client.first_addr();
+        let one = move |i: u32| async move {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let msg = i.to_be_bytes().repeat(16);
+            tcp.write_all(&msg).await?;
+            let mut back = vec![0u8; msg.len()];
+            tcp.read_exact(&mut back).await?;
+            assert_eq!(back, msg, "echo {i}");
+            Ok::<(), std::io::Error>(())
+        };
+        // The engines learn the far links' RTT.
+        for i in 0..10 {
+            one(i).await.expect("a connection before the drain");
+        }
+        // Node 1 owns this one, which holds its drain open.
+        let mut held = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        held.write_all(&[0u8; 16]).await.expect("write");
+        assert!(
+            eventually(Duration::from_secs(5), || nodes[0].stream_count() == 1).await,
+            "node 1 has the held stream"
+        );
+        let mut conns = Vec::new();
+        let mut node1 = Some(nodes.remove(0));
+        let (mut drain, mut heard) = (None, false);
+        for i in 0..80u32 {
+            if i == 20 {
+                drain = node1
+                    .take()
+                    .map(|n| tokio::spawn(n.drain(Duration::from_secs(30))));
+            }
+            conns.push(tokio::spawn(one(100 + i)));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            heard |= client.peer_draining(1);
+        }
+        let mut failed = Vec::new();
+        for (i, c) in conns.into_iter().enumerate() {
+            if let Err(e) = c.await.expect("task") {
+                failed.push((i, e.to_string()));
+            }
+        }
+        assert!(heard, "the client heard that node 1 drains");
+        assert!(failed.is_empty(), "connections failed: {failed:?}");
+        drop(held);
+        drain.expect("the drain started").await.expect("drain");
+        client.shutdown();
+        drop(nodes);
+    })
+    .await;
+}
+
 /// A node that starts draining tells its clients (`DRAINING`): new connections go to the other
 /// nodes instead of being refused there, while its own connections finish. Without it the
 /// client, with `owner = "first"`, kept giving the draining node every new connection and each

@@ -3,13 +3,14 @@
 use super::reorder::Reorder;
 use super::stream::Phase;
 use super::{
-    unsent_bound, Event, OpenError, ReadChunk, Role, Session, StreamError, MIN_BUDGET_WRITE,
+    unsent_bound, Event, OpenError, ReadChunk, Role, Session, StreamError, DRAIN_GRACE_FIRST_RTT,
+    DRAIN_GRACE_MARGIN, MAX_DRAIN_GRACE, MIN_BUDGET_WRITE,
 };
 use crate::budget::Pool;
 use crate::frame::{Frame, MAX_SERVICE_NAME};
 use crate::ids::{NodeId, StreamId};
 use bytes::Bytes;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 impl Session {
     /// Opens a stream to `service`, owned by node `owner` (client only). Data may be written
@@ -218,11 +219,37 @@ impl Session {
     /// Server: the node is stopping; tells the client once (`DRAINING`, a control frame, sent
     /// again on another link if the one it went on dies), so that it opens new streams on the
     /// cluster's other nodes.
-    pub fn start_draining(&mut self) {
-        if matches!(self.role, Role::Server(_)) && !self.draining {
-            self.draining = true;
+    pub fn start_draining(&mut self, now: Instant) {
+        if matches!(self.role, Role::Server(_)) && self.draining.is_none() {
+            self.draining = Some(now);
             self.control.push_back(Frame::Draining);
         }
+    }
+
+    /// Server: whether a stream whose `OPEN` arrived at `now` may have been opened by the client
+    /// before it heard `DRAINING`, and is served rather than refused: not draining, or within
+    /// [`Session::drain_grace`] of the drain's start. A cluster's client opens nothing on a
+    /// node it knows drains while another node is up, so what arrives in that time was sent
+    /// before `DRAINING` reached it (one way on one link, one way back on another); refusing it
+    /// would reset connections a moment's difference would have sent to another node.
+    pub fn opened_before_drain_heard(&self, now: Instant) -> bool {
+        self.draining
+            .is_none_or(|at| now.saturating_duration_since(at) < self.drain_grace())
+    }
+
+    /// How long after its start a drain still serves new streams (see
+    /// [`Session::opened_before_drain_heard`]): twice the slowest link's smoothed RTT plus four
+    /// times the largest variation and [`DRAIN_GRACE_MARGIN`], at most [`MAX_DRAIN_GRACE`];
+    /// before any RTT sample, with [`DRAIN_GRACE_FIRST_RTT`].
+    pub fn drain_grace(&self) -> Duration {
+        let rtt = self.path_rtt().unwrap_or(DRAIN_GRACE_FIRST_RTT);
+        let var = self
+            .links
+            .values()
+            .map(|l| l.stats.rtt.var)
+            .max()
+            .unwrap_or_default();
+        (rtt * 2 + var * 4 + DRAIN_GRACE_MARGIN).min(MAX_DRAIN_GRACE)
     }
 
     /// Client: the client stops in order; tells the node the session is over (`CLOSE` code

@@ -143,6 +143,13 @@ pub const PENDING_MEMORY: u64 = 4 * INITIAL_STREAM_CREDIT;
 /// Server: a stream whose `OPEN` has not arrived this long after its first frame is reset
 /// (code 6). A lost `OPEN` is sent again once its link is found dead, within about 12 s.
 pub const PENDING_LIFETIME: Duration = Duration::from_secs(30);
+/// Added to a drain's grace for new streams ([`Session::drain_grace`]): the client's own delay
+/// between reading `DRAINING` and its next choice of node.
+pub const DRAIN_GRACE_MARGIN: Duration = Duration::from_millis(20);
+/// The longest a drain serves new streams after its start ([`Session::drain_grace`]).
+pub const MAX_DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// The RTT a drain's grace assumes before the session has a sample (RFC 9002's initial RTT).
+pub const DRAIN_GRACE_FIRST_RTT: Duration = Duration::from_millis(333);
 /// Server: ranges of finished stream counters kept, at most, beyond two per stream the session
 /// may hold (live ones and tombstones; about 40 bytes a range); see `Session::finish_counter`.
 const MAX_FINISHED_RANGES: usize = 1024;
@@ -337,8 +344,9 @@ pub struct Session {
     more_links_asked: bool,
     /// Server: when the links were last checked for saturation (see `elastic`).
     saturation_checked: Option<Instant>,
-    /// Server: the node is stopping and told the client so ([`Session::start_draining`]).
-    draining: bool,
+    /// Server: since when the node is stopping and told the client so
+    /// ([`Session::start_draining`]).
+    draining: Option<Instant>,
 }
 
 impl Session {
@@ -400,7 +408,7 @@ impl Session {
             budget_waiting: Vec::new(),
             more_links_asked: false,
             saturation_checked: None,
-            draining: false,
+            draining: None,
         }
     }
 

@@ -258,3 +258,37 @@ fn a_stream_reset_after_both_fins_ends_at_both_ends() {
     let room = client.stream_send_capacity(id2).expect("capacity");
     assert!(room > 0);
 }
+
+/// A draining node serves the streams a client opened before it could have heard `DRAINING`:
+/// those whose `OPEN` arrives within twice the slowest link's RTT (and its variation) of the
+/// drain's start; later ones are refused. A trial's cluster reset the connections a client
+/// opened in the round trip after a node started draining, though the other node was up.
+#[test]
+fn a_drain_serves_what_was_opened_before_the_client_could_hear_it() {
+    let (mut s, t0) = server(16);
+    assert!(s.opened_before_drain_heard(t0), "not draining");
+    // No RTT sample yet: RFC 9002's first RTT.
+    assert_eq!(
+        s.drain_grace(),
+        DRAIN_GRACE_FIRST_RTT * 2 + DRAIN_GRACE_MARGIN
+    );
+    // One sample of 100 ms: the link's ping answered 100 ms after it went.
+    let due = t0 + KEEPALIVE;
+    s.handle_timeout(due);
+    let token = sent_ping(&mut s, due, LINK).expect("the due ping goes out");
+    let now = due + Duration::from_millis(100);
+    s.handle_message(now, LINK, msg(&[Frame::Pong(token)]))
+        .expect("pong");
+    let grace = s.drain_grace();
+    assert!(
+        grace >= Duration::from_millis(200) + DRAIN_GRACE_MARGIN && grace < MAX_DRAIN_GRACE,
+        "{grace:?}"
+    );
+    s.start_draining(now);
+    assert!(sent(&mut s, now, LINK).contains(&Frame::Draining));
+    assert!(s.opened_before_drain_heard(now + grace - Duration::from_millis(1)));
+    assert!(!s.opened_before_drain_heard(now + grace));
+    // A second start does not move the first.
+    s.start_draining(now + grace);
+    assert!(!s.opened_before_drain_heard(now + grace));
+}
