@@ -90,6 +90,11 @@ async fn pump(
     tcp: TcpStream,
     first: Option<io::Result<Bytes>>,
 ) {
+    // Armed from the start: should this process die (killed, out of memory, a panic, the
+    // watchdog) the kernel closes the socket with an RST, so the application or service does
+    // not take a cut-off transfer for a complete one. An orderly end disarms it before its FIN
+    // (`downstream`), which then follows the data as usual.
+    let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
     let (rd, mut wr) = tcp.into_split();
     let reset = {
         let up = upstream(&driver, id, &waker, rd, first);
@@ -106,9 +111,10 @@ async fn pump(
         reset
     };
     if reset {
-        // Close with an RST: `SO_LINGER` 0, and `forget` the write half so that dropping it
-        // does not send a FIN first (the application would read a clean EOF before the RST).
-        // The read half was dropped with its future, so this closes the socket.
+        // Close with an RST: `SO_LINGER` 0 (again, if an orderly FIN disarmed it), and `forget`
+        // the write half so that dropping it does not send a FIN first (the application would
+        // read a clean EOF before the RST). The read half was dropped with its future, so this
+        // closes the socket.
         let _ = socket2::SockRef::from(wr.as_ref()).set_linger(Some(std::time::Duration::ZERO));
         wr.forget();
         driver.with(|s, _| s.stream_reset(id, reset::APP));
@@ -303,6 +309,10 @@ async fn downstream(
         // consumed by the read that returned it, so it is acted on now, not asked for again.
         match next {
             Ok(Some(ReadChunk::Fin)) => {
+                // An orderly end: the FIN follows the data, and the close after it lingers as
+                // usual (with `SO_LINGER` 0 a close before the peer acknowledged the FIN would
+                // reset, and drop what it had not yet acknowledged).
+                let _ = socket2::SockRef::from(wr.as_ref()).set_linger(None);
                 let _ = wr.shutdown().await;
                 return Half::Done;
             }
