@@ -122,7 +122,7 @@ pub(crate) struct Relay {
     vias: Mutex<HashMap<Via, Arc<ViaQueue>>>,
     /// Per peer: section bytes relayed to it (upstream) and from it (downstream).
     counted: Mutex<HashMap<u16, Arc<PeerCount>>>,
-    /// Client links closed for sections for a node that is not a peer: a config mistake,
+    /// Sections refused because they were for a node that is not a peer: a config mistake,
     /// logged as counts.
     not_peer: Tally<u16>,
 }
@@ -185,11 +185,12 @@ impl Relay {
             counted: Mutex::new(HashMap::new()),
             not_peer: Tally::new(std::time::Duration::from_secs(60), |n, node| {
                 warn!(
-                    links = n,
+                    sections = n,
                     node = *node,
                     "a client stripes over node {node}, which is not a [[peer]] of this node: \
-                     its links here are closed (every node of a cluster must list every other \
-                     node its clients list as a [[peer]])"
+                     this node relays nothing to it, so the client routes node {node}'s \
+                     connections around this one (every node of a cluster must list every \
+                     other node its clients list as a [[peer]])"
                 );
             }),
         }
@@ -571,16 +572,21 @@ impl Router for NodeRouter {
                 else {
                     return Err(LinkEnd::Routed("ROUTE_DOWN from a client".into()));
                 };
-                if node == self.relay.node_id || !self.relay.mesh.is_peer(node) {
-                    if node != self.relay.node_id {
-                        self.relay.not_peer.hit(node);
-                    }
+                if node == self.relay.node_id {
                     return Err(LinkEnd::Routed(format!(
-                        "a section for node {node}, which is not a peer of this node"
+                        "a section for node {node}, this node, on a link to it"
                     )));
                 }
+                // A node this one does not list as a peer: a config mistake (a one-sided
+                // [[peer]] list), said at `warn`, and answered as a peer link that is down
+                // (`DOWN_NO_PEER`): the client routes that node's streams around this one, and
+                // its own streams here carry on.
+                let is_peer = self.relay.mesh.is_peer(node);
+                if !is_peer {
+                    self.relay.not_peer.hit(node);
+                }
                 let len = frames.len() as u64;
-                let sent = match self.relay.mesh.peer(node) {
+                let sent = match self.relay.mesh.peer(node).filter(|_| is_peer) {
                     None => None,
                     Some(peer) => match peer.bind((self.queue.client, session)).await {
                         Err(_) => None,
