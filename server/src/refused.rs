@@ -41,6 +41,7 @@ enum Kind {
     CertExpired,
     CertRevoked,
     CertInvalid,
+    NodeCertRefused,
     Busy,
     Memory,
     SessionLimit,
@@ -49,7 +50,7 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 19] = [
+    const ALL: [Kind; 20] = [
         Kind::UnknownClient,
         Kind::Replayed,
         Kind::Secret,
@@ -64,6 +65,7 @@ impl Kind {
         Kind::CertExpired,
         Kind::CertRevoked,
         Kind::CertInvalid,
+        Kind::NodeCertRefused,
         Kind::Busy,
         Kind::Memory,
         Kind::SessionLimit,
@@ -88,6 +90,7 @@ impl Kind {
             Kind::CertExpired => "client_cert_expired",
             Kind::CertRevoked => "client_cert_revoked",
             Kind::CertInvalid => "client_cert_invalid",
+            Kind::NodeCertRefused => "node_cert_refused",
             Kind::Busy => "busy",
             Kind::Memory => "memory",
             Kind::SessionLimit => "session_limit",
@@ -126,6 +129,17 @@ impl Refusals {
     pub(crate) fn quic(&self, peer: SocketAddr, e: &LinkError) {
         debug!(%peer, reason = %e, "QUIC link refused");
         if let LinkError::Tls(why) = e {
+            // An alert from the client: its TLS refused this node's certificate, not the other
+            // way round.
+            if why.starts_with(wanmux_core::quic::PEER_REFUSED) {
+                let reason = format!(
+                    "a client refused this node's certificate ({why}): the client's \
+                     tls.ca_file must hold the CA that issued this node's tls.cert_file, which \
+                     must be valid now and carry the name the client dials (its node.tls_name)"
+                );
+                self.log(Kind::NodeCertRefused, true, peer, &reason);
+                return;
+            }
             let lower = why.to_lowercase();
             let kind = if lower.contains("expired") {
                 Kind::CertExpired

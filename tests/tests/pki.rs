@@ -388,8 +388,9 @@ async fn the_node_refuses_a_client_certificate_of_another_ca_or_not_on_the_list(
 }
 
 /// The client refuses a node whose certificate is of another CA than its `ca_file`, or names
-/// another host than `node.tls_name`; the node counts nothing of its own (its TLS saw the
-/// client's alert) but the client says why.
+/// another host than `node.tls_name`; the client says why, and the node counts the client's
+/// alert as its own certificate refused (`node_cert_refused`), not the client's (a trial's node
+/// blamed the client's certificate, `client_cert_invalid`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_refuses_a_node_of_another_ca_or_name() {
     within(LIMIT, async {
@@ -404,12 +405,20 @@ async fn the_client_refuses_a_node_of_another_ca_or_name() {
             nodes[0].tls_name = "node.example".into();
         }
         for bad in [other_ca, other_name] {
+            let node_before = failures(&t.server.status(), "node_cert_refused");
             let client = wanmux_client::start(bad).await.expect("client starts");
             let counted = eventually(Duration::from_secs(10), || {
                 failures(&client.status(), "tls") > 0
+                    && failures(&t.server.status(), "node_cert_refused") > node_before
             })
             .await;
-            assert!(counted, "{:?}", client.status().handshake_failures);
+            assert!(
+                counted,
+                "{:?} {:?}",
+                client.status().handshake_failures,
+                t.server.status().handshake_failures
+            );
+            assert_eq!(failures(&t.server.status(), "client_cert_invalid"), 0);
             assert_eq!(client.live_links(), 0);
             assert_eq!(t.server.session_count(), 1);
             client.shutdown();

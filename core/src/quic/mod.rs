@@ -641,6 +641,10 @@ fn printable(reason: &[u8]) -> String {
     out
 }
 
+/// How a [`LinkError::Tls`] begins when the peer's TLS refused this end (it sent an alert),
+/// rather than this end's TLS the peer.
+pub const PEER_REFUSED: &str = "the peer refused this end";
+
 /// The TLS alert in a QUIC crypto error code (`0x100 + alert`), if it is one.
 fn tls_alert(code: quinn::TransportErrorCode) -> Option<rustls::AlertDescription> {
     let code = u64::from(code);
@@ -659,9 +663,7 @@ fn connection_error(e: quinn::ConnectionError) -> LinkError {
         // The peer's TLS refused this end, with an alert.
         quinn::ConnectionError::ConnectionClosed(c) if tls_alert(c.error_code).is_some() => {
             let alert = tls_alert(c.error_code).map_or_else(String::new, |a| format!("{a:?}"));
-            LinkError::Tls(format!(
-                "the peer refused this end with the TLS alert {alert}"
-            ))
+            LinkError::Tls(format!("{PEER_REFUSED} with the TLS alert {alert}"))
         }
         quinn::ConnectionError::TransportError(_) => LinkError::Protocol("QUIC transport error"),
         quinn::ConnectionError::VersionMismatch => LinkError::Protocol("QUIC version mismatch"),
