@@ -995,9 +995,8 @@ pub mod issue {
         said.push_str(&format!(
             "revocation list: {} (crl_files on the nodes), CRL number {}, {} certificate{} \
              revoked, next update {} (run this again before then, with or without --cert)\n\
-             reload the nodes that list it (SIGHUP) to refuse the new links of a revoked \
-             certificate; links already up stay until they end (remove the identity from \
-             allowed_clients to close them at once)\n",
+             reload the nodes that list it (SIGHUP): the links of certificate clients close \
+             and dial again under the new list, so a revoked certificate's links end at once\n",
             crl_path.display(),
             number_text(&number),
             revoked.len(),

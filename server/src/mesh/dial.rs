@@ -88,8 +88,9 @@ async fn dial(
         .await
         .map_err(|e| match e {
             LinkError::Closed | LinkError::Io(_) => format!(
-                "the peer refused this node ({e}): its [[peer]] entry for node {} lacks this \
-                 node's key or id, or the cluster PSKs differ",
+                "the peer refused this node ({e}): this node's peer[].public_key for it is not \
+                 its key, or its [[peer]] entry for node {} lacks this node's key or id, or the \
+                 cluster PSKs differ",
                 mesh.node_id
             ),
             LinkError::Auth(_) => format!(
