@@ -1,9 +1,9 @@
 //! What the client's links tell the rest of the daemon about dialling: whether the first dials
 //! have settled (a link is up, or a dial failed and said why), which is when the service manager
 //! hears `READY=1`; and the `warn` line a failed dial costs, with a reason a person can act on,
-//! at most one per [`WARN_EVERY`] with the count of the failures in between.
+//! at most one per node per [`WARN_EVERY`] with the count of that node's failures in between.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 use wanmux_core::noise::LinkError;
 
-/// At most one `warn` line about failed dials per this long; the others are counted.
+/// At most one `warn` line about failed dials of a node per this long; the others are counted.
 pub(crate) const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// The `reason` labels of failed dials (`wanmux_handshake_failures_total` on the client), in
@@ -33,7 +33,8 @@ const REASONS: [&str; 9] = [
 pub(crate) struct Dials {
     /// Set once a link came up or a dial failed.
     settled: watch::Sender<bool>,
-    log: Mutex<WarnLog>,
+    /// Per node (as the config names it: one entry per `[[node]]`).
+    log: Mutex<HashMap<String, WarnLog>>,
     /// Failed dials since start, by reason (in the order of [`REASONS`]).
     counts: [AtomicU64; REASONS.len()],
 }
@@ -50,7 +51,7 @@ impl Default for Dials {
     fn default() -> Self {
         Dials {
             settled: watch::Sender::new(false),
-            log: Mutex::new(WarnLog::default()),
+            log: Mutex::new(HashMap::new()),
             counts: Default::default(),
         }
     }
@@ -69,7 +70,7 @@ impl Dials {
     }
 
     /// A dial of `node` at `addr` failed with `e`: logged at debug always, at warn with a reason
-    /// to act on when no warn line was written within [`WARN_EVERY`].
+    /// to act on when no warn line about `node` was written within [`WARN_EVERY`].
     pub(crate) fn failed(
         &self,
         node: impl std::fmt::Display,
@@ -89,7 +90,8 @@ impl Dials {
     }
 
     /// Counts a failed dial under `label` and logs it at warn, with `reason()`, when no warn
-    /// line was written within [`WARN_EVERY`].
+    /// line about `node` was written within [`WARN_EVERY`]: with several nodes down, each is
+    /// named every minute, not whichever failed last.
     fn report(
         &self,
         label: &str,
@@ -100,19 +102,7 @@ impl Dials {
         if let Some(i) = REASONS.iter().position(|r| *r == label) {
             self.counts[i].fetch_add(1, Relaxed);
         }
-        let now = Instant::now();
-        let earlier = {
-            // Only counting runs under this lock.
-            let mut log = self.log.lock().expect("dial log lock poisoned");
-            if log.last.is_some_and(|t| now.duration_since(t) < WARN_EVERY) {
-                log.unreported += 1;
-                None
-            } else {
-                log.last = Some(now);
-                Some(std::mem::take(&mut log.unreported))
-            }
-        };
-        if let Some(earlier) = earlier {
+        if let Some(earlier) = self.turn(&node.to_string(), Instant::now()) {
             let reason = reason();
             if earlier > 0 {
                 warn!(%node, %addr, %reason, failed_dials_since_last_report = earlier, "cannot open a link to the node");
@@ -126,6 +116,22 @@ impl Dials {
 }
 
 impl Dials {
+    /// Whether a failed dial of `node` at `now` gets a `warn` line: with the count of its
+    /// failures since its last line, or `None` when that line is within [`WARN_EVERY`] (the
+    /// failure is counted for the next).
+    fn turn(&self, node: &str, now: Instant) -> Option<u64> {
+        // Only counting runs under this lock.
+        let mut logs = self.log.lock().expect("dial log lock poisoned");
+        let log = logs.entry(node.to_owned()).or_default();
+        if log.last.is_some_and(|t| now.duration_since(t) < WARN_EVERY) {
+            log.unreported += 1;
+            None
+        } else {
+            log.last = Some(now);
+            Some(std::mem::take(&mut log.unreported))
+        }
+    }
+
     /// Failed dials since start, by reason; every reason is listed.
     pub(crate) fn counts(&self) -> BTreeMap<String, u64> {
         REASONS
@@ -192,5 +198,30 @@ fn explain(e: &LinkError, node: &dyn std::fmt::Display, addr: &str, quic: bool) 
              dropping packets, a wrong address, or an overloaded node)"
         ),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each node's failed dials get their own line a minute: with two nodes down, both are
+    /// named (a trial's client named one node a minute, whichever failed last, and counted the
+    /// other's failures under it).
+    #[test]
+    fn each_node_gets_its_own_warn_line_a_minute() {
+        let dials = Dials::default();
+        let t0 = Instant::now();
+        assert_eq!(dials.turn("2", t0), Some(0));
+        assert_eq!(dials.turn("3", t0), Some(0), "node 3 is named too");
+        assert_eq!(dials.turn("2", t0 + Duration::from_secs(1)), None);
+        assert_eq!(dials.turn("2", t0 + Duration::from_secs(2)), None);
+        assert_eq!(dials.turn("3", t0 + Duration::from_secs(3)), None);
+        assert_eq!(
+            dials.turn("2", t0 + WARN_EVERY),
+            Some(2),
+            "node 2's own count"
+        );
+        assert_eq!(dials.turn("3", t0 + WARN_EVERY), Some(1));
     }
 }
