@@ -316,6 +316,7 @@ pub async fn start_with(config: ClientConfig, options: Options) -> io::Result<Cl
         let id = NodeId(node.id.get());
         let session = Session::with_budget(Role::Client, config.limits.into(), budget.clone());
         let (driver, _opened) = SessionDriver::start(session, &signal);
+        driver.set_peer_node(id.0);
         let mut n = NodeSession::new(id, driver.clone(), secret.clone());
         n.tasks.push(tokio::spawn(
             cluster::watch_links(id, driver.clone(), n.state.clone(), config.session_grace)

@@ -106,6 +106,9 @@ struct Shared {
     more_links: Notify,
     /// The peer (a node) said it is stopping: `DRAINING`. Cleared by a restart.
     peer_draining: AtomicBool,
+    /// Client: the id of the node this session is with, for the log lines about it that are
+    /// written where its frames are read (on any node's link, relayed).
+    peer_node: std::sync::OnceLock<u16>,
     /// Server: the client said the session is over ([`SessionDriver::peer_ended`]).
     peer_ended: AtomicBool,
     /// Client: this end said the session is over ([`SessionDriver::end_session`]).
@@ -246,6 +249,7 @@ impl SessionDriver {
             closing: Notify::new(),
             more_links: Notify::new(),
             peer_draining: AtomicBool::new(false),
+            peer_node: std::sync::OnceLock::new(),
             peer_ended: AtomicBool::new(false),
             ending: AtomicBool::new(false),
             orderly: AtomicBool::new(false),
@@ -344,9 +348,18 @@ impl SessionDriver {
                 Event::MoreLinksWanted => self.shared.more_links.notify_one(),
                 Event::PeerDraining => {
                     if !self.shared.peer_draining.swap(true, Ordering::AcqRel) {
-                        tracing::info!(
-                            "the peer is draining: it finishes its connections and stops"
-                        );
+                        // Not in the span of the link it came on: that may be another node's
+                        // (relayed), whose id the span would name.
+                        match self.shared.peer_node.get() {
+                            Some(node) => tracing::info!(
+                                parent: None,
+                                node,
+                                "the node is draining: it finishes its connections and stops"
+                            ),
+                            None => tracing::info!(
+                                "the peer is draining: it finishes its connections and stops"
+                            ),
+                        }
                     }
                 }
                 Event::StreamRefused { stream, code } => self.shared.refusals.hit(code, stream),
@@ -743,6 +756,11 @@ impl SessionDriver {
         st.session.reset_all(code);
         let now = st.since;
         self.after(&mut st, now);
+    }
+
+    /// Client: names the node this session is with, in the log lines about it (set once).
+    pub fn set_peer_node(&self, node: u16) {
+        let _ = self.shared.peer_node.set(node);
     }
 
     /// Client: the node said it is stopping (`DRAINING`) and refuses new streams; a restart
