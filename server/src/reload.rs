@@ -130,8 +130,8 @@ impl ServerHandle {
         ) = (&running.auth, &new.auth, &mut now.auth)
         {
             if old != fresh {
-                let added: BTreeSet<_> = fresh.difference(old).collect();
-                let removed: BTreeSet<_> = old.difference(fresh).collect();
+                let added: Vec<String> = fresh.difference(old).map(|k| k.to_string()).collect();
+                let removed: Vec<String> = old.difference(fresh).map(|k| k.to_string()).collect();
                 *in_force = fresh.clone();
                 self.auth.replace(&now.auth);
                 let closed = self

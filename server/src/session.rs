@@ -648,7 +648,13 @@ impl Sessions {
             driver.with(|s, now| s.start_draining(now));
         }
         let span = tracing::info_span!("session", id = %key.1);
-        span.in_scope(|| info!(client = ?key.0, "session started"));
+        // The client as its node's config names it: its key, its certificate's `sha256:`.
+        let client = match key.0 {
+            Some(k) if pki => wanmux_core::tls::spki_text(k.as_bytes()),
+            Some(k) => k.to_string(),
+            None => "a PSK holder".to_string(),
+        };
+        span.in_scope(|| info!(%client, "session started"));
         tokio::spawn(serve_streams(driver.clone(), opened, self.clone()).instrument(span.clone()));
         tokio::spawn(self.clone().watch(key, driver.clone()).instrument(span));
         let entry = Entry {
