@@ -272,9 +272,14 @@ pub fn find_default(daemon: &str, config: &Path) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// [`RUN_DIR`] and its subdirectories.
+/// [`RUN_DIR`] and its subdirectories, after `$RUNTIME_DIRECTORY` when it is set elsewhere
+/// (a daemon started by hand with it, as systemd sets it).
 fn run_dirs() -> Vec<PathBuf> {
     let mut dirs = vec![PathBuf::from(RUN_DIR)];
+    let own = default_dir();
+    if !own.starts_with(RUN_DIR) {
+        dirs.insert(0, own);
+    }
     if let Ok(entries) = std::fs::read_dir(RUN_DIR) {
         let mut subs: Vec<PathBuf> = entries
             .filter_map(Result::ok)
@@ -288,10 +293,16 @@ fn run_dirs() -> Vec<PathBuf> {
 }
 
 /// The default sockets of `daemon` in [`RUN_DIR`] and its subdirectories (for `status`
-/// without `--config`).
+/// without `--config`) on which a daemon answers: the file a killed daemon left is no running
+/// daemon.
 pub fn default_sockets(daemon: &str) -> Vec<PathBuf> {
+    answering_in(&run_dirs(), daemon)
+}
+
+/// The sockets of `daemon` in `dirs` on which a daemon answers.
+fn answering_in(dirs: &[PathBuf], daemon: &str) -> Vec<PathBuf> {
     let prefix = format!("{daemon}-");
-    let mut found: Vec<PathBuf> = run_dirs()
+    let mut found: Vec<PathBuf> = dirs
         .iter()
         .filter_map(|dir| std::fs::read_dir(dir).ok())
         .flat_map(|d| d.filter_map(Result::ok).map(|e| e.path()))
@@ -300,6 +311,7 @@ pub fn default_sockets(daemon: &str) -> Vec<PathBuf> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".sock"))
         })
+        .filter(|p| std::os::unix::net::UnixStream::connect(p).is_ok())
         .collect();
     found.sort();
     found
@@ -350,6 +362,27 @@ pub async fn print_status(path: &Path, format: Format, watch: Option<Duration>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A socket file that a killed daemon left (no one listens) is not a running daemon: a
+    /// trial's `status` without `--config` said several daemons ran, or asked a dead one.
+    #[test]
+    fn only_sockets_a_daemon_answers_on_are_found() {
+        let dir = std::env::temp_dir().join(format!("wanmux-control-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let live = dir.join("wanmux-server-live-00000001.sock");
+        let dead = dir.join("wanmux-server-dead-00000002.sock");
+        let _listening = std::os::unix::net::UnixListener::bind(&live).expect("bind");
+        drop(std::os::unix::net::UnixListener::bind(&dead).expect("bind"));
+        assert!(dead.exists(), "the dead daemon's file stays");
+        let other = dir.join("wanmux-client-live-00000003.sock");
+        let _client = std::os::unix::net::UnixListener::bind(&other).expect("bind");
+        assert_eq!(
+            answering_in(std::slice::from_ref(&dir), "wanmux-server"),
+            vec![live]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn default_sockets_differ_per_daemon_and_file() {
