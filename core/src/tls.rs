@@ -589,6 +589,40 @@ pub mod issue {
         }};
     }
 
+    /// `key` as the PEM of a PKCS#8 version 1 structure (RFC 5208: the private key alone),
+    /// which OpenSSL 3.0 and Python's `cryptography` read. ring writes Ed25519 keys as version 2
+    /// (RFC 5958, the public key too), which they refuse; every loader here takes both, so key
+    /// files of earlier releases still load.
+    pub(crate) fn key_pem(key: &KeyPair) -> String {
+        // RFC 8410's Ed25519 PKCS#8: SEQUENCE { version, AlgorithmIdentifier { 1.3.101.112 },
+        // OCTET STRING { OCTET STRING seed } } and, in version 2, [1] the public key after it.
+        const V2: [u8; 16] = [
+            0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        const V1: [u8; 16] = [
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        let der = key.serialized_der();
+        let (Some(head), Some(seed)) = (der.get(..16), der.get(16..48)) else {
+            return key.serialize_pem();
+        };
+        if head != V2 {
+            return key.serialize_pem();
+        }
+        let v1 = [&V1[..], seed].concat();
+        use base64::Engine as _;
+        let text = base64::engine::general_purpose::STANDARD.encode(v1);
+        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+        for line in text.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            pem.push('\n');
+        }
+        pem.push_str("-----END PRIVATE KEY-----\n");
+        pem
+    }
+
     fn random_serial() -> u64 {
         // 63 bits: a positive INTEGER in DER.
         rand::random::<u64>() >> 1
@@ -643,7 +677,7 @@ pub mod issue {
 
         /// The CA's private key, PEM: keep it off the nodes and clients.
         pub fn key_pem(&self) -> String {
-            self.key.serialize_pem()
+            key_pem(&self.key)
         }
 
         /// A certificate for `name` (a node's DNS name or IP address, or a client's name) for
@@ -698,7 +732,7 @@ pub mod issue {
             let spki = spki_hash(cert.der()).ok_or(Error::CouldNotParseCertificate)?;
             Ok(Issued {
                 cert_pem: cert.pem(),
-                key_pem: key.serialize_pem(),
+                key_pem: key_pem(key),
                 spki,
                 serial,
             })
@@ -1140,6 +1174,48 @@ pub mod issue {
 mod tests {
     use super::issue::{issue_files, make_ca};
     use super::*;
+
+    /// The keys `tls ca` and `tls issue` write are PKCS#8 version 1, which OpenSSL 3.0 reads
+    /// (a trial could not inspect them: `openssl pkey` said "unsupported" to ring's version 2),
+    /// and they load here as before, with the same key.
+    #[test]
+    fn key_files_are_pkcs8_version_1_and_load() {
+        let ca =
+            issue::Ca::generate(SystemTime::now() + Duration::from_secs(86_400)).expect("a CA");
+        let pem = ca.key_pem();
+        let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).expect("PEM");
+        let der = der.secret_der();
+        assert_eq!(der.len(), 48, "version 1 holds the seed alone");
+        assert_eq!(&der[..5], &[0x30, 0x2e, 0x02, 0x01, 0x00], "version 0 (v1)");
+        // The CA made again from that file signs with the same key: its name follows from it.
+        let again = issue::Ca::from_key_pem(&pem).expect("loads");
+        assert_eq!(again.cert_pem().len(), ca.cert_pem().len());
+        let issued = ca
+            .issue(
+                "node.example",
+                Usage::Node,
+                SystemTime::now(),
+                SystemTime::now() + Duration::from_secs(86_400),
+            )
+            .expect("issue");
+        CertFiles::from_pem(&issued.cert_pem, &issued.key_pem, &ca.cert_pem(), &[])
+            .expect("rustls takes the version 1 key");
+        // OpenSSL, where the machine has it, reads it too.
+        let file = std::env::temp_dir().join(format!("wanmux-v1-key-{}.pem", std::process::id()));
+        std::fs::write(&file, &issued.key_pem).expect("write");
+        if let Ok(out) = std::process::Command::new("openssl")
+            .args(["pkey", "-noout", "-in"])
+            .arg(&file)
+            .output()
+        {
+            assert!(
+                out.status.success(),
+                "openssl pkey: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let _ = std::fs::remove_file(&file);
+    }
 
     #[test]
     fn tls_ca_and_tls_issue_make_files_that_check_out_and_never_overwrite() {
