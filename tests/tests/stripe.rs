@@ -481,6 +481,51 @@ async fn a_peer_link_that_dies_mid_transfer_loses_nothing() {
     .await;
 }
 
+/// Two nodes serving an echo service, node 1 owning every connection (`owner = "first"`), and
+/// a client whose TCP links to node 1 run through a path of `far` each way (its links to node 2
+/// on loopback), with its links and sub-links up.
+async fn far_first_node(
+    far: Duration,
+) -> (Vec<ServerHandle>, wanmux_client::ClientHandle, TcpRelay) {
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("echo");
+    let echo_addr = echo.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let (client_key, client_pub) = generate_keypair();
+    let (nodes, specs, _) = start_nodes(2, echo_addr, client_pub, None).await;
+    let mut config = client_config(
+        &specs,
+        &nodes,
+        client_key,
+        Spread::Stripe,
+        OwnerPolicy::First,
+    );
+    config.transport = wanmux_config::LinkTransport::Tcp;
+    let far = Shape {
+        delay: far,
+        ..Shape::default()
+    };
+    let relay = TcpRelay::start(nodes[0].local_addr(), far)
+        .await
+        .expect("relay starts");
+    if let ClientAuth::StaticKey { nodes: pinned, .. } = &mut config.auth {
+        pinned[0].node.addr = relay.addr().into();
+    }
+    let client = wanmux_client::start(config).await.expect("client starts");
+    client.wait_for_links(4).await;
+    wait_for_sub_links(&client, 2, 2).await;
+    (nodes, client, relay)
+}
+
 /// Issue 20, item 6: small frames ride the nearest node's links. Node 1 owns the stream but its
 /// own links run through a path of 40 ms RTT; node 2's are on loopback. The client sends the
 /// stream's small writes through node 2 (which relays them to node 1 over the mesh) and node 1
@@ -491,42 +536,7 @@ async fn small_frames_of_a_far_owners_stream_take_the_nearest_node_both_ways() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const FAR: Duration = Duration::from_millis(20);
     within(Duration::from_secs(60), async {
-        let echo = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("echo");
-        let echo_addr = echo.local_addr().expect("addr");
-        tokio::spawn(async move {
-            while let Ok((mut tcp, _)) = echo.accept().await {
-                tokio::spawn(async move {
-                    let _ = tcp.set_nodelay(true);
-                    let (mut r, mut w) = tcp.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
-            }
-        });
-        let (client_key, client_pub) = generate_keypair();
-        let (nodes, specs, _) = start_nodes(2, echo_addr, client_pub, None).await;
-        let mut config = client_config(
-            &specs,
-            &nodes,
-            client_key,
-            Spread::Stripe,
-            OwnerPolicy::First,
-        );
-        config.transport = wanmux_config::LinkTransport::Tcp;
-        let far = Shape {
-            delay: FAR,
-            ..Shape::default()
-        };
-        let relay = TcpRelay::start(nodes[0].local_addr(), far)
-            .await
-            .expect("relay starts");
-        if let ClientAuth::StaticKey { nodes: pinned, .. } = &mut config.auth {
-            pinned[0].node.addr = relay.addr().into();
-        }
-        let client = wanmux_client::start(config).await.expect("client starts");
-        client.wait_for_links(4).await;
-        wait_for_sub_links(&client, 2, 2).await;
+        let (nodes, client, _relay) = far_first_node(FAR).await;
 
         let mut tcp = tokio::net::TcpStream::connect(client.first_addr())
             .await
@@ -830,42 +840,7 @@ async fn connections_opened_before_the_client_heard_of_a_drain_are_served() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const FAR: Duration = Duration::from_millis(40);
     within(Duration::from_secs(60), async {
-        let echo = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("echo");
-        let echo_addr = echo.local_addr().expect("addr");
-        tokio::spawn(async move {
-            while let Ok((mut tcp, _)) = echo.accept().await {
-                tokio::spawn(async move {
-                    let _ = tcp.set_nodelay(true);
-                    let (mut r, mut w) = tcp.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
-            }
-        });
-        let (client_key, client_pub) = generate_keypair();
-        let (mut nodes, specs, _) = start_nodes(2, echo_addr, client_pub, None).await;
-        let mut config = client_config(
-            &specs,
-            &nodes,
-            client_key,
-            Spread::Stripe,
-            OwnerPolicy::First,
-        );
-        config.transport = wanmux_config::LinkTransport::Tcp;
-        let far = Shape {
-            delay: FAR,
-            ..Shape::default()
-        };
-        let relay = TcpRelay::start(nodes[0].local_addr(), far)
-            .await
-            .expect("relay starts");
-        if let ClientAuth::StaticKey { nodes: pinned, .. } = &mut config.auth {
-            pinned[0].node.addr = relay.addr().into();
-        }
-        let client = wanmux_client::start(config).await.expect("client starts");
-        client.wait_for_links(4).await;
-        wait_for_sub_links(&client, 2, 2).await;
+        let (mut nodes, client, _relay) = far_first_node(FAR).await;
         let addr = client.first_addr();
         let one = move |i: u32| async move {
             let mut tcp = tokio::net::TcpStream::connect(addr).await?;
