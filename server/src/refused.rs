@@ -206,7 +206,16 @@ impl Refusals {
     /// mesh itself, at `warn`, with the ids.
     pub(crate) fn peer_link(&self, peer: SocketAddr, e: &LinkError) {
         debug!(%peer, reason = %e, "peer link refused");
-        let reason = format!("a connection to cluster.listen did not become a peer link: {e}");
+        let reason = match e {
+            // The dialler hung up: a node of the cluster whose handshake failed at its end
+            // (it could not decrypt this node's reply, or refused it), or a scan.
+            LinkError::Closed => "a connection to cluster.listen closed during its handshake: \
+                                  if it came from a node of this cluster, its cluster PSK \
+                                  differs from this node's or its peer[].public_key for this \
+                                  node is not this node's key (its log says which); else a scan"
+                .to_owned(),
+            e => format!("a connection to cluster.listen did not become a peer link: {e}"),
+        };
         self.log(Kind::PeerLink, false, peer, &reason);
     }
 
