@@ -74,3 +74,39 @@ fn check_accepts_the_examples() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "{name}");
     }
 }
+
+/// `run` on a config that does not load prints its errors and exits with `EX_CONFIG` (78),
+/// which the units name in `RestartPreventExitStatus=`: systemd does not restart it in a loop
+/// until its restart limit (a trial's remark on the units).
+#[test]
+fn run_on_a_bad_config_exits_with_ex_config() {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bad-server-run.toml");
+    std::fs::write(&path, BAD).expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_wanmux-server"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .expect("run wanmux-server run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("node_id"), "{stderr}");
+    for unit in [
+        "wanmux-server.service",
+        "wanmux-server@.service",
+        "wanmux-client.service",
+        "wanmux-client@.service",
+    ] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../dist/systemd")
+            .join(unit);
+        let text = std::fs::read_to_string(&path).expect("read unit");
+        assert!(
+            text.contains(&format!(
+                "RestartPreventExitStatus={}",
+                wanmux_core::daemon::EXIT_CONFIG
+            )),
+            "{unit}"
+        );
+    }
+}

@@ -4,8 +4,9 @@
 //! A daemon says what it is (its name, its config, how to start and drain it) by implementing
 //! [`Daemon`], and its `main.rs` is that impl and [`daemon_main!`](crate::daemon_main):
 //!
-//! - `run --config FILE` loads the config (errors on stderr, exit 1), sets up logging (stderr,
-//!   level from `RUST_LOG`, default `info`), starts the daemon and waits for SIGINT or SIGTERM.
+//! - `run --config FILE` loads the config (errors on stderr, exit [`EXIT_CONFIG`]), sets up
+//!   logging (stderr, level from `RUST_LOG`, default `info`), starts the daemon and waits for
+//!   SIGINT or SIGTERM.
 //!   Then it drains for the config's drain timeout; a second signal ends the drain at once (what
 //!   is open is reset, and both ends are told: [`crate::driver::close_flushed`]). Exit 0, or 1
 //!   with `NAME: error` on stderr when the daemon cannot start. SIGHUP reloads the config file
@@ -328,6 +329,11 @@ enum TlsCommand {
     },
 }
 
+/// `run`'s exit status when its config file does not load (sysexits' `EX_CONFIG`): the units
+/// name it in `RestartPreventExitStatus=`, so that systemd does not restart a daemon that cannot
+/// start until its file is fixed.
+pub const EXIT_CONFIG: u8 = 78;
+
 /// How `run` writes its log lines (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
@@ -460,7 +466,7 @@ pub fn main<D: Daemon>(binary: &Binary) -> ExitCode {
                 Ok(c) => c,
                 Err(errors) => {
                     eprintln!("{errors}");
-                    return ExitCode::FAILURE;
+                    return ExitCode::from(EXIT_CONFIG);
                 }
             };
             logs::init(log_format);
