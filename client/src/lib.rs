@@ -85,6 +85,15 @@ struct Report {
 impl Report {
     fn status(&self) -> Status {
         let mut st = self.cluster.status(self.started.elapsed());
+        let now = std::time::Instant::now();
+        for (node, session) in self.cluster.nodes.iter().zip(&mut st.sessions) {
+            if session.links_up() == 0 {
+                session.last_dial_error = self
+                    .dials
+                    .last_error(&node.id.0.to_string(), now)
+                    .map(|(ago, why)| format!("{} s ago: {why}", ago.as_secs()));
+            }
+        }
         st.handshake_failures = self.dials.counts();
         st.reloads = self.reloads.view();
         st

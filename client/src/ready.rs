@@ -41,6 +41,8 @@ pub(crate) struct Dials {
 
 #[derive(Debug, Default)]
 struct WarnLog {
+    /// The last failed dial's reason, and when.
+    last_error: Option<(Instant, String)>,
     /// When the last `warn` line was written.
     last: Option<Instant>,
     /// Failed dials since then that got no line of their own.
@@ -102,8 +104,15 @@ impl Dials {
         if let Some(i) = REASONS.iter().position(|r| *r == label) {
             self.counts[i].fetch_add(1, Relaxed);
         }
-        if let Some(earlier) = self.turn(&node.to_string(), Instant::now()) {
-            let reason = reason();
+        let (node_name, now) = (node.to_string(), Instant::now());
+        let reason = reason();
+        self.log
+            .lock()
+            .expect("dial log lock poisoned")
+            .entry(node_name.clone())
+            .or_default()
+            .last_error = Some((now, reason.clone()));
+        if let Some(earlier) = self.turn(&node_name, now) {
             if earlier > 0 {
                 warn!(%node, %addr, %reason, failed_dials_since_last_report = earlier, "cannot open a link to the node");
             } else {
@@ -130,6 +139,14 @@ impl Dials {
             log.last = Some(now);
             Some(std::mem::take(&mut log.unreported))
         }
+    }
+
+    /// Why the last dial of `node` failed and how long before `now`, for `status` (the client
+    /// shows it for a node it has no link to).
+    pub(crate) fn last_error(&self, node: &str, now: Instant) -> Option<(Duration, String)> {
+        let logs = self.log.lock().expect("dial log lock poisoned");
+        let (at, why) = logs.get(node)?.last_error.as_ref()?;
+        Some((now.saturating_duration_since(*at), why.clone()))
     }
 
     /// Failed dials since start, by reason; every reason is listed.

@@ -183,6 +183,10 @@ pub struct SessionStatus {
     pub receive_buffered_bytes: u64,
     /// Its links that are up.
     pub links: Vec<LinkStatus>,
+    /// Client, with no link of its own to the node: why its last dial failed, and when
+    /// (`12 s ago: connection refused: ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_dial_error: Option<String>,
 }
 
 /// One link.
@@ -263,6 +267,7 @@ impl SessionStatus {
                 resent_bytes: s.resent_bytes(),
                 receive_buffered_bytes: s.recv_buffered_bytes(),
                 links,
+                last_dial_error: None,
             }
         })
     }
@@ -402,6 +407,9 @@ impl Status {
                 mib(s.resent_bytes),
                 mib(s.receive_buffered_bytes),
             );
+            if let Some(why) = &s.last_dial_error {
+                let _ = writeln!(out, "  last dial failed {why}");
+            }
             if !s.links.is_empty() {
                 let _ = writeln!(
                     out,

@@ -19,6 +19,14 @@ async fn connections_are_refused_after_the_hold_when_no_node_is_reachable() {
             point_client_at(&mut config, free_port());
             config.no_link_hold = hold;
             let client = wanmux_client::start(config).await.expect("client starts");
+            // Its status says why it has no link to the node (a trial: "0 links", not why).
+            client.wait_first_dial().await;
+            let why = client.status().sessions[0].last_dial_error.clone();
+            assert!(
+                why.as_deref()
+                    .is_some_and(|w| w.contains("connection refused")),
+                "{why:?}"
+            );
             let started = Instant::now();
             let mut tcp = TcpStream::connect(client.first_addr()).await.unwrap();
             assert_eq!(
