@@ -104,15 +104,8 @@ impl Dials {
         if let Some(i) = REASONS.iter().position(|r| *r == label) {
             self.counts[i].fetch_add(1, Relaxed);
         }
-        let (node_name, now) = (node.to_string(), Instant::now());
         let reason = reason();
-        self.log
-            .lock()
-            .expect("dial log lock poisoned")
-            .entry(node_name.clone())
-            .or_default()
-            .last_error = Some((now, reason.clone()));
-        if let Some(earlier) = self.turn(&node_name, now) {
+        if let Some(earlier) = self.turn(&node.to_string(), Instant::now(), &reason) {
             if earlier > 0 {
                 warn!(%node, %addr, %reason, failed_dials_since_last_report = earlier, "cannot open a link to the node");
             } else {
@@ -125,13 +118,14 @@ impl Dials {
 }
 
 impl Dials {
-    /// Whether a failed dial of `node` at `now` gets a `warn` line: with the count of its
-    /// failures since its last line, or `None` when that line is within [`WARN_EVERY`] (the
-    /// failure is counted for the next).
-    fn turn(&self, node: &str, now: Instant) -> Option<u64> {
+    /// Records a failed dial of `node` at `now` for `why` (for `status`), and whether it gets a
+    /// `warn` line: with the count of its failures since its last line, or `None` when that
+    /// line is within [`WARN_EVERY`] (the failure is counted for the next).
+    fn turn(&self, node: &str, now: Instant, why: &str) -> Option<u64> {
         // Only counting runs under this lock.
         let mut logs = self.log.lock().expect("dial log lock poisoned");
         let log = logs.entry(node.to_owned()).or_default();
+        log.last_error = Some((now, why.to_owned()));
         if log.last.is_some_and(|t| now.duration_since(t) < WARN_EVERY) {
             log.unreported += 1;
             None
@@ -229,16 +223,16 @@ mod tests {
     fn each_node_gets_its_own_warn_line_a_minute() {
         let dials = Dials::default();
         let t0 = Instant::now();
-        assert_eq!(dials.turn("2", t0), Some(0));
-        assert_eq!(dials.turn("3", t0), Some(0), "node 3 is named too");
-        assert_eq!(dials.turn("2", t0 + Duration::from_secs(1)), None);
-        assert_eq!(dials.turn("2", t0 + Duration::from_secs(2)), None);
-        assert_eq!(dials.turn("3", t0 + Duration::from_secs(3)), None);
+        assert_eq!(dials.turn("2", t0, "down"), Some(0));
+        assert_eq!(dials.turn("3", t0, "down"), Some(0), "node 3 is named too");
+        assert_eq!(dials.turn("2", t0 + Duration::from_secs(1), "down"), None);
+        assert_eq!(dials.turn("2", t0 + Duration::from_secs(2), "down"), None);
+        assert_eq!(dials.turn("3", t0 + Duration::from_secs(3), "down"), None);
         assert_eq!(
-            dials.turn("2", t0 + WARN_EVERY),
+            dials.turn("2", t0 + WARN_EVERY, "down"),
             Some(2),
             "node 2's own count"
         );
-        assert_eq!(dials.turn("3", t0 + WARN_EVERY), Some(1));
+        assert_eq!(dials.turn("3", t0 + WARN_EVERY, "down"), Some(1));
     }
 }

@@ -581,12 +581,12 @@ impl Router for NodeRouter {
                 // [[peer]] list), said at `warn`, and answered as a peer link that is down
                 // (`DOWN_NO_PEER`): the client routes that node's streams around this one, and
                 // its own streams here carry on.
-                let is_peer = self.relay.mesh.is_peer(node);
-                if !is_peer {
+                if !self.relay.mesh.is_peer(node) {
                     self.relay.not_peer.hit(node);
                 }
                 let len = frames.len() as u64;
-                let sent = match self.relay.mesh.peer(node).filter(|_| is_peer) {
+                // Only configured peers have live peer links: none for this one.
+                let sent = match self.relay.mesh.peer(node) {
                     None => None,
                     Some(peer) => match peer.bind((self.queue.client, session)).await {
                         Err(_) => None,

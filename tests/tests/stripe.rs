@@ -502,27 +502,18 @@ async fn far_first_node(
     });
     let (client_key, client_pub) = generate_keypair();
     let (nodes, specs, _) = start_nodes(2, echo_addr, client_pub, None).await;
-    let mut config = client_config(
+    let config = client_config(
         &specs,
         &nodes,
         client_key,
         Spread::Stripe,
         OwnerPolicy::First,
     );
-    config.transport = wanmux_config::LinkTransport::Tcp;
     let far = Shape {
         delay: far,
         ..Shape::default()
     };
-    let relay = TcpRelay::start(nodes[0].local_addr(), far)
-        .await
-        .expect("relay starts");
-    if let ClientAuth::StaticKey { nodes: pinned, .. } = &mut config.auth {
-        pinned[0].node.addr = relay.addr().into();
-    }
-    let client = wanmux_client::start(config).await.expect("client starts");
-    client.wait_for_links(4).await;
-    wait_for_sub_links(&client, 2, 2).await;
+    let (client, relay) = client_through_a_relay(&nodes, config, 0, far).await;
     (nodes, client, relay)
 }
 
@@ -597,14 +588,25 @@ fn link_table(status: &wanmux_core::status::Status) -> String {
 /// relay that can blackhole them; its links and sub-links are up when this returns.
 async fn client_with_node_2_through_a_relay(
     nodes: &[ServerHandle],
+    config: ClientConfig,
+) -> (wanmux_client::ClientHandle, TcpRelay) {
+    client_through_a_relay(nodes, config, 1, Shape::default()).await
+}
+
+/// Starts a client of `config` (TCP links, two per node) whose links to `nodes[index]` go
+/// through a relay shaped as `shape`; its links and sub-links are up when this returns.
+async fn client_through_a_relay(
+    nodes: &[ServerHandle],
     mut config: ClientConfig,
+    index: usize,
+    shape: Shape,
 ) -> (wanmux_client::ClientHandle, TcpRelay) {
     config.transport = wanmux_config::LinkTransport::Tcp;
-    let relay = TcpRelay::start(nodes[1].local_addr(), Shape::default())
+    let relay = TcpRelay::start(nodes[index].local_addr(), shape)
         .await
         .expect("relay starts");
     if let ClientAuth::StaticKey { nodes: pinned, .. } = &mut config.auth {
-        pinned[1].node.addr = relay.addr().into();
+        pinned[index].node.addr = relay.addr().into();
     }
     let client = wanmux_client::start(config).await.expect("client starts");
     client.wait_for_links(4).await;
