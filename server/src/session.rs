@@ -443,7 +443,13 @@ impl Sessions {
             self.bury(key, over);
         }
         drop(table);
-        driver.close(reset::SHUTDOWN);
+        if over {
+            // The client stopped in order: it waits for this node to close its links (a QUIC
+            // link's close would discard what the node had not yet read), and needs nothing more.
+            driver.close_at_once(reset::SHUTDOWN);
+        } else {
+            driver.close(reset::SHUTDOWN);
+        }
     }
 
     /// Records that the session under `key` expired (or, `over`, that its client ended it),

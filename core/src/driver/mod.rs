@@ -725,6 +725,14 @@ impl SessionDriver {
         self.end();
     }
 
+    /// Resets every stream and closes every link at once, without the orderly close's wait for
+    /// the peer ([`SessionDriver::close`]): for a session whose peer said it is over, which
+    /// expects nothing more and closes its links once it sees them closed here.
+    pub fn close_at_once(&self, code: u16) {
+        self.reset_all(code);
+        self.abandon();
+    }
+
     /// Closes every link and stops the timer, each link's writer first putting out what it
     /// took and shutting its half (on QUIC: until the peer acknowledged it, at most
     /// [`link::CLOSE_LINGER`]).
@@ -750,19 +758,12 @@ impl SessionDriver {
     }
 
     /// Resets every stream and wakes the link writers to send the `RESET`s, leaving the links
-    /// up: the first step of [`close_flushed`].
-    pub fn reset_all(&self, code: u16) {
+    /// up: the first step of [`SessionDriver::close`] and [`SessionDriver::close_at_once`].
+    fn reset_all(&self, code: u16) {
         let mut st = self.lock();
         st.session.reset_all(code);
         let now = st.since;
         self.after(&mut st, now);
-    }
-
-    /// Whether the links have taken everything the engine had to send, or there is no link to
-    /// take it.
-    pub fn flushed(&self) -> bool {
-        let st = self.lock();
-        st.link_kills.is_empty() || !st.session.wants_transmit()
     }
 
     /// Client: names the node this session is with, in the log lines about it (set once).
@@ -878,23 +879,16 @@ impl Refusals {
 const CLOSE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Closes `drivers` so that the peer and the applications know at once, within `limit` in all:
-/// resets every stream, lets the links send the `RESET`s, then closes the links, and waits for
-/// the stream tasks to close their sockets with an RST. A daemon that stops without this lets
-/// its runtime drop the stream tasks, whose sockets then end with a FIN, and the peer learns of
+/// resets every stream and closes the session in order (each link's writer puts out the
+/// `RESET`s and whatever else the session has to send, then shuts its half: on QUIC, until the
+/// peer acknowledged it and closed the connection), and waits for the links to end and for the
+/// stream tasks to close their sockets with an RST. A daemon that stops without this lets its
+/// runtime drop the stream tasks, whose sockets then end with a FIN, and the peer learns of
 /// nothing until its links are gone for its grace: cut-off transfers would look complete.
 pub async fn close_flushed(drivers: &[SessionDriver], code: u16, limit: std::time::Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     for d in drivers {
-        d.reset_all(code);
-    }
-    wait_all(drivers, deadline, SessionDriver::flushed).await;
-    // The writers took the last messages: a moment for their writes to reach the sockets.
-    tokio::time::sleep(
-        CLOSE_POLL.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
-    )
-    .await;
-    for d in drivers {
-        d.end();
+        d.close(code);
     }
     // Stream tasks close their sockets; links see what they sent acknowledged and close.
     wait_all(drivers, deadline, |d| {

@@ -1094,9 +1094,12 @@ impl tokio::io::AsyncWrite for Sender {
     }
 
     /// Finishes the stream and completes once the peer acknowledged every byte of it (or
-    /// stopped it, or the connection ended). A QUIC connection's close discards what quinn has
-    /// not yet sent or resent, so a link that closes after this loses nothing it wrote; a TCP
-    /// socket's close needs no such wait (the kernel sends what it holds).
+    /// stopped it, or the connection ended), and then closed the connection, or after
+    /// [`PEER_CLOSE_WAIT`]. A QUIC connection's close discards what quinn has not yet sent or
+    /// resent, and what the peer has received and acknowledged but its application has not yet
+    /// read: the link's last messages (a stopping client's `SESSION_OVER`, a node's `RESET`s)
+    /// are read for certain only if the peer, having read them, closes first. A TCP socket's
+    /// close needs no such wait (the kernel sends what it holds and the peer reads it after).
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -1108,8 +1111,10 @@ impl tokio::io::AsyncWrite for Sender {
                 cx
             ))?;
             let stopped = this.send.stopped();
+            let conn = this.conn.clone();
             this.acked = Some(Box::pin(async move {
                 let _ = stopped.await;
+                let _ = tokio::time::timeout(PEER_CLOSE_WAIT, conn.closed()).await;
             }));
         }
         match &mut this.acked {
@@ -1118,6 +1123,11 @@ impl tokio::io::AsyncWrite for Sender {
         }
     }
 }
+
+/// How long a link's writer that finished its stream waits for the peer to close the connection
+/// ([`Sender::poll_shutdown`]): a peer that read the link's end closes at once; one of a release
+/// before this wait, or one that is closing in order too, does not.
+const PEER_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Closes a link's connection when dropped: the link is over (its writer and its lane stream's
 /// are gone), and the connection must not wait for its idle timeout. A lane stream's end alone
