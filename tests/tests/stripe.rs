@@ -80,6 +80,25 @@ async fn dial_routed(raw: &Raw, i: usize, secret: [u8; 32]) -> (LinkReader, Link
     (rd, wr, reply.epoch)
 }
 
+/// The first `ROUTE_DOWN` the node sends on the link `rd` reads (within 10 s).
+async fn route_down(rd: &mut LinkReader) -> Routed {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut msg = rd.recv().await.expect("recv").expect("a message");
+            if !wanmux_core::route::is_routed(&msg) {
+                continue;
+            }
+            while let Some(f) = Routed::decode(&mut msg).expect("a routed message") {
+                if let Routed::Down { .. } = f {
+                    return f;
+                }
+            }
+        }
+    })
+    .await
+    .expect("a ROUTE_DOWN in time")
+}
+
 /// A section for `node` holding an `OPEN` and `DATA` of a stream it owns.
 fn section(node: u16, session: [u8; 16], epoch: u64) -> BytesMut {
     section_of(node, session, epoch, StreamId::new(NodeId(node), 0))
@@ -325,21 +344,7 @@ async fn a_section_for_a_node_that_is_not_a_peer_is_answered_as_no_peer() {
     let (mut rd, mut wr, epoch) = dial_routed(&raw, 0, secret).await;
     let session = noise::SessionSecret::from_bytes(secret).id();
     wr.send(&section(9, session, epoch)).await.expect("send");
-    let down = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let mut msg = rd.recv().await.expect("recv").expect("a message");
-            if !wanmux_core::route::is_routed(&msg) {
-                continue;
-            }
-            while let Some(f) = Routed::decode(&mut msg).expect("a routed message") {
-                if let Routed::Down { .. } = f {
-                    return f;
-                }
-            }
-        }
-    })
-    .await
-    .expect("a ROUTE_DOWN in time");
+    let down = route_down(&mut rd).await;
     assert_eq!(
         down,
         Routed::Down {
@@ -368,21 +373,7 @@ async fn a_section_for_a_session_the_owner_does_not_have_creates_nothing() {
     let (mut rd, mut wr, _) = dial_routed(&raw, 0, secret).await;
     let session = noise::SessionSecret::from_bytes(secret).id();
     wr.send(&section(2, session, 77)).await.expect("send");
-    let down = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let mut msg = rd.recv().await.expect("recv").expect("a message");
-            if !wanmux_core::route::is_routed(&msg) {
-                continue;
-            }
-            while let Some(f) = Routed::decode(&mut msg).expect("a routed message") {
-                if let Routed::Down { .. } = f {
-                    return f;
-                }
-            }
-        }
-    })
-    .await
-    .expect("a ROUTE_DOWN in time");
+    let down = route_down(&mut rd).await;
     assert_eq!(
         down,
         Routed::Down {
