@@ -256,11 +256,12 @@ fn is_dns_name(name: &str) -> bool {
 /// peer can make it hold.
 ///
 /// The worst case a peer can make one session buffer on the receive side is
-/// `min(session_window, max_streams × stream_window)` bytes of stream data, plus per-stream
-/// state for `max_streams` streams. The sending side holds every unacknowledged byte for resend,
+/// `min(session_window, max_streams × 2 MiB)` bytes of stream data beyond the credit reserved in
+/// `memory` (each stream's window beyond its first 2 MiB), plus per-stream state for
+/// `max_streams` streams. The sending side holds every unacknowledged byte for resend,
 /// which is bounded by the *peer's* windows in the same way. With the defaults that is 128 MiB
-/// of data per session and direction, whatever the number of streams, and never more than
-/// `memory` lets the daemon reserve.
+/// of data per session and direction, whatever the number of streams, plus what `memory` lets
+/// the daemon reserve.
 ///
 /// Note that the protocol lets each side send its initial credit (2 MiB per stream, 16 MiB
 /// per session, see `docs/PROTOCOL.md`) before the first window update, so a receiver must be
@@ -277,18 +278,21 @@ pub struct Limits {
     /// path, where a QUIC link holds up to three congestion windows unacknowledged: with 4 MiB
     /// (the old default) one stream got 107-113 Mbit/s of the WAN lab's 200 Mbit/s, 100 ms, 1%
     /// path, and 44 of 100 at 200 ms and 2%; with 16 MiB about 178 and 81. Memory: at most one
-    /// window of buffered data per open stream, in total at most `session_window`. DoS cost: a peer
-    /// that never lets its streams drain can pin `session_window` bytes per session; a large
-    /// stream window lets a single stream do it.
+    /// window of buffered data per open stream; beyond its first 2 MiB reserved in `memory`,
+    /// within them counted in `session_window`. DoS cost: a peer that never lets its streams
+    /// drain can pin one window per stream, as far as its share of `memory` reserves them.
     pub stream_window: u64,
     /// Receive window of the whole session, in bytes: the sum over all streams of bytes sent
-    /// beyond what was consumed. At least `stream_window`. Default 128 MiB (`stream_window` if
-    /// that is more), at most 4 GiB.
+    /// beyond what was consumed, less the streams' credit reserved in `memory` (a grown
+    /// window's, beyond its first 2 MiB), which comes on top: a stream whose application stops
+    /// reading holds its own window, not the session's (it takes 2 MiB of this). At least
+    /// `stream_window`. Default 128 MiB (`stream_window` if that is more), at most 4 GiB.
     ///
-    /// Memory: the hard bound on buffered stream data per session and direction, so the
-    /// server's worst case is about `session_window × connected clients`. DoS cost: an
-    /// authenticated client can make the server hold this much for as long as it stays
-    /// connected; size it for the number of clients the host must survive.
+    /// Memory: the bound on buffered stream data per session and direction beyond what
+    /// `memory` reserves, so the server's worst case is about `session_window × connected
+    /// clients` plus the receive half of `memory`. DoS cost: an authenticated client can make
+    /// the server hold this much for as long as it stays connected; size it for the number of
+    /// clients the host must survive.
     pub session_window: u64,
     /// Most streams open at once in one session. Default 16,384, range 1..=1,000,000.
     ///

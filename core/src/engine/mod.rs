@@ -310,6 +310,10 @@ pub struct Session {
     recv_session_max: u64,
     recv_session_used: u64,
     recv_session_consumed: u64,
+    /// The streams' reserved receive credit together (each stream's
+    /// [`stream::Stream::recv_reservation`] as of its last [`Session::note_reservation`]): the
+    /// session credit covers it on top of `session_window` ([`Session::maybe_grant_session`]).
+    recv_reserved: u64,
     next_ping: u64,
     /// What the bulk streams together may hold unsent: [`Session::size_unsent_target`].
     unsent_target: u64,
@@ -395,6 +399,7 @@ impl Session {
             recv_session_max: INITIAL_SESSION_CREDIT.max(cfg.session_window),
             recv_session_used: 0,
             recv_session_consumed: 0,
+            recv_reserved: 0,
             next_ping: 0,
             unsent_target: 0,
             resent: 0,

@@ -82,6 +82,8 @@ pub(super) struct Stream {
     pub(super) charged: u64,
     /// Its reorder buffer's segments as counted in `Session::recv_segments`.
     pub(super) segments: usize,
+    /// Its [`Stream::recv_reservation`] as counted in `Session::recv_reserved`.
+    pub(super) reserved: u64,
 }
 
 impl Stream {
@@ -114,6 +116,7 @@ impl Stream {
             last_grant: now,
             charged: 0,
             segments: 0,
+            reserved: 0,
         }
     }
 
@@ -275,6 +278,10 @@ impl Session {
         }
         // `need <= want`: the stream's charge covers its reservation before the grant.
         let grant = want - (need - got);
+        if grant < want && !s.budget_waiting {
+            s.budget_waiting = true;
+            self.budget_waiting.push(id);
+        }
         if grant > 0 {
             s.recv_max_before = s.recv_max;
             s.recv_max += grant;
@@ -283,10 +290,8 @@ impl Session {
                 s.window_dirty = true;
                 self.dirty_windows.push_back(id);
             }
-        }
-        if grant < want && !s.budget_waiting {
-            s.budget_waiting = true;
-            self.budget_waiting.push(id);
+            self.note_reservation(id);
+            self.maybe_grant_session();
         }
     }
 
@@ -357,11 +362,28 @@ impl Session {
         }
     }
 
+    /// Extends the session credit once it can grow by half the window. It covers what the
+    /// application has read, `session_window` more, and the streams' reserved credit
+    /// (`recv_reserved`): so the window bounds only the credit the memory budget does not
+    /// cover (each stream's first 2 MiB), and streams whose applications stopped reading hold
+    /// their own windows, in the budget, not the session's. A trial's client had 10-30
+    /// downloads no one read fill its session window, and its other connections stalled.
     pub(super) fn maybe_grant_session(&mut self) {
         let w = self.cfg.session_window;
-        if self.recv_session_consumed + w - self.recv_session_max >= w / 2 {
-            self.recv_session_max = self.recv_session_consumed + w;
+        let max = self.recv_session_consumed + w + self.recv_reserved;
+        if max >= self.recv_session_max + w / 2 {
+            self.recv_session_max = max;
             self.session_window_dirty = true;
+        }
+    }
+
+    /// Counts stream `id`'s reserved credit in `recv_reserved` as it is now (after a grant, a
+    /// read, a reset).
+    pub(super) fn note_reservation(&mut self, id: StreamId) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            let now = s.recv_reservation();
+            self.recv_reserved = self.recv_reserved - s.reserved + now;
+            s.reserved = now;
         }
     }
 
@@ -397,6 +419,7 @@ impl Session {
         let Some(s) = self.streams.remove(&id) else {
             return;
         };
+        self.recv_reserved -= s.reserved;
         self.held.release(Pool::Recv, s.charged);
         self.recv_segments -= s.segments;
         if s.phase == Phase::Pending {
@@ -435,6 +458,7 @@ impl Session {
     /// does not, or when the stream or the session holds more segments than allowed: the
     /// caller refuses the stream (`RESET` code 5).
     pub(super) fn account_recv(&mut self, id: StreamId) -> bool {
+        self.note_reservation(id);
         let Some(s) = self.streams.get_mut(&id) else {
             return true;
         };
@@ -464,6 +488,11 @@ impl Session {
             }
             s.charged = target;
         }
-        segments <= s.max_segments() && self.recv_segments <= self.max_recv_segments
+        // The session's cap grows with the credit it grants beyond its window, as the credit
+        // does (`maybe_grant_session`).
+        let reserved =
+            usize::try_from(self.recv_reserved / SEGMENT_WINDOW_BYTES).unwrap_or(usize::MAX);
+        segments <= s.max_segments()
+            && self.recv_segments <= self.max_recv_segments.saturating_add(reserved)
     }
 }

@@ -577,3 +577,76 @@ fn the_unsent_bound_follows_what_the_links_hold() {
     c.remove_link(LINK);
     assert_eq!(c.stream_send_capacity(a), Ok(UNSENT_MIN as usize));
 }
+
+/// Streams whose applications stopped reading hold their own windows, reserved in the memory
+/// budget, not the session's: the session credit covers the streams' reserved credit on top of
+/// `session_window`, so a new stream still gets its initial credit's worth through. Before, the
+/// session credit followed what the applications read alone, and three stalled streams of 8 MiB
+/// windows filled a 16 MiB session window (a trial's client: every other connection stalled).
+#[test]
+fn streams_that_stop_reading_leave_the_session_credit_to_the_others() {
+    let now = Instant::now();
+    let cfg = Config {
+        stream_window: 8 << 20,
+        session_window: INITIAL_SESSION_CREDIT,
+        ..Config::default()
+    };
+    let mut s = Session::new(Role::Server(NODE), cfg);
+    s.add_link(now, LINK);
+    // Three bulk streams whose readers keep up until their windows reach 8 MiB, then stop:
+    // the peer fills each stream's credit, within the session credit it was given.
+    for i in 0..3 {
+        let id = sid(i);
+        let open = Frame::Open {
+            stream: id,
+            service: "svc".into(),
+            pin: false,
+        };
+        s.handle_message(now, LINK, msg(&[open])).unwrap();
+        let (ahead, _) = stream_credit_grows(&mut s, now, id, 32 << 20);
+        assert_eq!(ahead, 8 << 20, "stream {i}'s window grew to 8 MiB");
+        // The peer sends up to the stream's credit, which the session credit it was given
+        // (its `SESSION_WINDOW` frames went out among the stream's windows) covers.
+        let (mut at, max) = (s.streams[&id].recv_highest, s.streams[&id].recv_max);
+        assert!(
+            max - at >= 6 << 20,
+            "stream {i}'s credit ahead: {}",
+            max - at
+        );
+        assert!(
+            s.recv_session_used + (max - at) <= s.recv_session_max,
+            "stream {i}: the session credit does not cover its window"
+        );
+        while at < max {
+            let n = (max - at).min(60_000);
+            s.handle_message(now, LINK, msg(&[data(id, at, n as usize, false)]))
+                .expect("within credit");
+            at += n;
+        }
+    }
+    // 18-24 MiB unread, all but 2 MiB a stream reserved: a new stream gets its initial credit
+    // through.
+    assert!(s.budget_held().0 >= 12 << 20);
+    for i in 0..3 {
+        assert!(!s.streams[&sid(i)].is_reset(), "stream {i} was refused");
+    }
+    let id = sid(3);
+    let open = Frame::Open {
+        stream: id,
+        service: "svc".into(),
+        pin: false,
+    };
+    s.handle_message(now, LINK, msg(&[open])).unwrap();
+    assert!(s.recv_session_used + INITIAL_STREAM_CREDIT <= s.recv_session_max);
+    s.handle_message(now, LINK, msg(&[data(id, 0, 60_000, false)]))
+        .expect("a new stream's data is within the session credit");
+    assert!(matches!(
+        s.stream_read(now, id, usize::MAX),
+        Ok(ReadChunk::Data(d)) if d.len() == 60_000
+    ));
+    // The window itself still bounds what no reservation covers: credit for the unread bytes
+    // within the streams' first 2 MiB stays within `session_window`.
+    let reserved: u64 = s.streams.values().map(|s| s.recv_reservation()).sum();
+    assert_eq!(s.recv_reserved, reserved);
+    assert!(s.recv_session_max <= s.recv_session_consumed + INITIAL_SESSION_CREDIT + reserved);
+}
