@@ -483,8 +483,9 @@ async fn accept_loop(
     spread: Spread,
     hold: std::time::Duration,
 ) {
+    let errors = daemon::AcceptErrors::new("accept failed");
     loop {
-        let (tcp, peer) = daemon::accept(&listener, |e| warn!(error = %e, "accept failed")).await;
+        let (tcp, peer) = daemon::accept(&listener, &errors).await;
         if cluster.live_links() > 0 {
             open(&cluster, tcp, peer, &service, spread);
             continue;

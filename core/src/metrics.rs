@@ -31,14 +31,12 @@ pub type StatusSource = Arc<dyn Fn() -> Status + Send + Sync>;
 /// Serves scrapes on `listener` until the task is aborted.
 pub async fn serve(listener: TcpListener, status: StatusSource) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let errors = crate::daemon::AcceptErrors::new("metrics: accept failed");
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (tcp, peer) = crate::daemon::accept(&listener, |e| {
-            debug!(error = %e, "metrics: accept failed");
-        })
-        .await;
+        let (tcp, peer) = crate::daemon::accept(&listener, &errors).await;
         let status = status.clone();
         tokio::spawn(async move {
             if let Err(e) = answer(tcp, &status).await {

@@ -514,12 +514,12 @@ impl Incoming {
 }
 
 impl Listener {
-    /// The next connection and its peer; `None` once the listener is closed.
-    async fn next(&self) -> Option<(Incoming, SocketAddr)> {
+    /// The next connection and its peer (failed accepts counted in `errors`); `None` once the
+    /// listener is closed.
+    async fn next(&self, errors: &daemon::AcceptErrors) -> Option<(Incoming, SocketAddr)> {
         match self {
             Listener::Tcp(listener) => {
-                let (tcp, peer) =
-                    daemon::accept(listener, |e| warn!(error = %e, "accept failed")).await;
+                let (tcp, peer) = daemon::accept(listener, errors).await;
                 Some((Incoming::Tcp(tcp), peer))
             }
             Listener::Quic(listener) => {
@@ -546,8 +546,9 @@ async fn accept_loop(
     fds: Arc<fds::Fds>,
 ) {
     let slots = Arc::new(Slots::default());
+    let errors = daemon::AcceptErrors::new("accept failed");
     loop {
-        let Some((incoming, peer)) = listener.next().await else {
+        let Some((incoming, peer)) = listener.next(&errors).await else {
             return;
         };
         let validated = incoming.validated();

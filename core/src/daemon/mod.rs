@@ -640,17 +640,51 @@ fn control_path<D: Daemon>(
     })
 }
 
-/// The accept loop's next connection. A failed accept is handed to `failed` (to log it) and
-/// followed by a pause of [`ACCEPT_BACKOFF`], then the next try.
-pub async fn accept(
-    listener: &TcpListener,
-    failed: impl Fn(&io::Error),
-) -> (TcpStream, SocketAddr) {
+/// How often an accept loop logs its failed accepts at most ([`AcceptErrors`]).
+const ACCEPT_ERRORS_EVERY: Duration = Duration::from_secs(10);
+
+/// One listener's failed accepts, logged at `warn` at most once per 10 s with their count: a
+/// process out of file descriptors fails every accept, 20 times a second ([`ACCEPT_BACKOFF`]),
+/// for as long as it stays out (a trial's node wrote 316 lines in 16 s).
+#[derive(Debug)]
+pub struct AcceptErrors {
+    what: &'static str,
+    tally: crate::lograte::Tally<(&'static str, io::Error)>,
+}
+
+impl AcceptErrors {
+    /// The failures of the listener named `what` in the log line (`"accept failed"`,
+    /// `"cluster accept failed"`).
+    pub fn new(what: &'static str) -> AcceptErrors {
+        let tally = crate::lograte::Tally::new(
+            ACCEPT_ERRORS_EVERY,
+            |n, (what, e): &(&'static str, io::Error)| {
+                // EMFILE, ENFILE.
+                if matches!(e.raw_os_error(), Some(24 | 23)) {
+                    tracing::warn!(
+                        error = %e,
+                        failed = n,
+                        "{what}: this process is out of file descriptors (its open-file limit, \
+                         LimitNOFILE= under systemd); new connections wait in the listen backlog \
+                         until some close"
+                    );
+                } else {
+                    tracing::warn!(error = %e, failed = n, "{what}");
+                }
+            },
+        );
+        AcceptErrors { what, tally }
+    }
+}
+
+/// The accept loop's next connection. A failed accept is counted in `errors` (which logs it)
+/// and followed by a pause of [`ACCEPT_BACKOFF`], then the next try.
+pub async fn accept(listener: &TcpListener, errors: &AcceptErrors) -> (TcpStream, SocketAddr) {
     loop {
         match listener.accept().await {
             Ok(x) => return x,
             Err(e) => {
-                failed(&e);
+                errors.tally.hit((errors.what, e));
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }

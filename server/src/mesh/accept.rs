@@ -23,12 +23,12 @@ const MAX_HANDSHAKES: usize = 64;
 /// Accepts peer links on `listener` until the task is aborted.
 pub(super) async fn accept_loop(listener: TcpListener, mesh: Arc<Mesh>) {
     let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let errors = daemon::AcceptErrors::new("cluster accept failed");
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let (tcp, addr) =
-            daemon::accept(&listener, |e| warn!(error = %e, "cluster accept failed")).await;
+        let (tcp, addr) = daemon::accept(&listener, &errors).await;
         let mesh = mesh.clone();
         tokio::spawn(async move {
             let accepted = handshake(&mesh, tcp, addr).await;
