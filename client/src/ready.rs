@@ -176,11 +176,15 @@ fn explain(e: &LinkError, node: &dyn std::fmt::Display, addr: &str, quic: bool) 
         LinkError::Closed => "the node closed the link during the handshake: it refused this \
                               client (its public key is not in the node's allowed_clients, the \
                               PSK differs, node.public_key is not the node's key, or the node \
-                              runs the other authentication mode); the node's log says which"
+                              runs the other authentication mode), or it had no room for \
+                              another handshake (too many from this address or in all, or its \
+                              file descriptors); the node's log says which"
             .to_owned(),
         LinkError::Io(io) if io.kind() == ErrorKind::ConnectionReset => format!(
             "the node reset the link during the handshake ({io}): it refused this client \
-             (allowed_clients, PSK, node.public_key or mode differ); the node's log says which"
+             (allowed_clients, PSK, node.public_key or mode differ), or it had no room for \
+             another handshake (too many from this address or in all, or its file \
+             descriptors); the node's log says which"
         ),
         LinkError::Io(io) if io.kind() == ErrorKind::ConnectionRefused => format!(
             "connection refused: nothing listens at {addr} (is wanmux-server running there, \

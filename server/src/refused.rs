@@ -5,7 +5,7 @@
 //! `debug`, so a peer can make the node write a bounded number of lines only.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -14,6 +14,14 @@ use wanmux_core::noise::{LinkError, ServerAuth};
 
 /// At most one line per kind of refusal per this long.
 pub(crate) const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// For this long after a link from an address was refused its session (a limit, memory), a
+/// link from it that the client closes on this node's reply is taken as one of that client's
+/// links dialled together with the refused one, which it gave up on hearing the refusal.
+const REFUSED_SESSION_MEMORY: Duration = Duration::from_secs(10);
+
+/// Addresses remembered for [`REFUSED_SESSION_MEMORY`] at most; past it the oldest go first.
+const REFUSED_SESSION_ADDRS: usize = 1024;
 
 /// Where in the handshake a link was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,11 +108,18 @@ impl Kind {
     }
 }
 
+/// What a refusal's line is rate-limited by: its kind, and a finer kind (which session limit;
+/// empty for the others).
+type LogKey = (Kind, &'static str);
+
 /// The rate-limited log of refused links, one per node, and the count of every refusal.
 #[derive(Debug, Default)]
 pub(crate) struct Refusals {
-    /// Per kind: when its last line was written, and the refusals since then without one.
-    last: Mutex<HashMap<Kind, (Instant, u64)>>,
+    /// Per kind (and, for session limits, per limit): when its last line was written, and the
+    /// refusals since then without one.
+    last: Mutex<HashMap<LogKey, (Instant, u64)>>,
+    /// Addresses whose links were refused their session lately, and when.
+    refused_sessions: Mutex<HashMap<IpAddr, Instant>>,
     /// Every refusal since start, by kind (in the order of [`Kind::ALL`]).
     counts: [AtomicU64; Kind::ALL.len()],
 }
@@ -120,7 +135,40 @@ impl Refusals {
     ) {
         debug!(%peer, reason = %e, ?stage, "link refused");
         let (kind, loud, reason) = explain(e, stage, auth);
-        self.log(kind, loud, peer, &reason);
+        if stage == Stage::AfterReply && closed(e) && self.session_refused_lately(peer.ip()) {
+            // Another link of that client was refused its session a moment ago, and the client
+            // closed the ones it was dialling beside it: that refusal's line said why.
+            debug!(%peer, "a link closed by its client after another was refused its session");
+            self.count(Kind::SessionLimit);
+            return;
+        }
+        self.log(kind, "", loud, peer, &reason);
+    }
+
+    /// Records that a link from `ip` was refused its session now.
+    fn session_refused(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let mut m = self
+            .refused_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, at| now.duration_since(*at) < REFUSED_SESSION_MEMORY);
+        if m.len() >= REFUSED_SESSION_ADDRS && !m.contains_key(&ip) {
+            if let Some(oldest) = m.iter().min_by_key(|(_, at)| **at).map(|(ip, _)| *ip) {
+                m.remove(&oldest);
+            }
+        }
+        m.insert(ip, now);
+    }
+
+    /// Whether a link from `ip` was refused its session within [`REFUSED_SESSION_MEMORY`].
+    fn session_refused_lately(&self, ip: IpAddr) -> bool {
+        let m = self
+            .refused_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        m.get(&ip)
+            .is_some_and(|at| at.elapsed() < REFUSED_SESSION_MEMORY)
     }
 
     /// Logs a QUIC connection that failed before its Noise handshake (or PKI hello): a client
@@ -137,7 +185,7 @@ impl Refusals {
                      tls.ca_file must hold the CA that issued this node's tls.cert_file, which \
                      must be valid now and carry the name the client dials (its node.tls_name)"
                 );
-                self.log(Kind::NodeCertRefused, true, peer, &reason);
+                self.log(Kind::NodeCertRefused, "", true, peer, &reason);
                 return;
             }
             let lower = why.to_lowercase();
@@ -152,7 +200,7 @@ impl Refusals {
                 "the client's certificate was refused ({why}): it must be issued by the CA of \
                  tls.client_ca_file, valid now and not revoked (tls.crl_files)"
             );
-            self.log(kind, true, peer, &reason);
+            self.log(kind, "", true, peer, &reason);
             return;
         }
         // A client that closed its QUIC connection before the handshake was done: a dial it
@@ -160,18 +208,18 @@ impl Refusals {
         // under its redials), as a TCP connection closed before its handshake is.
         if matches!(e, LinkError::Closed) {
             let reason = "the client closed its QUIC connection before the handshake was done                           (a dial it gave up for another, or a scan)";
-            self.log(Kind::Silent, false, peer, reason);
+            self.log(Kind::Silent, "", false, peer, reason);
             return;
         }
         let reason = format!("the QUIC handshake failed: {e}");
-        self.log(Kind::Quic, false, peer, &reason);
+        self.log(Kind::Quic, "", false, peer, &reason);
     }
 
     /// Logs a connection refused before its handshake because the node has no room for it:
     /// too many handshakes (from its address, or in all), or file descriptors near the limit.
     pub(crate) fn busy(&self, peer: SocketAddr, reason: &str) {
         debug!(%peer, %reason, "link refused");
-        self.log(Kind::Busy, true, peer, reason);
+        self.log(Kind::Busy, "", true, peer, reason);
     }
 
     /// Logs an authenticated link refused where it would join its session because its
@@ -188,16 +236,20 @@ impl Refusals {
                 + wanmux_core::driver::link::LINK_SEND_MEMORY)
                 >> 10
         );
-        self.log(Kind::Memory, true, peer, &reason);
+        self.session_refused(peer.ip());
+        self.log(Kind::Memory, "", true, peer, &reason);
     }
 
     /// Logs an authenticated link refused where it would join or start its session because of
     /// a limit (`why`: `limits.max_links_per_session`, `max_sessions`,
     /// `max_sessions_per_client`).
-    pub(crate) fn session_limit(&self, peer: SocketAddr, why: &str) {
+    pub(crate) fn session_limit(&self, peer: SocketAddr, why: &'static str) {
         debug!(%peer, why, "link refused");
+        self.session_refused(peer.ip());
         let reason = format!("{why}: the client is told (its log says why)");
-        self.log(Kind::SessionLimit, true, peer, &reason);
+        // One line a minute for each limit: a node at its `max_sessions` is not hidden behind
+        // a client at its `max_sessions_per_client`.
+        self.log(Kind::SessionLimit, why, true, peer, &reason);
     }
 
     /// Logs a connection to the cluster listener (`cluster.listen`) that was refused before it
@@ -216,7 +268,7 @@ impl Refusals {
                 .to_owned(),
             e => format!("a connection to cluster.listen did not become a peer link: {e}"),
         };
-        self.log(Kind::PeerLink, false, peer, &reason);
+        self.log(Kind::PeerLink, "", false, peer, &reason);
     }
 
     /// Every refusal since start, by the `reason` label of its kind; every kind is listed.
@@ -228,15 +280,22 @@ impl Refusals {
             .collect()
     }
 
-    fn log(&self, kind: Kind, loud: bool, peer: SocketAddr, reason: &str) {
+    /// Counts a refusal of `kind`.
+    fn count(&self, kind: Kind) {
         if let Some(i) = Kind::ALL.iter().position(|k| *k == kind) {
             self.counts[i].fetch_add(1, Relaxed);
         }
+    }
+
+    /// Counts a refusal of `kind` and logs it, at most once per [`LOG_EVERY`] for each `kind`
+    /// and `sub` (a finer kind: which session limit; empty for the others).
+    fn log(&self, kind: Kind, sub: &'static str, loud: bool, peer: SocketAddr, reason: &str) {
+        self.count(kind);
         let now = Instant::now();
         let earlier = {
             // Only counting runs under this lock.
             let mut last = self.last.lock().expect("refusal log lock poisoned");
-            match last.get_mut(&kind) {
+            match last.get_mut(&(kind, sub)) {
                 Some((at, n)) if now.duration_since(*at) < LOG_EVERY => {
                     *n += 1;
                     return;
@@ -246,7 +305,7 @@ impl Refusals {
                     std::mem::take(n)
                 }
                 None => {
-                    last.insert(kind, (now, 0));
+                    last.insert((kind, sub), (now, 0));
                     0
                 }
             }
@@ -260,19 +319,24 @@ impl Refusals {
     }
 }
 
-/// The kind of a refusal, whether it is worth a `warn` (a wanmux client that is configured
-/// wrong), and what to do about it.
-fn explain(e: &LinkError, stage: Stage, auth: &ServerAuth) -> (Kind, bool, String) {
+/// Whether the peer closed (or reset) the connection.
+fn closed(e: &LinkError) -> bool {
     use std::io::ErrorKind;
-    let static_keys = auth.private_key.is_some();
-    let closed = match e {
+    match e {
         LinkError::Closed => true,
         LinkError::Io(io) => matches!(
             io.kind(),
             ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe
         ),
         _ => false,
-    };
+    }
+}
+
+/// The kind of a refusal, whether it is worth a `warn` (a wanmux client that is configured
+/// wrong), and what to do about it.
+fn explain(e: &LinkError, stage: Stage, auth: &ServerAuth) -> (Kind, bool, String) {
+    let static_keys = auth.private_key.is_some();
+    let closed = closed(e);
     match e {
         LinkError::UnknownCert(id) => (
             Kind::UnknownClient,
@@ -378,5 +442,59 @@ fn explain(e: &LinkError, stage: Stage, auth: &ServerAuth) -> (Kind, bool, Strin
             format!("not a wanmux handshake, or another version: {m}"),
         ),
         other => (Kind::Other, false, other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn static_keys() -> ServerAuth {
+        ServerAuth {
+            private_key: Some(wanmux_core::keys::generate_keypair().0),
+            allowed_clients: Default::default(),
+            psk: None,
+        }
+    }
+
+    fn count(r: &Refusals, label: &str) -> u64 {
+        r.counts()[label]
+    }
+
+    /// A trial's node warned "the client closed the link on this node's reply" for every
+    /// session it refused: the client's other links, dialled beside the refused one and closed
+    /// when it heard the refusal. They count as the refusal's now, and log nothing more.
+    #[test]
+    fn links_a_client_closes_after_its_session_was_refused_are_that_refusal() {
+        let r = Refusals::default();
+        let auth = static_keys();
+        let client: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        let other: SocketAddr = "192.0.2.8:40000".parse().unwrap();
+        r.session_limit(client, "limits.max_sessions");
+        let sibling = SocketAddr::new(client.ip(), 40001);
+        r.handshake(sibling, &LinkError::Closed, Stage::AfterReply, &auth);
+        assert_eq!(count(&r, "session_limit"), 2);
+        assert_eq!(count(&r, "client_gave_up"), 0);
+        // Another address's is what it always was.
+        r.handshake(other, &LinkError::Closed, Stage::AfterReply, &auth);
+        assert_eq!(count(&r, "client_gave_up"), 1);
+    }
+
+    /// Each session limit has its own line a minute: a node at `max_sessions` was named only a
+    /// minute after a client at its `max_sessions_per_client`.
+    #[test]
+    fn each_session_limit_is_rate_limited_on_its_own() {
+        let r = Refusals::default();
+        let peer: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        r.session_limit(peer, "limits.max_sessions_per_client");
+        r.session_limit(peer, "limits.max_sessions");
+        r.session_limit(peer, "limits.max_sessions");
+        let last = r.last.lock().unwrap();
+        // Each was logged once (the count of those not logged since is 0), the repeat counted.
+        assert_eq!(
+            last[&(Kind::SessionLimit, "limits.max_sessions_per_client")].1,
+            0
+        );
+        assert_eq!(last[&(Kind::SessionLimit, "limits.max_sessions")].1, 1);
     }
 }
