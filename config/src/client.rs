@@ -828,6 +828,7 @@ impl RawClientFile {
             links.map(|l| l.min),
         );
         let limits = RawLimits::convert(self.limits.as_ref(), errs);
+        RawLimits::warn_node_only(self.limits.as_ref(), errs);
         let maps = convert_maps(self.map.as_deref().unwrap_or_default(), errs);
         let owner = convert_owner(
             errs,

@@ -294,7 +294,8 @@ pub struct Limits {
     /// the server hold this much for as long as it stays connected; size it for the number of
     /// clients the host must survive.
     pub session_window: u64,
-    /// Most streams open at once in one session. Default 16,384, range 1..=1,000,000.
+    /// Server only (a client opens its streams; in a client config the key warns and does
+    /// nothing): most streams open at once in one session. Default 16,384, range 1..=1,000,000.
     ///
     /// Memory: a few hundred bytes of state per stream plus its buffers (bounded by the
     /// windows above). DoS cost: on the server every stream is an outbound TCP connection to a
@@ -464,6 +465,31 @@ pub(crate) struct RawLimits {
 }
 
 impl RawLimits {
+    /// Client: warns of each key of `[limits]` that bounds only what a node accepts from its
+    /// clients (streams they open, sessions, links), which a client config sets to no effect.
+    pub(crate) fn warn_node_only(raw: Option<&Spanned<RawLimits>>, errs: &mut Collector<'_>) {
+        let Some(raw) = raw else {
+            return;
+        };
+        let raw = raw.get_ref();
+        for (key, v) in [
+            ("max_streams", &raw.max_streams),
+            ("max_sessions", &raw.max_sessions),
+            ("max_sessions_per_client", &raw.max_sessions_per_client),
+            ("max_links_per_session", &raw.max_links_per_session),
+        ] {
+            if let Some(v) = v {
+                errs.warn(
+                    format!("limits.{key}"),
+                    Some(v.span()),
+                    "has no effect in a client config: it bounds what a node accepts from its \
+                     clients (the streams they open, their sessions and links); set it in the \
+                     node's [limits]",
+                );
+            }
+        }
+    }
+
     /// Converts `[limits]` (absent: all defaults), recording every problem.
     pub(crate) fn convert(raw: Option<&Spanned<RawLimits>>, errs: &mut Collector<'_>) -> Limits {
         let d = Limits::default();

@@ -152,6 +152,38 @@ fn limits_become_the_engine_config() {
     );
 }
 
+/// A trial set `limits.max_streams = 3` in a client config and saw 10 connections go through
+/// with no word: the key bounds what a node accepts. Such keys load, with a warning each that
+/// names the key and its line; the window keys do not warn.
+#[test]
+fn node_only_limits_in_a_client_config_warn() {
+    let text = format!(
+        "{}\n[limits]\nstream_window = 4194304\nmax_streams = 3\nmax_links_per_session = 4\n",
+        static_client()
+    );
+    let c = client(&text).expect("loads");
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+    let line = |key: &str| {
+        1 + text
+            .lines()
+            .position(|l| l.starts_with(key))
+            .expect("the key's line")
+    };
+    for (w, key) in c
+        .warnings
+        .iter()
+        .zip(["max_streams", "max_links_per_session"])
+    {
+        assert!(
+            w.contains(&format!(
+                ":{}: limits.{key}: has no effect in a client config",
+                line(key)
+            )),
+            "{w}"
+        );
+    }
+}
+
 #[test]
 fn static_server_with_psk_is_ikpsk2_and_reads_key_files() {
     let dir = temp_dir();
