@@ -169,6 +169,11 @@ fn reason(e: &LinkError) -> &'static str {
     }
 }
 
+/// Whether `addr` (`HOST:PORT`) names its host rather than giving its IP address.
+fn is_name(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>().is_err()
+}
+
 /// Why a dial failed, in words that say what to check.
 fn explain(e: &LinkError, node: &dyn std::fmt::Display, addr: &str, quic: bool) -> String {
     use std::io::ErrorKind;
@@ -188,8 +193,25 @@ fn explain(e: &LinkError, node: &dyn std::fmt::Display, addr: &str, quic: bool) 
         ),
         LinkError::Io(io) if io.kind() == ErrorKind::ConnectionRefused => format!(
             "connection refused: nothing listens at {addr} (is wanmux-server running there, \
-             and is the port right?)"
+             and is the port right?{})",
+            if is_name(addr) {
+                " A name is tried at each of its addresses: none took the connection"
+            } else {
+                ""
+            }
         ),
+        // What the resolver says for a name it cannot resolve (getaddrinfo's error, which std
+        // and tokio report with this text).
+        LinkError::Io(io)
+            if io
+                .to_string()
+                .contains("failed to lookup address information") =>
+        {
+            format!(
+                "cannot resolve the host name of {addr} ({io}): check node.addr's name and this \
+                 machine's DNS (names are resolved at each dial)"
+            )
+        }
         LinkError::Auth(_) => "the node's handshake reply did not decrypt: the PSK differs from \
                                the node's, or node.public_key is not this node's key"
             .to_owned(),
@@ -238,5 +260,24 @@ mod tests {
             "node 2's own count"
         );
         assert_eq!(dials.turn("3", t0 + WARN_EVERY, "down"), Some(1));
+    }
+
+    /// A name that does not resolve reads as such, not as "link I/O error" (a trial's), and a
+    /// refused connection to a name says that every address of it was tried.
+    #[test]
+    fn names_that_do_not_resolve_or_refuse_say_so() {
+        let lookup = LinkError::Io(std::io::Error::other(
+            "failed to lookup address information: Name or service not known",
+        ));
+        let why = explain(&lookup, &"1", "no-such-host.invalid:4480", false);
+        assert!(
+            why.starts_with("cannot resolve the host name of no-such-host.invalid:4480"),
+            "{why}"
+        );
+        let refused = LinkError::Io(std::io::ErrorKind::ConnectionRefused.into());
+        let why = explain(&refused, &"1", "localhost:4480", false);
+        assert!(why.contains("each of its addresses"), "{why}");
+        let why = explain(&refused, &"1", "127.0.0.1:4480", false);
+        assert!(!why.contains("each of its addresses"), "{why}");
     }
 }

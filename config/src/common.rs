@@ -793,15 +793,22 @@ pub(crate) fn socket_addr(
     key: &str,
     v: &Spanned<String>,
 ) -> Option<SocketAddr> {
-    let parsed = v.get_ref().parse::<SocketAddr>();
+    let text = v.get_ref();
+    let parsed = text.parse::<SocketAddr>();
     if parsed.is_err() {
+        // `::1:4480`: an IPv6 address and a port, the brackets forgotten.
+        let hint = match text.rsplit_once(':') {
+            Some((ip, _)) if !text.starts_with('[') && ip.parse::<std::net::Ipv6Addr>().is_ok() => {
+                format!("; an IPv6 address goes in brackets: \"[{ip}]:PORT\"")
+            }
+            _ => String::new(),
+        };
         errs.push(
             key,
             Some(v.span()),
             format!(
-                "invalid socket address {:?}: expected IP:PORT such as \"0.0.0.0:4480\" or \
-                 \"[::]:4480\" (host names are not allowed here)",
-                v.get_ref()
+                "invalid socket address {text:?}: expected IP:PORT such as \"0.0.0.0:4480\" or \
+                 \"[::]:4480\" (host names are not allowed here){hint}"
             ),
         );
     }

@@ -450,6 +450,15 @@ fn bad_addresses() {
 
     let text = psk_server().replace("0.0.0.0:4480", "localhost:4480");
     assert_eq!(one_error(server(&text)).key, "server.listen");
+    // A trial wrote `::1:4480` and was told only that host names are not allowed.
+    let text = psk_server().replace("0.0.0.0:4480", "::1:4480");
+    let e = one_error(server(&text));
+    assert!(
+        e.message
+            .contains("an IPv6 address goes in brackets: \"[::1]:PORT\""),
+        "{}",
+        e.message
+    );
 
     for (bad, want) in [
         ("10.0.0.5", "expected HOST:PORT"),
