@@ -28,7 +28,14 @@ pub(crate) fn toml_error(text: &str, err: &toml::de::Error) -> ConfigError {
 /// The parser's words for a type, in the config's: `expected i64` is `expected an integer`.
 /// A number beyond TOML's integers says what the largest is.
 fn plain_words(message: &str) -> String {
-    let mut m = message.to_owned();
+    // One line per error: the parser's message may span several (a duplicate table: "invalid
+    // table header" and then which key), which printed as a second line with no file or line.
+    let mut m = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ");
     for ty in ["i64", "u64", "i32", "u32", "u16", "u8", "usize"] {
         m = m.replace(&format!("expected {ty}"), "expected an integer");
     }

@@ -365,6 +365,29 @@ fn type_and_syntax_errors_have_lines() {
     assert!(e.message.contains("invalid type"), "{}", e.message);
     assert!(e.message.ends_with("expected an integer"), "{}", e.message);
 
+    // A table twice: one line, with the file and line (a trial's printed a second line with
+    // neither).
+    let text = format!(
+        "{}\n[limits]\nmemory = 16777216\n[limits]\nmax_streams = 5\n",
+        psk_server()
+    );
+    let e = one_error(server(&text));
+    let line = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| *l == "[limits]")
+        .nth(1)
+        .unwrap()
+        .0
+        + 1;
+    assert_eq!(e.line, Some(line), "{e:?}");
+    assert!(!e.message.contains('\n'), "{:?}", e.message);
+    assert!(
+        e.message.contains("duplicate key `limits`"),
+        "{}",
+        e.message
+    );
+
     // An integer beyond TOML's: the parser gives up on the whole file, the key is still named.
     let text = psk_server().replace("node_id = 1", "node_id = 99999999999999999999");
     let e = one_error(server(&text));
