@@ -79,6 +79,7 @@ impl ControlSocket {
 
 async fn serve(listener: UnixListener, status: StatusSource) {
     loop {
+        crate::daemon::hold_spare_fd();
         match listener.accept().await {
             Ok((conn, _)) => {
                 let status = status.clone();
@@ -90,6 +91,18 @@ async fn serve(listener: UnixListener, status: StatusSource) {
             }
             Err(e) => {
                 debug!(error = %e, "control socket: accept failed");
+                // Out of file descriptors: `status` is what the operator needs now. The spare
+                // one takes the request waiting, answered here before the spare is taken back.
+                if crate::daemon::out_of_fds(&e) && crate::daemon::free_spare_fd() {
+                    let waiting =
+                        tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+                    if let Ok(Ok((conn, _))) = waiting {
+                        if let Err(e) = answer(conn, &status).await {
+                            debug!(error = %e, "control socket: request failed");
+                        }
+                        continue;
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

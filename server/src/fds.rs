@@ -54,7 +54,13 @@ impl Fds {
             // Only a count and a time change under this lock; the count itself reads /proc.
             let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
             if counted.0.elapsed() >= RECOUNT_EVERY {
-                *counted = (Instant::now(), open_fds().unwrap_or(counted.1));
+                let open = match open_fds() {
+                    Ok(n) => n,
+                    // Reading the count takes a descriptor: none left is the answer.
+                    Err(e) if matches!(e.raw_os_error(), Some(24 | 23)) => self.limit,
+                    Err(_) => counted.1,
+                };
+                *counted = (Instant::now(), open);
             }
             counted.1
         };
@@ -68,10 +74,8 @@ impl Fds {
 }
 
 /// Descriptors this process has open (Linux: `/proc/self/fd`).
-fn open_fds() -> Option<u64> {
-    std::fs::read_dir("/proc/self/fd")
-        .ok()
-        .map(|d| d.count() as u64)
+fn open_fds() -> std::io::Result<u64> {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64)
 }
 
 #[cfg(test)]

@@ -659,14 +659,13 @@ impl AcceptErrors {
         let tally = crate::lograte::Tally::new(
             ACCEPT_ERRORS_EVERY,
             |n, (what, e): &(&'static str, io::Error)| {
-                // EMFILE, ENFILE.
-                if matches!(e.raw_os_error(), Some(24 | 23)) {
+                if out_of_fds(e) {
                     tracing::warn!(
                         error = %e,
                         failed = n,
                         "{what}: this process is out of file descriptors (its open-file limit, \
-                         LimitNOFILE= under systemd); new connections wait in the listen backlog \
-                         until some close"
+                         LimitNOFILE= under systemd); one kept in reserve takes the waiting \
+                         connections one at a time"
                     );
                 } else {
                     tracing::warn!(error = %e, failed = n, "{what}");
@@ -677,14 +676,54 @@ impl AcceptErrors {
     }
 }
 
+/// One file descriptor the process holds in reserve (on `/dev/null`) for an accept loop that
+/// finds the process out of them: freed, it lets the loop take the connection waiting, which
+/// its caller answers or refuses at once (an RST, a control socket's `status`), instead of
+/// leaving it in the listen backlog until the peer gives up (a trial's clients read a node out
+/// of descriptors as one that did not answer, and `status` got no answer). Taken again at the
+/// next accept.
+static SPARE_FD: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
+
+fn spare_fd() -> std::sync::MutexGuard<'static, Option<std::fs::File>> {
+    SPARE_FD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes the spare descriptor if it is not held (and the process has one to take).
+pub(crate) fn hold_spare_fd() {
+    let mut spare = spare_fd();
+    if spare.is_none() {
+        *spare = std::fs::File::open("/dev/null").ok();
+    }
+}
+
+/// Frees the spare descriptor for an accept; whether there was one.
+pub(crate) fn free_spare_fd() -> bool {
+    spare_fd().take().is_some()
+}
+
+/// Whether `e` says the process (EMFILE) or the system (ENFILE) is out of file descriptors.
+pub(crate) fn out_of_fds(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(24 | 23))
+}
+
 /// The accept loop's next connection. A failed accept is counted in `errors` (which logs it)
-/// and followed by a pause of [`ACCEPT_BACKOFF`], then the next try.
+/// and followed by a pause of [`ACCEPT_BACKOFF`], then the next try; out of file descriptors,
+/// the spare one is freed for the connection waiting first ([`SPARE_FD`]).
 pub async fn accept(listener: &TcpListener, errors: &AcceptErrors) -> (TcpStream, SocketAddr) {
     loop {
+        hold_spare_fd();
         match listener.accept().await {
             Ok(x) => return x,
             Err(e) => {
+                let spare = out_of_fds(&e) && free_spare_fd();
                 errors.tally.hit((errors.what, e));
+                if spare {
+                    // The accept failed for a connection that waits: it is there at once.
+                    if let Ok(Ok(x)) = tokio::time::timeout(ACCEPT_BACKOFF, listener.accept()).await
+                    {
+                        return x;
+                    }
+                }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
