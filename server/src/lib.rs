@@ -524,7 +524,7 @@ impl Listener {
             }
             Listener::Quic(listener) => {
                 let incoming = listener.endpoint().accept().await?;
-                let peer = incoming.remote_address();
+                let peer = daemon::canonical(incoming.remote_address());
                 Some((Incoming::Quic(Box::new((listener.clone(), incoming))), peer))
             }
         }

@@ -706,6 +706,19 @@ pub(crate) fn out_of_fds(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(24 | 23))
 }
 
+/// `peer` as a person reads it: an IPv4 peer of a listener on `[::]` (an IPv4-mapped IPv6
+/// address, `[::ffff:192.0.2.1]:PORT`) as the IPv4 address it is. A trial's node printed such
+/// peers in its log, `status` (where the long form pushed the columns out of line) and metrics.
+pub fn canonical(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => peer,
+        },
+        v4 => v4,
+    }
+}
+
 /// The accept loop's next connection. A failed accept is counted in `errors` (which logs it)
 /// and followed by a pause of [`ACCEPT_BACKOFF`], then the next try; out of file descriptors,
 /// the spare one is freed for the connection waiting first ([`SPARE_FD`]).
@@ -713,15 +726,16 @@ pub async fn accept(listener: &TcpListener, errors: &AcceptErrors) -> (TcpStream
     loop {
         hold_spare_fd();
         match listener.accept().await {
-            Ok(x) => return x,
+            Ok((tcp, peer)) => return (tcp, canonical(peer)),
             Err(e) => {
                 let spare = out_of_fds(&e) && free_spare_fd();
                 errors.tally.hit((errors.what, e));
                 if spare {
                     // The accept failed for a connection that waits: it is there at once.
-                    if let Ok(Ok(x)) = tokio::time::timeout(ACCEPT_BACKOFF, listener.accept()).await
+                    if let Ok(Ok((tcp, peer))) =
+                        tokio::time::timeout(ACCEPT_BACKOFF, listener.accept()).await
                     {
-                        return x;
+                        return (tcp, canonical(peer));
                     }
                 }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -1054,8 +1068,19 @@ impl fmt::Display for Chain<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{bind_hint, default_workers};
+    use super::{bind_hint, canonical, default_workers};
     use std::io;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn ipv4_mapped_peers_read_as_ipv4() {
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:4480".parse().unwrap();
+        assert_eq!(canonical(mapped), "192.0.2.1:4480".parse().unwrap());
+        for plain in ["[2001:db8::1]:4480", "[::1]:4480", "192.0.2.1:4480"] {
+            let a: SocketAddr = plain.parse().unwrap();
+            assert_eq!(canonical(a), a);
+        }
+    }
 
     #[test]
     fn one_worker_on_one_or_two_cpus_else_one_per_cpu() {
