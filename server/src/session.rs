@@ -643,8 +643,15 @@ impl Sessions {
         let session = Session::with_budget(Role::Server(node), (*limits).into(), budget.clone());
         let (driver, opened) =
             SessionDriver::start_counted(session, &self.budget_signal, self.counters.clone());
-        // Weak: the table holds the driver, which must not hold the table.
-        let (sessions, id) = (Arc::downgrade(self), key.1.to_string());
+        // The client as its node's config names it: its key, its certificate's `sha256:`.
+        let client = match key.0 {
+            Some(k) if pki => wanmux_core::tls::spki_text(k.as_bytes()),
+            Some(k) => k.to_string(),
+            None => "a PSK holder".to_string(),
+        };
+        // Weak: the table holds the driver, which must not hold the table. The refusals' lines
+        // name the session and its client (which limit to raise for whom).
+        let (sessions, id) = (Arc::downgrade(self), format!("{} of {client}", key.1));
         driver.on_refused(move |code| {
             if let Some(s) = sessions.upgrade() {
                 s.stream_refusals.engine(code, &id);
@@ -654,12 +661,6 @@ impl Sessions {
             driver.with(|s, now| s.start_draining(now));
         }
         let span = tracing::info_span!("session", id = %key.1);
-        // The client as its node's config names it: its key, its certificate's `sha256:`.
-        let client = match key.0 {
-            Some(k) if pki => wanmux_core::tls::spki_text(k.as_bytes()),
-            Some(k) => k.to_string(),
-            None => "a PSK holder".to_string(),
-        };
         span.in_scope(|| info!(%client, "session started"));
         tokio::spawn(serve_streams(driver.clone(), opened, self.clone()).instrument(span.clone()));
         tokio::spawn(self.clone().watch(key, driver.clone()).instrument(span));
