@@ -369,6 +369,14 @@ impl SessionDriver {
                     }
                 }
                 Event::BudgetReleased => self.shared.budget.wake_all(),
+                Event::WindowHeld { held, streams } => tracing::warn!(
+                    held_mib = held >> 20,
+                    streams,
+                    "streams whose applications do not read hold nearly all of this session's \
+                     limits.session_window: its other streams wait for them (an application \
+                     that stopped reading: a paused download, a hung service; each such stream \
+                     takes up to 2 MiB of the window, or raise limits.session_window)"
+                ),
                 Event::SessionOver => {
                     self.shared.peer_ended.store(true, Ordering::Release);
                     self.shared.links_changed.notify_waiters();

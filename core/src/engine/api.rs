@@ -183,6 +183,7 @@ impl Session {
             self.extend_grant(now, id, threshold, true);
             self.recv_session_consumed += n;
             self.maybe_grant_session();
+            self.check_window_held(now);
             return Ok(ReadChunk::Data(chunk));
         }
         if s.recv_final == Some(s.recv.read_offset()) {

@@ -118,6 +118,8 @@ fn unsent_bound(target: u64, bulk: usize) -> u64 {
 const SMALL_SEGMENT: usize = 2048;
 /// Lanes stay reserved this long after the last small interactive segment.
 const LANE_HOLD: Duration = Duration::from_secs(2);
+/// [`Event::WindowHeld`] at most this often per session.
+const WINDOW_HELD_EVERY: Duration = Duration::from_secs(60);
 /// Duplicates waiting for the second lane, at most.
 const MAX_LANE_DUPS: usize = 1024;
 /// A lane whose smoothed RTT is below this sends no copies of its small segments: on a path
@@ -254,6 +256,17 @@ pub enum Event {
     /// A link's ping went unanswered for too long (a blackholed path, a dead middlebox): the
     /// engine has removed it and queued what it carried for the other links. Close its socket.
     LinkTimedOut(LinkId),
+    /// Nine tenths of the session window (`session_window`, the credit the memory budget does
+    /// not cover) are held by bytes this end's applications have not read: the peer's other
+    /// streams will soon wait for them. At most once a minute, and again only once the held
+    /// bytes fell to half the window.
+    WindowHeld {
+        /// Bytes received (or granted and on their way) and not read, beyond the reserved
+        /// credit.
+        held: u64,
+        /// Streams holding bytes their applications have not read.
+        streams: usize,
+    },
 }
 
 /// What [`Session::stream_read`] found.
@@ -314,6 +327,10 @@ pub struct Session {
     /// [`stream::Stream::recv_reservation`] as of its last [`Session::note_reservation`]): the
     /// session credit covers it on top of `session_window` ([`Session::maybe_grant_session`]).
     recv_reserved: u64,
+    /// [`Event::WindowHeld`] was reported, and the held bytes have not yet fallen to half the
+    /// window since; and when it was last reported.
+    window_held: bool,
+    window_held_at: Option<Instant>,
     next_ping: u64,
     /// What the bulk streams together may hold unsent: [`Session::size_unsent_target`].
     unsent_target: u64,
@@ -400,6 +417,8 @@ impl Session {
             recv_session_used: 0,
             recv_session_consumed: 0,
             recv_reserved: 0,
+            window_held: false,
+            window_held_at: None,
             next_ping: 0,
             unsent_target: 0,
             resent: 0,

@@ -251,6 +251,7 @@ impl Session {
         if self.recv_session_used > self.recv_session_max {
             return Err(PeerError::SessionCreditExceeded);
         }
+        self.check_window_held(now);
         let mut s = self.streams.get_mut(&id).expect("peer_stream returned it");
         if s.is_reset() {
             self.recv_session_consumed += new;

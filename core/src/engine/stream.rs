@@ -5,7 +5,7 @@ use super::reorder::Reorder;
 use super::send::SendBuf;
 use super::{
     Event, Role, Session, StreamError, FIRST_GRANT_RTTS, INITIAL_STREAM_CREDIT, PENDING_MEMORY,
-    SEGMENT_WINDOW_BYTES, SMALL_SEGMENT,
+    SEGMENT_WINDOW_BYTES, SMALL_SEGMENT, WINDOW_HELD_EVERY,
 };
 use crate::budget::Pool;
 use crate::frame::Frame;
@@ -374,6 +374,33 @@ impl Session {
         if max >= self.recv_session_max + w / 2 {
             self.recv_session_max = max;
             self.session_window_dirty = true;
+        }
+    }
+
+    /// Reports [`Event::WindowHeld`] when unread bytes beyond the reserved credit reach nine
+    /// tenths of the session window (at most once a minute, and again only after they fell to
+    /// half of it): the one sign of a session whose other streams stall behind applications
+    /// that stopped reading.
+    pub(super) fn check_window_held(&mut self, now: Instant) {
+        let w = self.cfg.session_window;
+        let held = (self.recv_session_used - self.recv_session_consumed)
+            .saturating_sub(self.recv_reserved);
+        if self.window_held {
+            self.window_held = held > w / 2;
+            return;
+        }
+        let quiet = self
+            .window_held_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= WINDOW_HELD_EVERY);
+        if held >= w / 10 * 9 && quiet {
+            self.window_held = true;
+            self.window_held_at = Some(now);
+            let streams = self
+                .streams
+                .values()
+                .filter(|s| s.recv.buffered() > 0)
+                .count();
+            self.events.push_back(Event::WindowHeld { held, streams });
         }
     }
 

@@ -650,3 +650,57 @@ fn streams_that_stop_reading_leave_the_session_credit_to_the_others() {
     assert_eq!(s.recv_reserved, reserved);
     assert!(s.recv_session_max <= s.recv_session_consumed + INITIAL_SESSION_CREDIT + reserved);
 }
+
+/// Streams whose applications do not read, holding nine tenths of the session window: the
+/// session says so, once (a trial's stalled client logged nothing at either end).
+#[test]
+fn a_session_window_held_by_unread_streams_is_reported_once() {
+    let now = Instant::now();
+    let cfg = Config {
+        stream_window: INITIAL_STREAM_CREDIT,
+        session_window: INITIAL_SESSION_CREDIT,
+        ..Config::default()
+    };
+    let mut s = Session::new(Role::Server(NODE), cfg);
+    s.add_link(now, LINK);
+    let held = |s: &mut Session| {
+        std::iter::from_fn(|| s.poll_event())
+            .filter_map(|e| match e {
+                Event::WindowHeld { held, streams } => Some((held, streams)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let per = INITIAL_STREAM_CREDIT;
+    let streams = INITIAL_SESSION_CREDIT / per;
+    for i in 0..streams {
+        let open = Frame::Open {
+            stream: sid(i),
+            service: "svc".into(),
+            pin: false,
+        };
+        s.handle_message(now, LINK, msg(&[open])).unwrap();
+        let mut at = 0;
+        while at < per {
+            let n = (per - at).min(60_000);
+            s.handle_message(now, LINK, msg(&[data(sid(i), at, n as usize, false)]))
+                .expect("within credit");
+            at += n;
+        }
+        let events = held(&mut s);
+        if (i + 1) * per < INITIAL_SESSION_CREDIT / 10 * 9 {
+            assert!(events.is_empty(), "after {} streams: {events:?}", i + 1);
+        } else if (i + 1) * per - per < INITIAL_SESSION_CREDIT / 10 * 9 {
+            assert_eq!(events.len(), 1, "after {} streams: {events:?}", i + 1);
+            assert_eq!(events[0].1, usize::try_from(i + 1).unwrap());
+        } else {
+            assert!(events.is_empty(), "once: {events:?}");
+        }
+    }
+    // Read: the held bytes fall, and the report is armed again (for a minute from the last).
+    for i in 0..streams {
+        while let Ok(ReadChunk::Data(_)) = s.stream_read(now, sid(i), usize::MAX) {}
+    }
+    assert!(held(&mut s).is_empty());
+    assert!(!s.window_held);
+}
