@@ -1,7 +1,7 @@
 //! Slow readers and fast writers for backpressure tests: an application that writes as fast
 //! as its socket takes data, and one that reads 10 KiB/s, both hashing what they moved.
 
-use crate::harness::{Hashed, Tunnel};
+use crate::harness::{add_map, add_service, Auth, Hashed, Tunnel};
 use rand::{RngCore, SeedableRng};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,6 +11,24 @@ use tokio::net::{TcpListener, TcpStream};
 const SLOW_CHUNK: usize = 1024;
 /// ... this often: 10 KiB/s.
 const SLOW_EVERY: Duration = Duration::from_millis(100);
+
+/// A tunnel (static keys, 2 links) whose daemons both have these windows, with a map `raw` to
+/// a listener of the test's own, returned beside it: for connections the test plays both ends
+/// of ([`pair`]).
+pub async fn raw_tunnel(stream_window: u64, session_window: u64) -> (Tunnel, TcpListener) {
+    let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    let t = Tunnel::start_with(Auth::Static { psk: false }, 2, |s, c| {
+        for limits in [&mut s.limits, &mut c.limits] {
+            limits.stream_window = stream_window;
+            limits.session_window = session_window;
+        }
+        add_service(s, "raw", raw_addr);
+        add_map(c, "raw");
+    })
+    .await;
+    (t, raw)
+}
 
 /// A connection through the tunnel's map of `service` to `raw` (the client's end first) and the application
 /// server's end of it, told apart from other connections by the `tag` byte it starts with.

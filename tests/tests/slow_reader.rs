@@ -11,9 +11,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use wanmux_tests::harness::{add_map, add_service, eventually, rss_kib, within, Auth, Tunnel};
-use wanmux_tests::slow::{fast_write, pair, slow_read};
+use wanmux_tests::harness::{eventually, rss_kib, within, Tunnel};
+use wanmux_tests::slow::{fast_write, pair, raw_tunnel, slow_read};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -36,17 +35,7 @@ const RSS_SLACK_KIB: u64 = (2 * 2 * 2 * STREAM_WINDOW + 8 * MIB) / KIB;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_bound_buffering_in_both_directions() {
     within(Duration::from_secs(60), async {
-        let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let raw_addr = raw.local_addr().unwrap();
-        let mut t = Tunnel::start_with(Auth::Static { psk: false }, 2, |s, c| {
-            for limits in [&mut s.limits, &mut c.limits] {
-                limits.stream_window = STREAM_WINDOW;
-                limits.session_window = SESSION_WINDOW;
-            }
-            add_service(s, "raw", raw_addr);
-            add_map(c, "raw");
-        })
-        .await;
+        let (mut t, raw) = raw_tunnel(STREAM_WINDOW, SESSION_WINDOW).await;
         // Warm up the data path, the allocator's arenas and the runtime.
         t.check_transfer(8 * MIB, 8 * MIB, 1).await;
         let before = rss_kib();

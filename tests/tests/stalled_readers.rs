@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
-use wanmux_tests::harness::{add_map, add_service, eventually, within, Auth, Tunnel};
-use wanmux_tests::slow::pair;
+use wanmux_tests::harness::{eventually, within};
+use wanmux_tests::slow::{pair, raw_tunnel};
 
 const MIB: u64 = 1 << 20;
 const STREAM_WINDOW: u64 = 8 * MIB;
@@ -42,17 +41,7 @@ async fn uploads_a_service_does_not_read_leave_the_session_s_other_connections_m
 
 async fn other_connections_move(stalled: Stalled) {
     within(Duration::from_secs(60), async {
-        let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let raw_addr = raw.local_addr().unwrap();
-        let mut t = Tunnel::start_with(Auth::Static { psk: false }, 2, |s, c| {
-            for limits in [&mut s.limits, &mut c.limits] {
-                limits.stream_window = STREAM_WINDOW;
-                limits.session_window = SESSION_WINDOW;
-            }
-            add_service(s, "raw", raw_addr);
-            add_map(c, "raw");
-        })
-        .await;
+        let (mut t, raw) = raw_tunnel(STREAM_WINDOW, SESSION_WINDOW).await;
         // Connections whose readers never read: their writers write until the socket takes
         // no more.
         let written = Arc::new(AtomicU64::new(0));
