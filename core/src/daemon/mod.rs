@@ -721,7 +721,7 @@ pub fn canonical(peer: SocketAddr) -> SocketAddr {
 
 /// The accept loop's next connection. A failed accept is counted in `errors` (which logs it)
 /// and followed by a pause of [`ACCEPT_BACKOFF`], then the next try; out of file descriptors,
-/// the spare one is freed for the connection waiting first ([`SPARE_FD`]).
+/// the spare one the process keeps is freed for the connection waiting first.
 pub async fn accept(listener: &TcpListener, errors: &AcceptErrors) -> (TcpStream, SocketAddr) {
     loop {
         hold_spare_fd();
