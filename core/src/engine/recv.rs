@@ -251,6 +251,8 @@ impl Session {
         if self.recv_session_used > self.recv_session_max {
             return Err(PeerError::SessionCreditExceeded);
         }
+        // The peer's credit left shrank: what the reads and reservations since allow may be due.
+        self.maybe_grant_session();
         self.check_window_held(now);
         let mut s = self.streams.get_mut(&id).expect("peer_stream returned it");
         if s.is_reset() {

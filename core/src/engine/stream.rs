@@ -362,8 +362,10 @@ impl Session {
         }
     }
 
-    /// Extends the session credit once it can grow by half the window. It covers what the
-    /// application has read, `session_window` more, and the streams' reserved credit
+    /// Extends the session credit once it can grow by half the window, or by a sixteenth of it
+    /// while the peer has less than a quarter of the window left (so that a session whose
+    /// applications read little is not held up to half a window short of its due). It covers
+    /// what the application has read, `session_window` more, and the streams' reserved credit
     /// (`recv_reserved`): so the window bounds only the credit the memory budget does not
     /// cover (each stream's first 2 MiB), and streams whose applications stopped reading hold
     /// their own windows, in the budget, not the session's. A trial's client had 10-30
@@ -371,7 +373,9 @@ impl Session {
     pub(super) fn maybe_grant_session(&mut self) {
         let w = self.cfg.session_window;
         let max = self.recv_session_consumed + w + self.recv_reserved;
-        if max >= self.recv_session_max + w / 2 {
+        let grow = max.saturating_sub(self.recv_session_max);
+        let left = self.recv_session_max.saturating_sub(self.recv_session_used);
+        if grow >= w / 2 || (grow >= w / 16 && left < w / 4) {
             self.recv_session_max = max;
             self.session_window_dirty = true;
         }

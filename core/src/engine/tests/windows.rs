@@ -622,6 +622,16 @@ fn streams_that_stop_reading_leave_the_session_credit_to_the_others() {
             s.handle_message(now, LINK, msg(&[data(id, at, n as usize, false)]))
                 .expect("within credit");
             at += n;
+            // A peer near the end of its session credit is not held short of what is due by
+            // more than a sixteenth of the window (grants come in halves of it otherwise).
+            let due = s.recv_session_consumed + INITIAL_SESSION_CREDIT + s.recv_reserved;
+            let left = s.recv_session_max - s.recv_session_used;
+            assert!(
+                left >= INITIAL_SESSION_CREDIT / 4
+                    || due.saturating_sub(s.recv_session_max) < INITIAL_SESSION_CREDIT / 16,
+                "stream {i}: {left} bytes of credit left, {} due",
+                due.saturating_sub(s.recv_session_max)
+            );
         }
     }
     // 18-24 MiB unread, all but 2 MiB a stream reserved: a new stream gets its initial credit
@@ -703,4 +713,48 @@ fn a_session_window_held_by_unread_streams_is_reported_once() {
     }
     assert!(held(&mut s).is_empty());
     assert!(!s.window_held);
+}
+
+/// A peer out of session credit gets what the reads free once it is a sixteenth of the window,
+/// not only once it is half of it: a session whose applications read little (most of its
+/// streams stalled) was otherwise held up to half a window short of its due.
+#[test]
+fn a_peer_out_of_session_credit_gets_what_reads_free_before_half_the_window() {
+    let now = Instant::now();
+    let cfg = Config {
+        stream_window: INITIAL_STREAM_CREDIT,
+        session_window: INITIAL_SESSION_CREDIT,
+        ..Config::default()
+    };
+    let mut s = Session::new(Role::Server(NODE), cfg);
+    s.add_link(now, LINK);
+    let per = INITIAL_STREAM_CREDIT;
+    for i in 0..INITIAL_SESSION_CREDIT / per {
+        let open = Frame::Open {
+            stream: sid(i),
+            service: "svc".into(),
+            pin: false,
+        };
+        s.handle_message(now, LINK, msg(&[open])).unwrap();
+        let mut at = 0;
+        while at < per {
+            let n = (per - at).min(60_000);
+            s.handle_message(now, LINK, msg(&[data(sid(i), at, n as usize, false)]))
+                .expect("within credit");
+            at += n;
+        }
+    }
+    assert_eq!(
+        s.recv_session_used, s.recv_session_max,
+        "out of session credit"
+    );
+    // One stream's application reads its 2 MiB: an eighth of the window.
+    while let Ok(ReadChunk::Data(_)) = s.stream_read(now, sid(0), usize::MAX) {}
+    assert_eq!(s.recv_session_consumed, per);
+    // Granted as the reads free a sixteenth (before: at half the window, 8 MiB read).
+    assert!(
+        s.recv_session_max >= INITIAL_SESSION_CREDIT + INITIAL_SESSION_CREDIT / 16,
+        "granted: {}",
+        s.recv_session_max - INITIAL_SESSION_CREDIT
+    );
 }
