@@ -192,6 +192,16 @@ impl ClientHandle {
         self.cluster.stream_count()
     }
 
+    /// Application connections whose stream tasks still run, over all nodes: a stream the
+    /// engine ended (reset, say) is counted until its task closed the application's socket.
+    pub fn stream_tasks(&self) -> usize {
+        self.cluster
+            .nodes
+            .iter()
+            .map(|n| n.driver.stream_tasks())
+            .sum()
+    }
+
     /// The largest receive and send buffer of any one stream in any node's engine, bytes (each
     /// is bounded by `limits.stream_window`).
     pub fn max_stream_buffered(&self) -> (u64, u64) {
