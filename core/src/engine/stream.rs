@@ -387,7 +387,9 @@ impl Session {
     /// that stopped reading.
     pub(super) fn check_window_held(&mut self, now: Instant) {
         let w = self.cfg.session_window;
-        let held = (self.recv_session_used - self.recv_session_consumed)
+        let held = self
+            .recv_session_used
+            .saturating_sub(self.recv_session_consumed)
             .saturating_sub(self.recv_reserved);
         if self.window_held {
             self.window_held = held > w / 2;
