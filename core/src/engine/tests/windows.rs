@@ -578,6 +578,39 @@ fn the_unsent_bound_follows_what_the_links_hold() {
     assert_eq!(c.stream_send_capacity(a), Ok(UNSENT_MIN as usize));
 }
 
+/// A server session with these windows and one link.
+fn session_with(stream_window: u64, session_window: u64) -> (Session, Instant) {
+    let now = Instant::now();
+    let cfg = Config {
+        stream_window,
+        session_window,
+        ..Config::default()
+    };
+    let mut s = Session::new(Role::Server(NODE), cfg);
+    s.add_link(now, LINK);
+    (s, now)
+}
+
+/// The peer opens stream `id` (its `OPEN`: a stream without one may hold `PENDING_MEMORY`).
+fn open_stream(s: &mut Session, now: Instant, id: StreamId) {
+    let open = Frame::Open {
+        stream: id,
+        service: "svc".into(),
+        pin: false,
+    };
+    s.handle_message(now, LINK, msg(&[open])).unwrap();
+}
+
+/// The peer sends stream `id`'s bytes from `at` up to `to`, in frames of 60,000.
+fn send_up_to(s: &mut Session, now: Instant, id: StreamId, mut at: u64, to: u64) {
+    while at < to {
+        let n = (to - at).min(60_000);
+        s.handle_message(now, LINK, msg(&[data(id, at, n as usize, false)]))
+            .expect("within credit");
+        at += n;
+    }
+}
+
 /// Streams whose applications stopped reading hold their own windows, reserved in the memory
 /// budget, not the session's: the session credit covers the streams' reserved credit on top of
 /// `session_window`, so a new stream still gets its initial credit's worth through. Before, the
@@ -585,24 +618,12 @@ fn the_unsent_bound_follows_what_the_links_hold() {
 /// windows filled a 16 MiB session window (a trial's client: every other connection stalled).
 #[test]
 fn streams_that_stop_reading_leave_the_session_credit_to_the_others() {
-    let now = Instant::now();
-    let cfg = Config {
-        stream_window: 8 << 20,
-        session_window: INITIAL_SESSION_CREDIT,
-        ..Config::default()
-    };
-    let mut s = Session::new(Role::Server(NODE), cfg);
-    s.add_link(now, LINK);
+    let (mut s, now) = session_with(8 << 20, INITIAL_SESSION_CREDIT);
     // Three bulk streams whose readers keep up until their windows reach 8 MiB, then stop:
     // the peer fills each stream's credit, within the session credit it was given.
     for i in 0..3 {
         let id = sid(i);
-        let open = Frame::Open {
-            stream: id,
-            service: "svc".into(),
-            pin: false,
-        };
-        s.handle_message(now, LINK, msg(&[open])).unwrap();
+        open_stream(&mut s, now, id);
         let (ahead, _) = stream_credit_grows(&mut s, now, id, 32 << 20);
         assert_eq!(ahead, 8 << 20, "stream {i}'s window grew to 8 MiB");
         // The peer sends up to the stream's credit, which the session credit it was given
@@ -641,12 +662,7 @@ fn streams_that_stop_reading_leave_the_session_credit_to_the_others() {
         assert!(!s.streams[&sid(i)].is_reset(), "stream {i} was refused");
     }
     let id = sid(3);
-    let open = Frame::Open {
-        stream: id,
-        service: "svc".into(),
-        pin: false,
-    };
-    s.handle_message(now, LINK, msg(&[open])).unwrap();
+    open_stream(&mut s, now, id);
     assert!(s.recv_session_used + INITIAL_STREAM_CREDIT <= s.recv_session_max);
     s.handle_message(now, LINK, msg(&[data(id, 0, 60_000, false)]))
         .expect("a new stream's data is within the session credit");
@@ -665,14 +681,7 @@ fn streams_that_stop_reading_leave_the_session_credit_to_the_others() {
 /// session says so, once (a trial's stalled client logged nothing at either end).
 #[test]
 fn a_session_window_held_by_unread_streams_is_reported_once() {
-    let now = Instant::now();
-    let cfg = Config {
-        stream_window: INITIAL_STREAM_CREDIT,
-        session_window: INITIAL_SESSION_CREDIT,
-        ..Config::default()
-    };
-    let mut s = Session::new(Role::Server(NODE), cfg);
-    s.add_link(now, LINK);
+    let (mut s, now) = session_with(INITIAL_STREAM_CREDIT, INITIAL_SESSION_CREDIT);
     let held = |s: &mut Session| {
         std::iter::from_fn(|| s.poll_event())
             .filter_map(|e| match e {
@@ -684,19 +693,8 @@ fn a_session_window_held_by_unread_streams_is_reported_once() {
     let per = INITIAL_STREAM_CREDIT;
     let streams = INITIAL_SESSION_CREDIT / per;
     for i in 0..streams {
-        let open = Frame::Open {
-            stream: sid(i),
-            service: "svc".into(),
-            pin: false,
-        };
-        s.handle_message(now, LINK, msg(&[open])).unwrap();
-        let mut at = 0;
-        while at < per {
-            let n = (per - at).min(60_000);
-            s.handle_message(now, LINK, msg(&[data(sid(i), at, n as usize, false)]))
-                .expect("within credit");
-            at += n;
-        }
+        open_stream(&mut s, now, sid(i));
+        send_up_to(&mut s, now, sid(i), 0, per);
         let events = held(&mut s);
         if (i + 1) * per < INITIAL_SESSION_CREDIT / 10 * 9 {
             assert!(events.is_empty(), "after {} streams: {events:?}", i + 1);
@@ -720,29 +718,11 @@ fn a_session_window_held_by_unread_streams_is_reported_once() {
 /// streams stalled) was otherwise held up to half a window short of its due.
 #[test]
 fn a_peer_out_of_session_credit_gets_what_reads_free_before_half_the_window() {
-    let now = Instant::now();
-    let cfg = Config {
-        stream_window: INITIAL_STREAM_CREDIT,
-        session_window: INITIAL_SESSION_CREDIT,
-        ..Config::default()
-    };
-    let mut s = Session::new(Role::Server(NODE), cfg);
-    s.add_link(now, LINK);
+    let (mut s, now) = session_with(INITIAL_STREAM_CREDIT, INITIAL_SESSION_CREDIT);
     let per = INITIAL_STREAM_CREDIT;
     for i in 0..INITIAL_SESSION_CREDIT / per {
-        let open = Frame::Open {
-            stream: sid(i),
-            service: "svc".into(),
-            pin: false,
-        };
-        s.handle_message(now, LINK, msg(&[open])).unwrap();
-        let mut at = 0;
-        while at < per {
-            let n = (per - at).min(60_000);
-            s.handle_message(now, LINK, msg(&[data(sid(i), at, n as usize, false)]))
-                .expect("within credit");
-            at += n;
-        }
+        open_stream(&mut s, now, sid(i));
+        send_up_to(&mut s, now, sid(i), 0, per);
     }
     assert_eq!(
         s.recv_session_used, s.recv_session_max,
