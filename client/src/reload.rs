@@ -281,7 +281,10 @@ fn kept_settings(running: &ClientConfig, new: &ClientConfig) -> Vec<&'static str
             || running.congestion != new.congestion,
         "[links]",
     );
-    check(running.limits != new.limits, "[limits]");
+    // By key: a trial's reload said only "[limits]".
+    for key in running.limits.changed_keys(&new.limits) {
+        check(true, key);
+    }
     check(
         running.handshake_timeout != new.handshake_timeout,
         "client.handshake_timeout_ms",

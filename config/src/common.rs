@@ -331,6 +331,42 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// The keys of `[limits]` whose values differ in `other` (`limits.stream_window`, ...), for
+    /// a reload to name what it keeps until a restart.
+    pub fn changed_keys(&self, other: &Limits) -> Vec<&'static str> {
+        // Every field by name: a new one does not compile until it is listed here.
+        let Limits {
+            stream_window,
+            session_window,
+            max_streams,
+            memory,
+            max_sessions,
+            max_sessions_per_client,
+            max_links_per_session,
+        } = *self;
+        [
+            ("limits.stream_window", stream_window != other.stream_window),
+            (
+                "limits.session_window",
+                session_window != other.session_window,
+            ),
+            ("limits.max_streams", max_streams != other.max_streams),
+            ("limits.memory", memory != other.memory),
+            ("limits.max_sessions", max_sessions != other.max_sessions),
+            (
+                "limits.max_sessions_per_client",
+                max_sessions_per_client != other.max_sessions_per_client,
+            ),
+            (
+                "limits.max_links_per_session",
+                max_links_per_session != other.max_links_per_session,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
+
     /// Default `stream_window`: 64 MiB (at most half of `memory`). A stream striped over
     /// paths of unequal delay needs credit for what the slowest path (and its retransmissions)
     /// still has in flight while the fast paths go on: in the WAN lab's cluster scenario H
