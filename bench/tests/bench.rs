@@ -295,8 +295,13 @@ async fn corrupted_framing_and_trailer_fail() {
                 .await
                 .unwrap_err();
             let text = format!("{err} / {err:?}");
+            // A record length made longer than its record can leave the reader waiting for
+            // bytes that never come: a stall is that failure's other form (a clean-clone CI
+            // run saw it once).
+            let misaligned = at == 4 + 131_072 + 3 && matches!(err, BenchError::Stalled { .. });
             assert!(
-                matches!(err, BenchError::Verify { .. } | BenchError::Protocol { .. }),
+                matches!(err, BenchError::Verify { .. } | BenchError::Protocol { .. })
+                    || misaligned,
                 "reverse={reverse} at={at}: {text}"
             );
             assert!(text.contains(expect), "reverse={reverse} at={at}: {text}");
