@@ -57,7 +57,7 @@ impl Fds {
                 let open = match open_fds() {
                     Ok(n) => n,
                     // Reading the count takes a descriptor: none left is the answer.
-                    Err(e) if matches!(e.raw_os_error(), Some(24 | 23)) => self.limit,
+                    Err(e) if wanmux_core::daemon::out_of_fds(&e) => self.limit,
                     Err(_) => counted.1,
                 };
                 *counted = (Instant::now(), open);

@@ -217,11 +217,7 @@ impl Sessions {
             .map(|(k, e)| (*k, e.driver.clone(), e.pki))
             .collect();
         for ((client, id), driver, pki) in sessions {
-            let peer = match client {
-                None => "psk".to_owned(),
-                Some(k) if pki => wanmux_core::tls::spki_text(k.as_bytes()),
-                Some(k) => k.to_base64(),
-            };
+            let peer = client_name(client, pki).unwrap_or_else(|| "psk".to_owned());
             st.sessions
                 .push(SessionStatus::of(&driver, id.to_string(), peer));
         }
@@ -643,12 +639,7 @@ impl Sessions {
         let session = Session::with_budget(Role::Server(node), (*limits).into(), budget.clone());
         let (driver, opened) =
             SessionDriver::start_counted(session, &self.budget_signal, self.counters.clone());
-        // The client as its node's config names it: its key, its certificate's `sha256:`.
-        let client = match key.0 {
-            Some(k) if pki => wanmux_core::tls::spki_text(k.as_bytes()),
-            Some(k) => k.to_string(),
-            None => "a PSK holder".to_string(),
-        };
+        let client = client_name(key.0, pki).unwrap_or_else(|| "a PSK holder".to_owned());
         // Weak: the table holds the driver, which must not hold the table. The refusals' lines
         // name the session and its client (which limit to raise for whom).
         let (sessions, id) = (Arc::downgrade(self), format!("{} of {client}", key.1));
@@ -721,6 +712,15 @@ impl Sessions {
             return;
         }
     }
+}
+
+/// A session's client as its node's config names it: its key, or its certificate's `sha256:`
+/// identity in PKI mode; `None` in PSK-only mode (no client keys).
+fn client_name(key: Option<wanmux_core::keys::PublicKey>, pki: bool) -> Option<String> {
+    key.map(|k| match pki {
+        true => wanmux_core::tls::spki_text(k.as_bytes()),
+        false => k.to_base64(),
+    })
 }
 
 /// What the node remembers of a session that ended.

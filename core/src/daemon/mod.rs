@@ -702,7 +702,7 @@ pub(crate) fn free_spare_fd() -> bool {
 }
 
 /// Whether `e` says the process (EMFILE) or the system (ENFILE) is out of file descriptors.
-pub(crate) fn out_of_fds(e: &io::Error) -> bool {
+pub fn out_of_fds(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(24 | 23))
 }
 

@@ -324,7 +324,7 @@ pub struct Session {
     recv_session_used: u64,
     recv_session_consumed: u64,
     /// The streams' reserved receive credit together (each stream's
-    /// [`stream::Stream::recv_reservation`] as of its last [`Session::note_reservation`]): the
+    /// [`stream::Stream::recv_reservation`] as of its last `recount_reservation`): the
     /// session credit covers it on top of `session_window` ([`Session::maybe_grant_session`]).
     recv_reserved: u64,
     /// [`Event::WindowHeld`] was reported, and the held bytes have not yet fallen to half the

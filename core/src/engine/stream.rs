@@ -138,6 +138,13 @@ impl Stream {
         }
     }
 
+    /// Brings [`Stream::reserved`] up to its [`Stream::recv_reservation`] now, for the session's
+    /// sum (`Session::recv_reserved`): the value counted before and the one now.
+    pub(super) fn recount_reservation(&mut self) -> (u64, u64) {
+        let now = self.recv_reservation();
+        (std::mem::replace(&mut self.reserved, now), now)
+    }
+
     /// What the stream's receive side must hold of the budget: the credit reserved beyond the
     /// first 2 MiB, or the memory its reorder buffer holds (bytes, what copies allocated and
     /// each segment's overhead), whichever is more.
@@ -290,7 +297,8 @@ impl Session {
                 s.window_dirty = true;
                 self.dirty_windows.push_back(id);
             }
-            self.note_reservation(id);
+            let (was, now) = s.recount_reservation();
+            self.recv_reserved = self.recv_reserved - was + now;
             self.maybe_grant_session();
         }
     }
@@ -410,16 +418,6 @@ impl Session {
         }
     }
 
-    /// Counts stream `id`'s reserved credit in `recv_reserved` as it is now (after a grant, a
-    /// read, a reset).
-    pub(super) fn note_reservation(&mut self, id: StreamId) {
-        if let Some(s) = self.streams.get_mut(&id) {
-            let now = s.recv_reservation();
-            self.recv_reserved = self.recv_reserved - s.reserved + now;
-            s.reserved = now;
-        }
-    }
-
     /// Removes a stream whose both directions are done.
     pub(super) fn maybe_remove(&mut self, id: StreamId) {
         let Some(s) = self.streams.get(&id) else {
@@ -491,10 +489,12 @@ impl Session {
     /// does not, or when the stream or the session holds more segments than allowed: the
     /// caller refuses the stream (`RESET` code 5).
     pub(super) fn account_recv(&mut self, id: StreamId) -> bool {
-        self.note_reservation(id);
         let Some(s) = self.streams.get_mut(&id) else {
             return true;
         };
+        // After a read, an arrival or a reset: its reservation as `recv_reserved` counts it.
+        let (was, now) = s.recount_reservation();
+        self.recv_reserved = self.recv_reserved - was + now;
         let segments = if s.is_reset() { 0 } else { s.recv.segments() };
         self.recv_segments = self.recv_segments - s.segments + segments;
         s.segments = segments;
