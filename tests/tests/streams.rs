@@ -441,16 +441,32 @@ async fn a_stream_whose_application_left_after_the_reply_came_ends_at_both_ends(
         svc.read_to_end(&mut request)
             .await
             .expect("read the request");
-        // More than the sockets between the client daemon and the application hold, so that
-        // the daemon is still writing it when the application goes.
-        svc.write_all(&vec![0x5A; 8 * MIB as usize])
-            .await
-            .expect("reply");
-        drop(svc);
-        assert!(
-            eventually(PROMPT, || t.server.stream_count() == 0).await,
-            "the node finished the stream"
-        );
+        // Far more than the client daemon holds for an application that does not read (its
+        // stream's window and the sockets to the application), so the node has to wait for
+        // the application: it reads a little at a time until the node has sent the last byte
+        // and its FIN and heard them acked. Then the client daemon still holds what its
+        // window took in last, beyond what the sockets to the application hold. (How much the
+        // daemon takes in unread depends on socket autotuning and scheduling, so the test
+        // does not guess it: a CI run saw a plain 8 MiB reply never finish at the node.)
+        let reply = 16 * MIB as usize;
+        let writer = tokio::spawn(async move {
+            svc.write_all(&vec![0x5A; reply]).await.expect("reply");
+            drop(svc);
+        });
+        let mut chunk = vec![0u8; 16 * KIB as usize];
+        let mut taken = 0;
+        let deadline = Instant::now() + LIMIT / 2;
+        while !(writer.is_finished() && t.server.stream_count() == 0) {
+            assert!(Instant::now() < deadline, "the node finished the stream");
+            let n = app.read(&mut chunk).await.expect("read the reply");
+            assert!(
+                n > 0,
+                "the reply ended at {taken} of {reply} bytes, unread by design"
+            );
+            taken += n;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(taken < reply, "the application read the whole reply");
         assert_eq!(
             t.client.stream_count(),
             1,
