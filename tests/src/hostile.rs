@@ -307,10 +307,10 @@ pub mod wire {
         out.extend_from_slice(&final_size.to_be_bytes());
     }
 
-    /// What a hostile client reads from a node's frames: pings to answer, pongs it waits for.
-    /// `None` for a message it cannot parse.
-    pub fn pings_and_pongs(mut msg: &[u8]) -> Option<(Vec<u64>, Vec<u64>)> {
-        let (mut pings, mut pongs) = (Vec::new(), Vec::new());
+    /// What a hostile client reads from a node's message: pings to answer, pongs it waits for,
+    /// and the code of a `CLOSE`. `None` for a message it cannot parse.
+    pub fn read_message(mut msg: &[u8]) -> Option<NodeFrames> {
+        let mut read = NodeFrames::default();
         let u64_at = |b: &[u8], at: usize| -> Option<u64> {
             Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
         };
@@ -328,13 +328,25 @@ pub mod wire {
                 _ => return None,
             };
             match kind {
-                0x01 => pings.push(u64_at(msg, 1)?),
-                0x02 => pongs.push(u64_at(msg, 1)?),
+                0x01 => read.pings.push(u64_at(msg, 1)?),
+                0x02 => read.pongs.push(u64_at(msg, 1)?),
+                0x03 => read.close = Some(u16::from_be_bytes(msg.get(1..3)?.try_into().ok()?)),
                 _ => {}
             }
             msg = msg.get(len..)?;
         }
-        Some((pings, pongs))
+        Some(read)
+    }
+
+    /// The frames of one node message that a hostile client acts on ([`read_message`]).
+    #[derive(Debug, Default)]
+    pub struct NodeFrames {
+        /// Tokens of the node's `PING`s.
+        pub pings: Vec<u64>,
+        /// Tokens of the node's `PONG`s.
+        pub pongs: Vec<u64>,
+        /// The code of the node's `CLOSE`, if it sent one.
+        pub close: Option<u16>,
     }
 }
 
@@ -348,6 +360,8 @@ pub struct RawLink {
     msg: Vec<u8>,
     pings: tokio::sync::mpsc::UnboundedReceiver<u64>,
     pongs: tokio::sync::mpsc::UnboundedReceiver<u64>,
+    /// The code of the node's `CLOSE` on this link, once one came.
+    close: tokio::sync::watch::Receiver<Option<u16>>,
     reader: tokio::task::JoinHandle<()>,
     /// Whether the reader still pauses after each message ([`Dial::pace`]).
     pacing: Arc<AtomicBool>,
@@ -492,13 +506,14 @@ impl RawLink {
             wanmux_core::noise::connect(tcp, auth, &hello, &PING, HANDSHAKE_LIMIT).await?;
         let (ping_tx, pings) = tokio::sync::mpsc::unbounded_channel();
         let (pong_tx, pongs) = tokio::sync::mpsc::unbounded_channel();
+        let (close_tx, close) = tokio::sync::watch::channel(None);
         let (unread, pace) = (dial.unread, dial.pace);
         let pacing = Arc::new(AtomicBool::new(pace.is_some()));
         let paced = pacing.clone();
         let reader = tokio::spawn(async move {
             if unread {
                 // Holds the reading half (and the senders) without reading.
-                let _held = (rd, ping_tx, pong_tx);
+                let _held = (rd, ping_tx, pong_tx, close_tx);
                 return std::future::pending().await;
             }
             while let Ok(Some(msg)) = rd.recv().await {
@@ -509,14 +524,17 @@ impl RawLink {
                     // A routed message (other owners' sections, or ROUTE_DOWN): skipped.
                     continue;
                 }
-                let Some((pi, po)) = wire::pings_and_pongs(&msg) else {
+                let Some(read) = wire::read_message(&msg) else {
                     return;
                 };
-                for t in pi {
+                for t in read.pings {
                     let _ = ping_tx.send(t);
                 }
-                for t in po {
+                for t in read.pongs {
                     let _ = pong_tx.send(t);
+                }
+                if let Some(code) = read.close {
+                    let _ = close_tx.send(Some(code));
                 }
             }
         });
@@ -525,6 +543,7 @@ impl RawLink {
             msg: Vec::with_capacity(MESSAGE),
             pings,
             pongs,
+            close,
             reader,
             pacing,
             next_token: 1 << 32,
@@ -574,6 +593,20 @@ impl RawLink {
     /// node's dead timer however long the paced reading let the queue grow.
     pub fn stop_pacing(&self) {
         self.pacing.store(false, Ordering::Relaxed);
+    }
+
+    /// The code of the `CLOSE` the node sent on this link (for example
+    /// `wanmux_core::frame::close::NO_MEMORY` for a link it refused), if one came.
+    pub fn close_code(&self) -> Option<u16> {
+        *self.close.borrow()
+    }
+
+    /// [`RawLink::close_code`], waiting up to `limit` for the node's `CLOSE` to be read (after
+    /// a write failed, the reader may not have come to it yet).
+    pub async fn close_code_within(&mut self, limit: Duration) -> Option<u16> {
+        let closed = self.close.wait_for(Option::is_some);
+        let _ = tokio::time::timeout(limit, closed).await;
+        self.close_code()
     }
 
     /// Writes everything added so far.

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 use wanmux_core::budget::Pool;
+use wanmux_core::frame::close;
 use wanmux_tests::harness::{rss_kib, within};
 use wanmux_tests::hostile::{alone, wire, Attack, RawLink};
 
@@ -24,28 +25,48 @@ fn six_sessions_of_data_without_open() {
         let before = rss_kib();
         let payload = vec![0x5A; CHUNK as usize];
         let mut frame = Vec::new();
-        for _ in 0..SESSIONS {
+        let mut refused = 0;
+        for n in 0..SESSIONS {
             let mut link = RawLink::connect(server, auth, rand::random(), 0)
                 .await
                 .expect("an allowed client's handshake");
-            for s in 0..STREAMS {
-                let mut offset = 0;
-                while offset < PER_STREAM {
-                    let n = CHUNK.min(PER_STREAM - offset) as usize;
-                    frame.clear();
-                    wire::data(&mut frame, wire::stream(s), offset, &payload[..n]);
-                    link.send(&frame).await.expect("send");
-                    offset += n as u64;
+            let sent = async {
+                for s in 0..STREAMS {
+                    let mut offset = 0;
+                    while offset < PER_STREAM {
+                        let n = CHUNK.min(PER_STREAM - offset) as usize;
+                        frame.clear();
+                        wire::data(&mut frame, wire::stream(s), offset, &payload[..n]);
+                        link.send(&frame).await?;
+                        offset += n as u64;
+                    }
                 }
+                // Processed; the session outlives its link (its grace period).
+                link.sync(Duration::from_secs(30)).await
             }
-            // Processed; the session outlives its link (its grace period).
-            link.sync(Duration::from_secs(30)).await.expect("sync");
+            .await;
+            if let Err(e) = sent {
+                // The earlier sessions' data may still hold the client's share of the memory
+                // cap (their streams wait for an OPEN until their pending lifetime ends): then
+                // the node refuses the link, which is the cap at work. Anything else is not.
+                let code = link.close_code_within(Duration::from_secs(5)).await;
+                assert_eq!(
+                    code,
+                    Some(close::NO_MEMORY),
+                    "session {n}: the link failed ({e}) without the node's refusal for memory"
+                );
+                refused += 1;
+            }
         }
+        assert!(
+            refused <= SESSIONS / 2,
+            "{refused} of {SESSIONS} sessions refused"
+        );
         let after = rss_kib();
         let used = attack.tunnel.server.budget().used(Pool::Recv);
         println!(
             "VmRSS before {before} KiB, after {SESSIONS} sessions of data without OPEN {after} \
-             KiB; receive pool {used} bytes"
+             KiB; receive pool {used} bytes; {refused} sessions refused for memory"
         );
         assert!(
             used <= attack.tunnel.server.budget().cap(),
