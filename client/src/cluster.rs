@@ -14,6 +14,7 @@ use crate::dial::{self, SharedState};
 use crate::route::Routes;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -119,6 +120,8 @@ pub(crate) struct Cluster {
     pub(crate) routes: Arc<Routes>,
     /// Connections refused for want of a link, logged as counts.
     refused: Tally<SocketAddr>,
+    /// ... and counted since start (`status`: `no_link`).
+    no_link: AtomicU64,
 }
 
 /// Refusals are logged at most this often, as a count.
@@ -137,6 +140,7 @@ impl Cluster {
                     "no link to any node: application connections refused (client.no_link_hold_ms)"
                 );
             }),
+            no_link: AtomicU64::new(0),
         }
     }
 
@@ -158,6 +162,8 @@ impl Cluster {
     /// Refuses an application connection with a reset (`SO_LINGER` 0): no node is reachable.
     /// Logged as a count at most every [`REFUSAL_LOG_EVERY`], none left out.
     pub(crate) fn refuse(&self, tcp: tokio::net::TcpStream, peer: SocketAddr) {
+        // Counted before the reset: whoever sees it sees the count too.
+        self.no_link.fetch_add(1, Ordering::Relaxed);
         let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
         drop(tcp);
         tracing::debug!(%peer, "connection refused: no link to any node");
@@ -216,6 +222,14 @@ impl Cluster {
                 .push(SessionStatus::of(&n.driver, id, format!("node {}", n.id.0)));
         }
         st.totals = totals.into();
+        // The application connections reset for want of a link, or for a node's refusal.
+        st.stream_refusals
+            .insert("no_link".into(), self.no_link.load(Ordering::Relaxed));
+        for n in &self.nodes {
+            for (why, count) in n.driver.stream_refusals() {
+                *st.stream_refusals.entry(why.into()).or_default() += count;
+            }
+        }
         if self.nodes.len() > 1 {
             st.relayed = self
                 .nodes

@@ -34,9 +34,11 @@ pub struct Status {
     /// the links it refused. Every reason the daemon knows is listed, failed or not.
     #[serde(default)]
     pub handshake_failures: BTreeMap<String, u64>,
-    /// Node: streams it refused since start, by reason (`unknown_service`,
-    /// `service_connect_failed`, `service_connect_timeout`, `draining`, `stream_limit`, `memory`,
-    /// `no_open`). Empty on the client.
+    /// Streams refused since start, by reason. Node: the streams it refused
+    /// (`unknown_service`, `service_connect_failed`, `service_connect_timeout`, `draining`,
+    /// `stream_limit`, `memory`, `no_open`). Client: the application connections it reset
+    /// because no link to any node came up in time (`no_link`) or because the node refused
+    /// their streams (`unknown_service`, `service_connect_failed`, `stream_limit`).
     #[serde(default)]
     pub stream_refusals: BTreeMap<String, u64>,
     /// Config reloads (SIGHUP) since start.
@@ -353,7 +355,12 @@ impl Status {
             t.links_opened,
         );
         counts_line(&mut out, "failed handshakes", &self.handshake_failures);
-        counts_line(&mut out, "streams refused", &self.stream_refusals);
+        let refused = if self.daemon == "client" {
+            "connections reset (streams refused)"
+        } else {
+            "streams refused"
+        };
+        counts_line(&mut out, refused, &self.stream_refusals);
         let r = &self.reloads;
         if r.applied + r.refused > 0 {
             let _ = writeln!(
@@ -551,9 +558,11 @@ impl Status {
         if !self.stream_refusals.is_empty() {
             let refused = f.counter(
                 "wanmux_stream_refusals_total",
-                "Node: streams it refused since start, by reason (unknown_service, \
-                 service_connect_failed, service_connect_timeout, draining, stream_limit, \
-                 memory, no_open).",
+                "Streams refused since start, by reason. Node: the streams it refused \
+                 (unknown_service, service_connect_failed, service_connect_timeout, draining, \
+                 stream_limit, memory, no_open). Client: the application connections it reset \
+                 for want of a link (no_link) or for the node's refusal (unknown_service, \
+                 service_connect_failed, stream_limit).",
                 &["reason"],
             );
             for (reason, n) in &self.stream_refusals {

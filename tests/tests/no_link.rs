@@ -39,6 +39,17 @@ async fn connections_are_refused_after_the_hold_when_no_node_is_reachable() {
                 took >= hold && took < hold + Duration::from_secs(2),
                 "refused after {took:?} with a hold of {hold:?}"
             );
+            // Counted for the operator: `status` and `wanmux_stream_refusals_total`.
+            let refusals = client.status().stream_refusals;
+            assert_eq!(refusals["no_link"], 1, "{refusals:?}");
+            assert!(
+                client
+                    .status()
+                    .to_text()
+                    .contains("connections reset (streams refused): no_link 1"),
+                "{}",
+                client.status().to_text()
+            );
             client.shutdown();
         }
     })

@@ -360,6 +360,13 @@ async fn a_burst_over_the_stream_limit_is_refused_and_the_session_goes_on() {
             "{:?}",
             t.server.status().stream_refusals
         );
+        // The client counts the connections it reset for them, for its operator.
+        let reset = || t.client.status().stream_refusals["stream_limit"];
+        assert!(
+            eventually(PROMPT, || reset() == 3 * (10 - MAX as u64)).await,
+            "the client counted {}",
+            reset()
+        );
     })
     .await;
 }
@@ -388,6 +395,28 @@ async fn service_failures_are_logged_and_counted() {
         let refusals = t.server.status().stream_refusals;
         assert_eq!(refusals["service_connect_failed"], 3, "{refusals:?}");
         assert_eq!(refusals["unknown_service"], 3, "{refusals:?}");
+        // The client counts the connections it reset, by the node's reason, every reason
+        // listed (a metric exists before its first event).
+        let counted = || t.client.status().stream_refusals;
+        let expected = [
+            ("no_link", 0),
+            ("service_connect_failed", 3),
+            ("stream_limit", 0),
+            ("unknown_service", 3),
+        ];
+        let expected = expected.map(|(k, v)| (k.to_owned(), v)).into();
+        assert!(
+            eventually(PROMPT, || counted() == expected).await,
+            "{:?}",
+            counted()
+        );
+        let text = t.client.status().to_text();
+        assert!(
+            text.contains(
+                "connections reset (streams refused): service_connect_failed 3, unknown_service 3"
+            ),
+            "{text}"
+        );
         let line = logs
             .wait_for(&["WARN", "cannot connect to the service"], PROMPT)
             .await;

@@ -25,7 +25,7 @@ pub use counters::{Counters, Totals};
 use crate::engine::{Event, Gathered, MessageBuf, Session};
 use crate::ids::{LinkId, StreamId};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
@@ -779,6 +779,16 @@ impl SessionDriver {
         let _ = self.shared.peer_node.set(node);
     }
 
+    /// Client: the streams the node refused since this driver was made, by reason (labels as the
+    /// node's `wanmux_stream_refusals_total`: `unknown_service`, `service_connect_failed`,
+    /// `stream_limit`), every reason listed. Each one reset an application's connection.
+    pub fn stream_refusals(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        let counts = &self.shared.refusals.counts;
+        Refusals::LABELS
+            .into_iter()
+            .zip(counts.iter().map(|n| n.load(Ordering::Relaxed)))
+    }
+
     /// Client: the node said it is stopping (`DRAINING`) and refuses new streams; a restart
     /// of the session (the node came back under a new epoch) clears it.
     pub fn peer_draining(&self) -> bool {
@@ -831,11 +841,14 @@ impl SessionDriver {
     }
 }
 
-/// The client's view of the streams a node refused, one `warn` line per reason at most every
-/// 10 s with the count (`lograte`): the node's operator sees its own lines, this is for the
+/// The client's view of the streams a node refused: counted by reason (for `status` and the
+/// metrics, [`SessionDriver::stream_refusals`]), and one `warn` line per reason at most every
+/// 10 s with the count (`lograte`). The node's operator sees its own lines, these are for the
 /// client's, whose map may name a service the node does not have.
 #[derive(Debug)]
 struct Refusals {
+    /// By reason, in the order of [`Refusals::LABELS`].
+    counts: [AtomicU64; 3],
     unknown: crate::lograte::Tally<StreamId>,
     unreachable: crate::lograte::Tally<StreamId>,
     full: crate::lograte::Tally<StreamId>,
@@ -845,6 +858,7 @@ impl Default for Refusals {
     fn default() -> Self {
         const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
         Refusals {
+            counts: Default::default(),
             unknown: crate::lograte::Tally::new(EVERY, |n, s| {
                 tracing::warn!(
                     node = s.owner().0,
@@ -872,14 +886,19 @@ impl Default for Refusals {
 }
 
 impl Refusals {
+    /// The reasons' labels in `status` and the metrics: the node's own for the same refusals.
+    const LABELS: [&'static str; 3] = ["unknown_service", "service_connect_failed", "stream_limit"];
+
     fn hit(&self, code: u16, stream: StreamId) {
         use crate::frame::reset;
-        match code {
-            reset::UNKNOWN_SERVICE => self.unknown.hit(stream),
-            reset::CONNECT_FAILED => self.unreachable.hit(stream),
-            reset::TOO_MANY_STREAMS => self.full.hit(stream),
-            _ => {}
-        }
+        let (i, tally) = match code {
+            reset::UNKNOWN_SERVICE => (0, &self.unknown),
+            reset::CONNECT_FAILED => (1, &self.unreachable),
+            reset::TOO_MANY_STREAMS => (2, &self.full),
+            _ => return,
+        };
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        tally.hit(stream);
     }
 }
 
