@@ -145,7 +145,8 @@ pub struct TotalsView {
     pub link_received_bytes: u64,
     /// Streams that ran here.
     pub streams_opened: u64,
-    /// Links that joined a session.
+    /// Links since start. Node: links that joined a session. Client: links whose handshake
+    /// completed, with those the node then refused its session (`session_refused`).
     pub links_opened: u64,
     /// Nanoseconds the sessions' locks were held (the engine's serial work).
     #[serde(default)]
@@ -521,7 +522,8 @@ impl Status {
             ),
             (
                 "wanmux_links_opened_total",
-                "Links that joined a session since start.",
+                "Links since start (node: those that joined a session; client: those whose \
+                 handshake completed, with the ones the node then refused their session).",
                 t.links_opened,
             ),
         ] {

@@ -32,7 +32,8 @@ pub struct Totals {
     pub link_received: u64,
     /// Streams that had a task here (opened by either side).
     pub streams: u64,
-    /// Links that joined a session.
+    /// Links added to a session (the client adds a link once its handshake completed; the
+    /// node may still refuse it its session).
     pub links: u64,
     /// Nanoseconds the sessions' locks were held: the engine's work, which one session does on
     /// one thread at a time. Against the wall-clock time, the share of one CPU a session's
