@@ -757,13 +757,22 @@ pub fn free_port() -> SocketAddr {
     if low <= 12000 {
         return kernel_port();
     }
+    // Ports handed out in this process: two tests running at once must not draw the same one
+    // before either daemon binds it (a local run saw a node fail to start, its UDP port taken).
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = rand::rng();
     loop {
         let port = rng.random_range(10000..low);
+        if handed_out.contains(&port) {
+            continue;
+        }
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         // Free for UDP too: a node listens for QUIC links on its TCP port (`server.quic`, on
         // by default), and its start fails when that UDP port is taken.
         if std::net::TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok() {
+            handed_out.insert(port);
             return addr;
         }
     }
