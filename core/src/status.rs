@@ -203,8 +203,14 @@ pub struct LinkStatus {
     /// What the link runs over: `tcp`, `quic`, or `quic+noise` (a QUIC link on ALPN `wanmux/1`).
     #[serde(default)]
     pub transport: Option<String>,
-    /// Smoothed round-trip time, ms; `None` before the first sample.
+    /// Smoothed round-trip time of the link's pings, ms; `None` before the first sample. A
+    /// ping waits behind the data the link is sending, so on a busy link this includes that
+    /// queue (the link's own send buffers and the path's bottleneck queue).
     pub rtt_ms: Option<f64>,
+    /// The smallest round trip sampled on the link since it came up, ms: the path's own,
+    /// without a queue.
+    #[serde(default)]
+    pub min_rtt_ms: Option<f64>,
     /// Delivery rate, bytes per second (what pongs confirmed).
     pub delivery_rate_bytes_per_second: u64,
     /// Plaintext bytes sent on it.
@@ -283,6 +289,7 @@ impl LinkStatus {
             address: None,
             transport: None,
             rtt_ms: s.rtt.smoothed.map(|d| d.as_secs_f64() * 1e3),
+            min_rtt_ms: s.rtt.min.map(|d| d.as_secs_f64() * 1e3),
             delivery_rate_bytes_per_second: s.delivery_rate,
             sent_bytes: s.bytes_sent,
             received_bytes: s.bytes_received,
@@ -421,11 +428,12 @@ impl Status {
             if !s.links.is_empty() {
                 let _ = writeln!(
                     out,
-                    "  {:>6} {:<9} {:<22} {:>9} {:>14} {:>12} {:>12} {:>11}",
+                    "  {:>6} {:<9} {:<22} {:>9} {:>9} {:>14} {:>12} {:>12} {:>11}",
                     "link",
                     "via",
                     "address",
                     "rtt ms",
+                    "min ms",
                     "delivery Mbit",
                     "sent MiB",
                     "recv MiB",
@@ -433,7 +441,7 @@ impl Status {
                 );
             }
             for l in &s.links {
-                let rtt = l.rtt_ms.map_or("-".to_owned(), |r| format!("{r:.1}"));
+                let ms = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{r:.1}"));
                 let via = if l.relayed {
                     "relay".to_owned()
                 } else {
@@ -445,11 +453,12 @@ impl Status {
                 };
                 let _ = writeln!(
                     out,
-                    "  {:>6} {:<9} {:<22} {:>9} {:>14.1} {:>12.1} {:>12.1} {:>11}",
+                    "  {:>6} {:<9} {:<22} {:>9} {:>9} {:>14.1} {:>12.1} {:>12.1} {:>11}",
                     l.id,
                     via,
                     l.address.as_deref().unwrap_or("-"),
-                    rtt,
+                    ms(l.rtt_ms),
+                    ms(l.min_rtt_ms),
                     l.delivery_rate_bytes_per_second as f64 * 8e-6,
                     mib(l.sent_bytes),
                     mib(l.received_bytes),
@@ -623,7 +632,14 @@ impl Status {
         let by_link = ["session", "peer", "link"];
         let rtt = f.gauge(
             "wanmux_link_rtt_seconds",
-            "Smoothed round-trip time of a link (links with a sample).",
+            "Smoothed round-trip time of a link's pings (links with a sample); they wait behind \
+             the data the link sends, so a busy link's includes its queue.",
+            &by_link,
+        );
+        let min_rtt = f.gauge(
+            "wanmux_link_min_rtt_seconds",
+            "Smallest round-trip time sampled on a link since it came up: the path's own, without a \
+             queue.",
             &by_link,
         );
         let rate = f.gauge(
@@ -694,6 +710,9 @@ impl Status {
                 let labels = [s.id.as_str(), s.peer.as_str(), id.as_str()];
                 if let Some(ms) = l.rtt_ms {
                     rtt.with_label_values(&labels).set(ms / 1e3);
+                }
+                if let Some(ms) = l.min_rtt_ms {
+                    min_rtt.with_label_values(&labels).set(ms / 1e3);
                 }
                 rate.with_label_values(&labels)
                     .set(l.delivery_rate_bytes_per_second as f64);

@@ -178,7 +178,30 @@ async fn metrics_are_well_formed_and_count_what_the_application_moved() {
                 .filter_map(|k| k.split("link=\"").nth(1)?.split('"').next())
                 .collect();
             assert_eq!(ids.len(), 2);
-            assert!(m.keys().any(|k| k.starts_with("wanmux_link_rtt_seconds{")));
+            // Each link's smoothed RTT, and its smallest sample: no larger, and more than 0.
+            // By the link's labels, so the two lists pair up.
+            let rtt = |name: &str| -> Vec<f64> {
+                let series: std::collections::BTreeMap<&str, f64> = m
+                    .iter()
+                    .filter_map(|(k, &v)| Some((k.strip_prefix(name)?, v)))
+                    .collect();
+                series.into_values().collect()
+            };
+            let (smoothed, min) = (
+                rtt("wanmux_link_rtt_seconds{"),
+                rtt("wanmux_link_min_rtt_seconds{"),
+            );
+            assert_eq!((smoothed.len(), min.len()), (2, 2), "{body}");
+            for (s, m) in smoothed.iter().zip(&min) {
+                assert!(*m > 0.0 && m <= s, "min {m} s, smoothed {s} s");
+            }
+            let text = if addr == client_at {
+                t.client.status()
+            } else {
+                t.server.status()
+            }
+            .to_text();
+            assert!(text.contains("rtt ms    min ms"), "{text}");
             let info: Vec<&String> = m
                 .keys()
                 .filter(|k| k.starts_with("wanmux_link_info{"))
