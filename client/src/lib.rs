@@ -323,8 +323,9 @@ pub async fn start_with(config: ClientConfig, options: Options) -> io::Result<Cl
     if config.transport == LinkTransport::Auto {
         tcp_host.extend(tune::check_buffers(None, true));
     }
+    // About the host, not the session: outside its span.
     for w in &host {
-        span.in_scope(|| warn!(target: tune::LOG_TARGET, "{w}"));
+        warn!(target: tune::LOG_TARGET, "{w}");
     }
     let carriers = Arc::new(carrier::Carriers::new(tcp_host));
     let dials = Arc::new(ready::Dials::default());
