@@ -213,7 +213,7 @@ impl Slot {
                 Some(Up {
                     reader,
                     writer,
-                    carrier,
+                    via,
                     relay,
                     lane,
                 }) => {
@@ -221,10 +221,15 @@ impl Slot {
                     let up = Instant::now();
                     let link = self.link.clone();
                     let (driver, address) = (self.driver.clone(), addr.clone());
+                    let carrier = via.carrier;
                     let set = move |id: wanmux_core::ids::LinkId| {
                         link.store(id.0, Relaxed);
-                        let transport = carrier;
-                        driver.label_link(id, driver::LinkLabel { address, transport });
+                        let label = driver::LinkLabel {
+                            address,
+                            transport: via.carrier,
+                            probe: via.probe,
+                        };
+                        driver.label_link(id, label);
                     };
                     // With a lane stream beside it, the connection's own link is an ordinary one,
                     // as it is where there is none unless lanes were set (`dial`).
@@ -307,13 +312,13 @@ impl Slot {
             }
             Ok(d) => {
                 info!(
-                    node = %self.node.id, %addr, link_seq = self.link_seq, transport = d.carrier,
-                    relay = d.relay, "link up"
+                    node = %self.node.id, %addr, link_seq = self.link_seq,
+                    transport = d.via.carrier, relay = d.relay, "link up"
                 );
                 Some(Up {
                     reader: d.reader,
                     writer: d.writer,
-                    carrier: d.carrier,
+                    via: d.via,
                     relay: d.relay,
                     lane: d.lane,
                 })
@@ -397,8 +402,8 @@ impl Slot {
             // Sections for other owners only make sense with other nodes to route to.
             relay: self.routes.node_count() > 1,
         };
-        let ((reader, writer, server), carrier, lane) = match self.transport {
-            LinkTransport::Tcp => (self.dial_tcp(addr, &hello, first).await?, TCP, None),
+        let ((reader, writer, server), via, lane) = match self.transport {
+            LinkTransport::Tcp => (self.dial_tcp(addr, &hello, first).await?, Via::TCP, None),
             LinkTransport::Quic => {
                 let stream = self.quic_carrier(addr, self.handshake_timeout).await?;
                 self.noise_over_quic(stream, &hello, first).await?
@@ -430,7 +435,7 @@ impl Slot {
             writer,
             epoch: server.epoch,
             session_id,
-            carrier,
+            via,
             relay: server.relay && self.routes.node_count() > 1,
             lane,
         })
@@ -453,7 +458,16 @@ impl Slot {
     ) -> impl std::future::Future<Output = LinkEnd> + use<> {
         let (driver, address) = (self.driver.clone(), addr.to_string());
         let label = move |id: wanmux_core::ids::LinkId| {
-            driver.label_link(id, driver::LinkLabel { address, transport });
+            // The connection's counts go with its link's row.
+            let probe = None;
+            driver.label_link(
+                id,
+                driver::LinkLabel {
+                    address,
+                    transport,
+                    probe,
+                },
+            );
         };
         let router = lane.relay.then(|| self.router(true));
         driver::link::run_routed(
@@ -574,7 +588,10 @@ impl Slot {
         hello: &ClientHello,
         first: &[u8],
     ) -> Result<Carried, noise::LinkError> {
-        let transport = stream.version().transport();
+        let transport = Via {
+            carrier: stream.version().transport(),
+            probe: Some(stream.probe()),
+        };
         let timeout = self.handshake_timeout;
         if !(hello.lane && self.lane_streams.load(Relaxed)) {
             let own = self.without_lane_stream(hello);
@@ -623,7 +640,7 @@ impl Slot {
     ) -> Result<Carried, noise::LinkError> {
         let node = self.node.id;
         let probe = match self.carriers.plan(addr, Instant::now()) {
-            Plan::Tcp => return Ok((self.dial_tcp(addr, hello, first).await?, TCP, None)),
+            Plan::Tcp => return Ok((self.dial_tcp(addr, hello, first).await?, Via::TCP, None)),
             Plan::QuicFirst { probe } => probe,
         };
         match self
@@ -654,10 +671,10 @@ impl Slot {
                     Err(noise::LinkError::Timeout | noise::LinkError::Io(_)) => {
                         self.carriers
                             .fall_back(&node, addr, &quic_error.to_string());
-                        Ok((tcp, TCP, None))
+                        Ok((tcp, Via::TCP, None))
                     }
                     // QUIC answered and then failed: the node's answer, not a blocked path.
-                    Err(_) => Ok((tcp, TCP, None)),
+                    Err(_) => Ok((tcp, Via::TCP, None)),
                 }
             }
             // QUIC answered and then failed: that is the node's answer, not a blocked path.
@@ -670,7 +687,22 @@ impl Slot {
 type Handshaken = (noise::LinkReader, noise::LinkWriter, noise::ServerHello);
 
 /// A dial's link, what it runs over, and the lane stream's link beside it, if any.
-type Carried = (Handshaken, &'static str, Option<Handshaken>);
+type Carried = (Handshaken, Via, Option<Handshaken>);
+
+/// What a link runs over, as `status` shows it: [`TCP`], `quic` or `quic+noise`
+/// ([`quic::Version::transport`]), and on QUIC the connection's counts.
+#[derive(Clone)]
+struct Via {
+    carrier: &'static str,
+    probe: Option<quic::PathProbe>,
+}
+
+impl Via {
+    const TCP: Via = Via {
+        carrier: TCP,
+        probe: None,
+    };
+}
 
 /// The link of a lane stream, beside a slot's link on the same QUIC connection.
 struct LaneStream {
@@ -692,8 +724,8 @@ struct Dialed {
     epoch: u64,
     /// The session id the link was dialled for.
     session_id: SessionId,
-    /// What the link runs over: [`TCP`], `quic` or `quic+noise` ([`quic::Version::transport`]).
-    carrier: &'static str,
+    /// What the link runs over.
+    via: Via,
     /// The node agreed to routed messages on this link.
     relay: bool,
     /// The lane stream beside it.
@@ -704,8 +736,8 @@ struct Dialed {
 struct Up {
     reader: noise::LinkReader,
     writer: noise::LinkWriter,
-    /// What the link runs over: [`TCP`], `quic` or `quic+noise` ([`quic::Version::transport`]).
-    carrier: &'static str,
+    /// What the link runs over.
+    via: Via,
     /// The node agreed to routed messages on this link.
     relay: bool,
     /// The lane stream beside it.

@@ -211,6 +211,14 @@ pub struct LinkStatus {
     /// without a queue.
     #[serde(default)]
     pub min_rtt_ms: Option<f64>,
+    /// QUIC links: the UDP packets the link's connection sent. `None` on TCP links and lane
+    /// streams (a lane stream's connection is its link's).
+    #[serde(default)]
+    pub sent_packets: Option<u64>,
+    /// QUIC links: the packets the connection declared lost (and sent again): the path's loss,
+    /// which QUIC repairs under the link. `None` where `sent_packets` is.
+    #[serde(default)]
+    pub lost_packets: Option<u64>,
     /// Delivery rate, bytes per second (what pongs confirmed).
     pub delivery_rate_bytes_per_second: u64,
     /// Plaintext bytes sent on it.
@@ -256,6 +264,11 @@ impl SessionStatus {
     /// The state of the session `driver` runs; `peer` names the other end.
     pub fn of(driver: &SessionDriver, id: String, peer: String) -> SessionStatus {
         let (mut labels, relayed) = driver.link_labels();
+        // Read outside the session's lock: each takes its QUIC connection's.
+        let mut readings: std::collections::HashMap<_, _> = labels
+            .iter()
+            .filter_map(|(&id, label)| Some((id, label.probe.as_ref()?.read())))
+            .collect();
         driver.with(|s, now| {
             let links = s
                 .links()
@@ -265,6 +278,10 @@ impl SessionStatus {
                     if let Some(label) = labels.remove(&l) {
                         link.address = Some(label.address);
                         link.transport = Some(label.transport.to_owned());
+                        if let Some(read) = readings.remove(&l) {
+                            link.sent_packets = Some(read.sent_packets);
+                            link.lost_packets = Some(read.lost_packets);
+                        }
                     }
                     Some(link)
                 })
@@ -283,6 +300,13 @@ impl SessionStatus {
 }
 
 impl LinkStatus {
+    /// The share of its packets a QUIC link's connection lost, in percent; `None` without
+    /// counts or before a packet went out.
+    pub fn lost_percent(&self) -> Option<f64> {
+        let (sent, lost) = (self.sent_packets?, self.lost_packets?);
+        (sent > 0).then(|| lost as f64 * 100.0 / sent as f64)
+    }
+
     fn new(id: u64, s: &LinkStats) -> LinkStatus {
         LinkStatus {
             id,
@@ -290,6 +314,8 @@ impl LinkStatus {
             transport: None,
             rtt_ms: s.rtt.smoothed.map(|d| d.as_secs_f64() * 1e3),
             min_rtt_ms: s.rtt.min.map(|d| d.as_secs_f64() * 1e3),
+            sent_packets: None,
+            lost_packets: None,
             delivery_rate_bytes_per_second: s.delivery_rate,
             sent_bytes: s.bytes_sent,
             received_bytes: s.bytes_received,
@@ -428,12 +454,13 @@ impl Status {
             if !s.links.is_empty() {
                 let _ = writeln!(
                     out,
-                    "  {:>6} {:<9} {:<22} {:>9} {:>9} {:>14} {:>12} {:>12} {:>11}",
+                    "  {:>6} {:<9} {:<22} {:>9} {:>9} {:>7} {:>14} {:>12} {:>12} {:>11}",
                     "link",
                     "via",
                     "address",
                     "rtt ms",
                     "min ms",
+                    "lost %",
                     "delivery Mbit",
                     "sent MiB",
                     "recv MiB",
@@ -453,12 +480,14 @@ impl Status {
                 };
                 let _ = writeln!(
                     out,
-                    "  {:>6} {:<9} {:<22} {:>9} {:>9} {:>14.1} {:>12.1} {:>12.1} {:>11}",
+                    "  {:>6} {:<9} {:<22} {:>9} {:>9} {:>7} {:>14.1} {:>12.1} {:>12.1} {:>11}",
                     l.id,
                     via,
                     l.address.as_deref().unwrap_or("-"),
                     ms(l.rtt_ms),
                     ms(l.min_rtt_ms),
+                    l.lost_percent()
+                        .map_or("-".to_owned(), |p| format!("{p:.2}")),
                     l.delivery_rate_bytes_per_second as f64 * 8e-6,
                     mib(l.sent_bytes),
                     mib(l.received_bytes),
@@ -636,6 +665,17 @@ impl Status {
              the data the link sends, so a busy link's includes its queue.",
             &by_link,
         );
+        let packets = f.counter(
+            "wanmux_link_sent_packets_total",
+            "QUIC links: UDP packets the link's connection sent.",
+            &by_link,
+        );
+        let lost = f.counter(
+            "wanmux_link_lost_packets_total",
+            "QUIC links: packets the link's connection declared lost and sent again (the \
+             path's loss, which QUIC repairs under the link).",
+            &by_link,
+        );
         let min_rtt = f.gauge(
             "wanmux_link_min_rtt_seconds",
             "Smallest round-trip time sampled on a link since it came up: the path's own, without a \
@@ -713,6 +753,10 @@ impl Status {
                 }
                 if let Some(ms) = l.min_rtt_ms {
                     min_rtt.with_label_values(&labels).set(ms / 1e3);
+                }
+                if let (Some(sent), Some(n)) = (l.sent_packets, l.lost_packets) {
+                    packets.with_label_values(&labels).inc_by(sent);
+                    lost.with_label_values(&labels).inc_by(n);
                 }
                 rate.with_label_values(&labels)
                     .set(l.delivery_rate_bytes_per_second as f64);

@@ -591,6 +591,8 @@ async fn accept_loop(
             let Some((acc, transport, sibling)) = accepted else {
                 return;
             };
+            // The connection's counts, for status (a lane stream's go with its link's row).
+            let probe = sibling.as_ref().map(quic::Sibling::probe);
             // A QUIC link that is not itself a lane may get a lane stream beside it.
             let lane = sibling.filter(|_| !acc.hello.lane).map(|sibling| {
                 let of = LaneOf {
@@ -603,7 +605,7 @@ async fn accept_loop(
                 }))
             });
             let end = sessions
-                .run_link(acc, peer, transport, &auth, &refusals)
+                .run_link(acc, peer, transport, probe, &auth, &refusals)
                 .await;
             // A link that ended in order (the client finished it, or this node's session
             // closed) leaves its lane stream up to `CLOSE_LINGER` to read and send what is left
@@ -678,7 +680,7 @@ async fn lane_stream(
         return;
     }
     sessions
-        .run_link(acc, peer, transport, auth, refusals)
+        .run_link(acc, peer, transport, None, auth, refusals)
         .await;
 }
 

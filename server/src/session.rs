@@ -516,7 +516,8 @@ impl Sessions {
     /// Runs an authenticated link in its session until the link dies. A link that would take
     /// its session over `limits.max_links_per_session`, or start a session over
     /// `limits.max_sessions` or `limits.max_sessions_per_client`, is closed at once.
-    /// `transport` (`"tcp"`, `"quic"` or `"quic+noise"`) and `peer` label the link in status.
+    /// `transport` (`"tcp"`, `"quic"` or `"quic+noise"`), `peer` and, on a QUIC link's own
+    /// stream, the connection's `probe` label the link in status.
     /// The client key is checked against `auth` where the link joins, under the session
     /// table's lock: a reload may have removed it while the handshake ran (see `session`).
     /// The link's end, or `None` when it was refused.
@@ -525,6 +526,7 @@ impl Sessions {
         acc: Accepted,
         peer: SocketAddr,
         transport: &'static str,
+        probe: Option<wanmux_core::quic::PathProbe>,
         auth: &crate::reload::SharedAuth,
         refusals: &crate::refused::Refusals,
     ) -> Option<LinkEnd> {
@@ -565,7 +567,14 @@ impl Sessions {
         let labels = driver.clone();
         let label = move |id| {
             let address = peer.to_string();
-            labels.label_link(id, driver::LinkLabel { address, transport });
+            labels.label_link(
+                id,
+                driver::LinkLabel {
+                    address,
+                    transport,
+                    probe,
+                },
+            );
         };
         let router = self.relay.get().filter(|_| acc.hello.relay).map(|r| {
             let budget = driver.with(|s, _| s.budget().clone());

@@ -193,6 +193,9 @@ pub struct LinkLabel {
     pub address: String,
     /// `"tcp"`, `"quic"`, or `"quic+noise"` (a QUIC link on ALPN `wanmux/1`).
     pub transport: &'static str,
+    /// A QUIC link's connection, for the transport's counts in `status`; `None` on TCP links
+    /// and on lane streams (their connection is their link's).
+    pub probe: Option<crate::quic::PathProbe>,
 }
 
 /// What a link is to its engine ([`SessionDriver::add_link_with`]).

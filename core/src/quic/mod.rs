@@ -509,6 +509,41 @@ fn client_config(offer: Offer, pki: Option<&CertFiles>) -> io::Result<quinn::Cli
     Ok(quinn::ClientConfig::new(Arc::new(crypto)))
 }
 
+/// A QUIC link's connection, as `status` reads it: what quinn counts of the path, which the
+/// link's pings cannot tell (a ping's round trip includes the data queued before it; a loss
+/// that QUIC repairs does not show at all). Held in the link's label, which goes when the link
+/// does; the link's own writer closes the connection, whoever else holds a handle.
+#[derive(Clone, Debug)]
+pub struct PathProbe(quinn::Connection);
+
+/// What [`PathProbe::read`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PathReading {
+    /// UDP packets the connection sent.
+    pub sent_packets: u64,
+    /// Packets it declared lost (and sent their contents again).
+    pub lost_packets: u64,
+}
+
+impl PathProbe {
+    /// The connection's counts now.
+    pub fn read(&self) -> PathReading {
+        let path = self.0.stats().path;
+        PathReading {
+            sent_packets: path.sent_packets,
+            lost_packets: path.lost_packets,
+        }
+    }
+}
+
+impl PartialEq for PathProbe {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.stable_id() == other.0.stable_id()
+    }
+}
+
+impl Eq for PathProbe {}
+
 /// The connection of a QUIC link, for the lane stream beside the link's own
 /// (`docs/PROTOCOL.md`, "Lane streams"): the same TLS connection, so the same version, channel
 /// binding and client certificate.
@@ -524,6 +559,11 @@ pub struct Sibling {
 }
 
 impl Sibling {
+    /// The connection, for `status` ([`PathProbe`]).
+    pub fn probe(&self) -> PathProbe {
+        PathProbe(self.conn.clone())
+    }
+
     /// Client: opens the lane stream, for its handshake ([`Stream::connect`]); `None` when the
     /// node's transport parameters allow no second stream (a node of an older release). Opening
     /// sends nothing: the stream appears at the node with its message 1.
@@ -859,6 +899,12 @@ impl Stream {
             binding: self.binding.clone(),
             client_cert: self.client_cert,
         }
+    }
+
+    /// The stream's connection, for `status` to read the transport's own counts of its path
+    /// ([`PathProbe`]): take it before the handshake, which consumes the stream.
+    pub fn probe(&self) -> PathProbe {
+        PathProbe(self.conn.clone())
     }
 
     /// The link's version.
