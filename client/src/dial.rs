@@ -590,7 +590,7 @@ impl Slot {
     ) -> Result<Carried, noise::LinkError> {
         let transport = Via {
             carrier: stream.version().transport(),
-            probe: Some(stream.probe()),
+            probe: Some(stream.sibling().probe()),
         };
         let timeout = self.handshake_timeout;
         if !(hello.lane && self.lane_streams.load(Relaxed)) {
@@ -691,7 +691,6 @@ type Carried = (Handshaken, Via, Option<Handshaken>);
 
 /// What a link runs over, as `status` shows it: [`TCP`], `quic` or `quic+noise`
 /// ([`quic::Version::transport`]), and on QUIC the connection's counts.
-#[derive(Clone)]
 struct Via {
     carrier: &'static str,
     probe: Option<quic::PathProbe>,

@@ -187,7 +187,7 @@ pub struct SessionDriver {
 }
 
 /// Where a link goes and what it runs over, as status shows it ([`SessionDriver::label_link`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct LinkLabel {
     /// The other end's address: the node address dialled, or the client's address.
     pub address: String,

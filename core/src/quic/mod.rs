@@ -536,14 +536,6 @@ impl PathProbe {
     }
 }
 
-impl PartialEq for PathProbe {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.stable_id() == other.0.stable_id()
-    }
-}
-
-impl Eq for PathProbe {}
-
 /// The connection of a QUIC link, for the lane stream beside the link's own
 /// (`docs/PROTOCOL.md`, "Lane streams"): the same TLS connection, so the same version, channel
 /// binding and client certificate.
@@ -899,12 +891,6 @@ impl Stream {
             binding: self.binding.clone(),
             client_cert: self.client_cert,
         }
-    }
-
-    /// The stream's connection, for `status` to read the transport's own counts of its path
-    /// ([`PathProbe`]): take it before the handshake, which consumes the stream.
-    pub fn probe(&self) -> PathProbe {
-        PathProbe(self.conn.clone())
     }
 
     /// The link's version.
