@@ -57,8 +57,16 @@ async fn a_node_out_of_file_descriptors_answers_status_and_refuses_links_at_once
         let mut apps = Vec::new();
         let mut out = false;
         for _ in 0..NOFILE {
-            let mut app = TcpStream::connect(client.first_addr()).await.unwrap();
-            // The client resets a connection the node refused, which may be before this write.
+            // The client resets a connection the node refused, which may be before this write,
+            // or even before the connect returns (it then reads the reset as its error).
+            let mut app = match TcpStream::connect(client.first_addr()).await {
+                Ok(app) => app,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    out = true;
+                    break;
+                }
+                Err(e) => panic!("connect to the client: {e}"),
+            };
             if app.write_all(b"x").await.is_err()
                 || read_end(&mut app, Duration::from_millis(150)).await == ReadEnd::Reset
             {
