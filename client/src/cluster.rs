@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use wanmux_config::OwnerPolicy;
 use wanmux_core::budget::Pool;
 use wanmux_core::driver::{SessionDriver, Totals};
+use wanmux_core::frame::reset;
 use wanmux_core::ids::NodeId;
 use wanmux_core::lograte::Tally;
 use wanmux_core::noise::SessionSecret;
@@ -281,15 +282,19 @@ fn rendezvous(ip: IpAddr, nodes: &[NodeId]) -> usize {
         .unwrap_or(0)
 }
 
-/// With no link of its own to its node for `grace` (below the node's own grace), a node's part
-/// of the session is given up: reset the connections it owned rather than leave them hanging,
-/// and start afresh with it under a new session id. The other nodes' streams are untouched.
+/// With no link of its own to its node for `grace` (below the node's own grace), a node's
+/// pinned connections are reset (their data goes on the node's own links only), and once
+/// the node has also not been heard through the other nodes of a cluster for `grace`, its
+/// part of the session is given up: the connections it owned are reset rather than left
+/// hanging, and the part starts afresh under a new session id. The other nodes' streams are
+/// untouched.
 ///
-/// The grace runs from the end of the node's last direct link, whatever links through a relay
-/// (sub-links, `route.rs`) do meanwhile: the node itself keeps a session only while it has a
-/// direct link (docs/PROTOCOL.md), and a node that died for good leaves sub-links that come and
-/// go (each added again once its carrier answers, dropped when the relay reports it has no peer
-/// link to the node), which must not start the grace again.
+/// The grace runs from the end of the node's last direct link, or from the last message of
+/// the node through a relay (a sub-link, `route.rs`), whichever is later: the node keeps the
+/// session on the same terms (docs/PROTOCOL.md), so a node whose own path is down while the
+/// others reach it keeps its striped connections. A node that died for good leaves sub-links
+/// that come and go (each added again once its carrier answers, dropped when the relay
+/// reports it has no peer link to the node), but no message from it comes through them.
 pub(crate) async fn watch_links(
     node: NodeId,
     driver: SessionDriver,
@@ -298,12 +303,16 @@ pub(crate) async fn watch_links(
 ) {
     // When the node's last direct link ended (as first seen here).
     let mut alone_since: Option<Instant> = None;
+    // The pinned streams were reset for this lack of direct links.
+    let mut pins_reset = false;
     // The part was given up and the node has had no direct link since: nothing more to do.
     let mut given_up = false;
+    // The links through a relay were pinged for a lack of word since this time.
+    let mut probed: Option<Instant> = None;
     loop {
         let changed = driver.links_changed();
         if driver.live_links() > 0 {
-            (alone_since, given_up) = (None, false);
+            (alone_since, pins_reset, given_up) = (None, false, false);
             changed.await;
             continue;
         }
@@ -311,13 +320,49 @@ pub(crate) async fn watch_links(
             changed.await;
             continue;
         }
-        let deadline = *alone_since.get_or_insert_with(Instant::now) + grace;
-        if Instant::now() < deadline {
+        let now = Instant::now();
+        let alone = *alone_since.get_or_insert(now);
+        let heard = driver.with(|s, _| s.heard_through_relay());
+        let last = heard.map_or(alone, |h| h.max(alone));
+        let deadline = last + grace;
+        // Half way through, unless heard since: an idle session's links through a relay
+        // ping every 10 s, which a grace can be shorter than.
+        let probe_at = last + grace / 2;
+        if now >= probe_at && probed != Some(last) {
+            probed = Some(last);
+            driver.with(|s, now| s.probe_relayed(now));
+        }
+        if !pins_reset && now >= alone + grace {
+            pins_reset = true;
+            let pinned = driver.with(|s, _| s.reset_pinned(reset::NO_PATH));
+            if now < deadline {
+                warn!(
+                    node = node.0,
+                    pinned,
+                    "no link to the node for {} s; the other nodes still reach it, so the \
+                     connections it owns go on through them, except the pinned ones, which \
+                     are reset",
+                    grace.as_secs_f64()
+                );
+            }
+        }
+        if now < deadline {
+            let mut wake = deadline;
+            if !pins_reset {
+                wake = wake.min(alone + grace);
+            }
+            if probed != Some(last) {
+                wake = wake.min(probe_at);
+            }
             // A link that comes or goes, or the deadline: look again.
-            let _ = tokio::time::timeout_at(deadline.into(), changed).await;
+            let _ = tokio::time::timeout_at(wake.into(), changed).await;
             continue;
         }
         let streams = driver.with(|s, _| s.stream_count());
+        let relayed = match heard {
+            Some(_) => ", nor word from it through the other nodes",
+            None => "",
+        };
         let fresh = dial::SessionState::new(SessionSecret::generate());
         let (old, new) = (dial::lock(&state).id, fresh.id);
         if streams > 0 {
@@ -326,8 +371,8 @@ pub(crate) async fn watch_links(
                 streams,
                 %old,
                 %new,
-                "no link to the node for {} s; the connections it owned are reset, and its part \
-                 of the session starts afresh under a new id",
+                "no link to the node for {} s{relayed}; the connections it owned are reset, \
+                 and its part of the session starts afresh under a new id",
                 grace.as_secs_f64()
             );
         } else {
@@ -335,8 +380,8 @@ pub(crate) async fn watch_links(
                 node = node.0,
                 %old,
                 %new,
-                "no link to the node for {} s; its part of the session starts afresh under a new \
-                 id",
+                "no link to the node for {} s{relayed}; its part of the session starts afresh \
+                 under a new id",
                 grace.as_secs_f64()
             );
         }

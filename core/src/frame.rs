@@ -165,6 +165,9 @@ pub mod reset {
     pub const NO_MEMORY: u16 = 5;
     /// The stream's data came, its `OPEN` did not, within the receiver's pending lifetime.
     pub const NO_OPEN: u16 = 6;
+    /// No path carries the stream's data: a pinned stream (`spread = "pin"`) whose node the
+    /// client has had no link of its own to for its grace.
+    pub const NO_PATH: u16 = 7;
 }
 
 /// Malformed frame bytes from the peer.

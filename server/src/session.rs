@@ -5,7 +5,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tracing::{debug, info, Instrument};
 use wanmux_config::{ServerConfig, Service};
@@ -681,8 +681,13 @@ impl Sessions {
         Ok((driver, admitted))
     }
 
-    /// Ends the session once it has had no link for the grace period.
+    /// Ends the session once it has had no link, and no word from its client through another
+    /// node, for the grace period.
     async fn watch(self: Arc<Self>, key: Key, driver: SessionDriver) {
+        // When the session's last link ended (as first seen here).
+        let mut alone_since: Option<Instant> = None;
+        // The virtual links were pinged for a lack of word since this time.
+        let mut probed: Option<Instant> = None;
         loop {
             let changed = driver.links_changed();
             if driver.peer_ended() && !driver.is_closed() {
@@ -701,23 +706,41 @@ impl Sessions {
                 return;
             }
             if driver.live_links() > 0 {
+                alone_since = None;
                 changed.await;
                 continue;
             }
-            if tokio::time::timeout(self.config.session_grace, changed)
-                .await
-                .is_ok()
-            {
-                continue;
+            // The grace runs from the last link's end, or from the client's last message
+            // through another node of the cluster (a virtual link), whichever is later: a
+            // client whose own path here is down while the others reach it keeps its session.
+            let now = Instant::now();
+            let grace = self.config.session_grace;
+            let alone = *alone_since.get_or_insert(now);
+            let heard = driver.with(|s, _| s.heard_through_relay());
+            let last = heard.map_or(alone, |h| h.max(alone));
+            let deadline = last + grace;
+            // Half way through, unless heard since: an idle session's virtual links ping
+            // every 10 s, which a grace can be shorter than.
+            let probe_at = last + grace / 2;
+            if now >= probe_at && probed != Some(last) {
+                probed = Some(last);
+                driver.with(|s, now| s.probe_relayed(now));
             }
-            if driver.live_links() > 0 {
+            if now < deadline {
+                let wake = if probed == Some(last) {
+                    deadline
+                } else {
+                    probe_at
+                };
+                let _ = tokio::time::timeout_at(wake.into(), changed).await;
                 continue;
             }
             self.end(key, &driver, false);
-            info!(
-                "session expired: no link for {:?}",
-                self.config.session_grace
-            );
+            let relayed = match heard {
+                Some(_) => ", nor word from the client through another node,",
+                None => "",
+            };
+            info!("session expired: no link{relayed} for {grace:?}");
             return;
         }
     }

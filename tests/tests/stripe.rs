@@ -165,11 +165,23 @@ async fn start_nodes(
     client_pub: wanmux_core::keys::PublicKey,
     through: Option<u16>,
 ) -> (Vec<ServerHandle>, Vec<NodeSpec>, Option<TcpRelay>) {
+    start_nodes_with(n, service, client_pub, through, |_| {}).await
+}
+
+/// [`start_nodes`], each node's config changed by `tweak` first.
+async fn start_nodes_with(
+    n: u16,
+    service: std::net::SocketAddr,
+    client_pub: wanmux_core::keys::PublicKey,
+    through: Option<u16>,
+    tweak: impl Fn(&mut wanmux_config::ServerConfig),
+) -> (Vec<ServerHandle>, Vec<NodeSpec>, Option<TcpRelay>) {
     let specs = node_specs(n);
     let mut nodes = Vec::new();
     let mut relay = None;
     for i in 0..specs.len() {
         let mut config = node_config(&specs, i, client_pub, service);
+        tweak(&mut config);
         if let (0, Some(to)) = (i, through) {
             let r = TcpRelay::start(specs[usize::from(to) - 1].cluster, Shape::default())
                 .await
@@ -557,6 +569,244 @@ async fn small_frames_of_a_far_owners_stream_take_the_nearest_node_both_ways() {
             "node 2 relayed {up} up, {down} down"
         );
         client.shutdown();
+    })
+    .await;
+}
+
+/// An echo service on 127.0.0.1: what a connection writes comes back.
+async fn echo_service() -> std::net::SocketAddr {
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("echo");
+    let addr = echo.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Writes 1 KiB that `round` and `seed` determine and reads it back, within `limit`: the
+/// bytes must come back unchanged. Returns how long it took.
+async fn echo_round(
+    tcp: &mut tokio::net::TcpStream,
+    seed: u8,
+    round: u32,
+    limit: Duration,
+) -> std::io::Result<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sent: Vec<u8> = (0..1024u32)
+        .map(|i| (i.wrapping_mul(31) ^ round.wrapping_mul(7)) as u8 ^ seed)
+        .collect();
+    let t = std::time::Instant::now();
+    let mut got = vec![0u8; sent.len()];
+    let io = async {
+        tcp.write_all(&sent).await?;
+        tcp.read_exact(&mut got).await
+    };
+    match tokio::time::timeout(limit, io).await {
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no echo of round {round} in {limit:?}"),
+        )),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(_)) => {
+            assert_eq!(
+                got, sent,
+                "round {round}: the echo differs from what was sent"
+            );
+            Ok(t.elapsed())
+        }
+    }
+}
+
+/// The owner's own path down for longer than both ends' graces, while the other node still
+/// reaches it (the client's links to node 1 blackholed, the peer links up): each end still
+/// hears the other through node 2, so the client keeps the striped connection going through
+/// node 2 and node 1 keeps the session, while the pinned connection, whose data takes node 1's
+/// links only, is reset once the client's grace is over. When the path comes back, the client's
+/// new links to node 1 join the same session and the striped connection goes on. Every round
+/// of the echo is compared byte for byte both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_reached_only_through_another_node_keeps_its_striped_connections() {
+    const CLIENT_GRACE: Duration = Duration::from_millis(1000);
+    const SERVER_GRACE: Duration = Duration::from_millis(1500);
+    // Longer than any pause a link's death makes (its dead timer: 2 s at the least, 5 s
+    // before the first RTT sample).
+    const PAUSE: Duration = Duration::from_secs(10);
+    within(Duration::from_secs(120), async {
+        wanmux_tests::harness::init_tracing();
+        let echo = echo_service().await;
+        let (client_key, client_pub) = generate_keypair();
+        let (nodes, specs, _) = start_nodes_with(2, echo, client_pub, None, |s| {
+            s.session_grace = SERVER_GRACE;
+        })
+        .await;
+        let mut config = client_config(
+            &specs,
+            &nodes,
+            client_key,
+            Spread::Stripe,
+            OwnerPolicy::First,
+        );
+        config.session_grace = CLIENT_GRACE;
+        config.maps.push(PortMap {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            service: ServiceName::new(SERVICE).expect("name"),
+            spread: Spread::Pin,
+        });
+        let (client, relay) = client_through_a_relay(&nodes, config, 0, Shape::default()).await;
+        let (striped_at, pinned_at) = (client.maps()[0].1, client.maps()[1].1);
+        let mut striped = tokio::net::TcpStream::connect(striped_at)
+            .await
+            .expect("connect");
+        let mut pinned = tokio::net::TcpStream::connect(pinned_at)
+            .await
+            .expect("connect");
+        let mut round = 0u32;
+        for tcp in [&mut striped, &mut pinned] {
+            echo_round(tcp, 1, round, PAUSE).await.expect("echo");
+            round += 1;
+        }
+        assert_eq!(client.nodes()[0].streams, 2, "node 1 owns both");
+
+        relay.blackhole(RelayLinks::All);
+        let dark = std::time::Instant::now();
+        let mut gone: Option<Duration> = None;
+        let mut slowest = Duration::ZERO;
+        // Echo on until the client has had no link to node 1 for three times both graces.
+        while gone.is_none_or(|g| dark.elapsed() < g + (CLIENT_GRACE + SERVER_GRACE) * 3) {
+            let took = echo_round(&mut striped, 1, round, PAUSE)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "striped connection, {:?} into the outage (links to node 1 gone \
+                         after {gone:?}): {e}",
+                        dark.elapsed()
+                    )
+                });
+            slowest = slowest.max(took);
+            round += 1;
+            if gone.is_none() && client.nodes()[0].links == 0 {
+                gone = Some(dark.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(
+                dark.elapsed() < Duration::from_secs(40),
+                "links to node 1 live on"
+            );
+        }
+        println!(
+            "links to node 1 gone {gone:?} into the outage; {round} rounds, the slowest took \
+             {slowest:?}"
+        );
+        // The pinned connection was reset: nothing could carry its data.
+        let pinned_end = echo_round(&mut pinned, 2, round, PAUSE).await;
+        assert!(
+            pinned_end.as_ref().is_err_and(|e| matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )),
+            "the pinned connection: {pinned_end:?}"
+        );
+
+        relay.restore(RelayLinks::All);
+        assert!(
+            eventually(Duration::from_secs(30), || client.nodes()[0].links > 0).await,
+            "links to node 1 come back"
+        );
+        for _ in 0..20 {
+            echo_round(&mut striped, 1, round, PAUSE)
+                .await
+                .expect("the striped connection after the outage");
+            round += 1;
+        }
+        assert_eq!(client.nodes()[0].streams, 1, "the striped stream lives on");
+        client.shutdown();
+        drop(nodes);
+    })
+    .await;
+}
+
+/// The other side of [`an_owner_reached_only_through_another_node_keeps_its_striped_connections`]:
+/// an owner that no path reaches any more (its client links and its peer link blackholed, as
+/// when it dies silently) is heard through no relay, however its sub-links through node 2 come
+/// and go, so its connection is reset once its links are found dead and the client's grace is
+/// over, and node 2 keeps serving new connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_no_path_reaches_has_its_connections_reset_after_the_grace() {
+    const CLIENT_GRACE: Duration = Duration::from_millis(1000);
+    const SERVER_GRACE: Duration = Duration::from_millis(1500);
+    within(Duration::from_secs(120), async {
+        wanmux_tests::harness::init_tracing();
+        let echo = echo_service().await;
+        let (client_key, client_pub) = generate_keypair();
+        let (nodes, specs, peer_relay) = start_nodes_with(2, echo, client_pub, Some(2), |s| {
+            s.session_grace = SERVER_GRACE;
+        })
+        .await;
+        let peer_relay = peer_relay.expect("a relay on the peer link");
+        let mut config = client_config(
+            &specs,
+            &nodes,
+            client_key,
+            Spread::Stripe,
+            OwnerPolicy::First,
+        );
+        config.session_grace = CLIENT_GRACE;
+        let (client, relay) = client_through_a_relay(&nodes, config, 0, Shape::default()).await;
+        let mut tcp = tokio::net::TcpStream::connect(client.first_addr())
+            .await
+            .expect("connect");
+        echo_round(&mut tcp, 3, 0, Duration::from_secs(10))
+            .await
+            .expect("echo");
+        assert_eq!(client.nodes()[0].streams, 1, "node 1 owns it");
+
+        relay.blackhole(RelayLinks::All);
+        peer_relay.blackhole(RelayLinks::All);
+        let dark = std::time::Instant::now();
+        let mut round = 1;
+        let end = loop {
+            match echo_round(&mut tcp, 3, round, Duration::from_secs(1)).await {
+                Ok(_) => round += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => break e,
+            }
+            assert!(
+                dark.elapsed() < Duration::from_secs(40),
+                "the connection of a node no path reaches lives on"
+            );
+        };
+        let after = dark.elapsed();
+        println!("reset {after:?} into the outage: {end}");
+        assert!(
+            matches!(
+                end.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ),
+            "{end}"
+        );
+        assert_eq!(client.nodes()[0].links, 0, "node 1's links are found dead");
+        // New connections go to node 2, which serves them.
+        let mut fresh = tokio::net::TcpStream::connect(client.first_addr())
+            .await
+            .expect("connect");
+        echo_round(&mut fresh, 4, 0, Duration::from_secs(10))
+            .await
+            .expect("a new connection through node 2");
+        assert_eq!(client.nodes()[1].streams, 1, "node 2 owns the new one");
+        client.shutdown();
+        drop(nodes);
     })
     .await;
 }

@@ -274,6 +274,26 @@ impl Session {
     }
 }
 
+impl Session {
+    /// Client: resets the streams opened with `pin`, whose data goes on the node's own links
+    /// only, and returns how many: the node has had no link of its own for the client's grace,
+    /// and only its pinned streams need one (the others go on through the other nodes).
+    pub fn reset_pinned(&mut self, code: u16) -> usize {
+        let ids: Vec<StreamId> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.pinned && !s.is_reset())
+            .map(|(&id, _)| id)
+            .collect();
+        for &id in &ids {
+            self.stream_reset(id, code);
+            self.events.push_back(Event::StreamReadable(id));
+            self.events.push_back(Event::StreamWritable(id));
+        }
+        ids.len()
+    }
+}
+
 /// What a stream with `room` left in its window may write when the send pool allows
 /// `available`, and whether the pool is what limits it.
 fn send_capacity(room: u64, available: u64) -> (u64, bool) {

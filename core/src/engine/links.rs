@@ -127,6 +127,26 @@ impl Session {
         self.resent
     }
 
+    /// When a message last came on a link through a relay (a sub-link on a client, a virtual
+    /// link on a node), whether that link lives on or not: the last time the peer was heard
+    /// through another node. `None` if it never was. A session whose own links are all gone
+    /// but whose peer is still heard through a relay is alive: its grace runs from here. Each
+    /// end hears the other's messages (pings at least every 10 s, and their pongs), so the two
+    /// ends' times differ by about one trip.
+    pub fn heard_through_relay(&self) -> Option<Instant> {
+        self.heard_through_relay
+    }
+
+    /// Pings every link through a relay with its next message (unless a ping is outstanding
+    /// or due already): a peer that is alive answers within a round trip, and is heard
+    /// ([`Session::heard_through_relay`]) sooner than an idle link's keepalive (10 s) would
+    /// make it.
+    pub fn probe_relayed(&mut self, now: Instant) {
+        for l in self.links.values_mut().filter(|l| l.relayed) {
+            l.probe(now);
+        }
+    }
+
     /// Links the engine knows.
     pub fn links(&self) -> impl Iterator<Item = LinkId> + '_ {
         self.links.keys().copied()

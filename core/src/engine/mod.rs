@@ -336,6 +336,9 @@ pub struct Session {
     unsent_target: u64,
     /// Stream bytes queued again because the link they went out on died unconfirmed.
     resent: u64,
+    /// When a message last came on a link through a relay: the peer was heard then, by a
+    /// path that is not a link of the session's own ([`Session::heard_through_relay`]).
+    heard_through_relay: Option<Instant>,
     /// When the last small interactive segment went out: lanes are reserved until
     /// `LANE_HOLD` after it. The latest of `small_at`.
     last_small: Option<Instant>,
@@ -422,6 +425,7 @@ impl Session {
             next_ping: 0,
             unsent_target: 0,
             resent: 0,
+            heard_through_relay: None,
             last_small: None,
             small_at: HashMap::new(),
             small_order: BTreeSet::new(),

@@ -22,6 +22,9 @@ impl Session {
     ) -> Result<(), PeerError> {
         let l = self.links.get_mut(&link).ok_or(PeerError::UnknownLink)?;
         l.stats.bytes_received += msg.len() as u64;
+        if l.relayed {
+            self.heard_through_relay = Some(now);
+        }
         // A server queues an answer for each stream a client resets or opens over a limit; a
         // client that sends them faster than it reads the answers would grow the queue without
         // end. Each live stream (or tombstone, at most as many) needs one; a client's own

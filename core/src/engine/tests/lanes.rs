@@ -960,3 +960,76 @@ fn a_lane_that_sends_only_copies_is_measured_so_the_nearest_links_become_the_lan
     on.sort();
     assert_eq!(on, vec![r3, r4], "the last segment went on {on:?}");
 }
+
+/// A message on a relayed link means the peer was heard through another node, whether the link
+/// lives on or not; one on a direct link does not count as such. A probe pings the relayed
+/// links only, at once, and the peer's answer is heard.
+#[test]
+fn the_peer_heard_through_a_relay_is_remembered_and_probed_for() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let (mut c, mut s) = (Session::new(Role::Client, Config::default()), server(16).0);
+    let (direct, relayed) = (LinkId(1), LinkId(2));
+    for e in [&mut c, &mut s] {
+        e.add_link(t0, direct);
+        e.add_relayed_link(t0, relayed);
+    }
+    assert_eq!(s.heard_through_relay(), None);
+    s.handle_message(t0 + ms(1), direct, msg(&[Frame::Ping(9)]))
+        .unwrap();
+    assert_eq!(s.heard_through_relay(), None, "a direct link's message");
+    s.handle_message(t0 + ms(2), relayed, msg(&[Frame::Ping(10)]))
+        .unwrap();
+    assert_eq!(s.heard_through_relay(), Some(t0 + ms(2)));
+    s.remove_link(relayed);
+    assert_eq!(
+        s.heard_through_relay(),
+        Some(t0 + ms(2)),
+        "outlives its link"
+    );
+
+    // New links ping at once, for their first RTT sample; answered, they are idle and ping
+    // again at the keepalive, unless probed.
+    for l in [direct, relayed] {
+        if let Some(token) = sent_ping(&mut c, t0, l) {
+            c.handle_message(t0 + ms(1), l, msg(&[Frame::Pong(token)]))
+                .unwrap();
+        }
+    }
+    let now = t0 + ms(100);
+    assert_eq!(sent_ping(&mut c, now, relayed), None);
+    assert_eq!(sent_ping(&mut c, now, direct), None);
+    c.probe_relayed(now);
+    assert_eq!(
+        sent_ping(&mut c, now, direct),
+        None,
+        "direct links are not probed"
+    );
+    let token = sent_ping(&mut c, now, relayed).expect("the relayed link pings at once");
+    c.handle_message(now + ms(5), relayed, msg(&[Frame::Pong(token)]))
+        .unwrap();
+    assert_eq!(c.heard_through_relay(), Some(now + ms(5)));
+    // A session started afresh forgets it.
+    c.restart();
+    assert_eq!(c.heard_through_relay(), None);
+}
+
+/// With no direct link to a node for its grace, the client resets its pinned streams only
+/// (`RESET` code `NO_PATH`); the striped ones go on.
+#[test]
+fn reset_pinned_resets_the_pinned_streams_only() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, Config::default());
+    c.add_relayed_link(now, LinkId(2));
+    let pinned = c.open_stream_spread(now, NODE, "svc", true).unwrap();
+    let striped = c.open_stream_spread(now, NODE, "svc", false).unwrap();
+    assert_eq!(c.reset_pinned(reset::NO_PATH), 1);
+    assert!(c.stream_send_capacity(pinned).is_err(), "pinned is reset");
+    assert!(c.stream_send_capacity(striped).is_ok(), "striped lives on");
+    let frames = sent(&mut c, now, LinkId(2));
+    assert!(frames.iter().any(|f| matches!(
+        f,
+        Frame::Reset { stream, code, .. } if *stream == pinned && *code == reset::NO_PATH
+    )));
+    assert_eq!(c.reset_pinned(reset::NO_PATH), 0, "once");
+}
