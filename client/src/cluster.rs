@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use wanmux_config::OwnerPolicy;
 use wanmux_core::budget::Pool;
 use wanmux_core::driver::{SessionDriver, Totals};
-use wanmux_core::frame::reset;
+use wanmux_core::frame::{reset, SecretBytes};
 use wanmux_core::ids::NodeId;
 use wanmux_core::lograte::Tally;
 use wanmux_core::noise::SessionSecret;
@@ -386,7 +386,10 @@ pub(crate) async fn watch_links(
             );
         }
         driver.restart();
-        *dial::lock(&state) = fresh;
+        let gone = std::mem::replace(&mut *dial::lock(&state), fresh);
+        // The node may still hold the old session (its grace is longer): tell it on the new
+        // session's first link, so it closes the old one's service connections now.
+        driver.with(|s, _| s.forget_session(SecretBytes(*gone.secret.as_bytes())));
         (alone_since, given_up) = (None, true);
     }
 }

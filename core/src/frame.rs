@@ -43,6 +43,10 @@ const WINDOW: u8 = 0x14;
 const SESSION_WINDOW: u8 = 0x15;
 const OPEN_PIN: u8 = 0x16;
 const EXTENSION_MIN: u8 = 0x80;
+/// An extension frame: a node that does not know it skips it.
+const FORGET: u8 = 0x80;
+/// The length of `FORGET`'s payload: a session secret.
+const FORGET_LEN: usize = 32;
 
 /// One frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,8 +108,22 @@ pub enum Frame {
         /// The limit.
         max: u64,
     },
+    /// Client to node, extension type `0x80`: the client gave up the session whose secret this
+    /// is (it had no link to the node for its grace) and this session replaces it; the node
+    /// ends that one at once if it still holds it. A node that does not know it skips it.
+    Forget(SecretBytes),
     /// An extension frame this version does not know; it was skipped.
     Unknown(u8),
+}
+
+/// A session secret in a frame ([`Frame::Forget`]): redacted in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretBytes(pub [u8; FORGET_LEN]);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretBytes(..)")
+    }
 }
 
 /// Codes carried by `Frame::Close` on a session's link. A peer that does not know a code takes
@@ -245,8 +263,12 @@ impl Frame {
             },
             t if t >= EXTENSION_MIN => {
                 let len = usize::from(take_u16(buf, "extension")?);
-                take_bytes(buf, len, "extension")?;
-                Frame::Unknown(t)
+                let body = take_bytes(buf, len, "extension")?;
+                match (t, <[u8; FORGET_LEN]>::try_from(&body[..])) {
+                    (FORGET, Ok(secret)) => Frame::Forget(SecretBytes(secret)),
+                    // A length this version does not expect: skipped like an unknown type.
+                    _ => Frame::Unknown(t),
+                }
             }
             t => return Err(FrameError::UnknownType(t)),
         };
@@ -264,6 +286,7 @@ impl Frame {
             Frame::Reset { .. } => 19,
             Frame::Window { .. } => WINDOW_LEN,
             Frame::SessionWindow { .. } => SESSION_WINDOW_LEN,
+            Frame::Forget(_) => 3 + FORGET_LEN,
             Frame::Unknown(_) => 3,
         }
     }
@@ -325,6 +348,11 @@ impl Frame {
             Frame::SessionWindow { max } => {
                 out.put_u8(SESSION_WINDOW);
                 out.put_u64(*max);
+            }
+            Frame::Forget(secret) => {
+                out.put_u8(FORGET);
+                out.put_u16(FORGET_LEN as u16);
+                out.put_slice(&secret.0);
             }
             Frame::Unknown(t) => {
                 out.put_u8(*t);
@@ -432,8 +460,26 @@ mod tests {
                 max: 1 << 40,
             },
             Frame::SessionWindow { max: 123 },
+            Frame::Forget(SecretBytes([9; FORGET_LEN])),
             Frame::Unknown(0x80),
+            Frame::Unknown(0x81),
         ]
+    }
+
+    /// A `FORGET` of another length than a secret's (a later version's) is skipped like an
+    /// unknown extension, and the frames after it are read; its secret never shows in `Debug`.
+    #[test]
+    fn a_forget_of_another_length_is_skipped() {
+        let mut b = BytesMut::new();
+        b.put_u8(FORGET);
+        b.put_u16(33);
+        b.put_slice(&[5; 33]);
+        Frame::Ping(1).encode(&mut b);
+        let mut b = b.freeze();
+        assert_eq!(Frame::decode(&mut b).unwrap(), Some(Frame::Unknown(FORGET)));
+        assert_eq!(Frame::decode(&mut b).unwrap(), Some(Frame::Ping(1)));
+        let shown = format!("{:?}", Frame::Forget(SecretBytes([0xab; FORGET_LEN])));
+        assert!(!shown.contains("171") && !shown.contains("ab"), "{shown}");
     }
 
     #[test]

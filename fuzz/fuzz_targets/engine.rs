@@ -137,6 +137,8 @@ enum HostileFrame {
     Close(u16),
     MoreLinks,
     Draining,
+    /// `FORGET`: the client gave up another session for this one.
+    Forget([u8; 32]),
     Raw(Vec<u8>),
 }
 
@@ -506,6 +508,9 @@ fn encode_hostile(f: &HostileFrame, out: &mut BytesMut, bulk_at: &mut HashMap<u8
         HostileFrame::Close(c) => Frame::Close(c).encode(out),
         HostileFrame::MoreLinks => Frame::MoreLinks.encode(out),
         HostileFrame::Draining => Frame::Draining.encode(out),
+        HostileFrame::Forget(secret) => {
+            Frame::Forget(wanmux_core::frame::SecretBytes(secret)).encode(out)
+        }
         HostileFrame::Raw(ref b) => out.extend_from_slice(&b[..b.len().min(1024)]),
     }
 }

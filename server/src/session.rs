@@ -448,6 +448,27 @@ impl Sessions {
         }
     }
 
+    /// The client of the session under `by` gave up its session whose secret is `secret` for
+    /// this one (`FORGET`: it had no link to this node for its grace): ends that session now,
+    /// closing its service connections, if this node holds it. Only the client that made a
+    /// session knows its secret, and the key looked up is this client's.
+    fn forget(&self, by: Key, secret: &wanmux_core::frame::SecretBytes) {
+        let id = wanmux_core::noise::SessionSecret::from_bytes(secret.0).id();
+        let old = (by.0, SessionId(id));
+        if old == by {
+            return;
+        }
+        let Some(driver) = self.lock().get(&old).map(|e| e.driver.clone()) else {
+            return;
+        };
+        self.end(old, &driver, true);
+        info!(
+            old = %old.1,
+            "an old session of this client is over: the client replaced it with this one (it \
+             had no link to this node for its grace)"
+        );
+    }
+
     /// Records that the session under `key` expired (or, `over`, that its client ended it),
     /// forgetting old records.
     fn bury(&self, key: Key, over: bool) {
@@ -690,6 +711,9 @@ impl Sessions {
         let mut probed: Option<Instant> = None;
         loop {
             let changed = driver.links_changed();
+            for secret in driver.take_forgets() {
+                self.forget(key, &secret);
+            }
             if driver.peer_ended() && !driver.is_closed() {
                 // The client stopped in order: no grace to keep the session for.
                 self.end(key, &driver, true);

@@ -259,6 +259,74 @@ async fn exceeding_the_grace_period_closes_both_ends_and_frees_the_session() {
     .await;
 }
 
+/// A client that gave up its session (no link to the node for its grace, which is shorter than
+/// the node's) tells the node so on its new session's first link (`FORGET`): the node ends the
+/// old session at once, closing its service connections, rather than holding them until its
+/// own grace is over (a trial's services saw their resets 32 s after the applications did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_the_client_gave_up_ends_at_the_node_when_the_client_is_back() {
+    const SERVER_GRACE: Duration = Duration::from_secs(60);
+    const CLIENT_GRACE: Duration = Duration::from_millis(1000);
+    within(Duration::from_secs(60), async {
+        let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let raw_addr = raw.local_addr().unwrap();
+        let (t, relay) = relayed_tunnel(IK, 2, |s, c| {
+            s.session_grace = SERVER_GRACE;
+            c.session_grace = CLIENT_GRACE;
+            c.handshake_timeout = Duration::from_millis(500);
+            add_service(s, "raw", raw_addr);
+            add_map(c, "raw");
+        })
+        .await;
+        let (mut near, mut far) = raw_pair(&t, &raw).await;
+
+        relay.stall(Links::All);
+        let stalled = Instant::now();
+        near.write_all(&[1; 1024]).await.unwrap();
+        far.write_all(&[2; 1024]).await.unwrap();
+        let end = drain_end(&mut near, Duration::from_secs(20)).await;
+        assert!(
+            matches!(end, ReadEnd::Reset | ReadEnd::Eof),
+            "client application side after the client's grace: {end:?}"
+        );
+        let gave_up = Instant::now();
+        println!(
+            "the client gave up its session {:?} into the stall",
+            gave_up - stalled
+        );
+        wait_dials_since(&relay, gave_up, 2).await;
+        assert_eq!(
+            t.server.session_count(),
+            1,
+            "the node holds the old session"
+        );
+
+        relay.resume(Links::All);
+        let resumed = Instant::now();
+        let end = drain_end(&mut far, SERVER_GRACE / 2).await;
+        let after = resumed.elapsed();
+        println!("the service's connection ended {after:?} after the path came back: {end:?}");
+        assert!(
+            matches!(end, ReadEnd::Reset | ReadEnd::Eof),
+            "server application side once the client is back: {end:?}"
+        );
+        assert!(
+            after < Duration::from_secs(15),
+            "the node held the old session {after:?} after the client came back"
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || t.server.session_count() == 1
+                && t.client.live_links() == 2)
+            .await,
+            "the new session only: {} sessions, {} links",
+            t.server.session_count(),
+            t.client.live_links()
+        );
+        assert_eq!(t.server.stream_count(), 0);
+    })
+    .await;
+}
+
 /// One link, stalled past the ping timeout while both ends have frames in flight: both engines
 /// declare the link dead and queue its frames again, the client redials once the path is back,
 /// and the connection carries on, bytes intact.

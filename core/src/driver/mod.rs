@@ -66,6 +66,9 @@ struct State {
     /// Links the peer closed with a `CLOSE` code other than `close::LINK`, until their tasks
     /// remove them: why, for the link's end ([`SessionDriver::peer_close`]).
     peer_closed: HashMap<LinkId, u16>,
+    /// Server: the sessions the client said this one replaces ([`Event::Forget`]), until the
+    /// daemon takes them ([`SessionDriver::take_forgets`]).
+    forgets: Vec<crate::frame::SecretBytes>,
     /// Scratch for [`Session::poll_wakes`].
     wakes: Vec<LinkId>,
     /// The daemon's, woken when this session's engine is dropped with it.
@@ -240,6 +243,7 @@ impl SessionDriver {
                 relayed: std::collections::HashSet::new(),
                 retired: std::collections::HashSet::new(),
                 peer_closed: HashMap::new(),
+                forgets: Vec::new(),
                 wakes: Vec::new(),
                 budget_signal: budget.clone(),
                 armed: None,
@@ -382,6 +386,10 @@ impl SessionDriver {
                 ),
                 Event::SessionOver => {
                     self.shared.peer_ended.store(true, Ordering::Release);
+                    self.shared.links_changed.notify_waiters();
+                }
+                Event::Forget(secret) => {
+                    st.forgets.push(secret);
                     self.shared.links_changed.notify_waiters();
                 }
                 Event::LinkTimedOut(id) | Event::LinkClosedByPeer { link: id, .. } => {
@@ -761,6 +769,12 @@ impl SessionDriver {
     /// logs, nothing more. Set once, before the first link joins; later calls are ignored.
     pub fn on_refused(&self, hook: impl Fn(u16) + Send + Sync + 'static) {
         let _ = self.shared.refused_hook.set(RefusedHook(Box::new(hook)));
+    }
+
+    /// Server: the secrets of the sessions the client said this one replaces (`FORGET`), since
+    /// the last call; [`SessionDriver::links_changed`] wakes when one comes.
+    pub fn take_forgets(&self) -> Vec<crate::frame::SecretBytes> {
+        std::mem::take(&mut self.lock().forgets)
     }
 
     /// Whether the session was closed in order ([`SessionDriver::close`], [`close_flushed`]).

@@ -263,6 +263,16 @@ impl Session {
         }
     }
 
+    /// Client: this session replaces the one whose secret is `secret`, given up after the
+    /// client's grace with no link to the node: tells the node once (`FORGET`, a control
+    /// frame, sent again on another link if the one it went on dies), so that it ends that
+    /// session, and closes its service connections, now rather than after its own grace.
+    pub fn forget_session(&mut self, secret: crate::frame::SecretBytes) {
+        if self.role == Role::Client {
+            self.control.push_back(Frame::Forget(secret));
+        }
+    }
+
     /// Resets every stream (the session is going away).
     pub fn reset_all(&mut self, code: u16) {
         let ids: Vec<StreamId> = self.streams.keys().copied().collect();

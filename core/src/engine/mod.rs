@@ -136,6 +136,9 @@ const SEGMENT_WINDOW_BYTES: u64 = 2048;
 /// it is refused like one over `max_streams`. A client's `OPEN` travels ahead of its data, so
 /// only the streams opened within a difference of link latencies wait.
 pub const MAX_PENDING_STREAMS: usize = 1024;
+/// Server: the `FORGET` frames one session takes ([`Event::Forget`]); a client sends one per
+/// session it gave up, again if the link it went on died unconfirmed.
+pub const MAX_FORGETS: usize = 16;
 /// Server: memory all streams of a session that wait for their `OPEN` may hold together (in
 /// the budget's receive pool, see `Session::account_recv`): what one session can take of the
 /// pool that other clients' new streams need. A stream's `OPEN` normally comes first or within
@@ -253,6 +256,9 @@ pub enum Event {
     /// Server: the client said the session is over (`CLOSE` code
     /// [`crate::frame::close::SESSION_OVER`]): it stopped in order.
     SessionOver,
+    /// Server: the client gave up the session with this secret for this one (`FORGET`): end
+    /// that session at once if it is the same client's. At most [`MAX_FORGETS`] per session.
+    Forget(crate::frame::SecretBytes),
     /// A link's ping went unanswered for too long (a blackholed path, a dead middlebox): the
     /// engine has removed it and queued what it carried for the other links. Close its socket.
     LinkTimedOut(LinkId),
@@ -339,6 +345,8 @@ pub struct Session {
     /// When a message last came on a link through a relay: the peer was heard then, by a
     /// path that is not a link of the session's own ([`Session::heard_through_relay`]).
     heard_through_relay: Option<Instant>,
+    /// Server: `FORGET` frames taken ([`Event::Forget`]).
+    forgets: usize,
     /// When the last small interactive segment went out: lanes are reserved until
     /// `LANE_HOLD` after it. The latest of `small_at`.
     last_small: Option<Instant>,
@@ -426,6 +434,7 @@ impl Session {
             unsent_target: 0,
             resent: 0,
             heard_through_relay: None,
+            forgets: 0,
             last_small: None,
             small_at: HashMap::new(),
             small_order: BTreeSet::new(),

@@ -3,7 +3,7 @@
 
 use super::stream::{Phase, Stream};
 use super::{
-    unsent_bound, Event, PeerError, Role, Session, ACK_DELAY, INITIAL_STREAM_CREDIT,
+    unsent_bound, Event, PeerError, Role, Session, ACK_DELAY, INITIAL_STREAM_CREDIT, MAX_FORGETS,
     MAX_PENDING_STREAMS, PENDING_LIFETIME,
 };
 use crate::budget::Pool;
@@ -115,6 +115,14 @@ impl Session {
                         }
                         self.schedule(id);
                     }
+                }
+            }
+            Frame::Forget(secret) => {
+                // A client's session makes few (one per part it gave up); more are dropped,
+                // so a peer cannot grow the event queue with them.
+                if matches!(self.role, Role::Server(_)) && self.forgets < MAX_FORGETS {
+                    self.forgets += 1;
+                    self.events.push_back(Event::Forget(secret));
                 }
             }
             Frame::Unknown(_) => {}

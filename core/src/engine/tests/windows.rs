@@ -738,3 +738,35 @@ fn a_peer_out_of_session_credit_gets_what_reads_free_before_half_the_window() {
         s.recv_session_max - INITIAL_SESSION_CREDIT
     );
 }
+
+/// A node hands the daemon each `FORGET` (the client gave up another session for this one), at
+/// most `MAX_FORGETS` per session, so a peer that sends them without end grows nothing; a
+/// client never takes one from its node.
+#[test]
+fn forget_frames_reach_the_daemon_up_to_a_bound() {
+    use crate::frame::SecretBytes;
+    let (mut s, now) = server(16);
+    let forgets: Vec<Frame> = (0..MAX_FORGETS as u8 + 10)
+        .map(|i| Frame::Forget(SecretBytes([i; 32])))
+        .collect();
+    s.handle_message(now, LINK, msg(&forgets)).unwrap();
+    let mut got = Vec::new();
+    while let Some(ev) = s.poll_event() {
+        if let Event::Forget(secret) = ev {
+            got.push(secret.0[0]);
+        }
+    }
+    assert_eq!(got, (0..MAX_FORGETS as u8).collect::<Vec<_>>());
+
+    let mut c = Session::new(Role::Client, Config::default());
+    c.add_link(now, LINK);
+    c.handle_message(now, LINK, msg(&forgets[..1])).unwrap();
+    assert!(std::iter::from_fn(|| c.poll_event()).all(|e| !matches!(e, Event::Forget(_))));
+    // A client sends one when told, and a node does not.
+    c.forget_session(SecretBytes([1; 32]));
+    assert!(sent(&mut c, now, LINK).contains(&Frame::Forget(SecretBytes([1; 32]))));
+    s.forget_session(SecretBytes([1; 32]));
+    assert!(!sent(&mut s, now, LINK)
+        .iter()
+        .any(|f| matches!(f, Frame::Forget(_))));
+}
