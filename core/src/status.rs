@@ -263,7 +263,7 @@ impl SessionStatus {
 
     /// The state of the session `driver` runs; `peer` names the other end.
     pub fn of(driver: &SessionDriver, id: String, peer: String) -> SessionStatus {
-        let (mut labels, relayed) = driver.link_labels();
+        let mut labels = driver.link_labels();
         // Read outside the session's lock: each takes its QUIC connection's.
         let mut readings: std::collections::HashMap<_, _> = labels
             .iter()
@@ -274,7 +274,9 @@ impl SessionStatus {
                 .links()
                 .filter_map(|l| {
                     let mut link = LinkStatus::new(l.0, &s.link_stats(l, now)?);
-                    link.relayed = relayed.contains(&l);
+                    // The engine's own word, under the lock the list is read under: a link
+                    // added since the labels were read is counted as what it is.
+                    link.relayed = s.is_relayed(l);
                     if let Some(label) = labels.remove(&l) {
                         link.address = Some(label.address);
                         link.transport = Some(label.transport.to_owned());

@@ -313,15 +313,9 @@ impl SessionDriver {
         }
     }
 
-    /// The labels of the links up now, and which of them go through a relay.
-    pub fn link_labels(
-        &self,
-    ) -> (
-        HashMap<LinkId, LinkLabel>,
-        std::collections::HashSet<LinkId>,
-    ) {
-        let st = self.lock();
-        (st.link_labels.clone(), st.relayed.clone())
+    /// The labels of the links up now.
+    pub fn link_labels(&self) -> HashMap<LinkId, LinkLabel> {
+        self.lock().link_labels.clone()
     }
 
     /// Runs `f` on the engine with the current time, then forwards events and wakes links and
