@@ -19,7 +19,9 @@ pub(crate) fn toml_error(text: &str, err: &toml::de::Error) -> ConfigError {
         .map(|s| key_at(text, s.start))
         .unwrap_or_default();
     ConfigError {
-        key,
+        // The key path is the file's own text: a key file given as the config (its one line
+        // reads as a key with no value) would print the secret as the key's name.
+        key: redact_key_like(&key),
         line: span.map(|s| line_of(text, s.start)),
         message: plain_words(&redact_key_like(err.message())),
     }

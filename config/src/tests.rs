@@ -454,6 +454,18 @@ fn parser_errors_do_not_quote_secrets() {
     let shown = server(&text).unwrap_err().to_string();
     assert!(!shown.contains(&secret), "{shown}");
     assert!(shown.starts_with("server.toml:4: "), "{shown}");
+    // A key file given as the config: its line reads as a key without a value, which the
+    // error would name.
+    for text in [format!("{secret}\n"), format!("{secret}=\n")] {
+        let shown = server(&text).unwrap_err().to_string();
+        let bare = secret.trim_end_matches('=');
+        assert!(!shown.contains(bare), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+    // A secret used as a key inside a table.
+    let text = psk_server().replace("[server]\n", &format!("[server]\n\"{secret}\" = 1\n"));
+    let shown = server(&text).unwrap_err().to_string();
+    assert!(!shown.contains(secret.trim_end_matches('=')), "{shown}");
 }
 
 // ---------------------------------------------------------------------------------------------
