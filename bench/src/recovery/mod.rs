@@ -445,7 +445,7 @@ async fn transfer(
             let kill = match faults {
                 Faults::None => false,
                 Faults::Once => k == warm,
-                Faults::Every(n) => k >= warm && (k - warm) % n == 0 && k < total,
+                Faults::Every(n) => k >= warm && (k - warm).is_multiple_of(n) && k < total,
             };
             if kill && relay.reset(Links::Oldest) > 0 {
                 let now = Instant::now();

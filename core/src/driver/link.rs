@@ -214,7 +214,7 @@ pub async fn run_routed(
                     if let Some(s) = driver.with(|s, now| s.link_stats(id, now)) {
                         last = Some(s);
                         ticks = ticks.wrapping_add(1);
-                        if ticks % STATS_LOG_EVERY == 0 {
+                        if ticks.is_multiple_of(STATS_LOG_EVERY) {
                             debug!(stats = %Stats(&s), "link");
                         }
                     }
