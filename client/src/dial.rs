@@ -402,7 +402,7 @@ impl Slot {
             // Sections for other owners only make sense with other nodes to route to.
             relay: self.routes.node_count() > 1,
         };
-        let ((reader, writer, server), via, lane) = match self.transport {
+        let ((mut reader, mut writer, server), via, lane) = match self.transport {
             LinkTransport::Tcp => (self.dial_tcp(addr, &hello, first).await?, Via::TCP, None),
             LinkTransport::Quic => {
                 let stream = self.quic_carrier(addr, self.handshake_timeout).await?;
@@ -414,6 +414,7 @@ impl Slot {
             // Frames for streams this node does not own would be refused; say so plainly.
             // `Dials` reports it at warn, rate-limited.
             debug!(expected = %self.node.id, got = server.node_id, "node id mismatch");
+            refuse_node(&mut reader, &mut writer).await;
             return Err(noise::LinkError::Protocol("node id mismatch"));
         }
         let lane = match lane {
@@ -817,4 +818,21 @@ mod tests {
         // A node has at least one address; a count of 0 is treated as one rather than dividing by it.
         assert_eq!(AddrPick::new(3, 0).at, 0);
     }
+}
+
+/// Tells a node that answered with another node id than the one this client has for the
+/// address it dialled that the link will not be used (`CLOSE` code `WRONG_NODE`), so that the
+/// node's log says why, and waits for the node to close it, at most [`CLOSE_LINGER`]: a QUIC
+/// connection dropped at once would discard that frame, and the key confirmation before it,
+/// and the node would read the close as a client that could not decrypt its reply.
+async fn refuse_node(reader: &mut noise::LinkReader, writer: &mut noise::LinkWriter) {
+    let mut msg = BytesMut::new();
+    Frame::Close(close::WRONG_NODE).encode(&mut msg);
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        if writer.send(&msg).await.is_ok() {
+            writer.shutdown().await;
+            while let Ok(Some(_)) = reader.recv().await {}
+        }
+    })
+    .await;
 }

@@ -143,6 +143,10 @@ pub mod close {
     /// Client to node: the client stops; the session is over, and the node ends it at once
     /// instead of keeping it for `server.session_grace_ms`.
     pub const SESSION_OVER: u16 = 0x10;
+    /// Client to node, after the handshake: the node's `server.node_id` is not the `node.id`
+    /// this client has for the address it dialled, so the client will not use the link. The
+    /// session goes on (its id may be the client's session with the node it did reach).
+    pub const WRONG_NODE: u16 = 0x11;
 
     /// What a client's log says of a node's refusal `code`, if it is one.
     pub fn refusal(code: u16) -> Option<&'static str> {

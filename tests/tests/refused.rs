@@ -217,18 +217,36 @@ async fn key_mistakes(logs: &Logs, transport: LinkTransport) {
     case.warned(CLIENT, &["it refused this client"]).await;
     case.stop();
 
-    // Another node id: only the client can tell.
-    let case = Case::start(logs, Auth::Psk, 1, |_, client| {
-        client.transport = transport;
-        if let ClientAuth::PskOnly { nodes, .. } = &mut client.auth {
-            nodes[0].id = NonZeroU16::new(2).unwrap();
-        }
-    })
-    .await;
-    case.warned(
-        CLIENT,
-        &["reports another node id than node.id = 2", "server.node_id"],
-    )
-    .await;
-    case.stop();
+    // Another node id: the client finds it in the node's reply, and tells the node why it
+    // closes the link (`CLOSE` code `WRONG_NODE`), which the node would otherwise read as a
+    // client that could not decrypt its reply, a PSK that differs (static keys with a PSK).
+    for auth in [Auth::Psk, Auth::Static { psk: true }] {
+        let case = Case::start(logs, auth, 1, |_, client| {
+            client.transport = transport;
+            match &mut client.auth {
+                ClientAuth::PskOnly { nodes, .. } => nodes[0].id = NonZeroU16::new(2).unwrap(),
+                ClientAuth::StaticKey { nodes, .. } => {
+                    nodes[0].node.id = NonZeroU16::new(2).unwrap()
+                }
+                _ => unreachable!("key modes only"),
+            }
+        })
+        .await;
+        case.warned(
+            CLIENT,
+            &["reports another node id than node.id = 2", "server.node_id"],
+        )
+        .await;
+        case.warned(
+            "wanmux_core::driver::link",
+            &["the client has another node.id than this node's server.node_id"],
+        )
+        .await;
+        assert_eq!(
+            case.count(&["PSK differs"]),
+            0,
+            "{auth:?}: blamed on the PSK"
+        );
+        case.stop();
+    }
 }

@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use std::fmt;
 use std::sync::Arc;
 use tokio::sync::Notify;
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 /// Messages a writer takes from the engine per lock, then encrypts and writes in one syscall.
 const BATCH: usize = 4;
@@ -115,6 +115,10 @@ impl fmt::Display for LinkEnd {
                 None if *code == crate::frame::close::SESSION_OVER => {
                     f.write_str("closed by peer: the client stopped")
                 }
+                None if *code == crate::frame::close::WRONG_NODE => f.write_str(
+                    "closed by peer: the client has another node.id than this node's \
+                     server.node_id for the address it dialled (they must be equal)",
+                ),
                 None => write!(f, "closed by peer (code {code})"),
             },
         }
@@ -234,6 +238,11 @@ pub async fn run_routed(
     };
     let stats = driver.with(|s, now| s.link_stats(id, now)).or(last);
     span.in_scope(|| match stats {
+        // A client configured with another node id for this node's address: the operator's
+        // mistake to see on both ends (the client backs off between such links).
+        _ if matches!(end, LinkEnd::PeerClosed(crate::frame::close::WRONG_NODE)) => {
+            warn!(%end, "link ended")
+        }
         Some(s) => info!(%end, stats = %Stats(&s), "link ended"),
         None => info!(%end, "link ended"),
     });
