@@ -787,6 +787,23 @@ impl AddrPick {
     }
 }
 
+/// Tells a node that answered with another node id than the one this client has for the
+/// address it dialled that the link will not be used (`CLOSE` code `WRONG_NODE`), so that the
+/// node's log says why, and waits for the node to close it, at most [`CLOSE_LINGER`]: a QUIC
+/// connection dropped at once would discard that frame, and the key confirmation before it,
+/// and the node would read the close as a client that could not decrypt its reply.
+async fn refuse_node(reader: &mut noise::LinkReader, writer: &mut noise::LinkWriter) {
+    let mut msg = BytesMut::new();
+    Frame::Close(close::WRONG_NODE).encode(&mut msg);
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        if writer.send(&msg).await.is_ok() {
+            writer.shutdown().await;
+            while let Ok(Some(_)) = reader.recv().await {}
+        }
+    })
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::AddrPick;
@@ -818,21 +835,4 @@ mod tests {
         // A node has at least one address; a count of 0 is treated as one rather than dividing by it.
         assert_eq!(AddrPick::new(3, 0).at, 0);
     }
-}
-
-/// Tells a node that answered with another node id than the one this client has for the
-/// address it dialled that the link will not be used (`CLOSE` code `WRONG_NODE`), so that the
-/// node's log says why, and waits for the node to close it, at most [`CLOSE_LINGER`]: a QUIC
-/// connection dropped at once would discard that frame, and the key confirmation before it,
-/// and the node would read the close as a client that could not decrypt its reply.
-async fn refuse_node(reader: &mut noise::LinkReader, writer: &mut noise::LinkWriter) {
-    let mut msg = BytesMut::new();
-    Frame::Close(close::WRONG_NODE).encode(&mut msg);
-    let _ = tokio::time::timeout(CLOSE_LINGER, async {
-        if writer.send(&msg).await.is_ok() {
-            writer.shutdown().await;
-            while let Ok(Some(_)) = reader.recv().await {}
-        }
-    })
-    .await;
 }
