@@ -123,14 +123,22 @@ pub(crate) struct Cluster {
     refused: Tally<SocketAddr>,
     /// ... and counted since start (`status`: `no_link`).
     no_link: AtomicU64,
+    /// Whether the first dials settled: until then a connection's hold does not run.
+    dials: Arc<crate::ready::Dials>,
 }
 
 /// Refusals are logged at most this often, as a count.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Cluster {
-    pub(crate) fn new(nodes: Vec<NodeSession>, policy: OwnerPolicy, routes: Arc<Routes>) -> Self {
+    pub(crate) fn new(
+        nodes: Vec<NodeSession>,
+        policy: OwnerPolicy,
+        routes: Arc<Routes>,
+        dials: Arc<crate::ready::Dials>,
+    ) -> Self {
         Cluster {
+            dials,
             nodes,
             policy,
             routes,
@@ -145,14 +153,22 @@ impl Cluster {
         }
     }
 
-    /// Waits up to `hold` for a live link to any node; whether one came up.
+    /// Waits up to `hold` for a live link to any node; whether one came up. The hold runs from
+    /// the end of the client's first dials (a link up, or one failed), not from before: right
+    /// after a start the first link may take longer than the hold (a QUIC handshake given 3 s
+    /// to be answered before TCP, a node that comes up a moment later), and a connection made
+    /// then is no sign that the nodes are unreachable.
     pub(crate) async fn wait_live(&self, hold: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + hold;
+        let mut deadline = tokio::time::Instant::now() + hold;
         loop {
             if self.live_links() > 0 {
                 return true;
             }
-            if tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if !self.dials.settled() {
+                deadline = deadline.max(now + hold);
+            }
+            if now >= deadline {
                 return false;
             }
             // Several nodes' links: polled rather than waited on, one at a time.

@@ -381,7 +381,7 @@ pub async fn start_with(config: ClientConfig, options: Options) -> io::Result<Cl
             pool::run(template, config.links).instrument(span.clone()),
         ));
     }
-    let cluster = Arc::new(Cluster::new(nodes, config.owner, routes));
+    let cluster = Arc::new(Cluster::new(nodes, config.owner, routes, dials.clone()));
     let mut maps = Vec::new();
     let mut listeners = Vec::new();
     for (i, map) in config.maps.iter().enumerate() {

@@ -67,6 +67,11 @@ impl Dials {
         let _ = rx.wait_for(|settled| *settled).await;
     }
 
+    /// Whether a link came up or a dial failed since start.
+    pub(crate) fn settled(&self) -> bool {
+        *self.settled.borrow()
+    }
+
     pub(crate) fn link_up(&self) {
         self.settled.send_replace(true);
     }

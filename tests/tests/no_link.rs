@@ -85,3 +85,41 @@ async fn a_node_that_comes_up_within_the_hold_takes_the_connection() {
     })
     .await;
 }
+
+/// Right after a start the first link may take longer than the hold: here a node without QUIC,
+/// which the default transport gives 3 s to answer QUIC before it dials TCP (and asks QUIC
+/// once more). The hold runs from the end of the first dials, so a connection made at once
+/// waits for that first link instead of being refused as if no node were reachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_made_at_start_waits_for_the_first_dials() {
+    init_tracing();
+    within(Duration::from_secs(60), async {
+        let mut app = app_server().await;
+        let (mut server_config, mut config) = configs(Auth::Psk, app.addr, 1);
+        server_config.quic = false;
+        let server = wanmux_server::start(server_config)
+            .await
+            .expect("server starts");
+        point_client_at(&mut config, server.local_addr());
+        config.transport = wanmux_config::LinkTransport::Auto;
+        config.no_link_hold = Duration::from_secs(1);
+        let client = wanmux_client::start(config).await.expect("client starts");
+        let started = Instant::now();
+        let tcp = TcpStream::connect(client.first_addr()).await.unwrap();
+        let r = transfer_on(tcp, 100_000, 200_000, 6)
+            .await
+            .expect("the connection waited for the first link");
+        let took = started.elapsed();
+        assert!(
+            took > Duration::from_secs(2),
+            "the first link came after {took:?}: the hold was not what was tested"
+        );
+        assert_eq!((r.sent.bytes, r.received.bytes), (100_000, 200_000));
+        let a = app.results.recv().await.expect("app server result");
+        assert_eq!((a.received, a.sent), (r.sent, r.received));
+        assert_eq!(client.status().stream_refusals["no_link"], 0);
+        client.shutdown();
+        server.shutdown();
+    })
+    .await;
+}
