@@ -312,7 +312,16 @@ impl ServerConfig {
             },
         );
         if let Some(cluster) = &self.cluster {
-            check_cluster(&mut errs, self, cluster, &ClusterSpans::default());
+            let check = ClusterCheck {
+                node_id: Some(self.node_id),
+                listen: Some(self.listen),
+                auth: Some(&self.auth),
+                cluster_listen: Some(cluster.listen),
+                relay_queue: Some(cluster.relay_queue),
+                peers: cluster.peers.iter().enumerate().collect(),
+                no_peers: cluster.peers.is_empty(),
+            };
+            check_cluster(&mut errs, &check, &ClusterSpans::default());
         }
         errs.finish("<config>", Some(()))
     }
@@ -338,22 +347,18 @@ impl ClusterSpans {
 /// mode, at least one peer, no peer that is this node (id or key), no peer key that is also a
 /// client's, no duplicate id, key or address, and a cluster listener that cannot be bound beside the client listener. Used by the
 /// TOML path (with spans) and by [`ServerConfig::validate`] (without).
-fn check_cluster(
-    errs: &mut Collector<'_>,
-    config: &ServerConfig,
-    cluster: &Cluster,
-    spans: &ClusterSpans,
-) {
+fn check_cluster(errs: &mut Collector<'_>, c: &ClusterCheck<'_>, spans: &ClusterSpans) {
     const ID: usize = 0;
     const ADDR: usize = 1;
     const KEY: usize = 2;
-    let (own_key, clients) = match &config.auth {
-        ServerAuth::StaticKey {
+    let (own_key, clients) = match c.auth {
+        None => (None, None),
+        Some(ServerAuth::StaticKey {
             private_key,
             allowed_clients,
             ..
-        } => (Some(private_key.public_key()), Some(allowed_clients)),
-        ServerAuth::PskOnly { .. } | ServerAuth::PkiOnly => {
+        }) => (Some(private_key.public_key()), Some(allowed_clients)),
+        Some(ServerAuth::PskOnly { .. } | ServerAuth::PkiOnly) => {
             errs.push(
                 "cluster",
                 spans.table.clone(),
@@ -363,38 +368,41 @@ fn check_cluster(
             (None, None)
         }
     };
-    if !Cluster::RELAY_QUEUE_RANGE.contains(&cluster.relay_queue) {
+    if let Some(q) = c
+        .relay_queue
+        .filter(|q| !Cluster::RELAY_QUEUE_RANGE.contains(q))
+    {
         errs.push(
             "cluster.relay_queue",
             spans.table.clone(),
             format!(
-                "{} is out of range {}..={}",
-                cluster.relay_queue,
+                "{q} is out of range {}..={}",
                 Cluster::RELAY_QUEUE_RANGE.start(),
                 Cluster::RELAY_QUEUE_RANGE.end()
             ),
         );
     }
-    if common::listens_overlap(&cluster.listen, &config.listen) {
-        errs.push(
-            "cluster.listen",
-            spans.listen.clone(),
-            format!(
-                "{} cannot be bound beside server.listen {}: peer links need a listener of \
-                 their own",
-                cluster.listen, config.listen
-            ),
-        );
+    if let (Some(cluster_listen), Some(listen)) = (c.cluster_listen, c.listen) {
+        if common::listens_overlap(&cluster_listen, &listen) {
+            errs.push(
+                "cluster.listen",
+                spans.listen.clone(),
+                format!(
+                    "{cluster_listen} cannot be bound beside server.listen {listen}: peer links \
+                     need a listener of their own",
+                ),
+            );
+        }
     }
-    if cluster.peers.is_empty() {
+    if c.no_peers {
         errs.push(
             "peer",
             spans.table.clone(),
             "[cluster] needs at least one [[peer]] (the other nodes), or remove [cluster]",
         );
     }
-    for (i, p) in cluster.peers.iter().enumerate() {
-        if p.id == config.node_id {
+    for &(i, p) in &c.peers {
+        if Some(p.id) == c.node_id {
             errs.push(
                 format!("peer[{i}].id"),
                 spans.peer(i, ID),
@@ -424,17 +432,53 @@ fn check_cluster(
             format!("duplicate peer {what} (also peer[{first}])"),
         )
     };
-    let peers = &cluster.peers;
-    common::duplicates(peers.iter().map(|p| p.id).enumerate(), |i, first| {
+    let peers = &c.peers;
+    common::duplicates(peers.iter().map(|&(i, p)| (i, p.id)), |i, first| {
         dup(ID, "id", "id", first, i)
     });
-    common::duplicates(peers.iter().map(|p| &p.addr).enumerate(), |i, first| {
+    common::duplicates(peers.iter().map(|&(i, p)| (i, &p.addr)), |i, first| {
         dup(ADDR, "addr", "address", first, i)
     });
-    common::duplicates(
-        peers.iter().map(|p| p.public_key).enumerate(),
-        |i, first| dup(KEY, "public_key", "key", first, i),
-    );
+    common::duplicates(peers.iter().map(|&(i, p)| (i, p.public_key)), |i, first| {
+        dup(KEY, "public_key", "key", first, i)
+    });
+}
+
+/// What [`check_cluster`] compares: the parts of `[server]` and `[cluster]` that converted. A
+/// part that did not is `None` (its own error is recorded), so that every rule that can still
+/// be checked is, and one run reports every mistake.
+struct ClusterCheck<'a> {
+    node_id: Option<NonZeroU16>,
+    listen: Option<SocketAddr>,
+    auth: Option<&'a ServerAuth>,
+    cluster_listen: Option<SocketAddr>,
+    relay_queue: Option<u64>,
+    /// The peers that converted, each with its index among the `[[peer]]` tables.
+    peers: Vec<(usize, &'a Peer)>,
+    /// There is no `[[peer]]` table at all.
+    no_peers: bool,
+}
+
+/// `[cluster]` and `[[peer]]` as far as they converted ([`convert_cluster`]).
+struct ClusterParts {
+    listen: Option<SocketAddr>,
+    /// `None`: the PSK did not load.
+    psk: Option<Option<Psk>>,
+    /// Per `[[peer]]` table: `None` where it did not convert.
+    peers: Vec<Option<Peer>>,
+    relay_queue: Option<u64>,
+}
+
+impl ClusterParts {
+    /// The cluster, if every part converted.
+    fn complete(self) -> Option<Cluster> {
+        Some(Cluster {
+            listen: self.listen?,
+            psk: self.psk?,
+            peers: self.peers.into_iter().collect::<Option<Vec<_>>>()?,
+            relay_queue: self.relay_queue?,
+        })
+    }
 }
 
 /// Reads a config file: its text, the directory relative key paths resolve against, and the
@@ -605,6 +649,23 @@ impl RawServerFile {
 
         let metrics_listen = RawMetrics::convert(self.metrics.as_ref(), errs);
         let control_socket = RawControl::convert(self.control.as_ref(), errs, base_dir);
+        if let Ok(Some((parts, spans))) = &cluster {
+            let check = ClusterCheck {
+                node_id,
+                listen,
+                auth: auth.as_ref(),
+                cluster_listen: parts.listen,
+                relay_queue: parts.relay_queue,
+                peers: parts
+                    .peers
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, p)| Some((i, p.as_ref()?)))
+                    .collect(),
+                no_peers: parts.peers.is_empty(),
+            };
+            check_cluster(errs, &check, spans);
+        }
         let mut config = ServerConfig {
             warnings: Vec::new(),
             listen: listen?,
@@ -624,22 +685,24 @@ impl RawServerFile {
             cluster: None,
             tls: tls?,
         };
-        if let Some((cluster, spans)) = cluster? {
-            check_cluster(errs, &config, &cluster, &spans);
-            config.cluster = Some(cluster);
-        }
+        config.cluster = match cluster {
+            Err(()) => return None,
+            Ok(None) => None,
+            Ok(Some((parts, _))) => Some(parts.complete()?),
+        };
         Some(config)
     }
 }
 
-/// Converts `[cluster]` and `[[peer]]`: `Some(None)` when neither is there, `None` when
-/// something did not convert (recorded). The rules that compare parts are [`check_cluster`]'s.
+/// Converts `[cluster]` and `[[peer]]` as far as they go, recording what does not: `Ok(None)`
+/// when neither is there, `Err` for peers without a `[cluster]`. The rules that compare parts
+/// are [`check_cluster`]'s.
 fn convert_cluster(
     raw: Option<&Spanned<RawCluster>>,
     raw_peers: &[Spanned<RawPeer>],
     errs: &mut Collector<'_>,
     base_dir: &Path,
-) -> Option<Option<(Cluster, ClusterSpans)>> {
+) -> Result<Option<(ClusterParts, ClusterSpans)>, ()> {
     let Some(raw) = raw else {
         if let Some(first) = raw_peers.first() {
             errs.push(
@@ -648,9 +711,9 @@ fn convert_cluster(
                 "[[peer]] is set but [cluster] is missing: add [cluster] with listen (the \
                  address peer links are accepted on), or remove the peers",
             );
-            return None;
+            return Err(());
         }
-        return Some(None);
+        return Ok(None);
     };
     let table = raw.span();
     let c = raw.get_ref();
@@ -704,28 +767,26 @@ fn convert_cluster(
             p.addr.as_ref().map(|v| v.span()),
             p.public_key.as_ref().map(|v| v.span()),
         ]);
-        if let (Some(id), Some(addr), Some(public_key)) = (id, addr, public_key) {
-            peers.push(Peer {
+        peers.push(match (id, addr, public_key) {
+            (Some(id), Some(addr), Some(public_key)) => Some(Peer {
                 id,
                 addr,
                 public_key,
-            });
-        }
+            }),
+            _ => None,
+        });
     }
     let psk = match psk {
-        Loaded::Absent => None,
-        Loaded::Failed => return None,
-        Loaded::Ok(psk) => Some(psk),
+        Loaded::Absent => Some(None),
+        Loaded::Failed => None,
+        Loaded::Ok(psk) => Some(Some(psk)),
     };
-    if peers.len() != raw_peers.len() {
-        return None;
-    }
-    Some(Some((
-        Cluster {
-            listen: listen?,
+    Ok(Some((
+        ClusterParts {
+            listen,
             psk,
             peers,
-            relay_queue: relay_queue?.unwrap_or(Cluster::DEFAULT_RELAY_QUEUE),
+            relay_queue: relay_queue.map(|q| q.unwrap_or(Cluster::DEFAULT_RELAY_QUEUE)),
         },
         spans,
     )))

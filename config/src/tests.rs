@@ -1780,6 +1780,53 @@ fn cluster_rules_name_key_and_line() {
     assert!(e.message.contains("static-key mode"), "{}", e.message);
 }
 
+/// Every rule that can be checked is, whatever else failed: a bad PSK, a bad `relay_queue`, a
+/// bad `server.listen` or a duplicate service do not hide the peers' mistakes.
+#[test]
+fn cluster_rules_are_checked_beside_other_errors() {
+    // peer[0] has this node's id, peer[1] peer[0]'s address.
+    let peers = cluster_server(&[
+        (1, "10.0.0.2:4481", pub_of(12)),
+        (3, "10.0.0.2:4481", pub_of(13)),
+    ]);
+    let expected = [("peer[0].id", Some(12)), ("peer[1].addr", Some(17))];
+    for (what, text, first) in [
+        (
+            "relay_queue",
+            peers.replace("[cluster]\n", "[cluster]\nrelay_queue = 1\n"),
+            ("cluster.relay_queue", Some(10)),
+        ),
+        (
+            "psk",
+            peers.replace("[cluster]\n", "[cluster]\npsk = \"notbase64\"\n"),
+            ("cluster.psk", Some(10)),
+        ),
+        (
+            "server.listen",
+            peers.replace("0.0.0.0:4480", "0.0.0.0"),
+            ("server.listen", Some(2)),
+        ),
+    ] {
+        let errs = server(&text).unwrap_err();
+        let got = keys_lines(&errs);
+        assert!(got.contains(&first), "{what}: {got:?}");
+        for e in &expected {
+            // One line lower where a line was inserted above the peers.
+            let moved = (
+                e.0,
+                e.1.map(|l| if what == "server.listen" { l } else { l + 1 }),
+            );
+            assert!(got.contains(&moved), "{what}: {moved:?} not in {got:?}");
+        }
+    }
+    // A peer that did not convert leaves the others checked.
+    let text = peers.replace("id = 3", "id = 0");
+    let errs = server(&text).unwrap_err();
+    let got = keys_lines(&errs);
+    assert!(got.contains(&("peer[0].id", Some(12))), "{got:?}");
+    assert!(got.contains(&("peer[1].id", Some(16))), "{got:?}");
+}
+
 #[test]
 fn cluster_field_errors_name_key_and_line() {
     let text = static_server()
