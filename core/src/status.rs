@@ -767,8 +767,12 @@ impl Status {
                     .set(l.unconfirmed as f64);
                 sent.with_label_values(&labels).inc_by(l.sent_bytes);
                 received.with_label_values(&labels).inc_by(l.received_bytes);
-                if let (Some(address), Some(transport)) = (&l.address, &l.transport) {
-                    let [session, peer, link] = labels;
+                let [session, peer, link] = labels;
+                if l.relayed {
+                    // A path through another node: its series above join on this row too.
+                    info.with_label_values(&[session, peer, link, "", "relay"])
+                        .set(1.0);
+                } else if let (Some(address), Some(transport)) = (&l.address, &l.transport) {
                     info.with_label_values(&[session, peer, link, address, transport])
                         .set(1.0);
                 }

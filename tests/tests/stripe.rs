@@ -285,6 +285,38 @@ async fn stripe_carries_the_owners_streams_over_every_node_both_ways() {
             "{}",
             st.to_text()
         );
+        // Every link of the metrics has its `wanmux_link_info` row, the relayed paths with
+        // `transport="relay"`, so that a join on it keeps them.
+        let metrics = st.to_prometheus();
+        let label = |line: &str, name: &str| -> String {
+            let from = line.find(&format!("{name}=\"")).expect("the label") + name.len() + 2;
+            line[from..]
+                .split('"')
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let links_of = |family: &str| -> std::collections::BTreeSet<[String; 3]> {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(&format!("{family}{{")))
+                .map(|l| ["session", "peer", "link"].map(|name| label(l, name)))
+                .collect()
+        };
+        let relays = metrics
+            .lines()
+            .filter(|l| l.starts_with("wanmux_link_info{") && l.contains("transport=\"relay\""))
+            .count();
+        assert!(relays >= 4 * 3, "{metrics}");
+        assert!(
+            links_of("wanmux_link_info").len() >= relays + 6,
+            "{metrics}"
+        );
+        assert_eq!(
+            links_of("wanmux_link_sent_bytes_total"),
+            links_of("wanmux_link_info"),
+            "{metrics}"
+        );
         let (up, down) = (4 << 20, 4 << 20);
         let tasks = start_transfers(client.first_addr(), 4, up, down);
         check_all(&mut app, tasks, up, down).await;
