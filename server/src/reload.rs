@@ -272,7 +272,7 @@ fn kept_settings(running: &ServerConfig, new: &ServerConfig) -> Vec<&'static str
     let cluster = |c: &ServerConfig| {
         c.cluster
             .as_ref()
-            .map(|c| (c.listen, c.psk.clone(), c.peers.clone()))
+            .map(|c| (c.listen, c.psk.clone(), c.peers.clone(), c.relay_queue))
     };
     check(cluster(running) != cluster(new), "[cluster] and [[peer]]");
     check(
