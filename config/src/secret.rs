@@ -113,14 +113,14 @@ pub(crate) fn resolve(base_dir: &Path, path: &str) -> PathBuf {
 /// The file's permission bits if its group or other users have any access to it (a secret key
 /// file should be `0600`); `None` if not, or if they cannot be read.
 #[cfg(unix)]
-fn shared_mode(path: &Path) -> Option<u32> {
+pub(crate) fn shared_mode(path: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
     (mode & 0o077 != 0).then_some(mode)
 }
 
 #[cfg(not(unix))]
-fn shared_mode(_path: &Path) -> Option<u32> {
+pub(crate) fn shared_mode(_path: &Path) -> Option<u32> {
     None
 }
 

@@ -119,9 +119,21 @@ impl Keys<'_> {
         if missing {
             return None;
         }
+        let key = key?;
+        if let Some(mode) = crate::secret::shared_mode(&key) {
+            errs.warn(
+                self.key.0,
+                self.key.1.map(|v| v.span()),
+                format!(
+                    "{} can be read or changed by other users (mode {mode:o}); `chmod 600 {}`",
+                    key.display(),
+                    key.display()
+                ),
+            );
+        }
         let paths = CertPaths {
             cert: cert?,
-            key: key?,
+            key,
             ca: ca?,
             crls: self
                 .crls

@@ -36,8 +36,15 @@ fn issue(ca: &Ca, name: &str, usage: Usage, days: i64) -> Issued {
         .expect("a certificate")
 }
 
+/// Writes `text` to `dir/name`; a private key (`.key`) only its owner may read, as a key file
+/// should be.
 fn write(dir: &Path, name: &str, text: &str) {
-    std::fs::write(dir.join(name), text).expect("write");
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    if name.ends_with(".key") {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
 }
 
 /// Writes `ca.pem`, `me.pem` and `me.key` (of `me`) to `dir`.
@@ -90,6 +97,20 @@ fn a_pki_node_and_client_load_and_a_certificate_near_its_end_is_a_warning() {
         &listed.spki
     );
     assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+
+    // A private key other users can read: a warning naming the key, as for Noise keys.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let key = d.join("me.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let s = server(&d, &text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        let w = &s.warnings[0];
+        assert!(
+            w.starts_with("node.toml:7: tls.key_file:") && w.contains("mode 644"),
+            "{w}"
+        );
+    }
 
     let c = dir("ok-client");
     files(&c, &ca, &issue(&ca, "laptop", Usage::Client, 20));
