@@ -43,7 +43,8 @@ pub(super) fn main(command: clap::Command) -> ExitCode {
     }
 }
 
-/// Writes under `out`: `man/NAME.1` and one `man/NAME-SUBCOMMAND.1` per visible subcommand, and
+/// Writes under `out`: `man/NAME.1` and one `man/NAME-SUBCOMMAND.1` per visible subcommand (and
+/// `man/NAME-SUBCOMMAND-SUB.1` per visible subcommand of one, which its page names), and
 /// `completions/NAME.bash`, `completions/_NAME` (zsh) and `completions/NAME.fish`. Returns the
 /// paths written.
 pub(super) fn generate(mut command: clap::Command, out: &Path) -> io::Result<Vec<PathBuf>> {
@@ -61,15 +62,23 @@ pub(super) fn generate(mut command: clap::Command, out: &Path) -> io::Result<Vec
         Ok(file)
     };
     written.push(page(command.clone(), &name, man.join(format!("{name}.1")))?);
-    for sub in command.get_subcommands() {
-        if sub.get_name() == "help" {
+    // (page name, command line, command): the visible subcommands, theirs after them.
+    let mut todo: Vec<(String, String, clap::Command)> = command
+        .get_subcommands()
+        .map(|s| (name.clone(), name.clone(), s.clone()))
+        .collect();
+    while let Some((parent, line, sub)) = todo.pop() {
+        // Hidden ones (a command that only says where the real one is) get no page.
+        if sub.get_name() == "help" || sub.is_hide_set() {
             continue;
         }
-        let full = format!("{name}-{}", sub.get_name());
-        let sub = sub
-            .clone()
-            .display_name(full.clone())
-            .bin_name(format!("{name} {}", sub.get_name()));
+        let full = format!("{parent}-{}", sub.get_name());
+        let line = format!("{line} {}", sub.get_name());
+        todo.extend(
+            sub.get_subcommands()
+                .map(|s| (full.clone(), line.clone(), s.clone())),
+        );
+        let sub = sub.display_name(full.clone()).bin_name(line);
         written.push(page(sub, &full, man.join(format!("{full}.1")))?);
     }
     for (shell, file) in [
@@ -109,12 +118,29 @@ mod tests {
             "man/wanmux-x-status.1",
             "man/wanmux-x-keygen.1",
             "man/wanmux-x-pubkey.1",
+            // A subcommand's subcommands, which its page names.
+            "man/wanmux-x-tls-ca.1",
+            "man/wanmux-x-tls-issue.1",
+            "man/wanmux-x-tls-revoke.1",
             "completions/wanmux-x.bash",
             "completions/_wanmux-x",
             "completions/wanmux-x.fish",
         ] {
             assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
         }
+        // A hidden subcommand (the client's `tls`, which only names the node's) gets none.
+        let hidden = super::super::Cli::command()
+            .name("wanmux-y")
+            .bin_name("wanmux-y")
+            .mut_subcommand("tls", |c| c.hide(true));
+        let hidden_dir = dir.join("hidden");
+        let pages = generate(hidden, &hidden_dir).expect("docs written");
+        assert!(
+            !pages.iter().any(|p| p.to_string_lossy().contains("tls")),
+            "{pages:?}"
+        );
+        let issue = std::fs::read_to_string(dir.join("man/wanmux-x-tls-issue.1")).unwrap();
+        assert!(issue.contains("wanmux\\-x tls issue"), "{issue}");
         let run = std::fs::read_to_string(dir.join("man/wanmux-x-run.1")).unwrap();
         assert!(
             run.starts_with(".ie \\n(.g .ds Aq") || run.contains(".TH"),
