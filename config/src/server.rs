@@ -826,7 +826,7 @@ impl RawServer {
                 errs.push(
                     &key,
                     Some(c.span()),
-                    "a sha256: entry names a client certificate (PKI mode): it needs [tls] with                      client_ca_file",
+                    "a sha256: entry names a client certificate (PKI mode): it needs [tls] with client_ca_file",
                 );
                 ok = false;
             }
@@ -840,7 +840,7 @@ impl RawServer {
                         &key,
                         Some(c.span()),
                         format!(
-                            "{e} (expected sha256: and the base64 of the 32-byte SHA-256 of a                              certificate's public key, as `wanmux-server tls issue` prints it)"
+                            "{e} (expected sha256: and the base64 of the 32-byte SHA-256 of a certificate's public key, as `wanmux-server tls issue` prints it)"
                         ),
                     );
                     ok = false;

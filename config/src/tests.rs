@@ -1943,3 +1943,24 @@ fn the_control_socket_is_read_from_a_file_that_does_not_load() {
     assert_eq!(control_socket_in(&file), None, "not TOML");
     assert_eq!(control_socket_in(&dir.join("missing.toml")), None);
 }
+
+/// The `sha256:` entries of `allowed_clients` that cannot be: each error one sentence, without
+/// the runs of spaces a string broken over lines once left in them.
+#[test]
+fn sha256_entry_errors_read_as_sentences() {
+    let entry =
+        |e: &str| static_server().replace(&format!("\"{}\"]", b64(2)), &format!("\"{e}\"]"));
+    let good = format!("sha256:{}", b64(7));
+    for (text, says) in [
+        (entry(&good), "it needs [tls] with client_ca_file"),
+        (
+            entry("sha256:AAAA"),
+            "SHA-256 of a certificate's public key",
+        ),
+    ] {
+        let errs = server(&text).unwrap_err();
+        let shown = errs.to_string();
+        assert!(shown.contains(says), "{shown}");
+        assert!(!shown.contains("  "), "{shown}");
+    }
+}

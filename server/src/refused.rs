@@ -207,7 +207,7 @@ impl Refusals {
         // gave up for another (its address race, its fallback to TCP, a node that restarted
         // under its redials), as a TCP connection closed before its handshake is.
         if matches!(e, LinkError::Closed) {
-            let reason = "the client closed its QUIC connection before the handshake was done                           (a dial it gave up for another, or a scan)";
+            let reason = "the client closed its QUIC connection before the handshake was done (a dial it gave up for another, or a scan)";
             self.log(Kind::Silent, "", false, peer, reason);
             return;
         }
