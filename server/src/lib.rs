@@ -187,6 +187,12 @@ impl ServerHandle {
         self.sessions.len()
     }
 
+    /// Session engines in memory: the sessions held, and those that ended whose tasks have
+    /// not finished yet (a moment). More than that for long is a session that is never freed.
+    pub fn session_engines(&self) -> u64 {
+        self.sessions.engines()
+    }
+
     /// Links up, over all sessions.
     pub fn link_count(&self) -> usize {
         self.sessions.link_count()

@@ -201,6 +201,11 @@ impl Sessions {
         }
     }
 
+    /// [`crate::ServerHandle::session_engines`].
+    pub(crate) fn engines(&self) -> u64 {
+        self.counters.engines()
+    }
+
     /// The node's status: every session with its links, and the traffic totals.
     pub(crate) fn status(&self, uptime: Duration) -> Status {
         let mut st = Status::new("server", uptime);
@@ -803,8 +808,18 @@ async fn refuse(mut writer: wanmux_core::noise::LinkWriter, code: u16) {
 }
 
 /// Connects each stream the client opens to its named service.
+/// Connects each stream the client opens to its service, until the session is closed. The
+/// channel's sender lives in the driver this task holds, so it never closes by itself: waiting
+/// on it alone kept every ended session's engine in memory for good.
 async fn serve_streams(driver: SessionDriver, mut opened: OpenedStreams, sessions: Arc<Sessions>) {
-    while let Some((id, name)) = opened.recv().await {
+    loop {
+        let next = tokio::select! {
+            next = opened.recv() => next,
+            () = driver.closed() => None,
+        };
+        let Some((id, name)) = next else {
+            return;
+        };
         // A stream the client opened before it heard the drain is served (see
         // `opened_before_drain_heard`); one opened after, on a node it knows drains, is not.
         if sessions.draining.load(Ordering::Relaxed)

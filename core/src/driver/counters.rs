@@ -17,6 +17,8 @@ pub struct Counters {
     links: AtomicU64,
     lock_held_ns: AtomicU64,
     lock_waited_ns: AtomicU64,
+    /// Session engines in memory now (see [`Counters::engines`]).
+    engines: AtomicU64,
 }
 
 /// A copy of [`Counters`] at one moment.
@@ -74,6 +76,21 @@ impl Counters {
 
     pub(crate) fn lock_waited(&self, d: Duration) {
         self.lock_waited_ns.fetch_add(nanos(d), Relaxed);
+    }
+
+    pub(crate) fn engine_made(&self) {
+        self.engines.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn engine_freed(&self) {
+        self.engines.fetch_sub(1, Relaxed);
+    }
+
+    /// Session engines counting into these counters that are in memory now: the sessions
+    /// running, and those that ended but whose tasks still hold them (briefly: a session whose
+    /// engine outlives its end for good is a leak, which this shows).
+    pub fn engines(&self) -> u64 {
+        self.engines.load(Relaxed)
     }
 
     /// The totals now.

@@ -175,6 +175,12 @@ impl BudgetSignal {
     }
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.counters.engine_freed();
+    }
+}
+
 impl Drop for State {
     fn drop(&mut self) {
         // The engine's memory goes back to the budget with it, and nobody is left to report
@@ -233,6 +239,7 @@ impl SessionDriver {
         counters: Arc<Counters>,
     ) -> (SessionDriver, OpenedStreams) {
         let (tx, rx) = mpsc::unbounded_channel();
+        counters.engine_made();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 session,
