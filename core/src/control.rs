@@ -360,15 +360,29 @@ pub async fn print_status(path: &Path, format: Format, watch: Option<Duration>) 
         };
         match watch {
             None => {
-                print!("{text}");
+                write_out(&text)?;
                 return Ok(());
             }
             Some(every) => {
                 // Home and clear the screen, as `top` does.
-                print!("\x1b[H\x1b[2J{text}");
+                if !write_out(&format!("\x1b[H\x1b[2J{text}"))? {
+                    return Ok(());
+                }
                 tokio::time::sleep(every).await;
             }
         }
+    }
+}
+
+/// Writes `text` to standard output; `false` if its reader went away (`status --watch | head`):
+/// then there is no one left to print for, which is no error.
+fn write_out(text: &str) -> io::Result<bool> {
+    use std::io::Write as _;
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
