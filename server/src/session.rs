@@ -831,7 +831,8 @@ async fn serve_streams(driver: SessionDriver, mut opened: OpenedStreams, session
             continue;
         }
         let Some(target) = sessions.service_target(&name) else {
-            debug!(stream = %id, service = %name, "unknown service");
+            // The client's text, quoted and escaped: it may hold line breaks and terminal escapes.
+            debug!(stream = %id, service = ?name, "unknown service");
             sessions.stream_refusals.unknown_service(&name);
             driver.with(|s, _| s.stream_reset(id, reset::UNKNOWN_SERVICE));
             continue;

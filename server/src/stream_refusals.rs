@@ -88,7 +88,8 @@ impl Default for StreamRefusals {
             unknown: Tally::new(LOG_EVERY, |n, service| {
                 warn!(
                     streams = n,
-                    last = %service,
+                    // The client's text, quoted and escaped (line breaks, terminal escapes).
+                    last = ?service,
                     "a client asked for a service this node does not have (the client's \
                      map.service must name one of the node's [[service]]): streams refused"
                 );

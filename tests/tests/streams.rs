@@ -425,7 +425,7 @@ async fn service_failures_are_logged_and_counted() {
             "{line}"
         );
         let line = logs
-            .wait_for(&["WARN", "does not have", "last=nosuch"], PROMPT)
+            .wait_for(&["WARN", "does not have", "last=\"nosuch\""], PROMPT)
             .await;
         assert!(line.contains("streams=1"), "{line}");
         // One line each so far: the other two of each are counted for the next.
