@@ -487,16 +487,18 @@ pub(crate) fn read_config(
     path: &Path,
 ) -> Result<(String, std::path::PathBuf, String), ConfigErrors> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors::single(
-            &name,
-            ConfigError {
-                key: String::new(),
-                line: None,
-                message: format!("cannot read config file: {e}"),
-            },
-        )
-    })?;
+    let text = crate::secret::not_blocking(path)
+        .and_then(|()| std::fs::read_to_string(path))
+        .map_err(|e| {
+            ConfigErrors::single(
+                &name,
+                ConfigError {
+                    key: String::new(),
+                    line: None,
+                    message: format!("cannot read config file: {e}"),
+                },
+            )
+        })?;
     let base_dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),

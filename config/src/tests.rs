@@ -1964,3 +1964,35 @@ fn sha256_entry_errors_read_as_sentences() {
         assert!(!shown.contains("  "), "{shown}");
     }
 }
+
+/// A key or config file that is a FIFO (or a device) is an error at once: reading it would
+/// block `check`, or a running daemon's reload, until someone opened its other end (a trial's
+/// node ignored SIGTERM and answered no `status` so).
+#[test]
+fn a_fifo_as_key_or_config_file_is_an_error_not_a_wait() {
+    let dir = temp_dir();
+    let fifo = dir.join("fifo.key");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let text = psk_server().replace(
+        "node_id = 1\n",
+        &format!(
+            "node_id = 1\nprivate_key_file = \"{}\"\nallowed_clients = [\"{}\"]\n",
+            fifo.display(),
+            b64(2)
+        ),
+    );
+    let e = one_error(server(&text));
+    assert_eq!(
+        (e.key.as_str(), e.line),
+        ("server.private_key_file", Some(4))
+    );
+    assert!(e.message.contains("not a regular file"), "{}", e.message);
+    // The config file itself.
+    let errs = ServerConfig::load(&fifo).unwrap_err();
+    assert!(errs.to_string().contains("not a regular file"), "{errs}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -163,6 +163,22 @@ fn bad_files_are_errors_naming_key_and_line() {
     );
     assert!(errs[0].2.contains("not the key"), "{}", errs[0].2);
 
+    // A FIFO as the key: an error at once, not a wait for a writer.
+    let fifo = d.join("fifo.key");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo")
+        .success());
+    let text = format!("{head}{}{SERVICE}", NODE_TLS.replace("me.key", "fifo.key"));
+    let errs = error(server(&d, &text));
+    assert_eq!(
+        (errs[0].0.as_str(), errs[0].1),
+        ("tls.key_file", Some(6)),
+        "{errs:?}"
+    );
+    assert!(errs[0].2.contains("not a regular file"), "{}", errs[0].2);
+
     // An expired certificate.
     files(&d, &ca, &issue(&ca, "node.example", Usage::Node, -2));
     let text = format!("{head}{NODE_TLS}{SERVICE}");

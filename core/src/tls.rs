@@ -132,13 +132,17 @@ impl CertFiles {
         let chain = read_certs(&paths.cert)
             .map_err(|m| err(Which::Cert, m))
             .ok();
-        let key = PrivateKeyDer::from_pem_file(&paths.key)
-            .map_err(|e| err(Which::Key, pem_message(&paths.key, "a private key", &e)))
+        let key = regular_file(&paths.key)
+            .and_then(|()| {
+                PrivateKeyDer::from_pem_file(&paths.key)
+                    .map_err(|e| pem_message(&paths.key, "a private key", &e))
+            })
+            .map_err(|m| err(Which::Key, m))
             .ok();
         let roots = read_certs(&paths.ca).map_err(|m| err(Which::Ca, m)).ok();
         let (mut crls, mut crl_sources) = (Vec::new(), Vec::new());
         for (i, path) in paths.crls.iter().enumerate() {
-            match read_crls(path) {
+            match regular_file(path).and_then(|()| read_crls(path)) {
                 Ok(c) => {
                     crl_sources.extend(std::iter::repeat_n(i, c.len()));
                     crls.extend(c);
@@ -474,7 +478,21 @@ fn pem_message(path: &Path, what: &str, e: &rustls::pki_types::pem::Error) -> St
 }
 
 /// Every certificate of a PEM file; at least one.
+/// `Ok` if `path` is a regular file (after symbolic links): a FIFO or a device would block the
+/// reading thread (a reload, `check`) until someone opens its other end, or never end.
+fn regular_file(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(format!(
+            "{} is not a regular file (a directory, a FIFO or a device)",
+            path.display()
+        )),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    regular_file(path)?;
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| pem_message(path, "certificate", &e))?
         .collect::<Result<Vec<_>, _>>()
