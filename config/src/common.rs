@@ -328,6 +328,12 @@ pub struct Limits {
     /// 256 per node, plus its lanes and replacements for links not yet found dead), range
     /// 1..=100,000. A link beyond it is closed after its handshake.
     pub max_links_per_session: u32,
+    /// Server only: new handshakes a second from one source (an IPv4 address, an IPv6 /64),
+    /// in bursts of up to four seconds' worth; a connection beyond it is closed before the
+    /// node does any cryptography for it. Default 64, range 1..=1,000,000. Each handshake
+    /// costs the node two Diffie-Hellman operations before it knows whether the client is
+    /// allowed, so this bounds what one source can make it spend.
+    pub handshake_rate: u32,
 }
 
 impl Limits {
@@ -343,6 +349,7 @@ impl Limits {
             max_sessions,
             max_sessions_per_client,
             max_links_per_session,
+            handshake_rate,
         } = *self;
         [
             ("limits.stream_window", stream_window != other.stream_window),
@@ -360,6 +367,10 @@ impl Limits {
             (
                 "limits.max_links_per_session",
                 max_links_per_session != other.max_links_per_session,
+            ),
+            (
+                "limits.handshake_rate",
+                handshake_rate != other.handshake_rate,
             ),
         ]
         .into_iter()
@@ -398,6 +409,11 @@ impl Limits {
     pub const MAX_SESSIONS_RANGE: RangeInclusive<u32> = 1..=1_000_000;
     /// Allowed `max_links_per_session` values: 1..=100,000.
     pub const MAX_LINKS_RANGE: RangeInclusive<u32> = 1..=100_000;
+    /// Default `handshake_rate`: 64 a second (a client dials its few links at once, and redials
+    /// them backing off).
+    pub const DEFAULT_HANDSHAKE_RATE: u32 = 64;
+    /// Allowed `handshake_rate` values: 1..=1,000,000.
+    pub const HANDSHAKE_RATE_RANGE: RangeInclusive<u32> = 1..=1_000_000;
 
     /// Checks the ranges and `session_window >= stream_window`. Returns each problem with the
     /// name of the field it is reported on.
@@ -426,6 +442,9 @@ impl Limits {
         }
         if let Some(msg) = out_of_range(self.max_links_per_session, &Self::MAX_LINKS_RANGE) {
             out.push(("max_links_per_session", msg));
+        }
+        if let Some(msg) = out_of_range(self.handshake_rate, &Self::HANDSHAKE_RATE_RANGE) {
+            out.push(("handshake_rate", msg));
         }
         if let Some(msg) = out_of_range(self.memory, &Self::MEMORY_RANGE) {
             out.push(("memory", msg));
@@ -470,6 +489,7 @@ impl Default for Limits {
             max_sessions: Self::DEFAULT_MAX_SESSIONS,
             max_sessions_per_client: Self::DEFAULT_MAX_SESSIONS_PER_CLIENT,
             max_links_per_session: Self::DEFAULT_MAX_LINKS_PER_SESSION,
+            handshake_rate: Self::DEFAULT_HANDSHAKE_RATE,
         }
     }
 }
@@ -498,6 +518,7 @@ pub(crate) struct RawLimits {
     max_sessions: Option<Spanned<i64>>,
     max_sessions_per_client: Option<Spanned<i64>>,
     max_links_per_session: Option<Spanned<i64>>,
+    handshake_rate: Option<Spanned<i64>>,
 }
 
 impl RawLimits {
@@ -513,6 +534,7 @@ impl RawLimits {
             ("max_sessions", &raw.max_sessions),
             ("max_sessions_per_client", &raw.max_sessions_per_client),
             ("max_links_per_session", &raw.max_links_per_session),
+            ("handshake_rate", &raw.handshake_rate),
         ] {
             if let Some(v) = v {
                 errs.warn(
@@ -578,6 +600,12 @@ impl RawLimits {
             raw.max_links_per_session.as_ref(),
             &Limits::MAX_LINKS_RANGE,
         );
+        let handshake_rate = int_in(
+            errs,
+            "limits.handshake_rate",
+            raw.handshake_rate.as_ref(),
+            &Limits::HANDSHAKE_RATE_RANGE,
+        );
         let memory_value = memory.flatten().unwrap_or(d.memory);
         // Defaults that fit what is written: an unwritten stream window is at most half of
         // the memory cap, an unwritten session window at least the stream window.
@@ -597,6 +625,7 @@ impl RawLimits {
             max_links_per_session: max_links_per_session
                 .flatten()
                 .unwrap_or(d.max_links_per_session),
+            handshake_rate: handshake_rate.flatten().unwrap_or(d.handshake_rate),
         };
         // Cross-check only values that are in range on their own (absent ones took defaults that
         // fit what is written, so a problem names a written key).

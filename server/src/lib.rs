@@ -18,6 +18,7 @@ mod refused;
 mod relay;
 mod reload;
 mod session;
+mod slots;
 mod stream_refusals;
 
 /// `ROUTE_DOWN` answers a relay keeps queued for one client link that does not read them; past
@@ -28,6 +29,7 @@ use mesh::Mesh;
 use refused::{Refusals, Stage};
 use reload::SharedAuth;
 use session::Sessions;
+use slots::Slots;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,9 +44,15 @@ use wanmux_core::{daemon, driver, metrics, noise, quic, tune};
 /// Handshakes in progress at once; connections beyond wait in the kernel's accept queue, so a
 /// flood of half-open connections costs bounded memory.
 const MAX_HANDSHAKES: usize = 1024;
-/// Handshakes in progress at once from one IP address: a client dials its links a few at a
-/// time, and one address cannot take every slot.
+/// Handshakes in progress at once from one source (an IPv4 address or an IPv6 /64, [`slots`]):
+/// a client dials its links a few at a time, and one source cannot take every slot.
 const MAX_HANDSHAKES_PER_SOURCE: usize = 16;
+/// Why a handshake in progress was ended ([`slots`]): its slot went to a newer one.
+const TAKEN_OVER: &str = "too many handshakes in progress from this address (an IPv6 /64 counts \
+                          as one), or on this node: the oldest was ended for this one";
+/// Why a connection was closed before its handshake ([`slots::Rates`]).
+const TOO_FAST: &str = "new handshakes from this address (an IPv6 /64 counts as one) come faster \
+                        than limits.handshake_rate";
 /// QUIC handshakes in progress at once from addresses QUIC has not validated. Such an address
 /// may be spoofed: a flood of Initials from addresses that never answer would hold a slot each
 /// for a handshake timeout, and cost a key exchange and a signature each. Past this many, a new
@@ -539,11 +547,12 @@ impl Listener {
 
 /// Accepts links on `listener`, TCP or QUIC alike, each taking a handshake slot once accepted:
 /// at most [`MAX_HANDSHAKES`] in their handshake at once, [`MAX_HANDSHAKES_PER_SOURCE`] from one
-/// address, and none while the open file descriptors are within the reserve of the limit (see
-/// `fds`). A QUIC connection from an address QUIC has not validated takes one of
-/// [`MAX_UNVALIDATED`] slots instead, or gets a Retry when they are taken. A connection with no
-/// slot is closed at once (TCP: with an RST), so a flood holds no descriptor; the refusals are
-/// logged as a count (`refused`). Each link that authenticates runs in its session.
+/// source, the oldest giving way to a new one (see `slots`), and none while the open file
+/// descriptors are within the reserve of the limit (see `fds`). A QUIC connection from an
+/// address QUIC has not validated takes one of [`MAX_UNVALIDATED`] slots instead, or gets a
+/// Retry when they are taken. A connection with no slot is closed at once (TCP: with an RST),
+/// so a flood holds no descriptor; refusals and ended handshakes are logged as a count
+/// (`refused`). Each link that authenticates runs in its session.
 async fn accept_loop(
     listener: Listener,
     auth: Arc<SharedAuth>,
@@ -551,7 +560,8 @@ async fn accept_loop(
     refusals: Arc<Refusals>,
     fds: Arc<fds::Fds>,
 ) {
-    let slots = Arc::new(Slots::default());
+    let slots = Slots::new(MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE, MAX_UNVALIDATED);
+    let rates = slots::Rates::new(sessions.handshake_rate());
     let errors = daemon::AcceptErrors::new("accept failed");
     loop {
         let Some((incoming, peer)) = listener.next(&errors).await else {
@@ -569,7 +579,23 @@ async fn accept_loop(
             }
             continue;
         }
-        let slot = match slots.take(peer.ip(), validated) {
+        // A validated address only: an unvalidated QUIC one may be spoofed, and spending a
+        // victim's rate would lock it out.
+        if validated && !rates.admit(peer.ip(), std::time::Instant::now()) {
+            refusals.busy(peer, TOO_FAST);
+            incoming.refuse();
+            continue;
+        }
+        let taken = if validated {
+            let (slot, took_over) = slots.take(peer.ip());
+            if took_over {
+                refusals.busy(peer, TAKEN_OVER);
+            }
+            Ok(slot)
+        } else {
+            slots.take_unvalidated()
+        };
+        let slot = match taken {
             Err(why) => {
                 refusals.busy(peer, why);
                 incoming.refuse();
@@ -592,7 +618,11 @@ async fn accept_loop(
         let (auth, sessions, refusals) = (auth.clone(), sessions.clone(), refusals.clone());
         let slots = slots.clone();
         tokio::spawn(async move {
-            let accepted = handshake(incoming, peer, &auth, &sessions, &refusals).await;
+            let accepted = tokio::select! {
+                accepted = handshake(incoming, peer, &auth, &sessions, &refusals) => accepted,
+                // A newer handshake took the slot: this one's connection closes.
+                () = slot.evicted() => None,
+            };
             drop(slot);
             let Some((acc, transport, sibling)) = accepted else {
                 return;
@@ -663,16 +693,15 @@ async fn lane_stream(
     let Ok(stream) = sibling.accept().await else {
         return;
     };
-    let slot = match slots.take(peer.ip(), true) {
-        Ok(slot) => slot,
-        Err(why) => {
-            refusals.busy(peer, why);
-            sibling.close();
-            return;
-        }
-    };
+    let (slot, took_over) = slots.take(peer.ip());
+    if took_over {
+        refusals.busy(peer, TAKEN_OVER);
+    }
     let incoming = Incoming::LaneStream(Box::new(stream));
-    let accepted = handshake(incoming, peer, auth, sessions, refusals).await;
+    let accepted = tokio::select! {
+        accepted = handshake(incoming, peer, auth, sessions, refusals) => accepted,
+        () = slot.evicted() => None,
+    };
     drop(slot);
     let Some((acc, transport, _)) = accepted else {
         sibling.close();
@@ -688,86 +717,6 @@ async fn lane_stream(
     sessions
         .run_link(acc, peer, transport, None, auth, refusals)
         .await;
-}
-
-/// The handshakes in progress: from validated addresses in all and per address, and from
-/// addresses QUIC has not validated.
-#[derive(Debug, Default)]
-struct Slots {
-    taken: std::sync::Mutex<Taken>,
-}
-
-#[derive(Debug, Default)]
-struct Taken {
-    /// From validated addresses, in all.
-    all: usize,
-    /// From validated addresses, per address (entries removed at zero).
-    from: std::collections::HashMap<std::net::IpAddr, usize>,
-    /// From unvalidated addresses (QUIC without a Retry), in all.
-    unvalidated: usize,
-}
-
-/// A handshake slot, given back on drop: `None` for one of an unvalidated address.
-struct Slot {
-    slots: Arc<Slots>,
-    ip: Option<std::net::IpAddr>,
-}
-
-impl Slots {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Taken> {
-        // Only counting runs under this lock.
-        self.taken.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether an unvalidated address may start a handshake now ([`MAX_UNVALIDATED`]).
-    fn room_unvalidated(&self) -> bool {
-        self.lock().unvalidated < MAX_UNVALIDATED
-    }
-
-    /// A slot for a handshake from `ip`, `validated` or not, or why there is none.
-    fn take(self: &Arc<Self>, ip: std::net::IpAddr, validated: bool) -> Result<Slot, &'static str> {
-        let mut taken = self.lock();
-        if !validated {
-            if taken.unvalidated >= MAX_UNVALIDATED {
-                return Err("too many QUIC handshakes from unvalidated addresses in progress");
-            }
-            taken.unvalidated += 1;
-            return Ok(Slot {
-                slots: self.clone(),
-                ip: None,
-            });
-        }
-        if taken.all >= MAX_HANDSHAKES {
-            return Err("too many handshakes in progress on this node");
-        }
-        let from = taken.from.entry(ip).or_insert(0);
-        if *from >= MAX_HANDSHAKES_PER_SOURCE {
-            return Err("too many handshakes in progress from this address");
-        }
-        *from += 1;
-        taken.all += 1;
-        Ok(Slot {
-            slots: self.clone(),
-            ip: Some(ip),
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut taken = self.slots.lock();
-        let Some(ip) = self.ip else {
-            taken.unvalidated -= 1;
-            return;
-        };
-        taken.all -= 1;
-        if let Some(n) = taken.from.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                taken.from.remove(&ip);
-            }
-        }
-    }
 }
 
 /// Runs the Noise handshake on a link that arrived (QUIC: after the QUIC handshake, bound to its

@@ -260,6 +260,11 @@ impl Sessions {
         self.config.node_id.get()
     }
 
+    /// `limits.handshake_rate`.
+    pub(crate) fn handshake_rate(&self) -> u32 {
+        self.config.limits.handshake_rate
+    }
+
     pub(crate) fn handshake_timeout(&self) -> Duration {
         self.config.handshake_timeout
     }

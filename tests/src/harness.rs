@@ -327,6 +327,9 @@ pub fn configs(auth: Auth, target: SocketAddr, links: u16) -> (ServerConfig, Cli
     };
     let mut server = server;
     server.tls = server_tls;
+    // Every test's clients and probes dial from 127.0.0.1, many links at once: the per-source
+    // rate is a test's own business (`limits.handshake_rate`).
+    server.limits.handshake_rate = *wanmux_config::Limits::HANDSHAKE_RATE_RANGE.end();
     (server, client)
 }
 

@@ -74,6 +74,8 @@ pub fn node_config(
             })
             .collect(),
     });
+    // Every test's clients dial from 127.0.0.1 (see `harness::configs`).
+    config.limits.handshake_rate = *wanmux_config::Limits::HANDSHAKE_RATE_RANGE.end();
     config.validate().expect("a valid cluster config");
     config
 }

@@ -382,3 +382,97 @@ async fn a_client_that_never_acks_does_not_starve_another() {
     })
     .await;
 }
+
+/// Stalled handshakes from one address do not lock it out (a trial's finding): 20 connections
+/// from 127.0.0.1 that send the first byte of message 1 and then nothing, more than the 16 one
+/// source may have in progress. Each new handshake takes over the oldest stalled one's slot (its
+/// connection closes) instead of being refused until the stalled ones time out, so an honest
+/// client from the same address gets its links at once, and moves data (hashes both ways).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_do_not_lock_their_address_out() {
+    wanmux_tests::harness::init_tracing();
+    within(LIMIT, async {
+        let mut t = Tunnel::start_with(IK, 1, |s, _| {
+            s.handshake_timeout = Duration::from_secs(30);
+        })
+        .await;
+        let mut stalled = Vec::new();
+        for _ in 0..20 {
+            let mut tcp = TcpStream::connect(t.server.local_addr()).await.unwrap();
+            // A valid mode byte (IK), so the node waits for the rest of message 1.
+            tcp.write_all(&[0x11]).await.unwrap();
+            stalled.push(tcp);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut config = t.client_config.clone();
+        config.maps[0].listen = "127.0.0.1:0".parse().unwrap();
+        let started = std::time::Instant::now();
+        let second = wanmux_client::start(config).await.expect("client starts");
+        tokio::time::timeout(Duration::from_secs(5), second.wait_for_links(1))
+            .await
+            .expect("the honest client's links come up beside the stalled handshakes");
+        println!("links up after {:?}", started.elapsed());
+        // The oldest stalled connections were closed for newer handshakes.
+        let mut closed = 0;
+        for tcp in &mut stalled {
+            if read_end(tcp, Duration::from_millis(50)).await != ReadEnd::Hang {
+                closed += 1;
+            }
+        }
+        assert!(closed >= 4, "{closed} stalled connections closed");
+        let c = wanmux_tests::harness::transfer(second.first_addr(), 100_000, 100_000, 7)
+            .await
+            .expect("a transfer through the second client");
+        let a = t.app.results.recv().await.expect("app server result");
+        assert_eq!((a.received, a.sent), (c.sent, c.received));
+        second.shutdown();
+        t.check_transfer(1000, 1000, 1).await;
+    })
+    .await;
+}
+
+/// New handshakes from one source are rate-limited before the node spends anything on them (a
+/// trial's recorded message 1, sent again and again, made a node spend two Diffie-Hellman
+/// operations on each, a whole CPU's worth, for nothing). With `limits.handshake_rate = 2` (a
+/// burst of 8), 40 handshakes of a key the node does not allow, back to back from 127.0.0.1:
+/// at most the burst reaches the key check, the rest are closed at once (`busy`); once the
+/// rate refills, the honest client's link still comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_handshakes_from_one_source_are_rate_limited() {
+    within(LIMIT, async {
+        let mut t = Tunnel::start_with(IK, 1, |s, _| {
+            s.limits.handshake_rate = 2;
+        })
+        .await;
+        let mut stranger = t.client_config.clone();
+        if let ClientAuth::StaticKey { private_key, .. } = &mut stranger.auth {
+            *private_key = generate_keypair().0;
+        }
+        let auth = noise_auth(&stranger);
+        let started = std::time::Instant::now();
+        for _ in 0..40 {
+            assert!(try_handshake(t.server.local_addr(), &auth).await.is_err());
+        }
+        // The burst, and what the rate refilled meanwhile (slow on a loaded machine).
+        let most = 8 + (2.0 * started.elapsed().as_secs_f64()).ceil() as u64;
+        let failures = t.server.status().handshake_failures;
+        println!("{failures:?} in {:?}", started.elapsed());
+        assert!(failures["unknown_client"] <= most, "{failures:?}");
+        assert_eq!(
+            failures["unknown_client"] + failures["busy"],
+            40,
+            "{failures:?}"
+        );
+        // The tunnel's own link, made before, carries on; after a second, so does a new one.
+        t.check_transfer(1000, 1000, 1).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut config = t.client_config.clone();
+        config.maps[0].listen = "127.0.0.1:0".parse().unwrap();
+        let second = wanmux_client::start(config).await.expect("client starts");
+        tokio::time::timeout(Duration::from_secs(10), second.wait_for_links(1))
+            .await
+            .expect("a new link once the rate refilled");
+        second.shutdown();
+    })
+    .await;
+}

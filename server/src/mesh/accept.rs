@@ -11,7 +11,6 @@ use super::Mesh;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tracing::warn;
 use wanmux_core::daemon;
 use wanmux_core::keys::PublicKey;
@@ -19,20 +18,41 @@ use wanmux_core::noise::{self, LinkError, PeerHello};
 
 /// Peer handshakes in progress at once; a cluster has a few peers, so more are strangers.
 const MAX_HANDSHAKES: usize = 64;
+/// ... from one source (an IPv4 address, an IPv6 /64): a peer dials one link at a time.
+const MAX_HANDSHAKES_PER_SOURCE: usize = 4;
+/// New peer handshakes a second from one source (`slots::Rates`): a peer redials its one link,
+/// backing off, so this is room for several nodes behind one address and a test's many on
+/// loopback, and still bounds what a stranger makes the node spend.
+const HANDSHAKE_RATE: u32 = 16;
 
-/// Accepts peer links on `listener` until the task is aborted.
+/// Accepts peer links on `listener` until the task is aborted. Each connection takes a handshake
+/// slot at once; when a source, or the listener, has all its slots, the oldest handshake gives
+/// way (`slots`): connections that stall cannot keep a peer's link waiting behind them (a trial
+/// held off a peer for 37 s with 400 idle connections, when connections beyond 64 waited in the
+/// kernel's queue).
 pub(super) async fn accept_loop(listener: TcpListener, mesh: Arc<Mesh>) {
-    let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let slots = crate::slots::Slots::new(MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE, 0);
+    let rates = crate::slots::Rates::new(HANDSHAKE_RATE);
     let errors = daemon::AcceptErrors::new("cluster accept failed");
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
         let (tcp, addr) = daemon::accept(&listener, &errors).await;
+        if !rates.admit(addr.ip(), std::time::Instant::now()) {
+            // Closed before any cryptography: a flood of recorded first messages costs nothing.
+            tracing::debug!(%addr, "peer handshakes from this address come too fast");
+            continue;
+        }
+        let (slot, took_over) = slots.take(addr.ip());
+        if took_over {
+            tracing::debug!(%addr, "a peer handshake in progress was ended for a newer one");
+        }
         let mesh = mesh.clone();
         tokio::spawn(async move {
-            let accepted = handshake(&mesh, tcp, addr).await;
-            drop(permit);
+            let accepted = tokio::select! {
+                accepted = handshake(&mesh, tcp, addr) => accepted,
+                // A newer handshake took the slot: this connection closes.
+                () = slot.evicted() => None,
+            };
+            drop(slot);
             if let Some(acc) = accepted {
                 link::run(
                     &mesh,
