@@ -81,6 +81,22 @@ pub(super) fn generate(mut command: clap::Command, out: &Path) -> io::Result<Vec
         let sub = sub.display_name(full.clone()).bin_name(line);
         written.push(page(sub, &full, man.join(format!("{full}.1")))?);
     }
+    // The completions offer the visible subcommands only: clap's generators list hidden ones too.
+    // (`--help`, `--version` and `help` are made again by clap.)
+    let generated = |a: &&clap::Arg| !matches!(a.get_id().as_str(), "help" | "version");
+    let mut visible = clap::Command::new(name.clone())
+        .bin_name(name.clone())
+        .args(command.get_arguments().filter(generated).cloned())
+        .subcommands(
+            command
+                .get_subcommands()
+                .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+                .cloned(),
+        );
+    if let Some(v) = command.get_version() {
+        visible = visible.version(v.to_owned());
+    }
+    let mut command = visible;
     for (shell, file) in [
         (Shell::Bash, format!("{name}.bash")),
         (Shell::Zsh, format!("_{name}")),
@@ -139,6 +155,11 @@ mod tests {
             !pages.iter().any(|p| p.to_string_lossy().contains("tls")),
             "{pages:?}"
         );
+        for file in ["completions/wanmux-y.bash", "completions/wanmux-y.fish"] {
+            let text = std::fs::read_to_string(hidden_dir.join(file)).unwrap();
+            assert!(!text.contains("tls"), "{file}: {text}");
+            assert!(text.contains("status"), "{file}: {text}");
+        }
         let issue = std::fs::read_to_string(dir.join("man/wanmux-x-tls-issue.1")).unwrap();
         assert!(issue.contains("wanmux\\-x tls issue"), "{issue}");
         let run = std::fs::read_to_string(dir.join("man/wanmux-x-run.1")).unwrap();
