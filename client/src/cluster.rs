@@ -336,18 +336,9 @@ pub(crate) async fn watch_links(
             changed.await;
             continue;
         }
-        let now = Instant::now();
-        let alone = *alone_since.get_or_insert(now);
-        let heard = driver.with(|s, _| s.heard_through_relay());
-        let last = heard.map_or(alone, |h| h.max(alone));
-        let deadline = last + grace;
-        // Half way through, unless heard since: an idle session's links through a relay
-        // ping every 10 s, which a grace can be shorter than.
-        let probe_at = last + grace / 2;
-        if now >= probe_at && probed != Some(last) {
-            probed = Some(last);
-            driver.with(|s, now| s.probe_relayed(now));
-        }
+        let alone = *alone_since.get_or_insert_with(Instant::now);
+        let clock = driver.grace(alone, grace, &mut probed);
+        let (now, deadline) = (clock.now, clock.deadline);
         if !pins_reset && now >= alone + grace {
             pins_reset = true;
             let pinned = driver.with(|s, _| s.reset_pinned(reset::NO_PATH));
@@ -363,21 +354,18 @@ pub(crate) async fn watch_links(
             }
         }
         if now < deadline {
-            let mut wake = deadline;
+            let mut wake = clock.wake;
             if !pins_reset {
                 wake = wake.min(alone + grace);
-            }
-            if probed != Some(last) {
-                wake = wake.min(probe_at);
             }
             // A link that comes or goes, or the deadline: look again.
             let _ = tokio::time::timeout_at(wake.into(), changed).await;
             continue;
         }
         let streams = driver.with(|s, _| s.stream_count());
-        let relayed = match heard {
-            Some(_) => ", nor word from it through the other nodes",
-            None => "",
+        let relayed = match clock.heard_through_relay {
+            true => ", nor word from it through the other nodes",
+            false => "",
         };
         let fresh = dial::SessionState::new(SessionSecret::generate());
         let (old, new) = (dial::lock(&state).id, fresh.id);

@@ -747,32 +747,17 @@ impl Sessions {
             // The grace runs from the last link's end, or from the client's last message
             // through another node of the cluster (a virtual link), whichever is later: a
             // client whose own path here is down while the others reach it keeps its session.
-            let now = Instant::now();
             let grace = self.config.session_grace;
-            let alone = *alone_since.get_or_insert(now);
-            let heard = driver.with(|s, _| s.heard_through_relay());
-            let last = heard.map_or(alone, |h| h.max(alone));
-            let deadline = last + grace;
-            // Half way through, unless heard since: an idle session's virtual links ping
-            // every 10 s, which a grace can be shorter than.
-            let probe_at = last + grace / 2;
-            if now >= probe_at && probed != Some(last) {
-                probed = Some(last);
-                driver.with(|s, now| s.probe_relayed(now));
-            }
-            if now < deadline {
-                let wake = if probed == Some(last) {
-                    deadline
-                } else {
-                    probe_at
-                };
-                let _ = tokio::time::timeout_at(wake.into(), changed).await;
+            let alone = *alone_since.get_or_insert_with(Instant::now);
+            let clock = driver.grace(alone, grace, &mut probed);
+            if clock.now < clock.deadline {
+                let _ = tokio::time::timeout_at(clock.wake.into(), changed).await;
                 continue;
             }
             self.end(key, &driver, false);
-            let relayed = match heard {
-                Some(_) => ", nor word from the client through another node,",
-                None => "",
+            let relayed = match clock.heard_through_relay {
+                true => ", nor word from the client through another node,",
+                false => "",
             };
             info!("session expired: no link{relayed} for {grace:?}");
             return;

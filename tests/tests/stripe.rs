@@ -522,19 +522,7 @@ async fn a_peer_link_that_dies_mid_transfer_loses_nothing() {
 async fn far_first_node(
     far: Duration,
 ) -> (Vec<ServerHandle>, wanmux_client::ClientHandle, TcpRelay) {
-    let echo = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("echo");
-    let echo_addr = echo.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = echo.accept().await {
-            tokio::spawn(async move {
-                let _ = tcp.set_nodelay(true);
-                let (mut r, mut w) = tcp.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    let echo_addr = echo_service().await;
     let (client_key, client_pub) = generate_keypair();
     let (nodes, specs, _) = start_nodes(2, echo_addr, client_pub, None).await;
     let config = client_config(

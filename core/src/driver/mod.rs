@@ -27,7 +27,7 @@ use crate::ids::{LinkId, StreamId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 
 /// A spawned task, aborted when this is dropped: a helper task that must not outlive the task
@@ -772,6 +772,32 @@ impl SessionDriver {
         let _ = self.shared.refused_hook.set(RefusedHook(Box::new(hook)));
     }
 
+    /// The grace of a session with no direct link since `alone` ([`Grace`]), at `now`: it
+    /// runs for `grace` from then, or from the last message through a relay if later, and half
+    /// way through without word it pings the relayed links once.
+    pub fn grace(&self, alone: Instant, grace: Duration, probed: &mut Option<Instant>) -> Grace {
+        let now = Instant::now();
+        let heard = self.with(|s, _| s.heard_through_relay());
+        let last = heard.map_or(alone, |h| h.max(alone));
+        // Unless heard since: an idle session's relayed links ping every 10 s, which a grace
+        // can be shorter than.
+        let probe_at = last + grace / 2;
+        if now >= probe_at && *probed != Some(last) {
+            *probed = Some(last);
+            self.with(|s, now| s.probe_relayed(now));
+        }
+        Grace {
+            now,
+            deadline: last + grace,
+            wake: if *probed == Some(last) {
+                last + grace
+            } else {
+                probe_at
+            },
+            heard_through_relay: heard.is_some(),
+        }
+    }
+
     /// Server: the secrets of the sessions the client said this one replaces (`FORGET`), since
     /// the last call; [`SessionDriver::links_changed`] wakes when one comes.
     pub fn take_forgets(&self) -> Vec<crate::frame::SecretBytes> {
@@ -857,6 +883,19 @@ impl SessionDriver {
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
     }
+}
+
+/// Where the grace of a session with no direct link stands ([`SessionDriver::grace`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Grace {
+    /// When it was read.
+    pub now: Instant,
+    /// When it is over, unless a link comes or word through a relay.
+    pub deadline: Instant,
+    /// When to look again: the deadline, or the probe half way before it.
+    pub wake: Instant,
+    /// The peer was ever heard through a relay.
+    pub heard_through_relay: bool,
 }
 
 /// The client's view of the streams a node refused: counted by reason (for `status` and the
