@@ -645,6 +645,33 @@ async fn echo_round(
     }
 }
 
+/// The graces of the tests of a session heard through a relay: short, the client's below the
+/// node's.
+const CLIENT_GRACE: Duration = Duration::from_millis(1000);
+const SERVER_GRACE: Duration = Duration::from_millis(1500);
+
+/// Two nodes in front of an echo service, with [`SERVER_GRACE`] (node 1's peer link to node 2
+/// through a relay if `peer_relay`), and a striped client of them with [`CLIENT_GRACE`].
+async fn echo_cluster(peer_relay: bool) -> (Vec<ServerHandle>, ClientConfig, Option<TcpRelay>) {
+    wanmux_tests::harness::init_tracing();
+    let echo = echo_service().await;
+    let (client_key, client_pub) = generate_keypair();
+    let through = peer_relay.then_some(2);
+    let (nodes, specs, relay) = start_nodes_with(2, echo, client_pub, through, |s| {
+        s.session_grace = SERVER_GRACE;
+    })
+    .await;
+    let mut config = client_config(
+        &specs,
+        &nodes,
+        client_key,
+        Spread::Stripe,
+        OwnerPolicy::First,
+    );
+    config.session_grace = CLIENT_GRACE;
+    (nodes, config, relay)
+}
+
 /// The owner's own path down for longer than both ends' graces, while the other node still
 /// reaches it (the client's links to node 1 blackholed, the peer links up): each end still
 /// hears the other through node 2, so the client keeps the striped connection going through
@@ -654,27 +681,11 @@ async fn echo_round(
 /// of the echo is compared byte for byte both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_reached_only_through_another_node_keeps_its_striped_connections() {
-    const CLIENT_GRACE: Duration = Duration::from_millis(1000);
-    const SERVER_GRACE: Duration = Duration::from_millis(1500);
     // Longer than any pause a link's death makes (its dead timer: 2 s at the least, 5 s
     // before the first RTT sample).
     const PAUSE: Duration = Duration::from_secs(10);
     within(Duration::from_secs(120), async {
-        wanmux_tests::harness::init_tracing();
-        let echo = echo_service().await;
-        let (client_key, client_pub) = generate_keypair();
-        let (nodes, specs, _) = start_nodes_with(2, echo, client_pub, None, |s| {
-            s.session_grace = SERVER_GRACE;
-        })
-        .await;
-        let mut config = client_config(
-            &specs,
-            &nodes,
-            client_key,
-            Spread::Stripe,
-            OwnerPolicy::First,
-        );
-        config.session_grace = CLIENT_GRACE;
+        let (nodes, mut config, _) = echo_cluster(false).await;
         config.maps.push(PortMap {
             listen: "127.0.0.1:0".parse().expect("addr"),
             service: ServiceName::new(SERVICE).expect("name"),
@@ -762,25 +773,9 @@ async fn an_owner_reached_only_through_another_node_keeps_its_striped_connection
 /// over, and node 2 keeps serving new connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_no_path_reaches_has_its_connections_reset_after_the_grace() {
-    const CLIENT_GRACE: Duration = Duration::from_millis(1000);
-    const SERVER_GRACE: Duration = Duration::from_millis(1500);
     within(Duration::from_secs(120), async {
-        wanmux_tests::harness::init_tracing();
-        let echo = echo_service().await;
-        let (client_key, client_pub) = generate_keypair();
-        let (nodes, specs, peer_relay) = start_nodes_with(2, echo, client_pub, Some(2), |s| {
-            s.session_grace = SERVER_GRACE;
-        })
-        .await;
+        let (nodes, config, peer_relay) = echo_cluster(true).await;
         let peer_relay = peer_relay.expect("a relay on the peer link");
-        let mut config = client_config(
-            &specs,
-            &nodes,
-            client_key,
-            Spread::Stripe,
-            OwnerPolicy::First,
-        );
-        config.session_grace = CLIENT_GRACE;
         let (client, relay) = client_through_a_relay(&nodes, config, 0, Shape::default()).await;
         let mut tcp = tokio::net::TcpStream::connect(client.first_addr())
             .await
