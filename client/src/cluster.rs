@@ -125,6 +125,12 @@ pub(crate) struct Cluster {
     no_link: AtomicU64,
     /// Whether the first dials settled: until then a connection's hold does not run.
     dials: Arc<crate::ready::Dials>,
+    /// The open-file limit and its reserve, kept for the links' redials.
+    fds: wanmux_core::daemon::fds::Fds,
+    /// Connections refused for want of descriptors, logged as counts ...
+    no_fds: Tally<SocketAddr>,
+    /// ... and counted since start (`status`: `file_limit`).
+    no_fds_count: AtomicU64,
 }
 
 /// Refusals are logged at most this often, as a count.
@@ -139,6 +145,16 @@ impl Cluster {
     ) -> Self {
         Cluster {
             dials,
+            fds: wanmux_core::daemon::fds::Fds::raise("new application connections"),
+            no_fds: Tally::new(REFUSAL_LOG_EVERY, |n, last| {
+                warn!(
+                    refused = n,
+                    %last,
+                    "open files near the limit: application connections refused, the rest is \
+                     kept for the links (raise LimitNOFILE)"
+                );
+            }),
+            no_fds_count: AtomicU64::new(0),
             nodes,
             policy,
             routes,
@@ -178,6 +194,25 @@ impl Cluster {
 
     /// Refuses an application connection with a reset (`SO_LINGER` 0): no node is reachable.
     /// Logged as a count at most every [`REFUSAL_LOG_EVERY`], none left out.
+    /// Refuses `tcp` (a reset) if the open descriptors are within the reserve of the limit,
+    /// kept for the links: a link lost then could not be dialled again, and every connection
+    /// would wait on it. Returns the connection when there is room.
+    pub(crate) fn room_for(
+        &self,
+        tcp: tokio::net::TcpStream,
+        peer: SocketAddr,
+    ) -> Option<tokio::net::TcpStream> {
+        if self.fds.room() {
+            return Some(tcp);
+        }
+        self.no_fds_count.fetch_add(1, Ordering::Relaxed);
+        let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+        drop(tcp);
+        tracing::debug!(%peer, "connection refused: open files near the limit");
+        self.no_fds.hit(peer);
+        None
+    }
+
     pub(crate) fn refuse(&self, tcp: tokio::net::TcpStream, peer: SocketAddr) {
         // Counted before the reset: whoever sees it sees the count too.
         self.no_link.fetch_add(1, Ordering::Relaxed);
@@ -242,6 +277,10 @@ impl Cluster {
         // The application connections reset for want of a link, or for a node's refusal.
         st.stream_refusals
             .insert("no_link".into(), self.no_link.load(Ordering::Relaxed));
+        st.stream_refusals.insert(
+            "file_limit".into(),
+            self.no_fds_count.load(Ordering::Relaxed),
+        );
         for n in &self.nodes {
             for (why, count) in n.driver.stream_refusals() {
                 *st.stream_refusals.entry(why.into()).or_default() += count;

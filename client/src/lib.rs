@@ -497,6 +497,9 @@ async fn accept_loop(
     let errors = daemon::AcceptErrors::new("accept failed");
     loop {
         let (tcp, peer) = daemon::accept(&listener, &errors).await;
+        let Some(tcp) = cluster.room_for(tcp, peer) else {
+            continue;
+        };
         if cluster.live_links() > 0 {
             open(&cluster, tcp, peer, &service, spread);
             continue;

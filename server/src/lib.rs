@@ -12,7 +12,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod fds;
 mod mesh;
 mod refused;
 mod relay;
@@ -434,7 +433,7 @@ pub async fn start_with(config: ServerConfig, options: Options) -> io::Result<Se
             Some((bound, tokio::spawn(metrics::serve(listener, source))))
         }
     };
-    let fds = Arc::new(fds::Fds::raise());
+    let fds = Arc::new(daemon::fds::Fds::raise("new links"));
     info!(listen = %local_addr, quic = quic.is_some(), node = sessions.node_id(), "wanmux-server listening");
     let accept = tokio::spawn(accept_loop(
         Listener::Tcp(listener),
@@ -558,7 +557,7 @@ async fn accept_loop(
     auth: Arc<SharedAuth>,
     sessions: Arc<Sessions>,
     refusals: Arc<Refusals>,
-    fds: Arc<fds::Fds>,
+    fds: Arc<daemon::fds::Fds>,
 ) {
     let slots = Slots::new(MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE, MAX_UNVALIDATED);
     let rates = slots::Rates::new(sessions.handshake_rate());
@@ -601,7 +600,7 @@ async fn accept_loop(
                 incoming.refuse();
                 continue;
             }
-            Ok(_) if !fds.room_for_link() => {
+            Ok(_) if !fds.room() => {
                 refusals.busy(
                     peer,
                     &format!(

@@ -399,6 +399,7 @@ async fn service_failures_are_logged_and_counted() {
         // listed (a metric exists before its first event).
         let counted = || t.client.status().stream_refusals;
         let expected = [
+            ("file_limit", 0),
             ("no_link", 0),
             ("service_connect_failed", 3),
             ("stream_limit", 0),

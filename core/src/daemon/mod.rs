@@ -44,6 +44,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::keys;
 
 mod docs;
+pub mod fds;
 pub mod logs;
 pub mod notify;
 

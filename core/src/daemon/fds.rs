@@ -1,7 +1,8 @@
-//! File descriptors: the node raises its soft `RLIMIT_NOFILE` to the hard limit at start, and
-//! keeps a reserve for the sessions it already carries (each new stream needs one for its
-//! service connection): a new link is refused while the open descriptors are within the
-//! reserve of the limit.
+//! File descriptors: a daemon raises its soft `RLIMIT_NOFILE` to the hard limit at start, and
+//! keeps a reserve for what it already carries: the node refuses a new link while the open
+//! descriptors are within the reserve of the limit (its sessions' new streams each need one for
+//! their service connection), the client refuses a new application connection (its lost links
+//! need them to be dialled again).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ const RECOUNT_EVERY: Duration = Duration::from_millis(100);
 
 /// The descriptor limit and how many of them are in use.
 #[derive(Debug)]
-pub(crate) struct Fds {
+pub struct Fds {
     limit: u64,
     reserve: u64,
     /// When the open descriptors were last counted, and how many there were.
@@ -20,14 +21,14 @@ pub(crate) struct Fds {
 }
 
 impl Fds {
-    /// Raises the soft limit to the hard one (logged), and sizes the reserve: an eighth of the
-    /// limit, at least 16.
-    pub(crate) fn raise() -> Fds {
+    /// Raises the soft limit to the hard one (logged, with `refused`: what is refused within
+    /// the reserve), and sizes the reserve: an eighth of the limit, at least 16.
+    pub fn raise(refused: &'static str) -> Fds {
         let limit = match rlimit::increase_nofile_limit(u64::MAX) {
             Ok(limit) => limit,
             Err(e) => {
                 warn!(
-                    target: wanmux_core::tune::LOG_TARGET,
+                    target: crate::tune::LOG_TARGET,
                     error = %e,
                     "cannot read or raise the open-file limit (RLIMIT_NOFILE)"
                 );
@@ -36,10 +37,10 @@ impl Fds {
         };
         let reserve = (limit / 8).max(16);
         info!(
-            target: wanmux_core::tune::LOG_TARGET,
+            target: crate::tune::LOG_TARGET,
             limit,
             reserve,
-            "open-file limit; new links are refused within the reserve of it"
+            "open-file limit; {refused} are refused within the reserve of it"
         );
         Fds {
             limit,
@@ -48,8 +49,8 @@ impl Fds {
         }
     }
 
-    /// Whether a new link may take a descriptor: the open ones leave the reserve free.
-    pub(crate) fn room_for_link(&self) -> bool {
+    /// Whether something new may take a descriptor: the open ones leave the reserve free.
+    pub fn room(&self) -> bool {
         let open = {
             // Only a count and a time change under this lock; the count itself reads /proc.
             let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
@@ -57,7 +58,7 @@ impl Fds {
                 let open = match open_fds() {
                     Ok(n) => n,
                     // Reading the count takes a descriptor: none left is the answer.
-                    Err(e) if wanmux_core::daemon::out_of_fds(&e) => self.limit,
+                    Err(e) if super::out_of_fds(&e) => self.limit,
                     Err(_) => counted.1,
                 };
                 *counted = (Instant::now(), open);
@@ -68,7 +69,7 @@ impl Fds {
     }
 
     /// The limit, for log lines.
-    pub(crate) fn limit(&self) -> u64 {
+    pub fn limit(&self) -> u64 {
         self.limit
     }
 }
