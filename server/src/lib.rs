@@ -40,8 +40,8 @@ use wanmux_core::control::{self, ControlSocket};
 use wanmux_core::status::{Reloads, Status};
 use wanmux_core::{daemon, driver, metrics, noise, quic, tune};
 
-/// Handshakes in progress at once; connections beyond wait in the kernel's accept queue, so a
-/// flood of half-open connections costs bounded memory.
+/// Handshakes in progress at once; past it the oldest gives way to a new one ([`slots`]), so a
+/// flood of half-open connections costs bounded memory and cannot keep new links out.
 const MAX_HANDSHAKES: usize = 1024;
 /// Handshakes in progress at once from one source (an IPv4 address or an IPv6 /64, [`slots`]):
 /// a client dials its links a few at a time, and one source cannot take every slot.
