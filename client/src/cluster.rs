@@ -206,8 +206,7 @@ impl Cluster {
             return Some(tcp);
         }
         self.no_fds_count.fetch_add(1, Ordering::Relaxed);
-        let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
-        drop(tcp);
+        reset(tcp);
         tracing::debug!(%peer, "connection refused: open files near the limit");
         self.no_fds.hit(peer);
         None
@@ -216,8 +215,7 @@ impl Cluster {
     pub(crate) fn refuse(&self, tcp: tokio::net::TcpStream, peer: SocketAddr) {
         // Counted before the reset: whoever sees it sees the count too.
         self.no_link.fetch_add(1, Ordering::Relaxed);
-        let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
-        drop(tcp);
+        reset(tcp);
         tracing::debug!(%peer, "connection refused: no link to any node");
         self.refused.hit(peer);
     }
@@ -335,6 +333,12 @@ fn rendezvous(ip: IpAddr, nodes: &[NodeId]) -> usize {
     (0..nodes.len())
         .max_by_key(|&i| weight(nodes[i]))
         .unwrap_or(0)
+}
+
+/// Closes an application connection with a reset, so its application sees a refusal, not an
+/// empty answer.
+fn reset(tcp: tokio::net::TcpStream) {
+    let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
 }
 
 /// With no link of its own to its node for `grace` (below the node's own grace), a node's

@@ -124,23 +124,9 @@ pub(crate) fn shared_mode(_path: &Path) -> Option<u32> {
     None
 }
 
-/// `Ok` if `path` is a regular file (after symbolic links), as a key or config file must be: a
-/// FIFO or a device would block the reading thread (a reload, `check`) until someone opens its
-/// other end, or never end.
-pub(crate) fn not_blocking(path: &Path) -> std::io::Result<()> {
-    if std::fs::metadata(path)?.is_file() {
-        Ok(())
-    } else {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file (a directory, a FIFO or a device)",
-        ))
-    }
-}
-
 /// The file's text, zeroed when dropped (it is a secret key's).
 fn read_key_file(path: &Path) -> std::io::Result<zeroize::Zeroizing<String>> {
-    not_blocking(path)?;
+    wanmux_core::files::regular_file(path)?;
     // Room for all of it at once: growing would leave copies behind in freed memory.
     let mut text = zeroize::Zeroizing::new(String::with_capacity(MAX_KEY_FILE as usize + 1));
     std::fs::File::open(path)?

@@ -487,7 +487,7 @@ pub(crate) fn read_config(
     path: &Path,
 ) -> Result<(String, std::path::PathBuf, String), ConfigErrors> {
     let name = path.display().to_string();
-    let text = crate::secret::not_blocking(path)
+    let text = wanmux_core::files::regular_file(path)
         .and_then(|()| std::fs::read_to_string(path))
         .map_err(|e| {
             ConfigErrors::single(

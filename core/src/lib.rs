@@ -16,6 +16,7 @@ pub mod daemon;
 #[cfg(feature = "io")]
 pub mod driver;
 pub mod engine;
+pub mod files;
 pub mod frame;
 pub mod ids;
 pub mod keys;

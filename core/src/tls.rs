@@ -478,17 +478,9 @@ fn pem_message(path: &Path, what: &str, e: &rustls::pki_types::pem::Error) -> St
 }
 
 /// Every certificate of a PEM file; at least one.
-/// `Ok` if `path` is a regular file (after symbolic links): a FIFO or a device would block the
-/// reading thread (a reload, `check`) until someone opens its other end, or never end.
+/// [`crate::files::regular_file`], its error naming the file.
 fn regular_file(path: &Path) -> Result<(), String> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(format!(
-            "{} is not a regular file (a directory, a FIFO or a device)",
-            path.display()
-        )),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-    }
+    crate::files::regular_file(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
