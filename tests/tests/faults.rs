@@ -5,12 +5,12 @@
 
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use wanmux_relay::{Dir, Links, Relay};
 use wanmux_tests::fault::{relayed_tunnel, wait_quiet};
 use wanmux_tests::harness::{
     add_map, add_service, drain_end, eventually, holds_until, paused_transfer, raw_pair, transfer,
-    within, Auth, ReadEnd,
+    within, Auth, ReadEnd, Tunnel,
 };
 
 const MIB: u64 = 1 << 20;
@@ -184,22 +184,32 @@ async fn a_stall_shorter_than_the_ping_timeout_kills_no_link() {
     .await;
 }
 
+/// A tunnel of two links through a relay, with the graces given and a 0.5 s handshake timeout
+/// on the client, and one connection through it: (its application end, its service end).
+async fn graced_pair(
+    server_grace: Duration,
+    client_grace: Duration,
+) -> (Tunnel, Relay, TcpStream, TcpStream) {
+    let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    let (t, relay) = relayed_tunnel(IK, 2, |s, c| {
+        s.session_grace = server_grace;
+        c.session_grace = client_grace;
+        c.handshake_timeout = Duration::from_millis(500);
+        add_service(s, "raw", raw_addr);
+        add_map(c, "raw");
+    })
+    .await;
+    let (near, far) = raw_pair(&t, &raw).await;
+    (t, relay, near, far)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exceeding_the_grace_period_closes_both_ends_and_frees_the_session() {
     const SERVER_GRACE: Duration = Duration::from_millis(1500);
     const CLIENT_GRACE: Duration = Duration::from_millis(1000);
     within(Duration::from_secs(60), async {
-        let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let raw_addr = raw.local_addr().unwrap();
-        let (mut t, relay) = relayed_tunnel(IK, 2, |s, c| {
-            s.session_grace = SERVER_GRACE;
-            c.session_grace = CLIENT_GRACE;
-            c.handshake_timeout = Duration::from_millis(500);
-            add_service(s, "raw", raw_addr);
-            add_map(c, "raw");
-        })
-        .await;
-        let (mut near, mut far) = raw_pair(&t, &raw).await;
+        let (mut t, relay, mut near, mut far) = graced_pair(SERVER_GRACE, CLIENT_GRACE).await;
         assert_eq!(t.server.session_count(), 1);
 
         // Every link (and every redial) stalls for longer than both graces. Both ends write,
@@ -268,17 +278,7 @@ async fn a_session_the_client_gave_up_ends_at_the_node_when_the_client_is_back()
     const SERVER_GRACE: Duration = Duration::from_secs(60);
     const CLIENT_GRACE: Duration = Duration::from_millis(1000);
     within(Duration::from_secs(60), async {
-        let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let raw_addr = raw.local_addr().unwrap();
-        let (t, relay) = relayed_tunnel(IK, 2, |s, c| {
-            s.session_grace = SERVER_GRACE;
-            c.session_grace = CLIENT_GRACE;
-            c.handshake_timeout = Duration::from_millis(500);
-            add_service(s, "raw", raw_addr);
-            add_map(c, "raw");
-        })
-        .await;
-        let (mut near, mut far) = raw_pair(&t, &raw).await;
+        let (t, relay, mut near, mut far) = graced_pair(SERVER_GRACE, CLIENT_GRACE).await;
 
         relay.stall(Links::All);
         let stalled = Instant::now();
