@@ -1,7 +1,7 @@
 //! The application side: opening streams, writing, reading, finishing and resetting them.
 
 use super::reorder::Reorder;
-use super::stream::Phase;
+use super::stream::{Phase, Stream};
 use super::{
     unsent_bound, Event, OpenError, ReadChunk, Role, Session, StreamError, DRAIN_GRACE_FIRST_RTT,
     DRAIN_GRACE_MARGIN, MAX_DRAIN_GRACE, MIN_BUDGET_WRITE,
@@ -275,24 +275,22 @@ impl Session {
 
     /// Resets every stream (the session is going away).
     pub fn reset_all(&mut self, code: u16) {
-        let ids: Vec<StreamId> = self.streams.keys().copied().collect();
-        for id in ids {
-            self.stream_reset(id, code);
-            self.events.push_back(Event::StreamReadable(id));
-            self.events.push_back(Event::StreamWritable(id));
-        }
+        self.reset_where(code, |_| true);
     }
-}
 
-impl Session {
     /// Client: resets the streams opened with `pin`, whose data goes on the node's own links
     /// only, and returns how many: the node has had no link of its own for the client's grace,
     /// and only its pinned streams need one (the others go on through the other nodes).
     pub fn reset_pinned(&mut self, code: u16) -> usize {
+        self.reset_where(code, |s| s.pinned && !s.is_reset())
+    }
+
+    /// Resets the streams `which` picks, waking their tasks; how many it picked.
+    fn reset_where(&mut self, code: u16, which: impl Fn(&Stream) -> bool) -> usize {
         let ids: Vec<StreamId> = self
             .streams
             .iter()
-            .filter(|(_, s)| s.pinned && !s.is_reset())
+            .filter(|(_, s)| which(s))
             .map(|(&id, _)| id)
             .collect();
         for &id in &ids {
