@@ -37,8 +37,9 @@ fn status_into_a_closed_pipe_ends_quietly() {
         .stderr(Stdio::null())
         .spawn()
         .expect("the daemon starts");
+    // The file appears at bind(), a moment before the daemon listens on it: wait for an answer.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         assert!(Instant::now() < deadline, "no control socket");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -53,7 +54,17 @@ fn status_into_a_closed_pipe_ends_quietly() {
     // Read its first screen, then go away, as `head` does.
     let mut stdout = status.stdout.take().expect("piped");
     let mut first = [0u8; 64];
-    stdout.read_exact(&mut first).expect("the first screen");
+    if let Err(e) = stdout.read_exact(&mut first) {
+        let _ = status.wait();
+        let mut stderr = String::new();
+        let _ = status
+            .stderr
+            .take()
+            .expect("piped")
+            .read_to_string(&mut stderr);
+        let _ = daemon.kill();
+        panic!("the first screen: {e}; status said: {stderr}");
+    }
     drop(stdout);
     let deadline = Instant::now() + Duration::from_secs(10);
     let exit = loop {
