@@ -81,6 +81,72 @@ fn lock<D>(m: &Mutex<State<D>>) -> MutexGuard<'_, State<D>> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A share of log lines for the events one peer can repeat as fast as it likes although each
+/// is worth a line on its own (an authenticated client's sessions and links, each started and
+/// ended): `per_minute` lines a minute, in bursts of as many. Past it, [`LineBudget::allow`]
+/// says no (the caller logs at `debug` instead) and the lines left out are counted in one line a
+/// minute that names `who`.
+#[derive(Debug, Clone)]
+pub struct LineBudget {
+    bucket: Arc<Mutex<Bucket>>,
+    left_out: Arc<Tally<String>>,
+    who: Arc<str>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    per_minute: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl LineBudget {
+    /// A budget of `per_minute` lines a minute (at least 1) about `who`.
+    pub fn new(per_minute: u32, who: &str) -> LineBudget {
+        let per_minute = f64::from(per_minute.max(1));
+        LineBudget {
+            bucket: Arc::new(Mutex::new(Bucket {
+                per_minute,
+                tokens: per_minute,
+                at: Instant::now(),
+            })),
+            left_out: Arc::new(Tally::new(Duration::from_secs(60), |n, who: &String| {
+                let lines = if n == 1 { "log line" } else { "log lines" };
+                tracing::info!(
+                    "{n} {lines} about {who} left out: more than its share a minute (logged at \
+                     debug)"
+                )
+            })),
+            who: who.into(),
+        }
+    }
+
+    /// Takes a line from the budget: `false` when it is spent (the line is counted as left out;
+    /// call from within a tokio runtime).
+    pub fn allow(&self) -> bool {
+        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let refill = now.saturating_duration_since(b.at).as_secs_f64() / 60.0 * b.per_minute;
+        b.tokens = (b.tokens + refill).min(b.per_minute);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return true;
+        }
+        drop(b);
+        self.left_out.hit(self.who.to_string());
+        false
+    }
+
+    /// No line was taken for a minute or more: the budget is as new, and a table of budgets
+    /// may drop it.
+    pub fn is_full(&self) -> bool {
+        let b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let refill = b.at.elapsed().as_secs_f64() / 60.0 * b.per_minute;
+        b.tokens + refill >= b.per_minute
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +158,20 @@ mod tests {
     fn log(n: u64, _: &u32) {
         LINES.fetch_add(1, Ordering::SeqCst);
         COUNTED.fetch_add(n, Ordering::SeqCst);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_line_budget_allows_its_share_a_minute_and_refills() {
+        let b = LineBudget::new(3, "a client");
+        assert!((0..3).all(|_| b.allow()), "a burst of its share");
+        assert!(!b.allow(), "spent");
+        assert!(!b.is_full());
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(b.allow(), "a third of a minute gives one line back");
+        assert!(!b.allow());
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert!(b.is_full(), "a minute unused fills it");
+        assert!((0..3).all(|_| b.allow()));
     }
 
     #[tokio::test(start_paused = true)]

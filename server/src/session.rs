@@ -16,6 +16,7 @@ use wanmux_core::engine::{Role, Session};
 use wanmux_core::frame::{close, reset, Frame};
 use wanmux_core::ids::{NodeId, SessionId, StreamId};
 use wanmux_core::keys::PublicKey;
+use wanmux_core::lograte::LineBudget;
 use wanmux_core::noise::{Accepted, Identity, LinkError, ReceivedHello, ReplayGuard, ServerHello};
 use wanmux_core::status::{SessionStatus, Status};
 
@@ -181,7 +182,19 @@ pub(crate) struct Sessions {
     /// Streams refused for their service (unknown, unreachable), by the drain, or by the
     /// engine (the stream limit, memory, no `OPEN`).
     stream_refusals: crate::stream_refusals::StreamRefusals,
+    /// Each client's share of `info` lines about its sessions and links (started, ended,
+    /// expired), by client key (`None`: the PSK-only clients together): a client can start and
+    /// end them as fast as it likes (`lograte::LineBudget`).
+    log_budgets: Mutex<HashMap<Option<PublicKey>, LineBudget>>,
 }
+
+/// `info` lines a minute about one client's sessions and links ([`Sessions::log_budget`]):
+/// an honest client's restarts and outages stay well within it.
+const LOG_LINES_PER_CLIENT: u32 = 60;
+
+/// Clients whose log budgets are kept; past it, budgets not used for a minute are dropped
+/// first.
+const MAX_LOG_BUDGETS: usize = 4096;
 
 impl Sessions {
     pub(crate) fn new(config: ServerConfig) -> Self {
@@ -198,7 +211,30 @@ impl Sessions {
             counters: Arc::default(),
             relay: std::sync::OnceLock::new(),
             stream_refusals: Default::default(),
+            log_budgets: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The share of `info` lines of the client `key` (see `log_budgets`).
+    fn log_budget(&self, key: Option<PublicKey>, pki: bool) -> LineBudget {
+        let mut budgets = self.log_budgets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = budgets.get(&key) {
+            return b.clone();
+        }
+        if budgets.len() >= MAX_LOG_BUDGETS {
+            budgets.retain(|_, b| !b.is_full());
+            if budgets.len() >= MAX_LOG_BUDGETS {
+                let any = budgets.keys().next().copied();
+                any.map(|k| budgets.remove(&k));
+            }
+        }
+        let who = match client_name(key, pki) {
+            Some(name) => format!("client {name}"),
+            None => "the PSK-only clients".to_owned(),
+        };
+        let budget = LineBudget::new(LOG_LINES_PER_CLIENT, &who);
+        budgets.insert(key, budget.clone());
+        budget
     }
 
     /// [`crate::ServerHandle::session_engines`].
@@ -472,11 +508,12 @@ impl Sessions {
             return;
         };
         self.end(old, &driver, true);
-        info!(
-            old = %old.1,
-            "an old session of this client is over: the client replaced it with this one (it \
-             had no link to this node for its grace)"
-        );
+        let line = "an old session of this client is over: the client replaced it with this \
+                    one (it had no link to this node for its grace)";
+        match driver.may_log() {
+            true => info!(old = %old.1, "{line}"),
+            false => debug!(old = %old.1, "{line}"),
+        }
     }
 
     /// Records that the session under `key` expired (or, `over`, that its client ended it),
@@ -691,8 +728,13 @@ impl Sessions {
         if self.draining.load(Ordering::Relaxed) {
             driver.with(|s, now| s.start_draining(now));
         }
+        let lines = self.log_budget(key.0, pki);
+        driver.log_lines(lines.clone());
         let span = tracing::info_span!("session", id = %key.1);
-        span.in_scope(|| info!(%client, "session started"));
+        span.in_scope(|| match lines.allow() {
+            true => info!(%client, "session started"),
+            false => debug!(%client, "session started"),
+        });
         tokio::spawn(serve_streams(driver.clone(), opened, self.clone()).instrument(span.clone()));
         tokio::spawn(self.clone().watch(key, driver.clone()).instrument(span));
         let entry = Entry {
@@ -727,7 +769,10 @@ impl Sessions {
             if driver.peer_ended() && !driver.is_closed() {
                 // The client stopped in order: no grace to keep the session for.
                 self.end(key, &driver, true);
-                info!("session over: its client stopped");
+                match driver.may_log() {
+                    true => info!("session over: its client stopped"),
+                    false => debug!("session over: its client stopped"),
+                }
                 return;
             }
             if driver.is_closed() {
@@ -759,7 +804,10 @@ impl Sessions {
                 true => ", nor word from the client through another node,",
                 false => "",
             };
-            info!("session expired: no link{relayed} for {grace:?}");
+            match driver.may_log() {
+                true => info!("session expired: no link{relayed} for {grace:?}"),
+                false => debug!("session expired: no link{relayed} for {grace:?}"),
+            }
             return;
         }
     }

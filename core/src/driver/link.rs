@@ -243,8 +243,10 @@ pub async fn run_routed(
         _ if matches!(end, LinkEnd::PeerClosed(crate::frame::close::WRONG_NODE)) => {
             warn!(%end, "link ended")
         }
-        Some(s) => info!(%end, stats = %Stats(&s), "link ended"),
-        None => info!(%end, "link ended"),
+        Some(s) if driver.may_log() => info!(%end, stats = %Stats(&s), "link ended"),
+        None if driver.may_log() => info!(%end, "link ended"),
+        Some(s) => debug!(%end, stats = %Stats(&s), "link ended"),
+        None => debug!(%end, "link ended"),
     });
     end
 }

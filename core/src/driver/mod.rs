@@ -121,6 +121,8 @@ struct Shared {
     /// Server: told the code of each stream the engine refused on its own account
     /// ([`Event::Refused`]; [`SessionDriver::on_refused`]).
     refused_hook: std::sync::OnceLock<RefusedHook>,
+    /// Server: the share of log lines of the session's client ([`SessionDriver::log_lines`]).
+    log_budget: std::sync::OnceLock<crate::lograte::LineBudget>,
     opened: mpsc::UnboundedSender<(StreamId, String)>,
     /// The daemon's: wakes the budget task of every session.
     budget: BudgetSignal,
@@ -268,6 +270,7 @@ impl SessionDriver {
             ending: AtomicBool::new(false),
             orderly: AtomicBool::new(false),
             refused_hook: std::sync::OnceLock::new(),
+            log_budget: std::sync::OnceLock::new(),
             refusals: Refusals::default(),
             opened: tx,
             budget: budget.clone(),
@@ -770,6 +773,19 @@ impl SessionDriver {
     /// logs, nothing more. Set once, before the first link joins; later calls are ignored.
     pub fn on_refused(&self, hook: impl Fn(u16) + Send + Sync + 'static) {
         let _ = self.shared.refused_hook.set(RefusedHook(Box::new(hook)));
+    }
+
+    /// Server: the lines a link of this session logs at `info` (its end) come out of `budget`,
+    /// which the sessions of one client share; past it they are logged at `debug`. Set once;
+    /// later calls are ignored.
+    pub fn log_lines(&self, budget: crate::lograte::LineBudget) {
+        let _ = self.shared.log_budget.set(budget);
+    }
+
+    /// Whether a line about this session may be logged at `info` ([`SessionDriver::log_lines`]);
+    /// always, without a budget.
+    pub fn may_log(&self) -> bool {
+        self.shared.log_budget.get().is_none_or(|b| b.allow())
     }
 
     /// The grace of a session with no direct link since `alone` ([`Grace`]), at `now`: it
