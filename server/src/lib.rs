@@ -17,7 +17,6 @@ mod refused;
 mod relay;
 mod reload;
 mod session;
-mod slots;
 mod stream_refusals;
 
 /// `ROUTE_DOWN` answers a relay keeps queued for one client link that does not read them; past
@@ -28,7 +27,6 @@ use mesh::Mesh;
 use refused::{Refusals, Stage};
 use reload::SharedAuth;
 use session::Sessions;
-use slots::Slots;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +35,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use wanmux_config::ServerConfig;
 use wanmux_core::control::{self, ControlSocket};
+use wanmux_core::daemon::slots::{self, Slots};
 use wanmux_core::status::{Reloads, Status};
 use wanmux_core::{daemon, driver, metrics, noise, quic, tune};
 

@@ -317,6 +317,56 @@ async fn a_scraper_that_never_finishes_its_request_costs_one_slot_for_a_while() 
     .await;
 }
 
+/// A trial's 300 connections from one host that sent nothing made a scrape from elsewhere wait
+/// 25 s: they held every slot in turn until their head timed out, and new connections queued
+/// behind them. Now every connection is accepted at once, and a source's oldest connection gives
+/// way to its new ones: here 127.0.0.2 keeps opening idle connections while 127.0.0.1 scrapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_one_host_do_not_keep_a_scrape_waiting() {
+    within(Duration::from_secs(60), async {
+        let t = Tunnel::start_with(Auth::Psk, 1, |server, _| {
+            server.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+        let addr = t.server.metrics_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flood = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut idle = std::collections::VecDeque::new();
+                let mut opened = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                    let connect =
+                        tokio::time::timeout(Duration::from_millis(200), socket.connect(addr));
+                    if let Ok(Ok(tcp)) = connect.await {
+                        opened += 1;
+                        idle.push_back(tcp);
+                    }
+                    // At most 300 held by this end at once (the test's own descriptors).
+                    if idle.len() > 300 {
+                        idle.pop_front();
+                    }
+                }
+                opened
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Before, the scrape came after rounds of 64 idle connections timing out (2 s each).
+        let scrape = tokio::time::timeout(Duration::from_secs(5), get(addr, "/metrics")).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let opened = flood.await.expect("the flood");
+        let (status, body) =
+            scrape.expect("the scrape is answered while the idle connections come");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        parse(&body);
+        assert!(opened >= 300, "only {opened} idle connections");
+        t.server.shutdown();
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_answers_on_the_control_socket_which_only_its_owner_may_use() {
     use std::os::unix::fs::PermissionsExt;

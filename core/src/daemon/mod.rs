@@ -47,6 +47,7 @@ mod docs;
 pub mod fds;
 pub mod logs;
 pub mod notify;
+pub mod slots;
 
 use notify::Notifier;
 

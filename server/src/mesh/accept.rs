@@ -31,8 +31,9 @@ const HANDSHAKE_RATE: u32 = 16;
 /// held off a peer for 37 s with 400 idle connections, when connections beyond 64 waited in the
 /// kernel's queue).
 pub(super) async fn accept_loop(listener: TcpListener, mesh: Arc<Mesh>) {
-    let slots = crate::slots::Slots::new(MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE, 0);
-    let rates = crate::slots::Rates::new(HANDSHAKE_RATE);
+    let slots =
+        wanmux_core::daemon::slots::Slots::new(MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE, 0);
+    let rates = wanmux_core::daemon::slots::Rates::new(HANDSHAKE_RATE);
     let errors = daemon::AcceptErrors::new("cluster accept failed");
     loop {
         let (tcp, addr) = daemon::accept(&listener, &errors).await;

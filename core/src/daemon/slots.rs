@@ -1,5 +1,6 @@
-//! Handshake slots of a listener: how many connections may be in their handshake at once, in
-//! all and from one source, and which one gives way when they are taken.
+//! Handshake slots of a listener: how many connections may be in their handshake at once (for
+//! the metrics endpoint: sending their request head), in all and from one source, and which one
+//! gives way when they are taken.
 //!
 //! A source is an IPv4 address, or an IPv6 /64 (one host's subnet: counting its addresses one
 //! by one would give one host as many sources as it likes). When a source has all its slots, or
@@ -21,13 +22,13 @@ use tokio::sync::Notify;
 /// source that still finds no room is refused.
 const MAX_SOURCES: usize = 65_536;
 
-/// New handshakes a second per source: a token bucket each, of [`Rates::burst`] tokens. A
+/// New handshakes a second per source: a token bucket each, of four seconds' worth of tokens. A
 /// connection beyond it is closed before the node spends anything on it: each handshake costs
 /// two Diffie-Hellman operations before the node knows whether the client is allowed, and a
 /// recorded message 1 sent again and again cost the sender nothing (a trial made a node spend
 /// a whole CPU so, from one address).
 #[derive(Debug)]
-pub(crate) struct Rates {
+pub struct Rates {
     per_second: f64,
     burst: f64,
     buckets: Mutex<Buckets>,
@@ -47,7 +48,7 @@ struct Bucket {
 
 impl Rates {
     /// `per_second` new handshakes a second from one source, in bursts of four seconds' worth.
-    pub(crate) fn new(per_second: u32) -> Rates {
+    pub fn new(per_second: u32) -> Rates {
         let per_second = f64::from(per_second.max(1));
         Rates {
             per_second,
@@ -57,7 +58,7 @@ impl Rates {
     }
 
     /// Whether a new handshake from `ip` may start at `now` (and if so, it is counted).
-    pub(crate) fn admit(&self, ip: IpAddr, now: Instant) -> bool {
+    pub fn admit(&self, ip: IpAddr, now: Instant) -> bool {
         let src = source(ip);
         let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if b.by_source.len() >= MAX_SOURCES && !b.by_source.contains_key(&src) {
@@ -92,7 +93,7 @@ impl Rates {
 
 /// The handshakes in progress on one listener.
 #[derive(Debug)]
-pub(crate) struct Slots {
+pub struct Slots {
     /// In all.
     max: usize,
     /// From one source.
@@ -117,7 +118,7 @@ struct Taken {
 /// A handshake slot, given back on drop. A slot taken over by a newer handshake has its
 /// [`Slot::evicted`] notified: the handshake in it ends, and its connection is closed.
 #[derive(Debug)]
-pub(crate) struct Slot {
+pub struct Slot {
     slots: Arc<Slots>,
     /// `None` for an unvalidated address's.
     id: Option<u64>,
@@ -126,7 +127,7 @@ pub(crate) struct Slot {
 
 /// The source an address counts under: itself for IPv4 (and IPv4-mapped IPv6), its /64 for
 /// IPv6.
-pub(crate) fn source(ip: IpAddr) -> IpAddr {
+pub fn source(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -142,7 +143,7 @@ pub(crate) fn source(ip: IpAddr) -> IpAddr {
 impl Slots {
     /// `max` slots in all, `per_source` from one source, `max_unvalidated` for QUIC's
     /// unvalidated addresses.
-    pub(crate) fn new(max: usize, per_source: usize, max_unvalidated: usize) -> Arc<Slots> {
+    pub fn new(max: usize, per_source: usize, max_unvalidated: usize) -> Arc<Slots> {
         Arc::new(Slots {
             max: max.max(1),
             per_source: per_source.max(1),
@@ -157,13 +158,13 @@ impl Slots {
     }
 
     /// Whether an unvalidated address may start a handshake now.
-    pub(crate) fn room_unvalidated(&self) -> bool {
+    pub fn room_unvalidated(&self) -> bool {
         self.lock().unvalidated < self.max_unvalidated
     }
 
     /// A slot for a QUIC handshake from an address QUIC has not validated (it may be spoofed, so
     /// it takes no slot of a source), or why there is none.
-    pub(crate) fn take_unvalidated(self: &Arc<Self>) -> Result<Slot, &'static str> {
+    pub fn take_unvalidated(self: &Arc<Self>) -> Result<Slot, &'static str> {
         let mut taken = self.lock();
         if taken.unvalidated >= self.max_unvalidated {
             return Err("too many QUIC handshakes from unvalidated addresses in progress");
@@ -179,7 +180,7 @@ impl Slots {
     /// A slot for a handshake from `ip`. When its source has all its slots, the oldest of them
     /// is taken over; else when the listener has all of its own, the oldest of all. Returns the
     /// slot and whether one was taken over.
-    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr) -> (Slot, bool) {
+    pub fn take(self: &Arc<Self>, ip: IpAddr) -> (Slot, bool) {
         let src = source(ip);
         let mut taken = self.lock();
         let full = taken.from.get(&src).map_or(0, VecDeque::len) >= self.per_source;
@@ -235,7 +236,7 @@ impl Taken {
 
 impl Slot {
     /// Completes when a newer handshake took this slot over: end the handshake in it.
-    pub(crate) async fn evicted(&self) {
+    pub async fn evicted(&self) {
         self.evicted.notified().await;
     }
 }
