@@ -412,11 +412,14 @@ fn explain(e: &LinkError, stage: Stage, auth: &ServerAuth) -> (Kind, bool, Strin
              PSK differs from this node's server.psk (or it gave up: see its log)"
                 .to_owned(),
         ),
+        // At `info`: in these modes the client refuses nothing in the reply (a wrong node key or
+        // PSK fails message 1 here), so this is its handshake timing out, as it does on a path
+        // that comes back from an outage (a trial saw the warning on every recovery).
         _ if closed && stage == Stage::AfterReply => (
             Kind::ClientGaveUp,
-            true,
-            "the client closed the link on this node's reply (its handshake timed out, or it \
-             refused this node: see its log)"
+            false,
+            "the client closed the link on this node's reply (its handshake timed out: a slow \
+             path, or one coming back from an outage; or it refused this node: see its log)"
                 .to_owned(),
         ),
         _ if closed => (
