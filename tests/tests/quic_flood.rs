@@ -211,3 +211,53 @@ async fn a_quic_links_handshake_ends_within_one_timeout() {
     })
     .await;
 }
+
+/// Finding: a connection had the whole 16 MiB receive window from its first packet, and quinn
+/// buffered what came on the lane stream, which the node reads only after the link on the
+/// connection authenticated: with no key or certificate, a trial made a node hold 16 MiB a
+/// connection, 0.9 GB from one address, for the handshake timeout. Now a connection may send
+/// the node 64 KiB until a link on it authenticated; then it gets the whole window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_connection_cannot_make_the_node_buffer_its_window() {
+    within(LIMIT, async {
+        let mut t = Tunnel::start_with(Auth::Psk, 1, |server, client| {
+            server.quic = true;
+            client.transport = LinkTransport::Quic;
+        })
+        .await;
+        let node = t.server.quic_addr().expect("QUIC endpoint");
+        let dialer =
+            wanmux_core::quic::client_endpoint("127.0.0.1:0".parse().expect("addr")).expect("ep");
+        let link = wanmux_core::quic::connect(&dialer, node, Duration::from_secs(5))
+            .await
+            .expect("QUIC handshake");
+        // The link's stream is left unwritten (no handshake); the lane stream gets the bytes.
+        let lane = link
+            .sibling()
+            .open()
+            .await
+            .expect("open")
+            .expect("a node allows a lane stream");
+        let (_rd, mut wr) = lane.into_halves();
+        let chunk = vec![0xAA; 16 << 10];
+        let mut taken = 0usize;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while taken < 4 << 20 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, wr.write(&chunk)).await {
+                Ok(Ok(n)) => taken += n,
+                Ok(Err(e)) => panic!("the node closed the connection early: {e}"),
+                // Flow control holds the rest back.
+                Err(_) => break,
+            }
+        }
+        assert!(
+            taken <= 64 << 10,
+            "the node let an unauthenticated connection send {taken} bytes"
+        );
+        drop((wr, link));
+        // Authenticated links still get the whole window: data moves both ways.
+        t.check_transfer(8 << 20, 8 << 20, 3).await;
+    })
+    .await;
+}

@@ -159,6 +159,21 @@ const SERVER_NAME: &str = "wanmux";
 /// packet at 500 Mbit/s and 60 ms RTT several times over.
 pub const RECEIVE_WINDOW: u32 = 16 << 20;
 
+/// What a node lets a connection send before a link on it authenticated, on all its streams
+/// together: far more than a handshake needs. Each connection had [`RECEIVE_WINDOW`] from its
+/// first packet, which quinn buffered on a stream the node reads only after the link's
+/// handshake (the lane stream): a trial without any key or certificate made a node hold 16 MiB
+/// per connection, 0.9 GB from one address, for the handshake timeout.
+const HANDSHAKE_WINDOW: u32 = 64 << 10;
+
+/// Node: a link on `conn` authenticated: the connection gets its whole receive window, and no
+/// stream beyond those the client was allowed at its start (the link's and a lane stream): a
+/// stream that ends gives no room for another (QUIC's limit counts streams open at once).
+fn open_up(conn: &quinn::Connection) {
+    conn.set_receive_window(VarInt::from_u32(RECEIVE_WINDOW));
+    conn.set_max_concurrent_bi_streams(VarInt::from_u32(0));
+}
+
 /// Most bytes sent but not yet acknowledged (in flight, behind a lost packet, or queued): the
 /// cap on the send window, which otherwise follows the congestion window (`send_window`).
 /// Three congestion windows at 500 Mbit/s and 60 ms RTT fit.
@@ -229,7 +244,13 @@ fn transport(streams: u32, pace: PaceConfig) -> Arc<TransportConfig> {
     t.packet_threshold(crate::pace::REORDER_PACKETS);
     t.time_threshold(crate::pace::REORDER_TIME);
     t.stream_receive_window(VarInt::from_u32(RECEIVE_WINDOW));
-    t.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
+    // A node takes little from a connection until a link on it authenticated (`open_up`).
+    let window = if streams > 0 {
+        HANDSHAKE_WINDOW
+    } else {
+        RECEIVE_WINDOW
+    };
+    t.receive_window(VarInt::from_u32(window));
     t.send_window(SEND_WINDOW);
     // The link's bidirectional stream and its lane stream, opened by the client; nothing else.
     t.max_concurrent_bidi_streams(VarInt::from_u32(streams));
@@ -951,22 +972,26 @@ impl Stream {
     where
         F: FnOnce(&ReceivedHello, Option<&PublicKey>) -> Result<ServerHello, LinkError>,
     {
-        if let Some(client) = self.client_cert {
+        let conn = self.conn.clone();
+        let accepted = if let Some(client) = self.client_cert {
             if self.version != Version::V2 {
                 return Err(LinkError::Protocol("PKI mode needs wanmux/2"));
             }
-            return noise::accept_pki_stream(self.rd, self.wr, client, timeout, respond)
-                .await
-                .map_err(why_lost);
-        }
-        match &self.binding {
-            Some(binding) => {
-                noise::accept_bound_stream_with(self.rd, self.wr, binding, auth, timeout, respond)
+            noise::accept_pki_stream(self.rd, self.wr, client, timeout, respond).await
+        } else {
+            match &self.binding {
+                Some(binding) => {
+                    noise::accept_bound_stream_with(
+                        self.rd, self.wr, binding, auth, timeout, respond,
+                    )
                     .await
+                }
+                None => noise::accept_stream_with(self.rd, self.wr, auth, timeout, respond).await,
             }
-            None => noise::accept_stream_with(self.rd, self.wr, auth, timeout, respond).await,
         }
-        .map_err(why_lost)
+        .map_err(why_lost)?;
+        open_up(&conn);
+        Ok(accepted)
     }
 
     /// The stream's raw halves, for tests that play a hostile peer.
