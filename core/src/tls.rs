@@ -701,7 +701,26 @@ pub mod issue {
             not_after: SystemTime,
         ) -> Result<Issued, Error> {
             let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
-            self.issue_for(&key, name, usage, not_before, not_after)
+            self.issue_for(&key, name, usage, day!(not_before), day!(not_after))
+        }
+
+        /// [`Ca::issue`] valid until `not_after` to the second (since yesterday), for tests of
+        /// expiry.
+        #[cfg(test)]
+        pub(crate) fn issue_until(
+            &self,
+            name: &str,
+            usage: Usage,
+            not_after: SystemTime,
+        ) -> Result<Issued, Error> {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+            let unix = |t: SystemTime| {
+                let secs = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+                let secs = i64::try_from(secs.as_secs()).unwrap_or(i64::MAX);
+                time::OffsetDateTime::from_unix_timestamp(secs).expect("a time rcgen takes")
+            };
+            let yesterday = SystemTime::now() - Duration::from_secs(86_400);
+            self.issue_for(&key, name, usage, unix(yesterday), unix(not_after))
         }
 
         /// [`Ca::issue`] for the existing key of `key_pem` (a renewal: the certificate keeps
@@ -715,7 +734,7 @@ pub mod issue {
             not_after: SystemTime,
         ) -> Result<Issued, Error> {
             let key = KeyPair::from_pem(key_pem)?;
-            self.issue_for(&key, name, usage, not_before, not_after)
+            self.issue_for(&key, name, usage, day!(not_before), day!(not_after))
         }
 
         fn issue_for(
@@ -723,8 +742,8 @@ pub mod issue {
             key: &KeyPair,
             name: &str,
             usage: Usage,
-            not_before: SystemTime,
-            not_after: SystemTime,
+            not_before: time::OffsetDateTime,
+            not_after: time::OffsetDateTime,
         ) -> Result<Issued, Error> {
             let mut params = CertificateParams::new(vec![name.to_owned()])?;
             params.distinguished_name.push(DnType::CommonName, name);
@@ -736,8 +755,8 @@ pub mod issue {
             params.use_authority_key_identifier_extension = true;
             let serial = random_serial();
             params.serial_number = Some(SerialNumber::from(serial));
-            params.not_before = day!(not_before);
-            params.not_after = day!(not_after);
+            params.not_before = not_before;
+            params.not_after = not_after;
             let cert = params.signed_by(key, &self.cert, &self.key)?;
             let spki = spki_hash(cert.der()).ok_or(Error::CouldNotParseCertificate)?;
             Ok(Issued {

@@ -398,6 +398,11 @@ fn server_tls(offer: Offer, pki: Option<&CertFiles>) -> io::Result<rustls::Serve
     };
     tls.alpn_protocols = offer.alpn();
     tls.max_early_data_size = 0;
+    // No resumption: a resumed handshake skips the client certificate's checks, and a trial's
+    // certificate got in on its tickets for minutes after it expired. A link is long-lived, so
+    // a full handshake for each costs nothing that matters.
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.send_tls13_tickets = 0;
     Ok(tls)
 }
 

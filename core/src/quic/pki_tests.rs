@@ -370,3 +370,34 @@ async fn the_node_refuses_a_pki_hello_without_the_sessions_secret_or_with_a_nois
         }
     }
 }
+
+/// Finding: a node resumed TLS sessions, and a resumed handshake skips the client certificate's
+/// checks: a certificate got in on its tickets for minutes after it expired, while a fresh
+/// handshake with it was refused. A node issues no tickets now: every link's handshake checks
+/// the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_that_expired_gets_no_link_on_a_resumed_session() {
+    let ca = ca();
+    let node = node(&cert(&ca, NAME, Usage::Node, -1, 30), &ca, &[]);
+    let now = SystemTime::now();
+    let expires = now + Duration::from_secs(3);
+    let short = ca
+        .issue_until("laptop-1", Usage::Client, expires)
+        .expect("a certificate");
+    // One dialer, as a client's: its TLS sessions are kept for its next dials.
+    let dialer = client(&short, &ca);
+    let (s_auth, _) = node_auth();
+    let auth = pki_auth(NAME);
+    let (dialled, accepted) = tokio::join!(
+        dial(&dialer, addr(&node), NAME, &auth),
+        accept_next(&node, &s_auth)
+    );
+    dialled.expect("a link while the certificate is valid");
+    accepted.expect("the node takes it");
+    // Past the expiry (certificates count whole seconds).
+    let left = expires
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(1_500)).await;
+    refused(&node, &dialer, NAME, false, "expired").await;
+}
