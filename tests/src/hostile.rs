@@ -53,6 +53,21 @@ pub async fn try_quic_handshake(
     Ok(())
 }
 
+/// As [`try_quic_handshake`], where QUIC's own handshake may fail too (the node refused the
+/// connection): its error is the result.
+pub async fn try_quic_dial(
+    server: SocketAddr,
+    auth: &wanmux_core::noise::ClientAuth,
+) -> Result<(), wanmux_core::noise::LinkError> {
+    use wanmux_core::quic;
+    let dialer = quic::client_endpoint("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let stream = quic::connect(&dialer, server, HANDSHAKE_LIMIT).await?;
+    let (_rd, _wr, _server) = stream
+        .connect(auth, &hello(), &PING, HANDSHAKE_LIMIT)
+        .await?;
+    Ok(())
+}
+
 /// How long [`try_handshake`] and [`try_quic_handshake`] wait for the node.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
 

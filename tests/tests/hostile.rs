@@ -11,7 +11,8 @@ use wanmux_config::ClientAuth;
 use wanmux_core::keys::{generate_keypair, Psk};
 use wanmux_tests::harness::{panics, read_end, within, Auth, ReadEnd, Tunnel};
 use wanmux_tests::hostile::{
-    capture_first_message, garbage_flood, noise_auth, try_handshake, Garbage, RawLink,
+    capture_first_message, garbage_flood, noise_auth, try_handshake, try_quic_dial, Garbage,
+    RawLink,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -426,6 +427,45 @@ async fn stalled_handshakes_do_not_lock_their_address_out() {
         let a = t.app.results.recv().await.expect("app server result");
         assert_eq!((a.received, a.sent), (c.sent, c.received));
         second.shutdown();
+        t.check_transfer(1000, 1000, 1).await;
+    })
+    .await;
+}
+
+/// The same over QUIC: a trial made 1,017 TLS handshakes a second from one address, none
+/// refused, since only validated addresses were counted and a QUIC connection was validated
+/// only under a flood. With `limits.handshake_rate = 2`, 40 QUIC dials of a key the node does
+/// not allow, back to back: a burst goes in unvalidated, the next get a Retry and come back
+/// validated, where a burst reaches the key check and the rest are refused (`busy`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_quic_handshakes_from_one_source_are_rate_limited() {
+    within(LIMIT, async {
+        let mut t = Tunnel::start_with(IK, 1, |s, c| {
+            s.quic = true;
+            s.limits.handshake_rate = 2;
+            c.transport = wanmux_config::LinkTransport::Quic;
+        })
+        .await;
+        let mut stranger = t.client_config.clone();
+        if let ClientAuth::StaticKey { private_key, .. } = &mut stranger.auth {
+            *private_key = generate_keypair().0;
+        }
+        let auth = noise_auth(&stranger);
+        let node = t.server.quic_addr().expect("QUIC endpoint");
+        let started = std::time::Instant::now();
+        for _ in 0..40 {
+            assert!(try_quic_dial(node, &auth).await.is_err());
+        }
+        // Two bursts (unvalidated, then validated) and what the rates refilled meanwhile.
+        let most = 2 * (8 + (2.0 * started.elapsed().as_secs_f64()).ceil() as u64);
+        let failures = t.server.status().handshake_failures;
+        assert!(failures["unknown_client"] <= most, "{failures:?}");
+        assert_eq!(
+            failures["unknown_client"] + failures["busy"],
+            40,
+            "{failures:?}"
+        );
+        // The tunnel's own link, made before, carries on.
         t.check_transfer(1000, 1000, 1).await;
     })
     .await;
