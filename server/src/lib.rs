@@ -624,6 +624,8 @@ async fn accept_loop(
         let (auth, sessions, refusals) = (auth.clone(), sessions.clone(), refusals.clone());
         let slots = slots.clone();
         tokio::spawn(async move {
+            // What client certificates are checked against when this link's TLS runs.
+            let checks = auth.pki_checks();
             let accepted = tokio::select! {
                 accepted = handshake(incoming, peer, &auth, &sessions, &refusals) => accepted,
                 // A newer handshake took the slot: this one's connection closes.
@@ -643,11 +645,12 @@ async fn accept_loop(
                 };
                 let (auth, sessions, refusals) = (auth.clone(), sessions.clone(), refusals.clone());
                 driver::AbortOnDrop(tokio::spawn(async move {
-                    lane_stream(sibling, of, peer, &auth, &sessions, &refusals, &slots).await;
+                    let auth = (&auth, checks);
+                    lane_stream(sibling, of, peer, auth, &sessions, &refusals, &slots).await;
                 }))
             });
             let end = sessions
-                .run_link(acc, peer, transport, probe, &auth, &refusals)
+                .run_link(acc, peer, transport, probe, (&auth, checks), &refusals)
                 .await;
             // A link that ended in order (the client finished it, or this node's session
             // closed) leaves its lane stream up to `CLOSE_LINGER` to read and send what is left
@@ -685,12 +688,13 @@ struct LaneOf {
 /// Waits for the lane stream of a QUIC link's connection (`docs/PROTOCOL.md`, "Lane streams"),
 /// then runs its handshake in a slot of its own, as any link's, and the link it brings: only a
 /// lane of the same session and client as the connection's first link (`of`), or the stream,
-/// and the connection with it, is closed.
+/// and the connection with it, is closed. `checks`: the certificate checks the connection's TLS
+/// ran under (`SharedAuth::pki_checks`, taken for its first link).
 async fn lane_stream(
     sibling: quic::Sibling,
     of: LaneOf,
     peer: SocketAddr,
-    auth: &Arc<SharedAuth>,
+    (auth, checks): (&Arc<SharedAuth>, u64),
     sessions: &Arc<Sessions>,
     refusals: &Arc<Refusals>,
     slots: &Arc<Slots>,
@@ -721,7 +725,7 @@ async fn lane_stream(
         return;
     }
     sessions
-        .run_link(acc, peer, transport, None, auth, refusals)
+        .run_link(acc, peer, transport, None, (auth, checks), refusals)
         .await;
 }
 

@@ -12,7 +12,8 @@
 //!   sessions of certificates no longer listed are closed; another client CA or other
 //!   revocation lists close the certificate clients' links, which dial again and are checked
 //!   under them (their sessions go on; a revoked certificate's links are refused, and its
-//!   session ends after its grace).
+//!   session ends after its grace); a link whose TLS ran before such a reload and whose hello
+//!   came after it is refused where it joins its session (`SharedAuth::pki_checks`).
 //!
 //! Kept until a restart, named in one `warn` line: the listen address, `quic`, the node id, the
 //! node's private key, the PSK and the authentication mode (clients pin the key and hold the
@@ -23,6 +24,7 @@
 use crate::ServerHandle;
 use std::collections::BTreeSet;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tracing::{info, warn};
 use wanmux_config::{ServerAuth, ServerConfig, ServerTls, Service};
@@ -36,6 +38,9 @@ use wanmux_core::noise;
 pub(crate) struct SharedAuth(
     RwLock<Arc<noise::ServerAuth>>,
     RwLock<Option<Arc<BTreeSet<PublicKey>>>>,
+    /// Counts the reloads that replaced the client CA or the revocation lists
+    /// ([`SharedAuth::pki_checks`]).
+    AtomicU64,
 );
 
 impl SharedAuth {
@@ -43,7 +48,16 @@ impl SharedAuth {
         SharedAuth(
             RwLock::new(Arc::new(auth.into())),
             RwLock::new(tls.map(|t| Arc::new(t.allowed_certs.clone()))),
+            AtomicU64::new(0),
         )
+    }
+
+    /// Which client CA and revocation lists QUIC links are checked against now: taken as a
+    /// link arrives and compared where it joins its session, so that a link whose TLS checked
+    /// its certificate under lists a reload replaced meanwhile is refused (its client dials
+    /// again) rather than missed by the reload's sweep of the links already up.
+    pub(crate) fn pki_checks(&self) -> u64 {
+        self.2.load(Ordering::SeqCst)
     }
 
     /// Whether a client certificate (that TLS verified) with identity `id` may connect.
@@ -156,6 +170,9 @@ impl ServerHandle {
             });
             in_force.files = fresh.files.clone();
             if recheck {
+                // After the listener took the new lists, before the sweep: a link either joined
+                // before it (and is retired) or finds the count moved where it joins.
+                self.auth.2.fetch_add(1, Ordering::SeqCst);
                 let sessions = self.sessions.retire_pki_links();
                 info!(
                     sessions,

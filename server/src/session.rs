@@ -23,6 +23,12 @@ use wanmux_core::status::{SessionStatus, Status};
 /// Why a link that authenticated was refused where it joins: a reload removed its key meanwhile.
 const KEY_REMOVED: &str = "its client key was removed from allowed_clients during its handshake";
 
+/// Why a certificate client's link cannot join: a reload replaced the client CA or the
+/// revocation lists after its TLS handshake checked the certificate. The client dials again,
+/// and the new checks apply (a trial's revoked certificate kept a link so).
+const RECHECKED: &str = "the client CA or revocation lists changed during its handshake: its \
+                         client dials again and is checked against them";
+
 /// A session is found by the client's static key (none in PSK mode) and its session id, so one
 /// client cannot join another's session by guessing its id.
 pub(crate) type Key = (Option<PublicKey>, SessionId);
@@ -587,7 +593,9 @@ impl Sessions {
     /// `transport` (`"tcp"`, `"quic"` or `"quic+noise"`), `peer` and, on a QUIC link's own
     /// stream, the connection's `probe` label the link in status.
     /// The client key is checked against `auth` where the link joins, under the session
-    /// table's lock: a reload may have removed it while the handshake ran (see `session`).
+    /// table's lock: a reload may have removed it while the handshake ran (see `session`);
+    /// and a client certificate's link whose TLS ran under the checks `auth` had before a
+    /// reload's (`SharedAuth::pki_checks`, taken as the link arrived) is refused there too.
     /// The link's end, or `None` when it was refused.
     pub(crate) async fn run_link(
         self: &Arc<Self>,
@@ -595,20 +603,20 @@ impl Sessions {
         peer: SocketAddr,
         transport: &'static str,
         probe: Option<wanmux_core::quic::PathProbe>,
-        auth: &crate::reload::SharedAuth,
+        (auth, checks): (&crate::reload::SharedAuth, u64),
         refusals: &crate::refused::Refusals,
     ) -> Option<LinkEnd> {
         let key = (acc.client_key, SessionId(acc.hello.session_id));
         let span = tracing::info_span!("session", id = %key.1);
-        let (driver, _admitted) = match self.session(key, acc.pki, auth) {
+        let (driver, _admitted) = match self.session(key, acc.pki, (auth, checks)) {
             Ok(joined) => joined,
             Err(SESSION_OVER) => {
                 span.in_scope(|| debug!(%peer, "link refused: {SESSION_OVER}"));
                 return None;
             }
-            Err(KEY_REMOVED) => {
+            Err(why @ (KEY_REMOVED | RECHECKED)) => {
                 // Only a handshake that straddled a reload gets here: rare, and worth seeing.
-                span.in_scope(|| info!(%peer, "link refused: {KEY_REMOVED}"));
+                span.in_scope(|| info!(%peer, "link refused: {why}"));
                 return None;
             }
             Err(why) => {
@@ -670,7 +678,7 @@ impl Sessions {
         self: &Arc<Self>,
         key: Key,
         pki: bool,
-        auth: &crate::reload::SharedAuth,
+        (auth, checks): (&crate::reload::SharedAuth, u64),
     ) -> Result<(SessionDriver, Admitted), &'static str> {
         let limits = &self.config.limits;
         let mut table = self.lock();
@@ -679,6 +687,11 @@ impl Sessions {
         // either joins before the sweep (which then closes it) or sees the new list here.
         if !auth.still_allows(key.0.as_ref(), pki) {
             return Err(KEY_REMOVED);
+        }
+        // The same for a certificate checked against a client CA or revocation lists that a
+        // reload replaced (`retire_pki_links` is its sweep).
+        if pki && auth.pki_checks() != checks {
+            return Err(RECHECKED);
         }
         if self.is_over(key) {
             return Err(SESSION_OVER);

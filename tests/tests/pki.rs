@@ -525,6 +525,93 @@ async fn a_reload_takes_a_new_revocation_list() {
     .await;
 }
 
+/// Finding: a connection whose TLS checked its certificate before a reload that revoked it,
+/// and whose hello came after, got a link nobody checked again (the reload's sweep closes the
+/// links up at the moment). Its link is refused where it joins its session now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_checked_before_a_revoking_reload_gets_no_link() {
+    use wanmux_core::noise::{ClientHello, SessionSecret};
+    use wanmux_core::tls::Usage;
+    within(LIMIT, async {
+        let day = Duration::from_secs(86_400);
+        let now = std::time::SystemTime::now();
+        let ca = Ca::generate(now + 365 * day).expect("a CA");
+        let pem = |i: &wanmux_core::tls::issue::Issued, crls: &[String]| {
+            CertFiles::from_pem(&i.cert_pem, &i.key_pem, &ca.cert_pem(), crls).expect("PEM")
+        };
+        let issue = |name: &str, usage| {
+            ca.issue(name, usage, now - day, now + 30 * day)
+                .expect("a certificate")
+        };
+        let (node, a, b) = (
+            issue("127.0.0.1", Usage::Node),
+            issue("a", Usage::Client),
+            issue("b", Usage::Client),
+        );
+        let mut running = None;
+        let mut t = Tunnel::start_with(Auth::Pki, 1, |server, client| {
+            server.tls = Some(ServerTls {
+                files: pem(&node, &[]),
+                allowed_certs: Default::default(),
+            });
+            if let ClientAuth::Pki { files, .. } = &mut client.auth {
+                *files = pem(&a, &[]);
+            }
+            running = Some(server.clone());
+        })
+        .await;
+        let running = running.expect("the node's config");
+        // b's connection: TLS done (the certificate checked and taken), no hello yet.
+        let quic = t.server.quic_addr().expect("QUIC endpoint");
+        let dialer = wanmux_core::quic::client_endpoint_with(
+            "127.0.0.1:0".parse().expect("addr"),
+            wanmux_core::quic::Offer::Current,
+            Some(&pem(&b, &[])),
+        )
+        .expect("a dialer");
+        let limit = Duration::from_secs(10);
+        let stream = wanmux_core::quic::connect_named(&dialer, quic, "127.0.0.1", limit)
+            .await
+            .expect("TLS takes b's certificate");
+
+        let crl = ca.revocation_list(&[b.serial], 7 * day).expect("a CRL");
+        let mut new = running.clone();
+        new.tls.as_mut().expect("[tls]").files = pem(&node, &[crl]);
+        t.server
+            .reload(&running, new)
+            .await
+            .expect("the reload applies");
+
+        let hello = ClientHello {
+            session: SessionSecret::generate(),
+            link_seq: 0,
+            lane: false,
+            relay: false,
+        };
+        let auth = wanmux_core::noise::ClientAuth::Pki {
+            server_name: "127.0.0.1".to_owned(),
+        };
+        let ping = [1, 0, 0, 0, 0, 0, 0, 0, 0];
+        // The node may answer the hello; the link is closed where it would join its session.
+        if let Ok((mut rd, _wr, _)) = stream.connect(&auth, &hello, &ping, limit).await {
+            let end = tokio::time::timeout(limit, async {
+                loop {
+                    match rd.recv().await {
+                        Ok(Some(_)) => continue,
+                        other => return other.map(|_| ()),
+                    }
+                }
+            })
+            .await;
+            assert!(end.is_ok(), "b's link stayed up after the reload");
+        }
+        // Only a's session, and a moves data.
+        assert_eq!(t.server.session_count(), 1);
+        t.check_transfer(MIB, MIB, 5).await;
+    })
+    .await;
+}
+
 /// `tls revoke` as an operator runs it, on the files `tls ca` and `tls issue` wrote: the node
 /// lists the CA's revocation list (which revokes `c` already) in `crl_files`; `b` is revoked
 /// with `tls revoke` and the node reloads (reads its `[tls]` paths again, as SIGHUP does). `b`'s
