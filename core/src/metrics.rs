@@ -124,8 +124,13 @@ async fn read_head(tcp: &mut TcpStream) -> std::io::Result<String> {
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
+        // Only the new bytes and the three before them can complete the blank line: a head
+        // sent a byte at a time is not scanned again from its start for every byte (a trial
+        // made a node spend 90 ms of CPU on one 8 KiB head so).
+        let from = buf.len().saturating_sub(3);
         buf.extend_from_slice(&chunk[..n]);
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
+        let new = &buf[from..];
+        if new.windows(4).any(|w| w == b"\r\n\r\n") || new.windows(2).any(|w| w == b"\n\n") {
             return Ok(String::from_utf8_lossy(&buf).into_owned());
         }
         if buf.len() > MAX_REQUEST {
@@ -169,6 +174,34 @@ fn route(head: &str) -> Route {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A head that comes a byte at a time is found where its blank line ends, across reads.
+    #[tokio::test]
+    async fn a_head_sent_a_byte_at_a_time_is_read_whole() {
+        for head in [
+            "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.0\n\n",
+        ] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let writer = tokio::spawn(async move {
+                let mut tcp = TcpStream::connect(addr).await.expect("connect");
+                tcp.set_nodelay(true).expect("nodelay");
+                for b in head.bytes() {
+                    tcp.write_all(&[b]).await.expect("write");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                tcp
+            });
+            let (mut tcp, _) = listener.accept().await.expect("accept");
+            let read = tokio::time::timeout(Duration::from_secs(10), read_head(&mut tcp))
+                .await
+                .expect("in time")
+                .expect("a head");
+            assert_eq!(read, head);
+            drop(writer.await);
+        }
+    }
 
     #[test]
     fn routes() {
