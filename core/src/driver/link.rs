@@ -300,25 +300,60 @@ async fn read_loop(
     reader: &mut LinkReader,
     router: Option<&dyn Router>,
 ) -> LinkEnd {
+    // Messages handled in one pass over the session: what one read brought, up to this many.
+    let mut batch: Vec<Bytes> = Vec::with_capacity(READ_BATCH);
     loop {
-        match reader.recv().await {
-            Ok(Some(msg)) => {
-                tracing::trace!(len = msg.len(), "received");
-                driver.counters().link_received(msg.len());
-                if let Some(r) = router.filter(|_| crate::route::is_routed(&msg)) {
-                    if let Err(e) = r.route(msg).await {
-                        return e;
-                    }
-                    continue;
-                }
-                if let Err(e) = driver.with(|s, now| s.handle_message(now, id, msg)) {
-                    return LinkEnd::Peer(e);
-                }
-            }
+        let first = match reader.recv().await {
+            Ok(Some(msg)) => msg,
             Ok(None) => return LinkEnd::Closed,
             Err(e) => return failed(e),
+        };
+        let mut next = Ok(Some(first));
+        while let Ok(Some(msg)) = next {
+            tracing::trace!(len = msg.len(), "received");
+            driver.counters().link_received(msg.len());
+            if let Some(r) = router.filter(|_| crate::route::is_routed(&msg)) {
+                // The session's messages before it first, in order.
+                if let Err(e) = handle(driver, id, &mut batch) {
+                    return e;
+                }
+                if let Err(e) = r.route(msg).await {
+                    return e;
+                }
+            } else {
+                batch.push(msg);
+            }
+            next = match batch.len() < READ_BATCH {
+                true => reader.recv_buffered(),
+                false => Ok(None),
+            };
+        }
+        if let Err(e) = handle(driver, id, &mut batch) {
+            return e;
+        }
+        if let Err(e) = next {
+            return failed(e);
         }
     }
+}
+
+/// Most messages [`read_loop`] hands the session in one pass: a peer that sends many small
+/// messages (a trial sent millions of empty ones a second) costs one pass of the session's lock
+/// per batch, not per message, and a batch of full messages stays short.
+const READ_BATCH: usize = 32;
+
+/// Hands `batch` (emptied) to the session, in order, under one lock.
+fn handle(driver: &SessionDriver, id: LinkId, batch: &mut Vec<Bytes>) -> Result<(), LinkEnd> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    driver
+        .with(|s, now| {
+            batch
+                .drain(..)
+                .try_for_each(|m| s.handle_message(now, id, m))
+        })
+        .map_err(LinkEnd::Peer)
 }
 
 /// Why a link whose read or write failed with `e` ended (a QUIC link's end as the peer's close

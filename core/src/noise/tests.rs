@@ -991,3 +991,49 @@ async fn a_message_built_in_place_and_not_flushed_is_sealed_by_the_shutdown() {
         assert!(accepted.reader.recv().await.unwrap().is_none());
     }
 }
+
+/// `recv_buffered` hands out the messages one read brought, never waits, and reports a bad
+/// length as `recv` does.
+#[tokio::test]
+async fn buffered_messages_come_without_waiting() {
+    let (c, s) = tokio::io::duplex(1 << 16);
+    let (_c_rd, mut raw) = tokio::io::split(c);
+    let (s_rd, _s_wr) = tokio::io::split(s);
+    let mut reader = transport::LinkReader::new(
+        transport::InBuf::new(Box::new(s_rd), 1024),
+        transport::Seal::Clear,
+        0,
+    );
+    // Clear messages as a peer writes them (a length, then the bytes), in one write; the last
+    // one incomplete.
+    raw.write_all(b"\x00\x03one\x00\x00\x00\x05three\x00\x04fo")
+        .await
+        .expect("write");
+    raw.flush().await.expect("flush");
+    assert_eq!(
+        &reader.recv().await.expect("recv").expect("a message")[..],
+        b"one"
+    );
+    assert_eq!(
+        &reader.recv_buffered().expect("ok").expect("buffered")[..],
+        b""
+    );
+    assert_eq!(
+        &reader.recv_buffered().expect("ok").expect("buffered")[..],
+        b"three"
+    );
+    assert!(
+        reader.recv_buffered().expect("ok").is_none(),
+        "nothing waits"
+    );
+    raw.write_all(b"ur").await.expect("write");
+    assert_eq!(
+        &reader.recv().await.expect("recv").expect("the rest")[..],
+        b"four"
+    );
+    // A length over the bound: an error, then nothing more.
+    raw.write_all(&u16::MAX.to_be_bytes()).await.expect("write");
+    raw.flush().await.expect("flush");
+    assert!(matches!(reader.recv().await, Err(LinkError::Protocol(_))));
+    assert!(reader.recv_buffered().expect("ended").is_none());
+}

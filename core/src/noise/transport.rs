@@ -136,28 +136,52 @@ impl LinkReader {
         result
     }
 
+    /// The next message if the bytes read so far hold all of it: never waits for more. `Ok(None)`
+    /// when they do not (or after the link ended); errors as [`LinkReader::recv`]'s. A reader
+    /// takes what one read brought in one go this way (a peer that sends many small messages
+    /// costs one pass over the session for each batch, not for each message).
+    pub fn recv_buffered(&mut self) -> Result<Option<Bytes>, LinkError> {
+        if self.done {
+            return Ok(None);
+        }
+        let result = self.buffered();
+        if result.is_err() {
+            self.done = true;
+        }
+        result
+    }
+
+    /// The complete message at the front of the buffer, if there is one.
+    fn buffered(&mut self) -> Result<Option<Bytes>, LinkError> {
+        if self.inb.buf.len() < LEN_PREFIX {
+            return Ok(None);
+        }
+        let len = self.inb.peek_len();
+        match self.seal {
+            Seal::Noise(_) if len < TAG_LEN => {
+                return Err(LinkError::Protocol(
+                    "transport message shorter than its tag",
+                ))
+            }
+            // The same bound as a sealed message's plaintext: one message holds at most what
+            // one Noise message could.
+            Seal::Clear if len > MAX_PLAINTEXT => {
+                return Err(LinkError::Protocol(
+                    "clear message longer than 65,519 bytes",
+                ))
+            }
+            _ => {}
+        }
+        if self.inb.buf.len() >= LEN_PREFIX + len {
+            return self.open(len).map(Some);
+        }
+        Ok(None)
+    }
+
     async fn recv_inner(&mut self) -> Result<Option<Bytes>, LinkError> {
         loop {
-            if self.inb.buf.len() >= LEN_PREFIX {
-                let len = self.inb.peek_len();
-                match self.seal {
-                    Seal::Noise(_) if len < TAG_LEN => {
-                        return Err(LinkError::Protocol(
-                            "transport message shorter than its tag",
-                        ))
-                    }
-                    // The same bound as a sealed message's plaintext: one message holds at most
-                    // what one Noise message could.
-                    Seal::Clear if len > MAX_PLAINTEXT => {
-                        return Err(LinkError::Protocol(
-                            "clear message longer than 65,519 bytes",
-                        ))
-                    }
-                    _ => {}
-                }
-                if self.inb.buf.len() >= LEN_PREFIX + len {
-                    return self.open(len).map(Some);
-                }
+            if let Some(msg) = self.buffered()? {
+                return Ok(Some(msg));
             }
             if !self.inb.read_more().await? {
                 return if self.inb.buf.is_empty() {
