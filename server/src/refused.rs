@@ -189,6 +189,16 @@ impl Refusals {
                 return;
             }
             let lower = why.to_lowercase();
+            // TLS's own refusal of a client that offered no protocol of this node's (ALPN):
+            // no certificate was looked at (a trial's `h3` client was counted as one refused).
+            if lower.contains("known protocol") {
+                let reason = format!(
+                    "a QUIC client offered none of this node's protocols ({why}): not a wanmux \
+                     client, or one of a release this node does not take"
+                );
+                self.log(Kind::NotWanmux, "", false, peer, &reason);
+                return;
+            }
             let kind = if lower.contains("expired") {
                 Kind::CertExpired
             } else if lower.contains("revoked") {
@@ -481,6 +491,24 @@ mod tests {
         // Another address's is what it always was.
         r.handshake(other, &LinkError::Closed, Stage::AfterReply, &auth);
         assert_eq!(count(&r, "client_gave_up"), 1);
+    }
+
+    /// A QUIC client that offered no protocol of this node's is not a refused certificate.
+    #[test]
+    fn a_client_of_another_protocol_is_not_a_refused_certificate() {
+        let r = Refusals::default();
+        let peer: SocketAddr = "192.0.2.7:40000".parse().unwrap();
+        r.quic(
+            peer,
+            &LinkError::Tls("peer doesn't support any known protocol".to_owned()),
+        );
+        assert_eq!(count(&r, "not_wanmux"), 1);
+        assert_eq!(count(&r, "client_cert_invalid"), 0);
+        r.quic(
+            peer,
+            &LinkError::Tls("invalid peer certificate: UnknownIssuer".to_owned()),
+        );
+        assert_eq!(count(&r, "client_cert_invalid"), 1);
     }
 
     /// Each session limit has its own line a minute: a node at `max_sessions` was named only a
