@@ -153,7 +153,13 @@ fn notifies_ready_status_watchdog_and_reloads_in_order() {
             .any(|l| l.starts_with("STATUS=sessions 0, links up 0")),
         "{ready:?}"
     );
-    assert!(skipped.is_empty(), "before READY: {skipped:?}");
+    // Nothing about the daemon's state comes before READY. A watchdog ping may: the watchdog's
+    // first tick is due at once and races READY in the daemon's loop (a loaded machine saw
+    // WATCHDOG=1 first), and a ping before READY is harmless to the manager.
+    assert!(
+        skipped.iter().all(|m| m == "WATCHDOG=1"),
+        "before READY: {skipped:?}"
+    );
     let listening = daemon.wait_log("wanmux-server listening");
     let addr = listening
         .split("listen=")

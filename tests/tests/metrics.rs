@@ -261,25 +261,46 @@ async fn an_idle_links_delivery_rate_is_zero() {
     within(Duration::from_secs(60), async {
         let mut t = with_metrics().await;
         t.check_transfer(4 << 20, 8 << 20, 1).await;
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
-        for (st, addr) in [
-            (t.client.status(), t.client.metrics_addr().unwrap()),
-            (t.server.status(), t.server.metrics_addr().unwrap()),
+        // A rate stays current for a second after the last pong, or two smoothed RTTs if longer
+        // (`RATE_FRESH`), and the transfer's last pongs come after its last byte: on a loaded
+        // machine the RTT of a busy link can be most of a second. Waited for, well short of the
+        // minute the rate was once reported for (and of the next keepalive, 10 s).
+        let deadline = std::time::Instant::now() + Duration::from_secs(8);
+        for (daemon, addr) in [
+            ("client", t.client.metrics_addr().unwrap()),
+            ("server", t.server.metrics_addr().unwrap()),
         ] {
-            let rates: Vec<u64> = st.sessions[0]
-                .links
-                .iter()
-                .map(|l| l.delivery_rate_bytes_per_second)
-                .collect();
-            assert_eq!(rates, [0, 0], "{}: {}", st.daemon, st.to_text());
-            let (_, body) = get(addr, "/metrics").await;
-            let m = parse(&body);
-            let gauges: Vec<f64> = m
-                .iter()
-                .filter(|(k, _)| k.starts_with("wanmux_link_delivery_rate_bytes_per_second{"))
-                .map(|(_, &v)| v)
-                .collect();
-            assert_eq!(gauges, [0.0, 0.0], "{body}");
+            let status = || {
+                if daemon == "client" {
+                    t.client.status()
+                } else {
+                    t.server.status()
+                }
+            };
+            loop {
+                let st = status();
+                let rates: Vec<u64> = st.sessions[0]
+                    .links
+                    .iter()
+                    .map(|l| l.delivery_rate_bytes_per_second)
+                    .collect();
+                let (_, body) = get(addr, "/metrics").await;
+                let m = parse(&body);
+                let gauges: Vec<f64> = m
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("wanmux_link_delivery_rate_bytes_per_second{"))
+                    .map(|(_, &v)| v)
+                    .collect();
+                if rates == [0, 0] && gauges == [0.0, 0.0] {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{daemon}: rates {rates:?}, gauges {gauges:?}: {}\n{body}",
+                    st.to_text()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         t.client.shutdown();
         t.server.shutdown();
@@ -330,8 +351,9 @@ async fn idle_connections_from_one_host_do_not_keep_a_scrape_waiting() {
         .await;
         let addr = t.server.metrics_addr().unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
         let flood = tokio::spawn({
-            let stop = stop.clone();
+            let (stop, count) = (stop.clone(), count.clone());
             async move {
                 let mut idle = std::collections::VecDeque::new();
                 let mut opened = 0u32;
@@ -342,6 +364,7 @@ async fn idle_connections_from_one_host_do_not_keep_a_scrape_waiting() {
                         tokio::time::timeout(Duration::from_millis(200), socket.connect(addr));
                     if let Ok(Ok(tcp)) = connect.await {
                         opened += 1;
+                        count.store(opened, std::sync::atomic::Ordering::Relaxed);
                         idle.push_back(tcp);
                     }
                     // At most 300 held by this end at once (the test's own descriptors).
@@ -352,7 +375,14 @@ async fn idle_connections_from_one_host_do_not_keep_a_scrape_waiting() {
                 opened
             }
         });
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // 300 idle connections first (more than the endpoint had slots), however slow the
+        // machine.
+        let enough = || count.load(std::sync::atomic::Ordering::Relaxed) >= 300;
+        assert!(
+            eventually(Duration::from_secs(30), enough).await,
+            "the flood opened {} connections",
+            count.load(std::sync::atomic::Ordering::Relaxed)
+        );
         // Before, the scrape came after rounds of 64 idle connections timing out (2 s each).
         let scrape = tokio::time::timeout(Duration::from_secs(5), get(addr, "/metrics")).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -7,7 +7,8 @@ use std::time::Duration;
 use wanmux_config::{ServerAuth, ServerConfig};
 use wanmux_core::keys::generate_keypair;
 use wanmux_tests::harness::{
-    add_map, add_service, eventually, is_listening, paused_transfer, transfer, within, Auth, Tunnel,
+    add_map, add_service, eventually, free_port, is_listening, paused_transfer, transfer, within,
+    Auth, Tunnel,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -176,10 +177,10 @@ async fn a_client_key_removed_from_allowed_clients_loses_its_links() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_map_that_changes_service_keeps_its_port_and_its_streams() {
     within(LIMIT, async {
-        // A port of its own, so the map is known by it across the reload.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
+        // A port of its own, so the map is known by it across the reload. Not one the kernel
+        // gave out and took back: until the client binds it, the outgoing connection or the
+        // `127.0.0.1:0` listener of a test running beside this one could be given it.
+        let port = free_port();
         let mut server_running = None;
         let mut t = Tunnel::start_with(Auth::Psk, 2, |server, client| {
             let target = server.services[0].target.socket_addr().expect("an address");

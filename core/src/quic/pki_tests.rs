@@ -351,6 +351,9 @@ async fn the_node_refuses_a_pki_hello_without_the_sessions_secret_or_with_a_nois
         (vec![0x11; 60], "PKI hello"),
         (vec![crate::noise::PKI_MODE, 3], "version"),
     ] {
+        // Set once the node decided: the dialler keeps its connection until then (a connection
+        // closed first is refused for that instead, as a fixed wait allowed on a loaded machine).
+        let decided = tokio::sync::Notify::new();
         let (sent, accepted) = tokio::join!(
             async {
                 let stream = connect_named(&dialer, addr(&node), NAME, LONG).await?;
@@ -358,10 +361,14 @@ async fn the_node_refuses_a_pki_hello_without_the_sessions_secret_or_with_a_nois
                 wr.write_all(&bytes).await?;
                 wr.flush().await?;
                 // Keep the connection until the node decided.
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                decided.notified().await;
                 Ok::<_, LinkError>(())
             },
-            accept_next(&node, &s_auth)
+            async {
+                let accepted = accept_next(&node, &s_auth).await;
+                decided.notify_one();
+                accepted
+            }
         );
         sent.expect("the bytes went out");
         match accepted {
