@@ -30,13 +30,15 @@ fn status_into_a_closed_pipe_ends_quietly() {
         ),
     )
     .expect("config written");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_wanmux-client"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the daemon starts");
+    let daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_wanmux-client"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the daemon starts"),
+    );
     // The file appears at bind(), a moment before the daemon listens on it: wait for an answer.
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
@@ -62,7 +64,6 @@ fn status_into_a_closed_pipe_ends_quietly() {
             .take()
             .expect("piped")
             .read_to_string(&mut stderr);
-        let _ = daemon.kill();
         panic!("the first screen: {e}; status said: {stderr}");
     }
     drop(stdout);
@@ -84,8 +85,17 @@ fn status_into_a_closed_pipe_ends_quietly() {
         .expect("piped")
         .read_to_string(&mut stderr)
         .expect("stderr");
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     assert!(exit.success(), "{exit}: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The daemon, killed when the test ends, however it ends.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
