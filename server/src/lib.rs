@@ -559,20 +559,24 @@ async fn accept_loop(
     fds: Arc<daemon::fds::Fds>,
 ) {
     let slots = Slots::new(MAX_HANDSHAKES, MAX_HANDSHAKES_PER_SOURCE, MAX_UNVALIDATED);
+    // TCP connections, at `handshake_rate` per source.
     let rates = slots::Rates::new(sessions.handshake_rate());
-    // QUIC connections from addresses not validated yet, at the same rate per source in buckets
-    // of their own: past it they are asked for a Retry, which only the address's owner answers,
-    // and come back validated, under `rates`. (An address may be spoofed: spending its owner's
-    // bucket here costs the owner a Retry's round trip, never a refusal.) Without it a QUIC
-    // client that kept fewer than `MAX_UNVALIDATED` handshakes in flight was never limited: a
-    // trial made 1,017 TLS handshakes a second from one address.
-    let fresh = slots::Rates::new(sessions.handshake_rate());
+    // QUIC connections get the same rate in two halves, in buckets of their own. From
+    // addresses not validated yet, `fresh`: past it they are asked for a Retry, which only the
+    // address's owner answers, and come back validated, under `retried`, past which they are
+    // refused. (An address may be spoofed: spending its owner's `fresh` costs the owner a
+    // Retry's round trip, never a refusal.) Without them a QUIC client that kept fewer than
+    // `MAX_UNVALIDATED` handshakes in flight was never limited: a trial made 1,017 TLS
+    // handshakes a second from one address.
+    let half = (sessions.handshake_rate() / 2).max(1);
+    let (fresh, retried) = (slots::Rates::new(half), slots::Rates::new(half));
     let errors = daemon::AcceptErrors::new("accept failed");
     loop {
         let Some((incoming, peer)) = listener.next(&errors).await else {
             return;
         };
         let validated = incoming.validated();
+        let quic = matches!(incoming, Incoming::Quic(_));
         let now = std::time::Instant::now();
         if !validated && (!slots.room_unvalidated() || !fresh.admit(peer.ip(), now)) {
             if let Incoming::Quic(boxed) = incoming {
@@ -587,7 +591,8 @@ async fn accept_loop(
         }
         // A validated address only: an unvalidated QUIC one may be spoofed, and spending a
         // victim's rate would lock it out.
-        if validated && !rates.admit(peer.ip(), now) {
+        let bucket = if quic { &retried } else { &rates };
+        if validated && !bucket.admit(peer.ip(), now) {
             refusals.busy(peer, TOO_FAST);
             incoming.refuse();
             continue;
