@@ -432,6 +432,24 @@ async fn stalled_handshakes_do_not_lock_their_address_out() {
     .await;
 }
 
+/// Checks that of `dials` handshakes since `started` (refused at the key check, or before it as
+/// `busy`), at most `limits.handshake_rate = 2`'s burst of 8 and what the rate refilled since
+/// (slow on a loaded machine) reached the key check.
+fn rate_limited(t: &Tunnel, started: std::time::Instant, dials: u64) {
+    let most = 8 + (2.0 * started.elapsed().as_secs_f64()).ceil() as u64;
+    let failures = t.server.status().handshake_failures;
+    assert!(
+        failures["unknown_client"] <= most,
+        "{failures:?} in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        failures["unknown_client"] + failures["busy"],
+        dials,
+        "{failures:?}"
+    );
+}
+
 /// The same over QUIC: a trial made 1,017 TLS handshakes a second from one address, none
 /// refused, since only validated addresses were counted and a QUIC connection was validated
 /// only under a flood. With `limits.handshake_rate = 2`, 40 QUIC dials of a key the node does
@@ -457,15 +475,7 @@ async fn new_quic_handshakes_from_one_source_are_rate_limited() {
         for _ in 0..40 {
             assert!(try_quic_dial(node, &auth).await.is_err());
         }
-        // The burst (half unvalidated, half validated) and what the rate refilled meanwhile.
-        let most = 8 + (2.0 * started.elapsed().as_secs_f64()).ceil() as u64;
-        let failures = t.server.status().handshake_failures;
-        assert!(failures["unknown_client"] <= most, "{failures:?}");
-        assert_eq!(
-            failures["unknown_client"] + failures["busy"],
-            40,
-            "{failures:?}"
-        );
+        rate_limited(&t, started, 40);
         // The tunnel's own link, made before, carries on.
         t.check_transfer(1000, 1000, 1).await;
     })
@@ -494,16 +504,7 @@ async fn new_handshakes_from_one_source_are_rate_limited() {
         for _ in 0..40 {
             assert!(try_handshake(t.server.local_addr(), &auth).await.is_err());
         }
-        // The burst, and what the rate refilled meanwhile (slow on a loaded machine).
-        let most = 8 + (2.0 * started.elapsed().as_secs_f64()).ceil() as u64;
-        let failures = t.server.status().handshake_failures;
-        println!("{failures:?} in {:?}", started.elapsed());
-        assert!(failures["unknown_client"] <= most, "{failures:?}");
-        assert_eq!(
-            failures["unknown_client"] + failures["busy"],
-            40,
-            "{failures:?}"
-        );
+        rate_limited(&t, started, 40);
         // The tunnel's own link, made before, carries on; after a second, so does a new one.
         t.check_transfer(1000, 1000, 1).await;
         tokio::time::sleep(Duration::from_secs(1)).await;

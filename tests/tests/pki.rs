@@ -9,7 +9,7 @@ use std::time::Duration;
 use wanmux_config::{ClientAuth, ClientConfig, LinkTransport, ServerConfig, ServerTls};
 use wanmux_core::keys::PublicKey;
 use wanmux_core::status::Status;
-use wanmux_core::tls::issue::Ca;
+use wanmux_core::tls::issue::{Ca, Issued};
 use wanmux_core::tls::{spki_hash, spki_text, CertFiles};
 use wanmux_tests::harness::{
     eventually, panics, paused_transfer, pki_files, pki_files_from, transfer, within, Auth, Tunnel,
@@ -17,6 +17,8 @@ use wanmux_tests::harness::{
 
 const MIB: u64 = 1 << 20;
 const LIMIT: Duration = Duration::from_secs(90);
+/// How long the tests' revocation lists are valid.
+const WEEK: Duration = Duration::from_secs(7 * 86_400);
 
 fn transports(status: &Status) -> Vec<&str> {
     let mut t: Vec<&str> = status
@@ -427,42 +429,72 @@ async fn the_client_refuses_a_node_of_another_ca_or_name() {
     .await;
 }
 
+/// A PKI node whose client `a` runs, beside the certificate of another client `b` of its CA
+/// (for the tests of revocation on reload), with the node's config for the reload.
+struct Revocable {
+    ca: Ca,
+    node: Issued,
+    b: Issued,
+    running: ServerConfig,
+    t: Tunnel,
+}
+
+/// `i`'s files, trusting `ca`, with `crls`.
+fn pem_of(ca: &Ca, i: &Issued, crls: &[String]) -> CertFiles {
+    CertFiles::from_pem(&i.cert_pem, &i.key_pem, &ca.cert_pem(), crls).expect("PEM")
+}
+
+async fn revocable() -> Revocable {
+    use wanmux_core::tls::Usage;
+    let day = Duration::from_secs(86_400);
+    let now = std::time::SystemTime::now();
+    let ca = Ca::generate(now + 365 * day).expect("a CA");
+    let issue = |name: &str, usage| {
+        ca.issue(name, usage, now - day, now + 30 * day)
+            .expect("a certificate")
+    };
+    let (node, a, b) = (
+        issue("127.0.0.1", Usage::Node),
+        issue("a", Usage::Client),
+        issue("b", Usage::Client),
+    );
+    let mut running = None;
+    let t = Tunnel::start_with(Auth::Pki, 1, |server, client| {
+        server.tls = Some(ServerTls {
+            files: pem_of(&ca, &node, &[]),
+            allowed_certs: Default::default(),
+        });
+        if let ClientAuth::Pki { files, .. } = &mut client.auth {
+            *files = pem_of(&ca, &a, &[]);
+        }
+        running = Some(server.clone());
+    })
+    .await;
+    let running = running.expect("the node's config");
+    Revocable {
+        ca,
+        node,
+        b,
+        running,
+        t,
+    }
+}
+
 /// A reload reads `[tls]` again: a revocation list added to it refuses the revoked client's new
 /// links (counted as `client_cert_revoked`), closes its link that was up (every certificate
 /// client's links dial again under the new list), and another client of the CA keeps working:
 /// a transfer of its, paused across the reload, completes with both hashes matching.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_takes_a_new_revocation_list() {
-    use wanmux_core::tls::Usage;
     within(LIMIT, async {
-        let day = Duration::from_secs(86_400);
-        let now = std::time::SystemTime::now();
-        let ca = Ca::generate(now + 365 * day).expect("a CA");
-        let pem = |i: &wanmux_core::tls::issue::Issued, crls: &[String]| {
-            CertFiles::from_pem(&i.cert_pem, &i.key_pem, &ca.cert_pem(), crls).expect("PEM")
-        };
-        let issue = |name: &str, usage| {
-            ca.issue(name, usage, now - day, now + 30 * day)
-                .expect("a certificate")
-        };
-        let (node, a, b) = (
-            issue("127.0.0.1", Usage::Node),
-            issue("a", Usage::Client),
-            issue("b", Usage::Client),
-        );
-        let mut running = None;
-        let mut t = Tunnel::start_with(Auth::Pki, 1, |server, client| {
-            server.tls = Some(ServerTls {
-                files: pem(&node, &[]),
-                allowed_certs: Default::default(),
-            });
-            if let ClientAuth::Pki { files, .. } = &mut client.auth {
-                *files = pem(&a, &[]);
-            }
-            running = Some(server.clone());
-        })
-        .await;
-        let running = running.expect("the node's config");
+        let Revocable {
+            ca,
+            node,
+            b,
+            running,
+            mut t,
+        } = revocable().await;
+        let pem = |i: &Issued, crls: &[String]| pem_of(&ca, i, crls);
         let mut client_b = t.client_config.clone();
         if let ClientAuth::Pki { files, .. } = &mut client_b.auth {
             *files = pem(&b, &[]);
@@ -481,7 +513,7 @@ async fn a_reload_takes_a_new_revocation_list() {
         let a_links = link_ids(&t.client.status());
         assert!(!a_links.is_empty());
 
-        let crl = ca.revocation_list(&[b.serial], 7 * day).expect("a CRL");
+        let crl = ca.revocation_list(&[b.serial], WEEK).expect("a CRL");
         let mut new = running.clone();
         new.tls.as_mut().expect("[tls]").files = pem(&node, &[crl]);
         t.server
@@ -531,36 +563,15 @@ async fn a_reload_takes_a_new_revocation_list() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_checked_before_a_revoking_reload_gets_no_link() {
     use wanmux_core::noise::{ClientHello, SessionSecret};
-    use wanmux_core::tls::Usage;
     within(LIMIT, async {
-        let day = Duration::from_secs(86_400);
-        let now = std::time::SystemTime::now();
-        let ca = Ca::generate(now + 365 * day).expect("a CA");
-        let pem = |i: &wanmux_core::tls::issue::Issued, crls: &[String]| {
-            CertFiles::from_pem(&i.cert_pem, &i.key_pem, &ca.cert_pem(), crls).expect("PEM")
-        };
-        let issue = |name: &str, usage| {
-            ca.issue(name, usage, now - day, now + 30 * day)
-                .expect("a certificate")
-        };
-        let (node, a, b) = (
-            issue("127.0.0.1", Usage::Node),
-            issue("a", Usage::Client),
-            issue("b", Usage::Client),
-        );
-        let mut running = None;
-        let mut t = Tunnel::start_with(Auth::Pki, 1, |server, client| {
-            server.tls = Some(ServerTls {
-                files: pem(&node, &[]),
-                allowed_certs: Default::default(),
-            });
-            if let ClientAuth::Pki { files, .. } = &mut client.auth {
-                *files = pem(&a, &[]);
-            }
-            running = Some(server.clone());
-        })
-        .await;
-        let running = running.expect("the node's config");
+        let Revocable {
+            ca,
+            node,
+            b,
+            running,
+            mut t,
+        } = revocable().await;
+        let pem = |i: &Issued, crls: &[String]| pem_of(&ca, i, crls);
         // b's connection: TLS done (the certificate checked and taken), no hello yet.
         let quic = t.server.quic_addr().expect("QUIC endpoint");
         let dialer = wanmux_core::quic::client_endpoint_with(
@@ -574,7 +585,7 @@ async fn a_connection_checked_before_a_revoking_reload_gets_no_link() {
             .await
             .expect("TLS takes b's certificate");
 
-        let crl = ca.revocation_list(&[b.serial], 7 * day).expect("a CRL");
+        let crl = ca.revocation_list(&[b.serial], WEEK).expect("a CRL");
         let mut new = running.clone();
         new.tls.as_mut().expect("[tls]").files = pem(&node, &[crl]);
         t.server
