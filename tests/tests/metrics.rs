@@ -150,7 +150,20 @@ async fn metrics_are_well_formed_and_count_what_the_application_moved() {
             })
             .await;
             assert!(counted, "the totals reach what the application moved");
-            let (status, body) = get(addr, "/metrics").await;
+            // Each link has its RTT once a pong came back on it: a link the transfer left idle
+            // (a loaded machine may schedule all of it on the other) pings first 10 s after it
+            // came up (`KEEPALIVE`), so its series may come that late.
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            let (status, body) = loop {
+                let (status, body) = get(addr, "/metrics").await;
+                let sampled = |name: &str| body.lines().filter(|l| l.starts_with(name)).count();
+                let both = sampled("wanmux_link_rtt_seconds{") == 2
+                    && sampled("wanmux_link_min_rtt_seconds{") == 2;
+                if both || std::time::Instant::now() >= deadline {
+                    break (status, body);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
             assert_eq!(status, "HTTP/1.1 200 OK");
             let m = parse(&body);
             promtool(&body);
