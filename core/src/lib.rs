@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod bucket;
 pub mod budget;
 #[cfg(feature = "daemon")]
 pub mod control;

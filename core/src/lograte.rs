@@ -4,6 +4,7 @@
 //! once; the ones that follow within the interval are counted, and a line with their count
 //! comes when the interval ends, whether or not another event comes then.
 
+use crate::bucket::Bucket;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -88,16 +89,10 @@ fn lock<D>(m: &Mutex<State<D>>) -> MutexGuard<'_, State<D>> {
 /// minute that names `who`.
 #[derive(Debug, Clone)]
 pub struct LineBudget {
+    per_minute: f64,
     bucket: Arc<Mutex<Bucket>>,
     left_out: Arc<Tally<String>>,
     who: Arc<str>,
-}
-
-#[derive(Debug)]
-struct Bucket {
-    per_minute: f64,
-    tokens: f64,
-    at: Instant,
 }
 
 impl LineBudget {
@@ -105,11 +100,8 @@ impl LineBudget {
     pub fn new(per_minute: u32, who: &str) -> LineBudget {
         let per_minute = f64::from(per_minute.max(1));
         LineBudget {
-            bucket: Arc::new(Mutex::new(Bucket {
-                per_minute,
-                tokens: per_minute,
-                at: Instant::now(),
-            })),
+            per_minute,
+            bucket: Arc::new(Mutex::new(Bucket::full(per_minute, now()))),
             left_out: Arc::new(Tally::new(Duration::from_secs(60), |n, who: &String| {
                 let lines = if n == 1 { "log line" } else { "log lines" };
                 tracing::info!(
@@ -124,27 +116,26 @@ impl LineBudget {
     /// Takes a line from the budget: `false` when it is spent (the line is counted as left out;
     /// call from within a tokio runtime).
     pub fn allow(&self) -> bool {
-        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let refill = now.saturating_duration_since(b.at).as_secs_f64() / 60.0 * b.per_minute;
-        b.tokens = (b.tokens + refill).min(b.per_minute);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            return true;
+        let (rate, burst) = (self.per_minute / 60.0, self.per_minute);
+        let taken =
+            (self.bucket.lock().unwrap_or_else(|e| e.into_inner())).take(now(), rate, burst);
+        if !taken {
+            self.left_out.hit(self.who.to_string());
         }
-        drop(b);
-        self.left_out.hit(self.who.to_string());
-        false
+        taken
     }
 
     /// No line was taken for a minute or more: the budget is as new, and a table of budgets
     /// may drop it.
     pub fn is_full(&self) -> bool {
         let b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        let refill = b.at.elapsed().as_secs_f64() / 60.0 * b.per_minute;
-        b.tokens + refill >= b.per_minute
+        b.is_full(now(), self.per_minute / 60.0, self.per_minute)
     }
+}
+
+/// Now, on tokio's clock (which tests may pause), as the buckets count time.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
 #[cfg(test)]

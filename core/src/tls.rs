@@ -477,12 +477,12 @@ fn pem_message(path: &Path, what: &str, e: &rustls::pki_types::pem::Error) -> St
     }
 }
 
-/// Every certificate of a PEM file; at least one.
 /// [`crate::files::regular_file`], its error naming the file.
 fn regular_file(path: &Path) -> Result<(), String> {
     crate::files::regular_file(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Every certificate of a PEM file; at least one.
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     regular_file(path)?;
     let certs = CertificateDer::pem_file_iter(path)

@@ -548,9 +548,10 @@ impl Listener {
 /// source, the oldest giving way to a new one (see `slots`), and none while the open file
 /// descriptors are within the reserve of the limit (see `fds`). A QUIC connection from an
 /// address QUIC has not validated takes one of [`MAX_UNVALIDATED`] slots instead, or gets a
-/// Retry when they are taken or its source starts handshakes faster than `handshake_rate`. A connection with no slot is closed at once (TCP: with an RST),
-/// so a flood holds no descriptor; refusals and ended handshakes are logged as a count
-/// (`refused`). Each link that authenticates runs in its session.
+/// Retry when they are taken or its source starts handshakes faster than `handshake_rate`
+/// allows. A connection with no slot is closed at once (TCP: with an RST), so a flood holds no
+/// descriptor; refusals and ended handshakes are logged as a count (`refused`). Each link that
+/// authenticates runs in its session.
 async fn accept_loop(
     listener: Listener,
     auth: Arc<SharedAuth>,
@@ -589,8 +590,9 @@ async fn accept_loop(
             }
             continue;
         }
-        // A validated address only: an unvalidated QUIC one may be spoofed, and spending a
-        // victim's rate would lock it out.
+        // Refused past the rate: a validated address only (an unvalidated one, which may be
+        // spoofed, was asked for a Retry above instead, so spending a victim's rate never locks
+        // it out).
         let bucket = if quic { &retried } else { &rates };
         if validated && !bucket.admit(peer.ip(), now) {
             refusals.busy(peer, TOO_FAST);

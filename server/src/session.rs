@@ -229,9 +229,10 @@ impl Sessions {
         }
         if budgets.len() >= MAX_LOG_BUDGETS {
             budgets.retain(|_, b| !b.is_full());
-            if budgets.len() >= MAX_LOG_BUDGETS {
-                let any = budgets.keys().next().copied();
-                any.map(|k| budgets.remove(&k));
+            if let Some(any) = budgets.keys().next().copied() {
+                if budgets.len() >= MAX_LOG_BUDGETS {
+                    budgets.remove(&any);
+                }
             }
         }
         let who = match client_name(key, pki) {

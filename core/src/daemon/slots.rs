@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+use crate::bucket::Bucket;
+
 /// Sources whose rate [`Rates`] tracks at once: about 50 bytes each. Past it, sources whose
 /// buckets are full (idle for a burst's time) are forgotten, at most once a second; a new
 /// source that still finds no room is refused.
@@ -38,12 +40,6 @@ pub struct Rates {
 struct Buckets {
     by_source: HashMap<IpAddr, Bucket>,
     pruned: Option<Instant>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
 }
 
 impl Rates {
@@ -69,25 +65,16 @@ impl Rates {
             }
             b.pruned = Some(now);
             let (rate, burst) = (self.per_second, self.burst);
-            b.by_source
-                .retain(|_, k| k.tokens + now.duration_since(k.at).as_secs_f64() * rate < burst);
+            b.by_source.retain(|_, k| !k.is_full(now, rate, burst));
             if b.by_source.len() >= MAX_SOURCES {
                 return false;
             }
         }
-        let k = b.by_source.entry(src).or_insert(Bucket {
-            tokens: self.burst,
-            at: now,
-        });
-        k.tokens = (k.tokens + now.saturating_duration_since(k.at).as_secs_f64() * self.per_second)
-            .min(self.burst);
-        k.at = now;
-        if k.tokens >= 1.0 {
-            k.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let k = b
+            .by_source
+            .entry(src)
+            .or_insert(Bucket::full(self.burst, now));
+        k.take(now, self.per_second, self.burst)
     }
 }
 
