@@ -21,14 +21,19 @@ use wanmux_tests::process::Daemon;
 /// about twenty, its reserve 16 (an eighth, at least 16), the connections the rest.
 const NOFILE: u32 = 64;
 
-/// Links up, as the client's `status --json` counts them.
-fn links_up(socket: &Path) -> u64 {
+/// The client's `status --json`, if it answered with JSON.
+fn status_json(socket: &Path) -> Option<serde_json::Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_wanmux-client"))
         .args(["status", "--json", "--socket"])
         .arg(socket)
         .output()
         .expect("status runs");
-    let Ok(st) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Links up, as the client's `status --json` counts them.
+fn links_up(socket: &Path) -> u64 {
+    let Some(st) = status_json(socket) else {
         return 0;
     };
     st["sessions"].as_array().map_or(0, |s| {
@@ -41,12 +46,7 @@ fn links_up(socket: &Path) -> u64 {
 
 /// The client's count of connections it refused at the file limit.
 fn refused_at_limit(socket: &Path) -> u64 {
-    let out = Command::new(env!("CARGO_BIN_EXE_wanmux-client"))
-        .args(["status", "--json", "--socket"])
-        .arg(socket)
-        .output()
-        .expect("status runs");
-    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let st = status_json(socket).expect("status JSON");
     st["stream_refusals"]["file_limit"].as_u64().unwrap_or(0)
 }
 
