@@ -334,6 +334,12 @@ async fn read_loop(
         if let Err(e) = next {
             return failed(e);
         }
+        // Each batch counts against the task's share of tokio's cooperative budget: a QUIC
+        // stream's reads take no part in it (a TCP socket's do, once per read of many
+        // messages), so while a peer kept its stream full the reads never waited and this task
+        // kept its worker from every other task, the endpoint's UDP socket included (trial 56:
+        // others' round trips 0.2 -> 40-165 ms under a flood of tiny messages).
+        tokio::task::coop::consume_budget().await;
     }
 }
 
@@ -443,4 +449,69 @@ fn poll_routed(
         n += 1;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::BudgetSignal;
+    use crate::engine::{Config, Role, Session};
+    use crate::ids::NodeId;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncRead, ReadBuf};
+
+    /// A peer whose stream is never empty: empty clear messages (`00 00`) on every read, at
+    /// once, until `limit` bytes, then the end of the stream. It counts what it served.
+    struct Flood {
+        served: Arc<AtomicU64>,
+        limit: u64,
+    }
+
+    impl AsyncRead for Flood {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let served = self.served.load(Ordering::Relaxed);
+            let n = (buf.remaining() as u64).min(self.limit - served) as usize;
+            buf.put_slice(&vec![0; n]);
+            self.served.fetch_add(n as u64, Ordering::Relaxed);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Issue 23 (trial 56, F3): a link whose stream is always full (a QUIC stream's reads never
+    /// wait and take no part in tokio's budget) gives its worker back to the other tasks: with
+    /// one thread, another task runs after the reader handled a little of the flood, not after
+    /// all of it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reader_of_a_stream_that_never_waits_lets_other_tasks_run() {
+        const LIMIT: u64 = 16 << 20;
+        let signal = BudgetSignal::default();
+        let session = Session::new(Role::Server(NodeId(1)), Config::default());
+        let (driver, _opened) = SessionDriver::start(session, &signal);
+        let (id, _, _) = driver.add_link(false);
+        let served = Arc::new(AtomicU64::new(0));
+        let mut reader = LinkReader::clear(Box::new(Flood {
+            served: served.clone(),
+            limit: LIMIT,
+        }));
+        let d = driver.clone();
+        let task = tokio::spawn(async move {
+            let end = read_loop(&d, id, &mut reader, None).await;
+            assert!(matches!(end, LinkEnd::Closed), "{end:?}");
+        });
+        // The reader runs now; this task gets its turn when the reader gives the thread back.
+        tokio::task::yield_now().await;
+        let when = served.load(Ordering::Relaxed);
+        assert!(
+            when < LIMIT / 4,
+            "another task ran only after the reader had handled {when} of {LIMIT} bytes"
+        );
+        task.await.expect("the reader ends at the end of the flood");
+        driver.remove_link(id);
+    }
 }

@@ -116,6 +116,13 @@ impl LinkReader {
         }
     }
 
+    /// A reader of clear messages from `rd`, as a link's reader after its handshake: for the
+    /// driver's tests.
+    #[cfg(test)]
+    pub(crate) fn clear(rd: super::BoxRead) -> Self {
+        Self::new(InBuf::new(rd, READ_CHUNK), Seal::Clear, 0)
+    }
+
     /// Receives and decrypts the next message (on a clear link: receives it).
     ///
     /// Returns `Ok(None)` when the peer closed its sending direction cleanly at a message boundary.

@@ -105,6 +105,10 @@ pub(super) async fn run(
                         if let Err(end) = handle_message(msg, &mut live, &mut relayed) {
                             return end;
                         }
+                        // One read brings many messages, handed out without touching the
+                        // socket: each counts against the task's budget, so a peer that keeps
+                        // the link full cannot keep the worker from the other tasks.
+                        tokio::task::coop::consume_budget().await;
                     }
                     Ok(None) => return PeerEnd::Closed,
                     Err(e) => return PeerEnd::Link(e),
