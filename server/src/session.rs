@@ -373,27 +373,30 @@ impl Sessions {
             .fold((0, 0), |(r, w), (r2, w2)| (r.max(r2), w.max(w2)))
     }
 
-    /// Streams open in sessions that have a link, so they can still finish: what a drain
-    /// waits for. A session without links cannot finish its streams before its client comes
-    /// back, so a drain does not wait for it.
+    /// Streams open in sessions that have a link, direct or through another node, so they can
+    /// still finish: what a drain waits for. A session without links cannot finish its streams
+    /// before its client comes back, so a drain does not wait for it. (Counting direct links
+    /// only, a drain ended at once under the streams of a client whose own path to this node
+    /// was down and whose connections went on through the other nodes: trial 58.)
     pub(crate) fn finishable_stream_count(&self) -> usize {
         let drivers: Vec<SessionDriver> = self.lock().values().map(|e| e.driver.clone()).collect();
         drivers
             .iter()
-            .filter(|d| d.live_links() > 0)
+            .filter(|d| d.reachable())
             .map(|d| d.with(|s, _| s.stream_count()))
             .sum()
     }
 
     /// How long a drain that starts now still serves new streams: the longest
-    /// [`Session::drain_grace`] of the sessions with a link (zero without one).
+    /// [`Session::drain_grace`] of the sessions with a link, direct or through another node
+    /// (zero without one).
     ///
     /// [`Session::drain_grace`]: wanmux_core::engine::Session::drain_grace
     pub(crate) fn drain_grace(&self) -> Duration {
         let drivers: Vec<SessionDriver> = self.lock().values().map(|e| e.driver.clone()).collect();
         drivers
             .iter()
-            .filter(|d| d.live_links() > 0)
+            .filter(|d| d.reachable())
             .map(|d| d.with(|s, _| s.drain_grace()))
             .max()
             .unwrap_or_default()

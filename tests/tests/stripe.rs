@@ -1150,6 +1150,60 @@ async fn connections_opened_before_the_client_heard_of_a_drain_are_served() {
     .await;
 }
 
+/// A drain waits for the streams of a client whose own path to the draining node is down while
+/// its connections go on through another node. It counted only sessions with a direct link, so
+/// it ended at once under such a stream, and the node stopped (trial 58: 16 s into a 30 s drain,
+/// with no `drain timeout` line, and the resets never reached the client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_waits_for_streams_that_reach_the_node_only_through_another() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(Duration::from_secs(90), async {
+        let (mut nodes, client, relay) = far_first_node(Duration::from_millis(2)).await;
+        // Node 1 owns this one.
+        let mut held = tokio::net::TcpStream::connect(client.first_addr())
+            .await
+            .expect("connect");
+        let mut echo = [0u8; 16];
+        held.write_all(&[1u8; 16]).await.expect("write");
+        held.read_exact(&mut echo).await.expect("echo");
+        assert!(
+            eventually(Duration::from_secs(5), || nodes[0].stream_count() == 1).await,
+            "node 1 has the stream"
+        );
+        // The client's own path to node 1 goes down, redials included; node 2 still relays.
+        relay.blackhole(RelayLinks::All);
+        relay.reset(RelayLinks::All);
+        assert!(
+            eventually(Duration::from_secs(10), || nodes[0].link_count() == 0
+                && client.nodes()[0].links == 0)
+            .await,
+            "node 1's direct links are gone: node {}, client {:?}",
+            nodes[0].link_count(),
+            client.nodes()
+        );
+        held.write_all(&[2u8; 16]).await.expect("write");
+        held.read_exact(&mut echo)
+            .await
+            .expect("the echo through node 2");
+        assert_eq!(echo, [2u8; 16]);
+        let drain = tokio::spawn(nodes.remove(0).drain(Duration::from_secs(30)));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            !drain.is_finished(),
+            "the drain ended under a stream that could still finish"
+        );
+        // The stream finishes through node 2, and the drain with it.
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(15), drain)
+            .await
+            .expect("the drain ends once its stream did")
+            .expect("drain");
+        client.shutdown();
+        drop(nodes);
+    })
+    .await;
+}
+
 /// A node that starts draining tells its clients (`DRAINING`): new connections go to the other
 /// nodes instead of being refused there, while its own connections finish. Without it the
 /// client, with `owner = "first"`, kept giving the draining node every new connection and each

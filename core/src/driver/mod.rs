@@ -699,6 +699,12 @@ impl SessionDriver {
         self.shared.peer_ended.load(Ordering::Acquire)
     }
 
+    /// Whether the session has a link, direct or through a relay (a node's virtual link, a
+    /// client's sub-link): its streams can still move.
+    pub fn reachable(&self) -> bool {
+        !self.lock().link_kills.is_empty()
+    }
+
     /// Direct links currently up (links through a relay are not counted). Takes no lock.
     pub fn live_links(&self) -> usize {
         self.shared.live.load(Ordering::Acquire)
