@@ -30,7 +30,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A link that lived this long resets the backoff: it was a working link that died (a reset, a
 /// dead path), not a server refusing us, so it is redialled at once (after the jitter). Links
-/// that die sooner, and failed dials, double the backoff. (With 10 s here, links killed every
+/// that die sooner, and failed dials (but one that ran out its handshake timeout), double the
+/// backoff. (With 10 s here, links killed every
 /// second by a middlebox drifted toward ever longer redial delays: bench recovery.)
 const STABLE: Duration = Duration::from_secs(1);
 /// A link away from its home address first dials home again after this long (with jitter),
@@ -199,6 +200,8 @@ impl Slot {
                 return;
             }
             let started = Instant::now();
+            // Whether a link came up on this turn and lived `STABLE`.
+            let mut lived = false;
             let addr = &addrs[pick.at];
             let dialed = match probed.take() {
                 Some(d) => Some(d),
@@ -286,16 +289,15 @@ impl Slot {
                         // dial (it backs off below), and the warn line says which limit.
                         self.dials.session_refused(self.node.id, addr, why);
                     }
-                    if up.elapsed() >= STABLE && !matches!(end, LinkEnd::TimedOut) {
+                    lived = up.elapsed() >= STABLE;
+                    if lived && !matches!(end, LinkEnd::TimedOut) {
                         pick.worked();
                     } else {
                         pick.failed();
                     }
                 }
             }
-            if started.elapsed() >= STABLE {
-                backoff = BACKOFF_MIN;
-            }
+            backoff = backoff_after(backoff, lived, started.elapsed(), self.handshake_timeout);
             tokio::time::sleep(jitter(backoff)).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
@@ -745,6 +747,21 @@ struct Up {
 }
 
 /// Full jitter: a time drawn uniformly from `[d/2, d]`.
+/// The backoff before a slot's next dial, given the current one, whether a link came up on the
+/// turn and lived [`STABLE`], and how long the turn took: back to [`BACKOFF_MIN`] after such a
+/// link, or after a dial that ran out its whole handshake timeout (it spaced itself out);
+/// unchanged (to be doubled after the wait) after a dial that failed sooner, however long it
+/// took. (Reset once a turn took `STABLE`, the wait for a node that answered with another node
+/// id to close the link, about a second on QUIC, reset it every time: a trial's client redialled
+/// such a node about once a second per link, each attempt a `warn` line at the node.)
+fn backoff_after(backoff: Duration, lived: bool, took: Duration, timeout: Duration) -> Duration {
+    if lived || took >= timeout {
+        BACKOFF_MIN
+    } else {
+        backoff
+    }
+}
+
 fn jitter(d: Duration) -> Duration {
     rand::rng().random_range(d / 2..=d)
 }
@@ -807,6 +824,21 @@ async fn refuse_node(reader: &mut noise::LinkReader, writer: &mut noise::LinkWri
 #[cfg(test)]
 mod tests {
     use super::AddrPick;
+
+    /// Failed dials double the backoff however long they took, up to a dial that ran out its
+    /// handshake timeout; a link that lived resets it.
+    #[test]
+    fn a_dial_refused_slowly_still_backs_off() {
+        use super::{backoff_after, BACKOFF_MIN};
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        let timeout = Duration::from_secs(10);
+        // A node with another node id: each refusal takes about a second (the close's wait).
+        assert_eq!(backoff_after(ms(800), false, ms(1_100), timeout), ms(800));
+        assert_eq!(backoff_after(ms(800), false, ms(5), timeout), ms(800));
+        assert_eq!(backoff_after(ms(800), false, timeout, timeout), BACKOFF_MIN);
+        assert_eq!(backoff_after(ms(800), true, ms(5), timeout), BACKOFF_MIN);
+    }
 
     #[test]
     fn links_spread_over_addresses_and_fail_over_in_turn() {

@@ -242,6 +242,19 @@ async fn key_mistakes(logs: &Logs, transport: LinkTransport) {
             &["the client has another node.id than this node's server.node_id"],
         )
         .await;
+        // The client dials again (backing off) and each link ends so; the node's line comes
+        // once a minute with the count (a trial's node logged 87 in 35 s).
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let dials = case.client.status().handshake_failures["node_id_mismatch"];
+        assert!(
+            dials >= 2,
+            "{auth:?}: the client dialled {dials} times in 4 s"
+        );
+        assert_eq!(
+            case.count(&["WARN", "another node.id than this node's server.node_id"]),
+            1,
+            "{auth:?}: one warn line a minute at the node"
+        );
         assert_eq!(
             case.count(&["PSK differs"]),
             0,

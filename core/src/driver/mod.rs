@@ -123,6 +123,9 @@ struct Shared {
     refused_hook: std::sync::OnceLock<RefusedHook>,
     /// Server: the share of log lines of the session's client ([`SessionDriver::log_lines`]).
     log_budget: std::sync::OnceLock<crate::lograte::LineBudget>,
+    /// Server: the links the client closed because this node's id is not the one it has for
+    /// the address, one `warn` line a minute ([`SessionDriver::wrong_node`]).
+    wrong_node: crate::lograte::Tally<String>,
     opened: mpsc::UnboundedSender<(StreamId, String)>,
     /// The daemon's: wakes the budget task of every session.
     budget: BudgetSignal,
@@ -271,6 +274,7 @@ impl SessionDriver {
             orderly: AtomicBool::new(false),
             refused_hook: std::sync::OnceLock::new(),
             log_budget: std::sync::OnceLock::new(),
+            wrong_node: crate::lograte::Tally::new(Duration::from_secs(60), link::log_wrong_node),
             refusals: Refusals::default(),
             opened: tx,
             budget: budget.clone(),
@@ -792,6 +796,14 @@ impl SessionDriver {
     /// always, without a budget.
     pub fn may_log(&self) -> bool {
         self.shared.log_budget.get().is_none_or(|b| b.allow())
+    }
+
+    /// A link ended with the client's `WRONG_NODE` (`end`, its text): the client has another
+    /// node id for this node's address, the operator's mistake. Logged at `warn`, at most one
+    /// line a minute for the session, with the count of such ends (the client dials again,
+    /// backing off; a trial's node logged 87 lines in 35 s, one per link).
+    pub(crate) fn wrong_node(&self, end: String) {
+        self.shared.wrong_node.hit(end);
     }
 
     /// The grace of a session with no direct link since `alone` ([`Grace`]), at `now`: it
