@@ -337,7 +337,7 @@ fn rendezvous(ip: IpAddr, nodes: &[NodeId]) -> usize {
 
 /// Closes an application connection with a reset, so its application sees a refusal, not an
 /// empty answer.
-fn reset(tcp: tokio::net::TcpStream) {
+pub(crate) fn reset(tcp: tokio::net::TcpStream) {
     let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
 }
 

@@ -473,8 +473,9 @@ fn listen_map(i: usize, addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Binds `addr` (with `SO_REUSEADDR`, as `TcpListener::bind` does) and listens with
-/// [`LISTEN_BACKLOG`]. The listener has `TCP_NODELAY`, which Linux passes on to every socket it
-/// accepts: one system call per mapped port instead of one per connection.
+/// [`LISTEN_BACKLOG`]. The listener has `TCP_NODELAY` and keepalive
+/// ([`driver::stream::keepalive`]), which Linux passes on to every socket it accepts: system
+/// calls per mapped port instead of per connection.
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -483,6 +484,7 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
+    driver::stream::keepalive(socket2::SockRef::from(&socket))?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
@@ -542,10 +544,16 @@ fn open(
             // Linux copies `TCP_NODELAY` from the listener (`listen`) to the accepted socket.
             #[cfg(not(target_os = "linux"))]
             let _ = tcp.set_nodelay(true);
+            #[cfg(not(target_os = "linux"))]
+            let _ = driver::stream::keepalive(socket2::SockRef::from(&tcp));
             let run = driver::stream::run_opened(node.driver.clone(), opened, tcp);
             tokio::spawn(run.in_current_span());
         }
-        Err(e) => warn!(%peer, error = %e, "cannot open stream"),
+        Err(e) => {
+            warn!(%peer, error = %e, "cannot open stream");
+            // A reset, not a close: the application must not read a clean end.
+            cluster::reset(tcp);
+        }
     }
 }
 
@@ -553,8 +561,9 @@ fn open(
 mod tests {
     use super::*;
 
-    /// A mapped port's sockets have `TCP_NODELAY` without a system call each: Linux copies it
-    /// from the listener to every socket it accepts (`open` sets it itself elsewhere).
+    /// A mapped port's sockets have `TCP_NODELAY` and keepalive without a system call each:
+    /// Linux copies them from the listener to every socket it accepts (`open` sets them itself
+    /// elsewhere).
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn accepted_sockets_have_nodelay_from_the_listener() {
@@ -563,7 +572,23 @@ mod tests {
         let app = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (accepted, _) = listener.accept().await.unwrap();
         assert!(accepted.nodelay().unwrap());
+        // Keepalive too, with its timers: a vanished application host is found.
+        let sock = socket2::SockRef::from(&accepted);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(
+            sock.tcp_keepalive_time().unwrap(),
+            driver::stream::KEEPALIVE_IDLE
+        );
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            driver::stream::KEEPALIVE_INTERVAL
+        );
+        assert_eq!(
+            sock.tcp_keepalive_retries().unwrap(),
+            driver::stream::KEEPALIVE_PROBES
+        );
         // The application's end is its own business.
         assert!(!app.nodelay().unwrap());
+        assert!(!socket2::SockRef::from(&app).keepalive().unwrap());
     }
 }

@@ -908,6 +908,7 @@ async fn connect(
     let error = match tokio::time::timeout(timeout, TcpStream::connect(&target)).await {
         Ok(Ok(tcp)) => {
             let _ = tcp.set_nodelay(true);
+            let _ = driver::stream::keepalive(socket2::SockRef::from(&tcp));
             return driver::stream::run(driver, id, tcp).await;
         }
         Ok(Err(e)) => Some(e.to_string()),
