@@ -90,7 +90,9 @@ async fn dial(
             LinkError::Closed | LinkError::Io(_) => format!(
                 "the peer refused this node ({e}): this node's peer[].public_key for it is not \
                  its key, or its [[peer]] entry for node {} lacks this node's key or id, or the \
-                 cluster PSKs differ",
+                 cluster PSKs differ, or it runs a wanmux of another peer protocol version \
+                 (its log says \"peer hello has the wrong length\"; upgrade every node of a \
+                 cluster together)",
                 mesh.node_id
             ),
             LinkError::Auth(_) => format!(
