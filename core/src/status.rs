@@ -53,6 +53,10 @@ pub struct Status {
     /// it started with, or what `log set` put in force since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_filter: Option<String>,
+    /// Node: it is draining (its stop began): new streams are refused while the open ones
+    /// finish, for at most `drain_timeout_ms`.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// The count of config reloads, kept by a running daemon and recorded by the daemon skeleton
@@ -190,6 +194,10 @@ pub struct SessionStatus {
     /// (`12 s ago: connection refused: ...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_dial_error: Option<String>,
+    /// Client: the node said it is draining (`DRAINING`): it finishes its connections and
+    /// stops, and new connections go to the cluster's other nodes while there are links to them.
+    #[serde(default)]
+    pub peer_draining: bool,
 }
 
 /// One link.
@@ -296,6 +304,7 @@ impl SessionStatus {
                 receive_buffered_bytes: s.recv_buffered_bytes(),
                 links,
                 last_dial_error: None,
+                peer_draining: driver.peer_draining(),
             }
         })
     }
@@ -344,6 +353,7 @@ impl Status {
             reloads: ReloadsView::default(),
             relayed: Vec::new(),
             log_filter: None,
+            draining: false,
         }
     }
 
@@ -378,6 +388,12 @@ impl Status {
             mib(self.memory_used_bytes),
             mib(self.memory_limit_bytes),
         );
+        if self.draining {
+            let _ = writeln!(
+                out,
+                "draining: new streams are refused while the open ones finish (drain_timeout_ms)"
+            );
+        }
         let t = &self.totals;
         let _ = writeln!(
             out,
@@ -438,9 +454,10 @@ impl Status {
         for s in &self.sessions {
             let _ = writeln!(
                 out,
-                "\nsession {} ({}): {} streams, {} links{}, resent {:.1} MiB, {:.1} MiB waiting to be read",
+                "\nsession {} ({}{}): {} streams, {} links{}, resent {:.1} MiB, {:.1} MiB waiting to be read",
                 s.id,
                 s.peer,
+                if s.peer_draining { ", draining" } else { "" },
                 s.streams,
                 s.links_up(),
                 match s.relayed_links() {
@@ -519,6 +536,13 @@ impl Status {
         )
         .with_label_values::<&str>(&[])
         .set(self.uptime_seconds);
+        f.gauge(
+            "wanmux_draining",
+            "1 while the node drains (its stop began: new streams refused, open ones finishing).",
+            &[],
+        )
+        .with_label_values::<&str>(&[])
+        .set(f64::from(u8::from(self.draining)));
         f.gauge(
             "wanmux_memory_used_bytes",
             "Bytes of the memory budget (limits.memory) in use.",

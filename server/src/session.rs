@@ -252,6 +252,7 @@ impl Sessions {
     /// The node's status: every session with its links, and the traffic totals.
     pub(crate) fn status(&self, uptime: Duration) -> Status {
         let mut st = Status::new("server", uptime);
+        st.draining = self.draining.load(Ordering::Relaxed);
         st.memory_used_bytes = self.budget.used(Pool::Recv) + self.budget.used(Pool::Send);
         st.memory_limit_bytes = self.budget.cap().saturating_mul(2);
         st.totals = self.counters.totals().into();
@@ -952,5 +953,30 @@ mod tests {
         drop(t);
         assert!(sessions.is_over(key(n - 1)), "the newest is kept");
         assert_eq!(sessions.generation(key(n - 1)), 1);
+    }
+
+    /// A drain shows in `status` and the metrics (a trial found it nowhere).
+    #[tokio::test]
+    async fn a_drain_shows_in_status_and_metrics() {
+        let config = ServerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            1.try_into().unwrap(),
+            wanmux_config::ServerAuth::PskOnly {
+                psk: wanmux_core::keys::Psk::generate(),
+            },
+            Vec::new(),
+        );
+        let sessions = Sessions::new(config);
+        let before = sessions.status(Duration::from_secs(1));
+        assert!(!before.draining);
+        assert!(before.to_prometheus().contains("wanmux_draining 0"));
+        assert!(!before.to_text().contains("draining"));
+        sessions.start_draining();
+        let during = sessions.status(Duration::from_secs(2));
+        assert!(during.draining);
+        assert!(during.to_prometheus().contains("wanmux_draining 1"));
+        assert!(during
+            .to_text()
+            .contains("draining: new streams are refused"));
     }
 }

@@ -1238,6 +1238,15 @@ async fn new_connections_go_around_a_draining_node() {
             eventually(Duration::from_secs(5), || client.peer_draining(1)).await,
             "the client heard that node 1 drains"
         );
+        let status = client.status();
+        assert!(
+            status
+                .sessions
+                .iter()
+                .any(|s| s.peer == "node 1" && s.peer_draining),
+            "the client's status names the draining node"
+        );
+        assert!(status.to_text().contains("(node 1, draining)"));
         let (up, down) = (256 * 1024, 256 * 1024);
         let tasks = start_transfers(client.first_addr(), 4, up, down);
         check_all(&mut app, tasks, up, down).await;
