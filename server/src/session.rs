@@ -926,19 +926,23 @@ async fn connect(
 mod tests {
     use super::*;
 
-    /// A client that ends sessions as fast as it starts them leaves a bounded record: the
-    /// oldest ends are forgotten first, the newest kept (with their marks).
-    #[test]
-    fn the_ended_sessions_remembered_are_bounded() {
-        let config = ServerConfig::new(
+    /// A node's sessions in PSK-only mode, with no service.
+    fn psk_node() -> Sessions {
+        Sessions::new(ServerConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             1.try_into().unwrap(),
             wanmux_config::ServerAuth::PskOnly {
                 psk: wanmux_core::keys::Psk::generate(),
             },
             Vec::new(),
-        );
-        let sessions = Sessions::new(config);
+        ))
+    }
+
+    /// A client that ends sessions as fast as it starts them leaves a bounded record: the
+    /// oldest ends are forgotten first, the newest kept (with their marks).
+    #[test]
+    fn the_ended_sessions_remembered_are_bounded() {
+        let sessions = psk_node();
         let key = |i: u64| -> Key {
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&i.to_be_bytes());
@@ -958,15 +962,7 @@ mod tests {
     /// A drain shows in `status` and the metrics (a trial found it nowhere).
     #[tokio::test]
     async fn a_drain_shows_in_status_and_metrics() {
-        let config = ServerConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            1.try_into().unwrap(),
-            wanmux_config::ServerAuth::PskOnly {
-                psk: wanmux_core::keys::Psk::generate(),
-            },
-            Vec::new(),
-        );
-        let sessions = Sessions::new(config);
+        let sessions = psk_node();
         let before = sessions.status(Duration::from_secs(1));
         assert!(!before.draining);
         assert!(before.to_prometheus().contains("wanmux_draining 0"));
