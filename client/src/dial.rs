@@ -746,7 +746,6 @@ struct Up {
     lane: Option<LaneStream>,
 }
 
-/// Full jitter: a time drawn uniformly from `[d/2, d]`.
 /// The backoff before a slot's next dial, given the current one, whether a link came up on the
 /// turn and lived [`STABLE`], and how long the turn took: back to [`BACKOFF_MIN`] after such a
 /// link, or after a dial that ran out its whole handshake timeout (it spaced itself out);
@@ -762,6 +761,7 @@ fn backoff_after(backoff: Duration, lived: bool, took: Duration, timeout: Durati
     }
 }
 
+/// Full jitter: a time drawn uniformly from `[d/2, d]`.
 fn jitter(d: Duration) -> Duration {
     rand::rng().random_range(d / 2..=d)
 }
