@@ -119,7 +119,11 @@ async fn pump(
     // not take a cut-off transfer for a complete one. An orderly end disarms it before its FIN
     // (`downstream`), which then follows the data as usual.
     let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
-    let (rd, mut wr) = tcp.into_split();
+    let (rd, wr) = tcp.into_split();
+    // Dropped without a FIN however this task ends (a reset below, or the task dropped: a panic,
+    // the runtime's end): tokio's write half shuts its side of the socket when dropped, and the
+    // application would read a clean end before the reset that `SO_LINGER` 0 sends at the close.
+    let mut wr = NoFinOnDrop(Some(wr));
     let reset = {
         let up = upstream(&driver, id, &waker, rd, first);
         let down = downstream(&driver, id, &waker, &mut wr);
@@ -135,18 +139,44 @@ async fn pump(
         reset
     };
     if reset {
-        // Close with an RST: `SO_LINGER` 0 (again, if an orderly FIN disarmed it), and `forget`
-        // the write half so that dropping it does not send a FIN first (the application would
-        // read a clean EOF before the RST). The read half was dropped with its future, so this
-        // closes the socket.
+        // Close with an RST: `SO_LINGER` 0 (again, if an orderly FIN disarmed it), and the
+        // write half dropped without a FIN (`NoFinOnDrop`). The read half was dropped with its
+        // future, so this closes the socket.
         let _ = socket2::SockRef::from(wr.as_ref()).set_linger(Some(std::time::Duration::ZERO));
-        wr.forget();
+        drop(wr);
         driver.with(|s, _| s.stream_reset(id, reset::APP));
         debug!(stream = %id, "stream reset");
     } else {
         trace!(stream = %id, "stream done");
     }
     driver.unregister(id);
+}
+
+/// An application socket's write half that sends no FIN when dropped (`OwnedWriteHalf::forget`):
+/// the socket closes when both halves are gone, with an RST while `SO_LINGER` 0 is armed (see
+/// `pump`). An orderly end sends its FIN itself (`downstream`).
+struct NoFinOnDrop(Option<OwnedWriteHalf>);
+
+impl std::ops::Deref for NoFinOnDrop {
+    type Target = OwnedWriteHalf;
+
+    fn deref(&self) -> &OwnedWriteHalf {
+        self.0.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for NoFinOnDrop {
+    fn deref_mut(&mut self) -> &mut OwnedWriteHalf {
+        self.0.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for NoFinOnDrop {
+    fn drop(&mut self) {
+        if let Some(wr) = self.0.take() {
+            wr.forget();
+        }
+    }
 }
 
 /// A read that returned less than this marks the stream as interactive or idle: the next read
@@ -376,4 +406,44 @@ async fn write_chunks(wr: &mut OwnedWriteHalf, chunks: &mut Vec<Bytes>) -> io::R
     }
     chunks.clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::BudgetSignal;
+    use crate::engine::{Config, Role, Session};
+    use crate::ids::NodeId;
+
+    /// A stream task dropped mid-stream (a panic, the runtime's end as a daemon exits) closes
+    /// its application's connection with a reset only: before, tokio's write half sent a FIN
+    /// as it was dropped, and the application read a clean end of the stream before the reset,
+    /// as if the transfer were complete.
+    #[tokio::test]
+    async fn a_stream_task_dropped_resets_its_connection_without_a_fin() {
+        let signal = BudgetSignal::default();
+        let session = Session::new(Role::Client, Config::default());
+        let (driver, _opened) = SessionDriver::start(session, &signal);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut app = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let opened = driver
+            .open_stream(|s, now| s.open_stream(now, NodeId(1), "svc"))
+            .expect("a stream");
+        let task = tokio::spawn(run_opened(driver.clone(), opened, tcp));
+        // The task waits for either side; then it is dropped.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        task.abort();
+        let _ = task.await;
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), app.read(&mut buf))
+            .await
+            .expect("the connection ends");
+        assert!(
+            matches!(&read, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "the application read {read:?}, not a reset"
+        );
+    }
 }
