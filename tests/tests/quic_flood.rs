@@ -171,6 +171,23 @@ fn a_real_client_connects_and_moves_data_through_an_initial_flood() {
     }));
 }
 
+/// A PSK tunnel over QUIC links with `tweak` applied to the node's config, its QUIC address,
+/// and a dialer of this test's own (a peer that speaks QUIC but not wanmux, as the test likes).
+async fn quic_node(
+    tweak: impl FnOnce(&mut wanmux_config::ServerConfig),
+) -> (Tunnel, SocketAddr, wanmux_core::quic::Dialer) {
+    let t = Tunnel::start_with(Auth::Psk, 1, |server, client| {
+        server.quic = true;
+        tweak(server);
+        client.transport = LinkTransport::Quic;
+    })
+    .await;
+    let node = t.server.quic_addr().expect("QUIC endpoint");
+    let dialer =
+        wanmux_core::quic::client_endpoint("127.0.0.1:0".parse().expect("addr")).expect("ep");
+    (t, node, dialer)
+}
+
 /// Finding: a QUIC link's handshake slot was held for the QUIC handshake's timeout and then
 /// again for the Noise handshake's. A link that completes QUIC and then sends one byte of its
 /// message 1 just before the timeout must be closed at the timeout.
@@ -178,15 +195,7 @@ fn a_real_client_connects_and_moves_data_through_an_initial_flood() {
 async fn a_quic_links_handshake_ends_within_one_timeout() {
     within(LIMIT, async {
         let timeout = Duration::from_millis(1_500);
-        let mut t = Tunnel::start_with(Auth::Psk, 1, |server, client| {
-            server.quic = true;
-            server.handshake_timeout = timeout;
-            client.transport = LinkTransport::Quic;
-        })
-        .await;
-        let node = t.server.quic_addr().expect("QUIC endpoint");
-        let dialer =
-            wanmux_core::quic::client_endpoint("127.0.0.1:0".parse().expect("addr")).expect("ep");
+        let (mut t, node, dialer) = quic_node(|server| server.handshake_timeout = timeout).await;
         let started = Instant::now();
         let (mut rd, mut wr) = wanmux_core::quic::connect(&dialer, node, timeout)
             .await
@@ -220,14 +229,7 @@ async fn a_quic_links_handshake_ends_within_one_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unauthenticated_connection_cannot_make_the_node_buffer_its_window() {
     within(LIMIT, async {
-        let mut t = Tunnel::start_with(Auth::Psk, 1, |server, client| {
-            server.quic = true;
-            client.transport = LinkTransport::Quic;
-        })
-        .await;
-        let node = t.server.quic_addr().expect("QUIC endpoint");
-        let dialer =
-            wanmux_core::quic::client_endpoint("127.0.0.1:0".parse().expect("addr")).expect("ep");
+        let (mut t, node, dialer) = quic_node(|_| {}).await;
         let link = wanmux_core::quic::connect(&dialer, node, Duration::from_secs(5))
             .await
             .expect("QUIC handshake");

@@ -208,6 +208,22 @@ async fn a_pki_link_carries_messages_both_ways_beside_a_key_mode_client() {
 
 /// Both ends' results for a link that TLS must refuse: the refusing end's error must name
 /// `reason`; the other end sees a TLS alert, or a closed connection.
+/// `dialer`'s link to `node` under [`NAME`] comes up at both ends (`what` names the case).
+async fn taken(node: &Listener, dialer: &Dialer, what: &str) {
+    let (s_auth, _) = node_auth();
+    let auth = pki_auth(NAME);
+    let (dialled, accepted) = tokio::join!(
+        dial(dialer, addr(node), NAME, &auth),
+        accept_next(node, &s_auth)
+    );
+    if let Err(e) = dialled {
+        panic!("{what}: the client's side failed: {e}");
+    }
+    if let Err(e) = accepted {
+        panic!("{what}: the node did not take it: {e}");
+    }
+}
+
 async fn refused(node: &Listener, dialer: &Dialer, name: &str, at_client: bool, reason: &str) {
     let (s_auth, _) = node_auth();
     let auth = pki_auth(name);
@@ -302,15 +318,8 @@ async fn the_node_refuses_a_client_certificate_of_another_ca_expired_or_revoked(
     .await;
 
     // The same node still takes a client the list does not name.
-    let (s_auth, _) = node_auth();
     let good = client(&cert(&ca, "laptop-3", Usage::Client, -1, 30), &ca);
-    let auth = pki_auth(NAME);
-    let (dialled, accepted) = tokio::join!(
-        dial(&good, addr(&with_crl), NAME, &auth),
-        accept_next(&with_crl, &s_auth)
-    );
-    dialled.expect("a client the CRL does not name");
-    accepted.expect("taken by the node");
+    taken(&with_crl, &good, "a client the CRL does not name").await;
 
     // With a list of another CA only, no list gives a client's status, and rustls refuses it
     // (what `check` calls an error: a CA of client_ca_file without its own list).
@@ -393,14 +402,7 @@ async fn a_client_certificate_that_expired_gets_no_link_on_a_resumed_session() {
         .expect("a certificate");
     // One dialer, as a client's: its TLS sessions are kept for its next dials.
     let dialer = client(&short, &ca);
-    let (s_auth, _) = node_auth();
-    let auth = pki_auth(NAME);
-    let (dialled, accepted) = tokio::join!(
-        dial(&dialer, addr(&node), NAME, &auth),
-        accept_next(&node, &s_auth)
-    );
-    dialled.expect("a link while the certificate is valid");
-    accepted.expect("the node takes it");
+    taken(&node, &dialer, "a link while the certificate is valid").await;
     // Past the expiry (certificates count whole seconds).
     let left = expires
         .duration_since(SystemTime::now())
